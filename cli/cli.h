@@ -1,0 +1,104 @@
+/* The apex command: what its parts share. Single-threaded by design: every
+ * function here runs on the main thread (events are dispatched there, see
+ * run.c), so nothing below needs a lock. */
+#ifndef APEX_CLI_H
+#define APEX_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <apex/apex.h>
+
+/* Exit codes (the command's contract, see usage in main.c). */
+enum {
+  CLI_EXIT_OK = 0,
+  CLI_EXIT_FAILED = 1,
+  CLI_EXIT_USAGE = 2,
+  CLI_EXIT_TIMEOUT = 124,
+  CLI_EXIT_CANCELLED = 130
+};
+
+/* What the command line asked for, after parsing. */
+typedef struct cli_opts {
+  const char *command;       /* "run", "plugins", "describe" */
+  const char *target;        /* PLUGIN or PLUGIN.ACTION, borrowed from argv */
+  json_t *params;            /* --params merged, then every --param: owned */
+  double timeout_s;          /* --timeout, or -1: the action's default */
+  long retries;              /* --retries, or -1: the action's default */
+  int json;                  /* JSON Lines: --json or stdout not a terminal */
+  const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
+  size_t n_plugin_paths;
+} cli_opts_t;
+
+/* Prints "apex: MESSAGE" on stderr and, when json is set, also the result
+ * line {"event":"result","task":null,"state":"failed","error":{"code",
+ * "message"}} on stdout, for a failure that happens before a task exists.
+ * Returns: the exit code for code: CLI_EXIT_USAGE for invalid input
+ * (invalid, invalid_params, plugin_not_found, action_not_found), else
+ * CLI_EXIT_FAILED. */
+int cli_fail(int json, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
+
+/* Writes obj as one compact JSON line on stdout and flushes. Ownership:
+ * obj taken (NULL: prints nothing, for a failed allocation upstream). */
+void cli_emit(json_t *obj);
+
+/* Creates a manager (2 workers, log level from APEX_LOG) with the
+ * --plugin-path dirs added in order. on_event non-NULL selects dispatch
+ * delivery (events run inside apex_manager_dispatch on the caller's thread).
+ * Returns: CLI_EXIT_OK and *out, or an exit code (failure reported). */
+int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_manager_t **out);
+
+/* Returns: the plugin search path as "DIR1, DIR2" (malloc'd; caller frees),
+ * or NULL on no memory. */
+char *cli_search_path(apex_manager_t *m);
+
+/* Loads plugin `name` for run/describe, reporting failures (unknown plugin
+ * names the searched dirs). Returns: CLI_EXIT_OK and *desc, or an exit code. */
+int cli_load_plugin(apex_manager_t *m, int json, const char *name, const apex_plugin_desc_t **desc);
+
+/* Returns: the action named name in d, or NULL. */
+const apex_action_desc_t *cli_find_action(const apex_plugin_desc_t *d, const char *name);
+
+/* Writes d's action names as "a, b, c" into buf (truncated to len). */
+void cli_action_names(const apex_plugin_desc_t *d, char *buf, size_t len);
+
+/* Splits "PLUGIN.ACTION" at the first dot into buf (a copy of target).
+ * Returns: 0 and *plugin, *action (action NULL when there is no dot); -1
+ * if target does not fit in buf. */
+int cli_split_target(const char *target, char *buf, size_t len, const char **plugin,
+                     const char **action);
+
+/* The commands. Returns: the process exit code. */
+int cli_cmd_plugins(const cli_opts_t *o);
+int cli_cmd_describe(const cli_opts_t *o);
+int cli_cmd_run(const cli_opts_t *o);
+
+/* Monotonic clock in milliseconds. */
+int64_t cli_now_ms(void);
+
+/* ---- terminal display (display.c) ---------------------------------------
+ * A block of lines redrawn in place: one for the task, one per sub-task. */
+typedef struct cli_display cli_display_t;
+
+/* Returns: a display writing to fd (a terminal), or NULL on no memory. */
+cli_display_t *cli_display_new(int fd);
+/* Restores the cursor and frees. NULL: no-op. */
+void cli_display_free(cli_display_t *d);
+/* Records the latest progress (copied) and marks the display for a redraw. */
+void cli_display_progress(cli_display_t *d, const apex_progress_t *p);
+/* Records the task's state ("queued", "retry_wait", ...), shown when it is
+ * not "running". */
+void cli_display_state(cli_display_t *d, const char *state);
+/* Returns: ms until a pending redraw is due (0: now), -1 if none pending. */
+int cli_display_due_ms(cli_display_t *d);
+/* Redraws if one is pending and due (at most ~20 times a second). */
+void cli_display_tick(cli_display_t *d);
+/* Redraws now. */
+void cli_display_draw(cli_display_t *d);
+/* Erases the block, so a normal line can print where it was; the next draw
+ * puts the block below that line. */
+void cli_display_erase(cli_display_t *d);
+/* Returns: 1 while the cursor is hidden (the signal handler restores it). */
+int cli_display_active(const cli_display_t *d);
+
+#endif

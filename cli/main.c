@@ -1,0 +1,293 @@
+/* The apex command's entry point: parses the command line into cli_opts_t
+ * and hands it to a command (plugins, describe, run). Options may come
+ * before or after the positional arguments, in "--opt VALUE" or
+ * "--opt=VALUE" form; "--" ends the options. Every bad input is reported by
+ * name ("apex: --timeout: 'abc' is not ...") with exit code 2, and for `run`
+ * in JSON mode also as a result line, so a script reading stdout sees it.
+ * Single-threaded (the library's threads start only inside a command). */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char usage_text[] =
+    "Usage: apex COMMAND [OPTIONS]\n"
+    "\n"
+    "Commands:\n"
+    "  plugins                   list the plugins found, their versions and actions\n"
+    "  describe PLUGIN[.ACTION]  show a plugin's actions, or an action's kind,\n"
+    "                            timeout, retry policy and params\n"
+    "  run PLUGIN.ACTION         run an action and show its progress\n"
+    "\n"
+    "Options of run:\n"
+    "  --param KEY=VALUE   set a param; VALUE is taken as JSON if it parses\n"
+    "                      (5, true, 1.5, {\"a\":1}), else as a string\n"
+    "  --params JSON       a JSON object of params, applied before every --param\n"
+    "  --timeout SECONDS   overall deadline across attempts (positive, e.g. 2.5)\n"
+    "  --retries N         retry a failed attempt up to N times (N+1 attempts)\n"
+    "  --json              print JSON Lines events (the default when stdout is\n"
+    "                      not a terminal)\n"
+    "\n"
+    "Options of every command:\n"
+    "  --plugin-path DIR   search DIR for plugins first (repeatable, in order)\n"
+    "  -h, --help          show this help and exit\n"
+    "  --version           show the version and exit\n"
+    "\n"
+    "Plugins are searched in the --plugin-path dirs, then APEX_PLUGIN_PATH\n"
+    "(colon-separated), then the plugin directory installed with Apex.\n"
+    "APEX_LOG=error|warn|info|debug|off sets the log level (default warn).\n"
+    "\n"
+    "Exit status: 0 succeeded, 1 failed, 2 usage or invalid input,\n"
+    "124 timed out, 130 cancelled (Ctrl-C; press it twice to exit at once).\n";
+
+typedef struct parse_state {
+  cli_opts_t *o;
+  int is_run;
+  json_t *params_obj; /* --params, merged in order */
+  json_t *param_kv;   /* --param values in order: [[key, value], ...] */
+  int help, version;
+  int code;           /* apex_status_t of the first error */
+  char why[1024];
+} parse_state_t;
+
+static int parse_fail(parse_state_t *ps, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
+static int parse_fail(parse_state_t *ps, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(ps->why, sizeof ps->why, fmt, ap);
+  va_end(ap);
+  ps->code = code;
+  return -1;
+}
+
+static int parse_timeout(parse_state_t *ps, const char *v) {
+  char *end = NULL;
+  errno = 0;
+  double t = strtod(v, &end);
+  if (end == v || *end != '\0' || errno != 0 || !isfinite(t) || t <= 0)
+    return parse_fail(ps, APEX_E_INVALID, "--timeout: '%s' is not a positive number of seconds", v);
+  ps->o->timeout_s = t;
+  return 0;
+}
+
+static int parse_retries(parse_state_t *ps, const char *v) {
+  char *end = NULL;
+  errno = 0;
+  long n = strtol(v, &end, 10);
+  /* The cap keeps N+1 inside the policy's uint32 with room to spare. */
+  if (end == v || *end != '\0' || errno != 0 || n < 0 || n > 1000000)
+    return parse_fail(ps, APEX_E_INVALID,
+                      "--retries: '%s' is not a whole number of retries from 0 to 1000000", v);
+  ps->o->retries = n;
+  return 0;
+}
+
+static int parse_params_json(parse_state_t *ps, const char *v) {
+  json_error_t jerr;
+  json_t *j = json_loads(v, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+  if (!j)
+    return parse_fail(ps, APEX_E_INVALID_PARAMS, "--params: invalid JSON at line %d column %d: %s",
+                      jerr.line, jerr.column, jerr.text);
+  if (!json_is_object(j)) {
+    static const char *const kinds[] = {"object", "array", "string", "integer",
+                                        "real",   "true",  "false",  "null"};
+    int t = json_typeof(j);
+    json_decref(j);
+    return parse_fail(ps, APEX_E_INVALID_PARAMS, "--params: want a JSON object, got %s",
+                      t >= 0 && t < 8 ? kinds[t] : "something else");
+  }
+  int rc = json_object_update(ps->params_obj, j);
+  json_decref(j);
+  if (rc != 0) return parse_fail(ps, APEX_E_NOMEM, "out of memory");
+  return 0;
+}
+
+static int parse_param_kv(parse_state_t *ps, const char *v) {
+  const char *eq = strchr(v, '=');
+  if (!eq || eq == v)
+    return parse_fail(ps, APEX_E_INVALID_PARAMS, "--param: '%s' is not KEY=VALUE", v);
+  /* VALUE is JSON when the whole of it parses as JSON (5, true, "x", [1]);
+   * anything else, a bare word or a path, is meant as a string. */
+  json_t *val = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+  if (!val) val = json_string(eq + 1);
+  json_t *key = json_stringn(v, (size_t)(eq - v));
+  if (!val || !key) {
+    json_decref(val);
+    json_decref(key);
+    /* json_string refuses invalid UTF-8 as well as failing for memory. */
+    return parse_fail(ps, APEX_E_INVALID_PARAMS, "--param: '%s' is not valid UTF-8 text", v);
+  }
+  if (json_array_append_new(ps->param_kv, json_pack("[oo]", key, val)) != 0)
+    return parse_fail(ps, APEX_E_NOMEM, "out of memory");
+  return 0;
+}
+
+/* Options taking a value; the rest are flags. */
+static const char *const valued[] = {"--param", "--params", "--timeout", "--retries",
+                                     "--plugin-path"};
+
+static int is_run_only(const char *name) {
+  return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
+         strcmp(name, "--version") != 0 && strcmp(name, "-h") != 0;
+}
+
+static int parse_option(parse_state_t *ps, const char *arg, int argc, char **argv, int *i) {
+  char name[64];
+  const char *value = NULL;
+  const char *eq = strchr(arg, '=');
+  size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
+  if (nlen >= sizeof name) nlen = sizeof name - 1;
+  memcpy(name, arg, nlen);
+  name[nlen] = '\0';
+
+  int takes_value = 0;
+  for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+    if (strcmp(name, valued[k]) == 0) takes_value = 1;
+  int is_flag = strcmp(name, "--json") == 0 || strcmp(name, "--help") == 0 ||
+                strcmp(name, "-h") == 0 || strcmp(name, "--version") == 0;
+  if (!takes_value && !is_flag)
+    return parse_fail(ps, APEX_E_INVALID, "unknown option '%s' (see apex --help)", arg);
+  if (is_flag && eq) return parse_fail(ps, APEX_E_INVALID, "%s takes no value", name);
+  if (takes_value) {
+    if (eq) {
+      value = eq + 1;
+    } else if (*i + 1 < argc) {
+      value = argv[++*i];
+    } else {
+      return parse_fail(ps, APEX_E_INVALID, "%s needs a value", name);
+    }
+  }
+  if (!ps->is_run && is_run_only(name))
+    return parse_fail(ps, APEX_E_INVALID, "%s applies only to 'apex run'", name);
+
+  if (strcmp(name, "--json") == 0) ps->o->json = 1;
+  else if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) ps->help = 1;
+  else if (strcmp(name, "--version") == 0) ps->version = 1;
+  else if (strcmp(name, "--timeout") == 0) return parse_timeout(ps, value);
+  else if (strcmp(name, "--retries") == 0) return parse_retries(ps, value);
+  else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
+  else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
+  else if (strcmp(name, "--plugin-path") == 0) {
+    if (!*value) return parse_fail(ps, APEX_E_INVALID, "--plugin-path: empty directory name");
+    ps->o->plugin_paths[ps->o->n_plugin_paths++] = value;
+  }
+  return 0;
+}
+
+static int parse_args(parse_state_t *ps, int argc, char **argv) {
+  int only_positional = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!only_positional && strcmp(a, "--") == 0) {
+      only_positional = 1;
+    } else if (!only_positional && a[0] == '-' && a[1] != '\0') {
+      if (parse_option(ps, a, argc, argv, &i) != 0) return -1;
+    } else if (!ps->o->command) {
+      ps->o->command = a;
+    } else if (!ps->o->target) {
+      ps->o->target = a;
+    } else {
+      return parse_fail(ps, APEX_E_INVALID, "unexpected argument '%s'", a);
+    }
+  }
+  return 0;
+}
+
+/* --params first, then each --param in order: the later one wins. */
+static int merge_params(parse_state_t *ps) {
+  size_t i;
+  json_t *kv;
+  json_array_foreach(ps->param_kv, i, kv) {
+    if (json_object_set(ps->params_obj, json_string_value(json_array_get(kv, 0)),
+                        json_array_get(kv, 1)) != 0)
+      return parse_fail(ps, APEX_E_NOMEM, "out of memory");
+  }
+  ps->o->params = json_incref(ps->params_obj);
+  return 0;
+}
+
+/* Whether `run` output is JSON must be known before parsing finishes, so an
+ * error in an early option is still reported as a JSON result line. */
+static int wants_json(int argc, char **argv) {
+  if (!isatty(STDOUT_FILENO)) return 1;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--") == 0) break;
+    if (strcmp(argv[i], "--json") == 0) return 1;
+  }
+  return 0;
+}
+
+static int first_positional_is_run(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) return i + 1 < argc && strcmp(argv[i + 1], "run") == 0;
+    if (a[0] == '-' && a[1] != '\0') {
+      for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+        if (strcmp(a, valued[k]) == 0) i++; /* skip its value */
+      continue;
+    }
+    return strcmp(a, "run") == 0;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  cli_opts_t o = {.timeout_s = -1, .retries = -1};
+  parse_state_t ps = {.o = &o};
+  int code = CLI_EXIT_OK;
+  o.plugin_paths = calloc((size_t)argc, sizeof *o.plugin_paths);
+  ps.params_obj = json_object();
+  ps.param_kv = json_array();
+  if (!o.plugin_paths || !ps.params_obj || !ps.param_kv) {
+    fprintf(stderr, "apex: out of memory\n");
+    code = CLI_EXIT_FAILED;
+    goto out;
+  }
+  ps.is_run = first_positional_is_run(argc, argv);
+  int json = ps.is_run && wants_json(argc, argv);
+
+  if (parse_args(&ps, argc, argv) != 0 || merge_params(&ps) != 0) {
+    if (ps.help || ps.version) goto info; /* "apex --help --bogus" still helps */
+    code = cli_fail(json, ps.code, "%s", ps.why);
+    goto out;
+  }
+info:
+  if (ps.help) {
+    fputs(usage_text, stdout);
+    goto out;
+  }
+  if (ps.version) {
+    printf("apex %s\n", apex_version());
+    goto out;
+  }
+  if (!o.command) {
+    fputs(usage_text, stderr);
+    code = CLI_EXIT_USAGE;
+    goto out;
+  }
+  o.json = json;
+  if (strcmp(o.command, "run") == 0) {
+    code = cli_cmd_run(&o);
+  } else if (strcmp(o.command, "plugins") == 0) {
+    code = o.target ? cli_fail(0, APEX_E_INVALID, "plugins: unexpected argument '%s'", o.target)
+                    : cli_cmd_plugins(&o);
+  } else if (strcmp(o.command, "describe") == 0) {
+    code = cli_cmd_describe(&o);
+  } else if (strcmp(o.command, "help") == 0) {
+    fputs(usage_text, stdout);
+  } else {
+    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run)",
+                    o.command);
+  }
+out:
+  json_decref(o.params);
+  json_decref(ps.params_obj);
+  json_decref(ps.param_kv);
+  free(o.plugin_paths);
+  return code;
+}

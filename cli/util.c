@@ -1,0 +1,151 @@
+/* Helpers the apex commands share: reporting a failure (stderr, plus a JSON
+ * result line in JSON mode), writing JSON Lines, creating the manager and
+ * loading the plugin a command names. Main thread only. What can fail: out
+ * of memory (reported as such) and the library's own errors, which are
+ * passed on with their message. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+int64_t cli_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void cli_emit(json_t *obj) {
+  if (!obj) return;
+  char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
+  json_decref(obj);
+  if (!s) {
+    fprintf(stderr, "apex: out of memory writing a JSON line\n");
+    return;
+  }
+  /* One line per event, flushed at once: a reader (a pipe into jq, a test)
+   * sees each event as it happens, not at exit. */
+  fputs(s, stdout);
+  fputc('\n', stdout);
+  fflush(stdout);
+  free(s);
+}
+
+int cli_fail(int json, int code, const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "apex: %s\n", msg);
+  if (json)
+    cli_emit(json_pack("{s:s, s:n, s:s, s:{s:s, s:s}}", "event", "result", "task", "state",
+                       "failed", "error", "code", apex_status_name(code), "message", msg));
+  switch (code) {
+  case APEX_E_INVALID:
+  case APEX_E_INVALID_PARAMS:
+  case APEX_E_PLUGIN_NOT_FOUND:
+  case APEX_E_ACTION_NOT_FOUND:
+    return CLI_EXIT_USAGE;
+  default:
+    return CLI_EXIT_FAILED;
+  }
+}
+
+int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_manager_t **out) {
+  apex_manager_config_t cfg;
+  apex_manager_config_init(&cfg);
+  cfg.workers = 2;
+  if (on_event) {
+    cfg.delivery = APEX_DELIVER_DISPATCH;
+    cfg.on_event = on_event;
+    cfg.event_user = user;
+  }
+  apex_manager_t *m = NULL;
+  int rc = apex_manager_new(&cfg, &m);
+  if (rc != APEX_OK) return cli_fail(o->json, rc, "cannot start the runtime: %s", apex_strerror(rc));
+  for (size_t i = 0; i < o->n_plugin_paths; i++) {
+    rc = apex_manager_add_plugin_path(m, o->plugin_paths[i]);
+    if (rc != APEX_OK) {
+      apex_manager_destroy(m, 0);
+      return cli_fail(o->json, rc, "--plugin-path '%s': %s", o->plugin_paths[i], apex_strerror(rc));
+    }
+  }
+  *out = m;
+  return CLI_EXIT_OK;
+}
+
+char *cli_search_path(apex_manager_t *m) {
+  json_t *dirs = apex_manager_plugin_path(m);
+  if (!dirs) return NULL;
+  size_t len = 1, i;
+  json_t *d;
+  json_array_foreach(dirs, i, d) len += strlen(json_string_value(d) ? json_string_value(d) : "") + 2;
+  char *s = malloc(len);
+  if (s) {
+    s[0] = '\0';
+    json_array_foreach(dirs, i, d) {
+      if (i) strcat(s, ", ");
+      strcat(s, json_string_value(d) ? json_string_value(d) : "");
+    }
+  }
+  json_decref(dirs);
+  return s;
+}
+
+int cli_load_plugin(apex_manager_t *m, int json, const char *name, const apex_plugin_desc_t **desc) {
+  apex_error_t *err = NULL;
+  int rc = apex_manager_load_named(m, name, &err);
+  if (rc == APEX_E_PLUGIN_NOT_FOUND) {
+    char *path = cli_search_path(m);
+    int code = cli_fail(json, rc, "unknown plugin '%s' (searched: %s)", name,
+                        path ? (*path ? path : "no directories") : "?");
+    free(path);
+    apex_error_unref(err);
+    return code;
+  }
+  if (rc != APEX_OK) {
+    int code = cli_fail(json, rc, "cannot load plugin '%s': %s", name,
+                        err ? apex_error_message(err) : apex_strerror(rc));
+    apex_error_unref(err);
+    return code;
+  }
+  apex_error_unref(err);
+  *desc = apex_manager_plugin(m, name);
+  if (!*desc) return cli_fail(json, APEX_E_PLUGIN_NOT_FOUND, "plugin '%s' did not load", name);
+  return CLI_EXIT_OK;
+}
+
+const apex_action_desc_t *cli_find_action(const apex_plugin_desc_t *d, const char *name) {
+  for (size_t i = 0; i < d->n_actions; i++)
+    if (d->actions[i].name && strcmp(d->actions[i].name, name) == 0) return &d->actions[i];
+  return NULL;
+}
+
+void cli_action_names(const apex_plugin_desc_t *d, char *buf, size_t len) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < d->n_actions && used < len; i++) {
+    int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", d->actions[i].name);
+    if (n < 0) break;
+    used += (size_t)n;
+  }
+}
+
+int cli_split_target(const char *target, char *buf, size_t len, const char **plugin,
+                     const char **action) {
+  size_t n = strlen(target);
+  if (n >= len) return -1;
+  memcpy(buf, target, n + 1);
+  char *dot = strchr(buf, '.');
+  *action = NULL;
+  if (dot) {
+    *dot = '\0';
+    *action = dot + 1;
+  }
+  *plugin = buf;
+  return 0;
+}

@@ -1,0 +1,132 @@
+/* Error objects: immutable once built, so readers need no lock; only the
+ * reference count is atomic. When memory runs out we hand out one static
+ * "out of memory" error whose ref/unref do nothing, so reporting an error
+ * can itself never fail. */
+#include "core/error.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct apex_error {
+  atomic_uint refs; /* 0: the static no-memory error, never freed */
+  int code;
+  uint32_t attempt;
+  uint64_t task;
+  char *message;
+  char *plugin;
+  char *action;
+  apex_error_t *cause;
+};
+
+static apex_error_t nomem_error = {0, APEX_E_NOMEM, 0, 0, "out of memory", NULL, NULL, NULL};
+
+static char *dup_or_null(const char *s, int *failed) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *failed = 1;
+  return d;
+}
+
+static void error_free(apex_error_t *e) {
+  free(e->message);
+  free(e->plugin);
+  free(e->action);
+  apex_error_unref(e->cause);
+  free(e);
+}
+
+apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_t *cause,
+                               const char *fmt, va_list ap) {
+  apex_error_t *e = calloc(1, sizeof *e);
+  if (!e) {
+    apex_error_unref(cause);
+    return &nomem_error;
+  }
+  atomic_init(&e->refs, 1);
+  e->code = code;
+  e->cause = cause;
+  int failed = 0;
+  if (vasprintf(&e->message, fmt ? fmt : "", ap) < 0) {
+    e->message = NULL;
+    failed = 1;
+  }
+  if (where) {
+    e->plugin = dup_or_null(where->plugin, &failed);
+    e->action = dup_or_null(where->action, &failed);
+    e->task = where->task;
+    e->attempt = where->attempt;
+  }
+  if (failed) {
+    error_free(e);
+    return &nomem_error;
+  }
+  return e;
+}
+
+apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,
+                              const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  apex_error_t *e = apex__error_newv(code, where, cause, fmt, ap);
+  va_end(ap);
+  return e;
+}
+
+int apex__error_put(apex_error_t **err, apex_error_t *e) {
+  int code = e->code;
+  if (err)
+    *err = e;
+  else
+    apex_error_unref(e);
+  return code;
+}
+
+int apex__fail(apex_error_t **err, int code, const char *fmt, ...) {
+  if (!err) return code;
+  va_list ap;
+  va_start(ap, fmt);
+  *err = apex__error_newv(code, NULL, NULL, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+int apex_error_code(const apex_error_t *e) { return e ? e->code : APEX_E_INVALID; }
+const char *apex_error_message(const apex_error_t *e) { return e && e->message ? e->message : ""; }
+const char *apex_error_plugin(const apex_error_t *e) { return e ? e->plugin : NULL; }
+const char *apex_error_action(const apex_error_t *e) { return e ? e->action : NULL; }
+uint64_t apex_error_task_id(const apex_error_t *e) { return e ? e->task : 0; }
+uint32_t apex_error_attempt(const apex_error_t *e) { return e ? e->attempt : 0; }
+const apex_error_t *apex_error_cause(const apex_error_t *e) { return e ? e->cause : NULL; }
+
+apex_error_t *apex_error_ref(apex_error_t *e) {
+  if (e && e != &nomem_error) atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+  return e;
+}
+
+void apex_error_unref(apex_error_t *e) {
+  if (!e || e == &nomem_error) return;
+  if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) error_free(e);
+}
+
+json_t *apex_error_to_json(const apex_error_t *e) {
+  if (!e) return NULL;
+  json_t *o = json_object();
+  if (!o) return NULL;
+  int bad = json_object_set_new(o, "code", json_string(apex_status_name(e->code))) ||
+            json_object_set_new(o, "message", json_string(apex_error_message(e)));
+  if (!bad && e->plugin) bad = json_object_set_new(o, "plugin", json_string(e->plugin));
+  if (!bad && e->action) bad = json_object_set_new(o, "action", json_string(e->action));
+  if (!bad && e->task) bad = json_object_set_new(o, "task", json_integer((json_int_t)e->task));
+  if (!bad && e->attempt) bad = json_object_set_new(o, "attempt", json_integer(e->attempt));
+  if (!bad && e->cause) {
+    json_t *c = apex_error_to_json(e->cause);
+    bad = !c || json_object_set_new(o, "cause", c);
+  }
+  if (bad) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}

@@ -1,0 +1,34 @@
+/* Internal: constructing apex_error_t objects and reporting them through the
+ * optional `apex_error_t **err` out-parameters of the public API. */
+#ifndef APEX_CORE_ERROR_H
+#define APEX_CORE_ERROR_H
+
+#include <stdarg.h>
+#include <stdint.h>
+
+#include "apex/apex.h"
+
+/* Where an error is about; any field may be NULL/0. */
+typedef struct apex__where {
+  const char *plugin;
+  const char *action;
+  uint64_t task;
+  uint32_t attempt;
+} apex__where_t;
+
+/* Returns: a new error (refcount 1). Never NULL: when memory runs out it
+ * returns a shared static "out of memory" error (ref/unref are no-ops on it).
+ * Ownership: strings copied; cause taken (may be NULL). Any thread. */
+apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,
+                              const char *fmt, ...) APEX_PRINTF(4, 5);
+apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_t *cause,
+                               const char *fmt, va_list ap);
+
+/* Stores e in *err if err is non-NULL, else unrefs it. Returns: e's code.
+ * Ownership: e taken. */
+int apex__error_put(apex_error_t **err, apex_error_t *e);
+
+/* Shorthand: builds and puts an error without a where. Returns: code. */
+int apex__fail(apex_error_t **err, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
+
+#endif

@@ -1,0 +1,433 @@
+/* Progress updates (plan task 3.1.1): the validator every update passes
+ * before delivery, and the immutable snapshot (apex_progress_t) the host
+ * receives. It owns no shared state: validation is a pure function of its
+ * input, and a snapshot is never written after apex__progress_new returns,
+ * so any number of threads may read one; only its reference count is
+ * touched concurrently, and that is atomic. What can fail: validation
+ * (APEX_E_INVALID with a reason naming the exact place, e.g.
+ * "sub_tasks[0].sub_tasks[2].percentage: 101 is outside [0, 100]") and
+ * allocation (apex__progress_new / apex_progress_to_json return NULL).
+ *
+ * The rules, shared by the JSON form and the C form (apex_progress_update_t):
+ * - percentage: a number (integer or real), finite, in [0, 100]; required.
+ * - message: absent, JSON null, C NULL, or valid UTF-8 (no NUL bytes, no
+ *   overlongs, surrogates or code points above U+10FFFF) of at most
+ *   APEX_PROGRESS_MESSAGE_MAX bytes.
+ * - status: absent / C NULL, or one of the known statuses listed in apex.h.
+ * - details: absent / C NULL, or an object.
+ * - sub_tasks: absent / C NULL, or an array of objects {"name": non-empty
+ *   UTF-8 string of at most 128 bytes, "percentage", "status"?, "message"?,
+ *   "weight"?: finite number > 0, "details"?, "sub_tasks"?}. The elements of
+ *   the update's own sub_tasks are at depth 1; depth APEX_PROGRESS_MAX_DEPTH
+ *   is the deepest allowed, and the tree holds at most 1000 sub-tasks.
+ * - Any other key, at the top or in a sub-task, is rejected by name: the
+ *   shape is closed so that a typo ("percent") is an error, not a silent
+ *   no-op. Free-form data belongs in "details".
+ * Reasons echo at most 32 bytes of a caller's string (an unknown status or
+ * key), with anything but printable ASCII replaced by '?', so a hostile
+ * plugin cannot write control characters into the host's logs through us.
+ *
+ * Snapshot getters on NULL return 0, 0.0, "" (message), "" (status), and
+ * NULL for details and sub_tasks; apex_progress_to_json(NULL) is NULL. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/progress_internal.h"
+
+#define NAME_MAX_BYTES 128
+#define MAX_NODES 1000
+/* Room for the deepest path: 9 levels of "sub_tasks[1000]." plus a field. */
+#define PATH_CAP 320
+
+struct apex_progress {
+  atomic_size_t refs;
+  uint64_t seq;
+  double percentage;
+  const char *message; /* both point into text[] */
+  const char *status;
+  json_t *details;   /* an object, owned */
+  json_t *sub_tasks; /* an array, owned */
+  char text[];       /* message NUL status NUL: one allocation per snapshot */
+};
+
+static const char *const known_statuses[] = {
+    "running", "completed",  "error",     "milestone_reached", "queued",
+    "retry_wait", "succeeded", "failed", "cancelled",         "timed_out",
+};
+
+/* ------------------------------------------------------------------ UTF-8 */
+
+/* Returns: len if s[0..len) is valid UTF-8, else the offset of the first
+ * byte of the first invalid or truncated sequence. The ranges for the second
+ * byte after E0, ED, F0 and F4 are what exclude overlongs, surrogates and
+ * code points above U+10FFFF (RFC 3629, section 4). */
+static size_t utf8_bad_at(const unsigned char *s, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    unsigned c = s[i];
+    if (c >= 0x01 && c <= 0x7F) {
+      i++;
+      continue;
+    }
+    size_t more;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      more = 1;
+    } else if (c == 0xE0) {
+      more = 2, lo = 0xA0;
+    } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
+      more = 2;
+    } else if (c == 0xED) {
+      more = 2, hi = 0x9F;
+    } else if (c == 0xF0) {
+      more = 3, lo = 0x90;
+    } else if (c >= 0xF1 && c <= 0xF3) {
+      more = 3;
+    } else if (c == 0xF4) {
+      more = 3, hi = 0x8F;
+    } else {
+      return i; /* NUL, a stray continuation byte, C0/C1 overlong leads, F5-FF */
+    }
+    if (len - i - 1 < more) return i;
+    if (s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t k = 2; k <= more; k++)
+      if ((s[i + k] & 0xC0) != 0x80) return i;
+    i += more + 1;
+  }
+  return len;
+}
+
+int apex__utf8_valid(const char *s, size_t len) {
+  if (!s) return len == 0;
+  return utf8_bad_at((const unsigned char *)s, len) == len;
+}
+
+/* ------------------------------------------------------------- validation */
+
+typedef struct vctx {
+  char *why;
+  size_t why_len;
+  size_t nodes;    /* sub-tasks seen so far in the whole tree */
+  size_t path_len; /* strlen(path) */
+  char path[PATH_CAP];
+} vctx_t;
+
+static void vctx_init(vctx_t *v, char *why, size_t why_len) {
+  v->why = why_len ? why : NULL;
+  v->why_len = why ? why_len : 0;
+  v->nodes = 0;
+  v->path_len = 0;
+  v->path[0] = '\0';
+  if (v->why) v->why[0] = '\0';
+}
+
+/* Writes "<path>.<field>: <reason>" to why. field NULL: the place is the
+ * path itself (an array element); with an empty path too, "update". */
+static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) APEX_PRINTF(3, 4);
+static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) {
+  if (!v->why) return APEX_E_INVALID;
+  if (!field && !v->path_len) field = "update";
+  int n = snprintf(v->why, v->why_len, "%s%s%s: ", v->path, v->path_len && field ? "." : "",
+                   field ? field : "");
+  if (n >= 0 && (size_t)n < v->why_len) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->why + n, v->why_len - (size_t)n, fmt, ap);
+    va_end(ap);
+  }
+  return APEX_E_INVALID;
+}
+
+/* Appends ".key[index]" (no dot at the root). Returns: the length to restore. */
+static size_t path_push(vctx_t *v, const char *key, size_t index) {
+  size_t saved = v->path_len;
+  size_t room = PATH_CAP - v->path_len;
+  int n = snprintf(v->path + v->path_len, room, "%s%s[%zu]", v->path_len ? "." : "", key, index);
+  v->path_len = (n < 0 || (size_t)n >= room) ? PATH_CAP - 1 : v->path_len + (size_t)n;
+  return saved;
+}
+
+static void path_pop(vctx_t *v, size_t saved) {
+  v->path_len = saved;
+  v->path[saved] = '\0';
+}
+
+static const char *kind(const json_t *j) {
+  switch (json_typeof(j)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "real";
+    case JSON_TRUE:
+    case JSON_FALSE: return "boolean";
+    case JSON_NULL: return "null";
+  }
+  return "unknown";
+}
+
+/* The shortest %g that reads back as d, so 100.0000001 is not shown as the
+ * "100" it was rejected for not being. */
+static void fmt_num(char *buf, size_t cap, double d) {
+  for (int prec = 6; prec <= 17; prec++) {
+    snprintf(buf, cap, "%.*g", prec, d);
+    if (strtod(buf, NULL) == d) return;
+  }
+}
+
+/* A caller's string made safe to echo: see the file comment. cap >= 4. */
+static void quote(char *out, size_t cap, const char *s, size_t len) {
+  size_t max = cap - 4, n = 0;
+  for (; n < len && n < max; n++) {
+    unsigned char c = (unsigned char)s[n];
+    out[n] = (c >= 0x20 && c < 0x7F) ? (char)c : '?';
+  }
+  if (n < len) {
+    memcpy(out + n, "...", 3);
+    n += 3;
+  }
+  out[n] = '\0';
+}
+
+static int status_known_n(const char *s, size_t len) {
+  for (size_t i = 0; i < sizeof known_statuses / sizeof known_statuses[0]; i++)
+    if (strlen(known_statuses[i]) == len && memcmp(known_statuses[i], s, len) == 0) return 1;
+  return 0;
+}
+
+int apex_progress_status_is_known(const char *status) {
+  return status ? status_known_n(status, strlen(status)) : 0;
+}
+
+static apex_status_t check_pct(vctx_t *v, const char *field, double d) {
+  if (!isfinite(d)) return vfail(v, field, "not finite");
+  if (!(d >= 0.0 && d <= 100.0)) {
+    char num[40];
+    fmt_num(num, sizeof num, d);
+    return vfail(v, field, "%s is outside [0, 100]", num);
+  }
+  return APEX_OK;
+}
+
+static apex_status_t check_pct_json(vctx_t *v, const char *field, const json_t *j) {
+  if (!j) return vfail(v, field, "required");
+  if (!json_is_number(j)) return vfail(v, field, "want number, got %s", kind(j));
+  return check_pct(v, field, json_number_value(j));
+}
+
+static apex_status_t check_text(vctx_t *v, const char *field, const char *s, size_t len,
+                                size_t max) {
+  if (len > max) return vfail(v, field, "%zu bytes, longer than %zu", len, max);
+  size_t bad = utf8_bad_at((const unsigned char *)s, len);
+  if (bad < len) return vfail(v, field, "not valid UTF-8 at byte %zu", bad);
+  return APEX_OK;
+}
+
+static apex_status_t check_message_json(vctx_t *v, const json_t *j) {
+  if (!j || json_is_null(j)) return APEX_OK;
+  if (!json_is_string(j)) return vfail(v, "message", "want string, got %s", kind(j));
+  return check_text(v, "message", json_string_value(j), json_string_length(j),
+                    APEX_PROGRESS_MESSAGE_MAX);
+}
+
+static apex_status_t check_status(vctx_t *v, const char *s, size_t len) {
+  if (status_known_n(s, len)) return APEX_OK;
+  char q[36];
+  quote(q, sizeof q, s, len);
+  return vfail(v, "status", "unknown status '%s'", q);
+}
+
+static apex_status_t check_status_json(vctx_t *v, const json_t *j) {
+  if (!j) return APEX_OK;
+  if (!json_is_string(j)) return vfail(v, "status", "want string, got %s", kind(j));
+  return check_status(v, json_string_value(j), json_string_length(j));
+}
+
+static apex_status_t check_details(vctx_t *v, const json_t *j) {
+  if (j && !json_is_object(j)) return vfail(v, "details", "want object, got %s", kind(j));
+  return APEX_OK;
+}
+
+static apex_status_t check_weight(vctx_t *v, const json_t *j) {
+  if (!j) return APEX_OK;
+  if (!json_is_number(j)) return vfail(v, "weight", "want number, got %s", kind(j));
+  double d = json_number_value(j);
+  if (!isfinite(d)) return vfail(v, "weight", "not finite");
+  if (!(d > 0.0)) {
+    char num[40];
+    fmt_num(num, sizeof num, d);
+    return vfail(v, "weight", "%s is not > 0", num);
+  }
+  return APEX_OK;
+}
+
+/* Rejects the first key of obj not in allowed (NULL-terminated). Keys are
+ * compared with their length, so "name\0x" is not taken for "name". */
+static apex_status_t check_keys(vctx_t *v, const json_t *obj, const char *const *allowed) {
+  json_t *o = (json_t *)obj; /* the iterator API is not const; we only read */
+  for (void *it = json_object_iter(o); it; it = json_object_iter_next(o, it)) {
+    const char *key = json_object_iter_key(it);
+    size_t klen = json_object_iter_key_len(it);
+    int ok = 0;
+    for (size_t i = 0; allowed[i] && !ok; i++)
+      ok = strlen(allowed[i]) == klen && memcmp(allowed[i], key, klen) == 0;
+    if (!ok) {
+      char q[36];
+      quote(q, sizeof q, key, klen);
+      return vfail(v, NULL, "unknown key '%s'", q);
+    }
+  }
+  return APEX_OK;
+}
+
+static apex_status_t check_sub_tasks(vctx_t *v, const json_t *j, int depth);
+
+static const char *const node_keys[] = {"name",    "percentage", "status",    "message",
+                                        "weight",  "details",    "sub_tasks", NULL};
+
+static apex_status_t check_node(vctx_t *v, const json_t *n, int depth) {
+  if (depth > APEX_PROGRESS_MAX_DEPTH)
+    return vfail(v, NULL, "nested deeper than %d levels", APEX_PROGRESS_MAX_DEPTH);
+  if (++v->nodes > MAX_NODES) return vfail(v, NULL, "more than %d sub-tasks in the tree", MAX_NODES);
+  if (!json_is_object(n)) return vfail(v, NULL, "want object, got %s", kind(n));
+
+  const json_t *name = json_object_get(n, "name");
+  if (!name) return vfail(v, "name", "required");
+  if (!json_is_string(name)) return vfail(v, "name", "want string, got %s", kind(name));
+  if (json_string_length(name) == 0) return vfail(v, "name", "empty");
+  apex_status_t rc;
+  if ((rc = check_text(v, "name", json_string_value(name), json_string_length(name),
+                       NAME_MAX_BYTES)) ||
+      (rc = check_pct_json(v, "percentage", json_object_get(n, "percentage"))) ||
+      (rc = check_status_json(v, json_object_get(n, "status"))) ||
+      (rc = check_message_json(v, json_object_get(n, "message"))) ||
+      (rc = check_weight(v, json_object_get(n, "weight"))) ||
+      (rc = check_details(v, json_object_get(n, "details"))) ||
+      (rc = check_sub_tasks(v, json_object_get(n, "sub_tasks"), depth)))
+    return rc;
+  return check_keys(v, n, node_keys);
+}
+
+/* depth: that of the node holding j (0 for the update itself). */
+static apex_status_t check_sub_tasks(vctx_t *v, const json_t *j, int depth) {
+  if (!j) return APEX_OK;
+  if (!json_is_array(j)) return vfail(v, "sub_tasks", "want array, got %s", kind(j));
+  for (size_t i = 0; i < json_array_size(j); i++) {
+    size_t saved = path_push(v, "sub_tasks", i);
+    apex_status_t rc = check_node(v, json_array_get(j, i), depth + 1);
+    path_pop(v, saved);
+    if (rc) return rc;
+  }
+  return APEX_OK;
+}
+
+static const char *const update_keys[] = {"percentage", "message",   "status",
+                                          "details",    "sub_tasks", NULL};
+
+apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why_len) {
+  vctx_t v;
+  vctx_init(&v, why, why_len);
+  if (!update) return vfail(&v, "update", "NULL");
+  if (!json_is_object(update)) return vfail(&v, "update", "want object, got %s", kind(update));
+  apex_status_t rc;
+  if ((rc = check_pct_json(&v, "percentage", json_object_get(update, "percentage"))) ||
+      (rc = check_message_json(&v, json_object_get(update, "message"))) ||
+      (rc = check_status_json(&v, json_object_get(update, "status"))) ||
+      (rc = check_details(&v, json_object_get(update, "details"))) ||
+      (rc = check_sub_tasks(&v, json_object_get(update, "sub_tasks"), 0)))
+    return rc;
+  return check_keys(&v, update, update_keys);
+}
+
+apex_status_t apex_progress_update_validate(const apex_progress_update_t *u, char *why,
+                                            size_t why_len) {
+  vctx_t v;
+  vctx_init(&v, why, why_len);
+  if (!u) return vfail(&v, "update", "NULL");
+  apex_status_t rc;
+  if ((rc = check_pct(&v, "percentage", u->percentage))) return rc;
+  if (u->message && (rc = check_text(&v, "message", u->message, strlen(u->message),
+                                     APEX_PROGRESS_MESSAGE_MAX)))
+    return rc;
+  if (u->status && (rc = check_status(&v, u->status, strlen(u->status)))) return rc;
+  if ((rc = check_details(&v, u->details))) return rc;
+  return check_sub_tasks(&v, u->sub_tasks, 0);
+}
+
+/* --------------------------------------------------------------- snapshot */
+
+apex_progress_t *apex__progress_new(uint64_t seq, double percentage, const char *message,
+                                    const char *status, json_t *details, json_t *sub_tasks) {
+  if (!message) message = "";
+  if (!status) status = "running";
+  size_t mlen = strlen(message), slen = strlen(status);
+  apex_progress_t *p = NULL;
+  if (!details && !(details = json_object())) goto fail;
+  if (!sub_tasks && !(sub_tasks = json_array())) goto fail;
+  if (mlen > SIZE_MAX / 4 || slen > SIZE_MAX / 4) goto fail;
+  p = malloc(sizeof *p + mlen + 1 + slen + 1);
+  if (!p) goto fail;
+  atomic_init(&p->refs, 1);
+  p->seq = seq;
+  p->percentage = percentage;
+  memcpy(p->text, message, mlen + 1);
+  memcpy(p->text + mlen + 1, status, slen + 1);
+  p->message = p->text;
+  p->status = p->text + mlen + 1;
+  p->details = details;
+  p->sub_tasks = sub_tasks;
+  return p;
+fail:
+  json_decref(details);
+  json_decref(sub_tasks);
+  return NULL;
+}
+
+uint64_t apex_progress_seq(const apex_progress_t *p) { return p ? p->seq : 0; }
+double apex_progress_percentage(const apex_progress_t *p) { return p ? p->percentage : 0.0; }
+const char *apex_progress_message(const apex_progress_t *p) { return p ? p->message : ""; }
+const char *apex_progress_status(const apex_progress_t *p) { return p ? p->status : ""; }
+const json_t *apex_progress_details(const apex_progress_t *p) { return p ? p->details : NULL; }
+const json_t *apex_progress_sub_tasks(const apex_progress_t *p) {
+  return p ? p->sub_tasks : NULL;
+}
+
+json_t *apex_progress_to_json(const apex_progress_t *p) {
+  if (!p) return NULL;
+  json_t *o = json_object();
+  if (!o) return NULL;
+  /* Copies, not references, of details and sub_tasks: the caller may modify
+   * what we return, while other threads read the same snapshot, and jansson
+   * objects are not safe to mutate and read at once. Sharing would also tie
+   * correctness to jansson's refcounts being atomic, which depends on how it
+   * was built (JSON_HAVE_ATOMIC_BUILTINS). */
+  if (json_object_set_new(o, "seq", json_integer((json_int_t)p->seq)) ||
+      json_object_set_new(o, "percentage", json_real(p->percentage)) ||
+      json_object_set_new(o, "status", json_string(p->status)) ||
+      json_object_set_new(o, "message", json_string(p->message)) ||
+      json_object_set_new(o, "details", json_deep_copy(p->details)) ||
+      json_object_set_new(o, "sub_tasks", json_deep_copy(p->sub_tasks))) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+apex_progress_t *apex_progress_ref(apex_progress_t *p) {
+  if (p) atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+  return p;
+}
+
+void apex_progress_unref(apex_progress_t *p) {
+  if (!p) return;
+  /* acq_rel: the last owner must see every other owner's reads finish
+   * before it frees. */
+  if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1) return;
+  json_decref(p->details);
+  json_decref(p->sub_tasks);
+  free(p);
+}

@@ -1,0 +1,174 @@
+/* The host services a plugin reaches through ctx->api (include/apex/plugin.h).
+ *
+ * A ctx is the head of its task, so these calls are container_of and a few
+ * field reads. They run on whatever thread the plugin calls from: a worker
+ * running a blocking handler, or any thread of a deferred plugin. The ctx
+ * stays valid while its attempt is open (see task.c, the "life" reference),
+ * so every call here is safe until the handler returns or complete() runs;
+ * a call after the task ended is accepted and ignored.
+ *
+ * Progress is validated here, on the plugin's thread, so an invalid update
+ * is rejected with a reason before it costs the host anything. */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/progress_internal.h"
+#include "exec/internal.h"
+
+static json_t *ctx_params(apex_ctx_t *c) { return APEX__TASK_OF(c)->params; }
+static uint64_t ctx_task_id(apex_ctx_t *c) { return APEX__TASK_OF(c)->id; }
+
+static uint32_t ctx_attempt(apex_ctx_t *c) {
+  return apex_task_attempts(APEX__TASK_OF(c));
+}
+
+static void *ctx_plugin_state(apex_ctx_t *c) { return APEX__TASK_OF(c)->plugin->state; }
+
+static int ctx_is_cancelled(apex_ctx_t *c) {
+  return apex_token_is_cancelled(APEX__TASK_OF(c)->token);
+}
+
+static const char *ctx_cancel_reason(apex_ctx_t *c) {
+  return apex_token_reason(APEX__TASK_OF(c)->token);
+}
+
+static int ctx_cancel_fd(apex_ctx_t *c) { return apex_token_fd(APEX__TASK_OF(c)->token); }
+
+static int ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) {
+  int64_t t = ms > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ms;
+  return apex_token_wait(APEX__TASK_OF(c)->token, t) == APEX_E_CANCELLED ? APEX_E_CANCELLED
+                                                                         : APEX_OK;
+}
+
+static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) {
+  if (fd < 0) return APEX_E_INVALID;
+  apex_token_t *tok = APEX__TASK_OF(c)->token;
+  int cfd = apex_token_fd(tok);
+  if (cfd < 0) return APEX_E_IO;
+  struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = cfd, .events = POLLIN}};
+  uint64_t until = timeout_ms >= 0 ? apex__now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+  for (;;) {
+    int wait = -1;
+    if (timeout_ms >= 0) {
+      uint64_t now = apex__now_ns();
+      wait = now >= until ? 0 : (int)((until - now + 999999u) / 1000000u);
+    }
+    int n = poll(p, 2, wait);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return APEX_E_IO;
+    }
+    if (apex_token_is_cancelled(tok)) return APEX_E_CANCELLED;
+    if (n == 0) return 0;
+    if (p[0].revents) return p[0].revents;
+  }
+}
+
+static int reject(apex_task_t *t, const char *why) {
+  atomic_fetch_add_explicit(&t->m->st_prog_rejected, 1, memory_order_relaxed);
+  if (apex__log_enabled(&t->m->log, APEX_LOG_DEBUG))
+    apex__log(&t->m->log, APEX_LOG_DEBUG, "%s.%s task %llu: progress rejected: %s",
+              t->plugin->desc.name, t->action->name, (unsigned long long)t->id, why);
+  return APEX_E_INVALID;
+}
+
+static int ctx_progress(apex_ctx_t *c, double pct, const char *msg) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  if (!(pct >= 0.0 && pct <= 100.0)) return reject(t, "percentage: not a number in [0, 100]");
+  if (msg) {
+    size_t len = strnlen(msg, APEX_PROGRESS_MESSAGE_MAX + 1);
+    if (len > APEX_PROGRESS_MESSAGE_MAX) return reject(t, "message: too long");
+    if (!apex__utf8_valid(msg, len)) return reject(t, "message: not valid UTF-8");
+  }
+  return apex__task_report(t, pct, msg, NULL, NULL, NULL);
+}
+
+static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  char why[256];
+  if (apex_progress_update_validate(u, why, sizeof why) != APEX_OK) return reject(t, why);
+  json_t *details = u->details ? json_deep_copy(u->details) : NULL;
+  json_t *subs = u->sub_tasks ? json_deep_copy(u->sub_tasks) : NULL;
+  if ((u->details && !details) || (u->sub_tasks && !subs)) {
+    json_decref(details);
+    json_decref(subs);
+    return APEX_E_NOMEM;
+  }
+  return apex__task_report(t, u->percentage, u->message, u->status, details, subs);
+}
+
+static void ctx_set_result(apex_ctx_t *c, json_t *result) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  json_t *old = t->attempt_result;
+  t->attempt_result = result;
+  pthread_mutex_unlock(mu);
+  json_decref(old);
+}
+
+static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
+  pthread_mutex_unlock(mu);
+  apex_error_t *e = apex__error_newv(code, &w, NULL, fmt, ap);
+  pthread_mutex_lock(mu);
+  apex_error_t *old = t->attempt_error;
+  t->attempt_error = e;
+  pthread_mutex_unlock(mu);
+  apex_error_unref(old);
+  return code;
+}
+
+static void ctx_complete(apex_ctx_t *c, int status) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  apex_manager_t *m = t->m;
+  if (t->action->kind != APEX_ACTION_DEFERRED) {
+    apex__log(&m->log, APEX_LOG_WARN,
+              "%s.%s: complete() called by a blocking handler; it finishes by returning",
+              t->plugin->desc.name, t->action->name);
+    return;
+  }
+  if (status == APEX_PENDING) status = APEX_E_EXECUTION;
+  /* The life reference may go inside attempt_end; keep t readable. */
+  apex__task_ref(t);
+  int teardown = apex__task_attempt_end(t, status, 1);
+  apex__task_unref(t);
+  if (teardown) apex__manager_teardown(m, 0);
+}
+
+static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  if (!apex__log_enabled(&t->m->log, level)) return;
+  char msg[900];
+  if (vsnprintf(msg, sizeof msg, fmt, ap) < 0) return;
+  apex__log(&t->m->log, level, "%s.%s task %llu: %s", t->plugin->desc.name, t->action->name,
+            (unsigned long long)t->id, msg);
+}
+
+void apex__host_api_init(apex_host_api_t *api) {
+  memset(api, 0, sizeof *api);
+  api->abi_version = APEX_PLUGIN_ABI;
+  api->struct_size = sizeof *api;
+  api->params = ctx_params;
+  api->task_id = ctx_task_id;
+  api->attempt = ctx_attempt;
+  api->plugin_state = ctx_plugin_state;
+  api->is_cancelled = ctx_is_cancelled;
+  api->cancel_reason = ctx_cancel_reason;
+  api->cancel_fd = ctx_cancel_fd;
+  api->sleep_ms = ctx_sleep_ms;
+  api->wait_fd = ctx_wait_fd;
+  api->progress = ctx_progress;
+  api->progress_update = ctx_progress_update;
+  api->set_result = ctx_set_result;
+  api->failv = ctx_failv;
+  api->complete = ctx_complete;
+  api->logv = ctx_logv;
+}

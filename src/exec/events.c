@@ -1,0 +1,122 @@
+/* Events: the FIFO through which attempts, progress, retries and outcomes
+ * reach the host, whichever way it chose (DESIGN.md "Threads and the host's
+ * loop"): callbacks on the runtime thread (LOOP), or a pollable eventfd plus
+ * apex_manager_dispatch() on the host's own thread (DISPATCH).
+ *
+ * Producers push under ev_mu (a leaf, taken under a task lock so a task's
+ * events keep the order of its state changes) and signal only when the queue
+ * goes from empty to non-empty, so a burst costs one wakeup. The consumer
+ * moves the whole queue out under the lock and runs callbacks with no lock
+ * held (STYLE.md §5).
+ *
+ * Failure: an event node that cannot be allocated is not delivered (the
+ * task's state and its blocking wait are unaffected); the DONE event is
+ * preallocated with the task, so the outcome is always delivered. */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "exec/internal.h"
+
+int apex__events_init(apex_manager_t *m) {
+  m->ev_fd = -1;
+  if (m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_OK;
+  m->ev_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  return m->ev_fd < 0 ? APEX_E_IO : APEX_OK;
+}
+
+void apex__ev_free(apex__ev_t *node) {
+  if (!node) return;
+  apex_progress_unref((apex_progress_t *)node->ev.progress);
+  apex_error_unref((apex_error_t *)node->ev.error);
+  json_decref((json_t *)node->ev.result);
+  apex_task_t *t = node->ev.task;
+  if (!t || node != &t->done_storage) free(node); /* else part of the task */
+  if (t) apex__task_unref(t);
+}
+
+void apex__events_fini(apex_manager_t *m) {
+  apex__ev_t *n = m->ev_head;
+  m->ev_head = m->ev_tail = NULL;
+  while (n) {
+    apex__ev_t *next = n->next;
+    apex__ev_free(n);
+    n = next;
+  }
+  if (m->ev_fd >= 0) close(m->ev_fd);
+  m->ev_fd = -1;
+}
+
+int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type) {
+  if (!t->on_event) return 0;
+  return !m->cfg.event_mask || (m->cfg.event_mask & (unsigned)type);
+}
+
+/* Under the task lock. */
+apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
+  apex__ev_t *n = calloc(1, sizeof *n);
+  if (!n) {
+    return NULL;
+  }
+  n->ev.type = type;
+  n->ev.task = t;
+  n->ev.task_id = t->id;
+  n->ev.seq = ++t->event_seq;
+  n->ev.attempt = t->attempt;
+  n->ev.state = (apex_task_state_t)atomic_load(&t->state);
+  apex__task_ref(t);
+  return n;
+}
+
+void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
+  apex_task_t *t = n->ev.task;
+  n->fn = t->on_event;
+  n->user = t->event_user;
+  n->next = NULL;
+  pthread_mutex_lock(&m->ev_mu);
+  int was_empty = m->ev_head == NULL;
+  if (m->ev_tail)
+    m->ev_tail->next = n;
+  else
+    m->ev_head = n;
+  m->ev_tail = n;
+  int signal_fd = 0;
+  if (was_empty && m->ev_fd >= 0 && !m->ev_fd_armed) {
+    m->ev_fd_armed = 1;
+    signal_fd = 1;
+  }
+  pthread_mutex_unlock(&m->ev_mu);
+  if (signal_fd) {
+    uint64_t one = 1;
+    ssize_t w;
+    do w = write(m->ev_fd, &one, sizeof one);
+    while (w < 0 && errno == EINTR);
+    /* EAGAIN means the counter is already non-zero: readable anyway. */
+  } else if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) {
+    apex__runtime_wake(m);
+  }
+}
+
+int apex__events_deliver(apex_manager_t *m) {
+  pthread_mutex_lock(&m->ev_mu);
+  apex__ev_t *n = m->ev_head;
+  m->ev_head = m->ev_tail = NULL;
+  if (m->ev_fd_armed) {
+    uint64_t v;
+    ssize_t r;
+    do r = read(m->ev_fd, &v, sizeof v);
+    while (r < 0 && errno == EINTR);
+    m->ev_fd_armed = 0;
+  }
+  pthread_mutex_unlock(&m->ev_mu);
+  int count = 0;
+  while (n) {
+    apex__ev_t *next = n->next;
+    if (n->fn) n->fn(&n->ev, n->user);
+    apex__ev_free(n);
+    count++;
+    n = next;
+  }
+  return count;
+}

@@ -1,0 +1,261 @@
+/* Internal: the manager, tasks and the pieces of the execution engine that
+ * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, events.c).
+ *
+ * Threads: the host's threads (submit, wait, cancel, dispatch), worker
+ * threads (run handlers), the runtime thread (libuv loop: deadlines, retry
+ * backoff, progress flushing, event delivery in LOOP mode) and any thread a
+ * deferred plugin completes from.
+ *
+ * Locks, in the only order any code takes two of them:
+ *   m->reg_mu (registry)      never held with another
+ *   task stripe lock          (apex__task_lock) before
+ *     m->pool_mu | m->tmu | m->ev_mu | m->flush_mu   (leaves: never two)
+ *   m->wait_mu                leaf
+ * No user code (handler, event callback, log sink, token callback) runs
+ * while any of them is held. */
+#ifndef APEX_EXEC_INTERNAL_H
+#define APEX_EXEC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "apex/apex.h"
+#include "core/log.h"
+#include "plugin/loader.h"
+
+#define APEX__LOCK_STRIPES 64
+#define APEX__MAX_NON_RETRYABLE 16
+#define APEX__PROGRESS_BACKLOG_MAX 64
+
+typedef struct apex__ev apex__ev_t;
+
+/* Progress reported but not yet delivered; allocated on a task's first
+ * report (a queued task carries none). Guarded by the task's lock. */
+typedef struct apex__progress_slot {
+  int dirty;            /* latest holds an undelivered update */
+  double pct;
+  char msg[APEX_PROGRESS_MESSAGE_MAX + 1];
+  char status[32];
+  json_t *details;      /* owned or NULL */
+  json_t *sub_tasks;    /* owned or NULL */
+  char last_status[32]; /* status of the last accepted update */
+  /* never-dropped updates (milestones, status changes), oldest first */
+  apex_progress_t *backlog[APEX__PROGRESS_BACKLOG_MAX];
+  unsigned n_backlog;
+} apex__progress_slot_t;
+
+struct apex_task {
+  apex_ctx_t ctx; /* what handlers receive; container_of gives the task */
+  apex_manager_t *m;
+  atomic_uint refs;
+  uint64_t id;
+  const apex__plugin_t *plugin;
+  const apex_action_desc_t *action;
+  json_t *params;
+  apex_token_t *token;
+  apex_event_fn on_event;
+  void *event_user;
+  uint64_t parent_cb_id; /* callback on token watching the parent, or 0 */
+
+  /* Guarded by the task's stripe lock; state is also read atomically. */
+  _Atomic int state;   /* apex_task_state_t */
+  uint32_t attempt;
+  int attempt_open;    /* a handler owns the ctx (running or pending) */
+  int stuck;           /* its worker was replaced after a timeout */
+  json_t *attempt_result;
+  apex_error_t *attempt_error;
+  json_t *result;
+  apex_error_t *error;
+  uint64_t event_seq;
+  uint64_t progress_seq;
+  apex__progress_slot_t *prog;
+  apex_progress_t *last_progress;
+
+  /* retry policy (copied) and deadlines, in ns of CLOCK_MONOTONIC */
+  apex_retry_policy_t retry;
+  apex_status_t non_retryable[APEX__MAX_NON_RETRYABLE];
+  uint64_t deadline_ns; /* 0: none */
+  uint64_t retry_at_ns;
+  double timeout_s;
+
+  /* timer heap (m->tmu) */
+  size_t heap_idx;      /* SIZE_MAX: not in the heap */
+  uint64_t timer_at;
+
+  /* intrusive links */
+  apex_task_t *run_next;   /* run queue (m->pool_mu) */
+  apex_task_t *live_prev, *live_next; /* live list (m->pool_mu) */
+  apex_task_t *flush_next; /* flush list (m->flush_mu) */
+  int flush_queued;        /* (m->flush_mu) */
+  apex__ev_t *done_ev;     /* &done_storage until the DONE event is queued */
+  struct apex__ev {
+    apex__ev_t *next;
+    apex_event_fn fn;
+    void *user;
+    apex_event_t ev; /* holds a ref on task, progress, error, result */
+  } done_storage;
+};
+
+typedef struct apex__worker {
+  pthread_t thread;
+  apex_manager_t *m;
+  struct apex__worker *next;
+  int exited; /* (m->pool_mu) returned from its loop, ready to join */
+} apex__worker_t;
+
+struct apex_manager {
+  apex_manager_config_t cfg;
+  apex__logger_t log;
+  apex_host_api_t api;
+  atomic_uint refs; /* the destroyer's + one per task not yet freed */
+  pthread_mutex_t stripes[APEX__LOCK_STRIPES];
+  atomic_uint_fast64_t next_id;
+  _Atomic int shutting_down;
+  uint64_t flush_interval_ns;
+
+  /* registry */
+  pthread_mutex_t reg_mu;
+  apex__plugin_t **plugins;
+  size_t n_plugins, cap_plugins;
+  char **paths;
+  size_t n_paths;
+  json_t *empty_params;
+
+  /* worker pool: run queue, live list, workers (pool_mu) */
+  pthread_mutex_t pool_mu;
+  pthread_cond_t pool_cv;
+  apex_task_t *run_head, *run_tail;
+  apex_task_t *live_head;
+  apex__worker_t *workers;
+  unsigned n_threads;  /* worker threads alive */
+  unsigned n_idle;
+  unsigned n_stuck;
+  unsigned n_active;   /* open attempts (running or pending ctxs) */
+  size_t n_queued;
+  size_t n_live;
+  int pool_stop;
+  int orphaned;        /* destroy gave up waiting: last one out frees */
+
+  /* timers (tmu) */
+  pthread_mutex_t tmu;
+  apex_task_t **heap;
+  size_t heap_len, heap_cap;
+  uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
+
+  /* events (ev_mu) */
+  pthread_mutex_t ev_mu;
+  apex__ev_t *ev_head, *ev_tail;
+  int ev_fd;           /* DISPATCH: eventfd readable while events wait */
+  int ev_fd_armed;
+
+  /* progress flushing (flush_mu) */
+  pthread_mutex_t flush_mu;
+  apex_task_t *flush_head;
+  uint64_t last_flush_ns;
+
+  /* waiting on tasks */
+  pthread_mutex_t wait_mu;
+  pthread_cond_t wait_cv;
+  atomic_uint waiters;
+
+  /* runtime thread */
+  pthread_t rt_thread;
+  uv_loop_t loop;
+  uv_async_t wake;
+  uv_timer_t deadline_timer;
+  uv_timer_t flush_timer;
+  _Atomic int rt_stop;
+  int rt_started;
+
+  /* counters */
+  atomic_uint_fast64_t st_submitted, st_succeeded, st_failed, st_cancelled, st_timed_out;
+  atomic_uint_fast64_t st_attempts, st_retries;
+  atomic_uint_fast64_t st_prog_reported, st_prog_delivered, st_prog_rejected, st_late;
+};
+
+#define APEX__TASK_OF(c) ((apex_task_t *)((char *)(c) - offsetof(apex_task_t, ctx)))
+
+/* clock */
+uint64_t apex__now_ns(void);
+
+/* task.c */
+pthread_mutex_t *apex__task_mu(apex_task_t *t);
+void apex__task_ref(apex_task_t *t);
+void apex__task_unref(apex_task_t *t);
+/* Runs one attempt of t on the calling worker thread. Returns: 1 if the
+ * caller must finish tearing down an orphaned manager (apex__manager_teardown). */
+int apex__task_run(apex_task_t *t);
+/* Ends the open attempt with rc (from the handler's return or complete).
+ * Returns: as apex__task_run. */
+int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete);
+/* Accepts a validated progress report from the plugin (ctx.c). Returns
+ * APEX_OK (also for a late report, ignored and counted) or APEX_E_NOMEM.
+ * Ownership: msg/status copied; details and sub_tasks taken. */
+int apex__task_report(apex_task_t *t, double pct, const char *msg, const char *status,
+                      json_t *details, json_t *sub_tasks);
+/* Makes t terminal with state/error unless it already is. Returns 1 if this
+ * call did it. Takes no lock on entry; error taken. */
+int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error);
+/* Timer fired for t (runtime thread). */
+void apex__task_on_timer(apex_task_t *t, uint64_t now);
+/* Delivers t's pending progress (runtime thread or a finishing thread). */
+void apex__task_flush_progress(apex_task_t *t);
+/* Cancels t for reason (user, shutdown, parent). */
+int apex__task_cancel(apex_task_t *t, const char *reason);
+
+/* ctx.c: the host services table handed to plugins. */
+void apex__host_api_init(apex_host_api_t *api);
+
+/* pool.c */
+int apex__pool_start(apex_manager_t *m, unsigned n);
+void apex__pool_push(apex_manager_t *m, apex_task_t *t); /* takes a ref */
+void apex__pool_live_add(apex_manager_t *m, apex_task_t *t);
+void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t);
+/* A running task timed out: its worker may be stuck; start a replacement. */
+void apex__pool_worker_stuck(apex_manager_t *m);
+/* Stops and joins every worker (after the queue is empty). */
+void apex__pool_stop(apex_manager_t *m);
+/* An attempt opened/closed (counts handlers that own a ctx). Open is called
+ * under the task lock; close without it. Returns (close): 1 if this was the
+ * last handler of an orphaned manager: the caller must then call
+ * apex__manager_teardown(m, on_worker) once it no longer touches m. */
+void apex__pool_attempt_open(apex_manager_t *m);
+int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, int on_worker);
+
+/* manager.c */
+/* Stops threads, unloads plugins (not when called off a worker thread: a
+ * plugin's own thread may still be inside the plugin), frees queues, and
+ * drops the destroyer's reference. */
+void apex__manager_teardown(apex_manager_t *m, int on_worker);
+void apex__manager_unref(apex_manager_t *m);
+
+/* runtime.c */
+int apex__runtime_start(apex_manager_t *m);
+void apex__runtime_stop(apex_manager_t *m);
+void apex__runtime_wake(apex_manager_t *m);
+void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at); /* takes ref if new */
+void apex__timer_cancel(apex_manager_t *m, apex_task_t *t);
+void apex__flush_request(apex_manager_t *m, apex_task_t *t);
+
+/* events.c */
+int apex__events_init(apex_manager_t *m);
+void apex__events_fini(apex_manager_t *m);
+/* 1 if an event of type should be made for t. */
+int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type);
+/* Queues an event (refs taken inside on task/progress/error/result);
+ * node may be a preallocated one (the DONE event). */
+void apex__events_push(apex_manager_t *m, apex__ev_t *node);
+apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type);
+/* Delivers every waiting event on the calling thread. Returns the count. */
+int apex__events_deliver(apex_manager_t *m);
+void apex__ev_free(apex__ev_t *node);
+
+/* retry.c */
+/* Returns: 1 and *delay_s if attempt `attempt` failing with code may be
+ * retried under p, else 0. */
+int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
+
+#endif

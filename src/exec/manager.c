@@ -1,0 +1,679 @@
+/* The manager: configuration, the plugin registry and its search path,
+ * submitting tasks, shutdown, and the host-facing event and stats calls.
+ *
+ * The manager's memory is reference counted: the host's reference (dropped
+ * by destroy, or by the last stuck handler after a destroy that timed out)
+ * and one per task not yet freed, so a task handle the host still holds
+ * after destroy can be queried and released safely.
+ *
+ * Threads: every public call here may come from any host thread. The
+ * registry is guarded by reg_mu; plugin init hooks run with no lock held,
+ * so a duplicate is detected after init and that copy is unloaded again.
+ * Failure: every bad input returns an error naming it; a failed load leaves
+ * the registry as it was. */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "exec/internal.h"
+
+#define MAX_WORKERS 1024
+
+void apex_manager_config_init(apex_manager_config_t *cfg) {
+  if (!cfg) return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->struct_size = sizeof *cfg;
+  cfg->max_stuck_workers = 4;
+  cfg->progress_rate_hz = 20;
+  cfg->log_level = -1;
+}
+
+void apex_submit_opts_init(apex_submit_opts_t *opts) {
+  if (!opts) return;
+  memset(opts, 0, sizeof *opts);
+  opts->struct_size = sizeof *opts;
+}
+
+static void manager_free(apex_manager_t *m) {
+  for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i]);
+  pthread_mutex_destroy(&m->reg_mu);
+  pthread_mutex_destroy(&m->pool_mu);
+  pthread_cond_destroy(&m->pool_cv);
+  pthread_mutex_destroy(&m->tmu);
+  pthread_mutex_destroy(&m->ev_mu);
+  pthread_mutex_destroy(&m->flush_mu);
+  pthread_mutex_destroy(&m->wait_mu);
+  pthread_cond_destroy(&m->wait_cv);
+  free(m);
+}
+
+void apex__manager_unref(apex_manager_t *m) {
+  if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) manager_free(m);
+}
+
+static int check_config(const apex_manager_config_t *in, apex_manager_config_t *out,
+                        char *why, size_t n) {
+  apex_manager_config_init(out);
+  if (!in) return 1;
+  if (in->struct_size < offsetof(apex_manager_config_t, log_level) + sizeof(int) ||
+      in->struct_size > 4096) {
+    snprintf(why, n, "config.struct_size %u: call apex_manager_config_init first",
+             in->struct_size);
+    return 0;
+  }
+  memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
+  out->struct_size = sizeof *out;
+  if (out->workers > MAX_WORKERS) {
+    snprintf(why, n, "config.workers %u: at most %d", out->workers, MAX_WORKERS);
+    return 0;
+  }
+  if (out->max_stuck_workers > MAX_WORKERS) {
+    snprintf(why, n, "config.max_stuck_workers %u: at most %d", out->max_stuck_workers,
+             MAX_WORKERS);
+    return 0;
+  }
+  if (!(out->progress_rate_hz > 0 && out->progress_rate_hz <= 1e6)) {
+    snprintf(why, n, "config.progress_rate_hz %g: want a number in (0, 1e6]",
+             out->progress_rate_hz);
+    return 0;
+  }
+  if (out->delivery != APEX_DELIVER_LOOP && out->delivery != APEX_DELIVER_DISPATCH) {
+    snprintf(why, n, "config.delivery %d: want APEX_DELIVER_LOOP or APEX_DELIVER_DISPATCH",
+             (int)out->delivery);
+    return 0;
+  }
+  unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE;
+  if (out->event_mask & ~all) {
+    snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
+    return 0;
+  }
+  if (out->log_level > APEX_LOG_DEBUG) {
+    snprintf(why, n, "config.log_level %d: want -1 or APEX_LOG_ERROR..APEX_LOG_DEBUG",
+             out->log_level);
+    return 0;
+  }
+  return 1;
+}
+
+apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out) {
+  if (!out) return APEX_E_INVALID;
+  *out = NULL;
+  apex_manager_config_t c;
+  char why[160];
+  if (!check_config(cfg, &c, why, sizeof why)) {
+    apex__logger_t lg;
+    apex__logger_init(&lg, cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_user)
+                               ? cfg->log : NULL,
+                      cfg ? cfg->log_user : NULL, -1);
+    apex__log(&lg, APEX_LOG_ERROR, "apex_manager_new: %s", why);
+    return APEX_E_INVALID;
+  }
+  if (c.workers == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    c.workers = n > 2 ? (unsigned)(n > 64 ? 64 : n) : 2;
+  }
+  apex_manager_t *m = calloc(1, sizeof *m);
+  if (!m) return APEX_E_NOMEM;
+  m->cfg = c;
+  apex__logger_init(&m->log, c.log, c.log_user, c.log_level);
+  apex__host_api_init(&m->api);
+  atomic_init(&m->refs, 1);
+  atomic_init(&m->next_id, 1);
+  m->flush_interval_ns = (uint64_t)(1e9 / c.progress_rate_hz);
+  for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i], NULL);
+  pthread_mutex_init(&m->reg_mu, NULL);
+  pthread_mutex_init(&m->pool_mu, NULL);
+  pthread_cond_init(&m->pool_cv, NULL);
+  pthread_mutex_init(&m->tmu, NULL);
+  pthread_mutex_init(&m->ev_mu, NULL);
+  pthread_mutex_init(&m->flush_mu, NULL);
+  pthread_mutex_init(&m->wait_mu, NULL);
+  pthread_condattr_t ca;
+  int rc = APEX_E_IO;
+  if (pthread_condattr_init(&ca) == 0) {
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (pthread_cond_init(&m->wait_cv, &ca) == 0) rc = APEX_OK;
+    pthread_condattr_destroy(&ca);
+  }
+  if (rc != APEX_OK) {
+    manager_free(m);
+    return rc;
+  }
+  m->empty_params = json_object();
+  if (!m->empty_params) {
+    manager_free(m);
+    return APEX_E_NOMEM;
+  }
+  if ((rc = apex__events_init(m)) != APEX_OK || (rc = apex__runtime_start(m)) != APEX_OK ||
+      (rc = apex__pool_start(m, c.workers)) != APEX_OK) {
+    apex__log(&m->log, APEX_LOG_ERROR, "apex_manager_new: cannot start: %s", strerror(errno));
+    apex__manager_teardown(m, 1);
+    return rc;
+  }
+  *out = m;
+  return APEX_OK;
+}
+
+/* --------------------------------------------------------------- shutdown */
+
+static uint64_t deadline_after(int64_t ms) {
+  return ms < 0 ? UINT64_MAX : apex__now_ns() + (uint64_t)ms * 1000000u;
+}
+
+/* Waits on wait_cv until *count (read under pool_mu) is 0 or until passes.
+ * Returns the last count seen. */
+static size_t wait_zero(apex_manager_t *m, const size_t *count_sz, const unsigned *count_u,
+                        uint64_t until) {
+  pthread_mutex_lock(&m->wait_mu);
+  atomic_fetch_add(&m->waiters, 1);
+  size_t n;
+  for (;;) {
+    pthread_mutex_lock(&m->pool_mu);
+    n = count_sz ? *count_sz : *count_u;
+    pthread_mutex_unlock(&m->pool_mu);
+    uint64_t now = apex__now_ns();
+    if (n == 0 || now >= until) break;
+    /* Wake at least every 50 ms: a count that reaches zero without a
+     * broadcast (none is owed outside shutdown) is still noticed. */
+    uint64_t at = until - now > 50000000u ? now + 50000000u : until;
+    struct timespec ts = {(time_t)(at / 1000000000u), (long)(at % 1000000000u)};
+    pthread_cond_timedwait(&m->wait_cv, &m->wait_mu, &ts);
+  }
+  atomic_fetch_sub(&m->waiters, 1);
+  pthread_mutex_unlock(&m->wait_mu);
+  return n;
+}
+
+apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
+  if (!m) return APEX_OK;
+  atomic_store(&m->shutting_down, 1);
+  wait_zero(m, &m->n_live, NULL, deadline_after(drain_ms));
+
+  /* Cancel what is left. Collect under the lock, cancel without it. */
+  for (;;) {
+    apex_task_t *batch[64];
+    size_t n = 0;
+    pthread_mutex_lock(&m->pool_mu);
+    for (apex_task_t *t = m->live_head; t && n < 64; t = t->live_next) {
+      apex__task_ref(t);
+      batch[n++] = t;
+    }
+    pthread_mutex_unlock(&m->pool_mu);
+    if (!n) break;
+    for (size_t i = 0; i < n; i++) {
+      apex__task_cancel(batch[i], "shutdown");
+      apex__task_unref(batch[i]);
+    }
+  }
+
+  wait_zero(m, NULL, &m->n_active, deadline_after(drain_ms));
+  pthread_mutex_lock(&m->pool_mu);
+  unsigned active = m->n_active;
+  if (active) m->orphaned = 1;
+  pthread_mutex_unlock(&m->pool_mu);
+  if (active) {
+    apex__log(&m->log, APEX_LOG_WARN,
+              "shutdown: %u handler(s) ignore cancellation; the manager is freed when they return",
+              active);
+    return APEX_E_BUSY;
+  }
+  apex__manager_teardown(m, 1);
+  return APEX_OK;
+}
+
+void apex__manager_teardown(apex_manager_t *m, int can_unload) {
+  apex__pool_stop(m);
+  apex__runtime_stop(m);
+  apex__events_fini(m);
+  for (size_t i = 0; i < m->n_plugins; i++) {
+    if (can_unload)
+      apex__plugin_unload(m->plugins[i]);
+    else
+      apex__log(&m->log, APEX_LOG_WARN,
+                "plugin %s stays loaded: its own thread finished the last task",
+                m->plugins[i]->desc.name);
+  }
+  free(m->plugins);
+  for (size_t i = 0; i < m->n_paths; i++) free(m->paths[i]);
+  free(m->paths);
+  free(m->heap);
+  json_decref(m->empty_params);
+  apex__manager_unref(m);
+}
+
+/* ----------------------------------------------------------- registry */
+
+apex_status_t apex_manager_add_plugin_path(apex_manager_t *m, const char *dir) {
+  if (!m || !dir || !*dir) return APEX_E_INVALID;
+  char *d = strdup(dir);
+  if (!d) return APEX_E_NOMEM;
+  pthread_mutex_lock(&m->reg_mu);
+  char **p = realloc(m->paths, (m->n_paths + 1) * sizeof *p);
+  if (!p) {
+    pthread_mutex_unlock(&m->reg_mu);
+    free(d);
+    return APEX_E_NOMEM;
+  }
+  m->paths = p;
+  m->paths[m->n_paths++] = d;
+  pthread_mutex_unlock(&m->reg_mu);
+  return APEX_OK;
+}
+
+/* The directory of plugins that sits beside this library, in the build
+ * tree and installed alike: <dir of libapex.so>/apex/plugins. */
+static int default_plugin_dir(char *buf, size_t n) {
+  Dl_info info;
+  if (!dladdr((void *)apex_version, &info) || !info.dli_fname) return 0;
+  char real[PATH_MAX];
+  if (!realpath(info.dli_fname, real)) return 0;
+  char *slash = strrchr(real, '/');
+  if (!slash) return 0;
+  *slash = '\0';
+  return snprintf(buf, n, "%s/%s", real, APEX_PLUGIN_SUBDIR) < (int)n;
+}
+
+json_t *apex_manager_plugin_path(apex_manager_t *m) {
+  if (!m) return NULL;
+  json_t *a = json_array();
+  if (!a) return NULL;
+  int bad = 0;
+  pthread_mutex_lock(&m->reg_mu);
+  for (size_t i = 0; i < m->n_paths && !bad; i++)
+    bad = json_array_append_new(a, json_string(m->paths[i]));
+  pthread_mutex_unlock(&m->reg_mu);
+  const char *env = getenv("APEX_PLUGIN_PATH");
+  if (env && !bad) {
+    char *copy = strdup(env), *save = NULL;
+    bad = !copy;
+    for (char *d = copy ? strtok_r(copy, ":", &save) : NULL; d && !bad;
+         d = strtok_r(NULL, ":", &save))
+      bad = json_array_append_new(a, json_string(d));
+    free(copy);
+  }
+  char dir[PATH_MAX];
+  if (!bad && default_plugin_dir(dir, sizeof dir)) bad = json_array_append_new(a, json_string(dir));
+  if (bad) {
+    json_decref(a);
+    return NULL;
+  }
+  return a;
+}
+
+static apex__plugin_t *find_locked(apex_manager_t *m, const char *name) {
+  for (size_t i = 0; i < m->n_plugins; i++)
+    if (strcmp(m->plugins[i]->desc.name, name) == 0) return m->plugins[i];
+  return NULL;
+}
+
+static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
+  apex__plugin_t *p = NULL;
+  int rc = apex__plugin_load(file, &m->api, &p, err);
+  if (rc != APEX_OK) return rc;
+  pthread_mutex_lock(&m->reg_mu);
+  apex__plugin_t *dup = find_locked(m, p->desc.name);
+  if (dup) {
+    char *other = strdup(dup->file);
+    pthread_mutex_unlock(&m->reg_mu);
+    apex__where_t w = {p->desc.name, NULL, 0, 0};
+    rc = apex__error_put(err, apex__error_new(APEX_E_PLUGIN_LOAD, &w, NULL,
+                                              "%s: duplicate plugin '%s' (already loaded from %s)",
+                                              file, p->desc.name, other ? other : "?"));
+    free(other);
+    apex__plugin_unload(p);
+    return rc;
+  }
+  if (m->n_plugins == m->cap_plugins) {
+    size_t cap = m->cap_plugins ? m->cap_plugins * 2 : 8;
+    apex__plugin_t **np = realloc(m->plugins, cap * sizeof *np);
+    if (!np) {
+      pthread_mutex_unlock(&m->reg_mu);
+      apex__plugin_unload(p);
+      return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
+    }
+    m->plugins = np;
+    m->cap_plugins = cap;
+  }
+  m->plugins[m->n_plugins++] = p;
+  pthread_mutex_unlock(&m->reg_mu);
+  apex__log(&m->log, APEX_LOG_INFO, "loaded plugin %s %s from %s", p->desc.name,
+            p->desc.version, file);
+  return APEX_OK;
+}
+
+static int so_filter(const struct dirent *d) {
+  size_t n = strlen(d->d_name);
+  return n > 3 && d->d_name[0] != '.' && strcmp(d->d_name + n - 3, ".so") == 0;
+}
+
+/* Loads the *.so files of dir in name order. skip_loaded: skip files whose
+ * stem names a loaded plugin. Returns the first failure (goes on past it). */
+static int load_dir(apex_manager_t *m, const char *dir, int skip_loaded, apex_error_t **err) {
+  struct dirent **names = NULL;
+  int n = scandir(dir, &names, so_filter, alphasort);
+  if (n < 0)
+    return apex__fail(err, APEX_E_PLUGIN_LOAD, "%s: cannot read directory: %s", dir,
+                      strerror(errno));
+  int first = APEX_OK;
+  for (int i = 0; i < n; i++) {
+    char path[PATH_MAX];
+    char stem[256];
+    snprintf(stem, sizeof stem, "%.*s", (int)(strlen(names[i]->d_name) - 3), names[i]->d_name);
+    int skip = 0;
+    if (skip_loaded) {
+      pthread_mutex_lock(&m->reg_mu);
+      skip = find_locked(m, stem) != NULL;
+      pthread_mutex_unlock(&m->reg_mu);
+    }
+    if (!skip && snprintf(path, sizeof path, "%s/%s", dir, names[i]->d_name) < (int)sizeof path) {
+      apex_error_t *e = NULL;
+      int rc = load_file(m, path, &e);
+      if (rc != APEX_OK && first == APEX_OK) {
+        first = apex__error_put(err, e);
+      } else {
+        if (rc != APEX_OK)
+          apex__log(&m->log, APEX_LOG_WARN, "%s", apex_error_message(e));
+        apex_error_unref(e);
+      }
+    }
+    free(names[i]);
+  }
+  free(names);
+  return first;
+}
+
+apex_status_t apex_manager_load(apex_manager_t *m, const char *path, apex_error_t **err) {
+  if (!m || !path || !*path)
+    return apex__fail(err, APEX_E_INVALID, "apex_manager_load: %s is NULL or empty",
+                      m ? "path" : "manager");
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return apex__fail(err, APEX_E_PLUGIN_LOAD, "%s: %s", path, strerror(errno));
+  if (S_ISDIR(st.st_mode)) return load_dir(m, path, 0, err);
+  return load_file(m, path, err);
+}
+
+apex_status_t apex_manager_load_named(apex_manager_t *m, const char *name, apex_error_t **err) {
+  if (!m || !name) return apex__fail(err, APEX_E_INVALID, "apex_manager_load_named: NULL argument");
+  if (!apex__name_valid(name))
+    return apex__fail(err, APEX_E_PLUGIN_NOT_FOUND,
+                      "plugin '%s': not a valid plugin name (want [a-z0-9_]+)", name);
+  pthread_mutex_lock(&m->reg_mu);
+  int loaded = find_locked(m, name) != NULL;
+  pthread_mutex_unlock(&m->reg_mu);
+  if (loaded) return APEX_OK;
+  json_t *dirs = apex_manager_plugin_path(m);
+  if (!dirs) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  size_t i;
+  json_t *d;
+  json_array_foreach(dirs, i, d) {
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s.so", json_string_value(d), name) >= (int)sizeof path)
+      continue;
+    if (access(path, F_OK) == 0) {
+      json_decref(dirs);
+      return load_file(m, path, err);
+    }
+  }
+  char *list = json_dumps(dirs, JSON_COMPACT);
+  int rc = apex__fail(err, APEX_E_PLUGIN_NOT_FOUND, "unknown plugin '%s' (searched: %s)", name,
+                      list ? list : "?");
+  free(list);
+  json_decref(dirs);
+  return rc;
+}
+
+apex_status_t apex_manager_load_all(apex_manager_t *m, apex_error_t **err) {
+  if (!m) return apex__fail(err, APEX_E_INVALID, "apex_manager_load_all: NULL manager");
+  json_t *dirs = apex_manager_plugin_path(m);
+  if (!dirs) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  int first = APEX_OK;
+  size_t i;
+  json_t *d;
+  json_array_foreach(dirs, i, d) {
+    struct stat st;
+    const char *dir = json_string_value(d);
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    int rc = load_dir(m, dir, 1, first == APEX_OK ? err : NULL);
+    if (rc != APEX_OK && first == APEX_OK) first = rc;
+  }
+  json_decref(dirs);
+  return first;
+}
+
+size_t apex_manager_plugin_count(apex_manager_t *m) {
+  if (!m) return 0;
+  pthread_mutex_lock(&m->reg_mu);
+  size_t n = m->n_plugins;
+  pthread_mutex_unlock(&m->reg_mu);
+  return n;
+}
+
+const apex_plugin_desc_t *apex_manager_plugin_at(apex_manager_t *m, size_t i) {
+  if (!m) return NULL;
+  pthread_mutex_lock(&m->reg_mu);
+  const apex_plugin_desc_t *d = i < m->n_plugins ? &m->plugins[i]->desc : NULL;
+  pthread_mutex_unlock(&m->reg_mu);
+  return d;
+}
+
+const apex_plugin_desc_t *apex_manager_plugin(apex_manager_t *m, const char *name) {
+  if (!m || !name) return NULL;
+  pthread_mutex_lock(&m->reg_mu);
+  apex__plugin_t *p = find_locked(m, name);
+  pthread_mutex_unlock(&m->reg_mu);
+  return p ? &p->desc : NULL;
+}
+
+const char *apex_manager_plugin_file(apex_manager_t *m, const char *name) {
+  if (!m || !name) return NULL;
+  pthread_mutex_lock(&m->reg_mu);
+  apex__plugin_t *p = find_locked(m, name);
+  pthread_mutex_unlock(&m->reg_mu);
+  return p ? p->file : NULL;
+}
+
+/* ------------------------------------------------------------- submit */
+
+static void on_parent_cancel(apex_token_t *tok, const char *reason, void *user) {
+  (void)tok;
+  (void)reason;
+  apex__task_cancel(user, "parent");
+}
+
+static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
+                        const apex_submit_opts_t *o, apex_task_t *t, apex_error_t **err) {
+  double timeout = o ? o->timeout_s : 0;
+  if (isnan(timeout) || isinf(timeout) || timeout > 1e9)
+    return apex__fail(err, APEX_E_INVALID, "timeout %g s: want a finite number of seconds",
+                      timeout);
+  if (timeout == 0) timeout = a->default_timeout_s;
+  if (timeout < 0) timeout = 0;
+  t->timeout_s = timeout;
+  if (timeout > 0) t->deadline_ns = apex__now_ns() + (uint64_t)(timeout * 1e9);
+  const apex_retry_policy_t *r = o && o->retry ? o->retry : &a->default_retry;
+  if (!(r->initial_interval_s >= 0 && r->initial_interval_s < 1e9) ||
+      !(r->max_interval_s >= 0 && r->max_interval_s < 1e9) ||
+      !(r->backoff_coefficient == 0 || (r->backoff_coefficient >= 1 && r->backoff_coefficient < 1e3)) ||
+      !(r->jitter >= 0 && r->jitter <= 1))
+    return apex__fail(err, APEX_E_INVALID,
+                      "retry policy: intervals must be finite and >= 0, backoff_coefficient 0 "
+                      "or in [1, 1000), jitter in [0, 1]");
+  if (r->n_non_retryable > APEX__MAX_NON_RETRYABLE || (r->n_non_retryable && !r->non_retryable))
+    return apex__fail(err, APEX_E_INVALID, "retry policy: non_retryable: at most %d codes",
+                      APEX__MAX_NON_RETRYABLE);
+  t->retry = *r;
+  for (size_t i = 0; i < r->n_non_retryable; i++) t->non_retryable[i] = r->non_retryable[i];
+  t->retry.non_retryable = NULL; /* copied into t->non_retryable */
+  t->on_event = o && o->on_event ? o->on_event : m->cfg.on_event;
+  t->event_user = o && o->on_event ? o->event_user : m->cfg.event_user;
+  (void)m;
+  return APEX_OK;
+}
+
+static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
+  size_t off = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < p->desc.n_actions && off < n; i++) {
+    int w = snprintf(buf + off, n - off, "%s%s", i ? ", " : "", p->actions[i].name);
+    if (w < 0) break;
+    off += (size_t)w;
+  }
+  return 0;
+}
+
+apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const char *action,
+                                  json_t *params, const apex_submit_opts_t *opts,
+                                  apex_task_t **out, apex_error_t **err) {
+  if (out) *out = NULL;
+  if (!m || !plugin || !action || !out)
+    return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
+                      !m ? "manager" : !plugin ? "plugin" : !action ? "action" : "out");
+  if (opts && opts->struct_size && opts->struct_size < sizeof *opts)
+    return apex__fail(err, APEX_E_INVALID, "submit opts: struct_size %u: call apex_submit_opts_init",
+                      opts->struct_size);
+  if (atomic_load(&m->shutting_down))
+    return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
+  pthread_mutex_lock(&m->reg_mu);
+  apex__plugin_t *p = find_locked(m, plugin);
+  pthread_mutex_unlock(&m->reg_mu);
+  if (!p) return apex__fail(err, APEX_E_PLUGIN_NOT_FOUND, "unknown plugin '%s' (not loaded)", plugin);
+  const apex_action_desc_t *a = apex__plugin_action(p, action);
+  if (!a) {
+    char list[512];
+    action_list(p, list, sizeof list);
+    apex__where_t w = {p->desc.name, action, 0, 0};
+    return apex__error_put(err, apex__error_new(APEX_E_ACTION_NOT_FOUND, &w, NULL,
+                                                "plugin '%s' has no action '%s' (actions: %s)",
+                                                plugin, action, list));
+  }
+  if (params && !json_is_object(params))
+    return apex__fail(err, APEX_E_INVALID_PARAMS, "%s.%s: params: want object", plugin, action);
+  json_t *vp = NULL;
+  if (a->n_params == 0 && (!params || json_object_size(params) == 0)) {
+    vp = json_incref(m->empty_params);
+  } else {
+    char why[300];
+    int rc = apex__params_validate(a, params, &vp, why, sizeof why);
+    if (rc != APEX_OK) {
+      apex__where_t w = {p->desc.name, a->name, 0, 0};
+      return apex__error_put(err, apex__error_new(rc, &w, NULL, "%s.%s: %s", plugin, action,
+                                                  rc == APEX_E_NOMEM ? "out of memory" : why));
+    }
+  }
+
+  apex_task_t *t = calloc(1, sizeof *t);
+  if (!t) {
+    json_decref(vp);
+    return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  }
+  t->ctx.api = &m->api;
+  t->m = m;
+  t->plugin = p;
+  t->action = a;
+  t->params = vp;
+  t->heap_idx = SIZE_MAX;
+  t->done_ev = &t->done_storage;
+  atomic_init(&t->refs, 2); /* the handle and the life reference */
+  atomic_init(&t->state, APEX_TASK_QUEUED);
+  int rc = resolve_opts(m, a, opts, t, err);
+  if (rc == APEX_OK) {
+    rc = opts && opts->parent ? apex_token_new_child(opts->parent, &t->token)
+                              : apex_token_new(&t->token);
+    if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
+  }
+  if (rc == APEX_OK) {
+    pthread_mutex_lock(&m->pool_mu);
+    if (m->cfg.max_queued && m->n_live >= m->cfg.max_queued) rc = APEX_E_QUEUE_FULL;
+    pthread_mutex_unlock(&m->pool_mu);
+    if (rc != APEX_OK)
+      apex__fail(err, rc, "the queue is full (%zu tasks, config.max_queued)", m->cfg.max_queued);
+  }
+  if (rc != APEX_OK) {
+    json_decref(t->params);
+    apex_token_unref(t->token);
+    free(t);
+    return rc;
+  }
+  t->id = atomic_fetch_add(&m->next_id, 1);
+  atomic_fetch_add(&m->refs, 1);
+  atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
+  apex__pool_live_add(m, t);
+  if (opts && opts->parent) {
+    /* Ends a queued task at once when the parent is cancelled. The
+     * registration holds no reference: task_free removes it. */
+    if (apex_token_on_cancel(t->token, on_parent_cancel, t, &t->parent_cb_id) != APEX_OK)
+      apex__log(&m->log, APEX_LOG_WARN, "task %llu: cannot watch its parent token",
+                (unsigned long long)t->id);
+  }
+  if (t->deadline_ns) apex__timer_set(m, t, t->deadline_ns);
+  apex__pool_push(m, t);
+  *out = t;
+  return APEX_OK;
+}
+
+apex_status_t apex_manager_execute(apex_manager_t *m, const char *plugin, const char *action,
+                                   json_t *params, const apex_submit_opts_t *opts,
+                                   json_t **result, apex_error_t **err) {
+  if (result) *result = NULL;
+  apex_task_t *t = NULL;
+  int rc = apex_manager_submit(m, plugin, action, params, opts, &t, err);
+  if (rc != APEX_OK) return rc;
+  apex_task_wait(t, -1);
+  if (apex_task_state(t) == APEX_TASK_SUCCEEDED) {
+    if (result) *result = apex_task_result(t);
+  } else {
+    apex_error_t *e = apex_task_error(t);
+    rc = apex_error_code(e);
+    if (rc == APEX_OK || !e) rc = APEX_E_EXECUTION;
+    if (err)
+      *err = e;
+    else
+      apex_error_unref(e);
+  }
+  apex_task_release(t);
+  return rc;
+}
+
+/* ------------------------------------------------------ events, stats */
+
+int apex_manager_fd(apex_manager_t *m) {
+  if (!m || m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_E_INVALID;
+  return m->ev_fd;
+}
+
+int apex_manager_dispatch(apex_manager_t *m) {
+  if (!m || m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_E_INVALID;
+  return apex__events_deliver(m);
+}
+
+apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {
+  if (!m || !s) return APEX_E_INVALID;
+  memset(s, 0, sizeof *s);
+  s->submitted = atomic_load(&m->st_submitted);
+  s->succeeded = atomic_load(&m->st_succeeded);
+  s->failed = atomic_load(&m->st_failed);
+  s->cancelled = atomic_load(&m->st_cancelled);
+  s->timed_out = atomic_load(&m->st_timed_out);
+  s->attempts = atomic_load(&m->st_attempts);
+  s->retries = atomic_load(&m->st_retries);
+  s->progress_reported = atomic_load(&m->st_prog_reported);
+  s->progress_delivered = atomic_load(&m->st_prog_delivered);
+  s->progress_rejected = atomic_load(&m->st_prog_rejected);
+  s->late_reports = atomic_load(&m->st_late);
+  pthread_mutex_lock(&m->pool_mu);
+  s->queued = m->n_queued;
+  s->running = m->n_active;
+  s->workers = m->n_threads;
+  s->stuck_workers = m->n_stuck;
+  pthread_mutex_unlock(&m->pool_mu);
+  return APEX_OK;
+}

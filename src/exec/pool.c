@@ -1,0 +1,175 @@
+/* The worker pool: a FIFO run queue of tasks, the threads that run their
+ * handlers, and the list of live (not yet terminal) tasks that shutdown
+ * cancels.
+ *
+ * One mutex (pool_mu) guards the queue, the live list and the thread counts;
+ * handlers run with no lock held. A worker whose handler outlives its task's
+ * deadline is "stuck": the pool starts a replacement (up to
+ * max_stuck_workers) so one hung plugin cannot starve the others, and a
+ * surplus worker exits when its stuck handler finally returns.
+ *
+ * Threads: submitters push from any thread; workers pop; the runtime thread
+ * pushes retries. Failure: a replacement thread that cannot be started is
+ * logged and the pool runs with fewer threads. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec/internal.h"
+
+static void *worker_main(void *arg);
+
+/* Under pool_mu. Returns 0 or an errno. */
+static int spawn_locked(apex_manager_t *m) {
+  apex__worker_t *w = calloc(1, sizeof *w);
+  if (!w) return ENOMEM;
+  w->m = m;
+  int e = pthread_create(&w->thread, NULL, worker_main, w);
+  if (e) {
+    free(w);
+    return e;
+  }
+  w->next = m->workers;
+  m->workers = w;
+  m->n_threads++;
+  return 0;
+}
+
+int apex__pool_start(apex_manager_t *m, unsigned n) {
+  pthread_mutex_lock(&m->pool_mu);
+  int e = 0;
+  for (unsigned i = 0; i < n && !e; i++) e = spawn_locked(m);
+  pthread_mutex_unlock(&m->pool_mu);
+  return e ? APEX_E_IO : APEX_OK;
+}
+
+void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
+  apex__task_ref(t);
+  t->run_next = NULL;
+  pthread_mutex_lock(&m->pool_mu);
+  if (m->run_tail)
+    m->run_tail->run_next = t;
+  else
+    m->run_head = t;
+  m->run_tail = t;
+  m->n_queued++;
+  if (m->n_idle) pthread_cond_signal(&m->pool_cv);
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
+void apex__pool_live_add(apex_manager_t *m, apex_task_t *t) {
+  pthread_mutex_lock(&m->pool_mu);
+  t->live_prev = NULL;
+  t->live_next = m->live_head;
+  if (m->live_head) m->live_head->live_prev = t;
+  m->live_head = t;
+  m->n_live++;
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
+void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
+  pthread_mutex_lock(&m->pool_mu);
+  if (t->live_prev)
+    t->live_prev->live_next = t->live_next;
+  else if (m->live_head == t)
+    m->live_head = t->live_next;
+  if (t->live_next) t->live_next->live_prev = t->live_prev;
+  t->live_prev = t->live_next = NULL;
+  m->n_live--;
+  int drained = m->n_live == 0 && atomic_load(&m->shutting_down);
+  pthread_mutex_unlock(&m->pool_mu);
+  if (drained) { /* destroy may be waiting for the last one */
+    pthread_mutex_lock(&m->wait_mu);
+    pthread_cond_broadcast(&m->wait_cv);
+    pthread_mutex_unlock(&m->wait_mu);
+  }
+}
+
+void apex__pool_attempt_open(apex_manager_t *m) {
+  pthread_mutex_lock(&m->pool_mu);
+  m->n_active++;
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
+int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, int on_worker) {
+  (void)on_worker;
+  pthread_mutex_lock(&m->pool_mu);
+  m->n_active--;
+  if (was_stuck && m->n_stuck) m->n_stuck--;
+  int last = m->n_active == 0;
+  int orphan_done = last && m->orphaned;
+  if (orphan_done) m->orphaned = 0; /* exactly one caller tears down */
+  pthread_mutex_unlock(&m->pool_mu);
+  if (last && atomic_load(&m->shutting_down)) {
+    pthread_mutex_lock(&m->wait_mu);
+    pthread_cond_broadcast(&m->wait_cv);
+    pthread_mutex_unlock(&m->wait_mu);
+  }
+  return orphan_done;
+}
+
+void apex__pool_worker_stuck(apex_manager_t *m) {
+  pthread_mutex_lock(&m->pool_mu);
+  m->n_stuck++;
+  int e = 0;
+  if (!m->pool_stop && m->n_stuck <= m->cfg.max_stuck_workers) e = spawn_locked(m);
+  unsigned stuck = m->n_stuck;
+  pthread_mutex_unlock(&m->pool_mu);
+  if (e)
+    apex__log(&m->log, APEX_LOG_WARN, "no replacement for a stuck worker: %s", strerror(e));
+  else if (stuck > m->cfg.max_stuck_workers)
+    apex__log(&m->log, APEX_LOG_WARN, "%u workers stuck in handlers that ignore cancellation",
+              stuck);
+}
+
+static void *worker_main(void *arg) {
+  apex__worker_t *self = arg;
+  apex_manager_t *m = self->m;
+  pthread_mutex_lock(&m->pool_mu);
+  for (;;) {
+    /* A surplus thread (its stuck handler returned) leaves. */
+    if (m->n_threads > m->cfg.workers + m->n_stuck) break;
+    apex_task_t *t = m->run_head;
+    if (!t) {
+      if (m->pool_stop) break;
+      m->n_idle++;
+      pthread_cond_wait(&m->pool_cv, &m->pool_mu);
+      m->n_idle--;
+      continue;
+    }
+    m->run_head = t->run_next;
+    if (!m->run_head) m->run_tail = NULL;
+    m->n_queued--;
+    pthread_mutex_unlock(&m->pool_mu);
+
+    int teardown = apex__task_run(t);
+    apex__task_unref(t);
+    if (teardown) {
+      /* Last handler of an orphaned manager: nothing else runs now. */
+      pthread_detach(pthread_self());
+      apex__manager_teardown(m, 1);
+      return NULL;
+    }
+    pthread_mutex_lock(&m->pool_mu);
+  }
+  m->n_threads--;
+  self->exited = 1;
+  pthread_cond_broadcast(&m->pool_cv); /* apex__pool_stop may wait on it */
+  pthread_mutex_unlock(&m->pool_mu);
+  return NULL;
+}
+
+void apex__pool_stop(apex_manager_t *m) {
+  pthread_mutex_lock(&m->pool_mu);
+  m->pool_stop = 1;
+  pthread_cond_broadcast(&m->pool_cv);
+  apex__worker_t *ws = m->workers;
+  m->workers = NULL;
+  pthread_mutex_unlock(&m->pool_mu);
+  pthread_t me = pthread_self();
+  while (ws) {
+    apex__worker_t *next = ws->next;
+    if (!pthread_equal(ws->thread, me)) pthread_join(ws->thread, NULL);
+    free(ws);
+    ws = next;
+  }
+}

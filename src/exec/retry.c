@@ -1,0 +1,37 @@
+/* Retry decisions (DESIGN.md "Retries"): which failures are retried and how
+ * long to back off. Pure functions of the task's copied policy; the caller
+ * holds the task lock. Jitter draws from a per-task, per-attempt hash, so it
+ * needs no shared random state and repeats under test. */
+#include <math.h>
+
+#include "exec/internal.h"
+
+static double unit_random(uint64_t seed) {
+  /* splitmix64 finaliser: a good spread from consecutive seeds. */
+  uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return (double)(z >> 11) / 9007199254740992.0; /* [0, 1) */
+}
+
+int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
+  const apex_retry_policy_t *p = &t->retry;
+  uint32_t max = p->max_attempts ? p->max_attempts : 1;
+  if (t->attempt >= max) return 0;
+  /* Only failures the plugin called transient are retried; cancellation,
+   * timeouts and permanent errors never are. */
+  if (code != APEX_E_TRANSIENT && code != APEX_E_CRASHED) return 0;
+  for (size_t i = 0; i < p->n_non_retryable; i++)
+    if ((int)t->non_retryable[i] == code) return 0;
+  double coeff = p->backoff_coefficient >= 1.0 ? p->backoff_coefficient : 2.0;
+  double d = p->initial_interval_s * pow(coeff, (double)(t->attempt - 1));
+  if (p->max_interval_s > 0 && d > p->max_interval_s) d = p->max_interval_s;
+  if (p->jitter > 0) {
+    double r = unit_random(t->id * 1315423911u + t->attempt);
+    d *= 1.0 + p->jitter * (2.0 * r - 1.0);
+  }
+  if (!(d >= 0) || d > 86400.0 * 365) d = d > 0 ? 86400.0 * 365 : 0;
+  *delay_s = d;
+  return 1;
+}

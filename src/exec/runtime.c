@@ -1,0 +1,263 @@
+/* The runtime thread: one libuv loop that owns time. It fires task deadlines
+ * and retry backoffs from a binary min-heap of tasks (one uv_timer armed for
+ * the earliest entry, so a million deadlines cost one kernel timer), flushes
+ * coalesced progress at most progress_rate_hz times a second, and in LOOP
+ * delivery mode runs the host's event callbacks.
+ *
+ * Other threads reach it through uv_async_send (thread-safe, coalescing):
+ * a submitter wakes it only when its deadline becomes the earliest, and a
+ * plugin only when a task's progress goes from clean to dirty.
+ *
+ * Locks: tmu guards the heap and armed_at; flush_mu the flush list. Both are
+ * leaves (see internal.h). Failure: uv_* calls on an initialised loop do not
+ * fail in ways we can act on beyond logging. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "exec/internal.h"
+
+uint64_t apex__now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------- the heap */
+
+static void heap_place(apex_manager_t *m, size_t i, apex_task_t *t) {
+  m->heap[i] = t;
+  t->heap_idx = i;
+}
+
+static void heap_up(apex_manager_t *m, size_t i) {
+  apex_task_t *t = m->heap[i];
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (m->heap[p]->timer_at <= t->timer_at) break;
+    heap_place(m, i, m->heap[p]);
+    i = p;
+  }
+  heap_place(m, i, t);
+}
+
+static void heap_down(apex_manager_t *m, size_t i) {
+  apex_task_t *t = m->heap[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= m->heap_len) break;
+    if (c + 1 < m->heap_len && m->heap[c + 1]->timer_at < m->heap[c]->timer_at) c++;
+    if (t->timer_at <= m->heap[c]->timer_at) break;
+    heap_place(m, i, m->heap[c]);
+    i = c;
+  }
+  heap_place(m, i, t);
+}
+
+/* Under tmu. */
+static void heap_remove(apex_manager_t *m, apex_task_t *t) {
+  size_t i = t->heap_idx;
+  t->heap_idx = SIZE_MAX;
+  apex_task_t *last = m->heap[--m->heap_len];
+  if (i == m->heap_len) return;
+  heap_place(m, i, last);
+  if (i > 0 && m->heap[(i - 1) / 2]->timer_at > last->timer_at)
+    heap_up(m, i);
+  else
+    heap_down(m, i);
+}
+
+void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at) {
+  int wake = 0;
+  pthread_mutex_lock(&m->tmu);
+  if (t->heap_idx == SIZE_MAX) {
+    if (m->heap_len == m->heap_cap) {
+      size_t cap = m->heap_cap ? m->heap_cap * 2 : 256;
+      apex_task_t **h = realloc(m->heap, cap * sizeof *h);
+      if (!h) {
+        pthread_mutex_unlock(&m->tmu);
+        apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no memory for its timer",
+                  (unsigned long long)t->id);
+        return;
+      }
+      m->heap = h;
+      m->heap_cap = cap;
+    }
+    t->timer_at = at;
+    m->heap[m->heap_len] = t;
+    t->heap_idx = m->heap_len++;
+    heap_up(m, t->heap_idx);
+    apex__task_ref(t); /* the heap's reference */
+  } else {
+    t->timer_at = at;
+    heap_up(m, t->heap_idx);
+    heap_down(m, t->heap_idx);
+  }
+  if (!m->armed_at || at < m->armed_at) {
+    m->armed_at = at; /* the runtime re-arms for it on wake */
+    wake = 1;
+  }
+  pthread_mutex_unlock(&m->tmu);
+  if (wake) apex__runtime_wake(m);
+}
+
+void apex__timer_cancel(apex_manager_t *m, apex_task_t *t) {
+  pthread_mutex_lock(&m->tmu);
+  int in = t->heap_idx != SIZE_MAX;
+  if (in) heap_remove(m, t);
+  pthread_mutex_unlock(&m->tmu);
+  /* Callers hold another reference (the life one), so this never frees. */
+  if (in) atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel);
+}
+
+/* Runtime thread: fires what is due, re-arms for the rest. */
+static void arm(apex_manager_t *m);
+
+static void on_deadline(uv_timer_t *h) {
+  apex_manager_t *m = h->data;
+  enum { BATCH = 256 };
+  apex_task_t *due[BATCH];
+  for (;;) {
+    size_t n = 0;
+    uint64_t now = apex__now_ns();
+    pthread_mutex_lock(&m->tmu);
+    while (n < BATCH && m->heap_len && m->heap[0]->timer_at <= now) {
+      apex_task_t *t = m->heap[0];
+      heap_remove(m, t);
+      due[n++] = t; /* the heap's reference moves to us */
+    }
+    m->armed_at = 0;
+    pthread_mutex_unlock(&m->tmu);
+    for (size_t i = 0; i < n; i++) {
+      apex__task_on_timer(due[i], now);
+      apex__task_unref(due[i]);
+    }
+    if (n < BATCH) break;
+  }
+  arm(m);
+}
+
+static void arm(apex_manager_t *m) {
+  pthread_mutex_lock(&m->tmu);
+  uint64_t at = m->heap_len ? m->heap[0]->timer_at : 0;
+  m->armed_at = at;
+  pthread_mutex_unlock(&m->tmu);
+  if (!at) {
+    uv_timer_stop(&m->deadline_timer);
+    return;
+  }
+  uint64_t now = apex__now_ns();
+  /* libuv timers have millisecond resolution; round up so we never fire
+   * early, and fire expired ones at once. */
+  uint64_t ms = at > now ? (at - now + 999999u) / 1000000u : 0;
+  uv_timer_start(&m->deadline_timer, on_deadline, ms, 0);
+}
+
+/* ------------------------------------------------------------- progress */
+
+void apex__flush_request(apex_manager_t *m, apex_task_t *t) {
+  int wake = 0;
+  pthread_mutex_lock(&m->flush_mu);
+  if (!t->flush_queued) {
+    t->flush_queued = 1;
+    apex__task_ref(t);
+    t->flush_next = m->flush_head;
+    wake = m->flush_head == NULL;
+    m->flush_head = t;
+  }
+  pthread_mutex_unlock(&m->flush_mu);
+  if (wake) apex__runtime_wake(m);
+}
+
+static void flush_all(apex_manager_t *m) {
+  pthread_mutex_lock(&m->flush_mu);
+  apex_task_t *t = m->flush_head;
+  m->flush_head = NULL;
+  for (apex_task_t *i = t; i; i = i->flush_next) i->flush_queued = 0;
+  m->last_flush_ns = apex__now_ns();
+  pthread_mutex_unlock(&m->flush_mu);
+  while (t) {
+    apex_task_t *next = t->flush_next;
+    apex__task_flush_progress(t);
+    apex__task_unref(t);
+    t = next;
+  }
+}
+
+static void on_flush_timer(uv_timer_t *h) { flush_all(h->data); }
+
+/* Flushes now if the last flush is an interval ago, else arms the timer. */
+static void maybe_flush(apex_manager_t *m) {
+  pthread_mutex_lock(&m->flush_mu);
+  int pending = m->flush_head != NULL;
+  uint64_t next = m->last_flush_ns + m->flush_interval_ns;
+  pthread_mutex_unlock(&m->flush_mu);
+  if (!pending) return;
+  uint64_t now = apex__now_ns();
+  if (now >= next) {
+    flush_all(m);
+  } else if (!uv_is_active((uv_handle_t *)&m->flush_timer)) {
+    uv_timer_start(&m->flush_timer, on_flush_timer, (next - now + 999999u) / 1000000u, 0);
+  }
+}
+
+/* -------------------------------------------------------------- the loop */
+
+static void on_close(uv_handle_t *h) { (void)h; }
+
+static void on_wake(uv_async_t *h) {
+  apex_manager_t *m = h->data;
+  if (atomic_load(&m->rt_stop)) {
+    flush_all(m);
+    if (m->cfg.delivery == APEX_DELIVER_LOOP) apex__events_deliver(m);
+    uv_close((uv_handle_t *)&m->wake, on_close);
+    uv_close((uv_handle_t *)&m->deadline_timer, on_close);
+    uv_close((uv_handle_t *)&m->flush_timer, on_close);
+    return;
+  }
+  arm(m);
+  maybe_flush(m);
+  if (m->cfg.delivery == APEX_DELIVER_LOOP) apex__events_deliver(m);
+}
+
+void apex__runtime_wake(apex_manager_t *m) {
+  if (m->rt_started) uv_async_send(&m->wake);
+}
+
+static void *runtime_main(void *arg) {
+  apex_manager_t *m = arg;
+  uv_run(&m->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
+
+int apex__runtime_start(apex_manager_t *m) {
+  if (uv_loop_init(&m->loop)) return APEX_E_IO;
+  if (uv_async_init(&m->loop, &m->wake, on_wake)) {
+    uv_loop_close(&m->loop);
+    return APEX_E_IO;
+  }
+  uv_timer_init(&m->loop, &m->deadline_timer);
+  uv_timer_init(&m->loop, &m->flush_timer);
+  m->wake.data = m->deadline_timer.data = m->flush_timer.data = m;
+  m->rt_started = 1;
+  if (pthread_create(&m->rt_thread, NULL, runtime_main, m)) {
+    m->rt_started = 0;
+    uv_close((uv_handle_t *)&m->wake, NULL);
+    uv_close((uv_handle_t *)&m->deadline_timer, NULL);
+    uv_close((uv_handle_t *)&m->flush_timer, NULL);
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&m->loop);
+    return APEX_E_IO;
+  }
+  return APEX_OK;
+}
+
+void apex__runtime_stop(apex_manager_t *m) {
+  if (!m->rt_started) return;
+  atomic_store(&m->rt_stop, 1);
+  uv_async_send(&m->wake);
+  pthread_join(m->rt_thread, NULL);
+  m->rt_started = 0;
+  uv_loop_close(&m->loop);
+}

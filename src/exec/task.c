@@ -1,0 +1,552 @@
+/* Tasks: the state machine, its single terminal transition, and the public
+ * task-handle calls.
+ *
+ * A task is one allocation holding its ctx, its preallocated DONE event and
+ * everything its attempts need. It is reference counted: the host's handle,
+ * the "life" reference (held until the task is terminal AND no handler owns
+ * its ctx, so a late handler never touches freed memory), and one reference
+ * for each queue it sits in (run queue, timer heap, flush list, events).
+ *
+ * Every change of state, and every event pushed for a task, happens under
+ * the task's stripe lock, so a task's events are queued in the order its
+ * state changed: progress before DONE, DONE exactly once. Token callbacks,
+ * logging and waking waiters happen after the lock is dropped.
+ *
+ * Threads: any. Failure: an allocation failing while finishing a task
+ * still finishes it (the error object falls back to a static one; a missing
+ * event node means the event is not delivered, and the log says so). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/progress_internal.h"
+#include "exec/internal.h"
+
+pthread_mutex_t *apex__task_mu(apex_task_t *t) {
+  return &t->m->stripes[t->id % APEX__LOCK_STRIPES];
+}
+
+static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
+
+static void slot_free(apex__progress_slot_t *s) {
+  if (!s) return;
+  json_decref(s->details);
+  json_decref(s->sub_tasks);
+  for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
+  free(s);
+}
+
+static void task_free(apex_task_t *t) {
+  if (t->parent_cb_id) apex_token_remove_callback(t->token, t->parent_cb_id);
+  json_decref(t->params);
+  apex_token_unref(t->token);
+  json_decref(t->attempt_result);
+  apex_error_unref(t->attempt_error);
+  json_decref(t->result);
+  apex_error_unref(t->error);
+  slot_free(t->prog);
+  apex_progress_unref(t->last_progress);
+  apex_manager_t *m = t->m;
+  free(t);
+  apex__manager_unref(m);
+}
+
+void apex__task_ref(apex_task_t *t) { atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); }
+
+void apex__task_unref(apex_task_t *t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) task_free(t);
+}
+
+static apex__where_t where_of(const apex_task_t *t) {
+  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
+  return w;
+}
+
+/* ----------------------------------------------------------- progress */
+
+/* Pushes one PROGRESS event for snap (a new reference, taken). Under the
+ * task lock. */
+static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
+  apex_manager_t *m = t->m;
+  apex_progress_unref(t->last_progress);
+  t->last_progress = snap;
+  atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
+  if (!apex__events_wanted(m, t, APEX_EVENT_PROGRESS)) return;
+  apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_PROGRESS);
+  if (!ev) return;
+  ev->ev.progress = apex_progress_ref(snap);
+  apex__events_push(m, ev);
+}
+
+/* Builds the latest coalesced update into a snapshot. Under the lock. */
+static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
+  apex__progress_slot_t *s = t->prog;
+  apex_progress_t *snap = apex__progress_new(t->progress_seq + 1, s->pct, s->msg, s->status,
+                                             s->details, s->sub_tasks);
+  s->details = NULL; /* taken, even on failure */
+  s->sub_tasks = NULL;
+  s->dirty = 0;
+  if (snap) t->progress_seq++;
+  return snap;
+}
+
+/* Delivers the backlog then the latest update. Under the lock. Returns the
+ * last snapshot delivered (new reference, for logging) or NULL. */
+static apex_progress_t *flush_locked(apex_task_t *t) {
+  apex__progress_slot_t *s = t->prog;
+  if (!s) return NULL;
+  apex_progress_t *last = NULL;
+  for (unsigned i = 0; i < s->n_backlog; i++) {
+    deliver_progress_locked(t, s->backlog[i]);
+    last = s->backlog[i];
+  }
+  s->n_backlog = 0;
+  if (s->dirty) {
+    apex_progress_t *snap = latest_snapshot_locked(t);
+    if (snap) {
+      deliver_progress_locked(t, snap);
+      last = snap;
+    }
+  }
+  return last ? apex_progress_ref(last) : NULL;
+}
+
+static void log_progress(apex_task_t *t, apex_progress_t *p) {
+  if (!p) return;
+  if (apex__log_enabled(&t->m->log, APEX_LOG_DEBUG))
+    apex__log(&t->m->log, APEX_LOG_DEBUG, "task %llu %s.%s progress #%llu %.1f%% [%s] %s",
+              (unsigned long long)t->id, t->plugin->desc.name, t->action->name,
+              (unsigned long long)apex_progress_seq(p), apex_progress_percentage(p),
+              apex_progress_status(p), apex_progress_message(p));
+  apex_progress_unref(p);
+}
+
+void apex__task_flush_progress(apex_task_t *t) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex_progress_t *last = is_terminal(atomic_load(&t->state)) ? NULL : flush_locked(t);
+  pthread_mutex_unlock(mu);
+  log_progress(t, last);
+}
+
+/* Accepts a validated update from the plugin. status is never NULL here;
+ * details/sub_tasks are taken. Returns APEX_OK (late reports included). */
+static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg_len,
+                         const char *status, json_t *details, json_t *sub_tasks, int *request) {
+  apex__progress_slot_t *s = t->prog;
+  if (!s) {
+    s = t->prog = calloc(1, sizeof *s);
+    if (!s) {
+      json_decref(details);
+      json_decref(sub_tasks);
+      return APEX_E_NOMEM;
+    }
+  }
+  const char *prev = s->last_status[0] ? s->last_status : "running";
+  int keep = strcmp(status, "milestone_reached") == 0 || strcmp(status, prev) != 0;
+  snprintf(s->last_status, sizeof s->last_status, "%s", status);
+  if (keep && s->n_backlog + 2 <= APEX__PROGRESS_BACKLOG_MAX) {
+    /* Never dropped: the pending latest goes first, so order holds. */
+    if (s->dirty) {
+      apex_progress_t *p = latest_snapshot_locked(t);
+      if (p) s->backlog[s->n_backlog++] = p;
+    }
+    apex_progress_t *p = apex__progress_new(t->progress_seq + 1, pct, msg, status, details,
+                                            sub_tasks);
+    if (!p) return APEX_E_NOMEM;
+    t->progress_seq++;
+    s->backlog[s->n_backlog++] = p;
+    *request = 1;
+    return APEX_OK;
+  }
+  /* Coalesced: the latest wins. A full backlog degrades to this too. */
+  if (!s->dirty && s->n_backlog == 0) *request = 1;
+  s->dirty = 1;
+  s->pct = pct;
+  memcpy(s->msg, msg, msg_len);
+  s->msg[msg_len] = '\0';
+  snprintf(s->status, sizeof s->status, "%s", status);
+  json_decref(s->details);
+  json_decref(s->sub_tasks);
+  s->details = details;
+  s->sub_tasks = sub_tasks;
+  return APEX_OK;
+}
+
+int apex__task_report(apex_task_t *t, double pct, const char *msg, const char *status,
+                      json_t *details, json_t *sub_tasks) {
+  apex_manager_t *m = t->m;
+  size_t len = msg ? strlen(msg) : 0;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  int request = 0, rc;
+  pthread_mutex_lock(mu);
+  if (!t->attempt_open || is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+    pthread_mutex_unlock(mu);
+    json_decref(details);
+    json_decref(sub_tasks);
+    atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+    return APEX_OK;
+  }
+  rc = report_locked(t, pct, msg ? msg : "", len, status ? status : "running", details, sub_tasks,
+                     &request);
+  pthread_mutex_unlock(mu);
+  if (rc == APEX_OK) {
+    atomic_fetch_add_explicit(&m->st_prog_reported, 1, memory_order_relaxed);
+    if (request) apex__flush_request(m, t);
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------- finish */
+
+/* Everything a finisher does after dropping the lock. */
+typedef struct after {
+  int finished;       /* this call made the task terminal */
+  int release_life;   /* drop the life reference */
+  const char *cancel; /* cancel the token with this reason */
+  apex_progress_t *logp;
+} after_t;
+
+static void count_outcome(apex_manager_t *m, int state) {
+  atomic_uint_fast64_t *c = state == APEX_TASK_SUCCEEDED   ? &m->st_succeeded
+                            : state == APEX_TASK_FAILED    ? &m->st_failed
+                            : state == APEX_TASK_CANCELLED ? &m->st_cancelled
+                                                           : &m->st_timed_out;
+  atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+/* Makes t terminal: final progress, outcome, DONE event. Under the lock.
+ * result and error taken. */
+static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_t *error,
+                          after_t *a) {
+  apex_manager_t *m = t->m;
+  a->logp = flush_locked(t);
+  t->result = result;
+  t->error = error;
+  atomic_store_explicit(&t->state, state, memory_order_release);
+  a->finished = 1;
+  if (!t->attempt_open) a->release_life = 1;
+  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) {
+    apex__ev_t *ev = t->done_ev;
+    t->done_ev = NULL;
+    if (ev) {
+      ev->ev.type = APEX_EVENT_DONE;
+      ev->ev.task = t;
+      ev->ev.task_id = t->id;
+      ev->ev.seq = ++t->event_seq;
+      ev->ev.attempt = t->attempt;
+      ev->ev.state = (apex_task_state_t)state;
+      apex__task_ref(t);
+      if (error) ev->ev.error = apex_error_ref(error);
+      if (result) ev->ev.result = json_incref(result);
+      apex__events_push(m, ev);
+    }
+  }
+  apex__timer_cancel(m, t);
+  apex__pool_live_remove(m, t);
+  count_outcome(m, state);
+}
+
+static void after_unlock(apex_task_t *t, after_t *a) {
+  apex_manager_t *m = t->m;
+  log_progress(t, a->logp);
+  if (a->cancel) apex_token_cancel(t->token, a->cancel);
+  if (a->finished) {
+    if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
+      int st = atomic_load(&t->state);
+      apex__log(&m->log, APEX_LOG_INFO, "task %llu %s.%s %s%s%s", (unsigned long long)t->id,
+                t->plugin->desc.name, t->action->name, apex_task_state_name(st),
+                t->error ? ": " : "", t->error ? apex_error_message(t->error) : "");
+    }
+    if (atomic_load(&m->waiters)) {
+      pthread_mutex_lock(&m->wait_mu);
+      pthread_cond_broadcast(&m->wait_cv);
+      pthread_mutex_unlock(&m->wait_mu);
+    }
+  }
+  if (a->release_life) apex__task_unref(t);
+}
+
+int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  after_t a = {0};
+  pthread_mutex_lock(mu);
+  if (is_terminal(atomic_load(&t->state))) {
+    pthread_mutex_unlock(mu);
+    apex_error_unref(error);
+    return 0;
+  }
+  finish_locked(t, state, NULL, error, &a);
+  pthread_mutex_unlock(mu);
+  after_unlock(t, &a);
+  return 1;
+}
+
+int apex__task_cancel(apex_task_t *t, const char *reason) {
+  if (!reason) reason = "user";
+  int rc = apex_token_cancel(t->token, reason);
+  pthread_mutex_t *mu = apex__task_mu(t);
+  after_t a = {0};
+  pthread_mutex_lock(mu);
+  int st = atomic_load(&t->state);
+  /* A queued or backing-off task has no handler to notice the token: end
+   * it now. A running one ends when its handler returns; at shutdown it
+   * ends now, and the handler's late outcome is ignored. */
+  if (!is_terminal(st) && (st != APEX_TASK_RUNNING || strcmp(reason, "shutdown") == 0)) {
+    apex__where_t w = where_of(t);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+  } else if (is_terminal(st) && rc == APEX_OK) {
+    rc = APEX_E_ALREADY;
+  }
+  pthread_mutex_unlock(mu);
+  after_unlock(t, &a);
+  return rc;
+}
+
+/* ------------------------------------------------------------ attempts */
+
+int apex__task_run(apex_task_t *t) {
+  apex_manager_t *m = t->m;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  if (atomic_load(&t->state) != APEX_TASK_QUEUED) { /* cancelled or timed out in the queue */
+    pthread_mutex_unlock(mu);
+    return 0;
+  }
+  atomic_store(&t->state, APEX_TASK_RUNNING);
+  t->attempt++;
+  t->attempt_open = 1;
+  apex__pool_attempt_open(m);
+  atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
+  if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
+    apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_ATTEMPT);
+    if (ev) apex__events_push(m, ev);
+  }
+  pthread_mutex_unlock(mu);
+
+  int rc = t->action->handler(&t->ctx);
+  if (t->action->kind == APEX_ACTION_DEFERRED && rc == APEX_PENDING) return 0;
+  if (rc == APEX_PENDING) {
+    apex__log(&m->log, APEX_LOG_WARN, "%s.%s: a blocking handler returned APEX_PENDING",
+              t->plugin->desc.name, t->action->name);
+    rc = APEX_E_EXECUTION;
+  }
+  return apex__task_attempt_end(t, rc, 0);
+}
+
+static int valid_failure(int rc) { return rc < 0 && strcmp(apex_status_name(rc), "unknown") != 0; }
+
+/* The error an attempt failed with: the handler's own (apex_ctx_fail) when
+ * its code matches what it returned, else one naming the returned code. */
+static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
+  apex__where_t w = where_of(t);
+  if (!valid_failure(rc))
+    return apex__error_new(APEX_E_EXECUTION, &w, own, "handler returned an unknown status %d", rc);
+  if (own && apex_error_code(own) == rc) return own;
+  return apex__error_new(rc, &w, own, "%s", own ? apex_error_message(own) : apex_strerror(rc));
+}
+
+int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
+  apex_manager_t *m = t->m;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  after_t a = {0};
+  pthread_mutex_lock(mu);
+  if (!t->attempt_open) { /* complete() twice, or complete() and a return */
+    pthread_mutex_unlock(mu);
+    atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+    apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: completed twice; ignored",
+              t->plugin->desc.name, t->action->name, (unsigned long long)t->id);
+    return 0;
+  }
+  t->attempt_open = 0;
+  int was_stuck = t->stuck;
+  t->stuck = 0;
+  json_t *res = t->attempt_result;
+  apex_error_t *own = t->attempt_error;
+  t->attempt_result = NULL;
+  t->attempt_error = NULL;
+  int st = atomic_load(&t->state);
+
+  if (is_terminal(st)) { /* timed out or cancelled meanwhile: too late */
+    a.release_life = 1;
+    atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+    pthread_mutex_unlock(mu);
+    json_decref(res);
+    apex_error_unref(own);
+  } else if (rc == APEX_OK) {
+    apex_error_unref(own);
+    finish_locked(t, APEX_TASK_SUCCEEDED, res ? res : json_null(), NULL, &a);
+    pthread_mutex_unlock(mu);
+  } else {
+    json_decref(res);
+    apex_error_t *err = attempt_error(t, rc, own);
+    int code = apex_error_code(err);
+    double delay = 0;
+    uint64_t now = apex__now_ns();
+    if (apex_token_is_cancelled(t->token) || code == APEX_E_CANCELLED) {
+      const char *why = apex_token_reason(t->token);
+      apex__where_t w = where_of(t);
+      apex_error_t *ce = code == APEX_E_CANCELLED
+                             ? err
+                             : apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)",
+                                               why ? why : "user");
+      finish_locked(t, APEX_TASK_CANCELLED, NULL, ce, &a);
+      pthread_mutex_unlock(mu);
+    } else if (apex__retry_next(t, code, &delay) &&
+               (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
+      atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
+      t->retry_at_ns = now + (uint64_t)(delay * 1e9);
+      atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
+      if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
+        apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
+        if (ev) {
+          ev->ev.error = apex_error_ref(err);
+          ev->ev.retry_delay_s = delay;
+          apex__events_push(m, ev);
+        }
+      }
+      apex__timer_set(m, t, t->retry_at_ns);
+      pthread_mutex_unlock(mu);
+      apex_error_unref(err);
+    } else {
+      finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
+      pthread_mutex_unlock(mu);
+    }
+  }
+  int free_manager = apex__pool_attempt_close(m, was_stuck, !from_complete);
+  after_unlock(t, &a);
+  return free_manager;
+}
+
+/* Runtime thread: t's deadline or retry time came. */
+void apex__task_on_timer(apex_task_t *t, uint64_t now) {
+  apex_manager_t *m = t->m;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  after_t a = {0};
+  int requeue = 0, stuck = 0;
+  pthread_mutex_lock(mu);
+  int st = atomic_load(&t->state);
+  if (is_terminal(st)) {
+    pthread_mutex_unlock(mu);
+    return;
+  }
+  if (t->deadline_ns && now >= t->deadline_ns) {
+    apex__where_t w = where_of(t);
+    stuck = st == APEX_TASK_RUNNING && t->attempt_open && t->action->kind == APEX_ACTION_BLOCKING;
+    if (stuck) t->stuck = 1;
+    finish_locked(t, APEX_TASK_TIMED_OUT, NULL,
+                  apex__error_new(APEX_E_TIMEOUT, &w, NULL, "timed out after %.3f s%s",
+                                  t->timeout_s,
+                                  st == APEX_TASK_QUEUED ? " (still queued)" : ""),
+                  &a);
+    a.cancel = "timeout";
+  } else if (st == APEX_TASK_RETRY_WAIT && now >= t->retry_at_ns) {
+    atomic_store(&t->state, APEX_TASK_QUEUED);
+    requeue = 1;
+    if (t->deadline_ns) apex__timer_set(m, t, t->deadline_ns);
+  } else {
+    uint64_t at = t->deadline_ns;
+    if (st == APEX_TASK_RETRY_WAIT && (!at || t->retry_at_ns < at)) at = t->retry_at_ns;
+    if (at) apex__timer_set(m, t, at);
+  }
+  pthread_mutex_unlock(mu);
+  if (requeue) apex__pool_push(m, t);
+  if (stuck) apex__pool_worker_stuck(m);
+  after_unlock(t, &a);
+}
+
+/* ---------------------------------------------------------- public API */
+
+const char *apex_task_state_name(apex_task_state_t s) {
+  static const char *const names[] = {"queued",    "running", "retry_wait", "succeeded",
+                                      "failed",    "cancelled", "timed_out"};
+  return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
+}
+
+int apex_task_state_is_terminal(apex_task_state_t s) {
+  return s >= APEX_TASK_SUCCEEDED && s <= APEX_TASK_TIMED_OUT;
+}
+
+apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms) {
+  if (!t) return APEX_E_INVALID;
+  if (is_terminal(atomic_load_explicit(&t->state, memory_order_acquire))) return APEX_OK;
+  if (timeout_ms == 0) return APEX_E_AGAIN;
+  apex_manager_t *m = t->m;
+  struct timespec until;
+  if (timeout_ms > 0) {
+    uint64_t at = apex__now_ns() + (uint64_t)timeout_ms * 1000000u;
+    until.tv_sec = (time_t)(at / 1000000000u);
+    until.tv_nsec = (long)(at % 1000000000u);
+  }
+  apex_status_t rc = APEX_OK;
+  pthread_mutex_lock(&m->wait_mu);
+  atomic_fetch_add(&m->waiters, 1);
+  while (!is_terminal(atomic_load_explicit(&t->state, memory_order_acquire))) {
+    int e = timeout_ms < 0 ? pthread_cond_wait(&m->wait_cv, &m->wait_mu)
+                           : pthread_cond_timedwait(&m->wait_cv, &m->wait_mu, &until);
+    if (e == ETIMEDOUT && !is_terminal(atomic_load(&t->state))) {
+      rc = APEX_E_AGAIN;
+      break;
+    }
+  }
+  atomic_fetch_sub(&m->waiters, 1);
+  pthread_mutex_unlock(&m->wait_mu);
+  return rc;
+}
+
+apex_status_t apex_task_cancel(apex_task_t *t, const char *reason) {
+  if (!t) return APEX_E_INVALID;
+  if (is_terminal(atomic_load(&t->state))) return APEX_E_ALREADY;
+  return apex__task_cancel(t, reason);
+}
+
+apex_task_state_t apex_task_state(apex_task_t *t) {
+  return t ? (apex_task_state_t)atomic_load_explicit(&t->state, memory_order_acquire)
+           : APEX_TASK_FAILED;
+}
+
+uint64_t apex_task_id(apex_task_t *t) { return t ? t->id : 0; }
+
+uint32_t apex_task_attempts(apex_task_t *t) {
+  if (!t) return 0;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  uint32_t n = t->attempt;
+  pthread_mutex_unlock(mu);
+  return n;
+}
+
+json_t *apex_task_result(apex_task_t *t) {
+  if (!t) return NULL;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  json_t *r = t->result ? json_incref(t->result) : NULL;
+  pthread_mutex_unlock(mu);
+  return r;
+}
+
+apex_error_t *apex_task_error(apex_task_t *t) {
+  if (!t) return NULL;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex_error_t *e = t->error ? apex_error_ref(t->error) : NULL;
+  pthread_mutex_unlock(mu);
+  return e;
+}
+
+apex_progress_t *apex_task_progress(apex_task_t *t) {
+  if (!t) return NULL;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex_progress_t *p = t->last_progress ? apex_progress_ref(t->last_progress) : NULL;
+  pthread_mutex_unlock(mu);
+  return p;
+}
+
+apex_token_t *apex_task_token(apex_task_t *t) { return t ? t->token : NULL; }
+
+void apex_task_release(apex_task_t *t) {
+  if (t) apex__task_unref(t);
+}

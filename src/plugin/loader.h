@@ -1,0 +1,58 @@
+/* Internal: loading one plugin file and checking its descriptor
+ * (src/plugin/loader.c), and validating params against an action's spec
+ * (src/plugin/params.c). Neither keeps global state; both are safe from any
+ * thread on distinct arguments. */
+#ifndef APEX_PLUGIN_LOADER_H
+#define APEX_PLUGIN_LOADER_H
+
+#include <stddef.h>
+
+#include "apex/apex.h"
+
+/* A loaded plugin. desc is a normalized copy: every field of this build's
+ * apex_plugin_desc_t present (zero where the plugin's older struct ended);
+ * desc.actions points at `actions`, a normalized copy of the plugin's array.
+ * Strings still point into the plugin's image (valid until dlclose). */
+typedef struct apex__plugin {
+  apex_plugin_desc_t desc;
+  apex_action_desc_t *actions;
+  void *dl;     /* dlopen handle */
+  char *file;   /* the path it was loaded from (owned) */
+  void *state;  /* what init stored */
+  int inited;   /* init ran and succeeded: shutdown is owed */
+} apex__plugin_t;
+
+/* Opens file, finds apex_plugin_entry, calls it with api, validates the
+ * descriptor (ABI version, struct size, names [a-z0-9_]+ of at most 64 bytes,
+ * unique action names, handler set, kind known, param specs well-formed
+ * with defaults that parse and satisfy their own type and bounds, retry
+ * policy sane), then runs init.
+ * Returns: APEX_OK and *out; APEX_E_PLUGIN_LOAD or APEX_E_ABI_MISMATCH with
+ * *err naming the file and the reason (the field, for a bad descriptor);
+ * APEX_E_NOMEM. On failure nothing stays open or allocated.
+ * Ownership: api borrowed and must outlive the plugin; *out freed by
+ * apex__plugin_unload. */
+int apex__plugin_load(const char *file, const apex_host_api_t *api, apex__plugin_t **out,
+                      apex_error_t **err);
+
+/* Runs the shutdown hook (if init succeeded), dlcloses, frees. NULL: no-op. */
+void apex__plugin_unload(apex__plugin_t *p);
+
+/* Returns: the action named name, or NULL. */
+const apex_action_desc_t *apex__plugin_action(const apex__plugin_t *p, const char *name);
+
+/* Returns: 1 if s is a valid plugin/action/param name: [a-z0-9_]+, at most
+ * 64 bytes. */
+int apex__name_valid(const char *s);
+
+/* Validates params (an object, or NULL for {}) against the action's spec.
+ * Returns: APEX_OK and *out, a new object holding every given param and the
+ * default of every absent one that has a default; APEX_E_INVALID_PARAMS
+ * with a reason naming the param in why (e.g. "param 'steps': want int, got
+ * string", "param 'path' is required", "unknown param 'stepz'", "param
+ * 'steps': 5000000 is above the maximum 1000000", "params: want object,
+ * got array"); APEX_E_NOMEM. Ownership: params borrowed; *out new ref. */
+int apex__params_validate(const apex_action_desc_t *a, json_t *params, json_t **out, char *why,
+                          size_t why_len);
+
+#endif

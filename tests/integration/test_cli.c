@@ -1,0 +1,732 @@
+/* End-to-end tests of the apex command: each test runs the built binary
+ * (APEX_CLI_PATH) with posix_spawn, stdout and stderr on pipes read with poll
+ * (or on a pseudo-terminal, for the live display), and checks the exit code,
+ * the JSON Lines on stdout and the messages on stderr. Plugins come from the
+ * build tree: example_async and files beside the library, hostile and testkit
+ * from APEX_TEST_PLUGIN_DIR via --plugin-path.
+ *
+ * Single-threaded; each child is waited for (and killed if it overruns a
+ * generous deadline, failing the test), so none outlives its test. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "apex/apex.h"
+
+extern char **environ;
+
+#define DEADLINE_MS 30000
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------ child runs */
+
+typedef struct buf {
+  char *p;
+  size_t len, cap;
+} buf_t;
+
+typedef struct proc {
+  pid_t pid;
+  int fds[2];  /* stdout, stderr read ends (or the pty master, -1) */
+  buf_t out, err;
+  int64_t start_ms, end_ms;
+  int code;    /* exit status, or 128 + signal */
+} proc_t;
+
+static void buf_add(buf_t *b, const char *s, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 4096;
+    while (cap < b->len + n + 1) cap *= 2;
+    b->p = realloc(b->p, cap);
+    assert_non_null(b->p);
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+}
+
+static const char *buf_str(const buf_t *b) { return b->p ? b->p : ""; }
+
+static void proc_free(proc_t *p) {
+  free(p->out.p);
+  free(p->err.p);
+}
+
+/* Builds argv: APEX_CLI_PATH, then args up to NULL. */
+static char **make_argv(const char *first, va_list ap) {
+  size_t n = 2, cap = 64;
+  char **argv = calloc(cap, sizeof *argv);
+  assert_non_null(argv);
+  argv[0] = (char *)APEX_CLI_PATH;
+  argv[1] = (char *)first;
+  if (first) {
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL) {
+      assert_true(n + 1 < cap);
+      argv[n++] = (char *)a;
+    }
+  }
+  return argv;
+}
+
+/* Starts the CLI with stdout/stderr on pipes (pty_master < 0) or on the
+ * pty whose slave is pty_name. */
+static void proc_spawn(proc_t *p, char **argv, const char *pty_name, int pty_master) {
+  memset(p, 0, sizeof *p);
+  posix_spawn_file_actions_t fa;
+  assert_int_equal(posix_spawn_file_actions_init(&fa), 0);
+  int out[2] = {-1, -1}, err[2] = {-1, -1};
+  if (pty_name) {
+    assert_int_equal(posix_spawn_file_actions_addopen(&fa, 0, pty_name, O_RDWR, 0), 0);
+    assert_int_equal(posix_spawn_file_actions_adddup2(&fa, 0, 1), 0);
+    assert_int_equal(posix_spawn_file_actions_adddup2(&fa, 0, 2), 0);
+    p->fds[0] = pty_master;
+    p->fds[1] = -1;
+  } else {
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(err, O_CLOEXEC), 0);
+    assert_int_equal(posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0), 0);
+    assert_int_equal(posix_spawn_file_actions_adddup2(&fa, out[1], 1), 0);
+    assert_int_equal(posix_spawn_file_actions_adddup2(&fa, err[1], 2), 0);
+    p->fds[0] = out[0];
+    p->fds[1] = err[0];
+  }
+  p->start_ms = now_ms();
+  int rc = posix_spawn(&p->pid, argv[0], &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (!pty_name) {
+    close(out[1]);
+    close(err[1]);
+  }
+  assert_int_equal(rc, 0);
+}
+
+static void proc_start(proc_t *p, const char *first, ...) {
+  va_list ap;
+  va_start(ap, first);
+  char **argv = make_argv(first, ap);
+  va_end(ap);
+  proc_spawn(p, argv, NULL, -1);
+  free(argv);
+}
+
+/* Reads what is ready within timeout_ms. Returns: 1 while a stream is open. */
+static int proc_pump(proc_t *p, int timeout_ms) {
+  struct pollfd pfd[2];
+  int n = 0, idx[2];
+  for (int i = 0; i < 2; i++) {
+    if (p->fds[i] < 0) continue;
+    pfd[n] = (struct pollfd){.fd = p->fds[i], .events = POLLIN};
+    idx[n++] = i;
+  }
+  if (n == 0) return 0;
+  int r = poll(pfd, (nfds_t)n, timeout_ms);
+  if (r < 0 && errno == EINTR) return 1;
+  assert_true(r >= 0);
+  for (int k = 0; k < n; k++) {
+    if (!pfd[k].revents) continue;
+    char chunk[4096];
+    ssize_t got = read(pfd[k].fd, chunk, sizeof chunk);
+    if (got > 0) {
+      buf_add(idx[k] == 0 ? &p->out : &p->err, chunk, (size_t)got);
+    } else if (got == 0 || errno != EINTR) {
+      /* EOF, or EIO from a pty master once the child is gone */
+      close(p->fds[idx[k]]);
+      p->fds[idx[k]] = -1;
+    }
+  }
+  return p->fds[0] >= 0 || p->fds[1] >= 0;
+}
+
+/* Pumps until stdout holds needle. Returns: 1 if seen, 0 at EOF/deadline. */
+static int proc_read_until(proc_t *p, const char *needle, int timeout_ms) {
+  int64_t end = now_ms() + timeout_ms;
+  while (!strstr(buf_str(&p->out), needle)) {
+    int64_t left = end - now_ms();
+    if (left <= 0 || !proc_pump(p, (int)left)) return strstr(buf_str(&p->out), needle) != NULL;
+  }
+  return 1;
+}
+
+/* Reads to EOF and reaps the child; kills it and fails past the deadline. */
+static void proc_wait(proc_t *p) {
+  int64_t end = p->start_ms + DEADLINE_MS;
+  while (now_ms() < end && proc_pump(p, 100)) {
+  }
+  int status = 0;
+  pid_t r;
+  while ((r = waitpid(p->pid, &status, WNOHANG)) == 0 && now_ms() < end) usleep(1000);
+  if (r == 0) {
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, &status, 0);
+    fail_msg("apex did not exit within %d ms; stdout:\n%s\nstderr:\n%s", DEADLINE_MS,
+             buf_str(&p->out), buf_str(&p->err));
+  }
+  assert_int_equal(r, p->pid);
+  p->end_ms = now_ms();
+  for (int i = 0; i < 2; i++)
+    if (p->fds[i] >= 0) close(p->fds[i]);
+  p->code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void run(proc_t *p, const char *first, ...) {
+  va_list ap;
+  va_start(ap, first);
+  char **argv = make_argv(first, ap);
+  va_end(ap);
+  proc_spawn(p, argv, NULL, -1);
+  free(argv);
+  proc_wait(p);
+}
+
+/* ---------------------------------------------------------- JSON Lines */
+
+/* Returns: every stdout line parsed, as an array; fails on a line that is
+ * not a JSON object with "event" and "task". */
+static json_t *json_lines(const proc_t *p) {
+  json_t *lines = json_array();
+  assert_non_null(lines);
+  const char *s = buf_str(&p->out);
+  while (*s) {
+    const char *nl = strchr(s, '\n');
+    assert_non_null(nl); /* every line ends in a newline */
+    json_error_t jerr;
+    json_t *j = json_loadb(s, (size_t)(nl - s), 0, &jerr);
+    if (!j) fail_msg("not a JSON line: %.*s (%s)", (int)(nl - s), s, jerr.text);
+    if (!json_is_object(j) || !json_is_string(json_object_get(j, "event")) ||
+        !json_object_get(j, "task"))
+      fail_msg("line without event/task: %.*s", (int)(nl - s), s);
+    json_array_append_new(lines, j);
+    s = nl + 1;
+  }
+  return lines;
+}
+
+static size_t count_event(const json_t *lines, const char *event) {
+  size_t i, n = 0;
+  json_t *j;
+  json_array_foreach(lines, i, j) n += strcmp(json_string_value(json_object_get(j, "event")), event) == 0;
+  return n;
+}
+
+/* Returns: the one result line (borrowed); fails unless there is exactly one
+ * and it is the last line. */
+static json_t *the_result(const json_t *lines) {
+  assert_int_equal(count_event(lines, "result"), 1);
+  json_t *last = json_array_get(lines, json_array_size(lines) - 1);
+  assert_string_equal(json_string_value(json_object_get(last, "event")), "result");
+  return last;
+}
+
+static const char *error_code(const json_t *result) {
+  const char *c = json_string_value(json_object_get(json_object_get(result, "error"), "code"));
+  assert_non_null(c);
+  return c;
+}
+
+static void assert_contains(const char *hay, const char *needle) {
+  if (!strstr(hay, needle)) fail_msg("expected '%s' in:\n%s", needle, hay);
+}
+
+/* A run that fails before a task exists: exit 2, stderr naming the problem,
+ * and (stdout being a pipe, so JSON mode) one result line with task null. */
+static void assert_pre_task_error(const proc_t *p, const char *stderr_needle, const char *code) {
+  if (p->code != 2) fail_msg("exit %d, want 2; stderr: %s", p->code, buf_str(&p->err));
+  assert_contains(buf_str(&p->err), "apex: ");
+  assert_contains(buf_str(&p->err), stderr_needle);
+  json_t *lines = json_lines(p);
+  json_t *r = the_result(lines);
+  assert_true(json_is_null(json_object_get(r, "task")));
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "failed");
+  assert_string_equal(error_code(r), code);
+  json_decref(lines);
+}
+
+/* --------------------------------------------------------------- success */
+
+static void test_run_json_streams_progress_to_100_and_one_result(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=5", "--param", "step_ms=20", "--json",
+      NULL);
+  assert_int_equal(p.code, 0);
+  json_t *lines = json_lines(&p);
+  assert_true(count_event(lines, "progress") >= 5);
+  double last = -1;
+  size_t i;
+  json_t *j;
+  json_array_foreach(lines, i, j) {
+    if (strcmp(json_string_value(json_object_get(j, "event")), "progress") != 0) continue;
+    assert_true(json_is_integer(json_object_get(j, "task")));
+    assert_true(json_is_integer(json_object_get(j, "seq")));
+    assert_true(json_is_string(json_object_get(j, "status")));
+    assert_true(json_is_string(json_object_get(j, "message")));
+    assert_true(json_is_object(json_object_get(j, "details")));
+    assert_true(json_is_array(json_object_get(j, "sub_tasks")));
+    double pct = json_number_value(json_object_get(j, "percentage"));
+    assert_true(pct >= last);
+    last = pct;
+  }
+  assert_true(last == 100.0);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "succeeded");
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "result"), "steps")), 5);
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_output_is_json_lines_when_stdout_is_not_a_terminal(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=2", "--param", "step_ms=5", NULL);
+  assert_int_equal(p.code, 0);
+  json_t *lines = json_lines(&p); /* fails on any line that is not JSON */
+  assert_true(count_event(lines, "progress") >= 1);
+  assert_string_equal(json_string_value(json_object_get(the_result(lines), "state")), "succeeded");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_param_values_parse_as_json_else_string(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "--plugin-path", APEX_TEST_PLUGIN_DIR, "run", "testkit.params_all", "--param", "str=hello",
+      "--param", "int=-5", "--param", "num=2.5", "--param", "flag=true", "--param",
+      "obj={\"a\":1}", "--param", "arr=[3]", NULL);
+  if (p.code != 0) fail_msg("exit %d: %s", p.code, buf_str(&p.err));
+  json_t *lines = json_lines(&p);
+  json_t *res = json_object_get(the_result(lines), "result");
+  json_t *want = json_pack("{s:s, s:i, s:f, s:b, s:{s:i}, s:[i]}", "str", "hello", "int", -5, "num",
+                           2.5, "flag", 1, "obj", "a", 1, "arr", 3);
+  assert_true(json_equal(res, want));
+  json_decref(want);
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_param_overrides_params_whatever_the_order(void **st) {
+  (void)st;
+  proc_t p;
+  /* --param comes first on the line but still wins over --params. */
+  run(&p, "run", "--param", "int=9", "--plugin-path", APEX_TEST_PLUGIN_DIR, "testkit.params_all",
+      "--params", "{\"int\": \"not an int\", \"str\": \"x\"}", NULL);
+  if (p.code != 0) fail_msg("exit %d: %s", p.code, buf_str(&p.err));
+  json_t *lines = json_lines(&p);
+  json_t *res = json_object_get(the_result(lines), "result");
+  assert_int_equal(json_integer_value(json_object_get(res, "int")), 9);
+  assert_string_equal(json_string_value(json_object_get(res, "str")), "x");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+/* ------------------------------------------------- timeout, cancel, retry */
+
+static void check_timeout(const char *ignore_cancel) {
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=50", "--param", "step_ms=100",
+      "--param", ignore_cancel, "--timeout", "0.3", NULL);
+  if (p.code != 124) fail_msg("exit %d, want 124; stderr: %s", p.code, buf_str(&p.err));
+  assert_true(p.end_ms - p.start_ms < 3000);
+  json_t *lines = json_lines(&p);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "timed_out");
+  assert_string_equal(error_code(r), "timeout");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_timeout_exits_124_timed_out(void **st) {
+  (void)st;
+  check_timeout("ignore_cancel=false");
+}
+
+static void test_run_timeout_exits_124_even_if_handler_ignores_cancel(void **st) {
+  (void)st;
+  check_timeout("ignore_cancel=true");
+}
+
+static void test_run_sigint_cancels_and_exits_130(void **st) {
+  (void)st;
+  proc_t p;
+  proc_start(&p, "run", "example_async.long_task", "--param", "steps=50", "--param", "step_ms=100",
+             NULL);
+  assert_true(proc_read_until(&p, "\"event\":\"progress\"", DEADLINE_MS));
+  int64_t sent = now_ms();
+  assert_int_equal(kill(p.pid, SIGINT), 0);
+  proc_wait(&p);
+  if (p.code != 130) fail_msg("exit %d, want 130; stderr: %s", p.code, buf_str(&p.err));
+  assert_true(p.end_ms - sent < 3000);
+  assert_contains(buf_str(&p.err), "cancelling");
+  json_t *lines = json_lines(&p);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "cancelled");
+  assert_string_equal(error_code(r), "cancelled");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_retries_until_third_attempt_succeeds(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=1", "--param", "step_ms=1",
+      "--param", "fail_attempts=2", "--retries", "3", NULL);
+  if (p.code != 0) fail_msg("exit %d: %s", p.code, buf_str(&p.err));
+  json_t *lines = json_lines(&p);
+  assert_int_equal(count_event(lines, "attempt"), 3);
+  assert_int_equal(count_event(lines, "retry"), 2);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "succeeded");
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "result"), "attempt")), 3);
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_retries_exhausted_exits_1_transient(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=1", "--param", "step_ms=1",
+      "--param", "fail_attempts=2", "--retries", "1", NULL);
+  assert_int_equal(p.code, 1);
+  json_t *lines = json_lines(&p);
+  assert_int_equal(count_event(lines, "attempt"), 2);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "failed");
+  assert_string_equal(error_code(r), "transient");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_hostile_fail_exits_1_execution(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "hostile.fail", "--plugin-path", APEX_TEST_PLUGIN_DIR, "--json", NULL);
+  assert_int_equal(p.code, 1);
+  json_t *lines = json_lines(&p);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "failed");
+  assert_string_equal(error_code(r), "execution");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+/* ------------------------------------------------------------ bad input */
+
+static void test_run_unknown_plugin_exits_2_naming_it_and_the_search_path(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "nope.x", "--plugin-path", APEX_TEST_PLUGIN_DIR, NULL);
+  assert_pre_task_error(&p, "unknown plugin 'nope'", "plugin_not_found");
+  assert_contains(buf_str(&p.err), APEX_TEST_PLUGIN_DIR);
+  proc_free(&p);
+}
+
+static void test_run_unknown_action_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.nope", NULL);
+  assert_pre_task_error(&p, "'nope'", "action_not_found");
+  assert_contains(buf_str(&p.err), "long_task"); /* lists what exists */
+  proc_free(&p);
+}
+
+static void test_run_without_target_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "--json", NULL);
+  assert_pre_task_error(&p, "missing PLUGIN.ACTION", "invalid");
+  proc_free(&p);
+}
+
+static void test_run_target_without_action_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async", NULL);
+  assert_pre_task_error(&p, "'example_async' is not PLUGIN.ACTION", "invalid");
+  proc_free(&p);
+}
+
+static void test_run_unknown_param_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "stepz=5", NULL);
+  assert_pre_task_error(&p, "stepz", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_param_of_wrong_type_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=many", NULL);
+  assert_pre_task_error(&p, "steps", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_param_out_of_range_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "sub_tasks=65", NULL);
+  assert_pre_task_error(&p, "sub_tasks", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_param_without_equals_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps", NULL);
+  assert_pre_task_error(&p, "--param: 'steps' is not KEY=VALUE", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_params_bad_json_exits_2_with_position(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--params", "{\"steps\": }", NULL);
+  assert_pre_task_error(&p, "--params: invalid JSON at line 1 column", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_params_not_an_object_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--params", "[1, 2]", NULL);
+  assert_pre_task_error(&p, "--params: want a JSON object, got array", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_bad_timeout_exits_2_naming_it(void **st) {
+  (void)st;
+  const char *bad[] = {"abc", "0", "-1", "1s", "nan", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    proc_t p;
+    run(&p, "run", "example_async.long_task", "--timeout", bad[i], NULL);
+    char want[64];
+    snprintf(want, sizeof want, "--timeout: '%s' is not a positive number of seconds", bad[i]);
+    assert_pre_task_error(&p, want, "invalid");
+    proc_free(&p);
+  }
+}
+
+static void test_run_bad_retries_exits_2_naming_it(void **st) {
+  (void)st;
+  const char *bad[] = {"x", "-1", "1.5", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    proc_t p;
+    run(&p, "run", "example_async.long_task", "--retries", bad[i], NULL);
+    char want[64];
+    snprintf(want, sizeof want, "--retries: '%s' is not", bad[i]);
+    assert_pre_task_error(&p, want, "invalid");
+    proc_free(&p);
+  }
+}
+
+static void test_run_unknown_option_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--frobnicate", NULL);
+  assert_pre_task_error(&p, "unknown option '--frobnicate'", "invalid");
+  proc_free(&p);
+}
+
+static void test_option_missing_its_value_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--timeout", NULL);
+  assert_pre_task_error(&p, "--timeout needs a value", "invalid");
+  proc_free(&p);
+}
+
+static void test_unknown_command_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "frob", NULL);
+  assert_int_equal(p.code, 2);
+  assert_contains(buf_str(&p.err), "unknown command 'frob'");
+  proc_free(&p);
+}
+
+static void test_no_command_prints_usage_and_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, NULL);
+  assert_int_equal(p.code, 2);
+  assert_contains(buf_str(&p.err), "Usage: apex");
+  proc_free(&p);
+}
+
+/* ------------------------------------------------------ help and info */
+
+static void test_version_prints_library_version_exits_0(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "--version", NULL);
+  assert_int_equal(p.code, 0);
+  char want[64];
+  snprintf(want, sizeof want, "apex %s\n", apex_version());
+  assert_string_equal(buf_str(&p.out), want);
+  proc_free(&p);
+}
+
+static void test_help_prints_usage_exits_0(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "--help", NULL);
+  assert_int_equal(p.code, 0);
+  assert_contains(buf_str(&p.out), "Usage: apex");
+  assert_contains(buf_str(&p.out), "--retries N");
+  proc_free(&p);
+}
+
+static void test_plugins_lists_shipped_plugins_and_actions(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "plugins", NULL);
+  assert_int_equal(p.code, 0);
+  assert_contains(buf_str(&p.out), "example_async ");
+  assert_contains(buf_str(&p.out), "\n    long_task ");
+  assert_contains(buf_str(&p.out), "files ");
+  assert_contains(buf_str(&p.out), "\n    checksum ");
+  proc_free(&p);
+}
+
+static void test_plugins_warns_about_a_bad_plugin_and_lists_the_rest(void **st) {
+  (void)st;
+  proc_t p;
+  /* The test plugin dir holds plugins that fail to load on purpose. */
+  run(&p, "plugins", "--plugin-path", APEX_TEST_PLUGIN_DIR, NULL);
+  assert_int_equal(p.code, 0);
+  assert_contains(buf_str(&p.err), "apex: warning: ");
+  assert_contains(buf_str(&p.out), "testkit ");
+  assert_contains(buf_str(&p.out), "example_async ");
+  proc_free(&p);
+}
+
+static void test_describe_action_shows_kind_timeout_retry_and_params(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "describe", "example_async.long_task", NULL);
+  assert_int_equal(p.code, 0);
+  const char *out = buf_str(&p.out);
+  assert_contains(out, "kind:             blocking");
+  assert_contains(out, "default timeout:");
+  assert_contains(out, "retry:");
+  assert_contains(out, "steps          int     default 10, 0..1000000");
+  assert_contains(out, "number of steps");
+  assert_contains(out, "ignore_cancel  bool    default false");
+  assert_contains(out, "sub_tasks");
+  proc_free(&p);
+}
+
+static void test_describe_plugin_lists_its_actions(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "describe", "example_async", NULL);
+  assert_int_equal(p.code, 0);
+  assert_contains(buf_str(&p.out), "    long_task ");
+  assert_contains(buf_str(&p.out), "    deferred_task ");
+  proc_free(&p);
+}
+
+static void test_describe_unknown_action_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "describe", "example_async.nope", NULL);
+  assert_int_equal(p.code, 2);
+  assert_contains(buf_str(&p.err), "has no action 'nope'");
+  proc_free(&p);
+}
+
+/* ---------------------------------------------------- terminal display */
+
+static void test_terminal_display_redraws_bar_and_sub_tasks_in_place(void **st) {
+  (void)st;
+  int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  assert_true(master >= 0);
+  assert_int_equal(grantpt(master), 0);
+  assert_int_equal(unlockpt(master), 0);
+  char name[128];
+  assert_int_equal(ptsname_r(master, name, sizeof name), 0);
+  struct winsize ws = {.ws_row = 30, .ws_col = 100};
+  assert_int_equal(ioctl(master, TIOCSWINSZ, &ws), 0);
+
+  char *argv[] = {(char *)APEX_CLI_PATH, "run", "example_async.long_task", "--param", "steps=10",
+                  "--param", "step_ms=30", "--param", "sub_tasks=3", NULL};
+  proc_t p;
+  proc_spawn(&p, argv, name, master);
+  proc_wait(&p);
+  if (p.code != 0) fail_msg("exit %d; output:\n%s", p.code, buf_str(&p.out));
+  const char *out = buf_str(&p.out);
+  assert_contains(out, "\x1b[?25l");          /* cursor hidden while drawing */
+  assert_contains(out, "[########");          /* the task's bar */
+  assert_contains(out, " 100%");
+  assert_contains(out, "  ├─ fetch");        /* sub-task tree */
+  assert_contains(out, "  └─ transform");
+  assert_contains(out, "\x1b[4A");            /* moved up over 1 + 3 lines */
+  assert_contains(out, "\x1b[2K");            /* and cleared each */
+  assert_contains(out, "succeeded: {");
+  assert_contains(out, "\x1b[?25h");          /* cursor restored */
+  assert_null(strstr(out, "\"event\""));      /* not JSON Lines */
+  proc_free(&p);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_run_json_streams_progress_to_100_and_one_result),
+      cmocka_unit_test(test_run_output_is_json_lines_when_stdout_is_not_a_terminal),
+      cmocka_unit_test(test_run_param_values_parse_as_json_else_string),
+      cmocka_unit_test(test_run_param_overrides_params_whatever_the_order),
+      cmocka_unit_test(test_run_timeout_exits_124_timed_out),
+      cmocka_unit_test(test_run_timeout_exits_124_even_if_handler_ignores_cancel),
+      cmocka_unit_test(test_run_sigint_cancels_and_exits_130),
+      cmocka_unit_test(test_run_retries_until_third_attempt_succeeds),
+      cmocka_unit_test(test_run_retries_exhausted_exits_1_transient),
+      cmocka_unit_test(test_run_hostile_fail_exits_1_execution),
+      cmocka_unit_test(test_run_unknown_plugin_exits_2_naming_it_and_the_search_path),
+      cmocka_unit_test(test_run_unknown_action_exits_2_naming_it),
+      cmocka_unit_test(test_run_without_target_exits_2),
+      cmocka_unit_test(test_run_target_without_action_exits_2),
+      cmocka_unit_test(test_run_unknown_param_exits_2_naming_it),
+      cmocka_unit_test(test_run_param_of_wrong_type_exits_2_naming_it),
+      cmocka_unit_test(test_run_param_out_of_range_exits_2_naming_it),
+      cmocka_unit_test(test_run_param_without_equals_exits_2),
+      cmocka_unit_test(test_run_params_bad_json_exits_2_with_position),
+      cmocka_unit_test(test_run_params_not_an_object_exits_2),
+      cmocka_unit_test(test_run_bad_timeout_exits_2_naming_it),
+      cmocka_unit_test(test_run_bad_retries_exits_2_naming_it),
+      cmocka_unit_test(test_run_unknown_option_exits_2_naming_it),
+      cmocka_unit_test(test_option_missing_its_value_exits_2),
+      cmocka_unit_test(test_unknown_command_exits_2),
+      cmocka_unit_test(test_no_command_prints_usage_and_exits_2),
+      cmocka_unit_test(test_version_prints_library_version_exits_0),
+      cmocka_unit_test(test_help_prints_usage_exits_0),
+      cmocka_unit_test(test_plugins_lists_shipped_plugins_and_actions),
+      cmocka_unit_test(test_plugins_warns_about_a_bad_plugin_and_lists_the_rest),
+      cmocka_unit_test(test_describe_action_shows_kind_timeout_retry_and_params),
+      cmocka_unit_test(test_describe_plugin_lists_its_actions),
+      cmocka_unit_test(test_describe_unknown_action_exits_2),
+      cmocka_unit_test(test_terminal_display_redraws_bar_and_sub_tasks_in_place),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
