@@ -42,7 +42,8 @@ int cli_fail(int json, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
  * obj taken (NULL: prints nothing, for a failed allocation upstream). */
 void cli_emit(json_t *obj);
 
-/* Creates a manager (2 workers, log level from APEX_LOG) with the
+/* Creates a manager (2 workers, log level from APEX_LOG; progress at up to
+ * 100/s in JSON mode) with the
  * --plugin-path dirs added in order. on_event non-NULL selects dispatch
  * delivery (events run inside apex_manager_dispatch on the caller's thread).
  * Returns: CLI_EXIT_OK and *out, or an exit code (failure reported). */

@@ -63,6 +63,11 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
     cfg.delivery = APEX_DELIVER_DISPATCH;
     cfg.on_event = on_event;
     cfg.event_user = user;
+    /* The library coalesces progress (20/s by default, which is also all a
+     * terminal display can show). A JSON consumer wants each step as it
+     * happens; 100/s keeps that for steps down to ~10 ms while still
+     * bounding what a flooding plugin can make us print. */
+    if (o->json) cfg.progress_rate_hz = 100;
   }
   apex_manager_t *m = NULL;
   int rc = apex_manager_new(&cfg, &m);
