@@ -236,7 +236,16 @@ static void frame_sub_line(const sub_row_t *r, int name_w, sbuf_t *b, int cols) 
   line_t l = {b, cols - 1};
   int before = l.cols_left;
   put_text(&l, r->lead);
-  put_text(&l, r->name ? r->name : "?");
+  /* The name gets what is left of the name column, so the bars align. */
+  int room = name_w - (before - l.cols_left);
+  if (room > 0 && room < l.cols_left) {
+    int rest = l.cols_left - room;
+    l.cols_left = room;
+    put_text(&l, r->name ? r->name : "?");
+    l.cols_left += rest;
+  } else if (room > 0) {
+    put_text(&l, r->name ? r->name : "?");
+  }
   put_pad(&l, name_w - (before - l.cols_left));
   put_text(&l, " ");
   put_bar(&l, r->pct, SUB_BAR_WIDTH);

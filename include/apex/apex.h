@@ -140,7 +140,7 @@ APEX_EXTERN uint64_t apex_progress_seq(const apex_progress_t *p);
 APEX_EXTERN double apex_progress_percentage(const apex_progress_t *p);
 /* Returns: borrowed strings/JSON valid while p is; message "" when none,
  * status never NULL, details an object (maybe empty), sub_tasks an array
- * (maybe empty). */
+ * (maybe empty). On a NULL p: 0, 0.0, "", "", NULL, NULL. */
 APEX_EXTERN const char *apex_progress_message(const apex_progress_t *p);
 APEX_EXTERN const char *apex_progress_status(const apex_progress_t *p);
 APEX_EXTERN const json_t *apex_progress_details(const apex_progress_t *p);

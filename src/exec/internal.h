@@ -10,7 +10,7 @@
  *   m->reg_mu (registry)      never held with another
  *   task stripe lock          (apex__task_lock) before
  *     m->pool_mu | m->tmu | m->ev_mu | m->flush_mu   (leaves: never two)
- *   m->wait_mu                leaf
+ *   m->wait_mu                before pool_mu (destroy's wait_zero), else a leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H

@@ -224,7 +224,10 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   a->logp = flush_locked(t);
   t->result = result;
   t->error = error;
-  atomic_store_explicit(&t->state, state, memory_order_release);
+  /* seq_cst, not release: a waiter publishes itself (m->waiters) and then
+   * reads the state; we publish the state and then read m->waiters. Only a
+   * total order keeps both from missing the other (a lost wakeup). */
+  atomic_store(&t->state, state);
   a->finished = 1;
   if (!t->attempt_open) a->release_life = 1;
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) {
