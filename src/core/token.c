@@ -12,7 +12,9 @@
  * at a time and calls each unlocked, noting which one runs on which thread
  * so a concurrent remove can wait for it (and a remove from inside it
  * does not). Children are collected under the parent's lock (each with a
- * "try-ref" since one may be in its final unref) and cancelled after.
+ * "try-ref" since one may be in its final unref) and cancelled after, from
+ * a worklist; freeing walks up the parent chain in a loop: neither recurses
+ * per level, so a deep tree cannot exhaust the stack.
  *
  * Lock order: no function ever holds two token locks at once. A child's
  * final unref takes only its parent's lock (to unlink itself); new_child
