@@ -150,8 +150,11 @@ static void on_retry(run_t *r, const apex_event_t *ev) {
 static void on_done(run_t *r, const apex_event_t *ev) {
   r->done = 1;
   r->state = ev->state;
-  /* Both are borrowed for the callback only; keep our own references. */
-  if (ev->result) r->result = json_incref((json_t *)ev->result);
+  /* Both are borrowed for the callback only. The result is copied, not
+   * ref'd: the library drops its own reference on its runtime thread, and
+   * jansson's refcount is not safe to share across threads (json_decref
+   * reads it non-atomically, which TSan reports). */
+  if (ev->result) r->result = json_deep_copy(ev->result);
   if (ev->error) r->error = apex_error_ref((apex_error_t *)ev->error);
   if (!r->json) {
     cli_display_state(r->disp, apex_task_state_name(ev->state));

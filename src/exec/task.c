@@ -399,6 +399,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
       pthread_mutex_unlock(mu);
     } else if (apex__retry_next(t, code, &delay) &&
                (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
+      a.logp = flush_locked(t); /* this attempt's progress precedes RETRY */
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
       t->retry_at_ns = now + (uint64_t)(delay * 1e9);
       atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
