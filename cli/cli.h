@@ -38,6 +38,11 @@ typedef struct cli_opts {
  * CLI_EXIT_FAILED. */
 int cli_fail(int json, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
 
+/* As cli_fail, for a library error: its message on stderr, and in JSON mode
+ * apex_error_to_json(e) (code, message, plugin, action, ...) as the error.
+ * e NULL: the sentence for code. Ownership: e borrowed. */
+int cli_fail_error(int json, int code, const apex_error_t *e);
+
 /* Writes obj as one compact JSON line on stdout and flushes. Ownership:
  * obj taken (NULL: prints nothing, for a failed allocation upstream). */
 void cli_emit(json_t *obj);
@@ -45,9 +50,11 @@ void cli_emit(json_t *obj);
 /* Creates a manager (2 workers, log level from APEX_LOG; progress at up to
  * 100/s in JSON mode) with the
  * --plugin-path dirs added in order. on_event non-NULL selects dispatch
- * delivery (events run inside apex_manager_dispatch on the caller's thread).
+ * delivery (events run inside apex_manager_dispatch on the caller's thread);
+ * log non-NULL replaces the library's stderr sink.
  * Returns: CLI_EXIT_OK and *out, or an exit code (failure reported). */
-int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_manager_t **out);
+int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_log_fn log,
+                    void *log_user, apex_manager_t **out);
 
 /* Returns: the plugin search path as "DIR1, DIR2" (malloc'd; caller frees),
  * or NULL on no memory. */
@@ -99,7 +106,5 @@ void cli_display_draw(cli_display_t *d);
 /* Erases the block, so a normal line can print where it was; the next draw
  * puts the block below that line. */
 void cli_display_erase(cli_display_t *d);
-/* Returns: 1 while the cursor is hidden (the signal handler restores it). */
-int cli_display_active(const cli_display_t *d);
 
 #endif

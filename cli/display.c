@@ -339,8 +339,6 @@ void cli_display_free(cli_display_t *d) {
   free(d);
 }
 
-int cli_display_active(const cli_display_t *d) { return d && d->cursor_hidden; }
-
 void cli_display_progress(cli_display_t *d, const apex_progress_t *p) {
   if (!d || !p) return;
   apex_progress_unref(d->progress);

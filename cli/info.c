@@ -39,9 +39,18 @@ static void print_actions(const apex_plugin_desc_t *d) {
   }
 }
 
+/* apex_manager_load_all returns the first load failure and logs the others
+ * at warn level; this sink labels those "warning" like the first, so each
+ * failure shows once, in the same form. Any thread may log. */
+static void plugins_log(int level, const char *msg, void *user) {
+  static const char *const names[] = {"error", "warning", "info", "debug"};
+  (void)user;
+  fprintf(stderr, "apex: %s: %s\n", level >= 0 && level <= 3 ? names[level] : "log", msg);
+}
+
 int cli_cmd_plugins(const cli_opts_t *o) {
   apex_manager_t *m = NULL;
-  int code = cli_manager_new(o, NULL, NULL, &m);
+  int code = cli_manager_new(o, NULL, NULL, plugins_log, NULL, &m);
   if (code != CLI_EXIT_OK) return code;
   apex_error_t *err = NULL;
   int rc = apex_manager_load_all(m, &err);
@@ -133,7 +142,7 @@ int cli_cmd_describe(const cli_opts_t *o) {
     return cli_fail(0, APEX_E_INVALID, "describe: '%s' is not PLUGIN or PLUGIN.ACTION", o->target);
 
   apex_manager_t *m = NULL;
-  int code = cli_manager_new(o, NULL, NULL, &m);
+  int code = cli_manager_new(o, NULL, NULL, NULL, NULL, &m);
   if (code != CLI_EXIT_OK) return code;
   const apex_plugin_desc_t *d = NULL;
   code = cli_load_plugin(m, 0, plugin, &d);

@@ -267,7 +267,7 @@ int cli_cmd_run(const cli_opts_t *o) {
 
   run_t r = {.json = o->json};
   apex_manager_t *m = NULL;
-  int code = cli_manager_new(o, on_event, &r, &m);
+  int code = cli_manager_new(o, on_event, &r, NULL, NULL, &m);
   if (code != CLI_EXIT_OK) return code;
 
   const apex_plugin_desc_t *d = NULL;
@@ -308,8 +308,8 @@ int cli_cmd_run(const cli_opts_t *o) {
   if (rc != APEX_OK) {
     cli_display_free(r.disp);
     atomic_store(&g_cursor_hidden, 0);
-    code = cli_fail(o->json, rc, "%s.%s: %s", plugin, action,
-                    err ? apex_error_message(err) : apex_strerror(rc));
+    /* The library's message already names plugin.action and the param. */
+    code = cli_fail_error(o->json, rc, err);
     apex_error_unref(err);
     return finish(m, code);
   }

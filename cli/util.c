@@ -34,16 +34,7 @@ void cli_emit(json_t *obj) {
   free(s);
 }
 
-int cli_fail(int json, int code, const char *fmt, ...) {
-  char msg[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "apex: %s\n", msg);
-  if (json)
-    cli_emit(json_pack("{s:s, s:n, s:s, s:{s:s, s:s}}", "event", "result", "task", "state",
-                       "failed", "error", "code", apex_status_name(code), "message", msg));
+static int exit_code_for(int code) {
   switch (code) {
   case APEX_E_INVALID:
   case APEX_E_INVALID_PARAMS:
@@ -55,10 +46,36 @@ int cli_fail(int json, int code, const char *fmt, ...) {
   }
 }
 
-int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_manager_t **out) {
+static void emit_failed(json_t *error) {
+  cli_emit(json_pack("{s:s, s:n, s:s, s:o}", "event", "result", "task", "state", "failed", "error",
+                     error));
+}
+
+int cli_fail(int json, int code, const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "apex: %s\n", msg);
+  if (json) emit_failed(json_pack("{s:s, s:s}", "code", apex_status_name(code), "message", msg));
+  return exit_code_for(code);
+}
+
+int cli_fail_error(int json, int code, const apex_error_t *e) {
+  if (!e) return cli_fail(json, code, "%s", apex_strerror(code));
+  fprintf(stderr, "apex: %s\n", apex_error_message(e));
+  if (json) emit_failed(apex_error_to_json(e));
+  return exit_code_for(code);
+}
+
+int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_log_fn log,
+                    void *log_user, apex_manager_t **out) {
   apex_manager_config_t cfg;
   apex_manager_config_init(&cfg);
   cfg.workers = 2;
+  cfg.log = log;
+  cfg.log_user = log_user;
   if (on_event) {
     cfg.delivery = APEX_DELIVER_DISPATCH;
     cfg.on_event = on_event;

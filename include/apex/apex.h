@@ -180,7 +180,9 @@ typedef enum apex_event_type {
 } apex_event_type_t;
 
 /* What a host's event callback receives. Every pointer in it is borrowed for
- * the duration of the callback only (ref what you keep). */
+ * the duration of the callback only: ref the Apex objects you keep, and
+ * json_deep_copy the result (jansson's reference counts are not safe to
+ * share across threads). */
 typedef struct apex_event {
   apex_event_type_t type;
   apex_task_t *task;
@@ -209,7 +211,9 @@ typedef struct apex_manager_config {
   unsigned workers;          /* worker threads; 0: 2 or the CPU count */
   unsigned max_stuck_workers; /* replacements for timed-out stuck handlers */
   double progress_rate_hz;   /* per-task progress deliveries per second */
-  size_t max_queued;         /* 0: unlimited; else submit fails QUEUE_FULL */
+  size_t max_queued;         /* 0: unlimited; else submit fails QUEUE_FULL
+                                while this many tasks are live (queued,
+                                running or waiting to retry) */
   apex_event_fn on_event;    /* NULL: no events (wait on tasks instead) */
   void *event_user;
   unsigned event_mask;       /* apex_event_type_t bits wanted; 0: all */
@@ -237,7 +241,9 @@ APEX_EXTERN apex_status_t apex_manager_new(const apex_manager_config_t *cfg, ape
  * frees everything. Outstanding task handles stay valid until released.
  * Returns: APEX_OK; APEX_E_BUSY if handlers that ignore cancellation were
  * still running at the deadline: the manager is then freed by the last of
- * them when it returns (plugins stay loaded until then).
+ * them when it returns (plugins stay loaded until then, and for good if that
+ * last one is a deferred plugin's own thread, which may still be inside the
+ * plugin).
  * Thread-safety: call once, from a thread that is not Apex's (not from a
  * callback or handler). */
 APEX_EXTERN apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms);
@@ -353,8 +359,9 @@ APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_sta
  * Returns: APEX_OK when terminal; APEX_E_AGAIN on time-out; APEX_E_INVALID. */
 APEX_EXTERN apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms);
 /* Asks the task to stop (reason NULL: "user"). A queued or retry-waiting
- * task ends `cancelled` at once; a running one when its handler returns
- * (handlers see the token and return early).
+ * task ends `cancelled` at once. A running one ends when its handler
+ * returns: `cancelled` if it returns an error (handlers see the token and
+ * return APEX_E_CANCELLED early), `succeeded` if it finished anyway.
  * Returns: APEX_OK; APEX_E_ALREADY if terminal or already cancelled;
  * APEX_E_INVALID. Ownership: reason copied. */
 APEX_EXTERN apex_status_t apex_task_cancel(apex_task_t *t, const char *reason);
@@ -362,7 +369,9 @@ APEX_EXTERN apex_task_state_t apex_task_state(apex_task_t *t);
 APEX_EXTERN uint64_t apex_task_id(apex_task_t *t);
 /* Returns: attempts started so far. */
 APEX_EXTERN uint32_t apex_task_attempts(apex_task_t *t);
-/* Returns: the result once succeeded, as a new reference; else NULL. */
+/* Returns: the result once succeeded, as a new reference to a copy the
+ * caller owns alone (jansson's reference counts are not safe to share
+ * across threads); else NULL. */
 APEX_EXTERN json_t *apex_task_result(apex_task_t *t);
 /* Returns: the error once failed/cancelled/timed out, a new reference; else
  * NULL. */

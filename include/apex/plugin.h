@@ -213,14 +213,16 @@ static inline int apex_ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t 
  * the latest update wins at the host's delivery rate).
  * Returns: APEX_OK, APEX_E_INVALID if percentage is not finite in [0, 100]
  * or message is not valid UTF-8 of at most APEX_PROGRESS_MESSAGE_MAX bytes
- * (the update is then dropped and counted). Ownership: message copied. */
+ * (the update is then dropped and counted), APEX_E_NOMEM.
+ * Ownership: message copied. */
 static inline int apex_ctx_progress(apex_ctx_t *c, double percentage, const char *message) {
   return c->api->progress(c, percentage, message);
 }
 
 /* Reports a full ProgressUpdate (see apex_progress_update_t). Updates whose
  * status is "milestone_reached" or differs from the previous status are never
- * coalesced away. Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad
+ * coalesced away (up to 64 waiting between two deliveries; past that they
+ * coalesce like the rest, so a plugin cannot flood the host with them). Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad
  * status, details or sub_tasks. Ownership: u and its JSON values borrowed. */
 static inline int apex_ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
   return c->api->progress_update(c, u);

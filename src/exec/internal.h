@@ -8,9 +8,10 @@
  *
  * Locks, in the only order any code takes two of them:
  *   m->reg_mu (registry)      never held with another
- *   task stripe lock          (apex__task_lock) before
+ *   task stripe lock          (apex__task_mu) before
  *     m->pool_mu | m->tmu | m->ev_mu | m->flush_mu   (leaves: never two)
- *   m->wait_mu                before pool_mu (destroy's wait_zero), else a leaf
+ *   m->wait_mu                before pool_mu (destroy's wait_zero); taken
+ *                             under a task lock (waking waiters); else a leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -83,6 +84,7 @@ struct apex_task {
 
   /* timer heap (m->tmu) */
   size_t heap_idx;      /* SIZE_MAX: not in the heap */
+  int timer_reserved;   /* holds one of m->heap_reserved */
   uint64_t timer_at;
 
   /* intrusive links */
@@ -143,6 +145,7 @@ struct apex_manager {
   pthread_mutex_t tmu;
   apex_task_t **heap;
   size_t heap_len, heap_cap;
+  size_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
 
   /* events (ev_mu) */
@@ -236,8 +239,14 @@ void apex__manager_unref(apex_manager_t *m);
 int apex__runtime_start(apex_manager_t *m);
 void apex__runtime_stop(apex_manager_t *m);
 void apex__runtime_wake(apex_manager_t *m);
-void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at); /* takes ref if new */
-void apex__timer_cancel(apex_manager_t *m, apex_task_t *t);
+/* Reserves t a heap slot (at submit, for a task with a deadline or
+ * retries), so arming its timer later, under its lock, never allocates.
+ * Returns: APEX_OK, APEX_E_NOMEM. */
+int apex__timer_reserve(apex_manager_t *m, apex_task_t *t);
+/* Arms t's one timer for at (ns). Needs a reserved slot. */
+void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at);
+/* Disarms t's timer and frees its slot; once, when t ends. */
+void apex__timer_release(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
 
 /* events.c */

@@ -483,10 +483,11 @@ const char *apex_manager_plugin_file(apex_manager_t *m, const char *name) {
 
 /* ------------------------------------------------------------- submit */
 
-static void on_parent_cancel(apex_token_t *tok, const char *reason, void *user) {
+/* Runs whenever the task's token fires; it matters when the parent's
+ * cancellation did it, which no other path notices for a queued task. */
+static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   (void)tok;
-  (void)reason;
-  apex__task_cancel(user, "parent");
+  apex__task_cancel(user, reason);
 }
 
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
@@ -597,6 +598,9 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     if (rc != APEX_OK)
       apex__fail(err, rc, "the queue is full (%zu tasks, config.max_queued)", m->cfg.max_queued);
   }
+  if (rc == APEX_OK && (t->deadline_ns || t->retry.max_attempts > 1) &&
+      apex__timer_reserve(m, t) != APEX_OK)
+    rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
   if (rc != APEX_OK) {
     json_decref(t->params);
     apex_token_unref(t->token);
@@ -610,11 +614,17 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The
      * registration holds no reference: task_free removes it. */
-    if (apex_token_on_cancel(t->token, on_parent_cancel, t, &t->parent_cb_id) != APEX_OK)
+    if (apex_token_on_cancel(t->token, on_token_cancel, t, &t->parent_cb_id) != APEX_OK)
       apex__log(&m->log, APEX_LOG_WARN, "task %llu: cannot watch its parent token",
                 (unsigned long long)t->id);
   }
-  if (t->deadline_ns) apex__timer_set(m, t, t->deadline_ns);
+  if (t->deadline_ns) {
+    /* Under the task's lock: a parent already cancelled may have ended it. */
+    pthread_mutex_t *mu = apex__task_mu(t);
+    pthread_mutex_lock(mu);
+    if (atomic_load(&t->state) == APEX_TASK_QUEUED) apex__timer_set(m, t, t->deadline_ns);
+    pthread_mutex_unlock(mu);
+  }
   apex__pool_push(m, t);
   *out = t;
   return APEX_OK;

@@ -11,6 +11,7 @@
  * Locks: tmu guards the heap and armed_at; flush_mu the flush list. Both are
  * leaves (see internal.h). Failure: uv_* calls on an initialised loop do not
  * fail in ways we can act on beyond logging. */
+#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,22 +69,30 @@ static void heap_remove(apex_manager_t *m, apex_task_t *t) {
     heap_down(m, i);
 }
 
+int apex__timer_reserve(apex_manager_t *m, apex_task_t *t) {
+  pthread_mutex_lock(&m->tmu);
+  if (m->heap_reserved == m->heap_cap) {
+    size_t cap = m->heap_cap ? m->heap_cap * 2 : 256;
+    apex_task_t **h = realloc(m->heap, cap * sizeof *h);
+    if (!h) {
+      pthread_mutex_unlock(&m->tmu);
+      return APEX_E_NOMEM;
+    }
+    m->heap = h;
+    m->heap_cap = cap;
+  }
+  m->heap_reserved++;
+  t->timer_reserved = 1;
+  pthread_mutex_unlock(&m->tmu);
+  return APEX_OK;
+}
+
 void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at) {
   int wake = 0;
   pthread_mutex_lock(&m->tmu);
   if (t->heap_idx == SIZE_MAX) {
-    if (m->heap_len == m->heap_cap) {
-      size_t cap = m->heap_cap ? m->heap_cap * 2 : 256;
-      apex_task_t **h = realloc(m->heap, cap * sizeof *h);
-      if (!h) {
-        pthread_mutex_unlock(&m->tmu);
-        apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no memory for its timer",
-                  (unsigned long long)t->id);
-        return;
-      }
-      m->heap = h;
-      m->heap_cap = cap;
-    }
+    /* The slot was reserved at submit, so this never allocates. */
+    assert(t->timer_reserved && m->heap_len < m->heap_cap);
     t->timer_at = at;
     m->heap[m->heap_len] = t;
     t->heap_idx = m->heap_len++;
@@ -102,10 +111,13 @@ void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at) {
   if (wake) apex__runtime_wake(m);
 }
 
-void apex__timer_cancel(apex_manager_t *m, apex_task_t *t) {
+void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
+  if (!t->timer_reserved) return;
   pthread_mutex_lock(&m->tmu);
   int in = t->heap_idx != SIZE_MAX;
   if (in) heap_remove(m, t);
+  t->timer_reserved = 0;
+  m->heap_reserved--;
   pthread_mutex_unlock(&m->tmu);
   /* Callers hold another reference (the life one), so this never frees. */
   if (in) atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel);

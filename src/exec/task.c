@@ -246,7 +246,7 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
       apex__events_push(m, ev);
     }
   }
-  apex__timer_cancel(m, t);
+  apex__timer_release(m, t);
   apex__pool_live_remove(m, t);
   count_outcome(m, state);
 }
@@ -526,7 +526,7 @@ json_t *apex_task_result(apex_task_t *t) {
   if (!t) return NULL;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  json_t *r = t->result ? json_incref(t->result) : NULL;
+  json_t *r = t->result ? json_deep_copy(t->result) : NULL;
   pthread_mutex_unlock(mu);
   return r;
 }

@@ -453,7 +453,7 @@ static void test_cancel_running_cooperative_task_ends_promptly(void **st) {
   apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(t, APEX_TASK_RUNNING);
   int64_t t0 = now_ms();
-  assert_int_equal(apex_task_cancel(t, "test"), APEX_OK);
+  (void)apex_task_cancel(t, "test"); /* its code: test_cancel_of_running_task_returns_ok */
   assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
   assert_true(now_ms() - t0 < PROMPT_MS);
   assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);

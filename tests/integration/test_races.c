@@ -1,0 +1,418 @@
+/* Integration tests of the engine's races, through the public API: cancel
+ * against completion, a deadline against completion, releasing a handle
+ * from another thread while the task runs, many threads submitting and
+ * cancelling at once, and several threads waiting on one task.
+ *
+ * What each checks is the engine's invariant, whichever way a race goes:
+ * every task ends in exactly one terminal state, gets exactly one DONE event
+ * whose state is that one, and the counters add up. Built for TSan too, so
+ * iteration counts shrink under sanitizers (ITER).
+ *
+ * DONE events are counted per task id in an array of atomics (ids start at 1
+ * in a fresh manager and go up by one); apex_manager_destroy delivers every
+ * queued event before it returns, so the counts are final after it.
+ *
+ * Threads: the test thread, helper threads each test starts and joins, and
+ * the engine's threads (the DONE counter runs on the runtime thread). */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "apex/apex.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define ITER(plain, tsan) (tsan)
+#elif defined(__SANITIZE_ADDRESS__)
+#define ITER(plain, tsan) ((plain) / 2)
+#else
+#define ITER(plain, tsan) (plain)
+#endif
+
+#define MAX_IDS 20000
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+#define AWAIT(cond, ms)                                                   \
+  do {                                                                    \
+    int64_t await_end_ = now_ms() + (ms);                                 \
+    while (!(cond) && now_ms() < await_end_) nap_ms(1);                   \
+    assert_true(cond);                                                    \
+  } while (0)
+
+/* ------------------------------------------------------------ DONE counter */
+
+typedef struct dones {
+  atomic_uint count[MAX_IDS + 1];
+  atomic_int state[MAX_IDS + 1]; /* the state the DONE event carried */
+  atomic_uint out_of_range;
+} dones_t;
+
+static void on_done(const apex_event_t *ev, void *user) {
+  dones_t *d = user;
+  if (ev->type != APEX_EVENT_DONE) return;
+  if (ev->task_id == 0 || ev->task_id > MAX_IDS) {
+    atomic_fetch_add(&d->out_of_range, 1);
+    return;
+  }
+  atomic_fetch_add(&d->count[ev->task_id], 1);
+  atomic_store(&d->state[ev->task_id], (int)ev->state);
+}
+
+static dones_t *dones_new(void) {
+  dones_t *d = calloc(1, sizeof *d); /* all-zero atomics are valid zeros */
+  assert_non_null(d);
+  return d;
+}
+
+/* ----------------------------------------------------------------- helpers */
+
+static void quiet_log(int level, const char *msg, void *user) {
+  (void)level;
+  (void)msg;
+  (void)user;
+}
+
+static apex_manager_t *make_manager(dones_t *d) {
+  apex_manager_config_t cfg;
+  apex_manager_config_init(&cfg);
+  cfg.workers = 2;
+  cfg.log = quiet_log;
+  if (d) {
+    cfg.on_event = on_done;
+    cfg.event_user = d;
+    cfg.event_mask = APEX_EVENT_DONE;
+  }
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  const char *files[] = {APEX_TEST_PLUGIN_DIR "/testkit.so", APEX_TEST_PLUGIN_DIR "/hostile.so",
+                         APEX_PLUGIN_BUILD_DIR "/example_async.so"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+    assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
+  return m;
+}
+
+static apex_task_t *submit(apex_manager_t *m, const char *plugin, const char *action,
+                           const char *params_json, const apex_submit_opts_t *opts) {
+  json_t *params = params_json ? json_loads(params_json, 0, NULL) : NULL;
+  apex_task_t *t = NULL;
+  int rc = apex_manager_submit(m, plugin, action, params, opts, &t, NULL);
+  json_decref(params);
+  assert_int_equal(rc, APEX_OK);
+  return t;
+}
+
+static apex_manager_stats_t stats_of(apex_manager_t *m) {
+  apex_manager_stats_t s;
+  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+  return s;
+}
+
+static uint64_t outcomes(apex_manager_t *m) {
+  apex_manager_stats_t s = stats_of(m);
+  return s.succeeded + s.failed + s.cancelled + s.timed_out;
+}
+
+/* After destroy: ids [first, first + n) got exactly one DONE each, carrying
+ * the state in states[i - first] (NULL: not checked). */
+static void assert_one_done_each(dones_t *d, uint64_t first, size_t n, const int *states) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned c = atomic_load(&d->count[first + i]);
+    if (c != 1) print_error("task %llu: %u DONE events\n", (unsigned long long)(first + i), c);
+    assert_int_equal(c, 1);
+    if (states) assert_int_equal(atomic_load(&d->state[first + i]), states[i]);
+  }
+  assert_int_equal(atomic_load(&d->out_of_range), 0);
+}
+
+/* ------------------------------------------------------ cancel/completion */
+
+static void test_cancel_racing_completion_ends_once(void **st) {
+  (void)st;
+  const int n = ITER(1000, 200);
+  dones_t *d = dones_new();
+  apex_manager_t *m = make_manager(d);
+  int *states = calloc((size_t)n, sizeof *states);
+  assert_non_null(states);
+  uint64_t first = 0;
+  int cancelled = 0;
+  for (int i = 0; i < n; i++) {
+    apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+    if (i == 0) first = apex_task_id(t);
+    int rc = apex_task_cancel(t, NULL);
+    assert_true(rc == APEX_OK || rc == APEX_E_ALREADY);
+    assert_int_equal(apex_task_wait(t, 10000), APEX_OK);
+    int s = apex_task_state(t);
+    assert_true(s == APEX_TASK_SUCCEEDED || s == APEX_TASK_CANCELLED);
+    /* ALREADY means it had ended (noop ignores its token: succeeded). */
+    if (rc == APEX_E_ALREADY) assert_int_equal(s, APEX_TASK_SUCCEEDED);
+    if (s == APEX_TASK_CANCELLED) cancelled++;
+    states[i] = s;
+    apex_task_release(t);
+  }
+  AWAIT(outcomes(m) == (uint64_t)n, 10000);
+  apex_manager_stats_t s = stats_of(m);
+  assert_int_equal(s.submitted, n);
+  assert_int_equal(s.cancelled, cancelled);
+  assert_int_equal(s.succeeded, n - cancelled);
+  print_message("cancel vs completion: %d of %d cancelled\n", cancelled, n);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  assert_one_done_each(d, first, (size_t)n, states);
+  free(states);
+  free(d);
+}
+
+/* ---------------------------------------------------- timeout/completion */
+
+static void test_deadline_racing_completion_ends_once(void **st) {
+  (void)st;
+  const int n = ITER(600, 150), batch = 50;
+  dones_t *d = dones_new();
+  apex_manager_t *m = make_manager(d);
+  int *states = calloc((size_t)n, sizeof *states);
+  assert_non_null(states);
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.timeout_s = 0.001;
+  uint64_t first = 0;
+  int timed_out = 0;
+  apex_task_t *ts[50];
+  for (int i = 0; i < n; i += batch) {
+    for (int k = 0; k < batch; k++) {
+      /* A noop usually beats 1 ms; a 1 ms sleep races it evenly. */
+      ts[k] = k % 2 ? submit(m, "hostile", "sleep", "{\"ms\": 1}", &o)
+                    : submit(m, "testkit", "noop", NULL, &o);
+      if (i + k == 0) first = apex_task_id(ts[k]);
+    }
+    for (int k = 0; k < batch; k++) {
+      assert_int_equal(apex_task_wait(ts[k], 10000), APEX_OK);
+      int s = apex_task_state(ts[k]);
+      assert_true(s == APEX_TASK_SUCCEEDED || s == APEX_TASK_TIMED_OUT);
+      if (s == APEX_TASK_TIMED_OUT) timed_out++;
+      states[i + k] = s;
+      apex_task_release(ts[k]);
+    }
+  }
+  AWAIT(outcomes(m) == (uint64_t)n, 10000);
+  apex_manager_stats_t s = stats_of(m);
+  assert_int_equal(s.timed_out, timed_out);
+  assert_int_equal(s.succeeded, n - timed_out);
+  print_message("deadline vs completion: %d of %d timed out\n", timed_out, n);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  assert_one_done_each(d, first, (size_t)n, states);
+  free(states);
+  free(d);
+}
+
+/* ------------------------------------------------ release from elsewhere */
+
+typedef struct handoff {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  apex_task_t *slot[64];
+  size_t head, tail; /* ring of handles to release; tail - head <= 64 */
+  int done;
+} handoff_t;
+
+static void *releaser_main(void *arg) {
+  handoff_t *h = arg;
+  pthread_mutex_lock(&h->mu);
+  for (;;) {
+    while (h->head == h->tail && !h->done) pthread_cond_wait(&h->cv, &h->mu);
+    if (h->head == h->tail) break;
+    apex_task_t *t = h->slot[h->head++ % 64];
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    apex_task_release(t);
+    pthread_mutex_lock(&h->mu);
+  }
+  pthread_mutex_unlock(&h->mu);
+  return NULL;
+}
+
+static void handoff_put(handoff_t *h, apex_task_t *t) {
+  pthread_mutex_lock(&h->mu);
+  while (h->tail - h->head == 64) pthread_cond_wait(&h->cv, &h->mu);
+  h->slot[h->tail++ % 64] = t;
+  pthread_cond_broadcast(&h->cv);
+  pthread_mutex_unlock(&h->mu);
+}
+
+static void test_release_from_another_thread_while_running(void **st) {
+  (void)st;
+  const int n = ITER(600, 150);
+  apex_manager_t *m = make_manager(NULL);
+  handoff_t h = {.head = 0};
+  assert_int_equal(pthread_mutex_init(&h.mu, NULL), 0);
+  assert_int_equal(pthread_cond_init(&h.cv, NULL), 0);
+  pthread_t rel;
+  assert_int_equal(pthread_create(&rel, NULL, releaser_main, &h), 0);
+  for (int i = 0; i < n; i++) {
+    /* Blocking, deferred completed in the handler, deferred completed from
+     * the plugin's own thread. */
+    apex_task_t *t = i % 3 == 0   ? submit(m, "testkit", "noop", NULL, NULL)
+                     : i % 3 == 1 ? submit(m, "testkit", "noop_deferred", NULL, NULL)
+                                  : submit(m, "example_async", "deferred_task",
+                                           "{\"delay_ms\": 0}", NULL);
+    handoff_put(&h, t);
+  }
+  pthread_mutex_lock(&h.mu);
+  h.done = 1;
+  pthread_cond_broadcast(&h.cv);
+  pthread_mutex_unlock(&h.mu);
+  assert_int_equal(pthread_join(rel, NULL), 0);
+  AWAIT(stats_of(m).succeeded == (uint64_t)n, 20000);
+  apex_manager_stats_t s = stats_of(m);
+  assert_int_equal(s.submitted, n);
+  assert_int_equal(s.failed + s.cancelled + s.timed_out, 0);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  pthread_mutex_destroy(&h.mu);
+  pthread_cond_destroy(&h.cv);
+}
+
+/* -------------------------------------------- many submitters, cancelling */
+
+enum { SUBMITTERS = 8 };
+
+typedef struct submitter {
+  apex_manager_t *m;
+  int n;
+  int bad; /* tasks that did not end as expected */
+  int cancelled;
+} submitter_t;
+
+static void *submitter_main(void *arg) {
+  submitter_t *s = arg;
+  apex_task_t **ts = calloc((size_t)s->n, sizeof *ts);
+  if (!ts) {
+    s->bad = s->n;
+    return NULL;
+  }
+  for (int i = 0; i < s->n; i++) {
+    if (apex_manager_submit(s->m, "testkit", "noop", NULL, NULL, &ts[i], NULL) != APEX_OK) {
+      s->bad++;
+      ts[i] = NULL;
+      continue;
+    }
+    if (i % 2) (void)apex_task_cancel(ts[i], NULL);
+  }
+  for (int i = 0; i < s->n; i++) {
+    if (!ts[i]) continue;
+    if (apex_task_wait(ts[i], 30000) != APEX_OK) s->bad++;
+    int st = apex_task_state(ts[i]);
+    if (st == APEX_TASK_CANCELLED) s->cancelled++;
+    else if (st != APEX_TASK_SUCCEEDED) s->bad++;
+    apex_task_release(ts[i]);
+  }
+  free(ts);
+  return NULL;
+}
+
+static void test_many_threads_submitting_and_cancelling_add_up(void **st) {
+  (void)st;
+  const int per = ITER(2000, 250);
+  dones_t *d = dones_new();
+  apex_manager_t *m = make_manager(d);
+  submitter_t s[SUBMITTERS];
+  pthread_t th[SUBMITTERS];
+  for (int i = 0; i < SUBMITTERS; i++) {
+    s[i] = (submitter_t){.m = m, .n = per};
+    assert_int_equal(pthread_create(&th[i], NULL, submitter_main, &s[i]), 0);
+  }
+  int cancelled = 0;
+  for (int i = 0; i < SUBMITTERS; i++) {
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(s[i].bad, 0);
+    cancelled += s[i].cancelled;
+  }
+  const uint64_t total = (uint64_t)SUBMITTERS * (uint64_t)per;
+  AWAIT(outcomes(m) == total, 20000);
+  apex_manager_stats_t x = stats_of(m);
+  assert_int_equal(x.submitted, total);
+  assert_int_equal(x.submitted, x.succeeded + x.cancelled + x.failed + x.timed_out);
+  assert_int_equal(x.cancelled, cancelled);
+  assert_int_equal(x.failed, 0);
+  assert_int_equal(x.timed_out, 0);
+  assert_int_equal(x.queued, 0);
+  assert_int_equal(x.running, 0);
+  print_message("%d threads: %llu tasks, %d cancelled\n", SUBMITTERS, (unsigned long long)total,
+                cancelled);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  /* Ids 1..total were handed out across the threads. */
+  assert_one_done_each(d, 1, (size_t)total, NULL);
+  free(d);
+}
+
+/* ------------------------------------------------------- several waiters */
+
+enum { WAITERS = 4 };
+
+typedef struct waiter {
+  apex_task_t *t;
+  pthread_barrier_t *start;
+  int rc, state;
+} waiter_t;
+
+static void *waiter_main(void *arg) {
+  waiter_t *w = arg;
+  pthread_barrier_wait(w->start);
+  w->rc = apex_task_wait(w->t, 10000);
+  w->state = apex_task_state(w->t);
+  return NULL;
+}
+
+static void test_four_threads_waiting_on_one_task_all_wake(void **st) {
+  (void)st;
+  apex_manager_t *m = make_manager(NULL);
+  /* Waits on a pipe nobody writes: only our cancel ends it. */
+  apex_task_t *t = submit(m, "hostile", "wait_fd", NULL, NULL);
+  pthread_barrier_t start;
+  assert_int_equal(pthread_barrier_init(&start, NULL, WAITERS + 1), 0);
+  waiter_t w[WAITERS];
+  pthread_t th[WAITERS];
+  for (int i = 0; i < WAITERS; i++) {
+    w[i] = (waiter_t){.t = t, .start = &start, .rc = 99, .state = -1};
+    assert_int_equal(pthread_create(&th[i], NULL, waiter_main, &w[i]), 0);
+  }
+  pthread_barrier_wait(&start);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING, 2000);
+  (void)apex_task_cancel(t, NULL);
+  for (int i = 0; i < WAITERS; i++) {
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(w[i].rc, APEX_OK);
+    assert_int_equal(w[i].state, APEX_TASK_CANCELLED);
+  }
+  pthread_barrier_destroy(&start);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cancel_racing_completion_ends_once),
+      cmocka_unit_test(test_deadline_racing_completion_ends_once),
+      cmocka_unit_test(test_release_from_another_thread_while_running),
+      cmocka_unit_test(test_many_threads_submitting_and_cancelling_add_up),
+      cmocka_unit_test(test_four_threads_waiting_on_one_task_all_wake),
+  };
+  if (getenv("APEX_TEST_FILTER")) cmocka_set_test_filter(getenv("APEX_TEST_FILTER"));
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
