@@ -244,7 +244,10 @@ static int event_loop(run_t *r, apex_manager_t *m, apex_task_t *t, int sig_rfd) 
  * may still use the manager's memory and the plugin's code, so exit without
  * running exit handlers. */
 static int finish(apex_manager_t *m, int code) {
-  int rc = apex_manager_destroy(m, 100);
+  /* 50 ms: ample for a handler that honours its token to clean up (a copy
+   * removing its temp file takes a few), short enough that a deaf one does
+   * not hold a timed-out run past its deadline by much. */
+  int rc = apex_manager_destroy(m, 50);
   if (rc == APEX_E_BUSY) {
     fflush(stdout);
     fflush(stderr);

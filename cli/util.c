@@ -20,7 +20,8 @@ int64_t cli_now_ms(void) {
 
 void cli_emit(json_t *obj) {
   if (!obj) return;
-  char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
+  /* 15 significant digits: 0.05 prints as 0.05, not 0.050000000000000003. */
+  char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
   json_decref(obj);
   if (!s) {
     fprintf(stderr, "apex: out of memory writing a JSON line\n");

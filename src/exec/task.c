@@ -300,8 +300,6 @@ int apex__task_cancel(apex_task_t *t, const char *reason) {
     apex__where_t w = where_of(t);
     finish_locked(t, APEX_TASK_CANCELLED, NULL,
                   apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
-  } else if (is_terminal(st) && rc == APEX_OK) {
-    rc = APEX_E_ALREADY;
   }
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
