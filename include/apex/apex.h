@@ -378,7 +378,8 @@ APEX_EXTERN json_t *apex_task_result(apex_task_t *t);
 APEX_EXTERN apex_error_t *apex_task_error(apex_task_t *t);
 /* Returns: the last delivered progress, a new reference; NULL if none. */
 APEX_EXTERN apex_progress_t *apex_task_progress(apex_task_t *t);
-/* Returns: the task's token (borrowed, valid until release). */
+/* Returns: the task's token (borrowed, valid until release), made on first
+ * use; NULL only if t is NULL or memory ran out. */
 APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
 /* Drops the handle. The task itself runs to its end. */
 APEX_EXTERN void apex_task_release(apex_task_t *t);

@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "core/progress_internal.h"
@@ -29,24 +30,34 @@ static uint32_t ctx_attempt(apex_ctx_t *c) {
 static void *ctx_plugin_state(apex_ctx_t *c) { return APEX__TASK_OF(c)->plugin->state; }
 
 static int ctx_is_cancelled(apex_ctx_t *c) {
-  return apex_token_is_cancelled(APEX__TASK_OF(c)->token);
+  return apex_token_is_cancelled(apex__task_token_peek(APEX__TASK_OF(c)));
 }
 
 static const char *ctx_cancel_reason(apex_ctx_t *c) {
-  return apex_token_reason(APEX__TASK_OF(c)->token);
+  return apex_token_reason(apex__task_token_peek(APEX__TASK_OF(c)));
 }
 
-static int ctx_cancel_fd(apex_ctx_t *c) { return apex_token_fd(APEX__TASK_OF(c)->token); }
+static int ctx_cancel_fd(apex_ctx_t *c) {
+  apex_token_t *tok = apex__task_token(APEX__TASK_OF(c));
+  return tok ? apex_token_fd(tok) : APEX_E_NOMEM;
+}
 
 static int ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) {
   int64_t t = ms > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ms;
-  return apex_token_wait(APEX__TASK_OF(c)->token, t) == APEX_E_CANCELLED ? APEX_E_CANCELLED
-                                                                         : APEX_OK;
+  apex_token_t *tok = apex__task_token(APEX__TASK_OF(c));
+  if (!tok) { /* no memory for a token: still sleep, uncancellably */
+    struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    return APEX_OK;
+  }
+  return apex_token_wait(tok, t) == APEX_E_CANCELLED ? APEX_E_CANCELLED : APEX_OK;
 }
 
 static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) {
   if (fd < 0) return APEX_E_INVALID;
-  apex_token_t *tok = APEX__TASK_OF(c)->token;
+  apex_token_t *tok = apex__task_token(APEX__TASK_OF(c));
+  if (!tok) return APEX_E_IO;
   int cfd = apex_token_fd(tok);
   if (cfd < 0) return APEX_E_IO;
   struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = cfd, .events = POLLIN}};

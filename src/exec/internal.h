@@ -56,7 +56,9 @@ struct apex_task {
   const apex__plugin_t *plugin;
   const apex_action_desc_t *action;
   json_t *params;
-  apex_token_t *token;
+  /* Made on first use (a cancel, a timeout, a cancellable wait, a parent):
+   * most tasks never need one, and then cost no allocation for it. */
+  _Atomic(apex_token_t *) token;
   apex_event_fn on_event;
   void *event_user;
   uint64_t parent_cb_id; /* callback on token watching the parent, or 0 */
@@ -206,6 +208,12 @@ int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *err
 void apex__task_on_timer(apex_task_t *t, uint64_t now);
 /* Delivers t's pending progress (runtime thread or a finishing thread). */
 void apex__task_flush_progress(apex_task_t *t);
+/* Returns: t's token, made on first use; NULL only on no memory. */
+apex_token_t *apex__task_token(apex_task_t *t);
+/* Returns: t's token if it has one yet, else NULL (never allocates). */
+static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {
+  return atomic_load_explicit(&t->token, memory_order_acquire);
+}
 /* Cancels t for reason (user, shutdown, parent). */
 int apex__task_cancel(apex_task_t *t, const char *reason);
 

@@ -586,10 +586,11 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
   int rc = resolve_opts(m, a, opts, t, err);
-  if (rc == APEX_OK) {
-    rc = opts && opts->parent ? apex_token_new_child(opts->parent, &t->token)
-                              : apex_token_new(&t->token);
+  if (rc == APEX_OK && opts && opts->parent) {
+    apex_token_t *tok = NULL;
+    rc = apex_token_new_child(opts->parent, &tok);
     if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
+    atomic_init(&t->token, tok);
   }
   if (rc == APEX_OK) {
     pthread_mutex_lock(&m->pool_mu);
@@ -603,7 +604,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
   if (rc != APEX_OK) {
     json_decref(t->params);
-    apex_token_unref(t->token);
+    apex_token_unref(apex__task_token_peek(t));
     free(t);
     return rc;
   }
@@ -614,7 +615,8 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The
      * registration holds no reference: task_free removes it. */
-    if (apex_token_on_cancel(t->token, on_token_cancel, t, &t->parent_cb_id) != APEX_OK)
+    if (apex_token_on_cancel(apex__task_token_peek(t), on_token_cancel, t, &t->parent_cb_id) !=
+        APEX_OK)
       apex__log(&m->log, APEX_LOG_WARN, "task %llu: cannot watch its parent token",
                 (unsigned long long)t->id);
   }

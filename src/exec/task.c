@@ -37,10 +37,21 @@ static void slot_free(apex__progress_slot_t *s) {
   free(s);
 }
 
+apex_token_t *apex__task_token(apex_task_t *t) {
+  apex_token_t *tok = apex__task_token_peek(t);
+  if (tok) return tok;
+  if (apex_token_new(&tok) != APEX_OK) return NULL;
+  apex_token_t *seen = NULL;
+  if (atomic_compare_exchange_strong(&t->token, &seen, tok)) return tok;
+  apex_token_unref(tok); /* another thread made it first */
+  return seen;
+}
+
 static void task_free(apex_task_t *t) {
-  if (t->parent_cb_id) apex_token_remove_callback(t->token, t->parent_cb_id);
+  apex_token_t *tok = apex__task_token_peek(t);
+  if (t->parent_cb_id) apex_token_remove_callback(tok, t->parent_cb_id);
   json_decref(t->params);
-  apex_token_unref(t->token);
+  apex_token_unref(tok);
   json_decref(t->attempt_result);
   apex_error_unref(t->attempt_error);
   json_decref(t->result);
@@ -254,7 +265,14 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
 static void after_unlock(apex_task_t *t, after_t *a) {
   apex_manager_t *m = t->m;
   log_progress(t, a->logp);
-  if (a->cancel) apex_token_cancel(t->token, a->cancel);
+  if (a->cancel) {
+    apex_token_t *tok = apex__task_token(t);
+    if (tok)
+      apex_token_cancel(tok, a->cancel);
+    else
+      apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no memory to signal its handler (%s)",
+                (unsigned long long)t->id, a->cancel);
+  }
   if (a->finished) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
       int st = atomic_load(&t->state);
@@ -288,7 +306,8 @@ int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *err
 
 int apex__task_cancel(apex_task_t *t, const char *reason) {
   if (!reason) reason = "user";
-  int rc = apex_token_cancel(t->token, reason);
+  apex_token_t *tok = apex__task_token(t);
+  int rc = tok ? apex_token_cancel(tok, reason) : APEX_E_NOMEM;
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -386,8 +405,9 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
     int code = apex_error_code(err);
     double delay = 0;
     uint64_t now = apex__now_ns();
-    if (apex_token_is_cancelled(t->token) || code == APEX_E_CANCELLED) {
-      const char *why = apex_token_reason(t->token);
+    apex_token_t *tok = apex__task_token_peek(t);
+    if (apex_token_is_cancelled(tok) || code == APEX_E_CANCELLED) {
+      const char *why = apex_token_reason(tok);
       apex__where_t w = where_of(t);
       apex_error_t *ce = code == APEX_E_CANCELLED
                              ? err
@@ -547,7 +567,7 @@ apex_progress_t *apex_task_progress(apex_task_t *t) {
   return p;
 }
 
-apex_token_t *apex_task_token(apex_task_t *t) { return t ? t->token : NULL; }
+apex_token_t *apex_task_token(apex_task_t *t) { return t ? apex__task_token(t) : NULL; }
 
 void apex_task_release(apex_task_t *t) {
   if (t) apex__task_unref(t);
