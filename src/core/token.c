@@ -76,7 +76,8 @@ struct apex_token {
   apex_token_t *children;
   /* Written under the parent's mu by the parent's single cancel, read only
    * by that cancelling thread: the list of children it took refs on. */
-  apex_token_t *collect_next;
+  apex_token_t *collect_next; /* written only by the thread that marked the parent */
+  apex_token_t *wake_next;    /* written only by the thread that marked this token */
 };
 
 static void lock(apex_token_t *tok) {
@@ -240,10 +241,12 @@ static int fd_signal(int fd) {
   return n == (ssize_t)sizeof one ? 0 : -1;
 }
 
-/* Cancels tok alone and pushes its live children, each with a reference
- * taken, onto *work (through collect_next) for the caller to cancel: a
- * worklist rather than recursion, so a deep tree cannot exhaust the stack. */
-static apex_status_t cancel_one(apex_token_t *tok, const char *reason, apex_token_t **work) {
+/* Phase 1 of a cancel, for one token: sets the flag and reason and pushes
+ * its live children, each with a reference taken, onto *work (through
+ * collect_next) for the caller to mark in turn: a worklist rather than
+ * recursion, so a deep tree cannot exhaust the stack. On APEX_OK it also
+ * takes a reference for phase 2 (wake_one). */
+static apex_status_t mark_one(apex_token_t *tok, const char *reason, apex_token_t **work) {
   /* Copy before locking; a short reason needs no allocation at all. */
   char *heap = NULL;
   if (strlen(reason) >= REASON_INLINE) heap = strdup(reason);
@@ -257,12 +260,19 @@ static apex_status_t cancel_one(apex_token_t *tok, const char *reason, apex_toke
   mark_cancelled(tok, reason, heap);
   /* A callback may drop the caller's last reference; keep tok alive. */
   atomic_fetch_add_explicit(&tok->refs, 1, memory_order_relaxed);
-
   for (apex_token_t *c = tok->children; c; c = c->sib_next) {
     if (!try_ref(c)) continue; /* in its final unref: nothing to cancel */
     c->collect_next = *work;
     *work = c;
   }
+  unlock(tok);
+  return APEX_OK;
+}
+
+/* Phase 2 for one marked token: wakes its fd and waiters and runs its
+ * callbacks, then drops mark_one's reference. */
+static void wake_one(apex_token_t *tok) {
+  lock(tok);
   /* A failure cannot happen (see fd_signal) and cancel has no way to
    * report one; waiters and callbacks are woken regardless. */
   if (tok->fd >= 0) (void)fd_signal(tok->fd);
@@ -286,18 +296,34 @@ static apex_status_t cancel_one(apex_token_t *tok, const char *reason, apex_toke
   }
   unlock(tok);
   apex_token_unref(tok);
-  return APEX_OK;
 }
 
+/* Two phases: every token of the subtree is marked cancelled before any
+ * waiter wakes or callback runs. Otherwise work woken by the first token
+ * (a handler returning, a worker freed) could see a sibling's token not yet
+ * cancelled and start what its parent had just cancelled. */
 apex_status_t apex_token_cancel(apex_token_t *tok, const char *reason) {
   if (!tok) return APEX_E_INVALID;
-  apex_token_t *work = NULL;
-  apex_status_t rc = cancel_one(tok, reason ? reason : "user", &work);
+  apex_token_t *work = NULL, *marked = NULL, **tail = &marked;
+  apex_status_t rc = mark_one(tok, reason ? reason : "user", &work);
+  if (rc != APEX_OK) return rc;
+  tok->wake_next = NULL;
+  *tail = tok;
+  tail = &tok->wake_next;
   while (work) {
     apex_token_t *c = work;
     work = c->collect_next;
-    (void)cancel_one(c, "parent", &work); /* ALREADY if cancelled on its own */
-    apex_token_unref(c);
+    if (mark_one(c, "parent", &work) == APEX_OK) { /* ALREADY: cancelled on its own */
+      c->wake_next = NULL;
+      *tail = c; /* root first, then the order they were reached */
+      tail = &c->wake_next;
+    }
+    apex_token_unref(c); /* the collecting reference; mark_one took its own */
+  }
+  while (marked) {
+    apex_token_t *next = marked->wake_next;
+    wake_one(marked);
+    marked = next;
   }
   return rc;
 }

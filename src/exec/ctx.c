@@ -20,7 +20,15 @@
 #include "core/progress_internal.h"
 #include "exec/internal.h"
 
-static json_t *ctx_params(apex_ctx_t *c) { return APEX__TASK_OF(c)->params; }
+static json_t *ctx_params(apex_ctx_t *c) {
+  apex_task_t *t = APEX__TASK_OF(c);
+  json_t *p = atomic_load_explicit(&t->params, memory_order_acquire);
+  if (p) return p;
+  json_t *fresh = json_object(); /* NULL on no memory: the handler sees NULL */
+  if (!fresh || atomic_compare_exchange_strong(&t->params, &p, fresh)) return fresh;
+  json_decref(fresh); /* another thread of the handler's made it first */
+  return p;
+}
 static uint64_t ctx_task_id(apex_ctx_t *c) { return APEX__TASK_OF(c)->id; }
 
 static uint32_t ctx_attempt(apex_ctx_t *c) {

@@ -30,7 +30,7 @@ void apex__ev_free(apex__ev_t *node) {
   if (!node) return;
   apex_progress_unref((apex_progress_t *)node->ev.progress);
   apex_error_unref((apex_error_t *)node->ev.error);
-  json_decref((json_t *)node->ev.result);
+  /* ev.result is borrowed from the task (see finish_locked). */
   apex_task_t *t = node->ev.task;
   if (!t || node != &t->done_storage) free(node); /* else part of the task */
   if (t) apex__task_unref(t);

@@ -55,7 +55,11 @@ struct apex_task {
   uint64_t id;
   const apex__plugin_t *plugin;
   const apex_action_desc_t *action;
-  json_t *params;
+  /* Validated params with defaults; NULL for an action without params
+   * called with none, until the handler asks (then {}): one object per task
+   * that needs one, never one shared between tasks (jansson's reference
+   * counts are not safe to share across threads). */
+  _Atomic(json_t *) params;
   /* Made on first use (a cancel, a timeout, a cancellable wait, a parent):
    * most tasks never need one, and then cost no allocation for it. */
   _Atomic(apex_token_t *) token;
@@ -126,7 +130,6 @@ struct apex_manager {
   size_t n_plugins, cap_plugins;
   char **paths;
   size_t n_paths;
-  json_t *empty_params;
 
   /* worker pool: run queue, live list, workers (pool_mu) */
   pthread_mutex_t pool_mu;

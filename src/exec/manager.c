@@ -147,11 +147,6 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     manager_free(m);
     return rc;
   }
-  m->empty_params = json_object();
-  if (!m->empty_params) {
-    manager_free(m);
-    return APEX_E_NOMEM;
-  }
   if ((rc = apex__events_init(m)) != APEX_OK || (rc = apex__runtime_start(m)) != APEX_OK ||
       (rc = apex__pool_start(m, c.workers)) != APEX_OK) {
     apex__log(&m->log, APEX_LOG_ERROR, "apex_manager_new: cannot start: %s", strerror(errno));
@@ -245,7 +240,6 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   for (size_t i = 0; i < m->n_paths; i++) free(m->paths[i]);
   free(m->paths);
   free(m->heap);
-  json_decref(m->empty_params);
   apex__manager_unref(m);
 }
 
@@ -560,7 +554,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     return apex__fail(err, APEX_E_INVALID_PARAMS, "%s.%s: params: want object", plugin, action);
   json_t *vp = NULL;
   if (a->n_params == 0 && (!params || json_object_size(params) == 0)) {
-    vp = json_incref(m->empty_params);
+    vp = NULL; /* the handler's {} is made if it asks (ctx.c) */
   } else {
     char why[300];
     int rc = apex__params_validate(a, params, &vp, why, sizeof why);
@@ -580,7 +574,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   t->m = m;
   t->plugin = p;
   t->action = a;
-  t->params = vp;
+  atomic_init(&t->params, vp);
   t->heap_idx = SIZE_MAX;
   t->done_ev = &t->done_storage;
   atomic_init(&t->refs, 2); /* the handle and the life reference */
@@ -603,7 +597,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
       apex__timer_reserve(m, t) != APEX_OK)
     rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
   if (rc != APEX_OK) {
-    json_decref(t->params);
+    json_decref(vp);
     apex_token_unref(apex__task_token_peek(t));
     free(t);
     return rc;

@@ -50,7 +50,7 @@ apex_token_t *apex__task_token(apex_task_t *t) {
 static void task_free(apex_task_t *t) {
   apex_token_t *tok = apex__task_token_peek(t);
   if (t->parent_cb_id) apex_token_remove_callback(tok, t->parent_cb_id);
-  json_decref(t->params);
+  json_decref(atomic_load(&t->params));
   apex_token_unref(tok);
   json_decref(t->attempt_result);
   apex_error_unref(t->attempt_error);
@@ -253,7 +253,9 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
       ev->ev.state = (apex_task_state_t)state;
       apex__task_ref(t);
       if (error) ev->ev.error = apex_error_ref(error);
-      if (result) ev->ev.result = json_incref(result);
+      /* Borrowed: the event holds the task, which holds the result. No
+       * second reference, so no count shared between threads. */
+      ev->ev.result = result;
       apex__events_push(m, ev);
     }
   }
@@ -333,6 +335,20 @@ int apex__task_run(apex_task_t *t) {
   pthread_mutex_lock(mu);
   if (atomic_load(&t->state) != APEX_TASK_QUEUED) { /* cancelled or timed out in the queue */
     pthread_mutex_unlock(mu);
+    return 0;
+  }
+  apex_token_t *tok = apex__task_token_peek(t);
+  if (apex_token_is_cancelled(tok)) {
+    /* Cancelled (a parent's cancel marks the whole tree first) but not yet
+     * ended by its callback: never start it. */
+    after_t a = {0};
+    apex__where_t w = where_of(t);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)",
+                                  apex_token_reason(tok)),
+                  &a);
+    pthread_mutex_unlock(mu);
+    after_unlock(t, &a);
     return 0;
   }
   atomic_store(&t->state, APEX_TASK_RUNNING);

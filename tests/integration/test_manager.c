@@ -453,7 +453,7 @@ static void test_cancel_running_cooperative_task_ends_promptly(void **st) {
   apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(t, APEX_TASK_RUNNING);
   int64_t t0 = now_ms();
-  (void)apex_task_cancel(t, "test"); /* its code: test_cancel_of_running_task_returns_ok */
+  assert_int_equal(apex_task_cancel(t, "test"), APEX_OK);
   assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
   assert_true(now_ms() - t0 < PROMPT_MS);
   assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
@@ -489,7 +489,7 @@ static void test_cancel_twice_is_already(void **st) {
   apex_manager_t *m = make_default();
   apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(t, APEX_TASK_RUNNING);
-  (void)apex_task_cancel(t, "first"); /* its code: see the test above */
+  assert_int_equal(apex_task_cancel(t, "first"), APEX_OK);
   assert_int_equal(apex_task_cancel(t, "second"), APEX_E_ALREADY);
   wait_done(t);
   assert_string_equal(apex_token_reason(apex_task_token(t)), "first");
@@ -561,6 +561,34 @@ static void test_parent_cancel_ends_running_child(void **st) {
   apex_task_release(child);
   apex_token_unref(parent);
   destroy_ok(m);
+}
+
+/* A queued child stays queued while its running sibling reacts to the same
+ * parent cancel: the worker the sibling frees must not start it. Repeated
+ * because the siblings' tokens are cancelled one after the other. */
+static void test_parent_cancel_ends_queued_child_behind_running_sibling(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  apex_manager_t *m = make_manager(&cfg);
+  int ran = 0;
+  for (int i = 0; i < 20; i++) {
+    apex_token_t *parent = NULL;
+    assert_int_equal(apex_token_new(&parent), APEX_OK);
+    apex_submit_opts_t o = opts_parent(parent);
+    apex_task_t *running = submit(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
+    await_state(running, APEX_TASK_RUNNING);
+    apex_task_t *queued = submit(m, "testkit", "noop", NULL, &o);
+    assert_int_equal(apex_token_cancel(parent, "boss"), APEX_OK);
+    wait_done(running);
+    wait_done(queued);
+    if (apex_task_state(queued) != APEX_TASK_CANCELLED || apex_task_attempts(queued) != 0) ran++;
+    apex_task_release(queued);
+    apex_task_release(running);
+    apex_token_unref(parent);
+  }
+  destroy_ok(m);
+  if (ran) print_error("%d of 20 queued children ran after their parent was cancelled\n", ran);
+  assert_int_equal(ran, 0);
 }
 
 /* ---------------------------------------------------------------- timeout */
@@ -907,6 +935,7 @@ int main(void) {
       cmocka_unit_test(test_cancel_after_success_is_already),
       cmocka_unit_test(test_parent_cancel_ends_queued_child_at_once),
       cmocka_unit_test(test_parent_cancel_ends_running_child),
+      cmocka_unit_test(test_parent_cancel_ends_queued_child_behind_running_sibling),
       cmocka_unit_test(test_timeout_of_cooperative_task_is_timed_out),
       cmocka_unit_test(test_timeout_of_deaf_handler_ends_task_before_handler_returns),
       cmocka_unit_test(test_replacement_worker_runs_tasks_while_one_is_stuck),
