@@ -124,6 +124,16 @@ typedef struct apex_plugin_desc {
 #endif
 typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t *api);
 
+/* Defines the entry symbol for a plugin whose descriptor is a static const
+ * object: APEX_PLUGIN_DEFINE(k_plugin). A plugin that needs the api table
+ * at entry writes apex_plugin_entry itself instead. */
+#define APEX_PLUGIN_DEFINE(desc)                                                          \
+  APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api); \
+  APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) { \
+    (void)api;                                                                            \
+    return &(desc);                                                                       \
+  }
+
 /* A progress report. percentage is in [0, 100]; message NULL or valid UTF-8
  * of at most APEX_PROGRESS_MESSAGE_MAX bytes; status NULL ("running") or one
  * of "running", "completed", "error", "milestone_reached" (the lifecycle

@@ -347,8 +347,4 @@ static const apex_plugin_desc_t k_plugin = {
     .n_actions = sizeof k_actions / sizeof k_actions[0],
 };
 
-APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api);
-APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
-  (void)api;
-  return &k_plugin;
-}
+APEX_PLUGIN_DEFINE(k_plugin)

@@ -29,16 +29,12 @@
 #include <jansson.h>
 
 #include "apex/apex.h"
+#include "integration/harness.h"
 
 extern char **environ;
 
 #define DEADLINE_MS 30000
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------ child runs */
 

@@ -27,8 +27,8 @@
 #include <jansson.h>
 
 #include "apex/apex.h"
+#include "integration/harness.h"
 
-#define PROMPT_MS 2000
 
 /* ---------------------------------------------------------------- recorder */
 
@@ -120,11 +120,6 @@ static size_t rec_count(rec_t *r, uint64_t id, unsigned type) {
 
 /* ----------------------------------------------------------------- helpers */
 
-static void quiet_log(int level, const char *msg, void *user) {
-  (void)level;
-  (void)msg;
-  (void)user;
-}
 
 static apex_manager_config_t rec_config(rec_t *r) {
   apex_manager_config_t cfg;
@@ -139,21 +134,8 @@ static apex_manager_config_t rec_config(rec_t *r) {
 static apex_manager_t *make_manager(const apex_manager_config_t *cfg) {
   apex_manager_t *m = NULL;
   assert_int_equal(apex_manager_new(cfg, &m), APEX_OK);
-  const char *files[] = {APEX_TEST_PLUGIN_DIR "/testkit.so", APEX_TEST_PLUGIN_DIR "/hostile.so",
-                         APEX_PLUGIN_BUILD_DIR "/example_async.so"};
-  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
-    assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
+  load_test_plugins(m);
   return m;
-}
-
-static apex_task_t *submit(apex_manager_t *m, const char *plugin, const char *action,
-                           const char *params_json, const apex_submit_opts_t *opts) {
-  json_t *params = params_json ? json_loads(params_json, 0, NULL) : NULL;
-  if (params_json) assert_non_null(params);
-  apex_task_t *t = NULL;
-  assert_int_equal(apex_manager_submit(m, plugin, action, params, opts, &t, NULL), APEX_OK);
-  json_decref(params);
-  return t;
 }
 
 static void wait_done(apex_task_t *t) { assert_int_equal(apex_task_wait(t, 10000), APEX_OK); }
@@ -168,7 +150,7 @@ static void test_loop_callbacks_run_on_the_runtime_thread(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
   rec_await_dones(&r, 1);
   assert_int_equal(rec_count(&r, 0, 0), 2); /* ATTEMPT, DONE */
   pthread_t self = pthread_self();
@@ -211,7 +193,7 @@ static void test_dispatch_fd_readable_only_while_events_wait(void **st) {
   int fd = apex_manager_fd(m);
   assert_true(fd >= 0);
   assert_false(fd_readable(fd, 0));
-  apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
   assert_true(fd_readable(fd, PROMPT_MS));
   wait_done(t);
   /* Nothing runs the callbacks but dispatch. */
@@ -239,7 +221,7 @@ static void test_dispatch_runs_callbacks_on_the_calling_thread(void **st) {
   cfg.delivery = APEX_DELIVER_DISPATCH;
   apex_manager_t *m = make_manager(&cfg);
   int fd = apex_manager_fd(m);
-  apex_task_t *t = submit(m, "example_async", "long_task", "{\"steps\": 3, \"step_ms\": 1}", NULL);
+  apex_task_t *t = submit_json(m, "example_async", "long_task", "{\"steps\": 3, \"step_ms\": 1}", NULL);
   while (rec_count(&r, 0, APEX_EVENT_DONE) == 0) {
     assert_true(fd_readable(fd, PROMPT_MS));
     assert_true(apex_manager_dispatch(m) >= 0);
@@ -261,8 +243,8 @@ static void test_event_seq_per_task_counts_up_by_one(void **st) {
   apex_manager_config_t cfg = rec_config(&r);
   cfg.progress_rate_hz = 1000;
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *a = submit(m, "example_async", "long_task", "{\"steps\": 8, \"step_ms\": 2}", NULL);
-  apex_task_t *b = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 2}", NULL);
+  apex_task_t *a = submit_json(m, "example_async", "long_task", "{\"steps\": 8, \"step_ms\": 2}", NULL);
+  apex_task_t *b = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 2}", NULL);
   rec_await_dones(&r, 2);
   uint64_t ids[2] = {apex_task_id(a), apex_task_id(b)};
   for (int k = 0; k < 2; k++) {
@@ -283,7 +265,7 @@ static void test_attempt_comes_before_progress_before_done(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *t = submit(m, "example_async", "long_task", "{\"steps\": 5, \"step_ms\": 2}", NULL);
+  apex_task_t *t = submit_json(m, "example_async", "long_task", "{\"steps\": 5, \"step_ms\": 2}", NULL);
   rec_await_dones(&r, 1);
   assert_true(r.n >= 3);
   assert_int_equal(r.ev[0].type, APEX_EVENT_ATTEMPT);
@@ -307,9 +289,9 @@ static void test_each_task_gets_exactly_one_done(void **st) {
   apex_task_t *t[N];
   for (int i = 0; i < N; i++) {
     /* A mix of outcomes: success, failure, cancellation. */
-    if (i % 3 == 0) t[i] = submit(m, "testkit", "noop", NULL, NULL);
-    else if (i % 3 == 1) t[i] = submit(m, "hostile", "fail", NULL, NULL);
-    else t[i] = submit(m, "hostile", "sleep", "{\"ms\": 5}", NULL);
+    if (i % 3 == 0) t[i] = submit_json(m, "testkit", "noop", NULL, NULL);
+    else if (i % 3 == 1) t[i] = submit_json(m, "hostile", "fail", NULL, NULL);
+    else t[i] = submit_json(m, "hostile", "sleep", "{\"ms\": 5}", NULL);
     if (i % 3 == 2) (void)apex_task_cancel(t[i], NULL);
   }
   for (int i = 0; i < N; i++) wait_done(t[i]);
@@ -329,8 +311,8 @@ static void test_event_mask_limits_delivered_types(void **st) {
   apex_manager_config_t cfg = rec_config(&r);
   cfg.event_mask = APEX_EVENT_DONE | APEX_EVENT_RETRY;
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *a = submit(m, "example_async", "long_task", "{\"steps\": 5, \"step_ms\": 2}", NULL);
-  apex_task_t *b = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 2}", NULL);
+  apex_task_t *a = submit_json(m, "example_async", "long_task", "{\"steps\": 5, \"step_ms\": 2}", NULL);
+  apex_task_t *b = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 2}", NULL);
   wait_done(a);
   wait_done(b);
   destroy_ok(m);
@@ -355,8 +337,8 @@ static void test_per_task_callback_overrides_the_managers(void **st) {
   apex_submit_opts_init(&o);
   o.on_event = rec_on_event;
   o.event_user = &own;
-  apex_task_t *mine = submit(m, "testkit", "noop", NULL, &o);
-  apex_task_t *other = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *mine = submit_json(m, "testkit", "noop", NULL, &o);
+  apex_task_t *other = submit_json(m, "testkit", "noop", NULL, NULL);
   wait_done(mine);
   wait_done(other);
   destroy_ok(m);
@@ -383,7 +365,7 @@ static void test_retry_events_carry_error_and_delay(void **st) {
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.retry = &p;
-  apex_task_t *t = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
   rec_await_dones(&r, 1);
   assert_int_equal(rec_count(&r, 0, APEX_EVENT_RETRY), 2);
   assert_int_equal(rec_count(&r, 0, APEX_EVENT_ATTEMPT), 3);
@@ -414,7 +396,7 @@ static void test_done_event_carries_result_on_success(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *t = submit(m, "testkit", "echo", "{\"value\": {\"n\": 7}}", NULL);
+  apex_task_t *t = submit_json(m, "testkit", "echo", "{\"value\": {\"n\": 7}}", NULL);
   rec_await_dones(&r, 1);
   rec_ev_t *done = &r.ev[r.n - 1];
   assert_int_equal(done->type, APEX_EVENT_DONE);
@@ -433,7 +415,7 @@ static void test_done_event_carries_error_on_failure(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *t = submit(m, "hostile", "fail", NULL, NULL);
+  apex_task_t *t = submit_json(m, "hostile", "fail", NULL, NULL);
   rec_await_dones(&r, 1);
   rec_ev_t *done = &r.ev[r.n - 1];
   assert_int_equal(done->type, APEX_EVENT_DONE);

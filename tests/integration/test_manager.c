@@ -26,34 +26,12 @@
 #include <jansson.h>
 
 #include "apex/apex.h"
+#include "integration/harness.h"
 
-/* Latency bound for "promptly": generous, so a loaded CI box or TSan passes. */
-#define PROMPT_MS 2000
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void nap_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
-/* Polls cond every millisecond until it holds or ms pass, then asserts it. */
-#define AWAIT(cond, ms)                                                   \
-  do {                                                                    \
-    int64_t await_end_ = now_ms() + (ms);                                 \
-    while (!(cond) && now_ms() < await_end_) nap_ms(1);                   \
-    assert_true(cond);                                                    \
-  } while (0)
 
-static void quiet_log(int level, const char *msg, void *user) {
-  (void)level;
-  (void)msg;
-  (void)user;
-}
 
 static apex_manager_config_t base_config(unsigned workers) {
   apex_manager_config_t cfg;
@@ -93,24 +71,6 @@ static apex_manager_stats_t stats_of(apex_manager_t *m) {
 }
 
 /* Submits plugin.action with params given as JSON text (NULL: none). */
-static apex_task_t *submit(apex_manager_t *m, const char *plugin, const char *action,
-                           const char *params_json, const apex_submit_opts_t *opts) {
-  json_t *params = NULL;
-  if (params_json) {
-    params = json_loads(params_json, 0, NULL);
-    assert_non_null(params);
-  }
-  apex_task_t *t = NULL;
-  apex_error_t *err = NULL;
-  int rc = apex_manager_submit(m, plugin, action, params, opts, &t, &err);
-  if (rc != APEX_OK) print_error("submit %s.%s: %s\n", plugin, action, apex_error_message(err));
-  json_decref(params);
-  assert_int_equal(rc, APEX_OK);
-  assert_null(err);
-  assert_non_null(t);
-  return t;
-}
-
 /* Tries a submit that must fail; returns its code, the error in *err. */
 static int submit_fail(apex_manager_t *m, const char *plugin, const char *action,
                        const char *params_json, const apex_submit_opts_t *opts,
@@ -160,7 +120,7 @@ static apex_submit_opts_t opts_timeout(double s) {
 static void test_blocking_task_result_is_its_output(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "testkit", "echo", "{\"value\": {\"a\": 1}}", NULL);
+  apex_task_t *t = submit_json(m, "testkit", "echo", "{\"value\": {\"a\": 1}}", NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   json_t *r = apex_task_result(t);
@@ -177,7 +137,7 @@ static void test_blocking_task_result_is_its_output(void **st) {
 static void test_deferred_task_completed_in_handler_succeeds(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "testkit", "noop_deferred", NULL, NULL);
+  apex_task_t *t = submit_json(m, "testkit", "noop_deferred", NULL, NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   json_t *r = apex_task_result(t);
@@ -190,7 +150,7 @@ static void test_deferred_task_completed_in_handler_succeeds(void **st) {
 static void test_deferred_task_completed_from_plugin_thread_succeeds(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "example_async", "deferred_task", "{\"delay_ms\": 20}", NULL);
+  apex_task_t *t = submit_json(m, "example_async", "deferred_task", "{\"delay_ms\": 20}", NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   json_t *r = apex_task_result(t);
@@ -236,9 +196,9 @@ static void test_execute_returns_task_error(void **st) {
 static void test_task_ids_increase_by_one(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *a = submit(m, "testkit", "noop", NULL, NULL);
-  apex_task_t *b = submit(m, "testkit", "noop", NULL, NULL);
-  apex_task_t *c = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *a = submit_json(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *b = submit_json(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *c = submit_json(m, "testkit", "noop", NULL, NULL);
   assert_true(apex_task_id(a) >= 1);
   assert_int_equal(apex_task_id(b), apex_task_id(a) + 1);
   assert_int_equal(apex_task_id(c), apex_task_id(b) + 1);
@@ -255,7 +215,7 @@ static void test_attempts_counted_across_retries(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
   /* count_attempts' default policy retries up to 5 times, quickly. */
-  apex_task_t *t = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", NULL);
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   assert_int_equal(apex_task_attempts(t), 3);
@@ -357,7 +317,7 @@ static void test_submit_beyond_max_queued_is_queue_full(void **st) {
   apex_manager_config_t cfg = base_config(1);
   cfg.max_queued = 1;
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *busy = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   apex_error_t *err;
   assert_int_equal(submit_fail(m, "testkit", "noop", NULL, NULL, &err), APEX_E_QUEUE_FULL);
   assert_int_equal(apex_error_code(err), APEX_E_QUEUE_FULL);
@@ -366,7 +326,7 @@ static void test_submit_beyond_max_queued_is_queue_full(void **st) {
    * of test_cancel_of_running_task_returns_ok, not of this test.) */
   (void)apex_task_cancel(busy, NULL);
   wait_done(busy);
-  apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   apex_task_release(t);
@@ -428,9 +388,9 @@ static void test_cancel_queued_task_ends_at_once_and_never_runs(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *busy = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(busy, APEX_TASK_RUNNING);
-  apex_task_t *q = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 1}", NULL);
+  apex_task_t *q = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 1}", NULL);
   assert_int_equal(apex_task_state(q), APEX_TASK_QUEUED);
   assert_int_equal(apex_task_cancel(q, NULL), APEX_OK);
   /* No wait: a queued task has no handler to notice, so it ends now. */
@@ -450,7 +410,7 @@ static void test_cancel_queued_task_ends_at_once_and_never_runs(void **st) {
 static void test_cancel_running_cooperative_task_ends_promptly(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(t, APEX_TASK_RUNNING);
   int64_t t0 = now_ms();
   assert_int_equal(apex_task_cancel(t, "test"), APEX_OK);
@@ -471,7 +431,7 @@ static void test_cancel_of_running_task_returns_ok(void **st) {
   apex_manager_t *m = make_default();
   int already = 0;
   for (int i = 0; i < 20; i++) {
-    apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+    apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
     await_state(t, APEX_TASK_RUNNING);
     int rc = apex_task_cancel(t, NULL);
     if (rc != APEX_OK) already++;
@@ -487,7 +447,7 @@ static void test_cancel_of_running_task_returns_ok(void **st) {
 static void test_cancel_twice_is_already(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(t, APEX_TASK_RUNNING);
   assert_int_equal(apex_task_cancel(t, "first"), APEX_OK);
   assert_int_equal(apex_task_cancel(t, "second"), APEX_E_ALREADY);
@@ -500,7 +460,7 @@ static void test_cancel_twice_is_already(void **st) {
 static void test_cancel_after_success_is_already(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
   wait_done(t);
   assert_int_equal(apex_task_cancel(t, NULL), APEX_E_ALREADY);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
@@ -521,12 +481,12 @@ static void test_parent_cancel_ends_queued_child_at_once(void **st) {
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_manager(&cfg);
   /* The only worker is busy with a task that is not the parent's child. */
-  apex_task_t *busy = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(busy, APEX_TASK_RUNNING);
   apex_token_t *parent = NULL;
   assert_int_equal(apex_token_new(&parent), APEX_OK);
   apex_submit_opts_t o = opts_parent(parent);
-  apex_task_t *child = submit(m, "testkit", "noop", NULL, &o);
+  apex_task_t *child = submit_json(m, "testkit", "noop", NULL, &o);
   assert_int_equal(apex_task_state(child), APEX_TASK_QUEUED);
   assert_int_equal(apex_token_cancel(parent, "boss"), APEX_OK);
   /* Ended within the parent's cancel call. */
@@ -549,7 +509,7 @@ static void test_parent_cancel_ends_running_child(void **st) {
   apex_token_t *parent = NULL;
   assert_int_equal(apex_token_new(&parent), APEX_OK);
   apex_submit_opts_t o = opts_parent(parent);
-  apex_task_t *child = submit(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
+  apex_task_t *child = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
   await_state(child, APEX_TASK_RUNNING);
   int64_t t0 = now_ms();
   assert_int_equal(apex_token_cancel(parent, "boss"), APEX_OK);
@@ -575,9 +535,9 @@ static void test_parent_cancel_ends_queued_child_behind_running_sibling(void **s
     apex_token_t *parent = NULL;
     assert_int_equal(apex_token_new(&parent), APEX_OK);
     apex_submit_opts_t o = opts_parent(parent);
-    apex_task_t *running = submit(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
+    apex_task_t *running = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
     await_state(running, APEX_TASK_RUNNING);
-    apex_task_t *queued = submit(m, "testkit", "noop", NULL, &o);
+    apex_task_t *queued = submit_json(m, "testkit", "noop", NULL, &o);
     assert_int_equal(apex_token_cancel(parent, "boss"), APEX_OK);
     wait_done(running);
     wait_done(queued);
@@ -598,7 +558,7 @@ static void test_timeout_of_cooperative_task_is_timed_out(void **st) {
   apex_manager_t *m = make_default();
   apex_submit_opts_t o = opts_timeout(0.05);
   int64_t t0 = now_ms();
-  apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
+  apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", &o);
   assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
   assert_true(now_ms() - t0 < PROMPT_MS);
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
@@ -617,7 +577,7 @@ static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void *
   apex_manager_t *m = make_manager(&cfg);
   apex_submit_opts_t o = opts_timeout(0.05);
   int64_t t0 = now_ms();
-  apex_task_t *t = submit(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
+  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
   /* The handler sleeps 1500 ms deaf to its token; the task ends long before. */
   assert_int_equal(apex_task_wait(t, 1000), APEX_OK);
   assert_true(now_ms() - t0 < 1000);
@@ -636,9 +596,9 @@ static void test_replacement_worker_runs_tasks_while_one_is_stuck(void **st) {
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_manager(&cfg);
   apex_submit_opts_t o = opts_timeout(0.05);
-  apex_task_t *stuck = submit(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
+  apex_task_t *stuck = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
   wait_done(stuck);
-  apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
   assert_int_equal(apex_task_wait(t, 1000), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   /* ...and the deaf handler was still inside when it did. */
@@ -653,7 +613,7 @@ static void test_stuck_handler_return_is_late_and_its_worker_retires(void **st) 
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_manager(&cfg);
   apex_submit_opts_t o = opts_timeout(0.05);
-  apex_task_t *t = submit(m, "hostile", "ignore_cancel", "{\"ms\": 300}", &o);
+  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 300}", &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
   AWAIT(stats_of(m).late_reports >= 1, 5000);
@@ -684,7 +644,7 @@ static void test_retry_policy_retries_transient_until_success(void **st) {
   apex_manager_t *m = make_default();
   apex_retry_policy_t p = {.max_attempts = 3, .initial_interval_s = 0.001};
   apex_submit_opts_t o = opts_retry(&p);
-  apex_task_t *t = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   assert_int_equal(apex_task_attempts(t), 3);
@@ -698,7 +658,7 @@ static void test_retry_exhausted_fails_with_transient(void **st) {
   apex_manager_t *m = make_default();
   apex_retry_policy_t p = {.max_attempts = 2, .initial_interval_s = 0.001};
   apex_submit_opts_t o = opts_retry(&p);
-  apex_task_t *t = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_FAILED);
   assert_int_equal(apex_task_attempts(t), 2);
@@ -715,7 +675,7 @@ static void test_execution_error_is_never_retried(void **st) {
   apex_manager_t *m = make_default();
   apex_retry_policy_t p = {.max_attempts = 5, .initial_interval_s = 0.001};
   apex_submit_opts_t o = opts_retry(&p);
-  apex_task_t *t = submit(m, "hostile", "fail", "{\"code\": \"execution\"}", &o);
+  apex_task_t *t = submit_json(m, "hostile", "fail", "{\"code\": \"execution\"}", &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_FAILED);
   assert_int_equal(apex_task_attempts(t), 1);
@@ -731,7 +691,7 @@ static void test_cancel_during_retry_backoff_ends_at_once(void **st) {
   apex_retry_policy_t p = {.max_attempts = 3, .initial_interval_s = 10};
   apex_submit_opts_t o = opts_retry(&p);
   int64_t t0 = now_ms();
-  apex_task_t *t = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
   await_state(t, APEX_TASK_RETRY_WAIT);
   assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED); /* no handler to wait for */
@@ -752,7 +712,7 @@ static void test_deadline_shorter_than_backoff_fails_at_once(void **st) {
   apex_submit_opts_t o = opts_retry(&p);
   o.timeout_s = 0.2;
   int64_t t0 = now_ms();
-  apex_task_t *t = submit(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
   assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
   assert_true(now_ms() - t0 < PROMPT_MS);
   assert_int_equal(apex_task_state(t), APEX_TASK_FAILED);
@@ -769,7 +729,7 @@ static void test_late_completion_after_timeout_is_counted_and_ignored(void **st)
   (void)st;
   apex_manager_t *m = make_default();
   apex_submit_opts_t o = opts_timeout(0.05);
-  apex_task_t *t = submit(m, "hostile", "late_complete", "{\"delay_ms\": 300}", &o);
+  apex_task_t *t = submit_json(m, "hostile", "late_complete", "{\"delay_ms\": 300}", &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
   assert_int_equal(error_code_of(t), APEX_E_TIMEOUT);
@@ -790,7 +750,7 @@ static void test_late_completion_after_timeout_is_counted_and_ignored(void **st)
 static void test_double_completion_keeps_first_outcome(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "double_complete", NULL, NULL);
+  apex_task_t *t = submit_json(m, "hostile", "double_complete", NULL, NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   AWAIT(stats_of(m).late_reports >= 1, 5000);
@@ -806,7 +766,7 @@ static void test_double_completion_keeps_first_outcome(void **st) {
 static void test_handler_without_result_succeeds_with_null(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "crash_null_result", NULL, NULL);
+  apex_task_t *t = submit_json(m, "hostile", "crash_null_result", NULL, NULL);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   json_t *r = apex_task_result(t);
@@ -821,7 +781,7 @@ static void test_handler_without_result_succeeds_with_null(void **st) {
 static void test_released_blocking_task_runs_to_its_end(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 100}", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 100}", NULL);
   apex_task_release(t);
   AWAIT(stats_of(m).succeeded == 1, 5000);
   destroy_ok(m);
@@ -830,7 +790,7 @@ static void test_released_blocking_task_runs_to_its_end(void **st) {
 static void test_released_deferred_task_runs_to_its_end(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "example_async", "deferred_task", "{\"delay_ms\": 50}", NULL);
+  apex_task_t *t = submit_json(m, "example_async", "deferred_task", "{\"delay_ms\": 50}", NULL);
   apex_task_release(t);
   AWAIT(stats_of(m).succeeded == 1, 5000);
   destroy_ok(m);
@@ -839,7 +799,7 @@ static void test_released_deferred_task_runs_to_its_end(void **st) {
 static void test_handle_outlives_manager(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "testkit", "echo", "{\"value\": {\"x\": true}}", NULL);
+  apex_task_t *t = submit_json(m, "testkit", "echo", "{\"value\": {\"x\": true}}", NULL);
   wait_done(t);
   uint64_t id = apex_task_id(t);
   destroy_ok(m);
@@ -863,10 +823,10 @@ static void test_destroy_cancels_queued_and_running_with_reason_shutdown(void **
   (void)st;
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_manager(&cfg);
-  apex_task_t *running = submit(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  apex_task_t *running = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(running, APEX_TASK_RUNNING);
   apex_task_t *queued[3];
-  for (int i = 0; i < 3; i++) queued[i] = submit(m, "testkit", "noop", NULL, NULL);
+  for (int i = 0; i < 3; i++) queued[i] = submit_json(m, "testkit", "noop", NULL, NULL);
   int64_t t0 = now_ms();
   assert_int_equal(apex_manager_destroy(m, 50), APEX_OK);
   assert_true(now_ms() - t0 < PROMPT_MS);
@@ -885,7 +845,7 @@ static void test_destroy_cancels_queued_and_running_with_reason_shutdown(void **
 static void test_destroy_drains_running_tasks_first(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "sleep", "{\"ms\": 50}", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 50}", NULL);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   apex_task_release(t);
@@ -894,7 +854,7 @@ static void test_destroy_drains_running_tasks_first(void **st) {
 static void test_destroy_with_deaf_handler_is_busy_and_returns_quickly(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit(m, "hostile", "ignore_cancel", "{\"ms\": 800}", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 800}", NULL);
   await_state(t, APEX_TASK_RUNNING);
   int64_t t0 = now_ms();
   assert_int_equal(apex_manager_destroy(m, 50), APEX_E_BUSY);

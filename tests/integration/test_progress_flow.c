@@ -26,6 +26,7 @@
 #include <jansson.h>
 
 #include "apex/apex.h"
+#include "integration/harness.h"
 
 /* Sanitizers slow each report 5-20x; a smaller flood still floods. */
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -97,11 +98,6 @@ static size_t rec_count(rec_t *r, unsigned type) {
 
 /* ----------------------------------------------------------------- helpers */
 
-static void quiet_log(int level, const char *msg, void *user) {
-  (void)level;
-  (void)msg;
-  (void)user;
-}
 
 static apex_manager_t *make_manager(rec_t *r, double rate_hz) {
   apex_manager_config_t cfg;
@@ -118,16 +114,6 @@ static apex_manager_t *make_manager(rec_t *r, double rate_hz) {
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
     assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
   return m;
-}
-
-static apex_task_t *submit(apex_manager_t *m, const char *plugin, const char *action,
-                           const char *params_json) {
-  json_t *params = params_json ? json_loads(params_json, 0, NULL) : NULL;
-  if (params_json) assert_non_null(params);
-  apex_task_t *t = NULL;
-  assert_int_equal(apex_manager_submit(m, plugin, action, params, NULL, &t, NULL), APEX_OK);
-  json_decref(params);
-  return t;
 }
 
 static apex_manager_stats_t stats_of(apex_manager_t *m) {
@@ -151,7 +137,7 @@ static int flood_setup(void **st) {
   apex_manager_t *m = make_manager(&f->rec, 20);
   char params[64];
   snprintf(params, sizeof params, "{\"count\": %d}", FLOOD_COUNT);
-  apex_task_t *t = submit(m, "hostile", "flood", params);
+  apex_task_t *t = submit_json(m, "hostile", "flood", params, NULL);
   if (apex_task_wait(t, 120000) != APEX_OK) return -1;
   f->result = apex_task_result(t);
   apex_task_release(t);
@@ -226,7 +212,7 @@ static int bad_setup(void **st) {
   if (!b) return -1;
   rec_init(&b->rec);
   apex_manager_t *m = make_manager(&b->rec, 20);
-  apex_task_t *t = submit(m, "hostile", "bad_progress", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "bad_progress", NULL, NULL);
   if (apex_task_wait(t, 10000) != APEX_OK) return -1;
   b->result = apex_task_result(t);
   b->stats = stats_of(m);
@@ -295,8 +281,8 @@ static void test_milestones_are_never_coalesced_away(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_t *m = make_manager(&r, 20);
-  apex_task_t *t = submit(m, "example_async", "long_task",
-                          "{\"sub_tasks\": 4, \"steps\": 40, \"step_ms\": 1}");
+  apex_task_t *t = submit_json(m, "example_async", "long_task",
+                               "{\"sub_tasks\": 4, \"steps\": 40, \"step_ms\": 1}", NULL);
   assert_int_equal(apex_task_wait(t, 10000), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);

@@ -29,6 +29,7 @@
 #include <jansson.h>
 
 #include "apex/apex.h"
+#include "integration/harness.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define ITER(plain, tsan) (tsan)
@@ -40,23 +41,8 @@
 
 #define MAX_IDS 20000
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void nap_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
-#define AWAIT(cond, ms)                                                   \
-  do {                                                                    \
-    int64_t await_end_ = now_ms() + (ms);                                 \
-    while (!(cond) && now_ms() < await_end_) nap_ms(1);                   \
-    assert_true(cond);                                                    \
-  } while (0)
 
 /* ------------------------------------------------------------ DONE counter */
 
@@ -85,11 +71,6 @@ static dones_t *dones_new(void) {
 
 /* ----------------------------------------------------------------- helpers */
 
-static void quiet_log(int level, const char *msg, void *user) {
-  (void)level;
-  (void)msg;
-  (void)user;
-}
 
 static apex_manager_t *make_manager(dones_t *d) {
   apex_manager_config_t cfg;
@@ -103,21 +84,8 @@ static apex_manager_t *make_manager(dones_t *d) {
   }
   apex_manager_t *m = NULL;
   assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  const char *files[] = {APEX_TEST_PLUGIN_DIR "/testkit.so", APEX_TEST_PLUGIN_DIR "/hostile.so",
-                         APEX_PLUGIN_BUILD_DIR "/example_async.so"};
-  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
-    assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
+  load_test_plugins(m);
   return m;
-}
-
-static apex_task_t *submit(apex_manager_t *m, const char *plugin, const char *action,
-                           const char *params_json, const apex_submit_opts_t *opts) {
-  json_t *params = params_json ? json_loads(params_json, 0, NULL) : NULL;
-  apex_task_t *t = NULL;
-  int rc = apex_manager_submit(m, plugin, action, params, opts, &t, NULL);
-  json_decref(params);
-  assert_int_equal(rc, APEX_OK);
-  return t;
 }
 
 static apex_manager_stats_t stats_of(apex_manager_t *m) {
@@ -155,7 +123,7 @@ static void test_cancel_racing_completion_ends_once(void **st) {
   uint64_t first = 0;
   int cancelled = 0;
   for (int i = 0; i < n; i++) {
-    apex_task_t *t = submit(m, "testkit", "noop", NULL, NULL);
+    apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
     if (i == 0) first = apex_task_id(t);
     int rc = apex_task_cancel(t, NULL);
     assert_true(rc == APEX_OK || rc == APEX_E_ALREADY);
@@ -198,8 +166,8 @@ static void test_deadline_racing_completion_ends_once(void **st) {
   for (int i = 0; i < n; i += batch) {
     for (int k = 0; k < batch; k++) {
       /* A noop usually beats 1 ms; a 1 ms sleep races it evenly. */
-      ts[k] = k % 2 ? submit(m, "hostile", "sleep", "{\"ms\": 1}", &o)
-                    : submit(m, "testkit", "noop", NULL, &o);
+      ts[k] = k % 2 ? submit_json(m, "hostile", "sleep", "{\"ms\": 1}", &o)
+                    : submit_json(m, "testkit", "noop", NULL, &o);
       if (i + k == 0) first = apex_task_id(ts[k]);
     }
     for (int k = 0; k < batch; k++) {
@@ -268,9 +236,9 @@ static void test_release_from_another_thread_while_running(void **st) {
   for (int i = 0; i < n; i++) {
     /* Blocking, deferred completed in the handler, deferred completed from
      * the plugin's own thread. */
-    apex_task_t *t = i % 3 == 0   ? submit(m, "testkit", "noop", NULL, NULL)
-                     : i % 3 == 1 ? submit(m, "testkit", "noop_deferred", NULL, NULL)
-                                  : submit(m, "example_async", "deferred_task",
+    apex_task_t *t = i % 3 == 0   ? submit_json(m, "testkit", "noop", NULL, NULL)
+                     : i % 3 == 1 ? submit_json(m, "testkit", "noop_deferred", NULL, NULL)
+                                  : submit_json(m, "example_async", "deferred_task",
                                            "{\"delay_ms\": 0}", NULL);
     handoff_put(&h, t);
   }
@@ -383,7 +351,7 @@ static void test_four_threads_waiting_on_one_task_all_wake(void **st) {
   (void)st;
   apex_manager_t *m = make_manager(NULL);
   /* Waits on a pipe nobody writes: only our cancel ends it. */
-  apex_task_t *t = submit(m, "hostile", "wait_fd", NULL, NULL);
+  apex_task_t *t = submit_json(m, "hostile", "wait_fd", NULL, NULL);
   pthread_barrier_t start;
   assert_int_equal(pthread_barrier_init(&start, NULL, WAITERS + 1), 0);
   waiter_t w[WAITERS];

@@ -357,8 +357,4 @@ static const apex_plugin_desc_t k_plugin = {
     .n_actions = N(k_actions),
 };
 
-APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api);
-APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
-  (void)api;
-  return &k_plugin;
-}
+APEX_PLUGIN_DEFINE(k_plugin)

@@ -1,0 +1,71 @@
+/* Shared helpers of the integration tests: clocks, awaiting a condition
+ * with a generous bound, a silent log sink, loading the test plugins and
+ * submitting with params written as JSON text. Include after cmocka.h. */
+#ifndef APEX_TEST_HARNESS_H
+#define APEX_TEST_HARNESS_H
+
+#include <stdint.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "apex/apex.h"
+
+/* Latency bound for "promptly": generous, so a loaded CI box or TSan passes. */
+#define PROMPT_MS 2000
+
+static inline int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Polls cond every millisecond until it holds or ms pass, then asserts it. */
+#define AWAIT(cond, ms)                                                   \
+  do {                                                                    \
+    int64_t await_end_ = now_ms() + (ms);                                 \
+    while (!(cond) && now_ms() < await_end_) nap_ms(1);                   \
+    assert_true(cond);                                                    \
+  } while (0)
+
+static inline void quiet_log(int level, const char *msg, void *user) {
+  (void)level;
+  (void)msg;
+  (void)user;
+}
+
+/* Loads testkit, hostile and example_async into m, asserting success. */
+static inline void load_test_plugins(apex_manager_t *m) {
+  const char *files[] = {APEX_TEST_PLUGIN_DIR "/testkit.so", APEX_TEST_PLUGIN_DIR "/hostile.so",
+                         APEX_PLUGIN_BUILD_DIR "/example_async.so"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+    assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
+}
+
+/* Submits plugin.action with params given as JSON text (NULL: none),
+ * asserting success (the error's message is printed if not).
+ * Returns: the task (release it). */
+static inline apex_task_t *submit_json(apex_manager_t *m, const char *plugin, const char *action,
+                                       const char *params_json, const apex_submit_opts_t *opts) {
+  json_t *params = NULL;
+  if (params_json) {
+    params = json_loads(params_json, 0, NULL);
+    assert_non_null(params);
+  }
+  apex_task_t *t = NULL;
+  apex_error_t *err = NULL;
+  int rc = apex_manager_submit(m, plugin, action, params, opts, &t, &err);
+  if (rc != APEX_OK) print_error("submit %s.%s: %s\n", plugin, action, apex_error_message(err));
+  json_decref(params);
+  apex_error_unref(err);
+  assert_int_equal(rc, APEX_OK);
+  assert_non_null(t);
+  return t;
+}
+
+#endif
