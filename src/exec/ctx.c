@@ -10,6 +10,7 @@
  * Progress is validated here, on the plugin's thread, so an invalid update
  * is rejected with a reason before it costs the host anything. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
@@ -69,12 +70,13 @@ static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) 
   int cfd = apex_token_fd(tok);
   if (cfd < 0) return APEX_E_IO;
   struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = cfd, .events = POLLIN}};
-  uint64_t until = timeout_ms >= 0 ? apex__now_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+  uint64_t until = apex__ns_after_ms(timeout_ms); /* UINT64_MAX: no limit */
   for (;;) {
     int wait = -1;
-    if (timeout_ms >= 0) {
+    if (until != UINT64_MAX) {
       uint64_t now = apex__now_ns();
-      wait = now >= until ? 0 : (int)((until - now + 999999u) / 1000000u);
+      uint64_t left = now >= until ? 0 : (until - now + 999999u) / 1000000u;
+      wait = left > INT_MAX ? INT_MAX : (int)left;
     }
     int n = poll(p, 2, wait);
     if (n < 0) {
@@ -159,7 +161,9 @@ static void ctx_complete(apex_ctx_t *c, int status) {
   apex__task_ref(t);
   int teardown = apex__task_attempt_end(t, status, 1);
   apex__task_unref(t);
-  if (teardown) apex__manager_teardown(m, 0);
+  /* On a worker (complete() inside the handler) the worker tears down once
+   * back in its loop; on a plugin's own thread, here. */
+  if (teardown && !apex__pool_defer_teardown(m)) apex__manager_teardown(m, 0);
 }
 
 static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {

@@ -81,21 +81,19 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
   else
     m->ev_head = n;
   m->ev_tail = n;
-  int signal_fd = 0;
   if (was_empty && m->ev_fd >= 0 && !m->ev_fd_armed) {
+    /* Written under ev_mu (a syscall, not user code): a dispatch that drains
+     * the fd then either sees this write or runs after it, so the fd is never
+     * left readable over an empty queue. */
     m->ev_fd_armed = 1;
-    signal_fd = 1;
-  }
-  pthread_mutex_unlock(&m->ev_mu);
-  if (signal_fd) {
     uint64_t one = 1;
     ssize_t w;
     do w = write(m->ev_fd, &one, sizeof one);
     while (w < 0 && errno == EINTR);
     /* EAGAIN means the counter is already non-zero: readable anyway. */
-  } else if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) {
-    apex__runtime_wake(m);
   }
+  pthread_mutex_unlock(&m->ev_mu);
+  if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
 
 int apex__events_deliver(apex_manager_t *m) {

@@ -188,6 +188,9 @@ struct apex_manager {
 
 /* clock */
 uint64_t apex__now_ns(void);
+/* Returns: now + ms in ns of CLOCK_MONOTONIC, saturating at UINT64_MAX
+ * ("never"), which is also what a negative ms gives. */
+uint64_t apex__ns_after_ms(int64_t ms);
 
 /* task.c */
 pthread_mutex_t *apex__task_mu(apex_task_t *t);
@@ -225,11 +228,19 @@ void apex__host_api_init(apex_host_api_t *api);
 
 /* pool.c */
 int apex__pool_start(apex_manager_t *m, unsigned n);
-void apex__pool_push(apex_manager_t *m, apex_task_t *t); /* takes a ref */
-void apex__pool_live_add(apex_manager_t *m, apex_task_t *t);
+/* Queues t (taking a reference); a no-op once the pool is stopping. */
+void apex__pool_push(apex_manager_t *m, apex_task_t *t);
+/* Adds t to the live list. Returns: APEX_OK, APEX_E_SHUTTING_DOWN,
+ * APEX_E_QUEUE_FULL (checked under pool_mu, race-free against destroy). */
+int apex__pool_live_add(apex_manager_t *m, apex_task_t *t);
 void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t);
 /* A running task timed out: its worker may be stuck; start a replacement. */
 void apex__pool_worker_stuck(apex_manager_t *m);
+/* Counts one more stuck handler; under the task lock that set t->stuck. */
+void apex__pool_count_stuck(apex_manager_t *m);
+/* From complete() on a worker of m: have the worker tear m down once its
+ * handler returned. Returns 1 if deferred, 0 if not a worker of m. */
+int apex__pool_defer_teardown(apex_manager_t *m);
 /* Stops and joins every worker (after the queue is empty). */
 void apex__pool_stop(apex_manager_t *m);
 /* An attempt opened/closed (counts handlers that own a ctx). Open is called

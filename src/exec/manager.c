@@ -159,9 +159,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
 
 /* --------------------------------------------------------------- shutdown */
 
-static uint64_t deadline_after(int64_t ms) {
-  return ms < 0 ? UINT64_MAX : apex__now_ns() + (uint64_t)ms * 1000000u;
-}
+static uint64_t deadline_after(int64_t ms) { return apex__ns_after_ms(ms); }
 
 /* Waits on wait_cv until *count (read under pool_mu) is 0 or until passes.
  * Returns the last count seen. */
@@ -189,7 +187,11 @@ static size_t wait_zero(apex_manager_t *m, const size_t *count_sz, const unsigne
 
 apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   if (!m) return APEX_OK;
+  /* Under pool_mu, where submit checks it: a submit is either refused or its
+   * task is on the live list the sweep below walks. */
+  pthread_mutex_lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
+  pthread_mutex_unlock(&m->pool_mu);
   wait_zero(m, &m->n_live, NULL, deadline_after(drain_ms));
 
   /* Cancel what is left. Collect under the lock, cancel without it. */
@@ -220,6 +222,9 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
               active);
     return APEX_E_BUSY;
   }
+  /* DISPATCH: this is the host's thread; deliver what is left (the DONE of
+   * every task the sweep cancelled among it) before the queue goes. */
+  if (m->cfg.delivery == APEX_DELIVER_DISPATCH) apex__events_deliver(m);
   apex__manager_teardown(m, 1);
   return APEX_OK;
 }
@@ -487,11 +492,12 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
                         const apex_submit_opts_t *o, apex_task_t *t, apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
-  if (isnan(timeout) || isinf(timeout) || timeout > 1e9)
-    return apex__fail(err, APEX_E_INVALID, "timeout %g s: want a finite number of seconds",
-                      timeout);
   if (timeout == 0) timeout = a->default_timeout_s;
-  if (timeout < 0) timeout = 0;
+  /* 1e9 s (~31 years) keeps now + timeout well inside 64-bit nanoseconds. */
+  if (isnan(timeout) || timeout > 1e9)
+    return apex__fail(err, APEX_E_INVALID,
+                      "timeout %g s: want a finite number of seconds, at most 1e9", timeout);
+  if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
   t->timeout_s = timeout;
   if (timeout > 0) t->deadline_ns = apex__now_ns() + (uint64_t)(timeout * 1e9);
   const apex_retry_policy_t *r = o && o->retry ? o->retry : &a->default_retry;
@@ -586,26 +592,30 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
     atomic_init(&t->token, tok);
   }
-  if (rc == APEX_OK) {
-    pthread_mutex_lock(&m->pool_mu);
-    if (m->cfg.max_queued && m->n_live >= m->cfg.max_queued) rc = APEX_E_QUEUE_FULL;
-    pthread_mutex_unlock(&m->pool_mu);
-    if (rc != APEX_OK)
-      apex__fail(err, rc, "the queue is full (%zu tasks, config.max_queued)", m->cfg.max_queued);
-  }
   if (rc == APEX_OK && (t->deadline_ns || t->retry.max_attempts > 1) &&
       apex__timer_reserve(m, t) != APEX_OK)
     rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
+  if (rc == APEX_OK) {
+    t->id = atomic_fetch_add(&m->next_id, 1);
+    atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
+    rc = apex__pool_live_add(m, t);
+    if (rc == APEX_E_SHUTTING_DOWN)
+      apex__fail(err, rc, "the manager is shutting down");
+    else if (rc == APEX_E_QUEUE_FULL)
+      apex__fail(err, rc, "the queue is full (%zu live tasks, config.max_queued)",
+                 m->cfg.max_queued);
+    if (rc != APEX_OK) {
+      apex__timer_release(m, t);
+      apex__manager_unref(m);
+    }
+  }
   if (rc != APEX_OK) {
     json_decref(vp);
     apex_token_unref(apex__task_token_peek(t));
     free(t);
     return rc;
   }
-  t->id = atomic_fetch_add(&m->next_id, 1);
-  atomic_fetch_add(&m->refs, 1);
   atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
-  apex__pool_live_add(m, t);
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The
      * registration holds no reference: task_free removes it. */

@@ -18,8 +18,39 @@
 
 static void *worker_main(void *arg);
 
+/* The manager a worker thread serves, and whether the handler it runs asked
+ * for an orphaned manager's teardown (a deferred handler that called
+ * complete() before returning): the worker does it once it is back in its
+ * own loop, never while its own frame still uses the manager. */
+static _Thread_local apex_manager_t *tls_worker_of;
+static _Thread_local int tls_teardown;
+
+int apex__pool_defer_teardown(apex_manager_t *m) {
+  if (tls_worker_of != m) return 0;
+  tls_teardown = 1;
+  return 1;
+}
+
+/* Joins workers that left (surplus after a stuck handler returned), so a
+ * long-lived host that sees many timeouts keeps no dead thread's stack.
+ * Under pool_mu: safe, since a leaving worker needs no lock after it set
+ * `exited`. */
+static void reap_locked(apex_manager_t *m) {
+  for (apex__worker_t **pp = &m->workers; *pp;) {
+    apex__worker_t *w = *pp;
+    if (w->exited) {
+      *pp = w->next;
+      pthread_join(w->thread, NULL);
+      free(w);
+    } else {
+      pp = &w->next;
+    }
+  }
+}
+
 /* Under pool_mu. Returns 0 or an errno. */
 static int spawn_locked(apex_manager_t *m) {
+  reap_locked(m);
   apex__worker_t *w = calloc(1, sizeof *w);
   if (!w) return ENOMEM;
   w->m = m;
@@ -43,9 +74,13 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 }
 
 void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
-  apex__task_ref(t);
   t->run_next = NULL;
   pthread_mutex_lock(&m->pool_mu);
+  if (m->pool_stop) { /* only a task shutdown already ended gets here */
+    pthread_mutex_unlock(&m->pool_mu);
+    return;
+  }
+  apex__task_ref(t); /* the run queue's */
   if (m->run_tail)
     m->run_tail->run_next = t;
   else
@@ -56,14 +91,24 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_unlock(&m->pool_mu);
 }
 
-void apex__pool_live_add(apex_manager_t *m, apex_task_t *t) {
+int apex__pool_live_add(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_lock(&m->pool_mu);
+  /* Checked here, under the lock destroy sets the flag in, so a task is
+   * either refused or seen by destroy's cancel sweep; never neither. */
+  int rc = atomic_load(&m->shutting_down) ? APEX_E_SHUTTING_DOWN
+           : m->cfg.max_queued && m->n_live >= m->cfg.max_queued ? APEX_E_QUEUE_FULL
+                                                                  : APEX_OK;
+  if (rc != APEX_OK) {
+    pthread_mutex_unlock(&m->pool_mu);
+    return rc;
+  }
   t->live_prev = NULL;
   t->live_next = m->live_head;
   if (m->live_head) m->live_head->live_prev = t;
   m->live_head = t;
   m->n_live++;
   pthread_mutex_unlock(&m->pool_mu);
+  return APEX_OK;
 }
 
 void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
@@ -94,7 +139,7 @@ int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, int on_worker) {
   (void)on_worker;
   pthread_mutex_lock(&m->pool_mu);
   m->n_active--;
-  if (was_stuck && m->n_stuck) m->n_stuck--;
+  if (was_stuck) m->n_stuck--; /* counted under the task lock with t->stuck */
   int last = m->n_active == 0;
   int orphan_done = last && m->orphaned;
   if (orphan_done) m->orphaned = 0; /* exactly one caller tears down */
@@ -107,11 +152,20 @@ int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, int on_worker) {
   return orphan_done;
 }
 
-void apex__pool_worker_stuck(apex_manager_t *m) {
+void apex__pool_count_stuck(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   m->n_stuck++;
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
+void apex__pool_worker_stuck(apex_manager_t *m) {
+  pthread_mutex_lock(&m->pool_mu);
   int e = 0;
-  if (!m->pool_stop && m->n_stuck <= m->cfg.max_stuck_workers) e = spawn_locked(m);
+  /* The handler may have returned already (n_stuck back down): then no
+   * replacement is owed. */
+  if (!m->pool_stop && m->n_stuck <= m->cfg.max_stuck_workers &&
+      m->n_threads < m->cfg.workers + m->n_stuck)
+    e = spawn_locked(m);
   unsigned stuck = m->n_stuck;
   pthread_mutex_unlock(&m->pool_mu);
   if (e)
@@ -124,6 +178,7 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
 static void *worker_main(void *arg) {
   apex__worker_t *self = arg;
   apex_manager_t *m = self->m;
+  tls_worker_of = m;
   pthread_mutex_lock(&m->pool_mu);
   for (;;) {
     /* A surplus thread (its stuck handler returned) leaves. */
@@ -141,7 +196,8 @@ static void *worker_main(void *arg) {
     m->n_queued--;
     pthread_mutex_unlock(&m->pool_mu);
 
-    int teardown = apex__task_run(t);
+    int teardown = apex__task_run(t) | tls_teardown;
+    tls_teardown = 0;
     apex__task_unref(t);
     if (teardown) {
       /* Last handler of an orphaned manager: nothing else runs now. */

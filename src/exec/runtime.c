@@ -25,6 +25,13 @@ uint64_t apex__now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t apex__ns_after_ms(int64_t ms) {
+  if (ms < 0) return UINT64_MAX;
+  uint64_t now = apex__now_ns();
+  if ((uint64_t)ms > (UINT64_MAX - now) / 1000000u) return UINT64_MAX;
+  return now + (uint64_t)ms * 1000000u;
+}
+
 /* ------------------------------------------------------------- the heap */
 
 static void heap_place(apex_manager_t *m, size_t i, apex_task_t *t) {

@@ -453,9 +453,10 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
       pthread_mutex_unlock(mu);
     }
   }
-  int free_manager = apex__pool_attempt_close(m, was_stuck, !from_complete);
+  /* after_unlock reads the plugin's names: do it while this attempt still
+   * counts as open, so destroy cannot unload the plugin under us. */
   after_unlock(t, &a);
-  return free_manager;
+  return apex__pool_attempt_close(m, was_stuck, !from_complete);
 }
 
 /* Runtime thread: t's deadline or retry time came. */
@@ -473,7 +474,10 @@ void apex__task_on_timer(apex_task_t *t, uint64_t now) {
   if (t->deadline_ns && now >= t->deadline_ns) {
     apex__where_t w = where_of(t);
     stuck = st == APEX_TASK_RUNNING && t->attempt_open && t->action->kind == APEX_ACTION_BLOCKING;
-    if (stuck) t->stuck = 1;
+    if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
+      t->stuck = 1;
+      apex__pool_count_stuck(m);
+    }
     finish_locked(t, APEX_TASK_TIMED_OUT, NULL,
                   apex__error_new(APEX_E_TIMEOUT, &w, NULL, "timed out after %.3f s%s",
                                   t->timeout_s,
@@ -509,21 +513,21 @@ int apex_task_state_is_terminal(apex_task_state_t s) {
 
 apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms) {
   if (!t) return APEX_E_INVALID;
-  if (is_terminal(atomic_load_explicit(&t->state, memory_order_acquire))) return APEX_OK;
+  if (is_terminal(atomic_load(&t->state))) return APEX_OK;
   if (timeout_ms == 0) return APEX_E_AGAIN;
   apex_manager_t *m = t->m;
-  struct timespec until;
-  if (timeout_ms > 0) {
-    uint64_t at = apex__now_ns() + (uint64_t)timeout_ms * 1000000u;
-    until.tv_sec = (time_t)(at / 1000000000u);
-    until.tv_nsec = (long)(at % 1000000000u);
-  }
+  /* The runtime thread fires deadlines and retries: blocking it on a task
+   * could wait for ever. */
+  if (m->rt_started && pthread_equal(pthread_self(), m->rt_thread)) return APEX_E_INVALID;
+  uint64_t until = apex__ns_after_ms(timeout_ms);
+  struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
   apex_status_t rc = APEX_OK;
   pthread_mutex_lock(&m->wait_mu);
   atomic_fetch_add(&m->waiters, 1);
-  while (!is_terminal(atomic_load_explicit(&t->state, memory_order_acquire))) {
-    int e = timeout_ms < 0 ? pthread_cond_wait(&m->wait_cv, &m->wait_mu)
-                           : pthread_cond_timedwait(&m->wait_cv, &m->wait_mu, &until);
+  /* seq_cst loads: see finish_locked. */
+  while (!is_terminal(atomic_load(&t->state))) {
+    int e = until == UINT64_MAX ? pthread_cond_wait(&m->wait_cv, &m->wait_mu)
+                                : pthread_cond_timedwait(&m->wait_cv, &m->wait_mu, &ts);
     if (e == ETIMEDOUT && !is_terminal(atomic_load(&t->state))) {
       rc = APEX_E_AGAIN;
       break;
