@@ -230,15 +230,19 @@ APEX_EXTERN void apex_manager_config_init(apex_manager_config_t *cfg);
 
 /* Creates a manager: starts the runtime thread and the worker pool.
  * Returns: APEX_OK; APEX_E_INVALID (NULL out, bad cfg field, named in the
- * log), APEX_E_NOMEM, APEX_E_IO (a thread or fd could not be made).
+ * log), APEX_E_NOMEM, APEX_E_IO (a thread or fd could not be made). Note:
+ * libuv 1.44 aborts the process if an allocation fails while its loop
+ * registers its first fds; Apex's own code never aborts.
  * Ownership: cfg borrowed (copied); *out destroyed by apex_manager_destroy.
  * Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out);
 
 /* Shuts down: refuses new submits, lets queued and running tasks finish
  * until drain_ms passes, then cancels the rest (reason "shutdown"), waits up
- * to drain_ms again for handlers to return, runs plugin shutdown hooks and
- * frees everything. Outstanding task handles stay valid until released.
+ * to drain_ms again for handlers to return, delivers (DISPATCH mode, on the
+ * calling thread) the events still waiting, so every outcome reaches the
+ * host, runs plugin shutdown hooks and frees everything. A negative drain_ms
+ * waits without limit. Outstanding task handles stay valid until released.
  * Returns: APEX_OK; APEX_E_BUSY if handlers that ignore cancellation were
  * still running at the deadline: the manager is then freed by the last of
  * them when it returns (plugins stay loaded until then, and for good if that
@@ -293,8 +297,9 @@ APEX_EXTERN const char *apex_manager_plugin_file(apex_manager_t *m, const char *
 typedef struct apex_submit_opts {
   uint32_t struct_size;             /* set by apex_submit_opts_init */
   double timeout_s;                 /* overall deadline across retries
-                                       (schedule-to-close), seconds; 0: the
-                                       action's default; APEX_TIMEOUT_NONE: none */
+                                       (schedule-to-close), seconds, at most
+                                       1e9; 0: the action's default; negative
+                                       (APEX_TIMEOUT_NONE): none */
   const apex_retry_policy_t *retry; /* NULL: the action's; copied */
   apex_token_t *parent;             /* the task's token becomes its child */
   apex_event_fn on_event;           /* per-task override of the manager's */
@@ -355,8 +360,11 @@ APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_sta
 /* A task handle. Every function below is safe from any thread, in any
  * order, before or after the task ends, until apex_task_release. */
 
-/* Blocks until the task is terminal or timeout_ms passes (-1: forever).
- * Returns: APEX_OK when terminal; APEX_E_AGAIN on time-out; APEX_E_INVALID. */
+/* Blocks until the task is terminal or timeout_ms passes (negative:
+ * forever; 0: just checks).
+ * Returns: APEX_OK when terminal; APEX_E_AGAIN on time-out; APEX_E_INVALID
+ * for NULL, or when called on Apex's runtime thread (a LOOP-mode event
+ * callback), which must not block: it fires the deadlines. */
 APEX_EXTERN apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms);
 /* Asks the task to stop (reason NULL: "user"). A queued or retry-waiting
  * task ends `cancelled` at once. A running one ends when its handler

@@ -620,9 +620,14 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     /* Ends a queued task at once when the parent is cancelled. The
      * registration holds no reference: task_free removes it. */
     if (apex_token_on_cancel(apex__task_token_peek(t), on_token_cancel, t, &t->parent_cb_id) !=
-        APEX_OK)
-      apex__log(&m->log, APEX_LOG_WARN, "task %llu: cannot watch its parent token",
-                (unsigned long long)t->id);
+        APEX_OK) {
+      /* Live already: end it unseen (its life reference goes with it) and
+       * drop the handle the caller will not get. */
+      apex__task_finish(t, APEX_TASK_FAILED,
+                        apex__error_new(APEX_E_NOMEM, NULL, NULL, "out of memory"));
+      apex__task_unref(t);
+      return apex__fail(err, APEX_E_NOMEM, "out of memory watching the parent token");
+    }
   }
   if (t->deadline_ns) {
     /* Under the task's lock: a parent already cancelled may have ended it. */

@@ -133,7 +133,8 @@ static int check_default(const check_t *c, const apex_param_spec_t *s) {
   one.default_json = NULL;
   apex_action_desc_t probe = {.name = "probe", .params = &one, .n_params = 1};
   json_t *in = json_object();
-  if (!in || json_object_set_new(in, s->name, v) != 0) {
+  if (!in || json_object_set_new(in, s->name, v) != 0) { /* set_new takes v, even failing */
+    if (!in) json_decref(v);
     json_decref(in);
     return APEX_E_NOMEM;
   }

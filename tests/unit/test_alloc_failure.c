@@ -9,7 +9,7 @@
  * vacuously. A failure the call absorbs (glibc's vasprintf shrinking its
  * buffer, ld.so inside dlopen) may still yield success; the loop goes on.
  * apex_manager_new runs each N in a forked child, because libuv aborts on
- * some allocation failures (see KNOWN FAILURE below).
+ * some allocation failures (see TOLERATE_LIBUV_OOM_ABORT below).
  *
  * How: this program defines malloc, calloc, realloc, free, strdup, strndup
  * and posix_memalign itself. The executable's definitions win over every
@@ -671,16 +671,17 @@ static void warm_up(void) {
   }
 }
 
-/* KNOWN FAILURE (found by this test, not fixed here): at N=3, in both
+/* libuv aborts on allocation failure: at N=3, in both
  * delivery modes, apex_manager_new aborts the process. The allocation is
  * libuv's: apex__runtime_start (src/exec/runtime.c:247) calls uv_loop_init,
  * whose uv_signal_init -> uv__io_start grows the watcher array with
  * uv__reallocf and calls abort() when that fails (libuv 1.44,
  * src/unix/core.c maybe_resize); uv_async_init goes through the same
  * uv__io_start. Apex's own failure paths here are clean: every other N
- * fails with APEX_E_NOMEM or APEX_E_IO, no leak, no thread left. Set this
- * to 1 to accept SIGABRT (only) while libuv cannot report the failure. */
-#define TOLERATE_LIBUV_OOM_ABORT 0
+ * fails with APEX_E_NOMEM or APEX_E_IO, no leak, no thread left. libuv is
+ * the event loop DESIGN.md prescribes and cannot report this failure, so
+ * SIGABRT (only) is accepted here; apex_manager_new's header says so. */
+#define TOLERATE_LIBUV_OOM_ABORT 1
 
 /* apex_manager_new runs each N in a child process: libuv aborts the
  * process when some allocations fail (see the note on the tests below), and
@@ -808,13 +809,9 @@ static void test_manager_new_thread_or_fd_failure_tears_down(void **st) {
   manager_new_torture(1, APEX_DELIVER_DISPATCH);
 }
 
-/* KNOWN FAILURE (found by this test, not fixed here): leaks at N=11/12,
- * 22/23, 33/34, 43/44, 66/67, 84/85, one pair per param default of
- * testkit. src/plugin/loader.c:135-136, check_default: when json_object() for
- * `in` fails (either of its two allocations), the parsed default `v` is
- * never released: `!in` short-circuits past json_object_set_new, which is
- * what would have taken it. Fix: json_decref(v) when in is NULL. With that
- * one change this test passes. */
+/* Found a leak once (every param default of testkit, in check_default in
+ * src/plugin/loader.c: the parsed default was lost when json_object()
+ * failed); keeps it fixed. */
 static void test_manager_load_fails_cleanly_and_manager_stays_usable(void **st) {
   (void)st;
   warm_up();
