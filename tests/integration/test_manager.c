@@ -571,6 +571,66 @@ static void test_timeout_of_cooperative_task_is_timed_out(void **st) {
   destroy_ok(m);
 }
 
+/* Thread stacks mapped in this process: mappings of exactly the default
+ * 8 MiB. A thread that exited but was never joined keeps its stack mapped;
+ * glibc frees joined ones beyond a small cache (40 MiB). */
+static int stack_mappings(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  assert_non_null(f);
+  char line[512];
+  int n = 0;
+  unsigned long lo, hi;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo == 8ul << 20) n++;
+  fclose(f);
+  return n;
+}
+
+/* Many timeouts of deaf handlers, one after another: each strands its
+ * worker and gets a replacement; once the handlers returned the pool is
+ * back to its size with no dead thread kept (a long-lived host must not
+ * grow by a thread stack per timeout). */
+static void test_stuck_workers_are_reaped_after_their_handlers_return(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(2);
+  cfg.max_stuck_workers = 64;
+  apex_manager_t *m = make_manager(&cfg);
+  int base = stack_mappings();
+  enum { N = 40 };
+  apex_submit_opts_t o = opts_timeout(0.005);
+  for (int i = 0; i < N; i++) {
+    apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 40}", &o);
+    assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
+    assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
+    apex_task_release(t);
+  }
+  AWAIT(stats_of(m).running == 0, PROMPT_MS);
+  AWAIT(stats_of(m).stuck_workers == 0, PROMPT_MS);
+  AWAIT(stats_of(m).workers == cfg.workers, PROMPT_MS);
+  /* One more stranded worker: its replacement's spawn reaps the exited. */
+  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 40}", &o);
+  assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
+  apex_task_release(t);
+  AWAIT(stats_of(m).running == 0 && stats_of(m).workers == cfg.workers, PROMPT_MS);
+  /* Unjoined, the exited replacements would keep ~N 8 MiB stacks mapped. */
+  int grown = stack_mappings() - base;
+  if (grown > 8) print_error("%d more thread stacks mapped\n", grown);
+  assert_true(grown <= 8);
+  destroy_ok(m);
+}
+
+/* A huge wait timeout means "no limit", not an overflow to "already late". */
+static void test_wait_with_huge_timeout_waits_for_the_end(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  apex_manager_t *m = make_manager(&cfg);
+  apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 100}", NULL);
+  assert_int_equal(apex_task_wait(t, INT64_MAX), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  apex_task_release(t);
+  destroy_ok(m);
+}
+
 static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
@@ -898,6 +958,8 @@ int main(void) {
       cmocka_unit_test(test_parent_cancel_ends_queued_child_behind_running_sibling),
       cmocka_unit_test(test_timeout_of_cooperative_task_is_timed_out),
       cmocka_unit_test(test_timeout_of_deaf_handler_ends_task_before_handler_returns),
+      cmocka_unit_test(test_stuck_workers_are_reaped_after_their_handlers_return),
+      cmocka_unit_test(test_wait_with_huge_timeout_waits_for_the_end),
       cmocka_unit_test(test_replacement_worker_runs_tasks_while_one_is_stuck),
       cmocka_unit_test(test_stuck_handler_return_is_late_and_its_worker_retires),
       cmocka_unit_test(test_retry_policy_retries_transient_until_success),
