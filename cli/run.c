@@ -14,7 +14,7 @@
  * (exit 130); the second restores the cursor and _exits 130 at once.
  *
  * Exit: after the task ends the handle is released and the manager destroyed
- * with a 100 ms drain, so a handler that ignores cancellation cannot hold the
+ * with a 50 ms drain, so a handler that ignores cancellation cannot hold the
  * exit; if one is still running (APEX_E_BUSY) the process _exits without
  * freeing what that handler may still touch.
  *
