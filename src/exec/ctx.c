@@ -100,12 +100,13 @@ static int reject(apex_task_t *t, const char *why) {
 static int ctx_progress(apex_ctx_t *c, double pct, const char *msg) {
   apex_task_t *t = APEX__TASK_OF(c);
   if (!(pct >= 0.0 && pct <= 100.0)) return reject(t, "percentage: not a number in [0, 100]");
+  size_t len = 0;
   if (msg) {
-    size_t len = strnlen(msg, APEX_PROGRESS_MESSAGE_MAX + 1);
+    len = strnlen(msg, APEX_PROGRESS_MESSAGE_MAX + 1);
     if (len > APEX_PROGRESS_MESSAGE_MAX) return reject(t, "message: too long");
     if (!apex__utf8_valid(msg, len)) return reject(t, "message: not valid UTF-8");
   }
-  return apex__task_report(t, pct, msg, NULL, NULL, NULL);
+  return apex__task_report(t, pct, msg, len, NULL, NULL, NULL);
 }
 
 static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
@@ -119,7 +120,8 @@ static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
     json_decref(subs);
     return APEX_E_NOMEM;
   }
-  return apex__task_report(t, u->percentage, u->message, u->status, details, subs);
+  return apex__task_report(t, u->percentage, u->message, u->message ? strlen(u->message) : 0,
+                           u->status, details, subs);
 }
 
 static void ctx_set_result(apex_ctx_t *c, json_t *result) {

@@ -204,9 +204,10 @@ int apex__task_run(apex_task_t *t);
 int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete);
 /* Accepts a validated progress report from the plugin (ctx.c). Returns
  * APEX_OK (also for a late report, ignored and counted) or APEX_E_NOMEM.
+ * msg_len is strlen(msg) (0 for NULL), which the caller measured already.
  * Ownership: msg/status copied; details and sub_tasks taken. */
-int apex__task_report(apex_task_t *t, double pct, const char *msg, const char *status,
-                      json_t *details, json_t *sub_tasks);
+int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t msg_len,
+                      const char *status, json_t *details, json_t *sub_tasks);
 /* Makes t terminal with state/error unless it already is. Returns 1 if this
  * call did it. Takes no lock on entry; error taken. */
 int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error);

@@ -13,9 +13,10 @@
  * logging and waking waiters happen after the lock is dropped.
  *
  * Threads: any. Failure: an allocation failing while finishing a task
- * still finishes it (the error object falls back to a static one; a missing
- * event node means the event is not delivered, and the log says so). */
-#include <math.h>
+ * still finishes it (the error object falls back to a static one, and the
+ * DONE event is preallocated); an ATTEMPT, PROGRESS or RETRY event whose
+ * node cannot be allocated is not delivered, which leaves the task's state,
+ * its counters and apex_task_wait unaffected. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,6 +142,14 @@ void apex__task_flush_progress(apex_task_t *t) {
   log_progress(t, last);
 }
 
+/* Copies a status name (validated: short) into a slot field. A plain copy,
+ * not snprintf: this runs for every report a plugin makes. */
+static void set_status(char dst[32], const char *src) {
+  size_t n = strnlen(src, 31);
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+}
+
 /* Accepts a validated update from the plugin. status is never NULL here;
  * details/sub_tasks are taken. Returns APEX_OK (late reports included). */
 static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg_len,
@@ -156,7 +165,7 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
   }
   const char *prev = s->last_status[0] ? s->last_status : "running";
   int keep = strcmp(status, "milestone_reached") == 0 || strcmp(status, prev) != 0;
-  snprintf(s->last_status, sizeof s->last_status, "%s", status);
+  set_status(s->last_status, status);
   if (keep && s->n_backlog + 2 <= APEX__PROGRESS_BACKLOG_MAX) {
     /* Never dropped: the pending latest goes first, so order holds. */
     if (s->dirty) {
@@ -177,7 +186,7 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
   s->pct = pct;
   memcpy(s->msg, msg, msg_len);
   s->msg[msg_len] = '\0';
-  snprintf(s->status, sizeof s->status, "%s", status);
+  set_status(s->status, status);
   json_decref(s->details);
   json_decref(s->sub_tasks);
   s->details = details;
@@ -185,10 +194,9 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
   return APEX_OK;
 }
 
-int apex__task_report(apex_task_t *t, double pct, const char *msg, const char *status,
+int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, const char *status,
                       json_t *details, json_t *sub_tasks) {
   apex_manager_t *m = t->m;
-  size_t len = msg ? strlen(msg) : 0;
   pthread_mutex_t *mu = apex__task_mu(t);
   int request = 0, rc;
   pthread_mutex_lock(mu);
