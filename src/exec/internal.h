@@ -97,6 +97,7 @@ struct apex_task {
   apex_task_t *run_next;   /* run queue (m->pool_mu) */
   apex_task_t *live_prev, *live_next; /* live list (m->pool_mu) */
   apex_task_t *flush_next; /* flush list (m->flush_mu) */
+  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
   int flush_queued;        /* (m->flush_mu) */
   apex__ev_t *done_ev;     /* &done_storage until the DONE event is queued */
   struct apex__ev {

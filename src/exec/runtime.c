@@ -193,11 +193,16 @@ static void flush_all(apex_manager_t *m) {
   pthread_mutex_lock(&m->flush_mu);
   apex_task_t *t = m->flush_head;
   m->flush_head = NULL;
-  for (apex_task_t *i = t; i; i = i->flush_next) i->flush_queued = 0;
+  /* Once flush_queued is 0 a plugin may queue the task again, rewriting
+   * flush_next: walk a link only this thread writes. */
+  for (apex_task_t *i = t; i; i = i->flush_next) {
+    i->flush_queued = 0;
+    i->flush_work_next = i->flush_next;
+  }
   m->last_flush_ns = apex__now_ns();
   pthread_mutex_unlock(&m->flush_mu);
   while (t) {
-    apex_task_t *next = t->flush_next;
+    apex_task_t *next = t->flush_work_next;
     apex__task_flush_progress(t);
     apex__task_unref(t);
     t = next;
