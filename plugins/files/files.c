@@ -263,13 +263,20 @@ static int copy(apex_ctx_t *ctx) {
 
   int rc = APEX_OK, out = -1;
   unsigned char *buf = NULL;
-  size_t tlen = strlen(dst) + sizeof ".apex-tmp-XXXXXX";
+  /* The temp file goes in dst's directory (the rename must not cross file
+   * systems) under a short name of its own, so a dst name near NAME_MAX
+   * still works. */
+  const char *slash = strrchr(dst, '/');
+  int dir_len = slash ? (int)(slash - dst) : 1;
+  const char *dir = slash ? dst : ".";
+  if (slash == dst) dir_len = 0; /* dst in "/": "" + "/.apex-tmp-..." */
+  size_t tlen = (size_t)dir_len + sizeof "/.apex-tmp-XXXXXX";
   char *tmp = malloc(tlen);
   if (!tmp) {
     rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory copying '%s'", src);
     goto out;
   }
-  snprintf(tmp, tlen, "%s.apex-tmp-XXXXXX", dst);
+  snprintf(tmp, tlen, "%.*s/.apex-tmp-XXXXXX", dir_len, dir);
   out = mkostemp(tmp, O_CLOEXEC);
   if (out < 0) {
     rc = apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot create a temporary file beside '%s': %s",
@@ -278,7 +285,9 @@ static int copy(apex_ctx_t *ctx) {
     tmp = NULL; /* nothing to unlink */
     goto out;
   }
-  if (fchmod(out, st.st_mode & 07777) != 0) {
+  /* Permission bits only, as cp without -p: a copy made by a privileged
+   * host must not turn into a setuid or setgid file. */
+  if (fchmod(out, st.st_mode & 0777) != 0) {
     rc = apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot set the mode of '%s': %s", tmp,
                        errstr(errno, eb, sizeof eb));
     goto out;
@@ -306,6 +315,12 @@ static int copy(apex_ctx_t *ctx) {
         rc = apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot copy '%s' to '%s': %s", src, tmp,
                            errstr(errno, eb, sizeof eb));
         goto out;
+      }
+      if (n == 0 && done == 0) {
+        /* Some kernels report 0 at once for files whose size they cannot
+         * tell (procfs, sysfs): let read() confirm the end. */
+        use_cfr = 0;
+        continue;
       }
     } else {
       if (!buf && !(buf = malloc(CHUNK))) {
@@ -339,6 +354,11 @@ static int copy(apex_ctx_t *ctx) {
   if (cr != 0) {
     rc = apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot close '%s': %s", tmp,
                        errstr(errno, eb, sizeof eb));
+    goto out;
+  }
+  if (apex_ctx_is_cancelled(ctx)) { /* e.g. a deadline that passed during fsync */
+    rc = apex_ctx_fail(ctx, APEX_E_CANCELLED, "copy of '%s' cancelled before it was put in place",
+                       src);
     goto out;
   }
   if (place(tmp, dst, overwrite) != 0) {

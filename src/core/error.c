@@ -1,8 +1,11 @@
 /* Error objects: immutable once built, so readers need no lock; only the
  * reference count is atomic. When memory runs out we hand out one static
  * "out of memory" error whose ref/unref do nothing, so reporting an error
- * can itself never fail. */
+ * can itself never fail. Text is scrubbed to valid UTF-8 on the way in
+ * (messages carry plugin text and caller input), so apex_error_to_json
+ * fails only for want of memory. */
 #include "core/error.h"
+#include "core/utf8.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -62,6 +65,9 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
     error_free(e);
     return &nomem_error;
   }
+  apex__utf8_scrub(e->message);
+  if (e->plugin) apex__utf8_scrub(e->plugin);
+  if (e->action) apex__utf8_scrub(e->action);
   return e;
 }
 

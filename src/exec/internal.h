@@ -25,10 +25,10 @@
 
 #include "apex/apex.h"
 #include "core/log.h"
+#include "core/policy.h"
 #include "plugin/loader.h"
 
 #define APEX__LOCK_STRIPES 64
-#define APEX__MAX_NON_RETRYABLE 16
 #define APEX__PROGRESS_BACKLOG_MAX 64
 
 typedef struct apex__ev apex__ev_t;

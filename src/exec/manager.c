@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/policy.h"
 #include "exec/internal.h"
 
 #define MAX_WORKERS 1024
@@ -493,24 +494,15 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
                         const apex_submit_opts_t *o, apex_task_t *t, apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
   if (timeout == 0) timeout = a->default_timeout_s;
-  /* 1e9 s (~31 years) keeps now + timeout well inside 64-bit nanoseconds. */
-  if (isnan(timeout) || timeout > 1e9)
-    return apex__fail(err, APEX_E_INVALID,
-                      "timeout %g s: want a finite number of seconds, at most 1e9", timeout);
+  char why[160];
+  if (!apex__timeout_check(timeout, why, sizeof why))
+    return apex__fail(err, APEX_E_INVALID, "%s", why);
   if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
   t->timeout_s = timeout;
   if (timeout > 0) t->deadline_ns = apex__now_ns() + (uint64_t)(timeout * 1e9);
   const apex_retry_policy_t *r = o && o->retry ? o->retry : &a->default_retry;
-  if (!(r->initial_interval_s >= 0 && r->initial_interval_s < 1e9) ||
-      !(r->max_interval_s >= 0 && r->max_interval_s < 1e9) ||
-      !(r->backoff_coefficient == 0 || (r->backoff_coefficient >= 1 && r->backoff_coefficient < 1e3)) ||
-      !(r->jitter >= 0 && r->jitter <= 1))
-    return apex__fail(err, APEX_E_INVALID,
-                      "retry policy: intervals must be finite and >= 0, backoff_coefficient 0 "
-                      "or in [1, 1000), jitter in [0, 1]");
-  if (r->n_non_retryable > APEX__MAX_NON_RETRYABLE || (r->n_non_retryable && !r->non_retryable))
-    return apex__fail(err, APEX_E_INVALID, "retry policy: non_retryable: at most %d codes",
-                      APEX__MAX_NON_RETRYABLE);
+  if (!apex__retry_policy_check(r, why, sizeof why))
+    return apex__fail(err, APEX_E_INVALID, "retry policy: %s", why);
   t->retry = *r;
   for (size_t i = 0; i < r->n_non_retryable; i++) t->non_retryable[i] = r->non_retryable[i];
   t->retry.non_retryable = NULL; /* copied into t->non_retryable */

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/policy.h"
 #include "plugin/loader.h"
 
 /* The v1 ABI needs every field up to n_actions; anything shorter cannot be
@@ -180,20 +181,8 @@ static int check_param(const check_t *c, const apex_action_desc_t *a, size_t i) 
 }
 
 static int check_retry(const check_t *c, const apex_retry_policy_t *r) {
-  if (!(r->backoff_coefficient == 0 || (isfinite(r->backoff_coefficient) &&
-                                        r->backoff_coefficient >= 1)))
-    return bad(c, "default_retry.backoff_coefficient %g is neither 0 nor >= 1",
-               r->backoff_coefficient);
-  if (!finite_nonneg(r->initial_interval_s))
-    return bad(c, "default_retry.initial_interval_s %g is not finite and >= 0",
-               r->initial_interval_s);
-  if (!finite_nonneg(r->max_interval_s))
-    return bad(c, "default_retry.max_interval_s %g is not finite and >= 0", r->max_interval_s);
-  if (!(isfinite(r->jitter) && r->jitter >= 0 && r->jitter <= 1))
-    return bad(c, "default_retry.jitter %g is not in [0, 1]", r->jitter);
-  if (r->n_non_retryable > 0 && !r->non_retryable)
-    return bad(c, "default_retry.non_retryable is NULL but n_non_retryable is %zu",
-               r->n_non_retryable);
+  char why[160];
+  if (!apex__retry_policy_check(r, why, sizeof why)) return bad(c, "default_retry.%s", why);
   return APEX_OK;
 }
 
@@ -217,8 +206,9 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
     int rc = check_param(c, a, k);
     if (rc != APEX_OK) return rc;
   }
-  if (!finite_nonneg(a->default_timeout_s))
-    return bad(c, "default_timeout_s %g is not finite and >= 0", a->default_timeout_s);
+  if (!finite_nonneg(a->default_timeout_s) || a->default_timeout_s > APEX__MAX_TIMEOUT_S)
+    return bad(c, "default_timeout_s %g is not in [0, %g]", a->default_timeout_s,
+               APEX__MAX_TIMEOUT_S);
   return check_retry(c, &a->default_retry);
 }
 

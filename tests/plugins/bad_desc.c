@@ -85,6 +85,14 @@ const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
     params[0].max = NAN;
   } else if (!strcmp(c, "bad_timeout")) {
     actions[0].default_timeout_s = -1;
+  } else if (!strcmp(c, "huge_timeout")) {
+    actions[0].default_timeout_s = 2e9;
+  } else if (!strcmp(c, "huge_backoff")) {
+    actions[0].default_retry.backoff_coefficient = 5000;
+  } else if (!strcmp(c, "many_non_retryable")) {
+    static const apex_status_t codes[20] = {APEX_E_EXECUTION};
+    actions[0].default_retry.non_retryable = codes;
+    actions[0].default_retry.n_non_retryable = 20;
   } else if (!strcmp(c, "bad_retry")) {
     actions[0].default_retry.backoff_coefficient = 0.5;
   } else if (!strcmp(c, "bad_jitter")) {

@@ -328,11 +328,16 @@ BAD_DESC_TEST(bounds_on_bool, APEX_E_PLUGIN_LOAD,
 BAD_DESC_TEST(min_above_max, APEX_E_PLUGIN_LOAD, "action 'run': param 'n': min 20 is above max 10")
 BAD_DESC_TEST(nan_bound, APEX_E_PLUGIN_LOAD, "action 'run': param 'n': max is not finite")
 BAD_DESC_TEST(bad_timeout, APEX_E_PLUGIN_LOAD,
-              "action 'run': default_timeout_s -1 is not finite and >= 0")
+              "action 'run': default_timeout_s -1 is not in [0, 1e+09]")
+BAD_DESC_TEST(huge_timeout, APEX_E_PLUGIN_LOAD,
+              "action 'run': default_timeout_s 2e+09 is not in [0, 1e+09]")
 BAD_DESC_TEST(bad_retry, APEX_E_PLUGIN_LOAD,
-              "action 'run': default_retry.backoff_coefficient 0.5 is neither 0 nor >= 1")
-BAD_DESC_TEST(bad_jitter, APEX_E_PLUGIN_LOAD,
-              "action 'run': default_retry.jitter 1.5 is not in [0, 1]")
+              "action 'run': default_retry.backoff_coefficient 0.5: want 0 (default 2) or [1, 1000]")
+BAD_DESC_TEST(huge_backoff, APEX_E_PLUGIN_LOAD,
+              "action 'run': default_retry.backoff_coefficient 5000: want 0 (default 2) or [1, 1000]")
+BAD_DESC_TEST(bad_jitter, APEX_E_PLUGIN_LOAD, "action 'run': default_retry.jitter 1.5: want [0, 1]")
+BAD_DESC_TEST(many_non_retryable, APEX_E_PLUGIN_LOAD,
+              "action 'run': default_retry.n_non_retryable 20: at most 16")
 BAD_DESC_TEST(null_non_retryable, APEX_E_PLUGIN_LOAD,
               "action 'run': default_retry.non_retryable is NULL but n_non_retryable is 2")
 BAD_DESC_TEST(small_struct, APEX_E_PLUGIN_LOAD, "struct_size 16 is outside *")
@@ -382,6 +387,9 @@ int main(void) {
       cmocka_unit_test(test_bad_desc_bad_timeout),
       cmocka_unit_test(test_bad_desc_bad_retry),
       cmocka_unit_test(test_bad_desc_bad_jitter),
+      cmocka_unit_test(test_bad_desc_huge_timeout),
+      cmocka_unit_test(test_bad_desc_huge_backoff),
+      cmocka_unit_test(test_bad_desc_many_non_retryable),
       cmocka_unit_test(test_bad_desc_null_non_retryable),
       cmocka_unit_test(test_bad_desc_small_struct),
       cmocka_unit_test(test_bad_desc_huge_struct),
