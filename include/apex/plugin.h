@@ -55,8 +55,9 @@ typedef struct apex_param_spec {
   apex_param_type_t type;
   int required;              /* nonzero: must be given; default_json unused */
   const char *default_json;  /* JSON text of the default, or NULL: none */
-  int has_min, has_max;      /* bounds for INT and NUMBER; for STRING and */
-  double min, max;           /* ARRAY they bound the length */
+  int has_min, has_max;      /* bounds for INT and NUMBER; for STRING they */
+  double min, max;           /* bound the length in bytes of UTF-8, for
+                                ARRAY the number of elements */
   const char *description;
 } apex_param_spec_t;
 
