@@ -9,12 +9,14 @@
 
 #include <apex/apex.h>
 
-/* Exit codes (the command's contract, see usage in main.c). */
+/* Exit codes (the command's contract, see usage in main.c). A run cancelled
+ * by SIGINT, SIGTERM or SIGHUP exits 128 + the signal number. */
 enum {
   CLI_EXIT_OK = 0,
   CLI_EXIT_FAILED = 1,
   CLI_EXIT_USAGE = 2,
   CLI_EXIT_TIMEOUT = 124,
+  CLI_EXIT_SIGNAL_BASE = 128,
   CLI_EXIT_CANCELLED = 130
 };
 
@@ -43,9 +45,32 @@ int cli_fail(int json, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
  * e NULL: the sentence for code. Ownership: e borrowed. */
 int cli_fail_error(int json, int code, const apex_error_t *e);
 
-/* Writes obj as one compact JSON line on stdout and flushes. Ownership:
+/* Writes obj as one compact JSON line on stdout and flushes; once a write
+ * has failed (see cli_output_failed) it writes nothing more. Ownership:
  * obj taken (NULL: prints nothing, for a failed allocation upstream). */
 void cli_emit(json_t *obj);
+
+/* Returns: 1 once writing or flushing stdout in cli_emit has failed (the
+ * reader closed the pipe), else 0. */
+int cli_output_failed(void);
+
+/* Copies src into dst (cap bytes, NUL included) as valid UTF-8: each byte
+ * that does not start a valid character becomes U+FFFD, and a copy that
+ * does not fit is cut between characters. cap 0: no-op. */
+void cli_utf8_clean(char *dst, size_t cap, const char *src);
+
+/* Returns: cli_utf8_clean of all of src (malloc'd; caller frees), or NULL
+ * on no memory. */
+char *cli_utf8_dup(const char *src);
+
+/* Returns: e as JSON for a result line, never without "code" and "message":
+ * apex_error_to_json(e), or, if that fails or e is NULL, {code, message}
+ * built from code (e's own code when e is set) and e's message made valid
+ * UTF-8. NULL only on no memory. Ownership: e borrowed; new reference. */
+json_t *cli_error_json(const apex_error_t *e, int code);
+
+/* Prints "apex: MSG" on stderr with MSG passed through cli_term_clean. */
+void cli_eprint(const char *msg);
 
 /* Creates a manager (2 workers, log level from APEX_LOG; progress at up to
  * 100/s in JSON mode) with the
@@ -106,5 +131,12 @@ void cli_display_draw(cli_display_t *d);
 /* Erases the block, so a normal line can print where it was; the next draw
  * puts the block below that line. */
 void cli_display_erase(cli_display_t *d);
+
+/* Returns: text made safe to print on a terminal, by the display's own rule:
+ * control characters (C0, DEL, C1: ESC, newlines, ...) become spaces and
+ * malformed UTF-8 bytes '?', so plugin or argv text cannot move the cursor,
+ * retitle the window or break a line (malloc'd; caller frees), or NULL on
+ * no memory. */
+char *cli_term_clean(const char *text);
 
 #endif

@@ -12,6 +12,9 @@
  * hidden while the display is up and shown again by cli_display_free (and
  * by the SIGINT handler in run.c on a hard exit).
  *
+ * The same character rule is exported as cli_term_clean, for the other lines
+ * the command prints (outcome, retry notices, errors echoing argv).
+ *
  * Threads: main thread only. What can fail: memory for a frame (the frame
  * is then skipped) and writes to the terminal (ignored: nothing to report
  * them on).
@@ -380,6 +383,18 @@ void cli_display_draw(cli_display_t *d) {
   free(b.p);
   d->dirty = 0;
   d->last_draw_ms = cli_now_ms();
+}
+
+char *cli_term_clean(const char *text) {
+  sbuf_t b = {0};
+  line_t l = {&b, 1 << 30}; /* no width limit: only the character rule */
+  sb_put(&b, "", 0);        /* an empty text is "", not NULL */
+  put_text(&l, text);
+  if (b.oom) {
+    free(b.p);
+    return NULL;
+  }
+  return b.p;
 }
 
 void cli_display_erase(cli_display_t *d) {

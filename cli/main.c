@@ -5,8 +5,10 @@
  * name ("apex: --timeout: 'abc' is not ...") with exit code 2, and for `run`
  * in JSON mode also as a result line, so a script reading stdout sees it.
  * Single-threaded (the library's threads start only inside a command). */
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +30,10 @@ static const char usage_text[] =
     "  --param KEY=VALUE   set a param; VALUE is taken as JSON if it parses\n"
     "                      (5, true, 1.5, {\"a\":1}), else as a string\n"
     "  --params JSON       a JSON object of params, applied before every --param\n"
-    "  --timeout SECONDS   overall deadline across attempts (positive, e.g. 2.5)\n"
+    "                      (VALUE starting with a digit, -, [, { or \" must be\n"
+    "                      valid JSON; write such a string as \"...\")\n"
+    "  --timeout SECONDS   overall deadline across attempts (at least 0.001,\n"
+    "                      e.g. 2.5)\n"
     "  --retries N         retry a failed attempt up to N times (N+1 attempts)\n"
     "  --json              print JSON Lines events (the default when stdout is\n"
     "                      not a terminal)\n"
@@ -43,7 +48,9 @@ static const char usage_text[] =
     "APEX_LOG=error|warn|info|debug|off sets the log level (default warn).\n"
     "\n"
     "Exit status: 0 succeeded, 1 failed, 2 usage or invalid input,\n"
-    "124 timed out, 130 cancelled (Ctrl-C; press it twice to exit at once).\n";
+    "124 timed out, 130 cancelled (Ctrl-C; press it twice to exit at once),\n"
+    "143 cancelled by SIGTERM, 129 by SIGHUP. A run whose output is closed\n"
+    "(apex run ... | head -1) cancels its task and exits 1.\n";
 
 typedef struct parse_state {
   cli_opts_t *o;
@@ -65,22 +72,35 @@ static int parse_fail(parse_state_t *ps, int code, const char *fmt, ...) {
   return -1;
 }
 
+/* Shortest --timeout: below a millisecond the deadline rounds to nothing
+ * (1e-300 s would be 0 ns) and the run could only time out at once. */
+#define MIN_TIMEOUT_S 0.001
+
 static int parse_timeout(parse_state_t *ps, const char *v) {
+  /* Plain decimal only: strtod would also take " 5", "0x1p3" and "inf". */
+  int plain = *v != '\0' && strspn(v, "0123456789.eE+-") == strlen(v);
   char *end = NULL;
   errno = 0;
-  double t = strtod(v, &end);
-  if (end == v || *end != '\0' || errno != 0 || !isfinite(t) || t <= 0)
+  double t = plain ? strtod(v, &end) : 0;
+  /* ERANGE on underflow still yields a tiny positive t: the minimum says it. */
+  if (!plain || end == v || *end != '\0' || (errno != 0 && !(t > 0 && t < MIN_TIMEOUT_S)) ||
+      !isfinite(t) || t <= 0)
     return parse_fail(ps, APEX_E_INVALID, "--timeout: '%s' is not a positive number of seconds", v);
+  if (t < MIN_TIMEOUT_S)
+    return parse_fail(ps, APEX_E_INVALID, "--timeout: '%s' is too short: at least 0.001 seconds",
+                      v);
   ps->o->timeout_s = t;
   return 0;
 }
 
 static int parse_retries(parse_state_t *ps, const char *v) {
+  /* Digits only: strtol would also take " 5" and "+5". */
+  int plain = *v != '\0' && strspn(v, "0123456789") == strlen(v);
   char *end = NULL;
   errno = 0;
-  long n = strtol(v, &end, 10);
+  long n = plain ? strtol(v, &end, 10) : -1;
   /* The cap keeps N+1 inside the policy's uint32 with room to spare. */
-  if (end == v || *end != '\0' || errno != 0 || n < 0 || n > 1000000)
+  if (!plain || end == v || *end != '\0' || errno != 0 || n < 0 || n > 1000000)
     return parse_fail(ps, APEX_E_INVALID,
                       "--retries: '%s' is not a whole number of retries from 0 to 1000000", v);
   ps->o->retries = n;
@@ -107,13 +127,41 @@ static int parse_params_json(parse_state_t *ps, const char *v) {
   return 0;
 }
 
+/* Returns: 1 if s is, in full, a JSON number token (-?digits[.digits][e±digits]):
+ * such a value that jansson refuses (beyond int64) was meant as a number. */
+static int is_number_token(const char *s) {
+  if (*s == '-') s++;
+  if (!isdigit((unsigned char)*s)) return 0;
+  while (isdigit((unsigned char)*s)) s++;
+  if (*s == '.') {
+    if (!isdigit((unsigned char)*++s)) return 0;
+    while (isdigit((unsigned char)*s)) s++;
+  }
+  if (*s == 'e' || *s == 'E') {
+    s++;
+    if (*s == '+' || *s == '-') s++;
+    if (!isdigit((unsigned char)*s)) return 0;
+    while (isdigit((unsigned char)*s)) s++;
+  }
+  return *s == '\0';
+}
+
 static int parse_param_kv(parse_state_t *ps, const char *v) {
   const char *eq = strchr(v, '=');
   if (!eq || eq == v)
     return parse_fail(ps, APEX_E_INVALID_PARAMS, "--param: '%s' is not KEY=VALUE", v);
   /* VALUE is JSON when the whole of it parses as JSON (5, true, "x", [1]);
-   * anything else, a bare word or a path, is meant as a string. */
-  json_t *val = json_loads(eq + 1, JSON_DECODE_ANY, NULL);
+   * a bare word or a path (-v, 2024/x) is meant as a string. But a value
+   * that is a number token or opens an array, object or string and does not
+   * parse (a number too big for int64, "[1,") was meant as JSON: taking it
+   * as a string would only fail later, as a type error naming the wrong
+   * cause. (true/false/null always parse.) */
+  json_error_t jerr;
+  json_t *val = json_loads(eq + 1, JSON_DECODE_ANY, &jerr);
+  if (!val && (is_number_token(eq + 1) || (eq[1] != '\0' && strchr("[{\"", eq[1]))))
+    return parse_fail(ps, APEX_E_INVALID_PARAMS,
+                      "--param %.*s: '%s' is not valid JSON (%s); write a string as \"...\"",
+                      (int)(eq - v), v, eq + 1, jerr.text);
   if (!val) val = json_string(eq + 1);
   json_t *key = json_stringn(v, (size_t)(eq - v));
   if (!val || !key) {
@@ -141,7 +189,9 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
   const char *value = NULL;
   const char *eq = strchr(arg, '=');
   size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
-  if (nlen >= sizeof name) nlen = sizeof name - 1;
+  /* Longer than any option: unknown, and not cut (possibly mid-character). */
+  if (nlen >= sizeof name)
+    return parse_fail(ps, APEX_E_INVALID, "unknown option '%s' (see apex --help)", arg);
   memcpy(name, arg, nlen);
   name[nlen] = '\0';
 
@@ -250,6 +300,21 @@ int main(int argc, char **argv) {
   }
   ps.is_run = first_positional_is_run(argc, argv);
   int json = ps.is_run && wants_json(argc, argv);
+  if (ps.is_run) {
+    /* A reader that goes away (apex run ... | head -1) must not kill us
+     * mid-task: the task is cancelled and cleans up instead (run.c), which
+     * needs the write to fail with EPIPE rather than raise SIGPIPE. Set
+     * before any thread exists, so the library's threads share it. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPIPE, &sa, NULL) != 0) {
+      fprintf(stderr, "apex: cannot ignore SIGPIPE: %s\n", strerror(errno));
+      code = CLI_EXIT_FAILED;
+      goto out;
+    }
+  }
 
   if (parse_args(&ps, argc, argv) != 0 || merge_params(&ps) != 0) {
     if (ps.help || ps.version) goto info; /* "apex --help --bogus" still helps */

@@ -1,8 +1,11 @@
 /* Helpers the apex commands share: reporting a failure (stderr, plus a JSON
  * result line in JSON mode), writing JSON Lines, creating the manager and
- * loading the plugin a command names. Main thread only. What can fail: out
- * of memory (reported as such) and the library's own errors, which are
- * passed on with their message. */
+ * loading the plugin a command names, and making text from argv or plugins
+ * safe to print: valid UTF-8 for JSON (jansson refuses anything else, which
+ * would drop the line), free of control characters for a terminal.
+ * Main thread only. What can fail: out of memory (reported as such), writes
+ * to stdout (remembered, see cli_output_failed) and the library's own
+ * errors, which are passed on with their message. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,8 +21,76 @@ int64_t cli_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Set once a write to stdout failed (a closed pipe: SIGPIPE is ignored in
+ * `run`, so it shows up here as EPIPE); nothing more is written after it. */
+static int g_output_failed;
+
+int cli_output_failed(void) { return g_output_failed; }
+
+/* Returns: the length of the valid UTF-8 character at s (1-4), or 0 if s
+ * does not start one. Strict as jansson is: no overlong forms, surrogates
+ * or code points past U+10FFFF. */
+static size_t utf8_char_len(const unsigned char *s) {
+  if (s[0] < 0x80) return 1;
+  size_t n;
+  unsigned long cp, min;
+  if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2, cp = s[0] & 0x1Fu, min = 0x80;
+  else if ((s[0] & 0xF0) == 0xE0) n = 3, cp = s[0] & 0x0Fu, min = 0x800;
+  else if (s[0] >= 0xF0 && s[0] <= 0xF4) n = 4, cp = s[0] & 0x07u, min = 0x10000;
+  else return 0;
+  for (size_t i = 1; i < n; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0; /* also stops at the terminating NUL */
+    cp = (cp << 6) | (s[i] & 0x3Fu);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+void cli_utf8_clean(char *dst, size_t cap, const char *src) {
+  static const char repl[] = "\xEF\xBF\xBD"; /* U+FFFD */
+  const unsigned char *s = (const unsigned char *)src;
+  size_t used = 0;
+  if (cap == 0) return;
+  while (*s) {
+    size_t n = utf8_char_len(s);
+    const char *piece = n ? (const char *)s : repl;
+    size_t plen = n ? n : sizeof repl - 1;
+    if (used + plen + 1 > cap) break; /* cut between characters, never inside one */
+    memcpy(dst + used, piece, plen);
+    used += plen;
+    s += n ? n : 1;
+  }
+  dst[used] = '\0';
+}
+
+char *cli_utf8_dup(const char *src) {
+  size_t len = strlen(src);
+  /* Worst case every byte becomes the 3-byte U+FFFD. */
+  if (len > (SIZE_MAX - 1) / 3) return NULL;
+  char *dst = malloc(len * 3 + 1);
+  if (dst) cli_utf8_clean(dst, len * 3 + 1, src);
+  return dst;
+}
+
+json_t *cli_error_json(const apex_error_t *e, int code) {
+  json_t *j = e ? apex_error_to_json(e) : NULL;
+  if (j) return j;
+  /* Whatever the library could not turn into JSON (a message that is not
+   * UTF-8, no memory), the line still gets a code and a readable message. */
+  if (e) code = apex_error_code(e);
+  const char *msg = e ? apex_error_message(e) : NULL;
+  char *clean = cli_utf8_dup(msg ? msg : apex_strerror(code));
+  j = json_pack("{s:s, s:s}", "code", apex_status_name(code), "message", clean ? clean : "?");
+  free(clean);
+  return j;
+}
+
 void cli_emit(json_t *obj) {
   if (!obj) return;
+  if (g_output_failed) {
+    json_decref(obj);
+    return;
+  }
   /* 15 significant digits: 0.05 prints as 0.05, not 0.050000000000000003. */
   char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
   json_decref(obj);
@@ -31,7 +102,7 @@ void cli_emit(json_t *obj) {
    * sees each event as it happens, not at exit. */
   fputs(s, stdout);
   fputc('\n', stdout);
-  fflush(stdout);
+  if (fflush(stdout) != 0 || ferror(stdout)) g_output_failed = 1;
   free(s);
 }
 
@@ -47,7 +118,9 @@ static int exit_code_for(int code) {
   }
 }
 
-static void emit_failed(json_t *error) {
+static void emit_failed(json_t *error, int code) {
+  /* A result line always has an error, even if building it failed. */
+  if (!error) error = cli_error_json(NULL, code);
   cli_emit(json_pack("{s:s, s:n, s:s, s:o}", "event", "result", "task", "state", "failed", "error",
                      error));
 }
@@ -58,16 +131,27 @@ int cli_fail(int json, int code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  fprintf(stderr, "apex: %s\n", msg);
-  if (json) emit_failed(json_pack("{s:s, s:s}", "code", apex_status_name(code), "message", msg));
+  /* msg may echo argv: bytes that are not UTF-8, escapes, a cut character. */
+  cli_eprint(msg);
+  if (json) {
+    char clean[sizeof msg * 3];
+    cli_utf8_clean(clean, sizeof clean, msg);
+    emit_failed(json_pack("{s:s, s:s}", "code", apex_status_name(code), "message", clean), code);
+  }
   return exit_code_for(code);
 }
 
 int cli_fail_error(int json, int code, const apex_error_t *e) {
   if (!e) return cli_fail(json, code, "%s", apex_strerror(code));
-  fprintf(stderr, "apex: %s\n", apex_error_message(e));
-  if (json) emit_failed(apex_error_to_json(e));
+  cli_eprint(apex_error_message(e));
+  if (json) emit_failed(cli_error_json(e, code), code);
   return exit_code_for(code);
+}
+
+void cli_eprint(const char *msg) {
+  char *clean = cli_term_clean(msg ? msg : "");
+  fprintf(stderr, "apex: %s\n", clean ? clean : "(message lost: out of memory)");
+  free(clean);
 }
 
 int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, apex_log_fn log,

@@ -9,6 +9,7 @@
  * generous deadline, failing the test), so none outlives its test. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -24,6 +25,8 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <dirent.h>
 
 #include <cmocka.h>
 #include <jansson.h>
@@ -49,6 +52,7 @@ typedef struct proc {
   buf_t out, err;
   int64_t start_ms, end_ms;
   int code;    /* exit status, or 128 + signal */
+  int signaled; /* killed by a signal (code is then 128 + it) */
 } proc_t;
 
 static void buf_add(buf_t *b, const char *s, size_t n) {
@@ -186,6 +190,7 @@ static void proc_wait(proc_t *p) {
   for (int i = 0; i < 2; i++)
     if (p->fds[i] >= 0) close(p->fds[i]);
   p->code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  p->signaled = WIFSIGNALED(status);
 }
 
 static void run(proc_t *p, const char *first, ...) {
@@ -514,7 +519,7 @@ static void test_run_params_not_an_object_exits_2(void **st) {
 
 static void test_run_bad_timeout_exits_2_naming_it(void **st) {
   (void)st;
-  const char *bad[] = {"abc", "0", "-1", "1s", "nan", ""};
+  const char *bad[] = {"abc", "0", "-1", "1s", "nan", "", "0x10", " 1", "1 ", "inf", "1e999"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     proc_t p;
     run(&p, "run", "example_async.long_task", "--timeout", bad[i], NULL);
@@ -527,7 +532,7 @@ static void test_run_bad_timeout_exits_2_naming_it(void **st) {
 
 static void test_run_bad_retries_exits_2_naming_it(void **st) {
   (void)st;
-  const char *bad[] = {"x", "-1", "1.5", ""};
+  const char *bad[] = {"x", "-1", "1.5", "", "0x10", " 1", "1 ", "+1"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     proc_t p;
     run(&p, "run", "example_async.long_task", "--retries", bad[i], NULL);
@@ -656,16 +661,23 @@ static void test_describe_unknown_action_exits_2(void **st) {
 
 /* ---------------------------------------------------- terminal display */
 
-static void test_terminal_display_redraws_bar_and_sub_tasks_in_place(void **st) {
-  (void)st;
+/* Opens a 100x30 pseudo-terminal. Returns: the master fd; its slave's path
+ * in name, for proc_spawn. */
+static int pty_open(char *name, size_t len) {
   int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
   assert_true(master >= 0);
   assert_int_equal(grantpt(master), 0);
   assert_int_equal(unlockpt(master), 0);
-  char name[128];
-  assert_int_equal(ptsname_r(master, name, sizeof name), 0);
+  assert_int_equal(ptsname_r(master, name, len), 0);
   struct winsize ws = {.ws_row = 30, .ws_col = 100};
   assert_int_equal(ioctl(master, TIOCSWINSZ, &ws), 0);
+  return master;
+}
+
+static void test_terminal_display_redraws_bar_and_sub_tasks_in_place(void **st) {
+  (void)st;
+  char name[128];
+  int master = pty_open(name, sizeof name);
 
   char *argv[] = {(char *)APEX_CLI_PATH, "run", "example_async.long_task", "--param", "steps=10",
                   "--param", "step_ms=30", "--param", "sub_tasks=3", NULL};
@@ -684,6 +696,206 @@ static void test_terminal_display_redraws_bar_and_sub_tasks_in_place(void **st) 
   assert_contains(out, "succeeded: {");
   assert_contains(out, "\x1b[?25h");          /* cursor restored */
   assert_null(strstr(out, "\"event\""));      /* not JSON Lines */
+  proc_free(&p);
+}
+
+static void test_terminal_outcome_carries_no_escape_from_a_path(void **st) {
+  (void)st;
+  char name[128];
+  int master = pty_open(name, sizeof name);
+  /* Sets the window title and clears the screen, if printed raw. */
+  char *argv[] = {(char *)APEX_CLI_PATH, "run", "files.checksum", "--param",
+                  "path=/nonexistent/\x1b]0;PWNED\a\x1b[2J", NULL};
+  proc_t p;
+  proc_spawn(&p, argv, name, master);
+  proc_wait(&p);
+  if (p.code != 1) fail_msg("exit %d, want 1; output:\n%s", p.code, buf_str(&p.out));
+  const char *out = buf_str(&p.out);
+  assert_contains(out, "failed: ");
+  assert_contains(out, "PWNED"); /* the message is shown, its escapes are not */
+  assert_null(strstr(out, "\x1b]"));
+  assert_null(strstr(out, "\x1b[2J"));
+  assert_null(strchr(out, '\a'));
+  proc_free(&p);
+}
+
+static void test_terminal_library_log_lines_print_above_the_display(void **st) {
+  (void)st;
+  char name[128];
+  int master = pty_open(name, sizeof name);
+  char *argv[] = {(char *)APEX_CLI_PATH, "run", "example_async.long_task", "--param", "steps=3",
+                  "--param", "step_ms=30", NULL};
+  /* debug: the library logs each progress report, while the display is up */
+  assert_int_equal(setenv("APEX_LOG", "debug", 1), 0);
+  proc_t p;
+  proc_spawn(&p, argv, name, master);
+  assert_int_equal(setenv("APEX_LOG", "off", 1), 0);
+  proc_wait(&p);
+  if (p.code != 0) fail_msg("exit %d; output:\n%s", p.code, buf_str(&p.out));
+  const char *out = buf_str(&p.out);
+  /* The line comes right after the one-line block was erased (cursor up
+   * over it, clear to the end), not written over or below the frame. */
+  assert_contains(out, "\x1b[1A\x1b[Japex: debug: task 1 example_async.long_task progress");
+  assert_contains(out, "succeeded: {");
+  proc_free(&p);
+}
+
+/* ------------------------------------------- output closed and signals */
+
+/* Empties and removes dir. Returns: how many entries other than keep it
+ * held; the first one's name in first. */
+static int remove_dir_counting_extras(const char *dir, const char *keep, char *first, size_t len) {
+  int extras = 0;
+  first[0] = '\0';
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    if (strcmp(e->d_name, keep) != 0 && extras++ == 0) snprintf(first, len, "%s", e->d_name);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    assert_int_equal(unlink(path), 0);
+  }
+  closedir(d);
+  assert_int_equal(rmdir(dir), 0);
+  return extras;
+}
+
+static void test_run_output_closed_cancels_the_task_and_exits_1(void **st) {
+  (void)st;
+  char dir[] = "/tmp/apex-clitest-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char src[PATH_MAX], dst[PATH_MAX], srcp[PATH_MAX + 8], dstp[PATH_MAX + 8];
+  snprintf(src, sizeof src, "%s/big", dir);
+  snprintf(dst, sizeof dst, "%s/out", dir);
+  snprintf(srcp, sizeof srcp, "src=%s", src);
+  snprintf(dstp, sizeof dstp, "dst=%s", dst);
+  /* Sparse: no disk used, yet copying it takes long enough to be cut short. */
+  int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  assert_true(fd >= 0);
+  assert_int_equal(ftruncate(fd, (off_t)512 << 20), 0);
+  close(fd);
+
+  proc_t p;
+  proc_start(&p, "run", "files.copy", "--param", srcp, "--param", dstp, NULL);
+  assert_true(proc_read_until(&p, "\n", DEADLINE_MS));
+  /* As `| head -1` does: the reader goes away after the first line. */
+  close(p.fds[0]);
+  p.fds[0] = -1;
+  proc_wait(&p);
+  int code = p.code, signaled = p.signaled;
+  char err[4096];
+  snprintf(err, sizeof err, "%s", buf_str(&p.err));
+  proc_free(&p);
+
+  /* Cleaned up first: a failing run must not leave 512 MiB files behind. */
+  char extra[256];
+  int extras = remove_dir_counting_extras(dir, "big", extra, sizeof extra);
+  if (signaled || code != 1)
+    fail_msg("exit %d%s, want 1; stderr: %s", code, signaled ? " (killed by a signal)" : "", err);
+  if (extras) fail_msg("%d file(s) left behind, e.g. %s (neither dst nor a temp file may stay)",
+                       extras, extra);
+  assert_contains(err, "output closed");
+}
+
+static void check_stop_signal(int sig, int want_code) {
+  proc_t p;
+  proc_start(&p, "run", "example_async.long_task", "--param", "steps=50", "--param", "step_ms=100",
+             NULL);
+  assert_true(proc_read_until(&p, "\"event\":\"progress\"", DEADLINE_MS));
+  int64_t sent = now_ms();
+  assert_int_equal(kill(p.pid, sig), 0);
+  proc_wait(&p);
+  if (p.signaled || p.code != want_code)
+    fail_msg("exit %d%s, want %d; stderr: %s", p.code, p.signaled ? " (killed by the signal)" : "",
+             want_code, buf_str(&p.err));
+  assert_true(p.end_ms - sent < 3000);
+  assert_contains(buf_str(&p.err), "cancelling");
+  json_t *lines = json_lines(&p);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "cancelled");
+  assert_string_equal(error_code(r), "cancelled");
+  json_decref(lines);
+  proc_free(&p);
+}
+
+static void test_run_sigterm_cancels_and_exits_143(void **st) {
+  (void)st;
+  check_stop_signal(SIGTERM, 143);
+}
+
+static void test_run_sighup_cancels_and_exits_129(void **st) {
+  (void)st;
+  check_stop_signal(SIGHUP, 129);
+}
+
+/* ------------------------------------------------ text that is not UTF-8 */
+
+static void test_run_param_key_not_utf8_still_gives_a_result_line(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "--plugin-path", APEX_TEST_PLUGIN_DIR, "testkit.echo", "--param", "\xff=1", NULL);
+  /* json_lines fails on a line that is not valid JSON (or not UTF-8). */
+  assert_pre_task_error(&p, "is not valid UTF-8 text", "invalid_params");
+  assert_contains(buf_str(&p.out), "\xef\xbf\xbd=1"); /* U+FFFD for the bad byte */
+  proc_free(&p);
+}
+
+static void test_run_plugin_name_not_utf8_still_gives_a_result_line(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "\xff.x", NULL);
+  assert_pre_task_error(&p, "unknown plugin", "plugin_not_found");
+  proc_free(&p);
+}
+
+static void test_run_long_option_cut_mid_character_still_gives_a_result_line(void **st) {
+  (void)st;
+  /* 2-byte characters, more than the 1024-byte message buffer holds: after
+   * "unknown option '--" (18 bytes) a byte-wise cut at 1023 falls inside
+   * one. */
+  char opt[3000];
+  size_t n = 0;
+  opt[n++] = '-';
+  opt[n++] = '-';
+  while (n + 2 < sizeof opt) {
+    opt[n++] = (char)0xc3;
+    opt[n++] = (char)0xa9;
+  }
+  opt[n] = '\0';
+  proc_t p;
+  run(&p, "run", "example_async.long_task", opt, NULL);
+  assert_pre_task_error(&p, "unknown option '--\xc3\xa9", "invalid");
+  proc_free(&p);
+}
+
+/* ------------------------------------------------ values that look like JSON */
+
+static void test_run_param_int_too_big_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "--plugin-path", APEX_TEST_PLUGIN_DIR, "testkit.params_all", "--param",
+      "int=99999999999999999999", NULL);
+  assert_pre_task_error(&p, "--param int: '99999999999999999999' is not valid JSON (",
+                        "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_param_broken_json_array_exits_2_naming_it(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "--plugin-path", APEX_TEST_PLUGIN_DIR, "testkit.params_all", "--param", "arr=[1,",
+      NULL);
+  assert_pre_task_error(&p, "--param arr: '[1,' is not valid JSON (", "invalid_params");
+  proc_free(&p);
+}
+
+static void test_run_timeout_below_a_millisecond_exits_2(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--timeout", "1e-300", NULL);
+  assert_pre_task_error(&p, "--timeout: '1e-300' is too short: at least 0.001 seconds", "invalid");
   proc_free(&p);
 }
 
@@ -723,6 +935,17 @@ int main(void) {
       cmocka_unit_test(test_describe_plugin_lists_its_actions),
       cmocka_unit_test(test_describe_unknown_action_exits_2),
       cmocka_unit_test(test_terminal_display_redraws_bar_and_sub_tasks_in_place),
+      cmocka_unit_test(test_terminal_outcome_carries_no_escape_from_a_path),
+      cmocka_unit_test(test_terminal_library_log_lines_print_above_the_display),
+      cmocka_unit_test(test_run_output_closed_cancels_the_task_and_exits_1),
+      cmocka_unit_test(test_run_sigterm_cancels_and_exits_143),
+      cmocka_unit_test(test_run_sighup_cancels_and_exits_129),
+      cmocka_unit_test(test_run_param_key_not_utf8_still_gives_a_result_line),
+      cmocka_unit_test(test_run_plugin_name_not_utf8_still_gives_a_result_line),
+      cmocka_unit_test(test_run_long_option_cut_mid_character_still_gives_a_result_line),
+      cmocka_unit_test(test_run_param_int_too_big_exits_2_naming_it),
+      cmocka_unit_test(test_run_param_broken_json_array_exits_2_naming_it),
+      cmocka_unit_test(test_run_timeout_below_a_millisecond_exits_2),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
