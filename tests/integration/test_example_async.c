@@ -25,59 +25,9 @@
 
 #include "apex/apex.h"
 #include "integration/harness.h"
+#include "integration/recorder.h"
 
 #define EXAMPLE_SO APEX_PLUGIN_BUILD_DIR "/example_async.so"
-
-/* ---------------------------------------------------------------- recorder */
-
-typedef struct rec_ev {
-  apex_event_type_t type;
-  uint64_t task_id;
-  uint32_t attempt;
-  double pct;
-  char status[32];
-  char message[64];
-  json_t *sub_tasks; /* a copy (PROGRESS), or NULL */
-  int err_code;      /* RETRY, DONE */
-} rec_ev_t;
-
-typedef struct rec {
-  pthread_mutex_t mu;
-  rec_ev_t *ev;
-  size_t n, cap;
-} rec_t;
-
-static void rec_on_event(const apex_event_t *ev, void *user) {
-  rec_t *r = user;
-  rec_ev_t e = {.type = ev->type, .task_id = ev->task_id, .attempt = ev->attempt, .pct = -1};
-  if (ev->progress) {
-    e.pct = apex_progress_percentage(ev->progress);
-    snprintf(e.status, sizeof e.status, "%s", apex_progress_status(ev->progress));
-    snprintf(e.message, sizeof e.message, "%s", apex_progress_message(ev->progress));
-    e.sub_tasks = json_deep_copy(apex_progress_sub_tasks(ev->progress));
-  }
-  e.err_code = ev->error ? apex_error_code(ev->error) : 0;
-  pthread_mutex_lock(&r->mu);
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 64;
-    rec_ev_t *p = realloc(r->ev, cap * sizeof *p);
-    if (!p) abort(); /* test code: out of memory is fatal */
-    r->ev = p;
-    r->cap = cap;
-  }
-  r->ev[r->n++] = e;
-  pthread_mutex_unlock(&r->mu);
-}
-
-/* Recorded events of task id and type (0: any). */
-static size_t rec_count(rec_t *r, uint64_t id, unsigned type) {
-  size_t c = 0;
-  pthread_mutex_lock(&r->mu);
-  for (size_t i = 0; i < r->n; i++)
-    if (r->ev[i].task_id == id && (!type || r->ev[i].type == type)) c++;
-  pthread_mutex_unlock(&r->mu);
-  return c;
-}
 
 /* ----------------------------------------------------------------- fixture */
 
@@ -89,7 +39,7 @@ typedef struct fx {
 static int setup(void **state) {
   fx_t *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  assert_int_equal(pthread_mutex_init(&f->rec.mu, NULL), 0);
+  rec_init(&f->rec);
   apex_manager_config_t cfg;
   apex_manager_config_init(&cfg);
   cfg.workers = 2;
@@ -111,9 +61,7 @@ static int teardown(void **state) {
   fx_t *f = *state;
   /* Drains: an ignore_cancel handler still sleeping is waited for. */
   assert_int_equal(apex_manager_destroy(f->m, 10000), APEX_OK);
-  for (size_t i = 0; i < f->rec.n; i++) json_decref(f->rec.ev[i].sub_tasks);
-  free(f->rec.ev);
-  pthread_mutex_destroy(&f->rec.mu);
+  rec_fini(&f->rec);
   free(f);
   return 0;
 }
@@ -188,7 +136,7 @@ static void test_long_task_result_names_steps_and_attempt(void **state) {
   rec_ev_t last = last_progress(f, apex_task_id(t));
   assert_true(last.pct == 100.0);
   assert_string_equal(last.status, "completed");
-  assert_string_equal(last.message, "step 3/3");
+  assert_string_equal(last.msg, "step 3/3");
   apex_task_release(t);
 }
 
@@ -231,7 +179,7 @@ static void test_long_task_sub_tasks_are_named_with_a_milestone_each(void **stat
     assert_three_named_sub_tasks(e->sub_tasks);
     if (strcmp(e->status, "milestone_reached") == 0) {
       assert_true(milestones < 3);
-      assert_string_equal(e->message, want_milestones[milestones]);
+      assert_string_equal(e->msg, want_milestones[milestones]);
       /* the sub-task this milestone is about is complete */
       const json_t *s = json_array_get(e->sub_tasks, milestones);
       assert_true(json_number_value(json_object_get(s, "percentage")) == 100.0);

@@ -27,6 +27,7 @@
 
 #include "apex/apex.h"
 #include "integration/harness.h"
+#include "integration/recorder.h"
 
 /* Sanitizers slow each report 5-20x; a smaller flood still floods. */
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -34,67 +35,6 @@
 #else
 #define FLOOD_COUNT 1000000
 #endif
-
-/* ---------------------------------------------------------------- recorder */
-
-typedef struct rec_ev {
-  apex_event_type_t type;
-  uint64_t task_id;
-  double pct;
-  uint64_t pseq;
-  char status[32];
-  char msg[64];
-} rec_ev_t;
-
-typedef struct rec {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  rec_ev_t *ev;
-  size_t n, cap;
-  size_t dones;
-} rec_t;
-
-static void rec_init(rec_t *r) {
-  memset(r, 0, sizeof *r);
-  assert_int_equal(pthread_mutex_init(&r->mu, NULL), 0);
-  assert_int_equal(pthread_cond_init(&r->cv, NULL), 0);
-}
-
-static void rec_fini(rec_t *r) {
-  free(r->ev);
-  pthread_mutex_destroy(&r->mu);
-  pthread_cond_destroy(&r->cv);
-}
-
-static void rec_on_event(const apex_event_t *ev, void *user) {
-  rec_t *r = user;
-  rec_ev_t e = {.type = ev->type, .task_id = ev->task_id, .pct = -1};
-  if (ev->progress) {
-    e.pct = apex_progress_percentage(ev->progress);
-    e.pseq = apex_progress_seq(ev->progress);
-    snprintf(e.status, sizeof e.status, "%s", apex_progress_status(ev->progress));
-    snprintf(e.msg, sizeof e.msg, "%s", apex_progress_message(ev->progress));
-  }
-  pthread_mutex_lock(&r->mu);
-  if (r->n == r->cap) {
-    size_t cap = r->cap ? r->cap * 2 : 64;
-    rec_ev_t *p = realloc(r->ev, cap * sizeof *p);
-    if (!p) abort(); /* test code: out of memory is fatal */
-    r->ev = p;
-    r->cap = cap;
-  }
-  r->ev[r->n++] = e;
-  if (ev->type == APEX_EVENT_DONE) r->dones++;
-  pthread_cond_broadcast(&r->cv);
-  pthread_mutex_unlock(&r->mu);
-}
-
-static size_t rec_count(rec_t *r, unsigned type) {
-  size_t c = 0;
-  for (size_t i = 0; i < r->n; i++)
-    if (r->ev[i].type == type) c++;
-  return c;
-}
 
 /* ----------------------------------------------------------------- helpers */
 
@@ -164,7 +104,7 @@ static void test_flood_every_report_accepted(void **st) {
 
 static void test_flood_is_coalesced_far_below_reported(void **st) {
   flood_t *f = *st;
-  size_t delivered = rec_count(&f->rec, APEX_EVENT_PROGRESS);
+  size_t delivered = rec_count(&f->rec, 0, APEX_EVENT_PROGRESS);
   print_message("flood: %llu reported, %zu delivered\n",
                 (unsigned long long)f->stats.progress_reported, delivered);
   assert_true(delivered >= 1);
@@ -175,7 +115,7 @@ static void test_flood_delivered_count_matches_stats(void **st) {
   flood_t *f = *st;
   /* The stats are read before destroy; nothing is delivered after the task
    * ended, so the count of events equals the counter. */
-  assert_int_equal(rec_count(&f->rec, APEX_EVENT_PROGRESS), f->stats.progress_delivered);
+  assert_int_equal(rec_count(&f->rec, 0, APEX_EVENT_PROGRESS), f->stats.progress_delivered);
 }
 
 static void test_flood_progress_seq_is_contiguous(void **st) {
@@ -257,7 +197,7 @@ static void test_invalid_updates_are_counted_as_rejected(void **st) {
 static void test_invalid_updates_are_never_delivered(void **st) {
   bad_t *b = *st;
   rec_t *r = &b->rec;
-  assert_int_equal(rec_count(r, APEX_EVENT_PROGRESS), 1);
+  assert_int_equal(rec_count(r, 0, APEX_EVENT_PROGRESS), 1);
   for (size_t i = 0; i < r->n; i++) {
     if (r->ev[i].type != APEX_EVENT_PROGRESS) continue;
     assert_true(r->ev[i].pct == 50.0);
