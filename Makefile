@@ -7,6 +7,9 @@ APEX_WERROR ?= OFF
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
+# CMake's generated makefiles recurse; their directory chatter is noise here.
+MAKEFLAGS += --no-print-directory
+
 .PHONY: all setup build run test test-asan test-tsan install clean
 
 all: build
