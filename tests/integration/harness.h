@@ -39,6 +39,16 @@ static inline void quiet_log(int level, const char *msg, void *user) {
   (void)user;
 }
 
+/* Loads the plugin at path into m, asserting success (the error's message
+ * is printed if not). */
+static inline void load_ok(apex_manager_t *m, const char *path) {
+  apex_error_t *err = NULL;
+  int rc = apex_manager_load(m, path, &err);
+  if (rc != APEX_OK) print_error("load %s: %s\n", path, apex_error_message(err));
+  apex_error_unref(err);
+  assert_int_equal(rc, APEX_OK);
+}
+
 /* Loads testkit, hostile and example_async into m, asserting success. */
 static inline void load_test_plugins(apex_manager_t *m) {
   const char *files[] = {APEX_TEST_PLUGIN_DIR "/testkit.so", APEX_TEST_PLUGIN_DIR "/hostile.so",

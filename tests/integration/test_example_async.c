@@ -48,11 +48,7 @@ static int setup(void **state) {
   cfg.event_user = &f->rec;
   cfg.delivery = APEX_DELIVER_LOOP;
   assert_int_equal(apex_manager_new(&cfg, &f->m), APEX_OK);
-  apex_error_t *err = NULL;
-  int rc = apex_manager_load(f->m, EXAMPLE_SO, &err);
-  if (rc != APEX_OK) print_error("load %s: %s\n", EXAMPLE_SO, apex_error_message(err));
-  apex_error_unref(err);
-  assert_int_equal(rc, APEX_OK);
+  load_ok(f->m, EXAMPLE_SO);
   *state = f;
   return 0;
 }

@@ -120,11 +120,7 @@ static int setup(void **state) {
   cfg.event_mask = APEX_EVENT_PROGRESS | APEX_EVENT_DONE;
   cfg.delivery = APEX_DELIVER_LOOP;
   assert_int_equal(apex_manager_new(&cfg, &f->m), APEX_OK);
-  apex_error_t *err = NULL;
-  int rc = apex_manager_load(f->m, FILES_SO, &err);
-  if (rc != APEX_OK) print_error("load %s: %s\n", FILES_SO, apex_error_message(err));
-  apex_error_unref(err);
-  assert_int_equal(rc, APEX_OK);
+  load_ok(f->m, FILES_SO);
   *state = f;
   return 0;
 }

@@ -41,14 +41,6 @@ static apex_manager_config_t base_config(unsigned workers) {
   return cfg;
 }
 
-static void load_ok(apex_manager_t *m, const char *path) {
-  apex_error_t *err = NULL;
-  int rc = apex_manager_load(m, path, &err);
-  if (rc != APEX_OK) print_error("load %s: %s\n", path, apex_error_message(err));
-  assert_int_equal(rc, APEX_OK);
-  assert_null(err);
-}
-
 static apex_manager_t *make_manager(const apex_manager_config_t *cfg) {
   apex_manager_t *m = NULL;
   assert_int_equal(apex_manager_new(cfg, &m), APEX_OK);
