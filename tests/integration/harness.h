@@ -57,6 +57,24 @@ static inline void load_test_plugins(apex_manager_t *m) {
     assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
 }
 
+/* A config with `workers` workers and a silent log. */
+static inline apex_manager_config_t base_config(unsigned workers) {
+  apex_manager_config_t cfg;
+  apex_manager_config_init(&cfg);
+  cfg.workers = workers;
+  cfg.log = quiet_log;
+  return cfg;
+}
+
+/* A manager made from cfg with the test plugins loaded, asserting success. */
+static inline apex_manager_t *make_test_manager(const apex_manager_config_t *cfg) {
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(cfg, &m), APEX_OK);
+  assert_non_null(m);
+  load_test_plugins(m);
+  return m;
+}
+
 /* Submits plugin.action with params given as JSON text (NULL: none),
  * asserting success (the error's message is printed if not).
  * Returns: the task (release it). */

@@ -35,20 +35,10 @@
 
 
 static apex_manager_config_t rec_config(rec_t *r) {
-  apex_manager_config_t cfg;
-  apex_manager_config_init(&cfg);
-  cfg.workers = 2;
-  cfg.log = quiet_log;
+  apex_manager_config_t cfg = base_config(2);
   cfg.on_event = rec_on_event;
   cfg.event_user = r;
   return cfg;
-}
-
-static apex_manager_t *make_manager(const apex_manager_config_t *cfg) {
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(cfg, &m), APEX_OK);
-  load_test_plugins(m);
-  return m;
 }
 
 static void wait_done(apex_task_t *t) { assert_int_equal(apex_task_wait(t, 10000), APEX_OK); }
@@ -62,7 +52,7 @@ static void test_loop_callbacks_run_on_the_runtime_thread(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
   rec_await_dones(&r, 1);
   assert_int_equal(rec_count(&r, 0, 0), 2); /* ATTEMPT, DONE */
@@ -79,7 +69,7 @@ static void test_fd_and_dispatch_are_invalid_in_loop_mode(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   assert_int_equal(apex_manager_fd(m), APEX_E_INVALID);
   assert_int_equal(apex_manager_dispatch(m), APEX_E_INVALID);
   assert_int_equal(apex_manager_fd(NULL), APEX_E_INVALID);
@@ -102,7 +92,7 @@ static void test_dispatch_fd_readable_only_while_events_wait(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   cfg.delivery = APEX_DELIVER_DISPATCH;
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   int fd = apex_manager_fd(m);
   assert_true(fd >= 0);
   assert_false(fd_readable(fd, 0));
@@ -132,7 +122,7 @@ static void test_dispatch_runs_callbacks_on_the_calling_thread(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   cfg.delivery = APEX_DELIVER_DISPATCH;
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   int fd = apex_manager_fd(m);
   apex_task_t *t = submit_json(m, "example_async", "long_task", "{\"steps\": 3, \"step_ms\": 1}", NULL);
   while (rec_count(&r, 0, APEX_EVENT_DONE) == 0) {
@@ -155,7 +145,7 @@ static void test_event_seq_per_task_counts_up_by_one(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   cfg.progress_rate_hz = 1000;
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *a = submit_json(m, "example_async", "long_task", "{\"steps\": 8, \"step_ms\": 2}", NULL);
   apex_task_t *b = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 2}", NULL);
   rec_await_dones(&r, 2);
@@ -177,7 +167,7 @@ static void test_attempt_comes_before_progress_before_done(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *t = submit_json(m, "example_async", "long_task", "{\"steps\": 5, \"step_ms\": 2}", NULL);
   rec_await_dones(&r, 1);
   assert_true(r.n >= 3);
@@ -198,7 +188,7 @@ static void test_each_task_gets_exactly_one_done(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *t[N];
   for (int i = 0; i < N; i++) {
     /* A mix of outcomes: success, failure, cancellation. */
@@ -223,7 +213,7 @@ static void test_event_mask_limits_delivered_types(void **st) {
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
   cfg.event_mask = APEX_EVENT_DONE | APEX_EVENT_RETRY;
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *a = submit_json(m, "example_async", "long_task", "{\"steps\": 5, \"step_ms\": 2}", NULL);
   apex_task_t *b = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 2}", NULL);
   wait_done(a);
@@ -245,7 +235,7 @@ static void test_per_task_callback_overrides_the_managers(void **st) {
   rec_init(&mgr);
   rec_init(&own);
   apex_manager_config_t cfg = rec_config(&mgr);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.on_event = rec_on_event;
@@ -272,7 +262,7 @@ static void test_retry_events_carry_error_and_delay(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_retry_policy_t p = {.max_attempts = 3, .initial_interval_s = 0.001,
                            .backoff_coefficient = 2};
   apex_submit_opts_t o;
@@ -308,7 +298,7 @@ static void test_done_event_carries_result_on_success(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *t = submit_json(m, "testkit", "echo", "{\"value\": {\"n\": 7}}", NULL);
   rec_await_dones(&r, 1);
   rec_ev_t *done = &r.ev[r.n - 1];
@@ -327,7 +317,7 @@ static void test_done_event_carries_error_on_failure(void **st) {
   rec_t r;
   rec_init(&r);
   apex_manager_config_t cfg = rec_config(&r);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *t = submit_json(m, "hostile", "fail", NULL, NULL);
   rec_await_dones(&r, 1);
   rec_ev_t *done = &r.ev[r.n - 1];

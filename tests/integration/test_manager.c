@@ -29,31 +29,9 @@
 #include "integration/harness.h"
 
 
-
-
-
-
-static apex_manager_config_t base_config(unsigned workers) {
-  apex_manager_config_t cfg;
-  apex_manager_config_init(&cfg);
-  cfg.workers = workers;
-  cfg.log = quiet_log;
-  return cfg;
-}
-
-static apex_manager_t *make_manager(const apex_manager_config_t *cfg) {
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(cfg, &m), APEX_OK);
-  assert_non_null(m);
-  load_ok(m, APEX_TEST_PLUGIN_DIR "/testkit.so");
-  load_ok(m, APEX_TEST_PLUGIN_DIR "/hostile.so");
-  load_ok(m, APEX_PLUGIN_BUILD_DIR "/example_async.so");
-  return m;
-}
-
 static apex_manager_t *make_default(void) {
   apex_manager_config_t cfg = base_config(2);
-  return make_manager(&cfg);
+  return make_test_manager(&cfg);
 }
 
 static apex_manager_stats_t stats_of(apex_manager_t *m) {
@@ -308,7 +286,7 @@ static void test_submit_beyond_max_queued_is_queue_full(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
   cfg.max_queued = 1;
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   apex_error_t *err;
   assert_int_equal(submit_fail(m, "testkit", "noop", NULL, NULL, &err), APEX_E_QUEUE_FULL);
@@ -379,7 +357,7 @@ static void test_load_named_unknown_says_where_it_searched(void **st) {
 static void test_cancel_queued_task_ends_at_once_and_never_runs(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(busy, APEX_TASK_RUNNING);
   apex_task_t *q = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 1}", NULL);
@@ -471,7 +449,7 @@ static apex_submit_opts_t opts_parent(apex_token_t *parent) {
 static void test_parent_cancel_ends_queued_child_at_once(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   /* The only worker is busy with a task that is not the parent's child. */
   apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(busy, APEX_TASK_RUNNING);
@@ -521,7 +499,7 @@ static void test_parent_cancel_ends_running_child(void **st) {
 static void test_parent_cancel_ends_queued_child_behind_running_sibling(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   int ran = 0;
   for (int i = 0; i < 20; i++) {
     apex_token_t *parent = NULL;
@@ -586,7 +564,7 @@ static void test_stuck_workers_are_reaped_after_their_handlers_return(void **st)
   (void)st;
   apex_manager_config_t cfg = base_config(2);
   cfg.max_stuck_workers = 64;
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   int base = stack_mappings();
   enum { N = 40 };
   apex_submit_opts_t o = opts_timeout(0.005);
@@ -615,7 +593,7 @@ static void test_stuck_workers_are_reaped_after_their_handlers_return(void **st)
 static void test_wait_with_huge_timeout_waits_for_the_end(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 100}", NULL);
   assert_int_equal(apex_task_wait(t, INT64_MAX), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
@@ -626,7 +604,7 @@ static void test_wait_with_huge_timeout_waits_for_the_end(void **st) {
 static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_submit_opts_t o = opts_timeout(0.05);
   int64_t t0 = now_ms();
   apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
@@ -646,7 +624,7 @@ static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void *
 static void test_replacement_worker_runs_tasks_while_one_is_stuck(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_submit_opts_t o = opts_timeout(0.05);
   apex_task_t *stuck = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
   wait_done(stuck);
@@ -663,7 +641,7 @@ static void test_replacement_worker_runs_tasks_while_one_is_stuck(void **st) {
 static void test_stuck_handler_return_is_late_and_its_worker_retires(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_submit_opts_t o = opts_timeout(0.05);
   apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 300}", &o);
   wait_done(t);
@@ -874,7 +852,7 @@ static void test_handle_outlives_manager(void **st) {
 static void test_destroy_cancels_queued_and_running_with_reason_shutdown(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
-  apex_manager_t *m = make_manager(&cfg);
+  apex_manager_t *m = make_test_manager(&cfg);
   apex_task_t *running = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
   await_state(running, APEX_TASK_RUNNING);
   apex_task_t *queued[3];

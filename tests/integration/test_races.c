@@ -42,8 +42,6 @@
 #define MAX_IDS 20000
 
 
-
-
 /* ------------------------------------------------------------ DONE counter */
 
 typedef struct dones {
