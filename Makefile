@@ -10,7 +10,7 @@ CMAKE_ARGS ?=
 # CMake's generated makefiles recurse; their directory chatter is noise here.
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all setup build run test test-asan test-tsan install clean
+.PHONY: all setup build run test test-asan test-tsan bench bench-report install clean
 
 all: build
 
@@ -39,6 +39,15 @@ test-asan: setup
 test-tsan: setup
 	$(call configure,build-tsan,Debug,thread)
 	setarch "$$(uname -m)" -R ctest --test-dir build-tsan --output-on-failure -j $(JOBS)
+
+# Every workload on every peer, three interleaved runs (bench/README.md);
+# then docs/performance.md from the last run.
+bench: build
+	python3 bench/run.py --build $(BUILD)
+
+bench-report:
+	python3 bench/report.py --in $(BUILD)/bench/results.txt --out docs/performance.md \
+	  --analysis bench/analysis.md
 
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)

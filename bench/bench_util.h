@@ -1,0 +1,106 @@
+/* Shared helpers of the C benchmark peers (bench/README.md has the protocol).
+ * Header-only: each peer is one program; nothing here is part of libapex.
+ * Every helper either succeeds or ends the program with a message (a
+ * benchmark that cannot measure must not print a figure). */
+#ifndef APEX_BENCH_UTIL_H
+#define APEX_BENCH_UTIL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__GNUC__)
+#define BENCH_UNUSED __attribute__((unused))
+#else
+#define BENCH_UNUSED
+#endif
+
+static BENCH_UNUSED void bench_die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("bench: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(1);
+}
+
+static BENCH_UNUSED void *bench_xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) bench_die("out of memory (%zu x %zu bytes)", n, size);
+  return p;
+}
+
+static BENCH_UNUSED uint64_t bench_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time of the calling thread / of the whole process, in ns. */
+static BENCH_UNUSED uint64_t bench_thread_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+static BENCH_UNUSED uint64_t bench_process_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Resident set size now, in bytes (from /proc/self/statm). */
+static BENCH_UNUSED uint64_t bench_rss_bytes(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (!f) bench_die("open /proc/self/statm: %s", strerror(errno));
+  unsigned long size = 0, resident = 0;
+  int n = fscanf(f, "%lu %lu", &size, &resident);
+  fclose(f);
+  if (n != 2) bench_die("parse /proc/self/statm");
+  return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static int bench__cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Sorts v in place; returns the q-quantile (0 <= q <= 1, nearest rank). */
+static BENCH_UNUSED uint64_t bench_quantile(uint64_t *v, size_t n, double q) {
+  if (n == 0) bench_die("quantile of no samples");
+  qsort(v, n, sizeof *v, bench__cmp_u64);
+  size_t i = (size_t)(q * (double)n);
+  if (i >= n) i = n - 1;
+  return v[i];
+}
+
+/* One measurement line: the protocol of bench/README.md. */
+static BENCH_UNUSED void bench_emit(const char *peer, const char *workload, uint64_t size,
+                                    const char *figure, double value, const char *unit) {
+  printf("peer=%s workload=%s size=%llu figure=%s value=%.6g unit=%s\n", peer, workload,
+         (unsigned long long)size, figure, value, unit);
+  fflush(stdout);
+}
+
+/* Parses "<workload> <size> [variant]"; size must be a positive integer. */
+static BENCH_UNUSED void bench_args(int argc, char **argv, const char **workload, uint64_t *size,
+                                    const char **variant) {
+  if (argc < 3 || argc > 4)
+    bench_die("usage: %s WORKLOAD SIZE [VARIANT]  (W1 W2 W3 W3q W4 W5 W6 W7)", argv[0]);
+  char *end = NULL;
+  errno = 0;
+  unsigned long long n = strtoull(argv[2], &end, 10);
+  if (errno || !end || *end || n == 0 || argv[2][0] == '-')
+    bench_die("size must be a positive integer, got '%s'", argv[2]);
+  *workload = argv[1];
+  *size = n;
+  *variant = argc == 4 ? argv[3] : NULL;
+}
+
+#endif
