@@ -174,7 +174,9 @@ struct apex_manager {
   pthread_t rt_thread;
   uv_loop_t loop;
   uv_async_t wake;
-  uv_timer_t deadline_timer;
+  int timer_fd;           /* timerfd for the heap's earliest entry */
+  uv_poll_t timer_poll;   /* watches timer_fd on the loop */
+  uint64_t timer_fd_at;   /* what timer_fd is armed for; 0: disarmed */
   uv_timer_t flush_timer;
   _Atomic int rt_stop;
   int rt_started;

@@ -1,5 +1,5 @@
 /* The runtime thread: one libuv loop that owns time. It fires task deadlines
- * and retry backoffs from a binary min-heap of tasks (one uv_timer armed for
+ * and retry backoffs from a binary min-heap of tasks (one timerfd armed for
  * the earliest entry, so a million deadlines cost one kernel timer), flushes
  * coalesced progress at most progress_rate_hz times a second, and in LOOP
  * delivery mode runs the host's event callbacks.
@@ -8,6 +8,11 @@
  * a submitter wakes it only when its deadline becomes the earliest, and a
  * plugin only when a task's progress goes from clean to dirty.
  *
+ * Deadlines use a timerfd armed at the absolute CLOCK_MONOTONIC nanosecond,
+ * not a uv_timer: libuv timers count whole milliseconds from a cached loop
+ * time, which makes a 5 ms timeout fire up to a millisecond late; a timerfd
+ * fires within the kernel's wake-up latency.
+ *
  * Locks: tmu guards the heap and armed_at; flush_mu the flush list. Both are
  * leaves (see internal.h). Failure: uv_* calls on an initialised loop do not
  * fail in ways we can act on beyond logging. */
@@ -15,7 +20,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "exec/internal.h"
 
@@ -133,8 +140,14 @@ void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
 /* Runtime thread: fires what is due, re-arms for the rest. */
 static void arm(apex_manager_t *m);
 
-static void on_deadline(uv_timer_t *h) {
+static void on_deadline(uv_poll_t *h, int status, int events) {
   apex_manager_t *m = h->data;
+  uint64_t expirations;
+  /* Nonblocking: EAGAIN when re-armed since it became readable; nothing
+   * else can fail on a valid timerfd. Either way the heap says what is due. */
+  ssize_t got = read(m->timer_fd, &expirations, sizeof expirations);
+  (void)got;
+  m->timer_fd_at = 0;
   enum { BATCH = 256 };
   apex_task_t *due[BATCH];
   for (;;) {
@@ -162,15 +175,14 @@ static void arm(apex_manager_t *m) {
   uint64_t at = m->heap_len ? m->heap[0]->timer_at : 0;
   m->armed_at = at;
   pthread_mutex_unlock(&m->tmu);
-  if (!at) {
-    uv_timer_stop(&m->deadline_timer);
+  if (at == m->timer_fd_at) return;
+  /* An absolute time already past fires at once; zero disarms. */
+  struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
+  if (timerfd_settime(m->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
+    apex__log(&m->log, APEX_LOG_ERROR, "timerfd_settime failed: deadlines may fire late");
     return;
   }
-  uint64_t now = apex__now_ns();
-  /* libuv timers have millisecond resolution; round up so we never fire
-   * early, and fire expired ones at once. */
-  uint64_t ms = at > now ? (at - now + 999999u) / 1000000u : 0;
-  uv_timer_start(&m->deadline_timer, on_deadline, ms, 0);
+  m->timer_fd_at = at;
 }
 
 /* ------------------------------------------------------------- progress */
@@ -236,7 +248,7 @@ static void on_wake(uv_async_t *h) {
     flush_all(m);
     if (m->cfg.delivery == APEX_DELIVER_LOOP) apex__events_deliver(m);
     uv_close((uv_handle_t *)&m->wake, on_close);
-    uv_close((uv_handle_t *)&m->deadline_timer, on_close);
+    uv_close((uv_handle_t *)&m->timer_poll, on_close);
     uv_close((uv_handle_t *)&m->flush_timer, on_close);
     return;
   }
@@ -256,25 +268,33 @@ static void *runtime_main(void *arg) {
 }
 
 int apex__runtime_start(apex_manager_t *m) {
-  if (uv_loop_init(&m->loop)) return APEX_E_IO;
+  m->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (m->timer_fd < 0) return APEX_E_IO;
+  m->timer_fd_at = 0;
+  if (uv_loop_init(&m->loop)) {
+    close(m->timer_fd);
+    return APEX_E_IO;
+  }
   if (uv_async_init(&m->loop, &m->wake, on_wake)) {
     uv_loop_close(&m->loop);
+    close(m->timer_fd);
     return APEX_E_IO;
   }
-  uv_timer_init(&m->loop, &m->deadline_timer);
+  int polling = uv_poll_init(&m->loop, &m->timer_poll, m->timer_fd) == 0;
   uv_timer_init(&m->loop, &m->flush_timer);
-  m->wake.data = m->deadline_timer.data = m->flush_timer.data = m;
-  m->rt_started = 1;
-  if (pthread_create(&m->rt_thread, NULL, runtime_main, m)) {
+  m->wake.data = m->timer_poll.data = m->flush_timer.data = m;
+  if (polling && uv_poll_start(&m->timer_poll, UV_READABLE, on_deadline) == 0) {
+    m->rt_started = 1;
+    if (pthread_create(&m->rt_thread, NULL, runtime_main, m) == 0) return APEX_OK;
     m->rt_started = 0;
-    uv_close((uv_handle_t *)&m->wake, NULL);
-    uv_close((uv_handle_t *)&m->deadline_timer, NULL);
-    uv_close((uv_handle_t *)&m->flush_timer, NULL);
-    uv_run(&m->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&m->loop);
-    return APEX_E_IO;
   }
-  return APEX_OK;
+  uv_close((uv_handle_t *)&m->wake, NULL);
+  if (polling) uv_close((uv_handle_t *)&m->timer_poll, NULL);
+  uv_close((uv_handle_t *)&m->flush_timer, NULL);
+  uv_run(&m->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&m->loop);
+  close(m->timer_fd);
+  return APEX_E_IO;
 }
 
 void apex__runtime_stop(apex_manager_t *m) {
@@ -284,4 +304,5 @@ void apex__runtime_stop(apex_manager_t *m) {
   pthread_join(m->rt_thread, NULL);
   m->rt_started = 0;
   uv_loop_close(&m->loop);
+  close(m->timer_fd);
 }
