@@ -1,7 +1,7 @@
 /* The host services a plugin reaches through ctx->api (include/apex/plugin.h).
  *
- * A ctx is the head of its task, so these calls are container_of and a few
- * field reads. They run on whatever thread the plugin calls from: a worker
+ * A ctx is the head of its task's run state (internal.h), so these calls
+ * are a pointer hop and a few field reads. They run on whatever thread the plugin calls from: a worker
  * running a blocking handler, or any thread of a deferred plugin. The ctx
  * stays valid while its attempt is open (see task.c, the "life" reference),
  * so every call here is safe until the handler returns or complete() runs;
@@ -128,8 +128,8 @@ static void ctx_set_result(apex_ctx_t *c, json_t *result) {
   apex_task_t *t = APEX__TASK_OF(c);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  json_t *old = t->attempt_result;
-  t->attempt_result = result;
+  json_t *old = t->run->attempt_result;
+  t->run->attempt_result = result;
   pthread_mutex_unlock(mu);
   json_decref(old);
 }
@@ -138,12 +138,12 @@ static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {
   apex_task_t *t = APEX__TASK_OF(c);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
+  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->run->attempt};
   pthread_mutex_unlock(mu);
   apex_error_t *e = apex__error_newv(code, &w, NULL, fmt, ap);
   pthread_mutex_lock(mu);
-  apex_error_t *old = t->attempt_error;
-  t->attempt_error = e;
+  apex_error_t *old = t->run->attempt_error;
+  t->run->attempt_error = e;
   pthread_mutex_unlock(mu);
   apex_error_unref(old);
   return code;

@@ -9,9 +9,15 @@
  * moves the whole queue out under the lock and runs callbacks with no lock
  * held (STYLE.md §5).
  *
+ * DONE events need no node: the terminal task itself is queued (linked by
+ * done_next) and the event is built from it at delivery, when its outcome
+ * can no longer change. A delivery takes both queues in one step and runs
+ * the other events first: a task's PROGRESS, pushed before its DONE, is
+ * then never delivered after it.
+ *
  * Failure: an event node that cannot be allocated is not delivered (the
- * task's state and its blocking wait are unaffected); the DONE event is
- * preallocated with the task, so the outcome is always delivered. */
+ * task's state and its blocking wait are unaffected); DONE needs no
+ * allocation, so the outcome is always delivered. */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -30,9 +36,8 @@ void apex__ev_free(apex__ev_t *node) {
   if (!node) return;
   apex_progress_unref((apex_progress_t *)node->ev.progress);
   apex_error_unref((apex_error_t *)node->ev.error);
-  /* ev.result is borrowed from the task (see finish_locked). */
   apex_task_t *t = node->ev.task;
-  if (!t || node != &t->done_storage) free(node); /* else part of the task */
+  free(node);
   if (t) apex__task_unref(t);
 }
 
@@ -44,12 +49,29 @@ void apex__events_fini(apex_manager_t *m) {
     apex__ev_free(n);
     n = next;
   }
+  apex_task_t *t = m->done_head;
+  m->done_head = m->done_tail = NULL;
+  while (t) {
+    apex_task_t *next = t->done_next;
+    apex__task_unref(t);
+    t = next;
+  }
   if (m->ev_fd >= 0) close(m->ev_fd);
   m->ev_fd = -1;
 }
 
+apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user) {
+  if (t->opts && t->opts->on_event) {
+    *user = t->opts->event_user;
+    return t->opts->on_event;
+  }
+  *user = t->m->cfg.event_user;
+  return t->m->cfg.on_event;
+}
+
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type) {
-  if (!t->on_event) return 0;
+  void *user;
+  if (!apex__task_event_fn(t, &user)) return 0;
   return !m->cfg.event_mask || (m->cfg.event_mask & (unsigned)type);
 }
 
@@ -63,24 +85,15 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
   n->ev.task = t;
   n->ev.task_id = t->id;
   n->ev.seq = ++t->event_seq;
-  n->ev.attempt = t->attempt;
+  n->ev.attempt = t->run ? t->run->attempt : 0;
   n->ev.state = (apex_task_state_t)atomic_load(&t->state);
   apex__task_ref(t);
   return n;
 }
 
-void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
-  apex_task_t *t = n->ev.task;
-  n->fn = t->on_event;
-  n->user = t->event_user;
-  n->next = NULL;
-  pthread_mutex_lock(&m->ev_mu);
-  int was_empty = m->ev_head == NULL;
-  if (m->ev_tail)
-    m->ev_tail->next = n;
-  else
-    m->ev_head = n;
-  m->ev_tail = n;
+/* Under ev_mu, after queueing into a queue that was empty: signals the
+ * consumer once per burst. */
+static void signal_locked(apex_manager_t *m, int was_empty) {
   if (was_empty && m->ev_fd >= 0 && !m->ev_fd_armed) {
     /* Written under ev_mu (a syscall, not user code): a dispatch that drains
      * the fd then either sees this write or runs after it, so the fd is never
@@ -92,14 +105,68 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
     while (w < 0 && errno == EINTR);
     /* EAGAIN means the counter is already non-zero: readable anyway. */
   }
+}
+
+static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_head; }
+
+void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
+  apex_task_t *t = n->ev.task;
+  n->fn = apex__task_event_fn(t, &n->user);
+  n->next = NULL;
+  pthread_mutex_lock(&m->ev_mu);
+  int was_empty = queues_empty(m);
+  if (m->ev_tail)
+    m->ev_tail->next = n;
+  else
+    m->ev_head = n;
+  m->ev_tail = n;
+  signal_locked(m, was_empty);
   pthread_mutex_unlock(&m->ev_mu);
   if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
+}
+
+void apex__events_push_done(apex_manager_t *m, apex_task_t *t) {
+  t->event_seq++; /* the DONE event's seq; no event follows it */
+  t->done_next = NULL;
+  apex__task_ref(t);
+  pthread_mutex_lock(&m->ev_mu);
+  int was_empty = queues_empty(m);
+  if (m->done_tail)
+    m->done_tail->done_next = t;
+  else
+    m->done_head = t;
+  m->done_tail = t;
+  signal_locked(m, was_empty);
+  pthread_mutex_unlock(&m->ev_mu);
+  if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
+}
+
+/* Runs t's DONE callback. t is terminal: its outcome, attempt count and
+ * seq no longer change, so they are read without its lock. */
+static void deliver_done(apex_task_t *t) {
+  int state = atomic_load_explicit(&t->state, memory_order_acquire);
+  apex_event_t ev = {0};
+  ev.type = APEX_EVENT_DONE;
+  ev.task = t;
+  ev.task_id = t->id;
+  ev.seq = t->event_seq;
+  ev.attempt = t->run ? t->run->attempt : 0;
+  ev.state = (apex_task_state_t)state;
+  if (state == APEX_TASK_SUCCEEDED)
+    ev.result = t->out.result;
+  else
+    ev.error = t->out.error;
+  void *user;
+  apex_event_fn fn = apex__task_event_fn(t, &user);
+  if (fn) fn(&ev, user);
 }
 
 int apex__events_deliver(apex_manager_t *m) {
   pthread_mutex_lock(&m->ev_mu);
   apex__ev_t *n = m->ev_head;
   m->ev_head = m->ev_tail = NULL;
+  apex_task_t *done = m->done_head;
+  m->done_head = m->done_tail = NULL;
   if (m->ev_fd_armed) {
     uint64_t v;
     ssize_t r;
@@ -115,6 +182,13 @@ int apex__events_deliver(apex_manager_t *m) {
     apex__ev_free(n);
     count++;
     n = next;
+  }
+  while (done) {
+    apex_task_t *next = done->done_next;
+    deliver_done(done);
+    apex__task_unref(done);
+    count++;
+    done = next;
   }
   return count;
 }

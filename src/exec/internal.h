@@ -48,10 +48,53 @@ typedef struct apex__progress_slot {
   unsigned n_backlog;
 } apex__progress_slot_t;
 
+/* An ATTEMPT, PROGRESS or RETRY event waiting for delivery. (DONE events
+ * need no node: the terminal task itself is queued, see events.c.) */
+struct apex__ev {
+  apex__ev_t *next;
+  apex_event_fn fn;
+  void *user;
+  apex_event_t ev; /* holds a ref on task, progress, error */
+};
+
+/* Per-call options that differ from the action's and the manager's
+ * defaults; allocated at submit only when a call sets one (most do not). */
+typedef struct apex__task_opts {
+  apex_retry_policy_t retry; /* copied; retry.non_retryable -> non_retryable */
+  apex_status_t non_retryable[APEX__MAX_NON_RETRYABLE];
+  int own_retry;             /* retry above overrides the action's */
+  apex_event_fn on_event;    /* overrides the manager's when set */
+  void *event_user;
+  uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
+} apex__task_opts_t;
+
+/* What a task needs once its first attempt starts: made then (by the
+ * worker), so a queued task carries none of it. Fields other than ctx and
+ * the intrusive links are guarded by the task's stripe lock. */
+typedef struct apex__run {
+  apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task */
+  apex_task_t *task;
+  uint32_t attempt;
+  int attempt_open;        /* a handler owns the ctx (running or pending) */
+  int stuck;               /* its worker was replaced after a timeout */
+  json_t *attempt_result;
+  apex_error_t *attempt_error;
+  uint64_t progress_seq;
+  apex__progress_slot_t *prog;
+  apex_progress_t *last_progress;
+  uint64_t retry_at_ns;
+  apex_task_t *live_prev, *live_next; /* started, not terminal (m->pool_mu) */
+  apex_task_t *flush_next;      /* flush list (m->flush_mu) */
+  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
+  int flush_queued;             /* (m->flush_mu) */
+} apex__run_t;
+
+/* A task. Queued, it is this much and nothing more (W5 of bench/README.md:
+ * at most what a libuv uv_work_t costs): no token, params, run state or
+ * event node until something needs them. Keep it at 120 bytes or less
+ * (malloc's 128-byte class); a static assert in task.c holds the line. */
 struct apex_task {
-  apex_ctx_t ctx; /* what handlers receive; container_of gives the task */
   apex_manager_t *m;
-  atomic_uint refs;
   uint64_t id;
   const apex__plugin_t *plugin;
   const apex_action_desc_t *action;
@@ -63,50 +106,27 @@ struct apex_task {
   /* Made on first use (a cancel, a timeout, a cancellable wait, a parent):
    * most tasks never need one, and then cost no allocation for it. */
   _Atomic(apex_token_t *) token;
-  apex_event_fn on_event;
-  void *event_user;
-  uint64_t parent_cb_id; /* callback on token watching the parent, or 0 */
-
-  /* Guarded by the task's stripe lock; state is also read atomically. */
-  _Atomic int state;   /* apex_task_state_t */
-  uint32_t attempt;
-  int attempt_open;    /* a handler owns the ctx (running or pending) */
-  int stuck;           /* its worker was replaced after a timeout */
-  json_t *attempt_result;
-  apex_error_t *attempt_error;
-  json_t *result;
-  apex_error_t *error;
-  uint64_t event_seq;
-  uint64_t progress_seq;
-  apex__progress_slot_t *prog;
-  apex_progress_t *last_progress;
-
-  /* retry policy (copied) and deadlines, in ns of CLOCK_MONOTONIC */
-  apex_retry_policy_t retry;
-  apex_status_t non_retryable[APEX__MAX_NON_RETRYABLE];
-  uint64_t deadline_ns; /* 0: none */
-  uint64_t retry_at_ns;
-  double timeout_s;
-
-  /* timer heap (m->tmu) */
-  size_t heap_idx;      /* SIZE_MAX: not in the heap */
-  int timer_reserved;   /* holds one of m->heap_reserved */
-  uint64_t timer_at;
-
-  /* intrusive links */
-  apex_task_t *run_next;   /* run queue (m->pool_mu) */
-  apex_task_t *live_prev, *live_next; /* live list (m->pool_mu) */
-  apex_task_t *flush_next; /* flush list (m->flush_mu) */
-  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
-  int flush_queued;        /* (m->flush_mu) */
-  apex__ev_t *done_ev;     /* &done_storage until the DONE event is queued */
-  struct apex__ev {
-    apex__ev_t *next;
-    apex_event_fn fn;
-    void *user;
-    apex_event_t ev; /* holds a ref on task, progress, error, result */
-  } done_storage;
+  const apex__task_opts_t *opts; /* NULL: all defaults; immutable after submit */
+  apex__run_t *run;              /* NULL until the first attempt (task lock) */
+  uint64_t deadline_ns;          /* 0: none */
+  apex_task_t *run_next;         /* run queue (m->pool_mu) */
+  apex_task_t *done_next;        /* DONE queue (m->ev_mu) */
+  /* The outcome once terminal (task lock): result when succeeded, else
+   * error. */
+  union {
+    json_t *result;
+    apex_error_t *error;
+  } out;
+  atomic_uint refs;
+  _Atomic int state;   /* apex_task_state_t; changed under the task lock */
+  uint32_t heap_idx;   /* timer heap slot (m->tmu); UINT32_MAX: not in it */
+  uint32_t event_seq;  /* events made so far (task lock) */
+  uint8_t timer_reserved; /* holds one of m->heap_reserved (task lock) */
+  uint8_t timer_retry;    /* the heap entry is for run->retry_at_ns (m->tmu) */
+  float timeout_s;     /* for messages; deadline_ns is the truth */
 };
+
+#define APEX__NOT_IN_HEAP UINT32_MAX
 
 typedef struct apex__worker {
   pthread_t thread;
@@ -136,7 +156,7 @@ struct apex_manager {
   pthread_mutex_t pool_mu;
   pthread_cond_t pool_cv;
   apex_task_t *run_head, *run_tail;
-  apex_task_t *live_head;
+  apex_task_t *live_head; /* started tasks not yet terminal */
   apex__worker_t *workers;
   unsigned n_threads;  /* worker threads alive */
   unsigned n_idle;
@@ -150,13 +170,14 @@ struct apex_manager {
   /* timers (tmu) */
   pthread_mutex_t tmu;
   apex_task_t **heap;
-  size_t heap_len, heap_cap;
-  size_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
+  uint32_t heap_len, heap_cap;
+  uint32_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
 
   /* events (ev_mu) */
   pthread_mutex_t ev_mu;
   apex__ev_t *ev_head, *ev_tail;
+  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int ev_fd_armed;
 
@@ -187,7 +208,7 @@ struct apex_manager {
   atomic_uint_fast64_t st_prog_reported, st_prog_delivered, st_prog_rejected, st_late;
 };
 
-#define APEX__TASK_OF(c) ((apex_task_t *)((char *)(c) - offsetof(apex_task_t, ctx)))
+#define APEX__TASK_OF(c) (((apex__run_t *)(void *)(c))->task)
 
 /* clock */
 uint64_t apex__now_ns(void);
@@ -232,12 +253,21 @@ void apex__host_api_init(apex_host_api_t *api);
 
 /* pool.c */
 int apex__pool_start(apex_manager_t *m, unsigned n);
-/* Queues t (taking a reference); a no-op once the pool is stopping. */
+/* Queues t again for a retry (taking a reference); a no-op once the pool
+ * is stopping. */
 void apex__pool_push(apex_manager_t *m, apex_task_t *t);
-/* Adds t to the live list. Returns: APEX_OK, APEX_E_SHUTTING_DOWN,
- * APEX_E_QUEUE_FULL (checked under pool_mu, race-free against destroy). */
-int apex__pool_live_add(apex_manager_t *m, apex_task_t *t);
+/* Counts a new task live and queues it (taking a reference). Returns:
+ * APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under pool_mu,
+ * race-free against destroy's sweep of the run queue). */
+int apex__pool_submit(apex_manager_t *m, apex_task_t *t);
+/* t's first attempt starts: it joins the live list destroy sweeps. Under
+ * the task lock. */
+void apex__pool_started(apex_manager_t *m, apex_task_t *t);
+/* t ended: leaves the live list (if started) and the live count. */
 void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t);
+/* Destroy: takes every queued task out of the run queue. Returns the list
+ * (linked by run_next, each holding its run-queue reference). */
+apex_task_t *apex__pool_take_queued(apex_manager_t *m);
 /* A running task timed out: its worker may be stuck; start a replacement. */
 void apex__pool_worker_stuck(apex_manager_t *m);
 /* Counts one more stuck handler; under the task lock that set t->stuck. */
@@ -269,8 +299,10 @@ void apex__runtime_wake(apex_manager_t *m);
  * retries), so arming its timer later, under its lock, never allocates.
  * Returns: APEX_OK, APEX_E_NOMEM. */
 int apex__timer_reserve(apex_manager_t *m, apex_task_t *t);
-/* Arms t's one timer for at (ns). Needs a reserved slot. */
-void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at);
+/* Arms t's one timer for its deadline (retry 0) or, while it waits to
+ * retry, for run->retry_at_ns (retry 1). Needs a reserved slot. Under the
+ * task lock. */
+void apex__timer_set(apex_manager_t *m, apex_task_t *t, int retry);
 /* Disarms t's timer and frees its slot; once, when t ends. */
 void apex__timer_release(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
@@ -280,9 +312,13 @@ int apex__events_init(apex_manager_t *m);
 void apex__events_fini(apex_manager_t *m);
 /* 1 if an event of type should be made for t. */
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type);
-/* Queues an event (refs taken inside on task/progress/error/result);
- * node may be a preallocated one (the DONE event). */
+/* Queues an event node (it holds a task reference, see apex__ev_new). */
 void apex__events_push(apex_manager_t *m, apex__ev_t *node);
+/* Queues t's DONE event (taking a task reference). Under the task lock,
+ * once, when t became terminal. */
+void apex__events_push_done(apex_manager_t *m, apex_task_t *t);
+/* The event callback and its user pointer for t. */
+apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user);
 apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type);
 /* Delivers every waiting event on the calling thread. Returns the count. */
 int apex__events_deliver(apex_manager_t *m);

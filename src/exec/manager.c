@@ -189,18 +189,26 @@ static size_t wait_zero(apex_manager_t *m, const size_t *count_sz, const unsigne
 apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   if (!m) return APEX_OK;
   /* Under pool_mu, where submit checks it: a submit is either refused or its
-   * task is on the live list the sweep below walks. */
+   * task is in the run queue the sweep below takes. */
   pthread_mutex_lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
   pthread_mutex_unlock(&m->pool_mu);
   wait_zero(m, &m->n_live, NULL, deadline_after(drain_ms));
 
-  /* Cancel what is left. Collect under the lock, cancel without it. */
+  /* Cancel what is left: first what never started (taken out of the run
+   * queue whole, so a million queued tasks cost one pass), then the started
+   * ones, collected under the lock and cancelled without it. */
+  for (apex_task_t *t = apex__pool_take_queued(m); t;) {
+    apex_task_t *next = t->run_next;
+    apex__task_cancel(t, "shutdown");
+    apex__task_unref(t); /* the run queue's reference */
+    t = next;
+  }
   for (;;) {
     apex_task_t *batch[64];
     size_t n = 0;
     pthread_mutex_lock(&m->pool_mu);
-    for (apex_task_t *t = m->live_head; t && n < 64; t = t->live_next) {
+    for (apex_task_t *t = m->live_head; t && n < 64; t = t->run->live_next) {
       apex__task_ref(t);
       batch[n++] = t;
     }
@@ -490,6 +498,9 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   apex__task_cancel(user, reason);
 }
 
+/* Sets t's deadline and, when the call overrides a default (retry policy,
+ * event callback, parent token), its opts; a call that overrides nothing
+ * costs no allocation here. */
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
                         const apex_submit_opts_t *o, apex_task_t *t, apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
@@ -498,18 +509,30 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (!apex__timeout_check(timeout, why, sizeof why))
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
-  t->timeout_s = timeout;
+  t->timeout_s = (float)timeout;
   if (timeout > 0) t->deadline_ns = apex__now_ns() + (uint64_t)(timeout * 1e9);
-  const apex_retry_policy_t *r = o && o->retry ? o->retry : &a->default_retry;
-  if (!apex__retry_policy_check(r, why, sizeof why))
+  if (o && o->retry && !apex__retry_policy_check(o->retry, why, sizeof why))
     return apex__fail(err, APEX_E_INVALID, "retry policy: %s", why);
-  t->retry = *r;
-  for (size_t i = 0; i < r->n_non_retryable; i++) t->non_retryable[i] = r->non_retryable[i];
-  t->retry.non_retryable = NULL; /* copied into t->non_retryable */
-  t->on_event = o && o->on_event ? o->on_event : m->cfg.on_event;
-  t->event_user = o && o->on_event ? o->event_user : m->cfg.event_user;
+  if (!o || (!o->retry && !o->on_event && !o->parent)) return APEX_OK;
+  apex__task_opts_t *x = calloc(1, sizeof *x);
+  if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  if (o->retry) {
+    x->own_retry = 1;
+    x->retry = *o->retry;
+    for (size_t i = 0; i < o->retry->n_non_retryable; i++)
+      x->non_retryable[i] = o->retry->non_retryable[i];
+    x->retry.non_retryable = NULL; /* copied into x->non_retryable */
+  }
+  x->on_event = o->on_event;
+  x->event_user = o->on_event ? o->event_user : NULL;
+  t->opts = x;
   (void)m;
   return APEX_OK;
+}
+
+/* The policy t's attempts follow. */
+static const apex_retry_policy_t *retry_of(const apex_task_t *t) {
+  return t->opts && t->opts->own_retry ? &t->opts->retry : &t->action->default_retry;
 }
 
 static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
@@ -568,13 +591,11 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     json_decref(vp);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
-  t->ctx.api = &m->api;
   t->m = m;
   t->plugin = p;
   t->action = a;
   atomic_init(&t->params, vp);
-  t->heap_idx = SIZE_MAX;
-  t->done_ev = &t->done_storage;
+  t->heap_idx = APEX__NOT_IN_HEAP;
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
   int rc = resolve_opts(m, a, opts, t, err);
@@ -584,13 +605,14 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
     atomic_init(&t->token, tok);
   }
-  if (rc == APEX_OK && (t->deadline_ns || t->retry.max_attempts > 1) &&
+  if (rc == APEX_OK && (t->deadline_ns || retry_of(t)->max_attempts > 1) &&
       apex__timer_reserve(m, t) != APEX_OK)
     rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
   if (rc == APEX_OK) {
     t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
-    rc = apex__pool_live_add(m, t);
+    /* Queued from here on: a worker may start it before we return. */
+    rc = apex__pool_submit(m, t);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
@@ -604,17 +626,21 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   if (rc != APEX_OK) {
     json_decref(vp);
     apex_token_unref(apex__task_token_peek(t));
+    free((void *)t->opts);
     free(t);
     return rc;
   }
   atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The
-     * registration holds no reference: task_free removes it. */
-    if (apex_token_on_cancel(apex__task_token_peek(t), on_token_cancel, t, &t->parent_cb_id) !=
+     * registration holds no reference: task_free removes it. Only this
+     * thread writes parent_cb_id, and task_free reads it after the handle
+     * this thread holds is released. */
+    apex__task_opts_t *x = (apex__task_opts_t *)t->opts;
+    if (apex_token_on_cancel(apex__task_token_peek(t), on_token_cancel, t, &x->parent_cb_id) !=
         APEX_OK) {
-      /* Live already: end it unseen (its life reference goes with it) and
-       * drop the handle the caller will not get. */
+      /* Live already: end it (its life reference goes with it) and drop
+       * the handle the caller will not get. */
       apex__task_finish(t, APEX_TASK_FAILED,
                         apex__error_new(APEX_E_NOMEM, NULL, NULL, "out of memory"));
       apex__task_unref(t);
@@ -622,13 +648,15 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     }
   }
   if (t->deadline_ns) {
-    /* Under the task's lock: a parent already cancelled may have ended it. */
+    /* Under the task's lock: it may have ended already (a parent's cancel,
+     * or it ran), or be waiting to retry (its retry timer comes first and
+     * arms the deadline after it). */
     pthread_mutex_t *mu = apex__task_mu(t);
     pthread_mutex_lock(mu);
-    if (atomic_load(&t->state) == APEX_TASK_QUEUED) apex__timer_set(m, t, t->deadline_ns);
+    int st = atomic_load(&t->state);
+    if (!apex_task_state_is_terminal(st) && st != APEX_TASK_RETRY_WAIT) apex__timer_set(m, t, 0);
     pthread_mutex_unlock(mu);
   }
-  apex__pool_push(m, t);
   *out = t;
   return APEX_OK;
 }

@@ -1,6 +1,6 @@
 /* The worker pool: a FIFO run queue of tasks, the threads that run their
- * handlers, and the list of live (not yet terminal) tasks that shutdown
- * cancels.
+ * handlers, and the list of started, not yet terminal tasks that shutdown
+ * cancels (with what is still queued, which it takes from the run queue).
  *
  * One mutex (pool_mu) guards the queue, the live list and the thread counts;
  * handlers run with no lock held. A worker whose handler outlives its task's
@@ -91,10 +91,12 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_unlock(&m->pool_mu);
 }
 
-int apex__pool_live_add(apex_manager_t *m, apex_task_t *t) {
+int apex__pool_submit(apex_manager_t *m, apex_task_t *t) {
+  t->run_next = NULL;
   pthread_mutex_lock(&m->pool_mu);
   /* Checked here, under the lock destroy sets the flag in, so a task is
-   * either refused or seen by destroy's cancel sweep; never neither. */
+   * either refused or in the run queue destroy's sweep takes; never
+   * neither. */
   int rc = atomic_load(&m->shutting_down) ? APEX_E_SHUTTING_DOWN
            : m->cfg.max_queued && m->n_live >= m->cfg.max_queued ? APEX_E_QUEUE_FULL
                                                                   : APEX_OK;
@@ -102,23 +104,49 @@ int apex__pool_live_add(apex_manager_t *m, apex_task_t *t) {
     pthread_mutex_unlock(&m->pool_mu);
     return rc;
   }
-  t->live_prev = NULL;
-  t->live_next = m->live_head;
-  if (m->live_head) m->live_head->live_prev = t;
-  m->live_head = t;
   m->n_live++;
+  apex__task_ref(t); /* the run queue's */
+  if (m->run_tail)
+    m->run_tail->run_next = t;
+  else
+    m->run_head = t;
+  m->run_tail = t;
+  m->n_queued++;
+  if (m->n_idle) pthread_cond_signal(&m->pool_cv);
   pthread_mutex_unlock(&m->pool_mu);
   return APEX_OK;
 }
 
-void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
+void apex__pool_started(apex_manager_t *m, apex_task_t *t) {
+  apex__run_t *r = t->run;
   pthread_mutex_lock(&m->pool_mu);
-  if (t->live_prev)
-    t->live_prev->live_next = t->live_next;
-  else if (m->live_head == t)
-    m->live_head = t->live_next;
-  if (t->live_next) t->live_next->live_prev = t->live_prev;
-  t->live_prev = t->live_next = NULL;
+  r->live_prev = NULL;
+  r->live_next = m->live_head;
+  if (m->live_head) m->live_head->run->live_prev = t;
+  m->live_head = t;
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
+apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
+  pthread_mutex_lock(&m->pool_mu);
+  apex_task_t *t = m->run_head;
+  m->run_head = m->run_tail = NULL;
+  m->n_queued = 0;
+  pthread_mutex_unlock(&m->pool_mu);
+  return t;
+}
+
+void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
+  apex__run_t *r = t->run;
+  pthread_mutex_lock(&m->pool_mu);
+  if (r) {
+    if (r->live_prev)
+      r->live_prev->run->live_next = r->live_next;
+    else if (m->live_head == t)
+      m->live_head = r->live_next;
+    if (r->live_next) r->live_next->run->live_prev = r->live_prev;
+    r->live_prev = r->live_next = NULL;
+  }
   m->n_live--;
   int drained = m->n_live == 0 && atomic_load(&m->shutting_down);
   pthread_mutex_unlock(&m->pool_mu);

@@ -1,5 +1,6 @@
 /* Retry decisions (DESIGN.md "Retries"): which failures are retried and how
- * long to back off. Pure functions of the task's copied policy; the caller
+ * long to back off. Pure functions of the task's policy (the action's, or the
+ * call's copy in t->opts); the caller
  * holds the task lock. Jitter draws from a per-task, per-attempt hash, so it
  * needs no shared random state and repeats under test. */
 #include <math.h>
@@ -16,19 +17,22 @@ static double unit_random(uint64_t seed) {
 }
 
 int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
-  const apex_retry_policy_t *p = &t->retry;
+  const apex__task_opts_t *o = t->opts;
+  const apex_retry_policy_t *p = o && o->own_retry ? &o->retry : &t->action->default_retry;
+  const apex_status_t *never = o && o->own_retry ? o->non_retryable : p->non_retryable;
+  uint32_t attempt = t->run->attempt;
   uint32_t max = p->max_attempts ? p->max_attempts : 1;
-  if (t->attempt >= max) return 0;
+  if (attempt >= max) return 0;
   /* Only failures the plugin called transient are retried; cancellation,
    * timeouts and permanent errors never are. */
   if (code != APEX_E_TRANSIENT && code != APEX_E_CRASHED) return 0;
   for (size_t i = 0; i < p->n_non_retryable; i++)
-    if ((int)t->non_retryable[i] == code) return 0;
+    if ((int)never[i] == code) return 0;
   double coeff = p->backoff_coefficient >= 1.0 ? p->backoff_coefficient : 2.0;
-  double d = p->initial_interval_s * pow(coeff, (double)(t->attempt - 1));
+  double d = p->initial_interval_s * pow(coeff, (double)(attempt - 1));
   if (p->max_interval_s > 0 && d > p->max_interval_s) d = p->max_interval_s;
   if (p->jitter > 0) {
-    double r = unit_random(t->id * 1315423911u + t->attempt);
+    double r = unit_random(t->id * 1315423911u + attempt);
     d *= 1.0 + p->jitter * (2.0 * r - 1.0);
   }
   if (!(d >= 0) || d > 86400.0 * 365) d = d > 0 ? 86400.0 * 365 : 0;

@@ -41,29 +41,37 @@ uint64_t apex__ns_after_ms(int64_t ms) {
 
 /* ------------------------------------------------------------- the heap */
 
-static void heap_place(apex_manager_t *m, size_t i, apex_task_t *t) {
+/* When t's timer fires: its deadline, or its retry time while it waits to
+ * retry. Under tmu (timer_retry changes only there). */
+static inline uint64_t key(const apex_task_t *t) {
+  return t->timer_retry ? t->run->retry_at_ns : t->deadline_ns;
+}
+
+static void heap_place(apex_manager_t *m, uint32_t i, apex_task_t *t) {
   m->heap[i] = t;
   t->heap_idx = i;
 }
 
-static void heap_up(apex_manager_t *m, size_t i) {
+static void heap_up(apex_manager_t *m, uint32_t i) {
   apex_task_t *t = m->heap[i];
+  uint64_t k = key(t);
   while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (m->heap[p]->timer_at <= t->timer_at) break;
+    uint32_t p = (i - 1) / 2;
+    if (key(m->heap[p]) <= k) break;
     heap_place(m, i, m->heap[p]);
     i = p;
   }
   heap_place(m, i, t);
 }
 
-static void heap_down(apex_manager_t *m, size_t i) {
+static void heap_down(apex_manager_t *m, uint32_t i) {
   apex_task_t *t = m->heap[i];
+  uint64_t k = key(t);
   for (;;) {
-    size_t c = 2 * i + 1;
+    uint32_t c = 2 * i + 1;
     if (c >= m->heap_len) break;
-    if (c + 1 < m->heap_len && m->heap[c + 1]->timer_at < m->heap[c]->timer_at) c++;
-    if (t->timer_at <= m->heap[c]->timer_at) break;
+    if (c + 1 < m->heap_len && key(m->heap[c + 1]) < key(m->heap[c])) c++;
+    if (k <= key(m->heap[c])) break;
     heap_place(m, i, m->heap[c]);
     i = c;
   }
@@ -72,12 +80,12 @@ static void heap_down(apex_manager_t *m, size_t i) {
 
 /* Under tmu. */
 static void heap_remove(apex_manager_t *m, apex_task_t *t) {
-  size_t i = t->heap_idx;
-  t->heap_idx = SIZE_MAX;
+  uint32_t i = t->heap_idx;
+  t->heap_idx = APEX__NOT_IN_HEAP;
   apex_task_t *last = m->heap[--m->heap_len];
   if (i == m->heap_len) return;
   heap_place(m, i, last);
-  if (i > 0 && m->heap[(i - 1) / 2]->timer_at > last->timer_at)
+  if (i > 0 && key(m->heap[(i - 1) / 2]) > key(last))
     heap_up(m, i);
   else
     heap_down(m, i);
@@ -86,14 +94,17 @@ static void heap_remove(apex_manager_t *m, apex_task_t *t) {
 int apex__timer_reserve(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_lock(&m->tmu);
   if (m->heap_reserved == m->heap_cap) {
-    size_t cap = m->heap_cap ? m->heap_cap * 2 : 256;
-    apex_task_t **h = realloc(m->heap, cap * sizeof *h);
+    /* Grows by half: a heap of queued deadlines is part of what a queued
+     * task costs, so the slack stays at a third at most. */
+    uint64_t cap = m->heap_cap ? (uint64_t)m->heap_cap + m->heap_cap / 2 : 256;
+    if (cap >= APEX__NOT_IN_HEAP) cap = APEX__NOT_IN_HEAP - 1;
+    apex_task_t **h = cap > m->heap_cap ? realloc(m->heap, cap * sizeof *h) : NULL;
     if (!h) {
       pthread_mutex_unlock(&m->tmu);
       return APEX_E_NOMEM;
     }
     m->heap = h;
-    m->heap_cap = cap;
+    m->heap_cap = (uint32_t)cap;
   }
   m->heap_reserved++;
   t->timer_reserved = 1;
@@ -101,19 +112,19 @@ int apex__timer_reserve(apex_manager_t *m, apex_task_t *t) {
   return APEX_OK;
 }
 
-void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at) {
+void apex__timer_set(apex_manager_t *m, apex_task_t *t, int retry) {
   int wake = 0;
   pthread_mutex_lock(&m->tmu);
-  if (t->heap_idx == SIZE_MAX) {
+  t->timer_retry = (uint8_t)retry;
+  uint64_t at = key(t);
+  if (t->heap_idx == APEX__NOT_IN_HEAP) {
     /* The slot was reserved at submit, so this never allocates. */
     assert(t->timer_reserved && m->heap_len < m->heap_cap);
-    t->timer_at = at;
     m->heap[m->heap_len] = t;
     t->heap_idx = m->heap_len++;
     heap_up(m, t->heap_idx);
     apex__task_ref(t); /* the heap's reference */
   } else {
-    t->timer_at = at;
     heap_up(m, t->heap_idx);
     heap_down(m, t->heap_idx);
   }
@@ -128,7 +139,7 @@ void apex__timer_set(apex_manager_t *m, apex_task_t *t, uint64_t at) {
 void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
   if (!t->timer_reserved) return;
   pthread_mutex_lock(&m->tmu);
-  int in = t->heap_idx != SIZE_MAX;
+  int in = t->heap_idx != APEX__NOT_IN_HEAP;
   if (in) heap_remove(m, t);
   t->timer_reserved = 0;
   m->heap_reserved--;
@@ -154,7 +165,7 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
     pthread_mutex_lock(&m->tmu);
-    while (n < BATCH && m->heap_len && m->heap[0]->timer_at <= now) {
+    while (n < BATCH && m->heap_len && key(m->heap[0]) <= now) {
       apex_task_t *t = m->heap[0];
       heap_remove(m, t);
       due[n++] = t; /* the heap's reference moves to us */
@@ -172,7 +183,7 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
 
 static void arm(apex_manager_t *m) {
   pthread_mutex_lock(&m->tmu);
-  uint64_t at = m->heap_len ? m->heap[0]->timer_at : 0;
+  uint64_t at = m->heap_len ? key(m->heap[0]) : 0;
   m->armed_at = at;
   pthread_mutex_unlock(&m->tmu);
   if (at == m->timer_fd_at) return;
@@ -190,10 +201,11 @@ static void arm(apex_manager_t *m) {
 void apex__flush_request(apex_manager_t *m, apex_task_t *t) {
   int wake = 0;
   pthread_mutex_lock(&m->flush_mu);
-  if (!t->flush_queued) {
-    t->flush_queued = 1;
+  apex__run_t *r = t->run;
+  if (!r->flush_queued) {
+    r->flush_queued = 1;
     apex__task_ref(t);
-    t->flush_next = m->flush_head;
+    r->flush_next = m->flush_head;
     wake = m->flush_head == NULL;
     m->flush_head = t;
   }
@@ -207,14 +219,14 @@ static void flush_all(apex_manager_t *m) {
   m->flush_head = NULL;
   /* Once flush_queued is 0 a plugin may queue the task again, rewriting
    * flush_next: walk a link only this thread writes. */
-  for (apex_task_t *i = t; i; i = i->flush_next) {
-    i->flush_queued = 0;
-    i->flush_work_next = i->flush_next;
+  for (apex_task_t *i = t; i; i = i->run->flush_next) {
+    i->run->flush_queued = 0;
+    i->run->flush_work_next = i->run->flush_next;
   }
   m->last_flush_ns = apex__now_ns();
   pthread_mutex_unlock(&m->flush_mu);
   while (t) {
-    apex_task_t *next = t->flush_work_next;
+    apex_task_t *next = t->run->flush_work_next;
     apex__task_flush_progress(t);
     apex__task_unref(t);
     t = next;

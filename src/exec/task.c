@@ -1,8 +1,11 @@
 /* Tasks: the state machine, its single terminal transition, and the public
  * task-handle calls.
  *
- * A task is one allocation holding its ctx, its preallocated DONE event and
- * everything its attempts need. It is reference counted: the host's handle,
+ * A queued task is one small allocation (internal.h: no token, params, run
+ * state or event node until something needs them); its run state (the ctx
+ * handlers see, attempt results, progress) is made when its first attempt
+ * starts, and its DONE event is the task itself on the DONE queue. It is
+ * reference counted: the host's handle,
  * the "life" reference (held until the task is terminal AND no handler owns
  * its ctx, so a late handler never touches freed memory), and one reference
  * for each queue it sits in (run queue, timer heap, flush list, events).
@@ -14,7 +17,8 @@
  *
  * Threads: any. Failure: an allocation failing while finishing a task
  * still finishes it (the error object falls back to a static one, and the
- * DONE event is preallocated); an ATTEMPT, PROGRESS or RETRY event whose
+ * DONE event needs no allocation); a run state that cannot be allocated
+ * fails the task with APEX_E_NOMEM; an ATTEMPT, PROGRESS or RETRY event whose
  * node cannot be allocated is not delivered, which leaves the task's state,
  * its counters and apex_task_wait unaffected. */
 #include <stdlib.h>
@@ -48,17 +52,26 @@ apex_token_t *apex__task_token(apex_task_t *t) {
   return seen;
 }
 
+_Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
+
 static void task_free(apex_task_t *t) {
   apex_token_t *tok = apex__task_token_peek(t);
-  if (t->parent_cb_id) apex_token_remove_callback(tok, t->parent_cb_id);
+  if (t->opts && t->opts->parent_cb_id) apex_token_remove_callback(tok, t->opts->parent_cb_id);
   json_decref(atomic_load(&t->params));
   apex_token_unref(tok);
-  json_decref(t->attempt_result);
-  apex_error_unref(t->attempt_error);
-  json_decref(t->result);
-  apex_error_unref(t->error);
-  slot_free(t->prog);
-  apex_progress_unref(t->last_progress);
+  apex__run_t *r = t->run;
+  if (r) {
+    json_decref(r->attempt_result);
+    apex_error_unref(r->attempt_error);
+    slot_free(r->prog);
+    apex_progress_unref(r->last_progress);
+    free(r);
+  }
+  if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
+    json_decref(t->out.result);
+  else
+    apex_error_unref(t->out.error);
+  free((void *)t->opts);
   apex_manager_t *m = t->m;
   free(t);
   apex__manager_unref(m);
@@ -71,7 +84,8 @@ void apex__task_unref(apex_task_t *t) {
 }
 
 static apex__where_t where_of(const apex_task_t *t) {
-  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
+  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id,
+                     t->run ? t->run->attempt : 0};
   return w;
 }
 
@@ -81,8 +95,8 @@ static apex__where_t where_of(const apex_task_t *t) {
  * task lock. */
 static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
   apex_manager_t *m = t->m;
-  apex_progress_unref(t->last_progress);
-  t->last_progress = snap;
+  apex_progress_unref(t->run->last_progress);
+  t->run->last_progress = snap;
   atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
   if (!apex__events_wanted(m, t, APEX_EVENT_PROGRESS)) return;
   apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_PROGRESS);
@@ -93,20 +107,20 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
 
 /* Builds the latest coalesced update into a snapshot. Under the lock. */
 static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
-  apex__progress_slot_t *s = t->prog;
-  apex_progress_t *snap = apex__progress_new(t->progress_seq + 1, s->pct, s->msg, s->status,
-                                             s->details, s->sub_tasks);
+  apex__progress_slot_t *s = t->run->prog;
+  apex_progress_t *snap = apex__progress_new(t->run->progress_seq + 1, s->pct, s->msg,
+                                             s->status, s->details, s->sub_tasks);
   s->details = NULL; /* taken, even on failure */
   s->sub_tasks = NULL;
   s->dirty = 0;
-  if (snap) t->progress_seq++;
+  if (snap) t->run->progress_seq++;
   return snap;
 }
 
 /* Delivers the backlog then the latest update. Under the lock. Returns the
  * last snapshot delivered (new reference, for logging) or NULL. */
 static apex_progress_t *flush_locked(apex_task_t *t) {
-  apex__progress_slot_t *s = t->prog;
+  apex__progress_slot_t *s = t->run ? t->run->prog : NULL;
   if (!s) return NULL;
   apex_progress_t *last = NULL;
   for (unsigned i = 0; i < s->n_backlog; i++) {
@@ -154,9 +168,10 @@ static void set_status(char dst[32], const char *src) {
  * details/sub_tasks are taken. Returns APEX_OK (late reports included). */
 static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg_len,
                          const char *status, json_t *details, json_t *sub_tasks, int *request) {
-  apex__progress_slot_t *s = t->prog;
+  apex__run_t *r = t->run;
+  apex__progress_slot_t *s = r->prog;
   if (!s) {
-    s = t->prog = calloc(1, sizeof *s);
+    s = r->prog = calloc(1, sizeof *s);
     if (!s) {
       json_decref(details);
       json_decref(sub_tasks);
@@ -172,10 +187,10 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
       apex_progress_t *p = latest_snapshot_locked(t);
       if (p) s->backlog[s->n_backlog++] = p;
     }
-    apex_progress_t *p = apex__progress_new(t->progress_seq + 1, pct, msg, status, details,
+    apex_progress_t *p = apex__progress_new(r->progress_seq + 1, pct, msg, status, details,
                                             sub_tasks);
     if (!p) return APEX_E_NOMEM;
-    t->progress_seq++;
+    r->progress_seq++;
     s->backlog[s->n_backlog++] = p;
     *request = 1;
     return APEX_OK;
@@ -200,7 +215,8 @@ int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, c
   pthread_mutex_t *mu = apex__task_mu(t);
   int request = 0, rc;
   pthread_mutex_lock(mu);
-  if (!t->attempt_open || is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+  if (!t->run->attempt_open ||
+      is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
     pthread_mutex_unlock(mu);
     json_decref(details);
     json_decref(sub_tasks);
@@ -241,32 +257,17 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
                           after_t *a) {
   apex_manager_t *m = t->m;
   a->logp = flush_locked(t);
-  t->result = result;
-  t->error = error;
+  if (state == APEX_TASK_SUCCEEDED)
+    t->out.result = result;
+  else
+    t->out.error = error;
   /* seq_cst, not release: a waiter publishes itself (m->waiters) and then
    * reads the state; we publish the state and then read m->waiters. Only a
    * total order keeps both from missing the other (a lost wakeup). */
   atomic_store(&t->state, state);
   a->finished = 1;
-  if (!t->attempt_open) a->release_life = 1;
-  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) {
-    apex__ev_t *ev = t->done_ev;
-    t->done_ev = NULL;
-    if (ev) {
-      ev->ev.type = APEX_EVENT_DONE;
-      ev->ev.task = t;
-      ev->ev.task_id = t->id;
-      ev->ev.seq = ++t->event_seq;
-      ev->ev.attempt = t->attempt;
-      ev->ev.state = (apex_task_state_t)state;
-      apex__task_ref(t);
-      if (error) ev->ev.error = apex_error_ref(error);
-      /* Borrowed: the event holds the task, which holds the result. No
-       * second reference, so no count shared between threads. */
-      ev->ev.result = result;
-      apex__events_push(m, ev);
-    }
-  }
+  if (!t->run || !t->run->attempt_open) a->release_life = 1;
+  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
   apex__timer_release(m, t);
   apex__pool_live_remove(m, t);
   count_outcome(m, state);
@@ -286,9 +287,10 @@ static void after_unlock(apex_task_t *t, after_t *a) {
   if (a->finished) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
       int st = atomic_load(&t->state);
+      const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : t->out.error;
       apex__log(&m->log, APEX_LOG_INFO, "task %llu %s.%s %s%s%s", (unsigned long long)t->id,
-                t->plugin->desc.name, t->action->name, apex_task_state_name(st),
-                t->error ? ": " : "", t->error ? apex_error_message(t->error) : "");
+                t->plugin->desc.name, t->action->name, apex_task_state_name(st), e ? ": " : "",
+                e ? apex_error_message(e) : "");
     }
     if (atomic_load(&m->waiters)) {
       pthread_mutex_lock(&m->wait_mu);
@@ -359,9 +361,27 @@ int apex__task_run(apex_task_t *t) {
     after_unlock(t, &a);
     return 0;
   }
+  apex__run_t *r = t->run;
+  if (!r) { /* the first attempt: the task grows what running needs */
+    r = calloc(1, sizeof *r);
+    if (!r) {
+      after_t a = {0};
+      apex__where_t w = where_of(t);
+      finish_locked(t, APEX_TASK_FAILED,  NULL,
+                    apex__error_new(APEX_E_NOMEM, &w, NULL, "out of memory starting the task"),
+                    &a);
+      pthread_mutex_unlock(mu);
+      after_unlock(t, &a);
+      return 0;
+    }
+    r->ctx.api = &m->api;
+    r->task = t;
+    t->run = r;
+    apex__pool_started(m, t);
+  }
   atomic_store(&t->state, APEX_TASK_RUNNING);
-  t->attempt++;
-  t->attempt_open = 1;
+  r->attempt++;
+  r->attempt_open = 1;
   apex__pool_attempt_open(m);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
@@ -370,7 +390,7 @@ int apex__task_run(apex_task_t *t) {
   }
   pthread_mutex_unlock(mu);
 
-  int rc = t->action->handler(&t->ctx);
+  int rc = t->action->handler(&r->ctx);
   if (t->action->kind == APEX_ACTION_DEFERRED && rc == APEX_PENDING) return 0;
   if (rc == APEX_PENDING) {
     apex__log(&m->log, APEX_LOG_WARN, "%s.%s: a blocking handler returned APEX_PENDING",
@@ -396,21 +416,22 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
   apex_manager_t *m = t->m;
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
+  apex__run_t *r = t->run;
   pthread_mutex_lock(mu);
-  if (!t->attempt_open) { /* complete() twice, or complete() and a return */
+  if (!r->attempt_open) { /* complete() twice, or complete() and a return */
     pthread_mutex_unlock(mu);
     atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
     apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: completed twice; ignored",
               t->plugin->desc.name, t->action->name, (unsigned long long)t->id);
     return 0;
   }
-  t->attempt_open = 0;
-  int was_stuck = t->stuck;
-  t->stuck = 0;
-  json_t *res = t->attempt_result;
-  apex_error_t *own = t->attempt_error;
-  t->attempt_result = NULL;
-  t->attempt_error = NULL;
+  r->attempt_open = 0;
+  int was_stuck = r->stuck;
+  r->stuck = 0;
+  json_t *res = r->attempt_result;
+  apex_error_t *own = r->attempt_error;
+  r->attempt_result = NULL;
+  r->attempt_error = NULL;
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) { /* timed out or cancelled meanwhile: too late */
@@ -443,7 +464,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
                (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
       a.logp = flush_locked(t); /* this attempt's progress precedes RETRY */
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
-      t->retry_at_ns = now + (uint64_t)(delay * 1e9);
+      r->retry_at_ns = now + (uint64_t)(delay * 1e9);
       atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
       if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
         apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
@@ -453,7 +474,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
           apex__events_push(m, ev);
         }
       }
-      apex__timer_set(m, t, t->retry_at_ns);
+      apex__timer_set(m, t, 1);
       pthread_mutex_unlock(mu);
       apex_error_unref(err);
     } else {
@@ -481,25 +502,27 @@ void apex__task_on_timer(apex_task_t *t, uint64_t now) {
   }
   if (t->deadline_ns && now >= t->deadline_ns) {
     apex__where_t w = where_of(t);
-    stuck = st == APEX_TASK_RUNNING && t->attempt_open && t->action->kind == APEX_ACTION_BLOCKING;
+    stuck = st == APEX_TASK_RUNNING && t->run->attempt_open &&
+            t->action->kind == APEX_ACTION_BLOCKING;
     if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
-      t->stuck = 1;
+      t->run->stuck = 1;
       apex__pool_count_stuck(m);
     }
     finish_locked(t, APEX_TASK_TIMED_OUT, NULL,
                   apex__error_new(APEX_E_TIMEOUT, &w, NULL, "timed out after %.3f s%s",
-                                  t->timeout_s,
+                                  (double)t->timeout_s,
                                   st == APEX_TASK_QUEUED ? " (still queued)" : ""),
                   &a);
     a.cancel = "timeout";
-  } else if (st == APEX_TASK_RETRY_WAIT && now >= t->retry_at_ns) {
+  } else if (st == APEX_TASK_RETRY_WAIT && now >= t->run->retry_at_ns) {
     atomic_store(&t->state, APEX_TASK_QUEUED);
     requeue = 1;
-    if (t->deadline_ns) apex__timer_set(m, t, t->deadline_ns);
-  } else {
-    uint64_t at = t->deadline_ns;
-    if (st == APEX_TASK_RETRY_WAIT && (!at || t->retry_at_ns < at)) at = t->retry_at_ns;
-    if (at) apex__timer_set(m, t, at);
+    if (t->deadline_ns) apex__timer_set(m, t, 0);
+  } else if (st == APEX_TASK_RETRY_WAIT &&
+             (!t->deadline_ns || t->run->retry_at_ns < t->deadline_ns)) {
+    apex__timer_set(m, t, 1);
+  } else if (t->deadline_ns) {
+    apex__timer_set(m, t, 0);
   }
   pthread_mutex_unlock(mu);
   if (requeue) apex__pool_push(m, t);
@@ -563,7 +586,7 @@ uint32_t apex_task_attempts(apex_task_t *t) {
   if (!t) return 0;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  uint32_t n = t->attempt;
+  uint32_t n = t->run ? t->run->attempt : 0;
   pthread_mutex_unlock(mu);
   return n;
 }
@@ -572,7 +595,9 @@ json_t *apex_task_result(apex_task_t *t) {
   if (!t) return NULL;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  json_t *r = t->result ? json_deep_copy(t->result) : NULL;
+  json_t *r = atomic_load(&t->state) == APEX_TASK_SUCCEEDED && t->out.result
+                  ? json_deep_copy(t->out.result)
+                  : NULL;
   pthread_mutex_unlock(mu);
   return r;
 }
@@ -581,7 +606,10 @@ apex_error_t *apex_task_error(apex_task_t *t) {
   if (!t) return NULL;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  apex_error_t *e = t->error ? apex_error_ref(t->error) : NULL;
+  int st = atomic_load(&t->state);
+  apex_error_t *e =
+      is_terminal(st) && st != APEX_TASK_SUCCEEDED && t->out.error ? apex_error_ref(t->out.error)
+                                                                   : NULL;
   pthread_mutex_unlock(mu);
   return e;
 }
@@ -590,7 +618,8 @@ apex_progress_t *apex_task_progress(apex_task_t *t) {
   if (!t) return NULL;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  apex_progress_t *p = t->last_progress ? apex_progress_ref(t->last_progress) : NULL;
+  apex_progress_t *p =
+      t->run && t->run->last_progress ? apex_progress_ref(t->run->last_progress) : NULL;
   pthread_mutex_unlock(mu);
   return p;
 }
