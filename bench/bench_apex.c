@@ -1,0 +1,366 @@
+/* bench_apex: the Apex peer of the benchmarks (bench/README.md has the
+ * workloads, figures and output protocol). `bench_apex W N [deferred]`.
+ *
+ * It is a host like any other: the public API only (apex/apex.h), plugin
+ * `bench` (bench/plugin_bench.c) loaded from APEX_BENCH_PLUGIN, 2 workers,
+ * every task with a deadline, outcomes delivered on this thread by polling
+ * apex_manager_fd and calling apex_manager_dispatch. The variant `deferred`
+ * (peer apex_deferred) runs W1 and W2 with the plugin's deferred no-op.
+ *
+ * Threads: main only; Apex's runtime and worker threads run the plugin and
+ * never touch this file's state (events are dispatched on main).
+ *
+ * What can fail: any Apex call (the program dies naming the error), a task
+ * ending in another state than the workload expects, a system call. On any
+ * failure nothing goes to stdout and the exit status is nonzero; a workload
+ * this peer does not run exits 3. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <apex/apex.h>
+
+#include "bench_util.h"
+
+#ifndef APEX_BENCH_PLUGIN
+#error "APEX_BENCH_PLUGIN must name the bench plugin's .so (bench/CMakeLists.txt)"
+#endif
+
+#define DEADLINE_S 3600.0
+
+/* What the event callback learns; read by the workloads between dispatches. */
+typedef struct host {
+  apex_manager_t *m;
+  int fd;                  /* apex_manager_fd */
+  const char *peer;
+  apex_task_state_t want;  /* the terminal state every DONE must have */
+  uint64_t done;           /* DONE events seen */
+  /* W6 */
+  uint64_t progress;       /* PROGRESS events seen */
+  double last_pct;         /* percentage of the last one */
+  int64_t flood_ns, flood_cpu_ns;
+} host_t;
+
+static void on_event(const apex_event_t *ev, void *user) {
+  host_t *h = user;
+  if (ev->type == APEX_EVENT_PROGRESS) {
+    h->progress++;
+    h->last_pct = apex_progress_percentage(ev->progress);
+    return;
+  }
+  if (ev->type != APEX_EVENT_DONE) return;
+  if (ev->state != h->want)
+    bench_die("task %" PRIu64 " ended %s, want %s: %s", ev->task_id,
+              apex_task_state_name(ev->state), apex_task_state_name(h->want),
+              ev->error ? apex_error_message(ev->error) : "no error");
+  if (ev->result && json_is_object(ev->result)) { /* flood's; others' is null */
+    json_t *ns = json_object_get(ev->result, "ns");
+    json_t *cpu = json_object_get(ev->result, "thread_cpu_ns");
+    if (json_is_integer(ns) && json_is_integer(cpu)) {
+      h->flood_ns = (int64_t)json_integer_value(ns);
+      h->flood_cpu_ns = (int64_t)json_integer_value(cpu);
+    }
+  }
+  h->done++;
+}
+
+static void host_open(host_t *h, const char *peer, unsigned mask) {
+  memset(h, 0, sizeof *h);
+  h->peer = peer;
+  h->want = APEX_TASK_SUCCEEDED;
+  apex_manager_config_t cfg;
+  apex_manager_config_init(&cfg);
+  cfg.workers = 2;
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = on_event;
+  cfg.event_user = h;
+  cfg.event_mask = mask;
+  cfg.log_level = APEX_LOG_WARN;
+  int rc = apex_manager_new(&cfg, &h->m);
+  if (rc != APEX_OK) bench_die("apex_manager_new: %s", apex_strerror(rc));
+  h->fd = apex_manager_fd(h->m);
+  if (h->fd < 0) bench_die("apex_manager_fd: %s", apex_strerror(h->fd));
+  apex_error_t *err = NULL;
+  rc = apex_manager_load(h->m, APEX_BENCH_PLUGIN, &err);
+  if (rc != APEX_OK) bench_die("load %s: %s", APEX_BENCH_PLUGIN, apex_error_message(err));
+}
+
+static void host_close(host_t *h) {
+  int rc = apex_manager_destroy(h->m, -1);
+  if (rc != APEX_OK) bench_die("apex_manager_destroy: %s", apex_strerror(rc));
+  h->m = NULL;
+}
+
+/* Polls the manager's fd and dispatches until `target` DONE events came. */
+static void pump_until(host_t *h, uint64_t target) {
+  while (h->done < target) {
+    struct pollfd p = {.fd = h->fd, .events = POLLIN};
+    int n = poll(&p, 1, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      bench_die("poll: %s", strerror(errno));
+    }
+    int d = apex_manager_dispatch(h->m);
+    if (d < 0) bench_die("apex_manager_dispatch: %s", apex_strerror(d));
+  }
+}
+
+static apex_task_t *submit(host_t *h, const char *action, json_t *params, double timeout_s) {
+  apex_submit_opts_t opts;
+  apex_submit_opts_init(&opts);
+  opts.timeout_s = timeout_s;
+  apex_task_t *t = NULL;
+  apex_error_t *err = NULL;
+  int rc = apex_manager_submit(h->m, "bench", action, params, &opts, &t, &err);
+  if (rc != APEX_OK) bench_die("submit bench.%s: %s", action, apex_error_message(err));
+  return t;
+}
+
+static void cancel(apex_task_t *t) {
+  int rc = apex_task_cancel(t, NULL);
+  if (rc != APEX_OK) bench_die("apex_task_cancel: %s", apex_strerror(rc));
+}
+
+static int make_eventfd(void) {
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
+  return fd;
+}
+
+/* Blocks (untimed) until the wait handlers have signalled `count` times. */
+static void await_ready(int efd, uint64_t count) {
+  uint64_t seen = 0;
+  while (seen < count) {
+    uint64_t v;
+    ssize_t r = read(efd, &v, sizeof v);
+    if (r < 0 && errno == EINTR) continue;
+    if (r != (ssize_t)sizeof v) bench_die("read eventfd: %s", r < 0 ? strerror(errno) : "short");
+    seen += v;
+  }
+  if (seen != count) bench_die("eventfd: %" PRIu64 " ready signals, want %" PRIu64, seen, count);
+}
+
+static json_t *wait_params(int efd) {
+  json_t *p = json_pack("{s:i}", "ready_fd", efd);
+  if (!p) bench_die("out of memory");
+  return p;
+}
+
+/* Starts two wait tasks and returns once both handlers are blocked. */
+static void occupy_workers(host_t *h, apex_task_t *w[2]) {
+  int efd = make_eventfd();
+  json_t *p = wait_params(efd);
+  for (int i = 0; i < 2; i++) w[i] = submit(h, "wait", p, DEADLINE_S);
+  await_ready(efd, 2);
+  json_decref(p);
+  close(efd);
+}
+
+static void emit_quantiles(const char *peer, const char *wl, uint64_t n, uint64_t *v, int p999) {
+  bench_emit(peer, wl, n, "p50", (double)bench_quantile(v, n, 0.50), "ns");
+  bench_emit(peer, wl, n, "p99", (double)bench_quantile(v, n, 0.99), "ns");
+  if (p999) bench_emit(peer, wl, n, "p999", (double)bench_quantile(v, n, 0.999), "ns");
+}
+
+/* ------------------------------------------------------------ workloads */
+
+static void w1(const char *peer, uint64_t n, const char *noop) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
+  pump_until(&h, n);
+  uint64_t t1 = bench_now_ns();
+  host_close(&h);
+  double ns = (double)(t1 - t0);
+  bench_emit(peer, "W1", n, "tasks_per_s", (double)n / (ns / 1e9), "tasks/s");
+  bench_emit(peer, "W1", n, "ns_per_task", ns / (double)n, "ns");
+}
+
+static void w2(const char *peer, uint64_t n, const char *noop) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t t0 = bench_now_ns();
+    apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
+    pump_until(&h, i + 1);
+    lat[i] = bench_now_ns() - t0;
+  }
+  host_close(&h);
+  emit_quantiles(peer, "W2", n, lat, 1);
+  free(lat);
+}
+
+static void w3(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  h.want = APEX_TASK_CANCELLED;
+  uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  int efd = make_eventfd();
+  json_t *p = wait_params(efd);
+  for (uint64_t i = 0; i < n; i++) {
+    apex_task_t *t = submit(&h, "wait", p, DEADLINE_S);
+    await_ready(efd, 1);
+    uint64_t t0 = bench_now_ns();
+    cancel(t);
+    pump_until(&h, i + 1);
+    lat[i] = bench_now_ns() - t0;
+    apex_task_release(t);
+  }
+  json_decref(p);
+  close(efd);
+  host_close(&h);
+  emit_quantiles(peer, "W3", n, lat, 0);
+  free(lat);
+}
+
+static void w3q(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  h.want = APEX_TASK_CANCELLED;
+  uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  apex_task_t *w[2];
+  occupy_workers(&h, w);
+  for (uint64_t i = 0; i < n; i++) {
+    apex_task_t *t = submit(&h, "noop", NULL, DEADLINE_S);
+    uint64_t t0 = bench_now_ns();
+    cancel(t);
+    pump_until(&h, i + 1);
+    lat[i] = bench_now_ns() - t0;
+    apex_task_release(t);
+  }
+  for (int i = 0; i < 2; i++) cancel(w[i]);
+  pump_until(&h, n + 2);
+  for (int i = 0; i < 2; i++) apex_task_release(w[i]);
+  host_close(&h);
+  emit_quantiles(peer, "W3q", n, lat, 0);
+  free(lat);
+}
+
+static void w4(const char *peer, uint64_t n) {
+  const double timeout_s = 0.005;
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  h.want = APEX_TASK_TIMED_OUT;
+  uint64_t *late = bench_xcalloc(n, sizeof *late);
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t t_submit = bench_now_ns();
+    apex_task_release(submit(&h, "wait", NULL, timeout_s));
+    pump_until(&h, i + 1);
+    uint64_t t_done = bench_now_ns(), due = t_submit + (uint64_t)(timeout_s * 1e9);
+    if (t_done < due)
+      bench_die("timed out %" PRIu64 " ns before its deadline", due - t_done);
+    late[i] = t_done - due;
+  }
+  host_close(&h);
+  emit_quantiles(peer, "W4", n, late, 0);
+  free(late);
+}
+
+static void w5(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  h.want = APEX_TASK_CANCELLED;
+  apex_task_t **tasks = bench_xcalloc(n, sizeof *tasks);
+  memset(tasks, 0xff, n * sizeof *tasks); /* resident before rss0 */
+  apex_task_t *w[2];
+  occupy_workers(&h, w);
+  uint64_t rss0 = bench_rss_bytes();
+  for (uint64_t i = 0; i < n; i++) tasks[i] = submit(&h, "noop", NULL, DEADLINE_S);
+  uint64_t rss1 = bench_rss_bytes();
+  /* The queued ones first, so none starts when the workers come free. */
+  for (uint64_t i = 0; i < n; i++) cancel(tasks[i]);
+  for (int i = 0; i < 2; i++) cancel(w[i]);
+  pump_until(&h, n + 2);
+  for (uint64_t i = 0; i < n; i++) apex_task_release(tasks[i]);
+  for (int i = 0; i < 2; i++) apex_task_release(w[i]);
+  host_close(&h);
+  free(tasks);
+  double growth = rss1 > rss0 ? (double)(rss1 - rss0) : 0.0;
+  bench_emit(peer, "W5", n, "bytes_per_task", growth / (double)n, "B");
+}
+
+static void w6(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE | APEX_EVENT_PROGRESS);
+  h.flood_ns = h.flood_cpu_ns = -1;
+  json_t *p = json_pack("{s:I}", "n", (json_int_t)n);
+  if (!p) bench_die("out of memory");
+  uint64_t cpu0 = bench_process_cpu_ns();
+  apex_task_release(submit(&h, "flood", p, DEADLINE_S));
+  pump_until(&h, 1);
+  uint64_t cpu1 = bench_process_cpu_ns();
+  json_decref(p);
+  host_close(&h);
+  if (h.flood_ns < 0 || h.flood_cpu_ns < 0) bench_die("flood: no {ns, thread_cpu_ns} result");
+  if (h.progress == 0) bench_die("flood: no progress update reached the host");
+  double host_cpu = (double)(cpu1 - cpu0) - (double)h.flood_cpu_ns;
+  bench_emit(peer, "W6", n, "ns_per_update", (double)h.flood_ns / (double)n, "ns");
+  bench_emit(peer, "W6", n, "delivered", (double)h.progress, "updates");
+  bench_emit(peer, "W6", n, "host_cpu_ms", host_cpu / 1e6, "ms");
+  bench_emit(peer, "W6", n, "final", h.last_pct == 100.0 ? 1 : 0, "bool");
+}
+
+static void w7(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  apex_task_t **tasks = bench_xcalloc(n, sizeof *tasks);
+  memset(tasks, 0xff, n * sizeof *tasks); /* resident before rss0 */
+  json_t *p = json_pack("{s:I}", "batch", (json_int_t)n);
+  if (!p) bench_die("out of memory");
+  uint64_t rss0 = bench_rss_bytes();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) tasks[i] = submit(&h, "hold", p, 60.0);
+  uint64_t rss1 = bench_rss_bytes();
+  pump_until(&h, n);
+  uint64_t t1 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) apex_task_release(tasks[i]);
+  json_decref(p);
+  host_close(&h);
+  free(tasks);
+  double growth = rss1 > rss0 ? (double)(rss1 - rss0) : 0.0;
+  bench_emit(peer, "W7", n, "ns_per_task", (double)(t1 - t0) / (double)n, "ns");
+  bench_emit(peer, "W7", n, "bytes_per_task", growth / (double)n, "B");
+}
+
+int main(int argc, char **argv) {
+  const char *wl = NULL, *variant = NULL;
+  uint64_t n = 0;
+  bench_args(argc, argv, &wl, &n, &variant);
+  int deferred = 0;
+  if (variant) {
+    if (strcmp(variant, "deferred") != 0)
+      bench_die("unknown variant '%s' (only 'deferred')", variant);
+    deferred = 1;
+  }
+  const char *peer = deferred ? "apex_deferred" : "apex";
+  const char *noop = deferred ? "noop_deferred" : "noop";
+  if (strcmp(wl, "W1") == 0) {
+    w1(peer, n, noop);
+  } else if (strcmp(wl, "W2") == 0) {
+    w2(peer, n, noop);
+  } else if (!deferred && strcmp(wl, "W3") == 0) {
+    w3(peer, n);
+  } else if (!deferred && strcmp(wl, "W3q") == 0) {
+    w3q(peer, n);
+  } else if (!deferred && strcmp(wl, "W4") == 0) {
+    w4(peer, n);
+  } else if (!deferred && strcmp(wl, "W5") == 0) {
+    w5(peer, n);
+  } else if (!deferred && strcmp(wl, "W6") == 0) {
+    w6(peer, n);
+  } else if (!deferred && strcmp(wl, "W7") == 0) {
+    w7(peer, n);
+  } else {
+    fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);
+    return 3;
+  }
+  return 0;
+}
