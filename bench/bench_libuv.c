@@ -1,0 +1,569 @@
+/* bench_libuv: the libuv 1.44 peer of the benchmarks (bench/README.md).
+ *
+ * What a competent libuv user writes: every task is a malloc'd struct holding
+ * a uv_work_t, submitted with uv_queue_work from the loop thread, and its
+ * after_work_cb (on the loop) checks the outcome and frees it. The pool is
+ * libuv's own, sized by UV_THREADPOOL_SIZE=2. libuv cannot stop running work,
+ * so a blocked task waits on its own "cancel" eventfd that the host writes; a
+ * task still in libuv's queue is cancelled with uv_cancel; timeouts are
+ * uv_timer_t on the loop.
+ *
+ * Threads: main = the loop thread = the host thread (submits, runs every
+ * callback); libuv's 2 pool threads run work_cb; W7 adds one completer thread
+ * that hands completions over a mutex-protected list plus uv_async_send. Work
+ * results cross to the loop through libuv's own queue mutex.
+ *
+ * Failure: any failed call or wrong outcome ends the program (bench_die)
+ * before a figure is printed. W6 is not implemented (exit 3): libuv has no
+ * progress channel of its own; the floor peer measures the plain one. */
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/eventfd.h>
+#include <uv.h>
+
+#include "bench_util.h"
+
+#define PEER "libuv"
+#define NS_PER_MS 1000000u
+#define W4_TIMEOUT_MS 5u
+#define W7_TIMEOUT_MS 60000u
+
+#define CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
+
+/* ---------------------------------------------------------------- helpers */
+
+static void uv_check(int r, const char *what) {
+  if (r != 0) bench_die("%s: %s", what, uv_strerror(r));
+}
+
+/* uv_run(DEFAULT) returns nonzero only after uv_stop (W7's timeout), which
+ * the workload then reports; every caller checks its own counts after. */
+static void loop_run(uv_loop_t *loop) { (void)uv_run(loop, UV_RUN_DEFAULT); }
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n);
+  if (!p) bench_die("out of memory (%zu bytes)", n);
+  return p;
+}
+
+static int efd_new(int flags) {
+  int fd = eventfd(0, EFD_CLOEXEC | flags);
+  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
+  return fd;
+}
+
+static void efd_signal(int fd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do n = write(fd, &one, sizeof one);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t)sizeof one) bench_die("eventfd write: %s", strerror(errno));
+}
+
+/* Blocking read of a semaphore eventfd: one signal consumed. */
+static void efd_wait(int fd) {
+  uint64_t v;
+  ssize_t n;
+  do n = read(fd, &v, sizeof v);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t)sizeof v) bench_die("eventfd read: %s", strerror(errno));
+}
+
+/* The blocked task's wait: untimed, as a handler that waits "forever" for
+ * its cancellation does. */
+static void wait_readable(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  for (;;) {
+    int r = poll(&p, 1, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) bench_die("poll: %s", strerror(errno));
+    if (p.revents & POLLIN) return;
+    if (p.revents & (POLLERR | POLLNVAL)) bench_die("poll: cancel fd broken");
+  }
+}
+
+static void emit_latencies(const char *w, uint64_t size, uint64_t *lat, bool p999) {
+  bench_emit(PEER, w, size, "p50", (double)bench_quantile(lat, size, 0.50), "ns");
+  bench_emit(PEER, w, size, "p99", (double)bench_quantile(lat, size, 0.99), "ns");
+  if (p999) bench_emit(PEER, w, size, "p999", (double)bench_quantile(lat, size, 0.999), "ns");
+}
+
+/* ------------------------------------------------------------------ tasks */
+
+/* A no-op task: the struct a user allocates per uv_queue_work. */
+typedef struct {
+  uv_work_t req; /* req.data: the workload's context */
+} noop_task_t;
+
+static void noop_work(uv_work_t *req) { (void)req; }
+
+static noop_task_t *noop_new(void *ctx) {
+  noop_task_t *t = xmalloc(sizeof *t);
+  t->req.data = ctx;
+  return t;
+}
+
+/* A task that blocks in work_cb until the host writes its cancel eventfd;
+ * it first signals ready_fd (when >= 0) so the host knows it is waiting. */
+typedef struct {
+  uv_work_t req; /* req.data: the workload's context */
+  int cancel_fd;
+  int ready_fd;
+  bool saw_cancel; /* written by work_cb, read in after_work_cb */
+} blocked_task_t;
+
+static void blocked_work(uv_work_t *req) {
+  blocked_task_t *b = CONTAINER_OF(req, blocked_task_t, req);
+  if (b->ready_fd >= 0) efd_signal(b->ready_fd);
+  wait_readable(b->cancel_fd);
+  b->saw_cancel = true;
+}
+
+static blocked_task_t *blocked_new(void *ctx, int ready_fd) {
+  blocked_task_t *b = xmalloc(sizeof *b);
+  b->req.data = ctx;
+  b->cancel_fd = efd_new(0);
+  b->ready_fd = ready_fd;
+  b->saw_cancel = false;
+  return b;
+}
+
+/* Checks a finished blocked task's outcome and frees it. */
+static void blocked_finish(blocked_task_t *b, int status) {
+  if (status != 0) bench_die("blocked task finished with %s", uv_strerror(status));
+  if (!b->saw_cancel) bench_die("blocked task returned without its cancel");
+  if (close(b->cancel_fd) != 0) bench_die("close: %s", strerror(errno));
+  free(b);
+}
+
+/* Both pool threads held by blocked tasks (W3q, W5), so new work stays in
+ * libuv's queue. */
+typedef struct {
+  blocked_task_t *b[2];
+  int ready_fd;
+  int done;
+} blockers_t;
+
+static void blocker_after(uv_work_t *req, int status) {
+  blocked_task_t *b = CONTAINER_OF(req, blocked_task_t, req);
+  blockers_t *bl = req->data;
+  blocked_finish(b, status);
+  bl->done++;
+}
+
+static void blockers_occupy(uv_loop_t *loop, blockers_t *bl) {
+  bl->ready_fd = efd_new(EFD_SEMAPHORE);
+  bl->done = 0;
+  for (int i = 0; i < 2; i++) {
+    bl->b[i] = blocked_new(bl, bl->ready_fd);
+    uv_check(uv_queue_work(loop, &bl->b[i]->req, blocked_work, blocker_after), "uv_queue_work");
+  }
+  efd_wait(bl->ready_fd);
+  efd_wait(bl->ready_fd);
+}
+
+/* Lets both blockers return; the caller runs the loop to finish them. */
+static void blockers_release(blockers_t *bl) {
+  efd_signal(bl->b[0]->cancel_fd);
+  efd_signal(bl->b[1]->cancel_fd);
+}
+
+static void blockers_check(blockers_t *bl) {
+  if (bl->done != 2) bench_die("%d of 2 blockers finished", bl->done);
+  if (close(bl->ready_fd) != 0) bench_die("close: %s", strerror(errno));
+}
+
+/* libuv starts its pool on the first uv_queue_work; one task through it
+ * first keeps thread creation out of every peer's timings. */
+static void warm_after(uv_work_t *req, int status) {
+  uv_check(status, "warm-up task");
+  *(bool *)req->data = true;
+  free(CONTAINER_OF(req, noop_task_t, req));
+}
+
+static void warm_pool(uv_loop_t *loop) {
+  bool done = false;
+  noop_task_t *t = noop_new(&done);
+  uv_check(uv_queue_work(loop, &t->req, noop_work, warm_after), "uv_queue_work");
+  loop_run(loop);
+  if (!done) bench_die("warm-up task did not complete");
+}
+
+/* ----------------------------------------------------------- W1 throughput */
+
+typedef struct {
+  uint64_t size, done;
+  uint64_t t_last;
+} w1_ctx_t;
+
+static void w1_after(uv_work_t *req, int status) {
+  w1_ctx_t *c = req->data;
+  uv_check(status, "W1 task");
+  free(CONTAINER_OF(req, noop_task_t, req));
+  if (++c->done == c->size) c->t_last = bench_now_ns();
+}
+
+static void run_w1(uv_loop_t *loop, uint64_t size) {
+  w1_ctx_t c = {.size = size};
+  warm_pool(loop);
+  uint64_t t0 = bench_now_ns();
+  /* All submits before the loop runs: the host thread is busy submitting,
+   * completions pile up in libuv's queue and are taken in batches. */
+  for (uint64_t i = 0; i < size; i++) {
+    noop_task_t *t = noop_new(&c);
+    uv_check(uv_queue_work(loop, &t->req, noop_work, w1_after), "uv_queue_work");
+  }
+  loop_run(loop);
+  if (c.done != size) bench_die("W1: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
+  double ns = (double)(c.t_last - t0);
+  bench_emit(PEER, "W1", size, "tasks_per_s", (double)size * 1e9 / ns, "tasks/s");
+  bench_emit(PEER, "W1", size, "ns_per_task", ns / (double)size, "ns");
+}
+
+/* -------------------------------------------------------- W2 sequential */
+
+typedef struct {
+  uv_loop_t *loop;
+  uint64_t size, done;
+  uint64_t t_submit;
+  uint64_t *lat;
+} w2_ctx_t;
+
+static void w2_after(uv_work_t *req, int status);
+
+static void w2_submit(w2_ctx_t *c) {
+  c->t_submit = bench_now_ns();
+  noop_task_t *t = noop_new(c);
+  uv_check(uv_queue_work(c->loop, &t->req, noop_work, w2_after), "uv_queue_work");
+}
+
+static void w2_after(uv_work_t *req, int status) {
+  uint64_t t1 = bench_now_ns();
+  w2_ctx_t *c = req->data;
+  uv_check(status, "W2 task");
+  free(CONTAINER_OF(req, noop_task_t, req));
+  c->lat[c->done++] = t1 - c->t_submit;
+  if (c->done < c->size) w2_submit(c);
+}
+
+static void run_w2(uv_loop_t *loop, uint64_t size) {
+  w2_ctx_t c = {.loop = loop, .size = size, .lat = bench_xcalloc(size, sizeof(uint64_t))};
+  warm_pool(loop);
+  w2_submit(&c);
+  loop_run(loop);
+  if (c.done != size) bench_die("W2: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
+  emit_latencies("W2", size, c.lat, true);
+  free(c.lat);
+}
+
+/* ------------------------------------------------- W3 cancel a blocked task */
+
+typedef struct {
+  uint64_t done;
+  uint64_t t1;
+} w3_ctx_t;
+
+static void w3_after(uv_work_t *req, int status) {
+  uint64_t t1 = bench_now_ns();
+  w3_ctx_t *c = req->data;
+  blocked_finish(CONTAINER_OF(req, blocked_task_t, req), status);
+  c->t1 = t1;
+  c->done++;
+}
+
+static void run_w3(uv_loop_t *loop, uint64_t size) {
+  w3_ctx_t c = {0};
+  uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
+  int ready_fd = efd_new(EFD_SEMAPHORE);
+  warm_pool(loop);
+  for (uint64_t i = 0; i < size; i++) {
+    blocked_task_t *b = blocked_new(&c, ready_fd);
+    uv_check(uv_queue_work(loop, &b->req, blocked_work, w3_after), "uv_queue_work");
+    efd_wait(ready_fd); /* the loop is idle here: the task is in its wait */
+    uint64_t t0 = bench_now_ns();
+    efd_signal(b->cancel_fd);
+    loop_run(loop);
+    if (c.done != i + 1) bench_die("W3: sample %" PRIu64 " did not complete", i);
+    lat[i] = c.t1 - t0;
+  }
+  if (close(ready_fd) != 0) bench_die("close: %s", strerror(errno));
+  emit_latencies("W3", size, lat, false);
+  free(lat);
+}
+
+/* ------------------------------------------------ W3q cancel a queued task */
+
+typedef struct {
+  uint64_t done, ran;
+  uint64_t t1;
+} w3q_ctx_t;
+
+static void w3q_work(uv_work_t *req) {
+  /* Must never run: the task is cancelled while both threads are held.
+   * Only read after the loop is done with the task. */
+  ((w3q_ctx_t *)req->data)->ran++;
+}
+
+static void w3q_after(uv_work_t *req, int status) {
+  uint64_t t1 = bench_now_ns();
+  w3q_ctx_t *c = req->data;
+  if (status != UV_ECANCELED) bench_die("W3q: queued task finished with status %d", status);
+  free(CONTAINER_OF(req, noop_task_t, req));
+  c->t1 = t1;
+  c->done++;
+}
+
+static void run_w3q(uv_loop_t *loop, uint64_t size) {
+  w3q_ctx_t c = {0};
+  blockers_t bl;
+  uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
+  blockers_occupy(loop, &bl);
+  for (uint64_t i = 0; i < size; i++) {
+    noop_task_t *t = noop_new(&c);
+    uv_check(uv_queue_work(loop, &t->req, w3q_work, w3q_after), "uv_queue_work");
+    uint64_t t0 = bench_now_ns();
+    uv_check(uv_cancel((uv_req_t *)&t->req), "uv_cancel");
+    /* The blockers keep the loop alive: turn it until this one is back. */
+    while (c.done == i) (void)uv_run(loop, UV_RUN_ONCE);
+    lat[i] = c.t1 - t0;
+  }
+  blockers_release(&bl);
+  loop_run(loop);
+  blockers_check(&bl);
+  if (c.done != size || c.ran != 0)
+    bench_die("W3q: %" PRIu64 " cancelled, %" PRIu64 " ran", c.done, c.ran);
+  emit_latencies("W3q", size, lat, false);
+  free(lat);
+}
+
+/* --------------------------------------------------------- W4 timeouts */
+
+typedef struct {
+  uint64_t size, fired, done;
+  uint64_t t_submit;
+  blocked_task_t *cur;
+  uint64_t *lat;
+} w4_ctx_t;
+
+static void w4_timeout(uv_timer_t *timer) {
+  uint64_t now = bench_now_ns();
+  w4_ctx_t *c = timer->data;
+  uint64_t deadline = c->t_submit + W4_TIMEOUT_MS * NS_PER_MS;
+  /* libuv's clock is in whole ms, cached per loop turn: a timer can fire a
+   * little before the ns deadline; that is no lateness. */
+  c->lat[c->fired++] = now > deadline ? now - deadline : 0;
+  efd_signal(c->cur->cancel_fd);
+}
+
+static void w4_after(uv_work_t *req, int status) {
+  w4_ctx_t *c = req->data;
+  if (c->fired != c->done + 1) bench_die("W4: task finished before its timeout");
+  blocked_finish(CONTAINER_OF(req, blocked_task_t, req), status);
+  c->done++;
+}
+
+static void run_w4(uv_loop_t *loop, uint64_t size) {
+  w4_ctx_t c = {.size = size, .lat = bench_xcalloc(size, sizeof(uint64_t))};
+  uv_timer_t timer;
+  uv_check(uv_timer_init(loop, &timer), "uv_timer_init");
+  timer.data = &c;
+  warm_pool(loop);
+  for (uint64_t i = 0; i < size; i++) {
+    c.cur = blocked_new(&c, -1);
+    c.t_submit = bench_now_ns();
+    uv_check(uv_queue_work(loop, &c.cur->req, blocked_work, w4_after), "uv_queue_work");
+    uv_check(uv_timer_start(&timer, w4_timeout, W4_TIMEOUT_MS, 0), "uv_timer_start");
+    loop_run(loop);
+    if (c.done != i + 1) bench_die("W4: sample %" PRIu64 " did not complete", i);
+  }
+  uv_close((uv_handle_t *)&timer, NULL);
+  loop_run(loop);
+  emit_latencies("W4", size, c.lat, false);
+  free(c.lat);
+}
+
+/* ------------------------------------------------- W5 memory per queued task */
+
+typedef struct {
+  uint64_t done;
+} w5_ctx_t;
+
+static void w5_after(uv_work_t *req, int status) {
+  w5_ctx_t *c = req->data;
+  uv_check(status, "W5 task");
+  free(CONTAINER_OF(req, noop_task_t, req));
+  c->done++;
+}
+
+static void run_w5(uv_loop_t *loop, uint64_t size) {
+  w5_ctx_t c = {0};
+  blockers_t bl;
+  blockers_occupy(loop, &bl);
+  /* Each task's memory is its own malloc'd struct (libuv's queue is
+   * intrusive): nothing to preallocate. */
+  uint64_t rss0 = bench_rss_bytes();
+  for (uint64_t i = 0; i < size; i++) {
+    noop_task_t *t = noop_new(&c);
+    uv_check(uv_queue_work(loop, &t->req, noop_work, w5_after), "uv_queue_work");
+  }
+  uint64_t rss1 = bench_rss_bytes();
+  blockers_release(&bl);
+  loop_run(loop);
+  blockers_check(&bl);
+  if (c.done != size) bench_die("W5: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
+  double growth = (double)rss1 - (double)rss0;
+  bench_emit(PEER, "W5", size, "bytes_per_task", growth / (double)size, "B");
+}
+
+/* ------------------------------------- W7 deferred operations with timeouts */
+
+typedef struct w7_op w7_op_t;
+typedef struct w7_ctx w7_ctx_t;
+
+struct w7_op {
+  uv_timer_t timeout; /* timeout.data: the op */
+  w7_op_t *next;      /* in the completion list, under w7_ctx_t.mu */
+  w7_ctx_t *c;
+};
+
+struct w7_ctx {
+  uint64_t size;
+  w7_op_t **ops; /* what the completer completes: the harness's, not counted */
+  uv_async_t async;
+  pthread_mutex_t mu; /* guards head, tail, go */
+  pthread_cond_t go_cv;
+  bool go;
+  w7_op_t *head, *tail;
+  uint64_t completed, timed_out; /* loop thread only */
+  uint64_t t_last;
+};
+
+static void w7_timed_out(uv_timer_t *timer) {
+  w7_op_t *op = timer->data;
+  op->c->timed_out++;
+  uv_stop(timer->loop); /* 60 s passed: the run is broken, stop and report */
+}
+
+static void w7_closed(uv_handle_t *h) { free(CONTAINER_OF(h, w7_op_t, timeout)); }
+
+/* On the loop: takes every completion posted so far, in one lock. */
+static void w7_drain(uv_async_t *async) {
+  w7_ctx_t *c = async->data;
+  if (pthread_mutex_lock(&c->mu) != 0) bench_die("mutex lock");
+  w7_op_t *op = c->head;
+  c->head = c->tail = NULL;
+  if (pthread_mutex_unlock(&c->mu) != 0) bench_die("mutex unlock");
+  while (op) {
+    w7_op_t *next = op->next;
+    uv_check(uv_timer_stop(&op->timeout), "uv_timer_stop");
+    uv_close((uv_handle_t *)&op->timeout, w7_closed);
+    if (++c->completed == c->size) c->t_last = bench_now_ns();
+    op = next;
+  }
+}
+
+/* The other side of the deferred operations: once told all are in flight,
+ * completes each one as its own event. */
+static void *w7_completer(void *arg) {
+  w7_ctx_t *c = arg;
+  if (pthread_mutex_lock(&c->mu) != 0) bench_die("mutex lock");
+  while (!c->go)
+    if (pthread_cond_wait(&c->go_cv, &c->mu) != 0) bench_die("cond wait");
+  if (pthread_mutex_unlock(&c->mu) != 0) bench_die("mutex unlock");
+  for (uint64_t i = 0; i < c->size; i++) {
+    w7_op_t *op = c->ops[i];
+    op->next = NULL;
+    if (pthread_mutex_lock(&c->mu) != 0) bench_die("mutex lock");
+    if (c->tail)
+      c->tail->next = op;
+    else
+      c->head = op;
+    c->tail = op;
+    if (pthread_mutex_unlock(&c->mu) != 0) bench_die("mutex unlock");
+    uv_check(uv_async_send(&c->async), "uv_async_send");
+  }
+  return NULL;
+}
+
+static void run_w7(uv_loop_t *loop, uint64_t size) {
+  w7_ctx_t c = {.size = size};
+  c.ops = xmalloc(size * sizeof *c.ops);
+  memset(c.ops, 0, size * sizeof *c.ops); /* resident before rss0 */
+  if (pthread_mutex_init(&c.mu, NULL) != 0 || pthread_cond_init(&c.go_cv, NULL) != 0)
+    bench_die("mutex/cond init");
+  uv_check(uv_async_init(loop, &c.async, w7_drain), "uv_async_init");
+  c.async.data = &c;
+  /* The pending timers keep the loop alive, not the async: the loop ends
+   * when the last op is closed, while the completer may still be inside
+   * its last uv_async_send (the handle is closed only after the join). */
+  uv_unref((uv_handle_t *)&c.async);
+  pthread_t completer;
+  if (pthread_create(&completer, NULL, w7_completer, &c) != 0) bench_die("pthread_create");
+
+  uint64_t rss0 = bench_rss_bytes();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < size; i++) {
+    w7_op_t *op = xmalloc(sizeof *op);
+    op->c = &c;
+    op->next = NULL;
+    uv_check(uv_timer_init(loop, &op->timeout), "uv_timer_init");
+    op->timeout.data = op;
+    uv_check(uv_timer_start(&op->timeout, w7_timed_out, W7_TIMEOUT_MS, 0), "uv_timer_start");
+    c.ops[i] = op;
+  }
+  /* Reading /proc costs microseconds; nothing else runs meanwhile, so its
+   * time is taken out of the elapsed time below. */
+  uint64_t tr0 = bench_now_ns();
+  uint64_t rss1 = bench_rss_bytes();
+  uint64_t tr1 = bench_now_ns();
+  if (pthread_mutex_lock(&c.mu) != 0) bench_die("mutex lock");
+  c.go = true;
+  if (pthread_cond_signal(&c.go_cv) != 0) bench_die("cond signal");
+  if (pthread_mutex_unlock(&c.mu) != 0) bench_die("mutex unlock");
+  loop_run(loop);
+  if (c.timed_out) bench_die("W7: %" PRIu64 " operations timed out", c.timed_out);
+  if (pthread_join(completer, NULL) != 0) bench_die("pthread_join");
+  if (c.completed != size) bench_die("W7: %" PRIu64 " of %" PRIu64 " completed", c.completed, size);
+  uv_close((uv_handle_t *)&c.async, NULL);
+  loop_run(loop);
+  pthread_cond_destroy(&c.go_cv);
+  pthread_mutex_destroy(&c.mu);
+  free(c.ops);
+  double ns = (double)(c.t_last - t0 - (tr1 - tr0));
+  bench_emit(PEER, "W7", size, "ns_per_task", ns / (double)size, "ns");
+  bench_emit(PEER, "W7", size, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)size, "B");
+}
+
+/* ------------------------------------------------------------------- main */
+
+static const struct {
+  const char *name;
+  void (*run)(uv_loop_t *loop, uint64_t size);
+} workloads[] = {
+    {"W1", run_w1}, {"W2", run_w2}, {"W3", run_w3}, {"W3q", run_w3q},
+    {"W4", run_w4}, {"W5", run_w5}, {"W7", run_w7},
+};
+
+int main(int argc, char **argv) {
+  const char *workload, *variant;
+  uint64_t size;
+  bench_args(argc, argv, &workload, &size, &variant);
+  void (*run)(uv_loop_t *, uint64_t) = NULL;
+  for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++)
+    if (strcmp(workloads[i].name, workload) == 0) run = workloads[i].run;
+  if (!run || variant) {
+    fprintf(stderr, "bench: %s%s%s not implemented by " PEER "\n", workload,
+            variant ? " " : "", variant ? variant : "");
+    return 3;
+  }
+  /* libuv reads it once, when its pool starts: before any uv call. */
+  if (setenv("UV_THREADPOOL_SIZE", "2", 1) != 0) bench_die("setenv: %s", strerror(errno));
+  uv_loop_t loop;
+  uv_check(uv_loop_init(&loop), "uv_loop_init");
+  run(&loop, size);
+  uv_check(uv_loop_close(&loop), "uv_loop_close");
+  return 0;
+}
