@@ -68,7 +68,7 @@ typedef enum apex_action_kind {
 
 /* Retry policy (Temporal-style). A zero-filled policy means one attempt. */
 typedef struct apex_retry_policy {
-  uint32_t max_attempts;       /* total attempts, >= 1; 0 means 1 */
+  uint32_t max_attempts;       /* total attempts, 1..65535; 0 means 1 */
   double initial_interval_s;   /* delay before the 2nd attempt */
   double backoff_coefficient;  /* >= 1; 0 means 2 */
   double max_interval_s;       /* cap on one delay; 0 means no cap */

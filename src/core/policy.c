@@ -7,7 +7,9 @@
 static int finite_in(double v, double lo, double hi) { return isfinite(v) && v >= lo && v <= hi; }
 
 int apex__retry_policy_check(const apex_retry_policy_t *r, char *why, size_t n) {
-  if (!(r->backoff_coefficient == 0 || (finite_in(r->backoff_coefficient, 1, APEX__MAX_BACKOFF))))
+  if (r->max_attempts > APEX__MAX_ATTEMPTS)
+    snprintf(why, n, "max_attempts %u: at most %u", r->max_attempts, APEX__MAX_ATTEMPTS);
+  else if (!(r->backoff_coefficient == 0 || (finite_in(r->backoff_coefficient, 1, APEX__MAX_BACKOFF))))
     snprintf(why, n, "backoff_coefficient %g: want 0 (default 2) or [1, %g]",
              r->backoff_coefficient, APEX__MAX_BACKOFF);
   else if (!finite_in(r->initial_interval_s, 0, APEX__MAX_INTERVAL_S))

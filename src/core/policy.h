@@ -13,6 +13,8 @@
 #define APEX__MAX_INTERVAL_S 1e9
 #define APEX__MAX_BACKOFF 1000.0
 #define APEX__MAX_NON_RETRYABLE 16
+/* A task counts its attempts in 16 bits (it keeps its queued form small). */
+#define APEX__MAX_ATTEMPTS 65535u
 
 /* Returns: 1 if r is within the limits, else 0 with the reason in why,
  * naming the field (e.g. "jitter 2: want [0, 1]"). */

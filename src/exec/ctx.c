@@ -138,7 +138,7 @@ static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {
   apex_task_t *t = APEX__TASK_OF(c);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->run->attempt};
+  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
   pthread_mutex_unlock(mu);
   apex_error_t *e = apex__error_newv(code, &w, NULL, fmt, ap);
   pthread_mutex_lock(mu);

@@ -85,7 +85,7 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
   n->ev.task = t;
   n->ev.task_id = t->id;
   n->ev.seq = ++t->event_seq;
-  n->ev.attempt = t->run ? t->run->attempt : 0;
+  n->ev.attempt = t->attempt;
   n->ev.state = (apex_task_state_t)atomic_load(&t->state);
   apex__task_ref(t);
   return n;
@@ -150,7 +150,7 @@ static void deliver_done(apex_task_t *t) {
   ev.task = t;
   ev.task_id = t->id;
   ev.seq = t->event_seq;
-  ev.attempt = t->run ? t->run->attempt : 0;
+  ev.attempt = t->attempt;
   ev.state = (apex_task_state_t)state;
   if (state == APEX_TASK_SUCCEEDED)
     ev.result = t->out.result;

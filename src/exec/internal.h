@@ -69,12 +69,14 @@ typedef struct apex__task_opts {
 } apex__task_opts_t;
 
 /* What a task needs once its first attempt starts: made then (by the
- * worker), so a queued task carries none of it. Fields other than ctx and
- * the intrusive links are guarded by the task's stripe lock. */
+ * worker), so a queued task carries none of it, and freed as soon as the
+ * task is terminal and no handler owns the ctx, unless the task reported
+ * progress (last_progress stays readable, and the flush list may still
+ * link it). Fields other than ctx and the intrusive links are guarded by
+ * the task's stripe lock. */
 typedef struct apex__run {
   apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task */
   apex_task_t *task;
-  uint32_t attempt;
   int attempt_open;        /* a handler owns the ctx (running or pending) */
   int stuck;               /* its worker was replaced after a timeout */
   json_t *attempt_result;
@@ -123,6 +125,7 @@ struct apex_task {
   uint32_t event_seq;  /* events made so far (task lock) */
   uint8_t timer_reserved; /* holds one of m->heap_reserved (task lock) */
   uint8_t timer_retry;    /* the heap entry is for run->retry_at_ns (m->tmu) */
+  uint16_t attempt;       /* attempts started (task lock; <= APEX__MAX_ATTEMPTS) */
   float timeout_s;     /* for messages; deadline_ns is the truth */
 };
 

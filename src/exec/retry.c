@@ -20,7 +20,7 @@ int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
   const apex__task_opts_t *o = t->opts;
   const apex_retry_policy_t *p = o && o->own_retry ? &o->retry : &t->action->default_retry;
   const apex_status_t *never = o && o->own_retry ? o->non_retryable : p->non_retryable;
-  uint32_t attempt = t->run->attempt;
+  uint32_t attempt = t->attempt;
   uint32_t max = p->max_attempts ? p->max_attempts : 1;
   if (attempt >= max) return 0;
   /* Only failures the plugin called transient are retried; cancellation,

@@ -84,8 +84,7 @@ void apex__task_unref(apex_task_t *t) {
 }
 
 static apex__where_t where_of(const apex_task_t *t) {
-  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id,
-                     t->run ? t->run->attempt : 0};
+  apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
   return w;
 }
 
@@ -239,6 +238,7 @@ int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, c
 typedef struct after {
   int finished;       /* this call made the task terminal */
   int release_life;   /* drop the life reference */
+  apex__run_t *run;   /* run state to free (detached from the task) */
   const char *cancel; /* cancel the token with this reason */
   apex_progress_t *logp;
 } after_t;
@@ -249,6 +249,21 @@ static void count_outcome(apex_manager_t *m, int state) {
                             : state == APEX_TASK_CANCELLED ? &m->st_cancelled
                                                            : &m->st_timed_out;
   atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+}
+
+/* t is terminal and no handler owns its ctx: the life reference goes, and
+ * the run state with it unless progress was reported (apex_task_progress
+ * reads it, and the flush list may still link it). Under the lock. */
+static void release_life_locked(apex_task_t *t, after_t *a) {
+  a->release_life = 1;
+  apex__run_t *r = t->run;
+  if (r && !r->prog) {
+    /* Both moved out by attempt_end; nothing else is owned without prog. */
+    json_decref(r->attempt_result);
+    apex_error_unref(r->attempt_error);
+    t->run = NULL;
+    a->run = r;
+  }
 }
 
 /* Makes t terminal: final progress, outcome, DONE event. Under the lock.
@@ -266,11 +281,11 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
    * total order keeps both from missing the other (a lost wakeup). */
   atomic_store(&t->state, state);
   a->finished = 1;
-  if (!t->run || !t->run->attempt_open) a->release_life = 1;
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
   apex__timer_release(m, t);
   apex__pool_live_remove(m, t);
   count_outcome(m, state);
+  if (!t->run || !t->run->attempt_open) release_life_locked(t, a);
 }
 
 static void after_unlock(apex_task_t *t, after_t *a) {
@@ -298,6 +313,7 @@ static void after_unlock(apex_task_t *t, after_t *a) {
       pthread_mutex_unlock(&m->wait_mu);
     }
   }
+  free(a->run); /* emptied by release_life_locked */
   if (a->release_life) apex__task_unref(t);
 }
 
@@ -380,7 +396,7 @@ int apex__task_run(apex_task_t *t) {
     apex__pool_started(m, t);
   }
   atomic_store(&t->state, APEX_TASK_RUNNING);
-  r->attempt++;
+  t->attempt++;
   r->attempt_open = 1;
   apex__pool_attempt_open(m);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
@@ -418,7 +434,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
   after_t a = {0};
   apex__run_t *r = t->run;
   pthread_mutex_lock(mu);
-  if (!r->attempt_open) { /* complete() twice, or complete() and a return */
+  if (!r || !r->attempt_open) { /* complete() twice, or complete() and a return */
     pthread_mutex_unlock(mu);
     atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
     apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: completed twice; ignored",
@@ -435,7 +451,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) { /* timed out or cancelled meanwhile: too late */
-    a.release_life = 1;
+    release_life_locked(t, &a);
     atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
     pthread_mutex_unlock(mu);
     json_decref(res);
@@ -586,7 +602,7 @@ uint32_t apex_task_attempts(apex_task_t *t) {
   if (!t) return 0;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  uint32_t n = t->run ? t->run->attempt : 0;
+  uint32_t n = t->attempt;
   pthread_mutex_unlock(mu);
   return n;
 }
