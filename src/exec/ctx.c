@@ -90,9 +90,9 @@ static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) 
 }
 
 static int reject(apex_task_t *t, const char *why) {
-  atomic_fetch_add_explicit(&t->m->st_prog_rejected, 1, memory_order_relaxed);
-  if (apex__log_enabled(&t->m->log, APEX_LOG_DEBUG))
-    apex__log(&t->m->log, APEX_LOG_DEBUG, "%s.%s task %llu: progress rejected: %s",
+  atomic_fetch_add_explicit(&apex__task_m(t)->st_prog_rejected, 1, memory_order_relaxed);
+  if (apex__log_enabled(&apex__task_m(t)->log, APEX_LOG_DEBUG))
+    apex__log(&apex__task_m(t)->log, APEX_LOG_DEBUG, "%s.%s task %llu: progress rejected: %s",
               t->plugin->desc.name, t->action->name, (unsigned long long)t->id, why);
   return APEX_E_INVALID;
 }
@@ -151,7 +151,7 @@ static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {
 
 static void ctx_complete(apex_ctx_t *c, int status) {
   apex_task_t *t = APEX__TASK_OF(c);
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   if (t->action->kind != APEX_ACTION_DEFERRED) {
     apex__log(&m->log, APEX_LOG_WARN,
               "%s.%s: complete() called by a blocking handler; it finishes by returning",
@@ -170,10 +170,10 @@ static void ctx_complete(apex_ctx_t *c, int status) {
 
 static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   apex_task_t *t = APEX__TASK_OF(c);
-  if (!apex__log_enabled(&t->m->log, level)) return;
+  if (!apex__log_enabled(&apex__task_m(t)->log, level)) return;
   char msg[900];
   if (vsnprintf(msg, sizeof msg, fmt, ap) < 0) return;
-  apex__log(&t->m->log, level, "%s.%s task %llu: %s", t->plugin->desc.name, t->action->name,
+  apex__log(&apex__task_m(t)->log, level, "%s.%s task %llu: %s", t->plugin->desc.name, t->action->name,
             (unsigned long long)t->id, msg);
 }
 

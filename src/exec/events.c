@@ -65,8 +65,8 @@ apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user) {
     *user = t->opts->event_user;
     return t->opts->on_event;
   }
-  *user = t->m->cfg.event_user;
-  return t->m->cfg.on_event;
+  *user = apex__task_m(t)->cfg.event_user;
+  return apex__task_m(t)->cfg.on_event;
 }
 
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type) {

@@ -85,6 +85,7 @@ typedef struct apex__run {
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;
+  uint32_t heap_idx;       /* retry heap slot (m->tmu); APEX__NOT_IN_HEAP: none */
   apex_task_t *live_prev, *live_next; /* started, not terminal (m->pool_mu) */
   apex_task_t *flush_next;      /* flush list (m->flush_mu) */
   apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
@@ -96,7 +97,6 @@ typedef struct apex__run {
  * event node until something needs them. Keep it at 120 bytes or less
  * (malloc's 128-byte class); a static assert in task.c holds the line. */
 struct apex_task {
-  apex_manager_t *m;
   uint64_t id;
   const apex__plugin_t *plugin;
   const apex_action_desc_t *action;
@@ -113,6 +113,7 @@ struct apex_task {
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
   apex_task_t *done_next;        /* DONE queue (m->ev_mu) */
+  apex_task_t *tprev, *tnext;    /* its deadline list (m->tmu) */
   /* The outcome once terminal (task lock): result when succeeded, else
    * error. */
   union {
@@ -120,16 +121,34 @@ struct apex_task {
     apex_error_t *error;
   } out;
   atomic_uint refs;
-  _Atomic int state;   /* apex_task_state_t; changed under the task lock */
-  uint32_t heap_idx;   /* timer heap slot (m->tmu); UINT32_MAX: not in it */
   uint32_t event_seq;  /* events made so far (task lock) */
-  uint8_t timer_reserved; /* holds one of m->heap_reserved (task lock) */
-  uint8_t timer_retry;    /* the heap entry is for run->retry_at_ns (m->tmu) */
-  uint16_t attempt;       /* attempts started (task lock; <= APEX__MAX_ATTEMPTS) */
-  float timeout_s;     /* for messages; deadline_ns is the truth */
+  float timeout_s;     /* its deadline list's key (apex__timeout_ns) */
+  uint16_t attempt;    /* attempts started (task lock; <= APEX__MAX_ATTEMPTS) */
+  _Atomic uint8_t state; /* apex_task_state_t; changed under the task lock */
+  uint8_t timer_flags; /* APEX__TIMER_* (m->tmu) */
 };
 
 #define APEX__NOT_IN_HEAP UINT32_MAX
+#define APEX__TIMER_DL_PINNED 0x1u  /* holds a pin on its deadline list */
+#define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (holds a reference) */
+#define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
+
+/* The manager a task belongs to (through its plugin, which the manager
+ * keeps until its own memory goes: a task is kept small). */
+#define apex__task_m(t) ((t)->plugin->m)
+
+/* A task's timeout in ns, from the float it keeps; submit computes the
+ * deadline with it, so a task's list key and its deadline agree. */
+static inline uint64_t apex__timeout_ns(float s) { return (uint64_t)((double)s * 1e9); }
+
+/* The tasks with one timeout, in deadline order (see runtime.c). */
+typedef struct apex__dlist {
+  uint64_t key;          /* the timeout in ns */
+  apex_task_t *head, *tail;
+  uint32_t heap_idx;     /* in m->lheap while non-empty */
+  uint32_t pins;         /* tasks that may link here; freed at 0 */
+  struct apex__dlist *hnext; /* hash chain */
+} apex__dlist_t;
 
 typedef struct apex__worker {
   pthread_t thread;
@@ -170,9 +189,13 @@ struct apex_manager {
   int pool_stop;
   int orphaned;        /* destroy gave up waiting: last one out frees */
 
-  /* timers (tmu) */
+  /* timers (tmu): deadline lists and the retry heap */
   pthread_mutex_t tmu;
-  apex_task_t **heap;
+  apex__dlist_t *dl_hash[64];
+  apex__dlist_t *dl_last;   /* the list found last: usually the next one */
+  apex__dlist_t **lheap;    /* non-empty lists by head deadline */
+  uint32_t lheap_len, lheap_n, lheap_cap; /* in the heap, lists, slots */
+  apex_task_t **heap;       /* tasks waiting to retry, by retry time */
   uint32_t heap_len, heap_cap;
   uint32_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
@@ -238,8 +261,9 @@ int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t msg_le
 /* Makes t terminal with state/error unless it already is. Returns 1 if this
  * call did it. Takes no lock on entry; error taken. */
 int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error);
-/* Timer fired for t (runtime thread). */
-void apex__task_on_timer(apex_task_t *t, uint64_t now);
+/* t's deadline passed / its retry time came (runtime thread). */
+void apex__task_on_deadline(apex_task_t *t);
+void apex__task_on_retry(apex_task_t *t, uint64_t now);
 /* Delivers t's pending progress (runtime thread or a finishing thread). */
 void apex__task_flush_progress(apex_task_t *t);
 /* Returns: t's token, made on first use; NULL only on no memory. */
@@ -298,15 +322,15 @@ void apex__manager_unref(apex_manager_t *m);
 int apex__runtime_start(apex_manager_t *m);
 void apex__runtime_stop(apex_manager_t *m);
 void apex__runtime_wake(apex_manager_t *m);
-/* Reserves t a heap slot (at submit, for a task with a deadline or
- * retries), so arming its timer later, under its lock, never allocates.
+/* At submit: pins t's deadline list (deadline) and reserves a retry heap
+ * slot (retry), so arming either later, under t's lock, never allocates.
  * Returns: APEX_OK, APEX_E_NOMEM. */
-int apex__timer_reserve(apex_manager_t *m, apex_task_t *t);
-/* Arms t's one timer for its deadline (retry 0) or, while it waits to
- * retry, for run->retry_at_ns (retry 1). Needs a reserved slot. Under the
- * task lock. */
-void apex__timer_set(apex_manager_t *m, apex_task_t *t, int retry);
-/* Disarms t's timer and frees its slot; once, when t ends. */
+int apex__timer_reserve(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
+/* Links t into its deadline list (once, after submit made it visible). */
+void apex__deadline_arm(apex_manager_t *m, apex_task_t *t);
+/* Arms t's retry for run->retry_at_ns. Under the task lock. */
+void apex__retry_arm(apex_manager_t *m, apex_task_t *t);
+/* Disarms both and frees what t reserved; once, when t ends. */
 void apex__timer_release(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
 

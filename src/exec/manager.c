@@ -44,6 +44,8 @@ void apex_submit_opts_init(apex_submit_opts_t *opts) {
 }
 
 static void manager_free(apex_manager_t *m) {
+  for (size_t i = 0; i < m->n_plugins; i++) apex__plugin_free(m->plugins[i]);
+  free(m->plugins);
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i]);
   pthread_mutex_destroy(&m->reg_mu);
   pthread_mutex_destroy(&m->pool_mu);
@@ -243,17 +245,26 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   apex__runtime_stop(m);
   apex__events_fini(m);
   for (size_t i = 0; i < m->n_plugins; i++) {
-    if (can_unload)
+    if (can_unload) {
       apex__plugin_unload(m->plugins[i]);
-    else
+    } else {
       apex__log(&m->log, APEX_LOG_WARN,
                 "plugin %s stays loaded: its own thread finished the last task",
                 m->plugins[i]->desc.name);
+      m->plugins[i]->dl = NULL; /* never closed: it may still run */
+    }
   }
-  free(m->plugins);
+  /* The plugin structs stay until the manager's memory goes: tasks the
+   * host still holds find their manager through them. */
   for (size_t i = 0; i < m->n_paths; i++) free(m->paths[i]);
   free(m->paths);
   free(m->heap);
+  free(m->lheap);
+  for (size_t b = 0; b < sizeof m->dl_hash / sizeof m->dl_hash[0]; b++)
+    for (apex__dlist_t *l = m->dl_hash[b], *next; l; l = next) {
+      next = l->hnext;
+      free(l);
+    }
   apex__manager_unref(m);
 }
 
@@ -326,6 +337,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
   apex__plugin_t *p = NULL;
   int rc = apex__plugin_load(file, &m->api, &p, err);
   if (rc != APEX_OK) return rc;
+  p->m = m;
   pthread_mutex_lock(&m->reg_mu);
   apex__plugin_t *dup = find_locked(m, p->desc.name);
   if (dup) {
@@ -337,6 +349,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
                                               file, p->desc.name, other ? other : "?"));
     free(other);
     apex__plugin_unload(p);
+    apex__plugin_free(p);
     return rc;
   }
   if (m->n_plugins == m->cap_plugins) {
@@ -345,6 +358,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
     if (!np) {
       pthread_mutex_unlock(&m->reg_mu);
       apex__plugin_unload(p);
+      apex__plugin_free(p);
       return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
     }
     m->plugins = np;
@@ -510,7 +524,7 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
   t->timeout_s = (float)timeout;
-  if (timeout > 0) t->deadline_ns = apex__now_ns() + (uint64_t)(timeout * 1e9);
+  if (timeout > 0) t->deadline_ns = apex__now_ns() + apex__timeout_ns(t->timeout_s);
   if (o && o->retry && !apex__retry_policy_check(o->retry, why, sizeof why))
     return apex__fail(err, APEX_E_INVALID, "retry policy: %s", why);
   if (!o || (!o->retry && !o->on_event && !o->parent)) return APEX_OK;
@@ -591,11 +605,9 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     json_decref(vp);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
-  t->m = m;
-  t->plugin = p;
+  t->plugin = p; /* and through it, m */
   t->action = a;
   atomic_init(&t->params, vp);
-  t->heap_idx = APEX__NOT_IN_HEAP;
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
   int rc = resolve_opts(m, a, opts, t, err);
@@ -606,7 +618,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     atomic_init(&t->token, tok);
   }
   if (rc == APEX_OK && (t->deadline_ns || retry_of(t)->max_attempts > 1) &&
-      apex__timer_reserve(m, t) != APEX_OK)
+      apex__timer_reserve(m, t, t->deadline_ns != 0, retry_of(t)->max_attempts > 1) != APEX_OK)
     rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
   if (rc == APEX_OK) {
     t->id = atomic_fetch_add(&m->next_id, 1);
@@ -649,12 +661,10 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   }
   if (t->deadline_ns) {
     /* Under the task's lock: it may have ended already (a parent's cancel,
-     * or it ran), or be waiting to retry (its retry timer comes first and
-     * arms the deadline after it). */
+     * or it ran), and then released its timers. */
     pthread_mutex_t *mu = apex__task_mu(t);
     pthread_mutex_lock(mu);
-    int st = atomic_load(&t->state);
-    if (!apex_task_state_is_terminal(st) && st != APEX_TASK_RETRY_WAIT) apex__timer_set(m, t, 0);
+    if (!apex_task_state_is_terminal(atomic_load(&t->state))) apex__deadline_arm(m, t);
     pthread_mutex_unlock(mu);
   }
   *out = t;

@@ -39,25 +39,202 @@ uint64_t apex__ns_after_ms(int64_t ms) {
   return now + (uint64_t)ms * 1000000u;
 }
 
-/* ------------------------------------------------------------- the heap */
+/* ------------------------------------------------------------- deadlines
+ *
+ * Deadlines live in one FIFO list per distinct timeout (tasks of one action,
+ * or one host's habit, share a timeout, so a list is sorted by submit time
+ * at no cost). Insert appends (walking back past the rare later deadline a
+ * concurrent submitter linked first), removal unlinks: O(1) with the links
+ * in the task, no array to grow, and none of the cache misses a binary heap
+ * of a million tasks pays on every removal. The lists are found by timeout
+ * in a small hash and kept in a min-heap by their head's deadline, so the
+ * earliest deadline is the top list's head. Retry backoffs (arbitrary,
+ * jittered delays) go to a binary heap of their own, with its index in the
+ * task's run state. */
 
-/* When t's timer fires: its deadline, or its retry time while it waits to
- * retry. Under tmu (timer_retry changes only there). */
-static inline uint64_t key(const apex_task_t *t) {
-  return t->timer_retry ? t->run->retry_at_ns : t->deadline_ns;
+static inline uint64_t dl_key(const apex_task_t *t) { return apex__timeout_ns(t->timeout_s); }
+
+static inline uint64_t list_at(const apex__dlist_t *l) { return l->head->deadline_ns; }
+
+static void lheap_place(apex_manager_t *m, uint32_t i, apex__dlist_t *l) {
+  m->lheap[i] = l;
+  l->heap_idx = i;
 }
+
+static void lheap_up(apex_manager_t *m, uint32_t i) {
+  apex__dlist_t *l = m->lheap[i];
+  uint64_t k = list_at(l);
+  while (i > 0) {
+    uint32_t p = (i - 1) / 2;
+    if (list_at(m->lheap[p]) <= k) break;
+    lheap_place(m, i, m->lheap[p]);
+    i = p;
+  }
+  lheap_place(m, i, l);
+}
+
+static void lheap_down(apex_manager_t *m, uint32_t i) {
+  apex__dlist_t *l = m->lheap[i];
+  uint64_t k = list_at(l);
+  for (;;) {
+    uint32_t c = 2 * i + 1;
+    if (c >= m->lheap_len) break;
+    if (c + 1 < m->lheap_len && list_at(m->lheap[c + 1]) < list_at(m->lheap[c])) c++;
+    if (k <= list_at(m->lheap[c])) break;
+    lheap_place(m, i, m->lheap[c]);
+    i = c;
+  }
+  lheap_place(m, i, l);
+}
+
+/* Under tmu: l's head changed (or l became empty). */
+static void lheap_fix(apex_manager_t *m, apex__dlist_t *l) {
+  uint32_t i = l->heap_idx;
+  if (!l->head) { /* out of the heap */
+    apex__dlist_t *last = m->lheap[--m->lheap_len];
+    l->heap_idx = APEX__NOT_IN_HEAP;
+    if (i == m->lheap_len) return;
+    lheap_place(m, i, last);
+    lheap_down(m, i);
+    lheap_up(m, last->heap_idx);
+    return;
+  }
+  if (i == APEX__NOT_IN_HEAP) { /* slot reserved with the list: no allocation */
+    m->lheap[m->lheap_len] = l;
+    i = m->lheap_len++;
+  }
+  lheap_place(m, i, l);
+  lheap_down(m, i);
+  lheap_up(m, l->heap_idx);
+}
+
+static size_t dl_bucket(uint64_t key) {
+  return (size_t)((key * 0x9e3779b97f4a7c15ull) >> 58); /* 64 buckets */
+}
+
+static apex__dlist_t *dl_find(apex_manager_t *m, uint64_t key) {
+  apex__dlist_t *l = m->dl_last;
+  if (l && l->key == key) return l;
+  for (l = m->dl_hash[dl_bucket(key)]; l; l = l->hnext)
+    if (l->key == key) return m->dl_last = l;
+  return NULL;
+}
+
+int apex__timer_reserve(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
+  int rc = APEX_OK;
+  pthread_mutex_lock(&m->tmu);
+  if (deadline) {
+    uint64_t key = dl_key(t);
+    apex__dlist_t *l = dl_find(m, key);
+    if (!l && m->lheap_n == m->lheap_cap) {
+      uint32_t cap = m->lheap_cap ? m->lheap_cap * 2 : 16;
+      apex__dlist_t **h = realloc(m->lheap, cap * sizeof *h);
+      if (h) {
+        m->lheap = h;
+        m->lheap_cap = cap;
+      }
+    }
+    if (!l && m->lheap_n < m->lheap_cap && (l = calloc(1, sizeof *l))) {
+      l->key = key;
+      l->heap_idx = APEX__NOT_IN_HEAP;
+      size_t b = dl_bucket(key);
+      l->hnext = m->dl_hash[b];
+      m->dl_hash[b] = l;
+      m->lheap_n++; /* a heap slot for it, taken when it is non-empty */
+      m->dl_last = l;
+    }
+    if (l) {
+      l->pins++;
+      t->timer_flags |= APEX__TIMER_DL_PINNED;
+    } else {
+      rc = APEX_E_NOMEM;
+    }
+  }
+  if (rc == APEX_OK && retry) {
+    if (m->heap_reserved == m->heap_cap) {
+      uint64_t cap = m->heap_cap ? (uint64_t)m->heap_cap * 2 : 64;
+      apex_task_t **h = cap < APEX__NOT_IN_HEAP ? realloc(m->heap, cap * sizeof *h) : NULL;
+      if (h) {
+        m->heap = h;
+        m->heap_cap = (uint32_t)cap;
+      }
+    }
+    if (m->heap_reserved < m->heap_cap) {
+      m->heap_reserved++;
+      t->timer_flags |= APEX__TIMER_RETRY_SLOT;
+    } else {
+      rc = APEX_E_NOMEM;
+    }
+  }
+  pthread_mutex_unlock(&m->tmu);
+  return rc;
+}
+
+/* Under tmu: frees l once no task is pinned to it. */
+static void dl_unpin(apex_manager_t *m, apex__dlist_t *l) {
+  if (--l->pins) return;
+  for (apex__dlist_t **pp = &m->dl_hash[dl_bucket(l->key)]; *pp; pp = &(*pp)->hnext)
+    if (*pp == l) {
+      *pp = l->hnext;
+      break;
+    }
+  if (m->dl_last == l) m->dl_last = NULL;
+  m->lheap_n--;
+  free(l);
+}
+
+/* Under tmu. */
+static void dl_unlink(apex_manager_t *m, apex__dlist_t *l, apex_task_t *t) {
+  int was_head = l->head == t;
+  if (t->tprev) t->tprev->tnext = t->tnext; else l->head = t->tnext;
+  if (t->tnext) t->tnext->tprev = t->tprev; else l->tail = t->tprev;
+  t->tprev = t->tnext = NULL;
+  t->timer_flags &= (uint8_t)~APEX__TIMER_DL_LINKED;
+  if (was_head) lheap_fix(m, l);
+}
+
+/* Wakes the runtime if at is earlier than what it is armed for. Under tmu.
+ * Returns 1 if the caller must wake it (after unlocking). */
+static int earlier_locked(apex_manager_t *m, uint64_t at) {
+  if (m->armed_at && at >= m->armed_at) return 0;
+  m->armed_at = at; /* the runtime re-arms for it on wake */
+  return 1;
+}
+
+void apex__deadline_arm(apex_manager_t *m, apex_task_t *t) {
+  pthread_mutex_lock(&m->tmu);
+  apex__dlist_t *l = dl_find(m, dl_key(t));
+  /* Pinned at submit, so the list exists. Deadlines within a list are in
+   * submit order but for a concurrent submitter that got here first. */
+  apex_task_t *after = l->tail;
+  while (after && after->deadline_ns > t->deadline_ns) after = after->tprev;
+  t->tprev = after;
+  t->tnext = after ? after->tnext : l->head;
+  if (t->tnext) t->tnext->tprev = t; else l->tail = t;
+  if (after) after->tnext = t; else l->head = t;
+  t->timer_flags |= APEX__TIMER_DL_LINKED;
+  apex__task_ref(t); /* the list's reference */
+  if (l->head == t) lheap_fix(m, l);
+  int wake = earlier_locked(m, t->deadline_ns);
+  pthread_mutex_unlock(&m->tmu);
+  if (wake) apex__runtime_wake(m);
+}
+
+/* ---------------------------------------------------- the retry heap */
+
+static inline uint64_t rkey(const apex_task_t *t) { return t->run->retry_at_ns; }
 
 static void heap_place(apex_manager_t *m, uint32_t i, apex_task_t *t) {
   m->heap[i] = t;
-  t->heap_idx = i;
+  t->run->heap_idx = i;
 }
 
 static void heap_up(apex_manager_t *m, uint32_t i) {
   apex_task_t *t = m->heap[i];
-  uint64_t k = key(t);
+  uint64_t k = rkey(t);
   while (i > 0) {
     uint32_t p = (i - 1) / 2;
-    if (key(m->heap[p]) <= k) break;
+    if (rkey(m->heap[p]) <= k) break;
     heap_place(m, i, m->heap[p]);
     i = p;
   }
@@ -66,12 +243,12 @@ static void heap_up(apex_manager_t *m, uint32_t i) {
 
 static void heap_down(apex_manager_t *m, uint32_t i) {
   apex_task_t *t = m->heap[i];
-  uint64_t k = key(t);
+  uint64_t k = rkey(t);
   for (;;) {
     uint32_t c = 2 * i + 1;
     if (c >= m->heap_len) break;
-    if (c + 1 < m->heap_len && key(m->heap[c + 1]) < key(m->heap[c])) c++;
-    if (k <= key(m->heap[c])) break;
+    if (c + 1 < m->heap_len && rkey(m->heap[c + 1]) < rkey(m->heap[c])) c++;
+    if (k <= rkey(m->heap[c])) break;
     heap_place(m, i, m->heap[c]);
     i = c;
   }
@@ -80,72 +257,60 @@ static void heap_down(apex_manager_t *m, uint32_t i) {
 
 /* Under tmu. */
 static void heap_remove(apex_manager_t *m, apex_task_t *t) {
-  uint32_t i = t->heap_idx;
-  t->heap_idx = APEX__NOT_IN_HEAP;
+  uint32_t i = t->run->heap_idx;
+  t->run->heap_idx = APEX__NOT_IN_HEAP;
   apex_task_t *last = m->heap[--m->heap_len];
   if (i == m->heap_len) return;
   heap_place(m, i, last);
-  if (i > 0 && key(m->heap[(i - 1) / 2]) > key(last))
+  if (i > 0 && rkey(m->heap[(i - 1) / 2]) > rkey(last))
     heap_up(m, i);
   else
     heap_down(m, i);
 }
 
-int apex__timer_reserve(apex_manager_t *m, apex_task_t *t) {
+void apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_lock(&m->tmu);
-  if (m->heap_reserved == m->heap_cap) {
-    /* Grows by half: a heap of queued deadlines is part of what a queued
-     * task costs, so the slack stays at a third at most. */
-    uint64_t cap = m->heap_cap ? (uint64_t)m->heap_cap + m->heap_cap / 2 : 256;
-    if (cap >= APEX__NOT_IN_HEAP) cap = APEX__NOT_IN_HEAP - 1;
-    apex_task_t **h = cap > m->heap_cap ? realloc(m->heap, cap * sizeof *h) : NULL;
-    if (!h) {
-      pthread_mutex_unlock(&m->tmu);
-      return APEX_E_NOMEM;
-    }
-    m->heap = h;
-    m->heap_cap = (uint32_t)cap;
-  }
-  m->heap_reserved++;
-  t->timer_reserved = 1;
-  pthread_mutex_unlock(&m->tmu);
-  return APEX_OK;
-}
-
-void apex__timer_set(apex_manager_t *m, apex_task_t *t, int retry) {
-  int wake = 0;
-  pthread_mutex_lock(&m->tmu);
-  t->timer_retry = (uint8_t)retry;
-  uint64_t at = key(t);
-  if (t->heap_idx == APEX__NOT_IN_HEAP) {
-    /* The slot was reserved at submit, so this never allocates. */
-    assert(t->timer_reserved && m->heap_len < m->heap_cap);
-    m->heap[m->heap_len] = t;
-    t->heap_idx = m->heap_len++;
-    heap_up(m, t->heap_idx);
-    apex__task_ref(t); /* the heap's reference */
-  } else {
-    heap_up(m, t->heap_idx);
-    heap_down(m, t->heap_idx);
-  }
-  if (!m->armed_at || at < m->armed_at) {
-    m->armed_at = at; /* the runtime re-arms for it on wake */
-    wake = 1;
-  }
+  /* The slot was reserved at submit, so this never allocates. */
+  assert((t->timer_flags & APEX__TIMER_RETRY_SLOT) && m->heap_len < m->heap_cap);
+  m->heap[m->heap_len] = t;
+  t->run->heap_idx = m->heap_len++;
+  heap_up(m, t->run->heap_idx);
+  apex__task_ref(t); /* the heap's reference */
+  int wake = earlier_locked(m, t->run->retry_at_ns);
   pthread_mutex_unlock(&m->tmu);
   if (wake) apex__runtime_wake(m);
 }
 
 void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
-  if (!t->timer_reserved) return;
+  int refs = 0;
+  /* timer_flags is read under tmu too: the runtime unlinks concurrently. */
   pthread_mutex_lock(&m->tmu);
-  int in = t->heap_idx != APEX__NOT_IN_HEAP;
-  if (in) heap_remove(m, t);
-  t->timer_reserved = 0;
-  m->heap_reserved--;
+  if (t->timer_flags & APEX__TIMER_DL_PINNED) {
+    apex__dlist_t *l = dl_find(m, dl_key(t));
+    if (t->timer_flags & APEX__TIMER_DL_LINKED) {
+      dl_unlink(m, l, t);
+      refs++;
+    }
+    dl_unpin(m, l);
+  }
+  if (t->timer_flags & APEX__TIMER_RETRY_SLOT) {
+    if (t->run && t->run->heap_idx != APEX__NOT_IN_HEAP) {
+      heap_remove(m, t);
+      refs++;
+    }
+    m->heap_reserved--;
+  }
+  t->timer_flags = 0;
   pthread_mutex_unlock(&m->tmu);
   /* Callers hold another reference (the life one), so this never frees. */
-  if (in) atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel);
+  if (refs) atomic_fetch_sub_explicit(&t->refs, (unsigned)refs, memory_order_acq_rel);
+}
+
+/* Under tmu: the earliest time anything is due, 0 for nothing. */
+static uint64_t next_due_locked(apex_manager_t *m) {
+  uint64_t at = m->lheap_len ? list_at(m->lheap[0]) : 0;
+  if (m->heap_len && (!at || rkey(m->heap[0]) < at)) at = rkey(m->heap[0]);
+  return at;
 }
 
 /* Runtime thread: fires what is due, re-arms for the rest. */
@@ -155,25 +320,37 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
   apex_manager_t *m = h->data;
   uint64_t expirations;
   /* Nonblocking: EAGAIN when re-armed since it became readable; nothing
-   * else can fail on a valid timerfd. Either way the heap says what is due. */
+   * else can fail on a valid timerfd. Either way the lists say what is due. */
   ssize_t got = read(m->timer_fd, &expirations, sizeof expirations);
   (void)got;
   m->timer_fd_at = 0;
   enum { BATCH = 256 };
   apex_task_t *due[BATCH];
+  int retry[BATCH];
   for (;;) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
     pthread_mutex_lock(&m->tmu);
-    while (n < BATCH && m->heap_len && key(m->heap[0]) <= now) {
+    while (n < BATCH && m->lheap_len && list_at(m->lheap[0]) <= now) {
+      apex__dlist_t *l = m->lheap[0];
+      apex_task_t *t = l->head;
+      dl_unlink(m, l, t);
+      retry[n] = 0;
+      due[n++] = t; /* the list's reference moves to us */
+    }
+    while (n < BATCH && m->heap_len && rkey(m->heap[0]) <= now) {
       apex_task_t *t = m->heap[0];
       heap_remove(m, t);
+      retry[n] = 1;
       due[n++] = t; /* the heap's reference moves to us */
     }
     m->armed_at = 0;
     pthread_mutex_unlock(&m->tmu);
     for (size_t i = 0; i < n; i++) {
-      apex__task_on_timer(due[i], now);
+      if (retry[i])
+        apex__task_on_retry(due[i], now);
+      else
+        apex__task_on_deadline(due[i]);
       apex__task_unref(due[i]);
     }
     if (n < BATCH) break;
@@ -183,7 +360,7 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
 
 static void arm(apex_manager_t *m) {
   pthread_mutex_lock(&m->tmu);
-  uint64_t at = m->heap_len ? key(m->heap[0]) : 0;
+  uint64_t at = next_due_locked(m);
   m->armed_at = at;
   pthread_mutex_unlock(&m->tmu);
   if (at == m->timer_fd_at) return;

@@ -29,7 +29,7 @@
 #include "exec/internal.h"
 
 pthread_mutex_t *apex__task_mu(apex_task_t *t) {
-  return &t->m->stripes[t->id % APEX__LOCK_STRIPES];
+  return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES];
 }
 
 static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
@@ -72,7 +72,7 @@ static void task_free(apex_task_t *t) {
   else
     apex_error_unref(t->out.error);
   free((void *)t->opts);
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   free(t);
   apex__manager_unref(m);
 }
@@ -93,7 +93,7 @@ static apex__where_t where_of(const apex_task_t *t) {
 /* Pushes one PROGRESS event for snap (a new reference, taken). Under the
  * task lock. */
 static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   apex_progress_unref(t->run->last_progress);
   t->run->last_progress = snap;
   atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
@@ -139,8 +139,8 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
 
 static void log_progress(apex_task_t *t, apex_progress_t *p) {
   if (!p) return;
-  if (apex__log_enabled(&t->m->log, APEX_LOG_DEBUG))
-    apex__log(&t->m->log, APEX_LOG_DEBUG, "task %llu %s.%s progress #%llu %.1f%% [%s] %s",
+  if (apex__log_enabled(&apex__task_m(t)->log, APEX_LOG_DEBUG))
+    apex__log(&apex__task_m(t)->log, APEX_LOG_DEBUG, "task %llu %s.%s progress #%llu %.1f%% [%s] %s",
               (unsigned long long)t->id, t->plugin->desc.name, t->action->name,
               (unsigned long long)apex_progress_seq(p), apex_progress_percentage(p),
               apex_progress_status(p), apex_progress_message(p));
@@ -210,7 +210,7 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
 
 int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, const char *status,
                       json_t *details, json_t *sub_tasks) {
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   int request = 0, rc;
   pthread_mutex_lock(mu);
@@ -270,7 +270,7 @@ static void release_life_locked(apex_task_t *t, after_t *a) {
  * result and error taken. */
 static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_t *error,
                           after_t *a) {
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   a->logp = flush_locked(t);
   if (state == APEX_TASK_SUCCEEDED)
     t->out.result = result;
@@ -289,7 +289,7 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
 }
 
 static void after_unlock(apex_task_t *t, after_t *a) {
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   log_progress(t, a->logp);
   if (a->cancel) {
     apex_token_t *tok = apex__task_token(t);
@@ -356,7 +356,7 @@ int apex__task_cancel(apex_task_t *t, const char *reason) {
 /* ------------------------------------------------------------ attempts */
 
 int apex__task_run(apex_task_t *t) {
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
   if (atomic_load(&t->state) != APEX_TASK_QUEUED) { /* cancelled or timed out in the queue */
@@ -392,6 +392,7 @@ int apex__task_run(apex_task_t *t) {
     }
     r->ctx.api = &m->api;
     r->task = t;
+    r->heap_idx = APEX__NOT_IN_HEAP;
     t->run = r;
     apex__pool_started(m, t);
   }
@@ -429,7 +430,7 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
 }
 
 int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   apex__run_t *r = t->run;
@@ -490,7 +491,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
           apex__events_push(m, ev);
         }
       }
-      apex__timer_set(m, t, 1);
+      apex__retry_arm(m, t);
       pthread_mutex_unlock(mu);
       apex_error_unref(err);
     } else {
@@ -504,46 +505,48 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
   return apex__pool_attempt_close(m, was_stuck, !from_complete);
 }
 
-/* Runtime thread: t's deadline or retry time came. */
-void apex__task_on_timer(apex_task_t *t, uint64_t now) {
-  apex_manager_t *m = t->m;
+/* Runtime thread: t's deadline passed (its list gave it up). */
+void apex__task_on_deadline(apex_task_t *t) {
+  apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
-  int requeue = 0, stuck = 0;
+  int stuck = 0;
   pthread_mutex_lock(mu);
   int st = atomic_load(&t->state);
   if (is_terminal(st)) {
     pthread_mutex_unlock(mu);
     return;
   }
-  if (t->deadline_ns && now >= t->deadline_ns) {
-    apex__where_t w = where_of(t);
-    stuck = st == APEX_TASK_RUNNING && t->run->attempt_open &&
-            t->action->kind == APEX_ACTION_BLOCKING;
-    if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
-      t->run->stuck = 1;
-      apex__pool_count_stuck(m);
-    }
-    finish_locked(t, APEX_TASK_TIMED_OUT, NULL,
-                  apex__error_new(APEX_E_TIMEOUT, &w, NULL, "timed out after %.3f s%s",
-                                  (double)t->timeout_s,
-                                  st == APEX_TASK_QUEUED ? " (still queued)" : ""),
-                  &a);
-    a.cancel = "timeout";
-  } else if (st == APEX_TASK_RETRY_WAIT && now >= t->run->retry_at_ns) {
+  apex__where_t w = where_of(t);
+  stuck = st == APEX_TASK_RUNNING && t->run->attempt_open &&
+          t->action->kind == APEX_ACTION_BLOCKING;
+  if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
+    t->run->stuck = 1;
+    apex__pool_count_stuck(m);
+  }
+  finish_locked(t, APEX_TASK_TIMED_OUT, NULL,
+                apex__error_new(APEX_E_TIMEOUT, &w, NULL, "timed out after %.3f s%s",
+                                (double)t->timeout_s,
+                                st == APEX_TASK_QUEUED ? " (still queued)" : ""),
+                &a);
+  a.cancel = "timeout";
+  pthread_mutex_unlock(mu);
+  if (stuck) apex__pool_worker_stuck(m);
+  after_unlock(t, &a);
+}
+
+/* Runtime thread: t's retry time came (the retry heap gave it up). */
+void apex__task_on_retry(apex_task_t *t, uint64_t now) {
+  apex_manager_t *m = apex__task_m(t);
+  pthread_mutex_t *mu = apex__task_mu(t);
+  int requeue = 0;
+  pthread_mutex_lock(mu);
+  if (atomic_load(&t->state) == APEX_TASK_RETRY_WAIT && now >= t->run->retry_at_ns) {
     atomic_store(&t->state, APEX_TASK_QUEUED);
     requeue = 1;
-    if (t->deadline_ns) apex__timer_set(m, t, 0);
-  } else if (st == APEX_TASK_RETRY_WAIT &&
-             (!t->deadline_ns || t->run->retry_at_ns < t->deadline_ns)) {
-    apex__timer_set(m, t, 1);
-  } else if (t->deadline_ns) {
-    apex__timer_set(m, t, 0);
   }
   pthread_mutex_unlock(mu);
   if (requeue) apex__pool_push(m, t);
-  if (stuck) apex__pool_worker_stuck(m);
-  after_unlock(t, &a);
 }
 
 /* ---------------------------------------------------------- public API */
@@ -562,7 +565,7 @@ apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms) {
   if (!t) return APEX_E_INVALID;
   if (is_terminal(atomic_load(&t->state))) return APEX_OK;
   if (timeout_ms == 0) return APEX_E_AGAIN;
-  apex_manager_t *m = t->m;
+  apex_manager_t *m = apex__task_m(t);
   /* The runtime thread fires deadlines and retries: blocking it on a task
    * could wait for ever. */
   if (m->rt_started && pthread_equal(pthread_self(), m->rt_thread)) return APEX_E_INVALID;

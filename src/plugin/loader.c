@@ -271,6 +271,10 @@ static void plugin_free(apex__plugin_t *p) {
   free(p);
 }
 
+void apex__plugin_free(apex__plugin_t *p) {
+  if (p) plugin_free(p);
+}
+
 int apex__plugin_load(const char *file, const apex_host_api_t *api, apex__plugin_t **out,
                       apex_error_t **err) {
   if (out) *out = NULL;
@@ -326,7 +330,9 @@ fail:
 void apex__plugin_unload(apex__plugin_t *p) {
   if (!p) return;
   if (p->inited && p->desc.shutdown) p->desc.shutdown(p->state);
-  plugin_free(p);
+  p->inited = 0;
+  if (p->dl) dlclose(p->dl);
+  p->dl = NULL;
 }
 
 const apex_action_desc_t *apex__plugin_action(const apex__plugin_t *p, const char *name) {

@@ -20,6 +20,7 @@ typedef struct apex__plugin {
   char *file;   /* the path it was loaded from (owned) */
   void *state;  /* what init stored */
   int inited;   /* init ran and succeeded: shutdown is owed */
+  apex_manager_t *m; /* the manager that loaded it (set by the manager) */
 } apex__plugin_t;
 
 /* Opens file, finds apex_plugin_entry, calls it with api, validates the
@@ -30,13 +31,18 @@ typedef struct apex__plugin {
  * Returns: APEX_OK and *out; APEX_E_PLUGIN_LOAD or APEX_E_ABI_MISMATCH with
  * *err naming the file and the reason (the field, for a bad descriptor);
  * APEX_E_NOMEM. On failure nothing stays open or allocated.
- * Ownership: api borrowed and must outlive the plugin; *out freed by
- * apex__plugin_unload. */
+ * Ownership: api borrowed and must outlive the plugin; *out closed by
+ * apex__plugin_unload and freed by apex__plugin_free. */
 int apex__plugin_load(const char *file, const apex_host_api_t *api, apex__plugin_t **out,
                       apex_error_t **err);
 
-/* Runs the shutdown hook (if init succeeded), dlcloses, frees. NULL: no-op. */
+/* Runs the shutdown hook (if init succeeded) and dlcloses; the struct stays
+ * (its tasks still reach their manager through it) until apex__plugin_free.
+ * NULL: no-op. */
 void apex__plugin_unload(apex__plugin_t *p);
+/* Frees what apex__plugin_load allocated (dlclosing it if it is still open,
+ * without its shutdown hook). NULL: no-op. */
+void apex__plugin_free(apex__plugin_t *p);
 
 /* Returns: the action named name, or NULL. */
 const apex_action_desc_t *apex__plugin_action(const apex__plugin_t *p, const char *name);

@@ -105,6 +105,7 @@ static void test_good_min_descriptor_normalized(void **st) {
   assert_int_equal(run->flags, APEX_ACTION_F_IDEMPOTENT);
   assert_int_equal(p->actions[1].kind, APEX_ACTION_DEFERRED);
   apex__plugin_unload(p);
+  apex__plugin_free(p);
 }
 
 static void test_good_min_init_and_shutdown_run_once(void **st) {
@@ -120,6 +121,7 @@ static void test_good_min_init_and_shutdown_run_once(void **st) {
   assert_int_equal(*(int *)p->state, 42);
   void *state = p->state;
   apex__plugin_unload(p);
+  apex__plugin_free(p);
   assert_int_equal(*(int *)sym(h, "good_min_shutdown_calls"), 1);
   assert_ptr_equal(*(void **)sym(h, "good_min_shutdown_state"), state);
   dlclose(h);
@@ -136,6 +138,7 @@ static void test_plugin_action_lookup(void **st) {
   assert_null(apex__plugin_action(p, NULL));
   assert_null(apex__plugin_action(NULL, "run"));
   apex__plugin_unload(p);
+  apex__plugin_free(p);
 }
 
 static void test_unload_null_is_noop(void **st) {
@@ -156,6 +159,7 @@ static void test_old_abi_small_loads_without_reading_past_struct_size(void **st)
   assert_null(p->desc.init);
   assert_int_equal(p->desc.n_actions, 1);
   apex__plugin_unload(p);
+  apex__plugin_free(p);
 }
 
 static void test_newer_larger_struct_loads_ignoring_tail(void **st) {
@@ -171,6 +175,7 @@ static void test_newer_larger_struct_loads_ignoring_tail(void **st) {
   assert_string_equal(p->desc.name, "old_abi_small");
   assert_int_equal(p->desc.n_actions, 1);
   apex__plugin_unload(p);
+  apex__plugin_free(p);
 }
 
 /* ------------------------------------------------------- file failures */
@@ -282,6 +287,7 @@ static void test_bad_desc_control_case_loads(void **st) {
   unsetenv("APEX_TEST_BAD_DESC");
   assert_int_equal(rc, APEX_OK);
   apex__plugin_unload(p);
+  apex__plugin_free(p);
 }
 
 static void test_bad_desc_error_names_plugin_and_action(void **st) {
