@@ -9,9 +9,10 @@
  * Locks, in the only order any code takes two of them:
  *   m->reg_mu (registry)      never held with another
  *   task stripe lock          (apex__task_mu) before
- *     m->pool_mu | m->tmu | m->ev_mu | m->flush_mu   (leaves: never two)
- *   m->wait_mu                before pool_mu (destroy's wait_zero); taken
- *                             under a task lock (waking waiters); else a leaf
+ *     m->pool_mu | m->live_mu | m->tmu | m->ev_mu | m->flush_mu
+ *                             (leaves: never two)
+ *   m->wait_mu                before live_mu (destroy's wait for handlers);
+ *                             else a leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -86,7 +87,9 @@ typedef struct apex__run {
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;
   uint32_t heap_idx;       /* retry heap slot (m->tmu); APEX__NOT_IN_HEAP: none */
-  apex_task_t *live_prev, *live_next; /* started, not terminal (m->pool_mu) */
+  /* The live list (m->live_mu) links run states, not tasks: a task drops
+   * its run state (t->run = NULL) a moment before the list lets go of it. */
+  struct apex__run *live_prev, *live_next;
   apex_task_t *flush_next;      /* flush list (m->flush_mu) */
   apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
   int flush_queued;             /* (m->flush_mu) */
@@ -174,19 +177,24 @@ struct apex_manager {
   char **paths;
   size_t n_paths;
 
-  /* worker pool: run queue, live list, workers (pool_mu) */
+  /* worker pool: run queue and workers (pool_mu). The submit path and the
+   * workers' pops meet here and nowhere else: what a worker does around a
+   * handler is under live_mu, so it never delays a submit. */
   pthread_mutex_t pool_mu;
   pthread_cond_t pool_cv;
   apex_task_t *run_head, *run_tail;
-  apex_task_t *live_head; /* started tasks not yet terminal */
   apex__worker_t *workers;
   unsigned n_threads;  /* worker threads alive */
   unsigned n_idle;
   unsigned n_stuck;
-  unsigned n_active;   /* open attempts (running or pending ctxs) */
   size_t n_queued;
-  size_t n_live;
+  atomic_size_t n_live; /* submitted, not terminal; raised under pool_mu */
   int pool_stop;
+
+  /* started tasks and open attempts (live_mu) */
+  pthread_mutex_t live_mu;
+  apex__run_t *live_head; /* run states of started tasks not yet terminal */
+  unsigned n_active;   /* open attempts (running or pending ctxs) */
   int orphaned;        /* destroy gave up waiting: last one out frees */
 
   /* timers (tmu): deadline lists and the retry heap */
@@ -287,11 +295,12 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under pool_mu,
  * race-free against destroy's sweep of the run queue). */
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t);
-/* t's first attempt starts: it joins the live list destroy sweeps. Under
+/* t ended: leaves the live list (if started) and the live count. Under
  * the task lock. */
-void apex__pool_started(apex_manager_t *m, apex_task_t *t);
-/* t ended: leaves the live list (if started) and the live count. */
 void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t);
+/* As apex__pool_live_remove, without touching the live list: for a task
+ * whose attempt_close (to come) takes it off the list. */
+void apex__pool_live_count_down(apex_manager_t *m);
 /* Destroy: takes every queued task out of the run queue. Returns the list
  * (linked by run_next, each holding its run-queue reference). */
 apex_task_t *apex__pool_take_queued(apex_manager_t *m);
@@ -304,12 +313,14 @@ void apex__pool_count_stuck(apex_manager_t *m);
 int apex__pool_defer_teardown(apex_manager_t *m);
 /* Stops and joins every worker (after the queue is empty). */
 void apex__pool_stop(apex_manager_t *m);
-/* An attempt opened/closed (counts handlers that own a ctx). Open is called
- * under the task lock; close without it. Returns (close): 1 if this was the
+/* An attempt opened/closed (counts handlers that own a ctx); on the first
+ * attempt (first != 0) t joins the live list destroy sweeps, and a close
+ * with t (non-NULL) takes t off it, in the same critical section. Open is
+ * called under the task lock; close without it. Returns (close): 1 if this was the
  * last handler of an orphaned manager: the caller must then call
  * apex__manager_teardown(m, on_worker) once it no longer touches m. */
-void apex__pool_attempt_open(apex_manager_t *m);
-int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, int on_worker);
+void apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
+int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving);
 
 /* manager.c */
 /* Stops threads, unloads plugins (not when called off a worker thread: a

@@ -49,6 +49,7 @@ static void manager_free(apex_manager_t *m) {
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i]);
   pthread_mutex_destroy(&m->reg_mu);
   pthread_mutex_destroy(&m->pool_mu);
+  pthread_mutex_destroy(&m->live_mu);
   pthread_cond_destroy(&m->pool_cv);
   pthread_mutex_destroy(&m->tmu);
   pthread_mutex_destroy(&m->ev_mu);
@@ -134,6 +135,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i], NULL);
   pthread_mutex_init(&m->reg_mu, NULL);
   pthread_mutex_init(&m->pool_mu, NULL);
+  pthread_mutex_init(&m->live_mu, NULL);
   pthread_cond_init(&m->pool_cv, NULL);
   pthread_mutex_init(&m->tmu, NULL);
   pthread_mutex_init(&m->ev_mu, NULL);
@@ -164,17 +166,20 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
 
 static uint64_t deadline_after(int64_t ms) { return apex__ns_after_ms(ms); }
 
-/* Waits on wait_cv until *count (read under pool_mu) is 0 or until passes.
- * Returns the last count seen. */
-static size_t wait_zero(apex_manager_t *m, const size_t *count_sz, const unsigned *count_u,
-                        uint64_t until) {
+/* Waits on wait_cv until the live tasks (handlers 0) or the open attempts
+ * (handlers 1) are none, or until passes. Returns the last count seen. */
+static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
   pthread_mutex_lock(&m->wait_mu);
   atomic_fetch_add(&m->waiters, 1);
   size_t n;
   for (;;) {
-    pthread_mutex_lock(&m->pool_mu);
-    n = count_sz ? *count_sz : *count_u;
-    pthread_mutex_unlock(&m->pool_mu);
+    if (handlers) {
+      pthread_mutex_lock(&m->live_mu);
+      n = m->n_active;
+      pthread_mutex_unlock(&m->live_mu);
+    } else {
+      n = atomic_load(&m->n_live);
+    }
     uint64_t now = apex__now_ns();
     if (n == 0 || now >= until) break;
     /* Wake at least every 50 ms: a count that reaches zero without a
@@ -195,7 +200,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   pthread_mutex_lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
   pthread_mutex_unlock(&m->pool_mu);
-  wait_zero(m, &m->n_live, NULL, deadline_after(drain_ms));
+  wait_zero(m, 0, deadline_after(drain_ms));
 
   /* Cancel what is left: first what never started (taken out of the run
    * queue whole, so a million queued tasks cost one pass), then the started
@@ -209,12 +214,12 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   for (;;) {
     apex_task_t *batch[64];
     size_t n = 0;
-    pthread_mutex_lock(&m->pool_mu);
-    for (apex_task_t *t = m->live_head; t && n < 64; t = t->run->live_next) {
-      apex__task_ref(t);
-      batch[n++] = t;
+    pthread_mutex_lock(&m->live_mu);
+    for (apex__run_t *r = m->live_head; r && n < 64; r = r->live_next) {
+      apex__task_ref(r->task);
+      batch[n++] = r->task;
     }
-    pthread_mutex_unlock(&m->pool_mu);
+    pthread_mutex_unlock(&m->live_mu);
     if (!n) break;
     for (size_t i = 0; i < n; i++) {
       apex__task_cancel(batch[i], "shutdown");
@@ -222,11 +227,11 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
     }
   }
 
-  wait_zero(m, NULL, &m->n_active, deadline_after(drain_ms));
-  pthread_mutex_lock(&m->pool_mu);
+  wait_zero(m, 1, deadline_after(drain_ms));
+  pthread_mutex_lock(&m->live_mu);
   unsigned active = m->n_active;
   if (active) m->orphaned = 1;
-  pthread_mutex_unlock(&m->pool_mu);
+  pthread_mutex_unlock(&m->live_mu);
   if (active) {
     apex__log(&m->log, APEX_LOG_WARN,
               "shutdown: %u handler(s) ignore cancellation; the manager is freed when they return",
@@ -722,9 +727,11 @@ apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {
   s->late_reports = atomic_load(&m->st_late);
   pthread_mutex_lock(&m->pool_mu);
   s->queued = m->n_queued;
-  s->running = m->n_active;
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;
   pthread_mutex_unlock(&m->pool_mu);
+  pthread_mutex_lock(&m->live_mu);
+  s->running = m->n_active;
+  pthread_mutex_unlock(&m->live_mu);
   return APEX_OK;
 }

@@ -2,8 +2,12 @@
  * handlers, and the list of started, not yet terminal tasks that shutdown
  * cancels (with what is still queued, which it takes from the run queue).
  *
- * One mutex (pool_mu) guards the queue, the live list and the thread counts;
- * handlers run with no lock held. A worker whose handler outlives its task's
+ * pool_mu guards the queue and the thread counts; live_mu the live list and
+ * the open-attempt count. Split so a submit contends with a worker only for
+ * the pop, never for a worker's bookkeeping around a handler, which takes
+ * live_mu twice a task: opening the attempt (joining the live list on the
+ * first) and closing it (leaving the list when the task ended with it).
+ * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
  * max_stuck_workers) so one hung plugin cannot starve the others, and a
  * surplus worker exits when its stuck handler finally returns.
@@ -97,14 +101,17 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t) {
   /* Checked here, under the lock destroy sets the flag in, so a task is
    * either refused or in the run queue destroy's sweep takes; never
    * neither. */
+  /* n_live only rises under pool_mu (it falls anywhere), so this check
+   * can refuse a submit a moment early, never let one too many in. */
   int rc = atomic_load(&m->shutting_down) ? APEX_E_SHUTTING_DOWN
-           : m->cfg.max_queued && m->n_live >= m->cfg.max_queued ? APEX_E_QUEUE_FULL
-                                                                  : APEX_OK;
+           : m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued
+               ? APEX_E_QUEUE_FULL
+               : APEX_OK;
   if (rc != APEX_OK) {
     pthread_mutex_unlock(&m->pool_mu);
     return rc;
   }
-  m->n_live++;
+  atomic_fetch_add(&m->n_live, 1);
   apex__task_ref(t); /* the run queue's */
   if (m->run_tail)
     m->run_tail->run_next = t;
@@ -117,15 +124,6 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t) {
   return APEX_OK;
 }
 
-void apex__pool_started(apex_manager_t *m, apex_task_t *t) {
-  apex__run_t *r = t->run;
-  pthread_mutex_lock(&m->pool_mu);
-  r->live_prev = NULL;
-  r->live_next = m->live_head;
-  if (m->live_head) m->live_head->run->live_prev = t;
-  m->live_head = t;
-  pthread_mutex_unlock(&m->pool_mu);
-}
 
 apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
@@ -136,20 +134,27 @@ apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
   return t;
 }
 
+/* Under live_mu. */
+static void unlink_live_locked(apex_manager_t *m, apex__run_t *r) {
+  if (r->live_prev)
+    r->live_prev->live_next = r->live_next;
+  else if (m->live_head == r)
+    m->live_head = r->live_next;
+  if (r->live_next) r->live_next->live_prev = r->live_prev;
+  r->live_prev = r->live_next = NULL;
+}
+
 void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
-  apex__run_t *r = t->run;
-  pthread_mutex_lock(&m->pool_mu);
-  if (r) {
-    if (r->live_prev)
-      r->live_prev->run->live_next = r->live_next;
-    else if (m->live_head == t)
-      m->live_head = r->live_next;
-    if (r->live_next) r->live_next->run->live_prev = r->live_prev;
-    r->live_prev = r->live_next = NULL;
+  if (t->run) {
+    pthread_mutex_lock(&m->live_mu);
+    unlink_live_locked(m, t->run);
+    pthread_mutex_unlock(&m->live_mu);
   }
-  m->n_live--;
-  int drained = m->n_live == 0 && atomic_load(&m->shutting_down);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__pool_live_count_down(m);
+}
+
+void apex__pool_live_count_down(apex_manager_t *m) {
+  int drained = atomic_fetch_sub(&m->n_live, 1) == 1 && atomic_load(&m->shutting_down);
   if (drained) { /* destroy may be waiting for the last one */
     pthread_mutex_lock(&m->wait_mu);
     pthread_cond_broadcast(&m->wait_cv);
@@ -157,21 +162,32 @@ void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
   }
 }
 
-void apex__pool_attempt_open(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+void apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
+  pthread_mutex_lock(&m->live_mu);
   m->n_active++;
-  pthread_mutex_unlock(&m->pool_mu);
+  if (first) {
+    apex__run_t *r = t->run;
+    r->live_prev = NULL;
+    r->live_next = m->live_head;
+    if (m->live_head) m->live_head->live_prev = r;
+    m->live_head = r;
+  }
+  pthread_mutex_unlock(&m->live_mu);
 }
 
-int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, int on_worker) {
-  (void)on_worker;
-  pthread_mutex_lock(&m->pool_mu);
+int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving) {
+  if (was_stuck) { /* counted under the task lock with the stuck flag */
+    pthread_mutex_lock(&m->pool_mu);
+    m->n_stuck--;
+    pthread_mutex_unlock(&m->pool_mu);
+  }
+  pthread_mutex_lock(&m->live_mu);
+  if (leaving) unlink_live_locked(m, leaving);
   m->n_active--;
-  if (was_stuck) m->n_stuck--; /* counted under the task lock with t->stuck */
   int last = m->n_active == 0;
   int orphan_done = last && m->orphaned;
   if (orphan_done) m->orphaned = 0; /* exactly one caller tears down */
-  pthread_mutex_unlock(&m->pool_mu);
+  pthread_mutex_unlock(&m->live_mu);
   if (last && atomic_load(&m->shutting_down)) {
     pthread_mutex_lock(&m->wait_mu);
     pthread_cond_broadcast(&m->wait_cv);

@@ -239,6 +239,8 @@ typedef struct after {
   int finished;       /* this call made the task terminal */
   int release_life;   /* drop the life reference */
   apex__run_t *run;   /* run state to free (detached from the task) */
+  int closing;        /* the caller closes the attempt (attempt_end) */
+  apex__run_t *leave_live; /* ... and takes this off the live list then */
   const char *cancel; /* cancel the token with this reason */
   apex_progress_t *logp;
 } after_t;
@@ -283,12 +285,18 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   a->finished = 1;
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
   apex__timer_release(m, t);
-  apex__pool_live_remove(m, t);
+  if (a->closing && t->run) { /* one live_mu section for both, in attempt_close */
+    apex__pool_live_count_down(m);
+    a->leave_live = t->run;
+  } else {
+    apex__pool_live_remove(m, t);
+  }
   count_outcome(m, state);
   if (!t->run || !t->run->attempt_open) release_life_locked(t, a);
 }
 
-static void after_unlock(apex_task_t *t, after_t *a) {
+/* The part of after_unlock that reads the plugin's names. */
+static void after_notify(apex_task_t *t, after_t *a) {
   apex_manager_t *m = apex__task_m(t);
   log_progress(t, a->logp);
   if (a->cancel) {
@@ -313,8 +321,16 @@ static void after_unlock(apex_task_t *t, after_t *a) {
       pthread_mutex_unlock(&m->wait_mu);
     }
   }
+}
+
+static void after_release(apex_task_t *t, after_t *a) {
   free(a->run); /* emptied by release_life_locked */
   if (a->release_life) apex__task_unref(t);
+}
+
+static void after_unlock(apex_task_t *t, after_t *a) {
+  after_notify(t, a);
+  after_release(t, a);
 }
 
 int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error) {
@@ -394,12 +410,11 @@ int apex__task_run(apex_task_t *t) {
     r->task = t;
     r->heap_idx = APEX__NOT_IN_HEAP;
     t->run = r;
-    apex__pool_started(m, t);
   }
   atomic_store(&t->state, APEX_TASK_RUNNING);
   t->attempt++;
   r->attempt_open = 1;
-  apex__pool_attempt_open(m);
+  apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
     apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_ATTEMPT);
@@ -432,9 +447,9 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
 int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
-  after_t a = {0};
-  apex__run_t *r = t->run;
+  after_t a = {.closing = 1};
   pthread_mutex_lock(mu);
+  apex__run_t *r = t->run;
   if (!r || !r->attempt_open) { /* complete() twice, or complete() and a return */
     pthread_mutex_unlock(mu);
     atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
@@ -499,10 +514,14 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
       pthread_mutex_unlock(mu);
     }
   }
-  /* after_unlock reads the plugin's names: do it while this attempt still
-   * counts as open, so destroy cannot unload the plugin under us. */
-  after_unlock(t, &a);
-  return apex__pool_attempt_close(m, was_stuck, !from_complete);
+  /* after_notify reads the plugin's names: do it while this attempt still
+   * counts as open, so destroy cannot unload the plugin under us. The run
+   * state leaves the live list before it is freed. */
+  after_notify(t, &a);
+  int teardown = apex__pool_attempt_close(m, was_stuck, a.leave_live);
+  after_release(t, &a);
+  (void)from_complete;
+  return teardown;
 }
 
 /* Runtime thread: t's deadline passed (its list gave it up). */
