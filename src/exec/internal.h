@@ -9,7 +9,7 @@
  * Locks, in the only order any code takes two of them:
  *   m->reg_mu (registry)      never held with another
  *   task stripe lock          (apex__task_mu) before
- *     m->pool_mu | m->live_mu | m->tmu | m->ev_mu | m->flush_mu
+ *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu
  *                             (leaves: never two)
  *   m->wait_mu                before live_mu (destroy's wait for handlers);
  *                             else a leaf
@@ -86,7 +86,7 @@ typedef struct apex__run {
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;
-  uint32_t heap_idx;       /* retry heap slot (m->tmu); APEX__NOT_IN_HEAP: none */
+  uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
   /* The live list (m->live_mu) links run states, not tasks: a task drops
    * its run state (t->run = NULL) a moment before the list lets go of it. */
   struct apex__run *live_prev, *live_next;
@@ -116,7 +116,7 @@ struct apex_task {
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
   apex_task_t *done_next;        /* DONE queue (m->ev_mu) */
-  apex_task_t *tprev, *tnext;    /* its deadline list (m->tmu) */
+  apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
   /* The outcome once terminal (task lock): result when succeeded, else
    * error. */
   union {
@@ -128,7 +128,7 @@ struct apex_task {
   float timeout_s;     /* its deadline list's key (apex__timeout_ns) */
   uint16_t attempt;    /* attempts started (task lock; <= APEX__MAX_ATTEMPTS) */
   _Atomic uint8_t state; /* apex_task_state_t; changed under the task lock */
-  uint8_t timer_flags; /* APEX__TIMER_* (m->tmu) */
+  uint8_t timer_flags; /* APEX__TIMER_* (m->pool_mu) */
 };
 
 #define APEX__NOT_IN_HEAP UINT32_MAX
@@ -197,8 +197,8 @@ struct apex_manager {
   unsigned n_active;   /* open attempts (running or pending ctxs) */
   int orphaned;        /* destroy gave up waiting: last one out frees */
 
-  /* timers (tmu): deadline lists and the retry heap */
-  pthread_mutex_t tmu;
+  /* timers (pool_mu too: a submit queues the task and links its deadline
+   * in one critical section): deadline lists and the retry heap */
   apex__dlist_t *dl_hash[64];
   apex__dlist_t *dl_last;   /* the list found last: usually the next one */
   apex__dlist_t **lheap;    /* non-empty lists by head deadline */
@@ -291,10 +291,13 @@ int apex__pool_start(apex_manager_t *m, unsigned n);
 /* Queues t again for a retry (taking a reference); a no-op once the pool
  * is stopping. */
 void apex__pool_push(apex_manager_t *m, apex_task_t *t);
-/* Counts a new task live and queues it (taking a reference). Returns:
- * APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under pool_mu,
- * race-free against destroy's sweep of the run queue). */
-int apex__pool_submit(apex_manager_t *m, apex_task_t *t);
+/* Counts a new task live, queues it (taking a reference) and links its
+ * deadline (deadline != 0), reserving a retry slot if it may retry, all
+ * in one pool_mu section: a task is queued with its timers or not at all.
+ * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
+ * pool_mu, race-free against destroy's sweep of the run queue),
+ * APEX_E_NOMEM. */
+int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
 /* t ended: leaves the live list (if started) and the live count. Under
  * the task lock. */
 void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t);
@@ -333,12 +336,13 @@ void apex__manager_unref(apex_manager_t *m);
 int apex__runtime_start(apex_manager_t *m);
 void apex__runtime_stop(apex_manager_t *m);
 void apex__runtime_wake(apex_manager_t *m);
-/* At submit: pins t's deadline list (deadline) and reserves a retry heap
- * slot (retry), so arming either later, under t's lock, never allocates.
- * Returns: APEX_OK, APEX_E_NOMEM. */
-int apex__timer_reserve(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
-/* Links t into its deadline list (once, after submit made it visible). */
-void apex__deadline_arm(apex_manager_t *m, apex_task_t *t);
+/* Under pool_mu, at submit: pins t's deadline list (deadline) and reserves
+ * a retry heap slot (retry), so arming either later never allocates; all
+ * or nothing. Returns: APEX_OK, APEX_E_NOMEM. */
+int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
+/* Under pool_mu: links t into its pinned deadline list (taking a
+ * reference). Returns 1 if the runtime must be woken (after unlocking). */
+int apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
 /* Arms t's retry for run->retry_at_ns. Under the task lock. */
 void apex__retry_arm(apex_manager_t *m, apex_task_t *t);
 /* Disarms both and frees what t reserved; once, when t ends. */

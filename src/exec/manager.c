@@ -51,7 +51,6 @@ static void manager_free(apex_manager_t *m) {
   pthread_mutex_destroy(&m->pool_mu);
   pthread_mutex_destroy(&m->live_mu);
   pthread_cond_destroy(&m->pool_cv);
-  pthread_mutex_destroy(&m->tmu);
   pthread_mutex_destroy(&m->ev_mu);
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
@@ -137,7 +136,6 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   pthread_mutex_init(&m->pool_mu, NULL);
   pthread_mutex_init(&m->live_mu, NULL);
   pthread_cond_init(&m->pool_cv, NULL);
-  pthread_mutex_init(&m->tmu, NULL);
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);
@@ -622,23 +620,19 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
     atomic_init(&t->token, tok);
   }
-  if (rc == APEX_OK && (t->deadline_ns || retry_of(t)->max_attempts > 1) &&
-      apex__timer_reserve(m, t, t->deadline_ns != 0, retry_of(t)->max_attempts > 1) != APEX_OK)
-    rc = apex__fail(err, APEX_E_NOMEM, "out of memory for the task's timer");
   if (rc == APEX_OK) {
     t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. */
-    rc = apex__pool_submit(m, t);
+    rc = apex__pool_submit(m, t, t->deadline_ns != 0, retry_of(t)->max_attempts > 1);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
       apex__fail(err, rc, "the queue is full (%zu live tasks, config.max_queued)",
                  m->cfg.max_queued);
-    if (rc != APEX_OK) {
-      apex__timer_release(m, t);
-      apex__manager_unref(m);
-    }
+    else if (rc == APEX_E_NOMEM)
+      apex__fail(err, rc, "out of memory for the task's timer");
+    if (rc != APEX_OK) apex__manager_unref(m);
   }
   if (rc != APEX_OK) {
     json_decref(vp);
@@ -663,14 +657,6 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
       apex__task_unref(t);
       return apex__fail(err, APEX_E_NOMEM, "out of memory watching the parent token");
     }
-  }
-  if (t->deadline_ns) {
-    /* Under the task's lock: it may have ended already (a parent's cancel,
-     * or it ran), and then released its timers. */
-    pthread_mutex_t *mu = apex__task_mu(t);
-    pthread_mutex_lock(mu);
-    if (!apex_task_state_is_terminal(atomic_load(&t->state))) apex__deadline_arm(m, t);
-    pthread_mutex_unlock(mu);
   }
   *out = t;
   return APEX_OK;

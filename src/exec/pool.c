@@ -2,7 +2,8 @@
  * handlers, and the list of started, not yet terminal tasks that shutdown
  * cancels (with what is still queued, which it takes from the run queue).
  *
- * pool_mu guards the queue and the thread counts; live_mu the live list and
+ * pool_mu guards the queue, the thread counts and the timers (runtime.c),
+ * so a submit is one critical section; live_mu the live list and
  * the open-attempt count. Split so a submit contends with a worker only for
  * the pop, never for a worker's bookkeeping around a handler, which takes
  * live_mu twice a task: opening the attempt (joining the live list on the
@@ -95,7 +96,7 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_unlock(&m->pool_mu);
 }
 
-int apex__pool_submit(apex_manager_t *m, apex_task_t *t) {
+int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
   t->run_next = NULL;
   pthread_mutex_lock(&m->pool_mu);
   /* Checked here, under the lock destroy sets the flag in, so a task is
@@ -107,6 +108,7 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t) {
            : m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued
                ? APEX_E_QUEUE_FULL
                : APEX_OK;
+  if (rc == APEX_OK && (deadline || retry)) rc = apex__timer_reserve_locked(m, t, deadline, retry);
   if (rc != APEX_OK) {
     pthread_mutex_unlock(&m->pool_mu);
     return rc;
@@ -119,8 +121,10 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t) {
     m->run_head = t;
   m->run_tail = t;
   m->n_queued++;
+  int wake_rt = deadline ? apex__deadline_link_locked(m, t) : 0;
   if (m->n_idle) pthread_cond_signal(&m->pool_cv);
   pthread_mutex_unlock(&m->pool_mu);
+  if (wake_rt) apex__runtime_wake(m);
   return APEX_OK;
 }
 

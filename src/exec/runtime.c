@@ -87,7 +87,7 @@ static void lheap_down(apex_manager_t *m, uint32_t i) {
   lheap_place(m, i, l);
 }
 
-/* Under tmu: l's head changed (or l became empty). */
+/* Under pool_mu: l's head changed (or l became empty). */
 static void lheap_fix(apex_manager_t *m, apex__dlist_t *l) {
   uint32_t i = l->heap_idx;
   if (!l->head) { /* out of the heap */
@@ -120,9 +120,22 @@ static apex__dlist_t *dl_find(apex_manager_t *m, uint64_t key) {
   return NULL;
 }
 
-int apex__timer_reserve(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
+/* Under pool_mu: frees l once no task is pinned to it. */
+static void dl_unpin(apex_manager_t *m, apex__dlist_t *l) {
+  if (--l->pins) return;
+  for (apex__dlist_t **pp = &m->dl_hash[dl_bucket(l->key)]; *pp; pp = &(*pp)->hnext)
+    if (*pp == l) {
+      *pp = l->hnext;
+      break;
+    }
+  if (m->dl_last == l) m->dl_last = NULL;
+  m->lheap_n--;
+  free(l);
+}
+
+int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
   int rc = APEX_OK;
-  pthread_mutex_lock(&m->tmu);
+  apex__dlist_t *pinned = NULL;
   if (deadline) {
     uint64_t key = dl_key(t);
     apex__dlist_t *l = dl_find(m, key);
@@ -146,6 +159,7 @@ int apex__timer_reserve(apex_manager_t *m, apex_task_t *t, int deadline, int ret
     if (l) {
       l->pins++;
       t->timer_flags |= APEX__TIMER_DL_PINNED;
+      pinned = l;
     } else {
       rc = APEX_E_NOMEM;
     }
@@ -166,24 +180,14 @@ int apex__timer_reserve(apex_manager_t *m, apex_task_t *t, int deadline, int ret
       rc = APEX_E_NOMEM;
     }
   }
-  pthread_mutex_unlock(&m->tmu);
+  if (rc != APEX_OK && pinned) { /* all or nothing */
+    dl_unpin(m, pinned);
+    t->timer_flags = 0;
+  }
   return rc;
 }
 
-/* Under tmu: frees l once no task is pinned to it. */
-static void dl_unpin(apex_manager_t *m, apex__dlist_t *l) {
-  if (--l->pins) return;
-  for (apex__dlist_t **pp = &m->dl_hash[dl_bucket(l->key)]; *pp; pp = &(*pp)->hnext)
-    if (*pp == l) {
-      *pp = l->hnext;
-      break;
-    }
-  if (m->dl_last == l) m->dl_last = NULL;
-  m->lheap_n--;
-  free(l);
-}
-
-/* Under tmu. */
+/* Under pool_mu. */
 static void dl_unlink(apex_manager_t *m, apex__dlist_t *l, apex_task_t *t) {
   int was_head = l->head == t;
   if (t->tprev) t->tprev->tnext = t->tnext; else l->head = t->tnext;
@@ -193,7 +197,7 @@ static void dl_unlink(apex_manager_t *m, apex__dlist_t *l, apex_task_t *t) {
   if (was_head) lheap_fix(m, l);
 }
 
-/* Wakes the runtime if at is earlier than what it is armed for. Under tmu.
+/* Wakes the runtime if at is earlier than what it is armed for. Under pool_mu.
  * Returns 1 if the caller must wake it (after unlocking). */
 static int earlier_locked(apex_manager_t *m, uint64_t at) {
   if (m->armed_at && at >= m->armed_at) return 0;
@@ -201,8 +205,7 @@ static int earlier_locked(apex_manager_t *m, uint64_t at) {
   return 1;
 }
 
-void apex__deadline_arm(apex_manager_t *m, apex_task_t *t) {
-  pthread_mutex_lock(&m->tmu);
+int apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   apex__dlist_t *l = dl_find(m, dl_key(t));
   /* Pinned at submit, so the list exists. Deadlines within a list are in
    * submit order but for a concurrent submitter that got here first. */
@@ -215,9 +218,7 @@ void apex__deadline_arm(apex_manager_t *m, apex_task_t *t) {
   t->timer_flags |= APEX__TIMER_DL_LINKED;
   apex__task_ref(t); /* the list's reference */
   if (l->head == t) lheap_fix(m, l);
-  int wake = earlier_locked(m, t->deadline_ns);
-  pthread_mutex_unlock(&m->tmu);
-  if (wake) apex__runtime_wake(m);
+  return earlier_locked(m, t->deadline_ns);
 }
 
 /* ---------------------------------------------------- the retry heap */
@@ -255,7 +256,7 @@ static void heap_down(apex_manager_t *m, uint32_t i) {
   heap_place(m, i, t);
 }
 
-/* Under tmu. */
+/* Under pool_mu. */
 static void heap_remove(apex_manager_t *m, apex_task_t *t) {
   uint32_t i = t->run->heap_idx;
   t->run->heap_idx = APEX__NOT_IN_HEAP;
@@ -269,7 +270,7 @@ static void heap_remove(apex_manager_t *m, apex_task_t *t) {
 }
 
 void apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
-  pthread_mutex_lock(&m->tmu);
+  pthread_mutex_lock(&m->pool_mu);
   /* The slot was reserved at submit, so this never allocates. */
   assert((t->timer_flags & APEX__TIMER_RETRY_SLOT) && m->heap_len < m->heap_cap);
   m->heap[m->heap_len] = t;
@@ -277,14 +278,14 @@ void apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   heap_up(m, t->run->heap_idx);
   apex__task_ref(t); /* the heap's reference */
   int wake = earlier_locked(m, t->run->retry_at_ns);
-  pthread_mutex_unlock(&m->tmu);
+  pthread_mutex_unlock(&m->pool_mu);
   if (wake) apex__runtime_wake(m);
 }
 
 void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
   int refs = 0;
-  /* timer_flags is read under tmu too: the runtime unlinks concurrently. */
-  pthread_mutex_lock(&m->tmu);
+  /* timer_flags is read under pool_mu too: the runtime unlinks concurrently. */
+  pthread_mutex_lock(&m->pool_mu);
   if (t->timer_flags & APEX__TIMER_DL_PINNED) {
     apex__dlist_t *l = dl_find(m, dl_key(t));
     if (t->timer_flags & APEX__TIMER_DL_LINKED) {
@@ -301,12 +302,12 @@ void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
     m->heap_reserved--;
   }
   t->timer_flags = 0;
-  pthread_mutex_unlock(&m->tmu);
+  pthread_mutex_unlock(&m->pool_mu);
   /* Callers hold another reference (the life one), so this never frees. */
   if (refs) atomic_fetch_sub_explicit(&t->refs, (unsigned)refs, memory_order_acq_rel);
 }
 
-/* Under tmu: the earliest time anything is due, 0 for nothing. */
+/* Under pool_mu: the earliest time anything is due, 0 for nothing. */
 static uint64_t next_due_locked(apex_manager_t *m) {
   uint64_t at = m->lheap_len ? list_at(m->lheap[0]) : 0;
   if (m->heap_len && (!at || rkey(m->heap[0]) < at)) at = rkey(m->heap[0]);
@@ -330,7 +331,7 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
   for (;;) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
-    pthread_mutex_lock(&m->tmu);
+    pthread_mutex_lock(&m->pool_mu);
     while (n < BATCH && m->lheap_len && list_at(m->lheap[0]) <= now) {
       apex__dlist_t *l = m->lheap[0];
       apex_task_t *t = l->head;
@@ -345,7 +346,7 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
       due[n++] = t; /* the heap's reference moves to us */
     }
     m->armed_at = 0;
-    pthread_mutex_unlock(&m->tmu);
+    pthread_mutex_unlock(&m->pool_mu);
     for (size_t i = 0; i < n; i++) {
       if (retry[i])
         apex__task_on_retry(due[i], now);
@@ -359,10 +360,10 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
 }
 
 static void arm(apex_manager_t *m) {
-  pthread_mutex_lock(&m->tmu);
+  pthread_mutex_lock(&m->pool_mu);
   uint64_t at = next_due_locked(m);
   m->armed_at = at;
-  pthread_mutex_unlock(&m->tmu);
+  pthread_mutex_unlock(&m->pool_mu);
   if (at == m->timer_fd_at) return;
   /* An absolute time already past fires at once; zero disarms. */
   struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
