@@ -298,7 +298,8 @@ typedef struct apex_submit_opts {
   uint32_t struct_size;             /* set by apex_submit_opts_init */
   double timeout_s;                 /* overall deadline across retries
                                        (schedule-to-close), seconds, at most
-                                       1e9; 0: the action's default; negative
+                                       1e9, kept to 7 significant digits;
+                                       0: the action's default; negative
                                        (APEX_TIMEOUT_NONE): none */
   const apex_retry_policy_t *retry; /* NULL: the action's; copied */
   apex_token_t *parent;             /* the task's token becomes its child */
