@@ -30,6 +30,7 @@
 #include "plugin/loader.h"
 
 #define APEX__LOCK_STRIPES 64
+#define APEX__CACHE_LINE 64
 #define APEX__PROGRESS_BACKLOG_MAX 64
 
 typedef struct apex__ev apex__ev_t;
@@ -160,15 +161,28 @@ typedef struct apex__worker {
   int exited; /* (m->pool_mu) returned from its loop, ready to join */
 } apex__worker_t;
 
+/* One lock stripe to a cache line: consecutive task ids, run by different
+ * workers, take neighbouring stripes. */
+typedef struct apex__stripe {
+  _Alignas(APEX__CACHE_LINE) pthread_mutex_t mu;
+} apex__stripe_t;
+
+/* Fields the submitting thread writes and fields the workers write are on
+ * separate cache lines, so a stream of submits does not bounce a line
+ * between the host's core and the workers' (the manager is allocated
+ * cache-line aligned). */
 struct apex_manager {
   apex_manager_config_t cfg;
   apex__logger_t log;
   apex_host_api_t api;
-  atomic_uint refs; /* the destroyer's + one per task not yet freed */
-  pthread_mutex_t stripes[APEX__LOCK_STRIPES];
-  atomic_uint_fast64_t next_id;
   _Atomic int shutting_down;
   uint64_t flush_interval_ns;
+  apex__stripe_t stripes[APEX__LOCK_STRIPES];
+
+  /* written by submitters (and by task_free for refs) */
+  _Alignas(APEX__CACHE_LINE) atomic_uint refs; /* the destroyer's + one per task not yet freed */
+  atomic_uint_fast64_t next_id;
+  atomic_uint_fast64_t st_submitted;
 
   /* registry */
   pthread_mutex_t reg_mu;
@@ -180,7 +194,7 @@ struct apex_manager {
   /* worker pool: run queue and workers (pool_mu). The submit path and the
    * workers' pops meet here and nowhere else: what a worker does around a
    * handler is under live_mu, so it never delays a submit. */
-  pthread_mutex_t pool_mu;
+  _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
   pthread_cond_t pool_cv;
   apex_task_t *run_head, *run_tail;
   apex__worker_t *workers;
@@ -192,7 +206,7 @@ struct apex_manager {
   int pool_stop;
 
   /* started tasks and open attempts (live_mu) */
-  pthread_mutex_t live_mu;
+  _Alignas(APEX__CACHE_LINE) pthread_mutex_t live_mu;
   apex__run_t *live_head; /* run states of started tasks not yet terminal */
   unsigned n_active;   /* open attempts (running or pending ctxs) */
   int orphaned;        /* destroy gave up waiting: last one out frees */
@@ -209,7 +223,7 @@ struct apex_manager {
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
 
   /* events (ev_mu) */
-  pthread_mutex_t ev_mu;
+  _Alignas(APEX__CACHE_LINE) pthread_mutex_t ev_mu;
   apex__ev_t *ev_head, *ev_tail;
   apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
@@ -236,8 +250,9 @@ struct apex_manager {
   _Atomic int rt_stop;
   int rt_started;
 
-  /* counters */
-  atomic_uint_fast64_t st_submitted, st_succeeded, st_failed, st_cancelled, st_timed_out;
+  /* counters the workers and the runtime write */
+  _Alignas(APEX__CACHE_LINE) atomic_uint_fast64_t st_succeeded, st_failed, st_cancelled,
+      st_timed_out;
   atomic_uint_fast64_t st_attempts, st_retries;
   atomic_uint_fast64_t st_prog_reported, st_prog_delivered, st_prog_rejected, st_late;
 };

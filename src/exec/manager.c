@@ -46,7 +46,7 @@ void apex_submit_opts_init(apex_submit_opts_t *opts) {
 static void manager_free(apex_manager_t *m) {
   for (size_t i = 0; i < m->n_plugins; i++) apex__plugin_free(m->plugins[i]);
   free(m->plugins);
-  for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i]);
+  for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i].mu);
   pthread_mutex_destroy(&m->reg_mu);
   pthread_mutex_destroy(&m->pool_mu);
   pthread_mutex_destroy(&m->live_mu);
@@ -123,15 +123,17 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     c.workers = n > 2 ? (unsigned)(n > 64 ? 64 : n) : 2;
   }
-  apex_manager_t *m = calloc(1, sizeof *m);
-  if (!m) return APEX_E_NOMEM;
+  /* Cache-line aligned, as its layout assumes. */
+  void *mem = NULL;
+  if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex_manager_t)) != 0) return APEX_E_NOMEM;
+  apex_manager_t *m = memset(mem, 0, sizeof *m);
   m->cfg = c;
   apex__logger_init(&m->log, c.log, c.log_user, c.log_level);
   apex__host_api_init(&m->api);
   atomic_init(&m->refs, 1);
   atomic_init(&m->next_id, 1);
   m->flush_interval_ns = (uint64_t)(1e9 / c.progress_rate_hz);
-  for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i], NULL);
+  for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i].mu, NULL);
   pthread_mutex_init(&m->reg_mu, NULL);
   pthread_mutex_init(&m->pool_mu, NULL);
   pthread_mutex_init(&m->live_mu, NULL);

@@ -29,7 +29,7 @@
 #include "exec/internal.h"
 
 pthread_mutex_t *apex__task_mu(apex_task_t *t) {
-  return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES];
+  return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES].mu;
 }
 
 static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
