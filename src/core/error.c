@@ -25,24 +25,44 @@ struct apex_error {
 
 static apex_error_t nomem_error = {0, APEX_E_NOMEM, 0, 0, "out of memory", NULL, NULL, NULL};
 
-static char *dup_or_null(const char *s, int *failed) {
+static void error_free(apex_error_t *e) {
+  apex_error_unref(e->cause);
+  free(e); /* one block with its strings */
+}
+
+/* Copies s (len bytes) after *at and returns the copy, or NULL for NULL. */
+static char *put(char **at, const char *s, size_t len) {
   if (!s) return NULL;
-  char *d = strdup(s);
-  if (!d) *failed = 1;
+  char *d = *at;
+  memcpy(d, s, len);
+  d[len] = '\0';
+  *at += len + 1;
   return d;
 }
 
-static void error_free(apex_error_t *e) {
-  free(e->message);
-  free(e->plugin);
-  free(e->action);
-  apex_error_unref(e->cause);
-  free(e);
-}
-
+/* One allocation holds the error and its three strings: an error is made
+ * on every failed, cancelled or timed-out attempt, on the path from the
+ * event to the host seeing it. */
 apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_t *cause,
                                const char *fmt, va_list ap) {
-  apex_error_t *e = calloc(1, sizeof *e);
+  if (!fmt) fmt = "";
+  const char *whole = NULL; /* fmt is "%s": the argument is the message */
+  size_t mlen;
+  va_list count;
+  va_copy(count, ap);
+  if (strcmp(fmt, "%s") == 0) {
+    whole = va_arg(count, const char *);
+    if (!whole) whole = "(null)";
+    mlen = strlen(whole);
+  } else {
+    int n = vsnprintf(NULL, 0, fmt, count);
+    mlen = n < 0 ? 0 : (size_t)n;
+  }
+  va_end(count);
+  const char *plugin = where ? where->plugin : NULL;
+  const char *action = where ? where->action : NULL;
+  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
+  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
   if (!e) {
     apex_error_unref(cause);
     return &nomem_error;
@@ -50,21 +70,18 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
   atomic_init(&e->refs, 1);
   e->code = code;
   e->cause = cause;
-  int failed = 0;
-  if (vasprintf(&e->message, fmt ? fmt : "", ap) < 0) {
-    e->message = NULL;
-    failed = 1;
+  e->task = where ? where->task : 0;
+  e->attempt = where ? where->attempt : 0;
+  char *at = (char *)(e + 1);
+  if (whole) {
+    e->message = put(&at, whole, mlen);
+  } else {
+    e->message = at;
+    if (vsnprintf(at, mlen + 1, fmt, ap) < 0) at[0] = '\0';
+    at += mlen + 1;
   }
-  if (where) {
-    e->plugin = dup_or_null(where->plugin, &failed);
-    e->action = dup_or_null(where->action, &failed);
-    e->task = where->task;
-    e->attempt = where->attempt;
-  }
-  if (failed) {
-    error_free(e);
-    return &nomem_error;
-  }
+  e->plugin = put(&at, plugin, plen);
+  e->action = put(&at, action, alen);
   apex__utf8_scrub(e->message);
   if (e->plugin) apex__utf8_scrub(e->plugin);
   if (e->action) apex__utf8_scrub(e->action);

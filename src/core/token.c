@@ -276,6 +276,16 @@ static void wake_one(apex_token_t *tok) {
   /* A failure cannot happen (see fd_signal) and cancel has no way to
    * report one; waiters and callbacks are woken regardless. */
   if (tok->fd >= 0) (void)fd_signal(tok->fd);
+  if (!tok->cbs_head) {
+    /* The common case. Waiters are woken after the unlock, so they do not
+     * wake into a held mutex (a futex round trip more on the path from a
+     * cancel to the handler's return); mark_one set the flag under the
+     * lock, and its reference keeps tok alive until the unref. */
+    unlock(tok);
+    broadcast(tok);
+    apex_token_unref(tok);
+    return;
+  }
   broadcast(tok);
 
   /* Callbacks registered from now on run at once in on_cancel, so this
