@@ -209,7 +209,9 @@ typedef enum apex_delivery {
 typedef struct apex_manager_config {
   uint32_t struct_size;      /* set by apex_manager_config_init */
   unsigned workers;          /* worker threads; 0: 2 or the CPU count */
-  unsigned max_stuck_workers; /* replacements for timed-out stuck handlers */
+  unsigned max_stuck_workers; /* replacements for timed-out stuck handlers,
+                                 started when queued work finds no idle
+                                 worker */
   double progress_rate_hz;   /* per-task progress deliveries per second */
   size_t max_queued;         /* 0: unlimited; else submit fails QUEUE_FULL
                                 while this many tasks are live (queued,

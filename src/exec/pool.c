@@ -10,8 +10,9 @@
  * first) and closing it (leaving the list when the task ended with it).
  * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
- * max_stuck_workers) so one hung plugin cannot starve the others, and a
- * surplus worker exits when its stuck handler finally returns.
+ * max_stuck_workers) once queued work has no idle worker to take it, so one
+ * hung plugin cannot starve the others, and a surplus worker exits when its
+ * stuck handler finally returns.
  *
  * Threads: submitters push from any thread; workers pop; the runtime thread
  * pushes retries. Failure: a replacement thread that cannot be started is
@@ -70,6 +71,22 @@ static int spawn_locked(apex_manager_t *m) {
   return 0;
 }
 
+/* Under pool_mu: a handler that outlived its deadline holds its worker, so
+ * the pool may run one thread more per stuck handler (up to
+ * max_stuck_workers). The replacement starts only when queued work has no
+ * idle worker to take it: most handlers return as soon as their token
+ * fires, and starting a thread at every timeout would cost the timeout's
+ * path a thread creation for nothing. Returns 0 or an errno. */
+static int replace_stuck_locked(apex_manager_t *m) {
+  if (m->pool_stop || !m->n_stuck || m->n_stuck > m->cfg.max_stuck_workers) return 0;
+  if (m->n_threads >= m->cfg.workers + m->n_stuck || m->n_queued <= m->n_idle) return 0;
+  return spawn_locked(m);
+}
+
+static void log_no_replacement(apex_manager_t *m, int e) {
+  if (e) apex__log(&m->log, APEX_LOG_WARN, "no replacement for a stuck worker: %s", strerror(e));
+}
+
 int apex__pool_start(apex_manager_t *m, unsigned n) {
   pthread_mutex_lock(&m->pool_mu);
   int e = 0;
@@ -93,7 +110,9 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
   m->run_tail = t;
   m->n_queued++;
   if (m->n_idle) pthread_cond_signal(&m->pool_cv);
+  int e = replace_stuck_locked(m);
   pthread_mutex_unlock(&m->pool_mu);
+  log_no_replacement(m, e);
 }
 
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
@@ -123,7 +142,9 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   m->n_queued++;
   int wake_rt = deadline ? apex__deadline_link_locked(m, t) : 0;
   if (m->n_idle) pthread_cond_signal(&m->pool_cv);
+  int e = replace_stuck_locked(m);
   pthread_mutex_unlock(&m->pool_mu);
+  log_no_replacement(m, e);
   if (wake_rt) apex__runtime_wake(m);
   return APEX_OK;
 }
@@ -208,17 +229,14 @@ void apex__pool_count_stuck(apex_manager_t *m) {
 
 void apex__pool_worker_stuck(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
-  int e = 0;
   /* The handler may have returned already (n_stuck back down): then no
-   * replacement is owed. */
-  if (!m->pool_stop && m->n_stuck <= m->cfg.max_stuck_workers &&
-      m->n_threads < m->cfg.workers + m->n_stuck)
-    e = spawn_locked(m);
+   * replacement is owed; and none is started while no queued work needs
+   * one (the next push starts it then). */
+  int e = replace_stuck_locked(m);
   unsigned stuck = m->n_stuck;
   pthread_mutex_unlock(&m->pool_mu);
-  if (e)
-    apex__log(&m->log, APEX_LOG_WARN, "no replacement for a stuck worker: %s", strerror(e));
-  else if (stuck > m->cfg.max_stuck_workers)
+  log_no_replacement(m, e);
+  if (!e && stuck > m->cfg.max_stuck_workers)
     apex__log(&m->log, APEX_LOG_WARN, "%u workers stuck in handlers that ignore cancellation",
               stuck);
 }
