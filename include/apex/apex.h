@@ -337,11 +337,16 @@ APEX_EXTERN apex_status_t apex_manager_execute(apex_manager_t *m, const char *pl
                                                const apex_submit_opts_t *opts, json_t **result,
                                                apex_error_t **err);
 
-/* With APEX_DELIVER_DISPATCH: an fd that is readable while events wait.
+/* With APEX_DELIVER_DISPATCH: an fd that is readable while events wait or a
+ * task's deadline (or retry time) is due.
  * Returns: the fd (owned by the manager), or APEX_E_INVALID. Any thread. */
 APEX_EXTERN int apex_manager_fd(apex_manager_t *m);
-/* Runs the callbacks of every waiting event on the calling thread, without
- * blocking. Returns: the number of events delivered, or APEX_E_INVALID.
+/* Fires the deadlines and retries now due, then runs the callbacks of
+ * every waiting event on the calling thread, without blocking: a task that
+ * times out reaches a host that dispatches when the fd says so with one
+ * thread wake-up. Deadlines a host leaves for more than 1 ms are fired by
+ * Apex's runtime thread instead, so a busy host delays only its own view.
+ * Returns: the number of events delivered, or APEX_E_INVALID.
  * Thread-safety: one thread at a time. */
 APEX_EXTERN int apex_manager_dispatch(apex_manager_t *m);
 

@@ -20,16 +20,28 @@
  * allocation, so the outcome is always delivered. */
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "exec/internal.h"
 
 int apex__events_init(apex_manager_t *m) {
-  m->ev_fd = -1;
+  m->ev_fd = m->host_fd = -1;
   if (m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_OK;
   m->ev_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  return m->ev_fd < 0 ? APEX_E_IO : APEX_OK;
+  if (m->ev_fd < 0) return APEX_E_IO;
+  /* The host's fd: readable while events wait or a deadline is due (the
+   * runtime adds its host timer, apex__events_watch_timer). */
+  m->host_fd = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event e = {.events = EPOLLIN, .data.fd = m->ev_fd};
+  if (m->host_fd < 0 || epoll_ctl(m->host_fd, EPOLL_CTL_ADD, m->ev_fd, &e) != 0) return APEX_E_IO;
+  return APEX_OK;
+}
+
+int apex__events_watch_timer(apex_manager_t *m, int timer_fd) {
+  struct epoll_event e = {.events = EPOLLIN, .data.fd = timer_fd};
+  return epoll_ctl(m->host_fd, EPOLL_CTL_ADD, timer_fd, &e) == 0 ? APEX_OK : APEX_E_IO;
 }
 
 void apex__ev_free(apex__ev_t *node) {
@@ -57,7 +69,8 @@ void apex__events_fini(apex_manager_t *m) {
     t = next;
   }
   if (m->ev_fd >= 0) close(m->ev_fd);
-  m->ev_fd = -1;
+  if (m->host_fd >= 0) close(m->host_fd);
+  m->ev_fd = m->host_fd = -1;
 }
 
 apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user) {
@@ -91,9 +104,22 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
   return n;
 }
 
+/* The manager whose apex_manager_dispatch is firing timers on this thread:
+ * the events that makes are delivered by the same call, so they need no
+ * signal. */
+static _Thread_local const apex_manager_t *tls_dispatching;
+
+int apex__events_dispatch(apex_manager_t *m) {
+  tls_dispatching = m;
+  apex__timers_fire(m);
+  tls_dispatching = NULL;
+  return apex__events_deliver(m);
+}
+
 /* Under ev_mu, after queueing into a queue that was empty: signals the
  * consumer once per burst. */
 static void signal_locked(apex_manager_t *m, int was_empty) {
+  if (tls_dispatching == m) return;
   if (was_empty && m->ev_fd >= 0 && !m->ev_fd_armed) {
     /* Written under ev_mu (a syscall, not user code): a dispatch that drains
      * the fd then either sees this write or runs after it, so the fd is never

@@ -133,6 +133,10 @@ struct apex_task {
 };
 
 #define APEX__NOT_IN_HEAP UINT32_MAX
+#define APEX__DL_IDLE_MAX 16  /* idle deadline lists kept for reuse */
+/* DISPATCH: how long the runtime thread leaves a due deadline to the host's
+ * dispatch before it fires it itself. */
+#define APEX__HOST_TIMER_GRACE_NS 1000000u
 #define APEX__TIMER_DL_PINNED 0x1u  /* holds a pin on its deadline list */
 #define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (holds a reference) */
 #define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
@@ -215,6 +219,7 @@ struct apex_manager {
    * in one critical section): deadline lists and the retry heap */
   apex__dlist_t *dl_hash[64];
   apex__dlist_t *dl_last;   /* the list found last: usually the next one */
+  uint32_t dl_idle;         /* lists no task is pinned to, kept for reuse */
   apex__dlist_t **lheap;    /* non-empty lists by head deadline */
   uint32_t lheap_len, lheap_n, lheap_cap; /* in the heap, lists, slots */
   apex_task_t **heap;       /* tasks waiting to retry, by retry time */
@@ -227,6 +232,7 @@ struct apex_manager {
   apex__ev_t *ev_head, *ev_tail;
   apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
+  int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
   int ev_fd_armed;
 
   /* progress flushing (flush_mu) */
@@ -245,7 +251,10 @@ struct apex_manager {
   uv_async_t wake;
   int timer_fd;           /* timerfd for the heap's earliest entry */
   uv_poll_t timer_poll;   /* watches timer_fd on the loop */
-  uint64_t timer_fd_at;   /* what timer_fd is armed for; 0: disarmed */
+  uint64_t timer_fd_at;   /* what timer_fd is armed for; 0: disarmed (pool_mu) */
+  int host_timer_fd;      /* DISPATCH: the timerfd in the host's fd; else -1 */
+  uint64_t host_timer_at; /* what host_timer_fd is armed for (pool_mu) */
+  _Atomic uint64_t due_at; /* host_timer_at, for a lock-free "anything due?" */
   uv_timer_t flush_timer;
   _Atomic int rt_stop;
   int rt_started;
@@ -356,16 +365,21 @@ void apex__runtime_wake(apex_manager_t *m);
  * or nothing. Returns: APEX_OK, APEX_E_NOMEM. */
 int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
 /* Under pool_mu: links t into its pinned deadline list (taking a
- * reference). Returns 1 if the runtime must be woken (after unlocking). */
-int apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
+ * reference), arming the timers if it is now the earliest. */
+void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
 /* Arms t's retry for run->retry_at_ns. Under the task lock. */
 void apex__retry_arm(apex_manager_t *m, apex_task_t *t);
 /* Disarms both and frees what t reserved; once, when t ends. */
 void apex__timer_release(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
+/* DISPATCH mode, on the host's thread: fires the deadlines and retries now
+ * due, if any. Returns 1 if something was due. */
+int apex__timers_fire(apex_manager_t *m);
 
 /* events.c */
 int apex__events_init(apex_manager_t *m);
+/* DISPATCH: makes the host's fd readable when timer_fd is too. */
+int apex__events_watch_timer(apex_manager_t *m, int timer_fd);
 void apex__events_fini(apex_manager_t *m);
 /* 1 if an event of type should be made for t. */
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type);
@@ -377,6 +391,9 @@ void apex__events_push_done(apex_manager_t *m, apex_task_t *t);
 /* The event callback and its user pointer for t. */
 apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user);
 apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type);
+/* apex_manager_dispatch: fires the timers now due (DISPATCH mode), then
+ * delivers every waiting event on the calling thread. Returns the count. */
+int apex__events_dispatch(apex_manager_t *m);
 /* Delivers every waiting event on the calling thread. Returns the count. */
 int apex__events_deliver(apex_manager_t *m);
 void apex__ev_free(apex__ev_t *node);

@@ -691,12 +691,12 @@ apex_status_t apex_manager_execute(apex_manager_t *m, const char *plugin, const 
 
 int apex_manager_fd(apex_manager_t *m) {
   if (!m || m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_E_INVALID;
-  return m->ev_fd;
+  return m->host_fd;
 }
 
 int apex_manager_dispatch(apex_manager_t *m) {
   if (!m || m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_E_INVALID;
-  return apex__events_deliver(m);
+  return apex__events_dispatch(m);
 }
 
 apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {

@@ -140,12 +140,11 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     m->run_head = t;
   m->run_tail = t;
   m->n_queued++;
-  int wake_rt = deadline ? apex__deadline_link_locked(m, t) : 0;
+  if (deadline) apex__deadline_link_locked(m, t);
   if (m->n_idle) pthread_cond_signal(&m->pool_cv);
   int e = replace_stuck_locked(m);
   pthread_mutex_unlock(&m->pool_mu);
   log_no_replacement(m, e);
-  if (wake_rt) apex__runtime_wake(m);
   return APEX_OK;
 }
 

@@ -1,20 +1,23 @@
 /* The runtime thread: one libuv loop that owns time. It fires task deadlines
- * and retry backoffs from a binary min-heap of tasks (one timerfd armed for
- * the earliest entry, so a million deadlines cost one kernel timer), flushes
+ * and retry backoffs (one timerfd armed for the earliest, so a million
+ * deadlines cost one kernel timer), flushes
  * coalesced progress at most progress_rate_hz times a second, and in LOOP
  * delivery mode runs the host's event callbacks.
  *
- * Other threads reach it through uv_async_send (thread-safe, coalescing):
- * a submitter wakes it only when its deadline becomes the earliest, and a
- * plugin only when a task's progress goes from clean to dirty.
+ * Other threads reach it through uv_async_send (thread-safe, coalescing): a
+ * plugin only when a task's progress goes from clean to dirty. A submitter
+ * whose deadline becomes the earliest arms the timerfd itself (timerfds are
+ * kernel objects any thread may set), so no thread wakes before the time.
  *
  * Deadlines use a timerfd armed at the absolute CLOCK_MONOTONIC nanosecond,
  * not a uv_timer: libuv timers count whole milliseconds from a cached loop
  * time, which makes a 5 ms timeout fire up to a millisecond late; a timerfd
- * fires within the kernel's wake-up latency.
+ * fires within the kernel's wake-up latency. In DISPATCH mode the host's
+ * fd also watches a second timerfd, and apex_manager_dispatch fires what is
+ * due on the host's thread (see arm).
  *
- * Locks: tmu guards the heap and armed_at; flush_mu the flush list. Both are
- * leaves (see internal.h). Failure: uv_* calls on an initialised loop do not
+ * Locks: pool_mu guards the timers, armed_at and the timerfds' armed times;
+ * flush_mu the flush list. Both are leaves (see internal.h). Failure: uv_* calls on an initialised loop do not
  * fail in ways we can act on beyond logging. */
 #include <assert.h>
 #include <stdint.h>
@@ -123,6 +126,13 @@ static apex__dlist_t *dl_find(apex_manager_t *m, uint64_t key) {
 /* Under pool_mu: frees l once no task is pinned to it. */
 static void dl_unpin(apex_manager_t *m, apex__dlist_t *l) {
   if (--l->pins) return;
+  /* Keep a few idle lists: one task at a time with a given timeout (a
+   * host waiting for each task) would otherwise make and free a list for
+   * every task; a host using ever new timeouts frees them. */
+  if (m->dl_idle < APEX__DL_IDLE_MAX) {
+    m->dl_idle++;
+    return;
+  }
   for (apex__dlist_t **pp = &m->dl_hash[dl_bucket(l->key)]; *pp; pp = &(*pp)->hnext)
     if (*pp == l) {
       *pp = l->hnext;
@@ -147,7 +157,9 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
         m->lheap_cap = cap;
       }
     }
+    int created = 0;
     if (!l && m->lheap_n < m->lheap_cap && (l = calloc(1, sizeof *l))) {
+      created = 1;
       l->key = key;
       l->heap_idx = APEX__NOT_IN_HEAP;
       size_t b = dl_bucket(key);
@@ -157,7 +169,7 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
       m->dl_last = l;
     }
     if (l) {
-      l->pins++;
+      if (l->pins++ == 0 && !created) m->dl_idle--; /* an idle list in use again */
       t->timer_flags |= APEX__TIMER_DL_PINNED;
       pinned = l;
     } else {
@@ -197,15 +209,18 @@ static void dl_unlink(apex_manager_t *m, apex__dlist_t *l, apex_task_t *t) {
   if (was_head) lheap_fix(m, l);
 }
 
-/* Wakes the runtime if at is earlier than what it is armed for. Under pool_mu.
- * Returns 1 if the caller must wake it (after unlocking). */
-static int earlier_locked(apex_manager_t *m, uint64_t at) {
-  if (m->armed_at && at >= m->armed_at) return 0;
-  m->armed_at = at; /* the runtime re-arms for it on wake */
-  return 1;
+static void arm_locked(apex_manager_t *m, uint64_t at);
+
+/* Under pool_mu: at (a deadline or retry time just linked) is due before
+ * anything armed: arm the timers for it now, from this thread. No thread
+ * is woken for it: the runtime thread wakes when its timer goes off. */
+static void earlier_locked(apex_manager_t *m, uint64_t at) {
+  if (m->armed_at && at >= m->armed_at) return;
+  m->armed_at = at;
+  arm_locked(m, at);
 }
 
-int apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
+void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   apex__dlist_t *l = dl_find(m, dl_key(t));
   /* Pinned at submit, so the list exists. Deadlines within a list are in
    * submit order but for a concurrent submitter that got here first. */
@@ -218,7 +233,7 @@ int apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   t->timer_flags |= APEX__TIMER_DL_LINKED;
   apex__task_ref(t); /* the list's reference */
   if (l->head == t) lheap_fix(m, l);
-  return earlier_locked(m, t->deadline_ns);
+  earlier_locked(m, t->deadline_ns);
 }
 
 /* ---------------------------------------------------- the retry heap */
@@ -277,9 +292,8 @@ void apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   t->run->heap_idx = m->heap_len++;
   heap_up(m, t->run->heap_idx);
   apex__task_ref(t); /* the heap's reference */
-  int wake = earlier_locked(m, t->run->retry_at_ns);
+  earlier_locked(m, t->run->retry_at_ns);
   pthread_mutex_unlock(&m->pool_mu);
-  if (wake) apex__runtime_wake(m);
 }
 
 void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
@@ -316,15 +330,19 @@ static uint64_t next_due_locked(apex_manager_t *m) {
 
 /* Runtime thread: fires what is due, re-arms for the rest. */
 static void arm(apex_manager_t *m);
-
-static void on_deadline(uv_poll_t *h, int status, int events) {
-  apex_manager_t *m = h->data;
+/* Fires everything due, then re-arms. Runs on the runtime thread and, in
+ * DISPATCH mode, on the host's thread inside apex_manager_dispatch; the
+ * pop is under pool_mu, so each due task is fired once, by one of them. */
+static void fire_due(apex_manager_t *m, int on_host) {
   uint64_t expirations;
-  /* Nonblocking: EAGAIN when re-armed since it became readable; nothing
-   * else can fail on a valid timerfd. Either way the lists say what is due. */
-  ssize_t got = read(m->timer_fd, &expirations, sizeof expirations);
-  (void)got;
-  m->timer_fd_at = 0;
+  /* Nonblocking: EAGAIN when it was re-armed since it became readable.
+   * Either way the lists say what is due. */
+  ssize_t got = read(on_host ? m->host_timer_fd : m->timer_fd, &expirations, sizeof expirations);
+  if (got == (ssize_t)sizeof expirations) { /* it went off: a one-shot timer is disarmed now */
+    pthread_mutex_lock(&m->pool_mu);
+    *(on_host ? &m->host_timer_at : &m->timer_fd_at) = 0;
+    pthread_mutex_unlock(&m->pool_mu);
+  }
   enum { BATCH = 256 };
   apex_task_t *due[BATCH];
   int retry[BATCH];
@@ -345,7 +363,6 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
       retry[n] = 1;
       due[n++] = t; /* the heap's reference moves to us */
     }
-    m->armed_at = 0;
     pthread_mutex_unlock(&m->pool_mu);
     for (size_t i = 0; i < n; i++) {
       if (retry[i])
@@ -359,19 +376,53 @@ static void on_deadline(uv_poll_t *h, int status, int events) {
   arm(m);
 }
 
+static void on_deadline(uv_poll_t *h, int status, int events) { fire_due(h->data, 0); }
+
+int apex__timers_fire(apex_manager_t *m) {
+  if (m->host_timer_fd < 0) return 0;
+  uint64_t at = atomic_load_explicit(&m->due_at, memory_order_acquire);
+  if (!at || apex__now_ns() < at) return 0;
+  fire_due(m, 1);
+  return 1;
+}
+
+/* Under pool_mu: arms fd for at (0 disarms) unless it already is. */
+static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_t at) {
+  /* Armed already for the time or earlier: leave it. If it goes off with
+   * nothing due, fire_due finds nothing and arms it then; this saves a
+   * system call each time the earliest task ends before its deadline, and
+   * one on the host's path after every timeout. */
+  if (*armed && (!at || at >= *armed)) return;
+  /* An absolute time already past fires at once; zero disarms. */
+  struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
+  if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
+    apex__log(&m->log, APEX_LOG_ERROR, "timerfd_settime failed: deadlines may fire late");
+    return;
+  }
+  *armed = at;
+}
+
+/* Arms the timers for the earliest due time. Any thread: under pool_mu, so
+ * the two threads that fire timers never disagree on what is armed. In
+ * DISPATCH mode the host's timer goes off at the time, the runtime's a
+ * grace later: a host that dispatches promptly fires it itself, one thread
+ * wake-up from the deadline to its DONE event instead of two (the runtime
+ * thread's, then the host's); the runtime fires what a busy host left. */
 static void arm(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   uint64_t at = next_due_locked(m);
   m->armed_at = at;
+  arm_locked(m, at);
   pthread_mutex_unlock(&m->pool_mu);
-  if (at == m->timer_fd_at) return;
-  /* An absolute time already past fires at once; zero disarms. */
-  struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
-  if (timerfd_settime(m->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
-    apex__log(&m->log, APEX_LOG_ERROR, "timerfd_settime failed: deadlines may fire late");
-    return;
+}
+
+static void arm_locked(apex_manager_t *m, uint64_t at) {
+  if (m->host_timer_fd >= 0) {
+    set_timer_locked(m, m->host_timer_fd, &m->host_timer_at, at);
+    atomic_store_explicit(&m->due_at, m->host_timer_at, memory_order_release);
+    at = at ? at + APEX__HOST_TIMER_GRACE_NS : 0;
   }
-  m->timer_fd_at = at;
+  set_timer_locked(m, m->timer_fd, &m->timer_fd_at, at);
 }
 
 /* ------------------------------------------------------------- progress */
@@ -458,16 +509,30 @@ static void *runtime_main(void *arg) {
 }
 
 int apex__runtime_start(apex_manager_t *m) {
+  m->host_timer_fd = -1;
+  if (m->cfg.delivery == APEX_DELIVER_DISPATCH) {
+    m->host_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (m->host_timer_fd < 0) return APEX_E_IO;
+    if (apex__events_watch_timer(m, m->host_timer_fd) != APEX_OK) {
+      close(m->host_timer_fd);
+      return APEX_E_IO;
+    }
+  }
   m->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (m->timer_fd < 0) return APEX_E_IO;
+  if (m->timer_fd < 0) {
+    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    return APEX_E_IO;
+  }
   m->timer_fd_at = 0;
   if (uv_loop_init(&m->loop)) {
     close(m->timer_fd);
+    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
     return APEX_E_IO;
   }
   if (uv_async_init(&m->loop, &m->wake, on_wake)) {
     uv_loop_close(&m->loop);
     close(m->timer_fd);
+    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
     return APEX_E_IO;
   }
   int polling = uv_poll_init(&m->loop, &m->timer_poll, m->timer_fd) == 0;
@@ -484,6 +549,7 @@ int apex__runtime_start(apex_manager_t *m) {
   uv_run(&m->loop, UV_RUN_DEFAULT);
   uv_loop_close(&m->loop);
   close(m->timer_fd);
+  if (m->host_timer_fd >= 0) close(m->host_timer_fd);
   return APEX_E_IO;
 }
 
@@ -495,4 +561,5 @@ void apex__runtime_stop(apex_manager_t *m) {
   m->rt_started = 0;
   uv_loop_close(&m->loop);
   close(m->timer_fd);
+  if (m->host_timer_fd >= 0) close(m->host_timer_fd);
 }
