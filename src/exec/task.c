@@ -352,6 +352,11 @@ int apex__task_cancel(apex_task_t *t, const char *reason) {
   if (!reason) reason = "user";
   apex_token_t *tok = apex__task_token(t);
   int rc = tok ? apex_token_cancel(tok, reason) : APEX_E_NOMEM;
+  /* Running: its handler, just woken by the token, ends it, and the end of
+   * its attempt sees the token (as does any later start). Taking the task
+   * lock here would only make the woken handler wait for it. */
+  if (tok && atomic_load(&t->state) == APEX_TASK_RUNNING && strcmp(reason, "shutdown") != 0)
+    return rc;
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
