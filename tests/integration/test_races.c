@@ -311,6 +311,10 @@ static void test_many_threads_submitting_and_cancelling_add_up(void **st) {
   }
   const uint64_t total = (uint64_t)SUBMITTERS * (uint64_t)per;
   AWAIT(outcomes(m) == total, 20000);
+  /* An outcome is published before its worker closes the attempt and a
+   * task cancelled in the queue leaves it when a worker pops it: the
+   * counts of running and queued settle a moment after the outcomes. */
+  AWAIT(stats_of(m).running == 0 && stats_of(m).queued == 0, 20000);
   apex_manager_stats_t x = stats_of(m);
   assert_int_equal(x.submitted, total);
   assert_int_equal(x.submitted, x.succeeded + x.cancelled + x.failed + x.timed_out);
