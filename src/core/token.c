@@ -5,8 +5,11 @@
  * load; the reason is written before the flag's release store and never
  * changes after, so apex_token_reason needs no lock either. Everything else
  * (callback list, running callback, children, fd) is guarded by the token's
- * mutex; its condition variable wakes both apex_token_wait callers and
- * apex_token_remove_callback callers waiting for a running callback.
+ * mutex; its condition variable wakes apex_token_remove_callback callers
+ * waiting for a running callback. apex_token_wait sleeps on the
+ * `cancelled` word itself (a Linux futex): a cancelled handler is the
+ * usual waiter, and a condition variable added a mutex hand-over and glibc's
+ * group switching, two or three system calls, to its way out.
  *
  * No user code runs under a lock: the cancelling thread pops callbacks one
  * at a time and calls each unlocked, noting which one runs on which thread
@@ -31,9 +34,12 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,7 +56,8 @@ typedef struct token_cb {
 
 struct apex_token {
   atomic_uint refs;
-  atomic_int cancelled; /* set once, release; read with acquire */
+  atomic_int cancelled; /* set once (seq_cst); read with acquire; a futex word */
+  atomic_uint waiters;  /* threads in apex_token_wait (seq_cst with cancelled) */
   pthread_mutex_t mu;
   pthread_cond_t cond; /* broadcast on cancel and when a callback finishes */
 
@@ -92,6 +99,13 @@ static void unlock(apex_token_t *tok) {
   (void)rc;
 }
 
+/* Wakes the threads sleeping in apex_token_wait, if any (after `cancelled`
+ * was set). */
+static void wake_waiters(apex_token_t *tok) {
+  if (atomic_load(&tok->waiters))
+    (void)syscall(SYS_futex, (int *)&tok->cancelled, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
 static void broadcast(apex_token_t *tok) {
   int rc = pthread_cond_broadcast(&tok->cond);
   assert(rc == 0);
@@ -123,6 +137,7 @@ static apex_status_t token_alloc(apex_token_t **out) {
   pthread_condattr_destroy(&ca);
   atomic_init(&tok->refs, 1);
   atomic_init(&tok->cancelled, 0);
+  atomic_init(&tok->waiters, 0);
   tok->fd = -1;
   *out = tok;
   return APEX_OK;
@@ -156,7 +171,9 @@ static void mark_cancelled(apex_token_t *tok, const char *reason, char *heap) {
     tok->reason_inline[n] = '\0';
     tok->reason = tok->reason_inline;
   }
-  atomic_store_explicit(&tok->cancelled, 1, memory_order_release);
+  /* seq_cst: a waiter counts itself, then reads the flag; wake_one reads the
+   * count after this store. One of the two sees the other. */
+  atomic_store(&tok->cancelled, 1);
 }
 
 apex_status_t apex_token_new_child(apex_token_t *parent, apex_token_t **out) {
@@ -283,10 +300,12 @@ static void wake_one(apex_token_t *tok) {
      * lock, and its reference keeps tok alive until the unref. */
     unlock(tok);
     broadcast(tok);
+    wake_waiters(tok);
     apex_token_unref(tok);
     return;
   }
   broadcast(tok);
+  wake_waiters(tok);
 
   /* Callbacks registered from now on run at once in on_cancel, so this
    * thread alone drains the list; one at a time so that remove_callback can
@@ -427,6 +446,8 @@ int apex_token_fd(apex_token_t *tok) {
 
 apex_status_t apex_token_wait(apex_token_t *tok, int64_t timeout_ms) {
   if (!tok) return APEX_E_INVALID;
+  if (atomic_load(&tok->cancelled)) return APEX_E_CANCELLED;
+  if (timeout_ms == 0) return APEX_OK;
   struct timespec deadline;
   if (timeout_ms > 0) {
     if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0) return APEX_E_IO;
@@ -440,29 +461,23 @@ apex_status_t apex_token_wait(apex_token_t *tok, int64_t timeout_ms) {
     }
   }
   apex_status_t result = APEX_OK;
-  lock(tok);
+  atomic_fetch_add(&tok->waiters, 1);
   for (;;) {
-    if (atomic_load_explicit(&tok->cancelled, memory_order_relaxed)) {
+    if (atomic_load(&tok->cancelled)) {
       result = APEX_E_CANCELLED;
       break;
     }
-    if (timeout_ms == 0) break;
-    int rc;
-    if (timeout_ms < 0) {
-      rc = pthread_cond_wait(&tok->cond, &tok->mu);
-    } else {
-      rc = pthread_cond_timedwait(&tok->cond, &tok->mu, &deadline);
-      if (rc == ETIMEDOUT) {
-        result = atomic_load_explicit(&tok->cancelled, memory_order_relaxed) ? APEX_E_CANCELLED
-                                                                             : APEX_OK;
-        break;
-      }
-    }
-    if (rc != 0 && rc != EINTR) {
-      result = APEX_E_IO;
+    /* Sleeps while the word is 0; an absolute CLOCK_MONOTONIC deadline. */
+    long r = syscall(SYS_futex, (int *)&tok->cancelled, FUTEX_WAIT_BITSET_PRIVATE, 0,
+                     timeout_ms > 0 ? &deadline : NULL, NULL, FUTEX_BITSET_MATCH_ANY);
+    if (r == 0 || errno == EAGAIN || errno == EINTR) continue;
+    if (errno == ETIMEDOUT) {
+      result = atomic_load(&tok->cancelled) ? APEX_E_CANCELLED : APEX_OK;
       break;
     }
+    result = APEX_E_IO;
+    break;
   }
-  unlock(tok);
+  atomic_fetch_sub(&tok->waiters, 1);
   return result;
 }

@@ -116,21 +116,27 @@ int apex__events_dispatch(apex_manager_t *m) {
   return apex__events_deliver(m);
 }
 
-/* Under ev_mu, after queueing into a queue that was empty: signals the
- * consumer once per burst. */
-static void signal_locked(apex_manager_t *m, int was_empty) {
-  if (tls_dispatching == m) return;
-  if (was_empty && m->ev_fd >= 0 && !m->ev_fd_armed) {
-    /* Written under ev_mu (a syscall, not user code): a dispatch that drains
-     * the fd then either sees this write or runs after it, so the fd is never
-     * left readable over an empty queue. */
-    m->ev_fd_armed = 1;
-    uint64_t one = 1;
-    ssize_t w;
-    do w = write(m->ev_fd, &one, sizeof one);
-    while (w < 0 && errno == EINTR);
-    /* EAGAIN means the counter is already non-zero: readable anyway. */
-  }
+/* Under ev_mu, after queueing: returns 1 if the caller must signal the
+ * consumer (signal_fd, after unlocking): once per burst into an empty queue.
+ * The write happens outside ev_mu because the host it wakes takes ev_mu at
+ * once; written inside, the host woke into a held mutex (a futex wait and
+ * wake more on every completion's way to the host). A dispatch that runs
+ * between the unlock and the write drains nothing, and the write then
+ * leaves the fd readable over an empty queue: the next dispatch finds the
+ * queue empty and drains it (apex__events_deliver). */
+static int signal_locked(apex_manager_t *m, int was_empty) {
+  if (tls_dispatching == m) return 0;
+  if (!was_empty || m->ev_fd < 0 || m->ev_fd_armed) return 0;
+  m->ev_fd_armed = 1;
+  return 1;
+}
+
+static void signal_fd(apex_manager_t *m) {
+  uint64_t one = 1;
+  ssize_t w;
+  do w = write(m->ev_fd, &one, sizeof one);
+  while (w < 0 && errno == EINTR);
+  /* EAGAIN means the counter is already non-zero: readable anyway. */
 }
 
 static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_head; }
@@ -146,8 +152,9 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
   else
     m->ev_head = n;
   m->ev_tail = n;
-  signal_locked(m, was_empty);
+  int sig = signal_locked(m, was_empty);
   pthread_mutex_unlock(&m->ev_mu);
+  if (sig) signal_fd(m);
   if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
 
@@ -162,8 +169,9 @@ void apex__events_push_done(apex_manager_t *m, apex_task_t *t) {
   else
     m->done_head = t;
   m->done_tail = t;
-  signal_locked(m, was_empty);
+  int sig = signal_locked(m, was_empty);
   pthread_mutex_unlock(&m->ev_mu);
+  if (sig) signal_fd(m);
   if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
 
@@ -193,13 +201,18 @@ int apex__events_deliver(apex_manager_t *m) {
   m->ev_head = m->ev_tail = NULL;
   apex_task_t *done = m->done_head;
   m->done_head = m->done_tail = NULL;
-  if (m->ev_fd_armed) {
+  /* Drained when a signal was owed, and when the queue is empty (a late
+   * write of signal_fd's may have left the fd readable over nothing). Read
+   * under ev_mu: a push after this section writes after it, so this read
+   * can never swallow the signal of an event it did not take. */
+  if (m->ev_fd >= 0 && (m->ev_fd_armed || (!n && !done))) {
     uint64_t v;
     ssize_t r;
     do r = read(m->ev_fd, &v, sizeof v);
     while (r < 0 && errno == EINTR);
-    m->ev_fd_armed = 0;
+    /* EAGAIN: nothing written (yet); a late write is drained next time. */
   }
+  m->ev_fd_armed = 0;
   pthread_mutex_unlock(&m->ev_mu);
   int count = 0;
   while (n) {

@@ -283,7 +283,6 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
    * total order keeps both from missing the other (a lost wakeup). */
   atomic_store(&t->state, state);
   a->finished = 1;
-  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
   apex__timer_release(m, t);
   if (a->closing && t->run) { /* one live_mu section for both, in attempt_close */
     apex__pool_live_count_down(m);
@@ -293,6 +292,9 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   }
   count_outcome(m, state);
   if (!t->run || !t->run->attempt_open) release_life_locked(t, a);
+  /* Last: the host wakes on it, and then finds the counters settled and
+   * this thread no longer in the locks its next submit takes. */
+  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
 }
 
 /* The part of after_unlock that reads the plugin's names. */
