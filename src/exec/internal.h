@@ -11,8 +11,9 @@
  *   task stripe lock          (apex__task_mu) before
  *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu
  *                             (leaves: never two)
- *   m->wait_mu                before live_mu (destroy's wait for handlers);
- *                             else a leaf
+ *   m->wait_mu                after a task lock (waking waiters; the last live
+ *                             task at shutdown); before live_mu (destroy's
+ *                             wait for handlers); else a leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -214,6 +215,7 @@ struct apex_manager {
   apex__run_t *live_head; /* run states of started tasks not yet terminal */
   unsigned n_active;   /* open attempts (running or pending ctxs) */
   int orphaned;        /* destroy gave up waiting: last one out frees */
+  int sweeping;        /* destroy cancels what is left: start nothing */
 
   /* timers (pool_mu too: a submit queues the task and links its deadline
    * in one critical section): deadline lists and the retry heap */
@@ -346,7 +348,9 @@ void apex__pool_stop(apex_manager_t *m);
  * called under the task lock; close without it. Returns (close): 1 if this was the
  * last handler of an orphaned manager: the caller must then call
  * apex__manager_teardown(m, on_worker) once it no longer touches m. */
-void apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
+/* Returns (open): 1 if destroy's sweep has begun, and then the caller must
+ * not run the handler: it ends the attempt as cancelled ("shutdown"). */
+int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
 int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving);
 
 /* manager.c */

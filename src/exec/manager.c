@@ -204,7 +204,13 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
 
   /* Cancel what is left: first what never started (taken out of the run
    * queue whole, so a million queued tasks cost one pass), then the started
-   * ones, collected under the lock and cancelled without it. */
+   * ones, collected under the lock and cancelled without it. A task a
+   * worker took from the queue but has not yet put on the live list is in
+   * neither: `sweeping`, set under live_mu before the sweep, makes that
+   * worker end it instead of running it (apex__pool_attempt_open). */
+  pthread_mutex_lock(&m->live_mu);
+  m->sweeping = 1;
+  pthread_mutex_unlock(&m->live_mu);
   for (apex_task_t *t = apex__pool_take_queued(m); t;) {
     apex_task_t *next = t->run_next;
     apex__task_cancel(t, "shutdown");

@@ -186,8 +186,9 @@ void apex__pool_live_count_down(apex_manager_t *m) {
   }
 }
 
-void apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
+int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
   pthread_mutex_lock(&m->live_mu);
+  int sweeping = m->sweeping;
   m->n_active++;
   if (first) {
     apex__run_t *r = t->run;
@@ -197,6 +198,7 @@ void apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
     m->live_head = r;
   }
   pthread_mutex_unlock(&m->live_mu);
+  return sweeping;
 }
 
 int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving) {

@@ -421,13 +421,21 @@ int apex__task_run(apex_task_t *t) {
   atomic_store(&t->state, APEX_TASK_RUNNING);
   t->attempt++;
   r->attempt_open = 1;
-  apex__pool_attempt_open(m, t, t->attempt == 1);
+  int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
     apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_ATTEMPT);
     if (ev) apex__events_push(m, ev);
   }
   pthread_mutex_unlock(mu);
+  if (sweeping) {
+    /* Taken from the queue just before destroy swept it, and not yet on
+     * the live list when it was swept: never run it, end it as the sweep
+     * would have. */
+    apex_token_t *own = apex__task_token(t);
+    if (own) apex_token_cancel(own, "shutdown");
+    return apex__task_attempt_end(t, APEX_E_CANCELLED, 0);
+  }
 
   int rc = t->action->handler(&r->ctx);
   if (t->action->kind == APEX_ACTION_DEFERRED && rc == APEX_PENDING) return 0;
@@ -501,8 +509,22 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
       pthread_mutex_unlock(mu);
     } else if (apex__retry_next(t, code, &delay) &&
                (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
-      a.logp = flush_locked(t); /* this attempt's progress precedes RETRY */
+      apex_progress_t *lp = flush_locked(t); /* this attempt's progress precedes RETRY */
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
+      /* A cancel that read "running" (apex__task_cancel takes no lock then)
+       * left the ending to this attempt: seq_cst on both sides, so either it
+       * reads retry_wait and ends the task itself, or this sees its token. */
+      apex_token_t *late = atomic_load(&t->token);
+      if (apex_token_is_cancelled(late)) {
+        const char *why = apex_token_reason(late);
+        apex__where_t w = where_of(t);
+        finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                      apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)", why), &a);
+        if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
+        pthread_mutex_unlock(mu);
+        goto done;
+      }
+      a.logp = lp;
       r->retry_at_ns = now + (uint64_t)(delay * 1e9);
       atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
       if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
@@ -521,6 +543,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
       pthread_mutex_unlock(mu);
     }
   }
+done:
   /* after_notify reads the plugin's names: do it while this attempt still
    * counts as open, so destroy cannot unload the plugin under us. The run
    * state leaves the live list before it is freed. */

@@ -375,6 +375,56 @@ static void test_four_threads_waiting_on_one_task_all_wake(void **st) {
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
 }
 
+/* ------------------------------------------------- shutdown and retries */
+
+/* A worker may have taken a task from the queue but not yet opened its
+ * attempt when destroy sweeps: the task is in neither the run queue nor
+ * the live list then. It must still end (cancelled), never run its
+ * handler uncancelled: a 60 s sleep would hold destroy or the task. */
+static void test_destroy_ends_a_task_taken_just_before_the_sweep(void **st) {
+  (void)st;
+  const int n = ITER(300, 60);
+  for (int i = 0; i < n; i++) {
+    apex_manager_t *m = make_manager(NULL);
+    apex_task_t *t[2];
+    for (int k = 0; k < 2; k++) t[k] = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+    int64_t t0 = now_ms();
+    int rc = apex_manager_destroy(m, 0); /* OK, or BUSY while a handler returns */
+    assert_true(rc == APEX_OK || rc == APEX_E_BUSY);
+    assert_true(now_ms() - t0 < 5000);
+    for (int k = 0; k < 2; k++) {
+      AWAIT(apex_task_state_is_terminal(apex_task_state(t[k])), 5000);
+      assert_int_equal(apex_task_state(t[k]), APEX_TASK_CANCELLED);
+      apex_task_release(t[k]);
+    }
+  }
+}
+
+/* A cancel that finds the task running leaves the ending to its attempt;
+ * if that attempt fails transiently at the same moment, the task must not
+ * sit out the retry backoff (30 s here) before it ends. */
+static void test_cancel_racing_a_retry_ends_the_task_at_once(void **st) {
+  (void)st;
+  const int n = ITER(600, 100);
+  apex_manager_t *m = make_manager(NULL);
+  apex_retry_policy_t retry = {.max_attempts = 3, .initial_interval_s = 30};
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.retry = &retry;
+  for (int i = 0; i < n; i++) {
+    apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+    for (volatile int spin = 0; spin < (i % 50) * 20; spin++) {
+    }
+    (void)apex_task_cancel(t, NULL);
+    /* Ended at once: cancelled, or succeeded/failed had it ended first;
+     * never left waiting for its retry. */
+    assert_int_equal(apex_task_wait(t, 5000), APEX_OK);
+    assert_int_not_equal(apex_task_state(t), APEX_TASK_RETRY_WAIT);
+    apex_task_release(t);
+  }
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cancel_racing_completion_ends_once),
@@ -382,6 +432,8 @@ int main(void) {
       cmocka_unit_test(test_release_from_another_thread_while_running),
       cmocka_unit_test(test_many_threads_submitting_and_cancelling_add_up),
       cmocka_unit_test(test_four_threads_waiting_on_one_task_all_wake),
+      cmocka_unit_test(test_destroy_ends_a_task_taken_just_before_the_sweep),
+      cmocka_unit_test(test_cancel_racing_a_retry_ends_the_task_at_once),
   };
   if (getenv("APEX_TEST_FILTER")) cmocka_set_test_filter(getenv("APEX_TEST_FILTER"));
   return cmocka_run_group_tests(tests, NULL, NULL);
