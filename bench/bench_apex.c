@@ -127,22 +127,10 @@ static void cancel(apex_task_t *t) {
   if (rc != APEX_OK) bench_die("apex_task_cancel: %s", apex_strerror(rc));
 }
 
-static int make_eventfd(void) {
-  int fd = eventfd(0, EFD_CLOEXEC);
-  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
-  return fd;
-}
-
 /* Blocks (untimed) until the wait handlers have signalled `count` times. */
 static void await_ready(int efd, uint64_t count) {
   uint64_t seen = 0;
-  while (seen < count) {
-    uint64_t v;
-    ssize_t r = read(efd, &v, sizeof v);
-    if (r < 0 && errno == EINTR) continue;
-    if (r != (ssize_t)sizeof v) bench_die("read eventfd: %s", r < 0 ? strerror(errno) : "short");
-    seen += v;
-  }
+  while (seen < count) seen += bench_efd_wait(efd);
   if (seen != count) bench_die("eventfd: %" PRIu64 " ready signals, want %" PRIu64, seen, count);
 }
 
@@ -154,18 +142,12 @@ static json_t *wait_params(int efd) {
 
 /* Starts two wait tasks and returns once both handlers are blocked. */
 static void occupy_workers(host_t *h, apex_task_t *w[2]) {
-  int efd = make_eventfd();
+  int efd = bench_efd_new(0);
   json_t *p = wait_params(efd);
   for (int i = 0; i < 2; i++) w[i] = submit(h, "wait", p, DEADLINE_S);
   await_ready(efd, 2);
   json_decref(p);
   close(efd);
-}
-
-static void emit_quantiles(const char *peer, const char *wl, uint64_t n, uint64_t *v, int p999) {
-  bench_emit(peer, wl, n, "p50", (double)bench_quantile(v, n, 0.50), "ns");
-  bench_emit(peer, wl, n, "p99", (double)bench_quantile(v, n, 0.99), "ns");
-  if (p999) bench_emit(peer, wl, n, "p999", (double)bench_quantile(v, n, 0.999), "ns");
 }
 
 /* ------------------------------------------------------------ workloads */
@@ -194,7 +176,7 @@ static void w2(const char *peer, uint64_t n, const char *noop) {
     lat[i] = bench_now_ns() - t0;
   }
   host_close(&h);
-  emit_quantiles(peer, "W2", n, lat, 1);
+  bench_emit_latencies(peer, "W2", n, lat, 1);
   free(lat);
 }
 
@@ -203,7 +185,7 @@ static void w3(const char *peer, uint64_t n) {
   host_open(&h, peer, APEX_EVENT_DONE);
   h.want = APEX_TASK_CANCELLED;
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
-  int efd = make_eventfd();
+  int efd = bench_efd_new(0);
   json_t *p = wait_params(efd);
   for (uint64_t i = 0; i < n; i++) {
     apex_task_t *t = submit(&h, "wait", p, DEADLINE_S);
@@ -217,7 +199,7 @@ static void w3(const char *peer, uint64_t n) {
   json_decref(p);
   close(efd);
   host_close(&h);
-  emit_quantiles(peer, "W3", n, lat, 0);
+  bench_emit_latencies(peer, "W3", n, lat, 0);
   free(lat);
 }
 
@@ -240,7 +222,7 @@ static void w3q(const char *peer, uint64_t n) {
   pump_until(&h, n + 2);
   for (int i = 0; i < 2; i++) apex_task_release(w[i]);
   host_close(&h);
-  emit_quantiles(peer, "W3q", n, lat, 0);
+  bench_emit_latencies(peer, "W3q", n, lat, 0);
   free(lat);
 }
 
@@ -260,7 +242,7 @@ static void w4(const char *peer, uint64_t n) {
     late[i] = t_done - due;
   }
   host_close(&h);
-  emit_quantiles(peer, "W4", n, late, 0);
+  bench_emit_latencies(peer, "W4", n, late, 0);
   free(late);
 }
 

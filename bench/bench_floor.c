@@ -44,12 +44,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static void *xmalloc(size_t n) {
-  void *p = malloc(n);
-  if (!p) bench_die("out of memory (%zu bytes)", n);
-  return p;
-}
-
 static void lock(pthread_mutex_t *mu) {
   if (pthread_mutex_lock(mu) != 0) bench_die("pthread_mutex_lock");
 }
@@ -62,29 +56,6 @@ static void xclose(int fd) {
   if (close(fd) != 0) bench_die("close: %s", strerror(errno));
 }
 
-static int efd_new(int flags) {
-  int fd = eventfd(0, EFD_CLOEXEC | flags);
-  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
-  return fd;
-}
-
-static void efd_signal(int fd) {
-  uint64_t one = 1;
-  ssize_t n;
-  do n = write(fd, &one, sizeof one);
-  while (n < 0 && errno == EINTR);
-  if (n != (ssize_t)sizeof one) bench_die("eventfd write: %s", strerror(errno));
-}
-
-/* Blocking read of a semaphore eventfd: one signal consumed. */
-static void efd_wait(int fd) {
-  uint64_t v;
-  ssize_t n;
-  do n = read(fd, &v, sizeof v);
-  while (n < 0 && errno == EINTR);
-  if (n != (ssize_t)sizeof v) bench_die("eventfd read: %s", strerror(errno));
-}
-
 /* Reads a non-blocking eventfd or timerfd; false if it had nothing. */
 static bool fd_consume(int fd) {
   uint64_t v;
@@ -94,17 +65,6 @@ static bool fd_consume(int fd) {
   if (n < 0 && errno == EAGAIN) return false;
   if (n != (ssize_t)sizeof v) bench_die("read fd: %s", strerror(errno));
   return true;
-}
-
-static void wait_readable(int fd) {
-  struct pollfd p = {.fd = fd, .events = POLLIN};
-  for (;;) {
-    int r = poll(&p, 1, -1);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) bench_die("poll: %s", strerror(errno));
-    if (p.revents & POLLIN) return;
-    if (p.revents & (POLLERR | POLLNVAL)) bench_die("poll: fd broken");
-  }
 }
 
 static int timerfd_new(void) {
@@ -121,12 +81,6 @@ static void timerfd_arm_at(int fd, uint64_t deadline_ns) {
   };
   if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) != 0)
     bench_die("timerfd_settime: %s", strerror(errno));
-}
-
-static void emit_latencies(const char *w, uint64_t size, uint64_t *lat, bool p999) {
-  bench_emit(PEER, w, size, "p50", (double)bench_quantile(lat, size, 0.50), "ns");
-  bench_emit(PEER, w, size, "p99", (double)bench_quantile(lat, size, 0.99), "ns");
-  if (p999) bench_emit(PEER, w, size, "p999", (double)bench_quantile(lat, size, 0.999), "ns");
 }
 
 /* ------------------------------------------------------------ the runtime */
@@ -174,7 +128,7 @@ static void floor_complete(floor_t *f, floor_task_t *t) {
   bool was_empty = f->doneq.head == NULL;
   list_append(&f->doneq, t);
   unlock(&f->done_mu);
-  if (was_empty) efd_signal(f->done_fd);
+  if (was_empty) bench_efd_signal(f->done_fd);
 }
 
 static void *floor_worker(void *arg) {
@@ -201,7 +155,7 @@ static void floor_init(floor_t *f) {
   if (pthread_mutex_init(&f->run_mu, NULL) != 0 || pthread_cond_init(&f->run_cv, NULL) != 0 ||
       pthread_mutex_init(&f->done_mu, NULL) != 0)
     bench_die("mutex/cond init");
-  f->done_fd = efd_new(EFD_NONBLOCK);
+  f->done_fd = bench_efd_new(EFD_NONBLOCK);
   for (int i = 0; i < FLOOR_THREADS; i++)
     if (pthread_create(&f->threads[i], NULL, floor_worker, f) != 0) bench_die("pthread_create");
 }
@@ -279,7 +233,7 @@ static bool floor_wait(floor_t *f, int timer_fd) {
 static void noop_run(floor_task_t *t) { (void)t; }
 
 static floor_task_t *noop_new(void *ctx, void (*done)(floor_task_t *)) {
-  floor_task_t *t = xmalloc(sizeof *t);
+  floor_task_t *t = bench_xmalloc(sizeof *t);
   t->run = noop_run;
   t->done = done;
   t->ctx = ctx;
@@ -298,27 +252,27 @@ typedef struct {
 
 static void blocked_run(floor_task_t *t) {
   blocked_task_t *b = CONTAINER_OF(t, blocked_task_t, base);
-  if (b->ready_fd >= 0) efd_signal(b->ready_fd);
-  if (!atomic_load_explicit(&b->cancel, memory_order_acquire)) wait_readable(b->cancel_fd);
+  if (b->ready_fd >= 0) bench_efd_signal(b->ready_fd);
+  if (!atomic_load_explicit(&b->cancel, memory_order_acquire)) bench_wait_readable(b->cancel_fd);
   if (!atomic_load_explicit(&b->cancel, memory_order_acquire))
     bench_die("blocked handler woken without its cancel flag");
   t->status = FLOOR_CANCELLED;
 }
 
 static blocked_task_t *blocked_new(void *ctx, int ready_fd, void (*done)(floor_task_t *)) {
-  blocked_task_t *b = xmalloc(sizeof *b);
+  blocked_task_t *b = bench_xmalloc(sizeof *b);
   b->base.run = blocked_run;
   b->base.done = done;
   b->base.ctx = ctx;
   atomic_init(&b->cancel, false);
-  b->cancel_fd = efd_new(0);
+  b->cancel_fd = bench_efd_new(0);
   b->ready_fd = ready_fd;
   return b;
 }
 
 static void blocked_cancel(blocked_task_t *b) {
   atomic_store_explicit(&b->cancel, true, memory_order_release);
-  efd_signal(b->cancel_fd);
+  bench_efd_signal(b->cancel_fd);
 }
 
 /* Checks a blocked task came back cancelled, and frees it. */
@@ -343,13 +297,13 @@ static void blocker_done(floor_task_t *t) {
 }
 
 static void blockers_occupy(floor_t *f, blockers_t *bl) {
-  bl->ready_fd = efd_new(EFD_SEMAPHORE);
+  bl->ready_fd = bench_efd_new(EFD_SEMAPHORE);
   bl->done = 0;
   for (int i = 0; i < FLOOR_THREADS; i++) {
     bl->b[i] = blocked_new(bl, bl->ready_fd, blocker_done);
     floor_submit(f, &bl->b[i]->base);
   }
-  for (int i = 0; i < FLOOR_THREADS; i++) efd_wait(bl->ready_fd);
+  for (int i = 0; i < FLOOR_THREADS; i++) bench_efd_wait(bl->ready_fd);
 }
 
 /* Lets both blockers return; the caller waits for blockers_done(). */
@@ -411,7 +365,7 @@ static void run_w2(floor_t *f, uint64_t size) {
     while (c.done == i) floor_wait(f, -1);
     lat[i] = c.t1 - t0;
   }
-  emit_latencies("W2", size, lat, true);
+  bench_emit_latencies(PEER, "W2", size, lat, true);
   free(lat);
 }
 
@@ -428,18 +382,18 @@ static void w3_done(floor_task_t *t) {
 static void run_w3(floor_t *f, uint64_t size) {
   seq_ctx_t c = {0};
   uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
-  int ready_fd = efd_new(EFD_SEMAPHORE);
+  int ready_fd = bench_efd_new(EFD_SEMAPHORE);
   for (uint64_t i = 0; i < size; i++) {
     blocked_task_t *b = blocked_new(&c, ready_fd, w3_done);
     floor_submit(f, &b->base);
-    efd_wait(ready_fd); /* the handler is in its wait */
+    bench_efd_wait(ready_fd); /* the handler is in its wait */
     uint64_t t0 = bench_now_ns();
     blocked_cancel(b);
     while (c.done == i) floor_wait(f, -1);
     lat[i] = c.t1 - t0;
   }
   xclose(ready_fd);
-  emit_latencies("W3", size, lat, false);
+  bench_emit_latencies(PEER, "W3", size, lat, false);
   free(lat);
 }
 
@@ -472,7 +426,7 @@ static void run_w3q(floor_t *f, uint64_t size) {
   blockers_release(&bl);
   while (!blockers_done(&bl)) floor_wait(f, -1);
   blockers_close(&bl);
-  emit_latencies("W3q", size, lat, false);
+  bench_emit_latencies(PEER, "W3q", size, lat, false);
   free(lat);
 }
 
@@ -508,7 +462,7 @@ static void run_w4(floor_t *f, uint64_t size) {
     }
   }
   xclose(tfd);
-  emit_latencies("W4", size, lat, false);
+  bench_emit_latencies(PEER, "W4", size, lat, false);
   free(lat);
 }
 
@@ -573,7 +527,7 @@ static void w6_report(floor_task_t *t) {
   uint64_t cpu0 = bench_thread_cpu_ns();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < c->size; i++) {
-    w6_update_t *u = xmalloc(sizeof *u);
+    w6_update_t *u = bench_xmalloc(sizeof *u);
     u->base.run = NULL;
     u->base.done = w6_update_done;
     u->base.ctx = c;
@@ -596,7 +550,7 @@ static void w6_done(floor_task_t *t) {
 
 static void run_w6(floor_t *f, uint64_t size) {
   w6_ctx_t c = {.f = f, .size = size};
-  floor_task_t *t = xmalloc(sizeof *t);
+  floor_task_t *t = bench_xmalloc(sizeof *t);
   t->run = w6_report;
   t->done = w6_done;
   t->ctx = &c;
@@ -729,7 +683,7 @@ static void *w7_completer(void *arg) {
 
 static void run_w7(floor_t *f, uint64_t size) {
   w7_ctx_t c = {.f = f, .size = size, .timer_fd = timerfd_new()};
-  c.ops = xmalloc(size * sizeof *c.ops);
+  c.ops = bench_xmalloc(size * sizeof *c.ops);
   memset(c.ops, 0, size * sizeof *c.ops); /* resident before rss0 */
   if (pthread_mutex_init(&c.go_mu, NULL) != 0 || pthread_cond_init(&c.go_cv, NULL) != 0)
     bench_die("mutex/cond init");
@@ -739,7 +693,7 @@ static void run_w7(floor_t *f, uint64_t size) {
   uint64_t rss0 = bench_rss_bytes();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < size; i++) {
-    w7_op_t *op = xmalloc(sizeof *op);
+    w7_op_t *op = bench_xmalloc(sizeof *op);
     op->base.run = NULL;
     op->base.done = w7_done;
     op->base.ctx = &c;

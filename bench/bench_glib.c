@@ -84,24 +84,11 @@ typedef struct gb_host {
 
 /* ------------------------------------------------------- shared pieces */
 
-static int gb_eventfd(void) {
-  int fd = eventfd(0, EFD_CLOEXEC);
-  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
-  return fd;
-}
-
 /* Blocks (untimed, outside any measured interval) until n wait tasks said
  * they are about to block. */
 static void gb_await_ready(gb_host_t *h, uint64_t n) {
   uint64_t got = 0;
-  while (got < n) {
-    uint64_t v = 0;
-    ssize_t r = read(h->ready_fd, &v, sizeof v);
-    if (r < 0 && errno == EINTR) continue;
-    if (r != (ssize_t)sizeof v)
-      bench_die("read ready eventfd: %s", r < 0 ? strerror(errno) : "short read");
-    got += v;
-  }
+  while (got < n) got += bench_efd_wait(h->ready_fd);
   if (got != n) bench_die("%llu tasks blocked, expected %llu", (unsigned long long)got,
                           (unsigned long long)n);
 }
@@ -137,7 +124,7 @@ static void gb_host_open(gb_host_t *h) {
   memset(h, 0, sizeof *h);
   h->ctx = g_main_context_new();
   g_main_context_push_thread_default(h->ctx);
-  h->ready_fd = gb_eventfd();
+  h->ready_fd = bench_efd_new(0);
 }
 
 static void gb_host_close(gb_host_t *h) {
@@ -169,13 +156,6 @@ static void gb_check(const gb_host_t *h, const char *wl, uint64_t done, uint64_t
     bench_die("%s: %llu completed (%llu cancelled), expected %llu (%llu cancelled)", wl,
               (unsigned long long)h->done, (unsigned long long)h->cancelled,
               (unsigned long long)done, (unsigned long long)cancelled);
-}
-
-static void gb_emit_quantiles(const char *peer, const char *wl, uint64_t n, uint64_t *v,
-                              int p999) {
-  bench_emit(peer, wl, n, "p50", (double)bench_quantile(v, n, 0.50), "ns");
-  bench_emit(peer, wl, n, "p99", (double)bench_quantile(v, n, 0.99), "ns");
-  if (p999) bench_emit(peer, wl, n, "p999", (double)bench_quantile(v, n, 0.999), "ns");
 }
 
 /* ------------------------------------------------ glib: GThreadPool peer */
@@ -404,7 +384,7 @@ static void w2(const gb_peer_t *p, uint64_t n) {
   }
   gb_host_close(&h);
   gb_check(&h, "W2", n, 0);
-  gb_emit_quantiles(p->name, "W2", n, lat, 1);
+  bench_emit_latencies(p->name, "W2", n, lat, 1);
   free(lat);
 }
 
@@ -424,7 +404,7 @@ static void w3(const gb_peer_t *p, uint64_t n) {
   }
   gb_host_close(&h);
   gb_check(&h, "W3", n, n);
-  gb_emit_quantiles(p->name, "W3", n, lat, 0);
+  bench_emit_latencies(p->name, "W3", n, lat, 0);
   free(lat);
 }
 
@@ -462,7 +442,7 @@ static void w3q(const gb_peer_t *p, uint64_t n) {
     bench_die("W3q: %llu claimed, %llu cancelled while the workers were blocked",
               (unsigned long long)claimed, (unsigned long long)cancelled);
   gb_check(&h, "W3q", n + 2, n + 2);
-  gb_emit_quantiles(p->name, "W3q", n, lat, 0);
+  bench_emit_latencies(p->name, "W3q", n, lat, 0);
   free(lat);
 }
 
@@ -489,7 +469,7 @@ static void w4(const gb_peer_t *p, uint64_t n) {
   h.timed = NULL;
   gb_host_close(&h);
   gb_check(&h, "W4", n, n);
-  gb_emit_quantiles(p->name, "W4", n, late, 0);
+  bench_emit_latencies(p->name, "W4", n, late, 0);
   free(late);
 }
 

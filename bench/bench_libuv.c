@@ -43,54 +43,6 @@ static void uv_check(int r, const char *what) {
  * the workload then reports; every caller checks its own counts after. */
 static void loop_run(uv_loop_t *loop) { (void)uv_run(loop, UV_RUN_DEFAULT); }
 
-static void *xmalloc(size_t n) {
-  void *p = malloc(n);
-  if (!p) bench_die("out of memory (%zu bytes)", n);
-  return p;
-}
-
-static int efd_new(int flags) {
-  int fd = eventfd(0, EFD_CLOEXEC | flags);
-  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
-  return fd;
-}
-
-static void efd_signal(int fd) {
-  uint64_t one = 1;
-  ssize_t n;
-  do n = write(fd, &one, sizeof one);
-  while (n < 0 && errno == EINTR);
-  if (n != (ssize_t)sizeof one) bench_die("eventfd write: %s", strerror(errno));
-}
-
-/* Blocking read of a semaphore eventfd: one signal consumed. */
-static void efd_wait(int fd) {
-  uint64_t v;
-  ssize_t n;
-  do n = read(fd, &v, sizeof v);
-  while (n < 0 && errno == EINTR);
-  if (n != (ssize_t)sizeof v) bench_die("eventfd read: %s", strerror(errno));
-}
-
-/* The blocked task's wait: untimed, as a handler that waits "forever" for
- * its cancellation does. */
-static void wait_readable(int fd) {
-  struct pollfd p = {.fd = fd, .events = POLLIN};
-  for (;;) {
-    int r = poll(&p, 1, -1);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) bench_die("poll: %s", strerror(errno));
-    if (p.revents & POLLIN) return;
-    if (p.revents & (POLLERR | POLLNVAL)) bench_die("poll: cancel fd broken");
-  }
-}
-
-static void emit_latencies(const char *w, uint64_t size, uint64_t *lat, bool p999) {
-  bench_emit(PEER, w, size, "p50", (double)bench_quantile(lat, size, 0.50), "ns");
-  bench_emit(PEER, w, size, "p99", (double)bench_quantile(lat, size, 0.99), "ns");
-  if (p999) bench_emit(PEER, w, size, "p999", (double)bench_quantile(lat, size, 0.999), "ns");
-}
-
 /* ------------------------------------------------------------------ tasks */
 
 /* A no-op task: the struct a user allocates per uv_queue_work. */
@@ -101,7 +53,7 @@ typedef struct {
 static void noop_work(uv_work_t *req) { (void)req; }
 
 static noop_task_t *noop_new(void *ctx) {
-  noop_task_t *t = xmalloc(sizeof *t);
+  noop_task_t *t = bench_xmalloc(sizeof *t);
   t->req.data = ctx;
   return t;
 }
@@ -117,15 +69,15 @@ typedef struct {
 
 static void blocked_work(uv_work_t *req) {
   blocked_task_t *b = CONTAINER_OF(req, blocked_task_t, req);
-  if (b->ready_fd >= 0) efd_signal(b->ready_fd);
-  wait_readable(b->cancel_fd);
+  if (b->ready_fd >= 0) bench_efd_signal(b->ready_fd);
+  bench_wait_readable(b->cancel_fd);
   b->saw_cancel = true;
 }
 
 static blocked_task_t *blocked_new(void *ctx, int ready_fd) {
-  blocked_task_t *b = xmalloc(sizeof *b);
+  blocked_task_t *b = bench_xmalloc(sizeof *b);
   b->req.data = ctx;
-  b->cancel_fd = efd_new(0);
+  b->cancel_fd = bench_efd_new(0);
   b->ready_fd = ready_fd;
   b->saw_cancel = false;
   return b;
@@ -155,20 +107,20 @@ static void blocker_after(uv_work_t *req, int status) {
 }
 
 static void blockers_occupy(uv_loop_t *loop, blockers_t *bl) {
-  bl->ready_fd = efd_new(EFD_SEMAPHORE);
+  bl->ready_fd = bench_efd_new(EFD_SEMAPHORE);
   bl->done = 0;
   for (int i = 0; i < 2; i++) {
     bl->b[i] = blocked_new(bl, bl->ready_fd);
     uv_check(uv_queue_work(loop, &bl->b[i]->req, blocked_work, blocker_after), "uv_queue_work");
   }
-  efd_wait(bl->ready_fd);
-  efd_wait(bl->ready_fd);
+  bench_efd_wait(bl->ready_fd);
+  bench_efd_wait(bl->ready_fd);
 }
 
 /* Lets both blockers return; the caller runs the loop to finish them. */
 static void blockers_release(blockers_t *bl) {
-  efd_signal(bl->b[0]->cancel_fd);
-  efd_signal(bl->b[1]->cancel_fd);
+  bench_efd_signal(bl->b[0]->cancel_fd);
+  bench_efd_signal(bl->b[1]->cancel_fd);
 }
 
 static void blockers_check(blockers_t *bl) {
@@ -255,7 +207,7 @@ static void run_w2(uv_loop_t *loop, uint64_t size) {
   w2_submit(&c);
   loop_run(loop);
   if (c.done != size) bench_die("W2: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
-  emit_latencies("W2", size, c.lat, true);
+  bench_emit_latencies(PEER, "W2", size, c.lat, true);
   free(c.lat);
 }
 
@@ -277,20 +229,20 @@ static void w3_after(uv_work_t *req, int status) {
 static void run_w3(uv_loop_t *loop, uint64_t size) {
   w3_ctx_t c = {0};
   uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
-  int ready_fd = efd_new(EFD_SEMAPHORE);
+  int ready_fd = bench_efd_new(EFD_SEMAPHORE);
   warm_pool(loop);
   for (uint64_t i = 0; i < size; i++) {
     blocked_task_t *b = blocked_new(&c, ready_fd);
     uv_check(uv_queue_work(loop, &b->req, blocked_work, w3_after), "uv_queue_work");
-    efd_wait(ready_fd); /* the loop is idle here: the task is in its wait */
+    bench_efd_wait(ready_fd); /* the loop is idle here: the task is in its wait */
     uint64_t t0 = bench_now_ns();
-    efd_signal(b->cancel_fd);
+    bench_efd_signal(b->cancel_fd);
     loop_run(loop);
     if (c.done != i + 1) bench_die("W3: sample %" PRIu64 " did not complete", i);
     lat[i] = c.t1 - t0;
   }
   if (close(ready_fd) != 0) bench_die("close: %s", strerror(errno));
-  emit_latencies("W3", size, lat, false);
+  bench_emit_latencies(PEER, "W3", size, lat, false);
   free(lat);
 }
 
@@ -335,7 +287,7 @@ static void run_w3q(uv_loop_t *loop, uint64_t size) {
   blockers_check(&bl);
   if (c.done != size || c.ran != 0)
     bench_die("W3q: %" PRIu64 " cancelled, %" PRIu64 " ran", c.done, c.ran);
-  emit_latencies("W3q", size, lat, false);
+  bench_emit_latencies(PEER, "W3q", size, lat, false);
   free(lat);
 }
 
@@ -355,7 +307,7 @@ static void w4_timeout(uv_timer_t *timer) {
   /* libuv's clock is in whole ms, cached per loop turn: a timer can fire a
    * little before the ns deadline; that is no lateness. */
   c->lat[c->fired++] = now > deadline ? now - deadline : 0;
-  efd_signal(c->cur->cancel_fd);
+  bench_efd_signal(c->cur->cancel_fd);
 }
 
 static void w4_after(uv_work_t *req, int status) {
@@ -381,7 +333,7 @@ static void run_w4(uv_loop_t *loop, uint64_t size) {
   }
   uv_close((uv_handle_t *)&timer, NULL);
   loop_run(loop);
-  emit_latencies("W4", size, c.lat, false);
+  bench_emit_latencies(PEER, "W4", size, c.lat, false);
   free(c.lat);
 }
 
@@ -490,7 +442,7 @@ static void *w7_completer(void *arg) {
 
 static void run_w7(uv_loop_t *loop, uint64_t size) {
   w7_ctx_t c = {.size = size};
-  c.ops = xmalloc(size * sizeof *c.ops);
+  c.ops = bench_xmalloc(size * sizeof *c.ops);
   memset(c.ops, 0, size * sizeof *c.ops); /* resident before rss0 */
   if (pthread_mutex_init(&c.mu, NULL) != 0 || pthread_cond_init(&c.go_cv, NULL) != 0)
     bench_die("mutex/cond init");
@@ -506,7 +458,7 @@ static void run_w7(uv_loop_t *loop, uint64_t size) {
   uint64_t rss0 = bench_rss_bytes();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < size; i++) {
-    w7_op_t *op = xmalloc(sizeof *op);
+    w7_op_t *op = bench_xmalloc(sizeof *op);
     op->c = &c;
     op->next = NULL;
     uv_check(uv_timer_init(loop, &op->timeout), "uv_timer_init");

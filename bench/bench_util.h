@@ -6,11 +6,13 @@
 #define APEX_BENCH_UTIL_H
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +37,50 @@ static BENCH_UNUSED void *bench_xcalloc(size_t n, size_t size) {
   void *p = calloc(n ? n : 1, size ? size : 1);
   if (!p) bench_die("out of memory (%zu x %zu bytes)", n, size);
   return p;
+}
+
+static BENCH_UNUSED void *bench_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) bench_die("out of memory (%zu bytes)", n);
+  return p;
+}
+
+/* An eventfd (flags: EFD_SEMAPHORE, EFD_NONBLOCK, ...; CLOEXEC always). */
+static BENCH_UNUSED int bench_efd_new(int flags) {
+  int fd = eventfd(0, EFD_CLOEXEC | flags);
+  if (fd < 0) bench_die("eventfd: %s", strerror(errno));
+  return fd;
+}
+
+static BENCH_UNUSED void bench_efd_signal(int fd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do n = write(fd, &one, sizeof one);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t)sizeof one) bench_die("eventfd write: %s", strerror(errno));
+}
+
+/* Blocking read of an eventfd. Returns the count read (1 for a semaphore). */
+static BENCH_UNUSED uint64_t bench_efd_wait(int fd) {
+  uint64_t v;
+  ssize_t n;
+  do n = read(fd, &v, sizeof v);
+  while (n < 0 && errno == EINTR);
+  if (n != (ssize_t)sizeof v) bench_die("eventfd read: %s", n < 0 ? strerror(errno) : "short");
+  return v;
+}
+
+/* Untimed wait until fd is readable, as a handler that waits "forever" for
+ * its cancellation does. */
+static BENCH_UNUSED void bench_wait_readable(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  for (;;) {
+    int r = poll(&p, 1, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) bench_die("poll: %s", strerror(errno));
+    if (p.revents & POLLIN) return;
+    if (p.revents & (POLLERR | POLLNVAL)) bench_die("poll: fd %d broken", fd);
+  }
 }
 
 static BENCH_UNUSED uint64_t bench_now_ns(void) {
@@ -86,6 +132,16 @@ static BENCH_UNUSED void bench_emit(const char *peer, const char *workload, uint
   printf("peer=%s workload=%s size=%llu figure=%s value=%.6g unit=%s\n", peer, workload,
          (unsigned long long)size, figure, value, unit);
   fflush(stdout);
+}
+
+/* The latency figures of a workload: p50, p99 and (p999 != 0) p999, in ns.
+ * Sorts lat. */
+static BENCH_UNUSED void bench_emit_latencies(const char *peer, const char *workload,
+                                              uint64_t size, uint64_t *lat, int p999) {
+  bench_emit(peer, workload, size, "p50", (double)bench_quantile(lat, size, 0.50), "ns");
+  bench_emit(peer, workload, size, "p99", (double)bench_quantile(lat, size, 0.99), "ns");
+  if (p999)
+    bench_emit(peer, workload, size, "p999", (double)bench_quantile(lat, size, 0.999), "ns");
 }
 
 /* Parses "<workload> <size> [variant]"; size must be a positive integer. */
