@@ -161,7 +161,7 @@ static void ctx_complete(apex_ctx_t *c, int status) {
   if (status == APEX_PENDING) status = APEX_E_EXECUTION;
   /* The life reference may go inside attempt_end; keep t readable. */
   apex__task_ref(t);
-  int teardown = apex__task_attempt_end(t, status, 1);
+  int teardown = apex__task_attempt_end(t, status);
   apex__task_unref(t);
   /* On a worker (complete() inside the handler) the worker tears down once
    * back in its loop; on a plugin's own thread, here. */

@@ -285,7 +285,7 @@ void apex__task_unref(apex_task_t *t);
 int apex__task_run(apex_task_t *t);
 /* Ends the open attempt with rc (from the handler's return or complete).
  * Returns: as apex__task_run. */
-int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete);
+int apex__task_attempt_end(apex_task_t *t, int rc);
 /* Accepts a validated progress report from the plugin (ctx.c). Returns
  * APEX_OK (also for a late report, ignored and counted) or APEX_E_NOMEM.
  * msg_len is strlen(msg) (0 for NULL), which the caller measured already.
@@ -343,13 +343,14 @@ int apex__pool_defer_teardown(apex_manager_t *m);
 /* Stops and joins every worker (after the queue is empty). */
 void apex__pool_stop(apex_manager_t *m);
 /* An attempt opened/closed (counts handlers that own a ctx); on the first
- * attempt (first != 0) t joins the live list destroy sweeps, and a close
- * with t (non-NULL) takes t off it, in the same critical section. Open is
- * called under the task lock; close without it. Returns (close): 1 if this was the
- * last handler of an orphaned manager: the caller must then call
- * apex__manager_teardown(m, on_worker) once it no longer touches m. */
-/* Returns (open): 1 if destroy's sweep has begun, and then the caller must
- * not run the handler: it ends the attempt as cancelled ("shutdown"). */
+ * attempt (first != 0) t's run state joins the live list destroy sweeps,
+ * and a close with `leaving` (non-NULL) takes that run state off it, in the
+ * same critical section. Open is called under the task lock; close without
+ * it. Returns (open): 1 if destroy's sweep has begun, and then the caller
+ * must not run the handler: it ends the attempt as cancelled ("shutdown").
+ * Returns (close): 1 if this was the last handler of an orphaned manager:
+ * the caller must then tear m down (apex__manager_teardown) once it no
+ * longer touches m. */
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
 int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving);
 
@@ -377,8 +378,8 @@ void apex__retry_arm(apex_manager_t *m, apex_task_t *t);
 void apex__timer_release(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
 /* DISPATCH mode, on the host's thread: fires the deadlines and retries now
- * due, if any. Returns 1 if something was due. */
-int apex__timers_fire(apex_manager_t *m);
+ * due, if any. */
+void apex__timers_fire(apex_manager_t *m);
 
 /* events.c */
 int apex__events_init(apex_manager_t *m);

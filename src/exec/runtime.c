@@ -381,12 +381,10 @@ static void fire_due(apex_manager_t *m, int on_host) {
 
 static void on_deadline(uv_poll_t *h, int status, int events) { fire_due(h->data, 0); }
 
-int apex__timers_fire(apex_manager_t *m) {
-  if (m->host_timer_fd < 0) return 0;
+void apex__timers_fire(apex_manager_t *m) {
+  if (m->host_timer_fd < 0) return;
   uint64_t at = atomic_load_explicit(&m->due_at, memory_order_acquire);
-  if (!at || apex__now_ns() < at) return 0;
-  fire_due(m, 1);
-  return 1;
+  if (at && apex__now_ns() >= at) fire_due(m, 1);
 }
 
 /* Under pool_mu: arms fd for at (0 disarms) unless it already is. */

@@ -434,7 +434,7 @@ int apex__task_run(apex_task_t *t) {
      * would have. */
     apex_token_t *own = apex__task_token(t);
     if (own) apex_token_cancel(own, "shutdown");
-    return apex__task_attempt_end(t, APEX_E_CANCELLED, 0);
+    return apex__task_attempt_end(t, APEX_E_CANCELLED);
   }
 
   int rc = t->action->handler(&r->ctx);
@@ -444,7 +444,7 @@ int apex__task_run(apex_task_t *t) {
               t->plugin->desc.name, t->action->name);
     rc = APEX_E_EXECUTION;
   }
-  return apex__task_attempt_end(t, rc, 0);
+  return apex__task_attempt_end(t, rc);
 }
 
 static int valid_failure(int rc) { return rc < 0 && strcmp(apex_status_name(rc), "unknown") != 0; }
@@ -459,7 +459,7 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
   return apex__error_new(rc, &w, own, "%s", own ? apex_error_message(own) : apex_strerror(rc));
 }
 
-int apex__task_attempt_end(apex_task_t *t, int rc, int from_complete) {
+int apex__task_attempt_end(apex_task_t *t, int rc) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1};
@@ -550,7 +550,6 @@ done:
   after_notify(t, &a);
   int teardown = apex__pool_attempt_close(m, was_stuck, a.leave_live);
   after_release(t, &a);
-  (void)from_complete;
   return teardown;
 }
 
