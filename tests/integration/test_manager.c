@@ -28,6 +28,7 @@
 
 #include "apex/apex.h"
 #include "integration/harness.h"
+#include "integration/gate.h"
 
 
 static apex_manager_t *make_default(void) {
@@ -639,12 +640,15 @@ static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void *
   (void)st;
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_test_manager(&cfg);
+  load_gate(m);
+  gate_t g;
+  gate_init(&g);
   apex_submit_opts_t o = opts_timeout(0.05);
   int64_t t0 = now_ms();
-  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
-  /* The handler sleeps 1500 ms deaf to its token; the task ends long before. */
-  assert_int_equal(apex_task_wait(t, 1000), APEX_OK);
-  assert_true(now_ms() - t0 < 1000);
+  /* The handler blocks deaf to its token until the gate opens. */
+  apex_task_t *t = submit_json(m, "gate", "deaf_read", g.params, &o);
+  assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
+  assert_true(now_ms() - t0 < PROMPT_MS);
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
   assert_int_equal(error_code_of(t), APEX_E_TIMEOUT);
   AWAIT(stats_of(m).stuck_workers == 1, PROMPT_MS);
@@ -652,28 +656,36 @@ static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void *
   /* No replacement thread while no queued work needs one. */
   assert_int_equal(s.workers, cfg.workers);
   assert_int_equal(s.running, 1); /* the deaf handler still owns its ctx */
+  gate_open(&g);
+  AWAIT(stats_of(m).running == 0 && stats_of(m).stuck_workers == 0, PROMPT_MS);
   apex_task_release(t);
-  destroy_ok(m); /* waits for the handler: drain 5000 > 1500 */
+  destroy_ok(m);
+  gate_fini(&g);
 }
 
 static void test_replacement_worker_runs_tasks_while_one_is_stuck(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_test_manager(&cfg);
+  load_gate(m);
+  gate_t g;
+  gate_init(&g);
   apex_submit_opts_t o = opts_timeout(0.05);
-  apex_task_t *stuck = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1500}", &o);
+  apex_task_t *stuck = submit_json(m, "gate", "deaf_read", g.params, &o);
   wait_done(stuck);
   apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
-  assert_int_equal(apex_task_wait(t, 1000), APEX_OK);
+  assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
-  /* ...on a replacement started for it, while the deaf handler was still
-   * inside. */
+  /* ...on a replacement started for it, while the deaf handler is still
+   * inside (it stays until the gate opens). */
   apex_manager_stats_t s = stats_of(m);
   assert_int_equal(s.stuck_workers, 1);
   assert_int_equal(s.workers, cfg.workers + 1);
+  gate_open(&g);
   apex_task_release(t);
   apex_task_release(stuck);
   destroy_ok(m);
+  gate_fini(&g);
 }
 
 static void test_stuck_handler_return_is_late_and_its_worker_retires(void **st) {
