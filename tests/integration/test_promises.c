@@ -174,6 +174,48 @@ static void test_task_times_out_while_still_queued(void **st) {
   rec_fini(&r);
 }
 
+/* A retrying task's deadline can pass while it waits out its backoff (its
+ * retry time is set before the deadline, but both come due together when
+ * the runtime thread is held up, here by a slow LOOP callback, and
+ * deadlines are fired first): it ends timed_out there and never runs
+ * again. */
+static void on_retry_hold_runtime(const apex_event_t *ev, void *user) {
+  rec_on_event(ev, user);
+  /* Holds Apex's runtime thread past both the retry time (50 ms) and the
+   * deadline (150 ms): elapsed time, not scheduling, makes both due. */
+  if (ev->type == APEX_EVENT_RETRY) nap_ms(400);
+}
+
+static void test_task_times_out_while_waiting_to_retry(void **st) {
+  (void)st;
+  rec_t r;
+  rec_init(&r);
+  apex_manager_config_t cfg = base_config(1);
+  cfg.on_event = on_retry_hold_runtime;
+  cfg.event_user = &r;
+  apex_manager_t *m = make_test_manager(&cfg);
+  apex_retry_policy_t p = {.max_attempts = 3, .initial_interval_s = 0.05};
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.retry = &p;
+  o.timeout_s = 0.15;
+  apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
+  assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
+  apex_error_t *e = apex_task_error(t);
+  assert_int_equal(apex_error_code(e), APEX_E_TIMEOUT);
+  assert_null(strstr(apex_error_message(e), "still queued")); /* it was backing off */
+  apex_error_unref(e);
+  rec_await_dones(&r, 1);
+  assert_int_equal(apex_task_attempts(t), 1);
+  assert_int_equal(rec_count(&r, apex_task_id(t), APEX_EVENT_ATTEMPT), 1);
+  assert_int_equal(rec_count(&r, apex_task_id(t), APEX_EVENT_RETRY), 1);
+  assert_int_equal(stats_of(m).timed_out, 1);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  rec_fini(&r);
+}
+
 /* ------------------------------------------------------- stuck workers */
 
 /* Past max_stuck_workers stuck handlers no replacement starts: queued
@@ -276,6 +318,7 @@ int main(void) {
       cmocka_unit_test(test_non_retryable_code_is_never_retried),
       cmocka_unit_test(test_retry_delays_follow_backoff_cap_and_jitter_bounds),
       cmocka_unit_test(test_task_times_out_while_still_queued),
+      cmocka_unit_test(test_task_times_out_while_waiting_to_retry),
       cmocka_unit_test(test_no_replacement_past_max_stuck_workers),
       cmocka_unit_test(test_milestone_burst_delivers_64_ending_with_the_last),
   };
