@@ -1,4 +1,4 @@
-/* Allocation-failure injection for the core objects (STYLE.md §9), in the
+/* Allocation-failure injection for the core objects, in the
  * manner of curl's torture tests: for N = 1, 2, 3, ... the Nth allocation
  * made by the call under test fails, and the test checks that the call
  * fails with its documented code, leaks nothing and leaves what it was
