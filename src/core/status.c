@@ -1,5 +1,5 @@
 /* Status codes: names, sentences and the category tests of the error
- * hierarchy (DESIGN.md "Error model"). Pure functions, any thread. */
+ * hierarchy (include/apex/common.h). Pure functions, any thread. */
 #include "apex/apex.h"
 
 typedef struct {

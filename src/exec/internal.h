@@ -63,7 +63,7 @@ struct apex__ev {
 /* Per-call options that differ from the action's and the manager's
  * defaults; allocated at submit only when a call sets one (most do not). */
 typedef struct apex__task_opts {
-  apex_retry_policy_t retry; /* copied; retry.non_retryable -> non_retryable */
+  apex_retry_policy_t retry; /* copied; retry.non_retryable points at non_retryable */
   apex_status_t non_retryable[APEX__MAX_NON_RETRYABLE];
   int own_retry;             /* retry above overrides the action's */
   apex_event_fn on_event;    /* overrides the manager's when set */
@@ -404,8 +404,12 @@ int apex__events_deliver(apex_manager_t *m);
 void apex__ev_free(apex__ev_t *node);
 
 /* retry.c */
-/* Returns: 1 and *delay_s if attempt `attempt` failing with code may be
- * retried under p, else 0. */
+/* Returns: the retry policy t follows: the call's copy (t->opts) or the
+ * action's default. Borrowed, immutable after submit; no lock needed. */
+const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t);
+/* Returns: 1 and *delay_s if t's current attempt, failing with code, may
+ * be retried under its policy, else 0. Under the task lock (reads
+ * t->attempt). */
 int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
 
 #endif

@@ -546,18 +546,13 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     x->retry = *o->retry;
     for (size_t i = 0; i < o->retry->n_non_retryable; i++)
       x->non_retryable[i] = o->retry->non_retryable[i];
-    x->retry.non_retryable = NULL; /* copied into x->non_retryable */
+    x->retry.non_retryable = x->non_retryable; /* the copy, in the same block */
   }
   x->on_event = o->on_event;
   x->event_user = o->on_event ? o->event_user : NULL;
   t->opts = x;
   (void)m;
   return APEX_OK;
-}
-
-/* The policy t's attempts follow. */
-static const apex_retry_policy_t *retry_of(const apex_task_t *t) {
-  return t->opts && t->opts->own_retry ? &t->opts->retry : &t->action->default_retry;
 }
 
 static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
@@ -632,7 +627,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. */
-    rc = apex__pool_submit(m, t, t->deadline_ns != 0, retry_of(t)->max_attempts > 1);
+    rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
