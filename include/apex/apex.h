@@ -317,8 +317,8 @@ APEX_EXTERN const char *apex_manager_plugin_file(apex_manager_t *m, const char *
 /* Returns: the i-th action of a descriptor from apex_manager_plugin*, found
  * by its action_size stride, or NULL if d is NULL or i >= d->n_actions. A
  * field of apex_action_desc_t is there if its end is within action_size
- * (a library older than this header has a shorter struct). Borrowed, valid
- * while d is. */
+ * (a library older than this header has a shorter struct). Ownership:
+ * borrowed, valid while d is. Thread-safety: any thread. */
 static inline const apex_action_desc_t *apex_plugin_desc_action(const apex_plugin_desc_t *d,
                                                                 size_t i) {
   if (!d || i >= d->n_actions) return NULL;

@@ -165,14 +165,15 @@ typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t 
     return &(desc);                                                                       \
   }
 
-/* A progress report (frozen for ABI 1: passed by pointer without a size; a
- * richer report would come with a new host-api member). percentage is in [0, 100]; message NULL or valid UTF-8
+/* A progress report. percentage is in [0, 100]; message NULL or valid UTF-8
  * of at most APEX_PROGRESS_MESSAGE_MAX bytes; status NULL ("running") or one
  * of "running", "completed", "error", "milestone_reached" (the lifecycle
  * names of apex_progress_status_is_known are accepted too); details NULL or a
  * JSON object; sub_tasks NULL or a JSON array of objects of the shape
  * {"name": string, "percentage": number, "status"?, "message"?, "weight"?,
- *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied. */
+ *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied.
+ * Frozen for ABI 1 (passed by pointer without a size): a richer report would
+ * come with a new host-api member. */
 typedef struct apex_progress_update {
   double percentage;
   const char *message;
