@@ -10,14 +10,12 @@
  * The descriptor and the actions array each end right before an
  * inaccessible guard page, so a host that reads past struct_size, or past
  * n_actions * action_size, crashes instead of reading garbage. */
-/* MAP_ANONYMOUS and sysconf: plugins build as strict C11 without _GNU_SOURCE. */
-#define _DEFAULT_SOURCE
+#include "guard_page.h" /* first: it sets _DEFAULT_SOURCE for mmap */
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "apex/plugin.h"
 
@@ -42,41 +40,12 @@ static const apex_action_desc_t actions[] = {
 };
 #define N_ACTIONS (sizeof actions / sizeof actions[0])
 
-static struct {
-  void *base;
-  size_t len;
-} maps[2];
-
-static void unmap_all(void) {
-  for (size_t i = 0; i < 2; i++) {
-    if (maps[i].base) munmap(maps[i].base, maps[i].len);
-    maps[i].base = NULL;
-  }
-}
-
-__attribute__((destructor)) static void on_unload(void) { unmap_all(); }
-
-/* Returns size bytes (filled with 0xAB) that end right before a guard page. */
-static char *guarded(size_t slot, size_t size) {
-  size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  size_t data_pages = (size + page - 1) / page;
-  size_t len = (data_pages + 1) * page;
-  void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (base == MAP_FAILED) return NULL;
-  maps[slot].base = base;
-  maps[slot].len = len;
-  char *guard = (char *)base + data_pages * page;
-  if (mprotect(guard, page, PROT_NONE) != 0) return NULL;
-  memset(guard - size, 0xAB, size);
-  return guard - size;
-}
-
 APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api);
 const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
   (void)api;
   const char *mode = getenv("APEX_TEST_ABI_STRIDE");
   if (!mode) mode = "";
-  unmap_all();
+  guard_release_all();
   size_t desc_size = sizeof(apex_plugin_desc_t);
   size_t stride = sizeof(apex_action_desc_t);
   uint32_t action_size = (uint32_t)stride;
@@ -96,10 +65,10 @@ const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
   } else if (mode[0]) {
     return NULL;
   }
-  char *acts = guarded(0, N_ACTIONS * stride);
+  char *acts = guard_alloc(0, N_ACTIONS * stride, 0xAB);
   if (!acts) return NULL;
   for (size_t i = 0; i < N_ACTIONS; i++) memcpy(acts + i * stride, &actions[i], sizeof actions[i]);
-  char *desc = guarded(1, desc_size);
+  char *desc = guard_alloc(1, desc_size, 0xAB);
   if (!desc) return NULL;
   apex_plugin_desc_t d = {
       APEX_PLUGIN_DESC_INIT,
