@@ -10,8 +10,8 @@
  *          3); retries by default (max_attempts 4, 1 ms apart)
  *   later  deferred; completes from a thread of its own with {done: true}
  *
- * Threads: handlers on host workers, `later`'s thread detached. State: the
- * init counter only. */
+ * Threads: handlers on host workers; `later`'s threads are joined by
+ * shutdown, so none runs plugin code when the host unloads the module. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,7 +32,19 @@ static int v1_init(const apex_host_api_t *api, void **state, char *why, size_t w
   return 0;
 }
 
-static void v1_shutdown(void *state) { (void)state; }
+/* `later`'s threads, joined at shutdown. */
+#define MAX_LATER 16
+static pthread_mutex_t later_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t later_threads[MAX_LATER];
+static size_t n_later;
+
+static void v1_shutdown(void *state) {
+  (void)state;
+  pthread_mutex_lock(&later_mu);
+  for (size_t i = 0; i < n_later; i++) pthread_join(later_threads[i], NULL);
+  n_later = 0;
+  pthread_mutex_unlock(&later_mu);
+}
 
 static int add(apex_ctx_t *ctx) {
   if (apex_ctx_plugin_state(ctx) != &state_token)
@@ -66,11 +78,12 @@ static void *later_thread(void *arg) {
 }
 
 static int later(apex_ctx_t *ctx) {
-  pthread_t th;
-  if (pthread_create(&th, NULL, later_thread, ctx) != 0)
-    return apex_ctx_fail(ctx, APEX_E_EXECUTION, "no thread");
-  pthread_detach(th);
-  return APEX_PENDING;
+  pthread_mutex_lock(&later_mu);
+  int ok = n_later < MAX_LATER &&
+           pthread_create(&later_threads[n_later], NULL, later_thread, ctx) == 0;
+  if (ok) n_later++;
+  pthread_mutex_unlock(&later_mu);
+  return ok ? APEX_PENDING : apex_ctx_fail(ctx, APEX_E_EXECUTION, "no thread");
 }
 
 static const apex_param_spec_t add_params[] = {
