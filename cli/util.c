@@ -227,8 +227,10 @@ int cli_load_plugin(apex_manager_t *m, int json, const char *name, const apex_pl
 }
 
 const apex_action_desc_t *cli_find_action(const apex_plugin_desc_t *d, const char *name) {
-  for (size_t i = 0; i < d->n_actions; i++)
-    if (d->actions[i].name && strcmp(d->actions[i].name, name) == 0) return &d->actions[i];
+  for (size_t i = 0; i < d->n_actions; i++) {
+    const apex_action_desc_t *a = apex_plugin_desc_action(d, i);
+    if (a->name && strcmp(a->name, name) == 0) return a;
+  }
   return NULL;
 }
 
@@ -236,7 +238,7 @@ void cli_action_names(const apex_plugin_desc_t *d, char *buf, size_t len) {
   size_t used = 0;
   buf[0] = '\0';
   for (size_t i = 0; i < d->n_actions && used < len; i++) {
-    int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", d->actions[i].name);
+    int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", apex_plugin_desc_action(d, i)->name);
     if (n < 0) break;
     used += (size_t)n;
   }

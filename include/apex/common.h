@@ -3,6 +3,8 @@
 #ifndef APEX_COMMON_H
 #define APEX_COMMON_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -16,6 +18,13 @@ extern "C" {
 #define APEX_PRINTF(fmt, args)
 #define APEX_DEPRECATED(msg)
 #endif
+
+/* 1 if the struct at p, whose struct_size says how much of it its maker
+ * knew, includes `field` of type; else 0. For structs that grow by appending
+ * (docs/abi.md): the host-api table a plugin receives, the stats a library
+ * fills. */
+#define APEX_HAS_FIELD(type, p, field) \
+  (offsetof(type, field) + sizeof(((type *)0)->field) <= (size_t)(p)->struct_size)
 
 /* Status codes: 0 is success, every failure is negative. Codes are grouped
  * as in the design's error hierarchy; ask a category with the apex_status_is_*

@@ -3,9 +3,12 @@
  * A plugin is a shared object that exports one symbol, apex_plugin_entry,
  * returning a const descriptor. The host reads the descriptor's first two
  * fields (abi_version, struct_size) before anything else and never reads past
- * struct_size, so fields are append-only. Host services reach the plugin
- * through the function table in every ctx (ctx->api), so a plugin links
- * nothing from the host: only this header (and jansson, for JSON values).
+ * struct_size, so fields are append-only; it steps through the actions array
+ * by the descriptor's action_size, so actions grow the same way. Host
+ * services reach the plugin through the function table in every ctx
+ * (ctx->api), so a plugin links nothing from the host: only this header (and
+ * jansson, for JSON values). What may change within one APEX_PLUGIN_ABI and
+ * what bumps it: docs/abi.md.
  *
  * Threads: a blocking handler runs on a worker thread of the host; a deferred
  * handler's start runs on a worker thread too and must return APEX_PENDING
@@ -28,8 +31,8 @@
 extern "C" {
 #endif
 
-/* Bumped when a field changes meaning; appending fields only grows
- * struct_size. */
+/* Bumped when a field changes meaning, moves or goes; appending fields only
+ * grows struct_size (or action_size). */
 #define APEX_PLUGIN_ABI 1
 
 /* Returned by a deferred handler that will complete later. */
@@ -50,6 +53,8 @@ typedef enum apex_param_type {
   APEX_PARAM_ARRAY
 } apex_param_type_t;
 
+/* Frozen for ABI 1 (an array read at this header's stride, without a size
+ * field): new per-param knobs need a new array in the action. */
 typedef struct apex_param_spec {
   const char *name; /* [a-z0-9_]+, unique within the action */
   apex_param_type_t type;
@@ -66,7 +71,10 @@ typedef enum apex_action_kind {
   APEX_ACTION_DEFERRED = 1  /* handler returns APEX_PENDING, completes later */
 } apex_action_kind_t;
 
-/* Retry policy (Temporal-style). A zero-filled policy means one attempt. */
+/* Retry policy (Temporal-style). A zero-filled policy means one attempt.
+ * Frozen for ABI 1: it is embedded in apex_action_desc_t and passed by
+ * pointer in apex_submit_opts_t without a size, so new retry knobs are new
+ * fields of those two structs. */
 typedef struct apex_retry_policy {
   uint32_t max_attempts;       /* total attempts, 1..65535; 0 means 1 */
   double initial_interval_s;   /* delay before the 2nd attempt */
@@ -86,6 +94,10 @@ typedef struct apex_retry_policy {
  * for a deferred action that completes later. */
 typedef int (*apex_handler_fn)(apex_ctx_t *ctx);
 
+/* One action. Grows by appending: the host reads the plugin's array with the
+ * stride the plugin declares in apex_plugin_desc_t.action_size, copies what
+ * it knows and gives the fields an older plugin lacks their zero (so a new
+ * field's zero must mean the old behaviour). */
 typedef struct apex_action_desc {
   const char *name; /* [a-z0-9_]+ */
   const char *description;
@@ -96,10 +108,17 @@ typedef struct apex_action_desc {
   double default_timeout_s; /* 0: no timeout */
   apex_retry_policy_t default_retry;
   uint32_t flags;
+  /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof. */
 } apex_action_desc_t;
 
 typedef struct apex_host_api apex_host_api_t;
 
+/* What apex_plugin_entry returns. Start it with APEX_PLUGIN_DESC_INIT, which
+ * sets the three sizes this header's layout needs:
+ *   static const apex_plugin_desc_t k_plugin = {APEX_PLUGIN_DESC_INIT,
+ *       .name = "fetch", .version = "1.2.0", .actions = k_actions, ...};
+ * The host reads at most struct_size bytes; a field a plugin's older header
+ * lacks reads as zero. */
 typedef struct apex_plugin_desc {
   uint32_t abi_version; /* APEX_PLUGIN_ABI */
   uint32_t struct_size; /* sizeof(apex_plugin_desc_t) as the plugin built it */
@@ -114,7 +133,17 @@ typedef struct apex_plugin_desc {
   void (*shutdown)(void *state);
   const apex_action_desc_t *actions;
   size_t n_actions;
+  /* ABI 1 (0.1.0) ended here; fields below were appended since. */
+  /* sizeof(apex_action_desc_t) as the plugin built it: the stride of
+   * actions[]. Required (0 is refused) once struct_size covers it; a plugin
+   * whose struct_size ends before it is read at 0.1.0's action size. */
+  uint32_t action_size;
 } apex_plugin_desc_t;
+
+/* The leading fields of a descriptor built against this header. */
+#define APEX_PLUGIN_DESC_INIT                                                        \
+  .abi_version = APEX_PLUGIN_ABI, .struct_size = sizeof(apex_plugin_desc_t),         \
+  .action_size = sizeof(apex_action_desc_t)
 
 /* The one symbol a plugin exports. */
 #define APEX_PLUGIN_ENTRY_SYMBOL "apex_plugin_entry"
@@ -126,8 +155,9 @@ typedef struct apex_plugin_desc {
 typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t *api);
 
 /* Defines the entry symbol for a plugin whose descriptor is a static const
- * object: APEX_PLUGIN_DEFINE(k_plugin). A plugin that needs the api table
- * at entry writes apex_plugin_entry itself instead. */
+ * object (started with APEX_PLUGIN_DESC_INIT): APEX_PLUGIN_DEFINE(k_plugin).
+ * A plugin that needs the api table at entry writes apex_plugin_entry itself
+ * instead. */
 #define APEX_PLUGIN_DEFINE(desc)                                                          \
   APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api); \
   APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) { \
@@ -141,7 +171,9 @@ typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t 
  * names of apex_progress_status_is_known are accepted too); details NULL or a
  * JSON object; sub_tasks NULL or a JSON array of objects of the shape
  * {"name": string, "percentage": number, "status"?, "message"?, "weight"?,
- *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied. */
+ *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied.
+ * Frozen for ABI 1 (passed by pointer without a size): a richer report would
+ * come with a new host-api member. */
 typedef struct apex_progress_update {
   double percentage;
   const char *message;
@@ -154,8 +186,9 @@ typedef struct apex_progress_update {
 #define APEX_PROGRESS_MAX_DEPTH 8
 
 /* Host services. Reached through ctx->api; see the apex_ctx_* wrappers below
- * for each one's contract. Append-only: check struct_size before using a
- * member added after the ABI version you were built for. */
+ * for each one's contract. Append-only: before calling a member appended
+ * after the first ABI-1 release, check the host has it:
+ * APEX_HAS_FIELD(apex_host_api_t, ctx->api, member). */
 struct apex_host_api {
   uint32_t abi_version;
   uint32_t struct_size;

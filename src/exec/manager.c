@@ -22,25 +22,41 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/abi.h"
 #include "core/error.h"
 #include "core/policy.h"
 #include "exec/internal.h"
 
 #define MAX_WORKERS 1024
 
-void apex_manager_config_init(apex_manager_config_t *cfg) {
-  if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  cfg->struct_size = sizeof *cfg;
-  cfg->max_stuck_workers = 4;
-  cfg->progress_rate_hz = 20;
-  cfg->log_level = -1;
+/* The init calls write the caller's size, never the library's: a host built
+ * against an older header has a smaller struct (docs/abi.md). */
+apex_status_t apex_manager_config_init_v2(apex_manager_config_t *cfg, size_t size) {
+  if (!cfg || size < APEX__CONFIG_V1_MIN || size > APEX__STRUCT_MAX) return APEX_E_INVALID;
+  apex_manager_config_t d;
+  memset(&d, 0, sizeof d);
+  d.max_stuck_workers = 4;
+  d.progress_rate_hz = 20;
+  d.log_level = -1;
+  memset(cfg, 0, size);
+  memcpy(cfg, &d, size < sizeof d ? size : sizeof d);
+  cfg->struct_size = (uint32_t)size;
+  return APEX_OK;
 }
 
-void apex_submit_opts_init(apex_submit_opts_t *opts) {
-  if (!opts) return;
-  memset(opts, 0, sizeof *opts);
-  opts->struct_size = sizeof *opts;
+void(apex_manager_config_init)(apex_manager_config_t *cfg) {
+  apex_manager_config_init_v2(cfg, APEX__CONFIG_V1_SIZE);
+}
+
+apex_status_t apex_submit_opts_init_v2(apex_submit_opts_t *opts, size_t size) {
+  if (!opts || size < APEX__SUBMIT_OPTS_V1_MIN || size > APEX__STRUCT_MAX) return APEX_E_INVALID;
+  memset(opts, 0, size);
+  opts->struct_size = (uint32_t)size;
+  return APEX_OK;
+}
+
+void(apex_submit_opts_init)(apex_submit_opts_t *opts) {
+  apex_submit_opts_init_v2(opts, APEX__SUBMIT_OPTS_V1_SIZE);
 }
 
 static void manager_free(apex_manager_t *m) {
@@ -66,13 +82,9 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
                         char *why, size_t n) {
   apex_manager_config_init(out);
   if (!in) return 1;
-  if (in->struct_size < offsetof(apex_manager_config_t, log_level) + sizeof(int) ||
-      in->struct_size > 4096) {
-    snprintf(why, n, "config.struct_size %u: call apex_manager_config_init first",
-             in->struct_size);
+  if (!apex__struct_copy_in(out, sizeof *out, in, in->struct_size, APEX__CONFIG_V1_MIN, "config",
+                            "apex_manager_config_init", why, n))
     return 0;
-  }
-  memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
   out->struct_size = sizeof *out;
   if (out->workers > MAX_WORKERS) {
     snprintf(why, n, "config.workers %u: at most %d", out->workers, MAX_WORKERS);
@@ -110,7 +122,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   if (!out) return APEX_E_INVALID;
   *out = NULL;
   apex_manager_config_t c;
-  char why[160];
+  char why[256];
   if (!check_config(cfg, &c, why, sizeof why)) {
     apex__logger_t lg;
     apex__logger_init(&lg, cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_user)
@@ -573,9 +585,16 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   if (!m || !plugin || !action || !out)
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
                       !m ? "manager" : !plugin ? "plugin" : !action ? "action" : "out");
-  if (opts && opts->struct_size && opts->struct_size < sizeof *opts)
-    return apex__fail(err, APEX_E_INVALID, "submit opts: struct_size %u: call apex_submit_opts_init",
-                      opts->struct_size);
+  apex_submit_opts_t o_copy; /* opts in this library's layout (docs/abi.md) */
+  if (opts) {
+    char why[256];
+    uint32_t size = opts->struct_size ? opts->struct_size : (uint32_t)APEX__SUBMIT_OPTS_V1_SIZE;
+    apex_submit_opts_init(&o_copy);
+    if (!apex__struct_copy_in(&o_copy, sizeof o_copy, opts, size, APEX__SUBMIT_OPTS_V1_MIN,
+                              "submit opts", "apex_submit_opts_init", why, sizeof why))
+      return apex__fail(err, APEX_E_INVALID, "%s", why);
+    opts = &o_copy;
+  }
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
   pthread_mutex_lock(&m->reg_mu);
@@ -700,9 +719,10 @@ int apex_manager_dispatch(apex_manager_t *m) {
   return apex__events_dispatch(m);
 }
 
-apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {
-  if (!m || !s) return APEX_E_INVALID;
+/* Reads every counter into s (this library's layout). */
+static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   memset(s, 0, sizeof *s);
+  s->struct_size = sizeof *s;
   s->submitted = atomic_load(&m->st_submitted);
   s->succeeded = atomic_load(&m->st_succeeded);
   s->failed = atomic_load(&m->st_failed);
@@ -722,5 +742,35 @@ apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {
   pthread_mutex_lock(&m->live_mu);
   s->running = m->n_active;
   pthread_mutex_unlock(&m->live_mu);
+}
+
+apex_status_t apex_manager_stats_v2(apex_manager_t *m, apex_stats_t *out) {
+  if (!m || !out) return APEX_E_INVALID;
+  apex_stats_t s;
+  stats_read(m, &s);
+  return apex__struct_copy_out(out, &s, sizeof s, APEX__STATS_V1_MIN) ? APEX_OK : APEX_E_INVALID;
+}
+
+apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out) {
+  if (!m || !out) return APEX_E_INVALID;
+  apex_stats_t s;
+  stats_read(m, &s);
+  *out = (apex_manager_stats_t){
+      .submitted = s.submitted,
+      .succeeded = s.succeeded,
+      .failed = s.failed,
+      .cancelled = s.cancelled,
+      .timed_out = s.timed_out,
+      .attempts = s.attempts,
+      .retries = s.retries,
+      .queued = s.queued,
+      .running = s.running,
+      .workers = s.workers,
+      .stuck_workers = s.stuck_workers,
+      .progress_reported = s.progress_reported,
+      .progress_delivered = s.progress_delivered,
+      .progress_rejected = s.progress_rejected,
+      .late_reports = s.late_reports,
+  };
   return APEX_OK;
 }

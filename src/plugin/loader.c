@@ -4,8 +4,12 @@
  * defensively: the first two fields (abi_version, struct_size) before
  * anything else, then at most struct_size bytes into a zeroed copy of this
  * build's struct, so fields an older plugin lacks read as zero and fields a
- * newer one appended are never touched. Every check names the file and the
- * field, since the reader of the message is a plugin author with a bad build.
+ * newer one appended are never touched. The actions array is read the same
+ * way, one element per action_size bytes (the plugin's sizeof, or 0.1.0's
+ * for a descriptor that predates the field), into a zeroed copy at this
+ * build's size; every check runs on the copies. Every check names the file
+ * and the field, since the reader of the message is a plugin author with a
+ * bad build. The rules: docs/abi.md.
  *
  * No global state, no locks: loads of distinct files may run on any threads
  * at once (dlopen/dlerror are thread-safe in glibc; dlerror is per thread).
@@ -23,13 +27,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/abi.h"
 #include "core/error.h"
 #include "core/policy.h"
 #include "plugin/loader.h"
 
 /* The v1 ABI needs every field up to n_actions; anything shorter cannot be
- * a plugin at all. Larger than this is surely garbage, not a newer layout. */
-#define DESC_MIN_SIZE (offsetof(apex_plugin_desc_t, n_actions) + sizeof(size_t))
+ * a plugin at all. Larger than this is surely garbage, not a newer layout.
+ * The same bounds hold for one action. */
+#define DESC_MIN_SIZE APEX__PLUGIN_DESC_V1_MIN
 #define DESC_MAX_SIZE (64u * 1024u)
 #define MAX_ACTIONS 1024u
 #define MAX_PARAMS 64u
@@ -186,6 +192,7 @@ static int check_retry(const check_t *c, const apex_retry_policy_t *r) {
   return APEX_OK;
 }
 
+/* acts is the normalized copy: every element this build's size. */
 static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
   const apex_action_desc_t *a = &acts[i];
   c->action = NULL;
@@ -210,6 +217,27 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
     return bad(c, "default_timeout_s %g is not in [0, %g]", a->default_timeout_s,
                APEX__MAX_TIMEOUT_S);
   return check_retry(c, &a->default_retry);
+}
+
+/* The stride of the plugin's actions array: its action_size if its
+ * descriptor has the field, else 0.1.0's sizeof(apex_action_desc_t).
+ * Returns: APEX_OK, or a load error naming action_size. */
+static int action_stride(const check_t *c, const apex_plugin_desc_t *d, size_t *stride) {
+  if (d->struct_size < APEX__END_OF(apex_plugin_desc_t, action_size)) {
+    *stride = APEX__ACTION_V1_SIZE;
+    return APEX_OK;
+  }
+  size_t a = d->action_size;
+  if (a < APEX__ACTION_V1_SIZE || a > DESC_MAX_SIZE)
+    return bad(c, "action_size %zu is outside %zu..%u: set it to sizeof(apex_action_desc_t) "
+               "(APEX_PLUGIN_DESC_INIT does)", a, (size_t)APEX__ACTION_V1_SIZE, DESC_MAX_SIZE);
+  /* A compiler's sizeof keeps every element aligned; anything else is not
+   * an array of this struct. */
+  if (a % _Alignof(apex_action_desc_t))
+    return bad(c, "action_size %zu is not a multiple of %zu", a,
+               (size_t)_Alignof(apex_action_desc_t));
+  *stride = a;
+  return APEX_OK;
 }
 
 /* Reads the plugin's descriptor into p->desc/p->actions and checks it. */
@@ -237,14 +265,26 @@ static int read_desc(apex__plugin_t *p, const apex_plugin_desc_t *raw, apex_erro
   if (d->n_actions < 1 || d->n_actions > MAX_ACTIONS)
     return bad(&c, "n_actions %zu is outside 1..%u", d->n_actions, MAX_ACTIONS);
   if (!d->actions) return bad(&c, "actions is NULL");
+  size_t stride = 0;
+  int rc = action_stride(&c, d, &stride);
+  if (rc != APEX_OK) return rc;
+  /* Each element: what both builds know, the rest zero (calloc). */
+  p->actions = calloc(d->n_actions, sizeof *p->actions);
+  if (!p->actions) return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
+  size_t n_copy = stride < sizeof *p->actions ? stride : sizeof *p->actions;
+  for (size_t i = 0; i < d->n_actions; i++)
+    memcpy(&p->actions[i], (const char *)d->actions + i * stride, n_copy);
   for (size_t i = 0; i < d->n_actions; i++) {
-    int rc = check_action(&c, d->actions, i);
+    rc = check_action(&c, p->actions, i);
     if (rc == APEX_E_NOMEM) return apex__fail(err, rc, "%s: out of memory", file);
     if (rc != APEX_OK) return rc;
   }
-  p->actions = malloc(d->n_actions * sizeof *p->actions);
-  if (!p->actions) return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
-  memcpy(p->actions, d->actions, d->n_actions * sizeof *p->actions);
+  /* Normalized to this build's layout, which is how hosts read it back
+   * (apex_manager_plugin, apex_plugin_desc_action). */
+  p->desc_size = p->desc.struct_size;
+  p->action_stride = (uint32_t)stride;
+  p->desc.struct_size = sizeof p->desc;
+  p->desc.action_size = sizeof *p->actions;
   p->desc.actions = p->actions;
   return APEX_OK;
 }

@@ -9,13 +9,17 @@
 
 #include "apex/apex.h"
 
-/* A loaded plugin. desc is a normalized copy: every field of this build's
- * apex_plugin_desc_t present (zero where the plugin's older struct ended);
- * desc.actions points at `actions`, a normalized copy of the plugin's array.
- * Strings still point into the plugin's image (valid until dlclose). */
+/* A loaded plugin. desc is a normalized copy in this build's layout: every
+ * field of its apex_plugin_desc_t present (zero where the plugin's older
+ * struct ended), struct_size and action_size this build's sizes;
+ * desc.actions points at `actions`, a normalized copy of the plugin's array
+ * (each element likewise). Strings still point into the plugin's image
+ * (valid until dlclose). */
 typedef struct apex__plugin {
   apex_plugin_desc_t desc;
   apex_action_desc_t *actions;
+  uint32_t desc_size;   /* the plugin's struct_size, as it built it */
+  uint32_t action_stride; /* the stride its actions array was read with */
   void *dl;     /* dlopen handle */
   char *file;   /* the path it was loaded from (owned) */
   void *state;  /* what init stored */

@@ -36,9 +36,9 @@ static apex_manager_t *make_default(void) {
   return make_test_manager(&cfg);
 }
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
@@ -202,7 +202,7 @@ static void test_attempts_counted_across_retries(void **st) {
   json_t *r = apex_task_result(t);
   assert_int_equal(json_integer_value(json_object_get(r, "attempt")), 3);
   json_decref(r);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.attempts, 3);
   assert_int_equal(s.retries, 2);
   apex_task_release(t);
@@ -652,7 +652,7 @@ static void test_timeout_of_deaf_handler_ends_task_before_handler_returns(void *
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
   assert_int_equal(error_code_of(t), APEX_E_TIMEOUT);
   AWAIT(stats_of(m).stuck_workers == 1, PROMPT_MS);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   /* No replacement thread while no queued work needs one. */
   assert_int_equal(s.workers, cfg.workers);
   assert_int_equal(s.running, 1); /* the deaf handler still owns its ctx */
@@ -678,7 +678,7 @@ static void test_replacement_worker_runs_tasks_while_one_is_stuck(void **st) {
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   /* ...on a replacement started for it, while the deaf handler is still
    * inside (it stays until the gate opens). */
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.stuck_workers, 1);
   assert_int_equal(s.workers, cfg.workers + 1);
   gate_open(&g);
@@ -701,7 +701,7 @@ static void test_stuck_handler_return_is_late_and_its_worker_retires(void **st) 
   AWAIT(stats_of(m).stuck_workers == 0 && stats_of(m).workers == cfg.workers &&
             stats_of(m).running == 0,
         5000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.late_reports, 1);
   assert_int_equal(s.running, 0);
   /* The late success did not change the outcome. */
@@ -818,7 +818,7 @@ static void test_late_completion_after_timeout_is_counted_and_ignored(void **st)
   assert_int_equal(error_code_of(t), APEX_E_TIMEOUT);
   /* The plugin's thread reports progress then completes, both too late. */
   AWAIT(stats_of(m).late_reports >= 2, 5000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.late_reports, 2);
   assert_int_equal(s.succeeded, 0);
   assert_int_equal(s.timed_out, 1);
@@ -837,7 +837,7 @@ static void test_double_completion_keeps_first_outcome(void **st) {
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   AWAIT(stats_of(m).late_reports >= 1, 5000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.late_reports, 1);
   assert_int_equal(s.succeeded + s.failed + s.cancelled + s.timed_out, 1);
   assert_int_equal(s.succeeded, 1);

@@ -25,9 +25,9 @@
 #include "integration/gate.h"
 #include "integration/recorder.h"
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
@@ -242,7 +242,7 @@ static void test_no_replacement_past_max_stuck_workers(void **st) {
   assert_int_equal(stats_of(m).workers, 2);
   /* At the cap: a submit starts no thread (decided inside the submit). */
   apex_task_t *c = submit_json(m, "testkit", "noop", NULL, NULL);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.workers, 2);
   assert_int_equal(s.stuck_workers, 2);
   assert_int_equal(apex_task_state(c), APEX_TASK_QUEUED);

@@ -86,14 +86,14 @@ static apex_manager_t *make_manager(dones_t *d) {
   return m;
 }
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
 static uint64_t outcomes(apex_manager_t *m) {
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   return s.succeeded + s.failed + s.cancelled + s.timed_out;
 }
 
@@ -163,7 +163,7 @@ static void test_cancel_racing_completion_ends_once(void **st) {
   assert_true(seen[WHILE_RUNNING] > 0);
   assert_true(seen[AFTER_END] > 0);
   AWAIT(outcomes(m) == (uint64_t)i, 10000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.submitted, i);
   assert_int_equal(s.cancelled, cancelled);
   assert_int_equal(s.succeeded, i - cancelled);
@@ -205,7 +205,7 @@ static void test_deadline_racing_completion_ends_once(void **st) {
     }
   }
   AWAIT(outcomes(m) == (uint64_t)n, 10000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.timed_out, timed_out);
   assert_int_equal(s.succeeded, n - timed_out);
   print_message("deadline vs completion: %d of %d timed out\n", timed_out, n);
@@ -282,7 +282,7 @@ static void test_release_from_another_thread_while_running(void **st) {
   pthread_mutex_unlock(&h.mu);
   assert_int_equal(pthread_join(rel, NULL), 0);
   AWAIT(stats_of(m).succeeded == (uint64_t)n, 20000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.submitted, n);
   assert_int_equal(s.failed + s.cancelled + s.timed_out, 0);
   /* The race was hit: some handles went while their task was live. */
@@ -356,7 +356,7 @@ static void test_many_threads_submitting_and_cancelling_add_up(void **st) {
    * task cancelled in the queue leaves it when a worker pops it: the
    * counts of running and queued settle a moment after the outcomes. */
   AWAIT(stats_of(m).running == 0 && stats_of(m).queued == 0, 20000);
-  apex_manager_stats_t x = stats_of(m);
+  apex_stats_t x = stats_of(m);
   assert_int_equal(x.submitted, total);
   assert_int_equal(x.submitted, x.succeeded + x.cancelled + x.failed + x.timed_out);
   assert_int_equal(x.cancelled, cancelled);

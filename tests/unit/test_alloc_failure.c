@@ -766,8 +766,8 @@ static _Noreturn void manager_new_child(long n, int sys, apex_delivery_t deliver
     outcome = CHILD_CLEAN_FAILURE;
   } else {
     CHILD_CHECK(rep, m != NULL && m != (apex_manager_t *)&n, "N=%ld: OK but no manager", n);
-    apex_manager_stats_t s;
-    CHILD_CHECK(rep, apex_manager_stats(m, &s) == APEX_OK && s.workers == 2,
+    apex_stats_t s = APEX_STATS_INIT;
+    CHILD_CHECK(rep, apex_manager_stats_v2(m, &s) == APEX_OK && s.workers == 2,
                 "N=%ld: %llu workers, want 2", n, (unsigned long long)s.workers);
     CHILD_CHECK(rep, apex_manager_destroy(m, 1000) == APEX_OK, "N=%ld: destroy failed", n);
     outcome = hit ? CHILD_ABSORBED : CHILD_OK;
