@@ -135,8 +135,9 @@ typedef struct apex_plugin_desc {
   size_t n_actions;
   /* ABI 1 (0.1.0) ended here; fields below were appended since. */
   /* sizeof(apex_action_desc_t) as the plugin built it: the stride of
-   * actions[]. Required (0 is refused) once struct_size covers it; a plugin
-   * whose struct_size ends before it is read at 0.1.0's action size. */
+   * actions[] (APEX_PLUGIN_DESC_INIT sets it). 0, or a struct_size that
+   * ends before it, means the actions have 0.1.0's layout (the only one so
+   * far: docs/abi.md says what 0 means once actions grow). */
   uint32_t action_size;
 } apex_plugin_desc_t;
 

@@ -220,10 +220,17 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
 }
 
 /* The stride of the plugin's actions array: its action_size if its
- * descriptor has the field, else 0.1.0's sizeof(apex_action_desc_t).
+ * descriptor has the field and sets it, else 0.1.0's
+ * sizeof(apex_action_desc_t). A zero action_size is what a plugin written
+ * for 0.1.0 (".struct_size = sizeof(apex_plugin_desc_t)", no
+ * APEX_PLUGIN_DESC_INIT) has once rebuilt against a newer header: its
+ * actions have the layout of the header it was built with, which has not
+ * grown since 0.1.0. docs/abi.md: when apex_action_desc_t first grows, a
+ * field is appended to apex_plugin_desc_t too, so struct_size tells which
+ * layout such a plugin's zero means.
  * Returns: APEX_OK, or a load error naming action_size. */
 static int action_stride(const check_t *c, const apex_plugin_desc_t *d, size_t *stride) {
-  if (d->struct_size < APEX__END_OF(apex_plugin_desc_t, action_size)) {
+  if (d->struct_size < APEX__END_OF(apex_plugin_desc_t, action_size) || d->action_size == 0) {
     *stride = APEX__ACTION_V1_SIZE;
     return APEX_OK;
   }
