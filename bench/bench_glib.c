@@ -7,10 +7,12 @@
  *                     worker runs it, then g_main_context_invoke()s gb_done on
  *                     the host context. Cancel: a GCancellable whose fd the
  *                     worker g_poll()s. Timers: g_timeout_source_new.
- *                     W7's pending operations: a GCancellable each (what a
- *                     GIO user cancels an operation with) whose "cancelled"
- *                     handler destroys the operation's timeout source and
- *                     completes it. Workloads W1 W2 W3 W3q W4 W5 W6 W7.
+ *                     W7's pending operations: a timeout source each on the
+ *                     host context, ended by g_source_destroy and the
+ *                     operation's callback (libuv's uv_timer_stop plus a
+ *                     callback; a GCancellable per operation would add a
+ *                     GObject and a signal emission to the same work).
+ *                     Workloads W1 W2 W3 W3q W4 W5 W6 W7.
  *   gtask  ("gtask")  g_task_new + g_task_run_in_thread; the GAsyncReadyCallback
  *                     runs on the host context (thread-default at g_task_new).
  *                     GTask's pool is GIO's own: 10 threads, not exclusive,
@@ -22,8 +24,8 @@
  * completion right there, on the worker, while the host is not iterating.
  *
  * Threads: the host thread submits, cancels, owns the context and runs every
- * callback (gb_done, gt_done, gb_on_update, gb_on_timeout, and the W3q and
- * W7 "cancelled" handlers, which run in g_cancellable_cancel on the host). The
+ * callback (gb_done, gt_done, gb_on_update, gb_on_timeout, and the W3q
+ * "cancelled" handler, which runs in g_cancellable_cancel on the host). The
  * workers touch a task between its pop and its hand-back, and gb_host_t only
  * through fields fixed before the pool started (ctx, ready_fd) and, in W6,
  * the flood figures written before its completion is handed back. A W3q task is
@@ -549,39 +551,35 @@ static void w6(const gb_peer_t *p, uint64_t n) {
   bench_emit(p->name, "W6", n, "final", h.last_pct == 100.0 ? 1 : 0, "bool");
 }
 
-/* W7: one pending operation, as a GIO user writes a cancellable one: a
- * GCancellable whose "cancelled" handler ends it, and a timeout source on the
- * host's context. Nothing runs it; it ends by its cancel or its timeout. */
-typedef struct gb_op {
+/* W7: one pending operation: its timeout is a source on the host's context,
+ * its completion a callback with the outcome. Nothing runs it; it ends by its
+ * cancel (the host destroys the source and calls the callback) or its
+ * timeout. */
+typedef struct gb_op gb_op_t;
+struct gb_op {
   gb_host_t *host;
-  GSource *timeout;          /* ours (a reference), attached to host->ctx */
-  GCancellable *cancellable; /* ours */
-} gb_op_t;
+  GSource *timeout; /* ours (a reference), attached to host->ctx */
+  void (*cb)(gb_op_t *op, gboolean cancelled);
+};
 
-/* Ends an operation: its timeout source goes, then the op. Runs on the host
- * (inside g_cancellable_cancel, which holds its own reference to the
- * cancellable while it emits, so dropping ours here is safe). */
-static void gb_op_end(gb_op_t *op, gboolean cancelled) {
-  g_source_destroy(op->timeout);
+/* The operation's callback: counts the outcome, lets the source go. */
+static void gb_op_done(gb_op_t *op, gboolean cancelled) {
   g_source_unref(op->timeout);
-  g_object_unref(op->cancellable);
   op->host->done++;
   if (cancelled) op->host->cancelled++;
   g_free(op);
 }
 
-static void gb_op_cancelled(GCancellable *c, gpointer data) {
-  (void)c;
-  gb_op_end(data, TRUE);
-}
-
 static gboolean gb_op_timed_out(gpointer data) {
   gb_op_t *op = data;
   op->host->timeouts++;
-  /* Destroying a source from its own dispatch is allowed; the op's
-   * cancellable goes with it (never cancelled: the handler does not run). */
-  gb_op_end(op, FALSE);
+  op->cb(op, FALSE); /* G_SOURCE_REMOVE destroys the source after this */
   return G_SOURCE_REMOVE;
+}
+
+static void gb_op_cancel(gb_op_t *op) {
+  g_source_destroy(op->timeout);
+  op->cb(op, TRUE);
 }
 
 static void w7(const gb_peer_t *p, uint64_t n) {
@@ -596,12 +594,10 @@ static void w7(const gb_peer_t *p, uint64_t n) {
   for (uint64_t i = 0; i < n; i++) {
     gb_op_t *op = g_new(gb_op_t, 1);
     op->host = &h;
-    op->cancellable = g_cancellable_new();
+    op->cb = gb_op_done;
     op->timeout = g_timeout_source_new(BENCH_W7_TIMEOUT_MS);
     g_source_set_callback(op->timeout, gb_op_timed_out, op, NULL);
     g_source_attach(op->timeout, h.ctx);
-    if (g_cancellable_connect(op->cancellable, G_CALLBACK(gb_op_cancelled), op, NULL) == 0)
-      bench_die("g_cancellable_connect failed");
     ops[i] = op;
   }
   /* Every operation is pending: the peak. Reading /proc costs microseconds;
@@ -609,7 +605,7 @@ static void w7(const gb_peer_t *p, uint64_t n) {
   uint64_t tr0 = bench_now_ns(), cr0 = bench_cpu_ns();
   uint64_t rss1 = bench_rss_bytes();
   uint64_t cr1 = bench_cpu_ns(), tr1 = bench_now_ns();
-  for (uint64_t i = 0; i < n; i++) g_cancellable_cancel(ops[order[i]]->cancellable);
+  for (uint64_t i = 0; i < n; i++) gb_op_cancel(ops[order[i]]);
   uint64_t t1 = bench_now_ns();
   uint64_t cpu1 = bench_cpu_ns();
   gb_host_close(&h);
