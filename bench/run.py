@@ -467,7 +467,7 @@ def main():
             groups.append((p.group(), []))
         groups[-1][1].append(p)
 
-    failed = 0
+    failed = not_implemented = 0
     t_start = time.monotonic()
     with open(partial_path, "w", encoding="utf-8") as partial:
         def keep(line):
@@ -497,6 +497,7 @@ def main():
                             failed += 1
                             keep(error_line(p, k, err))
                         if skipped:
+                            not_implemented += 1
                             keep(error_line(p, k, skipped, key="skipped"))
                         for g in got:
                             keep(g)
@@ -523,7 +524,8 @@ def main():
         raise
     os.unlink(partial_path)
     print(f"bench: {len(plan) * args.runs} program runs in {total:.1f} s "
-          f"({total / 60:.1f} min), {failed} failed; results in {out}", file=sys.stderr)
+          f"({total / 60:.1f} min), {failed} failed, {not_implemented} not implemented; "
+          f"results in {out}", file=sys.stderr)
     return 1 if failed else 0
 
 
