@@ -79,7 +79,8 @@ typedef struct run {
   apex_task_state_t state;  /* terminal state once done */
   json_t *result;           /* owned, once done and succeeded */
   apex_error_t *error;      /* owned, once done and not succeeded */
-  int unwritable;           /* succeeded, but the result cannot be written */
+  int unwritable;           /* succeeded, but the result cannot be written:
+                               state is then APEX_TASK_FAILED */
   char *message;            /* once done and not succeeded: the error's message
                                as printed (see outcome_message); owned */
   int code;                 /* the exit code, once done */
@@ -345,7 +346,7 @@ static char *outcome_message(const run_t *r, int code, const char *msg) {
 /* Returns: the exit code of the outcome on_done recorded. */
 static int outcome_code(const run_t *r) {
   switch (r->state) {
-  case APEX_TASK_SUCCEEDED: return r->unwritable ? CLI_EXIT_FAILED : CLI_EXIT_OK;
+  case APEX_TASK_SUCCEEDED: return CLI_EXIT_OK;
   case APEX_TASK_TIMED_OUT: return CLI_EXIT_TIMEOUT;
   case APEX_TASK_CANCELLED: return CLI_EXIT_CANCELLED;
   default: return cli_exit_code(r->error ? apex_error_code(r->error) : APEX_E_EXECUTION);
@@ -356,13 +357,14 @@ static int outcome_code(const run_t *r) {
  * outcome_message prints it. */
 static json_t *outcome_error_json(const run_t *r) {
   if (r->unwritable)
-    return json_pack("{s:s, s:s+++, s:s, s:s, s:I}", "code", apex_status_name(APEX_E_EXECUTION),
-                     "message", r->plugin, ".", r->action, ": " UNWRITABLE_MESSAGE, "plugin",
-                     r->plugin, "action", r->action, "task", (json_int_t)r->task_id);
+    return json_pack("{s:s, s:s, s:s, s:s, s:I}", "code", apex_status_name(APEX_E_EXECUTION),
+                     "message", r->message ? r->message : UNWRITABLE_MESSAGE, "plugin", r->plugin,
+                     "action", r->action, "task", (json_int_t)r->task_id);
   json_t *e = error_json(r->error, r->state);
   /* cli_error_json made the message valid UTF-8; so is what is added. */
   const char *msg = json_string_value(json_object_get(e, "message"));
-  char *named = msg ? outcome_message(r, apex_error_code(r->error), msg) : NULL;
+  int code = r->error ? apex_error_code(r->error) : state_code(r->state);
+  char *named = msg ? outcome_message(r, code, msg) : NULL;
   if (named && strcmp(named, msg) != 0) json_object_set_new(e, "message", json_string(named));
   free(named);
   return e;
@@ -380,29 +382,30 @@ static void on_done(run_t *r, const apex_event_t *ev) {
   /* A result that cannot be copied (a cycle, no memory) or written (not
    * UTF-8) would leave no result line; it fails the run instead. */
   if (ev->state == APEX_TASK_SUCCEEDED && ev->result &&
-      (!r->result || json_dumpb(r->result, NULL, 0, JSON_ENCODE_ANY) == 0))
+      (!r->result || json_dumpb(r->result, NULL, 0, JSON_ENCODE_ANY) == 0)) {
     r->unwritable = 1;
-  if (ev->state != APEX_TASK_SUCCEEDED) {
+    r->state = APEX_TASK_FAILED;
+  }
+  if (r->unwritable) {
+    size_t n = strlen(r->plugin) + strlen(r->action) + sizeof UNWRITABLE_MESSAGE + 3;
+    if ((r->message = malloc(n)) != NULL)
+      snprintf(r->message, n, "%s.%s: %s", r->plugin, r->action, UNWRITABLE_MESSAGE);
+  } else if (ev->state != APEX_TASK_SUCCEEDED) {
     int code = r->error ? apex_error_code(r->error) : state_code(ev->state);
     r->message = outcome_message(r, code, r->error ? apex_error_message(r->error)
                                                    : apex_strerror(code));
-  } else if (r->unwritable) {
-    r->message = outcome_message(r, APEX_E_EXECUTION, UNWRITABLE_MESSAGE);
   }
   r->code = outcome_code(r);
   if (!r->json) {
-    cli_display_state(r->disp, apex_task_state_name(ev->state));
+    cli_display_state(r->disp, apex_task_state_name(r->state));
     return;
   }
   /* As a failure found before the task: on stderr too, named. */
   if (r->code == CLI_EXIT_USAGE) cli_eprint(r->message ? r->message : "?");
   json_t *o = event_head("result", ev->task_id);
   if (o) {
-    int ok = ev->state == APEX_TASK_SUCCEEDED && !r->unwritable;
-    json_object_set_new(o, "state", json_string(ok || ev->state != APEX_TASK_SUCCEEDED
-                                                    ? apex_task_state_name(ev->state)
-                                                    : apex_task_state_name(APEX_TASK_FAILED)));
-    if (ok)
+    json_object_set_new(o, "state", json_string(apex_task_state_name(r->state)));
+    if (r->state == APEX_TASK_SUCCEEDED)
       json_object_set_new(o, "result", r->result ? json_incref(r->result) : json_null());
     else
       json_object_set_new(o, "error", outcome_error_json(r));
@@ -425,7 +428,7 @@ static void on_event(const apex_event_t *ev, void *user) {
  * both passed through cli_term_clean (they carry plugin and argv text). */
 static void print_outcome(const run_t *r) {
   char *text = NULL;
-  if (r->state == APEX_TASK_SUCCEEDED && !r->unwritable) {
+  if (r->state == APEX_TASK_SUCCEEDED) {
     /* json_dumps escapes C0 controls but passes C1 and DEL through. */
     char *s = r->result ? json_dumps(r->result, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     text = cli_term_clean(s ? s : "null");
@@ -437,8 +440,7 @@ static void print_outcome(const run_t *r) {
                : r->error    ? apex_error_code(r->error)
                              : state_code(r->state);
     text = cli_term_clean(r->message ? r->message : apex_strerror(code));
-    printf("%s: %s (%s)\n",
-           apex_task_state_name(r->unwritable ? APEX_TASK_FAILED : r->state), text ? text : "?",
+    printf("%s: %s (%s)\n", apex_task_state_name(r->state), text ? text : "?",
            apex_status_name(code));
   }
   free(text);
