@@ -106,7 +106,7 @@ void cli_emit(json_t *obj) {
   free(s);
 }
 
-static int exit_code_for(int code) {
+int cli_exit_code(int code) {
   switch (code) {
   case APEX_E_INVALID:
   case APEX_E_INVALID_PARAMS:
@@ -138,14 +138,14 @@ int cli_fail(int json, int code, const char *fmt, ...) {
     cli_utf8_clean(clean, sizeof clean, msg);
     emit_failed(json_pack("{s:s, s:s}", "code", apex_status_name(code), "message", clean), code);
   }
-  return exit_code_for(code);
+  return cli_exit_code(code);
 }
 
 int cli_fail_error(int json, int code, const apex_error_t *e) {
   if (!e) return cli_fail(json, code, "%s", apex_strerror(code));
   cli_eprint(apex_error_message(e));
   if (json) emit_failed(cli_error_json(e, code), code);
-  return exit_code_for(code);
+  return cli_exit_code(code);
 }
 
 void cli_eprint(const char *msg) {
@@ -206,21 +206,23 @@ char *cli_search_path(apex_manager_t *m) {
 int cli_load_plugin(apex_manager_t *m, int json, const char *name, const apex_plugin_desc_t **desc) {
   apex_error_t *err = NULL;
   int rc = apex_manager_load_named(m, name, &err);
+  int code = cli_report_load(m, json, name, rc, err, desc);
+  apex_error_unref(err);
+  return code;
+}
+
+int cli_report_load(apex_manager_t *m, int json, const char *name, int rc, const apex_error_t *err,
+                    const apex_plugin_desc_t **desc) {
   if (rc == APEX_E_PLUGIN_NOT_FOUND) {
     char *path = cli_search_path(m);
     int code = cli_fail(json, rc, "unknown plugin '%s' (searched: %s)", name,
                         path ? (*path ? path : "no directories") : "?");
     free(path);
-    apex_error_unref(err);
     return code;
   }
-  if (rc != APEX_OK) {
-    int code = cli_fail(json, rc, "cannot load plugin '%s': %s", name,
-                        err ? apex_error_message(err) : apex_strerror(rc));
-    apex_error_unref(err);
-    return code;
-  }
-  apex_error_unref(err);
+  if (rc != APEX_OK)
+    return cli_fail(json, rc, "cannot load plugin '%s': %s", name,
+                    err ? apex_error_message(err) : apex_strerror(rc));
   *desc = apex_manager_plugin(m, name);
   if (!*desc) return cli_fail(json, APEX_E_PLUGIN_NOT_FOUND, "plugin '%s' did not load", name);
   return CLI_EXIT_OK;
