@@ -110,7 +110,10 @@ typedef struct apex_plugin_desc {
    * to every handler by apex_ctx_plugin_state. Nonzero return fails the load;
    * write a reason into why (NUL-terminated, at most why_len bytes). */
   int (*init)(const apex_host_api_t *api, void **state, char *why, size_t why_len);
-  /* Called once when the manager is destroyed, after every handler returned. */
+  /* Called once when the manager is destroyed, after every handler returned,
+   * just before the plugin is unloaded: whether or not the plugin has an init
+   * hook (state is then NULL), so threads a plugin starts lazily can be
+   * joined here. */
   void (*shutdown)(void *state);
   const apex_action_desc_t *actions;
   size_t n_actions;
