@@ -306,8 +306,25 @@ apex_token_t *apex__task_token(apex_task_t *t);
 static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {
   return atomic_load_explicit(&t->token, memory_order_acquire);
 }
-/* Cancels t for reason (user, shutdown, parent). */
-int apex__task_cancel(apex_task_t *t, const char *reason);
+/* Why Apex cancels a task. Every decision is made on this, never on the
+ * reason text, which a host (apex_task_cancel) or a parent token supplies
+ * and which is only the text handlers and errors show. */
+typedef enum apex__cause {
+  APEX__CAUSE_USER,     /* apex_task_cancel */
+  APEX__CAUSE_PARENT,   /* its token fired from outside Apex: a parent token, or
+                           the host through apex_task_token */
+  APEX__CAUSE_SHUTDOWN, /* destroy's sweep: ends it at once, running or not */
+  APEX__CAUSE_TIMEOUT   /* its deadline (apex__task_on_deadline ends it) */
+} apex__cause_t;
+/* Returns: "user", "parent", "shutdown" or "timeout". Static. */
+const char *apex__cause_name(apex__cause_t cause);
+/* Cancels t for cause, with reason as the token's text (NULL: the cause's
+ * name). A queued or retry-waiting task ends at once; a running one only
+ * for APEX__CAUSE_SHUTDOWN (else its handler, signalled by the token, ends
+ * it). Returns: APEX_OK; APEX_E_ALREADY if its token had fired already;
+ * APEX_E_NOMEM if no token could be made for a running task (nothing was
+ * signalled; a task this call ended is APEX_OK). Takes no lock on entry. */
+int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason);
 
 /* ctx.c: the host services table handed to plugins. */
 void apex__host_api_init(apex_host_api_t *api);

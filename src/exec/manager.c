@@ -213,7 +213,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   pthread_mutex_unlock(&m->live_mu);
   for (apex_task_t *t = apex__pool_take_queued(m); t;) {
     apex_task_t *next = t->run_next;
-    apex__task_cancel(t, "shutdown");
+    apex__task_cancel(t, APEX__CAUSE_SHUTDOWN, NULL);
     apex__task_unref(t); /* the run queue's reference */
     t = next;
   }
@@ -228,7 +228,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
     pthread_mutex_unlock(&m->live_mu);
     if (!n) break;
     for (size_t i = 0; i < n; i++) {
-      apex__task_cancel(batch[i], "shutdown");
+      apex__task_cancel(batch[i], APEX__CAUSE_SHUTDOWN, NULL);
       apex__task_unref(batch[i]);
     }
   }
@@ -517,10 +517,16 @@ const char *apex_manager_plugin_file(apex_manager_t *m, const char *name) {
 /* ------------------------------------------------------------- submit */
 
 /* Runs whenever the task's token fires; it matters when the parent's
- * cancellation did it, which no other path notices for a queued task. */
+ * cancellation did it, which no other path notices for a queued task. The
+ * cause is the parent's whatever the reason says: a parent token cancelled
+ * with "shutdown" (or the task's own token cancelled so by the host through
+ * apex_task_token) is not Apex's shutdown, and must not end a running task
+ * under its handler. When Apex's own cancel fired the token, this nested
+ * call finds a running task left to that cancel, or the task already
+ * ended. */
 static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   (void)tok;
-  apex__task_cancel(user, reason);
+  apex__task_cancel(user, APEX__CAUSE_PARENT, reason);
 }
 
 /* Sets t's deadline and, when the call overrides a default (retry policy,

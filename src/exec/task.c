@@ -350,15 +350,27 @@ int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *err
   return 1;
 }
 
-int apex__task_cancel(apex_task_t *t, const char *reason) {
-  if (!reason) reason = "user";
+const char *apex__cause_name(apex__cause_t cause) {
+  switch (cause) {
+    case APEX__CAUSE_USER: return "user";
+    case APEX__CAUSE_PARENT: return "parent";
+    case APEX__CAUSE_SHUTDOWN: return "shutdown";
+    case APEX__CAUSE_TIMEOUT: return "timeout";
+  }
+  return "user";
+}
+
+int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
+  if (!reason) reason = apex__cause_name(cause);
+  /* Only shutdown ends a running task at once (its handler's outcome then
+   * comes late and is ignored); the reason text never decides it. */
+  int at_once = cause == APEX__CAUSE_SHUTDOWN;
   apex_token_t *tok = apex__task_token(t);
   int rc = tok ? apex_token_cancel(tok, reason) : APEX_E_NOMEM;
   /* Running: its handler, just woken by the token, ends it, and the end of
    * its attempt sees the token (as does any later start). Taking the task
    * lock here would only make the woken handler wait for it. */
-  if (tok && atomic_load(&t->state) == APEX_TASK_RUNNING && strcmp(reason, "shutdown") != 0)
-    return rc;
+  if (tok && !at_once && atomic_load(&t->state) == APEX_TASK_RUNNING) return rc;
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -366,10 +378,11 @@ int apex__task_cancel(apex_task_t *t, const char *reason) {
   /* A queued or backing-off task has no handler to notice the token: end
    * it now. A running one ends when its handler returns; at shutdown it
    * ends now, and the handler's late outcome is ignored. */
-  if (!is_terminal(st) && (st != APEX_TASK_RUNNING || strcmp(reason, "shutdown") == 0)) {
+  if (!is_terminal(st) && (st != APEX_TASK_RUNNING || at_once)) {
     apex__where_t w = where_of(t);
     finish_locked(t, APEX_TASK_CANCELLED, NULL,
                   apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+    if (rc == APEX_E_NOMEM) rc = APEX_OK; /* ended: no handler needed the token */
   }
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
@@ -433,7 +446,7 @@ int apex__task_run(apex_task_t *t) {
      * the live list when it was swept: never run it, end it as the sweep
      * would have. */
     apex_token_t *own = apex__task_token(t);
-    if (own) apex_token_cancel(own, "shutdown");
+    if (own) apex_token_cancel(own, apex__cause_name(APEX__CAUSE_SHUTDOWN));
     return apex__task_attempt_end(t, APEX_E_CANCELLED);
   }
 
@@ -577,7 +590,7 @@ void apex__task_on_deadline(apex_task_t *t) {
                                 (double)t->timeout_s,
                                 st == APEX_TASK_QUEUED ? " (still queued)" : ""),
                 &a);
-  a.cancel = "timeout";
+  a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
   pthread_mutex_unlock(mu);
   if (stuck) apex__pool_worker_stuck(m);
   after_unlock(t, &a);
@@ -636,10 +649,16 @@ apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms) {
   return rc;
 }
 
+/* The reasons Apex gives its own cancels: a handler that sees one can trust
+ * it, so a host may not pass them. */
+static int reason_reserved(const char *r) {
+  return r && (strcmp(r, "timeout") == 0 || strcmp(r, "shutdown") == 0 || strcmp(r, "parent") == 0);
+}
+
 apex_status_t apex_task_cancel(apex_task_t *t, const char *reason) {
-  if (!t) return APEX_E_INVALID;
+  if (!t || reason_reserved(reason)) return APEX_E_INVALID;
   if (is_terminal(atomic_load(&t->state))) return APEX_E_ALREADY;
-  return apex__task_cancel(t, reason);
+  return apex__task_cancel(t, APEX__CAUSE_USER, reason);
 }
 
 apex_task_state_t apex_task_state(apex_task_t *t) {
