@@ -111,7 +111,9 @@ APEX_EXTERN apex_status_t apex_token_remove_callback(apex_token_t *tok, uint64_t
  * Ownership: the token's; do not read or close it. */
 APEX_EXTERN int apex_token_fd(apex_token_t *tok);
 /* Blocks until the token is cancelled or timeout_ms passes (-1: forever).
- * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out. */
+ * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out;
+ * APEX_E_INVALID for NULL tok; APEX_E_IO if the clock or the kernel wait
+ * failed (not expected on Linux), and then the wait ended early. */
 APEX_EXTERN apex_status_t apex_token_wait(apex_token_t *tok, int64_t timeout_ms);
 
 /* ---------------------------------------------------------------- progress */

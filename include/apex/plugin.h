@@ -212,7 +212,8 @@ static inline const char *apex_ctx_cancel_reason(apex_ctx_t *c) { return c->api-
 static inline int apex_ctx_cancel_fd(apex_ctx_t *c) { return c->api->cancel_fd(c); }
 
 /* Sleeps ms milliseconds unless the token fires first.
- * Returns: APEX_OK after the full sleep, APEX_E_CANCELLED early. */
+ * Returns: APEX_OK after the full sleep, APEX_E_CANCELLED early; APEX_E_IO
+ * if the wait failed (not expected on Linux) and ended early. */
 static inline int apex_ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) { return c->api->sleep_ms(c, ms); }
 
 /* Waits until fd is ready for events (POLLIN/POLLOUT), timeout_ms passes

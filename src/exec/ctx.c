@@ -60,7 +60,9 @@ static int ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) {
     }
     return APEX_OK;
   }
-  return apex_token_wait(tok, t) == APEX_E_CANCELLED ? APEX_E_CANCELLED : APEX_OK;
+  /* APEX_E_IO passes through: a wait that failed did not sleep the full
+   * time, and saying APEX_OK would claim it had. */
+  return apex_token_wait(tok, t);
 }
 
 static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) {

@@ -389,8 +389,10 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
 /* Under pool_mu: links t into its pinned deadline list (taking a
  * reference), arming the timers if it is now the earliest. */
 void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
-/* Arms t's retry for run->retry_at_ns. Under the task lock. */
-void apex__retry_arm(apex_manager_t *m, apex_task_t *t);
+/* Arms t's retry for run->retry_at_ns (taking a reference) in the slot
+ * its submit reserved. Under the task lock. Returns: APEX_OK; APEX_E_NOMEM
+ * if t holds no reserved slot (a broken invariant: nothing is written). */
+int apex__retry_arm(apex_manager_t *m, apex_task_t *t);
 /* Disarms both and frees what t reserved; once, when t ends. */
 void apex__timer_release(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);

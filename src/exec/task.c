@@ -537,8 +537,19 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
         pthread_mutex_unlock(mu);
         goto done;
       }
-      a.logp = lp;
       r->retry_at_ns = now + (uint64_t)(delay * 1e9);
+      if (apex__retry_arm(m, t) != APEX_OK) {
+        /* No retry slot: an invariant of ours broke (submit reserves one
+         * for every task that may retry). End the task with this attempt's
+         * error rather than write past the retry heap. */
+        finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
+        if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
+        pthread_mutex_unlock(mu);
+        apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no retry slot reserved; not retried",
+                  (unsigned long long)t->id);
+        goto done;
+      }
+      a.logp = lp;
       atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
       if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
         apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
@@ -548,7 +559,6 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
           apex__events_push(m, ev);
         }
       }
-      apex__retry_arm(m, t);
       pthread_mutex_unlock(mu);
       apex_error_unref(err);
     } else {

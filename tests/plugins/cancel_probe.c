@@ -7,6 +7,9 @@
  *             writes to it, and fails with APEX_E_CANCELLED "stopped
  *             (REASON)". While it sits in that poll the task must still be
  *             running: only its return may end it (unless Apex shuts down).
+ *   hold      blocks in poll() on `release_fd` until the test writes to it,
+ *             never touching its token (so the task has none unless the
+ *             host makes one), then succeeds.
  *   sleep_rc  calls apex_ctx_sleep_ms(ctx, `ms`) once and succeeds with the
  *             result {"rc": what it returned}.
  *
@@ -19,6 +22,17 @@
 
 #include "apex/plugin.h"
 
+/* Blocks in poll() until the test writes to release_fd. Returns: APEX_OK,
+ * APEX_E_IO (errno set). */
+static int wait_release(apex_ctx_t *ctx) {
+  struct pollfd p = {.fd = (int)json_integer_value(json_object_get(apex_ctx_params(ctx),
+                                                                   "release_fd")),
+                     .events = POLLIN};
+  while (poll(&p, 1, -1) < 0)
+    if (errno != EINTR) return APEX_E_IO;
+  return APEX_OK;
+}
+
 static int gate(apex_ctx_t *ctx) {
   while (apex_ctx_sleep_ms(ctx, 10000) != APEX_E_CANCELLED) {
   }
@@ -26,12 +40,13 @@ static int gate(apex_ctx_t *ctx) {
   char msg[128];
   snprintf(msg, sizeof msg, "saw %s", why ? why : "(null)");
   apex_ctx_progress(ctx, 50, msg);
-  struct pollfd p = {.fd = (int)json_integer_value(json_object_get(apex_ctx_params(ctx),
-                                                                   "release_fd")),
-                     .events = POLLIN};
-  while (poll(&p, 1, -1) < 0)
-    if (errno != EINTR) return apex_ctx_fail(ctx, APEX_E_IO, "poll: %d", errno);
+  if (wait_release(ctx) != APEX_OK) return apex_ctx_fail(ctx, APEX_E_IO, "poll: %d", errno);
   return apex_ctx_fail(ctx, APEX_E_CANCELLED, "stopped (%s)", why ? why : "(null)");
+}
+
+static int hold(apex_ctx_t *ctx) {
+  int rc = wait_release(ctx);
+  return rc == APEX_OK ? APEX_OK : apex_ctx_fail(ctx, rc, "poll: %d", errno);
 }
 
 static int sleep_rc(apex_ctx_t *ctx) {
@@ -52,6 +67,12 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "gate",
      .description = "reports the cancel reason it saw, then waits for the test's release",
      .handler = gate,
+     .kind = APEX_ACTION_BLOCKING,
+     .params = k_gate_params,
+     .n_params = 1},
+    {.name = "hold",
+     .description = "blocks until the test's release, never touching its token",
+     .handler = hold,
      .kind = APEX_ACTION_BLOCKING,
      .params = k_gate_params,
      .n_params = 1},
