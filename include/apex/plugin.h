@@ -261,10 +261,19 @@ static inline int apex_ctx_fail(apex_ctx_t *c, int code, const char *fmt, ...) {
 }
 
 /* Finishes a deferred action with status (APEX_OK or an error code), from
- * any thread. The ctx is invalid once this returns: do not touch it again.
- * A completion after the task timed out or was cancelled is accepted and
- * ignored. Calling it from a blocking handler is an error that is logged and
- * ignored (a blocking handler finishes by returning). */
+ * any thread. The ctx is invalid once this returns: do not touch it again,
+ * from any thread. A completion after the task timed out or was cancelled
+ * is accepted and ignored. Calling it from a blocking handler is an error
+ * that is logged and ignored (a blocking handler finishes by returning).
+ * Misuse Apex catches without a crash, ignores, counts in late_reports and
+ * logs: a second complete, in sequence or racing this one; progress,
+ * progress_update, set_result (the result is freed), fail or log after it
+ * or racing it; any other apex_ctx_* call made after it returned (params
+ * and plugin_state give NULL, task_id and attempt 0, is_cancelled 1 with
+ * the reason "completed", sleep_ms and wait_fd APEX_E_CANCELLED at once,
+ * cancel_fd APEX_E_INVALID). Undefined: those other calls racing it; any
+ * call once 256 more tasks of the manager have ended, once the task's next
+ * attempt (a retry) has started, or after the manager was destroyed. */
 static inline void apex_ctx_complete(apex_ctx_t *c, int status) { c->api->complete(c, status); }
 
 /* Log levels, most severe first. */

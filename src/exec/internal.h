@@ -9,7 +9,7 @@
  * Locks, in the only order any code takes two of them:
  *   m->reg_mu (registry)      never held with another
  *   task stripe lock          (apex__task_mu) before
- *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu
+ *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu | m->runs_mu
  *                             (leaves: never two)
  *   m->wait_mu                after a task lock (waking waiters; the last live
  *                             task at shutdown); before live_mu (destroy's
@@ -71,16 +71,35 @@ typedef struct apex__task_opts {
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
 } apex__task_opts_t;
 
-/* What a task needs once its first attempt starts: made then (by the
- * worker), so a queued task carries none of it, and freed as soon as the
- * task is terminal and no handler owns the ctx, unless the task reported
- * progress (last_progress stays readable, and the flush list may still
- * link it). Fields other than ctx and the intrusive links are guarded by
- * the task's stripe lock. */
+/* What a task needs once its first attempt starts: taken then (by the
+ * worker), so a queued task carries none of it, and given back as soon as
+ * the task is terminal and no handler owns the ctx, unless the task
+ * reported progress (last_progress stays readable, and the flush list may
+ * still link it; it goes back with the task then).
+ *
+ * Run states are type-stable: one given back goes to its manager's list
+ * of ended run states (m->runs_mu), oldest first, and is reused for a new
+ * task only once more than APEX__RUNS_KEEP others wait there; past
+ * APEX__RUNS_MAX the oldest is freed, and the manager frees the rest. So a
+ * ctx's memory outlives its attempt, and a plugin's late call on it (a
+ * second apex_ctx_complete, progress after it) finds attempt_open 0 and is
+ * ignored (ctx.c) without touching the task, which may be gone. The head
+ * fields (m, id, attempt_open) are what such a call reads: m never
+ * changes, id finds the stripe lock, attempt_open is checked under it.
+ * Other fields except the intrusive links are guarded by the task's
+ * stripe lock. */
 typedef struct apex__run {
   apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task */
+  apex_manager_t *m;       /* fixed for the run state's whole life */
+  _Atomic uint64_t id;     /* the task it serves (or served last) */
+  /* A handler owns the ctx (running or pending). Written under the task
+   * lock: 1 with release order after task and id, so a reader that sees
+   * it sees them too; read under the lock, or with acquire by a call that
+   * takes no lock. */
+  _Atomic int attempt_open;
+  struct apex__run *free_next; /* m's list of ended run states (m->runs_mu) */
+  /* From here on, cleared for each task that takes the run state. */
   apex_task_t *task;
-  int attempt_open;        /* a handler owns the ctx (running or pending) */
   int stuck;               /* its worker was replaced after a timeout */
   json_t *attempt_result;
   apex_error_t *attempt_error;
@@ -96,6 +115,12 @@ typedef struct apex__run {
   apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
   int flush_queued;             /* (m->flush_mu) */
 } apex__run_t;
+
+/* Ended run states a manager keeps: none is reused before this many others
+ * ended after it (the window in which a late ctx call is caught), and at
+ * most APEX__RUNS_MAX are kept (about 180 bytes each). */
+#define APEX__RUNS_KEEP 256u
+#define APEX__RUNS_MAX 4096u
 
 /* A task. Queued, it is this much and nothing more (W5 of bench/README.md:
  * at most what a libuv uv_work_t costs): no token, params, run state or
@@ -266,9 +291,13 @@ struct apex_manager {
       st_timed_out;
   atomic_uint_fast64_t st_attempts, st_retries;
   atomic_uint_fast64_t st_prog_reported, st_prog_delivered, st_prog_rejected, st_late;
-};
+  atomic_uint_fast64_t st_misuse; /* ctx calls after complete (also in st_late) */
 
-#define APEX__TASK_OF(c) (((apex__run_t *)(void *)(c))->task)
+  /* ended run states, oldest first (runs_mu, a leaf): see apex__run_t */
+  _Alignas(APEX__CACHE_LINE) pthread_mutex_t runs_mu;
+  apex__run_t *runs_head, *runs_tail;
+  uint32_t n_runs;
+};
 
 /* clock */
 uint64_t apex__now_ns(void);
@@ -286,11 +315,29 @@ int apex__task_run(apex_task_t *t);
 /* Ends the open attempt with rc (from the handler's return or complete).
  * Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
-/* Accepts a validated progress report from the plugin (ctx.c). Returns
- * APEX_OK (also for a late report, ignored and counted) or APEX_E_NOMEM.
- * msg_len is strlen(msg) (0 for NULL), which the caller measured already.
- * Ownership: msg/status copied; details and sub_tasks taken. */
-int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t msg_len,
+/* Ends r's open attempt with rc, for apex_ctx_complete: r's task is
+ * touched only once the attempt is found open under its lock. Returns: as
+ * apex__task_run; 0 for a late call (counted and logged) or a blocking
+ * handler's complete (logged). */
+int apex__run_complete(apex__run_t *r, int rc);
+/* Locks the stripe of the task r serves and returns that task if r's
+ * attempt is open (the caller unlocks apex__task_mu of it); else returns
+ * NULL with nothing locked, having touched no task. Any thread. */
+apex_task_t *apex__run_lock_open(apex__run_t *r);
+/* A plugin called `what` on a ctx whose attempt had ended (apex__run_t):
+ * counts it (late_reports and st_misuse) and logs it, at warn level the
+ * 1st, 2nd, 4th, 8th... time so a plugin looping on a dead ctx cannot
+ * flood the log. id: the task it names (r->id). Any thread, no lock. */
+void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
+/* Frees m's list of ended run states (the manager is going). */
+void apex__runs_free(apex_manager_t *m);
+/* Accepts a validated progress report from the plugin (ctx.c) for r's
+ * open attempt. Returns APEX_OK (also for a late report, ignored and
+ * counted: after a timeout or cancel; after complete, as misuse) or
+ * APEX_E_NOMEM. msg_len is strlen(msg) (0 for NULL), which the caller
+ * measured already. Ownership: msg/status copied; details and sub_tasks
+ * taken. */
+int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t msg_len,
                       const char *status, json_t *details, json_t *sub_tasks);
 /* Makes t terminal with state/error unless it already is. Returns 1 if this
  * call did it. Takes no lock on entry; error taken. */

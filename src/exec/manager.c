@@ -55,6 +55,8 @@ static void manager_free(apex_manager_t *m) {
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
   pthread_cond_destroy(&m->wait_cv);
+  apex__runs_free(m); /* after the last task: none is in use */
+  pthread_mutex_destroy(&m->runs_mu);
   free(m);
 }
 
@@ -141,6 +143,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);
+  pthread_mutex_init(&m->runs_mu, NULL);
   pthread_condattr_t ca;
   int rc = APEX_E_IO;
   if (pthread_condattr_init(&ca) == 0) {

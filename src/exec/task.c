@@ -21,6 +21,7 @@
  * fails the task with APEX_E_NOMEM; an ATTEMPT, PROGRESS or RETRY event whose
  * node cannot be allocated is not delivered, which leaves the task's state,
  * its counters and apex_task_wait unaffected. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,25 +55,89 @@ apex_token_t *apex__task_token(apex_task_t *t) {
 
 _Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
 
+/* ---------------------------------------------------------- run states
+ *
+ * Kept per manager, oldest first (internal.h, apex__run_t): a ctx's memory
+ * stays a run state after its attempt ended, so a plugin's late call on it
+ * is caught, not a use-after-free. FIFO with APEX__RUNS_KEEP held back, so
+ * a run state is reused only after that many others ended after it; a
+ * pool of them also saves a task its run state's malloc and free. */
+
+/* A run state for t's first attempt, reused or new. Under t's lock
+ * (runs_mu is a leaf). Returns: NULL on no memory. */
+static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
+  apex__run_t *r = NULL;
+  pthread_mutex_lock(&m->runs_mu);
+  if (m->n_runs > APEX__RUNS_KEEP) {
+    r = m->runs_head;
+    m->runs_head = r->free_next;
+    if (!m->runs_head) m->runs_tail = NULL;
+    m->n_runs--;
+  }
+  pthread_mutex_unlock(&m->runs_mu);
+  if (r) {
+    memset(&r->task, 0, sizeof *r - offsetof(apex__run_t, task));
+  } else {
+    if (!(r = calloc(1, sizeof *r))) return NULL;
+    r->ctx.api = &m->api;
+    r->m = m;
+  }
+  r->task = t;
+  r->heap_idx = APEX__NOT_IN_HEAP;
+  /* Before attempt_open's release store: a late call that sees the new
+   * attempt open sees this id too, and so knows the run state moved on. */
+  atomic_store_explicit(&r->id, t->id, memory_order_relaxed);
+  return r;
+}
+
+/* Gives back r, which owns nothing any more, is off the live list and
+ * serves no open attempt. No lock held. */
+static void run_put(apex_manager_t *m, apex__run_t *r) {
+  apex__run_t *drop = NULL;
+  r->free_next = NULL;
+  pthread_mutex_lock(&m->runs_mu);
+  if (m->runs_tail)
+    m->runs_tail->free_next = r;
+  else
+    m->runs_head = r;
+  m->runs_tail = r;
+  if (++m->n_runs > APEX__RUNS_MAX) {
+    drop = m->runs_head;
+    m->runs_head = drop->free_next;
+    m->n_runs--;
+  }
+  pthread_mutex_unlock(&m->runs_mu);
+  free(drop);
+}
+
+void apex__runs_free(apex_manager_t *m) {
+  for (apex__run_t *r = m->runs_head, *next; r; r = next) {
+    next = r->free_next;
+    free(r);
+  }
+  m->runs_head = m->runs_tail = NULL;
+  m->n_runs = 0;
+}
+
 static void task_free(apex_task_t *t) {
+  apex_manager_t *m = apex__task_m(t);
   apex_token_t *tok = apex__task_token_peek(t);
   if (t->opts && t->opts->parent_cb_id) apex_token_remove_callback(tok, t->opts->parent_cb_id);
   json_decref(atomic_load(&t->params));
   apex_token_unref(tok);
   apex__run_t *r = t->run;
-  if (r) {
+  if (r) { /* kept for its progress: given back with the task */
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
     slot_free(r->prog);
     apex_progress_unref(r->last_progress);
-    free(r);
+    run_put(m, r);
   }
   if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
     json_decref(t->out.result);
   else
     apex_error_unref(t->out.error);
   free((void *)t->opts);
-  apex_manager_t *m = apex__task_m(t);
   free(t);
   apex__manager_unref(m);
 }
@@ -208,14 +273,20 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
   return APEX_OK;
 }
 
-int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, const char *status,
+int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t len, const char *status,
                       json_t *details, json_t *sub_tasks) {
-  apex_manager_t *m = apex__task_m(t);
-  pthread_mutex_t *mu = apex__task_mu(t);
+  apex_manager_t *m = r->m;
   int request = 0, rc;
-  pthread_mutex_lock(mu);
-  if (!t->run->attempt_open ||
-      is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) { /* after complete: misuse */
+    json_decref(details);
+    json_decref(sub_tasks);
+    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "progress");
+    return APEX_OK;
+  }
+  pthread_mutex_t *mu = apex__task_mu(t);
+  if (is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+    /* After a timeout or cancel: the ctx is still the handler's. */
     pthread_mutex_unlock(mu);
     json_decref(details);
     json_decref(sub_tasks);
@@ -224,10 +295,16 @@ int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, c
   }
   rc = report_locked(t, pct, msg ? msg : "", len, status ? status : "running", details, sub_tasks,
                      &request);
+  /* The flush request runs unlocked; a completion racing this report on
+   * another thread (misuse, but caught) could free t meanwhile. */
+  if (request && rc == APEX_OK) apex__task_ref(t);
   pthread_mutex_unlock(mu);
   if (rc == APEX_OK) {
     atomic_fetch_add_explicit(&m->st_prog_reported, 1, memory_order_relaxed);
-    if (request) apex__flush_request(m, t);
+    if (request) {
+      apex__flush_request(m, t);
+      apex__task_unref(t);
+    }
   }
   return rc;
 }
@@ -291,7 +368,8 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
     apex__pool_live_remove(m, t);
   }
   count_outcome(m, state);
-  if (!t->run || !t->run->attempt_open) release_life_locked(t, a);
+  if (!t->run || !atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed))
+    release_life_locked(t, a);
   /* Last: the host wakes on it, and then finds the counters settled and
    * this thread no longer in the locks its next submit takes. */
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
@@ -326,7 +404,7 @@ static void after_notify(apex_task_t *t, after_t *a) {
 }
 
 static void after_release(apex_task_t *t, after_t *a) {
-  free(a->run); /* emptied by release_life_locked */
+  if (a->run) run_put(apex__task_m(t), a->run); /* emptied by release_life_locked */
   if (a->release_life) apex__task_unref(t);
 }
 
@@ -415,7 +493,7 @@ int apex__task_run(apex_task_t *t) {
   }
   apex__run_t *r = t->run;
   if (!r) { /* the first attempt: the task grows what running needs */
-    r = calloc(1, sizeof *r);
+    r = run_get(m, t);
     if (!r) {
       after_t a = {0};
       apex__where_t w = where_of(t);
@@ -426,14 +504,11 @@ int apex__task_run(apex_task_t *t) {
       after_unlock(t, &a);
       return 0;
     }
-    r->ctx.api = &m->api;
-    r->task = t;
-    r->heap_idx = APEX__NOT_IN_HEAP;
     t->run = r;
   }
   atomic_store(&t->state, APEX_TASK_RUNNING);
   t->attempt++;
-  r->attempt_open = 1;
+  atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
@@ -472,20 +547,69 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
   return apex__error_new(rc, &w, own, "%s", own ? apex_error_message(own) : apex_strerror(rc));
 }
 
+void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what) {
+  atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+  uint64_t n = atomic_fetch_add_explicit(&m->st_misuse, 1, memory_order_relaxed) + 1;
+  int level = (n & (n - 1)) == 0 ? APEX_LOG_WARN : APEX_LOG_DEBUG;
+  if (apex__log_enabled(&m->log, level))
+    apex__log(&m->log, level,
+              "task %llu: %s after its attempt completed; ignored (a plugin bug; %llu such calls)",
+              (unsigned long long)id, what, (unsigned long long)n);
+}
+
+apex_task_t *apex__run_lock_open(apex__run_t *r) {
+  uint64_t id = atomic_load_explicit(&r->id, memory_order_relaxed);
+  pthread_mutex_t *mu = &r->m->stripes[id % APEX__LOCK_STRIPES].mu;
+  pthread_mutex_lock(mu);
+  /* Open, and still the same task's: a run state reused meanwhile shows
+   * its new id once its new attempt is seen open (run_get). */
+  if (atomic_load_explicit(&r->attempt_open, memory_order_acquire) &&
+      atomic_load_explicit(&r->id, memory_order_relaxed) == id)
+    return r->task;
+  pthread_mutex_unlock(mu);
+  return NULL;
+}
+
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc);
+
 int apex__task_attempt_end(apex_task_t *t, int rc) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex__run_t *r = t->run;
+  if (!r || !atomic_load_explicit(&r->attempt_open, memory_order_relaxed)) {
+    /* A deferred handler that completed, then returned a status. */
+    pthread_mutex_unlock(mu);
+    apex__ctx_misuse(apex__task_m(t), t->id, "a handler's return");
+    return 0;
+  }
+  return attempt_end_locked(t, r, rc);
+}
+
+int apex__run_complete(apex__run_t *r, int rc) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(r->m, atomic_load_explicit(&r->id, memory_order_relaxed),
+                     "apex_ctx_complete");
+    return 0;
+  }
+  if (t->action->kind != APEX_ACTION_DEFERRED) {
+    /* The handler owns the ctx until it returns: its names stay valid. */
+    pthread_mutex_unlock(apex__task_mu(t));
+    apex__log(&r->m->log, APEX_LOG_WARN,
+              "%s.%s: complete() called by a blocking handler; it finishes by returning",
+              t->plugin->desc.name, t->action->name);
+    return 0;
+  }
+  return attempt_end_locked(t, r, rc);
+}
+
+/* Ends r's open attempt (r is t's run state) with rc. Called with t's lock
+ * held; returns with it released. Returns: as apex__task_run. */
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1};
-  pthread_mutex_lock(mu);
-  apex__run_t *r = t->run;
-  if (!r || !r->attempt_open) { /* complete() twice, or complete() and a return */
-    pthread_mutex_unlock(mu);
-    atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
-    apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: completed twice; ignored",
-              t->plugin->desc.name, t->action->name, (unsigned long long)t->id);
-    return 0;
-  }
-  r->attempt_open = 0;
+  atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   int was_stuck = r->stuck;
   r->stuck = 0;
   json_t *res = r->attempt_result;
@@ -589,7 +713,7 @@ void apex__task_on_deadline(apex_task_t *t) {
     return;
   }
   apex__where_t w = where_of(t);
-  stuck = st == APEX_TASK_RUNNING && t->run->attempt_open &&
+  stuck = st == APEX_TASK_RUNNING && atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
           t->action->kind == APEX_ACTION_BLOCKING;
   if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
     t->run->stuck = 1;
