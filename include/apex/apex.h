@@ -360,7 +360,8 @@ typedef struct apex_manager_stats {
   uint64_t progress_reported;           /* accepted from plugins */
   uint64_t progress_delivered;          /* delivered to the host */
   uint64_t progress_rejected;           /* invalid, dropped */
-  uint64_t late_reports;                /* after the task ended: ignored */
+  uint64_t late_reports;                /* after the task ended, or plugin ctx
+                                           calls after complete: ignored */
 } apex_manager_stats_t;
 
 /* Copies the counters. Returns: APEX_OK, APEX_E_INVALID. Any thread. */

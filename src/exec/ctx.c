@@ -242,7 +242,7 @@ static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   uint64_t id = t->id;
   pthread_mutex_unlock(apex__task_mu(t));
   char msg[900];
-  if (vsnprintf(msg, sizeof msg, fmt, ap) < 0) return;
+  if (!fmt || vsnprintf(msg, sizeof msg, fmt, ap) < 0) return; /* glibc's crashes on NULL */
   apex__log(&r->m->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
 }
 

@@ -312,8 +312,9 @@ void apex__task_unref(apex_task_t *t);
 /* Runs one attempt of t on the calling worker thread. Returns: 1 if the
  * caller must finish tearing down an orphaned manager (apex__manager_teardown). */
 int apex__task_run(apex_task_t *t);
-/* Ends the open attempt with rc (from the handler's return or complete).
- * Returns: as apex__task_run. */
+/* Ends t's open attempt with rc, from its worker: the handler's return
+ * (a deferred handler's that completed already is counted as misuse), or
+ * a start destroy's sweep refused. Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
 /* Ends r's open attempt with rc, for apex_ctx_complete: r's task is
  * touched only once the attempt is found open under its lock. Returns: as

@@ -713,7 +713,8 @@ void apex__task_on_deadline(apex_task_t *t) {
     return;
   }
   apex__where_t w = where_of(t);
-  stuck = st == APEX_TASK_RUNNING && atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
+  stuck = st == APEX_TASK_RUNNING &&
+          atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
           t->action->kind == APEX_ACTION_BLOCKING;
   if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
     t->run->stuck = 1;
