@@ -42,7 +42,7 @@ static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
 static apex_task_t *open_task(apex_ctx_t *c, const char *what) {
   apex__run_t *r = run_of(c);
   if (atomic_load_explicit(&r->attempt_open, memory_order_acquire)) return r->task;
-  apex__ctx_misuse(r->m, atomic_load_explicit(&r->id, memory_order_relaxed), what);
+  apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
   return NULL;
 }
 
@@ -50,7 +50,7 @@ static apex_task_t *open_task(apex_ctx_t *c, const char *what) {
 static apex_task_t *lock_open(apex_ctx_t *c, const char *what) {
   apex__run_t *r = run_of(c);
   apex_task_t *t = apex__run_lock_open(r);
-  if (!t) apex__ctx_misuse(r->m, atomic_load_explicit(&r->id, memory_order_relaxed), what);
+  if (!t) apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
   return t;
 }
 
@@ -222,7 +222,7 @@ static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {
 
 static void ctx_complete(apex_ctx_t *c, int status) {
   apex__run_t *r = run_of(c);
-  apex_manager_t *m = r->m; /* fixed for the run state's life */
+  apex_manager_t *m = apex__run_m(r); /* fixed for the run state's life */
   if (status == APEX_PENDING) status = APEX_E_EXECUTION;
   int teardown = apex__run_complete(r, status);
   /* On a worker (complete() inside the handler) the worker tears down once
@@ -232,7 +232,7 @@ static void ctx_complete(apex_ctx_t *c, int status) {
 
 static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   apex__run_t *r = run_of(c);
-  if (!apex__log_enabled(&r->m->log, level)) {
+  if (!apex__log_enabled(&apex__run_m(r)->log, level)) {
     (void)open_task(c, "apex_ctx_log"); /* misuse is still counted, lock-free */
     return;
   }
@@ -243,7 +243,7 @@ static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   pthread_mutex_unlock(apex__task_mu(t));
   char msg[900];
   if (!fmt || vsnprintf(msg, sizeof msg, fmt, ap) < 0) return; /* glibc's crashes on NULL */
-  apex__log(&r->m->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
+  apex__log(&apex__run_m(r)->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
 }
 
 void apex__host_api_init(apex_host_api_t *api) {

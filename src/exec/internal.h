@@ -20,6 +20,7 @@
 #define APEX_EXEC_INTERNAL_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -84,41 +85,48 @@ typedef struct apex__task_opts {
  * ctx's memory outlives its attempt, and a plugin's late call on it (a
  * second apex_ctx_complete, progress after it) finds attempt_open 0 and is
  * ignored (ctx.c) without touching the task, which may be gone. The head
- * fields (m, id, attempt_open) are what such a call reads: m never
- * changes, id finds the stripe lock, attempt_open is checked under it.
+ * fields (ctx.api, id, attempt_open) are what such a call reads: the api
+ * table is its manager's and never changes, id finds the stripe lock,
+ * attempt_open is checked under it. Kept to 120 bytes (malloc's 128-byte
+ * class), as a queued task is.
  * Other fields except the intrusive links are guarded by the task's
  * stripe lock. */
 typedef struct apex__run {
-  apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task */
-  apex_manager_t *m;       /* fixed for the run state's whole life */
+  apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task. Its
+                              api is &m->api of the run state's manager for
+                              its whole life: apex__run_m */
   _Atomic uint64_t id;     /* the task it serves (or served last) */
   /* A handler owns the ctx (running or pending). Written under the task
    * lock: 1 with release order after task and id, so a reader that sees
    * it sees them too; read under the lock, or with acquire by a call that
    * takes no lock. */
   _Atomic int attempt_open;
-  struct apex__run *free_next; /* m's list of ended run states (m->runs_mu) */
   /* From here on, cleared for each task that takes the run state. */
-  apex_task_t *task;
   int stuck;               /* its worker was replaced after a timeout */
+  uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
+  int flush_queued;        /* (m->flush_mu) */
+  apex_task_t *task;
   json_t *attempt_result;
   apex_error_t *attempt_error;
   uint64_t progress_seq;
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;
-  uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
   /* The live list (m->live_mu) links run states, not tasks: a task drops
-   * its run state (t->run = NULL) a moment before the list lets go of it. */
-  struct apex__run *live_prev, *live_next;
+   * its run state (t->run = NULL) a moment before the list lets go of it.
+   * Off it, an ended run state waits in m's list (m->runs_mu) by free_next. */
+  struct apex__run *live_prev;
+  union {
+    struct apex__run *live_next;
+    struct apex__run *free_next;
+  };
   apex_task_t *flush_next;      /* flush list (m->flush_mu) */
   apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
-  int flush_queued;             /* (m->flush_mu) */
 } apex__run_t;
 
 /* Ended run states a manager keeps: none is reused before this many others
  * ended after it (the window in which a late ctx call is caught), and at
- * most APEX__RUNS_MAX are kept (about 180 bytes each). */
+ * most APEX__RUNS_MAX are kept (128 bytes each). */
 #define APEX__RUNS_KEEP 256u
 #define APEX__RUNS_MAX 4096u
 
@@ -298,6 +306,13 @@ struct apex_manager {
   apex__run_t *runs_head, *runs_tail;
   uint32_t n_runs;
 };
+
+/* The manager a run state belongs to: its ctx's api table is the
+ * manager's own (apex__host_api_init into m->api), for the run state's
+ * whole life, so this needs no field of its own and no task. */
+static inline apex_manager_t *apex__run_m(const apex__run_t *r) {
+  return (apex_manager_t *)(void *)((char *)(uintptr_t)r->ctx.api - offsetof(apex_manager_t, api));
+}
 
 /* clock */
 uint64_t apex__now_ns(void);

@@ -54,6 +54,7 @@ apex_token_t *apex__task_token(apex_task_t *t) {
 }
 
 _Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
+_Static_assert(sizeof(apex__run_t) <= 120, "a run state must stay in malloc's 128-byte class");
 
 /* ---------------------------------------------------------- run states
  *
@@ -76,11 +77,10 @@ static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
   }
   pthread_mutex_unlock(&m->runs_mu);
   if (r) {
-    memset(&r->task, 0, sizeof *r - offsetof(apex__run_t, task));
+    memset(&r->stuck, 0, sizeof *r - offsetof(apex__run_t, stuck));
   } else {
     if (!(r = calloc(1, sizeof *r))) return NULL;
-    r->ctx.api = &m->api;
-    r->m = m;
+    r->ctx.api = &m->api; /* for good: apex__run_m */
   }
   r->task = t;
   r->heap_idx = APEX__NOT_IN_HEAP;
@@ -275,7 +275,7 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
 
 int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t len, const char *status,
                       json_t *details, json_t *sub_tasks) {
-  apex_manager_t *m = r->m;
+  apex_manager_t *m = apex__run_m(r);
   int request = 0, rc;
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) { /* after complete: misuse */
@@ -559,7 +559,7 @@ void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what) {
 
 apex_task_t *apex__run_lock_open(apex__run_t *r) {
   uint64_t id = atomic_load_explicit(&r->id, memory_order_relaxed);
-  pthread_mutex_t *mu = &r->m->stripes[id % APEX__LOCK_STRIPES].mu;
+  pthread_mutex_t *mu = &apex__run_m(r)->stripes[id % APEX__LOCK_STRIPES].mu;
   pthread_mutex_lock(mu);
   /* Open, and still the same task's: a run state reused meanwhile shows
    * its new id once its new attempt is seen open (run_get). */
@@ -588,14 +588,14 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
 int apex__run_complete(apex__run_t *r, int rc) {
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) {
-    apex__ctx_misuse(r->m, atomic_load_explicit(&r->id, memory_order_relaxed),
+    apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                      "apex_ctx_complete");
     return 0;
   }
   if (t->action->kind != APEX_ACTION_DEFERRED) {
     /* The handler owns the ctx until it returns: its names stay valid. */
     pthread_mutex_unlock(apex__task_mu(t));
-    apex__log(&r->m->log, APEX_LOG_WARN,
+    apex__log(&apex__run_m(r)->log, APEX_LOG_WARN,
               "%s.%s: complete() called by a blocking handler; it finishes by returning",
               t->plugin->desc.name, t->action->name);
     return 0;

@@ -79,7 +79,7 @@ static void test_run_states_are_capped_and_reused_oldest_first(void **st) {
   apex__run_t *r = probe->run;
   pthread_mutex_unlock(apex__task_mu(probe));
   assert_ptr_equal(r, oldest);
-  assert_ptr_equal(r->m, m);
+  assert_ptr_equal(apex__run_m(r), m);
   assert_int_equal(atomic_load(&r->id), apex_task_id(probe));
   assert_int_equal(n_runs(m), APEX__RUNS_MAX - 1);
   apex_task_release(probe);
