@@ -3,8 +3,9 @@
  *
  * A queued task is one small allocation (internal.h: no token, params, run
  * state or event node until something needs them); its run state (the ctx
- * handlers see, attempt results, progress) is made when its first attempt
- * starts, and its DONE event is the task itself on the DONE queue. It is
+ * handlers see, attempt results, progress) is taken from the manager's kept
+ * ones (see "run states" below) when its first attempt starts, and its DONE
+ * event is the task itself on the DONE queue. It is
  * reference counted: the host's handle,
  * the "life" reference (held until the task is terminal AND no handler owns
  * its ctx, so a late handler never touches freed memory), and one reference
