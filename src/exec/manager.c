@@ -347,6 +347,17 @@ static apex__plugin_t *find_locked(apex_manager_t *m, const char *name) {
   return NULL;
 }
 
+/* Unloads p, which was loaded but never registered, so none of its
+ * handlers ran: shutdown is owed only to undo an init. A plugin without
+ * init has nothing to undo, and a second dlopen of a file already loaded
+ * shares the first copy's globals: its shutdown would stop the threads the
+ * registered copy starts lazily. */
+static void discard(apex__plugin_t *p) {
+  if (!p->desc.init) p->inited = 0;
+  apex__plugin_unload(p);
+  apex__plugin_free(p);
+}
+
 static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
   apex__plugin_t *p = NULL;
   int rc = apex__plugin_load(file, &m->api, &p, err);
@@ -362,8 +373,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
                                               "%s: duplicate plugin '%s' (already loaded from %s)",
                                               file, p->desc.name, other ? other : "?"));
     free(other);
-    apex__plugin_unload(p);
-    apex__plugin_free(p);
+    discard(p);
     return rc;
   }
   if (m->n_plugins == m->cap_plugins) {
@@ -371,8 +381,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
     apex__plugin_t **np = realloc(m->plugins, cap * sizeof *np);
     if (!np) {
       pthread_mutex_unlock(&m->reg_mu);
-      apex__plugin_unload(p);
-      apex__plugin_free(p);
+      discard(p);
       return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
     }
     m->plugins = np;

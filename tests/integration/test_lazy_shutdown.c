@@ -85,6 +85,31 @@ static void test_shutdown_runs_once_for_plugin_without_init_never_used(void **st
   assert_string_equal(mark_read(), "joined 0\n");
 }
 
+/* Loading the same file again is refused as a duplicate; that copy ran no
+ * handler and has no init, so it gets no shutdown: a shutdown there would
+ * stop the registered copy's thread (a second dlopen of one file shares
+ * its globals) and leave its tasks hanging. */
+static void test_duplicate_copy_without_init_gets_no_shutdown(void **st) {
+  (void)st;
+  mark_reset();
+  apex_manager_t *m = make_lazy();
+  apex_error_t *err = NULL;
+  assert_int_equal(apex_manager_load(m, APEX_TEST_PLUGIN_DIR "/lazy_threads.so", &err),
+                   APEX_E_PLUGIN_LOAD);
+  assert_non_null(strstr(apex_error_message(err), "duplicate plugin"));
+  apex_error_unref(err);
+  assert_string_equal(mark_read(), "");
+  enum { N = 5 };
+  for (int i = 0; i < N; i++) {
+    apex_task_t *t = submit_json(m, "lazy_threads", "defer", NULL, NULL);
+    assert_int_equal(apex_task_wait(t, 10000), APEX_OK);
+    assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+    apex_task_release(t);
+  }
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  assert_string_equal(mark_read(), "joined 5\n");
+}
+
 int main(void) {
   /* Set before any manager (and so any thread) exists: setenv is not
    * safe against concurrent getenv. */
@@ -93,6 +118,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_shutdown_joins_lazy_thread_of_plugin_without_init),
       cmocka_unit_test(test_shutdown_runs_once_for_plugin_without_init_never_used),
+      cmocka_unit_test(test_duplicate_copy_without_init_gets_no_shutdown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   unlink(g_mark);
