@@ -111,7 +111,9 @@ APEX_EXTERN apex_status_t apex_token_remove_callback(apex_token_t *tok, uint64_t
  * Ownership: the token's; do not read or close it. */
 APEX_EXTERN int apex_token_fd(apex_token_t *tok);
 /* Blocks until the token is cancelled or timeout_ms passes (-1: forever).
- * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out. */
+ * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out;
+ * APEX_E_INVALID for NULL tok; APEX_E_IO if the clock or the kernel wait
+ * failed (not expected on Linux), and then the wait ended early. */
 APEX_EXTERN apex_status_t apex_token_wait(apex_token_t *tok, int64_t timeout_ms);
 
 /* ---------------------------------------------------------------- progress */
@@ -438,7 +440,8 @@ typedef struct apex_manager_stats {
   uint64_t progress_reported;           /* accepted from plugins */
   uint64_t progress_delivered;          /* delivered to the host */
   uint64_t progress_rejected;           /* invalid, dropped */
-  uint64_t late_reports;                /* after the task ended: ignored */
+  uint64_t late_reports;                /* after the task ended, or plugin ctx
+                                           calls after complete: ignored */
 } apex_manager_stats_t;
 
 /* Copies the counters into ABI 1's frozen layout; kept for programs built
@@ -461,8 +464,16 @@ APEX_EXTERN apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms);
  * task ends `cancelled` at once. A running one ends when its handler
  * returns: `cancelled` if it returns an error (handlers see the token and
  * return APEX_E_CANCELLED early), `succeeded` if it finished anyway.
+ * The reason is only text (the handler's apex_ctx_cancel_reason, the
+ * error's message): it never changes what happens. "timeout", "shutdown"
+ * and "parent" are Apex's to give (a deadline, apex_manager_destroy, a
+ * parent token), so a handler that sees one can trust it: a host passing
+ * one is refused.
  * Returns: APEX_OK; APEX_E_ALREADY if terminal or already cancelled;
- * APEX_E_INVALID. Ownership: reason copied. */
+ * APEX_E_INVALID for NULL t or a reserved reason (nothing is cancelled);
+ * APEX_E_NOMEM if t is running and no memory was left for its token (its
+ * handler was not signalled; nothing changed, the call may be retried).
+ * Ownership: reason copied. */
 APEX_EXTERN apex_status_t apex_task_cancel(apex_task_t *t, const char *reason);
 APEX_EXTERN apex_task_state_t apex_task_state(apex_task_t *t);
 APEX_EXTERN uint64_t apex_task_id(apex_task_t *t);
@@ -478,7 +489,10 @@ APEX_EXTERN apex_error_t *apex_task_error(apex_task_t *t);
 /* Returns: the last delivered progress, a new reference; NULL if none. */
 APEX_EXTERN apex_progress_t *apex_task_progress(apex_task_t *t);
 /* Returns: the task's token (borrowed, valid until release), made on first
- * use; NULL only if t is NULL or memory ran out. */
+ * use; NULL only if t is NULL or memory ran out. Cancelling it directly
+ * acts as a cancel by a parent token (a queued task ends at once, a running
+ * one when its handler returns) whatever the reason, which is not checked
+ * as apex_task_cancel checks it: prefer apex_task_cancel. */
 APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
 /* Drops the handle. The task itself runs to its end. */
 APEX_EXTERN void apex_task_release(apex_task_t *t);

@@ -129,7 +129,10 @@ typedef struct apex_plugin_desc {
    * to every handler by apex_ctx_plugin_state. Nonzero return fails the load;
    * write a reason into why (NUL-terminated, at most why_len bytes). */
   int (*init)(const apex_host_api_t *api, void **state, char *why, size_t why_len);
-  /* Called once when the manager is destroyed, after every handler returned. */
+  /* Called once when the manager is destroyed, after every handler returned,
+   * just before the plugin is unloaded: whether or not the plugin has an init
+   * hook (state is then NULL), so threads a plugin starts lazily can be
+   * joined here. */
   void (*shutdown)(void *state);
   const apex_action_desc_t *actions;
   size_t n_actions;
@@ -243,7 +246,8 @@ static inline const char *apex_ctx_cancel_reason(apex_ctx_t *c) { return c->api-
 static inline int apex_ctx_cancel_fd(apex_ctx_t *c) { return c->api->cancel_fd(c); }
 
 /* Sleeps ms milliseconds unless the token fires first.
- * Returns: APEX_OK after the full sleep, APEX_E_CANCELLED early. */
+ * Returns: APEX_OK after the full sleep, APEX_E_CANCELLED early; APEX_E_IO
+ * if the wait failed (not expected on Linux) and ended early. */
 static inline int apex_ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) { return c->api->sleep_ms(c, ms); }
 
 /* Waits until fd is ready for events (POLLIN/POLLOUT), timeout_ms passes
@@ -291,10 +295,19 @@ static inline int apex_ctx_fail(apex_ctx_t *c, int code, const char *fmt, ...) {
 }
 
 /* Finishes a deferred action with status (APEX_OK or an error code), from
- * any thread. The ctx is invalid once this returns: do not touch it again.
- * A completion after the task timed out or was cancelled is accepted and
- * ignored. Calling it from a blocking handler is an error that is logged and
- * ignored (a blocking handler finishes by returning). */
+ * any thread. The ctx is invalid once this returns: do not touch it again,
+ * from any thread. A completion after the task timed out or was cancelled
+ * is accepted and ignored. Calling it from a blocking handler is an error
+ * that is logged and ignored (a blocking handler finishes by returning).
+ * Misuse Apex catches without a crash, ignores, counts in late_reports and
+ * logs: a second complete, in sequence or racing this one; progress,
+ * progress_update, set_result (the result is freed), fail or log after it
+ * or racing it; any other apex_ctx_* call made after it returned (params
+ * and plugin_state give NULL, task_id and attempt 0, is_cancelled 1 with
+ * the reason "completed", sleep_ms and wait_fd APEX_E_CANCELLED at once,
+ * cancel_fd APEX_E_INVALID). Undefined: those other calls racing it; any
+ * call once 256 more tasks of the manager have ended, once the task's next
+ * attempt (a retry) has started, or after the manager was destroyed. */
 static inline void apex_ctx_complete(apex_ctx_t *c, int status) { c->api->complete(c, status); }
 
 /* Log levels, most severe first. */

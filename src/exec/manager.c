@@ -71,6 +71,8 @@ static void manager_free(apex_manager_t *m) {
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
   pthread_cond_destroy(&m->wait_cv);
+  apex__runs_free(m); /* after the last task: none is in use */
+  pthread_mutex_destroy(&m->runs_mu);
   free(m);
 }
 
@@ -153,6 +155,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);
+  pthread_mutex_init(&m->runs_mu, NULL);
   pthread_condattr_t ca;
   int rc = APEX_E_IO;
   if (pthread_condattr_init(&ca) == 0) {
@@ -225,7 +228,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   pthread_mutex_unlock(&m->live_mu);
   for (apex_task_t *t = apex__pool_take_queued(m); t;) {
     apex_task_t *next = t->run_next;
-    apex__task_cancel(t, "shutdown");
+    apex__task_cancel(t, APEX__CAUSE_SHUTDOWN, NULL);
     apex__task_unref(t); /* the run queue's reference */
     t = next;
   }
@@ -240,7 +243,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
     pthread_mutex_unlock(&m->live_mu);
     if (!n) break;
     for (size_t i = 0; i < n; i++) {
-      apex__task_cancel(batch[i], "shutdown");
+      apex__task_cancel(batch[i], APEX__CAUSE_SHUTDOWN, NULL);
       apex__task_unref(batch[i]);
     }
   }
@@ -356,6 +359,17 @@ static apex__plugin_t *find_locked(apex_manager_t *m, const char *name) {
   return NULL;
 }
 
+/* Unloads p, which was loaded but never registered, so none of its
+ * handlers ran: shutdown is owed only to undo an init. A plugin without
+ * init has nothing to undo, and a second dlopen of a file already loaded
+ * shares the first copy's globals: its shutdown would stop the threads the
+ * registered copy starts lazily. */
+static void discard(apex__plugin_t *p) {
+  if (!p->desc.init) p->inited = 0;
+  apex__plugin_unload(p);
+  apex__plugin_free(p);
+}
+
 static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
   apex__plugin_t *p = NULL;
   int rc = apex__plugin_load(file, &m->api, &p, err);
@@ -371,8 +385,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
                                               "%s: duplicate plugin '%s' (already loaded from %s)",
                                               file, p->desc.name, other ? other : "?"));
     free(other);
-    apex__plugin_unload(p);
-    apex__plugin_free(p);
+    discard(p);
     return rc;
   }
   if (m->n_plugins == m->cap_plugins) {
@@ -380,8 +393,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
     apex__plugin_t **np = realloc(m->plugins, cap * sizeof *np);
     if (!np) {
       pthread_mutex_unlock(&m->reg_mu);
-      apex__plugin_unload(p);
-      apex__plugin_free(p);
+      discard(p);
       return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
     }
     m->plugins = np;
@@ -529,10 +541,16 @@ const char *apex_manager_plugin_file(apex_manager_t *m, const char *name) {
 /* ------------------------------------------------------------- submit */
 
 /* Runs whenever the task's token fires; it matters when the parent's
- * cancellation did it, which no other path notices for a queued task. */
+ * cancellation did it, which no other path notices for a queued task. The
+ * cause is the parent's whatever the reason says: a parent token cancelled
+ * with "shutdown" (or the task's own token cancelled so by the host through
+ * apex_task_token) is not Apex's shutdown, and must not end a running task
+ * under its handler. When Apex's own cancel fired the token, this nested
+ * call finds a running task left to that cancel, or the task already
+ * ended. */
 static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   (void)tok;
-  apex__task_cancel(user, reason);
+  apex__task_cancel(user, APEX__CAUSE_PARENT, reason);
 }
 
 /* Sets t's deadline and, when the call overrides a default (retry policy,

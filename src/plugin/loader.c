@@ -296,8 +296,14 @@ static int read_desc(apex__plugin_t *p, const apex_plugin_desc_t *raw, apex_erro
   return APEX_OK;
 }
 
+/* Marks the shutdown hook owed once the plugin is usable: init succeeded, or
+ * there is none. A plugin without init may still start threads (lazily, on
+ * a first call) that its shutdown must join before dlclose. */
 static int run_init(apex__plugin_t *p, const apex_host_api_t *api, apex_error_t **err) {
-  if (!p->desc.init) return APEX_OK;
+  if (!p->desc.init) {
+    p->inited = 1;
+    return APEX_OK;
+  }
   char why[256] = "";
   int rc = p->desc.init(api, &p->state, why, sizeof why);
   why[sizeof why - 1] = '\0'; /* the plugin may have overrun the terminator */

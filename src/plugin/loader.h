@@ -23,7 +23,7 @@ typedef struct apex__plugin {
   void *dl;     /* dlopen handle */
   char *file;   /* the path it was loaded from (owned) */
   void *state;  /* what init stored */
-  int inited;   /* init ran and succeeded: shutdown is owed */
+  int inited;   /* loaded (init, if any, succeeded): shutdown is owed */
   apex_manager_t *m; /* the manager that loaded it (set by the manager) */
 } apex__plugin_t;
 
@@ -40,7 +40,8 @@ typedef struct apex__plugin {
 int apex__plugin_load(const char *file, const apex_host_api_t *api, apex__plugin_t **out,
                       apex_error_t **err);
 
-/* Runs the shutdown hook (if init succeeded) and dlcloses; the struct stays
+/* Runs the shutdown hook (if the load succeeded, whether or not the plugin
+ * has an init hook) and dlcloses; the struct stays
  * (its tasks still reach their manager through it) until apex__plugin_free.
  * NULL: no-op. */
 void apex__plugin_unload(apex__plugin_t *p);
