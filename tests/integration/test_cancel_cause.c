@@ -134,8 +134,8 @@ static void test_task_token_cancelled_with_shutdown_text_waits_for_handler(void 
   assert_int_equal(apex_token_cancel(apex_task_token(g.t), "shutdown"), APEX_OK);
   AWAIT(gate_saw(&g, "shutdown"), PROMPT_MS);
   assert_int_equal(apex_task_state(g.t), APEX_TASK_RUNNING);
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   assert_int_equal(s.cancelled, 0);
   gate_release(&g, APEX_TASK_CANCELLED);
   apex_task_release(g.t);

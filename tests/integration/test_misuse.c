@@ -69,9 +69,9 @@ static apex_manager_t *make_misuse(unsigned workers) {
   return m;
 }
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
@@ -107,7 +107,7 @@ static void run_each_misusing_once(apex_manager_t *m, const char *action, int n,
   AWAIT(stats_of(m).succeeded == (uint64_t)n && stats_of(m).late_reports == (uint64_t)n &&
             dones_once() == n,
         60000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.submitted, n);
   assert_int_equal(s.succeeded, n);
   assert_int_equal(s.failed + s.cancelled + s.timed_out, 0);
@@ -194,7 +194,7 @@ static void test_every_ctx_call_after_complete_is_ignored(void **st) {
   assert_true(json_is_true(json_object_get(res, "completed")));
   assert_null(json_object_get(res, "late"));
   json_decref(res);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.late_reports, MISUSES);
   assert_int_equal(s.progress_reported, 0);
   assert_int_equal(s.progress_rejected, 0);

@@ -106,8 +106,7 @@ static const apex_action_desc_t k_actions[] = {
 };
 
 static const apex_plugin_desc_t k_plugin = {
-    .abi_version = APEX_PLUGIN_ABI,
-    .struct_size = sizeof(apex_plugin_desc_t),
+    APEX_PLUGIN_DESC_INIT,
     .name = "lazy_threads",
     .version = "1.0.0",
     .description = "no init; a lazily started thread joined in shutdown",
