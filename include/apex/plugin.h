@@ -79,8 +79,10 @@ typedef struct apex_retry_policy {
   uint32_t max_attempts;       /* total attempts, 1..65535; 0 means 1 */
   double initial_interval_s;   /* delay before the 2nd attempt */
   double backoff_coefficient;  /* >= 1; 0 means 2 */
-  double max_interval_s;       /* cap on one delay; 0 means no cap */
-  double jitter;               /* 0..1: each delay is scaled by 1 +- jitter */
+  double max_interval_s;       /* cap on one delay, before jitter; 0: none */
+  double jitter;               /* 0..1: each (capped) delay is then scaled by
+                                  a factor in [1 - jitter, 1 + jitter], drawn
+                                  per task and attempt */
   const apex_status_t *non_retryable; /* codes never retried, or NULL */
   size_t n_non_retryable;
 } apex_retry_policy_t;
