@@ -153,6 +153,26 @@ typedef struct apex_progress_update {
 #define APEX_PROGRESS_MESSAGE_MAX 1024
 #define APEX_PROGRESS_MAX_DEPTH 8
 
+/* Limits on the JSON values a plugin hands to Apex: a result
+ * (apex_ctx_set_result) and a progress update's details (its own and its
+ * sub-tasks' together count as one value). Apex checks each value where it
+ * enters, on the plugin's thread, before it copies or keeps it, because
+ * jansson copies, prints and frees values recursively: a value nested a
+ * million deep would overflow the stack of whichever thread touched it
+ * next. A value is refused, with a reason naming the place (e.g.
+ * "result.items[3]: not valid UTF-8 at byte 7"), when
+ * - arrays and objects are nested more than APEX_VALUE_MAX_DEPTH deep;
+ * - it contains itself (a cycle, as json_object_set(o, "k", o) makes);
+ * - a string or object key is not valid UTF-8 (RFC 3629: no overlong
+ *   forms, surrogates or code points above U+10FFFF) or holds a NUL byte
+ *   (C readers of json_string_value would cut the text there);
+ * - it holds more than APEX_VALUE_MAX_NODES values (every array, object,
+ *   member and scalar counts one) or more than APEX_VALUE_MAX_BYTES bytes of
+ *   strings and keys together. */
+#define APEX_VALUE_MAX_DEPTH 64
+#define APEX_VALUE_MAX_NODES 1000000
+#define APEX_VALUE_MAX_BYTES (64u * 1024u * 1024u)
+
 /* Host services. Reached through ctx->api; see the apex_ctx_* wrappers below
  * for each one's contract. Append-only: check struct_size before using a
  * member added after the ABI version you were built for. */

@@ -84,6 +84,7 @@ typedef struct apex__run {
   int stuck;               /* its worker was replaced after a timeout */
   json_t *attempt_result;
   apex_error_t *attempt_error;
+  apex_error_t *result_refused; /* apex_ctx_set_result refused the value (ctx.c) */
   uint64_t progress_seq;
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;

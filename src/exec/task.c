@@ -63,6 +63,7 @@ static void task_free(apex_task_t *t) {
   if (r) {
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
+    apex_error_unref(r->result_refused);
     slot_free(r->prog);
     apex_progress_unref(r->last_progress);
     free(r);
@@ -260,9 +261,10 @@ static void release_life_locked(apex_task_t *t, after_t *a) {
   a->release_life = 1;
   apex__run_t *r = t->run;
   if (r && !r->prog) {
-    /* Both moved out by attempt_end; nothing else is owned without prog. */
+    /* Moved out by attempt_end; nothing else is owned without prog. */
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
+    apex_error_unref(r->result_refused);
     t->run = NULL;
     a->run = r;
   }
@@ -479,6 +481,16 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
   apex_error_t *own = r->attempt_error;
   r->attempt_result = NULL;
   r->attempt_error = NULL;
+  if (r->result_refused) { /* the value given to apex_ctx_set_result broke the rules */
+    if (rc == APEX_OK) {
+      apex_error_unref(own);
+      own = r->result_refused;
+      rc = APEX_E_INVALID_RESULT;
+    } else { /* the handler's own failure says more */
+      apex_error_unref(r->result_refused);
+    }
+    r->result_refused = NULL;
+  }
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) { /* timed out or cancelled meanwhile: too late */
