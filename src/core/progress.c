@@ -90,14 +90,13 @@ static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) A
 static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) {
   if (!v->why) return APEX_E_INVALID;
   if (!field && !v->path_len) field = "update";
-  int n = snprintf(v->why, v->why_len, "%s%s%s: ", v->path, v->path_len && field ? "." : "",
-                   field ? field : "");
-  if (n >= 0 && (size_t)n < v->why_len) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v->why + n, v->why_len - (size_t)n, fmt, ap);
-    va_end(ap);
-  }
+  char place[PATH_CAP + 32];
+  snprintf(place, sizeof place, "%s%s%s", v->path, v->path_len && field ? "." : "",
+           field ? field : "");
+  va_list ap;
+  va_start(ap, fmt);
+  apex__reasonv(v->why, v->why_len, place, fmt, ap);
+  va_end(ap);
   return APEX_E_INVALID;
 }
 

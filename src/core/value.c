@@ -50,6 +50,11 @@ void apex__fmt_num(char *buf, size_t cap, double d) {
   }
 }
 
+void apex__reasonv(char *why, size_t why_len, const char *place, const char *fmt, va_list ap) {
+  int n = snprintf(why, why_len, "%s: ", place);
+  if (n >= 0 && (size_t)n < why_len) vsnprintf(why + n, why_len - (size_t)n, fmt, ap);
+}
+
 void apex__echo(char *out, size_t cap, const char *s, size_t len) {
   size_t max = cap - 4, n = 0;
   for (; n < len && n < max; n++) {
@@ -119,13 +124,10 @@ static apex_status_t fail(const walk_t *w, int levels, const char *fmt, ...) {
   if (!w->why) return APEX_E_INVALID;
   char path[PATH_CAP];
   path_of(w, levels, path);
-  int n = snprintf(w->why, w->why_len, "%s: ", path);
-  if (n >= 0 && (size_t)n < w->why_len) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(w->why + n, w->why_len - (size_t)n, fmt, ap);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, fmt);
+  apex__reasonv(w->why, w->why_len, path, fmt, ap);
+  va_end(ap);
   return APEX_E_INVALID;
 }
 

@@ -7,6 +7,7 @@
 #ifndef APEX_CORE_VALUE_H
 #define APEX_CORE_VALUE_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 #include "apex/apex.h"
@@ -52,6 +53,10 @@ const char *apex__json_kind(const json_t *v);
  * prints as "1000000", 0.1 as "0.1", 100.0000001 as itself, never as the
  * "100" it may have been rejected for not being. cap >= 32 holds any d. */
 void apex__fmt_num(char *buf, size_t cap, double d);
+
+/* Writes "<place>: <reason>" into why (why_len bytes, cut to fit), the
+ * reason from fmt and ap: the one shape of every validation reason. */
+void apex__reasonv(char *why, size_t why_len, const char *place, const char *fmt, va_list ap);
 
 /* Copies s[0..len) into out (cap >= 4 bytes) for echoing in a reason: at
  * most cap - 4 bytes of it, then "..." if it was longer, with every byte
