@@ -67,6 +67,16 @@ typedef struct fixture {
   apex_manager_t *m;
 } fixture_t;
 
+/* Returns: a copy of the log so far (free it), so a failing assertion never
+ * leaves the logbook's lock held for the teardown to wait on. */
+static char *log_text(fixture_t *f) {
+  pthread_mutex_lock(&f->log.mu);
+  char *s = strdup(f->log.text ? f->log.text : "");
+  pthread_mutex_unlock(&f->log.mu);
+  assert_non_null(s);
+  return s;
+}
+
 static int setup(void **st) {
   fixture_t *f = calloc(1, sizeof *f);
   assert_non_null(f);
@@ -199,10 +209,9 @@ static void expect_progress_refused(fixture_t *f, const char *action, const char
   assert_int_equal(s.progress_reported, 0);
   char line[512];
   snprintf(line, sizeof line, "progress rejected: %s\n", reason);
-  pthread_mutex_lock(&f->log.mu);
-  if (!f->log.text || !strstr(f->log.text, line))
-    fail_msg("no '%s' in the log:\n%s", line, f->log.text ? f->log.text : "");
-  pthread_mutex_unlock(&f->log.mu);
+  char *log = log_text(f);
+  if (!strstr(log, line)) fail_msg("no '%s' in the log:\n%s", line, log);
+  free(log);
 }
 
 static void test_details_nested_a_million_deep_are_refused(void **st) {
@@ -243,8 +252,8 @@ static void test_short_progress_rejections_read_as_the_validators(void **st) {
   json_t *r = apex_task_result(t);
   json_t *rcs = json_object_get(r, "rcs");
   assert_int_equal(json_array_size(rcs), sizeof faults / sizeof faults[0]);
-  pthread_mutex_lock(&f->log.mu);
-  const char *at = f->log.text ? f->log.text : "";
+  char *log = log_text(f);
+  const char *at = log;
   for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
     assert_int_equal(json_integer_value(json_array_get(rcs, i)), APEX_E_INVALID);
     /* The C form's validator says it so... */
@@ -265,10 +274,10 @@ static void test_short_progress_rejections_read_as_the_validators(void **st) {
     char line[300];
     snprintf(line, sizeof line, "progress rejected: %s\n", faults[i].reason);
     const char *hit = strstr(at, line);
-    if (!hit) fail_msg("no '%s' after the earlier ones in the log:\n%s", line, f->log.text);
+    if (!hit) fail_msg("no '%s' after the earlier ones in the log:\n%s", line, log);
     at = hit + strlen(line);
   }
-  pthread_mutex_unlock(&f->log.mu);
+  free(log);
   json_decref(r);
   apex_task_release(t);
   apex_manager_stats_t s;
