@@ -30,6 +30,7 @@
 #include "apex/apex.h"
 #include "apex/plugin.h"
 #include "integration/harness.h"
+#include "plugins/hostile_values.h"
 
 extern char **environ;
 
@@ -231,48 +232,34 @@ static void test_sub_tasks_nested_a_million_deep_are_refused(void **st) {
 
 static void test_short_progress_rejections_read_as_the_validators(void **st) {
   fixture_t *f = *st;
-  /* The faults of hostile_values' short_progress, in its order. */
-  char long_msg[APEX_PROGRESS_MESSAGE_MAX + 2];
-  memset(long_msg, 'm', sizeof long_msg - 1);
-  long_msg[sizeof long_msg - 1] = '\0';
-  const struct {
-    double pct;
-    const char *msg;
-    const char *reason;
-  } faults[] = {
-      {101, NULL, "percentage: 101 is outside [0, 100]"},
-      {-0.5, NULL, "percentage: -0.5 is outside [0, 100]"},
-      {NAN, NULL, "percentage: not finite"},
-      {INFINITY, NULL, "percentage: not finite"},
-      {50, long_msg, "message: 1025 bytes, longer than 1024"},
-      {50, "ab\xc3(", "message: not valid UTF-8 at byte 2"},
-  };
+  char buf[APEX_PROGRESS_MESSAGE_MAX + 2];
   apex_task_t *t = run_to_end(f, "short_progress", NULL);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   json_t *r = apex_task_result(t);
   json_t *rcs = json_object_get(r, "rcs");
-  assert_int_equal(json_array_size(rcs), sizeof faults / sizeof faults[0]);
+  assert_int_equal(json_array_size(rcs), HV_N_SHORT_FAULTS);
   char *log = log_text(f);
   const char *at = log;
-  for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+  for (size_t i = 0; i < HV_N_SHORT_FAULTS; i++) {
+    const hv_fault_t *fault = &hv_short_faults[i];
+    const char *msg = hv_fault_msg(fault, buf);
     assert_int_equal(json_integer_value(json_array_get(rcs, i)), APEX_E_INVALID);
     /* The C form's validator says it so... */
     char why[256];
-    apex_progress_update_t u = {.percentage = faults[i].pct, .message = faults[i].msg};
+    apex_progress_update_t u = {.percentage = fault->pct, .message = msg};
     assert_int_equal(apex_progress_update_validate(&u, why, sizeof why), APEX_E_INVALID);
-    assert_string_equal(why, faults[i].reason);
+    assert_string_equal(why, fault->reason);
     /* ...the JSON form too, where JSON can hold the value... */
-    if (isfinite(faults[i].pct)) {
-      json_t *j = json_pack("{s:f, s:o?}", "percentage", faults[i].pct, "message",
-                            faults[i].msg ? json_stringn_nocheck(faults[i].msg, strlen(faults[i].msg))
-                                          : NULL);
+    if (isfinite(fault->pct)) {
+      json_t *j = json_pack("{s:f, s:o?}", "percentage", fault->pct, "message",
+                            msg ? json_stringn_nocheck(msg, strlen(msg)) : NULL);
       assert_int_equal(apex_progress_validate(j, why, sizeof why), APEX_E_INVALID);
-      assert_string_equal(why, faults[i].reason);
+      assert_string_equal(why, fault->reason);
       json_decref(j);
     }
     /* ...and so does apex_ctx_progress, in the order the plugin called. */
     char line[300];
-    snprintf(line, sizeof line, "progress rejected: %s\n", faults[i].reason);
+    snprintf(line, sizeof line, "progress rejected: %s\n", fault->reason);
     const char *hit = strstr(at, line);
     if (!hit) fail_msg("no '%s' after the earlier ones in the log:\n%s", line, log);
     at = hit + strlen(line);
@@ -282,7 +269,7 @@ static void test_short_progress_rejections_read_as_the_validators(void **st) {
   apex_task_release(t);
   apex_manager_stats_t s;
   assert_int_equal(apex_manager_stats(f->m, &s), APEX_OK);
-  assert_int_equal(s.progress_rejected, sizeof faults / sizeof faults[0]);
+  assert_int_equal(s.progress_rejected, HV_N_SHORT_FAULTS);
 }
 
 /* ------------------------------------------------------------- the CLI */

@@ -13,21 +13,22 @@
  *   bad_then_good    sets a bad result, then a valid one: {"ok": true}
  *   bad_then_fail    sets a bad result, then fails APEX_E_TRANSIENT itself
  *   short_progress   apex_ctx_progress with each fault of the fast path
+ *                    (hostile_values.h lists them, for the test too)
  *
  * The progress actions succeed with {"rc": <what the progress call
  * returned>}; short_progress with {"rcs": [...]}, one per fault, in the
- * order listed at k_short_faults. Values passed to a progress call are
+ * order of hv_short_faults. Values passed to a progress call are
  * borrowed, so this plugin frees them itself, with chain_free: json_decref
  * would recurse a million levels deep here too.
  *
  * Threads: every action runs on a host worker; no state. What can fail:
  * memory, which fails the task with APEX_E_NOMEM. */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "apex/plugin.h"
+#include "hostile_values.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -220,21 +221,14 @@ static int bad_then_fail(apex_ctx_t *ctx) {
   return apex_ctx_fail(ctx, APEX_E_TRANSIENT, "the handler's own failure");
 }
 
-/* The faults of apex_ctx_progress, in the order the test checks them. */
+/* The faults of apex_ctx_progress, in hostile_values.h's order. */
 static int short_progress(apex_ctx_t *ctx) {
-  char long_msg[APEX_PROGRESS_MESSAGE_MAX + 2];
-  memset(long_msg, 'm', sizeof long_msg - 1);
-  long_msg[sizeof long_msg - 1] = '\0';
-  const struct {
-    double pct;
-    const char *msg;
-  } k_short_faults[] = {
-      {101, NULL}, {-0.5, NULL}, {NAN, NULL}, {INFINITY, NULL}, {50, long_msg}, {50, "ab\xc3("},
-  };
+  char buf[APEX_PROGRESS_MESSAGE_MAX + 2];
   json_t *rcs = json_array();
   if (!rcs) return nomem(ctx);
-  for (size_t i = 0; i < N(k_short_faults); i++) {
-    int rc = apex_ctx_progress(ctx, k_short_faults[i].pct, k_short_faults[i].msg);
+  for (size_t i = 0; i < HV_N_SHORT_FAULTS; i++) {
+    const hv_fault_t *f = &hv_short_faults[i];
+    int rc = apex_ctx_progress(ctx, f->pct, hv_fault_msg(f, buf));
     if (json_array_append_new(rcs, json_integer(rc)) != 0) {
       json_decref(rcs);
       return nomem(ctx);
