@@ -89,10 +89,12 @@ typedef struct walk {
   size_t why_len;
 } walk_t;
 
+/* Appends s, or "..." once and then nothing more when s does not fit. */
 static void put(char *out, size_t *used, const char *s) {
   size_t n = strlen(s);
   if (*used + n >= PATH_CAP - 4) { /* room for "..." and the NUL */
-    if (*used < PATH_CAP - 4) memcpy(out + *used, "...", 4), *used += 3;
+    if (*used < PATH_CAP - 4) memcpy(out + *used, "...", 4);
+    *used = PATH_CAP - 1; /* cut: what follows would read as if nothing were missing */
     return;
   }
   memcpy(out + *used, s, n + 1);

@@ -233,6 +233,23 @@ static void test_check_echoes_keys_safely_and_cuts_long_paths(void **st) {
   json_decref(v);
 }
 
+static void test_check_cuts_a_path_too_long_to_show_once(void **st) {
+  (void)st;
+  /* 65 objects under keys of 10 bytes: the path is cut after the 17th key,
+   * and nothing is written after the cut. */
+  json_t *v = json_object();
+  for (int i = 0; i < APEX_VALUE_MAX_DEPTH; i++) {
+    json_t *outer = json_object();
+    assert_int_equal(json_object_set_new(outer, "abcdefghij", v), 0);
+    v = outer;
+  }
+  char want[320] = "result";
+  for (int i = 0; i < 17; i++) strcat(want, ".abcdefghij");
+  strcat(want, "...: nested deeper than 64 levels (APEX_VALUE_MAX_DEPTH)");
+  expect_reason(v, want);
+  json_decref(v);
+}
+
 static void test_check_with_null_why_or_value(void **st) {
   (void)st;
   apex__value_budget_t b = APEX__VALUE_BUDGET_INIT;
@@ -414,6 +431,7 @@ int main(void) {
       cmocka_unit_test(test_check_counts_string_and_key_bytes_against_the_budget),
       cmocka_unit_test(test_check_refuses_more_than_max_bytes),
       cmocka_unit_test(test_check_echoes_keys_safely_and_cuts_long_paths),
+      cmocka_unit_test(test_check_cuts_a_path_too_long_to_show_once),
       cmocka_unit_test(test_check_with_null_why_or_value),
       cmocka_unit_test(test_free_takes_null_and_scalars),
       cmocka_unit_test(test_free_frees_a_million_levels_of_objects),
