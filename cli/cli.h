@@ -59,9 +59,16 @@ void cli_emit(json_t *obj);
  * reader closed the pipe), else 0. */
 int cli_output_failed(void);
 
+/* Decodes the UTF-8 character at s by the library's rules (RFC 3629: no
+ * overlong forms, surrogates or code points past U+10FFFF; NUL ends text).
+ * Returns: its length (1-4) and *cp, or 0 if s does not start a valid
+ * character (then *cp is untouched). */
+size_t cli_utf8_decode(const char *s, long *cp);
+
 /* Copies src into dst (cap bytes, NUL included) as valid UTF-8: each byte
- * that does not start a valid character becomes U+FFFD, and a copy that
- * does not fit is cut between characters. cap 0: no-op. */
+ * that does not start a valid character becomes '?', as the library does
+ * with text it renders, and a copy that does not fit is cut between
+ * characters. cap 0: no-op. */
 void cli_utf8_clean(char *dst, size_t cap, const char *src);
 
 /* Returns: cli_utf8_clean of all of src (malloc'd; caller frees), or NULL

@@ -124,7 +124,10 @@ typedef struct apex_progress apex_progress_t;
 
 /* Checks a ProgressUpdate in JSON form: {"percentage": number in [0,100],
  * "message"?: string, "status"?: known status, "details"?: object,
- * "sub_tasks"?: [same shape with a "name"]}.
+ * "sub_tasks"?: [same shape with a "name"]}; details, all of the update's
+ * together, within the limits on values of plugin.h (APEX_VALUE_MAX_DEPTH
+ * and the rest). Iterative where the value is free-form, so any input is
+ * safe to check, however deep or cyclic.
  * Returns: APEX_OK, or APEX_E_INVALID with the reason written to why (at
  * most why_len bytes, NUL-terminated; why may be NULL). Ownership: borrowed. */
 APEX_EXTERN apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why_len);

@@ -191,6 +191,26 @@ typedef struct apex_progress_update {
 #define APEX_PROGRESS_MESSAGE_MAX 1024
 #define APEX_PROGRESS_MAX_DEPTH 8
 
+/* Limits on the JSON values a plugin hands to Apex: a result
+ * (apex_ctx_set_result) and a progress update's details (its own and its
+ * sub-tasks' together count as one value). Apex checks each value where it
+ * enters, on the plugin's thread, before it copies or keeps it, because
+ * jansson copies, prints and frees values recursively: a value nested a
+ * million deep would overflow the stack of whichever thread touched it
+ * next. A value is refused, with a reason naming the place (e.g.
+ * "result.items[3]: not valid UTF-8 at byte 7"), when
+ * - arrays and objects are nested more than APEX_VALUE_MAX_DEPTH deep;
+ * - it contains itself (a cycle, as json_object_set(o, "k", o) makes);
+ * - a string or object key is not valid UTF-8 (RFC 3629: no overlong
+ *   forms, surrogates or code points above U+10FFFF) or holds a NUL byte
+ *   (C readers of json_string_value would cut the text there);
+ * - it holds more than APEX_VALUE_MAX_NODES values (every array, object,
+ *   member and scalar counts one) or more than APEX_VALUE_MAX_BYTES bytes of
+ *   strings and keys together. */
+#define APEX_VALUE_MAX_DEPTH 64
+#define APEX_VALUE_MAX_NODES 1000000
+#define APEX_VALUE_MAX_BYTES (64u * 1024u * 1024u)
+
 /* Host services. Reached through ctx->api; see the apex_ctx_* wrappers below
  * for each one's contract. Append-only: before calling a member appended
  * after the first ABI-1 release, check the host has it:
@@ -273,14 +293,27 @@ static inline int apex_ctx_progress(apex_ctx_t *c, double percentage, const char
 /* Reports a full ProgressUpdate (see apex_progress_update_t). Updates whose
  * status is "milestone_reached" or differs from the previous status are never
  * coalesced away (up to 64 waiting between two deliveries; past that they
- * coalesce like the rest, so a plugin cannot flood the host with them). Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad
- * status, details or sub_tasks. Ownership: u and its JSON values borrowed. */
+ * coalesce like the rest, so a plugin cannot flood the host with them).
+ * Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad status,
+ * sub_tasks, or details (details break the limits on values above, all the
+ * update's details counted together; checked before anything is copied).
+ * A rejection's reason is the validators' (apex_progress_update_validate),
+ * word for word, whichever call made the report.
+ * Ownership: u and its JSON values borrowed (copied when accepted). */
 static inline int apex_ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
   return c->api->progress_update(c, u);
 }
 
-/* Sets the result of this attempt (replacing an earlier one).
- * Ownership: result taken (the ctx owns it now; NULL clears). */
+/* Sets the result of this attempt (replacing an earlier one). The value is
+ * checked here, on the calling thread, against the limits on values above
+ * (APEX_VALUE_MAX_DEPTH and the rest). One that breaks them is refused and
+ * freed (without recursion, so a deep or cyclic value is safe to pass), and
+ * the attempt then fails with APEX_E_INVALID_RESULT and a message naming
+ * the fault (e.g. "result.child.parent: contains itself (a cycle)") if the
+ * handler reports success; if it fails anyway, its own failure stands. A
+ * later call replaces a refusal as it replaces a result.
+ * Ownership: result taken (the ctx owns it now; NULL clears): keep no
+ * reference you would change, and never free it yourself. */
 static inline void apex_ctx_set_result(apex_ctx_t *c, json_t *result) { c->api->set_result(c, result); }
 
 /* Records why this attempt failed; code is APEX_E_TRANSIENT (retry allowed)

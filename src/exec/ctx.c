@@ -21,8 +21,9 @@
  * but not one racing it (see docs/plugin-developer-guide.md, "Misuse Apex
  * catches").
  *
- * Progress is validated here, on the plugin's thread, so an invalid update
- * is rejected with a reason before it costs the host anything. */
+ * Progress and results are validated here, on the plugin's thread, so an
+ * invalid one is rejected with a reason before it costs the host anything
+ * (and before anything copies it: see core/value.c for why that matters). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -33,6 +34,8 @@
 
 #include "core/error.h"
 #include "core/progress_internal.h"
+#include "core/utf8.h"
+#include "core/value.h"
 #include "exec/internal.h"
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
@@ -163,13 +166,25 @@ static int reject(apex_ctx_t *c, const char *why) {
   return APEX_E_INVALID;
 }
 
+/* The fast path's rejection: the reason is the validator's own, so a
+ * plugin reads the same words whichever call it made; it is worked out only
+ * here, off the path of a valid report. */
+static int reject_short(apex_ctx_t *c, double pct, const char *msg) {
+  char why[256] = "";
+  if (apex__log_enabled(&apex__run_m(run_of(c))->log, APEX_LOG_DEBUG)) {
+    apex_progress_update_t u = {.percentage = pct, .message = msg};
+    apex_progress_update_validate(&u, why, sizeof why);
+  }
+  return reject(c, why);
+}
+
 static int ctx_progress(apex_ctx_t *c, double pct, const char *msg) {
-  if (!(pct >= 0.0 && pct <= 100.0)) return reject(c, "percentage: not a number in [0, 100]");
+  if (!(pct >= 0.0 && pct <= 100.0)) return reject_short(c, pct, msg);
   size_t len = 0;
   if (msg) {
     len = strnlen(msg, APEX_PROGRESS_MESSAGE_MAX + 1);
-    if (len > APEX_PROGRESS_MESSAGE_MAX) return reject(c, "message: too long");
-    if (!apex__utf8_valid(msg, len)) return reject(c, "message: not valid UTF-8");
+    if (len > APEX_PROGRESS_MESSAGE_MAX || !apex__utf8_valid(msg, len))
+      return reject_short(c, pct, msg);
   }
   return apex__task_report(run_of(c), pct, msg, len, NULL, NULL, NULL);
 }
@@ -188,16 +203,49 @@ static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
                            u->message ? strlen(u->message) : 0, u->status, details, subs);
 }
 
+/* The result is checked here, on the plugin's thread, so its cost lands on
+ * the plugin and nothing past this point (a copy for the host, the CLI's
+ * printing, the task's release) ever walks a value that could overflow a
+ * stack or never end. A refused value was taken, so it is ours to free,
+ * without recursion; the refusal waits in the run state for the attempt's
+ * end (task.c), which fails the attempt with it if the handler reports
+ * success. A later set_result replaces it, as it replaces a result. */
 static void ctx_set_result(apex_ctx_t *c, json_t *result) {
+  apex_error_t *refused = NULL;
+  char why[320];
+  apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
+  int bad = result && apex__value_check(result, "result", &budget, why, sizeof why) != APEX_OK;
+  if (bad) {
+    apex__value_free(result);
+    result = NULL;
+  }
   apex_task_t *t = lock_open(c, "apex_ctx_set_result");
   if (!t) {
     json_decref(result); /* taken, even when ignored */
     return;
   }
+  if (bad) {
+    /* The error is made unlocked (it allocates) and stored only if the
+     * attempt is still open then, as apex_ctx_fail's is. */
+    apex_manager_t *m = apex__task_m(t);
+    apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
+    pthread_mutex_unlock(apex__task_mu(t));
+    refused = apex__error_new(APEX_E_INVALID_RESULT, &w, NULL, "%s", why);
+    apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: result refused: %s", w.plugin, w.action,
+              (unsigned long long)w.task, why);
+    t = lock_open(c, "apex_ctx_set_result");
+    if (!t) {
+      apex_error_unref(refused);
+      return;
+    }
+  }
   json_t *old = t->run->attempt_result;
+  apex_error_t *old_refused = t->run->result_refused;
   t->run->attempt_result = result;
+  t->run->result_refused = refused;
   pthread_mutex_unlock(apex__task_mu(t));
-  json_decref(old);
+  json_decref(old); /* checked when it was set: safe to free recursively */
+  apex_error_unref(old_refused);
 }
 
 static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {

@@ -40,6 +40,7 @@ typedef struct apex__ev apex__ev_t;
 /* Progress reported but not yet delivered; allocated on a task's first
  * report (a queued task carries none). Guarded by the task's lock. */
 typedef struct apex__progress_slot {
+  uint64_t seq;         /* progress seq of the last snapshot made */
   int dirty;            /* latest holds an undelivered update */
   double pct;
   char msg[APEX_PROGRESS_MESSAGE_MAX + 1];
@@ -108,7 +109,7 @@ typedef struct apex__run {
   apex_task_t *task;
   json_t *attempt_result;
   apex_error_t *attempt_error;
-  uint64_t progress_seq;
+  apex_error_t *result_refused; /* apex_ctx_set_result refused the value (ctx.c) */
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;

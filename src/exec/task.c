@@ -130,6 +130,7 @@ static void task_free(apex_task_t *t) {
   if (r) { /* kept for its progress: given back with the task */
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
+    apex_error_unref(r->result_refused);
     slot_free(r->prog);
     apex_progress_unref(r->last_progress);
     run_put(m, r);
@@ -173,12 +174,12 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
 /* Builds the latest coalesced update into a snapshot. Under the lock. */
 static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
   apex__progress_slot_t *s = t->run->prog;
-  apex_progress_t *snap = apex__progress_new(t->run->progress_seq + 1, s->pct, s->msg,
+  apex_progress_t *snap = apex__progress_new(s->seq + 1, s->pct, s->msg,
                                              s->status, s->details, s->sub_tasks);
   s->details = NULL; /* taken, even on failure */
   s->sub_tasks = NULL;
   s->dirty = 0;
-  if (snap) t->run->progress_seq++;
+  if (snap) s->seq++;
   return snap;
 }
 
@@ -252,10 +253,10 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
       apex_progress_t *p = latest_snapshot_locked(t);
       if (p) s->backlog[s->n_backlog++] = p;
     }
-    apex_progress_t *p = apex__progress_new(r->progress_seq + 1, pct, msg, status, details,
+    apex_progress_t *p = apex__progress_new(s->seq + 1, pct, msg, status, details,
                                             sub_tasks);
     if (!p) return APEX_E_NOMEM;
-    r->progress_seq++;
+    s->seq++;
     s->backlog[s->n_backlog++] = p;
     *request = 1;
     return APEX_OK;
@@ -338,9 +339,10 @@ static void release_life_locked(apex_task_t *t, after_t *a) {
   a->release_life = 1;
   apex__run_t *r = t->run;
   if (r && !r->prog) {
-    /* Both moved out by attempt_end; nothing else is owned without prog. */
+    /* Moved out by attempt_end; nothing else is owned without prog. */
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
+    apex_error_unref(r->result_refused);
     t->run = NULL;
     a->run = r;
   }
@@ -617,6 +619,16 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   apex_error_t *own = r->attempt_error;
   r->attempt_result = NULL;
   r->attempt_error = NULL;
+  if (r->result_refused) { /* the value given to apex_ctx_set_result broke the rules */
+    if (rc == APEX_OK) {
+      apex_error_unref(own);
+      own = r->result_refused;
+      rc = APEX_E_INVALID_RESULT;
+    } else { /* the handler's own failure says more */
+      apex_error_unref(r->result_refused);
+    }
+    r->result_refused = NULL;
+  }
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) { /* timed out or cancelled meanwhile: too late */

@@ -68,30 +68,6 @@ int apex__name_valid(const char *s) {
   return 1;
 }
 
-static const char *type_name(apex_param_type_t t) {
-  switch (t) {
-    case APEX_PARAM_STRING: return "string";
-    case APEX_PARAM_INT: return "int";
-    case APEX_PARAM_NUMBER: return "number";
-    case APEX_PARAM_BOOL: return "bool";
-    case APEX_PARAM_OBJECT: return "object";
-    case APEX_PARAM_ARRAY: return "array";
-  }
-  return NULL;
-}
-
-static int type_matches(apex_param_type_t t, const json_t *v) {
-  switch (t) {
-    case APEX_PARAM_STRING: return json_is_string(v);
-    case APEX_PARAM_INT: return json_is_integer(v);
-    case APEX_PARAM_NUMBER: return json_is_number(v);
-    case APEX_PARAM_BOOL: return json_is_boolean(v);
-    case APEX_PARAM_OBJECT: return json_is_object(v);
-    case APEX_PARAM_ARRAY: return json_is_array(v);
-  }
-  return 0;
-}
-
 /* Context threaded through the checks so each message can name the file,
  * the plugin and the action without long argument lists. */
 typedef struct check {
@@ -128,8 +104,8 @@ static int check_default(const check_t *c, const apex_param_spec_t *s) {
     return bad(c, "param '%s': default '%.200s' is not valid JSON: %s", s->name, s->default_json,
                jerr.text);
   }
-  const char *tn = type_name(s->type);
-  if (!type_matches(s->type, v)) {
+  const char *tn = apex__param_type_name(s->type);
+  if (!apex__param_type_matches(s->type, v)) {
     json_decref(v);
     int vowel = tn[0] == 'a' || tn[0] == 'i' || tn[0] == 'o';
     return bad(c, "param '%s': default '%.200s' is not %s %s", s->name, s->default_json,
@@ -168,7 +144,7 @@ static int check_param(const check_t *c, const apex_action_desc_t *a, size_t i) 
                s->name ? s->name : "(null)");
   for (size_t j = 0; j < i; j++)
     if (strcmp(a->params[j].name, s->name) == 0) return bad(c, "duplicate param '%s'", s->name);
-  const char *tn = type_name(s->type);
+  const char *tn = apex__param_type_name(s->type);
   if (!tn) return bad(c, "param '%s': type %d is unknown", s->name, (int)s->type);
   if (s->has_min || s->has_max) {
     if (s->type == APEX_PARAM_BOOL || s->type == APEX_PARAM_OBJECT)

@@ -56,6 +56,15 @@ const apex_action_desc_t *apex__plugin_action(const apex__plugin_t *p, const cha
  * 64 bytes. */
 int apex__name_valid(const char *s);
 
+/* Returns: the name of a param type as messages and `apex describe` show it
+ * ("string", "int", "number", "bool", "object", "array"), or NULL for a
+ * value that is no apex_param_type_t. Static. */
+const char *apex__param_type_name(apex_param_type_t t);
+
+/* Returns: 1 if v has the JSON type a param of type t accepts (NUMBER: an
+ * integer or a real), else 0; the bounds are apex__params_validate's. */
+int apex__param_type_matches(apex_param_type_t t, const json_t *v);
+
 /* Validates params (an object, or NULL for {}) against the action's spec.
  * Returns: APEX_OK and *out, a new object holding every given param and the
  * default of every absent one that has a default; APEX_E_INVALID_PARAMS

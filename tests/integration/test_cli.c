@@ -596,7 +596,7 @@ static void test_run_param_key_not_utf8_still_gives_a_result_line(void **st) {
   run(&p, "run", "--plugin-path", APEX_TEST_PLUGIN_DIR, "testkit.echo", "--param", "\xff=1", NULL);
   /* json_lines fails on a line that is not valid JSON (or not UTF-8). */
   assert_pre_task_error(&p, "is not valid UTF-8 text", "invalid_params");
-  assert_contains(buf_str(&p.out), "\xef\xbf\xbd=1"); /* U+FFFD for the bad byte */
+  assert_contains(buf_str(&p.out), "'?=1'"); /* '?' for the bad byte, as the library does */
   proc_free(&p);
 }
 
