@@ -203,7 +203,7 @@ static void test_handler_rejecting_params_exits_2_named_like_submit(void **st) {
   /* The same param refused by the library at submit: the same shape. */
   run(&p, "run", "cli_kit.reject_params", "--plugin-path", APEX_TEST_PLUGIN_DIR, "--param",
       "path=5", NULL);
-  check_invalid_params(&p, "want string, got int", 0);
+  check_invalid_params(&p, "want string, got integer", 0);
   proc_free(&p);
 }
 
