@@ -249,9 +249,8 @@ static int bp_tree(apex_ctx_t *ctx) {
   loop_clock_t clk;
 #ifdef APEX_HAVE_PROGRESS_NODE
   if (incremental) {
-    /* The tree once, in full; then one node per report. ASSUMED call: the
-     * incremental API of issue 9 item 4 is not in plugin.h yet; adapt this
-     * block (and only it) to the API as it lands. */
+    /* The tree once, in full (its declaration); then one node per report
+     * (apex_ctx_progress_node: index i is sub_tasks[i] in a flat tree). */
     u.percentage = 0.0;
     rc = apex_ctx_progress_update(ctx, &u);
     loop_clock_start(&clk);
@@ -259,7 +258,9 @@ static int bp_tree(apex_ctx_t *ctx) {
       double v = 100.0 * (double)(i / nodes + 1) / (double)rounds;
       rc = apex_ctx_progress_node(ctx, (size_t)(i % nodes), v > 100.0 ? 100.0 : v, NULL, NULL);
     }
-    if (rc == APEX_OK) rc = apex_ctx_progress(ctx, 100.0, "done"); /* the task's own 100 % */
+    /* The task's own 100 %, keeping the tree (apex_ctx_progress would
+     * report a whole update without one). */
+    if (rc == APEX_OK) rc = apex_ctx_progress_node(ctx, APEX_PROGRESS_ROOT, 100.0, NULL, "done");
   } else
 #endif
   {
