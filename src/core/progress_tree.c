@@ -122,9 +122,15 @@ typedef struct mwalk {
 
 static void merge_array(mwalk_t *w, json_t *dst, const json_t *src);
 
+/* Returns: a copy of v (new), NULL on no memory. A scalar is copied
+ * directly: json_deep_copy would allocate its table of parents for it. */
+static json_t *copy_of(const json_t *v) {
+  return json_is_object(v) || json_is_array(v) ? json_deep_copy(v) : json_copy((json_t *)v);
+}
+
 /* Copies src's value for key into d. Returns: 1 if set, 0 on no memory. */
 static int set_copy(mwalk_t *w, json_t *d, const char *key, const json_t *v) {
-  json_t *copy = json_deep_copy(v);
+  json_t *copy = copy_of(v);
   if (copy && json_object_set_new(d, key, copy) == 0) return 1; /* set_new took copy */
   w->nomem = 1;
   return 0;

@@ -24,10 +24,15 @@
  *                 "nan_pct", "bad_utf8", "long_msg", "ok"}; "ok" is 0
  *                 when every valid call returned APEX_OK. The tree after it:
  *                 a (node 0), b (1) with children b1 (2) and b2 (3), c (4).
- *   gated         blocking: declares a 3-node flat tree, sets node 1 to
- *                 50 % "running", blocks until the test writes a byte to
- *                 the FIFO at `path` (deaf to cancellation), then sets
- *                 node 2 to 100 % "completed" and returns.
+ *   gated         blocking: declares g0, g1 with children g1a and g1b,
+ *                 g2 (pre-order 0..4), all "pending" at 0 %; sets g1a (2)
+ *                 to 50 % "running", blocks until the test writes a byte
+ *                 to the FIFO at `path` (deaf to cancellation), then sets
+ *                 g1b (3) to 100 % "completed" and returns.
+ *   clear         blocking: declares [a], sets it, then reports with
+ *                 apex_ctx_progress (a full report: no tree), then tries
+ *                 node 0 again and the root; result {"before", "after",
+ *                 "root"}: what the three node updates returned.
  *   coalesce      blocking: declares 10 nodes "n0".."n9", then makes `n`
  *                 node updates (n a multiple of 10): update i sets node
  *                 i % 10 to 100 * (i / 10 + 1) / (n / 10) percent with
@@ -224,8 +229,18 @@ static int probe(apex_ctx_t *ctx) {
 /* ----------------------------------------------------------------- gated */
 
 static int gated(apex_ctx_t *ctx) {
-  int rc = declare(ctx, 3, "g%d", "pending");
-  if (rc == APEX_OK) rc = apex_ctx_progress_node(ctx, 1, 50.0, "running", NULL);
+  json_t *tree = json_pack("[{s:s, s:f, s:s}, {s:s, s:f, s:s, s:[{s:s, s:f, s:s},"
+                           " {s:s, s:f, s:s}]}, {s:s, s:f, s:s}]",
+                           "name", "g0", "percentage", 0.0, "status", "pending",
+                           "name", "g1", "percentage", 0.0, "status", "pending", "sub_tasks",
+                           "name", "g1a", "percentage", 0.0, "status", "pending",
+                           "name", "g1b", "percentage", 0.0, "status", "pending",
+                           "name", "g2", "percentage", 0.0, "status", "pending");
+  if (!tree) return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory");
+  apex_progress_update_t u = {.percentage = 0.0, .message = "gated", .sub_tasks = tree};
+  int rc = apex_ctx_progress_update(ctx, &u);
+  json_decref(tree);
+  if (rc == APEX_OK) rc = apex_ctx_progress_node(ctx, 2, 50.0, "running", NULL);
   if (rc != APEX_OK) return apex_ctx_fail(ctx, rc, "gated: progress refused: %d", rc);
   const char *path = json_string_value(json_object_get(apex_ctx_params(ctx), "path"));
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -236,8 +251,23 @@ static int gated(apex_ctx_t *ctx) {
   while (n < 0 && errno == EINTR);
   close(fd);
   if (n != 1) return apex_ctx_fail(ctx, APEX_E_IO, "%s: no byte", path);
-  rc = apex_ctx_progress_node(ctx, 2, 100.0, "completed", NULL);
+  rc = apex_ctx_progress_node(ctx, 3, 100.0, "completed", NULL);
   return rc == APEX_OK ? APEX_OK : apex_ctx_fail(ctx, rc, "gated: progress refused: %d", rc);
+}
+
+/* ----------------------------------------------------------------- clear */
+
+static int clear(apex_ctx_t *ctx) {
+  int rc = declare(ctx, 1, "a%d", "pending");
+  if (rc != APEX_OK) return apex_ctx_fail(ctx, rc, "clear: progress refused: %d", rc);
+  int before = apex_ctx_progress_node(ctx, 0, 10.0, "running", NULL);
+  rc = apex_ctx_progress(ctx, 20.0, "flat");
+  if (rc != APEX_OK) return apex_ctx_fail(ctx, rc, "clear: progress refused: %d", rc);
+  int after = apex_ctx_progress_node(ctx, 0, 30.0, NULL, NULL);
+  int root = apex_ctx_progress_node(ctx, APEX_PROGRESS_ROOT, 40.0, NULL, NULL);
+  apex_ctx_set_result(ctx, json_pack("{s:i, s:i, s:i}", "before", before, "after", after, "root",
+                                     root));
+  return APEX_OK;
 }
 
 /* -------------------------------------------------------------- coalesce */
@@ -323,6 +353,7 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "probe", .description = "node updates right and wrong", .handler = probe},
     {.name = "gated", .description = "a node update, a gate, another",
      .handler = gated, .params = k_path, .n_params = 1},
+    {.name = "clear", .description = "a full report clears the tree", .handler = clear},
     {.name = "coalesce", .description = "many node updates in a row",
      .handler = coalesce, .params = k_n, .n_params = 1},
     {.name = "retry_tree", .description = "a tree kept across a retry", .handler = retry_tree,
