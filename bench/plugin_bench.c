@@ -17,8 +17,9 @@
  *                  each changing one node (W6t); result as flood's. With
  *                  incremental = 0 every report is a full
  *                  apex_ctx_progress_update carrying the whole tree; with 1
- *                  it is one node's update (APEX_HAVE_PROGRESS_NODE: the API
- *                  issue 9 asks for; without it the task fails).
+ *                  it is one node's update (apex_ctx_progress_node, when
+ *                  plugin.h defines APEX_HAVE_PROGRESS_NODE; without it the
+ *                  task fails).
  *   pend_arm       blocking: makes the next `batch` pend starts signal the
  *                  eventfd `ready_fd` once all of them are pending (W7's
  *                  set-up, so pend itself needs no params).

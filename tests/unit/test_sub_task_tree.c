@@ -445,6 +445,19 @@ static void test_validator_reasons_still_name_deep_places(void **st) {
   json_decref(u);
 }
 
+/* A plugin built with this header, loaded by a host whose api table ends
+ * before progress_node: the wrapper says APEX_E_INVALID instead of calling
+ * what lies past the table. */
+static void test_the_wrapper_refuses_on_a_host_without_it(void **st) {
+  (void)st;
+  apex_host_api_t older;
+  memset(&older, 0xab, sizeof older); /* past struct_size: not the host's */
+  older.struct_size = (uint32_t)offsetof(apex_host_api_t, progress_node);
+  apex_ctx_t ctx = {&older};
+  assert_int_equal(apex_ctx_progress_node(&ctx, 0, 1.0, NULL, NULL), APEX_E_INVALID);
+  assert_false(APEX_HAS_FIELD(apex_host_api_t, &older, progress_node));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_new_tree_is_empty_and_has_no_node),
@@ -461,6 +474,7 @@ int main(void) {
       cmocka_unit_test(test_pending_is_a_known_status_everywhere),
       cmocka_unit_test(test_node_update_reasons_name_the_node),
       cmocka_unit_test(test_validator_reasons_still_name_deep_places),
+      cmocka_unit_test(test_the_wrapper_refuses_on_a_host_without_it),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }
