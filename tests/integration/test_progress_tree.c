@@ -513,17 +513,21 @@ static void test_cli_lines_carry_changes_once_the_reader_has_the_tree(void **st)
   /* The scan reporting its whole tree per item: many deliveries of a tree
    * whose shape never changes, most of them a few folders apart. */
   proc_t p;
-  json_t *lines = cli_run_json(&p, "scan", "--param", "full=true", "--param", "items=3000", NULL);
+  json_t *lines = cli_run_json(&p, "scan", "--param", "full=true", "--param", "items=1500", NULL);
   size_t whole, changes;
   json_t *tree = rebuild_tree(lines, &whole, &changes);
-  json_t *want = scan_final_tree(768, 3000);
+  json_t *want = scan_final_tree(768, 1500);
   assert_true(json_equal(tree, want));
   print_message("full reports per item: %zu whole-tree lines, %zu change lines, %zu bytes\n",
                 whole, changes, p.out.len);
   assert_true(changes >= 1);
-  /* A whole tree is about 60 KB: lines of changes keep the output well
-   * below one per delivery. */
-  assert_true(p.out.len < 60000 * (whole + 2));
+  /* A whole tree is about 60 KB; a line of changes, a few folders, must
+   * cost well under a tenth of that (however many lines a slow build
+   * makes). */
+  char *dump = json_dumps(want, JSON_COMPACT);
+  size_t tree_bytes = strlen(dump);
+  free(dump);
+  assert_true(p.out.len < (whole + 1) * tree_bytes + changes * (tree_bytes / 10));
   json_decref(want);
   json_decref(tree);
   json_decref(lines);
