@@ -17,8 +17,9 @@
  *                  each changing one node (W6t); result as flood's. With
  *                  incremental = 0 every report is a full
  *                  apex_ctx_progress_update carrying the whole tree; with 1
- *                  it is one node's update (APEX_HAVE_PROGRESS_NODE: the API
- *                  issue 9 asks for; without it the task fails).
+ *                  it is one node's update (apex_ctx_progress_node, when
+ *                  plugin.h defines APEX_HAVE_PROGRESS_NODE; without it the
+ *                  task fails).
  *   pend_arm       blocking: makes the next `batch` pend starts signal the
  *                  eventfd `ready_fd` once all of them are pending (W7's
  *                  set-up, so pend itself needs no params).
@@ -249,9 +250,8 @@ static int bp_tree(apex_ctx_t *ctx) {
   loop_clock_t clk;
 #ifdef APEX_HAVE_PROGRESS_NODE
   if (incremental) {
-    /* The tree once, in full; then one node per report. ASSUMED call: the
-     * incremental API of issue 9 item 4 is not in plugin.h yet; adapt this
-     * block (and only it) to the API as it lands. */
+    /* The tree once, in full (its declaration); then one node per report
+     * (apex_ctx_progress_node: index i is sub_tasks[i] in a flat tree). */
     u.percentage = 0.0;
     rc = apex_ctx_progress_update(ctx, &u);
     loop_clock_start(&clk);
@@ -259,7 +259,9 @@ static int bp_tree(apex_ctx_t *ctx) {
       double v = 100.0 * (double)(i / nodes + 1) / (double)rounds;
       rc = apex_ctx_progress_node(ctx, (size_t)(i % nodes), v > 100.0 ? 100.0 : v, NULL, NULL);
     }
-    if (rc == APEX_OK) rc = apex_ctx_progress(ctx, 100.0, "done"); /* the task's own 100 % */
+    /* The task's own 100 %, keeping the tree (apex_ctx_progress would
+     * report a whole update without one). */
+    if (rc == APEX_OK) rc = apex_ctx_progress_node(ctx, APEX_PROGRESS_ROOT, 100.0, NULL, "done");
   } else
 #endif
   {

@@ -127,6 +127,21 @@ int cli_cmd_run(const cli_opts_t *o);
 /* Monotonic clock in milliseconds. */
 int64_t cli_now_ms(void);
 
+/* ---- progress lines (progress_lines.c) ----------------------------------
+ * JSON Lines progress events that carry the sub-task tree whole only when a
+ * reader needs it, else the sub-tasks that changed (format: README). */
+typedef struct cli_progress_lines cli_progress_lines_t;
+
+/* Returns: the line state of one task (nothing written yet), or NULL on no
+ * memory. */
+cli_progress_lines_t *cli_progress_lines_new(void);
+/* NULL: no-op. */
+void cli_progress_lines_free(cli_progress_lines_t *pl);
+/* Returns: the progress line for p, the next of task's lines (a new
+ * object for cli_emit), or NULL on no memory (the next line then carries
+ * the whole tree). Ownership: p borrowed. */
+json_t *cli_progress_line(cli_progress_lines_t *pl, uint64_t task, const apex_progress_t *p);
+
 /* ---- terminal display (display.c) ---------------------------------------
  * A block of lines redrawn in place: one for the task, one per sub-task. */
 typedef struct cli_display cli_display_t;

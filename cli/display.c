@@ -1,5 +1,8 @@
 /* The live terminal display of `apex run`: a block of lines, one for the task
- * and one per sub-task (an indented tree), redrawn in place.
+ * and one per sub-task (an indented tree), redrawn in place. At each level
+ * the sub-tasks at work come first, the finished ones ("completed",
+ * "succeeded", or no status at 100 %) collapse into one "N completed" line,
+ * then come failed ones, then those not started ("pending", "queued").
  *
  * How it stays in place: each frame moves the cursor up over the lines the
  * last frame drew ("\x1b[NA"), clears and rewrites each line ("\x1b[2K"),
@@ -144,33 +147,81 @@ typedef struct sub_row {
   char lead[LEAD_MAX]; /* "  ├─ ", "  │  └─ ", ... */
   const char *name, *status, *message;
   double pct;
+  size_t finished; /* > 0: the summary row "N completed" of a level */
+  int cat;         /* CAT_* below */
 } sub_row_t;
 
 typedef struct sub_rows {
   sub_row_t *rows;
-  size_t n, total; /* kept, seen */
+  size_t n, total;     /* kept, seen */
+  size_t by_cat[4];    /* rows seen of each CAT_* */
 } sub_rows_t;
 
+/* The order a level's sub-tasks are shown in: those at work first, then
+ * the finished ones as one count, then failed ones, then those not started.
+ * A tree of 768 folders then shows the few being scanned, not the hundreds
+ * done or waiting, on a screen that holds twenty. */
+enum { CAT_ACTIVE, CAT_FINISHED, CAT_PROBLEM, CAT_PENDING, N_CATS };
+_Static_assert(N_CATS == 4, "sub_rows_t.by_cat has a count per category");
+
+static int category(const json_t *s) {
+  const char *st = json_string_value(json_object_get(s, "status"));
+  double pct = json_number_value(json_object_get(s, "percentage"));
+  if (!st) return pct >= 100.0 ? CAT_FINISHED : CAT_ACTIVE;
+  if (!strcmp(st, "completed") || !strcmp(st, "succeeded")) return CAT_FINISHED;
+  if (!strcmp(st, "error") || !strcmp(st, "failed") || !strcmp(st, "cancelled") ||
+      !strcmp(st, "timed_out"))
+    return CAT_PROBLEM;
+  if (!strcmp(st, "pending") || !strcmp(st, "queued")) return CAT_PENDING;
+  return CAT_ACTIVE;
+}
+
+static sub_row_t *next_row(sub_rows_t *out, const char *prefix, int last, int cat) {
+  out->total++;
+  out->by_cat[cat]++;
+  if (out->n >= MAX_SUB_ROWS) return NULL;
+  sub_row_t *r = &out->rows[out->n++];
+  memset(r, 0, sizeof *r);
+  r->cat = cat;
+  snprintf(r->lead, sizeof r->lead, "%s%s", prefix, last ? "└─ " : "├─ ");
+  return r;
+}
+
 static void walk(const json_t *subs, const char *prefix, int depth, sub_rows_t *out) {
-  size_t count = json_array_size(subs);
+  size_t count = json_array_size(subs), finished = 0, shown = 0;
   for (size_t i = 0; i < count; i++) {
     const json_t *s = json_array_get(subs, i);
     if (!json_is_object(s)) continue;
-    int last = i + 1 == count;
-    out->total++;
-    if (out->n < MAX_SUB_ROWS) {
-      sub_row_t *r = &out->rows[out->n++];
-      snprintf(r->lead, sizeof r->lead, "%s%s", prefix, last ? "└─ " : "├─ ");
-      r->name = json_string_value(json_object_get(s, "name"));
-      r->status = json_string_value(json_object_get(s, "status"));
-      r->message = json_string_value(json_object_get(s, "message"));
-      r->pct = json_number_value(json_object_get(s, "percentage"));
+    if (category(s) == CAT_FINISHED)
+      finished++;
+    else
+      shown++;
+  }
+  size_t left = shown + (finished > 0); /* rows this level still draws */
+  for (int cat = 0; cat < N_CATS; cat++) {
+    if (cat == CAT_FINISHED) {
+      if (finished == 0) continue;
+      sub_row_t *r = next_row(out, prefix, --left == 0, CAT_FINISHED);
+      if (r) r->finished = finished;
+      continue;
     }
-    const json_t *kids = json_object_get(s, "sub_tasks");
-    if (json_is_array(kids) && depth < APEX_PROGRESS_MAX_DEPTH) {
-      char next[LEAD_MAX];
-      snprintf(next, sizeof next, "%s%s", prefix, last ? "   " : "│  ");
-      walk(kids, next, depth + 1, out);
+    for (size_t i = 0; i < count; i++) {
+      const json_t *s = json_array_get(subs, i);
+      if (!json_is_object(s) || category(s) != cat) continue;
+      int last = --left == 0;
+      sub_row_t *r = next_row(out, prefix, last, cat);
+      if (r) {
+        r->name = json_string_value(json_object_get(s, "name"));
+        r->status = json_string_value(json_object_get(s, "status"));
+        r->message = json_string_value(json_object_get(s, "message"));
+        r->pct = json_number_value(json_object_get(s, "percentage"));
+      }
+      const json_t *kids = json_object_get(s, "sub_tasks");
+      if (json_is_array(kids) && depth < APEX_PROGRESS_MAX_DEPTH) {
+        char next[LEAD_MAX];
+        snprintf(next, sizeof next, "%s%s", prefix, last ? "   " : "│  ");
+        walk(kids, next, depth + 1, out);
+      }
     }
   }
 }
@@ -219,6 +270,12 @@ static void frame_sub_line(const sub_row_t *r, int name_w, sbuf_t *b, int cols) 
   line_t l = {b, cols - 1};
   int before = l.cols_left;
   put_text(&l, r->lead);
+  if (r->finished) {
+    char text[48];
+    snprintf(text, sizeof text, "%zu completed", r->finished);
+    put_text(&l, text);
+    return;
+  }
   /* The name gets what is left of the name column, so the bars align. */
   int room = name_w - (before - l.cols_left);
   if (room > 0 && room < l.cols_left) {
@@ -263,6 +320,7 @@ static void frame_lines(cli_display_t *d, sbuf_t *b, int *count) {
   }
   int name_w = 0;
   for (size_t i = 0; i < shown; i++) {
+    if (subs.rows[i].finished) continue; /* its text is not in the name column */
     int w = text_width(subs.rows[i].lead) + text_width(subs.rows[i].name ? subs.rows[i].name : "?");
     if (w > name_w) name_w = w;
   }
@@ -279,8 +337,19 @@ static void frame_lines(cli_display_t *d, sbuf_t *b, int *count) {
     sb_put(b, "\n", 1);
   }
   if (more && *count < max_lines) {
-    char tail[64];
-    snprintf(tail, sizeof tail, "  ... %zu more sub-tasks", subs.total - shown);
+    /* What the hidden rows are, so the counts survive a small screen. */
+    size_t hidden[N_CATS];
+    memcpy(hidden, subs.by_cat, sizeof hidden);
+    for (size_t i = 0; i < shown; i++) hidden[subs.rows[i].cat]--;
+    static const char *const words[N_CATS] = {"running", NULL, "failed", "pending"};
+    char tail[160];
+    int len = snprintf(tail, sizeof tail, "  ... %zu more", subs.total - shown);
+    const char *sep = ": ";
+    for (int c = 0; c < N_CATS && len > 0 && (size_t)len < sizeof tail; c++) {
+      if (!words[c] || !hidden[c]) continue;
+      len += snprintf(tail + len, sizeof tail - (size_t)len, "%s%zu %s", sep, hidden[c], words[c]);
+      sep = ", ";
+    }
     line_t l = {b, cols - 1};
     sb_put(b, "\r\x1b[2K", 5);
     put_text(&l, tail);

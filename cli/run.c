@@ -12,7 +12,9 @@
  *
  * Output: JSON Lines on stdout with --json or when stdout is not a terminal
  * (one compact object per event, flushed per line; exactly one "result"
- * line), else a live display (display.c) redrawn in place.
+ * line; a progress line carries the sub-task tree whole or only what
+ * changed, progress_lines.c), else a live display (display.c) redrawn in
+ * place.
  *
  * Stop signals (SIGINT, SIGTERM, SIGHUP) and exactly one result line. What a
  * signal does depends on where the run is (g_phase):
@@ -74,6 +76,7 @@ typedef struct run {
   const char *plugin, *action; /* the target, borrowed */
   uint64_t task_id;         /* once submitted */
   cli_display_t *disp;      /* terminal mode only */
+  cli_progress_lines_t *lines; /* JSON mode: the tree the reader holds */
   uint32_t max_attempts;    /* of the policy in effect, for notices */
   int done;
   apex_task_state_t state;  /* terminal state once done */
@@ -298,11 +301,8 @@ static void on_progress(run_t *r, const apex_event_t *ev) {
     cli_display_progress(r->disp, ev->progress);
     return;
   }
-  json_t *o = event_head("progress", ev->task_id);
-  json_t *p = apex_progress_to_json(ev->progress);
-  if (o && p) json_object_update(o, p);
-  json_decref(p);
-  cli_emit(o);
+  if (!r->lines && !(r->lines = cli_progress_lines_new())) return; /* memory: no line */
+  cli_emit(cli_progress_line(r->lines, ev->task_id, ev->progress));
 }
 
 static void on_retry(run_t *r, const apex_event_t *ev) {
@@ -563,6 +563,8 @@ static int finish(run_t *r, apex_manager_t *m, int code) {
    * removing its temp file takes a few), short enough that a deaf one does
    * not hold a timed-out run past its deadline by much. */
   int rc = apex_manager_destroy(m, 50);
+  cli_progress_lines_free(r->lines); /* no event comes after destroy */
+  r->lines = NULL;
   if (!r->json) drain_logs(r); /* the display is gone: plain lines */
   if (rc == APEX_E_BUSY) {
     fflush(stdout);

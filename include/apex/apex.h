@@ -136,8 +136,8 @@ APEX_EXTERN apex_status_t apex_progress_validate(const json_t *update, char *why
 APEX_EXTERN apex_status_t apex_progress_update_validate(const apex_progress_update_t *u, char *why,
                                                         size_t why_len);
 /* Returns: 1 if status is one of the known statuses: running, completed,
- * error, milestone_reached, queued, retry_wait, succeeded, failed,
- * cancelled, timed_out. */
+ * error, milestone_reached, pending (a sub-task not started yet), queued,
+ * retry_wait, succeeded, failed, cancelled, timed_out. */
 APEX_EXTERN int apex_progress_status_is_known(const char *status);
 
 /* The per-task sequence number of this delivered update (1, 2, ...). */

@@ -173,8 +173,9 @@ typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t 
 
 /* A progress report. percentage is in [0, 100]; message NULL or valid UTF-8
  * of at most APEX_PROGRESS_MESSAGE_MAX bytes; status NULL ("running") or one
- * of "running", "completed", "error", "milestone_reached" (the lifecycle
- * names of apex_progress_status_is_known are accepted too); details NULL or a
+ * of "running", "completed", "error", "milestone_reached", "pending" (a
+ * sub-task not started yet; the lifecycle names of
+ * apex_progress_status_is_known are accepted too); details NULL or a
  * JSON object; sub_tasks NULL or a JSON array of objects of the shape
  * {"name": string, "percentage": number, "status"?, "message"?, "weight"?,
  *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied.
@@ -233,6 +234,9 @@ struct apex_host_api {
   int (*failv)(apex_ctx_t *ctx, int code, const char *fmt, va_list ap);
   void (*complete)(apex_ctx_t *ctx, int status);
   void (*logv)(apex_ctx_t *ctx, int level, const char *fmt, va_list ap);
+  /* ABI 1 (0.1.0) ended here; members below were appended since. */
+  int (*progress_node)(apex_ctx_t *ctx, size_t index, double percentage, const char *status,
+                       const char *message);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -281,7 +285,10 @@ static inline int apex_ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t 
 }
 
 /* Reports progress. Cheap enough to call per item (coalesced by the host:
- * the latest update wins at the host's delivery rate).
+ * the latest update wins at the host's delivery rate). A full report with
+ * status "running" and no details or sub-tasks: it clears a tree declared
+ * before; with one, report the task's own figures with
+ * apex_ctx_progress_node(c, APEX_PROGRESS_ROOT, ...), which keeps it.
  * Returns: APEX_OK, APEX_E_INVALID if percentage is not finite in [0, 100]
  * or message is not valid UTF-8 of at most APEX_PROGRESS_MESSAGE_MAX bytes
  * (the update is then dropped and counted), APEX_E_NOMEM.
@@ -294,14 +301,85 @@ static inline int apex_ctx_progress(apex_ctx_t *c, double percentage, const char
  * status is "milestone_reached" or differs from the previous status are never
  * coalesced away (up to 64 waiting between two deliveries; past that they
  * coalesce like the rest, so a plugin cannot flood the host with them).
+ * A full report replaces the task's whole progress: its percentage,
+ * message, status, details and sub-task tree (sub_tasks NULL: no tree, as
+ * apex_ctx_progress leaves none either). Its sub_tasks declare the tree
+ * that apex_ctx_progress_node then updates node by node.
+ * Cost: the update is checked in full on the calling thread (O(size of the
+ * tree and details)); then, under the task's lock, the sub_tasks are
+ * compared with the tree as it stands and only what differs is copied (a
+ * changed field, an added node), and the details are copied only if they
+ * differ from the last ones. The copy the host receives is made when it is
+ * delivered, at the progress rate, not per report: reporting the whole tree
+ * per item costs a comparison, not a copy, but apex_ctx_progress_node costs
+ * far less (O(1)).
  * Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad status,
  * sub_tasks, or details (details break the limits on values above, all the
  * update's details counted together; checked before anything is copied).
  * A rejection's reason is the validators' (apex_progress_update_validate),
  * word for word, whichever call made the report.
- * Ownership: u and its JSON values borrowed (copied when accepted). */
+ * Ownership: u and its JSON values borrowed, only read during the call
+ * (what is kept is copied). */
 static inline int apex_ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
   return c->api->progress_update(c, u);
+}
+
+/* plugin.h has apex_ctx_progress_node and APEX_PROGRESS_ROOT (a plugin
+ * that must also build against older headers tests this). */
+#define APEX_HAVE_PROGRESS_NODE 1
+
+/* The index apex_ctx_progress_node takes for the task itself. */
+#define APEX_PROGRESS_ROOT ((size_t)-1)
+
+/* Updates one node of the task's sub-task tree: its percentage, and its
+ * status and message unless NULL; or, with index APEX_PROGRESS_ROOT, the
+ * task's own percentage, status and message. Everything else of the
+ * task's progress stays as the last report left it (the details, the rest
+ * of the tree). O(1) at the call: nothing is copied but the strings, no
+ * tree is checked or built; the host assembles the whole tree when it
+ * delivers an update (at most progress_rate_hz times a second). So a
+ * plugin with a tree of 1000 sub-tasks can report per item, one node at a
+ * time, at about the cost of apex_ctx_progress.
+ *
+ * The tree: declared (or replaced) by the last apex_ctx_progress_update
+ * that carried sub_tasks, typically once at the start with every sub-task
+ * "pending"; cleared by a full report without sub_tasks (apex_ctx_progress
+ * included: keep the task's own figures on APEX_PROGRESS_ROOT while nodes
+ * are in use); kept across attempts (a retry may go on updating it or
+ * declare a new one).
+ * index: a sub-task's position in pre-order: sub_tasks[0] is 0, then its
+ * own sub-tasks depth first, then sub_tasks[1]; in a flat tree, index i
+ * is sub_tasks[i]. Names need not be unique, so a node is named by index.
+ * percentage: finite, in [0, 100] (required: the node's new value).
+ * status: NULL keeps the node's, else a known status ("pending",
+ * "running", "completed", "error", ...: apex_progress_status_is_known).
+ * message: NULL keeps the node's, else valid UTF-8 of at most
+ * APEX_PROGRESS_MESSAGE_MAX bytes ("" empties it).
+ *
+ * Coalescing: node updates are plain updates; the host receives the tree
+ * as it stands at each delivery, so a node's intermediate states (its
+ * status changes included) may be skipped, never its last. A change of
+ * the task's own status through APEX_PROGRESS_ROOT, or a
+ * "milestone_reached" there, is never coalesced away, as with
+ * apex_ctx_progress_update.
+ *
+ * Returns: APEX_OK (also when ignored: after the task ended, as for
+ * apex_ctx_progress); APEX_E_INVALID for a bad percentage, status or
+ * message, or an index past the tree's last sub-task (every index but
+ * APEX_PROGRESS_ROOT while no tree is declared): the update is dropped and
+ * counted (progress_rejected), its reason logged at debug level, e.g.
+ * "node[800]: no such sub-task (the tree has 768)",
+ * "node[3].status: unknown status 'done'"; APEX_E_INVALID too, with
+ * nothing reported or counted, on a host that predates this call (then
+ * APEX_HAS_FIELD(apex_host_api_t, ctx->api, progress_node) is 0);
+ * APEX_E_NOMEM.
+ * Ownership: status and message copied. Thread-safety: any thread, as
+ * every apex_ctx_* call; updates from several threads apply in the order
+ * they reach the task's lock. */
+static inline int apex_ctx_progress_node(apex_ctx_t *c, size_t index, double percentage,
+                                         const char *status, const char *message) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, progress_node)) return APEX_E_INVALID;
+  return c->api->progress_node(c, index, percentage, status, message);
 }
 
 /* Sets the result of this attempt (replacing an earlier one). The value is

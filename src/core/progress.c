@@ -25,6 +25,9 @@
  * - Any other key, at the top or in a sub-task, is rejected by name: the
  *   shape is closed so that a typo ("percent") is an error, not a silent
  *   no-op. Free-form data belongs in "details".
+ * A node update (apex_ctx_progress_node) follows the same rules for its
+ * percentage, status and message; its reasons name it "node[5].status",
+ * or plainly "status" for APEX_PROGRESS_ROOT (the task itself).
  * Reasons echo at most 32 bytes of a caller's string (an unknown status or
  * key), with anything but printable ASCII replaced by '?', so a hostile
  * plugin cannot write control characters into the host's logs through us.
@@ -58,8 +61,10 @@ struct apex_progress {
   char text[];       /* message NUL status NUL: one allocation per snapshot */
 };
 
+/* "pending": a sub-task not started yet (a tree is often declared whole,
+ * before any of it runs). Accepted wherever a status is, like the rest. */
 static const char *const known_statuses[] = {
-    "running", "completed",  "error",     "milestone_reached", "queued",
+    "running",    "completed", "error",  "milestone_reached", "pending", "queued",
     "retry_wait", "succeeded", "failed", "cancelled",         "timed_out",
 };
 
@@ -70,8 +75,13 @@ typedef struct vctx {
   size_t why_len;
   apex__value_budget_t budget; /* left for the update's details, all together */
   size_t nodes;    /* sub-tasks seen so far in the whole tree */
-  size_t path_len; /* strlen(path) */
-  char path[PATH_CAP];
+  /* Where the walk is: the index at each level of "sub_tasks[i]." nesting,
+   * spelled out only when a reason needs it (a valid tree of 1000 nodes
+   * would otherwise pay 1000 snprintf calls); or, for a node update, its
+   * place ("node[5]") in node. */
+  int depth;
+  size_t at[APEX_PROGRESS_MAX_DEPTH + 1];
+  const char *node;
 } vctx_t;
 
 static void vctx_init(vctx_t *v, char *why, size_t why_len) {
@@ -79,9 +89,22 @@ static void vctx_init(vctx_t *v, char *why, size_t why_len) {
   v->why_len = why ? why_len : 0;
   v->budget = (apex__value_budget_t)APEX__VALUE_BUDGET_INIT;
   v->nodes = 0;
-  v->path_len = 0;
-  v->path[0] = '\0';
+  v->depth = 0;
+  v->node = NULL;
   if (v->why) v->why[0] = '\0';
+}
+
+/* Writes the walk's place into out (PATH_CAP bytes): "" at the top,
+ * "sub_tasks[0].sub_tasks[2]" in a tree. Returns: its length. */
+static size_t path_of(const vctx_t *v, char *out) {
+  size_t len = 0;
+  out[0] = '\0';
+  if (v->node) return (size_t)snprintf(out, PATH_CAP, "%s", v->node);
+  for (int i = 0; i < v->depth && len < PATH_CAP; i++) {
+    int n = snprintf(out + len, PATH_CAP - len, "%ssub_tasks[%zu]", i ? "." : "", v->at[i]);
+    len = n < 0 || (size_t)n >= PATH_CAP - len ? PATH_CAP - 1 : len + (size_t)n;
+  }
+  return len;
 }
 
 /* Writes "<path>.<field>: <reason>" to why. field NULL: the place is the
@@ -89,29 +112,16 @@ static void vctx_init(vctx_t *v, char *why, size_t why_len) {
 static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) APEX_PRINTF(3, 4);
 static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) {
   if (!v->why) return APEX_E_INVALID;
-  if (!field && !v->path_len) field = "update";
+  char path[PATH_CAP];
+  size_t path_len = path_of(v, path);
+  if (!field && !path_len) field = "update";
   char place[PATH_CAP + 32];
-  snprintf(place, sizeof place, "%s%s%s", v->path, v->path_len && field ? "." : "",
-           field ? field : "");
+  snprintf(place, sizeof place, "%s%s%s", path, path_len && field ? "." : "", field ? field : "");
   va_list ap;
   va_start(ap, fmt);
   apex__reasonv(v->why, v->why_len, place, fmt, ap);
   va_end(ap);
   return APEX_E_INVALID;
-}
-
-/* Appends ".key[index]" (no dot at the root). Returns: the length to restore. */
-static size_t path_push(vctx_t *v, const char *key, size_t index) {
-  size_t saved = v->path_len;
-  size_t room = PATH_CAP - v->path_len;
-  int n = snprintf(v->path + v->path_len, room, "%s%s[%zu]", v->path_len ? "." : "", key, index);
-  v->path_len = (n < 0 || (size_t)n >= room) ? PATH_CAP - 1 : v->path_len + (size_t)n;
-  return saved;
-}
-
-static void path_pop(vctx_t *v, size_t saved) {
-  v->path_len = saved;
-  v->path[saved] = '\0';
 }
 
 static int status_known_n(const char *s, size_t len) {
@@ -177,8 +187,9 @@ static apex_status_t check_details(vctx_t *v, const json_t *j) {
   if (apex__value_check(j, NULL, &v->budget, NULL, 0) == APEX_OK) return APEX_OK;
   if (!v->why) return APEX_E_INVALID;
   /* Only now the name of the place, so a valid update pays no snprintf. */
-  char where[PATH_CAP + 8];
-  snprintf(where, sizeof where, "%s%sdetails", v->path, v->path_len ? "." : "");
+  char path[PATH_CAP], where[PATH_CAP + 8];
+  size_t path_len = path_of(v, path);
+  snprintf(where, sizeof where, "%s%sdetails", path, path_len ? "." : "");
   v->budget = before;
   return apex__value_check(j, where, &v->budget, v->why, v->why_len);
 }
@@ -217,8 +228,19 @@ static apex_status_t check_keys(vctx_t *v, const json_t *obj, const char *const 
 
 static apex_status_t check_sub_tasks(vctx_t *v, const json_t *j, int depth);
 
+/* A sub-task's members, in the order they are checked. */
+enum { F_NAME, F_PCT, F_STATUS, F_MESSAGE, F_WEIGHT, F_DETAILS, F_SUB_TASKS, N_FIELDS };
 static const char *const node_keys[] = {"name",    "percentage", "status",    "message",
                                         "weight",  "details",    "sub_tasks", NULL};
+
+/* Returns: the F_* of a member's key, or N_FIELDS for an unknown key. */
+static int field_of(const char *key, size_t len) {
+  static const unsigned char lens[N_FIELDS] = {4, 10, 6, 7, 6, 7, 9};
+  for (int f = 0; f < N_FIELDS; f++)
+    if (lens[f] == len && node_keys[f][0] == key[0] && memcmp(node_keys[f], key, len) == 0)
+      return f;
+  return N_FIELDS;
+}
 
 static apex_status_t check_node(vctx_t *v, const json_t *n, int depth) {
   if (depth > APEX_PROGRESS_MAX_DEPTH)
@@ -226,21 +248,45 @@ static apex_status_t check_node(vctx_t *v, const json_t *n, int depth) {
   if (++v->nodes > MAX_NODES) return vfail(v, NULL, "more than %d sub-tasks in the tree", MAX_NODES);
   if (!json_is_object(n)) return vfail(v, NULL, "want object, got %s", apex__json_kind(n));
 
-  const json_t *name = json_object_get(n, "name");
+  /* One pass over the members (a tree of 1000 sub-tasks is checked per
+   * report: seven lookups a node cost more than the rest of the check);
+   * the checks then run in the order above, and an unknown key, the first
+   * one met, is reported last, as check_keys does for the update. */
+  const json_t *f[N_FIELDS] = {0};
+  const char *unknown = NULL;
+  size_t unknown_len = 0;
+  json_t *o = (json_t *)n; /* the iterator API is not const; we only read */
+  for (void *it = json_object_iter(o); it; it = json_object_iter_next(o, it)) {
+    const char *key = json_object_iter_key(it);
+    size_t klen = json_object_iter_key_len(it);
+    int k = klen ? field_of(key, klen) : N_FIELDS;
+    if (k < N_FIELDS) {
+      f[k] = json_object_iter_value(it);
+    } else if (!unknown) {
+      unknown = key;
+      unknown_len = klen;
+    }
+  }
+  const json_t *name = f[F_NAME];
   if (!name) return vfail(v, "name", "required");
   if (!json_is_string(name)) return vfail(v, "name", "want string, got %s", apex__json_kind(name));
   if (json_string_length(name) == 0) return vfail(v, "name", "empty");
   apex_status_t rc;
   if ((rc = check_text(v, "name", json_string_value(name), json_string_length(name),
                        NAME_MAX_BYTES)) ||
-      (rc = check_pct_json(v, "percentage", json_object_get(n, "percentage"))) ||
-      (rc = check_status_json(v, json_object_get(n, "status"))) ||
-      (rc = check_message_json(v, json_object_get(n, "message"))) ||
-      (rc = check_weight(v, json_object_get(n, "weight"))) ||
-      (rc = check_details(v, json_object_get(n, "details"))) ||
-      (rc = check_sub_tasks(v, json_object_get(n, "sub_tasks"), depth)))
+      (rc = check_pct_json(v, "percentage", f[F_PCT])) ||
+      (rc = check_status_json(v, f[F_STATUS])) ||
+      (rc = check_message_json(v, f[F_MESSAGE])) ||
+      (rc = check_weight(v, f[F_WEIGHT])) ||
+      (rc = check_details(v, f[F_DETAILS])) ||
+      (rc = check_sub_tasks(v, f[F_SUB_TASKS], depth)))
     return rc;
-  return check_keys(v, n, node_keys);
+  if (unknown) {
+    char q[36];
+    apex__echo(q, sizeof q, unknown, unknown_len);
+    return vfail(v, NULL, "unknown key '%s'", q);
+  }
+  return APEX_OK;
 }
 
 /* depth: that of the node holding j (0 for the update itself). */
@@ -248,9 +294,11 @@ static apex_status_t check_sub_tasks(vctx_t *v, const json_t *j, int depth) {
   if (!j) return APEX_OK;
   if (!json_is_array(j)) return vfail(v, "sub_tasks", "want array, got %s", apex__json_kind(j));
   for (size_t i = 0; i < json_array_size(j); i++) {
-    size_t saved = path_push(v, "sub_tasks", i);
+    /* depth < APEX_PROGRESS_MAX_DEPTH here: check_node refuses anything
+     * deeper before it looks at its children. */
+    v->at[v->depth++] = i;
     apex_status_t rc = check_node(v, json_array_get(j, i), depth + 1);
-    path_pop(v, saved);
+    v->depth--;
     if (rc) return rc;
   }
   return APEX_OK;
@@ -272,6 +320,23 @@ apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why
       (rc = check_sub_tasks(&v, json_object_get(update, "sub_tasks"), 0)))
     return rc;
   return check_keys(&v, update, update_keys);
+}
+
+apex_status_t apex__progress_node_validate(size_t index, double pct, const char *status,
+                                          const char *msg, char *why, size_t why_len) {
+  vctx_t v;
+  vctx_init(&v, why, why_len);
+  char place[40];
+  if (index != APEX_PROGRESS_ROOT) {
+    snprintf(place, sizeof place, "node[%zu]", index);
+    v.node = place;
+  }
+  apex_status_t rc;
+  if ((rc = check_pct(&v, "percentage", pct))) return rc;
+  if (status && (rc = check_status(&v, status, strlen(status)))) return rc;
+  if (msg && (rc = check_text(&v, "message", msg, strlen(msg), APEX_PROGRESS_MESSAGE_MAX)))
+    return rc;
+  return APEX_OK;
 }
 
 apex_status_t apex_progress_update_validate(const apex_progress_update_t *u, char *why,

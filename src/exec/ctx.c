@@ -189,18 +189,40 @@ static int ctx_progress(apex_ctx_t *c, double pct, const char *msg) {
   return apex__task_report(run_of(c), pct, msg, len, NULL, NULL, NULL);
 }
 
+/* The JSON is the plugin's, borrowed for this call: the task merges it into
+ * its progress state under its lock, copying only what differs (task.c),
+ * so nothing is deep-copied here that coalescing would drop. */
 static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
   char why[256];
   if (apex_progress_update_validate(u, why, sizeof why) != APEX_OK) return reject(c, why);
-  json_t *details = u->details ? json_deep_copy(u->details) : NULL;
-  json_t *subs = u->sub_tasks ? json_deep_copy(u->sub_tasks) : NULL;
-  if ((u->details && !details) || (u->sub_tasks && !subs)) {
-    json_decref(details);
-    json_decref(subs);
-    return APEX_E_NOMEM;
-  }
   return apex__task_report(run_of(c), u->percentage, u->message,
-                           u->message ? strlen(u->message) : 0, u->status, details, subs);
+                           u->message ? strlen(u->message) : 0, u->status, u->details,
+                           u->sub_tasks);
+}
+
+/* The checks a valid node update passes, inline (this runs per item); the
+ * validator words a rejection (apex__progress_node_validate), off this
+ * path. Whether the index names a sub-task is the task's to say, under its
+ * lock. */
+static int ctx_progress_node(apex_ctx_t *c, size_t index, double pct, const char *status,
+                             const char *msg) {
+  size_t len = 0;
+  int ok = pct >= 0.0 && pct <= 100.0 && (!status || apex_progress_status_is_known(status));
+  if (ok && msg) {
+    len = strnlen(msg, APEX_PROGRESS_MESSAGE_MAX + 1);
+    ok = len <= APEX_PROGRESS_MESSAGE_MAX && apex__utf8_valid(msg, len);
+  }
+  char why[256] = "";
+  if (!ok) {
+    if (apex__log_enabled(&apex__run_m(run_of(c))->log, APEX_LOG_DEBUG))
+      apex__progress_node_validate(index, pct, status, msg, why, sizeof why);
+    return reject(c, why);
+  }
+  size_t n_nodes = 0;
+  int rc = apex__task_report_node(run_of(c), index, pct, status, msg, len, &n_nodes);
+  if (rc != APEX_E_INVALID) return rc;
+  snprintf(why, sizeof why, "node[%zu]: no such sub-task (the tree has %zu)", index, n_nodes);
+  return reject(c, why);
 }
 
 /* The result is checked here, on the plugin's thread, so its cost lands on
@@ -313,4 +335,5 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->failv = ctx_failv;
   api->complete = ctx_complete;
   api->logv = ctx_logv;
+  api->progress_node = ctx_progress_node;
 }

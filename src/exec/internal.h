@@ -29,6 +29,7 @@
 #include "apex/apex.h"
 #include "core/log.h"
 #include "core/policy.h"
+#include "core/progress_tree.h"
 #include "plugin/loader.h"
 
 #define APEX__LOCK_STRIPES 64
@@ -37,17 +38,20 @@
 
 typedef struct apex__ev apex__ev_t;
 
-/* Progress reported but not yet delivered; allocated on a task's first
- * report (a queued task carries none). Guarded by the task's lock. */
+/* A task's progress as the plugin last left it, and what of it is not yet
+ * delivered; allocated on the task's first report (a queued task carries
+ * none). Every report changes this state (a full one all of it, a node
+ * update one node or the task's own figures) and a delivery snapshots it,
+ * so what is reported costs what changed and what is delivered is copied
+ * once per delivery (task.c, "progress"). Guarded by the task's lock. */
 typedef struct apex__progress_slot {
   uint64_t seq;         /* progress seq of the last snapshot made */
-  int dirty;            /* latest holds an undelivered update */
+  int dirty;            /* the state changed since it was last snapshotted */
   double pct;
   char msg[APEX_PROGRESS_MESSAGE_MAX + 1];
-  char status[32];
-  json_t *details;      /* owned or NULL */
-  json_t *sub_tasks;    /* owned or NULL */
-  char last_status[32]; /* status of the last accepted update */
+  char status[32];      /* "" until a report set one ("running") */
+  json_t *details;      /* the last full report's (a copy), or NULL */
+  apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
   /* never-dropped updates (milestones, status changes), oldest first */
   apex_progress_t *backlog[APEX__PROGRESS_BACKLOG_MAX];
   unsigned n_backlog;
@@ -348,14 +352,23 @@ apex_task_t *apex__run_lock_open(apex__run_t *r);
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
 /* Frees m's list of ended run states (the manager is going). */
 void apex__runs_free(apex_manager_t *m);
-/* Accepts a validated progress report from the plugin (ctx.c) for r's
- * open attempt. Returns APEX_OK (also for a late report, ignored and
- * counted: after a timeout or cancel; after complete, as misuse) or
- * APEX_E_NOMEM. msg_len is strlen(msg) (0 for NULL), which the caller
- * measured already. Ownership: msg/status copied; details and sub_tasks
- * taken. */
+/* Accepts a validated full progress report from the plugin (ctx.c) for
+ * r's open attempt: it replaces the task's progress state, details and
+ * sub_tasks merged in (only what differs is copied). Returns APEX_OK (also
+ * for a late report, ignored and counted: after a timeout or cancel; after
+ * complete, as misuse) or APEX_E_NOMEM. msg_len is strlen(msg) (0 for
+ * NULL), which the caller measured already. Ownership: all borrowed (the
+ * JSON is the plugin's: read under the task's lock, never kept). */
 int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t msg_len,
-                      const char *status, json_t *details, json_t *sub_tasks);
+                      const char *status, const json_t *details, const json_t *sub_tasks);
+/* Accepts a validated node update (apex_ctx_progress_node) for r's open
+ * attempt: sub-task `index` of the task's tree, or its own figures for
+ * APEX_PROGRESS_ROOT; status and msg NULL keep what is there. Returns: as
+ * apex__task_report, plus APEX_E_INVALID (nothing changed, nothing
+ * counted) if index names no sub-task, with the tree's size in *n_nodes.
+ * Ownership: strings copied. */
+int apex__task_report_node(apex__run_t *r, size_t index, double pct, const char *status,
+                           const char *msg, size_t msg_len, size_t *n_nodes);
 /* Makes t terminal with state/error unless it already is. Returns 1 if this
  * call did it. Takes no lock on entry; error taken. */
 int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error);

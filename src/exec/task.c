@@ -39,7 +39,7 @@ static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
 static void slot_free(apex__progress_slot_t *s) {
   if (!s) return;
   json_decref(s->details);
-  json_decref(s->sub_tasks);
+  apex__ptree_free(s->tree);
   for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
   free(s);
 }
@@ -171,16 +171,27 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
   apex__events_push(m, ev);
 }
 
-/* Builds the latest coalesced update into a snapshot. Under the lock. */
-static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
-  apex__progress_slot_t *s = t->run->prog;
+/* A snapshot of the task's progress as it stands: the tree and the details
+ * are copied here, once per delivery, not per report. Under the lock.
+ * Returns: NULL on no memory. */
+static apex_progress_t *snapshot_locked(apex__progress_slot_t *s) {
+  json_t *details = NULL, *subs = NULL;
+  if (s->details && !(details = json_deep_copy(s->details))) return NULL;
+  if (apex__ptree_size(s->tree) > 0 && !(subs = apex__ptree_json(s->tree))) {
+    json_decref(details);
+    return NULL;
+  }
   apex_progress_t *snap = apex__progress_new(s->seq + 1, s->pct, s->msg,
-                                             s->status, s->details, s->sub_tasks);
-  s->details = NULL; /* taken, even on failure */
-  s->sub_tasks = NULL;
-  s->dirty = 0;
+                                             s->status[0] ? s->status : NULL, details, subs);
   if (snap) s->seq++;
   return snap;
+}
+
+/* Snapshots the latest coalesced state. Under the lock. */
+static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
+  apex__progress_slot_t *s = t->run->prog;
+  s->dirty = 0; /* even on failure: the next report makes it due again */
+  return snapshot_locked(s);
 }
 
 /* Delivers the backlog then the latest update. Under the lock. Returns the
@@ -230,85 +241,145 @@ static void set_status(char dst[32], const char *src) {
   dst[n] = '\0';
 }
 
-/* Accepts a validated update from the plugin. status is never NULL here;
- * details/sub_tasks are taken. Returns APEX_OK (late reports included). */
-static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg_len,
-                         const char *status, json_t *details, json_t *sub_tasks, int *request) {
-  apex__run_t *r = t->run;
-  apex__progress_slot_t *s = r->prog;
-  if (!s) {
-    s = r->prog = calloc(1, sizeof *s);
-    if (!s) {
-      json_decref(details);
-      json_decref(sub_tasks);
-      return APEX_E_NOMEM;
+/* One report, as the slot applies it: a full report (every field given;
+ * its JSON borrowed from the plugin) or a node update (node: a sub-task's
+ * index, or APEX_PROGRESS_ROOT for the task's own figures; msg and status
+ * NULL keep what is there). */
+typedef struct report {
+  int full;
+  size_t node;
+  double pct;
+  const char *msg; /* msg_len bytes */
+  size_t msg_len;
+  const char *status;
+  const json_t *details, *sub_tasks;
+} report_t;
+
+/* Changes the progress state as rep says. Under the lock. Returns: APEX_OK
+ * or APEX_E_NOMEM (the state then holds what could be applied: every field
+ * valid, the tree a valid tree). */
+static int apply_locked(apex__progress_slot_t *s, const report_t *rep) {
+  if (rep->node != APEX_PROGRESS_ROOT)
+    return apex__ptree_set(s->tree, rep->node, rep->pct, rep->status, rep->msg, rep->msg_len);
+  s->pct = rep->pct;
+  if (rep->msg) {
+    memcpy(s->msg, rep->msg, rep->msg_len);
+    s->msg[rep->msg_len] = '\0';
+  }
+  if (rep->status) set_status(s->status, rep->status);
+  if (!rep->full) return APEX_OK;
+  int rc = APEX_OK;
+  /* Details are copied only when they changed: a plugin that sends the
+   * same details with every report pays a comparison. */
+  if (!rep->details) {
+    json_decref(s->details);
+    s->details = NULL;
+  } else if (!s->details || !json_equal(s->details, (json_t *)rep->details)) {
+    json_t *copy = json_deep_copy(rep->details);
+    if (copy) {
+      json_decref(s->details);
+      s->details = copy;
+    } else {
+      rc = APEX_E_NOMEM;
     }
   }
-  const char *prev = s->last_status[0] ? s->last_status : "running";
-  int keep = strcmp(status, "milestone_reached") == 0 || strcmp(status, prev) != 0;
-  set_status(s->last_status, status);
+  if (rep->sub_tasks && !s->tree && !(s->tree = apex__ptree_new())) return APEX_E_NOMEM;
+  if (s->tree) {
+    int trc = apex__ptree_merge(s->tree, rep->sub_tasks);
+    if (trc != APEX_OK) rc = trc;
+  }
+  return rc;
+}
+
+/* Accepts a validated report for t. Sets *request when t needs a flush it
+ * has not asked for yet. Under the lock. Returns: APEX_OK; APEX_E_INVALID
+ * (nothing changed) for a node update whose index names no sub-task;
+ * APEX_E_NOMEM. */
+static int report_locked(apex_task_t *t, const report_t *rep, int *request) {
+  apex__run_t *r = t->run;
+  apex__progress_slot_t *s = r->prog;
+  if (!s && !(s = r->prog = calloc(1, sizeof *s))) return APEX_E_NOMEM;
+  if (rep->node != APEX_PROGRESS_ROOT && rep->node >= apex__ptree_size(s->tree))
+    return APEX_E_INVALID;
+  /* Only the task's own status is watched: a status given for it that is a
+   * milestone or differs from the last one. A sub-task's status changes
+   * coalesce with the rest of the tree. */
+  const char *prev = s->status[0] ? s->status : "running";
+  int keep = rep->node == APEX_PROGRESS_ROOT && rep->status &&
+             (strcmp(rep->status, "milestone_reached") == 0 || strcmp(rep->status, prev) != 0);
   if (keep && s->n_backlog + 2 <= APEX__PROGRESS_BACKLOG_MAX) {
-    /* Never dropped: the pending latest goes first, so order holds. */
+    /* Never dropped: the pending state goes first, so order holds. */
     if (s->dirty) {
       apex_progress_t *p = latest_snapshot_locked(t);
       if (p) s->backlog[s->n_backlog++] = p;
     }
-    apex_progress_t *p = apex__progress_new(s->seq + 1, pct, msg, status, details,
-                                            sub_tasks);
-    if (!p) return APEX_E_NOMEM;
-    s->seq++;
-    s->backlog[s->n_backlog++] = p;
-    *request = 1;
-    return APEX_OK;
+    int rc = apply_locked(s, rep);
+    apex_progress_t *p = snapshot_locked(s);
+    if (p) {
+      s->backlog[s->n_backlog++] = p;
+      *request = 1;
+      return rc;
+    }
+    rc = APEX_E_NOMEM; /* delivered as a coalesced update instead */
+    if (!s->dirty && s->n_backlog == 0) *request = 1;
+    s->dirty = 1;
+    return rc;
   }
   /* Coalesced: the latest wins. A full backlog degrades to this too. */
   if (!s->dirty && s->n_backlog == 0) *request = 1;
   s->dirty = 1;
-  s->pct = pct;
-  memcpy(s->msg, msg, msg_len);
-  s->msg[msg_len] = '\0';
-  set_status(s->status, status);
-  json_decref(s->details);
-  json_decref(s->sub_tasks);
-  s->details = details;
-  s->sub_tasks = sub_tasks;
-  return APEX_OK;
+  return apply_locked(s, rep);
 }
 
-int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t len, const char *status,
-                      json_t *details, json_t *sub_tasks) {
+/* Takes t's lock for a report on r and hands it to report_locked; the
+ * common part of both report calls. */
+static int report(apex__run_t *r, const report_t *rep, size_t *n_nodes) {
   apex_manager_t *m = apex__run_m(r);
   int request = 0, rc;
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) { /* after complete: misuse */
-    json_decref(details);
-    json_decref(sub_tasks);
-    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "progress");
+    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed),
+                     rep->full ? "progress" : "apex_ctx_progress_node");
     return APEX_OK;
   }
   pthread_mutex_t *mu = apex__task_mu(t);
   if (is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
     /* After a timeout or cancel: the ctx is still the handler's. */
     pthread_mutex_unlock(mu);
-    json_decref(details);
-    json_decref(sub_tasks);
     atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
     return APEX_OK;
   }
-  rc = report_locked(t, pct, msg ? msg : "", len, status ? status : "running", details, sub_tasks,
-                     &request);
+  rc = report_locked(t, rep, &request);
+  if (rc == APEX_E_INVALID && n_nodes) *n_nodes = apex__ptree_size(t->run->prog->tree);
   /* The flush request runs unlocked; a completion racing this report on
    * another thread (misuse, but caught) could free t meanwhile. */
-  if (request && rc == APEX_OK) apex__task_ref(t);
+  if (request) apex__task_ref(t);
   pthread_mutex_unlock(mu);
-  if (rc == APEX_OK) {
-    atomic_fetch_add_explicit(&m->st_prog_reported, 1, memory_order_relaxed);
-    if (request) {
-      apex__flush_request(m, t);
-      apex__task_unref(t);
-    }
+  if (rc == APEX_OK) atomic_fetch_add_explicit(&m->st_prog_reported, 1, memory_order_relaxed);
+  if (request) {
+    apex__flush_request(m, t);
+    apex__task_unref(t);
   }
   return rc;
+}
+
+int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t len, const char *status,
+                      const json_t *details, const json_t *sub_tasks) {
+  report_t rep = {.full = 1,
+                  .node = APEX_PROGRESS_ROOT,
+                  .pct = pct,
+                  .msg = msg ? msg : "",
+                  .msg_len = msg ? len : 0,
+                  .status = status ? status : "running",
+                  .details = details,
+                  .sub_tasks = sub_tasks};
+  return report(r, &rep, NULL);
+}
+
+int apex__task_report_node(apex__run_t *r, size_t index, double pct, const char *status,
+                           const char *msg, size_t len, size_t *n_nodes) {
+  report_t rep = {.node = index, .pct = pct, .msg = msg, .msg_len = len, .status = status};
+  return report(r, &rep, n_nodes);
 }
 
 /* ------------------------------------------------------------- finish */

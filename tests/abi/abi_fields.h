@@ -89,8 +89,9 @@ typedef struct abi_row {
 
 /* Defined by layout_v1.c (the 0.1.0 headers), terminated by a NULL name. */
 extern const abi_row_t abi_v1_rows[];
-/* The sizeof of each struct a caller allocates, as 0.1.0 declared it. */
+/* The sizeof of each struct a caller allocates, as 0.1.0 declared it, and
+ * of the host api table (the library fills it; plugins read it). */
 extern const long long abi_v1_sizeof_config, abi_v1_sizeof_submit_opts, abi_v1_sizeof_plugin_desc,
-    abi_v1_sizeof_action_desc;
+    abi_v1_sizeof_action_desc, abi_v1_sizeof_host_api;
 
 #endif

@@ -18,3 +18,4 @@ const long long abi_v1_sizeof_config = sizeof(apex_manager_config_t);
 const long long abi_v1_sizeof_submit_opts = sizeof(apex_submit_opts_t);
 const long long abi_v1_sizeof_plugin_desc = sizeof(apex_plugin_desc_t);
 const long long abi_v1_sizeof_action_desc = sizeof(apex_action_desc_t);
+const long long abi_v1_sizeof_host_api = sizeof(apex_host_api_t);
