@@ -2,7 +2,8 @@
  * and retry backoffs (one timerfd armed for the earliest, so a million
  * deadlines cost one kernel timer), flushes
  * coalesced progress at most progress_rate_hz times a second, and in LOOP
- * delivery mode runs the host's event callbacks.
+ * delivery mode runs the host's event callbacks (when destroy stops it, it
+ * delivers what is left first, and destroy joins it).
  *
  * Other threads reach it through uv_async_send (thread-safe, coalescing): a
  * plugin only when a task's progress goes from clean to dirty. A submitter
