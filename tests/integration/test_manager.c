@@ -879,10 +879,13 @@ static void test_destroy_cancels_queued_and_running_with_reason_shutdown(void **
   apex_task_release(running);
 }
 
+/* Running, not queued: destroy ends queued tasks at once and lets running
+ * ones finish within the drain. */
 static void test_destroy_drains_running_tasks_first(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
   apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 50}", NULL);
+  await_state(t, APEX_TASK_RUNNING);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   apex_task_release(t);
