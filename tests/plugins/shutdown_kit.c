@@ -2,8 +2,9 @@
  * contract of the engine (tests/integration/test_shutdown.c):
  *
  *   noop            returns APEX_OK at once
- *   coop_sleep      sleeps `ms` on its token: cancelled early, it returns
- *                   APEX_E_CANCELLED at once
+ *   coop_sleep      sleeps `ms` on its token: cancelled early, it takes
+ *                   `exit_ms` (default 0) to clean up, then returns
+ *                   APEX_E_CANCELLED
  *   slow_transient  sleeps `ms` on its token, then fails APEX_E_TRANSIENT
  *                   (retried when the policy allows it)
  *   deaf_block      blocking; sleeps `ms` never looking at its token, then
@@ -101,8 +102,10 @@ static int noop(apex_ctx_t *ctx) {
 }
 
 static int coop_sleep(apex_ctx_t *ctx) {
-  if (apex_ctx_sleep_ms(ctx, (uint64_t)param_int(ctx, "ms", 1000)) == APEX_E_CANCELLED)
+  if (apex_ctx_sleep_ms(ctx, (uint64_t)param_int(ctx, "ms", 1000)) == APEX_E_CANCELLED) {
+    sleep_deaf(param_int(ctx, "exit_ms", 0));
     return apex_ctx_fail(ctx, APEX_E_CANCELLED, "sleep cancelled");
+  }
   return APEX_OK;
 }
 
@@ -155,6 +158,10 @@ static int deaf_deferred(apex_ctx_t *ctx) {
 static const apex_param_spec_t k_ms[] = {
     {.name = "ms", .type = APEX_PARAM_INT, .default_json = "1000", .has_min = 1, .min = 0},
 };
+static const apex_param_spec_t k_coop[] = {
+    {.name = "ms", .type = APEX_PARAM_INT, .default_json = "1000", .has_min = 1, .min = 0},
+    {.name = "exit_ms", .type = APEX_PARAM_INT, .default_json = "0", .has_min = 1, .min = 0},
+};
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -162,7 +169,7 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "noop", .description = "returns at once", .handler = noop,
      .kind = APEX_ACTION_BLOCKING},
     {.name = "coop_sleep", .description = "sleeps ms on its token", .handler = coop_sleep,
-     .kind = APEX_ACTION_BLOCKING, .params = k_ms, .n_params = N(k_ms)},
+     .kind = APEX_ACTION_BLOCKING, .params = k_coop, .n_params = N(k_coop)},
     {.name = "slow_transient", .description = "sleeps ms on its token, then fails transient",
      .handler = slow_transient, .kind = APEX_ACTION_BLOCKING, .params = k_ms,
      .n_params = N(k_ms)},
