@@ -1,11 +1,15 @@
 /* bench_apex: the Apex peer of the benchmarks (bench/README.md has the
- * workloads, figures and output protocol). `bench_apex W N [deferred]`.
+ * workloads, figures and output protocol). `bench_apex W N [deferred|full]`.
  *
  * It is a host like any other: the public API only (apex/apex.h), plugin
  * `bench` (bench/plugin_bench.c) loaded from APEX_BENCH_PLUGIN, 2 workers,
  * every task with a deadline, outcomes delivered on this thread by polling
  * apex_manager_fd and calling apex_manager_dispatch. The variant `deferred`
- * (peer apex_deferred) runs W1 and W2 with the plugin's deferred no-op.
+ * (peer apex_deferred) runs W1 and W2 with the plugin's deferred no-op. W6t
+ * is the incremental tree report (peer apex; it exits 3 unless plugin.h has
+ * APEX_HAVE_PROGRESS_NODE) or, with the variant `full`, the whole tree per
+ * report (peer apex_full). W7's pending tasks are the plugin's deferred
+ * `pend`, cancelled by the host in bench_util.h's seeded order.
  *
  * Threads: main only; Apex's runtime and worker threads run the plugin and
  * never touch this file's state (events are dispatched on main).
@@ -41,10 +45,10 @@ typedef struct host {
   const char *peer;
   apex_task_state_t want;  /* the terminal state every DONE must have */
   uint64_t done;           /* DONE events seen */
-  /* W6 */
+  /* W6, W6t */
   uint64_t progress;       /* PROGRESS events seen */
   double last_pct;         /* percentage of the last one */
-  int64_t flood_ns, flood_cpu_ns;
+  int64_t flood_ns, flood_cpu_ns, flood_process_cpu_ns;
 } host_t;
 
 static void on_event(const apex_event_t *ev, void *user) {
@@ -59,12 +63,14 @@ static void on_event(const apex_event_t *ev, void *user) {
     bench_die("task %" PRIu64 " ended %s, want %s: %s", ev->task_id,
               apex_task_state_name(ev->state), apex_task_state_name(h->want),
               ev->error ? apex_error_message(ev->error) : "no error");
-  if (ev->result && json_is_object(ev->result)) { /* flood's; others' is null */
+  if (ev->result && json_is_object(ev->result)) { /* flood's and tree's; others' is null */
     json_t *ns = json_object_get(ev->result, "ns");
     json_t *cpu = json_object_get(ev->result, "thread_cpu_ns");
-    if (json_is_integer(ns) && json_is_integer(cpu)) {
+    json_t *pcpu = json_object_get(ev->result, "cpu_ns");
+    if (json_is_integer(ns) && json_is_integer(cpu) && json_is_integer(pcpu)) {
       h->flood_ns = (int64_t)json_integer_value(ns);
       h->flood_cpu_ns = (int64_t)json_integer_value(cpu);
+      h->flood_process_cpu_ns = (int64_t)json_integer_value(pcpu);
     }
   }
   h->done++;
@@ -155,28 +161,35 @@ static void occupy_workers(host_t *h, apex_task_t *w[2]) {
 static void w1(const char *peer, uint64_t n, const char *noop) {
   host_t h;
   host_open(&h, peer, APEX_EVENT_DONE);
+  uint64_t cpu0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < n; i++) apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
   pump_until(&h, n);
   uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
   host_close(&h);
   double ns = (double)(t1 - t0);
   bench_emit(peer, "W1", n, "tasks_per_s", (double)n / (ns / 1e9), "tasks/s");
   bench_emit(peer, "W1", n, "ns_per_task", ns / (double)n, "ns");
+  bench_emit_cpu(peer, "W1", n, "cpu_ns_per_task", cpu1 - cpu0, n);
 }
 
 static void w2(const char *peer, uint64_t n, const char *noop) {
   host_t h;
   host_open(&h, peer, APEX_EVENT_DONE);
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  uint64_t cpu_sum = 0;
   for (uint64_t i = 0; i < n; i++) {
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
     pump_until(&h, i + 1);
     lat[i] = bench_now_ns() - t0;
+    cpu_sum += bench_cpu_ns() - cpu0;
   }
   host_close(&h);
   bench_emit_latencies(peer, "W2", n, lat, 1);
+  bench_emit_cpu(peer, "W2", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);
 }
 
@@ -185,21 +198,25 @@ static void w3(const char *peer, uint64_t n) {
   host_open(&h, peer, APEX_EVENT_DONE);
   h.want = APEX_TASK_CANCELLED;
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  uint64_t cpu_sum = 0;
   int efd = bench_efd_new(0);
   json_t *p = wait_params(efd);
   for (uint64_t i = 0; i < n; i++) {
     apex_task_t *t = submit(&h, "wait", p, DEADLINE_S);
     await_ready(efd, 1);
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     cancel(t);
     pump_until(&h, i + 1);
     lat[i] = bench_now_ns() - t0;
+    cpu_sum += bench_cpu_ns() - cpu0;
     apex_task_release(t);
   }
   json_decref(p);
   close(efd);
   host_close(&h);
   bench_emit_latencies(peer, "W3", n, lat, 0);
+  bench_emit_cpu(peer, "W3", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);
 }
 
@@ -208,14 +225,17 @@ static void w3q(const char *peer, uint64_t n) {
   host_open(&h, peer, APEX_EVENT_DONE);
   h.want = APEX_TASK_CANCELLED;
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  uint64_t cpu_sum = 0;
   apex_task_t *w[2];
   occupy_workers(&h, w);
   for (uint64_t i = 0; i < n; i++) {
     apex_task_t *t = submit(&h, "noop", NULL, DEADLINE_S);
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     cancel(t);
     pump_until(&h, i + 1);
     lat[i] = bench_now_ns() - t0;
+    cpu_sum += bench_cpu_ns() - cpu0;
     apex_task_release(t);
   }
   for (int i = 0; i < 2; i++) cancel(w[i]);
@@ -223,6 +243,7 @@ static void w3q(const char *peer, uint64_t n) {
   for (int i = 0; i < 2; i++) apex_task_release(w[i]);
   host_close(&h);
   bench_emit_latencies(peer, "W3q", n, lat, 0);
+  bench_emit_cpu(peer, "W3q", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);
 }
 
@@ -232,17 +253,21 @@ static void w4(const char *peer, uint64_t n) {
   host_open(&h, peer, APEX_EVENT_DONE);
   h.want = APEX_TASK_TIMED_OUT;
   uint64_t *late = bench_xcalloc(n, sizeof *late);
+  uint64_t cpu_sum = 0;
   for (uint64_t i = 0; i < n; i++) {
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t_submit = bench_now_ns();
     apex_task_release(submit(&h, "wait", NULL, timeout_s));
     pump_until(&h, i + 1);
     uint64_t t_done = bench_now_ns(), due = t_submit + (uint64_t)(timeout_s * 1e9);
+    cpu_sum += bench_cpu_ns() - cpu0;
     if (t_done < due)
       bench_die("timed out %" PRIu64 " ns before its deadline", due - t_done);
     late[i] = t_done - due;
   }
   host_close(&h);
   bench_emit_latencies(peer, "W4", n, late, 0);
+  bench_emit_cpu(peer, "W4", n, "cpu_ns_per_task", cpu_sum, n);
   free(late);
 }
 
@@ -255,7 +280,9 @@ static void w5(const char *peer, uint64_t n) {
   apex_task_t *w[2];
   occupy_workers(&h, w);
   uint64_t rss0 = bench_rss_bytes();
+  uint64_t cpu0 = bench_cpu_ns();
   for (uint64_t i = 0; i < n; i++) tasks[i] = submit(&h, "noop", NULL, DEADLINE_S);
+  uint64_t cpu1 = bench_cpu_ns();
   uint64_t rss1 = bench_rss_bytes();
   /* The queued ones first, so none starts when the workers come free. */
   for (uint64_t i = 0; i < n; i++) cancel(tasks[i]);
@@ -267,64 +294,129 @@ static void w5(const char *peer, uint64_t n) {
   free(tasks);
   double growth = rss1 > rss0 ? (double)(rss1 - rss0) : 0.0;
   bench_emit(peer, "W5", n, "bytes_per_task", growth / (double)n, "B");
+  bench_emit_cpu(peer, "W5", n, "cpu_ns_per_task", cpu1 - cpu0, n);
 }
 
-static void w6(const char *peer, uint64_t n) {
+/* W6 (nodes 0: the flood action, flat reports) and W6t (the tree action:
+ * `nodes` sub-tasks, one changed per report; incremental or full). */
+static void w6(const char *peer, const char *wl, uint64_t n, uint64_t nodes, int incremental) {
   host_t h;
   host_open(&h, peer, APEX_EVENT_DONE | APEX_EVENT_PROGRESS);
-  h.flood_ns = h.flood_cpu_ns = -1;
-  json_t *p = json_pack("{s:I}", "n", (json_int_t)n);
+  h.flood_ns = h.flood_cpu_ns = h.flood_process_cpu_ns = -1;
+  json_t *p = nodes ? json_pack("{s:I, s:I, s:i}", "n", (json_int_t)n, "nodes",
+                                (json_int_t)nodes, "incremental", incremental)
+                    : json_pack("{s:I}", "n", (json_int_t)n);
   if (!p) bench_die("out of memory");
   uint64_t cpu0 = bench_process_cpu_ns();
-  apex_task_release(submit(&h, "flood", p, DEADLINE_S));
+  apex_task_release(submit(&h, nodes ? "tree" : "flood", p, DEADLINE_S));
   pump_until(&h, 1);
   uint64_t cpu1 = bench_process_cpu_ns();
   json_decref(p);
   host_close(&h);
-  if (h.flood_ns < 0 || h.flood_cpu_ns < 0) bench_die("flood: no {ns, thread_cpu_ns} result");
-  if (h.progress == 0) bench_die("flood: no progress update reached the host");
+  if (h.flood_ns < 0 || h.flood_cpu_ns < 0 || h.flood_process_cpu_ns < 0)
+    bench_die("%s: no {ns, thread_cpu_ns, cpu_ns} result", wl);
+  if (h.progress == 0) bench_die("%s: no progress update reached the host", wl);
   double host_cpu = (double)(cpu1 - cpu0) - (double)h.flood_cpu_ns;
-  bench_emit(peer, "W6", n, "ns_per_update", (double)h.flood_ns / (double)n, "ns");
-  bench_emit(peer, "W6", n, "delivered", (double)h.progress, "updates");
-  bench_emit(peer, "W6", n, "host_cpu_ms", host_cpu / 1e6, "ms");
-  bench_emit(peer, "W6", n, "final", h.last_pct == 100.0 ? 1 : 0, "bool");
+  bench_emit(peer, wl, n, "ns_per_update", (double)h.flood_ns / (double)n, "ns");
+  bench_emit_cpu(peer, wl, n, "cpu_ns_per_update", (uint64_t)h.flood_process_cpu_ns, n);
+  bench_emit(peer, wl, n, "delivered", (double)h.progress, "updates");
+  bench_emit(peer, wl, n, "host_cpu_ms", host_cpu / 1e6, "ms");
+  bench_emit(peer, wl, n, "final", h.last_pct == 100.0 ? 1 : 0, "bool");
+}
+
+/* Blocks until the plugin's pend starts signalled efd, dispatching events
+ * meanwhile: a task that ends before its cancel (it could not be parked, or
+ * timed out) ends the run in on_event, not in a wait that never returns. */
+static void await_pending(host_t *h, int efd) {
+  for (;;) {
+    struct pollfd p[2] = {{.fd = efd, .events = POLLIN}, {.fd = h->fd, .events = POLLIN}};
+    int r = poll(p, 2, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      bench_die("poll: %s", strerror(errno));
+    }
+    if (p[1].revents & POLLIN) {
+      int d = apex_manager_dispatch(h->m);
+      if (d < 0) bench_die("apex_manager_dispatch: %s", apex_strerror(d));
+    }
+    if (p[0].revents & POLLIN) {
+      bench_efd_wait(efd);
+      return;
+    }
+  }
 }
 
 static void w7(const char *peer, uint64_t n) {
   host_t h;
   host_open(&h, peer, APEX_EVENT_DONE);
   apex_task_t **tasks = bench_xcalloc(n, sizeof *tasks);
-  memset(tasks, 0xff, n * sizeof *tasks); /* resident before rss0 */
-  json_t *p = json_pack("{s:I}", "batch", (json_int_t)n);
+  memset(tasks, 0xff, n * sizeof *tasks); /* the harness's: resident before rss0 */
+  uint32_t *order = bench_cancel_order(n);
+  int efd = bench_efd_new(0);
+  /* The set-up: the n-th pend start signals efd (pend itself has no params). */
+  json_t *p = json_pack("{s:i, s:I}", "ready_fd", efd, "batch", (json_int_t)n);
   if (!p) bench_die("out of memory");
-  uint64_t rss0 = bench_rss_bytes();
-  uint64_t t0 = bench_now_ns();
-  for (uint64_t i = 0; i < n; i++) tasks[i] = submit(&h, "hold", p, 60.0);
-  uint64_t rss1 = bench_rss_bytes();
-  pump_until(&h, n);
-  uint64_t t1 = bench_now_ns();
-  for (uint64_t i = 0; i < n; i++) apex_task_release(tasks[i]);
+  apex_task_release(submit(&h, "pend_arm", p, DEADLINE_S));
   json_decref(p);
+  pump_until(&h, 1);
+  h.done = 0;
+  h.want = APEX_TASK_CANCELLED;
+  const double timeout_s = BENCH_W7_TIMEOUT_MS / 1e3;
+
+  uint64_t rss0 = bench_rss_bytes();
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) tasks[i] = submit(&h, "pend", NULL, timeout_s);
+  await_pending(&h, efd);
+  if (h.done != 0) bench_die("W7: %" PRIu64 " tasks ended before their cancel", h.done);
+  /* Every task is pending: the peak. Reading /proc costs microseconds; its
+   * time and CPU are taken out of the figures below. */
+  uint64_t tr0 = bench_now_ns(), cr0 = bench_cpu_ns();
+  uint64_t rss1 = bench_rss_bytes();
+  uint64_t cr1 = bench_cpu_ns(), tr1 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) {
+    apex_task_t *t = tasks[order[i]];
+    cancel(t);
+    apex_task_release(t); /* the host keeps no handle: the DONE event is its outcome */
+  }
+  pump_until(&h, n); /* on_event: each one cancelled, or the run dies */
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
   host_close(&h);
+  close(efd);
+  free(order);
   free(tasks);
-  double growth = rss1 > rss0 ? (double)(rss1 - rss0) : 0.0;
-  bench_emit(peer, "W7", n, "ns_per_task", (double)(t1 - t0) / (double)n, "ns");
-  bench_emit(peer, "W7", n, "bytes_per_task", growth / (double)n, "B");
+  double ns = (double)(t1 - t0 - (tr1 - tr0));
+  bench_emit(peer, "W7", n, "ns_per_task", ns / (double)n, "ns");
+  bench_emit_cpu(peer, "W7", n, "cpu_ns_per_task", (cpu1 - cpu0) - (cr1 - cr0), n);
+  bench_emit(peer, "W7", n, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)n, "B");
 }
+
+/* W6t's tree: as many nodes as issue 9 names. */
+#define W6T_NODES 1000
 
 int main(int argc, char **argv) {
   const char *wl = NULL, *variant = NULL;
   uint64_t n = 0;
   bench_args(argc, argv, &wl, &n, &variant);
-  int deferred = 0;
+  int deferred = 0, full = 0;
   if (variant) {
-    if (strcmp(variant, "deferred") != 0)
-      bench_die("unknown variant '%s' (only 'deferred')", variant);
-    deferred = 1;
+    if (strcmp(variant, "deferred") == 0)
+      deferred = 1;
+    else if (strcmp(variant, "full") == 0)
+      full = 1;
+    else
+      bench_die("unknown variant '%s' (deferred or full)", variant);
   }
-  const char *peer = deferred ? "apex_deferred" : "apex";
+  const char *peer = deferred ? "apex_deferred" : full ? "apex_full" : "apex";
   const char *noop = deferred ? "noop_deferred" : "noop";
-  if (strcmp(wl, "W1") == 0) {
+  if (full) { /* only W6t has the variant */
+    if (strcmp(wl, "W6t") != 0) {
+      fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);
+      return 3;
+    }
+    w6(peer, wl, n, W6T_NODES, 0);
+  } else if (strcmp(wl, "W1") == 0) {
     w1(peer, n, noop);
   } else if (strcmp(wl, "W2") == 0) {
     w2(peer, n, noop);
@@ -337,7 +429,15 @@ int main(int argc, char **argv) {
   } else if (!deferred && strcmp(wl, "W5") == 0) {
     w5(peer, n);
   } else if (!deferred && strcmp(wl, "W6") == 0) {
-    w6(peer, n);
+    w6(peer, wl, n, 0, 0);
+  } else if (!deferred && strcmp(wl, "W6t") == 0) {
+#ifdef APEX_HAVE_PROGRESS_NODE
+    w6(peer, wl, n, W6T_NODES, 1);
+#else
+    fprintf(stderr, "bench: W6t not implemented by %s: its incremental reports need "
+                    "APEX_HAVE_PROGRESS_NODE (apex/plugin.h); `full` runs today's\n", peer);
+    return 3;
+#endif
   } else if (!deferred && strcmp(wl, "W7") == 0) {
     w7(peer, n);
   } else {

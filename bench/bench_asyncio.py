@@ -12,7 +12,9 @@ A handler that waits "cancellably" blocks on a threading.Event, its token.
 Implements W1 W2 W3 W3q W4 W5; other workloads exit 3. Each workload checks
 that every job completed with the right outcome before printing a figure; any
 failure goes to stderr with exit status 1 and no figure. Times are
-time.perf_counter_ns() (CLOCK_MONOTONIC on Linux).
+time.perf_counter_ns() (CLOCK_MONOTONIC on Linux); CPU is the process's user +
+system time from resource.getrusage(RUSAGE_SELF), read right before a wall
+interval starts and right after it ends (cpu_ns_per_task).
 
 Where the executor's own future is needed (to see the worker side of a
 cancelled or timed-out job) the code calls ex.submit + asyncio.wrap_future,
@@ -25,17 +27,24 @@ import asyncio
 import concurrent.futures
 import gc
 import os
+import resource
 import sys
 import threading
 import time
 
 PEER = "asyncio"
 WORKERS = 2
-KNOWN = ("W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W7", "W8")
+KNOWN = ("W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8")
 IMPLEMENTED = ("W1", "W2", "W3", "W3q", "W4", "W5")
 W4_TIMEOUT_NS = 5_000_000
 
 now = time.perf_counter_ns
+
+
+def cpu_ns():
+    """User + system CPU of the whole process (every thread), in ns."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return round((ru.ru_utime + ru.ru_stime) * 1e9)
 
 # Every Event a blocked job waits on. Whatever happens, they are all set
 # before the executor is shut down, or its shutdown (and the interpreter's
@@ -123,27 +132,33 @@ async def await_job(fut):
 
 async def w1(loop, ex, n):
     futs = [None] * n
+    c0 = cpu_ns()
     t0 = now()
     for i in range(n):
         futs[i] = loop.run_in_executor(ex, noop)
     results = await asyncio.gather(*futs)
     dt = now() - t0
+    cpu = cpu_ns() - c0
     if len(results) != n or not all(r is True for r in results):
         raise BenchError(f"W1: {n} jobs submitted, not all completed with their result")
-    return [("tasks_per_s", n * 1e9 / dt, "tasks/s"), ("ns_per_task", dt / n, "ns")]
+    return [("tasks_per_s", n * 1e9 / dt, "tasks/s"), ("ns_per_task", dt / n, "ns"),
+            ("cpu_ns_per_task", cpu / n, "ns")]
 
 
 async def w2(loop, ex, n):
     lat = [0] * n
+    cpu = 0
     for i in range(n):
+        c0 = cpu_ns()
         t0 = now()
         r = await loop.run_in_executor(ex, noop)
         lat[i] = now() - t0
+        cpu += cpu_ns() - c0
         if r is not True:
             raise BenchError(f"W2: job {i} completed without its result")
     lat.sort()
     return [("p50", quantile(lat, 0.5), "ns"), ("p99", quantile(lat, 0.99), "ns"),
-            ("p999", quantile(lat, 0.999), "ns")]
+            ("p999", quantile(lat, 0.999), "ns"), ("cpu_ns_per_task", cpu / n, "ns")]
 
 
 async def w3(loop, ex, n):
@@ -159,6 +174,7 @@ async def w3(loop, ex, n):
     # Timing only the CancelledError would time a cancel that has not reached
     # the worker yet, a few microseconds with no thread involved.
     lat = [0] * n
+    cpu = 0
     for i in range(n):
         ready = loop.create_future()
         ev = token()
@@ -166,6 +182,7 @@ async def w3(loop, ex, n):
         task = loop.create_task(await_job(afut))
         exited = asyncio.wrap_future(cf, loop=loop)  # the worker side, made untimed
         await ready  # untimed: the handler is in its cancellable wait
+        c0 = cpu_ns()
         t0 = now()
         ev.set()
         task.cancel()
@@ -177,11 +194,13 @@ async def w3(loop, ex, n):
             raise BenchError(f"W3: sample {i}: the cancelled task completed normally")
         returned = await exited
         lat[i] = now() - t0
+        cpu += cpu_ns() - c0
         if not task.cancelled() or returned is not True:
             raise BenchError(f"W3: sample {i}: the job did not end by its cancellation")
         _tokens.remove(ev)
     lat.sort()
-    return [("p50", quantile(lat, 0.5), "ns"), ("p99", quantile(lat, 0.99), "ns")]
+    return [("p50", quantile(lat, 0.5), "ns"), ("p99", quantile(lat, 0.99), "ns"),
+            ("cpu_ns_per_task", cpu / n, "ns")]
 
 
 async def w3q(loop, ex, n):
@@ -201,6 +220,7 @@ async def w3q(loop, ex, n):
 
     held = await occupy_workers(loop, ex)
     lat = [0] * n
+    cpu = 0
     cfs = [None] * n
     for i in range(n):
         cf, afut = submit(loop, ex, must_not_run)
@@ -209,6 +229,7 @@ async def w3q(loop, ex, n):
         await asyncio.sleep(0)  # untimed: the task runs up to its await of the job
         if cf.done() or cf.running():
             raise BenchError(f"W3q: sample {i}: the job is not queued")
+        c0 = cpu_ns()
         t0 = now()
         task.cancel()
         try:
@@ -218,6 +239,7 @@ async def w3q(loop, ex, n):
         else:
             raise BenchError(f"W3q: sample {i}: the cancelled task completed normally")
         lat[i] = now() - t0
+        cpu += cpu_ns() - c0
         if not cf.cancelled():
             raise BenchError(f"W3q: sample {i}: the executor's job was not cancelled")
     await free_workers(loop, held)
@@ -227,19 +249,23 @@ async def w3q(loop, ex, n):
     if ran or not all(cf.cancelled() for cf in cfs):
         raise BenchError(f"W3q: {len(ran)} cancelled jobs ran anyway")
     lat.sort()
-    return [("p50", quantile(lat, 0.5), "ns"), ("p99", quantile(lat, 0.99), "ns")]
+    return [("p50", quantile(lat, 0.5), "ns"), ("p99", quantile(lat, 0.99), "ns"),
+            ("cpu_ns_per_task", cpu / n, "ns")]
 
 
 async def w4(loop, ex, n):
     late = [0] * n
+    cpu = 0
     for i in range(n):
         ev = token()
+        c0 = cpu_ns()
         t_submit = now()
         cf, afut = submit(loop, ex, blocker, loop, None, ev)
         try:
             await asyncio.wait_for(afut, timeout=W4_TIMEOUT_NS / 1e9)
         except TimeoutError:
             late[i] = now() - (t_submit + W4_TIMEOUT_NS)
+            cpu += cpu_ns() - c0
         else:
             raise BenchError(f"W4: sample {i}: the job completed instead of timing out")
         # Untimed: wait_for cancelled the asyncio future, the worker still waits;
@@ -249,7 +275,8 @@ async def w4(loop, ex, n):
             raise BenchError(f"W4: sample {i}: the job did not end by its cancellation")
         _tokens.remove(ev)
     late.sort()
-    return [("p50", quantile(late, 0.5), "ns"), ("p99", quantile(late, 0.99), "ns")]
+    return [("p50", quantile(late, 0.5), "ns"), ("p99", quantile(late, 0.99), "ns"),
+            ("cpu_ns_per_task", cpu / n, "ns")]
 
 
 def rss_bytes():
@@ -265,14 +292,16 @@ async def w5(loop, ex, n):
     futs = [None] * n
     gc.collect()
     rss0 = rss_bytes()
+    c0 = cpu_ns()
     for i in range(n):
         futs[i] = loop.run_in_executor(ex, noop)
+    cpu = cpu_ns() - c0
     rss1 = rss_bytes()
     await free_workers(loop, held)
     results = await asyncio.gather(*futs)
     if len(results) != n or not all(r is True for r in results):
         raise BenchError(f"W5: {n} jobs queued, not all completed with their result")
-    return [("bytes_per_task", (rss1 - rss0) / n, "B")]
+    return [("bytes_per_task", (rss1 - rss0) / n, "B"), ("cpu_ns_per_task", cpu / n, "ns")]
 
 
 WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W3q": w3q, "W4": w4, "W5": w5}

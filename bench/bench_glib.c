@@ -7,7 +7,12 @@
  *                     worker runs it, then g_main_context_invoke()s gb_done on
  *                     the host context. Cancel: a GCancellable whose fd the
  *                     worker g_poll()s. Timers: g_timeout_source_new.
- *                     Workloads W1 W2 W3 W3q W4 W5 W6.
+ *                     W7's pending operations: a timeout source each on the
+ *                     host context, ended by g_source_destroy and the
+ *                     operation's callback (libuv's uv_timer_stop plus a
+ *                     callback; a GCancellable per operation would add a
+ *                     GObject and a signal emission to the same work).
+ *                     Workloads W1 W2 W3 W3q W4 W5 W6 W7.
  *   gtask  ("gtask")  g_task_new + g_task_run_in_thread; the GAsyncReadyCallback
  *                     runs on the host context (thread-default at g_task_new).
  *                     GTask's pool is GIO's own: 10 threads, not exclusive,
@@ -76,10 +81,13 @@ typedef struct gb_host {
   /* Host thread only, written by the callbacks it runs. */
   uint64_t done, cancelled, claimed, timeouts, updates;
   uint64_t t_submit; /* W4: when the timed task was submitted */
+  uint64_t cpu_at_timeout; /* W4: process CPU when the timeout callback ran */
   int64_t late_ns;   /* W4: the timeout callback's lateness */
   GCancellable *timed; /* W4: what the timeout cancels */
   double last_pct;
-  uint64_t flood_ns, flood_cpu_ns; /* W6: the reporting handler's own figures */
+  /* W6: the reporting handler's own wall time, its thread's CPU, and the
+   * process's CPU over the same interval. */
+  uint64_t flood_ns, flood_cpu_ns, flood_process_cpu_ns;
 } gb_host_t;
 
 /* ------------------------------------------------------- shared pieces */
@@ -142,6 +150,7 @@ static void gb_host_close(gb_host_t *h) {
 static gboolean gb_on_timeout(gpointer data) {
   gb_host_t *h = data;
   int64_t late = (int64_t)bench_now_ns() - (int64_t)(h->t_submit + GB_TIMEOUT_MS * 1000000u);
+  h->cpu_at_timeout = bench_cpu_ns();
   /* GLib arms the timeout in whole microseconds from its creation (after
    * t_submit), so it can fire < 1 us "early" against our ns clock: that is 0. */
   h->late_ns = late < 0 ? 0 : late;
@@ -232,6 +241,7 @@ static void gb_update_free(gpointer data) {
 static void gb_flood(gb_task_t *t) {
   gb_host_t *h = t->host;
   uint64_t n = t->n;
+  uint64_t p0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns(), c0 = bench_thread_cpu_ns();
   for (uint64_t i = 0; i < n; i++) {
     gb_update_t *u = g_new(gb_update_t, 1);
@@ -242,9 +252,11 @@ static void gb_flood(gb_task_t *t) {
     g_main_context_invoke_full(h->ctx, G_PRIORITY_DEFAULT, gb_on_update, u, gb_update_free);
   }
   uint64_t c1 = bench_thread_cpu_ns(), t1 = bench_now_ns();
+  uint64_t p1 = bench_cpu_ns();
   /* The host reads these in gb_done, after gb_worker's invoke hands t over. */
   h->flood_ns = t1 - t0;
   h->flood_cpu_ns = c1 - c0;
+  h->flood_process_cpu_ns = p1 - p0;
 }
 
 /* Worker: GThreadPool's func. */
@@ -361,30 +373,37 @@ typedef struct gb_peer {
 static void w1(const gb_peer_t *p, uint64_t n) {
   gb_host_t h;
   p->open(&h);
+  uint64_t cpu0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < n; i++) p->noop(&h);
   gb_run_until(&h, &h.done, n);
   uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
   gb_host_close(&h);
   gb_check(&h, "W1", n, 0);
   double ns = (double)(t1 - t0);
   bench_emit(p->name, "W1", n, "tasks_per_s", (double)n / (ns / 1e9), "tasks/s");
   bench_emit(p->name, "W1", n, "ns_per_task", ns / (double)n, "ns");
+  bench_emit_cpu(p->name, "W1", n, "cpu_ns_per_task", cpu1 - cpu0, n);
 }
 
 static void w2(const gb_peer_t *p, uint64_t n) {
   gb_host_t h;
   p->open(&h);
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  uint64_t cpu_sum = 0;
   for (uint64_t i = 0; i < n; i++) {
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     p->noop(&h);
     gb_run_until(&h, &h.done, i + 1);
     lat[i] = bench_now_ns() - t0;
+    cpu_sum += bench_cpu_ns() - cpu0;
   }
   gb_host_close(&h);
   gb_check(&h, "W2", n, 0);
   bench_emit_latencies(p->name, "W2", n, lat, 1);
+  bench_emit_cpu(p->name, "W2", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);
 }
 
@@ -392,19 +411,23 @@ static void w3(const gb_peer_t *p, uint64_t n) {
   gb_host_t h;
   p->open(&h);
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  uint64_t cpu_sum = 0;
   for (uint64_t i = 0; i < n; i++) {
     GCancellable *c = g_cancellable_new();
     p->wait(&h, c, TRUE);
     gb_await_ready(&h, 1);
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     g_cancellable_cancel(c);
     gb_run_until(&h, &h.done, i + 1);
     lat[i] = bench_now_ns() - t0;
+    cpu_sum += bench_cpu_ns() - cpu0;
     g_object_unref(c);
   }
   gb_host_close(&h);
   gb_check(&h, "W3", n, n);
   bench_emit_latencies(p->name, "W3", n, lat, 0);
+  bench_emit_cpu(p->name, "W3", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);
 }
 
@@ -414,6 +437,7 @@ static void w3q(const gb_peer_t *p, uint64_t n) {
   gb_host_t h;
   p->open(&h);
   uint64_t *lat = bench_xcalloc(n, sizeof *lat);
+  uint64_t cpu_sum = 0;
   GCancellable *blk[2] = {g_cancellable_new(), g_cancellable_new()};
   for (int i = 0; i < 2; i++) gb_submit_wait(&h, blk[i], TRUE);
   gb_await_ready(&h, 2);
@@ -428,10 +452,12 @@ static void w3q(const gb_peer_t *p, uint64_t n) {
       bench_die("g_cancellable_connect failed");
     GCancellable *c = t->cancellable;
     gb_push(&h, t);
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     g_cancellable_cancel(c);
     gb_run_until(&h, &h.done, i + 1);
     lat[i] = bench_now_ns() - t0;
+    cpu_sum += bench_cpu_ns() - cpu0;
   }
   uint64_t claimed = h.claimed, cancelled = h.cancelled;
   for (int i = 0; i < 2; i++) g_cancellable_cancel(blk[i]);
@@ -443,6 +469,7 @@ static void w3q(const gb_peer_t *p, uint64_t n) {
               (unsigned long long)claimed, (unsigned long long)cancelled);
   gb_check(&h, "W3q", n + 2, n + 2);
   bench_emit_latencies(p->name, "W3q", n, lat, 0);
+  bench_emit_cpu(p->name, "W3q", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);
 }
 
@@ -452,9 +479,11 @@ static void w4(const gb_peer_t *p, uint64_t n) {
   gb_host_t h;
   p->open(&h);
   uint64_t *late = bench_xcalloc(n, sizeof *late);
+  uint64_t cpu_sum = 0;
   for (uint64_t i = 0; i < n; i++) {
     GCancellable *c = g_cancellable_new();
     h.timed = c;
+    uint64_t cpu0 = bench_cpu_ns();
     h.t_submit = bench_now_ns();
     GSource *timeout = g_timeout_source_new(GB_TIMEOUT_MS);
     g_source_set_callback(timeout, gb_on_timeout, &h, NULL);
@@ -464,12 +493,14 @@ static void w4(const gb_peer_t *p, uint64_t n) {
     gb_run_until(&h, &h.done, i + 1);
     if (h.timeouts != i + 1) bench_die("W4: the task ended before its timeout");
     late[i] = (uint64_t)h.late_ns;
+    cpu_sum += h.cpu_at_timeout - cpu0;
     g_object_unref(c);
   }
   h.timed = NULL;
   gb_host_close(&h);
   gb_check(&h, "W4", n, n);
   bench_emit_latencies(p->name, "W4", n, late, 0);
+  bench_emit_cpu(p->name, "W4", n, "cpu_ns_per_task", cpu_sum, n);
   free(late);
 }
 
@@ -480,7 +511,9 @@ static void w5(const gb_peer_t *p, uint64_t n) {
   for (int i = 0; i < 2; i++) gb_submit_wait(&h, blk[i], TRUE);
   gb_await_ready(&h, 2);
   uint64_t rss0 = bench_rss_bytes();
+  uint64_t cpu0 = bench_cpu_ns();
   for (uint64_t i = 0; i < n; i++) gb_submit_noop(&h);
+  uint64_t cpu1 = bench_cpu_ns();
   uint64_t rss1 = bench_rss_bytes();
   guint queued = g_thread_pool_unprocessed(h.pool);
   for (int i = 0; i < 2; i++) g_cancellable_cancel(blk[i]);
@@ -491,6 +524,7 @@ static void w5(const gb_peer_t *p, uint64_t n) {
   gb_check(&h, "W5", n + 2, 2);
   double growth = rss1 > rss0 ? (double)(rss1 - rss0) : 0.0;
   bench_emit(p->name, "W5", n, "bytes_per_task", growth / (double)n, "B");
+  bench_emit_cpu(p->name, "W5", n, "cpu_ns_per_task", cpu1 - cpu0, n);
 }
 
 static void w6(const gb_peer_t *p, uint64_t n) {
@@ -511,9 +545,79 @@ static void w6(const gb_peer_t *p, uint64_t n) {
               (unsigned long long)n);
   double host_cpu = (double)(cpu1 - cpu0) - (double)h.flood_cpu_ns;
   bench_emit(p->name, "W6", n, "ns_per_update", (double)h.flood_ns / (double)n, "ns");
+  bench_emit_cpu(p->name, "W6", n, "cpu_ns_per_update", h.flood_process_cpu_ns, n);
   bench_emit(p->name, "W6", n, "delivered", (double)h.updates, "updates");
   bench_emit(p->name, "W6", n, "host_cpu_ms", host_cpu / 1e6, "ms");
   bench_emit(p->name, "W6", n, "final", h.last_pct == 100.0 ? 1 : 0, "bool");
+}
+
+/* W7: one pending operation: its timeout is a source on the host's context,
+ * its completion a callback with the outcome. Nothing runs it; it ends by its
+ * cancel (the host destroys the source and calls the callback) or its
+ * timeout. */
+typedef struct gb_op gb_op_t;
+struct gb_op {
+  gb_host_t *host;
+  GSource *timeout; /* ours (a reference), attached to host->ctx */
+  void (*cb)(gb_op_t *op, gboolean cancelled);
+};
+
+/* The operation's callback: counts the outcome, lets the source go. */
+static void gb_op_done(gb_op_t *op, gboolean cancelled) {
+  g_source_unref(op->timeout);
+  op->host->done++;
+  if (cancelled) op->host->cancelled++;
+  g_free(op);
+}
+
+static gboolean gb_op_timed_out(gpointer data) {
+  gb_op_t *op = data;
+  op->host->timeouts++;
+  op->cb(op, FALSE); /* G_SOURCE_REMOVE destroys the source after this */
+  return G_SOURCE_REMOVE;
+}
+
+static void gb_op_cancel(gb_op_t *op) {
+  g_source_destroy(op->timeout);
+  op->cb(op, TRUE);
+}
+
+static void w7(const gb_peer_t *p, uint64_t n) {
+  gb_host_t h;
+  p->open(&h);
+  gb_op_t **ops = bench_xmalloc(n * sizeof *ops);
+  memset(ops, 0xff, n * sizeof *ops); /* the harness's: resident before rss0 */
+  uint32_t *order = bench_cancel_order(n);
+  uint64_t rss0 = bench_rss_bytes();
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) {
+    gb_op_t *op = g_new(gb_op_t, 1);
+    op->host = &h;
+    op->cb = gb_op_done;
+    op->timeout = g_timeout_source_new(BENCH_W7_TIMEOUT_MS);
+    g_source_set_callback(op->timeout, gb_op_timed_out, op, NULL);
+    g_source_attach(op->timeout, h.ctx);
+    ops[i] = op;
+  }
+  /* Every operation is pending: the peak. Reading /proc costs microseconds;
+   * its time and CPU are taken out of the figures below. */
+  uint64_t tr0 = bench_now_ns(), cr0 = bench_cpu_ns();
+  uint64_t rss1 = bench_rss_bytes();
+  uint64_t cr1 = bench_cpu_ns(), tr1 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) gb_op_cancel(ops[order[i]]);
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  gb_host_close(&h);
+  if (h.timeouts != 0) bench_die("W7: %llu operations timed out", (unsigned long long)h.timeouts);
+  gb_check(&h, "W7", n, n);
+  double ns = (double)(t1 - t0 - (tr1 - tr0));
+  if (ns >= BENCH_W7_TIMEOUT_MS * 1e6) bench_die("W7: took %.1f s, past the timeout", ns / 1e9);
+  free(order);
+  free(ops);
+  bench_emit(p->name, "W7", n, "ns_per_task", ns / (double)n, "ns");
+  bench_emit_cpu(p->name, "W7", n, "cpu_ns_per_task", (cpu1 - cpu0) - (cr1 - cr0), n);
+  bench_emit(p->name, "W7", n, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)n, "B");
 }
 
 int main(int argc, char **argv) {
@@ -535,6 +639,7 @@ int main(int argc, char **argv) {
   else if (strcmp(wl, "W4") == 0) w4(p, n);
   else if (!gtask && strcmp(wl, "W5") == 0) w5(p, n);
   else if (!gtask && strcmp(wl, "W6") == 0) w6(p, n);
+  else if (!gtask && strcmp(wl, "W7") == 0) w7(p, n);
   else {
     fprintf(stderr, "bench: %s not implemented by %s\n", wl, p->name);
     return 3;

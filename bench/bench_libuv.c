@@ -1,24 +1,28 @@
-/* bench_libuv: the libuv 1.44 peer of the benchmarks (bench/README.md).
+/* bench_libuv: the libuv 1.44 peers of the benchmarks (bench/README.md).
+ * `bench_libuv W N` is peer libuv; `bench_libuv W1 N prealloc` is peer
+ * libuv_prealloc.
  *
  * What a competent libuv user writes: every task is a malloc'd struct holding
  * a uv_work_t, submitted with uv_queue_work from the loop thread, and its
- * after_work_cb (on the loop) checks the outcome and frees it. The pool is
- * libuv's own, sized by UV_THREADPOOL_SIZE=2. libuv cannot stop running work,
- * so a blocked task waits on its own "cancel" eventfd that the host writes; a
- * task still in libuv's queue is cancelled with uv_cancel; timeouts are
- * uv_timer_t on the loop.
+ * after_work_cb (on the loop) checks the outcome and frees it. The variant
+ * prealloc (W1 only) is the other way libuv users often write it: the
+ * requests live in one array allocated before the clock starts, so no task
+ * costs a malloc or a free. The pool is libuv's own, sized by
+ * UV_THREADPOOL_SIZE=2. libuv cannot stop running work, so a blocked task
+ * waits on its own "cancel" eventfd that the host writes; a task still in
+ * libuv's queue is cancelled with uv_cancel; timeouts are uv_timer_t on the
+ * loop. W7's deferred operations are a uv_timer_t each (the timeout), ended
+ * by uv_timer_stop and the operation's callback.
  *
- * Threads: main = the loop thread = the host thread (submits, runs every
- * callback); libuv's 2 pool threads run work_cb; W7 adds one completer thread
- * that hands completions over a mutex-protected list plus uv_async_send. Work
- * results cross to the loop through libuv's own queue mutex.
+ * Threads: main = the loop thread = the host thread (submits, cancels, runs
+ * every callback); libuv's 2 pool threads run work_cb. Work results cross to
+ * the loop through libuv's own queue mutex.
  *
  * Failure: any failed call or wrong outcome ends the program (bench_die)
  * before a figure is printed. W6 is not implemented (exit 3): libuv has no
  * progress channel of its own; the floor peer measures the plain one. */
 #include <inttypes.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/eventfd.h>
@@ -26,10 +30,11 @@
 
 #include "bench_util.h"
 
-#define PEER "libuv"
 #define NS_PER_MS 1000000u
 #define W4_TIMEOUT_MS 5u
-#define W7_TIMEOUT_MS 60000u
+
+/* "libuv", or "libuv_prealloc" for the variant: what every figure names. */
+static const char *peer = "libuv";
 
 #define CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
 
@@ -148,45 +153,75 @@ static void warm_pool(uv_loop_t *loop) {
 
 typedef struct {
   uint64_t size, done;
-  uint64_t t_last;
+  uint64_t t_last, cpu_last;
 } w1_ctx_t;
+
+static void w1_count(w1_ctx_t *c) {
+  if (++c->done == c->size) {
+    c->t_last = bench_now_ns();
+    c->cpu_last = bench_cpu_ns();
+  }
+}
 
 static void w1_after(uv_work_t *req, int status) {
   w1_ctx_t *c = req->data;
   uv_check(status, "W1 task");
   free(CONTAINER_OF(req, noop_task_t, req));
-  if (++c->done == c->size) c->t_last = bench_now_ns();
+  w1_count(c);
 }
 
-static void run_w1(uv_loop_t *loop, uint64_t size) {
+/* The preallocated style: the request is a slot of the caller's array. */
+static void w1_after_prealloc(uv_work_t *req, int status) {
+  uv_check(status, "W1 task");
+  w1_count(req->data);
+}
+
+static void run_w1_style(uv_loop_t *loop, uint64_t size, bool prealloc) {
   w1_ctx_t c = {.size = size};
+  /* The array is allocated, not touched: its pages fault in as the submits
+   * reach them, as in a program that sets it up and uses it once (and as in
+   * the malloc style, whose requests are all live at once here). This is
+   * how issue 9 measured libuv at 1.6-1.7 M tasks/s; an array touched
+   * beforehand, reused as a long-running program would, runs 3-5x faster
+   * on this machine, being then little more than libuv's queue. */
+  noop_task_t *slots = prealloc ? bench_xmalloc(size * sizeof *slots) : NULL;
   warm_pool(loop);
+  uint64_t c0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns();
   /* All submits before the loop runs: the host thread is busy submitting,
    * completions pile up in libuv's queue and are taken in batches. */
   for (uint64_t i = 0; i < size; i++) {
-    noop_task_t *t = noop_new(&c);
-    uv_check(uv_queue_work(loop, &t->req, noop_work, w1_after), "uv_queue_work");
+    noop_task_t *t = prealloc ? &slots[i] : noop_new(&c);
+    t->req.data = &c;
+    uv_check(uv_queue_work(loop, &t->req, noop_work, prealloc ? w1_after_prealloc : w1_after),
+             "uv_queue_work");
   }
   loop_run(loop);
   if (c.done != size) bench_die("W1: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
+  free(slots);
   double ns = (double)(c.t_last - t0);
-  bench_emit(PEER, "W1", size, "tasks_per_s", (double)size * 1e9 / ns, "tasks/s");
-  bench_emit(PEER, "W1", size, "ns_per_task", ns / (double)size, "ns");
+  bench_emit(peer, "W1", size, "tasks_per_s", (double)size * 1e9 / ns, "tasks/s");
+  bench_emit(peer, "W1", size, "ns_per_task", ns / (double)size, "ns");
+  bench_emit_cpu(peer, "W1", size, "cpu_ns_per_task", c.cpu_last - c0, size);
 }
+
+static void run_w1(uv_loop_t *loop, uint64_t size) { run_w1_style(loop, size, false); }
+
+static void run_w1_prealloc(uv_loop_t *loop, uint64_t size) { run_w1_style(loop, size, true); }
 
 /* -------------------------------------------------------- W2 sequential */
 
 typedef struct {
   uv_loop_t *loop;
   uint64_t size, done;
-  uint64_t t_submit;
+  uint64_t t_submit, cpu_submit, cpu_sum;
   uint64_t *lat;
 } w2_ctx_t;
 
 static void w2_after(uv_work_t *req, int status);
 
 static void w2_submit(w2_ctx_t *c) {
+  c->cpu_submit = bench_cpu_ns();
   c->t_submit = bench_now_ns();
   noop_task_t *t = noop_new(c);
   uv_check(uv_queue_work(c->loop, &t->req, noop_work, w2_after), "uv_queue_work");
@@ -195,6 +230,7 @@ static void w2_submit(w2_ctx_t *c) {
 static void w2_after(uv_work_t *req, int status) {
   uint64_t t1 = bench_now_ns();
   w2_ctx_t *c = req->data;
+  c->cpu_sum += bench_cpu_ns() - c->cpu_submit;
   uv_check(status, "W2 task");
   free(CONTAINER_OF(req, noop_task_t, req));
   c->lat[c->done++] = t1 - c->t_submit;
@@ -207,7 +243,8 @@ static void run_w2(uv_loop_t *loop, uint64_t size) {
   w2_submit(&c);
   loop_run(loop);
   if (c.done != size) bench_die("W2: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
-  bench_emit_latencies(PEER, "W2", size, c.lat, true);
+  bench_emit_latencies(peer, "W2", size, c.lat, true);
+  bench_emit_cpu(peer, "W2", size, "cpu_ns_per_task", c.cpu_sum, size);
   free(c.lat);
 }
 
@@ -215,34 +252,40 @@ static void run_w2(uv_loop_t *loop, uint64_t size) {
 
 typedef struct {
   uint64_t done;
-  uint64_t t1;
+  uint64_t t1, cpu1;
 } w3_ctx_t;
 
 static void w3_after(uv_work_t *req, int status) {
   uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
   w3_ctx_t *c = req->data;
   blocked_finish(CONTAINER_OF(req, blocked_task_t, req), status);
   c->t1 = t1;
+  c->cpu1 = cpu1;
   c->done++;
 }
 
 static void run_w3(uv_loop_t *loop, uint64_t size) {
   w3_ctx_t c = {0};
   uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
+  uint64_t cpu_sum = 0;
   int ready_fd = bench_efd_new(EFD_SEMAPHORE);
   warm_pool(loop);
   for (uint64_t i = 0; i < size; i++) {
     blocked_task_t *b = blocked_new(&c, ready_fd);
     uv_check(uv_queue_work(loop, &b->req, blocked_work, w3_after), "uv_queue_work");
     bench_efd_wait(ready_fd); /* the loop is idle here: the task is in its wait */
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     bench_efd_signal(b->cancel_fd);
     loop_run(loop);
     if (c.done != i + 1) bench_die("W3: sample %" PRIu64 " did not complete", i);
     lat[i] = c.t1 - t0;
+    cpu_sum += c.cpu1 - cpu0;
   }
   if (close(ready_fd) != 0) bench_die("close: %s", strerror(errno));
-  bench_emit_latencies(PEER, "W3", size, lat, false);
+  bench_emit_latencies(peer, "W3", size, lat, false);
+  bench_emit_cpu(peer, "W3", size, "cpu_ns_per_task", cpu_sum, size);
   free(lat);
 }
 
@@ -250,7 +293,7 @@ static void run_w3(uv_loop_t *loop, uint64_t size) {
 
 typedef struct {
   uint64_t done, ran;
-  uint64_t t1;
+  uint64_t t1, cpu1;
 } w3q_ctx_t;
 
 static void w3q_work(uv_work_t *req) {
@@ -261,10 +304,12 @@ static void w3q_work(uv_work_t *req) {
 
 static void w3q_after(uv_work_t *req, int status) {
   uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
   w3q_ctx_t *c = req->data;
   if (status != UV_ECANCELED) bench_die("W3q: queued task finished with status %d", status);
   free(CONTAINER_OF(req, noop_task_t, req));
   c->t1 = t1;
+  c->cpu1 = cpu1;
   c->done++;
 }
 
@@ -272,22 +317,26 @@ static void run_w3q(uv_loop_t *loop, uint64_t size) {
   w3q_ctx_t c = {0};
   blockers_t bl;
   uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
+  uint64_t cpu_sum = 0;
   blockers_occupy(loop, &bl);
   for (uint64_t i = 0; i < size; i++) {
     noop_task_t *t = noop_new(&c);
     uv_check(uv_queue_work(loop, &t->req, w3q_work, w3q_after), "uv_queue_work");
+    uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     uv_check(uv_cancel((uv_req_t *)&t->req), "uv_cancel");
     /* The blockers keep the loop alive: turn it until this one is back. */
     while (c.done == i) (void)uv_run(loop, UV_RUN_ONCE);
     lat[i] = c.t1 - t0;
+    cpu_sum += c.cpu1 - cpu0;
   }
   blockers_release(&bl);
   loop_run(loop);
   blockers_check(&bl);
   if (c.done != size || c.ran != 0)
     bench_die("W3q: %" PRIu64 " cancelled, %" PRIu64 " ran", c.done, c.ran);
-  bench_emit_latencies(PEER, "W3q", size, lat, false);
+  bench_emit_latencies(peer, "W3q", size, lat, false);
+  bench_emit_cpu(peer, "W3q", size, "cpu_ns_per_task", cpu_sum, size);
   free(lat);
 }
 
@@ -295,7 +344,7 @@ static void run_w3q(uv_loop_t *loop, uint64_t size) {
 
 typedef struct {
   uint64_t size, fired, done;
-  uint64_t t_submit;
+  uint64_t t_submit, cpu_submit, cpu_sum;
   blocked_task_t *cur;
   uint64_t *lat;
 } w4_ctx_t;
@@ -303,6 +352,7 @@ typedef struct {
 static void w4_timeout(uv_timer_t *timer) {
   uint64_t now = bench_now_ns();
   w4_ctx_t *c = timer->data;
+  c->cpu_sum += bench_cpu_ns() - c->cpu_submit;
   uint64_t deadline = c->t_submit + W4_TIMEOUT_MS * NS_PER_MS;
   /* libuv's clock is in whole ms, cached per loop turn: a timer can fire a
    * little before the ns deadline; that is no lateness. */
@@ -325,6 +375,7 @@ static void run_w4(uv_loop_t *loop, uint64_t size) {
   warm_pool(loop);
   for (uint64_t i = 0; i < size; i++) {
     c.cur = blocked_new(&c, -1);
+    c.cpu_submit = bench_cpu_ns();
     c.t_submit = bench_now_ns();
     uv_check(uv_queue_work(loop, &c.cur->req, blocked_work, w4_after), "uv_queue_work");
     uv_check(uv_timer_start(&timer, w4_timeout, W4_TIMEOUT_MS, 0), "uv_timer_start");
@@ -333,7 +384,8 @@ static void run_w4(uv_loop_t *loop, uint64_t size) {
   }
   uv_close((uv_handle_t *)&timer, NULL);
   loop_run(loop);
-  bench_emit_latencies(PEER, "W4", size, c.lat, false);
+  bench_emit_latencies(peer, "W4", size, c.lat, false);
+  bench_emit_cpu(peer, "W4", size, "cpu_ns_per_task", c.cpu_sum, size);
   free(c.lat);
 }
 
@@ -357,136 +409,105 @@ static void run_w5(uv_loop_t *loop, uint64_t size) {
   /* Each task's memory is its own malloc'd struct (libuv's queue is
    * intrusive): nothing to preallocate. */
   uint64_t rss0 = bench_rss_bytes();
+  uint64_t cpu0 = bench_cpu_ns();
   for (uint64_t i = 0; i < size; i++) {
     noop_task_t *t = noop_new(&c);
     uv_check(uv_queue_work(loop, &t->req, noop_work, w5_after), "uv_queue_work");
   }
+  uint64_t cpu1 = bench_cpu_ns();
   uint64_t rss1 = bench_rss_bytes();
   blockers_release(&bl);
   loop_run(loop);
   blockers_check(&bl);
   if (c.done != size) bench_die("W5: %" PRIu64 " of %" PRIu64 " completed", c.done, size);
   double growth = (double)rss1 - (double)rss0;
-  bench_emit(PEER, "W5", size, "bytes_per_task", growth / (double)size, "B");
+  bench_emit(peer, "W5", size, "bytes_per_task", growth / (double)size, "B");
+  bench_emit_cpu(peer, "W5", size, "cpu_ns_per_task", cpu1 - cpu0, size);
 }
 
-/* ------------------------------------- W7 deferred operations with timeouts */
+/* ----------------------- W7 pending deferred operations, cancelled at random */
 
+/* One deferred operation as a libuv user writes it: its timeout is a
+ * uv_timer_t, its completion a callback with a status. Nothing runs it: it is
+ * pending until its timeout fires or the host cancels it, which stops the
+ * timer and calls the callback with UV_ECANCELED. */
 typedef struct w7_op w7_op_t;
 typedef struct w7_ctx w7_ctx_t;
 
 struct w7_op {
   uv_timer_t timeout; /* timeout.data: the op */
-  w7_op_t *next;      /* in the completion list, under w7_ctx_t.mu */
+  void (*cb)(w7_op_t *op, int status);
   w7_ctx_t *c;
 };
 
 struct w7_ctx {
   uint64_t size;
-  w7_op_t **ops; /* what the completer completes: the harness's, not counted */
-  uv_async_t async;
-  pthread_mutex_t mu; /* guards head, tail, go */
-  pthread_cond_t go_cv;
-  bool go;
-  w7_op_t *head, *tail;
-  uint64_t completed, timed_out; /* loop thread only */
-  uint64_t t_last;
+  uint64_t cancelled, timed_out, closed;
 };
+
+static void w7_closed(uv_handle_t *h) {
+  w7_op_t *op = CONTAINER_OF(h, w7_op_t, timeout);
+  op->c->closed++;
+  free(op);
+}
+
+/* The operation's callback: counts the outcome, then lets its handle go. */
+static void w7_done(w7_op_t *op, int status) {
+  if (status == UV_ECANCELED)
+    op->c->cancelled++;
+  else
+    op->c->timed_out++;
+  uv_close((uv_handle_t *)&op->timeout, w7_closed);
+}
 
 static void w7_timed_out(uv_timer_t *timer) {
   w7_op_t *op = timer->data;
-  op->c->timed_out++;
-  uv_stop(timer->loop); /* 60 s passed: the run is broken, stop and report */
+  op->cb(op, UV_ETIMEDOUT);
 }
 
-static void w7_closed(uv_handle_t *h) { free(CONTAINER_OF(h, w7_op_t, timeout)); }
-
-/* On the loop: takes every completion posted so far, in one lock. */
-static void w7_drain(uv_async_t *async) {
-  w7_ctx_t *c = async->data;
-  if (pthread_mutex_lock(&c->mu) != 0) bench_die("mutex lock");
-  w7_op_t *op = c->head;
-  c->head = c->tail = NULL;
-  if (pthread_mutex_unlock(&c->mu) != 0) bench_die("mutex unlock");
-  while (op) {
-    w7_op_t *next = op->next;
-    uv_check(uv_timer_stop(&op->timeout), "uv_timer_stop");
-    uv_close((uv_handle_t *)&op->timeout, w7_closed);
-    if (++c->completed == c->size) c->t_last = bench_now_ns();
-    op = next;
-  }
-}
-
-/* The other side of the deferred operations: once told all are in flight,
- * completes each one as its own event. */
-static void *w7_completer(void *arg) {
-  w7_ctx_t *c = arg;
-  if (pthread_mutex_lock(&c->mu) != 0) bench_die("mutex lock");
-  while (!c->go)
-    if (pthread_cond_wait(&c->go_cv, &c->mu) != 0) bench_die("cond wait");
-  if (pthread_mutex_unlock(&c->mu) != 0) bench_die("mutex unlock");
-  for (uint64_t i = 0; i < c->size; i++) {
-    w7_op_t *op = c->ops[i];
-    op->next = NULL;
-    if (pthread_mutex_lock(&c->mu) != 0) bench_die("mutex lock");
-    if (c->tail)
-      c->tail->next = op;
-    else
-      c->head = op;
-    c->tail = op;
-    if (pthread_mutex_unlock(&c->mu) != 0) bench_die("mutex unlock");
-    uv_check(uv_async_send(&c->async), "uv_async_send");
-  }
-  return NULL;
+static void w7_cancel(w7_op_t *op) {
+  uv_check(uv_timer_stop(&op->timeout), "uv_timer_stop");
+  op->cb(op, UV_ECANCELED);
 }
 
 static void run_w7(uv_loop_t *loop, uint64_t size) {
   w7_ctx_t c = {.size = size};
-  c.ops = bench_xmalloc(size * sizeof *c.ops);
-  memset(c.ops, 0, size * sizeof *c.ops); /* resident before rss0 */
-  if (pthread_mutex_init(&c.mu, NULL) != 0 || pthread_cond_init(&c.go_cv, NULL) != 0)
-    bench_die("mutex/cond init");
-  uv_check(uv_async_init(loop, &c.async, w7_drain), "uv_async_init");
-  c.async.data = &c;
-  /* The pending timers keep the loop alive, not the async: the loop ends
-   * when the last op is closed, while the completer may still be inside
-   * its last uv_async_send (the handle is closed only after the join). */
-  uv_unref((uv_handle_t *)&c.async);
-  pthread_t completer;
-  if (pthread_create(&completer, NULL, w7_completer, &c) != 0) bench_die("pthread_create");
-
+  w7_op_t **ops = bench_xmalloc(size * sizeof *ops);
+  memset(ops, 0xff, size * sizeof *ops); /* the harness's: resident before rss0 */
+  uint32_t *order = bench_cancel_order(size);
   uint64_t rss0 = bench_rss_bytes();
+  uint64_t cpu0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < size; i++) {
     w7_op_t *op = bench_xmalloc(sizeof *op);
+    op->cb = w7_done;
     op->c = &c;
-    op->next = NULL;
     uv_check(uv_timer_init(loop, &op->timeout), "uv_timer_init");
     op->timeout.data = op;
-    uv_check(uv_timer_start(&op->timeout, w7_timed_out, W7_TIMEOUT_MS, 0), "uv_timer_start");
-    c.ops[i] = op;
+    uv_check(uv_timer_start(&op->timeout, w7_timed_out, BENCH_W7_TIMEOUT_MS, 0),
+             "uv_timer_start");
+    ops[i] = op;
   }
-  /* Reading /proc costs microseconds; nothing else runs meanwhile, so its
-   * time is taken out of the elapsed time below. */
-  uint64_t tr0 = bench_now_ns();
+  /* Every operation is pending: the peak. Reading /proc costs microseconds;
+   * its time and CPU are taken out of the figures below. */
+  uint64_t tr0 = bench_now_ns(), cr0 = bench_cpu_ns();
   uint64_t rss1 = bench_rss_bytes();
-  uint64_t tr1 = bench_now_ns();
-  if (pthread_mutex_lock(&c.mu) != 0) bench_die("mutex lock");
-  c.go = true;
-  if (pthread_cond_signal(&c.go_cv) != 0) bench_die("cond signal");
-  if (pthread_mutex_unlock(&c.mu) != 0) bench_die("mutex unlock");
-  loop_run(loop);
-  if (c.timed_out) bench_die("W7: %" PRIu64 " operations timed out", c.timed_out);
-  if (pthread_join(completer, NULL) != 0) bench_die("pthread_join");
-  if (c.completed != size) bench_die("W7: %" PRIu64 " of %" PRIu64 " completed", c.completed, size);
-  uv_close((uv_handle_t *)&c.async, NULL);
-  loop_run(loop);
-  pthread_cond_destroy(&c.go_cv);
-  pthread_mutex_destroy(&c.mu);
-  free(c.ops);
-  double ns = (double)(c.t_last - t0 - (tr1 - tr0));
-  bench_emit(PEER, "W7", size, "ns_per_task", ns / (double)size, "ns");
-  bench_emit(PEER, "W7", size, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)size, "B");
+  uint64_t cr1 = bench_cpu_ns(), tr1 = bench_now_ns();
+  for (uint64_t i = 0; i < size; i++) w7_cancel(ops[order[i]]);
+  loop_run(loop); /* the close callbacks: every op freed */
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  if (c.cancelled != size || c.timed_out != 0 || c.closed != size)
+    bench_die("W7: %" PRIu64 " cancelled, %" PRIu64 " timed out, %" PRIu64 " freed of %" PRIu64,
+              c.cancelled, c.timed_out, c.closed, size);
+  double ns = (double)(t1 - t0 - (tr1 - tr0));
+  if (ns >= BENCH_W7_TIMEOUT_MS * (double)NS_PER_MS)
+    bench_die("W7: took %.1f s, past the operations' timeout", ns / 1e9);
+  free(order);
+  free(ops);
+  bench_emit(peer, "W7", size, "ns_per_task", ns / (double)size, "ns");
+  bench_emit_cpu(peer, "W7", size, "cpu_ns_per_task", (cpu1 - cpu0) - (cr1 - cr0), size);
+  bench_emit(peer, "W7", size, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)size, "B");
 }
 
 /* ------------------------------------------------------------------- main */
@@ -504,11 +525,17 @@ int main(int argc, char **argv) {
   uint64_t size;
   bench_args(argc, argv, &workload, &size, &variant);
   void (*run)(uv_loop_t *, uint64_t) = NULL;
-  for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++)
-    if (strcmp(workloads[i].name, workload) == 0) run = workloads[i].run;
-  if (!run || variant) {
-    fprintf(stderr, "bench: %s%s%s not implemented by " PEER "\n", workload,
-            variant ? " " : "", variant ? variant : "");
+  if (variant) {
+    if (strcmp(variant, "prealloc") != 0)
+      bench_die("unknown variant '%s' (only 'prealloc')", variant);
+    peer = "libuv_prealloc";
+    if (strcmp(workload, "W1") == 0) run = run_w1_prealloc;
+  } else {
+    for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++)
+      if (strcmp(workloads[i].name, workload) == 0) run = workloads[i].run;
+  }
+  if (!run) {
+    fprintf(stderr, "bench: %s not implemented by %s\n", workload, peer);
     return 3;
   }
   /* libuv reads it once, when its pool starts: before any uv call. */

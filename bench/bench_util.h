@@ -101,6 +101,48 @@ static BENCH_UNUSED uint64_t bench_process_cpu_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* User + system CPU time of the whole process (every thread), in ns, from
+ * getrusage(RUSAGE_SELF): the figure cpu_ns_per_task. Microsecond
+ * resolution; a workload reads it right before its wall clock starts and
+ * right after it stops, so both cover the same interval and the call's own
+ * cost stays out of the wall figure. */
+static BENCH_UNUSED uint64_t bench_cpu_ns(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) bench_die("getrusage: %s", strerror(errno));
+  uint64_t us = (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
+                (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
+  return us * 1000u;
+}
+
+/* W7's shared terms, so every peer does the same work: each task's timeout,
+ * and the order the host cancels them in (a Fisher-Yates shuffle driven by
+ * splitmix64 from a fixed seed: random, and the same in every peer). */
+#define BENCH_W7_TIMEOUT_MS 10000u
+#define BENCH_W7_SEED 0x9e3779b97f4a7c15ull
+
+static BENCH_UNUSED uint64_t bench_rand(uint64_t *state) {
+  uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* A new array of 0..n-1 in W7's cancel order (the caller frees it). */
+static BENCH_UNUSED uint32_t *bench_cancel_order(uint64_t n) {
+  if (n > UINT32_MAX) bench_die("W7: %llu tasks is more than the order can hold",
+                                (unsigned long long)n);
+  uint32_t *v = bench_xmalloc((size_t)n * sizeof *v);
+  for (uint64_t i = 0; i < n; i++) v[i] = (uint32_t)i;
+  uint64_t s = BENCH_W7_SEED;
+  for (uint64_t i = n; i > 1; i--) { /* v[i-1] swaps with one of v[0..i-1] */
+    uint64_t j = bench_rand(&s) % i;
+    uint32_t tmp = v[i - 1];
+    v[i - 1] = v[j];
+    v[j] = tmp;
+  }
+  return v;
+}
+
 /* Resident set size now, in bytes (from /proc/self/statm). */
 static BENCH_UNUSED uint64_t bench_rss_bytes(void) {
   FILE *f = fopen("/proc/self/statm", "r");
@@ -144,11 +186,17 @@ static BENCH_UNUSED void bench_emit_latencies(const char *peer, const char *work
     bench_emit(peer, workload, size, "p999", (double)bench_quantile(lat, size, 0.999), "ns");
 }
 
+/* The CPU figure of a workload: total CPU ns over `count` operations. */
+static BENCH_UNUSED void bench_emit_cpu(const char *peer, const char *workload, uint64_t size,
+                                        const char *figure, uint64_t cpu_ns, uint64_t count) {
+  bench_emit(peer, workload, size, figure, (double)cpu_ns / (double)count, "ns");
+}
+
 /* Parses "<workload> <size> [variant]"; size must be a positive integer. */
 static BENCH_UNUSED void bench_args(int argc, char **argv, const char **workload, uint64_t *size,
                                     const char **variant) {
   if (argc < 3 || argc > 4)
-    bench_die("usage: %s WORKLOAD SIZE [VARIANT]  (W1 W2 W3 W3q W4 W5 W6 W7)", argv[0]);
+    bench_die("usage: %s WORKLOAD SIZE [VARIANT]  (W1 W2 W3 W3q W4 W5 W6 W6t W7)", argv[0]);
   char *end = NULL;
   errno = 0;
   unsigned long long n = strtoull(argv[2], &end, 10);

@@ -8,9 +8,12 @@ order is rotated from one run to the next, so drift of a shared machine hits
 every peer alike. Each program's `key=value` figure lines are kept with
 `run=K` added; a run that fails (nonzero exit, timeout, no figure, a line
 that breaks the protocol) becomes an `error="..."` line and the driver goes
-on, exiting nonzero at the end. W8 (start-up) is measured here: the driver
-launches `apex run ...` and `python3 -c 'import asyncio'` itself and reads
-their peak RSS from wait4.
+on, exiting nonzero at the end. A program that exits 3 does not implement
+what it was asked (bench/README.md): that becomes a `skipped="..."` line, not
+a failure (a peer whose build lacks an API the workload needs says so that
+way). W8 (start-up) is measured here: the driver launches `apex run ...` and
+`python3 -c 'import asyncio'` itself and reads their peak RSS and CPU time
+from wait4.
 
 Which peer runs which workload comes from bench/tiny.txt (the tiny runs CTest
 makes), so the two never disagree; --tiny also takes its sizes from there.
@@ -44,10 +47,14 @@ FULL_SIZES = {
     "W4": 200,
     "W5": 100000,
     "W6": {"*": 10000000, "glib": 1000000},  # GLib delivers every update: slow
+    # A full-tree report of 1,000 nodes costs about a millisecond today:
+    # 1,000,000 of them would not fit the budget; 5,000 give its per-report cost.
+    "W6t": {"*": 1000000, "apex_full": 5000},
     "W7": [1000, 10000, 100000, 1000000],
     "W8": 10,  # launches of each program per run, the driver's own workload
 }
-WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W7", "W8"]
+WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8"]
+NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
 TIMEOUT_S = 120
 
@@ -297,9 +304,9 @@ def meta_lines(build, args):
     return ["meta " + fmt_kv(k, v) for k, v in meta]
 
 
-def error_line(p, k, reason):
+def error_line(p, k, reason, key="error"):
     return " ".join([fmt_kv("peer", p.peer), fmt_kv("workload", p.workload),
-                     fmt_kv("size", p.size), fmt_kv("run", k), fmt_kv("error", reason)])
+                     fmt_kv("size", p.size), fmt_kv("run", k), fmt_kv(key, reason)])
 
 
 def last_line(text):
@@ -308,8 +315,13 @@ def last_line(text):
 
 
 # ------------------------------------------------------------- program runs
+class NotImplementedRun(Exception):
+    """The program exited 3: the peer does not implement this workload."""
+
+
 def run_program(p, k, env, timeout):
-    """(lines, error) of one program run; error is None when it succeeded."""
+    """(lines, error) of one program run; error is None when it succeeded.
+    Raises NotImplementedRun (with the program's reason) on exit 3."""
     needed = p.argv[1] if p.argv[0] == sys.executable else p.argv[0]
     if not os.path.isfile(needed):
         return [], f"not built: {needed}"
@@ -319,6 +331,8 @@ def run_program(p, k, env, timeout):
         return [], f"timeout after {timeout:g} s"
     except OSError as e:
         return [], f"cannot start: {e}"
+    if code == NOT_IMPLEMENTED:
+        raise NotImplementedRun(last_line(stderr) or "not implemented")
     if code != 0:
         why = last_line(stderr) or "no message"
         if code < 0:
@@ -346,8 +360,9 @@ def run_program(p, k, env, timeout):
 
 
 def launch_once(argv, env, timeout):
-    """(wall_ns, maxrss_kb, error) of one launch, waited for with wait4.
-    Its stdout is discarded; its stderr kept to explain a failure."""
+    """(wall_ns, maxrss_kb, cpu_ns, error) of one launch, waited for with
+    wait4 (cpu: its user + system time). Its stdout is discarded; its stderr
+    kept to explain a failure."""
     with tempfile.TemporaryFile() as err:
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -356,7 +371,7 @@ def launch_once(argv, env, timeout):
         try:
             pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setpgroup=0)
         except OSError as e:
-            return None, None, f"cannot start {argv[0]}: {e}"
+            return None, None, None, f"cannot start {argv[0]}: {e}"
         timed_out = False
         try:
             # A pidfd turns "the child exited" into a pollable event, so the
@@ -377,28 +392,31 @@ def launch_once(argv, env, timeout):
         _, status, ru = os.wait4(pid, 0)
         wall = time.perf_counter_ns() - t0
         if timed_out:
-            return None, None, f"timeout after {timeout:g} s"
+            return None, None, None, f"timeout after {timeout:g} s"
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
             err.seek(0)
             why = last_line(err.read().decode("utf-8", "replace")) or "no message"
-            return None, None, f"exit {code}: {why}"
-        return wall, ru.ru_maxrss, None
+            return None, None, None, f"exit {code}: {why}"
+        return wall, ru.ru_maxrss, (ru.ru_utime + ru.ru_stime) * 1e9, None
 
 
 def run_w8(p, k, env, timeout):
     exe = p.argv[0]
     if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
         return [], f"not built: {exe}"
-    walls, rss = [], []
+    walls, rss, cpus = [], [], []
     for _ in range(p.size):
-        wall, kb, err = launch_once(p.argv, env, timeout)
+        wall, kb, cpu, err = launch_once(p.argv, env, timeout)
         if err:
             return [], err
         walls.append(wall / 1e6)
         rss.append(kb)
+        cpus.append(cpu / 1e6)
     base = [fmt_kv("peer", p.peer), fmt_kv("workload", "W8"), fmt_kv("size", p.size)]
     return [" ".join(base + ["figure=wall_ms", f"value={statistics.median(walls):.6g}",
+                             "unit=ms", f"run={k}"]),
+            " ".join(base + ["figure=cpu_ms", f"value={statistics.median(cpus):.6g}",
                              "unit=ms", f"run={k}"]),
             " ".join(base + ["figure=peak_rss_kb", f"value={statistics.median(rss):.6g}",
                              "unit=kB", f"run={k}"])], None
@@ -449,7 +467,7 @@ def main():
             groups.append((p.group(), []))
         groups[-1][1].append(p)
 
-    failed = 0
+    failed = not_implemented = 0
     t_start = time.monotonic()
     with open(partial_path, "w", encoding="utf-8") as partial:
         def keep(line):
@@ -466,17 +484,25 @@ def main():
                     r = (k - 1) % len(members)
                     for p in members[r:] + members[:r]:
                         t0 = time.monotonic()
-                        if p.workload == "W8":
-                            got, err = run_w8(p, k, env, args.timeout)
-                        else:
-                            got, err = run_program(p, k, env, args.timeout)
+                        skipped = None
+                        try:
+                            if p.workload == "W8":
+                                got, err = run_w8(p, k, env, args.timeout)
+                            else:
+                                got, err = run_program(p, k, env, args.timeout)
+                        except NotImplementedRun as e:
+                            got, err, skipped = [], None, str(e)
                         dt = time.monotonic() - t0
                         if err:
                             failed += 1
                             keep(error_line(p, k, err))
+                        if skipped:
+                            not_implemented += 1
+                            keep(error_line(p, k, skipped, key="skipped"))
                         for g in got:
                             keep(g)
-                        status = "ok" if not err else f"FAILED: {err}"
+                        status = ("ok" if not err and not skipped else
+                                  f"not implemented: {skipped}" if skipped else f"FAILED: {err}")
                         print(f"[run {k}/{args.runs}] {p.workload} {p.peer} size={p.size}: "
                               f"{dt:.2f} s {status}", file=sys.stderr, flush=True)
         except KeyboardInterrupt:
@@ -498,7 +524,8 @@ def main():
         raise
     os.unlink(partial_path)
     print(f"bench: {len(plan) * args.runs} program runs in {total:.1f} s "
-          f"({total / 60:.1f} min), {failed} failed; results in {out}", file=sys.stderr)
+          f"({total / 60:.1f} min), {failed} failed, {not_implemented} not implemented; "
+          f"results in {out}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -32,12 +32,17 @@ typedef struct cli_opts {
   size_t n_plugin_paths;
 } cli_opts_t;
 
+/* Returns: the exit code for a failure of code, whoever found it (the
+ * command line, the library at submit, or the handler at run time):
+ * CLI_EXIT_USAGE for invalid input (invalid, invalid_params,
+ * plugin_not_found, action_not_found), else CLI_EXIT_FAILED (a plugin that
+ * exists but fails to load among them). */
+int cli_exit_code(int code);
+
 /* Prints "apex: MESSAGE" on stderr and, when json is set, also the result
  * line {"event":"result","task":null,"state":"failed","error":{"code",
  * "message"}} on stdout, for a failure that happens before a task exists.
- * Returns: the exit code for code: CLI_EXIT_USAGE for invalid input
- * (invalid, invalid_params, plugin_not_found, action_not_found), else
- * CLI_EXIT_FAILED. */
+ * Returns: cli_exit_code(code). */
 int cli_fail(int json, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
 
 /* As cli_fail, for a library error: its message on stderr, and in JSON mode
@@ -54,9 +59,16 @@ void cli_emit(json_t *obj);
  * reader closed the pipe), else 0. */
 int cli_output_failed(void);
 
+/* Decodes the UTF-8 character at s by the library's rules (RFC 3629: no
+ * overlong forms, surrogates or code points past U+10FFFF; NUL ends text).
+ * Returns: its length (1-4) and *cp, or 0 if s does not start a valid
+ * character (then *cp is untouched). */
+size_t cli_utf8_decode(const char *s, long *cp);
+
 /* Copies src into dst (cap bytes, NUL included) as valid UTF-8: each byte
- * that does not start a valid character becomes U+FFFD, and a copy that
- * does not fit is cut between characters. cap 0: no-op. */
+ * that does not start a valid character becomes '?', as the library does
+ * with text it renders, and a copy that does not fit is cut between
+ * characters. cap 0: no-op. */
 void cli_utf8_clean(char *dst, size_t cap, const char *src);
 
 /* Returns: cli_utf8_clean of all of src (malloc'd; caller frees), or NULL
@@ -88,6 +100,12 @@ char *cli_search_path(apex_manager_t *m);
 /* Loads plugin `name` for run/describe, reporting failures (unknown plugin
  * names the searched dirs). Returns: CLI_EXIT_OK and *desc, or an exit code. */
 int cli_load_plugin(apex_manager_t *m, int json, const char *name, const apex_plugin_desc_t **desc);
+
+/* The reporting half of cli_load_plugin, for a caller that ran
+ * apex_manager_load_named itself (rc, err: what it returned; err borrowed,
+ * may be NULL). Returns: CLI_EXIT_OK and *desc, or an exit code. */
+int cli_report_load(apex_manager_t *m, int json, const char *name, int rc, const apex_error_t *err,
+                    const apex_plugin_desc_t **desc);
 
 /* Returns: the action named name in d, or NULL. */
 const apex_action_desc_t *cli_find_action(const apex_plugin_desc_t *d, const char *name);

@@ -87,32 +87,12 @@ typedef struct line {
   int cols_left;
 } line_t;
 
-/* Decodes one UTF-8 sequence at s. Returns: its length (>= 1) and *cp, or
- * 1 with *cp = -1 for a malformed byte. */
-static int utf8_next(const unsigned char *s, long *cp) {
-  int n = s[0] < 0x80 ? 1 : (s[0] & 0xE0) == 0xC0 ? 2 : (s[0] & 0xF0) == 0xE0 ? 3
-                                                    : (s[0] & 0xF8) == 0xF0 ? 4 : 0;
-  if (n == 0) {
-    *cp = -1;
-    return 1;
-  }
-  long v = n == 1 ? s[0] : n == 2 ? (s[0] & 0x1F) : n == 3 ? (s[0] & 0x0F) : (s[0] & 0x07);
-  for (int i = 1; i < n; i++) {
-    if ((s[i] & 0xC0) != 0x80) {
-      *cp = -1;
-      return 1;
-    }
-    v = (v << 6) | (s[i] & 0x3F);
-  }
-  *cp = v;
-  return n;
-}
-
 static void put_text(line_t *l, const char *text) {
-  const unsigned char *s = (const unsigned char *)text;
+  const char *s = text;
   while (*s && l->cols_left > 0) {
-    long cp;
-    int n = utf8_next(s, &cp);
+    long cp = -1;
+    size_t n = cli_utf8_decode(s, &cp);
+    if (n == 0) n = 1; /* a malformed byte: cp stays -1 */
     if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0)) {
       /* A newline or escape from a plugin would break the frame. */
       sb_put(l->b, cp < 0 ? "?" : " ", 1);
@@ -121,7 +101,7 @@ static void put_text(line_t *l, const char *text) {
       int w = cp < 0x80 ? 1 : wcwidth((wchar_t)cp);
       if (w < 0) w = 1;
       if (w > l->cols_left) break;
-      sb_put(l->b, (const char *)s, (size_t)n);
+      sb_put(l->b, s, n);
       l->cols_left -= w;
     }
     s += n;

@@ -25,7 +25,8 @@ static const char *type_name(apex_param_type_t t) {
 static size_t max_action_name(const apex_plugin_desc_t *d) {
   size_t w = 0;
   for (size_t i = 0; i < d->n_actions; i++) {
-    size_t n = strlen(d->actions[i].name ? d->actions[i].name : "");
+    const char *name = apex_plugin_desc_action(d, i)->name;
+    size_t n = strlen(name ? name : "");
     if (n > w) w = n;
   }
   return w;
@@ -34,7 +35,7 @@ static size_t max_action_name(const apex_plugin_desc_t *d) {
 static void print_actions(const apex_plugin_desc_t *d) {
   int w = (int)max_action_name(d);
   for (size_t i = 0; i < d->n_actions; i++) {
-    const apex_action_desc_t *a = &d->actions[i];
+    const apex_action_desc_t *a = apex_plugin_desc_action(d, i);
     printf("    %-*s  %s\n", w, a->name ? a->name : "", a->description ? a->description : "");
   }
 }

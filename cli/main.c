@@ -46,10 +46,18 @@ static const char usage_text[] =
     "(colon-separated), then the plugin directory installed with Apex.\n"
     "APEX_LOG=error|warn|info|debug|off sets the log level (default warn).\n"
     "\n"
-    "Exit status: 0 succeeded, 1 failed, 2 usage or invalid input,\n"
-    "124 timed out, 130 cancelled (Ctrl-C; press it twice to exit at once),\n"
-    "143 cancelled by SIGTERM, 129 by SIGHUP. A run whose output is closed\n"
-    "(apex run ... | head -1) cancels its task and exits 1.\n";
+    "Exit status:\n"
+    "  0    succeeded\n"
+    "  1    failed; also a plugin that exists but fails to load, and a run\n"
+    "       whose output is closed (apex run ... | head -1: the task is\n"
+    "       cancelled)\n"
+    "  2    usage or invalid input: a bad option, an unknown plugin or action,\n"
+    "       invalid params, whether apex, the library or the handler found them\n"
+    "  124  timed out\n"
+    "  130  cancelled by Ctrl-C; 143 cancelled by SIGTERM, 129 by SIGHUP\n"
+    "The first Ctrl-C (or SIGTERM, SIGHUP) cancels the task and waits for it\n"
+    "to end; a second exits at once. Either way `run --json` ends with exactly\n"
+    "one result line.\n";
 
 typedef struct parse_state {
   cli_opts_t *o;

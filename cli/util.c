@@ -27,48 +27,52 @@ static int g_output_failed;
 
 int cli_output_failed(void) { return g_output_failed; }
 
-/* Returns: the length of the valid UTF-8 character at s (1-4), or 0 if s
- * does not start one. Strict as jansson is: no overlong forms, surrogates
- * or code points past U+10FFFF. */
-static size_t utf8_char_len(const unsigned char *s) {
-  if (s[0] < 0x80) return 1;
+/* The library's decoder (src/core/utf8.c) is internal and the CLI is a
+ * host of the public headers only, so the CLI keeps this one copy, with the
+ * same rules and the same '?' for a bad byte. */
+size_t cli_utf8_decode(const char *src, long *cp) {
+  const unsigned char *s = (const unsigned char *)src;
+  if (s[0] >= 0x01 && s[0] < 0x80) {
+    *cp = s[0];
+    return 1;
+  }
   size_t n;
-  unsigned long cp, min;
-  if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2, cp = s[0] & 0x1Fu, min = 0x80;
-  else if ((s[0] & 0xF0) == 0xE0) n = 3, cp = s[0] & 0x0Fu, min = 0x800;
-  else if (s[0] >= 0xF0 && s[0] <= 0xF4) n = 4, cp = s[0] & 0x07u, min = 0x10000;
-  else return 0;
+  long v, min;
+  if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2, v = s[0] & 0x1F, min = 0x80;
+  else if ((s[0] & 0xF0) == 0xE0) n = 3, v = s[0] & 0x0F, min = 0x800;
+  else if (s[0] >= 0xF0 && s[0] <= 0xF4) n = 4, v = s[0] & 0x07, min = 0x10000;
+  else return 0; /* NUL, a stray continuation byte, C0/C1, F5-FF */
   for (size_t i = 1; i < n; i++) {
     if ((s[i] & 0xC0) != 0x80) return 0; /* also stops at the terminating NUL */
-    cp = (cp << 6) | (s[i] & 0x3Fu);
+    v = (v << 6) | (s[i] & 0x3F);
   }
-  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+  *cp = v;
   return n;
 }
 
 void cli_utf8_clean(char *dst, size_t cap, const char *src) {
-  static const char repl[] = "\xEF\xBF\xBD"; /* U+FFFD */
-  const unsigned char *s = (const unsigned char *)src;
   size_t used = 0;
+  long cp;
   if (cap == 0) return;
-  while (*s) {
-    size_t n = utf8_char_len(s);
-    const char *piece = n ? (const char *)s : repl;
-    size_t plen = n ? n : sizeof repl - 1;
+  while (*src) {
+    size_t n = cli_utf8_decode(src, &cp);
+    size_t plen = n ? n : 1;
     if (used + plen + 1 > cap) break; /* cut between characters, never inside one */
-    memcpy(dst + used, piece, plen);
+    if (n)
+      memcpy(dst + used, src, n);
+    else
+      dst[used] = '?';
     used += plen;
-    s += n ? n : 1;
+    src += plen;
   }
   dst[used] = '\0';
 }
 
 char *cli_utf8_dup(const char *src) {
   size_t len = strlen(src);
-  /* Worst case every byte becomes the 3-byte U+FFFD. */
-  if (len > (SIZE_MAX - 1) / 3) return NULL;
-  char *dst = malloc(len * 3 + 1);
-  if (dst) cli_utf8_clean(dst, len * 3 + 1, src);
+  char *dst = malloc(len + 1); /* a bad byte becomes one '?': never longer */
+  if (dst) cli_utf8_clean(dst, len + 1, src);
   return dst;
 }
 
@@ -94,7 +98,7 @@ void cli_emit(json_t *obj) {
   /* 15 significant digits: 0.05 prints as 0.05, not 0.050000000000000003. */
   char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
   json_decref(obj);
-  if (!s) {
+  if (!s) { /* values from plugins are checked by the library, so: memory */
     fprintf(stderr, "apex: out of memory writing a JSON line\n");
     return;
   }
@@ -106,7 +110,7 @@ void cli_emit(json_t *obj) {
   free(s);
 }
 
-static int exit_code_for(int code) {
+int cli_exit_code(int code) {
   switch (code) {
   case APEX_E_INVALID:
   case APEX_E_INVALID_PARAMS:
@@ -134,18 +138,18 @@ int cli_fail(int json, int code, const char *fmt, ...) {
   /* msg may echo argv: bytes that are not UTF-8, escapes, a cut character. */
   cli_eprint(msg);
   if (json) {
-    char clean[sizeof msg * 3];
+    char clean[sizeof msg];
     cli_utf8_clean(clean, sizeof clean, msg);
     emit_failed(json_pack("{s:s, s:s}", "code", apex_status_name(code), "message", clean), code);
   }
-  return exit_code_for(code);
+  return cli_exit_code(code);
 }
 
 int cli_fail_error(int json, int code, const apex_error_t *e) {
   if (!e) return cli_fail(json, code, "%s", apex_strerror(code));
   cli_eprint(apex_error_message(e));
   if (json) emit_failed(cli_error_json(e, code), code);
-  return exit_code_for(code);
+  return cli_exit_code(code);
 }
 
 void cli_eprint(const char *msg) {
@@ -206,29 +210,33 @@ char *cli_search_path(apex_manager_t *m) {
 int cli_load_plugin(apex_manager_t *m, int json, const char *name, const apex_plugin_desc_t **desc) {
   apex_error_t *err = NULL;
   int rc = apex_manager_load_named(m, name, &err);
+  int code = cli_report_load(m, json, name, rc, err, desc);
+  apex_error_unref(err);
+  return code;
+}
+
+int cli_report_load(apex_manager_t *m, int json, const char *name, int rc, const apex_error_t *err,
+                    const apex_plugin_desc_t **desc) {
   if (rc == APEX_E_PLUGIN_NOT_FOUND) {
     char *path = cli_search_path(m);
     int code = cli_fail(json, rc, "unknown plugin '%s' (searched: %s)", name,
                         path ? (*path ? path : "no directories") : "?");
     free(path);
-    apex_error_unref(err);
     return code;
   }
-  if (rc != APEX_OK) {
-    int code = cli_fail(json, rc, "cannot load plugin '%s': %s", name,
-                        err ? apex_error_message(err) : apex_strerror(rc));
-    apex_error_unref(err);
-    return code;
-  }
-  apex_error_unref(err);
+  if (rc != APEX_OK)
+    return cli_fail(json, rc, "cannot load plugin '%s': %s", name,
+                    err ? apex_error_message(err) : apex_strerror(rc));
   *desc = apex_manager_plugin(m, name);
   if (!*desc) return cli_fail(json, APEX_E_PLUGIN_NOT_FOUND, "plugin '%s' did not load", name);
   return CLI_EXIT_OK;
 }
 
 const apex_action_desc_t *cli_find_action(const apex_plugin_desc_t *d, const char *name) {
-  for (size_t i = 0; i < d->n_actions; i++)
-    if (d->actions[i].name && strcmp(d->actions[i].name, name) == 0) return &d->actions[i];
+  for (size_t i = 0; i < d->n_actions; i++) {
+    const apex_action_desc_t *a = apex_plugin_desc_action(d, i);
+    if (a->name && strcmp(a->name, name) == 0) return a;
+  }
   return NULL;
 }
 
@@ -236,7 +244,7 @@ void cli_action_names(const apex_plugin_desc_t *d, char *buf, size_t len) {
   size_t used = 0;
   buf[0] = '\0';
   for (size_t i = 0; i < d->n_actions && used < len; i++) {
-    int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", d->actions[i].name);
+    int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", apex_plugin_desc_action(d, i)->name);
     if (n < 0) break;
     used += (size_t)n;
   }

@@ -67,8 +67,7 @@ static const apex_action_desc_t k_actions[] = {
 };
 
 static const apex_plugin_desc_t k_plugin = {
-    .abi_version = APEX_PLUGIN_ABI,           /* read first */
-    .struct_size = sizeof(apex_plugin_desc_t), /* read second */
+    APEX_PLUGIN_DESC_INIT, /* abi_version (read first), struct_size, action_size */
     .name = "hello",
     .version = "1.0.0",
     .description = "The example plugin of the developer guide",

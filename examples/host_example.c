@@ -1,11 +1,12 @@
 /* host_example: the smallest complete Apex host, the worked example of the
- * README. It runs hello.greet (examples/hello_plugin.c) the way a program
- * with its own event loop would (STYLE.md section 7): the manager queues
+ * README. It runs hello.greet (hello_plugin.c, beside this file) the way a
+ * program with its own event loop would: the manager queues
  * events (APEX_DELIVER_DISPATCH), its fd becomes readable while some wait,
  * and this program's loop polls that fd and calls apex_manager_dispatch(),
  * so every callback runs here, on the main thread, and needs no lock.
  *
- * Usage: host_example [PATH/TO/hello.so]   (default: the build tree's)
+ * Usage: host_example [PATH/TO/hello.so]   (default: the build tree's, or
+ *        ./hello.so when built by the installed examples' Makefile)
  * Exit: 0 when the task succeeded with the expected result, 1 otherwise.
  *
  * What can fail: creating the manager, loading the plugin, submitting, poll,

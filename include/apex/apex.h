@@ -111,7 +111,9 @@ APEX_EXTERN apex_status_t apex_token_remove_callback(apex_token_t *tok, uint64_t
  * Ownership: the token's; do not read or close it. */
 APEX_EXTERN int apex_token_fd(apex_token_t *tok);
 /* Blocks until the token is cancelled or timeout_ms passes (-1: forever).
- * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out. */
+ * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out;
+ * APEX_E_INVALID for NULL tok; APEX_E_IO if the clock or the kernel wait
+ * failed (not expected on Linux), and then the wait ended early. */
 APEX_EXTERN apex_status_t apex_token_wait(apex_token_t *tok, int64_t timeout_ms);
 
 /* ---------------------------------------------------------------- progress */
@@ -122,7 +124,10 @@ typedef struct apex_progress apex_progress_t;
 
 /* Checks a ProgressUpdate in JSON form: {"percentage": number in [0,100],
  * "message"?: string, "status"?: known status, "details"?: object,
- * "sub_tasks"?: [same shape with a "name"]}.
+ * "sub_tasks"?: [same shape with a "name"]}; details, all of the update's
+ * together, within the limits on values of plugin.h (APEX_VALUE_MAX_DEPTH
+ * and the rest). Iterative where the value is free-form, so any input is
+ * safe to check, however deep or cyclic.
  * Returns: APEX_OK, or APEX_E_INVALID with the reason written to why (at
  * most why_len bytes, NUL-terminated; why may be NULL). Ownership: borrowed. */
 APEX_EXTERN apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why_len);
@@ -207,7 +212,8 @@ typedef enum apex_delivery {
 } apex_delivery_t;
 
 typedef struct apex_manager_config {
-  uint32_t struct_size;      /* set by apex_manager_config_init */
+  uint32_t struct_size;      /* sizeof as the caller's header declares it;
+                                set by apex_manager_config_init */
   unsigned workers;          /* worker threads; 0: 2 or the CPU count */
   unsigned max_stuck_workers; /* replacements for timed-out stuck handlers,
                                  started when queued work finds no idle
@@ -223,12 +229,27 @@ typedef struct apex_manager_config {
   apex_log_fn log;           /* NULL: stderr */
   void *log_user;
   int log_level;             /* APEX_LOG_*; -1: from APEX_LOG, else WARN */
+  /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof
+   * (docs/abi.md); a field's zero need not be its default: a caller whose
+   * struct_size ends before it gets the default. */
 } apex_manager_config_t;
 
 /* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz
- * 20, everything else 0/NULL, log_level -1. Thread-safety: cfg is the
- * caller's. */
-APEX_EXTERN void apex_manager_config_init(apex_manager_config_t *cfg);
+ * 20, everything else 0/NULL, log_level -1, and struct_size = sizeof as this
+ * header declares it. A macro, as zlib's deflateInit is: it passes that size
+ * to apex_manager_config_init_v2, so a library newer than the header never
+ * writes past the caller's struct, and one older than the header zeroes the
+ * fields it does not know (set one and apex_manager_new refuses the config,
+ * rather than ignore it). Thread-safety: cfg is the caller's. */
+#define apex_manager_config_init(cfg) \
+  apex_manager_config_init_v2((cfg), sizeof(apex_manager_config_t))
+/* Returns: APEX_OK; APEX_E_INVALID (cfg untouched) if cfg is NULL or size is
+ * below ABI 1's first layout or above 4096. Ownership: cfg is the caller's,
+ * size bytes of it written. */
+APEX_EXTERN apex_status_t apex_manager_config_init_v2(apex_manager_config_t *cfg, size_t size);
+/* The ABI-1 symbol, kept for programs built against 0.1.0: fills exactly
+ * 0.1.0's layout. Source that names it gets the macro above. */
+APEX_EXTERN void(apex_manager_config_init)(apex_manager_config_t *cfg);
 
 /* Creates a manager: starts the runtime thread and the worker pool.
  * Returns: APEX_OK; APEX_E_INVALID (NULL out, bad cfg field, named in the
@@ -304,8 +325,12 @@ APEX_EXTERN apex_status_t apex_manager_load_all(apex_manager_t *m, apex_error_t 
 APEX_EXTERN json_t *apex_manager_plugin_path(apex_manager_t *m);
 
 /* Returns: the number of loaded plugins / the i-th in load order, or NULL.
- * The descriptor is Apex's normalized copy (every field of this header's
- * version present), valid until the manager is destroyed.
+ * The descriptor is Apex's normalized copy in the library's layout, whatever
+ * the plugin was built with: struct_size is the library's
+ * sizeof(apex_plugin_desc_t), action_size the stride of its actions array,
+ * and fields the plugin's older struct lacked read as zero. Valid until the
+ * manager is destroyed. Step through its actions with
+ * apex_plugin_desc_action (which honours action_size), not actions[i].
  * Thread-safety: any thread. */
 APEX_EXTERN size_t apex_manager_plugin_count(apex_manager_t *m);
 APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin_at(apex_manager_t *m, size_t i);
@@ -314,8 +339,28 @@ APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin(apex_manager_t *m, con
 /* Returns: the file a loaded plugin came from, or NULL. Borrowed. */
 APEX_EXTERN const char *apex_manager_plugin_file(apex_manager_t *m, const char *name);
 
-/* Per-call options of a submit. Zero-filled (or apex_submit_opts_init) means
- * the action's defaults. */
+/* Returns: the i-th action of a descriptor from apex_manager_plugin*, found
+ * by its action_size stride, or NULL if d is NULL or i >= d->n_actions. A
+ * field of apex_action_desc_t is there if its end is within action_size
+ * (a library older than this header has a shorter struct). Ownership:
+ * borrowed, valid while d is. Thread-safety: any thread. */
+static inline const apex_action_desc_t *apex_plugin_desc_action(const apex_plugin_desc_t *d,
+                                                                size_t i) {
+  if (!d || i >= d->n_actions) return NULL;
+  return (const apex_action_desc_t *)(const void *)((const char *)d->actions +
+                                                    i * d->action_size);
+}
+
+/* Per-call options of a submit. Every field's zero means the action's
+ * default, so a zero-filled struct (or apex_submit_opts_init) asks for
+ * nothing special.
+ * struct_size: sizeof as the caller's header declares it. The library reads
+ * no further: fields a smaller (older) struct lacks take their defaults, and
+ * bytes past what the library knows must be zero (a newer header's field
+ * set against an older library is refused as APEX_E_INVALID, not ignored).
+ * 0 reads as ABI 1's first layout (up to event_user), so a struct filled by
+ * a designated initializer without struct_size keeps working; set it
+ * (apex_submit_opts_init does) to use any field appended later. */
 typedef struct apex_submit_opts {
   uint32_t struct_size;             /* set by apex_submit_opts_init */
   double timeout_s;                 /* overall deadline across retries
@@ -327,12 +372,23 @@ typedef struct apex_submit_opts {
   apex_token_t *parent;             /* the task's token becomes its child */
   apex_event_fn on_event;           /* per-task override of the manager's */
   void *event_user;
+  /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof,
+   * each new field meaning "the default" when zero (docs/abi.md). */
 } apex_submit_opts_t;
 
 #define APEX_TIMEOUT_NONE (-1.0)
 
-/* Fills opts with "use the action's defaults". */
-APEX_EXTERN void apex_submit_opts_init(apex_submit_opts_t *opts);
+/* Fills opts with "use the action's defaults" (zeros) and struct_size =
+ * sizeof as this header declares it; a macro for the reason given at
+ * apex_manager_config_init. */
+#define apex_submit_opts_init(opts) apex_submit_opts_init_v2((opts), sizeof(apex_submit_opts_t))
+/* Returns: APEX_OK; APEX_E_INVALID (opts untouched) if opts is NULL or size
+ * is below ABI 1's first layout or above 4096. Ownership: size bytes of opts
+ * written. */
+APEX_EXTERN apex_status_t apex_submit_opts_init_v2(apex_submit_opts_t *opts, size_t size);
+/* The ABI-1 symbol, kept for programs built against 0.1.0: fills exactly
+ * 0.1.0's layout. */
+APEX_EXTERN void(apex_submit_opts_init)(apex_submit_opts_t *opts);
 
 /* Starts plugin.action with params (an object, or NULL for {}), after
  * validating them against the action's spec. Never runs plugin code on the
@@ -374,7 +430,14 @@ APEX_EXTERN int apex_manager_fd(apex_manager_t *m);
  * Thread-safety: one thread at a time. */
 APEX_EXTERN int apex_manager_dispatch(apex_manager_t *m);
 
-typedef struct apex_manager_stats {
+/* The manager's counters. An out-struct that grows: the caller sets
+ * struct_size (APEX_STATS_INIT) to the size its header declares, the library
+ * fills at most that many bytes and sets struct_size to what it filled, so a
+ * caller newer than the library sees which fields it has
+ * (APEX_HAS_FIELD(apex_stats_t, &s, field)); fields past that keep what the
+ * caller put there. */
+typedef struct apex_stats {
+  uint32_t struct_size;                 /* in: room; out: bytes filled */
   uint64_t submitted, succeeded, failed, cancelled, timed_out;
   uint64_t attempts, retries;
   /* now, and exact whenever a DONE event is delivered (a task leaves both
@@ -391,10 +454,36 @@ typedef struct apex_manager_stats {
   uint64_t progress_delivered;          /* delivered to the host */
   uint64_t progress_rejected;           /* invalid, dropped */
   uint64_t late_reports;                /* after the task ended: ignored */
+  /* The first layout ends here. Append only (docs/abi.md). */
+} apex_stats_t;
+
+/* apex_stats_t s = APEX_STATS_INIT; (C; in C++ set s.struct_size = sizeof s) */
+#define APEX_STATS_INIT {.struct_size = sizeof(apex_stats_t)}
+
+/* Copies the counters into out, as described at apex_stats_t.
+ * Returns: APEX_OK; APEX_E_INVALID (nothing written) for a NULL argument or
+ * an out->struct_size below the first layout's size or above 4096.
+ * Ownership: out is the caller's. Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_stats_v2(apex_manager_t *m, apex_stats_t *out);
+
+/* ABI 1's counters, a layout frozen because it has no struct_size. */
+typedef struct apex_manager_stats {
+  uint64_t submitted, succeeded, failed, cancelled, timed_out;
+  uint64_t attempts, retries;
+  uint64_t queued, running;             /* now */
+  uint64_t workers, stuck_workers;      /* now */
+  uint64_t progress_reported;           /* accepted from plugins */
+  uint64_t progress_delivered;          /* delivered to the host */
+  uint64_t progress_rejected;           /* invalid, dropped */
+  uint64_t late_reports;                /* after the task ended, or plugin ctx
+                                           calls after complete: ignored */
 } apex_manager_stats_t;
 
-/* Copies the counters. Returns: APEX_OK, APEX_E_INVALID. Any thread. */
-APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out);
+/* Copies the counters into ABI 1's frozen layout; kept for programs built
+ * against 0.1.0. It never gains a counter: use apex_manager_stats_v2.
+ * Returns: APEX_OK, APEX_E_INVALID. Any thread. */
+APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out)
+    APEX_DEPRECATED("use apex_manager_stats_v2 with an apex_stats_t (APEX_STATS_INIT)");
 
 /* --------------------------------------------------------------- tasks */
 /* A task handle. Every function below is safe from any thread, in any
@@ -416,8 +505,16 @@ APEX_EXTERN apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms);
  * task ends `cancelled` at once. A running one ends when its handler
  * returns: `cancelled` if it returns an error (handlers see the token and
  * return APEX_E_CANCELLED early), `succeeded` if it finished anyway.
+ * The reason is only text (the handler's apex_ctx_cancel_reason, the
+ * error's message): it never changes what happens. "timeout", "shutdown"
+ * and "parent" are Apex's to give (a deadline, apex_manager_destroy, a
+ * parent token), so a handler that sees one can trust it: a host passing
+ * one is refused.
  * Returns: APEX_OK; APEX_E_ALREADY if terminal or already cancelled;
- * APEX_E_INVALID. Ownership: reason copied. */
+ * APEX_E_INVALID for NULL t or a reserved reason (nothing is cancelled);
+ * APEX_E_NOMEM if t is running and no memory was left for its token (its
+ * handler was not signalled; nothing changed, the call may be retried).
+ * Ownership: reason copied. */
 APEX_EXTERN apex_status_t apex_task_cancel(apex_task_t *t, const char *reason);
 APEX_EXTERN apex_task_state_t apex_task_state(apex_task_t *t);
 APEX_EXTERN uint64_t apex_task_id(apex_task_t *t);
@@ -433,7 +530,10 @@ APEX_EXTERN apex_error_t *apex_task_error(apex_task_t *t);
 /* Returns: the last delivered progress, a new reference; NULL if none. */
 APEX_EXTERN apex_progress_t *apex_task_progress(apex_task_t *t);
 /* Returns: the task's token (borrowed, valid until release), made on first
- * use; NULL only if t is NULL or memory ran out. */
+ * use; NULL only if t is NULL or memory ran out. Cancelling it directly
+ * acts as a cancel by a parent token (a queued task ends at once, a running
+ * one when its handler returns) whatever the reason, which is not checked
+ * as apex_task_cancel checks it: prefer apex_task_cancel. */
 APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
 /* Drops the handle. The task itself runs to its end. */
 APEX_EXTERN void apex_task_release(apex_task_t *t);

@@ -3,6 +3,8 @@
 #ifndef APEX_COMMON_H
 #define APEX_COMMON_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -16,6 +18,13 @@ extern "C" {
 #define APEX_PRINTF(fmt, args)
 #define APEX_DEPRECATED(msg)
 #endif
+
+/* 1 if the struct at p, whose struct_size says how much of it its maker
+ * knew, includes `field` of type; else 0. For structs that grow by appending
+ * (docs/abi.md): the host-api table a plugin receives, the stats a library
+ * fills. */
+#define APEX_HAS_FIELD(type, p, field) \
+  (offsetof(type, field) + sizeof(((type *)0)->field) <= (size_t)(p)->struct_size)
 
 /* Status codes: 0 is success, every failure is negative. Codes are grouped
  * as in the design's error hierarchy; ask a category with the apex_status_is_*
@@ -47,7 +56,9 @@ typedef enum apex_status {
   APEX_E_TIMEOUT = -41,   /* a deadline passed */
   APEX_E_CANCELLED = -42, /* the task was cancelled */
   APEX_E_TRANSIENT = -43, /* the action failed and may succeed if retried */
-  APEX_E_CRASHED = -44    /* the plugin crashed (process isolation) */
+  APEX_E_CRASHED = -44,   /* the plugin crashed (process isolation) */
+  APEX_E_INVALID_RESULT = -45 /* the result broke the limits on values
+                                 (plugin.h, APEX_VALUE_MAX_DEPTH) */
 } apex_status_t;
 
 /* Returns: a sentence naming the code ("the action timed out"); never NULL.
@@ -59,7 +70,8 @@ APEX_EXTERN const char *apex_strerror(int code);
 APEX_EXTERN const char *apex_status_name(int code);
 
 /* Category tests of the error hierarchy.
- * apex_status_is_execution: EXECUTION, TIMEOUT, CANCELLED, TRANSIENT, CRASHED.
+ * apex_status_is_execution: EXECUTION, TIMEOUT, CANCELLED, TRANSIENT, CRASHED,
+ *   INVALID_RESULT.
  * apex_status_is_plugin_error: every plugin error and every execution error.
  * apex_status_is_load_error: PLUGIN_LOAD and ABI_MISMATCH.
  * Returns: 1 or 0. */

@@ -3,9 +3,12 @@
  * A plugin is a shared object that exports one symbol, apex_plugin_entry,
  * returning a const descriptor. The host reads the descriptor's first two
  * fields (abi_version, struct_size) before anything else and never reads past
- * struct_size, so fields are append-only. Host services reach the plugin
- * through the function table in every ctx (ctx->api), so a plugin links
- * nothing from the host: only this header (and jansson, for JSON values).
+ * struct_size, so fields are append-only; it steps through the actions array
+ * by the descriptor's action_size, so actions grow the same way. Host
+ * services reach the plugin through the function table in every ctx
+ * (ctx->api), so a plugin links nothing from the host: only this header (and
+ * jansson, for JSON values). What may change within one APEX_PLUGIN_ABI and
+ * what bumps it: docs/abi.md.
  *
  * Threads: a blocking handler runs on a worker thread of the host; a deferred
  * handler's start runs on a worker thread too and must return APEX_PENDING
@@ -28,8 +31,8 @@
 extern "C" {
 #endif
 
-/* Bumped when a field changes meaning; appending fields only grows
- * struct_size. */
+/* Bumped when a field changes meaning, moves or goes; appending fields only
+ * grows struct_size (or action_size). */
 #define APEX_PLUGIN_ABI 1
 
 /* Returned by a deferred handler that will complete later. */
@@ -50,6 +53,8 @@ typedef enum apex_param_type {
   APEX_PARAM_ARRAY
 } apex_param_type_t;
 
+/* Frozen for ABI 1 (an array read at this header's stride, without a size
+ * field): new per-param knobs need a new array in the action. */
 typedef struct apex_param_spec {
   const char *name; /* [a-z0-9_]+, unique within the action */
   apex_param_type_t type;
@@ -66,13 +71,18 @@ typedef enum apex_action_kind {
   APEX_ACTION_DEFERRED = 1  /* handler returns APEX_PENDING, completes later */
 } apex_action_kind_t;
 
-/* Retry policy (Temporal-style). A zero-filled policy means one attempt. */
+/* Retry policy (Temporal-style). A zero-filled policy means one attempt.
+ * Frozen for ABI 1: it is embedded in apex_action_desc_t and passed by
+ * pointer in apex_submit_opts_t without a size, so new retry knobs are new
+ * fields of those two structs. */
 typedef struct apex_retry_policy {
   uint32_t max_attempts;       /* total attempts, 1..65535; 0 means 1 */
   double initial_interval_s;   /* delay before the 2nd attempt */
   double backoff_coefficient;  /* >= 1; 0 means 2 */
-  double max_interval_s;       /* cap on one delay; 0 means no cap */
-  double jitter;               /* 0..1: each delay is scaled by 1 +- jitter */
+  double max_interval_s;       /* cap on one delay, before jitter; 0: none */
+  double jitter;               /* 0..1: each (capped) delay is then scaled by
+                                  a factor in [1 - jitter, 1 + jitter], drawn
+                                  per task and attempt */
   const apex_status_t *non_retryable; /* codes never retried, or NULL */
   size_t n_non_retryable;
 } apex_retry_policy_t;
@@ -86,6 +96,10 @@ typedef struct apex_retry_policy {
  * for a deferred action that completes later. */
 typedef int (*apex_handler_fn)(apex_ctx_t *ctx);
 
+/* One action. Grows by appending: the host reads the plugin's array with the
+ * stride the plugin declares in apex_plugin_desc_t.action_size, copies what
+ * it knows and gives the fields an older plugin lacks their zero (so a new
+ * field's zero must mean the old behaviour). */
 typedef struct apex_action_desc {
   const char *name; /* [a-z0-9_]+ */
   const char *description;
@@ -96,10 +110,17 @@ typedef struct apex_action_desc {
   double default_timeout_s; /* 0: no timeout */
   apex_retry_policy_t default_retry;
   uint32_t flags;
+  /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof. */
 } apex_action_desc_t;
 
 typedef struct apex_host_api apex_host_api_t;
 
+/* What apex_plugin_entry returns. Start it with APEX_PLUGIN_DESC_INIT, which
+ * sets the three sizes this header's layout needs:
+ *   static const apex_plugin_desc_t k_plugin = {APEX_PLUGIN_DESC_INIT,
+ *       .name = "fetch", .version = "1.2.0", .actions = k_actions, ...};
+ * The host reads at most struct_size bytes; a field a plugin's older header
+ * lacks reads as zero. */
 typedef struct apex_plugin_desc {
   uint32_t abi_version; /* APEX_PLUGIN_ABI */
   uint32_t struct_size; /* sizeof(apex_plugin_desc_t) as the plugin built it */
@@ -110,11 +131,25 @@ typedef struct apex_plugin_desc {
    * to every handler by apex_ctx_plugin_state. Nonzero return fails the load;
    * write a reason into why (NUL-terminated, at most why_len bytes). */
   int (*init)(const apex_host_api_t *api, void **state, char *why, size_t why_len);
-  /* Called once when the manager is destroyed, after every handler returned. */
+  /* Called once when the manager is destroyed, after every handler returned,
+   * just before the plugin is unloaded: whether or not the plugin has an init
+   * hook (state is then NULL), so threads a plugin starts lazily can be
+   * joined here. */
   void (*shutdown)(void *state);
   const apex_action_desc_t *actions;
   size_t n_actions;
+  /* ABI 1 (0.1.0) ended here; fields below were appended since. */
+  /* sizeof(apex_action_desc_t) as the plugin built it: the stride of
+   * actions[] (APEX_PLUGIN_DESC_INIT sets it). 0, or a struct_size that
+   * ends before it, means the actions have 0.1.0's layout (the only one so
+   * far: docs/abi.md says what 0 means once actions grow). */
+  uint32_t action_size;
 } apex_plugin_desc_t;
+
+/* The leading fields of a descriptor built against this header. */
+#define APEX_PLUGIN_DESC_INIT                                                        \
+  .abi_version = APEX_PLUGIN_ABI, .struct_size = sizeof(apex_plugin_desc_t),         \
+  .action_size = sizeof(apex_action_desc_t)
 
 /* The one symbol a plugin exports. */
 #define APEX_PLUGIN_ENTRY_SYMBOL "apex_plugin_entry"
@@ -126,8 +161,9 @@ typedef struct apex_plugin_desc {
 typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t *api);
 
 /* Defines the entry symbol for a plugin whose descriptor is a static const
- * object: APEX_PLUGIN_DEFINE(k_plugin). A plugin that needs the api table
- * at entry writes apex_plugin_entry itself instead. */
+ * object (started with APEX_PLUGIN_DESC_INIT): APEX_PLUGIN_DEFINE(k_plugin).
+ * A plugin that needs the api table at entry writes apex_plugin_entry itself
+ * instead. */
 #define APEX_PLUGIN_DEFINE(desc)                                                          \
   APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api); \
   APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) { \
@@ -141,7 +177,9 @@ typedef const apex_plugin_desc_t *(*apex_plugin_entry_fn)(const apex_host_api_t 
  * names of apex_progress_status_is_known are accepted too); details NULL or a
  * JSON object; sub_tasks NULL or a JSON array of objects of the shape
  * {"name": string, "percentage": number, "status"?, "message"?, "weight"?,
- *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied. */
+ *  "details"?, "sub_tasks"?}. JSON values are borrowed and copied.
+ * Frozen for ABI 1 (passed by pointer without a size): a richer report would
+ * come with a new host-api member. */
 typedef struct apex_progress_update {
   double percentage;
   const char *message;
@@ -153,9 +191,30 @@ typedef struct apex_progress_update {
 #define APEX_PROGRESS_MESSAGE_MAX 1024
 #define APEX_PROGRESS_MAX_DEPTH 8
 
+/* Limits on the JSON values a plugin hands to Apex: a result
+ * (apex_ctx_set_result) and a progress update's details (its own and its
+ * sub-tasks' together count as one value). Apex checks each value where it
+ * enters, on the plugin's thread, before it copies or keeps it, because
+ * jansson copies, prints and frees values recursively: a value nested a
+ * million deep would overflow the stack of whichever thread touched it
+ * next. A value is refused, with a reason naming the place (e.g.
+ * "result.items[3]: not valid UTF-8 at byte 7"), when
+ * - arrays and objects are nested more than APEX_VALUE_MAX_DEPTH deep;
+ * - it contains itself (a cycle, as json_object_set(o, "k", o) makes);
+ * - a string or object key is not valid UTF-8 (RFC 3629: no overlong
+ *   forms, surrogates or code points above U+10FFFF) or holds a NUL byte
+ *   (C readers of json_string_value would cut the text there);
+ * - it holds more than APEX_VALUE_MAX_NODES values (every array, object,
+ *   member and scalar counts one) or more than APEX_VALUE_MAX_BYTES bytes of
+ *   strings and keys together. */
+#define APEX_VALUE_MAX_DEPTH 64
+#define APEX_VALUE_MAX_NODES 1000000
+#define APEX_VALUE_MAX_BYTES (64u * 1024u * 1024u)
+
 /* Host services. Reached through ctx->api; see the apex_ctx_* wrappers below
- * for each one's contract. Append-only: check struct_size before using a
- * member added after the ABI version you were built for. */
+ * for each one's contract. Append-only: before calling a member appended
+ * after the first ABI-1 release, check the host has it:
+ * APEX_HAS_FIELD(apex_host_api_t, ctx->api, member). */
 struct apex_host_api {
   uint32_t abi_version;
   uint32_t struct_size;
@@ -209,7 +268,8 @@ static inline const char *apex_ctx_cancel_reason(apex_ctx_t *c) { return c->api-
 static inline int apex_ctx_cancel_fd(apex_ctx_t *c) { return c->api->cancel_fd(c); }
 
 /* Sleeps ms milliseconds unless the token fires first.
- * Returns: APEX_OK after the full sleep, APEX_E_CANCELLED early. */
+ * Returns: APEX_OK after the full sleep, APEX_E_CANCELLED early; APEX_E_IO
+ * if the wait failed (not expected on Linux) and ended early. */
 static inline int apex_ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) { return c->api->sleep_ms(c, ms); }
 
 /* Waits until fd is ready for events (POLLIN/POLLOUT), timeout_ms passes
@@ -233,14 +293,27 @@ static inline int apex_ctx_progress(apex_ctx_t *c, double percentage, const char
 /* Reports a full ProgressUpdate (see apex_progress_update_t). Updates whose
  * status is "milestone_reached" or differs from the previous status are never
  * coalesced away (up to 64 waiting between two deliveries; past that they
- * coalesce like the rest, so a plugin cannot flood the host with them). Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad
- * status, details or sub_tasks. Ownership: u and its JSON values borrowed. */
+ * coalesce like the rest, so a plugin cannot flood the host with them).
+ * Returns: as apex_ctx_progress, plus APEX_E_INVALID for a bad status,
+ * sub_tasks, or details (details break the limits on values above, all the
+ * update's details counted together; checked before anything is copied).
+ * A rejection's reason is the validators' (apex_progress_update_validate),
+ * word for word, whichever call made the report.
+ * Ownership: u and its JSON values borrowed (copied when accepted). */
 static inline int apex_ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
   return c->api->progress_update(c, u);
 }
 
-/* Sets the result of this attempt (replacing an earlier one).
- * Ownership: result taken (the ctx owns it now; NULL clears). */
+/* Sets the result of this attempt (replacing an earlier one). The value is
+ * checked here, on the calling thread, against the limits on values above
+ * (APEX_VALUE_MAX_DEPTH and the rest). One that breaks them is refused and
+ * freed (without recursion, so a deep or cyclic value is safe to pass), and
+ * the attempt then fails with APEX_E_INVALID_RESULT and a message naming
+ * the fault (e.g. "result.child.parent: contains itself (a cycle)") if the
+ * handler reports success; if it fails anyway, its own failure stands. A
+ * later call replaces a refusal as it replaces a result.
+ * Ownership: result taken (the ctx owns it now; NULL clears): keep no
+ * reference you would change, and never free it yourself. */
 static inline void apex_ctx_set_result(apex_ctx_t *c, json_t *result) { c->api->set_result(c, result); }
 
 /* Records why this attempt failed; code is APEX_E_TRANSIENT (retry allowed)
@@ -257,10 +330,19 @@ static inline int apex_ctx_fail(apex_ctx_t *c, int code, const char *fmt, ...) {
 }
 
 /* Finishes a deferred action with status (APEX_OK or an error code), from
- * any thread. The ctx is invalid once this returns: do not touch it again.
- * A completion after the task timed out or was cancelled is accepted and
- * ignored. Calling it from a blocking handler is an error that is logged and
- * ignored (a blocking handler finishes by returning). */
+ * any thread. The ctx is invalid once this returns: do not touch it again,
+ * from any thread. A completion after the task timed out or was cancelled
+ * is accepted and ignored. Calling it from a blocking handler is an error
+ * that is logged and ignored (a blocking handler finishes by returning).
+ * Misuse Apex catches without a crash, ignores, counts in late_reports and
+ * logs: a second complete, in sequence or racing this one; progress,
+ * progress_update, set_result (the result is freed), fail or log after it
+ * or racing it; any other apex_ctx_* call made after it returned (params
+ * and plugin_state give NULL, task_id and attempt 0, is_cancelled 1 with
+ * the reason "completed", sleep_ms and wait_fd APEX_E_CANCELLED at once,
+ * cancel_fd APEX_E_INVALID). Undefined: those other calls racing it; any
+ * call once 256 more tasks of the manager have ended, once the task's next
+ * attempt (a retry) has started, or after the manager was destroyed. */
 static inline void apex_ctx_complete(apex_ctx_t *c, int status) { c->api->complete(c, status); }
 
 /* Log levels, most severe first. */

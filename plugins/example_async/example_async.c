@@ -336,8 +336,7 @@ static const apex_action_desc_t k_actions[] = {
 };
 
 static const apex_plugin_desc_t k_plugin = {
-    .abi_version = APEX_PLUGIN_ABI,
-    .struct_size = sizeof(apex_plugin_desc_t),
+    APEX_PLUGIN_DESC_INIT,
     .name = "example_async",
     .version = "1.0.0",
     .description = "Example long-running actions: progress, cancellation, retries, deferral",

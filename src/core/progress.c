@@ -14,7 +14,9 @@
  *   overlongs, surrogates or code points above U+10FFFF) of at most
  *   APEX_PROGRESS_MESSAGE_MAX bytes.
  * - status: absent / C NULL, or one of the known statuses listed in apex.h.
- * - details: absent / C NULL, or an object.
+ * - details: absent / C NULL, or an object within the limits on values of
+ *   include/apex/plugin.h (depth, cycles, UTF-8, size; core/value.c), the
+ *   details of the update and of all its sub-tasks counted together.
  * - sub_tasks: absent / C NULL, or an array of objects {"name": non-empty
  *   UTF-8 string of at most 128 bytes, "percentage", "status"?, "message"?,
  *   "weight"?: finite number > 0, "details"?, "sub_tasks"?}. The elements of
@@ -37,6 +39,8 @@
 #include <string.h>
 
 #include "core/progress_internal.h"
+#include "core/utf8.h"
+#include "core/value.h"
 
 #define NAME_MAX_BYTES 128
 #define MAX_NODES 1000
@@ -59,58 +63,12 @@ static const char *const known_statuses[] = {
     "retry_wait", "succeeded", "failed", "cancelled",         "timed_out",
 };
 
-/* ------------------------------------------------------------------ UTF-8 */
-
-/* Returns: len if s[0..len) is valid UTF-8, else the offset of the first
- * byte of the first invalid or truncated sequence. The ranges for the second
- * byte after E0, ED, F0 and F4 are what exclude overlongs, surrogates and
- * code points above U+10FFFF (RFC 3629, section 4). */
-static size_t utf8_bad_at(const unsigned char *s, size_t len) {
-  size_t i = 0;
-  while (i < len) {
-    unsigned c = s[i];
-    if (c >= 0x01 && c <= 0x7F) {
-      i++;
-      continue;
-    }
-    size_t more;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      more = 1;
-    } else if (c == 0xE0) {
-      more = 2, lo = 0xA0;
-    } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
-      more = 2;
-    } else if (c == 0xED) {
-      more = 2, hi = 0x9F;
-    } else if (c == 0xF0) {
-      more = 3, lo = 0x90;
-    } else if (c >= 0xF1 && c <= 0xF3) {
-      more = 3;
-    } else if (c == 0xF4) {
-      more = 3, hi = 0x8F;
-    } else {
-      return i; /* NUL, a stray continuation byte, C0/C1 overlong leads, F5-FF */
-    }
-    if (len - i - 1 < more) return i;
-    if (s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (size_t k = 2; k <= more; k++)
-      if ((s[i + k] & 0xC0) != 0x80) return i;
-    i += more + 1;
-  }
-  return len;
-}
-
-int apex__utf8_valid(const char *s, size_t len) {
-  if (!s) return len == 0;
-  return utf8_bad_at((const unsigned char *)s, len) == len;
-}
-
 /* ------------------------------------------------------------- validation */
 
 typedef struct vctx {
   char *why;
   size_t why_len;
+  apex__value_budget_t budget; /* left for the update's details, all together */
   size_t nodes;    /* sub-tasks seen so far in the whole tree */
   size_t path_len; /* strlen(path) */
   char path[PATH_CAP];
@@ -119,6 +77,7 @@ typedef struct vctx {
 static void vctx_init(vctx_t *v, char *why, size_t why_len) {
   v->why = why_len ? why : NULL;
   v->why_len = why ? why_len : 0;
+  v->budget = (apex__value_budget_t)APEX__VALUE_BUDGET_INIT;
   v->nodes = 0;
   v->path_len = 0;
   v->path[0] = '\0';
@@ -131,14 +90,13 @@ static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) A
 static apex_status_t vfail(vctx_t *v, const char *field, const char *fmt, ...) {
   if (!v->why) return APEX_E_INVALID;
   if (!field && !v->path_len) field = "update";
-  int n = snprintf(v->why, v->why_len, "%s%s%s: ", v->path, v->path_len && field ? "." : "",
-                   field ? field : "");
-  if (n >= 0 && (size_t)n < v->why_len) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v->why + n, v->why_len - (size_t)n, fmt, ap);
-    va_end(ap);
-  }
+  char place[PATH_CAP + 32];
+  snprintf(place, sizeof place, "%s%s%s", v->path, v->path_len && field ? "." : "",
+           field ? field : "");
+  va_list ap;
+  va_start(ap, fmt);
+  apex__reasonv(v->why, v->why_len, place, fmt, ap);
+  va_end(ap);
   return APEX_E_INVALID;
 }
 
@@ -156,43 +114,6 @@ static void path_pop(vctx_t *v, size_t saved) {
   v->path[saved] = '\0';
 }
 
-static const char *kind(const json_t *j) {
-  switch (json_typeof(j)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "integer";
-    case JSON_REAL: return "real";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    case JSON_NULL: return "null";
-  }
-  return "unknown";
-}
-
-/* The shortest %g that reads back as d, so 100.0000001 is not shown as the
- * "100" it was rejected for not being. */
-static void fmt_num(char *buf, size_t cap, double d) {
-  for (int prec = 6; prec <= 17; prec++) {
-    snprintf(buf, cap, "%.*g", prec, d);
-    if (strtod(buf, NULL) == d) return;
-  }
-}
-
-/* A caller's string made safe to echo: see the file comment. cap >= 4. */
-static void quote(char *out, size_t cap, const char *s, size_t len) {
-  size_t max = cap - 4, n = 0;
-  for (; n < len && n < max; n++) {
-    unsigned char c = (unsigned char)s[n];
-    out[n] = (c >= 0x20 && c < 0x7F) ? (char)c : '?';
-  }
-  if (n < len) {
-    memcpy(out + n, "...", 3);
-    n += 3;
-  }
-  out[n] = '\0';
-}
-
 static int status_known_n(const char *s, size_t len) {
   for (size_t i = 0; i < sizeof known_statuses / sizeof known_statuses[0]; i++)
     if (strlen(known_statuses[i]) == len && memcmp(known_statuses[i], s, len) == 0) return 1;
@@ -207,7 +128,7 @@ static apex_status_t check_pct(vctx_t *v, const char *field, double d) {
   if (!isfinite(d)) return vfail(v, field, "not finite");
   if (!(d >= 0.0 && d <= 100.0)) {
     char num[40];
-    fmt_num(num, sizeof num, d);
+    apex__fmt_num(num, sizeof num, d);
     return vfail(v, field, "%s is outside [0, 100]", num);
   }
   return APEX_OK;
@@ -215,21 +136,21 @@ static apex_status_t check_pct(vctx_t *v, const char *field, double d) {
 
 static apex_status_t check_pct_json(vctx_t *v, const char *field, const json_t *j) {
   if (!j) return vfail(v, field, "required");
-  if (!json_is_number(j)) return vfail(v, field, "want number, got %s", kind(j));
+  if (!json_is_number(j)) return vfail(v, field, "want number, got %s", apex__json_kind(j));
   return check_pct(v, field, json_number_value(j));
 }
 
 static apex_status_t check_text(vctx_t *v, const char *field, const char *s, size_t len,
                                 size_t max) {
   if (len > max) return vfail(v, field, "%zu bytes, longer than %zu", len, max);
-  size_t bad = utf8_bad_at((const unsigned char *)s, len);
+  size_t bad = apex__utf8_bad_at(s, len);
   if (bad < len) return vfail(v, field, "not valid UTF-8 at byte %zu", bad);
   return APEX_OK;
 }
 
 static apex_status_t check_message_json(vctx_t *v, const json_t *j) {
   if (!j || json_is_null(j)) return APEX_OK;
-  if (!json_is_string(j)) return vfail(v, "message", "want string, got %s", kind(j));
+  if (!json_is_string(j)) return vfail(v, "message", "want string, got %s", apex__json_kind(j));
   return check_text(v, "message", json_string_value(j), json_string_length(j),
                     APEX_PROGRESS_MESSAGE_MAX);
 }
@@ -237,29 +158,39 @@ static apex_status_t check_message_json(vctx_t *v, const json_t *j) {
 static apex_status_t check_status(vctx_t *v, const char *s, size_t len) {
   if (status_known_n(s, len)) return APEX_OK;
   char q[36];
-  quote(q, sizeof q, s, len);
+  apex__echo(q, sizeof q, s, len);
   return vfail(v, "status", "unknown status '%s'", q);
 }
 
 static apex_status_t check_status_json(vctx_t *v, const json_t *j) {
   if (!j) return APEX_OK;
-  if (!json_is_string(j)) return vfail(v, "status", "want string, got %s", kind(j));
+  if (!json_is_string(j)) return vfail(v, "status", "want string, got %s", apex__json_kind(j));
   return check_status(v, json_string_value(j), json_string_length(j));
 }
 
+/* Details are free-form, so they follow the rules for any value a plugin
+ * hands over (core/value.c): checked here, before anything copies them. */
 static apex_status_t check_details(vctx_t *v, const json_t *j) {
-  if (j && !json_is_object(j)) return vfail(v, "details", "want object, got %s", kind(j));
-  return APEX_OK;
+  if (!j) return APEX_OK;
+  if (!json_is_object(j)) return vfail(v, "details", "want object, got %s", apex__json_kind(j));
+  apex__value_budget_t before = v->budget;
+  if (apex__value_check(j, NULL, &v->budget, NULL, 0) == APEX_OK) return APEX_OK;
+  if (!v->why) return APEX_E_INVALID;
+  /* Only now the name of the place, so a valid update pays no snprintf. */
+  char where[PATH_CAP + 8];
+  snprintf(where, sizeof where, "%s%sdetails", v->path, v->path_len ? "." : "");
+  v->budget = before;
+  return apex__value_check(j, where, &v->budget, v->why, v->why_len);
 }
 
 static apex_status_t check_weight(vctx_t *v, const json_t *j) {
   if (!j) return APEX_OK;
-  if (!json_is_number(j)) return vfail(v, "weight", "want number, got %s", kind(j));
+  if (!json_is_number(j)) return vfail(v, "weight", "want number, got %s", apex__json_kind(j));
   double d = json_number_value(j);
   if (!isfinite(d)) return vfail(v, "weight", "not finite");
   if (!(d > 0.0)) {
     char num[40];
-    fmt_num(num, sizeof num, d);
+    apex__fmt_num(num, sizeof num, d);
     return vfail(v, "weight", "%s is not > 0", num);
   }
   return APEX_OK;
@@ -277,7 +208,7 @@ static apex_status_t check_keys(vctx_t *v, const json_t *obj, const char *const 
       ok = strlen(allowed[i]) == klen && memcmp(allowed[i], key, klen) == 0;
     if (!ok) {
       char q[36];
-      quote(q, sizeof q, key, klen);
+      apex__echo(q, sizeof q, key, klen);
       return vfail(v, NULL, "unknown key '%s'", q);
     }
   }
@@ -293,11 +224,11 @@ static apex_status_t check_node(vctx_t *v, const json_t *n, int depth) {
   if (depth > APEX_PROGRESS_MAX_DEPTH)
     return vfail(v, NULL, "nested deeper than %d levels", APEX_PROGRESS_MAX_DEPTH);
   if (++v->nodes > MAX_NODES) return vfail(v, NULL, "more than %d sub-tasks in the tree", MAX_NODES);
-  if (!json_is_object(n)) return vfail(v, NULL, "want object, got %s", kind(n));
+  if (!json_is_object(n)) return vfail(v, NULL, "want object, got %s", apex__json_kind(n));
 
   const json_t *name = json_object_get(n, "name");
   if (!name) return vfail(v, "name", "required");
-  if (!json_is_string(name)) return vfail(v, "name", "want string, got %s", kind(name));
+  if (!json_is_string(name)) return vfail(v, "name", "want string, got %s", apex__json_kind(name));
   if (json_string_length(name) == 0) return vfail(v, "name", "empty");
   apex_status_t rc;
   if ((rc = check_text(v, "name", json_string_value(name), json_string_length(name),
@@ -315,7 +246,7 @@ static apex_status_t check_node(vctx_t *v, const json_t *n, int depth) {
 /* depth: that of the node holding j (0 for the update itself). */
 static apex_status_t check_sub_tasks(vctx_t *v, const json_t *j, int depth) {
   if (!j) return APEX_OK;
-  if (!json_is_array(j)) return vfail(v, "sub_tasks", "want array, got %s", kind(j));
+  if (!json_is_array(j)) return vfail(v, "sub_tasks", "want array, got %s", apex__json_kind(j));
   for (size_t i = 0; i < json_array_size(j); i++) {
     size_t saved = path_push(v, "sub_tasks", i);
     apex_status_t rc = check_node(v, json_array_get(j, i), depth + 1);
@@ -332,7 +263,7 @@ apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why
   vctx_t v;
   vctx_init(&v, why, why_len);
   if (!update) return vfail(&v, "update", "NULL");
-  if (!json_is_object(update)) return vfail(&v, "update", "want object, got %s", kind(update));
+  if (!json_is_object(update)) return vfail(&v, "update", "want object, got %s", apex__json_kind(update));
   apex_status_t rc;
   if ((rc = check_pct_json(&v, "percentage", json_object_get(update, "percentage"))) ||
       (rc = check_message_json(&v, json_object_get(update, "message"))) ||

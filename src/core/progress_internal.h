@@ -7,10 +7,6 @@
 
 #include "apex/apex.h"
 
-/* Returns: 1 if s[0..len) is valid UTF-8 (no overlongs, surrogates or
- * code points above U+10FFFF; NUL bytes are invalid), else 0. */
-int apex__utf8_valid(const char *s, size_t len);
-
 /* Returns: a new snapshot (refcount 1) or NULL on no memory. Inputs must be
  * valid already (the caller validated them). message/status NULL mean ""
  * and "running". Ownership: strings copied; details and sub_tasks taken

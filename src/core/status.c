@@ -1,5 +1,5 @@
 /* Status codes: names, sentences and the category tests of the error
- * hierarchy (DESIGN.md "Error model"). Pure functions, any thread. */
+ * hierarchy (include/apex/common.h). Pure functions, any thread. */
 #include "apex/apex.h"
 
 typedef struct {
@@ -30,6 +30,7 @@ static const status_row_t rows[] = {
     {APEX_E_CANCELLED, "cancelled", "the action was cancelled"},
     {APEX_E_TRANSIENT, "transient", "the action failed transiently"},
     {APEX_E_CRASHED, "crashed", "the plugin crashed"},
+    {APEX_E_INVALID_RESULT, "invalid_result", "the action's result is not a valid value"},
 };
 
 static const status_row_t *find(int code) {
@@ -50,7 +51,7 @@ const char *apex_status_name(int code) {
 
 int apex_status_is_execution(int code) {
   return code == APEX_E_EXECUTION || code == APEX_E_TIMEOUT || code == APEX_E_CANCELLED ||
-         code == APEX_E_TRANSIENT || code == APEX_E_CRASHED;
+         code == APEX_E_TRANSIENT || code == APEX_E_CRASHED || code == APEX_E_INVALID_RESULT;
 }
 
 int apex_status_is_load_error(int code) {

@@ -1,14 +1,29 @@
 /* The host services a plugin reaches through ctx->api (include/apex/plugin.h).
  *
  * A ctx is the head of its task's run state (internal.h), so these calls
- * are a pointer hop and a few field reads. They run on whatever thread the plugin calls from: a worker
- * running a blocking handler, or any thread of a deferred plugin. The ctx
- * stays valid while its attempt is open (see task.c, the "life" reference),
- * so every call here is safe until the handler returns or complete() runs;
- * a call after the task ended is accepted and ignored.
+ * are a pointer hop and a few field reads. They run on whatever thread the
+ * plugin calls from: a worker running a blocking handler, or any thread of
+ * a deferred plugin. The ctx is the plugin's while its attempt is open
+ * (see task.c, the "life" reference): until the handler returns or
+ * complete() runs. A call after the task ended meanwhile (a timeout, a
+ * cancel) is accepted and ignored.
  *
- * Progress is validated here, on the plugin's thread, so an invalid update
- * is rejected with a reason before it costs the host anything. */
+ * Misuse: a call after complete() (a second complete, progress, a result)
+ * finds the run state's attempt closed and is ignored, counted and logged
+ * (apex__ctx_misuse) without touching the task, which may be freed: run
+ * states are kept per manager for reuse, so the ctx's memory stays valid
+ * (internal.h, apex__run_t). The calls that take the task lock anyway
+ * (complete, progress, set_result, fail, log) check under it, so they are
+ * caught even when they race the completion on another thread; the ones
+ * that take no lock (params, task_id, attempt, plugin_state, is_cancelled,
+ * cancel_reason, cancel_fd, sleep_ms, wait_fd) check an acquire load of
+ * the attempt flag, which catches a call made after complete() returned
+ * but not one racing it (see docs/plugin-developer-guide.md, "Misuse Apex
+ * catches").
+ *
+ * Progress and results are validated here, on the plugin's thread, so an
+ * invalid one is rejected with a reason before it costs the host anything
+ * (and before anything copies it: see core/value.c for why that matters). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -19,10 +34,32 @@
 
 #include "core/error.h"
 #include "core/progress_internal.h"
+#include "core/utf8.h"
+#include "core/value.h"
 #include "exec/internal.h"
 
+static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
+
+/* The task of c, for a call that takes no lock, if its attempt is open;
+ * else NULL, and the call (`what`) is counted and logged as misuse. */
+static apex_task_t *open_task(apex_ctx_t *c, const char *what) {
+  apex__run_t *r = run_of(c);
+  if (atomic_load_explicit(&r->attempt_open, memory_order_acquire)) return r->task;
+  apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
+  return NULL;
+}
+
+/* As open_task, with the task's lock held when it returns non-NULL. */
+static apex_task_t *lock_open(apex_ctx_t *c, const char *what) {
+  apex__run_t *r = run_of(c);
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
+  return t;
+}
+
 static json_t *ctx_params(apex_ctx_t *c) {
-  apex_task_t *t = APEX__TASK_OF(c);
+  apex_task_t *t = open_task(c, "apex_ctx_params");
+  if (!t) return NULL;
   json_t *p = atomic_load_explicit(&t->params, memory_order_acquire);
   if (p) return p;
   json_t *fresh = json_object(); /* NULL on no memory: the handler sees NULL */
@@ -30,42 +67,64 @@ static json_t *ctx_params(apex_ctx_t *c) {
   json_decref(fresh); /* another thread of the handler's made it first */
   return p;
 }
-static uint64_t ctx_task_id(apex_ctx_t *c) { return APEX__TASK_OF(c)->id; }
 
-static uint32_t ctx_attempt(apex_ctx_t *c) {
-  return apex_task_attempts(APEX__TASK_OF(c));
+static uint64_t ctx_task_id(apex_ctx_t *c) {
+  apex_task_t *t = open_task(c, "apex_ctx_task_id");
+  return t ? t->id : 0;
 }
 
-static void *ctx_plugin_state(apex_ctx_t *c) { return APEX__TASK_OF(c)->plugin->state; }
+/* No lock: t->attempt changes only when an attempt starts, never while
+ * this one is open. */
+static uint32_t ctx_attempt(apex_ctx_t *c) {
+  apex_task_t *t = open_task(c, "apex_ctx_attempt");
+  return t ? t->attempt : 0;
+}
 
+static void *ctx_plugin_state(apex_ctx_t *c) {
+  apex_task_t *t = open_task(c, "apex_ctx_plugin_state");
+  return t ? t->plugin->state : NULL;
+}
+
+/* After complete() the ctx reads as cancelled ("completed"): a plugin
+ * thread still working for it should stop. */
 static int ctx_is_cancelled(apex_ctx_t *c) {
-  return apex_token_is_cancelled(apex__task_token_peek(APEX__TASK_OF(c)));
+  apex_task_t *t = open_task(c, "apex_ctx_is_cancelled");
+  return t ? apex_token_is_cancelled(apex__task_token_peek(t)) : 1;
 }
 
 static const char *ctx_cancel_reason(apex_ctx_t *c) {
-  return apex_token_reason(apex__task_token_peek(APEX__TASK_OF(c)));
+  apex_task_t *t = open_task(c, "apex_ctx_cancel_reason");
+  return t ? apex_token_reason(apex__task_token_peek(t)) : "completed";
 }
 
 static int ctx_cancel_fd(apex_ctx_t *c) {
-  apex_token_t *tok = apex__task_token(APEX__TASK_OF(c));
+  apex_task_t *t = open_task(c, "apex_ctx_cancel_fd");
+  if (!t) return APEX_E_INVALID;
+  apex_token_t *tok = apex__task_token(t);
   return tok ? apex_token_fd(tok) : APEX_E_NOMEM;
 }
 
 static int ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) {
+  apex_task_t *task = open_task(c, "apex_ctx_sleep_ms");
+  if (!task) return APEX_E_CANCELLED;
   int64_t t = ms > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ms;
-  apex_token_t *tok = apex__task_token(APEX__TASK_OF(c));
+  apex_token_t *tok = apex__task_token(task);
   if (!tok) { /* no memory for a token: still sleep, uncancellably */
     struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
     return APEX_OK;
   }
-  return apex_token_wait(tok, t) == APEX_E_CANCELLED ? APEX_E_CANCELLED : APEX_OK;
+  /* APEX_E_IO passes through: a wait that failed did not sleep the full
+   * time, and saying APEX_OK would claim it had. */
+  return apex_token_wait(tok, t);
 }
 
 static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) {
+  apex_task_t *task = open_task(c, "apex_ctx_wait_fd");
+  if (!task) return APEX_E_CANCELLED;
   if (fd < 0) return APEX_E_INVALID;
-  apex_token_t *tok = apex__task_token(APEX__TASK_OF(c));
+  apex_token_t *tok = apex__task_token(task);
   if (!tok) return APEX_E_IO;
   int cfd = apex_token_fd(tok);
   if (cfd < 0) return APEX_E_IO;
@@ -89,30 +148,50 @@ static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) 
   }
 }
 
-static int reject(apex_task_t *t, const char *why) {
-  atomic_fetch_add_explicit(&apex__task_m(t)->st_prog_rejected, 1, memory_order_relaxed);
-  if (apex__log_enabled(&apex__task_m(t)->log, APEX_LOG_DEBUG))
-    apex__log(&apex__task_m(t)->log, APEX_LOG_DEBUG, "%s.%s task %llu: progress rejected: %s",
-              t->plugin->desc.name, t->action->name, (unsigned long long)t->id, why);
+/* An invalid update from an open attempt is counted and logged; one after
+ * complete() is misuse. Either way the plugin hears APEX_E_INVALID. */
+static int reject(apex_ctx_t *c, const char *why) {
+  apex_task_t *t = lock_open(c, "progress");
+  if (!t) return APEX_E_INVALID;
+  apex_manager_t *m = apex__task_m(t);
+  /* The names live in the plugin's image, loaded while any attempt is
+   * open, and this caller's is. */
+  const char *pn = t->plugin->desc.name, *an = t->action->name;
+  uint64_t id = t->id;
+  pthread_mutex_unlock(apex__task_mu(t));
+  atomic_fetch_add_explicit(&m->st_prog_rejected, 1, memory_order_relaxed);
+  if (apex__log_enabled(&m->log, APEX_LOG_DEBUG))
+    apex__log(&m->log, APEX_LOG_DEBUG, "%s.%s task %llu: progress rejected: %s", pn, an,
+              (unsigned long long)id, why);
   return APEX_E_INVALID;
 }
 
+/* The fast path's rejection: the reason is the validator's own, so a
+ * plugin reads the same words whichever call it made; it is worked out only
+ * here, off the path of a valid report. */
+static int reject_short(apex_ctx_t *c, double pct, const char *msg) {
+  char why[256] = "";
+  if (apex__log_enabled(&apex__run_m(run_of(c))->log, APEX_LOG_DEBUG)) {
+    apex_progress_update_t u = {.percentage = pct, .message = msg};
+    apex_progress_update_validate(&u, why, sizeof why);
+  }
+  return reject(c, why);
+}
+
 static int ctx_progress(apex_ctx_t *c, double pct, const char *msg) {
-  apex_task_t *t = APEX__TASK_OF(c);
-  if (!(pct >= 0.0 && pct <= 100.0)) return reject(t, "percentage: not a number in [0, 100]");
+  if (!(pct >= 0.0 && pct <= 100.0)) return reject_short(c, pct, msg);
   size_t len = 0;
   if (msg) {
     len = strnlen(msg, APEX_PROGRESS_MESSAGE_MAX + 1);
-    if (len > APEX_PROGRESS_MESSAGE_MAX) return reject(t, "message: too long");
-    if (!apex__utf8_valid(msg, len)) return reject(t, "message: not valid UTF-8");
+    if (len > APEX_PROGRESS_MESSAGE_MAX || !apex__utf8_valid(msg, len))
+      return reject_short(c, pct, msg);
   }
-  return apex__task_report(t, pct, msg, len, NULL, NULL, NULL);
+  return apex__task_report(run_of(c), pct, msg, len, NULL, NULL, NULL);
 }
 
 static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
-  apex_task_t *t = APEX__TASK_OF(c);
   char why[256];
-  if (apex_progress_update_validate(u, why, sizeof why) != APEX_OK) return reject(t, why);
+  if (apex_progress_update_validate(u, why, sizeof why) != APEX_OK) return reject(c, why);
   json_t *details = u->details ? json_deep_copy(u->details) : NULL;
   json_t *subs = u->sub_tasks ? json_deep_copy(u->sub_tasks) : NULL;
   if ((u->details && !details) || (u->sub_tasks && !subs)) {
@@ -120,61 +199,99 @@ static int ctx_progress_update(apex_ctx_t *c, const apex_progress_update_t *u) {
     json_decref(subs);
     return APEX_E_NOMEM;
   }
-  return apex__task_report(t, u->percentage, u->message, u->message ? strlen(u->message) : 0,
-                           u->status, details, subs);
+  return apex__task_report(run_of(c), u->percentage, u->message,
+                           u->message ? strlen(u->message) : 0, u->status, details, subs);
 }
 
+/* The result is checked here, on the plugin's thread, so its cost lands on
+ * the plugin and nothing past this point (a copy for the host, the CLI's
+ * printing, the task's release) ever walks a value that could overflow a
+ * stack or never end. A refused value was taken, so it is ours to free,
+ * without recursion; the refusal waits in the run state for the attempt's
+ * end (task.c), which fails the attempt with it if the handler reports
+ * success. A later set_result replaces it, as it replaces a result. */
 static void ctx_set_result(apex_ctx_t *c, json_t *result) {
-  apex_task_t *t = APEX__TASK_OF(c);
-  pthread_mutex_t *mu = apex__task_mu(t);
-  pthread_mutex_lock(mu);
+  apex_error_t *refused = NULL;
+  char why[320];
+  apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
+  int bad = result && apex__value_check(result, "result", &budget, why, sizeof why) != APEX_OK;
+  if (bad) {
+    apex__value_free(result);
+    result = NULL;
+  }
+  apex_task_t *t = lock_open(c, "apex_ctx_set_result");
+  if (!t) {
+    json_decref(result); /* taken, even when ignored */
+    return;
+  }
+  if (bad) {
+    /* The error is made unlocked (it allocates) and stored only if the
+     * attempt is still open then, as apex_ctx_fail's is. */
+    apex_manager_t *m = apex__task_m(t);
+    apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
+    pthread_mutex_unlock(apex__task_mu(t));
+    refused = apex__error_new(APEX_E_INVALID_RESULT, &w, NULL, "%s", why);
+    apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: result refused: %s", w.plugin, w.action,
+              (unsigned long long)w.task, why);
+    t = lock_open(c, "apex_ctx_set_result");
+    if (!t) {
+      apex_error_unref(refused);
+      return;
+    }
+  }
   json_t *old = t->run->attempt_result;
+  apex_error_t *old_refused = t->run->result_refused;
   t->run->attempt_result = result;
-  pthread_mutex_unlock(mu);
-  json_decref(old);
+  t->run->result_refused = refused;
+  pthread_mutex_unlock(apex__task_mu(t));
+  json_decref(old); /* checked when it was set: safe to free recursively */
+  apex_error_unref(old_refused);
 }
 
 static int ctx_failv(apex_ctx_t *c, int code, const char *fmt, va_list ap) {
-  apex_task_t *t = APEX__TASK_OF(c);
-  pthread_mutex_t *mu = apex__task_mu(t);
-  pthread_mutex_lock(mu);
+  apex_task_t *t = lock_open(c, "apex_ctx_fail");
+  if (!t) return code;
   apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
-  pthread_mutex_unlock(mu);
+  pthread_mutex_unlock(apex__task_mu(t));
+  /* Formatted unlocked (it allocates); stored only if the attempt is still
+   * open then: a completion may have raced it. */
   apex_error_t *e = apex__error_newv(code, &w, NULL, fmt, ap);
-  pthread_mutex_lock(mu);
+  t = lock_open(c, "apex_ctx_fail");
+  if (!t) {
+    apex_error_unref(e);
+    return code;
+  }
   apex_error_t *old = t->run->attempt_error;
   t->run->attempt_error = e;
-  pthread_mutex_unlock(mu);
+  pthread_mutex_unlock(apex__task_mu(t));
   apex_error_unref(old);
   return code;
 }
 
 static void ctx_complete(apex_ctx_t *c, int status) {
-  apex_task_t *t = APEX__TASK_OF(c);
-  apex_manager_t *m = apex__task_m(t);
-  if (t->action->kind != APEX_ACTION_DEFERRED) {
-    apex__log(&m->log, APEX_LOG_WARN,
-              "%s.%s: complete() called by a blocking handler; it finishes by returning",
-              t->plugin->desc.name, t->action->name);
-    return;
-  }
+  apex__run_t *r = run_of(c);
+  apex_manager_t *m = apex__run_m(r); /* fixed for the run state's life */
   if (status == APEX_PENDING) status = APEX_E_EXECUTION;
-  /* The life reference may go inside attempt_end; keep t readable. */
-  apex__task_ref(t);
-  int teardown = apex__task_attempt_end(t, status);
-  apex__task_unref(t);
+  int teardown = apex__run_complete(r, status);
   /* On a worker (complete() inside the handler) the worker tears down once
    * back in its loop; on a plugin's own thread, here. */
   if (teardown && !apex__pool_defer_teardown(m)) apex__manager_teardown(m, 0);
 }
 
 static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
-  apex_task_t *t = APEX__TASK_OF(c);
-  if (!apex__log_enabled(&apex__task_m(t)->log, level)) return;
+  apex__run_t *r = run_of(c);
+  if (!apex__log_enabled(&apex__run_m(r)->log, level)) {
+    (void)open_task(c, "apex_ctx_log"); /* misuse is still counted, lock-free */
+    return;
+  }
+  apex_task_t *t = lock_open(c, "apex_ctx_log");
+  if (!t) return;
+  const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
+  uint64_t id = t->id;
+  pthread_mutex_unlock(apex__task_mu(t));
   char msg[900];
-  if (vsnprintf(msg, sizeof msg, fmt, ap) < 0) return;
-  apex__log(&apex__task_m(t)->log, level, "%s.%s task %llu: %s", t->plugin->desc.name, t->action->name,
-            (unsigned long long)t->id, msg);
+  if (!fmt || vsnprintf(msg, sizeof msg, fmt, ap) < 0) return; /* glibc's crashes on NULL */
+  apex__log(&apex__run_m(r)->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
 }
 
 void apex__host_api_init(apex_host_api_t *api) {

@@ -9,7 +9,7 @@
  * Locks, in the only order any code takes two of them:
  *   m->reg_mu (registry)      never held with another
  *   task stripe lock          (apex__task_mu) before
- *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu
+ *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu | m->runs_mu
  *                             (leaves: never two)
  *   m->wait_mu                after a task lock (waking waiters; a count
  *                             destroy waits for reaching zero); before
@@ -21,6 +21,7 @@
 #define APEX_EXEC_INTERNAL_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -40,6 +41,7 @@ typedef struct apex__ev apex__ev_t;
 /* Progress reported but not yet delivered; allocated on a task's first
  * report (a queued task carries none). Guarded by the task's lock. */
 typedef struct apex__progress_slot {
+  uint64_t seq;         /* progress seq of the last snapshot made */
   int dirty;            /* latest holds an undelivered update */
   double pct;
   char msg[APEX_PROGRESS_MESSAGE_MAX + 1];
@@ -64,7 +66,7 @@ struct apex__ev {
 /* Per-call options that differ from the action's and the manager's
  * defaults; allocated at submit only when a call sets one (most do not). */
 typedef struct apex__task_opts {
-  apex_retry_policy_t retry; /* copied; retry.non_retryable -> non_retryable */
+  apex_retry_policy_t retry; /* copied; retry.non_retryable points at non_retryable */
   apex_status_t non_retryable[APEX__MAX_NON_RETRYABLE];
   int own_retry;             /* retry above overrides the action's */
   apex_event_fn on_event;    /* overrides the manager's when set */
@@ -72,31 +74,64 @@ typedef struct apex__task_opts {
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
 } apex__task_opts_t;
 
-/* What a task needs once its first attempt starts: made then (by the
- * worker), so a queued task carries none of it, and freed as soon as the
- * task is terminal and no handler owns the ctx, unless the task reported
- * progress (last_progress stays readable, and the flush list may still
- * link it). Fields other than ctx and the intrusive links are guarded by
- * the task's stripe lock. */
+/* What a task needs once its first attempt starts: taken then (by the
+ * worker), so a queued task carries none of it, and given back as soon as
+ * the task is terminal and no handler owns the ctx, unless the task
+ * reported progress (last_progress stays readable, and the flush list may
+ * still link it; it goes back with the task then).
+ *
+ * Run states are type-stable: one given back goes to its manager's list
+ * of ended run states (m->runs_mu), oldest first, and is reused for a new
+ * task only once more than APEX__RUNS_KEEP others wait there; past
+ * APEX__RUNS_MAX the oldest is freed, and the manager frees the rest. So a
+ * ctx's memory outlives its attempt, and a plugin's late call on it (a
+ * second apex_ctx_complete, progress after it) finds attempt_open 0 and is
+ * ignored (ctx.c) without touching the task, which may be gone. The head
+ * fields (ctx.api, id, attempt_open) are what such a call reads: the api
+ * table is its manager's and never changes, id finds the stripe lock,
+ * attempt_open is checked under it. Kept to 120 bytes (malloc's 128-byte
+ * class), as a queued task is.
+ * Other fields except the intrusive links are guarded by the task's
+ * stripe lock. */
 typedef struct apex__run {
-  apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task */
-  apex_task_t *task;
-  int attempt_open;        /* a handler owns the ctx (running or pending) */
+  apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task. Its
+                              api is &m->api of the run state's manager for
+                              its whole life: apex__run_m */
+  _Atomic uint64_t id;     /* the task it serves (or served last) */
+  /* A handler owns the ctx (running or pending). Written under the task
+   * lock: 1 with release order after task and id, so a reader that sees
+   * it sees them too; read under the lock, or with acquire by a call that
+   * takes no lock. */
+  _Atomic int attempt_open;
+  /* From here on, cleared for each task that takes the run state. */
   int stuck;               /* its worker was replaced after a timeout */
+  uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
+  int flush_queued;        /* (m->flush_mu) */
+  apex_task_t *task;
   json_t *attempt_result;
   apex_error_t *attempt_error;
-  uint64_t progress_seq;
+  apex_error_t *result_refused; /* apex_ctx_set_result refused the value (ctx.c) */
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;
-  uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
-  /* The live list (m->live_mu) links run states, not tasks: a task drops
-   * its run state (t->run = NULL) a moment before the list lets go of it. */
-  struct apex__run *live_prev, *live_next;
+  /* The live list (m->live_mu) links run states, not tasks; a run state
+   * leaves it when its task ends (apex__pool_task_end, under the task
+   * lock), before the task lets the run state go. Off it, an ended run
+   * state waits in m's list (m->runs_mu) by free_next. */
+  struct apex__run *live_prev;
+  union {
+    struct apex__run *live_next;
+    struct apex__run *free_next;
+  };
   apex_task_t *flush_next;      /* flush list (m->flush_mu) */
   apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
-  int flush_queued;             /* (m->flush_mu) */
 } apex__run_t;
+
+/* Ended run states a manager keeps: none is reused before this many others
+ * ended after it (the window in which a late ctx call is caught), and at
+ * most APEX__RUNS_MAX are kept (128 bytes each). */
+#define APEX__RUNS_KEEP 256u
+#define APEX__RUNS_MAX 4096u
 
 /* A task. Queued, it is this much and nothing more (W5 of bench/README.md:
  * at most what a libuv uv_work_t costs): no token, params, run state or
@@ -289,9 +324,20 @@ struct apex_manager {
       st_timed_out;
   atomic_uint_fast64_t st_attempts, st_retries;
   atomic_uint_fast64_t st_prog_reported, st_prog_delivered, st_prog_rejected, st_late;
+  atomic_uint_fast64_t st_misuse; /* ctx calls after complete (also in st_late) */
+
+  /* ended run states, oldest first (runs_mu, a leaf): see apex__run_t */
+  _Alignas(APEX__CACHE_LINE) pthread_mutex_t runs_mu;
+  apex__run_t *runs_head, *runs_tail;
+  uint32_t n_runs;
 };
 
-#define APEX__TASK_OF(c) (((apex__run_t *)(void *)(c))->task)
+/* The manager a run state belongs to: its ctx's api table is the
+ * manager's own (apex__host_api_init into m->api), for the run state's
+ * whole life, so this needs no field of its own and no task. */
+static inline apex_manager_t *apex__run_m(const apex__run_t *r) {
+  return (apex_manager_t *)(void *)((char *)(uintptr_t)r->ctx.api - offsetof(apex_manager_t, api));
+}
 
 /* 1 on m's runtime thread (LOOP-mode callbacks run there): what would
  * block it waits for the deadlines and retries only it fires. */
@@ -313,14 +359,33 @@ void apex__task_unref(apex_task_t *t);
 /* Runs one attempt of t on the calling worker thread. Returns: 1 if the
  * caller must finish tearing down an orphaned manager (apex__manager_teardown). */
 int apex__task_run(apex_task_t *t);
-/* Ends the open attempt with rc (from the handler's return or complete).
- * Returns: as apex__task_run. */
+/* Ends t's open attempt with rc, from its worker: the handler's return
+ * (a deferred handler's that completed already is counted as misuse), or
+ * a start destroy's sweep refused. Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
-/* Accepts a validated progress report from the plugin (ctx.c). Returns
- * APEX_OK (also for a late report, ignored and counted) or APEX_E_NOMEM.
- * msg_len is strlen(msg) (0 for NULL), which the caller measured already.
- * Ownership: msg/status copied; details and sub_tasks taken. */
-int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t msg_len,
+/* Ends r's open attempt with rc, for apex_ctx_complete: r's task is
+ * touched only once the attempt is found open under its lock. Returns: as
+ * apex__task_run; 0 for a late call (counted and logged) or a blocking
+ * handler's complete (logged). */
+int apex__run_complete(apex__run_t *r, int rc);
+/* Locks the stripe of the task r serves and returns that task if r's
+ * attempt is open (the caller unlocks apex__task_mu of it); else returns
+ * NULL with nothing locked, having touched no task. Any thread. */
+apex_task_t *apex__run_lock_open(apex__run_t *r);
+/* A plugin called `what` on a ctx whose attempt had ended (apex__run_t):
+ * counts it (late_reports and st_misuse) and logs it, at warn level the
+ * 1st, 2nd, 4th, 8th... time so a plugin looping on a dead ctx cannot
+ * flood the log. id: the task it names (r->id). Any thread, no lock. */
+void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
+/* Frees m's list of ended run states (the manager is going). */
+void apex__runs_free(apex_manager_t *m);
+/* Accepts a validated progress report from the plugin (ctx.c) for r's
+ * open attempt. Returns APEX_OK (also for a late report, ignored and
+ * counted: after a timeout or cancel; after complete, as misuse) or
+ * APEX_E_NOMEM. msg_len is strlen(msg) (0 for NULL), which the caller
+ * measured already. Ownership: msg/status copied; details and sub_tasks
+ * taken. */
+int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t msg_len,
                       const char *status, json_t *details, json_t *sub_tasks);
 /* Makes t terminal with state/error unless it already is. Returns 1 if this
  * call did it. Takes no lock on entry; error taken. */
@@ -336,8 +401,25 @@ apex_token_t *apex__task_token(apex_task_t *t);
 static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {
   return atomic_load_explicit(&t->token, memory_order_acquire);
 }
-/* Cancels t for reason (user, shutdown, parent). */
-int apex__task_cancel(apex_task_t *t, const char *reason);
+/* Why Apex cancels a task. Every decision is made on this, never on the
+ * reason text, which a host (apex_task_cancel) or a parent token supplies
+ * and which is only the text handlers and errors show. */
+typedef enum apex__cause {
+  APEX__CAUSE_USER,     /* apex_task_cancel */
+  APEX__CAUSE_PARENT,   /* its token fired from outside Apex: a parent token, or
+                           the host through apex_task_token */
+  APEX__CAUSE_SHUTDOWN, /* destroy's sweep: ends it at once, running or not */
+  APEX__CAUSE_TIMEOUT   /* its deadline (apex__task_on_deadline ends it) */
+} apex__cause_t;
+/* Returns: "user", "parent", "shutdown" or "timeout". Static. */
+const char *apex__cause_name(apex__cause_t cause);
+/* Cancels t for cause, with reason as the token's text (NULL: the cause's
+ * name). A queued or retry-waiting task ends at once; a running one only
+ * for APEX__CAUSE_SHUTDOWN (else its handler, signalled by the token, ends
+ * it). Returns: APEX_OK; APEX_E_ALREADY if its token had fired already;
+ * APEX_E_NOMEM if no token could be made for a running task (nothing was
+ * signalled; a task this call ended is APEX_OK). Takes no lock on entry. */
+int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason);
 
 /* ctx.c: the host services table handed to plugins. */
 void apex__host_api_init(apex_host_api_t *api);
@@ -408,8 +490,10 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
 /* Under pool_mu: links t into its pinned deadline list (taking a
  * reference), arming the timers if it is now the earliest. */
 void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
-/* Arms t's retry for run->retry_at_ns. Under the task lock. */
-void apex__retry_arm(apex_manager_t *m, apex_task_t *t);
+/* Arms t's retry for run->retry_at_ns (taking a reference) in the slot
+ * its submit reserved. Under the task lock. Returns: APEX_OK; APEX_E_NOMEM
+ * if t holds no reserved slot (a broken invariant: nothing is written). */
+int apex__retry_arm(apex_manager_t *m, apex_task_t *t);
 /* Under pool_mu: disarms both and frees what t reserved; once, when t
  * ends. Returns the references the caller drops (after unlocking; the
  * caller holds another, so they never free t). */
@@ -447,8 +531,12 @@ int apex__events_deliver(apex_manager_t *m);
 void apex__ev_free(apex__ev_t *node);
 
 /* retry.c */
-/* Returns: 1 and *delay_s if attempt `attempt` failing with code may be
- * retried under p, else 0. */
+/* Returns: the retry policy t follows: the call's copy (t->opts) or the
+ * action's default. Borrowed, immutable after submit; no lock needed. */
+const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t);
+/* Returns: 1 and *delay_s if t's current attempt, failing with code, may
+ * be retried under its policy, else 0. Under the task lock (reads
+ * t->attempt). */
 int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
 
 #endif

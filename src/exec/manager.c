@@ -22,25 +22,41 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/abi.h"
 #include "core/error.h"
 #include "core/policy.h"
 #include "exec/internal.h"
 
 #define MAX_WORKERS 1024
 
-void apex_manager_config_init(apex_manager_config_t *cfg) {
-  if (!cfg) return;
-  memset(cfg, 0, sizeof *cfg);
-  cfg->struct_size = sizeof *cfg;
-  cfg->max_stuck_workers = 4;
-  cfg->progress_rate_hz = 20;
-  cfg->log_level = -1;
+/* The init calls write the caller's size, never the library's: a host built
+ * against an older header has a smaller struct (docs/abi.md). */
+apex_status_t apex_manager_config_init_v2(apex_manager_config_t *cfg, size_t size) {
+  if (!cfg || size < APEX__CONFIG_V1_MIN || size > APEX__STRUCT_MAX) return APEX_E_INVALID;
+  apex_manager_config_t d;
+  memset(&d, 0, sizeof d);
+  d.max_stuck_workers = 4;
+  d.progress_rate_hz = 20;
+  d.log_level = -1;
+  memset(cfg, 0, size);
+  memcpy(cfg, &d, size < sizeof d ? size : sizeof d);
+  cfg->struct_size = (uint32_t)size;
+  return APEX_OK;
 }
 
-void apex_submit_opts_init(apex_submit_opts_t *opts) {
-  if (!opts) return;
-  memset(opts, 0, sizeof *opts);
-  opts->struct_size = sizeof *opts;
+void(apex_manager_config_init)(apex_manager_config_t *cfg) {
+  apex_manager_config_init_v2(cfg, APEX__CONFIG_V1_SIZE);
+}
+
+apex_status_t apex_submit_opts_init_v2(apex_submit_opts_t *opts, size_t size) {
+  if (!opts || size < APEX__SUBMIT_OPTS_V1_MIN || size > APEX__STRUCT_MAX) return APEX_E_INVALID;
+  memset(opts, 0, size);
+  opts->struct_size = (uint32_t)size;
+  return APEX_OK;
+}
+
+void(apex_submit_opts_init)(apex_submit_opts_t *opts) {
+  apex_submit_opts_init_v2(opts, APEX__SUBMIT_OPTS_V1_SIZE);
 }
 
 static void manager_free(apex_manager_t *m) {
@@ -55,6 +71,8 @@ static void manager_free(apex_manager_t *m) {
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
   pthread_cond_destroy(&m->wait_cv);
+  apex__runs_free(m); /* after the last task: none is in use */
+  pthread_mutex_destroy(&m->runs_mu);
   free(m);
 }
 
@@ -66,13 +84,9 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
                         char *why, size_t n) {
   apex_manager_config_init(out);
   if (!in) return 1;
-  if (in->struct_size < offsetof(apex_manager_config_t, log_level) + sizeof(int) ||
-      in->struct_size > 4096) {
-    snprintf(why, n, "config.struct_size %u: call apex_manager_config_init first",
-             in->struct_size);
+  if (!apex__struct_copy_in(out, sizeof *out, in, in->struct_size, APEX__CONFIG_V1_MIN, "config",
+                            "apex_manager_config_init", why, n))
     return 0;
-  }
-  memcpy(out, in, in->struct_size < sizeof *out ? in->struct_size : sizeof *out);
   out->struct_size = sizeof *out;
   if (out->workers > MAX_WORKERS) {
     snprintf(why, n, "config.workers %u: at most %d", out->workers, MAX_WORKERS);
@@ -110,7 +124,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   if (!out) return APEX_E_INVALID;
   *out = NULL;
   apex_manager_config_t c;
-  char why[160];
+  char why[256];
   if (!check_config(cfg, &c, why, sizeof why)) {
     apex__logger_t lg;
     apex__logger_init(&lg, cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_user)
@@ -141,6 +155,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);
+  pthread_mutex_init(&m->runs_mu, NULL);
   pthread_condattr_t ca;
   int rc = APEX_E_IO;
   if (pthread_condattr_init(&ca) == 0) {
@@ -212,7 +227,7 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
 static void cancel_queued(apex_manager_t *m) {
   for (apex_task_t *t = apex__pool_take_queued(m); t;) {
     apex_task_t *next = t->run_next;
-    apex__task_cancel(t, "shutdown");
+    apex__task_cancel(t, APEX__CAUSE_SHUTDOWN, NULL);
     apex__task_unref(t); /* the run queue's reference */
     t = next;
   }
@@ -237,7 +252,7 @@ static void cancel_started(apex_manager_t *m, int all) {
     pthread_mutex_unlock(&m->live_mu);
     if (!n) break;
     for (size_t i = 0; i < n; i++) {
-      apex__task_cancel(batch[i], "shutdown");
+      apex__task_cancel(batch[i], APEX__CAUSE_SHUTDOWN, NULL);
       apex__task_unref(batch[i]);
     }
   }
@@ -387,6 +402,17 @@ static apex__plugin_t *find_locked(apex_manager_t *m, const char *name) {
   return NULL;
 }
 
+/* Unloads p, which was loaded but never registered, so none of its
+ * handlers ran: shutdown is owed only to undo an init. A plugin without
+ * init has nothing to undo, and a second dlopen of a file already loaded
+ * shares the first copy's globals: its shutdown would stop the threads the
+ * registered copy starts lazily. */
+static void discard(apex__plugin_t *p) {
+  if (!p->desc.init) p->inited = 0;
+  apex__plugin_unload(p);
+  apex__plugin_free(p);
+}
+
 static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
   apex__plugin_t *p = NULL;
   int rc = apex__plugin_load(file, &m->api, &p, err);
@@ -402,8 +428,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
                                               "%s: duplicate plugin '%s' (already loaded from %s)",
                                               file, p->desc.name, other ? other : "?"));
     free(other);
-    apex__plugin_unload(p);
-    apex__plugin_free(p);
+    discard(p);
     return rc;
   }
   if (m->n_plugins == m->cap_plugins) {
@@ -411,8 +436,7 @@ static int load_file(apex_manager_t *m, const char *file, apex_error_t **err) {
     apex__plugin_t **np = realloc(m->plugins, cap * sizeof *np);
     if (!np) {
       pthread_mutex_unlock(&m->reg_mu);
-      apex__plugin_unload(p);
-      apex__plugin_free(p);
+      discard(p);
       return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
     }
     m->plugins = np;
@@ -560,10 +584,16 @@ const char *apex_manager_plugin_file(apex_manager_t *m, const char *name) {
 /* ------------------------------------------------------------- submit */
 
 /* Runs whenever the task's token fires; it matters when the parent's
- * cancellation did it, which no other path notices for a queued task. */
+ * cancellation did it, which no other path notices for a queued task. The
+ * cause is the parent's whatever the reason says: a parent token cancelled
+ * with "shutdown" (or the task's own token cancelled so by the host through
+ * apex_task_token) is not Apex's shutdown, and must not end a running task
+ * under its handler. When Apex's own cancel fired the token, this nested
+ * call finds a running task left to that cancel, or the task already
+ * ended. */
 static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   (void)tok;
-  apex__task_cancel(user, reason);
+  apex__task_cancel(user, APEX__CAUSE_PARENT, reason);
 }
 
 /* Sets t's deadline and, when the call overrides a default (retry policy,
@@ -589,18 +619,13 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     x->retry = *o->retry;
     for (size_t i = 0; i < o->retry->n_non_retryable; i++)
       x->non_retryable[i] = o->retry->non_retryable[i];
-    x->retry.non_retryable = NULL; /* copied into x->non_retryable */
+    x->retry.non_retryable = x->non_retryable; /* the copy, in the same block */
   }
   x->on_event = o->on_event;
   x->event_user = o->on_event ? o->event_user : NULL;
   t->opts = x;
   (void)m;
   return APEX_OK;
-}
-
-/* The policy t's attempts follow. */
-static const apex_retry_policy_t *retry_of(const apex_task_t *t) {
-  return t->opts && t->opts->own_retry ? &t->opts->retry : &t->action->default_retry;
 }
 
 static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
@@ -621,9 +646,16 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   if (!m || !plugin || !action || !out)
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
                       !m ? "manager" : !plugin ? "plugin" : !action ? "action" : "out");
-  if (opts && opts->struct_size && opts->struct_size < sizeof *opts)
-    return apex__fail(err, APEX_E_INVALID, "submit opts: struct_size %u: call apex_submit_opts_init",
-                      opts->struct_size);
+  apex_submit_opts_t o_copy; /* opts in this library's layout (docs/abi.md) */
+  if (opts) {
+    char why[256];
+    uint32_t size = opts->struct_size ? opts->struct_size : (uint32_t)APEX__SUBMIT_OPTS_V1_SIZE;
+    apex_submit_opts_init(&o_copy);
+    if (!apex__struct_copy_in(&o_copy, sizeof o_copy, opts, size, APEX__SUBMIT_OPTS_V1_MIN,
+                              "submit opts", "apex_submit_opts_init", why, sizeof why))
+      return apex__fail(err, APEX_E_INVALID, "%s", why);
+    opts = &o_copy;
+  }
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
   pthread_mutex_lock(&m->reg_mu);
@@ -675,7 +707,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. */
-    rc = apex__pool_submit(m, t, t->deadline_ns != 0, retry_of(t)->max_attempts > 1);
+    rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
@@ -760,9 +792,10 @@ int apex_manager_dispatch(apex_manager_t *m) {
   return apex__events_dispatch(m);
 }
 
-apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {
-  if (!m || !s) return APEX_E_INVALID;
+/* Reads every counter into s (this library's layout). */
+static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   memset(s, 0, sizeof *s);
+  s->struct_size = sizeof *s;
   s->submitted = atomic_load(&m->st_submitted);
   s->succeeded = atomic_load(&m->st_succeeded);
   s->failed = atomic_load(&m->st_failed);
@@ -782,5 +815,35 @@ apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *s) {
   pthread_mutex_lock(&m->live_mu);
   s->running = m->n_active;
   pthread_mutex_unlock(&m->live_mu);
+}
+
+apex_status_t apex_manager_stats_v2(apex_manager_t *m, apex_stats_t *out) {
+  if (!m || !out) return APEX_E_INVALID;
+  apex_stats_t s;
+  stats_read(m, &s);
+  return apex__struct_copy_out(out, &s, sizeof s, APEX__STATS_V1_MIN) ? APEX_OK : APEX_E_INVALID;
+}
+
+apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out) {
+  if (!m || !out) return APEX_E_INVALID;
+  apex_stats_t s;
+  stats_read(m, &s);
+  *out = (apex_manager_stats_t){
+      .submitted = s.submitted,
+      .succeeded = s.succeeded,
+      .failed = s.failed,
+      .cancelled = s.cancelled,
+      .timed_out = s.timed_out,
+      .attempts = s.attempts,
+      .retries = s.retries,
+      .queued = s.queued,
+      .running = s.running,
+      .workers = s.workers,
+      .stuck_workers = s.stuck_workers,
+      .progress_reported = s.progress_reported,
+      .progress_delivered = s.progress_delivered,
+      .progress_rejected = s.progress_rejected,
+      .late_reports = s.late_reports,
+  };
   return APEX_OK;
 }

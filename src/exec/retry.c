@@ -1,7 +1,8 @@
-/* Retry decisions (DESIGN.md "Retries"): which failures are retried and how
- * long to back off. Pure functions of the task's policy (the action's, or the
- * call's copy in t->opts); the caller
- * holds the task lock. Jitter draws from a per-task, per-attempt hash, so it
+/* Retry decisions (apex_retry_policy_t in include/apex/plugin.h): which
+ * policy a task follows, which failures are retried and how long to back
+ * off. Pure functions of the task's policy (the action's, or the call's
+ * copy in t->opts, immutable after submit); apex__retry_next's caller holds
+ * the task lock. Jitter draws from a per-task, per-attempt hash, so it
  * needs no shared random state and repeats under test. */
 #include <math.h>
 
@@ -16,10 +17,12 @@ static double unit_random(uint64_t seed) {
   return (double)(z >> 11) / 9007199254740992.0; /* [0, 1) */
 }
 
+const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t) {
+  return t->opts && t->opts->own_retry ? &t->opts->retry : &t->action->default_retry;
+}
+
 int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
-  const apex__task_opts_t *o = t->opts;
-  const apex_retry_policy_t *p = o && o->own_retry ? &o->retry : &t->action->default_retry;
-  const apex_status_t *never = o && o->own_retry ? o->non_retryable : p->non_retryable;
+  const apex_retry_policy_t *p = apex__retry_policy(t);
   uint32_t attempt = t->attempt;
   uint32_t max = p->max_attempts ? p->max_attempts : 1;
   if (attempt >= max) return 0;
@@ -27,7 +30,7 @@ int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
    * timeouts and permanent errors never are. */
   if (code != APEX_E_TRANSIENT && code != APEX_E_CRASHED) return 0;
   for (size_t i = 0; i < p->n_non_retryable; i++)
-    if ((int)never[i] == code) return 0;
+    if ((int)p->non_retryable[i] == code) return 0;
   double coeff = p->backoff_coefficient >= 1.0 ? p->backoff_coefficient : 2.0;
   double d = p->initial_interval_s * pow(coeff, (double)(attempt - 1));
   if (p->max_interval_s > 0 && d > p->max_interval_s) d = p->max_interval_s;

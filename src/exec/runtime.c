@@ -20,7 +20,6 @@
  * Locks: pool_mu guards the timers, armed_at and the timerfds' armed times;
  * flush_mu the flush list. Both are leaves (see internal.h). Failure: uv_* calls on an initialised loop do not
  * fail in ways we can act on beyond logging. */
-#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,16 +287,22 @@ static void heap_remove(apex_manager_t *m, apex_task_t *t) {
     heap_down(m, i);
 }
 
-void apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
+int apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   pthread_mutex_lock(&m->pool_mu);
-  /* The slot was reserved at submit, so this never allocates. */
-  assert((t->timer_flags & APEX__TIMER_RETRY_SLOT) && m->heap_len < m->heap_cap);
+  /* The slot was reserved at submit, so this never allocates. Checked, not
+   * asserted: an assert vanishes in release builds, and this write would
+   * then go past the heap. */
+  if (!(t->timer_flags & APEX__TIMER_RETRY_SLOT) || m->heap_len >= m->heap_cap) {
+    pthread_mutex_unlock(&m->pool_mu);
+    return APEX_E_NOMEM;
+  }
   m->heap[m->heap_len] = t;
   t->run->heap_idx = m->heap_len++;
   heap_up(m, t->run->heap_idx);
   apex__task_ref(t); /* the heap's reference */
   earlier_locked(m, t->run->retry_at_ns);
   pthread_mutex_unlock(&m->pool_mu);
+  return APEX_OK;
 }
 
 unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {

@@ -3,8 +3,9 @@
  *
  * A queued task is one small allocation (internal.h: no token, params, run
  * state or event node until something needs them); its run state (the ctx
- * handlers see, attempt results, progress) is made when its first attempt
- * starts, and its DONE event is the task itself on the DONE queue. It is
+ * handlers see, attempt results, progress) is taken from the manager's kept
+ * ones (see "run states" below) when its first attempt starts, and its DONE
+ * event is the task itself on the DONE queue. It is
  * reference counted: the host's handle,
  * the "life" reference (held until the task is terminal AND no handler owns
  * its ctx, so a late handler never touches freed memory), and one reference
@@ -21,6 +22,7 @@
  * fails the task with APEX_E_NOMEM; an ATTEMPT, PROGRESS or RETRY event whose
  * node cannot be allocated is not delivered, which leaves the task's state,
  * its counters and apex_task_wait unaffected. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,26 +55,91 @@ apex_token_t *apex__task_token(apex_task_t *t) {
 }
 
 _Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
+_Static_assert(sizeof(apex__run_t) <= 120, "a run state must stay in malloc's 128-byte class");
+
+/* ---------------------------------------------------------- run states
+ *
+ * Kept per manager, oldest first (internal.h, apex__run_t): a ctx's memory
+ * stays a run state after its attempt ended, so a plugin's late call on it
+ * is caught, not a use-after-free. FIFO with APEX__RUNS_KEEP held back, so
+ * a run state is reused only after that many others ended after it; a
+ * pool of them also saves a task its run state's malloc and free. */
+
+/* A run state for t's first attempt, reused or new. Under t's lock
+ * (runs_mu is a leaf). Returns: NULL on no memory. */
+static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
+  apex__run_t *r = NULL;
+  pthread_mutex_lock(&m->runs_mu);
+  if (m->n_runs > APEX__RUNS_KEEP) {
+    r = m->runs_head;
+    m->runs_head = r->free_next;
+    if (!m->runs_head) m->runs_tail = NULL;
+    m->n_runs--;
+  }
+  pthread_mutex_unlock(&m->runs_mu);
+  if (r) {
+    memset(&r->stuck, 0, sizeof *r - offsetof(apex__run_t, stuck));
+  } else {
+    if (!(r = calloc(1, sizeof *r))) return NULL;
+    r->ctx.api = &m->api; /* for good: apex__run_m */
+  }
+  r->task = t;
+  r->heap_idx = APEX__NOT_IN_HEAP;
+  /* Before attempt_open's release store: a late call that sees the new
+   * attempt open sees this id too, and so knows the run state moved on. */
+  atomic_store_explicit(&r->id, t->id, memory_order_relaxed);
+  return r;
+}
+
+/* Gives back r, which owns nothing any more, is off the live list and
+ * serves no open attempt. No lock held. */
+static void run_put(apex_manager_t *m, apex__run_t *r) {
+  apex__run_t *drop = NULL;
+  r->free_next = NULL;
+  pthread_mutex_lock(&m->runs_mu);
+  if (m->runs_tail)
+    m->runs_tail->free_next = r;
+  else
+    m->runs_head = r;
+  m->runs_tail = r;
+  if (++m->n_runs > APEX__RUNS_MAX) {
+    drop = m->runs_head;
+    m->runs_head = drop->free_next;
+    m->n_runs--;
+  }
+  pthread_mutex_unlock(&m->runs_mu);
+  free(drop);
+}
+
+void apex__runs_free(apex_manager_t *m) {
+  for (apex__run_t *r = m->runs_head, *next; r; r = next) {
+    next = r->free_next;
+    free(r);
+  }
+  m->runs_head = m->runs_tail = NULL;
+  m->n_runs = 0;
+}
 
 static void task_free(apex_task_t *t) {
+  apex_manager_t *m = apex__task_m(t);
   apex_token_t *tok = apex__task_token_peek(t);
   if (t->opts && t->opts->parent_cb_id) apex_token_remove_callback(tok, t->opts->parent_cb_id);
   json_decref(atomic_load(&t->params));
   apex_token_unref(tok);
   apex__run_t *r = t->run;
-  if (r) {
+  if (r) { /* kept for its progress: given back with the task */
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
+    apex_error_unref(r->result_refused);
     slot_free(r->prog);
     apex_progress_unref(r->last_progress);
-    free(r);
+    run_put(m, r);
   }
   if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
     json_decref(t->out.result);
   else
     apex_error_unref(t->out.error);
   free((void *)t->opts);
-  apex_manager_t *m = apex__task_m(t);
   free(t);
   apex__manager_unref(m);
 }
@@ -107,12 +174,12 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
 /* Builds the latest coalesced update into a snapshot. Under the lock. */
 static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
   apex__progress_slot_t *s = t->run->prog;
-  apex_progress_t *snap = apex__progress_new(t->run->progress_seq + 1, s->pct, s->msg,
+  apex_progress_t *snap = apex__progress_new(s->seq + 1, s->pct, s->msg,
                                              s->status, s->details, s->sub_tasks);
   s->details = NULL; /* taken, even on failure */
   s->sub_tasks = NULL;
   s->dirty = 0;
-  if (snap) t->run->progress_seq++;
+  if (snap) s->seq++;
   return snap;
 }
 
@@ -186,10 +253,10 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
       apex_progress_t *p = latest_snapshot_locked(t);
       if (p) s->backlog[s->n_backlog++] = p;
     }
-    apex_progress_t *p = apex__progress_new(r->progress_seq + 1, pct, msg, status, details,
+    apex_progress_t *p = apex__progress_new(s->seq + 1, pct, msg, status, details,
                                             sub_tasks);
     if (!p) return APEX_E_NOMEM;
-    r->progress_seq++;
+    s->seq++;
     s->backlog[s->n_backlog++] = p;
     *request = 1;
     return APEX_OK;
@@ -208,14 +275,20 @@ static int report_locked(apex_task_t *t, double pct, const char *msg, size_t msg
   return APEX_OK;
 }
 
-int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, const char *status,
+int apex__task_report(apex__run_t *r, double pct, const char *msg, size_t len, const char *status,
                       json_t *details, json_t *sub_tasks) {
-  apex_manager_t *m = apex__task_m(t);
-  pthread_mutex_t *mu = apex__task_mu(t);
+  apex_manager_t *m = apex__run_m(r);
   int request = 0, rc;
-  pthread_mutex_lock(mu);
-  if (!t->run->attempt_open ||
-      is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) { /* after complete: misuse */
+    json_decref(details);
+    json_decref(sub_tasks);
+    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "progress");
+    return APEX_OK;
+  }
+  pthread_mutex_t *mu = apex__task_mu(t);
+  if (is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+    /* After a timeout or cancel: the ctx is still the handler's. */
     pthread_mutex_unlock(mu);
     json_decref(details);
     json_decref(sub_tasks);
@@ -224,10 +297,16 @@ int apex__task_report(apex_task_t *t, double pct, const char *msg, size_t len, c
   }
   rc = report_locked(t, pct, msg ? msg : "", len, status ? status : "running", details, sub_tasks,
                      &request);
+  /* The flush request runs unlocked; a completion racing this report on
+   * another thread (misuse, but caught) could free t meanwhile. */
+  if (request && rc == APEX_OK) apex__task_ref(t);
   pthread_mutex_unlock(mu);
   if (rc == APEX_OK) {
     atomic_fetch_add_explicit(&m->st_prog_reported, 1, memory_order_relaxed);
-    if (request) apex__flush_request(m, t);
+    if (request) {
+      apex__flush_request(m, t);
+      apex__task_unref(t);
+    }
   }
   return rc;
 }
@@ -259,9 +338,10 @@ static void release_life_locked(apex_task_t *t, after_t *a) {
   a->release_life = 1;
   apex__run_t *r = t->run;
   if (r && !r->prog) {
-    /* Both moved out by attempt_end; nothing else is owned without prog. */
+    /* Moved out by attempt_end; nothing else is owned without prog. */
     json_decref(r->attempt_result);
     apex_error_unref(r->attempt_error);
+    apex_error_unref(r->result_refused);
     t->run = NULL;
     a->run = r;
   }
@@ -287,7 +367,8 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
    * total order keeps both from missing the other (a lost wakeup). */
   atomic_store(&t->state, state);
   a->finished = 1;
-  if (!t->run || !t->run->attempt_open) release_life_locked(t, a);
+  if (!t->run || !atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed))
+    release_life_locked(t, a);
   /* Last: the host wakes on it, and then finds this thread no longer in
    * the locks its next submit takes. */
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
@@ -324,7 +405,7 @@ static void after_notify(apex_task_t *t, after_t *a) {
 }
 
 static void after_release(apex_task_t *t, after_t *a) {
-  free(a->run); /* emptied by release_life_locked */
+  if (a->run) run_put(apex__task_m(t), a->run); /* emptied by release_life_locked */
   if (a->release_life) apex__task_unref(t);
 }
 
@@ -348,15 +429,27 @@ int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *err
   return 1;
 }
 
-int apex__task_cancel(apex_task_t *t, const char *reason) {
-  if (!reason) reason = "user";
+const char *apex__cause_name(apex__cause_t cause) {
+  switch (cause) {
+    case APEX__CAUSE_USER: return "user";
+    case APEX__CAUSE_PARENT: return "parent";
+    case APEX__CAUSE_SHUTDOWN: return "shutdown";
+    case APEX__CAUSE_TIMEOUT: return "timeout";
+  }
+  return "user";
+}
+
+int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
+  if (!reason) reason = apex__cause_name(cause);
+  /* Only shutdown ends a running task at once (its handler's outcome then
+   * comes late and is ignored); the reason text never decides it. */
+  int at_once = cause == APEX__CAUSE_SHUTDOWN;
   apex_token_t *tok = apex__task_token(t);
   int rc = tok ? apex_token_cancel(tok, reason) : APEX_E_NOMEM;
   /* Running: its handler, just woken by the token, ends it, and the end of
    * its attempt sees the token (as does any later start). Taking the task
    * lock here would only make the woken handler wait for it. */
-  if (tok && atomic_load(&t->state) == APEX_TASK_RUNNING && strcmp(reason, "shutdown") != 0)
-    return rc;
+  if (tok && !at_once && atomic_load(&t->state) == APEX_TASK_RUNNING) return rc;
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -364,10 +457,11 @@ int apex__task_cancel(apex_task_t *t, const char *reason) {
   /* A queued or backing-off task has no handler to notice the token: end
    * it now. A running one ends when its handler returns; at shutdown it
    * ends now, and the handler's late outcome is ignored. */
-  if (!is_terminal(st) && (st != APEX_TASK_RUNNING || strcmp(reason, "shutdown") == 0)) {
+  if (!is_terminal(st) && (st != APEX_TASK_RUNNING || at_once)) {
     apex__where_t w = where_of(t);
     finish_locked(t, APEX_TASK_CANCELLED, NULL,
                   apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+    if (rc == APEX_E_NOMEM) rc = APEX_OK; /* ended: no handler needed the token */
   }
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
@@ -400,7 +494,7 @@ int apex__task_run(apex_task_t *t) {
   }
   apex__run_t *r = t->run;
   if (!r) { /* the first attempt: the task grows what running needs */
-    r = calloc(1, sizeof *r);
+    r = run_get(m, t);
     if (!r) {
       after_t a = {0};
       apex__where_t w = where_of(t);
@@ -411,14 +505,11 @@ int apex__task_run(apex_task_t *t) {
       after_unlock(t, &a);
       return 0;
     }
-    r->ctx.api = &m->api;
-    r->task = t;
-    r->heap_idx = APEX__NOT_IN_HEAP;
     t->run = r;
   }
   atomic_store(&t->state, APEX_TASK_RUNNING);
   t->attempt++;
-  r->attempt_open = 1;
+  atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
@@ -430,7 +521,7 @@ int apex__task_run(apex_task_t *t) {
     /* Taken from the queue just before destroy began (which starts no
      * attempt): never run it, end it as destroy ends what was queued. */
     apex_token_t *own = apex__task_token(t);
-    if (own) apex_token_cancel(own, "shutdown");
+    if (own) apex_token_cancel(own, apex__cause_name(APEX__CAUSE_SHUTDOWN));
     return apex__task_attempt_end(t, APEX_E_CANCELLED);
   }
 
@@ -456,26 +547,85 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
   return apex__error_new(rc, &w, own, "%s", own ? apex_error_message(own) : apex_strerror(rc));
 }
 
+void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what) {
+  atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+  uint64_t n = atomic_fetch_add_explicit(&m->st_misuse, 1, memory_order_relaxed) + 1;
+  int level = (n & (n - 1)) == 0 ? APEX_LOG_WARN : APEX_LOG_DEBUG;
+  if (apex__log_enabled(&m->log, level))
+    apex__log(&m->log, level,
+              "task %llu: %s after its attempt completed; ignored (a plugin bug; %llu such calls)",
+              (unsigned long long)id, what, (unsigned long long)n);
+}
+
+apex_task_t *apex__run_lock_open(apex__run_t *r) {
+  uint64_t id = atomic_load_explicit(&r->id, memory_order_relaxed);
+  pthread_mutex_t *mu = &apex__run_m(r)->stripes[id % APEX__LOCK_STRIPES].mu;
+  pthread_mutex_lock(mu);
+  /* Open, and still the same task's: a run state reused meanwhile shows
+   * its new id once its new attempt is seen open (run_get). */
+  if (atomic_load_explicit(&r->attempt_open, memory_order_acquire) &&
+      atomic_load_explicit(&r->id, memory_order_relaxed) == id)
+    return r->task;
+  pthread_mutex_unlock(mu);
+  return NULL;
+}
+
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc);
+
 int apex__task_attempt_end(apex_task_t *t, int rc) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex__run_t *r = t->run;
+  if (!r || !atomic_load_explicit(&r->attempt_open, memory_order_relaxed)) {
+    /* A deferred handler that completed, then returned a status. */
+    pthread_mutex_unlock(mu);
+    apex__ctx_misuse(apex__task_m(t), t->id, "a handler's return");
+    return 0;
+  }
+  return attempt_end_locked(t, r, rc);
+}
+
+int apex__run_complete(apex__run_t *r, int rc) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
+                     "apex_ctx_complete");
+    return 0;
+  }
+  if (t->action->kind != APEX_ACTION_DEFERRED) {
+    /* The handler owns the ctx until it returns: its names stay valid. */
+    pthread_mutex_unlock(apex__task_mu(t));
+    apex__log(&apex__run_m(r)->log, APEX_LOG_WARN,
+              "%s.%s: complete() called by a blocking handler; it finishes by returning",
+              t->plugin->desc.name, t->action->name);
+    return 0;
+  }
+  return attempt_end_locked(t, r, rc);
+}
+
+/* Ends r's open attempt (r is t's run state) with rc. Called with t's lock
+ * held; returns with it released. Returns: as apex__task_run. */
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1};
-  pthread_mutex_lock(mu);
-  apex__run_t *r = t->run;
-  if (!r || !r->attempt_open) { /* complete() twice, or complete() and a return */
-    pthread_mutex_unlock(mu);
-    atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
-    apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: completed twice; ignored",
-              t->plugin->desc.name, t->action->name, (unsigned long long)t->id);
-    return 0;
-  }
-  r->attempt_open = 0;
+  atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   int was_stuck = r->stuck;
   r->stuck = 0;
   json_t *res = r->attempt_result;
   apex_error_t *own = r->attempt_error;
   r->attempt_result = NULL;
   r->attempt_error = NULL;
+  if (r->result_refused) { /* the value given to apex_ctx_set_result broke the rules */
+    if (rc == APEX_OK) {
+      apex_error_unref(own);
+      own = r->result_refused;
+      rc = APEX_E_INVALID_RESULT;
+    } else { /* the handler's own failure says more */
+      apex_error_unref(r->result_refused);
+    }
+    r->result_refused = NULL;
+  }
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) {
@@ -523,30 +673,41 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
       apex_token_t *late = atomic_load(&t->token);
       int down = atomic_load(&m->shutting_down);
       if (apex_token_is_cancelled(late) || down) {
-        const char *why = apex_token_is_cancelled(late) ? apex_token_reason(late) : "shutdown";
+        const char *why = apex_token_is_cancelled(late) ? apex_token_reason(late)
+                                                        : apex__cause_name(APEX__CAUSE_SHUTDOWN);
         apex__where_t w = where_of(t);
         finish_locked(t, APEX_TASK_CANCELLED, NULL,
                       apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)", why), &a);
         if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
         pthread_mutex_unlock(mu);
       } else {
-        a.logp = lp;
         r->retry_at_ns = now + (uint64_t)(delay * 1e9);
-        atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
-        if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
-          apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
-          if (ev) {
-            ev->ev.error = apex_error_ref(err);
-            ev->ev.retry_delay_s = delay;
-            apex__events_push(m, ev);
+        if (apex__retry_arm(m, t) != APEX_OK) {
+          /* No retry slot: an invariant of ours broke (submit reserves one
+           * for every task that may retry). End the task with this
+           * attempt's error rather than write past the retry heap. */
+          finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
+          if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
+          pthread_mutex_unlock(mu);
+          apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no retry slot reserved; not retried",
+                    (unsigned long long)t->id);
+        } else {
+          a.logp = lp;
+          atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
+          if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
+            apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
+            if (ev) {
+              ev->ev.error = apex_error_ref(err);
+              ev->ev.retry_delay_s = delay;
+              apex__events_push(m, ev);
+            }
           }
+          /* Not running while it waits. Never an orphaned manager's last
+           * handler: the manager is orphaned only once every task ended. */
+          (void)apex__pool_attempt_close(m, 0);
+          pthread_mutex_unlock(mu);
+          apex_error_unref(err);
         }
-        apex__retry_arm(m, t);
-        /* Not running while it waits. Never an orphaned manager's last
-         * handler: the manager is orphaned only once every task ended. */
-        (void)apex__pool_attempt_close(m, 0);
-        pthread_mutex_unlock(mu);
-        apex_error_unref(err);
       }
     } else {
       finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
@@ -574,7 +735,8 @@ void apex__task_on_deadline(apex_task_t *t) {
     return;
   }
   apex__where_t w = where_of(t);
-  stuck = st == APEX_TASK_RUNNING && t->run->attempt_open &&
+  stuck = st == APEX_TASK_RUNNING &&
+          atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
           t->action->kind == APEX_ACTION_BLOCKING;
   if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
     t->run->stuck = 1;
@@ -585,7 +747,7 @@ void apex__task_on_deadline(apex_task_t *t) {
                                 (double)t->timeout_s,
                                 st == APEX_TASK_QUEUED ? " (still queued)" : ""),
                 &a);
-  a.cancel = "timeout";
+  a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
   pthread_mutex_unlock(mu);
   if (stuck) apex__pool_worker_stuck(m);
   after_unlock(t, &a);
@@ -652,10 +814,16 @@ apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms) {
   return rc;
 }
 
+/* The reasons Apex gives its own cancels: a handler that sees one can trust
+ * it, so a host may not pass them. */
+static int reason_reserved(const char *r) {
+  return r && (strcmp(r, "timeout") == 0 || strcmp(r, "shutdown") == 0 || strcmp(r, "parent") == 0);
+}
+
 apex_status_t apex_task_cancel(apex_task_t *t, const char *reason) {
-  if (!t) return APEX_E_INVALID;
+  if (!t || reason_reserved(reason)) return APEX_E_INVALID;
   if (is_terminal(atomic_load(&t->state))) return APEX_E_ALREADY;
-  return apex__task_cancel(t, reason);
+  return apex__task_cancel(t, APEX__CAUSE_USER, reason);
 }
 
 apex_task_state_t apex_task_state(apex_task_t *t) {

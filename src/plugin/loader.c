@@ -4,8 +4,12 @@
  * defensively: the first two fields (abi_version, struct_size) before
  * anything else, then at most struct_size bytes into a zeroed copy of this
  * build's struct, so fields an older plugin lacks read as zero and fields a
- * newer one appended are never touched. Every check names the file and the
- * field, since the reader of the message is a plugin author with a bad build.
+ * newer one appended are never touched. The actions array is read the same
+ * way, one element per action_size bytes (the plugin's sizeof, or 0.1.0's
+ * for a descriptor that predates the field), into a zeroed copy at this
+ * build's size; every check runs on the copies. Every check names the file
+ * and the field, since the reader of the message is a plugin author with a
+ * bad build. The rules: docs/abi.md.
  *
  * No global state, no locks: loads of distinct files may run on any threads
  * at once (dlopen/dlerror are thread-safe in glibc; dlerror is per thread).
@@ -23,13 +27,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/abi.h"
 #include "core/error.h"
 #include "core/policy.h"
 #include "plugin/loader.h"
 
 /* The v1 ABI needs every field up to n_actions; anything shorter cannot be
- * a plugin at all. Larger than this is surely garbage, not a newer layout. */
-#define DESC_MIN_SIZE (offsetof(apex_plugin_desc_t, n_actions) + sizeof(size_t))
+ * a plugin at all. Larger than this is surely garbage, not a newer layout.
+ * The same bounds hold for one action. */
+#define DESC_MIN_SIZE APEX__PLUGIN_DESC_V1_MIN
 #define DESC_MAX_SIZE (64u * 1024u)
 #define MAX_ACTIONS 1024u
 #define MAX_PARAMS 64u
@@ -60,30 +66,6 @@ int apex__name_valid(const char *s) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return 0;
   }
   return 1;
-}
-
-static const char *type_name(apex_param_type_t t) {
-  switch (t) {
-    case APEX_PARAM_STRING: return "string";
-    case APEX_PARAM_INT: return "int";
-    case APEX_PARAM_NUMBER: return "number";
-    case APEX_PARAM_BOOL: return "bool";
-    case APEX_PARAM_OBJECT: return "object";
-    case APEX_PARAM_ARRAY: return "array";
-  }
-  return NULL;
-}
-
-static int type_matches(apex_param_type_t t, const json_t *v) {
-  switch (t) {
-    case APEX_PARAM_STRING: return json_is_string(v);
-    case APEX_PARAM_INT: return json_is_integer(v);
-    case APEX_PARAM_NUMBER: return json_is_number(v);
-    case APEX_PARAM_BOOL: return json_is_boolean(v);
-    case APEX_PARAM_OBJECT: return json_is_object(v);
-    case APEX_PARAM_ARRAY: return json_is_array(v);
-  }
-  return 0;
 }
 
 /* Context threaded through the checks so each message can name the file,
@@ -122,8 +104,8 @@ static int check_default(const check_t *c, const apex_param_spec_t *s) {
     return bad(c, "param '%s': default '%.200s' is not valid JSON: %s", s->name, s->default_json,
                jerr.text);
   }
-  const char *tn = type_name(s->type);
-  if (!type_matches(s->type, v)) {
+  const char *tn = apex__param_type_name(s->type);
+  if (!apex__param_type_matches(s->type, v)) {
     json_decref(v);
     int vowel = tn[0] == 'a' || tn[0] == 'i' || tn[0] == 'o';
     return bad(c, "param '%s': default '%.200s' is not %s %s", s->name, s->default_json,
@@ -162,7 +144,7 @@ static int check_param(const check_t *c, const apex_action_desc_t *a, size_t i) 
                s->name ? s->name : "(null)");
   for (size_t j = 0; j < i; j++)
     if (strcmp(a->params[j].name, s->name) == 0) return bad(c, "duplicate param '%s'", s->name);
-  const char *tn = type_name(s->type);
+  const char *tn = apex__param_type_name(s->type);
   if (!tn) return bad(c, "param '%s': type %d is unknown", s->name, (int)s->type);
   if (s->has_min || s->has_max) {
     if (s->type == APEX_PARAM_BOOL || s->type == APEX_PARAM_OBJECT)
@@ -186,6 +168,7 @@ static int check_retry(const check_t *c, const apex_retry_policy_t *r) {
   return APEX_OK;
 }
 
+/* acts is the normalized copy: every element this build's size. */
 static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
   const apex_action_desc_t *a = &acts[i];
   c->action = NULL;
@@ -210,6 +193,34 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
     return bad(c, "default_timeout_s %g is not in [0, %g]", a->default_timeout_s,
                APEX__MAX_TIMEOUT_S);
   return check_retry(c, &a->default_retry);
+}
+
+/* The stride of the plugin's actions array: its action_size if its
+ * descriptor has the field and sets it, else 0.1.0's
+ * sizeof(apex_action_desc_t). A zero action_size is what a plugin written
+ * for 0.1.0 (".struct_size = sizeof(apex_plugin_desc_t)", no
+ * APEX_PLUGIN_DESC_INIT) has once rebuilt against a newer header: its
+ * actions have the layout of the header it was built with, which has not
+ * grown since 0.1.0. docs/abi.md: when apex_action_desc_t first grows, a
+ * field is appended to apex_plugin_desc_t too, so struct_size tells which
+ * layout such a plugin's zero means.
+ * Returns: APEX_OK, or a load error naming action_size. */
+static int action_stride(const check_t *c, const apex_plugin_desc_t *d, size_t *stride) {
+  if (d->struct_size < APEX__END_OF(apex_plugin_desc_t, action_size) || d->action_size == 0) {
+    *stride = APEX__ACTION_V1_SIZE;
+    return APEX_OK;
+  }
+  size_t a = d->action_size;
+  if (a < APEX__ACTION_V1_SIZE || a > DESC_MAX_SIZE)
+    return bad(c, "action_size %zu is outside %zu..%u: set it to sizeof(apex_action_desc_t) "
+               "(APEX_PLUGIN_DESC_INIT does)", a, (size_t)APEX__ACTION_V1_SIZE, DESC_MAX_SIZE);
+  /* A compiler's sizeof keeps every element aligned; anything else is not
+   * an array of this struct. */
+  if (a % _Alignof(apex_action_desc_t))
+    return bad(c, "action_size %zu is not a multiple of %zu", a,
+               (size_t)_Alignof(apex_action_desc_t));
+  *stride = a;
+  return APEX_OK;
 }
 
 /* Reads the plugin's descriptor into p->desc/p->actions and checks it. */
@@ -237,20 +248,38 @@ static int read_desc(apex__plugin_t *p, const apex_plugin_desc_t *raw, apex_erro
   if (d->n_actions < 1 || d->n_actions > MAX_ACTIONS)
     return bad(&c, "n_actions %zu is outside 1..%u", d->n_actions, MAX_ACTIONS);
   if (!d->actions) return bad(&c, "actions is NULL");
+  size_t stride = 0;
+  int rc = action_stride(&c, d, &stride);
+  if (rc != APEX_OK) return rc;
+  /* Each element: what both builds know, the rest zero (calloc). */
+  p->actions = calloc(d->n_actions, sizeof *p->actions);
+  if (!p->actions) return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
+  size_t n_copy = stride < sizeof *p->actions ? stride : sizeof *p->actions;
+  for (size_t i = 0; i < d->n_actions; i++)
+    memcpy(&p->actions[i], (const char *)d->actions + i * stride, n_copy);
   for (size_t i = 0; i < d->n_actions; i++) {
-    int rc = check_action(&c, d->actions, i);
+    rc = check_action(&c, p->actions, i);
     if (rc == APEX_E_NOMEM) return apex__fail(err, rc, "%s: out of memory", file);
     if (rc != APEX_OK) return rc;
   }
-  p->actions = malloc(d->n_actions * sizeof *p->actions);
-  if (!p->actions) return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
-  memcpy(p->actions, d->actions, d->n_actions * sizeof *p->actions);
+  /* Normalized to this build's layout, which is how hosts read it back
+   * (apex_manager_plugin, apex_plugin_desc_action). */
+  p->desc_size = p->desc.struct_size;
+  p->action_stride = (uint32_t)stride;
+  p->desc.struct_size = sizeof p->desc;
+  p->desc.action_size = sizeof *p->actions;
   p->desc.actions = p->actions;
   return APEX_OK;
 }
 
+/* Marks the shutdown hook owed once the plugin is usable: init succeeded, or
+ * there is none. A plugin without init may still start threads (lazily, on
+ * a first call) that its shutdown must join before dlclose. */
 static int run_init(apex__plugin_t *p, const apex_host_api_t *api, apex_error_t **err) {
-  if (!p->desc.init) return APEX_OK;
+  if (!p->desc.init) {
+    p->inited = 1;
+    return APEX_OK;
+  }
   char why[256] = "";
   int rc = p->desc.init(api, &p->state, why, sizeof why);
   why[sizeof why - 1] = '\0'; /* the plugin may have overrun the terminator */

@@ -9,17 +9,21 @@
 
 #include "apex/apex.h"
 
-/* A loaded plugin. desc is a normalized copy: every field of this build's
- * apex_plugin_desc_t present (zero where the plugin's older struct ended);
- * desc.actions points at `actions`, a normalized copy of the plugin's array.
- * Strings still point into the plugin's image (valid until dlclose). */
+/* A loaded plugin. desc is a normalized copy in this build's layout: every
+ * field of its apex_plugin_desc_t present (zero where the plugin's older
+ * struct ended), struct_size and action_size this build's sizes;
+ * desc.actions points at `actions`, a normalized copy of the plugin's array
+ * (each element likewise). Strings still point into the plugin's image
+ * (valid until dlclose). */
 typedef struct apex__plugin {
   apex_plugin_desc_t desc;
   apex_action_desc_t *actions;
+  uint32_t desc_size;   /* the plugin's struct_size, as it built it */
+  uint32_t action_stride; /* the stride its actions array was read with */
   void *dl;     /* dlopen handle */
   char *file;   /* the path it was loaded from (owned) */
   void *state;  /* what init stored */
-  int inited;   /* init ran and succeeded: shutdown is owed */
+  int inited;   /* loaded (init, if any, succeeded): shutdown is owed */
   apex_manager_t *m; /* the manager that loaded it (set by the manager) */
 } apex__plugin_t;
 
@@ -36,7 +40,8 @@ typedef struct apex__plugin {
 int apex__plugin_load(const char *file, const apex_host_api_t *api, apex__plugin_t **out,
                       apex_error_t **err);
 
-/* Runs the shutdown hook (if init succeeded) and dlcloses; the struct stays
+/* Runs the shutdown hook (if the load succeeded, whether or not the plugin
+ * has an init hook) and dlcloses; the struct stays
  * (its tasks still reach their manager through it) until apex__plugin_free.
  * NULL: no-op. */
 void apex__plugin_unload(apex__plugin_t *p);
@@ -50,6 +55,15 @@ const apex_action_desc_t *apex__plugin_action(const apex__plugin_t *p, const cha
 /* Returns: 1 if s is a valid plugin/action/param name: [a-z0-9_]+, at most
  * 64 bytes. */
 int apex__name_valid(const char *s);
+
+/* Returns: the name of a param type as messages and `apex describe` show it
+ * ("string", "int", "number", "bool", "object", "array"), or NULL for a
+ * value that is no apex_param_type_t. Static. */
+const char *apex__param_type_name(apex_param_type_t t);
+
+/* Returns: 1 if v has the JSON type a param of type t accepts (NUMBER: an
+ * integer or a real), else 0; the bounds are apex__params_validate's. */
+int apex__param_type_matches(apex_param_type_t t, const json_t *v);
 
 /* Validates params (an object, or NULL for {}) against the action's spec.
  * Returns: APEX_OK and *out, a new object holding every given param and the

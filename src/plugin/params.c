@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/value.h"
 #include "plugin/loader.h"
 
 static void say(char *why, size_t why_len, const char *fmt, ...) APEX_PRINTF(3, 4);
@@ -30,21 +31,7 @@ static void say(char *why, size_t why_len, const char *fmt, ...) {
   va_end(ap);
 }
 
-static const char *json_kind(const json_t *v) {
-  switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "int";
-    case JSON_REAL: return "real";
-    case JSON_TRUE:
-    case JSON_FALSE: return "bool";
-    case JSON_NULL: return "null";
-  }
-  return "unknown";
-}
-
-static const char *spec_kind(apex_param_type_t t) {
+const char *apex__param_type_name(apex_param_type_t t) {
   switch (t) {
     case APEX_PARAM_STRING: return "string";
     case APEX_PARAM_INT: return "int";
@@ -53,30 +40,32 @@ static const char *spec_kind(apex_param_type_t t) {
     case APEX_PARAM_OBJECT: return "object";
     case APEX_PARAM_ARRAY: return "array";
   }
-  return "unknown";
+  return NULL;
 }
 
-/* Shortest of %.15g / %.17g that reads back exactly, so a bound of 1000000
- * prints as "1000000" and 0.1 as "0.1", never "1e+06" noise from %g. */
-static void fmt_num(char *buf, size_t len, double d) {
-  snprintf(buf, len, "%.15g", d);
-  if (strtod(buf, NULL) != d) snprintf(buf, len, "%.17g", d);
+/* NUMBER needs no finiteness test: jansson never holds a NaN or an
+ * infinity (json_real refuses them, and the parser rejects overflow). */
+int apex__param_type_matches(apex_param_type_t t, const json_t *v) {
+  switch (t) {
+    case APEX_PARAM_STRING: return json_is_string(v);
+    case APEX_PARAM_INT: return json_is_integer(v);
+    case APEX_PARAM_NUMBER: return json_is_number(v);
+    case APEX_PARAM_BOOL: return json_is_boolean(v);
+    case APEX_PARAM_OBJECT: return json_is_object(v);
+    case APEX_PARAM_ARRAY: return json_is_array(v);
+  }
+  return 0;
 }
 
 /* Exact int64-vs-double comparisons: a plain (double)v loses precision above
- * 2^53, which would let 2^53+1 pass a maximum of 2^53. Bounds are rounded
- * inward by hand (truncate, then step) rather than with floor/ceil, which
- * would pull libm into the library's link for this one use. Callers
- * guarantee -2^63 <= d < 2^63, so the cast is defined and (double)t exact. */
-static json_int_t floor_i64(double d) {
-  json_int_t t = (json_int_t)d;
-  return (double)t > d ? t - 1 : t;
-}
+ * 2^53, which would let 2^53+1 pass a maximum of 2^53. So the bound is
+ * rounded inward to an integer (floor/ceil are exact) and compared as an
+ * int64. Callers guarantee -2^63 <= d < 2^63, so the cast is defined: below
+ * 2^63 every double at or past 2^53 is an integer already, so ceil(d) < 2^63
+ * too. */
+static json_int_t floor_i64(double d) { return (json_int_t)floor(d); }
 
-static json_int_t ceil_i64(double d) {
-  json_int_t t = (json_int_t)d;
-  return (double)t < d ? t + 1 : t;
-}
+static json_int_t ceil_i64(double d) { return (json_int_t)ceil(d); }
 
 static int int_above(json_int_t v, double max) {
   if (max >= 9223372036854775808.0) return 0;
@@ -103,15 +92,15 @@ static int check_bounds_num(const apex_param_spec_t *s, const json_t *v, char *w
     double d = json_real_value(v);
     above = s->has_max && d > s->max;
     below = s->has_min && d < s->min;
-    fmt_num(val, sizeof val, d);
+    apex__fmt_num(val, sizeof val, d);
   }
   if (above) {
-    fmt_num(lim, sizeof lim, s->max);
+    apex__fmt_num(lim, sizeof lim, s->max);
     say(why, why_len, "param '%s': %s is above the maximum %s", s->name, val, lim);
     return APEX_E_INVALID_PARAMS;
   }
   if (below) {
-    fmt_num(lim, sizeof lim, s->min);
+    apex__fmt_num(lim, sizeof lim, s->min);
     say(why, why_len, "param '%s': %s is below the minimum %s", s->name, val, lim);
     return APEX_E_INVALID_PARAMS;
   }
@@ -121,12 +110,12 @@ static int check_bounds_num(const apex_param_spec_t *s, const json_t *v, char *w
 static int check_bounds_len(const apex_param_spec_t *s, size_t n, char *why, size_t why_len) {
   char lim[40];
   if (s->has_max && (double)n > s->max) {
-    fmt_num(lim, sizeof lim, s->max);
+    apex__fmt_num(lim, sizeof lim, s->max);
     say(why, why_len, "param '%s': length %zu is above the maximum %s", s->name, n, lim);
     return APEX_E_INVALID_PARAMS;
   }
   if (s->has_min && (double)n < s->min) {
-    fmt_num(lim, sizeof lim, s->min);
+    apex__fmt_num(lim, sizeof lim, s->min);
     say(why, why_len, "param '%s': length %zu is below the minimum %s", s->name, n, lim);
     return APEX_E_INVALID_PARAMS;
   }
@@ -135,22 +124,13 @@ static int check_bounds_len(const apex_param_spec_t *s, size_t n, char *why, siz
 
 /* One given value against its spec: type first, then bounds. */
 static int check_value(const apex_param_spec_t *s, const json_t *v, char *why, size_t why_len) {
-  int ok;
-  switch (s->type) {
-    case APEX_PARAM_STRING: ok = json_is_string(v); break;
-    case APEX_PARAM_INT: ok = json_is_integer(v); break;
-    case APEX_PARAM_NUMBER:
-      ok = json_is_integer(v) || (json_is_real(v) && isfinite(json_real_value(v)));
-      break;
-    case APEX_PARAM_BOOL: ok = json_is_boolean(v); break;
-    case APEX_PARAM_OBJECT: ok = json_is_object(v); break;
-    case APEX_PARAM_ARRAY: ok = json_is_array(v); break;
-    default:
-      say(why, why_len, "param '%s': spec has unknown type %d", s->name, (int)s->type);
-      return APEX_E_INVALID_PARAMS;
+  const char *want = apex__param_type_name(s->type);
+  if (!want) {
+    say(why, why_len, "param '%s': spec has unknown type %d", s->name, (int)s->type);
+    return APEX_E_INVALID_PARAMS;
   }
-  if (!ok) {
-    say(why, why_len, "param '%s': want %s, got %s", s->name, spec_kind(s->type), json_kind(v));
+  if (!apex__param_type_matches(s->type, v)) {
+    say(why, why_len, "param '%s': want %s, got %s", s->name, want, apex__json_kind(v));
     return APEX_E_INVALID_PARAMS;
   }
   switch (s->type) {
@@ -199,7 +179,7 @@ int apex__params_validate(const apex_action_desc_t *a, json_t *params, json_t **
   }
   *out = NULL;
   if (params && !json_is_object(params)) {
-    say(why, why_len, "params: want object, got %s", json_kind(params));
+    say(why, why_len, "params: want object, got %s", apex__json_kind(params));
     return APEX_E_INVALID_PARAMS;
   }
   /* Unknown names first: a typo ("stepz") would otherwise be reported as

@@ -243,16 +243,18 @@ static void test_long_task_ignoring_cancel_times_out_before_the_handler_ends(voi
   o.timeout_s = 0.05;
   int64_t t0 = now_ms();
   apex_task_t *t =
-      start(f, "long_task", "{\"steps\": 1, \"step_ms\": 1500, \"ignore_cancel\": true}", &o);
+      start(f, "long_task", "{\"steps\": 1, \"step_ms\": 4000, \"ignore_cancel\": true}", &o);
   assert_int_equal(apex_task_wait(t, 10000), APEX_OK);
   int64_t took = now_ms() - t0;
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(f->m, &s), APEX_OK);
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(f->m, &s), APEX_OK);
   assert_ended(t, APEX_TASK_TIMED_OUT, APEX_E_TIMEOUT, "timed out");
-  assert_true(took < 1000);
+  /* Read well inside the handler's 4 s (the task ended after ~50 ms): the
+   * margin is seconds, generous on a loaded machine. */
+  assert_true(took < 2000);
   assert_int_equal(s.running, 1); /* the handler sleeps on, past the outcome */
-  AWAIT(apex_manager_stats(f->m, &s) == APEX_OK && s.running == 0, 10000);
-  assert_true(now_ms() - t0 >= 1500 - 20);
+  AWAIT(apex_manager_stats_v2(f->m, &s) == APEX_OK && s.running == 0, 10000);
+  assert_true(now_ms() - t0 >= 4000 - 20);
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT); /* its late success is ignored */
   apex_task_release(t);
 }

@@ -580,8 +580,8 @@ static void test_timed_out_copy_leaves_nothing_once_the_handler_returned(void **
   assert_non_null(p);
   apex_task_t *t = run(f, "copy", p, &o);
   assert_failed(t, APEX_TASK_TIMED_OUT, APEX_E_TIMEOUT, "timed out", NULL);
-  apex_manager_stats_t s;
-  AWAIT(apex_manager_stats(f->m, &s) == APEX_OK && s.running == 0, 10000);
+  apex_stats_t s = APEX_STATS_INIT;
+  AWAIT(apex_manager_stats_v2(f->m, &s) == APEX_OK && s.running == 0, 10000);
   listing(f->dir, list, sizeof list);
   assert_string_equal(list, "src");
   apex_task_release(t);

@@ -56,9 +56,9 @@ static apex_manager_t *make_manager(rec_t *r, double rate_hz) {
   return m;
 }
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
@@ -66,7 +66,7 @@ static apex_manager_stats_t stats_of(apex_manager_t *m) {
 
 typedef struct flood {
   rec_t rec;
-  apex_manager_stats_t stats;
+  apex_stats_t stats;
   json_t *result;
 } flood_t;
 
@@ -142,7 +142,7 @@ static void test_flood_final_update_is_never_dropped(void **st) {
 
 typedef struct bad {
   rec_t rec;
-  apex_manager_stats_t stats;
+  apex_stats_t stats;
   json_t *result;
   apex_progress_t *last;
 } bad_t;

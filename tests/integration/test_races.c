@@ -30,6 +30,7 @@
 
 #include "apex/apex.h"
 #include "integration/harness.h"
+#include "integration/gate.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define ITER(plain, tsan) (tsan)
@@ -86,14 +87,14 @@ static apex_manager_t *make_manager(dones_t *d) {
   return m;
 }
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
 static uint64_t outcomes(apex_manager_t *m) {
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   return s.succeeded + s.failed + s.cancelled + s.timed_out;
 }
 
@@ -111,18 +112,35 @@ static void assert_one_done_each(dones_t *d, uint64_t first, size_t n, const int
 
 /* ------------------------------------------------------ cancel/completion */
 
+/* Spins for about n loop turns: moves a cancel along a task's life. */
+static void spin(unsigned n) {
+  for (volatile unsigned i = 0; i < n; i++) {
+  }
+}
+
+/* The three ways a cancel can meet a noop task: before it started (it ends
+ * cancelled), while its handler runs (noop ignores its token: succeeded,
+ * and the cancel returned OK), after it ended (APEX_E_ALREADY). The delay
+ * between submit and cancel adapts, so it hovers where the task starts and
+ * each interleaving is seen; the test requires every one at least once. */
+enum { BEFORE_START, WHILE_RUNNING, AFTER_END };
+
 static void test_cancel_racing_completion_ends_once(void **st) {
   (void)st;
-  const int n = ITER(1000, 200);
+  const int n = ITER(1000, 200), max = ITER(20000, 4000);
   dones_t *d = dones_new();
   apex_manager_t *m = make_manager(d);
-  int *states = calloc((size_t)n, sizeof *states);
+  int *states = calloc((size_t)max, sizeof *states);
   assert_non_null(states);
   uint64_t first = 0;
-  int cancelled = 0;
-  for (int i = 0; i < n; i++) {
+  int cancelled = 0, seen[3] = {0, 0, 0}, i;
+  unsigned delay = 0;
+  for (i = 0; i < max && (i < n || !seen[BEFORE_START] || !seen[WHILE_RUNNING] ||
+                          !seen[AFTER_END]);
+       i++) {
     apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
     if (i == 0) first = apex_task_id(t);
+    spin(delay);
     int rc = apex_task_cancel(t, NULL);
     assert_true(rc == APEX_OK || rc == APEX_E_ALREADY);
     assert_int_equal(apex_task_wait(t, 10000), APEX_OK);
@@ -130,18 +148,28 @@ static void test_cancel_racing_completion_ends_once(void **st) {
     assert_true(s == APEX_TASK_SUCCEEDED || s == APEX_TASK_CANCELLED);
     /* ALREADY means it had ended (noop ignores its token: succeeded). */
     if (rc == APEX_E_ALREADY) assert_int_equal(s, APEX_TASK_SUCCEEDED);
+    int how = rc == APEX_E_ALREADY ? AFTER_END : s == APEX_TASK_CANCELLED ? BEFORE_START
+                                                                          : WHILE_RUNNING;
+    seen[how]++;
+    /* Too early: wait longer next time; too late: shorter. */
+    if (how == BEFORE_START) delay = delay + delay / 4 + 64;
+    else if (how == AFTER_END) delay -= delay / 4;
     if (s == APEX_TASK_CANCELLED) cancelled++;
     states[i] = s;
     apex_task_release(t);
   }
-  AWAIT(outcomes(m) == (uint64_t)n, 10000);
-  apex_manager_stats_t s = stats_of(m);
-  assert_int_equal(s.submitted, n);
+  print_message("cancel vs completion: %d tasks: %d before start, %d while running, %d after end\n",
+                i, seen[BEFORE_START], seen[WHILE_RUNNING], seen[AFTER_END]);
+  assert_true(seen[BEFORE_START] > 0);
+  assert_true(seen[WHILE_RUNNING] > 0);
+  assert_true(seen[AFTER_END] > 0);
+  AWAIT(outcomes(m) == (uint64_t)i, 10000);
+  apex_stats_t s = stats_of(m);
+  assert_int_equal(s.submitted, i);
   assert_int_equal(s.cancelled, cancelled);
-  assert_int_equal(s.succeeded, n - cancelled);
-  print_message("cancel vs completion: %d of %d cancelled\n", cancelled, n);
+  assert_int_equal(s.succeeded, i - cancelled);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
-  assert_one_done_each(d, first, (size_t)n, states);
+  assert_one_done_each(d, first, (size_t)i, states);
   free(states);
   free(d);
 }
@@ -178,10 +206,13 @@ static void test_deadline_racing_completion_ends_once(void **st) {
     }
   }
   AWAIT(outcomes(m) == (uint64_t)n, 10000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.timed_out, timed_out);
   assert_int_equal(s.succeeded, n - timed_out);
   print_message("deadline vs completion: %d of %d timed out\n", timed_out, n);
+  /* Both sides of the race were hit. */
+  assert_true(timed_out > 0);
+  assert_true(timed_out < n);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
   assert_one_done_each(d, first, (size_t)n, states);
   free(states);
@@ -196,6 +227,8 @@ typedef struct handoff {
   apex_task_t *slot[64];
   size_t head, tail; /* ring of handles to release; tail - head <= 64 */
   int done;
+  /* Handles released while their task was still live / already ended. */
+  atomic_int released_before, released_after;
 } handoff_t;
 
 static void *releaser_main(void *arg) {
@@ -207,6 +240,10 @@ static void *releaser_main(void *arg) {
     apex_task_t *t = h->slot[h->head++ % 64];
     pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);
+    if (apex_task_state_is_terminal(apex_task_state(t)))
+      atomic_fetch_add(&h->released_after, 1);
+    else
+      atomic_fetch_add(&h->released_before, 1);
     apex_task_release(t);
     pthread_mutex_lock(&h->mu);
   }
@@ -246,9 +283,14 @@ static void test_release_from_another_thread_while_running(void **st) {
   pthread_mutex_unlock(&h.mu);
   assert_int_equal(pthread_join(rel, NULL), 0);
   AWAIT(stats_of(m).succeeded == (uint64_t)n, 20000);
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.submitted, n);
   assert_int_equal(s.failed + s.cancelled + s.timed_out, 0);
+  /* The race was hit: some handles went while their task was live. */
+  print_message("release: %d before the end, %d after\n", atomic_load(&h.released_before),
+                atomic_load(&h.released_after));
+  assert_true(atomic_load(&h.released_before) > 0);
+  assert_int_equal(atomic_load(&h.released_before) + atomic_load(&h.released_after), n);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
   pthread_mutex_destroy(&h.mu);
   pthread_cond_destroy(&h.cv);
@@ -315,7 +357,7 @@ static void test_many_threads_submitting_and_cancelling_add_up(void **st) {
    * task cancelled in the queue leaves it when a worker pops it: the
    * counts of running and queued settle a moment after the outcomes. */
   AWAIT(stats_of(m).running == 0 && stats_of(m).queued == 0, 20000);
-  apex_manager_stats_t x = stats_of(m);
+  apex_stats_t x = stats_of(m);
   assert_int_equal(x.submitted, total);
   assert_int_equal(x.submitted, x.succeeded + x.cancelled + x.failed + x.timed_out);
   assert_int_equal(x.cancelled, cancelled);
@@ -405,16 +447,27 @@ static void test_destroy_ends_a_task_taken_just_before_the_sweep(void **st) {
  * sit out the retry backoff (30 s here) before it ends. */
 static void test_cancel_racing_a_retry_ends_the_task_at_once(void **st) {
   (void)st;
-  const int n = ITER(600, 100);
+  const int n = ITER(600, 100), max = ITER(20000, 4000);
   apex_manager_t *m = make_manager(NULL);
+  load_gate(m); /* slow_transient: a 200 us attempt, then a transient failure */
   apex_retry_policy_t retry = {.max_attempts = 3, .initial_interval_s = 30};
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.retry = &retry;
-  for (int i = 0; i < n; i++) {
-    apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
-    for (volatile int spin = 0; spin < (i % 50) * 20; spin++) {
-    }
+  /* The state each cancel found (read just before it): the race is hit
+   * when a cancel lands on a running attempt and when it lands in the
+   * backoff; both must happen. The delay adapts as in the test above. */
+  int found[APEX_TASK_TIMED_OUT + 1] = {0};
+  unsigned delay = 0;
+  int i;
+  for (i = 0; i < max && (i < n || !found[APEX_TASK_RUNNING] || !found[APEX_TASK_RETRY_WAIT]);
+       i++) {
+    apex_task_t *t = submit_json(m, "gate", "slow_transient", "{\"us\": 200}", &o);
+    spin(delay);
+    int before = apex_task_state(t);
+    found[before]++;
+    if (before == APEX_TASK_QUEUED || before == APEX_TASK_RUNNING) delay = delay + delay / 4 + 64;
+    else delay -= delay / 4;
     (void)apex_task_cancel(t, NULL);
     /* Ended at once: cancelled, or succeeded/failed had it ended first;
      * never left waiting for its retry. */
@@ -422,6 +475,10 @@ static void test_cancel_racing_a_retry_ends_the_task_at_once(void **st) {
     assert_int_not_equal(apex_task_state(t), APEX_TASK_RETRY_WAIT);
     apex_task_release(t);
   }
+  print_message("cancel vs retry: %d tasks: %d queued, %d running, %d in backoff\n", i,
+                found[APEX_TASK_QUEUED], found[APEX_TASK_RUNNING], found[APEX_TASK_RETRY_WAIT]);
+  assert_true(found[APEX_TASK_RUNNING] > 0);
+  assert_true(found[APEX_TASK_RETRY_WAIT] > 0);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
 }
 

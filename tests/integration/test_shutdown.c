@@ -55,9 +55,9 @@ static apex_manager_t *kit_manager(const apex_manager_config_t *cfg) {
   return m;
 }
 
-static apex_manager_stats_t stats_of(apex_manager_t *m) {
-  apex_manager_stats_t s;
-  assert_int_equal(apex_manager_stats(m, &s), APEX_OK);
+static apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
   return s;
 }
 
@@ -103,7 +103,7 @@ typedef struct tally {
   int slow_ms;                 /* each DONE callback takes this long */
   apex_manager_t *m;           /* for stats read inside a callback */
   size_t stats_at;             /* read stats in the DONE callback that makes dones == this */
-  apex_manager_stats_t stats;
+  apex_stats_t stats;
   int have_stats;
 } tally_t;
 
@@ -139,7 +139,8 @@ static void tally_on_event(const apex_event_t *ev, void *user) {
       tl->state[ev->task_id] = ev->state;
     }
     if (tl->m && tl->dones == tl->stats_at) {
-      tl->have_stats = apex_manager_stats(tl->m, &tl->stats) == APEX_OK;
+      tl->stats.struct_size = sizeof tl->stats;
+      tl->have_stats = apex_manager_stats_v2(tl->m, &tl->stats) == APEX_OK;
     }
   }
   pthread_mutex_unlock(&tl->mu);
@@ -597,8 +598,8 @@ typedef struct hammer {
 
 static void *stats_hammer(void *arg) {
   hammer_t *h = arg;
-  apex_manager_stats_t s;
-  while (!atomic_load(&h->stop)) (void)apex_manager_stats(h->m, &s);
+  apex_stats_t s = APEX_STATS_INIT;
+  while (!atomic_load(&h->stop)) (void)apex_manager_stats_v2(h->m, &s);
   return NULL;
 }
 
@@ -680,7 +681,7 @@ static void check_counters_agree_with_outcomes(apex_delivery_t mode) {
     AWAIT(tally_dones(&tl) == 6, PROMPT_MS);
   /* Ended in the queue: no longer queued, though still in the run queue
    * behind the running task. */
-  apex_manager_stats_t s = stats_of(m);
+  apex_stats_t s = stats_of(m);
   assert_int_equal(s.timed_out, 3);
   assert_int_equal(s.cancelled, 3);
   assert_int_equal(s.queued, 0);
@@ -691,7 +692,7 @@ static void check_counters_agree_with_outcomes(apex_delivery_t mode) {
   else
     AWAIT(tally_dones(&tl) == N, PROMPT_MS);
   pthread_mutex_lock(&tl.mu);
-  apex_manager_stats_t last = tl.stats;
+  apex_stats_t last = tl.stats;
   int have = tl.have_stats;
   pthread_mutex_unlock(&tl.mu);
   assert_true(have);

@@ -14,6 +14,7 @@ static const apex_action_desc_t actions[] = {{.name = "run", .handler = run}};
 static const apex_plugin_desc_t desc = {
     .abi_version = 7,
     .struct_size = sizeof(apex_plugin_desc_t),
+    .action_size = sizeof(apex_action_desc_t),
     .name = "bad_abi",
     .version = "7.0.0",
     .actions = actions,

@@ -29,6 +29,7 @@ static void reset(void) {
   actions[1] = (apex_action_desc_t){.name = "other", .handler = run};
   desc = (apex_plugin_desc_t){.abi_version = APEX_PLUGIN_ABI,
                               .struct_size = sizeof(apex_plugin_desc_t),
+                              .action_size = sizeof(apex_action_desc_t),
                               .name = "bad_desc",
                               .version = "1.0.0",
                               .actions = actions,

@@ -63,8 +63,7 @@ static void shutdown_hook(void *state) {
 }
 
 static const apex_plugin_desc_t desc = {
-    .abi_version = APEX_PLUGIN_ABI,
-    .struct_size = sizeof(apex_plugin_desc_t),
+    APEX_PLUGIN_DESC_INIT,
     .name = "good_min",
     .version = "1.0.0",
     .description = "minimal valid plugin",

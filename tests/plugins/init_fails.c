@@ -29,8 +29,7 @@ static void shutdown_hook(void *state) {
 }
 
 static const apex_plugin_desc_t desc = {
-    .abi_version = APEX_PLUGIN_ABI,
-    .struct_size = sizeof(apex_plugin_desc_t),
+    APEX_PLUGIN_DESC_INIT,
     .name = "init_fails",
     .version = "1.0.0",
     .init = init,

@@ -1,25 +1,22 @@
-/* Test plugin: a descriptor from the oldest layout ABI 1 allows, ending right
- * after n_actions, placed so that its last byte is the last byte before an
- * inaccessible guard page. A host that reads one byte past struct_size
- * crashes here instead of silently reading garbage.
+/* Test plugin: a plugin built against the first ABI-1 header (0.1.0), whose
+ * descriptor ends at n_actions and has no action_size. tests/abi/
+ * CMakeLists.txt compiles it against the frozen copy in tests/abi/v1, so its
+ * sizeof(apex_plugin_desc_t) is the old one, smaller than the host's.
  *
- * (With today's plugin.h the v1 minimum is also sizeof(apex_plugin_desc_t);
- * once fields are appended this plugin becomes a genuinely older one.)
- *
- * APEX_TEST_DESC_SIZE=<bytes> (a multiple of 8, at least the minimum) makes
- * it report a larger struct_size instead, as a newer plugin with appended
- * fields would; the extra bytes are filled with 0xAB. */
-/* MAP_ANONYMOUS and sysconf: plugins build as strict C11 without _GNU_SOURCE. */
-#define _DEFAULT_SOURCE
+ * The descriptor and the actions array are each placed so that their last
+ * byte is the last byte before an inaccessible guard page: a host that reads
+ * one byte past struct_size, or steps through the actions with any stride
+ * but 0.1.0's sizeof(apex_action_desc_t), crashes here instead of silently
+ * reading garbage. */
+#include "guard_page.h" /* first: it sets _DEFAULT_SOURCE for mmap */
+
 #include <stddef.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "apex/plugin.h"
 
-#define V1_SIZE (offsetof(apex_plugin_desc_t, n_actions) + sizeof(size_t))
+#ifdef APEX_PLUGIN_DESC_INIT
+#error "old_abi_small must be built against tests/abi/v1 (see tests/abi/CMakeLists.txt)"
+#endif
 
 static int run(apex_ctx_t *ctx) {
   (void)ctx;
@@ -27,46 +24,28 @@ static int run(apex_ctx_t *ctx) {
 }
 
 static const apex_action_desc_t actions[] = {
-    {.name = "run", .handler = run, .kind = APEX_ACTION_BLOCKING}};
-
-static void *region;
-static size_t region_len;
-
-static void unmap(void) {
-  if (region) munmap(region, region_len);
-  region = NULL;
-}
-
-__attribute__((destructor)) static void on_unload(void) { unmap(); }
+    {.name = "run", .handler = run, .kind = APEX_ACTION_BLOCKING},
+    {.name = "second", .handler = run, .kind = APEX_ACTION_DEFERRED, .default_timeout_s = 7,
+     .flags = APEX_ACTION_F_IDEMPOTENT},
+};
 
 APEX_PLUGIN_EXPORT const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api);
 const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
   (void)api;
-  size_t size = V1_SIZE;
-  const char *env = getenv("APEX_TEST_DESC_SIZE");
-  if (env) size = (size_t)strtoul(env, NULL, 10);
-  if (size < V1_SIZE || size % 8 || size > 65536) return NULL;
-  size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  size_t data_pages = (size + page - 1) / page;
-  unmap();
-  region_len = (data_pages + 1) * page;
-  region = mmap(NULL, region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (region == MAP_FAILED) {
-    region = NULL;
-    return NULL;
-  }
-  char *guard = (char *)region + data_pages * page;
-  if (mprotect(guard, page, PROT_NONE) != 0) return NULL;
-  char *start = guard - size;
-  memset(start, 0xAB, size);
+  guard_release_all();
+  char *acts = guard_alloc(0, sizeof actions, 0);
+  if (!acts) return NULL;
+  memcpy(acts, actions, sizeof actions);
   apex_plugin_desc_t d = {
       .abi_version = APEX_PLUGIN_ABI,
-      .struct_size = (uint32_t)size,
+      .struct_size = sizeof(apex_plugin_desc_t), /* 0.1.0's: ends at n_actions */
       .name = "old_abi_small",
       .version = "0.1.0",
-      .actions = actions,
-      .n_actions = 1,
+      .actions = (const apex_action_desc_t *)(const void *)acts,
+      .n_actions = 2,
   };
-  memcpy(start, &d, V1_SIZE);
-  return (const apex_plugin_desc_t *)(void *)start;
+  char *desc = guard_alloc(1, sizeof d, 0);
+  if (!desc) return NULL;
+  memcpy(desc, &d, sizeof d);
+  return (const apex_plugin_desc_t *)(const void *)desc;
 }

@@ -22,9 +22,12 @@ static void test_timeout_is_an_execution_error(void **st) {
 static void test_categories_follow_the_hierarchy(void **st) {
   (void)st;
   const int execution[] = {APEX_E_EXECUTION, APEX_E_TIMEOUT, APEX_E_CANCELLED, APEX_E_TRANSIENT,
-                           APEX_E_CRASHED};
-  for (size_t i = 0; i < sizeof execution / sizeof execution[0]; i++)
+                           APEX_E_CRASHED,   APEX_E_INVALID_RESULT};
+  for (size_t i = 0; i < sizeof execution / sizeof execution[0]; i++) {
     assert_int_equal(apex_status_is_execution(execution[i]), 1);
+    assert_int_equal(apex_status_is_plugin_error(execution[i]), 1);
+    assert_int_equal(apex_status_is_load_error(execution[i]), 0);
+  }
   assert_int_equal(apex_status_is_execution(APEX_E_INVALID_PARAMS), 0);
   assert_int_equal(apex_status_is_plugin_error(APEX_E_INVALID_PARAMS), 1);
   assert_int_equal(apex_status_is_load_error(APEX_E_ABI_MISMATCH), 1);
@@ -42,6 +45,8 @@ static void test_every_code_has_a_snake_case_name_and_a_sentence(void **st) {
   assert_string_equal(apex_status_name(APEX_E_TRANSIENT), "transient");
   assert_string_equal(apex_status_name(APEX_E_EXECUTION), "execution");
   assert_string_equal(apex_status_name(APEX_E_CANCELLED), "cancelled");
+  assert_string_equal(apex_status_name(APEX_E_INVALID_RESULT), "invalid_result");
+  assert_string_equal(apex_strerror(APEX_E_INVALID_RESULT), "the action's result is not a valid value");
   for (int c = 0; c >= -50; c--) {
     const char *name = apex_status_name(c);
     if (strcmp(name, "unknown") == 0) {

@@ -81,7 +81,7 @@ static void test_string_accepted(void **st) {
 
 static void test_string_rejects_int(void **st) {
   (void)st;
-  expect_reject(&run_action, "{\"path\": 5}", "param 'path': want string, got int");
+  expect_reject(&run_action, "{\"path\": 5}", "param 'path': want string, got integer");
 }
 
 static void test_string_above_max_length(void **st) {
@@ -172,7 +172,7 @@ static void test_number_below_min(void **st) {
 static void test_number_rejects_bool(void **st) {
   (void)st;
   expect_reject(&run_action, "{\"path\": \"p\", \"ratio\": true}",
-                "param 'ratio': want number, got bool");
+                "param 'ratio': want number, got boolean");
 }
 
 /* ------------------------------------------------- bool, object, array */
@@ -245,7 +245,7 @@ static void test_first_wrong_in_declaration_order(void **st) {
   (void)st;
   /* steps comes first in the object but after path in the spec. */
   expect_reject(&run_action, "{\"steps\": \"x\", \"path\": 1}",
-                "param 'path': want string, got int");
+                "param 'path': want string, got integer");
 }
 
 /* ------------------------------------------------------------ defaults */

@@ -14,6 +14,7 @@
 
 #include "apex/apex.h"
 #include "core/progress_internal.h"
+#include "core/utf8.h"
 
 /* ----------------------------------------------------------------- helpers */
 

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -291,11 +292,27 @@ typedef struct {
   apex_status_t rc;
   int finished_when_returned;
   atomic_int returned;
+  atomic_int tid; /* the remover's thread id, once it runs */
   blocking_t *b;
 } remover_t;
 
+/* The scheduler state of thread tid of this process ('R' running, 'S'
+ * sleeping, ...), from /proc; 0 if it cannot be read. */
+static char thread_state(int tid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *paren = strrchr(buf, ')'); /* "tid (comm) S ..." */
+  return paren && paren[1] == ' ' ? paren[2] : 0;
+}
+
 static void *remove_thread(void *arg) {
   remover_t *r = arg;
+  atomic_store(&r->tid, (int)gettid());
   r->rc = apex_token_remove_callback(r->tok, r->id);
   r->finished_when_returned = atomic_load(&r->b->finished);
   atomic_store(&r->returned, 1);
@@ -310,16 +327,22 @@ static void test_remove_waits_for_callback_running_on_another_thread(void **st) 
   atomic_init(&b.finished, 0);
   remover_t r = {.tok = tok, .rc = APEX_OK, .b = &b};
   atomic_init(&r.returned, 0);
+  atomic_init(&r.tid, 0);
   assert_int_equal(apex_token_on_cancel(tok, blocking_cb, &b, &r.id), APEX_OK);
 
   pthread_t canceller, remover;
   assert_int_equal(pthread_create(&canceller, NULL, cancel_thread, tok), 0);
   sem_wait_all(&b.started); /* the callback is now running, blocked */
   assert_int_equal(pthread_create(&remover, NULL, remove_thread, &r), 0);
-  /* Not for correctness: gives the remover time to reach its wait, so a
-   * remove that does not wait would be caught returning early here. */
-  struct timespec pause = {0, 50 * 1000 * 1000};
-  nanosleep(&pause, NULL);
+  /* Awaits the remover asleep in its wait (or back, which is the bug this
+   * catches): a remove that does not wait for the running callback would
+   * have returned by then. */
+  int64_t until = now_ms() + 10000;
+  while (now_ms() < until && !atomic_load(&r.returned) &&
+         !(atomic_load(&r.tid) && thread_state(atomic_load(&r.tid)) == 'S'))
+    sched_yield();
+  assert_true(atomic_load(&r.tid) != 0);
+  assert_int_equal(thread_state(atomic_load(&r.tid)), 'S');
   assert_int_equal(atomic_load(&r.returned), 0);
   assert_int_equal(sem_post(&b.release), 0);
   assert_int_equal(pthread_join(remover, NULL), 0);

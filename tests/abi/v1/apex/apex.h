@@ -1,0 +1,406 @@
+/* Apex host API: load plugins, run their actions asynchronously, receive
+ * progress and outcomes, cancel, time out, retry.
+ *
+ * Conventions (see docs/architecture.md):
+ * - Every function returning apex_status_t returns APEX_OK (0) or a negative
+ *   code; where it takes `apex_error_t **err`, a failure also stores a new
+ *   error object there (NULL: not wanted) that names what was wrong.
+ * - Ownership: "borrowed" pointers stay the caller's; a "new reference" is
+ *   released by the matching _unref/_release; "taken" moves ownership to Apex.
+ *   Unref/release/destroy of NULL is a no-op.
+ * - Thread-safety: not thread-safe unless the comment says otherwise. The
+ *   manager, tasks, tokens, errors and progress snapshots are all marked safe
+ *   from any thread, so in practice only the config struct is not.
+ */
+#ifndef APEX_APEX_H
+#define APEX_APEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "apex/common.h"
+#include "apex/plugin.h"
+#include "apex/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Returns: the library's version string, "MAJOR.MINOR.PATCH" (static). May
+ * differ from APEX_VERSION_STRING if the program runs against a newer .so.
+ * Thread-safety: any thread. */
+APEX_EXTERN const char *apex_version(void);
+/* Returns: the library's APEX_VERSION_NUMBER. Thread-safety: any thread. */
+APEX_EXTERN unsigned apex_version_number(void);
+
+/* ---------------------------------------------------------------- errors */
+
+/* An immutable, reference-counted error: code, message and where it came
+ * from. Thread-safety: every function below, any thread. */
+typedef struct apex_error apex_error_t;
+
+/* Returns: the code (negative apex_status_t); APEX_E_INVALID for NULL. */
+APEX_EXTERN int apex_error_code(const apex_error_t *e);
+/* Returns: the message; "" for NULL. Borrowed: valid while e is. */
+APEX_EXTERN const char *apex_error_message(const apex_error_t *e);
+/* Returns: plugin / action names, or NULL when not about one. Borrowed. */
+APEX_EXTERN const char *apex_error_plugin(const apex_error_t *e);
+APEX_EXTERN const char *apex_error_action(const apex_error_t *e);
+/* Returns: the task id, 0 when not about a task. */
+APEX_EXTERN uint64_t apex_error_task_id(const apex_error_t *e);
+/* Returns: the attempt number (1-based), 0 when not about an attempt. */
+APEX_EXTERN uint32_t apex_error_attempt(const apex_error_t *e);
+/* Returns: the error that caused this one, or NULL. Borrowed. */
+APEX_EXTERN const apex_error_t *apex_error_cause(const apex_error_t *e);
+/* Returns: {"code": "timeout", "message": ..., "plugin"?, "action"?,
+ * "task"?, "attempt"?, "cause"?} as a new reference, NULL for NULL or no
+ * memory. */
+APEX_EXTERN json_t *apex_error_to_json(const apex_error_t *e);
+/* Returns: e (a new reference), for convenience. */
+APEX_EXTERN apex_error_t *apex_error_ref(apex_error_t *e);
+APEX_EXTERN void apex_error_unref(apex_error_t *e);
+
+/* ------------------------------------------------------ cancellation token */
+
+/* A thread-safe, reference-counted cancellation token (plan task 3.1.2).
+ * Cancellation is one-way and happens at most once; the first reason wins.
+ * A child token is cancelled (reason "parent") when its parent is.
+ * Thread-safety: every function below, any thread. */
+typedef struct apex_token apex_token_t;
+
+/* Runs once when the token is cancelled, on the cancelling thread (or at
+ * once on the registering thread if it was already cancelled). It must not
+ * block for long; it may call any token function, including cancel. */
+typedef void (*apex_token_fn)(apex_token_t *tok, const char *reason, void *user);
+
+/* Returns: APEX_OK and a new token in *out; APEX_E_INVALID if out is NULL,
+ * APEX_E_NOMEM. Ownership: caller unrefs *out. */
+APEX_EXTERN apex_status_t apex_token_new(apex_token_t **out);
+/* As apex_token_new, linked to parent: cancelled with reason "parent" when
+ * parent is (at once if it already is). The parent does not keep the child
+ * alive. Returns: also APEX_E_INVALID if parent is NULL. */
+APEX_EXTERN apex_status_t apex_token_new_child(apex_token_t *parent, apex_token_t **out);
+APEX_EXTERN apex_token_t *apex_token_ref(apex_token_t *tok);
+APEX_EXTERN void apex_token_unref(apex_token_t *tok);
+/* Cancels with reason (NULL means "user"), runs the callbacks, wakes the fd
+ * and waiters, cancels the children.
+ * Returns: APEX_OK; APEX_E_ALREADY if it was already cancelled (the first
+ * reason stays); APEX_E_INVALID if tok is NULL. Ownership: reason copied. */
+APEX_EXTERN apex_status_t apex_token_cancel(apex_token_t *tok, const char *reason);
+/* Returns: 1 if cancelled, else 0 (also for NULL). */
+APEX_EXTERN int apex_token_is_cancelled(const apex_token_t *tok);
+/* Returns: the reason, or NULL while not cancelled. Borrowed: valid while
+ * tok is. */
+APEX_EXTERN const char *apex_token_reason(const apex_token_t *tok);
+/* Registers fn to run exactly once on cancellation. If the token is already
+ * cancelled fn runs now, before this returns, and *id is set to 0.
+ * Returns: APEX_OK; APEX_E_INVALID (NULL tok or fn), APEX_E_NOMEM (fn then
+ * never runs). Ownership: user borrowed until fn ran or was removed. */
+APEX_EXTERN apex_status_t apex_token_on_cancel(apex_token_t *tok, apex_token_fn fn, void *user,
+                                               uint64_t *id);
+/* Removes a callback. When this returns, the callback is not running and
+ * never will (if another thread is running it, this waits for it to finish,
+ * unless called from inside that very callback).
+ * Returns: APEX_OK if removed before it ran; APEX_E_ALREADY if it ran (or
+ * id is 0 or unknown); APEX_E_INVALID for NULL tok. */
+APEX_EXTERN apex_status_t apex_token_remove_callback(apex_token_t *tok, uint64_t id);
+/* Returns: an fd that is readable (POLLIN) once the token is cancelled, made
+ * on first use; negative apex_status_t (APEX_E_IO) if it cannot be made.
+ * Ownership: the token's; do not read or close it. */
+APEX_EXTERN int apex_token_fd(apex_token_t *tok);
+/* Blocks until the token is cancelled or timeout_ms passes (-1: forever).
+ * Returns: APEX_E_CANCELLED when cancelled, APEX_OK when the time ran out. */
+APEX_EXTERN apex_status_t apex_token_wait(apex_token_t *tok, int64_t timeout_ms);
+
+/* ---------------------------------------------------------------- progress */
+
+/* An immutable, validated, reference-counted ProgressUpdate (plan task
+ * 3.1.1) as delivered to the host. Thread-safety: any thread. */
+typedef struct apex_progress apex_progress_t;
+
+/* Checks a ProgressUpdate in JSON form: {"percentage": number in [0,100],
+ * "message"?: string, "status"?: known status, "details"?: object,
+ * "sub_tasks"?: [same shape with a "name"]}.
+ * Returns: APEX_OK, or APEX_E_INVALID with the reason written to why (at
+ * most why_len bytes, NUL-terminated; why may be NULL). Ownership: borrowed. */
+APEX_EXTERN apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why_len);
+/* Checks the C form the plugin API takes (apex_progress_update_t).
+ * Returns: as apex_progress_validate. */
+APEX_EXTERN apex_status_t apex_progress_update_validate(const apex_progress_update_t *u, char *why,
+                                                        size_t why_len);
+/* Returns: 1 if status is one of the known statuses: running, completed,
+ * error, milestone_reached, queued, retry_wait, succeeded, failed,
+ * cancelled, timed_out. */
+APEX_EXTERN int apex_progress_status_is_known(const char *status);
+
+/* The per-task sequence number of this delivered update (1, 2, ...). */
+APEX_EXTERN uint64_t apex_progress_seq(const apex_progress_t *p);
+APEX_EXTERN double apex_progress_percentage(const apex_progress_t *p);
+/* Returns: borrowed strings/JSON valid while p is; message "" when none,
+ * status never NULL, details an object (maybe empty), sub_tasks an array
+ * (maybe empty). On a NULL p: 0, 0.0, "", "", NULL, NULL. */
+APEX_EXTERN const char *apex_progress_message(const apex_progress_t *p);
+APEX_EXTERN const char *apex_progress_status(const apex_progress_t *p);
+APEX_EXTERN const json_t *apex_progress_details(const apex_progress_t *p);
+APEX_EXTERN const json_t *apex_progress_sub_tasks(const apex_progress_t *p);
+/* Returns: the update as JSON {"seq", "percentage", "status", "message",
+ * "details", "sub_tasks"}, a new reference; NULL on no memory. */
+APEX_EXTERN json_t *apex_progress_to_json(const apex_progress_t *p);
+APEX_EXTERN apex_progress_t *apex_progress_ref(apex_progress_t *p);
+APEX_EXTERN void apex_progress_unref(apex_progress_t *p);
+
+/* ------------------------------------------------------------- manager */
+
+typedef struct apex_manager apex_manager_t;
+typedef struct apex_task apex_task_t;
+
+typedef enum apex_task_state {
+  APEX_TASK_QUEUED = 0,
+  APEX_TASK_RUNNING,
+  APEX_TASK_RETRY_WAIT,
+  APEX_TASK_SUCCEEDED,
+  APEX_TASK_FAILED,
+  APEX_TASK_CANCELLED,
+  APEX_TASK_TIMED_OUT
+} apex_task_state_t;
+
+/* Returns: "queued", "running", "retry_wait", "succeeded", "failed",
+ * "cancelled", "timed_out"; "unknown" otherwise. Static. Any thread. */
+APEX_EXTERN const char *apex_task_state_name(apex_task_state_t s);
+/* Returns: 1 for succeeded, failed, cancelled and timed_out. */
+APEX_EXTERN int apex_task_state_is_terminal(apex_task_state_t s);
+
+typedef enum apex_event_type {
+  APEX_EVENT_ATTEMPT = 1,  /* an attempt starts (state running) */
+  APEX_EVENT_PROGRESS = 2, /* a validated, coalesced progress update */
+  APEX_EVENT_RETRY = 4,    /* an attempt failed and another is scheduled */
+  APEX_EVENT_DONE = 8      /* the task reached its terminal state */
+} apex_event_type_t;
+
+/* What a host's event callback receives. Every pointer in it is borrowed for
+ * the duration of the callback only: ref the Apex objects you keep, and
+ * json_deep_copy the result (jansson's reference counts are not safe to
+ * share across threads). */
+typedef struct apex_event {
+  apex_event_type_t type;
+  apex_task_t *task;
+  uint64_t task_id;
+  uint64_t seq;                     /* per task, 1, 2, ... over all events */
+  uint32_t attempt;                 /* attempt number the event is about */
+  apex_task_state_t state;          /* the task's state after the event */
+  const apex_progress_t *progress;  /* PROGRESS */
+  const apex_error_t *error;        /* RETRY (this attempt), DONE (failure) */
+  const json_t *result;             /* DONE, succeeded */
+  double retry_delay_s;             /* RETRY: delay before the next attempt */
+} apex_event_t;
+
+typedef void (*apex_event_fn)(const apex_event_t *ev, void *user);
+
+/* Log sink: level is an APEX_LOG_* value; msg is one line without newline. */
+typedef void (*apex_log_fn)(int level, const char *msg, void *user);
+
+typedef enum apex_delivery {
+  APEX_DELIVER_LOOP = 0,    /* on_event runs on Apex's runtime thread */
+  APEX_DELIVER_DISPATCH = 1 /* events wait for apex_manager_dispatch() */
+} apex_delivery_t;
+
+typedef struct apex_manager_config {
+  uint32_t struct_size;      /* set by apex_manager_config_init */
+  unsigned workers;          /* worker threads; 0: 2 or the CPU count */
+  unsigned max_stuck_workers; /* replacements for timed-out stuck handlers,
+                                 started when queued work finds no idle
+                                 worker */
+  double progress_rate_hz;   /* per-task progress deliveries per second */
+  size_t max_queued;         /* 0: unlimited; else submit fails QUEUE_FULL
+                                while this many tasks are live (queued,
+                                running or waiting to retry) */
+  apex_event_fn on_event;    /* NULL: no events (wait on tasks instead) */
+  void *event_user;
+  unsigned event_mask;       /* apex_event_type_t bits wanted; 0: all */
+  apex_delivery_t delivery;
+  apex_log_fn log;           /* NULL: stderr */
+  void *log_user;
+  int log_level;             /* APEX_LOG_*; -1: from APEX_LOG, else WARN */
+} apex_manager_config_t;
+
+/* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz
+ * 20, everything else 0/NULL, log_level -1. Thread-safety: cfg is the
+ * caller's. */
+APEX_EXTERN void apex_manager_config_init(apex_manager_config_t *cfg);
+
+/* Creates a manager: starts the runtime thread and the worker pool.
+ * Returns: APEX_OK; APEX_E_INVALID (NULL out, bad cfg field, named in the
+ * log), APEX_E_NOMEM, APEX_E_IO (a thread or fd could not be made). Note:
+ * libuv 1.44 aborts the process if an allocation fails while its loop
+ * registers its first fds; Apex's own code never aborts.
+ * Ownership: cfg borrowed (copied); *out destroyed by apex_manager_destroy.
+ * Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out);
+
+/* Shuts down: refuses new submits, lets queued and running tasks finish
+ * until drain_ms passes, then cancels the rest (reason "shutdown"), waits up
+ * to drain_ms again for handlers to return, delivers (DISPATCH mode, on the
+ * calling thread) the events still waiting, so every outcome reaches the
+ * host, runs plugin shutdown hooks and frees everything. A negative drain_ms
+ * waits without limit. Outstanding task handles stay valid until released.
+ * Returns: APEX_OK; APEX_E_BUSY if handlers that ignore cancellation were
+ * still running at the deadline: the manager is then freed by the last of
+ * them when it returns (plugins stay loaded until then, and for good if that
+ * last one is a deferred plugin's own thread, which may still be inside the
+ * plugin).
+ * Thread-safety: call once, from a thread that is not Apex's (not from a
+ * callback or handler). */
+APEX_EXTERN apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms);
+
+/* Adds a directory to the plugin search path, searched in the order added
+ * (before APEX_PLUGIN_PATH and the installed plugin directory).
+ * Returns: APEX_OK, APEX_E_INVALID, APEX_E_NOMEM. Ownership: dir copied.
+ * Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_add_plugin_path(apex_manager_t *m, const char *dir);
+
+/* Loads a plugin from a .so file, or every *.so of a directory (a directory
+ * load stops at nothing: it loads what it can and reports the first
+ * failure).
+ * Returns: APEX_OK; APEX_E_PLUGIN_LOAD (not a shared object, no entry symbol,
+ * invalid descriptor, duplicate name, init failed), APEX_E_ABI_MISMATCH,
+ * APEX_E_INVALID; each with *err naming the file and the reason. A failed
+ * load leaves the manager as it was. Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_load(apex_manager_t *m, const char *path, apex_error_t **err);
+
+/* Loads plugin `name` unless loaded: the first NAME.so found on the search
+ * path (added dirs, then APEX_PLUGIN_PATH entries, then the installed dir).
+ * Returns: APEX_OK; APEX_E_PLUGIN_NOT_FOUND; or as apex_manager_load. */
+APEX_EXTERN apex_status_t apex_manager_load_named(apex_manager_t *m, const char *name,
+                                                  apex_error_t **err);
+
+/* Loads every plugin on the search path (first one of each name wins).
+ * Returns: APEX_OK, or the first failure (loading goes on past it). */
+APEX_EXTERN apex_status_t apex_manager_load_all(apex_manager_t *m, apex_error_t **err);
+
+/* Returns: the search path as a JSON array of directories, a new reference;
+ * NULL on no memory. Thread-safety: any thread. */
+APEX_EXTERN json_t *apex_manager_plugin_path(apex_manager_t *m);
+
+/* Returns: the number of loaded plugins / the i-th in load order, or NULL.
+ * The descriptor is Apex's normalized copy (every field of this header's
+ * version present), valid until the manager is destroyed.
+ * Thread-safety: any thread. */
+APEX_EXTERN size_t apex_manager_plugin_count(apex_manager_t *m);
+APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin_at(apex_manager_t *m, size_t i);
+/* Returns: the loaded plugin named name, or NULL. */
+APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin(apex_manager_t *m, const char *name);
+/* Returns: the file a loaded plugin came from, or NULL. Borrowed. */
+APEX_EXTERN const char *apex_manager_plugin_file(apex_manager_t *m, const char *name);
+
+/* Per-call options of a submit. Zero-filled (or apex_submit_opts_init) means
+ * the action's defaults. */
+typedef struct apex_submit_opts {
+  uint32_t struct_size;             /* set by apex_submit_opts_init */
+  double timeout_s;                 /* overall deadline across retries
+                                       (schedule-to-close), seconds, at most
+                                       1e9, kept to 7 significant digits;
+                                       0: the action's default; negative
+                                       (APEX_TIMEOUT_NONE): none */
+  const apex_retry_policy_t *retry; /* NULL: the action's; copied */
+  apex_token_t *parent;             /* the task's token becomes its child */
+  apex_event_fn on_event;           /* per-task override of the manager's */
+  void *event_user;
+} apex_submit_opts_t;
+
+#define APEX_TIMEOUT_NONE (-1.0)
+
+/* Fills opts with "use the action's defaults". */
+APEX_EXTERN void apex_submit_opts_init(apex_submit_opts_t *opts);
+
+/* Starts plugin.action with params (an object, or NULL for {}), after
+ * validating them against the action's spec. Never runs plugin code on the
+ * caller's thread.
+ * Returns: APEX_OK and a new task in *out (release it with
+ * apex_task_release; the task runs on whether or not it is released);
+ * APEX_E_PLUGIN_NOT_FOUND, APEX_E_ACTION_NOT_FOUND, APEX_E_INVALID_PARAMS,
+ * APEX_E_INVALID, APEX_E_QUEUE_FULL, APEX_E_SHUTTING_DOWN, APEX_E_NOMEM, with
+ * *err naming the problem. Ownership: params borrowed (not modified);
+ * opts borrowed. Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin,
+                                              const char *action, json_t *params,
+                                              const apex_submit_opts_t *opts, apex_task_t **out,
+                                              apex_error_t **err);
+
+/* Submits, waits for the end, releases the task.
+ * Returns: APEX_OK with *result (new reference, may be NULL) on success; the
+ * task's error code with *err on failure, timeout or cancellation; or a
+ * submit error. Thread-safety: any thread but Apex's own. */
+APEX_EXTERN apex_status_t apex_manager_execute(apex_manager_t *m, const char *plugin,
+                                               const char *action, json_t *params,
+                                               const apex_submit_opts_t *opts, json_t **result,
+                                               apex_error_t **err);
+
+/* With APEX_DELIVER_DISPATCH: an fd that is readable while events wait or a
+ * task's deadline (or retry time) is due.
+ * Returns: the fd (owned by the manager), or APEX_E_INVALID. Any thread. */
+APEX_EXTERN int apex_manager_fd(apex_manager_t *m);
+/* Fires the deadlines and retries now due, then runs the callbacks of
+ * every waiting event on the calling thread, without blocking: a task that
+ * times out reaches a host that dispatches when the fd says so with one
+ * thread wake-up. Deadlines a host leaves for more than 1 ms are fired by
+ * Apex's runtime thread instead, so a busy host delays only its own view.
+ * Returns: the number of events delivered, or APEX_E_INVALID.
+ * Thread-safety: one thread at a time. */
+APEX_EXTERN int apex_manager_dispatch(apex_manager_t *m);
+
+typedef struct apex_manager_stats {
+  uint64_t submitted, succeeded, failed, cancelled, timed_out;
+  uint64_t attempts, retries;
+  uint64_t queued, running;             /* now */
+  uint64_t workers, stuck_workers;      /* now */
+  uint64_t progress_reported;           /* accepted from plugins */
+  uint64_t progress_delivered;          /* delivered to the host */
+  uint64_t progress_rejected;           /* invalid, dropped */
+  uint64_t late_reports;                /* after the task ended: ignored */
+} apex_manager_stats_t;
+
+/* Copies the counters. Returns: APEX_OK, APEX_E_INVALID. Any thread. */
+APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out);
+
+/* --------------------------------------------------------------- tasks */
+/* A task handle. Every function below is safe from any thread, in any
+ * order, before or after the task ends, until apex_task_release. */
+
+/* Blocks until the task is terminal or timeout_ms passes (negative:
+ * forever; 0: just checks).
+ * Returns: APEX_OK when terminal; APEX_E_AGAIN on time-out; APEX_E_INVALID
+ * for NULL, or when called on Apex's runtime thread (a LOOP-mode event
+ * callback), which must not block: it fires the deadlines. */
+APEX_EXTERN apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms);
+/* Asks the task to stop (reason NULL: "user"). A queued or retry-waiting
+ * task ends `cancelled` at once. A running one ends when its handler
+ * returns: `cancelled` if it returns an error (handlers see the token and
+ * return APEX_E_CANCELLED early), `succeeded` if it finished anyway.
+ * Returns: APEX_OK; APEX_E_ALREADY if terminal or already cancelled;
+ * APEX_E_INVALID. Ownership: reason copied. */
+APEX_EXTERN apex_status_t apex_task_cancel(apex_task_t *t, const char *reason);
+APEX_EXTERN apex_task_state_t apex_task_state(apex_task_t *t);
+APEX_EXTERN uint64_t apex_task_id(apex_task_t *t);
+/* Returns: attempts started so far. */
+APEX_EXTERN uint32_t apex_task_attempts(apex_task_t *t);
+/* Returns: the result once succeeded, as a new reference to a copy the
+ * caller owns alone (jansson's reference counts are not safe to share
+ * across threads); else NULL. */
+APEX_EXTERN json_t *apex_task_result(apex_task_t *t);
+/* Returns: the error once failed/cancelled/timed out, a new reference; else
+ * NULL. */
+APEX_EXTERN apex_error_t *apex_task_error(apex_task_t *t);
+/* Returns: the last delivered progress, a new reference; NULL if none. */
+APEX_EXTERN apex_progress_t *apex_task_progress(apex_task_t *t);
+/* Returns: the task's token (borrowed, valid until release), made on first
+ * use; NULL only if t is NULL or memory ran out. */
+APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
+/* Drops the handle. The task itself runs to its end. */
+APEX_EXTERN void apex_task_release(apex_task_t *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* APEX_APEX_H */
