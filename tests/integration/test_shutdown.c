@@ -21,6 +21,8 @@
  * (AWAIT, apex_task_wait, poll on the host's fd) against generous bounds.
  * Where a test widens a race window (a slow log sink, a slow callback) it
  * says so; the window only makes the old fault show, it decides nothing.
+ * One test holds the runtime thread inside a token callback, so that only
+ * the host's dispatch can fire what comes due.
  *
  * Threads: the test thread; the engine's threads (callbacks in LOOP mode
  * run on the runtime thread); the plugin's threads. */
