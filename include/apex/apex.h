@@ -260,17 +260,37 @@ APEX_EXTERN void(apex_manager_config_init)(apex_manager_config_t *cfg);
  * Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out);
 
-/* Shuts down: refuses new submits, lets queued and running tasks finish
- * until drain_ms passes, then cancels the rest (reason "shutdown"), waits up
- * to drain_ms again for handlers to return, delivers (DISPATCH mode, on the
- * calling thread) the events still waiting, so every outcome reaches the
- * host, runs plugin shutdown hooks and frees everything. A negative drain_ms
- * waits without limit. Outstanding task handles stay valid until released.
- * Returns: APEX_OK; APEX_E_BUSY if handlers that ignore cancellation were
- * still running at the deadline: the manager is then freed by the last of
- * them when it returns (plugins stay loaded until then, and for good if that
- * last one is a deferred plugin's own thread, which may still be inside the
- * plugin).
+/* The least time apex_manager_destroy gives handlers to return after it
+ * cancelled their tasks, whatever its drain_ms: a handler that watches its
+ * token returns well within it, so only one that ignores cancellation is
+ * still running after it. */
+#define APEX_SHUTDOWN_GRACE_MS 1000
+
+/* Shuts down, in this order:
+ * 1. refuses new submits and starts no attempt: the tasks waiting for one
+ *    (queued, or waiting to retry) end at once, cancelled ("shutdown");
+ * 2. lets running attempts finish for up to drain_ms (negative: no limit);
+ *    one that fails transiently meanwhile is not retried (cancelled);
+ * 3. cancels what is left ("shutdown"): each task ends `cancelled` at once
+ *    and its handler's token fires;
+ * 4. waits for those handlers to return, up to drain_ms or
+ *    APEX_SHUTDOWN_GRACE_MS, whichever is longer (negative: no limit);
+ * 5. delivers every event still waiting, the DONE of every task among
+ *    them: in LOOP mode on Apex's runtime thread, and destroy returns only
+ *    after the last callback returned; in DISPATCH mode on the calling
+ *    thread;
+ * 6. runs plugin shutdown hooks and frees everything.
+ * So every task's DONE event has been delivered, exactly once, before
+ * destroy returns, and no event callback runs after it returned (with
+ * APEX_E_BUSY too: every task is terminal by then, so a late report of a
+ * handler still running makes no event). Outstanding task handles stay
+ * valid until released.
+ * Returns: APEX_OK; APEX_E_BUSY only if handlers that ignore cancellation
+ * were still running at the end of step 4: the manager is then freed by the
+ * last of them when it returns (plugins stay loaded until then, and for
+ * good if that last one is a deferred plugin's own thread, which may still
+ * be inside the plugin). Until then the log sink (cfg.log) may still be
+ * called from those handlers' threads; keep it valid, or keep the default.
  * Thread-safety: call once, from a thread that is not Apex's (not from a
  * callback or handler). */
 APEX_EXTERN apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms);
@@ -384,10 +404,12 @@ APEX_EXTERN apex_status_t apex_manager_submit(apex_manager_t *m, const char *plu
                                               const apex_submit_opts_t *opts, apex_task_t **out,
                                               apex_error_t **err);
 
-/* Submits, waits for the end, releases the task.
+/* Submits, waits for the end (as apex_task_wait), releases the task.
  * Returns: APEX_OK with *result (new reference, may be NULL) on success; the
- * task's error code with *err on failure, timeout or cancellation; or a
- * submit error. Thread-safety: any thread but Apex's own. */
+ * task's error code with *err on failure, timeout or cancellation; a submit
+ * error; APEX_E_INVALID with *err, and nothing submitted, when called on
+ * Apex's runtime thread (a LOOP-mode event callback), which must not block.
+ * Thread-safety: any thread but Apex's own. */
 APEX_EXTERN apex_status_t apex_manager_execute(apex_manager_t *m, const char *plugin,
                                                const char *action, json_t *params,
                                                const apex_submit_opts_t *opts, json_t **result,
@@ -401,7 +423,9 @@ APEX_EXTERN int apex_manager_fd(apex_manager_t *m);
  * every waiting event on the calling thread, without blocking: a task that
  * times out reaches a host that dispatches when the fd says so with one
  * thread wake-up. Deadlines a host leaves for more than 1 ms are fired by
- * Apex's runtime thread instead, so a busy host delays only its own view.
+ * Apex's runtime thread instead, so a busy host delays only its own view
+ * (the events wait for its dispatch). Events nobody dispatched are
+ * delivered by apex_manager_destroy.
  * Returns: the number of events delivered, or APEX_E_INVALID.
  * Thread-safety: one thread at a time. */
 APEX_EXTERN int apex_manager_dispatch(apex_manager_t *m);
@@ -416,7 +440,15 @@ typedef struct apex_stats {
   uint32_t struct_size;                 /* in: room; out: bytes filled */
   uint64_t submitted, succeeded, failed, cancelled, timed_out;
   uint64_t attempts, retries;
-  uint64_t queued, running;             /* now */
+  /* now, and exact whenever a DONE event is delivered (a task leaves both
+   * before its DONE is queued):
+   * queued: tasks waiting in the run queue for a worker; one that ends
+   *   there (cancelled, timed out) no longer counts;
+   * running: attempts open, i.e. handlers running or deferred attempts not
+   *   yet completed, including handlers still running for a task that
+   *   already ended (timed out, or cancelled at shutdown: stuck_workers
+   *   counts the blocking ones among them). */
+  uint64_t queued, running;
   uint64_t workers, stuck_workers;      /* now */
   uint64_t progress_reported;           /* accepted from plugins */
   uint64_t progress_delivered;          /* delivered to the host */
@@ -457,11 +489,17 @@ APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_sta
 /* A task handle. Every function below is safe from any thread, in any
  * order, before or after the task ends, until apex_task_release. */
 
-/* Blocks until the task is terminal or timeout_ms passes (negative:
- * forever; 0: just checks).
- * Returns: APEX_OK when terminal; APEX_E_AGAIN on time-out; APEX_E_INVALID
+/* Blocks until the task is done or timeout_ms passes (negative: forever;
+ * 0: just checks). Done means terminal and, in LOOP mode for a task whose
+ * event callback wants DONE, that DONE callback has returned: the host may
+ * free what the callback uses as soon as this returns APEX_OK. In DISPATCH
+ * mode DONE is delivered by the host's own apex_manager_dispatch, so done
+ * means terminal (waiting for the dispatch would deadlock a host with one
+ * thread): the DONE callback may still be to come.
+ * Returns: APEX_OK when done; APEX_E_AGAIN on time-out; APEX_E_INVALID
  * for NULL, or when called on Apex's runtime thread (a LOOP-mode event
- * callback), which must not block: it fires the deadlines. */
+ * callback), which must not block: it fires the deadlines and delivers the
+ * events. */
 APEX_EXTERN apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms);
 /* Asks the task to stop (reason NULL: "user"). A queued or retry-waiting
  * task ends `cancelled` at once. A running one ends when its handler

@@ -1,19 +1,22 @@
 /* Events: the FIFO through which attempts, progress, retries and outcomes
- * reach the host, whichever way it chose (DESIGN.md "Threads and the host's
- * loop"): callbacks on the runtime thread (LOOP), or a pollable eventfd plus
- * apex_manager_dispatch() on the host's own thread (DISPATCH).
+ * reach the host, whichever way it chose (docs/architecture.md, "Event
+ * delivery"): callbacks on the runtime thread (LOOP), or a pollable eventfd
+ * plus apex_manager_dispatch() on the host's own thread (DISPATCH).
  *
  * Producers push under ev_mu (a leaf, taken under a task lock so a task's
  * events keep the order of its state changes) and signal only when the queue
  * goes from empty to non-empty, so a burst costs one wakeup. The consumer
  * moves the whole queue out under the lock and runs callbacks with no lock
- * held (STYLE.md §5).
+ * held.
  *
  * DONE events need no node: the terminal task itself is queued (linked by
  * done_next) and the event is built from it at delivery, when its outcome
  * can no longer change. A delivery takes both queues in one step and runs
  * the other events first: a task's PROGRESS, pushed before its DONE, is
- * then never delivered after it.
+ * then never delivered after it. Once a DONE callback returned, done_next
+ * becomes APEX__DONE_DELIVERED: in LOOP mode apex_task_wait waits for that,
+ * so a host may free the callback's state as soon as its wait returns, and
+ * the delivery wakes the waiters (only while someone waits).
  *
  * Failure: an event node that cannot be allocated is not delivered (the
  * task's state and its blocking wait are unaffected); DONE needs no
@@ -44,6 +47,13 @@ int apex__events_watch_timer(apex_manager_t *m, int timer_fd) {
   return epoll_ctl(m->host_fd, EPOLL_CTL_ADD, timer_fd, &e) == 0 ? APEX_OK : APEX_E_IO;
 }
 
+/* Wakes apex_task_wait callers; no lock held. */
+static void wake_waiters(apex_manager_t *m) {
+  pthread_mutex_lock(&m->wait_mu);
+  pthread_cond_broadcast(&m->wait_cv);
+  pthread_mutex_unlock(&m->wait_mu);
+}
+
 void apex__ev_free(apex__ev_t *node) {
   if (!node) return;
   apex_progress_unref((apex_progress_t *)node->ev.progress);
@@ -61,13 +71,19 @@ void apex__events_fini(apex_manager_t *m) {
     apex__ev_free(n);
     n = next;
   }
+  /* Destroy delivered every DONE before it let the manager go; a DONE left
+   * here (a manager that failed to start has none) is marked delivered all
+   * the same, so no apex_task_wait waits for it for ever. */
   apex_task_t *t = m->done_head;
   m->done_head = m->done_tail = NULL;
+  int left = t != NULL;
   while (t) {
-    apex_task_t *next = t->done_next;
+    apex_task_t *next = atomic_load_explicit(&t->done_next, memory_order_relaxed);
+    atomic_store(&t->done_next, APEX__DONE_DELIVERED);
     apex__task_unref(t);
     t = next;
   }
+  if (left && atomic_load(&m->waiters)) wake_waiters(m);
   if (m->ev_fd >= 0) close(m->ev_fd);
   if (m->host_fd >= 0) close(m->host_fd);
   m->ev_fd = m->host_fd = -1;
@@ -86,6 +102,10 @@ int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t typ
   void *user;
   if (!apex__task_event_fn(t, &user)) return 0;
   return !m->cfg.event_mask || (m->cfg.event_mask & (unsigned)type);
+}
+
+int apex__events_wait_done(apex_manager_t *m, apex_task_t *t) {
+  return m->cfg.delivery == APEX_DELIVER_LOOP && apex__events_wanted(m, t, APEX_EVENT_DONE);
 }
 
 /* Under the task lock. */
@@ -160,12 +180,12 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
 
 void apex__events_push_done(apex_manager_t *m, apex_task_t *t) {
   t->event_seq++; /* the DONE event's seq; no event follows it */
-  t->done_next = NULL;
+  atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
   apex__task_ref(t);
   pthread_mutex_lock(&m->ev_mu);
   int was_empty = queues_empty(m);
   if (m->done_tail)
-    m->done_tail->done_next = t;
+    atomic_store_explicit(&m->done_tail->done_next, t, memory_order_relaxed);
   else
     m->done_head = t;
   m->done_tail = t;
@@ -222,12 +242,25 @@ int apex__events_deliver(apex_manager_t *m) {
     count++;
     n = next;
   }
+  int wake = done && m->cfg.delivery == APEX_DELIVER_LOOP;
   while (done) {
-    apex_task_t *next = done->done_next;
+    apex_task_t *next = atomic_load_explicit(&done->done_next, memory_order_relaxed);
     deliver_done(done);
+    /* Its callback returned: its waiters may go (see apex_task_wait). */
+    atomic_store_explicit(&done->done_next, APEX__DONE_DELIVERED, memory_order_release);
+    if (wake && atomic_load_explicit(&m->waiters, memory_order_relaxed)) wake_waiters(m);
     apex__task_unref(done);
     count++;
     done = next;
+  }
+  if (wake) {
+    /* The check above is a shortcut for a waiter already asleep; this one
+     * is the guarantee. A waiter counts itself (m->waiters, seq_cst) and
+     * then reads done_next; we stored done_next and read m->waiters after a
+     * full fence: one of the two sees the other, so no wakeup is lost. One
+     * fence per delivery, not per task. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&m->waiters)) wake_waiters(m);
   }
   return count;
 }

@@ -11,9 +11,10 @@
  *   task stripe lock          (apex__task_mu) before
  *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu | m->runs_mu
  *                             (leaves: never two)
- *   m->wait_mu                after a task lock (waking waiters; the last live
- *                             task at shutdown); before live_mu (destroy's
- *                             wait for handlers); else a leaf
+ *   m->wait_mu                after a task lock (waking waiters; a count
+ *                             destroy waits for reaching zero); before
+ *                             live_mu (destroy's wait for handlers); else a
+ *                             leaf (waking waiters after a DONE callback)
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -117,9 +118,10 @@ typedef struct apex__run {
   apex__progress_slot_t *prog;
   apex_progress_t *last_progress;
   uint64_t retry_at_ns;
-  /* The live list (m->live_mu) links run states, not tasks: a task drops
-   * its run state (t->run = NULL) a moment before the list lets go of it.
-   * Off it, an ended run state waits in m's list (m->runs_mu) by free_next. */
+  /* The live list (m->live_mu) links run states, not tasks; a run state
+   * leaves it when its task ends (apex__pool_task_end, under the task
+   * lock), before the task lets the run state go. Off it, an ended run
+   * state waits in m's list (m->runs_mu) by free_next. */
   struct apex__run *live_prev;
   union {
     struct apex__run *live_next;
@@ -155,7 +157,13 @@ struct apex_task {
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
-  apex_task_t *done_next;        /* DONE queue (m->ev_mu) */
+  /* The DONE queue's link (m->ev_mu); once the DONE callback has returned,
+   * APEX__DONE_DELIVERED, which apex_task_wait reads without a lock. A
+   * sentinel in this link, not a flag of its own: the struct has no byte to
+   * spare, and the link is never used again after delivery (DONE is queued
+   * once). Atomic for that lock-free read; under ev_mu it is accessed
+   * relaxed. */
+  _Atomic(apex_task_t *) done_next;
   apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
   /* The outcome once terminal (task lock): result when succeeded, else
    * error. */
@@ -168,8 +176,11 @@ struct apex_task {
   float timeout_s;     /* its deadline list's key (apex__timeout_ns) */
   uint16_t attempt;    /* attempts started (task lock; <= APEX__MAX_ATTEMPTS) */
   _Atomic uint8_t state; /* apex_task_state_t; changed under the task lock */
-  uint8_t timer_flags; /* APEX__TIMER_* (m->pool_mu) */
+  uint8_t timer_flags; /* APEX__TIMER_* and APEX__POOL_QUEUED (m->pool_mu) */
 };
+
+/* t->done_next once t's DONE callback has returned (see apex_task_wait). */
+#define APEX__DONE_DELIVERED ((apex_task_t *)(uintptr_t)1)
 
 #define APEX__NOT_IN_HEAP UINT32_MAX
 #define APEX__DL_IDLE_MAX 16  /* idle deadline lists kept for reuse */
@@ -179,6 +190,12 @@ struct apex_task {
 #define APEX__TIMER_DL_PINNED 0x1u  /* holds a pin on its deadline list */
 #define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (holds a reference) */
 #define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
+/* Counted in m->n_queued: in the run queue and not yet ended. A task that
+ * ends there (cancelled, timed out) stays in the queue until a worker pops
+ * it, but leaves the count at once; the flag says which of the two (its
+ * end or the pop) uncounts it. With the timer flags because the same
+ * pool_mu section reads both when a task ends. */
+#define APEX__POOL_QUEUED 0x8u
 
 /* The manager a task belongs to (through its plugin, which the manager
  * keeps until its own memory goes: a task is kept small). */
@@ -244,16 +261,20 @@ struct apex_manager {
   unsigned n_threads;  /* worker threads alive */
   unsigned n_idle;
   unsigned n_stuck;
-  size_t n_queued;
-  atomic_size_t n_live; /* submitted, not terminal; raised under pool_mu */
+  size_t n_queued;      /* tasks flagged APEX__POOL_QUEUED */
+  /* submitted, not terminal; raised under pool_mu, lowered before the
+   * task's terminal state is published (apex__pool_task_end) */
+  atomic_size_t n_live;
   int pool_stop;
 
   /* started tasks and open attempts (live_mu) */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t live_mu;
   apex__run_t *live_head; /* run states of started tasks not yet terminal */
-  unsigned n_active;   /* open attempts (running or pending ctxs) */
+  unsigned n_active;   /* open attempts (running or pending ctxs); an attempt
+                          that ends with its task leaves it before the DONE
+                          event is queued */
   int orphaned;        /* destroy gave up waiting: last one out frees */
-  int sweeping;        /* destroy cancels what is left: start nothing */
+  int sweeping;        /* destroy began: start no attempt */
 
   /* timers (pool_mu too: a submit queues the task and links its deadline
    * in one critical section): deadline lists and the retry heap */
@@ -297,7 +318,10 @@ struct apex_manager {
   _Atomic uint64_t due_at; /* host_timer_at, for a lock-free "anything due?" */
   uv_timer_t flush_timer;
   _Atomic int rt_stop;
-  int rt_started;
+  /* Read by any thread (apex__on_runtime_thread, a wake-up); written at
+   * start and by apex__runtime_stop, which destroy calls while host threads
+   * may still wait on tasks. */
+  _Atomic int rt_started;
 
   /* counters the workers and the runtime write */
   _Alignas(APEX__CACHE_LINE) atomic_uint_fast64_t st_succeeded, st_failed, st_cancelled,
@@ -317,6 +341,13 @@ struct apex_manager {
  * whole life, so this needs no field of its own and no task. */
 static inline apex_manager_t *apex__run_m(const apex__run_t *r) {
   return (apex_manager_t *)(void *)((char *)(uintptr_t)r->ctx.api - offsetof(apex_manager_t, api));
+}
+
+/* 1 on m's runtime thread (LOOP-mode callbacks run there): what would
+ * block it waits for the deadlines and retries only it fires. */
+static inline int apex__on_runtime_thread(apex_manager_t *m) {
+  return atomic_load_explicit(&m->rt_started, memory_order_relaxed) &&
+         pthread_equal(pthread_self(), m->rt_thread);
 }
 
 /* clock */
@@ -409,7 +440,8 @@ void apex__host_api_init(apex_host_api_t *api);
 /* pool.c */
 int apex__pool_start(apex_manager_t *m, unsigned n);
 /* Queues t again for a retry (taking a reference); a no-op once the pool
- * is stopping. */
+ * is stopping. Under t's task lock, so an end that comes first finds it
+ * either counted queued or not yet queued. */
 void apex__pool_push(apex_manager_t *m, apex_task_t *t);
 /* Counts a new task live, queues it (taking a reference) and links its
  * deadline (deadline != 0), reserving a retry slot if it may retry, all
@@ -418,14 +450,17 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * pool_mu, race-free against destroy's sweep of the run queue),
  * APEX_E_NOMEM. */
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
-/* t ended: leaves the live list (if started) and the live count. Under
- * the task lock. */
-void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t);
-/* As apex__pool_live_remove, without touching the live list: for a task
- * whose attempt_close (to come) takes it off the list. */
-void apex__pool_live_count_down(apex_manager_t *m);
+/* t ends: it leaves every count it is in, before its terminal state is
+ * published, so a host that sees the state (or the DONE event) finds the
+ * counters settled and room for a resubmit under max_queued: the queued
+ * count (if still queued), its timers, the live count, the live list (if
+ * started) and, with closing (its attempt ends with it), the open
+ * attempts. Wakes destroy when a count it waits for reaches zero. Under
+ * the task lock (takes pool_mu, live_mu, wait_mu, one at a time). */
+void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
 /* Destroy: takes every queued task out of the run queue. Returns the list
- * (linked by run_next, each holding its run-queue reference). */
+ * (linked by run_next, each holding its run-queue reference); each still
+ * counts as queued until it ends. */
 apex_task_t *apex__pool_take_queued(apex_manager_t *m);
 /* A running task timed out: its worker may be stuck; start a replacement. */
 void apex__pool_worker_stuck(apex_manager_t *m);
@@ -437,16 +472,18 @@ int apex__pool_defer_teardown(apex_manager_t *m);
 /* Stops and joins every worker (after the queue is empty). */
 void apex__pool_stop(apex_manager_t *m);
 /* An attempt opened/closed (counts handlers that own a ctx); on the first
- * attempt (first != 0) t's run state joins the live list destroy sweeps,
- * and a close with `leaving` (non-NULL) takes that run state off it, in the
- * same critical section. Open is called under the task lock; close without
- * it. Returns (open): 1 if destroy's sweep has begun, and then the caller
- * must not run the handler: it ends the attempt as cancelled ("shutdown").
- * Returns (close): 1 if this was the last handler of an orphaned manager:
- * the caller must then tear m down (apex__manager_teardown) once it no
- * longer touches m. */
+ * attempt (first != 0) t's run state joins the live list destroy sweeps
+ * (apex__pool_task_end takes it off). Open is called under the task lock.
+ * Close is for an attempt that does not end its task: one that ends in a
+ * retry (under the task lock) or one that ends after its task did (a late
+ * one, without it); an attempt that ends its task closes in
+ * apex__pool_task_end. Returns (open): 1 if destroy has begun, and then the
+ * caller must not run the handler: it ends the attempt as cancelled
+ * ("shutdown"). Returns (close): 1 if this was the last handler of an
+ * orphaned manager: the caller must then tear m down
+ * (apex__manager_teardown) once it no longer touches m. */
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
-int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving);
+int apex__pool_attempt_close(apex_manager_t *m, int was_stuck);
 
 /* manager.c */
 /* Stops threads, unloads plugins (not when called off a worker thread: a
@@ -470,8 +507,10 @@ void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
  * its submit reserved. Under the task lock. Returns: APEX_OK; APEX_E_NOMEM
  * if t holds no reserved slot (a broken invariant: nothing is written). */
 int apex__retry_arm(apex_manager_t *m, apex_task_t *t);
-/* Disarms both and frees what t reserved; once, when t ends. */
-void apex__timer_release(apex_manager_t *m, apex_task_t *t);
+/* Under pool_mu: disarms both and frees what t reserved; once, when t
+ * ends. Returns the references the caller drops (after unlocking; the
+ * caller holds another, so they never free t). */
+unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t);
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
 /* DISPATCH mode, on the host's thread: fires the deadlines and retries now
  * due, if any. */
@@ -484,6 +523,9 @@ int apex__events_watch_timer(apex_manager_t *m, int timer_fd);
 void apex__events_fini(apex_manager_t *m);
 /* 1 if an event of type should be made for t. */
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type);
+/* 1 if apex_task_wait on t waits for t's DONE callback to return, not only
+ * for its terminal state: LOOP mode, and t's callback wants DONE. */
+int apex__events_wait_done(apex_manager_t *m, apex_task_t *t);
 /* Queues an event node (it holds a task reference, see apex__ev_new). */
 void apex__events_push(apex_manager_t *m, apex__ev_t *node);
 /* Queues t's DONE event (taking a task reference). Under the task lock,
@@ -495,7 +537,9 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type);
 /* apex_manager_dispatch: fires the timers now due (DISPATCH mode), then
  * delivers every waiting event on the calling thread. Returns the count. */
 int apex__events_dispatch(apex_manager_t *m);
-/* Delivers every waiting event on the calling thread. Returns the count. */
+/* Delivers every waiting event on the calling thread; marks each DONE's
+ * task delivered (APEX__DONE_DELIVERED) once its callback returned, and in
+ * LOOP mode wakes apex_task_wait callers then. Returns the count. */
 int apex__events_deliver(apex_manager_t *m);
 void apex__ev_free(apex__ev_t *node);
 

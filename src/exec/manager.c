@@ -177,9 +177,24 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   return APEX_OK;
 }
 
-/* --------------------------------------------------------------- shutdown */
-
-static uint64_t deadline_after(int64_t ms) { return apex__ns_after_ms(ms); }
+/* --------------------------------------------------------------- shutdown
+ *
+ * apex_manager_destroy, in order (docs/architecture.md, "Shutdown"):
+ *  1. refuse submits and start no attempt (shutting_down, sweeping); end
+ *     at once what waits for one: the run queue, taken whole, and the
+ *     started tasks waiting to retry;
+ *  2. let the running attempts finish for up to drain_ms;
+ *  3. cancel what is left ("shutdown"): every task ends at once, running or
+ *     not, and the handlers' tokens fire;
+ *  4. give the handlers at least APEX_SHUTDOWN_GRACE_MS to return;
+ *  5. wait until every task is terminal and every DONE event queued: a
+ *     worker that took a task just before step 1 ends it as it opens the
+ *     attempt, and a DONE is queued under its task's lock;
+ *  6. stop the runtime thread (in LOOP mode it delivers what is queued
+ *     first) and, in DISPATCH mode, deliver on this thread: after this no
+ *     event is made, so no host callback runs once destroy returned;
+ *  7. handlers still running: BUSY, and the last of them tears down; else
+ *     tear down here. */
 
 /* Waits on wait_cv until the live tasks (handlers 0) or the open attempts
  * (handlers 1) are none, or until passes. Returns the last count seen. */
@@ -208,35 +223,29 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
   return n;
 }
 
-apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
-  if (!m) return APEX_OK;
-  /* Under pool_mu, where submit checks it: a submit is either refused or its
-   * task is in the run queue the sweep below takes. */
-  pthread_mutex_lock(&m->pool_mu);
-  atomic_store(&m->shutting_down, 1);
-  pthread_mutex_unlock(&m->pool_mu);
-  wait_zero(m, 0, deadline_after(drain_ms));
-
-  /* Cancel what is left: first what never started (taken out of the run
-   * queue whole, so a million queued tasks cost one pass), then the started
-   * ones, collected under the lock and cancelled without it. A task a
-   * worker took from the queue but has not yet put on the live list is in
-   * neither: `sweeping`, set under live_mu before the sweep, makes that
-   * worker end it instead of running it (apex__pool_attempt_open). */
-  pthread_mutex_lock(&m->live_mu);
-  m->sweeping = 1;
-  pthread_mutex_unlock(&m->live_mu);
+/* Cancels ("shutdown") every task taken out of the run queue. */
+static void cancel_queued(apex_manager_t *m) {
   for (apex_task_t *t = apex__pool_take_queued(m); t;) {
     apex_task_t *next = t->run_next;
     apex__task_cancel(t, APEX__CAUSE_SHUTDOWN, NULL);
     apex__task_unref(t); /* the run queue's reference */
     t = next;
   }
+}
+
+/* Cancels ("shutdown") the started tasks on the live list: all of them, or
+ * only those waiting to retry (all == 0). Collected under live_mu in
+ * batches and cancelled without it; a cancelled task leaves the list, so
+ * each pass starts again at its head, until a pass finds nothing to do. */
+static void cancel_started(apex_manager_t *m, int all) {
   for (;;) {
     apex_task_t *batch[64];
     size_t n = 0;
     pthread_mutex_lock(&m->live_mu);
     for (apex__run_t *r = m->live_head; r && n < 64; r = r->live_next) {
+      /* seq_cst: pairs with the attempt end that puts a task in
+       * retry_wait and then reads shutting_down (task.c). */
+      if (!all && atomic_load(&r->task->state) != APEX_TASK_RETRY_WAIT) continue;
       apex__task_ref(r->task);
       batch[n++] = r->task;
     }
@@ -247,21 +256,55 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
       apex__task_unref(batch[i]);
     }
   }
+}
 
-  wait_zero(m, 1, deadline_after(drain_ms));
+apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
+  if (!m) return APEX_OK;
+  /* 1. Under pool_mu, where submit checks it: a submit is either refused or
+   * its task is in the run queue taken below. `sweeping`, set under
+   * live_mu, makes a worker that took a task from the queue just before
+   * end it instead of running it (apex__pool_attempt_open). */
+  pthread_mutex_lock(&m->pool_mu);
+  atomic_store(&m->shutting_down, 1);
+  pthread_mutex_unlock(&m->pool_mu);
+  pthread_mutex_lock(&m->live_mu);
+  m->sweeping = 1;
+  pthread_mutex_unlock(&m->live_mu);
+  cancel_queued(m);
+  cancel_started(m, 0);
+  /* 2. */
+  wait_zero(m, 0, apex__ns_after_ms(drain_ms));
+  /* 3. */
+  cancel_started(m, 1);
+  /* 4. A cooperative handler needs a moment to see its token and return;
+   * a drain of 0 must not report it as deaf. */
+  int64_t grace_ms = drain_ms < 0 || drain_ms > APEX_SHUTDOWN_GRACE_MS ? drain_ms
+                                                                        : APEX_SHUTDOWN_GRACE_MS;
+  wait_zero(m, 1, apex__ns_after_ms(grace_ms));
+  /* 5. Prompt: what is not terminal yet is inside Apex's own code. Then
+   * each stripe lock once: a DONE is queued under its task's lock, after
+   * the live count dropped. */
+  wait_zero(m, 0, UINT64_MAX);
+  for (int i = 0; i < APEX__LOCK_STRIPES; i++) {
+    pthread_mutex_lock(&m->stripes[i].mu);
+    pthread_mutex_unlock(&m->stripes[i].mu);
+  }
+  /* 6. Every task is terminal: nothing makes an event any more, and the
+   * runtime thread has nothing left to time or flush. */
+  apex__runtime_stop(m);
+  if (m->cfg.delivery == APEX_DELIVER_DISPATCH) apex__events_deliver(m);
+  /* 7. */
   pthread_mutex_lock(&m->live_mu);
   unsigned active = m->n_active;
   if (active) m->orphaned = 1;
   pthread_mutex_unlock(&m->live_mu);
   if (active) {
     apex__log(&m->log, APEX_LOG_WARN,
-              "shutdown: %u handler(s) ignore cancellation; the manager is freed when they return",
-              active);
+              "shutdown: %u handler(s) still running %lld ms after their tasks were cancelled "
+              "(they ignore cancellation); the manager is freed when the last one returns",
+              active, (long long)grace_ms);
     return APEX_E_BUSY;
   }
-  /* DISPATCH: this is the host's thread; deliver what is left (the DONE of
-   * every task the sweep cancelled among it) before the queue goes. */
-  if (m->cfg.delivery == APEX_DELIVER_DISPATCH) apex__events_deliver(m);
   apex__manager_teardown(m, 1);
   return APEX_OK;
 }
@@ -706,10 +749,22 @@ apex_status_t apex_manager_execute(apex_manager_t *m, const char *plugin, const 
                                    json_t *params, const apex_submit_opts_t *opts,
                                    json_t **result, apex_error_t **err) {
   if (result) *result = NULL;
+  /* Refused before submitting: the wait below would block the thread that
+   * fires the task's deadline and delivers LOOP events. */
+  if (m && apex__on_runtime_thread(m))
+    return apex__fail(err, APEX_E_INVALID,
+                      "apex_manager_execute: called on Apex's runtime thread (a LOOP event "
+                      "callback), which must not block");
   apex_task_t *t = NULL;
   int rc = apex_manager_submit(m, plugin, action, params, opts, &t, err);
   if (rc != APEX_OK) return rc;
-  apex_task_wait(t, -1);
+  rc = apex_task_wait(t, -1);
+  if (rc != APEX_OK) { /* not expected (only the thread above is refused) */
+    (void)apex_task_cancel(t, NULL);
+    apex_task_release(t);
+    return apex__fail(err, rc, "apex_manager_execute: waiting for the task failed: %s",
+                      apex_strerror(rc));
+  }
   if (apex_task_state(t) == APEX_TASK_SUCCEEDED) {
     if (result) *result = apex_task_result(t);
   } else {

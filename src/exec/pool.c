@@ -1,5 +1,6 @@
 /* The worker pool: a FIFO run queue of tasks, the threads that run their
- * handlers, and the list of started, not yet terminal tasks that shutdown
+ * handlers, the counts a task is in while it lives (queued, live, open
+ * attempts), and the list of started, not yet terminal tasks that shutdown
  * cancels (with what is still queued, which it takes from the run queue).
  *
  * pool_mu guards the queue, the thread counts and the timers (runtime.c),
@@ -8,6 +9,9 @@
  * the pop, never for a worker's bookkeeping around a handler, which takes
  * live_mu twice a task: opening the attempt (joining the live list on the
  * first) and closing it (leaving the list when the task ended with it).
+ * A task's end (apex__pool_task_end) leaves every count before its state
+ * is published: stats read once the DONE event is delivered agree with it,
+ * and a resubmit right after a wait finds the room the task left.
  * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
  * max_stuck_workers) once queued work has no idle worker to take it, so one
@@ -95,34 +99,43 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
   return e ? APEX_E_IO : APEX_OK;
 }
 
-void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
+/* Under pool_mu: appends t to the run queue (taking the queue's
+ * reference), counts it queued and wakes an idle worker. Returns 0 or the
+ * errno of a stuck worker's replacement that could not start. */
+static int enqueue_locked(apex_manager_t *m, apex_task_t *t) {
   t->run_next = NULL;
-  pthread_mutex_lock(&m->pool_mu);
-  if (m->pool_stop) { /* only a task shutdown already ended gets here */
-    pthread_mutex_unlock(&m->pool_mu);
-    return;
-  }
-  apex__task_ref(t); /* the run queue's */
+  apex__task_ref(t);
   if (m->run_tail)
     m->run_tail->run_next = t;
   else
     m->run_head = t;
   m->run_tail = t;
+  t->timer_flags |= APEX__POOL_QUEUED;
   m->n_queued++;
   if (m->n_idle) pthread_cond_signal(&m->pool_cv);
-  int e = replace_stuck_locked(m);
+  return replace_stuck_locked(m);
+}
+
+void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
+  pthread_mutex_lock(&m->pool_mu);
+  if (m->pool_stop) { /* only a task shutdown already ended gets here */
+    pthread_mutex_unlock(&m->pool_mu);
+    return;
+  }
+  int e = enqueue_locked(m, t);
   pthread_mutex_unlock(&m->pool_mu);
   log_no_replacement(m, e);
 }
 
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
-  t->run_next = NULL;
   pthread_mutex_lock(&m->pool_mu);
   /* Checked here, under the lock destroy sets the flag in, so a task is
    * either refused or in the run queue destroy's sweep takes; never
    * neither. */
-  /* n_live only rises under pool_mu (it falls anywhere), so this check
-   * can refuse a submit a moment early, never let one too many in. */
+  /* n_live only rises under pool_mu, and falls before an ended task's
+   * state is published: this check can refuse a submit a moment early
+   * (while a task is ending), never after the host saw it end, and never
+   * let one too many in. */
   int rc = atomic_load(&m->shutting_down) ? APEX_E_SHUTTING_DOWN
            : m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued
                ? APEX_E_QUEUE_FULL
@@ -133,27 +146,19 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     return rc;
   }
   atomic_fetch_add(&m->n_live, 1);
-  apex__task_ref(t); /* the run queue's */
-  if (m->run_tail)
-    m->run_tail->run_next = t;
-  else
-    m->run_head = t;
-  m->run_tail = t;
-  m->n_queued++;
+  int e = enqueue_locked(m, t);
   if (deadline) apex__deadline_link_locked(m, t);
-  if (m->n_idle) pthread_cond_signal(&m->pool_cv);
-  int e = replace_stuck_locked(m);
   pthread_mutex_unlock(&m->pool_mu);
   log_no_replacement(m, e);
   return APEX_OK;
 }
 
-
 apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   apex_task_t *t = m->run_head;
   m->run_head = m->run_tail = NULL;
-  m->n_queued = 0;
+  /* n_queued stays: each taken task leaves it as it ends (destroy cancels
+   * every one), and one that ended in the queue already left it. */
   pthread_mutex_unlock(&m->pool_mu);
   return t;
 }
@@ -168,22 +173,33 @@ static void unlink_live_locked(apex_manager_t *m, apex__run_t *r) {
   r->live_prev = r->live_next = NULL;
 }
 
-void apex__pool_live_remove(apex_manager_t *m, apex_task_t *t) {
-  if (t->run) {
-    pthread_mutex_lock(&m->live_mu);
-    unlink_live_locked(m, t->run);
-    pthread_mutex_unlock(&m->live_mu);
-  }
-  apex__pool_live_count_down(m);
+/* Wakes destroy, which may be waiting for a count to reach zero (see
+ * wait_zero in manager.c); no lock held but, possibly, a task lock. */
+static void wake_destroyer(apex_manager_t *m) {
+  pthread_mutex_lock(&m->wait_mu);
+  pthread_cond_broadcast(&m->wait_cv);
+  pthread_mutex_unlock(&m->wait_mu);
 }
 
-void apex__pool_live_count_down(apex_manager_t *m) {
-  int drained = atomic_fetch_sub(&m->n_live, 1) == 1 && atomic_load(&m->shutting_down);
-  if (drained) { /* destroy may be waiting for the last one */
-    pthread_mutex_lock(&m->wait_mu);
-    pthread_cond_broadcast(&m->wait_cv);
-    pthread_mutex_unlock(&m->wait_mu);
+void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
+  /* One pool_mu section, which releasing the timers needs anyway. */
+  pthread_mutex_lock(&m->pool_mu);
+  if (t->timer_flags & APEX__POOL_QUEUED) { /* ended in the queue */
+    t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
+    m->n_queued--;
   }
+  unsigned refs = apex__timer_release_locked(m, t);
+  pthread_mutex_unlock(&m->pool_mu);
+  if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
+  int idle = 0;
+  if (t->run || closing) {
+    pthread_mutex_lock(&m->live_mu);
+    if (t->run) unlink_live_locked(m, t->run);
+    if (closing) idle = --m->n_active == 0;
+    pthread_mutex_unlock(&m->live_mu);
+  }
+  int drained = atomic_fetch_sub(&m->n_live, 1) == 1;
+  if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
 }
 
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
@@ -201,24 +217,20 @@ int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
   return sweeping;
 }
 
-int apex__pool_attempt_close(apex_manager_t *m, int was_stuck, apex__run_t *leaving) {
+int apex__pool_attempt_close(apex_manager_t *m, int was_stuck) {
   if (was_stuck) { /* counted under the task lock with the stuck flag */
     pthread_mutex_lock(&m->pool_mu);
     m->n_stuck--;
     pthread_mutex_unlock(&m->pool_mu);
   }
   pthread_mutex_lock(&m->live_mu);
-  if (leaving) unlink_live_locked(m, leaving);
   m->n_active--;
   int last = m->n_active == 0;
   int orphan_done = last && m->orphaned;
   if (orphan_done) m->orphaned = 0; /* exactly one caller tears down */
   pthread_mutex_unlock(&m->live_mu);
-  if (last && atomic_load(&m->shutting_down)) {
-    pthread_mutex_lock(&m->wait_mu);
-    pthread_cond_broadcast(&m->wait_cv);
-    pthread_mutex_unlock(&m->wait_mu);
-  }
+  /* Not for an orphaned manager: its destroyer returned, nobody waits. */
+  if (last && !orphan_done && atomic_load(&m->shutting_down)) wake_destroyer(m);
   return orphan_done;
 }
 
@@ -260,7 +272,10 @@ static void *worker_main(void *arg) {
     }
     m->run_head = t->run_next;
     if (!m->run_head) m->run_tail = NULL;
-    m->n_queued--;
+    if (t->timer_flags & APEX__POOL_QUEUED) { /* else it ended in the queue */
+      t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
+      m->n_queued--;
+    }
     pthread_mutex_unlock(&m->pool_mu);
 
     int teardown = apex__task_run(t) | tls_teardown;

@@ -2,7 +2,8 @@
  * and retry backoffs (one timerfd armed for the earliest, so a million
  * deadlines cost one kernel timer), flushes
  * coalesced progress at most progress_rate_hz times a second, and in LOOP
- * delivery mode runs the host's event callbacks.
+ * delivery mode runs the host's event callbacks (when destroy stops it, it
+ * delivers what is left first, and destroy joins it).
  *
  * Other threads reach it through uv_async_send (thread-safe, coalescing): a
  * plugin only when a task's progress goes from clean to dirty. A submitter
@@ -304,10 +305,9 @@ int apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   return APEX_OK;
 }
 
-void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
-  int refs = 0;
-  /* timer_flags is read under pool_mu too: the runtime unlinks concurrently. */
-  pthread_mutex_lock(&m->pool_mu);
+unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
+  unsigned refs = 0;
+  /* timer_flags is read under pool_mu: the runtime unlinks concurrently. */
   if (t->timer_flags & APEX__TIMER_DL_PINNED) {
     apex__dlist_t *l = dl_find(m, dl_key(t));
     if (t->timer_flags & APEX__TIMER_DL_LINKED) {
@@ -322,10 +322,8 @@ void apex__timer_release(apex_manager_t *m, apex_task_t *t) {
     }
     m->heap_reserved--;
   }
-  t->timer_flags = 0;
-  pthread_mutex_unlock(&m->pool_mu);
-  /* Callers hold another reference (the life one), so this never frees. */
-  if (refs) atomic_fetch_sub_explicit(&t->refs, (unsigned)refs, memory_order_acq_rel);
+  t->timer_flags &= (uint8_t)APEX__POOL_QUEUED; /* the timer flags, not the pool's */
+  return refs;
 }
 
 /* Under pool_mu: the earliest time anything is due, 0 for nothing. */
@@ -505,7 +503,7 @@ static void on_wake(uv_async_t *h) {
 }
 
 void apex__runtime_wake(apex_manager_t *m) {
-  if (m->rt_started) uv_async_send(&m->wake);
+  if (atomic_load_explicit(&m->rt_started, memory_order_relaxed)) uv_async_send(&m->wake);
 }
 
 static void *runtime_main(void *arg) {
@@ -545,9 +543,9 @@ int apex__runtime_start(apex_manager_t *m) {
   uv_timer_init(&m->loop, &m->flush_timer);
   m->wake.data = m->timer_poll.data = m->flush_timer.data = m;
   if (polling && uv_poll_start(&m->timer_poll, UV_READABLE, on_deadline) == 0) {
-    m->rt_started = 1;
+    atomic_store(&m->rt_started, 1);
     if (pthread_create(&m->rt_thread, NULL, runtime_main, m) == 0) return APEX_OK;
-    m->rt_started = 0;
+    atomic_store(&m->rt_started, 0);
   }
   uv_close((uv_handle_t *)&m->wake, NULL);
   if (polling) uv_close((uv_handle_t *)&m->timer_poll, NULL);
@@ -560,11 +558,11 @@ int apex__runtime_start(apex_manager_t *m) {
 }
 
 void apex__runtime_stop(apex_manager_t *m) {
-  if (!m->rt_started) return;
+  if (!atomic_load(&m->rt_started)) return;
   atomic_store(&m->rt_stop, 1);
   uv_async_send(&m->wake);
   pthread_join(m->rt_thread, NULL);
-  m->rt_started = 0;
+  atomic_store(&m->rt_started, 0);
   uv_loop_close(&m->loop);
   close(m->timer_fd);
   if (m->host_timer_fd >= 0) close(m->host_timer_fd);

@@ -389,8 +389,7 @@ typedef struct after {
   int finished;       /* this call made the task terminal */
   int release_life;   /* drop the life reference */
   apex__run_t *run;   /* run state to free (detached from the task) */
-  int closing;        /* the caller closes the attempt (attempt_end) */
-  apex__run_t *leave_live; /* ... and takes this off the live list then */
+  int closing;        /* the attempt ends with the task (attempt_end) */
   const char *cancel; /* cancel the token with this reason */
   apex_progress_t *logp;
 } after_t;
@@ -429,23 +428,20 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
     t->out.result = result;
   else
     t->out.error = error;
+  /* Every count first, the state after: a host that sees the state, or
+   * gets the DONE event, finds queued, running and the outcomes settled,
+   * and a resubmit finds the room under max_queued this task left. */
+  apex__pool_task_end(m, t, a->closing);
+  count_outcome(m, state);
   /* seq_cst, not release: a waiter publishes itself (m->waiters) and then
    * reads the state; we publish the state and then read m->waiters. Only a
    * total order keeps both from missing the other (a lost wakeup). */
   atomic_store(&t->state, state);
   a->finished = 1;
-  apex__timer_release(m, t);
-  if (a->closing && t->run) { /* one live_mu section for both, in attempt_close */
-    apex__pool_live_count_down(m);
-    a->leave_live = t->run;
-  } else {
-    apex__pool_live_remove(m, t);
-  }
-  count_outcome(m, state);
   if (!t->run || !atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed))
     release_life_locked(t, a);
-  /* Last: the host wakes on it, and then finds the counters settled and
-   * this thread no longer in the locks its next submit takes. */
+  /* Last: the host wakes on it, and then finds this thread no longer in
+   * the locks its next submit takes. */
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
 }
 
@@ -469,7 +465,9 @@ static void after_notify(apex_task_t *t, after_t *a) {
                 t->plugin->desc.name, t->action->name, apex_task_state_name(st), e ? ": " : "",
                 e ? apex_error_message(e) : "");
     }
-    if (atomic_load(&m->waiters)) {
+    /* A waiter on a task whose DONE callback it waits for is woken by
+     * that callback's delivery instead (apex__events_deliver). */
+    if (atomic_load(&m->waiters) && !apex__events_wait_done(m, t)) {
       pthread_mutex_lock(&m->wait_mu);
       pthread_cond_broadcast(&m->wait_cv);
       pthread_mutex_unlock(&m->wait_mu);
@@ -591,9 +589,8 @@ int apex__task_run(apex_task_t *t) {
   }
   pthread_mutex_unlock(mu);
   if (sweeping) {
-    /* Taken from the queue just before destroy swept it, and not yet on
-     * the live list when it was swept: never run it, end it as the sweep
-     * would have. */
+    /* Taken from the queue just before destroy began (which starts no
+     * attempt): never run it, end it as destroy ends what was queued. */
     apex_token_t *own = apex__task_token(t);
     if (own) apex_token_cancel(own, apex__cause_name(APEX__CAUSE_SHUTDOWN));
     return apex__task_attempt_end(t, APEX_E_CANCELLED);
@@ -702,13 +699,20 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   }
   int st = atomic_load(&t->state);
 
-  if (is_terminal(st)) { /* timed out or cancelled meanwhile: too late */
+  if (is_terminal(st)) {
+    /* Timed out or cancelled at shutdown meanwhile: too late. Its attempt
+     * closes after the unlock, and the last handler of an orphaned manager
+     * tears it down. */
     release_life_locked(t, &a);
     atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
     pthread_mutex_unlock(mu);
     json_decref(res);
     apex_error_unref(own);
-  } else if (rc == APEX_OK) {
+    int teardown = apex__pool_attempt_close(m, was_stuck);
+    after_release(t, &a);
+    return teardown;
+  }
+  if (rc == APEX_OK) {
     apex_error_unref(own);
     finish_locked(t, APEX_TASK_SUCCEEDED, res ? res : json_null(), NULL, &a);
     pthread_mutex_unlock(mu);
@@ -734,54 +738,59 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
       /* A cancel that read "running" (apex__task_cancel takes no lock then)
        * left the ending to this attempt: seq_cst on both sides, so either it
-       * reads retry_wait and ends the task itself, or this sees its token. */
+       * reads retry_wait and ends the task itself, or this sees its token.
+       * Likewise destroy, which sets shutting_down and then ends every task
+       * it finds waiting to retry: no attempt starts once it began. */
       apex_token_t *late = atomic_load(&t->token);
-      if (apex_token_is_cancelled(late)) {
-        const char *why = apex_token_reason(late);
+      int down = atomic_load(&m->shutting_down);
+      if (apex_token_is_cancelled(late) || down) {
+        const char *why = apex_token_is_cancelled(late) ? apex_token_reason(late)
+                                                        : apex__cause_name(APEX__CAUSE_SHUTDOWN);
         apex__where_t w = where_of(t);
         finish_locked(t, APEX_TASK_CANCELLED, NULL,
                       apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)", why), &a);
         if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
         pthread_mutex_unlock(mu);
-        goto done;
-      }
-      r->retry_at_ns = now + (uint64_t)(delay * 1e9);
-      if (apex__retry_arm(m, t) != APEX_OK) {
-        /* No retry slot: an invariant of ours broke (submit reserves one
-         * for every task that may retry). End the task with this attempt's
-         * error rather than write past the retry heap. */
-        finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
-        if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
-        pthread_mutex_unlock(mu);
-        apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no retry slot reserved; not retried",
-                  (unsigned long long)t->id);
-        goto done;
-      }
-      a.logp = lp;
-      atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
-      if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
-        apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
-        if (ev) {
-          ev->ev.error = apex_error_ref(err);
-          ev->ev.retry_delay_s = delay;
-          apex__events_push(m, ev);
+      } else {
+        r->retry_at_ns = now + (uint64_t)(delay * 1e9);
+        if (apex__retry_arm(m, t) != APEX_OK) {
+          /* No retry slot: an invariant of ours broke (submit reserves one
+           * for every task that may retry). End the task with this
+           * attempt's error rather than write past the retry heap. */
+          finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
+          if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
+          pthread_mutex_unlock(mu);
+          apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no retry slot reserved; not retried",
+                    (unsigned long long)t->id);
+        } else {
+          a.logp = lp;
+          atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
+          if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
+            apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
+            if (ev) {
+              ev->ev.error = apex_error_ref(err);
+              ev->ev.retry_delay_s = delay;
+              apex__events_push(m, ev);
+            }
+          }
+          /* Not running while it waits. Never an orphaned manager's last
+           * handler: the manager is orphaned only once every task ended. */
+          (void)apex__pool_attempt_close(m, 0);
+          pthread_mutex_unlock(mu);
+          apex_error_unref(err);
         }
       }
-      pthread_mutex_unlock(mu);
-      apex_error_unref(err);
     } else {
       finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
       pthread_mutex_unlock(mu);
     }
   }
-done:
-  /* after_notify reads the plugin's names: do it while this attempt still
-   * counts as open, so destroy cannot unload the plugin under us. The run
-   * state leaves the live list before it is freed. */
-  after_notify(t, &a);
-  int teardown = apex__pool_attempt_close(m, was_stuck, a.leave_live);
-  after_release(t, &a);
-  return teardown;
+  /* The attempt closed under the lock (before the DONE event was queued).
+   * after_notify reads the plugin's names: destroy unloads the plugin only
+   * after joining the workers, and a plugin joins its own threads in its
+   * shutdown hook before that. */
+  after_unlock(t, &a);
+  return 0;
 }
 
 /* Runtime thread: t's deadline passed (its list gave it up). */
@@ -819,14 +828,12 @@ void apex__task_on_deadline(apex_task_t *t) {
 void apex__task_on_retry(apex_task_t *t, uint64_t now) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
-  int requeue = 0;
   pthread_mutex_lock(mu);
   if (atomic_load(&t->state) == APEX_TASK_RETRY_WAIT && now >= t->run->retry_at_ns) {
     atomic_store(&t->state, APEX_TASK_QUEUED);
-    requeue = 1;
+    apex__pool_push(m, t); /* under the lock: see apex__pool_push */
   }
   pthread_mutex_unlock(mu);
-  if (requeue) apex__pool_push(m, t);
 }
 
 /* ---------------------------------------------------------- public API */
@@ -841,24 +848,34 @@ int apex_task_state_is_terminal(apex_task_state_t s) {
   return s >= APEX_TASK_SUCCEEDED && s <= APEX_TASK_TIMED_OUT;
 }
 
+/* What apex_task_wait waits for: t terminal and, when its DONE callback
+ * runs on the runtime thread (LOOP), that callback returned, so the host may
+ * free what the callback uses as soon as the wait returns. In DISPATCH mode
+ * the host's own dispatch delivers DONE, and waiting for it could deadlock a
+ * host with one thread: the terminal state suffices. seq_cst loads: see
+ * finish_locked and apex__events_deliver (a lost wakeup otherwise). */
+static int wait_over(apex_manager_t *m, apex_task_t *t) {
+  if (!is_terminal(atomic_load(&t->state))) return 0;
+  return !apex__events_wait_done(m, t) || atomic_load(&t->done_next) == APEX__DONE_DELIVERED;
+}
+
 apex_status_t apex_task_wait(apex_task_t *t, int64_t timeout_ms) {
   if (!t) return APEX_E_INVALID;
-  if (is_terminal(atomic_load(&t->state))) return APEX_OK;
-  if (timeout_ms == 0) return APEX_E_AGAIN;
   apex_manager_t *m = apex__task_m(t);
-  /* The runtime thread fires deadlines and retries: blocking it on a task
-   * could wait for ever. */
-  if (m->rt_started && pthread_equal(pthread_self(), m->rt_thread)) return APEX_E_INVALID;
+  if (wait_over(m, t)) return APEX_OK;
+  if (timeout_ms == 0) return APEX_E_AGAIN;
+  /* The runtime thread fires deadlines and retries and delivers LOOP
+   * events: blocking it on a task could wait for ever. */
+  if (apex__on_runtime_thread(m)) return APEX_E_INVALID;
   uint64_t until = apex__ns_after_ms(timeout_ms);
   struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
   apex_status_t rc = APEX_OK;
   pthread_mutex_lock(&m->wait_mu);
   atomic_fetch_add(&m->waiters, 1);
-  /* seq_cst loads: see finish_locked. */
-  while (!is_terminal(atomic_load(&t->state))) {
+  while (!wait_over(m, t)) {
     int e = until == UINT64_MAX ? pthread_cond_wait(&m->wait_cv, &m->wait_mu)
                                 : pthread_cond_timedwait(&m->wait_cv, &m->wait_mu, &ts);
-    if (e == ETIMEDOUT && !is_terminal(atomic_load(&t->state))) {
+    if (e == ETIMEDOUT && !wait_over(m, t)) {
       rc = APEX_E_AGAIN;
       break;
     }

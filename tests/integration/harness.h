@@ -4,6 +4,7 @@
 #ifndef APEX_TEST_HARNESS_H
 #define APEX_TEST_HARNESS_H
 
+#include <dirent.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -23,6 +24,21 @@ static inline int64_t now_ms(void) {
 static inline void nap_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&ts, NULL);
+}
+
+/* Threads of this process (-1 if /proc cannot be read). A manager freed
+ * by a thread of its own (after apex_manager_destroy returned APEX_E_BUSY)
+ * is gone once the count is back to what it was before the manager: await
+ * that, as nothing public can say it. */
+static inline int count_threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
 }
 
 /* Polls cond every millisecond until it holds or ms pass, then asserts it. */

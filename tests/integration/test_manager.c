@@ -11,7 +11,7 @@
  * Threads: the tests run on cmocka's thread; the engine's threads run the
  * handlers. Nothing here sleeps for correctness: conditions are awaited with
  * apex_task_wait or by polling a state or a counter against a generous
- * deadline (AWAIT). The one exception is commented where it is. */
+ * deadline (AWAIT), or, for a manager freed after destroy, its threads' end. */
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -925,10 +925,13 @@ static void test_destroy_cancels_queued_and_running_with_reason_shutdown(void **
   apex_task_release(running);
 }
 
+/* Running, not queued: destroy ends queued tasks at once and lets running
+ * ones finish within the drain. */
 static void test_destroy_drains_running_tasks_first(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
   apex_task_t *t = submit_json(m, "hostile", "sleep", "{\"ms\": 50}", NULL);
+  await_state(t, APEX_TASK_RUNNING);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   apex_task_release(t);
@@ -936,20 +939,24 @@ static void test_destroy_drains_running_tasks_first(void **st) {
 
 static void test_destroy_with_deaf_handler_is_busy_and_returns_quickly(void **st) {
   (void)st;
+  int base = count_threads();
   apex_manager_t *m = make_default();
-  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 800}", NULL);
+  apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 3000}", NULL);
   await_state(t, APEX_TASK_RUNNING);
   int64_t t0 = now_ms();
   assert_int_equal(apex_manager_destroy(m, 50), APEX_E_BUSY);
-  assert_true(now_ms() - t0 < 700); /* before the handler's 800 ms are up */
+  /* After the grace handlers get whatever the drain, before the handler's
+   * 3000 ms are up. */
+  int64_t took = now_ms() - t0;
+  assert_true(took >= APEX_SHUTDOWN_GRACE_MS - 1);
+  assert_true(took < 2900);
   assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
   assert_true(error_mentions(t, "shutdown"));
   apex_task_release(t);
-  /* The only sleep here, on purpose: the orphaned manager is freed by its
-   * last handler's thread when the 800 ms are up, and nothing public can be
-   * awaited for that; letting it run before exit keeps ASan's leak check
-   * and the process teardown clean. */
-  nap_ms(1200);
+  /* The orphaned manager is freed by its last handler's thread when the
+   * 3000 ms are up: awaited (its threads gone) so that ASan's leak check
+   * and the process teardown find it done. */
+  AWAIT(count_threads() == base, 10000);
 }
 
 int main(void) {

@@ -15,6 +15,7 @@
  * Threads: the test thread, helper threads each test starts and joins, and
  * the engine's threads (the DONE counter runs on the runtime thread). */
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -118,11 +119,12 @@ static void spin(unsigned n) {
   }
 }
 
-/* The three ways a cancel can meet a noop task: before it started (it ends
- * cancelled), while its handler runs (noop ignores its token: succeeded,
- * and the cancel returned OK), after it ended (APEX_E_ALREADY). The delay
- * between submit and cancel adapts, so it hovers where the task starts and
- * each interleaving is seen; the test requires every one at least once. */
+/* The three ways a cancel can meet a task whose handler ignores its token
+ * (noop, or every fourth round a 1 ms deaf one): before it started (it ends
+ * cancelled), while its handler runs (succeeded, and the cancel returned
+ * OK), after it ended (APEX_E_ALREADY). The delay between submit and
+ * cancel adapts, so it hovers where the task starts and each interleaving
+ * is seen; the test requires every one at least once. */
 enum { BEFORE_START, WHILE_RUNNING, AFTER_END };
 
 static void test_cancel_racing_completion_ends_once(void **st) {
@@ -138,9 +140,19 @@ static void test_cancel_racing_completion_ends_once(void **st) {
   for (i = 0; i < max && (i < n || !seen[BEFORE_START] || !seen[WHILE_RUNNING] ||
                           !seen[AFTER_END]);
        i++) {
-    apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
+    /* Every fourth round a handler that runs 1 ms deaf to its token, and
+     * the cancel as soon as it is seen started: each wait returns after the
+     * DONE callback, so the worker is asleep when the next task comes, and
+     * on a loaded machine its wake-up varies far more than a noop runs; the
+     * delay alone then rarely lands on a running handler. */
+    int slow = i % 4 == 3;
+    apex_task_t *t = slow ? submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 1}", NULL)
+                          : submit_json(m, "testkit", "noop", NULL, NULL);
     if (i == 0) first = apex_task_id(t);
-    spin(delay);
+    if (slow)
+      while (apex_task_state(t) == APEX_TASK_QUEUED) sched_yield();
+    else
+      spin(delay);
     int rc = apex_task_cancel(t, NULL);
     assert_true(rc == APEX_OK || rc == APEX_E_ALREADY);
     assert_int_equal(apex_task_wait(t, 10000), APEX_OK);
@@ -152,8 +164,12 @@ static void test_cancel_racing_completion_ends_once(void **st) {
                                                                           : WHILE_RUNNING;
     seen[how]++;
     /* Too early: wait longer next time; too late: shorter. */
-    if (how == BEFORE_START) delay = delay + delay / 4 + 64;
-    else if (how == AFTER_END) delay -= delay / 4;
+    if (slow) {
+    } else if (how == BEFORE_START) {
+      delay = delay + delay / 4 + 64;
+    } else if (how == AFTER_END) {
+      delay -= delay / 4;
+    }
     if (s == APEX_TASK_CANCELLED) cancelled++;
     states[i] = s;
     apex_task_release(t);
