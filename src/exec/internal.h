@@ -486,10 +486,12 @@ int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
 int apex__pool_attempt_close(apex_manager_t *m, int was_stuck);
 
 /* manager.c */
-/* Stops threads, unloads plugins (not when called off a worker thread: a
- * plugin's own thread may still be inside the plugin), frees queues, and
- * drops the destroyer's reference. */
-void apex__manager_teardown(apex_manager_t *m, int on_worker);
+/* Stops threads, unloads plugins when can_unload (0 when the caller is a
+ * plugin's own thread, finishing the last task of an orphaned manager: it
+ * may still be inside the plugin), frees queues, and drops the destroyer's
+ * reference. Takes no lock on entry; called once per manager, by destroy,
+ * a failed apex_manager_new, or the last handler of an orphaned manager. */
+void apex__manager_teardown(apex_manager_t *m, int can_unload);
 void apex__manager_unref(apex_manager_t *m);
 
 /* runtime.c */
