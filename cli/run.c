@@ -559,9 +559,10 @@ static int finish(run_t *r, apex_manager_t *m, int code) {
     fflush(stderr);
     _exit(code);
   }
-  /* 50 ms: ample for a handler that honours its token to clean up (a copy
-   * removing its temp file takes a few), short enough that a deaf one does
-   * not hold a timed-out run past its deadline by much. */
+  /* 50 ms (and config.shutdown_grace_ms 50, cli_manager_new): ample for a
+   * handler that honours its token to clean up (a copy removing its temp
+   * file takes a few), short enough that a deaf one does not hold a
+   * timed-out run past its deadline by much. */
   int rc = apex_manager_destroy(m, 50);
   cli_progress_lines_free(r->lines); /* no event comes after destroy */
   r->lines = NULL;

@@ -165,6 +165,10 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
   cfg.workers = 2;
   cfg.log = log;
   cfg.log_user = log_user;
+  /* The command exits once its task ended: a handler that ignores its
+   * cancel gets 50 ms (run.c's drain), not the library's 1 s, before the
+   * process leaves without it. */
+  cfg.shutdown_grace_ms = 50;
   if (on_event) {
     cfg.delivery = APEX_DELIVER_DISPATCH;
     cfg.on_event = on_event;

@@ -232,10 +232,16 @@ typedef struct apex_manager_config {
   /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof
    * (docs/abi.md); a field's zero need not be its default: a caller whose
    * struct_size ends before it gets the default. */
+  int64_t shutdown_grace_ms; /* the least time apex_manager_destroy gives
+                                handlers to return after it cancelled their
+                                tasks, in [0, 86400000]; default
+                                APEX_SHUTDOWN_GRACE_MS. A host about to exit
+                                may want it short (the apex command: 50) */
 } apex_manager_config_t;
 
 /* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz
- * 20, everything else 0/NULL, log_level -1, and struct_size = sizeof as this
+ * 20, log_level -1, shutdown_grace_ms APEX_SHUTDOWN_GRACE_MS, everything
+ * else 0/NULL, and struct_size = sizeof as this
  * header declares it. A macro, as zlib's deflateInit is: it passes that size
  * to apex_manager_config_init_v2, so a library newer than the header never
  * writes past the caller's struct, and one older than the header zeroes the
@@ -260,10 +266,11 @@ APEX_EXTERN void(apex_manager_config_init)(apex_manager_config_t *cfg);
  * Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out);
 
-/* The least time apex_manager_destroy gives handlers to return after it
- * cancelled their tasks, whatever its drain_ms: a handler that watches its
- * token returns well within it, so only one that ignores cancellation is
- * still running after it. */
+/* The default of config.shutdown_grace_ms: the least time
+ * apex_manager_destroy gives handlers to return after it cancelled their
+ * tasks, whatever its drain_ms. A handler that watches its token returns
+ * well within it, so only one that ignores cancellation is still running
+ * after it. */
 #define APEX_SHUTDOWN_GRACE_MS 1000
 
 /* Shuts down, in this order:
@@ -274,7 +281,8 @@ APEX_EXTERN apex_status_t apex_manager_new(const apex_manager_config_t *cfg, ape
  * 3. cancels what is left ("shutdown"): each task ends `cancelled` at once
  *    and its handler's token fires;
  * 4. waits for those handlers to return, up to drain_ms or
- *    APEX_SHUTDOWN_GRACE_MS, whichever is longer (negative: no limit);
+ *    config.shutdown_grace_ms, whichever is longer (negative drain_ms: no
+ *    limit);
  * 5. delivers every event still waiting, the DONE of every task among
  *    them: in LOOP mode on Apex's runtime thread, and destroy returns only
  *    after the last callback returned; in DISPATCH mode on the calling

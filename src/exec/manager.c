@@ -38,6 +38,7 @@ apex_status_t apex_manager_config_init_v2(apex_manager_config_t *cfg, size_t siz
   d.max_stuck_workers = 4;
   d.progress_rate_hz = 20;
   d.log_level = -1;
+  d.shutdown_grace_ms = APEX_SHUTDOWN_GRACE_MS;
   memset(cfg, 0, size);
   memcpy(cfg, &d, size < sizeof d ? size : sizeof d);
   cfg->struct_size = (uint32_t)size;
@@ -117,6 +118,11 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              out->log_level);
     return 0;
   }
+  if (out->shutdown_grace_ms < 0 || out->shutdown_grace_ms > 86400000) {
+    snprintf(why, n, "config.shutdown_grace_ms %lld: want [0, 86400000]",
+             (long long)out->shutdown_grace_ms);
+    return 0;
+  }
   return 1;
 }
 
@@ -186,7 +192,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
  *  2. let the running attempts finish for up to drain_ms;
  *  3. cancel what is left ("shutdown"): every task ends at once, running or
  *     not, and the handlers' tokens fire;
- *  4. give the handlers at least APEX_SHUTDOWN_GRACE_MS to return;
+ *  4. give the handlers at least config.shutdown_grace_ms to return;
  *  5. wait until every task is terminal and every DONE event queued: a
  *     worker that took a task just before step 1 ends it as it opens the
  *     attempt, and a DONE is queued under its task's lock;
@@ -278,8 +284,8 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   cancel_started(m, 1);
   /* 4. A cooperative handler needs a moment to see its token and return;
    * a drain of 0 must not report it as deaf. */
-  int64_t grace_ms = drain_ms < 0 || drain_ms > APEX_SHUTDOWN_GRACE_MS ? drain_ms
-                                                                        : APEX_SHUTDOWN_GRACE_MS;
+  int64_t grace = m->cfg.shutdown_grace_ms;
+  int64_t grace_ms = drain_ms < 0 || drain_ms > grace ? drain_ms : grace;
   wait_zero(m, 1, apex__ns_after_ms(grace_ms));
   /* 5. Prompt: what is not terminal yet is inside Apex's own code. Then
    * each stripe lock once: a DONE is queued under its task's lock, after

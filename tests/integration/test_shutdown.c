@@ -322,6 +322,45 @@ static void test_destroy_gives_cooperative_handlers_the_grace(void **st) {
   tally_fini(&tl);
 }
 
+/* config.shutdown_grace_ms sets that grace: handlers that need 1.5 s to
+ * clean up are waited for under a 60 s grace (the default 1 s would end in
+ * APEX_E_BUSY: they are still inside at its end). */
+static void test_destroy_grace_follows_the_config(void **st) {
+  (void)st;
+  tally_t tl;
+  tally_init(&tl, 1);
+  apex_manager_config_t cfg = tally_config(&tl, 2, APEX_DELIVER_LOOP, APEX_EVENT_DONE);
+  cfg.shutdown_grace_ms = 60000;
+  apex_manager_t *m = kit_manager(&cfg);
+  apex_task_t *t =
+      submit_json(m, "shutdown_kit", "coop_sleep", "{\"ms\": 60000, \"exit_ms\": 1500}", NULL);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING, PROMPT_MS);
+  int64_t t0 = now_ms();
+  assert_int_equal(apex_manager_destroy(m, 0), APEX_OK);
+  atomic_store(&tl.closed, 1);
+  assert_true(now_ms() - t0 >= 1499);
+  assert_int_equal(tl.dones, 1);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  apex_task_release(t);
+  assert_int_equal(tl.after_close, 0);
+  tally_fini(&tl);
+}
+
+static void test_shutdown_grace_out_of_range_is_refused(void **st) {
+  (void)st;
+  const int64_t bad[] = {-1, 86400001};
+  for (size_t i = 0; i < 2; i++) {
+    apex_manager_config_t cfg;
+    apex_manager_config_init(&cfg);
+    assert_int_equal(cfg.shutdown_grace_ms, APEX_SHUTDOWN_GRACE_MS);
+    cfg.log = quiet_log;
+    cfg.shutdown_grace_ms = bad[i];
+    apex_manager_t *m = (apex_manager_t *)&cfg;
+    assert_int_equal(apex_manager_new(&cfg, &m), APEX_E_INVALID);
+    assert_null(m);
+  }
+}
+
 /* ------------------------------------- shutdown ends waiting tasks at once */
 
 /* A task backing off before its next attempt (30 s) ends at destroy's
@@ -889,6 +928,8 @@ int main(void) {
       cmocka_unit_test(test_destroy_drain_forever_dispatch_delivers_every_done),
       cmocka_unit_test(test_destroy_delivers_waiting_dispatch_events_on_its_thread),
       cmocka_unit_test(test_destroy_gives_cooperative_handlers_the_grace),
+      cmocka_unit_test(test_destroy_grace_follows_the_config),
+      cmocka_unit_test(test_shutdown_grace_out_of_range_is_refused),
       cmocka_unit_test(test_destroy_ends_a_retry_waiting_task_at_once),
       cmocka_unit_test(test_transient_failure_during_drain_is_not_retried),
       cmocka_unit_test(test_busy_destroy_loop_freed_by_worker_no_callback_after),
