@@ -97,11 +97,14 @@ static void test_terminal_second_ctrl_c_prints_the_outcome_and_shows_the_cursor(
   (void)st;
   char name[128];
   int master = pty_open(name, sizeof name);
-  char *argv[] = {(char *)APEX_CLI_PATH, "run", "hostile.ignore_cancel", "--plugin-path",
+  char *argv[] = {(char *)APEX_CLI_PATH, "run", "cli_kit.deaf_after_progress", "--plugin-path",
                   APEX_TEST_PLUGIN_DIR, "--param", "ms=60000", NULL};
   proc_t p;
   proc_spawn(&p, argv, name, master);
   assert_true(proc_read_until(&p, "\x1b[?25l", DEADLINE_MS)); /* the display is up */
+  /* ...and the handler runs (a Ctrl-C while the task is queued would end
+   * it at once, and the second would have nothing to stop). */
+  assert_true(proc_read_until(&p, "started", DEADLINE_MS));
   assert_int_equal(kill(p.pid, SIGINT), 0);
   assert_true(proc_read_until(&p, "press Ctrl-C again", DEADLINE_MS));
   int64_t sent = now_ms();
@@ -110,7 +113,8 @@ static void test_terminal_second_ctrl_c_prints_the_outcome_and_shows_the_cursor(
   if (p.code != 130) fail_msg("exit %d, want 130; output:\n%s", p.code, buf_str(&p.out));
   assert_true(p.end_ms - sent < AT_ONCE_MS);
   const char *out = buf_str(&p.out);
-  const char *outcome = strstr(out, "cancelled: hostile.ignore_cancel: the handler did not stop");
+  const char *outcome =
+      strstr(out, "cancelled: cli_kit.deaf_after_progress: the handler did not stop");
   if (!outcome) fail_msg("no outcome line in:\n%s", out);
   assert_contains(outcome, "(cancelled)");
   /* The cursor is shown again before the outcome line. */

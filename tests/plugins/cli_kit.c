@@ -9,6 +9,8 @@
  *                      must exist: it never does here)
  *   unwritable_result  succeeds with a result string that is not UTF-8 (made
  *                      with json_string_nocheck), which no JSON line can hold
+ *   deaf_after_progress reports "started" at once, then sleeps `ms` deaf to
+ *                      its token: a test sees on the screen that it runs
  *
  * Two hooks that hang on request, so a test can signal the command while
  * the plugin loads or unloads: init sleeps CLI_KIT_INIT_MS milliseconds and
@@ -79,6 +81,19 @@ static int unwritable_result(apex_ctx_t *ctx) {
   return APEX_OK;
 }
 
+static int deaf_after_progress(apex_ctx_t *ctx) {
+  json_int_t ms = json_integer_value(json_object_get(apex_ctx_params(ctx), "ms"));
+  apex_ctx_progress(ctx, 0, "started");
+  struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return APEX_OK;
+}
+
+static const apex_param_spec_t k_ms[] = {
+    {.name = "ms", .type = APEX_PARAM_INT, .default_json = "60000", .has_min = 1, .min = 0},
+};
+
 static const apex_param_spec_t k_path[] = {
     {.name = "path", .type = APEX_PARAM_STRING, .default_json = "\"/nonexistent/cli_kit\""},
 };
@@ -88,6 +103,8 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "reject_params", .handler = reject_params, .kind = APEX_ACTION_BLOCKING,
      .params = k_path, .n_params = 1},
     {.name = "unwritable_result", .handler = unwritable_result, .kind = APEX_ACTION_BLOCKING},
+    {.name = "deaf_after_progress", .handler = deaf_after_progress, .kind = APEX_ACTION_BLOCKING,
+     .params = k_ms, .n_params = 1},
 };
 
 static const apex_plugin_desc_t k_plugin = {
