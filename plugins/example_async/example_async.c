@@ -144,8 +144,11 @@ static json_t *sub_tasks_json(int n, int64_t done, int64_t steps) {
     double pct = end > first ? 100.0 * (double)mine / (double)(end - first) : 100.0;
     char name[32];
     sub_name(j, name, sizeof name);
-    json_t *o = json_pack("{s:s, s:f, s:s, s:i}", "name", name, "percentage", pct, "status",
-                          mine == end - first ? "completed" : "running", "weight", 1);
+    /* A sub-task whose steps have not begun is "pending", not "running". */
+    const char *st = mine == end - first ? "completed" : mine == 0 && done < first ? "pending"
+                                                                                  : "running";
+    json_t *o = json_pack("{s:s, s:f, s:s, s:i}", "name", name, "percentage", pct, "status", st,
+                          "weight", 1);
     if (!o || json_array_append_new(arr, o) != 0) {
       json_decref(arr);
       return NULL;
