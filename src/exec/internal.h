@@ -157,7 +157,9 @@ struct apex_task {
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
-  /* The DONE queue's link (m->ev_mu); once the DONE callback has returned,
+  /* While queued, the run queue's back link (m->pool_mu: a cancelled task
+   * leaves the queue at once, apex__pool_task_end). Then the DONE queue's
+   * link (m->ev_mu); once the DONE callback has returned,
    * APEX__DONE_DELIVERED, which apex_task_wait reads without a lock. A
    * sentinel in this link, not a flag of its own: the struct has no byte to
    * spare, and the link is never used again after delivery (DONE is queued
@@ -191,11 +193,16 @@ struct apex_task {
 #define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (holds a reference) */
 #define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
 /* Counted in m->n_queued: in the run queue and not yet ended. A task that
- * ends there (cancelled, timed out) stays in the queue until a worker pops
- * it, but leaves the count at once; the flag says which of the two (its
- * end or the pop) uncounts it. With the timer flags because the same
- * pool_mu section reads both when a task ends. */
+ * ends there (cancelled, timed out) leaves the queue and the count at once
+ * (apex__pool_task_end), so no worker ever pops it; the flag says which of
+ * the two (its end or the pop) uncounts it. With the timer flags because
+ * the same pool_mu section reads both when a task ends. */
 #define APEX__POOL_QUEUED 0x8u
+/* Linked in m's run queue (run_next, and done_next as the back link);
+ * cleared when destroy takes the whole queue (its tasks still count queued
+ * until they end). A worker's pop clears APEX__POOL_QUEUED, which is what
+ * apex__pool_task_end checks first. */
+#define APEX__POOL_LINKED 0x10u
 
 /* The manager a task belongs to (through its plugin, which the manager
  * keeps until its own memory goes: a task is kept small). */

@@ -510,11 +510,43 @@ const char *apex__cause_name(apex__cause_t cause) {
   return "user";
 }
 
+/* A cancel of a task that has no token and no handler (queued or waiting
+ * to retry): nobody would ever read a token made now, so none is, and the
+ * task ends here (leaving the run queue at once: apex__pool_task_end).
+ * Returns: APEX_OK if t was such a task (now ended), APEX_E_ALREADY if it
+ * had ended, 1 if it needs the token (running, or it has one). */
+static int cancel_unstarted(apex_task_t *t, const char *reason) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  after_t a = {0};
+  pthread_mutex_lock(mu);
+  int st = atomic_load(&t->state);
+  /* Re-read under the lock: a token made meanwhile (apex_task_token) may
+   * have a host or a parent watching it; that task takes the usual path. */
+  if (is_terminal(st)) {
+    pthread_mutex_unlock(mu);
+    return APEX_E_ALREADY;
+  }
+  if (st == APEX_TASK_RUNNING || apex__task_token_peek(t)) {
+    pthread_mutex_unlock(mu);
+    return 1;
+  }
+  apex__where_t w = where_of(t);
+  finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+  pthread_mutex_unlock(mu);
+  after_unlock(t, &a);
+  return APEX_OK;
+}
+
 int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   if (!reason) reason = apex__cause_name(cause);
   /* Only shutdown ends a running task at once (its handler's outcome then
    * comes late and is ignored); the reason text never decides it. */
   int at_once = cause == APEX__CAUSE_SHUTDOWN;
+  if (!apex__task_token_peek(t)) {
+    int u = cancel_unstarted(t, reason);
+    if (u != 1) return u;
+  }
   apex_token_t *tok = apex__task_token(t);
   int rc = tok ? apex_token_cancel(tok, reason) : APEX_E_NOMEM;
   /* Running: its handler, just woken by the token, ends it, and the end of
