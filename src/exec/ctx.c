@@ -316,6 +316,11 @@ static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   apex__log(&apex__run_m(r)->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
 }
 
+static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
+  if (!fn) return APEX_E_INVALID;
+  return apex__run_on_cancel(run_of(c), fn, user);
+}
+
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);
   api->abi_version = APEX_PLUGIN_ABI;
@@ -336,4 +341,5 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->complete = ctx_complete;
   api->logv = ctx_logv;
   api->progress_node = ctx_progress_node;
+  api->on_cancel = ctx_on_cancel;
 }

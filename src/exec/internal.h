@@ -53,6 +53,13 @@ typedef struct apex__progress_slot {
   char status[32];      /* "" until a report set one ("running") */
   json_t *details;      /* the last full report's (a copy), or NULL */
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
+  /* What only a task that reports progress needs, kept here, not in the
+   * run state, so a task that never reports (a pending deferred one) does
+   * not pay for it. */
+  apex_progress_t *last_progress; /* the last delivered (apex_task_progress) */
+  int flush_queued;             /* (m->flush_mu) */
+  apex_task_t *flush_next;      /* flush list (m->flush_mu) */
+  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
   /* never-dropped updates (milestones, status changes), oldest first */
   apex_progress_t *backlog[APEX__PROGRESS_BACKLOG_MAX];
   unsigned n_backlog;
@@ -93,8 +100,9 @@ typedef struct apex__task_opts {
  * ignored (ctx.c) without touching the task, which may be gone. The head
  * fields (ctx.api, id, attempt_open) are what such a call reads: the api
  * table is its manager's and never changes, id finds the stripe lock,
- * attempt_open is checked under it. Kept to 120 bytes (malloc's 128-byte
- * class), as a queued task is.
+ * attempt_open is checked under it. Kept to 104 bytes (malloc's 112-byte
+ * class): with a task's 128 a pending deferred task costs 240 bytes (W7 of
+ * bench/README.md); what only progress needs is in the progress slot.
  * Other fields except the intrusive links are guarded by the task's
  * stripe lock. */
 typedef struct apex__run {
@@ -108,16 +116,27 @@ typedef struct apex__run {
    * takes no lock. */
   _Atomic int attempt_open;
   /* From here on, cleared for each task that takes the run state. */
-  int stuck;               /* its worker was replaced after a timeout */
+  uint8_t stuck;           /* its worker was replaced after a timeout */
+  /* The open attempt's on_cancel callback is running on some thread
+   * (APEX__OC_BUSY; APEX__OC_WAITED: and a complete waits for it, on
+   * m->wait_cv). Set and cleared under the task lock; the waiter reads it
+   * under wait_mu (task.c, "cancel callbacks"). */
+  _Atomic uint8_t oc_busy;
   uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
-  int flush_queued;        /* (m->flush_mu) */
   apex_task_t *task;
   json_t *attempt_result;
   apex_error_t *attempt_error;
   apex_error_t *result_refused; /* apex_ctx_set_result refused the value (ctx.c) */
   apex__progress_slot_t *prog;
-  apex_progress_t *last_progress;
-  uint64_t retry_at_ns;
+  /* The open attempt's apex_ctx_on_cancel registration (task lock): NULL
+   * none; once taken to run, a sentinel (task.c) so it runs once. */
+  apex_ctx_cancel_fn oc_fn;
+  /* One word for two lives that never overlap: oc_user while an attempt is
+   * open, retry_at_ns while the task waits to retry (attempt closed). */
+  union {
+    void *oc_user;
+    uint64_t retry_at_ns;
+  };
   /* The live list (m->live_mu) links run states, not tasks; a run state
    * leaves it when its task ends (apex__pool_task_end, under the task
    * lock), before the task lets the run state go. Off it, an ended run
@@ -127,13 +146,14 @@ typedef struct apex__run {
     struct apex__run *live_next;
     struct apex__run *free_next;
   };
-  apex_task_t *flush_next;      /* flush list (m->flush_mu) */
-  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
 } apex__run_t;
+
+#define APEX__OC_BUSY 1u
+#define APEX__OC_WAITED 2u
 
 /* Ended run states a manager keeps: none is reused before this many others
  * ended after it (the window in which a late ctx call is caught), and at
- * most APEX__RUNS_MAX are kept (128 bytes each). */
+ * most APEX__RUNS_MAX are kept (112 bytes each). */
 #define APEX__RUNS_KEEP 256u
 #define APEX__RUNS_MAX 4096u
 
@@ -388,6 +408,11 @@ apex_task_t *apex__run_lock_open(apex__run_t *r);
  * 1st, 2nd, 4th, 8th... time so a plugin looping on a dead ctx cannot
  * flood the log. id: the task it names (r->id). Any thread, no lock. */
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
+/* apex_ctx_on_cancel for r's open attempt (task.c, "cancel callbacks").
+ * Returns: APEX_OK (registered, or run at once: the cancellation fired
+ * already); APEX_E_ALREADY (one registered before); APEX_E_INVALID after
+ * complete (misuse, counted). */
+int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user);
 /* Frees m's list of ended run states (the manager is going). */
 void apex__runs_free(apex_manager_t *m);
 /* Accepts a validated full progress report from the plugin (ctx.c) for
