@@ -14,8 +14,9 @@
  *   race     deferred, params ready_fd, spin: registers, writes 1 to the
  *            eventfd ready_fd (the host then cancels), spins `spin` rounds and
  *            completes APEX_OK on the worker: a complete racing the cancel.
- *            Whatever wins, the callback must run at most once and never
- *            after that complete returned (`violations` counts both).
+ *            Whatever wins, the callback must run at most once, never
+ *            start after that complete returned and never still run when
+ *            it returns (`violations` counts all three).
  *   stats    blocking: succeeds with {fires, violations, bad_register} and,
  *            with {"reset": 1}, zeroes them.
  *
@@ -122,6 +123,11 @@ static void on_cancel_race(apex_ctx_t *ctx, void *user) {
   if (atomic_load(&g_race_done[slot])) atomic_fetch_add(&g_violations, 1); /* after complete */
   if (atomic_fetch_add(&g_race_fired[slot], 1) != 0) atomic_fetch_add(&g_violations, 1);
   atomic_fetch_add(&g_fires, 1);
+  /* A moment for a racing complete to come in: it must wait for this
+   * callback, not return while it still runs. */
+  for (volatile int i = 0; i < 100000; i++) {
+  }
+  if (atomic_load(&g_race_done[slot])) atomic_fetch_add(&g_violations, 1);
   apex_ctx_complete(ctx, APEX_E_CANCELLED);
 }
 
