@@ -122,6 +122,11 @@ typedef struct apex__run {
    * m->wait_cv). Set and cleared under the task lock; the waiter reads it
    * under wait_mu (task.c, "cancel callbacks"). */
   _Atomic uint8_t oc_busy;
+  /* The open attempt's cancel callback was taken to run: its cancellation
+   * fired, with or without a token (a plain apex_task_cancel of a task
+   * with none makes none: task.c, cancel_tokenless). Written under the
+   * task lock; read without it by apex_ctx_is_cancelled. */
+  _Atomic uint8_t oc_fired;
   uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
   apex_task_t *task;
   json_t *attempt_result;
@@ -440,7 +445,9 @@ void apex__task_on_deadline(apex_task_t *t);
 void apex__task_on_retry(apex_task_t *t, uint64_t now);
 /* Delivers t's pending progress (runtime thread or a finishing thread). */
 void apex__task_flush_progress(apex_task_t *t);
-/* Returns: t's token, made on first use; NULL only on no memory. */
+/* Returns: t's token, made on first use; NULL only on no memory. A token
+ * made after its open attempt was cancelled without one is born cancelled
+ * ("user"). Takes t's lock when it makes one: never call it under it. */
 apex_token_t *apex__task_token(apex_task_t *t);
 /* Returns: t's token if it has one yet, else NULL (never allocates). */
 static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {

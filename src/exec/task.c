@@ -50,9 +50,20 @@ apex_token_t *apex__task_token(apex_task_t *t) {
   if (tok) return tok;
   if (apex_token_new(&tok) != APEX_OK) return NULL;
   apex_token_t *seen = NULL;
-  if (atomic_compare_exchange_strong(&t->token, &seen, tok)) return tok;
-  apex_token_unref(tok); /* another thread made it first */
-  return seen;
+  /* Under the lock, where a cancel without a token marks the attempt
+   * (oc_fired): a token made after that must say so too. */
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  int made = atomic_compare_exchange_strong(&t->token, &seen, tok);
+  int fired = made && t->run && atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
+              atomic_load_explicit(&t->run->oc_fired, memory_order_relaxed);
+  pthread_mutex_unlock(mu);
+  if (!made) {
+    apex_token_unref(tok); /* another thread made it first */
+    return seen;
+  }
+  if (fired) apex_token_cancel(tok, apex__cause_name(APEX__CAUSE_USER));
+  return tok;
 }
 
 _Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
@@ -436,6 +447,7 @@ static apex_ctx_cancel_fn oc_take_locked(apex_task_t *t, apex__run_t *r, void **
   *user = r->oc_user;
   r->oc_fn = oc_taken;
   r->oc_user = NULL;
+  atomic_store_explicit(&r->oc_fired, 1, memory_order_release);
   atomic_store_explicit(&r->oc_busy, APEX__OC_BUSY, memory_order_relaxed);
   apex__task_ref(t);
   return fn;
@@ -488,11 +500,11 @@ int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
     pthread_mutex_unlock(mu);
     return APEX_E_ALREADY;
   }
-  /* Fired already: its token (set before the canceller takes this lock to
-   * fire, so seen here if that already happened) or its end while the
-   * attempt is open (a timeout, shutdown). */
-  if (!is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed)) &&
-      !apex_token_is_cancelled(apex__task_token_peek(t))) {
+  /* Fired already: its token is cancelled (before the canceller takes this
+   * lock to fire, so seen here if that already happened). A task that ended
+   * (timeout) with its token not cancelled yet is fired by the ending
+   * thread once it is (after_notify), so the callback sees its reason. */
+  if (!apex_token_is_cancelled(apex__task_token_peek(t))) {
     r->oc_fn = fn;
     r->oc_user = user;
     pthread_mutex_unlock(mu);
@@ -636,12 +648,18 @@ const char *apex__cause_name(apex__cause_t cause) {
   return "user";
 }
 
-/* A cancel of a task that has no token and no handler (queued or waiting
- * to retry): nobody would ever read a token made now, so none is, and the
- * task ends here (leaving the run queue at once: apex__pool_task_end).
- * Returns: APEX_OK if t was such a task (now ended), APEX_E_ALREADY if it
- * had ended, 1 if it needs the token (running, or it has one). */
-static int cancel_unstarted(apex_task_t *t, const char *reason) {
+/* A cancel of a task that has no token. With no handler (queued or
+ * waiting to retry) nobody would ever read a token made now, so none is,
+ * and the task ends here (leaving the run queue at once:
+ * apex__pool_task_end). A running one whose attempt registered a cancel
+ * callback, cancelled with the default reason (plain, the cause's name),
+ * needs none either: the callback runs, and the attempt remembers it fired
+ * (oc_fired: apex_ctx_is_cancelled and the attempt's end read it; a token
+ * made later is born cancelled, apex__task_token). So a pending deferred
+ * task's cancel makes no token. Returns: APEX_OK if this call cancelled t,
+ * APEX_E_ALREADY if it had ended or its callback fired, 1 if it needs the
+ * token (running otherwise, or it has one). */
+static int cancel_tokenless(apex_task_t *t, const char *reason, int plain) {
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -652,9 +670,26 @@ static int cancel_unstarted(apex_task_t *t, const char *reason) {
     pthread_mutex_unlock(mu);
     return APEX_E_ALREADY;
   }
-  if (st == APEX_TASK_RUNNING || apex__task_token_peek(t)) {
+  if (apex__task_token_peek(t)) {
     pthread_mutex_unlock(mu);
     return 1;
+  }
+  if (st == APEX_TASK_RUNNING) {
+    apex__run_t *r = t->run;
+    int open = r && atomic_load_explicit(&r->attempt_open, memory_order_relaxed);
+    if (open && r->oc_fn == oc_taken) {
+      pthread_mutex_unlock(mu);
+      return APEX_E_ALREADY;
+    }
+    if (!open || !plain || !r->oc_fn) {
+      pthread_mutex_unlock(mu);
+      return 1;
+    }
+    void *user;
+    apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
+    pthread_mutex_unlock(mu);
+    oc_run(t, r, fn, user);
+    return APEX_OK;
   }
   apex__where_t w = where_of(t);
   finish_locked(t, APEX_TASK_CANCELLED, NULL,
@@ -665,12 +700,13 @@ static int cancel_unstarted(apex_task_t *t, const char *reason) {
 }
 
 int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
+  int plain = !reason && cause == APEX__CAUSE_USER;
   if (!reason) reason = apex__cause_name(cause);
   /* Only shutdown ends a running task at once (its handler's outcome then
    * comes late and is ignored); the reason text never decides it. */
   int at_once = cause == APEX__CAUSE_SHUTDOWN;
   if (!apex__task_token_peek(t)) {
-    int u = cancel_unstarted(t, reason);
+    int u = cancel_tokenless(t, reason, plain);
     if (u != 1) return u;
   }
   apex_token_t *tok = apex__task_token(t);
@@ -744,6 +780,7 @@ int apex__task_run(apex_task_t *t) {
   t->attempt++;
   r->oc_fn = NULL; /* each attempt registers its own (oc_user was retry_at_ns) */
   r->oc_user = NULL;
+  atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
@@ -859,8 +896,10 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   /* Its cancel callback goes with it: dropped unrun, or (this end comes
    * from inside it) no longer running for anyone to wait on. */
+  int oc_fired = atomic_load_explicit(&r->oc_fired, memory_order_relaxed);
   r->oc_fn = NULL;
   r->oc_user = NULL;
+  atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   oc_clear_locked(m, r);
   int was_stuck = r->stuck;
   r->stuck = 0;
@@ -904,7 +943,8 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     double delay = 0;
     uint64_t now = apex__now_ns();
     apex_token_t *tok = apex__task_token_peek(t);
-    if (apex_token_is_cancelled(tok) || code == APEX_E_CANCELLED) {
+    if (apex_token_is_cancelled(tok) || oc_fired || code == APEX_E_CANCELLED) {
+      /* oc_fired without a token: cancel_tokenless, a plain user cancel */
       const char *why = apex_token_reason(tok);
       apex__where_t w = where_of(t);
       apex_error_t *ce = code == APEX_E_CANCELLED
