@@ -303,6 +303,37 @@ static void test_on_cancel_one_registration_per_attempt(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* A plain cancel of a pending deferred task makes no token: the attempt
+ * still reads cancelled ("user") after its callback ran, a token made
+ * afterwards is born cancelled, and a second cancel is refused. */
+static void test_on_cancel_tokenless_cancel_still_reads_cancelled(void **st) {
+  (void)st;
+  apex_manager_t *m = make(2, NULL);
+  apex_task_t *t = submit_to(m, "park", NULL, 600.0);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  uint64_t f0 = kv(g_kit.fires);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(kv(g_kit.fires), f0 + 1);
+  assert_int_equal(apex_task_state(t), APEX_TASK_RUNNING); /* parked, not completed */
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_E_ALREADY);
+  assert_int_equal(apex_task_cancel(t, "again"), APEX_E_ALREADY);
+  apex_token_t *tok = apex_task_token(t);
+  assert_true(apex_token_is_cancelled(tok));
+  assert_string_equal(apex_token_reason(tok), "user");
+  apex_task_t *u = submit_to(m, "unpark", NULL, 600.0);
+  assert_int_equal(apex_task_wait(u, LONG_MS), APEX_OK);
+  assert_int_equal(apex_task_state(u), APEX_TASK_SUCCEEDED);
+  assert_int_equal(apex_task_wait(t, LONG_MS), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  apex_error_t *e = apex_task_error(t);
+  assert_string_equal(apex_error_message(e), "parked user cancelled=1");
+  apex_error_unref(e);
+  assert_int_equal(kv(g_kit.fires), f0 + 1);
+  apex_task_release(u);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 /* A complete racing the cancel: the plugin completes on the worker while
  * the host cancels. Every round ends exactly once; the callback runs at
  * most once and never after complete returned (the plugin counts
@@ -429,6 +460,7 @@ int main(void) {
       cmocka_unit_test(test_on_cancel_fires_for_user_timeout_shutdown_parent),
       cmocka_unit_test(test_on_cancel_after_cancel_runs_at_once),
       cmocka_unit_test(test_on_cancel_one_registration_per_attempt),
+      cmocka_unit_test(test_on_cancel_tokenless_cancel_still_reads_cancelled),
       cmocka_unit_test(test_on_cancel_complete_racing_cancel),
       cmocka_unit_test(test_cancelled_queued_tasks_leave_the_queue),
       cmocka_unit_test(test_many_pending_deferred_tasks_cancelled_once_each),

@@ -17,6 +17,9 @@
  *            Whatever wins, the callback must run at most once, never
  *            start after that complete returned and never still run when
  *            it returns (`violations` counts all three).
+ *   park     deferred: registers a callback that parks the ctx (no complete).
+ *   unpark   blocking: completes the parked ctx APEX_E_CANCELLED with the
+ *            message "parked REASON cancelled=N", what the ctx read then.
  *   stats    blocking: succeeds with {fires, violations, bad_register} and,
  *            with {"reset": 1}, zeroes them.
  *
@@ -153,6 +156,34 @@ static int race(apex_ctx_t *ctx) {
   return APEX_PENDING;
 }
 
+/* park: the callback parks the ctx without completing it; unpark (another
+ * task) completes it, saying what the parked ctx read of its cancel. */
+static _Atomic(apex_ctx_t *) g_parked;
+
+static void on_cancel_park(apex_ctx_t *ctx, void *user) {
+  (void)user;
+  atomic_fetch_add(&g_fires, 1);
+  atomic_store(&g_parked, ctx);
+}
+
+static int park(apex_ctx_t *ctx) {
+  if (apex_ctx_on_cancel(ctx, on_cancel_park, NULL) != APEX_OK) {
+    atomic_fetch_add(&g_bad_register, 1);
+    apex_ctx_complete(ctx, APEX_E_EXECUTION);
+  }
+  return APEX_PENDING;
+}
+
+static int unpark(apex_ctx_t *ctx) {
+  apex_ctx_t *p = atomic_exchange(&g_parked, NULL);
+  if (!p) return apex_ctx_fail(ctx, APEX_E_INVALID, "nothing parked");
+  const char *why = apex_ctx_cancel_reason(p);
+  apex_ctx_fail(p, APEX_E_CANCELLED, "parked %s cancelled=%d", why ? why : "(none)",
+                apex_ctx_is_cancelled(p));
+  apex_ctx_complete(p, APEX_E_CANCELLED);
+  return APEX_OK;
+}
+
 static int stats(apex_ctx_t *ctx) {
   json_t *p = apex_ctx_params(ctx);
   apex_ctx_set_result(ctx, json_pack("{s:I, s:I, s:I}", "fires", (json_int_t)atomic_load(&g_fires),
@@ -183,6 +214,10 @@ static const apex_action_desc_t k_actions[] = {
      .kind = APEX_ACTION_DEFERRED},
     {.name = "race", .description = "Completes while the host cancels", .handler = race,
      .kind = APEX_ACTION_DEFERRED, .params = k_race_params, .n_params = 2},
+    {.name = "park", .description = "Its callback parks the ctx", .handler = park,
+     .kind = APEX_ACTION_DEFERRED},
+    {.name = "unpark", .description = "Completes the parked ctx", .handler = unpark,
+     .kind = APEX_ACTION_BLOCKING},
     {.name = "stats", .description = "Callback counters", .handler = stats,
      .kind = APEX_ACTION_BLOCKING, .params = k_stats_params, .n_params = 1},
 };
