@@ -91,8 +91,10 @@ typedef struct counts {
   uint64_t n;
   atomic_uchar *done;         /* DONE events per task, by id - base */
   atomic_uint_fast64_t n_done, n_bad, n_attempt;
-  apex_task_state_t want;
-  const char *want_msg;       /* the DONE error's message, or NULL: any */
+  /* What each DONE must say; atomics: the test changes them between
+   * batches while the runtime thread delivers. */
+  _Atomic int want;           /* apex_task_state_t */
+  _Atomic(const char *) want_msg; /* the DONE error's message, or NULL: any */
 } counts_t;
 
 static void on_event(const apex_event_t *ev, void *user) {
@@ -106,8 +108,9 @@ static void on_event(const apex_event_t *ev, void *user) {
     atomic_fetch_add(&c->done[ev->task_id - c->base], 1);
   else if (c->done)
     atomic_fetch_add(&c->n_bad, 1);
-  if (ev->state != c->want ||
-      (c->want_msg && (!ev->error || strcmp(apex_error_message(ev->error), c->want_msg) != 0)))
+  const char *msg = atomic_load(&c->want_msg);
+  if ((int)ev->state != atomic_load(&c->want) ||
+      (msg && (!ev->error || strcmp(apex_error_message(ev->error), msg) != 0)))
     atomic_fetch_add(&c->n_bad, 1);
   atomic_fetch_add(&c->n_done, 1);
 }
@@ -438,8 +441,8 @@ static void test_cancelled_queued_tasks_leave_the_queue(void **st) {
   free(tasks);
   AWAIT(atomic_load(&c.n_done) == n, LONG_MS);
   /* Free the worker; it finds nothing queued. */
-  c.want = APEX_TASK_SUCCEEDED;
-  c.want_msg = NULL;
+  atomic_store(&c.want, APEX_TASK_SUCCEEDED);
+  atomic_store(&c.want_msg, NULL);
   assert_int_equal(write(fds[1], "x", 1), 1);
   assert_int_equal(apex_task_wait(hold, LONG_MS), APEX_OK);
   assert_int_equal(apex_task_state(hold), APEX_TASK_SUCCEEDED);
