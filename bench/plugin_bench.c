@@ -293,10 +293,12 @@ static int bp_pend_arm(apex_ctx_t *ctx) {
 static void bp_pend_cancelled(apex_ctx_t *ctx) { apex_ctx_complete(ctx, APEX_E_CANCELLED); }
 
 #ifdef APEX_HAVE_CTX_ON_CANCEL
-/* ASSUMED signature: fn(user), as issue 9 item 2 writes
- * apex_ctx_on_cancel(ctx, fn, user); user is the ctx. If the API lands with
- * another callback type, this adapter is what changes. */
-static void bp_pend_on_cancel(void *user) { bp_pend_cancelled(user); }
+/* Runs on the cancelling thread (the host's, or the runtime thread for a
+ * timeout), with no Apex lock held: completing from here is allowed. */
+static void bp_pend_on_cancel(apex_ctx_t *ctx, void *user) {
+  (void)user;
+  bp_pend_cancelled(ctx);
+}
 #endif
 
 /* The fallback's thread: completes each pend whose cancel fd fires. */
@@ -359,7 +361,7 @@ static int bp_pend(apex_ctx_t *ctx) {
   if (api->struct_size >= offsetof(apex_host_api_t, on_cancel) + sizeof api->on_cancel) {
     /* The callback may run (and complete the ctx) before this returns: the
      * ctx is not touched after. */
-    int rc = apex_ctx_on_cancel(ctx, bp_pend_on_cancel, ctx);
+    int rc = apex_ctx_on_cancel(ctx, bp_pend_on_cancel, NULL);
     if (rc != APEX_OK) return bp_pend_refuse(ctx, rc, "apex_ctx_on_cancel", "refused");
     parked = true;
   }

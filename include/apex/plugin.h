@@ -212,6 +212,10 @@ typedef struct apex_progress_update {
 #define APEX_VALUE_MAX_NODES 1000000
 #define APEX_VALUE_MAX_BYTES (64u * 1024u * 1024u)
 
+/* A task's cancel callback (apex_ctx_on_cancel): ctx is the attempt's,
+ * user what the registration passed. */
+typedef void (*apex_ctx_cancel_fn)(apex_ctx_t *ctx, void *user);
+
 /* Host services. Reached through ctx->api; see the apex_ctx_* wrappers below
  * for each one's contract. Append-only: before calling a member appended
  * after the first ABI-1 release, check the host has it:
@@ -237,6 +241,7 @@ struct apex_host_api {
   /* ABI 1 (0.1.0) ended here; members below were appended since. */
   int (*progress_node)(apex_ctx_t *ctx, size_t index, double percentage, const char *status,
                        const char *message);
+  int (*on_cancel)(apex_ctx_t *ctx, apex_ctx_cancel_fn fn, void *user);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -380,6 +385,49 @@ static inline int apex_ctx_progress_node(apex_ctx_t *c, size_t index, double per
                                          const char *status, const char *message) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, progress_node)) return APEX_E_INVALID;
   return c->api->progress_node(c, index, percentage, status, message);
+}
+
+/* plugin.h has apex_ctx_on_cancel and apex_ctx_cancel_fn (a plugin that
+ * must also build against older headers tests this). */
+#define APEX_HAVE_CTX_ON_CANCEL 1
+
+/* Registers fn to run once when this attempt's cancellation fires: the
+ * host's apex_task_cancel, the task's timeout, the manager's shutdown, or
+ * its parent token's cancel. It runs on the thread that cancels (the
+ * host's, Apex's runtime thread for a timeout, the destroying thread at
+ * shutdown, the parent's canceller), with no Apex lock held, so fn may call
+ * any apex_ctx_* on ctx, apex_ctx_complete(ctx, APEX_E_CANCELLED) included
+ * (what a deferred action usually does); apex_ctx_cancel_reason(ctx) says
+ * why. Keep it short: it runs on someone else's thread (hand long work to
+ * your own). If the cancellation fired already, fn runs at once, on the
+ * calling thread, before this returns: do not touch ctx after a
+ * registration that may have completed it.
+ *
+ * Against apex_ctx_complete: fn never starts once complete returned (the
+ * registration ends with the attempt and is dropped unrun), and a complete
+ * racing the cancel on another thread waits for a running fn to return
+ * before it acts: so fn runs at most once, never after complete returned,
+ * and a complete from inside fn itself does not wait. Each attempt has its
+ * own: a retry's attempt registers again.
+ *
+ * When to use which: on_cancel for a deferred action that parks many
+ * pending operations (no fd and no allocation per task: a million pending
+ * tasks cost no more than their own memory); apex_ctx_cancel_fd for a
+ * handler that already polls fds in a loop of its own; apex_ctx_is_cancelled
+ * for a blocking handler's loop. A host that cancels the task's token
+ * itself (apex_task_token, then apex_token_cancel) wakes the fd and the
+ * flag but not fn: cancel through apex_task_cancel.
+ *
+ * Returns: APEX_OK (fn registered, or already run); APEX_E_ALREADY if this
+ * attempt registered one before (one per attempt; fn does not run);
+ * APEX_E_INVALID if fn is NULL, if the attempt completed (misuse, counted),
+ * or on a host that predates this call (then
+ * APEX_HAS_FIELD(apex_host_api_t, ctx->api, on_cancel) is 0: fall back to
+ * apex_ctx_cancel_fd). Thread-safety: any thread. Ownership: user is the
+ * plugin's, passed back untouched. */
+static inline int apex_ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, on_cancel)) return APEX_E_INVALID;
+  return c->api->on_cancel(c, fn, user);
 }
 
 /* Sets the result of this attempt (replacing an earlier one). The value is

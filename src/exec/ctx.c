@@ -87,14 +87,23 @@ static void *ctx_plugin_state(apex_ctx_t *c) {
 
 /* After complete() the ctx reads as cancelled ("completed"): a plugin
  * thread still working for it should stop. */
+/* A task cancelled without a token (task.c, cancel_tokenless: a plain
+ * apex_task_cancel of a pending deferred task with a cancel callback)
+ * shows it in its run state's oc_fired, with the reason "user". */
 static int ctx_is_cancelled(apex_ctx_t *c) {
   apex_task_t *t = open_task(c, "apex_ctx_is_cancelled");
-  return t ? apex_token_is_cancelled(apex__task_token_peek(t)) : 1;
+  if (!t) return 1;
+  return apex_token_is_cancelled(apex__task_token_peek(t)) ||
+         atomic_load_explicit(&run_of(c)->oc_fired, memory_order_acquire);
 }
 
 static const char *ctx_cancel_reason(apex_ctx_t *c) {
   apex_task_t *t = open_task(c, "apex_ctx_cancel_reason");
-  return t ? apex_token_reason(apex__task_token_peek(t)) : "completed";
+  if (!t) return "completed";
+  const char *why = apex_token_reason(apex__task_token_peek(t));
+  if (!why && atomic_load_explicit(&run_of(c)->oc_fired, memory_order_acquire))
+    why = apex__cause_name(APEX__CAUSE_USER);
+  return why;
 }
 
 static int ctx_cancel_fd(apex_ctx_t *c) {
@@ -316,6 +325,11 @@ static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   apex__log(&apex__run_m(r)->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
 }
 
+static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
+  if (!fn) return APEX_E_INVALID;
+  return apex__run_on_cancel(run_of(c), fn, user);
+}
+
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);
   api->abi_version = APEX_PLUGIN_ABI;
@@ -336,4 +350,5 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->complete = ctx_complete;
   api->logv = ctx_logv;
   api->progress_node = ctx_progress_node;
+  api->on_cancel = ctx_on_cancel;
 }

@@ -53,6 +53,13 @@ typedef struct apex__progress_slot {
   char status[32];      /* "" until a report set one ("running") */
   json_t *details;      /* the last full report's (a copy), or NULL */
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
+  /* What only a task that reports progress needs, kept here, not in the
+   * run state, so a task that never reports (a pending deferred one) does
+   * not pay for it. */
+  apex_progress_t *last_progress; /* the last delivered (apex_task_progress) */
+  int flush_queued;             /* (m->flush_mu) */
+  apex_task_t *flush_next;      /* flush list (m->flush_mu) */
+  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
   /* never-dropped updates (milestones, status changes), oldest first */
   apex_progress_t *backlog[APEX__PROGRESS_BACKLOG_MAX];
   unsigned n_backlog;
@@ -93,8 +100,9 @@ typedef struct apex__task_opts {
  * ignored (ctx.c) without touching the task, which may be gone. The head
  * fields (ctx.api, id, attempt_open) are what such a call reads: the api
  * table is its manager's and never changes, id finds the stripe lock,
- * attempt_open is checked under it. Kept to 120 bytes (malloc's 128-byte
- * class), as a queued task is.
+ * attempt_open is checked under it. Kept to 104 bytes (malloc's 112-byte
+ * class): with a task's 128 a pending deferred task costs 240 bytes (W7 of
+ * bench/README.md); what only progress needs is in the progress slot.
  * Other fields except the intrusive links are guarded by the task's
  * stripe lock. */
 typedef struct apex__run {
@@ -108,16 +116,32 @@ typedef struct apex__run {
    * takes no lock. */
   _Atomic int attempt_open;
   /* From here on, cleared for each task that takes the run state. */
-  int stuck;               /* its worker was replaced after a timeout */
+  uint8_t stuck;           /* its worker was replaced after a timeout */
+  /* The open attempt's on_cancel callback is running on some thread
+   * (APEX__OC_BUSY; APEX__OC_WAITED: and a complete waits for it, on
+   * m->wait_cv). Set and cleared under the task lock; the waiter reads it
+   * under wait_mu (task.c, "cancel callbacks"). */
+  _Atomic uint8_t oc_busy;
+  /* The open attempt's cancel callback was taken to run: its cancellation
+   * fired, with or without a token (a plain apex_task_cancel of a task
+   * with none makes none: task.c, cancel_tokenless). Written under the
+   * task lock; read without it by apex_ctx_is_cancelled. */
+  _Atomic uint8_t oc_fired;
   uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
-  int flush_queued;        /* (m->flush_mu) */
   apex_task_t *task;
   json_t *attempt_result;
   apex_error_t *attempt_error;
   apex_error_t *result_refused; /* apex_ctx_set_result refused the value (ctx.c) */
   apex__progress_slot_t *prog;
-  apex_progress_t *last_progress;
-  uint64_t retry_at_ns;
+  /* The open attempt's apex_ctx_on_cancel registration (task lock): NULL
+   * none; once taken to run, a sentinel (task.c) so it runs once. */
+  apex_ctx_cancel_fn oc_fn;
+  /* One word for two lives that never overlap: oc_user while an attempt is
+   * open, retry_at_ns while the task waits to retry (attempt closed). */
+  union {
+    void *oc_user;
+    uint64_t retry_at_ns;
+  };
   /* The live list (m->live_mu) links run states, not tasks; a run state
    * leaves it when its task ends (apex__pool_task_end, under the task
    * lock), before the task lets the run state go. Off it, an ended run
@@ -127,13 +151,14 @@ typedef struct apex__run {
     struct apex__run *live_next;
     struct apex__run *free_next;
   };
-  apex_task_t *flush_next;      /* flush list (m->flush_mu) */
-  apex_task_t *flush_work_next; /* the runtime thread's copy of it, while flushing */
 } apex__run_t;
+
+#define APEX__OC_BUSY 1u
+#define APEX__OC_WAITED 2u
 
 /* Ended run states a manager keeps: none is reused before this many others
  * ended after it (the window in which a late ctx call is caught), and at
- * most APEX__RUNS_MAX are kept (128 bytes each). */
+ * most APEX__RUNS_MAX are kept (112 bytes each). */
 #define APEX__RUNS_KEEP 256u
 #define APEX__RUNS_MAX 4096u
 
@@ -157,7 +182,9 @@ struct apex_task {
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
-  /* The DONE queue's link (m->ev_mu); once the DONE callback has returned,
+  /* While queued, the run queue's back link (m->pool_mu: a cancelled task
+   * leaves the queue at once, apex__pool_task_end). Then the DONE queue's
+   * link (m->ev_mu); once the DONE callback has returned,
    * APEX__DONE_DELIVERED, which apex_task_wait reads without a lock. A
    * sentinel in this link, not a flag of its own: the struct has no byte to
    * spare, and the link is never used again after delivery (DONE is queued
@@ -191,11 +218,16 @@ struct apex_task {
 #define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (holds a reference) */
 #define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
 /* Counted in m->n_queued: in the run queue and not yet ended. A task that
- * ends there (cancelled, timed out) stays in the queue until a worker pops
- * it, but leaves the count at once; the flag says which of the two (its
- * end or the pop) uncounts it. With the timer flags because the same
- * pool_mu section reads both when a task ends. */
+ * ends there (cancelled, timed out) leaves the queue and the count at once
+ * (apex__pool_task_end), so no worker ever pops it; the flag says which of
+ * the two (its end or the pop) uncounts it. With the timer flags because
+ * the same pool_mu section reads both when a task ends. */
 #define APEX__POOL_QUEUED 0x8u
+/* Linked in m's run queue (run_next, and done_next as the back link);
+ * cleared when destroy takes the whole queue (its tasks still count queued
+ * until they end). A worker's pop clears APEX__POOL_QUEUED, which is what
+ * apex__pool_task_end checks first. */
+#define APEX__POOL_LINKED 0x10u
 
 /* The manager a task belongs to (through its plugin, which the manager
  * keeps until its own memory goes: a task is kept small). */
@@ -381,6 +413,11 @@ apex_task_t *apex__run_lock_open(apex__run_t *r);
  * 1st, 2nd, 4th, 8th... time so a plugin looping on a dead ctx cannot
  * flood the log. id: the task it names (r->id). Any thread, no lock. */
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
+/* apex_ctx_on_cancel for r's open attempt (task.c, "cancel callbacks").
+ * Returns: APEX_OK (registered, or run at once: the cancellation fired
+ * already); APEX_E_ALREADY (one registered before); APEX_E_INVALID after
+ * complete (misuse, counted). */
+int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user);
 /* Frees m's list of ended run states (the manager is going). */
 void apex__runs_free(apex_manager_t *m);
 /* Accepts a validated full progress report from the plugin (ctx.c) for
@@ -408,7 +445,9 @@ void apex__task_on_deadline(apex_task_t *t);
 void apex__task_on_retry(apex_task_t *t, uint64_t now);
 /* Delivers t's pending progress (runtime thread or a finishing thread). */
 void apex__task_flush_progress(apex_task_t *t);
-/* Returns: t's token, made on first use; NULL only on no memory. */
+/* Returns: t's token, made on first use; NULL only on no memory. A token
+ * made after its open attempt was cancelled without one is born cancelled
+ * ("user"). Takes t's lock when it makes one: never call it under it. */
 apex_token_t *apex__task_token(apex_task_t *t);
 /* Returns: t's token if it has one yet, else NULL (never allocates). */
 static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {

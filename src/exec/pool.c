@@ -104,13 +104,16 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
  * errno of a stuck worker's replacement that could not start. */
 static int enqueue_locked(apex_manager_t *m, apex_task_t *t) {
   t->run_next = NULL;
+  /* The back link (apex__pool_unqueue_locked): done_next is free while a
+   * task is queued (never on the DONE queue and the run queue at once). */
+  atomic_store_explicit(&t->done_next, m->run_tail, memory_order_relaxed);
   apex__task_ref(t);
   if (m->run_tail)
     m->run_tail->run_next = t;
   else
     m->run_head = t;
   m->run_tail = t;
-  t->timer_flags |= APEX__POOL_QUEUED;
+  t->timer_flags |= APEX__POOL_QUEUED | APEX__POOL_LINKED;
   m->n_queued++;
   if (m->n_idle) pthread_cond_signal(&m->pool_cv);
   return replace_stuck_locked(m);
@@ -157,6 +160,7 @@ apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   apex_task_t *t = m->run_head;
   m->run_head = m->run_tail = NULL;
+  for (apex_task_t *i = t; i; i = i->run_next) i->timer_flags &= (uint8_t)~APEX__POOL_LINKED;
   /* n_queued stays: each taken task leaves it as it ends (destroy cancels
    * every one), and one that ended in the queue already left it. */
   pthread_mutex_unlock(&m->pool_mu);
@@ -181,14 +185,43 @@ static void wake_destroyer(apex_manager_t *m) {
   pthread_mutex_unlock(&m->wait_mu);
 }
 
+/* Under pool_mu: takes t, flagged APEX__POOL_QUEUED | APEX__POOL_LINKED,
+ * out of the run queue. Returns the queue's reference, for the caller to
+ * drop. The back link is exact for every task but the head (a worker's pop
+ * leaves the new head's stale; it is never read for the head). */
+static unsigned unqueue_locked(apex_manager_t *m, apex_task_t *t) {
+  apex_task_t *prev = atomic_load_explicit(&t->done_next, memory_order_relaxed);
+  apex_task_t *next = t->run_next;
+  if (m->run_head == t) {
+    prev = NULL;
+    m->run_head = next;
+  } else {
+    prev->run_next = next;
+  }
+  if (m->run_tail == t)
+    m->run_tail = prev;
+  else
+    atomic_store_explicit(&next->done_next, prev, memory_order_relaxed);
+  t->run_next = NULL;
+  atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
+  t->timer_flags &= (uint8_t)~(APEX__POOL_QUEUED | APEX__POOL_LINKED);
+  m->n_queued--;
+  return 1;
+}
+
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   /* One pool_mu section, which releasing the timers needs anyway. */
+  unsigned refs = 0;
   pthread_mutex_lock(&m->pool_mu);
-  if (t->timer_flags & APEX__POOL_QUEUED) { /* ended in the queue */
+  if ((t->timer_flags & (APEX__POOL_QUEUED | APEX__POOL_LINKED)) ==
+      (APEX__POOL_QUEUED | APEX__POOL_LINKED)) {
+    /* Ended in the queue: it leaves it now, and no worker pops it. */
+    refs += unqueue_locked(m, t);
+  } else if (t->timer_flags & APEX__POOL_QUEUED) { /* taken by destroy's sweep */
     t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
     m->n_queued--;
   }
-  unsigned refs = apex__timer_release_locked(m, t);
+  refs += apex__timer_release_locked(m, t);
   pthread_mutex_unlock(&m->pool_mu);
   if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
   int idle = 0;

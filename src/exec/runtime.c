@@ -434,7 +434,7 @@ static void arm_locked(apex_manager_t *m, uint64_t at) {
 void apex__flush_request(apex_manager_t *m, apex_task_t *t) {
   int wake = 0;
   pthread_mutex_lock(&m->flush_mu);
-  apex__run_t *r = t->run;
+  apex__progress_slot_t *r = t->run->prog; /* made by the report that asked */
   if (!r->flush_queued) {
     r->flush_queued = 1;
     apex__task_ref(t);
@@ -452,14 +452,14 @@ static void flush_all(apex_manager_t *m) {
   m->flush_head = NULL;
   /* Once flush_queued is 0 a plugin may queue the task again, rewriting
    * flush_next: walk a link only this thread writes. */
-  for (apex_task_t *i = t; i; i = i->run->flush_next) {
-    i->run->flush_queued = 0;
-    i->run->flush_work_next = i->run->flush_next;
+  for (apex_task_t *i = t; i; i = i->run->prog->flush_next) {
+    i->run->prog->flush_queued = 0;
+    i->run->prog->flush_work_next = i->run->prog->flush_next;
   }
   m->last_flush_ns = apex__now_ns();
   pthread_mutex_unlock(&m->flush_mu);
   while (t) {
-    apex_task_t *next = t->run->flush_work_next;
+    apex_task_t *next = t->run->prog->flush_work_next;
     apex__task_flush_progress(t);
     apex__task_unref(t);
     t = next;

@@ -40,6 +40,7 @@ static void slot_free(apex__progress_slot_t *s) {
   if (!s) return;
   json_decref(s->details);
   apex__ptree_free(s->tree);
+  apex_progress_unref(s->last_progress);
   for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
   free(s);
 }
@@ -49,13 +50,24 @@ apex_token_t *apex__task_token(apex_task_t *t) {
   if (tok) return tok;
   if (apex_token_new(&tok) != APEX_OK) return NULL;
   apex_token_t *seen = NULL;
-  if (atomic_compare_exchange_strong(&t->token, &seen, tok)) return tok;
-  apex_token_unref(tok); /* another thread made it first */
-  return seen;
+  /* Under the lock, where a cancel without a token marks the attempt
+   * (oc_fired): a token made after that must say so too. */
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  int made = atomic_compare_exchange_strong(&t->token, &seen, tok);
+  int fired = made && t->run && atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
+              atomic_load_explicit(&t->run->oc_fired, memory_order_relaxed);
+  pthread_mutex_unlock(mu);
+  if (!made) {
+    apex_token_unref(tok); /* another thread made it first */
+    return seen;
+  }
+  if (fired) apex_token_cancel(tok, apex__cause_name(APEX__CAUSE_USER));
+  return tok;
 }
 
 _Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
-_Static_assert(sizeof(apex__run_t) <= 120, "a run state must stay in malloc's 128-byte class");
+_Static_assert(sizeof(apex__run_t) <= 104, "a run state must stay in malloc's 112-byte class");
 
 /* ---------------------------------------------------------- run states
  *
@@ -132,7 +144,6 @@ static void task_free(apex_task_t *t) {
     apex_error_unref(r->attempt_error);
     apex_error_unref(r->result_refused);
     slot_free(r->prog);
-    apex_progress_unref(r->last_progress);
     run_put(m, r);
   }
   if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
@@ -161,8 +172,8 @@ static apex__where_t where_of(const apex_task_t *t) {
  * task lock. */
 static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
   apex_manager_t *m = apex__task_m(t);
-  apex_progress_unref(t->run->last_progress);
-  t->run->last_progress = snap;
+  apex_progress_unref(t->run->prog->last_progress);
+  t->run->prog->last_progress = snap;
   atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
   if (!apex__events_wanted(m, t, APEX_EVENT_PROGRESS)) return;
   apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_PROGRESS);
@@ -382,6 +393,132 @@ int apex__task_report_node(apex__run_t *r, size_t index, double pct, const char 
   return report(r, &rep, n_nodes);
 }
 
+/* --------------------------------------------------- cancel callbacks
+ *
+ * apex_ctx_on_cancel keeps one callback per attempt in the run state
+ * (oc_fn, oc_user: no token, fd or allocation), taken under the task lock
+ * by whichever comes first: the cancel that fires it (fire_on_cancel,
+ * after the task's token fired or the task ended cancelled or timed out),
+ * a registration that finds the cancellation fired already, or the
+ * attempt's end, which drops it unrun. Taken to run, it is replaced by the
+ * sentinel oc_taken, so it runs once, and marked busy (oc_busy) while it
+ * runs, unlocked, on the taking thread: an attempt's end from another
+ * thread (complete racing the cancel) waits for it (oc_wait), so it never
+ * runs after complete returned; one from inside it (the thread-local
+ * tls_oc_run names the run state whose callback this thread is in) does
+ * not wait, and clears the mark itself. */
+
+static void oc_taken(apex_ctx_t *c, void *user) {
+  (void)c;
+  (void)user;
+}
+
+static _Thread_local apex__run_t *tls_oc_run;
+
+/* Clears r's busy mark and wakes a complete waiting for it. Under the
+ * task lock (wait_mu comes after it). */
+static void oc_clear_locked(apex_manager_t *m, apex__run_t *r) {
+  if (atomic_exchange_explicit(&r->oc_busy, 0, memory_order_relaxed) & APEX__OC_WAITED) {
+    pthread_mutex_lock(&m->wait_mu);
+    pthread_cond_broadcast(&m->wait_cv);
+    pthread_mutex_unlock(&m->wait_mu);
+  }
+}
+
+/* Runs fn, taken from r (t's run state) under the lock, which also marked
+ * r busy and took a task reference for this. No lock held. */
+static void oc_run(apex_task_t *t, apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
+  apex__run_t *outer = tls_oc_run;
+  tls_oc_run = r;
+  fn(&r->ctx, user);
+  tls_oc_run = outer;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  /* t->run is still r unless the attempt ended (from fn) and let r go; an
+   * attempt's end clears the mark itself. */
+  if (t->run == r) oc_clear_locked(apex__task_m(t), r);
+  pthread_mutex_unlock(mu);
+  apex__task_unref(t);
+}
+
+/* Under t's lock, r's attempt open: takes its callback to run. */
+static apex_ctx_cancel_fn oc_take_locked(apex_task_t *t, apex__run_t *r, void **user) {
+  apex_ctx_cancel_fn fn = r->oc_fn;
+  *user = r->oc_user;
+  r->oc_fn = oc_taken;
+  r->oc_user = NULL;
+  atomic_store_explicit(&r->oc_fired, 1, memory_order_release);
+  atomic_store_explicit(&r->oc_busy, APEX__OC_BUSY, memory_order_relaxed);
+  apex__task_ref(t);
+  return fn;
+}
+
+/* t's cancellation fired: runs the open attempt's callback if it has one
+ * not yet taken. No lock held on entry. */
+static void fire_on_cancel(apex_task_t *t) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex__run_t *r = t->run;
+  if (!r || !atomic_load_explicit(&r->attempt_open, memory_order_relaxed) || !r->oc_fn ||
+      r->oc_fn == oc_taken) {
+    pthread_mutex_unlock(mu);
+    return;
+  }
+  void *user;
+  apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
+  pthread_mutex_unlock(mu);
+  oc_run(t, r, fn, user);
+}
+
+/* Under the lock of r's task, its attempt open: 1 if an end of the attempt
+ * must first wait for r's callback, running on another thread; then it is
+ * marked waited for, and the caller drops the lock and calls oc_wait. */
+static int oc_must_wait_locked(apex__run_t *r) {
+  if (!atomic_load_explicit(&r->oc_busy, memory_order_relaxed) || tls_oc_run == r) return 0;
+  atomic_store_explicit(&r->oc_busy, APEX__OC_BUSY | APEX__OC_WAITED, memory_order_relaxed);
+  return 1;
+}
+
+/* Waits, no lock held, until r's callback returned (oc_clear_locked). r is
+ * a run state: type-stable, so its flag stays readable. */
+static void oc_wait(apex_manager_t *m, apex__run_t *r) {
+  pthread_mutex_lock(&m->wait_mu);
+  while (atomic_load_explicit(&r->oc_busy, memory_order_relaxed))
+    pthread_cond_wait(&m->wait_cv, &m->wait_mu);
+  pthread_mutex_unlock(&m->wait_mu);
+}
+
+int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
+                     "apex_ctx_on_cancel");
+    return APEX_E_INVALID;
+  }
+  pthread_mutex_t *mu = apex__task_mu(t);
+  if (r->oc_fn) {
+    pthread_mutex_unlock(mu);
+    return APEX_E_ALREADY;
+  }
+  /* Fired already: its token is cancelled (before the canceller takes this
+   * lock to fire, so seen here if that already happened). A task that ended
+   * (timeout) with its token not cancelled yet is fired by the ending
+   * thread once it is (after_notify), so the callback sees its reason. */
+  if (!apex_token_is_cancelled(apex__task_token_peek(t))) {
+    r->oc_fn = fn;
+    r->oc_user = user;
+    pthread_mutex_unlock(mu);
+    return APEX_OK;
+  }
+  r->oc_fn = fn;
+  r->oc_user = user;
+  void *u;
+  apex_ctx_cancel_fn f = oc_take_locked(t, r, &u);
+  pthread_mutex_unlock(mu);
+  oc_run(t, r, f, u);
+  return APEX_OK;
+}
+
 /* ------------------------------------------------------------- finish */
 
 /* Everything a finisher does after dropping the lock. */
@@ -456,6 +593,7 @@ static void after_notify(apex_task_t *t, after_t *a) {
     else
       apex__log(&m->log, APEX_LOG_ERROR, "task %llu: no memory to signal its handler (%s)",
                 (unsigned long long)t->id, a->cancel);
+    fire_on_cancel(t);
   }
   if (a->finished) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
@@ -510,17 +648,76 @@ const char *apex__cause_name(apex__cause_t cause) {
   return "user";
 }
 
+/* A cancel of a task that has no token. With no handler (queued or
+ * waiting to retry) nobody would ever read a token made now, so none is,
+ * and the task ends here (leaving the run queue at once:
+ * apex__pool_task_end). A running one whose attempt registered a cancel
+ * callback, cancelled with the default reason (plain, the cause's name),
+ * needs none either: the callback runs, and the attempt remembers it fired
+ * (oc_fired: apex_ctx_is_cancelled and the attempt's end read it; a token
+ * made later is born cancelled, apex__task_token). So a pending deferred
+ * task's cancel makes no token. Returns: APEX_OK if this call cancelled t,
+ * APEX_E_ALREADY if it had ended or its callback fired, 1 if it needs the
+ * token (running otherwise, or it has one). */
+static int cancel_tokenless(apex_task_t *t, const char *reason, int plain) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  after_t a = {0};
+  pthread_mutex_lock(mu);
+  int st = atomic_load(&t->state);
+  /* Re-read under the lock: a token made meanwhile (apex_task_token) may
+   * have a host or a parent watching it; that task takes the usual path. */
+  if (is_terminal(st)) {
+    pthread_mutex_unlock(mu);
+    return APEX_E_ALREADY;
+  }
+  if (apex__task_token_peek(t)) {
+    pthread_mutex_unlock(mu);
+    return 1;
+  }
+  if (st == APEX_TASK_RUNNING) {
+    apex__run_t *r = t->run;
+    int open = r && atomic_load_explicit(&r->attempt_open, memory_order_relaxed);
+    if (open && r->oc_fn == oc_taken) {
+      pthread_mutex_unlock(mu);
+      return APEX_E_ALREADY;
+    }
+    if (!open || !plain || !r->oc_fn) {
+      pthread_mutex_unlock(mu);
+      return 1;
+    }
+    void *user;
+    apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
+    pthread_mutex_unlock(mu);
+    oc_run(t, r, fn, user);
+    return APEX_OK;
+  }
+  apex__where_t w = where_of(t);
+  finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+  pthread_mutex_unlock(mu);
+  after_unlock(t, &a);
+  return APEX_OK;
+}
+
 int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
+  int plain = !reason && cause == APEX__CAUSE_USER;
   if (!reason) reason = apex__cause_name(cause);
   /* Only shutdown ends a running task at once (its handler's outcome then
    * comes late and is ignored); the reason text never decides it. */
   int at_once = cause == APEX__CAUSE_SHUTDOWN;
+  if (!apex__task_token_peek(t)) {
+    int u = cancel_tokenless(t, reason, plain);
+    if (u != 1) return u;
+  }
   apex_token_t *tok = apex__task_token(t);
   int rc = tok ? apex_token_cancel(tok, reason) : APEX_E_NOMEM;
   /* Running: its handler, just woken by the token, ends it, and the end of
    * its attempt sees the token (as does any later start). Taking the task
    * lock here would only make the woken handler wait for it. */
-  if (tok && !at_once && atomic_load(&t->state) == APEX_TASK_RUNNING) return rc;
+  if (tok && !at_once && atomic_load(&t->state) == APEX_TASK_RUNNING) {
+    fire_on_cancel(t);
+    return rc;
+  }
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -536,6 +733,7 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   }
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
+  fire_on_cancel(t); /* a running attempt (shutdown ended its task) */
   return rc;
 }
 
@@ -580,6 +778,9 @@ int apex__task_run(apex_task_t *t) {
   }
   atomic_store(&t->state, APEX_TASK_RUNNING);
   t->attempt++;
+  r->oc_fn = NULL; /* each attempt registers its own (oc_user was retry_at_ns) */
+  r->oc_user = NULL;
+  atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
@@ -645,23 +846,35 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc);
 
 int apex__task_attempt_end(apex_task_t *t, int rc) {
   pthread_mutex_t *mu = apex__task_mu(t);
-  pthread_mutex_lock(mu);
-  apex__run_t *r = t->run;
-  if (!r || !atomic_load_explicit(&r->attempt_open, memory_order_relaxed)) {
-    /* A deferred handler that completed, then returned a status. */
+  for (;;) { /* the worker holds a reference: t stays */
+    pthread_mutex_lock(mu);
+    apex__run_t *r = t->run;
+    if (!r || !atomic_load_explicit(&r->attempt_open, memory_order_relaxed)) {
+      /* A deferred handler that completed, then returned a status. */
+      pthread_mutex_unlock(mu);
+      apex__ctx_misuse(apex__task_m(t), t->id, "a handler's return");
+      return 0;
+    }
+    if (!oc_must_wait_locked(r)) return attempt_end_locked(t, r, rc);
     pthread_mutex_unlock(mu);
-    apex__ctx_misuse(apex__task_m(t), t->id, "a handler's return");
-    return 0;
+    oc_wait(apex__task_m(t), r);
   }
-  return attempt_end_locked(t, r, rc);
 }
 
 int apex__run_complete(apex__run_t *r, int rc) {
-  apex_task_t *t = apex__run_lock_open(r);
-  if (!t) {
-    apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
-                     "apex_ctx_complete");
-    return 0;
+  apex_task_t *t;
+  for (;;) {
+    t = apex__run_lock_open(r);
+    if (!t) {
+      apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
+                       "apex_ctx_complete");
+      return 0;
+    }
+    /* A cancel callback running on another thread returns first (its
+     * promise: never after complete returned). */
+    if (!oc_must_wait_locked(r)) break;
+    pthread_mutex_unlock(apex__task_mu(t));
+    oc_wait(apex__run_m(r), r);
   }
   if (t->action->kind != APEX_ACTION_DEFERRED) {
     /* The handler owns the ctx until it returns: its names stay valid. */
@@ -681,6 +894,13 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1};
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
+  /* Its cancel callback goes with it: dropped unrun, or (this end comes
+   * from inside it) no longer running for anyone to wait on. */
+  int oc_fired = atomic_load_explicit(&r->oc_fired, memory_order_relaxed);
+  r->oc_fn = NULL;
+  r->oc_user = NULL;
+  atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
+  oc_clear_locked(m, r);
   int was_stuck = r->stuck;
   r->stuck = 0;
   json_t *res = r->attempt_result;
@@ -723,7 +943,8 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     double delay = 0;
     uint64_t now = apex__now_ns();
     apex_token_t *tok = apex__task_token_peek(t);
-    if (apex_token_is_cancelled(tok) || code == APEX_E_CANCELLED) {
+    if (apex_token_is_cancelled(tok) || oc_fired || code == APEX_E_CANCELLED) {
+      /* oc_fired without a token: cancel_tokenless, a plain user cancel */
       const char *why = apex_token_reason(tok);
       apex__where_t w = where_of(t);
       apex_error_t *ce = code == APEX_E_CANCELLED
@@ -941,7 +1162,9 @@ apex_progress_t *apex_task_progress(apex_task_t *t) {
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
   apex_progress_t *p =
-      t->run && t->run->last_progress ? apex_progress_ref(t->run->last_progress) : NULL;
+      t->run && t->run->prog && t->run->prog->last_progress
+          ? apex_progress_ref(t->run->prog->last_progress)
+          : NULL;
   pthread_mutex_unlock(mu);
   return p;
 }

@@ -54,6 +54,7 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
 #define APPENDED(A)                                                                       \
   A(apex_plugin_desc_t, action_size, abi_v1_sizeof_plugin_desc)                           \
   A(apex_host_api_t, progress_node, abi_v1_sizeof_host_api)                               \
+  A(apex_host_api_t, on_cancel, abi_v1_sizeof_host_api)                                   \
   A(apex_manager_config_t, shutdown_grace_ms, abi_v1_sizeof_config)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
