@@ -157,12 +157,12 @@ struct apex_task {
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
-  /* The DONE queue's link (m->ev_mu); once the DONE callback has returned,
-   * APEX__DONE_DELIVERED, which apex_task_wait reads without a lock. A
-   * sentinel in this link, not a flag of its own: the struct has no byte to
-   * spare, and the link is never used again after delivery (DONE is queued
-   * once). Atomic for that lock-free read; under ev_mu it is accessed
-   * relaxed. */
+  /* The DONE stack's link (m->done_stack, events.c); once the DONE
+   * callback has returned, APEX__DONE_DELIVERED, which apex_task_wait reads
+   * without a lock. A sentinel in this link, not a flag of its own: the
+   * struct has no byte to spare, and the link is never used again after
+   * delivery (DONE is queued once). Written by the pusher before the push
+   * publishes t, read by the consumer after it took the stack. */
   _Atomic(apex_task_t *) done_next;
   apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
   /* The outcome once terminal (task lock): result when succeeded, else
@@ -218,6 +218,8 @@ typedef struct apex__worker {
   pthread_t thread;
   apex_manager_t *m;
   struct apex__worker *next;
+  struct apex__worker *idle_next; /* m->idle_head's stack (m->pool_mu) */
+  _Atomic uint32_t wake; /* futex: 0 while it sleeps idle, 1 to wake it (pool.c) */
   int exited; /* (m->pool_mu) returned from its loop, ready to join */
 } apex__worker_t;
 
@@ -255,11 +257,11 @@ struct apex_manager {
    * workers' pops meet here and nowhere else: what a worker does around a
    * handler is under live_mu, so it never delays a submit. */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
-  pthread_cond_t pool_cv;
   apex_task_t *run_head, *run_tail;
   apex__worker_t *workers;
+  apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */
-  unsigned n_idle;
+  unsigned n_idle;     /* on the idle stack */
   unsigned n_stuck;
   size_t n_queued;      /* tasks flagged APEX__POOL_QUEUED */
   /* submitted, not terminal; raised under pool_mu, lowered before the
@@ -291,10 +293,15 @@ struct apex_manager {
   /* events (ev_mu) */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t ev_mu;
   apex__ev_t *ev_head, *ev_tail;
-  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
-  int ev_fd_armed;
+  /* 1 from a push that found a queue empty until the consumer takes the
+   * queues: pushes meanwhile owe no signal (events.c) */
+  _Atomic int ev_fd_armed;
+  /* DONE events: the tasks themselves, newest first, linked by done_next;
+   * pushed without a lock, taken whole by the consumer (events.c). On its
+   * own cache line: every finishing worker writes it. */
+  _Alignas(APEX__CACHE_LINE) _Atomic(apex_task_t *) done_stack;
 
   /* progress flushing (flush_mu) */
   pthread_mutex_t flush_mu;

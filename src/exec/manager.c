@@ -66,7 +66,6 @@ static void manager_free(apex_manager_t *m) {
   pthread_mutex_destroy(&m->reg_mu);
   pthread_mutex_destroy(&m->pool_mu);
   pthread_mutex_destroy(&m->live_mu);
-  pthread_cond_destroy(&m->pool_cv);
   pthread_mutex_destroy(&m->ev_mu);
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
@@ -151,7 +150,6 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   pthread_mutex_init(&m->reg_mu, NULL);
   pthread_mutex_init(&m->pool_mu, NULL);
   pthread_mutex_init(&m->live_mu, NULL);
-  pthread_cond_init(&m->pool_cv, NULL);
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);

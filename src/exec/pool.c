@@ -21,12 +21,46 @@
  * Threads: submitters push from any thread; workers pop; the runtime thread
  * pushes retries. Failure: a replacement thread that cannot be started is
  * logged and the pool runs with fewer threads. */
+#include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "exec/internal.h"
 
 static void *worker_main(void *arg);
+
+/* Idle workers sleep on a word of their own (a futex), not on a condition
+ * variable: a submit picks one idle worker under pool_mu and wakes exactly
+ * it after unlocking, so the woken worker never wakes into a held pool_mu,
+ * and no glibc condition variable group switch makes the waker wait (which
+ * a pthread_cond_signal after the unlock can). */
+static void futex_wait(_Atomic uint32_t *w) {
+  while (!atomic_load_explicit(w, memory_order_acquire))
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, 0u, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *w) {
+  atomic_store_explicit(w, 1u, memory_order_release);
+  syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Under pool_mu: takes the most recently idle worker (its cache is the
+ * warmest) off the idle stack, for the caller to wake (wake_worker) once
+ * it unlocked; NULL when none is idle. */
+static apex__worker_t *take_idle_locked(apex_manager_t *m) {
+  apex__worker_t *w = m->idle_head;
+  if (w) {
+    m->idle_head = w->idle_next;
+    m->n_idle--;
+  }
+  return w;
+}
+
+static void wake_worker(apex__worker_t *w) {
+  if (w) futex_wake(&w->wake);
+}
 
 /* The manager a worker thread serves, and whether the handler it runs asked
  * for an orphaned manager's teardown (a deferred handler that called
@@ -34,6 +68,10 @@ static void *worker_main(void *arg);
  * own loop, never while its own frame still uses the manager. */
 static _Thread_local apex_manager_t *tls_worker_of;
 static _Thread_local int tls_teardown;
+/* The task this worker runs, and whether its end left the release of its
+ * timers to the worker's next pool_mu section (apex__pool_task_end). */
+static _Thread_local apex_task_t *tls_running;
+static _Thread_local int tls_release_owed;
 
 int apex__pool_defer_teardown(apex_manager_t *m) {
   if (tls_worker_of != m) return 0;
@@ -100,9 +138,10 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 }
 
 /* Under pool_mu: appends t to the run queue (taking the queue's
- * reference), counts it queued and wakes an idle worker. Returns 0 or the
- * errno of a stuck worker's replacement that could not start. */
-static int enqueue_locked(apex_manager_t *m, apex_task_t *t) {
+ * reference) and counts it queued; *wake is the idle worker to wake for it
+ * (wake_worker, after unlocking), or NULL. Returns 0 or the errno of a
+ * stuck worker's replacement that could not start. */
+static int enqueue_locked(apex_manager_t *m, apex_task_t *t, apex__worker_t **wake) {
   t->run_next = NULL;
   apex__task_ref(t);
   if (m->run_tail)
@@ -112,7 +151,7 @@ static int enqueue_locked(apex_manager_t *m, apex_task_t *t) {
   m->run_tail = t;
   t->timer_flags |= APEX__POOL_QUEUED;
   m->n_queued++;
-  if (m->n_idle) pthread_cond_signal(&m->pool_cv);
+  *wake = take_idle_locked(m);
   return replace_stuck_locked(m);
 }
 
@@ -122,8 +161,10 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
     pthread_mutex_unlock(&m->pool_mu);
     return;
   }
-  int e = enqueue_locked(m, t);
+  apex__worker_t *wake;
+  int e = enqueue_locked(m, t, &wake);
   pthread_mutex_unlock(&m->pool_mu);
+  wake_worker(wake);
   log_no_replacement(m, e);
 }
 
@@ -146,9 +187,11 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     return rc;
   }
   atomic_fetch_add(&m->n_live, 1);
-  int e = enqueue_locked(m, t);
+  apex__worker_t *wake;
+  int e = enqueue_locked(m, t, &wake);
   if (deadline) apex__deadline_link_locked(m, t);
   pthread_mutex_unlock(&m->pool_mu);
+  wake_worker(wake);
   log_no_replacement(m, e);
   return APEX_OK;
 }
@@ -182,15 +225,24 @@ static void wake_destroyer(apex_manager_t *m) {
 }
 
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
-  /* One pool_mu section, which releasing the timers needs anyway. */
-  pthread_mutex_lock(&m->pool_mu);
-  if (t->timer_flags & APEX__POOL_QUEUED) { /* ended in the queue */
-    t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
-    m->n_queued--;
+  /* A task that ends on the worker running it (its handler returned)
+   * leaves its deadline list in the pool_mu section where the worker pops
+   * its next task: one section a task, not two. Its timers hold no count a
+   * host reads, and one firing meanwhile finds the task terminal. Not a
+   * task that holds a retry slot (reserved room in the retry heap, which
+   * is released under the task lock as the run state may go). */
+  if (tls_running == t && tls_worker_of == m && apex__retry_policy(t)->max_attempts <= 1) {
+    tls_release_owed = 1;
+  } else {
+    pthread_mutex_lock(&m->pool_mu);
+    if (t->timer_flags & APEX__POOL_QUEUED) { /* ended in the queue */
+      t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
+      m->n_queued--;
+    }
+    unsigned refs = apex__timer_release_locked(m, t);
+    pthread_mutex_unlock(&m->pool_mu);
+    if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
   }
-  unsigned refs = apex__timer_release_locked(m, t);
-  pthread_mutex_unlock(&m->pool_mu);
-  if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
   int idle = 0;
   if (t->run || closing) {
     pthread_mutex_lock(&m->live_mu);
@@ -254,32 +306,58 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
               stuck);
 }
 
+/* Under pool_mu: pops the run queue's head, or returns NULL. */
+static apex_task_t *pop_locked(apex_manager_t *m) {
+  apex_task_t *t = m->run_head;
+  if (!t) return NULL;
+  m->run_head = t->run_next;
+  if (!m->run_head) m->run_tail = NULL;
+  if (t->timer_flags & APEX__POOL_QUEUED) { /* else it ended in the queue */
+    t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
+    m->n_queued--;
+  }
+  return t;
+}
+
 static void *worker_main(void *arg) {
   apex__worker_t *self = arg;
   apex_manager_t *m = self->m;
   tls_worker_of = m;
+  /* Set: popped by the section that ended the last task, pool_mu not
+   * held. NULL: pool_mu held. */
+  apex_task_t *t = NULL;
   pthread_mutex_lock(&m->pool_mu);
   for (;;) {
-    /* A surplus thread (its stuck handler returned) leaves. */
-    if (m->n_threads > m->cfg.workers + m->n_stuck) break;
-    apex_task_t *t = m->run_head;
     if (!t) {
-      if (m->pool_stop) break;
-      m->n_idle++;
-      pthread_cond_wait(&m->pool_cv, &m->pool_mu);
-      m->n_idle--;
-      continue;
+      /* A surplus thread (its stuck handler returned) leaves. */
+      if (m->n_threads > m->cfg.workers + m->n_stuck) break;
+      if (!(t = pop_locked(m))) {
+        if (m->pool_stop) break;
+        /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
+        atomic_store_explicit(&self->wake, 0u, memory_order_relaxed);
+        self->idle_next = m->idle_head;
+        m->idle_head = self;
+        m->n_idle++;
+        pthread_mutex_unlock(&m->pool_mu);
+        futex_wait(&self->wake);
+        pthread_mutex_lock(&m->pool_mu);
+        continue;
+      }
+      pthread_mutex_unlock(&m->pool_mu);
     }
-    m->run_head = t->run_next;
-    if (!m->run_head) m->run_tail = NULL;
-    if (t->timer_flags & APEX__POOL_QUEUED) { /* else it ended in the queue */
-      t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
-      m->n_queued--;
-    }
-    pthread_mutex_unlock(&m->pool_mu);
 
+    tls_running = t;
     int teardown = apex__task_run(t) | tls_teardown;
+    tls_running = NULL;
     tls_teardown = 0;
+    int owed = tls_release_owed;
+    tls_release_owed = 0;
+    pthread_mutex_lock(&m->pool_mu);
+    unsigned refs = owed ? apex__timer_release_locked(m, t) : 0;
+    apex_task_t *next = NULL;
+    if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) next = pop_locked(m);
+    pthread_mutex_unlock(&m->pool_mu);
+    if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
     apex__task_unref(t);
     if (teardown) {
       /* Last handler of an orphaned manager: nothing else runs now. */
@@ -287,19 +365,23 @@ static void *worker_main(void *arg) {
       apex__manager_teardown(m, 1);
       return NULL;
     }
-    pthread_mutex_lock(&m->pool_mu);
+    t = next;
+    if (!t) pthread_mutex_lock(&m->pool_mu);
   }
   m->n_threads--;
   self->exited = 1;
-  pthread_cond_broadcast(&m->pool_cv); /* apex__pool_stop may wait on it */
+  /* A surplus worker may have been woken for a queued task it leaves:
+   * hand that task's wakeup on. */
+  apex__worker_t *heir = m->run_head ? take_idle_locked(m) : NULL;
   pthread_mutex_unlock(&m->pool_mu);
+  wake_worker(heir);
   return NULL;
 }
 
 void apex__pool_stop(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   m->pool_stop = 1;
-  pthread_cond_broadcast(&m->pool_cv);
+  while (m->idle_head) wake_worker(take_idle_locked(m)); /* each finds pool_stop */
   apex__worker_t *ws = m->workers;
   m->workers = NULL;
   pthread_mutex_unlock(&m->pool_mu);
