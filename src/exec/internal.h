@@ -262,6 +262,8 @@ struct apex_manager {
   apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */
   unsigned n_idle;     /* on the idle stack */
+  unsigned n_spinning; /* idle workers watching the queue before they sleep */
+  _Atomic uint32_t run_pushes; /* tasks pushed, ever: what a spinner watches */
   unsigned n_stuck;
   size_t n_queued;      /* tasks flagged APEX__POOL_QUEUED */
   /* submitted, not terminal; raised under pool_mu, lowered before the

@@ -148,7 +148,19 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   m->flush_interval_ns = (uint64_t)(1e9 / c.progress_rate_hz);
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i].mu, NULL);
   pthread_mutex_init(&m->reg_mu, NULL);
-  pthread_mutex_init(&m->pool_mu, NULL);
+  /* Adaptive (glibc): the submitting thread and the workers meet on
+   * pool_mu, for sections of tens of ns; one that finds it held spins that
+   * long rather than sleeping on a futex and being woken by the unlock
+   * (two system calls). Measured on W1 (bench/analysis.md); the other
+   * locks, held by fewer threads at once, did worse so. */
+  pthread_mutexattr_t ma;
+  if (pthread_mutexattr_init(&ma) == 0) {
+    int ok = pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP) == 0;
+    pthread_mutex_init(&m->pool_mu, ok ? &ma : NULL);
+    pthread_mutexattr_destroy(&ma);
+  } else {
+    pthread_mutex_init(&m->pool_mu, NULL);
+  }
   pthread_mutex_init(&m->live_mu, NULL);
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);

@@ -151,7 +151,10 @@ static int enqueue_locked(apex_manager_t *m, apex_task_t *t, apex__worker_t **wa
   m->run_tail = t;
   t->timer_flags |= APEX__POOL_QUEUED;
   m->n_queued++;
-  *wake = take_idle_locked(m);
+  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
+  /* A spinning worker takes the task without a wakeup; wake an idle one
+   * only for tasks beyond what the spinners take. */
+  *wake = m->n_queued > m->n_spinning ? take_idle_locked(m) : NULL;
   return replace_stuck_locked(m);
 }
 
@@ -319,6 +322,25 @@ static apex_task_t *pop_locked(apex_manager_t *m) {
   return t;
 }
 
+/* How long an idle worker watches the queue before it sleeps. */
+#define SPIN_NS 20000u
+
+/* Returns once a push changed m->run_pushes from seen, or SPIN_NS passed. */
+static void spin_for_push(apex_manager_t *m, uint32_t seen) {
+  uint64_t until = 0;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(&m->run_pushes, memory_order_relaxed) != seen) return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0) {
+      uint64_t now = apex__now_ns();
+      if (!until) until = now + SPIN_NS;
+      else if (now >= until) return;
+    }
+  }
+}
+
 static void *worker_main(void *arg) {
   apex__worker_t *self = arg;
   apex_manager_t *m = self->m;
@@ -326,6 +348,7 @@ static void *worker_main(void *arg) {
   /* Set: popped by the section that ended the last task, pool_mu not
    * held. NULL: pool_mu held. */
   apex_task_t *t = NULL;
+  int spun = 0; /* spun since it last ran a task or slept */
   pthread_mutex_lock(&m->pool_mu);
   for (;;) {
     if (!t) {
@@ -333,6 +356,20 @@ static void *worker_main(void *arg) {
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
       if (!(t = pop_locked(m))) {
         if (m->pool_stop) break;
+        if (!spun) {
+          /* Before sleeping, watch the queue for a moment without the lock:
+           * a task pushed meanwhile is taken with no futex wake and wait,
+           * and no wake of an idle CPU (tens of us on a VM). */
+          spun = 1;
+          m->n_spinning++;
+          uint32_t seen = atomic_load_explicit(&m->run_pushes, memory_order_relaxed);
+          pthread_mutex_unlock(&m->pool_mu);
+          spin_for_push(m, seen);
+          pthread_mutex_lock(&m->pool_mu);
+          m->n_spinning--;
+          continue;
+        }
+        spun = 0;
         /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
         atomic_store_explicit(&self->wake, 0u, memory_order_relaxed);
         self->idle_next = m->idle_head;
@@ -346,6 +383,7 @@ static void *worker_main(void *arg) {
       pthread_mutex_unlock(&m->pool_mu);
     }
 
+    spun = 0;
     tls_running = t;
     int teardown = apex__task_run(t) | tls_teardown;
     tls_running = NULL;
