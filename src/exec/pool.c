@@ -151,11 +151,19 @@ static int enqueue_locked(apex_manager_t *m, apex_task_t *t, apex__worker_t **wa
   m->run_tail = t;
   t->timer_flags |= APEX__POOL_QUEUED;
   m->n_queued++;
-  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
   /* A spinning worker takes the task without a wakeup; wake an idle one
    * only for tasks beyond what the spinners take. */
   *wake = m->n_queued > m->n_spinning ? take_idle_locked(m) : NULL;
   return replace_stuck_locked(m);
+}
+
+/* After a push, pool_mu released: tells a spinning worker (which then
+ * takes pool_mu, no longer held by the pusher) and wakes the idle worker
+ * enqueue_locked chose, if any. A spinner that misses the count finds
+ * the task when it takes pool_mu after spinning. */
+static void pushed(apex_manager_t *m, apex__worker_t *wake) {
+  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
+  wake_worker(wake);
 }
 
 void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
@@ -167,7 +175,7 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
   apex__worker_t *wake;
   int e = enqueue_locked(m, t, &wake);
   pthread_mutex_unlock(&m->pool_mu);
-  wake_worker(wake);
+  pushed(m, wake);
   log_no_replacement(m, e);
 }
 
@@ -194,7 +202,7 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   int e = enqueue_locked(m, t, &wake);
   if (deadline) apex__deadline_link_locked(m, t);
   pthread_mutex_unlock(&m->pool_mu);
-  wake_worker(wake);
+  pushed(m, wake);
   log_no_replacement(m, e);
   return APEX_OK;
 }
@@ -356,10 +364,11 @@ static void *worker_main(void *arg) {
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
       if (!(t = pop_locked(m))) {
         if (m->pool_stop) break;
-        if (!spun) {
+        if (!spun && !m->n_spinning) {
           /* Before sleeping, watch the queue for a moment without the lock:
            * a task pushed meanwhile is taken with no futex wake and wait,
-           * and no wake of an idle CPU (tens of us on a VM). */
+           * and no wake of an idle CPU (tens of us on a VM). One worker at
+           * a time: the CPU a spinner burns is what an idle one saves. */
           spun = 1;
           m->n_spinning++;
           uint32_t seen = atomic_load_explicit(&m->run_pushes, memory_order_relaxed);
