@@ -11,7 +11,13 @@
  * first) and closing it (leaving the list when the task ended with it).
  * A task's end (apex__pool_task_end) leaves every count before its state
  * is published: stats read once the DONE event is delivered agree with it,
- * and a resubmit right after a wait finds the room the task left.
+ * and a resubmit right after a wait finds the room the task left. Its
+ * timers are no such count: a task that ends on the worker running it
+ * leaves its deadline list in that worker's next pool_mu section (the one
+ * that pops its next task), so a task costs the worker one pool_mu
+ * section, not two.
+ * Idle workers: one at a time watches the queue briefly (spin_for_push),
+ * the others sleep on a futex word each (see futex_wait below).
  * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
  * max_stuck_workers) once queued work has no idle worker to take it, so one
