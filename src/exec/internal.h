@@ -392,6 +392,9 @@ apex_task_t *apex__run_lock_open(apex__run_t *r);
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
 /* Frees m's list of ended run states (the manager is going). */
 void apex__runs_free(apex_manager_t *m);
+/* On a worker of m: gives the run states it keeps (task.c) to m's list;
+ * before the worker exits. */
+void apex__runs_flush_local(apex_manager_t *m);
 /* Accepts a validated full progress report from the plugin (ctx.c) for
  * r's open attempt: it replaces the task's progress state, details and
  * sub_tasks merged in (only what differs is copied). Returns APEX_OK (also
@@ -478,6 +481,8 @@ void apex__pool_count_stuck(apex_manager_t *m);
 /* From complete() on a worker of m: have the worker tear m down once its
  * handler returned. Returns 1 if deferred, 0 if not a worker of m. */
 int apex__pool_defer_teardown(apex_manager_t *m);
+/* 1 if the calling thread is one of m's workers. */
+int apex__pool_on_worker(const apex_manager_t *m);
 /* Stops and joins every worker (after the queue is empty). */
 void apex__pool_stop(apex_manager_t *m);
 /* An attempt opened/closed (counts handlers that own a ctx); on the first

@@ -79,6 +79,8 @@ static _Thread_local int tls_teardown;
 static _Thread_local apex_task_t *tls_running;
 static _Thread_local int tls_release_owed;
 
+int apex__pool_on_worker(const apex_manager_t *m) { return tls_worker_of == m; }
+
 int apex__pool_defer_teardown(apex_manager_t *m) {
   if (tls_worker_of != m) return 0;
   tls_teardown = 1;
@@ -414,6 +416,7 @@ static void *worker_main(void *arg) {
     apex__task_unref(t);
     if (teardown) {
       /* Last handler of an orphaned manager: nothing else runs now. */
+      apex__runs_flush_local(m);
       pthread_detach(pthread_self());
       apex__manager_teardown(m, 1);
       return NULL;
@@ -428,6 +431,9 @@ static void *worker_main(void *arg) {
   apex__worker_t *heir = m->run_head ? take_idle_locked(m) : NULL;
   pthread_mutex_unlock(&m->pool_mu);
   wake_worker(heir);
+  /* Its kept run states to m's list (runs_mu, a leaf: after the unlock).
+   * m lives until this thread is joined, which waits for this return. */
+  apex__runs_flush_local(m);
   return NULL;
 }
 
