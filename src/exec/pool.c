@@ -4,11 +4,12 @@
  * cancels (with what is still queued, which it takes from the run queue).
  *
  * pool_mu guards the queue, the thread counts and the timers (runtime.c),
- * so a submit is one critical section; live_mu the live list and
- * the open-attempt count. Split so a submit contends with a worker only for
- * the pop, never for a worker's bookkeeping around a handler, which takes
- * live_mu twice a task: opening the attempt (joining the live list on the
- * first) and closing it (leaving the list when the task ended with it).
+ * so a submit is one critical section. The live list is one per lock
+ * stripe, guarded by that stripe lock, which a task's first attempt opens
+ * (joining the list) and its end (leaving it) hold anyway; the open
+ * attempts are an atomic count. So a submit contends with a worker only for
+ * the pop, and a worker's bookkeeping around a handler takes no shared
+ * lock at all.
  * A task's end (apex__pool_task_end) leaves every count before its state
  * is published: stats read once the DONE event is delivered agree with it,
  * and a resubmit right after a wait finds the room the task left. Its
@@ -79,7 +80,11 @@ static _Thread_local int tls_teardown;
 static _Thread_local apex_task_t *tls_running;
 static _Thread_local int tls_release_owed;
 
-int apex__pool_on_worker(const apex_manager_t *m) { return tls_worker_of == m; }
+static _Thread_local apex__worker_t *tls_self;
+
+apex__worker_t *apex__pool_self(const apex_manager_t *m) {
+  return tls_worker_of == m ? tls_self : NULL;
+}
 
 int apex__pool_defer_teardown(apex_manager_t *m) {
   if (tls_worker_of != m) return 0;
@@ -107,8 +112,9 @@ static void reap_locked(apex_manager_t *m) {
 /* Under pool_mu. Returns 0 or an errno. */
 static int spawn_locked(apex_manager_t *m) {
   reap_locked(m);
-  apex__worker_t *w = calloc(1, sizeof *w);
+  apex__worker_t *w = aligned_alloc(APEX__CACHE_LINE, sizeof *w);
   if (!w) return ENOMEM;
+  memset(w, 0, sizeof *w);
   w->m = m;
   int e = pthread_create(&w->thread, NULL, worker_main, w);
   if (e) {
@@ -225,12 +231,13 @@ apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
   return t;
 }
 
-/* Under live_mu. */
-static void unlink_live_locked(apex_manager_t *m, apex__run_t *r) {
+/* Under the stripe lock of r's task (t). */
+static void unlink_live_locked(apex_manager_t *m, apex_task_t *t, apex__run_t *r) {
+  apex__run_t **head = &m->stripes[t->id % APEX__LOCK_STRIPES].live_head;
   if (r->live_prev)
     r->live_prev->live_next = r->live_next;
-  else if (m->live_head == r)
-    m->live_head = r->live_next;
+  else if (*head == r)
+    *head = r->live_next;
   if (r->live_next) r->live_next->live_prev = r->live_prev;
   r->live_prev = r->live_next = NULL;
 }
@@ -262,29 +269,26 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
     pthread_mutex_unlock(&m->pool_mu);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
   }
-  int idle = 0;
-  if (t->run || closing) {
-    pthread_mutex_lock(&m->live_mu);
-    if (t->run) unlink_live_locked(m, t->run);
-    if (closing) idle = --m->n_active == 0;
-    pthread_mutex_unlock(&m->live_mu);
-  }
+  if (t->run) unlink_live_locked(m, t, t->run);
+  int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
   int drained = atomic_fetch_sub(&m->n_live, 1) == 1;
   if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
 }
 
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
-  pthread_mutex_lock(&m->live_mu);
-  int sweeping = m->sweeping;
-  m->n_active++;
-  if (first) {
+  /* Counted, then sweeping read, both seq_cst; destroy sets sweeping and
+   * later reads the count: either this sees sweeping, or destroy sees
+   * this attempt counted and waits for it. */
+  atomic_fetch_add(&m->n_active, 1);
+  int sweeping = atomic_load(&m->sweeping);
+  if (first) { /* under t's lock, which guards its stripe's list */
+    apex__run_t **head = &m->stripes[t->id % APEX__LOCK_STRIPES].live_head;
     apex__run_t *r = t->run;
     r->live_prev = NULL;
-    r->live_next = m->live_head;
-    if (m->live_head) m->live_head->live_prev = r;
-    m->live_head = r;
+    r->live_next = *head;
+    if (*head) (*head)->live_prev = r;
+    *head = r;
   }
-  pthread_mutex_unlock(&m->live_mu);
   return sweeping;
 }
 
@@ -294,12 +298,12 @@ int apex__pool_attempt_close(apex_manager_t *m, int was_stuck) {
     m->n_stuck--;
     pthread_mutex_unlock(&m->pool_mu);
   }
-  pthread_mutex_lock(&m->live_mu);
-  m->n_active--;
-  int last = m->n_active == 0;
-  int orphan_done = last && m->orphaned;
-  if (orphan_done) m->orphaned = 0; /* exactly one caller tears down */
-  pthread_mutex_unlock(&m->live_mu);
+  unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
+  int last = (left & ~APEX__ORPHANED) == 0;
+  /* Destroy sets the flag in the same word (no attempt opens by then):
+   * exactly one close leaves the word at the flag alone, and destroy tears
+   * down itself only if it set the flag on a zero count. */
+  int orphan_done = left == APEX__ORPHANED;
   /* Not for an orphaned manager: its destroyer returned, nobody waits. */
   if (last && !orphan_done && atomic_load(&m->shutting_down)) wake_destroyer(m);
   return orphan_done;
@@ -361,6 +365,7 @@ static void *worker_main(void *arg) {
   apex__worker_t *self = arg;
   apex_manager_t *m = self->m;
   tls_worker_of = m;
+  tls_self = self;
   /* Set: popped by the section that ended the last task, pool_mu not
    * held. NULL: pool_mu held. */
   apex_task_t *t = NULL;
@@ -416,7 +421,7 @@ static void *worker_main(void *arg) {
     apex__task_unref(t);
     if (teardown) {
       /* Last handler of an orphaned manager: nothing else runs now. */
-      apex__runs_flush_local(m);
+      apex__runs_flush_local(m, self);
       pthread_detach(pthread_self());
       apex__manager_teardown(m, 1);
       return NULL;
@@ -433,7 +438,7 @@ static void *worker_main(void *arg) {
   wake_worker(heir);
   /* Its kept run states to m's list (runs_mu, a leaf: after the unlock).
    * m lives until this thread is joined, which waits for this return. */
-  apex__runs_flush_local(m);
+  apex__runs_flush_local(m, self);
   return NULL;
 }
 

@@ -65,7 +65,8 @@ _Static_assert(sizeof(apex__run_t) <= 120, "a run state must stay in malloc's 12
  * a run state is reused only after that many others ended after it; a
  * pool of them also saves a task its run state's malloc and free.
  *
- * A worker keeps its own FIFO of the run states it gave back (tls_runs),
+ * A worker keeps its own FIFO of the run states it gave back (in its
+ * apex__worker_t),
  * with the same rule (reused only past APEX__RUNS_KEEP newer ones), and
  * moves its oldest to the manager's list RUNS_BATCH at a time: a task that
  * starts and ends on workers takes no shared lock for its run state, and
@@ -75,11 +76,6 @@ _Static_assert(sizeof(apex__run_t) <= 120, "a run state must stay in malloc's 12
  * FIFO to the manager before it exits (apex__runs_flush_local). */
 
 #define RUNS_BATCH 32u
-
-static _Thread_local struct {
-  apex__run_t *head, *tail;
-  unsigned n;
-} tls_runs;
 
 /* Appends the chain head..tail (n run states) to m's list, freeing the
  * oldest past APEX__RUNS_MAX. No lock held. */
@@ -109,20 +105,23 @@ static void runs_give(apex_manager_t *m, apex__run_t *head, apex__run_t *tail, u
   }
 }
 
-void apex__runs_flush_local(apex_manager_t *m) {
-  if (tls_runs.n) runs_give(m, tls_runs.head, tls_runs.tail, tls_runs.n);
-  tls_runs.head = tls_runs.tail = NULL;
-  tls_runs.n = 0;
+void apex__runs_flush_local(apex_manager_t *m, apex__worker_t *w) {
+  unsigned n = atomic_load_explicit(&w->n_runs, memory_order_relaxed);
+  if (n) runs_give(m, w->runs_head, w->runs_tail, n);
+  w->runs_head = w->runs_tail = NULL;
+  atomic_store_explicit(&w->n_runs, 0, memory_order_relaxed);
 }
 
 /* A run state for t's first attempt, reused or new. Under t's lock
  * (runs_mu is a leaf). Returns: NULL on no memory. */
 static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
   apex__run_t *r = NULL;
-  if (tls_runs.n > APEX__RUNS_KEEP && apex__pool_on_worker(m)) {
-    r = tls_runs.head;
-    tls_runs.head = r->free_next;
-    tls_runs.n--;
+  apex__worker_t *w = apex__pool_self(m);
+  unsigned kept = w ? atomic_load_explicit(&w->n_runs, memory_order_relaxed) : 0;
+  if (kept > APEX__RUNS_KEEP) {
+    r = w->runs_head;
+    w->runs_head = r->free_next;
+    atomic_store_explicit(&w->n_runs, kept - 1, memory_order_relaxed);
   } else {
     pthread_mutex_lock(&m->runs_mu);
     if (m->n_runs > APEX__RUNS_KEEP) {
@@ -151,22 +150,27 @@ static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
  * serves no open attempt. No lock held. */
 static void run_put(apex_manager_t *m, apex__run_t *r) {
   r->free_next = NULL;
-  if (!apex__pool_on_worker(m)) {
+  apex__worker_t *w = apex__pool_self(m);
+  if (!w) {
     runs_give(m, r, r, 1);
     return;
   }
-  if (tls_runs.tail)
-    tls_runs.tail->free_next = r;
+  unsigned kept = atomic_load_explicit(&w->n_runs, memory_order_relaxed);
+  if (kept)
+    w->runs_tail->free_next = r;
   else
-    tls_runs.head = r;
-  tls_runs.tail = r;
-  if (++tls_runs.n > APEX__RUNS_KEEP + RUNS_BATCH) { /* the oldest batch to m's list */
-    apex__run_t *head = tls_runs.head, *tail = head;
+    w->runs_head = r;
+  w->runs_tail = r;
+  if (++kept > APEX__RUNS_KEEP + RUNS_BATCH) { /* the oldest batch to m's list */
+    apex__run_t *head = w->runs_head, *tail = head;
     for (unsigned i = 1; i < RUNS_BATCH; i++) tail = tail->free_next;
-    tls_runs.head = tail->free_next;
-    tls_runs.n -= RUNS_BATCH;
+    w->runs_head = tail->free_next;
+    kept -= RUNS_BATCH;
+    atomic_store_explicit(&w->n_runs, kept, memory_order_relaxed);
     runs_give(m, head, tail, RUNS_BATCH);
+    return;
   }
+  atomic_store_explicit(&w->n_runs, kept, memory_order_relaxed);
 }
 
 void apex__runs_free(apex_manager_t *m) {

@@ -1,10 +1,12 @@
 /* Run states are kept per manager for reuse (src/exec/internal.h,
- * apex__run_t): oldest first, none reused before APEX__RUNS_KEEP others
+ * apex__run_t; a worker keeps those its tasks gave back in a list of its
+ * own, task.c, which counts here too): oldest first, none reused before APEX__RUNS_KEEP others
  * ended after it (the window in which a plugin's late ctx call is caught),
  * at most APEX__RUNS_MAX kept, the rest freed, and every one freed with
  * the manager (ASan's leak check sees the last).
  *
- * Reads the manager's list under runs_mu (internal.h). Plugins: testkit
+ * Reads the manager's list under runs_mu and the workers' counts under
+ * pool_mu (internal.h). Plugins: testkit
  * and hostile (flood: one progress report keeps a task's run state
  * attached to it until the task is freed). Threads: cmocka's thread is the
  * host; the put happens on the thread that ends or frees a task, so counts
@@ -26,6 +28,9 @@ static uint32_t n_runs(apex_manager_t *m) {
   pthread_mutex_lock(&m->runs_mu);
   uint32_t n = m->n_runs;
   pthread_mutex_unlock(&m->runs_mu);
+  pthread_mutex_lock(&m->pool_mu);
+  for (apex__worker_t *w = m->workers; w; w = w->next) n += atomic_load(&w->n_runs);
+  pthread_mutex_unlock(&m->pool_mu);
   return n;
 }
 
