@@ -112,9 +112,9 @@ static void reap_locked(apex_manager_t *m) {
 /* Under pool_mu. Returns 0 or an errno. */
 static int spawn_locked(apex_manager_t *m) {
   reap_locked(m);
-  apex__worker_t *w = aligned_alloc(APEX__CACHE_LINE, sizeof *w);
-  if (!w) return ENOMEM;
-  memset(w, 0, sizeof *w);
+  void *mem = NULL;
+  if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex__worker_t)) != 0) return ENOMEM;
+  apex__worker_t *w = memset(mem, 0, sizeof(apex__worker_t));
   w->m = m;
   int e = pthread_create(&w->thread, NULL, worker_main, w);
   if (e) {
