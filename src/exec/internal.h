@@ -258,6 +258,9 @@ struct apex_manager {
   _Alignas(APEX__CACHE_LINE) atomic_uint refs; /* the destroyer's + one per task not yet freed */
   atomic_uint_fast64_t next_id;
   atomic_uint_fast64_t st_submitted;
+  /* The plugin the last submit named (registered, so it stays until the
+   * manager goes): a submit naming it again needs no reg_mu. */
+  _Atomic(apex__plugin_t *) last_plugin;
 
   /* registry */
   pthread_mutex_t reg_mu;

@@ -667,10 +667,18 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   }
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
-  pthread_mutex_lock(&m->reg_mu);
-  apex__plugin_t *p = find_locked(m, plugin);
-  pthread_mutex_unlock(&m->reg_mu);
-  if (!p) return apex__fail(err, APEX_E_PLUGIN_NOT_FOUND, "unknown plugin '%s' (not loaded)", plugin);
+  /* A registered plugin is never removed before the manager goes, and its
+   * name never changes: the one found last is checked without reg_mu
+   * (acquire pairs with the release store below). */
+  apex__plugin_t *p = atomic_load_explicit(&m->last_plugin, memory_order_acquire);
+  if (!p || strcmp(p->desc.name, plugin) != 0) {
+    pthread_mutex_lock(&m->reg_mu);
+    p = find_locked(m, plugin);
+    pthread_mutex_unlock(&m->reg_mu);
+    if (!p)
+      return apex__fail(err, APEX_E_PLUGIN_NOT_FOUND, "unknown plugin '%s' (not loaded)", plugin);
+    atomic_store_explicit(&m->last_plugin, p, memory_order_release);
+  }
   const apex_action_desc_t *a = apex__plugin_action(p, action);
   if (!a) {
     char list[512];
