@@ -135,7 +135,8 @@ typedef struct apex__run {
 
 /* Ended run states a manager keeps: none is reused before this many others
  * ended after it (the window in which a late ctx call is caught), and at
- * most APEX__RUNS_MAX are kept (128 bytes each). */
+ * most APEX__RUNS_MAX are kept in the manager's list (128 bytes each); each
+ * worker keeps up to APEX__RUNS_KEEP + 32 more of its own (task.c). */
 #define APEX__RUNS_KEEP 256u
 #define APEX__RUNS_MAX 4096u
 
