@@ -3,30 +3,21 @@
  * delivery"): callbacks on the runtime thread (LOOP), or a pollable eventfd
  * plus apex_manager_dispatch() on the host's own thread (DISPATCH).
  *
- * ATTEMPT, PROGRESS and RETRY events are nodes in a FIFO under ev_mu (a
- * leaf, taken under a task lock so a task's events keep the order of its
- * state changes). DONE events need no node and no lock: the terminal task
- * itself is pushed on a lock-free stack (m->done_stack, linked by
- * done_next: one compare-and-swap under the task lock) and the event is
- * built from it at delivery, when its outcome can no longer change. The
- * consumer takes the whole stack with one exchange and reverses it, so
- * DONEs are delivered in the order they were pushed.
+ * Producers push under ev_mu (a leaf, taken under a task lock so a task's
+ * events keep the order of its state changes) and signal only when the queue
+ * goes from empty to non-empty, so a burst costs one wakeup. The consumer
+ * moves the whole queue out under the lock and runs callbacks with no lock
+ * held.
  *
- * A delivery takes the DONE stack first, then the FIFO, and runs the FIFO
- * first: a task's PROGRESS, pushed before its DONE, is in the FIFO it takes
- * whenever its DONE is in the stack it took, and so is never delivered
- * after it. Once a DONE callback returned, done_next becomes
- * APEX__DONE_DELIVERED: in LOOP mode apex_task_wait waits for that, so a
- * host may free the callback's state as soon as its wait returns, and the
- * delivery wakes the waiters (only while someone waits).
+ * DONE events need no node: the terminal task itself is queued (linked by
+ * done_next) and the event is built from it at delivery, when its outcome
+ * can no longer change. A delivery takes both queues in one step and runs
+ * the other events first: a task's PROGRESS, pushed before its DONE, is
+ * then never delivered after it. Once a DONE callback returned, done_next
+ * becomes APEX__DONE_DELIVERED: in LOOP mode apex_task_wait waits for that,
+ * so a host may free the callback's state as soon as its wait returns, and
+ * the delivery wakes the waiters (only while someone waits).
  *
- * Signalling: a push that finds its queue empty signals the consumer
- * (eventfd or runtime wakeup) unless ev_fd_armed says a signal is already
- * owed to a delivery that has not yet taken the queues, so a burst costs
- * one wakeup. The consumer drains the eventfd, then clears ev_fd_armed,
- * then takes the queues: a push that its take misses finds the queue
- * empty and ev_fd_armed clear, and signals anew, after the drain.
-
  * Failure: an event node that cannot be allocated is not delivered (the
  * task's state and its blocking wait are unaffected); DONE needs no
  * allocation, so the outcome is always delivered. */
@@ -83,7 +74,8 @@ void apex__events_fini(apex_manager_t *m) {
   /* Destroy delivered every DONE before it let the manager go; a DONE left
    * here (a manager that failed to start has none) is marked delivered all
    * the same, so no apex_task_wait waits for it for ever. */
-  apex_task_t *t = atomic_exchange(&m->done_stack, NULL);
+  apex_task_t *t = m->done_head;
+  m->done_head = m->done_tail = NULL;
   int left = t != NULL;
   while (t) {
     apex_task_t *next = atomic_load_explicit(&t->done_next, memory_order_relaxed);
@@ -144,48 +136,63 @@ int apex__events_dispatch(apex_manager_t *m) {
   return apex__events_deliver(m);
 }
 
-/* After a push that found its queue empty (no lock held): signals the
- * consumer unless a signal is already owed (ev_fd_armed) or the push came
- * from the dispatch that delivers next. seq_cst, as is the push: the
- * consumer clears ev_fd_armed and then takes the queues, so either its
- * take finds this push or this exchange finds the flag clear. The eventfd
- * is written with no lock held: the host it wakes takes no lock of ours
- * before it reads. */
-static void signal_consumer(apex_manager_t *m) {
-  if (tls_dispatching == m) return;
-  if (m->ev_fd >= 0) {
-    if (atomic_exchange(&m->ev_fd_armed, 1)) return;
-    uint64_t one = 1;
-    ssize_t w;
-    do w = write(m->ev_fd, &one, sizeof one);
-    while (w < 0 && errno == EINTR);
-    /* EAGAIN means the counter is already non-zero: readable anyway. */
-  }
-  if (m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
+/* Under ev_mu, after queueing: returns 1 if the caller must signal the
+ * consumer (signal_fd, after unlocking): once per burst into an empty queue.
+ * The write happens outside ev_mu because the host it wakes takes ev_mu at
+ * once; written inside, the host woke into a held mutex (a futex wait and
+ * wake more on every completion's way to the host). A dispatch that runs
+ * between the unlock and the write drains nothing, and the write then
+ * leaves the fd readable over an empty queue: the next dispatch finds the
+ * queue empty and drains it (apex__events_deliver). */
+static int signal_locked(apex_manager_t *m, int was_empty) {
+  if (tls_dispatching == m) return 0;
+  if (!was_empty || m->ev_fd < 0 || m->ev_fd_armed) return 0;
+  m->ev_fd_armed = 1;
+  return 1;
 }
+
+static void signal_fd(apex_manager_t *m) {
+  uint64_t one = 1;
+  ssize_t w;
+  do w = write(m->ev_fd, &one, sizeof one);
+  while (w < 0 && errno == EINTR);
+  /* EAGAIN means the counter is already non-zero: readable anyway. */
+}
+
+static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_head; }
 
 void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
   apex_task_t *t = n->ev.task;
   n->fn = apex__task_event_fn(t, &n->user);
   n->next = NULL;
   pthread_mutex_lock(&m->ev_mu);
-  int was_empty = !m->ev_head;
+  int was_empty = queues_empty(m);
   if (m->ev_tail)
     m->ev_tail->next = n;
   else
     m->ev_head = n;
   m->ev_tail = n;
+  int sig = signal_locked(m, was_empty);
   pthread_mutex_unlock(&m->ev_mu);
-  if (was_empty) signal_consumer(m);
+  if (sig) signal_fd(m);
+  if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
 
 void apex__events_push_done(apex_manager_t *m, apex_task_t *t) {
   t->event_seq++; /* the DONE event's seq; no event follows it */
+  atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
   apex__task_ref(t);
-  apex_task_t *head = atomic_load_explicit(&m->done_stack, memory_order_relaxed);
-  do atomic_store_explicit(&t->done_next, head, memory_order_relaxed);
-  while (!atomic_compare_exchange_weak(&m->done_stack, &head, t));
-  if (!head) signal_consumer(m);
+  pthread_mutex_lock(&m->ev_mu);
+  int was_empty = queues_empty(m);
+  if (m->done_tail)
+    atomic_store_explicit(&m->done_tail->done_next, t, memory_order_relaxed);
+  else
+    m->done_head = t;
+  m->done_tail = t;
+  int sig = signal_locked(m, was_empty);
+  pthread_mutex_unlock(&m->ev_mu);
+  if (sig) signal_fd(m);
+  if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
 
 /* Runs t's DONE callback. t is terminal: its outcome, attempt count and
@@ -209,30 +216,23 @@ static void deliver_done(apex_task_t *t) {
 }
 
 int apex__events_deliver(apex_manager_t *m) {
-  /* Drained first, then armed cleared, then the queues taken (see the
-   * file's comment): a signal this read consumes was written for a push
-   * the take below finds; one written after it stays for the next call. A
-   * write left over an empty queue (the push it signalled was taken
-   * before the write) is drained by the next call, which finds nothing. */
-  if (m->ev_fd >= 0) {
+  pthread_mutex_lock(&m->ev_mu);
+  apex__ev_t *n = m->ev_head;
+  m->ev_head = m->ev_tail = NULL;
+  apex_task_t *done = m->done_head;
+  m->done_head = m->done_tail = NULL;
+  /* Drained when a signal was owed, and when the queue is empty (a late
+   * write of signal_fd's may have left the fd readable over nothing). Read
+   * under ev_mu: a push after this section writes after it, so this read
+   * can never swallow the signal of an event it did not take. */
+  if (m->ev_fd >= 0 && (m->ev_fd_armed || (!n && !done))) {
     uint64_t v;
     ssize_t r;
     do r = read(m->ev_fd, &v, sizeof v);
     while (r < 0 && errno == EINTR);
-    /* EAGAIN: nothing written (yet). */
+    /* EAGAIN: nothing written (yet); a late write is drained next time. */
   }
-  atomic_store(&m->ev_fd_armed, 0);
-  /* The stack before the FIFO: a task whose DONE is taken here has its
-   * earlier events in the FIFO taken after. */
-  apex_task_t *done = NULL;
-  for (apex_task_t *s = atomic_exchange(&m->done_stack, NULL), *next; s; s = next) {
-    next = atomic_load_explicit(&s->done_next, memory_order_relaxed);
-    atomic_store_explicit(&s->done_next, done, memory_order_relaxed);
-    done = s;
-  }
-  pthread_mutex_lock(&m->ev_mu);
-  apex__ev_t *n = m->ev_head;
-  m->ev_head = m->ev_tail = NULL;
+  m->ev_fd_armed = 0;
   pthread_mutex_unlock(&m->ev_mu);
   int count = 0;
   while (n) {

@@ -160,12 +160,12 @@ struct apex_task {
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
   apex_task_t *run_next;         /* run queue (m->pool_mu) */
-  /* The DONE stack's link (m->done_stack, events.c); once the DONE
-   * callback has returned, APEX__DONE_DELIVERED, which apex_task_wait reads
-   * without a lock. A sentinel in this link, not a flag of its own: the
-   * struct has no byte to spare, and the link is never used again after
-   * delivery (DONE is queued once). Written by the pusher before the push
-   * publishes t, read by the consumer after it took the stack. */
+  /* The DONE queue's link (m->ev_mu); once the DONE callback has returned,
+   * APEX__DONE_DELIVERED, which apex_task_wait reads without a lock. A
+   * sentinel in this link, not a flag of its own: the struct has no byte to
+   * spare, and the link is never used again after delivery (DONE is queued
+   * once). Atomic for that lock-free read; under ev_mu it is accessed
+   * relaxed. */
   _Atomic(apex_task_t *) done_next;
   apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
   /* The outcome once terminal (task lock): result when succeeded, else
@@ -316,13 +316,8 @@ struct apex_manager {
   apex__ev_t *ev_head, *ev_tail;
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
-  /* 1 from a push that found a queue empty until the consumer takes the
-   * queues: pushes meanwhile owe no signal (events.c) */
-  _Atomic int ev_fd_armed;
-  /* DONE events: the tasks themselves, newest first, linked by done_next;
-   * pushed without a lock, taken whole by the consumer (events.c). On its
-   * own cache line: every finishing worker writes it. */
-  _Alignas(APEX__CACHE_LINE) _Atomic(apex_task_t *) done_stack;
+  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
+  int ev_fd_armed;
 
   /* progress flushing (flush_mu) */
   pthread_mutex_t flush_mu;
