@@ -8,12 +8,12 @@
  *
  * Locks, in the only order any code takes two of them:
  *   m->reg_mu (registry)      never held with another
- *   task stripe lock          (apex__task_mu) before
- *     m->pool_mu | m->live_mu | m->ev_mu | m->flush_mu | m->runs_mu
+ *   task stripe lock          (apex__task_mu; it also guards its stripe's
+ *                             live list) before
+ *     m->pool_mu | m->ev_mu | m->flush_mu | m->runs_mu
  *                             (leaves: never two)
  *   m->wait_mu                after a task lock (waking waiters; a count
- *                             destroy waits for reaching zero); before
- *                             live_mu (destroy's wait for handlers); else a
+ *                             destroy waits for reaching zero); else a
  *                             leaf (waking waiters after a DONE callback)
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
@@ -34,6 +34,7 @@
 #include "plugin/loader.h"
 
 #define APEX__LOCK_STRIPES 64
+#define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
 #define APEX__CACHE_LINE 64
 #define APEX__PROGRESS_BACKLOG_MAX 64
 
@@ -142,10 +143,11 @@ typedef struct apex__run {
     void *oc_user;
     uint64_t retry_at_ns;
   };
-  /* The live list (m->live_mu) links run states, not tasks; a run state
-   * leaves it when its task ends (apex__pool_task_end, under the task
-   * lock), before the task lets the run state go. Off it, an ended run
-   * state waits in m's list (m->runs_mu) by free_next. */
+  /* The live list (its task's stripe's, under that stripe lock) links run
+   * states, not tasks; a run state leaves it when its task ends
+   * (apex__pool_task_end, under the task lock), before the task lets the
+   * run state go. Off it, an ended run state waits in m's list
+   * (m->runs_mu) or a worker's (task.c) by free_next. */
   struct apex__run *live_prev;
   union {
     struct apex__run *live_next;
@@ -158,7 +160,8 @@ typedef struct apex__run {
 
 /* Ended run states a manager keeps: none is reused before this many others
  * ended after it (the window in which a late ctx call is caught), and at
- * most APEX__RUNS_MAX are kept (112 bytes each). */
+ * most APEX__RUNS_MAX are kept in the manager's list (112 bytes each); each
+ * worker keeps up to APEX__RUNS_KEEP + 32 more of its own (task.c). */
 #define APEX__RUNS_KEEP 256u
 #define APEX__RUNS_MAX 4096u
 
@@ -246,10 +249,19 @@ typedef struct apex__dlist {
   struct apex__dlist *hnext; /* hash chain */
 } apex__dlist_t;
 
+/* Cache-line aligned (pool.c allocates it so): a worker writes its own
+ * fields per task, and two workers' structs must not share a line. */
 typedef struct apex__worker {
-  pthread_t thread;
+  _Alignas(APEX__CACHE_LINE) pthread_t thread;
   apex_manager_t *m;
   struct apex__worker *next;
+  struct apex__worker *idle_next; /* m->idle_head's stack (m->pool_mu) */
+  _Atomic uint32_t wake; /* futex: 0 while it sleeps idle, 1 to wake it (pool.c) */
+  /* Run states its tasks gave back, oldest first (task.c, "run states"):
+   * only this worker's thread touches the list; n_runs is atomic for
+   * readers that count them (tests, under pool_mu). */
+  struct apex__run *runs_head, *runs_tail;
+  atomic_uint n_runs;
   int exited; /* (m->pool_mu) returned from its loop, ready to join */
 } apex__worker_t;
 
@@ -257,6 +269,10 @@ typedef struct apex__worker {
  * workers, take neighbouring stripes. */
 typedef struct apex__stripe {
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t mu;
+  /* Run states of the started, not yet terminal tasks whose lock this is
+   * (the live list destroy sweeps; pool.c), guarded by mu: a task joins
+   * and leaves it under its own lock, which it holds then anyway. */
+  struct apex__run *live_head;
 } apex__stripe_t;
 
 /* Fields the submitting thread writes and fields the workers write are on
@@ -275,6 +291,9 @@ struct apex_manager {
   _Alignas(APEX__CACHE_LINE) atomic_uint refs; /* the destroyer's + one per task not yet freed */
   atomic_uint_fast64_t next_id;
   atomic_uint_fast64_t st_submitted;
+  /* The plugin the last submit named (registered, so it stays until the
+   * manager goes): a submit naming it again needs no reg_mu. */
+  _Atomic(apex__plugin_t *) last_plugin;
 
   /* registry */
   pthread_mutex_t reg_mu;
@@ -285,13 +304,16 @@ struct apex_manager {
 
   /* worker pool: run queue and workers (pool_mu). The submit path and the
    * workers' pops meet here and nowhere else: what a worker does around a
-   * handler is under live_mu, so it never delays a submit. */
+   * handler is under the task's lock and atomics, so it never delays a
+   * submit. */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
-  pthread_cond_t pool_cv;
   apex_task_t *run_head, *run_tail;
   apex__worker_t *workers;
+  apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */
-  unsigned n_idle;
+  unsigned n_idle;     /* on the idle stack */
+  unsigned n_spinning; /* idle workers watching the queue before they sleep */
+  _Atomic uint32_t run_pushes; /* tasks pushed, ever: what a spinner watches */
   unsigned n_stuck;
   size_t n_queued;      /* tasks flagged APEX__POOL_QUEUED */
   /* submitted, not terminal; raised under pool_mu, lowered before the
@@ -299,14 +321,15 @@ struct apex_manager {
   atomic_size_t n_live;
   int pool_stop;
 
-  /* started tasks and open attempts (live_mu) */
-  _Alignas(APEX__CACHE_LINE) pthread_mutex_t live_mu;
-  apex__run_t *live_head; /* run states of started tasks not yet terminal */
-  unsigned n_active;   /* open attempts (running or pending ctxs); an attempt
-                          that ends with its task leaves it before the DONE
-                          event is queued */
-  int orphaned;        /* destroy gave up waiting: last one out frees */
-  int sweeping;        /* destroy began: start no attempt */
+  /* open attempts (atomics, seq_cst where they pair up: pool.c); the
+   * started tasks are on their stripes' live lists */
+  /* Open attempts (running or pending ctxs; an attempt that ends with its
+   * task leaves it before the DONE event is queued), plus
+   * APEX__ORPHANED once destroy gave up waiting for them: the close that
+   * leaves exactly APEX__ORPHANED frees the manager. One word, so exactly
+   * one of destroy and the last close sees the other. */
+  _Alignas(APEX__CACHE_LINE) atomic_uint n_active;
+  atomic_int sweeping; /* destroy began: start no attempt */
 
   /* timers (pool_mu too: a submit queues the task and links its deadline
    * in one critical section): deadline lists and the retry heap */
@@ -323,9 +346,9 @@ struct apex_manager {
   /* events (ev_mu) */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t ev_mu;
   apex__ev_t *ev_head, *ev_tail;
-  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
+  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
   int ev_fd_armed;
 
   /* progress flushing (flush_mu) */
@@ -420,6 +443,9 @@ void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what);
 int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user);
 /* Frees m's list of ended run states (the manager is going). */
 void apex__runs_free(apex_manager_t *m);
+/* On worker w of m: gives the run states it keeps (task.c) to m's list;
+ * before the worker exits. */
+void apex__runs_flush_local(apex_manager_t *m, apex__worker_t *w);
 /* Accepts a validated full progress report from the plugin (ctx.c) for
  * r's open attempt: it replaces the task's progress state, details and
  * sub_tasks merged in (only what differs is copied). Returns APEX_OK (also
@@ -495,7 +521,7 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
  * count (if still queued), its timers, the live count, the live list (if
  * started) and, with closing (its attempt ends with it), the open
  * attempts. Wakes destroy when a count it waits for reaches zero. Under
- * the task lock (takes pool_mu, live_mu, wait_mu, one at a time). */
+ * the task lock (takes pool_mu, wait_mu, one at a time). */
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
 /* Destroy: takes every queued task out of the run queue. Returns the list
  * (linked by run_next, each holding its run-queue reference); each still
@@ -508,6 +534,9 @@ void apex__pool_count_stuck(apex_manager_t *m);
 /* From complete() on a worker of m: have the worker tear m down once its
  * handler returned. Returns 1 if deferred, 0 if not a worker of m. */
 int apex__pool_defer_teardown(apex_manager_t *m);
+/* The calling thread's worker struct if it is one of m's workers, else
+ * NULL. */
+apex__worker_t *apex__pool_self(const apex_manager_t *m);
 /* Stops and joins every worker (after the queue is empty). */
 void apex__pool_stop(apex_manager_t *m);
 /* An attempt opened/closed (counts handlers that own a ctx); on the first

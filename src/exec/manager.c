@@ -66,8 +66,6 @@ static void manager_free(apex_manager_t *m) {
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i].mu);
   pthread_mutex_destroy(&m->reg_mu);
   pthread_mutex_destroy(&m->pool_mu);
-  pthread_mutex_destroy(&m->live_mu);
-  pthread_cond_destroy(&m->pool_cv);
   pthread_mutex_destroy(&m->ev_mu);
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
@@ -155,9 +153,19 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   m->flush_interval_ns = (uint64_t)(1e9 / c.progress_rate_hz);
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i].mu, NULL);
   pthread_mutex_init(&m->reg_mu, NULL);
-  pthread_mutex_init(&m->pool_mu, NULL);
-  pthread_mutex_init(&m->live_mu, NULL);
-  pthread_cond_init(&m->pool_cv, NULL);
+  /* Adaptive (glibc): the submitting thread and the workers meet on
+   * pool_mu, for sections of tens of ns; one that finds it held spins that
+   * long rather than sleeping on a futex and being woken by the unlock
+   * (two system calls). Measured on W1 (bench/analysis.md); the other
+   * locks, held by fewer threads at once, did worse so. */
+  pthread_mutexattr_t ma;
+  if (pthread_mutexattr_init(&ma) == 0) {
+    int ok = pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP) == 0;
+    pthread_mutex_init(&m->pool_mu, ok ? &ma : NULL);
+    pthread_mutexattr_destroy(&ma);
+  } else {
+    pthread_mutex_init(&m->pool_mu, NULL);
+  }
   pthread_mutex_init(&m->ev_mu, NULL);
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);
@@ -210,9 +218,7 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
   size_t n;
   for (;;) {
     if (handlers) {
-      pthread_mutex_lock(&m->live_mu);
-      n = m->n_active;
-      pthread_mutex_unlock(&m->live_mu);
+      n = atomic_load(&m->n_active) & ~APEX__ORPHANED;
     } else {
       n = atomic_load(&m->n_live);
     }
@@ -239,23 +245,26 @@ static void cancel_queued(apex_manager_t *m) {
   }
 }
 
-/* Cancels ("shutdown") the started tasks on the live list: all of them, or
- * only those waiting to retry (all == 0). Collected under live_mu in
- * batches and cancelled without it; a cancelled task leaves the list, so
- * each pass starts again at its head, until a pass finds nothing to do. */
+/* Cancels ("shutdown") the started tasks on the live lists (one a lock
+ * stripe): all of them, or only those waiting to retry (all == 0).
+ * Collected under each stripe lock in batches and cancelled without it; a
+ * cancelled task leaves its list, so each pass starts again at the first
+ * stripe, until a pass finds nothing to do. */
 static void cancel_started(apex_manager_t *m, int all) {
   for (;;) {
     apex_task_t *batch[64];
     size_t n = 0;
-    pthread_mutex_lock(&m->live_mu);
-    for (apex__run_t *r = m->live_head; r && n < 64; r = r->live_next) {
-      /* seq_cst: pairs with the attempt end that puts a task in
-       * retry_wait and then reads shutting_down (task.c). */
-      if (!all && atomic_load(&r->task->state) != APEX_TASK_RETRY_WAIT) continue;
-      apex__task_ref(r->task);
-      batch[n++] = r->task;
+    for (int i = 0; i < APEX__LOCK_STRIPES && n < 64; i++) {
+      pthread_mutex_lock(&m->stripes[i].mu);
+      for (apex__run_t *r = m->stripes[i].live_head; r && n < 64; r = r->live_next) {
+        /* seq_cst: pairs with the attempt end that puts a task in
+         * retry_wait and then reads shutting_down (task.c). */
+        if (!all && atomic_load(&r->task->state) != APEX_TASK_RETRY_WAIT) continue;
+        apex__task_ref(r->task);
+        batch[n++] = r->task;
+      }
+      pthread_mutex_unlock(&m->stripes[i].mu);
     }
-    pthread_mutex_unlock(&m->live_mu);
     if (!n) break;
     for (size_t i = 0; i < n; i++) {
       apex__task_cancel(batch[i], APEX__CAUSE_SHUTDOWN, NULL);
@@ -267,15 +276,14 @@ static void cancel_started(apex_manager_t *m, int all) {
 apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   if (!m) return APEX_OK;
   /* 1. Under pool_mu, where submit checks it: a submit is either refused or
-   * its task is in the run queue taken below. `sweeping`, set under
-   * live_mu, makes a worker that took a task from the queue just before
-   * end it instead of running it (apex__pool_attempt_open). */
+   * its task is in the run queue taken below. `sweeping` (seq_cst, as
+   * the worker's count of its attempt and its read) makes a worker that
+   * took a task from the queue just before end it instead of running it
+   * (apex__pool_attempt_open). */
   pthread_mutex_lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
   pthread_mutex_unlock(&m->pool_mu);
-  pthread_mutex_lock(&m->live_mu);
-  m->sweeping = 1;
-  pthread_mutex_unlock(&m->live_mu);
+  atomic_store(&m->sweeping, 1);
   cancel_queued(m);
   cancel_started(m, 0);
   /* 2. */
@@ -300,16 +308,17 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   apex__runtime_stop(m);
   if (m->cfg.delivery == APEX_DELIVER_DISPATCH) apex__events_deliver(m);
   /* 7. */
-  pthread_mutex_lock(&m->live_mu);
-  unsigned active = m->n_active;
-  if (active) m->orphaned = 1;
-  pthread_mutex_unlock(&m->live_mu);
+  unsigned active = atomic_load(&m->n_active);
   if (active) {
+    /* Logged first: once the flag is set, the last handler may free m. */
     apex__log(&m->log, APEX_LOG_WARN,
               "shutdown: %u handler(s) still running %lld ms after their tasks were cancelled "
               "(they ignore cancellation); the manager is freed when the last one returns",
               active, (long long)grace_ms);
-    return APEX_E_BUSY;
+    /* Still running: the close that brings the count to zero sees the
+     * flag and tears down (apex__pool_attempt_close). All returned
+     * meanwhile: no close is left to see it, so tear down here. */
+    if (atomic_fetch_or(&m->n_active, APEX__ORPHANED) != 0) return APEX_E_BUSY;
   }
   apex__manager_teardown(m, 1);
   return APEX_OK;
@@ -664,10 +673,18 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   }
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
-  pthread_mutex_lock(&m->reg_mu);
-  apex__plugin_t *p = find_locked(m, plugin);
-  pthread_mutex_unlock(&m->reg_mu);
-  if (!p) return apex__fail(err, APEX_E_PLUGIN_NOT_FOUND, "unknown plugin '%s' (not loaded)", plugin);
+  /* A registered plugin is never removed before the manager goes, and its
+   * name never changes: the one found last is checked without reg_mu
+   * (acquire pairs with the release store below). */
+  apex__plugin_t *p = atomic_load_explicit(&m->last_plugin, memory_order_acquire);
+  if (!p || strcmp(p->desc.name, plugin) != 0) {
+    pthread_mutex_lock(&m->reg_mu);
+    p = find_locked(m, plugin);
+    pthread_mutex_unlock(&m->reg_mu);
+    if (!p)
+      return apex__fail(err, APEX_E_PLUGIN_NOT_FOUND, "unknown plugin '%s' (not loaded)", plugin);
+    atomic_store_explicit(&m->last_plugin, p, memory_order_release);
+  }
   const apex_action_desc_t *a = apex__plugin_action(p, action);
   if (!a) {
     char list[512];
@@ -818,9 +835,7 @@ static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;
   pthread_mutex_unlock(&m->pool_mu);
-  pthread_mutex_lock(&m->live_mu);
-  s->running = m->n_active;
-  pthread_mutex_unlock(&m->live_mu);
+  s->running = atomic_load(&m->n_active) & ~APEX__ORPHANED;
 }
 
 apex_status_t apex_manager_stats_v2(apex_manager_t *m, apex_stats_t *out) {

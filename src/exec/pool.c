@@ -4,14 +4,21 @@
  * cancels (with what is still queued, which it takes from the run queue).
  *
  * pool_mu guards the queue, the thread counts and the timers (runtime.c),
- * so a submit is one critical section; live_mu the live list and
- * the open-attempt count. Split so a submit contends with a worker only for
- * the pop, never for a worker's bookkeeping around a handler, which takes
- * live_mu twice a task: opening the attempt (joining the live list on the
- * first) and closing it (leaving the list when the task ended with it).
+ * so a submit is one critical section. The live list is one per lock
+ * stripe, guarded by that stripe lock, which a task's first attempt opens
+ * (joining the list) and its end (leaving it) hold anyway; the open
+ * attempts are an atomic count. So a submit contends with a worker only for
+ * the pop, and a worker's bookkeeping around a handler takes no shared
+ * lock at all.
  * A task's end (apex__pool_task_end) leaves every count before its state
  * is published: stats read once the DONE event is delivered agree with it,
- * and a resubmit right after a wait finds the room the task left.
+ * and a resubmit right after a wait finds the room the task left. Its
+ * timers are no such count: a task that ends on the worker running it
+ * leaves its deadline list in that worker's next pool_mu section (the one
+ * that pops its next task), so a task costs the worker one pool_mu
+ * section, not two.
+ * Idle workers: one at a time watches the queue briefly (spin_for_push),
+ * the others sleep on a futex word each (see futex_wait below).
  * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
  * max_stuck_workers) once queued work has no idle worker to take it, so one
@@ -21,12 +28,46 @@
  * Threads: submitters push from any thread; workers pop; the runtime thread
  * pushes retries. Failure: a replacement thread that cannot be started is
  * logged and the pool runs with fewer threads. */
+#include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "exec/internal.h"
 
 static void *worker_main(void *arg);
+
+/* Idle workers sleep on a word of their own (a futex), not on a condition
+ * variable: a submit picks one idle worker under pool_mu and wakes exactly
+ * it after unlocking, so the woken worker never wakes into a held pool_mu,
+ * and no glibc condition variable group switch makes the waker wait (which
+ * a pthread_cond_signal after the unlock can). */
+static void futex_wait(_Atomic uint32_t *w) {
+  while (!atomic_load_explicit(w, memory_order_acquire))
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, 0u, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *w) {
+  atomic_store_explicit(w, 1u, memory_order_release);
+  syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Under pool_mu: takes the most recently idle worker (its cache is the
+ * warmest) off the idle stack, for the caller to wake (wake_worker) once
+ * it unlocked; NULL when none is idle. */
+static apex__worker_t *take_idle_locked(apex_manager_t *m) {
+  apex__worker_t *w = m->idle_head;
+  if (w) {
+    m->idle_head = w->idle_next;
+    m->n_idle--;
+  }
+  return w;
+}
+
+static void wake_worker(apex__worker_t *w) {
+  if (w) futex_wake(&w->wake);
+}
 
 /* The manager a worker thread serves, and whether the handler it runs asked
  * for an orphaned manager's teardown (a deferred handler that called
@@ -34,6 +75,16 @@ static void *worker_main(void *arg);
  * own loop, never while its own frame still uses the manager. */
 static _Thread_local apex_manager_t *tls_worker_of;
 static _Thread_local int tls_teardown;
+/* The task this worker runs, and whether its end left the release of its
+ * timers to the worker's next pool_mu section (apex__pool_task_end). */
+static _Thread_local apex_task_t *tls_running;
+static _Thread_local int tls_release_owed;
+
+static _Thread_local apex__worker_t *tls_self;
+
+apex__worker_t *apex__pool_self(const apex_manager_t *m) {
+  return tls_worker_of == m ? tls_self : NULL;
+}
 
 int apex__pool_defer_teardown(apex_manager_t *m) {
   if (tls_worker_of != m) return 0;
@@ -61,8 +112,9 @@ static void reap_locked(apex_manager_t *m) {
 /* Under pool_mu. Returns 0 or an errno. */
 static int spawn_locked(apex_manager_t *m) {
   reap_locked(m);
-  apex__worker_t *w = calloc(1, sizeof *w);
-  if (!w) return ENOMEM;
+  void *mem = NULL;
+  if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex__worker_t)) != 0) return ENOMEM;
+  apex__worker_t *w = memset(mem, 0, sizeof(apex__worker_t));
   w->m = m;
   int e = pthread_create(&w->thread, NULL, worker_main, w);
   if (e) {
@@ -100,9 +152,10 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 }
 
 /* Under pool_mu: appends t to the run queue (taking the queue's
- * reference), counts it queued and wakes an idle worker. Returns 0 or the
- * errno of a stuck worker's replacement that could not start. */
-static int enqueue_locked(apex_manager_t *m, apex_task_t *t) {
+ * reference) and counts it queued; *wake is the idle worker to wake for it
+ * (wake_worker, after unlocking), or NULL. Returns 0 or the errno of a
+ * stuck worker's replacement that could not start. */
+static int enqueue_locked(apex_manager_t *m, apex_task_t *t, apex__worker_t **wake) {
   t->run_next = NULL;
   /* The back link (apex__pool_unqueue_locked): done_next is free while a
    * task is queued (never on the DONE queue and the run queue at once). */
@@ -115,8 +168,19 @@ static int enqueue_locked(apex_manager_t *m, apex_task_t *t) {
   m->run_tail = t;
   t->timer_flags |= APEX__POOL_QUEUED | APEX__POOL_LINKED;
   m->n_queued++;
-  if (m->n_idle) pthread_cond_signal(&m->pool_cv);
+  /* A spinning worker takes the task without a wakeup; wake an idle one
+   * only for tasks beyond what the spinners take. */
+  *wake = m->n_queued > m->n_spinning ? take_idle_locked(m) : NULL;
   return replace_stuck_locked(m);
+}
+
+/* After a push, pool_mu released: tells a spinning worker (which then
+ * takes pool_mu, no longer held by the pusher) and wakes the idle worker
+ * enqueue_locked chose, if any. A spinner that misses the count finds
+ * the task when it takes pool_mu after spinning. */
+static void pushed(apex_manager_t *m, apex__worker_t *wake) {
+  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
+  wake_worker(wake);
 }
 
 void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
@@ -125,8 +189,10 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
     pthread_mutex_unlock(&m->pool_mu);
     return;
   }
-  int e = enqueue_locked(m, t);
+  apex__worker_t *wake;
+  int e = enqueue_locked(m, t, &wake);
   pthread_mutex_unlock(&m->pool_mu);
+  pushed(m, wake);
   log_no_replacement(m, e);
 }
 
@@ -149,9 +215,11 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     return rc;
   }
   atomic_fetch_add(&m->n_live, 1);
-  int e = enqueue_locked(m, t);
+  apex__worker_t *wake;
+  int e = enqueue_locked(m, t, &wake);
   if (deadline) apex__deadline_link_locked(m, t);
   pthread_mutex_unlock(&m->pool_mu);
+  pushed(m, wake);
   log_no_replacement(m, e);
   return APEX_OK;
 }
@@ -167,12 +235,13 @@ apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
   return t;
 }
 
-/* Under live_mu. */
-static void unlink_live_locked(apex_manager_t *m, apex__run_t *r) {
+/* Under the stripe lock of r's task (t). */
+static void unlink_live_locked(apex_manager_t *m, apex_task_t *t, apex__run_t *r) {
+  apex__run_t **head = &m->stripes[t->id % APEX__LOCK_STRIPES].live_head;
   if (r->live_prev)
     r->live_prev->live_next = r->live_next;
-  else if (m->live_head == r)
-    m->live_head = r->live_next;
+  else if (*head == r)
+    *head = r->live_next;
   if (r->live_next) r->live_next->live_prev = r->live_prev;
   r->live_prev = r->live_next = NULL;
 }
@@ -210,43 +279,50 @@ static unsigned unqueue_locked(apex_manager_t *m, apex_task_t *t) {
 }
 
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
-  /* One pool_mu section, which releasing the timers needs anyway. */
-  unsigned refs = 0;
-  pthread_mutex_lock(&m->pool_mu);
-  if ((t->timer_flags & (APEX__POOL_QUEUED | APEX__POOL_LINKED)) ==
-      (APEX__POOL_QUEUED | APEX__POOL_LINKED)) {
-    /* Ended in the queue: it leaves it now, and no worker pops it. */
-    refs += unqueue_locked(m, t);
-  } else if (t->timer_flags & APEX__POOL_QUEUED) { /* taken by destroy's sweep */
-    t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
-    m->n_queued--;
+  /* A task that ends on the worker running it (its handler returned)
+   * leaves its deadline list in the pool_mu section where the worker pops
+   * its next task: one section a task, not two. Its timers hold no count a
+   * host reads, and one firing meanwhile finds the task terminal. Not a
+   * task that holds a retry slot (reserved room in the retry heap, which
+   * is released under the task lock as the run state may go). Such a task
+   * was popped: it is in no queue. */
+  if (tls_running == t && tls_worker_of == m && apex__retry_policy(t)->max_attempts <= 1) {
+    tls_release_owed = 1;
+  } else {
+    unsigned refs = 0;
+    pthread_mutex_lock(&m->pool_mu);
+    if ((t->timer_flags & (APEX__POOL_QUEUED | APEX__POOL_LINKED)) ==
+        (APEX__POOL_QUEUED | APEX__POOL_LINKED)) {
+      /* Ended in the queue: it leaves it now, and no worker pops it. */
+      refs += unqueue_locked(m, t);
+    } else if (t->timer_flags & APEX__POOL_QUEUED) { /* taken by destroy's sweep */
+      t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
+      m->n_queued--;
+    }
+    refs += apex__timer_release_locked(m, t);
+    pthread_mutex_unlock(&m->pool_mu);
+    if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
   }
-  refs += apex__timer_release_locked(m, t);
-  pthread_mutex_unlock(&m->pool_mu);
-  if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
-  int idle = 0;
-  if (t->run || closing) {
-    pthread_mutex_lock(&m->live_mu);
-    if (t->run) unlink_live_locked(m, t->run);
-    if (closing) idle = --m->n_active == 0;
-    pthread_mutex_unlock(&m->live_mu);
-  }
+  if (t->run) unlink_live_locked(m, t, t->run);
+  int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
   int drained = atomic_fetch_sub(&m->n_live, 1) == 1;
   if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
 }
 
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
-  pthread_mutex_lock(&m->live_mu);
-  int sweeping = m->sweeping;
-  m->n_active++;
-  if (first) {
+  /* Counted, then sweeping read, both seq_cst; destroy sets sweeping and
+   * later reads the count: either this sees sweeping, or destroy sees
+   * this attempt counted and waits for it. */
+  atomic_fetch_add(&m->n_active, 1);
+  int sweeping = atomic_load(&m->sweeping);
+  if (first) { /* under t's lock, which guards its stripe's list */
+    apex__run_t **head = &m->stripes[t->id % APEX__LOCK_STRIPES].live_head;
     apex__run_t *r = t->run;
     r->live_prev = NULL;
-    r->live_next = m->live_head;
-    if (m->live_head) m->live_head->live_prev = r;
-    m->live_head = r;
+    r->live_next = *head;
+    if (*head) (*head)->live_prev = r;
+    *head = r;
   }
-  pthread_mutex_unlock(&m->live_mu);
   return sweeping;
 }
 
@@ -256,12 +332,12 @@ int apex__pool_attempt_close(apex_manager_t *m, int was_stuck) {
     m->n_stuck--;
     pthread_mutex_unlock(&m->pool_mu);
   }
-  pthread_mutex_lock(&m->live_mu);
-  m->n_active--;
-  int last = m->n_active == 0;
-  int orphan_done = last && m->orphaned;
-  if (orphan_done) m->orphaned = 0; /* exactly one caller tears down */
-  pthread_mutex_unlock(&m->live_mu);
+  unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
+  int last = (left & ~APEX__ORPHANED) == 0;
+  /* Destroy sets the flag in the same word (no attempt opens by then):
+   * exactly one close leaves the word at the flag alone, and destroy tears
+   * down itself only if it set the flag on a zero count. */
+  int orphan_done = left == APEX__ORPHANED;
   /* Not for an orphaned manager: its destroyer returned, nobody waits. */
   if (last && !orphan_done && atomic_load(&m->shutting_down)) wake_destroyer(m);
   return orphan_done;
@@ -287,52 +363,123 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
               stuck);
 }
 
+/* Under pool_mu: pops the run queue's head, or returns NULL. */
+static apex_task_t *pop_locked(apex_manager_t *m) {
+  apex_task_t *t = m->run_head;
+  if (!t) return NULL;
+  m->run_head = t->run_next;
+  if (!m->run_head) m->run_tail = NULL;
+  if (t->timer_flags & APEX__POOL_QUEUED) { /* else it ended in the queue */
+    t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
+    m->n_queued--;
+  }
+  return t;
+}
+
+/* How long an idle worker watches the queue before it sleeps. */
+#define SPIN_NS 20000u
+
+/* Returns once a push changed m->run_pushes from seen, or SPIN_NS passed. */
+static void spin_for_push(apex_manager_t *m, uint32_t seen) {
+  uint64_t until = 0;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load_explicit(&m->run_pushes, memory_order_relaxed) != seen) return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0) {
+      uint64_t now = apex__now_ns();
+      if (!until) until = now + SPIN_NS;
+      else if (now >= until) return;
+    }
+  }
+}
+
 static void *worker_main(void *arg) {
   apex__worker_t *self = arg;
   apex_manager_t *m = self->m;
   tls_worker_of = m;
+  tls_self = self;
+  /* Set: popped by the section that ended the last task, pool_mu not
+   * held. NULL: pool_mu held. */
+  apex_task_t *t = NULL;
+  int spun = 0; /* spun since it last ran a task or slept */
   pthread_mutex_lock(&m->pool_mu);
   for (;;) {
-    /* A surplus thread (its stuck handler returned) leaves. */
-    if (m->n_threads > m->cfg.workers + m->n_stuck) break;
-    apex_task_t *t = m->run_head;
     if (!t) {
-      if (m->pool_stop) break;
-      m->n_idle++;
-      pthread_cond_wait(&m->pool_cv, &m->pool_mu);
-      m->n_idle--;
-      continue;
+      /* A surplus thread (its stuck handler returned) leaves. */
+      if (m->n_threads > m->cfg.workers + m->n_stuck) break;
+      if (!(t = pop_locked(m))) {
+        if (m->pool_stop) break;
+        if (!spun && !m->n_spinning) {
+          /* Before sleeping, watch the queue for a moment without the lock:
+           * a task pushed meanwhile is taken with no futex wake and wait,
+           * and no wake of an idle CPU (tens of us on a VM). One worker at
+           * a time: the CPU a spinner burns is what an idle one saves. */
+          spun = 1;
+          m->n_spinning++;
+          uint32_t seen = atomic_load_explicit(&m->run_pushes, memory_order_relaxed);
+          pthread_mutex_unlock(&m->pool_mu);
+          spin_for_push(m, seen);
+          pthread_mutex_lock(&m->pool_mu);
+          m->n_spinning--;
+          continue;
+        }
+        spun = 0;
+        /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
+        atomic_store_explicit(&self->wake, 0u, memory_order_relaxed);
+        self->idle_next = m->idle_head;
+        m->idle_head = self;
+        m->n_idle++;
+        pthread_mutex_unlock(&m->pool_mu);
+        futex_wait(&self->wake);
+        pthread_mutex_lock(&m->pool_mu);
+        continue;
+      }
+      pthread_mutex_unlock(&m->pool_mu);
     }
-    m->run_head = t->run_next;
-    if (!m->run_head) m->run_tail = NULL;
-    if (t->timer_flags & APEX__POOL_QUEUED) { /* else it ended in the queue */
-      t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
-      m->n_queued--;
-    }
-    pthread_mutex_unlock(&m->pool_mu);
 
+    spun = 0;
+    tls_running = t;
     int teardown = apex__task_run(t) | tls_teardown;
+    tls_running = NULL;
     tls_teardown = 0;
+    int owed = tls_release_owed;
+    tls_release_owed = 0;
+    pthread_mutex_lock(&m->pool_mu);
+    unsigned refs = owed ? apex__timer_release_locked(m, t) : 0;
+    apex_task_t *next = NULL;
+    if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) next = pop_locked(m);
+    pthread_mutex_unlock(&m->pool_mu);
+    if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
     apex__task_unref(t);
     if (teardown) {
       /* Last handler of an orphaned manager: nothing else runs now. */
+      apex__runs_flush_local(m, self);
       pthread_detach(pthread_self());
       apex__manager_teardown(m, 1);
       return NULL;
     }
-    pthread_mutex_lock(&m->pool_mu);
+    t = next;
+    if (!t) pthread_mutex_lock(&m->pool_mu);
   }
   m->n_threads--;
   self->exited = 1;
-  pthread_cond_broadcast(&m->pool_cv); /* apex__pool_stop may wait on it */
+  /* A surplus worker may have been woken for a queued task it leaves:
+   * hand that task's wakeup on. */
+  apex__worker_t *heir = m->run_head ? take_idle_locked(m) : NULL;
   pthread_mutex_unlock(&m->pool_mu);
+  wake_worker(heir);
+  /* Its kept run states to m's list (runs_mu, a leaf: after the unlock).
+   * m lives until this thread is joined, which waits for this return. */
+  apex__runs_flush_local(m, self);
   return NULL;
 }
 
 void apex__pool_stop(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   m->pool_stop = 1;
-  pthread_cond_broadcast(&m->pool_cv);
+  while (m->idle_head) wake_worker(take_idle_locked(m)); /* each finds pool_stop */
   apex__worker_t *ws = m->workers;
   m->workers = NULL;
   pthread_mutex_unlock(&m->pool_mu);

@@ -75,20 +75,75 @@ _Static_assert(sizeof(apex__run_t) <= 104, "a run state must stay in malloc's 11
  * stays a run state after its attempt ended, so a plugin's late call on it
  * is caught, not a use-after-free. FIFO with APEX__RUNS_KEEP held back, so
  * a run state is reused only after that many others ended after it; a
- * pool of them also saves a task its run state's malloc and free. */
+ * pool of them also saves a task its run state's malloc and free.
+ *
+ * A worker keeps its own FIFO of the run states it gave back (in its
+ * apex__worker_t),
+ * with the same rule (reused only past APEX__RUNS_KEEP newer ones), and
+ * moves its oldest to the manager's list RUNS_BATCH at a time: a task that
+ * starts and ends on workers takes no shared lock for its run state, and
+ * the workers do not bounce runs_mu's cache line between them. A run
+ * state moved to the manager's list had more than APEX__RUNS_KEEP newer
+ * ones behind it already, so the rule holds there too. A worker gives its
+ * FIFO to the manager before it exits (apex__runs_flush_local). */
+
+#define RUNS_BATCH 32u
+
+/* Appends the chain head..tail (n run states) to m's list, freeing the
+ * oldest past APEX__RUNS_MAX. No lock held. */
+static void runs_give(apex_manager_t *m, apex__run_t *head, apex__run_t *tail, unsigned n) {
+  apex__run_t *drop = NULL, **dtail = &drop;
+  tail->free_next = NULL;
+  pthread_mutex_lock(&m->runs_mu);
+  if (m->runs_tail)
+    m->runs_tail->free_next = head;
+  else
+    m->runs_head = head;
+  m->runs_tail = tail;
+  m->n_runs += n;
+  while (m->n_runs > APEX__RUNS_MAX) {
+    apex__run_t *d = m->runs_head;
+    m->runs_head = d->free_next;
+    m->n_runs--;
+    d->free_next = NULL;
+    *dtail = d;
+    dtail = &d->free_next;
+  }
+  pthread_mutex_unlock(&m->runs_mu);
+  while (drop) {
+    apex__run_t *next = drop->free_next;
+    free(drop);
+    drop = next;
+  }
+}
+
+void apex__runs_flush_local(apex_manager_t *m, apex__worker_t *w) {
+  unsigned n = atomic_load_explicit(&w->n_runs, memory_order_relaxed);
+  if (n) runs_give(m, w->runs_head, w->runs_tail, n);
+  w->runs_head = w->runs_tail = NULL;
+  atomic_store_explicit(&w->n_runs, 0, memory_order_relaxed);
+}
 
 /* A run state for t's first attempt, reused or new. Under t's lock
  * (runs_mu is a leaf). Returns: NULL on no memory. */
 static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
   apex__run_t *r = NULL;
-  pthread_mutex_lock(&m->runs_mu);
-  if (m->n_runs > APEX__RUNS_KEEP) {
-    r = m->runs_head;
-    m->runs_head = r->free_next;
-    if (!m->runs_head) m->runs_tail = NULL;
-    m->n_runs--;
+  apex__worker_t *w = apex__pool_self(m);
+  unsigned kept = w ? atomic_load_explicit(&w->n_runs, memory_order_relaxed) : 0;
+  if (kept > APEX__RUNS_KEEP) {
+    r = w->runs_head;
+    w->runs_head = r->free_next;
+    atomic_store_explicit(&w->n_runs, kept - 1, memory_order_relaxed);
+  } else {
+    pthread_mutex_lock(&m->runs_mu);
+    if (m->n_runs > APEX__RUNS_KEEP) {
+      r = m->runs_head;
+      m->runs_head = r->free_next;
+      if (!m->runs_head) m->runs_tail = NULL;
+      m->n_runs--;
+    }
+    pthread_mutex_unlock(&m->runs_mu);
   }
-  pthread_mutex_unlock(&m->runs_mu);
   if (r) {
     memset(&r->stuck, 0, sizeof *r - offsetof(apex__run_t, stuck));
   } else {
@@ -106,21 +161,28 @@ static apex__run_t *run_get(apex_manager_t *m, apex_task_t *t) {
 /* Gives back r, which owns nothing any more, is off the live list and
  * serves no open attempt. No lock held. */
 static void run_put(apex_manager_t *m, apex__run_t *r) {
-  apex__run_t *drop = NULL;
   r->free_next = NULL;
-  pthread_mutex_lock(&m->runs_mu);
-  if (m->runs_tail)
-    m->runs_tail->free_next = r;
-  else
-    m->runs_head = r;
-  m->runs_tail = r;
-  if (++m->n_runs > APEX__RUNS_MAX) {
-    drop = m->runs_head;
-    m->runs_head = drop->free_next;
-    m->n_runs--;
+  apex__worker_t *w = apex__pool_self(m);
+  if (!w) {
+    runs_give(m, r, r, 1);
+    return;
   }
-  pthread_mutex_unlock(&m->runs_mu);
-  free(drop);
+  unsigned kept = atomic_load_explicit(&w->n_runs, memory_order_relaxed);
+  if (kept)
+    w->runs_tail->free_next = r;
+  else
+    w->runs_head = r;
+  w->runs_tail = r;
+  if (++kept > APEX__RUNS_KEEP + RUNS_BATCH) { /* the oldest batch to m's list */
+    apex__run_t *head = w->runs_head, *tail = head;
+    for (unsigned i = 1; i < RUNS_BATCH; i++) tail = tail->free_next;
+    w->runs_head = tail->free_next;
+    kept -= RUNS_BATCH;
+    atomic_store_explicit(&w->n_runs, kept, memory_order_relaxed);
+    runs_give(m, head, tail, RUNS_BATCH);
+    return;
+  }
+  atomic_store_explicit(&w->n_runs, kept, memory_order_relaxed);
 }
 
 void apex__runs_free(apex_manager_t *m) {

@@ -1,10 +1,12 @@
 /* Run states are kept per manager for reuse (src/exec/internal.h,
- * apex__run_t): oldest first, none reused before APEX__RUNS_KEEP others
+ * apex__run_t; a worker keeps those its tasks gave back in a list of its
+ * own, task.c, which counts here too): oldest first, none reused before APEX__RUNS_KEEP others
  * ended after it (the window in which a plugin's late ctx call is caught),
  * at most APEX__RUNS_MAX kept, the rest freed, and every one freed with
  * the manager (ASan's leak check sees the last).
  *
- * Reads the manager's list under runs_mu (internal.h). Plugins: testkit
+ * Reads the manager's list under runs_mu and the workers' counts under
+ * pool_mu (internal.h). Plugins: testkit
  * and hostile (flood: one progress report keeps a task's run state
  * attached to it until the task is freed). Threads: cmocka's thread is the
  * host; the put happens on the thread that ends or frees a task, so counts
@@ -22,10 +24,20 @@
 #include "exec/internal.h"
 #include "integration/harness.h"
 
-static uint32_t n_runs(apex_manager_t *m) {
+/* The manager's list alone: the one APEX__RUNS_MAX caps. */
+static uint32_t n_runs_m(apex_manager_t *m) {
   pthread_mutex_lock(&m->runs_mu);
   uint32_t n = m->n_runs;
   pthread_mutex_unlock(&m->runs_mu);
+  return n;
+}
+
+/* Every kept run state: the manager's and the workers'. */
+static uint32_t n_runs(apex_manager_t *m) {
+  uint32_t n = n_runs_m(m);
+  pthread_mutex_lock(&m->pool_mu);
+  for (apex__worker_t *w = m->workers; w; w = w->next) n += atomic_load(&w->n_runs);
+  pthread_mutex_unlock(&m->pool_mu);
   return n;
 }
 
@@ -69,7 +81,10 @@ static void test_run_states_are_capped_and_reused_oldest_first(void **st) {
   /* Every task freed (the flush list may hold one a moment longer than
    * the host): only the destroyer's reference on m is left. */
   AWAIT(atomic_load(&m->refs) == 1, 10000);
-  assert_int_equal(n_runs(m), APEX__RUNS_MAX); /* the 500 oldest were freed */
+  /* The 500 oldest were freed (a task freed on a worker leaves its run
+   * state in that worker's list, uncapped there and counted apart). */
+  assert_int_equal(n_runs_m(m), APEX__RUNS_MAX);
+  uint32_t total = n_runs(m);
 
   /* The next task takes the oldest kept one. */
   apex__run_t *oldest = runs_head(m);
@@ -81,10 +96,10 @@ static void test_run_states_are_capped_and_reused_oldest_first(void **st) {
   assert_ptr_equal(r, oldest);
   assert_ptr_equal(apex__run_m(r), m);
   assert_int_equal(atomic_load(&r->id), apex_task_id(probe));
-  assert_int_equal(n_runs(m), APEX__RUNS_MAX - 1);
+  assert_int_equal(n_runs_m(m), APEX__RUNS_MAX - 1);
   apex_task_release(probe);
   AWAIT(atomic_load(&m->refs) == 1, 10000);
-  assert_int_equal(n_runs(m), APEX__RUNS_MAX);
+  assert_int_equal(n_runs(m), total); /* back, to m's list or a worker's */
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
