@@ -412,11 +412,16 @@ uint64_t apex__now_ns(void);
 uint64_t apex__ns_after_ms(int64_t ms);
 
 /* task.c */
+/* The stripe lock guarding t's state (one of APEX__LOCK_STRIPES, by id). */
 pthread_mutex_t *apex__task_mu(apex_task_t *t);
+/* Reference counting; any lock or none. The unref that drops the last
+ * reference frees t: never under t's own lock. */
 void apex__task_ref(apex_task_t *t);
 void apex__task_unref(apex_task_t *t);
-/* Runs one attempt of t on the calling worker thread. Returns: 1 if the
- * caller must finish tearing down an orphaned manager (apex__manager_teardown). */
+/* Runs one attempt of t on the calling worker thread; no lock held on
+ * entry (takes t's lock around the handler, never during it). Returns: 1
+ * if the caller must finish tearing down an orphaned manager
+ * (apex__manager_teardown). */
 int apex__task_run(apex_task_t *t);
 /* Ends t's open attempt with rc, from its worker: the handler's return
  * (a deferred handler's that completed already is counted as misuse), or
@@ -466,10 +471,12 @@ int apex__task_report_node(apex__run_t *r, size_t index, double pct, const char 
 /* Makes t terminal with state/error unless it already is. Returns 1 if this
  * call did it. Takes no lock on entry; error taken. */
 int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *error);
-/* t's deadline passed / its retry time came (runtime thread). */
+/* t's deadline passed / its retry time came (runtime thread, or the host's
+ * in DISPATCH mode). No lock held on entry; each takes t's lock. */
 void apex__task_on_deadline(apex_task_t *t);
 void apex__task_on_retry(apex_task_t *t, uint64_t now);
-/* Delivers t's pending progress (runtime thread or a finishing thread). */
+/* Delivers t's pending progress (runtime thread or a finishing thread). No
+ * lock held on entry; takes t's lock. */
 void apex__task_flush_progress(apex_task_t *t);
 /* Returns: t's token, made on first use; NULL only on no memory. A token
  * made after its open attempt was cancelled without one is born cancelled
@@ -527,17 +534,20 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
  * (linked by run_next, each holding its run-queue reference); each still
  * counts as queued until it ends. */
 apex_task_t *apex__pool_take_queued(apex_manager_t *m);
-/* A running task timed out: its worker may be stuck; start a replacement. */
+/* A running task timed out: its worker may be stuck; start a replacement.
+ * No lock held on entry; takes pool_mu. */
 void apex__pool_worker_stuck(apex_manager_t *m);
 /* Counts one more stuck handler; under the task lock that set t->stuck. */
 void apex__pool_count_stuck(apex_manager_t *m);
 /* From complete() on a worker of m: have the worker tear m down once its
- * handler returned. Returns 1 if deferred, 0 if not a worker of m. */
+ * handler returned. Returns 1 if deferred, 0 if not a worker of m. No lock
+ * (thread-local state). */
 int apex__pool_defer_teardown(apex_manager_t *m);
 /* The calling thread's worker struct if it is one of m's workers, else
  * NULL. */
 apex__worker_t *apex__pool_self(const apex_manager_t *m);
-/* Stops and joins every worker (after the queue is empty). */
+/* Stops and joins every worker (after the queue is empty). No lock held on
+ * entry; takes pool_mu, and joins with none held. */
 void apex__pool_stop(apex_manager_t *m);
 /* An attempt opened/closed (counts handlers that own a ctx); on the first
  * attempt (first != 0) t's run state joins the live list destroy sweeps
@@ -563,8 +573,11 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload);
 void apex__manager_unref(apex_manager_t *m);
 
 /* runtime.c */
+/* Starts / stops (joins) the runtime thread; from apex_manager_new and
+ * destroy/teardown, no lock held. Returns (start): APEX_OK or APEX_E_IO. */
 int apex__runtime_start(apex_manager_t *m);
 void apex__runtime_stop(apex_manager_t *m);
+/* Wakes the runtime thread (uv_async_send): any thread, any lock held. */
 void apex__runtime_wake(apex_manager_t *m);
 /* Under pool_mu, at submit: pins t's deadline list (deadline) and reserves
  * a retry heap slot (retry), so arming either later never allocates; all
@@ -581,28 +594,37 @@ int apex__retry_arm(apex_manager_t *m, apex_task_t *t);
  * ends. Returns the references the caller drops (after unlocking; the
  * caller holds another, so they never free t). */
 unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t);
+/* Puts t on the flush list (once) and wakes the runtime thread if the list
+ * was empty. Not under t's lock (takes flush_mu, then no other). */
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);
 /* DISPATCH mode, on the host's thread: fires the deadlines and retries now
  * due, if any. */
 void apex__timers_fire(apex_manager_t *m);
 
 /* events.c */
+/* Makes / frees the DISPATCH fds and the queues; from apex_manager_new and
+ * teardown, no lock held. Returns (init): APEX_OK or APEX_E_IO. */
 int apex__events_init(apex_manager_t *m);
 /* DISPATCH: makes the host's fd readable when timer_fd is too. */
 int apex__events_watch_timer(apex_manager_t *m, int timer_fd);
 void apex__events_fini(apex_manager_t *m);
-/* 1 if an event of type should be made for t. */
+/* 1 if an event of type should be made for t. Reads only what is
+ * immutable after submit: any lock or none. */
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type);
 /* 1 if apex_task_wait on t waits for t's DONE callback to return, not only
  * for its terminal state: LOOP mode, and t's callback wants DONE. */
 int apex__events_wait_done(apex_manager_t *m, apex_task_t *t);
-/* Queues an event node (it holds a task reference, see apex__ev_new). */
+/* Queues an event node (it holds a task reference, see apex__ev_new).
+ * Under t's lock, so a task's events keep the order of its state changes;
+ * takes ev_mu (a leaf). */
 void apex__events_push(apex_manager_t *m, apex__ev_t *node);
 /* Queues t's DONE event (taking a task reference). Under the task lock,
  * once, when t became terminal. */
 void apex__events_push_done(apex_manager_t *m, apex_task_t *t);
-/* The event callback and its user pointer for t. */
+/* The event callback and its user pointer for t (immutable: no lock). */
 apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user);
+/* Makes an ATTEMPT, PROGRESS or RETRY node for t with the next seq (taking
+ * a task reference); NULL on no memory. Under t's lock. */
 apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type);
 /* apex_manager_dispatch: fires the timers now due (DISPATCH mode), then
  * delivers every waiting event on the calling thread. Returns the count. */
@@ -611,6 +633,8 @@ int apex__events_dispatch(apex_manager_t *m);
  * task delivered (APEX__DONE_DELIVERED) once its callback returned, and in
  * LOOP mode wakes apex_task_wait callers then. Returns the count. */
 int apex__events_deliver(apex_manager_t *m);
+/* Frees a node and drops what it holds (the last task reference may go):
+ * no lock held. */
 void apex__ev_free(apex__ev_t *node);
 
 /* retry.c */
