@@ -31,7 +31,6 @@
 
 #include "apex/apex.h"
 #include "integration/harness.h"
-#include "integration/gate.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define ITER(plain, tsan) (tsan)
@@ -465,7 +464,8 @@ static void test_cancel_racing_a_retry_ends_the_task_at_once(void **st) {
   (void)st;
   const int n = ITER(600, 100), max = ITER(20000, 4000);
   apex_manager_t *m = make_manager(NULL);
-  load_gate(m); /* slow_transient: a 200 us attempt, then a transient failure */
+  /* slow_transient: a 1 ms attempt, then a transient failure */
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/shutdown_kit.so");
   apex_retry_policy_t retry = {.max_attempts = 3, .initial_interval_s = 30};
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
@@ -478,7 +478,7 @@ static void test_cancel_racing_a_retry_ends_the_task_at_once(void **st) {
   int i;
   for (i = 0; i < max && (i < n || !found[APEX_TASK_RUNNING] || !found[APEX_TASK_RETRY_WAIT]);
        i++) {
-    apex_task_t *t = submit_json(m, "gate", "slow_transient", "{\"us\": 200}", &o);
+    apex_task_t *t = submit_json(m, "shutdown_kit", "slow_transient", "{\"ms\": 1}", &o);
     spin(delay);
     int before = apex_task_state(t);
     found[before]++;

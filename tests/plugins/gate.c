@@ -7,9 +7,6 @@
  *   milestones  reports one plain update ("warm-up"), blocks on the gate as
  *               deaf_read does, then reports `count` milestones in a burst
  *               ("milestone N", N = 1..count) and returns
- *   slow_transient  sleeps `us` microseconds (deaf), then fails
- *               APEX_E_TRANSIENT: an attempt with a window a cancel can
- *               land in, for races against retries
  *
  * The test makes the FIFO (mkfifo) and opens it O_RDWR itself, so the
  * handler's open never blocks; writing one byte releases the handler.
@@ -24,7 +21,6 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "apex/plugin.h"
@@ -68,19 +64,6 @@ static int milestones(apex_ctx_t *ctx) {
   return APEX_OK;
 }
 
-static int slow_transient(apex_ctx_t *ctx) {
-  json_int_t us = json_integer_value(json_object_get(apex_ctx_params(ctx), "us"));
-  struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000L};
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-  return apex_ctx_fail(ctx, APEX_E_TRANSIENT, "failed after %lld us", (long long)us);
-}
-
-static const apex_param_spec_t k_us[] = {
-    {.name = "us", .type = APEX_PARAM_INT, .default_json = "200", .has_min = 1, .min = 0,
-     .has_max = 1, .max = 10000000},
-};
-
 static const apex_param_spec_t k_path[] = {
     {.name = "path", .type = APEX_PARAM_STRING, .required = 1, .description = "a FIFO"},
 };
@@ -95,8 +78,6 @@ static const apex_action_desc_t k_actions[] = {
      .handler = deaf_read, .kind = APEX_ACTION_BLOCKING, .params = k_path, .n_params = 1},
     {.name = "milestones", .description = "a burst of milestones once the gate opens",
      .handler = milestones, .kind = APEX_ACTION_BLOCKING, .params = k_milestones, .n_params = 2},
-    {.name = "slow_transient", .description = "a slow attempt that fails transiently",
-     .handler = slow_transient, .kind = APEX_ACTION_BLOCKING, .params = k_us, .n_params = 1},
 };
 
 static const apex_plugin_desc_t k_plugin = {
@@ -105,7 +86,7 @@ static const apex_plugin_desc_t k_plugin = {
     .version = "1.0.0",
     .description = "a handler the test releases",
     .actions = k_actions,
-    .n_actions = 3,
+    .n_actions = 2,
 };
 
 APEX_PLUGIN_DEFINE(k_plugin)
