@@ -51,9 +51,11 @@ int cli_fail(int json, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
 int cli_fail_error(int json, int code, const apex_error_t *e);
 
 /* Writes obj as one compact JSON line on stdout and flushes; once a write
- * has failed (see cli_output_failed) it writes nothing more. Ownership:
- * obj taken (NULL: prints nothing, for a failed allocation upstream). */
-void cli_emit(json_t *obj);
+ * has failed (see cli_output_failed) it writes nothing more. Returns: 0 if
+ * the line was written, -1 if not (NULL obj, no memory, output failed).
+ * Ownership: obj taken (NULL: prints nothing, for a failed allocation
+ * upstream). */
+int cli_emit(json_t *obj);
 
 /* Returns: 1 once writing or flushing stdout in cli_emit has failed (the
  * reader closed the pipe), else 0. */
@@ -137,6 +139,9 @@ typedef struct cli_progress_lines cli_progress_lines_t;
 cli_progress_lines_t *cli_progress_lines_new(void);
 /* NULL: no-op. */
 void cli_progress_lines_free(cli_progress_lines_t *pl);
+/* Forgets the tree the reader was given: a line made by cli_progress_line
+ * was not written, so the next one carries the whole tree. */
+void cli_progress_lines_lost(cli_progress_lines_t *pl);
 /* Returns: the progress line for p, the next of task's lines (a new
  * object for cli_emit), or NULL on no memory (the next line then carries
  * the whole tree). Ownership: p borrowed. */

@@ -25,8 +25,10 @@
  * State: the tree as last written (our own copy: the snapshot's is the
  * library's, immutable, and jansson's reference counts are not shared
  * between threads). Threads: the main thread (run.c dispatches there).
- * What can fail: memory (a line is then not written, as for any line; the
- * next one carries the whole tree, since the copy is dropped). */
+ * What can fail: memory, here or while the line is written (cli_emit; the
+ * caller then calls cli_progress_lines_lost): the line is not written, as
+ * for any line, and the next one carries the whole tree, since the copy is
+ * dropped. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +44,11 @@ void cli_progress_lines_free(cli_progress_lines_t *pl) {
   if (!pl) return;
   json_decref(pl->tree);
   free(pl);
+}
+
+void cli_progress_lines_lost(cli_progress_lines_t *pl) {
+  json_decref(pl->tree);
+  pl->tree = NULL;
 }
 
 /* 1 if a and b (sub_tasks arrays) have the same shape: the same number of
@@ -179,8 +186,7 @@ json_t *cli_progress_line(cli_progress_lines_t *pl, uint64_t task, const apex_pr
   }
   if (rc != 0) {
     /* The reader's tree is unknown now: the next line carries it whole. */
-    json_decref(pl->tree);
-    pl->tree = NULL;
+    cli_progress_lines_lost(pl);
     json_decref(o);
     return NULL;
   }

@@ -302,7 +302,9 @@ static void on_progress(run_t *r, const apex_event_t *ev) {
     return;
   }
   if (!r->lines && !(r->lines = cli_progress_lines_new())) return; /* memory: no line */
-  cli_emit(cli_progress_line(r->lines, ev->task_id, ev->progress));
+  json_t *line = cli_progress_line(r->lines, ev->task_id, ev->progress);
+  /* Not written: the reader never got the tree this line's changes led to. */
+  if (line && cli_emit(line) != 0) cli_progress_lines_lost(r->lines);
 }
 
 static void on_retry(run_t *r, const apex_event_t *ev) {

@@ -89,18 +89,18 @@ json_t *cli_error_json(const apex_error_t *e, int code) {
   return j;
 }
 
-void cli_emit(json_t *obj) {
-  if (!obj) return;
+int cli_emit(json_t *obj) {
+  if (!obj) return -1;
   if (g_output_failed) {
     json_decref(obj);
-    return;
+    return -1;
   }
   /* 15 significant digits: 0.05 prints as 0.05, not 0.050000000000000003. */
   char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
   json_decref(obj);
   if (!s) { /* values from plugins are checked by the library, so: memory */
     fprintf(stderr, "apex: out of memory writing a JSON line\n");
-    return;
+    return -1;
   }
   /* One line per event, flushed at once: a reader (a pipe into jq, a test)
    * sees each event as it happens, not at exit. */
@@ -108,6 +108,7 @@ void cli_emit(json_t *obj) {
   fputc('\n', stdout);
   if (fflush(stdout) != 0 || ferror(stdout)) g_output_failed = 1;
   free(s);
+  return g_output_failed ? -1 : 0;
 }
 
 int cli_exit_code(int code) {
@@ -232,7 +233,7 @@ int cli_report_load(apex_manager_t *m, int json, const char *name, int rc, const
     return cli_fail(json, rc, "cannot load plugin '%s': %s", name,
                     err ? apex_error_message(err) : apex_strerror(rc));
   *desc = apex_manager_plugin(m, name);
-  if (!*desc) return cli_fail(json, APEX_E_PLUGIN_NOT_FOUND, "plugin '%s' did not load", name);
+  if (!*desc) return cli_fail(json, APEX_E_PLUGIN_LOAD, "plugin '%s' did not load", name);
   return CLI_EXIT_OK;
 }
 
