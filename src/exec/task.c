@@ -487,18 +487,23 @@ static void oc_clear_locked(apex_manager_t *m, apex__run_t *r) {
   }
 }
 
-/* Runs fn, taken from r (t's run state) under the lock, which also marked
- * r busy and took a task reference for this. No lock held. */
-static void oc_run(apex_task_t *t, apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
+/* Runs fn, taken from r (t's run state) under the lock for attempt
+ * `attempt`, which also marked r busy and took a task reference for this.
+ * No lock held. */
+static void oc_run(apex_task_t *t, apex__run_t *r, uint32_t attempt, apex_ctx_cancel_fn fn,
+                   void *user) {
   apex__run_t *outer = tls_oc_run;
   tls_oc_run = r;
   fn(&r->ctx, user);
   tls_oc_run = outer;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  /* t->run is still r unless the attempt ended (from fn) and let r go; an
-   * attempt's end clears the mark itself. */
-  if (t->run == r) oc_clear_locked(apex__task_m(t), r);
+  /* The mark is still this call's unless the attempt ended (from fn: an
+   * attempt's end clears the mark itself) and let r go, or a retry opened
+   * another attempt on r meanwhile, whose callback may be running now. */
+  if (t->run == r && t->attempt == attempt &&
+      atomic_load_explicit(&r->attempt_open, memory_order_relaxed))
+    oc_clear_locked(apex__task_m(t), r);
   pthread_mutex_unlock(mu);
   apex__task_unref(t);
 }
@@ -527,9 +532,10 @@ static void fire_on_cancel(apex_task_t *t) {
     return;
   }
   void *user;
+  uint32_t attempt = t->attempt;
   apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
   pthread_mutex_unlock(mu);
-  oc_run(t, r, fn, user);
+  oc_run(t, r, attempt, fn, user);
 }
 
 /* Under the lock of r's task, its attempt open: 1 if an end of the attempt
@@ -575,9 +581,10 @@ int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
   r->oc_fn = fn;
   r->oc_user = user;
   void *u;
+  uint32_t attempt = t->attempt;
   apex_ctx_cancel_fn f = oc_take_locked(t, r, &u);
   pthread_mutex_unlock(mu);
-  oc_run(t, r, f, u);
+  oc_run(t, r, attempt, f, u);
   return APEX_OK;
 }
 
@@ -719,9 +726,10 @@ const char *apex__cause_name(apex__cause_t cause) {
  * (oc_fired: apex_ctx_is_cancelled and the attempt's end read it; a token
  * made later is born cancelled, apex__task_token). So a pending deferred
  * task's cancel makes no token. Returns: APEX_OK if this call cancelled t,
- * APEX_E_ALREADY if it had ended or its callback fired, 1 if it needs the
- * token (running otherwise, or it has one). */
-static int cancel_tokenless(apex_task_t *t, const char *reason, int plain) {
+ * APEX_E_ALREADY if it had ended or its callback fired (unless at_once:
+ * shutdown still ends it), 1 if it needs the token (running otherwise, or
+ * it has one). */
+static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int at_once) {
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -739,18 +747,21 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain) {
   if (st == APEX_TASK_RUNNING) {
     apex__run_t *r = t->run;
     int open = r && atomic_load_explicit(&r->attempt_open, memory_order_relaxed);
-    if (open && r->oc_fn == oc_taken) {
+    /* Shutdown ends a running task at once: that takes the token path
+     * (which ends it), whether or not its callback fired already. */
+    if (open && r->oc_fn == oc_taken && !at_once) {
       pthread_mutex_unlock(mu);
       return APEX_E_ALREADY;
     }
-    if (!open || !plain || !r->oc_fn) {
+    if (!open || !plain || !r->oc_fn || r->oc_fn == oc_taken) {
       pthread_mutex_unlock(mu);
       return 1;
     }
     void *user;
+    uint32_t attempt = t->attempt;
     apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
     pthread_mutex_unlock(mu);
-    oc_run(t, r, fn, user);
+    oc_run(t, r, attempt, fn, user);
     return APEX_OK;
   }
   apex__where_t w = where_of(t);
@@ -768,7 +779,7 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
    * comes late and is ignored); the reason text never decides it. */
   int at_once = cause == APEX__CAUSE_SHUTDOWN;
   if (!apex__task_token_peek(t)) {
-    int u = cancel_tokenless(t, reason, plain);
+    int u = cancel_tokenless(t, reason, plain, at_once);
     if (u != 1) return u;
   }
   apex_token_t *tok = apex__task_token(t);
@@ -784,6 +795,14 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   after_t a = {0};
   pthread_mutex_lock(mu);
   int st = atomic_load(&t->state);
+  /* A running attempt's cancel callback runs below (shutdown ends its task
+   * here; a task with no token for memory's sake is still told). Its open
+   * attempt holds the life reference now; this one keeps t alive after
+   * after_unlock, which may drop every other (a parent token's callback,
+   * on_token_cancel, holds none). Nothing else is read once it ran. */
+  int fire = st == APEX_TASK_RUNNING && t->run &&
+             atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed);
+  if (fire) apex__task_ref(t);
   /* A queued or backing-off task has no handler to notice the token: end
    * it now. A running one ends when its handler returns; at shutdown it
    * ends now, and the handler's late outcome is ignored. */
@@ -795,7 +814,10 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   }
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
-  fire_on_cancel(t); /* a running attempt (shutdown ended its task) */
+  if (fire) {
+    fire_on_cancel(t);
+    apex__task_unref(t);
+  }
   return rc;
 }
 

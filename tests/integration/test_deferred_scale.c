@@ -337,6 +337,26 @@ static void test_on_cancel_tokenless_cancel_still_reads_cancelled(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* Shutdown ends a running task at once even when a plain cancel already
+ * fired its callback without a token (the callback parked the ctx and never
+ * completes it): destroy returns BUSY after its grace instead of finding
+ * that task again on every pass for ever. The parked ctx, completed after,
+ * frees the orphaned manager. */
+static void test_destroy_ends_a_task_whose_callback_fired_tokenless(void **st) {
+  (void)st;
+  apex_manager_t *m = make(2, NULL);
+  apex_task_t *t = submit_to(m, "park", NULL, 600.0);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK); /* fired, parked, no token */
+  assert_int_equal(apex_task_state(t), APEX_TASK_RUNNING);
+  assert_int_equal(apex_manager_destroy(m, 0), APEX_E_BUSY);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  int (*unpark)(void) = (int (*)(void))dlsym(g_kit.dl, "pend_kit_unpark");
+  assert_non_null(unpark);
+  assert_int_equal(unpark(), 0); /* the last handler: tears the manager down */
+  apex_task_release(t);
+}
+
 /* A complete racing the cancel: the plugin completes on the worker while
  * the host cancels. Every round ends exactly once; the callback runs at
  * most once and never after complete returned (the plugin counts
@@ -464,6 +484,7 @@ int main(void) {
       cmocka_unit_test(test_on_cancel_after_cancel_runs_at_once),
       cmocka_unit_test(test_on_cancel_one_registration_per_attempt),
       cmocka_unit_test(test_on_cancel_tokenless_cancel_still_reads_cancelled),
+      cmocka_unit_test(test_destroy_ends_a_task_whose_callback_fired_tokenless),
       cmocka_unit_test(test_on_cancel_complete_racing_cancel),
       cmocka_unit_test(test_cancelled_queued_tasks_leave_the_queue),
       cmocka_unit_test(test_many_pending_deferred_tasks_cancelled_once_each),

@@ -483,6 +483,31 @@ static void test_parent_cancel_ends_queued_child_at_once(void **st) {
   destroy_ok(m);
 }
 
+/* The parent's cancel may end a queued child whose handle the host already
+ * released: the child is freed inside the parent token's callback, which
+ * must touch it no more (ASan saw a read after free there). Stats tell it
+ * ended. */
+static void test_parent_cancel_ends_released_queued_children(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  apex_manager_t *m = make_test_manager(&cfg);
+  apex_task_t *busy = submit_json(m, "hostile", "sleep", "{\"ms\": 60000}", NULL);
+  await_state(busy, APEX_TASK_RUNNING);
+  apex_token_t *parent = NULL;
+  assert_int_equal(apex_token_new(&parent), APEX_OK);
+  apex_submit_opts_t o = opts_parent(parent);
+  for (int i = 0; i < 20; i++) apex_task_release(submit_json(m, "testkit", "noop", NULL, &o));
+  assert_int_equal(apex_token_cancel(parent, "boss"), APEX_OK);
+  apex_stats_t s = stats_of(m);
+  assert_int_equal(s.cancelled, 20);
+  assert_int_equal(s.queued, 0);
+  (void)apex_task_cancel(busy, NULL);
+  wait_done(busy);
+  apex_task_release(busy);
+  apex_token_unref(parent);
+  destroy_ok(m);
+}
+
 static void test_parent_cancel_ends_running_child(void **st) {
   (void)st;
   apex_manager_t *m = make_default();
@@ -984,6 +1009,7 @@ int main(void) {
       cmocka_unit_test(test_cancel_twice_is_already),
       cmocka_unit_test(test_cancel_after_success_is_already),
       cmocka_unit_test(test_parent_cancel_ends_queued_child_at_once),
+      cmocka_unit_test(test_parent_cancel_ends_released_queued_children),
       cmocka_unit_test(test_parent_cancel_ends_running_child),
       cmocka_unit_test(test_parent_cancel_ends_queued_child_behind_running_sibling),
       cmocka_unit_test(test_timeout_of_cooperative_task_is_timed_out),

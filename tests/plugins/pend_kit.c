@@ -174,13 +174,22 @@ static int park(apex_ctx_t *ctx) {
   return APEX_PENDING;
 }
 
-static int unpark(apex_ctx_t *ctx) {
+/* Completes the parked ctx (see unpark). Exported, so a test can end it
+ * after the manager is destroyed, when no task can be submitted. Returns:
+ * 0, or -1 if nothing is parked. */
+PK_EXPORT int pend_kit_unpark(void);
+PK_EXPORT int pend_kit_unpark(void) {
   apex_ctx_t *p = atomic_exchange(&g_parked, NULL);
-  if (!p) return apex_ctx_fail(ctx, APEX_E_INVALID, "nothing parked");
+  if (!p) return -1;
   const char *why = apex_ctx_cancel_reason(p);
   apex_ctx_fail(p, APEX_E_CANCELLED, "parked %s cancelled=%d", why ? why : "(none)",
                 apex_ctx_is_cancelled(p));
   apex_ctx_complete(p, APEX_E_CANCELLED);
+  return 0;
+}
+
+static int unpark(apex_ctx_t *ctx) {
+  if (pend_kit_unpark() != 0) return apex_ctx_fail(ctx, APEX_E_INVALID, "nothing parked");
   return APEX_OK;
 }
 
