@@ -132,7 +132,8 @@ typedef struct apex_progress apex_progress_t;
  * most why_len bytes, NUL-terminated; why may be NULL). Ownership: borrowed. */
 APEX_EXTERN apex_status_t apex_progress_validate(const json_t *update, char *why, size_t why_len);
 /* Checks the C form the plugin API takes (apex_progress_update_t).
- * Returns: as apex_progress_validate. */
+ * Returns: as apex_progress_validate. Ownership: u borrowed. Thread-safety
+ * (this and the two beside it): any thread; pure functions. */
 APEX_EXTERN apex_status_t apex_progress_update_validate(const apex_progress_update_t *u, char *why,
                                                         size_t why_len);
 /* Returns: 1 if status is one of the known statuses: running, completed,
@@ -140,7 +141,8 @@ APEX_EXTERN apex_status_t apex_progress_update_validate(const apex_progress_upda
  * retry_wait, succeeded, failed, cancelled, timed_out. */
 APEX_EXTERN int apex_progress_status_is_known(const char *status);
 
-/* The per-task sequence number of this delivered update (1, 2, ...). */
+/* Returns: the per-task sequence number of this delivered update (1, 2,
+ * ...) / its percentage; 0 / 0.0 for NULL. Any thread. */
 APEX_EXTERN uint64_t apex_progress_seq(const apex_progress_t *p);
 APEX_EXTERN double apex_progress_percentage(const apex_progress_t *p);
 /* Returns: borrowed strings/JSON valid while p is; message "" when none,
@@ -251,7 +253,8 @@ typedef struct apex_manager_config {
   apex_manager_config_init_v2((cfg), sizeof(apex_manager_config_t))
 /* Returns: APEX_OK; APEX_E_INVALID (cfg untouched) if cfg is NULL or size is
  * below ABI 1's first layout or above 4096. Ownership: cfg is the caller's,
- * size bytes of it written. */
+ * size bytes of it written. Thread-safety: cfg is the caller's (any thread
+ * filling its own). */
 APEX_EXTERN apex_status_t apex_manager_config_init_v2(apex_manager_config_t *cfg, size_t size);
 /* The ABI-1 symbol, kept for programs built against 0.1.0: fills exactly
  * 0.1.0's layout. Source that names it gets the macro above. */
@@ -320,12 +323,14 @@ APEX_EXTERN apex_status_t apex_manager_load(apex_manager_t *m, const char *path,
 
 /* Loads plugin `name` unless loaded: the first NAME.so found on the search
  * path (added dirs, then APEX_PLUGIN_PATH entries, then the installed dir).
- * Returns: APEX_OK; APEX_E_PLUGIN_NOT_FOUND; or as apex_manager_load. */
+ * Returns: APEX_OK; APEX_E_PLUGIN_NOT_FOUND; or as apex_manager_load.
+ * Ownership: name borrowed; *err a new error. Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_load_named(apex_manager_t *m, const char *name,
                                                   apex_error_t **err);
 
 /* Loads every plugin on the search path (first one of each name wins).
- * Returns: APEX_OK, or the first failure (loading goes on past it). */
+ * Returns: APEX_OK, or the first failure (loading goes on past it).
+ * Ownership: *err a new error. Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_load_all(apex_manager_t *m, apex_error_t **err);
 
 /* Returns: the search path as a JSON array of directories, a new reference;
@@ -349,14 +354,18 @@ APEX_EXTERN const char *apex_manager_plugin_file(apex_manager_t *m, const char *
 
 /* Returns: the i-th action of a descriptor from apex_manager_plugin*, found
  * by its action_size stride, or NULL if d is NULL or i >= d->n_actions. A
- * field of apex_action_desc_t is there if its end is within action_size
- * (a library older than this header has a shorter struct). Ownership:
- * borrowed, valid while d is. Thread-safety: any thread. */
+ * descriptor without the field (from a 0.1.0 library) or with it 0 has
+ * 0.1.0's layout, the only one so far (docs/abi.md). A field of
+ * apex_action_desc_t is there if its end is within the stride (a library
+ * older than this header has a shorter struct). Ownership: borrowed, valid
+ * while d is. Thread-safety: any thread. */
 static inline const apex_action_desc_t *apex_plugin_desc_action(const apex_plugin_desc_t *d,
                                                                 size_t i) {
   if (!d || i >= d->n_actions) return NULL;
-  return (const apex_action_desc_t *)(const void *)((const char *)d->actions +
-                                                    i * d->action_size);
+  size_t stride = APEX_HAS_FIELD(apex_plugin_desc_t, d, action_size) && d->action_size
+                      ? d->action_size
+                      : sizeof(apex_action_desc_t);
+  return (const apex_action_desc_t *)(const void *)((const char *)d->actions + i * stride);
 }
 
 /* Per-call options of a submit. Every field's zero means the action's
@@ -392,7 +401,8 @@ typedef struct apex_submit_opts {
 #define apex_submit_opts_init(opts) apex_submit_opts_init_v2((opts), sizeof(apex_submit_opts_t))
 /* Returns: APEX_OK; APEX_E_INVALID (opts untouched) if opts is NULL or size
  * is below ABI 1's first layout or above 4096. Ownership: size bytes of opts
- * written. */
+ * written. Thread-safety: opts is the caller's (any thread filling its
+ * own). */
 APEX_EXTERN apex_status_t apex_submit_opts_init_v2(apex_submit_opts_t *opts, size_t size);
 /* The ABI-1 symbol, kept for programs built against 0.1.0: fills exactly
  * 0.1.0's layout. */
@@ -489,7 +499,8 @@ typedef struct apex_manager_stats {
 
 /* Copies the counters into ABI 1's frozen layout; kept for programs built
  * against 0.1.0. It never gains a counter: use apex_manager_stats_v2.
- * Returns: APEX_OK, APEX_E_INVALID. Any thread. */
+ * Returns: APEX_OK, APEX_E_INVALID. Ownership: out is the caller's, filled.
+ * Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out)
     APEX_DEPRECATED("use apex_manager_stats_v2 with an apex_stats_t (APEX_STATS_INIT)");
 

@@ -86,10 +86,10 @@ static void *ctx_plugin_state(apex_ctx_t *c) {
 }
 
 /* After complete() the ctx reads as cancelled ("completed"): a plugin
- * thread still working for it should stop. */
-/* A task cancelled without a token (task.c, cancel_tokenless: a plain
- * apex_task_cancel of a pending deferred task with a cancel callback)
- * shows it in its run state's oc_fired, with the reason "user". */
+ * thread still working for it should stop. A task cancelled without a
+ * token (task.c, cancel_tokenless: a plain apex_task_cancel of a pending
+ * deferred task with a cancel callback) shows it in its run state's
+ * oc_fired, with the reason "user". */
 static int ctx_is_cancelled(apex_ctx_t *c) {
   apex_task_t *t = open_task(c, "apex_ctx_is_cancelled");
   if (!t) return 1;

@@ -218,7 +218,7 @@ struct apex_task {
  * dispatch before it fires it itself. */
 #define APEX__HOST_TIMER_GRACE_NS 1000000u
 #define APEX__TIMER_DL_PINNED 0x1u  /* holds a pin on its deadline list */
-#define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (holds a reference) */
+#define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (no reference: runtime.c) */
 #define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
 /* Counted in m->n_queued: in the run queue and not yet ended. A task that
  * ends there (cancelled, timed out) leaves the queue and the count at once
@@ -321,13 +321,13 @@ struct apex_manager {
   atomic_size_t n_live;
   int pool_stop;
 
-  /* open attempts (atomics, seq_cst where they pair up: pool.c); the
-   * started tasks are on their stripes' live lists */
   /* Open attempts (running or pending ctxs; an attempt that ends with its
    * task leaves it before the DONE event is queued), plus
    * APEX__ORPHANED once destroy gave up waiting for them: the close that
    * leaves exactly APEX__ORPHANED frees the manager. One word, so exactly
-   * one of destroy and the last close sees the other. */
+   * one of destroy and the last close sees the other. Seq_cst where it
+   * pairs with sweeping (pool.c). Started tasks are on their stripes' live
+   * lists. */
   _Alignas(APEX__CACHE_LINE) atomic_uint n_active;
   atomic_int sweeping; /* destroy began: start no attempt */
 
@@ -583,8 +583,8 @@ void apex__runtime_wake(apex_manager_t *m);
  * a retry heap slot (retry), so arming either later never allocates; all
  * or nothing. Returns: APEX_OK, APEX_E_NOMEM. */
 int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
-/* Under pool_mu: links t into its pinned deadline list (taking a
- * reference), arming the timers if it is now the earliest. */
+/* Under pool_mu: links t into its pinned deadline list (the list holds no
+ * reference: runtime.c), arming the timers if it is now the earliest. */
 void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);
 /* Arms t's retry for run->retry_at_ns (taking a reference) in the slot
  * its submit reserved. Under the task lock. Returns: APEX_OK; APEX_E_NOMEM

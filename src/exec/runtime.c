@@ -231,10 +231,13 @@ void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   if (t->tnext) t->tnext->tprev = t; else l->tail = t;
   if (after) after->tnext = t; else l->head = t;
   t->timer_flags |= APEX__TIMER_DL_LINKED;
-  /* No reference for the list: a linked task is alive (its life reference
-   * goes only after finish_locked unlinked it), and fire_due takes one
-   * under pool_mu when it takes the task out. Two atomic operations per
-   * task fewer, on a line the submitter and the worker share. */
+  /* No reference for the list: a linked task is alive. Its life reference
+   * goes only after finish_locked unlinked it, or, for a task that ended
+   * on its worker (pool.c, the owed release), after the run queue's
+   * reference that worker still holds outlives the unlink in its next pop
+   * section. fire_due takes one under pool_mu when it takes the task out.
+   * Two atomic operations per task fewer, on a line the submitter and the
+   * worker share. */
   if (l->head == t) lheap_fix(m, l);
   earlier_locked(m, t->deadline_ns);
 }

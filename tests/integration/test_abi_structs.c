@@ -344,6 +344,14 @@ static void test_normalized_descriptors_step_by_action_size(void **st) {
     assert_null(apex_plugin_desc_action(d, 2));
   }
   assert_null(apex_plugin_desc_action(NULL, 0));
+  /* A descriptor in 0.1.0's layout (a 0.1.0 library's, or one written
+   * without APEX_PLUGIN_DESC_INIT: action_size 0) steps at 0.1.0's stride. */
+  static const apex_action_desc_t two[] = {{.name = "a"}, {.name = "b"}};
+  apex_plugin_desc_t old = {.struct_size = sizeof old, .actions = two, .n_actions = 2};
+  assert_string_equal(apex_plugin_desc_action(&old, 1)->name, "b");
+  old.struct_size = (uint32_t)offsetof(apex_plugin_desc_t, action_size);
+  old.action_size = 4; /* past struct_size: not read */
+  assert_string_equal(apex_plugin_desc_action(&old, 1)->name, "b");
   /* A plugin read at a foreign stride runs like any other. */
   json_t *r = NULL;
   assert_int_equal(apex_manager_execute(m, "abi_stride", "run", NULL, NULL, &r, NULL), APEX_OK);
