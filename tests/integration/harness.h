@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -71,6 +72,34 @@ static inline void load_test_plugins(apex_manager_t *m) {
                          APEX_PLUGIN_BUILD_DIR "/example_async.so"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
     assert_int_equal(apex_manager_load(m, files[i], NULL), APEX_OK);
+}
+
+/* Returns: m's counters, asserting the call succeeds. */
+static inline apex_stats_t stats_of(apex_manager_t *m) {
+  apex_stats_t s = APEX_STATS_INIT;
+  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
+  return s;
+}
+
+/* Waits (10 s at most) for t's end, asserting it came. */
+static inline void wait_done(apex_task_t *t) { assert_int_equal(apex_task_wait(t, 10000), APEX_OK); }
+
+/* Returns: 1 if t's error message contains needle, else 0 (printing the
+ * message it has). */
+static inline int error_mentions(apex_task_t *t, const char *needle) {
+  apex_error_t *e = apex_task_error(t);
+  int found = e && strstr(apex_error_message(e), needle) != NULL;
+  if (!found) print_error("error message: '%s' (want '%s')\n", apex_error_message(e), needle);
+  apex_error_unref(e);
+  return found;
+}
+
+/* Returns: submit options with an overall timeout of s seconds. */
+static inline apex_submit_opts_t opts_timeout(double s) {
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.timeout_s = s;
+  return o;
 }
 
 /* A config with `workers` workers and a silent log. */

@@ -41,8 +41,6 @@ static apex_manager_config_t rec_config(rec_t *r) {
   return cfg;
 }
 
-static void wait_done(apex_task_t *t) { assert_int_equal(apex_task_wait(t, 10000), APEX_OK); }
-
 static void destroy_ok(apex_manager_t *m) { assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK); }
 
 /* ------------------------------------------------------------------- LOOP */

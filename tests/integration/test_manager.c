@@ -36,13 +36,6 @@ static apex_manager_t *make_default(void) {
   return make_test_manager(&cfg);
 }
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
-/* Submits plugin.action with params given as JSON text (NULL: none). */
 /* Tries a submit that must fail; returns its code, the error in *err. */
 static int submit_fail(apex_manager_t *m, const char *plugin, const char *action,
                        const char *params_json, const apex_submit_opts_t *opts,
@@ -57,8 +50,6 @@ static int submit_fail(apex_manager_t *m, const char *plugin, const char *action
   return rc;
 }
 
-static void wait_done(apex_task_t *t) { assert_int_equal(apex_task_wait(t, 10000), APEX_OK); }
-
 static void await_state(apex_task_t *t, apex_task_state_t s) {
   AWAIT(apex_task_state(t) == s, PROMPT_MS);
 }
@@ -70,14 +61,6 @@ static int error_code_of(apex_task_t *t) {
   return code;
 }
 
-static int error_mentions(apex_task_t *t, const char *needle) {
-  apex_error_t *e = apex_task_error(t);
-  int found = e && strstr(apex_error_message(e), needle) != NULL;
-  if (!found) print_error("error message: '%s' (want '%s')\n", apex_error_message(e), needle);
-  apex_error_unref(e);
-  return found;
-}
-
 /* As error_mentions, without printing on a miss. */
 static int error_mentions_quietly(apex_task_t *t, const char *needle) {
   apex_error_t *e = apex_task_error(t);
@@ -87,13 +70,6 @@ static int error_mentions_quietly(apex_task_t *t, const char *needle) {
 }
 
 static void destroy_ok(apex_manager_t *m) { assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK); }
-
-static apex_submit_opts_t opts_timeout(double s) {
-  apex_submit_opts_t o;
-  apex_submit_opts_init(&o);
-  o.timeout_s = s;
-  return o;
-}
 
 /* ------------------------------------------------------ submit and wait */
 

@@ -69,12 +69,6 @@ static apex_manager_t *make_misuse(unsigned workers) {
   return m;
 }
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
 /* Sum of DONE events over ids, and asserts none was delivered twice. */
 static int dones_once(void) {
   int n = 0;

@@ -56,12 +56,6 @@ static apex_manager_t *make_manager(rec_t *r, double rate_hz) {
   return m;
 }
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
 /* ------------------------------------------------------------------ flood */
 
 typedef struct flood {

@@ -92,12 +92,6 @@ static void fx_free(fx_t *f) {
   free(f);
 }
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
 /* Runs folders.action to its end; returns the task (release it). */
 static apex_task_t *run_to_end(fx_t *f, const char *action, const char *params,
                                const apex_submit_opts_t *opts, apex_task_state_t want) {

@@ -25,12 +25,6 @@
 #include "integration/gate.h"
 #include "integration/recorder.h"
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
 static apex_manager_t *make_recording(rec_t *r, unsigned workers) {
   apex_manager_config_t cfg = base_config(workers);
   cfg.on_event = rec_on_event;

@@ -87,12 +87,6 @@ static apex_manager_t *make_manager(dones_t *d) {
   return m;
 }
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
 static uint64_t outcomes(apex_manager_t *m) {
   apex_stats_t s = stats_of(m);
   return s.succeeded + s.failed + s.cancelled + s.timed_out;

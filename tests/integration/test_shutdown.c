@@ -57,33 +57,12 @@ static apex_manager_t *kit_manager(const apex_manager_config_t *cfg) {
   return m;
 }
 
-static apex_stats_t stats_of(apex_manager_t *m) {
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  return s;
-}
-
-static apex_submit_opts_t opts_timeout(double s) {
-  apex_submit_opts_t o;
-  apex_submit_opts_init(&o);
-  o.timeout_s = s;
-  return o;
-}
-
 static int fd_readable(int fd, int timeout_ms) {
   struct pollfd p = {.fd = fd, .events = POLLIN};
   int n;
   do n = poll(&p, 1, timeout_ms);
   while (n < 0 && errno == EINTR);
   return n == 1 && (p.revents & POLLIN);
-}
-
-static int error_mentions(apex_task_t *t, const char *needle) {
-  apex_error_t *e = apex_task_error(t);
-  int found = e && strstr(apex_error_message(e), needle) != NULL;
-  if (!found) print_error("error message: '%s' (want '%s')\n", apex_error_message(e), needle);
-  apex_error_unref(e);
-  return found;
 }
 
 /* ------------------------------------------------------------- a tally */
