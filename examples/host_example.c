@@ -59,6 +59,8 @@ static void on_event(const apex_event_t *ev, void *user) {
     if (ev->error) s->error = apex_error_ref((apex_error_t *)ev->error);
     printf("task %llu: %s\n", (unsigned long long)ev->task_id, apex_task_state_name(ev->state));
     break;
+  default: /* types a host did not ask for in event_mask never come */
+    break;
   }
 }
 

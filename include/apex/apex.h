@@ -170,11 +170,15 @@ typedef enum apex_task_state {
   APEX_TASK_SUCCEEDED,
   APEX_TASK_FAILED,
   APEX_TASK_CANCELLED,
-  APEX_TASK_TIMED_OUT
+  APEX_TASK_TIMED_OUT,
+  /* Appended (values above are ABI 1's and never change): */
+  APEX_TASK_SCHEDULED /* accepted with a start time (run_at, run_after_s)
+                         that has not come yet; then queued */
 } apex_task_state_t;
 
 /* Returns: "queued", "running", "retry_wait", "succeeded", "failed",
- * "cancelled", "timed_out"; "unknown" otherwise. Static. Any thread. */
+ * "cancelled", "timed_out", "scheduled"; "unknown" otherwise. Static. Any
+ * thread. */
 APEX_EXTERN const char *apex_task_state_name(apex_task_state_t s);
 /* Returns: 1 for succeeded, failed, cancelled and timed_out. */
 APEX_EXTERN int apex_task_state_is_terminal(apex_task_state_t s);
@@ -183,7 +187,12 @@ typedef enum apex_event_type {
   APEX_EVENT_ATTEMPT = 1,  /* an attempt starts (state running) */
   APEX_EVENT_PROGRESS = 2, /* a validated, coalesced progress update */
   APEX_EVENT_RETRY = 4,    /* an attempt failed and another is scheduled */
-  APEX_EVENT_DONE = 8      /* the task reached its terminal state */
+  APEX_EVENT_DONE = 8,     /* the task reached its terminal state */
+  /* Appended: */
+  APEX_EVENT_HEARTBEAT = 16, /* the running attempt called apex_ctx_heartbeat;
+                                result holds its details (or NULL) */
+  APEX_EVENT_SCHEDULED = 32  /* a task with a start time in the future was
+                                accepted (state scheduled) */
 } apex_event_type_t;
 
 /* What a host's event callback receives. Every pointer in it is borrowed for
@@ -199,7 +208,7 @@ typedef struct apex_event {
   apex_task_state_t state;          /* the task's state after the event */
   const apex_progress_t *progress;  /* PROGRESS */
   const apex_error_t *error;        /* RETRY (this attempt), DONE (failure) */
-  const json_t *result;             /* DONE, succeeded */
+  const json_t *result;             /* DONE, succeeded; HEARTBEAT: details */
   double retry_delay_s;             /* RETRY: delay before the next attempt */
 } apex_event_t;
 
@@ -226,7 +235,10 @@ typedef struct apex_manager_config {
                                 running or waiting to retry) */
   apex_event_fn on_event;    /* NULL: no events (wait on tasks instead) */
   void *event_user;
-  unsigned event_mask;       /* apex_event_type_t bits wanted; 0: all */
+  unsigned event_mask;       /* apex_event_type_t bits wanted; 0: ATTEMPT,
+                                PROGRESS, RETRY and DONE (the types
+                                appended since come only when asked for,
+                                so an older host never sees one) */
   apex_delivery_t delivery;
   apex_log_fn log;           /* NULL: stderr */
   void *log_user;
@@ -346,16 +358,25 @@ APEX_EXTERN json_t *apex_manager_plugin_path(apex_manager_t *m);
  * apex_plugin_desc_action (which honours action_size), not actions[i].
  * Thread-safety: any thread. */
 APEX_EXTERN size_t apex_manager_plugin_count(apex_manager_t *m);
-APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin_at(apex_manager_t *m, size_t i);
+#define apex_manager_plugin_at(m, i) apex_manager_plugin_at_v2((m), (i))
+APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin_at_v2(apex_manager_t *m, size_t i);
 /* Returns: the loaded plugin named name, or NULL. */
-APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin(apex_manager_t *m, const char *name);
+#define apex_manager_plugin(m, name) apex_manager_plugin_v2((m), (name))
+APEX_EXTERN const apex_plugin_desc_t *apex_manager_plugin_v2(apex_manager_t *m,
+                                                             const char *name);
+/* The ABI-1 symbols, kept for programs built against 0.1.0: the same
+ * descriptor with its actions at 0.1.0's stride (action_size says so), as
+ * those programs index actions[i]. Source that names them gets the macros
+ * above. */
+APEX_EXTERN const apex_plugin_desc_t *(apex_manager_plugin_at)(apex_manager_t *m, size_t i);
+APEX_EXTERN const apex_plugin_desc_t *(apex_manager_plugin)(apex_manager_t *m, const char *name);
 /* Returns: the file a loaded plugin came from, or NULL. Borrowed. */
 APEX_EXTERN const char *apex_manager_plugin_file(apex_manager_t *m, const char *name);
 
 /* Returns: the i-th action of a descriptor from apex_manager_plugin*, found
  * by its action_size stride, or NULL if d is NULL or i >= d->n_actions. A
  * descriptor without the field (from a 0.1.0 library) or with it 0 has
- * 0.1.0's layout, the only one so far (docs/abi.md). A field of
+ * 0.1.0's layout (docs/abi.md). A field of
  * apex_action_desc_t is there if its end is within the stride (a library
  * older than this header has a shorter struct). Ownership: borrowed, valid
  * while d is. Thread-safety: any thread. */
@@ -391,9 +412,46 @@ typedef struct apex_submit_opts {
   void *event_user;
   /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof,
    * each new field meaning "the default" when zero (docs/abi.md). */
+  /* Scheduling (docs/scheduling.md). */
+  int32_t priority;            /* in [APEX_PRIORITY_MIN, APEX_PRIORITY_MAX],
+                                  higher runs first; 0: normal */
+  const char *concurrency_key; /* the task counts against this key's
+                                  concurrency and rate limits (copied; 1 to
+                                  255 bytes of UTF-8); NULL: the action's
+                                  concurrency_key hook's, or none */
+  const char *fairness_key;    /* tasks of one priority share the workers
+                                  round-robin by this key (copied, as
+                                  concurrency_key); NULL: the plugin's name */
+  double run_after_s;          /* start no sooner than this many seconds
+                                  after submit (state scheduled until then);
+                                  0: now */
+  double run_at;               /* start no sooner than this wall-clock time,
+                                  seconds since the Unix epoch; 0: now; a
+                                  past time runs now; one past the task's
+                                  overall deadline is refused */
+  int64_t queue_wait_ms;       /* when a max_queued bound is reached: 0 fail
+                                  at once (APEX_E_QUEUE_FULL); > 0 wait up
+                                  to that long for room; -1 wait as long as
+                                  it takes. Never on Apex's own threads */
+  /* The other three timeouts (Temporal's; timeout_s above is
+   * schedule-to-close), each in seconds, 0: the action's default,
+   * negative (APEX_TIMEOUT_NONE): none. */
+  double schedule_to_start_s;  /* from submit (or the start time) to the
+                                  first attempt's start */
+  double start_to_close_s;     /* one attempt; the retry policy decides
+                                  whether another runs */
+  double heartbeat_timeout_s;  /* longest gap between an attempt's start or
+                                  heartbeats (apex_ctx_heartbeat) */
 } apex_submit_opts_t;
 
 #define APEX_TIMEOUT_NONE (-1.0)
+
+/* Named priorities (the CLI's high, normal, low) and the accepted range. */
+#define APEX_PRIORITY_HIGH 10
+#define APEX_PRIORITY_NORMAL 0
+#define APEX_PRIORITY_LOW (-10)
+#define APEX_PRIORITY_MIN (-100)
+#define APEX_PRIORITY_MAX 100
 
 /* Fills opts with "use the action's defaults" (zeros) and struct_size =
  * sizeof as this header declares it; a macro for the reason given at
@@ -503,6 +561,72 @@ typedef struct apex_manager_stats {
  * Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_stats(apex_manager_t *m, apex_manager_stats_t *out)
     APEX_DEPRECATED("use apex_manager_stats_v2 with an apex_stats_t (APEX_STATS_INIT)");
+
+/* ----------------------------------------------------------- scheduling
+ * Limits a host sets on what runs (docs/scheduling.md). A scope names what a
+ * limit applies to; a limit set for a scope replaces the one set before (and
+ * an action descriptor's default). All take effect for the next pick of a
+ * queued task: lowering a limit never cancels running work, raising one
+ * starts waiting work at once. */
+typedef enum apex_scope {
+  APEX_SCOPE_GLOBAL = 0, /* name NULL: every task of the manager */
+  APEX_SCOPE_PLUGIN = 1, /* name "plugin" (loaded) */
+  APEX_SCOPE_ACTION = 2, /* name "plugin.action" (loaded) */
+  APEX_SCOPE_KEY = 3     /* name: a concurrency key; NULL: the default of
+                            every key that has no setting of its own */
+} apex_scope_t;
+
+/* At most limit attempts of the scope running at once (a deferred attempt
+ * holds its slot until it completes); 0 removes the limit.
+ * Returns: APEX_OK; APEX_E_INVALID with *err naming the field (a scope out
+ * of range, a name missing, malformed, or of no loaded plugin or action, a
+ * limit above APEX_LIMIT_MAX); APEX_E_NOMEM. Ownership: name copied.
+ * Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_set_concurrency(apex_manager_t *m, apex_scope_t scope,
+                                                       const char *name, uint32_t limit,
+                                                       apex_error_t **err);
+/* A token bucket: attempts of the scope start at most per_second on average
+ * and burst at once; per_second 0 removes it. A task over the rate waits in
+ * the queue, without a worker, until its token is due.
+ * Returns: as apex_manager_set_concurrency; also APEX_E_INVALID for a rate
+ * not finite, negative or above 1e9, or a burst of 0 with a rate. */
+APEX_EXTERN apex_status_t apex_manager_set_rate(apex_manager_t *m, apex_scope_t scope,
+                                                const char *name, double per_second,
+                                                uint32_t burst, apex_error_t **err);
+/* At most max tasks of the scope queued, scheduled or waiting on a limit at
+ * once; a submit past it fails with APEX_E_QUEUE_FULL or waits
+ * (apex_submit_opts_t.queue_wait_ms). 0 removes it. APEX_SCOPE_GLOBAL
+ * replaces apex_manager_config_t.max_queued's bound. Returns: as
+ * apex_manager_set_concurrency. */
+APEX_EXTERN apex_status_t apex_manager_set_max_queued(apex_manager_t *m, apex_scope_t scope,
+                                                      const char *name, size_t max,
+                                                      apex_error_t **err);
+/* The share of a fairness key (apex_submit_opts_t.fairness_key, by default
+ * the plugin's name) among the keys with tasks waiting at one priority:
+ * weight 1 (the default) to APEX_WEIGHT_MAX; 0 restores the default.
+ * Returns: as apex_manager_set_concurrency. */
+APEX_EXTERN apex_status_t apex_manager_set_weight(apex_manager_t *m, const char *fairness_key,
+                                                  uint32_t weight, apex_error_t **err);
+#define APEX_LIMIT_MAX 1000000u
+#define APEX_WEIGHT_MAX 1000u
+
+/* A scope's figures now (grows like apex_stats_t: set struct_size with
+ * APEX_SCOPE_STATS_INIT). */
+typedef struct apex_scope_stats {
+  uint32_t struct_size;
+  uint64_t scheduled;        /* waiting for their start time */
+  uint64_t queued;           /* runnable, waiting for a worker */
+  uint64_t waiting_on_limit; /* held by a concurrency limit */
+  uint64_t waiting_on_rate;  /* held by a rate limit until a token is due */
+  uint64_t running;          /* attempts open */
+  /* The first layout ends here. Append only (docs/abi.md). */
+} apex_scope_stats_t;
+#define APEX_SCOPE_STATS_INIT {.struct_size = sizeof(apex_scope_stats_t)}
+/* Returns: APEX_OK with *out filled (as apex_manager_stats_v2 does);
+ * APEX_E_INVALID for a bad scope or name (APEX_SCOPE_KEY: any key, one
+ * never used reads all zero). Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_scope_stats(apex_manager_t *m, apex_scope_t scope,
+                                                   const char *name, apex_scope_stats_t *out);
 
 /* --------------------------------------------------------------- tasks */
 /* A task handle. Every function below is safe from any thread, in any

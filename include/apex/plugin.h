@@ -111,6 +111,22 @@ typedef struct apex_action_desc {
   apex_retry_policy_t default_retry;
   uint32_t flags;
   /* ABI 1 (0.1.0) ended here. Append only, starting past 0.1.0's sizeof. */
+  /* Scheduling defaults (docs/scheduling.md); a host's own setting for the
+   * same scope wins. (The hook comes first: a uint32_t here would sit in
+   * 0.1.0's tail padding.)
+   * The concurrency key of a task submitted without one, from its validated
+   * params: writes a NUL-terminated key of at most len - 1 bytes into buf and
+   * returns 0, or returns nonzero for "no key". Runs on the submitting thread
+   * and must be quick and thread-safe (no ctx, no Apex calls). NULL: none. */
+  int (*concurrency_key)(const json_t *params, char *buf, size_t len);
+  uint32_t max_concurrency; /* attempts of this action running at once; 0:
+                               no limit */
+  uint32_t key_concurrency; /* attempts running at once per concurrency key
+                               of this action's tasks; 0: no limit */
+  /* Timeouts, seconds, 0: none (apex_submit_opts_t says what each is). */
+  double schedule_to_start_s;
+  double start_to_close_s;
+  double heartbeat_timeout_s;
 } apex_action_desc_t;
 
 typedef struct apex_host_api apex_host_api_t;
@@ -144,6 +160,11 @@ typedef struct apex_plugin_desc {
    * ends before it, means the actions have 0.1.0's layout (the only one so
    * far: docs/abi.md says what 0 means once actions grow). */
   uint32_t action_size;
+  /* APEX_PLUGIN_F_* bits; none are defined yet, so it must be 0. Appended
+   * with apex_action_desc_t's first growth: a descriptor that has it (by
+   * struct_size) and a zero action_size has that second action layout, one
+   * without it 0.1.0's (docs/abi.md). */
+  uint64_t flags;
 } apex_plugin_desc_t;
 
 /* The leading fields of a descriptor built against this header. */
@@ -242,6 +263,9 @@ struct apex_host_api {
   int (*progress_node)(apex_ctx_t *ctx, size_t index, double percentage, const char *status,
                        const char *message);
   int (*on_cancel)(apex_ctx_t *ctx, apex_ctx_cancel_fn fn, void *user);
+  int (*heartbeat)(apex_ctx_t *ctx, json_t *details);
+  json_t *(*heartbeat_details)(apex_ctx_t *ctx);
+  int (*retry_after)(apex_ctx_t *ctx, double seconds);
 };
 
 /* The public head of every ctx; the rest is the host's. */

@@ -35,6 +35,11 @@
 #define APEX__STATS_V1_MIN APEX__END_OF(apex_stats_t, late_reports)
 #define APEX__PLUGIN_DESC_V1_MIN APEX__END_OF(apex_plugin_desc_t, n_actions)
 #define APEX__ACTION_V1_SIZE APEX__V1_SIZEOF(apex_action_desc_t, flags)
+/* The second action layout (scheduling defaults and timeouts appended),
+ * which a descriptor with apex_plugin_desc_t.flags and a zero action_size
+ * has. */
+#define APEX__ACTION_V2_SIZE APEX__V1_SIZEOF(apex_action_desc_t, heartbeat_timeout_s)
+#define APEX__PLUGIN_DESC_V2_MIN APEX__END_OF(apex_plugin_desc_t, flags)
 
 /* No public struct comes near this; a larger struct_size is garbage (an
  * uninitialized struct), not a newer layout. */

@@ -65,7 +65,7 @@ struct apex_progress {
  * before any of it runs). Accepted wherever a status is, like the rest. */
 static const char *const known_statuses[] = {
     "running",    "completed", "error",  "milestone_reached", "pending", "queued",
-    "retry_wait", "succeeded", "failed", "cancelled",         "timed_out",
+    "retry_wait", "succeeded", "failed", "cancelled",         "timed_out", "scheduled",
 };
 
 /* ------------------------------------------------------------- validation */

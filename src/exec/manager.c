@@ -572,20 +572,40 @@ size_t apex_manager_plugin_count(apex_manager_t *m) {
   return n;
 }
 
-const apex_plugin_desc_t *apex_manager_plugin_at(apex_manager_t *m, size_t i) {
+static apex__plugin_t *plugin_at(apex_manager_t *m, size_t i) {
   if (!m) return NULL;
   pthread_mutex_lock(&m->reg_mu);
-  const apex_plugin_desc_t *d = i < m->n_plugins ? &m->plugins[i]->desc : NULL;
+  apex__plugin_t *p = i < m->n_plugins ? m->plugins[i] : NULL;
   pthread_mutex_unlock(&m->reg_mu);
-  return d;
+  return p;
 }
 
-const apex_plugin_desc_t *apex_manager_plugin(apex_manager_t *m, const char *name) {
+static apex__plugin_t *plugin_named(apex_manager_t *m, const char *name) {
   if (!m || !name) return NULL;
   pthread_mutex_lock(&m->reg_mu);
   apex__plugin_t *p = find_locked(m, name);
   pthread_mutex_unlock(&m->reg_mu);
+  return p;
+}
+
+const apex_plugin_desc_t *apex_manager_plugin_at_v2(apex_manager_t *m, size_t i) {
+  apex__plugin_t *p = plugin_at(m, i);
   return p ? &p->desc : NULL;
+}
+
+const apex_plugin_desc_t *apex_manager_plugin_v2(apex_manager_t *m, const char *name) {
+  apex__plugin_t *p = plugin_named(m, name);
+  return p ? &p->desc : NULL;
+}
+
+const apex_plugin_desc_t *(apex_manager_plugin_at)(apex_manager_t *m, size_t i) {
+  apex__plugin_t *p = plugin_at(m, i);
+  return p ? &p->desc_v1 : NULL;
+}
+
+const apex_plugin_desc_t *(apex_manager_plugin)(apex_manager_t *m, const char *name) {
+  apex__plugin_t *p = plugin_named(m, name);
+  return p ? &p->desc_v1 : NULL;
 }
 
 const char *apex_manager_plugin_file(apex_manager_t *m, const char *name) {

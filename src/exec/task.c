@@ -1145,7 +1145,7 @@ void apex__task_on_retry(apex_task_t *t, uint64_t now) {
 
 const char *apex_task_state_name(apex_task_state_t s) {
   static const char *const names[] = {"queued",    "running", "retry_wait", "succeeded",
-                                      "failed",    "cancelled", "timed_out"};
+                                      "failed",    "cancelled", "timed_out", "scheduled"};
   return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown";
 }
 

@@ -200,14 +200,14 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
  * sizeof(apex_action_desc_t). A zero action_size is what a plugin written
  * for 0.1.0 (".struct_size = sizeof(apex_plugin_desc_t)", no
  * APEX_PLUGIN_DESC_INIT) has once rebuilt against a newer header: its
- * actions have the layout of the header it was built with, which has not
- * grown since 0.1.0. docs/abi.md: when apex_action_desc_t first grows, a
- * field is appended to apex_plugin_desc_t too, so struct_size tells which
- * layout such a plugin's zero means.
+ * actions have the layout of the header it was built with: 0.1.0's, or
+ * the second one if its descriptor has the flags field appended with it
+ * (docs/abi.md), so struct_size tells which layout a zero means.
  * Returns: APEX_OK, or a load error naming action_size. */
 static int action_stride(const check_t *c, const apex_plugin_desc_t *d, size_t *stride) {
   if (d->struct_size < APEX__END_OF(apex_plugin_desc_t, action_size) || d->action_size == 0) {
-    *stride = APEX__ACTION_V1_SIZE;
+    *stride = d->struct_size >= APEX__PLUGIN_DESC_V2_MIN ? APEX__ACTION_V2_SIZE
+                                                         : APEX__ACTION_V1_SIZE;
     return APEX_OK;
   }
   size_t a = d->action_size;
@@ -248,6 +248,8 @@ static int read_desc(apex__plugin_t *p, const apex_plugin_desc_t *raw, apex_erro
   if (d->n_actions < 1 || d->n_actions > MAX_ACTIONS)
     return bad(&c, "n_actions %zu is outside 1..%u", d->n_actions, MAX_ACTIONS);
   if (!d->actions) return bad(&c, "actions is NULL");
+  if (d->flags)
+    return bad(&c, "flags 0x%llx: no plugin flags are defined", (unsigned long long)d->flags);
   size_t stride = 0;
   int rc = action_stride(&c, d, &stride);
   if (rc != APEX_OK) return rc;
@@ -269,6 +271,15 @@ static int read_desc(apex__plugin_t *p, const apex_plugin_desc_t *raw, apex_erro
   p->desc.struct_size = sizeof p->desc;
   p->desc.action_size = sizeof *p->actions;
   p->desc.actions = p->actions;
+  /* And in 0.1.0's, for hosts built against it, which index actions[i] at
+   * 0.1.0's stride (apex_manager_plugin's ABI-1 symbol). */
+  p->actions_v1 = malloc(d->n_actions * APEX__ACTION_V1_SIZE);
+  if (!p->actions_v1) return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", file);
+  for (size_t i = 0; i < d->n_actions; i++)
+    memcpy(p->actions_v1 + i * APEX__ACTION_V1_SIZE, &p->actions[i], APEX__ACTION_V1_SIZE);
+  p->desc_v1 = p->desc;
+  p->desc_v1.action_size = (uint32_t)APEX__ACTION_V1_SIZE;
+  p->desc_v1.actions = (const apex_action_desc_t *)(const void *)p->actions_v1;
   return APEX_OK;
 }
 
@@ -296,6 +307,7 @@ static int run_init(apex__plugin_t *p, const apex_host_api_t *api, apex_error_t 
 static void plugin_free(apex__plugin_t *p) {
   if (p->dl) dlclose(p->dl);
   free(p->actions);
+  free(p->actions_v1);
   free(p->file);
   free(p);
 }

@@ -20,6 +20,10 @@ typedef struct apex__plugin {
   apex_action_desc_t *actions;
   uint32_t desc_size;   /* the plugin's struct_size, as it built it */
   uint32_t action_stride; /* the stride its actions array was read with */
+  /* The same at 0.1.0's layout: actions_v1 holds n_actions elements of
+   * APEX__ACTION_V1_SIZE bytes (what ABI-1 hosts index). */
+  apex_plugin_desc_t desc_v1;
+  char *actions_v1;
   void *dl;     /* dlopen handle */
   char *file;   /* the path it was loaded from (owned) */
   void *state;  /* what init stored */

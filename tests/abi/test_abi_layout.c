@@ -53,9 +53,16 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
  * or past. Append a row for every field appended to a public struct. */
 #define APPENDED(A)                                                                       \
   A(apex_plugin_desc_t, action_size, abi_v1_sizeof_plugin_desc)                           \
+  A(apex_plugin_desc_t, flags, abi_v1_sizeof_plugin_desc)                                 \
   A(apex_host_api_t, progress_node, abi_v1_sizeof_host_api)                               \
   A(apex_host_api_t, on_cancel, abi_v1_sizeof_host_api)                                   \
-  A(apex_manager_config_t, shutdown_grace_ms, abi_v1_sizeof_config)
+  A(apex_manager_config_t, shutdown_grace_ms, abi_v1_sizeof_config)                      \
+  A(apex_submit_opts_t, priority, abi_v1_sizeof_submit_opts)                              \
+  A(apex_submit_opts_t, heartbeat_timeout_s, abi_v1_sizeof_submit_opts)                   \
+  A(apex_action_desc_t, concurrency_key, abi_v1_sizeof_action_desc)                       \
+  A(apex_action_desc_t, heartbeat_timeout_s, abi_v1_sizeof_action_desc)                   \
+  A(apex_host_api_t, heartbeat, abi_v1_sizeof_host_api)                                   \
+  A(apex_host_api_t, retry_after, abi_v1_sizeof_host_api)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;
