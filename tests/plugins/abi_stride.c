@@ -7,6 +7,10 @@
  *   newer_actions  action_size 24 bytes past the host's sizeof: each action
  *                  followed by three fields a newer header appended, 0xAB
  *   zero, small, huge, unaligned   action_size 0, 8, 1 MiB, sizeof + 4
+ *   zero_v1        action_size 0 in a descriptor that ends before flags (a
+ *                  header from before apex_action_desc_t grew): its actions
+ *                  at 0.1.0's stride, the scheduling fields absent
+ *   flags          flags set to a bit no host defines
  * The descriptor and the actions array each end right before an
  * inaccessible guard page, so a host that reads past struct_size, or past
  * n_actions * action_size, crashes instead of reading garbage. */
@@ -60,6 +64,12 @@ const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
     action_size = 8;
   } else if (!strcmp(mode, "huge")) {
     action_size = 1u << 20;
+  } else if (!strcmp(mode, "zero_v1")) {
+    desc_size = offsetof(apex_plugin_desc_t, flags);
+    stride = offsetof(apex_action_desc_t, concurrency_key); /* 0.1.0's sizeof */
+    action_size = 0;
+  } else if (!strcmp(mode, "flags")) {
+    /* set below */
   } else if (!strcmp(mode, "unaligned")) {
     action_size = (uint32_t)stride + 4;
   } else if (mode[0]) {
@@ -67,7 +77,8 @@ const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
   }
   char *acts = guard_alloc(0, N_ACTIONS * stride, 0xAB);
   if (!acts) return NULL;
-  for (size_t i = 0; i < N_ACTIONS; i++) memcpy(acts + i * stride, &actions[i], sizeof actions[i]);
+  size_t each = stride < sizeof actions[0] ? stride : sizeof actions[0];
+  for (size_t i = 0; i < N_ACTIONS; i++) memcpy(acts + i * stride, &actions[i], each);
   char *desc = guard_alloc(1, desc_size, 0xAB);
   if (!desc) return NULL;
   apex_plugin_desc_t d = {
@@ -79,6 +90,7 @@ const apex_plugin_desc_t *apex_plugin_entry(const apex_host_api_t *api) {
   };
   d.struct_size = (uint32_t)desc_size;
   d.action_size = action_size;
-  memcpy(desc, &d, sizeof d);
+  if (!strcmp(mode, "flags")) d.flags = 0x4;
+  memcpy(desc, &d, desc_size < sizeof d ? desc_size : sizeof d);
   return (const apex_plugin_desc_t *)(const void *)desc;
 }

@@ -1,7 +1,8 @@
 /* Unit tests of how the loader reads descriptors from other headers than
  * its own (docs/abi.md): a newer plugin's larger descriptor and larger
  * actions (read by their declared sizes, the unknown tails ignored), and
- * every bad action_size refused with a message naming the field (0 reads as 0.1.0's). The test
+ * every bad action_size refused with a message naming the field (0 reads as
+ * the layout the descriptor's size tells). The test
  * plugin abi_stride puts each object right before a guard page, so reading
  * past struct_size or past n_actions * action_size crashes the test. The
  * older direction (a 0.1.0 plugin) is test_loader.c's old_abi_small test and
@@ -99,9 +100,10 @@ static void expect_refused(const char *mode, const char *want) {
   apex_error_unref(err);
 }
 
-/* A plugin written for 0.1.0 (no APEX_PLUGIN_DESC_INIT) and rebuilt against
- * this header: action_size 0 reads its actions at 0.1.0's stride. */
-static void test_action_size_zero_reads_first_layout(void **st) {
+/* A plugin that sets struct_size without APEX_PLUGIN_DESC_INIT, built
+ * against this header: action_size 0 reads its actions at this header's
+ * stride, which its descriptor's flags field tells. */
+static void test_action_size_zero_reads_its_headers_layout(void **st) {
   (void)st;
   apex__plugin_t *p = NULL;
   apex_error_t *err = NULL;
@@ -142,12 +144,55 @@ static void test_action_size_not_a_struct_stride_refused(void **st) {
   expect_refused("unaligned", want);
 }
 
+/* The same plugin built against a header from before apex_action_desc_t
+ * grew (its descriptor ends before flags): 0.1.0's stride, and the guard
+ * page right after its last action catches a read at today's. */
+static void test_action_size_zero_before_flags_reads_first_layout(void **st) {
+  (void)st;
+  apex__plugin_t *p = NULL;
+  apex_error_t *err = NULL;
+  int rc = load("zero_v1", &p, &err);
+  if (rc != APEX_OK) fail_msg("load failed: %s", apex_error_message(err));
+  assert_int_equal(p->action_stride, APEX__ACTION_V1_SIZE);
+  assert_actions_intact(p);
+  assert_null(p->actions[0].concurrency_key);
+  assert_int_equal(p->actions[1].max_concurrency, 0);
+  assert_true(p->actions[1].heartbeat_timeout_s == 0);
+  apex__plugin_unload(p);
+  apex__plugin_free(p);
+}
+
+static void test_unknown_plugin_flags_refused(void **st) {
+  (void)st;
+  expect_refused("flags", "flags 0x4: no plugin flags are defined");
+}
+
+/* What a 0.1.0 host's apex_manager_plugin returns: the same actions at
+ * 0.1.0's stride, action_size saying so. */
+static void test_first_layout_copy_for_old_hosts(void **st) {
+  (void)st;
+  apex__plugin_t *p = NULL;
+  assert_int_equal(load(NULL, &p, NULL), APEX_OK);
+  assert_int_equal(p->desc_v1.action_size, APEX__ACTION_V1_SIZE);
+  assert_int_equal(p->desc_v1.n_actions, 2);
+  const apex_action_desc_t *second =
+      (const apex_action_desc_t *)(const void *)((const char *)p->desc_v1.actions +
+                                                 APEX__ACTION_V1_SIZE);
+  assert_string_equal(second->name, "second");
+  assert_int_equal(second->flags, APEX_ACTION_F_IDEMPOTENT);
+  apex__plugin_unload(p);
+  apex__plugin_free(p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_current_descriptor_loads),
       cmocka_unit_test(test_newer_larger_descriptor_loads_ignoring_tail),
       cmocka_unit_test(test_newer_larger_actions_read_at_their_stride),
-      cmocka_unit_test(test_action_size_zero_reads_first_layout),
+      cmocka_unit_test(test_action_size_zero_reads_its_headers_layout),
+      cmocka_unit_test(test_action_size_zero_before_flags_reads_first_layout),
+      cmocka_unit_test(test_unknown_plugin_flags_refused),
+      cmocka_unit_test(test_first_layout_copy_for_old_hosts),
       cmocka_unit_test(test_action_size_below_first_layout_refused),
       cmocka_unit_test(test_action_size_absurd_refused),
       cmocka_unit_test(test_action_size_not_a_struct_stride_refused),
