@@ -15,8 +15,10 @@
  * request (server count 0) with nothing written, cancel within 50 ms of
  * apex_task_cancel (the figure is printed; the bound asserted is a
  * generous 1 s), and no partial file after a failure, cancel or timeout;
- * progress by bytes; the descriptor's concurrency key hook (the URL's
- * host), read from the descriptor as a host does.
+ * progress by bytes; TLS verification on by default (a second server
+ * speaks HTTPS with a self-signed certificate made here for 127.0.0.1) and
+ * off when asked; the descriptor's concurrency key hook (the URL's host),
+ * read from the descriptor as a host does.
  *
  * Each test gets its own mkdtemp directory and manager (LOOP delivery into
  * a recorder that copies what it needs under its mutex).
@@ -48,6 +50,9 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "apex/apex.h"
 #include "apex/plugin.h"
@@ -64,26 +69,32 @@
 
 /* ------------------------------------------------------------------ server */
 
-static pid_t g_srv_pid = -1;
-static int g_srv_in = -1;
-static unsigned g_port;
+typedef struct server {
+  pid_t pid;
+  int in; /* its stdin's write end: closing it stops the server */
+  unsigned port;
+} server_t;
 
-/* Starts the server and reads its port. */
-static int group_setup(void **state) {
-  (void)state;
+static server_t g_srv = {-1, -1, 0};     /* plain HTTP */
+static server_t g_tls = {-1, -1, 0};     /* HTTPS with a self-signed certificate */
+static char g_tls_dir[64];
+
+/* Starts the server (with extra args, or NULL) and reads its port.
+ * Returns: 0, or -1 with a message on stderr. */
+static int server_start(server_t *srv, const char *a1, const char *a2, const char *a3) {
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return -1;
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
     if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0) _exit(126);
-    execl(APEX_HTTP_SERVER, "http_test_server", (char *)NULL);
+    execl(APEX_HTTP_SERVER, "http_test_server", a1, a2, a3, (char *)NULL);
     _exit(127);
   }
   close(in[0]);
   close(out[1]);
-  g_srv_pid = pid;
-  g_srv_in = in[1];
+  srv->pid = pid;
+  srv->in = in[1];
   char line[32] = "";
   size_t n = 0;
   while (n + 1 < sizeof line && !strchr(line, '\n')) {
@@ -95,32 +106,96 @@ static int group_setup(void **state) {
     line[n] = '\0';
   }
   close(out[0]);
-  g_port = (unsigned)strtoul(line, NULL, 10);
-  if (g_port == 0) {
+  srv->port = (unsigned)strtoul(line, NULL, 10);
+  if (srv->port == 0) {
     fprintf(stderr, "test_http: the server gave no port ('%s')\n", line);
     return -1;
   }
+  return 0;
+}
+
+static void server_stop(server_t *srv) {
+  if (srv->pid < 0) return;
+  if (srv->in >= 0) close(srv->in); /* the server's stdin ends: it stops */
+  int st = 0;
+  for (int i = 0; i < 500; i++) { /* 5 s, then for sure */
+    if (waitpid(srv->pid, &st, WNOHANG) == srv->pid) return;
+    nap_ms(10);
+  }
+  kill(srv->pid, SIGKILL);
+  waitpid(srv->pid, &st, 0);
+}
+
+/* Writes a self-signed certificate for 127.0.0.1 (subject and
+ * subjectAltName: valid for the name, trusted by nobody) and its key into
+ * dir/cert.pem and dir/key.pem. Returns: 0 or -1. */
+static int make_self_signed(const char *dir) {
+  int rc = -1;
+  EVP_PKEY *key = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  X509_EXTENSION *san = NULL;
+  FILE *f = NULL;
+  char path[128];
+  if (!key || !x) goto out;
+  X509V3_CTX v3;
+  X509_NAME *name = X509_get_subject_name(x);
+  if (X509_set_version(x, 2) != 1 || ASN1_INTEGER_set(X509_get_serialNumber(x), 1) != 1 ||
+      !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
+      !X509_gmtime_adj(X509_getm_notAfter(x), 86400) || X509_set_pubkey(x, key) != 1 ||
+      X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"127.0.0.1", -1,
+                                 -1, 0) != 1 ||
+      X509_set_issuer_name(x, name) != 1)
+    goto out;
+  X509V3_set_ctx_nodb(&v3);
+  X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+  san = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "IP:127.0.0.1");
+  if (!san || X509_add_ext(x, san, -1) != 1 || X509_sign(x, key, EVP_sha256()) <= 0) goto out;
+  snprintf(path, sizeof path, "%s/cert.pem", dir);
+  if (!(f = fopen(path, "w")) || PEM_write_X509(f, x) != 1) goto out;
+  fclose(f);
+  snprintf(path, sizeof path, "%s/key.pem", dir);
+  if (!(f = fopen(path, "w")) || PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) != 1)
+    goto out;
+  rc = 0;
+out:
+  if (f) fclose(f);
+  X509_EXTENSION_free(san);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return rc;
+}
+
+/* Starts both servers and libcurl (for server_count). */
+static int group_setup(void **state) {
+  (void)state;
+  if (server_start(&g_srv, NULL, NULL, NULL) != 0) return -1;
+  snprintf(g_tls_dir, sizeof g_tls_dir, "/tmp/apex-http-tls-XXXXXX");
+  if (!mkdtemp(g_tls_dir) || make_self_signed(g_tls_dir) != 0) return -1;
+  char cert[128], key[128];
+  snprintf(cert, sizeof cert, "%s/cert.pem", g_tls_dir);
+  snprintf(key, sizeof key, "%s/key.pem", g_tls_dir);
+  if (server_start(&g_tls, "--tls", cert, key) != 0) return -1;
   return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
 
 static int group_teardown(void **state) {
   (void)state;
   curl_global_cleanup();
-  if (g_srv_in >= 0) close(g_srv_in); /* the server's stdin ends: it stops */
-  int st = 0;
-  for (int i = 0; i < 500; i++) { /* 5 s, then for sure */
-    if (waitpid(g_srv_pid, &st, WNOHANG) == g_srv_pid) return 0;
-    nap_ms(10);
-  }
-  kill(g_srv_pid, SIGKILL);
-  waitpid(g_srv_pid, &st, 0);
+  server_stop(&g_srv);
+  server_stop(&g_tls);
+  char path[128];
+  snprintf(path, sizeof path, "%s/cert.pem", g_tls_dir);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/key.pem", g_tls_dir);
+  unlink(path);
+  rmdir(g_tls_dir);
   return 0;
 }
 
 /* out = the server's URL for path (printf-style). */
 static void url(char *out, size_t len, const char *fmt, ...) APEX_PRINTF(3, 4);
 static void url(char *out, size_t len, const char *fmt, ...) {
-  int n = snprintf(out, len, "http://127.0.0.1:%u", g_port);
+  int n = snprintf(out, len, "http://127.0.0.1:%u", g_srv.port);
   assert_true(n > 0 && (size_t)n < len);
   va_list ap;
   va_start(ap, fmt);
@@ -914,6 +989,34 @@ static void test_download_without_length_reports_bytes_and_no_total(void **state
   apex_task_release(t);
 }
 
+/* --------------------------------------------------------------------- TLS */
+
+static void test_tls_verification_is_on_by_default(void **state) {
+  fx_t *f = *state;
+  char u[256];
+  snprintf(u, sizeof u, "https://127.0.0.1:%u/text", g_tls.port);
+  apex_retry_policy_t p = quick_policy(3);
+  apex_submit_opts_t o = opts_timeout(60);
+  o.retry = &p;
+  apex_task_t *t = run(f, "get", get_params(u), &o);
+  /* Valid for the name, signed by nobody trusted: refused, and never
+   * retried (another attempt meets the same certificate). */
+  assert_end(t, APEX_TASK_FAILED, APEX_E_EXECUTION, 1, "certificate");
+  apex_task_release(t);
+}
+
+static void test_tls_verification_can_be_turned_off(void **state) {
+  fx_t *f = *state;
+  char u[256];
+  snprintf(u, sizeof u, "https://127.0.0.1:%u/text", g_tls.port);
+  apex_task_t *t = run(f, "get", json_pack("{s:s, s:b}", "url", u, "verify_tls", 0), NULL);
+  assert_end(t, APEX_TASK_SUCCEEDED, APEX_OK, 1, NULL);
+  json_t *r = apex_task_result(t);
+  assert_string_equal(json_string_value(json_object_get(r, "body")), "h\xc3\xa9llo, w\xc3\xb6rld\n");
+  json_decref(r);
+  apex_task_release(t);
+}
+
 /* ------------------------------------------------------- concurrency key */
 
 /* The descriptor as a host reads it: the hook is the action's own. */
@@ -984,6 +1087,8 @@ int main(void) {
       T(test_download_stall_is_transient),
       T(test_download_reports_progress_by_bytes),
       T(test_download_without_length_reports_bytes_and_no_total),
+      T(test_tls_verification_is_on_by_default),
+      T(test_tls_verification_can_be_turned_off),
       T(test_concurrency_key_is_the_urls_host),
 #undef T
   };

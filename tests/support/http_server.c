@@ -1,12 +1,13 @@
 /* http_test_server: the loopback HTTP server the http plugin's tests (and
  * bench W11) run against, on libmicrohttpd (no HTTP parsing of our own).
  *
- * Usage: http_test_server
+ * Usage: http_test_server [--tls CERT.pem KEY.pem]
  *   Listens on 127.0.0.1 at a port the kernel picks, prints that port and a
  *   newline on stdout (then nothing else there), and serves until its stdin
  *   reaches end of file or it gets SIGTERM/SIGINT: a test starts it with a
  *   pipe on stdin and reads the port, and the server also goes away when the
- *   test dies (its end of the pipe closes).
+ *   test dies (its end of the pipe closes). With --tls it speaks HTTPS with
+ *   that certificate and key (libmicrohttpd's GnuTLS), same routes.
  *
  * Routes (GET; every request but /count's that carries ?key=K is counted
  * under K):
@@ -266,7 +267,36 @@ static void on_signal(int sig) {
   if (g_wake[1] >= 0) (void)!write(g_wake[1], "x", 1);
 }
 
-int main(void) {
+/* Reads a whole small file. Returns: a NUL-terminated copy (free it), or
+ * NULL. */
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&buf, &len);
+  char chunk[4096];
+  size_t n;
+  while (mem && (n = fread(chunk, 1, sizeof chunk, f)) > 0) fwrite(chunk, 1, n, mem);
+  fclose(f);
+  if (!mem) return NULL;
+  fclose(mem);
+  return buf;
+}
+
+int main(int argc, char **argv) {
+  char *cert = NULL, *key = NULL;
+  if (argc == 4 && strcmp(argv[1], "--tls") == 0) {
+    cert = slurp(argv[2]);
+    key = slurp(argv[3]);
+    if (!cert || !key) {
+      fprintf(stderr, "http_test_server: cannot read %s or %s\n", argv[2], argv[3]);
+      return 1;
+    }
+  } else if (argc != 1) {
+    fprintf(stderr, "usage: http_test_server [--tls CERT.pem KEY.pem]\n");
+    return 1;
+  }
   for (size_t i = 0; i < sizeof g_pattern; i++) g_pattern[i] = (unsigned char)(i % PATTERN_PERIOD);
   signal(SIGPIPE, SIG_IGN);
   if (pipe(g_wake) != 0) return 1;
@@ -276,10 +306,17 @@ int main(void) {
 
   struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  struct MHD_Daemon *d = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG, 0,
-      NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)120, MHD_OPTION_END);
+  unsigned flags =
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+  struct MHD_Daemon *d =
+      cert ? MHD_start_daemon(flags | MHD_USE_TLS, 0, NULL, NULL, on_request, NULL,
+                              MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)120,
+                              MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_MEM_KEY, key,
+                              MHD_OPTION_END)
+           : MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
+                              (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_TIMEOUT,
+                              (unsigned int)120, MHD_OPTION_END);
   if (!d) {
     fprintf(stderr, "http_test_server: cannot start the daemon\n");
     return 1;
@@ -306,5 +343,7 @@ int main(void) {
     }
   }
   MHD_stop_daemon(d);
+  free(cert);
+  free(key);
   return 0;
 }
