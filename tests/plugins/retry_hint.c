@@ -4,16 +4,24 @@
  *          attempt == succeed_on (0: never succeeds), giving the hint
  *          `hint_s` (absent: none) before each failure, or only on the
  *          attempts listed in `hint_on` when that is given. On success the
- *          result is {"attempt": N}. With deferred=true it does the same from
+ *          result is {"attempt": N, "waited_ms": W}, W the time from the
+ *          end of the last failed attempt to this one's start, by this
+ *          plugin's clock (-1: no earlier attempt). With deferred=true it does the same from
  *          inside its handler, through apex_ctx_complete.
  *   bad    calls apex_ctx_retry_after with -1, NaN and +inf and returns
  *          their codes as {"neg", "nan", "inf"}; then gives a valid hint
  *          of 0 and reports its code as "zero".
  *
- * Threads: handlers run on host workers. No plugin state.
+ * Threads: handlers run on host workers; the table of attempt end times
+ * is guarded by its mutex.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
+
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "apex/plugin.h"
 
@@ -23,14 +31,48 @@ static int code_of(const char *name) {
   return APEX_E_TRANSIENT;
 }
 
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* When each task's last failed attempt ended (by this plugin's clock), so
+ * the next attempt can tell how long it waited: a few slots, reused by
+ * task id (tests run a handful of tasks at a time). */
+#define SLOTS 64
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+  uint64_t task, end_ns;
+} g_ends[SLOTS];
+
+static void note_end(uint64_t task) {
+  pthread_mutex_lock(&g_mu);
+  g_ends[task % SLOTS].task = task;
+  g_ends[task % SLOTS].end_ns = now_ns();
+  pthread_mutex_unlock(&g_mu);
+}
+
+/* Returns: ms since task's last failed attempt ended, or -1: none. */
+static double waited_ms(uint64_t task) {
+  double ms = -1;
+  pthread_mutex_lock(&g_mu);
+  if (g_ends[task % SLOTS].task == task)
+    ms = (double)(now_ns() - g_ends[task % SLOTS].end_ns) / 1e6;
+  pthread_mutex_unlock(&g_mu);
+  return ms;
+}
+
 /* One attempt's outcome: APEX_OK with a result, or the failure (after the
  * hint, when this attempt gives one). */
 static int attempt_outcome(apex_ctx_t *ctx) {
   json_t *p = apex_ctx_params(ctx);
   uint32_t attempt = apex_ctx_attempt(ctx);
+  uint64_t task = apex_ctx_task_id(ctx);
   json_int_t succeed_on = json_integer_value(json_object_get(p, "succeed_on"));
   if (succeed_on > 0 && (json_int_t)attempt >= succeed_on) {
-    apex_ctx_set_result(ctx, json_pack("{s:i}", "attempt", (int)attempt));
+    apex_ctx_set_result(ctx, json_pack("{s:i, s:f}", "attempt", (int)attempt, "waited_ms",
+                                       waited_ms(task)));
     return APEX_OK;
   }
   json_t *hint = json_object_get(p, "hint_s");
@@ -47,7 +89,9 @@ static int attempt_outcome(apex_ctx_t *ctx) {
     if (rc != APEX_OK) return apex_ctx_fail(ctx, APEX_E_EXECUTION, "retry_after refused: %d", rc);
   }
   int code = code_of(json_string_value(json_object_get(p, "code")));
-  return apex_ctx_fail(ctx, code, "attempt %u fails on purpose", attempt);
+  int rc = apex_ctx_fail(ctx, code, "attempt %u fails on purpose", attempt);
+  note_end(task); /* the last thing before the attempt ends */
+  return rc;
 }
 
 static int fail(apex_ctx_t *ctx) {

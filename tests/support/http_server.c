@@ -33,7 +33,9 @@
  *   /text                 a small UTF-8 text body (with non-ASCII letters).
  *   /header/NAME          the value of the request's header NAME as the body
  *                         (404 without it).
- *   /count?key=K          the number of requests counted under K, as text.
+ *   /count?key=K          "N SPAN": the number of requests counted under K and
+ *                         the microseconds from the first of them to the
+ *                         last (as the server's clock saw them arrive).
  *   anything else         404.
  *
  * Threads: libmicrohttpd's thread per connection (so a slow body sleeps on
@@ -73,17 +75,27 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
   char key[64];
   unsigned long n;
+  int64_t first_us, last_us; /* CLOCK_MONOTONIC of the first and last hit */
 } g_counts[MAX_KEYS];
+
+static int64_t mono_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 /* Counts one request under key. Returns: the count after it (1 for the
  * first), 0 if the table is full. */
 static unsigned long count_hit(const char *key) {
   unsigned long n = 0;
+  int64_t now = mono_us();
   pthread_mutex_lock(&g_mu);
   for (int i = 0; i < MAX_KEYS; i++) {
     if (g_counts[i].key[0] == '\0') snprintf(g_counts[i].key, sizeof g_counts[i].key, "%s", key);
     if (strcmp(g_counts[i].key, key) == 0) {
       n = ++g_counts[i].n;
+      if (n == 1) g_counts[i].first_us = now;
+      g_counts[i].last_us = now;
       break;
     }
   }
@@ -91,11 +103,17 @@ static unsigned long count_hit(const char *key) {
   return n;
 }
 
-static unsigned long count_of(const char *key) {
+/* The count under key, and the microseconds from its first hit to its
+ * last in *span_us. */
+static unsigned long count_of(const char *key, int64_t *span_us) {
   unsigned long n = 0;
+  *span_us = 0;
   pthread_mutex_lock(&g_mu);
   for (int i = 0; i < MAX_KEYS && g_counts[i].key[0]; i++)
-    if (strcmp(g_counts[i].key, key) == 0) n = g_counts[i].n;
+    if (strcmp(g_counts[i].key, key) == 0) {
+      n = g_counts[i].n;
+      *span_us = g_counts[i].last_us - g_counts[i].first_us;
+    }
   pthread_mutex_unlock(&g_mu);
   return n;
 }
@@ -249,8 +267,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return v ? send_text(c, MHD_HTTP_OK, v, NULL) : send_text(c, MHD_HTTP_NOT_FOUND, "", NULL);
   }
   if (strcmp(url, "/count") == 0) {
-    char text[32];
-    snprintf(text, sizeof text, "%lu", key ? count_of(key) : 0ul);
+    char text[64];
+    int64_t span = 0;
+    unsigned long n = key ? count_of(key, &span) : 0ul;
+    snprintf(text, sizeof text, "%lu %lld", n, (long long)span);
     return send_text(c, MHD_HTTP_OK, text, NULL);
   }
   return send_text(c, MHD_HTTP_NOT_FOUND, "not found\n", NULL);
