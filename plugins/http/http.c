@@ -39,8 +39,10 @@
  *
  * Threads: curl_global_init runs in the plugin's init hook and
  * curl_global_cleanup in its shutdown (the host calls them once per load,
- * on its loading and destroying threads); each call then owns its easy and
- * multi handles, its buffers and its file on one worker thread.
+ * on its loading and destroying threads; both are thread-safe in Debian
+ * 12's libcurl, whose features include "threadsafe", so managers may load
+ * the plugin concurrently); each call then owns its easy and multi
+ * handles, its buffers and its file on one worker thread.
  * http_concurrency_key runs on the submitting thread and uses only a
  * CURLU handle of its own. Nothing here aborts or prints.
  */
@@ -276,6 +278,13 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *user) {
   size_t n = size * nmemb;
   if (!status_ok(x)) return 0;
   if (x->kind == SINK_MEMORY) {
+    curl_off_t cl = -1;
+    if (x->len == 0 && !x->truncate &&
+        curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
+        cl > (curl_off_t)x->max) {
+      x->over_cap = 1; /* its Content-Length says so: not a byte more is read */
+      return 0;
+    }
     size_t room = x->max - x->len;
     size_t take = n <= room ? n : room;
     if (n > room) {
