@@ -60,6 +60,9 @@ TARGETS = [
     ("W7", (1, "apex", "bytes_per_task", 1000000), "<=", 250,
      "a pending task in at most 250 bytes"),
     ("W8", (1, "apex", "wall_ms"), "<=", (0.2, "python", "wall_ms"), ""),
+    # Issue 10: the http plugin's download keeps up with curl itself.
+    ("W11", (1, "apex", "mib_per_s"), ">=", (0.9, "curl", "mib_per_s"),
+     "http.download against curl -o, same server, same run"),
 ]
 
 # Which way is better for each figure; figures not listed get no ratio.
@@ -69,13 +72,14 @@ BETTER = {
     "p999": "lower", "bytes_per_task": "lower", "ns_per_update": "lower",
     "cpu_ns_per_update": "lower", "host_cpu_ms": "lower",
     "wall_ms": "lower", "cpu_ms": "lower", "peak_rss_kb": "lower",
+    "mib_per_s": "higher",
 }
 # Figures that grow with SIZE: compared between peers only at equal sizes.
 SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 # A flag holds only if it held in every run: its summary is the minimum.
 FLAGS = {"final"}
 
-WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8"]
+WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W11"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -87,13 +91,14 @@ WORKLOAD_TITLE = {
     "W6t": "W6t: progress of a 1,000-node sub-task tree, one node per report",
     "W7": "W7: pending deferred tasks with a timeout, cancelled in random order",
     "W8": "W8: start-up of a one-shot command",
+    "W11": "W11: a 1 GiB download from a loopback server, http.download against curl -o",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "libuv", "libuv_prealloc", "glib", "gtask",
-              "floor", "asyncio", "python"]
+              "floor", "asyncio", "python", "apex_fsync", "curl"]
 # CPU right after the wall figures it was measured with.
 FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task",
                 "bytes_per_task", "ns_per_update", "cpu_ns_per_update", "delivered",
-                "host_cpu_ms", "final", "wall_ms", "cpu_ms", "peak_rss_kb"]
+                "host_cpu_ms", "final", "mib_per_s", "wall_ms", "cpu_ms", "peak_rss_kb"]
 META_ORDER = [
     ("date", "date (UTC)"), ("cpu", "CPU"), ("nproc", "cores"), ("kernel", "kernel"),
     ("os", "OS"), ("gcc", "compiler"), ("libuv", "libuv"), ("glib", "GLib"),

@@ -13,7 +13,8 @@ what it was asked (bench/README.md): that becomes a `skipped="..."` line, not
 a failure (a peer whose build lacks an API the workload needs says so that
 way). W8 (start-up) is measured here: the driver launches `apex run ...` and
 `python3 -c 'import asyncio'` itself and reads their peak RSS and CPU time
-from wait4.
+from wait4. So is W11 (a download from the http tests' loopback server by
+`apex run http.download` and by `curl -o`).
 
 Which peer runs which workload comes from bench/tiny.txt (the tiny runs CTest
 makes), so the two never disagree; --tiny also takes its sizes from there.
@@ -29,6 +30,7 @@ import platform
 import re
 import select
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -52,10 +54,14 @@ FULL_SIZES = {
     "W6t": {"*": 1000000, "apex_full": 5000},
     "W7": [1000, 10000, 100000, 1000000],
     "W8": 10,  # launches of each program per run, the driver's own workload
+    "W11": 1 << 30,  # bytes of the download, the driver's own workload
 }
-WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8"]
+WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W11"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
+TINY_W11_BYTES = 16 << 20
+# W11's peers: what downloads the body (bench/README.md).
+W11_PEERS = ("apex", "apex_fsync", "curl")
 TIMEOUT_S = 120
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,7 +161,7 @@ def w8_argv(build, peer):
 def make_plan(build, tiny, only):
     rows = read_tiny(TINY_FILE)
     for r in rows:
-        if r[1] not in FULL_SIZES or r[1] == "W8":
+        if r[1] not in FULL_SIZES or r[1] in ("W8", "W11"):
             raise SystemExit(f"tiny.txt names workload {r[1]}, which run.py does not know")
     plan = []
     for w in WORKLOADS:
@@ -164,6 +170,10 @@ def make_plan(build, tiny, only):
         if w == "W8":
             launches = TINY_W8_LAUNCHES if tiny else FULL_SIZES["W8"]
             plan += [Plan(w, launches, p, w8_argv(build, p)) for p in ("apex", "python")]
+            continue
+        if w == "W11":
+            size = TINY_W11_BYTES if tiny else FULL_SIZES["W11"]
+            plan += [Plan(w, size, p, [build]) for p in W11_PEERS]
             continue
         entries = []
         for prog, workload, tsize, variant, peer in rows:
@@ -422,6 +432,79 @@ def run_w8(p, k, env, timeout):
                              "unit=kB", f"run={k}"])], None
 
 
+def start_http_server(build):
+    """(process, port) of the http tests' loopback server (tests/support/
+    http_server.c): it prints its port, and stops when its stdin closes."""
+    exe = os.path.join(build, "tests", "http_test_server")
+    if not os.access(exe, os.X_OK):
+        raise OSError(f"not built: {exe}")
+    srv = subprocess.Popen([exe], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    ready, _, _ = select.select([srv.stdout], [], [], 10)
+    line = srv.stdout.readline() if ready else b""
+    if not line.strip().isdigit():
+        stop_http_server(srv)
+        raise OSError("the http test server gave no port")
+    return srv, int(line)
+
+
+def stop_http_server(srv):
+    try:
+        srv.stdin.close()
+        srv.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        kill_group(srv.pid)
+        srv.wait()
+
+
+def run_w11(p, k, env, timeout):
+    """W11, measured here: one download of p.size bytes from the loopback
+    test server into a file beside the results, by `apex run http.download`
+    (fsync off, as curl does; apex_fsync: the default, fsync on) or by
+    `curl -o`; wall and CPU time from wait4 (the server's CPU is in
+    neither; no peak RSS: a spawned child's counts the driver's own from
+    before its exec). The file is checked for its size, then removed."""
+    build = p.argv[0]
+    apex = os.path.join(build, "bin", "apex")
+    if p.peer.startswith("apex") and not os.access(apex, os.X_OK):
+        return [], f"not built: {apex}"
+    curl = shutil.which("curl")
+    if p.peer == "curl" and not curl:
+        return [], "curl not installed"
+    try:
+        srv, port = start_http_server(build)
+    except OSError as e:
+        return [], str(e)
+    tmpdir = tempfile.mkdtemp(prefix="w11-", dir=os.path.join(build, "bench"))
+    path = os.path.join(tmpdir, "body")
+    url = f"http://127.0.0.1:{port}/bytes/{p.size}"
+    try:
+        if p.peer == "curl":
+            argv = [curl, "-sS", "-f", "-o", path, url]
+        else:
+            argv = [apex, "run", "http.download", "--json", "--param", f"url={url}",
+                    "--param", f"path={path}"]
+            if p.peer == "apex":
+                argv += ["--param", "fsync=false"]
+        wall, _, cpu, err = launch_once(argv, env, timeout)
+        if err:
+            return [], err
+        try:
+            got = os.path.getsize(path)
+        except OSError:
+            got = -1
+        if got != p.size:
+            return [], f"downloaded {got} bytes, want {p.size}"
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        stop_http_server(srv)
+    base = [fmt_kv("peer", p.peer), fmt_kv("workload", "W11"), fmt_kv("size", p.size)]
+    mib_s = (p.size / (1 << 20)) / (wall / 1e9)
+    return [" ".join(base + ["figure=mib_per_s", f"value={mib_s:.6g}", "unit=MiB/s", f"run={k}"]),
+            " ".join(base + ["figure=wall_ms", f"value={wall / 1e6:.6g}", "unit=ms", f"run={k}"]),
+            " ".join(base + ["figure=cpu_ms", f"value={cpu / 1e6:.6g}", "unit=ms", f"run={k}"])], None
+
+
 # --------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description="Run the Apex benchmarks against their peers.")
@@ -488,6 +571,8 @@ def main():
                         try:
                             if p.workload == "W8":
                                 got, err = run_w8(p, k, env, args.timeout)
+                            elif p.workload == "W11":
+                                got, err = run_w11(p, k, env, args.timeout)
                             else:
                                 got, err = run_program(p, k, env, args.timeout)
                         except NotImplementedRun as e:

@@ -3,7 +3,8 @@
 # already there: `apt-get update` runs only when a package is missing.
 set -eu
 
-PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3"
+PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3
+      libcurl4-openssl-dev libmicrohttpd-dev curl"
 
 missing=""
 for p in $PKGS; do

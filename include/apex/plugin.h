@@ -454,6 +454,43 @@ static inline int apex_ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void 
   return c->api->on_cancel(c, fn, user);
 }
 
+/* plugin.h has apex_ctx_retry_after (a plugin that must also build against
+ * older headers tests this). */
+#define APEX_HAVE_CTX_RETRY_AFTER 1
+
+/* Asks that, if this attempt fails and is retried, the next attempt start
+ * `seconds` after this one ends: a server's Retry-After, a rate limiter's
+ * reset time. Call it before the attempt ends (before a blocking handler
+ * returns, or before apex_ctx_complete); a later call in the same attempt
+ * replaces an earlier one, and the hint dies with the attempt (a retry's
+ * attempt starts without one).
+ *
+ * The hint replaces the retry policy's delay for that one retry (no
+ * backoff, no max_interval_s cap, no jitter): the server said when it will
+ * be ready. It never decides whether there is a retry: an attempt that
+ * succeeds, fails permanently, with a code the policy lists as
+ * non_retryable, or that was the policy's last (max_attempts) ends the
+ * task as it would without the hint, and a cancel or timeout during the
+ * wait ends it as any retry wait does. Bounds: a retry that would start
+ * past the task's overall deadline (apex_submit_opts_t.timeout_s) is not
+ * scheduled: the task fails at once with this attempt's error (as when
+ * the policy's own backoff would cross the deadline), rather than wait
+ * only to time out; mention the hint in apex_ctx_fail's message so the
+ * host can see why. A hint above a year counts as a year (every retry
+ * delay is capped there). 0 means "retry at once". The host's RETRY event
+ * carries the delay used (apex_event_t.retry_delay_s).
+ *
+ * Returns: APEX_OK (kept, whether or not a retry follows); APEX_E_INVALID
+ * if seconds is negative or not finite (nothing kept), if the attempt
+ * completed (misuse, counted), or on a host that predates this call (then
+ * APEX_HAS_FIELD(apex_host_api_t, ctx->api, retry_after) is 0 and the
+ * policy's delay applies). Thread-safety: any thread, as every apex_ctx_*
+ * call. */
+static inline int apex_ctx_retry_after(apex_ctx_t *c, double seconds) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, retry_after)) return APEX_E_INVALID;
+  return c->api->retry_after(c, seconds);
+}
+
 /* Sets the result of this attempt (replacing an earlier one). The value is
  * checked here, on the calling thread, against the limits on values above
  * (APEX_VALUE_MAX_DEPTH and the rest). One that breaks them is refused and

@@ -330,6 +330,24 @@ static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
   return apex__run_on_cancel(run_of(c), fn, user);
 }
 
+/* The hint waits in the run state for the attempt's end, where
+ * apex__retry_next reads it (retry.c says why it replaces the backoff).
+ * Only finite, non-negative values are taken; anything past a year is
+ * kept as a year, the cap on every retry delay (retry.c), so the float
+ * never overflows. */
+static int ctx_retry_after(apex_ctx_t *c, double seconds) {
+  if (!(seconds >= 0.0 && seconds <= 1e300)) {
+    (void)open_task(c, "apex_ctx_retry_after"); /* one after complete() is counted */
+    return APEX_E_INVALID;
+  }
+  if (seconds > 86400.0 * 365) seconds = 86400.0 * 365;
+  apex_task_t *t = lock_open(c, "apex_ctx_retry_after");
+  if (!t) return APEX_E_INVALID;
+  t->run->retry_after_s = (float)seconds;
+  pthread_mutex_unlock(apex__task_mu(t));
+  return APEX_OK;
+}
+
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);
   api->abi_version = APEX_PLUGIN_ABI;
@@ -351,4 +369,5 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->logv = ctx_logv;
   api->progress_node = ctx_progress_node;
   api->on_cancel = ctx_on_cancel;
+  api->retry_after = ctx_retry_after;
 }

@@ -129,6 +129,11 @@ typedef struct apex__run {
    * task lock; read without it by apex_ctx_is_cancelled. */
   _Atomic uint8_t oc_fired;
   uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
+  /* The open attempt's apex_ctx_retry_after hint, seconds (ctx.c), read by
+   * apex__retry_next when the attempt fails; negative: none. Reset when an
+   * attempt opens; task lock. A float, to fit the padding after heap_idx:
+   * 24 bits of mantissa are 1 us at 16 s, 1 ms at 4 hours. */
+  float retry_after_s;
   apex_task_t *task;
   json_t *attempt_result;
   apex_error_t *attempt_error;
@@ -642,8 +647,9 @@ void apex__ev_free(apex__ev_t *node);
  * action's default. Borrowed, immutable after submit; no lock needed. */
 const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t);
 /* Returns: 1 and *delay_s if t's current attempt, failing with code, may
- * be retried under its policy, else 0. Under the task lock (reads
- * t->attempt). */
+ * be retried under its policy, else 0. The delay is the policy's backoff,
+ * or the attempt's apex_ctx_retry_after hint when it gave one (which
+ * replaces it). Under the task lock (reads t->attempt and t->run). */
 int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
 
 #endif

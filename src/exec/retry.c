@@ -1,9 +1,19 @@
 /* Retry decisions (apex_retry_policy_t in include/apex/plugin.h): which
  * policy a task follows, which failures are retried and how long to back
- * off. Pure functions of the task's policy (the action's, or the call's
- * copy in t->opts, immutable after submit); apex__retry_next's caller holds
- * the task lock. Jitter draws from a per-task, per-attempt hash, so it
- * needs no shared random state and repeats under test. */
+ * off. Functions of the task's policy (the action's, or the call's copy in
+ * t->opts, immutable after submit) and of the failed attempt's own retry
+ * hint (apex_ctx_retry_after, kept in its run state); apex__retry_next's
+ * caller holds the task lock. Jitter draws from a per-task, per-attempt
+ * hash, so it needs no shared random state and repeats under test.
+ *
+ * A retry hint (a server's Retry-After) replaces the backoff rather than
+ * flooring it: the server said when it will be ready, and a client that
+ * waits for its own longer backoff, or adds jitter to the hint, is not
+ * what a user of Retry-After expects. It changes only the delay: whether
+ * there is a retry at all (the code, non_retryable, max_attempts) is the
+ * policy's alone. The deadline check is the caller's (task.c): a retry
+ * that would start past the task's overall deadline is not scheduled, and
+ * the task fails at once with the attempt's error, hint or no hint. */
 #include <math.h>
 
 #include "exec/internal.h"
@@ -31,12 +41,17 @@ int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
   if (code != APEX_E_TRANSIENT && code != APEX_E_CRASHED) return 0;
   for (size_t i = 0; i < p->n_non_retryable; i++)
     if ((int)p->non_retryable[i] == code) return 0;
-  double coeff = p->backoff_coefficient >= 1.0 ? p->backoff_coefficient : 2.0;
-  double d = p->initial_interval_s * pow(coeff, (double)(attempt - 1));
-  if (p->max_interval_s > 0 && d > p->max_interval_s) d = p->max_interval_s;
-  if (p->jitter > 0) {
-    double r = unit_random(t->id * 1315423911u + attempt);
-    d *= 1.0 + p->jitter * (2.0 * r - 1.0);
+  double d;
+  if (t->run && t->run->retry_after_s >= 0.0f) {
+    d = (double)t->run->retry_after_s; /* as given: no cap, no jitter */
+  } else {
+    double coeff = p->backoff_coefficient >= 1.0 ? p->backoff_coefficient : 2.0;
+    d = p->initial_interval_s * pow(coeff, (double)(attempt - 1));
+    if (p->max_interval_s > 0 && d > p->max_interval_s) d = p->max_interval_s;
+    if (p->jitter > 0) {
+      double r = unit_random(t->id * 1315423911u + attempt);
+      d *= 1.0 + p->jitter * (2.0 * r - 1.0);
+    }
   }
   if (!(d >= 0) || d > 86400.0 * 365) d = d > 0 ? 86400.0 * 365 : 0;
   *delay_s = d;

@@ -864,6 +864,7 @@ int apex__task_run(apex_task_t *t) {
   t->attempt++;
   r->oc_fn = NULL; /* each attempt registers its own (oc_user was retry_at_ns) */
   r->oc_user = NULL;
+  r->retry_after_s = -1.0f; /* a hint is the attempt's own (apex_ctx_retry_after) */
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
