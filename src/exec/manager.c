@@ -106,7 +106,8 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              (int)out->delivery);
     return 0;
   }
-  unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE;
+  unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE |
+                 APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED;
   if (out->event_mask & ~all) {
     snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
     return 0;
