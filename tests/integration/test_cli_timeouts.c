@@ -145,6 +145,16 @@ static void test_help_lists_the_flags(void **st) {
   proc_free(&p);
 }
 
+/* describe shows an action's default attempt timeout. */
+static void test_describe_shows_default_attempt_timeout(void **st) {
+  (void)st;
+  proc_t p;
+  run(&p, "describe", "timeouts_kit.slow_default", "--plugin-path", APEX_TEST_PLUGIN_DIR, NULL);
+  assert_int_equal(p.code, 0);
+  assert_contains(buf_str(&p.out), "attempt timeout:  0.2 s");
+  proc_free(&p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_attempt_timeout_names_start_to_close),
@@ -155,6 +165,7 @@ int main(void) {
       cmocka_unit_test(test_bad_values_refused_by_name),
       cmocka_unit_test(test_terminal_outcome_names_the_timeout),
       cmocka_unit_test(test_help_lists_the_flags),
+      cmocka_unit_test(test_describe_shows_default_attempt_timeout),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
