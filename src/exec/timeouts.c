@@ -47,7 +47,13 @@ static int pick(double call, double dflt, const char *field, uint64_t *ns, char 
 int apex__tmo_resolve(const apex_action_desc_t *a, const apex_submit_opts_t *o, uint64_t ns[3],
                       char *why, size_t n) {
   /* o is in this library's layout (submit copied it in), zero where the
-   * caller's struct ended. */
+   * caller's struct ended. The usual case first: nothing set anywhere. */
+  if ((!o || (o->schedule_to_start_s == 0 && o->start_to_close_s == 0 &&
+              o->heartbeat_timeout_s == 0)) &&
+      a->schedule_to_start_s == 0 && a->start_to_close_s == 0 && a->heartbeat_timeout_s == 0) {
+    ns[0] = ns[1] = ns[2] = 0;
+    return APEX_OK;
+  }
   int rc = pick(o ? o->schedule_to_start_s : 0, a->schedule_to_start_s, "schedule_to_start_s",
                 &ns[0], why, n);
   if (rc == APEX_OK)

@@ -8,6 +8,7 @@
  * timeouts are 0.2-0.5 s, waits up to 10 s): a loaded box or TSan passes. */
 #include <dlfcn.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -417,6 +418,104 @@ static void test_timeout_kind_of_other_errors(void **st) {
   apex_manager_destroy(m, 5000);
 }
 
+/* An attempt heartbeats for 0.45 s (past its 0.3 s heartbeat timeout),
+ * then goes silent: it times out 0.3 s after its last heartbeat, and the
+ * retry resumes from that heartbeat's details. */
+static void test_heartbeat_stops_then_retry_resumes(void **st) {
+  (void)st;
+  apex_manager_t *m = new_manager(2, NULL, 0);
+  apex_retry_policy_t p = retries(2);
+  apex_submit_opts_t o = opts(0, 0, 0.3);
+  o.retry = &p;
+  int64_t t0 = now_ms();
+  apex_task_t *t = submit_json(
+      m, "timeouts_kit", "work",
+      "{\"stall_attempts\": 1, \"hb_ms\": 30, \"hb_count\": 15}", &o);
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  assert_int_equal(apex_task_attempts(t), 2);
+  assert_true(now_ms() - t0 >= 15 * 30 + 300 - 10);
+  json_t *r = apex_task_result(t);
+  json_t *prev = json_object_get(r, "prev");
+  assert_int_equal(json_integer_value(json_object_get(prev, "attempt")), 1);
+  assert_int_equal(json_integer_value(json_object_get(prev, "i")), 14); /* the last one */
+  json_decref(r);
+  apex_task_release(t);
+  apex_manager_destroy(m, 5000);
+}
+
+/* DISPATCH mode: the host's own dispatch fires the attempt timeout. */
+static void dispatch_until_done(apex_manager_t *m, apex_task_t *t) {
+  int64_t end = now_ms() + 10000;
+  while (!apex_task_state_is_terminal(apex_task_state(t)) && now_ms() < end) {
+    struct pollfd pfd = {.fd = apex_manager_fd(m), .events = POLLIN};
+    poll(&pfd, 1, 50);
+    apex_manager_dispatch(m);
+  }
+}
+
+static void test_dispatch_mode_times_out(void **st) {
+  (void)st;
+  hb_rec_t rec = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  apex_manager_config_t cfg = base_config(2);
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = on_event;
+  cfg.event_user = &rec;
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, KIT);
+  apex_submit_opts_t o = opts(0, 0.2, 0);
+  apex_task_t *t = submit_json(m, "timeouts_kit", "work", "{\"stall_attempts\": 1}", &o);
+  dispatch_until_done(m, t);
+  assert_timed_out(t, "start_to_close", "attempt 1");
+  apex_manager_dispatch(m);
+  assert_int_equal(rec.dones, 1);
+  apex_task_release(t);
+  apex_manager_destroy(m, 5000);
+  json_decref(rec.last);
+}
+
+/* Many tasks at once, on few workers: each deferred one times out once and
+ * succeeds on its retry; each blocking one heartbeats well within its
+ * timeout and succeeds. The timeout heap is shared by all of them. */
+static void test_many_tasks(void **st) {
+  (void)st;
+  enum { N = 200 };
+  apex_manager_t *m = new_manager(4, NULL, 0);
+  apex_task_t *t[2 * N];
+  apex_retry_policy_t p = retries(3);
+  for (int i = 0; i < N; i++) {
+    apex_submit_opts_t o = opts(0, 0.05, 0);
+    o.retry = &p;
+    t[i] = submit_json(m, "timeouts_kit", "pend", "{\"stall_attempts\": 1}", &o);
+    apex_submit_opts_t h = opts(30, 0, 5);
+    t[N + i] = submit_json(m, "timeouts_kit", "work", "{\"ms\": 5, \"hb_ms\": 1}", &h);
+  }
+  for (int i = 0; i < 2 * N; i++) {
+    wait_done(t[i]);
+    assert_int_equal(apex_task_state(t[i]), APEX_TASK_SUCCEEDED);
+    assert_int_equal(apex_task_attempts(t[i]), i < N ? 2 : 1);
+    apex_task_release(t[i]);
+  }
+  apex_stats_t s = stats_of(m);
+  assert_int_equal(s.succeeded, 2 * N);
+  assert_int_equal(s.retries, N);
+  apex_manager_destroy(m, 5000);
+}
+
+/* A descriptor default that is not a number of seconds: the plugin does
+ * not load, and the error names the field. */
+static void test_bad_descriptor_default_refused(void **st) {
+  (void)st;
+  apex_manager_t *m = new_manager(1, NULL, 0);
+  apex_error_t *err = NULL;
+  assert_int_equal(apex_manager_load(m, APEX_TEST_PLUGIN_DIR "/bad_timeout_desc.so", &err),
+                   APEX_E_PLUGIN_LOAD);
+  assert_non_null(strstr(apex_error_message(err), "heartbeat_timeout_s"));
+  apex_error_unref(err);
+  apex_manager_destroy(m, 5000);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_schedule_to_close_names_itself),
@@ -436,6 +535,10 @@ int main(void) {
       cmocka_unit_test(test_heartbeat_bad_details_refused),
       cmocka_unit_test(test_bad_values_refused),
       cmocka_unit_test(test_timeout_kind_of_other_errors),
+      cmocka_unit_test(test_heartbeat_stops_then_retry_resumes),
+      cmocka_unit_test(test_dispatch_mode_times_out),
+      cmocka_unit_test(test_many_tasks),
+      cmocka_unit_test(test_bad_descriptor_default_refused),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

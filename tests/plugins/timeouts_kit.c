@@ -1,10 +1,11 @@
 /* timeouts_kit: actions for the four timeouts and heartbeats, for
  * tests/integration/test_timeouts.c and the CLI tests.
  *
- *   work     blocking, params ms, hb_ms, stall_attempts: attempts up to
- *            stall_attempts wait (cancellably) for ever; later ones sleep
- *            ms. While waiting or sleeping it heartbeats every hb_ms (0:
- *            never) with details {"attempt": N, "i": I}. Cancelled, it
+ *   work     blocking, params ms, hb_ms, hb_count, stall_attempts: attempts
+ *            up to stall_attempts wait (cancellably) for ever; later ones
+ *            sleep ms. While waiting or sleeping it heartbeats every hb_ms
+ *            (0: never), hb_count times at most (0: no limit), with details
+ *            {"attempt": N, "i": I}. Cancelled, it
  *            returns APEX_E_CANCELLED ("cancelled REASON"). Done, it
  *            succeeds with {"attempt": N, "prev": the heartbeat details of
  *            an earlier attempt or null}.
@@ -47,6 +48,7 @@ static int work(apex_ctx_t *ctx) {
   int64_t ms = json_integer_value(json_object_get(p, "ms"));
   int64_t hb = json_integer_value(json_object_get(p, "hb_ms"));
   int64_t stall = json_integer_value(json_object_get(p, "stall_attempts"));
+  int64_t count = json_integer_value(json_object_get(p, "hb_count"));
   uint32_t n = apex_ctx_attempt(ctx);
   int forever = n <= (uint64_t)stall;
   int64_t left = ms;
@@ -59,7 +61,7 @@ static int work(apex_ctx_t *ctx) {
       return apex_ctx_fail(ctx, APEX_E_CANCELLED, "cancelled %s", why ? why : "?");
     }
     left -= step;
-    if (hb > 0) {
+    if (hb > 0 && (count == 0 || i < count)) {
       json_t *d = json_pack("{s:i, s:I}", "attempt", (int)n, "i", (json_int_t)i);
       apex_ctx_heartbeat(ctx, d);
       json_decref(d);
@@ -125,6 +127,7 @@ static const apex_param_spec_t k_work_params[] = {
     {.name = "ms", .type = APEX_PARAM_INT, .default_json = "0"},
     {.name = "hb_ms", .type = APEX_PARAM_INT, .default_json = "0"},
     {.name = "stall_attempts", .type = APEX_PARAM_INT, .default_json = "0"},
+    {.name = "hb_count", .type = APEX_PARAM_INT, .default_json = "0"},
 };
 static const apex_param_spec_t k_pend_params[] = {
     {.name = "stall_attempts", .type = APEX_PARAM_INT, .default_json = "1000000"},
@@ -132,7 +135,7 @@ static const apex_param_spec_t k_pend_params[] = {
 
 static const apex_action_desc_t k_actions[] = {
     {.name = "work", .description = "Sleeps, heartbeating; may stall", .handler = work,
-     .kind = APEX_ACTION_BLOCKING, .params = k_work_params, .n_params = 3},
+     .kind = APEX_ACTION_BLOCKING, .params = k_work_params, .n_params = 4},
     {.name = "pend", .description = "Deferred; may stall until cancelled", .handler = pend,
      .kind = APEX_ACTION_DEFERRED, .params = k_pend_params, .n_params = 1},
     {.name = "hang", .description = "Deferred; ignores everything", .handler = hang,
@@ -143,7 +146,7 @@ static const apex_action_desc_t k_actions[] = {
      .kind = APEX_ACTION_BLOCKING},
     /* Its defaults come from the descriptor: a 0.2 s attempt timeout. */
     {.name = "slow_default", .description = "work with a default attempt timeout",
-     .handler = work, .kind = APEX_ACTION_BLOCKING, .params = k_work_params, .n_params = 3,
+     .handler = work, .kind = APEX_ACTION_BLOCKING, .params = k_work_params, .n_params = 4,
      .start_to_close_s = 0.2},
 };
 
