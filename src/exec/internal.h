@@ -1,5 +1,6 @@
 /* Internal: the manager, tasks and the pieces of the execution engine that
- * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, events.c).
+ * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, timeouts.c,
+ * events.c).
  *
  * Threads: the host's threads (submit, wait, cancel, dispatch), worker
  * threads (run handlers), the runtime thread (libuv loop: deadlines, retry
