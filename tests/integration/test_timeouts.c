@@ -110,10 +110,13 @@ static void assert_timed_out(apex_task_t *t, const char *kind, const char *words
 static void test_schedule_to_close_names_itself(void **st) {
   (void)st;
   apex_manager_t *m = new_manager(2, NULL, 0);
-  apex_submit_opts_t o = opts_timeout(0.2);
-  apex_task_t *t = submit_json(m, "timeouts_kit", "work", "{\"stall_attempts\": 1}", &o);
-  assert_timed_out(t, "schedule_to_close", "timed out after 0.200 s");
-  apex_task_release(t);
+  const char *actions[] = {"work", "pend"}; /* blocking, deferred */
+  for (size_t i = 0; i < 2; i++) {
+    apex_submit_opts_t o = opts_timeout(0.2);
+    apex_task_t *t = submit_json(m, "timeouts_kit", actions[i], "{\"stall_attempts\": 1}", &o);
+    assert_timed_out(t, "schedule_to_close", "timed out after 0.200 s");
+    apex_task_release(t);
+  }
   apex_manager_destroy(m, 5000);
 }
 
@@ -127,10 +130,15 @@ static void test_schedule_to_start_never_ran(void **st) {
   apex_submit_opts_t o = opts(0.2, 0, 0);
   int64_t t0 = now_ms();
   apex_task_t *t = submit_json(m, "timeouts_kit", "work", NULL, &o);
+  apex_task_t *d = submit_json(m, "timeouts_kit", "pend", NULL, &o); /* deferred */
+  assert_int_equal(stats_of(m).queued, 2);
   assert_timed_out(t, "schedule_to_start", "never ran");
+  assert_timed_out(d, "schedule_to_start", "not started within 0.200 s");
   assert_true(now_ms() - t0 >= 190);
   assert_int_equal(apex_task_attempts(t), 0);
-  assert_int_equal(stats_of(m).queued, 0); /* left the run queue with its end */
+  assert_int_equal(apex_task_attempts(d), 0);
+  assert_int_equal(stats_of(m).queued, 0); /* left the run queue with their end */
+  apex_task_release(d);
   assert_int_equal(apex_task_state(busy), APEX_TASK_RUNNING);
   assert_int_equal(apex_task_cancel(busy, NULL), APEX_OK);
   wait_done(busy);
