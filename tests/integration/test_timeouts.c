@@ -426,6 +426,30 @@ static void test_timeout_kind_of_other_errors(void **st) {
   apex_manager_destroy(m, 5000);
 }
 
+/* A retry waits until the timed-out attempt lets go of its ctx: a deferred
+ * one that ignores its cancel holds the task (running, one attempt) until
+ * the overall deadline ends it; its complete after that is late. */
+static void test_overall_deadline_bounds_an_attempt_that_never_lets_go(void **st) {
+  (void)st;
+  apex_manager_t *m = new_manager(2, NULL, 0);
+  apex_retry_policy_t p = retries(3);
+  apex_submit_opts_t o = opts(0, 0.1, 0);
+  o.retry = &p;
+  o.timeout_s = 0.6;
+  apex_task_t *t = submit_json(m, "timeouts_kit", "hang", NULL, &o);
+  assert_timed_out(t, "schedule_to_close", "timed out after 0.600 s");
+  assert_int_equal(apex_task_attempts(t), 1);
+  uint64_t late = stats_of(m).late_reports;
+  apex_task_t *u = submit_json(m, "timeouts_kit", "unhang", NULL, NULL);
+  wait_done(u);
+  assert_int_equal(apex_task_state(u), APEX_TASK_SUCCEEDED);
+  assert_int_equal(stats_of(m).late_reports, late + 1);
+  assert_int_equal(stats_of(m).retries, 0);
+  apex_task_release(u);
+  apex_task_release(t);
+  apex_manager_destroy(m, 5000);
+}
+
 /* An attempt heartbeats for 0.45 s (past its 0.3 s heartbeat timeout),
  * then goes silent: it times out 0.3 s after its last heartbeat, and the
  * retry resumes from that heartbeat's details. */
@@ -544,6 +568,7 @@ int main(void) {
       cmocka_unit_test(test_bad_values_refused),
       cmocka_unit_test(test_timeout_kind_of_other_errors),
       cmocka_unit_test(test_heartbeat_stops_then_retry_resumes),
+      cmocka_unit_test(test_overall_deadline_bounds_an_attempt_that_never_lets_go),
       cmocka_unit_test(test_dispatch_mode_times_out),
       cmocka_unit_test(test_many_tasks),
       cmocka_unit_test(test_bad_descriptor_default_refused),
