@@ -27,6 +27,9 @@ typedef struct cli_opts {
   json_t *params;            /* --params merged, then every --param: owned */
   double timeout_s;          /* --timeout, or -1: the action's default */
   long retries;              /* --retries, or -1: the action's default */
+  /* --schedule-to-start, --attempt-timeout, --heartbeat-timeout, or 0: the
+   * action's default (docs/scheduling.md) */
+  double schedule_to_start_s, start_to_close_s, heartbeat_timeout_s;
   int json;                  /* JSON Lines: --json or stdout not a terminal */
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;

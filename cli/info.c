@@ -110,6 +110,10 @@ static void print_action(const apex_plugin_desc_t *d, const apex_action_desc_t *
   printf("  kind:             %s\n", a->kind == APEX_ACTION_DEFERRED ? "deferred" : "blocking");
   if (a->default_timeout_s > 0) printf("  default timeout:  %g s\n", a->default_timeout_s);
   else printf("  default timeout:  none\n");
+  /* The other three (docs/scheduling.md), shown only when set. */
+  if (a->schedule_to_start_s > 0) printf("  schedule-to-start: %g s\n", a->schedule_to_start_s);
+  if (a->start_to_close_s > 0) printf("  attempt timeout:  %g s\n", a->start_to_close_s);
+  if (a->heartbeat_timeout_s > 0) printf("  heartbeat timeout: %g s\n", a->heartbeat_timeout_s);
   print_retry(&a->default_retry);
   if (a->n_params == 0) {
     printf("  params:           none\n");

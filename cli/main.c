@@ -34,6 +34,15 @@ static const char usage_text[] =
     "  --timeout SECONDS   overall deadline across attempts (at least 0.001,\n"
     "                      e.g. 2.5)\n"
     "  --retries N         retry a failed attempt up to N times (N+1 attempts)\n"
+    "  --schedule-to-start SECONDS\n"
+    "                      time out if the task has not started by then\n"
+    "  --attempt-timeout SECONDS\n"
+    "                      time out one attempt that runs longer (a retry may\n"
+    "                      follow: --retries)\n"
+    "  --heartbeat-timeout SECONDS\n"
+    "                      time out an attempt that heartbeats no more often\n"
+    "                      (for actions that call apex_ctx_heartbeat)\n"
+    "                      The result names the timeout that fired.\n"
     "  --json              print JSON Lines events (the default when stdout is\n"
     "                      not a terminal)\n"
     "\n"
@@ -83,7 +92,8 @@ static int parse_fail(parse_state_t *ps, int code, const char *fmt, ...) {
  * (1e-300 s would be 0 ns) and the run could only time out at once. */
 #define MIN_TIMEOUT_S 0.001
 
-static int parse_timeout(parse_state_t *ps, const char *v) {
+/* One of the timeouts: name is the option, *out where it goes. */
+static int parse_seconds(parse_state_t *ps, const char *name, const char *v, double *out) {
   /* Plain decimal only: strtod would also take " 5", "0x1p3" and "inf". */
   int plain = *v != '\0' && strspn(v, "0123456789.eE+-") == strlen(v);
   char *end = NULL;
@@ -92,12 +102,20 @@ static int parse_timeout(parse_state_t *ps, const char *v) {
   /* ERANGE on underflow still yields a tiny positive t: the minimum says it. */
   if (!plain || end == v || *end != '\0' || (errno != 0 && !(t > 0 && t < MIN_TIMEOUT_S)) ||
       !isfinite(t) || t <= 0)
-    return parse_fail(ps, APEX_E_INVALID, "--timeout: '%s' is not a positive number of seconds", v);
-  if (t < MIN_TIMEOUT_S)
-    return parse_fail(ps, APEX_E_INVALID, "--timeout: '%s' is too short: at least 0.001 seconds",
+    return parse_fail(ps, APEX_E_INVALID, "%s: '%s' is not a positive number of seconds", name,
                       v);
-  ps->o->timeout_s = t;
+  if (t < MIN_TIMEOUT_S)
+    return parse_fail(ps, APEX_E_INVALID, "%s: '%s' is too short: at least 0.001 seconds", name,
+                      v);
+  /* The library's limit (31 years), said here in the option's name. */
+  if (t > 1e9)
+    return parse_fail(ps, APEX_E_INVALID, "%s: '%s' is too long: at most 1e9 seconds", name, v);
+  *out = t;
   return 0;
+}
+
+static int parse_timeout(parse_state_t *ps, const char *v) {
+  return parse_seconds(ps, "--timeout", v, &ps->o->timeout_s);
 }
 
 static int parse_retries(parse_state_t *ps, const char *v) {
@@ -183,8 +201,9 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 }
 
 /* Options taking a value; the rest are flags. */
-static const char *const valued[] = {"--param", "--params", "--timeout", "--retries",
-                                     "--plugin-path"};
+static const char *const valued[] = {"--param",           "--params",          "--timeout",
+                                     "--retries",         "--plugin-path",     "--schedule-to-start",
+                                     "--attempt-timeout", "--heartbeat-timeout"};
 
 static int is_run_only(const char *name) {
   return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
@@ -227,6 +246,12 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
   else if (strcmp(name, "--version") == 0) ps->version = 1;
   else if (strcmp(name, "--timeout") == 0) return parse_timeout(ps, value);
   else if (strcmp(name, "--retries") == 0) return parse_retries(ps, value);
+  else if (strcmp(name, "--schedule-to-start") == 0)
+    return parse_seconds(ps, name, value, &ps->o->schedule_to_start_s);
+  else if (strcmp(name, "--attempt-timeout") == 0)
+    return parse_seconds(ps, name, value, &ps->o->start_to_close_s);
+  else if (strcmp(name, "--heartbeat-timeout") == 0)
+    return parse_seconds(ps, name, value, &ps->o->heartbeat_timeout_s);
   else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
   else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
   else if (strcmp(name, "--plugin-path") == 0) {

@@ -444,8 +444,10 @@ static void print_outcome(const run_t *r) {
                : r->error    ? apex_error_code(r->error)
                              : state_code(r->state);
     text = cli_term_clean(r->message ? r->message : apex_strerror(code));
-    printf("%s: %s (%s)\n", apex_task_state_name(r->state), text ? text : "?",
-           apex_status_name(code));
+    /* A timeout says which one fired (--json: error.timeout). */
+    const char *kind = apex_error_timeout_kind(r->error);
+    printf("%s: %s (%s%s%s)\n", apex_task_state_name(r->state), text ? text : "?",
+           apex_status_name(code), kind ? ", " : "", kind ? kind : "");
   }
   free(text);
   fflush(stdout);
@@ -694,6 +696,9 @@ int cli_cmd_run(const cli_opts_t *o) {
   apex_submit_opts_t so;
   apex_submit_opts_init(&so);
   if (o->timeout_s > 0) so.timeout_s = o->timeout_s;
+  so.schedule_to_start_s = o->schedule_to_start_s; /* 0: the action's default */
+  so.start_to_close_s = o->start_to_close_s;
+  so.heartbeat_timeout_s = o->heartbeat_timeout_s;
   apex_retry_policy_t policy = a->default_retry;
   if (o->retries >= 0) {
     policy.max_attempts = (uint32_t)o->retries + 1;

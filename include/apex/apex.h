@@ -54,9 +54,18 @@ APEX_EXTERN uint64_t apex_error_task_id(const apex_error_t *e);
 APEX_EXTERN uint32_t apex_error_attempt(const apex_error_t *e);
 /* Returns: the error that caused this one, or NULL. Borrowed. */
 APEX_EXTERN const apex_error_t *apex_error_cause(const apex_error_t *e);
+/* Which timeout an APEX_E_TIMEOUT error of a task or attempt is
+ * (docs/scheduling.md): "schedule_to_close" (the overall timeout_s),
+ * "schedule_to_start" (its first attempt never started in time),
+ * "start_to_close" (one attempt ran too long), "heartbeat" (one attempt
+ * went too long without apex_ctx_heartbeat).
+ * Returns: one of those static strings; NULL for NULL, another code, or a
+ * timeout error Apex did not raise (a handler's own APEX_E_TIMEOUT).
+ * Ownership: static. Thread-safety: any thread. */
+APEX_EXTERN const char *apex_error_timeout_kind(const apex_error_t *e);
 /* Returns: {"code": "timeout", "message": ..., "plugin"?, "action"?,
- * "task"?, "attempt"?, "cause"?} as a new reference, NULL for NULL or no
- * memory. */
+ * "task"?, "attempt"?, "timeout"? (apex_error_timeout_kind), "cause"?} as
+ * a new reference, NULL for NULL or no memory. */
 APEX_EXTERN json_t *apex_error_to_json(const apex_error_t *e);
 /* Returns: e (a new reference), for convenience. */
 APEX_EXTERN apex_error_t *apex_error_ref(apex_error_t *e);

@@ -454,6 +454,55 @@ static inline int apex_ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void 
   return c->api->on_cancel(c, fn, user);
 }
 
+/* plugin.h has apex_ctx_heartbeat and apex_ctx_heartbeat_details (a
+ * plugin that must also build against older headers tests this). */
+#define APEX_HAVE_CTX_HEARTBEAT 1
+
+/* Says this attempt is alive, with optional details (Temporal's activity
+ * heartbeat; docs/scheduling.md). A task with a heartbeat timeout
+ * (apex_submit_opts_t.heartbeat_timeout_s, or this action's
+ * heartbeat_timeout_s) whose attempt goes that long after its start or its
+ * last heartbeat without one times out as a start-to-close timeout does:
+ * the attempt is cancelled with the reason "timeout" (the token fires, the
+ * on_cancel callback runs), its outcome is APEX_E_TIMEOUT, and the retry
+ * policy decides whether another attempt runs. Progress reports are not
+ * heartbeats: a handler that reports progress must heartbeat too.
+ * details: NULL keeps the details recorded before (a bare heartbeat only
+ * says alive); otherwise any JSON value within the limits on values above
+ * (as progress details), kept as this attempt's latest. They reach the
+ * host as an APEX_EVENT_HEARTBEAT event (ev->result; only for a host whose
+ * event_mask names that type), coalesced like progress (at most
+ * progress_rate_hz a second, the latest wins), and the next attempt of
+ * the task reads the last ones with apex_ctx_heartbeat_details: record
+ * where to resume.
+ * Cost: a lock and, with a heartbeat timeout, a clock read; the details
+ * are checked on the calling thread and copied only when they differ from
+ * the last. Cheap enough to call per item.
+ * Returns: APEX_OK (also when ignored, after the task ended); APEX_E_INVALID
+ * if details break the limits (nothing recorded: the heartbeat does not
+ * count; the reason is logged), after complete (misuse, counted), or on a
+ * host that predates this call (then APEX_HAS_FIELD(apex_host_api_t,
+ * ctx->api, heartbeat) is 0: nothing to keep alive there either);
+ * APEX_E_NOMEM (the heartbeat counted, the details were not kept).
+ * Ownership: details borrowed, only read during the call (jansson's
+ * reference counts are not shared with the host). Thread-safety: any
+ * thread, as every apex_ctx_* call. */
+static inline int apex_ctx_heartbeat(apex_ctx_t *c, json_t *details) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, heartbeat)) return APEX_E_INVALID;
+  return c->api->heartbeat(c, details);
+}
+
+/* Returns: the details the last heartbeat of an earlier attempt of this
+ * task carried (the latest any earlier attempt recorded), or NULL: on the
+ * first attempt, when no earlier one heartbeated with details, or on a
+ * host that predates this call. Borrowed: valid, and unchanged, while this
+ * attempt is open; read it, copy what you keep, do not modify or keep a
+ * reference past the attempt. Thread-safety: any thread. */
+static inline json_t *apex_ctx_heartbeat_details(apex_ctx_t *c) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, heartbeat_details)) return NULL;
+  return c->api->heartbeat_details(c);
+}
+
 /* plugin.h has apex_ctx_retry_after (a plugin that must also build against
  * older headers tests this). */
 #define APEX_HAVE_CTX_RETRY_AFTER 1

@@ -16,6 +16,7 @@ struct apex_error {
   atomic_uint refs; /* 0: the static no-memory error, never freed */
   int code;
   uint32_t attempt;
+  uint8_t timeout_kind; /* apex__error_timeout_kind; set before publishing */
   uint64_t task;
   char *message;
   char *plugin;
@@ -23,7 +24,7 @@ struct apex_error {
   apex_error_t *cause;
 };
 
-static apex_error_t nomem_error = {0, APEX_E_NOMEM, 0, 0, "out of memory", NULL, NULL, NULL};
+static apex_error_t nomem_error = {0, APEX_E_NOMEM, 0, 0, 0, "out of memory", NULL, NULL, NULL};
 
 static void error_free(apex_error_t *e) {
   apex_error_unref(e->cause);
@@ -69,6 +70,7 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
   }
   atomic_init(&e->refs, 1);
   e->code = code;
+  e->timeout_kind = 0;
   e->cause = cause;
   e->task = where ? where->task : 0;
   e->attempt = where ? where->attempt : 0;
@@ -115,6 +117,22 @@ int apex__fail(apex_error_t **err, int code, const char *fmt, ...) {
   return code;
 }
 
+/* Indexed by apex__error_timeout_kind's kind (exec/internal.h,
+ * apex__tmo_kind_t, which keeps this order). */
+static const char *const timeout_kinds[] = {NULL, "schedule_to_close", "schedule_to_start",
+                                            "start_to_close", "heartbeat"};
+
+apex_error_t *apex__error_timeout_kind(apex_error_t *e, int kind) {
+  if (e != &nomem_error && kind > 0 &&
+      (size_t)kind < sizeof timeout_kinds / sizeof timeout_kinds[0])
+    e->timeout_kind = (uint8_t)kind;
+  return e;
+}
+
+const char *apex_error_timeout_kind(const apex_error_t *e) {
+  return e && e->code == APEX_E_TIMEOUT ? timeout_kinds[e->timeout_kind] : NULL;
+}
+
 int apex_error_code(const apex_error_t *e) { return e ? e->code : APEX_E_INVALID; }
 const char *apex_error_message(const apex_error_t *e) { return e && e->message ? e->message : ""; }
 const char *apex_error_plugin(const apex_error_t *e) { return e ? e->plugin : NULL; }
@@ -143,6 +161,8 @@ json_t *apex_error_to_json(const apex_error_t *e) {
   if (!bad && e->action) bad = json_object_set_new(o, "action", json_string(e->action));
   if (!bad && e->task) bad = json_object_set_new(o, "task", json_integer((json_int_t)e->task));
   if (!bad && e->attempt) bad = json_object_set_new(o, "attempt", json_integer(e->attempt));
+  const char *kind = apex_error_timeout_kind(e);
+  if (!bad && kind) bad = json_object_set_new(o, "timeout", json_string(kind));
   if (!bad && e->cause) {
     json_t *c = apex_error_to_json(e->cause);
     bad = !c || json_object_set_new(o, "cause", c);

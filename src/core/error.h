@@ -24,6 +24,13 @@ apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t
 apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_t *cause,
                                const char *fmt, va_list ap);
 
+/* Marks e, a new APEX_E_TIMEOUT error not yet shared, with the timeout
+ * that fired (apex_error_timeout_kind; kind as exec/internal.h's
+ * apex__tmo_kind_t: 1 schedule_to_close, 2 schedule_to_start, 3
+ * start_to_close, 4 heartbeat). Returns: e. A no-op on the static
+ * out-of-memory error. */
+apex_error_t *apex__error_timeout_kind(apex_error_t *e, int kind);
+
 /* Stores e in *err if err is non-NULL, else unrefs it. Returns: e's code.
  * Ownership: e taken. */
 int apex__error_put(apex_error_t **err, apex_error_t *e);

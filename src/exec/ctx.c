@@ -93,14 +93,20 @@ static void *ctx_plugin_state(apex_ctx_t *c) {
 static int ctx_is_cancelled(apex_ctx_t *c) {
   apex_task_t *t = open_task(c, "apex_ctx_is_cancelled");
   if (!t) return 1;
-  return apex_token_is_cancelled(apex__task_token_peek(t)) ||
+  /* The attempt's own token when it has one (an attempt timeout cancels
+   * it; a cancel of the task reaches it as its child). */
+  return apex_token_is_cancelled(apex__ctx_token_peek(t)) ||
          atomic_load_explicit(&run_of(c)->oc_fired, memory_order_acquire);
 }
 
 static const char *ctx_cancel_reason(apex_ctx_t *c) {
   apex_task_t *t = open_task(c, "apex_ctx_cancel_reason");
   if (!t) return "completed";
-  const char *why = apex_token_reason(apex__task_token_peek(t));
+  /* The task's reason first: its attempt token, its child, says "parent"
+   * when the task's fired. */
+  apex_token_t *tt = apex__task_token_peek(t);
+  const char *why = apex_token_is_cancelled(tt) ? apex_token_reason(tt)
+                                                : apex_token_reason(apex__ctx_token_peek(t));
   if (!why && atomic_load_explicit(&run_of(c)->oc_fired, memory_order_acquire))
     why = apex__cause_name(APEX__CAUSE_USER);
   return why;
@@ -109,7 +115,7 @@ static const char *ctx_cancel_reason(apex_ctx_t *c) {
 static int ctx_cancel_fd(apex_ctx_t *c) {
   apex_task_t *t = open_task(c, "apex_ctx_cancel_fd");
   if (!t) return APEX_E_INVALID;
-  apex_token_t *tok = apex__task_token(t);
+  apex_token_t *tok = apex__ctx_token(t);
   return tok ? apex_token_fd(tok) : APEX_E_NOMEM;
 }
 
@@ -117,7 +123,7 @@ static int ctx_sleep_ms(apex_ctx_t *c, uint64_t ms) {
   apex_task_t *task = open_task(c, "apex_ctx_sleep_ms");
   if (!task) return APEX_E_CANCELLED;
   int64_t t = ms > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ms;
-  apex_token_t *tok = apex__task_token(task);
+  apex_token_t *tok = apex__ctx_token(task);
   if (!tok) { /* no memory for a token: still sleep, uncancellably */
     struct timespec ts = {(time_t)(t / 1000), (long)(t % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
@@ -133,7 +139,7 @@ static int ctx_wait_fd(apex_ctx_t *c, int fd, short events, int64_t timeout_ms) 
   apex_task_t *task = open_task(c, "apex_ctx_wait_fd");
   if (!task) return APEX_E_CANCELLED;
   if (fd < 0) return APEX_E_INVALID;
-  apex_token_t *tok = apex__task_token(task);
+  apex_token_t *tok = apex__ctx_token(task);
   if (!tok) return APEX_E_IO;
   int cfd = apex_token_fd(tok);
   if (cfd < 0) return APEX_E_IO;
@@ -330,6 +336,33 @@ static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
   return apex__run_on_cancel(run_of(c), fn, user);
 }
 
+/* Details are checked here, on the plugin's thread, with the limits on
+ * progress details (core/value.c), before anything copies them; the task
+ * copies them under its lock only when they differ from the last
+ * (task.c, "heartbeats"). */
+static int ctx_heartbeat(apex_ctx_t *c, json_t *details) {
+  if (details) {
+    char why[320];
+    apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
+    if (apex__value_check(details, "details", &budget, why, sizeof why) != APEX_OK) {
+      apex_task_t *t = lock_open(c, "apex_ctx_heartbeat");
+      if (!t) return APEX_E_INVALID;
+      apex_manager_t *m = apex__task_m(t);
+      const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
+      uint64_t id = t->id;
+      pthread_mutex_unlock(apex__task_mu(t));
+      apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: heartbeat refused: %s", pn, an,
+                (unsigned long long)id, why);
+      return APEX_E_INVALID;
+    }
+  }
+  return apex__run_heartbeat(run_of(c), details);
+}
+
+static json_t *ctx_heartbeat_details(apex_ctx_t *c) {
+  return apex__run_heartbeat_details(run_of(c));
+}
+
 /* The hint waits in the run state for the attempt's end, where
  * apex__retry_next reads it (retry.c says why it replaces the backoff).
  * Only finite, non-negative values are taken; anything past a year is
@@ -369,5 +402,7 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->logv = ctx_logv;
   api->progress_node = ctx_progress_node;
   api->on_cancel = ctx_on_cancel;
+  api->heartbeat = ctx_heartbeat;
+  api->heartbeat_details = ctx_heartbeat_details;
   api->retry_after = ctx_retry_after;
 }

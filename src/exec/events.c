@@ -58,6 +58,9 @@ void apex__ev_free(apex__ev_t *node) {
   if (!node) return;
   apex_progress_unref((apex_progress_t *)node->ev.progress);
   apex_error_unref((apex_error_t *)node->ev.error);
+  /* A HEARTBEAT's details are its own copy (task.c); other events borrow
+   * the result from the terminal task. */
+  if (node->ev.type == APEX_EVENT_HEARTBEAT) json_decref((json_t *)node->ev.result);
   apex_task_t *t = node->ev.task;
   free(node);
   if (t) apex__task_unref(t);
@@ -101,7 +104,12 @@ apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user) {
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type) {
   void *user;
   if (!apex__task_event_fn(t, &user)) return 0;
-  return !m->cfg.event_mask || (m->cfg.event_mask & (unsigned)type);
+  /* A zero mask means the four ABI-1 types: the ones appended since
+   * (HEARTBEAT, SCHEDULED) come only to a host that names them. */
+  unsigned mask = m->cfg.event_mask ? m->cfg.event_mask
+                                    : (unsigned)(APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS |
+                                                 APEX_EVENT_RETRY | APEX_EVENT_DONE);
+  return (mask & (unsigned)type) != 0;
 }
 
 int apex__events_wait_done(apex_manager_t *m, apex_task_t *t) {

@@ -1,5 +1,6 @@
 /* Internal: the manager, tasks and the pieces of the execution engine that
- * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, events.c).
+ * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, timeouts.c,
+ * events.c).
  *
  * Threads: the host's threads (submit, wait, cancel, dispatch), worker
  * threads (run handlers), the runtime thread (libuv loop: deadlines, retry
@@ -53,6 +54,12 @@ typedef struct apex__progress_slot {
   char msg[APEX_PROGRESS_MESSAGE_MAX + 1];
   char status[32];      /* "" until a report set one ("running") */
   json_t *details;      /* the last full report's (a copy), or NULL */
+  /* Heartbeats (apex_ctx_heartbeat): the open attempt's latest details (a
+   * copy) and the last ones an earlier attempt recorded (what
+   * apex_ctx_heartbeat_details returns: not touched while an attempt is
+   * open); hb_dirty: a HEARTBEAT event is due at the next flush. */
+  json_t *hb_details, *hb_prev;
+  int hb_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
   /* What only a task that reports progress needs, kept here, not in the
    * run state, so a task that never reports (a pending deferred one) does
@@ -75,6 +82,42 @@ struct apex__ev {
   apex_event_t ev; /* holds a ref on task, progress, error */
 };
 
+/* What fired when a task or one of its attempts timed out
+ * (apex_error_timeout_kind names them). */
+typedef enum apex__tmo_kind {
+  APEX__TMO_NONE = 0,
+  APEX__TMO_SCHEDULE_TO_CLOSE, /* the overall deadline (timeout_s) */
+  APEX__TMO_SCHEDULE_TO_START, /* never started its first attempt in time */
+  APEX__TMO_START_TO_CLOSE,    /* one attempt ran too long */
+  APEX__TMO_HEARTBEAT          /* one attempt went too long without a heartbeat */
+} apex__tmo_kind_t;
+
+/* The schedule-to-start, start-to-close and heartbeat timeouts of a task
+ * that has one of them (timeouts.c): allocated with its opts at submit, so
+ * a task without them pays nothing. One timer per task, in m's timeout
+ * heap, armed for the earliest of what is pending; a heartbeat only moves
+ * hb_last, and the timer, when it goes off early, re-arms for what is due
+ * then (task.c, apex__task_on_timeout). */
+typedef struct apex__tmo {
+  /* Immutable after submit. */
+  apex_task_t *task;
+  uint64_t s2s_ns, s2c_ns, hb_ns; /* 0: none */
+  /* Task lock. */
+  uint64_t s2s_at;  /* the first attempt must start by then; 0 once started */
+  uint64_t att_at;  /* the open attempt's start-to-close deadline; 0: none */
+  uint64_t hb_last; /* the open attempt's start or last heartbeat; 0: closed */
+  /* The open attempt's token (a child of the task's): what its handler
+   * waits on, so an attempt timeout cancels this attempt, not the task (a
+   * retry gets a new one). Written under the task lock, read without it by
+   * the ctx calls of the open attempt. NULL: the task's token serves. */
+  _Atomic(apex_token_t *) tok;
+  uint8_t att_kind; /* an attempt timeout fired; its end makes the outcome */
+  uint8_t in_heap_reserved; /* holds one of m->theap_reserved (pool_mu) */
+  /* pool_mu */
+  uint32_t heap_idx; /* in m->theap; APEX__NOT_IN_HEAP: not armed */
+  uint64_t due;      /* what it is armed for */
+} apex__tmo_t;
+
 /* Per-call options that differ from the action's and the manager's
  * defaults; allocated at submit only when a call sets one (most do not). */
 typedef struct apex__task_opts {
@@ -84,7 +127,11 @@ typedef struct apex__task_opts {
   apex_event_fn on_event;    /* overrides the manager's when set */
   void *event_user;
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
+  apex__tmo_t *tmo;          /* in the same block; NULL: none of those timeouts */
 } apex__task_opts_t;
+
+/* t's timeouts block, or NULL (immutable after submit: no lock). */
+#define apex__task_tmo(t) ((t)->opts ? (t)->opts->tmo : NULL)
 
 /* What a task needs once its first attempt starts: taken then (by the
  * worker), so a queued task carries none of it, and given back as soon as
@@ -347,6 +394,10 @@ struct apex_manager {
   uint32_t heap_len, heap_cap;
   uint32_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
+  /* the timeouts heap (timeouts.c): one entry per task with a
+   * schedule-to-start, start-to-close or heartbeat timeout armed */
+  apex__tmo_t **theap;
+  uint32_t theap_len, theap_cap, theap_reserved;
 
   /* events (ev_mu) */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t ev_mu;
@@ -544,6 +595,9 @@ apex_task_t *apex__pool_take_queued(apex_manager_t *m);
 void apex__pool_worker_stuck(apex_manager_t *m);
 /* Counts one more stuck handler; under the task lock that set t->stuck. */
 void apex__pool_count_stuck(apex_manager_t *m);
+/* Uncounts one: a stuck attempt (an attempt timeout marked it) ended
+ * without apex__pool_attempt_close. No lock held; takes pool_mu. */
+void apex__pool_uncount_stuck(apex_manager_t *m);
 /* From complete() on a worker of m: have the worker tear m down once its
  * handler returned. Returns 1 if deferred, 0 if not a worker of m. No lock
  * (thread-local state). */
@@ -606,6 +660,61 @@ void apex__flush_request(apex_manager_t *m, apex_task_t *t);
  * due, if any. */
 void apex__timers_fire(apex_manager_t *m);
 
+/* timeouts.c: the schedule-to-start, start-to-close and heartbeat timer of
+ * each task that has one (apex__tmo_t), in a heap of its own under
+ * pool_mu; the runtime thread fires it with the deadlines (runtime.c). */
+/* Resolves the three timeouts of a submit into ns[] (schedule-to-start,
+ * start-to-close, heartbeat; 0: none): the call's value, or the action's
+ * default for 0; a negative call value means none. Returns: APEX_OK;
+ * APEX_E_INVALID with why naming the field (NaN, infinite, above 1e9). */
+int apex__tmo_resolve(const apex_action_desc_t *a, const apex_submit_opts_t *o, uint64_t ns[3],
+                      char *why, size_t why_len);
+/* Fills t's timeouts block from ns[] at submit time now; the
+ * schedule-to-start clock starts at o's start time (run_after_s, run_at)
+ * when it is later. */
+void apex__tmo_init(apex__tmo_t *tmo, apex_task_t *t, const uint64_t ns[3], uint64_t now,
+                    const apex_submit_opts_t *o);
+/* Submit: reserves t's heap slot (before it is queued) / arms its
+ * schedule-to-start timer (after; a no-op if it started or ended
+ * meanwhile) / gives the slot back (a submit that failed). No lock held;
+ * armed takes t's lock, the others pool_mu. */
+int apex__tmo_reserve(apex_manager_t *m, apex__tmo_t *tmo);
+void apex__tmo_submitted(apex_manager_t *m, apex_task_t *t);
+void apex__tmo_unreserve(apex_manager_t *m, apex__tmo_t *tmo);
+/* Under pool_mu: arms tmo for at, unless armed for that or earlier. */
+void apex__tmo_arm_locked(apex_manager_t *m, apex__tmo_t *tmo, uint64_t at);
+/* Under pool_mu: disarms tmo and gives its slot back (t ends). */
+void apex__tmo_release_locked(apex_manager_t *m, apex__tmo_t *tmo);
+/* Under pool_mu: the earliest armed time, 0 for none. */
+uint64_t apex__tmo_next_locked(apex_manager_t *m);
+/* Under pool_mu: takes the earliest entry due by now out of the heap and
+ * returns its task with a reference for the caller; NULL if none is due. */
+apex_task_t *apex__tmo_pop_due_locked(apex_manager_t *m, uint64_t now);
+/* Frees m's heap (teardown). */
+void apex__tmo_fini(apex_manager_t *m);
+/* runtime.c: under pool_mu, at (just armed) is due before anything armed:
+ * arms the timers for it. */
+void apex__timer_earlier_locked(apex_manager_t *m, uint64_t at);
+
+/* task.c: t's timeouts timer went off (runtime thread, or the host's in
+ * DISPATCH mode): ends it (schedule-to-start), times its attempt out
+ * (start-to-close, heartbeat) or re-arms for what is due later. No lock
+ * held on entry. */
+void apex__task_on_timeout(apex_task_t *t, uint64_t now);
+/* The token the open attempt's handler waits on: its attempt token when
+ * it has one (apex__tmo_t.tok), else the task's (peek: NULL if none yet;
+ * get: made on first use, NULL on no memory; never under t's lock). */
+apex_token_t *apex__ctx_token_peek(apex_task_t *t);
+apex_token_t *apex__ctx_token(apex_task_t *t);
+/* apex_ctx_heartbeat for r's open attempt: details (validated, borrowed;
+ * NULL: none) kept as its latest, a HEARTBEAT event made due. Returns:
+ * APEX_OK (also when late, ignored); APEX_E_INVALID after complete
+ * (misuse); APEX_E_NOMEM. */
+int apex__run_heartbeat(apex__run_t *r, const json_t *details);
+/* apex_ctx_heartbeat_details: the last details an earlier attempt
+ * recorded, borrowed (immutable while this attempt is open), or NULL. */
+json_t *apex__run_heartbeat_details(apex__run_t *r);
+
 /* events.c */
 /* Makes / frees the DISPATCH fds and the queues; from apex_manager_new and
  * teardown, no lock held. Returns (init): APEX_OK or APEX_E_IO. */
@@ -651,5 +760,9 @@ const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t);
  * or the attempt's apex_ctx_retry_after hint when it gave one (which
  * replaces it). Under the task lock (reads t->attempt and t->run). */
 int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
+/* The same for an attempt that timed out (start-to-close, heartbeat):
+ * retried like a transient failure unless the policy lists APEX_E_TIMEOUT
+ * as non-retryable. */
+int apex__retry_next_timeout(const apex_task_t *t, double *delay_s);
 
 #endif

@@ -106,7 +106,8 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              (int)out->delivery);
     return 0;
   }
-  unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE;
+  unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE |
+                 APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED;
   if (out->event_mask & ~all) {
     snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
     return 0;
@@ -343,6 +344,7 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   for (size_t i = 0; i < m->n_paths; i++) free(m->paths[i]);
   free(m->paths);
   free(m->heap);
+  apex__tmo_fini(m);
   free(m->lheap);
   for (size_t b = 0; b < sizeof m->dl_hash / sizeof m->dl_hash[0]; b++)
     for (apex__dlist_t *l = m->dl_hash[b], *next; l; l = next) {
@@ -646,9 +648,22 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (timeout > 0) t->deadline_ns = apex__now_ns() + apex__timeout_ns(t->timeout_s);
   if (o && o->retry && !apex__retry_policy_check(o->retry, why, sizeof why))
     return apex__fail(err, APEX_E_INVALID, "retry policy: %s", why);
-  if (!o || (!o->retry && !o->on_event && !o->parent)) return APEX_OK;
-  apex__task_opts_t *x = calloc(1, sizeof *x);
+  /* The other three timeouts (timeouts.c): a task with none of them
+   * costs nothing more here. */
+  uint64_t tns[3];
+  if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
+    return apex__fail(err, APEX_E_INVALID, "%s", why);
+  int tmo = tns[0] || tns[1] || tns[2];
+  if (!tmo && (!o || (!o->retry && !o->on_event && !o->parent))) return APEX_OK;
+  /* One block: the options, then the timeouts' state if any. */
+  apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  if (tmo) {
+    x->tmo = (apex__tmo_t *)(void *)(x + 1);
+    apex__tmo_init(x->tmo, t, tns, apex__now_ns(), o);
+  }
+  t->opts = x;
+  if (!o) return APEX_OK;
   if (o->retry) {
     x->own_retry = 1;
     x->retry = *o->retry;
@@ -658,7 +673,6 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   }
   x->on_event = o->on_event;
   x->event_user = o->on_event ? o->event_user : NULL;
-  t->opts = x;
   (void)m;
   return APEX_OK;
 }
@@ -746,11 +760,15 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
     atomic_init(&t->token, tok);
   }
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  if (rc == APEX_OK && tmo && (rc = apex__tmo_reserve(m, tmo)) != APEX_OK)
+    apex__fail(err, rc, "out of memory for the task's timer");
   if (rc == APEX_OK) {
     t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. */
     rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1);
+    if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
@@ -768,6 +786,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     return rc;
   }
   atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
+  if (tmo) apex__tmo_submitted(m, t); /* arms its schedule-to-start timer */
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The
      * registration holds no reference: task_free removes it. Only this

@@ -349,6 +349,12 @@ void apex__pool_count_stuck(apex_manager_t *m) {
   pthread_mutex_unlock(&m->pool_mu);
 }
 
+void apex__pool_uncount_stuck(apex_manager_t *m) {
+  pthread_mutex_lock(&m->pool_mu);
+  m->n_stuck--;
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
 void apex__pool_worker_stuck(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   /* The handler may have returned already (n_stuck back down): then no

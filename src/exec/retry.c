@@ -31,14 +31,17 @@ const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t) {
   return t->opts && t->opts->own_retry ? &t->opts->retry : &t->action->default_retry;
 }
 
-int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
+/* timed_out: the attempt was ended by its start-to-close or heartbeat
+ * timeout (Temporal retries those), not a handler's own APEX_E_TIMEOUT. */
+static int next(const apex_task_t *t, int code, int timed_out, double *delay_s) {
   const apex_retry_policy_t *p = apex__retry_policy(t);
   uint32_t attempt = t->attempt;
   uint32_t max = p->max_attempts ? p->max_attempts : 1;
   if (attempt >= max) return 0;
-  /* Only failures the plugin called transient are retried; cancellation,
-   * timeouts and permanent errors never are. */
-  if (code != APEX_E_TRANSIENT && code != APEX_E_CRASHED) return 0;
+  /* Only failures the plugin called transient, and attempt timeouts, are
+   * retried; cancellation, the task's own timeouts and permanent errors
+   * never are. */
+  if (code != APEX_E_TRANSIENT && code != APEX_E_CRASHED && !timed_out) return 0;
   for (size_t i = 0; i < p->n_non_retryable; i++)
     if ((int)p->non_retryable[i] == code) return 0;
   double d;
@@ -56,4 +59,12 @@ int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
   if (!(d >= 0) || d > 86400.0 * 365) d = d > 0 ? 86400.0 * 365 : 0;
   *delay_s = d;
   return 1;
+}
+
+int apex__retry_next(const apex_task_t *t, int code, double *delay_s) {
+  return next(t, code, 0, delay_s);
+}
+
+int apex__retry_next_timeout(const apex_task_t *t, double *delay_s) {
+  return next(t, APEX_E_TIMEOUT, 1, delay_s);
 }

@@ -13,7 +13,9 @@
  * Deadlines use a timerfd armed at the absolute CLOCK_MONOTONIC nanosecond,
  * not a uv_timer: libuv timers count whole milliseconds from a cached loop
  * time, which makes a 5 ms timeout fire up to a millisecond late; a timerfd
- * fires within the kernel's wake-up latency. In DISPATCH mode the host's
+ * fires within the kernel's wake-up latency. The schedule-to-start,
+ * start-to-close and heartbeat timers (timeouts.c) share the timerfd: their
+ * heap's earliest entry counts with the rest. In DISPATCH mode the host's
  * fd also watches a second timerfd, and apex_manager_dispatch fires what is
  * due on the host's thread (see arm).
  *
@@ -220,6 +222,8 @@ static void earlier_locked(apex_manager_t *m, uint64_t at) {
   arm_locked(m, at);
 }
 
+void apex__timer_earlier_locked(apex_manager_t *m, uint64_t at) { earlier_locked(m, at); }
+
 void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   apex__dlist_t *l = dl_find(m, dl_key(t));
   /* Pinned at submit, so the list exists. Deadlines within a list are in
@@ -325,6 +329,8 @@ unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
     }
     m->heap_reserved--;
   }
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  if (tmo) apex__tmo_release_locked(m, tmo); /* holds no reference */
   t->timer_flags &= (uint8_t)APEX__POOL_QUEUED; /* the timer flags, not the pool's */
   return refs;
 }
@@ -333,6 +339,8 @@ unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
 static uint64_t next_due_locked(apex_manager_t *m) {
   uint64_t at = m->lheap_len ? list_at(m->lheap[0]) : 0;
   if (m->heap_len && (!at || rkey(m->heap[0]) < at)) at = rkey(m->heap[0]);
+  uint64_t tat = apex__tmo_next_locked(m); /* timeouts.c */
+  if (tat && (!at || tat < at)) at = tat;
   return at;
 }
 
@@ -353,7 +361,7 @@ static void fire_due(apex_manager_t *m, int on_host) {
   }
   enum { BATCH = 256 };
   apex_task_t *due[BATCH];
-  int retry[BATCH];
+  int retry[BATCH]; /* 0 deadline, 1 retry, 2 the timeouts timer */
   for (;;) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
@@ -372,10 +380,17 @@ static void fire_due(apex_manager_t *m, int on_host) {
       retry[n] = 1;
       due[n++] = t; /* the heap's reference moves to us */
     }
+    apex_task_t *tt;
+    while (n < BATCH && (tt = apex__tmo_pop_due_locked(m, now))) {
+      retry[n] = 2;
+      due[n++] = tt; /* with a reference for us */
+    }
     pthread_mutex_unlock(&m->pool_mu);
     for (size_t i = 0; i < n; i++) {
-      if (retry[i])
+      if (retry[i] == 1)
         apex__task_on_retry(due[i], now);
+      else if (retry[i] == 2)
+        apex__task_on_timeout(due[i], now);
       else
         apex__task_on_deadline(due[i]);
       apex__task_unref(due[i]);

@@ -39,6 +39,8 @@ static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
 static void slot_free(apex__progress_slot_t *s) {
   if (!s) return;
   json_decref(s->details);
+  json_decref(s->hb_details);
+  json_decref(s->hb_prev);
   apex__ptree_free(s->tree);
   apex_progress_unref(s->last_progress);
   for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
@@ -64,6 +66,18 @@ apex_token_t *apex__task_token(apex_task_t *t) {
   }
   if (fired) apex_token_cancel(tok, apex__cause_name(APEX__CAUSE_USER));
   return tok;
+}
+
+apex_token_t *apex__ctx_token_peek(apex_task_t *t) {
+  apex__tmo_t *x = apex__task_tmo(t);
+  apex_token_t *tok = x ? atomic_load_explicit(&x->tok, memory_order_acquire) : NULL;
+  return tok ? tok : apex__task_token_peek(t);
+}
+
+apex_token_t *apex__ctx_token(apex_task_t *t) {
+  apex__tmo_t *x = apex__task_tmo(t);
+  apex_token_t *tok = x ? atomic_load_explicit(&x->tok, memory_order_acquire) : NULL;
+  return tok ? tok : apex__task_token(t);
 }
 
 _Static_assert(sizeof(apex_task_t) <= 120, "a queued task must stay in malloc's 128-byte class");
@@ -267,11 +281,30 @@ static apex_progress_t *latest_snapshot_locked(apex_task_t *t) {
   return snapshot_locked(s);
 }
 
-/* Delivers the backlog then the latest update. Under the lock. Returns the
- * last snapshot delivered (new reference, for logging) or NULL. */
+/* Pushes a HEARTBEAT event with a copy of the latest details (the event
+ * owns it: apex__ev_free). Under the lock. */
+static void deliver_heartbeat_locked(apex_task_t *t, apex__progress_slot_t *s) {
+  apex_manager_t *m = apex__task_m(t);
+  s->hb_dirty = 0;
+  if (!apex__events_wanted(m, t, APEX_EVENT_HEARTBEAT)) return;
+  json_t *d = NULL;
+  if (s->hb_details && !(d = json_deep_copy(s->hb_details))) return; /* not delivered */
+  apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_HEARTBEAT);
+  if (!ev) {
+    json_decref(d);
+    return;
+  }
+  ev->ev.result = d;
+  apex__events_push(m, ev);
+}
+
+/* Delivers the backlog then the latest update, then a heartbeat due.
+ * Under the lock. Returns the last snapshot delivered (new reference, for
+ * logging) or NULL. */
 static apex_progress_t *flush_locked(apex_task_t *t) {
   apex__progress_slot_t *s = t->run ? t->run->prog : NULL;
   if (!s) return NULL;
+  if (s->hb_dirty) deliver_heartbeat_locked(t, s);
   apex_progress_t *last = NULL;
   for (unsigned i = 0; i < s->n_backlog; i++) {
     deliver_progress_locked(t, s->backlog[i]);
@@ -455,6 +488,77 @@ int apex__task_report_node(apex__run_t *r, size_t index, double pct, const char 
   return report(r, &rep, n_nodes);
 }
 
+/* --------------------------------------------------------- heartbeats
+ *
+ * A heartbeat says the attempt is alive (it resets the heartbeat timeout)
+ * and may carry details, kept as the attempt's latest (Apex's copy, only
+ * made when they differ from the last), delivered as a HEARTBEAT event
+ * coalesced with progress (at most progress_rate_hz a second; the latest
+ * wins) and handed to the next attempt (apex_ctx_heartbeat_details). They
+ * live in the progress slot, which persists across attempts. Progress
+ * reports are not heartbeats (as in Temporal): a plugin that reports
+ * progress but is stuck in one call should still time out. */
+
+int apex__run_heartbeat(apex__run_t *r, const json_t *details) {
+  apex_manager_t *m = apex__run_m(r);
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_heartbeat");
+    return APEX_E_INVALID;
+  }
+  pthread_mutex_t *mu = apex__task_mu(t);
+  if (is_terminal(atomic_load_explicit(&t->state, memory_order_relaxed))) {
+    pthread_mutex_unlock(mu); /* after a timeout or cancel: ignored */
+    atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+    return APEX_OK;
+  }
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  /* The clock is read only by a task with a heartbeat timeout. */
+  if (tmo && tmo->hb_ns && tmo->hb_last) tmo->hb_last = apex__now_ns();
+  int want = apex__events_wanted(m, t, APEX_EVENT_HEARTBEAT);
+  int rc = APEX_OK, request = 0;
+  if (details || want) {
+    apex__progress_slot_t *s = r->prog;
+    if (!s && !(s = r->prog = calloc(1, sizeof *s))) {
+      pthread_mutex_unlock(mu);
+      return APEX_E_NOMEM;
+    }
+    /* NULL details keep the last ones: a bare heartbeat only says alive. */
+    if (details && (!s->hb_details || !json_equal(s->hb_details, (json_t *)details))) {
+      json_t *copy = json_deep_copy(details);
+      if (copy) {
+        json_decref(s->hb_details);
+        s->hb_details = copy;
+      } else {
+        rc = APEX_E_NOMEM;
+      }
+    }
+    if (want) {
+      request = !s->hb_dirty && !s->dirty && s->n_backlog == 0;
+      s->hb_dirty = 1;
+    }
+  }
+  if (request) apex__task_ref(t); /* see report() */
+  pthread_mutex_unlock(mu);
+  if (request) {
+    apex__flush_request(m, t);
+    apex__task_unref(t);
+  }
+  return rc;
+}
+
+json_t *apex__run_heartbeat_details(apex__run_t *r) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
+                     "apex_ctx_heartbeat_details");
+    return NULL;
+  }
+  json_t *d = r->prog ? r->prog->hb_prev : NULL;
+  pthread_mutex_unlock(apex__task_mu(t));
+  return d;
+}
+
 /* --------------------------------------------------- cancel callbacks
  *
  * apex_ctx_on_cancel keeps one callback per attempt in the run state
@@ -568,11 +672,12 @@ int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
     pthread_mutex_unlock(mu);
     return APEX_E_ALREADY;
   }
-  /* Fired already: its token is cancelled (before the canceller takes this
-   * lock to fire, so seen here if that already happened). A task that ended
-   * (timeout) with its token not cancelled yet is fired by the ending
+  /* Fired already: its token (the attempt's, when it has one: an attempt
+   * timeout cancels only that) is cancelled (before the canceller takes
+   * this lock to fire, so seen here if that already happened). A task that
+   * ended (timeout) with its token not cancelled yet is fired by the ending
    * thread once it is (after_notify), so the callback sees its reason. */
-  if (!apex_token_is_cancelled(apex__task_token_peek(t))) {
+  if (!apex_token_is_cancelled(apex__ctx_token_peek(t))) {
     r->oc_fn = fn;
     r->oc_user = user;
     pthread_mutex_unlock(mu);
@@ -598,6 +703,8 @@ typedef struct after {
   int closing;        /* the attempt ends with the task (attempt_end) */
   const char *cancel; /* cancel the token with this reason */
   apex_progress_t *logp;
+  apex_token_t *drop_tok; /* an ended attempt's own token (timeouts.c) */
+  int uncount_stuck;  /* a stuck attempt ended without closing through the pool */
 } after_t;
 
 static void count_outcome(apex_manager_t *m, int state) {
@@ -683,6 +790,8 @@ static void after_notify(apex_task_t *t, after_t *a) {
 }
 
 static void after_release(apex_task_t *t, after_t *a) {
+  apex_token_unref(a->drop_tok);
+  if (a->uncount_stuck) apex__pool_uncount_stuck(apex__task_m(t));
   if (a->run) run_put(apex__task_m(t), a->run); /* emptied by release_life_locked */
   if (a->release_life) apex__task_unref(t);
 }
@@ -823,12 +932,55 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
 
 /* ------------------------------------------------------------ attempts */
 
+/* A task with a start-to-close or heartbeat timeout gives each attempt a
+ * token of its own, a child of the task's (so a cancel of the task reaches
+ * it), which that attempt's timeout cancels: the task's token stays
+ * uncancelled for the retry. Made before the lock (it allocates and the
+ * task's token may need making). NULL: none needed, or no memory (its
+ * attempt timeout then ends the task, as the overall timeout does). */
+static apex_token_t *attempt_token_new(apex_task_t *t) {
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  if (!tmo || !(tmo->s2c_ns || tmo->hb_ns)) return NULL;
+  apex_token_t *parent = apex__task_token(t), *tok = NULL;
+  if (!parent || apex_token_new_child(parent, &tok) != APEX_OK) return NULL;
+  return tok;
+}
+
+/* An attempt starts (under the lock): its timeouts' clocks start, the
+ * schedule-to-start one stops, and the heartbeat details an earlier
+ * attempt recorded become what apex_ctx_heartbeat_details returns. */
+static void attempt_timers_start_locked(apex_manager_t *m, apex_task_t *t, apex__run_t *r,
+                                        apex_token_t *att) {
+  apex__progress_slot_t *s = r->prog;
+  if (s && s->hb_details) {
+    json_decref(s->hb_prev);
+    s->hb_prev = s->hb_details;
+    s->hb_details = NULL;
+  }
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  if (!tmo) return;
+  tmo->s2s_at = 0;
+  tmo->att_kind = 0;
+  atomic_store_explicit(&tmo->tok, att, memory_order_release);
+  if (!tmo->s2c_ns && !tmo->hb_ns) return;
+  uint64_t now = apex__now_ns();
+  tmo->att_at = tmo->s2c_ns ? now + tmo->s2c_ns : 0;
+  tmo->hb_last = tmo->hb_ns ? now : 0;
+  uint64_t at = tmo->att_at;
+  if (tmo->hb_ns && (!at || now + tmo->hb_ns < at)) at = now + tmo->hb_ns;
+  pthread_mutex_lock(&m->pool_mu);
+  apex__tmo_arm_locked(m, tmo, at);
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
 int apex__task_run(apex_task_t *t) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
+  apex_token_t *att = attempt_token_new(t);
   pthread_mutex_lock(mu);
   if (atomic_load(&t->state) != APEX_TASK_QUEUED) { /* cancelled or timed out in the queue */
     pthread_mutex_unlock(mu);
+    apex_token_unref(att);
     return 0;
   }
   apex_token_t *tok = apex__task_token_peek(t);
@@ -841,6 +993,7 @@ int apex__task_run(apex_task_t *t) {
                   apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)",
                                   apex_token_reason(tok)),
                   &a);
+    a.drop_tok = att;
     pthread_mutex_unlock(mu);
     after_unlock(t, &a);
     return 0;
@@ -849,7 +1002,7 @@ int apex__task_run(apex_task_t *t) {
   if (!r) { /* the first attempt: the task grows what running needs */
     r = run_get(m, t);
     if (!r) {
-      after_t a = {0};
+      after_t a = {.drop_tok = att};
       apex__where_t w = where_of(t);
       finish_locked(t, APEX_TASK_FAILED,  NULL,
                     apex__error_new(APEX_E_NOMEM, &w, NULL, "out of memory starting the task"),
@@ -866,6 +1019,7 @@ int apex__task_run(apex_task_t *t) {
   r->oc_user = NULL;
   r->retry_after_s = -1.0f; /* a hint is the attempt's own (apex_ctx_retry_after) */
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
+  attempt_timers_start_locked(m, t, r, att);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
@@ -902,6 +1056,39 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
     return apex__error_new(APEX_E_EXECUTION, &w, own, "handler returned an unknown status %d", rc);
   if (own && apex_error_code(own) == rc) return own;
   return apex__error_new(rc, &w, own, "%s", own ? apex_error_message(own) : apex_strerror(rc));
+}
+
+/* The error of a timeout of kind (apex__tmo_kind_t) for t, its message
+ * naming it as apex_error_timeout_kind does. */
+static apex_error_t *timeout_error(apex_task_t *t, int kind) {
+  apex__where_t w = where_of(t);
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  apex_error_t *e;
+  switch (kind) {
+    case APEX__TMO_SCHEDULE_TO_START:
+      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
+                          "timed out: never ran, not started within %.3f s "
+                          "(schedule_to_start timeout)",
+                          (double)tmo->s2s_ns / 1e9);
+      break;
+    case APEX__TMO_START_TO_CLOSE:
+      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
+                          "timed out: attempt %u ran longer than %.3f s (start_to_close timeout)",
+                          (unsigned)t->attempt, (double)tmo->s2c_ns / 1e9);
+      break;
+    case APEX__TMO_HEARTBEAT:
+      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
+                          "timed out: attempt %u sent no heartbeat for %.3f s (heartbeat timeout)",
+                          (unsigned)t->attempt, (double)tmo->hb_ns / 1e9);
+      break;
+    default:
+      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
+                          "timed out after %.3f s%s (schedule_to_close timeout)",
+                          (double)t->timeout_s,
+                          atomic_load(&t->state) == APEX_TASK_QUEUED ? " (still queued)" : "");
+      kind = APEX__TMO_SCHEDULE_TO_CLOSE;
+  }
+  return apex__error_timeout_kind(e, kind);
 }
 
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what) {
@@ -988,6 +1175,17 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   oc_clear_locked(m, r);
   int was_stuck = r->stuck;
   r->stuck = 0;
+  /* The attempt's timeouts stop with it; its own token goes (no handler
+   * of it reads it any more), and an attempt timeout that fired makes its
+   * outcome below. */
+  int att_kind = 0;
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  if (tmo) {
+    a.drop_tok = atomic_exchange_explicit(&tmo->tok, NULL, memory_order_relaxed);
+    att_kind = tmo->att_kind;
+    tmo->att_kind = 0;
+    tmo->att_at = tmo->hb_last = 0;
+  }
   json_t *res = r->attempt_result;
   apex_error_t *own = r->attempt_error;
   r->attempt_result = NULL;
@@ -1017,18 +1215,32 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     after_release(t, &a);
     return teardown;
   }
-  if (rc == APEX_OK) {
+  apex_token_t *tok = apex__task_token_peek(t);
+  /* Its start-to-close or heartbeat timeout fired (and a retry was due
+   * then): whatever the handler says now is too late, unless the task
+   * itself was cancelled meanwhile. */
+  int timed_out = att_kind && !apex_token_is_cancelled(tok);
+  if (timed_out) atomic_fetch_add_explicit(&m->st_late, 1, memory_order_relaxed);
+  if (rc == APEX_OK && !timed_out) {
     apex_error_unref(own);
     finish_locked(t, APEX_TASK_SUCCEEDED, res ? res : json_null(), NULL, &a);
     pthread_mutex_unlock(mu);
   } else {
     json_decref(res);
-    apex_error_t *err = attempt_error(t, rc, own);
+    apex_error_t *err;
+    if (timed_out) {
+      apex_error_unref(own);
+      err = timeout_error(t, att_kind);
+    } else {
+      err = attempt_error(t, rc, own);
+    }
     int code = apex_error_code(err);
     double delay = 0;
     uint64_t now = apex__now_ns();
-    apex_token_t *tok = apex__task_token_peek(t);
-    if (apex_token_is_cancelled(tok) || oc_fired || code == APEX_E_CANCELLED) {
+    /* A stuck attempt (its timeout fired) that ends here, not through
+     * apex__pool_attempt_close, is uncounted after the unlock. */
+    a.uncount_stuck = was_stuck;
+    if (!timed_out && (apex_token_is_cancelled(tok) || oc_fired || code == APEX_E_CANCELLED)) {
       /* oc_fired without a token: cancel_tokenless, a plain user cancel */
       const char *why = apex_token_reason(tok);
       apex__where_t w = where_of(t);
@@ -1038,7 +1250,8 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
                                                why ? why : "user");
       finish_locked(t, APEX_TASK_CANCELLED, NULL, ce, &a);
       pthread_mutex_unlock(mu);
-    } else if (apex__retry_next(t, code, &delay) &&
+    } else if ((timed_out ? apex__retry_next_timeout(t, &delay)
+                          : apex__retry_next(t, code, &delay)) &&
                (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
       apex_progress_t *lp = flush_locked(t); /* this attempt's progress precedes RETRY */
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
@@ -1081,13 +1294,14 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
           }
           /* Not running while it waits. Never an orphaned manager's last
            * handler: the manager is orphaned only once every task ended. */
-          (void)apex__pool_attempt_close(m, 0);
+          (void)apex__pool_attempt_close(m, was_stuck);
+          a.uncount_stuck = 0;
           pthread_mutex_unlock(mu);
           apex_error_unref(err);
         }
       }
     } else {
-      finish_locked(t, APEX_TASK_FAILED, NULL, err, &a);
+      finish_locked(t, timed_out ? APEX_TASK_TIMED_OUT : APEX_TASK_FAILED, NULL, err, &a);
       pthread_mutex_unlock(mu);
     }
   }
@@ -1111,23 +1325,111 @@ void apex__task_on_deadline(apex_task_t *t) {
     pthread_mutex_unlock(mu);
     return;
   }
-  apex__where_t w = where_of(t);
+  /* Not twice: an attempt timeout may have marked it stuck already. */
   stuck = st == APEX_TASK_RUNNING &&
           atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
-          t->action->kind == APEX_ACTION_BLOCKING;
+          t->action->kind == APEX_ACTION_BLOCKING && !t->run->stuck;
   if (stuck) { /* counted with the flag, so attempt_end's uncount matches */
     t->run->stuck = 1;
     apex__pool_count_stuck(m);
   }
-  finish_locked(t, APEX_TASK_TIMED_OUT, NULL,
-                apex__error_new(APEX_E_TIMEOUT, &w, NULL, "timed out after %.3f s%s",
-                                (double)t->timeout_s,
-                                st == APEX_TASK_QUEUED ? " (still queued)" : ""),
-                &a);
+  finish_locked(t, APEX_TASK_TIMED_OUT, NULL, timeout_error(t, APEX__TMO_SCHEDULE_TO_CLOSE), &a);
   a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
   pthread_mutex_unlock(mu);
   if (stuck) apex__pool_worker_stuck(m);
   after_unlock(t, &a);
+}
+
+/* A task that never started leaves every place it waits in: today the run
+ * queue, which finish_locked's apex__pool_task_end leaves at once (the
+ * path a cancel of a queued task takes), so no worker ever pops it. The
+ * one place to point at another queue's removal. Under the lock. */
+static void end_unstarted_locked(apex_task_t *t, apex_error_t *err, after_t *a) {
+  finish_locked(t, APEX_TASK_TIMED_OUT, NULL, err, a);
+}
+
+void apex__task_on_timeout(apex_task_t *t, uint64_t now) {
+  apex_manager_t *m = apex__task_m(t);
+  pthread_mutex_t *mu = apex__task_mu(t);
+  apex__tmo_t *tmo = apex__task_tmo(t);
+  after_t a = {0};
+  uint64_t rearm = 0;
+  pthread_mutex_lock(mu);
+  int st = atomic_load(&t->state);
+  if (is_terminal(st)) {
+    pthread_mutex_unlock(mu);
+    return;
+  }
+  if (t->attempt == 0 && tmo->s2s_at) { /* waiting to start its first attempt */
+    if (now < tmo->s2s_at) {
+      rearm = tmo->s2s_at;
+    } else {
+      end_unstarted_locked(t, timeout_error(t, APEX__TMO_SCHEDULE_TO_START), &a);
+      /* Its token (if one was made: a parent's, the host's) hears of it;
+       * none is made for this. */
+      if (apex__task_token_peek(t)) a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
+      pthread_mutex_unlock(mu);
+      after_unlock(t, &a);
+      return;
+    }
+  }
+  apex__run_t *r = t->run;
+  int open = st == APEX_TASK_RUNNING && r &&
+             atomic_load_explicit(&r->attempt_open, memory_order_relaxed);
+  int kind = 0;
+  if (open && !tmo->att_kind) {
+    if (tmo->att_at && now >= tmo->att_at)
+      kind = APEX__TMO_START_TO_CLOSE;
+    else if (tmo->hb_last && now >= tmo->hb_last + tmo->hb_ns)
+      kind = APEX__TMO_HEARTBEAT;
+    else if (tmo->att_at || tmo->hb_last) { /* early: a heartbeat moved it */
+      rearm = tmo->att_at;
+      if (tmo->hb_last && (!rearm || tmo->hb_last + tmo->hb_ns < rearm))
+        rearm = tmo->hb_last + tmo->hb_ns;
+    }
+  }
+  if (!kind) {
+    if (rearm) {
+      pthread_mutex_lock(&m->pool_mu);
+      apex__tmo_arm_locked(m, tmo, rearm);
+      pthread_mutex_unlock(&m->pool_mu);
+    }
+    pthread_mutex_unlock(mu);
+    return;
+  }
+  /* The attempt timed out: a blocking handler that ignores its token holds
+   * its worker, which is replaced as for the overall timeout. */
+  int stuck = t->action->kind == APEX_ACTION_BLOCKING && !r->stuck;
+  if (stuck) {
+    r->stuck = 1;
+    apex__pool_count_stuck(m);
+  }
+  apex_token_t *att = atomic_load_explicit(&tmo->tok, memory_order_relaxed);
+  double delay = 0;
+  if (!att || !apex__retry_next_timeout(t, &delay) ||
+      (t->deadline_ns && now + (uint64_t)(delay * 1e9) >= t->deadline_ns)) {
+    /* No retry to wait for: the task ends now, as the overall timeout
+     * ends it, and the handler's late outcome is ignored. */
+    finish_locked(t, APEX_TASK_TIMED_OUT, NULL, timeout_error(t, kind), &a);
+    a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
+    pthread_mutex_unlock(mu);
+    if (stuck) apex__pool_worker_stuck(m);
+    after_unlock(t, &a);
+    return;
+  }
+  /* A retry is due: this attempt is cancelled ("timeout": its token, its
+   * cancel callback) and its end, when its handler lets go of the ctx,
+   * makes the timeout its outcome and schedules the retry
+   * (attempt_end_locked). The next attempt gets a token of its own. */
+  tmo->att_kind = (uint8_t)kind;
+  apex_token_ref(att);
+  apex__task_ref(t); /* for fire_on_cancel: the end may drop the others */
+  pthread_mutex_unlock(mu);
+  apex_token_cancel(att, apex__cause_name(APEX__CAUSE_TIMEOUT));
+  apex_token_unref(att);
+  fire_on_cancel(t);
+  apex__task_unref(t);
+  if (stuck) apex__pool_worker_stuck(m);
 }
 
 /* Runtime thread: t's retry time came (the retry heap gave it up). */

@@ -192,6 +192,17 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
   if (!finite_nonneg(a->default_timeout_s) || a->default_timeout_s > APEX__MAX_TIMEOUT_S)
     return bad(c, "default_timeout_s %g is not in [0, %g]", a->default_timeout_s,
                APEX__MAX_TIMEOUT_S);
+  /* The other three timeouts' defaults (docs/scheduling.md); zero in a
+   * copy of an older layout. */
+  const struct {
+    const char *name;
+    double v;
+  } tmo[] = {{"schedule_to_start_s", a->schedule_to_start_s},
+             {"start_to_close_s", a->start_to_close_s},
+             {"heartbeat_timeout_s", a->heartbeat_timeout_s}};
+  for (size_t k = 0; k < sizeof tmo / sizeof tmo[0]; k++)
+    if (!finite_nonneg(tmo[k].v) || tmo[k].v > APEX__MAX_TIMEOUT_S)
+      return bad(c, "%s %g is not in [0, %g]", tmo[k].name, tmo[k].v, APEX__MAX_TIMEOUT_S);
   return check_retry(c, &a->default_retry);
 }
 
