@@ -61,7 +61,7 @@ TARGETS = [
      "a pending task in at most 250 bytes"),
     ("W8", (1, "apex", "wall_ms"), "<=", (0.2, "python", "wall_ms"), ""),
     # Issue 10: the http plugin's download keeps up with curl itself.
-    ("W11", (1, "apex", "mib_per_s"), ">=", (0.9, "curl", "mib_per_s"),
+    ("Whttp", (1, "apex", "mib_per_s"), ">=", (0.9, "curl", "mib_per_s"),
      "http.download against curl -o, same server, same run"),
 ]
 
@@ -79,7 +79,7 @@ SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 # A flag holds only if it held in every run: its summary is the minimum.
 FLAGS = {"final"}
 
-WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W11"]
+WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "Whttp"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -91,7 +91,7 @@ WORKLOAD_TITLE = {
     "W6t": "W6t: progress of a 1,000-node sub-task tree, one node per report",
     "W7": "W7: pending deferred tasks with a timeout, cancelled in random order",
     "W8": "W8: start-up of a one-shot command",
-    "W11": "W11: a 1 GiB download from a loopback server, http.download against curl -o",
+    "Whttp": "Whttp: a 1 GiB download from a loopback server, http.download against curl -o",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "libuv", "libuv_prealloc", "glib", "gtask",
               "floor", "asyncio", "python", "apex_fsync", "curl"]

@@ -13,7 +13,7 @@ what it was asked (bench/README.md): that becomes a `skipped="..."` line, not
 a failure (a peer whose build lacks an API the workload needs says so that
 way). W8 (start-up) is measured here: the driver launches `apex run ...` and
 `python3 -c 'import asyncio'` itself and reads their peak RSS and CPU time
-from wait4. So is W11 (a download from the http tests' loopback server by
+from wait4. So is Whttp (a download from the http tests' loopback server by
 `apex run http.download` and by `curl -o`).
 
 Which peer runs which workload comes from bench/tiny.txt (the tiny runs CTest
@@ -54,14 +54,14 @@ FULL_SIZES = {
     "W6t": {"*": 1000000, "apex_full": 5000},
     "W7": [1000, 10000, 100000, 1000000],
     "W8": 10,  # launches of each program per run, the driver's own workload
-    "W11": 1 << 30,  # bytes of the download, the driver's own workload
+    "Whttp": 1 << 30,  # bytes of the download, the driver's own workload
 }
-WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W11"]
+WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "Whttp"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
-TINY_W11_BYTES = 16 << 20
-# W11's peers: what downloads the body (bench/README.md).
-W11_PEERS = ("apex", "apex_fsync", "curl")
+TINY_WHTTP_BYTES = 16 << 20
+# Whttp's peers: what downloads the body (bench/README.md).
+WHTTP_PEERS = ("apex", "apex_fsync", "curl")
 TIMEOUT_S = 120
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,7 +161,7 @@ def w8_argv(build, peer):
 def make_plan(build, tiny, only):
     rows = read_tiny(TINY_FILE)
     for r in rows:
-        if r[1] not in FULL_SIZES or r[1] in ("W8", "W11"):
+        if r[1] not in FULL_SIZES or r[1] in ("W8", "Whttp"):
             raise SystemExit(f"tiny.txt names workload {r[1]}, which run.py does not know")
     plan = []
     for w in WORKLOADS:
@@ -171,9 +171,9 @@ def make_plan(build, tiny, only):
             launches = TINY_W8_LAUNCHES if tiny else FULL_SIZES["W8"]
             plan += [Plan(w, launches, p, w8_argv(build, p)) for p in ("apex", "python")]
             continue
-        if w == "W11":
-            size = TINY_W11_BYTES if tiny else FULL_SIZES["W11"]
-            plan += [Plan(w, size, p, [build]) for p in W11_PEERS]
+        if w == "Whttp":
+            size = TINY_WHTTP_BYTES if tiny else FULL_SIZES["Whttp"]
+            plan += [Plan(w, size, p, [build]) for p in WHTTP_PEERS]
             continue
         entries = []
         for prog, workload, tsize, variant, peer in rows:
@@ -458,7 +458,7 @@ def stop_http_server(srv):
 
 
 def run_w11(p, k, env, timeout):
-    """W11, measured here: one download of p.size bytes from the loopback
+    """Whttp, measured here: one download of p.size bytes from the loopback
     test server into a file beside the results, by `apex run http.download`
     (fsync off, as curl does; apex_fsync: the default, fsync on) or by
     `curl -o`; wall and CPU time from wait4 (the server's CPU is in
@@ -498,7 +498,7 @@ def run_w11(p, k, env, timeout):
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
         stop_http_server(srv)
-    base = [fmt_kv("peer", p.peer), fmt_kv("workload", "W11"), fmt_kv("size", p.size)]
+    base = [fmt_kv("peer", p.peer), fmt_kv("workload", "Whttp"), fmt_kv("size", p.size)]
     mib_s = (p.size / (1 << 20)) / (wall / 1e9)
     return [" ".join(base + ["figure=mib_per_s", f"value={mib_s:.6g}", "unit=MiB/s", f"run={k}"]),
             " ".join(base + ["figure=wall_ms", f"value={wall / 1e6:.6g}", "unit=ms", f"run={k}"]),
@@ -571,7 +571,7 @@ def main():
                         try:
                             if p.workload == "W8":
                                 got, err = run_w8(p, k, env, args.timeout)
-                            elif p.workload == "W11":
+                            elif p.workload == "Whttp":
                                 got, err = run_w11(p, k, env, args.timeout)
                             else:
                                 got, err = run_program(p, k, env, args.timeout)

@@ -1,5 +1,5 @@
 /* http_test_server: the loopback HTTP server the http plugin's tests (and
- * bench W11) run against, on libmicrohttpd (no HTTP parsing of our own).
+ * bench Whttp) run against, on libmicrohttpd (no HTTP parsing of our own).
  *
  * Usage: http_test_server [--tls CERT.pem KEY.pem]
  *   Listens on 127.0.0.1 at a port the kernel picks, prints that port and a
