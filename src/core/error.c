@@ -88,6 +88,42 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
   return e;
 }
 
+apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *cause,
+                                   const char *reason) {
+  /* "cancelled (REASON)", put together by hand: every cancel makes one,
+   * on the way from the cancel to the host's DONE, and vsnprintf (twice:
+   * measure, then write) was the larger part of the cost. */
+  static const char pre[] = "cancelled (";
+  if (!reason) reason = "(null)";
+  size_t rlen = strlen(reason), mlen = sizeof pre - 1 + rlen + 1;
+  const char *plugin = where ? where->plugin : NULL;
+  const char *action = where ? where->action : NULL;
+  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
+  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
+  if (!e) {
+    apex_error_unref(cause);
+    return &nomem_error;
+  }
+  atomic_init(&e->refs, 1);
+  e->code = APEX_E_CANCELLED;
+  e->cause = cause;
+  e->task = where ? where->task : 0;
+  e->attempt = where ? where->attempt : 0;
+  char *at = (char *)(e + 1);
+  e->message = at;
+  memcpy(at, pre, sizeof pre - 1);
+  memcpy(at + sizeof pre - 1, reason, rlen);
+  at[mlen - 1] = ')';
+  at[mlen] = '\0';
+  at += mlen + 1;
+  e->plugin = put(&at, plugin, plen);
+  e->action = put(&at, action, alen);
+  apex__utf8_scrub(e->message); /* a host's reason text may be anything */
+  if (e->plugin) apex__utf8_scrub(e->plugin);
+  if (e->action) apex__utf8_scrub(e->action);
+  return e;
+}
+
 apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,
                               const char *fmt, ...) {
   va_list ap;

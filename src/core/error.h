@@ -24,6 +24,13 @@ apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t
 apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_t *cause,
                                const char *fmt, va_list ap);
 
+/* Returns: an APEX_E_CANCELLED error saying "cancelled (REASON)", the
+ * same as apex__error_new(APEX_E_CANCELLED, where, cause, "cancelled (%s)",
+ * reason) without formatting (NULL reason: "(null)"); the static
+ * out-of-memory error when memory runs out. Ownership: cause taken. */
+apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *cause,
+                                   const char *reason);
+
 /* Stores e in *err if err is non-NULL, else unrefs it. Returns: e's code.
  * Ownership: e taken. */
 int apex__error_put(apex_error_t **err, apex_error_t *e);

@@ -766,7 +766,7 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
   }
   apex__where_t w = where_of(t);
   finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+                apex__error_cancelled(&w, NULL, reason), &a);
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
   return APEX_OK;
@@ -809,7 +809,7 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   if (!is_terminal(st) && (st != APEX_TASK_RUNNING || at_once)) {
     apex__where_t w = where_of(t);
     finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+                  apex__error_cancelled(&w, NULL, reason), &a);
     if (rc == APEX_E_NOMEM) rc = APEX_OK; /* ended: no handler needed the token */
   }
   pthread_mutex_unlock(mu);
@@ -838,8 +838,7 @@ int apex__task_run(apex_task_t *t) {
     after_t a = {0};
     apex__where_t w = where_of(t);
     finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)",
-                                  apex_token_reason(tok)),
+                  apex__error_cancelled(&w, NULL, apex_token_reason(tok)),
                   &a);
     pthread_mutex_unlock(mu);
     after_unlock(t, &a);
@@ -1025,7 +1024,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     apex_error_t *err = attempt_error(t, rc, own);
     int code = apex_error_code(err);
     double delay = 0;
-    uint64_t now = apex__now_ns();
+    uint64_t now = 0; /* read only for a retry: a cancel or failure needs no clock */
     apex_token_t *tok = apex__task_token_peek(t);
     if (apex_token_is_cancelled(tok) || oc_fired || code == APEX_E_CANCELLED) {
       /* oc_fired without a token: cancel_tokenless, a plain user cancel */
@@ -1033,11 +1032,10 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
       apex__where_t w = where_of(t);
       apex_error_t *ce = code == APEX_E_CANCELLED
                              ? err
-                             : apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)",
-                                               why ? why : "user");
+                             : apex__error_cancelled(&w, err, why ? why : "user");
       finish_locked(t, APEX_TASK_CANCELLED, NULL, ce, &a);
       pthread_mutex_unlock(mu);
-    } else if (apex__retry_next(t, code, &delay) &&
+    } else if (apex__retry_next(t, code, &delay) && (now = apex__now_ns()) &&
                (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
       apex_progress_t *lp = flush_locked(t); /* this attempt's progress precedes RETRY */
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
@@ -1053,7 +1051,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
                                                         : apex__cause_name(APEX__CAUSE_SHUTDOWN);
         apex__where_t w = where_of(t);
         finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                      apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)", why), &a);
+                      apex__error_cancelled(&w, err, why), &a);
         if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
         pthread_mutex_unlock(mu);
       } else {
