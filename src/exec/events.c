@@ -245,6 +245,16 @@ int apex__events_deliver(apex_manager_t *m) {
   int wake = done && m->cfg.delivery == APEX_DELIVER_LOOP;
   while (done) {
     apex_task_t *next = atomic_load_explicit(&done->done_next, memory_order_relaxed);
+    /* The queue is in the order tasks ended, which is no order in memory:
+     * ask for the next task's lines now, so their misses overlap this
+     * delivery and free instead of following them (W7: a million DONEs
+     * in random order). */
+    if (next) {
+      __builtin_prefetch(next, 1);
+      __builtin_prefetch((const char *)next + APEX__CACHE_LINE, 1);
+      __builtin_prefetch((const char *)next + sizeof *next - 1, 1); /* malloc's 16-byte
+                                                      alignment may spread it over three */
+    }
     deliver_done(done);
     /* Its callback returned: its waiters may go (see apex_task_wait). */
     atomic_store_explicit(&done->done_next, APEX__DONE_DELIVERED, memory_order_release);

@@ -109,6 +109,10 @@ static void runs_give(apex_manager_t *m, apex__run_t *head, apex__run_t *tail, u
     *dtail = d;
     dtail = &d->free_next;
   }
+  /* The next give (or reuse) reads the head: it went back APEX__RUNS_MAX
+   * gives ago and is cold by then. Ask for it now, so the miss overlaps
+   * whatever the caller does before that (W7: a give per cancel). */
+  if (drop && m->runs_head) __builtin_prefetch(m->runs_head, 1);
   pthread_mutex_unlock(&m->runs_mu);
   while (drop) {
     apex__run_t *next = drop->free_next;
@@ -760,6 +764,7 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
     void *user;
     uint32_t attempt = t->attempt;
     apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
+    apex__run_prefetch_end(r); /* the callback most often completes the task */
     pthread_mutex_unlock(mu);
     oc_run(t, r, attempt, fn, user);
     return APEX_OK;
@@ -976,6 +981,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1};
+  apex__run_prefetch_end(r);
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   /* Its cancel callback goes with it: dropped unrun, or (this end comes
    * from inside it) no longer running for anyone to wait on. */
