@@ -206,7 +206,10 @@ struct apex_task {
    * once). Atomic for that lock-free read; under ev_mu it is accessed
    * relaxed. */
   _Atomic(apex_task_t *) done_next;
-  apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
+  /* Its deadline list (m->pool_mu). Atomic (relaxed, plain moves) only so
+   * that a task's end may read them early, without pool_mu, to prefetch
+   * the neighbours its unlink will write (apex__task_prefetch_end). */
+  _Atomic(apex_task_t *) tprev, tnext;
   /* The outcome once terminal (task lock): result when succeeded, else
    * error. */
   union {
@@ -223,6 +226,17 @@ struct apex_task {
 
 /* t->done_next once t's DONE callback has returned (see apex_task_wait). */
 #define APEX__DONE_DELIVERED ((apex_task_t *)(uintptr_t)1)
+
+/* Asks for the lines t's end will write in its deadline list (its
+ * neighbours' links, which the unlink under pool_mu writes), as
+ * apex__run_prefetch_end does for the live list. Any lock or none:
+ * the links may change meanwhile, and a stale one only wastes the hint. */
+static inline void apex__task_prefetch_end(const struct apex_task *t) {
+  apex_task_t *p = atomic_load_explicit(&t->tprev, memory_order_relaxed);
+  apex_task_t *n = atomic_load_explicit(&t->tnext, memory_order_relaxed);
+  if (p) __builtin_prefetch(&p->tnext, 1);
+  if (n) __builtin_prefetch(&n->tprev, 1);
+}
 
 #define APEX__NOT_IN_HEAP UINT32_MAX
 #define APEX__DL_IDLE_MAX 16  /* idle deadline lists kept for reuse */

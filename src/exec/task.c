@@ -765,6 +765,7 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
     uint32_t attempt = t->attempt;
     apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
     apex__run_prefetch_end(r); /* the callback most often completes the task */
+    apex__task_prefetch_end(t);
     pthread_mutex_unlock(mu);
     oc_run(t, r, attempt, fn, user);
     return APEX_OK;
@@ -982,6 +983,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1};
   apex__run_prefetch_end(r);
+  apex__task_prefetch_end(t);
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   /* Its cancel callback goes with it: dropped unrun, or (this end comes
    * from inside it) no longer running for anyone to wait on. */
