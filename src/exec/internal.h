@@ -224,6 +224,24 @@ struct apex_task {
   uint8_t timer_flags; /* APEX__TIMER_* and APEX__POOL_QUEUED (m->pool_mu) */
 };
 
+/* A lazy error: what a task's end stores in out.error instead of an error
+ * that would say only what the task can tell again (a cancel's
+ * "cancelled (CAUSE)" without the caller's own words, a handler's plain
+ * APEX_E_CANCELLED with its status's sentence). The error is made on the
+ * first read (apex__task_error: the DONE delivery, apex_task_error, the
+ * outcome's log line), on the reading thread and hot in its cache, and
+ * installed with a compare-and-swap so every reader gets the one object;
+ * a task whose error nobody reads never makes it. So a queued task's
+ * cancel allocates nothing, and a million cancelled pending tasks carry no
+ * error each until their DONE is delivered. Tagged by the low bit (an
+ * error is at least 2-aligned): kind in bits 1-7, its argument above. */
+#define APEX__LAZY_STATUS 0u /* apex_strerror(-arg), code -arg */
+#define APEX__LAZY_CANCEL 1u /* "cancelled (NAME)", NAME apex__cause_name(arg) */
+static inline apex_error_t *apex__error_lazy(unsigned kind, unsigned arg) {
+  return (apex_error_t *)(uintptr_t)(((uintptr_t)arg << 8) | ((uintptr_t)kind << 1) | 1u);
+}
+static inline int apex__error_is_lazy(const apex_error_t *e) { return ((uintptr_t)e & 1u) != 0; }
+
 /* t->done_next once t's DONE callback has returned (see apex_task_wait). */
 #define APEX__DONE_DELIVERED ((apex_task_t *)(uintptr_t)1)
 
@@ -512,6 +530,11 @@ apex_token_t *apex__task_token(apex_task_t *t);
 static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {
   return atomic_load_explicit(&t->token, memory_order_acquire);
 }
+/* Returns: t's outcome error (t terminal, not succeeded), made now if its
+ * end left it lazy (APEX__LAZY_*; the static out-of-memory error if that
+ * fails). Borrowed: t's own, valid while t is. Any thread, any lock (it
+ * takes none; it may allocate). */
+apex_error_t *apex__task_error(apex_task_t *t);
 /* Why Apex cancels a task. Every decision is made on this, never on the
  * reason text, which a host (apex_task_cancel) or a parent token supplies
  * and which is only the text handlers and errors show. */

@@ -214,7 +214,7 @@ static void task_free(apex_task_t *t) {
   }
   if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
     json_decref(t->out.result);
-  else
+  else if (!apex__error_is_lazy(t->out.error)) /* a lazy one never made owns nothing */
     apex_error_unref(t->out.error);
   free((void *)t->opts);
   free(t);
@@ -230,6 +230,25 @@ void apex__task_unref(apex_task_t *t) {
 static apex__where_t where_of(const apex_task_t *t) {
   apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
   return w;
+}
+
+apex_error_t *apex__task_error(apex_task_t *t) {
+  apex_error_t *e = __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
+  if (!apex__error_is_lazy(e)) return e;
+  uintptr_t v = (uintptr_t)e;
+  unsigned kind = (unsigned)(v >> 1) & 0x7fu, arg = (unsigned)(v >> 8);
+  /* t is terminal: its id and attempt no longer change. The names are the
+   * plugin's copies: its manager may have unloaded it since. */
+  const apex__plugin_t *p = t->plugin;
+  apex__where_t w = {p->name_copy, p->action_names[t->action - p->actions], t->id, t->attempt};
+  apex_error_t *made =
+      kind == APEX__LAZY_CANCEL
+          ? apex__error_cancelled(&w, NULL, apex__cause_name((apex__cause_t)arg))
+          : apex__error_new(-(int)arg, &w, NULL, "%s", apex_strerror(-(int)arg));
+  if (__atomic_compare_exchange_n(&t->out.error, &e, made, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return made;
+  apex_error_unref(made); /* another reader made it first: e is that one */
+  return e;
 }
 
 /* ----------------------------------------------------------- progress */
@@ -671,7 +690,7 @@ static void after_notify(apex_task_t *t, after_t *a) {
   if (a->finished) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
       int st = atomic_load(&t->state);
-      const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : t->out.error;
+      const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex__task_error(t);
       apex__log(&m->log, APEX_LOG_INFO, "task %llu %s.%s %s%s%s", (unsigned long long)t->id,
                 t->plugin->desc.name, t->action->name, apex_task_state_name(st), e ? ": " : "",
                 e ? apex_error_message(e) : "");
@@ -721,6 +740,17 @@ const char *apex__cause_name(apex__cause_t cause) {
   return "user";
 }
 
+/* The error a cancel ends t with: "cancelled (REASON)". Without the
+ * caller's own words (text NULL) it says only the cause's name, which the
+ * task can tell again at any time: then nothing is made now, and the
+ * error is made when someone reads it (apex__task_error): a queued task's
+ * cancel allocates nothing. Under t's lock. */
+static apex_error_t *cancel_error(apex_task_t *t, apex__cause_t cause, const char *text) {
+  if (!text) return apex__error_lazy(APEX__LAZY_CANCEL, (unsigned)cause);
+  apex__where_t w = where_of(t);
+  return apex__error_cancelled(&w, NULL, text);
+}
+
 /* A cancel of a task that has no token. With no handler (queued or
  * waiting to retry) nobody would ever read a token made now, so none is,
  * and the task ends here (leaving the run queue at once:
@@ -733,7 +763,8 @@ const char *apex__cause_name(apex__cause_t cause) {
  * APEX_E_ALREADY if it had ended or its callback fired (unless at_once:
  * shutdown still ends it), 1 if it needs the token (running otherwise, or
  * it has one). */
-static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int at_once) {
+static int cancel_tokenless(apex_task_t *t, apex__cause_t cause, const char *reason, int plain,
+                            int at_once) {
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -770,9 +801,7 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
     oc_run(t, r, attempt, fn, user);
     return APEX_OK;
   }
-  apex__where_t w = where_of(t);
-  finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                apex__error_cancelled(&w, NULL, reason), &a);
+  finish_locked(t, APEX_TASK_CANCELLED, NULL, cancel_error(t, cause, reason), &a);
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
   return APEX_OK;
@@ -780,12 +809,13 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
 
 int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   int plain = !reason && cause == APEX__CAUSE_USER;
+  const char *text = reason; /* the caller's own words, or NULL */
   if (!reason) reason = apex__cause_name(cause);
   /* Only shutdown ends a running task at once (its handler's outcome then
    * comes late and is ignored); the reason text never decides it. */
   int at_once = cause == APEX__CAUSE_SHUTDOWN;
   if (!apex__task_token_peek(t)) {
-    int u = cancel_tokenless(t, reason, plain, at_once);
+    int u = cancel_tokenless(t, cause, text, plain, at_once);
     if (u != 1) return u;
   }
   apex_token_t *tok = apex__task_token(t);
@@ -813,9 +843,7 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
    * it now. A running one ends when its handler returns; at shutdown it
    * ends now, and the handler's late outcome is ignored. */
   if (!is_terminal(st) && (st != APEX_TASK_RUNNING || at_once)) {
-    apex__where_t w = where_of(t);
-    finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                  apex__error_cancelled(&w, NULL, reason), &a);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL, cancel_error(t, cause, text), &a);
     if (rc == APEX_E_NOMEM) rc = APEX_OK; /* ended: no handler needed the token */
   }
   pthread_mutex_unlock(mu);
@@ -1026,6 +1054,15 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
   if (rc == APEX_OK) {
     apex_error_unref(own);
     finish_locked(t, APEX_TASK_SUCCEEDED, res ? res : json_null(), NULL, &a);
+    pthread_mutex_unlock(mu);
+  } else if (rc == APEX_E_CANCELLED && !own) {
+    /* A handler's plain APEX_E_CANCELLED (a deferred task completed so
+     * from its cancel callback, most often): the error says the status's
+     * sentence, which the task can tell again; it is made when read
+     * (apex__task_error), not here. The same error attempt_error made. */
+    json_decref(res);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                  apex__error_lazy(APEX__LAZY_STATUS, (unsigned)-APEX_E_CANCELLED), &a);
     pthread_mutex_unlock(mu);
   } else {
     json_decref(res);
@@ -1241,8 +1278,7 @@ apex_error_t *apex_task_error(apex_task_t *t) {
   pthread_mutex_lock(mu);
   int st = atomic_load(&t->state);
   apex_error_t *e =
-      is_terminal(st) && st != APEX_TASK_SUCCEEDED && t->out.error ? apex_error_ref(t->out.error)
-                                                                   : NULL;
+      is_terminal(st) && st != APEX_TASK_SUCCEEDED ? apex_error_ref(apex__task_error(t)) : NULL;
   pthread_mutex_unlock(mu);
   return e;
 }
