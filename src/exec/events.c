@@ -179,9 +179,13 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
 }
 
 void apex__events_push_done(apex_manager_t *m, apex_task_t *t) {
+  apex__task_ref(t);
+  apex__events_push_done_owned(m, t);
+}
+
+void apex__events_push_done_owned(apex_manager_t *m, apex_task_t *t) {
   t->event_seq++; /* the DONE event's seq; no event follows it */
   atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
-  apex__task_ref(t);
   pthread_mutex_lock(&m->ev_mu);
   int was_empty = queues_empty(m);
   if (m->done_tail)

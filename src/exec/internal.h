@@ -467,7 +467,8 @@ void apex__task_unref(apex_task_t *t);
  * if the caller must finish tearing down an orphaned manager
  * (apex__manager_teardown). */
 int apex__task_run(apex_task_t *t);
-/* Ends t's open attempt with rc, from its worker: the handler's return
+/* Ends t's open attempt with rc, from its worker, which holds the run
+ * queue's reference on t until after this returns: the handler's return
  * (a deferred handler's that completed already is counted as misuse), or
  * a start destroy's sweep refused. Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
@@ -670,6 +671,8 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *node);
 /* Queues t's DONE event (taking a task reference). Under the task lock,
  * once, when t became terminal. */
 void apex__events_push_done(apex_manager_t *m, apex_task_t *t);
+/* The same, with a reference the caller hands over instead of a new one. */
+void apex__events_push_done_owned(apex_manager_t *m, apex_task_t *t);
 /* The event callback and its user pointer for t (immutable: no lock). */
 apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user);
 /* Makes an ATTEMPT, PROGRESS or RETRY node for t with the next seq (taking

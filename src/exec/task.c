@@ -621,6 +621,11 @@ typedef struct after {
   int closing;        /* the attempt ends with the task (attempt_end) */
   const char *cancel; /* cancel the token with this reason */
   apex_progress_t *logp;
+  /* The caller holds a task reference of its own until after after_unlock
+   * (a worker: the run queue's): the life reference, when it goes at the
+   * task's end, may then go to the DONE queue instead of being dropped
+   * while the queue takes a new one. */
+  int held;
 } after_t;
 
 static void count_outcome(apex_manager_t *m, int state) {
@@ -671,7 +676,14 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
     release_life_locked(t, a);
   /* Last: the host wakes on it, and then finds this thread no longer in
    * the locks its next submit takes. */
-  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
+  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) {
+    if (a->release_life && a->held) { /* two atomic operations fewer a task */
+      a->release_life = 0;
+      apex__events_push_done_owned(m, t);
+    } else {
+      apex__events_push_done(m, t);
+    }
+  }
 }
 
 /* The part of after_unlock that reads the plugin's names. */
@@ -959,7 +971,7 @@ apex_task_t *apex__run_lock_open(apex__run_t *r) {
   return NULL;
 }
 
-static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc);
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held);
 
 int apex__task_attempt_end(apex_task_t *t, int rc) {
   pthread_mutex_t *mu = apex__task_mu(t);
@@ -972,7 +984,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
       apex__ctx_misuse(apex__task_m(t), t->id, "a handler's return");
       return 0;
     }
-    if (!oc_must_wait_locked(r)) return attempt_end_locked(t, r, rc);
+    if (!oc_must_wait_locked(r)) return attempt_end_locked(t, r, rc, 1);
     pthread_mutex_unlock(mu);
     oc_wait(apex__task_m(t), r);
   }
@@ -1001,15 +1013,17 @@ int apex__run_complete(apex__run_t *r, int rc) {
               t->plugin->desc.name, t->action->name);
     return 0;
   }
-  return attempt_end_locked(t, r, rc);
+  return attempt_end_locked(t, r, rc, 0);
 }
 
 /* Ends r's open attempt (r is t's run state) with rc. Called with t's lock
- * held; returns with it released. Returns: as apex__task_run. */
-static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
+ * held; returns with it released. held: the caller keeps a reference of
+ * its own past the return (a worker, the run queue's; see after_t).
+ * Returns: as apex__task_run. */
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
-  after_t a = {.closing = 1};
+  after_t a = {.closing = 1, .held = held};
   apex__run_prefetch_end(r);
   apex__task_prefetch_end(t);
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
