@@ -232,6 +232,18 @@ static apex__where_t where_of(const apex_task_t *t) {
   return w;
 }
 
+/* "cancelled (NAME)" for a cause: what apex__error_cancelled makes of its
+ * name. Static. */
+static const char *cancelled_text(apex__cause_t cause) {
+  switch (cause) {
+    case APEX__CAUSE_USER: return "cancelled (user)";
+    case APEX__CAUSE_PARENT: return "cancelled (parent)";
+    case APEX__CAUSE_SHUTDOWN: return "cancelled (shutdown)";
+    case APEX__CAUSE_TIMEOUT: return "cancelled (timeout)";
+  }
+  return "cancelled (user)";
+}
+
 apex_error_t *apex__task_error(apex_task_t *t) {
   apex_error_t *e = __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
   if (!apex__error_is_lazy(e)) return e;
@@ -241,10 +253,11 @@ apex_error_t *apex__task_error(apex_task_t *t) {
    * plugin's copies: its manager may have unloaded it since. */
   const apex__plugin_t *p = t->plugin;
   apex__where_t w = {p->name_copy, p->action_names[t->action - p->actions], t->id, t->attempt};
-  apex_error_t *made =
-      kind == APEX__LAZY_CANCEL
-          ? apex__error_cancelled(&w, NULL, apex__cause_name((apex__cause_t)arg))
-          : apex__error_new(-(int)arg, &w, NULL, "%s", apex_strerror(-(int)arg));
+  /* Apex's own words and names checked at load: copied, not scrubbed. */
+  apex_error_t *made = kind == APEX__LAZY_CANCEL
+                           ? apex__error_clean(APEX_E_CANCELLED, &w,
+                                               cancelled_text((apex__cause_t)arg))
+                           : apex__error_clean(-(int)arg, &w, apex_strerror(-(int)arg));
   if (__atomic_compare_exchange_n(&t->out.error, &e, made, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return made;
   apex_error_unref(made); /* another reader made it first: e is that one */

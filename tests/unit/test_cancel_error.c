@@ -1,6 +1,7 @@
 /* The cancel's error, put together without formatting
- * (apex__error_cancelled): the same object apex__error_new with
- * "cancelled (%s)" made, so hosts see no difference. */
+ * (apex__error_cancelled), and an error of Apex's own words
+ * (apex__error_clean): the same objects apex__error_new made with
+ * "cancelled (%s)" and "%s", so hosts see no difference. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -76,11 +77,32 @@ static void test_a_reason_that_is_not_utf8_is_scrubbed(void **st) {
   apex_error_unref(a);
 }
 
+static void test_a_clean_error_is_the_formatted_one(void **st) {
+  (void)st;
+  apex__where_t w = {"lazy_kit", "pend", 9, 1};
+  const char *msgs[] = {apex_strerror(APEX_E_CANCELLED), "cancelled (shutdown)", ""};
+  for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++) {
+    apex_error_t *a = apex__error_clean(APEX_E_CANCELLED, &w, msgs[i]);
+    apex_error_t *b = apex__error_new(APEX_E_CANCELLED, &w, NULL, "%s", msgs[i]);
+    assert_same_error(a, b);
+    assert_null(apex_error_cause(a));
+    apex_error_unref(a);
+    apex_error_unref(b);
+  }
+  apex_error_t *n = apex__error_clean(APEX_E_TIMEOUT, NULL, "late");
+  assert_int_equal(apex_error_code(n), APEX_E_TIMEOUT);
+  assert_string_equal(apex_error_message(n), "late");
+  assert_null(apex_error_plugin(n));
+  assert_int_equal(apex_error_task_id(n), 0);
+  apex_error_unref(n);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_it_is_what_the_formatted_one_was),
       cmocka_unit_test(test_no_where_and_a_cause),
       cmocka_unit_test(test_a_reason_that_is_not_utf8_is_scrubbed),
+      cmocka_unit_test(test_a_clean_error_is_the_formatted_one),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -159,6 +159,26 @@ static void test_one_read_after_destroy_still_names_the_unloaded_plugin(void **s
   apex_task_release(t);
 }
 
+static void test_a_task_destroy_cancels_in_the_queue_reads_shutdown(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  apex_manager_t *m = make_test_manager(&cfg);
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/cancel_probe.so");
+  /* A cancellable sleep holds the only worker; destroy cancels the queued
+   * task ("shutdown"), then the sleeper, which returns at once. */
+  apex_task_t *sleeper = submit_json(m, "cancel_probe", "sleep_rc", "{\"ms\": 60000}", NULL);
+  AWAIT(apex_task_state(sleeper) == APEX_TASK_RUNNING, PROMPT_MS);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
+  assert_int_equal(apex_manager_destroy(m, 0), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  apex_error_t *e = apex_task_error(t);
+  assert_cancel_error(e, t, "testkit", "noop", "cancelled (shutdown)", 0);
+  apex_error_unref(e);
+  apex_task_release(t);
+  apex_task_release(sleeper);
+}
+
 enum { READERS = 8 };
 
 typedef struct race {
@@ -230,6 +250,7 @@ int main(void) {
       cmocka_unit_test(test_a_queued_cancel_makes_no_error_until_one_is_read),
       cmocka_unit_test(test_the_done_event_and_the_task_share_the_one_made_at_delivery),
       cmocka_unit_test(test_one_read_after_destroy_still_names_the_unloaded_plugin),
+      cmocka_unit_test(test_a_task_destroy_cancels_in_the_queue_reads_shutdown),
       cmocka_unit_test(test_first_reads_racing_get_one_error),
       cmocka_unit_test(test_a_plain_cancelled_completion_is_the_status_sentence_made_when_read),
   };
