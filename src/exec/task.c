@@ -112,7 +112,10 @@ static void runs_give(apex_manager_t *m, apex__run_t *head, apex__run_t *tail, u
   /* The next give (or reuse) reads the head: it went back APEX__RUNS_MAX
    * gives ago and is cold by then. Ask for it now, so the miss overlaps
    * whatever the caller does before that (W7: a give per cancel). */
-  if (drop && m->runs_head) __builtin_prefetch(m->runs_head, 1);
+  if (drop && m->runs_head) { /* its link, and its start (free reads the chunk header) */
+    __builtin_prefetch(&m->runs_head->free_next, 1);
+    __builtin_prefetch(m->runs_head, 1);
+  }
   pthread_mutex_unlock(&m->runs_mu);
   while (drop) {
     apex__run_t *next = drop->free_next;
