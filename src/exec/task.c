@@ -1041,7 +1041,6 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1, .held = held};
   apex__run_prefetch_end(r);
-  apex__task_prefetch_end(t);
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   /* Its cancel callback goes with it: dropped unrun, or (this end comes
    * from inside it) no longer running for anyone to wait on. */
