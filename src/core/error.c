@@ -90,6 +90,55 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
   return e;
 }
 
+/* One block: the error, then pre + text + post as its message, then the
+ * names. scrub: the text or the names may not be valid UTF-8. */
+static apex_error_t *assemble(int code, const apex__where_t *where, apex_error_t *cause,
+                              const char *pre, const char *text, const char *post, int scrub) {
+  size_t a = strlen(pre), b = strlen(text), c = strlen(post), mlen = a + b + c;
+  const char *plugin = where ? where->plugin : NULL;
+  const char *action = where ? where->action : NULL;
+  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
+  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
+  if (!e) {
+    apex_error_unref(cause);
+    return &nomem_error;
+  }
+  atomic_init(&e->refs, 1);
+  e->code = code;
+  e->cause = cause;
+  e->task = where ? where->task : 0;
+  e->attempt = where ? where->attempt : 0;
+  char *at = (char *)(e + 1);
+  e->message = at;
+  memcpy(at, pre, a);
+  memcpy(at + a, text, b);
+  memcpy(at + a + b, post, c);
+  at[mlen] = '\0';
+  at += mlen + 1;
+  e->plugin = put(&at, plugin, plen);
+  e->action = put(&at, action, alen);
+  if (scrub) {
+    apex__utf8_scrub(e->message);
+    if (e->plugin) apex__utf8_scrub(e->plugin);
+    if (e->action) apex__utf8_scrub(e->action);
+  }
+  return e;
+}
+
+apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *cause,
+                                   const char *reason) {
+  /* "cancelled (REASON)", put together by hand: every cancel makes one,
+   * on the way from the cancel to the host's DONE, and vsnprintf (twice:
+   * measure, then write) was the larger part of the cost. A host's reason
+   * text may be anything: scrubbed. */
+  return assemble(APEX_E_CANCELLED, where, cause, "cancelled (", reason ? reason : "(null)", ")",
+                  1);
+}
+
+apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg) {
+  return assemble(code, where, NULL, "", msg, "", 0);
+}
+
 apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,
                               const char *fmt, ...) {
   va_list ap;

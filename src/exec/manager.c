@@ -696,7 +696,9 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
                       !m ? "manager" : !plugin ? "plugin" : !action ? "action" : "out");
   apex_submit_opts_t o_copy; /* opts in this library's layout (docs/abi.md) */
-  if (opts) {
+  /* A caller built against this header passes this layout already: read it
+   * in place (no unknown tail to check, nothing missing to default). */
+  if (opts && opts->struct_size != sizeof o_copy) {
     char why[256];
     uint32_t size = opts->struct_size ? opts->struct_size : (uint32_t)APEX__SUBMIT_OPTS_V1_SIZE;
     apex_submit_opts_init(&o_copy);
