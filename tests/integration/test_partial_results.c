@@ -135,14 +135,27 @@ static void test_long_task_cancelled_at_60_percent_keeps_its_done_steps(void **s
   rec_fini(&rec);
 }
 
+/* Returns: 1 if out holds a progress line at 60 % to 90 %. */
+static int at_least_60(const char *out) {
+  static const char *const pcts[] = {"\"percentage\":60.0", "\"percentage\":70.0",
+                                     "\"percentage\":80.0", "\"percentage\":90.0"};
+  for (size_t i = 0; i < 4; i++)
+    if (strstr(out, pcts[i])) return 1;
+  return 0;
+}
+
 /* `apex run --json`: the partial lines and the result line's error. */
 static void test_cli_json_cancelled_at_60_percent_carries_partial_result(void **st) {
   (void)st;
   proc_t p;
   proc_start(&p, "run", "--json", "example_async.long_task", "--param", "steps=10", "--param",
              "step_ms=100", NULL);
-  /* The CLI writes 60 % as 60.0: its progress line, then the cancel. */
-  assert_true(proc_read_until(&p, "\"percentage\":60.0", DEADLINE_MS));
+  /* A progress line at 60 % or more (the CLI writes 60.0; coalescing may
+   * skip one on a loaded machine), then the cancel. */
+  int64_t end = now_ms() + DEADLINE_MS;
+  while (!at_least_60(buf_str(&p.out)) && now_ms() < end && proc_pump(&p, 100)) {
+  }
+  assert_true(at_least_60(buf_str(&p.out)));
   assert_int_equal(kill(p.pid, SIGINT), 0);
   proc_wait(&p);
   if (p.code != 130) fail_msg("exit %d, want 130; stderr: %s", p.code, buf_str(&p.err));
