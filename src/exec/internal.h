@@ -1,6 +1,6 @@
 /* Internal: the manager, tasks and the pieces of the execution engine that
  * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, timeouts.c,
- * events.c).
+ * events.c, partial.c).
  *
  * Threads: the host's threads (submit, wait, cancel, dispatch), worker
  * threads (run handlers), the runtime thread (libuv loop: deadlines, retry
