@@ -4,7 +4,10 @@
  *   flood     publishes {"i": i, "of": n} for i = 1..n as fast as it can,
  *             then succeeds with {"published": n, "refused": R} (R: calls
  *             that did not return APEX_OK), or with fail=true fails
- *             (APEX_E_EXECUTION) after the last one.
+ *             (APEX_E_EXECUTION) after the last one. via: "partial" (the
+ *             default), "heartbeat" (the same values as heartbeat details,
+ *             which are deep-copied when they change: a cost to compare
+ *             with) or "none" (only the values are built).
  *   bad       publishes {"ok": 1}, then three values that break the limits
  *             (nested deeper than APEX_VALUE_MAX_DEPTH, a cycle, a string
  *             that is not UTF-8), and fails with their codes in the
@@ -31,6 +34,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "apex/plugin.h"
 
@@ -44,10 +48,13 @@ static json_int_t param_int(apex_ctx_t *ctx, const char *name, json_int_t dflt) 
 static int flood(apex_ctx_t *ctx) {
   json_int_t n = param_int(ctx, "n", 1000);
   json_int_t refused = 0;
+  const char *how = json_string_value(json_object_get(apex_ctx_params(ctx), "via"));
+  int mode = !how || strcmp(how, "partial") == 0 ? 1 : strcmp(how, "heartbeat") == 0 ? 2 : 0;
   for (json_int_t i = 1; i <= n; i++) {
     json_t *p = json_pack("{s:I, s:I}", "i", i, "of", n);
     if (!p) return apex_ctx_fail(ctx, APEX_E_NOMEM, "no memory");
-    if (apex_ctx_partial_result(ctx, p) != APEX_OK) refused++;
+    if (mode == 1 && apex_ctx_partial_result(ctx, p) != APEX_OK) refused++;
+    if (mode == 2 && apex_ctx_heartbeat(ctx, p) != APEX_OK) refused++;
     json_decref(p);
   }
   if (json_is_true(json_object_get(apex_ctx_params(ctx), "fail")))
@@ -165,6 +172,7 @@ static int last_rc(apex_ctx_t *ctx) {
 static const apex_param_spec_t k_flood_params[] = {
     {.name = "n", .type = APEX_PARAM_INT, .default_json = "1000"},
     {.name = "fail", .type = APEX_PARAM_BOOL, .default_json = "false"},
+    {.name = "via", .type = APEX_PARAM_STRING, .default_json = "\"partial\""},
 };
 static const apex_param_spec_t k_types_params[] = {
     {.name = "value", .type = APEX_PARAM_OBJECT, .required = 1},
