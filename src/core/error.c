@@ -27,7 +27,8 @@ struct apex_error {
   json_t *partial;
 };
 
-static apex_error_t nomem_error = {0, APEX_E_NOMEM, 0, 0, 0, "out of memory", NULL, NULL, NULL, NULL};
+static apex_error_t nomem_error = {0,    APEX_E_NOMEM, 0,    0,   0, "out of memory",
+                                   NULL, NULL,         NULL, NULL};
 
 static void error_free(apex_error_t *e) {
   apex_error_unref(e->cause);

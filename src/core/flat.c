@@ -129,7 +129,8 @@ static int encode(writer_t *w, const json_t *v, int depth) {
     case JSON_OBJECT: {
       uint32_t n = (uint32_t)json_object_size(v);
       if (put_bytes(w, 'o', &n, 4)) return -1;
-      for (void *it = json_object_iter((json_t *)v); it; it = json_object_iter_next((json_t *)v, it)) {
+      json_t *o = (json_t *)v; /* iterated, never changed */
+      for (void *it = json_object_iter(o); it; it = json_object_iter_next(o, it)) {
         if (put_text(w, 0, json_object_iter_key(it), json_object_iter_key_len(it)) ||
             encode(w, json_object_iter_value(it), depth + 1))
           return -1;

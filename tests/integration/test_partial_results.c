@@ -497,7 +497,8 @@ static void test_checksum_publishes_bytes_hashed(void **st) {
   assert_true(fd >= 0);
   static char chunk[1 << 16];
   memset(chunk, 'x', sizeof chunk);
-  for (int i = 0; i < 48; i++) assert_int_equal(write(fd, chunk, sizeof chunk), (ssize_t)sizeof chunk);
+  for (int i = 0; i < 48; i++)
+    assert_int_equal(write(fd, chunk, sizeof chunk), (ssize_t)sizeof chunk);
   close(fd);
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = NULL;

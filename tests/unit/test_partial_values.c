@@ -143,7 +143,8 @@ static void test_error_gets_the_partial_in_place_or_on_a_copy(void **st) {
   assert_int_equal(apex_error_attempt(c), 2);
   assert_ptr_equal(apex_error_cause(c), cause);
   json_t *j = apex_error_to_json(c);
-  assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "partial_result"), "n")), 2);
+  json_t *jp = json_object_get(j, "partial_result");
+  assert_int_equal(json_integer_value(json_object_get(jp, "n")), 2);
   assert_null(json_object_get(json_object_get(j, "cause"), "partial_result"));
   json_decref(j);
   apex_error_unref(c);
