@@ -45,6 +45,15 @@ apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *ca
  * out. Ownership: strings copied. */
 apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg);
 
+/* Attaches a task's last partial result to e, its outcome error
+ * (apex_error_partial_result): in place while the caller holds e's only
+ * reference, else on a copy of e (e's reference then goes). On no memory,
+ * or for the static no-memory error, e stays as it was and partial is
+ * dropped. Returns: the error to keep (e or its copy). Ownership: e and
+ * partial taken (partial checked against the value limits: freed
+ * recursively); never NULL for a non-NULL e. */
+apex_error_t *apex__error_with_partial(apex_error_t *e, json_t *partial);
+
 /* Stores e in *err if err is non-NULL, else unrefs it. Returns: e's code.
  * Ownership: e taken. */
 int apex__error_put(apex_error_t **err, apex_error_t *e);

@@ -58,9 +58,11 @@ void apex__ev_free(apex__ev_t *node) {
   if (!node) return;
   apex_progress_unref((apex_progress_t *)node->ev.progress);
   apex_error_unref((apex_error_t *)node->ev.error);
-  /* A HEARTBEAT's details are its own copy (task.c); other events borrow
-   * the result from the terminal task. */
-  if (node->ev.type == APEX_EVENT_HEARTBEAT) json_decref((json_t *)node->ev.result);
+  /* A HEARTBEAT's details and a PARTIAL's value are the event's own copy
+   * (task.c, partial.c); other events borrow the result from the terminal
+   * task. */
+  if (node->ev.type == APEX_EVENT_HEARTBEAT || node->ev.type == APEX_EVENT_PARTIAL)
+    json_decref((json_t *)node->ev.result);
   apex_task_t *t = node->ev.task;
   free(node);
   if (t) apex__task_unref(t);
@@ -105,7 +107,7 @@ int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t typ
   void *user;
   if (!apex__task_event_fn(t, &user)) return 0;
   /* A zero mask means the four ABI-1 types: the ones appended since
-   * (HEARTBEAT, SCHEDULED) come only to a host that names them. */
+   * (HEARTBEAT, SCHEDULED, PARTIAL) come only to a host that names them. */
   unsigned mask = m->cfg.event_mask ? m->cfg.event_mask
                                     : (unsigned)(APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS |
                                                  APEX_EVENT_RETRY | APEX_EVENT_DONE);

@@ -1,6 +1,6 @@
 /* Internal: the manager, tasks and the pieces of the execution engine that
  * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, timeouts.c,
- * events.c).
+ * events.c, partial.c).
  *
  * Threads: the host's threads (submit, wait, cancel, dispatch), worker
  * threads (run handlers), the runtime thread (libuv loop: deadlines, retry
@@ -60,6 +60,11 @@ typedef struct apex__progress_slot {
    * open); hb_dirty: a HEARTBEAT event is due at the next flush. */
   json_t *hb_details, *hb_prev;
   int hb_dirty;
+  /* Partial results (apex_ctx_partial_result, partial.c): the latest
+   * published, flattened (NULL: none), a spare buffer the next publish
+   * flattens into, and whether a PARTIAL event is due at the next flush. */
+  struct apex__flat *partial, *partial_spare;
+  int partial_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
   /* What only a task that reports progress needs, kept here, not in the
    * run state, so a task that never reports (a pending deferred one) does
@@ -764,6 +769,22 @@ int apex__run_heartbeat(apex__run_t *r, const json_t *details);
 /* apex_ctx_heartbeat_details: the last details an earlier attempt
  * recorded, borrowed (immutable while this attempt is open), or NULL. */
 json_t *apex__run_heartbeat_details(apex__run_t *r);
+
+/* partial.c: partial results (apex_ctx_partial_result).
+ * apex__run_partial: keeps v (checked against the value limits, borrowed;
+ * NULL clears) as the task's latest partial and makes a PARTIAL event due.
+ * Returns: APEX_OK (also when late, ignored); APEX_E_INVALID after complete
+ * (misuse); APEX_E_NOMEM (nothing kept). No lock held. */
+int apex__run_partial(apex__run_t *r, const json_t *v);
+/* Pushes the PARTIAL event due (s->partial_dirty), if t's host wants it.
+ * Under t's lock; s is t's progress slot. */
+void apex__partial_flush_locked(apex_task_t *t, apex__progress_slot_t *s);
+/* Returns: e, t's outcome error, carrying t's last partial result if it
+ * has one (apex__error_with_partial). Under t's lock, from finish_locked.
+ * Ownership: e taken, the result returned. */
+apex_error_t *apex__partial_attach_locked(apex_task_t *t, apex_error_t *e);
+/* Frees the partial-result buffers of a slot being freed. */
+void apex__partial_free(apex__progress_slot_t *s);
 
 /* events.c */
 /* Makes / frees the DISPATCH fds and the queues; from apex_manager_new and

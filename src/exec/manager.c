@@ -107,7 +107,7 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
     return 0;
   }
   unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE |
-                 APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED;
+                 APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED | APEX_EVENT_PARTIAL;
   if (out->event_mask & ~all) {
     snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
     return 0;

@@ -41,6 +41,7 @@ static void slot_free(apex__progress_slot_t *s) {
   json_decref(s->details);
   json_decref(s->hb_details);
   json_decref(s->hb_prev);
+  apex__partial_free(s);
   apex__ptree_free(s->tree);
   apex_progress_unref(s->last_progress);
   for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
@@ -337,7 +338,8 @@ static void deliver_heartbeat_locked(apex_task_t *t, apex__progress_slot_t *s) {
   apex__events_push(m, ev);
 }
 
-/* Delivers the backlog then the latest update, then a heartbeat due.
+/* Delivers a heartbeat due, the backlog, the latest update, then a partial
+ * result due.
  * Under the lock. Returns the last snapshot delivered (new reference, for
  * logging) or NULL. */
 static apex_progress_t *flush_locked(apex_task_t *t) {
@@ -357,6 +359,7 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
       last = snap;
     }
   }
+  apex__partial_flush_locked(t, s); /* after the progress it goes with (partial.c) */
   return last ? apex_progress_ref(last) : NULL;
 }
 
@@ -783,8 +786,16 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   a->logp = flush_locked(t);
   if (state == APEX_TASK_SUCCEEDED)
     t->out.result = result;
-  else
-    t->out.error = error;
+  else { /* with the last partial result, if any (partial.c) */
+    apex__progress_slot_t *s = t->run ? t->run->prog : NULL;
+    if (apex__error_is_lazy(error) && s && s->partial) {
+      /* A lazy error has nowhere to carry it: made now (the one object
+       * every reader gets, as apex__task_error would make it later). */
+      t->out.error = error;
+      error = apex__task_error(t);
+    }
+    t->out.error = apex__partial_attach_locked(t, error);
+  }
   /* Every count first, the state after: a host that sees the state, or
    * gets the DONE event, finds queued, running and the outcomes settled,
    * and a resubmit finds the room under max_queued this task left. */
