@@ -192,6 +192,11 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
   if (!finite_nonneg(a->default_timeout_s) || a->default_timeout_s > APEX__MAX_TIMEOUT_S)
     return bad(c, "default_timeout_s %g is not in [0, %g]", a->default_timeout_s,
                APEX__MAX_TIMEOUT_S);
+  /* The scheduler's defaults (0: none), bounded as a host's own limits. */
+  if (a->max_concurrency > APEX_LIMIT_MAX)
+    return bad(c, "max_concurrency %u is above %u", a->max_concurrency, APEX_LIMIT_MAX);
+  if (a->key_concurrency > APEX_LIMIT_MAX)
+    return bad(c, "key_concurrency %u is above %u", a->key_concurrency, APEX_LIMIT_MAX);
   return check_retry(c, &a->default_retry);
 }
 

@@ -177,6 +177,47 @@ static void test_retries_reenter_the_limits(void **st) {
   free(p);
 }
 
+/* An action's descriptor defaults: max_concurrency 2, key_concurrency 1,
+ * the key from its hook (the `host` param); a host's setting wins. */
+static void test_descriptor_defaults(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(6);
+  apex_manager_t *m = sched_manager(&cfg);
+  sk_probe_t *p = probe_new();
+  apex_task_t *t[40];
+  for (int i = 0; i < 40; i++) {
+    json_t *params = json_pack("{s:I, s:[ii], s:i, s:s}", "probe", (json_int_t)(uintptr_t)p,
+                               "slots", SL_A, i % 2 ? 6 : 7, "us", 5000, "host", i % 2 ? "a" : "b");
+    assert_int_equal(apex_manager_submit(m, "sched_a", "h", params, NULL, &t[i], NULL), APEX_OK);
+    json_decref(params);
+  }
+  AWAIT(scope_of(m, APEX_SCOPE_KEY, "a").waiting_on_limit > 0, PROMPT_MS);
+  for (int i = 0; i < 40; i++) {
+    wait_done(t[i]);
+    assert_int_equal(apex_task_state(t[i]), APEX_TASK_SUCCEEDED);
+    apex_task_release(t[i]);
+  }
+  assert_int_equal(atomic_load(&p->max[6]), 1);
+  assert_int_equal(atomic_load(&p->max[7]), 1);
+  assert_int_equal(atomic_load(&p->max[SL_A]), 2);
+  /* The host's limit for the action replaces the descriptor's. */
+  SCHED_OK(apex_manager_set_concurrency(m, APEX_SCOPE_ACTION, "sched_a.h", 1, err));
+  memset(p, 0, sizeof *p);
+  for (int i = 0; i < 20; i++) {
+    json_t *params = json_pack("{s:I, s:[i], s:i, s:s}", "probe", (json_int_t)(uintptr_t)p,
+                               "slots", SL_A, "us", 2000, "host", i % 2 ? "a" : "b");
+    assert_int_equal(apex_manager_submit(m, "sched_a", "h", params, NULL, &t[i], NULL), APEX_OK);
+    json_decref(params);
+  }
+  for (int i = 0; i < 20; i++) {
+    wait_done(t[i]);
+    apex_task_release(t[i]);
+  }
+  assert_int_equal(atomic_load(&p->max[SL_A]), 1);
+  assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
+  free(p);
+}
+
 /* W9 as a test: plugin A floods, then B submits 50. With fairness, B's
  * tasks all start before A's backlog is half done; with both under one
  * fairness key (FIFO), B waits behind the flood, which shows the measure
@@ -252,6 +293,7 @@ int main(void) {
       cmocka_unit_test(test_blocked_task_holds_back_nobody),
       cmocka_unit_test(test_raise_starts_waiting_lower_cancels_nothing),
       cmocka_unit_test(test_retries_reenter_the_limits),
+      cmocka_unit_test(test_descriptor_defaults),
       cmocka_unit_test(test_flood_does_not_starve_another_plugin),
       cmocka_unit_test(test_weights_share_picks),
   };

@@ -9,6 +9,9 @@
  *       attempt holds its slot until complete()).
  *   f   blocking: enter, leave, fail APEX_E_TRANSIENT while the attempt is
  *       below `fails` + 1 (a retry re-enters the scheduler).
+ *   h   as x, with the descriptor's scheduling defaults: max_concurrency 2,
+ *       key_concurrency 1, and a concurrency_key hook that gives the param
+ *       `host` (none when it is "").
  *
  * Params: probe (the address of the test's sk_probe_t, as an int; the
  * test and the plugin share the process), slots (up to 4 counter indexes
@@ -25,6 +28,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "apex/plugin.h"
@@ -184,6 +188,14 @@ static void sk_shutdown(void *state) {
   free(s);
 }
 
+/* h's concurrency_key hook: the `host` param. */
+static int sk_key(const json_t *params, char *buf, size_t len) {
+  const char *h = json_string_value(json_object_get(params, "host"));
+  if (!h || !*h || strlen(h) >= len) return 1;
+  memcpy(buf, h, strlen(h) + 1);
+  return 0;
+}
+
 static const apex_param_spec_t sk_params[] = {
     {.name = "probe", .type = APEX_PARAM_INT, .required = 1},
     {.name = "slots", .type = APEX_PARAM_ARRAY, .default_json = "[]"},
@@ -191,6 +203,7 @@ static const apex_param_spec_t sk_params[] = {
     {.name = "seq", .type = APEX_PARAM_INT, .default_json = "0"},
     {.name = "tag", .type = APEX_PARAM_INT, .default_json = "0"},
     {.name = "fails", .type = APEX_PARAM_INT, .default_json = "0"},
+    {.name = "host", .type = APEX_PARAM_STRING, .default_json = "\"\""},
 };
 #define SK_NP (sizeof sk_params / sizeof sk_params[0])
 
@@ -203,6 +216,9 @@ static const apex_action_desc_t sk_actions[] = {
      .kind = APEX_ACTION_BLOCKING, .params = sk_params, .n_params = SK_NP,
      .default_retry = {.max_attempts = 5, .initial_interval_s = 0.001,
                        .backoff_coefficient = 1.0}},
+    {.name = "h", .description = "As x, with scheduling defaults", .handler = sk_x,
+     .kind = APEX_ACTION_BLOCKING, .params = sk_params, .n_params = SK_NP,
+     .concurrency_key = sk_key, .max_concurrency = 2, .key_concurrency = 1},
 };
 
 static const apex_plugin_desc_t sk_desc = {
