@@ -11,7 +11,9 @@
  *   task stripe lock          (apex__task_mu; it also guards its stripe's
  *                             live list) before
  *     m->pool_mu | m->ev_mu | m->flush_mu | m->runs_mu
- *                             (leaves: never two)
+ *                             (leaves: never two; pool_mu also guards
+ *                             the scheduler, src/sched/, and is the
+ *                             mutex of its room condition variable)
  *   m->wait_mu                after a task lock (waking waiters; a count
  *                             destroy waits for reaching zero); else a
  *                             leaf (waking waiters after a DONE callback)

@@ -42,6 +42,14 @@
 
 /* ------------------------------------------------------------ helpers */
 
+/* Zeroed, cache-line aligned memory (a scope has a line of its own for
+ * what a submit writes); NULL on no memory. Freed with free(). */
+static void *zalloc_aligned(size_t n) {
+  void *mem = NULL;
+  if (posix_memalign(&mem, APEX__CACHE_LINE, n) != 0) return NULL;
+  return memset(mem, 0, n);
+}
+
 static uint64_t hash_str(const char *s) {
   uint64_t h = 1469598103934665603ull;
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
@@ -64,7 +72,7 @@ static void scopes_of(apex__sched_t *S, const apex_task_t *t, apex__scope_t *sc[
   sc[APEX__SC_GLOBAL] = &S->global;
   sc[APEX__SC_PLUGIN] = &b->plugin;
   sc[APEX__SC_ACTION] = &b->actions[t->action - t->plugin->actions];
-  sc[APEX__SC_KEY] = apex__sched_class(t)->key;
+  sc[APEX__SC_KEY] = t->opts && t->opts->sc ? t->opts->sc->key : NULL;
 }
 
 #define LIM_SET 1u
@@ -94,17 +102,24 @@ static size_t maxq_of(const apex__sched_t *S, const apex__scope_t *sc) {
 }
 
 /* Counts t's move into (+1) or out of (-1) a place in every scope. */
-static void count(apex__scope_t *sc[4], unsigned place, int d) {
-  for (int i = 0; i < 4; i++) {
-    if (!sc[i]) continue;
-    switch (place) {
-      case APEX__SCHED_PLACE_RUNNABLE: sc[i]->n_runnable += (uint64_t)(int64_t)d; break;
-      case APEX__SCHED_PLACE_LIMIT: sc[i]->n_limit += (uint64_t)(int64_t)d; break;
-      case APEX__SCHED_PLACE_RATE: sc[i]->n_rate += (uint64_t)(int64_t)d; break;
-      case APEX__SCHED_PLACE_START: sc[i]->n_sched += (uint64_t)(int64_t)d; break;
-      default: break;
-    }
+static inline void count(apex__scope_t *sc[4], unsigned place, int d) {
+  if (place == APEX__SCHED_PLACE_RUNNABLE) { /* the in or the out line: sched.h */
+    size_t o = d > 0 ? offsetof(apex__scope_t, n_in) : offsetof(apex__scope_t, n_out);
+    *(uint64_t *)(void *)((char *)sc[0] + o) += 1;
+    *(uint64_t *)(void *)((char *)sc[1] + o) += 1;
+    *(uint64_t *)(void *)((char *)sc[2] + o) += 1;
+    if (sc[3]) *(uint64_t *)(void *)((char *)sc[3] + o) += 1;
+    return;
   }
+  size_t off = place == APEX__SCHED_PLACE_RUNNABLE ? 0
+               : place == APEX__SCHED_PLACE_LIMIT  ? offsetof(apex__scope_t, n_limit)
+               : place == APEX__SCHED_PLACE_RATE   ? offsetof(apex__scope_t, n_rate)
+                                                   : offsetof(apex__scope_t, n_sched);
+  uint64_t dd = (uint64_t)(int64_t)d;
+  *(uint64_t *)(void *)((char *)sc[0] + off) += dd;
+  *(uint64_t *)(void *)((char *)sc[1] + off) += dd;
+  *(uint64_t *)(void *)((char *)sc[2] + off) += dd;
+  if (sc[3]) *(uint64_t *)(void *)((char *)sc[3] + off) += dd;
 }
 
 static void set_place(apex_task_t *t, unsigned place, unsigned scope) {
@@ -139,11 +154,26 @@ static void l_unlink(apex_task_t **h, apex_task_t **tl, apex_task_t *t) {
 
 /* ------------------------------------------------------------ levels */
 
+/* Level l's ring cursor. Stored rotated so normal priority's is slot 0,
+ * in the cache line of the fields every pick reads (sched_priv.h). */
+#define LVL(S, l) ((S)->levels[((l) + LEVELS - (APEX_PRIORITY_NORMAL - APEX_PRIORITY_MIN)) % LEVELS])
+
 static int lvl_of(const apex__fq_t *q) { return q->prio - APEX_PRIORITY_MIN; }
 
+static int level_below(const apex__sched_t *S, int below);
+
+/* Level l became non-empty (on) or empty; keeps top and the count. */
 static void bit_set(apex__sched_t *S, int l, int on) {
   uint64_t b = 1ull << (l % 64);
-  if (on) S->nonempty[l / 64] |= b; else S->nonempty[l / 64] &= ~b;
+  if (on) {
+    S->nonempty[l / 64] |= b;
+    S->n_levels++;
+    if (l > S->top) S->top = l;
+  } else {
+    S->nonempty[l / 64] &= ~b;
+    S->n_levels--;
+    if (l == S->top) S->top = S->n_levels ? level_below(S, l) : -1;
+  }
 }
 
 /* The highest non-empty level below `below` (LEVELS: any), or -1. */
@@ -159,11 +189,11 @@ static int level_below(const apex__sched_t *S, int below) {
 /* q became non-empty: into its level's ring, last in the round. */
 static void ring_join(apex__sched_t *S, apex__fq_t *q) {
   int l = lvl_of(q);
-  apex__fq_t *c = S->levels[l];
+  apex__fq_t *c = LVL(S, l);
   q->served = 0;
   if (!c) {
     q->rnext = q->rprev = q;
-    S->levels[l] = q;
+    LVL(S, l) = q;
     bit_set(S, l, 1);
     return;
   }
@@ -177,55 +207,59 @@ static void ring_join(apex__sched_t *S, apex__fq_t *q) {
 static void ring_leave(apex__sched_t *S, apex__fq_t *q) {
   int l = lvl_of(q);
   if (q->rnext == q) {
-    S->levels[l] = NULL;
+    LVL(S, l) = NULL;
     bit_set(S, l, 0);
   } else {
     q->rprev->rnext = q->rnext;
     q->rnext->rprev = q->rprev;
-    if (S->levels[l] == q) S->levels[l] = q->rnext;
+    if (LVL(S, l) == q) LVL(S, l) = q->rnext;
   }
   q->rnext = q->rprev = NULL;
   q->served = 0;
 }
 
+/* t's fairness queue: its plugin's default one, found without reading the
+ * class, for a task without options. */
+static inline apex__fq_t *fq_of(const apex_task_t *t) {
+  if (!t->opts || !t->opts->sc) return &pblock_of(t)->dfq;
+  return t->opts->sc->fq;
+}
+
 /* Makes t runnable in its fairness queue (at the head: a task released
  * from a wait list has waited longest). Counts it. */
 static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int at_head) {
-  apex__fq_t *q = apex__sched_class(t)->fq;
+  apex__fq_t *q = fq_of(t);
   int was_empty = q->head == NULL;
   if (at_head) l_prepend(&q->head, &q->tail, t); else l_append(&q->head, &q->tail, t);
   if (was_empty) ring_join(S, q);
   set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
   count(sc, APEX__SCHED_PLACE_RUNNABLE, 1);
-  S->n_runnable++;
 }
 
 static void fq_take(apex__sched_t *S, apex__fq_t *q, apex_task_t *t) {
   l_unlink(&q->head, &q->tail, t);
   if (!q->head) ring_leave(S, q);
-  S->n_runnable--;
 }
 
 /* The fairness queue the next pick serves, its turn counted; NULL: none
  * runnable. */
 static apex__fq_t *choose(apex__sched_t *S) {
-  int top = level_below(S, LEVELS);
+  int top = S->top;
   if (top < 0) return NULL;
   int l = top;
-  int below = level_below(S, top);
-  if (below >= 0) {
+  if (S->n_levels > 1) {
     if (++S->streak >= APEX__SCHED_AGE_EVERY) {
       S->streak = 0;
       int next = S->age_at > 0 && S->age_at <= top ? level_below(S, S->age_at) : -1;
-      l = S->age_at = next >= 0 ? next : below;
+      l = S->age_at = next >= 0 ? next : level_below(S, top);
     }
   } else {
     S->streak = 0;
   }
-  apex__fq_t *q = S->levels[l];
+  apex__fq_t *q = LVL(S, l);
   if (++q->served >= q->weight) {
     q->served = 0;
-    S->levels[l] = q->rnext;
+    LVL(S, l) = q->rnext;
   }
   return q;
 }
@@ -418,7 +452,7 @@ apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
     apex__scope_t *sc[4];
     scopes_of(S, t, sc);
     fq_take(S, q, t);
-    if (!down) {
+    if (!down && S->holds) {
       int blocked = 0;
       for (int i = APEX__SC_PLUGIN; i <= APEX__SC_KEY && !blocked; i++) {
         uint32_t lim = sc[i] ? limit_for(S, sc[i], i, t) : 0;
@@ -466,7 +500,7 @@ unsigned apex__sched_remove_locked(apex_manager_t *m, apex_task_t *t) {
   scopes_of(S, t, sc);
   switch (place) {
     case APEX__SCHED_PLACE_RUNNABLE:
-      fq_take(S, apex__sched_class(t)->fq, t);
+      fq_take(S, fq_of(t), t);
       /* It may have been the one a free slot was kept for. */
       for (int j = APEX__SC_PLUGIN; j <= APEX__SC_KEY; j++)
         if (sc[j]) kick(S, sc[j], j);
@@ -513,12 +547,12 @@ size_t apex__sched_runnable_locked(apex_manager_t *m) {
   if (S->global.limit && S->global.running >= S->global.limit &&
       !atomic_load_explicit(&m->shutting_down, memory_order_relaxed))
     return 0;
-  return S->n_runnable;
+  return APEX__SCOPE_RUNNABLE(&S->global);
 }
 
 size_t apex__sched_queued_locked(apex_manager_t *m) {
   apex__scope_t *g = &S_(m)->global;
-  return (size_t)(g->n_runnable + g->n_limit + g->n_rate);
+  return (size_t)(APEX__SCOPE_RUNNABLE(g) + g->n_limit + g->n_rate);
 }
 
 uint64_t apex__sched_next_due_locked(apex_manager_t *m) {
@@ -584,7 +618,7 @@ size_t apex__sched_collect_locked(apex_manager_t *m, apex_task_t **out, size_t m
     out[n++] = (t);               \
   } while (0)
   for (int l = 0; l < LEVELS && n < max; l++) {
-    apex__fq_t *q0 = S->levels[l], *q = q0;
+    apex__fq_t *q0 = LVL(S, l), *q = q0;
     if (!q) continue;
     do {
       for (apex_task_t *t = q->head; t && n < max; t = t->run_next) TAKE(t);
@@ -603,6 +637,7 @@ size_t apex__sched_collect_locked(apex_manager_t *m, apex_task_t **out, size_t m
 
 int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t n) {
   apex__sched_t *S = S_(m);
+  if (!S->bounds && !m->cfg.max_queued) return 1;
   apex__scope_t *sc[4];
   scopes_of(S, t, sc);
   static const char *const kinds[] = {"global", "plugin", "action", "key"};
@@ -620,7 +655,7 @@ int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t
       continue;
     }
     max = maxq_of(S, sc[i]);
-    have = sc[i]->n_sched + sc[i]->n_runnable + sc[i]->n_limit + sc[i]->n_rate;
+    have = sc[i]->n_sched + APEX__SCOPE_RUNNABLE(sc[i]) + sc[i]->n_limit + sc[i]->n_rate;
     if (max && have >= max) {
       if (i == APEX__SC_GLOBAL)
         snprintf(why, n, "the queue is full (%zu waiting tasks, the global max_queued)", max);
@@ -705,7 +740,7 @@ static apex__scope_t *key_find(apex__sched_t *S, const char *name, int make) {
   for (apex__scope_t *s = S->key_hash[b]; s; s = s->hnext)
     if (strcmp(s->name, name) == 0) return s;
   if (!make) return NULL;
-  apex__scope_t *s = malloc(sizeof *s);
+  apex__scope_t *s = zalloc_aligned(sizeof *s);
   if (!s) return NULL;
   scope_init(s, APEX__SC_KEY);
   /* Every scope has a slot in the rate heap: parking never allocates. */
@@ -760,14 +795,20 @@ int apex__sched_bind_locked(apex_manager_t *m, apex_task_t *t, const apex__sched
   return APEX_OK;
 }
 
+/* Under pool_mu: one more setting that can hold tasks back (sched_api.c
+ * and action descriptors' defaults). Never decreases: a setting removed
+ * later costs the checks, not correctness. */
+void apex__sched_holds_locked(apex_manager_t *m) { S_(m)->holds++; }
+void apex__sched_bounds_locked(apex_manager_t *m) { S_(m)->bounds++; }
+
 apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
   apex__plugin_t *p = (apex__plugin_t *)plugin;
   apex__pblock_t *b = atomic_load_explicit(&p->sched, memory_order_acquire);
   if (b) return b;
   size_t n = p->desc.n_actions;
-  b = calloc(1, sizeof *b);
+  b = zalloc_aligned(sizeof *b);
   if (!b) return NULL;
-  b->actions = calloc(n ? n : 1, sizeof *b->actions);
+  b->actions = zalloc_aligned((n ? n : 1) * sizeof *b->actions);
   b->dfq.key = strdup(p->desc.name);
   if (!b->actions || !b->dfq.key) {
     free(b->actions);
@@ -780,6 +821,9 @@ apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
     scope_init(&b->actions[i], APEX__SC_ACTION);
     b->actions[i].limit = p->actions[i].max_concurrency;
   }
+  unsigned holds = 0;
+  for (size_t i = 0; i < n; i++)
+    holds += p->actions[i].max_concurrency || p->actions[i].key_concurrency;
   b->dfq.prio = APEX_PRIORITY_NORMAL;
   b->dflt.fq = &b->dfq;
   b->dflt.opts.sc = &b->dflt;
@@ -803,6 +847,7 @@ apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
     }
     b->next = S->blocks;
     S->blocks = b;
+    S->holds += holds;
     atomic_store_explicit(&p->sched, b, memory_order_release);
     pthread_mutex_unlock(&m->pool_mu);
     return b;
@@ -818,7 +863,7 @@ long apex__sched_check_locked(apex_manager_t *m) {
   apex__sched_t *S = S_(m);
   long n = 0;
   for (int l = 0; l < LEVELS; l++) {
-    apex__fq_t *q0 = S->levels[l], *q = q0;
+    apex__fq_t *q0 = LVL(S, l), *q = q0;
     if (!q0) continue;
     do {
       apex_task_t *prev = NULL;
@@ -831,15 +876,18 @@ long apex__sched_check_locked(apex_manager_t *m) {
       q = q->rnext;
     } while (q != q0);
   }
-  return (size_t)n == S->n_runnable ? n : -1;
+  return (uint64_t)n == APEX__SCOPE_RUNNABLE(&S->global) ? n : -1;
 }
 
 /* --------------------------------------------------------- life, stats */
 
 int apex__sched_init(apex_manager_t *m) {
-  apex__sched_t *S = calloc(1, sizeof *S);
-  if (!S) return APEX_E_NOMEM;
+  /* Cache-line aligned: its first line is what every pick reads. */
+  void *mem = NULL;
+  if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex__sched_t)) != 0) return APEX_E_NOMEM;
+  apex__sched_t *S = memset(mem, 0, sizeof(apex__sched_t));
   scope_init(&S->global, APEX__SC_GLOBAL);
+  S->top = -1;
   pthread_condattr_t ca;
   int ok = 0;
   if (pthread_condattr_init(&ca) == 0) {

@@ -64,11 +64,16 @@ enum { APEX__SC_GLOBAL = 0, APEX__SC_PLUGIN = 1, APEX__SC_ACTION = 2, APEX__SC_K
 #define APEX__SCHED_AGE_EVERY 8u
 
 struct apex__scope {
+  /* What a pick writes (and a submit does not), in the first cache line. */
   uint32_t limit;    /* host's concurrency limit (an action's: its
                         descriptor's max_concurrency until set); 0: none */
   uint32_t running;  /* attempts of it open, plus popped and about to open */
+  /* counts (stats, max_queued); runnable is n_in - n_out: a submit adds to
+   * n_in, in a line of its own, so the submitting thread and the workers
+   * do not write one line (APEX__SCOPE_RUNNABLE) */
+  uint64_t n_out, n_limit, n_rate, n_sched;
   uint8_t kind;      /* APEX__SC_* */
-  uint8_t limit_set; /* a key: the host set limit (else the defaults apply) */
+  uint8_t limit_set; /* which settings the host made (sched.c: LIM_SET...) */
   uint8_t in_rheap;
   /* parked on the limit / on the rate (run_next, done_next as back link) */
   apex_task_t *lw_head, *lw_tail;
@@ -80,13 +85,15 @@ struct apex__scope {
   uint64_t due_ns;  /* the rate heap's key: when the next parked may go */
   uint32_t rheap_idx;
   size_t max_queued; /* 0: none */
-  /* counts (stats, max_queued) */
-  uint64_t n_sched, n_runnable, n_limit, n_rate;
   /* a key scope: its name, hash chain, classes referring to it */
   char *name;
   apex__scope_t *hnext;
   apex__scope_t *all_next; /* every plugin, action and key scope */
+  _Alignas(64) uint64_t n_in; /* made runnable, ever (the submit's line) */
 };
+
+/* A scope's runnable tasks now (pool_mu). */
+#define APEX__SCOPE_RUNNABLE(s) ((s)->n_in - (s)->n_out)
 
 /* Per loaded plugin (apex__plugin_t.sched): its scope, one per action,
  * and its default class (priority normal, fairness key = the plugin's

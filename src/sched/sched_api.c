@@ -123,6 +123,7 @@ apex_status_t apex_manager_set_concurrency(apex_manager_t *m, apex_scope_t scope
     pthread_mutex_unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
+  if (limit) apex__sched_holds_locked(m);
   if (s) {
     s->limit = limit;
     s->limit_set |= 1u;
@@ -154,6 +155,7 @@ apex_status_t apex_manager_set_rate(apex_manager_t *m, apex_scope_t scope, const
     pthread_mutex_unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
+  if (per_second > 0) apex__sched_holds_locked(m);
   if (s) {
     if (s->rate <= 0) s->tb_ns = 0; /* a new bucket starts full */
     s->rate = per_second;
@@ -188,6 +190,7 @@ apex_status_t apex_manager_set_max_queued(apex_manager_t *m, apex_scope_t scope,
     pthread_mutex_unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
+  apex__sched_bounds_locked(m);
   if (s) {
     s->max_queued = max;
     s->limit_set |= 4u;
@@ -254,7 +257,7 @@ apex_status_t apex_manager_scope_stats(apex_manager_t *m, apex_scope_t scope, co
   const apex__scope_t *s = scope_locked(m, &tg, 0, &nomem);
   if (s) {
     st.scheduled = s->n_sched;
-    st.queued = s->n_runnable;
+    st.queued = APEX__SCOPE_RUNNABLE(s);
     st.waiting_on_limit = s->n_limit;
     st.waiting_on_rate = s->n_rate;
     st.running = s->running;

@@ -46,17 +46,26 @@ typedef struct weight {
 } weight_t;
 
 struct apex__sched {
-  apex__scope_t global;
+  /* What every submit and pick touches, in the first cache line (the
+   * struct is aligned): 24 + 32 + 8 bytes. */
+  int top;            /* the highest non-empty level, -1: none */
+  unsigned n_levels;  /* non-empty levels */
+  /* Settings that can hold a task back (a limit or a rate anywhere, the
+   * keys' defaults, an action's descriptor defaults): while 0 a pick checks
+   * nothing; max_queued bounds likewise for a submit. */
+  unsigned holds, bounds;
+  unsigned streak; /* picks from the top level while lower ones wait */
+  int age_at;      /* the level the last aging pick served */
+  uint64_t nonempty[(LEVELS + 63) / 64];
+  /* Each level's ring at its cursor, rotated (LVL in sched.c) so normal
+   * priority's is slot 0, in this line. */
+  apex__fq_t *levels[LEVELS];
+  apex__scope_t global; /* its runnable count: every runnable task */
   /* APEX_SCOPE_KEY with name NULL: the defaults of keys without their own */
   uint32_t kd_limit, kd_burst;
   double kd_rate;
   size_t kd_maxq;
   int gmax_set; /* set_max_queued(GLOBAL) replaced config.max_queued */
-  apex__fq_t *levels[LEVELS]; /* each level's ring, at its cursor */
-  uint64_t nonempty[(LEVELS + 63) / 64];
-  unsigned streak; /* picks from the top level while lower ones wait */
-  int age_at;      /* the level the last aging pick served */
-  size_t n_runnable;
   apex__fq_t *fq_hash[BUCKETS];
   apex__sclass_t *sc_hash[BUCKETS];
   apex__scope_t *key_hash[BUCKETS];
@@ -79,5 +88,7 @@ void apex__sched_kick_all_locked(apex_manager_t *m, apex__scope_t *s, int kind);
 void apex__sched_rate_changed_locked(apex_manager_t *m, apex__scope_t *s);
 void apex__sched_key_default_changed_locked(apex_manager_t *m);
 void apex__sched_weight_locked(apex__sched_t *S, const char *key, uint32_t w);
+void apex__sched_holds_locked(apex_manager_t *m);
+void apex__sched_bounds_locked(apex_manager_t *m);
 
 #endif
