@@ -545,6 +545,13 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
  * attempts. Wakes destroy when a count it waits for reaches zero. Under
  * the task lock (takes pool_mu, wait_mu, one at a time). */
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
+/* A task that ends while it waits in the scheduler (runnable, parked on a
+ * concurrency limit or a rate, scheduled) leaves it here, through
+ * apex__sched_remove_locked (sched/sched.h): the one way out, O(1), no
+ * allocation, for cancel, the overall deadline, shutdown and the
+ * schedule-to-start timeout alike. A path that ends a waiting task calls
+ * apex__task_finish or apex__task_cancel and gets it through this; only
+ * code already under pool_mu calls apex__sched_remove_locked itself. */
 /* Destroy: up to max tasks still waiting in the scheduler (runnable,
  * parked on a limit or a rate, or scheduled), each with a new reference,
  * for the caller to cancel ("shutdown"); 0 once none waits. Takes pool_mu. */
