@@ -556,6 +556,10 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
  * parked on a limit or a rate, or scheduled), each with a new reference,
  * for the caller to cancel ("shutdown"); 0 once none waits. Takes pool_mu. */
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max);
+/* A submit whose try found no room (t bound to its class by that try)
+ * waits until room may have come, a wake-up, destroy, or until (monotonic
+ * ns; UINT64_MAX: no limit). No lock held; takes pool_mu. */
+void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until);
 /* Wakes idle workers for what is runnable now (a limit raised, a rate's
  * token or a start time due). No lock held; takes pool_mu. */
 void apex__pool_poke(apex_manager_t *m);

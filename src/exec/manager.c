@@ -863,14 +863,25 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
      * comes before anything its start makes. */
     char why[200] = "";
     pthread_mutex_t *mu = apex__task_mu(t);
-    if (start_ns) pthread_mutex_lock(mu);
-    rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1,
-                           &req, why, sizeof why);
-    if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
-      apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);
-      if (ev) apex__events_push(m, ev);
+    /* A scheduled task is pushed under its own lock (its stripe's), so
+     * its SCHEDULED event comes before anything its start makes; it never
+     * waits for room holding that lock (a task of the same stripe may be
+     * what has to end to make room): it tries, and waits between tries. */
+    apex__sched_req_t once = req;
+    once.wait_ms = 0;
+    uint64_t until = req.wait_ms ? apex__ns_after_ms(req.wait_ms) : 0;
+    for (;;) {
+      if (start_ns) pthread_mutex_lock(mu);
+      rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1,
+                             start_ns ? &once : &req, why, sizeof why);
+      if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
+        apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);
+        if (ev) apex__events_push(m, ev);
+      }
+      if (start_ns) pthread_mutex_unlock(mu);
+      if (!start_ns || rc != APEX_E_QUEUE_FULL || !req.wait_ms || apex__now_ns() >= until) break;
+      apex__pool_await_room(m, t, until);
     }
-    if (start_ns) pthread_mutex_unlock(mu);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)

@@ -271,6 +271,25 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   return APEX_OK;
 }
 
+void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until) {
+  char why[8];
+  pthread_mutex_lock(&m->pool_mu);
+  /* Checked and waited for under one hold of pool_mu: a room made after
+   * the caller's failed try wakes this wait, or this check sees it. */
+  if (!atomic_load(&m->shutting_down) && !apex__sched_room_locked(m, t, why, sizeof why) &&
+      apex__now_ns() < until) {
+    apex__sched_room_waiters(m, 1);
+    if (until == UINT64_MAX) {
+      pthread_cond_wait(apex__sched_room_cv(m), &m->pool_mu);
+    } else {
+      struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
+      pthread_cond_timedwait(apex__sched_room_cv(m), &m->pool_mu, &ts);
+    }
+    apex__sched_room_waiters(m, -1);
+  }
+  pthread_mutex_unlock(&m->pool_mu);
+}
+
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max) {
   pthread_mutex_lock(&m->pool_mu);
   size_t n = apex__sched_collect_locked(m, out, max);

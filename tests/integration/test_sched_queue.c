@@ -102,6 +102,7 @@ typedef struct waiter {
   apex_manager_t *m;
   sk_probe_t *p;
   int64_t wait_ms;
+  double run_after_s;
   int rc;
   int64_t took_ms;
   apex_task_t *t;
@@ -112,6 +113,7 @@ static void *wait_for_room(void *arg) {
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.queue_wait_ms = w->wait_ms;
+  o.run_after_s = w->run_after_s;
   int64_t t0 = now_ms();
   w->t = sk_submit_rc(w->m, w->p, "sched_a", "x", -1, -1, -1, -1, 0, -1, &o, &w->rc, NULL);
   w->took_ms = now_ms() - t0;
@@ -174,6 +176,40 @@ static void test_max_queued_and_wait_for_room(void **st) {
   apex_task_release(b);
   apex_task_release(gate);
   assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
+  free(p);
+}
+
+/* A scheduled task counts against max_queued, and one waiting for room
+ * is let in when a scheduled one is cancelled; tasks of the waiter's lock
+ * stripe keep running meanwhile (it holds no task lock while it waits). */
+static void test_scheduled_tasks_wait_for_room(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(2);
+  apex_manager_t *m = sched_manager(&cfg);
+  sk_probe_t *p = probe_new();
+  SCHED_OK(apex_manager_set_max_queued(m, APEX_SCOPE_PLUGIN, "sched_a", 1, err));
+  apex_submit_opts_t later;
+  apex_submit_opts_init(&later);
+  later.run_after_s = 3600;
+  apex_task_t *first = sk_submit(m, p, "sched_a", "x", -1, -1, -1, -1, 0, -1, &later);
+  waiter_t w = {.m = m, .p = p, .wait_ms = -1, .run_after_s = 3600};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, wait_for_room, &w), 0);
+  /* 200 tasks of another plugin, every lock stripe among them, run. */
+  apex_task_t *b[200];
+  for (int i = 0; i < 200; i++) b[i] = sk_submit(m, p, "sched_b", "x", -1, -1, -1, -1, 0, -1, NULL);
+  for (int i = 0; i < 200; i++) {
+    wait_done(b[i]);
+    apex_task_release(b[i]);
+  }
+  assert_int_equal(apex_task_cancel(first, NULL), APEX_OK);
+  pthread_join(th, NULL);
+  assert_int_equal(w.rc, APEX_OK);
+  assert_int_equal(apex_task_state(w.t), APEX_TASK_SCHEDULED);
+  assert_int_equal(scope_of(m, APEX_SCOPE_PLUGIN, "sched_a").scheduled, 1);
+  apex_task_release(first);
+  apex_task_release(w.t);
+  assert_int_equal(apex_manager_destroy(m, 0), APEX_OK);
   free(p);
 }
 
@@ -460,6 +496,7 @@ int main(void) {
       cmocka_unit_test(test_rate_limit_start_times_fit_the_bucket),
       cmocka_unit_test(test_priorities_and_aging),
       cmocka_unit_test(test_max_queued_and_wait_for_room),
+      cmocka_unit_test(test_scheduled_tasks_wait_for_room),
       cmocka_unit_test(test_run_after_and_run_at),
       cmocka_unit_test(test_cancel_in_each_waiting_place),
       cmocka_unit_test(test_shutdown_with_tasks_parked_everywhere),
