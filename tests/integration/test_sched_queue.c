@@ -195,6 +195,7 @@ static void test_scheduled_tasks_wait_for_room(void **st) {
   waiter_t w = {.m = m, .p = p, .wait_ms = -1, .run_after_s = 3600};
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, wait_for_room, &w), 0);
+  nap_ms(100); /* not for correctness: lets the waiter reach its wait first */
   /* 200 tasks of another plugin, every lock stripe among them, run. */
   apex_task_t *b[200];
   for (int i = 0; i < 200; i++) b[i] = sk_submit(m, p, "sched_b", "x", -1, -1, -1, -1, 0, -1, NULL);
