@@ -678,6 +678,9 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   return APEX_OK;
 }
 
+/* Room for a concurrency key the action's hook writes. */
+#define APEX__KEY_BUF 256
+
 /* A concurrency or fairness key: 1 to 255 bytes of UTF-8. */
 static int key_ok(const char *k) {
   size_t n = strnlen(k, 256);
@@ -686,11 +689,13 @@ static int key_ok(const char *k) {
 
 /* Checks the scheduling options and fills req; *start_ns the start time
  * (monotonic; 0: now). vp: the validated params, for the action's
- * concurrency_key hook. Returns: APEX_OK or APEX_E_INVALID naming the
+ * concurrency_key hook, which writes into keybuf (APEX__KEY_BUF bytes;
+ * req->key may point there or at the caller's opts). Returns: APEX_OK or APEX_E_INVALID naming the
  * field. */
 static int resolve_sched(apex_manager_t *m, const apex_action_desc_t *a,
                          const apex_submit_opts_t *o, const json_t *vp, uint64_t deadline_ns,
-                         apex__sched_req_t *req, uint64_t *start_ns, apex_error_t **err) {
+                         apex__sched_req_t *req, char *keybuf, uint64_t *start_ns,
+                         apex_error_t **err) {
   memset(req, 0, sizeof *req);
   *start_ns = 0;
   if (o) {
@@ -703,7 +708,7 @@ static int resolve_sched(apex_manager_t *m, const apex_action_desc_t *a,
     if (o->fairness_key && !key_ok(o->fairness_key))
       return apex__fail(err, APEX_E_INVALID, "fairness_key: want 1 to 255 bytes of UTF-8");
     req->fairness_key = o->fairness_key;
-    if (o->concurrency_key) memcpy(req->key, o->concurrency_key, strlen(o->concurrency_key) + 1);
+    req->key = o->concurrency_key;
     if (o->queue_wait_ms < -1)
       return apex__fail(err, APEX_E_INVALID, "queue_wait_ms %lld: want -1, 0 or more",
                         (long long)o->queue_wait_ms);
@@ -739,14 +744,13 @@ static int resolve_sched(apex_manager_t *m, const apex_action_desc_t *a,
                           field, after, (double)(deadline_ns - now) / 1e9);
     }
   }
-  if (!req->key[0] && a->concurrency_key) {
+  if (!req->key && a->concurrency_key) {
     /* The action's default key, from the params (a plugin hook: it must be
      * quick and thread-safe). A key that is not one is no key. */
-    char buf[256];
-    memset(buf, 0, sizeof buf);
-    if (a->concurrency_key(vp, buf, sizeof buf) == 0) {
-      buf[sizeof buf - 1] = '\0';
-      if (key_ok(buf)) memcpy(req->key, buf, sizeof buf);
+    memset(keybuf, 0, APEX__KEY_BUF);
+    if (a->concurrency_key(vp, keybuf, APEX__KEY_BUF) == 0) {
+      keybuf[APEX__KEY_BUF - 1] = '\0';
+      if (key_ok(keybuf)) req->key = keybuf;
     }
   }
   return APEX_OK;
@@ -829,12 +833,13 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
   apex__sched_req_t req;
+  char keybuf[APEX__KEY_BUF];
   uint64_t start_ns = 0;
   int rc = apex__sched_pblock(m, p) ? APEX_OK
                                     : apex__fail(err, APEX_E_NOMEM, "out of memory");
   if (rc == APEX_OK) rc = resolve_opts(m, a, opts, t, 0, err);
   if (rc == APEX_OK)
-    rc = resolve_sched(m, a, opts, vp, t->deadline_ns, &req, &start_ns, err);
+    rc = resolve_sched(m, a, opts, vp, t->deadline_ns, &req, keybuf, &start_ns, err);
   if (rc == APEX_OK && start_ns) {
     /* Private options for the start time (the heap's index is there). */
     if (!t->opts) {

@@ -782,11 +782,11 @@ int apex__sched_bind_locked(apex_manager_t *m, apex_task_t *t, const apex__sched
   apex__sched_t *S = S_(m);
   apex__pblock_t *b = pblock_of(t);
   apex__sclass_t *c = &b->dflt;
-  if (req && (req->priority || req->fairness_key || req->key[0])) {
+  if (req && (req->priority || req->fairness_key || req->key)) {
     apex__fq_t *q = fq_find(S, req->fairness_key ? req->fairness_key : t->plugin->desc.name,
                             req->priority, 1);
-    apex__scope_t *k = req->key[0] ? key_find(S, req->key, 1) : NULL;
-    if (!q || (req->key[0] && !k) || !(c = class_find(S, q, k))) return APEX_E_NOMEM;
+    apex__scope_t *k = req->key ? key_find(S, req->key, 1) : NULL;
+    if (!q || (req->key && !k) || !(c = class_find(S, q, k))) return APEX_E_NOMEM;
   }
   if (has_private_opts)
     ((apex__task_opts_t *)t->opts)->sc = c;

@@ -113,7 +113,7 @@ apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin);
 typedef struct apex__sched_req {
   int32_t priority;
   const char *fairness_key; /* NULL: the plugin's name */
-  char key[256];            /* "" : none */
+  const char *key;          /* the concurrency key, NULL: none (borrowed) */
   uint64_t start_ns;        /* 0: now */
   int64_t wait_ms;          /* queue_wait_ms */
 } apex__sched_req_t;
