@@ -161,6 +161,8 @@ static void l_unlink(apex_task_t **h, apex_task_t **tl, apex_task_t *t) {
 static int lvl_of(const apex__fq_t *q) { return q->prio - APEX_PRIORITY_MIN; }
 
 static int level_below(const apex__sched_t *S, int below);
+_Static_assert(offsetof(apex__sched_t, levels) + sizeof(void *) <= 64,
+               "normal priority's ring cursor in the scheduler's first line");
 
 /* Level l became non-empty (on) or empty; keeps top and the count. */
 static void bit_set(apex__sched_t *S, int l, int on) {
@@ -168,11 +170,11 @@ static void bit_set(apex__sched_t *S, int l, int on) {
   if (on) {
     S->nonempty[l / 64] |= b;
     S->n_levels++;
-    if (l > S->top) S->top = l;
+    if (l > S->top) S->top = (int16_t)l;
   } else {
     S->nonempty[l / 64] &= ~b;
     S->n_levels--;
-    if (l == S->top) S->top = S->n_levels ? level_below(S, l) : -1;
+    if (l == S->top) S->top = (int16_t)(S->n_levels ? level_below(S, l) : -1);
   }
 }
 
@@ -234,11 +236,13 @@ static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int
   if (was_empty) ring_join(S, q);
   set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
   count(sc, APEX__SCHED_PLACE_RUNNABLE, 1);
+  S->n_runnable++;
 }
 
 static void fq_take(apex__sched_t *S, apex__fq_t *q, apex_task_t *t) {
   l_unlink(&q->head, &q->tail, t);
   if (!q->head) ring_leave(S, q);
+  S->n_runnable--;
 }
 
 /* The fairness queue the next pick serves, its turn counted; NULL: none
@@ -251,7 +255,8 @@ static apex__fq_t *choose(apex__sched_t *S) {
     if (++S->streak >= APEX__SCHED_AGE_EVERY) {
       S->streak = 0;
       int next = S->age_at > 0 && S->age_at <= top ? level_below(S, S->age_at) : -1;
-      l = S->age_at = next >= 0 ? next : level_below(S, top);
+      l = next >= 0 ? next : level_below(S, top);
+      S->age_at = (int16_t)l;
     }
   } else {
     S->streak = 0;
@@ -544,10 +549,11 @@ int apex__sched_release_locked(apex_manager_t *m, apex_task_t *t) {
 
 size_t apex__sched_runnable_locked(apex_manager_t *m) {
   apex__sched_t *S = S_(m);
-  if (S->global.limit && S->global.running >= S->global.limit &&
+  /* The hot line only, unless a limit is set somewhere. */
+  if (S->holds && S->global.limit && S->global.running >= S->global.limit &&
       !atomic_load_explicit(&m->shutting_down, memory_order_relaxed))
     return 0;
-  return APEX__SCOPE_RUNNABLE(&S->global);
+  return S->n_runnable;
 }
 
 size_t apex__sched_queued_locked(apex_manager_t *m) {
@@ -876,7 +882,7 @@ long apex__sched_check_locked(apex_manager_t *m) {
       q = q->rnext;
     } while (q != q0);
   }
-  return (uint64_t)n == APEX__SCOPE_RUNNABLE(&S->global) ? n : -1;
+  return (uint64_t)n == APEX__SCOPE_RUNNABLE(&S->global) && (size_t)n == S->n_runnable ? n : -1;
 }
 
 /* --------------------------------------------------------- life, stats */

@@ -47,15 +47,16 @@ typedef struct weight {
 
 struct apex__sched {
   /* What every submit and pick touches, in the first cache line (the
-   * struct is aligned): 24 + 32 + 8 bytes. */
-  int top;            /* the highest non-empty level, -1: none */
-  unsigned n_levels;  /* non-empty levels */
+   * struct is aligned): 16 + 8 + 32 + 8 bytes. */
+  int16_t top;        /* the highest non-empty level, -1: none */
+  uint16_t n_levels;  /* non-empty levels */
+  uint16_t streak;    /* picks from the top level while lower ones wait */
+  int16_t age_at;     /* the level the last aging pick served */
   /* Settings that can hold a task back (a limit or a rate anywhere, the
    * keys' defaults, an action's descriptor defaults): while 0 a pick checks
    * nothing; max_queued bounds likewise for a submit. */
-  unsigned holds, bounds;
-  unsigned streak; /* picks from the top level while lower ones wait */
-  int age_at;      /* the level the last aging pick served */
+  uint32_t holds, bounds;
+  size_t n_runnable;  /* tasks runnable now (what wakes a worker) */
   uint64_t nonempty[(LEVELS + 63) / 64];
   /* Each level's ring at its cursor, rotated (LVL in sched.c) so normal
    * priority's is slot 0, in this line. */
