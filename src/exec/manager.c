@@ -838,7 +838,12 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   int rc = apex__sched_pblock(m, p) ? APEX_OK
                                     : apex__fail(err, APEX_E_NOMEM, "out of memory");
   if (rc == APEX_OK) rc = resolve_opts(m, a, opts, t, 0, err);
-  if (rc == APEX_OK)
+  /* Most submits set no scheduling option and name an action without a
+   * key hook: they need no request at all (the plugin's default class). */
+  int sched = a->concurrency_key ||
+              (opts && (opts->priority || opts->concurrency_key || opts->fairness_key ||
+                        opts->run_after_s != 0 || opts->run_at != 0 || opts->queue_wait_ms));
+  if (rc == APEX_OK && sched)
     rc = resolve_sched(m, a, opts, vp, t->deadline_ns, &req, keybuf, &start_ns, err);
   if (rc == APEX_OK && start_ns) {
     /* Private options for the start time (the heap's index is there). */
@@ -872,13 +877,17 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
      * its SCHEDULED event comes before anything its start makes; it never
      * waits for room holding that lock (a task of the same stripe may be
      * what has to end to make room): it tries, and waits between tries. */
-    apex__sched_req_t once = req;
-    once.wait_ms = 0;
-    uint64_t until = req.wait_ms ? apex__ns_after_ms(req.wait_ms) : 0;
+    apex__sched_req_t once;
+    uint64_t until = 0;
+    if (start_ns) {
+      once = req;
+      once.wait_ms = 0;
+      until = req.wait_ms ? apex__ns_after_ms(req.wait_ms) : 0;
+    }
     for (;;) {
       if (start_ns) pthread_mutex_lock(mu);
       rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1,
-                             start_ns ? &once : &req, why, sizeof why);
+                             start_ns ? &once : sched ? &req : NULL, why, sizeof why);
       if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
         apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);
         if (ev) apex__events_push(m, ev);

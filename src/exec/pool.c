@@ -247,7 +247,8 @@ static int await_room_locked(apex_manager_t *m, apex_task_t *t, int64_t wait_ms,
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len) {
   pthread_mutex_lock(&m->pool_mu);
-  int rc = apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared);
+  /* No request: the plugin's default class, nothing to bind. */
+  int rc = req ? apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared) : APEX_OK;
   if (rc == APEX_OK) rc = await_room_locked(m, t, req ? req->wait_ms : 0, why, why_len);
   if (rc == APEX_OK && (deadline || retry)) rc = apex__timer_reserve_locked(m, t, deadline, retry);
   int scheduled = rc == APEX_OK && t->opts && t->opts->start_ns;
