@@ -310,7 +310,7 @@ struct apex_manager {
   char **paths;
   size_t n_paths;
 
-  /* worker pool: run queue and workers (pool_mu). The submit path and the
+  /* worker pool: the scheduler and the workers (pool_mu). The submit path and the
    * workers' pops meet here and nowhere else: what a worker does around a
    * handler is under the task's lock and atomics, so it never delays a
    * submit. */

@@ -199,7 +199,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
  *
  * apex_manager_destroy, in order (docs/architecture.md, "Shutdown"):
  *  1. refuse submits and start no attempt (shutting_down, sweeping); end
- *     at once what waits for one: the run queue, taken whole, and the
+ *     at once what waits for one: every task waiting in the scheduler, and the
  *     started tasks waiting to retry;
  *  2. let the running attempts finish for up to drain_ms;
  *  3. cancel what is left ("shutdown"): every task ends at once, running or
@@ -288,7 +288,7 @@ static void cancel_started(apex_manager_t *m, int all) {
 apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   if (!m) return APEX_OK;
   /* 1. Under pool_mu, where submit checks it: a submit is either refused or
-   * its task is in the run queue taken below. `sweeping` (seq_cst, as
+   * its task is in the scheduler swept below. `sweeping` (seq_cst, as
    * the worker's count of its attempt and its read) makes a worker that
    * took a task from the queue just before end it instead of running it
    * (apex__pool_attempt_open). */

@@ -235,7 +235,7 @@ void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   t->timer_flags |= APEX__TIMER_DL_LINKED;
   /* No reference for the list: a linked task is alive. Its life reference
    * goes only after finish_locked unlinked it, or, for a task that ended
-   * on its worker (pool.c, the owed release), after the run queue's
+   * on its worker (pool.c, the owed release), after the scheduler's
    * reference that worker still holds outlives the unlink in its next pop
    * section. fire_due takes one under pool_mu when it takes the task out.
    * Two atomic operations per task fewer, on a line the submitter and the

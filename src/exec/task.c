@@ -9,7 +9,7 @@
  * reference counted: the host's handle,
  * the "life" reference (held until the task is terminal AND no handler owns
  * its ctx, so a late handler never touches freed memory), and one reference
- * for each queue it sits in (run queue, timer heap, flush list, events).
+ * for each queue it sits in (the scheduler, timer heap, flush list, events).
  *
  * Every change of state, and every event pushed for a task, happens under
  * the task's stripe lock, so a task's events are queued in the order its
@@ -719,7 +719,7 @@ const char *apex__cause_name(apex__cause_t cause) {
 
 /* A cancel of a task that has no token. With no handler (queued or
  * waiting to retry) nobody would ever read a token made now, so none is,
- * and the task ends here (leaving the run queue at once:
+ * and the task ends here (leaving the scheduler at once:
  * apex__pool_task_end). A running one whose attempt registered a cancel
  * callback, cancelled with the default reason (plain, the cause's name),
  * needs none either: the callback runs, and the attempt remembers it fired
