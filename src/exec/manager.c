@@ -753,6 +753,8 @@ static int resolve_sched(apex_manager_t *m, const apex_action_desc_t *a,
       if (key_ok(keybuf)) req->key = keybuf;
     }
   }
+  /* Hashed here, not under pool_mu. */
+  if (req->key) req->key_hash = apex__sched_key_hash(req->key);
   return APEX_OK;
 }
 

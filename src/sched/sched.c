@@ -740,9 +740,12 @@ static void scope_init(apex__scope_t *s, int kind) {
   s->rheap_idx = APEX__NOT_IN_HEAP;
 }
 
-/* Under pool_mu: the scope of concurrency key `name`, made if asked. */
-static apex__scope_t *key_find(apex__sched_t *S, const char *name, int make) {
-  size_t b = (size_t)(hash_str(name) % BUCKETS);
+uint64_t apex__sched_key_hash(const char *key) { return hash_str(key); }
+
+/* Under pool_mu: the scope of concurrency key `name` (h its hash), made if
+ * asked. */
+static apex__scope_t *key_find_h(apex__sched_t *S, const char *name, uint64_t h, int make) {
+  size_t b = (size_t)(h % KEY_BUCKETS);
   for (apex__scope_t *s = S->key_hash[b]; s; s = s->hnext)
     if (strcmp(s->name, name) == 0) return s;
   if (!make) return NULL;
@@ -760,6 +763,10 @@ static apex__scope_t *key_find(apex__sched_t *S, const char *name, int make) {
   s->all_next = S->all;
   S->all = s;
   return s;
+}
+
+static apex__scope_t *key_find(apex__sched_t *S, const char *name, int make) {
+  return key_find_h(S, name, hash_str(name), make);
 }
 
 static apex__sclass_t *class_find(apex__sched_t *S, apex__fq_t *q, apex__scope_t *key) {
@@ -789,10 +796,20 @@ int apex__sched_bind_locked(apex_manager_t *m, apex_task_t *t, const apex__sched
   apex__pblock_t *b = pblock_of(t);
   apex__sclass_t *c = &b->dflt;
   if (req && (req->priority || req->fairness_key || req->key)) {
-    apex__fq_t *q = fq_find(S, req->fairness_key ? req->fairness_key : t->plugin->desc.name,
-                            req->priority, 1);
-    apex__scope_t *k = req->key ? key_find(S, req->key, 1) : NULL;
-    if (!q || (req->key && !k) || !(c = class_find(S, q, k))) return APEX_E_NOMEM;
+    /* The plugin's default queue needs no lookup; a key remembers the
+     * class it was bound with last (one plugin's tasks per key, often). */
+    apex__fq_t *q = !req->fairness_key && !req->priority
+                        ? &b->dfq
+                        : fq_find(S, req->fairness_key ? req->fairness_key : t->plugin->desc.name,
+                                  req->priority, 1);
+    apex__scope_t *k = req->key ? key_find_h(S, req->key, req->key_hash, 1) : NULL;
+    if (!q || (req->key && !k)) return APEX_E_NOMEM;
+    if (k && k->last_class && k->last_class->fq == q) {
+      c = k->last_class;
+    } else {
+      if (!(c = class_find(S, q, k))) return APEX_E_NOMEM;
+      if (k) k->last_class = c;
+    }
   }
   if (has_private_opts)
     ((apex__task_opts_t *)t->opts)->sc = c;
@@ -925,6 +942,8 @@ void apex__sched_fini(apex_manager_t *m) {
         free(q);
       }
     }
+  }
+  for (size_t b = 0; b < KEY_BUCKETS; b++) {
     for (apex__scope_t *s = S->key_hash[b], *n; s; s = n) {
       n = s->hnext;
       free(s->name);

@@ -89,6 +89,7 @@ struct apex__scope {
   char *name;
   apex__scope_t *hnext;
   apex__scope_t *all_next; /* every plugin, action and key scope */
+  apex__sclass_t *last_class; /* a key: the class bound with it last (a cache) */
   _Alignas(64) uint64_t n_in; /* made runnable, ever (the submit's line) */
 };
 
@@ -114,9 +115,14 @@ typedef struct apex__sched_req {
   int32_t priority;
   const char *fairness_key; /* NULL: the plugin's name */
   const char *key;          /* the concurrency key, NULL: none (borrowed) */
+  uint64_t key_hash;        /* apex__sched_key_hash(key), taken before pool_mu */
   uint64_t start_ns;        /* 0: now */
   int64_t wait_ms;          /* queue_wait_ms */
 } apex__sched_req_t;
+
+/* The hash of a concurrency key, computed by the submit before it takes
+ * pool_mu. Any thread. */
+uint64_t apex__sched_key_hash(const char *key);
 
 /* Under pool_mu, at submit: finds (or makes) t's class for req and points
  * t at it: t->opts is then either t's private options (which gets sc) or

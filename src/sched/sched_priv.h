@@ -10,6 +10,7 @@
 
 #define LEVELS (APEX_PRIORITY_MAX - APEX_PRIORITY_MIN + 1)
 #define BUCKETS 256u
+#define KEY_BUCKETS 4096u /* concurrency keys: many (one per remote host) */
 
 struct apex__fq {
   apex_task_t *head, *tail;
@@ -69,7 +70,7 @@ struct apex__sched {
   int gmax_set; /* set_max_queued(GLOBAL) replaced config.max_queued */
   apex__fq_t *fq_hash[BUCKETS];
   apex__sclass_t *sc_hash[BUCKETS];
-  apex__scope_t *key_hash[BUCKETS];
+  apex__scope_t *key_hash[KEY_BUCKETS];
   apex__scope_t *all; /* plugin, action and key scopes */
   apex__pblock_t *blocks;
   weight_t *weights;
