@@ -59,6 +59,33 @@ static void test_rate_limit_start_times_fit_the_bucket(void **st) {
   free(p);
 }
 
+/* Tasks a rate holds back wait without a worker: with C at 1 per 10 s,
+ * C's second task waits for its token while B's run on the one worker. */
+static void test_rate_limited_task_holds_back_nobody(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  apex_manager_t *m = sched_manager(&cfg);
+  sk_probe_t *p = probe_new();
+  SCHED_OK(apex_manager_set_rate(m, APEX_SCOPE_PLUGIN, "sched_c", 0.1, 1, err));
+  apex_task_t *c[3];
+  for (int i = 0; i < 3; i++) c[i] = sk_submit(m, p, "sched_c", "x", -1, -1, -1, -1, 0, -1, NULL);
+  apex_task_t *b[20];
+  for (int i = 0; i < 20; i++) b[i] = sk_submit(m, p, "sched_b", "x", -1, -1, -1, -1, 0, -1, NULL);
+  for (int i = 0; i < 20; i++) {
+    assert_int_equal(apex_task_wait(b[i], PROMPT_MS), APEX_OK);
+    apex_task_release(b[i]);
+  }
+  wait_done(c[0]);
+  assert_int_equal(scope_of(m, APEX_SCOPE_PLUGIN, "sched_c").waiting_on_rate, 2);
+  assert_int_equal(apex_task_state(c[1]), APEX_TASK_QUEUED);
+  /* Removing the rate lets them go at once. */
+  SCHED_OK(apex_manager_set_rate(m, APEX_SCOPE_PLUGIN, "sched_c", 0, 0, err));
+  for (int i = 1; i < 3; i++) assert_int_equal(apex_task_wait(c[i], PROMPT_MS), APEX_OK);
+  for (int i = 0; i < 3; i++) apex_task_release(c[i]);
+  assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
+  free(p);
+}
+
 /* One worker, held; then 20 low and 20 high priority tasks: the high ones
  * go first, but one pick in 8 goes to the low ones (aging). */
 static void test_priorities_and_aging(void **st) {
@@ -495,6 +522,7 @@ static void test_bad_input_for_every_call(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rate_limit_start_times_fit_the_bucket),
+      cmocka_unit_test(test_rate_limited_task_holds_back_nobody),
       cmocka_unit_test(test_priorities_and_aging),
       cmocka_unit_test(test_max_queued_and_wait_for_room),
       cmocka_unit_test(test_scheduled_tasks_wait_for_room),
