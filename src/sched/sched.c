@@ -111,10 +111,9 @@ static inline void count(apex__scope_t *sc[4], unsigned place, int d) {
     if (sc[3]) *(uint64_t *)(void *)((char *)sc[3] + o) += 1;
     return;
   }
-  size_t off = place == APEX__SCHED_PLACE_RUNNABLE ? 0
-               : place == APEX__SCHED_PLACE_LIMIT  ? offsetof(apex__scope_t, n_limit)
-               : place == APEX__SCHED_PLACE_RATE   ? offsetof(apex__scope_t, n_rate)
-                                                   : offsetof(apex__scope_t, n_sched);
+  size_t off = place == APEX__SCHED_PLACE_LIMIT  ? offsetof(apex__scope_t, n_limit)
+               : place == APEX__SCHED_PLACE_RATE ? offsetof(apex__scope_t, n_rate)
+                                                 : offsetof(apex__scope_t, n_sched);
   uint64_t dd = (uint64_t)(int64_t)d;
   *(uint64_t *)(void *)((char *)sc[0] + off) += dd;
   *(uint64_t *)(void *)((char *)sc[1] + off) += dd;
