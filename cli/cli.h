@@ -30,6 +30,9 @@ typedef struct cli_opts {
   /* --schedule-to-start, --attempt-timeout, --heartbeat-timeout, or 0: the
    * action's default (docs/scheduling.md) */
   double schedule_to_start_s, start_to_close_s, heartbeat_timeout_s;
+  int priority;              /* --priority (APEX_PRIORITY_*), 0: normal */
+  const char *key;           /* --key: the concurrency key, or NULL */
+  double run_after_s;        /* --run-after, or 0: now */
   int json;                  /* JSON Lines: --json or stdout not a terminal */
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;

@@ -725,6 +725,9 @@ int cli_cmd_run(const cli_opts_t *o) {
   so.schedule_to_start_s = o->schedule_to_start_s; /* 0: the action's default */
   so.start_to_close_s = o->start_to_close_s;
   so.heartbeat_timeout_s = o->heartbeat_timeout_s;
+  so.priority = o->priority;
+  so.concurrency_key = o->key;
+  so.run_after_s = o->run_after_s;
   apex_retry_policy_t policy = a->default_retry;
   if (o->retries >= 0) {
     policy.max_attempts = (uint32_t)o->retries + 1;
