@@ -125,6 +125,9 @@ int cli_split_target(const char *target, char *buf, size_t len, const char **plu
 int cli_cmd_plugins(const cli_opts_t *o);
 int cli_cmd_describe(const cli_opts_t *o);
 int cli_cmd_run(const cli_opts_t *o);
+/* `apex batch`, which parses its own options (batch.c): argv as main got
+ * it, cmd_at the index of the word "batch". */
+int cli_cmd_batch(int argc, char **argv, int cmd_at);
 
 /* Monotonic clock in milliseconds. */
 int64_t cli_now_ms(void);
@@ -176,5 +179,38 @@ void cli_display_erase(cli_display_t *d);
  * retitle the window or break a line (malloc'd; caller frees), or NULL on
  * no memory. */
 char *cli_term_clean(const char *text);
+
+/* ---- terminal rows (display.c) -----------------------------------------
+ * One screen row built by the display's rules, for another live view
+ * (batch.c): text is cut to the columns left (counted with wcwidth) and
+ * control characters become spaces, so the row is exactly one terminal
+ * line. Start with {0} and cols_left set; free p. */
+typedef struct cli_row {
+  char *p;
+  size_t len, cap;
+  int oom; /* a write failed for memory: drop the frame */
+  int cols_left;
+} cli_row_t;
+
+/* Appends as much of text as fits. */
+void cli_row_text(cli_row_t *r, const char *text);
+/* Appends a bar "[####------]" of width cells filled to pct (0-100). */
+void cli_row_bar(cli_row_t *r, double pct, int width);
+/* Returns: the columns text takes by the same rules. */
+int cli_text_width(const char *text);
+/* The terminal's size (TIOCGWINSZ on fd), 80x24 if it cannot be read. */
+void cli_term_size(int fd, int *cols, int *rows);
+
+/* ---- library log lines (log_queue.c) ------------------------------------
+ * The apex_log_fn of a live display: queues a copy of the line (at most 256
+ * waiting; more are dropped and counted) and writes a byte to the fd in
+ * *user (an atomic_int *, the loop's self-pipe; NULL or -1: none). Any
+ * thread. */
+void cli_log_sink(int level, const char *msg, void *user);
+/* Takes the oldest queued line. Returns: 1 and *level, *msg (caller frees),
+ * else 0 with *dropped set to the lines dropped since the last call. */
+int cli_log_pop(int *level, char **msg, size_t *dropped);
+/* Returns: "error", "warn", "info", "debug" for an APEX_LOG_* level. */
+const char *cli_log_level_name(int level);
 
 #endif
