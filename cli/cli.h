@@ -30,6 +30,7 @@ typedef struct cli_opts {
   int json;                  /* JSON Lines: --json or stdout not a terminal */
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;
+  unsigned workers;          /* worker threads; 0: 2 (apex batch sets it) */
 } cli_opts_t;
 
 /* Returns: the exit code for a failure of code, whoever found it (the
@@ -86,7 +87,7 @@ json_t *cli_error_json(const apex_error_t *e, int code);
 /* Prints "apex: MSG" on stderr with MSG passed through cli_term_clean. */
 void cli_eprint(const char *msg);
 
-/* Creates a manager (2 workers, log level from APEX_LOG; progress at up to
+/* Creates a manager (o->workers workers, else 2; log level from APEX_LOG; progress at up to
  * 100/s in JSON mode) with the
  * --plugin-path dirs added in order. on_event non-NULL selects dispatch
  * delivery (events run inside apex_manager_dispatch on the caller's thread);
@@ -128,6 +129,9 @@ int cli_cmd_run(const cli_opts_t *o);
 /* `apex batch`, which parses its own options (batch.c): argv as main got
  * it, cmd_at the index of the word "batch". */
 int cli_cmd_batch(int argc, char **argv, int cmd_at);
+/* Returns: 1 if arg is an option of `apex batch` that takes a value (so
+ * main can find the command word past it), else 0. */
+int cli_batch_option_takes_value(const char *arg);
 
 /* Monotonic clock in milliseconds. */
 int64_t cli_now_ms(void);

@@ -163,7 +163,7 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
                     void *log_user, apex_manager_t **out) {
   apex_manager_config_t cfg;
   apex_manager_config_init(&cfg);
-  cfg.workers = 2;
+  cfg.workers = o->workers ? o->workers : 2;
   cfg.log = log;
   cfg.log_user = log_user;
   /* The command exits once its task ended: a handler that ignores its
