@@ -536,7 +536,7 @@ static void frame_counts(batch_t *b, fbuf_t *f, int cols, int *count) {
     snprintf(text, sizeof text, ", cancelled %llu", (unsigned long long)b->cancelled);
     cli_row_text(&r, text);
   }
-  if (b->stop == STOP_SIGNAL) cli_row_text(&r, "  (cancelling)");
+  if (b->stop == STOP_SIGNAL) cli_row_text(&r, b->in_flight ? "  (cancelling)" : "  (cancelled)");
   fb_row(f, &r, count);
 }
 
