@@ -101,7 +101,12 @@ apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user) {
 int apex__events_wanted(apex_manager_t *m, apex_task_t *t, apex_event_type_t type) {
   void *user;
   if (!apex__task_event_fn(t, &user)) return 0;
-  return !m->cfg.event_mask || (m->cfg.event_mask & (unsigned)type);
+  /* Mask 0: the four types of ABI 1; the ones appended since
+   * (HEARTBEAT, SCHEDULED) come only to a host that names them. */
+  unsigned mask = m->cfg.event_mask ? m->cfg.event_mask
+                                    : APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS |
+                                          APEX_EVENT_RETRY | APEX_EVENT_DONE;
+  return (mask & (unsigned)type) != 0;
 }
 
 int apex__events_wait_done(apex_manager_t *m, apex_task_t *t) {

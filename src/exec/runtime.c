@@ -220,6 +220,8 @@ static void earlier_locked(apex_manager_t *m, uint64_t at) {
   arm_locked(m, at);
 }
 
+void apex__timer_earlier_locked(apex_manager_t *m, uint64_t at) { earlier_locked(m, at); }
+
 void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   apex__dlist_t *l = dl_find(m, dl_key(t));
   /* Pinned at submit, so the list exists. Deadlines within a list are in
@@ -325,7 +327,7 @@ unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
     }
     m->heap_reserved--;
   }
-  t->timer_flags &= (uint8_t)APEX__POOL_QUEUED; /* the timer flags, not the pool's */
+  t->timer_flags &= (uint8_t)APEX__SCHED_BITS; /* the timer flags, not the scheduler's */
   return refs;
 }
 
@@ -333,6 +335,8 @@ unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
 static uint64_t next_due_locked(apex_manager_t *m) {
   uint64_t at = m->lheap_len ? list_at(m->lheap[0]) : 0;
   if (m->heap_len && (!at || rkey(m->heap[0]) < at)) at = rkey(m->heap[0]);
+  uint64_t sat = apex__sched_next_due_locked(m); /* rate tokens, start times */
+  if (sat && (!at || sat < at)) at = sat;
   return at;
 }
 
@@ -352,8 +356,9 @@ static void fire_due(apex_manager_t *m, int on_host) {
     pthread_mutex_unlock(&m->pool_mu);
   }
   enum { BATCH = 256 };
-  apex_task_t *due[BATCH];
+  apex_task_t *due[BATCH], *started[BATCH];
   int retry[BATCH];
+  int poke = 0;
   for (;;) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
@@ -372,6 +377,12 @@ static void fire_due(apex_manager_t *m, int on_host) {
       retry[n] = 1;
       due[n++] = t; /* the heap's reference moves to us */
     }
+    /* The scheduler: rate tokens due make their waiters runnable here;
+     * tasks whose start time came are handed over (with the start heap's
+     * reference, which on_start drops or passes on). */
+    size_t before = apex__sched_runnable_locked(m);
+    size_t ns = apex__sched_fire_locked(m, now, started, BATCH - n > 0 ? BATCH - n : 0);
+    poke |= ns > 0 || apex__sched_runnable_locked(m) > before;
     pthread_mutex_unlock(&m->pool_mu);
     for (size_t i = 0; i < n; i++) {
       if (retry[i])
@@ -380,8 +391,10 @@ static void fire_due(apex_manager_t *m, int on_host) {
         apex__task_on_deadline(due[i]);
       apex__task_unref(due[i]);
     }
-    if (n < BATCH) break;
+    for (size_t i = 0; i < ns; i++) apex__task_on_start(started[i]);
+    if (n + ns < BATCH) break;
   }
+  if (poke) apex__pool_poke(m);
   arm(m);
 }
 

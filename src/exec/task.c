@@ -34,7 +34,7 @@ pthread_mutex_t *apex__task_mu(apex_task_t *t) {
   return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES].mu;
 }
 
-static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
+static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED && s <= APEX_TASK_TIMED_OUT; }
 
 static void slot_free(apex__progress_slot_t *s) {
   if (!s) return;
@@ -212,7 +212,7 @@ static void task_free(apex_task_t *t) {
     json_decref(t->out.result);
   else
     apex_error_unref(t->out.error);
-  free((void *)t->opts);
+  if (t->opts && !t->opts->shared) free((void *)t->opts); /* a class's block stays */
   free(t);
   apex__manager_unref(m);
 }
@@ -1012,7 +1012,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     pthread_mutex_unlock(mu);
     json_decref(res);
     apex_error_unref(own);
-    int teardown = apex__pool_attempt_close(m, was_stuck);
+    int teardown = apex__pool_attempt_close(m, t, was_stuck);
     after_release(t, &a);
     return teardown;
   }
@@ -1080,7 +1080,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
           }
           /* Not running while it waits. Never an orphaned manager's last
            * handler: the manager is orphaned only once every task ended. */
-          (void)apex__pool_attempt_close(m, 0);
+          (void)apex__pool_attempt_close(m, t, 0);
           pthread_mutex_unlock(mu);
           apex_error_unref(err);
         }

@@ -5,6 +5,7 @@
 #ifndef APEX_PLUGIN_LOADER_H
 #define APEX_PLUGIN_LOADER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "apex/apex.h"
@@ -29,6 +30,9 @@ typedef struct apex__plugin {
   void *state;  /* what init stored */
   int inited;   /* loaded (init, if any, succeeded): shutdown is owed */
   apex_manager_t *m; /* the manager that loaded it (set by the manager) */
+  /* Its scheduler block (src/sched/: scopes, default class), made on first
+   * use; owned by the manager's scheduler. */
+  _Atomic(struct apex__pblock *) sched;
 } apex__plugin_t;
 
 /* Opens file, finds apex_plugin_entry, calls it with api, validates the
