@@ -376,6 +376,29 @@ static void test_second_ctrl_c_exits_at_once_with_every_outcome(void **st) {
   proc_free(&p);
 }
 
+/* A reader that goes away (apex batch f | head -1): every task is
+ * cancelled and the command exits 1, long before the tasks would end. */
+static void test_output_closed_cancels_everything_and_exits_1(void **st) {
+  (void)st;
+  char text[10 * 128];
+  size_t len = 0;
+  for (int i = 1; i <= 10; i++)
+    len += (size_t)snprintf(text + len, sizeof text - len,
+                            "{\"action\":\"batch_kit.hold\",\"params\":{\"ms\":%d,\"progress\":true}}\n",
+                            i == 1 ? 400 : 60000);
+  const char *path = write_text("closed.jsonl", text);
+  proc_t p;
+  proc_start(&p, "batch", path, PLUGINS, NULL);
+  assert_true(proc_read_until(&p, "\n", DEADLINE_MS));
+  close(p.fds[0]); /* line 1's progress, 200 ms on, is written to no one */
+  p.fds[0] = -1;
+  proc_wait(&p);
+  expect_exit(&p, 1);
+  if (p.end_ms - p.start_ms > 20000) fail_msg("took %lld ms", (long long)(p.end_ms - p.start_ms));
+  assert_contains(buf_str(&p.err), "output closed; cancelling");
+  proc_free(&p);
+}
+
 /* ---------------------------------------------------------- terminal */
 
 static void test_terminal_live_view_and_summary(void **st) {
@@ -427,6 +450,7 @@ int main(void) {
       cmocka_unit_test(test_help_describes_batch),
       cmocka_unit_test(test_ctrl_c_cancels_all_and_reports_every_line),
       cmocka_unit_test(test_second_ctrl_c_exits_at_once_with_every_outcome),
+      cmocka_unit_test(test_output_closed_cancels_everything_and_exits_1),
       cmocka_unit_test(test_terminal_live_view_and_summary),
   };
   return cmocka_run_group_tests(tests, batch_setup, batch_teardown);
