@@ -1,5 +1,7 @@
 /* `apex batch FILE`: runs every line of a JSON Lines file as a task, under
- * the scheduler's limits, and reports each line's outcome once.
+ * the scheduler's limits, and reports each line's outcome once. This file
+ * runs the lines; batch_opts.c parses the command line and batch_view.c
+ * draws the live view (batch.h holds what they share).
  *
  * Input. One invocation per line, {"action": "PLUGIN.ACTION", "params"?:
  * {...}, "priority"?: "high"|"normal"|"low"|-100..100, "key"?: "..."};
@@ -57,7 +59,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <locale.h>
-#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -68,321 +69,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cli.h"
+#include "batch.h"
 
 #define MAX_LINE_BYTES (1 << 20) /* a longer line is malformed */
 #define READ_CHUNK 65536
 #define DEFAULT_WINDOW 1000
-#define MAX_WINDOW 1000000
 #define DEFAULT_WORKERS 8   /* a batch is mostly waiting on I/O */
 #define MAX_WORKERS 256
 #define LINES_PER_TURN 256  /* lines handled between two polls */
 #define FAIL_LIST_MAX 100   /* failed lines the terminal summary lists */
-#define REDRAW_INTERVAL_MS 50
 #define FORCE_BACKSTOP_S 2
-#define MIN_TIMEOUT_S 0.001 /* as apex run's --timeout */
-
-static const char usage_text[] =
-    "Usage: apex batch FILE [OPTIONS]\n"
-    "\n"
-    "Runs every line of FILE (JSON Lines; - reads stdin) as a task:\n"
-    "  {\"action\": \"PLUGIN.ACTION\", \"params\": {...}, \"priority\": \"high\", \"key\": \"k\"}\n"
-    "params (default {}), priority (high, normal, low, or -100 to 100; default\n"
-    "normal) and key (a concurrency key, 1 to 255 bytes) are optional. Blank\n"
-    "lines are skipped; a malformed line fails on its own and the rest run.\n"
-    "\n"
-    "Options:\n"
-    "  --concurrency N       at most N tasks running at once (and at least N\n"
-    "                        worker threads, up to 256; default 8 workers)\n"
-    "  --limit SCOPE=N       at most N tasks of SCOPE running at once; SCOPE is\n"
-    "                        PLUGIN, PLUGIN.ACTION, key:KEY, or key:* for each\n"
-    "                        key without a limit of its own (repeatable)\n"
-    "  --rate SCOPE=R/s[:B]  start at most R tasks of SCOPE a second, B at once\n"
-    "                        (default 1); SCOPE as for --limit (repeatable)\n"
-    "  --max-pending N       read ahead at most N lines: tasks submitted and not\n"
-    "                        finished (default 1000, at least 2 x --concurrency);\n"
-    "                        priorities order the lines read so far\n"
-    "  --timeout SECONDS     each line's overall deadline, from its submit\n"
-    "  --retries N           retry a failed attempt up to N times\n"
-    "  --json                print JSON Lines events (the default when stdout\n"
-    "                        is not a terminal)\n"
-    "  --plugin-path DIR     search DIR for plugins first (repeatable, in order)\n"
-    "  -h, --help            show this help and exit\n"
-    "\n"
-    "Exit status:\n"
-    "  0    every line succeeded (an empty FILE too)\n"
-    "  1    a line failed, timed out or was cancelled by its plugin, a line was\n"
-    "       malformed, the input could not be read, or output was closed\n"
-    "  2    usage: a bad option, FILE cannot be opened, a limit refused\n"
-    "  130  cancelled by Ctrl-C; 143 by SIGTERM, 129 by SIGHUP\n"
-    "The first Ctrl-C cancels every task and still reports every line and the\n"
-    "summary; a second exits at once.\n";
-
-/* --------------------------------------------------------------- options */
-
-typedef struct scope_opt {
-  const char *arg; /* as given, for messages (argv) */
-  apex_scope_t scope;
-  char *name;      /* owned; NULL for key:* */
-  uint32_t limit;  /* --limit */
-  double rate;     /* --rate */
-  uint32_t burst;
-} scope_opt_t;
-
-typedef struct batch_opts {
-  cli_opts_t base; /* json, timeout_s, retries, plugin_paths, workers */
-  const char *file;
-  uint32_t concurrency; /* 0: no global limit */
-  size_t window;        /* 0: the default */
-  scope_opt_t *limits, *rates;
-  size_t n_limits, n_rates;
-  int help;
-  char why[1024];
-  int code; /* apex_status_t of the parse error */
-} batch_opts_t;
-
-static const char *const k_valued[] = {"--concurrency", "--limit",   "--rate",       "--max-pending",
-                                       "--timeout",     "--retries", "--plugin-path"};
-
-int cli_batch_option_takes_value(const char *arg) {
-  for (size_t k = 0; k < sizeof k_valued / sizeof k_valued[0]; k++)
-    if (strcmp(arg, k_valued[k]) == 0) return 1;
-  return 0;
-}
-
-static int opt_fail(batch_opts_t *o, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
-static int opt_fail(batch_opts_t *o, int code, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(o->why, sizeof o->why, fmt, ap);
-  va_end(ap);
-  o->code = code;
-  return -1;
-}
-
-/* A whole number in [min, max], digits only (strtoul would take " 5", "+5"
- * and "-1"). Returns: 0 and *out, or -1 (why set). */
-static int parse_count(batch_opts_t *o, const char *flag, const char *v, unsigned long min,
-                       unsigned long max, unsigned long *out) {
-  int plain = *v != '\0' && strspn(v, "0123456789") == strlen(v);
-  char *end = NULL;
-  errno = 0;
-  unsigned long n = plain ? strtoul(v, &end, 10) : 0;
-  if (!plain || *end != '\0' || errno != 0 || n < min || n > max)
-    return opt_fail(o, APEX_E_INVALID, "%s: '%s' is not a whole number from %lu to %lu", flag, v,
-                    min, max);
-  *out = n;
-  return 0;
-}
-
-/* A plain positive decimal (strtod would take "inf", "0x1p3", " 5").
- * Returns: the number, or -1 if v is not one. */
-static double plain_positive(const char *v, size_t len) {
-  char tmp[64];
-  if (len == 0 || len >= sizeof tmp || strspn(v, "0123456789.eE+-") < len) return -1;
-  memcpy(tmp, v, len);
-  tmp[len] = '\0';
-  char *end = NULL;
-  errno = 0;
-  double d = strtod(tmp, &end);
-  if (end != tmp + len || !isfinite(d) || d <= 0) return -1;
-  return d;
-}
-
-/* "SCOPE=VALUE" into *s (scope and name) and *value. Returns: 0, or -1. */
-static int parse_scope(batch_opts_t *o, const char *flag, const char *arg, scope_opt_t *s,
-                       const char **value) {
-  const char *eq = strrchr(arg, '=');
-  if (!eq || eq == arg || eq[1] == '\0')
-    return opt_fail(o, APEX_E_INVALID, "%s: '%s' is not SCOPE=%s (SCOPE: PLUGIN, PLUGIN.ACTION, "
-                    "key:KEY or key:*)", flag, arg, strcmp(flag, "--rate") == 0 ? "R/s[:BURST]" : "N");
-  s->arg = arg;
-  *value = eq + 1;
-  size_t n = (size_t)(eq - arg);
-  if (n > 4 && strncmp(arg, "key:", 4) == 0) {
-    s->scope = APEX_SCOPE_KEY;
-    if (n == 5 && arg[4] == '*') return 0; /* the default of every key */
-    s->name = strndup(arg + 4, n - 4);
-  } else {
-    s->name = strndup(arg, n);
-    if (s->name) s->scope = strchr(s->name, '.') ? APEX_SCOPE_ACTION : APEX_SCOPE_PLUGIN;
-  }
-  if (!s->name) return opt_fail(o, APEX_E_NOMEM, "out of memory");
-  return 0;
-}
-
-static int parse_limit(batch_opts_t *o, const char *arg) {
-  scope_opt_t *s = &o->limits[o->n_limits++];
-  const char *v;
-  unsigned long n;
-  if (parse_scope(o, "--limit", arg, s, &v) != 0) return -1;
-  if (parse_count(o, "--limit", v, 1, APEX_LIMIT_MAX, &n) != 0) return -1;
-  s->limit = (uint32_t)n;
-  return 0;
-}
-
-static int parse_rate(batch_opts_t *o, const char *arg) {
-  scope_opt_t *s = &o->rates[o->n_rates++];
-  const char *v;
-  if (parse_scope(o, "--rate", arg, s, &v) != 0) return -1;
-  const char *per = strstr(v, "/s");
-  double r = per ? plain_positive(v, (size_t)(per - v)) : -1;
-  if (r <= 0 || r > 1e9 || (per[2] != '\0' && per[2] != ':'))
-    return opt_fail(o, APEX_E_INVALID,
-                    "--rate: '%s' is not R/s or R/s:BURST (R a number of tasks a second, up to "
-                    "1e9, e.g. 2.5/s:5)", v);
-  s->rate = r;
-  s->burst = 1;
-  if (per[2] == ':') {
-    unsigned long b;
-    if (parse_count(o, "--rate", per + 3, 1, APEX_LIMIT_MAX, &b) != 0) return -1;
-    s->burst = (uint32_t)b;
-  }
-  return 0;
-}
-
-static int parse_timeout(batch_opts_t *o, const char *v) {
-  double t = plain_positive(v, strlen(v));
-  if (t <= 0)
-    return opt_fail(o, APEX_E_INVALID, "--timeout: '%s' is not a positive number of seconds", v);
-  if (t < MIN_TIMEOUT_S)
-    return opt_fail(o, APEX_E_INVALID, "--timeout: '%s' is too short: at least 0.001 seconds", v);
-  if (t > 1e9) return opt_fail(o, APEX_E_INVALID, "--timeout: '%s' is too long: at most 1e9", v);
-  o->base.timeout_s = t;
-  return 0;
-}
-
-static int parse_one(batch_opts_t *o, const char *name, const char *value) {
-  unsigned long n;
-  if (strcmp(name, "--json") == 0) o->base.json = 1;
-  else if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) o->help = 1;
-  else if (strcmp(name, "--limit") == 0) return parse_limit(o, value);
-  else if (strcmp(name, "--rate") == 0) return parse_rate(o, value);
-  else if (strcmp(name, "--timeout") == 0) return parse_timeout(o, value);
-  else if (strcmp(name, "--concurrency") == 0) {
-    if (parse_count(o, name, value, 1, APEX_LIMIT_MAX, &n) != 0) return -1;
-    o->concurrency = (uint32_t)n;
-  } else if (strcmp(name, "--max-pending") == 0) {
-    if (parse_count(o, name, value, 1, MAX_WINDOW, &n) != 0) return -1;
-    o->window = n;
-  } else if (strcmp(name, "--retries") == 0) {
-    if (parse_count(o, name, value, 0, 1000000, &n) != 0) return -1;
-    o->base.retries = (long)n;
-  } else if (strcmp(name, "--plugin-path") == 0) {
-    if (!*value) return opt_fail(o, APEX_E_INVALID, "--plugin-path: empty directory name");
-    o->base.plugin_paths[o->base.n_plugin_paths++] = value;
-  }
-  return 0;
-}
-
-static int parse_args(batch_opts_t *o, int argc, char **argv, int cmd_at) {
-  int positional_only = 0;
-  for (int i = 1; i < argc; i++) {
-    if (i == cmd_at) continue;
-    const char *a = argv[i];
-    if (!positional_only && strcmp(a, "--") == 0) {
-      positional_only = 1;
-      continue;
-    }
-    if (positional_only || a[0] != '-' || a[1] == '\0') { /* "-" is stdin */
-      if (o->file) return opt_fail(o, APEX_E_INVALID, "batch: unexpected argument '%s'", a);
-      o->file = a;
-      continue;
-    }
-    char name[32];
-    const char *eq = strchr(a, '=');
-    size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-    if (nlen >= sizeof name)
-      return opt_fail(o, APEX_E_INVALID, "unknown option '%s' (see apex batch --help)", a);
-    memcpy(name, a, nlen);
-    name[nlen] = '\0';
-    int valued = cli_batch_option_takes_value(name);
-    int flag = strcmp(name, "--json") == 0 || strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0;
-    if (!valued && !flag)
-      return opt_fail(o, APEX_E_INVALID, "unknown option '%s' (see apex batch --help)", a);
-    if (flag && eq) return opt_fail(o, APEX_E_INVALID, "%s takes no value", name);
-    const char *value = NULL;
-    if (valued) {
-      if (eq) value = eq + 1;
-      else if (i + 1 < argc && i + 1 != cmd_at) value = argv[++i];
-      else return opt_fail(o, APEX_E_INVALID, "%s needs a value", name);
-    }
-    if (parse_one(o, name, value) != 0) return -1;
-  }
-  return 0;
-}
-
-/* ----------------------------------------------------------------- state */
-
-enum { SL_QUEUED, SL_RUNNING, SL_RETRY };
-
-typedef struct batch batch_t;
-
-/* A line in flight: submitted, its DONE not yet dispatched. */
-typedef struct slot {
-  batch_t *b;
-  uint64_t line;
-  char *action;               /* "plugin.action" as written; owned */
-  apex_task_t *task;          /* our handle */
-  uint64_t task_id;
-  int state;                  /* SL_* */
-  apex_progress_t *progress;  /* latest (terminal mode); a reference */
-  cli_progress_lines_t *pl;   /* JSON mode: the tree the reader holds */
-  struct slot *prev, *next;   /* in flight, in line order */
-} slot_t;
-
-/* A plugin as lines name it: loaded once, or the reason it cannot be. */
-typedef struct plug {
-  char *name;
-  const apex_plugin_desc_t *desc; /* NULL: failed */
-  int code;
-  char *message;
-} plug_t;
-
-typedef struct failure {
-  uint64_t line;
-  char *action;  /* may be NULL */
-  char *code;    /* snake_case status name */
-  char *message;
-} failure_t;
-
-typedef struct view {
-  int fd;
-  int lines; /* rows the last frame left on screen */
-  int dirty;
-  int64_t last_ms;
-  int cursor_hidden;
-} view_t;
-
-enum { STOP_NONE, STOP_SIGNAL, STOP_OUTPUT };
-
-struct batch {
-  const batch_opts_t *o;
-  int json;
-  apex_manager_t *m;
-  size_t window;
-  /* input */
-  int in_fd;
-  const char *in_name;
-  char *buf;
-  size_t start, len, cap; /* unread bytes: buf[start, start + len) */
-  int eof, in_ready, skipping, read_error;
-  uint64_t line_no;          /* physical lines consumed */
-  uint64_t total;            /* non-blank lines, if known (regular file) */
-  int total_known;
-  /* counts */
-  uint64_t read, n_queued, n_running, n_retry;
-  uint64_t succeeded, failed, timed_out, cancelled, invalid;
-  size_t in_flight;
-  slot_t *head, *tail;
-  plug_t *plugs;
-  size_t n_plugs;
-  failure_t *fails;
-  size_t n_fails;
-  int stop, stop_sig;
-  int64_t start_ms;
-  view_t *view;
-};
 
 /* Where the run is, for the signal handler (see the top of the file). */
 enum { PH_RUN, PH_DONE };
@@ -391,18 +87,8 @@ static atomic_int g_signo, g_force, g_final_code;
 static atomic_int g_sig_wfd = -1;
 static atomic_int g_cursor_hidden;
 
-static void write_fd(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return;
-    p += w;
-    n -= (size_t)w;
-  }
-}
-
 static void exit_now(int code) {
-  if (atomic_load(&g_cursor_hidden)) write_fd(STDOUT_FILENO, "\r\n\x1b[?25h", 8);
+  if (atomic_load(&g_cursor_hidden)) cli_write_all(STDOUT_FILENO, "\r\n\x1b[?25h", 8);
   _exit(code);
 }
 
@@ -446,214 +132,6 @@ static const char *signal_label(int sig) {
   return sig == SIGINT ? "Ctrl-C" : sig == SIGTERM ? "SIGTERM" : "SIGHUP";
 }
 
-/* ------------------------------------------------------------- the view */
-
-static void view_write(view_t *v, const char *p, size_t n) {
-  fflush(stdout); /* what stdio holds goes above the block */
-  write_fd(v->fd, p, n);
-}
-
-/* A frame being built: escapes and finished rows. */
-typedef struct fbuf {
-  char *p;
-  size_t len, cap;
-  int oom;
-} fbuf_t;
-
-static void fb_put(fbuf_t *f, const char *s, size_t n) {
-  if (f->oom) return;
-  if (f->len + n + 1 > f->cap) {
-    size_t cap = f->cap ? f->cap * 2 : 4096;
-    while (cap < f->len + n + 1) cap *= 2;
-    char *p = realloc(f->p, cap);
-    if (!p) {
-      f->oom = 1;
-      return;
-    }
-    f->p = p;
-    f->cap = cap;
-  }
-  memcpy(f->p + f->len, s, n);
-  f->len += n;
-  f->p[f->len] = '\0';
-}
-
-/* Appends a finished row (already clean and fitted) and frees it. */
-static void fb_row(fbuf_t *f, cli_row_t *r, int *count) {
-  if (r->oom) f->oom = 1;
-  fb_put(f, "\r\x1b[2K", 5);
-  if (r->p) fb_put(f, r->p, r->len);
-  fb_put(f, "\n", 1);
-  free(r->p);
-  ++*count;
-}
-
-static void fmt_elapsed(char *buf, size_t len, int64_t ms) {
-  int64_t s = ms / 1000;
-  if (s < 60) snprintf(buf, len, "%.1f s", (double)ms / 1000.0);
-  else snprintf(buf, len, "%lld:%02lld", (long long)(s / 60), (long long)(s % 60));
-}
-
-static int clamp_pct(double pct) { return !(pct >= 0) ? 0 : pct > 100 ? 100 : (int)pct; }
-
-/* The overall bar: done of total, the elapsed time. */
-static void frame_bar(batch_t *b, fbuf_t *f, int cols, int *count) {
-  uint64_t done = b->succeeded + b->failed + b->timed_out + b->cancelled;
-  int exact = b->total_known || b->eof;
-  uint64_t total = b->eof || !b->total_known ? b->read : b->total;
-  if (total < b->read) total = b->read; /* the file grew */
-  double pct = total ? 100.0 * (double)done / (double)total : (b->eof ? 100.0 : 0.0);
-  cli_row_t r = {.cols_left = cols - 1};
-  int bw = cols - 1 - 40;
-  cli_row_bar(&r, pct, bw > 40 ? 40 : bw < 10 ? 10 : bw);
-  char el[32], text[160];
-  fmt_elapsed(el, sizeof el, cli_now_ms() - b->start_ms);
-  snprintf(text, sizeof text, " %4d%%  %llu/%llu%s lines  %s", clamp_pct(pct),
-           (unsigned long long)done, (unsigned long long)total, exact ? "" : "+", el);
-  cli_row_text(&r, text);
-  fb_row(f, &r, count);
-}
-
-/* The counts: where the lines are. */
-static void frame_counts(batch_t *b, fbuf_t *f, int cols, int *count) {
-  cli_row_t r = {.cols_left = cols - 1};
-  char text[96];
-  snprintf(text, sizeof text, "running %llu, queued %llu", (unsigned long long)b->n_running,
-           (unsigned long long)b->n_queued);
-  cli_row_text(&r, text);
-  if (b->n_retry) {
-    snprintf(text, sizeof text, ", retrying %llu", (unsigned long long)b->n_retry);
-    cli_row_text(&r, text);
-  }
-  if (b->total_known && !b->eof && b->total > b->read) {
-    snprintf(text, sizeof text, ", not read %llu", (unsigned long long)(b->total - b->read));
-    cli_row_text(&r, text);
-  }
-  snprintf(text, sizeof text, " | succeeded %llu, failed %llu", (unsigned long long)b->succeeded,
-           (unsigned long long)(b->failed + b->timed_out));
-  cli_row_text(&r, text);
-  if (b->cancelled) {
-    snprintf(text, sizeof text, ", cancelled %llu", (unsigned long long)b->cancelled);
-    cli_row_text(&r, text);
-  }
-  if (b->stop == STOP_SIGNAL) cli_row_text(&r, b->in_flight ? "  (cancelling)" : "  (cancelled)");
-  fb_row(f, &r, count);
-}
-
-/* One row per running task, in line order: "line N  ACTION [bar] P%  MSG",
- * the bars aligned. */
-static void frame_task(const slot_t *s, int name_w, fbuf_t *f, int cols, int *count) {
-  cli_row_t r = {.cols_left = cols - 1};
-  char text[64];
-  snprintf(text, sizeof text, "  line %llu  ", (unsigned long long)s->line);
-  int room = name_w - cli_text_width(text); /* what the action may take */
-  cli_row_text(&r, text);
-  if (room > 0 && room < r.cols_left) {
-    int rest = r.cols_left - room;
-    r.cols_left = room;
-    cli_row_text(&r, s->action);
-    r.cols_left += rest;
-  }
-  while (r.cols_left > 0 && cols - 1 - r.cols_left < name_w) cli_row_text(&r, " ");
-  double p = s->progress ? apex_progress_percentage(s->progress) : 0;
-  cli_row_text(&r, " ");
-  cli_row_bar(&r, p, 10);
-  snprintf(text, sizeof text, " %4d%%", clamp_pct(p));
-  cli_row_text(&r, text);
-  const char *msg = s->progress ? apex_progress_message(s->progress) : "";
-  if (*msg) {
-    cli_row_text(&r, "  ");
-    cli_row_text(&r, msg);
-  }
-  fb_row(f, &r, count);
-}
-
-static void frame(batch_t *b, fbuf_t *f, int *count) {
-  int cols, rows;
-  cli_term_size(b->view->fd, &cols, &rows);
-  int max_rows = rows - 1 > 3 ? rows - 1 : 3;
-  frame_bar(b, f, cols, count);
-  frame_counts(b, f, cols, count);
-  int room = max_rows - *count;
-  uint64_t running = b->n_running;
-  int shown_max = running <= (uint64_t)room ? (int)running : room - 1;
-  int name_w = 0, shown = 0;
-  char text[64];
-  for (const slot_t *s = b->head; s && shown < shown_max; s = s->next) {
-    if (s->state != SL_RUNNING) continue;
-    snprintf(text, sizeof text, "  line %llu  ", (unsigned long long)s->line);
-    int w = cli_text_width(text) + cli_text_width(s->action);
-    if (w > name_w) name_w = w;
-    shown++;
-  }
-  if (name_w > cols / 2) name_w = cols / 2;
-  shown = 0;
-  for (const slot_t *s = b->head; s && shown < shown_max; s = s->next) {
-    if (s->state != SL_RUNNING) continue;
-    frame_task(s, name_w, f, cols, count);
-    shown++;
-  }
-  if ((uint64_t)shown < running) {
-    cli_row_t r = {.cols_left = cols - 1};
-    snprintf(text, sizeof text, "  +%llu more running",
-             (unsigned long long)(running - (uint64_t)shown));
-    cli_row_text(&r, text);
-    fb_row(f, &r, count);
-  }
-}
-
-static void view_draw(batch_t *b) {
-  view_t *v = b->view;
-  if (!v) return;
-  fbuf_t f = {0};
-  char seq[32];
-  if (!v->cursor_hidden) fb_put(&f, "\x1b[?25l", 6);
-  if (v->lines > 0) fb_put(&f, seq, (size_t)snprintf(seq, sizeof seq, "\r\x1b[%dA", v->lines));
-  int count = 0;
-  frame(b, &f, &count);
-  fb_put(&f, "\x1b[J", 3);
-  if (!f.oom) {
-    view_write(v, f.p, f.len);
-    v->cursor_hidden = 1;
-    atomic_store(&g_cursor_hidden, 1);
-    v->lines = count;
-  }
-  free(f.p);
-  v->dirty = 0;
-  v->last_ms = cli_now_ms();
-}
-
-static int view_due_ms(const batch_t *b) {
-  if (!b->view || !b->view->dirty) return -1;
-  int64_t wait = b->view->last_ms + REDRAW_INTERVAL_MS - cli_now_ms();
-  return wait > 0 ? (int)wait : 0;
-}
-
-static void view_dirty(batch_t *b) {
-  if (b->view) b->view->dirty = 1;
-}
-
-/* Erases the block so a plain line can print where it was. */
-static void view_erase(batch_t *b) {
-  view_t *v = b->view;
-  if (!v || v->lines == 0) return;
-  char seq[32];
-  int n = snprintf(seq, sizeof seq, "\r\x1b[%dA\x1b[J", v->lines);
-  view_write(v, seq, (size_t)n);
-  v->lines = 0;
-  v->dirty = 1;
-}
-
-/* Leaves the last frame on screen and shows the cursor again. */
-static void view_close(batch_t *b) {
-  view_t *v = b->view;
-  if (!v) return;
-  if (v->cursor_hidden) view_write(v, "\x1b[?25h", 6);
-  atomic_store(&g_cursor_hidden, 0);
-  free(v);
-  b->view = NULL;
-}
-
 /* A line above the live view (terminal) or on stderr. */
 static void note(batch_t *b, const char *fmt, ...) APEX_PRINTF(2, 3);
 static void note(batch_t *b, const char *fmt, ...) {
@@ -662,7 +140,7 @@ static void note(batch_t *b, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  view_erase(b);
+  cli_batch_view_erase(b);
   cli_eprint(msg);
   fflush(stderr);
 }
@@ -720,7 +198,7 @@ static void outcome(batch_t *b, uint64_t line, const char *action, uint64_t task
   }
   if (state == APEX_TASK_FAILED || state == APEX_TASK_TIMED_OUT)
     remember_failure(b, line, action, error);
-  view_dirty(b);
+  cli_batch_view_dirty(b);
   if (b->json) {
     json_t *o = json_pack("{s:I, s:s, s:o, s:o, s:s}", "line", (json_int_t)line, "event", "result",
                           "task", task_id ? json_integer((json_int_t)task_id) : json_null(),
@@ -786,7 +264,7 @@ static void slot_state(batch_t *b, slot_t *s, int st) {
   else if (st == SL_RUNNING) b->n_running++;
   else b->n_retry++;
   s->state = st;
-  view_dirty(b);
+  cli_batch_view_dirty(b);
 }
 
 #define UNWRITABLE_MESSAGE "the result cannot be written as JSON (text that is not UTF-8, or a cycle)"
@@ -827,7 +305,7 @@ static void on_event(const apex_event_t *ev, void *user) {
     if (!b->json) {
       apex_progress_unref(s->progress);
       s->progress = apex_progress_ref((apex_progress_t *)ev->progress);
-      view_dirty(b);
+      cli_batch_view_dirty(b);
     } else if (s->pl || (s->pl = cli_progress_lines_new()) != NULL) {
       o = cli_progress_line(s->pl, ev->task_id, ev->progress);
       if (!o) break;
@@ -1056,7 +534,7 @@ static void run_line(batch_t *b, uint64_t line, const char *text, size_t len) {
   else b->head = s;
   b->tail = s;
   b->in_flight++;
-  view_dirty(b);
+  cli_batch_view_dirty(b);
 }
 
 /* ------------------------------------------------------------- the input */
@@ -1202,7 +680,7 @@ static void check_stop(batch_t *b) {
          b->in_flight, sig == SIGINT ? "press Ctrl-C" : "send it");
     cancel_all(b, sig == SIGINT ? "user" : signal_label(sig));
   }
-  view_dirty(b);
+  cli_batch_view_dirty(b);
 }
 
 static int exit_code_of(const batch_t *b) {
@@ -1229,7 +707,7 @@ static void summary(batch_t *b, int code) {
     return;
   }
   char el[32];
-  fmt_elapsed(el, sizeof el, ms);
+  cli_batch_fmt_elapsed(el, sizeof el, ms);
   if (lines > 0 && b->succeeded == lines) {
     printf("%llu lines in %s: all succeeded\n", (unsigned long long)lines, el);
   } else {
@@ -1264,8 +742,8 @@ static void summary(batch_t *b, int code) {
  * its handler not waited for; then the summary and out. */
 static void force_exit(batch_t *b) {
   int sig = atomic_load(&g_force);
-  view_erase(b);
-  view_close(b);
+  cli_batch_view_erase(b);
+  cli_batch_view_close(b);
   char msg[256];
   snprintf(msg, sizeof msg,
            "the handler did not stop after the cancel; a second %s ended apex without waiting "
@@ -1302,7 +780,7 @@ static int loop(batch_t *b, int sig_rfd) {
     struct pollfd pfd[3] = {{.fd = mfd, .events = POLLIN},
                             {.fd = sig_rfd, .events = POLLIN},
                             {.fd = -1, .events = POLLIN}};
-    int timeout = view_due_ms(b);
+    int timeout = cli_batch_view_due_ms(b);
     if (want_input(b)) {
       if (line_buffered(b)) timeout = 0;
       else pfd[2].fd = b->in_fd;
@@ -1319,7 +797,7 @@ static int loop(batch_t *b, int sig_rfd) {
     }
     if (pfd[2].revents) b->in_ready = 1; /* POLLIN, or POLLHUP at a pipe's end */
     if ((pfd[0].revents & POLLIN) && apex_manager_dispatch(b->m) < 0) return -1;
-    if (b->view && view_due_ms(b) == 0) view_draw(b);
+    if (b->view && cli_batch_view_due_ms(b) == 0) cli_batch_view_draw(b);
   }
 }
 
@@ -1414,14 +892,6 @@ static void batch_free(batch_t *b) {
   free(b->buf);
 }
 
-static void opts_free(batch_opts_t *o) {
-  for (size_t i = 0; i < o->n_limits; i++) free(o->limits[i].name);
-  for (size_t i = 0; i < o->n_rates; i++) free(o->rates[i].name);
-  free(o->limits);
-  free(o->rates);
-  free(o->base.plugin_paths);
-}
-
 /* Ends the run: the summary is out; destroys the manager (a 50 ms drain, as
  * apex run) with a stop signal now exiting at once with code. */
 static int finish(batch_t *b, int code) {
@@ -1470,23 +940,23 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
   o.limits = calloc((size_t)argc, sizeof *o.limits);
   o.rates = calloc((size_t)argc, sizeof *o.rates);
   if (!o.base.plugin_paths || !o.limits || !o.rates) {
-    opts_free(&o);
+    cli_batch_opts_free(&o);
     return fail_early(json, APEX_E_NOMEM, "out of memory");
   }
   int code;
-  if (parse_args(&o, argc, argv, cmd_at) != 0 && !o.help) {
+  if (cli_batch_parse(&o, argc, argv, cmd_at) != 0 && !o.help) {
     code = fail_early(json, o.code, o.why);
-    opts_free(&o);
+    cli_batch_opts_free(&o);
     return code;
   }
   if (o.help) {
-    fputs(usage_text, stdout);
-    opts_free(&o);
+    fputs(cli_batch_usage, stdout);
+    cli_batch_opts_free(&o);
     return CLI_EXIT_OK;
   }
   if (!o.file) {
     code = fail_early(json, APEX_E_INVALID, "batch: missing FILE (JSON Lines; - reads stdin)");
-    opts_free(&o);
+    cli_batch_opts_free(&o);
     return code;
   }
   o.base.json = json;
@@ -1499,7 +969,7 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
     if (b.in_fd < 0) {
       char msg[1024];
       snprintf(msg, sizeof msg, "batch: cannot open '%s': %s", o.file, strerror(errno));
-      opts_free(&o);
+      cli_batch_opts_free(&o);
       return fail_early(json, APEX_E_INVALID, msg);
     }
   }
@@ -1544,8 +1014,11 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
     if (!setlocale(LC_CTYPE, "") || MB_CUR_MAX == 1) setlocale(LC_CTYPE, "C.UTF-8");
     drain_logs(&b);
     b.view = calloc(1, sizeof *b.view);
-    if (b.view) b.view->fd = STDOUT_FILENO;
-    view_draw(&b);
+    if (b.view) {
+      b.view->fd = STDOUT_FILENO;
+      b.view->cursor_flag = &g_cursor_hidden;
+    }
+    cli_batch_view_draw(&b);
   }
   if (loop(&b, sig_fds[0]) != 0) {
     note(&b, "waiting for events failed: %s", strerror(errno));
@@ -1555,13 +1028,13 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
   if (!json) drain_logs(&b);
   code = exit_code_of(&b);
   if (b.view) {
-    view_draw(&b);
-    view_close(&b);
+    cli_batch_view_draw(&b);
+    cli_batch_view_close(&b);
   }
   summary(&b, code);
   code = finish(&b, code);
 out:
   if (b.in_fd > STDIN_FILENO) close(b.in_fd);
-  opts_free(&o);
+  cli_batch_opts_free(&o);
   return code;
 }

@@ -133,6 +133,11 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at);
  * main can find the command word past it), else 0. */
 int cli_batch_option_takes_value(const char *arg);
 
+/* Writes all n bytes with write(2), retrying on EINTR and short writes,
+ * until done or a write fails (then gives up silently: the callers have
+ * nowhere to report it). Async-signal-safe. */
+void cli_write_all(int fd, const char *p, size_t n);
+
 /* Monotonic clock in milliseconds. */
 int64_t cli_now_ms(void);
 

@@ -12,8 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
+
+void cli_write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return; /* nothing more can be done about it here */
+    p += w;
+    n -= (size_t)w;
+  }
+}
 
 int64_t cli_now_ms(void) {
   struct timespec ts;
