@@ -110,12 +110,48 @@ static void test_rate_limit_spaces_starts(void **st) {
   proc_free(&p);
 }
 
+/* One at a time: while a line holds the slot the rest queue, and the last
+ * line, "high", starts before every line read before it but the one that
+ * may have started at once. (The order of normal against low is left to
+ * the scheduler, whose aging may let a low one through.) */
+static void test_priorities_order_the_queued_lines(void **st) {
+  (void)st;
+  const char *path = write_text(
+      "prio.jsonl", "{\"action\":\"batch_kit.hold\",\"params\":{\"ms\":300,\"line\":1}}\n"
+                    "{\"action\":\"batch_kit.hold\",\"params\":{\"line\":2},\"priority\":\"low\"}\n"
+                    "{\"action\":\"batch_kit.hold\",\"params\":{\"line\":3}}\n"
+                    "{\"action\":\"batch_kit.hold\",\"params\":{\"line\":4},\"priority\":-50}\n"
+                    "{\"action\":\"batch_kit.hold\",\"params\":{\"line\":5},\"priority\":\"normal\"}\n"
+                    "{\"action\":\"batch_kit.hold\",\"params\":{\"line\":6},\"priority\":\"high\"}\n");
+  proc_t p;
+  run(&p, "batch", path, PLUGINS, "--concurrency", "1", NULL);
+  expect_exit(&p, 0);
+  json_t *events = events_of(&p);
+  /* The order the tasks started in: attempt events, one slot at a time. */
+  int order[6], n = 0;
+  size_t i;
+  json_t *j;
+  json_array_foreach(events, i, j) {
+    if (strcmp(str_of(j, "event"), "attempt") == 0 && n < 6) order[n++] = (int)int_of(j, "line");
+  }
+  assert_int_equal(n, 6);
+  /* Line 1 starts first, or, if every line was queued before the first
+   * pick, line 6 does and line 1 (the first of the normal ones) next. */
+  int high_at = order[0] == 6 ? 0 : 1;
+  if (order[high_at] != 6 || order[1 - high_at] != 1)
+    fail_msg("start order %d %d %d %d %d %d: want line 6 (high) first or right after line 1",
+             order[0], order[1], order[2], order[3], order[4], order[5]);
+  json_decref(events);
+  proc_free(&p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_concurrency_limit_holds),
       cmocka_unit_test(test_action_limit_holds),
       cmocka_unit_test(test_key_limit_holds),
       cmocka_unit_test(test_rate_limit_spaces_starts),
+      cmocka_unit_test(test_priorities_order_the_queued_lines),
   };
   return cmocka_run_group_tests(tests, batch_setup, batch_teardown);
 }
