@@ -910,7 +910,6 @@ static int finish(batch_t *b, int code) {
     fflush(stderr);
     _exit(code);
   }
-  batch_free(b);
   return code;
 }
 
@@ -1034,7 +1033,11 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
   summary(&b, code);
   code = finish(&b, code);
 out:
+  batch_free(&b);
   if (b.in_fd > STDIN_FILENO) close(b.in_fd);
+  atomic_store(&g_sig_wfd, -1);
+  for (int i = 0; i < 2; i++)
+    if (sig_fds[i] >= 0) close(sig_fds[i]);
   cli_batch_opts_free(&o);
   return code;
 }
