@@ -390,9 +390,13 @@ static int line_priority(const json_t *v, int32_t *out) {
 
 /* Checks one line. Returns: the line's object (new reference) with
  * *action, *params, *priority, *key borrowed from it, or NULL with *error
- * set (a new reference: the line's outcome). */
+ * set (a new reference: the line's outcome) and, if the line has a string
+ * "action" that fits, a copy of it in bad_action (else ""), so the outcome
+ * of a line malformed elsewhere still names its action. */
 static json_t *line_parse(const char *text, size_t len, const char **action, json_t **params,
-                          int32_t *priority, const char **key, json_t **error) {
+                          int32_t *priority, const char **key, json_t **error, char *bad_action,
+                          size_t bad_len) {
+  bad_action[0] = '\0';
   json_error_t jerr;
   json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!j) {
@@ -447,7 +451,9 @@ static json_t *line_parse(const char *text, size_t len, const char **action, jso
     goto bad;
   }
   return j;
-bad:
+bad:;
+  const char *a = json_string_value(json_object_get(j, "action"));
+  if (a && strlen(a) < bad_len) cli_utf8_clean(bad_action, bad_len, a);
   json_decref(j);
   return NULL;
 }
@@ -458,9 +464,11 @@ static void run_line(batch_t *b, uint64_t line, const char *text, size_t len) {
   const char *action, *key;
   json_t *params, *error = NULL;
   int32_t priority;
-  json_t *j = line_parse(text, len, &action, &params, &priority, &key, &error);
+  char bad_action[256];
+  json_t *j = line_parse(text, len, &action, &params, &priority, &key, &error, bad_action,
+                         sizeof bad_action);
   if (!j) {
-    outcome(b, line, NULL, 0, APEX_TASK_FAILED, NULL, error);
+    outcome(b, line, bad_action[0] ? bad_action : NULL, 0, APEX_TASK_FAILED, NULL, error);
     return;
   }
   if (b->stop) {

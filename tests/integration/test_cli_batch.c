@@ -106,6 +106,10 @@ static void check_thousand(const proc_t *p) {
       if (!code || strcmp(code, want[kind]) != 0)
         fail_msg("line %d: code %s, want %s", i, code ? code : "(none)", want[kind]);
       assert_true(json_is_null(json_object_get(r, "task")));
+      /* Named whenever the line has an action string, however malformed. */
+      if (kind == L_BAD_JSON) assert_true(json_is_null(json_object_get(r, "action")));
+      else if (kind == L_NO_PLUGIN) assert_string_equal(str_of(r, "action"), "no_such_plugin.x");
+      else assert_string_equal(str_of(r, "action"), "batch_kit.hold");
       failed++;
       invalid++;
     }
