@@ -37,7 +37,8 @@
  * Stop signals (SIGINT, SIGTERM, SIGHUP). The first cancels every task in
  * flight (reason "user" for Ctrl-C, else "SIGTERM" / "SIGHUP"), submits
  * nothing more, and reads the rest of the input so that every line still
- * gets its outcome (not started: cancelled; malformed: failed); the command
+ * gets its outcome (not started: cancelled; malformed: failed), unless the
+ * input is a terminal, whose rest nobody has typed yet; the command
  * exits 128 + the signal once the cancelled tasks ended. A second one makes
  * the main thread write a cancelled outcome for each line still in flight
  * (its handler did not stop) and the summary, and _exit at once; lines not
@@ -640,9 +641,16 @@ static int input_line(batch_t *b, const char **text, size_t *len, int *too_long)
 /* 1 once every line of the input has been taken. */
 static int input_exhausted(const batch_t *b) { return b->eof && b->len == 0 && !b->skipping; }
 
+/* 1 once no more lines will be taken: all are, the output is gone, or a
+ * stop signal came while the input is a terminal (a person typing lines
+ * would otherwise have to end them with Ctrl-D after their Ctrl-C). */
+static int input_done(const batch_t *b) {
+  return input_exhausted(b) || b->stop == STOP_OUTPUT || (b->stop == STOP_SIGNAL && b->in_tty);
+}
+
 /* Whether the loop wants more lines now. */
 static int want_input(const batch_t *b) {
-  if (input_exhausted(b) || b->stop == STOP_OUTPUT) return 0;
+  if (input_done(b)) return 0;
   return b->stop == STOP_SIGNAL || b->in_flight < b->window;
 }
 
@@ -717,11 +725,12 @@ static void summary(batch_t *b, int code) {
   char el[32];
   cli_batch_fmt_elapsed(el, sizeof el, ms);
   if (lines > 0 && b->succeeded == lines) {
-    printf("%llu lines in %s: all succeeded\n", (unsigned long long)lines, el);
+    printf("%llu line%s in %s: all succeeded\n", (unsigned long long)lines, lines == 1 ? "" : "s",
+           el);
   } else {
-    printf("%llu lines in %s: %llu succeeded, %llu failed (%llu invalid), %llu timed out, %llu "
+    printf("%llu line%s in %s: %llu succeeded, %llu failed (%llu invalid), %llu timed out, %llu "
            "cancelled\n",
-           (unsigned long long)lines, el, (unsigned long long)b->succeeded,
+           (unsigned long long)lines, lines == 1 ? "" : "s", el, (unsigned long long)b->succeeded,
            (unsigned long long)b->failed, (unsigned long long)b->invalid,
            (unsigned long long)b->timed_out, (unsigned long long)b->cancelled);
   }
@@ -784,7 +793,7 @@ static int loop(batch_t *b, int sig_rfd) {
       b->in_ready = 0;
     }
     pump_lines(b);
-    if ((input_exhausted(b) || b->stop == STOP_OUTPUT) && b->in_flight == 0) return 0;
+    if (input_done(b) && b->in_flight == 0) return 0;
     struct pollfd pfd[3] = {{.fd = mfd, .events = POLLIN},
                             {.fd = sig_rfd, .events = POLLIN},
                             {.fd = -1, .events = POLLIN}};
@@ -980,6 +989,7 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
       return fail_early(json, APEX_E_INVALID, msg);
     }
   }
+  b.in_tty = isatty(b.in_fd);
   struct stat st;
   if (fstat(b.in_fd, &st) == 0 && S_ISREG(st.st_mode) && count_lines(b.in_fd, &b.total) == 0)
     b.total_known = 1;

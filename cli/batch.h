@@ -106,6 +106,7 @@ struct batch {
   char *buf;
   size_t start, len, cap; /* unread bytes: buf[start, start + len) */
   int eof, in_ready, skipping, read_error;
+  int in_tty;                /* the input is a terminal */
   uint64_t line_no;          /* physical lines consumed */
   uint64_t total;            /* non-blank lines, if known (regular file) */
   int total_known;
