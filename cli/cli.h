@@ -27,6 +27,9 @@ typedef struct cli_opts {
   json_t *params;            /* --params merged, then every --param: owned */
   double timeout_s;          /* --timeout, or -1: the action's default */
   long retries;              /* --retries, or -1: the action's default */
+  int priority;              /* --priority (APEX_PRIORITY_*), 0: normal */
+  const char *key;           /* --key: the concurrency key, or NULL */
+  double run_after_s;        /* --run-after, or 0: now */
   int json;                  /* JSON Lines: --json or stdout not a terminal */
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;

@@ -36,6 +36,11 @@ static const char usage_text[] =
     "  --timeout SECONDS   overall deadline across attempts (at least 0.001,\n"
     "                      e.g. 2.5)\n"
     "  --retries N         retry a failed attempt up to N times (N+1 attempts)\n"
+    "  --priority P        high, normal, low or a number from -100 to 100\n"
+    "                      (higher runs first)\n"
+    "  --key K             the task's concurrency key (limits per key)\n"
+    "  --run-after SECONDS start no sooner than this (state scheduled until\n"
+    "                      then)\n"
     "  --json              print JSON Lines events (the default when stdout is\n"
     "                      not a terminal)\n"
     "\n"
@@ -116,6 +121,34 @@ static int parse_retries(parse_state_t *ps, const char *v) {
   return 0;
 }
 
+static int parse_priority(parse_state_t *ps, const char *v) {
+  if (strcmp(v, "high") == 0) ps->o->priority = APEX_PRIORITY_HIGH;
+  else if (strcmp(v, "normal") == 0) ps->o->priority = APEX_PRIORITY_NORMAL;
+  else if (strcmp(v, "low") == 0) ps->o->priority = APEX_PRIORITY_LOW;
+  else {
+    int plain = *v != '\0' && strspn(v + (*v == '-'), "0123456789") == strlen(v + (*v == '-'));
+    long n = plain && strlen(v) < 8 ? strtol(v, NULL, 10) : APEX_PRIORITY_MAX + 1;
+    if (n < APEX_PRIORITY_MIN || n > APEX_PRIORITY_MAX)
+      return parse_fail(ps, APEX_E_INVALID,
+                        "--priority: '%s' is not high, normal, low or a number from %d to %d", v,
+                        APEX_PRIORITY_MIN, APEX_PRIORITY_MAX);
+    ps->o->priority = (int)n;
+  }
+  return 0;
+}
+
+static int parse_run_after(parse_state_t *ps, const char *v) {
+  int plain = *v != '\0' && strspn(v, "0123456789.") == strlen(v);
+  char *end = NULL;
+  errno = 0;
+  double t = plain ? strtod(v, &end) : -1;
+  if (!plain || end == v || *end != '\0' || errno != 0 || !isfinite(t) || t < 0 || t > 1e9)
+    return parse_fail(ps, APEX_E_INVALID,
+                      "--run-after: '%s' is not a number of seconds from 0 to 1e9", v);
+  ps->o->run_after_s = t;
+  return 0;
+}
+
 static int parse_params_json(parse_state_t *ps, const char *v) {
   json_error_t jerr;
   json_t *j = json_loads(v, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
@@ -185,8 +218,8 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 }
 
 /* Options taking a value; the rest are flags. */
-static const char *const valued[] = {"--param", "--params", "--timeout", "--retries",
-                                     "--plugin-path"};
+static const char *const valued[] = {"--param",    "--params", "--timeout",   "--retries",
+                                     "--priority", "--key",    "--run-after", "--plugin-path"};
 
 static int is_run_only(const char *name) {
   return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
@@ -229,6 +262,9 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
   else if (strcmp(name, "--version") == 0) ps->version = 1;
   else if (strcmp(name, "--timeout") == 0) return parse_timeout(ps, value);
   else if (strcmp(name, "--retries") == 0) return parse_retries(ps, value);
+  else if (strcmp(name, "--priority") == 0) return parse_priority(ps, value);
+  else if (strcmp(name, "--run-after") == 0) return parse_run_after(ps, value);
+  else if (strcmp(name, "--key") == 0) ps->o->key = value; /* checked by the library */
   else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
   else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
   else if (strcmp(name, "--plugin-path") == 0) {

@@ -635,6 +635,9 @@ int cli_cmd_run(const cli_opts_t *o) {
   apex_submit_opts_t so;
   apex_submit_opts_init(&so);
   if (o->timeout_s > 0) so.timeout_s = o->timeout_s;
+  so.priority = o->priority;
+  so.concurrency_key = o->key;
+  so.run_after_s = o->run_after_s;
   apex_retry_policy_t policy = a->default_retry;
   if (o->retries >= 0) {
     policy.max_attempts = (uint32_t)o->retries + 1;

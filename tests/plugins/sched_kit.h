@@ -108,67 +108,80 @@ typedef struct sk_item {
   struct sk_item *next;
 } sk_item_t;
 
-static pthread_mutex_t sk_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t sk_cv = PTHREAD_COND_INITIALIZER;
-static sk_item_t *sk_head, *sk_tail;
-static int sk_stop, sk_started;
-static pthread_t sk_thread;
+/* One completer per manager that loaded the plugin (its state): the
+ * image is shared when two managers load the same file. */
+typedef struct sk_state {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  sk_item_t *head, *tail;
+  int stop;
+  pthread_t thread;
+} sk_state_t;
 
 static void *sk_completer(void *arg) {
-  (void)arg;
-  pthread_mutex_lock(&sk_mu);
+  sk_state_t *s = arg;
+  pthread_mutex_lock(&s->mu);
   for (;;) {
-    while (!sk_head && !sk_stop) pthread_cond_wait(&sk_cv, &sk_mu);
-    if (!sk_head) break;
-    sk_item_t *it = sk_head;
-    sk_head = it->next;
-    if (!sk_head) sk_tail = NULL;
-    pthread_mutex_unlock(&sk_mu);
+    while (!s->head && !s->stop) pthread_cond_wait(&s->cv, &s->mu);
+    if (!s->head) break;
+    sk_item_t *it = s->head;
+    s->head = it->next;
+    if (!s->head) s->tail = NULL;
+    pthread_mutex_unlock(&s->mu);
     sk_nap_us(it->a.us);
     sk_leave(&it->a);
     apex_ctx_complete(it->ctx, APEX_OK);
     free(it);
-    pthread_mutex_lock(&sk_mu);
+    pthread_mutex_lock(&s->mu);
   }
-  pthread_mutex_unlock(&sk_mu);
+  pthread_mutex_unlock(&s->mu);
   return NULL;
 }
 
 static int sk_d(apex_ctx_t *ctx) {
+  sk_state_t *s = apex_ctx_plugin_state(ctx);
   sk_item_t *it = calloc(1, sizeof *it);
   if (!it) return APEX_E_NOMEM;
   it->ctx = ctx;
   sk_read(ctx, &it->a);
   sk_enter(&it->a);
-  pthread_mutex_lock(&sk_mu);
-  if (sk_tail) sk_tail->next = it; else sk_head = it;
-  sk_tail = it;
-  pthread_cond_signal(&sk_cv);
-  pthread_mutex_unlock(&sk_mu);
+  pthread_mutex_lock(&s->mu);
+  if (s->tail) s->tail->next = it; else s->head = it;
+  s->tail = it;
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
   return APEX_PENDING;
 }
 
 static int sk_init(const apex_host_api_t *api, void **state, char *why, size_t why_len) {
   (void)api;
-  (void)state;
   (void)why;
   (void)why_len;
-  sk_stop = 0;
-  sk_started = pthread_create(&sk_thread, NULL, sk_completer, NULL) == 0;
-  return sk_started ? APEX_OK : APEX_E_IO;
+  sk_state_t *s = calloc(1, sizeof *s);
+  if (!s) return APEX_E_NOMEM;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  if (pthread_create(&s->thread, NULL, sk_completer, s) != 0) {
+    free(s);
+    return APEX_E_IO;
+  }
+  *state = s;
+  return APEX_OK;
 }
 
 /* Completes what is left (a shutdown cancelled those tasks: their late
  * completes are ignored) and joins the completer. */
 static void sk_shutdown(void *state) {
-  (void)state;
-  if (!sk_started) return;
-  pthread_mutex_lock(&sk_mu);
-  sk_stop = 1;
-  pthread_cond_signal(&sk_cv);
-  pthread_mutex_unlock(&sk_mu);
-  pthread_join(sk_thread, NULL);
-  sk_started = 0;
+  sk_state_t *s = state;
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  s->stop = 1;
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  pthread_join(s->thread, NULL);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+  free(s);
 }
 
 static const apex_param_spec_t sk_params[] = {
