@@ -25,6 +25,8 @@ static const char usage_text[] =
     "  describe PLUGIN[.ACTION]  show a plugin's actions, or an action's kind,\n"
     "                            timeout, retry policy and params\n"
     "  run PLUGIN.ACTION         run an action and show its progress\n"
+    "  batch FILE                run every line of a JSON Lines file as a task,\n"
+    "                            under limits (apex batch --help)\n"
     "\n"
     "Options of run:\n"
     "  --param KEY=VALUE   set a param; VALUE is taken as JSON if it parses\n"
@@ -341,6 +343,24 @@ static int wants_json(int argc, char **argv) {
   return 0;
 }
 
+/* Returns: the index of the command word (the first positional argument),
+ * or 0 if there is none. Values of options are skipped, batch's too. */
+static int command_index(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) return i + 1 < argc ? i + 1 : 0;
+    if (a[0] == '-' && a[1] != '\0') {
+      int takes = cli_batch_option_takes_value(a);
+      for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+        if (strcmp(a, valued[k]) == 0) takes = 1;
+      if (takes) i++; /* skip its value */
+      continue;
+    }
+    return i;
+  }
+  return 0;
+}
+
 static int first_positional_is_run(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -356,6 +376,9 @@ static int first_positional_is_run(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  /* batch has options of its own: it parses the whole command line. */
+  int cmd = command_index(argc, argv);
+  if (cmd > 0 && strcmp(argv[cmd], "batch") == 0) return cli_cmd_batch(argc, argv, cmd);
   cli_opts_t o = {.timeout_s = -1, .retries = -1};
   parse_state_t ps = {.o = &o};
   int code = CLI_EXIT_OK;
@@ -415,7 +438,7 @@ info:
   } else if (strcmp(o.command, "help") == 0) {
     fputs(usage_text, stdout);
   } else {
-    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run)",
+    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run, batch)",
                     o.command);
   }
 out:
