@@ -61,6 +61,8 @@ typedef struct apex__progress_slot {
   json_t *hb_details, *hb_prev;
   int hb_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
+  /* The task's children (src/ops/children.c); NULL until it spawns one. */
+  struct apex__family *fam;
   /* What only a task that reports progress needs, kept here, not in the
    * run state, so a task that never reports (a pending deferred one) does
    * not pay for it. */
@@ -127,6 +129,14 @@ typedef struct apex__task_opts {
   apex_event_fn on_event;    /* overrides the manager's when set */
   void *event_user;
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
+  /* A child task (src/ops/children.c): its node in the parent's family
+   * (used until it ends: the family outlives every live child), the
+   * parent's id, its depth (1 for a child of a host's task); capped: its
+   * deadline is its parent's. */
+  struct apex_child *child;
+  uint64_t parent_id;
+  uint8_t child_depth;
+  uint8_t child_capped;
   apex__tmo_t *tmo;          /* in the same block; NULL: none of those timeouts */
 } apex__task_opts_t;
 
@@ -764,5 +774,8 @@ int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
  * retried like a transient failure unless the policy lists APEX_E_TIMEOUT
  * as non-retryable. */
 int apex__retry_next_timeout(const apex_task_t *t, double *delay_s);
+
+/* src/ops/children.c: child tasks and their hooks here. */
+#include "ops/children.h"
 
 #endif
