@@ -113,9 +113,10 @@ static void d_end(apex_ctx_t *ctx, apex_child_t *child, void *user) {
   json_t *err = NULL;
   int code = apex_ctx_child_outcome(ctx, child, NULL, NULL, &err);
   json_decref(err);
+  int n = d->n; /* before the count: the last end frees d */
   if (code != APEX_OK) atomic_fetch_add(&d->failed, 1);
-  if (atomic_fetch_add(&d->ended, 1) + 1 == d->n) {
-    apex_ctx_set_result(ctx, json_pack("{s:i, s:i}", "ended", d->n, "failed",
+  if (atomic_fetch_add(&d->ended, 1) + 1 == n) {
+    apex_ctx_set_result(ctx, json_pack("{s:i, s:i}", "ended", n, "failed",
                                        atomic_load(&d->failed)));
     free(d);
     apex_ctx_complete(ctx, apex_ctx_is_cancelled(ctx) ? APEX_E_CANCELLED : APEX_OK);
