@@ -63,6 +63,12 @@ TARGETS = [
     # Issue 10: the http plugin's download keeps up with curl itself.
     ("Whttp", (1, "apex", "mib_per_s"), ">=", (0.9, "curl", "mib_per_s"),
      "http.download against curl -o, same server, same run"),
+    # Issue 11: child tasks.
+    ("W11", (1, "apex", "ns_per_child"), "<=", (1.5, "apex", "ns_per_task", None, "W1"),
+     "a child spawned and awaited costs at most 1.5x a W1 task"),
+    ("Wroll", (1, "apex", "host_cpu_ns_per_delivered"), "<=",
+     (2, "apex", "single_host_cpu_ns_per_delivered"),
+     "host CPU per delivered update of a 1,000-child parent, against one task alone"),
 ]
 
 # Which way is better for each figure; figures not listed get no ratio.
@@ -73,13 +79,16 @@ BETTER = {
     "cpu_ns_per_update": "lower", "host_cpu_ms": "lower",
     "wall_ms": "lower", "cpu_ms": "lower", "peak_rss_kb": "lower",
     "mib_per_s": "higher",
+    "ns_per_child": "lower", "cpu_ns_per_child": "lower", "ms_to_last_cancelled": "lower",
+    "host_cpu_ns_per_delivered": "lower", "single_host_cpu_ns_per_delivered": "lower",
 }
 # Figures that grow with SIZE: compared between peers only at equal sizes.
 SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 # A flag holds only if it held in every run: its summary is the minimum.
 FLAGS = {"final"}
 
-WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "Whttp"]
+WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "Whttp", "W11",
+                  "W12", "Wroll"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -92,6 +101,9 @@ WORKLOAD_TITLE = {
     "W7": "W7: pending deferred tasks with a timeout, cancelled in random order",
     "W8": "W8: start-up of a one-shot command",
     "Whttp": "Whttp: a 1 GiB download from a loopback server, http.download against curl -o",
+    "W11": "W11: one parent spawns 10,000 no-op children and waits for all",
+    "W12": "W12: cancelling a parent of 10,000 pending deferred children (libuv: 10,000 timers)",
+    "Wroll": "Wroll: host CPU per delivered update, 1,000 children of 10,000 updates each",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "libuv", "libuv_prealloc", "glib", "gtask",
               "floor", "asyncio", "python", "apex_fsync", "curl"]
