@@ -16,6 +16,8 @@
  *   m->wait_mu                after a task lock (waking waiters; a count
  *                             destroy waits for reaching zero); else a
  *                             leaf (waking waiters after a DONE callback)
+ *   a family's mutex          (src/ops/children.c) after a task lock; a
+ *                             leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
