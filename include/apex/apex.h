@@ -688,7 +688,9 @@ APEX_EXTERN apex_progress_t *apex_task_progress(apex_task_t *t);
  * as apex_task_cancel checks it: prefer apex_task_cancel. */
 APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
 /* Returns: the id of the task whose handler spawned t (apex_ctx_spawn in
- * include/apex/plugin.h), 0 for a task the host submitted, or NULL. */
+ * include/apex/plugin.h); 0 for a task the host submitted, and for NULL.
+ * Immutable: any thread, before or after t ends (an event callback reads
+ * it from ev->task). */
 APEX_EXTERN uint64_t apex_task_parent_id(apex_task_t *t);
 /* Drops the handle. The task itself runs to its end. */
 APEX_EXTERN void apex_task_release(apex_task_t *t);

@@ -297,7 +297,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   if (o.submit) {
     size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
     memcpy(&so, o.submit, sz);
-    so.struct_size = (uint32_t)sz;
+    so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
   }
   so.parent = tok;
   if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
@@ -341,7 +341,7 @@ void apex__child_delivered(apex_task_t *t, apex_progress_t *snap) {
   apex_progress_t *old = n->last;
   n->last = apex_progress_ref(snap);
   pthread_mutex_unlock(&f->mu);
-  apex_progress_unref(old); /* never the last: the child's slot holds snap's */
+  apex_progress_unref(old); /* no user code: freeing under the child's lock is fine */
   /* The parent is held (this child is live): queue its next roll-up. */
   if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(apex__task_m(f->parent), f->parent);
 }
@@ -422,8 +422,11 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) return 0; /* misuse: apex__run_complete counts it */
   apex__family_t *f = r->prog ? r->prog->fam : NULL;
+  int deferred = t->action->kind == APEX_ACTION_DEFERRED;
   pthread_mutex_unlock(apex__task_mu(t));
-  if (!f) return 0;
+  /* A blocking handler's complete is refused (apex__run_complete logs it):
+   * it must not cancel the children either. */
+  if (!f || !deferred) return 0;
   pthread_mutex_lock(&f->mu);
   if (f->complete_pending) { /* a second complete while the first waits */
     pthread_mutex_unlock(&f->mu);
