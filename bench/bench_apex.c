@@ -64,6 +64,7 @@ typedef struct host {
   uint64_t progress;       /* PROGRESS events seen */
   double last_pct;         /* percentage of the last one */
   int64_t flood_ns, flood_cpu_ns, flood_process_cpu_ns;
+  int64_t flood_cpu_sum; /* every flood's thread CPU (Wroll) */
 } host_t;
 
 static void on_event(const apex_event_t *ev, void *user) {
@@ -89,6 +90,7 @@ static void on_event(const apex_event_t *ev, void *user) {
       h->flood_ns = (int64_t)json_integer_value(ns);
       h->flood_cpu_ns = (int64_t)json_integer_value(cpu);
       h->flood_process_cpu_ns = (int64_t)json_integer_value(pcpu);
+      h->flood_cpu_sum += h->flood_cpu_ns;
     }
   }
   h->done++;
@@ -521,6 +523,95 @@ static void w10(const char *peer, uint64_t n) {
   bench_emit_cpu(peer, "W10", n, "cpu_ns_per_task", cpu1 - cpu0, n);
 }
 
+/* W11 fan-out: one task spawns n no-op children (apex_ctx_spawn) and
+ * waits for them all; per child, against W1's per task. */
+static void w11(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  json_t *p = json_pack("{s:I}", "n", (json_int_t)n);
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  apex_task_release(submit(&h, "fan", p, DEADLINE_S));
+  pump_until(&h, n + 1); /* every child's DONE, then the parent's */
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  host_close(&h);
+  json_decref(p);
+  bench_emit(peer, "W11", n, "ns_per_child", (double)(t1 - t0) / (double)n, "ns");
+  bench_emit_cpu(peer, "W11", n, "cpu_ns_per_child", cpu1 - cpu0, n);
+}
+
+/* W12 cascade: a parent of n pending deferred children (bench.pend) is
+ * cancelled; the time until the last child's DONE (they all come before
+ * the parent's, which ends the wait). */
+static void w12(const char *peer, uint64_t n) {
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  h.want = APEX_TASK_CANCELLED;
+  int efd = bench_efd_new(0);
+  json_t *arm = json_pack("{s:i, s:I}", "ready_fd", efd, "batch", (json_int_t)n);
+  h.want = APEX_TASK_SUCCEEDED;
+  apex_task_release(submit(&h, "pend_arm", arm, DEADLINE_S));
+  pump_until(&h, 1);
+  h.done = 0;
+  h.want = APEX_TASK_CANCELLED;
+  json_t *p = json_pack("{s:I, s:s}", "n", (json_int_t)n, "child", "pend");
+  apex_task_t *t = submit(&h, "fan", p, DEADLINE_S);
+  await_ready(efd, 1); /* all n pending */
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  cancel(t);
+  pump_until(&h, n + 1);
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  apex_task_release(t);
+  host_close(&h);
+  close(efd);
+  json_decref(arm);
+  json_decref(p);
+  bench_emit(peer, "W12", n, "ms_to_last_cancelled", (double)(t1 - t0) / 1e6, "ms");
+  bench_emit(peer, "W12", n, "ns_per_child", (double)(t1 - t0) / (double)n, "ns");
+  bench_emit_cpu(peer, "W12", n, "cpu_ns_per_child", cpu1 - cpu0, n);
+}
+
+/* Host CPU per delivered update of a run: the process's CPU less the
+ * flood handlers' own threads', over progress_delivered. */
+static double host_cpu_per_delivered(host_t *h, uint64_t cpu, uint64_t *delivered) {
+  apex_stats_t s = APEX_STATS_INIT;
+  if (apex_manager_stats_v2(h->m, &s) != APEX_OK) bench_die("stats");
+  *delivered = s.progress_delivered;
+  double host = (double)cpu - (double)h->flood_cpu_sum;
+  return s.progress_delivered ? host / (double)s.progress_delivered : 0;
+}
+
+/* Wroll: a parent of n flood children each reporting `updates` updates;
+ * host CPU per delivered update, against one flood task alone. */
+static void wroll(const char *peer, uint64_t n) {
+  const uint64_t updates = 10000;
+  uint64_t d1 = 0, dn = 0;
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE | APEX_EVENT_PROGRESS);
+  json_t *p1 = json_pack("{s:I}", "n", (json_int_t)updates);
+  uint64_t c0 = bench_cpu_ns();
+  apex_task_release(submit(&h, "flood", p1, DEADLINE_S));
+  pump_until(&h, 1);
+  double single = host_cpu_per_delivered(&h, bench_cpu_ns() - c0, &d1);
+  host_close(&h);
+  host_open(&h, peer, APEX_EVENT_DONE | APEX_EVENT_PROGRESS);
+  json_t *p = json_pack("{s:I, s:s, s:I}", "n", (json_int_t)n, "child", "flood", "child_n",
+                        (json_int_t)updates);
+  c0 = bench_cpu_ns();
+  apex_task_release(submit(&h, "fan", p, DEADLINE_S));
+  pump_until(&h, n + 1);
+  double tree = host_cpu_per_delivered(&h, bench_cpu_ns() - c0, &dn);
+  host_close(&h);
+  json_decref(p1);
+  json_decref(p);
+  bench_emit(peer, "Wroll", n, "host_cpu_ns_per_delivered", tree, "ns");
+  bench_emit(peer, "Wroll", n, "single_host_cpu_ns_per_delivered", single, "ns");
+  bench_emit(peer, "Wroll", n, "delivered", (double)dn, "updates");
+}
+
 /* W6t's tree: as many nodes as issue 9 names. */
 #define W6T_NODES 1000
 
@@ -585,6 +676,12 @@ int main(int argc, char **argv) {
 #endif
   } else if (!deferred && strcmp(wl, "W7") == 0) {
     w7(peer, n);
+  } else if (!deferred && strcmp(wl, "W11") == 0) {
+    w11(peer, n);
+  } else if (!deferred && strcmp(wl, "W12") == 0) {
+    w12(peer, n);
+  } else if (!deferred && strcmp(wl, "Wroll") == 0) {
+    wroll(peer, n);
   } else {
     fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);
     return 3;

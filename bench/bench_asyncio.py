@@ -9,7 +9,7 @@ through loop.run_in_executor, completions are the awaits on the event loop
 thread (the host), timeouts by asyncio.wait_for, cancellation by task.cancel().
 A handler that waits "cancellably" blocks on a threading.Event, its token.
 
-Implements W1 W2 W3 W3q W4 W5; other workloads exit 3. Each workload checks
+Implements W1 W2 W3 W3q W4 W5 W11; other workloads exit 3. Each workload checks
 that every job completed with the right outcome before printing a figure; any
 failure goes to stderr with exit status 1 and no figure. Times are
 time.perf_counter_ns() (CLOCK_MONOTONIC on Linux); CPU is the process's user +
@@ -34,8 +34,8 @@ import time
 
 PEER = "asyncio"
 WORKERS = 2
-KNOWN = ("W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8")
-IMPLEMENTED = ("W1", "W2", "W3", "W3q", "W4", "W5")
+KNOWN = ("W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W11", "W12", "Wroll")
+IMPLEMENTED = ("W1", "W2", "W3", "W3q", "W4", "W5", "W11")
 W4_TIMEOUT_NS = 5_000_000
 
 now = time.perf_counter_ns
@@ -304,7 +304,22 @@ async def w5(loop, ex, n):
     return [("bytes_per_task", (rss1 - rss0) / n, "B"), ("cpu_ns_per_task", cpu / n, "ns")]
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W3q": w3q, "W4": w4, "W5": w5}
+async def w11(loop, ex, n):
+    """W11's peer: asyncio.gather of n no-op tasks (the fan-out of one parent)."""
+    async def child():
+        return True
+
+    c0 = cpu_ns()
+    t0 = now()
+    results = await asyncio.gather(*[asyncio.ensure_future(child()) for _ in range(n)])
+    dt = now() - t0
+    cpu = cpu_ns() - c0
+    if len(results) != n or not all(r is True for r in results):
+        raise BenchError(f"W11: {n} children gathered, not all completed with their result")
+    return [("ns_per_child", dt / n, "ns"), ("cpu_ns_per_child", cpu / n, "ns")]
+
+
+WORKLOADS = {"W11": w11, "W1": w1, "W2": w2, "W3": w3, "W3q": w3q, "W4": w4, "W5": w5}
 
 
 async def main(workload, n):

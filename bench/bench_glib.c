@@ -387,6 +387,23 @@ static void w1(const gb_peer_t *p, uint64_t n) {
   bench_emit_cpu(p->name, "W1", n, "cpu_ns_per_task", cpu1 - cpu0, n);
 }
 
+/* W11's GLib peer: n GTasks run in threads, their completions counted on
+ * the host context until all n are in (the counter is the fan-in). */
+static void w11(const gb_peer_t *p, uint64_t n) {
+  gb_host_t h;
+  p->open(&h);
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) p->noop(&h);
+  gb_run_until(&h, &h.done, n);
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  gb_host_close(&h);
+  gb_check(&h, "W11", n, 0);
+  bench_emit(p->name, "W11", n, "ns_per_child", (double)(t1 - t0) / (double)n, "ns");
+  bench_emit_cpu(p->name, "W11", n, "cpu_ns_per_child", cpu1 - cpu0, n);
+}
+
 static void w2(const gb_peer_t *p, uint64_t n) {
   gb_host_t h;
   p->open(&h);
@@ -640,6 +657,7 @@ int main(int argc, char **argv) {
   else if (!gtask && strcmp(wl, "W5") == 0) w5(p, n);
   else if (!gtask && strcmp(wl, "W6") == 0) w6(p, n);
   else if (!gtask && strcmp(wl, "W7") == 0) w7(p, n);
+  else if (gtask && strcmp(wl, "W11") == 0) w11(p, n);
   else {
     fprintf(stderr, "bench: %s not implemented by %s\n", wl, p->name);
     return 3;

@@ -510,6 +510,36 @@ static void run_w7(uv_loop_t *loop, uint64_t size) {
   bench_emit(peer, "W7", size, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)size, "B");
 }
 
+/* W12's peer: n pending timers (W7's operations) cancelled one by one; the
+ * time from the first cancel until the last one's callback ran. */
+static void run_w12(uv_loop_t *loop, uint64_t size) {
+  w7_ctx_t c = {.size = size};
+  w7_op_t **ops = bench_xmalloc(size * sizeof *ops);
+  for (uint64_t i = 0; i < size; i++) {
+    w7_op_t *op = bench_xmalloc(sizeof *op);
+    op->cb = w7_done;
+    op->c = &c;
+    uv_check(uv_timer_init(loop, &op->timeout), "uv_timer_init");
+    op->timeout.data = op;
+    uv_check(uv_timer_start(&op->timeout, w7_timed_out, BENCH_W7_TIMEOUT_MS, 0),
+             "uv_timer_start");
+    ops[i] = op;
+  }
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < size; i++) w7_cancel(ops[i]);
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  loop_run(loop); /* the close callbacks: every op freed */
+  if (c.cancelled != size || c.timed_out != 0 || c.closed != size)
+    bench_die("W12: %" PRIu64 " cancelled, %" PRIu64 " timed out of %" PRIu64, c.cancelled,
+              c.timed_out, size);
+  free(ops);
+  bench_emit(peer, "W12", size, "ms_to_last_cancelled", (double)(t1 - t0) / 1e6, "ms");
+  bench_emit(peer, "W12", size, "ns_per_child", (double)(t1 - t0) / (double)size, "ns");
+  bench_emit_cpu(peer, "W12", size, "cpu_ns_per_child", cpu1 - cpu0, size);
+}
+
 /* ------------------------------------------------------------------- main */
 
 static const struct {
@@ -517,7 +547,7 @@ static const struct {
   void (*run)(uv_loop_t *loop, uint64_t size);
 } workloads[] = {
     {"W1", run_w1}, {"W2", run_w2}, {"W3", run_w3}, {"W3q", run_w3q},
-    {"W4", run_w4}, {"W5", run_w5}, {"W7", run_w7},
+    {"W4", run_w4}, {"W5", run_w5}, {"W7", run_w7}, {"W12", run_w12},
 };
 
 int main(int argc, char **argv) {

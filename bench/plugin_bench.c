@@ -25,6 +25,9 @@
  *   pend_arm       blocking: makes the next `batch` pend starts signal the
  *                  eventfd `ready_fd` once all of them are pending (W7's
  *                  set-up, so pend itself needs no params).
+ *   fan            blocking, params n, child, child_n: spawns n children of
+ *                  bench.<child> (apex_ctx_spawn) and waits for them all
+ *                  (W11 fan-out, W12 cascade, Wroll roll-up).
  *   pend           deferred: pending until its token fires (cancel or
  *                  timeout), then completes APEX_E_CANCELLED. It learns of the
  *                  cancel by apex_ctx_on_cancel when the host has it (compiled
@@ -398,6 +401,29 @@ static int bp_pend(apex_ctx_t *ctx) {
   return APEX_PENDING;
 }
 
+/* fan: spawns n children of bench.<child> (flood ones with n = child_n),
+ * then waits for all of them (W11, W12, Wroll). Ends APEX_OK, or
+ * APEX_E_CANCELLED once cancelled (its children are cancelled with it). */
+static int bp_fan(apex_ctx_t *ctx) {
+#ifdef APEX_HAVE_CTX_SPAWN
+  int64_t n = param_int(ctx, "n", 1), child_n = param_int(ctx, "child_n", 1);
+  const char *child = json_string_value(json_object_get(apex_ctx_params(ctx), "child"));
+  json_t *p = strcmp(child, "flood") == 0 ? json_pack("{s:I}", "n", (json_int_t)child_n) : NULL;
+  for (int64_t i = 0; i < n; i++) {
+    apex_child_t *c = NULL;
+    int rc = apex_ctx_spawn(ctx, "bench", child, p, NULL, &c);
+    if (rc != APEX_OK) {
+      json_decref(p);
+      return apex_ctx_fail(ctx, rc, "spawn %lld: %s", (long long)i, "refused");
+    }
+  }
+  json_decref(p);
+  return apex_ctx_wait_children(ctx, NULL, 0, -1);
+#else
+  return apex_ctx_fail(ctx, APEX_E_EXECUTION, "fan needs APEX_HAVE_CTX_SPAWN");
+#endif
+}
+
 /* ----------------------------------------------------------- descriptor */
 
 static const apex_param_spec_t k_wait_params[] = {
@@ -426,6 +452,15 @@ static const apex_param_spec_t k_pend_arm_params[] = {
      .description = "pend starts per signal"},
 };
 
+static const apex_param_spec_t k_fan_params[] = {
+    {.name = "n", .type = APEX_PARAM_INT, .required = 1, .has_min = 1, .min = 1,
+     .description = "children to spawn"},
+    {.name = "child", .type = APEX_PARAM_STRING, .default_json = "\"noop\"",
+     .description = "the bench action each child runs: noop, pend or flood"},
+    {.name = "child_n", .type = APEX_PARAM_INT, .default_json = "1", .has_min = 1, .min = 1,
+     .description = "a flood child's updates"},
+};
+
 #define BP_N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const apex_action_desc_t k_actions[] = {
@@ -447,6 +482,8 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "pend_arm", .description = "Sets who pend tells once batch pends are pending",
      .handler = bp_pend_arm, .kind = APEX_ACTION_BLOCKING, .params = k_pend_arm_params,
      .n_params = BP_N(k_pend_arm_params)},
+    {.name = "fan", .description = "Spawns n children and waits for all", .handler = bp_fan,
+     .params = k_fan_params, .n_params = BP_N(k_fan_params)},
     {.name = "pend", .description = "Pending until cancelled or timed out",
      .handler = bp_pend, .kind = APEX_ACTION_DEFERRED},
 };

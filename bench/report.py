@@ -74,6 +74,12 @@ TARGETS = [
      "1,000 keys limited to 1 each, against W1"),
     ("W10", (1, "apex", "bytes_per_task"), "<=", (1.2, "apex", "bytes_per_task", None, "W5"),
      "a queued task with a key, against W5's"),
+    # Issue 11: child tasks.
+    ("W11", (1, "apex", "ns_per_child"), "<=", (1.5, "apex", "ns_per_task", None, "W1"),
+     "a child spawned and awaited costs at most 1.5x a W1 task"),
+    ("Wroll", (1, "apex", "host_cpu_ns_per_delivered"), "<=",
+     (2, "apex", "single_host_cpu_ns_per_delivered"),
+     "host CPU per delivered update of a 1,000-child parent, against one task alone"),
 ]
 
 # Which way is better for each figure; figures not listed get no ratio.
@@ -84,13 +90,16 @@ BETTER = {
     "cpu_ns_per_update": "lower", "host_cpu_ms": "lower",
     "wall_ms": "lower", "cpu_ms": "lower", "peak_rss_kb": "lower",
     "mib_per_s": "higher",
+    "ns_per_child": "lower", "cpu_ns_per_child": "lower", "ms_to_last_cancelled": "lower",
+    "host_cpu_ns_per_delivered": "lower", "single_host_cpu_ns_per_delivered": "lower",
 }
 # Figures that grow with SIZE: compared between peers only at equal sizes.
 SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 # A flag holds only if it held in every run: its summary is the minimum.
 FLAGS = {"final"}
 
-WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10", "Whttp"]
+WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
+                  "Whttp", "W11", "W12", "Wroll"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -105,6 +114,9 @@ WORKLOAD_TITLE = {
     "Whttp": "Whttp: a 1 GiB download from a loopback server, http.download against curl -o",
     "W9": "W9: fairness: 100 tasks of one key behind another's flood (wait to DONE)",
     "W10": "W10: 1,000,000 tasks across 1,000 concurrency keys limited to 1 each",
+    "W11": "W11: one parent spawns 10,000 no-op children and waits for all",
+    "W12": "W12: cancelling a parent of 10,000 pending deferred children (libuv: 10,000 timers)",
+    "Wroll": "Wroll: host CPU per delivered update, 1,000 children of 10,000 updates each",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "libuv",
               "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl"]

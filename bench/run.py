@@ -57,8 +57,12 @@ FULL_SIZES = {
     "W9": 100000,  # tasks of the flooding fairness key
     "W10": 1000000,
     "Whttp": 1 << 30,  # bytes of the download, the driver's own workload
+    "W11": 10000,  # children of one parent (issue 11)
+    "W12": 10000,  # pending children cancelled with their parent
+    "Wroll": 1000,  # flood children of one parent, 10,000 updates each
 }
-WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10", "Whttp"]
+WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
+             "Whttp", "W11", "W12", "Wroll"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
 TINY_WHTTP_BYTES = 16 << 20

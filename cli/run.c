@@ -372,9 +372,36 @@ static void on_done(run_t *r, const apex_event_t *ev) {
   cli_emit(o);
 }
 
+/* An event of a child task (apex_ctx_spawn) of the run's task, or of a
+ * child's child: the terminal draws children from the parent's sub_tasks
+ * tree; --json writes a "child" line when one starts and when it ends,
+ * with its id and its parent's: {"event": "child", "task", "parent",
+ * "state", "result" | "error"}. */
+static void on_child(run_t *r, const apex_event_t *ev, uint64_t parent) {
+  if (!r->json) return;
+  if (ev->type != APEX_EVENT_DONE && !(ev->type == APEX_EVENT_ATTEMPT && ev->attempt == 1))
+    return;
+  json_t *o = event_head("child", ev->task_id);
+  if (!o) return;
+  json_object_set_new(o, "parent", json_integer((json_int_t)parent));
+  json_object_set_new(o, "state", json_string(apex_task_state_name(ev->state)));
+  if (ev->type == APEX_EVENT_DONE) {
+    if (ev->state == APEX_TASK_SUCCEEDED)
+      json_object_set_new(o, "result", ev->result ? json_deep_copy(ev->result) : json_null());
+    else
+      json_object_set_new(o, "error", error_json(ev->error, ev->state));
+  }
+  cli_emit(o);
+}
+
 static void on_event(const apex_event_t *ev, void *user) {
   run_t *r = user;
   if (r->done) return; /* nothing after the one terminal event */
+  uint64_t parent = apex_task_parent_id(ev->task);
+  if (parent) {
+    on_child(r, ev, parent);
+    return;
+  }
   switch (ev->type) {
   case APEX_EVENT_ATTEMPT: on_attempt(r, ev); break;
   case APEX_EVENT_PROGRESS: on_progress(r, ev); break;

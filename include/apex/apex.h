@@ -713,6 +713,11 @@ APEX_EXTERN json_t *apex_task_partial_result(apex_task_t *t);
  * one when its handler returns) whatever the reason, which is not checked
  * as apex_task_cancel checks it: prefer apex_task_cancel. */
 APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
+/* Returns: the id of the task whose handler spawned t (apex_ctx_spawn in
+ * include/apex/plugin.h); 0 for a task the host submitted, and for NULL.
+ * Immutable: any thread, before or after t ends (an event callback reads
+ * it from ev->task). */
+APEX_EXTERN uint64_t apex_task_parent_id(apex_task_t *t);
 /* Drops the handle. The task itself runs to its end. */
 APEX_EXTERN void apex_task_release(apex_task_t *t);
 

@@ -39,6 +39,10 @@ extern "C" {
 #define APEX_PENDING 1
 
 typedef struct apex_ctx apex_ctx_t;
+/* A handle on one child task of a running task (apex_ctx_spawn). */
+typedef struct apex_child apex_child_t;
+struct apex_spawn_opts;
+struct apex_submit_opts;
 
 /* One parameter of an action. The host validates the caller's params against
  * these before the handler runs: unknown names, wrong types, missing required
@@ -266,7 +270,21 @@ struct apex_host_api {
   int (*heartbeat)(apex_ctx_t *ctx, json_t *details);
   json_t *(*heartbeat_details)(apex_ctx_t *ctx);
   int (*retry_after)(apex_ctx_t *ctx, double seconds);
+  /* Partial results (apex_ctx_partial_result). */
   int (*partial_result)(apex_ctx_t *ctx, json_t *partial);
+  /* Child tasks (apex_ctx_spawn and the calls beside it). */
+  int (*spawn)(apex_ctx_t *ctx, const char *plugin, const char *action, json_t *params,
+               const struct apex_spawn_opts *opts, struct apex_child **out);
+  int (*child_wait)(apex_ctx_t *ctx, struct apex_child *const *children, size_t n, int all,
+                    int64_t timeout_ms, size_t *which);
+  int (*child_on_end)(apex_ctx_t *ctx, struct apex_child *child,
+                      void (*fn)(apex_ctx_t *ctx, struct apex_child *child, void *user),
+                      void *user);
+  int (*child_outcome)(apex_ctx_t *ctx, struct apex_child *child, int *state, json_t **result,
+                       json_t **error);
+  uint64_t (*child_task_id)(apex_ctx_t *ctx, struct apex_child *child);
+  void (*child_release)(apex_ctx_t *ctx, struct apex_child *child);
+  int (*children_own_weight)(apex_ctx_t *ctx, double weight);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -588,6 +606,193 @@ static inline int apex_ctx_retry_after(apex_ctx_t *c, double seconds) {
 static inline int apex_ctx_partial_result(apex_ctx_t *c, json_t *partial) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, partial_result)) return APEX_E_INVALID;
   return c->api->partial_result(c, partial);
+}
+
+/* ------------------------------------------------------------ child tasks
+ * A handler may start other actions, of any loaded plugin, as children of
+ * its task (docs/plugin-developer-guide.md, "Child tasks"). A child is an
+ * ordinary task of the manager: it is queued, scheduled, retried, timed
+ * out and reported to the host (its events, with apex_task_parent_id) like
+ * any other. What makes it a child:
+ * - Cascade: its token is a child of the parent attempt's, so cancelling,
+ *   timing out or shutting down the parent cancels every descendant at once
+ *   (queued ones end at once, running ones see the reason "parent"). Its
+ *   overall deadline never exceeds the parent's: a child whose own would be
+ *   later gets the parent's, and ends `cancelled` (reason "parent") if it
+ *   is still running when that passes.
+ * - Structure: the parent's attempt does not end before its children did.
+ *   A blocking handler that returns, or a deferred one that completes, with
+ *   children still live cancels them (reason "parent") and its task ends
+ *   once they ended (or were abandoned by their own timeout); a parent
+ *   whose overall deadline passes first cancels them and ends `timed_out`
+ *   after them. So the host receives every child's DONE before the
+ *   parent's.
+ * - Roll-up: the parent's delivered progress combines its own reported
+ *   percentage and its children's, by weight (apex_ctx_children_own_weight
+ *   has the formula), and its sub_tasks list the live tree of children.
+ * - Outcome: a child's failure does not fail the parent: the handler reads
+ *   it (apex_ctx_child_outcome) and decides.
+ * Handles (apex_child_t) belong to the attempt that spawned them: valid
+ * until that attempt ends (the handler returns or completes), usable only
+ * with that attempt's ctx; the host frees them with the task, so
+ * apex_ctx_child_release is optional (it says the handle is no longer
+ * used). */
+
+/* plugin.h has apex_ctx_spawn and the calls below (a plugin that must also
+ * build against older headers tests this). */
+#define APEX_HAVE_CTX_SPAWN 1
+
+/* Spawns nested deeper than this (a task is depth 0, its children 1) are
+ * refused: what catches plugins that spawn each other without end. */
+#define APEX_CHILD_MAX_DEPTH 16
+/* The sub_tasks tree a parent delivers lists at most this many children
+ * per task (running ones first, then the others in spawn order; the
+ * details' "children" object counts them all) and nests at most this many
+ * levels of children below the parent. */
+#define APEX_CHILD_TREE_MAX_LISTED 64
+#define APEX_CHILD_TREE_MAX_DEPTH 4
+
+/* Options of apex_ctx_spawn. Start with APEX_SPAWN_OPTS_INIT; the host
+ * reads at most struct_size bytes, so fields may be appended. */
+typedef struct apex_spawn_opts {
+  uint32_t struct_size; /* sizeof(apex_spawn_opts_t) as the plugin built it */
+  double weight;        /* the child's share in the parent's roll-up: finite,
+                           > 0; 0 means 1 (the default) */
+  const char *label;    /* its name in the parent's sub_tasks (copied; at
+                           most 256 bytes of UTF-8); NULL: "plugin.action" */
+  double timeout_s;     /* overall timeout; 0: submit->timeout_s, else the
+                           action's default; never past the parent's */
+  /* The ordinary submit options (include/apex/apex.h: priority,
+   * concurrency and fairness keys, start time, retry policy, the other
+   * timeouts, an event callback of its own), or NULL for the defaults.
+   * Its parent token is ignored: the parent attempt's token is the
+   * child's parent. Borrowed for the call. */
+  const struct apex_submit_opts *submit;
+} apex_spawn_opts_t;
+
+#define APEX_SPAWN_OPTS_INIT {.struct_size = sizeof(apex_spawn_opts_t), .weight = 1.0}
+
+/* Starts plugin.action with params as a child of this task (see above),
+ * through the manager's ordinary submit path (params validated, queue
+ * limits and the scheduler applied). opts NULL: weight 1, label
+ * "plugin.action", the action's defaults.
+ * Returns: APEX_OK and a handle in *out; APEX_E_CANCELLED if this attempt
+ * was cancelled (or its task ended) already: nothing is spawned;
+ * APEX_E_INVALID for NULL plugin, action or out, a weight that is not
+ * finite and positive, a label that is not UTF-8 or too long, a struct_size
+ * too small, a spawn nested deeper than APEX_CHILD_MAX_DEPTH, a call after
+ * this attempt completed (misuse, counted), or a host that predates this
+ * call (APEX_HAS_FIELD(apex_host_api_t, ctx->api, spawn) is 0); every
+ * error apex_manager_submit returns (APEX_E_PLUGIN_NOT_FOUND,
+ * APEX_E_ACTION_NOT_FOUND, APEX_E_INVALID_PARAMS, APEX_E_QUEUE_FULL,
+ * APEX_E_SHUTTING_DOWN, APEX_E_NOMEM). Every refusal is logged with its
+ * reason at warn level. Ownership: params borrowed (not modified), opts
+ * and its strings borrowed (label copied); *out as described above.
+ * Thread-safety: any thread, while the attempt is open. */
+static inline int apex_ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action,
+                                 json_t *params, const apex_spawn_opts_t *opts,
+                                 apex_child_t **out) {
+  if (out) *out = NULL;
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, spawn)) return APEX_E_INVALID;
+  return c->api->spawn(c, plugin, action, params, opts, out);
+}
+
+/* Blocks until every child in children[0..n) has ended (children NULL with
+ * n 0: every child this attempt spawned so far), or timeout_ms passes
+ * (negative: no limit), or this attempt is cancelled. A blocking handler's
+ * wait holds its worker: with as few workers as waiting parents, children
+ * wait in the queue behind them, so wide fan-outs from many parents at
+ * once belong in deferred actions (apex_ctx_on_child_end).
+ * Returns: APEX_OK; APEX_E_AGAIN when the time ran out; APEX_E_CANCELLED
+ * when this attempt's cancellation fired (the children are cancelled with
+ * it: the handler should return); APEX_E_INVALID for a NULL entry, a child
+ * of another attempt, NULL children with n > 0, after complete (misuse), a
+ * host that predates this call. Thread-safety: any thread. */
+static inline int apex_ctx_wait_children(apex_ctx_t *c, apex_child_t *const *children, size_t n,
+                                         int64_t timeout_ms) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_wait)) return APEX_E_INVALID;
+  return c->api->child_wait(c, children, n, 1, timeout_ms, NULL);
+}
+
+/* As apex_ctx_wait_children, until one of children[0..n) (n > 0) has
+ * ended; *which (if not NULL) is set to the index of the first ended one
+ * in the array's order (which may have ended before the call).
+ * Returns: as apex_ctx_wait_children. */
+static inline int apex_ctx_wait_any_child(apex_ctx_t *c, apex_child_t *const *children, size_t n,
+                                          int64_t timeout_ms, size_t *which) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_wait)) return APEX_E_INVALID;
+  return c->api->child_wait(c, children, n, 0, timeout_ms, which);
+}
+
+/* A child's end, for apex_ctx_on_child_end: ctx is the parent attempt's. */
+typedef void (*apex_child_fn)(apex_ctx_t *ctx, apex_child_t *child, void *user);
+
+/* Registers fn to run once when child ends (its outcome readable then), on
+ * the thread that ended it (a worker, Apex's runtime thread, a canceller),
+ * with no Apex lock held: what a deferred action uses to fan out without
+ * holding a worker. fn may call any apex_ctx_* on ctx, apex_ctx_complete
+ * included (the attempt stays open until every child ended, see above:
+ * the complete then takes effect once the last child's callback
+ * returned). Keep it short. If child ended already, fn runs at once on the
+ * calling thread before this returns.
+ * Returns: APEX_OK; APEX_E_ALREADY if one was registered for child before;
+ * APEX_E_INVALID for NULL fn or child, a child of another attempt, after
+ * complete, a host that predates this call. Ownership: user is the
+ * plugin's. Thread-safety: any thread. */
+static inline int apex_ctx_on_child_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn,
+                                        void *user) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_on_end)) return APEX_E_INVALID;
+  return c->api->child_on_end(c, child, fn, user);
+}
+
+/* Reads a child's outcome. state (if not NULL) gets its apex_task_state_t
+ * value (include/apex/apex.h: 3 succeeded, 4 failed, 5 cancelled, 6
+ * timed_out; below 3 while live); result (if not NULL) its result once
+ * succeeded, error (if not NULL) its error as JSON (apex_error_to_json:
+ * {"code": "cancelled", "message": ...}) once it failed, was cancelled or
+ * timed out; each NULL otherwise.
+ * Returns: APEX_OK (succeeded); the child's error code (APEX_E_EXECUTION,
+ * APEX_E_CANCELLED, APEX_E_TIMEOUT, ...); APEX_E_AGAIN while it is live;
+ * APEX_E_INVALID for a NULL child, one of another attempt, after complete,
+ * a host that predates this call. Ownership: *result and *error are new
+ * references the caller owns alone (copies). Thread-safety: any thread. */
+static inline int apex_ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state,
+                                         json_t **result, json_t **error) {
+  if (state) *state = -1;
+  if (result) *result = NULL;
+  if (error) *error = NULL;
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_outcome)) return APEX_E_INVALID;
+  return c->api->child_outcome(c, child, state, result, error);
+}
+
+/* Returns: the child's task id (what the host's events carry), 0 for a
+ * NULL or foreign child or an older host. */
+static inline uint64_t apex_ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_task_id)) return 0;
+  return c->api->child_task_id(c, child);
+}
+
+/* Says the handle is no longer used (optional: handles are freed with the
+ * task). The child runs on; it stays in the roll-up. Thread-safety: any
+ * thread; never twice for one handle, never with a wait on it running. */
+static inline void apex_ctx_child_release(apex_ctx_t *c, apex_child_t *child) {
+  if (APEX_HAS_FIELD(apex_host_api_t, c->api, child_release)) c->api->child_release(c, child);
+}
+
+/* Sets how much the task's own reported work weighs against its
+ * children's in its delivered percentage:
+ *   delivered = (own_weight * own + sum(w_i * p_i)) / (own_weight + sum(w_i))
+ * where own is the percentage the handler reports (apex_ctx_progress), w_i
+ * a child's weight and p_i its delivered percentage (100 once it ended,
+ * whatever its outcome: its work is over). own_weight defaults to 0: a
+ * task with children reports their progress; one with none (or with a
+ * zero sum) reports its own. So children of weights 1, 3 and 6 at 100 %,
+ * 50 % and 0 % give 25 %; with own_weight 10 and its own 40 %, 32.5 %.
+ * Returns: APEX_OK; APEX_E_INVALID for a weight not finite or negative,
+ * after complete, a host that predates this call. Thread-safety: any. */
+static inline int apex_ctx_children_own_weight(apex_ctx_t *c, double weight) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, children_own_weight)) return APEX_E_INVALID;
+  return c->api->children_own_weight(c, weight);
 }
 
 /* Sets the result of this attempt (replacing an earlier one). The value is

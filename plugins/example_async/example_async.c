@@ -1,5 +1,5 @@
 /* example_async: the plugin that ships as the worked example of the plugin
- * API (plan task 3.4.1). Two actions:
+ * API (plan task 3.4.1). Three actions:
  *
  *   long_task      blocking: `steps` steps of `step_ms` each, progress after
  *                  every step (details, optional named sub-tasks, milestones)
@@ -9,6 +9,10 @@
  *                  on purpose (to show timeouts of a misbehaving handler).
  *   deferred_task  deferred: returns APEX_PENDING at once and completes
  *                  from a thread of its own after `delay_ms`.
+ *   fan_out        deferred: spawns `children` long_task child tasks
+ *                  (apex_ctx_spawn) with weights and completes from the last
+ *                  one's end callback; the host sees their rolled-up
+ *                  progress and tree (docs/plugin-developer-guide.md).
  *
  * Threads: long_task runs on a host worker. deferred_task's handler runs on a
  * worker and starts one thread per task; those threads are joinable, not
@@ -27,6 +31,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -317,6 +322,89 @@ static int deferred_task(apex_ctx_t *ctx) {
   return APEX_PENDING;
 }
 
+/* ---------------------------------------------------------------- fan_out */
+
+/* One fan_out task's count of its children, freed by the last child's end
+ * callback (which completes the task). */
+typedef struct ea_fan {
+  int n;
+  atomic_int ended, failed;
+} ea_fan_t;
+
+static void fan_child_end(apex_ctx_t *ctx, apex_child_t *child, void *user) {
+  ea_fan_t *f = user;
+  int n = f->n; /* read before the count: the last end frees f */
+  int rc = apex_ctx_child_outcome(ctx, child, NULL, NULL, NULL);
+  if (rc != APEX_OK) atomic_fetch_add(&f->failed, 1);
+  if (atomic_fetch_add(&f->ended, 1) + 1 != n) return;
+  int failed = atomic_load(&f->failed);
+  free(f);
+  if (apex_ctx_is_cancelled(ctx)) {
+    apex_ctx_complete(ctx, apex_ctx_fail(ctx, APEX_E_CANCELLED, "cancelled (%s)",
+                                         apex_ctx_cancel_reason(ctx)));
+    return;
+  }
+  json_t *result = json_pack("{s:i, s:i, s:i}", "children", n, "succeeded", n - failed, "failed",
+                             failed);
+  if (!result) {
+    apex_ctx_complete(ctx, apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the result"));
+    return;
+  }
+  apex_ctx_set_result(ctx, result);
+  apex_ctx_complete(ctx, APEX_OK);
+}
+
+static void fan_cancelled(apex_ctx_t *ctx, void *user) {
+  (void)ctx;
+  (void)user; /* the children are cancelled with us; their ends complete us */
+}
+
+/* Deferred: spawns `children` long_task children (weights 1, 2, 3 in turn;
+ * every fail_every-th fails after its first step) and completes from the
+ * last one's end callback, holding no worker meanwhile. A child's failure
+ * is counted, not passed on: the task succeeds with the counts. */
+static int fan_out(apex_ctx_t *ctx) {
+  int64_t n = param_int(ctx, "children", 8);
+  int64_t steps = param_int(ctx, "steps", 20);
+  int64_t step_ms = param_int(ctx, "step_ms", 200);
+  int64_t fail_every = param_int(ctx, "fail_every", 0);
+  ea_fan_t *f = calloc(1, sizeof *f);
+  apex_child_t **kids = calloc((size_t)n, sizeof *kids);
+  if (!f || !kids) {
+    free(f);
+    free(kids);
+    return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory");
+  }
+  f->n = (int)n;
+  (void)apex_ctx_on_cancel(ctx, fan_cancelled, NULL);
+  for (int64_t i = 0; i < n; i++) {
+    char label[32];
+    snprintf(label, sizeof label, "child %lld", (long long)i + 1);
+    apex_spawn_opts_t o = APEX_SPAWN_OPTS_INIT;
+    o.weight = (double)(i % 3 + 1);
+    o.label = label;
+    int fails = fail_every > 0 && (i + 1) % fail_every == 0;
+    json_t *p = json_pack("{s:I, s:I, s:I}", "steps", (json_int_t)steps, "step_ms",
+                          (json_int_t)step_ms, "fail_attempts", (json_int_t)(fails ? 1 : 0));
+    int rc = p ? apex_ctx_spawn(ctx, "example_async", "long_task", p, &o, &kids[i])
+               : APEX_E_NOMEM;
+    json_decref(p);
+    if (rc != APEX_OK) {
+      /* The ones spawned are cancelled; the task ends after them. */
+      free(f);
+      free(kids);
+      apex_ctx_complete(ctx, apex_ctx_fail(ctx, rc, "spawning child %lld: %s", (long long)i + 1,
+                                           rc == APEX_E_CANCELLED ? "cancelled" : "refused"));
+      return APEX_PENDING;
+    }
+  }
+  /* After every spawn, so f->n is final; a child that ended already runs
+   * its callback here, and the last one completes the task. */
+  for (int64_t i = 0; i < n; i++) (void)apex_ctx_on_child_end(ctx, kids[i], fan_child_end, f);
+  free(kids);
+  return APEX_PENDING;
+}
+
 /* ------------------------------------------------------------ descriptor */
 
 static const apex_param_spec_t k_long_task_params[] = {
@@ -335,6 +423,17 @@ static const apex_param_spec_t k_long_task_params[] = {
 static const apex_param_spec_t k_deferred_params[] = {
     {.name = "delay_ms", .type = APEX_PARAM_INT, .default_json = "100", .has_min = 1, .min = 0,
      .description = "milliseconds before the task completes"},
+};
+
+static const apex_param_spec_t k_fan_out_params[] = {
+    {.name = "children", .type = APEX_PARAM_INT, .default_json = "8", .has_min = 1, .min = 1,
+     .has_max = 1, .max = 10000, .description = "long_task children to spawn"},
+    {.name = "steps", .type = APEX_PARAM_INT, .default_json = "20", .has_min = 1, .min = 0,
+     .has_max = 1, .max = 1000000, .description = "each child's steps"},
+    {.name = "step_ms", .type = APEX_PARAM_INT, .default_json = "200", .has_min = 1, .min = 0,
+     .has_max = 1, .max = 3600000, .description = "each child's milliseconds per step"},
+    {.name = "fail_every", .type = APEX_PARAM_INT, .default_json = "0", .has_min = 1, .min = 0,
+     .description = "every Nth child fails after its first step (0: none)"},
 };
 
 static const apex_action_desc_t k_actions[] = {
@@ -360,6 +459,15 @@ static const apex_action_desc_t k_actions[] = {
         .default_timeout_s = 0,
         .default_retry = {.max_attempts = 1, .initial_interval_s = 0.05,
                           .backoff_coefficient = 2.0},
+    },
+    {
+        .name = "fan_out",
+        .description = "Spawns `children` long_task child tasks (weights 1, 2, 3 in turn; every "
+                       "`fail_every`-th fails) and ends when they all did, holding no worker",
+        .handler = fan_out,
+        .kind = APEX_ACTION_DEFERRED,
+        .params = k_fan_out_params,
+        .n_params = sizeof k_fan_out_params / sizeof k_fan_out_params[0],
     },
 };
 

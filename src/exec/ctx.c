@@ -309,6 +309,7 @@ static void ctx_complete(apex_ctx_t *c, int status) {
   apex__run_t *r = run_of(c);
   apex_manager_t *m = apex__run_m(r); /* fixed for the run state's life */
   if (status == APEX_PENDING) status = APEX_E_EXECUTION;
+  if (apex__family_defer_complete(r, status)) return; /* once its children ended */
   int teardown = apex__run_complete(r, status);
   /* On a worker (complete() inside the handler) the worker tears down once
    * back in its loop; on a plugin's own thread, here. */
@@ -428,4 +429,5 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->heartbeat_details = ctx_heartbeat_details;
   api->retry_after = ctx_retry_after;
   api->partial_result = ctx_partial_result;
+  apex__children_api_init(api);
 }

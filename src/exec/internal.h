@@ -18,6 +18,8 @@
  *   m->wait_mu                after a task lock (waking waiters; a count
  *                             destroy waits for reaching zero); else a
  *                             leaf (waking waiters after a DONE callback)
+ *   a family's mutex          (src/ops/children.c) after a task lock; a
+ *                             leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -69,6 +71,8 @@ typedef struct apex__progress_slot {
   struct apex__flat *partial, *partial_spare;
   int partial_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
+  /* The task's children (src/ops/children.c); NULL until it spawns one. */
+  struct apex__family *fam;
   /* What only a task that reports progress needs, kept here, not in the
    * run state, so a task that never reports (a pending deferred one) does
    * not pay for it. */
@@ -135,6 +139,14 @@ typedef struct apex__task_opts {
   apex_event_fn on_event;    /* overrides the manager's when set */
   void *event_user;
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
+  /* A child task (src/ops/children.c): its node in the parent's family
+   * (used until it ends: the family outlives every live child), the
+   * parent's id, its depth (1 for a child of a host's task); capped: its
+   * deadline is its parent's. */
+  struct apex_child *child;
+  uint64_t parent_id;
+  uint8_t child_depth;
+  uint8_t child_capped;
   apex__tmo_t *tmo;          /* in the same block; NULL: none of those timeouts */
   /* Scheduling (src/sched/): the task's class (fairness queue, priority,
    * concurrency key; NULL: its plugin's default), its start time (0: none)
@@ -869,5 +881,8 @@ int apex__retry_next(const apex_task_t *t, int code, double *delay_s);
  * retried like a transient failure unless the policy lists APEX_E_TIMEOUT
  * as non-retryable. */
 int apex__retry_next_timeout(const apex_task_t *t, double *delay_s);
+
+/* src/ops/children.c: child tasks and their hooks here. */
+#include "ops/children.h"
 
 #endif

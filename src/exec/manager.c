@@ -648,7 +648,8 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
  * event callback, parent token, a start time), its opts; a call that
  * overrides nothing costs no allocation here. */
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
-                        const apex_submit_opts_t *o, apex_task_t *t, uint64_t start_ns,
+                        const apex_submit_opts_t *o, const apex__spawn_info_t *sp, apex_task_t *t,
+                        uint64_t start_ns,
                         apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
   if (timeout == 0) timeout = a->default_timeout_s;
@@ -658,6 +659,17 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
   t->timeout_s = (float)timeout;
   if (timeout > 0) t->deadline_ns = apex__now_ns() + apex__timeout_ns(t->timeout_s);
+  int capped = 0;
+  if (sp && sp->cap_ns && (!t->deadline_ns || t->deadline_ns > sp->cap_ns)) {
+    /* A child never outlives its parent's deadline: it gets what is left
+     * of it (the float key rounds; the deadline itself is the parent's). */
+    uint64_t now = apex__now_ns();
+    uint64_t left = sp->cap_ns > now ? sp->cap_ns - now : 1;
+    t->timeout_s = (float)((double)left / 1e9);
+    if (t->timeout_s <= 0) t->timeout_s = 1e-9f;
+    t->deadline_ns = sp->cap_ns;
+    capped = 1;
+  }
   if (o && o->retry && !apex__retry_policy_check(o->retry, why, sizeof why))
     return apex__fail(err, APEX_E_INVALID, "retry policy: %s", why);
   /* The other three timeouts (timeouts.c): a task with none of them
@@ -666,7 +678,8 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   int tmo = tns[0] || tns[1] || tns[2];
-  if (!tmo && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns))) return APEX_OK;
+  if (!tmo && !sp && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)))
+    return APEX_OK;
   /* One block: the options, then the timeouts' state if any. */
   apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
@@ -677,6 +690,12 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     apex__tmo_init(x->tmo, t, tns, apex__now_ns(), o);
   }
   t->opts = x;
+  if (sp) {
+    x->child = sp->node;
+    x->parent_id = sp->parent_id;
+    x->child_depth = sp->depth;
+    x->child_capped = (uint8_t)capped;
+  }
   if (!o) return APEX_OK;
   if (o->retry) {
     x->own_retry = 1;
@@ -785,6 +804,12 @@ static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
 apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const char *action,
                                   json_t *params, const apex_submit_opts_t *opts,
                                   apex_task_t **out, apex_error_t **err) {
+  return apex__submit(m, plugin, action, params, opts, NULL, out, err);
+}
+
+int apex__submit(apex_manager_t *m, const char *plugin, const char *action, json_t *params,
+                 const apex_submit_opts_t *opts, const apex__spawn_info_t *sp, apex_task_t **out,
+                 apex_error_t **err) {
   if (out) *out = NULL;
   if (!m || !plugin || !action || !out)
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
@@ -854,7 +879,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   uint64_t start_ns = 0;
   int rc = apex__sched_pblock(m, p) ? APEX_OK
                                     : apex__fail(err, APEX_E_NOMEM, "out of memory");
-  if (rc == APEX_OK) rc = resolve_opts(m, a, opts, t, 0, err);
+  if (rc == APEX_OK) rc = resolve_opts(m, a, opts, sp, t, 0, err);
   /* Most submits set no scheduling option and name an action without a
    * key hook: they need no request at all (the plugin's default class). */
   int sched = a->concurrency_key ||

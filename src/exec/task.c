@@ -43,6 +43,7 @@ static void slot_free(apex__progress_slot_t *s) {
   json_decref(s->hb_prev);
   apex__partial_free(s);
   apex__ptree_free(s->tree);
+  apex__family_free(s->fam);
   apex_progress_unref(s->last_progress);
   for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
   free(s);
@@ -291,6 +292,7 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
   apex_progress_unref(t->run->prog->last_progress);
   t->run->prog->last_progress = snap;
   atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
+  if (t->opts && t->opts->child) apex__child_delivered(t, snap); /* its parent rolls it up */
   if (!apex__events_wanted(m, t, APEX_EVENT_PROGRESS)) return;
   apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_PROGRESS);
   if (!ev) return;
@@ -308,7 +310,11 @@ static apex_progress_t *snapshot_locked(apex__progress_slot_t *s) {
     json_decref(details);
     return NULL;
   }
-  apex_progress_t *snap = apex__progress_new(s->seq + 1, s->pct, s->msg,
+  double pct = s->pct;
+  /* A parent's children are rolled up here, at delivery, not per report:
+   * a failure leaves them out of this one snapshot. */
+  if (s->fam) (void)apex__family_rollup(s->fam, s->pct, &pct, &subs, &details);
+  apex_progress_t *snap = apex__progress_new(s->seq + 1, pct, s->msg,
                                              s->status[0] ? s->status : NULL, details, subs);
   if (snap) s->seq++;
   return snap;
@@ -352,7 +358,8 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
     last = s->backlog[i];
   }
   s->n_backlog = 0;
-  if (s->dirty) {
+  int kids = s->fam && apex__family_take_dirty(s->fam); /* always taken: it queued this flush */
+  if (s->dirty || kids) {
     apex_progress_t *snap = latest_snapshot_locked(t);
     if (snap) {
       deliver_progress_locked(t, snap);
@@ -848,6 +855,8 @@ static void after_notify(apex_task_t *t, after_t *a) {
       pthread_cond_broadcast(&m->wait_cv);
       pthread_mutex_unlock(&m->wait_mu);
     }
+    /* A child's parent hears of its end after its DONE was queued. */
+    if (t->opts && t->opts->child) apex__child_ended(t);
   }
 }
 
@@ -1110,6 +1119,7 @@ int apex__task_run(apex_task_t *t) {
 
   int rc = t->action->handler(&r->ctx);
   if (t->action->kind == APEX_ACTION_DEFERRED && rc == APEX_PENDING) return 0;
+  apex__family_settle(t); /* its children end before its attempt does */
   if (rc == APEX_PENDING) {
     apex__log(&m->log, APEX_LOG_WARN, "%s.%s: a blocking handler returned APEX_PENDING",
               t->plugin->desc.name, t->action->name);
@@ -1409,6 +1419,18 @@ void apex__task_on_deadline(apex_task_t *t) {
     pthread_mutex_unlock(mu);
     return;
   }
+  /* A parent with live children: they are cancelled first, and the last
+   * one's end brings the timeout back here (src/ops/children.c). */
+  apex__progress_slot_t *ps = t->run ? t->run->prog : NULL;
+  if (ps && ps->fam && apex__family_hold_deadline(ps->fam)) {
+    a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
+    pthread_mutex_unlock(mu);
+    after_unlock(t, &a);
+    return;
+  }
+  /* A child whose deadline is its parent's: the parent's timeout, which
+   * reaches a child as a cancel (reason "parent"). */
+  int by_parent = t->opts && t->opts->child_capped;
   /* Not twice: an attempt timeout may have marked it stuck already. */
   stuck = st == APEX_TASK_RUNNING &&
           atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed) &&
@@ -1417,8 +1439,16 @@ void apex__task_on_deadline(apex_task_t *t) {
     t->run->stuck = 1;
     apex__pool_count_stuck(m);
   }
-  finish_locked(t, APEX_TASK_TIMED_OUT, NULL, timeout_error(t, APEX__TMO_SCHEDULE_TO_CLOSE), &a);
-  a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
+  if (by_parent) {
+    apex__where_t w = where_of(t);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (parent)"), &a);
+    a.cancel = apex__cause_name(APEX__CAUSE_PARENT);
+  } else {
+    finish_locked(t, APEX_TASK_TIMED_OUT, NULL, timeout_error(t, APEX__TMO_SCHEDULE_TO_CLOSE),
+                  &a);
+    a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
+  }
   pthread_mutex_unlock(mu);
   if (stuck) apex__pool_worker_stuck(m);
   after_unlock(t, &a);
@@ -1595,6 +1625,8 @@ apex_task_state_t apex_task_state(apex_task_t *t) {
 }
 
 uint64_t apex_task_id(apex_task_t *t) { return t ? t->id : 0; }
+
+uint64_t apex_task_parent_id(apex_task_t *t) { return t && t->opts ? t->opts->parent_id : 0; }
 
 uint32_t apex_task_attempts(apex_task_t *t) {
   if (!t) return 0;

@@ -24,7 +24,8 @@ prefix="$work/prefix"
 cmake --install "$build" --prefix "$prefix" >/dev/null
 doc="$prefix/share/doc/apex"
 for f in README.md plugin-developer-guide.md architecture.md examples/Makefile \
-         examples/hello_plugin.c examples/host_example.c examples/deferred_plugin.c; do
+         examples/hello_plugin.c examples/host_example.c examples/deferred_plugin.c \
+         examples/children_plugin.c; do
   [ -f "$doc/$f" ] || fail "not installed: share/doc/apex/$f"
 done
 
@@ -57,6 +58,8 @@ echo "$out" | grep -qx 'result: {"greeting":"hello, apex","times":3}' ||
 out=$(make -s run 2>&1) || { echo "$out"; fail "make run"; }
 echo "$out" | grep -qx '{"event":"result","task":1,"state":"succeeded","result":{"steps":3}}' ||
   { echo "$out"; fail "make run: deferred.countdown did not succeed with 3 steps"; }
+echo "$out" | grep -qx '{"event":"result","task":1,"state":"succeeded","result":{"sum":55,"parts":3,"failed":0}}' ||
+  { echo "$out"; fail "make run: children.sum did not sum 1..10 in 3 child tasks"; }
 
 # The README's host and plugin, compiled as they stand.
 mkdir "$work/readme"

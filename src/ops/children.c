@@ -1,0 +1,722 @@
+/* Child tasks: apex_ctx_spawn and the waits, end callbacks and outcomes
+ * beside it (include/apex/plugin.h), the cascade of a parent's end to its
+ * children, and the roll-up of their progress into the parent's.
+ *
+ * A parent's children are its family (apex__family_t), made on its first
+ * spawn and kept in its progress slot (exec/internal.h) until the parent
+ * task is freed. A family holds a node (apex_child_t, the handle a plugin
+ * gets) per child it ever spawned, each with a reference on its child
+ * task, so the outcome stays readable and the roll-up can list it; the
+ * nodes go with the family. A child task points at its node (its opts,
+ * immutable) only while it is live: the family holds a reference on the
+ * parent while a child is live or a child's end is being processed
+ * (n_live, busy), so the parent, its family and the nodes outlive every
+ * live child.
+ *
+ * Locks: the family's mutex is taken after a task lock (a child's delivery
+ * runs under the child's lock, a parent's snapshot under the parent's) and
+ * never with another family's or a task lock taken under it; no plugin
+ * code runs while it is held. Cancels, callbacks, completes and deadline
+ * firings all happen after it is released.
+ *
+ * Cascade: a child's token is a child of the parent attempt's token, so
+ * every cancel of the parent (user, timeout, shutdown, its own parent)
+ * reaches the whole tree at once through the tokens (manager.c ends a
+ * queued child when its token fires). The parent's attempt waits for its
+ * children: a blocking handler's return waits on the worker
+ * (apex__family_settle), a deferred one's complete is held and run by the
+ * last child's end (apex__family_defer_complete), and a deadline that
+ * passes while children are live cancels them and comes back when the
+ * last one ended (apex__family_hold_deadline), so the parent ends
+ * timed_out after them.
+ *
+ * Roll-up: a child's delivery (at its progress rate) stores its snapshot
+ * in its node and marks the family dirty, queueing the parent for its next
+ * flush; the parent's snapshot then sums its children by weight and lists
+ * them (apex__family_rollup). A child's report costs nothing more than any
+ * task's, and the parent's roll-up is O(children) at most
+ * progress_rate_hz times a second. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/utf8.h"
+#include "exec/internal.h"
+
+#define LABEL_MAX 256
+
+struct apex_child {
+  apex__family_t *fam;
+  apex_task_t *task;     /* a reference; NULL until its submit returned (mu) */
+  uint64_t id;           /* (mu) */
+  double weight;
+  char *label;           /* NULL: "plugin.action" */
+  apex_progress_t *last; /* its last delivered progress (mu) */
+  int ended;             /* (mu) */
+  int on_end_set;        /* (mu) */
+  apex_child_fn on_end;  /* (mu) taken when it runs */
+  void *on_end_user;
+};
+
+struct apex__family {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  apex_task_t *parent; /* immutable; alive while holds_parent */
+  apex__run_t *run;    /* the parent's run state: its ctx, for callbacks */
+  uint8_t depth;       /* the parent's depth */
+  /* mu: */
+  double own_weight;
+  apex_child_t **kids;
+  size_t n, cap;
+  size_t n_live;
+  unsigned busy;        /* child ends being processed */
+  int holds_parent;     /* a parent reference, while n_live or busy */
+  int deadline_pending; /* the parent's deadline passed while children lived */
+  int complete_pending; /* apex_ctx_complete waits for the children */
+  int complete_rc;
+  atomic_int dirty;     /* a child delivered since the parent's last flush */
+};
+
+static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
+
+static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED && s <= APEX_TASK_TIMED_OUT; }
+
+/* Logs why a spawn or a child call was refused, and returns rc. */
+static int refuse(apex__run_t *r, int rc, const char *fmt, ...) APEX_PRINTF(3, 4);
+static int refuse(apex__run_t *r, int rc, const char *fmt, ...) {
+  apex_manager_t *m = apex__run_m(r);
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  apex__log(&m->log, APEX_LOG_WARN, "task %llu: %s",
+            (unsigned long long)atomic_load_explicit(&r->id, memory_order_relaxed), buf);
+  return rc;
+}
+
+static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth) {
+  apex__family_t *f = calloc(1, sizeof *f);
+  if (!f) return NULL;
+  pthread_condattr_t ca;
+  int ok = pthread_condattr_init(&ca) == 0;
+  if (ok) {
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    ok = pthread_cond_init(&f->cv, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+  }
+  if (!ok || pthread_mutex_init(&f->mu, NULL) != 0) {
+    if (ok) pthread_cond_destroy(&f->cv);
+    free(f);
+    return NULL;
+  }
+  f->parent = t;
+  f->run = r;
+  f->depth = depth;
+  atomic_init(&f->dirty, 0);
+  return f;
+}
+
+void apex__family_free(apex__family_t *f) {
+  if (!f) return;
+  for (size_t i = 0; i < f->n; i++) {
+    apex_child_t *n = f->kids[i];
+    apex_progress_unref(n->last);
+    if (n->task) apex__task_unref(n->task);
+    free(n->label);
+    free(n);
+  }
+  free(f->kids);
+  pthread_mutex_destroy(&f->mu);
+  pthread_cond_destroy(&f->cv);
+  free(f);
+}
+
+/* The family of c's open attempt, made if make; with the task in *tp.
+ * Returns NULL (and the misuse counted) after complete, or with *nomem set
+ * when the family could not be made. */
+static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex_task_t **tp,
+                                 int *nomem) {
+  apex__run_t *r = run_of(c);
+  if (nomem) *nomem = 0;
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
+    return NULL;
+  }
+  apex__family_t *f = r->prog ? r->prog->fam : NULL;
+  if (!f && make) {
+    if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
+    if (r->prog) {
+      f = r->prog->fam =
+          family_new(t, r, (uint8_t)(t->opts ? t->opts->child_depth : 0));
+    }
+    if (!f && nomem) *nomem = 1;
+  }
+  pthread_mutex_unlock(apex__task_mu(t));
+  if (tp) *tp = t;
+  return f;
+}
+
+/* Cancels every live child of f (reason "parent"). No lock held. */
+static void cancel_live(apex__family_t *f) {
+  pthread_mutex_lock(&f->mu);
+  size_t k = 0;
+  apex_task_t **v = f->n_live ? malloc(f->n * sizeof *v) : NULL;
+  for (size_t i = 0; v && i < f->n; i++) {
+    apex_child_t *n = f->kids[i];
+    if (!n->ended && n->task) {
+      apex__task_ref(n->task);
+      v[k++] = n->task;
+    }
+  }
+  pthread_mutex_unlock(&f->mu);
+  if (!v && f->n_live) { /* no memory for the list: one at a time */
+    for (size_t i = 0;; i++) {
+      pthread_mutex_lock(&f->mu);
+      apex_task_t *ct = NULL;
+      if (i < f->n && !f->kids[i]->ended && f->kids[i]->task) apex__task_ref(ct = f->kids[i]->task);
+      size_t n = f->n;
+      pthread_mutex_unlock(&f->mu);
+      if (ct) {
+        (void)apex__task_cancel(ct, APEX__CAUSE_PARENT, "parent");
+        apex__task_unref(ct);
+      }
+      if (i >= n) break;
+    }
+    return;
+  }
+  for (size_t i = 0; i < k; i++) {
+    (void)apex__task_cancel(v[i], APEX__CAUSE_PARENT, "parent");
+    apex__task_unref(v[i]);
+  }
+  free(v);
+}
+
+/* ------------------------------------------------------------ spawn */
+
+static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json_t *params,
+                     const apex_spawn_opts_t *uo, apex_child_t **out) {
+  apex__run_t *r = run_of(c);
+  apex_manager_t *m = apex__run_m(r);
+  if (out) *out = NULL;
+  if (!plugin || !action || !out)
+    return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: %s is NULL",
+                  !plugin ? "plugin" : !action ? "action" : "out");
+  apex_spawn_opts_t o = APEX_SPAWN_OPTS_INIT;
+  if (uo) {
+    size_t min = offsetof(apex_spawn_opts_t, weight) + sizeof(double);
+    if (uo->struct_size < min || uo->struct_size > 4096)
+      return refuse(r, APEX_E_INVALID,
+                    "apex_ctx_spawn: opts.struct_size %u (start with APEX_SPAWN_OPTS_INIT)",
+                    (unsigned)uo->struct_size);
+    memcpy(&o, uo, uo->struct_size < sizeof o ? uo->struct_size : sizeof o);
+    o.struct_size = sizeof o;
+  }
+  if (o.weight == 0) o.weight = 1.0;
+  if (!isfinite(o.weight) || o.weight < 0)
+    return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: weight %g: want a finite number > 0",
+                  o.weight);
+  if (o.label && (strlen(o.label) > LABEL_MAX || !apex__utf8_valid(o.label, strlen(o.label))))
+    return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: label: want UTF-8 of at most %d bytes",
+                  LABEL_MAX);
+  if (o.submit && (o.submit->struct_size == 0 || o.submit->struct_size > 4096))
+    return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: submit.struct_size %u",
+                  (unsigned)o.submit->struct_size);
+
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) {
+    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_spawn");
+    return APEX_E_INVALID;
+  }
+  if (is_terminal(atomic_load(&t->state))) {
+    pthread_mutex_unlock(apex__task_mu(t));
+    return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn: the task ended (cancelled or timed out)");
+  }
+  unsigned depth = (t->opts ? t->opts->child_depth : 0) + 1u;
+  if (depth > APEX_CHILD_MAX_DEPTH) {
+    pthread_mutex_unlock(apex__task_mu(t));
+    return refuse(r, APEX_E_INVALID,
+                  "apex_ctx_spawn %s.%s: depth %u is over APEX_CHILD_MAX_DEPTH (%d): "
+                  "a cycle of spawns?",
+                  plugin, action, depth, APEX_CHILD_MAX_DEPTH);
+  }
+  if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
+  apex__family_t *f = r->prog ? r->prog->fam : NULL;
+  if (r->prog && !f) f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1));
+  uint64_t cap = t->deadline_ns, pid = t->id;
+  pthread_mutex_unlock(apex__task_mu(t));
+  if (!f) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
+  /* The handler owns the ctx: t stays while this runs. Never under t's
+   * lock (it may make the token). */
+  apex_token_t *tok = apex__ctx_token(t);
+  if (!tok) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
+  if (apex_token_is_cancelled(tok))
+    return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn %s.%s: the task is cancelled (%s)", plugin,
+                  action, apex_token_reason(tok));
+
+  apex_child_t *n = calloc(1, sizeof *n);
+  if (!n || (o.label && !(n->label = strdup(o.label)))) {
+    free(n);
+    return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
+  }
+  n->fam = f;
+  n->weight = o.weight;
+  pthread_mutex_lock(&f->mu);
+  if (f->complete_pending) {
+    pthread_mutex_unlock(&f->mu);
+    free(n->label);
+    free(n);
+    apex__ctx_misuse(m, pid, "apex_ctx_spawn");
+    return APEX_E_INVALID;
+  }
+  if (f->n == f->cap) {
+    size_t cap2 = f->cap ? f->cap * 2 : 8;
+    apex_child_t **k2 = realloc(f->kids, cap2 * sizeof *k2);
+    if (!k2) {
+      pthread_mutex_unlock(&f->mu);
+      free(n->label);
+      free(n);
+      return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
+    }
+    f->kids = k2;
+    f->cap = cap2;
+  }
+  f->kids[f->n++] = n;
+  f->n_live++;
+  if (!f->holds_parent) {
+    apex__task_ref(t);
+    f->holds_parent = 1;
+  }
+  pthread_mutex_unlock(&f->mu);
+
+  apex_submit_opts_t so;
+  apex_submit_opts_init(&so);
+  if (o.submit) {
+    size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
+    memcpy(&so, o.submit, sz);
+    so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
+  }
+  so.parent = tok;
+  if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
+  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap};
+  apex_task_t *ct = NULL;
+  apex_error_t *err = NULL;
+  int rc = apex__submit(m, plugin, action, params, &so, &sp, &ct, &err);
+  pthread_mutex_lock(&f->mu);
+  if (rc != APEX_OK) {
+    for (size_t i = f->n; i-- > 0;) {
+      if (f->kids[i] == n) {
+        memmove(&f->kids[i], &f->kids[i + 1], (f->n - i - 1) * sizeof *f->kids);
+        f->n--;
+        break;
+      }
+    }
+    f->n_live--;
+    int drop = !f->n_live && !f->busy && f->holds_parent;
+    if (drop) f->holds_parent = 0;
+    pthread_mutex_unlock(&f->mu);
+    if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
+    free(n->label);
+    free(n);
+    refuse(r, rc, "apex_ctx_spawn: %s", apex_error_message(err));
+    apex_error_unref(err);
+    return rc;
+  }
+  n->task = ct; /* the handle's reference, now the node's */
+  n->id = apex_task_id(ct);
+  pthread_mutex_unlock(&f->mu);
+  *out = n;
+  return APEX_OK;
+}
+
+/* ------------------------------------------------------ engine hooks */
+
+void apex__child_delivered(apex_task_t *t, apex_progress_t *snap) {
+  apex_child_t *n = t->opts->child;
+  apex__family_t *f = n->fam;
+  pthread_mutex_lock(&f->mu);
+  apex_progress_t *old = n->last;
+  n->last = apex_progress_ref(snap);
+  pthread_mutex_unlock(&f->mu);
+  apex_progress_unref(old); /* no user code: freeing under the child's lock is fine */
+  /* The parent is held (this child is live): queue its next roll-up. */
+  if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(apex__task_m(f->parent), f->parent);
+}
+
+void apex__child_ended(apex_task_t *t) {
+  apex_child_t *n = t->opts->child;
+  apex__family_t *f = n->fam;
+  apex_manager_t *m = apex__task_m(f->parent);
+  pthread_mutex_lock(&f->mu);
+  n->ended = 1;
+  f->n_live--;
+  f->busy++;
+  apex_child_fn fn = n->on_end;
+  void *user = n->on_end_user;
+  n->on_end = NULL;
+  pthread_cond_broadcast(&f->cv);
+  pthread_mutex_unlock(&f->mu);
+  /* From here t may go at any time (its node is no longer its). */
+  if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(m, f->parent);
+  if (fn) fn(&f->run->ctx, n, user);
+  pthread_mutex_lock(&f->mu);
+  f->busy--;
+  /* The last child: what waited for the children happens now, the
+   * parent's deadline first (its outcome is timed_out), then a complete
+   * held for them. */
+  while (!f->n_live && !f->busy && f->deadline_pending) {
+    f->deadline_pending = 0;
+    f->busy++;
+    pthread_mutex_unlock(&f->mu);
+    apex__task_on_deadline(f->parent);
+    pthread_mutex_lock(&f->mu);
+    f->busy--;
+  }
+  int quiet = !f->n_live && !f->busy;
+  int cp = quiet && f->complete_pending, rc = f->complete_rc;
+  if (cp) f->complete_pending = 0;
+  apex__run_t *run = f->run;
+  apex_task_t *parent = f->parent;
+  int drop = quiet && f->holds_parent;
+  if (drop) f->holds_parent = 0;
+  pthread_cond_broadcast(&f->cv);
+  pthread_mutex_unlock(&f->mu);
+  /* With a complete held, the parent's open attempt keeps it alive. */
+  if (drop) apex__task_unref(parent);
+  if (cp) {
+    int teardown = apex__run_complete(run, rc);
+    if (teardown && !apex__pool_defer_teardown(m)) apex__manager_teardown(m, 0);
+  }
+}
+
+int apex__family_hold_deadline(apex__family_t *f) {
+  pthread_mutex_lock(&f->mu);
+  int held = f->n_live > 0;
+  if (held) f->deadline_pending = 1;
+  pthread_mutex_unlock(&f->mu);
+  return held;
+}
+
+int apex__family_take_dirty(apex__family_t *f) { return atomic_exchange(&f->dirty, 0); }
+
+void apex__family_settle(apex_task_t *t) {
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  apex__family_t *f = t->run && t->run->prog ? t->run->prog->fam : NULL;
+  pthread_mutex_unlock(mu);
+  if (!f) return;
+  pthread_mutex_lock(&f->mu);
+  int live = f->n_live || f->busy;
+  pthread_mutex_unlock(&f->mu);
+  if (!live) return;
+  cancel_live(f);
+  pthread_mutex_lock(&f->mu);
+  while (f->n_live || f->busy) pthread_cond_wait(&f->cv, &f->mu);
+  pthread_mutex_unlock(&f->mu);
+}
+
+int apex__family_defer_complete(apex__run_t *r, int rc) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) return 0; /* misuse: apex__run_complete counts it */
+  apex__family_t *f = r->prog ? r->prog->fam : NULL;
+  int deferred = t->action->kind == APEX_ACTION_DEFERRED;
+  pthread_mutex_unlock(apex__task_mu(t));
+  /* A blocking handler's complete is refused (apex__run_complete logs it):
+   * it must not cancel the children either. */
+  if (!f || !deferred) return 0;
+  pthread_mutex_lock(&f->mu);
+  if (f->complete_pending) { /* a second complete while the first waits */
+    pthread_mutex_unlock(&f->mu);
+    apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_complete");
+    return 1;
+  }
+  if (!f->n_live && !f->busy) {
+    pthread_mutex_unlock(&f->mu);
+    return 0;
+  }
+  int inside = f->busy && !f->n_live; /* from the last child's end callback */
+  f->complete_pending = 1;
+  f->complete_rc = rc;
+  pthread_mutex_unlock(&f->mu);
+  if (!inside) cancel_live(f);
+  return 1;
+}
+
+/* ----------------------------------------------------------- roll-up */
+
+/* A copy of a sub_tasks array keeping levels levels of it. */
+static json_t *copy_tree(json_t *arr, int levels) {
+  if (levels <= 0 || !json_is_array(arr)) return NULL;
+  json_t *out = json_array();
+  size_t i;
+  json_t *e;
+  json_array_foreach(arr, i, e) {
+    if (!out) break;
+    json_t *o = json_object();
+    const char *k;
+    json_t *v;
+    if (o && json_is_object(e)) {
+      json_object_foreach(e, k, v) {
+        json_t *cv = strcmp(k, "sub_tasks") == 0 ? copy_tree(v, levels - 1) : json_deep_copy(v);
+        if (cv) json_object_set_new(o, k, cv);
+      }
+    }
+    if (!o || json_array_append_new(out, o) != 0) {
+      json_decref(out);
+      return NULL;
+    }
+  }
+  return out;
+}
+
+static int node_state(const apex_child_t *n) {
+  return n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
+}
+
+static double node_pct(const apex_child_t *n) {
+  return n->ended ? 100.0 : n->last ? apex_progress_percentage(n->last) : 0.0;
+}
+
+static json_t *node_json(const apex_child_t *n, int st) {
+  char name[300];
+  const char *pl = n->task ? n->task->plugin->desc.name : "?";
+  const char *ac = n->task ? n->task->action->name : "?";
+  snprintf(name, sizeof name, "%s.%s", pl, ac);
+  json_t *o = json_pack("{s:s, s:s, s:I, s:f, s:s, s:f, s:s}", "name", n->label ? n->label : name,
+                        "action", name, "task", (json_int_t)n->id, "weight", n->weight, "status",
+                        apex_task_state_name((apex_task_state_t)st), "percentage", node_pct(n),
+                        "message", n->last ? apex_progress_message(n->last) : "");
+  if (!o) return NULL;
+  json_t *subs = n->last ? (json_t *)apex_progress_sub_tasks(n->last) : NULL;
+  if (subs && json_array_size(subs) > 0) {
+    json_t *c = copy_tree(subs, APEX_CHILD_TREE_MAX_DEPTH - 1);
+    if (c) json_object_set_new(o, "sub_tasks", c);
+  }
+  return o;
+}
+
+int apex__family_rollup(apex__family_t *f, double own_pct, double *pct, json_t **subs,
+                        json_t **details) {
+  pthread_mutex_lock(&f->mu);
+  if (f->n == 0) {
+    pthread_mutex_unlock(&f->mu);
+    return APEX_OK;
+  }
+  double sw = 0, swp = 0;
+  size_t counts[APEX_TASK_SCHEDULED + 1] = {0};
+  for (size_t i = 0; i < f->n; i++) {
+    apex_child_t *n = f->kids[i];
+    int st = node_state(n);
+    if (st >= 0 && st <= APEX_TASK_SCHEDULED) counts[st]++;
+    sw += n->weight;
+    swp += n->weight * node_pct(n);
+  }
+  double tot = f->own_weight + sw;
+  double p = tot > 0 ? (f->own_weight * own_pct + swp) / tot : own_pct;
+  *pct = p < 0 ? 0 : p > 100 ? 100 : p;
+  int rc = APEX_OK;
+  if (!*subs) *subs = json_array();
+  size_t listed = 0;
+  /* Running children first, then the others in spawn order. */
+  for (int pass = 0; pass < 2 && *subs; pass++) {
+    for (size_t i = 0; i < f->n && listed < APEX_CHILD_TREE_MAX_LISTED; i++) {
+      apex_child_t *n = f->kids[i];
+      int st = node_state(n);
+      if ((st == APEX_TASK_RUNNING && !n->ended) != (pass == 0)) continue;
+      json_t *o = node_json(n, st);
+      if (!o || json_array_append_new(*subs, o) != 0) {
+        rc = APEX_E_NOMEM;
+        break;
+      }
+      listed++;
+    }
+  }
+  if (!*details) *details = json_object();
+  json_t *cs = json_pack(
+      "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "total", (json_int_t)f->n, "listed",
+      (json_int_t)listed, "queued",
+      (json_int_t)(counts[APEX_TASK_QUEUED] + counts[APEX_TASK_SCHEDULED]), "running",
+      (json_int_t)counts[APEX_TASK_RUNNING], "retry_wait", (json_int_t)counts[APEX_TASK_RETRY_WAIT],
+      "succeeded", (json_int_t)counts[APEX_TASK_SUCCEEDED], "failed",
+      (json_int_t)counts[APEX_TASK_FAILED], "cancelled", (json_int_t)counts[APEX_TASK_CANCELLED],
+      "timed_out", (json_int_t)counts[APEX_TASK_TIMED_OUT]);
+  pthread_mutex_unlock(&f->mu);
+  if (!*subs || !*details || !cs || json_object_set_new(*details, "children", cs) != 0)
+    rc = APEX_E_NOMEM;
+  return rc;
+}
+
+/* ------------------------------------------------- waits and outcomes */
+
+/* Checks child is one of f's. */
+static int mine(apex__family_t *f, apex_child_t *child) { return f && child && child->fam == f; }
+
+static void wake_family(apex_token_t *tok, const char *reason, void *user) {
+  (void)tok;
+  (void)reason;
+  apex__family_t *f = user;
+  pthread_mutex_lock(&f->mu);
+  pthread_cond_broadcast(&f->cv);
+  pthread_mutex_unlock(&f->mu);
+}
+
+static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, int all,
+                          int64_t timeout_ms, size_t *which) {
+  apex__run_t *r = run_of(c);
+  apex_task_t *t = NULL;
+  if (which) *which = 0;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_wait_children", &t, NULL);
+  if (!t) return APEX_E_INVALID;
+  if ((!kids && n) || (!all && n == 0))
+    return refuse(r, APEX_E_INVALID, "apex_ctx_wait: %s", !all ? "no children to wait for"
+                                                                : "children NULL with n > 0");
+  for (size_t i = 0; i < n; i++)
+    if (!mine(f, kids[i]))
+      return refuse(r, APEX_E_INVALID, "apex_ctx_wait: children[%zu] is %s", i,
+                    kids[i] ? "not a child of this attempt" : "NULL");
+  if (!f) return APEX_OK; /* all of none */
+  apex_token_t *tok = apex__ctx_token(t);
+  if (!tok) return APEX_E_NOMEM;
+  uint64_t cb = 0;
+  int watched = apex_token_on_cancel(tok, wake_family, f, &cb) == APEX_OK;
+  uint64_t until = apex__ns_after_ms(timeout_ms);
+  int rc;
+  pthread_mutex_lock(&f->mu);
+  for (;;) {
+    if (apex_token_is_cancelled(tok)) {
+      rc = APEX_E_CANCELLED;
+      break;
+    }
+    int done;
+    if (all) {
+      done = 1;
+      if (!kids) done = f->n_live == 0;
+      for (size_t i = 0; kids && i < n && done; i++) done = kids[i]->ended;
+    } else {
+      done = 0;
+      for (size_t i = 0; i < n && !done; i++)
+        if (kids[i]->ended) {
+          done = 1;
+          if (which) *which = i;
+        }
+    }
+    if (done) {
+      rc = APEX_OK;
+      break;
+    }
+    uint64_t now = apex__now_ns();
+    if (now >= until) {
+      rc = APEX_E_AGAIN;
+      break;
+    }
+    /* Without a token watch (no memory), wake now and then to look. */
+    uint64_t to = watched ? until : (until - now > 50000000u ? now + 50000000u : until);
+    if (to == UINT64_MAX) {
+      pthread_cond_wait(&f->cv, &f->mu);
+    } else {
+      struct timespec ts = {(time_t)(to / 1000000000u), (long)(to % 1000000000u)};
+      pthread_cond_timedwait(&f->cv, &f->mu, &ts);
+    }
+  }
+  pthread_mutex_unlock(&f->mu);
+  if (watched && cb) apex_token_remove_callback(tok, cb);
+  return rc;
+}
+
+static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn, void *user) {
+  apex__run_t *r = run_of(c);
+  apex_task_t *t = NULL;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, NULL);
+  if (!t) return APEX_E_INVALID;
+  if (!fn || !mine(f, child))
+    return refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
+                  !fn ? "fn is NULL" : "not a child of this attempt");
+  pthread_mutex_lock(&f->mu);
+  if (child->on_end_set) {
+    pthread_mutex_unlock(&f->mu);
+    return APEX_E_ALREADY;
+  }
+  child->on_end_set = 1;
+  int now = child->ended;
+  if (!now) {
+    child->on_end = fn;
+    child->on_end_user = user;
+  }
+  pthread_mutex_unlock(&f->mu);
+  if (now) fn(c, child, user);
+  return APEX_OK;
+}
+
+static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, json_t **result,
+                             json_t **error) {
+  apex__run_t *r = run_of(c);
+  apex_task_t *t = NULL;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, NULL);
+  if (!t) return APEX_E_INVALID;
+  if (!mine(f, child))
+    return refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
+  pthread_mutex_lock(&f->mu);
+  int ended = child->ended;
+  apex_task_t *ct = child->task;
+  pthread_mutex_unlock(&f->mu);
+  if (!ct) { /* its submit has not returned yet (a spawn on another thread) */
+    if (state) *state = APEX_TASK_QUEUED;
+    return APEX_E_AGAIN;
+  }
+  int st = (int)apex_task_state(ct);
+  if (state) *state = st;
+  if (!ended) return APEX_E_AGAIN;
+  if (st == APEX_TASK_SUCCEEDED) {
+    if (result) *result = apex_task_result(ct);
+    return APEX_OK;
+  }
+  apex_error_t *e = apex_task_error(ct);
+  int code = apex_error_code(e);
+  if (error) *error = apex_error_to_json(e);
+  apex_error_unref(e);
+  return code == APEX_OK ? APEX_E_EXECUTION : code;
+}
+
+static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
+  apex_task_t *t = NULL;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, NULL);
+  if (!mine(f, child)) return 0;
+  pthread_mutex_lock(&f->mu);
+  uint64_t id = child->id;
+  pthread_mutex_unlock(&f->mu);
+  return id;
+}
+
+static void ctx_child_release(apex_ctx_t *c, apex_child_t *child) {
+  /* Nothing to free before the task goes: the node stays in the roll-up. */
+  (void)c;
+  (void)child;
+}
+
+static int ctx_children_own_weight(apex_ctx_t *c, double w) {
+  apex__run_t *r = run_of(c);
+  if (!isfinite(w) || w < 0)
+    return refuse(r, APEX_E_INVALID, "apex_ctx_children_own_weight: %g: want finite >= 0", w);
+  apex_task_t *t = NULL;
+  int nomem = 0;
+  apex__family_t *f = family_of(c, 1, "apex_ctx_children_own_weight", &t, &nomem);
+  if (!t) return APEX_E_INVALID;
+  if (!f) return APEX_E_NOMEM;
+  pthread_mutex_lock(&f->mu);
+  f->own_weight = w;
+  pthread_mutex_unlock(&f->mu);
+  return APEX_OK;
+}
+
+void apex__children_api_init(apex_host_api_t *api) {
+  api->spawn = ctx_spawn;
+  api->child_wait = ctx_child_wait;
+  api->child_on_end = ctx_child_on_end;
+  api->child_outcome = ctx_child_outcome;
+  api->child_task_id = ctx_child_task_id;
+  api->child_release = ctx_child_release;
+  api->children_own_weight = ctx_children_own_weight;
+}
