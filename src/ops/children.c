@@ -480,6 +480,14 @@ static double node_pct(const apex_child_t *n) {
   return n->ended ? 100.0 : n->last ? apex_progress_percentage(n->last) : 0.0;
 }
 
+/* What a child's node shows: a child that ended other than succeeded
+ * stays at the work it reported (it counts as done in the roll-up above,
+ * but a cancelled child drawn full would say it finished). */
+static double node_shown_pct(const apex_child_t *n, int st) {
+  if (!n->ended || st == APEX_TASK_SUCCEEDED) return node_pct(n);
+  return n->last ? apex_progress_percentage(n->last) : 0.0;
+}
+
 static json_t *node_json(const apex_child_t *n, int st) {
   char name[300];
   const char *pl = n->task ? n->task->plugin->desc.name : "?";
@@ -487,7 +495,7 @@ static json_t *node_json(const apex_child_t *n, int st) {
   snprintf(name, sizeof name, "%s.%s", pl, ac);
   json_t *o = json_pack("{s:s, s:s, s:I, s:f, s:s, s:f, s:s}", "name", n->label ? n->label : name,
                         "action", name, "task", (json_int_t)n->id, "weight", n->weight, "status",
-                        apex_task_state_name((apex_task_state_t)st), "percentage", node_pct(n),
+                        apex_task_state_name((apex_task_state_t)st), "percentage", node_shown_pct(n, st),
                         "message", n->last ? apex_progress_message(n->last) : "");
   if (!o) return NULL;
   json_t *subs = n->last ? (json_t *)apex_progress_sub_tasks(n->last) : NULL;
