@@ -783,8 +783,10 @@ static inline void apex_ctx_child_release(apex_ctx_t *c, apex_child_t *child) {
  * children's in its delivered percentage:
  *   delivered = (own_weight * own + sum(w_i * p_i)) / (own_weight + sum(w_i))
  * where own is the percentage the handler reports (apex_ctx_progress), w_i
- * a child's weight and p_i its delivered percentage (100 once it ended,
- * whatever its outcome: its work is over). own_weight defaults to 0: a
+ * a child's weight and p_i its delivered percentage (100 once it
+ * succeeded or failed: its work is over; a cancelled or timed-out child
+ * keeps what it reported, so a cancelled tree does not read as done; its
+ * node in sub_tasks shows a failed child's reported work too). own_weight defaults to 0: a
  * task with children reports their progress; one with none (or with a
  * zero sum) reports its own. So children of weights 1, 3 and 6 at 100 %,
  * 50 % and 0 % give 25 %; with own_weight 10 and its own 40 %, 32.5 %.

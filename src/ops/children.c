@@ -476,16 +476,23 @@ static int node_state(const apex_child_t *n) {
   return n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
 }
 
+/* A child's share of work done, for the roll-up: one that finished
+ * (succeeded or failed) did its part; one cancelled or timed out did what
+ * it reported, so a cancelled tree does not add up to a full bar. */
 static double node_pct(const apex_child_t *n) {
-  return n->ended ? 100.0 : n->last ? apex_progress_percentage(n->last) : 0.0;
+  if (n->ended) {
+    int st = n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
+    if (st == APEX_TASK_SUCCEEDED || st == APEX_TASK_FAILED) return 100.0;
+  }
+  return n->last ? apex_progress_percentage(n->last) : 0.0;
 }
 
-/* What a child's node shows: a child that ended other than succeeded
- * stays at the work it reported (it counts as done in the roll-up above,
- * but a cancelled child drawn full would say it finished). */
+/* What a child's node shows: a failed child stays at the work it reported
+ * (it counts as done in the roll-up above, but drawn full it would look
+ * like a success). */
 static double node_shown_pct(const apex_child_t *n, int st) {
-  if (!n->ended || st == APEX_TASK_SUCCEEDED) return node_pct(n);
-  return n->last ? apex_progress_percentage(n->last) : 0.0;
+  if (n->ended && st == APEX_TASK_FAILED) return n->last ? apex_progress_percentage(n->last) : 0.0;
+  return node_pct(n);
 }
 
 static json_t *node_json(const apex_child_t *n, int st) {
