@@ -238,6 +238,12 @@ static void cascade(int by_timeout, int deferred) {
   await_done_event(&r, pid);
   assert_int_equal(apex_task_state(t), by_timeout ? APEX_TASK_TIMED_OUT : APEX_TASK_CANCELLED);
   check_children_then_parent(&r, pid, 3, APEX_TASK_CANCELLED, "parent");
+  /* Children cancelled near their start leave the parent's bar there: no
+   * update of it reads as done. */
+  pthread_mutex_lock(&r.mu);
+  for (size_t i = 0; i < r.n; i++)
+    if (r.ev[i].id == pid && r.ev[i].type == APEX_EVENT_PROGRESS) assert_true(r.ev[i].pct < 50);
+  pthread_mutex_unlock(&r.mu);
   apex_task_release(t);
   apex_manager_destroy(m, -1);
   crec_fini(&r);
