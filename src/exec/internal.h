@@ -128,6 +128,11 @@ typedef struct apex__task_opts {
   void *event_user;
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
   apex__tmo_t *tmo;          /* in the same block; NULL: none of those timeouts */
+  /* The operation group it was submitted into (ops/group.c), or NULL, and
+   * its index there. The task's membership holds a group reference until
+   * its terminal transition hands it on (apex__group_member_end). */
+  struct apex_group *group;
+  size_t group_idx;
 } apex__task_opts_t;
 
 /* t's timeouts block, or NULL (immutable after submit: no lock). */

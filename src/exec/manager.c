@@ -26,6 +26,7 @@
 #include "core/error.h"
 #include "core/policy.h"
 #include "exec/internal.h"
+#include "ops/ops.h"
 
 #define MAX_WORKERS 1024
 
@@ -108,6 +109,7 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
   }
   unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE |
                  APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED;
+  all |= APEX_EVENT_GROUP; /* operation groups (ops/group.c) */
   if (out->event_mask & ~all) {
     snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
     return 0;
@@ -637,7 +639,8 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
  * event callback, parent token), its opts; a call that overrides nothing
  * costs no allocation here. */
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
-                        const apex_submit_opts_t *o, apex_task_t *t, apex_error_t **err) {
+                        const apex_submit_opts_t *o, apex_task_t *t, const apex__member_t *g,
+                        apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
   if (timeout == 0) timeout = a->default_timeout_s;
   char why[160];
@@ -654,7 +657,7 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   int tmo = tns[0] || tns[1] || tns[2];
-  if (!tmo && (!o || (!o->retry && !o->on_event && !o->parent))) return APEX_OK;
+  if (!tmo && !g && (!o || (!o->retry && !o->on_event && !o->parent))) return APEX_OK;
   /* One block: the options, then the timeouts' state if any. */
   apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
@@ -663,6 +666,10 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     apex__tmo_init(x->tmo, t, tns, apex__now_ns(), o);
   }
   t->opts = x;
+  if (g) {
+    x->group = g->group;
+    x->group_idx = g->idx;
+  }
   if (!o) return APEX_OK;
   if (o->retry) {
     x->own_retry = 1;
@@ -691,6 +698,12 @@ static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
 apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const char *action,
                                   json_t *params, const apex_submit_opts_t *opts,
                                   apex_task_t **out, apex_error_t **err) {
+  return apex__submit(m, plugin, action, params, opts, NULL, out, err);
+}
+
+apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *action,
+                           json_t *params, const apex_submit_opts_t *opts,
+                           const apex__member_t *g, apex_task_t **out, apex_error_t **err) {
   if (out) *out = NULL;
   if (!m || !plugin || !action || !out)
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
@@ -753,7 +766,7 @@ apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const c
   atomic_init(&t->params, vp);
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
-  int rc = resolve_opts(m, a, opts, t, err);
+  int rc = resolve_opts(m, a, opts, t, g, err);
   if (rc == APEX_OK && opts && opts->parent) {
     apex_token_t *tok = NULL;
     rc = apex_token_new_child(opts->parent, &tok);

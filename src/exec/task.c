@@ -29,6 +29,7 @@
 #include "core/error.h"
 #include "core/progress_internal.h"
 #include "exec/internal.h"
+#include "ops/ops.h"
 
 pthread_mutex_t *apex__task_mu(apex_task_t *t) {
   return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES].mu;
@@ -756,6 +757,8 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   /* Last: the host wakes on it, and then finds this thread no longer in
    * the locks its next submit takes. */
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
+  /* Its group (ops/group.c), after the DONE so a GROUP event follows it. */
+  if (t->opts && t->opts->group) apex__group_member_end(t, state);
 }
 
 /* The part of after_unlock that reads the plugin's names. */
