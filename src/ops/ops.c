@@ -252,7 +252,11 @@ static int list(apex_manager_t *m, const apex_ops_filter_t *filter, apex_op_list
     o.message = msg ? msg : empty;
     l->msgs[k] = msg;
     l->v[k] = o;
-    if (keep) a.v[k] = a.v[i], a.v[i] = NULL; /* moved: kept in id order */
+    if (keep) { /* moved down: kept in id order */
+      apex_task_t *t = a.v[i];
+      a.v[i] = NULL;
+      a.v[k] = t;
+    }
     k++;
   }
   l->n = k;
