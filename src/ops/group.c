@@ -140,36 +140,41 @@ void apex__group_member_end(apex_task_t *t, int state) {
   apex_group_t *g = t->opts->group;
   size_t idx = t->opts->group_idx;
   apex_manager_t *m = apex__task_m(t);
-  int wanted = 0;
-  uint64_t change = 0;
+  /* Made before the group's lock; what it depends on is immutable. NULL:
+   * not wanted, or no memory (the event is lost; the group's record is
+   * not). */
+  apex__ev_t *n = apex__events_wanted(m, t, APEX_EVENT_GROUP) ? calloc(1, sizeof *n) : NULL;
   pthread_mutex_lock(&g->mu);
-  if (!g->released) {
-    apex__gmember_t *e = &g->members[idx];
-    if (!e->task) { /* ended before its submit returned */
-      e->task = t;
-      apex__task_ref(t);
-    }
-    e->ended = 1;
-    g->order[g->n_ended++] = idx;
-    change = ++g->changes;
-    if (g->waiters) pthread_cond_broadcast(&g->cv);
-    wanted = apex__events_wanted(m, t, APEX_EVENT_GROUP);
-  }
-  pthread_mutex_unlock(&g->mu);
-  apex__ev_t *n = wanted ? calloc(1, sizeof *n) : NULL;
-  if (!n) { /* not wanted, released, or no memory: the event is lost */
+  if (g->released) {
+    pthread_mutex_unlock(&g->mu);
+    free(n);
     apex__group_unref(g); /* the membership's; t's manager ref keeps m */
     return;
   }
-  n->ev.type = APEX_EVENT_GROUP;
-  n->ev.task = t;
-  n->ev.task_id = t->id;
-  n->ev.seq = change;
-  n->ev.attempt = t->attempt;
-  n->ev.state = (apex_task_state_t)state;
-  n->ev.group = g; /* the membership's reference moves to the event */
-  apex__task_ref(t);
-  apex__events_push(m, n);
+  apex__gmember_t *e = &g->members[idx];
+  if (!e->task) { /* ended before its submit returned */
+    e->task = t;
+    apex__task_ref(t);
+  }
+  e->ended = 1;
+  g->order[g->n_ended++] = idx;
+  uint64_t change = ++g->changes;
+  if (g->waiters) pthread_cond_broadcast(&g->cv);
+  if (n) {
+    n->ev.type = APEX_EVENT_GROUP;
+    n->ev.task = t;
+    n->ev.task_id = t->id;
+    n->ev.seq = change;
+    n->ev.attempt = t->attempt;
+    n->ev.state = (apex_task_state_t)state;
+    n->ev.group = g; /* the membership's reference moves to the event */
+    apex__task_ref(t);
+    /* Pushed under the group's lock (ev_mu nests under it, and nothing
+     * holding ev_mu takes it), so GROUP events queue in seq order. */
+    apex__events_push(m, n);
+  }
+  pthread_mutex_unlock(&g->mu);
+  if (!n) apex__group_unref(g);
 }
 
 uint64_t apex__group_of(apex_task_t *t, uint64_t *submitted_ns) {
