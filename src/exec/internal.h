@@ -16,6 +16,9 @@
  *   m->wait_mu                after a task lock (waking waiters; a count
  *                             destroy waits for reaching zero); else a
  *                             leaf (waking waiters after a DONE callback)
+ *   group->mu                 (ops/group.c) after a task lock (a member's
+ *                             end), before m->ev_mu (its GROUP event);
+ *                             else a leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
