@@ -214,8 +214,11 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
   int rc = apex__submit(g->m, plugin, action, params, opts, &mem, &t, err);
   pthread_mutex_lock(&g->mu);
   apex__gmember_t *e = &g->members[idx];
-  if (rc != APEX_OK && !e->task) {
-    /* Never queued, so no end will come: a void slot, no member. */
+  int never_queued = rc != APEX_OK && !e->task;
+  if (never_queued) {
+    /* No end will come: a void slot, no member, and the membership's
+     * reference is ours to drop. (A submit that failed after queueing its
+     * task ended it, and that end took the slot and the reference.) */
     e->voided = 1;
     g->n_void++;
     if (g->waiters) pthread_cond_broadcast(&g->cv);
@@ -225,7 +228,7 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
   }
   cancelled = g->cancelled;
   pthread_mutex_unlock(&g->mu);
-  if (rc != APEX_OK && !t) apex__group_unref(g); /* the membership's: no task holds it */
+  if (never_queued) apex__group_unref(g); /* the membership's */
   if (rc == APEX_OK && cancelled) (void)apex_task_cancel(t, NULL); /* cancel raced the submit */
   if (rc == APEX_OK && out)
     *out = t;
