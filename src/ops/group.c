@@ -20,9 +20,11 @@
  * before its submit, handed by its end to the GROUP event it queues, or
  * dropped), each queued GROUP event, and each call in progress. The group
  * holds a manager reference (memory, not threads) until it is freed.
- * Release drops the host's handle and the task references at once; the
- * rest of the group (a shell a live member's end still reaches) goes with
- * the last reference.
+ * Release drops the host's handle and the task references at once, and
+ * from then on every call refuses the group (each checks `released` under
+ * its lock, also one that validated the handle just before); the rest (a
+ * shell whose slots a live member's end or a submit still returning
+ * marks) goes with the last reference.
  *
  * Locks: the group's mutex is a leaf taken under a task stripe lock (the
  * hook), never the other way round: calls copy what they need under it and
@@ -145,18 +147,18 @@ void apex__group_member_end(apex_task_t *t, int state) {
    * not). */
   apex__ev_t *n = apex__events_wanted(m, t, APEX_EVENT_GROUP) ? calloc(1, sizeof *n) : NULL;
   pthread_mutex_lock(&g->mu);
+  apex__gmember_t *e = &g->members[idx]; /* the arrays outlive release */
+  e->ended = 1; /* also tells a submit still returning that it was queued */
   if (g->released) {
     pthread_mutex_unlock(&g->mu);
     free(n);
     apex__group_unref(g); /* the membership's; t's manager ref keeps m */
     return;
   }
-  apex__gmember_t *e = &g->members[idx];
   if (!e->task) { /* ended before its submit returned */
     e->task = t;
     apex__task_ref(t);
   }
-  e->ended = 1;
   g->order[g->n_ended++] = idx;
   uint64_t change = ++g->changes;
   if (g->waiters) pthread_cond_broadcast(&g->cv);
@@ -197,7 +199,8 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
                              g ? "the group was released (or is no group)" : "group is NULL");
   pthread_mutex_lock(&g->mu);
   size_t idx = 0;
-  int cancelled = g->cancelled, ok = !cancelled && reserve_locked(g, &idx);
+  int released = g->released, cancelled = g->cancelled;
+  int ok = !released && !cancelled && reserve_locked(g, &idx);
   if (ok) {
     g->members[idx].submitted_ns = apex__now_ns();
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed); /* the membership's */
@@ -205,6 +208,7 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
   pthread_mutex_unlock(&g->mu);
   if (!ok) {
     apex__group_unref(g);
+    if (released) return apex__fail(err, APEX_E_INVALID, "apex_group_submit: the group was released");
     return cancelled ? apex__fail(err, APEX_E_CANCELLED, "apex_group_submit: group %llu was cancelled",
                                   (unsigned long long)g->id)
                      : apex__fail(err, APEX_E_NOMEM, "out of memory");
@@ -214,7 +218,7 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
   int rc = apex__submit(g->m, plugin, action, params, opts, &mem, &t, err);
   pthread_mutex_lock(&g->mu);
   apex__gmember_t *e = &g->members[idx];
-  int never_queued = rc != APEX_OK && !e->task;
+  int never_queued = rc != APEX_OK && !e->ended;
   if (never_queued) {
     /* No end will come: a void slot, no member, and the membership's
      * reference is ours to drop. (A submit that failed after queueing its
@@ -222,7 +226,7 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
     e->voided = 1;
     g->n_void++;
     if (g->waiters) pthread_cond_broadcast(&g->cv);
-  } else if (t && !e->task) {
+  } else if (t && !g->released && !e->task) {
     e->task = t;
     apex__task_ref(t);
   }
@@ -248,7 +252,7 @@ uint64_t apex_group_id(apex_group_t *g) {
 size_t apex_group_size(apex_group_t *g) {
   if (!apex__group_get(g)) return 0;
   pthread_mutex_lock(&g->mu);
-  size_t n = g->n - g->n_void;
+  size_t n = g->released ? 0 : g->n - g->n_void;
   pthread_mutex_unlock(&g->mu);
   apex__group_unref(g);
   return n;
@@ -266,7 +270,7 @@ static apex_task_t *member_at_locked(apex_group_t *g, size_t i) {
 apex_task_t *apex_group_task(apex_group_t *g, size_t i) {
   if (!apex__group_get(g)) return NULL;
   pthread_mutex_lock(&g->mu);
-  apex_task_t *t = member_at_locked(g, i);
+  apex_task_t *t = g->released ? NULL : member_at_locked(g, i);
   if (t) apex__task_ref(t);
   pthread_mutex_unlock(&g->mu);
   apex__group_unref(g);
@@ -279,7 +283,7 @@ apex_task_t *apex_group_task(apex_group_t *g, size_t i) {
 static apex_task_t **members_copy_locked(apex_group_t *g, size_t *n, int *nomem) {
   *n = 0;
   *nomem = 0;
-  if (!g->n) return NULL;
+  if (!g->n || g->released) return NULL;
   apex_task_t **a = malloc(g->n * sizeof *a);
   if (!a) {
     *nomem = 1;
@@ -340,6 +344,10 @@ apex_status_t apex_group_wait_any(apex_group_t *g, int64_t timeout_ms, apex_task
   pthread_mutex_lock(&g->mu);
   g->waiters++;
   for (;;) {
+    if (g->released) { /* by another thread meanwhile */
+      rc = APEX_E_INVALID;
+      break;
+    }
     if (g->taken < g->n_ended) {
       t = g->members[g->order[g->taken++]].task;
       apex__task_ref(t);
@@ -385,11 +393,12 @@ apex_status_t apex_group_wait_all(apex_group_t *g, int64_t timeout_ms) {
   uint64_t until = apex__ns_after_ms(timeout_ms);
   pthread_mutex_lock(&g->mu);
   g->waiters++;
-  while (g->n_ended + g->n_void < g->n)
+  while (!g->released && g->n_ended + g->n_void < g->n)
     if (!cv_wait_until(g, until)) {
       rc = APEX_E_AGAIN;
       break;
     }
+  if (g->released) rc = APEX_E_INVALID; /* by another thread meanwhile */
   g->waiters--;
   size_t n = 0;
   int nomem = 0;
@@ -421,8 +430,8 @@ apex_status_t apex_group_cancel(apex_group_t *g, const char *reason, size_t *n_c
   if (nomem) { /* cancel one by one instead of from a copy */
     for (size_t i = 0;; i++) {
       pthread_mutex_lock(&g->mu);
-      apex_task_t *t = i < g->n && !g->members[i].voided ? g->members[i].task : NULL;
-      int more = i < g->n;
+      int more = i < g->n && !g->released;
+      apex_task_t *t = more && !g->members[i].voided ? g->members[i].task : NULL;
       if (t) apex__task_ref(t);
       pthread_mutex_unlock(&g->mu);
       if (!more) break;
@@ -444,11 +453,12 @@ apex_status_t apex_group_stats(apex_group_t *g, apex_group_stats_t *out) {
   size_t n = 0;
   int nomem = 0;
   apex_task_t **a = members_copy_locked(g, &n, &nomem);
-  size_t pending = g->n - g->n_void - n; /* submits not yet returned: queued */
+  int released = g->released;
+  size_t pending = released ? 0 : g->n - g->n_void - n; /* submits not yet returned: queued */
   pthread_mutex_unlock(&g->mu);
-  if (nomem) {
+  if (nomem || released) {
     apex__group_unref(g);
-    return APEX_E_NOMEM;
+    return released ? APEX_E_INVALID : APEX_E_NOMEM;
   }
   apex_group_stats_t s = {.struct_size = sizeof s};
   s.total = n + pending;
@@ -487,8 +497,9 @@ json_t *apex_group_results(apex_group_t *g) {
   size_t n = 0;
   int nomem = 0;
   apex_task_t **a = members_copy_locked(g, &n, &nomem);
+  int released = g->released;
   pthread_mutex_unlock(&g->mu);
-  json_t *arr = nomem ? NULL : json_array();
+  json_t *arr = nomem || released ? NULL : json_array();
   for (size_t i = 0; arr && i < n; i++) {
     apex_task_t *t = a[i];
     apex_task_state_t st = apex_task_state(t);
@@ -526,17 +537,20 @@ apex_status_t apex_group_release(apex_group_t *g) {
   pthread_mutex_unlock(&live_mu);
   if (!found) return APEX_E_INVALID;
   pthread_mutex_lock(&g->mu);
-  g->released = 1; /* a member's end no longer touches the arrays */
+  /* From here on every call refuses (each checks this under the lock),
+   * no slot is added, and a member's end or a submit still returning only
+   * marks its own slot (ended, voided): the task pointers are this call's
+   * alone, read below without the lock. The slots are freed with the
+   * group. */
+  g->released = 1;
   size_t n = g->n;
-  apex__gmember_t *mem = g->members;
-  g->members = NULL;
-  g->n = g->cap = 0;
-  free(g->order);
-  g->order = NULL;
+  if (g->waiters) pthread_cond_broadcast(&g->cv); /* they return INVALID */
   pthread_mutex_unlock(&g->mu);
-  for (size_t k = 0; k < n; k++)
-    if (mem[k].task) apex__task_unref(mem[k].task);
-  free(mem);
+  for (size_t k = 0; k < n; k++) {
+    apex_task_t *t = g->members[k].task;
+    g->members[k].task = NULL;
+    if (t) apex__task_unref(t);
+  }
   apex__group_unref(g); /* the host's */
   return APEX_OK;
 }

@@ -262,6 +262,57 @@ static void test_group_after_destroy(void **state) {
   assert_int_equal(apex_group_release(g), APEX_OK); /* frees the manager's memory */
 }
 
+/* Release from one thread while another waits on the group and a third
+ * submits into it: the waiter returns APEX_E_INVALID, the submits either
+ * make members (which run on) or are refused, nothing leaks. */
+typedef struct racer {
+  apex_group_t *g;
+  _Atomic int wait_rc, submitted, refused, started;
+} racer_t;
+
+static void *waiter(void *arg) {
+  racer_t *r = arg;
+  atomic_store(&r->started, 1);
+  atomic_store(&r->wait_rc, apex_group_wait_all(r->g, 20000));
+  return NULL;
+}
+
+static void *feeder(void *arg) {
+  racer_t *r = arg;
+  for (int i = 0; i < 200; i++) {
+    apex_status_t rc = apex_group_submit(r->g, "ops_kit", "quick", NULL, NULL, NULL, NULL);
+    if (rc == APEX_OK)
+      atomic_fetch_add(&r->submitted, 1);
+    else if (rc == APEX_E_INVALID)
+      atomic_fetch_add(&r->refused, 1);
+  }
+  return NULL;
+}
+
+static void test_release_races(void **state) {
+  (void)state;
+  apex_manager_t *m = make();
+  racer_t r = {0};
+  atomic_store(&r.wait_rc, 1);
+  assert_int_equal(apex_group_new(m, &r.g), APEX_OK);
+  apex_task_t *p = NULL;
+  assert_int_equal(apex_group_submit(r.g, "ops_kit", "park", NULL, NULL, &p, NULL), APEX_OK);
+  pthread_t w, f;
+  assert_int_equal(pthread_create(&w, NULL, waiter, &r), 0);
+  assert_int_equal(pthread_create(&f, NULL, feeder, &r), 0);
+  AWAIT(atomic_load(&r.started) && atomic_load(&r.submitted) > 0, PROMPT_MS);
+  assert_int_equal(apex_group_release(r.g), APEX_OK);
+  pthread_join(w, NULL);
+  pthread_join(f, NULL);
+  assert_int_equal(atomic_load(&r.wait_rc), APEX_E_INVALID); /* the park never ends by itself */
+  assert_int_equal(atomic_load(&r.submitted) + atomic_load(&r.refused), 200);
+  assert_int_equal(apex_task_state(p), APEX_TASK_RUNNING); /* release cancels nothing */
+  assert_int_equal(apex_task_cancel(p, NULL), APEX_OK);
+  wait_done(p);
+  apex_task_release(p);
+  assert_int_equal(apex_manager_destroy(m, 1000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_nulls),
@@ -269,6 +320,7 @@ int main(void) {
       cmocka_unit_test(test_bad_filters),
       cmocka_unit_test(test_runtime_thread),
       cmocka_unit_test(test_group_after_destroy),
+      cmocka_unit_test(test_release_races),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
