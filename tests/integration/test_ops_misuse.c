@@ -69,6 +69,15 @@ static void test_nulls(void **state) {
   assert_int_equal(apex_group_stats(g, NULL), APEX_E_INVALID);
   s.struct_size = 3;
   assert_int_equal(apex_group_stats(g, &s), APEX_E_INVALID);
+  /* A newer caller's larger struct: filled up to this library's size, the
+   * rest left alone, struct_size saying how much. */
+  struct {
+    apex_group_stats_t s;
+    uint64_t newer;
+  } big = {{.struct_size = sizeof big}, 77};
+  assert_int_equal(apex_group_stats(g, &big.s), APEX_OK);
+  assert_int_equal(big.s.struct_size, sizeof(apex_group_stats_t));
+  assert_int_equal(big.newer, 77);
   assert_int_equal(apex_group_cancel(g, "shutdown", NULL), APEX_E_INVALID);
   assert_int_equal(apex_group_release(g), APEX_OK);
 
