@@ -843,10 +843,9 @@ typedef struct apex_op_info {
   uint32_t attempt;            /* attempts started */
   double percentage;           /* last reported; -1 before any report */
   const char *message;         /* last reported; "" none (the list's) */
-  double age_s;                /* since submit; -1 where not known (a task
-                                  with neither a deadline nor a group: the
-                                  task records no submit time, see
-                                  docs/architecture.md) */
+  double age_s;                /* seconds since submit, to a clock tick
+                                  (1 to 4 ms) for a task without a
+                                  deadline; -1 if the clock failed */
   uint64_t group;              /* apex_group_id of its group, 0: none */
 } apex_op_info_t;
 
@@ -878,8 +877,8 @@ APEX_EXTERN apex_status_t apex_ops_cancel_id(apex_manager_t *m, uint64_t id, con
 APEX_EXTERN apex_status_t apex_ops_cancel(apex_manager_t *m, const apex_ops_filter_t *filter,
                                           const char *reason, size_t *n_cancelled);
 /* Returns: {"operations": [{"id", "plugin", "action", "state", "attempt",
- * "percentage" (null before any report), "message", "age_s" (null when not
- * known), "group" (null: none)}...], "counts": {state name: n, ...},
+ * "percentage" (null before any report), "message", "age_s", "group"
+ * (null: none)}...], "counts": {state name: n, ...},
  * "live": n} for the operations that match filter (NULL: all), a new
  * reference; NULL for bad arguments or no memory. */
 APEX_EXTERN json_t *apex_ops_snapshot(apex_manager_t *m, const apex_ops_filter_t *filter);

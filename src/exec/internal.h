@@ -256,10 +256,13 @@ struct apex_task {
   _Atomic(apex_task_t *) done_next;
   apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
   /* The outcome once terminal (task lock): result when succeeded, else
-   * error. */
+   * error. Until then, the word holds the submit time (ns, CLOCK_MONOTONIC
+   * to a clock tick: ops/ops.c reports it as the operation's age), written
+   * once before the task is visible and replaced by the outcome. */
   union {
     json_t *result;
     apex_error_t *error;
+    uint64_t submitted_ns;
   } out;
   atomic_uint refs;
   uint32_t event_seq;  /* events made so far (task lock) */

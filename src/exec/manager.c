@@ -767,6 +767,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
   int rc = resolve_opts(m, a, opts, t, g, err);
+  /* Its age for the operation manager (ops/ops.c), in the outcome's word
+   * until there is an outcome: the deadline's clock read when it has one,
+   * else the coarse clock (a few ns, no system call). */
+  t->out.submitted_ns = t->deadline_ns ? t->deadline_ns - apex__timeout_ns(t->timeout_s)
+                                       : apex__coarse_now_ns();
   if (rc == APEX_OK && opts && opts->parent) {
     apex_token_t *tok = NULL;
     rc = apex_token_new_child(opts->parent, &tok);

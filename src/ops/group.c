@@ -179,15 +179,8 @@ void apex__group_member_end(apex_task_t *t, int state) {
   if (!n) apex__group_unref(g);
 }
 
-uint64_t apex__group_of(apex_task_t *t, uint64_t *submitted_ns) {
-  *submitted_ns = 0;
-  if (!t->opts || !t->opts->group) return 0;
-  apex_group_t *g = t->opts->group;
-  /* A live member holds its group: g is valid. */
-  pthread_mutex_lock(&g->mu);
-  if (!g->released) *submitted_ns = g->members[t->opts->group_idx].submitted_ns;
-  pthread_mutex_unlock(&g->mu);
-  return g->id;
+uint64_t apex__group_of(apex_task_t *t) {
+  return t->opts && t->opts->group ? t->opts->group->id : 0;
 }
 
 apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char *action,
@@ -202,7 +195,6 @@ apex_status_t apex_group_submit(apex_group_t *g, const char *plugin, const char 
   int released = g->released, cancelled = g->cancelled;
   int ok = !released && !cancelled && reserve_locked(g, &idx);
   if (ok) {
-    g->members[idx].submitted_ns = apex__now_ns();
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed); /* the membership's */
   }
   pthread_mutex_unlock(&g->mu);

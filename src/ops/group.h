@@ -15,7 +15,6 @@
 typedef struct apex__gmember {
   apex_task_t *task;     /* the group's reference; NULL until the submit
                             returned or the task ended, whichever first */
-  uint64_t submitted_ns; /* CLOCK_MONOTONIC at submit (the list's age) */
   uint8_t ended;         /* terminal: its index is in order[] */
   uint8_t voided;        /* its submit failed: no member */
 } apex__gmember_t;

@@ -178,13 +178,8 @@ static int info_read(apex_task_t *t, apex_op_info_t *o, char **message) {
     o->percentage = p->pct;
     if (p->msg[0]) *message = strdup(p->msg); /* NULL on no memory: shown as none */
   }
-  uint64_t sub = 0;
-  o->group = apex__group_of(t, &sub);
-  /* The task records no submit time of its own (120 bytes, no room): its
-   * deadline was set at submit from its timeout, so it tells; a group
-   * member's slot has one. */
-  if (!sub && t->deadline_ns && t->timeout_s > 0)
-    sub = t->deadline_ns - apex__timeout_ns(t->timeout_s);
+  o->group = apex__group_of(t);
+  uint64_t sub = t->out.submitted_ns; /* live: the outcome's word holds it */
   pthread_mutex_unlock(mu);
   uint64_t now = apex__now_ns();
   o->age_s = sub ? (now > sub ? (double)(now - sub) / 1e9 : 0.0) : -1.0;

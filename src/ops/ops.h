@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "apex/apex.h"
 
@@ -36,9 +37,18 @@ void apex__group_member_end(apex_task_t *t, int state);
  * lock held. */
 void apex__group_event_done(struct apex_group *g);
 
-/* The id of t's group (0: none) and, when known, t's submit time in ns of
- * CLOCK_MONOTONIC (0: not known). Under t's task lock, or on a task that is
- * queued (its group holds a reference while it is live). */
-uint64_t apex__group_of(apex_task_t *t, uint64_t *submitted_ns);
+/* The id of t's group, 0: none. Any lock or none (a live member holds its
+ * group; the id never changes). */
+uint64_t apex__group_of(apex_task_t *t);
+
+/* Now on CLOCK_MONOTONIC_COARSE in ns: a submit's time for the age the
+ * operation manager shows, at a clock tick's resolution (1 to 4 ms) and a
+ * few ns, where CLOCK_MONOTONIC costs a submit several times that. 0 if
+ * the clock cannot be read. */
+static inline uint64_t apex__coarse_now_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 #endif
