@@ -223,9 +223,10 @@ static void task_free(apex_task_t *t) {
     slot_free(r->prog);
     run_put(m, r);
   }
-  if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
+  int st = atomic_load(&t->state);
+  if (st == APEX_TASK_SUCCEEDED)
     json_decref(t->out.result);
-  else
+  else if (apex_task_state_is_terminal(st)) /* else the word is a submit time */
     apex_error_unref(t->out.error);
   free((void *)t->opts);
   free(t);
