@@ -160,6 +160,10 @@ cli_display_t *cli_display_new(int fd);
 void cli_display_free(cli_display_t *d);
 /* Records the latest progress (copied) and marks the display for a redraw. */
 void cli_display_progress(cli_display_t *d, const apex_progress_t *p);
+/* Records the latest partial result (apex_ctx_partial_result; NULL clears
+ * it), shown as one line under the task's bar, and marks the display for a
+ * redraw. Ownership: v borrowed (what is shown is copied). */
+void cli_display_partial(cli_display_t *d, const json_t *v);
 /* Records the task's state ("queued", "retry_wait", ...), shown when it is
  * not "running". */
 void cli_display_state(cli_display_t *d, const char *state);

@@ -37,6 +37,7 @@
 #define SUB_BAR_WIDTH 10
 #define MAX_SUB_ROWS 256
 #define LEAD_MAX (APEX_PROGRESS_MAX_DEPTH * 8 + 16)
+#define PARTIAL_SHOWN 512 /* wider than any terminal line */
 
 struct cli_display {
   int fd;
@@ -46,6 +47,9 @@ struct cli_display {
   int64_t last_draw_ms;
   int lines;                 /* lines the last frame left on screen */
   int cursor_hidden;
+  /* The latest partial result as compact JSON, cut to PARTIAL_SHOWN bytes
+   * (ASCII only, so the cut splits no character); "": none. */
+  char partial[PARTIAL_SHOWN + 1];
 };
 
 /* ---------------------------------------------------------------- buffer */
@@ -314,8 +318,9 @@ static void frame_lines(cli_display_t *d, sbuf_t *b, int *count) {
   }
   size_t shown = subs.n;
   int more = subs.total > subs.n;
-  if (1 + shown + (size_t)more > (size_t)max_lines) {
-    shown = max_lines >= 2 ? (size_t)max_lines - 2 : 0;
+  size_t head = d->partial[0] && max_lines >= 3 ? 2 : 1; /* the task, its partial */
+  if (head + shown + (size_t)more > (size_t)max_lines) {
+    shown = (size_t)max_lines >= head + 1 ? (size_t)max_lines - head - 1 : 0;
     more = 1;
   }
   int name_w = 0;
@@ -331,6 +336,14 @@ static void frame_lines(cli_display_t *d, sbuf_t *b, int *count) {
   frame_task_line(d, b, cols);
   sb_put(b, "\n", 1);
   ++*count;
+  if (head == 2) {
+    line_t l = {b, cols - 1};
+    sb_put(b, "\r\x1b[2K", 5);
+    put_text(&l, "  partial: ");
+    put_text(&l, d->partial);
+    sb_put(b, "\n", 1);
+    ++*count;
+  }
   for (size_t i = 0; i < shown; i++, ++*count) {
     sb_put(b, "\r\x1b[2K", 5);
     frame_sub_line(&subs.rows[i], name_w, b, cols);
@@ -396,6 +409,20 @@ void cli_display_progress(cli_display_t *d, const apex_progress_t *p) {
   apex_progress_unref(d->progress);
   /* Immutable and reference-counted: keeping it is cheaper than copying. */
   d->progress = apex_progress_ref((apex_progress_t *)p);
+  d->dirty = 1;
+}
+
+void cli_display_partial(cli_display_t *d, const json_t *v) {
+  if (!d) return;
+  d->partial[0] = '\0';
+  if (v) {
+    /* Rate-bounded (a PARTIAL event at most 20 times a second): printing it
+     * whole costs less than knowing how much of it a line shows. */
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_ENSURE_ASCII |
+                                JSON_REAL_PRECISION(15));
+    if (s) snprintf(d->partial, sizeof d->partial, "%s", s);
+    free(s);
+  }
   d->dirty = 1;
 }
 

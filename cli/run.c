@@ -307,6 +307,22 @@ static void on_progress(run_t *r, const apex_event_t *ev) {
   if (line && cli_emit(line) != 0) cli_progress_lines_lost(r->lines);
 }
 
+/* A PARTIAL event: the task's latest partial result (coalesced by the
+ * library like progress; the last one comes before the result line). */
+static void on_partial(run_t *r, const apex_event_t *ev) {
+  if (!r->json) {
+    cli_display_partial(r->disp, ev->result);
+    return;
+  }
+  json_t *o = event_head("partial", ev->task_id);
+  if (o) {
+    json_object_set_new(o, "attempt", json_integer(ev->attempt));
+    /* Borrowed for the callback: a copy goes into the line. */
+    json_object_set_new(o, "partial_result", ev->result ? json_deep_copy(ev->result) : json_null());
+  }
+  cli_emit(o);
+}
+
 static void on_retry(run_t *r, const apex_event_t *ev) {
   if (r->json) {
     json_t *o = event_head("retry", ev->task_id);
@@ -423,6 +439,7 @@ static void on_event(const apex_event_t *ev, void *user) {
   case APEX_EVENT_PROGRESS: on_progress(r, ev); break;
   case APEX_EVENT_RETRY: on_retry(r, ev); break;
   case APEX_EVENT_DONE: on_done(r, ev); break;
+  case APEX_EVENT_PARTIAL: on_partial(r, ev); break;
   case APEX_EVENT_HEARTBEAT:
   case APEX_EVENT_SCHEDULED:
   case APEX_EVENT_GROUP: break; /* not shown yet (apex run submits no group) */
@@ -449,6 +466,15 @@ static void print_outcome(const run_t *r) {
     const char *kind = apex_error_timeout_kind(r->error);
     printf("%s: %s (%s%s%s)\n", apex_task_state_name(r->state), text ? text : "?",
            apex_status_name(code), kind ? ", " : "", kind ? kind : "");
+    /* What the task achieved before it stopped (--json: error.partial_result). */
+    const json_t *partial = apex_error_partial_result(r->error);
+    char *ps = partial ? json_dumps(partial, JSON_COMPACT | JSON_ENCODE_ANY |
+                                                 JSON_REAL_PRECISION(15))
+                       : NULL;
+    char *pclean = ps ? cli_term_clean(ps) : NULL;
+    if (pclean) printf("partial result: %s\n", pclean);
+    free(pclean);
+    free(ps);
   }
   free(text);
   fflush(stdout);

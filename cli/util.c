@@ -174,6 +174,10 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
     cfg.delivery = APEX_DELIVER_DISPATCH;
     cfg.on_event = on_event;
     cfg.event_user = user;
+    /* The ABI-1 types, and partial results (run.c shows them; a command
+     * that does not ignores them). */
+    cfg.event_mask = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY |
+                     APEX_EVENT_DONE | APEX_EVENT_PARTIAL;
     /* The library coalesces progress (20/s by default, which is also all a
      * terminal display can show). A JSON consumer wants each step as it
      * happens; 100/s keeps that for steps down to ~10 ms while still

@@ -63,8 +63,18 @@ APEX_EXTERN const apex_error_t *apex_error_cause(const apex_error_t *e);
  * timeout error Apex did not raise (a handler's own APEX_E_TIMEOUT).
  * Ownership: static. Thread-safety: any thread. */
 APEX_EXTERN const char *apex_error_timeout_kind(const apex_error_t *e);
+/* The partial result a failed, cancelled or timed-out task had published
+ * last (apex_ctx_partial_result) when it ended: what it achieved before it
+ * stopped.
+ * Returns: the value, or NULL (for NULL, an error not of a task's outcome,
+ * or a task that published none). Ownership: borrowed, valid while e is;
+ * read it, never modify it or take a reference (json_incref) on it: the
+ * error is shared between threads, jansson's reference counts are not;
+ * json_deep_copy what you keep. Thread-safety: any thread. */
+APEX_EXTERN const json_t *apex_error_partial_result(const apex_error_t *e);
 /* Returns: {"code": "timeout", "message": ..., "plugin"?, "action"?,
- * "task"?, "attempt"?, "timeout"? (apex_error_timeout_kind), "cause"?} as
+ * "task"?, "attempt"?, "timeout"? (apex_error_timeout_kind),
+ * "partial_result"? (a copy of apex_error_partial_result), "cause"?} as
  * a new reference, NULL for NULL or no memory. */
 APEX_EXTERN json_t *apex_error_to_json(const apex_error_t *e);
 /* Returns: e (a new reference), for convenience. */
@@ -202,6 +212,10 @@ typedef enum apex_event_type {
                                 result holds its details (or NULL) */
   APEX_EVENT_SCHEDULED = 32, /* a task with a start time in the future was
                                 accepted (state scheduled) */
+  APEX_EVENT_PARTIAL = 64,   /* the task's latest partial result
+                                (apex_ctx_partial_result) in result, or
+                                NULL if the plugin cleared it; coalesced
+                                like PROGRESS, the last one before DONE */
   APEX_EVENT_GROUP = 128     /* a member of an operation group (apex_group_t)
                                 reached its terminal state: task is that
                                 member, state its outcome, group the group,
@@ -224,7 +238,8 @@ typedef struct apex_event {
   apex_task_state_t state;          /* the task's state after the event */
   const apex_progress_t *progress;  /* PROGRESS */
   const apex_error_t *error;        /* RETRY (this attempt), DONE (failure) */
-  const json_t *result;             /* DONE, succeeded; HEARTBEAT: details */
+  const json_t *result;             /* DONE, succeeded; HEARTBEAT: details;
+                                       PARTIAL: the partial result */
   double retry_delay_s;             /* RETRY: delay before the next attempt */
   /* Appended (a struct Apex fills: a host built against an older header
    * never reads past what it knows). */
@@ -691,6 +706,15 @@ APEX_EXTERN json_t *apex_task_result(apex_task_t *t);
 APEX_EXTERN apex_error_t *apex_task_error(apex_task_t *t);
 /* Returns: the last delivered progress, a new reference; NULL if none. */
 APEX_EXTERN apex_progress_t *apex_task_progress(apex_task_t *t);
+/* Returns: the last partial result the task published
+ * (apex_ctx_partial_result), as a new reference to a copy the caller owns
+ * alone; NULL if it published none (or cleared it) or memory ran out. The
+ * last published, not the last delivered: it may be newer than the last
+ * APEX_EVENT_PARTIAL (coalescing), never older. Readable at any time,
+ * after the end too, whatever the outcome (a failed, cancelled or
+ * timed-out task's error carries the same value:
+ * apex_error_partial_result). */
+APEX_EXTERN json_t *apex_task_partial_result(apex_task_t *t);
 /* Returns: the task's token (borrowed, valid until release), made on first
  * use; NULL only if t is NULL or memory ran out. Cancelling it directly
  * acts as a cancel by a parent token (a queued task ends at once, a running

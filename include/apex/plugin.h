@@ -266,6 +266,7 @@ struct apex_host_api {
   int (*heartbeat)(apex_ctx_t *ctx, json_t *details);
   json_t *(*heartbeat_details)(apex_ctx_t *ctx);
   int (*retry_after)(apex_ctx_t *ctx, double seconds);
+  int (*partial_result)(apex_ctx_t *ctx, json_t *partial);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -538,6 +539,55 @@ static inline json_t *apex_ctx_heartbeat_details(apex_ctx_t *c) {
 static inline int apex_ctx_retry_after(apex_ctx_t *c, double seconds) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, retry_after)) return APEX_E_INVALID;
   return c->api->retry_after(c, seconds);
+}
+
+/* plugin.h has apex_ctx_partial_result (a plugin that must also build
+ * against older headers tests this). */
+#define APEX_HAVE_CTX_PARTIAL_RESULT 1
+
+/* Publishes what the task has achieved so far, as a JSON value of the
+ * plugin's choosing ({"steps_done": 6, "of": 10}, the bytes hashed, the
+ * rows written): the result the host keeps if the task never finishes.
+ * Each call replaces the last; the task keeps the latest across its
+ * attempts (a retry's first publish replaces what the failed attempt
+ * left).
+ * What the host gets:
+ * - an APEX_EVENT_PARTIAL event (ev->result; only for a host whose
+ *   event_mask names that type), coalesced like progress: at most
+ *   progress_rate_hz a second per task, the latest wins, so
+ *   intermediate values may be skipped but never the last: a partial
+ *   published before the task ends is delivered before its DONE event;
+ * - apex_task_partial_result, at any time, after the end included;
+ * - when the task fails, is cancelled or times out, the last partial on
+ *   its error (apex_error_partial_result, "partial_result" in
+ *   apex_error_to_json). A task that succeeds keeps it readable, but its
+ *   result is what apex_ctx_set_result set.
+ * Partial results against progress details: progress says how far (for a
+ * human, a bar); a partial result says what is done (for a program: what
+ * to keep, what to skip on a rerun). Publish one when work that ends
+ * early still has a value.
+ * Cost: the value is checked (the limits on values above) and flattened
+ * into a buffer the task reuses, on the calling thread: no allocation per
+ * call once warm, no jansson copy; the JSON the host receives is built at
+ * delivery, at the progress rate, so publishing per item costs about a
+ * walk of the value. Keep it small (counts, a cursor), not the data.
+ * partial: any JSON value within the limits on values above; NULL clears
+ * the kept one (the host gets a PARTIAL event with a NULL result).
+ * Returns: APEX_OK (also when ignored: after the task ended, a timeout or
+ * a cancel at shutdown, as for apex_ctx_progress; counted in
+ * late_reports); APEX_E_INVALID if the value breaks the limits (nothing
+ * kept, the last partial stays; the reason, e.g. "partial.rows[3]: not
+ * valid UTF-8 at byte 7", is logged at warn level), after complete
+ * (misuse, counted and logged), or on a host that predates this call
+ * (then APEX_HAS_FIELD(apex_host_api_t, ctx->api, partial_result) is 0);
+ * APEX_E_NOMEM (nothing kept).
+ * Ownership: partial borrowed, only read during the call (not modified,
+ * no reference taken: jansson's reference counts are not shared with the
+ * host). Thread-safety: any thread, as every apex_ctx_* call; of calls
+ * from several threads, the one that reaches the task's lock last wins. */
+static inline int apex_ctx_partial_result(apex_ctx_t *c, json_t *partial) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, partial_result)) return APEX_E_INVALID;
+  return c->api->partial_result(c, partial);
 }
 
 /* Sets the result of this attempt (replacing an earlier one). The value is

@@ -2,7 +2,8 @@
  * API (plan task 3.4.1). Two actions:
  *
  *   long_task      blocking: `steps` steps of `step_ms` each, progress after
- *                  every step (details, optional named sub-tasks, milestones),
+ *                  every step (details, optional named sub-tasks, milestones)
+ *                  and the steps done as its partial result,
  *                  cancellable between and during steps; can fail its first
  *                  attempts on purpose (to show retries) or ignore its token
  *                  on purpose (to show timeouts of a misbehaving handler).
@@ -185,6 +186,23 @@ static int report(apex_ctx_t *ctx, int64_t done, int64_t steps, int n_sub, const
 
 /* ------------------------------------------------------------- long_task */
 
+/* Publishes {"steps_done": done, "of": steps} as the task's partial result
+ * (a host without apex_ctx_partial_result just does not get it). Returns:
+ * APEX_OK, or APEX_E_NOMEM building the value. */
+static int publish_partial(apex_ctx_t *ctx, int64_t done, int64_t steps) {
+#ifdef APEX_HAVE_CTX_PARTIAL_RESULT
+  json_t *p = json_pack("{s:I, s:I}", "steps_done", (json_int_t)done, "of", (json_int_t)steps);
+  if (!p) return APEX_E_NOMEM;
+  (void)apex_ctx_partial_result(ctx, p); /* borrowed: ours to free */
+  json_decref(p);
+#else
+  (void)ctx;
+  (void)done;
+  (void)steps;
+#endif
+  return APEX_OK;
+}
+
 static int long_task(apex_ctx_t *ctx) {
   int64_t steps = param_int(ctx, "steps", 10);
   int64_t step_ms = param_int(ctx, "step_ms", 100);
@@ -213,6 +231,13 @@ static int long_task(apex_ctx_t *ctx) {
       return apex_ctx_fail(ctx, APEX_E_CANCELLED, "cancelled after step %lld", (long long)i);
     }
     int64_t done = i + 1;
+
+    /* The steps done so far, before the progress that says so: a host that
+     * saw this step's progress finds at least this partial when the task
+     * stops (it is the result a cancel or timeout leaves). Published per
+     * step; the host coalesces. */
+    if (publish_partial(ctx, done, steps) != APEX_OK)
+      return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the partial result");
 
     /* A sub-task whose last step this was gets its own milestone, which the
      * host never coalesces away. */

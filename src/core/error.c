@@ -22,12 +22,17 @@ struct apex_error {
   char *plugin;
   char *action;
   apex_error_t *cause;
+  /* The task's last partial result (apex__error_with_partial), or NULL;
+   * Apex's own copy, never modified or referenced once published. */
+  json_t *partial;
 };
 
-static apex_error_t nomem_error = {0, APEX_E_NOMEM, 0, 0, 0, "out of memory", NULL, NULL, NULL};
+static apex_error_t nomem_error = {0,    APEX_E_NOMEM, 0,    0,   0, "out of memory",
+                                   NULL, NULL,         NULL, NULL};
 
 static void error_free(apex_error_t *e) {
   apex_error_unref(e->cause);
+  json_decref(e->partial); /* checked when published: safe to free recursively */
   free(e); /* one block with its strings */
 }
 
@@ -72,6 +77,7 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
   e->code = code;
   e->timeout_kind = 0;
   e->cause = cause;
+  e->partial = NULL;
   e->task = where ? where->task : 0;
   e->attempt = where ? where->attempt : 0;
   char *at = (char *)(e + 1);
@@ -88,6 +94,55 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
   if (e->plugin) apex__utf8_scrub(e->plugin);
   if (e->action) apex__utf8_scrub(e->action);
   return e;
+}
+
+/* One block: the error, then pre + text + post as its message, then the
+ * names. scrub: the text or the names may not be valid UTF-8. */
+static apex_error_t *assemble(int code, const apex__where_t *where, apex_error_t *cause,
+                              const char *pre, const char *text, const char *post, int scrub) {
+  size_t a = strlen(pre), b = strlen(text), c = strlen(post), mlen = a + b + c;
+  const char *plugin = where ? where->plugin : NULL;
+  const char *action = where ? where->action : NULL;
+  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
+  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
+  if (!e) {
+    apex_error_unref(cause);
+    return &nomem_error;
+  }
+  atomic_init(&e->refs, 1);
+  e->code = code;
+  e->cause = cause;
+  e->task = where ? where->task : 0;
+  e->attempt = where ? where->attempt : 0;
+  char *at = (char *)(e + 1);
+  e->message = at;
+  memcpy(at, pre, a);
+  memcpy(at + a, text, b);
+  memcpy(at + a + b, post, c);
+  at[mlen] = '\0';
+  at += mlen + 1;
+  e->plugin = put(&at, plugin, plen);
+  e->action = put(&at, action, alen);
+  if (scrub) {
+    apex__utf8_scrub(e->message);
+    if (e->plugin) apex__utf8_scrub(e->plugin);
+    if (e->action) apex__utf8_scrub(e->action);
+  }
+  return e;
+}
+
+apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *cause,
+                                   const char *reason) {
+  /* "cancelled (REASON)", put together by hand: every cancel makes one,
+   * on the way from the cancel to the host's DONE, and vsnprintf (twice:
+   * measure, then write) was the larger part of the cost. A host's reason
+   * text may be anything: scrubbed. */
+  return assemble(APEX_E_CANCELLED, where, cause, "cancelled (", reason ? reason : "(null)", ")",
+                  1);
+}
+
+apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg) {
+  return assemble(code, where, NULL, "", msg, "", 0);
 }
 
 apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,
@@ -129,6 +184,45 @@ apex_error_t *apex__error_timeout_kind(apex_error_t *e, int kind) {
   return e;
 }
 
+apex_error_t *apex__error_with_partial(apex_error_t *e, json_t *partial) {
+  if (!partial) return e;
+  if (e == &nomem_error) {
+    json_decref(partial);
+    return e;
+  }
+  /* The only reference is the caller's: no other thread can see e yet, so
+   * it may still change (the usual case: the error was made for the
+   * outcome being stored). */
+  if (atomic_load_explicit(&e->refs, memory_order_acquire) == 1 && !e->partial) {
+    e->partial = partial;
+    return e;
+  }
+  /* Shared (a RETRY event, a cause): a copy, with the same strings. */
+  size_t mlen = strlen(e->message), plen = e->plugin ? strlen(e->plugin) : 0,
+         alen = e->action ? strlen(e->action) : 0;
+  apex_error_t *c =
+      malloc(sizeof *c + mlen + 1 + (e->plugin ? plen + 1 : 0) + (e->action ? alen + 1 : 0));
+  if (!c) {
+    json_decref(partial);
+    return e;
+  }
+  atomic_init(&c->refs, 1);
+  c->code = e->code;
+  c->attempt = e->attempt;
+  c->timeout_kind = e->timeout_kind;
+  c->task = e->task;
+  c->cause = apex_error_ref(e->cause);
+  c->partial = partial;
+  char *at = (char *)(c + 1);
+  c->message = put(&at, e->message, mlen);
+  c->plugin = put(&at, e->plugin, plen);
+  c->action = put(&at, e->action, alen);
+  apex_error_unref(e);
+  return c;
+}
+
+const json_t *apex_error_partial_result(const apex_error_t *e) { return e ? e->partial : NULL; }
+
 const char *apex_error_timeout_kind(const apex_error_t *e) {
   return e && e->code == APEX_E_TIMEOUT ? timeout_kinds[e->timeout_kind] : NULL;
 }
@@ -163,6 +257,10 @@ json_t *apex_error_to_json(const apex_error_t *e) {
   if (!bad && e->attempt) bad = json_object_set_new(o, "attempt", json_integer(e->attempt));
   const char *kind = apex_error_timeout_kind(e);
   if (!bad && kind) bad = json_object_set_new(o, "timeout", json_string(kind));
+  if (!bad && e->partial) {
+    json_t *p = json_deep_copy(e->partial);
+    bad = !p || json_object_set_new(o, "partial_result", p);
+  }
   if (!bad && e->cause) {
     json_t *c = apex_error_to_json(e->cause);
     bad = !c || json_object_set_new(o, "cause", c);

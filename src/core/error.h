@@ -31,6 +31,29 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
  * out-of-memory error. */
 apex_error_t *apex__error_timeout_kind(apex_error_t *e, int kind);
 
+/* Returns: an APEX_E_CANCELLED error saying "cancelled (REASON)", the
+ * same as apex__error_new(APEX_E_CANCELLED, where, cause, "cancelled (%s)",
+ * reason) without formatting (NULL reason: "(null)"); the static
+ * out-of-memory error when memory runs out. Ownership: cause taken. */
+apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *cause,
+                                   const char *reason);
+
+/* Returns: an error with code and msg as its message, like
+ * apex__error_new(code, where, NULL, "%s", msg), for text known to be
+ * valid UTF-8 already (Apex's own sentences, names checked at load): it
+ * is copied, not scrubbed. The static out-of-memory error when memory runs
+ * out. Ownership: strings copied. */
+apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg);
+
+/* Attaches a task's last partial result to e, its outcome error
+ * (apex_error_partial_result): in place while the caller holds e's only
+ * reference, else on a copy of e (e's reference then goes). On no memory,
+ * or for the static no-memory error, e stays as it was and partial is
+ * dropped. Returns: the error to keep (e or its copy). Ownership: e and
+ * partial taken (partial checked against the value limits: freed
+ * recursively); never NULL for a non-NULL e. */
+apex_error_t *apex__error_with_partial(apex_error_t *e, json_t *partial);
+
 /* Stores e in *err if err is non-NULL, else unrefs it. Returns: e's code.
  * Ownership: e taken. */
 int apex__error_put(apex_error_t **err, apex_error_t *e);

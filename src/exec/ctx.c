@@ -381,6 +381,28 @@ static int ctx_retry_after(apex_ctx_t *c, double seconds) {
   return APEX_OK;
 }
 
+/* The value is checked here, on the plugin's thread, with the limits on
+ * values (core/value.c), before anything reads it further; partial.c keeps
+ * it flattened, not copied (why: there). */
+static int ctx_partial_result(apex_ctx_t *c, json_t *partial) {
+  if (partial) {
+    char why[320];
+    apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
+    if (apex__value_check(partial, "partial", &budget, why, sizeof why) != APEX_OK) {
+      apex_task_t *t = lock_open(c, "apex_ctx_partial_result");
+      if (!t) return APEX_E_INVALID;
+      apex_manager_t *m = apex__task_m(t);
+      const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
+      uint64_t id = t->id;
+      pthread_mutex_unlock(apex__task_mu(t));
+      apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: partial result refused: %s", pn, an,
+                (unsigned long long)id, why);
+      return APEX_E_INVALID;
+    }
+  }
+  return apex__run_partial(run_of(c), partial);
+}
+
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);
   api->abi_version = APEX_PLUGIN_ABI;
@@ -405,4 +427,5 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->heartbeat = ctx_heartbeat;
   api->heartbeat_details = ctx_heartbeat_details;
   api->retry_after = ctx_retry_after;
+  api->partial_result = ctx_partial_result;
 }

@@ -1,6 +1,6 @@
 /* Internal: the manager, tasks and the pieces of the execution engine that
  * share them (manager.c, task.c, ctx.c, pool.c, runtime.c, timeouts.c,
- * events.c).
+ * events.c, partial.c).
  *
  * Threads: the host's threads (submit, wait, cancel, dispatch), worker
  * threads (run handlers), the runtime thread (libuv loop: deadlines, retry
@@ -63,6 +63,11 @@ typedef struct apex__progress_slot {
    * open); hb_dirty: a HEARTBEAT event is due at the next flush. */
   json_t *hb_details, *hb_prev;
   int hb_dirty;
+  /* Partial results (apex_ctx_partial_result, partial.c): the latest
+   * published, flattened (NULL: none), a spare buffer the next publish
+   * flattens into, and whether a PARTIAL event is due at the next flush. */
+  struct apex__flat *partial, *partial_spare;
+  int partial_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
   /* What only a task that reports progress needs, kept here, not in the
    * run state, so a task that never reports (a pending deferred one) does
@@ -215,6 +220,18 @@ typedef struct apex__run {
   };
 } apex__run_t;
 
+/* Asks for the lines r's end will write (its live-list neighbours' links,
+ * which apex__pool_task_end unlinks) while the caller still has other work
+ * to do: with a million started tasks ended in random order those are
+ * cache misses, and started together they overlap (W7 of bench/README.md).
+ * Under the lock of r's task, which guards the live list: the links read
+ * here are the ones the unlink will use. A hint only: nothing is read
+ * through them. */
+static inline void apex__run_prefetch_end(const struct apex__run *r) {
+  if (r->live_prev) __builtin_prefetch(&r->live_prev->live_next, 1);
+  if (r->live_next) __builtin_prefetch(&r->live_next->live_prev, 1);
+}
+
 #define APEX__OC_BUSY 1u
 #define APEX__OC_WAITED 2u
 
@@ -254,7 +271,10 @@ struct apex_task {
    * once). Atomic for that lock-free read; under ev_mu it is accessed
    * relaxed. */
   _Atomic(apex_task_t *) done_next;
-  apex_task_t *tprev, *tnext;    /* its deadline list (m->pool_mu) */
+  /* Its deadline list (m->pool_mu). Atomic (relaxed, plain moves) only so
+   * that a task's end may read them early, without pool_mu, to prefetch
+   * the neighbours its unlink will write (apex__task_prefetch_end). */
+  _Atomic(apex_task_t *) tprev, tnext;
   /* The outcome once terminal (task lock): result when succeeded, else
    * error. Until then, the word holds the submit time (ns, CLOCK_MONOTONIC
    * to a clock tick: ops/ops.c reports it as the operation's age), written
@@ -272,8 +292,37 @@ struct apex_task {
   uint8_t timer_flags; /* APEX__TIMER_* and APEX__POOL_QUEUED (m->pool_mu) */
 };
 
+/* A lazy error: what a task's end stores in out.error instead of an error
+ * that would say only what the task can tell again (a cancel's
+ * "cancelled (CAUSE)" without the caller's own words, a handler's plain
+ * APEX_E_CANCELLED with its status's sentence). The error is made on the
+ * first read (apex__task_error: the DONE delivery, apex_task_error, the
+ * outcome's log line), on the reading thread and hot in its cache, and
+ * installed with a compare-and-swap so every reader gets the one object;
+ * a task whose error nobody reads never makes it. So a queued task's
+ * cancel allocates nothing, and a million cancelled pending tasks carry no
+ * error each until their DONE is delivered. Tagged by the low bit (an
+ * error is at least 2-aligned): kind in bits 1-7, its argument above. */
+#define APEX__LAZY_STATUS 0u /* apex_strerror(-arg), code -arg */
+#define APEX__LAZY_CANCEL 1u /* "cancelled (NAME)", NAME apex__cause_name(arg) */
+static inline apex_error_t *apex__error_lazy(unsigned kind, unsigned arg) {
+  return (apex_error_t *)(uintptr_t)(((uintptr_t)arg << 8) | ((uintptr_t)kind << 1) | 1u);
+}
+static inline int apex__error_is_lazy(const apex_error_t *e) { return ((uintptr_t)e & 1u) != 0; }
+
 /* t->done_next once t's DONE callback has returned (see apex_task_wait). */
 #define APEX__DONE_DELIVERED ((apex_task_t *)(uintptr_t)1)
+
+/* Asks for the lines t's end will write in its deadline list (its
+ * neighbours' links, which the unlink under pool_mu writes), as
+ * apex__run_prefetch_end does for the live list. Any lock or none:
+ * the links may change meanwhile, and a stale one only wastes the hint. */
+static inline void apex__task_prefetch_end(const struct apex_task *t) {
+  apex_task_t *p = atomic_load_explicit(&t->tprev, memory_order_relaxed);
+  apex_task_t *n = atomic_load_explicit(&t->tnext, memory_order_relaxed);
+  if (p) __builtin_prefetch(&p->tnext, 1);
+  if (n) __builtin_prefetch(&n->tprev, 1);
+}
 
 #define APEX__NOT_IN_HEAP UINT32_MAX
 #define APEX__DL_IDLE_MAX 16  /* idle deadline lists kept for reuse */
@@ -490,7 +539,8 @@ void apex__task_unref(apex_task_t *t);
  * if the caller must finish tearing down an orphaned manager
  * (apex__manager_teardown). */
 int apex__task_run(apex_task_t *t);
-/* Ends t's open attempt with rc, from its worker: the handler's return
+/* Ends t's open attempt with rc, from its worker, which holds the run
+ * queue's reference on t until after this returns: the handler's return
  * (a deferred handler's that completed already is counted as misuse), or
  * a start destroy's sweep refused. Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
@@ -553,6 +603,11 @@ apex_token_t *apex__task_token(apex_task_t *t);
 static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {
   return atomic_load_explicit(&t->token, memory_order_acquire);
 }
+/* Returns: t's outcome error (t terminal, not succeeded), made now if its
+ * end left it lazy (APEX__LAZY_*; the static out-of-memory error if that
+ * fails). Borrowed: t's own, valid while t is. Any thread, any lock (it
+ * takes none; it may allocate). */
+apex_error_t *apex__task_error(apex_task_t *t);
 /* Why Apex cancels a task. Every decision is made on this, never on the
  * reason text, which a host (apex_task_cancel) or a parent token supplies
  * and which is only the text handlers and errors show. */
@@ -726,6 +781,22 @@ int apex__run_heartbeat(apex__run_t *r, const json_t *details);
  * recorded, borrowed (immutable while this attempt is open), or NULL. */
 json_t *apex__run_heartbeat_details(apex__run_t *r);
 
+/* partial.c: partial results (apex_ctx_partial_result).
+ * apex__run_partial: keeps v (checked against the value limits, borrowed;
+ * NULL clears) as the task's latest partial and makes a PARTIAL event due.
+ * Returns: APEX_OK (also when late, ignored); APEX_E_INVALID after complete
+ * (misuse); APEX_E_NOMEM (nothing kept). No lock held. */
+int apex__run_partial(apex__run_t *r, const json_t *v);
+/* Pushes the PARTIAL event due (s->partial_dirty), if t's host wants it.
+ * Under t's lock; s is t's progress slot. */
+void apex__partial_flush_locked(apex_task_t *t, apex__progress_slot_t *s);
+/* Returns: e, t's outcome error, carrying t's last partial result if it
+ * has one (apex__error_with_partial). Under t's lock, from finish_locked.
+ * Ownership: e taken, the result returned. */
+apex_error_t *apex__partial_attach_locked(apex_task_t *t, apex_error_t *e);
+/* Frees the partial-result buffers of a slot being freed. */
+void apex__partial_free(apex__progress_slot_t *s);
+
 /* events.c */
 /* Makes / frees the DISPATCH fds and the queues; from apex_manager_new and
  * teardown, no lock held. Returns (init): APEX_OK or APEX_E_IO. */
@@ -746,6 +817,8 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *node);
 /* Queues t's DONE event (taking a task reference). Under the task lock,
  * once, when t became terminal. */
 void apex__events_push_done(apex_manager_t *m, apex_task_t *t);
+/* The same, with a reference the caller hands over instead of a new one. */
+void apex__events_push_done_owned(apex_manager_t *m, apex_task_t *t);
 /* The event callback and its user pointer for t (immutable: no lock). */
 apex_event_fn apex__task_event_fn(const apex_task_t *t, void **user);
 /* Makes an ATTEMPT, PROGRESS or RETRY node for t with the next seq (taking

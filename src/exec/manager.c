@@ -108,7 +108,7 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
     return 0;
   }
   unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE |
-                 APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED;
+                 APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED | APEX_EVENT_PARTIAL;
   all |= APEX_EVENT_GROUP; /* operation groups (ops/group.c) */
   if (out->event_mask & ~all) {
     snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
@@ -709,7 +709,9 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
                       !m ? "manager" : !plugin ? "plugin" : !action ? "action" : "out");
   apex_submit_opts_t o_copy; /* opts in this library's layout (docs/abi.md) */
-  if (opts) {
+  /* A caller built against this header passes this layout already: read it
+   * in place (no unknown tail to check, nothing missing to default). */
+  if (opts && opts->struct_size != sizeof o_copy) {
     char why[256];
     uint32_t size = opts->struct_size ? opts->struct_size : (uint32_t)APEX__SUBMIT_OPTS_V1_SIZE;
     apex_submit_opts_init(&o_copy);

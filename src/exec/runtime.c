@@ -57,6 +57,21 @@ uint64_t apex__ns_after_ms(int64_t ms) {
  * jittered delays) go to a binary heap of their own, with its index in the
  * task's run state. */
 
+/* A task's list links: under pool_mu, relaxed (plain moves); atomic only
+ * for the lock-free prefetch of apex__task_prefetch_end. */
+static inline apex_task_t *dl_prev(const apex_task_t *t) {
+  return atomic_load_explicit(&t->tprev, memory_order_relaxed);
+}
+static inline apex_task_t *dl_next(const apex_task_t *t) {
+  return atomic_load_explicit(&t->tnext, memory_order_relaxed);
+}
+static inline void dl_set_prev(apex_task_t *t, apex_task_t *p) {
+  atomic_store_explicit(&t->tprev, p, memory_order_relaxed);
+}
+static inline void dl_set_next(apex_task_t *t, apex_task_t *n) {
+  atomic_store_explicit(&t->tnext, n, memory_order_relaxed);
+}
+
 static inline uint64_t dl_key(const apex_task_t *t) { return apex__timeout_ns(t->timeout_s); }
 
 static inline uint64_t list_at(const apex__dlist_t *l) { return l->head->deadline_ns; }
@@ -204,9 +219,11 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
 /* Under pool_mu. */
 static void dl_unlink(apex_manager_t *m, apex__dlist_t *l, apex_task_t *t) {
   int was_head = l->head == t;
-  if (t->tprev) t->tprev->tnext = t->tnext; else l->head = t->tnext;
-  if (t->tnext) t->tnext->tprev = t->tprev; else l->tail = t->tprev;
-  t->tprev = t->tnext = NULL;
+  apex_task_t *p = dl_prev(t), *n = dl_next(t);
+  if (p) dl_set_next(p, n); else l->head = n;
+  if (n) dl_set_prev(n, p); else l->tail = p;
+  dl_set_prev(t, NULL);
+  dl_set_next(t, NULL);
   t->timer_flags &= (uint8_t)~APEX__TIMER_DL_LINKED;
   if (was_head) lheap_fix(m, l);
 }
@@ -229,11 +246,12 @@ void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   /* Pinned at submit, so the list exists. Deadlines within a list are in
    * submit order but for a concurrent submitter that got here first. */
   apex_task_t *after = l->tail;
-  while (after && after->deadline_ns > t->deadline_ns) after = after->tprev;
-  t->tprev = after;
-  t->tnext = after ? after->tnext : l->head;
-  if (t->tnext) t->tnext->tprev = t; else l->tail = t;
-  if (after) after->tnext = t; else l->head = t;
+  while (after && after->deadline_ns > t->deadline_ns) after = dl_prev(after);
+  apex_task_t *next = after ? dl_next(after) : l->head;
+  dl_set_prev(t, after);
+  dl_set_next(t, next);
+  if (next) dl_set_prev(next, t); else l->tail = t;
+  if (after) dl_set_next(after, t); else l->head = t;
   t->timer_flags |= APEX__TIMER_DL_LINKED;
   /* No reference for the list: a linked task is alive. Its life reference
    * goes only after finish_locked unlinked it, or, for a task that ended

@@ -42,6 +42,7 @@ static void slot_free(apex__progress_slot_t *s) {
   json_decref(s->details);
   json_decref(s->hb_details);
   json_decref(s->hb_prev);
+  apex__partial_free(s);
   apex__ptree_free(s->tree);
   apex_progress_unref(s->last_progress);
   for (unsigned i = 0; i < s->n_backlog; i++) apex_progress_unref(s->backlog[i]);
@@ -123,6 +124,13 @@ static void runs_give(apex_manager_t *m, apex__run_t *head, apex__run_t *tail, u
     d->free_next = NULL;
     *dtail = d;
     dtail = &d->free_next;
+  }
+  /* The next give (or reuse) reads the head: it went back APEX__RUNS_MAX
+   * gives ago and is cold by then. Ask for it now, so the miss overlaps
+   * whatever the caller does before that (W7: a give per cancel). */
+  if (drop && m->runs_head) { /* its link, and its start (free reads the chunk header) */
+    __builtin_prefetch(&m->runs_head->free_next, 1);
+    __builtin_prefetch(m->runs_head, 1);
   }
   pthread_mutex_unlock(&m->runs_mu);
   while (drop) {
@@ -226,7 +234,9 @@ static void task_free(apex_task_t *t) {
   int st = atomic_load(&t->state);
   if (st == APEX_TASK_SUCCEEDED)
     json_decref(t->out.result);
-  else if (apex_task_state_is_terminal(st)) /* else the word is a submit time */
+  /* A live task's word is its submit time; a lazy error never made owns
+   * nothing. */
+  else if (apex_task_state_is_terminal(st) && !apex__error_is_lazy(t->out.error))
     apex_error_unref(t->out.error);
   free((void *)t->opts);
   free(t);
@@ -242,6 +252,38 @@ void apex__task_unref(apex_task_t *t) {
 static apex__where_t where_of(const apex_task_t *t) {
   apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, t->attempt};
   return w;
+}
+
+/* "cancelled (NAME)" for a cause: what apex__error_cancelled makes of its
+ * name. Static. */
+static const char *cancelled_text(apex__cause_t cause) {
+  switch (cause) {
+    case APEX__CAUSE_USER: return "cancelled (user)";
+    case APEX__CAUSE_PARENT: return "cancelled (parent)";
+    case APEX__CAUSE_SHUTDOWN: return "cancelled (shutdown)";
+    case APEX__CAUSE_TIMEOUT: return "cancelled (timeout)";
+  }
+  return "cancelled (user)";
+}
+
+apex_error_t *apex__task_error(apex_task_t *t) {
+  apex_error_t *e = __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
+  if (!apex__error_is_lazy(e)) return e;
+  uintptr_t v = (uintptr_t)e;
+  unsigned kind = (unsigned)(v >> 1) & 0x7fu, arg = (unsigned)(v >> 8);
+  /* t is terminal: its id and attempt no longer change. The names are the
+   * plugin's copies: its manager may have unloaded it since. */
+  const apex__plugin_t *p = t->plugin;
+  apex__where_t w = {p->name_copy, p->action_names[t->action - p->actions], t->id, t->attempt};
+  /* Apex's own words and names checked at load: copied, not scrubbed. */
+  apex_error_t *made = kind == APEX__LAZY_CANCEL
+                           ? apex__error_clean(APEX_E_CANCELLED, &w,
+                                               cancelled_text((apex__cause_t)arg))
+                           : apex__error_clean(-(int)arg, &w, apex_strerror(-(int)arg));
+  if (__atomic_compare_exchange_n(&t->out.error, &e, made, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return made;
+  apex_error_unref(made); /* another reader made it first: e is that one */
+  return e;
 }
 
 /* ----------------------------------------------------------- progress */
@@ -300,7 +342,8 @@ static void deliver_heartbeat_locked(apex_task_t *t, apex__progress_slot_t *s) {
   apex__events_push(m, ev);
 }
 
-/* Delivers the backlog then the latest update, then a heartbeat due.
+/* Delivers a heartbeat due, the backlog, the latest update, then a partial
+ * result due.
  * Under the lock. Returns the last snapshot delivered (new reference, for
  * logging) or NULL. */
 static apex_progress_t *flush_locked(apex_task_t *t) {
@@ -320,6 +363,7 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
       last = snap;
     }
   }
+  apex__partial_flush_locked(t, s); /* after the progress it goes with (partial.c) */
   return last ? apex_progress_ref(last) : NULL;
 }
 
@@ -707,6 +751,11 @@ typedef struct after {
   apex_progress_t *logp;
   apex_token_t *drop_tok; /* an ended attempt's own token (timeouts.c) */
   int uncount_stuck;  /* a stuck attempt ended without closing through the pool */
+  /* The caller holds a task reference of its own until after after_unlock
+   * (a worker: the run queue's): the life reference, when it goes at the
+   * task's end, may then go to the DONE queue instead of being dropped
+   * while the queue takes a new one. */
+  int held;
 } after_t;
 
 static void count_outcome(apex_manager_t *m, int state) {
@@ -741,8 +790,16 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   a->logp = flush_locked(t);
   if (state == APEX_TASK_SUCCEEDED)
     t->out.result = result;
-  else
-    t->out.error = error;
+  else { /* with the last partial result, if any (partial.c) */
+    apex__progress_slot_t *s = t->run ? t->run->prog : NULL;
+    if (apex__error_is_lazy(error) && s && s->partial) {
+      /* A lazy error has nowhere to carry it: made now (the one object
+       * every reader gets, as apex__task_error would make it later). */
+      t->out.error = error;
+      error = apex__task_error(t);
+    }
+    t->out.error = apex__partial_attach_locked(t, error);
+  }
   /* Every count first, the state after: a host that sees the state, or
    * gets the DONE event, finds queued, running and the outcomes settled,
    * and a resubmit finds the room under max_queued this task left. */
@@ -757,8 +814,16 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
     release_life_locked(t, a);
   /* Last: the host wakes on it, and then finds this thread no longer in
    * the locks its next submit takes. */
-  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) apex__events_push_done(m, t);
-  /* Its group (ops/group.c), after the DONE so a GROUP event follows it. */
+  if (apex__events_wanted(m, t, APEX_EVENT_DONE)) {
+    if (a->release_life && a->held) { /* two atomic operations fewer a task */
+      a->release_life = 0;
+      apex__events_push_done_owned(m, t);
+    } else {
+      apex__events_push_done(m, t);
+    }
+  }
+  /* Its group (ops/group.c), after the DONE so a GROUP event follows it;
+   * t is still held (the caller's reference, or the life one). */
   if (t->opts && t->opts->group) apex__group_member_end(t, state);
 }
 
@@ -778,7 +843,7 @@ static void after_notify(apex_task_t *t, after_t *a) {
   if (a->finished) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
       int st = atomic_load(&t->state);
-      const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : t->out.error;
+      const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex__task_error(t);
       apex__log(&m->log, APEX_LOG_INFO, "task %llu %s.%s %s%s%s", (unsigned long long)t->id,
                 t->plugin->desc.name, t->action->name, apex_task_state_name(st), e ? ": " : "",
                 e ? apex_error_message(e) : "");
@@ -830,6 +895,17 @@ const char *apex__cause_name(apex__cause_t cause) {
   return "user";
 }
 
+/* The error a cancel ends t with: "cancelled (REASON)". Without the
+ * caller's own words (text NULL) it says only the cause's name, which the
+ * task can tell again at any time: then nothing is made now, and the
+ * error is made when someone reads it (apex__task_error): a queued task's
+ * cancel allocates nothing. Under t's lock. */
+static apex_error_t *cancel_error(apex_task_t *t, apex__cause_t cause, const char *text) {
+  if (!text) return apex__error_lazy(APEX__LAZY_CANCEL, (unsigned)cause);
+  apex__where_t w = where_of(t);
+  return apex__error_cancelled(&w, NULL, text);
+}
+
 /* A cancel of a task that has no token. With no handler (queued or
  * waiting to retry) nobody would ever read a token made now, so none is,
  * and the task ends here (leaving the run queue at once:
@@ -842,7 +918,8 @@ const char *apex__cause_name(apex__cause_t cause) {
  * APEX_E_ALREADY if it had ended or its callback fired (unless at_once:
  * shutdown still ends it), 1 if it needs the token (running otherwise, or
  * it has one). */
-static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int at_once) {
+static int cancel_tokenless(apex_task_t *t, apex__cause_t cause, const char *reason, int plain,
+                            int at_once) {
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {0};
   pthread_mutex_lock(mu);
@@ -873,13 +950,13 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
     void *user;
     uint32_t attempt = t->attempt;
     apex_ctx_cancel_fn fn = oc_take_locked(t, r, &user);
+    apex__run_prefetch_end(r); /* the callback most often completes the task */
+    apex__task_prefetch_end(t);
     pthread_mutex_unlock(mu);
     oc_run(t, r, attempt, fn, user);
     return APEX_OK;
   }
-  apex__where_t w = where_of(t);
-  finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+  finish_locked(t, APEX_TASK_CANCELLED, NULL, cancel_error(t, cause, reason), &a);
   pthread_mutex_unlock(mu);
   after_unlock(t, &a);
   return APEX_OK;
@@ -887,12 +964,13 @@ static int cancel_tokenless(apex_task_t *t, const char *reason, int plain, int a
 
 int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
   int plain = !reason && cause == APEX__CAUSE_USER;
+  const char *text = reason; /* the caller's own words, or NULL */
   if (!reason) reason = apex__cause_name(cause);
   /* Only shutdown ends a running task at once (its handler's outcome then
    * comes late and is ignored); the reason text never decides it. */
   int at_once = cause == APEX__CAUSE_SHUTDOWN;
   if (!apex__task_token_peek(t)) {
-    int u = cancel_tokenless(t, reason, plain, at_once);
+    int u = cancel_tokenless(t, cause, text, plain, at_once);
     if (u != 1) return u;
   }
   apex_token_t *tok = apex__task_token(t);
@@ -920,9 +998,7 @@ int apex__task_cancel(apex_task_t *t, apex__cause_t cause, const char *reason) {
    * it now. A running one ends when its handler returns; at shutdown it
    * ends now, and the handler's late outcome is ignored. */
   if (!is_terminal(st) && (st != APEX_TASK_RUNNING || at_once)) {
-    apex__where_t w = where_of(t);
-    finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)", reason), &a);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL, cancel_error(t, cause, text), &a);
     if (rc == APEX_E_NOMEM) rc = APEX_OK; /* ended: no handler needed the token */
   }
   pthread_mutex_unlock(mu);
@@ -994,8 +1070,7 @@ int apex__task_run(apex_task_t *t) {
     after_t a = {0};
     apex__where_t w = where_of(t);
     finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                  apex__error_new(APEX_E_CANCELLED, &w, NULL, "cancelled (%s)",
-                                  apex_token_reason(tok)),
+                  apex__error_cancelled(&w, NULL, apex_token_reason(tok)),
                   &a);
     a.drop_tok = att;
     pthread_mutex_unlock(mu);
@@ -1118,7 +1193,7 @@ apex_task_t *apex__run_lock_open(apex__run_t *r) {
   return NULL;
 }
 
-static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc);
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held);
 
 int apex__task_attempt_end(apex_task_t *t, int rc) {
   pthread_mutex_t *mu = apex__task_mu(t);
@@ -1131,7 +1206,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
       apex__ctx_misuse(apex__task_m(t), t->id, "a handler's return");
       return 0;
     }
-    if (!oc_must_wait_locked(r)) return attempt_end_locked(t, r, rc);
+    if (!oc_must_wait_locked(r)) return attempt_end_locked(t, r, rc, 1);
     pthread_mutex_unlock(mu);
     oc_wait(apex__task_m(t), r);
   }
@@ -1160,15 +1235,18 @@ int apex__run_complete(apex__run_t *r, int rc) {
               t->plugin->desc.name, t->action->name);
     return 0;
   }
-  return attempt_end_locked(t, r, rc);
+  return attempt_end_locked(t, r, rc, 0);
 }
 
 /* Ends r's open attempt (r is t's run state) with rc. Called with t's lock
- * held; returns with it released. Returns: as apex__task_run. */
-static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
+ * held; returns with it released. held: the caller keeps a reference of
+ * its own past the return (a worker, the run queue's; see after_t).
+ * Returns: as apex__task_run. */
+static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) {
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
-  after_t a = {.closing = 1};
+  after_t a = {.closing = 1, .held = held};
+  apex__run_prefetch_end(r);
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   /* Its cancel callback goes with it: dropped unrun, or (this end comes
    * from inside it) no longer running for anyone to wait on. */
@@ -1229,6 +1307,15 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     apex_error_unref(own);
     finish_locked(t, APEX_TASK_SUCCEEDED, res ? res : json_null(), NULL, &a);
     pthread_mutex_unlock(mu);
+  } else if (rc == APEX_E_CANCELLED && !own && !timed_out) {
+    /* A handler's plain APEX_E_CANCELLED (a deferred task completed so
+     * from its cancel callback, most often): the error says the status's
+     * sentence, which the task can tell again; it is made when read
+     * (apex__task_error), not here. The same error attempt_error made. */
+    json_decref(res);
+    finish_locked(t, APEX_TASK_CANCELLED, NULL,
+                  apex__error_lazy(APEX__LAZY_STATUS, (unsigned)-APEX_E_CANCELLED), &a);
+    pthread_mutex_unlock(mu);
   } else {
     json_decref(res);
     apex_error_t *err;
@@ -1240,7 +1327,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
     }
     int code = apex_error_code(err);
     double delay = 0;
-    uint64_t now = apex__now_ns();
+    uint64_t now = 0; /* read only for a retry: a cancel or failure needs no clock */
     /* A stuck attempt (its timeout fired) that ends here, not through
      * apex__pool_attempt_close, is uncounted after the unlock. */
     a.uncount_stuck = was_stuck;
@@ -1250,12 +1337,12 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
       apex__where_t w = where_of(t);
       apex_error_t *ce = code == APEX_E_CANCELLED
                              ? err
-                             : apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)",
-                                               why ? why : "user");
+                             : apex__error_cancelled(&w, err, why ? why : "user");
       finish_locked(t, APEX_TASK_CANCELLED, NULL, ce, &a);
       pthread_mutex_unlock(mu);
     } else if ((timed_out ? apex__retry_next_timeout(t, &delay)
                           : apex__retry_next(t, code, &delay)) &&
+               (now = apex__now_ns()) &&
                (!t->deadline_ns || now + (uint64_t)(delay * 1e9) < t->deadline_ns)) {
       apex_progress_t *lp = flush_locked(t); /* this attempt's progress precedes RETRY */
       atomic_store(&t->state, APEX_TASK_RETRY_WAIT);
@@ -1271,7 +1358,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc) {
                                                         : apex__cause_name(APEX__CAUSE_SHUTDOWN);
         apex__where_t w = where_of(t);
         finish_locked(t, APEX_TASK_CANCELLED, NULL,
-                      apex__error_new(APEX_E_CANCELLED, &w, err, "cancelled (%s)", why), &a);
+                      apex__error_cancelled(&w, err, why), &a);
         if (!a.logp) a.logp = lp; else apex_progress_unref(lp);
         pthread_mutex_unlock(mu);
       } else {
@@ -1542,8 +1629,7 @@ apex_error_t *apex_task_error(apex_task_t *t) {
   pthread_mutex_lock(mu);
   int st = atomic_load(&t->state);
   apex_error_t *e =
-      is_terminal(st) && st != APEX_TASK_SUCCEEDED && t->out.error ? apex_error_ref(t->out.error)
-                                                                   : NULL;
+      is_terminal(st) && st != APEX_TASK_SUCCEEDED ? apex_error_ref(apex__task_error(t)) : NULL;
   pthread_mutex_unlock(mu);
   return e;
 }

@@ -315,7 +315,29 @@ static int run_init(apex__plugin_t *p, const apex_host_api_t *api, apex_error_t 
   return load_fail(err, APEX_E_PLUGIN_LOAD, p->file, p->desc.name, NULL, "init returned %d", rc);
 }
 
+/* Copies the plugin's and its actions' names (checked by read_desc: short
+ * and plain) into one block that outlives dlclose. Returns: APEX_OK or
+ * APEX_E_NOMEM. */
+static int copy_names(apex__plugin_t *p, apex_error_t **err) {
+  size_t n = p->desc.n_actions, size = (n + 1) * sizeof(char *) + strlen(p->desc.name) + 1;
+  for (size_t i = 0; i < n; i++) size += strlen(p->actions[i].name) + 1;
+  const char **block = malloc(size);
+  if (!block) return apex__fail(err, APEX_E_NOMEM, "%s: out of memory", p->file);
+  char *at = (char *)(block + n + 1);
+  for (size_t i = 0; i <= n; i++) {
+    const char *s = i < n ? p->actions[i].name : p->desc.name;
+    size_t len = strlen(s) + 1;
+    memcpy(at, s, len);
+    block[i] = at;
+    at += len;
+  }
+  p->action_names = block;
+  p->name_copy = block[n];
+  return APEX_OK;
+}
+
 static void plugin_free(apex__plugin_t *p) {
+  free((void *)p->action_names); /* and name_copy: one block */
   if (p->dl) dlclose(p->dl);
   free(p->actions);
   free(p->actions_v1);
@@ -370,6 +392,7 @@ int apex__plugin_load(const char *file, const apex_host_api_t *api, apex__plugin
     goto fail;
   }
   rc = read_desc(p, raw, err);
+  if (rc == APEX_OK) rc = copy_names(p, err);
   if (rc == APEX_OK) rc = run_init(p, api, err);
   if (rc != APEX_OK) goto fail;
   *out = p;

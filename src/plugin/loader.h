@@ -29,6 +29,12 @@ typedef struct apex__plugin {
   void *state;  /* what init stored */
   int inited;   /* loaded (init, if any, succeeded): shutdown is owed */
   apex_manager_t *m; /* the manager that loaded it (set by the manager) */
+  /* Copies of its name and its actions' names (action_names[i] is
+   * actions[i].name's), which outlive dlclose: a task's error may be made
+   * on its first read (exec/internal.h, APEX__LAZY_*), after its manager
+   * unloaded the plugin. One block, owned. */
+  const char *name_copy;
+  const char **action_names;
 } apex__plugin_t;
 
 /* Opens file, finds apex_plugin_entry, calls it with api, validates the

@@ -449,7 +449,8 @@ static void test_terminal_display_redraws_bar_and_sub_tasks_in_place(void **st) 
   assert_contains(out, " 100%");
   assert_contains(out, "  ├─ fetch");        /* sub-task tree */
   assert_contains(out, "  └─ transform");
-  assert_contains(out, "\x1b[4A");            /* moved up over 1 + 3 lines */
+  assert_contains(out, "  partial: {\"steps_done\":"); /* its partial result */
+  assert_contains(out, "\x1b[5A");            /* moved up over 1 + 1 + 3 lines */
   assert_contains(out, "\x1b[2K");            /* and cleared each */
   assert_contains(out, "succeeded: {");
   assert_contains(out, "\x1b[?25h");          /* cursor restored */

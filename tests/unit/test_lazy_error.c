@@ -1,0 +1,258 @@
+/* Lazy errors (src/exec/internal.h, APEX__LAZY_*): a cancel without the
+ * caller's own words, and a handler's plain APEX_E_CANCELLED, end the task
+ * with no error object; it is made on the first read, once, whoever reads
+ * first, and says exactly what the one made at the end used to say. So a
+ * queued task's cancel allocates nothing (issue 9, item 5).
+ *
+ * Plugins: cancel_probe's `hold` keeps the only worker busy so testkit's
+ * `noop` stays queued; lazy_kit's `pend` completes APEX_E_CANCELLED from its
+ * cancel callback. Threads: cmocka's is the host; the concurrent-read test
+ * starts readers of its own. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "apex/apex.h"
+#include "exec/internal.h"
+#include "integration/harness.h"
+
+/* The raw outcome slot, read as the library does. */
+static apex_error_t *raw_error(apex_task_t *t) {
+  return __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
+}
+
+typedef struct held {
+  apex_manager_t *m;
+  apex_task_t *hold;
+  int fds[2];
+} held_t;
+
+/* A manager whose only worker is held by cancel_probe.hold. */
+static void hold_open(held_t *h, const apex_manager_config_t *cfg) {
+  h->m = make_test_manager(cfg);
+  load_ok(h->m, APEX_TEST_PLUGIN_DIR "/cancel_probe.so");
+  load_ok(h->m, APEX_TEST_PLUGIN_DIR "/lazy_kit.so");
+  assert_int_equal(pipe(h->fds), 0);
+  char params[64];
+  snprintf(params, sizeof params, "{\"release_fd\": %d}", h->fds[0]);
+  h->hold = submit_json(h->m, "cancel_probe", "hold", params, NULL);
+  AWAIT(apex_task_state(h->hold) == APEX_TASK_RUNNING, PROMPT_MS);
+}
+
+static void hold_release(held_t *h) {
+  assert_int_equal(write(h->fds[1], "x", 1), 1);
+  wait_done(h->hold);
+  apex_task_release(h->hold);
+  close(h->fds[0]);
+  close(h->fds[1]);
+}
+
+static void assert_cancel_error(const apex_error_t *e, apex_task_t *t, const char *plugin,
+                                const char *action, const char *msg, uint32_t attempt) {
+  assert_non_null(e);
+  assert_int_equal(apex_error_code(e), APEX_E_CANCELLED);
+  assert_string_equal(apex_error_message(e), msg);
+  assert_string_equal(apex_error_plugin(e), plugin);
+  assert_string_equal(apex_error_action(e), action);
+  assert_int_equal(apex_error_task_id(e), apex_task_id(t));
+  assert_int_equal(apex_error_attempt(e), attempt);
+  assert_null(apex_error_cause(e));
+}
+
+static void test_a_queued_cancel_makes_no_error_until_one_is_read(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  held_t h;
+  hold_open(&h, &cfg);
+  apex_task_t *t = submit_json(h.m, "testkit", "noop", NULL, NULL);
+  apex_task_t *told = submit_json(h.m, "testkit", "noop", NULL, NULL);
+  assert_int_equal(apex_task_state(t), APEX_TASK_QUEUED);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  /* Nothing made: no error, no token. */
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  assert_null(apex__task_token_peek(t));
+  apex_error_t *e = apex_task_error(t);
+  assert_cancel_error(e, t, "testkit", "noop", "cancelled (user)", 0);
+  assert_ptr_equal(raw_error(t), e); /* made once, kept */
+  apex_error_t *again = apex_task_error(t);
+  assert_ptr_equal(again, e);
+  apex_error_unref(again);
+  apex_error_unref(e);
+  /* A host's own words are the task's error as they were: made at once. */
+  assert_int_equal(apex_task_cancel(told, "no longer needed"), APEX_OK);
+  assert_false(apex__error_is_lazy(raw_error(told)));
+  assert_true(error_mentions(told, "cancelled (no longer needed)"));
+  hold_release(&h);
+  apex_task_release(t);
+  apex_task_release(told);
+  assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
+}
+
+typedef struct seen {
+  apex_error_t *done_error; /* the DONE event's, referenced */
+  int dones;
+} seen_t;
+
+static void on_event(const apex_event_t *ev, void *user) {
+  seen_t *s = user;
+  if (ev->type != APEX_EVENT_DONE) return;
+  s->dones++;
+  s->done_error = apex_error_ref((apex_error_t *)ev->error);
+}
+
+static void test_the_done_event_and_the_task_share_the_one_made_at_delivery(void **st) {
+  (void)st;
+  seen_t s = {0};
+  apex_manager_config_t cfg = base_config(1);
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = on_event;
+  cfg.event_user = &s;
+  cfg.event_mask = APEX_EVENT_DONE;
+  held_t h;
+  hold_open(&h, &cfg);
+  apex_task_t *t = submit_json(h.m, "testkit", "noop", NULL, NULL);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  int64_t end = now_ms() + PROMPT_MS;
+  while (s.dones < 1 && now_ms() < end) {
+    assert_true(apex_manager_dispatch(h.m) >= 0);
+    if (s.dones < 1) nap_ms(1);
+  }
+  assert_int_equal(s.dones, 1);
+  assert_cancel_error(s.done_error, t, "testkit", "noop", "cancelled (user)", 0);
+  apex_error_t *e = apex_task_error(t);
+  assert_ptr_equal(e, s.done_error);
+  apex_error_unref(e);
+  apex_error_unref(s.done_error);
+  assert_int_equal(write(h.fds[1], "x", 1), 1);
+  AWAIT(apex_task_state(h.hold) == APEX_TASK_SUCCEEDED, PROMPT_MS);
+  apex_task_release(h.hold);
+  close(h.fds[0]);
+  close(h.fds[1]);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
+}
+
+static void test_one_read_after_destroy_still_names_the_unloaded_plugin(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  held_t h;
+  hold_open(&h, &cfg);
+  apex_task_t *t = submit_json(h.m, "testkit", "noop", NULL, NULL);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  hold_release(&h);
+  /* Destroy unloads the plugins; the task's error is still unmade. */
+  assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  apex_error_t *e = apex_task_error(t);
+  assert_cancel_error(e, t, "testkit", "noop", "cancelled (user)", 0);
+  apex_error_unref(e);
+  apex_task_release(t);
+}
+
+static void test_a_task_destroy_cancels_in_the_queue_reads_shutdown(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  apex_manager_t *m = make_test_manager(&cfg);
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/cancel_probe.so");
+  /* A cancellable sleep holds the only worker; destroy cancels the queued
+   * task ("shutdown"), then the sleeper, which returns at once. */
+  apex_task_t *sleeper = submit_json(m, "cancel_probe", "sleep_rc", "{\"ms\": 60000}", NULL);
+  AWAIT(apex_task_state(sleeper) == APEX_TASK_RUNNING, PROMPT_MS);
+  apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
+  assert_int_equal(apex_manager_destroy(m, 0), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  apex_error_t *e = apex_task_error(t);
+  assert_cancel_error(e, t, "testkit", "noop", "cancelled (shutdown)", 0);
+  apex_error_unref(e);
+  apex_task_release(t);
+  apex_task_release(sleeper);
+}
+
+enum { READERS = 8 };
+
+typedef struct race {
+  apex_task_t *t;
+  pthread_barrier_t go;
+  apex_error_t *got[READERS];
+} race_t;
+
+typedef struct reader {
+  race_t *r;
+  int i;
+} reader_t;
+
+static void *read_error(void *arg) {
+  reader_t *rd = arg;
+  pthread_barrier_wait(&rd->r->go);
+  rd->r->got[rd->i] = apex_task_error(rd->r->t);
+  return NULL;
+}
+
+static void test_first_reads_racing_get_one_error(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(1);
+  held_t h;
+  hold_open(&h, &cfg);
+  for (int round = 0; round < 20; round++) {
+    race_t r = {.t = submit_json(h.m, "testkit", "noop", NULL, NULL)};
+    assert_int_equal(apex_task_cancel(r.t, NULL), APEX_OK);
+    assert_true(apex__error_is_lazy(raw_error(r.t)));
+    assert_int_equal(pthread_barrier_init(&r.go, NULL, READERS), 0);
+    pthread_t th[READERS];
+    reader_t rd[READERS];
+    for (int i = 0; i < READERS; i++) {
+      rd[i] = (reader_t){&r, i};
+      assert_int_equal(pthread_create(&th[i], NULL, read_error, &rd[i]), 0);
+    }
+    for (int i = 0; i < READERS; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+    pthread_barrier_destroy(&r.go);
+    for (int i = 0; i < READERS; i++) assert_ptr_equal(r.got[i], r.got[0]);
+    assert_ptr_equal(raw_error(r.t), r.got[0]);
+    assert_cancel_error(r.got[0], r.t, "testkit", "noop", "cancelled (user)", 0);
+    for (int i = 0; i < READERS; i++) apex_error_unref(r.got[i]);
+    apex_task_release(r.t);
+  }
+  hold_release(&h);
+  assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
+}
+
+static void test_a_plain_cancelled_completion_is_the_status_sentence_made_when_read(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(2);
+  apex_manager_t *m = make_test_manager(&cfg);
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/lazy_kit.so");
+  apex_task_t *t = submit_json(m, "lazy_kit", "pend", NULL, NULL);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING, PROMPT_MS);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK); /* its callback completes it */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  apex_error_t *e = apex_task_error(t);
+  assert_cancel_error(e, t, "lazy_kit", "pend", apex_strerror(APEX_E_CANCELLED), 1);
+  apex_error_unref(e);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 1000), APEX_OK);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_a_queued_cancel_makes_no_error_until_one_is_read),
+      cmocka_unit_test(test_the_done_event_and_the_task_share_the_one_made_at_delivery),
+      cmocka_unit_test(test_one_read_after_destroy_still_names_the_unloaded_plugin),
+      cmocka_unit_test(test_a_task_destroy_cancels_in_the_queue_reads_shutdown),
+      cmocka_unit_test(test_first_reads_racing_get_one_error),
+      cmocka_unit_test(test_a_plain_cancelled_completion_is_the_status_sentence_made_when_read),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
