@@ -111,7 +111,9 @@ static apex_error_t *assemble(int code, const apex__where_t *where, apex_error_t
   }
   atomic_init(&e->refs, 1);
   e->code = code;
+  e->timeout_kind = 0;
   e->cause = cause;
+  e->partial = NULL;
   e->task = where ? where->task : 0;
   e->attempt = where ? where->attempt : 0;
   char *at = (char *)(e + 1);
