@@ -9,7 +9,15 @@
  * is the incremental tree report (peer apex; it exits 3 unless plugin.h has
  * APEX_HAVE_PROGRESS_NODE) or, with the variant `full`, the whole tree per
  * report (peer apex_full). W7's pending tasks are the plugin's deferred
- * `pend`, cancelled by the host in bench_util.h's seeded order.
+ * `pend`, cancelled by the host in bench_util.h's seeded order. The
+ * variant `limits` (peer apex_limits) runs W1 with a global and a
+ * per-plugin concurrency limit set (high enough never to hold a task: the
+ * scheduler's checks are what it measures); W9 (fairness: one fairness key
+ * floods N no-op tasks, then another submits 100; the p50/p99 of the
+ * latter's wait, from submit to the start its handler stamps) runs with two keys (peer apex) or, with
+ * the variant `fifo` (peer apex_fifo), both under one key, which is FIFO;
+ * W10 queues N tasks across 1,000 concurrency keys limited to 1 each:
+ * bytes per queued task (workers held), then CPU per task run through.
  *
  * Threads: main only; Apex's runtime and worker threads run the plugin and
  * never touch this file's state (events are dispatched on main).
@@ -38,6 +46,10 @@
 
 #define DEADLINE_S 3600.0
 
+/* host_t.want for "any terminal state" (W9: cancelled holders, succeeded
+ * tasks, in whatever order they end). */
+#define ANY_STATE ((apex_task_state_t)-1)
+
 /* What the event callback learns; read by the workloads between dispatches. */
 typedef struct host {
   apex_manager_t *m;
@@ -45,6 +57,9 @@ typedef struct host {
   const char *peer;
   apex_task_state_t want;  /* the terminal state every DONE must have */
   uint64_t done;           /* DONE events seen */
+  /* W9: the second key's tasks, by id: their start times (stamp) */
+  uint64_t b_first, b_n;
+  uint64_t *b_done_ns;
   /* W6, W6t */
   uint64_t progress;       /* PROGRESS events seen */
   double last_pct;         /* percentage of the last one */
@@ -59,7 +74,10 @@ static void on_event(const apex_event_t *ev, void *user) {
     return;
   }
   if (ev->type != APEX_EVENT_DONE) return;
-  if (ev->state != h->want)
+  if (h->b_n && ev->task_id >= h->b_first && ev->task_id < h->b_first + h->b_n)
+    h->b_done_ns[ev->task_id - h->b_first] =
+        (uint64_t)json_integer_value(json_object_get(ev->result, "t"));
+  if (h->want != ANY_STATE && ev->state != h->want)
     bench_die("task %" PRIu64 " ended %s, want %s: %s", ev->task_id,
               apex_task_state_name(ev->state), apex_task_state_name(h->want),
               ev->error ? apex_error_message(ev->error) : "no error");
@@ -117,6 +135,19 @@ static void pump_until(host_t *h, uint64_t target) {
   }
 }
 
+static apex_task_t *submit_o(host_t *h, const char *action, json_t *params,
+                             apex_submit_opts_t *o) {
+  apex_task_t *t = NULL;
+  apex_error_t *err = NULL;
+  int rc = apex_manager_submit(h->m, "bench", action, params, o, &t, &err);
+  if (rc != APEX_OK) bench_die("submit bench.%s: %s", action, apex_error_message(err));
+  return t;
+}
+
+static void sched_ok(int rc, apex_error_t *err, const char *what) {
+  if (rc != APEX_OK) bench_die("%s: %s", what, apex_error_message(err));
+}
+
 static apex_task_t *submit(host_t *h, const char *action, json_t *params, double timeout_s) {
   apex_submit_opts_t opts;
   apex_submit_opts_init(&opts);
@@ -158,9 +189,16 @@ static void occupy_workers(host_t *h, apex_task_t *w[2]) {
 
 /* ------------------------------------------------------------ workloads */
 
-static void w1(const char *peer, uint64_t n, const char *noop) {
+static void w1(const char *peer, uint64_t n, const char *noop, int limits) {
   host_t h;
   host_open(&h, peer, APEX_EVENT_DONE);
+  if (limits) {
+    apex_error_t *err = NULL;
+    sched_ok(apex_manager_set_concurrency(h.m, APEX_SCOPE_GLOBAL, NULL, 64, &err), err,
+             "global limit");
+    sched_ok(apex_manager_set_concurrency(h.m, APEX_SCOPE_PLUGIN, "bench", 64, &err), err,
+             "plugin limit");
+  }
   uint64_t cpu0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < n; i++) apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
@@ -392,6 +430,97 @@ static void w7(const char *peer, uint64_t n) {
   bench_emit(peer, "W7", n, "bytes_per_task", ((double)rss1 - (double)rss0) / (double)n, "B");
 }
 
+/* W9: n no-op tasks under fairness key "A", then 100 under "B" (both "A"
+ * with fifo), queued while both workers are held: how long B's tasks wait
+ * from the workers' release to the start each handler stamps (a DONE's
+ * delivery would queue behind A's). */
+static void w9(const char *peer, uint64_t n, int fifo) {
+  enum { NB = 100 };
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  apex_submit_opts_t a, b;
+  apex_submit_opts_init(&a);
+  apex_submit_opts_init(&b);
+  a.timeout_s = b.timeout_s = DEADLINE_S;
+  a.fairness_key = "A";
+  b.fairness_key = fifo ? "A" : "B";
+  uint64_t lat[NB];
+  h.b_done_ns = bench_xcalloc(NB, sizeof *h.b_done_ns);
+  /* The backlog is real: both workers held while the flood and B's tasks
+   * are queued, then let go; a wait counts from that moment. */
+  apex_task_t *w[2];
+  occupy_workers(&h, w);
+  for (uint64_t i = 0; i < n; i++) apex_task_release(submit_o(&h, "noop", NULL, &a));
+  for (int i = 0; i < NB; i++) {
+    apex_task_t *t = submit_o(&h, "stamp", NULL, &b);
+    if (i == 0) h.b_first = apex_task_id(t);
+    h.b_n = (uint64_t)i + 1;
+    if (apex_task_id(t) != h.b_first + (uint64_t)i) bench_die("W9: B's task ids are not consecutive");
+    apex_task_release(t);
+  }
+  h.want = ANY_STATE;
+  uint64_t released = bench_now_ns();
+  for (int i = 0; i < 2; i++) cancel(w[i]);
+  pump_until(&h, n + NB + 2);
+  for (int i = 0; i < 2; i++) apex_task_release(w[i]);
+  for (int i = 0; i < NB; i++) lat[i] = h.b_done_ns[i] > released ? h.b_done_ns[i] - released : 0;
+  host_close(&h);
+  /* Quantiles of B's NB waits (size is the flood's). */
+  bench_emit(peer, "W9", n, "p50", (double)bench_quantile(lat, NB, 0.50), "ns");
+  bench_emit(peer, "W9", n, "p99", (double)bench_quantile(lat, NB, 0.99), "ns");
+  free(h.b_done_ns);
+}
+
+/* W10: n tasks across 1,000 concurrency keys, each key limited to 1. */
+static void w10(const char *peer, uint64_t n) {
+  enum { KEYS = 1000 };
+  static char keys[KEYS][8];
+  for (int i = 0; i < KEYS; i++) snprintf(keys[i], sizeof keys[i], "k%d", i);
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.timeout_s = DEADLINE_S;
+  apex_error_t *err = NULL;
+  /* Memory: queued behind two held workers. */
+  host_t h;
+  host_open(&h, peer, APEX_EVENT_DONE);
+  sched_ok(apex_manager_set_concurrency(h.m, APEX_SCOPE_KEY, NULL, 1, &err), err, "key limit");
+  h.want = APEX_TASK_CANCELLED;
+  apex_task_t **tasks = bench_xcalloc(n, sizeof *tasks);
+  memset(tasks, 0xff, n * sizeof *tasks);
+  apex_task_t *w[2];
+  occupy_workers(&h, w);
+  uint64_t rss0 = bench_rss_bytes();
+  for (uint64_t i = 0; i < n; i++) {
+    o.concurrency_key = keys[i % KEYS];
+    tasks[i] = submit_o(&h, "noop", NULL, &o);
+  }
+  uint64_t rss1 = bench_rss_bytes();
+  for (uint64_t i = 0; i < n; i++) cancel(tasks[i]);
+  for (int i = 0; i < 2; i++) cancel(w[i]);
+  pump_until(&h, n + 2);
+  for (uint64_t i = 0; i < n; i++) apex_task_release(tasks[i]);
+  for (int i = 0; i < 2; i++) apex_task_release(w[i]);
+  host_close(&h);
+  free(tasks);
+  double growth = rss1 > rss0 ? (double)(rss1 - rss0) : 0.0;
+  bench_emit(peer, "W10", n, "bytes_per_task", growth / (double)n, "B");
+  /* Cost: submitted and run through. */
+  host_open(&h, peer, APEX_EVENT_DONE);
+  sched_ok(apex_manager_set_concurrency(h.m, APEX_SCOPE_KEY, NULL, 1, &err), err, "key limit");
+  uint64_t cpu0 = bench_cpu_ns();
+  uint64_t t0 = bench_now_ns();
+  for (uint64_t i = 0; i < n; i++) {
+    o.concurrency_key = keys[i % KEYS];
+    apex_task_release(submit_o(&h, "noop", NULL, &o));
+  }
+  pump_until(&h, n);
+  uint64_t t1 = bench_now_ns();
+  uint64_t cpu1 = bench_cpu_ns();
+  host_close(&h);
+  bench_emit(peer, "W10", n, "ns_per_task", (double)(t1 - t0) / (double)n, "ns");
+  bench_emit_cpu(peer, "W10", n, "cpu_ns_per_task", cpu1 - cpu0, n);
+}
+
 /* W6t's tree: as many nodes as issue 9 names. */
 #define W6T_NODES 1000
 
@@ -399,16 +528,28 @@ int main(int argc, char **argv) {
   const char *wl = NULL, *variant = NULL;
   uint64_t n = 0;
   bench_args(argc, argv, &wl, &n, &variant);
-  int deferred = 0, full = 0;
+  int deferred = 0, full = 0, limits = 0, fifo = 0;
   if (variant) {
     if (strcmp(variant, "deferred") == 0)
       deferred = 1;
     else if (strcmp(variant, "full") == 0)
       full = 1;
+    else if (strcmp(variant, "limits") == 0)
+      limits = 1;
+    else if (strcmp(variant, "fifo") == 0)
+      fifo = 1;
     else
-      bench_die("unknown variant '%s' (deferred or full)", variant);
+      bench_die("unknown variant '%s' (deferred, full, limits or fifo)", variant);
   }
-  const char *peer = deferred ? "apex_deferred" : full ? "apex_full" : "apex";
+  const char *peer = deferred ? "apex_deferred"
+                     : full   ? "apex_full"
+                     : limits ? "apex_limits"
+                     : fifo   ? "apex_fifo"
+                              : "apex";
+  if ((limits && strcmp(wl, "W1") != 0) || (fifo && strcmp(wl, "W9") != 0)) {
+    fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);
+    return 3;
+  }
   const char *noop = deferred ? "noop_deferred" : "noop";
   if (full) { /* only W6t has the variant */
     if (strcmp(wl, "W6t") != 0) {
@@ -417,7 +558,11 @@ int main(int argc, char **argv) {
     }
     w6(peer, wl, n, W6T_NODES, 0);
   } else if (strcmp(wl, "W1") == 0) {
-    w1(peer, n, noop);
+    w1(peer, n, noop, limits);
+  } else if (!deferred && strcmp(wl, "W9") == 0) {
+    w9(peer, n, fifo);
+  } else if (!deferred && strcmp(wl, "W10") == 0) {
+    w10(peer, n);
   } else if (strcmp(wl, "W2") == 0) {
     w2(peer, n, noop);
   } else if (!deferred && strcmp(wl, "W3") == 0) {

@@ -3,6 +3,8 @@
  * measured is Apex's own cost:
  *
  *   noop           blocking: returns APEX_OK.
+ *   stamp          blocking: succeeds with {"t": CLOCK_MONOTONIC ns} taken as
+ *                  it starts (W9: when a task left the queue).
  *   noop_deferred  deferred: completes inside its own start (apex_ctx_complete
  *                  before returning APEX_PENDING, which task.c supports), so
  *                  it measures the deferred path without a thread of ours.
@@ -178,6 +180,15 @@ static int loop_clock_result(apex_ctx_t *ctx, const loop_clock_t *c) {
 
 static int bp_noop(apex_ctx_t *ctx) {
   (void)ctx;
+  return APEX_OK;
+}
+
+static int bp_stamp(apex_ctx_t *ctx) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  json_t *res = json_pack("{s:I}", "t", (json_int_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
+  if (!res) return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the result");
+  apex_ctx_set_result(ctx, res);
   return APEX_OK;
 }
 
@@ -419,6 +430,8 @@ static const apex_param_spec_t k_pend_arm_params[] = {
 
 static const apex_action_desc_t k_actions[] = {
     {.name = "noop", .description = "Returns at once", .handler = bp_noop,
+     .kind = APEX_ACTION_BLOCKING},
+    {.name = "stamp", .description = "Returns its start time", .handler = bp_stamp,
      .kind = APEX_ACTION_BLOCKING},
     {.name = "noop_deferred", .description = "Completes inside its start",
      .handler = bp_noop_deferred, .kind = APEX_ACTION_DEFERRED},

@@ -63,6 +63,17 @@ TARGETS = [
     # Issue 10: the http plugin's download keeps up with curl itself.
     ("Whttp", (1, "apex", "mib_per_s"), ">=", (0.9, "curl", "mib_per_s"),
      "http.download against curl -o, same server, same run"),
+    # Issue 10: the scheduler.
+    ("W1", (1, "apex_limits", "tasks_per_s"), ">=", (0.95, "apex", "tasks_per_s"),
+     "a global and a per-plugin limit set"),
+    ("W1", (1, "apex_limits", "tasks_per_s"), ">=", (1, "libuv", "tasks_per_s"),
+     "a global and a per-plugin limit set"),
+    ("W9", (1, "apex", "p99"), "<=", (0.05, "apex_fifo", "p99"),
+     "the second key's p99 wait, against FIFO"),
+    ("W10", (1, "apex", "cpu_ns_per_task"), "<=", (1.5, "apex", "cpu_ns_per_task", None, "W1"),
+     "1,000 keys limited to 1 each, against W1"),
+    ("W10", (1, "apex", "bytes_per_task"), "<=", (1.2, "apex", "bytes_per_task", None, "W5"),
+     "a queued task with a key, against W5's"),
 ]
 
 # Which way is better for each figure; figures not listed get no ratio.
@@ -79,7 +90,7 @@ SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 # A flag holds only if it held in every run: its summary is the minimum.
 FLAGS = {"final"}
 
-WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "Whttp"]
+WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10", "Whttp"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -92,9 +103,11 @@ WORKLOAD_TITLE = {
     "W7": "W7: pending deferred tasks with a timeout, cancelled in random order",
     "W8": "W8: start-up of a one-shot command",
     "Whttp": "Whttp: a 1 GiB download from a loopback server, http.download against curl -o",
+    "W9": "W9: fairness: 100 tasks of one key behind another's flood (wait to DONE)",
+    "W10": "W10: 1,000,000 tasks across 1,000 concurrency keys limited to 1 each",
 }
-PEER_ORDER = ["apex", "apex_deferred", "apex_full", "libuv", "libuv_prealloc", "glib", "gtask",
-              "floor", "asyncio", "python", "apex_fsync", "curl"]
+PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "libuv",
+              "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl"]
 # CPU right after the wall figures it was measured with.
 FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task",
                 "bytes_per_task", "ns_per_update", "cpu_ns_per_update", "delivered",

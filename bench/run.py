@@ -54,9 +54,11 @@ FULL_SIZES = {
     "W6t": {"*": 1000000, "apex_full": 5000},
     "W7": [1000, 10000, 100000, 1000000],
     "W8": 10,  # launches of each program per run, the driver's own workload
+    "W9": 100000,  # tasks of the flooding fairness key
+    "W10": 1000000,
     "Whttp": 1 << 30,  # bytes of the download, the driver's own workload
 }
-WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "Whttp"]
+WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10", "Whttp"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
 TINY_WHTTP_BYTES = 16 << 20

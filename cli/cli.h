@@ -30,9 +30,13 @@ typedef struct cli_opts {
   /* --schedule-to-start, --attempt-timeout, --heartbeat-timeout, or 0: the
    * action's default (docs/scheduling.md) */
   double schedule_to_start_s, start_to_close_s, heartbeat_timeout_s;
+  int priority;              /* --priority (APEX_PRIORITY_*), 0: normal */
+  const char *key;           /* --key: the concurrency key, or NULL */
+  double run_after_s;        /* --run-after, or 0: now */
   int json;                  /* JSON Lines: --json or stdout not a terminal */
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;
+  unsigned workers;          /* worker threads; 0: 2 (apex batch sets it) */
 } cli_opts_t;
 
 /* Returns: the exit code for a failure of code, whoever found it (the
@@ -89,7 +93,7 @@ json_t *cli_error_json(const apex_error_t *e, int code);
 /* Prints "apex: MSG" on stderr with MSG passed through cli_term_clean. */
 void cli_eprint(const char *msg);
 
-/* Creates a manager (2 workers, log level from APEX_LOG; progress at up to
+/* Creates a manager (o->workers workers, else 2; log level from APEX_LOG; progress at up to
  * 100/s in JSON mode) with the
  * --plugin-path dirs added in order. on_event non-NULL selects dispatch
  * delivery (events run inside apex_manager_dispatch on the caller's thread);
@@ -128,6 +132,17 @@ int cli_split_target(const char *target, char *buf, size_t len, const char **plu
 int cli_cmd_plugins(const cli_opts_t *o);
 int cli_cmd_describe(const cli_opts_t *o);
 int cli_cmd_run(const cli_opts_t *o);
+/* `apex batch`, which parses its own options (batch.c): argv as main got
+ * it, cmd_at the index of the word "batch". */
+int cli_cmd_batch(int argc, char **argv, int cmd_at);
+/* Returns: 1 if arg is an option of `apex batch` that takes a value (so
+ * main can find the command word past it), else 0. */
+int cli_batch_option_takes_value(const char *arg);
+
+/* Writes all n bytes with write(2), retrying on EINTR and short writes,
+ * until done or a write fails (then gives up silently: the callers have
+ * nowhere to report it). Async-signal-safe. */
+void cli_write_all(int fd, const char *p, size_t n);
 
 /* Monotonic clock in milliseconds. */
 int64_t cli_now_ms(void);
@@ -183,5 +198,38 @@ void cli_display_erase(cli_display_t *d);
  * retitle the window or break a line (malloc'd; caller frees), or NULL on
  * no memory. */
 char *cli_term_clean(const char *text);
+
+/* ---- terminal rows (display.c) -----------------------------------------
+ * One screen row built by the display's rules, for another live view
+ * (batch.c): text is cut to the columns left (counted with wcwidth) and
+ * control characters become spaces, so the row is exactly one terminal
+ * line. Start with {0} and cols_left set; free p. */
+typedef struct cli_row {
+  char *p;
+  size_t len, cap;
+  int oom; /* a write failed for memory: drop the frame */
+  int cols_left;
+} cli_row_t;
+
+/* Appends as much of text as fits. */
+void cli_row_text(cli_row_t *r, const char *text);
+/* Appends a bar "[####------]" of width cells filled to pct (0-100). */
+void cli_row_bar(cli_row_t *r, double pct, int width);
+/* Returns: the columns text takes by the same rules. */
+int cli_text_width(const char *text);
+/* The terminal's size (TIOCGWINSZ on fd), 80x24 if it cannot be read. */
+void cli_term_size(int fd, int *cols, int *rows);
+
+/* ---- library log lines (log_queue.c) ------------------------------------
+ * The apex_log_fn of a live display: queues a copy of the line (at most 256
+ * waiting; more are dropped and counted) and writes a byte to the fd in
+ * *user (an atomic_int *, the loop's self-pipe; NULL or -1: none). Any
+ * thread. */
+void cli_log_sink(int level, const char *msg, void *user);
+/* Takes the oldest queued line. Returns: 1 and *level, *msg (caller frees),
+ * else 0 with *dropped set to the lines dropped since the last call. */
+int cli_log_pop(int *level, char **msg, size_t *dropped);
+/* Returns: "error", "warn", "info", "debug" for an APEX_LOG_* level. */
+const char *cli_log_level_name(int level);
 
 #endif

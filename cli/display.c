@@ -481,3 +481,23 @@ void cli_display_erase(cli_display_t *d) {
   write_all(d->fd, seq, (size_t)n);
   d->lines = 0;
 }
+
+/* ------------------------------------------ rows for other views (cli.h) */
+
+/* The row borrows the buffer for the duration of one call. */
+#define ROW_CALL(r, call)                                      \
+  do {                                                         \
+    sbuf_t b_ = {(r)->p, (r)->len, (r)->cap, (r)->oom};        \
+    line_t l_ = {&b_, (r)->cols_left};                         \
+    call;                                                      \
+    (r)->p = b_.p, (r)->len = b_.len, (r)->cap = b_.cap;       \
+    (r)->oom = b_.oom, (r)->cols_left = l_.cols_left;          \
+  } while (0)
+
+void cli_row_text(cli_row_t *r, const char *text) { ROW_CALL(r, put_text(&l_, text)); }
+
+void cli_row_bar(cli_row_t *r, double pct, int width) { ROW_CALL(r, put_bar(&l_, pct, width)); }
+
+int cli_text_width(const char *text) { return text_width(text); }
+
+void cli_term_size(int fd, int *cols, int *rows) { term_size(fd, cols, rows); }

@@ -25,6 +25,8 @@ static const char usage_text[] =
     "  describe PLUGIN[.ACTION]  show a plugin's actions, or an action's kind,\n"
     "                            timeout, retry policy and params\n"
     "  run PLUGIN.ACTION         run an action and show its progress\n"
+    "  batch FILE                run every line of a JSON Lines file as a task,\n"
+    "                            under limits (apex batch --help)\n"
     "\n"
     "Options of run:\n"
     "  --param KEY=VALUE   set a param; VALUE is taken as JSON if it parses\n"
@@ -43,6 +45,11 @@ static const char usage_text[] =
     "                      time out an attempt that heartbeats no more often\n"
     "                      (for actions that call apex_ctx_heartbeat)\n"
     "                      The result names the timeout that fired.\n"
+    "  --priority P        high, normal, low or a number from -100 to 100\n"
+    "                      (higher runs first)\n"
+    "  --key K             the task's concurrency key (limits per key)\n"
+    "  --run-after SECONDS start no sooner than this (state scheduled until\n"
+    "                      then)\n"
     "  --json              print JSON Lines events (the default when stdout is\n"
     "                      not a terminal)\n"
     "\n"
@@ -132,6 +139,34 @@ static int parse_retries(parse_state_t *ps, const char *v) {
   return 0;
 }
 
+static int parse_priority(parse_state_t *ps, const char *v) {
+  if (strcmp(v, "high") == 0) ps->o->priority = APEX_PRIORITY_HIGH;
+  else if (strcmp(v, "normal") == 0) ps->o->priority = APEX_PRIORITY_NORMAL;
+  else if (strcmp(v, "low") == 0) ps->o->priority = APEX_PRIORITY_LOW;
+  else {
+    int plain = *v != '\0' && strspn(v + (*v == '-'), "0123456789") == strlen(v + (*v == '-'));
+    long n = plain && strlen(v) < 8 ? strtol(v, NULL, 10) : APEX_PRIORITY_MAX + 1;
+    if (n < APEX_PRIORITY_MIN || n > APEX_PRIORITY_MAX)
+      return parse_fail(ps, APEX_E_INVALID,
+                        "--priority: '%s' is not high, normal, low or a number from %d to %d", v,
+                        APEX_PRIORITY_MIN, APEX_PRIORITY_MAX);
+    ps->o->priority = (int)n;
+  }
+  return 0;
+}
+
+static int parse_run_after(parse_state_t *ps, const char *v) {
+  int plain = *v != '\0' && strspn(v, "0123456789.") == strlen(v);
+  char *end = NULL;
+  errno = 0;
+  double t = plain ? strtod(v, &end) : -1;
+  if (!plain || end == v || *end != '\0' || errno != 0 || !isfinite(t) || t < 0 || t > 1e9)
+    return parse_fail(ps, APEX_E_INVALID,
+                      "--run-after: '%s' is not a number of seconds from 0 to 1e9", v);
+  ps->o->run_after_s = t;
+  return 0;
+}
+
 static int parse_params_json(parse_state_t *ps, const char *v) {
   json_error_t jerr;
   json_t *j = json_loads(v, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
@@ -201,9 +236,10 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 }
 
 /* Options taking a value; the rest are flags. */
-static const char *const valued[] = {"--param",           "--params",          "--timeout",
-                                     "--retries",         "--plugin-path",     "--schedule-to-start",
-                                     "--attempt-timeout", "--heartbeat-timeout"};
+static const char *const valued[] = {
+    "--param",    "--params", "--timeout",   "--retries",           "--plugin-path",
+    "--priority", "--key",    "--run-after", "--schedule-to-start", "--attempt-timeout",
+    "--heartbeat-timeout"};
 
 static int is_run_only(const char *name) {
   return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
@@ -252,6 +288,9 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
     return parse_seconds(ps, name, value, &ps->o->start_to_close_s);
   else if (strcmp(name, "--heartbeat-timeout") == 0)
     return parse_seconds(ps, name, value, &ps->o->heartbeat_timeout_s);
+  else if (strcmp(name, "--priority") == 0) return parse_priority(ps, value);
+  else if (strcmp(name, "--run-after") == 0) return parse_run_after(ps, value);
+  else if (strcmp(name, "--key") == 0) ps->o->key = value; /* checked by the library */
   else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
   else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
   else if (strcmp(name, "--plugin-path") == 0) {
@@ -304,6 +343,24 @@ static int wants_json(int argc, char **argv) {
   return 0;
 }
 
+/* Returns: the index of the command word (the first positional argument),
+ * or 0 if there is none. Values of options are skipped, batch's too. */
+static int command_index(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) return i + 1 < argc ? i + 1 : 0;
+    if (a[0] == '-' && a[1] != '\0') {
+      int takes = cli_batch_option_takes_value(a);
+      for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+        if (strcmp(a, valued[k]) == 0) takes = 1;
+      if (takes) i++; /* skip its value */
+      continue;
+    }
+    return i;
+  }
+  return 0;
+}
+
 static int first_positional_is_run(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -319,6 +376,9 @@ static int first_positional_is_run(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  /* batch has options of its own: it parses the whole command line. */
+  int cmd = command_index(argc, argv);
+  if (cmd > 0 && strcmp(argv[cmd], "batch") == 0) return cli_cmd_batch(argc, argv, cmd);
   cli_opts_t o = {.timeout_s = -1, .retries = -1};
   parse_state_t ps = {.o = &o};
   int code = CLI_EXIT_OK;
@@ -378,7 +438,7 @@ info:
   } else if (strcmp(o.command, "help") == 0) {
     fputs(usage_text, stdout);
   } else {
-    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run)",
+    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run, batch)",
                     o.command);
   }
 out:

@@ -5,8 +5,8 @@
  * polls the manager's fd and a self-pipe written by the signal handler and
  * by the log sink. All output therefore comes from one thread and needs no
  * lock. The signal handler touches only what is async-signal-safe (below).
- * The log sink (terminal mode) runs on any of Apex's threads: it only queues a
- * copy of the line under g_log_mu and writes a byte to the self-pipe; the
+ * The log sink (terminal mode, log_queue.c) runs on any of Apex's threads:
+ * it only queues a copy of the line and writes a byte to the self-pipe; the
  * main thread prints the queue above the display, which the library's own
  * stderr logging would otherwise tear.
  *
@@ -60,7 +60,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -180,59 +179,6 @@ static int install_signals(int pipe_fds[2]) {
   return 0;
 }
 
-/* ---- library log lines in terminal mode --------------------------------
- * A bounded queue: a plugin logging in a loop costs memory only up to
- * LOG_QUEUE_MAX lines; past that lines are dropped and counted. Static, so
- * it outlives the manager (a handler past the exit drain may still log). */
-#define LOG_QUEUE_MAX 256
-
-static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-  int level;
-  char *msg;
-} g_log_q[LOG_QUEUE_MAX];
-static size_t g_log_head, g_log_n, g_log_dropped; /* under g_log_mu */
-
-/* The apex_log_fn of terminal mode. Any of Apex's threads; never blocks
- * beyond the short critical section. */
-static void log_sink(int level, const char *msg, void *user) {
-  (void)user;
-  char *copy = strdup(msg ? msg : "");
-  pthread_mutex_lock(&g_log_mu);
-  if (copy && g_log_n < LOG_QUEUE_MAX) {
-    size_t at = (g_log_head + g_log_n) % LOG_QUEUE_MAX;
-    g_log_q[at].level = level;
-    g_log_q[at].msg = copy;
-    g_log_n++;
-    copy = NULL;
-  } else {
-    g_log_dropped++;
-  }
-  pthread_mutex_unlock(&g_log_mu);
-  free(copy); /* not queued */
-  wake_loop();
-}
-
-/* Takes the oldest queued line. Returns: 1 and *level, *msg (caller frees),
- * else 0 with *dropped set to the lines dropped since the last call. */
-static int log_pop(int *level, char **msg, size_t *dropped) {
-  int got = 0;
-  pthread_mutex_lock(&g_log_mu);
-  if (g_log_n > 0) {
-    *level = g_log_q[g_log_head].level;
-    *msg = g_log_q[g_log_head].msg;
-    g_log_q[g_log_head].msg = NULL;
-    g_log_head = (g_log_head + 1) % LOG_QUEUE_MAX;
-    g_log_n--;
-    got = 1;
-  } else {
-    *dropped = g_log_dropped;
-    g_log_dropped = 0;
-  }
-  pthread_mutex_unlock(&g_log_mu);
-  return got;
-}
-
 /* A line above the live display (attempt and retry notices). */
 static void note(run_t *r, FILE *f, const char *fmt, ...) APEX_PRINTF(3, 4);
 static void note(run_t *r, FILE *f, const char *fmt, ...) {
@@ -247,19 +193,14 @@ static void note(run_t *r, FILE *f, const char *fmt, ...) {
   cli_display_draw(r->disp);
 }
 
-static const char *log_level_name(int level) {
-  static const char *const names[] = {"error", "warn", "info", "debug"};
-  return level >= 0 && level <= 3 ? names[level] : "log";
-}
-
 /* Prints the queued library log lines above the display (terminal mode). */
 static void drain_logs(run_t *r) {
   int level;
   char *msg;
   size_t dropped = 0;
-  while (log_pop(&level, &msg, &dropped)) {
+  while (cli_log_pop(&level, &msg, &dropped)) {
     char *clean = cli_term_clean(msg);
-    note(r, stderr, "apex: %s: %s", log_level_name(level), clean ? clean : "?");
+    note(r, stderr, "apex: %s: %s", cli_log_level_name(level), clean ? clean : "?");
     free(clean);
     free(msg);
   }
@@ -703,7 +644,7 @@ int cli_cmd_run(const cli_opts_t *o) {
   /* Terminal mode queues library log lines for the loop to print above the
    * display; JSON mode leaves them on stderr as they come (log_level stays
    * -1: APEX_LOG decides either way). */
-  int code = cli_manager_new(o, on_event, &r, o->json ? NULL : log_sink, NULL, &m);
+  int code = cli_manager_new(o, on_event, &r, o->json ? NULL : cli_log_sink, &g_sig_wfd, &m);
   if (code != CLI_EXIT_OK) return code;
 
   const apex_plugin_desc_t *d = NULL;
@@ -726,6 +667,9 @@ int cli_cmd_run(const cli_opts_t *o) {
   so.schedule_to_start_s = o->schedule_to_start_s; /* 0: the action's default */
   so.start_to_close_s = o->start_to_close_s;
   so.heartbeat_timeout_s = o->heartbeat_timeout_s;
+  so.priority = o->priority;
+  so.concurrency_key = o->key;
+  so.run_after_s = o->run_after_s;
   apex_retry_policy_t policy = a->default_retry;
   if (o->retries >= 0) {
     policy.max_attempts = (uint32_t)o->retries + 1;

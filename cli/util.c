@@ -12,8 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
+
+void cli_write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return; /* nothing more can be done about it here */
+    p += w;
+    n -= (size_t)w;
+  }
+}
 
 int64_t cli_now_ms(void) {
   struct timespec ts;
@@ -163,7 +174,7 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
                     void *log_user, apex_manager_t **out) {
   apex_manager_config_t cfg;
   apex_manager_config_init(&cfg);
-  cfg.workers = 2;
+  cfg.workers = o->workers ? o->workers : 2;
   cfg.log = log;
   cfg.log_user = log_user;
   /* The command exits once its task ended: a handler that ignores its

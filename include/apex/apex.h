@@ -552,8 +552,10 @@ typedef struct apex_stats {
   uint64_t attempts, retries;
   /* now, and exact whenever a DONE event is delivered (a task leaves both
    * before its DONE is queued):
-   * queued: tasks waiting in the run queue for a worker; one that ends
-   *   there (cancelled, timed out) no longer counts;
+   * queued: tasks in state queued: waiting for a worker, or held back by
+   *   a concurrency or rate limit (apex_manager_scope_stats tells them
+   *   apart; scheduled tasks are not counted); one that ends there
+   *   (cancelled, timed out) no longer counts;
    * running: attempts open, i.e. handlers running or deferred attempts not
    *   yet completed, including handlers still running for a task that
    *   already ended (timed out, or cancelled at shutdown: stuck_workers

@@ -12,7 +12,9 @@
  *   task stripe lock          (apex__task_mu; it also guards its stripe's
  *                             live list) before
  *     m->pool_mu | m->ev_mu | m->flush_mu | m->runs_mu
- *                             (leaves: never two)
+ *                             (leaves: never two; pool_mu also guards
+ *                             the scheduler, src/sched/, and is the
+ *                             mutex of its room condition variable)
  *   m->wait_mu                after a task lock (waking waiters; a count
  *                             destroy waits for reaching zero); else a
  *                             leaf (waking waiters after a DONE callback)
@@ -36,6 +38,7 @@
 #include "core/policy.h"
 #include "core/progress_tree.h"
 #include "plugin/loader.h"
+#include "sched/sched.h"
 
 #define APEX__LOCK_STRIPES 64
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
@@ -136,9 +139,19 @@ typedef struct apex__task_opts {
   void *event_user;
   uint64_t parent_cb_id;     /* callback on the token watching the parent, or 0 */
   apex__tmo_t *tmo;          /* in the same block; NULL: none of those timeouts */
+  /* Scheduling (src/sched/): the task's class (fairness queue, priority,
+   * concurrency key; NULL: its plugin's default), its start time (0: none)
+   * and its place in the start heap (m->pool_mu). */
+  apex__sclass_t *sc;
+  uint64_t start_ns;
+  uint32_t sheap_idx;
+  /* This block is a class's own (sched.h): shared by the tasks whose only
+   * options are scheduling ones, never freed with a task. */
+  uint8_t shared;
   /* The operation group it was submitted into (ops/group.c), or NULL, and
-   * its index there. The task's membership holds a group reference until
-   * its terminal transition hands it on (apex__group_member_end). */
+   * its index there (never in a shared block: a member has its own). The
+   * task's membership holds a group reference until its terminal
+   * transition hands it on (apex__group_member_end). */
   struct apex_group *group;
   size_t group_idx;
 } apex__task_opts_t;
@@ -258,12 +271,16 @@ struct apex_task {
   /* Made on first use (a cancel, a timeout, a cancellable wait, a parent):
    * most tasks never need one, and then cost no allocation for it. */
   _Atomic(apex_token_t *) token;
-  const apex__task_opts_t *opts; /* NULL: all defaults; immutable after submit */
+  /* NULL: all defaults; immutable after submit (but for the start heap's
+   * index, under pool_mu); may be a scheduling class's shared block
+   * (opts->shared) */
+  const apex__task_opts_t *opts;
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
-  apex_task_t *run_next;         /* run queue (m->pool_mu) */
-  /* While queued, the run queue's back link (m->pool_mu: a cancelled task
-   * leaves the queue at once, apex__pool_task_end). Then the DONE queue's
+  apex_task_t *run_next;         /* the scheduler's lists (m->pool_mu) */
+  /* While in the scheduler (runnable or parked), its list's back link
+   * (m->pool_mu: a task that ends there leaves at once,
+   * apex__sched_remove_locked). Then the DONE queue's
    * link (m->ev_mu); once the DONE callback has returned,
    * APEX__DONE_DELIVERED, which apex_task_wait reads without a lock. A
    * sentinel in this link, not a flag of its own: the struct has no byte to
@@ -289,7 +306,7 @@ struct apex_task {
   float timeout_s;     /* its deadline list's key (apex__timeout_ns) */
   uint16_t attempt;    /* attempts started (task lock; <= APEX__MAX_ATTEMPTS) */
   _Atomic uint8_t state; /* apex_task_state_t; changed under the task lock */
-  uint8_t timer_flags; /* APEX__TIMER_* and APEX__POOL_QUEUED (m->pool_mu) */
+  uint8_t timer_flags; /* APEX__TIMER_* and APEX__SCHED_* (m->pool_mu) */
 };
 
 /* A lazy error: what a task's end stores in out.error instead of an error
@@ -332,17 +349,9 @@ static inline void apex__task_prefetch_end(const struct apex_task *t) {
 #define APEX__TIMER_DL_PINNED 0x1u  /* holds a pin on its deadline list */
 #define APEX__TIMER_DL_LINKED 0x2u  /* is in that list (no reference: runtime.c) */
 #define APEX__TIMER_RETRY_SLOT 0x4u /* holds one of m->heap_reserved */
-/* Counted in m->n_queued: in the run queue and not yet ended. A task that
- * ends there (cancelled, timed out) leaves the queue and the count at once
- * (apex__pool_task_end), so no worker ever pops it; the flag says which of
- * the two (its end or the pop) uncounts it. With the timer flags because
- * the same pool_mu section reads both when a task ends. */
-#define APEX__POOL_QUEUED 0x8u
-/* Linked in m's run queue (run_next, and done_next as the back link);
- * cleared when destroy takes the whole queue (its tasks still count queued
- * until they end). A worker's pop clears APEX__POOL_QUEUED, which is what
- * apex__pool_task_end checks first. */
-#define APEX__POOL_LINKED 0x10u
+/* Bits 3-7 of timer_flags say where in the scheduler a task waits
+ * (APEX__SCHED_PLACE_*, sched.h): with the timer flags because the same
+ * pool_mu section reads both when a task ends. */
 
 /* The manager a task belongs to (through its plugin, which the manager
  * keeps until its own memory goes: a task is kept small). */
@@ -414,12 +423,12 @@ struct apex_manager {
   char **paths;
   size_t n_paths;
 
-  /* worker pool: run queue and workers (pool_mu). The submit path and the
+  /* worker pool: the scheduler and the workers (pool_mu). The submit path and the
    * workers' pops meet here and nowhere else: what a worker does around a
    * handler is under the task's lock and atomics, so it never delays a
    * submit. */
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
-  apex_task_t *run_head, *run_tail;
+  apex__sched_t *sched; /* the run queue: src/sched/ */
   apex__worker_t *workers;
   apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */
@@ -427,7 +436,6 @@ struct apex_manager {
   unsigned n_spinning; /* idle workers watching the queue before they sleep */
   _Atomic uint32_t run_pushes; /* tasks pushed, ever: what a spinner watches */
   unsigned n_stuck;
-  size_t n_queued;      /* tasks flagged APEX__POOL_QUEUED */
   /* submitted, not terminal; raised under pool_mu, lowered before the
    * task's terminal state is published (apex__pool_task_end) */
   atomic_size_t n_live;
@@ -592,6 +600,10 @@ int apex__task_finish(apex_task_t *t, apex_task_state_t state, apex_error_t *err
  * in DISPATCH mode). No lock held on entry; each takes t's lock. */
 void apex__task_on_deadline(apex_task_t *t);
 void apex__task_on_retry(apex_task_t *t, uint64_t now);
+/* t's start time came (the start heap gave it up, with its reference,
+ * which this drops): a scheduled task becomes queued. No lock held on
+ * entry; takes t's lock, then pool_mu (sched.c). */
+void apex__task_on_start(apex_task_t *t);
 /* Delivers t's pending progress (runtime thread or a finishing thread). No
  * lock held on entry; takes t's lock. */
 void apex__task_flush_progress(apex_task_t *t);
@@ -637,13 +649,17 @@ int apex__pool_start(apex_manager_t *m, unsigned n);
  * is stopping. Under t's task lock, so an end that comes first finds it
  * either counted queued or not yet queued. */
 void apex__pool_push(apex_manager_t *m, apex_task_t *t);
-/* Counts a new task live, queues it (taking a reference) and links its
- * deadline (deadline != 0), reserving a retry slot if it may retry, all
- * in one pool_mu section: a task is queued with its timers or not at all.
+/* Counts a new task live, binds it to its scheduling class (req: what the
+ * submit asked for, NULL: defaults), queues it (or, with a start time in
+ * t->opts, puts it in the start heap; taking a reference either way) and
+ * links its deadline (deadline != 0), reserving a retry slot if it may
+ * retry, all in one pool_mu section: a task is queued with its timers or
+ * not at all. A bound reached with req->wait_ms != 0 waits for room (the
+ * caller checked it is no Apex thread).
  * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
- * pool_mu, race-free against destroy's sweep of the run queue),
- * APEX_E_NOMEM. */
-int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
+ * pool_mu, race-free against destroy; why says which bound), APEX_E_NOMEM. */
+int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
+                      const apex__sched_req_t *req, char *why, size_t why_len);
 /* t ends: it leaves every count it is in, before its terminal state is
  * published, so a host that sees the state (or the DONE event) finds the
  * counters settled and room for a resubmit under max_queued: the queued
@@ -652,10 +668,24 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
  * attempts. Wakes destroy when a count it waits for reaches zero. Under
  * the task lock (takes pool_mu, wait_mu, one at a time). */
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
-/* Destroy: takes every queued task out of the run queue. Returns the list
- * (linked by run_next, each holding its run-queue reference); each still
- * counts as queued until it ends. */
-apex_task_t *apex__pool_take_queued(apex_manager_t *m);
+/* A task that ends while it waits in the scheduler (runnable, parked on a
+ * concurrency limit or a rate, scheduled) leaves it here, through
+ * apex__sched_remove_locked (sched/sched.h): the one way out, O(1), no
+ * allocation, for cancel, the overall deadline, shutdown and the
+ * schedule-to-start timeout alike. A path that ends a waiting task calls
+ * apex__task_finish or apex__task_cancel and gets it through this; only
+ * code already under pool_mu calls apex__sched_remove_locked itself. */
+/* Destroy: up to max tasks still waiting in the scheduler (runnable,
+ * parked on a limit or a rate, or scheduled), each with a new reference,
+ * for the caller to cancel ("shutdown"); 0 once none waits. Takes pool_mu. */
+size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max);
+/* A submit whose try found no room (t bound to its class by that try)
+ * waits until room may have come, a wake-up, destroy, or until (monotonic
+ * ns; UINT64_MAX: no limit). No lock held; takes pool_mu. */
+void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until);
+/* Wakes idle workers for what is runnable now (a limit raised, a rate's
+ * token or a start time due). No lock held; takes pool_mu. */
+void apex__pool_poke(apex_manager_t *m);
 /* A running task timed out: its worker may be stuck; start a replacement.
  * No lock held on entry; takes pool_mu. */
 void apex__pool_worker_stuck(apex_manager_t *m);
@@ -686,7 +716,7 @@ void apex__pool_stop(apex_manager_t *m);
  * orphaned manager: the caller must then tear m down
  * (apex__manager_teardown) once it no longer touches m. */
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
-int apex__pool_attempt_close(apex_manager_t *m, int was_stuck);
+int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck);
 
 /* manager.c */
 /* Stops threads, unloads plugins when can_unload (0 when the caller is a
@@ -708,6 +738,9 @@ void apex__runtime_wake(apex_manager_t *m);
  * a retry heap slot (retry), so arming either later never allocates; all
  * or nothing. Returns: APEX_OK, APEX_E_NOMEM. */
 int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, int retry);
+/* Under pool_mu: the timers go off at `at` or earlier (the scheduler's
+ * rate tokens and start times use it). */
+void apex__timer_earlier_locked(apex_manager_t *m, uint64_t at);
 /* Under pool_mu: links t into its pinned deadline list (the list holds no
  * reference: runtime.c), arming the timers if it is now the earliest. */
 void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t);

@@ -25,6 +25,7 @@
 #include "core/abi.h"
 #include "core/error.h"
 #include "core/policy.h"
+#include "core/utf8.h"
 #include "exec/internal.h"
 #include "ops/ops.h"
 
@@ -72,6 +73,7 @@ static void manager_free(apex_manager_t *m) {
   pthread_mutex_destroy(&m->wait_mu);
   pthread_cond_destroy(&m->wait_cv);
   apex__runs_free(m); /* after the last task: none is in use */
+  apex__sched_fini(m); /* after the last task: none points at a class */
   pthread_mutex_destroy(&m->runs_mu);
   free(m);
 }
@@ -180,6 +182,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     if (pthread_cond_init(&m->wait_cv, &ca) == 0) rc = APEX_OK;
     pthread_condattr_destroy(&ca);
   }
+  if (rc == APEX_OK) rc = apex__sched_init(m);
   if (rc != APEX_OK) {
     manager_free(m);
     return rc;
@@ -198,7 +201,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
  *
  * apex_manager_destroy, in order (docs/architecture.md, "Shutdown"):
  *  1. refuse submits and start no attempt (shutting_down, sweeping); end
- *     at once what waits for one: the run queue, taken whole, and the
+ *     at once what waits for one: every task waiting in the scheduler, and the
  *     started tasks waiting to retry;
  *  2. let the running attempts finish for up to drain_ms;
  *  3. cancel what is left ("shutdown"): every task ends at once, running or
@@ -238,13 +241,21 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
   return n;
 }
 
-/* Cancels ("shutdown") every task taken out of the run queue. */
+/* Cancels ("shutdown") every task still waiting in the scheduler:
+ * runnable, parked on a limit or a rate, or scheduled. Each leaves it
+ * through apex__sched_remove_locked as it ends; collected in batches (a
+ * reference each) and cancelled without pool_mu, until none waits. A
+ * runnable one a worker pops meanwhile is ended by that worker
+ * (apex__pool_attempt_open sees sweeping). */
 static void cancel_queued(apex_manager_t *m) {
-  for (apex_task_t *t = apex__pool_take_queued(m); t;) {
-    apex_task_t *next = t->run_next;
-    apex__task_cancel(t, APEX__CAUSE_SHUTDOWN, NULL);
-    apex__task_unref(t); /* the run queue's reference */
-    t = next;
+  for (;;) {
+    apex_task_t *batch[256];
+    size_t n = apex__pool_collect_waiting(m, batch, 256);
+    if (!n) break;
+    for (size_t i = 0; i < n; i++) {
+      apex__task_cancel(batch[i], APEX__CAUSE_SHUTDOWN, NULL);
+      apex__task_unref(batch[i]);
+    }
   }
 }
 
@@ -279,7 +290,7 @@ static void cancel_started(apex_manager_t *m, int all) {
 apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   if (!m) return APEX_OK;
   /* 1. Under pool_mu, where submit checks it: a submit is either refused or
-   * its task is in the run queue taken below. `sweeping` (seq_cst, as
+   * its task is in the scheduler swept below. `sweeping` (seq_cst, as
    * the worker's count of its attempt and its read) makes a worker that
    * took a task from the queue just before end it instead of running it
    * (apex__pool_attempt_open). */
@@ -636,10 +647,11 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
 }
 
 /* Sets t's deadline and, when the call overrides a default (retry policy,
- * event callback, parent token), its opts; a call that overrides nothing
- * costs no allocation here. */
+ * event callback, parent token, a start time), its opts; a call that
+ * overrides nothing costs no allocation here. */
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
-                        const apex_submit_opts_t *o, apex_task_t *t, const apex__member_t *g,
+                        const apex_submit_opts_t *o, apex_task_t *t, uint64_t start_ns,
+                        const apex__member_t *g,
                         apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
   if (timeout == 0) timeout = a->default_timeout_s;
@@ -657,10 +669,13 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   int tmo = tns[0] || tns[1] || tns[2];
-  if (!tmo && !g && (!o || (!o->retry && !o->on_event && !o->parent))) return APEX_OK;
+  if (!tmo && !g && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)))
+    return APEX_OK;
   /* One block: the options, then the timeouts' state if any. */
   apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  x->start_ns = start_ns;
+  x->sheap_idx = APEX__NOT_IN_HEAP;
   if (tmo) {
     x->tmo = (apex__tmo_t *)(void *)(x + 1);
     apex__tmo_init(x->tmo, t, tns, apex__now_ns(), o);
@@ -681,6 +696,86 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   x->on_event = o->on_event;
   x->event_user = o->on_event ? o->event_user : NULL;
   (void)m;
+  return APEX_OK;
+}
+
+/* Room for a concurrency key the action's hook writes. */
+#define APEX__KEY_BUF 256
+
+/* A concurrency or fairness key: 1 to 255 bytes of UTF-8. */
+static int key_ok(const char *k) {
+  size_t n = strnlen(k, 256);
+  return n >= 1 && n <= 255 && apex__utf8_valid(k, n);
+}
+
+/* Checks the scheduling options and fills req; *start_ns the start time
+ * (monotonic; 0: now). vp: the validated params, for the action's
+ * concurrency_key hook, which writes into keybuf (APEX__KEY_BUF bytes;
+ * req->key may point there or at the caller's opts). Returns: APEX_OK or APEX_E_INVALID naming the
+ * field. */
+static int resolve_sched(apex_manager_t *m, const apex_action_desc_t *a,
+                         const apex_submit_opts_t *o, const json_t *vp, uint64_t deadline_ns,
+                         apex__sched_req_t *req, char *keybuf, uint64_t *start_ns,
+                         apex_error_t **err) {
+  memset(req, 0, sizeof *req);
+  *start_ns = 0;
+  if (o) {
+    if (o->priority < APEX_PRIORITY_MIN || o->priority > APEX_PRIORITY_MAX)
+      return apex__fail(err, APEX_E_INVALID, "priority %d: want %d..%d", (int)o->priority,
+                        APEX_PRIORITY_MIN, APEX_PRIORITY_MAX);
+    req->priority = o->priority;
+    if (o->concurrency_key && !key_ok(o->concurrency_key))
+      return apex__fail(err, APEX_E_INVALID, "concurrency_key: want 1 to 255 bytes of UTF-8");
+    if (o->fairness_key && !key_ok(o->fairness_key))
+      return apex__fail(err, APEX_E_INVALID, "fairness_key: want 1 to 255 bytes of UTF-8");
+    req->fairness_key = o->fairness_key;
+    req->key = o->concurrency_key;
+    if (o->queue_wait_ms < -1)
+      return apex__fail(err, APEX_E_INVALID, "queue_wait_ms %lld: want -1, 0 or more",
+                        (long long)o->queue_wait_ms);
+    if (o->queue_wait_ms && (apex__pool_self(m) || apex__on_runtime_thread(m)))
+      return apex__fail(err, APEX_E_INVALID,
+                        "queue_wait_ms: a submit from Apex's own thread (a handler or a LOOP "
+                        "callback) must not wait for room");
+    req->wait_ms = o->queue_wait_ms;
+    if (!isfinite(o->run_after_s) || o->run_after_s < 0 || o->run_after_s > 1e9)
+      return apex__fail(err, APEX_E_INVALID, "run_after_s %g: want 0 to 1e9 seconds",
+                        o->run_after_s);
+    if (!isfinite(o->run_at) || o->run_at < 0)
+      return apex__fail(err, APEX_E_INVALID, "run_at %g: want seconds since the Unix epoch",
+                        o->run_at);
+    uint64_t now = apex__now_ns();
+    double after = o->run_after_s;
+    const char *field = "run_after_s";
+    if (o->run_at > 0) {
+      struct timespec wall;
+      clock_gettime(CLOCK_REALTIME, &wall);
+      double in = o->run_at - ((double)wall.tv_sec + (double)wall.tv_nsec / 1e9);
+      if (in > 1e9) in = 1e9;
+      if (in > after) {
+        after = in;
+        field = "run_at";
+      }
+    }
+    if (after > 0) {
+      *start_ns = now + (uint64_t)(after * 1e9);
+      if (deadline_ns && *start_ns >= deadline_ns)
+        return apex__fail(err, APEX_E_INVALID,
+                          "%s: the start (in %.3f s) is past the task's deadline (in %.3f s)",
+                          field, after, (double)(deadline_ns - now) / 1e9);
+    }
+  }
+  if (!req->key && a->concurrency_key) {
+    /* The action's default key, from the params (a plugin hook: it must be
+     * quick and thread-safe). A key that is not one is no key. */
+    memset(keybuf, 0, APEX__KEY_BUF);
+    if (a->concurrency_key(vp, keybuf, APEX__KEY_BUF) == 0) {
+      keybuf[APEX__KEY_BUF - 1] = '\0';
+      if (key_ok(keybuf)) req->key = keybuf;
+    }
+  }
+  /* Hashed here, not under pool_mu. */
+  if (req->key) req->key_hash = apex__sched_key_hash(req->key);
   return APEX_OK;
 }
 
@@ -768,7 +863,33 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   atomic_init(&t->params, vp);
   atomic_init(&t->refs, 2); /* the handle and the life reference */
   atomic_init(&t->state, APEX_TASK_QUEUED);
-  int rc = resolve_opts(m, a, opts, t, g, err);
+  apex__sched_req_t req;
+  char keybuf[APEX__KEY_BUF];
+  uint64_t start_ns = 0;
+  int rc = apex__sched_pblock(m, p) ? APEX_OK
+                                    : apex__fail(err, APEX_E_NOMEM, "out of memory");
+  if (rc == APEX_OK) rc = resolve_opts(m, a, opts, t, 0, g, err);
+  /* Most submits set no scheduling option and name an action without a
+   * key hook: they need no request at all (the plugin's default class). */
+  int sched = a->concurrency_key ||
+              (opts && (opts->priority || opts->concurrency_key || opts->fairness_key ||
+                        opts->run_after_s != 0 || opts->run_at != 0 || opts->queue_wait_ms));
+  if (rc == APEX_OK && sched)
+    rc = resolve_sched(m, a, opts, vp, t->deadline_ns, &req, keybuf, &start_ns, err);
+  if (rc == APEX_OK && start_ns) {
+    /* Private options for the start time (the heap's index is there). */
+    if (!t->opts) {
+      apex__task_opts_t *x = calloc(1, sizeof *x);
+      if (!x) rc = apex__fail(err, APEX_E_NOMEM, "out of memory");
+      else t->opts = x;
+    }
+    if (rc == APEX_OK) {
+      apex__task_opts_t *x = (apex__task_opts_t *)t->opts;
+      x->start_ns = start_ns;
+      x->sheap_idx = APEX__NOT_IN_HEAP;
+      atomic_init(&t->state, APEX_TASK_SCHEDULED);
+    }
+  }
   /* Its age for the operation manager (ops/ops.c), in the outcome's word
    * until there is an outcome: the deadline's clock read when it has one,
    * else the coarse clock (a few ns, no system call). */
@@ -786,22 +907,47 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   if (rc == APEX_OK) {
     t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
-    /* Queued from here on: a worker may start it before we return. */
-    rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1);
+    /* Queued from here on: a worker may start it before we return. A
+     * scheduled one is pushed under its own lock, so its SCHEDULED event
+     * comes before anything its start makes. */
+    char why[200] = "";
+    pthread_mutex_t *mu = apex__task_mu(t);
+    /* A scheduled task is pushed under its own lock (its stripe's), so
+     * its SCHEDULED event comes before anything its start makes; it never
+     * waits for room holding that lock (a task of the same stripe may be
+     * what has to end to make room): it tries, and waits between tries. */
+    apex__sched_req_t once;
+    uint64_t until = 0;
+    if (start_ns) {
+      once = req;
+      once.wait_ms = 0;
+      until = req.wait_ms ? apex__ns_after_ms(req.wait_ms) : 0;
+    }
+    for (;;) {
+      if (start_ns) pthread_mutex_lock(mu);
+      rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1,
+                             start_ns ? &once : sched ? &req : NULL, why, sizeof why);
+      if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
+        apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);
+        if (ev) apex__events_push(m, ev);
+      }
+      if (start_ns) pthread_mutex_unlock(mu);
+      if (!start_ns || rc != APEX_E_QUEUE_FULL || !req.wait_ms || apex__now_ns() >= until) break;
+      apex__pool_await_room(m, t, until);
+    }
     if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
-      apex__fail(err, rc, "the queue is full (%zu live tasks, config.max_queued)",
-                 m->cfg.max_queued);
+      apex__fail(err, rc, "%s", why);
     else if (rc == APEX_E_NOMEM)
-      apex__fail(err, rc, "out of memory for the task's timer");
+      apex__fail(err, rc, "out of memory for the task's timer or scheduling class");
     if (rc != APEX_OK) apex__manager_unref(m);
   }
   if (rc != APEX_OK) {
     json_decref(vp);
     apex_token_unref(apex__task_token_peek(t));
-    free((void *)t->opts);
+    if (t->opts && !t->opts->shared) free((void *)t->opts);
     free(t);
     return rc;
   }
@@ -890,7 +1036,7 @@ static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   s->progress_rejected = atomic_load(&m->st_prog_rejected);
   s->late_reports = atomic_load(&m->st_late);
   pthread_mutex_lock(&m->pool_mu);
-  s->queued = m->n_queued;
+  s->queued = apex__sched_queued_locked(m);
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;
   pthread_mutex_unlock(&m->pool_mu);

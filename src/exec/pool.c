@@ -1,10 +1,10 @@
-/* The worker pool: a FIFO run queue of tasks, the threads that run their
- * handlers, the counts a task is in while it lives (queued, live, open
- * attempts), and the list of started, not yet terminal tasks that shutdown
- * cancels (with what is still queued, which it takes from the run queue).
+/* The worker pool: the threads that run handlers, the counts a task is in
+ * while it lives (queued, live, open attempts), and the list of started,
+ * not yet terminal tasks that shutdown cancels (with what still waits in
+ * the scheduler, src/sched/, which decides what a worker takes next).
  *
- * pool_mu guards the queue, the thread counts and the timers (runtime.c),
- * so a submit is one critical section. The live list is one per lock
+ * pool_mu guards the scheduler, the thread counts and the timers
+ * (runtime.c), so a submit is one critical section. The live list is one per lock
  * stripe, guarded by that stripe lock, which a task's first attempt opens
  * (joining the list) and its end (leaving it) hold anyway; the open
  * attempts are an atomic count. So a submit contends with a worker only for
@@ -13,10 +13,11 @@
  * A task's end (apex__pool_task_end) leaves every count before its state
  * is published: stats read once the DONE event is delivered agree with it,
  * and a resubmit right after a wait finds the room the task left. Its
- * timers are no such count: a task that ends on the worker running it
- * leaves its deadline list in that worker's next pool_mu section (the one
- * that pops its next task), so a task costs the worker one pool_mu
- * section, not two.
+ * timers and its scheduler slots (what it counts against limits) are no
+ * such count: a task that ends on the worker running it leaves its
+ * deadline list and gives its slots back in that worker's next pool_mu
+ * section (the one that pops its next task), so a task costs the worker
+ * one pool_mu section, not two.
  * Idle workers: one at a time watches the queue briefly (spin_for_push),
  * the others sleep on a futex word each (see futex_wait below).
  * Handlers run with no lock held. A worker whose handler outlives its task's
@@ -29,6 +30,8 @@
  * pushes retries. Failure: a replacement thread that cannot be started is
  * logged and the pool runs with fewer threads. */
 #include <linux/futex.h>
+#include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -79,6 +82,10 @@ static _Thread_local int tls_teardown;
  * timers to the worker's next pool_mu section (apex__pool_task_end). */
 static _Thread_local apex_task_t *tls_running;
 static _Thread_local int tls_release_owed;
+/* The scheduler slots of tls_running are to be given back in the worker's
+ * next pool_mu section: it was popped and never opened an attempt, or its
+ * attempt closed on this thread. */
+static _Thread_local int tls_slots_owed;
 
 static _Thread_local apex__worker_t *tls_self;
 
@@ -135,7 +142,8 @@ static int spawn_locked(apex_manager_t *m) {
  * path a thread creation for nothing. Returns 0 or an errno. */
 static int replace_stuck_locked(apex_manager_t *m) {
   if (m->pool_stop || !m->n_stuck || m->n_stuck > m->cfg.max_stuck_workers) return 0;
-  if (m->n_threads >= m->cfg.workers + m->n_stuck || m->n_queued <= m->n_idle) return 0;
+  if (m->n_threads >= m->cfg.workers + m->n_stuck || apex__sched_runnable_locked(m) <= m->n_idle)
+    return 0;
   return spawn_locked(m);
 }
 
@@ -151,33 +159,23 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
   return e ? APEX_E_IO : APEX_OK;
 }
 
-/* Under pool_mu: appends t to the run queue (taking the queue's
- * reference) and counts it queued; *wake is the idle worker to wake for it
- * (wake_worker, after unlocking), or NULL. Returns 0 or the errno of a
- * stuck worker's replacement that could not start. */
-static int enqueue_locked(apex_manager_t *m, apex_task_t *t, apex__worker_t **wake) {
-  t->run_next = NULL;
-  /* The back link (apex__pool_unqueue_locked): done_next is free while a
-   * task is queued (never on the DONE queue and the run queue at once). */
-  atomic_store_explicit(&t->done_next, m->run_tail, memory_order_relaxed);
-  apex__task_ref(t);
-  if (m->run_tail)
-    m->run_tail->run_next = t;
-  else
-    m->run_head = t;
-  m->run_tail = t;
-  t->timer_flags |= APEX__POOL_QUEUED | APEX__POOL_LINKED;
-  m->n_queued++;
-  /* A spinning worker takes the task without a wakeup; wake an idle one
+/* Under pool_mu: the idle worker to wake (wake_worker, after unlocking)
+ * for what is runnable now beyond what spinning workers take, or NULL.
+ * Returns: via *e, 0 or the errno of a stuck worker's replacement that
+ * could not start. */
+static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
+  /* A spinning worker takes a task without a wakeup; wake an idle one
    * only for tasks beyond what the spinners take. */
-  *wake = m->n_queued > m->n_spinning ? take_idle_locked(m) : NULL;
-  return replace_stuck_locked(m);
+  apex__worker_t *w =
+      apex__sched_runnable_locked(m) > m->n_spinning ? take_idle_locked(m) : NULL;
+  *e = replace_stuck_locked(m);
+  return w;
 }
 
 /* After a push, pool_mu released: tells a spinning worker (which then
  * takes pool_mu, no longer held by the pusher) and wakes the idle worker
- * enqueue_locked chose, if any. A spinner that misses the count finds
- * the task when it takes pool_mu after spinning. */
+ * chosen, if any. A spinner that misses the count finds the task when it
+ * takes pool_mu after spinning. */
 static void pushed(apex_manager_t *m, apex__worker_t *wake) {
   atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
   wake_worker(wake);
@@ -189,50 +187,117 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
     pthread_mutex_unlock(&m->pool_mu);
     return;
   }
-  apex__worker_t *wake;
-  int e = enqueue_locked(m, t, &wake);
+  apex__sched_push_locked(m, t); /* a retry re-enters: limits and rates again */
+  int e;
+  apex__worker_t *wake = wake_for_runnable_locked(m, &e);
   pthread_mutex_unlock(&m->pool_mu);
   pushed(m, wake);
   log_no_replacement(m, e);
 }
 
-int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry) {
+void apex__pool_poke(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
-  /* Checked here, under the lock destroy sets the flag in, so a task is
-   * either refused or in the run queue destroy's sweep takes; never
-   * neither. */
-  /* n_live only rises under pool_mu, and falls before an ended task's
-   * state is published: this check can refuse a submit a moment early
-   * (while a task is ending), never after the host saw it end, and never
-   * let one too many in. */
-  int rc = atomic_load(&m->shutting_down) ? APEX_E_SHUTTING_DOWN
-           : m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued
-               ? APEX_E_QUEUE_FULL
-               : APEX_OK;
+  size_t n = apex__sched_runnable_locked(m);
+  apex__worker_t *ws = NULL;
+  for (size_t i = m->n_spinning; i < n && m->idle_head; i++) {
+    apex__worker_t *w = take_idle_locked(m);
+    w->idle_next = ws;
+    ws = w;
+  }
+  int e = replace_stuck_locked(m);
+  pthread_mutex_unlock(&m->pool_mu);
+  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
+  while (ws) {
+    apex__worker_t *next = ws->idle_next;
+    wake_worker(ws);
+    ws = next;
+  }
+  log_no_replacement(m, e);
+}
+
+/* Under pool_mu: is there room under every max_queued bound t counts in,
+ * or, when the caller may wait, until wait_ms passes? pool_mu is released
+ * while it waits. Returns APEX_OK, APEX_E_QUEUE_FULL, APEX_E_SHUTTING_DOWN. */
+static int await_room_locked(apex_manager_t *m, apex_task_t *t, int64_t wait_ms, char *why,
+                             size_t n) {
+  uint64_t until = wait_ms ? apex__ns_after_ms(wait_ms) : 0;
+  for (;;) {
+    /* Checked here, under the lock destroy sets the flag in, so a task is
+     * either refused or in the scheduler destroy's sweep finds; never
+     * neither. The live count (config.max_queued) only rises under
+     * pool_mu, and falls before an ended task's state is published: a
+     * submit can be refused a moment early (while a task is ending), never
+     * after the host saw it end, and never let one too many in. */
+    if (atomic_load(&m->shutting_down)) return APEX_E_SHUTTING_DOWN;
+    if (apex__sched_room_locked(m, t, why, n)) return APEX_OK;
+    if (!wait_ms || apex__now_ns() >= until) return APEX_E_QUEUE_FULL;
+    /* Woken when a task leaves a waiting place or ends (no polling), and
+     * by destroy. */
+    apex__sched_room_waiters(m, 1);
+    if (until == UINT64_MAX) {
+      pthread_cond_wait(apex__sched_room_cv(m), &m->pool_mu);
+    } else {
+      struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
+      pthread_cond_timedwait(apex__sched_room_cv(m), &m->pool_mu, &ts);
+    }
+    apex__sched_room_waiters(m, -1);
+  }
+}
+
+int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
+                      const apex__sched_req_t *req, char *why, size_t why_len) {
+  pthread_mutex_lock(&m->pool_mu);
+  /* No request: the plugin's default class, nothing to bind. */
+  int rc = req ? apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared) : APEX_OK;
+  if (rc == APEX_OK) rc = await_room_locked(m, t, req ? req->wait_ms : 0, why, why_len);
   if (rc == APEX_OK && (deadline || retry)) rc = apex__timer_reserve_locked(m, t, deadline, retry);
+  int scheduled = rc == APEX_OK && t->opts && t->opts->start_ns;
+  if (scheduled && (rc = apex__sched_push_start_locked(m, t)) != APEX_OK)
+    apex__timer_release_locked(m, t); /* no reference taken yet: none to drop */
   if (rc != APEX_OK) {
     pthread_mutex_unlock(&m->pool_mu);
     return rc;
   }
   atomic_fetch_add(&m->n_live, 1);
-  apex__worker_t *wake;
-  int e = enqueue_locked(m, t, &wake);
+  apex__worker_t *wake = NULL;
+  int e = 0;
+  if (!scheduled) {
+    apex__sched_push_locked(m, t);
+    wake = wake_for_runnable_locked(m, &e);
+  }
   if (deadline) apex__deadline_link_locked(m, t);
   pthread_mutex_unlock(&m->pool_mu);
-  pushed(m, wake);
+  if (!scheduled) pushed(m, wake);
   log_no_replacement(m, e);
   return APEX_OK;
 }
 
-apex_task_t *apex__pool_take_queued(apex_manager_t *m) {
+void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until) {
+  char why[8];
   pthread_mutex_lock(&m->pool_mu);
-  apex_task_t *t = m->run_head;
-  m->run_head = m->run_tail = NULL;
-  for (apex_task_t *i = t; i; i = i->run_next) i->timer_flags &= (uint8_t)~APEX__POOL_LINKED;
-  /* n_queued stays: each taken task leaves it as it ends (destroy cancels
-   * every one), and one that ended in the queue already left it. */
+  /* Checked and waited for under one hold of pool_mu: a room made after
+   * the caller's failed try wakes this wait, or this check sees it. */
+  if (!atomic_load(&m->shutting_down) && !apex__sched_room_locked(m, t, why, sizeof why) &&
+      apex__now_ns() < until) {
+    apex__sched_room_waiters(m, 1);
+    if (until == UINT64_MAX) {
+      pthread_cond_wait(apex__sched_room_cv(m), &m->pool_mu);
+    } else {
+      struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
+      pthread_cond_timedwait(apex__sched_room_cv(m), &m->pool_mu, &ts);
+    }
+    apex__sched_room_waiters(m, -1);
+  }
   pthread_mutex_unlock(&m->pool_mu);
-  return t;
+}
+
+size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max) {
+  pthread_mutex_lock(&m->pool_mu);
+  size_t n = apex__sched_collect_locked(m, out, max);
+  /* Submits waiting for room see shutting_down and give up. */
+  pthread_cond_broadcast(apex__sched_room_cv(m));
+  pthread_mutex_unlock(&m->pool_mu);
+  return n;
 }
 
 /* Under the stripe lock of r's task (t). */
@@ -254,58 +319,42 @@ static void wake_destroyer(apex_manager_t *m) {
   pthread_mutex_unlock(&m->wait_mu);
 }
 
-/* Under pool_mu: takes t, flagged APEX__POOL_QUEUED | APEX__POOL_LINKED,
- * out of the run queue. Returns the queue's reference, for the caller to
- * drop. The back link is exact for every task but the head (a worker's pop
- * leaves the new head's stale; it is never read for the head). */
-static unsigned unqueue_locked(apex_manager_t *m, apex_task_t *t) {
-  apex_task_t *prev = atomic_load_explicit(&t->done_next, memory_order_relaxed);
-  apex_task_t *next = t->run_next;
-  if (m->run_head == t) {
-    prev = NULL;
-    m->run_head = next;
-  } else {
-    prev->run_next = next;
-  }
-  if (m->run_tail == t)
-    m->run_tail = prev;
-  else
-    atomic_store_explicit(&next->done_next, prev, memory_order_relaxed);
-  t->run_next = NULL;
-  atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
-  t->timer_flags &= (uint8_t)~(APEX__POOL_QUEUED | APEX__POOL_LINKED);
-  m->n_queued--;
-  return 1;
-}
-
 void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   /* A task that ends on the worker running it (its handler returned)
-   * leaves its deadline list in the pool_mu section where the worker pops
-   * its next task: one section a task, not two. Its timers hold no count a
-   * host reads, and one firing meanwhile finds the task terminal. Not a
-   * task that holds a retry slot (reserved room in the retry heap, which
-   * is released under the task lock as the run state may go). Such a task
-   * was popped: it is in no queue. */
-  if (tls_running == t && tls_worker_of == m && apex__retry_policy(t)->max_attempts <= 1) {
+   * leaves its deadline list, and gives back its scheduler slots, in the
+   * pool_mu section where the worker pops its next task: one section a
+   * task, not two. Its timers hold no count a host reads, and one firing
+   * meanwhile finds the task terminal. Not a task that holds a retry slot
+   * (reserved room in the retry heap, which is released under the task
+   * lock as the run state may go). Such a task was popped: it is in no
+   * queue. */
+  int on_worker = tls_running == t && tls_worker_of == m;
+  apex__worker_t *wake = NULL;
+  int e = 0;
+  if (on_worker && apex__retry_policy(t)->max_attempts <= 1) {
     tls_release_owed = 1;
+    if (closing) tls_slots_owed = 1;
   } else {
     unsigned refs = 0;
     pthread_mutex_lock(&m->pool_mu);
-    if ((t->timer_flags & (APEX__POOL_QUEUED | APEX__POOL_LINKED)) ==
-        (APEX__POOL_QUEUED | APEX__POOL_LINKED)) {
-      /* Ended in the queue: it leaves it now, and no worker pops it. */
-      refs += unqueue_locked(m, t);
-    } else if (t->timer_flags & APEX__POOL_QUEUED) { /* taken by destroy's sweep */
-      t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
-      m->n_queued--;
+    /* Ended while it waited (cancelled, timed out): it leaves the
+     * scheduler now, and no worker pops it. */
+    refs += apex__sched_remove_locked(m, t);
+    if (closing) {
+      apex__sched_release_locked(m, t);
+      if (on_worker) tls_slots_owed = 0; /* given back here */
+      else wake = wake_for_runnable_locked(m, &e);
     }
     refs += apex__timer_release_locked(m, t);
     pthread_mutex_unlock(&m->pool_mu);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
+    if (wake) pushed(m, wake);
+    log_no_replacement(m, e);
   }
   if (t->run) unlink_live_locked(m, t, t->run);
   int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
   int drained = atomic_fetch_sub(&m->n_live, 1) == 1;
+  apex__sched_room_freed(m); /* config.max_queued counts live tasks */
   if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
 }
 
@@ -315,6 +364,9 @@ int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
    * this attempt counted and waits for it. */
   atomic_fetch_add(&m->n_active, 1);
   int sweeping = atomic_load(&m->sweeping);
+  /* The slots the pop took are the attempt's now, given back when it
+   * closes. */
+  if (tls_running == t && tls_worker_of == m) tls_slots_owed = 0;
   if (first) { /* under t's lock, which guards its stripe's list */
     apex__run_t **head = &m->stripes[t->id % APEX__LOCK_STRIPES].live_head;
     apex__run_t *r = t->run;
@@ -326,11 +378,18 @@ int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
   return sweeping;
 }
 
-int apex__pool_attempt_close(apex_manager_t *m, int was_stuck) {
-  if (was_stuck) { /* counted under the task lock with the stuck flag */
+int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
+  if (tls_running == t && tls_worker_of == m && !was_stuck) {
+    tls_slots_owed = 1; /* in the worker's next pool_mu section */
+  } else {
     pthread_mutex_lock(&m->pool_mu);
-    m->n_stuck--;
+    if (was_stuck) m->n_stuck--; /* counted under the task lock with the stuck flag */
+    apex__sched_release_locked(m, t);
+    int e;
+    apex__worker_t *wake = wake_for_runnable_locked(m, &e);
     pthread_mutex_unlock(&m->pool_mu);
+    if (wake) pushed(m, wake);
+    log_no_replacement(m, e);
   }
   unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
   int last = (left & ~APEX__ORPHANED) == 0;
@@ -369,18 +428,9 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
               stuck);
 }
 
-/* Under pool_mu: pops the run queue's head, or returns NULL. */
-static apex_task_t *pop_locked(apex_manager_t *m) {
-  apex_task_t *t = m->run_head;
-  if (!t) return NULL;
-  m->run_head = t->run_next;
-  if (!m->run_head) m->run_tail = NULL;
-  if (t->timer_flags & APEX__POOL_QUEUED) { /* else it ended in the queue */
-    t->timer_flags &= (uint8_t)~APEX__POOL_QUEUED;
-    m->n_queued--;
-  }
-  return t;
-}
+/* Under pool_mu: the next task to run, its slots taken (sched.c), or
+ * NULL. */
+static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_locked(m); }
 
 /* How long an idle worker watches the queue before it sleeps. */
 #define SPIN_NS 20000u
@@ -447,16 +497,27 @@ static void *worker_main(void *arg) {
 
     spun = 0;
     tls_running = t;
+    tls_slots_owed = 1; /* popped with its slots: the attempt's once it opens */
     int teardown = apex__task_run(t) | tls_teardown;
     tls_running = NULL;
     tls_teardown = 0;
     int owed = tls_release_owed;
     tls_release_owed = 0;
+    int slots = tls_slots_owed;
+    tls_slots_owed = 0;
     pthread_mutex_lock(&m->pool_mu);
     unsigned refs = owed ? apex__timer_release_locked(m, t) : 0;
+    int moved = slots ? apex__sched_release_locked(m, t) : 0;
     apex_task_t *next = NULL;
     if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) next = pop_locked(m);
+    /* Slots given back may have let more tasks run than this worker
+     * takes. */
+    apex__worker_t *more = NULL;
+    int e = 0;
+    if (moved) more = wake_for_runnable_locked(m, &e);
     pthread_mutex_unlock(&m->pool_mu);
+    wake_worker(more);
+    log_no_replacement(m, e);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
     apex__task_unref(t);
     if (teardown) {
@@ -473,7 +534,7 @@ static void *worker_main(void *arg) {
   self->exited = 1;
   /* A surplus worker may have been woken for a queued task it leaves:
    * hand that task's wakeup on. */
-  apex__worker_t *heir = m->run_head ? take_idle_locked(m) : NULL;
+  apex__worker_t *heir = apex__sched_runnable_locked(m) ? take_idle_locked(m) : NULL;
   pthread_mutex_unlock(&m->pool_mu);
   wake_worker(heir);
   /* Its kept run states to m's list (runs_mu, a leaf: after the unlock).

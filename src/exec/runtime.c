@@ -255,7 +255,7 @@ void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
   t->timer_flags |= APEX__TIMER_DL_LINKED;
   /* No reference for the list: a linked task is alive. Its life reference
    * goes only after finish_locked unlinked it, or, for a task that ended
-   * on its worker (pool.c, the owed release), after the run queue's
+   * on its worker (pool.c, the owed release), after the scheduler's
    * reference that worker still holds outlives the unlink in its next pop
    * section. fire_due takes one under pool_mu when it takes the task out.
    * Two atomic operations per task fewer, on a line the submitter and the
@@ -349,7 +349,7 @@ unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
   }
   apex__tmo_t *tmo = apex__task_tmo(t);
   if (tmo) apex__tmo_release_locked(m, tmo); /* holds no reference */
-  t->timer_flags &= (uint8_t)APEX__POOL_QUEUED; /* the timer flags, not the pool's */
+  t->timer_flags &= (uint8_t)APEX__SCHED_BITS; /* the timer flags, not the scheduler's */
   return refs;
 }
 
@@ -359,6 +359,8 @@ static uint64_t next_due_locked(apex_manager_t *m) {
   if (m->heap_len && (!at || rkey(m->heap[0]) < at)) at = rkey(m->heap[0]);
   uint64_t tat = apex__tmo_next_locked(m); /* timeouts.c */
   if (tat && (!at || tat < at)) at = tat;
+  uint64_t sat = apex__sched_next_due_locked(m); /* rate tokens, start times */
+  if (sat && (!at || sat < at)) at = sat;
   return at;
 }
 
@@ -378,8 +380,9 @@ static void fire_due(apex_manager_t *m, int on_host) {
     pthread_mutex_unlock(&m->pool_mu);
   }
   enum { BATCH = 256 };
-  apex_task_t *due[BATCH];
+  apex_task_t *due[BATCH], *started[BATCH];
   int retry[BATCH]; /* 0 deadline, 1 retry, 2 the timeouts timer */
+  int poke = 0;
   for (;;) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
@@ -403,6 +406,12 @@ static void fire_due(apex_manager_t *m, int on_host) {
       retry[n] = 2;
       due[n++] = tt; /* with a reference for us */
     }
+    /* The scheduler: rate tokens due make their waiters runnable here;
+     * tasks whose start time came are handed over (with the start heap's
+     * reference, which on_start drops or passes on). */
+    size_t before = apex__sched_runnable_locked(m);
+    size_t ns = apex__sched_fire_locked(m, now, started, BATCH - n > 0 ? BATCH - n : 0);
+    poke |= ns > 0 || apex__sched_runnable_locked(m) > before;
     pthread_mutex_unlock(&m->pool_mu);
     for (size_t i = 0; i < n; i++) {
       if (retry[i] == 1)
@@ -413,8 +422,10 @@ static void fire_due(apex_manager_t *m, int on_host) {
         apex__task_on_deadline(due[i]);
       apex__task_unref(due[i]);
     }
-    if (n < BATCH) break;
+    for (size_t i = 0; i < ns; i++) apex__task_on_start(started[i]);
+    if (n + ns < BATCH) break;
   }
+  if (poke) apex__pool_poke(m);
   arm(m);
 }
 

@@ -9,7 +9,7 @@
  * reference counted: the host's handle,
  * the "life" reference (held until the task is terminal AND no handler owns
  * its ctx, so a late handler never touches freed memory), and one reference
- * for each queue it sits in (run queue, timer heap, flush list, events).
+ * for each queue it sits in (the scheduler, timer heap, flush list, events).
  *
  * Every change of state, and every event pushed for a task, happens under
  * the task's stripe lock, so a task's events are queued in the order its
@@ -35,7 +35,7 @@ pthread_mutex_t *apex__task_mu(apex_task_t *t) {
   return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES].mu;
 }
 
-static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED; }
+static int is_terminal(int s) { return s >= APEX_TASK_SUCCEEDED && s <= APEX_TASK_TIMED_OUT; }
 
 static void slot_free(apex__progress_slot_t *s) {
   if (!s) return;
@@ -238,7 +238,7 @@ static void task_free(apex_task_t *t) {
    * nothing. */
   else if (apex_task_state_is_terminal(st) && !apex__error_is_lazy(t->out.error))
     apex_error_unref(t->out.error);
-  free((void *)t->opts);
+  if (t->opts && !t->opts->shared) free((void *)t->opts); /* a class's block stays */
   free(t);
   apex__manager_unref(m);
 }
@@ -908,7 +908,7 @@ static apex_error_t *cancel_error(apex_task_t *t, apex__cause_t cause, const cha
 
 /* A cancel of a task that has no token. With no handler (queued or
  * waiting to retry) nobody would ever read a token made now, so none is,
- * and the task ends here (leaving the run queue at once:
+ * and the task ends here (leaving the scheduler at once:
  * apex__pool_task_end). A running one whose attempt registered a cancel
  * callback, cancelled with the default reason (plain, the cause's name),
  * needs none either: the callback runs, and the attempt remembers it fired
@@ -1293,7 +1293,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
     pthread_mutex_unlock(mu);
     json_decref(res);
     apex_error_unref(own);
-    int teardown = apex__pool_attempt_close(m, was_stuck);
+    int teardown = apex__pool_attempt_close(m, t, was_stuck);
     after_release(t, &a);
     return teardown;
   }
@@ -1385,7 +1385,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
           }
           /* Not running while it waits. Never an orphaned manager's last
            * handler: the manager is orphaned only once every task ended. */
-          (void)apex__pool_attempt_close(m, was_stuck);
+          (void)apex__pool_attempt_close(m, t, was_stuck);
           a.uncount_stuck = 0;
           pthread_mutex_unlock(mu);
           apex_error_unref(err);

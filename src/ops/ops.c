@@ -4,15 +4,17 @@
  *
  * No registry of its own: a task costs the hot path nothing for being
  * listable. Operations are found where the engine already keeps them
- * (docs/architecture.md, "The operation manager"): the run queue (tasks not
- * yet started, under pool_mu) and the per-stripe live lists (started tasks,
- * each under its stripe lock). A walk takes pool_mu once and each stripe
- * lock once, collecting task references in bounded passes; what a task
- * shows (state, attempt, progress, group) is then read under its own lock,
- * one task at a time, so a listing never holds a lock a submit or a worker
- * waits for longer than one stripe's walk.
+ * (docs/architecture.md, "Operation groups and the operation manager"): the
+ * scheduler (tasks waiting to start, under pool_mu: sched/sched.h) and the
+ * per-stripe live lists (started tasks, each under its stripe lock). A walk
+ * takes pool_mu once and each stripe lock once, collecting task references;
+ * what a task shows (state, attempt, progress, group) is then read under
+ * its own lock, one task at a time. The cost a listing puts on submits and
+ * workers is pool_mu for the scheduler's walk (a reference per waiting
+ * task: about 10 ns each, so 10 ms with a million queued) and each stripe
+ * lock for its list's walk.
  *
- * What a walk can miss: a task a worker has taken from the run queue and
+ * What a walk can miss: a task a worker has taken from the scheduler and
  * not yet opened its first attempt for (a few hundred ns between two locks)
  * is in neither place. A listing is a snapshot and may leave it out;
  * apex_ops_find looks again before it says a task has ended, and the
@@ -27,6 +29,7 @@
 #include "exec/internal.h"
 #include "ops/group.h"
 #include "ops/ops.h"
+#include "sched/sched.h"
 
 /* ------------------------------------------------------------- filters */
 
@@ -117,17 +120,46 @@ static int by_id(const void *x, const void *y) {
   return a < b ? -1 : a > b;
 }
 
+/* Every task waiting in the scheduler (runnable, held by a limit or a
+ * rate, or scheduled for a start time), each with a reference; NULL with
+ * *n 0 when there are none or no memory (*nomem). One pool_mu section
+ * (sched/sched.h, apex__sched_collect_locked); what it holds is live, so
+ * n_live bounds it, and a submit racing the read makes the next try. */
+static apex_task_t **waiting(apex_manager_t *m, size_t *n, int *nomem) {
+  *n = 0;
+  size_t cap = atomic_load(&m->n_live) + 64;
+  for (;;) {
+    apex_task_t **v = malloc(cap * sizeof *v);
+    if (!v) {
+      *nomem = 1;
+      return NULL;
+    }
+    pthread_mutex_lock(&m->pool_mu);
+    size_t k = apex__sched_collect_locked(m, v, cap);
+    pthread_mutex_unlock(&m->pool_mu);
+    if (k < cap) {
+      *n = k;
+      return v;
+    }
+    for (size_t i = 0; i < k; i++) apex__task_unref(v[i]);
+    free(v);
+    cap *= 2;
+  }
+}
+
 /* Collects a reference on every live task matching f's static part: the
- * run queue first, then the live lists, so a task that starts in between
- * is seen twice rather than not at all; sorted by id, duplicates dropped.
- * Allocation happens under the locks (a reallocation per doubling). */
+ * scheduler's first, then the live lists, so a task that starts in between
+ * is seen twice rather than not at all (and one waiting to retry is in
+ * both); sorted by id, duplicates dropped. */
 static void collect(apex_manager_t *m, const flt_t *f, tvec_t *a) {
-  pthread_mutex_lock(&m->pool_mu);
-  for (apex_task_t *t = m->run_head; t && !a->nomem; t = t->run_next)
-    /* A task with a run state has started: its live list has it. It does
-     * not change while t is queued (pool.c). */
-    if (!t->run && flt_static(f, t)) tvec_push(a, t);
-  pthread_mutex_unlock(&m->pool_mu);
+  size_t nw = 0;
+  apex_task_t **w = waiting(m, &nw, &a->nomem);
+  for (size_t i = 0; i < nw; i++) {
+    /* Plugin, action and group never change: no lock needed. */
+    if (!a->nomem && flt_static(f, w[i])) tvec_push(a, w[i]);
+    apex__task_unref(w[i]);
+  }
+  free(w);
   for (int i = 0; i < APEX__LOCK_STRIPES && !a->nomem; i++) {
     pthread_mutex_lock(&m->stripes[i].mu);
     for (apex__run_t *r = m->stripes[i].live_head; r && !a->nomem; r = r->live_next)
@@ -283,13 +315,16 @@ apex_status_t apex_ops_list(apex_manager_t *m, const apex_ops_filter_t *filter,
 /* t with a reference if live task id is found, else NULL. */
 static apex_task_t *find_once(apex_manager_t *m, uint64_t id) {
   apex_task_t *t = NULL;
-  pthread_mutex_lock(&m->pool_mu);
-  for (apex_task_t *q = m->run_head; q && !t; q = q->run_next)
-    if (q->id == id) {
-      t = q;
-      apex__task_ref(t);
-    }
-  pthread_mutex_unlock(&m->pool_mu);
+  size_t nw = 0;
+  int nomem = 0;
+  apex_task_t **w = waiting(m, &nw, &nomem);
+  for (size_t i = 0; i < nw; i++) {
+    if (!t && w[i]->id == id)
+      t = w[i]; /* its reference is ours */
+    else
+      apex__task_unref(w[i]);
+  }
+  free(w);
   if (t) return t;
   apex__stripe_t *s = &m->stripes[id % APEX__LOCK_STRIPES];
   pthread_mutex_lock(&s->mu);

@@ -203,6 +203,11 @@ static int check_action(check_t *c, const apex_action_desc_t *acts, size_t i) {
   for (size_t k = 0; k < sizeof tmo / sizeof tmo[0]; k++)
     if (!finite_nonneg(tmo[k].v) || tmo[k].v > APEX__MAX_TIMEOUT_S)
       return bad(c, "%s %g is not in [0, %g]", tmo[k].name, tmo[k].v, APEX__MAX_TIMEOUT_S);
+  /* The scheduler's defaults (0: none), bounded as a host's own limits. */
+  if (a->max_concurrency > APEX_LIMIT_MAX)
+    return bad(c, "max_concurrency %u is above %u", a->max_concurrency, APEX_LIMIT_MAX);
+  if (a->key_concurrency > APEX_LIMIT_MAX)
+    return bad(c, "key_concurrency %u is above %u", a->key_concurrency, APEX_LIMIT_MAX);
   return check_retry(c, &a->default_retry);
 }
 

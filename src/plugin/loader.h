@@ -5,6 +5,7 @@
 #ifndef APEX_PLUGIN_LOADER_H
 #define APEX_PLUGIN_LOADER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "apex/apex.h"
@@ -35,6 +36,9 @@ typedef struct apex__plugin {
    * unloaded the plugin. One block, owned. */
   const char *name_copy;
   const char **action_names;
+  /* Its scheduler block (src/sched/: scopes, default class), made on first
+   * use; owned by the manager's scheduler. */
+  _Atomic(struct apex__pblock *) sched;
 } apex__plugin_t;
 
 /* Opens file, finds apex_plugin_entry, calls it with api, validates the

@@ -21,22 +21,15 @@
 #include "exec/internal.h"
 #include "integration/harness.h"
 
-/* Walks the run queue both ways under pool_mu. Returns its length, or -1
- * if a back link or the tail disagrees (the head's back link is never
- * read, see pool.c). */
+/* Walks the scheduler's runnable queues under pool_mu (links both ways,
+ * each task's place flag, the count; src/sched/sched.c). Returns their
+ * length, or -1 if anything disagrees or the queued count differs. */
 static long queue_check(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
-  long n = 0;
-  apex_task_t *prev = NULL;
-  int ok = 1;
-  for (apex_task_t *t = m->run_head; t; prev = t, t = t->run_next) {
-    if (n > 0 && atomic_load_explicit(&t->done_next, memory_order_relaxed) != prev) ok = 0;
-    if (!(t->timer_flags & APEX__POOL_QUEUED) || !(t->timer_flags & APEX__POOL_LINKED)) ok = 0;
-    n++;
-  }
-  if (m->run_tail != prev || (size_t)n != m->n_queued) ok = 0;
+  long n = apex__sched_check_locked(m);
+  if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
   pthread_mutex_unlock(&m->pool_mu);
-  return ok ? n : -1;
+  return n;
 }
 
 static void test_cancelled_queued_tasks_are_unlinked_at_once(void **st) {
