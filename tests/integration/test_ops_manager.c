@@ -171,6 +171,23 @@ static void test_queued(void **state) {
   assert_int_equal(apex_task_state(q[1]), APEX_TASK_CANCELLED); /* at once: it was queued */
   f.states = APEX_OPS_STATE(APEX_TASK_QUEUED);
   assert_int_equal(count(m, &f), 2);
+  /* A task scheduled for later (the scheduler's start heap). */
+  apex_submit_opts_t later;
+  apex_submit_opts_init(&later);
+  later.run_after_s = 3600;
+  apex_task_t *sch = submit_json(m, "ops_kit", "quick", NULL, &later);
+  assert_int_equal(apex_task_state(sch), APEX_TASK_SCHEDULED);
+  f.states = APEX_OPS_STATE(APEX_TASK_SCHEDULED);
+  apex_op_list_t *l = NULL;
+  assert_int_equal(apex_ops_list(m, &f, &l), APEX_OK);
+  assert_int_equal(apex_op_list_count(l), 1);
+  assert_int_equal(apex_op_list_at(l, 0)->id, apex_task_id(sch));
+  assert_true(apex_op_list_at(l, 0)->age_s >= 0);
+  apex_op_list_free(l);
+  assert_int_equal(count(m, NULL), 4); /* hold, two queued, the scheduled one */
+  assert_int_equal(apex_ops_cancel(m, &f, NULL, NULL), APEX_OK);
+  assert_int_equal(apex_task_state(sch), APEX_TASK_CANCELLED); /* at once: it waited */
+  apex_task_release(sch);
   assert_int_equal(apex_task_cancel(hold, NULL), APEX_OK);
   for (int i = 0; i < 3; i++) {
     wait_done(q[i]);
