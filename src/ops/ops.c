@@ -110,7 +110,8 @@ static void tvec_push(tvec_t *a, apex_task_t *t) {
 }
 
 static void tvec_free(tvec_t *a) {
-  for (size_t i = 0; i < a->n; i++) apex__task_unref(a->v[i]);
+  for (size_t i = 0; i < a->n; i++)
+    if (a->v[i]) apex__task_unref(a->v[i]);
   free(a->v);
   memset(a, 0, sizeof *a);
 }
@@ -271,9 +272,14 @@ static int list(apex_manager_t *m, const apex_ops_filter_t *filter, apex_op_list
   for (size_t i = 0; i < a.n; i++) {
     apex_op_info_t o;
     char *msg;
-    if (!info_read(a.v[i], &o, &msg)) continue;
-    if (f.states && !(f.states & APEX_OPS_STATE(o.state))) {
+    int take = info_read(a.v[i], &o, &msg);
+    if (take && f.states && !(f.states & APEX_OPS_STATE(o.state))) {
       free(msg);
+      take = 0;
+    }
+    if (!take) { /* its reference goes now: a kept one may move into its place */
+      apex__task_unref(a.v[i]);
+      a.v[i] = NULL;
       continue;
     }
     o.message = msg ? msg : empty;
@@ -288,9 +294,7 @@ static int list(apex_manager_t *m, const apex_ops_filter_t *filter, apex_op_list
   }
   l->n = k;
   if (keep) {
-    for (size_t i = k; i < a.n; i++)
-      if (a.v[i]) apex__task_unref(a.v[i]);
-    a.n = k;
+    a.n = k; /* every reference past k went or moved */
     *keep = a;
   } else {
     tvec_free(&a);
