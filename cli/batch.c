@@ -330,7 +330,8 @@ static void on_event(const apex_event_t *ev, void *user) {
                     ev->result ? json_deep_copy(ev->result) : json_null());
     break;
   case APEX_EVENT_HEARTBEAT:
-  case APEX_EVENT_SCHEDULED: break; /* not asked for (cli_manager_new's event_mask) */
+  case APEX_EVENT_SCHEDULED:
+  case APEX_EVENT_GROUP: break; /* not asked for (cli_manager_new's event_mask) */
   }
   if (o) cli_emit(with_line(s->line, o));
 }

@@ -409,7 +409,8 @@ static void on_event(const apex_event_t *ev, void *user) {
   case APEX_EVENT_DONE: on_done(r, ev); break;
   case APEX_EVENT_PARTIAL: on_partial(r, ev); break;
   case APEX_EVENT_HEARTBEAT:
-  case APEX_EVENT_SCHEDULED: break; /* not shown yet */
+  case APEX_EVENT_SCHEDULED:
+  case APEX_EVENT_GROUP: break; /* not shown yet (apex run submits no group) */
   }
 }
 

@@ -212,11 +212,18 @@ typedef enum apex_event_type {
                                 result holds its details (or NULL) */
   APEX_EVENT_SCHEDULED = 32, /* a task with a start time in the future was
                                 accepted (state scheduled) */
-  APEX_EVENT_PARTIAL = 64    /* the task's latest partial result
+  APEX_EVENT_PARTIAL = 64,   /* the task's latest partial result
                                 (apex_ctx_partial_result) in result, or
                                 NULL if the plugin cleared it; coalesced
                                 like PROGRESS, the last one before DONE */
+  APEX_EVENT_GROUP = 128     /* a member of an operation group (apex_group_t)
+                                reached its terminal state: task is that
+                                member, state its outcome, group the group,
+                                seq the group's change number (1, 2, ...);
+                                delivered after the member's DONE */
 } apex_event_type_t;
+
+typedef struct apex_group apex_group_t;
 
 /* What a host's event callback receives. Every pointer in it is borrowed for
  * the duration of the callback only: ref the Apex objects you keep, and
@@ -234,6 +241,9 @@ typedef struct apex_event {
   const json_t *result;             /* DONE, succeeded; HEARTBEAT: details;
                                        PARTIAL: the partial result */
   double retry_delay_s;             /* RETRY: delay before the next attempt */
+  /* Appended (a struct Apex fills: a host built against an older header
+   * never reads past what it knows). */
+  apex_group_t *group;              /* GROUP: the group (borrowed) */
 } apex_event_t;
 
 typedef void (*apex_event_fn)(const apex_event_t *ev, void *user);
@@ -720,6 +730,231 @@ APEX_EXTERN apex_token_t *apex_task_token(apex_task_t *t);
 APEX_EXTERN uint64_t apex_task_parent_id(apex_task_t *t);
 /* Drops the handle. The task itself runs to its end. */
 APEX_EXTERN void apex_task_release(apex_task_t *t);
+
+/* ---------------------------------------------------- operation groups
+ * A group collects tasks a host submits together, to wait for the first or
+ * for all of them, cancel them as one, and read their combined progress
+ * (docs/guide.md, "Operation groups"). Tasks join a group when they are
+ * submitted into it (apex_group_submit) and never leave it.
+ * Ownership: the group holds a reference on every member until
+ * apex_group_release; releasing the group does not cancel its tasks (they
+ * run to their end; cancel first with apex_group_cancel if that is wanted).
+ * A group keeps its manager's memory (not its threads) until released, as a
+ * task handle does: release groups after apex_manager_destroy is fine.
+ * Thread-safety: every apex_group_* call, any thread, any order, until
+ * apex_group_release; a call on a released group is refused with
+ * APEX_E_INVALID (the handle is checked against the live groups, never
+ * read, so a stale handle does no harm unless its address was reused by a
+ * newer group). */
+
+/* Returns: APEX_OK and a new, empty group of m in *out; APEX_E_INVALID
+ * (NULL m or out), APEX_E_SHUTTING_DOWN, APEX_E_NOMEM. Ownership: the
+ * caller releases *out with apex_group_release. */
+APEX_EXTERN apex_status_t apex_group_new(apex_manager_t *m, apex_group_t **out);
+/* Submits plugin.action as apex_manager_submit does, as a member of g.
+ * Returns: as apex_manager_submit; also APEX_E_INVALID for a released g,
+ * APEX_E_CANCELLED once g was cancelled (nothing submitted). out may be
+ * NULL: the group keeps the task (apex_group_task, apex_group_wait_any).
+ * Ownership: *out, when asked for, is the caller's handle (release it). */
+APEX_EXTERN apex_status_t apex_group_submit(apex_group_t *g, const char *plugin,
+                                            const char *action, json_t *params,
+                                            const apex_submit_opts_t *opts, apex_task_t **out,
+                                            apex_error_t **err);
+/* Returns: g's id (1, 2, ... per process; the `group` of apex_op_info_t),
+ * or 0 for NULL or a released group. */
+APEX_EXTERN uint64_t apex_group_id(apex_group_t *g);
+/* Returns: the members submitted so far (a failed submit is no member); 0
+ * for NULL or a released group. */
+APEX_EXTERN size_t apex_group_size(apex_group_t *g);
+/* Returns: member i in submit order as a new handle (release it), or NULL
+ * (i out of range, NULL or released g). */
+APEX_EXTERN apex_task_t *apex_group_task(apex_group_t *g, size_t i);
+/* Waits for the next member to end: members are returned in the order they
+ * reached their terminal state, each once, so the first call returns the
+ * first to end, and calling it size times returns every member. Blocks up
+ * to timeout_ms (negative: forever; 0: just checks); "ended" has
+ * apex_task_wait's meaning (in LOOP mode, its DONE callback returned).
+ * Returns: APEX_OK with a new handle in *out (release it);
+ * APEX_E_AGAIN on time-out; APEX_E_ALREADY when every member was returned
+ * already (an empty group too); APEX_E_INVALID for NULL out, a NULL or
+ * released g, or on Apex's runtime thread (a LOOP callback), which must not
+ * block. */
+APEX_EXTERN apex_status_t apex_group_wait_any(apex_group_t *g, int64_t timeout_ms,
+                                              apex_task_t **out);
+/* Waits until every member submitted so far has ended (as
+ * apex_task_wait), up to timeout_ms (negative: forever; 0: just checks).
+ * Returns: APEX_OK (an empty group at once); APEX_E_AGAIN on time-out;
+ * APEX_E_INVALID as apex_group_wait_any. */
+APEX_EXTERN apex_status_t apex_group_wait_all(apex_group_t *g, int64_t timeout_ms);
+/* Cancels every member not yet ended (apex_task_cancel with reason, NULL:
+ * "user") and refuses later submits into g. *n_cancelled (may be NULL):
+ * how many cancels took (APEX_OK from apex_task_cancel).
+ * Returns: APEX_OK; APEX_E_INVALID for a NULL or released g or a reserved
+ * reason ("timeout", "shutdown", "parent": nothing is cancelled). */
+APEX_EXTERN apex_status_t apex_group_cancel(apex_group_t *g, const char *reason,
+                                            size_t *n_cancelled);
+
+/* A group's figures now; grows like apex_stats_t (APEX_GROUP_STATS_INIT). */
+typedef struct apex_group_stats {
+  uint32_t struct_size;
+  uint64_t total; /* members */
+  /* by state (apex_task_state_t) */
+  uint64_t scheduled, queued, running, retry_wait;
+  uint64_t succeeded, failed, cancelled, timed_out;
+  /* The combined progress, 0 to 100: the mean over the members of each
+   * one's share, where an ended member (whatever its outcome) counts 100
+   * and a live one its last reported percentage (0 before any). Every
+   * member weighs the same; 0 for an empty group. */
+  double percentage;
+  /* The first layout ends here. Append only (docs/abi.md). */
+} apex_group_stats_t;
+#define APEX_GROUP_STATS_INIT {.struct_size = sizeof(apex_group_stats_t)}
+/* Returns: APEX_OK with *out filled as apex_manager_stats_v2 fills its
+ * struct; APEX_E_INVALID for NULL arguments, a released g, or a bad
+ * out->struct_size. */
+APEX_EXTERN apex_status_t apex_group_stats(apex_group_t *g, apex_group_stats_t *out);
+/* Returns: the members' outcomes as a JSON array in submit order, each
+ * {"task": id, "plugin", "action", "state", "result"? (succeeded),
+ * "error"? (apex_error_to_json)}, a new reference; NULL for a NULL or
+ * released g, or no memory. Pair it with apex_group_wait_all. */
+APEX_EXTERN json_t *apex_group_results(apex_group_t *g);
+/* Drops the host's handle and the group's references on its members;
+ * members keep running (see above). Returns: APEX_OK (also for NULL);
+ * APEX_E_INVALID if g was released already or is no group. */
+APEX_EXTERN apex_status_t apex_group_release(apex_group_t *g);
+
+/* Submits n calls into a new group, waits for all (as apex_group_wait_all,
+ * timeout_ms), and returns apex_group_results' array in *results (NULL on
+ * time-out). The common "fan out and collect" in one call.
+ * Returns: APEX_OK when every call was submitted and ended (each item says
+ * how); the first submit error (the calls submitted before it are cancelled
+ * and waited for; *err names it); APEX_E_AGAIN on time-out (the calls are
+ * cancelled); APEX_E_INVALID as apex_group_wait_any. Ownership: calls and
+ * their params borrowed; *results a new reference. */
+typedef struct apex_call {
+  const char *plugin, *action;
+  json_t *params;                 /* NULL: {} */
+  const apex_submit_opts_t *opts; /* NULL: defaults */
+} apex_call_t;
+APEX_EXTERN apex_status_t apex_manager_execute_all(apex_manager_t *m, const apex_call_t *calls,
+                                                   size_t n, int64_t timeout_ms,
+                                                   json_t **results, apex_error_t **err);
+
+/* --------------------------------------------------- operation manager
+ * Every live task (submitted, not yet terminal) of a manager is an
+ * operation: list them, find one by id, cancel by id or by filter, or take
+ * a JSON snapshot for a dashboard. Listing takes each lock stripe and the
+ * run queue's lock once, briefly, and costs the task hot path nothing
+ * (docs/architecture.md, "The operation manager"). Thread-safety: any
+ * thread. */
+
+/* Bit of apex_ops_filter_t.states for state s. */
+#define APEX_OPS_STATE(s) (1u << (unsigned)(s))
+
+/* Which operations a call is about; every field's zero means "any". Grows
+ * like apex_submit_opts_t (struct_size; APEX_OPS_FILTER_INIT). */
+typedef struct apex_ops_filter {
+  uint32_t struct_size;
+  unsigned states;    /* APEX_OPS_STATE bits of live states; 0: any; a bit
+                         of a terminal or unknown state: APEX_E_INVALID */
+  const char *plugin; /* plugin name; NULL: any */
+  const char *action; /* action name (of any plugin unless plugin is set) */
+  apex_group_t *group; /* members of this group; NULL: any */
+  /* The first layout ends here. Append only (docs/abi.md). */
+} apex_ops_filter_t;
+#define APEX_OPS_FILTER_INIT {.struct_size = sizeof(apex_ops_filter_t)}
+
+/* One operation as apex_ops_list saw it. Filled by Apex: a host reads a
+ * field appended later only if APEX_HAS_FIELD(apex_op_info_t, info, f). */
+typedef struct apex_op_info {
+  uint32_t struct_size;
+  uint64_t id;
+  const char *plugin, *action; /* valid until apex_manager_destroy */
+  apex_task_state_t state;
+  uint32_t attempt;            /* attempts started */
+  double percentage;           /* last reported; -1 before any report */
+  const char *message;         /* last reported; "" none (the list's) */
+  double age_s;                /* seconds since submit, to a clock tick
+                                  (1 to 4 ms) for a task without a
+                                  deadline; -1 if the clock failed */
+  uint64_t group;              /* apex_group_id of its group, 0: none */
+} apex_op_info_t;
+
+typedef struct apex_op_list apex_op_list_t;
+/* Lists m's live operations that match filter (NULL: all), in id order.
+ * Returns: APEX_OK and a new list in *out (apex_op_list_free);
+ * APEX_E_INVALID (NULL m or out, a bad filter: struct_size, state bits, a
+ * released group, a group of another manager), APEX_E_NOMEM. */
+APEX_EXTERN apex_status_t apex_ops_list(apex_manager_t *m, const apex_ops_filter_t *filter,
+                                        apex_op_list_t **out);
+/* Returns: the number of entries / entry i (borrowed, valid until the list
+ * is freed), or 0 / NULL. */
+APEX_EXTERN size_t apex_op_list_count(const apex_op_list_t *l);
+APEX_EXTERN const apex_op_info_t *apex_op_list_at(const apex_op_list_t *l, size_t i);
+APEX_EXTERN void apex_op_list_free(apex_op_list_t *l);
+/* Finds live operation id.
+ * Returns: APEX_OK and a new handle in *out (apex_task_release);
+ * APEX_E_ALREADY if id was a task of m that has ended (or was never
+ * accepted); APEX_E_INVALID for NULL arguments, id 0 or an id m never
+ * gave. */
+APEX_EXTERN apex_status_t apex_ops_find(apex_manager_t *m, uint64_t id, apex_task_t **out);
+/* Cancels live operation id (as apex_task_cancel, reason NULL: "user").
+ * Returns: as apex_ops_find, or as apex_task_cancel. */
+APEX_EXTERN apex_status_t apex_ops_cancel_id(apex_manager_t *m, uint64_t id, const char *reason);
+/* Cancels every live operation that matches filter (NULL: all).
+ * *n_cancelled (may be NULL): how many cancels took.
+ * Returns: APEX_OK; APEX_E_INVALID as apex_ops_list, or a reserved reason;
+ * APEX_E_NOMEM. */
+APEX_EXTERN apex_status_t apex_ops_cancel(apex_manager_t *m, const apex_ops_filter_t *filter,
+                                          const char *reason, size_t *n_cancelled);
+/* Returns: {"operations": [{"id", "plugin", "action", "state", "attempt",
+ * "percentage" (null before any report), "message", "age_s", "group"
+ * (null: none)}...], "counts": {state name: n, ...},
+ * "live": n} for the operations that match filter (NULL: all), a new
+ * reference; NULL for bad arguments or no memory. */
+APEX_EXTERN json_t *apex_ops_snapshot(apex_manager_t *m, const apex_ops_filter_t *filter);
+
+/* ------------------------------------------------- graceful shutdown */
+
+/* One operation in a shutdown report; names are the report's copies. */
+typedef struct apex_shutdown_op {
+  uint64_t id;
+  const char *plugin, *action;
+  apex_task_state_t state; /* its state when the report was made */
+} apex_shutdown_op_t;
+
+/* What apex_manager_shutdown did with the operations live when it began. */
+typedef struct apex_shutdown_report {
+  uint32_t struct_size;  /* sizeof as Apex filled it */
+  apex_status_t status;  /* what apex_manager_destroy returned */
+  /* ended on their own during the drain: succeeded, failed, timed out */
+  size_t n_finished;
+  const apex_shutdown_op_t *finished;
+  /* ended cancelled (shutdown, or a cancel during the drain), their
+   * handlers returned */
+  size_t n_cancelled;
+  const apex_shutdown_op_t *cancelled;
+  /* cancelled, but their handlers ignored it and were still running when
+   * destroy gave up (status APEX_E_BUSY) */
+  size_t n_abandoned;
+  const apex_shutdown_op_t *abandoned;
+  /* The first layout ends here. */
+} apex_shutdown_report_t;
+
+/* apex_manager_destroy(m, drain_ms), with a report of what became of every
+ * operation live when it began. Submits are refused from the start, as
+ * destroy's are. destroy's contract holds unchanged (every DONE delivered
+ * before this returns; APEX_E_BUSY with deaf handlers).
+ * Returns: what destroy returns; with report non-NULL, *report is a new
+ * report (apex_shutdown_report_free) or NULL if no memory was left for it
+ * (the shutdown happens all the same). Thread-safety: as destroy. */
+APEX_EXTERN apex_status_t apex_manager_shutdown(apex_manager_t *m, int64_t drain_ms,
+                                                apex_shutdown_report_t **report);
+/* Returns: {"status": name, "finished": [{"id", "plugin", "action",
+ * "state"}...], "cancelled": [...], "abandoned": [...]}, a new reference;
+ * NULL for NULL or no memory. */
+APEX_EXTERN json_t *apex_shutdown_report_to_json(const apex_shutdown_report_t *r);
+APEX_EXTERN void apex_shutdown_report_free(apex_shutdown_report_t *r);
 
 #ifdef __cplusplus
 }

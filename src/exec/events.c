@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "exec/internal.h"
+#include "ops/ops.h"
 
 int apex__events_init(apex_manager_t *m) {
   m->ev_fd = m->host_fd = -1;
@@ -64,7 +65,9 @@ void apex__ev_free(apex__ev_t *node) {
   if (node->ev.type == APEX_EVENT_HEARTBEAT || node->ev.type == APEX_EVENT_PARTIAL)
     json_decref((json_t *)node->ev.result);
   apex_task_t *t = node->ev.task;
+  struct apex_group *g = node->ev.type == APEX_EVENT_GROUP ? node->ev.group : NULL;
   free(node);
+  if (g) apex__group_event_done(g);
   if (t) apex__task_unref(t);
 }
 
@@ -249,8 +252,18 @@ int apex__events_deliver(apex_manager_t *m) {
   m->ev_fd_armed = 0;
   pthread_mutex_unlock(&m->ev_mu);
   int count = 0;
+  /* GROUP events (ops/group.c) wait for the DONEs of this batch: each is
+   * about a member whose DONE was queued before it. */
+  apex__ev_t *grp = NULL, **grp_tail = &grp;
   while (n) {
     apex__ev_t *next = n->next;
+    if (n->ev.type == APEX_EVENT_GROUP) {
+      n->next = NULL;
+      *grp_tail = n;
+      grp_tail = &n->next;
+      n = next;
+      continue;
+    }
     if (n->fn) n->fn(&n->ev, n->user);
     apex__ev_free(n);
     count++;
@@ -285,6 +298,13 @@ int apex__events_deliver(apex_manager_t *m) {
      * fence per delivery, not per task. */
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load(&m->waiters)) wake_waiters(m);
+  }
+  while (grp) {
+    apex__ev_t *next = grp->next;
+    if (grp->fn) grp->fn(&grp->ev, grp->user);
+    apex__ev_free(grp);
+    count++;
+    grp = next;
   }
   return count;
 }

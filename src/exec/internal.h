@@ -20,6 +20,9 @@
  *                             leaf (waking waiters after a DONE callback)
  *   a family's mutex          (src/ops/children.c) after a task lock; a
  *                             leaf
+ *   group->mu                 (ops/group.c) after a task lock (a member's
+ *                             end), before m->ev_mu (its GROUP event);
+ *                             else a leaf
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -157,6 +160,12 @@ typedef struct apex__task_opts {
   /* This block is a class's own (sched.h): shared by the tasks whose only
    * options are scheduling ones, never freed with a task. */
   uint8_t shared;
+  /* The operation group it was submitted into (ops/group.c), or NULL, and
+   * its index there (never in a shared block: a member has its own). The
+   * task's membership holds a group reference until its terminal
+   * transition hands it on (apex__group_member_end). */
+  struct apex_group *group;
+  size_t group_idx;
 } apex__task_opts_t;
 
 /* t's timeouts block, or NULL (immutable after submit: no lock). */
@@ -296,10 +305,13 @@ struct apex_task {
    * the neighbours its unlink will write (apex__task_prefetch_end). */
   _Atomic(apex_task_t *) tprev, tnext;
   /* The outcome once terminal (task lock): result when succeeded, else
-   * error. */
+   * error. Until then, the word holds the submit time (ns, CLOCK_MONOTONIC
+   * to a clock tick: ops/ops.c reports it as the operation's age), written
+   * once before the task is visible and replaced by the outcome. */
   union {
     json_t *result;
     apex_error_t *error;
+    uint64_t submitted_ns;
   } out;
   atomic_uint refs;
   uint32_t event_seq;  /* events made so far (task lock) */

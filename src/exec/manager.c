@@ -27,6 +27,7 @@
 #include "core/policy.h"
 #include "core/utf8.h"
 #include "exec/internal.h"
+#include "ops/ops.h"
 
 #define MAX_WORKERS 1024
 
@@ -110,6 +111,7 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
   }
   unsigned all = APEX_EVENT_ATTEMPT | APEX_EVENT_PROGRESS | APEX_EVENT_RETRY | APEX_EVENT_DONE |
                  APEX_EVENT_HEARTBEAT | APEX_EVENT_SCHEDULED | APEX_EVENT_PARTIAL;
+  all |= APEX_EVENT_GROUP; /* operation groups (ops/group.c) */
   if (out->event_mask & ~all) {
     snprintf(why, n, "config.event_mask 0x%x: unknown bits", out->event_mask);
     return 0;
@@ -649,7 +651,7 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
  * overrides nothing costs no allocation here. */
 static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
                         const apex_submit_opts_t *o, const apex__spawn_info_t *sp, apex_task_t *t,
-                        uint64_t start_ns,
+                        uint64_t start_ns, const apex__member_t *g,
                         apex_error_t **err) {
   double timeout = o ? o->timeout_s : 0;
   if (timeout == 0) timeout = a->default_timeout_s;
@@ -678,7 +680,7 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   int tmo = tns[0] || tns[1] || tns[2];
-  if (!tmo && !sp && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)))
+  if (!tmo && !sp && !g && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)))
     return APEX_OK;
   /* One block: the options, then the timeouts' state if any. */
   apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
@@ -695,6 +697,10 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     x->parent_id = sp->parent_id;
     x->child_depth = sp->depth;
     x->child_capped = (uint8_t)capped;
+  }
+  if (g) {
+    x->group = g->group;
+    x->group_idx = g->idx;
   }
   if (!o) return APEX_OK;
   if (o->retry) {
@@ -804,12 +810,13 @@ static int action_list(const apex__plugin_t *p, char *buf, size_t n) {
 apex_status_t apex_manager_submit(apex_manager_t *m, const char *plugin, const char *action,
                                   json_t *params, const apex_submit_opts_t *opts,
                                   apex_task_t **out, apex_error_t **err) {
-  return apex__submit(m, plugin, action, params, opts, NULL, out, err);
+  return apex__submit(m, plugin, action, params, opts, NULL, NULL, out, err);
 }
 
-int apex__submit(apex_manager_t *m, const char *plugin, const char *action, json_t *params,
-                 const apex_submit_opts_t *opts, const apex__spawn_info_t *sp, apex_task_t **out,
-                 apex_error_t **err) {
+apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *action,
+                           json_t *params, const apex_submit_opts_t *opts,
+                           const apex__spawn_info_t *sp, const apex__member_t *g,
+                           apex_task_t **out, apex_error_t **err) {
   if (out) *out = NULL;
   if (!m || !plugin || !action || !out)
     return apex__fail(err, APEX_E_INVALID, "apex_manager_submit: %s is NULL",
@@ -879,7 +886,7 @@ int apex__submit(apex_manager_t *m, const char *plugin, const char *action, json
   uint64_t start_ns = 0;
   int rc = apex__sched_pblock(m, p) ? APEX_OK
                                     : apex__fail(err, APEX_E_NOMEM, "out of memory");
-  if (rc == APEX_OK) rc = resolve_opts(m, a, opts, sp, t, 0, err);
+  if (rc == APEX_OK) rc = resolve_opts(m, a, opts, sp, t, 0, g, err);
   /* Most submits set no scheduling option and name an action without a
    * key hook: they need no request at all (the plugin's default class). */
   int sched = a->concurrency_key ||
@@ -901,6 +908,11 @@ int apex__submit(apex_manager_t *m, const char *plugin, const char *action, json
       atomic_init(&t->state, APEX_TASK_SCHEDULED);
     }
   }
+  /* Its age for the operation manager (ops/ops.c), in the outcome's word
+   * until there is an outcome: the deadline's clock read when it has one,
+   * else the coarse clock (a few ns, no system call). */
+  t->out.submitted_ns = t->deadline_ns ? t->deadline_ns - apex__timeout_ns(t->timeout_s)
+                                       : apex__coarse_now_ns();
   if (rc == APEX_OK && opts && opts->parent) {
     apex_token_t *tok = NULL;
     rc = apex_token_new_child(opts->parent, &tok);

@@ -29,6 +29,7 @@
 #include "core/error.h"
 #include "core/progress_internal.h"
 #include "exec/internal.h"
+#include "ops/ops.h"
 
 pthread_mutex_t *apex__task_mu(apex_task_t *t) {
   return &apex__task_m(t)->stripes[t->id % APEX__LOCK_STRIPES].mu;
@@ -231,9 +232,12 @@ static void task_free(apex_task_t *t) {
     slot_free(r->prog);
     run_put(m, r);
   }
-  if (atomic_load(&t->state) == APEX_TASK_SUCCEEDED)
+  int st = atomic_load(&t->state);
+  if (st == APEX_TASK_SUCCEEDED)
     json_decref(t->out.result);
-  else if (!apex__error_is_lazy(t->out.error)) /* a lazy one never made owns nothing */
+  /* A live task's word is its submit time; a lazy error never made owns
+   * nothing. */
+  else if (apex_task_state_is_terminal(st) && !apex__error_is_lazy(t->out.error))
     apex_error_unref(t->out.error);
   if (t->opts && !t->opts->shared) free((void *)t->opts); /* a class's block stays */
   free(t);
@@ -825,6 +829,9 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
       apex__events_push_done(m, t);
     }
   }
+  /* Its group (ops/group.c), after the DONE so a GROUP event follows it;
+   * t is still held (the caller's reference, or the life one). */
+  if (t->opts && t->opts->group) apex__group_member_end(t, state);
 }
 
 /* The part of after_unlock that reads the plugin's names. */

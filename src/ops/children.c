@@ -44,6 +44,7 @@
 #include "core/error.h"
 #include "core/utf8.h"
 #include "exec/internal.h"
+#include "ops/ops.h"
 
 #define LABEL_MAX 256
 
@@ -304,7 +305,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
-  int rc = apex__submit(m, plugin, action, params, &so, &sp, &ct, &err);
+  int rc = apex__submit(m, plugin, action, params, &so, &sp, NULL, &ct, &err);
   pthread_mutex_lock(&f->mu);
   if (rc != APEX_OK) {
     for (size_t i = f->n; i-- > 0;) {

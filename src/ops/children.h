@@ -18,11 +18,7 @@ typedef struct apex__spawn_info {
   uint64_t cap_ns;         /* the parent's deadline (CLOCK_MONOTONIC ns), 0: none */
 } apex__spawn_info_t;
 
-/* manager.c: apex_manager_submit with sp (NULL: a host's submit). Returns:
- * as apex_manager_submit. */
-int apex__submit(apex_manager_t *m, const char *plugin, const char *action, json_t *params,
-                 const apex_submit_opts_t *opts, const apex__spawn_info_t *sp, apex_task_t **out,
-                 apex_error_t **err);
+/* apex__submit (ops/ops.h) takes an apex__spawn_info_t for a child. */
 
 /* ctx.c: fills the child-task members of the host table. */
 void apex__children_api_init(apex_host_api_t *api);
