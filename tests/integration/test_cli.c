@@ -492,9 +492,14 @@ static void test_terminal_library_log_lines_print_above_the_display(void **st) {
   proc_wait(&p);
   if (p.code != 0) fail_msg("exit %d; output:\n%s", p.code, buf_str(&p.out));
   const char *out = buf_str(&p.out);
-  /* The line comes right after the one-line block was erased (cursor up
-   * over it, clear to the end), not written over or below the frame. */
-  assert_contains(out, "\x1b[1A\x1b[Japex: debug: task 1 example_async.long_task progress");
+  /* The line comes right after the block was erased (cursor up over its
+   * one line, or two once a partial result is shown under the bar; clear
+   * to the end), not written over or below the frame. */
+  const char *line = "\x1b[Japex: debug: task 1 example_async.long_task progress";
+  const char *at = strstr(out, line);
+  if (!at || at - out < 4 || memcmp(at - 4, "\x1b[", 2) != 0 || at[-1] != 'A' ||
+      (at[-2] != '1' && at[-2] != '2'))
+    fail_msg("no log line right after the block's erase; output:\n%s", out);
   assert_contains(out, "succeeded: {");
   proc_free(&p);
 }
