@@ -423,11 +423,6 @@ struct apex_manager {
   unsigned n_idle;     /* on the idle stack */
   unsigned n_spinning; /* idle workers watching the queue before they sleep */
   _Atomic uint32_t run_pushes; /* tasks pushed, ever: what a spinner watches */
-  /* the spinner naps instead (pool.c, nap_for_push): 1 while it does; and
-   * its wake for a batch: 0 none, 1 owed (set under pool_mu), 2 made (by
-   * the pusher that swapped 1 for 2, after its unlock) */
-  unsigned n_lazy;
-  atomic_int lazy_kick;
   unsigned n_stuck;
   /* submitted, not terminal; raised under pool_mu, lowered before the
    * task's terminal state is published (apex__pool_task_end) */

@@ -159,27 +159,15 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
   return e ? APEX_E_IO : APEX_OK;
 }
 
-/* The tasks a napping spinner (a stream: see nap_for_push) lets pile up
- * before a push wakes it. */
-#define LAZY_BATCH 64u
-
 /* Under pool_mu: the idle worker to wake (wake_worker, after unlocking)
  * for what is runnable now beyond what spinning workers take, or NULL.
  * Returns: via *e, 0 or the errno of a stuck worker's replacement that
  * could not start. */
 static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
   /* A spinning worker takes a task without a wakeup; wake an idle one
-   * only for tasks beyond what the spinners take. A napping spinner (a
-   * stream, see nap_for_push) covers a batch. */
-  size_t n = apex__sched_runnable_locked(m);
-  size_t covered = m->n_spinning;
-  if (m->n_lazy) {
-    int k = atomic_load_explicit(&m->lazy_kick, memory_order_relaxed);
-    if (n >= LAZY_BATCH && !k) /* woken in pushed(), after the unlock */
-      atomic_store_explicit(&m->lazy_kick, 1, memory_order_relaxed);
-    covered += LAZY_BATCH - 1; /* until it took pool_mu again */
-  }
-  apex__worker_t *w = n > covered ? take_idle_locked(m) : NULL;
+   * only for tasks beyond what the spinners take. */
+  apex__worker_t *w =
+      apex__sched_runnable_locked(m) > m->n_spinning ? take_idle_locked(m) : NULL;
   *e = replace_stuck_locked(m);
   return w;
 }
@@ -187,14 +175,9 @@ static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
 /* After a push, pool_mu released: tells a spinning worker (which then
  * takes pool_mu, no longer held by the pusher) and wakes the idle worker
  * chosen, if any. A spinner that misses the count finds the task when it
- * takes pool_mu after spinning; a napping one is woken once its batch is
- * there (lazy_kick) or by its timeout. */
+ * takes pool_mu after spinning. */
 static void pushed(apex_manager_t *m, apex__worker_t *wake) {
-  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_release);
-  int owed = 1;
-  if (atomic_load_explicit(&m->lazy_kick, memory_order_relaxed) == 1 &&
-      atomic_compare_exchange_strong(&m->lazy_kick, &owed, 2))
-    syscall(SYS_futex, (uint32_t *)&m->run_pushes, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
   wake_worker(wake);
 }
 
@@ -452,44 +435,20 @@ static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_lock
 /* How long an idle worker watches the queue before it sleeps. */
 #define SPIN_NS 20000u
 
-/* Returns how long it waited for a push to change m->run_pushes from
- * seen, or UINT64_MAX when SPIN_NS passed without one. */
-static uint64_t spin_for_push(apex_manager_t *m, uint32_t seen) {
-  uint64_t t0 = apex__now_ns();
+/* Returns once a push changed m->run_pushes from seen, or SPIN_NS passed. */
+static void spin_for_push(apex_manager_t *m, uint32_t seen) {
+  uint64_t until = 0;
   for (unsigned i = 1;; i++) {
-    if (atomic_load_explicit(&m->run_pushes, memory_order_relaxed) != seen)
-      return apex__now_ns() - t0;
+    if (atomic_load_explicit(&m->run_pushes, memory_order_relaxed) != seen) return;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
-    if (i % 64 == 0 && apex__now_ns() - t0 >= SPIN_NS) return UINT64_MAX;
+    if (i % 64 == 0) {
+      uint64_t now = apex__now_ns();
+      if (!until) until = now + SPIN_NS;
+      else if (now >= until) return;
+    }
   }
-}
-
-/* A stream: pushes that keep arriving within STREAM_NS of the spinner's
- * start, STREAM_RUN times in a row, while at least STREAM_FOUND of the
- * worker's last 16 pops after a task found the next one already waiting
- * (a host submitting faster than a worker runs its no-ops, without
- * waiting for results: W1; a host doing round trips, W2, never leaves a
- * task waiting when a worker ends one). Then the spinner naps instead of spinning
- * (nap_for_push): the tasks pile up while it sleeps, and it runs them in a
- * row. Spinning would cost a core for the time between pushes, a task's
- * whole share of the host's submit; a nap costs one futex wait and one
- * wake (by the push that makes LAZY_BATCH runnable) per batch. The price:
- * a task of a stream may wait up to NAP_NS (plus the kernel's timer
- * slack) for the batch to fill, when the stream stops short of it; lone
- * tasks and round trips (W2) never make a stream, and a task that needs a
- * second worker still wakes one at once (wake_for_runnable_locked). */
-#define STREAM_NS 4000u
-#define STREAM_RUN 16u
-#define STREAM_FOUND 4
-#define NAP_NS 50000
-
-/* Sleeps until a push that made LAZY_BATCH runnable wakes it, NAP_NS
- * passes, or m->run_pushes already moved from seen. */
-static void nap_for_push(apex_manager_t *m, uint32_t seen) {
-  struct timespec ts = {0, NAP_NS};
-  syscall(SYS_futex, (uint32_t *)&m->run_pushes, FUTEX_WAIT_PRIVATE, seen, &ts, NULL, 0);
 }
 
 static void *worker_main(void *arg) {
@@ -501,11 +460,6 @@ static void *worker_main(void *arg) {
    * held. NULL: pool_mu held. */
   apex_task_t *t = NULL;
   int spun = 0; /* spun since it last ran a task or slept */
-  unsigned streak = 0; /* spins in a row that a push ended soon (a stream) */
-  int napped = 0;      /* the last spin was a nap */
-  /* The last 16 pops after a task: bit set when one found the next task
-   * waiting (a host that does not wait for its results). */
-  uint16_t found = 0;
   pthread_mutex_lock(&m->pool_mu);
   for (;;) {
     if (!t) {
@@ -517,32 +471,16 @@ static void *worker_main(void *arg) {
           /* Before sleeping, watch the queue for a moment without the lock:
            * a task pushed meanwhile is taken with no futex wake and wait,
            * and no wake of an idle CPU (tens of us on a VM). One worker at
-           * a time: the CPU a spinner burns is what an idle one saves.
-           * In a stream it naps instead (nap_for_push). */
+           * a time: the CPU a spinner burns is what an idle one saves. */
           spun = 1;
           m->n_spinning++;
-          int nap = streak >= STREAM_RUN && __builtin_popcount(found) >= STREAM_FOUND;
-          if (nap) m->n_lazy = 1;
           uint32_t seen = atomic_load_explicit(&m->run_pushes, memory_order_relaxed);
           pthread_mutex_unlock(&m->pool_mu);
-          if (nap) {
-            nap_for_push(m, seen);
-          } else {
-            uint64_t waited = spin_for_push(m, seen);
-            streak = waited <= STREAM_NS ? streak + 1 : 0;
-          }
+          spin_for_push(m, seen);
           pthread_mutex_lock(&m->pool_mu);
           m->n_spinning--;
-          if (nap) {
-            m->n_lazy = 0;
-            atomic_store_explicit(&m->lazy_kick, 0, memory_order_relaxed);
-            napped = 1;
-          }
           continue;
         }
-        /* A nap that ended with nothing to run: the stream stopped. */
-        if (napped) streak = 0, found = 0;
-        napped = 0;
         spun = 0;
         /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
         atomic_store_explicit(&self->wake, 0u, memory_order_relaxed);
@@ -558,7 +496,6 @@ static void *worker_main(void *arg) {
     }
 
     spun = 0;
-    napped = 0;
     tls_running = t;
     tls_slots_owed = 1; /* popped with its slots: the attempt's once it opens */
     int teardown = apex__task_run(t) | tls_teardown;
@@ -573,7 +510,6 @@ static void *worker_main(void *arg) {
     int moved = slots ? apex__sched_release_locked(m, t) : 0;
     apex_task_t *next = NULL;
     if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) next = pop_locked(m);
-    found = (uint16_t)(found << 1 | (next != NULL));
     /* Slots given back may have let more tasks run than this worker
      * takes. */
     apex__worker_t *more = NULL;
@@ -610,9 +546,6 @@ static void *worker_main(void *arg) {
 void apex__pool_stop(apex_manager_t *m) {
   pthread_mutex_lock(&m->pool_mu);
   m->pool_stop = 1;
-  /* A napping spinner too (it would find pool_stop after NAP_NS anyway). */
-  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
-  syscall(SYS_futex, (uint32_t *)&m->run_pushes, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
   while (m->idle_head) wake_worker(take_idle_locked(m)); /* each finds pool_stop */
   apex__worker_t *ws = m->workers;
   m->workers = NULL;
