@@ -549,11 +549,19 @@ apex_status_t apex_manager_shutdown(apex_manager_t *m, int64_t drain_ms,
     /* Each task's kind once (a deaf handler may return meanwhile); then
      * three passes keep each kind
      * contiguous, in id order. */
-    unsigned char *kinds = malloc(a.n ? a.n : 1);
+    unsigned char *kinds = malloc(a.n ? 2 * a.n : 1);
+    unsigned char *states = kinds ? kinds + a.n : NULL;
     for (size_t i = 0; kinds && i < a.n; i++) {
       apex_task_t *t = a.v[i];
       int abandoned = rc == APEX_E_BUSY && still_running(t);
-      kinds[i] = abandoned ? 2 : apex_task_state(t) == APEX_TASK_CANCELLED ? 1 : 0;
+      apex_task_state_t st = apex_task_state(t);
+      /* Not in a handler and not terminal yet: a worker popped it as
+       * destroy began and ends it, cancelled, right after destroy returned
+       * BUSY (docs/architecture.md, Shutdown). It is reported as what it
+       * is about to be, not as finished. */
+      if (!abandoned && !apex_task_state_is_terminal(st)) st = APEX_TASK_CANCELLED;
+      states[i] = (unsigned char)st;
+      kinds[i] = abandoned ? 2 : st == APEX_TASK_CANCELLED ? 1 : 0;
     }
     size_t k = 0;
     for (int kind = 0; kinds && kind < 3; kind++) {
@@ -562,7 +570,8 @@ apex_status_t apex_manager_shutdown(apex_manager_t *m, int64_t drain_ms,
         if (kinds[i] != kind) continue;
         apex_task_t *t = a.v[i];
         x->ops[k] = (apex_shutdown_op_t){t->id, x->names[2 * i], x->names[2 * i + 1],
-                                         apex_task_state(t)};
+                                         kind == 2 ? apex_task_state(t)
+                                                   : (apex_task_state_t)states[i]};
         k++;
       }
       size_t n = k - first;

@@ -32,9 +32,13 @@ static void count_done(const apex_event_t *ev, void *user) {
 typedef struct opener {
   apex_manager_t *m;
   gate_t *gate;
+  apex_task_t *queued; /* ends only by destroy's first step */
 } opener_t;
 
-/* Opens the gate once m refuses new work: the drain has begun. */
+/* Opens the gate once m refuses new work and destroy's first step ended
+ * the queued task: the drain has begun. Not at the refusal alone: the
+ * worker the gate frees would pop the queued task if destroy had not swept
+ * it yet, and run it to success. */
 static void *open_when_shutting_down(void *arg) {
   opener_t *o = arg;
   for (int64_t end = now_ms() + 20000; now_ms() < end; nap_ms(1)) {
@@ -46,6 +50,9 @@ static void *open_when_shutting_down(void *arg) {
     }
     if (rc == APEX_E_SHUTTING_DOWN) break;
   }
+  for (int64_t end = now_ms() + 20000;
+       !apex_task_state_is_terminal(apex_task_state(o->queued)) && now_ms() < end;)
+    nap_ms(1);
   gate_open(o->gate);
   return NULL;
 }
@@ -87,7 +94,7 @@ static void test_report_with_deaf_handler(void **state) {
   uint64_t ida = apex_task_id(a), idb = apex_task_id(b), idc = apex_task_id(c),
            idd = apex_task_id(d);
 
-  opener_t op = {m, &drained};
+  opener_t op = {m, &drained, d};
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, open_when_shutting_down, &op), 0);
   apex_shutdown_report_t *r = NULL;
