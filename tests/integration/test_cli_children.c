@@ -84,6 +84,9 @@ static void test_fan_out_ctrl_c_cancels_every_child(void **state) {
   proc_start(&p, "run", "example_async.fan_out", "--param", "children=10", "--param",
              "steps=1000", "--param", "step_ms=50", "--json", NULL);
   assert_true(proc_read_until(&p, "\"state\":\"running\"", DEADLINE_MS));
+  /* All ten spawned (the parent's roll-up counts them): a Ctrl-C before
+   * that leaves the rest never spawned, not cancelled. */
+  assert_true(proc_read_until(&p, "\"total\":10", DEADLINE_MS));
   assert_int_equal(kill(p.pid, SIGINT), 0);
   proc_wait(&p);
   assert_int_equal(p.code, 130);
