@@ -46,6 +46,34 @@ static char *put(char **at, const char *s, size_t len) {
   return d;
 }
 
+/* One block for an error with a message of mlen bytes and where's names:
+ * every field set but the three strings, which the caller writes from *at
+ * on (message first, then put() the names). NULL when memory runs out
+ * (cause then dropped). */
+static apex_error_t *error_alloc(int code, const apex__where_t *where, apex_error_t *cause,
+                                 size_t mlen, char **at) {
+  const char *plugin = where ? where->plugin : NULL;
+  const char *action = where ? where->action : NULL;
+  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
+  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
+  if (!e) {
+    apex_error_unref(cause);
+    return NULL;
+  }
+  atomic_init(&e->refs, 1);
+  e->code = code;
+  e->timeout_kind = 0;
+  e->cause = cause;
+  e->partial = NULL;
+  e->task = where ? where->task : 0;
+  e->attempt = where ? where->attempt : 0;
+  e->message = (char *)(e + 1);
+  *at = e->message + mlen + 1;
+  e->plugin = put(at, plugin, plen);
+  e->action = put(at, action, alen);
+  return e;
+}
+
 /* One allocation holds the error and its three strings: an error is made
  * on every failed, cancelled or timed-out attempt, on the path from the
  * event to the host seeing it. */
@@ -65,31 +93,15 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
     mlen = n < 0 ? 0 : (size_t)n;
   }
   va_end(count);
-  const char *plugin = where ? where->plugin : NULL;
-  const char *action = where ? where->action : NULL;
-  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
-  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
-  if (!e) {
-    apex_error_unref(cause);
-    return &nomem_error;
-  }
-  atomic_init(&e->refs, 1);
-  e->code = code;
-  e->timeout_kind = 0;
-  e->cause = cause;
-  e->partial = NULL;
-  e->task = where ? where->task : 0;
-  e->attempt = where ? where->attempt : 0;
-  char *at = (char *)(e + 1);
+  char *at;
+  apex_error_t *e = error_alloc(code, where, cause, mlen, &at);
+  if (!e) return &nomem_error;
   if (whole) {
-    e->message = put(&at, whole, mlen);
-  } else {
-    e->message = at;
-    if (vsnprintf(at, mlen + 1, fmt, ap) < 0) at[0] = '\0';
-    at += mlen + 1;
+    memcpy(e->message, whole, mlen);
+    e->message[mlen] = '\0';
+  } else if (vsnprintf(e->message, mlen + 1, fmt, ap) < 0) {
+    e->message[0] = '\0';
   }
-  e->plugin = put(&at, plugin, plen);
-  e->action = put(&at, action, alen);
   apex__utf8_scrub(e->message);
   if (e->plugin) apex__utf8_scrub(e->plugin);
   if (e->action) apex__utf8_scrub(e->action);
@@ -101,30 +113,13 @@ apex_error_t *apex__error_newv(int code, const apex__where_t *where, apex_error_
 static apex_error_t *assemble(int code, const apex__where_t *where, apex_error_t *cause,
                               const char *pre, const char *text, const char *post, int scrub) {
   size_t a = strlen(pre), b = strlen(text), c = strlen(post), mlen = a + b + c;
-  const char *plugin = where ? where->plugin : NULL;
-  const char *action = where ? where->action : NULL;
-  size_t plen = plugin ? strlen(plugin) : 0, alen = action ? strlen(action) : 0;
-  apex_error_t *e = malloc(sizeof *e + mlen + 1 + (plugin ? plen + 1 : 0) + (action ? alen + 1 : 0));
-  if (!e) {
-    apex_error_unref(cause);
-    return &nomem_error;
-  }
-  atomic_init(&e->refs, 1);
-  e->code = code;
-  e->timeout_kind = 0;
-  e->cause = cause;
-  e->partial = NULL;
-  e->task = where ? where->task : 0;
-  e->attempt = where ? where->attempt : 0;
-  char *at = (char *)(e + 1);
-  e->message = at;
-  memcpy(at, pre, a);
-  memcpy(at + a, text, b);
-  memcpy(at + a + b, post, c);
-  at[mlen] = '\0';
-  at += mlen + 1;
-  e->plugin = put(&at, plugin, plen);
-  e->action = put(&at, action, alen);
+  char *at;
+  apex_error_t *e = error_alloc(code, where, cause, mlen, &at);
+  if (!e) return &nomem_error;
+  memcpy(e->message, pre, a);
+  memcpy(e->message + a, text, b);
+  memcpy(e->message + a + b, post, c);
+  e->message[mlen] = '\0';
   if (scrub) {
     apex__utf8_scrub(e->message);
     if (e->plugin) apex__utf8_scrub(e->plugin);

@@ -337,26 +337,34 @@ static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
   return apex__run_on_cancel(run_of(c), fn, user);
 }
 
+/* Checks a value a plugin hands over (heartbeat details, a partial result)
+ * with the limits on values (core/value.c), on the plugin's thread, before
+ * anything copies or keeps it. Returns: APEX_OK, or APEX_E_INVALID with the
+ * reason logged as "<what> refused: ..." (a call after complete() is
+ * counted as misuse by lock_open instead). */
+static int check_handed(apex_ctx_t *c, json_t *v, const char *place, const char *what,
+                        const char *call) {
+  char why[320];
+  apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
+  if (!v || apex__value_check(v, place, &budget, why, sizeof why) == APEX_OK) return APEX_OK;
+  apex_task_t *t = lock_open(c, call);
+  if (!t) return APEX_E_INVALID;
+  apex_manager_t *m = apex__task_m(t);
+  const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
+  uint64_t id = t->id;
+  pthread_mutex_unlock(apex__task_mu(t));
+  apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: %s refused: %s", pn, an,
+            (unsigned long long)id, what, why);
+  return APEX_E_INVALID;
+}
+
 /* Details are checked here, on the plugin's thread, with the limits on
  * progress details (core/value.c), before anything copies them; the task
  * copies them under its lock only when they differ from the last
  * (task.c, "heartbeats"). */
 static int ctx_heartbeat(apex_ctx_t *c, json_t *details) {
-  if (details) {
-    char why[320];
-    apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
-    if (apex__value_check(details, "details", &budget, why, sizeof why) != APEX_OK) {
-      apex_task_t *t = lock_open(c, "apex_ctx_heartbeat");
-      if (!t) return APEX_E_INVALID;
-      apex_manager_t *m = apex__task_m(t);
-      const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
-      uint64_t id = t->id;
-      pthread_mutex_unlock(apex__task_mu(t));
-      apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: heartbeat refused: %s", pn, an,
-                (unsigned long long)id, why);
-      return APEX_E_INVALID;
-    }
-  }
+  if (check_handed(c, details, "details", "heartbeat", "apex_ctx_heartbeat") != APEX_OK)
+    return APEX_E_INVALID;
   return apex__run_heartbeat(run_of(c), details);
 }
 
@@ -386,21 +394,9 @@ static int ctx_retry_after(apex_ctx_t *c, double seconds) {
  * values (core/value.c), before anything reads it further; partial.c keeps
  * it flattened, not copied (why: there). */
 static int ctx_partial_result(apex_ctx_t *c, json_t *partial) {
-  if (partial) {
-    char why[320];
-    apex__value_budget_t budget = APEX__VALUE_BUDGET_INIT;
-    if (apex__value_check(partial, "partial", &budget, why, sizeof why) != APEX_OK) {
-      apex_task_t *t = lock_open(c, "apex_ctx_partial_result");
-      if (!t) return APEX_E_INVALID;
-      apex_manager_t *m = apex__task_m(t);
-      const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
-      uint64_t id = t->id;
-      pthread_mutex_unlock(apex__task_mu(t));
-      apex__log(&m->log, APEX_LOG_WARN, "%s.%s task %llu: partial result refused: %s", pn, an,
-                (unsigned long long)id, why);
-      return APEX_E_INVALID;
-    }
-  }
+  if (check_handed(c, partial, "partial", "partial result", "apex_ctx_partial_result") !=
+      APEX_OK)
+    return APEX_E_INVALID;
   return apex__run_partial(run_of(c), partial);
 }
 
