@@ -37,7 +37,31 @@ typedef struct cli_opts {
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;
   unsigned workers;          /* worker threads; 0: 2 (apex batch sets it) */
+  /* Metrics (cli/metrics.c): --metrics FILE, --metrics-format */
+  const char *metrics_file;  /* the final snapshot goes there; NULL: none */
+  int metrics_format;        /* CLI_METRICS_*; AUTO: by FILE's extension */
 } cli_opts_t;
+
+/* Metrics output (cli/metrics.c). */
+enum { CLI_METRICS_AUTO = 0, CLI_METRICS_PROMETHEUS, CLI_METRICS_OPENMETRICS, CLI_METRICS_JSON };
+/* Returns: the CLI_METRICS_* value named name (prometheus, openmetrics,
+ * json), or -1. */
+int cli_metrics_format_parse(const char *name);
+/* Writes m's metrics snapshot now to path (through a temporary file and a
+ * rename) in format (CLI_METRICS_AUTO: .json JSON, .om OpenMetrics, else
+ * Prometheus text). Returns: 0, or -1 (reported on stderr). */
+int cli_metrics_write(apex_manager_t *m, const char *path, int format);
+/* Serves m's metrics at http://ADDR:PORT/metrics (spec "ADDR:PORT",
+ * "[V6]:PORT", ":PORT" for loopback; port 0 picks a free one) from
+ * libmicrohttpd's own thread, until cli_metrics_stop, which the caller
+ * calls before destroying m. Returns: 0 and *out, or -1 with why set. */
+typedef struct cli_metrics_server cli_metrics_server_t;
+int cli_metrics_listen(apex_manager_t *m, const char *spec, cli_metrics_server_t **out,
+                       char *why, size_t n);
+/* Returns: the port it listens on. */
+unsigned cli_metrics_port(const cli_metrics_server_t *s);
+/* Stops serving (joins its thread) and frees s; NULL: no-op. */
+void cli_metrics_stop(cli_metrics_server_t *s);
 
 /* Returns: the exit code for a failure of code, whoever found it (the
  * command line, the library at submit, or the handler at run time):

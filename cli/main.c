@@ -52,6 +52,9 @@ static const char usage_text[] =
     "                      then)\n"
     "  --json              print JSON Lines events (the default when stdout is\n"
     "                      not a terminal)\n"
+    "  --metrics FILE      write the run's metrics to FILE at the end\n"
+    "                      (Prometheus text; .om: OpenMetrics; .json: JSON)\n"
+    "  --metrics-format F  prometheus, openmetrics or json, whatever FILE's name\n"
     "\n"
     "Options of every command:\n"
     "  --plugin-path DIR   search DIR for plugins first (repeatable, in order)\n"
@@ -239,7 +242,7 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 static const char *const valued[] = {
     "--param",    "--params", "--timeout",   "--retries",           "--plugin-path",
     "--priority", "--key",    "--run-after", "--schedule-to-start", "--attempt-timeout",
-    "--heartbeat-timeout"};
+    "--heartbeat-timeout", "--metrics", "--metrics-format"};
 
 static int is_run_only(const char *name) {
   return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
@@ -291,6 +294,12 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
   else if (strcmp(name, "--priority") == 0) return parse_priority(ps, value);
   else if (strcmp(name, "--run-after") == 0) return parse_run_after(ps, value);
   else if (strcmp(name, "--key") == 0) ps->o->key = value; /* checked by the library */
+  else if (strcmp(name, "--metrics") == 0) ps->o->metrics_file = value;
+  else if (strcmp(name, "--metrics-format") == 0) {
+    if ((ps->o->metrics_format = cli_metrics_format_parse(value)) < 0)
+      return parse_fail(ps, APEX_E_INVALID,
+                        "--metrics-format: '%s' is not prometheus, openmetrics or json", value);
+  }
   else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
   else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
   else if (strcmp(name, "--plugin-path") == 0) {

@@ -86,6 +86,8 @@ typedef struct run {
   char *message;            /* once done and not succeeded: the error's message
                                as printed (see outcome_message); owned */
   int code;                 /* the exit code, once done */
+  const char *metrics_file; /* --metrics, or NULL */
+  int metrics_format;
 } run_t;
 
 /* Where the run is, for the signal handler (see the top of the file). */
@@ -553,6 +555,10 @@ static int event_loop(run_t *r, apex_manager_t *m, apex_task_t *t, int sig_rfd) 
  * past the drain (it ignored the cancel) may still use the manager's memory
  * and the plugin's code, so exit without running exit handlers. */
 static int finish(run_t *r, apex_manager_t *m, int code) {
+  /* The final snapshot, before destroy: every count of the run is in. */
+  if (r->metrics_file && cli_metrics_write(m, r->metrics_file, r->metrics_format) != 0 &&
+      code == CLI_EXIT_OK)
+    code = CLI_EXIT_FAILED;
   fflush(stdout);
   atomic_store(&g_final_code, code);
   atomic_store(&g_phase, PH_DONE);
@@ -666,7 +672,8 @@ int cli_cmd_run(const cli_opts_t *o) {
   if (install_signals(sig_fds) != 0)
     return cli_fail(o->json, APEX_E_IO, "cannot handle signals: %s", strerror(errno));
 
-  run_t r = {.json = o->json, .plugin = plugin, .action = action};
+  run_t r = {.json = o->json, .plugin = plugin, .action = action,
+             .metrics_file = o->metrics_file, .metrics_format = o->metrics_format};
   apex_manager_t *m = NULL;
   /* Terminal mode queues library log lines for the loop to print above the
    * display; JSON mode leaves them on stderr as they come (log_level stays

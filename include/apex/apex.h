@@ -23,6 +23,7 @@
 #include "apex/common.h"
 #include "apex/plugin.h"
 #include "apex/version.h"
+#include "apex/metrics.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -285,6 +286,10 @@ typedef struct apex_manager_config {
                                 tasks, in [0, 86400000]; default
                                 APEX_SHUTDOWN_GRACE_MS. A host about to exit
                                 may want it short (the apex command: 50) */
+  /* Operation metrics (include/apex/metrics.h): APEX_METRICS_DEFAULT (0,
+   * on), APEX_METRICS_ON or APEX_METRICS_OFF. Off, the task lifecycle pays
+   * one branch per event and a snapshot holds only the gauges. */
+  int metrics;
 } apex_manager_config_t;
 
 /* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz

@@ -37,6 +37,7 @@
 #include "core/utf8.h"
 #include "core/value.h"
 #include "exec/internal.h"
+#include "obs/metrics.h"
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
 
@@ -173,6 +174,7 @@ static int reject(apex_ctx_t *c, const char *why) {
    * open, and this caller's is. */
   const char *pn = t->plugin->desc.name, *an = t->action->name;
   uint64_t id = t->id;
+  apex__mx_progress_rejected(m, t);
   pthread_mutex_unlock(apex__task_mu(t));
   atomic_fetch_add_explicit(&m->st_prog_rejected, 1, memory_order_relaxed);
   if (apex__log_enabled(&m->log, APEX_LOG_DEBUG))

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "exec/internal.h"
+#include "obs/metrics.h"
 #include "ops/ops.h"
 
 int apex__events_init(apex_manager_t *m) {
@@ -264,6 +265,7 @@ int apex__events_deliver(apex_manager_t *m) {
       n = next;
       continue;
     }
+    apex__mx_progress_delivered(m, n);
     if (n->fn) n->fn(&n->ev, n->user);
     apex__ev_free(n);
     count++;

@@ -86,6 +86,10 @@ typedef struct apex__progress_slot {
   /* never-dropped updates (milestones, status changes), oldest first */
   apex_progress_t *backlog[APEX__PROGRESS_BACKLOG_MAX];
   unsigned n_backlog;
+  /* Metrics (src/obs/metrics.h): reports and deliveries since the last
+   * flush, and when the first of those reports came. */
+  uint32_t mx_reports, mx_delivered;
+  uint64_t mx_first_ns;
 } apex__progress_slot_t;
 
 /* An ATTEMPT, PROGRESS or RETRY event waiting for delivery. (DONE events
@@ -95,6 +99,7 @@ struct apex__ev {
   apex_event_fn fn;
   void *user;
   apex_event_t ev; /* holds a ref on task, progress, error */
+  uint64_t mx_at;  /* PROGRESS: when its first report came (src/obs/metrics.h) */
 };
 
 /* What fired when a task or one of its attempts timed out
@@ -416,6 +421,7 @@ struct apex_manager {
   apex_manager_config_t cfg;
   apex__logger_t log;
   apex_host_api_t api;
+  struct apex__mx *mx; /* operation metrics (src/obs/metrics.h); NULL: off */
   _Atomic int shutting_down;
   uint64_t flush_interval_ns;
   apex__stripe_t stripes[APEX__LOCK_STRIPES];

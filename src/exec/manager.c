@@ -27,6 +27,7 @@
 #include "core/policy.h"
 #include "core/utf8.h"
 #include "exec/internal.h"
+#include "obs/metrics.h"
 #include "ops/ops.h"
 
 #define MAX_WORKERS 1024
@@ -63,6 +64,7 @@ void(apex_submit_opts_init)(apex_submit_opts_t *opts) {
 }
 
 static void manager_free(apex_manager_t *m) {
+  apex__mx_fini(m); /* before the plugins that hold the series */
   for (size_t i = 0; i < m->n_plugins; i++) apex__plugin_free(m->plugins[i]);
   free(m->plugins);
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i].mu);
@@ -119,6 +121,10 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
   if (out->log_level > APEX_LOG_DEBUG) {
     snprintf(why, n, "config.log_level %d: want -1 or APEX_LOG_ERROR..APEX_LOG_DEBUG",
              out->log_level);
+    return 0;
+  }
+  if (out->metrics < APEX_METRICS_DEFAULT || out->metrics > APEX_METRICS_OFF) {
+    snprintf(why, n, "config.metrics %d: want APEX_METRICS_DEFAULT, _ON or _OFF", out->metrics);
     return 0;
   }
   if (out->shutdown_grace_ms < 0 || out->shutdown_grace_ms > 86400000) {
@@ -183,6 +189,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     pthread_condattr_destroy(&ca);
   }
   if (rc == APEX_OK) rc = apex__sched_init(m);
+  if (rc == APEX_OK) rc = apex__mx_init(m);
   if (rc != APEX_OK) {
     manager_free(m);
     return rc;
@@ -856,8 +863,10 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
                                                 "plugin '%s' has no action '%s' (actions: %s)",
                                                 plugin, action, list));
   }
-  if (params && !json_is_object(params))
+  if (params && !json_is_object(params)) {
+    apex__mx_rejected(m, p, a, APEX_E_INVALID_PARAMS);
     return apex__fail(err, APEX_E_INVALID_PARAMS, "%s.%s: params: want object", plugin, action);
+  }
   json_t *vp = NULL;
   if (a->n_params == 0 && (!params || json_object_size(params) == 0)) {
     vp = NULL; /* the handler's {} is made if it asks (ctx.c) */
@@ -866,6 +875,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     int rc = apex__params_validate(a, params, &vp, why, sizeof why);
     if (rc != APEX_OK) {
       apex__where_t w = {p->desc.name, a->name, 0, 0};
+      apex__mx_rejected(m, p, a, rc);
       return apex__error_put(err, apex__error_new(rc, &w, NULL, "%s.%s: %s", plugin, action,
                                                   rc == APEX_E_NOMEM ? "out of memory" : why));
     }
@@ -963,6 +973,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     if (rc != APEX_OK) apex__manager_unref(m);
   }
   if (rc != APEX_OK) {
+    apex__mx_rejected(m, p, a, rc);
     json_decref(vp);
     apex_token_unref(apex__task_token_peek(t));
     if (t->opts && !t->opts->shared) free((void *)t->opts);
@@ -970,6 +981,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     return rc;
   }
   atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
+  apex__mx_submitted(m, t);
   if (tmo) apex__tmo_submitted(m, t); /* arms its schedule-to-start timer */
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The

@@ -29,6 +29,7 @@
 #include "core/error.h"
 #include "core/progress_internal.h"
 #include "exec/internal.h"
+#include "obs/metrics.h"
 #include "ops/ops.h"
 
 pthread_mutex_t *apex__task_mu(apex_task_t *t) {
@@ -296,10 +297,12 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
   apex_progress_unref(t->run->prog->last_progress);
   t->run->prog->last_progress = snap;
   atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
+  apex__mx_progress_delivering(m, t->run->prog);
   if (t->opts && t->opts->child) apex__child_delivered(t, snap); /* its parent rolls it up */
   if (!apex__events_wanted(m, t, APEX_EVENT_PROGRESS)) return;
   apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_PROGRESS);
   if (!ev) return;
+  apex__mx_progress_event(m, ev, t->run->prog);
   ev->ev.progress = apex_progress_ref(snap);
   apex__events_push(m, ev);
 }
@@ -371,6 +374,7 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
     }
   }
   apex__partial_flush_locked(t, s); /* after the progress it goes with (partial.c) */
+  apex__mx_progress_flushed(apex__task_m(t), t, s);
   return last ? apex_progress_ref(last) : NULL;
 }
 
@@ -460,6 +464,7 @@ static int report_locked(apex_task_t *t, const report_t *rep, int *request) {
   if (!s && !(s = r->prog = calloc(1, sizeof *s))) return APEX_E_NOMEM;
   if (rep->node != APEX_PROGRESS_ROOT && rep->node >= apex__ptree_size(s->tree))
     return APEX_E_INVALID;
+  apex__mx_progress_report(apex__task_m(t), s);
   /* Only the task's own status is watched: a status given for it that is a
    * milestone or differs from the last one. A sub-task's status changes
    * coalesce with the rest of the tree. */
@@ -795,6 +800,7 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
                           after_t *a) {
   apex_manager_t *m = apex__task_m(t);
   a->logp = flush_locked(t);
+  apex__mx_finished(m, t, state, state == APEX_TASK_SUCCEEDED ? NULL : error);
   if (state == APEX_TASK_SUCCEEDED)
     t->out.result = result;
   else { /* with the last partial result, if any (partial.c) */
@@ -1111,6 +1117,7 @@ int apex__task_run(apex_task_t *t) {
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
+  apex__mx_started(m, t);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
     apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_ATTEMPT);
     if (ev) apex__events_push(m, ev);
@@ -1256,6 +1263,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
   apex_manager_t *m = apex__task_m(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   after_t a = {.closing = 1, .held = held};
+  apex__mx_attempt_end(m, t);
   apex__run_prefetch_end(r);
   atomic_store_explicit(&r->attempt_open, 0, memory_order_relaxed);
   /* Its cancel callback goes with it: dropped unrun, or (this end comes
@@ -1385,6 +1393,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
         } else {
           a.logp = lp;
           atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
+          apex__mx_retried(m, t);
           if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
             apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
             if (ev) {

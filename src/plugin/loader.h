@@ -39,6 +39,9 @@ typedef struct apex__plugin {
   /* Its scheduler block (src/sched/: scopes, default class), made on first
    * use; owned by the manager's scheduler. */
   _Atomic(struct apex__pblock *) sched;
+  /* Its metrics series (src/obs/metrics.h), made on first use; freed by
+   * the manager's apex__mx_fini. */
+  _Atomic(struct apex__mx_plugin *) mx;
 } apex__plugin_t;
 
 /* Opens file, finds apex_plugin_entry, calls it with api, validates the
