@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,49 @@
 /* host_t.want for "any terminal state" (W9: cancelled holders, succeeded
  * tasks, in whatever order they end). */
 #define ANY_STATE ((apex_task_state_t)-1)
+
+/* Metrics (issue 12): `nometrics` (peer apex_nometrics) turns Apex's
+ * operation metrics off, the default being on; `mutexmx` (peer
+ * apex_mutexmx) turns them off and keeps the same counters the way a
+ * one-mutex-per-metric client would (no C Prometheus client is packaged in
+ * Debian): submitted at the submit, outcome and end-to-end time at DONE
+ * here, attempts and attempt time in the plugin's noop_mx. */
+static int g_metrics_off;
+#define MX_BOUNDS 15
+static const uint64_t k_mx_bounds_ns[MX_BOUNDS] = {
+    10000ull, 50000ull, 100000ull, 500000ull, 1000000ull, 5000000ull, 10000000ull, 50000000ull,
+    100000000ull, 500000000ull, 1000000000ull, 5000000000ull, 10000000000ull, 60000000000ull,
+    300000000000ull};
+typedef struct mx_counter {
+  pthread_mutex_t mu;
+  uint64_t n;
+} mx_counter_t;
+static struct {
+  int on;
+  mx_counter_t submitted, succeeded;
+  pthread_mutex_t e2e_mu;
+  uint64_t e2e[MX_BOUNDS + 1], e2e_sum_ns;
+  uint64_t *submit_ns; /* by task id - 1 */
+  uint64_t n;
+} g_mx = {0, {PTHREAD_MUTEX_INITIALIZER, 0}, {PTHREAD_MUTEX_INITIALIZER, 0},
+          PTHREAD_MUTEX_INITIALIZER, {0}, 0, NULL, 0};
+
+static void mx_add(mx_counter_t *c) {
+  pthread_mutex_lock(&c->mu);
+  c->n++;
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void mx_done(uint64_t id) {
+  mx_add(&g_mx.succeeded);
+  uint64_t d = id >= 1 && id <= g_mx.n ? bench_now_ns() - g_mx.submit_ns[id - 1] : 0;
+  unsigned b = 0;
+  while (b < MX_BOUNDS && d > k_mx_bounds_ns[b]) b++;
+  pthread_mutex_lock(&g_mx.e2e_mu);
+  g_mx.e2e[b]++;
+  g_mx.e2e_sum_ns += d;
+  pthread_mutex_unlock(&g_mx.e2e_mu);
+}
 
 /* What the event callback learns; read by the workloads between dispatches. */
 typedef struct host {
@@ -75,6 +119,7 @@ static void on_event(const apex_event_t *ev, void *user) {
     return;
   }
   if (ev->type != APEX_EVENT_DONE) return;
+  if (g_mx.on) mx_done(ev->task_id);
   if (h->b_n && ev->task_id >= h->b_first && ev->task_id < h->b_first + h->b_n)
     h->b_done_ns[ev->task_id - h->b_first] =
         (uint64_t)json_integer_value(json_object_get(ev->result, "t"));
@@ -108,6 +153,9 @@ static void host_open(host_t *h, const char *peer, unsigned mask) {
   cfg.event_user = h;
   cfg.event_mask = mask;
   cfg.log_level = APEX_LOG_WARN;
+#ifdef APEX_METRICS_OFF
+  if (g_metrics_off) cfg.metrics = APEX_METRICS_OFF;
+#endif
   int rc = apex_manager_new(&cfg, &h->m);
   if (rc != APEX_OK) bench_die("apex_manager_new: %s", apex_strerror(rc));
   h->fd = apex_manager_fd(h->m);
@@ -201,9 +249,19 @@ static void w1(const char *peer, uint64_t n, const char *noop, int limits) {
     sched_ok(apex_manager_set_concurrency(h.m, APEX_SCOPE_PLUGIN, "bench", 64, &err), err,
              "plugin limit");
   }
+  if (g_mx.on) { /* task ids run 1..n in a new manager */
+    g_mx.submit_ns = bench_xcalloc(n, sizeof *g_mx.submit_ns);
+    g_mx.n = n;
+  }
   uint64_t cpu0 = bench_cpu_ns();
   uint64_t t0 = bench_now_ns();
-  for (uint64_t i = 0; i < n; i++) apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
+  for (uint64_t i = 0; i < n; i++) {
+    if (g_mx.on) {
+      mx_add(&g_mx.submitted);
+      g_mx.submit_ns[i] = bench_now_ns();
+    }
+    apex_task_release(submit(&h, noop, NULL, DEADLINE_S));
+  }
   pump_until(&h, n);
   uint64_t t1 = bench_now_ns();
   uint64_t cpu1 = bench_cpu_ns();
@@ -212,6 +270,10 @@ static void w1(const char *peer, uint64_t n, const char *noop, int limits) {
   bench_emit(peer, "W1", n, "tasks_per_s", (double)n / (ns / 1e9), "tasks/s");
   bench_emit(peer, "W1", n, "ns_per_task", ns / (double)n, "ns");
   bench_emit_cpu(peer, "W1", n, "cpu_ns_per_task", cpu1 - cpu0, n);
+  if (g_mx.on && (g_mx.submitted.n != n || g_mx.succeeded.n != n))
+    bench_die("mutexmx counted %" PRIu64 " submits and %" PRIu64 " successes of %" PRIu64,
+              g_mx.submitted.n, g_mx.succeeded.n, n);
+  free(g_mx.submit_ns);
 }
 
 static void w2(const char *peer, uint64_t n, const char *noop) {
@@ -619,9 +681,13 @@ int main(int argc, char **argv) {
   const char *wl = NULL, *variant = NULL;
   uint64_t n = 0;
   bench_args(argc, argv, &wl, &n, &variant);
-  int deferred = 0, full = 0, limits = 0, fifo = 0;
+  int deferred = 0, full = 0, limits = 0, fifo = 0, nometrics = 0;
   if (variant) {
-    if (strcmp(variant, "deferred") == 0)
+    if (strcmp(variant, "nometrics") == 0)
+      nometrics = g_metrics_off = 1;
+    else if (strcmp(variant, "mutexmx") == 0)
+      g_mx.on = g_metrics_off = 1;
+    else if (strcmp(variant, "deferred") == 0)
       deferred = 1;
     else if (strcmp(variant, "full") == 0)
       full = 1;
@@ -630,18 +696,23 @@ int main(int argc, char **argv) {
     else if (strcmp(variant, "fifo") == 0)
       fifo = 1;
     else
-      bench_die("unknown variant '%s' (deferred, full, limits or fifo)", variant);
+      bench_die("unknown variant '%s' (deferred, full, limits, fifo, nometrics or mutexmx)",
+                variant);
   }
   const char *peer = deferred ? "apex_deferred"
                      : full   ? "apex_full"
                      : limits ? "apex_limits"
                      : fifo   ? "apex_fifo"
+                     : nometrics ? "apex_nometrics"
+                     : g_mx.on   ? "apex_mutexmx"
                               : "apex";
-  if ((limits && strcmp(wl, "W1") != 0) || (fifo && strcmp(wl, "W9") != 0)) {
+  if ((limits && strcmp(wl, "W1") != 0) || (fifo && strcmp(wl, "W9") != 0) ||
+      (nometrics && strcmp(wl, "W1") != 0 && strcmp(wl, "W6") != 0) ||
+      (g_mx.on && strcmp(wl, "W1") != 0)) {
     fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);
     return 3;
   }
-  const char *noop = deferred ? "noop_deferred" : "noop";
+  const char *noop = deferred ? "noop_deferred" : g_mx.on ? "noop_mx" : "noop";
   if (full) { /* only W6t has the variant */
     if (strcmp(wl, "W6t") != 0) {
       fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);

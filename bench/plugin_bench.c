@@ -3,6 +3,8 @@
  * measured is Apex's own cost:
  *
  *   noop           blocking: returns APEX_OK.
+ *   noop_mx        blocking: noop, counted as a one-mutex-per-metric
+ *                  client would (peer apex_mutexmx; bench/README.md).
  *   stamp          blocking: succeeds with {"t": CLOCK_MONOTONIC ns} taken as
  *                  it starts (W9: when a task left the queue).
  *   noop_deferred  deferred: completes inside its own start (apex_ctx_complete
@@ -183,6 +185,47 @@ static int loop_clock_result(apex_ctx_t *ctx, const loop_clock_t *c) {
 
 static int bp_noop(apex_ctx_t *ctx) {
   (void)ctx;
+  return APEX_OK;
+}
+
+/* noop_mx (peer apex_mutexmx): the counters a one-mutex-per-metric client
+ * (the prometheus-client-c pattern; no C client is packaged in Debian)
+ * keeps around a handler: attempts started, and the attempt's duration in
+ * a histogram of Apex's buckets (include/apex/metrics.h), each metric
+ * behind its own mutex. The host keeps the rest (bench_apex.c). */
+#define BP_MX_BOUNDS 15
+static const uint64_t k_mx_bounds_ns[BP_MX_BOUNDS] = {
+    10000ull, 50000ull, 100000ull, 500000ull, 1000000ull, 5000000ull, 10000000ull, 50000000ull,
+    100000000ull, 500000000ull, 1000000000ull, 5000000000ull, 10000000000ull, 60000000000ull,
+    300000000000ull};
+static struct {
+  pthread_mutex_t mu;
+  uint64_t n;
+} g_mx_started = {PTHREAD_MUTEX_INITIALIZER, 0};
+static struct {
+  pthread_mutex_t mu;
+  uint64_t buckets[BP_MX_BOUNDS + 1], sum_ns;
+} g_mx_attempt = {PTHREAD_MUTEX_INITIALIZER, {0}, 0};
+
+static uint64_t bp_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int bp_noop_mx(apex_ctx_t *ctx) {
+  (void)ctx;
+  uint64_t t0 = bp_now_ns();
+  pthread_mutex_lock(&g_mx_started.mu);
+  g_mx_started.n++;
+  pthread_mutex_unlock(&g_mx_started.mu);
+  uint64_t d = bp_now_ns() - t0; /* the attempt: a no-op's */
+  unsigned b = 0;
+  while (b < BP_MX_BOUNDS && d > k_mx_bounds_ns[b]) b++;
+  pthread_mutex_lock(&g_mx_attempt.mu);
+  g_mx_attempt.buckets[b]++;
+  g_mx_attempt.sum_ns += d;
+  pthread_mutex_unlock(&g_mx_attempt.mu);
   return APEX_OK;
 }
 
@@ -468,6 +511,8 @@ static const apex_action_desc_t k_actions[] = {
      .kind = APEX_ACTION_BLOCKING},
     {.name = "stamp", .description = "Returns its start time", .handler = bp_stamp,
      .kind = APEX_ACTION_BLOCKING},
+    {.name = "noop_mx", .description = "noop counted by a one-mutex-per-metric client",
+     .handler = bp_noop_mx, .kind = APEX_ACTION_BLOCKING},
     {.name = "noop_deferred", .description = "Completes inside its start",
      .handler = bp_noop_deferred, .kind = APEX_ACTION_DEFERRED},
     {.name = "wait", .description = "Signals ready_fd, then waits until cancelled",

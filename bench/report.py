@@ -74,6 +74,13 @@ TARGETS = [
      "1,000 keys limited to 1 each, against W1"),
     ("W10", (1, "apex", "bytes_per_task"), "<=", (1.2, "apex", "bytes_per_task", None, "W5"),
      "a queued task with a key, against W5's"),
+    # Issue 12: operation metrics (on by default) cost at most 5 %.
+    ("W1", (1, "apex", "tasks_per_s"), ">=", (0.95, "apex_nometrics", "tasks_per_s"),
+     "metrics on (the default) against off, same run"),
+    ("W6", (1, "apex_nometrics", "ns_per_update"), ">=", (0.95, "apex", "ns_per_update"),
+     "metrics on (the default) against off, same run: on at most 1/0.95 x off's time"),
+    ("W1", (1, "apex", "tasks_per_s"), ">=", (1, "apex_mutexmx", "tasks_per_s"),
+     "Apex's metrics against the same counters kept one mutex per metric"),
     # Issue 11: child tasks.
     ("W11", (1, "apex", "ns_per_child"), "<=", (1.5, "apex", "ns_per_task", None, "W1"),
      "a child spawned and awaited costs at most 1.5x a W1 task"),
@@ -118,7 +125,8 @@ WORKLOAD_TITLE = {
     "W12": "W12: cancelling a parent of 10,000 pending deferred children (libuv: 10,000 timers)",
     "Wroll": "Wroll: host CPU per delivered update, 1,000 children of 10,000 updates each",
 }
-PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "libuv",
+PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "apex_nometrics",
+              "apex_mutexmx", "libuv",
               "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl"]
 # CPU right after the wall figures it was measured with.
 FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task",

@@ -72,8 +72,23 @@ static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
 static pthread_key_t slot_key;
 static int slot_key_ok;
 static _Atomic uint32_t slot_bits; /* taken slots */
-/* The slot + 1 (0: none yet); APEX__MX_SLOTS + 1: the shared cell. */
-static _Thread_local unsigned tl_slot;
+
+/* The calling thread's state, one block: its cell slot + 1 (0: none yet;
+ * APEX__MX_SLOTS + 1: the shared cell) and the attempt it started last,
+ * for that attempt's duration. initial-exec: a hook reads it on every
+ * event, and the default model for a shared library costs a call to
+ * __tls_get_addr per access (a few bytes of the static TLS block, which
+ * glibc keeps room for even when the library is dlopen'ed). */
+typedef struct mx_tl {
+  unsigned slot;
+  uint32_t attempt;
+  const apex_task_t *t;
+  uint64_t id;
+  uint64_t start_ns;
+  uint64_t end_ns; /* the end's clock read, for finished_ on the same task */
+  apex__mx_series_t *series; /* of that task: its end needs no lookup */
+} mx_tl_t;
+static _Thread_local mx_tl_t tl __attribute__((tls_model("initial-exec")));
 
 static void slot_release(void *v) {
   unsigned s = (unsigned)(uintptr_t)v - 1;
@@ -86,7 +101,7 @@ _Static_assert(APEX__MX_SLOTS <= 32, "slot_bits is one 32-bit word");
 
 /* The calling thread's cell index, taking a slot on first use. */
 static unsigned slot_get(void) {
-  unsigned s = tl_slot;
+  unsigned s = tl.slot;
   if (__builtin_expect(s != 0, 1)) return s - 1;
   s = APEX__MX_SLOTS; /* shared, unless a slot is free and can be given back */
   pthread_once(&slot_once, slot_key_make);
@@ -105,7 +120,7 @@ static unsigned slot_get(void) {
       }
     }
   }
-  tl_slot = s + 1;
+  tl.slot = s + 1;
   return s;
 }
 
@@ -122,15 +137,8 @@ static inline void cold_add(_Atomic uint64_t *c) {
   atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
 }
 
-static inline unsigned bucket_of(uint64_t ns) {
-  unsigned i = 0;
-  /* Most observations of a busy manager are short: from the bottom. */
-  while (i < APEX_METRICS_N_BOUNDS && ns > apex__mx_bounds_ns[i]) i++;
-  return i;
-}
-
 static inline void observe(unsigned slot, apex__mx_hot_t *h, int which, uint64_t ns) {
-  hot_add(slot, &h->hist[which][bucket_of(ns)], 1);
+  hot_add(slot, &h->hist[which][apex__mx_bucket_of(ns)], 1);
   hot_add(slot, &h->hist[which][APEX__MX_BUCKETS], ns);
 }
 
@@ -167,12 +175,12 @@ apex__mx_series_t *apex__mx_series_peek(const apex__plugin_t *p, const apex_acti
   return atomic_load_explicit(&b->series[action_index(p, a)], memory_order_acquire);
 }
 
-/* The series of a of p, made if needed (lock-free: a racing maker's copy
- * is freed). NULL on no memory. */
-static apex__mx_series_t *series_get(const apex__plugin_t *cp, const apex_action_desc_t *a) {
-  apex__plugin_t *p = (apex__plugin_t *)cp;
+/* series_get's first use of a plugin or an action: makes what is missing
+ * (lock-free: a racing maker's copy is freed). NULL on no memory. */
+static __attribute__((noinline)) apex__mx_series_t *series_make(apex__plugin_t *p,
+                                                               const apex_action_desc_t *a) {
   apex__mx_plugin_t *b = atomic_load_explicit(&p->mx, memory_order_acquire);
-  if (__builtin_expect(!b, 0)) {
+  if (!b) {
     size_t n = p->desc.n_actions;
     apex__mx_plugin_t *nb = calloc(1, sizeof *nb + n * sizeof nb->series[0]);
     if (!nb) return NULL;
@@ -187,7 +195,7 @@ static apex__mx_series_t *series_get(const apex__plugin_t *cp, const apex_action
   }
   size_t i = action_index(p, a);
   apex__mx_series_t *s = atomic_load_explicit(&b->series[i], memory_order_acquire);
-  if (__builtin_expect(!s, 0)) {
+  if (!s) {
     void *mem = NULL;
     if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof *s) != 0) return NULL;
     apex__mx_series_t *ns = memset(mem, 0, sizeof *s);
@@ -202,16 +210,14 @@ static apex__mx_series_t *series_get(const apex__plugin_t *cp, const apex_action
   return s;
 }
 
-/* ------------------------------------------------------------- hooks */
+/* The series of a of p, made if needed. NULL on no memory. */
+static inline apex__mx_series_t *series_get(const apex__plugin_t *p,
+                                            const apex_action_desc_t *a) {
+  apex__mx_series_t *s = apex__mx_series_peek(p, a);
+  return __builtin_expect(s != NULL, 1) ? s : series_make((apex__plugin_t *)p, a);
+}
 
-/* The attempt this thread started last, for its duration. */
-static _Thread_local struct {
-  const apex_task_t *t;
-  uint64_t id;
-  uint32_t attempt;
-  uint64_t start_ns;
-  uint64_t end_ns; /* the end's clock read, for finished_ on the same task */
-} tl_att;
+/* ------------------------------------------------------------- hooks */
 
 void apex__mx_submitted_(apex_task_t *t) {
   apex__mx_series_t *s = series_get(t->plugin, t->action);
@@ -238,23 +244,21 @@ void apex__mx_started_(apex_task_t *t) {
     if (t->opts && t->opts->start_ns > from) from = t->opts->start_ns;
     observe(slot, &s->hot[slot], APEX__MX_H_QUEUE_WAIT, now > from ? now - from : 0);
   }
-  tl_att.t = t;
-  tl_att.id = t->id;
-  tl_att.attempt = t->attempt;
-  tl_att.start_ns = now;
-  tl_att.end_ns = 0;
+  tl.t = t;
+  tl.id = t->id;
+  tl.attempt = t->attempt;
+  tl.start_ns = now;
+  tl.end_ns = 0;
+  tl.series = s;
 }
 
 void apex__mx_attempt_end_(apex_task_t *t) {
-  if (tl_att.t != t || tl_att.id != t->id || tl_att.attempt != t->attempt) return;
-  apex__mx_series_t *s = apex__mx_series_peek(t->plugin, t->action);
-  tl_att.t = NULL;
-  if (!s) return;
+  if (tl.t != t || tl.id != t->id || tl.attempt != t->attempt) return;
+  tl.t = NULL;
   unsigned slot = slot_get();
   uint64_t now = apex__now_ns();
-  observe(slot, &s->hot[slot], APEX__MX_H_ATTEMPT, now - tl_att.start_ns);
-  tl_att.end_ns = now;
-  tl_att.id = t->id; /* finished_ may reuse the clock read for this task */
+  observe(slot, &tl.series->hot[slot], APEX__MX_H_ATTEMPT, now - tl.start_ns);
+  tl.end_ns = now; /* finished_ reuses this read for the same task */
 }
 
 void apex__mx_retried_(apex_task_t *t) {
@@ -297,8 +301,19 @@ static int error_code(const apex_error_t *e) {
 }
 
 void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
-  apex__mx_series_t *s = apex__mx_series_peek(t->plugin, t->action);
-  if (!s) return;
+  /* The attempt's end just read the clock for this task on this thread:
+   * that read and its series serve (a task ended elsewhere looks up its
+   * own). */
+  apex__mx_series_t *s;
+  uint64_t now;
+  if (tl.end_ns && tl.id == t->id) {
+    s = tl.series;
+    now = tl.end_ns;
+  } else {
+    if (!(s = apex__mx_series_peek(t->plugin, t->action))) return;
+    now = apex__now_ns();
+  }
+  tl.end_ns = 0;
   unsigned slot = slot_get();
   apex__mx_hot_t *h = &s->hot[slot];
   switch (state) {
@@ -307,10 +322,6 @@ void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
     case APEX_TASK_CANCELLED: cold_add(&s->cold.cancelled[cancel_reason(t, e)]); break;
     default: cold_add(&s->cold.timed_out[timeout_kind(e)]); break;
   }
-  /* The attempt's end just read the clock for this task on this thread:
-   * the same read serves (a task ended elsewhere reads its own). */
-  uint64_t now = tl_att.end_ns && tl_att.id == t->id ? tl_att.end_ns : apex__now_ns();
-  tl_att.end_ns = 0;
   /* Called before finish_locked stores the outcome in t->out: the word
    * still holds the submit time. */
   uint64_t from = t->out.submitted_ns;

@@ -69,6 +69,23 @@ typedef struct apex__mx {
   int unused; /* the series live on the plugins (apex__plugin_t.mx) */
 } apex__mx_t;
 
+/* The bounds padded to 16 with "never", for a four-step binary search. */
+static const uint64_t apex__mx_bounds16[16] = {
+    10000ull,      50000ull,       100000ull,      500000ull,       1000000ull,    5000000ull,
+    10000000ull,   50000000ull,    100000000ull,   500000000ull,    1000000000ull, 5000000000ull,
+    10000000000ull, 60000000000ull, 300000000000ull, UINT64_MAX};
+_Static_assert(APEX_METRICS_N_BOUNDS == 15, "apex__mx_bounds16 pads the bounds to 16");
+
+/* The first bucket whose bound is >= ns (APEX_METRICS_N_BOUNDS: +Inf). */
+static inline unsigned apex__mx_bucket_of(uint64_t ns) {
+  unsigned i = 0;
+  i += ns > apex__mx_bounds16[i + 7] ? 8u : 0u;
+  i += ns > apex__mx_bounds16[i + 3] ? 4u : 0u;
+  i += ns > apex__mx_bounds16[i + 1] ? 2u : 0u;
+  i += ns > apex__mx_bounds16[i] ? 1u : 0u;
+  return i;
+}
+
 /* Returns: APEX_OK with m->mx set when m->cfg.metrics is on (NULL when
  * off); APEX_E_NOMEM. From apex_manager_new, no lock held. */
 int apex__mx_init(apex_manager_t *m);
