@@ -919,6 +919,12 @@ static void batch_free(batch_t *b) {
 /* Ends the run: the summary is out; destroys the manager (a 50 ms drain, as
  * apex run) with a stop signal now exiting at once with code. */
 static int finish(batch_t *b, int code) {
+  cli_metrics_stop(b->metrics); /* no snapshot once the manager goes */
+  b->metrics = NULL;
+  if (b->m && b->o->base.metrics_file &&
+      cli_metrics_write(b->m, b->o->base.metrics_file, b->o->base.metrics_format) != 0 &&
+      code == CLI_EXIT_OK)
+    code = CLI_EXIT_FAILED;
   fflush(stdout);
   atomic_store(&g_final_code, code);
   atomic_store(&g_phase, PH_DONE);
@@ -1033,6 +1039,16 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at) {
   if (rc != APEX_OK) {
     code = finish(&b, fail_early(json, rc, why));
     goto out;
+  }
+  if (o.metrics_listen) {
+    char mwhy[300];
+    if (cli_metrics_listen(b.m, o.metrics_listen, &b.metrics, mwhy, sizeof mwhy) != 0) {
+      snprintf(why, sizeof why, "--metrics-listen %s", mwhy);
+      code = finish(&b, fail_early(json, APEX_E_INVALID, why));
+      goto out;
+    }
+    /* Where it listens (port 0 picks one): a scraper's setup reads it. */
+    fprintf(stderr, "apex: metrics at %s\n", cli_metrics_url(b.metrics));
   }
   if (!json) {
     if (!setlocale(LC_CTYPE, "") || MB_CUR_MAX == 1) setlocale(LC_CTYPE, "C.UTF-8");

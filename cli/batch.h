@@ -32,6 +32,7 @@ typedef struct batch_opts {
   scope_opt_t *limits, *rates;
   size_t n_limits, n_rates;
   int help;
+  const char *metrics_listen; /* --metrics-listen ADDR:PORT, or NULL */
   char why[1024]; /* what the parse refused, naming the option */
   int code;       /* its apex_status_t */
 } batch_opts_t;
@@ -122,6 +123,7 @@ struct batch {
   int stop, stop_sig;
   int64_t start_ms;
   view_t *view;
+  cli_metrics_server_t *metrics; /* --metrics-listen's server, or NULL */
 };
 
 

@@ -37,6 +37,13 @@ const char cli_batch_usage[] =
     "  --json                print JSON Lines events (the default when stdout\n"
     "                        is not a terminal)\n"
     "  --plugin-path DIR     search DIR for plugins first (repeatable, in order)\n"
+    "  --metrics FILE        write the run's metrics to FILE at the end\n"
+    "                        (Prometheus text; .om: OpenMetrics; .json: JSON)\n"
+    "  --metrics-format F    prometheus, openmetrics or json, whatever FILE's name\n"
+    "  --metrics-listen ADDR:PORT\n"
+    "                        serve the live metrics at http://ADDR:PORT/metrics\n"
+    "                        while the batch runs (ADDR empty: 127.0.0.1; port 0:\n"
+    "                        any free one; stderr names the address)\n"
     "  -h, --help            show this help and exit\n"
     "\n"
     "Exit status:\n"
@@ -50,7 +57,8 @@ const char cli_batch_usage[] =
 
 
 static const char *const k_valued[] = {"--concurrency", "--limit",   "--rate",       "--max-pending",
-                                       "--timeout",     "--retries", "--plugin-path"};
+                                       "--timeout",     "--retries", "--plugin-path",
+                                       "--metrics",     "--metrics-format", "--metrics-listen"};
 
 int cli_batch_option_takes_value(const char *arg) {
   for (size_t k = 0; k < sizeof k_valued / sizeof k_valued[0]; k++)
@@ -179,6 +187,14 @@ static int parse_one(batch_opts_t *o, const char *name, const char *value) {
   } else if (strcmp(name, "--plugin-path") == 0) {
     if (!*value) return opt_fail(o, APEX_E_INVALID, "--plugin-path: empty directory name");
     o->base.plugin_paths[o->base.n_plugin_paths++] = value;
+  } else if (strcmp(name, "--metrics") == 0) {
+    o->base.metrics_file = value;
+  } else if (strcmp(name, "--metrics-format") == 0) {
+    if ((o->base.metrics_format = cli_metrics_format_parse(value)) < 0)
+      return opt_fail(o, APEX_E_INVALID,
+                      "--metrics-format: '%s' is not prometheus, openmetrics or json", value);
+  } else if (strcmp(name, "--metrics-listen") == 0) {
+    o->metrics_listen = value; /* checked when it is bound */
   }
   return 0;
 }

@@ -58,8 +58,9 @@ int cli_metrics_write(apex_manager_t *m, const char *path, int format);
 typedef struct cli_metrics_server cli_metrics_server_t;
 int cli_metrics_listen(apex_manager_t *m, const char *spec, cli_metrics_server_t **out,
                        char *why, size_t n);
-/* Returns: the port it listens on. */
+/* Returns: the port it listens on, and its URL ("http://127.0.0.1:PORT/metrics"). */
 unsigned cli_metrics_port(const cli_metrics_server_t *s);
+const char *cli_metrics_url(const cli_metrics_server_t *s);
 /* Stops serving (joins its thread) and frees s; NULL: no-op. */
 void cli_metrics_stop(cli_metrics_server_t *s);
 

@@ -88,6 +88,7 @@ struct cli_metrics_server {
   struct MHD_Daemon *d;
   apex_manager_t *m;
   unsigned port;
+  char url[96];
 };
 
 static void free_text(void *p) { apex_metrics_text_free(p); }
@@ -211,11 +212,20 @@ int cli_metrics_listen(apex_manager_t *m, const char *spec, cli_metrics_server_t
   }
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
   s->port = info ? info->port : 0;
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (v6)
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&sa)->sin6_addr, host, sizeof host);
+  else
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, host, sizeof host);
+  snprintf(s->url, sizeof s->url, "http://%s%s%s:%u/metrics", v6 ? "[" : "", host, v6 ? "]" : "",
+           s->port);
   *out = s;
   return 0;
 }
 
 unsigned cli_metrics_port(const cli_metrics_server_t *s) { return s ? s->port : 0; }
+
+const char *cli_metrics_url(const cli_metrics_server_t *s) { return s ? s->url : ""; }
 
 void cli_metrics_stop(cli_metrics_server_t *s) {
   if (!s) return;
