@@ -87,6 +87,10 @@ typedef struct mx_tl {
   uint64_t start_ns;
   uint64_t end_ns; /* the end's clock read, for finished_ on the same task */
   apex__mx_series_t *series; /* of that task: its end needs no lookup */
+  /* With id, which is unique in its manager only, the task's plugin (one
+   * per manager) says it is the same task: a thread may serve two
+   * managers (a host's, a plugin's thread completing tasks of both). */
+  const apex__plugin_t *plugin;
 } mx_tl_t;
 static _Thread_local mx_tl_t tl __attribute__((tls_model("initial-exec")));
 
@@ -96,6 +100,12 @@ static void slot_release(void *v) {
 }
 
 static void slot_key_make(void) { slot_key_ok = pthread_key_create(&slot_key, slot_release) == 0; }
+
+/* A host that dlcloses the library must not leave a key whose destructor
+ * points into unmapped code for its threads' exits. */
+__attribute__((destructor)) static void slot_key_drop(void) {
+  if (slot_key_ok) pthread_key_delete(slot_key);
+}
 
 _Static_assert(APEX__MX_SLOTS <= 32, "slot_bits is one 32-bit word");
 
@@ -250,10 +260,11 @@ void apex__mx_started_(apex_task_t *t) {
   tl.start_ns = now;
   tl.end_ns = 0;
   tl.series = s;
+  tl.plugin = t->plugin;
 }
 
 void apex__mx_attempt_end_(apex_task_t *t) {
-  if (tl.t != t || tl.id != t->id || tl.attempt != t->attempt) return;
+  if (tl.t != t || tl.id != t->id || tl.plugin != t->plugin || tl.attempt != t->attempt) return;
   tl.t = NULL;
   unsigned slot = slot_get();
   uint64_t now = apex__now_ns();
@@ -262,6 +273,7 @@ void apex__mx_attempt_end_(apex_task_t *t) {
 }
 
 void apex__mx_retried_(apex_task_t *t) {
+  tl.end_ns = 0; /* this end ends no task: a later end must read the clock */
   apex__mx_series_t *s = apex__mx_series_peek(t->plugin, t->action);
   if (!s) return;
   unsigned slot = slot_get();
@@ -306,7 +318,7 @@ void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
    * own). */
   apex__mx_series_t *s;
   uint64_t now;
-  if (tl.end_ns && tl.id == t->id) {
+  if (tl.end_ns && tl.id == t->id && tl.plugin == t->plugin) {
     s = tl.series;
     now = tl.end_ns;
   } else {
