@@ -246,7 +246,7 @@ static void test_metrics_off_keeps_only_gauges(void **st) {
 /* More submitting threads alive at once than there are cell slots: the
  * ones past them share a cell, and nothing is lost either way. */
 #define N_THREADS 40
-#define PER_THREAD 25
+#define PER_THREAD 100
 typedef struct {
   apex_manager_t *m;
   pthread_barrier_t *bar;
