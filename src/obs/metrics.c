@@ -89,7 +89,10 @@ typedef struct mx_tl {
   apex__mx_series_t *series; /* of that task: its end needs no lookup */
   /* With id, which is unique in its manager only, the task's plugin (one
    * per manager) says it is the same task: a thread may serve two
-   * managers (a host's, a plugin's thread completing tasks of both). */
+   * managers (a host's, a plugin's thread completing tasks of both).
+   * Only a worker sets t (apex__task_run), so only a worker records an
+   * end, and a worker never outlives its manager: series is never read
+   * after its manager freed it. */
   const apex__plugin_t *plugin;
 } mx_tl_t;
 static _Thread_local mx_tl_t tl __attribute__((tls_model("initial-exec")));
