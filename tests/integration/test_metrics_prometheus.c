@@ -146,7 +146,6 @@ static void test_prometheus_scrapes_a_batch_and_answers_queries(void **st) {
   proc_t batch;
   const char *url = start_listening_batch(&batch, file);
   const char *target = url + strlen("http://");
-  unsigned web = free_port();
   char conf[512];
   snprintf(conf, sizeof conf,
            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
@@ -157,11 +156,37 @@ static void test_prometheus_scrapes_a_batch_and_answers_queries(void **st) {
   char a_conf[320], a_data[320], a_listen[64];
   snprintf(a_conf, sizeof a_conf, "--config.file=%s", in_dir("prometheus.yml"));
   snprintf(a_data, sizeof a_data, "--storage.tsdb.path=%s", in_dir("data"));
-  snprintf(a_listen, sizeof a_listen, "--web.listen-address=127.0.0.1:%u", web);
   char *argv[] = {"/usr/bin/env", "prometheus", a_conf, a_data, a_listen,
                   "--log.level=warn", NULL};
   proc_t prom;
-  proc_spawn(&prom, argv, NULL, -1);
+  unsigned web = 0;
+  /* The port was free a moment ago; should another process take it
+   * first, Prometheus exits at once and gets another one. */
+  for (int tries = 0;; tries++) {
+    web = free_port();
+    snprintf(a_listen, sizeof a_listen, "--web.listen-address=127.0.0.1:%u", web);
+    proc_spawn(&prom, argv, NULL, -1);
+    char ready[64], *body = NULL;
+    snprintf(ready, sizeof ready, "http://127.0.0.1:%u/-/ready", web);
+    int64_t until = now_ms() + 20000;
+    int up = 0, exited = 0;
+    while (!up && !exited && now_ms() < until) {
+      proc_pump(&prom, 0);
+      up = http_get(ready, NULL, &body, NULL, 0) == 200;
+      free(body);
+      exited = waitpid(prom.pid, NULL, WNOHANG) == prom.pid;
+      if (!up && !exited) nap_ms(100);
+    }
+    if (up) break;
+    if (!exited) {
+      kill(prom.pid, SIGKILL);
+      waitpid(prom.pid, NULL, 0);
+    }
+    if (tries == 2) fail_msg("Prometheus did not start; its log:\n%s", buf_str(&prom.err));
+    for (int i = 0; i < 2; i++)
+      if (prom.fds[i] >= 0) close(prom.fds[i]);
+    proc_free(&prom);
+  }
 
   /* One scrape after the three ok lines ended is what we wait for. */
   const char *ok = "apex_tasks_total{job=\"apex\",action=\"ok\",outcome=\"succeeded\"}";
