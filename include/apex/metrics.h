@@ -92,13 +92,16 @@ typedef struct apex_metrics_snapshot {
  * apex_metrics_snapshot_free. Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_metrics_snapshot(struct apex_manager *m,
                                                 apex_metrics_snapshot_t **out);
-/* Frees a snapshot apex_metrics_snapshot made; NULL: no-op. */
+/* Frees a snapshot apex_metrics_snapshot made (never one a host built);
+ * NULL: no-op. Thread-safety: once no thread reads it. */
 APEX_EXTERN void apex_metrics_snapshot_free(apex_metrics_snapshot_t *s);
 
 /* Finds the sample of family name (the base name: "apex_tasks", not
  * "apex_tasks_total") whose labels include every (name, value) pair of
  * pairs (n_pairs pairs: pairs[2i] the name, pairs[2i+1] the value).
- * Returns: the first such sample (borrowed from s), or NULL. */
+ * Returns: the first such sample, or NULL (also for a NULL argument).
+ * Ownership: borrowed from s, valid until s is freed. Thread-safety: any
+ * thread (s is immutable). */
 APEX_EXTERN const apex_metric_sample_t *apex_metrics_find(const apex_metrics_snapshot_t *s,
                                                           const char *name,
                                                           const char *const *pairs,
@@ -119,11 +122,13 @@ typedef enum apex_metrics_format {
  * Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_metrics_render(const apex_metrics_snapshot_t *s,
                                               apex_metrics_format_t f, char **out, size_t *len);
+/* Frees a text apex_metrics_render made; NULL: no-op. */
 APEX_EXTERN void apex_metrics_text_free(char *text);
 
 /* Returns: the HTTP Content-Type of format f ("text/plain; version=0.0.4;
  * charset=utf-8", "application/openmetrics-text; version=1.0.0;
- * charset=utf-8", "application/json"), or NULL for an unknown one. Static. */
+ * charset=utf-8", "application/json"), or NULL for an unknown one.
+ * Ownership: static. Thread-safety: any thread. */
 APEX_EXTERN const char *apex_metrics_content_type(apex_metrics_format_t f);
 
 #ifdef __cplusplus
