@@ -63,7 +63,8 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
   A(apex_action_desc_t, heartbeat_timeout_s, abi_v1_sizeof_action_desc)                   \
   A(apex_host_api_t, heartbeat, abi_v1_sizeof_host_api)                                   \
   A(apex_host_api_t, retry_after, abi_v1_sizeof_host_api)                                 \
-  A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)
+  A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)                           \
+  A(apex_plugin_desc_t, action_schema, abi_v1_sizeof_plugin_desc)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;
