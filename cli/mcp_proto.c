@@ -94,7 +94,7 @@ int mcp_parse(const char *buf, size_t len, mcp_msg_t *out, json_t **err_resp) {
   json_error_t je;
   /* Duplicate keys are refused: which "id" or "method" would count is
    * otherwise up to the parser, and two readers could disagree. */
-  json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+  json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY, &je);
   if (!root) {
     if (err_resp) {
       char why[200];

@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,8 +116,20 @@ struct mcp_server {
   size_t max_message;
   atomic_int log_fd;       /* the log queue's pipe, write end */
   int log_rd;
-  uint64_t next_mtask;
+  int stderr_level;        /* lines at or below it also go to stderr */
 };
+
+/* APEX_LOG's level for stderr, as the library reads it (default warn;
+ * off: -1). */
+static int stderr_level(void) {
+  const char *s = getenv("APEX_LOG");
+  if (!s || !*s) return APEX_LOG_WARN;
+  if (strcasecmp(s, "error") == 0) return APEX_LOG_ERROR;
+  if (strcasecmp(s, "info") == 0) return APEX_LOG_INFO;
+  if (strcasecmp(s, "debug") == 0) return APEX_LOG_DEBUG;
+  if (strcasecmp(s, "off") == 0 || strcasecmp(s, "none") == 0) return -1;
+  return APEX_LOG_WARN;
+}
 
 /* ------------------------------------------------------------- helpers */
 
@@ -349,10 +362,11 @@ int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
   mc.event_mask = APEX_EVENT_PROGRESS | APEX_EVENT_DONE;
   mc.log = cli_log_sink;
   mc.log_user = &srv->log_fd;
-  /* info and up reach the sink (a task's apex_ctx_log at info is what
-   * notifications/message carry); APEX_LOG=debug asks for more. */
-  const char *env = getenv("APEX_LOG");
-  mc.log_level = env && *env ? -1 : APEX_LOG_INFO;
+  /* info and up always reach the sink: a task's apex_ctx_log lines are
+   * what notifications/message carry, whatever APEX_LOG says of stderr.
+   * APEX_LOG=debug asks for more. */
+  srv->stderr_level = stderr_level();
+  mc.log_level = srv->stderr_level > APEX_LOG_INFO ? srv->stderr_level : APEX_LOG_INFO;
   mc.shutdown_grace_ms = 200;
   int rc = apex_manager_new(&mc, &srv->m);
   if (rc != APEX_OK) {
@@ -811,17 +825,17 @@ static void do_tasks(mcp_session_t *s, mcp_msg_t *msg, void *stream, const char 
 
 static void handle_request(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
   const char *m = msg->method;
-  if (strcmp(m, "ping") == 0) return answer(s, stream, mcp_result(msg->id, NULL));
-  if (strcmp(m, "initialize") == 0) return do_initialize(s, msg, stream);
-  if (!s->initialized)
-    return answer_error(s, stream, msg->id, MCP_INVALID_REQUEST,
-                        "the session is not initialized: send initialize first");
   char *key = id_key(msg->id);
   int dup = key && find_call_key(s, key);
   free(key);
   if (dup)
     return answer_error(s, stream, msg->id, MCP_INVALID_REQUEST,
                         "duplicate id: a request with this id is still in flight");
+  if (strcmp(m, "ping") == 0) return answer(s, stream, mcp_result(msg->id, NULL));
+  if (strcmp(m, "initialize") == 0) return do_initialize(s, msg, stream);
+  if (!s->initialized)
+    return answer_error(s, stream, msg->id, MCP_INVALID_REQUEST,
+                        "the session is not initialized: send initialize first");
   if (strcmp(m, "tools/list") == 0)
     return answer(s, stream, mcp_result(msg->id, json_pack("{s:O}", "tools", s->srv->tools_list)));
   if (strcmp(m, "tools/call") == 0) {
@@ -887,6 +901,9 @@ static void route_log(mcp_server_t *srv, int level, const char *line) {
       text = end + 2;
     }
   }
+  /* The library's own lines ("task 7 files.copy succeeded") say what the
+   * protocol says already, unless they warn. */
+  if (text == line && level > APEX_LOG_WARN) return;
   for (mcp_session_t *s = srv->sessions; s; s = s->next) {
     if (c && c->s != s) continue;
     if (!s->initialized || s->closed || ml < s->log_level) continue;
@@ -902,6 +919,7 @@ static void drain_logs(mcp_server_t *srv) {
   char *line;
   size_t dropped;
   while (cli_log_pop(&level, &line, &dropped)) {
+    if (level <= srv->stderr_level) fprintf(stderr, "apex: %s: %s\n", cli_log_level_name(level), line);
     route_log(srv, level, line);
     free(line);
   }
