@@ -20,7 +20,7 @@
 static void test_bad_json_is_parse_error_and_server_keeps_serving(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":");
   json_t *r = mcp_read(c, MCP_DEADLINE_MS);
   assert_int_equal(mcp_error_code(r), -32700);
@@ -33,7 +33,7 @@ static void test_bad_json_is_parse_error_and_server_keeps_serving(void **st) {
 static void test_invalid_requests_are_32600_with_their_id(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   /* A batch, a non-object, a wrong version, a null id, a real id. */
   static const char *const bad[] = {"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]", "42",
                                     "{\"jsonrpc\":\"1.0\",\"id\":5,\"method\":\"ping\"}",
@@ -56,7 +56,7 @@ static void test_invalid_requests_are_32600_with_their_id(void **st) {
 static void test_unknown_method_is_32601(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(3, "resources/list", "{}"));
   json_t *r = mcp_response(c, 3);
   assert_int_equal(mcp_error_code(r), -32601);
@@ -69,7 +69,7 @@ static void test_oversized_message_refused_bounded(void **st) {
   (void)st;
   const char *const extra[] = {"--max-message-bytes", "1000", NULL};
   mcp_child_t *c = mcp_start(extra);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   /* 4 MB in one line: refused without being kept. */
   size_t n = 4u << 20;
   char *big = malloc(n + 1);
@@ -96,7 +96,7 @@ static void test_requests_before_initialize_refused_but_ping(void **st) {
   assert_int_equal(mcp_error_code(r), -32600);
   json_decref(r);
   mcp_assert_serving(c, 2);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(3, "tools/list", "{}"));
   r = mcp_response(c, 3);
   assert_true(json_array_size(json_object_get(json_object_get(r, "result"), "tools")) > 0);
@@ -142,7 +142,7 @@ static json_t *find_tool(json_t *list, const char *name) {
 static void test_tools_list_schema_from_param_spec(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(1, "tools/list", "{}"));
   json_t *r = mcp_response(c, 1);
   json_t *t = find_tool(r, "mcp_kit.bounds");
@@ -170,7 +170,7 @@ static void test_tools_list_schema_from_param_spec(void **st) {
 static void test_bad_arguments_are_32602_naming_the_argument(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(1, "tools/call", "{\"name\":\"mcp_kit.bounds\",\"arguments\":{\"flag\":true,\"n\":11}}"));
   json_t *r = mcp_response(c, 1);
   assert_int_equal(mcp_error_code(r), -32602);
@@ -196,7 +196,7 @@ static void test_bad_arguments_are_32602_naming_the_argument(void **st) {
 static void test_progress_strictly_increasing_total_100(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(1, "tools/call", "{\"name\":\"mcp_kit.sleep\",\"arguments\":{\"ms\":400,"
                                    "\"tick_ms\":10},\"_meta\":{\"progressToken\":\"tok\"}}"));
   json_t *r = mcp_response(c, 1);
@@ -225,7 +225,7 @@ static void test_ping_answered_while_every_worker_busy(void **st) {
   (void)st;
   const char *const extra[] = {"--workers", "1", NULL};
   mcp_child_t *c = mcp_start(extra);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   /* The one worker sleeps; a second call waits in the queue. */
   mcp_send(c, REQ(1, "tools/call", "{\"name\":\"mcp_kit.sleep\",\"arguments\":{\"ms\":60000,"
                                    "\"tick_ms\":5},\"_meta\":{\"progressToken\":1}}"));
@@ -246,7 +246,7 @@ static void test_cancel_notification_ends_call_without_answer(void **st) {
   (void)st;
   const char *const extra[] = {"--workers", "1", NULL};
   mcp_child_t *c = mcp_start(extra);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ("c1", "tools/call", "{\"name\":\"mcp_kit.sleep\",\"arguments\":{\"ms\":60000,"
                                       "\"tick_ms\":5},\"_meta\":{\"progressToken\":1}}"));
   json_t *n = mcp_read(c, MCP_DEADLINE_MS);
@@ -293,7 +293,7 @@ static void test_client_gone_cancels_with_reason_disconnected(void **st) {
   assert_true(fd >= 0);
   close(fd);
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(1, "tools/call", "{\"name\":\"mcp_kit.sleep\",\"arguments\":{\"ms\":60000,"
                                    "\"tick_ms\":5,\"reason_file\":\"%s\"},\"_meta\":{"
                                    "\"progressToken\":1}}"), path);
@@ -312,7 +312,7 @@ static void test_client_gone_cancels_with_reason_disconnected(void **st) {
 static void test_logging_set_level_and_messages(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   /* Default level warning: an info line is not sent. */
   mcp_send(c, REQ(1, "tools/call", "{\"name\":\"mcp_kit.say\",\"arguments\":{\"text\":\"quiet\"}}"));
   json_decref(mcp_response(c, 1));
@@ -339,7 +339,7 @@ static void test_logging_set_level_and_messages(void **st) {
 static void test_tasks_augmented_call_get_result_list_cancel(void **st) {
   (void)st;
   mcp_child_t *c = mcp_start(NULL);
-  mcp_init(c, "2025-11-25");
+  json_decref(mcp_init(c, "2025-11-25"));
   mcp_send(c, REQ(1, "tools/call", "{\"name\":\"mcp_kit.sleep\",\"arguments\":{\"ms\":300},"
                                    "\"task\":{\"ttl\":60000}}"));
   json_t *r = mcp_response(c, 1);
