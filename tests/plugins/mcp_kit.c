@@ -8,6 +8,9 @@
  *   noop    succeeds at once with {} (the benchmark's no-op tool).
  *   say     logs `text` at info through apex_ctx_log and succeeds with
  *           {"said": text}.
+ *   wobble  reports progress 10, 10 (another message), 5, 20, 80 ms apart
+ *           (so each is delivered), then succeeds: MCP wants progress
+ *           strictly increasing, so only 10 and 20 may reach a client.
  *   bounds  takes an int in [1, 10], a string of 2..5 bytes, an array of
  *           at most 3 items and a required bool, to check the schema
  *           tools/list derives; succeeds with its params.
@@ -56,6 +59,17 @@ static int say(apex_ctx_t *ctx) {
   return APEX_OK;
 }
 
+static int wobble(apex_ctx_t *ctx) {
+  static const double steps[] = {10, 10, 5, 20};
+  static const char *const msgs[] = {"a", "b", "c", "d"};
+  for (int i = 0; i < 4; i++) {
+    apex_ctx_progress(ctx, steps[i], msgs[i]);
+    if (apex_ctx_sleep_ms(ctx, 80) == APEX_E_CANCELLED)
+      return apex_ctx_fail(ctx, APEX_E_CANCELLED, "cancelled");
+  }
+  return APEX_OK;
+}
+
 static int bounds(apex_ctx_t *ctx) {
   apex_ctx_set_result(ctx, json_deep_copy(apex_ctx_params(ctx)));
   return APEX_OK;
@@ -89,10 +103,11 @@ static const apex_action_desc_t k_actions[] = {
      .n_params = 1},
     {.name = "bounds", .description = "Echoes bounded params", .handler = bounds,
      .params = k_bounds, .n_params = 5},
+    {.name = "wobble", .description = "Reports progress that goes back", .handler = wobble},
 };
 
 static const apex_plugin_desc_t k_plugin = {APEX_PLUGIN_DESC_INIT, .name = "mcp_kit",
                                             .version = "1.0.0",
                                             .description = "actions for the apex mcp tests",
-                                            .actions = k_actions, .n_actions = 4};
+                                            .actions = k_actions, .n_actions = 5};
 APEX_PLUGIN_DEFINE(k_plugin)
