@@ -22,11 +22,13 @@
  * Threads and locks: libmicrohttpd runs a thread per connection; they
  * never touch the core (mcp_server.c, main thread only). A connection
  * thread parses the body (mcp_parse), queues a job on the inbox, wakes the
- * main thread (an eventfd) and waits on `cond` for the verdict: a status, a
+ * main thread (an eventfd) and waits for the verdict: a status, a
  * JSON body, or a stream to read. The main thread runs the job through the
  * core, whose sends append events to streams. `mu` (one, a leaf) guards
- * the inbox, the verdicts and every stream's events and counts; readers
- * wait on `cond` for events. Sessions and the streams list of each are
+ * the inbox, the verdicts and every stream's events and counts; a job's
+ * thread waits on the job's own condition variable, a stream's readers on
+ * the stream's (one shared one woke every connection thread for each
+ * event: a hundred in flight made that the server's main cost). Sessions and the streams list of each are
  * the main thread's alone.
  *
  * What can fail: the bind (reported, exit 1); memory (the message or event
@@ -79,6 +81,7 @@ typedef struct stream {
   unsigned reader_gen;   /* a new reader supersedes the old */
   int has_reader;
   int standalone;
+  pthread_cond_t cond;   /* its readers wait here for events */
   /* main thread only: */
   struct stream *next;
 } stream_t;
@@ -96,6 +99,7 @@ enum { M_POST = 1, M_GET, M_DELETE };
 
 typedef struct job {
   struct job *next;
+  pthread_cond_t cond;   /* its connection thread waits here */
   int method;
   char *session_id, *last_event_id, *proto;
   mcp_msg_t msg;         /* POST: the parsed message */
@@ -124,7 +128,6 @@ typedef struct reader {
 
 static struct {
   pthread_mutex_t mu;
-  pthread_cond_t cond;
   job_t *inbox, **inbox_tail;
   int efd;
   int stopping;
@@ -141,6 +144,7 @@ static void stream_unref_locked(stream_t *s) {
   if (--s->refs > 0) return;
   for (size_t i = 0; i < s->n; i++) free(s->evs[i].text);
   free(s->evs);
+  pthread_cond_destroy(&s->cond);
   free(s);
 }
 
@@ -167,12 +171,16 @@ static void stream_push_locked(stream_t *s, char *text, size_t len) {
     s->cap = cap;
   }
   s->evs[s->n++] = (sse_event_t){s->next_seq++, text, len};
-  pthread_cond_broadcast(&H.cond);
+  pthread_cond_broadcast(&s->cond);
 }
 
 static stream_t *stream_new(hsession_t *hs, int prime) {
   stream_t *s = calloc(1, sizeof *s);
   if (!s) return NULL;
+  if (pthread_cond_init(&s->cond, NULL) != 0) {
+    free(s);
+    return NULL;
+  }
   s->refs = 1; /* the session's list */
   s->num = ++hs->next_stream;
   s->next = hs->streams;
@@ -194,7 +202,7 @@ static stream_t *stream_new(hsession_t *hs, int prime) {
 
 static void stream_close_locked(stream_t *s) {
   s->closed = 1;
-  pthread_cond_broadcast(&H.cond);
+  pthread_cond_broadcast(&s->cond);
 }
 
 /* Drops the streams of hs a reader read to their end (main thread). */
@@ -434,7 +442,7 @@ static void run_inbox(void) {
     mcp_msg_free(&j->msg); /* what the core did not take */
     pthread_mutex_lock(&H.mu);
     j->done = 1;
-    pthread_cond_broadcast(&H.cond);
+    pthread_cond_signal(&j->cond);
     pthread_mutex_unlock(&H.mu);
   }
 }
@@ -518,7 +526,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += SSE_KEEPALIVE_S;
-    if (pthread_cond_timedwait(&H.cond, &H.mu, &ts) == ETIMEDOUT && r->idx >= s->n && !s->closed) {
+    if (pthread_cond_timedwait(&s->cond, &H.mu, &ts) == ETIMEDOUT && r->idx >= s->n && !s->closed) {
       pthread_mutex_unlock(&H.mu);
       static const char ka[] = ": keepalive\n\n";
       size_t n = sizeof ka - 1 < max ? sizeof ka - 1 : max;
@@ -551,7 +559,7 @@ static enum MHD_Result reply_sse(struct MHD_Connection *c, job_t *j) {
   r->s->has_reader = 1;
   if (j->resume)
     while (r->idx < r->s->n && r->s->evs[r->idx].seq <= j->after_seq) r->idx++;
-  pthread_cond_broadcast(&H.cond);
+  pthread_cond_broadcast(&r->s->cond);
   pthread_mutex_unlock(&H.mu);
   struct MHD_Response *resp =
       MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_read, r, sse_free);
@@ -619,6 +627,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   }
   job_t *j = calloc(1, sizeof *j);
   if (!j) return MHD_NO;
+  if (pthread_cond_init(&j->cond, NULL) != 0) {
+    free(j);
+    return MHD_NO;
+  }
   if (strcmp(method, "POST") == 0) {
     j->method = M_POST;
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -631,11 +643,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
       bad = MHD_HTTP_NOT_ACCEPTABLE,
       why = "Not Acceptable: the client must accept application/json and text/event-stream";
     if (bad) {
+      pthread_cond_destroy(&j->cond);
       free(j);
       return reply(c, bad, error_body(MCP_INVALID_REQUEST, why), NULL);
     }
     json_t *err = NULL;
     if (mcp_parse(cn->body ? cn->body : "", cn->len, &j->msg, &err) != 0) {
+      pthread_cond_destroy(&j->cond);
       free(j);
       char *b = err ? mcp_dump(err, NULL) : NULL;
       json_decref(err);
@@ -644,6 +658,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   } else if (strcmp(method, "GET") == 0) {
     j->method = M_GET;
     if (!accepts(c, "text/event-stream")) {
+      pthread_cond_destroy(&j->cond);
       free(j);
       return reply(c, MHD_HTTP_NOT_ACCEPTABLE,
                    error_body(MCP_INVALID_REQUEST, "Not Acceptable: want text/event-stream"), NULL);
@@ -665,7 +680,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     ssize_t w = write(H.efd, &one, sizeof one);
     (void)w;
   }
-  while (!j->done) pthread_cond_wait(&H.cond, &H.mu);
+  while (!j->done) pthread_cond_wait(&j->cond, &H.mu);
   pthread_mutex_unlock(&H.mu);
   enum MHD_Result rc;
   if (j->stream) rc = reply_sse(c, j);
@@ -674,6 +689,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   free(j->session_id);
   free(j->last_event_id);
   free(j->proto);
+  pthread_cond_destroy(&j->cond);
   free(j);
   return rc;
 }
@@ -738,10 +754,6 @@ int mcp_http_run(mcp_server_t *srv, const char *addr) {
   H.max = mcp_server_max_message(srv);
   H.loopback = is_loopback(&ss);
   H.inbox_tail = &H.inbox;
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_cond_init(&H.cond, &ca);
-  pthread_condattr_destroy(&ca);
   H.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (H.efd < 0) return cli_fail(0, APEX_E_IO, "eventfd: %s", strerror(errno));
   sigset_t set;
@@ -791,7 +803,6 @@ int mcp_http_run(mcp_server_t *srv, const char *addr) {
    * then stop the daemon, which joins its connection threads. */
   pthread_mutex_lock(&H.mu);
   H.stopping = 1;
-  pthread_cond_broadcast(&H.cond);
   pthread_mutex_unlock(&H.mu);
   run_inbox(); /* jobs that came before the stop get their verdict */
   while (H.sessions) session_end(H.sessions);
