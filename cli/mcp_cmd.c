@@ -5,6 +5,8 @@
  *
  * Single-threaded here; the server's threads start in mcp_server_new. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +106,16 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
     code = cli_fail(0, APEX_E_INVALID, "%s needs a value", a);
     goto out;
   }
+  /* SIGINT and SIGTERM end the server through a signalfd (the transports'
+   * loops), SIGPIPE is a write error: blocked before any thread starts, so
+   * every thread (the library's, libmicrohttpd's) inherits the mask and
+   * none takes the default action. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
   mcp_server_t *srv = NULL;
   code = mcp_server_new(&cfg, &srv);
   if (code != CLI_EXIT_OK) goto out;

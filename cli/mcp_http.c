@@ -756,14 +756,11 @@ int mcp_http_run(mcp_server_t *srv, const char *addr) {
   H.inbox_tail = &H.inbox;
   H.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (H.efd < 0) return cli_fail(0, APEX_E_IO, "eventfd: %s", strerror(errno));
+  /* Blocked by cli_cmd_mcp before any thread started. */
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGPIPE);
-  /* Blocked before the daemon's threads start, so they inherit it. */
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-  sigdelset(&set, SIGPIPE);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                    (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);

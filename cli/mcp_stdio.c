@@ -73,13 +73,12 @@ int mcp_stdio_run(mcp_server_t *srv) {
   stdio_state_t st = {0};
   mcp_session_t *s = mcp_session_new(srv, &stdio_ops, &st);
   if (!s) return cli_fail(0, APEX_E_NOMEM, "out of memory");
+  /* Blocked by cli_cmd_mcp before any thread started. */
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
-  sigprocmask(SIG_BLOCK, &set, NULL);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  signal(SIGPIPE, SIG_IGN);
   int dfd, lfd;
   mcp_server_fds(srv, &dfd, &lfd);
   size_t max = mcp_server_max_message(srv);

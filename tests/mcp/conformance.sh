@@ -39,7 +39,18 @@ PATH="$cache/node_modules/.bin:$PATH" "$cache/node_modules/.bin/node" \
   --expected-failures "$here/expected-failures.yml"
 rc=$?
 if ! kill -0 $pid 2>/dev/null; then
-  echo "conformance.sh: apex mcp died during the suite:" >&2
+  echo "conformance.sh: apex mcp died:" >&2
+  cat "$log" >&2
+  exit 1
+fi
+# SIGTERM ends it cleanly: exit 0, or the sanitizers' report (leaks, races)
+# made it fail.
+kill -TERM $pid
+wait $pid
+st=$?
+trap 'rm -f "$log"' EXIT
+if [ $st -ne 0 ]; then
+  echo "conformance.sh: apex mcp exited $st on SIGTERM:" >&2
   cat "$log" >&2
   exit 1
 fi

@@ -25,5 +25,20 @@ done
 cp "$here/sdk_http.mjs" "$cache/" || exit 1
 "$cache/node_modules/.bin/node" "$cache/sdk_http.mjs" "http://127.0.0.1:$port/mcp" "${TMPDIR:-/tmp}"
 rc=$?
-kill -0 $pid 2>/dev/null || { echo "http.sh: apex mcp died:" >&2; cat "$log" >&2; exit 1; }
+if ! kill -0 $pid 2>/dev/null; then
+  echo "http.sh: apex mcp died:" >&2
+  cat "$log" >&2
+  exit 1
+fi
+# SIGTERM ends it cleanly: exit 0, or the sanitizers' report (leaks, races)
+# made it fail.
+kill -TERM $pid
+wait $pid
+st=$?
+trap 'rm -f "$log"' EXIT
+if [ $st -ne 0 ]; then
+  echo "http.sh: apex mcp exited $st on SIGTERM:" >&2
+  cat "$log" >&2
+  exit 1
+fi
 exit $rc

@@ -125,8 +125,10 @@ async function readEvents(resp, stop) {
   await readEvents(post, (e) => e.length >= 2); // running: a progress event came
   const del = await fetch(url, { method: 'DELETE', headers: { 'Mcp-Session-Id': sid } });
   assert.equal(del.status, 200);
-  for (let i = 0; i < 300 && !existsSync(file); i++) await sleep(20);
-  assert.equal(readFileSync(file, 'utf8'), 'disconnected');
+  // The handler creates the file, then writes the reason: await the text.
+  const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
+  for (let i = 0; i < 300 && reason() === ''; i++) await sleep(20);
+  assert.equal(reason(), 'disconnected');
   const after = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
     body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }) });
   assert.equal(after.status, 404, 'the session is gone');
