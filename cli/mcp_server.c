@@ -337,6 +337,11 @@ static const mcp_tool_t *find_tool(mcp_server_t *srv, const char *name) {
 /* ------------------------------------------------------------- server */
 
 static void on_task_event(const apex_event_t *ev, void *user);
+/* Every task has its own callback; nothing else is submitted. */
+static void on_stray_event(const apex_event_t *ev, void *user) {
+  (void)ev;
+  (void)user;
+}
 
 int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
   mcp_server_t *srv = calloc(1, sizeof *srv);
@@ -357,7 +362,7 @@ int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
   apex_manager_config_init(&mc);
   mc.workers = cfg->cli->workers ? cfg->cli->workers : 0;
   mc.delivery = APEX_DELIVER_DISPATCH;
-  mc.on_event = on_task_event;
+  mc.on_event = on_stray_event;
   mc.event_user = srv;
   mc.event_mask = APEX_EVENT_PROGRESS | APEX_EVENT_DONE;
   mc.log = cli_log_sink;
@@ -615,11 +620,9 @@ static void send_progress(mcp_call_t *c, const apex_progress_t *p) {
   send_msg(c->s, c->stream, mcp_notification("notifications/progress", params));
 }
 
+/* A task's events come to its call (the submit's per-task callback). */
 static void on_task_event(const apex_event_t *ev, void *user) {
-  (void)user;
-  mcp_server_t *srv = user;
-  mcp_call_t *c = find_call_task(srv, ev->task_id);
-  if (!c) return;
+  mcp_call_t *c = user;
   if (ev->type == APEX_EVENT_PROGRESS) {
     if (!c->client_cancelled) send_progress(c, ev->progress);
     return;
@@ -706,6 +709,10 @@ static void tools_call(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
   }
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
+  /* Events are delivered by our own dispatch (mcp_server_pump), never
+   * before this function returned, so c is filled in by then. */
+  o.on_event = on_task_event;
+  o.event_user = c;
   apex_task_t *t = NULL;
   apex_error_t *err = NULL;
   int rc = apex_manager_submit(srv->m, tool->plugin, tool->action, args, &o, &t, &err);

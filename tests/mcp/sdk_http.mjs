@@ -148,6 +148,10 @@ async function readEvents(resp, stop) {
   const wrongType = await fetch(url, { method: 'POST', headers: { ...H, 'Content-Type': 'text/plain' },
     body: '{}' });
   assert.equal(wrongType.status, 415);
+  const huge = await fetch(url, { method: 'POST', headers: H,
+    body: `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"p":"${'x'.repeat(5 << 20)}"}}` });
+  assert.equal(huge.status, 413, 'a body above --max-message-bytes (4 MiB)');
+  await huge.body?.cancel();
   const put = await fetch(url, { method: 'PUT', headers: H, body: '{}' });
   assert.equal(put.status, 405);
 }
