@@ -139,8 +139,9 @@ void mcp_session_reject(mcp_session_t *s, json_t *err_resp, void *stream);
 int mcp_stdio_run(mcp_server_t *srv);
 /* Serves Streamable HTTP on addr ("HOST:PORT"; PORT 0: any free one, said
  * on stderr as "apex mcp: listening on http://HOST:PORT/mcp") until SIGINT
- * or SIGTERM. Returns: exit code. */
-int mcp_http_run(mcp_server_t *srv, const char *addr);
+ * or SIGTERM; a session idle_s seconds without a request or a reader is
+ * ended. Returns: exit code. */
+int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s);
 
 
 #endif

@@ -31,6 +31,9 @@ static const char mcp_usage[] =
     "  --bare-names            name tools ACTION instead of PLUGIN.ACTION\n"
     "  --max-message-bytes N   refuse a message (line or body) above N bytes\n"
     "                          (default 4194304)\n"
+    "  --session-timeout S     HTTP: end a session after S seconds with no request\n"
+    "                          and no stream read (its calls are cancelled,\n"
+    "                          reason \"disconnected\"; default 600)\n"
     "  -h, --help              show this help\n";
 
 static const char *opt_value(int argc, char **argv, int *i, const char *name) {
@@ -47,7 +50,8 @@ static int is_opt(const char *a, const char *name) {
 }
 
 int cli_mcp_option_takes_value(const char *arg) {
-  static const char *const valued[] = {"--http", "--plugin", "--workers", "--max-message-bytes"};
+  static const char *const valued[] = {"--http", "--plugin", "--workers", "--max-message-bytes",
+                                       "--session-timeout"};
   for (size_t i = 0; i < sizeof valued / sizeof valued[0]; i++)
     if (strcmp(arg, valued[i]) == 0) return 1;
   return 0;
@@ -57,6 +61,7 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
   cli_opts_t o = {.command = "mcp", .timeout_s = -1, .retries = -1};
   mcp_config_t cfg = {.cli = &o};
   const char *http = NULL;
+  double idle_s = 600;
   const char **paths = calloc((size_t)argc, sizeof *paths);
   const char **plugins = calloc((size_t)argc, sizeof *plugins);
   int code = CLI_EXIT_OK;
@@ -77,6 +82,16 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
     } else if (is_opt(a, "--http")) {
       if (!(v = opt_value(argc, argv, &i, "--http"))) goto missing;
       http = v;
+    } else if (is_opt(a, "--session-timeout")) {
+      if (!(v = opt_value(argc, argv, &i, "--session-timeout"))) goto missing;
+      char *end = NULL;
+      double t = strtod(v, &end);
+      if (!*v || *end || !(t >= 0.1 && t <= 1e7)) {
+        code = cli_fail(0, APEX_E_INVALID, "--session-timeout: '%s' is not a number of seconds "
+                        "from 0.1 to 1e7", v);
+        goto out;
+      }
+      idle_s = t;
     } else if (is_opt(a, "--plugin")) {
       if (!(v = opt_value(argc, argv, &i, "--plugin"))) goto missing;
       plugins[cfg.n_plugins++] = v;
@@ -119,7 +134,7 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
   mcp_server_t *srv = NULL;
   code = mcp_server_new(&cfg, &srv);
   if (code != CLI_EXIT_OK) goto out;
-  code = http ? mcp_http_run(srv, http) : mcp_stdio_run(srv);
+  code = http ? mcp_http_run(srv, http, idle_s) : mcp_stdio_run(srv);
   mcp_server_free(srv);
 out:
   free(paths);

@@ -12,7 +12,9 @@
  *          replaying what came after it; without: the session's standalone
  *          stream (notifications not tied to a request; one at a time, a
  *          second is 409).
- *   DELETE ends the session: its calls are cancelled ("disconnected").
+ *   DELETE ends the session: its calls are cancelled ("disconnected"). So
+ *          does a session's idleness (--session-timeout, default 600 s: no
+ *          request and no stream being read): its client went away.
  * Origin and Host are checked against loopback names when the server is
  * bound to loopback (DNS rebinding protection); an Origin must always be a
  * loopback one or the Host's own. Event ids are "STREAM-SEQ"; a POST
@@ -93,6 +95,7 @@ struct hsession {
   stream_t *streams;     /* request streams and the standalone one */
   stream_t *standalone;
   uint64_t next_stream;
+  int64_t last_ms;       /* the last request's arrival */
 };
 
 enum { M_POST = 1, M_GET, M_DELETE };
@@ -133,6 +136,8 @@ static struct {
   int stopping;
   int loopback;
   size_t max;
+  int64_t idle_ms;       /* a session this long without a request or a
+                            reader is ended: its client is gone */
   /* main thread only: */
   hsession_t *sessions;
   mcp_server_t *srv;
@@ -271,6 +276,7 @@ static hsession_t *session_new(void) {
     free(hs);
     return NULL;
   }
+  hs->last_ms = cli_now_ms();
   hs->next = H.sessions;
   H.sessions = hs;
   return hs;
@@ -412,7 +418,26 @@ static void run_get(job_t *j) {
   j->status = MHD_HTTP_OK;
 }
 
+/* Ends the sessions whose client went away without a DELETE: nothing
+ * asked and nobody reading for idle_ms. Their calls are cancelled
+ * ("disconnected"), as a DELETE's are. */
+static void expire_sessions(void) {
+  int64_t now = cli_now_ms();
+  for (hsession_t *hs = H.sessions, *next; hs; hs = next) {
+    next = hs->next;
+    if (now - hs->last_ms < H.idle_ms) continue;
+    int reading = 0;
+    pthread_mutex_lock(&H.mu);
+    for (stream_t *st = hs->streams; st && !reading; st = st->next) reading = st->has_reader;
+    pthread_mutex_unlock(&H.mu);
+    if (reading) hs->last_ms = now;
+    else session_end(hs);
+  }
+}
+
 static void run_job(job_t *j) {
+  hsession_t *seen = j->session_id ? session_find(j->session_id) : NULL;
+  if (seen) seen->last_ms = cli_now_ms();
   if (j->method == M_POST) run_post(j);
   else if (j->method == M_GET) run_get(j);
   else {
@@ -739,7 +764,7 @@ static int is_loopback(const struct sockaddr_storage *ss) {
   return 0;
 }
 
-int mcp_http_run(mcp_server_t *srv, const char *addr) {
+int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
   struct sockaddr_storage ss;
   socklen_t sl;
   char full[300];
@@ -752,6 +777,7 @@ int mcp_http_run(mcp_server_t *srv, const char *addr) {
     return cli_fail(0, APEX_E_INVALID, "--http '%s': want HOST:PORT (e.g. 127.0.0.1:8080)", addr);
   H.srv = srv;
   H.max = mcp_server_max_message(srv);
+  H.idle_ms = (int64_t)(idle_s * 1000);
   H.loopback = is_loopback(&ss);
   H.inbox_tail = &H.inbox;
   H.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -785,7 +811,7 @@ int mcp_http_run(mcp_server_t *srv, const char *addr) {
                            {.fd = dfd, .events = POLLIN},
                            {.fd = lfd, .events = POLLIN},
                            {.fd = sfd, .events = POLLIN}};
-    int n = poll(pf, 4, -1);
+    int n = poll(pf, 4, 1000);
     if (n < 0 && errno != EINTR) break;
     if (pf[3].revents & POLLIN) {
       struct signalfd_siginfo si;
@@ -795,6 +821,7 @@ int mcp_http_run(mcp_server_t *srv, const char *addr) {
     }
     if (pf[1].revents || pf[2].revents) mcp_server_pump(srv);
     if (pf[0].revents) run_inbox();
+    expire_sessions();
   }
   /* Refuse new jobs, end every session (its streams end their readers),
    * then stop the daemon, which joins its connection threads. */

@@ -134,6 +134,26 @@ async function readEvents(resp, stop) {
   assert.equal(after.status, 404, 'the session is gone');
 }
 
+// 3b. A client that vanishes without DELETE: once its session is idle past
+// --session-timeout (3 s here), its call is cancelled "disconnected" too.
+{
+  const sid = await initSession();
+  const file = `${tmp}/apex-mcp-http-idle-${process.pid}`;
+  const post = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call',
+      params: { name: 'mcp_kit.sleep', arguments: { ms: 60000, tick_ms: 10, reason_file: file },
+        _meta: { progressToken: 1 } } }) });
+  await readEvents(post, (e) => e.length >= 2); // running; then the client is gone
+  const t0 = performance.now();
+  const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
+  for (let i = 0; i < 1500 && reason() === ''; i++) await sleep(20);
+  assert.equal(reason(), 'disconnected');
+  console.log(`idle session ended after ${(performance.now() - t0).toFixed(0)} ms`);
+  const after = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }) });
+  assert.equal(after.status, 404, 'the session is gone');
+}
+
 // 4. DNS rebinding protection, and the transport's refusals.
 {
   const evil = await fetch(url, { method: 'POST', headers: { ...H, Origin: 'http://evil.example.com' },
