@@ -792,8 +792,11 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
                    (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
   struct MHD_Daemon *d = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-      (unsigned)0, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+      /* An idle keep-alive connection holds a thread: closed after a
+       * minute. A stream being read is never idle that long (keepalive
+       * comments every SSE_KEEPALIVE_S). */
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
   if (!d) {
     close(H.efd);
     if (sfd >= 0) close(sfd);
