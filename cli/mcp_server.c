@@ -224,8 +224,7 @@ static json_t *bound(apex_param_type_t t, double v) {
 /* The inputSchema an action's param spec says (JSON Schema 2020-12). A
  * STRING's bounds are bytes of UTF-8 in Apex and characters in JSON
  * Schema: the same for ASCII, and Apex's check is the one that counts. */
-json_t *mcp_params_schema(const apex_action_desc_t *a);
-json_t *mcp_params_schema(const apex_action_desc_t *a) {
+static json_t *params_schema(const apex_action_desc_t *a) {
   json_t *props = json_object(), *req = json_array();
   json_t *schema = json_pack("{s:s}", "type", "object");
   if (!props || !req || !schema) goto oom;
@@ -291,7 +290,7 @@ static int add_tool(mcp_server_t *srv, const apex_plugin_desc_t *d, const apex_a
       APEX_HAS_FIELD(apex_plugin_desc_t, d, action_schema) ? d->action_schema : NULL;
   const char *text = hook ? hook(a->name, "input") : NULL;
   if (text) in = declared_schema(text, name, "input schema");
-  if (!in) in = mcp_params_schema(a);
+  if (!in) in = params_schema(a);
   text = hook ? hook(a->name, "output") : NULL;
   if (text) out = declared_schema(text, name, "output schema");
   json_t *def = json_pack("{s:s, s:s, s:o, s:{s:s}}", "name", name, "description",
@@ -565,7 +564,7 @@ static json_t *tool_result(const apex_event_t *ev) {
     json_t *res = json_pack("{s:[{s:s, s:s?}]}", "content", "type", "text", "text", text);
     free(text);
     if (res && json_is_object(r)) json_object_set_new(res, "structuredContent", json_deep_copy(r));
-    else if (res && r) json_object_set_new(res, "structuredContent", json_pack("{s:O}", "result", r));
+    else if (res && r) json_object_set_new(res, "structuredContent", json_pack("{s:o}", "result", json_deep_copy(r)));
     return res;
   }
   int code = ev->error ? apex_error_code(ev->error) : APEX_E_EXECUTION;
@@ -749,7 +748,8 @@ static void tools_call(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
     mcp_mtask_t *mt = calloc(1, sizeof *mt);
     if (!mt) {
       apex_task_cancel(t, NULL);
-      c->client_cancelled = 1;
+      c->client_cancelled = 1; /* answered here: its end says nothing */
+      c->stream = NULL;
       return answer_error(s, stream, msg->id, MCP_INTERNAL_ERROR, "out of memory");
     }
     json_t *ttl = json_object_get(task_req, "ttl");
