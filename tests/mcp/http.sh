@@ -1,6 +1,6 @@
 #!/bin/sh
 # Starts `apex mcp --http` on a free loopback port (the test plugins, 64
-# workers, sessions ended after 3 s idle) and runs sdk_http.mjs against it with the pinned Node.
+# workers, sessions ended after 5 s idle) and runs sdk_http.mjs against it with the pinned Node.
 # Usage: http.sh APEX PLUGIN_DIR CACHE. Exit: the script's; 77 without npm.
 set -u
 apex=$1
@@ -12,7 +12,7 @@ rc=$?
 [ $rc -eq 0 ] || exit $rc
 log=$(mktemp)
 "$apex" mcp --http 127.0.0.1:0 --plugin-path "$plugins" --plugin mcp_kit --workers 64 \
-  --session-timeout 3 2>"$log" &
+  --session-timeout 5 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 port=

@@ -125,17 +125,20 @@ async function readEvents(resp, stop) {
   await readEvents(post, (e) => e.length >= 2); // running: a progress event came
   const del = await fetch(url, { method: 'DELETE', headers: { 'Mcp-Session-Id': sid } });
   assert.equal(del.status, 200);
+  const t0 = performance.now();
   // The handler creates the file, then writes the reason: await the text.
   const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
-  for (let i = 0; i < 300 && reason() === ''; i++) await sleep(20);
+  for (let i = 0; i < 300 && reason() === ''; i++) await sleep(10);
   assert.equal(reason(), 'disconnected');
+  // Well before the idle timeout (5 s) could have done it instead.
+  assert.ok(performance.now() - t0 < 2500, 'the DELETE itself cancelled the call');
   const after = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
     body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }) });
   assert.equal(after.status, 404, 'the session is gone');
 }
 
 // 3b. A client that vanishes without DELETE: once its session is idle past
-// --session-timeout (3 s here), its call is cancelled "disconnected" too.
+// --session-timeout (5 s here), its call is cancelled "disconnected" too.
 {
   const sid = await initSession();
   const file = `${tmp}/apex-mcp-http-idle-${process.pid}`;
@@ -148,6 +151,7 @@ async function readEvents(resp, stop) {
   const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
   for (let i = 0; i < 1500 && reason() === ''; i++) await sleep(20);
   assert.equal(reason(), 'disconnected');
+  assert.ok(performance.now() - t0 > 4000, 'not before the idle timeout');
   console.log(`idle session ended after ${(performance.now() - t0).toFixed(0)} ms`);
   const after = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
     body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' }) });
