@@ -176,6 +176,16 @@ async function readEvents(resp, stop) {
     body: `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"p":"${'x'.repeat(5 << 20)}"}}` });
   assert.equal(huge.status, 413, 'a body above --max-message-bytes (4 MiB)');
   await huge.body?.cancel();
+  const sid = await initSession();
+  const badVer = await fetch(url, { method: 'POST',
+    headers: { ...H, 'Mcp-Session-Id': sid, 'MCP-Protocol-Version': '1999-01-01' },
+    body: '{"jsonrpc":"2.0","id":1,"method":"ping"}' });
+  assert.equal(badVer.status, 400, 'an unsupported MCP-Protocol-Version');
+  const okVer = await fetch(url, { method: 'POST',
+    headers: { ...H, 'Mcp-Session-Id': sid, 'MCP-Protocol-Version': '2025-11-25' },
+    body: '{"jsonrpc":"2.0","id":2,"method":"ping"}' });
+  assert.equal(okVer.status, 200);
+  assert.deepEqual((await okVer.json()).result, {});
   const put = await fetch(url, { method: 'PUT', headers: H, body: '{}' });
   assert.equal(put.status, 405);
 }
