@@ -10,7 +10,7 @@ CMAKE_ARGS ?=
 # CMake's generated makefiles recurse; their directory chatter is noise here.
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all setup build run test test-asan test-tsan bench bench-report install clean
+.PHONY: all setup build run test test-mcp test-asan test-tsan bench bench-report install clean
 
 all: build
 
@@ -31,6 +31,13 @@ run: build
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# `apex mcp` against code nobody here wrote: the official MCP conformance
+# suite over HTTP and the official TypeScript SDK client over stdio (npm
+# packages pinned in tests/mcp/npm_setup.sh, cached in the build dir;
+# skipped only when npm is unreachable).
+test-mcp: build
+	ctest --test-dir $(BUILD) -L mcp --output-on-failure
 
 test-asan: setup
 	$(call configure,build-asan,Debug,address)

@@ -60,9 +60,10 @@ FULL_SIZES = {
     "W11": 10000,  # children of one parent (issue 11)
     "W12": 10000,  # pending children cancelled with their parent
     "Wroll": 1000,  # flood children of one parent, 10,000 updates each
+    "W16": 10000,  # MCP tool calls in a row over stdio, and over HTTP 100 in flight
 }
 WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
-             "Whttp", "W11", "W12", "Wroll"]
+             "Whttp", "W11", "W12", "Wroll", "W16"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
 TINY_WHTTP_BYTES = 16 << 20
@@ -131,6 +132,8 @@ def read_tiny(path):
                 peer = prog
             elif prog == "glib" and variant == "gtask":
                 peer = "gtask"
+            elif prog == "mcp":
+                peer = variant  # apex or mcp_sdk (bench_mcp.sh)
             else:
                 peer = f"{prog}_{variant}"
             rows.append((prog, workload, size, variant, peer))
@@ -149,6 +152,8 @@ def full_size(workload, peer):
 def program_argv(build, prog, workload, size, variant):
     if prog == "asyncio":
         argv = [sys.executable, os.path.join(HERE, "bench_asyncio.py")]
+    elif prog == "mcp":
+        argv = ["/bin/sh", os.path.join(HERE, "bench_mcp.sh"), build]
     else:
         argv = [os.path.join(build, "bench", f"bench_{prog}")]
     argv += [workload, str(size)]
@@ -338,7 +343,7 @@ class NotImplementedRun(Exception):
 def run_program(p, k, env, timeout):
     """(lines, error) of one program run; error is None when it succeeded.
     Raises NotImplementedRun (with the program's reason) on exit 3."""
-    needed = p.argv[1] if p.argv[0] == sys.executable else p.argv[0]
+    needed = p.argv[1] if p.argv[0] in (sys.executable, "/bin/sh") else p.argv[0]
     if not os.path.isfile(needed):
         return [], f"not built: {needed}"
     try:

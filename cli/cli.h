@@ -163,6 +163,10 @@ int cli_cmd_batch(int argc, char **argv, int cmd_at);
 /* Returns: 1 if arg is an option of `apex batch` that takes a value (so
  * main can find the command word past it), else 0. */
 int cli_batch_option_takes_value(const char *arg);
+/* `apex mcp` (mcp_cmd.c), which parses its own options as batch does. */
+int cli_cmd_mcp(int argc, char **argv, int cmd_at);
+/* Returns: 1 if arg is an option of `apex mcp` that takes a value. */
+int cli_mcp_option_takes_value(const char *arg);
 
 /* Writes all n bytes with write(2), retrying on EINTR and short writes,
  * until done or a write fails (then gives up silently: the callers have

@@ -27,6 +27,8 @@ static const char usage_text[] =
     "  run PLUGIN.ACTION         run an action and show its progress\n"
     "  batch FILE                run every line of a JSON Lines file as a task,\n"
     "                            under limits (apex batch --help)\n"
+    "  mcp                       serve every action as a Model Context Protocol\n"
+    "                            tool, over stdio or HTTP (apex mcp --help)\n"
     "\n"
     "Options of run:\n"
     "  --param KEY=VALUE   set a param; VALUE is taken as JSON if it parses\n"
@@ -359,7 +361,7 @@ static int command_index(int argc, char **argv) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) return i + 1 < argc ? i + 1 : 0;
     if (a[0] == '-' && a[1] != '\0') {
-      int takes = cli_batch_option_takes_value(a);
+      int takes = cli_batch_option_takes_value(a) || cli_mcp_option_takes_value(a);
       for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
         if (strcmp(a, valued[k]) == 0) takes = 1;
       if (takes) i++; /* skip its value */
@@ -388,6 +390,7 @@ int main(int argc, char **argv) {
   /* batch has options of its own: it parses the whole command line. */
   int cmd = command_index(argc, argv);
   if (cmd > 0 && strcmp(argv[cmd], "batch") == 0) return cli_cmd_batch(argc, argv, cmd);
+  if (cmd > 0 && strcmp(argv[cmd], "mcp") == 0) return cli_cmd_mcp(argc, argv, cmd);
   cli_opts_t o = {.timeout_s = -1, .retries = -1};
   parse_state_t ps = {.o = &o};
   int code = CLI_EXIT_OK;
@@ -447,7 +450,7 @@ info:
   } else if (strcmp(o.command, "help") == 0) {
     fputs(usage_text, stdout);
   } else {
-    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run, batch)",
+    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run, batch, mcp)",
                     o.command);
   }
 out:

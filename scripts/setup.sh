@@ -5,6 +5,9 @@ set -eu
 
 PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3
       libcurl4-openssl-dev libmicrohttpd-dev curl prometheus"
+# npm for the MCP tests (tests/mcp/npm_setup.sh), unless an npm is there
+# already (Node.js from elsewhere brings its own, which Debian's would fight).
+command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
 
 missing=""
 for p in $PKGS; do

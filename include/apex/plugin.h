@@ -169,6 +169,18 @@ typedef struct apex_plugin_desc {
    * struct_size) and a zero action_size has that second action layout, one
    * without it 0.1.0's (docs/abi.md). */
   uint64_t flags;
+  /* Appended for `apex mcp` (issue 15): an action's interface as JSON
+   * Schema (2020-12) text, for hosts that show actions to others (MCP's
+   * tools/list). kind "input": a JSON object replacing the schema a host
+   * derives from the action's params (for what a param spec cannot say:
+   * $defs, $ref, patterns; Apex still validates params against the spec
+   * alone); kind "output": the schema of the result object a success sets.
+   * Returns NULL for none. Runs on the host's thread: quick, thread-safe,
+   * no Apex calls; the text must stay valid while the plugin is loaded.
+   * NULL: no action declares one. (A hook, not fields of
+   * apex_action_desc_t: growing that struct would change what a zero
+   * action_size means, docs/abi.md.) */
+  const char *(*action_schema)(const char *action, const char *kind);
 } apex_plugin_desc_t;
 
 /* The leading fields of a descriptor built against this header. */

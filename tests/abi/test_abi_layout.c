@@ -65,7 +65,8 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
   A(apex_host_api_t, retry_after, abi_v1_sizeof_host_api)                                 \
   A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)                             \
   /* operation metrics (include/apex/metrics.h) */                                     \
-  A(apex_manager_config_t, metrics, abi_v1_sizeof_config)
+  A(apex_manager_config_t, metrics, abi_v1_sizeof_config) \
+  A(apex_plugin_desc_t, action_schema, abi_v1_sizeof_plugin_desc)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;

@@ -1,0 +1,119 @@
+// W16: `apex mcp` against the official TypeScript SDK's McpServer, driven
+// by the same SDK client (bench/README.md, W16). Prints the protocol's
+// figure lines on stdout; fails (exit 1, reason on stderr) if a call fails.
+//
+// Usage: node bench_mcp.mjs PEER SIZE BUILD
+//   PEER apex | mcp_sdk; SIZE the calls of the round-trip and throughput
+//   runs; BUILD the build dir (bin/apex, tests/plugins/mcp_kit.so).
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+
+const [peer, sizeArg, build] = process.argv.slice(2);
+const size = Number(sizeArg);
+const here = dirname(fileURLToPath(import.meta.url));
+const OPEN_TASKS = Math.min(1000, size);
+const IN_FLIGHT = 100;
+
+const apexArgs = ['mcp', '--plugin-path', join(build, 'tests', 'plugins'), '--plugin', 'mcp_kit',
+  '--workers', '2'];
+const server = peer === 'apex'
+  ? { cmd: join(build, 'bin', 'apex'), args: apexArgs, noop: 'mcp_kit.noop', sleep: 'mcp_kit.sleep' }
+  : { cmd: process.execPath, args: [join(here, 'mcp_sdk_server.mjs')], noop: 'noop', sleep: 'sleep' };
+
+function line(figure, value, unit) {
+  console.log(`peer=${peer} workload=W16 size=${size} figure=${figure} value=${Math.round(value)} unit=${unit}`);
+}
+// user + system time of a process, ns (from /proc; clock ticks of 10 ms).
+function cpuNs(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) * 1e7;
+}
+function rssBytes(pid) {
+  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/);
+  return Number(m[1]) * 1024;
+}
+function check(r) {
+  if (r.isError) throw new Error(`a call failed: ${JSON.stringify(r.content)}`);
+}
+const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
+
+// 1. stdio: SIZE calls in a row; then OPEN_TASKS calls open at once (memory).
+{
+  const transport = new StdioClientTransport({ command: server.cmd,
+    args: peer === 'apex' ? server.args : [...server.args, 'stdio'], stderr: 'inherit' });
+  const client = new Client({ name: 'w16', version: '1' });
+  await client.connect(transport);
+  const pid = transport.pid;
+  for (let i = 0; i < Math.min(200, size); i++) check(await client.callTool({ name: server.noop, arguments: {} }));
+  const lat = new Array(size);
+  const c0 = cpuNs(pid);
+  const t0 = performance.now();
+  for (let i = 0; i < size; i++) {
+    const s = performance.now();
+    check(await client.callTool({ name: server.noop, arguments: {} }));
+    lat[i] = (performance.now() - s) * 1e6;
+  }
+  const wall = performance.now() - t0;
+  const cpu = cpuNs(pid) - c0;
+  lat.sort((a, b) => a - b);
+  line('stdio_p50', pct(lat, 0.5), 'ns');
+  line('stdio_p99', pct(lat, 0.99), 'ns');
+  line('stdio_calls_per_s', size / (wall / 1000), 'calls/s');
+  line('server_cpu_ns_per_call', cpu / size, 'ns');
+  // Memory: OPEN_TASKS sleeping calls in flight at once.
+  // (Apex runs 2 at a time and queues the rest, the SDK server keeps them
+  // all as timers: either way they are open calls the server holds.) Then
+  // the client cancels them all (notifications/cancelled).
+  const before = rssBytes(pid);
+  const ac = new AbortController();
+  const open = Array.from({ length: OPEN_TASKS }, () =>
+    client.callTool({ name: server.sleep, arguments: { ms: 3000 } }, undefined,
+      { signal: ac.signal, timeout: 120000 }).catch(() => null));
+  await client.ping(); // every call above was read before this answer
+  await new Promise((r) => setTimeout(r, 500));
+  const during = rssBytes(pid);
+  ac.abort('measured');
+  await Promise.all(open);
+  await client.ping();
+  line('rss_bytes_per_open_call', (during - before) / OPEN_TASKS, 'B');
+  await client.close();
+}
+
+// 2. HTTP: SIZE calls, IN_FLIGHT at a time, over one session.
+{
+  const args = peer === 'apex' ? [...server.args, '--http', '127.0.0.1:0'] : [...server.args, 'http'];
+  const child = spawn(server.cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const port = await new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr.on('data', (d) => {
+      err += d;
+      const m = err.match(/(?:listening on http:\/\/127\.0\.0\.1:|port )(\d+)/);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', () => reject(new Error(`server exited: ${err}`)));
+  });
+  const client = new Client({ name: 'w16', version: '1' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`)));
+  let next = 0;
+  const worker = async () => {
+    while (next < size) {
+      next++;
+      check(await client.callTool({ name: server.noop, arguments: {} }));
+    }
+  };
+  for (let i = 0; i < 200 && i < size; i++) check(await client.callTool({ name: server.noop, arguments: {} }));
+  const c0 = cpuNs(child.pid);
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+  const wall = performance.now() - t0;
+  line('http_calls_per_s', size / (wall / 1000), 'calls/s');
+  line('http_server_cpu_ns_per_call', (cpuNs(child.pid) - c0) / size, 'ns');
+  await client.close();
+  child.removeAllListeners('exit');
+  child.kill();
+}

@@ -1,0 +1,20 @@
+#!/bin/sh
+# W16 (bench/README.md): runs bench_mcp.mjs for one peer with the pinned
+# Node and MCP SDK (tests/mcp/npm_setup.sh, cached in BUILD/tests/mcp-npm).
+# Usage: bench_mcp.sh BUILD W16 SIZE PEER. Exit 3 ("not implemented", the
+# protocol's skip) when npm is unreachable.
+set -u
+build=$1
+size=$3
+peer=$4
+here=$(cd "$(dirname "$0")" && pwd)
+cache=$build/tests/mcp-npm
+sh "$here/../tests/mcp/npm_setup.sh" "$cache"
+rc=$?
+if [ $rc -eq 77 ]; then
+  echo "bench: W16 not implemented by $peer here: npm is unreachable" >&2
+  exit 3
+fi
+[ $rc -eq 0 ] || exit 1
+cp "$here/bench_mcp.mjs" "$here/mcp_sdk_server.mjs" "$cache/" || exit 1
+exec "$cache/node_modules/.bin/node" "$cache/bench_mcp.mjs" "$peer" "$size" "$build"

@@ -1,0 +1,143 @@
+/* `apex mcp`: its options, then the server on the chosen transport.
+ *
+ *   apex mcp [--http ADDR:PORT] [--plugin NAME]... [--plugin-path DIR]...
+ *            [--workers N] [--bare-names] [--max-message-bytes N]
+ *
+ * Single-threaded here; the server's threads start in mcp_server_new. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcp.h"
+
+static const char mcp_usage[] =
+    "Usage: apex mcp [OPTIONS]\n"
+    "\n"
+    "Serves every loaded plugin action as a Model Context Protocol tool named\n"
+    "PLUGIN.ACTION: over stdio (one JSON-RPC message per line; what MCP clients\n"
+    "launch) or, with --http, the Streamable HTTP transport.\n"
+    "\n"
+    "Options:\n"
+    "  --http ADDR:PORT        serve HTTP on ADDR:PORT at /mcp (e.g. 127.0.0.1:8080;\n"
+    "                          PORT 0 picks a free one, printed on stderr); loopback\n"
+    "                          unless ADDR says otherwise\n"
+    "  --plugin NAME           serve this plugin (repeatable); default: every plugin\n"
+    "                          found on the search path\n"
+    "  --plugin-path DIR       search DIR for plugins first (repeatable)\n"
+    "  --workers N             worker threads (default: the CPU count)\n"
+    "  --bare-names            name tools ACTION instead of PLUGIN.ACTION\n"
+    "  --max-message-bytes N   refuse a message (line or body) above N bytes\n"
+    "                          (default 4194304)\n"
+    "  --session-timeout S     HTTP: end a session after S seconds with no request\n"
+    "                          and no stream read (its calls are cancelled,\n"
+    "                          reason \"disconnected\"; default 600)\n"
+    "  -h, --help              show this help\n";
+
+static const char *opt_value(int argc, char **argv, int *i, const char *name) {
+  const char *a = argv[*i];
+  size_t n = strlen(name);
+  if (strncmp(a, name, n) == 0 && a[n] == '=') return a + n + 1;
+  if (strcmp(a, name) == 0 && *i + 1 < argc) return argv[++*i];
+  return NULL;
+}
+
+static int is_opt(const char *a, const char *name) {
+  size_t n = strlen(name);
+  return strcmp(a, name) == 0 || (strncmp(a, name, n) == 0 && a[n] == '=');
+}
+
+int cli_mcp_option_takes_value(const char *arg) {
+  static const char *const valued[] = {"--http", "--plugin", "--workers", "--max-message-bytes",
+                                       "--session-timeout"};
+  for (size_t i = 0; i < sizeof valued / sizeof valued[0]; i++)
+    if (strcmp(arg, valued[i]) == 0) return 1;
+  return 0;
+}
+
+int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
+  cli_opts_t o = {.command = "mcp", .timeout_s = -1, .retries = -1};
+  mcp_config_t cfg = {.cli = &o};
+  const char *http = NULL;
+  double idle_s = 600;
+  const char **paths = calloc((size_t)argc, sizeof *paths);
+  const char **plugins = calloc((size_t)argc, sizeof *plugins);
+  int code = CLI_EXIT_OK;
+  if (!paths || !plugins) {
+    code = cli_fail(0, APEX_E_NOMEM, "out of memory");
+    goto out;
+  }
+  o.plugin_paths = paths;
+  cfg.plugins = plugins;
+  for (int i = 1; i < argc; i++) {
+    if (i == cmd_at) continue;
+    const char *a = argv[i], *v;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      fputs(mcp_usage, stdout);
+      goto out;
+    } else if (strcmp(a, "--bare-names") == 0) {
+      cfg.bare_names = 1;
+    } else if (is_opt(a, "--http")) {
+      if (!(v = opt_value(argc, argv, &i, "--http"))) goto missing;
+      http = v;
+    } else if (is_opt(a, "--session-timeout")) {
+      if (!(v = opt_value(argc, argv, &i, "--session-timeout"))) goto missing;
+      char *end = NULL;
+      double t = strtod(v, &end);
+      if (!*v || *end || !(t >= 0.1 && t <= 1e7)) {
+        code = cli_fail(0, APEX_E_INVALID, "--session-timeout: '%s' is not a number of seconds "
+                        "from 0.1 to 1e7", v);
+        goto out;
+      }
+      idle_s = t;
+    } else if (is_opt(a, "--plugin")) {
+      if (!(v = opt_value(argc, argv, &i, "--plugin"))) goto missing;
+      plugins[cfg.n_plugins++] = v;
+    } else if (is_opt(a, "--plugin-path")) {
+      if (!(v = opt_value(argc, argv, &i, "--plugin-path"))) goto missing;
+      paths[o.n_plugin_paths++] = v;
+    } else if (is_opt(a, "--workers") || is_opt(a, "--max-message-bytes")) {
+      const char *name = is_opt(a, "--workers") ? "--workers" : "--max-message-bytes";
+      if (!(v = opt_value(argc, argv, &i, name))) goto missing;
+      char *end = NULL;
+      errno = 0;
+      unsigned long long n = strtoull(v, &end, 10);
+      unsigned long long hi = name[2] == 'w' ? 1024 : (1ull << 30);
+      if (!*v || *end || errno || n == 0 || n > hi || *v == '-') {
+        code = cli_fail(0, APEX_E_INVALID, "%s: '%s' is not a whole number from 1 to %llu", name,
+                        v, hi);
+        goto out;
+      }
+      if (name[2] == 'w') o.workers = (unsigned)n;
+      else cfg.max_message = (size_t)n;
+    } else {
+      code = cli_fail(0, APEX_E_INVALID, "mcp: unknown option or argument '%s' (apex mcp --help)", a);
+      goto out;
+    }
+    continue;
+  missing:
+    code = cli_fail(0, APEX_E_INVALID, "%s needs a value", a);
+    goto out;
+  }
+  /* SIGINT and SIGTERM end the server through a signalfd (the transports'
+   * loops), SIGPIPE is a write error: blocked before any thread starts, so
+   * every thread (the library's, libmicrohttpd's) inherits the mask and
+   * none takes the default action. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  mcp_server_t *srv = NULL;
+  code = mcp_server_new(&cfg, &srv);
+  if (code != CLI_EXIT_OK) goto out;
+  code = http ? mcp_http_run(srv, http, idle_s) : mcp_stdio_run(srv);
+  mcp_server_free(srv);
+out:
+  free(paths);
+  free(plugins);
+  return code;
+}

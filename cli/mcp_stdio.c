@@ -1,0 +1,166 @@
+/* The stdio transport of `apex mcp`: one client, JSON-RPC messages one per
+ * line on stdin, answers and notifications one per line on stdout (MCP's
+ * stdio transport: newline-delimited, no embedded newlines; our compact
+ * JSON never has one). stderr is for humans.
+ *
+ * One thread, one poll loop over stdin, the manager's dispatch fd, the log
+ * queue's pipe and a signalfd (SIGINT, SIGTERM). A line longer than the
+ * message bound is dropped as it streams in (never buffered whole) and
+ * answered with -32600 once its newline arrives. stdin's end is the client
+ * going away: its calls are cancelled with reason "disconnected", the loop
+ * waits (a bounded time) for them to end, and the command exits 0.
+ * Writes to stdout block: a client that stops reading stops the server,
+ * which is what a pipe's back-pressure means. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "mcp.h"
+
+/* After stdin's end: how long cancelled calls get to end before exit. */
+#define DRAIN_MS 2000
+
+typedef struct stdio_state {
+  int out_failed;
+} stdio_state_t;
+
+static void stdio_send(void *tuser, void *stream, const json_t *msg) {
+  (void)stream;
+  stdio_state_t *st = tuser;
+  if (st->out_failed) return;
+  size_t n;
+  char *line = mcp_dump(msg, &n);
+  if (!line) return;
+  line[n] = '\n'; /* replaces the NUL: written by length */
+  const char *p = line;
+  size_t left = n + 1;
+  while (left > 0) {
+    ssize_t w = write(STDOUT_FILENO, p, left);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      st->out_failed = 1; /* the client closed its end */
+      break;
+    }
+    p += w;
+    left -= (size_t)w;
+  }
+  free(line);
+}
+
+static void stdio_done(void *tuser, void *stream) {
+  (void)tuser;
+  (void)stream;
+}
+
+static const mcp_transport_ops_t stdio_ops = {stdio_send, stdio_done};
+
+static void handle_line(mcp_session_t *s, const char *line, size_t len) {
+  size_t i = 0;
+  while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r')) i++;
+  if (i == len) return; /* blank lines carry nothing */
+  mcp_msg_t msg;
+  json_t *err = NULL;
+  if (mcp_parse(line, len, &msg, &err) != 0) mcp_session_reject(s, err, NULL);
+  else mcp_session_handle(s, &msg, NULL);
+}
+
+int mcp_stdio_run(mcp_server_t *srv) {
+  stdio_state_t st = {0};
+  mcp_session_t *s = mcp_session_new(srv, &stdio_ops, &st);
+  if (!s) return cli_fail(0, APEX_E_NOMEM, "out of memory");
+  /* Blocked by cli_cmd_mcp before any thread started. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  int dfd, lfd;
+  mcp_server_fds(srv, &dfd, &lfd);
+  size_t max = mcp_server_max_message(srv);
+  size_t cap = 65536, len = 0;
+  char *buf = malloc(cap);
+  if (!buf) {
+    mcp_session_close(s);
+    return cli_fail(0, APEX_E_NOMEM, "out of memory");
+  }
+  int eof = 0, discarding = 0, code = CLI_EXIT_OK;
+  int64_t eof_ms = 0;
+  for (;;) {
+    if (eof && (mcp_server_live_calls(srv) == 0 || cli_now_ms() - eof_ms > DRAIN_MS)) break;
+    struct pollfd pf[4] = {{.fd = eof ? -1 : STDIN_FILENO, .events = POLLIN},
+                           {.fd = dfd, .events = POLLIN},
+                           {.fd = lfd, .events = POLLIN},
+                           {.fd = sfd, .events = POLLIN}};
+    int n = poll(pf, 4, eof ? 50 : -1);
+    if (n < 0 && errno != EINTR) break;
+    if (pf[3].revents & POLLIN) {
+      code = CLI_EXIT_SIGNAL_BASE + SIGTERM;
+      struct signalfd_siginfo si;
+      if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+        code = CLI_EXIT_SIGNAL_BASE + (int)si.ssi_signo;
+      break;
+    }
+    if (pf[1].revents || pf[2].revents) mcp_server_pump(srv);
+    if (!eof && pf[0].revents) {
+      if (cap - len < 4096) {
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) break;
+        buf = nb;
+        cap *= 2;
+      }
+      ssize_t r = read(STDIN_FILENO, buf + len, cap - len);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        eof = 1;
+        eof_ms = cli_now_ms();
+        /* The client went away: its calls are cancelled, none answered. */
+        mcp_session_close(s);
+        s = NULL;
+        continue;
+      }
+      len += (size_t)r;
+      size_t start = 0;
+      for (;;) {
+        char *nl = memchr(buf + start, '\n', len - start);
+        if (!nl) break;
+        size_t l = (size_t)(nl - (buf + start));
+        if (discarding) {
+          discarding = 0;
+          mcp_session_reject(s, mcp_error(NULL, MCP_INVALID_REQUEST, "message too large", NULL),
+                             NULL);
+        } else if (l > max) {
+          mcp_session_reject(s, mcp_error(NULL, MCP_INVALID_REQUEST, "message too large", NULL),
+                             NULL);
+        } else {
+          handle_line(s, buf + start, l);
+        }
+        start += l + 1;
+      }
+      memmove(buf, buf + start, len - start);
+      len -= start;
+      /* A line past the bound is not kept: drop what came, remember to
+       * answer when its end arrives. */
+      if (len > max) {
+        discarding = 1;
+        len = 0;
+      }
+      /* Keep the buffer near its working size after a big message. */
+      if (cap > 65536 && len < 16384) {
+        char *nb = realloc(buf, 65536);
+        if (nb) {
+          buf = nb;
+          cap = 65536;
+        }
+      }
+    }
+  }
+  free(buf);
+  if (s) mcp_session_close(s);
+  if (sfd >= 0) close(sfd);
+  return code;
+}
