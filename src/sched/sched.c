@@ -235,17 +235,25 @@ static inline apex__fq_t *fq_of(const apex_task_t *t) {
   return t->opts->sc->fq;
 }
 
-/* The one fairness queue with tasks, kept in its ring while it is empty
- * (S->parked): a host that submits one task at a time to a pool that keeps
- * up empties and refills the same queue for every task, and leaving and
- * joining the ring each time would write the level's bits and cursor (the
- * scheduler's first line) twice a task. Only when it is the only queue of
- * the only level: every other queue joining first makes it leave (unpark),
- * so the rings and the levels hold non-empty queues but for this one. */
-static void unpark(apex__sched_t *S) {
-  apex__fq_t *q = S->parked;
-  S->parked = NULL;
-  ring_leave(S, q);
+/* The solo queue (S->solo): a fairness queue that emptied while it was the
+ * only queue of the only level stays in its ring, and while no other queue
+ * joins it counts its own tasks (q->n, in the line its links are in), so a
+ * host that submits one task at a time to a pool that keeps up (the queue
+ * empties and refills every task) and the worker that picks it write that
+ * line and none of the scheduler's first line: no ring leave and join, no
+ * level bits, no shared count. Another queue joining ends it (solo_end):
+ * its tasks go into the shared count, and it leaves its ring if empty, so
+ * the rings hold non-empty queues but for the solo one. */
+static void solo_end(apex__sched_t *S) {
+  apex__fq_t *q = S->solo;
+  S->solo = NULL;
+  S->n_runnable += q->n;
+  if (!q->head) ring_leave(S, q);
+}
+
+/* Tasks runnable now: the shared count, or the solo queue's. */
+static inline size_t n_runnable(const apex__sched_t *S) {
+  return S->solo ? S->solo->n : S->n_runnable;
 }
 
 /* Makes t runnable in its fairness queue (at the head: a task released
@@ -254,33 +262,33 @@ static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int
   apex__fq_t *q = fq_of(t);
   int was_empty = q->head == NULL;
   if (at_head) l_prepend(&q->head, &q->tail, t); else l_append(&q->head, &q->tail, t);
-  if (was_empty) {
-    if (S->parked == q) {
-      S->parked = NULL; /* in its ring already, as if it joined: a new turn */
-      q->served = 0;
-    } else {
-      if (S->parked) unpark(S);
-      ring_join(S, q);
-    }
+  q->n++;
+  if (q == S->solo) {
+    if (was_empty) q->served = 0; /* a new turn, as if it joined */
+  } else {
+    if (S->solo) solo_end(S);
+    if (was_empty) ring_join(S, q);
+    S->n_runnable++;
   }
   set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
   count(sc, APEX__SCHED_PLACE_RUNNABLE, 1);
-  S->n_runnable++;
 }
 
 static void fq_take(apex__sched_t *S, apex__fq_t *q, apex_task_t *t) {
   l_unlink(&q->head, &q->tail, t);
-  if (!q->head) {
-    if (q->rnext == q && S->n_levels == 1) S->parked = q; else ring_leave(S, q);
-  }
+  q->n--;
+  if (q == S->solo) return; /* stays in its ring, empty or not */
   S->n_runnable--;
+  if (q->head) return;
+  /* The only queue left, and empty: the shared count is 0; solo from now. */
+  if (q->rnext == q && S->n_levels == 1) S->solo = q; else ring_leave(S, q);
 }
 
 /* The fairness queue the next pick serves, its turn counted; NULL: none
  * runnable. */
 static apex__fq_t *choose(apex__sched_t *S) {
   int top = S->top;
-  if (top < 0 || S->parked) return NULL; /* parked: the only queue, empty */
+  if (top < 0 || (S->solo && !S->solo->head)) return NULL; /* solo, empty */
   int l = top;
   if (S->n_levels > 1) {
     if (++S->streak >= APEX__SCHED_AGE_EVERY) {
@@ -588,13 +596,13 @@ size_t apex__sched_runnable_locked(apex_manager_t *m) {
   if (S->holds && S->global.limit && S->global.running >= S->global.limit &&
       !atomic_load_explicit(&m->shutting_down, memory_order_relaxed))
     return 0;
-  return S->n_runnable;
+  return n_runnable(S);
 }
 
 size_t apex__sched_queued_locked(apex_manager_t *m) {
   apex__sched_t *S = S_(m);
   /* n_runnable: the global scope's runnable count, kept in either mode */
-  return S->n_runnable + (size_t)(S->global.n_limit + S->global.n_rate);
+  return n_runnable(S) + (size_t)(S->global.n_limit + S->global.n_rate);
 }
 
 /* Adds scope a's counts to *f. */
@@ -976,23 +984,22 @@ long apex__sched_check_locked(apex_manager_t *m) {
   for (int l = 0; l < LEVELS; l++) {
     apex__fq_t *q0 = LVL(S, l), *q = q0;
     if (!q0) continue;
-    if (q0 == S->parked) { /* the only queue, empty, left in its ring */
-      if (q0->head || q0->rnext != q0 || S->n_levels != 1) return -1;
-      continue;
-    }
+    if (S->solo && (q0 != S->solo || q0->rnext != q0 || S->n_levels != 1 || S->n_runnable))
+      return -1; /* solo: the only queue of the only level */
     do {
       apex_task_t *prev = NULL;
-      for (apex_task_t *t = q->head; t; prev = t, t = t->run_next) {
+      size_t count_q = 0;
+      for (apex_task_t *t = q->head; t; prev = t, t = t->run_next, count_q++) {
         if (atomic_load_explicit(&t->done_next, memory_order_relaxed) != prev) return -1;
         if ((t->timer_flags & APEX__SCHED_PLACE_MASK) != APEX__SCHED_PLACE_RUNNABLE) return -1;
         n++;
       }
-      if (q->tail != prev || !q->head) return -1;
+      if (q->tail != prev || (!q->head && q != S->solo) || q->n != count_q) return -1;
       q = q->rnext;
     } while (q != q0);
   }
   if (eager(S) && (uint64_t)n != APEX__SCOPE_RUNNABLE(&S->global)) return -1;
-  return (size_t)n == S->n_runnable ? n : -1;
+  return (size_t)n == n_runnable(S) ? n : -1;
 }
 
 /* --------------------------------------------------------- life, stats */

@@ -14,6 +14,7 @@
 
 struct apex__fq {
   apex_task_t *head, *tail;
+  size_t n; /* its tasks (what counts runnable while it is solo: sched.c) */
   apex__fq_t *rnext, *rprev; /* the ring of its priority, while non-empty */
   int32_t prio;
   uint32_t weight, served;
@@ -48,8 +49,9 @@ typedef struct weight {
 } weight_t;
 
 struct apex__sched {
-  /* What every submit and pick touches, in the first cache line (the
-   * struct is aligned): 16 + 8 + 32 + 8 bytes. */
+  /* What every submit and pick reads, in the first cache line (the struct
+   * is aligned), written by neither while one queue serves (sched.c,
+   * S->solo): 16 + 8 + 16 + the normal priority's cursor. */
   int16_t top;        /* the highest non-empty level, -1: none */
   uint16_t n_levels;  /* non-empty levels */
   uint16_t streak;    /* picks from the top level while lower ones wait */
@@ -60,13 +62,15 @@ struct apex__sched {
    * task counts only in its action's scope and its key's (sched.c,
    * eager()); the first setting makes every scope count. */
   uint32_t holds, bounds;
-  size_t n_runnable;  /* tasks runnable now (what wakes a worker) */
-  uint64_t nonempty[(LEVELS + 63) / 64];
+  /* Tasks runnable now (what wakes a worker) but the solo queue's, and
+   * that queue (sched.c: n_runnable(), solo_end). */
+  size_t n_runnable;
+  apex__fq_t *solo;
   /* Each level's ring at its cursor, rotated (LVL in sched.c) so normal
    * priority's is slot 0, in this line. */
   apex__fq_t *levels[LEVELS];
   apex__scope_t global; /* its runnable count: every runnable task */
-  apex__fq_t *parked; /* the only queue, empty, left in its ring (sched.c) */
+  uint64_t nonempty[(LEVELS + 63) / 64]; /* the levels with a queue in their ring */
   /* APEX_SCOPE_KEY with name NULL: the defaults of keys without their own */
   uint32_t kd_limit, kd_burst;
   double kd_rate;

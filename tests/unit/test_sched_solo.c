@@ -1,10 +1,11 @@
-/* The scheduler's parked queue (src/sched/sched.c, unpark): the only
- * fairness queue with tasks stays in its ring when it empties, so a host
- * that submits one task at a time does not make the pick and the submit
- * rewrite the levels each time; any other queue joining (another fairness
- * key, another priority) makes it leave first. The rings are checked
- * directly (apex__sched_check_locked: links, places, counts, and no empty
- * queue in a ring but the parked one), with the worker held so the tasks
+/* The scheduler's solo queue (src/sched/sched.c, solo_end): a fairness
+ * queue that empties while it is the only one stays in its ring and counts
+ * its own tasks, so a host that submits one task at a time does not make
+ * the pick and the submit rewrite the levels and the shared count each
+ * time; any other queue joining (another fairness key, another priority)
+ * ends it. The rings are checked directly (apex__sched_check_locked:
+ * links, places, each queue's count and the shared one, and no empty
+ * queue in a ring but the solo one), with the worker held so the tasks
  * stay where the test put them, and every task then runs.
  *
  * Plugins: cancel_probe's `hold` keeps the only worker busy; testkit's
@@ -26,12 +27,12 @@
 #include "sched/sched_priv.h"
 
 /* The runnable count as the rings show it (-1: they disagree), and
- * whether a queue is parked. */
-static long rings(apex_manager_t *m, int *parked) {
+ * whether a queue is solo. */
+static long rings(apex_manager_t *m, int *solo) {
   pthread_mutex_lock(&m->pool_mu);
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
-  *parked = m->sched->parked != NULL;
+  *solo = m->sched->solo != NULL;
   pthread_mutex_unlock(&m->pool_mu);
   return n;
 }
@@ -44,7 +45,7 @@ static apex_task_t *noop(apex_manager_t *m, const char *fairness_key, int32_t pr
   return submit_json(m, "testkit", "noop", NULL, &o);
 }
 
-static void test_the_only_queue_parks_and_leaves_when_another_joins(void **st) {
+static void test_the_only_queue_goes_solo_until_another_joins(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
   apex_manager_t *m = make_test_manager(&cfg);
@@ -55,53 +56,56 @@ static void test_the_only_queue_parks_and_leaves_when_another_joins(void **st) {
   snprintf(params, sizeof params, "{\"release_fd\": %d}", fds[0]);
   apex_task_t *hold = submit_json(m, "cancel_probe", "hold", params, NULL);
   AWAIT(apex_task_state(hold) == APEX_TASK_RUNNING, PROMPT_MS);
-  int parked = 0;
-  /* The hold's queue emptied at its pick: parked. */
-  assert_int_equal(rings(m, &parked), 0);
-  assert_true(parked);
+  int solo = 0;
+  /* The hold's queue emptied at its pick: solo. */
+  assert_int_equal(rings(m, &solo), 0);
+  assert_true(solo);
 
-  enum { N = 7 };
+  enum { N = 8 };
   apex_task_t *t[N];
   int n = 0;
-  /* A task of another queue (testkit's default) joins: the parked one
+  /* A task of another queue (testkit's default) joins: the solo one
    * leaves its ring first. */
   t[n++] = noop(m, NULL, 0);
-  assert_int_equal(rings(m, &parked), 1);
-  assert_false(parked);
-  /* Emptied by a cancel: parked again; refilled: in its ring as before. */
+  assert_int_equal(rings(m, &solo), 1);
+  assert_false(solo);
+  /* Emptied by a cancel: solo; refilled: still solo, counting its own. */
   assert_int_equal(apex_task_cancel(t[0], NULL), APEX_OK);
-  assert_int_equal(rings(m, &parked), 0);
-  assert_true(parked);
+  assert_int_equal(rings(m, &solo), 0);
+  assert_true(solo);
   t[n++] = noop(m, NULL, 0);
-  assert_int_equal(rings(m, &parked), 1);
-  assert_false(parked);
+  assert_int_equal(rings(m, &solo), 1);
+  assert_true(solo);
   assert_int_equal(apex_task_cancel(t[1], NULL), APEX_OK);
-  assert_int_equal(rings(m, &parked), 0);
-  assert_true(parked);
-  /* Another fairness key at the same priority, then the parked one's
+  assert_int_equal(rings(m, &solo), 0);
+  assert_true(solo);
+  /* Another fairness key at the same priority, then the solo one's
    * own: two queues in one ring. */
   t[n++] = noop(m, "other", 0);
-  assert_int_equal(rings(m, &parked), 1);
-  assert_false(parked);
+  assert_int_equal(rings(m, &solo), 1);
+  assert_false(solo);
   t[n++] = noop(m, NULL, 0);
-  assert_int_equal(rings(m, &parked), 2);
+  assert_int_equal(rings(m, &solo), 2);
   /* Emptying one of two does not park it: it leaves its ring. */
   assert_int_equal(apex_task_cancel(t[2], NULL), APEX_OK);
-  assert_int_equal(rings(m, &parked), 1);
-  assert_false(parked);
+  assert_int_equal(rings(m, &solo), 1);
+  assert_false(solo);
   assert_int_equal(apex_task_cancel(t[3], NULL), APEX_OK);
-  assert_int_equal(rings(m, &parked), 0);
-  assert_true(parked);
-  /* Another priority: another level joins, the parked queue leaves. */
-  t[n++] = noop(m, NULL, 10);
-  assert_int_equal(rings(m, &parked), 1);
-  assert_false(parked);
+  assert_int_equal(rings(m, &solo), 0);
+  assert_true(solo);
+  /* Solo with a task; another priority joins: the solo queue keeps its
+   * task and its place, and the shared count takes it. */
   t[n++] = noop(m, NULL, 0);
+  assert_int_equal(rings(m, &solo), 1);
+  assert_true(solo);
+  t[n++] = noop(m, NULL, 10);
+  assert_int_equal(rings(m, &solo), 2);
+  assert_false(solo);
   t[n++] = noop(m, "other", 0);
-  assert_int_equal(rings(m, &parked), 3);
-  assert_false(parked);
+  assert_int_equal(rings(m, &solo), 3);
+  assert_false(solo);
 
-  /* Released, the worker runs the three left and parks the last queue. */
+  /* Released, the worker runs the three left; the last queue goes solo. */
   assert_int_equal(write(fds[1], "x", 1), 1);
   assert_int_equal(apex_task_wait(hold, 10000), APEX_OK);
   for (int i = 0; i < n; i++) {
@@ -111,8 +115,8 @@ static void test_the_only_queue_parks_and_leaves_when_another_joins(void **st) {
     apex_task_release(t[i]);
   }
   apex_task_release(hold);
-  assert_int_equal(rings(m, &parked), 0);
-  assert_true(parked);
+  assert_int_equal(rings(m, &solo), 0);
+  assert_true(solo);
   close(fds[0]);
   close(fds[1]);
   assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
@@ -120,7 +124,7 @@ static void test_the_only_queue_parks_and_leaves_when_another_joins(void **st) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_the_only_queue_parks_and_leaves_when_another_joins),
+      cmocka_unit_test(test_the_only_queue_goes_solo_until_another_joins),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
