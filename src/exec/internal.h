@@ -439,8 +439,11 @@ struct apex_manager {
    * workers' pops meet here and nowhere else: what a worker does around a
    * handler is under the task's lock and atomics, so it never delays a
    * submit. */
+  /* The run queue (src/sched/), set at creation: not in pool_mu's line,
+   * which every submit and pop writes, so a worker that ends a task can
+   * read it (apex__sched_room_freed) without taking that line. */
+  apex__sched_t *sched;
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
-  apex__sched_t *sched; /* the run queue: src/sched/ */
   apex__worker_t *workers;
   apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */

@@ -51,7 +51,7 @@ typedef struct weight {
 struct apex__sched {
   /* What every submit and pick reads, in the first cache line (the struct
    * is aligned), written by neither while one queue serves (sched.c,
-   * S->solo): 16 + 8 + 16 + the normal priority's cursor. */
+   * S->solo): 16 + 8 + 16 + 8 + the normal priority's cursor. */
   int16_t top;        /* the highest non-empty level, -1: none */
   uint16_t n_levels;  /* non-empty levels */
   uint16_t streak;    /* picks from the top level while lower ones wait */
@@ -66,6 +66,9 @@ struct apex__sched {
    * that queue (sched.c: n_runnable(), solo_end). */
   size_t n_runnable;
   apex__fq_t *solo;
+  /* Submits waiting for room (read at every pick and task end, written
+   * only by a waiting submit). */
+  atomic_uint room_waiters;
   /* Each level's ring at its cursor, rotated (LVL in sched.c) so normal
    * priority's is slot 0, in this line. */
   apex__fq_t *levels[LEVELS];
@@ -87,7 +90,6 @@ struct apex__sched {
   apex__scope_t **rheap; /* scopes with rate waiters, by due time */
   uint32_t rheap_len, rheap_cap;
   pthread_cond_t room_cv;
-  atomic_uint room_waiters;
 };
 
 
