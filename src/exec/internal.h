@@ -213,6 +213,10 @@ typedef struct apex__run {
    * with none makes none: task.c, cancel_tokenless). Written under the
    * task lock; read without it by apex_ctx_is_cancelled. */
   _Atomic uint8_t oc_fired;
+  /* A child family was made for it (ops/children.c, with prog->fam, under
+   * the task lock): apex__family_settle, after every blocking handler,
+   * takes the task lock to look for one only then. Read without a lock. */
+  _Atomic uint8_t has_fam;
   uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
   /* The open attempt's apex_ctx_retry_after hint, seconds (ctx.c), read by
    * apex__retry_next when the attempt fails; negative: none. Reset when an
