@@ -218,6 +218,10 @@ typedef struct apex__run {
    * with none makes none: task.c, cancel_tokenless). Written under the
    * task lock; read without it by apex_ctx_is_cancelled. */
   _Atomic uint8_t oc_fired;
+  /* A child family was made for it (ops/children.c, with prog->fam, under
+   * the task lock): apex__family_settle, after every blocking handler,
+   * takes the task lock to look for one only then. Read without a lock. */
+  _Atomic uint8_t has_fam;
   uint32_t heap_idx;       /* retry heap slot (m->pool_mu); APEX__NOT_IN_HEAP: none */
   /* The open attempt's apex_ctx_retry_after hint, seconds (ctx.c), read by
    * apex__retry_next when the attempt fails; negative: none. Reset when an
@@ -445,8 +449,11 @@ struct apex_manager {
    * workers' pops meet here and nowhere else: what a worker does around a
    * handler is under the task's lock and atomics, so it never delays a
    * submit. */
+  /* The run queue (src/sched/), set at creation: not in pool_mu's line,
+   * which every submit and pop writes, so a worker that ends a task can
+   * read it (apex__sched_room_freed) without taking that line. */
+  apex__sched_t *sched;
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
-  apex__sched_t *sched; /* the run queue: src/sched/ */
   apex__worker_t *workers;
   apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */

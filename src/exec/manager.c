@@ -938,7 +938,8 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
      * comes before anything its start makes. */
-    char why[200] = "";
+    char why[200]; /* written before it is read (a refusal); not cleared: 200 bytes a submit */
+    why[0] = '\0';
     pthread_mutex_t *mu = apex__task_mu(t);
     /* A scheduled task is pushed under its own lock (its stripe's), so
      * its SCHEDULED event comes before anything its start makes; it never

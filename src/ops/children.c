@@ -246,7 +246,8 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   }
   if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
   apex__family_t *f = r->prog ? r->prog->fam : NULL;
-  if (r->prog && !f) f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1));
+  if (r->prog && !f && (f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1))))
+    atomic_store(&r->has_fam, 1); /* seq_cst: as visible as the lock would make it */
   uint64_t cap = t->deadline_ns, pid = t->id;
   pthread_mutex_unlock(apex__task_mu(t));
   if (!f) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
@@ -404,6 +405,9 @@ int apex__family_hold_deadline(apex__family_t *f) {
 int apex__family_take_dirty(apex__family_t *f) { return atomic_exchange(&f->dirty, 0); }
 
 void apex__family_settle(apex_task_t *t) {
+  /* Most handlers spawn nothing: no lock round trip for them. t->run is
+   * this attempt's, set before the handler ran (the task lock orders it). */
+  if (!t->run || !atomic_load(&t->run->has_fam)) return;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
   apex__family_t *f = t->run && t->run->prog ? t->run->prog->fam : NULL;

@@ -66,11 +66,23 @@ apex__sclass_t *apex__sched_class(const apex_task_t *t) {
   return t->opts && t->opts->sc ? t->opts->sc : &pblock_of(t)->dflt;
 }
 
-/* t's scopes, in the order a pick checks them; sc[3] NULL without a key. */
+/* Whether every scope counts every task (sched_priv.h, "eager"): once a
+ * limit, a rate or a max_queued bound is set anywhere, for good. Before
+ * that a task counts only in its action's scope (and its key's): the
+ * global and plugin figures are the sums over actions, made when read
+ * (apex__sched_figures_locked) or when the first setting arrives
+ * (go_eager_locked), so a submit and a pick write one scope line, not
+ * three. */
+static inline int eager(const apex__sched_t *S) { return (S->holds | S->bounds) != 0; }
+
+/* t's scopes, in the order a pick checks them; sc[3] NULL without a key.
+ * Before any setting (eager() 0) only the scopes a task counts in:
+ * sc[0] and sc[1] NULL. */
 static void scopes_of(apex__sched_t *S, const apex_task_t *t, apex__scope_t *sc[4]) {
   apex__pblock_t *b = pblock_of(t);
-  sc[APEX__SC_GLOBAL] = &S->global;
-  sc[APEX__SC_PLUGIN] = &b->plugin;
+  int all = eager(S);
+  sc[APEX__SC_GLOBAL] = all ? &S->global : NULL;
+  sc[APEX__SC_PLUGIN] = all ? &b->plugin : NULL;
   sc[APEX__SC_ACTION] = &b->actions[t->action - t->plugin->actions];
   sc[APEX__SC_KEY] = t->opts && t->opts->sc ? t->opts->sc->key : NULL;
 }
@@ -101,24 +113,21 @@ static size_t maxq_of(const apex__sched_t *S, const apex__scope_t *sc) {
   return sc->max_queued;
 }
 
-/* Counts t's move into (+1) or out of (-1) a place in every scope. */
+/* Counts t's move into (+1) or out of (-1) a place in every scope sc
+ * names (scopes_of: NULL ones are not counted now). */
 static inline void count(apex__scope_t *sc[4], unsigned place, int d) {
   if (place == APEX__SCHED_PLACE_RUNNABLE) { /* the in or the out line: sched.h */
     size_t o = d > 0 ? offsetof(apex__scope_t, n_in) : offsetof(apex__scope_t, n_out);
-    *(uint64_t *)(void *)((char *)sc[0] + o) += 1;
-    *(uint64_t *)(void *)((char *)sc[1] + o) += 1;
-    *(uint64_t *)(void *)((char *)sc[2] + o) += 1;
-    if (sc[3]) *(uint64_t *)(void *)((char *)sc[3] + o) += 1;
+    for (int i = 0; i < 4; i++)
+      if (sc[i]) *(uint64_t *)(void *)((char *)sc[i] + o) += 1;
     return;
   }
   size_t off = place == APEX__SCHED_PLACE_LIMIT  ? offsetof(apex__scope_t, n_limit)
                : place == APEX__SCHED_PLACE_RATE ? offsetof(apex__scope_t, n_rate)
                                                  : offsetof(apex__scope_t, n_sched);
   uint64_t dd = (uint64_t)(int64_t)d;
-  *(uint64_t *)(void *)((char *)sc[0] + off) += dd;
-  *(uint64_t *)(void *)((char *)sc[1] + off) += dd;
-  *(uint64_t *)(void *)((char *)sc[2] + off) += dd;
-  if (sc[3]) *(uint64_t *)(void *)((char *)sc[3] + off) += dd;
+  for (int i = 0; i < 4; i++)
+    if (sc[i]) *(uint64_t *)(void *)((char *)sc[i] + off) += dd;
 }
 
 static void set_place(apex_task_t *t, unsigned place, unsigned scope) {
@@ -226,29 +235,60 @@ static inline apex__fq_t *fq_of(const apex_task_t *t) {
   return t->opts->sc->fq;
 }
 
+/* The solo queue (S->solo): a fairness queue that emptied while it was the
+ * only queue of the only level stays in its ring, and while no other queue
+ * joins it counts its own tasks (q->n, in the line its links are in), so a
+ * host that submits one task at a time to a pool that keeps up (the queue
+ * empties and refills every task) and the worker that picks it write that
+ * line and none of the scheduler's first line: no ring leave and join, no
+ * level bits, no shared count. Another queue joining ends it (solo_end):
+ * its tasks go into the shared count, and it leaves its ring if empty, so
+ * the rings hold non-empty queues but for the solo one. */
+static void solo_end(apex__sched_t *S) {
+  apex__fq_t *q = S->solo;
+  S->solo = NULL;
+  S->n_runnable += q->n;
+  if (!q->head) ring_leave(S, q);
+}
+
+/* Tasks runnable now: the shared count, or the solo queue's. */
+static inline size_t n_runnable(const apex__sched_t *S) {
+  return S->solo ? S->solo->n : S->n_runnable;
+}
+
 /* Makes t runnable in its fairness queue (at the head: a task released
  * from a wait list has waited longest). Counts it. */
 static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int at_head) {
   apex__fq_t *q = fq_of(t);
   int was_empty = q->head == NULL;
   if (at_head) l_prepend(&q->head, &q->tail, t); else l_append(&q->head, &q->tail, t);
-  if (was_empty) ring_join(S, q);
+  q->n++;
+  if (q == S->solo) {
+    if (was_empty) q->served = 0; /* a new turn, as if it joined */
+  } else {
+    if (S->solo) solo_end(S);
+    if (was_empty) ring_join(S, q);
+    S->n_runnable++;
+  }
   set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
   count(sc, APEX__SCHED_PLACE_RUNNABLE, 1);
-  S->n_runnable++;
 }
 
 static void fq_take(apex__sched_t *S, apex__fq_t *q, apex_task_t *t) {
   l_unlink(&q->head, &q->tail, t);
-  if (!q->head) ring_leave(S, q);
+  q->n--;
+  if (q == S->solo) return; /* stays in its ring, empty or not */
   S->n_runnable--;
+  if (q->head) return;
+  /* The only queue left, and empty: the shared count is 0; solo from now. */
+  if (q->rnext == q && S->n_levels == 1) S->solo = q; else ring_leave(S, q);
 }
 
 /* The fairness queue the next pick serves, its turn counted; NULL: none
  * runnable. */
 static apex__fq_t *choose(apex__sched_t *S) {
   int top = S->top;
-  if (top < 0) return NULL;
+  if (top < 0 || (S->solo && !S->solo->head)) return NULL; /* solo, empty */
   int l = top;
   if (S->n_levels > 1) {
     if (++S->streak >= APEX__SCHED_AGE_EVERY) {
@@ -257,13 +297,13 @@ static apex__fq_t *choose(apex__sched_t *S) {
       l = next >= 0 ? next : level_below(S, top);
       S->age_at = (int16_t)l;
     }
-  } else {
+  } else if (S->streak) { /* written only on a change: the line stays clean */
     S->streak = 0;
   }
   apex__fq_t *q = LVL(S, l);
   if (++q->served >= q->weight) {
     q->served = 0;
-    LVL(S, l) = q->rnext;
+    if (q->rnext != q) LVL(S, l) = q->rnext;
   }
   return q;
 }
@@ -449,7 +489,8 @@ apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
   int down = atomic_load_explicit(&m->shutting_down, memory_order_relaxed);
   uint64_t now = 0;
   for (;;) {
-    if (!down && S->global.limit && S->global.running >= S->global.limit) return NULL;
+    if (!down && S->holds && S->global.limit && S->global.running >= S->global.limit)
+      return NULL;
     apex__fq_t *q = choose(S);
     if (!q) return NULL;
     apex_task_t *t = q->head;
@@ -505,9 +546,11 @@ unsigned apex__sched_remove_locked(apex_manager_t *m, apex_task_t *t) {
   switch (place) {
     case APEX__SCHED_PLACE_RUNNABLE:
       fq_take(S, fq_of(t), t);
-      /* It may have been the one a free slot was kept for. */
-      for (int j = APEX__SC_PLUGIN; j <= APEX__SC_KEY; j++)
-        if (sc[j]) kick(S, sc[j], j);
+      /* It may have been the one a free slot was kept for (nothing is
+       * parked before a setting). */
+      if (eager(S))
+        for (int j = APEX__SC_PLUGIN; j <= APEX__SC_KEY; j++)
+          if (sc[j]) kick(S, sc[j], j);
       break;
     case APEX__SCHED_PLACE_LIMIT:
       l_unlink(&sc[which]->lw_head, &sc[which]->lw_tail, t);
@@ -541,6 +584,7 @@ int apex__sched_release_locked(apex_manager_t *m, apex_task_t *t) {
   int moved = 0;
   for (int i = 0; i < 4; i++)
     if (sc[i]) sc[i]->running--;
+  if (!eager(S)) return 0; /* nothing is parked before a setting */
   for (int i = APEX__SC_PLUGIN; i <= APEX__SC_KEY; i++)
     if (sc[i]) moved += kick(S, sc[i], i);
   return moved;
@@ -552,12 +596,61 @@ size_t apex__sched_runnable_locked(apex_manager_t *m) {
   if (S->holds && S->global.limit && S->global.running >= S->global.limit &&
       !atomic_load_explicit(&m->shutting_down, memory_order_relaxed))
     return 0;
-  return S->n_runnable;
+  return n_runnable(S);
 }
 
 size_t apex__sched_queued_locked(apex_manager_t *m) {
-  apex__scope_t *g = &S_(m)->global;
-  return (size_t)(APEX__SCOPE_RUNNABLE(g) + g->n_limit + g->n_rate);
+  apex__sched_t *S = S_(m);
+  /* n_runnable: the global scope's runnable count, kept in either mode */
+  return n_runnable(S) + (size_t)(S->global.n_limit + S->global.n_rate);
+}
+
+/* Adds scope a's counts to *f. */
+static void add_figures(apex__scope_figures_t *f, const apex__scope_t *a) {
+  f->n_in += a->n_in;
+  f->n_out += a->n_out;
+  f->n_limit += a->n_limit;
+  f->n_rate += a->n_rate;
+  f->n_sched += a->n_sched;
+  f->running += a->running;
+}
+
+void apex__sched_figures_locked(apex_manager_t *m, const apex__scope_t *s, int kind,
+                                apex__scope_figures_t *f) {
+  apex__sched_t *S = S_(m);
+  memset(f, 0, sizeof *f);
+  if (eager(S) || kind == APEX__SC_ACTION || kind == APEX__SC_KEY) {
+    add_figures(f, s);
+    return;
+  }
+  /* Before any setting a task counts in its action only: a plugin's
+   * figures are its actions', the global ones every action's. */
+  for (const apex__pblock_t *b = S->blocks; b; b = b->next) {
+    if (kind == APEX__SC_PLUGIN && &b->plugin != s) continue;
+    size_t n = ((const apex__plugin_t *)b->owner)->desc.n_actions;
+    for (size_t i = 0; i < n; i++) add_figures(f, &b->actions[i]);
+  }
+}
+
+/* The first setting that can hold a task back or bound a queue: from now
+ * on every scope counts every task, so the global and plugin scopes get
+ * the sums of what their actions counted so far (under pool_mu, where
+ * every count is made: no task is counted twice or missed). */
+static void go_eager_locked(apex__sched_t *S) {
+  if (eager(S)) return;
+  for (apex__pblock_t *b = S->blocks; b; b = b->next) {
+    size_t n = ((const apex__plugin_t *)b->owner)->desc.n_actions;
+    for (size_t i = 0; i < n; i++) {
+      const apex__scope_t *a = &b->actions[i];
+      apex__scope_t *up[2] = {&S->global, &b->plugin};
+      for (int j = 0; j < 2; j++) {
+        up[j]->n_in += a->n_in;
+        up[j]->n_out += a->n_out;
+        up[j]->n_sched += a->n_sched;
+        up[j]->running += a->running;
+      }
+    }
+  }
 }
 
 uint64_t apex__sched_next_due_locked(apex_manager_t *m) {
@@ -642,24 +735,20 @@ size_t apex__sched_collect_locked(apex_manager_t *m, apex_task_t **out, size_t m
 
 int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t n) {
   apex__sched_t *S = S_(m);
-  if (!S->bounds && !m->cfg.max_queued) return 1;
+  /* config.max_queued bounds the live tasks until the global bound is set
+   * (a count of its own: no scope needed). */
+  if (!S->gmax_set && m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued) {
+    snprintf(why, n, "the queue is full (%zu live tasks, config.max_queued)", m->cfg.max_queued);
+    return 0;
+  }
+  if (!S->bounds) return 1;
   apex__scope_t *sc[4];
-  scopes_of(S, t, sc);
+  scopes_of(S, t, sc); /* every scope counts: a bound is set */
   static const char *const kinds[] = {"global", "plugin", "action", "key"};
   for (int i = 0; i < 4; i++) {
-    if (!sc[i]) continue;
-    size_t max;
+    if (!sc[i] || (i == APEX__SC_GLOBAL && !S->gmax_set)) continue;
+    size_t max = maxq_of(S, sc[i]);
     uint64_t have;
-    if (i == APEX__SC_GLOBAL && !S->gmax_set) {
-      max = m->cfg.max_queued;
-      have = atomic_load(&m->n_live);
-      if (max && have >= max) {
-        snprintf(why, n, "the queue is full (%zu live tasks, config.max_queued)", max);
-        return 0;
-      }
-      continue;
-    }
-    max = maxq_of(S, sc[i]);
     have = sc[i]->n_sched + APEX__SCOPE_RUNNABLE(sc[i]) + sc[i]->n_limit + sc[i]->n_rate;
     if (max && have >= max) {
       if (i == APEX__SC_GLOBAL)
@@ -820,8 +909,14 @@ int apex__sched_bind_locked(apex_manager_t *m, apex_task_t *t, const apex__sched
 /* Under pool_mu: one more setting that can hold tasks back (sched_api.c
  * and action descriptors' defaults). Never decreases: a setting removed
  * later costs the checks, not correctness. */
-void apex__sched_holds_locked(apex_manager_t *m) { S_(m)->holds++; }
-void apex__sched_bounds_locked(apex_manager_t *m) { S_(m)->bounds++; }
+void apex__sched_holds_locked(apex_manager_t *m) {
+  go_eager_locked(S_(m));
+  S_(m)->holds++;
+}
+void apex__sched_bounds_locked(apex_manager_t *m) {
+  go_eager_locked(S_(m));
+  S_(m)->bounds++;
+}
 
 apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
   apex__plugin_t *p = (apex__plugin_t *)plugin;
@@ -867,6 +962,8 @@ apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
       b->actions[i].all_next = S->all;
       S->all = &b->actions[i];
     }
+    if (holds) go_eager_locked(S); /* before b joins: it counted nothing */
+    b->owner = p;
     b->next = S->blocks;
     S->blocks = b;
     S->holds += holds;
@@ -887,18 +984,22 @@ long apex__sched_check_locked(apex_manager_t *m) {
   for (int l = 0; l < LEVELS; l++) {
     apex__fq_t *q0 = LVL(S, l), *q = q0;
     if (!q0) continue;
+    if (S->solo && (q0 != S->solo || q0->rnext != q0 || S->n_levels != 1 || S->n_runnable))
+      return -1; /* solo: the only queue of the only level */
     do {
       apex_task_t *prev = NULL;
-      for (apex_task_t *t = q->head; t; prev = t, t = t->run_next) {
+      size_t count_q = 0;
+      for (apex_task_t *t = q->head; t; prev = t, t = t->run_next, count_q++) {
         if (atomic_load_explicit(&t->done_next, memory_order_relaxed) != prev) return -1;
         if ((t->timer_flags & APEX__SCHED_PLACE_MASK) != APEX__SCHED_PLACE_RUNNABLE) return -1;
         n++;
       }
-      if (q->tail != prev || !q->head) return -1;
+      if (q->tail != prev || (!q->head && q != S->solo) || q->n != count_q) return -1;
       q = q->rnext;
     } while (q != q0);
   }
-  return (uint64_t)n == APEX__SCOPE_RUNNABLE(&S->global) && (size_t)n == S->n_runnable ? n : -1;
+  if (eager(S) && (uint64_t)n != APEX__SCOPE_RUNNABLE(&S->global)) return -1;
+  return (size_t)n == n_runnable(S) ? n : -1;
 }
 
 /* --------------------------------------------------------- life, stats */

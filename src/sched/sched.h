@@ -68,7 +68,8 @@ struct apex__scope {
   uint32_t limit;    /* host's concurrency limit (an action's: its
                         descriptor's max_concurrency until set); 0: none */
   uint32_t running;  /* attempts of it open, plus popped and about to open */
-  /* counts (stats, max_queued); runnable is n_in - n_out: a submit adds to
+  /* counts (stats, max_queued; the global and plugin scopes' only once a
+   * setting made the counts eager, sched.c); runnable is n_in - n_out: a submit adds to
    * n_in, in a line of its own, so the submitting thread and the workers
    * do not write one line (APEX__SCOPE_RUNNABLE) */
   uint64_t n_out, n_limit, n_rate, n_sched;

@@ -256,11 +256,13 @@ apex_status_t apex_manager_scope_stats(apex_manager_t *m, apex_scope_t scope, co
   pthread_mutex_lock(&m->pool_mu);
   const apex__scope_t *s = scope_locked(m, &tg, 0, &nomem);
   if (s) {
-    st.scheduled = s->n_sched;
-    st.queued = APEX__SCOPE_RUNNABLE(s);
-    st.waiting_on_limit = s->n_limit;
-    st.waiting_on_rate = s->n_rate;
-    st.running = s->running;
+    apex__scope_figures_t f;
+    apex__sched_figures_locked(m, s, tg.kind, &f);
+    st.scheduled = f.n_sched;
+    st.queued = f.n_in - f.n_out;
+    st.waiting_on_limit = f.n_limit;
+    st.waiting_on_rate = f.n_rate;
+    st.running = f.running;
   }
   pthread_mutex_unlock(&m->pool_mu);
   return apex__struct_copy_out(out, &st, sizeof st, sizeof st) ? APEX_OK : APEX_E_INVALID;

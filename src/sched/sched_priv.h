@@ -14,6 +14,7 @@
 
 struct apex__fq {
   apex_task_t *head, *tail;
+  size_t n; /* its tasks (what counts runnable while it is solo: sched.c) */
   apex__fq_t *rnext, *rprev; /* the ring of its priority, while non-empty */
   int32_t prio;
   uint32_t weight, served;
@@ -34,6 +35,7 @@ struct apex__sclass {
 
 struct apex__pblock {
   apex__scope_t plugin;
+  const void *owner;      /* its apex__plugin_t (for the number of actions) */
   apex__scope_t *actions; /* one per action, in the plugin's order */
   apex__sclass_t dflt;
   apex__fq_t dfq;
@@ -47,22 +49,31 @@ typedef struct weight {
 } weight_t;
 
 struct apex__sched {
-  /* What every submit and pick touches, in the first cache line (the
-   * struct is aligned): 16 + 8 + 32 + 8 bytes. */
+  /* What every submit and pick reads, in the first cache line (the struct
+   * is aligned), written by neither while one queue serves (sched.c,
+   * S->solo): 16 + 8 + 16 + 8 + the normal priority's cursor. */
   int16_t top;        /* the highest non-empty level, -1: none */
   uint16_t n_levels;  /* non-empty levels */
   uint16_t streak;    /* picks from the top level while lower ones wait */
   int16_t age_at;     /* the level the last aging pick served */
   /* Settings that can hold a task back (a limit or a rate anywhere, the
    * keys' defaults, an action's descriptor defaults): while 0 a pick checks
-   * nothing; max_queued bounds likewise for a submit. */
+   * nothing; max_queued bounds likewise for a submit. While both are 0 a
+   * task counts only in its action's scope and its key's (sched.c,
+   * eager()); the first setting makes every scope count. */
   uint32_t holds, bounds;
-  size_t n_runnable;  /* tasks runnable now (what wakes a worker) */
-  uint64_t nonempty[(LEVELS + 63) / 64];
+  /* Tasks runnable now (what wakes a worker) but the solo queue's, and
+   * that queue (sched.c: n_runnable(), solo_end). */
+  size_t n_runnable;
+  apex__fq_t *solo;
+  /* Submits waiting for room (read at every pick and task end, written
+   * only by a waiting submit). */
+  atomic_uint room_waiters;
   /* Each level's ring at its cursor, rotated (LVL in sched.c) so normal
    * priority's is slot 0, in this line. */
   apex__fq_t *levels[LEVELS];
   apex__scope_t global; /* its runnable count: every runnable task */
+  uint64_t nonempty[(LEVELS + 63) / 64]; /* the levels with a queue in their ring */
   /* APEX_SCOPE_KEY with name NULL: the defaults of keys without their own */
   uint32_t kd_limit, kd_burst;
   double kd_rate;
@@ -79,7 +90,6 @@ struct apex__sched {
   apex__scope_t **rheap; /* scopes with rate waiters, by due time */
   uint32_t rheap_len, rheap_cap;
   pthread_cond_t room_cv;
-  atomic_uint room_waiters;
 };
 
 
@@ -90,7 +100,19 @@ void apex__sched_kick_all_locked(apex_manager_t *m, apex__scope_t *s, int kind);
 void apex__sched_rate_changed_locked(apex_manager_t *m, apex__scope_t *s);
 void apex__sched_key_default_changed_locked(apex_manager_t *m);
 void apex__sched_weight_locked(apex__sched_t *S, const char *key, uint32_t w);
+/* Under pool_mu: the first call of either switches every scope to counting
+ * every task (see eager() in sched.c). */
 void apex__sched_holds_locked(apex_manager_t *m);
 void apex__sched_bounds_locked(apex_manager_t *m);
+
+/* A scope's counts as read (apex_manager_scope_stats). */
+typedef struct apex__scope_figures {
+  uint64_t n_in, n_out, n_limit, n_rate, n_sched, running;
+} apex__scope_figures_t;
+
+/* Under pool_mu: scope s's counts (kind APEX__SC_*), the sums over its
+ * actions where the scope itself does not count yet (sched.c, eager()). */
+void apex__sched_figures_locked(apex_manager_t *m, const apex__scope_t *s, int kind,
+                                apex__scope_figures_t *f);
 
 #endif
