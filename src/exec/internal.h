@@ -23,6 +23,8 @@
  *   group->mu                 (ops/group.c) after a task lock (a member's
  *                             end), before m->ev_mu (its GROUP event);
  *                             else a leaf
+ *   the trace exporter's mu   (src/obs/trace_export.c) a leaf, after a
+ *                             task lock
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H
@@ -39,6 +41,7 @@
 #include "core/log.h"
 #include "core/policy.h"
 #include "core/progress_tree.h"
+#include "obs/trace.h"
 #include "plugin/loader.h"
 #include "sched/sched.h"
 
@@ -418,6 +421,7 @@ struct apex_manager {
   apex_host_api_t api;
   _Atomic int shutting_down;
   uint64_t flush_interval_ns;
+  struct apex__tracer *tracer; /* NULL: tracing off (src/obs/trace.c) */
   apex__stripe_t stripes[APEX__LOCK_STRIPES];
 
   /* written by submitters (and by task_free for refs) */

@@ -466,6 +466,7 @@ static int report_locked(apex_task_t *t, const report_t *rep, int *request) {
   const char *prev = s->status[0] ? s->status : "running";
   int keep = rep->node == APEX_PROGRESS_ROOT && rep->status &&
              (strcmp(rep->status, "milestone_reached") == 0 || strcmp(rep->status, prev) != 0);
+  if (keep && apex__task_m(t)->tracer) apex__trace_milestone(t, rep->status, rep->pct);
   if (keep && s->n_backlog + 2 <= APEX__PROGRESS_BACKLOG_MAX) {
     /* Never dropped: the pending state goes first, so order holds. */
     if (s->dirty) {
@@ -812,6 +813,7 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
    * and a resubmit finds the room under max_queued this task left. */
   apex__pool_task_end(m, t, a->closing);
   count_outcome(m, state);
+  if (m->tracer) apex__trace_finish(t, state);
   /* seq_cst, not release: a waiter publishes itself (m->waiters) and then
    * reads the state; we publish the state and then read m->waiters. Only a
    * total order keeps both from missing the other (a lost wakeup). */
@@ -1108,6 +1110,7 @@ int apex__task_run(apex_task_t *t) {
   r->retry_after_s = -1.0f; /* a hint is the attempt's own (apex_ctx_retry_after) */
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   attempt_timers_start_locked(m, t, r, att);
+  if (m->tracer) apex__trace_attempt_start(t);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
@@ -1292,6 +1295,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
     }
     r->result_refused = NULL;
   }
+  if (m->tracer) apex__trace_attempt_end(t, rc, own, att_kind);
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) {
@@ -1385,6 +1389,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
         } else {
           a.logp = lp;
           atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
+          if (m->tracer) apex__trace_retry(t, err, delay);
           if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
             apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
             if (ev) {

@@ -63,7 +63,13 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
   A(apex_action_desc_t, heartbeat_timeout_s, abi_v1_sizeof_action_desc)                   \
   A(apex_host_api_t, heartbeat, abi_v1_sizeof_host_api)                                   \
   A(apex_host_api_t, retry_after, abi_v1_sizeof_host_api)                                 \
-  A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)
+  A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)                              \
+  /* structured logs and traces */                                                        \
+  A(apex_manager_config_t, log_record, abi_v1_sizeof_config)                              \
+  A(apex_manager_config_t, trace_ratio, abi_v1_sizeof_config)                             \
+  A(apex_submit_opts_t, traceparent, abi_v1_sizeof_submit_opts)                           \
+  A(apex_submit_opts_t, tracestate, abi_v1_sizeof_submit_opts)                            \
+  A(apex_host_api_t, traceparent, abi_v1_sizeof_host_api)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;
