@@ -37,6 +37,10 @@ typedef struct cli_opts {
   const char **plugin_paths; /* --plugin-path dirs in order (argv strings) */
   size_t n_plugin_paths;
   unsigned workers;          /* worker threads; 0: 2 (apex batch sets it) */
+  /* Traces (docs/observability.md): --trace FILE appends OTLP/JSON lines;
+   * --traceparent joins the caller's trace. NULL: none. */
+  const char *trace_file;
+  const char *traceparent;
 } cli_opts_t;
 
 /* Returns: the exit code for a failure of code, whoever found it (the

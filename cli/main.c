@@ -52,6 +52,9 @@ static const char usage_text[] =
     "                      then)\n"
     "  --json              print JSON Lines events (the default when stdout is\n"
     "                      not a terminal)\n"
+    "  --trace FILE        append the task's spans to FILE as OTLP/JSON lines\n"
+    "  --traceparent TP    join the W3C trace TP (\"00-<trace id>-<span id>-01\");\n"
+    "                      a malformed TP is ignored and a new trace started\n"
     "\n"
     "Options of every command:\n"
     "  --plugin-path DIR   search DIR for plugins first (repeatable, in order)\n"
@@ -60,7 +63,9 @@ static const char usage_text[] =
     "\n"
     "Plugins are searched in the --plugin-path dirs, then APEX_PLUGIN_PATH\n"
     "(colon-separated), then the plugin directory installed with Apex.\n"
-    "APEX_LOG=error|warn|info|debug|off sets the log level (default warn).\n"
+    "APEX_LOG=error|warn|info|debug|off sets the log level (default warn),\n"
+    "APEX_LOG_FORMAT=human|logfmt|json the format of log lines on stderr, and\n"
+    "APEX_OTLP_ENDPOINT=http://HOST:4318 sends spans to an OpenTelemetry collector.\n"
     "\n"
     "Exit status:\n"
     "  0    succeeded\n"
@@ -239,7 +244,7 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 static const char *const valued[] = {
     "--param",    "--params", "--timeout",   "--retries",           "--plugin-path",
     "--priority", "--key",    "--run-after", "--schedule-to-start", "--attempt-timeout",
-    "--heartbeat-timeout"};
+    "--heartbeat-timeout", "--trace", "--traceparent"};
 
 static int is_run_only(const char *name) {
   return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
@@ -291,6 +296,11 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
   else if (strcmp(name, "--priority") == 0) return parse_priority(ps, value);
   else if (strcmp(name, "--run-after") == 0) return parse_run_after(ps, value);
   else if (strcmp(name, "--key") == 0) ps->o->key = value; /* checked by the library */
+  else if (strcmp(name, "--traceparent") == 0) ps->o->traceparent = value; /* W3C rules: the library */
+  else if (strcmp(name, "--trace") == 0) {
+    if (!*value) return parse_fail(ps, APEX_E_INVALID, "--trace: empty file name");
+    ps->o->trace_file = value;
+  }
   else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
   else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
   else if (strcmp(name, "--plugin-path") == 0) {

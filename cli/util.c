@@ -181,6 +181,7 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
    * cancel gets 50 ms (run.c's drain), not the library's 1 s, before the
    * process leaves without it. */
   cfg.shutdown_grace_ms = 50;
+  cfg.trace_file = o->trace_file; /* apex run --trace */
   if (on_event) {
     cfg.delivery = APEX_DELIVER_DISPATCH;
     cfg.on_event = on_event;

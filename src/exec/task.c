@@ -374,13 +374,28 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
   return last ? apex_progress_ref(last) : NULL;
 }
 
+/* Fills w with what a log record about t carries (task, plugin, action,
+ * attempt, and its trace ids in tid/sid when tracing is on). Not under t's
+ * lock. */
+static void log_where(apex_task_t *t, apex__log_where_t *w, char tid[33], char sid[17]) {
+  *w = (apex__log_where_t){t->id, t->plugin->desc.name, t->action->name, t->attempt, NULL, NULL};
+  if (apex__task_m(t)->tracer && apex__trace_log_ids(t, tid, sid)) {
+    w->trace_id = tid;
+    w->span_id = sid;
+  }
+}
+
 static void log_progress(apex_task_t *t, apex_progress_t *p) {
   if (!p) return;
-  if (apex__log_enabled(&apex__task_m(t)->log, APEX_LOG_DEBUG))
-    apex__log(&apex__task_m(t)->log, APEX_LOG_DEBUG, "task %llu %s.%s progress #%llu %.1f%% [%s] %s",
-              (unsigned long long)t->id, t->plugin->desc.name, t->action->name,
-              (unsigned long long)apex_progress_seq(p), apex_progress_percentage(p),
-              apex_progress_status(p), apex_progress_message(p));
+  apex_manager_t *m = apex__task_m(t);
+  if (apex__log_enabled(&m->log, APEX_LOG_DEBUG)) {
+    apex__log_where_t w;
+    char tid[33], sid[17];
+    log_where(t, &w, tid, sid);
+    apex__log_at(&m->log, APEX_LOG_DEBUG, &w, "progress #%llu %.1f%% [%s] %s",
+                 (unsigned long long)apex_progress_seq(p), apex_progress_percentage(p),
+                 apex_progress_status(p), apex_progress_message(p));
+  }
   apex_progress_unref(p);
 }
 
@@ -853,9 +868,11 @@ static void after_notify(apex_task_t *t, after_t *a) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
       int st = atomic_load(&t->state);
       const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex__task_error(t);
-      apex__log(&m->log, APEX_LOG_INFO, "task %llu %s.%s %s%s%s", (unsigned long long)t->id,
-                t->plugin->desc.name, t->action->name, apex_task_state_name(st), e ? ": " : "",
-                e ? apex_error_message(e) : "");
+      apex__log_where_t w;
+      char tid[33], sid[17];
+      log_where(t, &w, tid, sid);
+      apex__log_at(&m->log, APEX_LOG_INFO, &w, "%s%s%s", apex_task_state_name(st),
+                   e ? ": " : "", e ? apex_error_message(e) : "");
     }
     /* A waiter on a task whose DONE callback it waits for is woken by
      * that callback's delivery instead (apex__events_deliver). */

@@ -485,10 +485,21 @@ void apex__trace_milestone(apex_task_t *t, const char *status, double pct) {
   set_text(e->text, sizeof e->text, status);
 }
 
+/* The ids of the task whose end this thread made last: its outcome and last
+ * progress are logged right after the unlock, when its span is gone from
+ * the table (apex__trace_log_ids). */
+static _Thread_local struct {
+  uint64_t id;
+  uint8_t trace_id[16], span_id[8];
+} last_done;
+
 void apex__trace_finish(apex_task_t *t, int state) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
   apex__span_t *ts = tab_get(tr, t->id, 1);
   if (!ts) return;
+  last_done.id = t->id;
+  memcpy(last_done.trace_id, ts->trace_id, 16);
+  memcpy(last_done.span_id, ts->span_id, 8);
   uint64_t now = wall_ns();
   ts->end_ns = now;
   ts->state = state;
@@ -536,6 +547,19 @@ int apex__trace_ids(apex_task_t *t, char trace_hex[33], char span_hex[17]) {
   hex_out(ts->trace_id, 16, trace_hex);
   hex_out(ts->att ? ts->att->span_id : ts->span_id, 8, span_hex);
   return 1;
+}
+
+int apex__trace_log_ids(apex_task_t *t, char trace_hex[33], char span_hex[17]) {
+  if (last_done.id == t->id) {
+    hex_out(last_done.trace_id, 16, trace_hex);
+    hex_out(last_done.span_id, 8, span_hex);
+    return 1;
+  }
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  int ok = apex__trace_ids(t, trace_hex, span_hex);
+  pthread_mutex_unlock(mu);
+  return ok;
 }
 
 int apex__trace_traceparent(apex_task_t *t, char *buf, size_t size) {

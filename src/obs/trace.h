@@ -52,6 +52,11 @@ void apex__trace_milestone(struct apex_task *t, const char *status, double pct);
 /* Under t's lock: the hex ids a log record about t carries (the open
  * attempt's span, else the task's). Returns: 1 and both filled, or 0. */
 int apex__trace_ids(struct apex_task *t, char trace_hex[33], char span_hex[17]);
+/* Not under t's lock: as apex__trace_ids, for a log record about t made
+ * after an unlock (its outcome, its progress). A task that ended on this
+ * thread just now is found without a lock (its span is no longer live);
+ * otherwise takes t's lock. */
+int apex__trace_log_ids(struct apex_task *t, char trace_hex[33], char span_hex[17]);
 /* Under t's lock: t's traceparent (the open attempt's span as parent).
  * Returns: APEX_OK, APEX_E_INVALID (no trace context, or size < 56). */
 int apex__trace_traceparent(struct apex_task *t, char *buf, size_t size);
