@@ -810,6 +810,7 @@ static void release_life_locked(apex_task_t *t, after_t *a) {
 static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_t *error,
                           after_t *a) {
   apex_manager_t *m = apex__task_m(t);
+  if (m->tracer) apex__trace_finish(t, state, error);
   a->logp = flush_locked(t);
   if (state == APEX_TASK_SUCCEEDED)
     t->out.result = result;
@@ -828,7 +829,6 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
    * and a resubmit finds the room under max_queued this task left. */
   apex__pool_task_end(m, t, a->closing);
   count_outcome(m, state);
-  if (m->tracer) apex__trace_finish(t, state);
   /* seq_cst, not release: a waiter publishes itself (m->waiters) and then
    * reads the state; we publish the state and then read m->waiters. Only a
    * total order keeps both from missing the other (a lost wakeup). */

@@ -41,6 +41,7 @@ struct apex__tracer {
   int sampler;     /* ALWAYS, NEVER or RATIO (resolved) */
   uint64_t ratio_bound; /* RATIO: sampled when the id's low 56 bits are below */
   apex__exporter_t *ex; /* NULL: no exporter (context only) */
+  int64_t wall_off;     /* CLOCK_REALTIME - CLOCK_MONOTONIC at init, ns */
   atomic_uint_fast64_t started, unexported;
 };
 
@@ -112,8 +113,11 @@ apex_status_t apex_traceparent_format(const apex_trace_context_t *tc, char *buf,
 
 /* Random ids: xoshiro256** per thread, seeded from getrandom(2) (W3C asks
  * for random trace ids; a per-thread generator costs no lock). */
-static _Thread_local uint64_t rng[4];
-static _Thread_local int rng_ready;
+/* initial-exec: no __tls_get_addr call per id (a few bytes of the static
+ * TLS block libc keeps for libraries). */
+#define TLS _Thread_local __attribute__((tls_model("initial-exec")))
+static TLS uint64_t rng[4];
+static TLS int rng_ready;
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -140,13 +144,15 @@ static uint64_t rnd(void) {
   return r;
 }
 
+/* n is 8 or 16; never all zero (an invalid id). */
 static void rnd_id(uint8_t *out, size_t n) {
+  uint64_t a, b = 0;
   do {
-    for (size_t i = 0; i < n; i += 8) {
-      uint64_t v = rnd();
-      memcpy(out + i, &v, n - i < 8 ? n - i : 8);
-    }
-  } while (!memcmp(out, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", n)); /* never all zero */
+    a = rnd();
+    if (n == 16) b = rnd();
+  } while (!(a | b));
+  memcpy(out, &a, 8);
+  if (n == 16) memcpy(out + 8, &b, 8);
 }
 
 static uint64_t wall_ns(void) {
@@ -191,6 +197,9 @@ int apex__trace_init(apex_manager_t *m) {
   if (!(ratio >= 0)) ratio = 0; /* NaN too */
   if (ratio > 1) ratio = 1;
   tr->ratio_bound = (uint64_t)ldexp(ratio, 56);
+  struct timespec mono;
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  tr->wall_off = (int64_t)wall_ns() - (int64_t)((uint64_t)mono.tv_sec * 1000000000u + (uint64_t)mono.tv_nsec);
   if (file || endpoint) {
     char why[300];
     int rc = apex__export_start(file, endpoint, &m->log, &tr->ex, why, sizeof why);
@@ -214,7 +223,7 @@ void apex__trace_stop(apex_manager_t *m) {
     for (uint32_t b = 0; b < tr->tab[i].nb; b++)
       for (apex__span_t *s = tr->tab[i].b[b], *next; s; s = next) {
         next = s->next;
-        if (s->att) apex__span_free(s->att);
+        if (s->att && s->att != s + 1) apex__span_free(s->att);
         apex__span_free(s);
       }
     free(tr->tab[i].b);
@@ -309,18 +318,55 @@ static void span_done(apex__tracer_t *tr, apex__span_t *s) {
   }
 }
 
-void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
-  apex_manager_t *m = apex__task_m(t);
-  apex__tracer_t *tr = m->tracer;
-  apex__span_t *s = calloc(1, sizeof *s);
-  if (!s) return; /* not traced */
+/* A task span with room for its first attempt's (apex__span_t.att0), its
+ * names set; NULL on no memory (the task is then not traced). */
+static apex__span_t *span_alloc(apex_task_t *t) {
+  apex__span_t *s = calloc(2, sizeof *s);
+  if (!s) return NULL;
   s->task_id = t->id;
   const apex__plugin_t *p = t->plugin;
   s->plugin = p->name_copy;
   s->action = p->action_names[t->action - p->actions];
+  return s;
+}
+
+/* A new trace's root span for t, made when it is first needed (its first
+ * attempt, its end, a log record) rather than at submit, where it would
+ * cost a lock of its own: under t's lock, as the submit time is still in
+ * t->out (exec/internal.h). Returns: the span (in the table) or NULL. */
+static apex__span_t *span_root_locked(apex__tracer_t *tr, apex_task_t *t) {
+  apex__span_t *s = span_alloc(t);
+  if (!s) return NULL;
+  s->start_ns = (uint64_t)((int64_t)t->out.submitted_ns + tr->wall_off);
+  rnd_id(s->trace_id, 16);
+  s->flags = (uint8_t)sampled_new(tr, s->trace_id);
+  rnd_id(s->span_id, 8);
+  if (s->flags & 1) atomic_fetch_add_explicit(&tr->started, 1, memory_order_relaxed);
+  if (tab_put(tr, s) != 0) {
+    apex__span_free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* t's live span, made now if t is a plain task not yet traced. Under t's
+ * lock; t not terminal. */
+static apex__span_t *span_of_locked(apex__tracer_t *tr, apex_task_t *t) {
+  apex__span_t *s = tab_get(tr, t->id, 0);
+  return s ? s : span_root_locked(tr, t);
+}
+
+void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
+  apex_manager_t *m = apex__task_m(t);
+  apex__tracer_t *tr = m->tracer;
+  uint64_t pid = t->opts ? t->opts->parent_id : 0;
+  /* A task with no context to join starts a new trace: its span is made
+   * when first needed (span_root_locked). */
+  if (!pid && !(o && o->traceparent)) return;
+  apex__span_t *s = span_alloc(t);
+  if (!s) return; /* not traced */
   s->start_ns = wall_ns();
   int have = 0;
-  uint64_t pid = t->opts ? t->opts->parent_id : 0;
   if (pid) { /* a child task: a child of its parent's open attempt */
     pthread_mutex_t *pmu = &m->stripes[pid % APEX__LOCK_STRIPES].mu;
     pthread_mutex_lock(pmu);
@@ -382,7 +428,7 @@ static apex__span_ev_t *add_event(apex__span_t *s, int kind, uint64_t now) {
   unsigned room = kind == APEX__SEV_MILESTONE ? APEX__SPAN_MILESTONES
                   : kind == APEX__SEV_RETRY  ? APEX__SPAN_EVENTS - 1
                                              : APEX__SPAN_EVENTS;
-  if (s->n_ev >= room) {
+  if (s->n_ev >= room || (!s->ev && !(s->ev = malloc(APEX__SPAN_EVENTS * sizeof *s->ev)))) {
     s->ev_dropped++;
     return NULL;
   }
@@ -393,20 +439,33 @@ static apex__span_ev_t *add_event(apex__span_t *s, int kind, uint64_t now) {
   return e;
 }
 
+/* Cut to fit (a cut inside a UTF-8 character becomes U+FFFD on export). */
 static void set_text(char *dst, size_t n, const char *src) {
-  snprintf(dst, n, "%s", src ? src : "");
+  size_t k = src ? strnlen(src, n - 1) : 0;
+  if (k) memcpy(dst, src, k);
+  dst[k] = '\0';
+}
+
+/* An attempt span ended: the first one waits in its task's allocation for
+ * the task's end, the others go now. */
+static void att_done(apex__tracer_t *tr, apex__span_t *ts, apex__span_t *a) {
+  if (a == ts + 1)
+    ts->att0_done = 1;
+  else
+    span_done(tr, a);
 }
 
 void apex__trace_attempt_start(apex_task_t *t) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
-  apex__span_t *ts = tab_get(tr, t->id, 0);
+  apex__span_t *ts = span_of_locked(tr, t);
   if (!ts) return;
   uint64_t now = wall_ns();
   if (ts->att) { /* never expected: an attempt starts after the last ended */
     ts->att->end_ns = now;
-    span_done(tr, ts->att);
+    att_done(tr, ts, ts->att);
   }
-  apex__span_t *a = calloc(1, sizeof *a);
+  apex__span_t *a = ts->att0 ? calloc(1, sizeof *a) : ts + 1;
+  ts->att0 = 1;
   ts->att = a;
   if (!a) return;
   a->is_attempt = 1;
@@ -459,7 +518,7 @@ void apex__trace_attempt_end(apex_task_t *t, int rc, const apex_error_t *own, in
   } else {
     set_error(a, own ? apex_error_code(own) : rc, own ? apex_error_message(own) : apex_strerror(rc));
   }
-  span_done(tr, a);
+  att_done(tr, ts, a);
 }
 
 void apex__trace_retry(apex_task_t *t, const apex_error_t *err, double delay_s) {
@@ -488,15 +547,40 @@ void apex__trace_milestone(apex_task_t *t, const char *status, double pct) {
 /* The ids of the task whose end this thread made last: its outcome and last
  * progress are logged right after the unlock, when its span is gone from
  * the table (apex__trace_log_ids). */
-static _Thread_local struct {
+static TLS struct {
   uint64_t id;
   uint8_t trace_id[16], span_id[8];
 } last_done;
 
-void apex__trace_finish(apex_task_t *t, int state) {
+/* The code and message of an outcome's error, lazy ones included
+ * (exec/internal.h: APEX__LAZY_*), without making the error. */
+static void error_text(const apex_error_t *e, int *code, char *msg, size_t n) {
+  if (!e) {
+    *code = APEX_E_EXECUTION;
+    snprintf(msg, n, "%s", apex_strerror(*code));
+  } else if (apex__error_is_lazy(e)) {
+    uintptr_t v = (uintptr_t)e;
+    unsigned kind = (unsigned)(v >> 1) & 0x7fu, arg = (unsigned)(v >> 8);
+    if (kind == APEX__LAZY_CANCEL) {
+      *code = APEX_E_CANCELLED;
+      snprintf(msg, n, "cancelled (%s)", apex__cause_name((apex__cause_t)arg));
+    } else {
+      *code = -(int)arg;
+      snprintf(msg, n, "%s", apex_strerror(*code));
+    }
+  } else {
+    *code = apex_error_code(e);
+    snprintf(msg, n, "%s", apex_error_message(e));
+  }
+}
+
+void apex__trace_finish(apex_task_t *t, int state, const apex_error_t *error) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
   apex__span_t *ts = tab_get(tr, t->id, 1);
-  if (!ts) return;
+  if (!ts) { /* never started: its span is made now, and taken out again */
+    if (!span_root_locked(tr, t)) return;
+    ts = tab_get(tr, t->id, 1);
+  }
   last_done.id = t->id;
   memcpy(last_done.trace_id, ts->trace_id, 16);
   memcpy(last_done.span_id, ts->span_id, 8);
@@ -504,16 +588,16 @@ void apex__trace_finish(apex_task_t *t, int state) {
   ts->end_ns = now;
   ts->state = state;
   ts->attempt = t->attempt;
-  const apex_error_t *err = state == APEX_TASK_SUCCEEDED ? NULL : apex__task_error(t);
   if (state == APEX_TASK_SUCCEEDED) {
     ts->status = 1;
   } else {
-    int code = err ? apex_error_code(err) : APEX_E_EXECUTION;
-    const char *msg = err ? apex_error_message(err) : apex_strerror(code);
+    int code;
+    char msg[512];
+    error_text(error, &code, msg, sizeof msg);
     set_error(ts, code, msg);
     if (state == APEX_TASK_TIMED_OUT) {
       apex__span_ev_t *e = add_event(ts, APEX__SEV_TIMEOUT, now);
-      const char *k = err ? apex_error_timeout_kind(err) : NULL;
+      const char *k = error && !apex__error_is_lazy(error) ? apex_error_timeout_kind(error) : NULL;
       if (e) {
         e->attempt = t->attempt;
         set_text(e->text, sizeof e->text, k ? k : "schedule_to_close");
@@ -533,16 +617,18 @@ void apex__trace_finish(apex_task_t *t, int state) {
     set_error(a, ts->status == 2 ? ts->code : APEX_E_EXECUTION, ts->msg);
     if (state == APEX_TASK_TIMED_OUT) {
       apex__span_ev_t *e = add_event(a, APEX__SEV_TIMEOUT, now);
-      if (e) set_text(e->text, sizeof e->text, ts->ev[ts->n_ev ? ts->n_ev - 1 : 0].text);
+      if (e) set_text(e->text, sizeof e->text, ts->n_ev ? ts->ev[ts->n_ev - 1].text : "");
     }
-    span_done(tr, a);
+    att_done(tr, ts, a);
   }
   span_done(tr, ts);
 }
 
 int apex__trace_ids(apex_task_t *t, char trace_hex[33], char span_hex[17]) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
-  apex__span_t *ts = tr ? tab_get(tr, t->id, 0) : NULL;
+  int st = atomic_load(&t->state);
+  int live = st < APEX_TASK_SUCCEEDED || st == APEX_TASK_SCHEDULED;
+  apex__span_t *ts = !tr ? NULL : live ? span_of_locked(tr, t) : tab_get(tr, t->id, 0);
   if (!ts) return 0;
   hex_out(ts->trace_id, 16, trace_hex);
   hex_out(ts->att ? ts->att->span_id : ts->span_id, 8, span_hex);

@@ -44,8 +44,10 @@ void apex__trace_attempt_start(struct apex_task *t);
 void apex__trace_attempt_end(struct apex_task *t, int rc, const apex_error_t *own, int att_kind);
 /* Under t's lock: a retry follows in delay_s seconds after err. */
 void apex__trace_retry(struct apex_task *t, const apex_error_t *err, double delay_s);
-/* Under t's lock: t became terminal (state); its outcome is stored. */
-void apex__trace_finish(struct apex_task *t, int state);
+/* Under t's lock: t becomes terminal (state) with error (NULL on success;
+ * it may be a lazy one, exec/internal.h); called before the outcome is
+ * stored, so t->out still holds the submit time. */
+void apex__trace_finish(struct apex_task *t, int state, const apex_error_t *error);
 /* Under t's lock: a progress milestone (a status change) was reported. */
 void apex__trace_milestone(struct apex_task *t, const char *status, double pct);
 
@@ -92,6 +94,11 @@ typedef struct apex__span {
   uint64_t parent_task_id;      /* a child task's parent, else 0 */
   uint8_t trace_id[16], span_id[8], parent_id[8];
   uint8_t has_parent, flags, is_attempt, n_ev;
+  /* A task span is allocated with room for its first attempt's span right
+   * after it (this[1]): one allocation and one export for the common task
+   * of one attempt. att0: that room is in use; att0_done: that attempt
+   * ended (it is exported with the task's span). */
+  uint8_t att0, att0_done;
   uint32_t attempt;             /* an attempt span's number; a task's count */
   uint32_t ev_dropped;
   uint64_t start_ns, end_ns;    /* Unix ns */
@@ -101,7 +108,9 @@ typedef struct apex__span {
   int state;                    /* a task span: its terminal state */
   char *msg;                    /* status message (owned) or NULL */
   char *tracestate;             /* the incoming tracestate (owned) or NULL */
-  apex__span_ev_t ev[APEX__SPAN_EVENTS];
+  apex__span_ev_t *ev;          /* APEX__SPAN_EVENTS of room, made by the
+                                   first event (most spans have none: a span
+                                   stays small, in malloc's per-thread cache) */
 } apex__span_t;
 
 typedef struct apex__exporter apex__exporter_t;

@@ -28,7 +28,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "apex/version.h"
 #include "core/utf8.h"
@@ -56,8 +59,13 @@ struct apex__exporter {
 
 void apex__span_free(apex__span_t *s) {
   if (!s) return;
+  if (s->att0) { /* its first attempt's span, in the same allocation */
+    free(s[1].msg);
+    free(s[1].ev);
+  }
   free(s->msg);
   free(s->tracestate);
+  free(s->ev);
   free(s);
 }
 
@@ -69,9 +77,9 @@ typedef struct buf {
   int oom;
 } buf_t;
 
-static void b_put(buf_t *b, const char *s, size_t len) {
+static void b_grow_put(buf_t *b, const char *s, size_t len) {
   if (b->oom) return;
-  if (b->n + len + 1 > b->cap) {
+  {
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->n + len + 1) cap *= 2;
     char *p = realloc(b->p, cap);
@@ -85,6 +93,15 @@ static void b_put(buf_t *b, const char *s, size_t len) {
   memcpy(b->p + b->n, s, len);
   b->n += len;
   b->p[b->n] = '\0';
+}
+/* The common case inline: room is there. */
+static inline void b_put(buf_t *b, const char *s, size_t len) {
+  if (b->n + len + 1 <= b->cap) {
+    memcpy(b->p + b->n, s, len);
+    b->n += len;
+    return;
+  }
+  b_grow_put(b, s, len);
 }
 static void b_puts(buf_t *b, const char *s) { b_put(b, s, strlen(s)); }
 static void b_printf(buf_t *b, const char *fmt, ...) APEX_PRINTF(2, 3);
@@ -138,80 +155,113 @@ static void b_hex(buf_t *b, const uint8_t *id, size_t n) {
   b_puts(b, "\"");
 }
 
-/* Attribute writers: first says whether a comma is due. */
-static void a_str(buf_t *b, int *first, const char *k, const char *v) {
-  b_puts(b, *first ? "{\"key\":" : ",{\"key\":");
-  *first = 0;
-  b_str(b, k);
-  b_puts(b, ",\"value\":{\"stringValue\":");
-  b_str(b, v);
-  b_puts(b, "}}");
+/* A string literal, its length known at compile time. */
+#define B_LIT(b, lit) b_put((b), (lit), sizeof(lit) - 1)
+
+/* v in decimal, without snprintf: this runs a few times per span. */
+static void b_u64(buf_t *b, uint64_t v) {
+  char tmp[24], *p = tmp + sizeof tmp;
+  do {
+    *--p = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  b_put(b, p, (size_t)(tmp + sizeof tmp - p));
 }
-static void a_int(buf_t *b, int *first, const char *k, long long v) {
-  b_puts(b, *first ? "{\"key\":" : ",{\"key\":");
-  *first = 0;
-  b_str(b, k);
-  b_printf(b, ",\"value\":{\"intValue\":\"%lld\"}}", v);
-}
-static void a_dbl(buf_t *b, int *first, const char *k, double v) {
-  b_puts(b, *first ? "{\"key\":" : ",{\"key\":");
-  *first = 0;
-  b_str(b, k);
-  b_printf(b, ",\"value\":{\"doubleValue\":%.17g}}", v);
-}
+
+/* Attribute writers: *first says whether a comma is due; keys are string
+ * literals. a_name takes text known to need no escaping (plugin and action
+ * names, checked at load as [a-z0-9_]; Apex's own state and status names);
+ * a_str escapes (a plugin's messages). */
+#define A_KEY(b, first, key)                                     \
+  do {                                                           \
+    if (*(first)) B_LIT(b, "{\"key\":\"" key "\",\"value\":{"); \
+    else B_LIT(b, ",{\"key\":\"" key "\",\"value\":{");          \
+    *(first) = 0;                                                \
+  } while (0)
+#define a_name(b, first, key, v)   \
+  do {                             \
+    A_KEY(b, first, key);          \
+    B_LIT(b, "\"stringValue\":\""); \
+    b_puts(b, v);                  \
+    B_LIT(b, "\"}}");              \
+  } while (0)
+#define a_str(b, first, key, v)    \
+  do {                             \
+    A_KEY(b, first, key);          \
+    B_LIT(b, "\"stringValue\":");  \
+    b_str(b, v);                   \
+    B_LIT(b, "}}");                \
+  } while (0)
+#define a_int(b, first, key, v)    \
+  do {                             \
+    A_KEY(b, first, key);          \
+    B_LIT(b, "\"intValue\":\"");   \
+    b_u64(b, (uint64_t)(v));       \
+    B_LIT(b, "\"}}");              \
+  } while (0)
+#define a_dbl(b, first, key, v)                 \
+  do {                                          \
+    A_KEY(b, first, key);                       \
+    b_printf(b, "\"doubleValue\":%.17g}}", (v)); \
+  } while (0)
 
 static const char *state_name(int s) { return apex_task_state_name((apex_task_state_t)s); }
 
 static void span_json(buf_t *b, const apex__span_t *s) {
-  b_puts(b, "{\"traceId\":");
+  B_LIT(b, "{\"traceId\":");
   b_hex(b, s->trace_id, 16);
-  b_puts(b, ",\"spanId\":");
+  B_LIT(b, ",\"spanId\":");
   b_hex(b, s->span_id, 8);
   if (s->has_parent) {
-    b_puts(b, ",\"parentSpanId\":");
+    B_LIT(b, ",\"parentSpanId\":");
     b_hex(b, s->parent_id, 8);
   }
   if (s->tracestate) {
-    b_puts(b, ",\"traceState\":");
+    B_LIT(b, ",\"traceState\":");
     b_str(b, s->tracestate);
   }
-  char name[160];
-  snprintf(name, sizeof name, "%s.%s%s", s->plugin, s->action, s->is_attempt ? " attempt" : "");
-  b_puts(b, ",\"name\":");
-  b_str(b, name);
-  b_printf(b, ",\"kind\":1,\"startTimeUnixNano\":\"%llu\",\"endTimeUnixNano\":\"%llu\"",
-           (unsigned long long)s->start_ns, (unsigned long long)s->end_ns);
-  b_puts(b, ",\"attributes\":[");
+  B_LIT(b, ",\"name\":\"");
+  b_puts(b, s->plugin);
+  B_LIT(b, ".");
+  b_puts(b, s->action);
+  if (s->is_attempt) B_LIT(b, " attempt");
+  B_LIT(b, "\",\"kind\":1,\"startTimeUnixNano\":\"");
+  b_u64(b, s->start_ns);
+  B_LIT(b, "\",\"endTimeUnixNano\":\"");
+  b_u64(b, s->end_ns);
+  B_LIT(b, "\",\"attributes\":[");
   int first = 1;
-  a_int(b, &first, "apex.task.id", (long long)s->task_id);
-  a_str(b, &first, "apex.plugin", s->plugin);
-  a_str(b, &first, "apex.action", s->action);
+  a_int(b, &first, "apex.task.id", s->task_id);
+  a_name(b, &first, "apex.plugin", s->plugin);
+  a_name(b, &first, "apex.action", s->action);
   if (s->is_attempt) {
     a_int(b, &first, "apex.attempt", s->attempt);
   } else {
     a_int(b, &first, "apex.attempts", s->attempt);
-    a_str(b, &first, "apex.task.state", state_name(s->state));
-    if (s->parent_task_id) a_int(b, &first, "apex.parent_task.id", (long long)s->parent_task_id);
+    a_name(b, &first, "apex.task.state", state_name(s->state));
+    if (s->parent_task_id) a_int(b, &first, "apex.parent_task.id", s->parent_task_id);
   }
   /* error.type: OpenTelemetry's attribute for the class of a failure */
-  if (s->status == 2) a_str(b, &first, "error.type", apex_status_name(s->code));
-  b_puts(b, "]");
+  if (s->status == 2) a_name(b, &first, "error.type", apex_status_name(s->code));
+  B_LIT(b, "]");
   if (s->n_ev) {
-    b_puts(b, ",\"events\":[");
+    B_LIT(b, ",\"events\":[");
     for (unsigned i = 0; i < s->n_ev; i++) {
       const apex__span_ev_t *e = &s->ev[i];
       static const char *const names[] = {"", "apex.retry", "apex.timeout", "apex.cancel",
                                           "apex.progress.milestone"};
-      b_printf(b, "%s{\"timeUnixNano\":\"%llu\",\"name\":", i ? "," : "",
-               (unsigned long long)e->time_ns);
-      b_str(b, names[e->kind <= APEX__SEV_MILESTONE ? e->kind : 0]);
-      b_puts(b, ",\"attributes\":[");
+      if (i) B_LIT(b, ",");
+      B_LIT(b, "{\"timeUnixNano\":\"");
+      b_u64(b, e->time_ns);
+      B_LIT(b, "\",\"name\":\"");
+      b_puts(b, names[e->kind <= APEX__SEV_MILESTONE ? e->kind : 0]);
+      B_LIT(b, "\",\"attributes\":[");
       int f = 1;
       if (e->attempt) a_int(b, &f, "apex.attempt", e->attempt);
       switch (e->kind) {
         case APEX__SEV_RETRY:
           a_dbl(b, &f, "apex.retry.delay_s", e->num);
-          a_str(b, &f, "error.type", apex_status_name(e->code));
+          a_name(b, &f, "error.type", apex_status_name(e->code));
           a_str(b, &f, "exception.message", e->text);
           break;
         case APEX__SEV_TIMEOUT: a_str(b, &f, "apex.timeout.kind", e->text); break;
@@ -222,20 +272,24 @@ static void span_json(buf_t *b, const apex__span_t *s) {
           break;
         default: break;
       }
-      b_puts(b, "]}");
+      B_LIT(b, "]}");
     }
-    b_puts(b, "]");
+    B_LIT(b, "]");
   }
-  if (s->ev_dropped) b_printf(b, ",\"droppedEventsCount\":%u", s->ev_dropped);
+  if (s->ev_dropped) {
+    B_LIT(b, ",\"droppedEventsCount\":");
+    b_u64(b, s->ev_dropped);
+  }
   if (s->status) {
-    b_printf(b, ",\"status\":{\"code\":%d", s->status);
+    B_LIT(b, ",\"status\":{\"code\":");
+    b_u64(b, (uint64_t)s->status);
     if (s->status == 2 && s->msg) {
-      b_puts(b, ",\"message\":");
+      B_LIT(b, ",\"message\":");
       b_str(b, s->msg);
     }
-    b_puts(b, "}");
+    B_LIT(b, "}");
   }
-  b_puts(b, "}");
+  B_LIT(b, "}");
 }
 
 static void request_json(buf_t *b, const char *service, const apex__span_t *spans, size_t max,
@@ -254,8 +308,14 @@ static void request_json(buf_t *b, const char *service, const apex__span_t *span
   for (; s && k < max; s = s->next, k++) {
     if (k) b_puts(b, ",");
     span_json(b, s);
+    if (s->att0_done) {
+      b_puts(b, ",");
+      span_json(b, s + 1);
+    }
   }
   b_puts(b, "]}]}]}");
+  b_put(b, "", 1); /* a NUL after the text, not counted */
+  if (!b->oom) b->n--;
   if (rest) *rest = s;
 }
 
@@ -308,8 +368,9 @@ static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
   int collector_down = 0; /* at shutdown, one failure is enough */
   while (list) {
     const apex__span_t *rest;
-    size_t k = 0;
-    for (const apex__span_t *s = list; s && k < APEX__EXPORT_BATCH; s = s->next) k++;
+    size_t k = 0, spans = 0; /* nodes, and the spans they hold */
+    for (const apex__span_t *s = list; s && k < APEX__EXPORT_BATCH; s = s->next, k++)
+      spans += 1u + s->att0_done;
     b.n = 0;
     b.oom = 0;
     request_json(&b, ex->service, list, APEX__EXPORT_BATCH, &rest);
@@ -328,13 +389,13 @@ static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
       if (collector_down || !post(ex, &b, last)) {
         ok = ex->file != NULL; /* written to the file all the same */
         if (!collector_down) atomic_fetch_add(&ex->errors, 1);
-        if (!ex->file) atomic_fetch_add(&ex->dropped, k);
+        if (!ex->file) atomic_fetch_add(&ex->dropped, spans);
         collector_down = last;
       }
     } else if (!ok) {
-      atomic_fetch_add(&ex->dropped, k);
+      atomic_fetch_add(&ex->dropped, spans);
     }
-    if (ok) atomic_fetch_add(&ex->exported, k);
+    if (ok) atomic_fetch_add(&ex->exported, spans);
     while (list != rest) {
       apex__span_t *next = list->next;
       apex__span_free(list);
@@ -362,6 +423,14 @@ static apex__span_t *take_all(apex__exporter_t *ex) {
 
 static void *export_main(void *arg) {
   apex__exporter_t *ex = arg;
+  /* Telemetry yields to the work it describes: when the workers keep every
+   * core busy, this thread (nice 10: about a tenth of a busy core's share)
+   * falls behind, its queue fills and spans are dropped (counted), rather
+   * than tasks slowed. Lowering one's own priority needs no privilege; if
+   * it fails, the thread runs as is. */
+  if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) {
+    /* nothing to do: the exporter still works, at the default priority */
+  }
   pthread_mutex_lock(&ex->mu);
   for (;;) {
     if (!ex->stop && !ex->kick) {
@@ -390,7 +459,7 @@ void apex__export_push(apex__exporter_t *ex, apex__span_t *s) {
   unsigned n = atomic_fetch_add_explicit(&ex->n, 1, memory_order_relaxed);
   if (n >= APEX__EXPORT_QUEUE_MAX) {
     atomic_fetch_sub_explicit(&ex->n, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&ex->dropped, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ex->dropped, 1u + s->att0_done, memory_order_relaxed);
     apex__span_free(s);
     return;
   }
