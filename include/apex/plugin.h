@@ -855,6 +855,7 @@ static inline void apex_ctx_complete(apex_ctx_t *c, int status) { c->api->comple
  * is NULL or size < 56, the call comes after complete(), or the host
  * predates this call. Thread-safety: any thread,
  * while the attempt is open. */
+#define APEX_HAVE_CTX_TRACEPARENT 1
 static inline int apex_ctx_traceparent(apex_ctx_t *c, char *buf, size_t size) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, traceparent)) return APEX_E_INVALID;
   return c->api->traceparent(c, buf, size);

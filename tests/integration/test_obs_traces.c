@@ -513,6 +513,75 @@ static void test_refusing_or_hanging_collector_never_slows_tasks(void **st) {
   }
 }
 
+/* A GET answered with the request's traceparent header ("none" without). */
+static enum MHD_Result on_get(void *cls, struct MHD_Connection *c, const char *url,
+                              const char *method, const char *version, const char *data,
+                              size_t *size, void **con_cls) {
+  (void)cls;
+  (void)url;
+  (void)method;
+  (void)version;
+  (void)data;
+  (void)size;
+  (void)con_cls;
+  const char *tp = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "traceparent");
+  char *body = strdup(tp ? tp : "none");
+  if (!body) return MHD_NO;
+  struct MHD_Response *resp =
+      MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+  enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, resp);
+  MHD_destroy_response(resp);
+  return ok;
+}
+
+/* The http plugin sends the task's traceparent (its attempt's span) as a
+ * header, unless the caller's headers name one. */
+static void test_http_plugin_sends_traceparent(void **st) {
+  (void)st;
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, on_get,
+                                          NULL, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_END);
+  assert_non_null(d);
+  unsigned port = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port;
+  fixture_t f;
+  apex_manager_t *m = manager(&f, APEX_TRACE_DEFAULT, NULL, -1);
+  load_ok(m, APEX_PLUGIN_BUILD_DIR "/http.so");
+  char params[200];
+  snprintf(params, sizeof params, "{\"url\": \"http://127.0.0.1:%u/tp\"}", port);
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.traceparent = TP;
+  apex_task_t *t = submit_json(m, "http", "get", params, &o);
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  json_t *r = apex_task_result(t);
+  char sent[64];
+  snprintf(sent, sizeof sent, "%s", str(r, "body"));
+  json_decref(r);
+  apex_task_release(t);
+  snprintf(params, sizeof params,
+           "{\"url\": \"http://127.0.0.1:%u/tp\", \"headers\": {\"TraceParent\": \"mine\"}}", port);
+  t = submit_json(m, "http", "get", params, &o);
+  wait_done(t);
+  r = apex_task_result(t);
+  assert_string_equal(str(r, "body"), "mine");
+  json_decref(r);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
+  MHD_stop_daemon(d);
+  assert_int_equal(strlen(sent), 55);
+  assert_memory_equal(sent, "00-" TP_TRACE "-", 36);
+  json_t *spans = spans_of(f.path);
+  json_t *a = NULL;
+  size_t i;
+  json_t *s;
+  json_array_foreach(spans, i, s) if (strcmp(str(s, "name"), "http.get attempt") == 0 && !a) a = s;
+  assert_non_null(a);
+  assert_memory_equal(sent + 36, str(a, "spanId"), 16);
+  json_decref(spans);
+  unlink(f.path);
+}
+
 /* ----------------------------------------------------------------- logs */
 
 /* A plugin's record carries task, plugin, attempt and the trace ids as
@@ -594,6 +663,7 @@ int main(void) {
       cmocka_unit_test(test_sampling_is_parent_based),
       cmocka_unit_test(test_collector_gets_batched_otlp_http_json),
       cmocka_unit_test(test_refusing_or_hanging_collector_never_slows_tasks),
+      cmocka_unit_test(test_http_plugin_sends_traceparent),
       cmocka_unit_test(test_plugin_log_records_carry_fields),
       cmocka_unit_test(test_log_rate_limit_counts_and_summarizes),
   };
