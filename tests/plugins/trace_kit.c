@@ -23,7 +23,7 @@ static int flaky(apex_ctx_t *ctx) {
   json_t *p = apex_ctx_params(ctx);
   json_int_t until = json_integer_value(json_object_get(p, "fail_until"));
   uint32_t a = apex_ctx_attempt(ctx);
-  apex_ctx_log(ctx, APEX_LOG_WARN, "attempt %u starts", a);
+  apex_ctx_log(ctx, APEX_LOG_WARN, "attempt %u starts (\"flaky\")", a);
   if ((json_int_t)a < until) return apex_ctx_fail(ctx, APEX_E_TRANSIENT, "flaky attempt %u", a);
   if (!json_is_true(json_object_get(p, "hang"))) return APEX_OK;
   while (apex_ctx_sleep_ms(ctx, 60000) == APEX_OK) {
