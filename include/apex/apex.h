@@ -295,7 +295,8 @@ typedef struct apex_manager_config {
                                 0: from APEX_LOG_FORMAT, else human */
   int log_rate_limit;        /* records a plugin may log per second before
                                 the rest are dropped and counted (a summary
-                                record says how many); 0: 200; -1: none */
+                                record says how many); 0: 200; -1: none;
+                                below -1 refused */
   const char *trace_file;    /* append OTLP/JSON lines here (copied); NULL:
                                 none */
   const char *otlp_endpoint; /* OTLP/HTTP JSON collector base URL
@@ -303,7 +304,7 @@ typedef struct apex_manager_config {
                                 APEX_OTLP_ENDPOINT, else none */
   int trace_sampler;         /* apex_trace_sampler_t; 0: see there */
   double trace_ratio;        /* RATIO: the share of new traces recorded,
-                                in [0, 1] */
+                                in [0, 1] (outside it, or NaN: refused) */
 } apex_manager_config_t;
 
 /* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz

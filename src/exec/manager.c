@@ -126,7 +126,7 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              (long long)out->shutdown_grace_ms);
     return 0;
   }
-  return 1;
+  return apex__obs_check_config(out, why, n);
 }
 
 apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out) {
@@ -139,6 +139,10 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     apex__logger_init(&lg, cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_user)
                                ? cfg->log : NULL,
                       cfg ? cfg->log_user : NULL, -1);
+    if (cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_record_user) + sizeof(void *)) {
+      lg.rec_fn = cfg->log_record; /* a host's record sink hears of it too */
+      lg.rec_user = cfg->log_record_user;
+    }
     apex__log(&lg, APEX_LOG_ERROR, "apex_manager_new: %s", why);
     return APEX_E_INVALID;
   }

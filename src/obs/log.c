@@ -45,7 +45,11 @@ typedef struct out {
 } out_t;
 
 static void put(out_t *o, const char *s, size_t len) {
-  if (o->n + len > o->cap) {
+  if (o->n >= o->cap) {
+    o->full = 1;
+    return;
+  }
+  if (len > o->cap - o->n) {
     len = o->cap - o->n;
     o->full = 1;
   }
@@ -68,6 +72,7 @@ static void putf(out_t *o, const char *fmt, ...) {
  * sequence that would not fit whole, so a cut never splits an escape. */
 static void put_escaped(out_t *o, const char *s) {
   size_t len = strlen(s), i = 0;
+  if (o->n >= o->cap) o->full = 1;
   while (i < len && !o->full) {
     size_t good = apex__utf8_bad_at(s + i, len - i);
     size_t j = 0;
@@ -85,7 +90,7 @@ static void put_escaped(out_t *o, const char *s) {
         e = esc;
       }
       if (e) {
-        if (o->n + strlen(e) > o->cap) { o->full = 1; return; }
+        if (strlen(e) > o->cap - o->n) { o->full = 1; return; }
         puts_(o, e);
         j++;
         continue;
@@ -110,7 +115,7 @@ static void put_escaped(out_t *o, const char *s) {
     }
     i += good;
     if (i < len) { /* one bad byte */
-      if (o->n + 3 > o->cap) { o->full = 1; return; }
+      if (3 > o->cap - o->n) { o->full = 1; return; }
       put(o, "\xEF\xBF\xBD", 3);
       i++;
     }
@@ -159,7 +164,8 @@ static size_t render_logfmt(const apex_log_record_t *r, out_t *o) {
   puts_(o, apex__log_level_name(r->level));
   puts_(o, " msg=\"");
   size_t keep = o->cap;
-  o->cap = o->cap > 200 ? o->cap - 200 : o->cap; /* room for the fields */
+  /* room for the fields: the message is what gets cut */
+  o->cap = o->cap > o->n + 200 ? o->cap - 200 : o->n;
   put_escaped(o, r->message ? r->message : "");
   o->cap = keep;
   o->full = 0;
@@ -193,7 +199,8 @@ static size_t render_json(const apex_log_record_t *r, out_t *o) {
   puts_(o, apex__log_level_name(r->level));
   puts_(o, "\",\"msg\":\"");
   size_t keep = o->cap;
-  o->cap = o->cap > 260 ? o->cap - 260 : o->cap; /* room for the fields and '}' */
+  /* room for the fields and '}': the message is what gets cut */
+  o->cap = o->cap > o->n + 260 ? o->cap - 260 : o->n;
   put_escaped(o, r->message ? r->message : "");
   o->cap = keep;
   o->full = 0;

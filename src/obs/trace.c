@@ -173,6 +173,27 @@ static int sampler_from_env(void) {
   return APEX_TRACE_DEFAULT;
 }
 
+int apex__obs_check_config(const apex_manager_config_t *c, char *why, size_t n) {
+  if (c->log_format < APEX_LOG_FORMAT_DEFAULT || c->log_format > APEX_LOG_FORMAT_JSON) {
+    snprintf(why, n, "config.log_format %d: want an APEX_LOG_FORMAT_* value", c->log_format);
+    return 0;
+  }
+  if (c->log_rate_limit < -1) {
+    snprintf(why, n, "config.log_rate_limit %d: want -1 (none), 0 (the default) or more",
+             c->log_rate_limit);
+    return 0;
+  }
+  if (c->trace_sampler < APEX_TRACE_DEFAULT || c->trace_sampler > APEX_TRACE_OFF) {
+    snprintf(why, n, "config.trace_sampler %d: want an APEX_TRACE_* value", c->trace_sampler);
+    return 0;
+  }
+  if (!(c->trace_ratio >= 0.0 && c->trace_ratio <= 1.0)) {
+    snprintf(why, n, "config.trace_ratio %g: want a number in [0, 1]", c->trace_ratio);
+    return 0;
+  }
+  return 1;
+}
+
 int apex__trace_init(apex_manager_t *m) {
   m->tracer = NULL;
   const apex_manager_config_t *c = &m->cfg;

@@ -25,6 +25,10 @@ struct apex_manager;
  * (the trace file cannot be opened, logged), APEX_E_NOMEM. */
 int apex__trace_init(struct apex_manager *m);
 
+/* Checks the config's log and trace fields (docs/observability.md).
+ * Returns: 1, or 0 with the field and what it wants in why. */
+int apex__obs_check_config(const apex_manager_config_t *c, char *why, size_t n);
+
 /* Exports what is queued (a collector gets a short last try), stops the
  * exporter and frees the tracer; m->tracer NULL after. Every task must be
  * terminal. NULL tracer: no-op. */

@@ -368,6 +368,38 @@ static void test_sampling_is_parent_based(void **st) {
   assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
 }
 
+/* Bad log and trace fields are refused by apex_manager_new, naming the
+ * field; a trace file that cannot be opened fails it with APEX_E_IO. */
+static void test_bad_config_fields_refused(void **st) {
+  (void)st;
+  apex_manager_t *m = (apex_manager_t *)1;
+  assert_int_equal(setenv("APEX_LOG", "error", 1), 0); /* a refused config's level */
+  for (int i = 0; i < 6; i++) {
+    records_reset();
+    apex_manager_config_t cfg = base_config(1);
+    cfg.log = NULL;
+    cfg.log_record = on_record;
+    const char *field = NULL;
+    switch (i) {
+      case 0: cfg.log_format = 4; field = "config.log_format"; break;
+      case 1: cfg.log_rate_limit = -2; field = "config.log_rate_limit"; break;
+      case 2: cfg.trace_sampler = 5; field = "config.trace_sampler"; break;
+      case 3: cfg.trace_sampler = APEX_TRACE_RATIO; cfg.trace_ratio = 1.5; field = "config.trace_ratio"; break;
+      case 4: cfg.trace_ratio = 0.0 / 0.0; field = "config.trace_ratio"; break;
+      default: cfg.trace_file = "/nonexistent-dir/spans.jsonl"; field = "/nonexistent-dir"; break;
+    }
+    assert_int_equal(apex_manager_new(&cfg, &m), i < 5 ? APEX_E_INVALID : APEX_E_IO);
+    assert_null(m);
+    int named = 0; /* the refusal is logged, naming the field */
+    pthread_mutex_lock(&g_mu);
+    for (size_t k = 0; k < g_n; k++)
+      named |= g_recs[k].level == APEX_LOG_ERROR && strstr(g_recs[k].msg, field) != NULL;
+    pthread_mutex_unlock(&g_mu);
+    if (!named) fail_msg("no error record naming %s", field);
+  }
+  assert_int_equal(setenv("APEX_LOG", "off", 1), 0);
+}
+
 /* ---------------------------------------------------------- collector */
 
 typedef struct collector {
@@ -661,6 +693,7 @@ int main(void) {
       cmocka_unit_test(test_traceparent_parse_accepts_a_later_version),
       cmocka_unit_test(test_ctx_traceparent_and_child_task_spans),
       cmocka_unit_test(test_sampling_is_parent_based),
+      cmocka_unit_test(test_bad_config_fields_refused),
       cmocka_unit_test(test_collector_gets_batched_otlp_http_json),
       cmocka_unit_test(test_refusing_or_hanging_collector_never_slows_tasks),
       cmocka_unit_test(test_http_plugin_sends_traceparent),
