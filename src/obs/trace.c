@@ -12,13 +12,16 @@
  *
  * Locks: a task's live span is in its stripe's table (tracer->tab), which
  * that stripe's lock (the task lock) guards; every hook but submit runs
- * under it already. Submit takes the parent task's lock to read its ids,
- * drops it, then takes the new task's: never two at once. Finished spans
- * go to the exporter's lock-free queue (trace_export.c).
+ * under it already. A task that starts a new trace gets its span there,
+ * at its first attempt or its end (span_root_locked), so submit takes no
+ * lock for it; one that joins a context gets it at submit, which takes
+ * the parent task's lock to read its ids, drops it, then takes the new
+ * task's: never two at once. Finished spans go to the exporter's
+ * lock-free queue (trace_export.c).
  *
- * What can fail: memory (a task without a span is simply not traced; the
- * count of spans dropped says so), the trace file (apex_manager_new fails
- * with APEX_E_IO). */
+ * What can fail: memory (that task or attempt is not traced, and counted
+ * among the spans dropped), the trace file (apex_manager_new fails with
+ * APEX_E_IO). */
 #include "obs/trace.h"
 
 #include <math.h>
@@ -42,7 +45,7 @@ struct apex__tracer {
   uint64_t ratio_bound; /* RATIO: sampled when the id's low 56 bits are below */
   apex__exporter_t *ex; /* NULL: no exporter (context only) */
   int64_t wall_off;     /* CLOCK_REALTIME - CLOCK_MONOTONIC at init, ns */
-  atomic_uint_fast64_t started, unexported;
+  atomic_uint_fast64_t started, nomem; /* nomem: spans not made (no memory) */
 };
 
 /* ------------------------------------------------------------ W3C rules */
@@ -259,6 +262,7 @@ apex_status_t apex_manager_trace_stats(struct apex_manager *m, apex_trace_stats_
   apex__tracer_t *tr = m->tracer;
   if (tr) {
     all.spans_started = atomic_load(&tr->started);
+    all.spans_dropped = atomic_load(&tr->nomem);
     if (tr->ex) apex__export_stats(tr->ex, &all);
   }
   size_t n = st->struct_size < sizeof all ? st->struct_size : sizeof all;
@@ -341,9 +345,12 @@ static void span_done(apex__tracer_t *tr, apex__span_t *s) {
 
 /* A task span with room for its first attempt's (apex__span_t.att0), its
  * names set; NULL on no memory (the task is then not traced). */
-static apex__span_t *span_alloc(apex_task_t *t) {
+static apex__span_t *span_alloc(apex__tracer_t *tr, apex_task_t *t) {
   apex__span_t *s = calloc(2, sizeof *s);
-  if (!s) return NULL;
+  if (!s) {
+    atomic_fetch_add_explicit(&tr->nomem, 2, memory_order_relaxed);
+    return NULL;
+  }
   s->task_id = t->id;
   const apex__plugin_t *p = t->plugin;
   s->plugin = p->name_copy;
@@ -356,7 +363,7 @@ static apex__span_t *span_alloc(apex_task_t *t) {
  * cost a lock of its own: under t's lock, as the submit time is still in
  * t->out (exec/internal.h). Returns: the span (in the table) or NULL. */
 static apex__span_t *span_root_locked(apex__tracer_t *tr, apex_task_t *t) {
-  apex__span_t *s = span_alloc(t);
+  apex__span_t *s = span_alloc(tr, t);
   if (!s) return NULL;
   s->start_ns = (uint64_t)((int64_t)t->out.submitted_ns + tr->wall_off);
   rnd_id(s->trace_id, 16);
@@ -384,7 +391,7 @@ void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
   /* A task with no context to join starts a new trace: its span is made
    * when first needed (span_root_locked). */
   if (!pid && !(o && o->traceparent)) return;
-  apex__span_t *s = span_alloc(t);
+  apex__span_t *s = span_alloc(tr, t);
   if (!s) return; /* not traced */
   s->start_ns = wall_ns();
   int have = 0;
@@ -488,7 +495,10 @@ void apex__trace_attempt_start(apex_task_t *t) {
   apex__span_t *a = ts->att0 ? calloc(1, sizeof *a) : ts + 1;
   ts->att0 = 1;
   ts->att = a;
-  if (!a) return;
+  if (!a) {
+    atomic_fetch_add_explicit(&tr->nomem, 1, memory_order_relaxed);
+    return;
+  }
   a->is_attempt = 1;
   a->task_id = t->id;
   a->attempt = t->attempt;

@@ -34,9 +34,11 @@ int apex__obs_check_config(const apex_manager_config_t *c, char *why, size_t n);
  * terminal. NULL tracer: no-op. */
 void apex__trace_stop(struct apex_manager *m);
 
-/* Submit, before the task is visible to any other thread: makes its span
- * (a child of opts->traceparent, of its parent task's attempt, or a new
- * trace). Takes t's lock (and its parent's, before, never both). */
+/* Submit, before the task is visible to any other thread: makes the span
+ * of a task that joins a context (a child of opts->traceparent, or of its
+ * parent task's attempt), taking t's lock (and its parent's, before, never
+ * both); a malformed traceparent is logged and a new trace started. A task
+ * with no context gets its span later, under its lock (trace.c). */
 void apex__trace_submit(struct apex_task *t, const apex_submit_opts_t *opts);
 /* The submit failed after apex__trace_submit: the span goes unexported. */
 void apex__trace_forget(struct apex_task *t);
@@ -56,7 +58,8 @@ void apex__trace_finish(struct apex_task *t, int state, const apex_error_t *erro
 void apex__trace_milestone(struct apex_task *t, const char *status, double pct);
 
 /* Under t's lock: the hex ids a log record about t carries (the open
- * attempt's span, else the task's). Returns: 1 and both filled, or 0. */
+ * attempt's span, else the task's; a live task not yet traced gets its
+ * span now). Returns: 1 and both filled, or 0. */
 int apex__trace_ids(struct apex_task *t, char trace_hex[33], char span_hex[17]);
 /* Not under t's lock: as apex__trace_ids, for a log record about t made
  * after an unlock (its outcome, its progress). A task that ended on this
