@@ -20,6 +20,8 @@ command -v node >/dev/null || { echo "check_otlp: node is missing (scripts/setup
 if [ ! -f "$gen" ]; then
   command -v npm >/dev/null || { echo "check_otlp: npm is missing (scripts/setup.sh installs npm)" >&2; exit 1; }
   mkdir -p "$cache"
+  # its own package.json, so npm installs here and not into a project above
+  [ -f "$cache/package.json" ] || echo '{"private": true}' >"$cache/package.json"
   if ! (cd "$cache" && npm install --no-audit --no-fund --no-save --loglevel=error \
         @opentelemetry/otlp-transformer@0.57.2 >"$cache/npm.log" 2>&1); then
     if ! timeout 30 npm ping >/dev/null 2>&1; then
