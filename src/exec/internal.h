@@ -23,8 +23,6 @@
  *   group->mu                 (ops/group.c) after a task lock (a member's
  *                             end), before m->ev_mu (its GROUP event);
  *                             else a leaf
- *   the trace exporter's mu   (src/obs/trace_export.c) a leaf, after a
- *                             task lock
  * No user code (handler, event callback, log sink, token callback) runs
  * while any of them is held. */
 #ifndef APEX_EXEC_INTERNAL_H

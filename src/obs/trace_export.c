@@ -19,8 +19,8 @@
  * timeouts (connect 1 s, request 3 s; 1 s at shutdown) and the batch,
  * counted as dropped; tasks never wait for it.
  *
- * Locks: mu (with cv) only to sleep and wake the thread; a leaf, taken by
- * a push only when it completes a batch (under the task lock, then). */
+ * Locks: mu (with cv) only for the thread to sleep on and for stop; no
+ * task path takes it (a push signals cv without it). */
 #include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
@@ -45,7 +45,8 @@ struct apex__exporter {
   atomic_uint n;                /* spans waiting */
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int stop, kick;               /* mu */
+  int stop;                     /* mu */
+  atomic_int kick;              /* a batch is ready (set without mu) */
   pthread_t th;
   FILE *file;
   char *url;
@@ -433,7 +434,7 @@ static void *export_main(void *arg) {
   }
   pthread_mutex_lock(&ex->mu);
   for (;;) {
-    if (!ex->stop && !ex->kick) {
+    if (!ex->stop && !atomic_load_explicit(&ex->kick, memory_order_relaxed)) {
       struct timespec ts;
       clock_gettime(CLOCK_MONOTONIC, &ts);
       ts.tv_nsec += 200000000L;
@@ -444,7 +445,7 @@ static void *export_main(void *arg) {
       pthread_cond_timedwait(&ex->cv, &ex->mu, &ts);
     }
     int stop = ex->stop;
-    ex->kick = 0;
+    atomic_store_explicit(&ex->kick, 0, memory_order_relaxed);
     pthread_mutex_unlock(&ex->mu);
     apex__span_t *list = take_all(ex);
     if (list) export_list(ex, list, stop);
@@ -468,11 +469,13 @@ void apex__export_push(apex__exporter_t *ex, apex__span_t *s) {
     s->next = old;
   } while (!atomic_compare_exchange_weak_explicit(&ex->head, &old, s, memory_order_release,
                                                   memory_order_relaxed));
-  if (n + 1 == APEX__EXPORT_BATCH) { /* a batch is ready: no need to wait for the tick */
-    pthread_mutex_lock(&ex->mu);
-    ex->kick = 1;
+  if (n + 1 == APEX__EXPORT_BATCH) {
+    /* A batch is ready: no need to wait for the tick. Signalled without
+     * mu: the exporter runs at a low priority and may be preempted holding
+     * it, and a worker must never wait for it. A signal that falls between
+     * its check of kick and its wait is lost; the 200 ms tick covers it. */
+    atomic_store_explicit(&ex->kick, 1, memory_order_relaxed);
     pthread_cond_signal(&ex->cv);
-    pthread_mutex_unlock(&ex->mu);
   }
 }
 
