@@ -531,6 +531,13 @@ static void set_error(apex__span_t *s, int code, const char *msg) {
   s->msg = msg ? strndup(msg, 512) : NULL;
 }
 
+/* The end time of the attempt this thread ended last: its task's end, when
+ * it follows in the same locked section (the attempt's was its last),
+ * reuses it rather than read the clock again. */
+static TLS struct {
+  uint64_t id, ns;
+} last_end;
+
 void apex__trace_attempt_end(apex_task_t *t, int rc, const apex_error_t *own, int att_kind) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
   apex__span_t *ts = tab_get(tr, t->id, 0);
@@ -538,6 +545,8 @@ void apex__trace_attempt_end(apex_task_t *t, int rc, const apex_error_t *own, in
   apex__span_t *a = ts->att;
   ts->att = NULL;
   a->end_ns = wall_ns();
+  last_end.id = t->id;
+  last_end.ns = a->end_ns;
   if (att_kind) {
     char msg[96];
     snprintf(msg, sizeof msg, "the attempt timed out (%s)", tmo_name(att_kind));
@@ -554,6 +563,7 @@ void apex__trace_attempt_end(apex_task_t *t, int rc, const apex_error_t *own, in
 
 void apex__trace_retry(apex_task_t *t, const apex_error_t *err, double delay_s) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
+  last_end.id = 0; /* the task goes on: its end is another moment */
   apex__span_t *ts = tab_get(tr, t->id, 0);
   if (!ts) return;
   apex__span_ev_t *e = add_event(ts, APEX__SEV_RETRY, wall_ns());
@@ -615,7 +625,10 @@ void apex__trace_finish(apex_task_t *t, int state, const apex_error_t *error) {
   last_done.id = t->id;
   memcpy(last_done.trace_id, ts->trace_id, 16);
   memcpy(last_done.span_id, ts->span_id, 8);
-  uint64_t now = wall_ns();
+  /* Right after its attempt's end on this thread: that moment (the
+   * attempt_end hook and this one run in one locked section). */
+  uint64_t now = last_end.id == t->id && !ts->att ? last_end.ns : wall_ns();
+  last_end.id = 0;
   ts->end_ns = now;
   ts->state = state;
   ts->attempt = t->attempt;

@@ -40,6 +40,12 @@
 #define APEX__EXPORT_QUEUE_MAX 8192u
 #define APEX__EXPORT_BATCH 512u
 
+typedef struct buf {
+  char *p;
+  size_t n, cap;
+  int oom;
+} buf_t;
+
 struct apex__exporter {
   _Atomic(apex__span_t *) head; /* pushed, newest first */
   atomic_uint n;                /* spans waiting */
@@ -56,6 +62,9 @@ struct apex__exporter {
   char service[128];
   atomic_uint_fast64_t exported, dropped, errors;
   int warned;                   /* the exporter thread's: one warning per kind */
+  buf_t out;                    /* the exporter thread's: a batch's JSON, kept
+                                   (a fresh one per batch was an mmap and its
+                                   page faults every time) */
 };
 
 void apex__span_free(apex__span_t *s) {
@@ -72,11 +81,6 @@ void apex__span_free(apex__span_t *s) {
 
 /* ------------------------------------------------------------- OTLP JSON */
 
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} buf_t;
 
 static void b_grow_put(buf_t *b, const char *s, size_t len) {
   if (b->oom) return;
@@ -365,7 +369,7 @@ static int post(apex__exporter_t *ex, const buf_t *b, int last) {
 }
 
 static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
-  buf_t b = {0};
+  buf_t b = ex->out;
   int collector_down = 0; /* at shutdown, one failure is enough */
   while (list) {
     const apex__span_t *rest;
@@ -403,7 +407,11 @@ static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
       list = next;
     }
   }
-  free(b.p);
+  if (b.oom) { /* a smaller batch may fit next time */
+    free(b.p);
+    b = (buf_t){0};
+  }
+  ex->out = b;
 }
 
 /* Takes every waiting span, oldest first. */
@@ -495,6 +503,7 @@ static char *traces_url(const char *endpoint) {
 }
 
 static void ex_free(apex__exporter_t *ex) {
+  free(ex->out.p);
   if (ex->file) fclose(ex->file);
   if (ex->curl) curl_easy_cleanup(ex->curl);
   curl_slist_free_all(ex->hdrs);
