@@ -16,6 +16,8 @@
  * floods N no-op tasks, then another submits 100; the p50/p99 of the
  * latter's wait, from submit to the start its handler stamps) runs with two keys (peer apex) or, with
  * the variant `fifo` (peer apex_fifo), both under one key, which is FIFO;
+ * The variant `traced` (peer apex_traced) runs W1 with every task traced
+ * and its spans exported to a file (docs/observability.md).
  * W10 queues N tasks across 1,000 concurrency keys limited to 1 each:
  * bytes per queued task (workers held), then CPU per task run through.
  *
@@ -141,6 +143,12 @@ static void on_event(const apex_event_t *ev, void *user) {
   h->done++;
 }
 
+/* Variant `traced` (peer apex_traced): every manager records every task
+ * (ratio 1.0) and exports its spans as OTLP/JSON lines to this file, which
+ * is unlinked as soon as the manager has it open (the writes still happen:
+ * the cost measured is the spans' and the file's, not the disk's). */
+static char g_trace_file[64];
+
 static void host_open(host_t *h, const char *peer, unsigned mask) {
   memset(h, 0, sizeof *h);
   h->peer = peer;
@@ -156,7 +164,16 @@ static void host_open(host_t *h, const char *peer, unsigned mask) {
 #ifdef APEX_METRICS_OFF
   if (g_metrics_off) cfg.metrics = APEX_METRICS_OFF;
 #endif
+  if (g_trace_file[0]) {
+    int fd = mkstemp(strcpy(g_trace_file, "/tmp/apex_bench_spans_XXXXXX"));
+    if (fd < 0) bench_die("mkstemp: %s", strerror(errno));
+    close(fd);
+    cfg.trace_file = g_trace_file;
+    cfg.trace_sampler = APEX_TRACE_RATIO;
+    cfg.trace_ratio = 1.0;
+  }
   int rc = apex_manager_new(&cfg, &h->m);
+  if (g_trace_file[0]) unlink(g_trace_file);
   if (rc != APEX_OK) bench_die("apex_manager_new: %s", apex_strerror(rc));
   h->fd = apex_manager_fd(h->m);
   if (h->fd < 0) bench_die("apex_manager_fd: %s", apex_strerror(h->fd));
@@ -265,8 +282,12 @@ static void w1(const char *peer, uint64_t n, const char *noop, int limits) {
   pump_until(&h, n);
   uint64_t t1 = bench_now_ns();
   uint64_t cpu1 = bench_cpu_ns();
+  apex_trace_stats_t ts = {.struct_size = sizeof ts};
+  if (g_trace_file[0] && apex_manager_trace_stats(h.m, &ts) != APEX_OK) bench_die("trace stats");
   host_close(&h);
   double ns = (double)(t1 - t0);
+  if (g_trace_file[0]) /* the spans the bounded queue let go by the last task's end */
+    bench_emit(peer, "W1", n, "spans_dropped", (double)ts.spans_dropped, "spans");
   bench_emit(peer, "W1", n, "tasks_per_s", (double)n / (ns / 1e9), "tasks/s");
   bench_emit(peer, "W1", n, "ns_per_task", ns / (double)n, "ns");
   bench_emit_cpu(peer, "W1", n, "cpu_ns_per_task", cpu1 - cpu0, n);
@@ -681,7 +702,7 @@ int main(int argc, char **argv) {
   const char *wl = NULL, *variant = NULL;
   uint64_t n = 0;
   bench_args(argc, argv, &wl, &n, &variant);
-  int deferred = 0, full = 0, limits = 0, fifo = 0, nometrics = 0;
+  int deferred = 0, full = 0, limits = 0, fifo = 0, nometrics = 0, traced = 0;
   if (variant) {
     if (strcmp(variant, "nometrics") == 0)
       nometrics = g_metrics_off = 1;
@@ -695,8 +716,10 @@ int main(int argc, char **argv) {
       limits = 1;
     else if (strcmp(variant, "fifo") == 0)
       fifo = 1;
+    else if (strcmp(variant, "traced") == 0)
+      traced = 1;
     else
-      bench_die("unknown variant '%s' (deferred, full, limits, fifo, nometrics or mutexmx)",
+      bench_die("unknown variant '%s' (deferred, full, limits, fifo, nometrics, mutexmx or traced)",
                 variant);
   }
   const char *peer = deferred ? "apex_deferred"
@@ -705,14 +728,16 @@ int main(int argc, char **argv) {
                      : fifo   ? "apex_fifo"
                      : nometrics ? "apex_nometrics"
                      : g_mx.on   ? "apex_mutexmx"
+                     : traced    ? "apex_traced"
                               : "apex";
   if ((limits && strcmp(wl, "W1") != 0) || (fifo && strcmp(wl, "W9") != 0) ||
       (nometrics && strcmp(wl, "W1") != 0 && strcmp(wl, "W6") != 0) ||
-      (g_mx.on && strcmp(wl, "W1") != 0)) {
+      (g_mx.on && strcmp(wl, "W1") != 0) || (traced && strcmp(wl, "W1") != 0)) {
     fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);
     return 3;
   }
   const char *noop = deferred ? "noop_deferred" : g_mx.on ? "noop_mx" : "noop";
+  if (traced) g_trace_file[0] = '-'; /* host_open makes the file */
   if (full) { /* only W6t has the variant */
     if (strcmp(wl, "W6t") != 0) {
       fprintf(stderr, "bench: %s not implemented by %s\n", wl, peer);

@@ -68,6 +68,9 @@ TARGETS = [
      "a global and a per-plugin limit set"),
     ("W1", (1, "apex_limits", "tasks_per_s"), ">=", (1, "libuv", "tasks_per_s"),
      "a global and a per-plugin limit set"),
+    # Issue 12: tracing on (ratio 1.0, OTLP/JSON lines to a file) against off.
+    ("W1", (1, "apex_traced", "tasks_per_s"), ">=", (0.8, "apex", "tasks_per_s"),
+     "every task traced, spans exported to a file"),
     ("W9", (1, "apex", "p99"), "<=", (0.05, "apex_fifo", "p99"),
      "the second key's p99 wait, against FIFO"),
     ("W10", (1, "apex", "cpu_ns_per_task"), "<=", (1.5, "apex", "cpu_ns_per_task", None, "W1"),
@@ -126,10 +129,10 @@ WORKLOAD_TITLE = {
     "Wroll": "Wroll: host CPU per delivered update, 1,000 children of 10,000 updates each",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "apex_nometrics",
-              "apex_mutexmx", "libuv",
+              "apex_mutexmx", "apex_traced", "libuv",
               "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl"]
 # CPU right after the wall figures it was measured with.
-FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task",
+FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task", "spans_dropped",
                 "bytes_per_task", "ns_per_update", "cpu_ns_per_update", "delivered",
                 "host_cpu_ms", "final", "mib_per_s", "wall_ms", "cpu_ms", "peak_rss_kb"]
 META_ORDER = [

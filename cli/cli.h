@@ -40,6 +40,10 @@ typedef struct cli_opts {
   /* Metrics (cli/metrics.c): --metrics FILE, --metrics-format */
   const char *metrics_file;  /* the final snapshot goes there; NULL: none */
   int metrics_format;        /* CLI_METRICS_*; AUTO: by FILE's extension */
+  /* Traces (docs/observability.md): --trace FILE appends OTLP/JSON lines;
+   * --traceparent joins the caller's trace. NULL: none. */
+  const char *trace_file;
+  const char *traceparent;
 } cli_opts_t;
 
 /* Metrics output (cli/metrics.c). */

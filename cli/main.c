@@ -57,6 +57,9 @@ static const char usage_text[] =
     "  --metrics FILE      write the run's metrics to FILE at the end\n"
     "                      (Prometheus text; .om: OpenMetrics; .json: JSON)\n"
     "  --metrics-format F  prometheus, openmetrics or json, whatever FILE's name\n"
+    "  --trace FILE        append the task's spans to FILE as OTLP/JSON lines\n"
+    "  --traceparent TP    join the W3C trace TP (\"00-<trace id>-<span id>-01\");\n"
+    "                      a malformed TP is ignored and a new trace started\n"
     "\n"
     "Options of every command:\n"
     "  --plugin-path DIR   search DIR for plugins first (repeatable, in order)\n"
@@ -65,7 +68,9 @@ static const char usage_text[] =
     "\n"
     "Plugins are searched in the --plugin-path dirs, then APEX_PLUGIN_PATH\n"
     "(colon-separated), then the plugin directory installed with Apex.\n"
-    "APEX_LOG=error|warn|info|debug|off sets the log level (default warn).\n"
+    "APEX_LOG=error|warn|info|debug|off sets the log level (default warn),\n"
+    "APEX_LOG_FORMAT=human|logfmt|json the format of log lines on stderr, and\n"
+    "APEX_OTLP_ENDPOINT=http://HOST:4318 sends spans to an OpenTelemetry collector.\n"
     "\n"
     "Exit status:\n"
     "  0    succeeded\n"
@@ -244,7 +249,7 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 static const char *const valued[] = {
     "--param",    "--params", "--timeout",   "--retries",           "--plugin-path",
     "--priority", "--key",    "--run-after", "--schedule-to-start", "--attempt-timeout",
-    "--heartbeat-timeout", "--metrics", "--metrics-format"};
+    "--heartbeat-timeout", "--metrics", "--metrics-format", "--trace", "--traceparent"};
 
 static int is_run_only(const char *name) {
   return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
@@ -301,8 +306,11 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
     if ((ps->o->metrics_format = cli_metrics_format_parse(value)) < 0)
       return parse_fail(ps, APEX_E_INVALID,
                         "--metrics-format: '%s' is not prometheus, openmetrics or json", value);
-  }
-  else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
+  } else if (strcmp(name, "--traceparent") == 0) ps->o->traceparent = value; /* W3C rules: the library */
+  else if (strcmp(name, "--trace") == 0) {
+    if (!*value) return parse_fail(ps, APEX_E_INVALID, "--trace: empty file name");
+    ps->o->trace_file = value;
+  } else if (strcmp(name, "--params") == 0) return parse_params_json(ps, value);
   else if (strcmp(name, "--param") == 0) return parse_param_kv(ps, value);
   else if (strcmp(name, "--plugin-path") == 0) {
     if (!*value) return parse_fail(ps, APEX_E_INVALID, "--plugin-path: empty directory name");

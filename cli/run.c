@@ -704,6 +704,7 @@ int cli_cmd_run(const cli_opts_t *o) {
   so.priority = o->priority;
   so.concurrency_key = o->key;
   so.run_after_s = o->run_after_s;
+  so.traceparent = o->traceparent;
   apex_retry_policy_t policy = a->default_retry;
   if (o->retries >= 0) {
     policy.max_attempts = (uint32_t)o->retries + 1;

@@ -181,6 +181,10 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
    * cancel gets 50 ms (run.c's drain), not the library's 1 s, before the
    * process leaves without it. */
   cfg.shutdown_grace_ms = 50;
+  cfg.trace_file = o->trace_file; /* apex run --trace */
+  /* --traceparent alone: the task joins that trace (its logs carry the ids,
+   * a plugin passes them on) even with nothing exported. */
+  if (o->traceparent && !getenv("APEX_TRACE_SAMPLER")) cfg.trace_sampler = APEX_TRACE_ALWAYS;
   if (on_event) {
     cfg.delivery = APEX_DELIVER_DISPATCH;
     cfg.on_event = on_event;

@@ -4,10 +4,13 @@
 set -eu
 
 PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3
-      libcurl4-openssl-dev libmicrohttpd-dev curl prometheus"
-# npm for the MCP tests (tests/mcp/npm_setup.sh), unless an npm is there
-# already (Node.js from elsewhere brings its own, which Debian's would fight).
-command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"
+      libcurl4-openssl-dev libmicrohttpd-dev curl jq prometheus"
+# Node.js and npm (the MCP tests' tests/mcp/npm_setup.sh, tests/obs/check_otlp.sh)
+# from Debian, unless both commands are there already: a Node.js from
+# elsewhere bundles its own npm, which Debian's npm package conflicts with.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS="$PKGS nodejs npm"
+fi
 
 missing=""
 for p in $PKGS; do

@@ -22,6 +22,7 @@
 
 #include "apex/common.h"
 #include "apex/plugin.h"
+#include "apex/trace.h"
 #include "apex/version.h"
 #include "apex/metrics.h"
 
@@ -290,6 +291,25 @@ typedef struct apex_manager_config {
    * on), APEX_METRICS_ON or APEX_METRICS_OFF. Off, the task lifecycle pays
    * one branch per event and a snapshot holds only the gauges. */
   int metrics;
+  /* Structured logs and traces (include/apex/trace.h,
+   * docs/observability.md). */
+  apex_log_record_fn log_record; /* receives every record as fields; set,
+                                    it replaces log (the string sink) */
+  void *log_record_user;
+  int log_format;            /* apex_log_format_t for the default sink;
+                                0: from APEX_LOG_FORMAT, else human */
+  int log_rate_limit;        /* records a plugin may log per second before
+                                the rest are dropped and counted (a summary
+                                record says how many); 0: 200; -1: none;
+                                below -1 refused */
+  const char *trace_file;    /* append OTLP/JSON lines here (copied); NULL:
+                                none */
+  const char *otlp_endpoint; /* OTLP/HTTP JSON collector base URL
+                                ("http://host:4318"; copied); NULL: from
+                                APEX_OTLP_ENDPOINT, else none */
+  int trace_sampler;         /* apex_trace_sampler_t; 0: see there */
+  double trace_ratio;        /* RATIO: the share of new traces recorded,
+                                in [0, 1] (outside it, or NaN: refused) */
 } apex_manager_config_t;
 
 /* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz
@@ -481,6 +501,11 @@ typedef struct apex_submit_opts {
                                   whether another runs */
   double heartbeat_timeout_s;  /* longest gap between an attempt's start or
                                   heartbeats (apex_ctx_heartbeat) */
+  /* Trace context (include/apex/trace.h): the task's span joins this
+   * trace as a child of the span the header names. A malformed value is
+   * ignored as the W3C rules say (a new trace, a debug log); both copied. */
+  const char *traceparent;     /* NULL: a new trace (or the parent task's) */
+  const char *tracestate;      /* passed on unchanged; NULL: none */
 } apex_submit_opts_t;
 
 #define APEX_TIMEOUT_NONE (-1.0)

@@ -297,6 +297,8 @@ struct apex_host_api {
   uint64_t (*child_task_id)(apex_ctx_t *ctx, struct apex_child *child);
   void (*child_release)(apex_ctx_t *ctx, struct apex_child *child);
   int (*children_own_weight)(apex_ctx_t *ctx, double weight);
+  /* Trace context (apex_ctx_traceparent). */
+  int (*traceparent)(apex_ctx_t *ctx, char *buf, size_t size);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -856,7 +858,25 @@ static inline void apex_ctx_complete(apex_ctx_t *c, int status) { c->api->comple
 #define APEX_LOG_INFO 2
 #define APEX_LOG_DEBUG 3
 
-/* Logs through the host's log callback, tagged with plugin, action, task. */
+/* Writes the W3C traceparent of the open attempt's span into buf ("00-"
+ * trace id "-" span id "-" flags, 55 characters and a NUL), for a plugin to
+ * send on an outgoing request (the http plugin sends it as the
+ * `traceparent` header) so the callee's spans join the task's trace.
+ * Returns: APEX_OK; APEX_E_INVALID when the task has no trace context
+ * (tracing is off: the manager's trace_sampler, docs/observability.md), buf
+ * is NULL or size < 56, the call comes after complete(), or the host
+ * predates this call. Thread-safety: any thread,
+ * while the attempt is open. */
+#define APEX_HAVE_CTX_TRACEPARENT 1
+static inline int apex_ctx_traceparent(apex_ctx_t *c, char *buf, size_t size) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, traceparent)) return APEX_E_INVALID;
+  return c->api->traceparent(c, buf, size);
+}
+
+/* Logs through the host's log callback, tagged with plugin, action, task
+ * (as fields of the record: include/apex/trace.h, apex_log_record_t). A
+ * plugin that logs faster than the manager's log_rate_limit has the rest
+ * dropped and counted; a summary record says how many. */
 static inline void apex_ctx_log(apex_ctx_t *c, int level, const char *fmt, ...) APEX_PRINTF(3, 4);
 static inline void apex_ctx_log(apex_ctx_t *c, int level, const char *fmt, ...) {
   va_list ap;

@@ -159,13 +159,34 @@ static int http_concurrency_key(const json_t *params, char *buf, size_t len) {
   return rc;
 }
 
+/* The task's W3C trace context as a `traceparent` header (the server's
+ * spans then join the task's trace), unless the params set one: a caller
+ * who names it wins. A host without tracing, or older than the call, sends
+ * none. Returns: APEX_OK or the failure (ctx failed: NOMEM). */
+static int add_traceparent(apex_ctx_t *ctx, json_t *h, struct curl_slist **out) {
+  const char *name;
+  json_t *v;
+  json_object_foreach(h, name, v) if (strcasecmp(name, "traceparent") == 0) return APEX_OK;
+  char tp[64], line[96];
+  if (apex_ctx_traceparent(ctx, tp, sizeof tp) != APEX_OK) return APEX_OK;
+  snprintf(line, sizeof line, "traceparent: %s", tp);
+  struct curl_slist *next = curl_slist_append(*out, line);
+  if (!next) {
+    curl_slist_free_all(*out);
+    *out = NULL;
+    return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building request headers");
+  }
+  *out = next;
+  return APEX_OK;
+}
+
 /* Request headers from the "headers" param (an object of strings) into
- * *out. Returns: APEX_OK, or the failure (ctx failed: INVALID_PARAMS naming
- * the header, NOMEM). */
+ * *out, and the trace context (add_traceparent). Returns: APEX_OK, or the
+ * failure (ctx failed: INVALID_PARAMS naming the header, NOMEM). */
 static int build_headers(apex_ctx_t *ctx, struct curl_slist **out) {
   json_t *h = param(ctx, "headers");
   *out = NULL;
-  if (!h) return APEX_OK;
+  if (!h) return add_traceparent(ctx, NULL, out);
   const char *name;
   json_t *v;
   json_object_foreach(h, name, v) {
@@ -199,7 +220,7 @@ static int build_headers(apex_ctx_t *ctx, struct curl_slist **out) {
     }
     *out = next;
   }
-  return APEX_OK;
+  return add_traceparent(ctx, h, out);
 }
 
 /* -------------------------------------------------------------- transfer */

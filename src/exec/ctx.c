@@ -326,12 +326,41 @@ static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   }
   apex_task_t *t = lock_open(c, "apex_ctx_log");
   if (!t) return;
-  const char *pn = t->plugin->desc.name, *an = t->action->name; /* see reject */
-  uint64_t id = t->id;
+  apex_manager_t *m = apex__run_m(r);
+  /* The record's fields (src/obs/log.c), read under the lock. */
+  char tid[33], sid[17];
+  apex__log_where_t w = {t->id, t->plugin->desc.name, t->action->name, t->attempt, NULL, NULL};
+  if (m->tracer && apex__trace_ids(t, tid, sid)) {
+    w.trace_id = tid;
+    w.span_id = sid;
+  }
+  apex__lograte_t *rate = &((apex__plugin_t *)t->plugin)->lograte;
   pthread_mutex_unlock(apex__task_mu(t));
+  uint32_t dropped;
+  if (!apex__lograte_admit(rate, m->log.rate_limit, &dropped)) return; /* counted */
+  if (dropped) {
+    char sum[160];
+    snprintf(sum, sizeof sum, "%u log records of plugin %s dropped (more than %d a second)",
+             dropped, w.plugin, m->log.rate_limit);
+    apex__log_where_t pw = {.plugin = w.plugin};
+    apex__log_emit(&m->log, APEX_LOG_WARN, &pw, sum, dropped);
+  }
   char msg[900];
   if (!fmt || vsnprintf(msg, sizeof msg, fmt, ap) < 0) return; /* glibc's crashes on NULL */
-  apex__log(&apex__run_m(r)->log, level, "%s.%s task %llu: %s", pn, an, (unsigned long long)id, msg);
+  apex__log_emit(&m->log, level, &w, msg, 0);
+}
+
+/* The open attempt's span as the parent of what the plugin calls next. */
+static int ctx_traceparent(apex_ctx_t *c, char *buf, size_t size) {
+  if (!buf || size < APEX_TRACEPARENT_LEN + 1) {
+    (void)open_task(c, "apex_ctx_traceparent");
+    return APEX_E_INVALID;
+  }
+  apex_task_t *t = lock_open(c, "apex_ctx_traceparent");
+  if (!t) return APEX_E_INVALID;
+  int rc = apex__task_m(t)->tracer ? apex__trace_traceparent(t, buf, size) : APEX_E_INVALID;
+  pthread_mutex_unlock(apex__task_mu(t));
+  return rc;
 }
 
 static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
@@ -427,5 +456,6 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->heartbeat_details = ctx_heartbeat_details;
   api->retry_after = ctx_retry_after;
   api->partial_result = ctx_partial_result;
+  api->traceparent = ctx_traceparent;
   apex__children_api_init(api);
 }

@@ -39,6 +39,7 @@
 #include "core/log.h"
 #include "core/policy.h"
 #include "core/progress_tree.h"
+#include "obs/trace.h"
 #include "plugin/loader.h"
 #include "sched/sched.h"
 
@@ -428,6 +429,7 @@ struct apex_manager {
   struct apex__mx *mx; /* operation metrics (src/obs/metrics.h); NULL: off */
   _Atomic int shutting_down;
   uint64_t flush_interval_ns;
+  struct apex__tracer *tracer; /* NULL: tracing off (src/obs/trace.c) */
   apex__stripe_t stripes[APEX__LOCK_STRIPES];
 
   /* written by submitters (and by task_free for refs) */

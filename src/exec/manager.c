@@ -132,7 +132,7 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              (long long)out->shutdown_grace_ms);
     return 0;
   }
-  return 1;
+  return apex__obs_check_config(out, why, n);
 }
 
 apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t **out) {
@@ -145,6 +145,10 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     apex__logger_init(&lg, cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_user)
                                ? cfg->log : NULL,
                       cfg ? cfg->log_user : NULL, -1);
+    if (cfg && cfg->struct_size >= offsetof(apex_manager_config_t, log_record_user) + sizeof(void *)) {
+      lg.rec_fn = cfg->log_record; /* a host's record sink hears of it too */
+      lg.rec_user = cfg->log_record_user;
+    }
     apex__log(&lg, APEX_LOG_ERROR, "apex_manager_new: %s", why);
     return APEX_E_INVALID;
   }
@@ -157,7 +161,7 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex_manager_t)) != 0) return APEX_E_NOMEM;
   apex_manager_t *m = memset(mem, 0, sizeof *m);
   m->cfg = c;
-  apex__logger_init(&m->log, c.log, c.log_user, c.log_level);
+  apex__logger_init_cfg(&m->log, &c);
   apex__host_api_init(&m->api);
   atomic_init(&m->refs, 1);
   atomic_init(&m->next_id, 1);
@@ -194,7 +198,8 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
     manager_free(m);
     return rc;
   }
-  if ((rc = apex__events_init(m)) != APEX_OK || (rc = apex__runtime_start(m)) != APEX_OK ||
+  if ((rc = apex__trace_init(m)) != APEX_OK || (rc = apex__events_init(m)) != APEX_OK ||
+      (rc = apex__runtime_start(m)) != APEX_OK ||
       (rc = apex__pool_start(m, c.workers)) != APEX_OK) {
     apex__log(&m->log, APEX_LOG_ERROR, "apex_manager_new: cannot start: %s", strerror(errno));
     apex__manager_teardown(m, 1);
@@ -349,6 +354,7 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   apex__pool_stop(m);
   apex__runtime_stop(m);
   apex__events_fini(m);
+  apex__trace_stop(m); /* every task is terminal: its spans are queued */
   for (size_t i = 0; i < m->n_plugins; i++) {
     if (can_unload) {
       apex__plugin_unload(m->plugins[i]);
@@ -934,6 +940,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     apex__fail(err, rc, "out of memory for the task's timer");
   if (rc == APEX_OK) {
     t->id = atomic_fetch_add(&m->next_id, 1);
+    if (m->tracer) apex__trace_submit(t, opts);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
@@ -971,6 +978,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
       apex__fail(err, rc, "%s", why);
     else if (rc == APEX_E_NOMEM)
       apex__fail(err, rc, "out of memory for the task's timer or scheduling class");
+    if (rc != APEX_OK && m->tracer) apex__trace_forget(t);
     if (rc != APEX_OK) apex__manager_unref(m);
   }
   if (rc != APEX_OK) {

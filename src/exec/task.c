@@ -378,13 +378,28 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
   return last ? apex_progress_ref(last) : NULL;
 }
 
+/* Fills w with what a log record about t carries (task, plugin, action,
+ * attempt, and its trace ids in tid/sid when tracing is on). Not under t's
+ * lock. */
+static void log_where(apex_task_t *t, apex__log_where_t *w, char tid[33], char sid[17]) {
+  *w = (apex__log_where_t){t->id, t->plugin->desc.name, t->action->name, t->attempt, NULL, NULL};
+  if (apex__task_m(t)->tracer && apex__trace_log_ids(t, tid, sid)) {
+    w->trace_id = tid;
+    w->span_id = sid;
+  }
+}
+
 static void log_progress(apex_task_t *t, apex_progress_t *p) {
   if (!p) return;
-  if (apex__log_enabled(&apex__task_m(t)->log, APEX_LOG_DEBUG))
-    apex__log(&apex__task_m(t)->log, APEX_LOG_DEBUG, "task %llu %s.%s progress #%llu %.1f%% [%s] %s",
-              (unsigned long long)t->id, t->plugin->desc.name, t->action->name,
-              (unsigned long long)apex_progress_seq(p), apex_progress_percentage(p),
-              apex_progress_status(p), apex_progress_message(p));
+  apex_manager_t *m = apex__task_m(t);
+  if (apex__log_enabled(&m->log, APEX_LOG_DEBUG)) {
+    apex__log_where_t w;
+    char tid[33], sid[17];
+    log_where(t, &w, tid, sid);
+    apex__log_at(&m->log, APEX_LOG_DEBUG, &w, "progress #%llu %.1f%% [%s] %s",
+                 (unsigned long long)apex_progress_seq(p), apex_progress_percentage(p),
+                 apex_progress_status(p), apex_progress_message(p));
+  }
   apex_progress_unref(p);
 }
 
@@ -471,6 +486,7 @@ static int report_locked(apex_task_t *t, const report_t *rep, int *request) {
   const char *prev = s->status[0] ? s->status : "running";
   int keep = rep->node == APEX_PROGRESS_ROOT && rep->status &&
              (strcmp(rep->status, "milestone_reached") == 0 || strcmp(rep->status, prev) != 0);
+  if (keep && apex__task_m(t)->tracer) apex__trace_milestone(t, rep->status, rep->pct);
   if (keep && s->n_backlog + 2 <= APEX__PROGRESS_BACKLOG_MAX) {
     /* Never dropped: the pending state goes first, so order holds. */
     if (s->dirty) {
@@ -799,6 +815,7 @@ static void release_life_locked(apex_task_t *t, after_t *a) {
 static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_t *error,
                           after_t *a) {
   apex_manager_t *m = apex__task_m(t);
+  if (m->tracer) apex__trace_finish(t, state, error);
   a->logp = flush_locked(t);
   apex__mx_finished(m, t, state, state == APEX_TASK_SUCCEEDED ? NULL : error);
   if (state == APEX_TASK_SUCCEEDED)
@@ -857,9 +874,11 @@ static void after_notify(apex_task_t *t, after_t *a) {
     if (apex__log_enabled(&m->log, APEX_LOG_INFO)) {
       int st = atomic_load(&t->state);
       const apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex__task_error(t);
-      apex__log(&m->log, APEX_LOG_INFO, "task %llu %s.%s %s%s%s", (unsigned long long)t->id,
-                t->plugin->desc.name, t->action->name, apex_task_state_name(st), e ? ": " : "",
-                e ? apex_error_message(e) : "");
+      apex__log_where_t w;
+      char tid[33], sid[17];
+      log_where(t, &w, tid, sid);
+      apex__log_at(&m->log, APEX_LOG_INFO, &w, "%s%s%s", apex_task_state_name(st),
+                   e ? ": " : "", e ? apex_error_message(e) : "");
     }
     /* A waiter on a task whose DONE callback it waits for is woken by
      * that callback's delivery instead (apex__events_deliver). */
@@ -1114,6 +1133,7 @@ int apex__task_run(apex_task_t *t) {
   r->retry_after_s = -1.0f; /* a hint is the attempt's own (apex_ctx_retry_after) */
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   attempt_timers_start_locked(m, t, r, att);
+  if (m->tracer) apex__trace_attempt_start(t);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
@@ -1300,6 +1320,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
     }
     r->result_refused = NULL;
   }
+  if (m->tracer) apex__trace_attempt_end(t, rc, own, att_kind);
   int st = atomic_load(&t->state);
 
   if (is_terminal(st)) {
@@ -1394,6 +1415,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
           a.logp = lp;
           atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
           apex__mx_retried(m, t);
+          if (m->tracer) apex__trace_retry(t, err, delay);
           if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
             apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);
             if (ev) {

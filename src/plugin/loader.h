@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "apex/apex.h"
+#include "core/log.h"
 
 /* A loaded plugin. desc is a normalized copy in this build's layout: every
  * field of its apex_plugin_desc_t present (zero where the plugin's older
@@ -42,6 +43,7 @@ typedef struct apex__plugin {
   /* Its metrics series (src/obs/metrics.h), made on first use; freed by
    * the manager's apex__mx_fini. */
   _Atomic(struct apex__mx_plugin *) mx;
+  apex__lograte_t lograte; /* its log records' rate (src/obs/log.c) */
 } apex__plugin_t;
 
 /* Opens file, finds apex_plugin_entry, calls it with api, validates the

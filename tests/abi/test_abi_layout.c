@@ -66,7 +66,13 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
   A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)                             \
   /* operation metrics (include/apex/metrics.h) */                                     \
   A(apex_manager_config_t, metrics, abi_v1_sizeof_config) \
-  A(apex_plugin_desc_t, action_schema, abi_v1_sizeof_plugin_desc)
+  A(apex_plugin_desc_t, action_schema, abi_v1_sizeof_plugin_desc) \
+  /* structured logs and traces */                                                        \
+  A(apex_manager_config_t, log_record, abi_v1_sizeof_config)                              \
+  A(apex_manager_config_t, trace_ratio, abi_v1_sizeof_config)                             \
+  A(apex_submit_opts_t, traceparent, abi_v1_sizeof_submit_opts)                           \
+  A(apex_submit_opts_t, tracestate, abi_v1_sizeof_submit_opts)                            \
+  A(apex_host_api_t, traceparent, abi_v1_sizeof_host_api)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;

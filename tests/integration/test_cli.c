@@ -495,7 +495,7 @@ static void test_terminal_library_log_lines_print_above_the_display(void **st) {
   /* The line comes right after the block was erased (cursor up over its
    * one line, or two once a partial result is shown under the bar; clear
    * to the end), not written over or below the frame. */
-  const char *line = "\x1b[Japex: debug: task 1 example_async.long_task progress";
+  const char *line = "\x1b[Japex: debug: example_async.long_task task 1: progress";
   const char *at = strstr(out, line);
   if (!at || at - out < 4 || memcmp(at - 4, "\x1b[", 2) != 0 || at[-1] != 'A' ||
       (at[-2] != '1' && at[-2] != '2'))
