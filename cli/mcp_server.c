@@ -336,7 +336,7 @@ static const mcp_tool_t *find_tool(mcp_server_t *srv, const char *name) {
 /* ------------------------------------------------------------- server */
 
 static void on_task_event(const apex_event_t *ev, void *user);
-static void log_sink(int level, const char *msg, void *user);
+static void log_sink(const apex_log_record_t *r, void *user);
 /* Every task has its own callback; nothing else is submitted. */
 static void on_stray_event(const apex_event_t *ev, void *user) {
   (void)ev;
@@ -365,8 +365,8 @@ int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
   mc.on_event = on_stray_event;
   mc.event_user = srv;
   mc.event_mask = APEX_EVENT_PROGRESS | APEX_EVENT_DONE;
-  mc.log = log_sink;
-  mc.log_user = srv;
+  mc.log_record = log_sink;
+  mc.log_record_user = srv;
   /* info and up always reach the sink: a task's apex_ctx_log lines are
    * what notifications/message carry, whatever APEX_LOG says of stderr.
    * APEX_LOG=debug asks for more. */
@@ -416,27 +416,35 @@ int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
 
 static void session_free(mcp_session_t *s);
 
-/* Returns: 1 if line is a task's own log line, "plugin.action task N: ...". */
-static int is_task_line(const char *line) {
-  const char *t = strstr(line, " task ");
-  if (!t || !memchr(line, '.', (size_t)(t - line))) return 0;
-  t += 6;
-  if (*t < '0' || *t > '9') return 0;
-  while (*t >= '0' && *t <= '9') t++;
-  return t[0] == ':' && t[1] == ' ';
-}
-
-/* The manager's log sink, on any thread. The library's own lines below
- * warn ("task 7 files.copy succeeded", one per call) never go on the wire
- * (route_log), so they skip the queue and the main thread's wake-up: one
- * fewer pipe write, poll and allocation per call. */
-static void log_sink(int level, const char *msg, void *user) {
+/* The manager's record sink, on any thread. What a handler logs
+ * (apex_ctx_log: origin plugin) becomes "plugin.action task N: text" on the
+ * queue, for route_log to send to the session of the call running task N.
+ * The library's own records below warn ("succeeded", one per call, and
+ * progress lines) say what the protocol says already: they never go on the
+ * wire, so they skip the queue and the main thread's wake-up (one fewer
+ * pipe write, poll and allocation per call). */
+static void log_sink(const apex_log_record_t *r, void *user) {
   mcp_server_t *srv = user;
-  if (level > APEX_LOG_WARN && !is_task_line(msg)) {
-    if (level <= srv->stderr_level) fprintf(stderr, "apex: %s: %s\n", cli_log_level_name(level), msg);
+  int from_plugin = APEX_HAS_FIELD(apex_log_record_t, r, origin) &&
+                    r->origin == APEX_LOG_ORIGIN_PLUGIN && r->task_id && r->plugin && r->action;
+  const char *msg = r->message ? r->message : "";
+  if (!from_plugin && r->level > APEX_LOG_WARN) {
+    if (r->level <= srv->stderr_level) {
+      if (r->task_id && r->plugin && r->action)
+        fprintf(stderr, "apex: %s: %s.%s task %llu %s\n", cli_log_level_name(r->level), r->plugin,
+                r->action, (unsigned long long)r->task_id, msg);
+      else
+        fprintf(stderr, "apex: %s: %s\n", cli_log_level_name(r->level), msg);
+    }
     return;
   }
-  cli_log_sink(level, msg, &srv->log_fd);
+  char line[1200];
+  if (r->task_id && r->plugin && r->action)
+    snprintf(line, sizeof line, "%s.%s task %llu: %s", r->plugin, r->action,
+             (unsigned long long)r->task_id, msg);
+  else
+    snprintf(line, sizeof line, "%s", msg);
+  cli_log_sink(r->level, line, &srv->log_fd);
 }
 
 void mcp_server_free(mcp_server_t *srv) {

@@ -36,7 +36,15 @@ typedef struct apex_log_record {
                              an attempt, else the task's); NULL: none */
   uint32_t suppressed;    /* > 0: a summary of this many records of the
                              plugin that the rate limit dropped */
+  uint32_t origin;        /* who wrote it: APEX_LOG_ORIGIN_APEX (0, the
+                             library, even about a task) or
+                             APEX_LOG_ORIGIN_PLUGIN (a handler's
+                             apex_ctx_log) */
 } apex_log_record_t;
+
+/* apex_log_record_t.origin. */
+#define APEX_LOG_ORIGIN_APEX 0u
+#define APEX_LOG_ORIGIN_PLUGIN 1u
 
 /* A record sink: runs on the thread that logged, with no Apex lock held;
  * must be thread-safe. */

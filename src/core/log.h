@@ -29,6 +29,7 @@ typedef struct apex__log_where {
   const char *plugin, *action;
   uint32_t attempt;
   const char *trace_id, *span_id; /* hex, NUL-terminated */
+  uint32_t origin;                /* APEX_LOG_ORIGIN_* */
 } apex__log_where_t;
 
 /* Fills lg from the config's fields: fn NULL means stderr, level -1 means

@@ -329,7 +329,8 @@ static void ctx_logv(apex_ctx_t *c, int level, const char *fmt, va_list ap) {
   apex_manager_t *m = apex__run_m(r);
   /* The record's fields (src/obs/log.c), read under the lock. */
   char tid[33], sid[17];
-  apex__log_where_t w = {t->id, t->plugin->desc.name, t->action->name, t->attempt, NULL, NULL};
+  apex__log_where_t w = {t->id,       t->plugin->desc.name, t->action->name, t->attempt,
+                        NULL,        NULL,                 APEX_LOG_ORIGIN_PLUGIN};
   if (m->tracer && apex__trace_ids(t, tid, sid)) {
     w.trace_id = tid;
     w.span_id = sid;

@@ -382,7 +382,8 @@ static apex_progress_t *flush_locked(apex_task_t *t) {
  * attempt, and its trace ids in tid/sid when tracing is on). Not under t's
  * lock. */
 static void log_where(apex_task_t *t, apex__log_where_t *w, char tid[33], char sid[17]) {
-  *w = (apex__log_where_t){t->id, t->plugin->desc.name, t->action->name, t->attempt, NULL, NULL};
+  *w = (apex__log_where_t){t->id, t->plugin->desc.name, t->action->name, t->attempt, NULL, NULL,
+                            APEX_LOG_ORIGIN_APEX};
   if (apex__task_m(t)->tracer && apex__trace_log_ids(t, tid, sid)) {
     w->trace_id = tid;
     w->span_id = sid;

@@ -189,6 +189,7 @@ static size_t render_logfmt(const apex_log_record_t *r, out_t *o) {
   }
   if (r->attempt && !r->trace_id) putf(o, " attempt=%u", r->attempt);
   if (r->suppressed) putf(o, " suppressed=%u", r->suppressed);
+  if (r->origin == APEX_LOG_ORIGIN_PLUGIN) puts_(o, " origin=plugin");
   return o->n;
 }
 
@@ -216,6 +217,7 @@ static size_t render_json(const apex_log_record_t *r, out_t *o) {
     puts_(o, "\"");
   }
   if (r->suppressed) putf(o, ",\"suppressed\":%u", r->suppressed);
+  if (r->origin == APEX_LOG_ORIGIN_PLUGIN) puts_(o, ",\"origin\":\"plugin\"");
   puts_(o, "}");
   return o->n;
 }
@@ -261,6 +263,7 @@ void apex__log_emit(const apex__logger_t *lg, int level, const apex__log_where_t
       .trace_id = w->trace_id,
       .span_id = w->span_id,
       .suppressed = suppressed,
+      .origin = w->origin,
   };
   if (lg->rec_fn) {
     lg->rec_fn(&rec, lg->rec_user);
