@@ -1072,8 +1072,8 @@ APEX_EXTERN apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_reco
  * of m reports what m knows now (its state, attempts, last progress,
  * partial result), which may be newer than the store's.
  * Returns: APEX_OK with a new reference in *out; APEX_E_INVALID (NULL
- * argument, id 0, an id neither m nor its store knows, or one of m's
- * non-durable tasks that has ended and been released); APEX_E_STORE;
+ * argument, id 0, an id neither m's live tasks nor its store know: a
+ * non-durable task is known while it is live only); APEX_E_STORE;
  * APEX_E_NOMEM. Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_task_info(apex_manager_t *m, uint64_t id, json_t **out,
                                                  apex_error_t **err);

@@ -372,6 +372,14 @@ static int key_ok(const char *k) {
   return n >= 1 && n <= 255;
 }
 
+/* m->next_id stays past every id m gave (apex_ops_find refuses ids
+ * beyond it as never given), whichever way the id came. */
+static void saw_id(apex_manager_t *m, uint64_t id) {
+  uint64_t cur = atomic_load(&m->next_id);
+  while (cur <= id && !atomic_compare_exchange_weak(&m->next_id, &cur, id + 1)) {
+  }
+}
+
 int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_opts_t *o,
                          json_t *vp, int child, apex_task_t **dup, apex_error_t **err) {
   apex__durable_t *d = m->dur;
@@ -387,12 +395,14 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
   }
   if (rec) { /* a recovered task keeps its id and row */
     t->id = rec->id;
-    t->attempt = (uint16_t)(rec->attempts > 65535 ? 65535 : rec->attempts);
+    saw_id(m, t->id);
+    if (durable) t->opts->durable->attempt_base = rec->attempts;
     if (durable && rec->checkpoint && (t->action->flags & APEX_ACTION_F_RESUMABLE))
       t->opts->durable->cp_recovered = json_loads(rec->checkpoint, JSON_DECODE_ANY, NULL);
     return APEX_OK;
   }
   if (!(t->id = next_id(d, err))) return APEX_E_STORE;
+  saw_id(m, t->id);
   if (!durable) return APEX_OK;
   if (o && o->idempotency_key && !key_ok(o->idempotency_key))
     return apex__fail(err, APEX_E_INVALID, "idempotency_key: want 1 to 255 bytes");
@@ -472,7 +482,7 @@ int apex__durable_attempt_start(apex_task_t *t, apex__run_t *r) {
   apex__dtask_t *dt = dtask_of(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  uint32_t attempt = t->attempt;
+  uint32_t attempt = dt->attempt_base + t->attempt;
   if (dt->cp_recovered) { /* the first attempt of a recovered task resumes */
     apex__progress_slot_t *s = r->prog;
     if (!s) s = r->prog = calloc(1, sizeof *s);
@@ -886,8 +896,10 @@ static json_t *live_json(apex_task_t *t) {
 /* Overlays what m knows now of live task t on o. */
 static void overlay_live(json_t *o, apex_task_t *t) {
   apex_task_state_t st = apex_task_state(t);
+  apex__dtask_t *dt = dtask_of(t);
   json_object_set_new(o, "state", json_string(apex_task_state_name(st)));
-  json_object_set_new(o, "attempts", json_integer(apex_task_attempts(t)));
+  json_object_set_new(o, "attempts",
+                      json_integer(apex_task_attempts(t) + (dt ? dt->attempt_base : 0)));
   apex_progress_t *p = apex_task_progress(t);
   if (p) {
     json_object_set_new(o, "progress",
