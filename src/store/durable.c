@@ -497,10 +497,12 @@ int apex__durable_attempt_start(apex_task_t *t, apex__run_t *r) {
   pthread_mutex_unlock(mu);
   if (!d) return APEX_OK; /* the store is gone: teardown */
   double now = apex__store_now();
+  /* An idempotent or resumable action may run again after a crash, so
+   * its claim need not be durable before it runs: queued, not waited for
+   * (a cancel request then reaches it through the keeper). */
   int wait = must_wait(dt->action_flags);
   apex_error_t *err = NULL;
-  int rc = d->s->ops->claim(d->s, t->id, d->owner, attempt, now, now + d->lease_s, &err);
-  (void)wait; /* claim waits: it may answer CANCELLED or ALREADY, which decide */
+  int rc = d->s->ops->claim(d->s, t->id, d->owner, attempt, now, now + d->lease_s, wait, &err);
   if (rc == APEX_OK) return APEX_OK;
   apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, attempt};
   apex_error_t *e;

@@ -115,9 +115,10 @@ typedef struct apex__store_ops {
    * attempt, held until lease_until. Returns: APEX_OK; APEX_E_CANCELLED if a
    * cancel was requested (nothing changed: the caller ends it);
    * APEX_E_ALREADY (terminal, or held by a live other owner); APEX_E_INVALID
-   * (no such row). */
+   * (no such row). With wait 0: queued, APEX_OK at once (the answer is
+   * lost: for a caller that learns of cancels otherwise). */
   int (*claim)(apex__store_t *s, uint64_t id, const char *owner, uint32_t attempt,
-               double now, double lease_until, apex_error_t **err);
+               double now, double lease_until, int wait, apex_error_t **err);
   /* Takes up to max rows that are queued, scheduled or waiting to retry,
    * due (run_at <= now), not held by a live owner and without a cancel
    * request, oldest id first: each becomes running, held by owner until

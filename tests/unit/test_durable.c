@@ -286,7 +286,7 @@ static uint64_t ghost_row(apex__store_t *s, const char *action, int state, const
   uint64_t ex;
   assert_int_equal(s->ops->enqueue(s, &r, &ex, NULL), APEX_OK);
   if (state == APEX_TASK_RUNNING) {
-    assert_int_equal(s->ops->claim(s, r.id, "ghost", 1, now - 5, now - 1, NULL), APEX_OK);
+    assert_int_equal(s->ops->claim(s, r.id, "ghost", 1, now - 5, now - 1, 1, NULL), APEX_OK);
     if (checkpoint)
       assert_int_equal(s->ops->heartbeat(s, r.id, "ghost", now - 4, now - 1, checkpoint, NULL, 1,
                                          NULL),

@@ -115,7 +115,7 @@ static void test_rows_survive_a_reopen(void **state) {
   (void)state;
   apex__store_t *s = open_ok(NULL);
   uint64_t id = put(s, "own");
-  assert_int_equal(s->ops->claim(s, id, "own", 1, 1, 1e12, NULL), APEX_OK);
+  assert_int_equal(s->ops->claim(s, id, "own", 1, 1, 1e12, 1, NULL), APEX_OK);
   assert_int_equal(s->ops->heartbeat(s, id, "own", 2, 1e12, "{\"off\":4096}", NULL, 0, NULL),
                    APEX_OK);
   s->ops->close(s); /* waits for the queued write */
