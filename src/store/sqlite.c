@@ -45,7 +45,7 @@
 
 #define SQ_APP_ID 0x41504558 /* "APEX" */
 #define SQ_SCHEMA 1
-#define SQ_BUSY_MS 5000
+#define SQ_BUSY_MS 5000 /* the default busy_timeout */
 
 /* Migrations: migrations[k] takes a file from schema k to k + 1. */
 static const char *const migrations[SQ_SCHEMA] = {
@@ -148,6 +148,7 @@ struct sq_store {
   char *path;
   int sync_full;
   int group_commit;
+  int busy_ms; /* busy_timeout: how long a write waits for another process's */
   sqlite3 *w; /* writer thread's */
   sqlite3_stmt *st[ST_N];
   sqlite3 *r; /* reads, under rmu */
@@ -177,8 +178,14 @@ static int sq_fail(sq_store_t *s, sqlite3 *db, apex_error_t **err, const char *w
                      : pc == SQLITE_CORRUPT  ? " (the file is corrupt)"
                      : pc == SQLITE_NOTADB   ? " (not a database)"
                                              : "";
-  return apex__store_fail(err, APEX_E_STORE, "store '%s': %s: %s%s", s->path, what,
-                          db ? sqlite3_errmsg(db) : "error", hint);
+  /* The system's word too, for an I/O failure: "File too large", "No space
+   * left on device" say more than "disk I/O error". */
+  int se = db && (pc == SQLITE_IOERR || pc == SQLITE_FULL || pc == SQLITE_CANTOPEN)
+               ? sqlite3_system_errno(db)
+               : 0;
+  return apex__store_fail(err, APEX_E_STORE, "store '%s': %s: %s%s%s%s%s", s->path, what,
+                          db ? sqlite3_errmsg(db) : "error", hint, se ? " (" : "",
+                          se ? strerror(se) : "", se ? ")" : "");
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *v) {
@@ -1132,6 +1139,7 @@ static int parse_options(sq_store_t *s, const char *spec, apex_error_t **err) {
   if (!(s->path = strndup(spec, plen))) return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
   s->sync_full = 0;
   s->group_commit = 1;
+  s->busy_ms = SQ_BUSY_MS;
   if (!qm) return APEX_OK;
   const char *p = qm + 1;
   while (*p) {
@@ -1141,10 +1149,21 @@ static int parse_options(sq_store_t *s, const char *spec, apex_error_t **err) {
     else if (strncmp(p, "synchronous=full", len) == 0 && len == 16) s->sync_full = 1;
     else if (strncmp(p, "group_commit=1", len) == 0 && len == 14) s->group_commit = 1;
     else if (strncmp(p, "group_commit=0", len) == 0 && len == 14) s->group_commit = 0;
-    else
+    else if (len > 13 && len < 24 && strncmp(p, "busy_timeout=", 13) == 0) {
+      char num[16];
+      memcpy(num, p + 13, len - 13);
+      num[len - 13] = '\0';
+      char *end;
+      long v = strtol(num, &end, 10);
+      if (*end || v < 0 || v > 3600000)
+        return apex__store_fail(err, APEX_E_INVALID,
+                                "store '%s': busy_timeout=%s: want milliseconds in [0, 3600000]",
+                                s->path, num);
+      s->busy_ms = (int)v;
+    } else
       return apex__store_fail(err, APEX_E_INVALID,
                               "store '%s': unknown option '%.*s' (want synchronous=normal|full, "
-                              "group_commit=0|1)",
+                              "group_commit=0|1, busy_timeout=MS)",
                               s->path, (int)len, p);
     p += len;
     if (*p == '&') p++;
@@ -1222,7 +1241,7 @@ static int open_conn(sq_store_t *s, sqlite3 **db, apex_error_t **err) {
     *db = NULL;
     return r;
   }
-  sqlite3_busy_timeout(*db, SQ_BUSY_MS);
+  sqlite3_busy_timeout(*db, s->busy_ms);
   return APEX_OK;
 }
 

@@ -185,7 +185,8 @@ struct apex_store {
 };
 
 /* Opens a backend by uri (apex_store_open's grammar). Options after '?' in
- * a sqlite uri: synchronous=full|normal, group_commit=0|1 (docs/store.md).
+ * a sqlite uri: synchronous=full|normal, group_commit=0|1, busy_timeout=MS
+ * (docs/store.md).
  * Returns: APEX_OK; APEX_E_INVALID; APEX_E_STORE; APEX_E_NOMEM. */
 int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t **err);
