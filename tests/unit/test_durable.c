@@ -388,6 +388,42 @@ static void test_recovery_applies_the_rules_to_what_a_dead_process_left(void **s
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
 }
 
+/* Retry times and deadlines are wall-clock in the store: a recovered task
+ * waits for its retry time, and times out at its own deadline. */
+static void test_recovery_keeps_retry_times_and_deadlines(void **state) {
+  (void)state;
+  apex__store_t *s = NULL;
+  assert_int_equal(apex__store_open(g_uri, &s, NULL), APEX_OK);
+  double now = apex__store_now();
+  uint64_t retry = ghost_row(s, "plain", APEX_TASK_RUNNING, "{}", NULL, "1.0.0", 0, 0);
+  double run_at = now + 1.0;
+  assert_int_equal(s->ops->finish(s, retry, "ghost", APEX_TASK_RETRY_WAIT, now, run_at, NULL,
+                                  "{\"code\":\"transient\"}", NULL, 1, NULL),
+                   APEX_OK);
+  uint64_t late = ghost_row(s, "hold", APEX_TASK_QUEUED, "{\"ms\":60000}", NULL, "1.0.0",
+                            now + 1.0, 0);
+  s->ops->close(s);
+  apex_manager_t *m = manager(g_uri, NULL, 0);
+  size_t n = 0;
+  assert_int_equal(apex_manager_recover(m, &n, NULL), APEX_OK);
+  assert_int_equal(n, 2);
+  apex_task_t *h = NULL;
+  assert_int_equal(apex_ops_find(m, retry, &h), APEX_OK);
+  assert_int_equal(apex_task_state(h), APEX_TASK_SCHEDULED); /* its retry time has not come */
+  assert_int_equal(apex_task_wait(h, 20000), APEX_OK);
+  assert_int_equal(apex_task_state(h), APEX_TASK_SUCCEEDED);
+  apex_task_release(h);
+  json_t *o = await_stored(apex_manager_store(m), retry);
+  assert_true(json_real_value(json_object_get(o, "updated_at")) >= run_at);
+  json_decref(o);
+  o = await_stored(apex_manager_store(m), late);
+  assert_string_equal(state_of(o), "timed_out");
+  double ended = json_real_value(json_object_get(o, "ended_at"));
+  assert_true(ended >= now + 0.9 && ended < now + 15); /* its deadline, not a new one */
+  json_decref(o);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+}
+
 static void test_recovery_leaves_a_live_owners_tasks(void **state) {
   (void)state;
   /* A live owner: its lease expired, but its lock is held (its process
@@ -532,6 +568,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_recovery_applies_the_rules_to_what_a_dead_process_left,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(test_recovery_keeps_retry_times_and_deadlines, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_recovery_leaves_a_live_owners_tasks, setup, teardown),
       cmocka_unit_test_setup_teardown(test_one_owner_id_one_live_manager, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_foreign_file_is_refused_as_a_managers_store, setup,
