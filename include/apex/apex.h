@@ -504,14 +504,18 @@ typedef struct apex_submit_opts {
                                   one); submit returns once the task's row
                                   is durable */
   const char *idempotency_key; /* a durable task's key (copied; 1 to 255
-                                  bytes of UTF-8): a later submit with the
-                                  same key, in this process or after a
-                                  restart, returns the task already
-                                  submitted under it, whatever its state,
-                                  instead of a new one; the same key with
-                                  other plugin, action or params is refused
-                                  (APEX_E_INVALID naming the key). NULL:
-                                  none. Implies durable */
+                                  bytes): a later submit with the same key,
+                                  in this process or after a restart,
+                                  returns a handle on the task already
+                                  submitted under it instead of a new one:
+                                  live in this manager, or ended (a handle
+                                  on its outcome, result or error); one
+                                  still unfinished but held by another
+                                  manager (or not yet recovered) is
+                                  APEX_E_ALREADY naming its id. The same
+                                  key with another plugin, action or params
+                                  is refused (APEX_E_INVALID naming the
+                                  key). NULL: none. Implies durable */
 } apex_submit_opts_t;
 
 #define APEX_TIMEOUT_NONE (-1.0)

@@ -367,6 +367,30 @@ static double wall_of(uint64_t mono_ns) {
   return mono_ns >= now ? w + (double)(mono_ns - now) / 1e9 : w - (double)(now - mono_ns) / 1e9;
 }
 
+/* The status code named name (apex_status_name), or APEX_E_EXECUTION. */
+static int code_named(const char *name) {
+  for (int c = -1; name && c >= -99; c--)
+    if (strcmp(apex_status_name(c), name) == 0) return c;
+  return APEX_E_EXECUTION;
+}
+
+/* A handle on ended row r of t's plugin and action (apex__task_new_ended). */
+static apex_task_t *ended_handle(apex_manager_t *m, apex_task_t *t, const apex__srec_t *r) {
+  json_t *res = NULL;
+  apex_error_t *e = NULL;
+  if (r->state == APEX_TASK_SUCCEEDED) {
+    res = r->result ? json_loads(r->result, JSON_DECODE_ANY, NULL) : NULL;
+  } else {
+    json_t *ej = r->error ? json_loads(r->error, 0, NULL) : NULL;
+    const char *msg = json_string_value(json_object_get(ej, "message"));
+    apex__where_t w = {t->plugin->desc.name, t->action->name, r->id, r->attempts};
+    e = apex__error_new(code_named(json_string_value(json_object_get(ej, "code"))), &w, NULL,
+                        "%s", msg ? msg : "ended before this process (no message stored)");
+    json_decref(ej);
+  }
+  return apex__task_new_ended(m, t->plugin, t->action, r->id, r->state, r->attempts, res, e);
+}
+
 static int key_ok(const char *k) {
   size_t n = strnlen(k, 256);
   return n >= 1 && n <= 255;
@@ -438,21 +462,25 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
     if (rc == APEX_OK && existing) {
       /* The key's task: this manager's live one, or say where it is. */
       apex_task_t *h = NULL;
+      apex__srec_t x;
+      int got = 0;
       if (apex_ops_find(m, existing, &h) == APEX_OK) {
         *dup = h;
         rc = 1;
+      } else if ((got = d->s->ops->get(d->s, existing, &x, NULL) == APEX_OK) &&
+                 apex_task_state_is_terminal((apex_task_state_t)x.state)) {
+        /* Ended (here or in an earlier life): a handle on its outcome. */
+        *dup = ended_handle(m, t, &x);
+        rc = *dup ? 1 : apex__fail(err, APEX_E_NOMEM, "out of memory");
       } else {
-        apex__srec_t x;
-        const char *state = "unknown";
-        if (d->s->ops->get(d->s, existing, &x, NULL) == APEX_OK) {
-          state = apex_task_state_name((apex_task_state_t)x.state);
-          apex__srec_clear(&x);
-        }
         rc = apex__fail(err, APEX_E_ALREADY,
                         "idempotency key '%s': task %llu was submitted under it already (now %s, "
-                        "not live in this manager): read it with apex_manager_task_info",
-                        o->idempotency_key, (unsigned long long)existing, state);
+                        "held by another manager or not yet recovered): read it with "
+                        "apex_manager_task_info",
+                        o->idempotency_key, (unsigned long long)existing,
+                        got ? apex_task_state_name((apex_task_state_t)x.state) : "unknown");
       }
+      if (got) apex__srec_clear(&x);
     } else if (rc != APEX_OK) {
       apex__error_put(err, e);
       e = NULL;

@@ -208,18 +208,45 @@ static void test_idempotency_key_returns_the_same_task(void **state) {
   assert_int_equal(apex_task_cancel(a, NULL), APEX_OK);
   assert_int_equal(apex_task_wait(a, 20000), APEX_OK);
   json_decref(await_stored(apex_manager_store(m), apex_task_id(a)));
-  /* Ended: the key still names it, and no second task is made. */
-  err = NULL;
-  assert_int_equal(apex_manager_submit(m, "durable_kit", "wait", p, &o, &c, &err),
-                   APEX_E_ALREADY);
-  char want[64];
-  snprintf(want, sizeof want, "task %llu", (unsigned long long)apex_task_id(a));
-  assert_non_null(strstr(apex_error_message(err), want));
-  apex_error_unref(err);
-  json_decref(p);
-  json_decref(q);
+  /* Ended: the key still gives it, with its outcome, and no second task
+   * is made. */
+  assert_int_equal(apex_manager_submit(m, "durable_kit", "wait", p, &o, &c, NULL), APEX_OK);
+  assert_int_equal(apex_task_id(c), apex_task_id(a));
+  assert_int_equal(apex_task_wait(c, 0), APEX_OK);
+  assert_int_equal(apex_task_state(c), APEX_TASK_CANCELLED);
+  apex_task_release(c);
   apex_task_release(a);
   apex_task_release(b);
+  assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
+  /* And after a restart. */
+  m = manager(g_uri, NULL, 0);
+  c = NULL;
+  assert_int_equal(apex_manager_submit(m, "durable_kit", "wait", p, &o, &c, NULL), APEX_OK);
+  assert_int_equal(apex_task_wait(c, 0), APEX_OK);
+  assert_int_equal(apex_task_state(c), APEX_TASK_CANCELLED);
+  apex_error_t *ce = apex_task_error(c);
+  assert_int_equal(apex_error_code(ce), APEX_E_CANCELLED);
+  apex_error_unref(ce);
+  apex_task_release(c);
+  /* A succeeded one gives its result. */
+  apex_submit_opts_t o2;
+  apex_submit_opts_init(&o2);
+  o2.idempotency_key = "order-43";
+  apex_task_t *d = NULL;
+  assert_int_equal(apex_manager_submit(m, "durable_kit", "noop", NULL, &o2, &d, NULL), APEX_OK);
+  assert_int_equal(apex_task_wait(d, 20000), APEX_OK);
+  json_decref(await_stored(apex_manager_store(m), apex_task_id(d)));
+  apex_task_t *e2 = NULL;
+  assert_int_equal(apex_manager_submit(m, "durable_kit", "noop", NULL, &o2, &e2, NULL), APEX_OK);
+  assert_true(e2 != d);
+  assert_int_equal(apex_task_id(e2), apex_task_id(d));
+  json_t *res = apex_task_result(e2);
+  assert_true(json_is_true(json_object_get(res, "ok")));
+  json_decref(res);
+  apex_task_release(d);
+  apex_task_release(e2);
+  json_decref(p);
+  json_decref(q);
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
 }
 
