@@ -51,7 +51,8 @@
 struct apex__durable {
   apex_manager_t *m;
   apex__store_t *s;
-  char owner[OWNER_MAX + 1];
+  char id[OWNER_MAX + 1];     /* the owner id (config.store_owner): its lock's name */
+  char owner[OWNER_MAX + 24]; /* what its rows say: "ID#NONCE", this life's */
   double lease_s;
   int all; /* APEX_STORE_F_DURABLE_ALL */
   /* the owner lock (SQLite): PATH.owners/OWNER.lock, flocked */
@@ -90,13 +91,13 @@ static int owner_ok(const char *o) {
 static int owner_lock(apex__durable_t *d, const char *db, char *why, size_t n) {
   size_t len = strlen(db);
   d->lock_dir = malloc(len + 8);
-  d->lock_path = malloc(len + 8 + 1 + strlen(d->owner) + 6);
+  d->lock_path = malloc(len + 8 + 1 + strlen(d->id) + 6);
   if (!d->lock_dir || !d->lock_path) {
     snprintf(why, n, "out of memory");
     return APEX_E_NOMEM;
   }
   sprintf(d->lock_dir, "%s.owners", db);
-  sprintf(d->lock_path, "%s/%s.lock", d->lock_dir, d->owner);
+  sprintf(d->lock_path, "%s/%s.lock", d->lock_dir, d->id);
   if (mkdir(d->lock_dir, 0700) != 0 && errno != EEXIST) {
     snprintf(why, n, "cannot make the owner-lock directory %s: %s", d->lock_dir, strerror(errno));
     return APEX_E_STORE;
@@ -111,7 +112,7 @@ static int owner_lock(apex__durable_t *d, const char *db, char *why, size_t n) {
     close(d->lock_fd);
     d->lock_fd = -1;
     snprintf(why, n, "owner id '%s' is in use by another live manager (%s is locked%s%s)",
-             d->owner, d->lock_path, e == EWOULDBLOCK ? "" : ": ",
+             d->id, d->lock_path, e == EWOULDBLOCK ? "" : ": ",
              e == EWOULDBLOCK ? "" : strerror(e));
     return APEX_E_STORE;
   }
@@ -129,13 +130,24 @@ static void owner_unlock(apex__durable_t *d) {
   d->lock_dir = d->lock_path = NULL;
 }
 
-/* apex__owner_dead_fn: an owner is gone when its lock can be taken (or it
- * has none). Its stale file is removed. */
+/* apex__owner_dead_fn. A row's owner is "ID#NONCE": the manager of owner
+ * id ID in one life (NONCE). Another life of this manager's own id is gone
+ * (this manager holds the id's lock); this life is not. Another id is gone
+ * when its lock can be taken (or it has none; its stale file is removed);
+ * without lock files (a store that is no file) only its lease tells. */
 static int owner_dead(const char *owner, void *user) {
   apex__durable_t *d = user;
-  if (!d->lock_dir || !owner_ok(owner)) return 0;
+  const char *hash = strchr(owner, '#');
+  size_t idlen = hash ? (size_t)(hash - owner) : strlen(owner);
+  if (idlen == strlen(d->id) && strncmp(owner, d->id, idlen) == 0)
+    return strcmp(owner, d->owner) != 0;
+  char id[OWNER_MAX + 1];
+  if (!d->lock_dir || idlen == 0 || idlen > OWNER_MAX) return 0;
+  memcpy(id, owner, idlen);
+  id[idlen] = '\0';
+  if (!owner_ok(id)) return 0;
   char path[PATH_MAX];
-  if (snprintf(path, sizeof path, "%s/%s.lock", d->lock_dir, owner) >= (int)sizeof path) return 0;
+  if (snprintf(path, sizeof path, "%s/%s.lock", d->lock_dir, id) >= (int)sizeof path) return 0;
   int fd = open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) return errno == ENOENT;
   int dead = flock(fd, LOCK_EX | LOCK_NB) == 0;
@@ -234,14 +246,18 @@ int apex__durable_open(apex_manager_t *m) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&d->kcv, &ca);
   pthread_condattr_destroy(&ca);
-  if (c->store_owner) {
-    snprintf(d->owner, sizeof d->owner, "%s", c->store_owner);
-  } else {
-    uint64_t rnd = 0;
-    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-      rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)d;
-    snprintf(d->owner, sizeof d->owner, "pid%d-%016llx", (int)getpid(), (unsigned long long)rnd);
+  uint64_t rnd[2] = {0, 0};
+  if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+    rnd[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)d;
+    rnd[1] = rnd[0] * 0x9e3779b97f4a7c15ull;
   }
+  if (c->store_owner)
+    snprintf(d->id, sizeof d->id, "%s", c->store_owner);
+  else
+    snprintf(d->id, sizeof d->id, "pid%d-%016llx", (int)getpid(), (unsigned long long)rnd[0]);
+  /* This life's rows: a restart under the same id tells its own old rows
+   * (another nonce) from the ones it holds now. */
+  snprintf(d->owner, sizeof d->owner, "%s#%016llx", d->id, (unsigned long long)rnd[1]);
   apex_error_t *err = NULL;
   rc = apex__store_open(c->store, &d->s, &err);
   if (rc != APEX_OK) snprintf(why, sizeof why, "%s", apex_error_message(err));
@@ -890,8 +906,8 @@ apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_recovered, apex_
   apex__srec_t *rows = NULL;
   size_t n = 0;
   double now = apex__store_now();
-  int rc = d->s->ops->recover(d->s, d->owner, now, now + d->lease_s,
-                              d->lock_dir ? owner_dead : NULL, d, &rows, &n, err);
+  int rc = d->s->ops->recover(d->s, d->owner, now, now + d->lease_s, owner_dead, d, &rows, &n,
+                              err);
   if (rc != APEX_OK) return rc;
   size_t taken = 0;
   for (size_t i = 0; i < n; i++) {

@@ -376,7 +376,7 @@ static int mem_recover(apex__store_t *s, const char *owner, double now, double l
   for (size_t i = 0; i < m->cap && rc == APEX_OK; i++) {
     apex__srec_t *r = m->rows[i];
     if (!r || terminal(r->state)) continue;
-    int take = !r->owner || strcmp(r->owner, owner) == 0 || r->lease_until <= now ||
+    int take = !r->owner || r->lease_until <= now ||
                (is_dead && is_dead(r->owner, user));
     if (!take) continue;
     rc = push_copy(&a, &k, &cap, r);

@@ -155,12 +155,12 @@ typedef struct apex__store_ops {
   /* The rows f selects, by id, as a new array of copies. */
   int (*list)(apex__store_t *s, const apex__sfilter_t *f, apex__srec_t **out, size_t *n,
               apex_error_t **err);
-  /* Takes over every non-terminal row that owner may have: its own
-   * (a restart with the same id), those whose lease expired by now, and
-   * those whose owner is_dead says is gone; each is then held by owner
-   * until lease_until (state unchanged: the caller decides). *out: a new
-   * array of copies as they were before the take-over (owner field: the
-   * previous owner). */
+  /* Takes over every non-terminal row no live owner holds: held by none,
+   * its lease expired by now, or its owner (not the caller) is gone as
+   * is_dead (NULL: none) says; each is then held by owner until
+   * lease_until (state unchanged: the caller decides). The caller's own
+   * rows are not taken (it holds them). *out: a new array of copies as
+   * they were before the take-over (owner field: the previous owner). */
   int (*recover)(apex__store_t *s, const char *owner, double now, double lease_until,
                  apex__owner_dead_fn is_dead, void *user, apex__srec_t **out, size_t *n,
                  apex_error_t **err);

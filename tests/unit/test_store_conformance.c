@@ -472,7 +472,7 @@ static int dead_is_b(const char *owner, void *user) {
   return strcmp(owner, (const char *)user) == 0;
 }
 
-static void test_recover_takes_own_expired_and_dead_owners_rows_only(void **state) {
+static void test_recover_takes_expired_and_dead_owners_rows_only(void **state) {
   fixture_t *f = *state;
   char c_owner[80];
   snprintf(c_owner, sizeof c_owner, "%s-live", f->owner_b);
@@ -481,9 +481,14 @@ static void test_recover_takes_own_expired_and_dead_owners_rows_only(void **stat
   uint64_t dead = put(f, "p", "x", "{}", f->owner_b, T0, T0 + 100);
   uint64_t live = put(f, "p", "x", "{}", c_owner, T0, T0 + 100);
   uint64_t done = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 100);
+  uint64_t unheld = put(f, "p", "x", "{}", NULL, T0, 0);
   assert_int_equal(OPS(f)->claim(f->s, own, f->owner_a, 1, T0, T0 + 100, 1, NULL), APEX_OK);
   assert_int_equal(OPS(f)->heartbeat(f->s, own, f->owner_a, T0, T0 + 100, "{\"at\":7}", NULL, 1,
                                      NULL),
+                   APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, dead, f->owner_b, 1, T0, T0 + 100, 1, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->heartbeat(f->s, dead, f->owner_b, T0, T0 + 100, "{\"at\":7}", NULL,
+                                     1, NULL),
                    APEX_OK);
   assert_int_equal(OPS(f)->finish(f->s, done, f->owner_a, APEX_TASK_SUCCEEDED, T0, 0, "1", NULL,
                                   NULL, 1, NULL),
@@ -493,21 +498,22 @@ static void test_recover_takes_own_expired_and_dead_owners_rows_only(void **stat
   assert_int_equal(OPS(f)->recover(f->s, f->owner_a, T0 + 10, T0 + 40, dead_is_b, f->owner_b,
                                    &rows, &n, NULL),
                    APEX_OK);
-  int got_own = 0, got_expired = 0, got_dead = 0;
+  int got_unheld = 0, got_expired = 0, got_dead = 0;
   for (size_t i = 0; i < n; i++) {
-    assert_true(rows[i].id != live && rows[i].id != done);
-    if (rows[i].id == own) {
-      got_own = 1;
-      assert_int_equal(rows[i].state, APEX_TASK_RUNNING);
-      assert_string_equal(rows[i].checkpoint, "{\"at\":7}");
-    }
+    /* the caller's own rows it holds, a live owner's, ended ones: not */
+    assert_true(rows[i].id != live && rows[i].id != done && rows[i].id != own);
+    if (rows[i].id == unheld) got_unheld = 1;
     if (rows[i].id == expired) {
       got_expired = 1;
       assert_string_equal(rows[i].owner, "someone-gone"); /* as it was */
     }
-    if (rows[i].id == dead) got_dead = 1;
+    if (rows[i].id == dead) {
+      got_dead = 1;
+      assert_int_equal(rows[i].state, APEX_TASK_RUNNING);
+      assert_string_equal(rows[i].checkpoint, "{\"at\":7}");
+    }
   }
-  assert_true(got_own && got_expired && got_dead);
+  assert_true(got_unheld && got_expired && got_dead);
   apex__srec_free_array(rows, n);
   /* Now held by a. */
   apex__srec_t g = get(f, expired);
@@ -696,7 +702,7 @@ static void test_concurrent_writers_lose_nothing(void **state) {
   X(test_fail_with_retry_time_keeps_the_row_held)                          \
   X(test_request_cancel_ends_an_unheld_task_and_flags_a_held_one)          \
   X(test_list_filters_and_pages_through_every_row_once)                    \
-  X(test_recover_takes_own_expired_and_dead_owners_rows_only)              \
+  X(test_recover_takes_expired_and_dead_owners_rows_only)                  \
   X(test_claim_next_takes_due_unheld_rows_oldest_first)                    \
   X(test_renew_extends_only_the_owners_live_rows)                          \
   X(test_purge_deletes_only_terminal_rows_ended_before)                    \
