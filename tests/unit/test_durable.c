@@ -163,6 +163,16 @@ static void test_durable_submit_journals_row_and_outcome(void **state) {
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
 }
 
+static void test_interrupted_is_a_named_execution_error(void **state) {
+  (void)state;
+  assert_string_equal(apex_status_name(APEX_E_INTERRUPTED), "interrupted");
+  assert_string_equal(apex_strerror(APEX_E_INTERRUPTED),
+                      "the action was interrupted by a crash and not run again");
+  assert_int_equal(apex_status_is_execution(APEX_E_INTERRUPTED), 1);
+  assert_int_equal(apex_status_is_plugin_error(APEX_E_INTERRUPTED), 1);
+  assert_int_equal(apex_status_is_load_error(APEX_E_INTERRUPTED), 0);
+}
+
 static void test_durable_without_a_store_is_refused(void **state) {
   (void)state;
   apex_manager_t *m = NULL;
@@ -587,6 +597,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_durable_submit_journals_row_and_outcome, setup,
                                       teardown),
+      cmocka_unit_test(test_interrupted_is_a_named_execution_error),
       cmocka_unit_test_setup_teardown(test_durable_without_a_store_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idempotency_key_returns_the_same_task, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoint_carries_to_the_next_attempt_without_a_store,
