@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3
-      libcurl4-openssl-dev libmicrohttpd-dev curl jq prometheus"
+      libcurl4-openssl-dev libmicrohttpd-dev curl jq prometheus libsqlite3-dev"
 # Node.js and npm (the MCP tests' tests/mcp/npm_setup.sh, tests/obs/check_otlp.sh)
 # from Debian, unless both commands are there already: a Node.js from
 # elsewhere bundles its own npm, which Debian's npm package conflicts with.

@@ -432,6 +432,20 @@ static int ctx_partial_result(apex_ctx_t *c, json_t *partial) {
   return apex__run_partial(run_of(c), partial);
 }
 
+/* Checkpoints (src/store/durable.c): the state is checked here, on the
+ * plugin's thread, with the limits on values, as heartbeat details are. */
+static int ctx_checkpoint(apex_ctx_t *c, json_t *state) {
+  if (!state) {
+    (void)open_task(c, "apex_ctx_checkpoint");
+    return APEX_E_INVALID;
+  }
+  if (check_handed(c, state, "checkpoint", "checkpoint", "apex_ctx_checkpoint") != APEX_OK)
+    return APEX_E_INVALID;
+  return apex__run_checkpoint(run_of(c), state);
+}
+
+static json_t *ctx_checkpoint_get(apex_ctx_t *c) { return apex__run_checkpoint_get(run_of(c)); }
+
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);
   api->abi_version = APEX_PLUGIN_ABI;
@@ -459,4 +473,6 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->partial_result = ctx_partial_result;
   api->traceparent = ctx_traceparent;
   apex__children_api_init(api);
+  api->checkpoint = ctx_checkpoint;
+  api->checkpoint_get = ctx_checkpoint_get;
 }

@@ -75,6 +75,11 @@ typedef struct apex__progress_slot {
   struct apex__flat *partial, *partial_spare;
   int partial_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
+  /* Checkpoints (apex_ctx_checkpoint, src/store/durable.c): the latest
+   * saved (a copy) and the one apex_ctx_checkpoint_get returns to the open
+   * attempt (the latest when it opened; the same object or an older one,
+   * never modified). */
+  json_t *cp_last, *cp_prev;
   /* The task's children (src/ops/children.c); NULL until it spawns one. */
   struct apex__family *fam;
   /* What only a task that reports progress needs, kept here, not in the
@@ -172,6 +177,9 @@ typedef struct apex__task_opts {
    * transition hands it on (apex__group_member_end). */
   struct apex_group *group;
   size_t group_idx;
+  /* Durable tasks (src/store/durable.h): set for a task journaled in the
+   * manager's store, never in a shared block; NULL: not durable. */
+  struct apex__dtask *durable;
 } apex__task_opts_t;
 
 /* t's timeouts block, or NULL (immutable after submit: no lock). */
@@ -540,6 +548,11 @@ struct apex_manager {
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t runs_mu;
   apex__run_t *runs_head, *runs_tail;
   uint32_t n_runs;
+
+  /* Durable tasks (src/store/durable.c): the store, owner and keeper of a
+   * manager opened with config.store; NULL without one. Set before any
+   * task exists, cleared at teardown. */
+  struct apex__durable *dur;
 };
 
 /* The manager a run state belongs to: its ctx's api table is the
@@ -563,6 +576,14 @@ uint64_t apex__now_ns(void);
 uint64_t apex__ns_after_ms(int64_t ms);
 
 /* task.c */
+/* A handle on a task of m that ended before this process knew it (a
+ * durable task's row, src/store/durable.c): terminal in state, its DONE
+ * counted as delivered, in no queue or list. Ownership: result and error
+ * taken (result for succeeded, else error); the one reference is the
+ * caller's handle. Returns: NULL on no memory (both then dropped). */
+apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
+                                  const apex_action_desc_t *a, uint64_t id, int state,
+                                  uint32_t attempts, json_t *result, apex_error_t *error);
 /* The stripe lock guarding t's state (one of APEX__LOCK_STRIPES, by id). */
 pthread_mutex_t *apex__task_mu(apex_task_t *t);
 /* Reference counting; any lock or none. The unref that drops the last
@@ -911,5 +932,7 @@ int apex__retry_next_timeout(const apex_task_t *t, double *delay_s);
 
 /* src/ops/children.c: child tasks and their hooks here. */
 #include "ops/children.h"
+/* src/store/durable.h: durable tasks' hooks here. */
+#include "store/durable.h"
 
 #endif
