@@ -285,7 +285,28 @@ typedef struct apex_manager_config {
                                 tasks, in [0, 86400000]; default
                                 APEX_SHUTDOWN_GRACE_MS. A host about to exit
                                 may want it short (the apex command: 50) */
+  /* Durable tasks (docs/store.md). */
+  const char *store;         /* where tasks are journaled: NULL (the
+                                default): nowhere, tasks live in memory
+                                only; "sqlite:PATH" or a plain PATH: an
+                                SQLite file (made if missing); "memory:"
+                                an in-process store (tests). Copied */
+  unsigned store_flags;      /* APEX_STORE_F_* bits */
+  const char *store_owner;   /* this manager's owner id in the store (1 to
+                                128 bytes of [A-Za-z0-9._:-]); NULL: a new
+                                random one. A host that restarts with the
+                                same id takes its own unfinished tasks
+                                back at apex_manager_recover */
+  double store_lease_s;      /* how long a claim on a task lasts without
+                                renewal (renewed while the manager lives);
+                                0: APEX_STORE_LEASE_S */
 } apex_manager_config_t;
+
+/* apex_manager_config_t.store_flags */
+#define APEX_STORE_F_DURABLE_ALL 0x1u /* journal every task, as if each
+                                         submit set opts.durable */
+/* The default of apex_manager_config_t.store_lease_s, seconds. */
+#define APEX_STORE_LEASE_S 30.0
 
 /* Fills cfg with defaults: workers 0, max_stuck_workers 4, progress_rate_hz
  * 20, log_level -1, shutdown_grace_ms APEX_SHUTDOWN_GRACE_MS, everything
@@ -476,6 +497,21 @@ typedef struct apex_submit_opts {
                                   whether another runs */
   double heartbeat_timeout_s;  /* longest gap between an attempt's start or
                                   heartbeats (apex_ctx_heartbeat) */
+  /* Durable tasks (docs/store.md). */
+  int durable;                 /* nonzero: journal the task in the
+                                  manager's store (refused with
+                                  APEX_E_INVALID on a manager without
+                                  one); submit returns once the task's row
+                                  is durable */
+  const char *idempotency_key; /* a durable task's key (copied; 1 to 255
+                                  bytes of UTF-8): a later submit with the
+                                  same key, in this process or after a
+                                  restart, returns the task already
+                                  submitted under it, whatever its state,
+                                  instead of a new one; the same key with
+                                  other plugin, action or params is refused
+                                  (APEX_E_INVALID naming the key). NULL:
+                                  none. Implies durable */
 } apex_submit_opts_t;
 
 #define APEX_TIMEOUT_NONE (-1.0)
@@ -913,6 +949,134 @@ APEX_EXTERN apex_status_t apex_ops_cancel(apex_manager_t *m, const apex_ops_filt
  * "live": n} for the operations that match filter (NULL: all), a new
  * reference; NULL for bad arguments or no memory. */
 APEX_EXTERN json_t *apex_ops_snapshot(apex_manager_t *m, const apex_ops_filter_t *filter);
+
+/* ------------------------------------------------------- durable store
+ * A store journals durable tasks (apex_submit_opts_t.durable) so that they
+ * survive the process: a task submitted durably ends with exactly one
+ * recorded outcome, and one cut off by a crash is resumed by the next
+ * manager that opens the store and calls apex_manager_recover
+ * (docs/store.md: backends, guarantees, the SQLite settings). These calls
+ * read and steer a store from any process, with or without a manager: the
+ * `apex tasks` commands use them. Thread-safety: every apex_store_* call,
+ * any thread, until apex_store_close. */
+typedef struct apex_store apex_store_t;
+
+/* Opens the store at uri (as apex_manager_config_t.store: "sqlite:PATH",
+ * a plain PATH or "memory:"); a missing SQLite file is made. Opening is
+ * shared: other processes may have the file open, with or without a
+ * manager (docs/store.md says how they share it).
+ * Returns: APEX_OK and a new store in *out (apex_store_close);
+ * APEX_E_INVALID (NULL argument, an unknown scheme); APEX_E_STORE with *err
+ * naming the file and the reason: not a database, not Apex's, a schema
+ * newer than this library, corrupt, read-only where a write is needed,
+ * locked past the busy timeout. A file that is refused is never written.
+ * Ownership: uri copied. */
+APEX_EXTERN apex_status_t apex_store_open(const char *uri, apex_store_t **out, apex_error_t **err);
+/* Closes s after its last write is durable. NULL: no-op. Ownership: s
+ * freed. Thread-safety: once, when no other call on s runs. */
+APEX_EXTERN void apex_store_close(apex_store_t *s);
+
+/* One stored task as JSON (a new reference in *out): {"id", "plugin",
+ * "action", "plugin_version", "state" (apex_task_state_name),
+ * "attempts", "params", "created_at", "updated_at" (wall-clock, seconds
+ * since the epoch), "run_at"? (the retry or start time), "deadline"?,
+ * "idempotency_key"?, "owner"? (while claimed), "cancel_requested"?,
+ * "progress"? ({"percentage", "message"}, the last summary saved),
+ * "checkpoint"?, "partial_result"?, "result"? (succeeded), "error"?
+ * (apex_error_to_json's shape: failed, cancelled, timed out)}.
+ * Returns: APEX_OK; APEX_E_INVALID (NULL argument, id 0, or no task id in
+ * the store: *err says which); APEX_E_STORE; APEX_E_NOMEM. */
+APEX_EXTERN apex_status_t apex_store_get(apex_store_t *s, uint64_t id, json_t **out,
+                                         apex_error_t **err);
+
+/* Which stored tasks apex_store_list returns, one page at a time; every
+ * field's zero means "any". Grows like apex_ops_filter_t
+ * (APEX_STORE_FILTER_INIT). */
+typedef struct apex_store_filter {
+  uint32_t struct_size;
+  unsigned states;       /* APEX_OPS_STATE bits (any state, terminal ones
+                            too); 0: any */
+  const char *plugin;    /* NULL: any */
+  const char *action;    /* NULL: any */
+  double min_age_s;      /* submitted at least this long ago; 0: any */
+  double max_age_s;      /* submitted at most this long ago; 0: any */
+  uint64_t after_id;     /* the page starts past this id (the "next" of
+                            the page before); 0: the first page */
+  size_t limit;          /* tasks per page, at most 10000; 0: 100 */
+  /* The first layout ends here. Append only (docs/abi.md). */
+} apex_store_filter_t;
+#define APEX_STORE_FILTER_INIT {.struct_size = sizeof(apex_store_filter_t)}
+
+/* One page of the stored tasks that match filter (NULL: all), in id
+ * order: {"tasks": [{"id", "plugin", "action", "state", "attempts",
+ * "created_at", "updated_at", "progress"?, "error"? ({"code",
+ * "message"})}...], "next": the after_id of the next page, or null on the
+ * last}.
+ * Returns: APEX_OK with a new reference in *out; APEX_E_INVALID (NULL s or
+ * out, bad filter fields, *err naming the field); APEX_E_STORE;
+ * APEX_E_NOMEM. */
+APEX_EXTERN apex_status_t apex_store_list(apex_store_t *s, const apex_store_filter_t *filter,
+                                          json_t **out, apex_error_t **err);
+
+/* Asks stored task id to stop (reason NULL: "user"), from any process. A
+ * task no live manager holds (queued, waiting to retry, or left by a dead
+ * process) ends `cancelled` in the store at once; a running one is
+ * cancelled by the manager that runs it (as apex_task_cancel), which sees
+ * the request within about a second.
+ * Returns: APEX_OK; APEX_E_ALREADY if the task is terminal or a cancel was
+ * requested already; APEX_E_INVALID (no such task, a reserved reason);
+ * APEX_E_STORE. Ownership: reason copied. */
+APEX_EXTERN apex_status_t apex_store_cancel(apex_store_t *s, uint64_t id, const char *reason,
+                                            apex_error_t **err);
+
+/* Deletes the terminal tasks that ended more than older_than_s seconds ago
+ * (0: all terminal ones); unfinished tasks are never purged. *n (may be
+ * NULL): how many rows went.
+ * Returns: APEX_OK; APEX_E_INVALID (NULL s, negative or non-finite
+ * older_than_s); APEX_E_STORE. */
+APEX_EXTERN apex_status_t apex_store_purge(apex_store_t *s, double older_than_s, size_t *n,
+                                           apex_error_t **err);
+
+/* Returns: m's store (borrowed, valid until apex_manager_destroy), or NULL
+ * for a manager without one. Thread-safety: any thread. */
+APEX_EXTERN apex_store_t *apex_manager_store(apex_manager_t *m);
+
+/* Takes over the unfinished durable tasks no live manager holds: the ones
+ * this owner id left (a restart), and the ones whose owner is gone (its
+ * process died, or its lease expired). Call it once the plugins are loaded.
+ * Each task then goes on as the store says:
+ * - queued, scheduled or waiting to retry: queued again, for its start or
+ *   retry time (wall-clock, as saved);
+ * - cut off while running: an action flagged APEX_ACTION_F_RESUMABLE runs
+ *   again from its last checkpoint (apex_ctx_checkpoint_get); one flagged
+ *   APEX_ACTION_F_IDEMPOTENT runs again from the start; any other ends
+ *   `failed` with APEX_E_INTERRUPTED, never run twice;
+ * - with a cancel requested: ends `cancelled`;
+ * - whose plugin or action is not loaded, or whose plugin's major version
+ *   differs from the one that submitted it: ends `failed`
+ *   (APEX_E_PLUGIN_NOT_FOUND, APEX_E_ACTION_NOT_FOUND, APEX_E_PLUGIN) with
+ *   a message naming both versions;
+ * - past its overall deadline: ends `timed_out`.
+ * Terminal tasks keep their outcome and never run again. Recovered tasks
+ * keep their ids and are ordinary tasks of m from then on (events,
+ * apex_ops_find, apex_task_wait through apex_ops_find).
+ * Returns: APEX_OK, with *n_recovered (may be NULL) the number of tasks
+ * taken over; APEX_E_INVALID (NULL m, a manager without a store);
+ * APEX_E_SHUTTING_DOWN; APEX_E_STORE with *err. Thread-safety: any thread
+ * but Apex's own; concurrent calls take over each task once. */
+APEX_EXTERN apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_recovered,
+                                               apex_error_t **err);
+
+/* Looks task id up, live or ended, in this process or (for a durable task)
+ * in m's store, across restarts: apex_store_get's JSON, where a live task
+ * of m reports what m knows now (its state, attempts, last progress,
+ * partial result), which may be newer than the store's.
+ * Returns: APEX_OK with a new reference in *out; APEX_E_INVALID (NULL
+ * argument, id 0, an id neither m nor its store knows, or one of m's
+ * non-durable tasks that has ended and been released); APEX_E_STORE;
+ * APEX_E_NOMEM. Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_task_info(apex_manager_t *m, uint64_t id, json_t **out,
+                                                 apex_error_t **err);
 
 /* ------------------------------------------------- graceful shutdown */
 

@@ -57,8 +57,12 @@ typedef enum apex_status {
   APEX_E_CANCELLED = -42, /* the task was cancelled */
   APEX_E_TRANSIENT = -43, /* the action failed and may succeed if retried */
   APEX_E_CRASHED = -44,   /* the plugin crashed (process isolation) */
-  APEX_E_INVALID_RESULT = -45 /* the result broke the limits on values
-                                 (plugin.h, APEX_VALUE_MAX_DEPTH) */
+  APEX_E_INVALID_RESULT = -45, /* the result broke the limits on values
+                                  (plugin.h, APEX_VALUE_MAX_DEPTH) */
+  /* Appended (durable tasks, docs/store.md): */
+  APEX_E_INTERRUPTED = -46 /* a durable task's attempt was cut off by a
+                              crash and its action is neither resumable nor
+                              idempotent, so it is not run again */
 } apex_status_t;
 
 /* Returns: a sentence naming the code ("the action timed out"); never NULL.
@@ -71,7 +75,7 @@ APEX_EXTERN const char *apex_status_name(int code);
 
 /* Category tests of the error hierarchy.
  * apex_status_is_execution: EXECUTION, TIMEOUT, CANCELLED, TRANSIENT, CRASHED,
- *   INVALID_RESULT.
+ *   INVALID_RESULT, INTERRUPTED.
  * apex_status_is_plugin_error: every plugin error and every execution error.
  * apex_status_is_load_error: PLUGIN_LOAD and ABI_MISMATCH.
  * Returns: 1 or 0. */

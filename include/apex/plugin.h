@@ -93,6 +93,11 @@ typedef struct apex_retry_policy {
 
 /* Action flags. */
 #define APEX_ACTION_F_IDEMPOTENT 0x1u /* safe to run again after a crash */
+/* Appended (durable tasks, docs/store.md): the action saves where it is
+ * with apex_ctx_checkpoint and, given that state back by
+ * apex_ctx_checkpoint_get, continues from there; a durable task of it cut
+ * off by a crash is resumed, not failed. */
+#define APEX_ACTION_F_RESUMABLE 0x2u
 
 /* Returns APEX_OK on success (result set by apex_ctx_set_result, or null),
  * an error code (APEX_E_TRANSIENT to ask for a retry, APEX_E_EXECUTION or any
@@ -285,6 +290,9 @@ struct apex_host_api {
   uint64_t (*child_task_id)(apex_ctx_t *ctx, struct apex_child *child);
   void (*child_release)(apex_ctx_t *ctx, struct apex_child *child);
   int (*children_own_weight)(apex_ctx_t *ctx, double weight);
+  /* Checkpoints (apex_ctx_checkpoint; durable tasks, docs/store.md). */
+  int (*checkpoint)(apex_ctx_t *ctx, json_t *state);
+  json_t *(*checkpoint_get)(apex_ctx_t *ctx);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -795,6 +803,50 @@ static inline void apex_ctx_child_release(apex_ctx_t *c, apex_child_t *child) {
 static inline int apex_ctx_children_own_weight(apex_ctx_t *c, double weight) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, children_own_weight)) return APEX_E_INVALID;
   return c->api->children_own_weight(c, weight);
+}
+
+/* plugin.h has apex_ctx_checkpoint and apex_ctx_checkpoint_get (a plugin
+ * that must also build against older headers tests this). */
+#define APEX_HAVE_CTX_CHECKPOINT 1
+
+/* The largest checkpoint, in bytes of its compact JSON text. */
+#define APEX_CHECKPOINT_MAX_BYTES (1024u * 1024u)
+
+/* Saves the handler's resumable state (docs/store.md): where it is, what
+ * it needs to continue (a byte offset, a cursor, the steps done). Each call
+ * replaces the last. It counts as a heartbeat (apex_ctx_heartbeat with no
+ * details). For a durable task (apex_submit_opts_t.durable) of a manager
+ * with a store, the state is written to the store and the call returns
+ * once that write is durable (it shares its transaction, and its fsync,
+ * with the other writes waiting then: group commit), so a step the
+ * handler does after the call returned is one the store knows was reached;
+ * for any other task it is kept in memory, for the task's next attempt.
+ * state: a JSON value (object, array, number, ...) within the limits on
+ * values above whose compact text is at most APEX_CHECKPOINT_MAX_BYTES.
+ * Returns: APEX_OK (also when ignored, after the task ended); APEX_E_INVALID
+ * if state is NULL, breaks the limits or the cap (nothing saved, the last
+ * checkpoint stays; the reason is logged), after complete (misuse), or on
+ * a host that predates this call (APEX_HAS_FIELD(apex_host_api_t, ctx->api,
+ * checkpoint) is 0); APEX_E_STORE if the store failed to write it (the
+ * message is logged; the last durable checkpoint stays); APEX_E_NOMEM.
+ * Ownership: state borrowed, only read during the call. Thread-safety: any
+ * thread, as every apex_ctx_* call; it blocks for the write (about a
+ * commit: well under a millisecond on a local disk). */
+static inline int apex_ctx_checkpoint(apex_ctx_t *c, json_t *state) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, checkpoint)) return APEX_E_INVALID;
+  return c->api->checkpoint(c, state);
+}
+
+/* Returns: the last checkpoint the task saved before this attempt (by an
+ * earlier attempt, or, for a durable task resumed after a crash or
+ * restart, by the process that ran it), or NULL: none saved, or a host
+ * that predates this call. Within an attempt it does not change (the
+ * attempt's own checkpoints are for the next one). Borrowed: valid, and
+ * unchanged, while this attempt is open; read it, copy what you keep.
+ * Thread-safety: any thread. */
+static inline json_t *apex_ctx_checkpoint_get(apex_ctx_t *c) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, checkpoint_get)) return NULL;
+  return c->api->checkpoint_get(c);
 }
 
 /* Sets the result of this attempt (replacing an earlier one). The value is

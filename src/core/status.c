@@ -31,6 +31,7 @@ static const status_row_t rows[] = {
     {APEX_E_TRANSIENT, "transient", "the action failed transiently"},
     {APEX_E_CRASHED, "crashed", "the plugin crashed"},
     {APEX_E_INVALID_RESULT, "invalid_result", "the action's result is not a valid value"},
+    {APEX_E_INTERRUPTED, "interrupted", "the action was interrupted by a crash and not run again"},
 };
 
 static const status_row_t *find(int code) {
@@ -51,7 +52,8 @@ const char *apex_status_name(int code) {
 
 int apex_status_is_execution(int code) {
   return code == APEX_E_EXECUTION || code == APEX_E_TIMEOUT || code == APEX_E_CANCELLED ||
-         code == APEX_E_TRANSIENT || code == APEX_E_CRASHED || code == APEX_E_INVALID_RESULT;
+         code == APEX_E_TRANSIENT || code == APEX_E_CRASHED || code == APEX_E_INVALID_RESULT ||
+         code == APEX_E_INTERRUPTED;
 }
 
 int apex_status_is_load_error(int code) {

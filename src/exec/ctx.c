@@ -400,6 +400,18 @@ static int ctx_partial_result(apex_ctx_t *c, json_t *partial) {
   return apex__run_partial(run_of(c), partial);
 }
 
+/* Checkpoints (durable tasks, docs/store.md): refused until they land. */
+static int ctx_checkpoint(apex_ctx_t *c, json_t *state) {
+  (void)c;
+  (void)state;
+  return APEX_E_INVALID;
+}
+
+static json_t *ctx_checkpoint_get(apex_ctx_t *c) {
+  (void)c;
+  return NULL;
+}
+
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);
   api->abi_version = APEX_PLUGIN_ABI;
@@ -426,4 +438,6 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->retry_after = ctx_retry_after;
   api->partial_result = ctx_partial_result;
   apex__children_api_init(api);
+  api->checkpoint = ctx_checkpoint;
+  api->checkpoint_get = ctx_checkpoint_get;
 }

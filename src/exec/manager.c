@@ -126,6 +126,10 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              (long long)out->shutdown_grace_ms);
     return 0;
   }
+  if (out->store || out->store_flags || out->store_owner || out->store_lease_s != 0) {
+    snprintf(why, n, "config.store: durable stores are not supported yet");
+    return 0;
+  }
   return 1;
 }
 
@@ -833,6 +837,8 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
       return apex__fail(err, APEX_E_INVALID, "%s", why);
     opts = &o_copy;
   }
+  if (opts && (opts->durable || opts->idempotency_key))
+    return apex__fail(err, APEX_E_INVALID, "submit opts: durable: the manager has no store");
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
   /* A registered plugin is never removed before the manager goes, and its

@@ -63,7 +63,14 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
   A(apex_action_desc_t, heartbeat_timeout_s, abi_v1_sizeof_action_desc)                   \
   A(apex_host_api_t, heartbeat, abi_v1_sizeof_host_api)                                   \
   A(apex_host_api_t, retry_after, abi_v1_sizeof_host_api)                                 \
-  A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)
+  A(apex_host_api_t, partial_result, abi_v1_sizeof_host_api)                             \
+  /* durable tasks (docs/store.md) */                                                    \
+  A(apex_manager_config_t, store, abi_v1_sizeof_config)                                  \
+  A(apex_manager_config_t, store_lease_s, abi_v1_sizeof_config)                          \
+  A(apex_submit_opts_t, durable, abi_v1_sizeof_submit_opts)                              \
+  A(apex_submit_opts_t, idempotency_key, abi_v1_sizeof_submit_opts)                      \
+  A(apex_host_api_t, checkpoint, abi_v1_sizeof_host_api)                                 \
+  A(apex_host_api_t, checkpoint_get, abi_v1_sizeof_host_api)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;

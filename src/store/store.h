@@ -1,0 +1,191 @@
+/* Internal: the task store interface (docs/store.md).
+ *
+ * A store keeps one row per durable task: what to run (plugin, action,
+ * params, the options that matter after a restart), where it is (state,
+ * attempts, the owner holding it and until when, the last checkpoint and
+ * progress summary) and how it ended (result or error). Backends implement
+ * apex__store_ops_t: memory.c (in-process, nothing written) and sqlite.c
+ * (one file, WAL, a writer thread with group commit); a PostgreSQL backend
+ * for several hosts is to implement the same operations, and
+ * tests/unit/test_store_conformance.c runs the same suite on every backend
+ * through this interface only.
+ *
+ * Semantics every backend keeps (the conformance suite checks each):
+ * - ids are handed out by alloc_ids, unique per store for its life, never
+ *   reused (not even after purge);
+ * - every write is atomic: a crash leaves a row as it was before the call
+ *   or after it, never between; a write op returns APEX_OK only once what
+ *   it wrote is durable (for SQLite: committed at the configured
+ *   synchronous level), unless it was queued with wait 0;
+ * - a row is held by at most one owner at a time: writes naming an owner
+ *   (claim, heartbeat, complete, fail) are refused with APEX_E_ALREADY
+ *   when the row is terminal or held by another owner whose lease has not
+ *   expired;
+ * - terminal rows (succeeded, failed, cancelled, timed_out) never change
+ *   again, except purge deleting them;
+ * - times are wall-clock seconds since the epoch (double), given by the
+ *   caller (now), so a test can move time and a restart keeps them.
+ *
+ * Thread-safety: every operation, any thread, concurrently. */
+#ifndef APEX_STORE_STORE_H
+#define APEX_STORE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "apex/apex.h"
+
+/* One task row. Every string is owned by the record (apex__srec_clear
+ * frees them); JSON fields hold compact JSON text, NULL for none. */
+typedef struct apex__srec {
+  uint64_t id;
+  char *plugin, *action;
+  char *plugin_version;   /* the plugin's version string at submit */
+  char *params;           /* JSON object text */
+  char *opts;             /* JSON object text: the submit options a
+                             recovery needs (store.c, apex__sopts_*) */
+  char *idem_key;         /* NULL: none */
+  int state;              /* apex_task_state_t */
+  uint32_t attempts;      /* attempts started */
+  uint32_t action_flags;  /* APEX_ACTION_F_* at submit */
+  double created_at, updated_at;
+  double run_at;          /* not before (start or retry time); 0: now */
+  double deadline;        /* overall deadline; 0: none */
+  double ended_at;        /* 0 while not terminal */
+  char *owner;            /* NULL: not held */
+  double lease_until;     /* the owner's hold ends then */
+  int cancel_requested;
+  char *cancel_reason;
+  char *progress;         /* {"percentage", "message"} */
+  char *checkpoint;
+  char *partial;
+  char *result;
+  char *error;            /* apex_error_to_json's shape */
+} apex__srec_t;
+
+/* Frees what r owns and zeroes it. NULL: no-op. */
+void apex__srec_clear(apex__srec_t *r);
+/* Deep-copies src into *dst (dst uninitialized). Returns: APEX_OK,
+ * APEX_E_NOMEM (dst then cleared). */
+int apex__srec_copy(apex__srec_t *dst, const apex__srec_t *src);
+/* Frees an array of n records and the array. */
+void apex__srec_free_array(apex__srec_t *a, size_t n);
+
+/* What list selects (apex_store_filter_t, resolved). */
+typedef struct apex__sfilter {
+  unsigned states;    /* APEX_OPS_STATE bits; 0: any */
+  const char *plugin; /* NULL: any */
+  const char *action; /* NULL: any */
+  double created_min; /* created_at >= this; 0: any */
+  double created_max; /* created_at <= this; 0: any */
+  uint64_t after_id;  /* id > this */
+  size_t limit;       /* at most this many (>= 1) */
+} apex__sfilter_t;
+
+typedef struct apex_store apex__store_t;
+
+/* Says whether an owner other than the caller is gone (its process ended):
+ * then its rows may be taken over before their leases expire. Returns 1
+ * dead, 0 alive or unknown. */
+typedef int (*apex__owner_dead_fn)(const char *owner, void *user);
+
+typedef struct apex__store_ops {
+  const char *name; /* "memory", "sqlite" */
+  /* Reserves n fresh ids: [*first, *first + n). */
+  int (*alloc_ids)(apex__store_t *s, uint64_t n, uint64_t *first, apex_error_t **err);
+  /* Inserts r (r->id from alloc_ids; state queued or scheduled; owner and
+   * lease as given). With r->idem_key set and a row under that key
+   * already: inserts nothing, *existing_id = that row's id, and returns
+   * APEX_OK if plugin, action and params are the same, else
+   * APEX_E_INVALID (err names the key). *existing_id is 0 when r was
+   * inserted. */
+  int (*enqueue)(apex__store_t *s, const apex__srec_t *r, uint64_t *existing_id,
+                 apex_error_t **err);
+  /* Owner starts attempt `attempt` of row id: state running, attempts =
+   * attempt, held until lease_until. Returns: APEX_OK; APEX_E_CANCELLED if a
+   * cancel was requested (nothing changed: the caller ends it);
+   * APEX_E_ALREADY (terminal, or held by a live other owner); APEX_E_INVALID
+   * (no such row). */
+  int (*claim)(apex__store_t *s, uint64_t id, const char *owner, uint32_t attempt,
+               double now, double lease_until, apex_error_t **err);
+  /* Takes up to max rows that are queued, scheduled or waiting to retry,
+   * due (run_at <= now), not held by a live owner and without a cancel
+   * request, oldest id first: each becomes running, held by owner until
+   * lease_until, attempts + 1. *out: a new array of copies (n in *n). The
+   * worker loop of a host that shares a store with others (PostgreSQL);
+   * the manager itself uses recover. */
+  int (*claim_next)(apex__store_t *s, const char *owner, double now, double lease_until,
+                    size_t max, apex__srec_t **out, size_t *n, apex_error_t **err);
+  /* Heartbeat of the owner's attempt: extends the lease and, in the same
+   * write, saves checkpoint and/or progress (NULL: keep). Returns: APEX_OK;
+   * APEX_E_CANCELLED when a cancel was requested (the write was made: the
+   * owner should cancel); APEX_E_ALREADY (terminal or lost the hold). */
+  int (*heartbeat)(apex__store_t *s, uint64_t id, const char *owner, double now,
+                   double lease_until, const char *checkpoint, const char *progress,
+                   int wait, apex_error_t **err);
+  /* Ends the row: state (a terminal state, or retry_wait / queued with
+   * run_at for a retry: the row stays held by owner), result (succeeded),
+   * error, partial (NULL: keep). owner NULL: any holder (the manager's own
+   * end of a task it holds). Returns: APEX_OK; APEX_E_ALREADY (terminal or
+   * held by a live other owner). */
+  int (*finish)(apex__store_t *s, uint64_t id, const char *owner, int state, double now,
+                double run_at, const char *result, const char *error, const char *partial,
+                int wait, apex_error_t **err);
+  /* Records a cancel request. A row not held by a live owner (or held by
+   * none) and not running ends cancelled at once, error made from reason;
+   * *ended says so. Returns: APEX_OK; APEX_E_ALREADY (terminal, or asked
+   * before); APEX_E_INVALID (no such row). */
+  int (*request_cancel)(apex__store_t *s, uint64_t id, const char *reason, double now,
+                        int *ended, apex_error_t **err);
+  /* Copies row id into *out. Returns: APEX_OK; APEX_E_INVALID (no row). */
+  int (*get)(apex__store_t *s, uint64_t id, apex__srec_t *out, apex_error_t **err);
+  /* Finds the row with idempotency key `key`: *id (0: none). */
+  int (*find_key)(apex__store_t *s, const char *key, uint64_t *id, apex_error_t **err);
+  /* The rows f selects, by id, as a new array of copies. */
+  int (*list)(apex__store_t *s, const apex__sfilter_t *f, apex__srec_t **out, size_t *n,
+              apex_error_t **err);
+  /* Takes over every non-terminal row that owner may have: its own
+   * (a restart with the same id), those whose lease expired by now, and
+   * those whose owner is_dead says is gone; each is then held by owner
+   * until lease_until (state unchanged: the caller decides). *out: a new
+   * array of copies as they were before the take-over (owner field: the
+   * previous owner). */
+  int (*recover)(apex__store_t *s, const char *owner, double now, double lease_until,
+                 apex__owner_dead_fn is_dead, void *user, apex__srec_t **out, size_t *n,
+                 apex_error_t **err);
+  /* Extends the lease of every non-terminal row owner holds. */
+  int (*renew)(apex__store_t *s, const char *owner, double lease_until, apex_error_t **err);
+  /* The ids of owner's non-terminal rows with a cancel request: a new
+   * array (*n), NULL when none. */
+  int (*cancel_requests)(apex__store_t *s, const char *owner, uint64_t **ids, size_t *n,
+                         apex_error_t **err);
+  /* Deletes terminal rows with ended_at <= before. *n: how many. */
+  int (*purge)(apex__store_t *s, double before, size_t *n, apex_error_t **err);
+  /* Waits until every queued write (wait 0) is durable. */
+  int (*sync)(apex__store_t *s, apex_error_t **err);
+  /* Closes and frees s (after sync). */
+  void (*close)(apex__store_t *s);
+} apex__store_ops_t;
+
+/* What every backend's store begins with. */
+struct apex_store {
+  const apex__store_ops_t *ops;
+  char *uri; /* as opened */
+};
+
+/* Opens a backend by uri (apex_store_open's grammar). Options after '?' in
+ * a sqlite uri: synchronous=full|normal, group_commit=0|1 (docs/store.md).
+ * Returns: APEX_OK; APEX_E_INVALID; APEX_E_STORE; APEX_E_NOMEM. */
+int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err);
+int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t **err);
+int apex__store_sqlite_open(const char *uri, const char *path, apex__store_t **out,
+                            apex_error_t **err);
+
+/* Wall-clock now, seconds since the epoch. */
+double apex__store_now(void);
+
+/* A new store error (APEX_E_STORE unless code says otherwise) into *err
+ * (when err is non-NULL); returns code. */
+int apex__store_fail(apex_error_t **err, int code, const char *fmt, ...) APEX_PRINTF(3, 4);
+
+#endif
