@@ -252,8 +252,7 @@ static int64_t checkpointed_step(apex_ctx_t *ctx, int64_t steps) {
 #ifdef APEX_HAVE_CTX_CHECKPOINT
   json_t *cp = apex_ctx_checkpoint_get(ctx);
   json_t *v = json_object_get(cp, "step");
-  int64_t step = json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
-  json_decref(cp);
+  int64_t step = json_is_integer(v) ? (int64_t)json_integer_value(v) : 0; /* cp: borrowed */
   return step >= 0 && step <= steps ? step : 0;
 #else
   (void)ctx;
@@ -262,10 +261,12 @@ static int64_t checkpointed_step(apex_ctx_t *ctx, int64_t steps) {
 #endif
 }
 
-/* Saves {"step": done} as the task's checkpoint. Returns: APEX_OK (also on
- * a host without checkpoints, where there is nothing to save), or the
- * host's refusal (the task fails with it: a resumable action that cannot
- * record where it is would, after a crash, redo steps it reported done). */
+/* Saves {"step": done} as the task's checkpoint. Returns: APEX_OK when it
+ * was saved; APEX_E_INVALID when the host keeps no checkpoints (one that
+ * predates them: the task runs on, from scratch on its next attempt); or
+ * the store's failure (APEX_E_STORE, APEX_E_NOMEM), which fails the task:
+ * on a durable store a step whose checkpoint could not be written may run
+ * again after a crash, and the step log would have said it was done. */
 static int save_step(apex_ctx_t *ctx, int64_t done) {
 #ifdef APEX_HAVE_CTX_CHECKPOINT
   json_t *cp = json_pack("{s:I}", "step", (json_int_t)done);
@@ -276,7 +277,7 @@ static int save_step(apex_ctx_t *ctx, int64_t done) {
 #else
   (void)ctx;
   (void)done;
-  return APEX_OK;
+  return APEX_E_INVALID;
 #endif
 }
 
@@ -341,12 +342,12 @@ static int long_task(apex_ctx_t *ctx) {
     /* The checkpoint first: once it is saved the step is done for good, so
      * the step log, the partial result and the progress may say so. */
     int cr = save_step(ctx, done);
-    if (cr != APEX_OK) {
+    if (cr != APEX_OK && cr != APEX_E_INVALID) {
       rc = apex_ctx_fail(ctx, cr, "cannot checkpoint step %lld: %s", (long long)done,
-                         cr == APEX_E_NOMEM ? "out of memory" : "refused by the host");
+                         cr == APEX_E_NOMEM ? "out of memory" : "the store failed to write it");
       goto out;
     }
-    step_log_write(log_fd, id, "done", done, attempt);
+    if (cr == APEX_OK) step_log_write(log_fd, id, "done", done, attempt);
 
     /* The steps done so far, before the progress that says so: a host that
      * saw this step's progress finds at least this partial when the task

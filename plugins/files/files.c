@@ -387,7 +387,10 @@ static int copy_checkpoint(apex_ctx_t *ctx, copy_state_t *c) {
   if (!cp) return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the checkpoint");
   int rc = apex_ctx_checkpoint(ctx, cp);
   json_decref(cp);
-  if (rc != APEX_OK)
+  /* APEX_E_INVALID: a host that keeps no checkpoints; the copy goes on
+   * (a later attempt starts over). A store that failed to write one fails
+   * the copy: it could not resume. */
+  if (rc != APEX_OK && rc != APEX_E_INVALID)
     return apex_ctx_fail(ctx, rc, "cannot checkpoint the copy of '%s' at %llu bytes", c->src,
                          (unsigned long long)c->offset);
 #else
@@ -412,7 +415,7 @@ static json_int_t cp_int(const json_t *cp, const char *key) {
 static int copy_resume(apex_ctx_t *ctx, copy_state_t *c) {
 #ifdef APEX_HAVE_CTX_CHECKPOINT
   char eb[128];
-  json_t *cp = apex_ctx_checkpoint_get(ctx);
+  json_t *cp = apex_ctx_checkpoint_get(ctx); /* borrowed, for this attempt */
   if (!cp) return 0;
   int rc = 0;
   const char *why = NULL;
@@ -472,7 +475,6 @@ static int copy_resume(apex_ctx_t *ctx, copy_state_t *c) {
   rc = 1;
   apex_ctx_log(ctx, APEX_LOG_INFO, "copy of '%s': resuming at byte %lld", c->src, (long long)off);
 out:
-  json_decref(cp);
   return rc;
 #else
   (void)ctx;
