@@ -4,7 +4,7 @@
 set -eu
 
 PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3
-      libcurl4-openssl-dev libmicrohttpd-dev curl"
+      libcurl4-openssl-dev libmicrohttpd-dev curl libsqlite3-dev"
 
 missing=""
 for p in $PKGS; do

@@ -71,6 +71,10 @@ int apex__srec_copy(apex__srec_t *dst, const apex__srec_t *src);
 /* Frees an array of n records and the array. */
 void apex__srec_free_array(apex__srec_t *a, size_t n);
 
+/* The JSON of row r (apex_store_get's shape; full 0: apex_store_list's
+ * summary), a new reference; NULL on no memory. */
+json_t *apex__srec_to_json(const apex__srec_t *r, int full);
+
 /* What list selects (apex_store_filter_t, resolved). */
 typedef struct apex__sfilter {
   unsigned states;    /* APEX_OPS_STATE bits; 0: any */
@@ -180,6 +184,14 @@ int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_sqlite_open(const char *uri, const char *path, apex__store_t **out,
                             apex_error_t **err);
+
+/* The error JSON (apex_error_to_json's shape) of a task cancelled in the
+ * store for reason (NULL: "user"); a new string, NULL on no memory. */
+char *apex__store_cancel_error(const char *reason);
+
+/* SQLite only (tests, benchmarks): transactions committed so far; 0 for
+ * another backend. */
+uint64_t apex__store_sqlite_commits(apex__store_t *s);
 
 /* Wall-clock now, seconds since the epoch. */
 double apex__store_now(void);
