@@ -584,8 +584,8 @@ int cli_cmd_resume(const cli_opts_t *o) {
     printf("resuming %zu task%s from %s\n", n, n == 1 ? "" : "s", path);
     fflush(stdout);
   } else {
-    cli_emit(json_pack("{s:s, s:I, s:s}", "event", "resume", "tasks", (json_int_t)n, "store",
-                       path));
+    cli_emit(json_pack("{s:s, s:n, s:I, s:s}", "event", "resume", "task", "tasks", (json_int_t)n,
+                       "store", path));
   }
   size_t n_ids = json_array_size(ids);
   json_t **last = calloc(n_ids ? n_ids : 1, sizeof *last);
