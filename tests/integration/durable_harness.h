@@ -8,6 +8,8 @@
 #ifndef APEX_TEST_DURABLE_HARNESS_H
 #define APEX_TEST_DURABLE_HARNESS_H
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -27,17 +29,18 @@ static inline void dh_tmpdir(char *dir, size_t len, const char *tag) {
   assert_non_null(mkdtemp(dir));
 }
 
-/* Removes dir and the files in it (one level: what the tests make). */
+/* Removes dir and what is in it (the store's owner-lock folder too). */
 static inline void dh_rmdir(const char *dir) {
   DIR *d = opendir(dir);
   if (d) {
     struct dirent *e;
     while ((e = readdir(d))) {
-      if (e->d_name[0] == '.' && (e->d_name[1] == '\0' || (e->d_name[1] == '.' && !e->d_name[2])))
-        continue;
+      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
       char p[4096];
       snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-      (void)unlink(p);
+      struct stat st;
+      if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) dh_rmdir(p);
+      else (void)unlink(p);
     }
     closedir(d);
   }
