@@ -400,17 +400,19 @@ static int ctx_partial_result(apex_ctx_t *c, json_t *partial) {
   return apex__run_partial(run_of(c), partial);
 }
 
-/* Checkpoints (durable tasks, docs/store.md): refused until they land. */
+/* Checkpoints (src/store/durable.c): the state is checked here, on the
+ * plugin's thread, with the limits on values, as heartbeat details are. */
 static int ctx_checkpoint(apex_ctx_t *c, json_t *state) {
-  (void)c;
-  (void)state;
-  return APEX_E_INVALID;
+  if (!state) {
+    (void)open_task(c, "apex_ctx_checkpoint");
+    return APEX_E_INVALID;
+  }
+  if (check_handed(c, state, "checkpoint", "checkpoint", "apex_ctx_checkpoint") != APEX_OK)
+    return APEX_E_INVALID;
+  return apex__run_checkpoint(run_of(c), state);
 }
 
-static json_t *ctx_checkpoint_get(apex_ctx_t *c) {
-  (void)c;
-  return NULL;
-}
+static json_t *ctx_checkpoint_get(apex_ctx_t *c) { return apex__run_checkpoint_get(run_of(c)); }
 
 void apex__host_api_init(apex_host_api_t *api) {
   memset(api, 0, sizeof *api);

@@ -74,6 +74,11 @@ typedef struct apex__progress_slot {
   struct apex__flat *partial, *partial_spare;
   int partial_dirty;
   apex__ptree_t *tree;  /* the sub-task tree; NULL until one is reported */
+  /* Checkpoints (apex_ctx_checkpoint, src/store/durable.c): the latest
+   * saved (a copy) and the one apex_ctx_checkpoint_get returns to the open
+   * attempt (the latest when it opened; the same object or an older one,
+   * never modified). */
+  json_t *cp_last, *cp_prev;
   /* The task's children (src/ops/children.c); NULL until it spawns one. */
   struct apex__family *fam;
   /* What only a task that reports progress needs, kept here, not in the
@@ -166,6 +171,9 @@ typedef struct apex__task_opts {
    * transition hands it on (apex__group_member_end). */
   struct apex_group *group;
   size_t group_idx;
+  /* Durable tasks (src/store/durable.h): set for a task journaled in the
+   * manager's store, never in a shared block; NULL: not durable. */
+  struct apex__dtask *durable;
 } apex__task_opts_t;
 
 /* t's timeouts block, or NULL (immutable after submit: no lock). */
@@ -525,6 +533,11 @@ struct apex_manager {
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t runs_mu;
   apex__run_t *runs_head, *runs_tail;
   uint32_t n_runs;
+
+  /* Durable tasks (src/store/durable.c): the store, owner and keeper of a
+   * manager opened with config.store; NULL without one. Set before any
+   * task exists, cleared at teardown. */
+  struct apex__durable *dur;
 };
 
 /* The manager a run state belongs to: its ctx's api table is the
@@ -896,5 +909,7 @@ int apex__retry_next_timeout(const apex_task_t *t, double *delay_s);
 
 /* src/ops/children.c: child tasks and their hooks here. */
 #include "ops/children.h"
+/* src/store/durable.h: durable tasks' hooks here. */
+#include "store/durable.h"
 
 #endif

@@ -126,8 +126,8 @@ static int check_config(const apex_manager_config_t *in, apex_manager_config_t *
              (long long)out->shutdown_grace_ms);
     return 0;
   }
-  if (out->store || out->store_flags || out->store_owner || out->store_lease_s != 0) {
-    snprintf(why, n, "config.store: durable stores are not supported yet");
+  if (!out->store && (out->store_flags || out->store_owner || out->store_lease_s != 0)) {
+    snprintf(why, n, "config.store_flags/store_owner/store_lease_s set without config.store");
     return 0;
   }
   return 1;
@@ -194,6 +194,13 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   if ((rc = apex__events_init(m)) != APEX_OK || (rc = apex__runtime_start(m)) != APEX_OK ||
       (rc = apex__pool_start(m, c.workers)) != APEX_OK) {
     apex__log(&m->log, APEX_LOG_ERROR, "apex_manager_new: cannot start: %s", strerror(errno));
+    apex__manager_teardown(m, 1);
+    return rc;
+  }
+  /* Durable tasks (src/store/durable.c): the store is opened last, so a
+   * refusal (logged, naming the file and the reason) tears down what is
+   * already running the usual way. */
+  if (c.store && (rc = apex__durable_open(m)) != APEX_OK) {
     apex__manager_teardown(m, 1);
     return rc;
   }
@@ -345,6 +352,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
 void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   apex__pool_stop(m);
   apex__runtime_stop(m);
+  apex__durable_close(m); /* after the last outcome was journaled */
   apex__events_fini(m);
   for (size_t i = 0; i < m->n_plugins; i++) {
     if (can_unload) {
@@ -684,7 +692,8 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   int tmo = tns[0] || tns[1] || tns[2];
-  if (!tmo && !sp && !g && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)))
+  if (!tmo && !sp && !g && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)) &&
+      !(m->dur && apex__durable_wanted(m, o, 0)))
     return APEX_OK;
   /* One block: the options, then the timeouts' state if any. */
   apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
@@ -837,7 +846,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
       return apex__fail(err, APEX_E_INVALID, "%s", why);
     opts = &o_copy;
   }
-  if (opts && (opts->durable || opts->idempotency_key))
+  if (opts && (opts->durable || opts->idempotency_key) && !m->dur)
     return apex__fail(err, APEX_E_INVALID, "submit opts: durable: the manager has no store");
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
@@ -928,8 +937,15 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   apex__tmo_t *tmo = apex__task_tmo(t);
   if (rc == APEX_OK && tmo && (rc = apex__tmo_reserve(m, tmo)) != APEX_OK)
     apex__fail(err, rc, "out of memory for the task's timer");
+  /* A manager with a store (src/store/durable.c): the store gives the id,
+   * and a durable task's row is durable before the task can run. */
+  apex_task_t *dup = NULL;
+  if (rc == APEX_OK && m->dur) {
+    rc = apex__durable_submit(m, t, opts, vp, sp != NULL, &dup, err);
+    if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
+  }
   if (rc == APEX_OK) {
-    t->id = atomic_fetch_add(&m->next_id, 1);
+    if (!m->dur) t->id = atomic_fetch_add(&m->next_id, 1);
     atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
@@ -960,6 +976,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
       apex__pool_await_room(m, t, until);
     }
     if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
+    if (rc != APEX_OK && t->opts && t->opts->durable) apex__durable_unsubmit(m, t);
     if (rc == APEX_E_SHUTTING_DOWN)
       apex__fail(err, rc, "the manager is shutting down");
     else if (rc == APEX_E_QUEUE_FULL)
@@ -971,8 +988,15 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   if (rc != APEX_OK) {
     json_decref(vp);
     apex_token_unref(apex__task_token_peek(t));
-    if (t->opts && !t->opts->shared) free((void *)t->opts);
+    if (t->opts && !t->opts->shared) {
+      apex__durable_task_free(t->opts->durable);
+      free((void *)t->opts);
+    }
     free(t);
+    if (dup) { /* an idempotency key's task: that one is the answer */
+      *out = dup;
+      return APEX_OK;
+    }
     return rc;
   }
   atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);

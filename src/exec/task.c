@@ -42,6 +42,8 @@ static void slot_free(apex__progress_slot_t *s) {
   json_decref(s->details);
   json_decref(s->hb_details);
   json_decref(s->hb_prev);
+  json_decref(s->cp_last);
+  json_decref(s->cp_prev);
   apex__partial_free(s);
   apex__ptree_free(s->tree);
   apex__family_free(s->fam);
@@ -239,7 +241,10 @@ static void task_free(apex_task_t *t) {
    * nothing. */
   else if (apex_task_state_is_terminal(st) && !apex__error_is_lazy(t->out.error))
     apex_error_unref(t->out.error);
-  if (t->opts && !t->opts->shared) free((void *)t->opts); /* a class's block stays */
+  if (t->opts && !t->opts->shared) {
+    apex__durable_task_free(t->opts->durable);
+    free((void *)t->opts); /* a class's block stays */
+  }
   free(t);
   apex__manager_unref(m);
 }
@@ -758,6 +763,11 @@ typedef struct after {
   apex_progress_t *logp;
   apex_token_t *drop_tok; /* an ended attempt's own token (timeouts.c) */
   int uncount_stuck;  /* a stuck attempt ended without closing through the pool */
+  /* A durable task's attempt failed and will be retried after dur_delay
+   * seconds, with dur_err (a reference): journaled after the unlock. */
+  int dur_retry;
+  double dur_delay;
+  apex_error_t *dur_err;
   /* The caller holds a task reference of its own until after after_unlock
    * (a worker: the run queue's): the life reference, when it goes at the
    * task's end, may then go to the DONE queue instead of being dropped
@@ -837,6 +847,14 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
 /* The part of after_unlock that reads the plugin's names. */
 static void after_notify(apex_task_t *t, after_t *a) {
   apex_manager_t *m = apex__task_m(t);
+  /* A durable task's end or retry is journaled before anyone is woken. */
+  if (t->opts && t->opts->durable) {
+    if (a->finished) apex__durable_ended(t);
+    if (a->dur_retry) {
+      apex__durable_retry(t, a->dur_delay, a->dur_err);
+      apex_error_unref(a->dur_err);
+    }
+  }
   log_progress(t, a->logp);
   if (a->cancel) {
     apex_token_t *tok = apex__task_token(t);
@@ -1046,6 +1064,7 @@ static void attempt_timers_start_locked(apex_manager_t *m, apex_task_t *t, apex_
     s->hb_prev = s->hb_details;
     s->hb_details = NULL;
   }
+  if (s && s->cp_last) apex__checkpoint_rotate_locked(s);
   apex__tmo_t *tmo = apex__task_tmo(t);
   if (!tmo) return;
   tmo->s2s_at = 0;
@@ -1116,6 +1135,11 @@ int apex__task_run(apex_task_t *t) {
     if (ev) apex__events_push(m, ev);
   }
   pthread_mutex_unlock(mu);
+  /* A durable task's attempt is claimed in the store before it runs. */
+  if (t->opts && t->opts->durable && !sweeping) {
+    int drc = apex__durable_attempt_start(t, r);
+    if (drc != APEX_OK) return apex__task_attempt_end(t, drc);
+  }
   if (sweeping) {
     /* Taken from the queue just before destroy began (which starts no
      * attempt): never run it, end it as destroy ends what was queued. */
@@ -1384,6 +1408,11 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
                     (unsigned long long)t->id);
         } else {
           a.logp = lp;
+          if (t->opts && t->opts->durable) {
+            a.dur_retry = 1;
+            a.dur_delay = delay;
+            a.dur_err = apex_error_ref(err);
+          }
           atomic_fetch_add_explicit(&m->st_retries, 1, memory_order_relaxed);
           if (apex__events_wanted(m, t, APEX_EVENT_RETRY)) {
             apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_RETRY);

@@ -183,22 +183,3 @@ apex_status_t apex_store_purge(apex_store_t *s, double older_than_s, size_t *n,
   return rc;
 }
 
-/* Until the manager's part lands (src/store/durable.c). */
-apex_store_t *apex_manager_store(apex_manager_t *m) {
-  (void)m;
-  return NULL;
-}
-
-apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_recovered, apex_error_t **err) {
-  if (n_recovered) *n_recovered = 0;
-  (void)m;
-  return apex__fail(err, APEX_E_INVALID, "apex_manager_recover: the manager has no store");
-}
-
-apex_status_t apex_manager_task_info(apex_manager_t *m, uint64_t id, json_t **out,
-                                     apex_error_t **err) {
-  if (out) *out = NULL;
-  (void)m;
-  (void)id;
-  return apex__fail(err, APEX_E_STORE, "apex_manager_task_info: not supported yet");
-}

@@ -124,6 +124,24 @@ static int mem_enqueue(apex__store_t *s, const apex__srec_t *r, uint64_t *existi
   return APEX_OK;
 }
 
+static int mem_discard(apex__store_t *s, uint64_t id, apex_error_t **err) {
+  mem_store_t *m = M(s);
+  pthread_mutex_lock(&m->mu);
+  apex__srec_t *r = row(m, id);
+  int rc = APEX_OK;
+  if (!r)
+    rc = apex__store_fail(err, APEX_E_INVALID, "store: no task %llu", (unsigned long long)id);
+  else if (r->attempts > 0 || (r->state != APEX_TASK_QUEUED && r->state != APEX_TASK_SCHEDULED))
+    rc = APEX_E_ALREADY;
+  else {
+    apex__srec_clear(r);
+    free(r);
+    m->rows[id - 1] = NULL;
+  }
+  pthread_mutex_unlock(&m->mu);
+  return rc;
+}
+
 static int mem_claim(apex__store_t *s, uint64_t id, const char *owner, uint32_t attempt,
                      double now, double lease_until, apex_error_t **err) {
   mem_store_t *m = M(s);
@@ -466,6 +484,7 @@ static const apex__store_ops_t mem_ops = {
     .name = "memory",
     .alloc_ids = mem_alloc_ids,
     .enqueue = mem_enqueue,
+    .discard = mem_discard,
     .claim = mem_claim,
     .claim_next = mem_claim_next,
     .heartbeat = mem_heartbeat,

@@ -294,6 +294,17 @@ static int is_file_error(int rc) { return rc == APEX_E_STORE || rc == APEX_E_NOM
 
 /* ------------------------------------------------------------ requests */
 
+/* Runs a one-off statement on the writer: prepared each time (recovery,
+ * claim_next and purge are rare). */
+static int prep(sq_store_t *s, const char *sql, sqlite3_stmt **st, apex_error_t **err) {
+  if (sqlite3_prepare_v2(s->w, sql, -1, st, NULL) != SQLITE_OK) {
+    *st = NULL;
+    return sq_fail(s, s->w, err, "prepare");
+  }
+  return APEX_OK;
+}
+
+
 static int run_alloc_ids(sq_store_t *s, sq_req_t *q) {
   sqlite3_stmt *st = s->st[ST_NEXT_ID];
   int rc = sqlite3_step(st);
@@ -393,6 +404,24 @@ static int run_enqueue(sq_store_t *s, sq_req_t *q) {
   return out;
 }
 
+static int run_discard(sq_store_t *s, sq_req_t *q) {
+  row_head_t h;
+  int rc = load_head(s, q->id, &h, &q->err);
+  if (rc != APEX_OK) return rc;
+  if (!h.found)
+    return apex__store_fail(&q->err, APEX_E_INVALID, "store: no task %llu",
+                            (unsigned long long)q->id);
+  sqlite3_stmt *st;
+  rc = prep(s, "DELETE FROM tasks WHERE id = ?1 AND attempts = 0 AND state IN (0, 7)", &st,
+            &q->err);
+  if (rc != APEX_OK) return rc;
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)q->id);
+  if (sqlite3_step(st) != SQLITE_DONE) rc = sq_fail(s, s->w, &q->err, "discard");
+  else if (sqlite3_changes(s->w) == 0) rc = APEX_E_ALREADY;
+  sqlite3_finalize(st);
+  return rc;
+}
+
 static int run_claim(sq_store_t *s, sq_req_t *q) {
   row_head_t h;
   int rc = load_head(s, q->id, &h, &q->err);
@@ -415,16 +444,6 @@ static void reset_recs(sq_req_t *q) {
   apex__srec_free_array(q->out_recs, q->out_n);
   q->out_recs = NULL;
   q->out_n = 0;
-}
-
-/* Runs a one-off statement on the writer: prepared each time (recovery,
- * claim_next and purge are rare). */
-static int prep(sq_store_t *s, const char *sql, sqlite3_stmt **st, apex_error_t **err) {
-  if (sqlite3_prepare_v2(s->w, sql, -1, st, NULL) != SQLITE_OK) {
-    *st = NULL;
-    return sq_fail(s, s->w, err, "prepare");
-  }
-  return APEX_OK;
 }
 
 static int run_claim_next(sq_store_t *s, sq_req_t *q) {
@@ -761,6 +780,11 @@ static int sq_enqueue(apex__store_t *st, const apex__srec_t *r, uint64_t *existi
   return rc;
 }
 
+static int sq_discard(apex__store_t *st, uint64_t id, apex_error_t **err) {
+  sq_req_t q = {.run = run_discard, .id = id};
+  return submit(S(st), &q, 1, err);
+}
+
 static int sq_claim(apex__store_t *st, uint64_t id, const char *owner, uint32_t attempt,
                     double now, double lease_until, apex_error_t **err) {
   sq_req_t q = {.run = run_claim, .id = id, .owner = owner, .attempt = attempt, .now = now,
@@ -1033,6 +1057,7 @@ static const apex__store_ops_t sq_ops = {
     .name = "sqlite",
     .alloc_ids = sq_alloc_ids,
     .enqueue = sq_enqueue,
+    .discard = sq_discard,
     .claim = sq_claim,
     .claim_next = sq_claim_next,
     .heartbeat = sq_heartbeat,
@@ -1056,6 +1081,10 @@ uint64_t apex__store_sqlite_commits(apex__store_t *st) {
   uint64_t c = s->commits_seen;
   pthread_mutex_unlock(&s->mu);
   return c;
+}
+
+const char *apex__store_sqlite_path(apex__store_t *st) {
+  return st && st->ops == &sq_ops ? S(st)->path : NULL;
 }
 
 /* ------------------------------------------------------------ opening */

@@ -105,6 +105,12 @@ typedef struct apex__store_ops {
    * inserted. */
   int (*enqueue)(apex__store_t *s, const apex__srec_t *r, uint64_t *existing_id,
                  apex_error_t **err);
+  /* Deletes row id if it was never started (queued or scheduled, attempts
+   * 0): a submit that enqueued it and then could not accept the task (the
+   * queue full, shutting down) takes it back, so its idempotency key is
+   * free again. Returns: APEX_OK; APEX_E_ALREADY (started or ended: kept);
+   * APEX_E_INVALID (no row). */
+  int (*discard)(apex__store_t *s, uint64_t id, apex_error_t **err);
   /* Owner starts attempt `attempt` of row id: state running, attempts =
    * attempt, held until lease_until. Returns: APEX_OK; APEX_E_CANCELLED if a
    * cancel was requested (nothing changed: the caller ends it);
@@ -192,6 +198,9 @@ char *apex__store_cancel_error(const char *reason);
 /* SQLite only (tests, benchmarks): transactions committed so far; 0 for
  * another backend. */
 uint64_t apex__store_sqlite_commits(apex__store_t *s);
+/* SQLite only: the file's path (borrowed, valid while s is); NULL for
+ * another backend. */
+const char *apex__store_sqlite_path(apex__store_t *s);
 
 /* Wall-clock now, seconds since the epoch. */
 double apex__store_now(void);

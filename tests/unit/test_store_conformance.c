@@ -225,6 +225,35 @@ static void test_idempotency_key_returns_the_existing_task_whatever_its_state(vo
   apex_error_unref(err);
 }
 
+static void test_discard_takes_back_only_a_never_started_row(void **state) {
+  fixture_t *f = *state;
+  char key[96];
+  snprintf(key, sizeof key, "k-discard-%s", f->owner_a);
+  apex__srec_t r = {0};
+  r.id = new_id(f);
+  r.plugin = (char *)"p";
+  r.action = (char *)"x";
+  r.idem_key = key;
+  r.created_at = r.updated_at = T0;
+  uint64_t ex;
+  assert_int_equal(OPS(f)->enqueue(f->s, &r, &ex, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->discard(f->s, r.id, NULL), APEX_OK);
+  apex__srec_t g;
+  apex_error_t *err = NULL;
+  assert_int_equal(OPS(f)->get(f->s, r.id, &g, &err), APEX_E_INVALID);
+  apex_error_unref(err);
+  /* Its key is free again. */
+  uint64_t found = 1;
+  assert_int_equal(OPS(f)->find_key(f->s, key, &found, NULL), APEX_OK);
+  assert_int_equal(found, 0);
+  /* A started row is kept. */
+  uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->discard(f->s, id, NULL), APEX_E_ALREADY);
+  g = get(f, id);
+  apex__srec_clear(&g);
+}
+
 static void test_claim_takes_a_lease_one_owner_at_a_time(void **state) {
   fixture_t *f = *state;
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
@@ -658,6 +687,7 @@ static void test_concurrent_writers_lose_nothing(void **state) {
   X(test_ids_are_unique_increasing_and_never_reused)                       \
   X(test_enqueue_then_get_returns_every_field)                             \
   X(test_idempotency_key_returns_the_existing_task_whatever_its_state)     \
+  X(test_discard_takes_back_only_a_never_started_row)                      \
   X(test_claim_takes_a_lease_one_owner_at_a_time)                          \
   X(test_heartbeat_extends_the_lease_and_saves_the_checkpoint_in_one_write) \
   X(test_terminal_rows_never_change)                                       \
