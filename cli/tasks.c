@@ -159,7 +159,12 @@ static void format_age(double t, char *buf, size_t len) {
   else snprintf(buf, len, "%.0fd", age / 86400);
 }
 
+/* The task's percentage as shown: 100 once it succeeded (the summary the
+ * store keeps is the last one saved with a checkpoint or heartbeat, which
+ * may predate the end), else the stored one; -1 for none. */
 static double progress_pct(const json_t *task) {
+  const char *state = json_string_value(json_object_get(task, "state"));
+  if (state && strcmp(state, "succeeded") == 0) return 100.0;
   json_t *p = json_object_get(json_object_get(task, "progress"), "percentage");
   return json_is_number(p) ? json_number_value(p) : -1;
 }

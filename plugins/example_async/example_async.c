@@ -329,6 +329,14 @@ static int long_task(apex_ctx_t *ctx) {
     }
   }
 
+  /* Resumed with every step done already: an attempt meant to fail still
+   * does ("attempts 1..N fail"), without a step to do first. */
+  if (first == steps && steps > 0 && attempt <= (uint64_t)fail_attempts) {
+    rc = apex_ctx_fail(ctx, APEX_E_TRANSIENT, "attempt %u of the first %lld fails on purpose",
+                       (unsigned)attempt, (long long)fail_attempts);
+    goto out;
+  }
+
   for (int64_t i = first; i < steps; i++) {
     if (ignore_cancel) {
       sleep_uncancellable((uint64_t)step_ms);
@@ -338,16 +346,6 @@ static int long_task(apex_ctx_t *ctx) {
       goto out;
     }
     int64_t done = i + 1;
-
-    /* The checkpoint first: once it is saved the step is done for good, so
-     * the step log, the partial result and the progress may say so. */
-    int cr = save_step(ctx, done);
-    if (cr != APEX_OK && cr != APEX_E_INVALID) {
-      rc = apex_ctx_fail(ctx, cr, "cannot checkpoint step %lld: %s", (long long)done,
-                         cr == APEX_E_NOMEM ? "out of memory" : "the store failed to write it");
-      goto out;
-    }
-    if (cr == APEX_OK) step_log_write(log_fd, id, "done", done, attempt);
 
     /* The steps done so far, before the progress that says so: a host that
      * saw this step's progress finds at least this partial when the task
@@ -376,6 +374,17 @@ static int long_task(apex_ctx_t *ctx) {
       rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
       goto out;
     }
+
+    /* Then the checkpoint (a durable store saves the progress just
+     * reported with it, so the two agree); once it returned the step is
+     * done for good, and only then does the step log say so. */
+    int cr = save_step(ctx, done);
+    if (cr != APEX_OK && cr != APEX_E_INVALID) {
+      rc = apex_ctx_fail(ctx, cr, "cannot checkpoint step %lld: %s", (long long)done,
+                         cr == APEX_E_NOMEM ? "out of memory" : "the store failed to write it");
+      goto out;
+    }
+    if (cr == APEX_OK) step_log_write(log_fd, id, "done", done, attempt);
 
     /* After this attempt's first step (not the task's: a retry resumes past
      * step 1 and must still be able to fail on purpose). */
