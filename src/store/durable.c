@@ -530,7 +530,13 @@ void apex__durable_ended(apex_task_t *t) {
   int st = atomic_load(&t->state);
   /* Cancelled by a shutdown: the row stays as it was (queued, running),
    * for the next manager to recover; the process is going, not the task. */
-  if (st == APEX_TASK_CANCELLED && atomic_load(&m->shutting_down)) return;
+  /* (By its reason: a task cancelled before the shutdown, whose handler
+   * returns during it, ended for good and is recorded.) */
+  if (st == APEX_TASK_CANCELLED && atomic_load(&m->shutting_down)) {
+    apex_token_t *tok = apex__task_token_peek(t);
+    const char *why = tok ? apex_token_reason(tok) : NULL;
+    if (!why || strcmp(why, "shutdown") == 0) return;
+  }
   json_t *res = st == APEX_TASK_SUCCEEDED ? apex_task_result(t) : NULL;
   apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex_task_error(t);
   json_t *ej = e ? apex_error_to_json(e) : NULL;
