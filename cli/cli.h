@@ -39,6 +39,8 @@ typedef struct cli_opts {
   unsigned workers;          /* worker threads; 0: 2 (apex batch sets it) */
   /* Durable tasks (tasks.c, docs/durable.md). */
   const char *store;         /* --store PATH, or NULL: see cli_store_path */
+  const char *store_owner;   /* the manager's owner id in the store (resume),
+                                or NULL: a random one */
   int detach;                /* run --detach: submit, print the id, exit */
   const char *state;         /* tasks --state NAME[,NAME...], or NULL: any */
   long limit;                /* tasks --limit N, or 0: 50 */

@@ -22,9 +22,13 @@
  * over succeeded, else 1 (130 after Ctrl-C, which cancels them as `run`
  * does).
  *
- * Threads: main thread only; resume polls the manager's operation list
- * (apex_ops_list) rather than taking events, so nothing here runs on a
- * library thread. */
+ * Threads: main thread only; resume polls what it took over
+ * (apex_manager_task_info, five times a second) rather than taking events,
+ * so nothing here runs on a library thread. Which tasks it took over: the
+ * unfinished ones the store listed before apex_manager_recover that are
+ * live in its manager after it (apex_ops_find, which looks past a task's
+ * moment between the queue and its first attempt), or that recovery ended
+ * at once. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -557,6 +561,16 @@ int cli_cmd_resume(const cli_opts_t *o) {
   cli_opts_t mo = *o;
   mo.store = path;
   mo.workers = 4;
+  /* An owner id of our own, to tell the rows recovery gave us. */
+  char owner[64];
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  snprintf(owner, sizeof owner, "resume-%d-%lld%09ld", (int)getpid(), (long long)now.tv_sec,
+           now.tv_nsec);
+  mo.store_owner = owner;
+  /* A little before recovery: an end it records is not older (the clock
+   * the store uses is this one, CLOCK_REALTIME). */
+  double t_recover = (double)now.tv_sec + now.tv_nsec / 1e9 - 1.0;
   apex_manager_t *m = NULL;
   int code = cli_manager_new(&mo, NULL, NULL, NULL, NULL, &m);
   if (code != CLI_EXIT_OK) {
@@ -564,6 +578,26 @@ int cli_cmd_resume(const cli_opts_t *o) {
     return code;
   }
   load_plugins(m);
+  /* The unfinished tasks before recovery: the ones it may take over. */
+  apex_store_t *s = apex_manager_store(m);
+  json_t *before = json_array();
+  apex_store_filter_t f = APEX_STORE_FILTER_INIT;
+  f.states = APEX_OPS_STATE(APEX_TASK_QUEUED) | APEX_OPS_STATE(APEX_TASK_RUNNING) |
+             APEX_OPS_STATE(APEX_TASK_RETRY_WAIT) | APEX_OPS_STATE(APEX_TASK_SCHEDULED);
+  f.limit = 10000;
+  for (;;) {
+    json_t *page = NULL;
+    if (!s || !before || apex_store_list(s, &f, &page, NULL) != APEX_OK) break;
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(page, "tasks"), i, t)
+      json_array_append(before, json_object_get(t, "id"));
+    json_t *next = json_object_get(page, "next");
+    int more = json_is_integer(next);
+    if (more) f.after_id = (uint64_t)json_integer_value(next);
+    json_decref(page);
+    if (!more) break;
+  }
   size_t n = 0;
   apex_error_t *err = NULL;
   int rc = apex_manager_recover(m, &n, &err);
@@ -571,20 +605,50 @@ int cli_cmd_resume(const cli_opts_t *o) {
     code = cli_fail(o->json, rc, "cannot resume from '%s': %s", path,
                     err ? apex_error_message(err) : apex_strerror(rc));
     apex_error_unref(err);
+    json_decref(before);
     apex_manager_destroy(m, 0);
     free(path);
     return code ? code : CLI_EXIT_FAILED;
   }
-  /* What recovery took over: the ids to follow to their end (ended ones
-   * too: recovery may end a task at once, e.g. a non-resumable one cut
-   * off mid-run, and the user should hear of it). */
-  apex_op_list_t *l = NULL;
+  /* What recovery took over (n tasks): each task of the list that is live
+   * in this manager (apex_ops_find), or whose row names this manager's
+   * owner (a task between the scheduler and its first attempt, whose claim
+   * is being written, is in neither of the manager's lists for that long),
+   * or that ended since the recovery began (it may end a task at once: a
+   * non-resumable one cut off mid-run, a missing plugin; the user should
+   * hear of it). A task another live process runs is none of these: it is
+   * left alone. Looked for until all n are found, for at most two seconds. */
   json_t *ids = json_array();
-  if (apex_ops_list(m, NULL, &l) == APEX_OK) {
-    for (size_t i = 0; i < apex_op_list_count(l); i++)
-      json_array_append_new(ids, json_integer((json_int_t)apex_op_list_at(l, i)->id));
-    apex_op_list_free(l);
+  size_t nb = json_array_size(before);
+  char *taken = calloc(nb ? nb : 1, 1);
+  int64_t find_end = cli_now_ms() + 2000;
+  while (ids && taken && json_array_size(ids) < n) {
+    for (size_t bi = 0; bi < nb; bi++) {
+      if (taken[bi]) continue;
+      json_t *bid = json_array_get(before, bi);
+      uint64_t id = (uint64_t)json_integer_value(bid);
+      apex_task_t *t = NULL;
+      json_t *info = NULL;
+      int mine = apex_ops_find(m, id, &t) == APEX_OK;
+      apex_task_release(t);
+      if (!mine && apex_store_get(s, id, &info, NULL) == APEX_OK) {
+        const char *ow = jstr(info, "owner", "");
+        json_t *ended = json_object_get(info, "ended_at");
+        mine = strcmp(ow, mo.store_owner) == 0 ||
+               (is_terminal_name(jstr(info, "state", "?")) && json_is_number(ended) &&
+                json_number_value(ended) >= t_recover);
+      }
+      json_decref(info);
+      if (mine) {
+        taken[bi] = 1;
+        json_array_append(ids, bid);
+      }
+    }
+    if (json_array_size(ids) >= n || cli_now_ms() > find_end) break;
+    nap(5);
   }
+  free(taken);
+  json_decref(before);
   if (!o->json) {
     printf("resuming %zu task%s from %s\n", n, n == 1 ? "" : "s", path);
     fflush(stdout);
@@ -596,7 +660,6 @@ int cli_cmd_resume(const cli_opts_t *o) {
   json_t **last = calloc(n_ids ? n_ids : 1, sizeof *last);
   char *ended = calloc(n_ids ? n_ids : 1, 1);
   int all_ok = 1, drawn = 0, cancelled = 0;
-  apex_store_t *s = apex_manager_store(m);
   for (;;) {
     if (atomic_load(&g_stop) && !cancelled) {
       /* As `run`: the first Ctrl-C cancels what runs and waits for it. */
