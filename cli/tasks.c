@@ -341,12 +341,14 @@ int cli_cmd_show(const cli_opts_t *o) {
   static const char *const order[] = {
       "id", "plugin", "action", "plugin_version", "state", "attempts", "params", "progress",
       "partial_result", "result", "error", "checkpoint", "idempotency_key", "owner",
-      "cancel_requested", "run_at", "deadline", "created_at", "updated_at", "events"};
+      "cancel_requested", "cancel_reason", "run_at", "deadline", "lease_until", "created_at",
+      "updated_at", "ended_at", "events"};
   for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
     const json_t *v = json_object_get(t, order[i]);
     if (!v) continue;
     if (strcmp(order[i], "created_at") == 0 || strcmp(order[i], "updated_at") == 0 ||
-        strcmp(order[i], "run_at") == 0 || strcmp(order[i], "deadline") == 0)
+        strcmp(order[i], "run_at") == 0 || strcmp(order[i], "deadline") == 0 ||
+        strcmp(order[i], "ended_at") == 0 || strcmp(order[i], "lease_until") == 0)
       print_time(order[i], v);
     else if (strcmp(order[i], "events") == 0 && json_is_array(v)) {
       size_t k;
@@ -660,6 +662,8 @@ int cli_cmd_resume(const cli_opts_t *o) {
   json_t **last = calloc(n_ids ? n_ids : 1, sizeof *last);
   char *ended = calloc(n_ids ? n_ids : 1, 1);
   int all_ok = 1, drawn = 0, cancelled = 0;
+  size_t n_ok = 0;
+  json_t *failures = json_array();
   for (;;) {
     if (atomic_load(&g_stop) && !cancelled) {
       /* As `run`: the first Ctrl-C cancels what runs and waits for it. */
@@ -689,7 +693,13 @@ int cli_cmd_resume(const cli_opts_t *o) {
       }
       if (done && !ended[i]) {
         ended[i] = 1;
-        if (strcmp(state, "succeeded") != 0) all_ok = 0;
+        if (strcmp(state, "succeeded") != 0) {
+          all_ok = 0;
+          /* Kept for the closing lines: what went wrong is worth a line. */
+          if (!o->json && failures) json_array_append(failures, t);
+        } else {
+          n_ok++;
+        }
       }
       json_decref(t);
     }
@@ -697,6 +707,17 @@ int cli_cmd_resume(const cli_opts_t *o) {
     if (live == 0) break;
     nap(WATCH_INTERVAL_MS);
   }
+  if (!o->json) {
+    printf("%zu of %zu resumed task%s succeeded\n", n_ok, n_ids, n_ids == 1 ? "" : "s");
+    size_t k;
+    json_t *t;
+    json_array_foreach(failures, k, t) {
+      printf("task %lld: ", (long long)json_integer_value(json_object_get(t, "id")));
+      print_result(t);
+    }
+    fflush(stdout);
+  }
+  json_decref(failures);
   for (size_t i = 0; i < n_ids; i++) json_decref(last[i]);
   free(last);
   free(ended);
