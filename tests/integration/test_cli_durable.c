@@ -287,6 +287,28 @@ static void test_resume_finishes_a_task_whose_runner_was_killed(void **state) {
   proc_free(&r);
 }
 
+static void test_ctrl_c_on_a_durable_run_cancels_it_and_the_store_says_so(void **state) {
+  fx_t *f = *state;
+  proc_t p;
+  proc_start(&p, "run", "example_async.long_task", "--param", "steps=1000", "--param",
+             "step_ms=20", "--store", f->store, NULL);
+  assert_true(proc_read_until(&p, "\"event\":\"progress\"", 20000));
+  assert_int_equal(kill(p.pid, SIGINT), 0);
+  proc_wait(&p);
+  assert_int_equal(p.code, 130);
+  json_t *lines = json_lines(&p);
+  json_t *r = the_result(lines);
+  assert_string_equal(json_string_value(json_object_get(r, "state")), "cancelled");
+  json_int_t id = json_integer_value(json_object_get(r, "task"));
+  json_decref(lines);
+  proc_free(&p);
+  /* Recorded as it ended, once: not left `running` for a resume to redo
+   * (the process exits as soon as the task ended). */
+  json_t *t = show(f, id);
+  assert_string_equal(state_of(t), "cancelled");
+  json_decref(t);
+}
+
 static void test_default_store_is_under_xdg_state_home(void **state) {
   fx_t *f = *state;
   proc_t p;
@@ -356,6 +378,7 @@ int main(void) {
       T(test_tasks_and_show_read_as_text_on_a_terminal_too),
       T(test_cancel_stops_a_detached_task_wherever_it_runs),
       T(test_resume_finishes_a_task_whose_runner_was_killed),
+      T(test_ctrl_c_on_a_durable_run_cancels_it_and_the_store_says_so),
       T(test_default_store_is_under_xdg_state_home),
       T(test_a_bad_detached_run_is_reported_by_the_command_typed),
       T(test_ids_that_are_not_tasks_exit_2_naming_them),
