@@ -80,6 +80,15 @@ TARGETS = [
     ("Wroll", (1, "apex", "host_cpu_ns_per_delivered"), "<=",
      (2, "apex", "single_host_cpu_ns_per_delivered"),
      "host CPU per delivered update of a 1,000-child parent, against one task alone"),
+    # Issue 13: durable tasks on SQLite.
+    ("W13", (1, "store", "tasks_per_s"), ">=", 30000,
+     "durable no-op tasks end to end, group commit"),
+    ("W13", (1, "store", "tasks_per_s"), ">=", (1, "store", "single_tasks_per_s"),
+     "group commit against one transaction per write, same run"),
+    ("W14", (1, "store", "checkpoints_per_s"), ">=", 50000,
+     "100 tasks checkpointing in a loop"),
+    ("Wrecover", (1, "store", "recover_ms"), "<=", 2000,
+     "100,000 unfinished tasks running again"),
 ]
 
 # Which way is better for each figure; figures not listed get no ratio.
@@ -92,6 +101,9 @@ BETTER = {
     "mib_per_s": "higher",
     "ns_per_child": "lower", "cpu_ns_per_child": "lower", "ms_to_last_cancelled": "lower",
     "host_cpu_ns_per_delivered": "lower", "single_host_cpu_ns_per_delivered": "lower",
+    "single_tasks_per_s": "higher", "single_cpu_ns_per_task": "lower",
+    "checkpoints_per_s": "higher", "cpu_ns_per_checkpoint": "lower",
+    "recover_ms": "lower", "to_last_done_ms": "lower",
 }
 # Figures that grow with SIZE: compared between peers only at equal sizes.
 SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
@@ -99,7 +111,7 @@ SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 FLAGS = {"final"}
 
 WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
-                  "Whttp", "W11", "W12", "Wroll"]
+                  "Whttp", "W11", "W12", "Wroll", "W13", "W14", "Wrecover"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -117,9 +129,13 @@ WORKLOAD_TITLE = {
     "W11": "W11: one parent spawns 10,000 no-op children and waits for all",
     "W12": "W12: cancelling a parent of 10,000 pending deferred children (libuv: 10,000 timers)",
     "Wroll": "Wroll: host CPU per delivered update, 1,000 children of 10,000 updates each",
+    "W13": "W13: durable no-op tasks on SQLite, group commit against a transaction per write",
+    "W14": "W14: checkpoints of 100 durable tasks in a loop",
+    "Wrecover": "Wrecover: recovering 100,000 unfinished durable tasks",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "libuv",
-              "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl"]
+              "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl",
+              "store"]
 # CPU right after the wall figures it was measured with.
 FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task",
                 "bytes_per_task", "ns_per_update", "cpu_ns_per_update", "delivered",

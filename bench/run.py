@@ -60,9 +60,12 @@ FULL_SIZES = {
     "W11": 10000,  # children of one parent (issue 11)
     "W12": 10000,  # pending children cancelled with their parent
     "Wroll": 1000,  # flood children of one parent, 10,000 updates each
+    "W13": 100000,  # durable no-op tasks (issue 13), each configuration
+    "W14": 200000,  # checkpoints, over 100 tasks
+    "Wrecover": 100000,  # unfinished tasks recovered
 }
 WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
-             "Whttp", "W11", "W12", "Wroll"]
+             "Whttp", "W11", "W12", "Wroll", "W13", "W14", "Wrecover"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
 TINY_WHTTP_BYTES = 16 << 20

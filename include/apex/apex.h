@@ -504,14 +504,18 @@ typedef struct apex_submit_opts {
                                   one); submit returns once the task's row
                                   is durable */
   const char *idempotency_key; /* a durable task's key (copied; 1 to 255
-                                  bytes of UTF-8): a later submit with the
-                                  same key, in this process or after a
-                                  restart, returns the task already
-                                  submitted under it, whatever its state,
-                                  instead of a new one; the same key with
-                                  other plugin, action or params is refused
-                                  (APEX_E_INVALID naming the key). NULL:
-                                  none. Implies durable */
+                                  bytes): a later submit with the same key,
+                                  in this process or after a restart,
+                                  returns a handle on the task already
+                                  submitted under it instead of a new one:
+                                  live in this manager, or ended (a handle
+                                  on its outcome, result or error); one
+                                  still unfinished but held by another
+                                  manager (or not yet recovered) is
+                                  APEX_E_ALREADY naming its id. The same
+                                  key with another plugin, action or params
+                                  is refused (APEX_E_INVALID naming the
+                                  key). NULL: none. Implies durable */
 } apex_submit_opts_t;
 
 #define APEX_TIMEOUT_NONE (-1.0)
@@ -1072,8 +1076,8 @@ APEX_EXTERN apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_reco
  * of m reports what m knows now (its state, attempts, last progress,
  * partial result), which may be newer than the store's.
  * Returns: APEX_OK with a new reference in *out; APEX_E_INVALID (NULL
- * argument, id 0, an id neither m nor its store knows, or one of m's
- * non-durable tasks that has ended and been released); APEX_E_STORE;
+ * argument, id 0, an id neither m's live tasks nor its store know: a
+ * non-durable task is known while it is live only); APEX_E_STORE;
  * APEX_E_NOMEM. Thread-safety: any thread. */
 APEX_EXTERN apex_status_t apex_manager_task_info(apex_manager_t *m, uint64_t id, json_t **out,
                                                  apex_error_t **err);

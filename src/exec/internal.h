@@ -561,6 +561,14 @@ uint64_t apex__now_ns(void);
 uint64_t apex__ns_after_ms(int64_t ms);
 
 /* task.c */
+/* A handle on a task of m that ended before this process knew it (a
+ * durable task's row, src/store/durable.c): terminal in state, its DONE
+ * counted as delivered, in no queue or list. Ownership: result and error
+ * taken (result for succeeded, else error); the one reference is the
+ * caller's handle. Returns: NULL on no memory (both then dropped). */
+apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
+                                  const apex_action_desc_t *a, uint64_t id, int state,
+                                  uint32_t attempts, json_t *result, apex_error_t *error);
 /* The stripe lock guarding t's state (one of APEX__LOCK_STRIPES, by id). */
 pthread_mutex_t *apex__task_mu(apex_task_t *t);
 /* Reference counting; any lock or none. The unref that drops the last

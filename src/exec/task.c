@@ -249,6 +249,34 @@ static void task_free(apex_task_t *t) {
   apex__manager_unref(m);
 }
 
+apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
+                                  const apex_action_desc_t *a, uint64_t id, int state,
+                                  uint32_t attempts, json_t *result, apex_error_t *error) {
+  apex_task_t *t = calloc(1, sizeof *t);
+  if (!t) {
+    json_decref(result);
+    apex_error_unref(error);
+    return NULL;
+  }
+  t->id = id;
+  t->plugin = p;
+  t->action = a;
+  atomic_init(&t->params, NULL);
+  atomic_init(&t->refs, 1);
+  atomic_init(&t->state, (uint8_t)state);
+  t->attempt = (uint16_t)(attempts > 65535 ? 65535 : attempts);
+  if (state == APEX_TASK_SUCCEEDED) {
+    t->out.result = result ? result : json_null();
+    apex_error_unref(error);
+  } else {
+    t->out.error = error;
+    json_decref(result);
+  }
+  atomic_init(&t->done_next, APEX__DONE_DELIVERED);
+  atomic_fetch_add(&m->refs, 1); /* task_free gives it back */
+  return t;
+}
+
 void apex__task_ref(apex_task_t *t) { atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); }
 
 void apex__task_unref(apex_task_t *t) {

@@ -51,7 +51,8 @@
 struct apex__durable {
   apex_manager_t *m;
   apex__store_t *s;
-  char owner[OWNER_MAX + 1];
+  char id[OWNER_MAX + 1];     /* the owner id (config.store_owner): its lock's name */
+  char owner[OWNER_MAX + 24]; /* what its rows say: "ID#NONCE", this life's */
   double lease_s;
   int all; /* APEX_STORE_F_DURABLE_ALL */
   /* the owner lock (SQLite): PATH.owners/OWNER.lock, flocked */
@@ -90,13 +91,13 @@ static int owner_ok(const char *o) {
 static int owner_lock(apex__durable_t *d, const char *db, char *why, size_t n) {
   size_t len = strlen(db);
   d->lock_dir = malloc(len + 8);
-  d->lock_path = malloc(len + 8 + 1 + strlen(d->owner) + 6);
+  d->lock_path = malloc(len + 8 + 1 + strlen(d->id) + 6);
   if (!d->lock_dir || !d->lock_path) {
     snprintf(why, n, "out of memory");
     return APEX_E_NOMEM;
   }
   sprintf(d->lock_dir, "%s.owners", db);
-  sprintf(d->lock_path, "%s/%s.lock", d->lock_dir, d->owner);
+  sprintf(d->lock_path, "%s/%s.lock", d->lock_dir, d->id);
   if (mkdir(d->lock_dir, 0700) != 0 && errno != EEXIST) {
     snprintf(why, n, "cannot make the owner-lock directory %s: %s", d->lock_dir, strerror(errno));
     return APEX_E_STORE;
@@ -111,7 +112,7 @@ static int owner_lock(apex__durable_t *d, const char *db, char *why, size_t n) {
     close(d->lock_fd);
     d->lock_fd = -1;
     snprintf(why, n, "owner id '%s' is in use by another live manager (%s is locked%s%s)",
-             d->owner, d->lock_path, e == EWOULDBLOCK ? "" : ": ",
+             d->id, d->lock_path, e == EWOULDBLOCK ? "" : ": ",
              e == EWOULDBLOCK ? "" : strerror(e));
     return APEX_E_STORE;
   }
@@ -129,13 +130,24 @@ static void owner_unlock(apex__durable_t *d) {
   d->lock_dir = d->lock_path = NULL;
 }
 
-/* apex__owner_dead_fn: an owner is gone when its lock can be taken (or it
- * has none). Its stale file is removed. */
+/* apex__owner_dead_fn. A row's owner is "ID#NONCE": the manager of owner
+ * id ID in one life (NONCE). Another life of this manager's own id is gone
+ * (this manager holds the id's lock); this life is not. Another id is gone
+ * when its lock can be taken (or it has none; its stale file is removed);
+ * without lock files (a store that is no file) only its lease tells. */
 static int owner_dead(const char *owner, void *user) {
   apex__durable_t *d = user;
-  if (!d->lock_dir || !owner_ok(owner)) return 0;
+  const char *hash = strchr(owner, '#');
+  size_t idlen = hash ? (size_t)(hash - owner) : strlen(owner);
+  if (idlen == strlen(d->id) && strncmp(owner, d->id, idlen) == 0)
+    return strcmp(owner, d->owner) != 0;
+  char id[OWNER_MAX + 1];
+  if (!d->lock_dir || idlen == 0 || idlen > OWNER_MAX) return 0;
+  memcpy(id, owner, idlen);
+  id[idlen] = '\0';
+  if (!owner_ok(id)) return 0;
   char path[PATH_MAX];
-  if (snprintf(path, sizeof path, "%s/%s.lock", d->lock_dir, owner) >= (int)sizeof path) return 0;
+  if (snprintf(path, sizeof path, "%s/%s.lock", d->lock_dir, id) >= (int)sizeof path) return 0;
   int fd = open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) return errno == ENOENT;
   int dead = flock(fd, LOCK_EX | LOCK_NB) == 0;
@@ -234,14 +246,18 @@ int apex__durable_open(apex_manager_t *m) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&d->kcv, &ca);
   pthread_condattr_destroy(&ca);
-  if (c->store_owner) {
-    snprintf(d->owner, sizeof d->owner, "%s", c->store_owner);
-  } else {
-    uint64_t rnd = 0;
-    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-      rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)d;
-    snprintf(d->owner, sizeof d->owner, "pid%d-%016llx", (int)getpid(), (unsigned long long)rnd);
+  uint64_t rnd[2] = {0, 0};
+  if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+    rnd[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)d;
+    rnd[1] = rnd[0] * 0x9e3779b97f4a7c15ull;
   }
+  if (c->store_owner)
+    snprintf(d->id, sizeof d->id, "%s", c->store_owner);
+  else
+    snprintf(d->id, sizeof d->id, "pid%d-%016llx", (int)getpid(), (unsigned long long)rnd[0]);
+  /* This life's rows: a restart under the same id tells its own old rows
+   * (another nonce) from the ones it holds now. */
+  snprintf(d->owner, sizeof d->owner, "%s#%016llx", d->id, (unsigned long long)rnd[1]);
   apex_error_t *err = NULL;
   rc = apex__store_open(c->store, &d->s, &err);
   if (rc != APEX_OK) snprintf(why, sizeof why, "%s", apex_error_message(err));
@@ -367,9 +383,41 @@ static double wall_of(uint64_t mono_ns) {
   return mono_ns >= now ? w + (double)(mono_ns - now) / 1e9 : w - (double)(now - mono_ns) / 1e9;
 }
 
+/* The status code named name (apex_status_name), or APEX_E_EXECUTION. */
+static int code_named(const char *name) {
+  for (int c = -1; name && c >= -99; c--)
+    if (strcmp(apex_status_name(c), name) == 0) return c;
+  return APEX_E_EXECUTION;
+}
+
+/* A handle on ended row r of t's plugin and action (apex__task_new_ended). */
+static apex_task_t *ended_handle(apex_manager_t *m, apex_task_t *t, const apex__srec_t *r) {
+  json_t *res = NULL;
+  apex_error_t *e = NULL;
+  if (r->state == APEX_TASK_SUCCEEDED) {
+    res = r->result ? json_loads(r->result, JSON_DECODE_ANY, NULL) : NULL;
+  } else {
+    json_t *ej = r->error ? json_loads(r->error, 0, NULL) : NULL;
+    const char *msg = json_string_value(json_object_get(ej, "message"));
+    apex__where_t w = {t->plugin->desc.name, t->action->name, r->id, r->attempts};
+    e = apex__error_new(code_named(json_string_value(json_object_get(ej, "code"))), &w, NULL,
+                        "%s", msg ? msg : "ended before this process (no message stored)");
+    json_decref(ej);
+  }
+  return apex__task_new_ended(m, t->plugin, t->action, r->id, r->state, r->attempts, res, e);
+}
+
 static int key_ok(const char *k) {
   size_t n = strnlen(k, 256);
   return n >= 1 && n <= 255;
+}
+
+/* m->next_id stays past every id m gave (apex_ops_find refuses ids
+ * beyond it as never given), whichever way the id came. */
+static void saw_id(apex_manager_t *m, uint64_t id) {
+  uint64_t cur = atomic_load(&m->next_id);
+  while (cur <= id && !atomic_compare_exchange_weak(&m->next_id, &cur, id + 1)) {
+  }
 }
 
 int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_opts_t *o,
@@ -387,12 +435,14 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
   }
   if (rec) { /* a recovered task keeps its id and row */
     t->id = rec->id;
-    t->attempt = (uint16_t)(rec->attempts > 65535 ? 65535 : rec->attempts);
+    saw_id(m, t->id);
+    if (durable) t->opts->durable->attempt_base = rec->attempts;
     if (durable && rec->checkpoint && (t->action->flags & APEX_ACTION_F_RESUMABLE))
       t->opts->durable->cp_recovered = json_loads(rec->checkpoint, JSON_DECODE_ANY, NULL);
     return APEX_OK;
   }
   if (!(t->id = next_id(d, err))) return APEX_E_STORE;
+  saw_id(m, t->id);
   if (!durable) return APEX_OK;
   if (o && o->idempotency_key && !key_ok(o->idempotency_key))
     return apex__fail(err, APEX_E_INVALID, "idempotency_key: want 1 to 255 bytes");
@@ -428,21 +478,25 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
     if (rc == APEX_OK && existing) {
       /* The key's task: this manager's live one, or say where it is. */
       apex_task_t *h = NULL;
+      apex__srec_t x;
+      int got = 0;
       if (apex_ops_find(m, existing, &h) == APEX_OK) {
         *dup = h;
         rc = 1;
+      } else if ((got = d->s->ops->get(d->s, existing, &x, NULL) == APEX_OK) &&
+                 apex_task_state_is_terminal((apex_task_state_t)x.state)) {
+        /* Ended (here or in an earlier life): a handle on its outcome. */
+        *dup = ended_handle(m, t, &x);
+        rc = *dup ? 1 : apex__fail(err, APEX_E_NOMEM, "out of memory");
       } else {
-        apex__srec_t x;
-        const char *state = "unknown";
-        if (d->s->ops->get(d->s, existing, &x, NULL) == APEX_OK) {
-          state = apex_task_state_name((apex_task_state_t)x.state);
-          apex__srec_clear(&x);
-        }
         rc = apex__fail(err, APEX_E_ALREADY,
                         "idempotency key '%s': task %llu was submitted under it already (now %s, "
-                        "not live in this manager): read it with apex_manager_task_info",
-                        o->idempotency_key, (unsigned long long)existing, state);
+                        "held by another manager or not yet recovered): read it with "
+                        "apex_manager_task_info",
+                        o->idempotency_key, (unsigned long long)existing,
+                        got ? apex_task_state_name((apex_task_state_t)x.state) : "unknown");
       }
+      if (got) apex__srec_clear(&x);
     } else if (rc != APEX_OK) {
       apex__error_put(err, e);
       e = NULL;
@@ -472,7 +526,7 @@ int apex__durable_attempt_start(apex_task_t *t, apex__run_t *r) {
   apex__dtask_t *dt = dtask_of(t);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
-  uint32_t attempt = t->attempt;
+  uint32_t attempt = dt->attempt_base + t->attempt;
   if (dt->cp_recovered) { /* the first attempt of a recovered task resumes */
     apex__progress_slot_t *s = r->prog;
     if (!s) s = r->prog = calloc(1, sizeof *s);
@@ -487,10 +541,12 @@ int apex__durable_attempt_start(apex_task_t *t, apex__run_t *r) {
   pthread_mutex_unlock(mu);
   if (!d) return APEX_OK; /* the store is gone: teardown */
   double now = apex__store_now();
+  /* An idempotent or resumable action may run again after a crash, so
+   * its claim need not be durable before it runs: queued, not waited for
+   * (a cancel request then reaches it through the keeper). */
   int wait = must_wait(dt->action_flags);
   apex_error_t *err = NULL;
-  int rc = d->s->ops->claim(d->s, t->id, d->owner, attempt, now, now + d->lease_s, &err);
-  (void)wait; /* claim waits: it may answer CANCELLED or ALREADY, which decide */
+  int rc = d->s->ops->claim(d->s, t->id, d->owner, attempt, now, now + d->lease_s, wait, &err);
   if (rc == APEX_OK) return APEX_OK;
   apex__where_t w = {t->plugin->desc.name, t->action->name, t->id, attempt};
   apex_error_t *e;
@@ -856,8 +912,8 @@ apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_recovered, apex_
   apex__srec_t *rows = NULL;
   size_t n = 0;
   double now = apex__store_now();
-  int rc = d->s->ops->recover(d->s, d->owner, now, now + d->lease_s,
-                              d->lock_dir ? owner_dead : NULL, d, &rows, &n, err);
+  int rc = d->s->ops->recover(d->s, d->owner, now, now + d->lease_s, owner_dead, d, &rows, &n,
+                              err);
   if (rc != APEX_OK) return rc;
   size_t taken = 0;
   for (size_t i = 0; i < n; i++) {
@@ -892,8 +948,10 @@ static json_t *live_json(apex_task_t *t) {
 /* Overlays what m knows now of live task t on o. */
 static void overlay_live(json_t *o, apex_task_t *t) {
   apex_task_state_t st = apex_task_state(t);
+  apex__dtask_t *dt = dtask_of(t);
   json_object_set_new(o, "state", json_string(apex_task_state_name(st)));
-  json_object_set_new(o, "attempts", json_integer(apex_task_attempts(t)));
+  json_object_set_new(o, "attempts",
+                      json_integer(apex_task_attempts(t) + (dt ? dt->attempt_base : 0)));
   apex_progress_t *p = apex_task_progress(t);
   if (p) {
     json_object_set_new(o, "progress",

@@ -30,6 +30,10 @@ typedef struct apex__durable apex__durable_t;
 /* What a durable task carries (in its opts block: apex__task_opts_t). */
 typedef struct apex__dtask {
   uint32_t action_flags; /* APEX_ACTION_F_* */
+  /* Attempts a recovered task had before this process took it over: its
+   * attempts here count on from there in the store (the task's own count,
+   * and the retry policy's, start again at 1 in this process). */
+  uint32_t attempt_base;
   /* The checkpoint a recovered task resumes from, until its first attempt
    * in this process takes it (task lock). */
   json_t *cp_recovered;

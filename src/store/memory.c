@@ -143,8 +143,9 @@ static int mem_discard(apex__store_t *s, uint64_t id, apex_error_t **err) {
 }
 
 static int mem_claim(apex__store_t *s, uint64_t id, const char *owner, uint32_t attempt,
-                     double now, double lease_until, apex_error_t **err) {
+                     double now, double lease_until, int wait, apex_error_t **err) {
   mem_store_t *m = M(s);
+  (void)wait; /* what returns is durable, and its answer costs nothing */
   pthread_mutex_lock(&m->mu);
   apex__srec_t *r = row(m, id);
   int rc = APEX_OK;
@@ -375,7 +376,7 @@ static int mem_recover(apex__store_t *s, const char *owner, double now, double l
   for (size_t i = 0; i < m->cap && rc == APEX_OK; i++) {
     apex__srec_t *r = m->rows[i];
     if (!r || terminal(r->state)) continue;
-    int take = !r->owner || strcmp(r->owner, owner) == 0 || r->lease_until <= now ||
+    int take = !r->owner || r->lease_until <= now ||
                (is_dead && is_dead(r->owner, user));
     if (!take) continue;
     rc = push_copy(&a, &k, &cap, r);

@@ -33,6 +33,7 @@
  * the queue and the counters are under s->mu. */
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,7 @@
 
 #define SQ_APP_ID 0x41504558 /* "APEX" */
 #define SQ_SCHEMA 1
-#define SQ_BUSY_MS 5000
+#define SQ_BUSY_MS 5000 /* the default busy_timeout */
 
 /* Migrations: migrations[k] takes a file from schema k to k + 1. */
 static const char *const migrations[SQ_SCHEMA] = {
@@ -53,7 +54,7 @@ static const char *const migrations[SQ_SCHEMA] = {
     "INSERT INTO meta VALUES('next_id', 1);"
     "CREATE TABLE tasks("
     " id INTEGER PRIMARY KEY, plugin TEXT NOT NULL, action TEXT NOT NULL,"
-    " plugin_version TEXT, params TEXT, opts TEXT, idem_key TEXT UNIQUE,"
+    " plugin_version TEXT, params TEXT, opts TEXT, idem_key TEXT,"
     " state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
     " action_flags INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,"
     " updated_at REAL NOT NULL, run_at REAL NOT NULL DEFAULT 0,"
@@ -61,6 +62,9 @@ static const char *const migrations[SQ_SCHEMA] = {
     " owner TEXT, lease_until REAL NOT NULL DEFAULT 0,"
     " cancel_requested INTEGER NOT NULL DEFAULT 0, cancel_reason TEXT,"
     " progress TEXT, checkpoint TEXT, partial TEXT, result TEXT, error TEXT);"
+    /* Partial indexes: a row without a key, or ended, costs them nothing
+     * (each index a row is in is one more page in a commit). */
+    "CREATE UNIQUE INDEX tasks_key ON tasks(idem_key) WHERE idem_key IS NOT NULL;"
     "CREATE INDEX tasks_live ON tasks(id) WHERE state IN (0, 1, 2, 7);"
     "CREATE INDEX tasks_ended ON tasks(ended_at) WHERE ended_at > 0;",
 };
@@ -91,10 +95,11 @@ static const char *const st_sql[ST_N] = {
     [ST_SET_NEXT_ID] = "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
     [ST_INSERT] = "INSERT INTO tasks(" COLS ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
                   " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
-    [ST_FIND_KEY] = "SELECT id FROM tasks WHERE idem_key = ?1",
+    [ST_FIND_KEY] = "SELECT id FROM tasks WHERE idem_key = ?1 AND idem_key IS NOT NULL",
     [ST_GET] = "SELECT " COLS " FROM tasks WHERE id = ?1",
     [ST_CLAIM] = "UPDATE tasks SET state = 1, attempts = ?2, owner = ?3, lease_until = ?4,"
-                 " updated_at = ?5 WHERE id = ?1",
+                 " updated_at = ?5 WHERE id = ?1 AND " LIVE " AND cancel_requested = 0"
+                 " AND (owner IS NULL OR owner = ?3 OR lease_until <= ?5)",
     [ST_HEARTBEAT] = "UPDATE tasks SET lease_until = ?3, updated_at = ?4,"
                      " checkpoint = coalesce(?5, checkpoint), progress = coalesce(?6, progress)"
                      " WHERE id = ?1 AND owner = ?2 AND " LIVE " RETURNING cancel_requested",
@@ -103,7 +108,8 @@ static const char *const st_sql[ST_N] = {
                   " ended_at = CASE WHEN ?2 IN (3, 4, 5, 6) THEN ?3 ELSE 0 END,"
                   " owner = CASE WHEN ?2 IN (3, 4, 5, 6) THEN NULL ELSE owner END,"
                   " lease_until = CASE WHEN ?2 IN (3, 4, 5, 6) THEN 0 ELSE lease_until END"
-                  " WHERE id = ?1",
+                  " WHERE id = ?1 AND " LIVE " AND (?8 IS NULL OR owner IS NULL OR owner = ?8"
+                  " OR lease_until <= ?3)",
     [ST_RENEW] = "UPDATE tasks SET lease_until = ?2 WHERE owner = ?1 AND " LIVE,
 };
 
@@ -134,7 +140,7 @@ struct sq_req {
   size_t out_n;
   int rc;
   apex_error_t *err;
-  int done;
+  sem_t done; /* posted once the request ran (waited requests only) */
 };
 
 struct sq_store {
@@ -142,13 +148,13 @@ struct sq_store {
   char *path;
   int sync_full;
   int group_commit;
+  int busy_ms; /* busy_timeout: how long a write waits for another process's */
   sqlite3 *w; /* writer thread's */
   sqlite3_stmt *st[ST_N];
   sqlite3 *r; /* reads, under rmu */
   pthread_mutex_t rmu;
   pthread_mutex_t mu;
   pthread_cond_t cv;      /* the writer waits for work */
-  pthread_cond_t done_cv; /* callers wait for their request */
   sq_req_t *head, *tail;
   int stop;
   uint64_t queued, finished; /* requests ever queued / run (mu) */
@@ -172,8 +178,14 @@ static int sq_fail(sq_store_t *s, sqlite3 *db, apex_error_t **err, const char *w
                      : pc == SQLITE_CORRUPT  ? " (the file is corrupt)"
                      : pc == SQLITE_NOTADB   ? " (not a database)"
                                              : "";
-  return apex__store_fail(err, APEX_E_STORE, "store '%s': %s: %s%s", s->path, what,
-                          db ? sqlite3_errmsg(db) : "error", hint);
+  /* The system's word too, for an I/O failure: "File too large", "No space
+   * left on device" say more than "disk I/O error". */
+  int se = db && (pc == SQLITE_IOERR || pc == SQLITE_FULL || pc == SQLITE_CANTOPEN)
+               ? sqlite3_system_errno(db)
+               : 0;
+  return apex__store_fail(err, APEX_E_STORE, "store '%s': %s: %s%s%s%s%s", s->path, what,
+                          db ? sqlite3_errmsg(db) : "error", hint, se ? " (" : "",
+                          se ? strerror(se) : "", se ? ")" : "");
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *v) {
@@ -422,7 +434,10 @@ static int run_discard(sq_store_t *s, sq_req_t *q) {
   return rc;
 }
 
-static int run_claim(sq_store_t *s, sq_req_t *q) {
+/* Why a conditional UPDATE of row id changed nothing: no row (INVALID),
+ * terminal or held by a live other (ALREADY), a cancel request
+ * (CANCELLED, when cancel_counts). */
+static int why_unchanged(sq_store_t *s, sq_req_t *q, int cancel_counts) {
   row_head_t h;
   int rc = load_head(s, q->id, &h, &q->err);
   if (rc != APEX_OK) return rc;
@@ -430,14 +445,20 @@ static int run_claim(sq_store_t *s, sq_req_t *q) {
     return apex__store_fail(&q->err, APEX_E_INVALID, "store: no task %llu",
                             (unsigned long long)q->id);
   if (terminal(h.state) || held_by_other(&h, q->owner, q->now)) return APEX_E_ALREADY;
-  if (h.cancel_requested) return APEX_E_CANCELLED;
+  if (cancel_counts && h.cancel_requested) return APEX_E_CANCELLED;
+  return APEX_E_ALREADY;
+}
+
+static int run_claim(sq_store_t *s, sq_req_t *q) {
   sqlite3_stmt *st = s->st[ST_CLAIM];
   sqlite3_bind_int64(st, 1, (sqlite3_int64)q->id);
   sqlite3_bind_int64(st, 2, q->attempt);
   bind_text(st, 3, q->owner);
   sqlite3_bind_double(st, 4, q->t1);
   sqlite3_bind_double(st, 5, q->now);
-  return step_done(s, st, &q->err, "claim");
+  int rc = step_done(s, st, &q->err, "claim");
+  if (rc != APEX_OK) return rc;
+  return sqlite3_changes(s->w) ? APEX_OK : why_unchanged(s, q, 1);
 }
 
 static void reset_recs(sq_req_t *q) {
@@ -498,14 +519,6 @@ static int run_heartbeat(sq_store_t *s, sq_req_t *q) {
 }
 
 static int run_finish(sq_store_t *s, sq_req_t *q) {
-  row_head_t h;
-  int rc = load_head(s, q->id, &h, &q->err);
-  if (rc != APEX_OK) return rc;
-  if (!h.found)
-    return apex__store_fail(&q->err, APEX_E_INVALID, "store: no task %llu",
-                            (unsigned long long)q->id);
-  if (terminal(h.state) || (q->owner && held_by_other(&h, q->owner, q->now)))
-    return APEX_E_ALREADY;
   sqlite3_stmt *st = s->st[ST_FINISH];
   sqlite3_bind_int64(st, 1, (sqlite3_int64)q->id);
   sqlite3_bind_int(st, 2, q->state);
@@ -514,7 +527,10 @@ static int run_finish(sq_store_t *s, sq_req_t *q) {
   bind_text(st, 5, q->s1);
   bind_text(st, 6, q->s2);
   bind_text(st, 7, q->s3);
-  return step_done(s, st, &q->err, "finish");
+  bind_text(st, 8, q->owner);
+  int rc = step_done(s, st, &q->err, "finish");
+  if (rc != APEX_OK) return rc;
+  return sqlite3_changes(s->w) ? APEX_OK : why_unchanged(s, q, 0);
 }
 
 static int run_request_cancel(sq_store_t *s, sq_req_t *q) {
@@ -559,7 +575,7 @@ static int run_recover(sq_store_t *s, sq_req_t *q) {
   while ((r = sqlite3_step(st)) == SQLITE_ROW) {
     const char *o = (const char *)sqlite3_column_text(st, 15);
     double lease = sqlite3_column_double(st, 16);
-    int take = !o || strcmp(o, q->owner) == 0 || lease <= q->now ||
+    int take = !o || lease <= q->now ||
                (q->is_dead && q->is_dead(o, q->user));
     if (!take) continue;
     if (push_row(st, &q->out_recs, &q->out_n, &cap) != APEX_OK) {
@@ -625,28 +641,30 @@ static void req_free_owned(sq_req_t *q) {
   free(q);
 }
 
-/* Hands the results of a run batch back: wakes waiters, frees what
- * nobody waits for (keeping the first async failure for sync()). */
+/* Hands the results of a run batch back: wakes each waiter (its own
+ * semaphore: one wake-up per caller, no herd), frees what nobody waits for
+ * (keeping the first async failure for sync()). */
 static void batch_done(sq_store_t *s, sq_req_t *list) {
   pthread_mutex_lock(&s->mu);
   s->commits_seen = s->commits;
-  for (sq_req_t *q = list, *next; q; q = next) {
-    next = q->next;
+  for (sq_req_t *q = list; q; q = q->next) {
     s->finished++;
+    if (q->owned && q->rc != APEX_OK && q->rc != APEX_E_ALREADY && q->rc != APEX_E_CANCELLED &&
+        !s->async_err) {
+      s->async_err = q->err;
+      q->err = NULL;
+    }
+  }
+  pthread_mutex_unlock(&s->mu);
+  for (sq_req_t *q = list, *next; q; q = next) {
+    next = q->next; /* read first: a waiter's request is gone once posted */
     if (q->owned) {
-      if (q->rc != APEX_OK && q->rc != APEX_E_ALREADY && q->rc != APEX_E_CANCELLED &&
-          !s->async_err) {
-        s->async_err = q->err;
-        q->err = NULL;
-      }
       apex_error_unref(q->err);
       req_free_owned(q);
     } else {
-      q->done = 1;
+      sem_post(&q->done);
     }
   }
-  pthread_cond_broadcast(&s->done_cv);
-  pthread_mutex_unlock(&s->mu);
 }
 
 /* Runs one request in a transaction of its own. */
@@ -719,10 +737,12 @@ static void *writer_main(void *arg) {
  * moved to *err), else returns APEX_OK at once (q owned by the writer). */
 static int submit(sq_store_t *s, sq_req_t *q, int wait, apex_error_t **err) {
   q->owned = !wait;
+  if (wait) sem_init(&q->done, 0, 0);
   pthread_mutex_lock(&s->mu);
   if (s->stop) {
     pthread_mutex_unlock(&s->mu);
     if (q->owned) req_free_owned(q);
+    else sem_destroy(&q->done);
     return apex__store_fail(err, APEX_E_STORE, "store '%s': closed", s->path);
   }
   q->next = NULL;
@@ -731,12 +751,11 @@ static int submit(sq_store_t *s, sq_req_t *q, int wait, apex_error_t **err) {
   s->tail = q;
   s->queued++;
   pthread_cond_signal(&s->cv);
-  if (!wait) {
-    pthread_mutex_unlock(&s->mu);
-    return APEX_OK;
-  }
-  while (!q->done) pthread_cond_wait(&s->done_cv, &s->mu);
   pthread_mutex_unlock(&s->mu);
+  if (!wait) return APEX_OK;
+  while (sem_wait(&q->done) != 0 && errno == EINTR) {
+  }
+  sem_destroy(&q->done);
   if (q->err) {
     if (err) *err = q->err;
     else apex_error_unref(q->err);
@@ -786,10 +805,20 @@ static int sq_discard(apex__store_t *st, uint64_t id, apex_error_t **err) {
 }
 
 static int sq_claim(apex__store_t *st, uint64_t id, const char *owner, uint32_t attempt,
-                    double now, double lease_until, apex_error_t **err) {
-  sq_req_t q = {.run = run_claim, .id = id, .owner = owner, .attempt = attempt, .now = now,
-                .t1 = lease_until};
-  return submit(S(st), &q, 1, err);
+                    double now, double lease_until, int wait, apex_error_t **err) {
+  if (wait) {
+    sq_req_t q = {.run = run_claim, .id = id, .owner = owner, .attempt = attempt, .now = now,
+                  .t1 = lease_until};
+    return submit(S(st), &q, 1, err);
+  }
+  sq_req_t *q = owned_req(owner, NULL, NULL, NULL);
+  if (!q) return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
+  q->run = run_claim;
+  q->id = id;
+  q->attempt = attempt;
+  q->now = now;
+  q->t1 = lease_until;
+  return submit(S(st), q, 0, err);
 }
 
 static int sq_claim_next(apex__store_t *st, const char *owner, double now, double lease_until,
@@ -882,7 +911,8 @@ static int sq_find_key(apex__store_t *st, const char *key, uint64_t *id, apex_er
   pthread_mutex_lock(&s->rmu);
   sqlite3_stmt *q;
   int rc = APEX_OK;
-  if (sqlite3_prepare_v2(s->r, "SELECT id FROM tasks WHERE idem_key = ?1", -1, &q, NULL) !=
+  if (sqlite3_prepare_v2(s->r, "SELECT id FROM tasks WHERE idem_key = ?1 AND idem_key IS NOT NULL", -1, &q,
+                         NULL) !=
       SQLITE_OK) {
     rc = sq_fail(s, s->r, err, "find an idempotency key");
   } else {
@@ -1035,7 +1065,6 @@ static void sq_free(sq_store_t *s) {
   pthread_mutex_destroy(&s->rmu);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
-  pthread_cond_destroy(&s->done_cv);
   free(s->path);
   free(s->base.uri);
   free(s);
@@ -1110,6 +1139,7 @@ static int parse_options(sq_store_t *s, const char *spec, apex_error_t **err) {
   if (!(s->path = strndup(spec, plen))) return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
   s->sync_full = 0;
   s->group_commit = 1;
+  s->busy_ms = SQ_BUSY_MS;
   if (!qm) return APEX_OK;
   const char *p = qm + 1;
   while (*p) {
@@ -1119,10 +1149,21 @@ static int parse_options(sq_store_t *s, const char *spec, apex_error_t **err) {
     else if (strncmp(p, "synchronous=full", len) == 0 && len == 16) s->sync_full = 1;
     else if (strncmp(p, "group_commit=1", len) == 0 && len == 14) s->group_commit = 1;
     else if (strncmp(p, "group_commit=0", len) == 0 && len == 14) s->group_commit = 0;
-    else
+    else if (len > 13 && len < 24 && strncmp(p, "busy_timeout=", 13) == 0) {
+      char num[16];
+      memcpy(num, p + 13, len - 13);
+      num[len - 13] = '\0';
+      char *end;
+      long v = strtol(num, &end, 10);
+      if (*end || v < 0 || v > 3600000)
+        return apex__store_fail(err, APEX_E_INVALID,
+                                "store '%s': busy_timeout=%s: want milliseconds in [0, 3600000]",
+                                s->path, num);
+      s->busy_ms = (int)v;
+    } else
       return apex__store_fail(err, APEX_E_INVALID,
                               "store '%s': unknown option '%.*s' (want synchronous=normal|full, "
-                              "group_commit=0|1)",
+                              "group_commit=0|1, busy_timeout=MS)",
                               s->path, (int)len, p);
     p += len;
     if (*p == '&') p++;
@@ -1200,7 +1241,7 @@ static int open_conn(sq_store_t *s, sqlite3 **db, apex_error_t **err) {
     *db = NULL;
     return r;
   }
-  sqlite3_busy_timeout(*db, SQ_BUSY_MS);
+  sqlite3_busy_timeout(*db, s->busy_ms);
   return APEX_OK;
 }
 
@@ -1215,7 +1256,6 @@ int apex__store_sqlite_open(const char *uri, const char *spec, apex__store_t **o
   pthread_mutex_init(&s->rmu, NULL);
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
-  pthread_cond_init(&s->done_cv, NULL);
   int rc = parse_options(s, spec, err);
   if (rc == APEX_OK && !(s->base.uri = strdup(uri)))
     rc = apex__store_fail(err, APEX_E_NOMEM, "out of memory");

@@ -115,9 +115,10 @@ typedef struct apex__store_ops {
    * attempt, held until lease_until. Returns: APEX_OK; APEX_E_CANCELLED if a
    * cancel was requested (nothing changed: the caller ends it);
    * APEX_E_ALREADY (terminal, or held by a live other owner); APEX_E_INVALID
-   * (no such row). */
+   * (no such row). With wait 0: queued, APEX_OK at once (the answer is
+   * lost: for a caller that learns of cancels otherwise). */
   int (*claim)(apex__store_t *s, uint64_t id, const char *owner, uint32_t attempt,
-               double now, double lease_until, apex_error_t **err);
+               double now, double lease_until, int wait, apex_error_t **err);
   /* Takes up to max rows that are queued, scheduled or waiting to retry,
    * due (run_at <= now), not held by a live owner and without a cancel
    * request, oldest id first: each becomes running, held by owner until
@@ -154,12 +155,12 @@ typedef struct apex__store_ops {
   /* The rows f selects, by id, as a new array of copies. */
   int (*list)(apex__store_t *s, const apex__sfilter_t *f, apex__srec_t **out, size_t *n,
               apex_error_t **err);
-  /* Takes over every non-terminal row that owner may have: its own
-   * (a restart with the same id), those whose lease expired by now, and
-   * those whose owner is_dead says is gone; each is then held by owner
-   * until lease_until (state unchanged: the caller decides). *out: a new
-   * array of copies as they were before the take-over (owner field: the
-   * previous owner). */
+  /* Takes over every non-terminal row no live owner holds: held by none,
+   * its lease expired by now, or its owner (not the caller) is gone as
+   * is_dead (NULL: none) says; each is then held by owner until
+   * lease_until (state unchanged: the caller decides). The caller's own
+   * rows are not taken (it holds them). *out: a new array of copies as
+   * they were before the take-over (owner field: the previous owner). */
   int (*recover)(apex__store_t *s, const char *owner, double now, double lease_until,
                  apex__owner_dead_fn is_dead, void *user, apex__srec_t **out, size_t *n,
                  apex_error_t **err);
@@ -184,7 +185,8 @@ struct apex_store {
 };
 
 /* Opens a backend by uri (apex_store_open's grammar). Options after '?' in
- * a sqlite uri: synchronous=full|normal, group_commit=0|1 (docs/store.md).
+ * a sqlite uri: synchronous=full|normal, group_commit=0|1, busy_timeout=MS
+ * (docs/store.md).
  * Returns: APEX_OK; APEX_E_INVALID; APEX_E_STORE; APEX_E_NOMEM. */
 int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t **err);

@@ -248,7 +248,7 @@ static void test_discard_takes_back_only_a_never_started_row(void **state) {
   assert_int_equal(found, 0);
   /* A started row is kept. */
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, 1, NULL), APEX_OK);
   assert_int_equal(OPS(f)->discard(f->s, id, NULL), APEX_E_ALREADY);
   g = get(f, id);
   apex__srec_clear(&g);
@@ -258,17 +258,17 @@ static void test_claim_takes_a_lease_one_owner_at_a_time(void **state) {
   fixture_t *f = *state;
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
   /* Another owner cannot while a's lease lives. */
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_b, 1, T0 + 1, T0 + 11, NULL), APEX_E_ALREADY);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0 + 1, T0 + 11, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_b, 1, T0 + 1, T0 + 11, 1, NULL), APEX_E_ALREADY);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0 + 1, T0 + 11, 1, NULL), APEX_OK);
   apex__srec_t g = get(f, id);
   assert_int_equal(g.state, APEX_TASK_RUNNING);
   assert_int_equal(g.attempts, 1);
   assert_string_equal(g.owner, f->owner_a);
   assert_true(g.lease_until == T0 + 11);
   apex__srec_clear(&g);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_b, 2, T0 + 5, T0 + 15, NULL), APEX_E_ALREADY);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_b, 2, T0 + 5, T0 + 15, 1, NULL), APEX_E_ALREADY);
   /* Once it expired, b can. */
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_b, 2, T0 + 12, T0 + 30, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_b, 2, T0 + 12, T0 + 30, 1, NULL), APEX_OK);
   g = get(f, id);
   assert_string_equal(g.owner, f->owner_b);
   assert_int_equal(g.attempts, 2);
@@ -280,7 +280,7 @@ static void test_claim_takes_a_lease_one_owner_at_a_time(void **state) {
                                   NULL, NULL, 1, NULL),
                    APEX_E_ALREADY);
   apex_error_t *err = NULL;
-  assert_int_equal(OPS(f)->claim(f->s, id + 1000000, f->owner_a, 1, T0, T0 + 1, &err),
+  assert_int_equal(OPS(f)->claim(f->s, id + 1000000, f->owner_a, 1, T0, T0 + 1, 1, &err),
                    APEX_E_INVALID);
   apex_error_unref(err);
 }
@@ -288,7 +288,7 @@ static void test_claim_takes_a_lease_one_owner_at_a_time(void **state) {
 static void test_heartbeat_extends_the_lease_and_saves_the_checkpoint_in_one_write(void **state) {
   fixture_t *f = *state;
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, 1, NULL), APEX_OK);
   assert_int_equal(OPS(f)->heartbeat(f->s, id, f->owner_a, T0 + 5, T0 + 20, "{\"step\":3}",
                                      "{\"percentage\":30}", 1, NULL),
                    APEX_OK);
@@ -327,7 +327,7 @@ static void test_heartbeat_extends_the_lease_and_saves_the_checkpoint_in_one_wri
 static void test_terminal_rows_never_change(void **state) {
   fixture_t *f = *state;
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, 1, NULL), APEX_OK);
   assert_int_equal(OPS(f)->finish(f->s, id, f->owner_a, APEX_TASK_SUCCEEDED, T0 + 2, 0,
                                   "{\"ok\":true}", NULL, "{\"done\":9}", 1, NULL),
                    APEX_OK);
@@ -341,7 +341,7 @@ static void test_terminal_rows_never_change(void **state) {
   assert_int_equal(OPS(f)->finish(f->s, id, NULL, APEX_TASK_FAILED, T0 + 3, 0, NULL, "{}", NULL,
                                   1, NULL),
                    APEX_E_ALREADY);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 2, T0 + 3, T0 + 9, NULL), APEX_E_ALREADY);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 2, T0 + 3, T0 + 9, 1, NULL), APEX_E_ALREADY);
   assert_int_equal(OPS(f)->heartbeat(f->s, id, f->owner_a, T0 + 3, T0 + 9, "{}", NULL, 1, NULL),
                    APEX_E_ALREADY);
   int ended;
@@ -356,7 +356,7 @@ static void test_terminal_rows_never_change(void **state) {
 static void test_fail_with_retry_time_keeps_the_row_held(void **state) {
   fixture_t *f = *state;
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0, T0 + 10, 1, NULL), APEX_OK);
   assert_int_equal(OPS(f)->finish(f->s, id, f->owner_a, APEX_TASK_RETRY_WAIT, T0 + 1, T0 + 61,
                                   NULL, "{\"code\":\"transient\"}", NULL, 1, NULL),
                    APEX_OK);
@@ -368,7 +368,7 @@ static void test_fail_with_retry_time_keeps_the_row_held(void **state) {
   assert_string_equal(g.error, "{\"code\":\"transient\"}");
   apex__srec_clear(&g);
   /* Its next attempt. */
-  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 2, T0 + 61, T0 + 70, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 2, T0 + 61, T0 + 70, 1, NULL), APEX_OK);
   g = get(f, id);
   assert_int_equal(g.attempts, 2);
   apex__srec_clear(&g);
@@ -410,7 +410,7 @@ static void test_request_cancel_ends_an_unheld_task_and_flags_a_held_one(void **
   free(ids);
   /* Asked twice: already. A claim now: cancelled, nothing changed. */
   assert_int_equal(OPS(f)->request_cancel(f->s, c, "user", T0 + 2, &ended, NULL), APEX_E_ALREADY);
-  assert_int_equal(OPS(f)->claim(f->s, c, f->owner_a, 1, T0 + 2, T0 + 9, NULL), APEX_E_CANCELLED);
+  assert_int_equal(OPS(f)->claim(f->s, c, f->owner_a, 1, T0 + 2, T0 + 9, 1, NULL), APEX_E_CANCELLED);
   apex_error_t *err = NULL;
   assert_int_equal(OPS(f)->request_cancel(f->s, c + 1000000, NULL, T0, &ended, &err),
                    APEX_E_INVALID);
@@ -472,7 +472,7 @@ static int dead_is_b(const char *owner, void *user) {
   return strcmp(owner, (const char *)user) == 0;
 }
 
-static void test_recover_takes_own_expired_and_dead_owners_rows_only(void **state) {
+static void test_recover_takes_expired_and_dead_owners_rows_only(void **state) {
   fixture_t *f = *state;
   char c_owner[80];
   snprintf(c_owner, sizeof c_owner, "%s-live", f->owner_b);
@@ -481,9 +481,14 @@ static void test_recover_takes_own_expired_and_dead_owners_rows_only(void **stat
   uint64_t dead = put(f, "p", "x", "{}", f->owner_b, T0, T0 + 100);
   uint64_t live = put(f, "p", "x", "{}", c_owner, T0, T0 + 100);
   uint64_t done = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 100);
-  assert_int_equal(OPS(f)->claim(f->s, own, f->owner_a, 1, T0, T0 + 100, NULL), APEX_OK);
+  uint64_t unheld = put(f, "p", "x", "{}", NULL, T0, 0);
+  assert_int_equal(OPS(f)->claim(f->s, own, f->owner_a, 1, T0, T0 + 100, 1, NULL), APEX_OK);
   assert_int_equal(OPS(f)->heartbeat(f->s, own, f->owner_a, T0, T0 + 100, "{\"at\":7}", NULL, 1,
                                      NULL),
+                   APEX_OK);
+  assert_int_equal(OPS(f)->claim(f->s, dead, f->owner_b, 1, T0, T0 + 100, 1, NULL), APEX_OK);
+  assert_int_equal(OPS(f)->heartbeat(f->s, dead, f->owner_b, T0, T0 + 100, "{\"at\":7}", NULL,
+                                     1, NULL),
                    APEX_OK);
   assert_int_equal(OPS(f)->finish(f->s, done, f->owner_a, APEX_TASK_SUCCEEDED, T0, 0, "1", NULL,
                                   NULL, 1, NULL),
@@ -493,21 +498,22 @@ static void test_recover_takes_own_expired_and_dead_owners_rows_only(void **stat
   assert_int_equal(OPS(f)->recover(f->s, f->owner_a, T0 + 10, T0 + 40, dead_is_b, f->owner_b,
                                    &rows, &n, NULL),
                    APEX_OK);
-  int got_own = 0, got_expired = 0, got_dead = 0;
+  int got_unheld = 0, got_expired = 0, got_dead = 0;
   for (size_t i = 0; i < n; i++) {
-    assert_true(rows[i].id != live && rows[i].id != done);
-    if (rows[i].id == own) {
-      got_own = 1;
-      assert_int_equal(rows[i].state, APEX_TASK_RUNNING);
-      assert_string_equal(rows[i].checkpoint, "{\"at\":7}");
-    }
+    /* the caller's own rows it holds, a live owner's, ended ones: not */
+    assert_true(rows[i].id != live && rows[i].id != done && rows[i].id != own);
+    if (rows[i].id == unheld) got_unheld = 1;
     if (rows[i].id == expired) {
       got_expired = 1;
       assert_string_equal(rows[i].owner, "someone-gone"); /* as it was */
     }
-    if (rows[i].id == dead) got_dead = 1;
+    if (rows[i].id == dead) {
+      got_dead = 1;
+      assert_int_equal(rows[i].state, APEX_TASK_RUNNING);
+      assert_string_equal(rows[i].checkpoint, "{\"at\":7}");
+    }
   }
-  assert_true(got_own && got_expired && got_dead);
+  assert_true(got_unheld && got_expired && got_dead);
   apex__srec_free_array(rows, n);
   /* Now held by a. */
   apex__srec_t g = get(f, expired);
@@ -638,7 +644,9 @@ static void *writer(void *p) {
     r.lease_until = T0 + 100;
     uint64_t ex;
     if (OPS(f)->enqueue(f->s, &r, &ex, NULL) != APEX_OK) return (void *)2;
-    if (OPS(f)->claim(f->s, r.id, owner, 1, T0, T0 + 100, NULL) != APEX_OK) return (void *)3;
+    /* a queued claim (wait 0) is ordered before the writes after it */
+    if (OPS(f)->claim(f->s, r.id, owner, 1, T0, T0 + 100, i % 3 != 0, NULL) != APEX_OK)
+      return (void *)3;
     char cp[32];
     snprintf(cp, sizeof cp, "{\"i\":%d}", i);
     if (OPS(f)->heartbeat(f->s, r.id, owner, T0, T0 + 100, cp, NULL, 1, NULL) != APEX_OK)
@@ -694,7 +702,7 @@ static void test_concurrent_writers_lose_nothing(void **state) {
   X(test_fail_with_retry_time_keeps_the_row_held)                          \
   X(test_request_cancel_ends_an_unheld_task_and_flags_a_held_one)          \
   X(test_list_filters_and_pages_through_every_row_once)                    \
-  X(test_recover_takes_own_expired_and_dead_owners_rows_only)              \
+  X(test_recover_takes_expired_and_dead_owners_rows_only)                  \
   X(test_claim_next_takes_due_unheld_rows_oldest_first)                    \
   X(test_renew_extends_only_the_owners_live_rows)                          \
   X(test_purge_deletes_only_terminal_rows_ended_before)                    \

@@ -10,7 +10,9 @@
 #include <string.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -115,7 +117,7 @@ static void test_rows_survive_a_reopen(void **state) {
   (void)state;
   apex__store_t *s = open_ok(NULL);
   uint64_t id = put(s, "own");
-  assert_int_equal(s->ops->claim(s, id, "own", 1, 1, 1e12, NULL), APEX_OK);
+  assert_int_equal(s->ops->claim(s, id, "own", 1, 1, 1e12, 1, NULL), APEX_OK);
   assert_int_equal(s->ops->heartbeat(s, id, "own", 2, 1e12, "{\"off\":4096}", NULL, 0, NULL),
                    APEX_OK);
   s->ops->close(s); /* waits for the queued write */
@@ -382,6 +384,107 @@ static void test_public_calls_give_json_pages_cancel_and_purge(void **state) {
   apex_store_close(NULL);
 }
 
+/* Another process holds the write lock past busy_timeout: the write fails
+ * with a clear error and leaves nothing; once the lock goes, writes work. */
+static void test_a_locked_database_fails_the_write_cleanly(void **state) {
+  (void)state;
+  apex__store_t *s = open_ok("?busy_timeout=100");
+  uint64_t before = put(s, NULL);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(g_path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+  apex__srec_t r = {0};
+  assert_int_equal(s->ops->alloc_ids(s, 1, &r.id, NULL), APEX_E_STORE);
+  r.id = before + 1000;
+  r.plugin = (char *)"p";
+  r.action = (char *)"x";
+  r.created_at = r.updated_at = 1;
+  uint64_t ex;
+  apex_error_t *err = NULL;
+  assert_int_equal(s->ops->enqueue(s, &r, &ex, &err), APEX_E_STORE);
+  assert_non_null(strstr(apex_error_message(err), "locked by another process"));
+  assert_non_null(strstr(apex_error_message(err), g_path));
+  apex_error_unref(err);
+  assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  apex__srec_t g;
+  err = NULL;
+  assert_int_equal(s->ops->get(s, r.id, &g, &err), APEX_E_INVALID); /* nothing half-written */
+  apex_error_unref(err);
+  assert_int_equal(s->ops->get(s, before, &g, NULL), APEX_OK);
+  apex__srec_clear(&g);
+  put(s, NULL); /* and writes work again */
+  s->ops->close(s);
+}
+
+static off_t size_of(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 ? st.st_size : 0;
+}
+
+/* The disk fills up (a file size limit stands in for it): the write that
+ * does not fit fails with a clear error; every row written before stays
+ * whole, and the store works again once there is room. */
+static void test_a_full_disk_fails_the_write_and_keeps_the_rest(void **state) {
+  (void)state;
+  apex__store_t *s = open_ok(NULL);
+  uint64_t first = put(s, NULL);
+  assert_int_equal(s->ops->sync(s, NULL), APEX_OK);
+  char wal[300];
+  snprintf(wal, sizeof wal, "%s-wal", g_path);
+  off_t big = size_of(g_path) > size_of(wal) ? size_of(g_path) : size_of(wal);
+  struct rlimit old, lim;
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  lim = old;
+  lim.rlim_cur = (rlim_t)big + 256 * 1024;
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  char *params = malloc(16 * 1024 + 16);
+  assert_non_null(params);
+  memset(params, 'a', 16 * 1024);
+  memcpy(params, "{\"k\":\"", 6);
+  strcpy(params + 16 * 1024 - 2, "\"}");
+  uint64_t ids[200];
+  int n = 0, rc = APEX_OK;
+  apex_error_t *err = NULL;
+  while (n < 200) {
+    apex__srec_t r = {0};
+    if ((rc = s->ops->alloc_ids(s, 1, &r.id, &err)) != APEX_OK) break;
+    r.plugin = (char *)"p";
+    r.action = (char *)"x";
+    r.params = params;
+    r.created_at = r.updated_at = 1;
+    uint64_t ex;
+    if ((rc = s->ops->enqueue(s, &r, &ex, &err)) != APEX_OK) break;
+    ids[n++] = r.id;
+  }
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+  signal(SIGXFSZ, prev);
+  assert_int_equal(rc, APEX_E_STORE);
+  assert_true(n > 0 && n < 200);
+  /* ENOSPC reads "the disk is full"; the limit's EFBIG, a write error */
+  const char *msg = apex_error_message(err);
+  if (!strstr(msg, "disk is full") && !strstr(msg, "disk I/O error")) fail_msg("%s", msg);
+  assert_non_null(strstr(msg, g_path));
+  apex_error_unref(err);
+  apex__srec_t g;
+  assert_int_equal(s->ops->get(s, first, &g, NULL), APEX_OK);
+  apex__srec_clear(&g);
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(s->ops->get(s, ids[i], &g, NULL), APEX_OK);
+    assert_int_equal(strlen(g.params), 16 * 1024);
+    apex__srec_clear(&g);
+  }
+  put(s, NULL);
+  s->ops->close(s);
+  free(params);
+  /* And what was written survives a reopen. */
+  s = open_ok(NULL);
+  assert_int_equal(s->ops->get(s, ids[n - 1], &g, NULL), APEX_OK);
+  apex__srec_clear(&g);
+  s->ops->close(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_rows_survive_a_reopen, setup, teardown),
@@ -399,6 +502,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_group_commit_shares_transactions_between_callers,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_public_calls_give_json_pages_cancel_and_purge, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_a_locked_database_fails_the_write_cleanly, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_a_full_disk_fails_the_write_and_keeps_the_rest, setup,
                                       teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
