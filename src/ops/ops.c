@@ -344,9 +344,7 @@ static apex_task_t *find_once(apex_manager_t *m, uint64_t id) {
 apex_status_t apex_ops_find(apex_manager_t *m, uint64_t id, apex_task_t **out) {
   if (out) *out = NULL;
   if (!m || !out || id == 0) return APEX_E_INVALID;
-  /* A manager with a store takes its ids from the store (blocks per
-   * process, src/store/durable.c), not from next_id. */
-  if (!m->dur && id >= atomic_load(&m->next_id)) return APEX_E_INVALID;
+  if (id >= atomic_load(&m->next_id)) return APEX_E_INVALID;
   /* A few looks: a task between the queue and its first attempt is in
    * neither place for a moment (see the top of this file). */
   for (int i = 0; i < 4; i++) {
