@@ -636,7 +636,9 @@ int cli_cmd_resume(const cli_opts_t *o) {
       if (!mine && apex_store_get(s, id, &info, NULL) == APEX_OK) {
         const char *ow = jstr(info, "owner", "");
         json_t *ended = json_object_get(info, "ended_at");
-        mine = strcmp(ow, mo.store_owner) == 0 ||
+        size_t ol = strlen(mo.store_owner);
+        /* The row names the owner's id, or its id and life ("ID#NONCE"). */
+        mine = (strncmp(ow, mo.store_owner, ol) == 0 && (ow[ol] == '\0' || ow[ol] == '#')) ||
                (is_terminal_name(jstr(info, "state", "?")) && json_is_number(ended) &&
                 json_number_value(ended) >= t_recover);
       }
