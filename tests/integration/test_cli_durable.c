@@ -55,7 +55,8 @@ static void rm_tree(const char *dir) {
   while ((e = readdir(d))) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
     char p[1024];
-    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    int k = snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    if (k < 0 || (size_t)k >= sizeof p) continue; /* not one of ours */
     struct stat st;
     if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_tree(p);
     else unlink(p);
