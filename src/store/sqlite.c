@@ -107,7 +107,8 @@ static const char *const st_sql[ST_N] = {
                   " error = ?6, partial = coalesce(?7, partial),"
                   " ended_at = CASE WHEN ?2 IN (3, 4, 5, 6) THEN ?3 ELSE 0 END,"
                   " owner = CASE WHEN ?2 IN (3, 4, 5, 6) THEN NULL ELSE owner END,"
-                  " lease_until = CASE WHEN ?2 IN (3, 4, 5, 6) THEN 0 ELSE lease_until END"
+                  " lease_until = CASE WHEN ?2 IN (3, 4, 5, 6) THEN 0 ELSE lease_until END,"
+                  " attempts = CASE WHEN ?9 > 0 THEN ?9 ELSE attempts END"
                   " WHERE id = ?1 AND " LIVE " AND (?8 IS NULL OR owner IS NULL OR owner = ?8"
                   " OR lease_until <= ?3)",
     [ST_RENEW] = "UPDATE tasks SET lease_until = ?2 WHERE owner = ?1 AND " LIVE,
@@ -123,6 +124,8 @@ struct sq_req {
   int (*run)(sq_store_t *s, sq_req_t *q);
   void (*reset)(sq_req_t *q); /* drops outputs before a rerun; NULL: none */
   int owned;                  /* async: free the strings and the request */
+  int skip;                   /* a queued claim its row's finish in the same
+                                 batch makes moot (coalesce) */
   /* inputs */
   const apex__srec_t *rec;
   uint64_t id, n;
@@ -450,6 +453,7 @@ static int why_unchanged(sq_store_t *s, sq_req_t *q, int cancel_counts) {
 }
 
 static int run_claim(sq_store_t *s, sq_req_t *q) {
+  if (q->skip) return APEX_OK; /* its finish, later in this batch, writes it all */
   sqlite3_stmt *st = s->st[ST_CLAIM];
   sqlite3_bind_int64(st, 1, (sqlite3_int64)q->id);
   sqlite3_bind_int64(st, 2, q->attempt);
@@ -528,6 +532,7 @@ static int run_finish(sq_store_t *s, sq_req_t *q) {
   bind_text(st, 6, q->s2);
   bind_text(st, 7, q->s3);
   bind_text(st, 8, q->owner);
+  sqlite3_bind_int64(st, 9, q->attempt); /* 0: keep (coalesce sets it) */
   int rc = step_done(s, st, &q->err, "finish");
   if (rc != APEX_OK) return rc;
   return sqlite3_changes(s->w) ? APEX_OK : why_unchanged(s, q, 0);
@@ -692,11 +697,41 @@ static void run_alone(sq_store_t *s, sq_req_t *q) {
   s->commits++;
 }
 
+/* A task that ends within one batch of its start (most short tasks) needs
+ * one write, not two: a queued claim (nobody waits for its answer) whose
+ * row is finished by the same owner later in the batch is skipped, and the
+ * finish writes the claim's attempt number. Looked for within the last
+ * COALESCE_WINDOW requests: a task's claim and end are queued close
+ * together. */
+#define COALESCE_WINDOW 64
+
+static void coalesce(sq_req_t *list) {
+  sq_req_t *win[COALESCE_WINDOW];
+  size_t n = 0;
+  for (sq_req_t *q = list; q; q = q->next) {
+    if (q->run == run_finish && q->owner) {
+      size_t k = n < COALESCE_WINDOW ? n : COALESCE_WINDOW;
+      for (size_t i = 0; i < k; i++) {
+        sq_req_t *c = win[(n - 1 - i) % COALESCE_WINDOW];
+        if (c->run == run_claim && c->owned && !c->skip && c->id == q->id &&
+            strcmp(c->owner, q->owner) == 0) {
+          c->skip = 1;
+          q->attempt = c->attempt;
+          break;
+        }
+      }
+    }
+    win[n % COALESCE_WINDOW] = q;
+    n++;
+  }
+}
+
 static void run_batch(sq_store_t *s, sq_req_t *list) {
   if (!s->group_commit) {
     for (sq_req_t *q = list; q; q = q->next) run_alone(s, q);
     return;
   }
+  coalesce(list);
   if (exec_w(s, "BEGIN IMMEDIATE") == APEX_OK) {
     int failed = 0;
     for (sq_req_t *q = list; q && !failed; q = q->next) {

@@ -353,6 +353,28 @@ static void test_terminal_rows_never_change(void **state) {
   apex__srec_clear(&g);
 }
 
+/* A queued claim and the row's end right after it (a short task): the
+ * outcome and the attempt number both land, whatever the backend batches. */
+static void test_queued_claim_then_finish_keeps_both(void **state) {
+  fixture_t *f = *state;
+  uint64_t ids[20];
+  for (int i = 0; i < 20; i++) {
+    ids[i] = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 100);
+    assert_int_equal(OPS(f)->claim(f->s, ids[i], f->owner_a, 3, T0, T0 + 100, 0, NULL), APEX_OK);
+    assert_int_equal(OPS(f)->finish(f->s, ids[i], f->owner_a, APEX_TASK_SUCCEEDED, T0 + 1, 0,
+                                    "7", NULL, NULL, 0, NULL),
+                     APEX_OK);
+  }
+  assert_int_equal(OPS(f)->sync(f->s, NULL), APEX_OK);
+  for (int i = 0; i < 20; i++) {
+    apex__srec_t g = get(f, ids[i]);
+    assert_int_equal(g.state, APEX_TASK_SUCCEEDED);
+    assert_int_equal(g.attempts, 3);
+    assert_string_equal(g.result, "7");
+    apex__srec_clear(&g);
+  }
+}
+
 static void test_fail_with_retry_time_keeps_the_row_held(void **state) {
   fixture_t *f = *state;
   uint64_t id = put(f, "p", "x", "{}", f->owner_a, T0, T0 + 10);
@@ -699,6 +721,7 @@ static void test_concurrent_writers_lose_nothing(void **state) {
   X(test_claim_takes_a_lease_one_owner_at_a_time)                          \
   X(test_heartbeat_extends_the_lease_and_saves_the_checkpoint_in_one_write) \
   X(test_terminal_rows_never_change)                                       \
+  X(test_queued_claim_then_finish_keeps_both)                              \
   X(test_fail_with_retry_time_keeps_the_row_held)                          \
   X(test_request_cancel_ends_an_unheld_task_and_flags_a_held_one)          \
   X(test_list_filters_and_pages_through_every_row_once)                    \
