@@ -505,7 +505,7 @@ int cli_cmd_watch(const cli_opts_t *o) {
   int code = open_store(o, &s);
   if (code != CLI_EXIT_OK) return code;
   json_t *last = NULL;
-  int first = 1;
+  int first = 1, hinted = 0;
   for (;;) {
     json_t *t = NULL;
     code = get_task(o, s, id, &t);
@@ -524,6 +524,22 @@ int cli_cmd_watch(const cli_opts_t *o) {
       }
     }
     if (done) code = state_exit_code(state, json_object_get(t, "error"));
+    /* A running task whose lease ran out has no live process: nothing will
+     * move until someone resumes it. Said once, on stderr. */
+    json_t *lease = json_object_get(t, "lease_until");
+    if (!done && !hinted && strcmp(state, "running") == 0 && json_is_number(lease)) {
+      struct timespec now;
+      clock_gettime(CLOCK_REALTIME, &now);
+      if (json_number_value(lease) < (double)now.tv_sec) {
+        hinted = 1;
+        if (!o->json) fputc('\n', stdout);
+        fprintf(stderr,
+                "apex: task %llu: no live process holds it (its lease ran out); `apex resume` "
+                "continues it\n",
+                (unsigned long long)id);
+        first = 1;
+      }
+    }
     json_decref(t);
     if (done) break;
     if (atomic_load(&g_stop) || cli_output_failed()) {
