@@ -44,6 +44,15 @@ typedef struct cli_opts {
    * --traceparent joins the caller's trace. NULL: none. */
   const char *trace_file;
   const char *traceparent;
+  /* Durable tasks (tasks.c, docs/durable.md). */
+  const char *store;         /* --store PATH, or NULL: see cli_store_path */
+  const char *store_owner;   /* the manager's owner id in the store (resume),
+                                or NULL: a random one */
+  int detach;                /* run --detach: submit, print the id, exit */
+  const char *state;         /* tasks --state NAME[,NAME...], or NULL: any */
+  long limit;                /* tasks --limit N, or 0: 50 */
+  int argc;                  /* main's, for the detached runner's argv */
+  char **argv;
 } cli_opts_t;
 
 /* Metrics output (cli/metrics.c). */
@@ -157,10 +166,34 @@ void cli_action_names(const apex_plugin_desc_t *d, char *buf, size_t len);
 int cli_split_target(const char *target, char *buf, size_t len, const char **plugin,
                      const char **action);
 
+/* ---- durable tasks (tasks.c) --------------------------------------------
+ * Returns: the store file the command uses (malloc'd; caller frees): --store
+ * as given, else $XDG_STATE_HOME/apex/tasks.db (an absolute
+ * XDG_STATE_HOME; a relative one is ignored, as the XDG spec says), else
+ * $HOME/.local/state/apex/tasks.db; the default's folder is made (0700) if
+ * missing. NULL after reporting a failure (no HOME, mkdir failed, memory). */
+char *cli_store_path(const cli_opts_t *o);
+
+/* Set in the process `apex run --detach` starts to run the task (the
+ * environment variable APEX__RUNNER names it): its stdout goes to the
+ * parent until the task is submitted (run.c). */
+#define CLI_RUNNER_ENV "APEX__RUNNER"
+
+/* `apex run --detach` in the calling process: starts the runner (this
+ * command again, in a session of its own, stdin and stdout on /dev/null
+ * once submitted, stderr appended to runner.log beside the store), reads
+ * its first line and prints the task id. Returns: the exit code. */
+int cli_detach(const cli_opts_t *o, const char *store);
+
 /* The commands. Returns: the process exit code. */
 int cli_cmd_plugins(const cli_opts_t *o);
 int cli_cmd_describe(const cli_opts_t *o);
 int cli_cmd_run(const cli_opts_t *o);
+int cli_cmd_tasks(const cli_opts_t *o);
+int cli_cmd_show(const cli_opts_t *o);
+int cli_cmd_cancel(const cli_opts_t *o);
+int cli_cmd_watch(const cli_opts_t *o);
+int cli_cmd_resume(const cli_opts_t *o);
 /* `apex batch`, which parses its own options (batch.c): argv as main got
  * it, cmd_at the index of the word "batch". */
 int cli_cmd_batch(int argc, char **argv, int cmd_at);

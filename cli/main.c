@@ -29,6 +29,15 @@ static const char usage_text[] =
     "                            under limits (apex batch --help)\n"
     "  mcp                       serve every action as a Model Context Protocol\n"
     "                            tool, over stdio or HTTP (apex mcp --help)\n"
+    "  tasks                     list the tasks of the store: id, action, state,\n"
+    "                            progress, age (--state S[,S...], --limit N)\n"
+    "  show ID                   all the store has on one task\n"
+    "  cancel ID                 cancel a stored task (a running one stops within\n"
+    "                            about a second, wherever it runs)\n"
+    "  watch ID                  follow a stored task's progress to its end\n"
+    "  resume                    take over the unfinished tasks no live apex\n"
+    "                            runs (their process was killed) and run them\n"
+    "                            to their end, from their last checkpoint\n"
     "\n"
     "Options of run:\n"
     "  --param KEY=VALUE   set a param; VALUE is taken as JSON if it parses\n"
@@ -60,6 +69,19 @@ static const char usage_text[] =
     "  --trace FILE        append the task's spans to FILE as OTLP/JSON lines\n"
     "  --traceparent TP    join the W3C trace TP (\"00-<trace id>-<span id>-01\");\n"
     "                      a malformed TP is ignored and a new trace started\n"
+    "  --store PATH        journal the task in the store at PATH (an SQLite\n"
+    "                      file, made if missing): it survives a crash of\n"
+    "                      apex and `apex resume` continues it\n"
+    "  --detach            submit the task to the store, print its id and\n"
+    "                      return; a runner process of its own runs it, past\n"
+    "                      the shell's end (apex watch|show|cancel ID)\n"
+    "\n"
+    "Options of tasks, show, cancel, watch, resume:\n"
+    "  --store PATH        the store (default: $XDG_STATE_HOME/apex/tasks.db,\n"
+    "                      else ~/.local/state/apex/tasks.db; also the store\n"
+    "                      of run --detach without --store)\n"
+    "  --json              JSON output (the default when stdout is not a\n"
+    "                      terminal)\n"
     "\n"
     "Options of every command:\n"
     "  --plugin-path DIR   search DIR for plugins first (repeatable, in order)\n"
@@ -88,6 +110,7 @@ static const char usage_text[] =
 typedef struct parse_state {
   cli_opts_t *o;
   int is_run;
+  const char *cmd; /* the command word, found before parsing (NULL: none) */
   json_t *params_obj; /* --params, merged in order */
   json_t *param_kv;   /* --param values in order: [[key, value], ...] */
   int help, version;
@@ -249,11 +272,38 @@ static int parse_param_kv(parse_state_t *ps, const char *v) {
 static const char *const valued[] = {
     "--param",    "--params", "--timeout",   "--retries",           "--plugin-path",
     "--priority", "--key",    "--run-after", "--schedule-to-start", "--attempt-timeout",
-    "--heartbeat-timeout", "--metrics", "--metrics-format", "--trace", "--traceparent"};
+    "--heartbeat-timeout", "--metrics", "--metrics-format", "--trace", "--traceparent",
+    "--store", "--state", "--limit"};
 
-static int is_run_only(const char *name) {
-  return strcmp(name, "--plugin-path") != 0 && strcmp(name, "--help") != 0 &&
-         strcmp(name, "--version") != 0 && strcmp(name, "-h") != 0;
+/* The durable-task commands (tasks.c). */
+static int is_store_command(const char *cmd) {
+  return cmd && (strcmp(cmd, "tasks") == 0 || strcmp(cmd, "show") == 0 ||
+                 strcmp(cmd, "cancel") == 0 || strcmp(cmd, "watch") == 0 ||
+                 strcmp(cmd, "resume") == 0);
+}
+
+/* Returns: 1 if option name applies to command cmd (NULL: no command yet,
+ * which only the options of every command do). */
+static int option_applies(const char *name, const char *cmd) {
+  if (strcmp(name, "--plugin-path") == 0 || strcmp(name, "--help") == 0 ||
+      strcmp(name, "--version") == 0 || strcmp(name, "-h") == 0)
+    return 1;
+  int run = cmd && strcmp(cmd, "run") == 0;
+  if (strcmp(name, "--json") == 0 || strcmp(name, "--store") == 0)
+    return run || is_store_command(cmd);
+  if (strcmp(name, "--state") == 0 || strcmp(name, "--limit") == 0)
+    return cmd && strcmp(cmd, "tasks") == 0;
+  return run;
+}
+
+static int parse_limit(parse_state_t *ps, const char *v) {
+  int plain = *v != '\0' && strspn(v, "0123456789") == strlen(v) && strlen(v) < 9;
+  long n = plain ? strtol(v, NULL, 10) : 0;
+  if (n < 1)
+    return parse_fail(ps, APEX_E_INVALID, "--limit: '%s' is not a whole number from 1 to 99999999",
+                      v);
+  ps->o->limit = n;
+  return 0;
 }
 
 static int parse_option(parse_state_t *ps, const char *arg, int argc, char **argv, int *i) {
@@ -271,7 +321,8 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
   for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
     if (strcmp(name, valued[k]) == 0) takes_value = 1;
   int is_flag = strcmp(name, "--json") == 0 || strcmp(name, "--help") == 0 ||
-                strcmp(name, "-h") == 0 || strcmp(name, "--version") == 0;
+                strcmp(name, "-h") == 0 || strcmp(name, "--version") == 0 ||
+                strcmp(name, "--detach") == 0;
   if (!takes_value && !is_flag)
     return parse_fail(ps, APEX_E_INVALID, "unknown option '%s' (see apex --help)", arg);
   if (is_flag && eq) return parse_fail(ps, APEX_E_INVALID, "%s takes no value", name);
@@ -284,10 +335,21 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
       return parse_fail(ps, APEX_E_INVALID, "%s needs a value", name);
     }
   }
-  if (!ps->is_run && is_run_only(name))
+  if (!option_applies(name, ps->cmd)) {
+    if (strcmp(name, "--state") == 0 || strcmp(name, "--limit") == 0)
+      return parse_fail(ps, APEX_E_INVALID, "%s applies only to 'apex tasks'", name);
+    if (strcmp(name, "--json") == 0 || strcmp(name, "--store") == 0)
+      return parse_fail(ps, APEX_E_INVALID,
+                        "%s applies only to 'apex run', tasks, show, cancel, watch and resume",
+                        name);
     return parse_fail(ps, APEX_E_INVALID, "%s applies only to 'apex run'", name);
+  }
 
   if (strcmp(name, "--json") == 0) ps->o->json = 1;
+  else if (strcmp(name, "--detach") == 0) ps->o->detach = 1;
+  else if (strcmp(name, "--store") == 0) ps->o->store = value;
+  else if (strcmp(name, "--state") == 0) ps->o->state = value;
+  else if (strcmp(name, "--limit") == 0) return parse_limit(ps, value);
   else if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) ps->help = 1;
   else if (strcmp(name, "--version") == 0) ps->version = 1;
   else if (strcmp(name, "--timeout") == 0) return parse_timeout(ps, value);
@@ -411,8 +473,11 @@ int main(int argc, char **argv) {
     goto out;
   }
   ps.is_run = first_positional_is_run(argc, argv);
-  int json = ps.is_run && wants_json(argc, argv);
-  if (ps.is_run) {
+  ps.cmd = cmd > 0 ? argv[cmd] : NULL;
+  int json = (ps.is_run || is_store_command(ps.cmd)) && wants_json(argc, argv);
+  o.argc = argc;
+  o.argv = argv;
+  if (ps.is_run || is_store_command(ps.cmd)) {
     /* A reader that goes away (apex run ... | head -1) must not kill us
      * mid-task: the task is cancelled and cleans up instead (run.c), which
      * needs the write to fail with EPIPE rather than raise SIGPIPE. Set
@@ -455,10 +520,22 @@ info:
                     : cli_cmd_plugins(&o);
   } else if (strcmp(o.command, "describe") == 0) {
     code = cli_cmd_describe(&o);
+  } else if (strcmp(o.command, "tasks") == 0) {
+    code = cli_cmd_tasks(&o);
+  } else if (strcmp(o.command, "show") == 0) {
+    code = cli_cmd_show(&o);
+  } else if (strcmp(o.command, "cancel") == 0) {
+    code = cli_cmd_cancel(&o);
+  } else if (strcmp(o.command, "watch") == 0) {
+    code = cli_cmd_watch(&o);
+  } else if (strcmp(o.command, "resume") == 0) {
+    code = cli_cmd_resume(&o);
   } else if (strcmp(o.command, "help") == 0) {
     fputs(usage_text, stdout);
   } else {
-    code = cli_fail(0, APEX_E_INVALID, "unknown command '%s' (commands: plugins, describe, run, batch, mcp)",
+    code = cli_fail(0, APEX_E_INVALID,
+                    "unknown command '%s' (commands: plugins, describe, run, batch, mcp, tasks, "
+                    "show, cancel, watch, resume)",
                     o.command);
   }
 out:

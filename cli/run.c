@@ -56,7 +56,17 @@
  * (cli_exit_code), whoever found the problem: a handler rejecting its params
  * at run time (APEX_E_INVALID_PARAMS) exits 2 and is reported as a
  * submit-time rejection is, PLUGIN.ACTION first. A result that cannot be
- * written as JSON fails the run (exit 1) rather than leave no result line. */
+ * written as JSON fails the run (exit 1) rather than leave no result line.
+ *
+ * Durable runs (docs/durable.md): with --store the manager journals in that
+ * store and the task is submitted durable, so a crash of this process
+ * leaves it for `apex resume`; a stop signal still cancels it, as above.
+ * With --detach this function runs twice: in the command the user typed,
+ * which starts a runner (cli_detach, detach.c) and returns once the runner
+ * reports the task submitted; and in that runner (CLI_RUNNER_ENV set),
+ * which runs the task as a durable `run --json` whose stdout is the pipe to
+ * the first process until the "submitted" line is written (or the failure's
+ * result line, which the first process reports), and /dev/null after. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -659,7 +669,43 @@ static int load_plugin(run_t *r, apex_manager_t *m, const apex_plugin_desc_t **d
   return code;
 }
 
-int cli_cmd_run(const cli_opts_t *o) {
+/* In a detached runner, once the task is submitted: tells the process that
+ * started us its id (the pipe on stdout) and puts stdout on /dev/null, so
+ * that process may exit and the shell with it. */
+static void runner_submitted(const run_t *r, const char *store) {
+  cli_emit(json_pack("{s:s, s:I, s:s, s:s, s:s, s:i}", "event", "submitted", "task",
+                     (json_int_t)r->task_id, "plugin", r->plugin, "action", r->action, "store",
+                     store, "pid", (int)getpid()));
+  int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    fflush(stdout);
+    (void)dup2(fd, STDOUT_FILENO);
+    close(fd);
+  }
+}
+
+int cli_cmd_run(const cli_opts_t *o_in) {
+  cli_opts_t oo = *o_in;
+  const cli_opts_t *o = &oo;
+  /* The store's path for the whole run (every exit path of this function
+   * may still use it): kept in a static buffer, not on the heap. */
+  static char store_path[4096];
+  int runner = oo.detach && getenv(CLI_RUNNER_ENV) != NULL;
+  if (oo.store || oo.detach) {
+    char *p = cli_store_path(o);
+    if (!p) return CLI_EXIT_FAILED;
+    if (strlen(p) >= sizeof store_path) {
+      free(p);
+      return cli_fail(o->json, APEX_E_INVALID, "--store: the path is too long");
+    }
+    strcpy(store_path, p);
+    free(p);
+    oo.store = store_path;
+  }
+  if (oo.detach && !runner)
+    return o->target ? cli_detach(o, store_path)
+                     : cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");
+  if (runner) oo.json = 1; /* stdout is the pipe, then /dev/null */
   if (!o->target) return cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");
   char buf[512];
   const char *plugin, *action;
@@ -705,6 +751,7 @@ int cli_cmd_run(const cli_opts_t *o) {
   so.concurrency_key = o->key;
   so.run_after_s = o->run_after_s;
   so.traceparent = o->traceparent;
+  so.durable = o->store != NULL; /* journaled: it outlives this process */
   apex_retry_policy_t policy = a->default_retry;
   if (o->retries >= 0) {
     policy.max_attempts = (uint32_t)o->retries + 1;
@@ -736,6 +783,7 @@ int cli_cmd_run(const cli_opts_t *o) {
     return finish(&r, m, code);
   }
   r.task_id = apex_task_id(t);
+  if (runner) runner_submitted(&r, o->store);
   if (r.disp) cli_display_draw(r.disp);
 
   if (event_loop(&r, m, t, sig_fds[0]) != 0) {

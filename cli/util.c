@@ -199,6 +199,10 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
      * bounding what a flooding plugin can make us print. */
     if (o->json) cfg.progress_rate_hz = 100;
   }
+  /* Journal in the store (run --store/--detach, resume): every task the
+   * command submits is durable (run.c sets opts.durable as well). */
+  cfg.store = o->store;
+  cfg.store_owner = o->store_owner;
   apex_manager_t *m = NULL;
   int rc = apex_manager_new(&cfg, &m);
   if (rc != APEX_OK) return cli_fail(o->json, rc, "cannot start the runtime: %s", apex_strerror(rc));

@@ -7,6 +7,12 @@
  *                  cancellable between and during steps; can fail its first
  *                  attempts on purpose (to show retries) or ignore its token
  *                  on purpose (to show timeouts of a misbehaving handler).
+ *                  Resumable: it checkpoints {"step": N} after every step
+ *                  (apex_ctx_checkpoint), and an attempt that finds a
+ *                  checkpoint (a retry, or the resume after a crash of a
+ *                  host on a durable store) starts at the step after it. With
+ *                  `step_log` it appends one line per event to that file, for
+ *                  crash tests to read (format at step_log_write).
  *   deferred_task  deferred: returns APEX_PENDING at once and completes
  *                  from a thread of its own after `delay_ms`.
  *   fan_out        deferred: spawns `children` long_task child tasks
@@ -30,6 +36,8 @@
 #endif
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -37,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "apex/plugin.h"
 
@@ -208,32 +217,133 @@ static int publish_partial(apex_ctx_t *ctx, int64_t done, int64_t steps) {
   return APEX_OK;
 }
 
+/* The step log (param step_log): one line per event, each written with a
+ * single write(2) to a file opened O_APPEND, so lines from many tasks (and
+ * from a process killed mid-run) never interleave or tear:
+ *   "<task id> start <first step> <attempt>\n"  an attempt begins; first
+ *                                               step is the checkpoint's
+ *                                               step (0: from scratch)
+ *   "<task id> done <step> <attempt>\n"         step (1-based) completed and
+ *                                               its checkpoint was saved
+ *   "<task id> end <steps> <attempt>\n"         the handler returns success
+ * A step is logged done only after apex_ctx_checkpoint returned (the
+ * checkpoint is durable then on a durable store), so a step logged done is
+ * never run again by a later attempt: the promise a crash test checks.
+ * Best effort otherwise: a log that cannot be written is not the task's
+ * failure (the test reading it sees the gap). */
+static void step_log_write(int fd, uint64_t task, const char *what, int64_t step,
+                           uint32_t attempt) {
+  if (fd < 0) return;
+  char line[128];
+  int n = snprintf(line, sizeof line, "%" PRIu64 " %s %lld %u\n", task, what, (long long)step,
+                   (unsigned)attempt);
+  if (n > 0 && (size_t)n < sizeof line) {
+    ssize_t w;
+    do {
+      w = write(fd, line, (size_t)n);
+    } while (w < 0 && errno == EINTR);
+  }
+}
+
+/* Returns: the step an earlier attempt checkpointed (0 if none, or if its
+ * checkpoint is not one of ours or is past steps: then the task starts
+ * over rather than trust it). */
+static int64_t checkpointed_step(apex_ctx_t *ctx, int64_t steps) {
+#ifdef APEX_HAVE_CTX_CHECKPOINT
+  json_t *cp = apex_ctx_checkpoint_get(ctx);
+  json_t *v = json_object_get(cp, "step");
+  int64_t step = json_is_integer(v) ? (int64_t)json_integer_value(v) : 0; /* cp: borrowed */
+  return step >= 0 && step <= steps ? step : 0;
+#else
+  (void)ctx;
+  (void)steps;
+  return 0;
+#endif
+}
+
+/* Saves {"step": done} as the task's checkpoint. Returns: APEX_OK when it
+ * was saved; APEX_E_INVALID when the host keeps no checkpoints (one that
+ * predates them: the task runs on, from scratch on its next attempt); or
+ * the store's failure (APEX_E_STORE, APEX_E_NOMEM), which fails the task:
+ * on a durable store a step whose checkpoint could not be written may run
+ * again after a crash, and the step log would have said it was done. */
+static int save_step(apex_ctx_t *ctx, int64_t done) {
+#ifdef APEX_HAVE_CTX_CHECKPOINT
+  json_t *cp = json_pack("{s:I}", "step", (json_int_t)done);
+  if (!cp) return APEX_E_NOMEM;
+  int rc = apex_ctx_checkpoint(ctx, cp);
+  json_decref(cp);
+  return rc;
+#else
+  (void)ctx;
+  (void)done;
+  return APEX_E_INVALID;
+#endif
+}
+
 static int long_task(apex_ctx_t *ctx) {
   int64_t steps = param_int(ctx, "steps", 10);
   int64_t step_ms = param_int(ctx, "step_ms", 100);
   int64_t fail_attempts = param_int(ctx, "fail_attempts", 0);
   int ignore_cancel = param_bool(ctx, "ignore_cancel", 0);
   int64_t n_sub = param_int(ctx, "sub_tasks", 0);
+  json_t *log_path = json_object_get(apex_ctx_params(ctx), "step_log");
   uint32_t attempt = apex_ctx_attempt(ctx);
+  uint64_t id = apex_ctx_task_id(ctx);
   char msg[128];
+  int rc = APEX_OK;
 
   /* More sub-tasks than steps would leave some with nothing to do. */
   if (n_sub > steps) n_sub = steps;
 
-  if (steps == 0) {
-    if (attempt <= (uint64_t)fail_attempts)
-      return apex_ctx_fail(ctx, APEX_E_TRANSIENT, "attempt %u of the first %lld fails on purpose",
-                           (unsigned)attempt, (long long)fail_attempts);
-    if (report(ctx, 0, 0, 0, "completed", "nothing to do") != APEX_OK)
-      return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+  int log_fd = -1;
+  if (json_is_string(log_path)) {
+    log_fd = open(json_string_value(log_path), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+      return apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot open step_log '%s': %s",
+                           json_string_value(log_path), strerror(errno));
   }
 
-  for (int64_t i = 0; i < steps; i++) {
+  if (steps == 0) {
+    if (attempt <= (uint64_t)fail_attempts) {
+      rc = apex_ctx_fail(ctx, APEX_E_TRANSIENT, "attempt %u of the first %lld fails on purpose",
+                         (unsigned)attempt, (long long)fail_attempts);
+      goto out;
+    }
+    if (report(ctx, 0, 0, 0, "completed", "nothing to do") != APEX_OK) {
+      rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+      goto out;
+    }
+  }
+
+  int64_t first = checkpointed_step(ctx, steps);
+  step_log_write(log_fd, id, "start", first, attempt);
+  if (first > 0) {
+    /* Where the checkpoint left it, before any new step: a resumed task's
+     * bar starts there, not at zero. */
+    snprintf(msg, sizeof msg, "resumed at step %lld/%lld", (long long)first, (long long)steps);
+    if (report(ctx, first, steps, (int)n_sub, first == steps ? "completed" : "running", msg) !=
+        APEX_OK) {
+      rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+      goto out;
+    }
+  }
+
+  /* Resumed with every step done already: an attempt meant to fail still
+   * does ("attempts 1..N fail"), without a step to do first. */
+  if (first == steps && steps > 0 && attempt <= (uint64_t)fail_attempts) {
+    rc = apex_ctx_fail(ctx, APEX_E_TRANSIENT, "attempt %u of the first %lld fails on purpose",
+                       (unsigned)attempt, (long long)fail_attempts);
+    goto out;
+  }
+
+  for (int64_t i = first; i < steps; i++) {
     if (ignore_cancel) {
       sleep_uncancellable((uint64_t)step_ms);
     } else if (apex_ctx_sleep_ms(ctx, (uint64_t)step_ms) == APEX_E_CANCELLED ||
                apex_ctx_is_cancelled(ctx)) {
-      return apex_ctx_fail(ctx, APEX_E_CANCELLED, "cancelled after step %lld", (long long)i);
+      rc = apex_ctx_fail(ctx, APEX_E_CANCELLED, "cancelled after step %lld", (long long)i);
+      goto out;
     }
     int64_t done = i + 1;
 
@@ -241,8 +351,10 @@ static int long_task(apex_ctx_t *ctx) {
      * saw this step's progress finds at least this partial when the task
      * stops (it is the result a cancel or timeout leaves). Published per
      * step; the host coalesces. */
-    if (publish_partial(ctx, done, steps) != APEX_OK)
-      return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the partial result");
+    if (publish_partial(ctx, done, steps) != APEX_OK) {
+      rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the partial result");
+      goto out;
+    }
 
     /* A sub-task whose last step this was gets its own milestone, which the
      * host never coalesces away. */
@@ -251,24 +363,56 @@ static int long_task(apex_ctx_t *ctx) {
       char name[32];
       sub_name(j, name, sizeof name);
       snprintf(msg, sizeof msg, "sub-task %s done", name);
-      if (report(ctx, done, steps, (int)n_sub, "milestone_reached", msg) != APEX_OK)
-        return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+      if (report(ctx, done, steps, (int)n_sub, "milestone_reached", msg) != APEX_OK) {
+        rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+        goto out;
+      }
     }
     snprintf(msg, sizeof msg, "step %lld/%lld", (long long)done, (long long)steps);
     if (report(ctx, done, steps, (int)n_sub, done == steps ? "completed" : "running", msg) !=
-        APEX_OK)
-      return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+        APEX_OK) {
+      rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building progress");
+      goto out;
+    }
 
-    if (done == 1 && attempt <= (uint64_t)fail_attempts)
-      return apex_ctx_fail(ctx, APEX_E_TRANSIENT, "attempt %u of the first %lld fails on purpose",
-                           (unsigned)attempt, (long long)fail_attempts);
+    /* Then the checkpoint (a durable store saves the progress just
+     * reported with it, so the two agree); once it returned the step is
+     * done for good, and only then does the step log say so. */
+    int cr = save_step(ctx, done);
+    if (cr != APEX_OK && cr != APEX_E_INVALID) {
+      rc = apex_ctx_fail(ctx, cr, "cannot checkpoint step %lld: %s", (long long)done,
+                         cr == APEX_E_NOMEM ? "out of memory" : "the store failed to write it");
+      goto out;
+    }
+    if (cr == APEX_OK) step_log_write(log_fd, id, "done", done, attempt);
+
+    /* After this attempt's first step (not the task's: a retry resumes past
+     * step 1 and must still be able to fail on purpose). */
+    if (i == first && attempt <= (uint64_t)fail_attempts) {
+      rc = apex_ctx_fail(ctx, APEX_E_TRANSIENT, "attempt %u of the first %lld fails on purpose",
+                         (unsigned)attempt, (long long)fail_attempts);
+      goto out;
+    }
   }
 
+  /* "resumed_at" only for a resumed task: a run from scratch keeps the
+   * result it always had. */
   json_t *result = json_pack("{s:I, s:I}", "steps", (json_int_t)steps, "attempt",
                              (json_int_t)attempt);
-  if (!result) return apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the result");
+  if (result && first > 0 &&
+      json_object_set_new(result, "resumed_at", json_integer((json_int_t)first)) != 0) {
+    json_decref(result);
+    result = NULL;
+  }
+  if (!result) {
+    rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "out of memory building the result");
+    goto out;
+  }
   apex_ctx_set_result(ctx, result);
-  return APEX_OK;
+  step_log_write(log_fd, id, "end", steps, attempt);
+out:
+  if (log_fd >= 0) close(log_fd);
+  return rc;
 }
 
 /* --------------------------------------------------------- deferred_task */
@@ -418,6 +562,9 @@ static const apex_param_spec_t k_long_task_params[] = {
      .description = "misbehave: never look at the cancellation token"},
     {.name = "sub_tasks", .type = APEX_PARAM_INT, .default_json = "0", .has_min = 1, .min = 0,
      .has_max = 1, .max = 64, .description = "split the steps into this many named sub-tasks"},
+    {.name = "step_log", .type = APEX_PARAM_STRING, .has_min = 1, .min = 1,
+     .description = "append a line per attempt start and completed step to this file "
+                    "(for crash tests)"},
 };
 
 static const apex_param_spec_t k_deferred_params[] = {
@@ -448,6 +595,9 @@ static const apex_action_desc_t k_actions[] = {
         .default_timeout_s = 0,
         .default_retry = {.max_attempts = 1, .initial_interval_s = 0.05,
                           .backoff_coefficient = 2.0},
+#ifdef APEX_ACTION_F_RESUMABLE
+        .flags = APEX_ACTION_F_RESUMABLE,
+#endif
     },
     {
         .name = "deferred_task",

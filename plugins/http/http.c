@@ -11,7 +11,9 @@
  *             the sha256 when one is given), fsync'd and renamed into place
  *             only then; on any failure, cancel or timeout the temporary file
  *             is removed, so the path is either absent (or its old self) or
- *             complete.
+ *             complete. Resumable: it checkpoints the bytes written (see
+ *             "resuming a download" below) and the attempt after a crash
+ *             asks for the rest with a Range request.
  *
  * How a transfer runs: one easy handle in a multi handle of its own, driven
  * by curl_multi_perform and curl_multi_poll on the handler's worker thread,
@@ -243,6 +245,15 @@ typedef struct xfer {
   int fd;
   int write_errno;
   EVP_MD_CTX *md; /* NULL: no digest wanted */
+  /* resuming (download): what the file held before this response */
+  uint64_t resume_from; /* the Range start asked for; 0: none asked */
+  uint64_t base;        /* bytes kept from before: resume_from on a 206 */
+  uint64_t cp_every;    /* checkpoint every this many bytes; 0: never */
+  uint64_t last_cp;     /* done at the last checkpoint */
+  const char *tmp;      /* the temporary file (download's) */
+  struct stat tmp_st;
+  char validator[512];  /* the response's strong ETag, or Last-Modified */
+  int restarted;        /* a Range was asked and the whole body came */
   /* progress */
   uint64_t done;
   uint64_t t0_ns;
@@ -256,6 +267,7 @@ typedef struct xfer {
 static void report(xfer_t *x, int final) {
   curl_off_t cl = -1;
   (void)curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+  if (cl >= 0) cl += (curl_off_t)x->base; /* a 206's length is the rest's */
   double secs = (double)(now_ns() - x->t0_ns) / 1e9;
   double rate = secs > 0 ? (double)x->done / secs : 0.0;
   double pct = 0.0;
@@ -289,8 +301,66 @@ static int status_ok(xfer_t *x) {
   x->status_checked = 1;
   long code = 0;
   (void)curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
-  if (code >= 200 && code < 300) return 1;
-  x->bad_status = code;
+  if (code < 200 || code >= 300) {
+    x->bad_status = code;
+    return 0;
+  }
+  if (x->kind == SINK_FILE) {
+    /* What resumes from here: the validator the next attempt sends in
+     * If-Range (a weak ETag cannot vouch for bytes, RFC 9110 13.1.5). */
+    struct curl_header *h = NULL;
+    if (curl_easy_header(x->easy, "ETag", 0, CURLH_HEADER, -1, &h) == CURLHE_OK && h->value &&
+        strncmp(h->value, "W/", 2) != 0 && strlen(h->value) < sizeof x->validator)
+      strcpy(x->validator, h->value);
+    else if (curl_easy_header(x->easy, "Last-Modified", 0, CURLH_HEADER, -1, &h) == CURLHE_OK &&
+             h->value && strlen(h->value) < sizeof x->validator)
+      strcpy(x->validator, h->value);
+    if (x->resume_from > 0) {
+      const char *cr = NULL;
+      if (curl_easy_header(x->easy, "Content-Range", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+        cr = h->value;
+      char want[64];
+      snprintf(want, sizeof want, "bytes %llu-", (unsigned long long)x->resume_from);
+      if (code == 206 && cr && strncmp(cr, want, strlen(want)) == 0) {
+        x->base = x->done = x->resume_from; /* the rest comes: append */
+      } else {
+        /* The whole body (the resource changed, so If-Range failed, or
+         * the server does no ranges): start the file over. */
+        x->restarted = 1;
+        x->base = x->done = 0;
+        if (ftruncate(x->fd, 0) != 0 || lseek(x->fd, 0, SEEK_SET) != 0) {
+          x->write_errno = errno;
+          return 0;
+        }
+        if (x->md && EVP_DigestInit_ex(x->md, EVP_sha256(), NULL) != 1) {
+          x->write_errno = EIO;
+          return 0;
+        }
+      }
+    }
+  }
+  return 1;
+}
+
+/* Saves where the download is (see "resuming a download"), after the bytes
+ * it names are on disk. Returns: 0, or -1 with x->write_errno set for a
+ * sync that failed (a checkpoint the store refused is logged: the transfer
+ * goes on, only its resume point is older). */
+static int download_checkpoint(xfer_t *x) {
+  x->last_cp = x->done;
+  if (fdatasync(x->fd) != 0) {
+    x->write_errno = errno;
+    return -1;
+  }
+  json_t *cp = json_pack("{s:i, s:s, s:s, s:I, s:I, s:I, s:s}", "v", 1, "url", x->url, "tmp",
+                         x->tmp, "tmp_dev", (json_int_t)x->tmp_st.st_dev, "tmp_ino",
+                         (json_int_t)x->tmp_st.st_ino, "offset", (json_int_t)x->done, "validator",
+                         x->validator);
+  int rc = cp ? apex_ctx_checkpoint(x->ctx, cp) : APEX_E_NOMEM;
+  json_decref(cp);
+  if (rc != APEX_OK && rc != APEX_E_INVALID)
+    apex_ctx_log(x->ctx, APEX_LOG_WARN, "download of %s: checkpoint at %llu bytes not saved (%d)",
+                 x->url, (unsigned long long)x->done, rc);
   return 0;
 }
 
@@ -349,6 +419,13 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *user) {
   }
   x->done += n;
   x->last_ns = now_ns();
+  if (x->cp_every && x->done - x->last_cp >= x->cp_every) {
+    /* Not at the very end: a resume from there would ask for an empty
+     * range, which servers answer 416. */
+    curl_off_t cl = -1;
+    (void)curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    if ((cl < 0 || x->done < x->base + (uint64_t)cl) && download_checkpoint(x) != 0) return 0;
+  }
   report(x, 0);
   return n;
 }
@@ -704,6 +781,113 @@ static int hex_digest(EVP_MD_CTX *md, char *hex) {
   return 0;
 }
 
+/* ---- resuming a download
+ * The checkpoint (apex_ctx_checkpoint), saved every checkpoint_mib MiB of
+ * body once the file's bytes up to there are fdatasync'd, and once at 0:
+ *   {"v": 1, "url": URL, "tmp": PATH, "tmp_dev": D, "tmp_ino": I,
+ *    "offset": N, "validator": ETAG-OR-LAST-MODIFIED}
+ * The attempt after a crash finds it (apex_ctx_checkpoint_get), checks that
+ * the URL is the same and the temporary file is still the one it names (its
+ * device and inode) and holds at least N bytes, cuts it back to N and asks
+ * for the rest: "Range: bytes=N-" with "If-Range: VALIDATOR", so a resource
+ * that changed since comes whole (200) and the file starts over, while an
+ * unchanged one comes as 206 from N and is appended. With sha256 set, the
+ * kept bytes are hashed from the file first, so the check covers the whole
+ * body. Anything that does not match starts over with a new file (one of
+ * ours is removed). A failed or cancelled attempt still removes its file:
+ * only a crash leaves one behind, for the resume. */
+
+/* Returns: 1 resumed (x->fd open at the checkpoint's offset, *tmp set,
+ * the Range and If-Range set on the handle), 0 nothing to resume, or a
+ * negative failure (ctx failed). */
+static int download_resume(apex_ctx_t *ctx, xfer_t *x, char **tmp, struct curl_slist **headers,
+                           const char *what) {
+  json_t *cp = apex_ctx_checkpoint_get(ctx); /* borrowed, for this attempt */
+  if (!cp) return 0;
+  char eb[128];
+  const char *path = json_string_value(json_object_get(cp, "tmp"));
+  const char *url = json_string_value(json_object_get(cp, "url"));
+  const char *validator = json_string_value(json_object_get(cp, "validator"));
+  json_t *offv = json_object_get(cp, "offset");
+  json_int_t off = json_is_integer(offv) ? json_integer_value(offv) : -1;
+  if (json_integer_value(json_object_get(cp, "v")) != 1 || !path || !url || off < 0 ||
+      strcmp(url, x->url) != 0)
+    return 0;
+  const char *why = NULL;
+  struct stat st;
+  int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    why = "the partial file is gone";
+  } else if ((json_int_t)st.st_dev != json_integer_value(json_object_get(cp, "tmp_dev")) ||
+             (json_int_t)st.st_ino != json_integer_value(json_object_get(cp, "tmp_ino"))) {
+    why = "the partial file's name now belongs to another file";
+  } else if ((uint64_t)st.st_size < (uint64_t)off) {
+    why = "the partial file is shorter than the checkpoint";
+    (void)unlink(path);
+  }
+  if (why) {
+    if (fd >= 0) close(fd);
+    apex_ctx_log(ctx, APEX_LOG_INFO, "%s: cannot resume from '%s' (%s); starting over", what,
+                 path, why);
+    return 0;
+  }
+  if (ftruncate(fd, off) != 0 || lseek(fd, off, SEEK_SET) != off) {
+    int e = errno;
+    close(fd);
+    return apex_ctx_fail(ctx, APEX_E_EXECUTION, "%s: cannot resume '%s' at %lld: %s", what, path,
+                         (long long)off, errstr(e, eb, sizeof eb));
+  }
+  /* The kept bytes go into the digest first (read back from our file). */
+  if (x->md && off > 0) {
+    unsigned char *buf = malloc(1u << 20);
+    if (!buf) {
+      close(fd);
+      return apex_ctx_fail(ctx, APEX_E_NOMEM, "%s: out of memory", what);
+    }
+    uint64_t at = 0;
+    while (at < (uint64_t)off) {
+      size_t want = (uint64_t)off - at < (1u << 20) ? (size_t)((uint64_t)off - at) : (1u << 20);
+      ssize_t n = pread(fd, buf, want, (off_t)at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || EVP_DigestUpdate(x->md, buf, (size_t)n) != 1) {
+        free(buf);
+        close(fd);
+        return apex_ctx_fail(ctx, APEX_E_EXECUTION, "%s: cannot read back '%s'", what, path);
+      }
+      at += (uint64_t)n;
+    }
+    free(buf);
+  }
+  *tmp = strdup(path);
+  if (!*tmp) {
+    close(fd);
+    return apex_ctx_fail(ctx, APEX_E_NOMEM, "%s: out of memory", what);
+  }
+  x->fd = fd;
+  x->tmp = *tmp;
+  x->tmp_st = st;
+  x->resume_from = x->last_cp = (uint64_t)off;
+  x->done = (uint64_t)off;
+  if (validator && validator[0] && strlen(validator) < sizeof x->validator)
+    strcpy(x->validator, validator);
+  if (off > 0) {
+    char range[48];
+    snprintf(range, sizeof range, "%lld-", (long long)off);
+    struct curl_slist *h = *headers;
+    char ifr[sizeof x->validator + 16];
+    if (x->validator[0]) {
+      snprintf(ifr, sizeof ifr, "If-Range: %s", x->validator);
+      h = curl_slist_append(*headers, ifr);
+      if (h) *headers = h;
+    }
+    if (!h || curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, *headers) != CURLE_OK ||
+        curl_easy_setopt(x->easy, CURLOPT_RANGE, range) != CURLE_OK)
+      return apex_ctx_fail(ctx, APEX_E_NOMEM, "%s: cannot set up the range request", what);
+    apex_ctx_log(ctx, APEX_LOG_INFO, "%s: resuming at byte %lld", what, (long long)off);
+  }
+  return 1;
+}
+
 static int http_download(apex_ctx_t *ctx) {
   xfer_t x = {.kind = SINK_FILE};
   struct curl_slist *headers = NULL;
@@ -759,6 +943,18 @@ static int http_download(apex_ctx_t *ctx) {
       goto out;
     }
   }
+  x.cp_every = (uint64_t)param_int(ctx, "checkpoint_mib", 16) * 1024u * 1024u;
+  if (want) {
+    x.md = EVP_MD_CTX_new();
+    if (!x.md || EVP_DigestInit_ex(x.md, EVP_sha256(), NULL) != 1) {
+      rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "cannot start a sha256 digest");
+      goto out;
+    }
+  }
+  rc = download_resume(ctx, &x, &tmp, &headers, what);
+  if (rc < 0) goto out;
+  if (rc == 1) goto transfer;
+  rc = APEX_OK;
   /* A short name of its own in the same folder (the rename must not cross
    * file systems; a path near NAME_MAX still works). */
   if (asprintf(&tmp, "%s/.apex-dl-XXXXXX", folder) < 0) {
@@ -774,18 +970,21 @@ static int http_download(apex_ctx_t *ctx) {
     tmp = NULL; /* nothing to remove */
     goto out;
   }
-  if (fchmod(x.fd, 0644) != 0) { /* mkostemp's 0600 is not what a download gets */
+  /* mkostemp's 0600 is not what a download gets */
+  if (fchmod(x.fd, 0644) != 0 || fstat(x.fd, &x.tmp_st) != 0) {
     rc = apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot set the mode of '%s': %s", tmp,
                        errstr(errno, eb, sizeof eb));
     goto out;
   }
-  if (want) {
-    x.md = EVP_MD_CTX_new();
-    if (!x.md || EVP_DigestInit_ex(x.md, EVP_sha256(), NULL) != 1) {
-      rc = apex_ctx_fail(ctx, APEX_E_NOMEM, "cannot start a sha256 digest");
-      goto out;
-    }
+  x.tmp = tmp;
+  /* A checkpoint at 0 names the file at once, so a crash before the first
+   * real one leaves no orphan: the resumed attempt picks it up. */
+  if (x.cp_every && download_checkpoint(&x) != 0) {
+    rc = apex_ctx_fail(ctx, APEX_E_EXECUTION, "cannot sync '%s': %s", tmp,
+                       errstr(x.write_errno, eb, sizeof eb));
+    goto out;
   }
+transfer:
   report(&x, 0);
 
   CURLcode res;
@@ -809,7 +1008,7 @@ static int http_download(apex_ctx_t *ctx) {
    * checked again here, as the promise is ours. */
   curl_off_t cl = -1;
   (void)curl_easy_getinfo(x.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-  if (cl >= 0 && (uint64_t)cl != x.done) {
+  if (cl >= 0 && (uint64_t)cl != x.done - x.base) {
     rc = apex_ctx_fail(ctx, APEX_E_TRANSIENT, "%s: got %llu bytes of a %lld-byte body", what,
                        (unsigned long long)x.done, (long long)cl);
     goto out;
@@ -870,6 +1069,12 @@ static int http_download(apex_ctx_t *ctx) {
   json_t *result = json_pack("{s:s, s:s, s:i, s:I, s:i, s:f}", "url", final_url ? final_url : x.url,
                              "path", path, "status", (int)status, "bytes", (json_int_t)x.done,
                              "redirects", (int)redirects, "seconds", secs);
+  /* Only for a resumed download: the others keep the result they had. */
+  if (result && x.base > 0 &&
+      json_object_set_new(result, "resumed_from", json_integer((json_int_t)x.base)) != 0) {
+    json_decref(result);
+    result = NULL;
+  }
   if (result && x.md && json_object_set_new(result, "sha256", json_string(hex)) != 0) {
     json_decref(result);
     result = NULL;
@@ -952,6 +1157,9 @@ static const apex_param_spec_t k_download_params[] = {
      .description = "replace path if it exists"},
     {.name = "fsync", .type = APEX_PARAM_BOOL, .default_json = "true",
      .description = "fsync the file (and its folder) before reporting success"},
+    {.name = "checkpoint_mib", .type = APEX_PARAM_INT, .default_json = "16", .has_min = 1,
+     .min = 0, .has_max = 1, .max = 1048576,
+     .description = "save a resume point every this many MiB received; 0: never (no resume)"},
 };
 
 /* 3 retries, 1 s, 2 s, 4 s apart (+-20%, so clients that failed together
@@ -975,13 +1183,14 @@ static const apex_action_desc_t k_actions[] = {
     },
     {
         .name = "download",
-        .description = "GET a URL into a file, put in place only complete and verified",
+        .description = "GET a URL into a file, put in place only complete and verified; "
+                       "resumes after a crash with a Range request",
         .handler = http_download,
         .kind = APEX_ACTION_BLOCKING,
         .params = k_download_params,
         .n_params = sizeof k_download_params / sizeof k_download_params[0],
         .default_retry = HTTP_RETRY,
-        .flags = APEX_ACTION_F_IDEMPOTENT,
+        .flags = APEX_ACTION_F_IDEMPOTENT | APEX_ACTION_F_RESUMABLE,
         .concurrency_key = http_concurrency_key,
     },
 };

@@ -447,10 +447,14 @@ static void test_copy_copies_content_and_permissions(void **state) {
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   json_t *r = apex_task_result(t);
   assert_non_null(r);
-  assert_int_equal(json_object_size(r), 3);
+  assert_int_equal(json_object_size(r), 5);
   assert_string_equal(json_string_value(json_object_get(r, "src")), src);
   assert_string_equal(json_string_value(json_object_get(r, "dst")), dst);
   assert_int_equal(json_integer_value(json_object_get(r, "bytes")), 15);
+  /* sha256 of "copied content\n" (sha256sum); the copy was verified by it. */
+  assert_string_equal(json_string_value(json_object_get(r, "sha256")),
+                      "abb19caeef09cde15af8b8db7b26d5fc89a9d94ec518a913334581729eb0451c");
+  assert_int_equal(json_integer_value(json_object_get(r, "resumed_from")), 0);
   json_decref(r);
   assert_int_equal(read_file(dst, got, sizeof got), 15);
   assert_string_equal(got, "copied content\n");

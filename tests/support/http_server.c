@@ -14,10 +14,14 @@
  *   /bytes/N[?chunked=1]  N bytes of the pattern byte(i) = i % 251, with a
  *                         Content-Length, or chunked (no length) with
  *                         chunked=1. Served from a table, at memory speed
- *                         (200 MB and 1 GiB bodies included).
+ *                         (200 MB and 1 GiB bodies included). With an
+ *                         ETag "pN" (N the size), and ranges: "Range:
+ *                         bytes=S-" gets 206 and bytes S.. (Content-Range),
+ *                         unless an If-Range other than the ETag comes with
+ *                         it (then 200 and the whole body); S >= N gets 416.
  *   /slow/N?chunk=C&interval_ms=T
  *                         N pattern bytes, C at a time, T ms apart (with a
- *                         Content-Length).
+ *                         Content-Length); ranges as /bytes.
  *   /reset/N?after=M      a Content-Length of N, M pattern bytes, then the
  *                         connection is reset (SO_LINGER 0: an RST).
  *   /status/CODE[?retry_after=S]
@@ -33,9 +37,11 @@
  *   /text                 a small UTF-8 text body (with non-ASCII letters).
  *   /header/NAME          the value of the request's header NAME as the body
  *                         (404 without it).
- *   /count?key=K          "N SPAN": the number of requests counted under K and
- *                         the microseconds from the first of them to the
- *                         last (as the server's clock saw them arrive).
+ *   /count?key=K          "N SPAN BYTES": the number of requests counted under
+ *                         K, the microseconds from the first of them to the
+ *                         last (as the server's clock saw them arrive), and
+ *                         the body bytes of /bytes and /slow handed to the
+ *                         connections of those requests.
  *   anything else         404.
  *
  * Threads: libmicrohttpd's thread per connection (so a slow body sleeps on
@@ -76,6 +82,7 @@ static struct {
   char key[64];
   unsigned long n;
   int64_t first_us, last_us; /* CLOCK_MONOTONIC of the first and last hit */
+  uint64_t bytes;             /* body bytes served under the key */
 } g_counts[MAX_KEYS];
 
 static int64_t mono_us(void) {
@@ -85,10 +92,12 @@ static int64_t mono_us(void) {
 }
 
 /* Counts one request under key. Returns: the count after it (1 for the
- * first), 0 if the table is full. */
-static unsigned long count_hit(const char *key) {
+ * first), 0 if the table is full; *slot (may be NULL) the key's slot, -1
+ * then. */
+static unsigned long count_hit(const char *key, int *slot) {
   unsigned long n = 0;
   int64_t now = mono_us();
+  if (slot) *slot = -1;
   pthread_mutex_lock(&g_mu);
   for (int i = 0; i < MAX_KEYS; i++) {
     if (g_counts[i].key[0] == '\0') snprintf(g_counts[i].key, sizeof g_counts[i].key, "%s", key);
@@ -96,6 +105,7 @@ static unsigned long count_hit(const char *key) {
       n = ++g_counts[i].n;
       if (n == 1) g_counts[i].first_us = now;
       g_counts[i].last_us = now;
+      if (slot) *slot = i;
       break;
     }
   }
@@ -103,16 +113,25 @@ static unsigned long count_hit(const char *key) {
   return n;
 }
 
+static void count_bytes(int slot, uint64_t n) {
+  if (slot < 0) return;
+  pthread_mutex_lock(&g_mu);
+  g_counts[slot].bytes += n;
+  pthread_mutex_unlock(&g_mu);
+}
+
 /* The count under key, and the microseconds from its first hit to its
  * last in *span_us. */
-static unsigned long count_of(const char *key, int64_t *span_us) {
+static unsigned long count_of(const char *key, int64_t *span_us, uint64_t *bytes) {
   unsigned long n = 0;
   *span_us = 0;
+  *bytes = 0;
   pthread_mutex_lock(&g_mu);
   for (int i = 0; i < MAX_KEYS && g_counts[i].key[0]; i++)
     if (strcmp(g_counts[i].key, key) == 0) {
       n = g_counts[i].n;
       *span_us = g_counts[i].last_us - g_counts[i].first_us;
+      *bytes = g_counts[i].bytes;
     }
   pthread_mutex_unlock(&g_mu);
   return n;
@@ -121,6 +140,8 @@ static unsigned long count_of(const char *key, int64_t *span_us) {
 /* ---------------------------------------------------------------- bodies */
 
 typedef struct body {
+  uint64_t start;        /* a range's first byte: the pattern's phase */
+  int slot;              /* the request's key slot (bytes counted), -1 */
   uint64_t size;         /* bytes to send */
   uint64_t reset_after;  /* /reset: bytes before the RST; UINT64_MAX: none */
   uint64_t chunk;        /* /slow: bytes per write; 0: as much as asked */
@@ -153,7 +174,8 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max) {
   if (b->chunk && n > b->chunk) n = (size_t)b->chunk;
   if (n > left) n = (size_t)left;
   if (b->interval_ms && pos > 0) sleep_ms(b->interval_ms);
-  memcpy(buf, g_pattern + pos % PATTERN_PERIOD, n);
+  memcpy(buf, g_pattern + (b->start + pos) % PATTERN_PERIOD, n);
+  count_bytes(b->slot, n);
   return (ssize_t)n;
 }
 
@@ -174,9 +196,30 @@ static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, cons
 }
 
 static enum MHD_Result send_body(struct MHD_Connection *c, uint64_t size, int chunked,
-                                 uint64_t reset_after, uint64_t chunk, unsigned interval_ms) {
+                                 uint64_t reset_after, uint64_t chunk, unsigned interval_ms,
+                                 int ranges, int slot) {
+  /* Ranges (bytes=S- only: what a resuming client asks), unless If-Range
+   * names another version than ours. */
+  char etag[32];
+  snprintf(etag, sizeof etag, "\"p%llu\"", (unsigned long long)size);
+  uint64_t start = 0;
+  int partial = 0;
+  const char *range = ranges ? MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range") : NULL;
+  const char *if_range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-Range");
+  if (range && strncmp(range, "bytes=", 6) == 0 && (!if_range || strcmp(if_range, etag) == 0)) {
+    char *end = NULL;
+    unsigned long long s0 = strtoull(range + 6, &end, 10);
+    if (end && *end == '-' && end[1] == '\0') {
+      if (s0 >= size) return send_text(c, 416, "range not satisfiable\n", NULL);
+      start = s0;
+      partial = 1;
+    }
+  }
   body_t *b = calloc(1, sizeof *b);
   if (!b) return MHD_NO;
+  b->start = start;
+  b->slot = slot;
+  size -= start;
   b->size = size;
   b->reset_after = reset_after;
   b->chunk = chunk;
@@ -189,7 +232,17 @@ static enum MHD_Result send_body(struct MHD_Connection *c, uint64_t size, int ch
     return MHD_NO;
   }
   MHD_add_response_header(r, "Content-Type", "application/octet-stream");
-  enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+  if (ranges) {
+    MHD_add_response_header(r, "ETag", etag);
+    MHD_add_response_header(r, "Accept-Ranges", "bytes");
+  }
+  if (partial) {
+    char cr[96];
+    snprintf(cr, sizeof cr, "bytes %llu-%llu/%llu", (unsigned long long)start,
+             (unsigned long long)(start + size - 1), (unsigned long long)(start + size));
+    MHD_add_response_header(r, "Content-Range", cr);
+  }
+  enum MHD_Result ret = MHD_queue_response(c, partial ? 206 : MHD_HTTP_OK, r);
   MHD_destroy_response(r);
   return ret;
 }
@@ -224,17 +277,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
     return send_text(c, MHD_HTTP_METHOD_NOT_ALLOWED, "GET only\n", NULL);
   const char *key = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "key");
-  unsigned long hits = key && strcmp(url, "/count") != 0 ? count_hit(key) : 0;
+  int slot = -1;
+  unsigned long hits = key && strcmp(url, "/count") != 0 ? count_hit(key, &slot) : 0;
   const char *retry_after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "retry_after");
 
   if (strncmp(url, "/bytes/", 7) == 0)
     return send_body(c, strtoull(url + 7, NULL, 10), arg_u64(c, "chunked", 0) != 0, UINT64_MAX,
-                     0, 0);
+                     0, 0, 1, slot);
   if (strncmp(url, "/slow/", 6) == 0)
     return send_body(c, strtoull(url + 6, NULL, 10), 0, UINT64_MAX, arg_u64(c, "chunk", 1024),
-                     (unsigned)arg_u64(c, "interval_ms", 100));
+                     (unsigned)arg_u64(c, "interval_ms", 100), 1, slot);
   if (strncmp(url, "/reset/", 7) == 0)
-    return send_body(c, strtoull(url + 7, NULL, 10), 0, arg_u64(c, "after", 0), 0, 0);
+    return send_body(c, strtoull(url + 7, NULL, 10), 0, arg_u64(c, "after", 0), 0, 0, 0, slot);
   if (strncmp(url, "/status/", 8) == 0) {
     unsigned code = (unsigned)strtoul(url + 8, NULL, 10);
     char text[64];
@@ -246,7 +300,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
       unsigned code = (unsigned)arg_u64(c, "code", 503);
       return send_text(c, code, "not yet\n", retry_after);
     }
-    return send_body(c, strtoull(url + 7, NULL, 10), 0, UINT64_MAX, 0, 0);
+    return send_body(c, strtoull(url + 7, NULL, 10), 0, UINT64_MAX, 0, 0, 0, slot);
   }
   if (strncmp(url, "/redirect/", 10) == 0) {
     unsigned long n = strtoul(url + 10, NULL, 10);
@@ -267,10 +321,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return v ? send_text(c, MHD_HTTP_OK, v, NULL) : send_text(c, MHD_HTTP_NOT_FOUND, "", NULL);
   }
   if (strcmp(url, "/count") == 0) {
-    char text[64];
+    char text[96];
     int64_t span = 0;
-    unsigned long n = key ? count_of(key, &span) : 0ul;
-    snprintf(text, sizeof text, "%lu %lld", n, (long long)span);
+    uint64_t bytes = 0;
+    unsigned long n = key ? count_of(key, &span, &bytes) : 0ul;
+    snprintf(text, sizeof text, "%lu %lld %llu", n, (long long)span, (unsigned long long)bytes);
     return send_text(c, MHD_HTTP_OK, text, NULL);
   }
   return send_text(c, MHD_HTTP_NOT_FOUND, "not found\n", NULL);
