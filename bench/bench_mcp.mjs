@@ -117,3 +117,69 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
   child.removeAllListeners('exit');
   child.kill();
 }
+
+// 3. HTTP again, with a raw client: Node's own http, keep-alive, 100 calls
+// in flight, each answer read whole (JSON or an SSE stream) and checked
+// for an error by text. The SDK client above costs more per call than
+// Apex's server does, so its throughput is the client's; this one's own
+// cost is smaller, so more of the servers' difference shows.
+{
+  const http = await import('node:http');
+  const args = peer === 'apex' ? [...server.args, '--http', '127.0.0.1:0'] : [...server.args, 'http'];
+  const child = spawn(server.cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const port = await new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr.on('data', (d) => {
+      err += d;
+      const m = err.match(/(?:listening on http:\/\/127\.0\.0\.1:|port )(\d+)/);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', () => reject(new Error(`server exited: ${err}`)));
+  });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: IN_FLIGHT });
+  let sid = null;
+  const post = (body) => new Promise((resolve, reject) => {
+    const headers = { 'content-type': 'application/json',
+      accept: 'application/json, text/event-stream', 'mcp-protocol-version': '2025-06-18' };
+    if (sid) headers['mcp-session-id'] = sid;
+    const req = http.request({ host: '127.0.0.1', port, path: '/mcp', method: 'POST', agent, headers },
+      (res) => {
+        if (!sid && res.headers['mcp-session-id']) sid = res.headers['mcp-session-id'];
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => { text += d; });
+        res.on('end', () => resolve({ status: res.statusCode, text }));
+        res.on('error', reject);
+      });
+    req.on('error', reject);
+    req.end(body);
+  });
+  const init = await post(JSON.stringify({ jsonrpc: '2.0', id: 0, method: 'initialize', params: {
+    protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } }));
+  if (init.status !== 200 || !sid) throw new Error(`raw initialize: ${init.status} ${init.text}`);
+  await post(JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }));
+  let id = 1;
+  const rawCall = async () => {
+    const r = await post(JSON.stringify({ jsonrpc: '2.0', id: id++, method: 'tools/call',
+      params: { name: server.noop, arguments: {} } }));
+    if (r.status !== 200 || !r.text.includes('"result"') || r.text.includes('"isError":true'))
+      throw new Error(`raw call failed: ${r.status} ${r.text.slice(0, 300)}`);
+  };
+  for (let i = 0; i < 200 && i < size; i++) await rawCall();
+  let next = 0;
+  const worker = async () => {
+    while (next < size) {
+      next++;
+      await rawCall();
+    }
+  };
+  const c0 = cpuNs(child.pid);
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+  const wall = performance.now() - t0;
+  line('raw_http_calls_per_s', size / (wall / 1000), 'calls/s');
+  line('raw_http_server_cpu_ns_per_call', (cpuNs(child.pid) - c0) / size, 'ns');
+  agent.destroy();
+  child.removeAllListeners('exit');
+  child.kill();
+}

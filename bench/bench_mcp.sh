@@ -17,4 +17,15 @@ if [ $rc -eq 77 ]; then
 fi
 [ $rc -eq 0 ] || exit 1
 cp "$here/bench_mcp.mjs" "$here/mcp_sdk_server.mjs" "$cache/" || exit 1
-exec "$cache/node_modules/.bin/node" "$cache/bench_mcp.mjs" "$peer" "$size" "$build"
+node=$cache/node_modules/.bin/node
+"$node" "$cache/bench_mcp.mjs" "$peer" "$size" "$build" || exit 1
+# The same stdio round trip with a raw newline-JSON client (mcp_raw_client.c),
+# whose own cost is a few microseconds: the server's latency shows.
+raw=$build/bench/mcp_raw_client
+[ -x "$raw" ] || exit 0
+if [ "$peer" = apex ]; then
+  exec "$raw" apex "$size" mcp_kit.noop -- "$build/bin/apex" mcp \
+    --plugin-path "$build/tests/plugins" --plugin mcp_kit --workers 2
+else
+  exec "$raw" mcp_sdk "$size" noop -- "$node" "$cache/mcp_sdk_server.mjs" stdio
+fi

@@ -111,6 +111,18 @@ void mcp_server_free(mcp_server_t *srv);
 void mcp_server_fds(mcp_server_t *srv, int *dispatch_fd, int *log_fd);
 /* Runs what the fds announced: task events, then queued log lines. */
 void mcp_server_pump(mcp_server_t *srv);
+/* mcp_server_pump for a loop that knows which fd fired: log_ready 0 skips
+ * draining the log pipe (a read that would find it empty); queued lines
+ * are routed all the same. */
+void mcp_server_pump_ready(mcp_server_t *srv, int log_ready);
+/* After a batch of messages was handled: if it started a call, watches
+ * the newest call's task for at most about budget_ns and returns 1 once it
+ * ended (its DONE is then queued or about to be: pump, then poll as
+ * usual), 0 if it did not end in time or no call was started since the
+ * last watch. A short task (a no-op action) ends within microseconds of
+ * its submit: watching saves the loop a sleep and a wake-up per call
+ * (W16, bench/analysis.md). Thread: the main thread. */
+int mcp_server_watch_newest(mcp_server_t *srv, uint64_t budget_ns);
 /* Returns: the server's bound on one message, in bytes. */
 size_t mcp_server_max_message(const mcp_server_t *srv);
 /* Returns: the number of calls still running on any session. */

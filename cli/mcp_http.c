@@ -822,7 +822,7 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
       if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si) code = CLI_EXIT_FAILED;
       break;
     }
-    if (pf[1].revents || pf[2].revents) mcp_server_pump(srv);
+    if (pf[1].revents || pf[2].revents) mcp_server_pump_ready(srv, pf[2].revents != 0);
     if (pf[0].revents) run_inbox();
     expire_sessions();
   }

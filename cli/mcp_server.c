@@ -34,6 +34,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,6 +114,7 @@ struct mcp_server {
   mcp_session_t *sessions;
   mcp_call_t *calls;
   size_t n_calls;
+  int started;             /* a call started since the last watch (mcp_server_watch_newest) */
   size_t max_message;
   atomic_int log_fd;       /* the log queue's pipe, write end */
   int log_rd;
@@ -776,6 +778,7 @@ static void tools_call(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
   srv->calls = c;
   srv->n_calls++;
   s->n_calls++;
+  srv->started = 1;
   if (task_req) {
     mcp_mtask_t *mt = calloc(1, sizeof *mt);
     if (!mt) {
@@ -964,9 +967,35 @@ static void drain_logs(mcp_server_t *srv) {
   }
 }
 
-void mcp_server_pump(mcp_server_t *srv) {
+void mcp_server_pump(mcp_server_t *srv) { mcp_server_pump_ready(srv, 1); }
+
+int mcp_server_watch_newest(mcp_server_t *srv, uint64_t budget_ns) {
+  if (!srv->started) return 0;
+  srv->started = 0;
+  /* The list's head is the newest call: the one whose client waits. */
+  if (!srv->calls) return 1; /* ended already (delivered): nothing to watch */
+  apex_task_t *t = srv->calls->task;
+  struct timespec ts;
+  uint64_t until = 0;
+  for (unsigned i = 1;; i++) {
+    if (apex_task_state_is_terminal(apex_task_state(t))) return 1;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 32 == 0) {
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+      if (!until) until = now + budget_ns;
+      else if (now >= until) return 0;
+      /* On a busy machine the worker may be waiting for this CPU. */
+      sched_yield();
+    }
+  }
+}
+
+void mcp_server_pump_ready(mcp_server_t *srv, int log_ready) {
   char drain[256];
-  while (read(srv->log_rd, drain, sizeof drain) > 0) {
+  while (log_ready && read(srv->log_rd, drain, sizeof drain) > 0) {
   }
   /* Lines first: a task's lines were queued before its DONE event, and
    * routing them needs its call, which DONE frees. */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -24,6 +25,15 @@
 
 /* After stdin's end: how long cancelled calls get to end before exit. */
 #define DRAIN_MS 2000
+
+/* How long the loop watches a call it just started before it sleeps
+ * (mcp_server_watch_newest): about what a sleep and a wake-up cost. */
+#define WATCH_NS 20000u
+
+static int ep_add(int ep, int fd, uint32_t slot) {
+  struct epoll_event e = {.events = EPOLLIN, .data.u32 = slot};
+  return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+}
 
 typedef struct stdio_state {
   int out_failed;
@@ -90,23 +100,53 @@ int mcp_stdio_run(mcp_server_t *srv) {
   }
   int eof = 0, discarding = 0, code = CLI_EXIT_OK;
   int64_t eof_ms = 0;
+  /* epoll, not poll: the four fds are registered once, not on every wait
+   * (two waits per call; W16). Level-triggered: what is left unread shows
+   * at the next wait. */
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  /* A regular file or /dev/null on stdin cannot be watched (EPERM): it is
+   * always readable, so the loop reads it without waiting. */
+  int stdin_always = 0;
+  if (ep >= 0 && ep_add(ep, STDIN_FILENO, 0) != 0) {
+    if (errno != EPERM) {
+      close(ep);
+      ep = -1;
+    }
+    stdin_always = 1;
+  }
+  if (ep < 0 || ep_add(ep, dfd, 1) != 0 ||
+      ep_add(ep, lfd, 2) != 0 || (sfd >= 0 && ep_add(ep, sfd, 3) != 0)) {
+    if (ep >= 0) close(ep);
+    free(buf);
+    mcp_session_close(s);
+    if (sfd >= 0) close(sfd);
+    return cli_fail(0, APEX_E_IO, "cannot start: %s", strerror(errno));
+  }
+  int watched = 0; /* the last batch's call ended while watched: pump now */
   for (;;) {
     if (eof && (mcp_server_live_calls(srv) == 0 || cli_now_ms() - eof_ms > DRAIN_MS)) break;
-    struct pollfd pf[4] = {{.fd = eof ? -1 : STDIN_FILENO, .events = POLLIN},
-                           {.fd = dfd, .events = POLLIN},
-                           {.fd = lfd, .events = POLLIN},
-                           {.fd = sfd, .events = POLLIN}};
-    int n = poll(pf, 4, eof ? 50 : -1);
-    if (n < 0 && errno != EINTR) break;
-    if (pf[3].revents & POLLIN) {
+    int ready[4] = {0, 0, 0, 0};
+    if (watched) {
+      /* Its DONE is queued (or about to be: the eventfd then wakes the
+       * next wait): deliver it before sleeping. */
+      watched = 0;
+      ready[1] = 1;
+    } else {
+      struct epoll_event evs[4];
+      int n = epoll_wait(ep, evs, 4, eof ? 50 : stdin_always ? 0 : -1);
+      if (n < 0 && errno != EINTR) break;
+      for (int i = 0; i < n; i++) ready[evs[i].data.u32] = 1;
+      if (stdin_always && !eof) ready[0] = 1;
+    }
+    if (ready[3]) {
       code = CLI_EXIT_SIGNAL_BASE + SIGTERM;
       struct signalfd_siginfo si;
       if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
         code = CLI_EXIT_SIGNAL_BASE + (int)si.ssi_signo;
       break;
     }
-    if (pf[1].revents || pf[2].revents) mcp_server_pump(srv);
-    if (!eof && pf[0].revents) {
+    if (ready[1] || ready[2]) mcp_server_pump_ready(srv, ready[2]);
+    if (!eof && ready[0]) {
       if (cap - len < 4096) {
         char *nb = realloc(buf, cap * 2);
         if (!nb) break;
@@ -118,6 +158,7 @@ int mcp_stdio_run(mcp_server_t *srv) {
       if (r <= 0) {
         eof = 1;
         eof_ms = cli_now_ms();
+        if (!stdin_always) (void)epoll_ctl(ep, EPOLL_CTL_DEL, STDIN_FILENO, NULL);
         /* The client went away: its calls are cancelled, none answered. */
         mcp_session_close(s);
         s = NULL;
@@ -149,6 +190,9 @@ int mcp_stdio_run(mcp_server_t *srv) {
         discarding = 1;
         len = 0;
       }
+      /* A call it started may end within microseconds (a no-op): watch
+       * for that instead of sleeping and being woken for it. */
+      watched = mcp_server_watch_newest(srv, WATCH_NS);
       /* Keep the buffer near its working size after a big message. */
       if (cap > 65536 && len < 16384) {
         char *nb = realloc(buf, 65536);
@@ -159,6 +203,7 @@ int mcp_stdio_run(mcp_server_t *srv) {
       }
     }
   }
+  close(ep);
   free(buf);
   if (s) mcp_session_close(s);
   if (sfd >= 0) close(sfd);
