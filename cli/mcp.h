@@ -127,6 +127,9 @@ int mcp_server_watch_newest(mcp_server_t *srv, uint64_t budget_ns);
 size_t mcp_server_max_message(const mcp_server_t *srv);
 /* Returns: the number of calls still running on any session. */
 size_t mcp_server_live_calls(const mcp_server_t *srv);
+/* Returns: the server's manager (borrowed; --metrics-listen serves its
+ * metrics). */
+apex_manager_t *mcp_server_manager(mcp_server_t *srv);
 
 /* Returns: a new session that writes through ops/tuser, or NULL on no
  * memory. */

@@ -2,6 +2,7 @@
  *
  *   apex mcp [--http ADDR:PORT] [--plugin NAME]... [--plugin-path DIR]...
  *            [--workers N] [--bare-names] [--max-message-bytes N]
+ *            [--session-timeout S] [--metrics-listen ADDR:PORT]
  *
  * Single-threaded here; the server's threads start in mcp_server_new. */
 #include <errno.h>
@@ -31,6 +32,10 @@ static const char mcp_usage[] =
     "  --bare-names            name tools ACTION instead of PLUGIN.ACTION\n"
     "  --max-message-bytes N   refuse a message (line or body) above N bytes\n"
     "                          (default 4194304)\n"
+    "  --metrics-listen ADDR:PORT\n"
+    "                          serve the live metrics at http://ADDR:PORT/metrics\n"
+    "                          (Prometheus; OpenMetrics when asked; :PORT binds\n"
+    "                          127.0.0.1, port 0 a free one; the URL goes to stderr)\n"
     "  --session-timeout S     HTTP: end a session after S seconds with no request\n"
     "                          and no stream read (its calls are cancelled,\n"
     "                          reason \"disconnected\"; default 600)\n"
@@ -51,7 +56,7 @@ static int is_opt(const char *a, const char *name) {
 
 int cli_mcp_option_takes_value(const char *arg) {
   static const char *const valued[] = {"--http", "--plugin", "--workers", "--max-message-bytes",
-                                       "--session-timeout"};
+                                       "--session-timeout", "--metrics-listen"};
   for (size_t i = 0; i < sizeof valued / sizeof valued[0]; i++)
     if (strcmp(arg, valued[i]) == 0) return 1;
   return 0;
@@ -60,7 +65,8 @@ int cli_mcp_option_takes_value(const char *arg) {
 int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
   cli_opts_t o = {.command = "mcp", .timeout_s = -1, .retries = -1};
   mcp_config_t cfg = {.cli = &o};
-  const char *http = NULL;
+  const char *http = NULL, *metrics_listen = NULL;
+  cli_metrics_server_t *metrics = NULL;
   double idle_s = 600;
   const char **paths = calloc((size_t)argc, sizeof *paths);
   const char **plugins = calloc((size_t)argc, sizeof *plugins);
@@ -82,6 +88,9 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
     } else if (is_opt(a, "--http")) {
       if (!(v = opt_value(argc, argv, &i, "--http"))) goto missing;
       http = v;
+    } else if (is_opt(a, "--metrics-listen")) {
+      if (!(v = opt_value(argc, argv, &i, "--metrics-listen"))) goto missing;
+      metrics_listen = v; /* checked when it is bound */
     } else if (is_opt(a, "--session-timeout")) {
       if (!(v = opt_value(argc, argv, &i, "--session-timeout"))) goto missing;
       char *end = NULL;
@@ -134,7 +143,17 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
   mcp_server_t *srv = NULL;
   code = mcp_server_new(&cfg, &srv);
   if (code != CLI_EXIT_OK) goto out;
+  if (metrics_listen) {
+    char why[200];
+    if (cli_metrics_listen(mcp_server_manager(srv), metrics_listen, &metrics, why, sizeof why) != 0) {
+      code = cli_fail(0, APEX_E_INVALID, "--metrics-listen %s", why);
+      mcp_server_free(srv);
+      goto out;
+    }
+    fprintf(stderr, "apex: metrics at %s\n", cli_metrics_url(metrics));
+  }
   code = http ? mcp_http_run(srv, http, idle_s) : mcp_stdio_run(srv);
+  cli_metrics_stop(metrics); /* before the manager goes */
   mcp_server_free(srv);
 out:
   free(paths);

@@ -478,6 +478,7 @@ void mcp_server_fds(mcp_server_t *srv, int *dispatch_fd, int *log_fd) {
 
 size_t mcp_server_max_message(const mcp_server_t *srv) { return srv->max_message; }
 size_t mcp_server_live_calls(const mcp_server_t *srv) { return srv->n_calls; }
+apex_manager_t *mcp_server_manager(mcp_server_t *srv) { return srv->m; }
 
 /* ------------------------------------------------------------- sessions */
 
