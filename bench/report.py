@@ -99,6 +99,21 @@ TARGETS = [
      "100 tasks checkpointing in a loop"),
     ("Wrecover", (1, "store", "recover_ms"), "<=", 2000,
      "100,000 unfinished tasks running again"),
+    # Issue 15: apex mcp against the official TypeScript SDK's McpServer, both
+    # driven by the SDK's own client (whose cost dominates) and by a raw
+    # newline-JSON client (bench/mcp_raw_client.c; the servers' own cost).
+    ("W16", (1, "apex", "stdio_calls_per_s"), ">=", (2, "mcp_sdk", "stdio_calls_per_s"),
+     "stdio calls in a row, SDK client"),
+    ("W16", (1, "apex", "stdio_p50"), "<=", (0.5, "mcp_sdk", "stdio_p50"),
+     "stdio round trip, SDK client"),
+    ("W16", (1, "apex", "raw_stdio_calls_per_s"), ">=", (2, "mcp_sdk", "raw_stdio_calls_per_s"),
+     "stdio calls in a row, raw client"),
+    ("W16", (1, "apex", "raw_stdio_p50"), "<=", (0.5, "mcp_sdk", "raw_stdio_p50"),
+     "stdio round trip, raw client"),
+    ("W16", (1, "apex", "http_calls_per_s"), ">=", (2, "mcp_sdk", "http_calls_per_s"),
+     "HTTP, 100 in flight, SDK client"),
+    ("W16", (1, "apex", "raw_http_calls_per_s"), ">=", (2, "mcp_sdk", "raw_http_calls_per_s"),
+     "HTTP, 100 in flight, raw client"),
 ]
 
 # Which way is better for each figure; figures not listed get no ratio.
@@ -114,6 +129,12 @@ BETTER = {
     "single_tasks_per_s": "higher", "single_cpu_ns_per_task": "lower",
     "checkpoints_per_s": "higher", "cpu_ns_per_checkpoint": "lower",
     "recover_ms": "lower", "to_last_done_ms": "lower",
+    "stdio_p50": "lower", "stdio_p99": "lower", "stdio_calls_per_s": "higher",
+    "server_cpu_ns_per_call": "lower", "rss_bytes_per_open_call": "lower",
+    "http_calls_per_s": "higher", "http_server_cpu_ns_per_call": "lower",
+    "raw_stdio_p50": "lower", "raw_stdio_p99": "lower", "raw_stdio_calls_per_s": "higher",
+    "raw_server_cpu_ns_per_call": "lower", "raw_server_main_cpu_ns_per_call": "lower",
+    "raw_http_calls_per_s": "higher", "raw_http_server_cpu_ns_per_call": "lower",
 }
 # Figures that grow with SIZE: compared between peers only at equal sizes.
 SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
@@ -121,7 +142,7 @@ SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 FLAGS = {"final"}
 
 WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
-                  "Whttp", "W11", "W12", "Wroll", "W13", "W14", "Wrecover"]
+                  "Whttp", "W11", "W12", "Wroll", "W13", "W14", "Wrecover", "W16"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -142,11 +163,12 @@ WORKLOAD_TITLE = {
     "W13": "W13: durable no-op tasks on SQLite, group commit against a transaction per write",
     "W14": "W14: checkpoints of 100 durable tasks in a loop",
     "Wrecover": "Wrecover: recovering 100,000 unfinished durable tasks",
+    "W16": "W16: MCP tool calls, apex mcp against the TypeScript SDK's McpServer",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "apex_nometrics",
               "apex_mutexmx", "apex_traced", "libuv",
               "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl",
-              "store"]
+              "store", "mcp_sdk"]
 # CPU right after the wall figures it was measured with.
 FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task", "spans_dropped",
                 "bytes_per_task", "ns_per_update", "cpu_ns_per_update", "delivered",
