@@ -322,6 +322,27 @@ static void print_time(const char *name, const json_t *v) {
   printf("%-17s %s (%s ago)\n", name, buf, age);
 }
 
+/* One entry of the store's history of a task (apex_store_get's "events"):
+ * "  11:10:13.192  running     attempt 1  note". Anything else as JSON. */
+static void print_event(const json_t *ev) {
+  const json_t *at = json_object_get(ev, "at");
+  const char *state = json_string_value(json_object_get(ev, "state"));
+  const char *note = json_string_value(json_object_get(ev, "note"));
+  struct tm tm;
+  char buf[32];
+  double when = json_number_value(at);
+  time_t t = (time_t)when;
+  if (!json_is_number(at) || !state || !localtime_r(&t, &tm) ||
+      !strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm)) {
+    print_field("  -", ev);
+    return;
+  }
+  int ms = (int)((when - (double)t) * 1000.0);
+  printf("  %s.%03d  %-10s  attempt %lld%s%s\n", buf, ms < 0 ? 0 : ms > 999 ? 999 : ms, state,
+         (long long)json_integer_value(json_object_get(ev, "attempt")), note ? "  " : "",
+         note ? note : "");
+}
+
 int cli_cmd_show(const cli_opts_t *o) {
   uint64_t id = parse_id(o);
   if (!id) return CLI_EXIT_USAGE;
@@ -354,7 +375,7 @@ int cli_cmd_show(const cli_opts_t *o) {
       size_t k;
       json_t *ev;
       printf("events\n");
-      json_array_foreach(v, k, ev) print_field("  -", ev);
+      json_array_foreach(v, k, ev) print_event(ev);
     } else
       print_field(order[i], v);
   }

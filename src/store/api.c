@@ -66,6 +66,7 @@ json_t *apex__srec_to_json(const apex__srec_t *r, int full) {
     set_json(o, "partial_result", r->partial);
     set_json(o, "result", r->result);
     set_json(o, "error", r->error);
+    set_json(o, "events", r->events);
   } else if (r->error) {
     json_t *e = json_loads(r->error, 0, NULL);
     if (json_is_object(e)) {

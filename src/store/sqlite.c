@@ -49,7 +49,7 @@
 #include "store/store.h"
 
 #define SQ_APP_ID 0x41504558 /* "APEX" */
-#define SQ_SCHEMA 2
+#define SQ_SCHEMA 3
 #define SQ_BUSY_MS 5000 /* the default busy_timeout */
 
 /* Migrations: migrations[k] takes a file from schema k to k + 1. */
@@ -82,6 +82,33 @@ static const char *const migrations[SQ_SCHEMA] = {
      * its condition word for word (LIVE). */
     "DROP INDEX tasks_live;"
     "CREATE INDEX tasks_live ON tasks(id) WHERE (state < 3 OR state = 7);",
+    /* 2 -> 3: each row's history (apex_store_get's "events", apex show),
+     * written by triggers in the transaction of the change itself, so no
+     * write path can forget one and none is left without its row: a row's
+     * insert, and every change of its state, attempts or cancel request
+     * (not its lease renewals or checkpoints). A queued claim and end that
+     * the writer folded into one update are one change (docs/store.md).
+     * No IN lists (see 1 -> 2). */
+    "CREATE TABLE task_events(task_id INTEGER NOT NULL, at REAL NOT NULL,"
+    " state INTEGER NOT NULL, attempt INTEGER NOT NULL, note TEXT);"
+    "CREATE INDEX task_events_task ON task_events(task_id);"
+    "CREATE TRIGGER task_events_insert AFTER INSERT ON tasks BEGIN"
+    " INSERT INTO task_events VALUES(new.id, new.created_at, new.state, new.attempts, NULL);"
+    " END;"
+    "CREATE TRIGGER task_events_update AFTER UPDATE ON tasks"
+    " WHEN old.state <> new.state OR old.attempts <> new.attempts"
+    " OR old.cancel_requested <> new.cancel_requested BEGIN"
+    " INSERT INTO task_events VALUES(new.id, new.updated_at, new.state, new.attempts,"
+    "  CASE WHEN new.cancel_requested <> old.cancel_requested"
+    "   THEN 'cancel requested (' || coalesce(new.cancel_reason, 'user') || ')'"
+    "  WHEN new.state = 2 AND new.run_at > 0"
+    "   THEN 'retry at ' || strftime('%Y-%m-%dT%H:%M:%fZ', new.run_at, 'unixepoch')"
+    "  WHEN new.state BETWEEN 4 AND 6 AND json_valid(new.error)"
+    "   THEN json_extract(new.error, '$.code') END);"
+    " END;"
+    "CREATE TRIGGER task_events_delete AFTER DELETE ON tasks BEGIN"
+    " DELETE FROM task_events WHERE task_id = old.id;"
+    " END;",
 };
 
 #define COLS                                                                              \
@@ -957,6 +984,33 @@ static int sq_request_cancel(apex__store_t *st, uint64_t id, const char *reason,
 }
 
 /* Reads on the reader connection (rmu). */
+/* The row's history (migration 2 -> 3's triggers) as JSON array text in
+ * out->events, states by name. Under rmu. */
+static int read_events(sq_store_t *s, uint64_t id, apex__srec_t *out, apex_error_t **err) {
+  static const char sql[] =
+      "SELECT json_group_array(CASE WHEN note IS NULL"
+      " THEN json_object('at', at, 'state', name, 'attempt', attempt)"
+      " ELSE json_object('at', at, 'state', name, 'attempt', attempt, 'note', note) END)"
+      " FROM (SELECT at, attempt, note, CASE state WHEN 0 THEN 'queued' WHEN 1 THEN 'running'"
+      " WHEN 2 THEN 'retry_wait' WHEN 3 THEN 'succeeded' WHEN 4 THEN 'failed'"
+      " WHEN 5 THEN 'cancelled' WHEN 6 THEN 'timed_out' WHEN 7 THEN 'scheduled'"
+      " ELSE 'unknown' END AS name FROM task_events WHERE task_id = ?1 ORDER BY rowid)";
+  sqlite3_stmt *q;
+  if (sqlite3_prepare_v2(s->r, sql, -1, &q, NULL) != SQLITE_OK)
+    return sq_fail(s, s->r, err, "read a task's events");
+  sqlite3_bind_int64(q, 1, (sqlite3_int64)id);
+  int rc = APEX_OK;
+  if (sqlite3_step(q) == SQLITE_ROW) {
+    const unsigned char *text = sqlite3_column_text(q, 0);
+    if (text && !(out->events = strdup((const char *)text)))
+      rc = apex__store_fail(err, APEX_E_NOMEM, "out of memory");
+  } else {
+    rc = sq_fail(s, s->r, err, "read a task's events");
+  }
+  sqlite3_finalize(q);
+  return rc;
+}
+
 static int sq_get(apex__store_t *st, uint64_t id, apex__srec_t *out, apex_error_t **err) {
   sq_store_t *s = S(st);
   memset(out, 0, sizeof *out);
@@ -978,7 +1032,9 @@ static int sq_get(apex__store_t *st, uint64_t id, apex__srec_t *out, apex_error_
       rc = sq_fail(s, s->r, err, "read a task");
     sqlite3_finalize(q);
   }
+  if (rc == APEX_OK) rc = read_events(s, id, out, err);
   pthread_mutex_unlock(&s->rmu);
+  if (rc != APEX_OK) apex__srec_clear(out);
   return rc;
 }
 

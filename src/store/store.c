@@ -32,6 +32,7 @@ void apex__srec_clear(apex__srec_t *r) {
   free(r->partial);
   free(r->result);
   free(r->error);
+  free(r->events);
   memset(r, 0, sizeof *r);
 }
 
@@ -51,6 +52,7 @@ int apex__srec_copy(apex__srec_t *dst, const apex__srec_t *src) {
   dst->partial = dup_or_null(src->partial, &bad);
   dst->result = dup_or_null(src->result, &bad);
   dst->error = dup_or_null(src->error, &bad);
+  dst->events = dup_or_null(src->events, &bad);
   if (bad) {
     apex__srec_clear(dst);
     return APEX_E_NOMEM;

@@ -61,6 +61,10 @@ typedef struct apex__srec {
   char *partial;
   char *result;
   char *error;            /* apex_error_to_json's shape */
+  char *events;           /* get only: JSON array text of the changes the
+                             store recorded for the row, oldest first
+                             ([{"at", "state", "attempt", "note"?}]); NULL:
+                             the backend keeps none (memory) */
 } apex__srec_t;
 
 /* Frees what r owns and zeroes it. NULL: no-op. */

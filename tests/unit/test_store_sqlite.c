@@ -182,7 +182,7 @@ static void test_a_newer_schema_is_refused_naming_both_versions(void **state) {
   sqlite3_close(db);
   char uri[300];
   snprintf(uri, sizeof uri, "sqlite:%s", g_path);
-  open_refused(uri, "schema version 99 is newer than this library's (2)");
+  open_refused(uri, "schema version 99 is newer than this library's (3)");
 }
 
 static void test_a_corrupt_file_is_refused(void **state) {
@@ -384,6 +384,72 @@ static void test_public_calls_give_json_pages_cancel_and_purge(void **state) {
   apex_store_close(NULL);
 }
 
+/* The store keeps each row's history (apex_store_get's "events", what
+ * apex show prints): the insert and every change of state, attempt or
+ * cancel request, in order, with a note where one says more; lease
+ * renewals and checkpoints are not events; a purged row's go with it. */
+static void test_a_rows_changes_are_its_events(void **state) {
+  (void)state;
+  apex__store_t *s = open_ok(NULL);
+  uint64_t id = put(s, NULL);
+  double t0 = apex__store_now();
+  assert_int_equal(s->ops->claim(s, id, "own", 1, t0, t0 + 100, 1, NULL), APEX_OK);
+  assert_int_equal(s->ops->heartbeat(s, id, "own", t0 + 1, t0 + 200, "{\"off\":1}", NULL, 1, NULL),
+                   APEX_OK);
+  assert_int_equal(s->ops->finish(s, id, "own", APEX_TASK_RETRY_WAIT, t0 + 2, t0 + 3, NULL,
+                                  "{\"code\":\"transient\",\"message\":\"x\"}", NULL, 1, NULL),
+                   APEX_OK);
+  assert_int_equal(s->ops->claim(s, id, "own", 2, t0 + 3, t0 + 100, 1, NULL), APEX_OK);
+  int ended = 0;
+  assert_int_equal(s->ops->request_cancel(s, id, "enough", t0 + 4, &ended, NULL), APEX_OK);
+  assert_int_equal(s->ops->finish(s, id, "own", APEX_TASK_CANCELLED, t0 + 5, 0, NULL,
+                                  "{\"code\":\"cancelled\",\"message\":\"cancelled (enough)\"}",
+                                  NULL, 1, NULL),
+                   APEX_OK);
+  apex__srec_t r;
+  assert_int_equal(s->ops->get(s, id, &r, NULL), APEX_OK);
+  assert_non_null(r.events);
+  json_t *ev = json_loads(r.events, 0, NULL);
+  assert_true(json_is_array(ev));
+  static const char *const states[] = {"queued", "running", "retry_wait", "running", "running",
+                                       "cancelled"};
+  static const int attempts[] = {0, 1, 1, 2, 2, 2};
+  assert_int_equal(json_array_size(ev), 6);
+  for (size_t i = 0; i < 6; i++) {
+    json_t *e = json_array_get(ev, i);
+    assert_string_equal(json_string_value(json_object_get(e, "state")), states[i]);
+    assert_int_equal(json_integer_value(json_object_get(e, "attempt")), attempts[i]);
+    assert_true(json_is_number(json_object_get(e, "at")));
+  }
+  assert_non_null(strstr(json_string_value(json_object_get(json_array_get(ev, 2), "note")),
+                         "retry at "));
+  assert_string_equal(json_string_value(json_object_get(json_array_get(ev, 4), "note")),
+                      "cancel requested (enough)");
+  assert_string_equal(json_string_value(json_object_get(json_array_get(ev, 5), "note")),
+                      "cancelled");
+  assert_null(json_object_get(json_array_get(ev, 1), "note"));
+  json_decref(ev);
+  /* The public JSON carries them. */
+  json_t *o = apex__srec_to_json(&r, 1);
+  assert_int_equal(json_array_size(json_object_get(o, "events")), 6);
+  json_decref(o);
+  apex__srec_clear(&r);
+  /* Purged with their row. */
+  size_t n = 0;
+  assert_int_equal(s->ops->purge(s, t0 + 1e6, &n, NULL), APEX_OK);
+  assert_int_equal(n, 1);
+  s->ops->close(s);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(g_path, &db), SQLITE_OK);
+  sqlite3_stmt *q;
+  assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM task_events", -1, &q, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(q, 0), 0);
+  sqlite3_finalize(q);
+  sqlite3_close(db);
+}
+
 /* Another process holds the write lock past busy_timeout: the write fails
  * with a clear error and leaves nothing; once the lock goes, writes work. */
 static void test_a_locked_database_fails_the_write_cleanly(void **state) {
@@ -503,6 +569,7 @@ int main(void) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_public_calls_give_json_pages_cancel_and_purge, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_a_rows_changes_are_its_events, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_locked_database_fails_the_write_cleanly, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_a_full_disk_fails_the_write_and_keeps_the_rest, setup,
