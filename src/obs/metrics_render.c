@@ -33,31 +33,12 @@
 #include <jansson.h>
 
 #include "apex/apex.h"
+#include "core/strbuf.h"
 #include "core/utf8.h"
 
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-  int nomem;
-} buf_t;
+typedef apex__strbuf_t buf_t;
 
-static void put(buf_t *b, const char *s, size_t n) {
-  if (b->nomem) return;
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->nomem = 1;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, n);
-  b->n += n;
-  b->p[b->n] = '\0';
-}
+static void put(buf_t *b, const char *s, size_t n) { apex__strbuf_put(b, s, n); }
 
 static void puts_(buf_t *b, const char *s) { put(b, s, strlen(s)); }
 
@@ -252,7 +233,7 @@ static json_t *jstr(const char *s) {
     }
     i = ok;
   }
-  json_t *j = b.nomem ? NULL : json_string(b.p ? b.p : "");
+  json_t *j = b.oom ? NULL : json_string(b.p ? b.p : "");
   free(b.p);
   return j;
 }
@@ -338,8 +319,8 @@ apex_status_t apex_metrics_render(const apex_metrics_snapshot_t *s, apex_metrics
   }
   buf_t b = {0};
   render_text(s, f == APEX_METRICS_OPENMETRICS, &b);
-  if (!b.p && !b.nomem) put(&b, "", 0);
-  if (b.nomem) {
+  if (!b.p && !b.oom) put(&b, "", 0);
+  if (b.oom) {
     free(b.p);
     return APEX_E_NOMEM;
   }

@@ -34,17 +34,14 @@
 #include <unistd.h>
 
 #include "apex/version.h"
+#include "core/strbuf.h"
 #include "core/utf8.h"
 #include "obs/trace.h"
 
 #define APEX__EXPORT_QUEUE_MAX 8192u
 #define APEX__EXPORT_BATCH 512u
 
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} buf_t;
+typedef apex__strbuf_t buf_t;
 
 struct apex__exporter {
   _Atomic(apex__span_t *) head; /* pushed, newest first */
@@ -82,32 +79,7 @@ void apex__span_free(apex__span_t *s) {
 /* ------------------------------------------------------------- OTLP JSON */
 
 
-static void b_grow_put(buf_t *b, const char *s, size_t len) {
-  if (b->oom) return;
-  {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + len + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-      b->oom = 1;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, len);
-  b->n += len;
-  b->p[b->n] = '\0';
-}
-/* The common case inline: room is there. */
-static inline void b_put(buf_t *b, const char *s, size_t len) {
-  if (b->n + len + 1 <= b->cap) {
-    memcpy(b->p + b->n, s, len);
-    b->n += len;
-    return;
-  }
-  b_grow_put(b, s, len);
-}
+static inline void b_put(buf_t *b, const char *s, size_t len) { apex__strbuf_put(b, s, len); }
 static void b_puts(buf_t *b, const char *s) { b_put(b, s, strlen(s)); }
 static void b_printf(buf_t *b, const char *fmt, ...) APEX_PRINTF(2, 3);
 static void b_printf(buf_t *b, const char *fmt, ...) {
