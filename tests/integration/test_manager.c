@@ -594,9 +594,13 @@ static void test_stuck_workers_are_reaped_after_their_handlers_return(void **st)
   assert_true(base >= 2);
   unsigned replacements = 0;
   enum { N = 20 };
-  /* Long enough that the handler has started when the deadline comes
-   * (each task must strand a running worker), even on a loaded machine. */
-  apex_submit_opts_t o = opts_timeout(0.2);
+  /* A per-attempt timeout: its clock starts with the handler, so each task
+   * strands a running worker however long a loaded machine keeps it queued
+   * (an overall deadline of 200 ms could fire while it waited for the
+   * replacement thread, and then nothing was stranded). */
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.start_to_close_s = 0.2;
   for (int i = 0; i < N; i++) {
     apex_task_t *t = submit_json(m, "hostile", "ignore_cancel", "{\"ms\": 400}", &o);
     assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
