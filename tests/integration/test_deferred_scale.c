@@ -53,6 +53,7 @@ typedef struct kit {
   void *dl;
   atomic_uint_fast64_t *fires, *violations, *bad_register;
   atomic_uint_fast64_t *by_timeout, *by_shutdown, *by_parent, *by_other;
+  atomic_uint_fast64_t *registered;
 } kit_t;
 
 static kit_t g_kit;
@@ -74,6 +75,7 @@ static int setup(void **st) {
   g_kit.by_shutdown = kit_sym("g_by_shutdown");
   g_kit.by_parent = kit_sym("g_by_parent");
   g_kit.by_other = kit_sym("g_by_other");
+  g_kit.registered = kit_sym("g_registered");
   return 0;
 }
 
@@ -136,8 +138,12 @@ static apex_stats_t stats(apex_manager_t *m) {
 
 static uint64_t running(apex_manager_t *m) { return stats(m).running; }
 
+/* The kit's registrations before the last submit (the tests' waits). */
+static uint64_t g_reg_mark;
+
 static apex_task_t *submit_to(apex_manager_t *m, const char *action, const char *params,
                               double timeout_s) {
+  g_reg_mark = kv(g_kit.registered);
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.timeout_s = timeout_s;
@@ -217,7 +223,9 @@ static void test_on_cancel_fires_for_user_timeout_shutdown_parent(void **st) {
   apex_manager_t *m = make(2, NULL);
   /* user: the host's own text reaches the callback */
   apex_task_t *t = submit_to(m, "pend", NULL, 600.0);
-  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1 &&
+            kv(g_kit.registered) > g_reg_mark,
+        PROMPT_MS);
   uint64_t f0 = kv(g_kit.fires);
   assert_int_equal(apex_task_cancel(t, "enough"), APEX_OK);
   /* On the cancelling thread, before apex_task_cancel returned. */
@@ -246,8 +254,11 @@ static void test_on_cancel_fires_for_user_timeout_shutdown_parent(void **st) {
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.parent = parent;
+  g_reg_mark = kv(g_kit.registered);
   t = submit_json(m, "pend_kit", "pend", NULL, &o);
-  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1 &&
+            kv(g_kit.registered) > g_reg_mark,
+        PROMPT_MS);
   uint64_t p0 = kv(g_kit.by_parent);
   assert_int_equal(apex_token_cancel(parent, "anything"), APEX_OK);
   assert_int_equal(apex_task_wait(t, LONG_MS), APEX_OK);
@@ -258,7 +269,9 @@ static void test_on_cancel_fires_for_user_timeout_shutdown_parent(void **st) {
 
   /* shutdown: destroy ends the pending task and fires its callback */
   t = submit_to(m, "pend", NULL, 600.0);
-  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1 &&
+            kv(g_kit.registered) > g_reg_mark,
+        PROMPT_MS);
   uint64_t s0 = kv(g_kit.by_shutdown);
   /* No drain: destroy cancels it at once. */
   assert_int_equal(apex_manager_destroy(m, 0), APEX_OK);
@@ -293,7 +306,9 @@ static void test_on_cancel_one_registration_per_attempt(void **st) {
   apex_manager_t *m = make(1, NULL);
   uint64_t f0 = kv(g_kit.fires);
   apex_task_t *t = submit_to(m, "twice", NULL, 600.0);
-  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1 &&
+            kv(g_kit.registered) > g_reg_mark,
+        PROMPT_MS);
   assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
   apex_error_t *e = apex_task_error(t);
@@ -313,7 +328,9 @@ static void test_on_cancel_tokenless_cancel_still_reads_cancelled(void **st) {
   (void)st;
   apex_manager_t *m = make(2, NULL);
   apex_task_t *t = submit_to(m, "park", NULL, 600.0);
-  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1 &&
+            kv(g_kit.registered) > g_reg_mark,
+        PROMPT_MS);
   uint64_t f0 = kv(g_kit.fires);
   assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
   assert_int_equal(kv(g_kit.fires), f0 + 1);
@@ -346,7 +363,9 @@ static void test_destroy_ends_a_task_whose_callback_fired_tokenless(void **st) {
   (void)st;
   apex_manager_t *m = make(2, NULL);
   apex_task_t *t = submit_to(m, "park", NULL, 600.0);
-  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1, PROMPT_MS);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING && running(m) == 1 &&
+            kv(g_kit.registered) > g_reg_mark,
+        PROMPT_MS);
   assert_int_equal(apex_task_cancel(t, NULL), APEX_OK); /* fired, parked, no token */
   assert_int_equal(apex_task_state(t), APEX_TASK_RUNNING);
   assert_int_equal(apex_manager_destroy(m, 0), APEX_E_BUSY);

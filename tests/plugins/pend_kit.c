@@ -48,6 +48,11 @@ PK_EXPORT atomic_uint_fast64_t g_fires, g_violations, g_bad_register;
 /* Callbacks by the reason they saw: user (any host text), timeout,
  * shutdown, parent. */
 PK_EXPORT atomic_uint_fast64_t g_by_timeout, g_by_shutdown, g_by_parent, g_by_other;
+/* Registrations that returned APEX_OK in pend, twice and park: a test
+ * waits for it before cancelling, so the cancel finds the callback
+ * registered (a cancel that comes between the attempt's start and the
+ * registration runs the callback on the worker, inside the registration). */
+PK_EXPORT atomic_uint_fast64_t g_registered;
 /* race: per task (id % RACE_SLOTS; the test runs them one at a time):
  * complete returned / the callback ran. */
 static atomic_int g_race_done[RACE_SLOTS], g_race_fired[RACE_SLOTS];
@@ -77,7 +82,9 @@ static int pend(apex_ctx_t *ctx) {
   if (rc != APEX_OK) {
     apex_ctx_fail(ctx, rc, "on_cancel refused");
     apex_ctx_complete(ctx, rc);
+    return APEX_PENDING;
   }
+  atomic_fetch_add(&g_registered, 1);
   return APEX_PENDING;
 }
 
@@ -96,6 +103,7 @@ static int twice(apex_ctx_t *ctx) {
     apex_ctx_complete(ctx, rc);
     return APEX_PENDING;
   }
+  atomic_fetch_add(&g_registered, 1);
   /* The first may have run (and completed) already if the cancel came in
    * between: then this is a call after complete, refused as well. */
   if (apex_ctx_on_cancel(ctx, never, NULL) == APEX_OK) atomic_fetch_add(&g_bad_register, 1);
@@ -170,7 +178,9 @@ static int park(apex_ctx_t *ctx) {
   if (apex_ctx_on_cancel(ctx, on_cancel_park, NULL) != APEX_OK) {
     atomic_fetch_add(&g_bad_register, 1);
     apex_ctx_complete(ctx, APEX_E_EXECUTION);
+    return APEX_PENDING;
   }
+  atomic_fetch_add(&g_registered, 1);
   return APEX_PENDING;
 }
 
