@@ -900,12 +900,14 @@ static const char *info_status(const json_t *info) {
 
 /* Looks stored task id up as an MCP task: want_secret (NULL: any, for
  * tasks/list) must be its secret, and a finished one must be within its
- * ttl. Returns: 0 with *info (a new reference), *ttl_ms and the taskId in
+ * ttl unless any_age (a request that found it within its ttl and now
+ * reads its end: a tasks/cancel's answer, a waiting tasks/result).
+ * Returns: 0 with *info (a new reference), *ttl_ms and the taskId in
  * tid (80 bytes); MCP_INVALID_PARAMS for no such MCP task (unknown id, a
  * row that is not an MCP task's, a wrong secret, a ttl passed);
  * MCP_INTERNAL_ERROR when the store cannot be read. */
-static int store_mcp_task(mcp_server_t *srv, uint64_t id, const char *want_secret, json_t **info,
-                          int64_t *ttl_ms, char *tid) {
+static int store_mcp_task(mcp_server_t *srv, uint64_t id, const char *want_secret, int any_age,
+                          json_t **info, int64_t *ttl_ms, char *tid) {
   *info = NULL;
   json_t *j = NULL;
   apex_error_t *err = NULL;
@@ -928,7 +930,7 @@ static int store_mcp_task(mcp_server_t *srv, uint64_t id, const char *want_secre
   for (size_t i = 0; want_secret && ttl >= 0 && i < SECRET_HEX; i++)
     diff |= (unsigned)(sec[i] ^ want_secret[i]);
   double created = json_number_value(json_object_get(j, "created_at"));
-  if (!diff && info_ended(j) && wall_ms() > (int64_t)(created * 1000) + ttl) diff = 1;
+  if (!diff && !any_age && info_ended(j) && wall_ms() > (int64_t)(created * 1000) + ttl) diff = 1;
   if (diff) {
     json_decref(j);
     return MCP_INVALID_PARAMS;
@@ -1009,7 +1011,7 @@ void mcp_server_tick(mcp_server_t *srv) {
     json_t *info = NULL;
     int64_t ttl;
     char tid[80];
-    int code = store_mcp_task(srv, w->task_id, NULL, &info, &ttl, tid);
+    int code = store_mcp_task(srv, w->task_id, NULL, 1, &info, &ttl, tid);
     if (code == MCP_INTERNAL_ERROR || (code == 0 && !info_ended(info))) {
       /* Still running elsewhere, or the store is busy: look again. */
       json_decref(info);
@@ -1067,7 +1069,7 @@ static void store_tasks_list(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
       json_t *info = NULL;
       int64_t ttl;
       char tid[80];
-      if (store_mcp_task(srv, id, NULL, &info, &ttl, tid) == 0)
+      if (store_mcp_task(srv, id, NULL, 0, &info, &ttl, tid) == 0)
         json_array_append_new(tasks, store_task_json(tid, info, ttl));
       json_decref(info);
     }
@@ -1099,7 +1101,7 @@ static void store_tasks(mcp_session_t *s, mcp_msg_t *msg, void *stream, const ch
   char tid2[80];
   int code = store_task_id_parse(tid, &id, &secret) != 0
                  ? MCP_INVALID_PARAMS
-                 : store_mcp_task(srv, id, secret, &info, &ttl, tid2);
+                 : store_mcp_task(srv, id, secret, 0, &info, &ttl, tid2);
   if (code)
     return answer_error(s, stream, msg->id, code,
                         code == MCP_INVALID_PARAMS ? "unknown task (or its ttl passed)"
@@ -1127,8 +1129,9 @@ static void store_tasks(mcp_session_t *s, mcp_msg_t *msg, void *stream, const ch
     }
     json_decref(info);
     info = NULL;
-    code = rc == APEX_OK || rc == APEX_E_ALREADY ? store_mcp_task(srv, id, secret, &info, &ttl, tid2)
-                                                 : MCP_INTERNAL_ERROR;
+    code = rc == APEX_OK || rc == APEX_E_ALREADY
+               ? store_mcp_task(srv, id, secret, 1, &info, &ttl, tid2)
+               : MCP_INTERNAL_ERROR;
     if (code == 0 && strcmp(info_status(info), "cancelled") != 0) code = MCP_INVALID_PARAMS;
     if (code) {
       /* It ended on its own first (APEX_E_ALREADY): no longer cancellable. */
