@@ -222,12 +222,25 @@ static void test_finished_results_same_after_restart(void **st) {
   fixture_t *f = *st;
   mcp_child_t *c = start(f->store);
   char ok[128], bad[128];
-  call_task(c, 1, "\"steps\":2,\"step_ms\":1", "{}", ok, sizeof ok);
+  /* Steps long enough that the tasks/result requests (sent at once) wait
+   * for the end: answered from the task's own end (its DONE event), the
+   * answer a restart must repeat from the store. */
+  call_task(c, 1, "\"steps\":2,\"step_ms\":300", "{}", ok, sizeof ok);
   /* Fails its first attempt on purpose, and has no retry: failed. */
-  call_task(c, 2, "\"steps\":2,\"step_ms\":1,\"fail_attempts\":1", "{}", bad, sizeof bad);
+  call_task(c, 2, "\"steps\":2,\"step_ms\":300,\"fail_attempts\":1", "{}", bad, sizeof bad);
   json_t *r_ok = task_req(c, 3, "result", ok);
   json_t *r_bad = task_req(c, 4, "result", bad);
-  assert_true(json_is_true(json_object_get(json_object_get(r_bad, "result"), "isError")));
+  json_t *res = json_object_get(r_bad, "result");
+  assert_true(json_is_true(json_object_get(res, "isError")));
+  json_t *e = json_object_get(json_object_get(res, "structuredContent"), "error");
+  assert_string_equal(json_string_value(json_object_get(e, "code")), "transient");
+  assert_string_equal(json_string_value(json_object_get(e, "plugin")), "example_async");
+  assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(res, "content"), 0), "text")),
+                      "transient: attempt 1 of the first 1 fails on purpose");
+  assert_int_equal(json_integer_value(json_object_get(json_object_get(json_object_get(r_ok, "result"),
+                                                                      "structuredContent"),
+                                                      "steps")),
+                   2);
   json_t *g = task_req(c, 5, "get", bad);
   assert_string_equal(status_of(g), "failed");
   assert_non_null(json_object_get(json_object_get(g, "result"), "statusMessage"));
