@@ -768,7 +768,18 @@ static void on_task_event(const apex_event_t *ev, void *user) {
   mcp_session_t *s = c->s;
   /* tasks/result requests on the stored task (--store), of any session. */
   if (s->srv->swaiters) swaiters_done(s->srv, ev);
-  if (c->mtask) {
+  if (c->mtask && c->durable) {
+    /* The store has the outcome now: the record only named the task for
+     * its notifications, and goes (a long-lived session keeps no copy of
+     * every result). */
+    for (mcp_mtask_t **pp = &s->mtasks; *pp; pp = &(*pp)->next)
+      if (*pp == c->mtask) {
+        *pp = c->mtask->next;
+        break;
+      }
+    mtask_free(c->mtask);
+    c->mtask = NULL;
+  } else if (c->mtask) {
     mcp_mtask_t *t = c->mtask;
     t->result = tool_result(ev);
     /* Once tasks/cancel said cancelled, it stays so (the protocol's
