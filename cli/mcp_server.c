@@ -67,6 +67,11 @@
  * ttl, all of which must survive a restart. */
 #define STORE_KEY_PREFIX "mcp:1:"
 #define SECRET_HEX 32
+/* --store: how long, and for how many tasks, an end this server saw is
+ * kept for lookups while the store's row may still say otherwise (the
+ * end of a resumable task is written behind its DONE event). */
+#define ENDED_KEEP_MS 60000
+#define ENDED_MAX 4096
 
 typedef struct mcp_tool {
   char *name;
@@ -124,6 +129,19 @@ typedef struct swaiter {
   int64_t poll_at_ms;      /* wall ms of the next look; 0: DONE answers */
 } swaiter_t;
 
+/* A durable task's end as its DONE event told it (--store), until the
+ * store's row says so too: apex_manager_task_info reads the row once the
+ * task ended, and the row of a resumable or idempotent task is written
+ * after the DONE event (docs/store.md: the write is not waited for). */
+typedef struct ended {
+  struct ended *next;      /* newer */
+  uint64_t task_id;
+  int64_t at_ms;
+  apex_task_state_t state;
+  json_t *result;          /* succeeded: a reference */
+  apex_error_t *error;     /* otherwise: a reference */
+} ended_t;
+
 struct mcp_session {
   mcp_session_t *next, *prev;
   mcp_server_t *srv;
@@ -154,6 +172,8 @@ struct mcp_server {
   int stderr_level;        /* lines at or below it also go to stderr */
   int durable;             /* --store */
   swaiter_t *swaiters;     /* --store: tasks/result requests waiting */
+  ended_t *ended, *ended_tail; /* --store: recent ends, oldest first */
+  size_t n_ended;
 };
 
 /* APEX_LOG's level for stderr, as the library reads it (default warn;
@@ -375,12 +395,15 @@ static const mcp_tool_t *find_tool(mcp_server_t *srv, const char *name) {
 static void on_task_event(const apex_event_t *ev, void *user);
 static void log_sink(const apex_log_record_t *r, void *user);
 static void swaiters_done(mcp_server_t *srv, const apex_event_t *ev);
+static void ended_note(mcp_server_t *srv, const apex_event_t *ev);
 /* Every task submitted here has its own callback: what comes here are the
  * tasks apex_manager_recover took over from the store (--store), whose
  * ends answer the tasks/result requests waiting for them. */
 static void on_stray_event(const apex_event_t *ev, void *user) {
   mcp_server_t *srv = user;
-  if (ev->type == APEX_EVENT_DONE && srv->swaiters) swaiters_done(srv, ev);
+  if (ev->type != APEX_EVENT_DONE || !srv->durable) return;
+  ended_note(srv, ev);
+  if (srv->swaiters) swaiters_done(srv, ev);
 }
 
 int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
@@ -528,6 +551,13 @@ void mcp_server_free(mcp_server_t *srv) {
     mcp_session_t *s = srv->sessions;
     srv->sessions = s->next;
     session_free(s);
+  }
+  while (srv->ended) {
+    ended_t *e = srv->ended;
+    srv->ended = e->next;
+    json_decref(e->result);
+    apex_error_unref(e->error);
+    free(e);
   }
   for (size_t i = 0; i < srv->n_tools; i++) {
     free(srv->tools[i].name);
@@ -767,6 +797,7 @@ static void on_task_event(const apex_event_t *ev, void *user) {
   if (ev->type != APEX_EVENT_DONE) return;
   mcp_session_t *s = c->s;
   /* tasks/result requests on the stored task (--store), of any session. */
+  if (c->durable) ended_note(s->srv, ev);
   if (s->srv->swaiters) swaiters_done(s->srv, ev);
   if (c->mtask && c->durable) {
     /* The store has the outcome now: the record only named the task for
@@ -909,6 +940,50 @@ static const char *info_status(const json_t *info) {
   return "working";
 }
 
+static void ended_drop_oldest(mcp_server_t *srv) {
+  ended_t *e = srv->ended;
+  srv->ended = e->next;
+  if (!srv->ended) srv->ended_tail = NULL;
+  srv->n_ended--;
+  json_decref(e->result);
+  apex_error_unref(e->error);
+  free(e);
+}
+
+/* Keeps the end of a durable task this server ran, for ended_overlay. */
+static void ended_note(mcp_server_t *srv, const apex_event_t *ev) {
+  int64_t now = wall_ms();
+  while (srv->ended && (srv->n_ended >= ENDED_MAX || now - srv->ended->at_ms > ENDED_KEEP_MS))
+    ended_drop_oldest(srv);
+  ended_t *e = calloc(1, sizeof *e);
+  if (!e || !ev->task) {
+    free(e); /* a lookup may then see the row late: working a moment longer */
+    return;
+  }
+  e->task_id = ev->task_id;
+  e->at_ms = now;
+  e->state = ev->state;
+  if (ev->state == APEX_TASK_SUCCEEDED) e->result = apex_task_result(ev->task);
+  else e->error = apex_task_error(ev->task);
+  if (srv->ended_tail) srv->ended_tail->next = e;
+  else srv->ended = e;
+  srv->ended_tail = e;
+  srv->n_ended++;
+}
+
+/* Makes info (apex_manager_task_info's, of task id) say the end this
+ * server saw when the store's row does not say it yet. */
+static void ended_overlay(mcp_server_t *srv, uint64_t id, json_t *info) {
+  ended_t *e = srv->ended;
+  while (e && e->task_id != id) e = e->next;
+  if (!e || info_ended(info)) return;
+  json_object_set_new(info, "state", json_string(apex_task_state_name(e->state)));
+  if (e->state == APEX_TASK_SUCCEEDED)
+    json_object_set_new(info, "result", e->result ? json_incref(e->result) : json_null());
+  else if (e->error)
+    json_object_set_new(info, "error", apex_error_to_json(e->error));
+}
+
 /* Looks stored task id up as an MCP task: want_secret (NULL: any, for
  * tasks/list) must be its secret, and a finished one must be within its
  * ttl unless any_age (a request that found it within its ttl and now
@@ -925,6 +1000,7 @@ static int store_mcp_task(mcp_server_t *srv, uint64_t id, const char *want_secre
   int rc = apex_manager_task_info(srv->m, id, &j, &err);
   apex_error_unref(err);
   if (rc != APEX_OK) return rc == APEX_E_INVALID ? MCP_INVALID_PARAMS : MCP_INTERNAL_ERROR;
+  if (srv->ended) ended_overlay(srv, id, j);
   const char *key = json_string_value(json_object_get(j, "idempotency_key"));
   const size_t pl = sizeof STORE_KEY_PREFIX - 1;
   const char *sec = key && strncmp(key, STORE_KEY_PREFIX, pl) == 0 ? key + pl : NULL;
