@@ -22,8 +22,9 @@
  *                               the request is then never answered
  *   tasks/get, result, ...      the same task, answered by polling
  *   --store                     a task-augmented call is a durable task;
- *                               every tasks/ request answers from the store, across
- *                               restarts ("durable MCP tasks" below)
+ *                               every tasks/ request answers from the
+ *                               store, across restarts ("durable MCP
+ *                               tasks" below)
  *
  * Threads: the main thread only (mcp.h). Task events arrive inside
  * apex_manager_dispatch (mcp_server_pump), log lines through the CLI's log
