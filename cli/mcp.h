@@ -98,6 +98,10 @@ typedef struct mcp_config {
   size_t n_plugins;
   int bare_names;              /* tools named ACTION, not PLUGIN.ACTION */
   size_t max_message;          /* bytes; 0: MCP_MAX_MESSAGE_DEFAULT */
+  const char *store;           /* --store: task-augmented calls are durable
+                                  tasks of this store (docs/durable.md),
+                                  answered from it across restarts; NULL:
+                                  MCP tasks live in memory, in their session */
 } mcp_config_t;
 
 /* Starts the manager and loads the plugins. Returns: CLI_EXIT_OK and *out,
@@ -125,7 +129,18 @@ void mcp_server_pump_ready(mcp_server_t *srv, int log_ready);
 int mcp_server_watch_newest(mcp_server_t *srv, uint64_t budget_ns);
 /* Returns: the server's bound on one message, in bytes. */
 size_t mcp_server_max_message(const mcp_server_t *srv);
-/* Returns: the number of calls still running on any session. */
+/* With --store: how long the main loop may sleep before mcp_server_tick
+ * has a stored task to look at again (a tasks/result on a task another
+ * process runs is answered by polling the store), in ms; -1: no limit
+ * (always -1 without --store). Thread: the main thread. */
+int mcp_server_timeout_ms(const mcp_server_t *srv);
+/* Answers the tasks/result requests whose stored task (run by another
+ * process) ended since the last look. Cheap when there are none: the
+ * loops call it after every wait. Thread: the main thread. */
+void mcp_server_tick(mcp_server_t *srv);
+/* Returns: the number of calls still running on any session that a client
+ * waits on (with --store, a task-augmented call's durable task outlives
+ * its client and is not counted). */
 size_t mcp_server_live_calls(const mcp_server_t *srv);
 /* Returns: the server's manager (borrowed; --metrics-listen serves its
  * metrics). */

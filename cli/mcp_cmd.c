@@ -2,7 +2,7 @@
  *
  *   apex mcp [--http ADDR:PORT] [--plugin NAME]... [--plugin-path DIR]...
  *            [--workers N] [--bare-names] [--max-message-bytes N]
- *            [--session-timeout S] [--metrics-listen ADDR:PORT]
+ *            [--session-timeout S] [--metrics-listen ADDR:PORT] [--store PATH]
  *
  * Single-threaded here; the server's threads start in mcp_server_new. */
 #include <errno.h>
@@ -39,6 +39,10 @@ static const char mcp_usage[] =
     "  --session-timeout S     HTTP: end a session after S seconds with no request\n"
     "                          and no stream read (its calls are cancelled,\n"
     "                          reason \"disconnected\"; default 600)\n"
+    "  --store PATH            MCP tasks (task-augmented calls) are durable tasks\n"
+    "                          of the store at PATH (an SQLite file, made if\n"
+    "                          missing): they survive the client and a restart,\n"
+    "                          and unfinished ones are taken over at start\n"
     "  -h, --help              show this help\n";
 
 static const char *opt_value(int argc, char **argv, int *i, const char *name) {
@@ -56,7 +60,7 @@ static int is_opt(const char *a, const char *name) {
 
 int cli_mcp_option_takes_value(const char *arg) {
   static const char *const valued[] = {"--http", "--plugin", "--workers", "--max-message-bytes",
-                                       "--session-timeout", "--metrics-listen"};
+                                       "--session-timeout", "--metrics-listen", "--store"};
   for (size_t i = 0; i < sizeof valued / sizeof valued[0]; i++)
     if (strcmp(arg, valued[i]) == 0) return 1;
   return 0;
@@ -88,6 +92,13 @@ int cli_cmd_mcp(int argc, char **argv, int cmd_at) {
     } else if (is_opt(a, "--http")) {
       if (!(v = opt_value(argc, argv, &i, "--http"))) goto missing;
       http = v;
+    } else if (is_opt(a, "--store")) {
+      if (!(v = opt_value(argc, argv, &i, "--store"))) goto missing;
+      if (!*v) {
+        code = cli_fail(0, APEX_E_INVALID, "--store: empty path");
+        goto out;
+      }
+      cfg.store = v;
     } else if (is_opt(a, "--metrics-listen")) {
       if (!(v = opt_value(argc, argv, &i, "--metrics-listen"))) goto missing;
       metrics_listen = v; /* checked when it is bound */

@@ -814,7 +814,8 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
                            {.fd = dfd, .events = POLLIN},
                            {.fd = lfd, .events = POLLIN},
                            {.fd = sfd, .events = POLLIN}};
-    int n = poll(pf, 4, 1000);
+    int t = mcp_server_timeout_ms(srv); /* --store: a tasks/result may be waiting on the store */
+    int n = poll(pf, 4, t >= 0 && t < 1000 ? t : 1000);
     if (n < 0 && errno != EINTR) break;
     if (pf[3].revents & POLLIN) {
       struct signalfd_siginfo si;
@@ -824,6 +825,7 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
     }
     if (pf[1].revents || pf[2].revents) mcp_server_pump_ready(srv, pf[2].revents != 0);
     if (pf[0].revents) run_inbox();
+    mcp_server_tick(srv);
     expire_sessions();
   }
   /* Refuse new jobs, end every session (its streams end their readers),

@@ -21,6 +21,10 @@
  *   notifications/cancelled     apex_task_cancel with the client's reason;
  *                               the request is then never answered
  *   tasks/get, result, ...      the same task, answered by polling
+ *   --store                     a task-augmented call is a durable task;
+ *                               every tasks/ request answers from the
+ *                               store, across restarts ("durable MCP
+ *                               tasks" below)
  *
  * Threads: the main thread only (mcp.h). Task events arrive inside
  * apex_manager_dispatch (mcp_server_pump), log lines through the CLI's log
@@ -29,7 +33,8 @@
  * Lifetimes: a call lives from its tools/call until its task's DONE event;
  * a session lives until its transport closed it and its last call ended;
  * an MCP task record (task-augmented call) lives until its ttl passed
- * after creation, or its session closed. */
+ * after creation, or its session closed. With --store the record only
+ * names the task for its notifications: the store has the rest. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -41,6 +46,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "mcp.h"
@@ -49,6 +55,24 @@
 #define TASK_POLL_MS 250
 #define TASK_TTL_DEFAULT_MS (60 * 60 * 1000)
 #define TASK_TTL_MAX_MS (24 * 60 * 60 * 1000)
+
+/* --store: how often a tasks/result on a task another process runs looks
+ * at the store; how many tasks one tasks/list page holds, and how many
+ * stored rows one tasks/list request reads at most (the store may hold
+ * many tasks that are not MCP's). */
+#define STORE_POLL_MS 500
+#define STORE_LIST_PAGE 50
+#define STORE_LIST_SCAN 1000
+/* A durable MCP task's idempotency key: "mcp:1:SECRET:TTL_MS". It marks
+ * the row as an MCP task, keeps the secret half of its taskId and its
+ * ttl, all of which must survive a restart. */
+#define STORE_KEY_PREFIX "mcp:1:"
+#define SECRET_HEX 32
+/* --store: how long, and for how many tasks, an end this server saw is
+ * kept for lookups while the store's row may still say otherwise (the
+ * end of a resumable task is written behind its DONE event). */
+#define ENDED_KEEP_MS 60000
+#define ENDED_MAX 4096
 
 typedef struct mcp_tool {
   char *name;
@@ -61,7 +85,7 @@ typedef struct mcp_call mcp_call_t;
 /* An MCP task (2025-11-25): a task-augmented tools/call. */
 typedef struct mcp_mtask {
   struct mcp_mtask *next;
-  char id[40];
+  char id[80];          /* "apex-ID", or with --store "apex-ID-SECRET" */
   mcp_call_t *call;     /* while running */
   const char *status;   /* working, completed, failed, cancelled */
   char *status_message; /* or NULL */
@@ -89,7 +113,35 @@ struct mcp_call {
   double last_progress;    /* last sent; -1 none */
   int client_cancelled;    /* notifications/cancelled: never answer */
   mcp_mtask_t *mtask;      /* task-augmented: answered already */
+  int durable;             /* --store and task-augmented: the store's task,
+                              which outlives this call's session */
 };
+
+/* A tasks/result, with --store, waiting for a stored task's end: answered
+ * by the task's DONE event when this manager runs it, else by looking at
+ * the store every STORE_POLL_MS (another process runs it). */
+typedef struct swaiter {
+  struct swaiter *next;
+  mcp_session_t *s;
+  json_t *id;              /* the request's (a reference) */
+  void *stream;
+  uint64_t task_id;
+  char task[80];           /* the MCP taskId */
+  int64_t poll_at_ms;      /* wall ms of the next look; 0: DONE answers */
+} swaiter_t;
+
+/* A durable task's end as its DONE event told it (--store), until the
+ * store's row says so too: apex_manager_task_info reads the row once the
+ * task ended, and the row of a resumable or idempotent task is written
+ * after the DONE event (docs/store.md: the write is not waited for). */
+typedef struct ended {
+  struct ended *next;      /* newer */
+  uint64_t task_id;
+  int64_t at_ms;
+  apex_task_state_t state;
+  json_t *result;          /* succeeded: a reference */
+  apex_error_t *error;     /* otherwise: a reference */
+} ended_t;
 
 struct mcp_session {
   mcp_session_t *next, *prev;
@@ -119,6 +171,10 @@ struct mcp_server {
   atomic_int log_fd;       /* the log queue's pipe, write end */
   int log_rd;
   int stderr_level;        /* lines at or below it also go to stderr */
+  int durable;             /* --store */
+  swaiter_t *swaiters;     /* --store: tasks/result requests waiting */
+  ended_t *ended, *ended_tail; /* --store: recent ends, oldest first */
+  size_t n_ended;
 };
 
 /* APEX_LOG's level for stderr, as the library reads it (default warn;
@@ -339,10 +395,16 @@ static const mcp_tool_t *find_tool(mcp_server_t *srv, const char *name) {
 
 static void on_task_event(const apex_event_t *ev, void *user);
 static void log_sink(const apex_log_record_t *r, void *user);
-/* Every task has its own callback; nothing else is submitted. */
+static void swaiters_done(mcp_server_t *srv, const apex_event_t *ev);
+static void ended_note(mcp_server_t *srv, const apex_event_t *ev);
+/* Every task submitted here has its own callback: what comes here are the
+ * tasks apex_manager_recover took over from the store (--store), whose
+ * ends answer the tasks/result requests waiting for them. */
 static void on_stray_event(const apex_event_t *ev, void *user) {
-  (void)ev;
-  (void)user;
+  mcp_server_t *srv = user;
+  if (ev->type != APEX_EVENT_DONE || !srv->durable) return;
+  ended_note(srv, ev);
+  if (srv->swaiters) swaiters_done(srv, ev);
 }
 
 int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
@@ -375,6 +437,23 @@ int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
   srv->stderr_level = stderr_level();
   mc.log_level = srv->stderr_level > APEX_LOG_INFO ? srv->stderr_level : APEX_LOG_INFO;
   mc.shutdown_grace_ms = 200;
+  if (cfg->store) {
+    /* Opened once first for what the manager cannot say: which file and
+     * why it is refused (not a database, a newer schema, ...). */
+    apex_store_t *st = NULL;
+    apex_error_t *err = NULL;
+    int rc = apex_store_open(cfg->store, &st, &err);
+    apex_store_close(st);
+    if (rc != APEX_OK) {
+      int code = cli_fail(0, rc, "--store '%s': %s", cfg->store,
+                          err ? apex_error_message(err) : apex_strerror(rc));
+      apex_error_unref(err);
+      mcp_server_free(srv);
+      return code;
+    }
+    mc.store = cfg->store;
+    srv->durable = 1;
+  }
   int rc = apex_manager_new(&mc, &srv->m);
   if (rc != APEX_OK) {
     mcp_server_free(srv);
@@ -411,6 +490,21 @@ int mcp_server_new(const mcp_config_t *cfg, mcp_server_t **out) {
         mcp_server_free(srv);
         return cli_fail(0, APEX_E_NOMEM, "out of memory");
       }
+  }
+  if (srv->durable) {
+    /* The tasks an earlier `apex mcp` (or any process) left unfinished
+     * on the store go on here: their MCP tasks complete. */
+    size_t n = 0;
+    apex_error_t *err = NULL;
+    rc = apex_manager_recover(srv->m, &n, &err);
+    if (rc != APEX_OK) {
+      int code = cli_fail(0, rc, "--store '%s': cannot take over its unfinished tasks: %s",
+                          cfg->store, err ? apex_error_message(err) : apex_strerror(rc));
+      apex_error_unref(err);
+      mcp_server_free(srv);
+      return code;
+    }
+    if (n) fprintf(stderr, "apex mcp: took over %zu unfinished task(s) from the store\n", n);
   }
   *out = srv;
   return CLI_EXIT_OK;
@@ -459,6 +553,13 @@ void mcp_server_free(mcp_server_t *srv) {
     srv->sessions = s->next;
     session_free(s);
   }
+  while (srv->ended) {
+    ended_t *e = srv->ended;
+    srv->ended = e->next;
+    json_decref(e->result);
+    apex_error_unref(e->error);
+    free(e);
+  }
   for (size_t i = 0; i < srv->n_tools; i++) {
     free(srv->tools[i].name);
     json_decref(srv->tools[i].def);
@@ -477,7 +578,12 @@ void mcp_server_fds(mcp_server_t *srv, int *dispatch_fd, int *log_fd) {
 }
 
 size_t mcp_server_max_message(const mcp_server_t *srv) { return srv->max_message; }
-size_t mcp_server_live_calls(const mcp_server_t *srv) { return srv->n_calls; }
+size_t mcp_server_live_calls(const mcp_server_t *srv) {
+  size_t n = srv->n_calls;
+  if (srv->durable)
+    for (const mcp_call_t *c = srv->calls; c; c = c->next) n -= (size_t)(c->durable != 0);
+  return n;
+}
 apex_manager_t *mcp_server_manager(mcp_server_t *srv) { return srv->m; }
 
 /* ------------------------------------------------------------- sessions */
@@ -507,7 +613,22 @@ static void mtask_free(mcp_mtask_t *t) {
   free(t);
 }
 
+static void swaiter_free(swaiter_t *w) {
+  json_decref(w->id);
+  free(w);
+}
+
 static void session_free(mcp_session_t *s) {
+  /* Its tasks/result requests go unanswered: nobody reads them now. */
+  for (swaiter_t **pp = &s->srv->swaiters; *pp;) {
+    swaiter_t *w = *pp;
+    if (w->s != s) {
+      pp = &w->next;
+      continue;
+    }
+    *pp = w->next;
+    swaiter_free(w);
+  }
   while (s->mtasks) {
     mcp_mtask_t *t = s->mtasks;
     s->mtasks = t->next;
@@ -528,8 +649,10 @@ static void session_unlink_free(mcp_session_t *s) {
 void mcp_session_close(mcp_session_t *s) {
   if (!s) return;
   s->closed = 1;
+  /* A durable task (--store) is not the client's to lose: it runs on,
+   * and any session, of this process or a later one, reads its end. */
   for (mcp_call_t *c = s->srv->calls; c; c = c->next)
-    if (c->s == s) apex_task_cancel(c->task, "disconnected");
+    if (c->s == s && !c->durable) apex_task_cancel(c->task, "disconnected");
   if (s->n_calls == 0) session_unlink_free(s);
 }
 
@@ -572,43 +695,54 @@ static void call_free(mcp_call_t *c) {
   if (s->closed && s->n_calls == 0) session_unlink_free(s);
 }
 
-/* The _meta of a message about an MCP task. */
-static json_t *related_meta(const mcp_mtask_t *t) {
-  return json_pack("{s:{s:s}}", "io.modelcontextprotocol/related-task", "taskId", t->id);
+/* The _meta of a message about MCP task id. */
+static json_t *related_meta_id(const char *id) {
+  return json_pack("{s:{s:s}}", "io.modelcontextprotocol/related-task", "taskId", id);
+}
+
+static json_t *related_meta(const mcp_mtask_t *t) { return related_meta_id(t->id); }
+
+/* The CallToolResult of a task that succeeded with result r (NULL: none). */
+static json_t *tool_result_ok(const json_t *r) {
+  /* A result {"content": [typed blocks]} brings its own MCP content
+   * (images, audio, resources: what a tool may return beyond text). */
+  const json_t *content = json_is_object(r) ? json_object_get(r, "content") : NULL;
+  int own = json_is_array(content) && json_array_size(content) > 0;
+  size_t i;
+  const json_t *b;
+  json_array_foreach(content, i, b) if (!json_is_string(json_object_get(b, "type"))) own = 0;
+  if (own) {
+    json_t *res = json_pack("{s:o}", "content", json_deep_copy(content));
+    return res;
+  }
+  char *text = NULL;
+  if (json_is_string(r)) text = strdup(json_string_value(r));
+  else if (r) text = json_dumps(r, JSON_COMPACT | JSON_ENCODE_ANY);
+  else text = strdup("null");
+  json_t *res = json_pack("{s:[{s:s, s:s?}]}", "content", "type", "text", "text", text);
+  free(text);
+  if (res && json_is_object(r)) json_object_set_new(res, "structuredContent", json_deep_copy(r));
+  else if (res && r) json_object_set_new(res, "structuredContent", json_pack("{s:o}", "result", json_deep_copy(r)));
+  return res;
+}
+
+/* The CallToolResult of a task that did not succeed: code (a status name)
+ * and message as text, ej (taken; apex_error_to_json's shape) as
+ * structuredContent.error. */
+static json_t *tool_result_err(const char *code, const char *message, json_t *ej) {
+  char text[1200];
+  snprintf(text, sizeof text, "%s: %s", code, message);
+  return json_pack("{s:[{s:s, s:s}], s:b, s:{s:o?}}", "content", "type", "text", "text", text,
+                   "isError", 1, "structuredContent", "error", ej);
 }
 
 /* The CallToolResult of an ended task. */
 static json_t *tool_result(const apex_event_t *ev) {
-  if (ev->state == APEX_TASK_SUCCEEDED) {
-    const json_t *r = ev->result;
-    /* A result {"content": [typed blocks]} brings its own MCP content
-     * (images, audio, resources: what a tool may return beyond text). */
-    const json_t *content = json_is_object(r) ? json_object_get(r, "content") : NULL;
-    int own = json_is_array(content) && json_array_size(content) > 0;
-    size_t i;
-    const json_t *b;
-    json_array_foreach(content, i, b) if (!json_is_string(json_object_get(b, "type"))) own = 0;
-    if (own) {
-      json_t *res = json_pack("{s:o}", "content", json_deep_copy(content));
-      return res;
-    }
-    char *text = NULL;
-    if (json_is_string(r)) text = strdup(json_string_value(r));
-    else if (r) text = json_dumps(r, JSON_COMPACT | JSON_ENCODE_ANY);
-    else text = strdup("null");
-    json_t *res = json_pack("{s:[{s:s, s:s?}]}", "content", "type", "text", "text", text);
-    free(text);
-    if (res && json_is_object(r)) json_object_set_new(res, "structuredContent", json_deep_copy(r));
-    else if (res && r) json_object_set_new(res, "structuredContent", json_pack("{s:o}", "result", json_deep_copy(r)));
-    return res;
-  }
+  if (ev->state == APEX_TASK_SUCCEEDED) return tool_result_ok(ev->result);
   int code = ev->error ? apex_error_code(ev->error) : APEX_E_EXECUTION;
-  char text[1200];
-  snprintf(text, sizeof text, "%s: %s", apex_status_name(code),
-           ev->error ? apex_error_message(ev->error) : apex_strerror(code));
-  json_t *ej = cli_error_json(ev->error, code);
-  return json_pack("{s:[{s:s, s:s}], s:b, s:{s:o?}}", "content", "type", "text", "text", text,
-                   "isError", 1, "structuredContent", "error", ej);
+  return tool_result_err(apex_status_name(code),
+                         ev->error ? apex_error_message(ev->error) : apex_strerror(code),
+                         cli_error_json(ev->error, code));
 }
 
 static void mtask_touch(mcp_mtask_t *t, const char *status) {
@@ -663,7 +797,21 @@ static void on_task_event(const apex_event_t *ev, void *user) {
   }
   if (ev->type != APEX_EVENT_DONE) return;
   mcp_session_t *s = c->s;
-  if (c->mtask) {
+  /* tasks/result requests on the stored task (--store), of any session. */
+  if (c->durable) ended_note(s->srv, ev);
+  if (s->srv->swaiters) swaiters_done(s->srv, ev);
+  if (c->mtask && c->durable) {
+    /* The store has the outcome now: the record only named the task for
+     * its notifications, and goes (a long-lived session keeps no copy of
+     * every result). */
+    for (mcp_mtask_t **pp = &s->mtasks; *pp; pp = &(*pp)->next)
+      if (*pp == c->mtask) {
+        *pp = c->mtask->next;
+        break;
+      }
+    mtask_free(c->mtask);
+    c->mtask = NULL;
+  } else if (c->mtask) {
     mcp_mtask_t *t = c->mtask;
     t->result = tool_result(ev);
     /* Once tasks/cancel said cancelled, it stays so (the protocol's
@@ -712,6 +860,401 @@ static mcp_mtask_t *mtask_find(mcp_session_t *s, const char *id) {
   return NULL;
 }
 
+/* ------------------------------------------------------------- durable MCP tasks
+ *
+ * With --store a task-augmented tools/call submits a durable task
+ * (docs/durable.md) and every tasks/ request answers from the store
+ * (apex_manager_task_info: the store's row, overlaid with what this
+ * manager knows of a task it runs), so an MCP task outlives its session
+ * and the process: after a restart (apex_manager_recover at start takes
+ * the unfinished ones over) tasks/get, tasks/result, tasks/cancel and
+ * tasks/list find it by the same taskId.
+ *
+ * The taskId is "apex-ID-SECRET": ID the store's task id, SECRET 128
+ * random bits. A durable task is no longer bound to the session that made
+ * it (a restarted server has new sessions), so the id itself must not be
+ * guessable, as the protocol asks of receivers without an authorization
+ * context. The row's idempotency key "mcp:1:SECRET:TTL_MS" keeps the
+ * secret and the ttl, and marks the row as an MCP task: the tasks/ requests see no
+ * other row of the store (an `apex run --detach` task, say).
+ *
+ * What maps to what: the task's state to status (succeeded: completed;
+ * failed, timed_out: failed; cancelled, or a cancel requested through the
+ * store: cancelled, which is terminal for the protocol at once; any other:
+ * working), created_at/updated_at to createdAt/lastUpdatedAt, the stored
+ * error's message to statusMessage, the stored result or error to the
+ * CallToolResult tool_result builds from a live task's end. A finished
+ * task whose ttl passed (counted from creation) is hidden: the store
+ * keeps its row (apex tasks lists it; apex_store_purge removes it). */
+
+/* SECRET_HEX lowercase hex digits of fresh randomness into out. Returns: 0,
+ * or -1 when the kernel gives none. */
+static int store_secret(char *out) {
+  unsigned char b[SECRET_HEX / 2];
+  if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) return -1;
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < sizeof b; i++) {
+    out[2 * i] = hex[b[i] >> 4];
+    out[2 * i + 1] = hex[b[i] & 15];
+  }
+  out[SECRET_HEX] = '\0';
+  return 0;
+}
+
+static int is_hex_secret(const char *s, size_t n) {
+  return n == SECRET_HEX && strspn(s, "0123456789abcdef") >= SECRET_HEX;
+}
+
+/* Reads "apex-ID-SECRET". Returns: 0 with *id and *secret (borrowed from
+ * s), or -1 for anything else. */
+static int store_task_id_parse(const char *s, uint64_t *id, const char **secret) {
+  if (strncmp(s, "apex-", 5) != 0 || s[5] < '1' || s[5] > '9') return -1;
+  char *end = NULL;
+  errno = 0;
+  unsigned long long v = strtoull(s + 5, &end, 10);
+  if (errno || *end != '-' || !is_hex_secret(end + 1, strlen(end + 1))) return -1;
+  *id = (uint64_t)v;
+  *secret = end + 1;
+  return 0;
+}
+
+static const char *info_state(const json_t *info) {
+  const char *st = json_string_value(json_object_get(info, "state"));
+  return st ? st : "";
+}
+
+/* The Apex task has ended (succeeded, failed, cancelled, timed_out). */
+static int info_ended(const json_t *info) {
+  const char *st = info_state(info);
+  return strcmp(st, "succeeded") == 0 || strcmp(st, "failed") == 0 ||
+         strcmp(st, "cancelled") == 0 || strcmp(st, "timed_out") == 0;
+}
+
+static const char *info_status(const json_t *info) {
+  const char *st = info_state(info);
+  /* The protocol's cancelled is terminal from the tasks/cancel answer on,
+   * whatever the handler does after. */
+  if (json_is_true(json_object_get(info, "cancel_requested")) || strcmp(st, "cancelled") == 0)
+    return "cancelled";
+  if (strcmp(st, "succeeded") == 0) return "completed";
+  if (strcmp(st, "failed") == 0 || strcmp(st, "timed_out") == 0) return "failed";
+  return "working";
+}
+
+static void ended_drop_oldest(mcp_server_t *srv) {
+  ended_t *e = srv->ended;
+  srv->ended = e->next;
+  if (!srv->ended) srv->ended_tail = NULL;
+  srv->n_ended--;
+  json_decref(e->result);
+  apex_error_unref(e->error);
+  free(e);
+}
+
+/* Keeps the end of a durable task this server ran, for ended_overlay. */
+static void ended_note(mcp_server_t *srv, const apex_event_t *ev) {
+  int64_t now = wall_ms();
+  while (srv->ended && (srv->n_ended >= ENDED_MAX || now - srv->ended->at_ms > ENDED_KEEP_MS))
+    ended_drop_oldest(srv);
+  ended_t *e = calloc(1, sizeof *e);
+  if (!e || !ev->task) {
+    free(e); /* a lookup may then see the row late: working a moment longer */
+    return;
+  }
+  e->task_id = ev->task_id;
+  e->at_ms = now;
+  e->state = ev->state;
+  if (ev->state == APEX_TASK_SUCCEEDED) e->result = apex_task_result(ev->task);
+  else e->error = apex_task_error(ev->task);
+  if (srv->ended_tail) srv->ended_tail->next = e;
+  else srv->ended = e;
+  srv->ended_tail = e;
+  srv->n_ended++;
+}
+
+/* Makes info (apex_manager_task_info's, of task id) say the end this
+ * server saw when the store's row does not say it yet. */
+static void ended_overlay(mcp_server_t *srv, uint64_t id, json_t *info) {
+  ended_t *e = srv->ended;
+  while (e && e->task_id != id) e = e->next;
+  if (!e || info_ended(info)) return;
+  json_object_set_new(info, "state", json_string(apex_task_state_name(e->state)));
+  if (e->state == APEX_TASK_SUCCEEDED)
+    json_object_set_new(info, "result", e->result ? json_incref(e->result) : json_null());
+  else if (e->error)
+    json_object_set_new(info, "error", apex_error_to_json(e->error));
+}
+
+/* Looks stored task id up as an MCP task: want_secret (NULL: any, for
+ * tasks/list) must be its secret, and a finished one must be within its
+ * ttl unless any_age (a request that found it within its ttl and now
+ * reads its end: a tasks/cancel's answer, a waiting tasks/result).
+ * Returns: 0 with *info (a new reference), *ttl_ms and the taskId in
+ * tid (80 bytes); MCP_INVALID_PARAMS for no such MCP task (unknown id, a
+ * row that is not an MCP task's, a wrong secret, a ttl passed);
+ * MCP_INTERNAL_ERROR when the store cannot be read. */
+static int store_mcp_task(mcp_server_t *srv, uint64_t id, const char *want_secret, int any_age,
+                          json_t **info, int64_t *ttl_ms, char *tid) {
+  *info = NULL;
+  json_t *j = NULL;
+  apex_error_t *err = NULL;
+  int rc = apex_manager_task_info(srv->m, id, &j, &err);
+  apex_error_unref(err);
+  if (rc != APEX_OK) return rc == APEX_E_INVALID ? MCP_INVALID_PARAMS : MCP_INTERNAL_ERROR;
+  if (srv->ended) ended_overlay(srv, id, j);
+  const char *key = json_string_value(json_object_get(j, "idempotency_key"));
+  const size_t pl = sizeof STORE_KEY_PREFIX - 1;
+  const char *sec = key && strncmp(key, STORE_KEY_PREFIX, pl) == 0 ? key + pl : NULL;
+  char *end = NULL;
+  long long ttl = -1;
+  if (sec && is_hex_secret(sec, strcspn(sec, ":")) && sec[SECRET_HEX] == ':') {
+    errno = 0;
+    ttl = strtoll(sec + SECRET_HEX + 1, &end, 10);
+    if (errno || *end || ttl <= 0) ttl = -1;
+  }
+  /* The secret compared in constant time: how much of it matched is not
+   * for a guesser to time. */
+  unsigned diff = ttl < 0;
+  for (size_t i = 0; want_secret && ttl >= 0 && i < SECRET_HEX; i++)
+    diff |= (unsigned)(sec[i] ^ want_secret[i]);
+  double created = json_number_value(json_object_get(j, "created_at"));
+  if (!diff && !any_age && info_ended(j) && wall_ms() > (int64_t)(created * 1000) + ttl) diff = 1;
+  if (diff) {
+    json_decref(j);
+    return MCP_INVALID_PARAMS;
+  }
+  *ttl_ms = ttl;
+  snprintf(tid, 80, "apex-%" PRIu64 "-%.*s", id, SECRET_HEX, sec);
+  *info = j;
+  return 0;
+}
+
+/* The Task object of a stored MCP task. */
+static json_t *store_task_json(const char *tid, const json_t *info, int64_t ttl_ms) {
+  char created[32], updated[32];
+  iso_time((int64_t)(json_number_value(json_object_get(info, "created_at")) * 1000), created,
+           sizeof created);
+  iso_time((int64_t)(json_number_value(json_object_get(info, "updated_at")) * 1000), updated,
+           sizeof updated);
+  json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:I, s:i}", "taskId", tid, "status",
+                        info_status(info), "createdAt", created, "lastUpdatedAt", updated, "ttl",
+                        (json_int_t)ttl_ms, "pollInterval", TASK_POLL_MS);
+  const char *msg = json_string_value(json_object_get(json_object_get(info, "error"), "message"));
+  if (j && msg && info_ended(info)) json_object_set_new(j, "statusMessage", json_string(msg));
+  return j;
+}
+
+/* The CallToolResult of an ended stored task: what tool_result gives for
+ * the same end of a live one. */
+static json_t *store_result(const json_t *info) {
+  if (strcmp(info_state(info), "succeeded") == 0)
+    return tool_result_ok(json_object_get(info, "result"));
+  const json_t *e = json_object_get(info, "error");
+  const char *code = json_string_value(json_object_get(e, "code"));
+  const char *msg = json_string_value(json_object_get(e, "message"));
+  return tool_result_err(code ? code : apex_status_name(APEX_E_EXECUTION),
+                         msg ? msg : apex_strerror(APEX_E_EXECUTION),
+                         json_is_object(e) ? json_deep_copy(e) : NULL);
+}
+
+/* Answers a tasks/result with r (taken), which names its task. */
+static void answer_task_result(mcp_session_t *s, void *stream, const json_t *req, const char *tid,
+                               json_t *r) {
+  if (r && !json_object_get(r, "_meta")) json_object_set_new(r, "_meta", related_meta_id(tid));
+  answer(s, stream, mcp_result(req, r));
+}
+
+/* Answers and frees every waiter on the task that ended with ev. */
+static void swaiters_done(mcp_server_t *srv, const apex_event_t *ev) {
+  for (swaiter_t **pp = &srv->swaiters; *pp;) {
+    swaiter_t *w = *pp;
+    if (w->task_id != ev->task_id) {
+      pp = &w->next;
+      continue;
+    }
+    *pp = w->next;
+    answer_task_result(w->s, w->stream, w->id, w->task, tool_result(ev));
+    swaiter_free(w);
+  }
+}
+
+int mcp_server_timeout_ms(const mcp_server_t *srv) {
+  if (!srv->swaiters) return -1;
+  int64_t now = wall_ms(), next = -1;
+  for (const swaiter_t *w = srv->swaiters; w; w = w->next)
+    if (w->poll_at_ms && (next < 0 || w->poll_at_ms < next)) next = w->poll_at_ms;
+  if (next < 0) return -1;
+  return next <= now ? 0 : (int)(next - now);
+}
+
+void mcp_server_tick(mcp_server_t *srv) {
+  if (!srv->swaiters) return;
+  int64_t now = wall_ms();
+  for (swaiter_t **pp = &srv->swaiters; *pp;) {
+    swaiter_t *w = *pp;
+    if (!w->poll_at_ms || w->poll_at_ms > now) {
+      pp = &w->next;
+      continue;
+    }
+    json_t *info = NULL;
+    int64_t ttl;
+    char tid[80];
+    int code = store_mcp_task(srv, w->task_id, NULL, 1, &info, &ttl, tid);
+    if (code == MCP_INTERNAL_ERROR || (code == 0 && !info_ended(info))) {
+      /* Still running elsewhere, or the store is busy: look again. */
+      json_decref(info);
+      w->poll_at_ms = now + STORE_POLL_MS;
+      pp = &w->next;
+      continue;
+    }
+    *pp = w->next;
+    if (code == 0) answer_task_result(w->s, w->stream, w->id, w->task, store_result(info));
+    else answer_error(w->s, w->stream, w->id, MCP_INVALID_PARAMS, "the task is gone from the store");
+    json_decref(info);
+    swaiter_free(w);
+  }
+}
+
+/* tasks/list with --store: the store's MCP tasks in id order, a page at a
+ * time; the cursor is the last id a page read. */
+static void store_tasks_list(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
+  mcp_server_t *srv = s->srv;
+  apex_store_filter_t f = APEX_STORE_FILTER_INIT;
+  json_t *cursor = json_object_get(msg->params, "cursor");
+  if (cursor) {
+    const char *c = json_string_value(cursor);
+    char *end = NULL;
+    errno = 0;
+    unsigned long long after = c && c[0] == 's' && c[1] >= '0' && c[1] <= '9' ? strtoull(c + 1, &end, 10) : 0;
+    if (!end || *end || errno)
+      return answer_error(s, stream, msg->id, MCP_INVALID_PARAMS, "invalid cursor");
+    f.after_id = (uint64_t)after;
+  }
+  f.limit = 200;
+  json_t *tasks = json_array();
+  if (!tasks) return answer_error(s, stream, msg->id, MCP_INTERNAL_ERROR, "out of memory");
+  size_t scanned = 0;
+  uint64_t last = f.after_id;
+  int more = 0;
+  for (;;) {
+    json_t *page = NULL;
+    apex_error_t *err = NULL;
+    int rc = apex_store_list(apex_manager_store(srv->m), &f, &page, &err);
+    apex_error_unref(err);
+    if (rc != APEX_OK) {
+      json_decref(tasks);
+      return answer_error(s, stream, msg->id, MCP_INTERNAL_ERROR, "the store cannot be read");
+    }
+    json_t *rows = json_object_get(page, "tasks");
+    for (size_t i = 0; i < json_array_size(rows) && !more; i++) {
+      if (json_array_size(tasks) >= STORE_LIST_PAGE || scanned >= STORE_LIST_SCAN) {
+        more = 1;
+        break;
+      }
+      uint64_t id = (uint64_t)json_integer_value(json_object_get(json_array_get(rows, i), "id"));
+      scanned++;
+      last = id;
+      json_t *info = NULL;
+      int64_t ttl;
+      char tid[80];
+      if (store_mcp_task(srv, id, NULL, 0, &info, &ttl, tid) == 0)
+        json_array_append_new(tasks, store_task_json(tid, info, ttl));
+      json_decref(info);
+    }
+    json_t *next = json_object_get(page, "next");
+    int last_page = !json_is_integer(next);
+    f.after_id = last_page ? 0 : (uint64_t)json_integer_value(next);
+    json_decref(page);
+    if (more || last_page) break;
+  }
+  json_t *res = json_pack("{s:o}", "tasks", tasks);
+  if (res && more) {
+    char c[32];
+    snprintf(c, sizeof c, "s%" PRIu64, last);
+    json_object_set_new(res, "nextCursor", json_string(c));
+  }
+  answer(s, stream, mcp_result(msg->id, res));
+}
+
+/* tasks/get, tasks/result, tasks/cancel and tasks/list with --store. */
+static void store_tasks(mcp_session_t *s, mcp_msg_t *msg, void *stream, const char *what) {
+  mcp_server_t *srv = s->srv;
+  if (strcmp(what, "list") == 0) return store_tasks_list(s, msg, stream);
+  const char *tid = json_string_value(json_object_get(msg->params, "taskId"));
+  if (!tid) return answer_error(s, stream, msg->id, MCP_INVALID_PARAMS, "\"taskId\" must be a string");
+  uint64_t id;
+  const char *secret;
+  json_t *info = NULL;
+  int64_t ttl;
+  char tid2[80];
+  int code = store_task_id_parse(tid, &id, &secret) != 0
+                 ? MCP_INVALID_PARAMS
+                 : store_mcp_task(srv, id, secret, 0, &info, &ttl, tid2);
+  if (code)
+    return answer_error(s, stream, msg->id, code,
+                        code == MCP_INVALID_PARAMS ? "unknown task (or its ttl passed)"
+                                                   : "the store cannot be read");
+  if (strcmp(what, "get") == 0) {
+    answer(s, stream, mcp_result(msg->id, store_task_json(tid2, info, ttl)));
+  } else if (strcmp(what, "cancel") == 0) {
+    const char *st = info_status(info);
+    if (strcmp(st, "working") != 0) {
+      json_decref(info);
+      return answer_error(s, stream, msg->id, MCP_INVALID_PARAMS,
+                          "the task has ended already (a terminal task cannot be cancelled)");
+    }
+    /* Through the store: recorded for good (a restart still says
+     * cancelled), and it reaches the task wherever it runs: at once one no
+     * live process holds, within about a second one another process runs.
+     * One this manager runs is told now as well. */
+    apex_error_t *err = NULL;
+    int rc = apex_store_cancel(apex_manager_store(srv->m), id, "cancelled by the client", &err);
+    apex_error_unref(err);
+    apex_task_t *h = NULL;
+    if (rc == APEX_OK && apex_ops_find(srv->m, id, &h) == APEX_OK) {
+      apex_task_cancel(h, "cancelled by the client");
+      apex_task_release(h);
+    }
+    json_decref(info);
+    info = NULL;
+    code = rc == APEX_OK || rc == APEX_E_ALREADY
+               ? store_mcp_task(srv, id, secret, 1, &info, &ttl, tid2)
+               : MCP_INTERNAL_ERROR;
+    if (code == 0 && strcmp(info_status(info), "cancelled") != 0) code = MCP_INVALID_PARAMS;
+    if (code) {
+      /* It ended on its own first (APEX_E_ALREADY): no longer cancellable. */
+      json_decref(info);
+      return answer_error(s, stream, msg->id, code,
+                          code == MCP_INVALID_PARAMS
+                              ? "the task has ended already (a terminal task cannot be cancelled)"
+                              : "the store cannot record the cancel");
+    }
+    answer(s, stream, mcp_result(msg->id, store_task_json(tid2, info, ttl)));
+  } else if (info_ended(info)) { /* result, now */
+    answer_task_result(s, stream, msg->id, tid2, store_result(info));
+  } else { /* result, when the task ends */
+    swaiter_t *w = calloc(1, sizeof *w);
+    if (!w) {
+      json_decref(info);
+      return answer_error(s, stream, msg->id, MCP_INTERNAL_ERROR, "out of memory");
+    }
+    w->s = s;
+    w->id = json_incref(msg->id);
+    w->stream = stream;
+    w->task_id = id;
+    snprintf(w->task, sizeof w->task, "%s", tid2);
+    /* A task this manager runs tells its end by its DONE event (the task
+     * ends after this request: both happen on this thread); one another
+     * process runs is looked at in the store. */
+    apex_task_t *h = NULL;
+    if (apex_ops_find(srv->m, id, &h) == APEX_OK) apex_task_release(h);
+    else w->poll_at_ms = wall_ms() + STORE_POLL_MS;
+    w->next = srv->swaiters;
+    srv->swaiters = w;
+  }
+  json_decref(info);
+}
+
 static void tools_call(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
   mcp_server_t *srv = s->srv;
   json_t *params = msg->params;
@@ -747,6 +1290,25 @@ static void tools_call(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
    * before this function returned, so c is filled in by then. */
   o.on_event = on_task_event;
   o.event_user = c;
+  int64_t ttl_ms = TASK_TTL_DEFAULT_MS;
+  char secret[SECRET_HEX + 1] = "", idem[sizeof STORE_KEY_PREFIX + SECRET_HEX + 24];
+  if (task_req) {
+    json_t *ttl = json_object_get(task_req, "ttl");
+    if (json_is_integer(ttl) && json_integer_value(ttl) > 0) ttl_ms = (int64_t)json_integer_value(ttl);
+    if (ttl_ms > TASK_TTL_MAX_MS) ttl_ms = TASK_TTL_MAX_MS;
+    if (srv->durable) {
+      /* A durable task (--store): its key keeps what the MCP task needs
+       * after a restart (the taskId's secret half, the ttl). */
+      if (store_secret(secret) != 0) {
+        free(c);
+        free(key);
+        return answer_error(s, stream, msg->id, MCP_INTERNAL_ERROR, "no randomness for a task id");
+      }
+      snprintf(idem, sizeof idem, STORE_KEY_PREFIX "%s:%" PRId64, secret, ttl_ms);
+      o.durable = 1;
+      o.idempotency_key = idem;
+    }
+  }
   apex_task_t *t = NULL;
   apex_error_t *err = NULL;
   int rc = apex_manager_submit(srv->m, tool->plugin, tool->action, args, &o, &t, &err);
@@ -788,11 +1350,9 @@ static void tools_call(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
       c->stream = NULL;
       return answer_error(s, stream, msg->id, MCP_INTERNAL_ERROR, "out of memory");
     }
-    json_t *ttl = json_object_get(task_req, "ttl");
-    int64_t ttl_ms = json_is_integer(ttl) ? (int64_t)json_integer_value(ttl) : TASK_TTL_DEFAULT_MS;
-    if (ttl_ms <= 0) ttl_ms = TASK_TTL_DEFAULT_MS;
-    if (ttl_ms > TASK_TTL_MAX_MS) ttl_ms = TASK_TTL_MAX_MS;
-    snprintf(mt->id, sizeof mt->id, "apex-%" PRIu64, c->task_id);
+    if (srv->durable) snprintf(mt->id, sizeof mt->id, "apex-%" PRIu64 "-%s", c->task_id, secret);
+    else snprintf(mt->id, sizeof mt->id, "apex-%" PRIu64, c->task_id);
+    c->durable = srv->durable;
     mt->call = c;
     mt->ttl_ms = ttl_ms;
     mt->created_ms = wall_ms();
@@ -835,6 +1395,7 @@ static void do_initialize(mcp_session_t *s, mcp_msg_t *msg, void *stream) {
 }
 
 static void do_tasks(mcp_session_t *s, mcp_msg_t *msg, void *stream, const char *what) {
+  if (s->srv->durable) return store_tasks(s, msg, stream, what);
   if (strcmp(what, "list") == 0) {
     mtask_find(s, NULL); /* drops the expired */
     json_t *arr = json_array();

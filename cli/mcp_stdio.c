@@ -133,7 +133,8 @@ int mcp_stdio_run(mcp_server_t *srv) {
       ready[1] = 1;
     } else {
       struct epoll_event evs[4];
-      int n = epoll_wait(ep, evs, 4, eof ? 50 : stdin_always ? 0 : -1);
+      /* --store: a tasks/result may be waiting on the store. */
+      int n = epoll_wait(ep, evs, 4, eof ? 50 : stdin_always ? 0 : mcp_server_timeout_ms(srv));
       if (n < 0 && errno != EINTR) break;
       for (int i = 0; i < n; i++) ready[evs[i].data.u32] = 1;
       if (stdin_always && !eof) ready[0] = 1;
@@ -146,6 +147,7 @@ int mcp_stdio_run(mcp_server_t *srv) {
       break;
     }
     if (ready[1] || ready[2]) mcp_server_pump_ready(srv, ready[2]);
+    mcp_server_tick(srv);
     if (!eof && ready[0]) {
       if (cap - len < 4096) {
         char *nb = realloc(buf, cap * 2);
