@@ -34,8 +34,9 @@
  * in its node and marks the family dirty, queueing the parent for its next
  * flush; the parent's snapshot then sums its children by weight and lists
  * them (apex__family_rollup). A child's report costs nothing more than any
- * task's, and the parent's roll-up is O(children) at most
- * progress_rate_hz times a second. */
+ * task's, and the parent's roll-up, at most progress_rate_hz times a
+ * second, visits the children from the first open one on (the ended ones
+ * before it are in running sums), plus the at most 64 it lists. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
