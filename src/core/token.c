@@ -46,7 +46,9 @@
 
 #include "apex/apex.h"
 
-enum { REASON_INLINE = 48 };
+/* Apex's own reasons ("parent", "timeout", "shutdown", ...) and most of a
+ * host's fit inline; a longer one is copied to the heap at the cancel. */
+enum { REASON_INLINE = 40 };
 
 typedef struct token_cb {
   struct token_cb *next;
@@ -78,10 +80,10 @@ struct apex_token {
    * cb_inline_used (mu). */
   token_cb_t cb_inline;
   int cb_inline_used;
+  int fd; /* eventfd, -1 until apex_token_fd asks */
   uint64_t next_id;
   uint64_t running_id; /* callback being run by the canceller; 0: none */
   pthread_t running_thread;
-  int fd; /* eventfd, -1 until apex_token_fd asks */
 
   /* Parent link: a strong reference held while linked (released when this
    * token is freed). Set at creation, then immutable. */
@@ -96,6 +98,10 @@ struct apex_token {
   apex_token_t *collect_next; /* written only by the thread that marked the parent */
   apex_token_t *wake_next;    /* written only by the thread that marked this token */
 };
+
+/* Every task with a token, and every child task, has one: it stays in
+ * malloc's 256-byte class (bench/analysis.md, W11). */
+_Static_assert(sizeof(struct apex_token) <= 248, "a token must stay in malloc's 256-byte class");
 
 /* A default mutex, initialised, locked and unlocked by the same thread:
  * these cannot fail. No assert: only a token the caller already freed
