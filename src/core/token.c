@@ -5,11 +5,13 @@
  * load; the reason is written before the flag's release store and never
  * changes after, so apex_token_reason needs no lock either. Everything else
  * (callback list, running callback, children, fd) is guarded by the token's
- * mutex; its condition variable wakes apex_token_remove_callback callers
- * waiting for a running callback. apex_token_wait sleeps on the
- * `cancelled` word itself (a Linux futex): a cancelled handler is the
- * usual waiter, and a condition variable added a mutex hand-over and glibc's
- * group switching, two or three system calls, to its way out.
+ * mutex. apex_token_wait sleeps on the `cancelled` word itself (a Linux
+ * futex): a cancelled handler is the usual waiter, and a condition
+ * variable added a mutex hand-over and glibc's group switching, two or
+ * three system calls, to its way out. An apex_token_remove_callback caller
+ * waiting for a running callback sleeps on the `cb_done` word the same
+ * way: no token carries a condition variable (48 bytes, and its set-up, on
+ * every token: a child task has one each, bench/analysis.md W11).
  *
  * No user code runs under a lock: the cancelling thread pops callbacks one
  * at a time and calls each unlocked, noting which one runs on which thread
@@ -24,7 +26,7 @@
  * takes only the parent's (the child is not yet shared); cancel takes only
  * its own token's lock and cancels children after releasing it.
  *
- * What can fail: allocation and mutex/condvar setup in apex_token_new*
+ * What can fail: allocation and mutex set-up in apex_token_new*
  * (APEX_E_NOMEM), eventfd in apex_token_fd (APEX_E_IO), on_cancel's node
  * allocation (APEX_E_NOMEM; the callback then never runs). Cancel never
  * fails: a reason that cannot be copied to the heap is kept truncated in an
@@ -44,7 +46,9 @@
 
 #include "apex/apex.h"
 
-enum { REASON_INLINE = 48 };
+/* Apex's own reasons ("parent", "timeout", "shutdown", ...) and most of a
+ * host's fit inline; a longer one is copied to the heap at the cancel. */
+enum { REASON_INLINE = 40 };
 
 typedef struct token_cb {
   struct token_cb *next;
@@ -57,8 +61,12 @@ struct apex_token {
   atomic_uint refs;
   atomic_int cancelled; /* set once (seq_cst); read with acquire; a futex word */
   atomic_uint waiters;  /* threads in apex_token_wait (seq_cst with cancelled) */
+  /* Bumped under mu as each callback the canceller ran returns; a futex
+   * word that apex_token_remove_callback waits on while cb_waiters says
+   * someone does. */
+  atomic_uint cb_done;
+  atomic_uint cb_waiters;
   pthread_mutex_t mu;
-  pthread_cond_t cond; /* broadcast on cancel and when a callback finishes */
 
   /* Written once under mu before `cancelled` is set; immutable after. */
   const char *reason;
@@ -67,10 +75,15 @@ struct apex_token {
 
   /* Under mu. */
   token_cb_t *cbs_head, *cbs_tail; /* pending callbacks, registration order */
+  /* A node for one callback at a time, so the usual single watch (a child
+   * task's on its own token, a wait's) costs no allocation; in use while
+   * cb_inline_used (mu). */
+  token_cb_t cb_inline;
+  int cb_inline_used;
+  int fd; /* eventfd, -1 until apex_token_fd asks */
   uint64_t next_id;
   uint64_t running_id; /* callback being run by the canceller; 0: none */
   pthread_t running_thread;
-  int fd; /* eventfd, -1 until apex_token_fd asks */
 
   /* Parent link: a strong reference held while linked (released when this
    * token is freed). Set at creation, then immutable. */
@@ -86,10 +99,13 @@ struct apex_token {
   apex_token_t *wake_next;    /* written only by the thread that marked this token */
 };
 
+/* Every task with a token, and every child task, has one: it stays in
+ * malloc's 256-byte class (bench/analysis.md, W11). */
+_Static_assert(sizeof(struct apex_token) <= 248, "a token must stay in malloc's 256-byte class");
+
 /* A default mutex, initialised, locked and unlocked by the same thread:
- * these cannot fail (nor can the condition variable calls below). No
- * assert: only a token the caller already freed could make them fail,
- * and Apex's code never aborts its host. */
+ * these cannot fail. No assert: only a token the caller already freed
+ * could make them fail, and Apex's code never aborts its host. */
 static void lock(apex_token_t *tok) { (void)pthread_mutex_lock(&tok->mu); }
 
 static void unlock(apex_token_t *tok) { (void)pthread_mutex_unlock(&tok->mu); }
@@ -101,7 +117,24 @@ static void wake_waiters(apex_token_t *tok) {
     (void)syscall(SYS_futex, (int *)&tok->cancelled, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 }
 
-static void broadcast(apex_token_t *tok) { (void)pthread_cond_broadcast(&tok->cond); }
+/* Caller holds tok->mu: cb is off the list; frees it, or makes the inline
+ * node free again. */
+static void cb_release(apex_token_t *tok, token_cb_t *cb) {
+  if (cb == &tok->cb_inline)
+    tok->cb_inline_used = 0;
+  else
+    free(cb);
+}
+
+/* Caller holds tok->mu: a callback returned; wakes the removers waiting
+ * for it. The count is read under the lock the removers count themselves
+ * under, so none is missed. */
+static void callback_done(apex_token_t *tok) {
+  atomic_fetch_add(&tok->cb_done, 1u);
+  if (atomic_load_explicit(&tok->cb_waiters, memory_order_relaxed))
+    (void)syscall(SYS_futex, (unsigned *)&tok->cb_done, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL,
+                  0);
+}
 
 /* Increments the count unless it already reached zero (the token is then in
  * its final unref and must not be revived). Returns: true if a ref was
@@ -119,27 +152,18 @@ static bool try_ref(apex_token_t *tok) {
 static apex_status_t token_alloc(apex_token_t **out) {
   apex_token_t *tok = calloc(1, sizeof *tok);
   if (!tok) return APEX_E_NOMEM;
-  pthread_condattr_t ca;
-  if (pthread_mutex_init(&tok->mu, NULL) != 0) goto fail_mu;
-  if (pthread_condattr_init(&ca) != 0) goto fail_attr;
-  /* Waits measure intervals: wall-clock jumps must not stretch them. */
-  if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0) goto fail_cond;
-  if (pthread_cond_init(&tok->cond, &ca) != 0) goto fail_cond;
-  pthread_condattr_destroy(&ca);
+  if (pthread_mutex_init(&tok->mu, NULL) != 0) {
+    free(tok);
+    return APEX_E_NOMEM;
+  }
   atomic_init(&tok->refs, 1);
   atomic_init(&tok->cancelled, 0);
   atomic_init(&tok->waiters, 0);
+  atomic_init(&tok->cb_done, 0);
+  atomic_init(&tok->cb_waiters, 0);
   tok->fd = -1;
   *out = tok;
   return APEX_OK;
-
-fail_cond:
-  pthread_condattr_destroy(&ca);
-fail_attr:
-  pthread_mutex_destroy(&tok->mu);
-fail_mu:
-  free(tok);
-  return APEX_E_NOMEM;
 }
 
 apex_status_t apex_token_new(apex_token_t **out) {
@@ -219,14 +243,13 @@ static apex_token_t *token_free(apex_token_t *tok) {
   token_cb_t *cb = tok->cbs_head;
   while (cb) {
     token_cb_t *next = cb->next;
-    free(cb);
+    if (cb != &tok->cb_inline) free(cb);
     cb = next;
   }
   /* Linux releases the fd even when close reports an error; there is
    * nothing to retry and no one left to tell. */
   if (tok->fd >= 0) (void)close(tok->fd);
   free(tok->reason_heap);
-  pthread_cond_destroy(&tok->cond);
   pthread_mutex_destroy(&tok->mu);
   free(tok);
   return parent;
@@ -290,12 +313,10 @@ static void wake_one(apex_token_t *tok) {
      * cancel to the handler's return); mark_one set the flag under the
      * lock, and its reference keeps tok alive until the unref. */
     unlock(tok);
-    broadcast(tok);
     wake_waiters(tok);
     apex_token_unref(tok);
     return;
   }
-  broadcast(tok);
   wake_waiters(tok);
 
   /* Callbacks registered from now on run at once in on_cancel, so this
@@ -309,10 +330,10 @@ static void wake_one(apex_token_t *tok) {
     tok->running_thread = pthread_self();
     unlock(tok);
     cb->fn(tok, tok->reason, cb->user);
-    free(cb);
     lock(tok);
+    cb_release(tok, cb);
     tok->running_id = 0;
-    broadcast(tok);
+    callback_done(tok);
   }
   unlock(tok);
   apex_token_unref(tok);
@@ -362,15 +383,29 @@ apex_status_t apex_token_on_cancel(apex_token_t *tok, apex_token_fn fn, void *us
                                    uint64_t *id) {
   if (id) *id = 0;
   if (!tok || !fn) return APEX_E_INVALID;
-  token_cb_t *cb = malloc(sizeof *cb);
-  if (!cb) return APEX_E_NOMEM;
-
+  token_cb_t *cb = NULL;
   lock(tok);
   if (atomic_load_explicit(&tok->cancelled, memory_order_relaxed)) {
     unlock(tok);
-    free(cb);
     fn(tok, tok->reason, user);
     return APEX_OK;
+  }
+  if (!tok->cb_inline_used) {
+    tok->cb_inline_used = 1;
+    cb = &tok->cb_inline;
+  } else {
+    /* Allocated with the lock released (cancel takes it): the token may
+     * fire meanwhile, so the flag is read again. */
+    unlock(tok);
+    cb = malloc(sizeof *cb);
+    if (!cb) return APEX_E_NOMEM;
+    lock(tok);
+    if (atomic_load_explicit(&tok->cancelled, memory_order_relaxed)) {
+      unlock(tok);
+      free(cb);
+      fn(tok, tok->reason, user);
+      return APEX_OK;
+    }
   }
   cb->next = NULL;
   cb->id = ++tok->next_id; /* starts at 1; 2^64 registrations never happen */
@@ -398,14 +433,21 @@ apex_status_t apex_token_remove_callback(apex_token_t *tok, uint64_t id) {
     else
       tok->cbs_head = cb->next;
     if (tok->cbs_tail == cb) tok->cbs_tail = prev;
+    cb_release(tok, cb);
     unlock(tok);
-    free(cb);
     return APEX_OK;
   }
   /* Not pending: it ran, is running, or never existed. From inside the
    * callback itself, waiting would wait for ourselves. */
   while (tok->running_id == id && !pthread_equal(tok->running_thread, pthread_self())) {
-    (void)pthread_cond_wait(&tok->cond, &tok->mu);
+    unsigned seen = atomic_load(&tok->cb_done);
+    atomic_fetch_add(&tok->cb_waiters, 1u);
+    unlock(tok);
+    /* Returns at once if the count moved since it was read (EAGAIN), on a
+     * wake, or spuriously: the loop looks again under the lock. */
+    (void)syscall(SYS_futex, (unsigned *)&tok->cb_done, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+    lock(tok);
+    atomic_fetch_sub(&tok->cb_waiters, 1u);
   }
   unlock(tok);
   return APEX_E_ALREADY;

@@ -671,6 +671,11 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   apex__task_cancel(user, APEX__CAUSE_PARENT, reason);
 }
 
+_Static_assert(sizeof(apex__task_opts_t) % _Alignof(apex__tmo_t) == 0 &&
+                   sizeof(apex__task_opts_t) % _Alignof(apex__own_retry_t) == 0 &&
+                   sizeof(apex__tmo_t) % _Alignof(apex__own_retry_t) == 0,
+               "the opts block's parts follow each other aligned");
+
 /* Sets t's deadline and, when the call overrides a default (retry policy,
  * event callback, parent token, a start time), its opts; a call that
  * overrides nothing costs no allocation here. */
@@ -708,8 +713,12 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (!tmo && !sp && !g && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)) &&
       !(m->dur && apex__durable_wanted(m, o, 0)))
     return APEX_OK;
-  /* One block: the options, then the timeouts' state if any. */
-  apex__task_opts_t *x = calloc(1, sizeof *x + (tmo ? sizeof(apex__tmo_t) : 0));
+  /* One block: the options, then the timeouts' state and the call's own
+   * retry policy if any (each a multiple of 8 bytes: aligned in turn). */
+  size_t tmo_sz = tmo ? sizeof(apex__tmo_t) : 0;
+  int own_retry = o && o->retry;
+  apex__task_opts_t *x =
+      calloc(1, sizeof *x + tmo_sz + (own_retry ? sizeof(apex__own_retry_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
   x->start_ns = start_ns;
   x->sheap_idx = APEX__NOT_IN_HEAP;
@@ -717,6 +726,7 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     x->tmo = (apex__tmo_t *)(void *)(x + 1);
     apex__tmo_init(x->tmo, t, tns, apex__now_ns(), o);
   }
+  if (own_retry) x->retry = (apex__own_retry_t *)(void *)((char *)(x + 1) + tmo_sz);
   t->opts = x;
   if (sp) {
     x->child = sp->node;
@@ -729,12 +739,11 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     x->group_idx = g->idx;
   }
   if (!o) return APEX_OK;
-  if (o->retry) {
-    x->own_retry = 1;
-    x->retry = *o->retry;
+  if (own_retry) {
+    x->retry->policy = *o->retry;
     for (size_t i = 0; i < o->retry->n_non_retryable; i++)
-      x->non_retryable[i] = o->retry->non_retryable[i];
-    x->retry.non_retryable = x->non_retryable; /* the copy, in the same block */
+      x->retry->codes[i] = o->retry->non_retryable[i];
+    x->retry->policy.non_retryable = x->retry->codes; /* the copy, in the same block */
   }
   x->on_event = o->on_event;
   x->event_user = o->on_event ? o->event_user : NULL;

@@ -28,7 +28,7 @@ static double unit_random(uint64_t seed) {
 }
 
 const apex_retry_policy_t *apex__retry_policy(const apex_task_t *t) {
-  return t->opts && t->opts->own_retry ? &t->opts->retry : &t->action->default_retry;
+  return t->opts && t->opts->retry ? &t->opts->retry->policy : &t->action->default_retry;
 }
 
 /* timed_out: the attempt was ended by its start-to-close or heartbeat

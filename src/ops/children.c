@@ -34,8 +34,9 @@
  * in its node and marks the family dirty, queueing the parent for its next
  * flush; the parent's snapshot then sums its children by weight and lists
  * them (apex__family_rollup). A child's report costs nothing more than any
- * task's, and the parent's roll-up is O(children) at most
- * progress_rate_hz times a second. */
+ * task's, and the parent's roll-up, at most progress_rate_hz times a
+ * second, visits the children from the first open one on (the ended ones
+ * before it are in running sums), plus the at most 64 it lists. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,8 +56,9 @@ struct apex_child {
   double weight;
   char *label;           /* NULL: "plugin.action" */
   apex_progress_t *last; /* its last delivered progress (mu) */
-  int ended;             /* (mu) */
-  int on_end_set;        /* (mu) */
+  uint8_t ended;         /* (mu) */
+  uint8_t on_end_set;    /* (mu) */
+  uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
   apex_child_fn on_end;  /* (mu) taken when it runs */
   void *on_end_user;
 };
@@ -72,6 +74,15 @@ struct apex__family {
   apex_child_t **kids;
   size_t n, cap;
   size_t n_live;
+  /* The roll-up's running sums (mu): the weight of every child, and the
+   * counts and weighted percentage of the settled ones (ended, task set:
+   * their state can no longer change). kids[0 .. open_lo) are all settled,
+   * so a roll-up visits only the children from open_lo on, not the whole
+   * family at every flush (a fan-out of 200,000 children spent a tenth of
+   * its CPU there: bench/analysis.md, W11). */
+  double sw, swp_settled;
+  size_t settled_counts[APEX_TASK_SCHEDULED + 1];
+  size_t open_lo;
   unsigned busy;        /* child ends being processed */
   int holds_parent;     /* a parent reference, while n_live or busy */
   int deadline_pending; /* the parent's deadline passed while children lived */
@@ -196,6 +207,19 @@ static void cancel_live(apex__family_t *f) {
   free(v);
 }
 
+static int node_state(const apex_child_t *n);
+static double node_pct(const apex_child_t *n);
+
+/* Under f->mu: n's end and its task are both known now: its state is
+ * final, so it joins the settled sums. */
+static void settle_locked(apex__family_t *f, apex_child_t *n) {
+  if (n->settled || !n->ended || !n->task) return;
+  n->settled = 1;
+  int st = node_state(n);
+  if (st >= 0 && st <= APEX_TASK_SCHEDULED) f->settled_counts[st]++;
+  f->swp_settled += n->weight * node_pct(n);
+}
+
 /* ------------------------------------------------------------ spawn */
 
 static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json_t *params,
@@ -287,6 +311,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     f->cap = cap2;
   }
   f->kids[f->n++] = n;
+  f->sw += n->weight;
   f->n_live++;
   if (!f->holds_parent) {
     apex__task_ref(t);
@@ -313,6 +338,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
       if (f->kids[i] == n) {
         memmove(&f->kids[i], &f->kids[i + 1], (f->n - i - 1) * sizeof *f->kids);
         f->n--;
+        f->sw -= n->weight; /* never settled (no task): open_lo <= i */
         break;
       }
     }
@@ -329,6 +355,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   }
   n->task = ct; /* the handle's reference, now the node's */
   n->id = apex_task_id(ct);
+  settle_locked(f, n); /* it may have ended already */
   pthread_mutex_unlock(&f->mu);
   *out = n;
   return APEX_OK;
@@ -341,7 +368,11 @@ void apex__child_delivered(apex_task_t *t, apex_progress_t *snap) {
   apex__family_t *f = n->fam;
   pthread_mutex_lock(&f->mu);
   apex_progress_t *old = n->last;
+  /* A settled child's share may still move (a cancelled one counts what
+   * it reported): its old share out of the sum, the new one in. */
+  if (n->settled) f->swp_settled -= n->weight * node_pct(n);
   n->last = apex_progress_ref(snap);
+  if (n->settled) f->swp_settled += n->weight * node_pct(n);
   pthread_mutex_unlock(&f->mu);
   apex_progress_unref(old); /* no user code: freeing under the child's lock is fine */
   /* The parent is held (this child is live): queue its next roll-up. */
@@ -354,6 +385,7 @@ void apex__child_ended(apex_task_t *t) {
   apex_manager_t *m = apex__task_m(f->parent);
   pthread_mutex_lock(&f->mu);
   n->ended = 1;
+  settle_locked(f, n);
   f->n_live--;
   f->busy++;
   apex_child_fn fn = n->on_end;
@@ -525,13 +557,17 @@ int apex__family_rollup(apex__family_t *f, double own_pct, double *pct, json_t *
     pthread_mutex_unlock(&f->mu);
     return APEX_OK;
   }
-  double sw = 0, swp = 0;
-  size_t counts[APEX_TASK_SCHEDULED + 1] = {0};
-  for (size_t i = 0; i < f->n; i++) {
+  /* The settled children are in the sums; the open ones (live, or ended
+   * before their spawn returned) are visited. */
+  while (f->open_lo < f->n && f->kids[f->open_lo]->settled) f->open_lo++;
+  double sw = f->sw, swp = f->swp_settled;
+  size_t counts[APEX_TASK_SCHEDULED + 1];
+  memcpy(counts, f->settled_counts, sizeof counts);
+  for (size_t i = f->open_lo; i < f->n; i++) {
     apex_child_t *n = f->kids[i];
+    if (n->settled) continue;
     int st = node_state(n);
     if (st >= 0 && st <= APEX_TASK_SCHEDULED) counts[st]++;
-    sw += n->weight;
     swp += n->weight * node_pct(n);
   }
   double tot = f->own_weight + sw;
@@ -540,9 +576,12 @@ int apex__family_rollup(apex__family_t *f, double own_pct, double *pct, json_t *
   int rc = APEX_OK;
   if (!*subs) *subs = json_array();
   size_t listed = 0;
-  /* Running children first, then the others in spawn order. */
+  /* Running children first, then the others in spawn order. A running
+   * one is open: the first pass starts at open_lo; the second stops once
+   * the list is full. */
   for (int pass = 0; pass < 2 && *subs; pass++) {
-    for (size_t i = 0; i < f->n && listed < APEX_CHILD_TREE_MAX_LISTED; i++) {
+    for (size_t i = pass == 0 ? f->open_lo : 0; i < f->n && listed < APEX_CHILD_TREE_MAX_LISTED;
+         i++) {
       apex_child_t *n = f->kids[i];
       int st = node_state(n);
       if ((st == APEX_TASK_RUNNING && !n->ended) != (pass == 0)) continue;

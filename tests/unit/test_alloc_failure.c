@@ -434,6 +434,15 @@ static void test_token_on_cancel_fails_nomem_and_callback_never_runs(void **st) 
     long live = live_blocks();
     apex_token_t *tok = NULL;
     assert_int_equal(apex_token_new(&tok), APEX_OK);
+    /* The token's own node holds one callback without an allocation (a
+     * child task's watch of its token, a wait's): only a second one can
+     * fail. */
+    cb_count_t first = {0};
+    uint64_t first_id = 0;
+    arm_mem(1);
+    assert_int_equal(apex_token_on_cancel(tok, count_cb, &first, &first_id), APEX_OK);
+    assert_false(disarm());
+    assert_int_not_equal(first_id, 0);
     cb_count_t c = {0};
     uint64_t id = 99;
     arm_mem(n);
@@ -445,6 +454,7 @@ static void test_token_on_cancel_fails_nomem_and_callback_never_runs(void **st) 
     assert_int_equal(apex_token_on_cancel(tok, count_cb, &later, &later_id), APEX_OK);
     assert_int_equal(apex_token_cancel(tok, NULL), APEX_OK);
     assert_int_equal(atomic_load(&later.runs), 1);
+    assert_int_equal(atomic_load(&first.runs), 1);
     if (hit) {
       assert_int_equal(rc, APEX_E_NOMEM);
       assert_int_equal(id, 0);
