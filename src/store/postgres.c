@@ -1986,12 +1986,14 @@ static int check_schema(pg_store_t *s, apex_error_t **err) {
     rc = query_value(s,
                      "SELECT has_table_privilege('apex_tasks', 'SELECT, INSERT, UPDATE, DELETE')"
                      " AND has_table_privilege('apex_meta', 'SELECT, UPDATE')"
-                     " AND has_table_privilege('apex_task_events', 'SELECT, INSERT, DELETE')",
+                     " AND has_table_privilege('apex_task_events', 'SELECT, INSERT, DELETE')"
+                     " AND has_sequence_privilege('apex_task_events_seq_seq', 'USAGE')",
                      v, sizeof v, &isnull, err, "check permissions");
     if (rc == APEX_OK && strcmp(v, "t") != 0)
       rc = apex__store_fail(err, APEX_E_STORE,
                             "store '%s': no permission to write the tables apex_tasks, apex_meta "
-                            "and apex_task_events (GRANT SELECT, INSERT, UPDATE, DELETE); refused",
+                            "and apex_task_events (GRANT SELECT, INSERT, UPDATE, DELETE, and "
+                            "USAGE on apex_task_events_seq_seq); refused",
                             s->name);
   }
   if (rc == APEX_OK) rc = exec_sql(s, "COMMIT", err, "create the tables");
