@@ -484,6 +484,16 @@ static void test_list_filters_and_pages_through_every_row_once(void **state) {
   assert_int_equal(rows[0].id, ids[5]);
   assert_int_equal(rows[1].id, ids[15]);
   apex__srec_free_array(rows, n);
+  /* By live states only (a worker's rescue scan: PostgreSQL reads the
+   * live rows alone for it): the 20 still queued, in id order. */
+  apex__sfilter_t live = {.plugin = plugin, .states = 1u << APEX_TASK_QUEUED |
+                                                     1u << APEX_TASK_RUNNING,
+                          .limit = 100};
+  assert_int_equal(OPS(f)->list(f->s, &live, &rows, &n, NULL), APEX_OK);
+  assert_int_equal(n, 20);
+  assert_int_equal(rows[0].id, ids[1]);
+  assert_int_equal(rows[19].id, ids[24]);
+  apex__srec_free_array(rows, n);
   /* By age: created in [T0 + 10, T0 + 12]. */
   apex__sfilter_t age = {.plugin = plugin, .created_min = T0 + 10, .created_max = T0 + 12,
                          .limit = 100};
