@@ -114,9 +114,11 @@ static const char *const migrations[PG_SCHEMA] = {
     "CREATE INDEX apex_tasks_ended ON apex_tasks(ended_at) WHERE ended_at > 0;"
     /* Each row's history (apex_store_get's "events"), written by a trigger
      * in the transaction of the change, as SQLite's schema 4 does. */
-    "CREATE TABLE apex_task_events(seq bigserial PRIMARY KEY, task_id bigint NOT NULL,"
-    " at float8 NOT NULL, state smallint NOT NULL, attempt integer NOT NULL, note text);"
-    "CREATE INDEX apex_task_events_task ON apex_task_events(task_id);"
+    /* One index (task_id, seq): an event costs one index entry, and a
+     * row's history is read and deleted by its prefix. */
+    "CREATE TABLE apex_task_events(task_id bigint NOT NULL, seq bigserial,"
+    " at float8 NOT NULL, state smallint NOT NULL, attempt integer NOT NULL, note text,"
+    " PRIMARY KEY (task_id, seq));"
     "CREATE FUNCTION apex_task_event() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
     " IF TG_OP = 'INSERT' THEN"
     "  INSERT INTO apex_task_events(task_id, at, state, attempt)"
@@ -174,6 +176,7 @@ enum {
   ST_FIND_KEY,
   ST_LIST,
   ST_LIST_LIVE,
+  ST_HEAD,
   ST_CLAIM_NEXT,
   ST_RUNNING,
   ST_CANDIDATES,
@@ -203,29 +206,29 @@ static const char *const st_sql[ST_N] = {
                    "  AND state IN (0, 7) RETURNING id),"
                    " e AS (DELETE FROM apex_task_events WHERE task_id IN (SELECT id FROM d))"
                    " SELECT (SELECT count(*) FROM d), h.state" HEAD("$1::bigint"),
-    [ST_CLAIM] = "WITH u AS (UPDATE apex_tasks SET state = 1, attempts = $2::integer,"
-                 "  owner = $3::text, lease_until = $4::float8, updated_at = $5::float8"
-                 "  WHERE id = $1::bigint AND " LIVE " AND cancel_requested = 0"
-                 "  AND (owner IS NULL OR owner = $3::text OR lease_until <= $5::float8)"
-                 "  RETURNING 1)"
-                 " SELECT (SELECT count(*) FROM u), h.state, h.owner, h.lease_until,"
-                 " h.cancel_requested" HEAD("$1::bigint"),
+    /* Claim and finish, the hot path, are plain conditional updates; the
+     * rare refusal is explained by a second statement (ST_HEAD) after the
+     * batch. */
+    [ST_CLAIM] = "UPDATE apex_tasks SET state = 1, attempts = $2::integer,"
+                 " owner = $3::text, lease_until = $4::float8, updated_at = $5::float8"
+                 " WHERE id = $1::bigint AND " LIVE " AND cancel_requested = 0"
+                 " AND (owner IS NULL OR owner = $3::text OR lease_until <= $5::float8)"
+                 " RETURNING 1",
     [ST_HEARTBEAT] = "UPDATE apex_tasks SET lease_until = $3::float8, updated_at = $4::float8,"
                      " checkpoint = coalesce($5::text, checkpoint),"
                      " progress = coalesce($6::text, progress)"
                      " WHERE id = $1::bigint AND owner = $2::text AND " LIVE
                      " RETURNING cancel_requested",
     [ST_FINISH] =
-        "WITH u AS (UPDATE apex_tasks SET state = $2::smallint, updated_at = $3::float8,"
-        "  run_at = $4::float8, result = $5::text, error = $6::text,"
-        "  partial = coalesce($7::text, partial),"
-        "  ended_at = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN $3::float8 ELSE 0 END,"
-        "  owner = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN NULL ELSE owner END,"
-        "  lease_until = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN 0 ELSE lease_until END,"
-        "  attempts = CASE WHEN $9::integer > 0 THEN $9::integer ELSE attempts END"
-        "  WHERE id = $1::bigint AND " LIVE " AND ($8::text IS NULL OR owner IS NULL"
-        "  OR owner = $8::text OR lease_until <= $3::float8) RETURNING 1)"
-        " SELECT (SELECT count(*) FROM u), h.state" HEAD("$1::bigint"),
+        "UPDATE apex_tasks SET state = $2::smallint, updated_at = $3::float8,"
+        " run_at = $4::float8, result = $5::text, error = $6::text,"
+        " partial = coalesce($7::text, partial),"
+        " ended_at = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN $3::float8 ELSE 0 END,"
+        " owner = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN NULL ELSE owner END,"
+        " lease_until = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN 0 ELSE lease_until END,"
+        " attempts = CASE WHEN $9::integer > 0 THEN $9::integer ELSE attempts END"
+        " WHERE id = $1::bigint AND " LIVE " AND ($8::text IS NULL OR owner IS NULL"
+        " OR owner = $8::text OR lease_until <= $3::float8) RETURNING 1",
     [ST_RELEASE] = "WITH u AS (UPDATE apex_tasks SET state = 0, run_at = $3::float8,"
                    "  owner = NULL, lease_until = 0, updated_at = $3::float8"
                    "  WHERE id = $1::bigint AND " LIVE " AND owner = $2::text RETURNING 1)"
@@ -273,6 +276,8 @@ static const char *const st_sql[ST_N] = {
                      " AND ($5::float8 = 0 OR created_at >= $5::float8)"
                      " AND ($6::float8 = 0 OR created_at <= $6::float8) ORDER BY id"
                      " LIMIT $7::bigint",
+    [ST_HEAD] = "SELECT state, owner, lease_until, cancel_requested FROM apex_tasks"
+                " WHERE id = $1::bigint",
     [ST_CLAIM_NEXT] =
         "WITH c AS (SELECT id FROM apex_tasks WHERE " WAITING " AND due <= $2::float8"
         "  AND cancel_requested = 0"
@@ -359,6 +364,7 @@ struct pg_req {
   uint64_t out_id;
   int out_flag;
   int retry_alone; /* enqueue: a key raced with another transaction */
+  int explain;     /* claim, finish: refused; why is read after the batch */
   apex__srec_t *out_recs;
   size_t out_n;
   uint64_t *out_ids;
@@ -562,6 +568,7 @@ static void reset_out(pg_req_t *q) {
   q->out_id = 0;
   q->out_flag = 0;
   q->retry_alone = 0;
+  q->explain = 0;
   apex_error_unref(q->err);
   q->err = NULL;
 }
@@ -812,11 +819,12 @@ static int recv_req(pg_store_t *s, pg_req_t *q, const PGresult *r) {
                                 (unsigned long long)q->id);
       return APEX_E_ALREADY;
     case K_CLAIM:
-      return g_int(r, 0, 0) > 0 ? APEX_OK : why_unchanged(s, q, r, 1, 1);
+    case K_FINISH:
+      if (PQntuples(r) == 0) q->explain = 1;
+      return APEX_OK;
     case K_HEARTBEAT:
       if (PQntuples(r) == 0) return APEX_E_ALREADY;
       return g_int(r, 0, 0) ? APEX_E_CANCELLED : APEX_OK;
-    case K_FINISH:
     case K_RELEASE:
       return g_int(r, 0, 0) > 0 ? APEX_OK : why_unchanged(s, q, r, 1, 0);
     case K_CANCEL:
@@ -1172,6 +1180,21 @@ static int run_recover(pg_store_t *s, pg_req_t *q) {
   return APEX_OK;
 }
 
+/* Why a claim or finish changed nothing (its batch committed without
+ * it): the row as it is now. */
+static int explain_refusal(pg_store_t *s, pg_req_t *q) {
+  params_t p;
+  PGresult *r;
+  p_u64(&p, 0, q->id);
+  int rc = exec_st(s, ST_HEAD, 1, p.v, &r, &q->err, q->kind == K_CLAIM ? "claim" : "finish");
+  if (rc != APEX_OK) return rc;
+  if (PQntuples(r) == 0) rc = apex__store_fail(&q->err, APEX_E_INVALID, "store: no task %llu",
+                                               (unsigned long long)q->id);
+  else rc = why_unchanged(s, q, r, 0, q->kind == K_CLAIM);
+  PQclear(r);
+  return rc;
+}
+
 /* An enqueue whose key raced with another transaction's: that row is
  * visible now. */
 static int enqueue_again(pg_store_t *s, pg_req_t *q) {
@@ -1356,6 +1379,11 @@ static void run_group(pg_store_t *s, pg_req_t **v, size_t n) {
     if (v[i]->retry_alone && v[i]->rc == APEX_OK) {
       v[i]->retry_alone = 0;
       if (ensure_conn(s) == APEX_OK) v[i]->rc = enqueue_again(s, v[i]);
+      else fail_down(s, v[i]);
+    }
+    if (v[i]->explain && v[i]->rc == APEX_OK) {
+      v[i]->explain = 0;
+      if (ensure_conn(s) == APEX_OK) v[i]->rc = explain_refusal(s, v[i]);
       else fail_down(s, v[i]);
     }
   }
