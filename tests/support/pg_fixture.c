@@ -115,6 +115,7 @@ static int run_as_server(const pg_fixture_t *f, char *const argv[], const char *
     unsetenv("PGPORT");
     unsetenv("PGHOST");
     execv(argv[0], argv);
+    fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);
   }
   int st;
