@@ -176,8 +176,49 @@ static int pg_start_server(pg_fixture_t *f, char *why, size_t n) {
   return server_cmd(f, argv, "pg_ctl start", why, n);
 }
 
+/* Starts the watchdog: a process (as the server's user) that waits on a
+ * pipe whose only writer is this process; on "q" it exits (a normal stop),
+ * on EOF (this process died) it stops the server and removes the folder.
+ * It is a shell from the moment after fork (nothing but async-signal-safe
+ * calls in the forked child of a threaded process). */
+static void start_guard(pg_fixture_t *f) {
+  f->guard = -1;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return;
+  struct passwd *pw = geteuid() == 0 ? getpwnam("postgres") : NULL;
+  uid_t uid = pw ? pw->pw_uid : 0;
+  gid_t gid = pw ? pw->pw_gid : 0;
+  char pgctl[512];
+  snprintf(pgctl, sizeof pgctl, "%s/pg_ctl", f->bindir);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[0], 0);
+    int nul = open("/dev/null", O_WRONLY);
+    if (nul >= 0) {
+      dup2(nul, 1);
+      dup2(nul, 2);
+    }
+    closefrom(3);
+    setsid(); /* not in the test's process group: a kill of it spares us */
+    if (pw && (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0)) _exit(126);
+    char *argv[] = {"/bin/sh", "-c",
+                    "if read -r x && [ \"$x\" = q ]; then exit 0; fi;"
+                    " \"$1\" -D \"$2/data\" -m immediate -w stop; rm -rf \"$2\"",
+                    "pg_fixture_guard", pgctl, f->dir, NULL};
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  close(fds[0]);
+  if (pid < 0) {
+    close(fds[1]);
+    return;
+  }
+  f->guard = fds[1];
+}
+
 int pg_fixture_start(pg_fixture_t *f, char *why, size_t n) {
   memset(f, 0, sizeof *f);
+  f->guard = -1;
   const char *ext = getenv("APEX_TEST_PG_URI");
   if (ext && *ext) {
     snprintf(f->uri, sizeof f->uri, "%s", ext);
@@ -197,6 +238,7 @@ int pg_fixture_start(pg_fixture_t *f, char *why, size_t n) {
     return -1;
   }
   give(f->dir);
+  start_guard(f);
   char initdb[512], data[512];
   snprintf(initdb, sizeof initdb, "%s/initdb", f->bindir);
   snprintf(data, sizeof data, "%s/data", f->dir);
@@ -330,4 +372,10 @@ void pg_fixture_stop(pg_fixture_t *f) {
   }
   (void)nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
   f->dir[0] = '\0';
+  if (f->guard >= 0) {
+    ssize_t w = write(f->guard, "q\n", 2);
+    (void)w; /* if it fails the watchdog finds nothing left to stop */
+    close(f->guard);
+    f->guard = -1;
+  }
 }

@@ -6,8 +6,10 @@
  * makes, the folder given to it. APEX_TEST_PG_URI names an existing server
  * instead (then nothing is started, and restart is refused). The binaries
  * are looked for in APEX_TEST_PG_BINDIR, else the newest
- * /usr/lib/postgresql/VERSION/bin. Test code: not thread-safe; one fixture
- * per process. */
+ * /usr/lib/postgresql/VERSION/bin. A watchdog process stops the server and
+ * removes the folder if the test process dies without pg_fixture_stop (a
+ * crash, a timeout's kill): no server outlives its test. Test code: not
+ * thread-safe; one fixture per process. */
 #ifndef APEX_TEST_PG_FIXTURE_H
 #define APEX_TEST_PG_FIXTURE_H
 
@@ -19,6 +21,7 @@ typedef struct pg_fixture {
   char bindir[256];
   int port;
   int external;     /* APEX_TEST_PG_URI */
+  int guard;        /* write end of the watchdog's pipe; -1: none */
 } pg_fixture_t;
 
 /* Starts a server (or takes APEX_TEST_PG_URI). Returns 0, or -1 with the

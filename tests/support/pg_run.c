@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -35,6 +36,9 @@ int main(int argc, char **argv) {
   signal(SIGINT, forward);
   g_child = fork();
   if (g_child == 0) {
+    /* Killed with pg_run (a ctest timeout): the server goes too (the
+     * fixture's watchdog), so must its client. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     setenv("APEX_TEST_STORE_URI", f.uri, 1);
     execv(argv[1], argv + 1);
     fprintf(stderr, "pg_run: %s: %s\n", argv[1], strerror(errno));
