@@ -43,9 +43,31 @@
 
 typedef apex__strbuf_t buf_t;
 
+/* A lane (apex__export_push): top is the group gathering (a stack by
+ * next, newest first) that the exporter may take whole at any time; last
+ * and n are the pusher's own (the thread whose slot it is): the span it
+ * pushed last, and how many it pushed since the group began. When top is
+ * no longer last, the exporter took the group, and a new one begins. */
+typedef struct lane {
+  _Alignas(64) _Atomic(apex__span_t *) top;
+  apex__span_t *last;
+  unsigned n;
+} lane_t;
+
+/* Pairs kept for reuse at most (about 1 MB), and the size of a bundle. */
+#define POOL_MAX 2048u
+#define POOL_BUNDLE 32u
+
 struct apex__exporter {
-  _Atomic(apex__span_t *) head; /* pushed, newest first */
-  atomic_uint n;                /* spans waiting */
+  _Alignas(64) _Atomic(apex__span_t *) head; /* queued groups, newest first */
+  atomic_uint n;                /* spans waiting in head */
+  lane_t lane[APEX__EXPORT_LANES];
+  _Alignas(64) _Atomic(apex__span_t *) returned; /* bundles given back (by att) */
+  atomic_uint pooled;           /* pairs in returned and ready */
+  pthread_mutex_t pool_mu;      /* ready; held by takers only, never by the
+                                   exporter thread (a preempted low-priority
+                                   holder would stall a worker) */
+  apex__span_t *ready;          /* bundles (by att), pool_mu */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int stop;                     /* mu */
@@ -74,6 +96,17 @@ void apex__span_free(apex__span_t *s) {
   free(s->tracestate);
   free(s->ev);
   free(s);
+}
+
+void apex__span_clear(apex__span_t *s) {
+  if (s->att0) {
+    free(s[1].msg);
+    free(s[1].ev);
+  }
+  if (s->msg) free(s->msg);
+  if (s->tracestate) free(s->tracestate);
+  if (s->ev) free(s->ev);
+  memset(s, 0, 2 * sizeof *s);
 }
 
 /* ------------------------------------------------------------- OTLP JSON */
@@ -490,6 +523,45 @@ static int post(apex__exporter_t *ex, const buf_t *b, int last) {
   return 0;
 }
 
+/* The spans of list up to rest, written: attempt spans freed, pairs
+ * cleared and given back in bundles (returned), past POOL_MAX freed.
+ * Returns: rest. The exporter thread's. */
+static apex__span_t *give_back(apex__exporter_t *ex, apex__span_t *list, const apex__span_t *rest) {
+  apex__span_t *bundles = NULL, *last_bundle = NULL, *cur = NULL;
+  unsigned room = POOL_MAX - atomic_load_explicit(&ex->pooled, memory_order_relaxed);
+  if (room > POOL_MAX) room = 0; /* pooled went past POOL_MAX (a race of counts) */
+  unsigned kept = 0;
+  while (list != rest) {
+    apex__span_t *s = list;
+    list = s->next;
+    if (s->is_attempt || kept >= room) {
+      apex__span_free(s);
+      continue;
+    }
+    apex__span_clear(s);
+    kept++;
+    if (!cur || cur->attempt == POOL_BUNDLE) { /* a new bundle, s its head */
+      s->att = bundles;
+      if (!bundles) last_bundle = s;
+      bundles = cur = s;
+      s->attempt = 1;
+    } else { /* s goes in after cur's head */
+      s->next = cur->next;
+      cur->next = s;
+      cur->attempt++;
+    }
+  }
+  if (bundles) {
+    atomic_fetch_add_explicit(&ex->pooled, kept, memory_order_relaxed);
+    apex__span_t *old = atomic_load_explicit(&ex->returned, memory_order_relaxed);
+    do {
+      last_bundle->att = old;
+    } while (!atomic_compare_exchange_weak_explicit(&ex->returned, &old, bundles,
+                                                    memory_order_release, memory_order_relaxed));
+  }
+  return list;
+}
+
 static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
   buf_t b = ex->out;
   int collector_down = 0; /* at shutdown, one failure is enough */
@@ -523,11 +595,7 @@ static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
       atomic_fetch_add(&ex->dropped, spans);
     }
     if (ok) atomic_fetch_add(&ex->exported, spans);
-    while (list != rest) {
-      apex__span_t *next = list->next;
-      apex__span_free(list);
-      list = next;
-    }
+    list = give_back(ex, list, rest);
   }
   if (b.oom) { /* a smaller batch may fit next time */
     free(b.p);
@@ -536,19 +604,57 @@ static void export_list(apex__exporter_t *ex, apex__span_t *list, int last) {
   ex->out = b;
 }
 
-/* Takes every waiting span, oldest first. */
-static apex__span_t *take_all(apex__exporter_t *ex) {
-  apex__span_t *s = atomic_exchange_explicit(&ex->head, NULL, memory_order_acquire);
-  apex__span_t *rev = NULL;
-  unsigned k = 0;
+apex__span_t *apex__export_pairs(apex__exporter_t *ex) {
+  if (!atomic_load_explicit(&ex->pooled, memory_order_relaxed)) return NULL;
+  pthread_mutex_lock(&ex->pool_mu);
+  if (!ex->ready) /* taking the whole stack: no ABA, whatever was pushed meanwhile */
+    ex->ready = atomic_exchange_explicit(&ex->returned, NULL, memory_order_acquire);
+  apex__span_t *b = ex->ready;
+  if (b) ex->ready = b->att;
+  pthread_mutex_unlock(&ex->pool_mu);
+  if (!b) return NULL;
+  atomic_fetch_sub_explicit(&ex->pooled, b->attempt, memory_order_relaxed);
+  b->att = NULL;
+  b->attempt = 0;
+  return b;
+}
+
+/* Reverses a list (by next) onto onto. Returns: the new head; *k counts. */
+static apex__span_t *reverse_onto(apex__span_t *s, apex__span_t *onto, unsigned *k) {
   while (s) {
     apex__span_t *next = s->next;
-    s->next = rev;
-    rev = s;
+    s->next = onto;
+    onto = s;
     s = next;
-    k++;
+    ++*k;
   }
+  return onto;
+}
+
+/* Takes every waiting span: the queue's and the lanes' groups, each
+ * oldest first. */
+static apex__span_t *take_all(apex__exporter_t *ex) {
+  apex__span_t *out = NULL;
+  unsigned k = 0, lanes = 0;
+  for (unsigned i = APEX__EXPORT_LANES; i-- > 0;) {
+    if (!atomic_load_explicit(&ex->lane[i].top, memory_order_relaxed)) continue;
+    apex__span_t *g = atomic_exchange_explicit(&ex->lane[i].top, NULL, memory_order_acquire);
+    /* reversed onto the front: each group oldest first */
+    apex__span_t *rev = reverse_onto(g, NULL, &lanes);
+    if (rev) {
+      apex__span_t *tail = rev;
+      while (tail->next) tail = tail->next;
+      tail->next = out;
+      out = rev;
+    }
+  }
+  apex__span_t *q = atomic_exchange_explicit(&ex->head, NULL, memory_order_acquire);
+  apex__span_t *rev = reverse_onto(q, NULL, &k);
   if (k) atomic_fetch_sub_explicit(&ex->n, k, memory_order_relaxed);
+  if (!rev) return out;
+  apex__span_t *tail = rev;
+  while (tail->next) tail = tail->next;
+  tail->next = out;
   return rev;
 }
 
@@ -586,20 +692,29 @@ static void *export_main(void *arg) {
   return NULL;
 }
 
-void apex__export_push(apex__exporter_t *ex, apex__span_t *s) {
-  unsigned n = atomic_fetch_add_explicit(&ex->n, 1, memory_order_relaxed);
-  if (n >= APEX__EXPORT_QUEUE_MAX) {
-    atomic_fetch_sub_explicit(&ex->n, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&ex->dropped, 1u + s->att0_done, memory_order_relaxed);
-    apex__span_free(s);
-    return;
+/* A lane's group (a list by next, newest first) joins the queue, unless
+ * the queue is full. Returns: NULL, or the group, dropped and counted. */
+static apex__span_t *queue_group(apex__exporter_t *ex, apex__span_t *g) {
+  unsigned k = 1, spans = 1u + g->att0_done;
+  apex__span_t *tail = g;
+  for (; tail->next; tail = tail->next, k++) spans += 1u + tail->next->att0_done;
+  /* Full: read before the add, so a full queue costs its pushers no
+   * write of the shared line. */
+  unsigned n = atomic_load_explicit(&ex->n, memory_order_relaxed);
+  if (n + k <= APEX__EXPORT_QUEUE_MAX) {
+    n = atomic_fetch_add_explicit(&ex->n, k, memory_order_relaxed);
+    if (n + k > APEX__EXPORT_QUEUE_MAX) atomic_fetch_sub_explicit(&ex->n, k, memory_order_relaxed);
+  }
+  if (n + k > APEX__EXPORT_QUEUE_MAX) {
+    atomic_fetch_add_explicit(&ex->dropped, spans, memory_order_relaxed);
+    return g;
   }
   apex__span_t *old = atomic_load_explicit(&ex->head, memory_order_relaxed);
   do {
-    s->next = old;
-  } while (!atomic_compare_exchange_weak_explicit(&ex->head, &old, s, memory_order_release,
+    tail->next = old;
+  } while (!atomic_compare_exchange_weak_explicit(&ex->head, &old, g, memory_order_release,
                                                   memory_order_relaxed));
-  if (n + 1 == APEX__EXPORT_BATCH) {
+  if (n < APEX__EXPORT_BATCH && n + k >= APEX__EXPORT_BATCH) {
     /* A batch is ready: no need to wait for the tick. Signalled without
      * mu: the exporter runs at a low priority and may be preempted holding
      * it, and a worker must never wait for it. A signal that falls between
@@ -607,6 +722,32 @@ void apex__export_push(apex__exporter_t *ex, apex__span_t *s) {
     atomic_store_explicit(&ex->kick, 1, memory_order_relaxed);
     pthread_cond_signal(&ex->cv);
   }
+  return NULL;
+}
+
+apex__span_t *apex__export_push(apex__exporter_t *ex, unsigned lane, apex__span_t *s) {
+  if (lane >= APEX__EXPORT_LANES) { /* a thread without a slot: a group of one */
+    s->next = NULL;
+    return queue_group(ex, s);
+  }
+  lane_t *l = &ex->lane[lane];
+  apex__span_t *last = l->last;
+  s->next = last;
+  /* Only this lane's thread adds to top, so top is last, or NULL when the
+   * exporter took the group: pointers compared, never followed. (A slot's
+   * next thread, after its last one exited, finds the same.) */
+  if (!atomic_compare_exchange_strong_explicit(&l->top, &last, s, memory_order_release,
+                                               memory_order_relaxed)) {
+    s->next = NULL;
+    l->n = 0;
+    atomic_store_explicit(&l->top, s, memory_order_release);
+  }
+  l->last = s;
+  if (++l->n < APEX__EXPORT_GROUP) return NULL;
+  l->last = NULL;
+  l->n = 0;
+  apex__span_t *g = atomic_exchange_explicit(&l->top, NULL, memory_order_acquire);
+  return g ? queue_group(ex, g) : NULL;
 }
 
 /* ENDPOINT/v1/traces, unless the endpoint names the path already (as
@@ -624,7 +765,21 @@ static char *traces_url(const char *endpoint) {
   return u;
 }
 
+static void free_bundles(apex__span_t *b) {
+  while (b) {
+    apex__span_t *next_bundle = b->att;
+    for (apex__span_t *s = b, *next; s; s = next) {
+      next = s->next;
+      free(s); /* cleared: owns nothing */
+    }
+    b = next_bundle;
+  }
+}
+
 static void ex_free(apex__exporter_t *ex) {
+  free_bundles(ex->ready);
+  free_bundles(atomic_load(&ex->returned));
+  pthread_mutex_destroy(&ex->pool_mu);
   free(ex->out.p);
   if (ex->file) fclose(ex->file);
   if (ex->curl) curl_easy_cleanup(ex->curl);
@@ -637,18 +792,21 @@ static void ex_free(apex__exporter_t *ex) {
 
 int apex__export_start(const char *file, const char *endpoint, const apex__logger_t *log,
                        apex__exporter_t **out, char *why, size_t n) {
-  apex__exporter_t *ex = calloc(1, sizeof *ex);
-  if (!ex) return APEX_E_NOMEM;
+  void *mem = NULL; /* its lanes are a cache line each */
+  if (posix_memalign(&mem, 64, sizeof(apex__exporter_t)) != 0) return APEX_E_NOMEM;
+  apex__exporter_t *ex = memset(mem, 0, sizeof *ex);
   ex->log = log;
   const char *svc = getenv("OTEL_SERVICE_NAME");
   snprintf(ex->service, sizeof ex->service, "%s", svc && *svc ? svc : "apex");
   apex__utf8_scrub(ex->service);
   pthread_mutex_init(&ex->mu, NULL);
+  pthread_mutex_init(&ex->pool_mu, NULL);
   pthread_condattr_t ca;
   if (pthread_condattr_init(&ca) != 0 || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0 ||
       pthread_cond_init(&ex->cv, &ca) != 0) {
     snprintf(why, n, "cannot make a condition variable");
     pthread_mutex_destroy(&ex->mu);
+    pthread_mutex_destroy(&ex->pool_mu);
     free(ex);
     return APEX_E_IO;
   }
