@@ -619,14 +619,15 @@ apex__span_t *apex__export_pairs(apex__exporter_t *ex) {
   return b;
 }
 
-/* Reverses a list (by next) onto onto. Returns: the new head; *k counts. */
+/* Reverses a list (by next) onto onto. Returns: the new head; *k counts
+ * its spans (a pair's two). */
 static apex__span_t *reverse_onto(apex__span_t *s, apex__span_t *onto, unsigned *k) {
   while (s) {
     apex__span_t *next = s->next;
     s->next = onto;
     onto = s;
+    *k += 1u + s->att0_done;
     s = next;
-    ++*k;
   }
   return onto;
 }
@@ -695,9 +696,9 @@ static void *export_main(void *arg) {
 /* A lane's group (a list by next, newest first) joins the queue, unless
  * the queue is full. Returns: NULL, or the group, dropped and counted. */
 static apex__span_t *queue_group(apex__exporter_t *ex, apex__span_t *g) {
-  unsigned k = 1, spans = 1u + g->att0_done;
+  unsigned k = 1u + g->att0_done; /* spans, a pair's two counted */
   apex__span_t *tail = g;
-  for (; tail->next; tail = tail->next, k++) spans += 1u + tail->next->att0_done;
+  for (; tail->next; tail = tail->next) k += 1u + tail->next->att0_done;
   /* Full: read before the add, so a full queue costs its pushers no
    * write of the shared line. */
   unsigned n = atomic_load_explicit(&ex->n, memory_order_relaxed);
@@ -706,7 +707,7 @@ static apex__span_t *queue_group(apex__exporter_t *ex, apex__span_t *g) {
     if (n + k > APEX__EXPORT_QUEUE_MAX) atomic_fetch_sub_explicit(&ex->n, k, memory_order_relaxed);
   }
   if (n + k > APEX__EXPORT_QUEUE_MAX) {
-    atomic_fetch_add_explicit(&ex->dropped, spans, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ex->dropped, k, memory_order_relaxed);
     return g;
   }
   apex__span_t *old = atomic_load_explicit(&ex->head, memory_order_relaxed);
