@@ -11,16 +11,24 @@
  * One resource (service.name "apex" unless OTEL_SERVICE_NAME says
  * otherwise; telemetry.sdk.*), one scope ("apex").
  *
- * Never blocks a worker: a push is a lock-free stack push and a count; past
- * APEX__EXPORT_QUEUE_MAX spans waiting, a span is dropped and counted. The
- * thread wakes every 200 ms, or when a batch's worth is waiting, takes the
- * whole stack and exports it in batches of at most APEX__EXPORT_BATCH. A
- * collector that refuses, hangs or is down costs the exporter thread its
- * timeouts (connect 1 s, request 3 s; 1 s at shutdown) and the batch,
- * counted as dropped; tasks never wait for it.
+ * Never blocks a worker: a push is a compare-and-swap on the pushing
+ * thread's own lane; every APEX__EXPORT_GROUP spans the lane's group joins
+ * the queue (a lock-free stack) with one add to its count and one push;
+ * past APEX__EXPORT_QUEUE_MAX spans waiting, the group is dropped and
+ * counted, and its spans go back to the pusher to be reused. The thread
+ * wakes every 200 ms, or when a batch's worth is waiting, takes the whole
+ * stack and every lane's group in progress, and exports them in batches of
+ * at most APEX__EXPORT_BATCH; the pairs it wrote go back to a pool, in
+ * bundles, for the tracer to make new spans from. A collector that
+ * refuses, hangs or is down costs the exporter thread its timeouts
+ * (connect 1 s, request 3 s; 1 s at shutdown) and the batch, counted as
+ * dropped; tasks never wait for it.
  *
  * Locks: mu (with cv) only for the thread to sleep on and for stop; no
- * task path takes it (a push signals cv without it). */
+ * task path takes it (a push signals cv without it). pool_mu for taking a
+ * bundle from the pool: a leaf, which the exporter thread never takes (it
+ * gives bundles back with a lock-free push), so a preempted exporter at
+ * nice 10 never holds up a worker. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
