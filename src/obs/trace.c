@@ -783,3 +783,14 @@ int apex__trace_traceparent(apex_task_t *t, char *buf, size_t size) {
   tc.flags = ts->flags & 1;
   return apex_traceparent_format(&tc, buf, size);
 }
+
+int apex__trace_tracestate(apex_task_t *t, char *buf, size_t size) {
+  apex__tracer_t *tr = apex__task_m(t)->tracer;
+  apex__span_t *ts = tr ? tab_get(tr, t->id, 0) : NULL;
+  if (!ts || !buf) return APEX_E_INVALID;
+  const char *v = ts->tracestate ? ts->tracestate : "";
+  size_t n = strlen(v);
+  if (n >= size) return APEX_E_INVALID;
+  memcpy(buf, v, n + 1);
+  return APEX_OK;
+}

@@ -69,6 +69,9 @@ int apex__trace_log_ids(struct apex_task *t, char trace_hex[33], char span_hex[1
 /* Under t's lock: t's traceparent (the open attempt's span as parent).
  * Returns: APEX_OK, APEX_E_INVALID (no trace context, or size < 56). */
 int apex__trace_traceparent(struct apex_task *t, char *buf, size_t size);
+/* Under t's lock: t's tracestate ("" when none) into buf. Returns: APEX_OK,
+ * APEX_E_INVALID (no trace context, buf NULL, or too small). */
+int apex__trace_tracestate(struct apex_task *t, char *buf, size_t size);
 
 /* ------------------------------------------------ spans and the exporter */
 
