@@ -38,7 +38,7 @@ static json_t *run_with(apex_manager_t *m, const char *action, const char *tp, c
   apex_task_t *t = submit_json(m, "tracestate_kit", action, NULL, &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
-  json_t *r = json_incref(apex_task_result(t));
+  json_t *r = apex_task_result(t); /* a new reference */
   apex_task_release(t);
   return r;
 }
