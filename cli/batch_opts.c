@@ -44,6 +44,8 @@ const char cli_batch_usage[] =
     "                        serve the live metrics at http://ADDR:PORT/metrics\n"
     "                        while the batch runs (ADDR empty: 127.0.0.1; port 0:\n"
     "                        any free one; stderr names the address)\n"
+    "  --trace FILE          append every line's task spans to FILE as OTLP/JSON\n"
+    "                        lines (each line's task a trace of its own)\n"
     "  -h, --help            show this help and exit\n"
     "\n"
     "Exit status:\n"
@@ -58,7 +60,8 @@ const char cli_batch_usage[] =
 
 static const char *const k_valued[] = {"--concurrency", "--limit",   "--rate",       "--max-pending",
                                        "--timeout",     "--retries", "--plugin-path",
-                                       "--metrics",     "--metrics-format", "--metrics-listen"};
+                                       "--metrics",     "--metrics-format", "--metrics-listen",
+                                       "--trace"};
 
 int cli_batch_option_takes_value(const char *arg) {
   for (size_t k = 0; k < sizeof k_valued / sizeof k_valued[0]; k++)
@@ -195,6 +198,9 @@ static int parse_one(batch_opts_t *o, const char *name, const char *value) {
                       "--metrics-format: '%s' is not prometheus, openmetrics or json", value);
   } else if (strcmp(name, "--metrics-listen") == 0) {
     o->metrics_listen = value; /* checked when it is bound */
+  } else if (strcmp(name, "--trace") == 0) {
+    if (!*value) return opt_fail(o, APEX_E_INVALID, "--trace: empty file name");
+    o->base.trace_file = value; /* opened by the manager (cli_manager_new) */
   }
   return 0;
 }

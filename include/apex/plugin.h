@@ -307,6 +307,8 @@ struct apex_host_api {
   json_t *(*checkpoint_get)(apex_ctx_t *ctx);
   /* Trace context (apex_ctx_traceparent). */
   int (*traceparent)(apex_ctx_t *ctx, char *buf, size_t size);
+  /* Trace state (apex_ctx_tracestate; issue 12, helper hK): appended. */
+  int (*tracestate)(apex_ctx_t *ctx, char *buf, size_t size);
 };
 
 /* The public head of every ctx; the rest is the host's. */
@@ -923,6 +925,25 @@ static inline void apex_ctx_complete(apex_ctx_t *c, int status) { c->api->comple
 static inline int apex_ctx_traceparent(apex_ctx_t *c, char *buf, size_t size) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, traceparent)) return APEX_E_INVALID;
   return c->api->traceparent(c, buf, size);
+}
+
+/* The longest tracestate Apex keeps and passes on (W3C trace context's
+ * 512 characters); a buffer of APEX_TRACESTATE_MAX + 1 always fits it. */
+#define APEX_TRACESTATE_MAX 512
+/* Writes the W3C tracestate that goes with apex_ctx_traceparent's value
+ * into buf, NUL-terminated: the one the host passed at submit
+ * (apex_submit_opts_t.tracestate), or for a child task its parent's, as
+ * given ("" when there is none), for a plugin to send beside the
+ * traceparent (the `tracestate` header). Apex does not add a member of its
+ * own. Returns: APEX_OK; APEX_E_INVALID when the task has no trace context
+ * (tracing is off), buf is NULL or too small for the value (size >
+ * APEX_TRACESTATE_MAX always fits), the call comes after complete(), or the
+ * host predates this call. Thread-safety: any thread, while the attempt is
+ * open. */
+#define APEX_HAVE_CTX_TRACESTATE 1
+static inline int apex_ctx_tracestate(apex_ctx_t *c, char *buf, size_t size) {
+  if (!APEX_HAS_FIELD(apex_host_api_t, c->api, tracestate)) return APEX_E_INVALID;
+  return c->api->tracestate(c, buf, size);
 }
 
 /* Logs through the host's log callback, tagged with plugin, action, task

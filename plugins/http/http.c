@@ -161,17 +161,9 @@ static int http_concurrency_key(const json_t *params, char *buf, size_t len) {
   return rc;
 }
 
-/* The task's W3C trace context as a `traceparent` header (the server's
- * spans then join the task's trace), unless the params set one: a caller
- * who names it wins. A host without tracing, or older than the call, sends
- * none. Returns: APEX_OK or the failure (ctx failed: NOMEM). */
-static int add_traceparent(apex_ctx_t *ctx, json_t *h, struct curl_slist **out) {
-  const char *name;
-  json_t *v;
-  json_object_foreach(h, name, v) if (strcasecmp(name, "traceparent") == 0) return APEX_OK;
-  char tp[64], line[96];
-  if (apex_ctx_traceparent(ctx, tp, sizeof tp) != APEX_OK) return APEX_OK;
-  snprintf(line, sizeof line, "traceparent: %s", tp);
+/* Appends one header line. Returns: APEX_OK or the failure (ctx failed:
+ * NOMEM; *out freed). */
+static int add_line(apex_ctx_t *ctx, const char *line, struct curl_slist **out) {
   struct curl_slist *next = curl_slist_append(*out, line);
   if (!next) {
     curl_slist_free_all(*out);
@@ -180,6 +172,37 @@ static int add_traceparent(apex_ctx_t *ctx, json_t *h, struct curl_slist **out) 
   }
   *out = next;
   return APEX_OK;
+}
+
+/* The task's W3C trace context as a `traceparent` header (the server's
+ * spans then join the task's trace), with the `tracestate` that goes with
+ * it when the task has one, unless the params set a traceparent: a caller
+ * who names it wins, and a tracestate of ours would not go with theirs. A
+ * host without tracing, or older than the call, sends none. Returns:
+ * APEX_OK or the failure (ctx failed: NOMEM). */
+static int add_traceparent(apex_ctx_t *ctx, json_t *h, struct curl_slist **out) {
+  const char *name;
+  json_t *v;
+  int own_state = 0;
+  json_object_foreach(h, name, v) {
+    if (strcasecmp(name, "traceparent") == 0) return APEX_OK;
+    if (strcasecmp(name, "tracestate") == 0) own_state = 1;
+  }
+  char tp[64], line[96];
+  if (apex_ctx_traceparent(ctx, tp, sizeof tp) != APEX_OK) return APEX_OK;
+  snprintf(line, sizeof line, "traceparent: %s", tp);
+  int rc = add_line(ctx, line, out);
+#ifdef APEX_HAVE_CTX_TRACESTATE
+  char ts[APEX_TRACESTATE_MAX + 1], sline[APEX_TRACESTATE_MAX + 16];
+  if (rc == APEX_OK && !own_state && apex_ctx_tracestate(ctx, ts, sizeof ts) == APEX_OK && *ts &&
+      !strpbrk(ts, "\r\n")) {
+    snprintf(sline, sizeof sline, "tracestate: %s", ts);
+    rc = add_line(ctx, sline, out);
+  }
+#else
+  (void)own_state;
+#endif
+  return rc;
 }
 
 /* Request headers from the "headers" param (an object of strings) into

@@ -364,6 +364,15 @@ static int ctx_traceparent(apex_ctx_t *c, char *buf, size_t size) {
   return rc;
 }
 
+/* The tracestate that goes with ctx_traceparent's value (trace.c). */
+static int ctx_tracestate(apex_ctx_t *c, char *buf, size_t size) {
+  apex_task_t *t = lock_open(c, "apex_ctx_tracestate");
+  if (!t) return APEX_E_INVALID;
+  int rc = apex__task_m(t)->tracer ? apex__trace_tracestate(t, buf, size) : APEX_E_INVALID;
+  pthread_mutex_unlock(apex__task_mu(t));
+  return rc;
+}
+
 static int ctx_on_cancel(apex_ctx_t *c, apex_ctx_cancel_fn fn, void *user) {
   if (!fn) return APEX_E_INVALID;
   return apex__run_on_cancel(run_of(c), fn, user);
@@ -472,6 +481,7 @@ void apex__host_api_init(apex_host_api_t *api) {
   api->retry_after = ctx_retry_after;
   api->partial_result = ctx_partial_result;
   api->traceparent = ctx_traceparent;
+  api->tracestate = ctx_tracestate;
   apex__children_api_init(api);
   api->checkpoint = ctx_checkpoint;
   api->checkpoint_get = ctx_checkpoint_get;

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "obs/clock.h"
 #include "obs/metrics.h"
 #include "ops/ops.h"
 
@@ -97,6 +98,8 @@ typedef struct mx_tl {
 } mx_tl_t;
 static _Thread_local mx_tl_t tl __attribute__((tls_model("initial-exec")));
 
+_Thread_local apex__obs_stamp_t apex__obs_stamp __attribute__((tls_model("initial-exec")));
+
 static void slot_release(void *v) {
   unsigned s = (unsigned)(uintptr_t)v - 1;
   if (s < APEX__MX_SLOTS) atomic_fetch_and(&slot_bits, ~(1u << s));
@@ -136,6 +139,8 @@ static unsigned slot_get(void) {
   tl.slot = s + 1;
   return s;
 }
+
+unsigned apex__obs_thread_slot(void) { return slot_get(); }
 
 /* Adds v to a hot counter of cell slot: one writer per owned slot. */
 static inline void hot_add(unsigned slot, _Atomic uint64_t *c, uint64_t v) {
@@ -248,7 +253,7 @@ void apex__mx_started_(apex_task_t *t) {
   apex__mx_series_t *s = series_get(t->plugin, t->action);
   if (!s) return;
   unsigned slot = slot_get();
-  uint64_t now = apex__now_ns();
+  uint64_t now = apex__obs_now(t, APEX__OBS_START); /* the span's start too (obs/clock.h) */
   hot_add(slot, &s->hot[slot].started, 1);
   if (t->attempt == 1) {
     /* From the submit, or from its start time when it had one (it was
@@ -270,7 +275,7 @@ void apex__mx_attempt_end_(apex_task_t *t) {
   if (tl.t != t || tl.id != t->id || tl.plugin != t->plugin || tl.attempt != t->attempt) return;
   tl.t = NULL;
   unsigned slot = slot_get();
-  uint64_t now = apex__now_ns();
+  uint64_t now = apex__obs_now(t, APEX__OBS_END); /* the span's end too (obs/clock.h) */
   observe(slot, &tl.series->hot[slot], APEX__MX_H_ATTEMPT, now - tl.start_ns);
   tl.end_ns = now; /* finished_ reuses this read for the same task */
 }

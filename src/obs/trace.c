@@ -35,18 +35,48 @@
 
 #include "core/utf8.h"
 #include "exec/internal.h"
+#include "obs/clock.h"
+#include "obs/metrics.h"
+
+/* What a lock stripe keeps for tracing, all under that stripe's lock (the
+ * task lock), a cache line or more each: the table of its live spans, and
+ * the count of sampled spans it made (stored, not added to, under the
+ * lock; read without it by apex_manager_trace_stats). */
+typedef struct trace_stripe {
+  _Alignas(APEX__CACHE_LINE) apex__span_t **b;
+  uint32_t nb, n;
+  _Atomic uint64_t started;
+} trace_stripe_t;
+
+/* What a thread slot (obs/clock.h) keeps: cleared pairs to make spans
+ * from, the thread's alone (no lock), so a pair a worker recycles stays in
+ * its cache for its next task. The shared slot (APEX__MX_SLOTS) has none. */
+typedef struct trace_slot {
+  _Alignas(APEX__CACHE_LINE) apex__span_t *free; /* by next */
+  uint32_t n_free;
+} trace_slot_t;
+
+/* Cleared pairs a slot keeps at most (beyond them: freed). */
+#define SLOT_FREE_MAX 64u
+
+_Static_assert(APEX__EXPORT_LANES == APEX__MX_SLOTS, "a lane per thread slot");
 
 struct apex__tracer {
-  struct {
-    apex__span_t **b;
-    uint32_t nb, n;
-  } tab[APEX__LOCK_STRIPES];
+  trace_stripe_t tab[APEX__LOCK_STRIPES];
+  trace_slot_t slot[APEX__MX_SLOTS];
   int sampler;     /* ALWAYS, NEVER or RATIO (resolved) */
   uint64_t ratio_bound; /* RATIO: sampled when the id's low 56 bits are below */
   apex__exporter_t *ex; /* NULL: no exporter (context only) */
   int64_t wall_off;     /* CLOCK_REALTIME - CLOCK_MONOTONIC at init, ns */
-  atomic_uint_fast64_t started, nomem; /* nomem: spans not made (no memory) */
+  atomic_uint_fast64_t nomem; /* spans not made (no memory) */
 };
+
+/* Now, as a span's time: Unix ns, from CLOCK_MONOTONIC and the offset
+ * taken at init, as every span time is (its durations are then exact, and
+ * a span's times agree with the submit time a task keeps). */
+static inline uint64_t now_wall(const apex__tracer_t *tr) {
+  return (uint64_t)((int64_t)apex__now_ns() + tr->wall_off);
+}
 
 /* ------------------------------------------------------------ W3C rules */
 
@@ -215,8 +245,9 @@ int apex__trace_init(apex_manager_t *m) {
   }
   if (sampler == APEX_TRACE_DEFAULT) sampler = file || endpoint ? APEX_TRACE_ALWAYS : APEX_TRACE_OFF;
   if (sampler == APEX_TRACE_OFF || sampler < 0 || sampler > APEX_TRACE_OFF) return APEX_OK;
-  apex__tracer_t *tr = calloc(1, sizeof *tr);
-  if (!tr) return APEX_E_NOMEM;
+  void *mem = NULL; /* its stripes are cache lines */
+  if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex__tracer_t)) != 0) return APEX_E_NOMEM;
+  apex__tracer_t *tr = memset(mem, 0, sizeof *tr);
   tr->sampler = sampler;
   if (!(ratio >= 0)) ratio = 0; /* NaN too */
   if (ratio > 1) ratio = 1;
@@ -252,6 +283,11 @@ void apex__trace_stop(apex_manager_t *m) {
       }
     free(tr->tab[i].b);
   }
+  for (int i = 0; i < APEX__MX_SLOTS; i++)
+    for (apex__span_t *s = tr->slot[i].free, *next; s; s = next) {
+      next = s->next;
+      free(s); /* cleared: owns nothing */
+    }
   if (tr->ex) apex__export_stop(tr->ex);
   free(tr);
 }
@@ -261,7 +297,8 @@ apex_status_t apex_manager_trace_stats(struct apex_manager *m, apex_trace_stats_
   apex_trace_stats_t all = {.struct_size = sizeof all};
   apex__tracer_t *tr = m->tracer;
   if (tr) {
-    all.spans_started = atomic_load(&tr->started);
+    for (int i = 0; i < APEX__LOCK_STRIPES; i++)
+      all.spans_started += atomic_load_explicit(&tr->tab[i].started, memory_order_relaxed);
     all.spans_dropped = atomic_load(&tr->nomem);
     if (tr->ex) apex__export_stats(tr->ex, &all);
   }
@@ -333,20 +370,64 @@ static int sampled_new(apex__tracer_t *tr, const uint8_t trace_id[16]) {
   return low < tr->ratio_bound;
 }
 
-/* A finished span: to the exporter if sampled, else freed. Under no lock
- * but possibly the task's; lock-free. */
-static void span_done(apex__tracer_t *tr, apex__span_t *s) {
-  if ((s->flags & 1) && tr->ex) {
-    apex__export_push(tr->ex, s);
-  } else {
+/* One sampled span more, counted in stripe st (under its lock). */
+static inline void count_started(trace_stripe_t *st) {
+  atomic_store_explicit(&st->started, atomic_load_explicit(&st->started, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+}
+
+/* A span done with, on a thread of slot k: a pair kept cleared for the
+ * thread's next task, an attempt span (a retry's) freed. */
+static void span_recycle(apex__tracer_t *tr, unsigned k, apex__span_t *s) {
+  if (s->is_attempt || k >= APEX__MX_SLOTS || tr->slot[k].n_free >= SLOT_FREE_MAX) {
     apex__span_free(s);
+    return;
   }
+  trace_slot_t *sl = &tr->slot[k];
+  apex__span_clear(s);
+  s->next = sl->free;
+  sl->free = s;
+  sl->n_free++;
+}
+
+/* A finished span: to the exporter if sampled, else recycled. Under the
+ * task's lock; lock-free. */
+static void span_done(apex__tracer_t *tr, apex__span_t *s) {
+  unsigned k = apex__obs_thread_slot();
+  apex__span_t *back = s;
+  if ((s->flags & 1) && tr->ex) back = apex__export_push(tr->ex, k, s);
+  while (back) { /* not sampled, or refused by a full queue */
+    apex__span_t *next = back->next;
+    span_recycle(tr, k, back);
+    back = next;
+  }
+}
+
+/* A cleared pair: from the calling thread's own, else a bundle the
+ * exporter gave back, else calloc. NULL on no memory. */
+static apex__span_t *pair_get(apex__tracer_t *tr) {
+  unsigned k = apex__obs_thread_slot();
+  if (k >= APEX__MX_SLOTS) return calloc(2, sizeof(apex__span_t));
+  trace_slot_t *sl = &tr->slot[k];
+  if (!sl->free && tr->ex) {
+    apex__span_t *b = apex__export_pairs(tr->ex);
+    uint32_t n = 0;
+    for (apex__span_t *x = b; x; x = x->next) n++;
+    sl->free = b;
+    sl->n_free = n;
+  }
+  apex__span_t *s = sl->free;
+  if (!s) return calloc(2, sizeof *s);
+  sl->free = s->next;
+  sl->n_free--;
+  s->next = NULL;
+  return s;
 }
 
 /* A task span with room for its first attempt's (apex__span_t.att0), its
  * names set; NULL on no memory (the task is then not traced). */
 static apex__span_t *span_alloc(apex__tracer_t *tr, apex_task_t *t) {
-  apex__span_t *s = calloc(2, sizeof *s);
+  apex__span_t *s = pair_get(tr);
   if (!s) {
     atomic_fetch_add_explicit(&tr->nomem, 2, memory_order_relaxed);
     return NULL;
@@ -369,11 +450,11 @@ static apex__span_t *span_root_locked(apex__tracer_t *tr, apex_task_t *t) {
   rnd_id(s->trace_id, 16);
   s->flags = (uint8_t)sampled_new(tr, s->trace_id);
   rnd_id(s->span_id, 8);
-  if (s->flags & 1) atomic_fetch_add_explicit(&tr->started, 1, memory_order_relaxed);
   if (tab_put(tr, s) != 0) {
     apex__span_free(s);
     return NULL;
   }
+  if (s->flags & 1) count_started(TAB(tr, t->id));
   return s;
 }
 
@@ -393,7 +474,7 @@ void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
   if (!pid && !(o && o->traceparent)) return;
   apex__span_t *s = span_alloc(tr, t);
   if (!s) return; /* not traced */
-  s->start_ns = wall_ns();
+  s->start_ns = now_wall(tr);
   int have = 0;
   if (pid) { /* a child task: a child of its parent's open attempt */
     pthread_mutex_t *pmu = &m->stripes[pid % APEX__LOCK_STRIPES].mu;
@@ -435,10 +516,10 @@ void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
     s->flags = (uint8_t)sampled_new(tr, s->trace_id);
   }
   rnd_id(s->span_id, 8);
-  if (s->flags & 1) atomic_fetch_add_explicit(&tr->started, 1, memory_order_relaxed);
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
   int rc = tab_put(tr, s);
+  if (rc == 0 && (s->flags & 1)) count_started(TAB(tr, t->id));
   pthread_mutex_unlock(mu);
   if (rc != 0) apex__span_free(s);
 }
@@ -487,7 +568,7 @@ void apex__trace_attempt_start(apex_task_t *t) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
   apex__span_t *ts = span_of_locked(tr, t);
   if (!ts) return;
-  uint64_t now = wall_ns();
+  uint64_t now = (uint64_t)((int64_t)apex__obs_now(t, APEX__OBS_START) + tr->wall_off);
   if (ts->att) { /* never expected: an attempt starts after the last ended */
     ts->att->end_ns = now;
     att_done(tr, ts, ts->att);
@@ -511,7 +592,7 @@ void apex__trace_attempt_start(apex_task_t *t) {
   a->flags = ts->flags;
   rnd_id(a->span_id, 8);
   a->start_ns = now;
-  if (a->flags & 1) atomic_fetch_add_explicit(&tr->started, 1, memory_order_relaxed);
+  if (a->flags & 1) count_started(TAB(tr, t->id));
 }
 
 static const char *tmo_name(int kind) {
@@ -544,7 +625,7 @@ void apex__trace_attempt_end(apex_task_t *t, int rc, const apex_error_t *own, in
   if (!ts || !ts->att) return; /* ended with its task already (a timeout) */
   apex__span_t *a = ts->att;
   ts->att = NULL;
-  a->end_ns = wall_ns();
+  a->end_ns = (uint64_t)((int64_t)apex__obs_now(t, APEX__OBS_END) + tr->wall_off);
   last_end.id = t->id;
   last_end.ns = a->end_ns;
   if (att_kind) {
@@ -566,7 +647,7 @@ void apex__trace_retry(apex_task_t *t, const apex_error_t *err, double delay_s) 
   last_end.id = 0; /* the task goes on: its end is another moment */
   apex__span_t *ts = tab_get(tr, t->id, 0);
   if (!ts) return;
-  apex__span_ev_t *e = add_event(ts, APEX__SEV_RETRY, wall_ns());
+  apex__span_ev_t *e = add_event(ts, APEX__SEV_RETRY, now_wall(tr));
   if (!e) return;
   e->attempt = t->attempt;
   e->num = delay_s;
@@ -578,7 +659,7 @@ void apex__trace_milestone(apex_task_t *t, const char *status, double pct) {
   apex__tracer_t *tr = apex__task_m(t)->tracer;
   apex__span_t *ts = tab_get(tr, t->id, 0);
   if (!ts) return;
-  apex__span_ev_t *e = add_event(ts, APEX__SEV_MILESTONE, wall_ns());
+  apex__span_ev_t *e = add_event(ts, APEX__SEV_MILESTONE, now_wall(tr));
   if (!e) return;
   e->attempt = t->attempt;
   e->num = pct;
@@ -627,7 +708,7 @@ void apex__trace_finish(apex_task_t *t, int state, const apex_error_t *error) {
   memcpy(last_done.span_id, ts->span_id, 8);
   /* Right after its attempt's end on this thread: that moment (the
    * attempt_end hook and this one run in one locked section). */
-  uint64_t now = last_end.id == t->id && !ts->att ? last_end.ns : wall_ns();
+  uint64_t now = last_end.id == t->id && !ts->att ? last_end.ns : now_wall(tr);
   last_end.id = 0;
   ts->end_ns = now;
   ts->state = state;
@@ -701,4 +782,15 @@ int apex__trace_traceparent(apex_task_t *t, char *buf, size_t size) {
   memcpy(tc.span_id, ts->att ? ts->att->span_id : ts->span_id, 8);
   tc.flags = ts->flags & 1;
   return apex_traceparent_format(&tc, buf, size);
+}
+
+int apex__trace_tracestate(apex_task_t *t, char *buf, size_t size) {
+  apex__tracer_t *tr = apex__task_m(t)->tracer;
+  apex__span_t *ts = tr ? tab_get(tr, t->id, 0) : NULL;
+  if (!ts || !buf) return APEX_E_INVALID;
+  const char *v = ts->tracestate ? ts->tracestate : "";
+  size_t n = strlen(v);
+  if (n >= size) return APEX_E_INVALID;
+  memcpy(buf, v, n + 1);
+  return APEX_OK;
 }

@@ -69,6 +69,9 @@ int apex__trace_log_ids(struct apex_task *t, char trace_hex[33], char span_hex[1
 /* Under t's lock: t's traceparent (the open attempt's span as parent).
  * Returns: APEX_OK, APEX_E_INVALID (no trace context, or size < 56). */
 int apex__trace_traceparent(struct apex_task *t, char *buf, size_t size);
+/* Under t's lock: t's tracestate ("" when none) into buf. Returns: APEX_OK,
+ * APEX_E_INVALID (no trace context, buf NULL, or too small). */
+int apex__trace_tracestate(struct apex_task *t, char *buf, size_t size);
 
 /* ------------------------------------------------ spans and the exporter */
 
@@ -116,24 +119,48 @@ typedef struct apex__span {
   char *msg;                    /* status message (owned) or NULL */
   char *tracestate;             /* the incoming tracestate (owned) or NULL */
   apex__span_ev_t *ev;          /* APEX__SPAN_EVENTS of room, made by the
-                                   first event (most spans have none: a span
-                                   stays small, in malloc's per-thread cache) */
+                                   first event (most spans have none) */
 } apex__span_t;
+/* A task span and its first attempt's are one allocation of two spans (a
+ * "pair"), which is recycled rather than freed: the exporter gives written
+ * pairs back in bundles (apex__export_pairs), cleared; a bundle is a list
+ * by next whose head keeps, while it waits in the pool, the next bundle in
+ * att and its length in attempt (both zero again once taken). */
 
 typedef struct apex__exporter apex__exporter_t;
+
+/* The exporter's lanes: a finished span joins the queue through the lane
+ * of the thread that ended it (its slot, src/obs/clock.h: one pusher a
+ * lane), in groups, so the queue's shared counter and head are written
+ * once a group rather than once a span, and a lane's line stays with its
+ * thread. A thread without a slot of its own (past APEX__EXPORT_LANES
+ * threads) pushes straight to the queue (lane APEX__EXPORT_LANES). */
+#define APEX__EXPORT_LANES 32
+#define APEX__EXPORT_GROUP 16
 
 /* Opens the file (append) and/or prepares the collector URL; starts the
  * exporter thread. Returns: APEX_OK, APEX_E_IO (why written), APEX_E_NOMEM. */
 int apex__export_start(const char *file, const char *endpoint, const apex__logger_t *log,
                        apex__exporter_t **out, char *why, size_t n);
-/* Queues s (taken) unless the queue is full (then freed and counted).
- * Lock-free; any thread. */
-void apex__export_push(apex__exporter_t *ex, apex__span_t *s);
+/* Queues s (taken) on lane: the calling thread's slot (<
+ * APEX__EXPORT_LANES), or APEX__EXPORT_LANES. Lock-free. Returns: NULL, or
+ * spans the full queue refused (a list by next, s among them or not),
+ * counted as dropped, for the caller to recycle (apex__span_clear) or
+ * free. */
+apex__span_t *apex__export_push(apex__exporter_t *ex, unsigned lane, apex__span_t *s);
+/* Returns: a bundle of cleared pairs the exporter wrote and gave back (a
+ * list by next; head's att and attempt zeroed), or NULL. Any thread; takes
+ * a lock of the exporter's own that no exporter step holds (a leaf). */
+apex__span_t *apex__export_pairs(apex__exporter_t *ex);
 /* Exports what is queued and stops; frees ex. */
 void apex__export_stop(apex__exporter_t *ex);
 /* Adds the exporter's counts to st. */
 void apex__export_stats(apex__exporter_t *ex, apex_trace_stats_t *st);
+/* Frees a span (a pair's head: both) and what it owns. NULL: no-op. */
 void apex__span_free(apex__span_t *s);
+/* A pair (s a task span) back to its state after calloc: what it owns
+ * freed, both spans zeroed. */
+void apex__span_clear(apex__span_t *s);
 
 /* Renders spans (a list by next) as one ExportTraceServiceRequest in
  * OTLP/JSON, no newline. Returns: a malloc'd string (NUL-terminated),

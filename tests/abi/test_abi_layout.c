@@ -79,7 +79,9 @@ static void test_library_first_layout_sizes_match_0_1_0(void **st) {
   A(apex_submit_opts_t, durable, abi_v1_sizeof_submit_opts)                              \
   A(apex_submit_opts_t, idempotency_key, abi_v1_sizeof_submit_opts)                      \
   A(apex_host_api_t, checkpoint, abi_v1_sizeof_host_api)                                 \
-  A(apex_host_api_t, checkpoint_get, abi_v1_sizeof_host_api)
+  A(apex_host_api_t, checkpoint_get, abi_v1_sizeof_host_api)                             \
+  /* tracestate for plugins (issue 12, helper hK) */                                     \
+  A(apex_host_api_t, tracestate, abi_v1_sizeof_host_api)
 
 static void test_appended_fields_start_past_0_1_0_sizeof(void **st) {
   (void)st;
