@@ -16,6 +16,7 @@
 
 typedef struct mem_store {
   apex__store_t base;
+  apex__swake_t wk; /* wait_work, wake */
   pthread_mutex_t mu;
   apex__srec_t **rows; /* [id - 1] */
   size_t cap;
@@ -23,6 +24,23 @@ typedef struct mem_store {
 } mem_store_t;
 
 static mem_store_t *M(apex__store_t *s) { return (mem_store_t *)s; }
+
+/* A row and its concurrency key (set at enqueue from opts): rows[] points
+ * at .r, the first member. */
+typedef struct mem_row {
+  apex__srec_t r;
+  char *ckey;
+} mem_row_t;
+
+static const char *ckey_of(const apex__srec_t *r) { return ((const mem_row_t *)r)->ckey; }
+
+static void row_free(apex__srec_t *r) {
+  if (!r) return;
+  mem_row_t *mr = (mem_row_t *)r;
+  apex__srec_clear(&mr->r);
+  free(mr->ckey);
+  free(mr);
+}
 
 static int terminal(int state) { return apex_task_state_is_terminal((apex_task_state_t)state); }
 
@@ -113,14 +131,18 @@ static int mem_enqueue(apex__store_t *s, const apex__srec_t *r, uint64_t *existi
     m->rows = nr;
     m->cap = cap;
   }
-  apex__srec_t *c = malloc(sizeof *c);
-  if (!c || apex__srec_copy(c, r) != APEX_OK) {
+  mem_row_t *c = calloc(1, sizeof *c);
+  int bad = 0;
+  if (c) c->ckey = apex__sopts_ckey(r->opts, &bad);
+  if (!c || bad || apex__srec_copy(&c->r, r) != APEX_OK) {
+    if (c) free(c->ckey);
     free(c);
     pthread_mutex_unlock(&m->mu);
     return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
   }
-  m->rows[r->id - 1] = c;
+  m->rows[r->id - 1] = &c->r;
   pthread_mutex_unlock(&m->mu);
+  apex__swake_signal(&m->wk);
   return APEX_OK;
 }
 
@@ -134,8 +156,7 @@ static int mem_discard(apex__store_t *s, uint64_t id, apex_error_t **err) {
   else if (r->attempts > 0 || (r->state != APEX_TASK_QUEUED && r->state != APEX_TASK_SCHEDULED))
     rc = APEX_E_ALREADY;
   else {
-    apex__srec_clear(r);
-    free(r);
+    row_free(r);
     m->rows[id - 1] = NULL;
   }
   pthread_mutex_unlock(&m->mu);
@@ -172,22 +193,55 @@ static int waiting(int state) {
          state == APEX_TASK_RETRY_WAIT;
 }
 
+/* Appends copies of the rows pick() selects to a growing array. */
+static int push_copy(apex__srec_t **a, size_t *n, size_t *cap, const apex__srec_t *r) {
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 16;
+    apex__srec_t *na = realloc(*a, c * sizeof *na);
+    if (!na) return APEX_E_NOMEM;
+    *a = na;
+    *cap = c;
+  }
+  if (apex__srec_copy(&(*a)[*n], r) != APEX_OK) return APEX_E_NOMEM;
+  (*n)++;
+  return APEX_OK;
+}
+
+/* Running rows of live leases counted into a (claim_next's limits). */
+static int count_running(mem_store_t *m, apex__slimacct_t *a, double now) {
+  for (size_t i = 0; i < m->cap; i++) {
+    apex__srec_t *r = m->rows[i];
+    if (r && r->state == APEX_TASK_RUNNING && r->lease_until > now &&
+        apex__slimacct_add(a, r->plugin, r->action, ckey_of(r), 1) != APEX_OK)
+      return APEX_E_NOMEM;
+  }
+  return APEX_OK;
+}
+
 static int mem_claim_next(apex__store_t *s, const char *owner, double now, double lease_until,
-                          size_t max, apex__srec_t **out, size_t *n, apex_error_t **err) {
+                          size_t max, const apex__slimit_t *limits, size_t nlimits,
+                          apex__srec_t **out, size_t *n, apex_error_t **err) {
   mem_store_t *m = M(s);
   *out = NULL;
   *n = 0;
   if (max == 0) return APEX_OK;
-  apex__srec_t *a = calloc(max, sizeof *a);
-  if (!a) return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
+  apex__slimacct_t *acct = NULL;
+  if (nlimits && !(acct = apex__slimacct_new(limits, nlimits)))
+    return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
   pthread_mutex_lock(&m->mu);
-  size_t k = 0;
-  int rc = APEX_OK;
+  size_t k = 0, cap = 0;
+  apex__srec_t *a = NULL;
+  int rc = acct ? count_running(m, acct, now) : APEX_OK;
   for (size_t i = 0; i < m->cap && k < max && rc == APEX_OK; i++) {
     apex__srec_t *r = m->rows[i];
     if (!r || !waiting(r->state) || r->cancel_requested || r->run_at > now ||
         held_by_other(r, owner, now))
       continue;
+    if (acct) {
+      int ad = apex__slimacct_admit(acct, r->plugin, r->action, ckey_of(r));
+      if (ad < 0) rc = APEX_E_NOMEM;
+      if (ad <= 0) continue;
+    }
     if (set_str(&r->owner, owner) != APEX_OK) {
       rc = APEX_E_NOMEM;
       break;
@@ -196,10 +250,10 @@ static int mem_claim_next(apex__store_t *s, const char *owner, double now, doubl
     r->attempts++;
     r->lease_until = lease_until;
     r->updated_at = now;
-    if (apex__srec_copy(&a[k], r) != APEX_OK) rc = APEX_E_NOMEM;
-    else k++;
+    rc = push_copy(&a, &k, &cap, r);
   }
   pthread_mutex_unlock(&m->mu);
+  apex__slimacct_free(acct);
   if (rc != APEX_OK) {
     apex__srec_free_array(a, k);
     return apex__store_fail(err, rc, "out of memory");
@@ -208,6 +262,37 @@ static int mem_claim_next(apex__store_t *s, const char *owner, double now, doubl
   *n = k;
   return APEX_OK;
 }
+
+static int mem_release(apex__store_t *s, uint64_t id, const char *owner, double now,
+                       apex_error_t **err) {
+  mem_store_t *m = M(s);
+  pthread_mutex_lock(&m->mu);
+  apex__srec_t *r = row(m, id);
+  int rc = APEX_OK;
+  if (!r)
+    rc = apex__store_fail(err, APEX_E_INVALID, "store: no task %llu", (unsigned long long)id);
+  else if (terminal(r->state) || !r->owner || !owner || strcmp(r->owner, owner) != 0)
+    rc = APEX_E_ALREADY;
+  else {
+    free(r->owner);
+    r->owner = NULL;
+    r->lease_until = 0;
+    r->state = APEX_TASK_QUEUED;
+    r->run_at = now;
+    r->updated_at = now;
+  }
+  pthread_mutex_unlock(&m->mu);
+  if (rc == APEX_OK) apex__swake_signal(&m->wk);
+  return rc;
+}
+
+static int mem_wait_work(apex__store_t *s, double timeout_s, apex_error_t **err) {
+  (void)err;
+  apex__swake_wait(&M(s)->wk, timeout_s);
+  return APEX_OK;
+}
+
+static void mem_wake(apex__store_t *s) { apex__swake_signal(&M(s)->wk); }
 
 static int mem_heartbeat(apex__store_t *s, uint64_t id, const char *owner, double now,
                          double lease_until, const char *checkpoint, const char *progress,
@@ -297,6 +382,7 @@ static int mem_request_cancel(apex__store_t *s, uint64_t id, const char *reason,
     }
   }
   pthread_mutex_unlock(&m->mu);
+  if (rc == APEX_OK) apex__swake_signal(&m->wk);
   return rc;
 }
 
@@ -329,20 +415,6 @@ static int matches(const apex__srec_t *r, const apex__sfilter_t *f) {
   if (f->created_min != 0 && r->created_at < f->created_min) return 0;
   if (f->created_max != 0 && r->created_at > f->created_max) return 0;
   return 1;
-}
-
-/* Appends copies of the rows pick() selects to a growing array. */
-static int push_copy(apex__srec_t **a, size_t *n, size_t *cap, const apex__srec_t *r) {
-  if (*n == *cap) {
-    size_t c = *cap ? *cap * 2 : 16;
-    apex__srec_t *na = realloc(*a, c * sizeof *na);
-    if (!na) return APEX_E_NOMEM;
-    *a = na;
-    *cap = c;
-  }
-  if (apex__srec_copy(&(*a)[*n], r) != APEX_OK) return APEX_E_NOMEM;
-  (*n)++;
-  return APEX_OK;
 }
 
 static int mem_list(apex__store_t *s, const apex__sfilter_t *f, apex__srec_t **out, size_t *n,
@@ -452,8 +524,7 @@ static int mem_purge(apex__store_t *s, double before, size_t *n, apex_error_t **
   for (size_t i = 0; i < m->cap; i++) {
     apex__srec_t *r = m->rows[i];
     if (r && terminal(r->state) && r->ended_at <= before) {
-      apex__srec_clear(r);
-      free(r);
+      row_free(r);
       m->rows[i] = NULL;
       (*n)++;
     }
@@ -471,11 +542,9 @@ static int mem_sync(apex__store_t *s, apex_error_t **err) {
 static void mem_close(apex__store_t *s) {
   mem_store_t *m = M(s);
   for (size_t i = 0; i < m->cap; i++)
-    if (m->rows[i]) {
-      apex__srec_clear(m->rows[i]);
-      free(m->rows[i]);
-    }
+    row_free(m->rows[i]);
   free(m->rows);
+  apex__swake_destroy(&m->wk);
   pthread_mutex_destroy(&m->mu);
   free(m->base.uri);
   free(m);
@@ -488,6 +557,9 @@ static const apex__store_ops_t mem_ops = {
     .discard = mem_discard,
     .claim = mem_claim,
     .claim_next = mem_claim_next,
+    .release = mem_release,
+    .wait_work = mem_wait_work,
+    .wake = mem_wake,
     .heartbeat = mem_heartbeat,
     .finish = mem_finish,
     .request_cancel = mem_request_cancel,
@@ -512,6 +584,12 @@ int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t *
     free(m->base.uri);
     free(m);
     return apex__store_fail(err, APEX_E_NOMEM, "store: cannot make a mutex");
+  }
+  if (apex__swake_init(&m->wk) != APEX_OK) {
+    pthread_mutex_destroy(&m->mu);
+    free(m->base.uri);
+    free(m);
+    return apex__store_fail(err, APEX_E_NOMEM, "store: cannot make a condition variable");
   }
   m->base.ops = &mem_ops;
   m->next_id = 1;

@@ -49,7 +49,7 @@
 #include "store/store.h"
 
 #define SQ_APP_ID 0x41504558 /* "APEX" */
-#define SQ_SCHEMA 3
+#define SQ_SCHEMA 4
 #define SQ_BUSY_MS 5000 /* the default busy_timeout */
 
 /* Migrations: migrations[k] takes a file from schema k to k + 1. */
@@ -109,6 +109,28 @@ static const char *const migrations[SQ_SCHEMA] = {
     "CREATE TRIGGER task_events_delete AFTER DELETE ON tasks BEGIN"
     " DELETE FROM task_events WHERE task_id = old.id;"
     " END;",
+    /* 3 -> 4: shared-queue workers (issue 14). Each row's concurrency key
+     * in a column of its own (set at enqueue from opts), so claim_next can
+     * count and skip by key without parsing opts; and a row given back by
+     * a draining worker (release: running -> queued, owner gone) says so
+     * in its history. */
+    "ALTER TABLE tasks ADD COLUMN ckey TEXT;"
+    "UPDATE tasks SET ckey = coalesce(json_extract(opts, '$.concurrency_key'),"
+    " json_extract(opts, '$.key')) WHERE json_valid(opts);"
+    "DROP TRIGGER task_events_update;"
+    "CREATE TRIGGER task_events_update AFTER UPDATE ON tasks"
+    " WHEN old.state <> new.state OR old.attempts <> new.attempts"
+    " OR old.cancel_requested <> new.cancel_requested BEGIN"
+    " INSERT INTO task_events VALUES(new.id, new.updated_at, new.state, new.attempts,"
+    "  CASE WHEN new.cancel_requested <> old.cancel_requested"
+    "   THEN 'cancel requested (' || coalesce(new.cancel_reason, 'user') || ')'"
+    "  WHEN new.state = 2 AND new.run_at > 0"
+    "   THEN 'retry at ' || strftime('%Y-%m-%dT%H:%M:%fZ', new.run_at, 'unixepoch')"
+    "  WHEN new.state BETWEEN 4 AND 6 AND json_valid(new.error)"
+    "   THEN json_extract(new.error, '$.code')"
+    "  WHEN new.state = 0 AND old.state = 1 AND new.owner IS NULL"
+    "   THEN 'released by ' || coalesce(old.owner, 'its owner') END);"
+    " END;",
 };
 
 #define COLS                                                                              \
@@ -139,8 +161,9 @@ enum {
 static const char *const st_sql[ST_N] = {
     [ST_NEXT_ID] = "SELECT value FROM meta WHERE key = 'next_id'",
     [ST_SET_NEXT_ID] = "UPDATE meta SET value = ?1 WHERE key = 'next_id'",
-    [ST_INSERT] = "INSERT INTO tasks(" COLS ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-                  " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+    [ST_INSERT] = "INSERT INTO tasks(" COLS ", ckey) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,"
+                  " ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24,"
+                  " ?25)",
     [ST_FIND_KEY] = "SELECT id FROM tasks WHERE idem_key = ?1 AND idem_key IS NOT NULL",
     [ST_GET] = "SELECT " COLS " FROM tasks WHERE id = ?1",
     [ST_CLAIM] = "UPDATE tasks SET state = 1, attempts = ?2, owner = ?3, lease_until = ?4,"
@@ -182,6 +205,8 @@ struct sq_req {
   apex__owner_dead_fn is_dead;
   void *user;
   size_t max;
+  const apex__slimit_t *limits; /* claim_next */
+  size_t nlimits;
   /* outputs */
   uint64_t out_id;
   int out_flag;
@@ -194,6 +219,8 @@ struct sq_req {
 
 struct sq_store {
   apex__store_t base;
+  apex__swake_t wk; /* wait_work, wake: this process's enqueues, releases, cancels */
+  int wk_ok;
   char *path;
   int sync_full;
   int group_commit;
@@ -457,6 +484,14 @@ static int run_enqueue(sq_store_t *s, sq_req_t *q) {
   bind_text(st, 22, r->partial);
   bind_text(st, 23, r->result);
   bind_text(st, 24, r->error);
+  int bad = 0;
+  char *ckey = apex__sopts_ckey(r->opts, &bad);
+  if (bad) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+  }
+  bind_text(st, 25, ckey);
   int rc = sqlite3_step(st);
   int ec = sqlite3_extended_errcode(s->w);
   int out = APEX_OK;
@@ -469,6 +504,7 @@ static int run_enqueue(sq_store_t *s, sq_req_t *q) {
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
+  free(ckey);
   return out;
 }
 
@@ -524,7 +560,120 @@ static void reset_recs(sq_req_t *q) {
   q->out_n = 0;
 }
 
+/* claim_next with limits: the running rows counted per scope, then the
+ * due rows scanned in id order, the scopes already full excluded in SQL
+ * (so a full scope's backlog is not read row by row), each admitted or
+ * skipped by the count (apex__slimacct_t), in chunks until max are taken
+ * or none is left. Exact: it all runs in the writer's transaction, which
+ * holds the file's write lock. */
+static int claim_limited(sq_store_t *s, sq_req_t *q) {
+  apex__slimacct_t *acct = apex__slimacct_new(q->limits, q->nlimits);
+  if (!acct) return apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+  sqlite3_stmt *cnt = NULL, *cand = NULL, *take = NULL;
+  uint64_t *ids = NULL;
+  size_t nids = 0, cap = 0;
+  int rc = prep(s,
+                "SELECT plugin, action, ckey, count(*) FROM tasks WHERE " LIVE " AND state = 1"
+                " AND lease_until > ?1 GROUP BY plugin, action, ckey",
+                &cnt, &q->err);
+  if (rc == APEX_OK) {
+    sqlite3_bind_double(cnt, 1, q->now);
+    int r;
+    while (rc == APEX_OK && (r = sqlite3_step(cnt)) == SQLITE_ROW)
+      if (apex__slimacct_add(acct, (const char *)sqlite3_column_text(cnt, 0),
+                             (const char *)sqlite3_column_text(cnt, 1),
+                             (const char *)sqlite3_column_text(cnt, 2),
+                             (uint64_t)sqlite3_column_int64(cnt, 3)) != APEX_OK)
+        rc = apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+    if (rc == APEX_OK && r != SQLITE_DONE) rc = sq_fail(s, s->w, &q->err, "claim_next");
+  }
+  if (rc == APEX_OK)
+    rc = prep(s,
+              "SELECT id, plugin, action, ckey FROM tasks WHERE " WAITING
+              " AND cancel_requested = 0 AND run_at <= ?2 AND (owner IS NULL OR owner = ?1 OR"
+              " lease_until <= ?2) AND id > ?3"
+              " AND plugin NOT IN (SELECT value FROM json_each(?4))"
+              " AND (plugin || '.' || action) NOT IN (SELECT value FROM json_each(?5))"
+              " AND (ckey IS NULL OR ckey NOT IN (SELECT value FROM json_each(?6)))"
+              " ORDER BY id LIMIT ?7",
+              &cand, &q->err);
+  size_t chunk = q->max + 64;
+  uint64_t last = 0;
+  while (rc == APEX_OK && nids < q->max && !apex__slimacct_global_full(acct)) {
+    char *fp, *fa, *fk;
+    if (apex__slimacct_full_json(acct, &fp, &fa, &fk) != APEX_OK) {
+      rc = apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+      break;
+    }
+    sqlite3_bind_text(cand, 1, q->owner, -1, SQLITE_STATIC);
+    sqlite3_bind_double(cand, 2, q->now);
+    sqlite3_bind_int64(cand, 3, (sqlite3_int64)last);
+    sqlite3_bind_text(cand, 4, fp, -1, SQLITE_STATIC);
+    sqlite3_bind_text(cand, 5, fa, -1, SQLITE_STATIC);
+    sqlite3_bind_text(cand, 6, fk, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(cand, 7, (sqlite3_int64)chunk);
+    size_t seen = 0;
+    int r = SQLITE_DONE;
+    while (rc == APEX_OK && nids < q->max && (r = sqlite3_step(cand)) == SQLITE_ROW) {
+      seen++;
+      last = (uint64_t)sqlite3_column_int64(cand, 0);
+      int ad = apex__slimacct_admit(acct, (const char *)sqlite3_column_text(cand, 1),
+                                    (const char *)sqlite3_column_text(cand, 2),
+                                    (const char *)sqlite3_column_text(cand, 3));
+      if (ad < 0) rc = apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+      if (ad <= 0) continue;
+      if (nids == cap) {
+        size_t c = cap ? cap * 2 : 16;
+        uint64_t *ni = realloc(ids, c * sizeof *ni);
+        if (!ni) {
+          rc = apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+          break;
+        }
+        ids = ni;
+        cap = c;
+      }
+      ids[nids++] = last;
+    }
+    int ended = rc == APEX_OK && nids < q->max && r == SQLITE_DONE;
+    if (rc == APEX_OK && nids < q->max && r != SQLITE_DONE)
+      rc = sq_fail(s, s->w, &q->err, "claim_next");
+    sqlite3_reset(cand);
+    sqlite3_clear_bindings(cand);
+    free(fp);
+    free(fa);
+    free(fk);
+    if (ended && seen < chunk) break; /* no due row left */
+  }
+  if (rc == APEX_OK && nids)
+    rc = prep(s,
+              "UPDATE tasks SET state = 1, attempts = attempts + 1, owner = ?1,"
+              " lease_until = ?3, updated_at = ?2 WHERE id = ?4 RETURNING " COLS,
+              &take, &q->err);
+  size_t rcap = 0;
+  for (size_t i = 0; rc == APEX_OK && i < nids; i++) {
+    sqlite3_bind_text(take, 1, q->owner, -1, SQLITE_STATIC);
+    sqlite3_bind_double(take, 2, q->now);
+    sqlite3_bind_double(take, 3, q->t1);
+    sqlite3_bind_int64(take, 4, (sqlite3_int64)ids[i]);
+    int r = sqlite3_step(take);
+    if (r == SQLITE_ROW && push_row(take, &q->out_recs, &q->out_n, &rcap) != APEX_OK)
+      rc = apex__store_fail(&q->err, APEX_E_NOMEM, "out of memory");
+    else if (r == SQLITE_ROW)
+      r = sqlite3_step(take);
+    if (rc == APEX_OK && r != SQLITE_DONE) rc = sq_fail(s, s->w, &q->err, "claim_next");
+    sqlite3_reset(take);
+  }
+  sqlite3_finalize(cnt);
+  sqlite3_finalize(cand);
+  sqlite3_finalize(take);
+  free(ids);
+  apex__slimacct_free(acct);
+  if (rc != APEX_OK) reset_recs(q);
+  return rc;
+}
+
 static int run_claim_next(sq_store_t *s, sq_req_t *q) {
+  if (q->nlimits) return claim_limited(s, q);
   sqlite3_stmt *st;
   size_t cap = 0;
   int rc = prep(s,
@@ -548,6 +697,29 @@ static int run_claim_next(sq_store_t *s, sq_req_t *q) {
   sqlite3_finalize(st);
   if (rc != APEX_OK) reset_recs(q);
   return rc;
+}
+
+static int run_release(sq_store_t *s, sq_req_t *q) {
+  sqlite3_stmt *st;
+  int rc = prep(s,
+                "UPDATE tasks SET state = 0, run_at = ?3, owner = NULL, lease_until = 0,"
+                " updated_at = ?3 WHERE id = ?1 AND " LIVE " AND owner = ?2",
+                &st, &q->err);
+  if (rc != APEX_OK) return rc;
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)q->id);
+  bind_text(st, 2, q->owner);
+  sqlite3_bind_double(st, 3, q->now);
+  if (sqlite3_step(st) != SQLITE_DONE) rc = sq_fail(s, s->w, &q->err, "release");
+  int changed = rc == APEX_OK && sqlite3_changes(s->w) > 0;
+  sqlite3_finalize(st);
+  if (rc != APEX_OK || changed) return rc;
+  row_head_t h;
+  rc = load_head(s, q->id, &h, &q->err);
+  if (rc != APEX_OK) return rc;
+  if (!h.found)
+    return apex__store_fail(&q->err, APEX_E_INVALID, "store: no task %llu",
+                            (unsigned long long)q->id);
+  return APEX_E_ALREADY;
 }
 
 static int run_heartbeat(sq_store_t *s, sq_req_t *q) {
@@ -900,6 +1072,7 @@ static int sq_enqueue(apex__store_t *st, const apex__srec_t *r, uint64_t *existi
     return apex__store_fail(err, APEX_E_INVALID, "store: enqueue: a row needs id, plugin, action");
   int rc = submit(S(st), &q, 1, err);
   *existing_id = q.out_id;
+  if (rc == APEX_OK && !q.out_id) apex__swake_signal(&S(st)->wk);
   return rc;
 }
 
@@ -926,9 +1099,10 @@ static int sq_claim(apex__store_t *st, uint64_t id, const char *owner, uint32_t 
 }
 
 static int sq_claim_next(apex__store_t *st, const char *owner, double now, double lease_until,
-                         size_t max, apex__srec_t **out, size_t *n, apex_error_t **err) {
+                         size_t max, const apex__slimit_t *limits, size_t nlimits,
+                         apex__srec_t **out, size_t *n, apex_error_t **err) {
   sq_req_t q = {.run = run_claim_next, .reset = reset_recs, .owner = owner, .now = now,
-                .t1 = lease_until, .max = max};
+                .t1 = lease_until, .max = max, .limits = limits, .nlimits = limits ? nlimits : 0};
   *out = NULL;
   *n = 0;
   if (max == 0) return APEX_OK;
@@ -939,6 +1113,25 @@ static int sq_claim_next(apex__store_t *st, const char *owner, double now, doubl
   }
   return rc;
 }
+
+static int sq_release(apex__store_t *st, uint64_t id, const char *owner, double now,
+                      apex_error_t **err) {
+  if (!owner) return APEX_E_ALREADY;
+  sq_req_t q = {.run = run_release, .id = id, .owner = owner, .now = now};
+  int rc = submit(S(st), &q, 1, err);
+  if (rc == APEX_OK) apex__swake_signal(&S(st)->wk);
+  return rc;
+}
+
+/* Only this process's changes wake a wait: another process's enqueue is
+ * seen at the caller's next poll (the timeout). */
+static int sq_wait_work(apex__store_t *st, double timeout_s, apex_error_t **err) {
+  (void)err;
+  apex__swake_wait(&S(st)->wk, timeout_s);
+  return APEX_OK;
+}
+
+static void sq_wake(apex__store_t *st) { apex__swake_signal(&S(st)->wk); }
 
 static int sq_heartbeat(apex__store_t *st, uint64_t id, const char *owner, double now,
                         double lease_until, const char *checkpoint, const char *progress,
@@ -980,6 +1173,7 @@ static int sq_request_cancel(apex__store_t *st, uint64_t id, const char *reason,
   sq_req_t q = {.run = run_request_cancel, .id = id, .s1 = reason ? reason : "user", .now = now};
   int rc = submit(S(st), &q, 1, err);
   *ended = q.out_flag;
+  if (rc == APEX_OK) apex__swake_signal(&S(st)->wk);
   return rc;
 }
 
@@ -1198,6 +1392,7 @@ static void sq_free(sq_store_t *s) {
   pthread_mutex_destroy(&s->rmu);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
+  if (s->wk_ok) apex__swake_destroy(&s->wk);
   free(s->path);
   free(s->base.uri);
   free(s);
@@ -1222,6 +1417,9 @@ static const apex__store_ops_t sq_ops = {
     .discard = sq_discard,
     .claim = sq_claim,
     .claim_next = sq_claim_next,
+    .release = sq_release,
+    .wait_work = sq_wait_work,
+    .wake = sq_wake,
     .heartbeat = sq_heartbeat,
     .finish = sq_finish,
     .request_cancel = sq_request_cancel,
@@ -1390,6 +1588,10 @@ int apex__store_sqlite_open(const char *uri, const char *spec, apex__store_t **o
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   int rc = parse_options(s, spec, err);
+  if (rc == APEX_OK) {
+    if (apex__swake_init(&s->wk) == APEX_OK) s->wk_ok = 1;
+    else rc = apex__store_fail(err, APEX_E_NOMEM, "store: cannot make a condition variable");
+  }
   if (rc == APEX_OK && !(s->base.uri = strdup(uri)))
     rc = apex__store_fail(err, APEX_E_NOMEM, "out of memory");
   if (rc == APEX_OK) rc = open_conn(s, &s->w, err);

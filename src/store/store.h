@@ -30,6 +30,7 @@
 #ifndef APEX_STORE_STORE_H
 #define APEX_STORE_STORE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,6 +93,20 @@ typedef struct apex__sfilter {
 
 typedef struct apex_store apex__store_t;
 
+/* A concurrency limit claim_next keeps across every owner of the store:
+ * at most max rows running at once (state running, lease not expired) in
+ * the scope. kind: APEX_SCOPE_PLUGIN (name "plugin"), APEX_SCOPE_ACTION
+ * (name "plugin.action"), APEX_SCOPE_KEY (name a concurrency key; NULL:
+ * every key separately, "key:*=N", for the keys without a limit of their
+ * own in the same call; rows without a key are not limited by KEY limits),
+ * APEX_SCOPE_GLOBAL (name NULL). A row must have room in every limit that
+ * applies to it. */
+typedef struct apex__slimit {
+  int kind;
+  const char *name;
+  uint32_t max;
+} apex__slimit_t;
+
 /* Says whether an owner other than the caller is gone (its process ended):
  * then its rows may be taken over before their leases expire. Returns 1
  * dead, 0 alive or unknown. */
@@ -128,9 +143,36 @@ typedef struct apex__store_ops {
    * request, oldest id first: each becomes running, held by owner until
    * lease_until, attempts + 1. *out: a new array of copies (n in *n). The
    * worker loop of a host that shares a store with others (PostgreSQL);
-   * the manager itself uses recover. */
+   * the manager itself uses recover.
+   * limits (nlimits of them; NULL, 0: none): concurrency limits kept across
+   * every owner of the store (apex__slimit_t). A row whose scope is full is
+   * skipped, not waited for (no head-of-line blocking); the rows taken in
+   * this call count as they are taken. The task's concurrency key is its
+   * own column, set at enqueue from opts' "concurrency_key"
+   * (apex__sopts_ckey). */
   int (*claim_next)(apex__store_t *s, const char *owner, double now, double lease_until,
-                    size_t max, apex__srec_t **out, size_t *n, apex_error_t **err);
+                    size_t max, const apex__slimit_t *limits, size_t nlimits,
+                    apex__srec_t **out, size_t *n, apex_error_t **err);
+  /* Gives back a held, unfinished row (a draining worker): state queued,
+   * run_at now, owner NULL, lease 0; attempts, checkpoint, progress kept, so
+   * the next claimer resumes it at once (and wait_work wakes). Returns:
+   * APEX_OK; APEX_E_ALREADY (terminal, or not held by owner); APEX_E_INVALID
+   * (no such row). */
+  int (*release)(apex__store_t *s, uint64_t id, const char *owner, double now,
+                 apex_error_t **err);
+  /* Blocks up to timeout_s until work may have become claimable (a row
+   * enqueued or released, a cancel requested, by any process of the store:
+   * PostgreSQL LISTEN/NOTIFY on its listener connection; SQLite and memory:
+   * a signal within this process, else the timeout) or wake() is called.
+   * A signal or wake() that came while no wait_work was blocked makes the
+   * next one return at once (nothing is lost between a claim_next that
+   * found nothing and the wait after it). Returns APEX_OK either way (the
+   * caller then tries claim_next); APEX_E_STORE when the store is
+   * unreachable (the caller backs off). */
+  int (*wait_work)(apex__store_t *s, double timeout_s, apex_error_t **err);
+  /* Makes a wait_work blocked in another thread return at once (or the
+   * next one, when none is blocked). Async-signal-unsafe; any thread. */
+  void (*wake)(apex__store_t *s);
   /* Heartbeat of the owner's attempt: extends the lease and, in the same
    * write, saves checkpoint and/or progress (NULL: keep). Returns: APEX_OK;
    * APEX_E_CANCELLED when a cancel was requested (the write was made: the
@@ -196,6 +238,7 @@ int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_sqlite_open(const char *uri, const char *path, apex__store_t **out,
                             apex_error_t **err);
+int apex__store_postgres_open(const char *uri, apex__store_t **out, apex_error_t **err);
 
 /* The error JSON (apex_error_to_json's shape) of a task cancelled in the
  * store for reason (NULL: "user"); a new string, NULL on no memory. */
@@ -207,6 +250,49 @@ uint64_t apex__store_sqlite_commits(apex__store_t *s);
 /* SQLite only: the file's path (borrowed, valid while s is); NULL for
  * another backend. */
 const char *apex__store_sqlite_path(apex__store_t *s);
+
+/* The concurrency key in a row's opts text (opts' "concurrency_key"), a
+ * new string; NULL when none (or opts NULL or not JSON). *bad set on no
+ * memory. */
+char *apex__sopts_ckey(const char *opts, int *bad);
+
+/* Claim-time limit accounting that every backend shares: the running
+ * counts per scope of a claim_next call's limits. Fed with the running
+ * rows (add), then asked row by row (admit: 1 and counted when every
+ * limit that applies has room, else 0). Single-threaded (one call). */
+typedef struct apex__slimacct apex__slimacct_t;
+/* Returns NULL on no memory. */
+apex__slimacct_t *apex__slimacct_new(const apex__slimit_t *limits, size_t n);
+void apex__slimacct_free(apex__slimacct_t *a);
+/* Counts `count` running rows of plugin.action with key ckey (NULL:
+ * none). Returns APEX_OK, APEX_E_NOMEM. */
+int apex__slimacct_add(apex__slimacct_t *a, const char *plugin, const char *action,
+                       const char *ckey, uint64_t count);
+/* 1: admitted (and counted), 0: a scope is full; -1: no memory. */
+int apex__slimacct_admit(apex__slimacct_t *a, const char *plugin, const char *action,
+                         const char *ckey);
+/* 1 when a GLOBAL limit is full (nothing can be admitted). */
+int apex__slimacct_global_full(const apex__slimacct_t *a);
+/* The full scopes as JSON array text (each a new string, "[]" for none)
+ * for a backend that excludes them in SQL: plugins (PLUGIN limits),
+ * "plugin.action" names (ACTION), keys (KEY). Returns APEX_OK,
+ * APEX_E_NOMEM. */
+int apex__slimacct_full_json(const apex__slimacct_t *a, char **plugins, char **actions,
+                             char **keys);
+
+/* A same-process work signal (wait_work and wake of the memory and SQLite
+ * backends): signal() counts a change, wait() returns once a change came
+ * since the last wait returned, or after timeout_s. Any thread. */
+typedef struct apex__swake {
+  pthread_mutex_t mu;
+  pthread_cond_t cv; /* CLOCK_MONOTONIC */
+  uint64_t sig, seen;
+} apex__swake_t;
+/* Returns APEX_OK, APEX_E_NOMEM. */
+int apex__swake_init(apex__swake_t *w);
+void apex__swake_destroy(apex__swake_t *w);
+void apex__swake_signal(apex__swake_t *w);
+void apex__swake_wait(apex__swake_t *w, double timeout_s);
 
 /* Wall-clock now, seconds since the epoch. */
 double apex__store_now(void);

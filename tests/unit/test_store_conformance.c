@@ -18,6 +18,9 @@
 
 #include <cmocka.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
 
 #include "store/store.h"
 
@@ -570,13 +573,13 @@ static void test_claim_next_takes_due_unheld_rows_oldest_first(void **state) {
   assert_int_equal(OPS(f)->request_cancel(f->s, cancelled, NULL, T0, &ended, NULL), APEX_OK);
   apex__srec_t *rows = NULL;
   size_t n = 0;
-  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 1, T0 + 30, 1, &rows, &n, NULL),
+  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 1, T0 + 30, 1, NULL, 0, &rows, &n, NULL),
                    APEX_OK);
   assert_int_equal(n, 1);
   apex__srec_free_array(rows, n);
   int got_a = 0, got_b = 0;
   for (int round = 0; round < 1000 && !(got_a && got_b); round++) {
-    assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 1, T0 + 30, 100, &rows, &n, NULL),
+    assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 1, T0 + 30, 100, NULL, 0, &rows, &n, NULL),
                      APEX_OK);
     for (size_t i = 0; i < n; i++) {
       assert_true(rows[i].id != held && rows[i].id != later.id && rows[i].id != cancelled);
@@ -594,7 +597,8 @@ static void test_claim_next_takes_due_unheld_rows_oldest_first(void **state) {
   }
   assert_true(got_a && got_b);
   /* The scheduled one once due. */
-  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 51, T0 + 80, 100000, &rows, &n, NULL),
+  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 51, T0 + 80, 100000, NULL, 0, &rows, &n,
+                                      NULL),
                    APEX_OK);
   apex__srec_free_array(rows, n);
   apex__srec_t g = get(f, later.id);
@@ -713,6 +717,341 @@ static void test_concurrent_writers_lose_nothing(void **state) {
     }
 }
 
+
+/* ------------------------------------------------ shared-queue workers */
+
+/* A name no other test or earlier run on a shared database used. */
+static void uniq(fixture_t *f, const char *what, char *out, size_t n) {
+  snprintf(out, n, "%s_%s_%ld", what, f->owner_a, (long)time(NULL));
+  for (char *c = out; *c; c++)
+    if (*c == '-') *c = '_';
+}
+
+/* Enqueues a due queued row of plugin.action with opts (NULL: none). */
+static uint64_t put_opts(fixture_t *f, const char *plugin, const char *action, const char *opts) {
+  apex__srec_t r = {0};
+  r.id = new_id(f);
+  r.plugin = (char *)plugin;
+  r.action = (char *)action;
+  r.params = (char *)"{}";
+  r.opts = (char *)opts;
+  r.state = APEX_TASK_QUEUED;
+  r.created_at = r.updated_at = T0;
+  uint64_t existing = 99;
+  assert_int_equal(OPS(f)->enqueue(f->s, &r, &existing, NULL), APEX_OK);
+  assert_int_equal(existing, 0);
+  return r.id;
+}
+
+/* claim_next with a max past anything a shared database holds; returns
+ * how many of the rows taken are of plugin, their ids in ids (if not
+ * NULL, up to 64). */
+static size_t claim_of(fixture_t *f, const char *owner, double now, const char *plugin,
+                       const apex__slimit_t *lim, size_t nlim, uint64_t *ids) {
+  apex__srec_t *rows = NULL;
+  size_t n = 0, k = 0;
+  assert_int_equal(OPS(f)->claim_next(f->s, owner, now, now + 30, 100000, lim, nlim, &rows, &n,
+                                      NULL),
+                   APEX_OK);
+  for (size_t i = 0; i < n; i++) {
+    assert_int_equal(rows[i].state, APEX_TASK_RUNNING);
+    assert_string_equal(rows[i].owner, owner);
+    if (strcmp(rows[i].plugin, plugin) == 0) {
+      if (ids && k < 64) ids[k] = rows[i].id;
+      k++;
+    }
+  }
+  apex__srec_free_array(rows, n);
+  return k;
+}
+
+static void test_release_gives_a_held_row_back_with_its_checkpoint(void **state) {
+  fixture_t *f = *state;
+  char plugin[160];
+  uniq(f, "rel", plugin, sizeof plugin);
+  uint64_t id = put_opts(f, plugin, "x", NULL);
+  uint64_t got[64];
+  assert_int_equal(claim_of(f, f->owner_a, T0 + 1, plugin, NULL, 0, got), 1);
+  assert_int_equal(got[0], id);
+  assert_int_equal(OPS(f)->heartbeat(f->s, id, f->owner_a, T0 + 2, T0 + 40, "{\"step\":7}",
+                                     "{\"percentage\":70}", 1, NULL),
+                   APEX_OK);
+  /* Only its holder can give it back. */
+  assert_int_equal(OPS(f)->release(f->s, id, f->owner_b, T0 + 3, NULL), APEX_E_ALREADY);
+  assert_int_equal(OPS(f)->release(f->s, id, f->owner_a, T0 + 3, NULL), APEX_OK);
+  apex__srec_t g = get(f, id);
+  assert_int_equal(g.state, APEX_TASK_QUEUED);
+  assert_null(g.owner);
+  assert_true(g.lease_until == 0);
+  assert_true(g.run_at == T0 + 3);
+  assert_int_equal(g.attempts, 1);
+  assert_string_equal(g.checkpoint, "{\"step\":7}");
+  assert_string_equal(g.progress, "{\"percentage\":70}");
+  apex__srec_clear(&g);
+  /* No longer a's: a second release and a's finish are refused. */
+  assert_int_equal(OPS(f)->release(f->s, id, f->owner_a, T0 + 3, NULL), APEX_E_ALREADY);
+  /* Another owner takes it at once (well before a's lease would have
+   * ended), as its second attempt, checkpoint there to resume from. */
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 3, plugin, NULL, 0, got), 1);
+  g = get(f, id);
+  assert_int_equal(g.state, APEX_TASK_RUNNING);
+  assert_string_equal(g.owner, f->owner_b);
+  assert_int_equal(g.attempts, 2);
+  assert_string_equal(g.checkpoint, "{\"step\":7}");
+  apex__srec_clear(&g);
+  assert_int_equal(OPS(f)->finish(f->s, id, f->owner_a, APEX_TASK_SUCCEEDED, T0 + 4, 0, "1", NULL,
+                                  NULL, 1, NULL),
+                   APEX_E_ALREADY);
+  /* A terminal row, a row of nobody: refused; no row: invalid. */
+  assert_int_equal(OPS(f)->finish(f->s, id, f->owner_b, APEX_TASK_SUCCEEDED, T0 + 4, 0, "1", NULL,
+                                  NULL, 1, NULL),
+                   APEX_OK);
+  assert_int_equal(OPS(f)->release(f->s, id, f->owner_b, T0 + 5, NULL), APEX_E_ALREADY);
+  g = get(f, id);
+  assert_int_equal(g.state, APEX_TASK_SUCCEEDED);
+  apex__srec_clear(&g);
+  uint64_t unheld = put_opts(f, plugin, "x", NULL);
+  assert_int_equal(OPS(f)->release(f->s, unheld, f->owner_a, T0 + 5, NULL), APEX_E_ALREADY);
+  apex_error_t *err = NULL;
+  assert_int_equal(OPS(f)->release(f->s, id + 1000000, f->owner_a, T0, &err), APEX_E_INVALID);
+  apex_error_unref(err);
+}
+
+static double mono(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+typedef struct {
+  fixture_t *f;
+  _Atomic int started;
+  double took;
+  int rc;
+} waiter_t;
+
+static void *waiter(void *p) {
+  waiter_t *w = p;
+  atomic_store(&w->started, 1);
+  double t = mono();
+  w->rc = OPS(w->f)->wait_work(w->f->s, 60, NULL);
+  w->took = mono() - t;
+  return NULL;
+}
+
+/* Runs what(f, arg) while a thread waits in wait_work(60): the wait must
+ * end within 20 s (a lost signal would hold it the full minute). */
+static void wakes_a_waiter(fixture_t *f, void (*what)(fixture_t *, uint64_t), uint64_t arg) {
+  /* Whatever earlier writes signalled is consumed first. */
+  assert_int_equal(OPS(f)->wait_work(f->s, 0, NULL), APEX_OK);
+  waiter_t w = {.f = f};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, waiter, &w), 0);
+  while (!atomic_load(&w.started)) sched_yield();
+  what(f, arg);
+  pthread_join(th, NULL);
+  assert_int_equal(w.rc, APEX_OK);
+  assert_true(w.took < 20);
+}
+
+static void do_enqueue(fixture_t *f, uint64_t arg) {
+  (void)arg;
+  put_opts(f, "wk", "x", NULL);
+}
+static void do_release(fixture_t *f, uint64_t id) {
+  assert_int_equal(OPS(f)->release(f->s, id, f->owner_a, T0 + 2, NULL), APEX_OK);
+}
+static void do_cancel(fixture_t *f, uint64_t id) {
+  int ended;
+  assert_int_equal(OPS(f)->request_cancel(f->s, id, NULL, T0 + 3, &ended, NULL), APEX_OK);
+}
+static void do_wake(fixture_t *f, uint64_t arg) {
+  (void)arg;
+  OPS(f)->wake(f->s);
+}
+
+static void test_wait_work_wakes_on_enqueue_release_cancel_and_wake(void **state) {
+  fixture_t *f = *state;
+  /* Nothing happening: the timeout ends it, APEX_OK. */
+  assert_int_equal(OPS(f)->wait_work(f->s, 0.05, NULL), APEX_OK);
+  wakes_a_waiter(f, do_enqueue, 0);
+  uint64_t id = put(f, "wk", "x", "{}", f->owner_a, T0, T0 + 100);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 1, T0 + 1, T0 + 100, 1, NULL), APEX_OK);
+  wakes_a_waiter(f, do_release, id);
+  assert_int_equal(OPS(f)->claim(f->s, id, f->owner_a, 2, T0 + 2, T0 + 100, 1, NULL), APEX_OK);
+  wakes_a_waiter(f, do_cancel, id);
+  wakes_a_waiter(f, do_wake, 0);
+  /* A wake that came while nobody waited is kept for the next wait. */
+  assert_int_equal(OPS(f)->wait_work(f->s, 0, NULL), APEX_OK);
+  OPS(f)->wake(f->s);
+  double t = mono();
+  assert_int_equal(OPS(f)->wait_work(f->s, 60, NULL), APEX_OK);
+  assert_true(mono() - t < 20);
+}
+
+static void test_claim_next_keeps_a_plugin_limit_across_owners(void **state) {
+  fixture_t *f = *state;
+  char plugin[160];
+  uniq(f, "lim", plugin, sizeof plugin);
+  uint64_t ids[5];
+  for (int i = 0; i < 5; i++) ids[i] = put_opts(f, plugin, "x", NULL);
+  apex__slimit_t lim = {APEX_SCOPE_PLUGIN, plugin, 2};
+  uint64_t got[64];
+  /* Oldest first, two at most, whoever claims. */
+  assert_int_equal(claim_of(f, f->owner_a, T0 + 1, plugin, &lim, 1, got), 2);
+  assert_int_equal(got[0], ids[0]);
+  assert_int_equal(got[1], ids[1]);
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 1, plugin, &lim, 1, NULL), 0);
+  assert_int_equal(claim_of(f, f->owner_a, T0 + 1, plugin, &lim, 1, NULL), 0);
+  /* One ends: one more starts. */
+  assert_int_equal(OPS(f)->finish(f->s, ids[0], f->owner_a, APEX_TASK_SUCCEEDED, T0 + 2, 0, "1",
+                                  NULL, NULL, 1, NULL),
+                   APEX_OK);
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 2, plugin, &lim, 1, got), 1);
+  assert_int_equal(got[0], ids[2]);
+  /* Without the limit, the caller's own choice: the rest. */
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 2, plugin, NULL, 0, NULL), 2);
+  /* Rows whose lease expired do not count: at T0 + 100 all have. */
+  uint64_t more[3];
+  for (int i = 0; i < 3; i++) more[i] = put_opts(f, plugin, "x", NULL);
+  assert_int_equal(claim_of(f, f->owner_a, T0 + 100, plugin, &lim, 1, got), 2);
+  assert_int_equal(got[0], more[0]);
+  assert_int_equal(got[1], more[1]);
+}
+
+static void test_claim_next_skips_a_full_scope_without_blocking_the_rest(void **state) {
+  fixture_t *f = *state;
+  char plugin[160], action[200];
+  uniq(f, "hol", plugin, sizeof plugin);
+  snprintf(action, sizeof action, "%s.slow", plugin);
+  uint64_t s1 = put_opts(f, plugin, "slow", NULL);
+  uint64_t s2 = put_opts(f, plugin, "slow", NULL);
+  uint64_t s3 = put_opts(f, plugin, "slow", NULL);
+  uint64_t q1 = put_opts(f, plugin, "quick", NULL);
+  uint64_t q2 = put_opts(f, plugin, "quick", NULL);
+  apex__slimit_t lim = {APEX_SCOPE_ACTION, action, 1};
+  uint64_t got[64];
+  assert_int_equal(claim_of(f, f->owner_a, T0 + 1, plugin, &lim, 1, got), 3);
+  assert_int_equal(got[0], s1);
+  assert_int_equal(got[1], q1);
+  assert_int_equal(got[2], q2);
+  apex__srec_t g = get(f, s2);
+  assert_int_equal(g.state, APEX_TASK_QUEUED);
+  apex__srec_clear(&g);
+  g = get(f, s3);
+  assert_int_equal(g.state, APEX_TASK_QUEUED);
+  apex__srec_clear(&g);
+}
+
+static void test_claim_next_limits_keys_one_by_one_and_by_default(void **state) {
+  fixture_t *f = *state;
+  char plugin[160], k1[200], k2[200], o1[260], o2[260];
+  uniq(f, "key", plugin, sizeof plugin);
+  snprintf(k1, sizeof k1, "%s_one", plugin);
+  snprintf(k2, sizeof k2, "%s_two", plugin);
+  snprintf(o1, sizeof o1, "{\"concurrency_key\":\"%s\",\"priority\":1}", k1);
+  snprintf(o2, sizeof o2, "{\"concurrency_key\":\"%s\"}", k2);
+  for (int i = 0; i < 3; i++) {
+    put_opts(f, plugin, "x", o1);
+    put_opts(f, plugin, "x", o2);
+    put_opts(f, plugin, "x", i < 2 ? "{\"priority\":2}" : NULL);
+  }
+  /* k1: its own limit 1; every other key: 2 each; no key: no limit. */
+  apex__slimit_t lim[2] = {{APEX_SCOPE_KEY, NULL, 2}, {APEX_SCOPE_KEY, k1, 1}};
+  apex__srec_t *rows = NULL;
+  size_t n = 0;
+  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, T0 + 1, T0 + 31, 100000, lim, 2, &rows,
+                                      &n, NULL),
+                   APEX_OK);
+  int with_k1 = 0, with_k2 = 0, without = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(rows[i].plugin, plugin) != 0) continue;
+    if (rows[i].opts && strstr(rows[i].opts, k1)) with_k1++;
+    else if (rows[i].opts && strstr(rows[i].opts, k2)) with_k2++;
+    else without++;
+  }
+  apex__srec_free_array(rows, n);
+  assert_int_equal(with_k1, 1);
+  assert_int_equal(with_k2, 2);
+  assert_int_equal(without, 3);
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 1, plugin, lim, 2, NULL), 0);
+}
+
+static void test_claim_next_keeps_a_global_limit(void **state) {
+  fixture_t *f = *state;
+  char plugin[160];
+  uniq(f, "glob", plugin, sizeof plugin);
+  /* A time past every lease an earlier test or run on a shared database
+   * gave (theirs are near T0, or at an earlier wall clock here). */
+  double tg = T0 + 1e7 + (double)time(NULL);
+  for (int i = 0; i < 4; i++) put_opts(f, plugin, "x", NULL);
+  apex__slimit_t lim = {APEX_SCOPE_GLOBAL, NULL, 2};
+  apex__srec_t *rows = NULL;
+  size_t n = 0;
+  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_a, tg, tg + 30, 100000, &lim, 1, &rows, &n,
+                                      NULL),
+                   APEX_OK);
+  assert_int_equal(n, 2);
+  apex__srec_free_array(rows, n);
+  assert_int_equal(OPS(f)->claim_next(f->s, f->owner_b, tg + 1, tg + 31, 100000, &lim, 1, &rows,
+                                      &n, NULL),
+                   APEX_OK);
+  assert_int_equal(n, 0);
+  free(rows);
+}
+
+/* Owners claiming at once (threads here; processes or hosts with
+ * PostgreSQL) never exceed a limit between them. */
+typedef struct {
+  fixture_t *f;
+  const char *plugin;
+  int k;
+  size_t taken;
+} claimer_t;
+
+static void *claimer(void *p) {
+  claimer_t *c = p;
+  char owner[96];
+  snprintf(owner, sizeof owner, "%s-c%d", c->f->owner_a, c->k);
+  apex__slimit_t lim = {APEX_SCOPE_PLUGIN, c->plugin, 3};
+  /* Until nothing is left to take (rows of others on a shared database
+   * are taken on the way). */
+  for (int i = 0; i < 1000000; i++) {
+    apex__srec_t *rows = NULL;
+    size_t n = 0;
+    if (OPS(c->f)->claim_next(c->f->s, owner, T0 + 1, T0 + 31, 2, &lim, 1, &rows, &n, NULL) !=
+        APEX_OK)
+      return (void *)1;
+    for (size_t j = 0; j < n; j++)
+      if (strcmp(rows[j].plugin, c->plugin) == 0) c->taken++;
+    apex__srec_free_array(rows, n);
+    if (n == 0) break;
+  }
+  return NULL;
+}
+
+static void test_concurrent_claimers_never_exceed_a_limit(void **state) {
+  fixture_t *f = *state;
+  char plugin[160];
+  uniq(f, "race", plugin, sizeof plugin);
+  for (int i = 0; i < 12; i++) put_opts(f, plugin, "x", NULL);
+  enum { N = 4 };
+  pthread_t th[N];
+  claimer_t c[N];
+  for (int k = 0; k < N; k++) {
+    c[k] = (claimer_t){.f = f, .plugin = plugin, .k = k};
+    assert_int_equal(pthread_create(&th[k], NULL, claimer, &c[k]), 0);
+  }
+  size_t total = 0;
+  for (int k = 0; k < N; k++) {
+    void *ret;
+    pthread_join(th[k], &ret);
+    assert_null(ret);
+    total += c[k].taken;
+  }
+  assert_int_equal(total, 3);
+}
+
 #define TESTS(X)                                                           \
   X(test_ids_are_unique_increasing_and_never_reused)                       \
   X(test_enqueue_then_get_returns_every_field)                             \
@@ -729,7 +1068,14 @@ static void test_concurrent_writers_lose_nothing(void **state) {
   X(test_claim_next_takes_due_unheld_rows_oldest_first)                    \
   X(test_renew_extends_only_the_owners_live_rows)                          \
   X(test_purge_deletes_only_terminal_rows_ended_before)                    \
-  X(test_concurrent_writers_lose_nothing)
+  X(test_concurrent_writers_lose_nothing)                                  \
+  X(test_release_gives_a_held_row_back_with_its_checkpoint)                \
+  X(test_wait_work_wakes_on_enqueue_release_cancel_and_wake)               \
+  X(test_claim_next_keeps_a_plugin_limit_across_owners)                    \
+  X(test_claim_next_skips_a_full_scope_without_blocking_the_rest)          \
+  X(test_claim_next_limits_keys_one_by_one_and_by_default)                 \
+  X(test_claim_next_keeps_a_global_limit)                                  \
+  X(test_concurrent_claimers_never_exceed_a_limit)
 
 #define ENTRY(t) cmocka_unit_test_setup_teardown(t, setup, teardown),
 

@@ -182,7 +182,7 @@ static void test_a_newer_schema_is_refused_naming_both_versions(void **state) {
   sqlite3_close(db);
   char uri[300];
   snprintf(uri, sizeof uri, "sqlite:%s", g_path);
-  open_refused(uri, "schema version 99 is newer than this library's (3)");
+  open_refused(uri, "schema version 99 is newer than this library's (4)");
 }
 
 static void test_a_corrupt_file_is_refused(void **state) {
