@@ -210,13 +210,24 @@ static int rescue(apex__serve_t *v, apex_error_t **err) {
         apex__srec_free_array(rows, n);
         return rc;
       }
+      /* The row as the claim left it: the list's copy may predate a
+       * checkpoint its last owner saved before the claim (its later ones
+       * are refused now), and resuming from an older one would run a step
+       * again that is recorded done. */
+      apex__srec_t cur;
+      rc = v->s->ops->get(v->s, r->id, &cur, err);
+      if (rc != APEX_OK) { /* give it back rather than hold it unrun */
+        (void)v->s->ops->release(v->s, r->id, me, apex__store_now(), NULL);
+        apex__srec_free_array(rows, n);
+        return rc;
+      }
       apex__log(&v->m->log, APEX_LOG_INFO,
                 "worker: task %llu: taken over from %s, whose lease expired (attempt %u%s)",
                 (unsigned long long)r->id, r->owner ? r->owner : "no owner", attempt,
-                r->checkpoint ? ", from its last checkpoint" : "");
-      r->attempts = attempt;
+                cur.checkpoint ? ", from its last checkpoint" : "");
       atomic_fetch_add(&v->rescued, 1);
-      adopt(v, r, 1);
+      adopt(v, &cur, 1);
+      apex__srec_clear(&cur);
     }
     uint64_t last = n ? rows[n - 1].id : 0;
     apex__srec_free_array(rows, n);
