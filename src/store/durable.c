@@ -611,12 +611,11 @@ void apex__durable_ended(apex_task_t *t) {
   apex__dtask_t *dt = dtask_of(t);
   if (!d || !dt) return;
   int st = atomic_load(&t->state);
-  if (dt->served) {
+  if (dt->served && atomic_load(&dt->released)) {
     /* Its row goes back to the queue instead (a draining worker released
      * it): nothing to record. */
-    int released = atomic_load(&dt->released);
     apex__serve_ended(m, t->id);
-    if (released) return;
+    return;
   }
   /* Cancelled by a shutdown: the row stays as it was (queued, running),
    * for the next manager to recover; the process is going, not the task. */
@@ -625,7 +624,10 @@ void apex__durable_ended(apex_task_t *t) {
   if (st == APEX_TASK_CANCELLED && atomic_load(&m->shutting_down)) {
     apex_token_t *tok = apex__task_token_peek(t);
     const char *why = tok ? apex_token_reason(tok) : NULL;
-    if (!why || strcmp(why, "shutdown") == 0) return;
+    if (!why || strcmp(why, "shutdown") == 0) {
+      if (dt->served) apex__serve_ended(m, t->id);
+      return;
+    }
   }
   json_t *res = st == APEX_TASK_SUCCEEDED ? apex_task_result(t) : NULL;
   apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex_task_error(t);
@@ -636,14 +638,30 @@ void apex__durable_ended(apex_task_t *t) {
   json_decref(ej);
   json_decref(part);
   apex_error_unref(e);
-  int wait = must_wait(dt->action_flags) && !apex__on_runtime_thread(m);
+  /* A served task waits for its outcome's write too (off the runtime
+   * thread): the serve loop must learn of a refusal (the lease was lost)
+   * and of a store error (it retries the write). */
+  int wait = (must_wait(dt->action_flags) || dt->served) && !apex__on_runtime_thread(m);
   apex_error_t *err = NULL;
   int rc = d->s->ops->finish(d->s, t->id, d->owner, st, apex__store_now(), 0,
                              rt ? rt : (st == APEX_TASK_SUCCEEDED ? "null" : NULL), et, pt, wait,
                              &err);
-  if (rc == APEX_E_ALREADY && dt->served)
+  if (dt->served && rc == APEX_E_ALREADY) {
     apex__serve_discarded(m, t->id, apex_task_state_name((apex_task_state_t)st));
-  else if (rc != APEX_OK && rc != APEX_E_ALREADY)
+    apex__serve_ended(m, t->id);
+  } else if (dt->served && rc != APEX_OK && wait) {
+    /* The store is away: the serve loop writes it once it answers (the
+     * row stays held meanwhile, so no one else runs the task). */
+    apex__log(&m->log, APEX_LOG_WARN,
+              "store: task %llu: its outcome (%s) is not recorded yet (%s); retrying",
+              (unsigned long long)t->id, apex_task_state_name((apex_task_state_t)st),
+              apex_error_message(err));
+    apex__serve_pending(m, t->id, st, rt ? rt : (st == APEX_TASK_SUCCEEDED ? "null" : NULL), et,
+                        pt);
+  } else if (dt->served) {
+    apex__serve_ended(m, t->id);
+  }
+  if (rc != APEX_OK && rc != APEX_E_ALREADY && !(dt->served && wait))
     apex__log(&m->log, APEX_LOG_ERROR, "store: task %llu: its outcome (%s) was not recorded: %s",
               (unsigned long long)t->id, apex_task_state_name((apex_task_state_t)st),
               apex_error_message(err));

@@ -121,11 +121,15 @@ void apex__durable_end_row(apex__durable_t *d, const struct apex__srec *r, int s
  * durable); *flags its action's APEX_ACTION_F_*. */
 int apex__durable_release_mark(apex_task_t *t, uint32_t *flags);
 
-/* worker.c's hooks: a served task ended (before its outcome is written);
+/* worker.c's hooks: a served task ended (its outcome written or refused);
  * its outcome was refused (the row is another owner's now: logged); a row
  * was enqueued in this process (a claim may find it); m is being destroyed
  * (the serve loop stops at once, giving back what it holds). */
 void apex__serve_ended(apex_manager_t *m, uint64_t id);
+/* A served task's outcome could not be written (the store is away): the
+ * serve loop retries it (the strings copied). */
+void apex__serve_pending(apex_manager_t *m, uint64_t id, int state, const char *result,
+                         const char *error, const char *partial);
 void apex__serve_discarded(apex_manager_t *m, uint64_t id, const char *state);
 void apex__serve_poke(apex_manager_t *m);
 void apex__serve_destroy(apex_manager_t *m);

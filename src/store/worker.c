@@ -58,6 +58,14 @@
  * rows back anyway. */
 #define STOP_GRACE_S 3.0
 
+/* An outcome the store could not take yet (the serve loop retries it). */
+typedef struct pend {
+  uint64_t id;
+  int state;
+  char *result, *error, *partial;
+  struct pend *next;
+} pend_t;
+
 typedef struct apex__serve {
   apex_manager_t *m;
   apex__durable_t *d;
@@ -74,6 +82,12 @@ typedef struct apex__serve {
   uint64_t *ids;
   size_t n_ids;
   int waiting_room; /* the server waits on cv for room (mu) */
+  pend_t *pend;     /* outcomes to write again (mu); they count as held */
+  size_t n_pend;
+  /* the rows this owner holds that no task here runs (their outcome's
+   * write was lost): seen by the last rescue pass (server thread only) */
+  uint64_t *orphans;
+  size_t n_orphans;
   /* counters */
   atomic_uint_least64_t claimed, rescued, ended, discarded, released, store_errors;
   atomic_int store_ok;
@@ -111,7 +125,7 @@ static int untrack(apex__serve_t *v, uint64_t id) {
 
 static size_t held(apex__serve_t *v) {
   pthread_mutex_lock(&v->mu);
-  size_t n = v->n_ids;
+  size_t n = v->n_ids + v->n_pend;
   pthread_mutex_unlock(&v->mu);
   return n;
 }
@@ -119,6 +133,99 @@ static size_t held(apex__serve_t *v) {
 void apex__serve_ended(apex_manager_t *m, uint64_t id) {
   apex__serve_t *v = serve_of(m);
   if (v && untrack(v, id)) atomic_fetch_add(&v->ended, 1);
+}
+
+static char *dup_or_null(const char *s, int *bad) {
+  char *d = s ? strdup(s) : NULL;
+  if (s && !d) *bad = 1;
+  return d;
+}
+
+static void pend_free(pend_t *p) {
+  free(p->result);
+  free(p->error);
+  free(p->partial);
+  free(p);
+}
+
+void apex__serve_pending(apex_manager_t *m, uint64_t id, int state, const char *result,
+                         const char *error, const char *partial) {
+  apex__serve_t *v = serve_of(m);
+  if (!v) return;
+  pend_t *p = calloc(1, sizeof *p);
+  int bad = !p;
+  if (p) {
+    p->id = id;
+    p->state = state;
+    p->result = dup_or_null(result, &bad);
+    p->error = dup_or_null(error, &bad);
+    p->partial = dup_or_null(partial, &bad);
+  }
+  if (bad) { /* the row stays held; the orphan sweep gives it back */
+    if (p) pend_free(p);
+    apex__serve_ended(m, id);
+    return;
+  }
+  pthread_mutex_lock(&v->mu);
+  p->next = v->pend;
+  v->pend = p;
+  v->n_pend++;
+  pthread_mutex_unlock(&v->mu);
+  untrack(v, id); /* held on as pending */
+}
+
+/* Writes the pending outcomes again. Returns APEX_OK, or the store's error
+ * (the rest stay pending). */
+static int retry_pending(apex__serve_t *v, apex_error_t **err) {
+  for (;;) {
+    pthread_mutex_lock(&v->mu);
+    pend_t *p = v->pend;
+    if (p) {
+      v->pend = p->next;
+      v->n_pend--;
+    }
+    pthread_mutex_unlock(&v->mu);
+    if (!p) return APEX_OK;
+    int rc = v->s->ops->finish(v->s, p->id, apex__durable_owner(v->d), p->state,
+                               apex__store_now(), 0, p->result, p->error, p->partial, 1, err);
+    if (rc != APEX_OK && rc != APEX_E_ALREADY && rc != APEX_E_INVALID) {
+      pthread_mutex_lock(&v->mu);
+      p->next = v->pend;
+      v->pend = p;
+      v->n_pend++;
+      pthread_mutex_unlock(&v->mu);
+      return rc;
+    }
+    if (rc == APEX_E_ALREADY) {
+      apex_error_unref(*err);
+      *err = NULL;
+      apex__serve_discarded(v->m, p->id, apex_task_state_name((apex_task_state_t)p->state));
+    } else {
+      apex__log(&v->m->log, APEX_LOG_INFO, "worker: task %llu: its outcome (%s) is recorded now",
+                (unsigned long long)p->id, apex_task_state_name((apex_task_state_t)p->state));
+    }
+    atomic_fetch_add(&v->ended, 1);
+    pend_free(p);
+    pthread_mutex_lock(&v->mu);
+    if (v->waiting_room) pthread_cond_broadcast(&v->cv);
+    pthread_mutex_unlock(&v->mu);
+  }
+}
+
+static size_t n_pending(apex__serve_t *v) {
+  pthread_mutex_lock(&v->mu);
+  size_t n = v->n_pend;
+  pthread_mutex_unlock(&v->mu);
+  return n;
+}
+
+static int tracked(apex__serve_t *v, uint64_t id) {
+  int found = 0;
+  pthread_mutex_lock(&v->mu);
+  for (size_t i = 0; i < v->n_ids && !found; i++) found = v->ids[i] == id;
+  for (pend_t *p = v->pend; p && !found; p = p->next) found = p->id == id;
+  pthread_mutex_unlock(&v->mu);
+  return found;
 }
 
 void apex__serve_discarded(apex_manager_t *m, uint64_t id, const char *state) {
@@ -174,11 +281,64 @@ static void store_up(apex__serve_t *v) {
     apex__log(&v->m->log, APEX_LOG_INFO, "worker: the store answers again; claiming");
 }
 
+/* A running row this owner holds: fine while a task here runs it (or its
+ * outcome waits to be written). Else its outcome's write was lost (a
+ * queued write that failed): seen so in two passes in a row, it is given
+ * back (a resumable or idempotent action: run again from its checkpoint)
+ * or ended interrupted (any other), as recovery would. */
+static void orphan_check(apex__serve_t *v, const apex__srec_t *r, uint64_t *orphans,
+                         size_t *n_orphans) {
+  apex_task_t *t = NULL;
+  if (tracked(v, r->id)) return;
+  if (apex_ops_find(v->m, r->id, &t) == APEX_OK) {
+    apex_task_release(t);
+    return;
+  }
+  int seen = 0;
+  for (size_t i = 0; i < v->n_orphans && !seen; i++) seen = v->orphans[i] == r->id;
+  if (!seen) {
+    if (orphans && *n_orphans < v->conc) orphans[(*n_orphans)++] = r->id;
+    return;
+  }
+  const char *me = apex__durable_owner(v->d);
+  if (r->action_flags & (APEX_ACTION_F_RESUMABLE | APEX_ACTION_F_IDEMPOTENT)) {
+    apex__log(&v->m->log, APEX_LOG_WARN,
+              "worker: task %llu: held here but run by no task (its outcome's write was lost); "
+              "given back to run again from its last checkpoint",
+              (unsigned long long)r->id);
+    (void)v->s->ops->release(v->s, r->id, me, apex__store_now(), NULL);
+  } else {
+    char msg[300];
+    snprintf(msg, sizeof msg,
+             "task %llu: %s.%s ended here but its outcome's write was lost; the action is "
+             "neither resumable nor idempotent, so it is not run again",
+             (unsigned long long)r->id, r->plugin, r->action);
+    apex__durable_end_row(v->d, r, APEX_TASK_FAILED, APEX_E_INTERRUPTED, msg);
+  }
+}
+
+static int rescue_pass(apex__serve_t *v, const char *me, apex__sfilter_t *fp, uint64_t *orphans,
+                       size_t *n_orphans, apex_error_t **err);
+
 /* Takes over running rows whose lease expired. Returns APEX_OK or the
  * store's error (*err). */
 static int rescue(apex__serve_t *v, apex_error_t **err) {
   const char *me = apex__durable_owner(v->d);
   apex__sfilter_t f = {.states = APEX_OPS_STATE(APEX_TASK_RUNNING), .limit = RESCUE_PAGE};
+  /* This pass's orphans (at most conc are remembered: enough, a few rows
+   * at most go astray at a time). */
+  uint64_t *orphans = calloc(v->conc, sizeof *orphans);
+  size_t n_orphans = 0;
+  int rc = rescue_pass(v, me, &f, orphans, &n_orphans, err);
+  free(v->orphans);
+  v->orphans = orphans;
+  v->n_orphans = orphans ? n_orphans : 0;
+  return rc;
+}
+
+static int rescue_pass(apex__serve_t *v, const char *me, apex__sfilter_t *fp, uint64_t *orphans,
+                       size_t *n_orphans, apex_error_t **err) {
+  apex__sfilter_t f = *fp;
   for (;;) {
     apex__srec_t *rows = NULL;
     size_t n = 0;
@@ -187,9 +347,12 @@ static int rescue(apex__serve_t *v, apex_error_t **err) {
     double now = apex__store_now();
     for (size_t i = 0; i < n && !atomic_load(&v->stop); i++) {
       apex__srec_t *r = &rows[i];
+      if (r->state == APEX_TASK_RUNNING && r->owner && strcmp(r->owner, me) == 0) {
+        orphan_check(v, r, orphans, n_orphans);
+        continue;
+      }
       if (r->state != APEX_TASK_RUNNING || r->lease_until > now) continue;
-      if (r->owner && strcmp(r->owner, me) == 0) continue;
-      if (held(v) >= v->conc) break; /* no room: left for another worker */
+      if (held(v) >= v->conc) continue; /* no room: left for another worker */
       uint32_t attempt = r->attempts + 1;
       rc = v->s->ops->claim(v->s, r->id, me, attempt, now, now + apex__durable_lease_s(v->d), 1,
                             err);
@@ -231,7 +394,7 @@ static int rescue(apex__serve_t *v, apex_error_t **err) {
     }
     uint64_t last = n ? rows[n - 1].id : 0;
     apex__srec_free_array(rows, n);
-    if (n < RESCUE_PAGE || atomic_load(&v->stop) || held(v) >= v->conc) return APEX_OK;
+    if (n < RESCUE_PAGE || atomic_load(&v->stop)) return APEX_OK;
     f.after_id = last;
   }
 }
@@ -271,7 +434,7 @@ static void wait_cv(apex__serve_t *v, double s, int for_room) {
   }
   pthread_mutex_lock(&v->mu);
   v->waiting_room = for_room;
-  if (!atomic_load(&v->stop) && (!for_room || v->n_ids > v->low))
+  if (!atomic_load(&v->stop) && (!for_room || v->n_ids + v->n_pend > v->low))
     pthread_cond_timedwait(&v->cv, &v->mu, &ts);
   v->waiting_room = 0;
   pthread_mutex_unlock(&v->mu);
@@ -287,7 +450,12 @@ static void *serve_main(void *arg) {
       apex_error_t *err = NULL;
       const char *what = "rescue";
       int rc = APEX_OK;
-      if (now >= next_rescue) {
+      if (n_pending(v)) {
+        what = "outcome";
+        rc = retry_pending(v, &err);
+      }
+      if (rc == APEX_OK && now >= next_rescue) {
+        what = "rescue";
         rc = rescue(v, &err);
         next_rescue = now + v->rescue_s;
       }
@@ -337,6 +505,12 @@ void apex_serve_config_init(apex_serve_config_t *c) {
 }
 
 static void serve_free(apex__serve_t *v) {
+  while (v->pend) {
+    pend_t *p = v->pend;
+    v->pend = p->next;
+    pend_free(p);
+  }
+  free(v->orphans);
   for (size_t i = 0; i < v->n_limits; i++) free((char *)v->limits[i].name);
   free(v->limits);
   free(v->ids);
@@ -450,6 +624,9 @@ apex_status_t apex_manager_serve_stop(apex_manager_t *m, double drain_s, size_t 
   pthread_cond_broadcast(&v->cv);
   pthread_mutex_unlock(&v->mu);
   pthread_join(v->th, NULL);
+  apex_error_t *pe = NULL;
+  (void)retry_pending(v, &pe); /* what is still pending: rescued once our leases end */
+  apex_error_unref(pe);
   /* 2. What is held gets drain_s to end. */
   double until = apex__store_now() + drain_s;
   while (held(v) > 0) {
