@@ -87,7 +87,9 @@ int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err) {
   if (strcmp(uri, "memory:") == 0 || strncmp(uri, "memory:", 7) == 0)
     return apex__store_memory_open(uri, out, err);
   if (strncmp(uri, "sqlite:", 7) == 0) return apex__store_sqlite_open(uri, uri + 7, out, err);
-  /* A scheme we do not know ("postgres://...") is refused rather than read
+  if (strncmp(uri, "postgresql://", 13) == 0 || strncmp(uri, "postgres://", 11) == 0)
+    return apex__store_postgres_open(uri, out, err);
+  /* A scheme we do not know ("mysql://...") is refused rather than read
    * as a file name; a plain path has no "word:" prefix before a slash. */
   const char *colon = strchr(uri, ':');
   const char *slash = strchr(uri, '/');
@@ -97,7 +99,8 @@ int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err) {
       if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '+')) letters = 0;
     if (letters)
       return apex__store_fail(err, APEX_E_INVALID,
-                              "store '%s': unknown scheme (want sqlite:PATH, PATH or memory:)",
+                              "store '%s': unknown scheme (want sqlite:PATH, PATH, postgresql://... "
+                              "or memory:)",
                               uri);
   }
   return apex__store_sqlite_open(uri, uri, out, err);

@@ -230,7 +230,7 @@ static void test_unknown_options_and_schemes_are_refused(void **state) {
   assert_non_null(strstr(apex_error_message(err), "synchronous=sometimes"));
   apex_error_unref(err);
   err = NULL;
-  assert_int_equal(apex__store_open("postgres://db/apex", &s, &err), APEX_E_INVALID);
+  assert_int_equal(apex__store_open("mysql://db/apex", &s, &err), APEX_E_INVALID);
   assert_non_null(strstr(apex_error_message(err), "unknown scheme"));
   apex_error_unref(err);
   s = open_ok("?synchronous=full&group_commit=0");
