@@ -68,6 +68,14 @@ char *cli_store_path(const cli_opts_t *o) {
     if (!s) cli_fail(o->json, APEX_E_NOMEM, "out of memory");
     return s;
   }
+  /* APEX_STORE: the store of every command without --store (a shared
+   * postgresql://... queue, typically). */
+  const char *env = getenv("APEX_STORE");
+  if (env && *env) {
+    char *s = strdup(env);
+    if (!s) cli_fail(o->json, APEX_E_NOMEM, "out of memory");
+    return s;
+  }
   const char *xdg = getenv("XDG_STATE_HOME");
   const char *home = getenv("HOME");
   char dir[PATH_MAX];

@@ -4,7 +4,8 @@
 set -eu
 
 PKGS="gcc make cmake pkg-config libuv1-dev libjansson-dev libcmocka-dev libssl-dev libglib2.0-dev python3
-      libcurl4-openssl-dev libmicrohttpd-dev curl jq prometheus libsqlite3-dev"
+      libcurl4-openssl-dev libmicrohttpd-dev curl jq prometheus libsqlite3-dev libpq-dev
+      postgresql"
 # Node.js and npm (the MCP tests' tests/mcp/npm_setup.sh, tests/obs/check_otlp.sh)
 # from Debian, unless both commands are there already: a Node.js from
 # elsewhere bundles its own npm, which Debian's npm package conflicts with.
@@ -28,5 +29,22 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# Installing postgresql starts its default cluster through invoke-rc.d. In a
+# container with no service manager (and no policy-rc.d of its own, which
+# Docker's Debian images have) that start can fail and fail the install:
+# the tests start their own server (tests/support/pg_fixture.c), so service
+# starts are denied for the install (exit 101: "forbidden by policy",
+# which invoke-rc.d reports as success), and the file removed after.
+policy=""
+case "$missing" in
+  *postgresql*)
+    if [ ! -e /usr/sbin/policy-rc.d ] && [ ! -d /run/systemd/system ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+      $SUDO chmod 755 "$policy"
+      trap '$SUDO rm -f "$policy"' EXIT
+    fi
+    ;;
+esac
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing

@@ -314,8 +314,11 @@ typedef struct apex_manager_config {
   const char *store;         /* where tasks are journaled: NULL (the
                                 default): nowhere, tasks live in memory
                                 only; "sqlite:PATH" or a plain PATH: an
-                                SQLite file (made if missing); "memory:"
-                                an in-process store (tests). Copied */
+                                SQLite file (made if missing);
+                                "postgresql://..." (or "postgres://"): a
+                                PostgreSQL database several hosts share;
+                                "memory:" an in-process store (tests).
+                                Copied */
   unsigned store_flags;      /* APEX_STORE_F_* bits */
   const char *store_owner;   /* this manager's owner id in the store (1 to
                                 128 bytes of [A-Za-z0-9._:-]); NULL: a new
@@ -996,7 +999,8 @@ APEX_EXTERN json_t *apex_ops_snapshot(apex_manager_t *m, const apex_ops_filter_t
 typedef struct apex_store apex_store_t;
 
 /* Opens the store at uri (as apex_manager_config_t.store: "sqlite:PATH",
- * a plain PATH or "memory:"); a missing SQLite file is made. Opening is
+ * a plain PATH, "postgresql://..." or "memory:"); a missing SQLite file is
+ * made, as are the tables of a PostgreSQL database without them. Opening is
  * shared: other processes may have the file open, with or without a
  * manager (docs/store.md says how they share it).
  * Returns: APEX_OK and a new store in *out (apex_store_close);

@@ -396,13 +396,30 @@ static double mono_now(void) {
 
 static int terminal(int state) { return apex_task_state_is_terminal((apex_task_state_t)state); }
 
-/* libpq's message on one line, without its trailing newline. */
+/* libpq's message on one line: its line breaks and tabs one space each,
+ * no trailing newline. */
 static void one_line(const char *msg, char *out, size_t n) {
-  snprintf(out, n, "%s", msg && *msg ? msg : "unknown error");
-  size_t len = strlen(out);
-  while (len && (out[len - 1] == '\n' || out[len - 1] == ' ')) out[--len] = '\0';
-  for (char *p = out; *p; p++)
-    if (*p == '\n') *p = ' ';
+  const char *m = msg && *msg ? msg : "unknown error";
+  size_t k = 0;
+  int space = 0;
+  for (; *m && k + 1 < n; m++) {
+    int ws = *m == '\n' || *m == '\t' || *m == '\r' || *m == ' ';
+    if (ws) {
+      space = 1;
+      continue;
+    }
+    if (space && k > 0 && k + 2 < n) out[k++] = ' ';
+    space = 0;
+    out[k++] = *m;
+  }
+  out[k] = '\0';
+}
+
+/* libpq prints a server's notices (and the FATAL of a connection the
+ * server ends) on stderr by default; library code prints nothing. */
+static void quiet(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
 }
 
 /* What a server error means to a user, by SQLSTATE. */
@@ -566,6 +583,7 @@ static PGconn *connect_db(pg_store_t *s, apex_error_t **err) {
     PQfinish(c);
     return NULL;
   }
+  PQsetNoticeProcessor(c, quiet, NULL);
   return c;
 }
 
@@ -577,7 +595,8 @@ static int ensure_conn(pg_store_t *s) {
   if (s->conn) {
     PQfinish(s->conn);
     s->conn = NULL;
-    if (!s->conn_err[0]) snprintf(s->conn_err, sizeof s->conn_err, "connection lost");
+    if (!s->conn_err[0])
+      snprintf(s->conn_err, sizeof s->conn_err, "store '%s': connection lost", s->name);
   }
   if (mono_now() < s->retry_at) return APEX_E_STORE;
   apex_error_t *e = NULL;
@@ -604,9 +623,12 @@ static int ensure_conn(pg_store_t *s) {
 /* A request failed because the connection is down. */
 static void fail_down(pg_store_t *s, pg_req_t *q) {
   reset_out(q);
-  q->rc = apex__store_fail(&q->err, APEX_E_STORE,
-                           "store '%s': unreachable: %s (reconnecting with backoff)", s->name,
-                           s->conn_err[0] ? s->conn_err : "connection lost");
+  if (s->conn_err[0])
+    q->rc = apex__store_fail(&q->err, APEX_E_STORE, "%s (unreachable; reconnecting with backoff)",
+                             s->conn_err);
+  else
+    q->rc = apex__store_fail(&q->err, APEX_E_STORE,
+                             "store '%s': connection lost (reconnecting with backoff)", s->name);
 }
 
 /* ------------------------------------------------------------ statements */
@@ -1964,12 +1986,14 @@ static int check_schema(pg_store_t *s, apex_error_t **err) {
     rc = query_value(s,
                      "SELECT has_table_privilege('apex_tasks', 'SELECT, INSERT, UPDATE, DELETE')"
                      " AND has_table_privilege('apex_meta', 'SELECT, UPDATE')"
-                     " AND has_table_privilege('apex_task_events', 'SELECT, INSERT, DELETE')",
+                     " AND has_table_privilege('apex_task_events', 'SELECT, INSERT, DELETE')"
+                     " AND has_sequence_privilege('apex_task_events_seq_seq', 'USAGE')",
                      v, sizeof v, &isnull, err, "check permissions");
     if (rc == APEX_OK && strcmp(v, "t") != 0)
       rc = apex__store_fail(err, APEX_E_STORE,
                             "store '%s': no permission to write the tables apex_tasks, apex_meta "
-                            "and apex_task_events (GRANT SELECT, INSERT, UPDATE, DELETE); refused",
+                            "and apex_task_events (GRANT SELECT, INSERT, UPDATE, DELETE, and "
+                            "USAGE on apex_task_events_seq_seq); refused",
                             s->name);
   }
   if (rc == APEX_OK) rc = exec_sql(s, "COMMIT", err, "create the tables");

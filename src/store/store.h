@@ -4,11 +4,11 @@
  * params, the options that matter after a restart), where it is (state,
  * attempts, the owner holding it and until when, the last checkpoint and
  * progress summary) and how it ended (result or error). Backends implement
- * apex__store_ops_t: memory.c (in-process, nothing written) and sqlite.c
- * (one file, WAL, a writer thread with group commit); a PostgreSQL backend
- * for several hosts is to implement the same operations, and
- * tests/unit/test_store_conformance.c runs the same suite on every backend
- * through this interface only.
+ * apex__store_ops_t: memory.c (in-process, nothing written), sqlite.c
+ * (one file, WAL, a writer thread with group commit) and postgres.c (a
+ * database several hosts share: a writer thread pipelining batches, a
+ * LISTEN connection for wait_work); tests/unit/test_store_conformance.c
+ * runs the same suite on every backend through this interface only.
  *
  * Semantics every backend keeps (the conformance suite checks each):
  * - ids are handed out by alloc_ids, unique per store for its life, never
@@ -113,7 +113,7 @@ typedef struct apex__slimit {
 typedef int (*apex__owner_dead_fn)(const char *owner, void *user);
 
 typedef struct apex__store_ops {
-  const char *name; /* "memory", "sqlite" */
+  const char *name; /* "memory", "sqlite", "postgresql" */
   /* Reserves n fresh ids: [*first, *first + n). */
   int (*alloc_ids)(apex__store_t *s, uint64_t n, uint64_t *first, apex_error_t **err);
   /* Inserts r (r->id from alloc_ids; state queued or scheduled; owner and
@@ -140,7 +140,8 @@ typedef struct apex__store_ops {
                double now, double lease_until, int wait, apex_error_t **err);
   /* Takes up to max rows that are queued, scheduled or waiting to retry,
    * due (run_at <= now), not held by a live owner and without a cancel
-   * request, oldest id first: each becomes running, held by owner until
+   * request, oldest first (memory, SQLite: by id; PostgreSQL: by the time
+   * it became due, then id): each becomes running, held by owner until
    * lease_until, attempts + 1. *out: a new array of copies (n in *n). The
    * worker loop of a host that shares a store with others (PostgreSQL);
    * the manager itself uses recover.
@@ -231,8 +232,8 @@ struct apex_store {
 };
 
 /* Opens a backend by uri (apex_store_open's grammar). Options after '?' in
- * a sqlite uri: synchronous=full|normal, group_commit=0|1, busy_timeout=MS
- * (docs/store.md).
+ * a sqlite uri: synchronous=full|normal, group_commit=0|1, busy_timeout=MS;
+ * a postgresql:// or postgres:// uri is libpq's (docs/store.md).
  * Returns: APEX_OK; APEX_E_INVALID; APEX_E_STORE; APEX_E_NOMEM. */
 int apex__store_open(const char *uri, apex__store_t **out, apex_error_t **err);
 int apex__store_memory_open(const char *uri, apex__store_t **out, apex_error_t **err);
