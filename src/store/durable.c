@@ -770,6 +770,22 @@ int apex__run_checkpoint(apex__run_t *r, const json_t *v) {
     apex_error_t *err = NULL;
     int src = d->s->ops->heartbeat(d->s, id, d->owner, now, now + d->lease_s, text,
                                    prog[0] ? prog : NULL, 1, &err);
+    /* The store away (a lost connection, a server restart: the backend
+     * reconnects by itself): the checkpoint waits for it, up to half the
+     * lease (past that another owner may take the task over), rather than
+     * failing an attempt that a restart of a second would otherwise end. */
+    double give_up = now + d->lease_s / 2, pause = 0.05;
+    while (src == APEX_E_STORE && apex__store_now() + pause < give_up &&
+           !apex_task_state_is_terminal((apex_task_state_t)atomic_load(&t->state))) {
+      struct timespec ts = {0, (long)(pause * 1e9)};
+      nanosleep(&ts, NULL);
+      pause = pause * 2 < 1.0 ? pause * 2 : 1.0;
+      apex_error_unref(err);
+      err = NULL;
+      now = apex__store_now();
+      src = d->s->ops->heartbeat(d->s, id, d->owner, now, now + d->lease_s, text,
+                                 prog[0] ? prog : NULL, 1, &err);
+    }
     if (src == APEX_E_CANCELLED) {
       cancel_from_store(d, id);
     } else if (src == APEX_E_ALREADY) {
