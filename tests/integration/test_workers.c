@@ -145,10 +145,12 @@ static void test_cancel_from_another_process_is_prompt(void **state) {
   pid_t w = wh_start(out, store, args);
   wh_wait_ready(out);
   apex_manager_t *m = wh_submitter(store);
-  uint64_t id = wh_enqueue(m, 600, 100, log); /* a minute of steps */
+  /* Two steps of 30 s: no checkpoint (which would also tell it of the
+   * cancel) before the cancel; only the worker's poll of the store can. */
+  uint64_t id = wh_enqueue(m, 2, 30000, log);
   int64_t end = now_ms() + 30000;
-  while (wh_count_task_lines(log, id, "done") < 1) {
-    if (now_ms() > end) fail_msg("the task made no step");
+  while (wh_count_task_lines(log, id, "start") < 1) {
+    if (now_ms() > end) fail_msg("the task did not start");
     nap_ms(10);
   }
   /* Another process's store handle: as `apex cancel` does it. */
