@@ -45,7 +45,8 @@ static const char worker_usage[] =
     "  --plugins A,B,...     load these plugins (default: every plugin found)\n"
     "  --plugin-path DIR     search DIR for plugins first (repeatable)\n"
     "  --concurrency N       tasks held at once (default 8, up to 4096)\n"
-    "  --batch N             most tasks one claim takes (default half of N)\n"
+    "  --batch N             most tasks one claim takes (default half of\n"
+    "                        --concurrency, at most 64; up to 1024)\n"
     "  --limit SCOPE=N       at most N tasks of SCOPE running at once across\n"
     "                        every worker of the store; SCOPE is PLUGIN,\n"
     "                        PLUGIN.ACTION, key:KEY, or key:* (repeatable)\n"
@@ -113,8 +114,10 @@ static void emit_line(json_t *o) {
 static void log_sink(int level, const char *msg, void *user) {
   (void)user;
   if (g_json) {
+    char *clean = cli_utf8_dup(msg); /* json_pack refuses invalid UTF-8 */
     emit_line(json_pack("{s:s, s:s, s:s}", "event", "log", "level", level_name(level), "message",
-                        msg));
+                        clean ? clean : "(no memory for the message)"));
+    free(clean);
     return;
   }
   char *clean = cli_term_clean(msg);
@@ -196,7 +199,7 @@ static int parse(wopts_t *o, int argc, char **argv, int cmd_at) {
       if (!*v) return bad("--plugin-path: empty directory name");
       o->plugin_paths[o->n_plugin_paths++] = v;
     } else if (strcmp(name, "--concurrency") == 0) rc = count_arg(name, v, 4096, &o->concurrency);
-    else if (strcmp(name, "--batch") == 0) rc = count_arg(name, v, 64, &o->batch);
+    else if (strcmp(name, "--batch") == 0) rc = count_arg(name, v, 1024, &o->batch);
     else if (strcmp(name, "--drain") == 0) rc = seconds_arg(name, v, 0, 86400, &o->drain_s);
     else if (strcmp(name, "--lease") == 0) rc = seconds_arg(name, v, 0.5, 86400, &o->lease_s);
     else if (strcmp(name, "--poll") == 0) rc = seconds_arg(name, v, 0.001, 3600, &o->poll_s);

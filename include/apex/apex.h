@@ -1146,8 +1146,9 @@ typedef struct apex_serve_config {
   uint32_t concurrency; /* tasks this process holds at once (claimed, not
                            yet ended): 0: 8. The manager needs as many
                            workers (apex_manager_config_t.workers). */
-  uint32_t batch;       /* most tasks one claim takes; 0: half of
-                           concurrency, at least 1, at most 64 */
+  uint32_t batch;       /* most tasks one claim takes (at most 1024 and
+                           concurrency); 0: half of concurrency, at
+                           least 1, at most 64 */
   double poll_s;        /* the longest idle wait before looking for work
                            again (a store that notifies wakes it sooner);
                            0: 0.25 s */

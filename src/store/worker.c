@@ -48,7 +48,8 @@
 
 #define DEFAULT_CONCURRENCY 8
 #define MAX_CONCURRENCY 65536
-#define MAX_BATCH 64
+#define MAX_BATCH 1024
+#define DEFAULT_BATCH_MAX 64
 #define DEFAULT_POLL_S 0.25
 #define BACKOFF_MIN_S 0.1
 #define BACKOFF_MAX_S 5.0
@@ -568,6 +569,7 @@ apex_status_t apex_manager_serve(apex_manager_t *m, const apex_serve_config_t *c
   v->s = apex__durable_store(d);
   v->conc = c.concurrency ? c.concurrency : DEFAULT_CONCURRENCY;
   v->batch = c.batch ? c.batch : v->conc / 2;
+  if (!c.batch && v->batch > DEFAULT_BATCH_MAX) v->batch = DEFAULT_BATCH_MAX;
   if (v->batch < 1) v->batch = 1;
   if (v->batch > MAX_BATCH) v->batch = MAX_BATCH;
   if (v->batch > v->conc) v->batch = v->conc;
