@@ -167,9 +167,12 @@ static double naive_rate(apex_manager_t *m, const char *uri, uint64_t n) {
 static pid_t start_worker(const char *uri, int k, const char *out) {
   char owner[32];
   snprintf(owner, sizeof owner, "bench-w%d-%d", k, (int)getpid());
+  /* BENCH_W15_CONCURRENCY, BENCH_W15_BATCH: other sizes, for exploring. */
+  const char *conc = getenv("BENCH_W15_CONCURRENCY"), *batch = getenv("BENCH_W15_BATCH");
   char *argv[] = {(char *)APEX_CLI_PATH, "worker", "--store", (char *)uri, "--plugin-path",
                   (char *)APEX_BENCH_PLUGIN_DIR, "--plugins", "bench_worker", "--concurrency",
-                  "64", "--batch", "64", "--poll", "0.05", "--owner", owner, "--json", NULL};
+                  (char *)(conc ? conc : "64"), "--batch", (char *)(batch ? batch : "64"),
+                  "--poll", "0.05", "--owner", owner, "--json", NULL};
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
