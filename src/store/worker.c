@@ -26,8 +26,11 @@
  *
  * A store error (a lost connection) makes the server stop claiming and
  * retry with a backoff from 0.1 s doubling to 5 s, logging the outage once
- * and its end once; the tasks it holds run on (their checkpoints fail
- * while the store is away, as for any durable task).
+ * and its end once; the tasks it holds run on (a checkpoint waits for the
+ * store up to half the lease, durable.c), an outcome the store could not
+ * take is kept and written again once it answers, and a row held here that
+ * no task runs any more (its queued outcome write was lost) is given back
+ * or ended interrupted after two rescue passes.
  *
  * Lock order: v->mu is a leaf; no store call and no task call is made
  * under it. */
