@@ -8,7 +8,8 @@
  *   worker finishes them from their checkpoints;
  * - a cancel from another process (apex_store_cancel here, what `apex
  *   cancel` calls) reaches a task a worker runs within about a second;
- * - `apex run --enqueue` writes a task that a worker then runs.
+ * - `apex run --enqueue` writes a task that a worker then runs;
+ * - --limit holds across workers (the store counts the running tasks).
  * The store is an SQLite file, or APEX_TEST_STORE_URI. */
 #include <dirent.h>
 #include <errno.h>
@@ -204,12 +205,56 @@ static void test_run_enqueue_then_worker_runs_it(void **state) {
   dh_rmdir(dir);
 }
 
+/* --limit holds across workers: two workers of 4 slots each, a limit of 2
+ * on the action; the store never shows more than 2 of its tasks running,
+ * and does show 2 (the limit is not a queue of one). */
+static void test_limit_holds_across_workers(void **state) {
+  (void)state;
+  char dir[256], store[512], log[512], out[2][512];
+  dh_tmpdir(dir, sizeof dir, "wlimit");
+  wh_store(store, sizeof store, dir);
+  snprintf(log, sizeof log, "%s/steps.log", dir);
+  const char *args[] = {"--concurrency", "4", "--limit", "example_async.long_task=2", NULL};
+  pid_t pid[2];
+  for (int w = 0; w < 2; w++) {
+    snprintf(out[w], sizeof out[w], "%s/w%d.out", dir, w);
+    pid[w] = wh_start(out[w], store, args);
+  }
+  for (int w = 0; w < 2; w++) wh_wait_ready(out[w]);
+  apex_manager_t *m = wh_submitter(store);
+  apex_store_t *s = apex_manager_store(m);
+  uint64_t ids[8];
+  for (int i = 0; i < 8; i++) ids[i] = wh_enqueue(m, 4, 100, log);
+  int max_running = 0;
+  int64_t end = now_ms() + 60000;
+  for (;;) {
+    int running = 0, open = 0;
+    for (int i = 0; i < 8; i++) {
+      const char *st = wh_state(s, ids[i]);
+      running += strcmp(st, "running") == 0;
+      open += !wh_terminal(st);
+    }
+    if (running > max_running) max_running = running;
+    if (!open) break;
+    if (now_ms() > end) fail_msg("the limited tasks did not all end in 60 s");
+    nap_ms(10);
+  }
+  for (int i = 0; i < 8; i++) assert_string_equal(wh_state(s, ids[i]), "succeeded");
+  print_message("at most %d of the limited tasks ran at once\n", max_running);
+  assert_true(max_running <= 2);
+  assert_int_equal(max_running, 2);
+  for (int w = 0; w < 2; w++) assert_int_equal(wh_stop(pid[w], 20000), 0);
+  apex_manager_destroy(m, 0);
+  dh_rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_three_workers_share_the_queue),
       cmocka_unit_test(test_sigterm_drain_gives_tasks_back),
       cmocka_unit_test(test_cancel_from_another_process_is_prompt),
       cmocka_unit_test(test_run_enqueue_then_worker_runs_it),
+      cmocka_unit_test(test_limit_holds_across_workers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
