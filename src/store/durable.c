@@ -777,6 +777,10 @@ int apex__run_checkpoint(apex__run_t *r, const json_t *v) {
     double give_up = now + d->lease_s / 2, pause = 0.05;
     while (src == APEX_E_STORE && apex__store_now() + pause < give_up &&
            !apex_task_state_is_terminal((apex_task_state_t)atomic_load(&t->state))) {
+      if (pause == 0.05)
+        apex__log(&m->log, APEX_LOG_WARN,
+                  "store: task %llu: its checkpoint waits for the store (%s)",
+                  (unsigned long long)id, apex_error_message(err));
       struct timespec ts = {0, (long)(pause * 1e9)};
       nanosleep(&ts, NULL);
       pause = pause * 2 < 1.0 ? pause * 2 : 1.0;

@@ -31,6 +31,9 @@ static void test_three_workers_share_the_queue(void **state) {
   char dir[256], store[512], log[512], out[3][512];
   dh_tmpdir(dir, sizeof dir, "workers");
   wh_store(store, sizeof store, dir);
+  /* The store made before the workers start: several processes creating
+   * one new SQLite file at once can see it half made. */
+  apex_manager_t *m = wh_submitter(store);
   snprintf(log, sizeof log, "%s/steps.log", dir);
   const char *args[] = {"--concurrency", "4", "--lease", "5", NULL};
   pid_t pid[3];
@@ -39,7 +42,6 @@ static void test_three_workers_share_the_queue(void **state) {
     pid[w] = wh_start(out[w], store, args);
   }
   for (int w = 0; w < 3; w++) wh_wait_ready(out[w]);
-  apex_manager_t *m = wh_submitter(store);
   uint64_t ids[N_SHARED];
   for (int i = 0; i < N_SHARED; i++) ids[i] = wh_enqueue(m, 3, 20, log);
   apex_store_t *s = apex_manager_store(m);
@@ -75,6 +77,9 @@ static void test_sigterm_drain_gives_tasks_back(void **state) {
   char dir[256], store[512], log[512], outa[512], outb[512];
   dh_tmpdir(dir, sizeof dir, "drain");
   wh_store(store, sizeof store, dir);
+  /* The store made before the workers start: several processes creating
+   * one new SQLite file at once can see it half made. */
+  apex_manager_t *m = wh_submitter(store);
   snprintf(log, sizeof log, "%s/steps.log", dir);
   snprintf(outa, sizeof outa, "%s/a.out", dir);
   snprintf(outb, sizeof outb, "%s/b.out", dir);
@@ -82,7 +87,6 @@ static void test_sigterm_drain_gives_tasks_back(void **state) {
   const char *args[] = {"--concurrency", "4", "--lease", "60", "--drain", "0.3", NULL};
   pid_t a = wh_start(outa, store, args);
   wh_wait_ready(outa);
-  apex_manager_t *m = wh_submitter(store);
   apex_store_t *s = apex_manager_store(m);
   uint64_t ids[4];
   for (int i = 0; i < 4; i++) ids[i] = wh_enqueue(m, 40, 100, log);
@@ -140,12 +144,14 @@ static void test_cancel_from_another_process_is_prompt(void **state) {
   char dir[256], store[512], log[512], out[512];
   dh_tmpdir(dir, sizeof dir, "wcancel");
   wh_store(store, sizeof store, dir);
+  /* The store made before the workers start: several processes creating
+   * one new SQLite file at once can see it half made. */
+  apex_manager_t *m = wh_submitter(store);
   snprintf(log, sizeof log, "%s/steps.log", dir);
   snprintf(out, sizeof out, "%s/w.out", dir);
   const char *args[] = {"--concurrency", "2", NULL};
   pid_t w = wh_start(out, store, args);
   wh_wait_ready(out);
-  apex_manager_t *m = wh_submitter(store);
   /* Two steps of 30 s: no checkpoint (which would also tell it of the
    * cancel) before the cancel; only the worker's poll of the store can. */
   uint64_t id = wh_enqueue(m, 2, 30000, log);
@@ -213,6 +219,9 @@ static void test_limit_holds_across_workers(void **state) {
   char dir[256], store[512], log[512], out[2][512];
   dh_tmpdir(dir, sizeof dir, "wlimit");
   wh_store(store, sizeof store, dir);
+  /* The store made before the workers start: several processes creating
+   * one new SQLite file at once can see it half made. */
+  apex_manager_t *m = wh_submitter(store);
   snprintf(log, sizeof log, "%s/steps.log", dir);
   const char *args[] = {"--concurrency", "4", "--limit", "example_async.long_task=2", NULL};
   pid_t pid[2];
@@ -221,7 +230,6 @@ static void test_limit_holds_across_workers(void **state) {
     pid[w] = wh_start(out[w], store, args);
   }
   for (int w = 0; w < 2; w++) wh_wait_ready(out[w]);
-  apex_manager_t *m = wh_submitter(store);
   apex_store_t *s = apex_manager_store(m);
   uint64_t ids[8];
   for (int i = 0; i < 8; i++) ids[i] = wh_enqueue(m, 4, 100, log);

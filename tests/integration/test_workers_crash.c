@@ -58,6 +58,9 @@ static void test_three_workers_survive_twenty_sigkills(void **state) {
   char dir[256], store[512], log[512];
   dh_tmpdir(dir, sizeof dir, "wcrash");
   wh_store(store, sizeof store, dir);
+  /* The store made before the workers start: several processes creating
+   * one new SQLite file at once can see it half made. */
+  apex_manager_t *m = wh_submitter(store);
   snprintf(log, sizeof log, "%s/steps.log", dir);
   srand((unsigned)time(NULL) ^ (unsigned)getpid());
 
@@ -77,7 +80,6 @@ static void test_three_workers_survive_twenty_sigkills(void **state) {
   }
   for (int w = 0; w < N_WORKERS; w++) wh_wait_ready(out[slot_gen[w]]);
 
-  apex_manager_t *m = wh_submitter(store);
   apex_store_t *s = apex_manager_store(m);
   uint64_t *ids = calloc(N_TASKS, sizeof *ids);
   task_log_t *tl = calloc(N_TASKS, sizeof *tl);
