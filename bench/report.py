@@ -99,6 +99,13 @@ TARGETS = [
      "100 tasks checkpointing in a loop"),
     ("Wrecover", (1, "store", "recover_ms"), "<=", 2000,
      "100,000 unfinished tasks running again"),
+    # Issue 14: the shared queue, 3 apex worker processes on one store.
+    ("W15", (1, "worker_pg", "tasks_per_s"), ">=", 20000,
+     "no-op durable tasks claimed and completed by 3 workers on PostgreSQL"),
+    ("W15", (1, "worker_pg", "tasks_per_s"), ">=", (1, "worker_pg", "naive_tasks_per_s"),
+     "3 workers against the naive one-row claim+complete loop, same run"),
+    ("W15", (1, "worker_pg", "p50"), "<=", 5000000,
+     "claim latency (enqueue to start), 3 idle workers woken by NOTIFY"),
     # Issue 15: apex mcp against the official TypeScript SDK's McpServer, both
     # driven by the SDK's own client (whose cost dominates) and by a raw
     # newline-JSON client (bench/mcp_raw_client.c; the servers' own cost).
@@ -126,7 +133,7 @@ BETTER = {
     "mib_per_s": "higher",
     "ns_per_child": "lower", "cpu_ns_per_child": "lower", "ms_to_last_cancelled": "lower",
     "host_cpu_ns_per_delivered": "lower", "single_host_cpu_ns_per_delivered": "lower",
-    "single_tasks_per_s": "higher", "single_cpu_ns_per_task": "lower",
+    "single_tasks_per_s": "higher", "naive_tasks_per_s": "higher", "single_cpu_ns_per_task": "lower",
     "checkpoints_per_s": "higher", "cpu_ns_per_checkpoint": "lower",
     "recover_ms": "lower", "to_last_done_ms": "lower",
     "stdio_p50": "lower", "stdio_p99": "lower", "stdio_calls_per_s": "higher",
@@ -142,7 +149,7 @@ SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
 FLAGS = {"final"}
 
 WORKLOAD_ORDER = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
-                  "Whttp", "W11", "W12", "Wroll", "W13", "W14", "Wrecover", "W16"]
+                  "Whttp", "W11", "W12", "Wroll", "W13", "W14", "Wrecover", "W15", "W16"]
 WORKLOAD_TITLE = {
     "W1": "W1: throughput of no-op tasks",
     "W2": "W2: latency of one no-op task, submit to completion",
@@ -163,12 +170,13 @@ WORKLOAD_TITLE = {
     "W13": "W13: durable no-op tasks on SQLite, group commit against a transaction per write",
     "W14": "W14: checkpoints of 100 durable tasks in a loop",
     "Wrecover": "Wrecover: recovering 100,000 unfinished durable tasks",
+    "W15": "W15: a shared queue: no-op durable tasks through 3 apex worker processes on one store",
     "W16": "W16: MCP tool calls, apex mcp against the TypeScript SDK's McpServer",
 }
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "apex_nometrics",
               "apex_mutexmx", "apex_traced", "libuv",
               "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl",
-              "store", "mcp_sdk"]
+              "store", "worker", "worker_pg", "mcp_sdk"]
 # CPU right after the wall figures it was measured with.
 FIGURE_ORDER = ["tasks_per_s", "ns_per_task", "p50", "p99", "p999", "cpu_ns_per_task", "spans_dropped",
                 "bytes_per_task", "ns_per_update", "cpu_ns_per_update", "delivered",

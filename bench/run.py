@@ -64,9 +64,10 @@ FULL_SIZES = {
     "W13": 100000,  # durable no-op tasks (issue 13), each configuration
     "W14": 200000,  # checkpoints, over 100 tasks
     "Wrecover": 100000,  # unfinished tasks recovered
+    "W15": 100000,  # no-op tasks through 3 apex workers (issue 14)
 }
 WORKLOADS = ["W1", "W2", "W3", "W3q", "W4", "W5", "W6", "W6t", "W7", "W8", "W9", "W10",
-             "Whttp", "W11", "W12", "Wroll", "W16", "W13", "W14", "Wrecover"]
+             "Whttp", "W11", "W12", "Wroll", "W16", "W13", "W14", "Wrecover", "W15"]
 NOT_IMPLEMENTED = 3  # a program's exit status for "not implemented by this peer"
 TINY_W8_LAUNCHES = 3
 TINY_WHTTP_BYTES = 16 << 20

@@ -50,6 +50,11 @@ int cli_batch_parse(batch_opts_t *o, int argc, char **argv, int cmd_at);
 /* Frees what parsing allocated, and the three arrays. */
 void cli_batch_opts_free(batch_opts_t *o);
 
+/* One --limit SCOPE=N into o->limits[o->n_limits++] (room the caller's),
+ * as apex batch parses it; `apex worker` shares it. Returns: 0, or -1 with
+ * o->why and o->code set. */
+int cli_batch_parse_limit(batch_opts_t *o, const char *arg);
+
 /* ---- the run's state (batch.c) ----------------------------------------- */
 
 enum { SL_QUEUED, SL_RUNNING, SL_RETRY };

@@ -251,3 +251,5 @@ void cli_batch_opts_free(batch_opts_t *o) {
   free(o->base.plugin_paths);
 }
 
+
+int cli_batch_parse_limit(batch_opts_t *o, const char *arg) { return parse_limit(o, arg); }

@@ -49,6 +49,9 @@ typedef struct cli_opts {
   const char *store_owner;   /* the manager's owner id in the store (resume),
                                 or NULL: a random one */
   int detach;                /* run --detach: submit, print the id, exit */
+  int enqueue;               /* run --enqueue: write the task for the
+                                workers serving the store (apex worker),
+                                print its id, exit */
   const char *state;         /* tasks --state NAME[,NAME...], or NULL: any */
   long limit;                /* tasks --limit N, or 0: 50 */
   int argc;                  /* main's, for the detached runner's argv */
@@ -204,6 +207,10 @@ int cli_batch_option_takes_value(const char *arg);
 int cli_cmd_mcp(int argc, char **argv, int cmd_at);
 /* Returns: 1 if arg is an option of `apex mcp` that takes a value. */
 int cli_mcp_option_takes_value(const char *arg);
+/* `apex worker` (worker.c), which parses its own options as batch does;
+ * and whether arg is one of its options that takes a value. */
+int cli_cmd_worker(int argc, char **argv, int cmd_at);
+int cli_worker_option_takes_value(const char *arg);
 
 /* Writes all n bytes with write(2), retrying on EINTR and short writes,
  * until done or a write fails (then gives up silently: the callers have

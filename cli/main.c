@@ -29,6 +29,8 @@ static const char usage_text[] =
     "                            under limits (apex batch --help)\n"
     "  mcp                       serve every action as a Model Context Protocol\n"
     "                            tool, over stdio or HTTP (apex mcp --help)\n"
+    "  worker                    serve a store's queue with other workers, until\n"
+    "                            SIGTERM (apex worker --help)\n"
     "  tasks                     list the tasks of the store: id, action, state,\n"
     "                            progress, age (--state S[,S...], --limit N)\n"
     "  show ID                   all the store has on one task\n"
@@ -75,6 +77,9 @@ static const char usage_text[] =
     "  --detach            submit the task to the store, print its id and\n"
     "                      return; a runner process of its own runs it, past\n"
     "                      the shell's end (apex watch|show|cancel ID)\n"
+    "  --enqueue           write the task to the store's queue, print its id\n"
+    "                      and return: an `apex worker` serving the store runs\n"
+    "                      it (--detach does this on a postgresql:// store)\n"
     "\n"
     "Options of tasks, show, cancel, watch, resume:\n"
     "  --store PATH        the store (default: $XDG_STATE_HOME/apex/tasks.db,\n"
@@ -322,7 +327,7 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
     if (strcmp(name, valued[k]) == 0) takes_value = 1;
   int is_flag = strcmp(name, "--json") == 0 || strcmp(name, "--help") == 0 ||
                 strcmp(name, "-h") == 0 || strcmp(name, "--version") == 0 ||
-                strcmp(name, "--detach") == 0;
+                strcmp(name, "--detach") == 0 || strcmp(name, "--enqueue") == 0;
   if (!takes_value && !is_flag)
     return parse_fail(ps, APEX_E_INVALID, "unknown option '%s' (see apex --help)", arg);
   if (is_flag && eq) return parse_fail(ps, APEX_E_INVALID, "%s takes no value", name);
@@ -347,6 +352,7 @@ static int parse_option(parse_state_t *ps, const char *arg, int argc, char **arg
 
   if (strcmp(name, "--json") == 0) ps->o->json = 1;
   else if (strcmp(name, "--detach") == 0) ps->o->detach = 1;
+  else if (strcmp(name, "--enqueue") == 0) ps->o->enqueue = 1;
   else if (strcmp(name, "--store") == 0) ps->o->store = value;
   else if (strcmp(name, "--state") == 0) ps->o->state = value;
   else if (strcmp(name, "--limit") == 0) return parse_limit(ps, value);
@@ -431,7 +437,8 @@ static int command_index(int argc, char **argv) {
     const char *a = argv[i];
     if (strcmp(a, "--") == 0) return i + 1 < argc ? i + 1 : 0;
     if (a[0] == '-' && a[1] != '\0') {
-      int takes = cli_batch_option_takes_value(a) || cli_mcp_option_takes_value(a);
+      int takes = cli_batch_option_takes_value(a) || cli_mcp_option_takes_value(a) ||
+                  cli_worker_option_takes_value(a);
       for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
         if (strcmp(a, valued[k]) == 0) takes = 1;
       if (takes) i++; /* skip its value */
@@ -461,6 +468,7 @@ int main(int argc, char **argv) {
   int cmd = command_index(argc, argv);
   if (cmd > 0 && strcmp(argv[cmd], "batch") == 0) return cli_cmd_batch(argc, argv, cmd);
   if (cmd > 0 && strcmp(argv[cmd], "mcp") == 0) return cli_cmd_mcp(argc, argv, cmd);
+  if (cmd > 0 && strcmp(argv[cmd], "worker") == 0) return cli_cmd_worker(argc, argv, cmd);
   cli_opts_t o = {.timeout_s = -1, .retries = -1};
   parse_state_t ps = {.o = &o};
   int code = CLI_EXIT_OK;
@@ -534,7 +542,7 @@ info:
     fputs(usage_text, stdout);
   } else {
     code = cli_fail(0, APEX_E_INVALID,
-                    "unknown command '%s' (commands: plugins, describe, run, batch, mcp, tasks, "
+                    "unknown command '%s' (commands: plugins, describe, run, batch, mcp, worker, tasks, "
                     "show, cancel, watch, resume)",
                     o.command);
   }

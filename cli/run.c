@@ -691,7 +691,7 @@ int cli_cmd_run(const cli_opts_t *o_in) {
    * may still use it): kept in a static buffer, not on the heap. */
   static char store_path[4096];
   int runner = oo.detach && getenv(CLI_RUNNER_ENV) != NULL;
-  if (oo.store || oo.detach) {
+  if (oo.store || oo.detach || oo.enqueue) {
     char *p = cli_store_path(o);
     if (!p) return CLI_EXIT_FAILED;
     if (strlen(p) >= sizeof store_path) {
@@ -702,7 +702,10 @@ int cli_cmd_run(const cli_opts_t *o_in) {
     free(p);
     oo.store = store_path;
   }
-  if (oo.detach && !runner)
+  /* A store other processes serve from anywhere (a URI, not a file):
+   * --detach enqueues for its workers instead of starting a runner. */
+  if (oo.detach && !runner && strstr(store_path, "://")) oo.enqueue = 1;
+  if (oo.detach && !runner && !oo.enqueue)
     return o->target ? cli_detach(o, store_path)
                      : cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");
   if (runner) oo.json = 1; /* stdout is the pipe, then /dev/null */
@@ -761,6 +764,29 @@ int cli_cmd_run(const cli_opts_t *o_in) {
     so.retry = &policy;
   }
   r.max_attempts = policy.max_attempts ? policy.max_attempts : 1;
+
+  if (o->enqueue) {
+    /* For the workers serving the store (apex worker): written, not run. */
+    uint64_t id = 0;
+    apex_error_t *err = NULL;
+    int rc = apex_manager_enqueue(m, plugin, action, o->params, &so, &id, &err);
+    if (rc != APEX_OK) {
+      code = cli_fail_error(o->json, rc, err);
+      apex_error_unref(err);
+      return finish(&r, m, code);
+    }
+    if (o->json) {
+      cli_emit(json_pack("{s:s, s:I, s:s, s:s, s:s}", "event", "submitted", "task",
+                         (json_int_t)id, "plugin", plugin, "action", action, "store", o->store));
+    } else {
+      printf("%llu\n", (unsigned long long)id);
+      if (isatty(STDERR_FILENO))
+        fprintf(stderr, "apex: task %llu is queued for the workers serving %s; follow it with "
+                        "`apex watch %llu`\n",
+                (unsigned long long)id, o->store, (unsigned long long)id);
+    }
+    return finish(&r, m, CLI_EXIT_OK);
+  }
 
   if (!r.json) {
     drain_logs(&r); /* what loading logged, before the display is up */

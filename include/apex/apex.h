@@ -1116,6 +1116,110 @@ APEX_EXTERN apex_status_t apex_manager_recover(apex_manager_t *m, size_t *n_reco
 APEX_EXTERN apex_status_t apex_manager_task_info(apex_manager_t *m, uint64_t id, json_t **out,
                                                  apex_error_t **err);
 
+/* ------------------------------------------- serving a shared queue
+ * Several processes, on one host or many, serve one store's queue
+ * (docs/workers.md): each opens a manager on the store, loads the plugins
+ * and calls apex_manager_serve. A thread of the manager then claims due
+ * tasks in batches (the limits below hold across every serving process),
+ * runs each as a durable task of its row (recovery's rules: a resumable
+ * action resumes from its last checkpoint), renews their leases, acts on
+ * cancel requests within about a second, records each outcome only while
+ * it still holds the task's lease, and takes over the running tasks of
+ * owners whose lease expired. Submitters need no runner: apex_manager_enqueue
+ * writes a task for the serving processes to take. */
+
+/* A concurrency limit on the store: at most max tasks of the scope running
+ * at once, counted over every process serving it. */
+typedef struct apex_serve_limit {
+  apex_scope_t scope; /* GLOBAL (name NULL), PLUGIN, ACTION or KEY (name
+                         NULL: each key on its own, as "key:*") */
+  const char *name;   /* as apex_manager_set_concurrency's */
+  uint32_t max;       /* 1 to APEX_LIMIT_MAX */
+} apex_serve_limit_t;
+
+/* How apex_manager_serve serves; every field's zero is its default.
+ * Grows by appended fields: struct_size (set by apex_serve_config_init) is
+ * sizeof as the caller's header declares it, and the library reads that
+ * much (docs/abi.md). */
+typedef struct apex_serve_config {
+  uint32_t struct_size;
+  uint32_t concurrency; /* tasks this process holds at once (claimed, not
+                           yet ended): 0: 8. The manager needs as many
+                           workers (apex_manager_config_t.workers). */
+  uint32_t batch;       /* most tasks one claim takes (at most 1024 and
+                           concurrency); 0: half of concurrency, at
+                           least 1, at most 64 */
+  double poll_s;        /* the longest idle wait before looking for work
+                           again (a store that notifies wakes it sooner);
+                           0: 0.25 s */
+  const apex_serve_limit_t *limits; /* NULL: none (copied) */
+  size_t n_limits;
+} apex_serve_config_t;
+
+/* Fills c with the defaults (zeros) and struct_size. */
+APEX_EXTERN void apex_serve_config_init(apex_serve_config_t *c);
+
+/* Starts serving m's store (a manager opened with config.store, its
+ * plugins loaded): from now until apex_manager_serve_stop or
+ * apex_manager_destroy, m claims and runs the store's due tasks. A task
+ * whose plugin or action m has not loaded ends `failed` as in
+ * apex_manager_recover: every process serving a store loads the plugins of
+ * every task submitted to it.
+ * Returns: APEX_OK; APEX_E_INVALID (NULL m, no store, a bad config field,
+ * already serving; *err names it); APEX_E_NOMEM; APEX_E_IO (no thread).
+ * Ownership: c and its limits copied. Thread-safety: any thread but Apex's
+ * own; one serve per manager at a time. */
+APEX_EXTERN apex_status_t apex_manager_serve(apex_manager_t *m, const apex_serve_config_t *c,
+                                             apex_error_t **err);
+
+/* Stops serving: no more claims; the tasks m holds get up to drain_s
+ * seconds to end; those still running then are cancelled and their rows
+ * given back to the queue at once (a resumable or idempotent action, or one
+ * that had not started: another process takes it from its last checkpoint
+ * right away), or, for an action neither resumable nor idempotent that had
+ * started, ended `failed` (APEX_E_INTERRUPTED) as recovery would.
+ * *n_released (may be NULL): the rows given back.
+ * Returns: APEX_OK; APEX_E_INVALID (NULL m, not serving). Thread-safety:
+ * any thread but Apex's own; blocks up to drain_s plus a few seconds for
+ * cancelled handlers to return. */
+APEX_EXTERN apex_status_t apex_manager_serve_stop(apex_manager_t *m, double drain_s,
+                                                  size_t *n_released, apex_error_t **err);
+
+/* What the serve loop has done so far (apex_manager_serve_stats). Grows
+ * like apex_stats_t: set struct_size (APEX_SERVE_STATS_INIT); the library
+ * fills at most that many bytes. */
+typedef struct apex_serve_stats {
+  uint32_t struct_size;
+  uint64_t claimed;      /* tasks taken from the queue */
+  uint64_t rescued;      /* running tasks taken over from an expired lease */
+  uint64_t ended;        /* of those, ended here (outcome recorded or not) */
+  uint64_t discarded;    /* outcomes refused: the lease was lost meanwhile */
+  uint64_t released;     /* rows given back by serve_stop */
+  uint64_t store_errors; /* store calls that failed (each retried) */
+  uint32_t held;         /* tasks held now */
+  int store_ok;          /* 0 while the store is unreachable */
+} apex_serve_stats_t;
+#define APEX_SERVE_STATS_INIT {.struct_size = sizeof(apex_serve_stats_t)}
+
+/* Copies the serve loop's counters into *out (zeros when m never served).
+ * Returns: APEX_OK; APEX_E_INVALID (NULL argument, struct_size 0).
+ * Thread-safety: any thread. */
+APEX_EXTERN apex_status_t apex_manager_serve_stats(apex_manager_t *m, apex_serve_stats_t *out);
+
+/* Writes a durable task for the processes serving m's store to run
+ * (queued, or scheduled for opts.run_at / run_after_s, held by none) and
+ * returns its id, without running it here: what `apex run --enqueue` does.
+ * plugin.action must be loaded in m, params are validated as
+ * apex_manager_submit does, and opts are kept as for a durable submit
+ * (parent is refused); an idempotency key already used returns that
+ * task's id.
+ * Returns: APEX_OK and *id; apex_manager_submit's errors. Thread-safety:
+ * any thread but Apex's own. Ownership: params borrowed. */
+APEX_EXTERN apex_status_t apex_manager_enqueue(apex_manager_t *m, const char *plugin,
+                                               const char *action, const json_t *params,
+                                               const apex_submit_opts_t *opts, uint64_t *id,
+                                               apex_error_t **err);
+
 /* ------------------------------------------------- graceful shutdown */
 
 /* One operation in a shutdown report; names are the report's copies. */

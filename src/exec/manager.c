@@ -312,6 +312,9 @@ static void cancel_started(apex_manager_t *m, int all) {
 
 apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   if (!m) return APEX_OK;
+  /* 0. A serving manager stops claiming and gives its rows back first
+   * (src/store/worker.c): other workers take them at once. */
+  if (m->dur) apex__serve_destroy(m);
   /* 1. Under pool_mu, where submit checks it: a submit is either refused or
    * its task is in the scheduler swept below. `sweeping` (seq_cst, as
    * the worker's count of its attempt and its read) makes a worker that

@@ -67,6 +67,8 @@ struct apex__durable {
   pthread_mutex_t kmu;
   pthread_cond_t kcv;
   int kstop;
+  /* apex_manager_serve's state (worker.c), or NULL */
+  struct apex__serve *srv;
 };
 
 static int must_wait(uint32_t flags) {
@@ -290,6 +292,7 @@ int apex__durable_open(apex_manager_t *m) {
 void apex__durable_close(apex_manager_t *m) {
   apex__durable_t *d = m->dur;
   if (!d) return;
+  apex__serve_free(m);
   if (d->keeper_started) {
     pthread_mutex_lock(&d->kmu);
     d->kstop = 1;
@@ -316,6 +319,13 @@ void apex__durable_close(apex_manager_t *m) {
 /* A recovery in progress on this thread (apex_manager_recover): the row
  * the submit it makes re-creates. */
 static _Thread_local const apex__srec_t *tl_recovering;
+/* The row being re-created was claimed for this manager (claim_next or a
+ * rescue's claim: worker.c): its attempt is recorded already. */
+static _Thread_local int tl_claimed;
+/* apex_manager_enqueue on this thread: the row is written unheld and the
+ * submit stops there (its id goes here). */
+static _Thread_local int tl_enqueue;
+static _Thread_local uint64_t tl_enqueued_id;
 
 int apex__durable_wanted(apex_manager_t *m, const apex_submit_opts_t *o, int child) {
   if (!m->dur || child) return 0;
@@ -437,6 +447,13 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
     t->id = rec->id;
     saw_id(m, t->id);
     if (durable) t->opts->durable->attempt_base = rec->attempts;
+    if (durable && tl_claimed) {
+      /* claim_next (or a rescue's claim) counted this attempt already */
+      apex__dtask_t *dt = t->opts->durable;
+      dt->attempt_base = rec->attempts ? rec->attempts - 1 : 0;
+      dt->claimed = 1;
+      dt->served = 1;
+    }
     if (durable && rec->checkpoint && (t->action->flags & APEX_ACTION_F_RESUMABLE))
       t->opts->durable->cp_recovered = json_loads(rec->checkpoint, JSON_DECODE_ANY, NULL);
     return APEX_OK;
@@ -466,8 +483,10 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
   r.created_at = r.updated_at = apex__store_now();
   if (scheduled && t->opts->start_ns) r.run_at = wall_of(t->opts->start_ns);
   if (t->deadline_ns) r.deadline = wall_of(t->deadline_ns);
-  r.owner = d->owner;
-  r.lease_until = r.created_at + d->lease_s;
+  /* Enqueued for the workers serving the store: held by none, so the
+   * first claim_next takes it. */
+  r.owner = tl_enqueue ? NULL : d->owner;
+  r.lease_until = tl_enqueue ? 0 : r.created_at + d->lease_s;
   int rc;
   if (bad) {
     rc = apex__fail(err, APEX_E_NOMEM, "out of memory");
@@ -475,7 +494,11 @@ int apex__durable_submit(apex_manager_t *m, apex_task_t *t, const apex_submit_op
     uint64_t existing = 0;
     apex_error_t *e = NULL;
     rc = d->s->ops->enqueue(d->s, &r, &existing, &e);
-    if (rc == APEX_OK && existing) {
+    if (rc == APEX_OK && tl_enqueue) {
+      /* Not run here: the submit stops (apex_manager_enqueue reads the id). */
+      tl_enqueued_id = existing ? existing : t->id;
+      rc = APEX__ENQUEUED;
+    } else if (rc == APEX_OK && existing) {
       /* The key's task: this manager's live one, or say where it is. */
       apex_task_t *h = NULL;
       apex__srec_t x;
@@ -527,6 +550,8 @@ int apex__durable_attempt_start(apex_task_t *t, apex__run_t *r) {
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
   uint32_t attempt = dt->attempt_base + t->attempt;
+  int recorded = dt->claimed;
+  dt->claimed = 0;
   if (dt->cp_recovered) { /* the first attempt of a recovered task resumes */
     apex__progress_slot_t *s = r->prog;
     if (!s) s = r->prog = calloc(1, sizeof *s);
@@ -540,6 +565,8 @@ int apex__durable_attempt_start(apex_task_t *t, apex__run_t *r) {
   }
   pthread_mutex_unlock(mu);
   if (!d) return APEX_OK; /* the store is gone: teardown */
+  /* A served row's first attempt: claim_next wrote its start, durably. */
+  if (recorded) return APEX_OK;
   double now = apex__store_now();
   /* An idempotent or resumable action may run again after a crash, so
    * its claim need not be durable before it runs: queued, not waited for
@@ -584,6 +611,12 @@ void apex__durable_ended(apex_task_t *t) {
   apex__dtask_t *dt = dtask_of(t);
   if (!d || !dt) return;
   int st = atomic_load(&t->state);
+  if (dt->served && atomic_load(&dt->released)) {
+    /* Its row goes back to the queue instead (a draining worker released
+     * it): nothing to record. */
+    apex__serve_ended(m, t->id);
+    return;
+  }
   /* Cancelled by a shutdown: the row stays as it was (queued, running),
    * for the next manager to recover; the process is going, not the task. */
   /* (By its reason: a task cancelled before the shutdown, whose handler
@@ -591,7 +624,10 @@ void apex__durable_ended(apex_task_t *t) {
   if (st == APEX_TASK_CANCELLED && atomic_load(&m->shutting_down)) {
     apex_token_t *tok = apex__task_token_peek(t);
     const char *why = tok ? apex_token_reason(tok) : NULL;
-    if (!why || strcmp(why, "shutdown") == 0) return;
+    if (!why || strcmp(why, "shutdown") == 0) {
+      if (dt->served) apex__serve_ended(m, t->id);
+      return;
+    }
   }
   json_t *res = st == APEX_TASK_SUCCEEDED ? apex_task_result(t) : NULL;
   apex_error_t *e = st == APEX_TASK_SUCCEEDED ? NULL : apex_task_error(t);
@@ -602,12 +638,30 @@ void apex__durable_ended(apex_task_t *t) {
   json_decref(ej);
   json_decref(part);
   apex_error_unref(e);
-  int wait = must_wait(dt->action_flags) && !apex__on_runtime_thread(m);
+  /* A served task waits for its outcome's write too (off the runtime
+   * thread): the serve loop must learn of a refusal (the lease was lost)
+   * and of a store error (it retries the write). */
+  int wait = (must_wait(dt->action_flags) || dt->served) && !apex__on_runtime_thread(m);
   apex_error_t *err = NULL;
   int rc = d->s->ops->finish(d->s, t->id, d->owner, st, apex__store_now(), 0,
                              rt ? rt : (st == APEX_TASK_SUCCEEDED ? "null" : NULL), et, pt, wait,
                              &err);
-  if (rc != APEX_OK && rc != APEX_E_ALREADY)
+  if (dt->served && rc == APEX_E_ALREADY) {
+    apex__serve_discarded(m, t->id, apex_task_state_name((apex_task_state_t)st));
+    apex__serve_ended(m, t->id);
+  } else if (dt->served && rc != APEX_OK && wait) {
+    /* The store is away: the serve loop writes it once it answers (the
+     * row stays held meanwhile, so no one else runs the task). */
+    apex__log(&m->log, APEX_LOG_WARN,
+              "store: task %llu: its outcome (%s) is not recorded yet (%s); retrying",
+              (unsigned long long)t->id, apex_task_state_name((apex_task_state_t)st),
+              apex_error_message(err));
+    apex__serve_pending(m, t->id, st, rt ? rt : (st == APEX_TASK_SUCCEEDED ? "null" : NULL), et,
+                        pt);
+  } else if (dt->served) {
+    apex__serve_ended(m, t->id);
+  }
+  if (rc != APEX_OK && rc != APEX_E_ALREADY && !(dt->served && wait))
     apex__log(&m->log, APEX_LOG_ERROR, "store: task %llu: its outcome (%s) was not recorded: %s",
               (unsigned long long)t->id, apex_task_state_name((apex_task_state_t)st),
               apex_error_message(err));
@@ -716,6 +770,26 @@ int apex__run_checkpoint(apex__run_t *r, const json_t *v) {
     apex_error_t *err = NULL;
     int src = d->s->ops->heartbeat(d->s, id, d->owner, now, now + d->lease_s, text,
                                    prog[0] ? prog : NULL, 1, &err);
+    /* The store away (a lost connection, a server restart: the backend
+     * reconnects by itself): the checkpoint waits for it, up to half the
+     * lease (past that another owner may take the task over), rather than
+     * failing an attempt that a restart of a second would otherwise end. */
+    double give_up = now + d->lease_s / 2, pause = 0.05;
+    while (src == APEX_E_STORE && apex__store_now() + pause < give_up &&
+           !apex_task_state_is_terminal((apex_task_state_t)atomic_load(&t->state))) {
+      if (pause == 0.05)
+        apex__log(&m->log, APEX_LOG_WARN,
+                  "store: task %llu: its checkpoint waits for the store (%s)",
+                  (unsigned long long)id, apex_error_message(err));
+      struct timespec ts = {0, (long)(pause * 1e9)};
+      nanosleep(&ts, NULL);
+      pause = pause * 2 < 1.0 ? pause * 2 : 1.0;
+      apex_error_unref(err);
+      err = NULL;
+      now = apex__store_now();
+      src = d->s->ops->heartbeat(d->s, id, d->owner, now, now + d->lease_s, text,
+                                 prog[0] ? prog : NULL, 1, &err);
+    }
     if (src == APEX_E_CANCELLED) {
       cancel_from_store(d, id);
     } else if (src == APEX_E_ALREADY) {
@@ -811,9 +885,14 @@ static void opts_from(const apex__srec_t *r, apex_submit_opts_t *o, apex_retry_p
   o->heartbeat_timeout_s = json_number_value(json_object_get(j, "heartbeat_timeout_s"));
 }
 
-/* Re-creates row r as a task of m. Returns 1 if it was taken over (queued
- * again, or ended in the store as the rules say), 0 if left. */
-static int recover_one(apex__durable_t *d, const apex__srec_t *r) {
+/* Re-creates row r as a task of m. cut_off: r was running when its owner
+ * went (the rules for an action neither resumable nor idempotent apply);
+ * claimed: this manager claimed r's attempt already (worker.c). Returns 1
+ * if it was taken over (queued again, *out (may be NULL) a handle on the
+ * task, or ended in the store as the rules say, *out NULL), 0 if left. */
+static int adopt_row(apex__durable_t *d, const apex__srec_t *r, int cut_off, int claimed,
+                     apex_task_t **out) {
+  if (out) *out = NULL;
   apex_manager_t *m = d->m;
   char msg[512];
   if (r->cancel_requested) {
@@ -857,7 +936,6 @@ static int recover_one(apex__durable_t *d, const apex__srec_t *r) {
     return 1;
   }
   uint32_t flags = a->flags;
-  int cut_off = r->state == APEX_TASK_RUNNING;
   if (cut_off && !(flags & (APEX_ACTION_F_RESUMABLE | APEX_ACTION_F_IDEMPOTENT))) {
     snprintf(msg, sizeof msg,
              "task %llu: %s.%s was running (attempt %u) when its process stopped; the action is "
@@ -877,10 +955,12 @@ static int recover_one(apex__durable_t *d, const apex__srec_t *r) {
   if (r->run_at > now) o.run_at = r->run_at;
   json_t *params = r->params ? json_loads(r->params, 0, NULL) : NULL;
   tl_recovering = r;
+  tl_claimed = claimed;
   apex_task_t *t = NULL;
   apex_error_t *err = NULL;
   int rc = apex_manager_submit(m, r->plugin, r->action, params, &o, &t, &err);
   tl_recovering = NULL;
+  tl_claimed = 0;
   json_decref(params);
   json_decref(keep);
   if (rc != APEX_OK) {
@@ -894,8 +974,75 @@ static int recover_one(apex__durable_t *d, const apex__srec_t *r) {
     end_row(d, r, APEX_TASK_FAILED, rc, msg);
     return 1;
   }
-  apex_task_release(t);
+  if (out) *out = t;
+  else apex_task_release(t);
   return 1;
+}
+
+static int recover_one(apex__durable_t *d, const apex__srec_t *r) {
+  return adopt_row(d, r, r->state == APEX_TASK_RUNNING, 0, NULL);
+}
+
+/* ------------------------------------------------------------ worker.c's hooks */
+
+apex__store_t *apex__durable_store(apex__durable_t *d) { return d->s; }
+const char *apex__durable_owner(apex__durable_t *d) { return d->owner; }
+double apex__durable_lease_s(apex__durable_t *d) { return d->lease_s; }
+struct apex__serve **apex__durable_serve_slot(apex__durable_t *d) { return &d->srv; }
+
+int apex__durable_adopt(apex__durable_t *d, const apex__srec_t *r, int cut_off,
+                        apex_task_t **out) {
+  return adopt_row(d, r, cut_off, 1, out);
+}
+
+void apex__durable_end_row(apex__durable_t *d, const apex__srec_t *r, int state, int code,
+                           const char *msg) {
+  end_row(d, r, state, code, msg);
+}
+
+int apex__durable_release_mark(apex_task_t *t, uint32_t *flags) {
+  apex__dtask_t *dt = dtask_of(t);
+  if (!dt) return -1;
+  pthread_mutex_t *mu = apex__task_mu(t);
+  pthread_mutex_lock(mu);
+  int started = !dt->claimed;
+  pthread_mutex_unlock(mu);
+  atomic_store(&dt->released, 1);
+  *flags = dt->action_flags;
+  return started;
+}
+
+apex_status_t apex_manager_enqueue(apex_manager_t *m, const char *plugin, const char *action,
+                                   const json_t *params, const apex_submit_opts_t *opts,
+                                   uint64_t *id, apex_error_t **err) {
+  if (id) *id = 0;
+  if (!m || !id)
+    return apex__fail(err, APEX_E_INVALID, "apex_manager_enqueue: NULL %s", !m ? "manager" : "id");
+  if (!m->dur)
+    return apex__fail(err, APEX_E_INVALID, "apex_manager_enqueue: the manager has no store");
+  if (opts && opts->parent)
+    return apex__fail(err, APEX_E_INVALID,
+                      "apex_manager_enqueue: a child task (opts.parent) cannot be enqueued");
+  apex_submit_opts_t o;
+  if (opts) o = *opts;
+  else apex_submit_opts_init(&o);
+  o.durable = 1;
+  tl_enqueue = 1;
+  tl_enqueued_id = 0;
+  apex_task_t *t = NULL;
+  int rc = apex_manager_submit(m, plugin, action, (json_t *)params, &o, &t, err);
+  tl_enqueue = 0;
+  if (rc == APEX__ENQUEUED) {
+    *id = tl_enqueued_id;
+    apex__serve_poke(m);
+    return APEX_OK;
+  }
+  if (rc == APEX_OK) { /* cannot happen: every durable submit stops at its row */
+    apex_task_cancel(t, "user");
+    apex_task_release(t);
+    return apex__fail(err, APEX_E_INVALID, "apex_manager_enqueue: the task was not durable");
+  }
+  return rc;
 }
 
 apex_store_t *apex_manager_store(apex_manager_t *m) { return m && m->dur ? m->dur->s : NULL; }

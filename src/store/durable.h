@@ -19,6 +19,7 @@
 #ifndef APEX_STORE_DURABLE_H
 #define APEX_STORE_DURABLE_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "apex/apex.h"
@@ -37,7 +38,17 @@ typedef struct apex__dtask {
   /* The checkpoint a recovered task resumes from, until its first attempt
    * in this process takes it (task lock). */
   json_t *cp_recovered;
+  /* A row a serving manager claimed (worker.c): served for the serve
+   * loop's count; claimed while its first attempt, whose start claim_next
+   * recorded, has not opened (task lock); released once a draining
+   * worker gave its row back (its end is then not recorded). */
+  uint8_t served, claimed;
+  atomic_int released;
 } apex__dtask_t;
+
+/* apex__durable_submit's answer in apex_manager_enqueue: the row is
+ * written and the submit stops there. */
+#define APEX__ENQUEUED 2
 
 /* apex_manager_new with cfg.store: opens the store, takes the owner id
  * (and its lock), starts the keeper. Returns: APEX_OK; APEX_E_STORE or
@@ -83,5 +94,46 @@ json_t *apex__run_checkpoint_get(struct apex__run *r);
 /* An attempt opens (task lock): the latest checkpoint becomes what
  * apex_ctx_checkpoint_get returns. */
 void apex__checkpoint_rotate_locked(struct apex__progress_slot *s);
+
+/* ---- What worker.c (apex_manager_serve) uses of a manager's store ---- */
+
+struct apex__serve;
+struct apex__srec;
+struct apex_store *apex__durable_store(apex__durable_t *d);
+const char *apex__durable_owner(apex__durable_t *d);
+double apex__durable_lease_s(apex__durable_t *d);
+/* Where d keeps the serve loop's state (NULL: not serving). */
+struct apex__serve **apex__durable_serve_slot(apex__durable_t *d);
+/* Runs row r, claimed for this manager (running, attempts counting this
+ * attempt, held by its owner), as a task of m, by recovery's rules
+ * (apex_manager_recover; cut_off: r was running when its last owner went).
+ * Returns 1 taken (*out a handle on the task, or NULL when the rules ended
+ * the row), 0 left (the manager is shutting down or full: the caller gives
+ * the row back). */
+int apex__durable_adopt(apex__durable_t *d, const struct apex__srec *r, int cut_off,
+                        apex_task_t **out);
+/* Ends row r (held by d's owner, or by one whose lease expired) with state
+ * and an error (code, msg). */
+void apex__durable_end_row(apex__durable_t *d, const struct apex__srec *r, int state, int code,
+                           const char *msg);
+/* A draining worker gives t's row back: from now on t's end is not
+ * recorded. Returns 1 if an attempt of t started here, 0 if not, -1 (not
+ * durable); *flags its action's APEX_ACTION_F_*. */
+int apex__durable_release_mark(apex_task_t *t, uint32_t *flags);
+
+/* worker.c's hooks: a served task ended (its outcome written or refused);
+ * its outcome was refused (the row is another owner's now: logged); a row
+ * was enqueued in this process (a claim may find it); m is being destroyed
+ * (the serve loop stops at once, giving back what it holds). */
+void apex__serve_ended(apex_manager_t *m, uint64_t id);
+/* A served task's outcome could not be written (the store is away): the
+ * serve loop retries it (the strings copied). */
+void apex__serve_pending(apex_manager_t *m, uint64_t id, int state, const char *result,
+                         const char *error, const char *partial);
+void apex__serve_discarded(apex_manager_t *m, uint64_t id, const char *state);
+void apex__serve_poke(apex_manager_t *m);
+void apex__serve_destroy(apex_manager_t *m);
+/* Frees the serve loop's state (apex__durable_close, after the workers). */
+void apex__serve_free(apex_manager_t *m);
 
 #endif
