@@ -44,7 +44,8 @@ static inline pid_t wh_start(const char *out, const char *store, const char *con
   for (size_t i = 0; args && args[i] && n < 46; i++) argv[n++] = (char *)args[i];
   argv[n] = NULL;
   char err[600];
-  snprintf(err, sizeof err, "%s.err", out);
+  int w = snprintf(err, sizeof err, "%s.err", out);
+  assert_true(w > 0 && (size_t)w < sizeof err);
   size_t ne = 0;
   while (environ[ne]) ne++;
   char **env = calloc(ne + 2, sizeof *env);
