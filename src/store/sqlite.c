@@ -1506,10 +1506,19 @@ static int parse_options(sq_store_t *s, const char *spec, apex_error_t **err) {
  * Writes nothing to a file it refuses. */
 static int check_schema(sq_store_t *s, apex_error_t **err) {
   int64_t app = 0, ver = 0, ntab = 0;
+  /* The three reads in one read transaction: one snapshot. Read one by
+   * one, a process creating the same new file meanwhile could commit
+   * between them, and its tables would be seen with the application_id
+   * of the empty file before ("not an Apex task store"). */
+  if (exec_w(s, "BEGIN") != APEX_OK) return sq_fail(s, s->w, err, "read the schema");
   if (pragma_int(s->w, "PRAGMA application_id", &app) != SQLITE_OK ||
       pragma_int(s->w, "PRAGMA user_version", &ver) != SQLITE_OK ||
-      pragma_int(s->w, "SELECT count(*) FROM sqlite_master", &ntab) != SQLITE_OK)
-    return sq_fail(s, s->w, err, "read the schema");
+      pragma_int(s->w, "SELECT count(*) FROM sqlite_master", &ntab) != SQLITE_OK) {
+    int rc = sq_fail(s, s->w, err, "read the schema");
+    (void)exec_w(s, "ROLLBACK");
+    return rc;
+  }
+  if (exec_w(s, "COMMIT") != APEX_OK) return sq_fail(s, s->w, err, "read the schema");
   if (ntab > 0 && app != SQ_APP_ID)
     return apex__store_fail(err, APEX_E_STORE,
                             "store '%s': not an Apex task store (a database of another program: "
@@ -1562,6 +1571,24 @@ static int check_schema(sq_store_t *s, apex_error_t **err) {
   return APEX_OK;
 }
 
+/* Turns WAL on (and the synchronous level). SQLite answers SQLITE_BUSY at
+ * once, without its busy handler, while another process converts the same
+ * new file, so the busy timeout is kept here: tried again every 2 ms until
+ * it has passed (workers started together on a fresh store). */
+static int set_wal(sq_store_t *s) {
+  char sql[128];
+  snprintf(sql, sizeof sql, "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s",
+           s->sync_full ? "FULL" : "NORMAL");
+  double until = apex__store_now() + s->busy_ms / 1000.0;
+  for (;;) {
+    int rc = sqlite3_exec(s->w, sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK) return APEX_OK;
+    if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED) return APEX_E_STORE;
+    if (apex__store_now() >= until) return APEX_E_STORE;
+    sqlite3_sleep(2);
+  }
+}
+
 static int open_conn(sq_store_t *s, sqlite3 **db, apex_error_t **err) {
   int rc = sqlite3_open_v2(s->path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                                             SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
@@ -1603,12 +1630,7 @@ int apex__store_sqlite_open(const char *uri, const char *spec, apex__store_t **o
   /* The schema is checked before anything is written: a foreign or newer
    * file is left exactly as it was (journal_mode=WAL would write it). */
   if (rc == APEX_OK) rc = check_schema(s, err);
-  if (rc == APEX_OK) {
-    char sql[128];
-    snprintf(sql, sizeof sql, "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s",
-             s->sync_full ? "FULL" : "NORMAL");
-    if (exec_w(s, sql) != APEX_OK) rc = sq_fail(s, s->w, err, "set WAL mode");
-  }
+  if (rc == APEX_OK && set_wal(s) != APEX_OK) rc = sq_fail(s, s->w, err, "set WAL mode");
   for (int i = 0; rc == APEX_OK && i < ST_N; i++)
     if (sqlite3_prepare_v3(s->w, st_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
         SQLITE_OK)
