@@ -277,8 +277,8 @@ static int mem_release(apex__store_t *s, uint64_t id, const char *owner, double 
     free(r->owner);
     r->owner = NULL;
     r->lease_until = 0;
-    r->state = APEX_TASK_QUEUED;
-    r->run_at = now;
+    if (r->state == APEX_TASK_RUNNING) r->state = APEX_TASK_QUEUED;
+    if (r->run_at < now) r->run_at = now;
     r->updated_at = now;
   }
   pthread_mutex_unlock(&m->mu);

@@ -229,7 +229,8 @@ static const char *const st_sql[ST_N] = {
         " attempts = CASE WHEN $9::integer > 0 THEN $9::integer ELSE attempts END"
         " WHERE id = $1::bigint AND " LIVE " AND ($8::text IS NULL OR owner IS NULL"
         " OR owner = $8::text OR lease_until <= $3::float8) RETURNING 1",
-    [ST_RELEASE] = "WITH u AS (UPDATE apex_tasks SET state = 0, run_at = $3::float8,"
+    [ST_RELEASE] = "WITH u AS (UPDATE apex_tasks SET state = CASE WHEN state = 1 THEN 0 ELSE state END,"
+                   "  run_at = GREATEST(run_at, $3::float8),"
                    "  owner = NULL, lease_until = 0, updated_at = $3::float8"
                    "  WHERE id = $1::bigint AND " LIVE " AND owner = $2::text RETURNING 1)"
                    " SELECT (SELECT count(*) FROM u), h.state" HEAD("$1::bigint"),

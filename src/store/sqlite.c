@@ -702,7 +702,8 @@ static int run_claim_next(sq_store_t *s, sq_req_t *q) {
 static int run_release(sq_store_t *s, sq_req_t *q) {
   sqlite3_stmt *st;
   int rc = prep(s,
-                "UPDATE tasks SET state = 0, run_at = ?3, owner = NULL, lease_until = 0,"
+                "UPDATE tasks SET state = CASE WHEN state = 1 THEN 0 ELSE state END,"
+                " run_at = MAX(run_at, ?3), owner = NULL, lease_until = 0,"
                 " updated_at = ?3 WHERE id = ?1 AND " LIVE " AND owner = ?2",
                 &st, &q->err);
   if (rc != APEX_OK) return rc;

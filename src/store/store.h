@@ -154,9 +154,11 @@ typedef struct apex__store_ops {
   int (*claim_next)(apex__store_t *s, const char *owner, double now, double lease_until,
                     size_t max, const apex__slimit_t *limits, size_t nlimits,
                     apex__srec_t **out, size_t *n, apex_error_t **err);
-  /* Gives back a held, unfinished row (a draining worker): state queued,
-   * run_at now, owner NULL, lease 0; attempts, checkpoint, progress kept, so
-   * the next claimer resumes it at once (and wait_work wakes). Returns:
+  /* Gives back a held, unfinished row (a draining worker): owner NULL,
+   * lease 0; a running row becomes queued with run_at now, so the next
+   * claimer resumes it at once (and wait_work wakes); a waiting one
+   * (retry_wait, scheduled) keeps its state and its later run_at, so a
+   * retry's backoff is not cut short; attempts, checkpoint, progress kept. Returns:
    * APEX_OK; APEX_E_ALREADY (terminal, or not held by owner); APEX_E_INVALID
    * (no such row). */
   int (*release)(apex__store_t *s, uint64_t id, const char *owner, double now,

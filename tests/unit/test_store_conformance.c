@@ -827,6 +827,33 @@ static void test_release_gives_a_held_row_back_with_its_checkpoint(void **state)
   apex_error_unref(err);
 }
 
+/* A row waiting for its retry time, given back by its holder (a worker
+ * draining while it waits), keeps that time: the backoff is not cut short. */
+static void test_release_of_a_retry_waiting_row_keeps_its_retry_time(void **state) {
+  fixture_t *f = *state;
+  char plugin[160];
+  uniq(f, "relw", plugin, sizeof plugin);
+  uint64_t id = put_opts(f, plugin, "x", NULL);
+  uint64_t got[64];
+  assert_int_equal(claim_of(f, f->owner_a, T0 + 1, plugin, NULL, 0, got), 1);
+  assert_int_equal(OPS(f)->finish(f->s, id, f->owner_a, APEX_TASK_RETRY_WAIT, T0 + 2, T0 + 100,
+                                  NULL, "{\"code\":\"transient\"}", NULL, 1, NULL),
+                   APEX_OK);
+  assert_int_equal(OPS(f)->release(f->s, id, f->owner_a, T0 + 3, NULL), APEX_OK);
+  apex__srec_t g = get(f, id);
+  assert_int_equal(g.state, APEX_TASK_RETRY_WAIT);
+  assert_null(g.owner);
+  assert_true(g.run_at == T0 + 100);
+  apex__srec_clear(&g);
+  /* Not before its time, by anyone; then as its second attempt. */
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 50, plugin, NULL, 0, got), 0);
+  assert_int_equal(claim_of(f, f->owner_b, T0 + 100, plugin, NULL, 0, got), 1);
+  g = get(f, id);
+  assert_int_equal(g.state, APEX_TASK_RUNNING);
+  assert_int_equal(g.attempts, 2);
+  apex__srec_clear(&g);
+}
+
 static double mono(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1080,6 +1107,7 @@ static void test_concurrent_claimers_never_exceed_a_limit(void **state) {
   X(test_purge_deletes_only_terminal_rows_ended_before)                    \
   X(test_concurrent_writers_lose_nothing)                                  \
   X(test_release_gives_a_held_row_back_with_its_checkpoint)                \
+  X(test_release_of_a_retry_waiting_row_keeps_its_retry_time)              \
   X(test_wait_work_wakes_on_enqueue_release_cancel_and_wake)               \
   X(test_claim_next_keeps_a_plugin_limit_across_owners)                    \
   X(test_claim_next_skips_a_full_scope_without_blocking_the_rest)          \
