@@ -577,6 +577,18 @@ static void reset_out(pg_req_t *q) {
 /* ------------------------------------------------------------ connection */
 
 static int prepare_all(pg_store_t *s, PGconn *c, apex_error_t **err) {
+  /* No bitmap scans on this connection: after a bulk submit the table's
+   * statistics are stale (autovacuum analyzes it a minute later at best),
+   * and the planner then reads claim_next's candidates with a bitmap scan
+   * of the whole backlog and sorts it (measured: 9.6 ms for 64 rows out of
+   * 30,000 queued) instead of walking apex_tasks_due in (due, id) order
+   * and stopping at the limit (0.1 ms). Every statement here selects by an
+   * index whose order it wants, so none is better off with one. */
+  PGresult *set = PQexec(c, "SET enable_bitmapscan = off");
+  int set_ok = PQresultStatus(set) == PGRES_COMMAND_OK;
+  int set_rc = set_ok ? APEX_OK : pg_fail(s, c, set, err, "set its planner options");
+  PQclear(set);
+  if (!set_ok) return set_rc;
   for (int i = 0; i < ST_N; i++) {
     char name[16];
     snprintf(name, sizeof name, "apex%d", i);
