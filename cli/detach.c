@@ -82,7 +82,31 @@ static ssize_t read_reply(int fd, char *buf, size_t cap) {
   return -1;
 }
 
-int cli_detach(const cli_opts_t *o, const char *store) {
+/* Returns: s as one shell word, to paste back into a command (single
+ * quotes when it has anything but the usual path characters), malloc'd; or
+ * NULL when memory ran out. */
+static char *shell_quote(const char *s) {
+  size_t n = strlen(s);
+  if (n && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=@%+,-") == n)
+    return strdup(s);
+  char *q = malloc(4 * n + 3);
+  if (!q) return NULL;
+  char *w = q;
+  *w++ = '\'';
+  for (const char *r = s; *r; r++) {
+    if (*r == '\'') {
+      memcpy(w, "'\\''", 4);
+      w += 4;
+    } else {
+      *w++ = *r;
+    }
+  }
+  *w++ = '\'';
+  *w = '\0';
+  return q;
+}
+
+int cli_detach(const cli_opts_t *o, const char *store, int chosen) {
   /* runner.log beside the store: where a runner's own complaints go. */
   char log[PATH_MAX];
   const char *slash = strrchr(store, '/');
@@ -161,10 +185,15 @@ int cli_detach(const cli_opts_t *o, const char *store) {
       fflush(stdout);
       /* The how-to on stderr, so `id=$(apex run --detach ...)` gets the id
        * alone. */
-      if (isatty(STDERR_FILENO))
+      /* The hint names the store when the user chose one: `apex watch ID`
+       * alone reads the default store, which does not have this task. */
+      if (isatty(STDERR_FILENO)) {
+        char *q = chosen ? shell_quote(store) : NULL;
         fprintf(stderr, "apex: task %lld runs detached (runner pid %d); follow it with "
-                        "`apex watch %lld`\n",
-                (long long)id, (int)pid, (long long)id);
+                        "`apex watch %lld%s%s`\n",
+                (long long)id, (int)pid, (long long)id, q ? " --store " : "", q ? q : "");
+        free(q);
+      }
     }
   } else if (kind && strcmp(kind, "result") == 0) {
     /* A failure before the task existed: reported as `run` does it. */

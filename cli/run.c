@@ -703,7 +703,7 @@ int cli_cmd_run(const cli_opts_t *o_in) {
     oo.store = store_path;
   }
   if (oo.detach && !runner)
-    return o->target ? cli_detach(o, store_path)
+    return o->target ? cli_detach(o, store_path, o_in->store != NULL)
                      : cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");
   if (runner) oo.json = 1; /* stdout is the pipe, then /dev/null */
   if (!o->target) return cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");

@@ -113,6 +113,18 @@ static int open_store(const cli_opts_t *o, apex_store_t **out) {
   return code;
 }
 
+/* Reports that the store has no task id, naming the store: an id from
+ * another store (a `--store` left off, or given to the wrong command) is
+ * the usual cause, and the path says which one was read. Returns: the exit
+ * code. */
+static int no_task(const cli_opts_t *o, int rc, uint64_t id) {
+  char *path = cli_store_path(o);
+  int code = cli_fail(o->json, rc, "no task %llu in the store '%s'%s", (unsigned long long)id,
+                      path ? path : "?", o->store ? "" : " (the default: give --store PATH for another)");
+  free(path);
+  return code;
+}
+
 /* Parses the ID argument. Returns: the id, or 0 after reporting. */
 static uint64_t parse_id(const cli_opts_t *o) {
   const char *v = o->target;
@@ -134,7 +146,7 @@ static int get_task(const cli_opts_t *o, apex_store_t *s, uint64_t id, json_t **
   int code = CLI_EXIT_OK;
   if (rc != APEX_OK) {
     if (rc == APEX_E_INVALID)
-      code = cli_fail(o->json, rc, "no task %llu in the store", (unsigned long long)id);
+      code = no_task(o, rc, id);
     else
       code = cli_fail(o->json, rc, "cannot read task %llu: %s", (unsigned long long)id,
                       err ? apex_error_message(err) : apex_strerror(rc));
@@ -415,7 +427,7 @@ int cli_cmd_cancel(const cli_opts_t *o) {
   }
   if (rc != APEX_OK) {
     code = rc == APEX_E_INVALID
-               ? cli_fail(o->json, rc, "no task %llu in the store", (unsigned long long)id)
+               ? no_task(o, rc, id)
                : cli_fail(o->json, rc, "cannot cancel task %llu: %s", (unsigned long long)id,
                           err ? apex_error_message(err) : apex_strerror(rc));
     apex_error_unref(err);
