@@ -183,8 +183,8 @@ int cli_detach(const cli_opts_t *o, const char *store, int chosen) {
     } else {
       printf("%lld\n", (long long)id);
       fflush(stdout);
-      /* The how-to on stderr, so `id=$(apex run --detach ...)` gets the id
-       * alone. */
+      /* The how-to on stderr, so a terminal's stdout has the id alone (a
+       * script's stdout is not a terminal: it gets the JSON line above). */
       /* The hint names the store when the user chose one: `apex watch ID`
        * alone reads the default store, which does not have this task. */
       if (isatty(STDERR_FILENO)) {

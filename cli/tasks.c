@@ -105,7 +105,13 @@ static int open_store(const cli_opts_t *o, apex_store_t **out) {
   int code = CLI_EXIT_OK;
   if (rc != APEX_OK) {
     /* Not usage: the store is there (or not) whatever the command line. */
-    cli_fail(o->json, rc, "store '%s': %s", path, err ? apex_error_message(err) : apex_strerror(rc));
+    /* The library's message names the file already ("store 'PATH': ...",
+     * include/apex/apex.h): said once, not twice. */
+    const char *msg = err ? apex_error_message(err) : NULL;
+    if (msg && strncmp(msg, "store '", 7) == 0)
+      cli_fail(o->json, rc, "%s", msg);
+    else
+      cli_fail(o->json, rc, "store '%s': %s", path, msg ? msg : apex_strerror(rc));
     code = CLI_EXIT_FAILED;
   }
   apex_error_unref(err);

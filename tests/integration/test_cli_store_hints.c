@@ -5,7 +5,11 @@
  *   needs to be): `apex watch ID` alone reads the default store, which
  *   does not have the task, and said only "no task ID in the store";
  * - `show`, `cancel` and `watch` of an id the store lacks name the store
- *   they read, and say when it was the default one.
+ *   they read, and say when it was the default one;
+ * - a store the library refuses (here a file that is not a database) is
+ *   reported with the library's reason, naming the file once: `tasks`
+ *   named it twice, and `run --detach` (whose runner logs to runner.log)
+ *   said only "the task store failed".
  * Each test has a temporary folder that is also XDG_STATE_HOME (so the
  * default store is there too, never in the user's home). Single-threaded. */
 #include <errno.h>
@@ -119,11 +123,54 @@ static void test_unknown_id_names_the_store(void **state) {
   }
 }
 
+/* Returns: how many times needle occurs in hay. */
+static int count(const char *hay, const char *needle) {
+  int n = 0;
+  for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle)) n++;
+  return n;
+}
+
+static void test_refused_store_is_reported_with_its_reason(void **state) {
+  (void)state;
+  char store[512], named[600];
+  snprintf(store, sizeof store, "%s/notes.txt", g_dir);
+  FILE *f = fopen(store, "w");
+  assert_non_null(f);
+  fputs("these are notes, not a database; apex must not touch them\n", f);
+  assert_int_equal(fclose(f), 0);
+  snprintf(named, sizeof named, "store '%s'", store);
+  proc_t p;
+  run(&p, "tasks", "--store", store, NULL);
+  assert_int_equal(p.code, 1);
+  if (count(buf_str(&p.err), named) != 1 || !strstr(buf_str(&p.err), "not a database"))
+    fail_msg("tasks: %s", buf_str(&p.err));
+  proc_free(&p);
+  const char *modes[] = {"--detach", "--json"}; /* through a runner, and in the foreground */
+  for (size_t i = 0; i < 2; i++) {
+    run(&p, "run", "example_async.long_task", "--param", "steps=1", "--store", store, modes[i],
+        NULL);
+    assert_int_equal(p.code, 1);
+    const char *err = buf_str(&p.err);
+    if (!strstr(err, "cannot start the runtime: store '") || !strstr(err, "not a database"))
+      fail_msg("run %s: %s", modes[i], err);
+    proc_free(&p);
+  }
+  /* And the file is as it was. */
+  f = fopen(store, "r");
+  assert_non_null(f);
+  char line[128] = "";
+  assert_non_null(fgets(line, sizeof line, f));
+  fclose(f);
+  assert_string_equal(line, "these are notes, not a database; apex must not touch them\n");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_detach_hint_names_the_store_it_used, setup, teardown),
       cmocka_unit_test_setup_teardown(test_detach_hint_without_store_is_plain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_id_names_the_store, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refused_store_is_reported_with_its_reason, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
