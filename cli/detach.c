@@ -129,6 +129,20 @@ int cli_detach(const cli_opts_t *o, const char *store, int chosen) {
   argv[2] = (char *)store;
   for (int i = 1; i < o->argc; i++) argv[i + 2] = o->argv[i];
 
+  /* The runner's stderr is opened by posix_spawn in the child, whose
+   * failure comes back as a bare errno ("cannot start the runner: No such
+   * file or directory" for a store in a missing folder): opened here first,
+   * so the message names the file. */
+  int logfd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (logfd < 0) {
+    int e = errno;
+    free(argv);
+    free(env);
+    return cli_fail(o->json, APEX_E_IO, "cannot open the runner's log '%s' (beside the store): %s",
+                    log, strerror(e));
+  }
+  close(logfd);
+
   int fds[2] = {-1, -1};
   int code = CLI_EXIT_OK;
   posix_spawn_file_actions_t fa;

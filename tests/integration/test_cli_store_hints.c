@@ -9,7 +9,10 @@
  * - a store the library refuses (here a file that is not a database) is
  *   reported with the library's reason, naming the file once: `tasks`
  *   named it twice, and `run --detach` (whose runner logs to runner.log)
- *   said only "the task store failed".
+ *   said only "the task store failed";
+ * - `run --detach` with a store in a missing folder names the file it could
+ *   not open (the runner's log beside the store), where it said "cannot
+ *   start the runner: No such file or directory".
  * Each test has a temporary folder that is also XDG_STATE_HOME (so the
  * default store is there too, never in the user's home). Single-threaded. */
 #include <errno.h>
@@ -164,12 +167,28 @@ static void test_refused_store_is_reported_with_its_reason(void **state) {
   assert_string_equal(line, "these are notes, not a database; apex must not touch them\n");
 }
 
+static void test_detach_into_a_missing_folder_names_the_file(void **state) {
+  (void)state;
+  char store[512], want[700];
+  snprintf(store, sizeof store, "%s/missing/tasks.db", g_dir);
+  snprintf(want, sizeof want, "cannot open the runner's log '%s/missing/runner.log'", g_dir);
+  proc_t p;
+  run(&p, "run", "example_async.long_task", "--param", "steps=1", "--store", store, "--detach",
+      NULL);
+  assert_int_equal(p.code, 1);
+  const char *err = buf_str(&p.err);
+  if (!strstr(err, want) || !strstr(err, "No such file or directory")) fail_msg("%s", err);
+  proc_free(&p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_detach_hint_names_the_store_it_used, setup, teardown),
       cmocka_unit_test_setup_teardown(test_detach_hint_without_store_is_plain, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_id_names_the_store, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused_store_is_reported_with_its_reason, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_detach_into_a_missing_folder_names_the_file, setup,
                                       teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
