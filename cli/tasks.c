@@ -319,11 +319,36 @@ int cli_cmd_tasks(const cli_opts_t *o) {
 
 /* ------------------------------------------------------------ apex show */
 
+/* The most of one value `show` prints on a terminal: params, a checkpoint
+ * or a cancel reason may be megabytes (a 1 MiB checkpoint is legal), which
+ * would bury the rest of the view; --json has every byte. */
+#define SHOW_MAX_BYTES 2048
+
+/* Cuts s (malloc'd, NUL-terminated) to SHOW_MAX_BYTES at a UTF-8 character
+ * boundary, appending how much there was. Returns: s, or a new string (s
+ * freed), or NULL when memory ran out (s freed). */
+static char *cut_long(char *s) {
+  size_t len = strlen(s);
+  if (len <= SHOW_MAX_BYTES) return s;
+  size_t cut = SHOW_MAX_BYTES;
+  while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--;
+  char tail[96];
+  snprintf(tail, sizeof tail, "... (%zu bytes in all; --json shows them)", len);
+  char *out = malloc(cut + strlen(tail) + 1);
+  if (out) {
+    memcpy(out, s, cut);
+    strcpy(out + cut, tail);
+  }
+  free(s);
+  return out;
+}
+
 static void print_field(const char *name, const json_t *v) {
   if (!v) return;
   char *s = json_is_string(v) ? strdup(json_string_value(v))
                               : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
                                                   JSON_REAL_PRECISION(15));
+  if (s) s = cut_long(s);
   char *clean = s ? cli_term_clean(s) : NULL;
   printf("%-17s %s\n", name, clean ? clean : "?");
   free(clean);
@@ -356,9 +381,15 @@ static void print_event(const json_t *ev) {
     return;
   }
   int ms = (int)((when - (double)t) * 1000.0);
+  /* A note quotes a cancel reason, which may be long and any text. */
+  char *n = note ? strdup(note) : NULL;
+  if (n) n = cut_long(n);
+  char *clean = n ? cli_term_clean(n) : NULL;
   printf("  %s.%03d  %-10s  attempt %lld%s%s\n", buf, ms < 0 ? 0 : ms > 999 ? 999 : ms, state,
-         (long long)json_integer_value(json_object_get(ev, "attempt")), note ? "  " : "",
-         note ? note : "");
+         (long long)json_integer_value(json_object_get(ev, "attempt")), clean ? "  " : "",
+         clean ? clean : "");
+  free(clean);
+  free(n);
 }
 
 int cli_cmd_show(const cli_opts_t *o) {
