@@ -185,8 +185,9 @@ char *cli_store_path(const cli_opts_t *o);
 /* `apex run --detach` in the calling process: starts the runner (this
  * command again, in a session of its own, stdin and stdout on /dev/null
  * once submitted, stderr appended to runner.log beside the store), reads
- * its first line and prints the task id. Returns: the exit code. */
-int cli_detach(const cli_opts_t *o, const char *store);
+ * its first line and prints the task id. chosen: the user gave --store (the
+ * how-to printed then names it). Returns: the exit code. */
+int cli_detach(const cli_opts_t *o, const char *store, int chosen);
 
 /* The commands. Returns: the process exit code. */
 int cli_cmd_plugins(const cli_opts_t *o);

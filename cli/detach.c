@@ -82,7 +82,31 @@ static ssize_t read_reply(int fd, char *buf, size_t cap) {
   return -1;
 }
 
-int cli_detach(const cli_opts_t *o, const char *store) {
+/* Returns: s as one shell word, to paste back into a command (single
+ * quotes when it has anything but the usual path characters), malloc'd; or
+ * NULL when memory ran out. */
+static char *shell_quote(const char *s) {
+  size_t n = strlen(s);
+  if (n && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=@%+,-") == n)
+    return strdup(s);
+  char *q = malloc(4 * n + 3);
+  if (!q) return NULL;
+  char *w = q;
+  *w++ = '\'';
+  for (const char *r = s; *r; r++) {
+    if (*r == '\'') {
+      memcpy(w, "'\\''", 4);
+      w += 4;
+    } else {
+      *w++ = *r;
+    }
+  }
+  *w++ = '\'';
+  *w = '\0';
+  return q;
+}
+
+int cli_detach(const cli_opts_t *o, const char *store, int chosen) {
   /* runner.log beside the store: where a runner's own complaints go. */
   char log[PATH_MAX];
   const char *slash = strrchr(store, '/');
@@ -104,6 +128,20 @@ int cli_detach(const cli_opts_t *o, const char *store) {
   argv[1] = (char *)"--store";
   argv[2] = (char *)store;
   for (int i = 1; i < o->argc; i++) argv[i + 2] = o->argv[i];
+
+  /* The runner's stderr is opened by posix_spawn in the child, whose
+   * failure comes back as a bare errno ("cannot start the runner: No such
+   * file or directory" for a store in a missing folder): opened here first,
+   * so the message names the file. */
+  int logfd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (logfd < 0) {
+    int e = errno;
+    free(argv);
+    free(env);
+    return cli_fail(o->json, APEX_E_IO, "cannot open the runner's log '%s' (beside the store): %s",
+                    log, strerror(e));
+  }
+  close(logfd);
 
   int fds[2] = {-1, -1};
   int code = CLI_EXIT_OK;
@@ -159,12 +197,17 @@ int cli_detach(const cli_opts_t *o, const char *store) {
     } else {
       printf("%lld\n", (long long)id);
       fflush(stdout);
-      /* The how-to on stderr, so `id=$(apex run --detach ...)` gets the id
-       * alone. */
-      if (isatty(STDERR_FILENO))
+      /* The how-to on stderr, so a terminal's stdout has the id alone (a
+       * script's stdout is not a terminal: it gets the JSON line above). */
+      /* The hint names the store when the user chose one: `apex watch ID`
+       * alone reads the default store, which does not have this task. */
+      if (isatty(STDERR_FILENO)) {
+        char *q = chosen ? shell_quote(store) : NULL;
         fprintf(stderr, "apex: task %lld runs detached (runner pid %d); follow it with "
-                        "`apex watch %lld`\n",
-                (long long)id, (int)pid, (long long)id);
+                        "`apex watch %lld%s%s`\n",
+                (long long)id, (int)pid, (long long)id, q ? " --store " : "", q ? q : "");
+        free(q);
+      }
     }
   } else if (kind && strcmp(kind, "result") == 0) {
     /* A failure before the task existed: reported as `run` does it. */

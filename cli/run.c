@@ -706,7 +706,7 @@ int cli_cmd_run(const cli_opts_t *o_in) {
    * --detach enqueues for its workers instead of starting a runner. */
   if (oo.detach && !runner && strstr(store_path, "://")) oo.enqueue = 1;
   if (oo.detach && !runner && !oo.enqueue)
-    return o->target ? cli_detach(o, store_path)
+    return o->target ? cli_detach(o, store_path, o_in->store != NULL)
                      : cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");
   if (runner) oo.json = 1; /* stdout is the pipe, then /dev/null */
   if (!o->target) return cli_fail(o->json, APEX_E_INVALID, "run: missing PLUGIN.ACTION");

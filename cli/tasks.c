@@ -113,10 +113,28 @@ static int open_store(const cli_opts_t *o, apex_store_t **out) {
   int code = CLI_EXIT_OK;
   if (rc != APEX_OK) {
     /* Not usage: the store is there (or not) whatever the command line. */
-    cli_fail(o->json, rc, "store '%s': %s", path, err ? apex_error_message(err) : apex_strerror(rc));
+    /* The library's message names the file already ("store 'PATH': ...",
+     * include/apex/apex.h): said once, not twice. */
+    const char *msg = err ? apex_error_message(err) : NULL;
+    if (msg && strncmp(msg, "store '", 7) == 0)
+      cli_fail(o->json, rc, "%s", msg);
+    else
+      cli_fail(o->json, rc, "store '%s': %s", path, msg ? msg : apex_strerror(rc));
     code = CLI_EXIT_FAILED;
   }
   apex_error_unref(err);
+  free(path);
+  return code;
+}
+
+/* Reports that the store has no task id, naming the store: an id from
+ * another store (a `--store` left off, or given to the wrong command) is
+ * the usual cause, and the path says which one was read. Returns: the exit
+ * code. */
+static int no_task(const cli_opts_t *o, int rc, uint64_t id) {
+  char *path = cli_store_path(o);
+  int code = cli_fail(o->json, rc, "no task %llu in the store '%s'%s", (unsigned long long)id,
+                      path ? path : "?", o->store ? "" : " (the default: give --store PATH for another)");
   free(path);
   return code;
 }
@@ -142,7 +160,7 @@ static int get_task(const cli_opts_t *o, apex_store_t *s, uint64_t id, json_t **
   int code = CLI_EXIT_OK;
   if (rc != APEX_OK) {
     if (rc == APEX_E_INVALID)
-      code = cli_fail(o->json, rc, "no task %llu in the store", (unsigned long long)id);
+      code = no_task(o, rc, id);
     else
       code = cli_fail(o->json, rc, "cannot read task %llu: %s", (unsigned long long)id,
                       err ? apex_error_message(err) : apex_strerror(rc));
@@ -309,11 +327,36 @@ int cli_cmd_tasks(const cli_opts_t *o) {
 
 /* ------------------------------------------------------------ apex show */
 
+/* The most of one value `show` prints on a terminal: params, a checkpoint
+ * or a cancel reason may be megabytes (a 1 MiB checkpoint is legal), which
+ * would bury the rest of the view; --json has every byte. */
+#define SHOW_MAX_BYTES 2048
+
+/* Cuts s (malloc'd, NUL-terminated) to SHOW_MAX_BYTES at a UTF-8 character
+ * boundary, appending how much there was. Returns: s, or a new string (s
+ * freed), or NULL when memory ran out (s freed). */
+static char *cut_long(char *s) {
+  size_t len = strlen(s);
+  if (len <= SHOW_MAX_BYTES) return s;
+  size_t cut = SHOW_MAX_BYTES;
+  while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--;
+  char tail[96];
+  snprintf(tail, sizeof tail, "... (%zu bytes in all; --json shows them)", len);
+  char *out = malloc(cut + strlen(tail) + 1);
+  if (out) {
+    memcpy(out, s, cut);
+    strcpy(out + cut, tail);
+  }
+  free(s);
+  return out;
+}
+
 static void print_field(const char *name, const json_t *v) {
   if (!v) return;
   char *s = json_is_string(v) ? strdup(json_string_value(v))
                               : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
                                                   JSON_REAL_PRECISION(15));
+  if (s) s = cut_long(s);
   char *clean = s ? cli_term_clean(s) : NULL;
   printf("%-17s %s\n", name, clean ? clean : "?");
   free(clean);
@@ -346,9 +389,15 @@ static void print_event(const json_t *ev) {
     return;
   }
   int ms = (int)((when - (double)t) * 1000.0);
+  /* A note quotes a cancel reason, which may be long and any text. */
+  char *n = note ? strdup(note) : NULL;
+  if (n) n = cut_long(n);
+  char *clean = n ? cli_term_clean(n) : NULL;
   printf("  %s.%03d  %-10s  attempt %lld%s%s\n", buf, ms < 0 ? 0 : ms > 999 ? 999 : ms, state,
-         (long long)json_integer_value(json_object_get(ev, "attempt")), note ? "  " : "",
-         note ? note : "");
+         (long long)json_integer_value(json_object_get(ev, "attempt")), clean ? "  " : "",
+         clean ? clean : "");
+  free(clean);
+  free(n);
 }
 
 int cli_cmd_show(const cli_opts_t *o) {
@@ -423,7 +472,7 @@ int cli_cmd_cancel(const cli_opts_t *o) {
   }
   if (rc != APEX_OK) {
     code = rc == APEX_E_INVALID
-               ? cli_fail(o->json, rc, "no task %llu in the store", (unsigned long long)id)
+               ? no_task(o, rc, id)
                : cli_fail(o->json, rc, "cannot cancel task %llu: %s", (unsigned long long)id,
                           err ? apex_error_message(err) : apex_strerror(rc));
     apex_error_unref(err);

@@ -205,6 +205,20 @@ int cli_manager_new(const cli_opts_t *o, apex_event_fn on_event, void *user, ape
   cfg.store_owner = o->store_owner;
   apex_manager_t *m = NULL;
   int rc = apex_manager_new(&cfg, &m);
+  if (rc != APEX_OK && o->store) {
+    /* apex_manager_new only logs why the store was refused (a detached
+     * runner's log goes to runner.log): opening it again here gives the
+     * reason to report (a refused file is never written). */
+    apex_store_t *s = NULL;
+    apex_error_t *err = NULL;
+    if (apex_store_open(o->store, &s, &err) != APEX_OK && err) {
+      int code = cli_fail(o->json, rc, "cannot start the runtime: %s", apex_error_message(err));
+      apex_error_unref(err);
+      return code;
+    }
+    apex_error_unref(err);
+    apex_store_close(s);
+  }
   if (rc != APEX_OK) return cli_fail(o->json, rc, "cannot start the runtime: %s", apex_strerror(rc));
   for (size_t i = 0; i < o->n_plugin_paths; i++) {
     rc = apex_manager_add_plugin_path(m, o->plugin_paths[i]);

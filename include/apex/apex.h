@@ -1062,7 +1062,8 @@ APEX_EXTERN apex_status_t apex_store_list(apex_store_t *s, const apex_store_filt
  * cancelled by the manager that runs it (as apex_task_cancel), which sees
  * the request within about a second.
  * Returns: APEX_OK; APEX_E_ALREADY if the task is terminal or a cancel was
- * requested already; APEX_E_INVALID (no such task, a reserved reason);
+ * requested already; APEX_E_INVALID (no such task, a reserved reason, a
+ * reason that is not UTF-8);
  * APEX_E_STORE. Ownership: reason copied. */
 APEX_EXTERN apex_status_t apex_store_cancel(apex_store_t *s, uint64_t id, const char *reason,
                                             apex_error_t **err);

@@ -873,6 +873,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   }
   if (opts && (opts->durable || opts->idempotency_key) && !m->dur)
     return apex__fail(err, APEX_E_INVALID, "submit opts: durable: the manager has no store");
+  /* Checked before anything is reserved (an id, a row): a key the store
+   * would keep but could not give back as JSON text (apex_store_get,
+   * `apex show`) is refused here, as the other keys are. */
+  if (opts && opts->idempotency_key && !key_ok(opts->idempotency_key))
+    return apex__fail(err, APEX_E_INVALID, "idempotency_key: want 1 to 255 bytes of UTF-8");
   if (atomic_load(&m->shutting_down))
     return apex__fail(err, APEX_E_SHUTTING_DOWN, "the manager is shutting down");
   /* A registered plugin is never removed before the manager goes, and its

@@ -9,6 +9,7 @@
 
 #include "apex/apex.h"
 #include "core/error.h"
+#include "core/utf8.h"
 #include "store/store.h"
 
 #define LIST_MAX 10000
@@ -163,6 +164,11 @@ apex_status_t apex_store_cancel(apex_store_t *s, uint64_t id, const char *reason
     return apex__fail(err, APEX_E_INVALID, "apex_store_cancel: %s", !s ? "NULL store" : "id 0");
   if (reserved_reason(reason))
     return apex__fail(err, APEX_E_INVALID, "apex_store_cancel: reason '%s' is reserved", reason);
+  /* The reason is stored as text and given back in JSON (cancel_reason,
+   * the error's message, the event's note): bytes that are not UTF-8
+   * would be stored and then silently missing from apex_store_get. */
+  if (reason && !apex__utf8_valid(reason, strlen(reason)))
+    return apex__fail(err, APEX_E_INVALID, "apex_store_cancel: reason: not valid UTF-8");
   int ended = 0;
   int rc = s->ops->request_cancel(s, id, reason ? reason : "user", apex__store_now(), &ended, err);
   if (rc == APEX_E_ALREADY)
