@@ -1057,10 +1057,14 @@ APEX_EXTERN apex_status_t apex_store_list(apex_store_t *s, const apex_store_filt
                                           json_t **out, apex_error_t **err);
 
 /* Asks stored task id to stop (reason NULL: "user"), from any process. A
- * task no live manager holds (queued, waiting to retry, or left by a dead
- * process) ends `cancelled` in the store at once; a running one is
- * cancelled by the manager that runs it (as apex_task_cancel), which sees
- * the request within about a second.
+ * task no manager holds (queued or waiting to retry with no owner, or left
+ * by a process whose lease has run out) ends `cancelled` in the store at
+ * once; a running one is cancelled by the manager that runs it (as
+ * apex_task_cancel), which sees the request within about a second. One
+ * left by a dead process whose lease has not run out yet keeps the request
+ * and ends `cancelled` when a manager recovers it (apex_manager_recover,
+ * `apex resume`, a worker's rescue): the store cannot tell a dead owner
+ * from a slow one before its lease ends.
  * Returns: APEX_OK; APEX_E_ALREADY if the task is terminal or a cancel was
  * requested already; APEX_E_INVALID (no such task, a reserved reason, a
  * reason that is not UTF-8);
