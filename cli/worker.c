@@ -383,14 +383,14 @@ int cli_cmd_worker(int argc, char **argv, int cmd_at) {
     log_sink(APEX_LOG_INFO, "stopping: no more claims; draining what is held", NULL);
   size_t released = 0;
   apex_manager_serve_stop(m, o.drain_s, &released, NULL);
-  if (!g_json) {
+  if (!g_json) { /* the last status line, kept on the screen */
     status(m, &o, NULL);
     pthread_mutex_lock(&g_out_mu);
     fputc('\n', stdout);
     g_line_shown = 0;
     pthread_mutex_unlock(&g_out_mu);
-  }
-  status(m, &o, g_json ? "stopped" : NULL);
+  } else
+    status(m, &o, "stopped");
 out:
   if (m) apex_manager_destroy(m, 1000);
   atomic_store(&g_sig_wfd, -1);
