@@ -1161,7 +1161,8 @@ typedef struct apex_serve_config {
   size_t n_limits;
 } apex_serve_config_t;
 
-/* Fills c with the defaults (zeros) and struct_size. */
+/* Fills c with the defaults (zeros) and struct_size; NULL: no-op.
+ * Thread-safety: any thread (writes only *c). */
 APEX_EXTERN void apex_serve_config_init(apex_serve_config_t *c);
 
 /* Starts serving m's store (a manager opened with config.store, its

@@ -157,27 +157,30 @@ static size_t render_human(const apex_log_record_t *r, out_t *o, int prefix) {
   return o->n;
 }
 
+/* The message, escaped, cut so that `reserve` bytes stay for the fields
+ * after it: the message is what gets cut, never a field. */
+static void put_message(out_t *o, const char *msg, size_t reserve) {
+  size_t keep = o->cap;
+  o->cap = o->cap > o->n + reserve ? o->cap - reserve : o->n;
+  put_escaped(o, msg ? msg : "");
+  o->cap = keep;
+  o->full = 0;
+}
+
 static size_t render_logfmt(const apex_log_record_t *r, out_t *o) {
   puts_(o, "time=");
   put_time(o, r->time_unix_ns);
   puts_(o, " level=");
   puts_(o, apex__log_level_name(r->level));
   puts_(o, " msg=\"");
-  size_t keep = o->cap;
-  /* room for the fields: the message is what gets cut */
-  o->cap = o->cap > o->n + 200 ? o->cap - 200 : o->n;
-  put_escaped(o, r->message ? r->message : "");
-  o->cap = keep;
-  o->full = 0;
+  put_message(o, r->message, 200);
   puts_(o, "\"");
   if (r->task_id) putf(o, " task_id=%llu", (unsigned long long)r->task_id);
   const char *names[4] = {"plugin", "action", "trace_id", "span_id"};
   const char *vals[4] = {r->plugin, r->action, r->trace_id, r->span_id};
   for (int i = 0; i < 4; i++) {
+    if (i == 2 && r->attempt) putf(o, " attempt=%u", r->attempt);
     if (!vals[i]) continue;
-    if (i == 2) {
-      if (r->attempt) putf(o, " attempt=%u", r->attempt);
-    }
     putf(o, " %s=", names[i]);
     if (needs_quotes(vals[i])) {
       puts_(o, "\"");
@@ -187,7 +190,6 @@ static size_t render_logfmt(const apex_log_record_t *r, out_t *o) {
       put_escaped(o, vals[i]);
     }
   }
-  if (r->attempt && !r->trace_id) putf(o, " attempt=%u", r->attempt);
   if (r->suppressed) putf(o, " suppressed=%u", r->suppressed);
   if (r->origin == APEX_LOG_ORIGIN_PLUGIN) puts_(o, " origin=plugin");
   return o->n;
@@ -199,12 +201,7 @@ static size_t render_json(const apex_log_record_t *r, out_t *o) {
   puts_(o, "\",\"level\":\"");
   puts_(o, apex__log_level_name(r->level));
   puts_(o, "\",\"msg\":\"");
-  size_t keep = o->cap;
-  /* room for the fields and '}': the message is what gets cut */
-  o->cap = o->cap > o->n + 260 ? o->cap - 260 : o->n;
-  put_escaped(o, r->message ? r->message : "");
-  o->cap = keep;
-  o->full = 0;
+  put_message(o, r->message, 260); /* the fields and '}' */
   puts_(o, "\"");
   if (r->task_id) putf(o, ",\"task_id\":%llu", (unsigned long long)r->task_id);
   const char *names[4] = {"plugin", "action", "trace_id", "span_id"};
