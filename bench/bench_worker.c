@@ -205,6 +205,50 @@ static uint64_t children_cpu_ns(void) {
          (uint64_t)ru.ru_stime.tv_sec * 1000000000ull + (uint64_t)ru.ru_stime.tv_usec * 1000;
 }
 
+/* The database server's CPU so far (PostgreSQL: the postmaster's own and
+ * its reaped children's from its stat line, plus each live child's), from
+ * the postmaster.pid of its data folder; 0 when there is none to read (an
+ * external server with no APEX_BENCH_PG_DATA, or SQLite). */
+static char g_pg_data[600];
+
+static uint64_t proc_cpu_ticks(long pid, int with_children) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t k = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[k] = 0;
+  const char *p = strrchr(buf, ')');
+  unsigned long long v[13] = {0};
+  /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt
+   * majflt cmajflt utime stime cutime cstime */
+  if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
+                   &v[0], &v[1], &v[2], &v[3]) != 4)
+    return 0;
+  return v[0] + v[1] + (with_children ? v[2] + v[3] : 0);
+}
+
+static uint64_t server_cpu_ns(void) {
+  if (!g_pg_data[0]) return 0;
+  char path[700];
+  snprintf(path, sizeof path, "%s/postmaster.pid", g_pg_data);
+  FILE *f = fopen(path, "r");
+  long pm = 0;
+  if (!f) return 0;
+  if (fscanf(f, "%ld", &pm) != 1) pm = 0;
+  fclose(f);
+  if (pm <= 0) return 0;
+  uint64_t ticks = proc_cpu_ticks(pm, 1);
+  snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", pm, pm);
+  if ((f = fopen(path, "r")) != NULL) {
+    long c;
+    while (fscanf(f, "%ld", &c) == 1) ticks += proc_cpu_ticks(c, 0);
+    fclose(f);
+  }
+  return ticks * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
 static void run(uint64_t n, const char *uri) {
   apex_manager_t *m = submitter_manager(uri);
   apex_store_t *s = apex_manager_store(m);
@@ -215,6 +259,7 @@ static void run(uint64_t n, const char *uri) {
   char out[WORKERS][600];
   pid_t pid[WORKERS];
   uint64_t cpu0 = children_cpu_ns(); /* initdb and pg_ctl are children too */
+  uint64_t scpu0 = server_cpu_ns();
   uint64_t t0 = bench_now_ns();
   for (int k = 0; k < WORKERS; k++) {
     snprintf(out[k], sizeof out[k], "%s.w%d.out", g_path, k);
@@ -223,6 +268,7 @@ static void run(uint64_t n, const char *uri) {
   uint64_t cursor = 0;
   while (any_open(s, &cursor)) usleep(5000);
   uint64_t t1 = bench_now_ns();
+  uint64_t scpu1 = server_cpu_ns();
 
   /* Claim latency: the workers are up and idle now. */
   uint64_t *lat = bench_xcalloc(LAT_SAMPLES, sizeof *lat);
@@ -263,6 +309,9 @@ static void run(uint64_t n, const char *uri) {
   apex_manager_destroy(m, 1000);
   bench_emit(g_peer, "W15", n, "tasks_per_s", (double)n * 1e9 / (double)(t1 - t0), "tasks/s");
   bench_emit_cpu(g_peer, "W15", n, "cpu_ns_per_task", cpu, n);
+  /* The server's CPU from the workers' start to the last task's end. */
+  if (scpu0 && scpu1 > scpu0)
+    bench_emit_cpu(g_peer, "W15", n, "server_cpu_ns_per_task", scpu1 - scpu0, n);
   bench_emit(g_peer, "W15", n, "naive_tasks_per_s", naive_tps, "tasks/s");
   /* Labelled with the run's size, as its other figures (the report groups
    * by it); the quantiles are over the LAT_SAMPLES samples. */
@@ -307,10 +356,13 @@ int main(int argc, char **argv) {
   char why[4096];
   const char *ext = getenv("APEX_BENCH_PG_URI");
   if (ext && *ext) {
+    const char *data = getenv("APEX_BENCH_PG_DATA"); /* its data folder, for its CPU */
+    if (data) snprintf(g_pg_data, sizeof g_pg_data, "%s", data);
     run(n, ext);
     return 0;
   }
   if (pg_fixture_start(&f, why, sizeof why) != 0) bench_die("PostgreSQL: %s", why);
+  snprintf(g_pg_data, sizeof g_pg_data, "%s/data", f.dir);
   run(n, f.uri);
   pg_fixture_stop(&f);
   return 0;
