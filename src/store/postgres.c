@@ -68,6 +68,7 @@
 #include <libpq-fe.h>
 
 #include "core/error.h"
+#include "core/strbuf.h"
 #include "store/store.h"
 
 #define PG_SCHEMA 1
@@ -185,6 +186,7 @@ enum {
   ST_RETAKE,
   ST_CANCEL_REQS,
   ST_PURGE,
+  ST_FINISH_MANY,
   ST_N
 };
 
@@ -312,6 +314,22 @@ static const char *const st_sql[ST_N] = {
                  "  AND ended_at <= $1::float8 RETURNING id),"
                  " e AS (DELETE FROM apex_task_events WHERE task_id IN (SELECT id FROM d))"
                  " SELECT count(*) FROM d",
+    /* ST_FINISH for a run of rows at once (their columns as arrays, ids
+     * distinct): one statement's set-up on the server instead of one per
+     * row. RETURNING names the rows it changed; the others are explained
+     * after the batch as a lone finish's are. */
+    [ST_FINISH_MANY] =
+        "UPDATE apex_tasks t SET state = u.state, updated_at = u.now, run_at = u.run_at,"
+        " result = u.result, error = u.error, partial = coalesce(u.partial, t.partial),"
+        " ended_at = CASE WHEN u.state BETWEEN 3 AND 6 THEN u.now ELSE 0 END,"
+        " owner = CASE WHEN u.state BETWEEN 3 AND 6 THEN NULL ELSE t.owner END,"
+        " lease_until = CASE WHEN u.state BETWEEN 3 AND 6 THEN 0 ELSE t.lease_until END,"
+        " attempts = CASE WHEN u.attempt > 0 THEN u.attempt ELSE t.attempts END"
+        " FROM unnest($1::bigint[], $2::smallint[], $3::float8[], $4::float8[], $5::text[],"
+        "  $6::text[], $7::text[], $8::text[], $9::integer[])"
+        "  AS u(id, state, now, run_at, result, error, partial, owner, attempt)"
+        " WHERE t.id = u.id AND t.state IN (0, 1, 2, 7) AND (u.owner IS NULL OR t.owner IS NULL"
+        " OR t.owner = u.owner OR t.lease_until <= u.now) RETURNING t.id",
 };
 
 typedef struct pg_store pg_store_t;
@@ -761,6 +779,7 @@ static int nparams(int st) {
     case ST_RELEASE: return 3;
     case ST_CANCEL: return 4;
     case ST_RENEW: return 2;
+    case ST_FINISH_MANY: return 9;
     default: return 0;
   }
 }
@@ -894,6 +913,98 @@ static ExecStatusType read_one(PGconn *c, PGresult **out) {
   return st;
 }
 
+/* How many requests from v[i] go out as one ST_FINISH_MANY: the run of
+ * finishes there (none skipped, ids distinct: an UPDATE changes a row
+ * once), up to FINISH_RUN_MAX; 1 or 0 when there is no run of two. */
+#define FINISH_RUN_MAX 128
+
+static size_t finish_run(pg_req_t **v, size_t i, size_t n) {
+  size_t j = i;
+  while (j < n && j - i < FINISH_RUN_MAX && v[j]->kind == K_FINISH) {
+    for (size_t k = i; k < j; k++)
+      if (v[k]->id == v[j]->id) return j - i;
+    j++;
+  }
+  return j - i;
+}
+
+/* Appends one element of a PostgreSQL array literal: NULL, or the text
+ * quoted with its quotes and backslashes escaped. */
+static void arr_put_text(apex__strbuf_t *b, const char *t) {
+  if (b->n > 1) apex__strbuf_put(b, ",", 1);
+  if (!t) {
+    apex__strbuf_put(b, "NULL", 4);
+    return;
+  }
+  apex__strbuf_put(b, "\"", 1);
+  for (const char *p = t;;) {
+    size_t k = strcspn(p, "\"\\");
+    apex__strbuf_put(b, p, k);
+    p += k;
+    if (!*p) break;
+    apex__strbuf_put(b, "\\", 1);
+    apex__strbuf_put(b, p, 1);
+    p++;
+  }
+  apex__strbuf_put(b, "\"", 1);
+}
+
+/* Appends one element already formatted (a number). */
+static void arr_put_raw(apex__strbuf_t *b, const char *t, int k) {
+  if (b->n > 1) apex__strbuf_put(b, ",", 1);
+  apex__strbuf_put(b, t, k > 0 ? (size_t)k : 0);
+}
+
+/* Sends v[0..g) (finishes, finish_run) as one ST_FINISH_MANY. Returns 1
+ * when sent, 0 when libpq refused it, -1 when out of memory. */
+static int send_finish_many(PGconn *c, pg_req_t **v, size_t g) {
+  apex__strbuf_t a[9];
+  memset(a, 0, sizeof a);
+  for (int k = 0; k < 9; k++) apex__strbuf_put(&a[k], "{", 1);
+  for (size_t i = 0; i < g; i++) {
+    const pg_req_t *q = v[i];
+    char t[40];
+    arr_put_raw(&a[0], t, snprintf(t, sizeof t, "%llu", (unsigned long long)q->id));
+    arr_put_raw(&a[1], t, snprintf(t, sizeof t, "%d", q->state));
+    arr_put_raw(&a[2], t, snprintf(t, sizeof t, "%.17g", q->now));
+    arr_put_raw(&a[3], t, snprintf(t, sizeof t, "%.17g", q->t1));
+    arr_put_text(&a[4], q->s1);
+    arr_put_text(&a[5], q->s2);
+    arr_put_text(&a[6], q->s3);
+    arr_put_text(&a[7], q->owner);
+    arr_put_raw(&a[8], t, snprintf(t, sizeof t, "%u", (unsigned)q->attempt));
+  }
+  int oom = 0;
+  params_t p;
+  memset(p.v, 0, sizeof p.v);
+  for (int k = 0; k < 9; k++) {
+    apex__strbuf_put(&a[k], "}", 1);
+    oom |= a[k].oom;
+    p.v[k] = a[k].p;
+  }
+  int rc = oom ? -1 : send_prepared(c, ST_FINISH_MANY, &p) ? 1 : 0;
+  for (int k = 0; k < 9; k++) free(a[k].p);
+  return rc;
+}
+
+/* Reads ST_FINISH_MANY's answer for v[0..g): the rows it changed; each
+ * other request is explained after the batch, as a lone finish is. */
+static void recv_finish_many(pg_req_t **v, size_t g, const PGresult *r) {
+  int nt = PQntuples(r);
+  for (size_t i = 0; i < g; i++) {
+    v[i]->rc = APEX_OK;
+    v[i]->explain = 1;
+  }
+  for (int row = 0; row < nt; row++) {
+    uint64_t id = g_u64(r, row, 0);
+    for (size_t i = 0; i < g; i++)
+      if (v[i]->id == id) {
+        v[i]->explain = 0;
+        break;
+      }
+  }
+}
+
 /* Runs requests v[0..n) as one pipeline: one implicit transaction
  * committed at the sync. Returns APEX_OK when it committed (each request's
  * own answer in its rc), else APEX_E_STORE with the reason in *err (the
@@ -908,7 +1019,22 @@ static int run_pipeline(pg_store_t *s, pg_req_t **v, size_t n, char **keys, apex
     return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
   }
   int ok = 1;
+  /* sent[i]: how many requests from v[i] the statement sent there
+   * answers (0: none sent there). */
   for (size_t i = 0; ok && i < n; i++) {
+    size_t g = finish_run(v, i, n);
+    if (g >= 2) {
+      int r = send_finish_many(c, &v[i], g);
+      if (r < 0) {
+        free(sent);
+        PQexitPipelineMode(c);
+        return apex__store_fail(err, APEX_E_NOMEM, "out of memory");
+      }
+      if (r == 0) ok = 0;
+      sent[i] = (int)g;
+      i += g - 1;
+      continue;
+    }
     params_t p;
     memset(p.v, 0, sizeof p.v);
     int st = bind_req(v[i], &p, &keys[i]);
@@ -934,12 +1060,13 @@ static int run_pipeline(pg_store_t *s, pg_req_t **v, size_t n, char **keys, apex
   }
   int failed = 0;
   apex_error_t *why = NULL;
-  for (size_t i = 0; i < n + (size_t)notify; i++) {
+  for (size_t i = 0; i < n + (size_t)notify; i += i < n && sent[i] > 1 ? (size_t)sent[i] : 1) {
     if (i < n && !sent[i]) continue;
     PGresult *r;
     ExecStatusType st = read_one(c, &r);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-      if (i < n && !failed) v[i]->rc = recv_req(s, v[i], r);
+      if (i < n && !failed && sent[i] > 1) recv_finish_many(&v[i], (size_t)sent[i], r);
+      else if (i < n && !failed) v[i]->rc = recv_req(s, v[i], r);
     } else if (!failed) {
       failed = 1;
       pg_fail(s, c, r, &why, "write a batch");
