@@ -56,12 +56,16 @@
  * the listener thread owns s->lconn; the queue, the connection state seen
  * by others and the counters are under s->mu. */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -425,7 +429,7 @@ struct pg_req {
   uint64_t *out_ids;
   int rc;
   apex_error_t *err;
-  int done; /* under s->mu */
+  uint32_t batch; /* the batch it runs in (s->taken + 1 when queued, mu) */
 };
 
 struct pg_store {
@@ -441,7 +445,14 @@ struct pg_store {
   /* queue (mu) */
   pthread_mutex_t mu;
   pthread_cond_t cv;      /* the writer waits for work */
-  pthread_cond_t done_cv; /* callers wait for their request */
+  /* Batches: s->taken counts the lists the writer took (mu); a request
+   * queued now runs in batch taken + 1. Once batch k ran, the writer
+   * stores k in done[k & 1] and wakes that word's waiters with one futex
+   * call, so a caller sleeps until its own batch ran (a condition
+   * variable shared by all callers woke each of them at every batch).
+   * Two words: batch k + 2 cannot be taken before k + 1, after k ran. */
+  uint32_t taken;
+  _Atomic uint32_t done[2];
   pg_req_t *head, *tail;
   int stop;
   apex_error_t *async_err; /* the first failure of a wait-0 write */
@@ -1598,7 +1609,14 @@ static void run_batch(pg_store_t *s, pg_req_t *list) {
   run_group(s, v, n);
 }
 
-static void batch_done(pg_store_t *s, pg_req_t *list) {
+static long futex(_Atomic uint32_t *w, int op, uint32_t v) {
+  return syscall(SYS_futex, (uint32_t *)w, op, v, NULL, NULL, 0);
+}
+
+/* Hands batch k's results back: frees what nobody waits for (keeping the
+ * first async failure for sync()), then wakes its waiters. */
+static void batch_done(pg_store_t *s, pg_req_t *list, uint32_t k) {
+  int waiters = 0;
   pthread_mutex_lock(&s->mu);
   for (pg_req_t *q = list, *next; q; q = next) {
     next = q->next;
@@ -1611,11 +1629,14 @@ static void batch_done(pg_store_t *s, pg_req_t *list) {
       apex_error_unref(q->err);
       req_free_owned(q);
     } else {
-      q->done = 1;
+      waiters = 1;
     }
   }
-  pthread_cond_broadcast(&s->done_cv);
   pthread_mutex_unlock(&s->mu);
+  /* No request of the list is touched past this store: a waiter's is gone
+   * once it sees k. */
+  atomic_store_explicit(&s->done[k & 1], k, memory_order_release);
+  if (waiters) (void)futex(&s->done[k & 1], FUTEX_WAKE_PRIVATE, INT_MAX);
 }
 
 static void *writer_main(void *arg) {
@@ -1625,6 +1646,8 @@ static void *writer_main(void *arg) {
     while (!s->head && !s->stop) pthread_cond_wait(&s->cv, &s->mu);
     pg_req_t *list = s->head;
     s->head = s->tail = NULL;
+    if (list) s->taken++;
+    uint32_t k = s->taken;
     int stop = s->stop;
     pthread_mutex_unlock(&s->mu);
     if (!list) {
@@ -1632,7 +1655,7 @@ static void *writer_main(void *arg) {
       continue;
     }
     run_batch(s, list);
-    batch_done(s, list);
+    batch_done(s, list, k);
   }
   return NULL;
 }
@@ -1641,7 +1664,6 @@ static void *writer_main(void *arg) {
  * moved to *err), else returns APEX_OK at once (q owned by the writer). */
 static int submit(pg_store_t *s, pg_req_t *q, int wait, apex_error_t **err) {
   q->owned = !wait;
-  q->done = 0;
   q->next = NULL;
   pthread_mutex_lock(&s->mu);
   if (s->stop) {
@@ -1652,13 +1674,18 @@ static int submit(pg_store_t *s, pg_req_t *q, int wait, apex_error_t **err) {
   if (s->tail) s->tail->next = q;
   else s->head = q;
   s->tail = q;
+  uint32_t k = q->batch = s->taken + 1;
   pthread_cond_signal(&s->cv);
-  if (!wait) {
-    pthread_mutex_unlock(&s->mu);
-    return APEX_OK;
-  }
-  while (!q->done) pthread_cond_wait(&s->done_cv, &s->mu);
   pthread_mutex_unlock(&s->mu);
+  if (!wait) return APEX_OK;
+  /* Until batch k ran (a futex wait returns at once if the word moved
+   * meanwhile; EINTR or a wake for nobody just loops). */
+  _Atomic uint32_t *w = &s->done[k & 1];
+  for (;;) {
+    uint32_t v = atomic_load_explicit(w, memory_order_acquire);
+    if ((int32_t)(v - k) >= 0) break;
+    (void)futex(w, FUTEX_WAIT_PRIVATE, v);
+  }
   if (q->err) {
     if (err) *err = q->err;
     else apex_error_unref(q->err);
@@ -2022,7 +2049,6 @@ static void pg_free(pg_store_t *s) {
   pthread_mutex_destroy(&s->lmu);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
-  pthread_cond_destroy(&s->done_cv);
   free(s->name);
   free(s->base.uri);
   free(s);
@@ -2230,7 +2256,6 @@ int apex__store_postgres_open(const char *uri, apex__store_t **out, apex_error_t
   pthread_mutex_init(&s->mu, NULL);
   pthread_mutex_init(&s->lmu, NULL);
   pthread_cond_init(&s->cv, NULL);
-  pthread_cond_init(&s->done_cv, NULL);
   int rc = APEX_OK;
   if (!(s->base.uri = strdup(uri)) || !(s->name = redact(uri)))
     rc = apex__store_fail(err, APEX_E_NOMEM, "out of memory");
