@@ -56,16 +56,12 @@
  * the listener thread owns s->lconn; the queue, the connection state seen
  * by others and the counters are under s->mu. */
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -445,14 +441,10 @@ struct pg_store {
   /* queue (mu) */
   pthread_mutex_t mu;
   pthread_cond_t cv;      /* the writer waits for work */
-  /* Batches: s->taken counts the lists the writer took (mu); a request
-   * queued now runs in batch taken + 1. Once batch k ran, the writer
-   * stores k in done[k & 1] and wakes that word's waiters with one futex
-   * call, so a caller sleeps until its own batch ran (a condition
-   * variable shared by all callers woke each of them at every batch).
-   * Two words: batch k + 2 cannot be taken before k + 1, after k ran. */
+  /* Batches (store.h, apex__sbatch_t): s->taken counts the lists the
+   * writer took (mu); a request queued now runs in batch taken + 1. */
   uint32_t taken;
-  _Atomic uint32_t done[2];
+  apex__sbatch_t done;
   pg_req_t *head, *tail;
   int stop;
   apex_error_t *async_err; /* the first failure of a wait-0 write */
@@ -1609,10 +1601,6 @@ static void run_batch(pg_store_t *s, pg_req_t *list) {
   run_group(s, v, n);
 }
 
-static long futex(_Atomic uint32_t *w, int op, uint32_t v) {
-  return syscall(SYS_futex, (uint32_t *)w, op, v, NULL, NULL, 0);
-}
-
 /* Hands batch k's results back: frees what nobody waits for (keeping the
  * first async failure for sync()), then wakes its waiters. */
 static void batch_done(pg_store_t *s, pg_req_t *list, uint32_t k) {
@@ -1633,10 +1621,9 @@ static void batch_done(pg_store_t *s, pg_req_t *list, uint32_t k) {
     }
   }
   pthread_mutex_unlock(&s->mu);
-  /* No request of the list is touched past this store: a waiter's is gone
-   * once it sees k. */
-  atomic_store_explicit(&s->done[k & 1], k, memory_order_release);
-  if (waiters) (void)futex(&s->done[k & 1], FUTEX_WAKE_PRIVATE, INT_MAX);
+  /* No request of the list is touched past this: a waiter's is gone once
+   * it sees k. */
+  apex__sbatch_done(&s->done, k, waiters);
 }
 
 static void *writer_main(void *arg) {
@@ -1678,14 +1665,7 @@ static int submit(pg_store_t *s, pg_req_t *q, int wait, apex_error_t **err) {
   pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
   if (!wait) return APEX_OK;
-  /* Until batch k ran (a futex wait returns at once if the word moved
-   * meanwhile; EINTR or a wake for nobody just loops). */
-  _Atomic uint32_t *w = &s->done[k & 1];
-  for (;;) {
-    uint32_t v = atomic_load_explicit(w, memory_order_acquire);
-    if ((int32_t)(v - k) >= 0) break;
-    (void)futex(w, FUTEX_WAIT_PRIVATE, v);
-  }
+  apex__sbatch_wait(&s->done, k);
   if (q->err) {
     if (err) *err = q->err;
     else apex_error_unref(q->err);

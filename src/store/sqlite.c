@@ -34,10 +34,6 @@
  * the queue and the counters are under s->mu. */
 #include <errno.h>
 #include <pthread.h>
-#include <limits.h>
-#include <linux/futex.h>
-#include <stdatomic.h>
-#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,13 +235,10 @@ struct sq_store {
   int thread_started;
   uint64_t commits;      /* transactions committed (writer thread) */
   uint64_t commits_seen; /* its copy for other threads (mu) */
-  /* Batches: s->taken counts the lists the writer took (mu); a request
-   * queued now runs in batch taken + 1. Once batch k ran, the writer
-   * stores k in done[k & 1] and wakes every waiter on that word with one
-   * futex call (batch k + 1's waiters sleep on the other word; batch
-   * k + 2's cannot exist before batch k + 1 is taken, after k is done). */
+  /* Batches (store.h, apex__sbatch_t): s->taken counts the lists the
+   * writer took (mu); a request queued now runs in batch taken + 1. */
   uint32_t taken;
-  _Atomic uint32_t done[2];
+  apex__sbatch_t done;
 };
 
 static sq_store_t *S(apex__store_t *s) { return (sq_store_t *)s; }
@@ -872,10 +865,6 @@ static void req_free_owned(sq_req_t *q) {
   free(q);
 }
 
-static long futex(_Atomic uint32_t *w, int op, uint32_t v) {
-  return syscall(SYS_futex, (uint32_t *)w, op, v, NULL, NULL, 0);
-}
-
 /* Hands the results of run batch k back: frees what nobody waits for
  * (keeping the first async failure for sync()), then wakes all its waiters
  * with one futex call (one wake-up per waiter, and only its waiters; a
@@ -904,8 +893,7 @@ static void batch_done(sq_store_t *s, sq_req_t *list, uint32_t k) {
   }
   /* No request of the list is touched past this store: a waiter's is gone
    * once it sees k. */
-  atomic_store_explicit(&s->done[k & 1], k, memory_order_release);
-  if (waiters) (void)futex(&s->done[k & 1], FUTEX_WAKE_PRIVATE, INT_MAX);
+  apex__sbatch_done(&s->done, k, waiters);
 }
 
 /* Runs one request in a transaction of its own. */
@@ -1025,14 +1013,7 @@ static int submit(sq_store_t *s, sq_req_t *q, int wait, apex_error_t **err) {
   pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
   if (!wait) return APEX_OK;
-  /* Until batch k ran (a futex wait returns at once if the word moved
-   * meanwhile; EINTR or a wake for nobody just loops). */
-  _Atomic uint32_t *w = &s->done[k & 1];
-  for (;;) {
-    uint32_t v = atomic_load_explicit(w, memory_order_acquire);
-    if ((int32_t)(v - k) >= 0) break;
-    (void)futex(w, FUTEX_WAIT_PRIVATE, v);
-  }
+  apex__sbatch_wait(&s->done, k);
   if (q->err) {
     if (err) *err = q->err;
     else apex_error_unref(q->err);

@@ -2,11 +2,16 @@
  * errors, and opening a backend by its uri. */
 #include "store/store.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/error.h"
 
@@ -283,6 +288,28 @@ int apex__slimacct_full_json(const apex__slimacct_t *a, char **plugins, char **a
     return APEX_E_NOMEM;
   }
   return APEX_OK;
+}
+
+/* ------------------------------------------------- batch completion */
+
+static long futex(_Atomic uint32_t *w, int op, uint32_t v) {
+  return syscall(SYS_futex, (uint32_t *)w, op, v, NULL, NULL, 0);
+}
+
+void apex__sbatch_wait(apex__sbatch_t *b, uint32_t k) {
+  /* A futex wait returns at once if the word moved meanwhile; EINTR or a
+   * wake for nobody just loops. */
+  _Atomic uint32_t *w = &b->done[k & 1];
+  for (;;) {
+    uint32_t v = atomic_load_explicit(w, memory_order_acquire);
+    if ((int32_t)(v - k) >= 0) return;
+    (void)futex(w, FUTEX_WAIT_PRIVATE, v);
+  }
+}
+
+void apex__sbatch_done(apex__sbatch_t *b, uint32_t k, int waiters) {
+  atomic_store_explicit(&b->done[k & 1], k, memory_order_release);
+  if (waiters) (void)futex(&b->done[k & 1], FUTEX_WAKE_PRIVATE, INT_MAX);
 }
 
 /* ------------------------------------------------- same-process wake */

@@ -31,6 +31,7 @@
 #define APEX_STORE_STORE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -296,6 +297,23 @@ int apex__swake_init(apex__swake_t *w);
 void apex__swake_destroy(apex__swake_t *w);
 void apex__swake_signal(apex__swake_t *w);
 void apex__swake_wait(apex__swake_t *w, double timeout_s);
+
+/* Batch completion for the callers of a writer thread (sqlite.c,
+ * postgres.c): the writer counts the lists of requests it takes; a
+ * request queued while k - 1 were taken runs in batch k, and its caller
+ * sleeps until the writer says batch k ran. All of a batch's callers wake
+ * with one futex call, and only they (a condition variable shared by every
+ * caller woke each at every batch). Two words: batch k + 2 cannot be taken
+ * before k + 1, after k ran. Zeroed memory is a valid, initial value. */
+typedef struct apex__sbatch {
+  _Atomic uint32_t done[2];
+} apex__sbatch_t;
+/* Blocks until batch k ran (apex__sbatch_done). Any thread. */
+void apex__sbatch_wait(apex__sbatch_t *b, uint32_t k);
+/* Says batch k ran and, if waiters, wakes its callers. The writer thread,
+ * after its last touch of the batch's requests (a caller's is gone once it
+ * sees k). */
+void apex__sbatch_done(apex__sbatch_t *b, uint32_t k, int waiters);
 
 /* Wall-clock now, seconds since the epoch. */
 double apex__store_now(void);
