@@ -142,6 +142,7 @@ BETTER = {
     "raw_stdio_p50": "lower", "raw_stdio_p99": "lower", "raw_stdio_calls_per_s": "higher",
     "raw_server_cpu_ns_per_call": "lower", "raw_server_main_cpu_ns_per_call": "lower",
     "raw_http_calls_per_s": "higher", "raw_http_server_cpu_ns_per_call": "lower",
+    "server_cpu_ns_per_task": "lower",
 }
 # Figures that grow with SIZE: compared between peers only at equal sizes.
 SIZE_DEPENDENT = {"delivered", "host_cpu_ms"}
