@@ -571,17 +571,24 @@ static void sql_ok(const char *db, const char *sql) {
   if (pg_fixture_sql(&g_pg, db, sql, why, sizeof why) != 0) fail_msg("%s", why);
 }
 
+/* Makes database PREFIX_<tag> (db) with Apex's tables in it (opened
+ * once and closed); its uri in uri. */
+static void fresh_db(const char *prefix, char *db, size_t dn, char *uri, size_t un) {
+  char sql[256];
+  snprintf(db, dn, "%s_%s", prefix, g_tag);
+  snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
+  sql_ok(NULL, sql);
+  pg_fixture_uri(&g_pg, NULL, db, uri, un);
+  apex__store_t *s = open_ok(uri);
+  s->ops->close(s);
+}
+
 /* A database of schema 1 (a row trigger writing the history) is migrated
  * at open: schema 2, statement triggers, one history row per change. */
 static void test_a_schema_1_database_is_migrated(void **state) {
   (void)state;
-  char db[96], sql[512], uri[600];
-  snprintf(db, sizeof db, "apex_v1_%s", g_tag);
-  snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
-  sql_ok(NULL, sql);
-  pg_fixture_uri(&g_pg, NULL, db, uri, sizeof uri);
-  apex__store_t *s = open_ok(uri);
-  s->ops->close(s);
+  char db[96], uri[600];
+  fresh_db("apex_v1", db, sizeof db, uri, sizeof uri);
   /* Back to schema 1's shape: its row trigger function and triggers. */
   sql_ok(db, "DROP TRIGGER apex_task_events_insert ON apex_tasks;"
              "DROP TRIGGER apex_task_events_update ON apex_tasks;"
@@ -593,7 +600,7 @@ static void test_a_schema_1_database_is_migrated(void **state) {
              "CREATE TRIGGER apex_task_events_update AFTER UPDATE ON apex_tasks FOR EACH ROW"
              " WHEN (OLD.state <> NEW.state) EXECUTE FUNCTION apex_task_event();"
              "DELETE FROM apex_schema_version WHERE version > 1");
-  s = open_ok(uri);
+  apex__store_t *s = open_ok(uri);
   sql_ok(db, "DO $$ BEGIN"
              " IF (SELECT max(version) FROM apex_schema_version) <> 2 THEN"
              "  RAISE EXCEPTION 'not migrated to 2'; END IF;"
@@ -628,12 +635,7 @@ static void test_open_refuses_what_it_cannot_serve(void **state) {
   (void)state;
   char db[96], sql[512], uri[600];
   /* A newer schema: refused, naming both versions, and left as it is. */
-  snprintf(db, sizeof db, "apex_newer_%s", g_tag);
-  snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
-  sql_ok(NULL, sql);
-  pg_fixture_uri(&g_pg, NULL, db, uri, sizeof uri);
-  apex__store_t *s = open_ok(uri);
-  s->ops->close(s);
+  fresh_db("apex_newer", db, sizeof db, uri, sizeof uri);
   sql_ok(db, "UPDATE apex_schema_version SET version = 99");
   open_refused(uri, APEX_E_STORE, "schema version 99 is newer than this library's (2)");
   /* A role that may not write the tables. */
