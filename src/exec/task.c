@@ -1174,7 +1174,6 @@ int apex__task_run(apex_task_t *t) {
     }
     t->run = r;
   }
-  atomic_store(&t->state, APEX_TASK_RUNNING);
   t->attempt++;
   r->oc_fn = NULL; /* each attempt registers its own (oc_user was retry_at_ns) */
   r->oc_user = NULL;
@@ -1184,6 +1183,10 @@ int apex__task_run(apex_task_t *t) {
   if (m->tracer) apex__trace_attempt_start(t);
   atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
+  /* Running only once the attempt is counted and `sweeping` read: a task
+   * a host saw running is one destroy waits for (its drain), never one it
+   * sweeps below as taken just before destroy began. */
+  atomic_store(&t->state, APEX_TASK_RUNNING);
   atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
   apex__mx_started(m, t);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
