@@ -6,7 +6,7 @@
  * One thread, one poll loop over stdin, the manager's dispatch fd, the log
  * queue's pipe and a signalfd (SIGINT, SIGTERM). After it wrote a line, the
  * loop polls the same set without sleeping for a bounded time before it
- * sleeps, while the client's recent answers came that fast (a client
+ * sleeps, while the client's recent lines came back that fast (a client
  * calling in a row): its next request is then read with no wake-up of this
  * thread, which on a VM costs both sides tens of microseconds (W16,
  * bench/analysis.md). A line longer than the
@@ -18,12 +18,12 @@
  * which is what a pipe's back-pressure means. */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sched.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
