@@ -3,8 +3,12 @@
 // figure lines on stdout; fails (exit 1, reason on stderr) if a call fails.
 //
 // Usage: node bench_mcp.mjs PEER SIZE BUILD
-//   PEER apex | mcp_sdk; SIZE the calls of the round-trip and throughput
-//   runs; BUILD the build dir (bin/apex, tests/plugins/mcp_kit.so).
+//   PEER apex | mcp_sdk | null; SIZE the calls of the round-trip and
+//   throughput runs; BUILD the build dir (bin/apex, tests/plugins/mcp_kit.so).
+//   Peer null is `mcp_raw_client --serve`, a server that answers with no
+//   work at all: its stdio rows are the SDK client's own cost (the floor no
+//   server can go under); it has no memory or HTTP rows.
+//   W16_STDIO_ONLY=1: the stdio round trip only (A/B runs).
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -23,7 +27,11 @@ const apexArgs = ['mcp', '--plugin-path', join(build, 'tests', 'plugins'), '--pl
   '--workers', '2'];
 const server = peer === 'apex'
   ? { cmd: join(build, 'bin', 'apex'), args: apexArgs, noop: 'mcp_kit.noop', sleep: 'mcp_kit.sleep' }
-  : { cmd: process.execPath, args: [join(here, 'mcp_sdk_server.mjs')], noop: 'noop', sleep: 'sleep' };
+  : peer === 'null'
+    ? { cmd: join(build, 'bench', 'mcp_raw_client'), args: ['--serve'], noop: 'noop' }
+    : { cmd: process.execPath, args: [join(here, 'mcp_sdk_server.mjs')], noop: 'noop', sleep: 'sleep' };
+if (process.env.APEX_W16_BIN && peer === 'apex') server.cmd = process.env.APEX_W16_BIN;
+const stdioOnly = peer === 'null' || process.env.W16_STDIO_ONLY === '1';
 
 function line(figure, value, unit) {
   console.log(`peer=${peer} workload=W16 size=${size} figure=${figure} value=${Math.round(value)} unit=${unit}`);
@@ -45,7 +53,7 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
 // 1. stdio: SIZE calls in a row; then OPEN_TASKS calls open at once (memory).
 {
   const transport = new StdioClientTransport({ command: server.cmd,
-    args: peer === 'apex' ? server.args : [...server.args, 'stdio'], stderr: 'inherit' });
+    args: peer === 'mcp_sdk' ? [...server.args, 'stdio'] : server.args, stderr: 'inherit' });
   const client = new Client({ name: 'w16', version: '1' });
   await client.connect(transport);
   const pid = transport.pid;
@@ -65,6 +73,10 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
   line('stdio_p99', pct(lat, 0.99), 'ns');
   line('stdio_calls_per_s', size / (wall / 1000), 'calls/s');
   line('server_cpu_ns_per_call', cpu / size, 'ns');
+  if (stdioOnly) {
+    await client.close();
+    process.exit(0);
+  }
   // Memory: OPEN_TASKS sleeping calls in flight at once.
   // (Apex runs 2 at a time and queues the rest, the SDK server keeps them
   // all as timers: either way they are open calls the server holds.) Then

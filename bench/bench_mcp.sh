@@ -1,7 +1,8 @@
 #!/bin/sh
 # W16 (bench/README.md): runs bench_mcp.mjs for one peer with the pinned
 # Node and MCP SDK (tests/mcp/npm_setup.sh, cached in BUILD/tests/mcp-npm).
-# Usage: bench_mcp.sh BUILD W16 SIZE PEER. Exit 3 ("not implemented", the
+# Usage: bench_mcp.sh BUILD W16 SIZE PEER (apex, mcp_sdk, or null: a server
+# that answers with no work, the clients' own floor). Exit 3 ("not implemented", the
 # protocol's skip) when npm is unreachable.
 set -u
 build=$1
@@ -26,6 +27,9 @@ raw=$build/bench/mcp_raw_client
 if [ "$peer" = apex ]; then
   exec "$raw" apex "$size" mcp_kit.noop -- "$build/bin/apex" mcp \
     --plugin-path "$build/tests/plugins" --plugin mcp_kit --workers 2
+elif [ "$peer" = null ]; then
+  # The server that does no work (mcp_raw_client --serve): the clients' floor.
+  exec "$raw" null "$size" noop -- "$raw" --serve
 else
   exec "$raw" mcp_sdk "$size" noop -- "$node" "$cache/mcp_sdk_server.mjs" stdio
 fi

@@ -11,7 +11,16 @@
  * raw_stdio_p99, raw_stdio_calls_per_s, raw_server_cpu_ns_per_call: the
  * server's user+system time over the run, from /proc, 10 ms ticks;
  * raw_server_main_cpu_ns_per_call: the part of it its main thread spent).
- * Exit 1 if the server fails or answers an error. */
+ * Exit 1 if the server fails or answers an error.
+ *
+ * mcp_raw_client --serve: the other end, a server that does no work at
+ * all: it reads newline-JSON requests on stdin and answers each at once
+ * with a canned result carrying the request's id (initialize with the
+ * client's protocol version, tools/list with one tool `noop`, tools/call
+ * with an empty text result, anything else with {}); notifications get
+ * nothing. A client's round trip against it is the client's own cost plus
+ * two pipe hops: the floor no server can go under (bench/analysis.md, W16,
+ * session of 2026-12-02, helper hQ). */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -97,7 +106,58 @@ static int call(const char *req, size_t len, char *ans, size_t cap) {
   return 0;
 }
 
+/* Copies the JSON value after "key": in line (a number or a string, as
+ * written) to out. Returns: its length, 0 if absent. */
+static size_t json_token(const char *line, const char *key, char *out, size_t cap) {
+  const char *p = strstr(line, key);
+  if (!p) return 0;
+  p += strlen(key);
+  while (*p == ' ' || *p == ':') p++;
+  const char *e = p;
+  if (*e == '"') {
+    for (e++; *e && *e != '"'; e++)
+      if (*e == '\\' && e[1]) e++;
+    if (*e) e++;
+  } else {
+    while (*e && *e != ',' && *e != '}' && *e != ' ') e++;
+  }
+  size_t n = (size_t)(e - p);
+  if (n == 0 || n >= cap) return 0;
+  memcpy(out, p, n);
+  out[n] = 0;
+  return n;
+}
+
+/* --serve (the header): answers until stdin ends. */
+static int serve(void) {
+  to_srv = STDOUT_FILENO; /* write_all's fd: our answers */
+  from_srv = STDIN_FILENO;
+  static char line[1 << 16];
+  char id[128], ver[64], ans[1024];
+  for (;;) {
+    if (read_line(line, sizeof line) != 0) return 0; /* the client went away */
+    if (!json_token(line, "\"id\"", id, sizeof id)) continue; /* a notification */
+    const char *result = "{}";
+    char init[256];
+    if (strstr(line, "\"method\":\"initialize\"")) {
+      if (!json_token(line, "\"protocolVersion\"", ver, sizeof ver)) strcpy(ver, "\"2025-06-18\"");
+      snprintf(init, sizeof init,
+               "{\"protocolVersion\":%s,\"capabilities\":{\"tools\":{}},"
+               "\"serverInfo\":{\"name\":\"null\",\"version\":\"1\"}}",
+               ver);
+      result = init;
+    } else if (strstr(line, "\"method\":\"tools/list\"")) {
+      result = "{\"tools\":[{\"name\":\"noop\",\"inputSchema\":{\"type\":\"object\"}}]}";
+    } else if (strstr(line, "\"method\":\"tools/call\"")) {
+      result = "{\"content\":[{\"type\":\"text\",\"text\":\"{}\"}],\"structuredContent\":{}}";
+    }
+    int n = snprintf(ans, sizeof ans, "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":%s}\n", id, result);
+    if (n <= 0 || (size_t)n >= sizeof ans || write_all(ans, (size_t)n) != 0) return 1;
+  }
+}
+
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--serve") == 0) return serve();
   if (argc < 6 || strcmp(argv[4], "--") != 0) {
     fprintf(stderr, "usage: mcp_raw_client PEER SIZE TOOL -- SERVER ARGS...\n");
     return 2;

@@ -4,7 +4,12 @@
  * JSON never has one). stderr is for humans.
  *
  * One thread, one poll loop over stdin, the manager's dispatch fd, the log
- * queue's pipe and a signalfd (SIGINT, SIGTERM). A line longer than the
+ * queue's pipe and a signalfd (SIGINT, SIGTERM). After it wrote a line, the
+ * loop polls the same set without sleeping for a bounded time before it
+ * sleeps, while the client's recent lines came back that fast (a client
+ * calling in a row): its next request is then read with no wake-up of this
+ * thread, which on a VM costs both sides tens of microseconds (W16,
+ * bench/analysis.md). A line longer than the
  * message bound is dropped as it streams in (never buffered whole) and
  * answered with -32600 once its newline arrives. stdin's end is the client
  * going away: its calls are cancelled with reason "disconnected", the loop
@@ -13,12 +18,14 @@
  * which is what a pipe's back-pressure means. */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mcp.h"
@@ -30,6 +37,47 @@
  * (mcp_server_watch_newest): about what a sleep and a wake-up cost. */
 #define WATCH_NS 20000u
 
+/* How long the loop polls, without sleeping, for the client's next line
+ * after it wrote one (watch_fds). A client calling in a row on another CPU
+ * sends within about one wake-up of its own (~20 us on this VM), plus
+ * margin for a loaded machine. */
+#define IDLE_WATCH_NS 50000u
+
+/* The saturating count (0..3) of whether the client's recent next lines
+ * came within IDLE_WATCH_NS of the last line out; the loop watches at 2 or
+ * more. A client that takes longer (the SDK client's own work per call,
+ * a person) costs then no CPU for watches that would only expire. */
+#define PACE_WATCH 2
+#define PACE_MAX 3
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Polls the epoll set without sleeping until something is ready or
+ * budget_ns passed. Returns: epoll_wait's count (0: nothing came in time;
+ * the caller then sleeps in epoll_wait as usual, so a line that comes
+ * later is read all the same). It yields the CPU every few polls: the
+ * client may share this CPU, and it needs it to send. */
+static int watch_fds(int ep, struct epoll_event *evs, int max, uint64_t budget_ns) {
+  uint64_t until = mono_ns() + budget_ns;
+  for (unsigned i = 1;; i++) {
+    int n = epoll_wait(ep, evs, max, 0);
+    if (n != 0) return n;
+    for (int k = 0; k < 8; k++) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (i % 4 == 0) {
+      if (mono_ns() >= until) return 0;
+      (void)sched_yield(); /* cannot fail on Linux; a failed one is only a missed hint */
+    }
+  }
+}
+
 static int ep_add(int ep, int fd, uint32_t slot) {
   struct epoll_event e = {.events = EPOLLIN, .data.u32 = slot};
   return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
@@ -37,12 +85,14 @@ static int ep_add(int ep, int fd, uint32_t slot) {
 
 typedef struct stdio_state {
   int out_failed;
+  int sent; /* a line went out since the loop last looked */
 } stdio_state_t;
 
 static void stdio_send(void *tuser, void *stream, const json_t *msg) {
   (void)stream;
   stdio_state_t *st = tuser;
   if (st->out_failed) return;
+  st->sent = 1;
   size_t n;
   char *line = mcp_dump(msg, &n);
   if (!line) return;
@@ -123,6 +173,8 @@ int mcp_stdio_run(mcp_server_t *srv) {
     return cli_fail(0, APEX_E_IO, "cannot start: %s", strerror(errno));
   }
   int watched = 0; /* the last batch's call ended while watched: pump now */
+  int pace = PACE_WATCH; /* see PACE_WATCH */
+  uint64_t sent_ns = 0;  /* when the last line went out, until stdin fired */
   for (;;) {
     if (eof && (mcp_server_live_calls(srv) == 0 || cli_now_ms() - eof_ms > DRAIN_MS)) break;
     int ready[4] = {0, 0, 0, 0};
@@ -133,11 +185,25 @@ int mcp_stdio_run(mcp_server_t *srv) {
       ready[1] = 1;
     } else {
       struct epoll_event evs[4];
+      int n = 0, live = !eof && !stdin_always;
+      if (st.sent) {
+        st.sent = 0;
+        if (live) sent_ns = mono_ns();
+        /* The client's next line is likely microseconds away: poll for it
+         * instead of sleeping (the header). */
+        if (live && pace >= PACE_WATCH) n = watch_fds(ep, evs, 4, IDLE_WATCH_NS);
+      }
       /* --store: a tasks/result may be waiting on the store. */
-      int n = epoll_wait(ep, evs, 4, eof ? 50 : stdin_always ? 0 : mcp_server_timeout_ms(srv));
+      if (n == 0) n = epoll_wait(ep, evs, 4, eof ? 50 : stdin_always ? 0 : mcp_server_timeout_ms(srv));
       if (n < 0 && errno != EINTR) break;
       for (int i = 0; i < n; i++) ready[evs[i].data.u32] = 1;
       if (stdin_always && !eof) ready[0] = 1;
+      if (ready[0] && sent_ns) {
+        /* How fast the client came back this time decides the next watch. */
+        if (mono_ns() - sent_ns <= IDLE_WATCH_NS) pace += pace < PACE_MAX;
+        else pace -= pace > 0;
+        sent_ns = 0;
+      }
     }
     if (ready[3]) {
       code = CLI_EXIT_SIGNAL_BASE + SIGTERM;
