@@ -173,11 +173,19 @@ static void test_task_times_out_while_still_queued(void **st) {
  * the runtime thread is held up, here by a slow LOOP callback, and
  * deadlines are fired first): it ends timed_out there and never runs
  * again. */
+static int64_t g_retry_submit_ms;
+
 static void on_retry_hold_runtime(const apex_event_t *ev, void *user) {
   rec_on_event(ev, user);
-  /* Holds Apex's runtime thread past both the retry time (50 ms) and the
-   * deadline (150 ms): elapsed time, not scheduling, makes both due. */
-  if (ev->type == APEX_EVENT_RETRY) nap_ms(400);
+  /* Holds Apex's runtime thread past both the retry time (50 ms after the
+   * failure) and the deadline (1 s after the submit): elapsed time, not
+   * scheduling, makes both due. The deadline leaves a loaded machine a
+   * second to start the first attempt (it was 150 ms, which a TSan build
+   * under load once spent before the attempt failed). */
+  if (ev->type == APEX_EVENT_RETRY) {
+    int64_t left = g_retry_submit_ms + 1300 - now_ms();
+    if (left > 0) nap_ms(left);
+  }
 }
 
 static void test_task_times_out_while_waiting_to_retry(void **st) {
@@ -192,9 +200,10 @@ static void test_task_times_out_while_waiting_to_retry(void **st) {
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.retry = &p;
-  o.timeout_s = 0.15;
+  o.timeout_s = 1.0;
+  g_retry_submit_ms = now_ms();
   apex_task_t *t = submit_json(m, "testkit", "count_attempts", "{\"succeed_on\": 3}", &o);
-  assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
+  assert_int_equal(apex_task_wait(t, 2 * PROMPT_MS), APEX_OK);
   assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
   apex_error_t *e = apex_task_error(t);
   assert_int_equal(apex_error_code(e), APEX_E_TIMEOUT);
