@@ -527,10 +527,16 @@ static void test_finishes_sent_together_each_get_their_own_answer(void **state) 
     if (mono() > end) fail_msg("the writer never waited for the row lock");
     usleep(2000);
   }
+  /* Results an array literal must quote right (ST_FINISH_MANY sends them
+   * as one): quotes, backslashes, braces and commas, the word NULL, JSON
+   * null, a line break, UTF-8. */
+  static const char *const results[N] = {
+      "\"a,b\"", "{\"k\":\"\\\\\\\"\"}", "\"NULL\"", "null",
+      "[1,{\"x\":[]}]", "\"line\\nbreak\"", "\"caf\u00e9 \u2603\"", "\"}{\\\\\""};
   for (int i = 0; i < N; i++) {
     apex_error_t *err = NULL;
-    if (s->ops->finish(s, mine[i], "w1", APEX_TASK_SUCCEEDED, T0 + 5, 0, "1", NULL, NULL, 0,
-                       &err) != APEX_OK)
+    if (s->ops->finish(s, mine[i], "w1", APEX_TASK_SUCCEEDED, T0 + 5, 0, results[i], NULL, NULL,
+                       0, &err) != APEX_OK)
       fail_msg("finish %d: %s", i, apex_error_message(err));
   }
   assert_int_equal(pthread_create(&to, NULL, finish_waited, &fo), 0);
@@ -550,7 +556,15 @@ static void test_finishes_sent_together_each_get_their_own_answer(void **state) 
   assert_int_equal(fx.rc, APEX_E_INVALID);
   if (!strstr(fx.msg, "no task 999999999")) fail_msg("missing row: \"%s\"", fx.msg);
   assert_int_equal(s->ops->sync(s, NULL), APEX_OK);
-  for (int i = 0; i < N; i++) assert_int_equal(row_state(w, mine[i]), APEX_TASK_SUCCEEDED);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(row_state(w, mine[i]), APEX_TASK_SUCCEEDED);
+    apex__srec_t g;
+    assert_int_equal(s->ops->get(s, mine[i], &g, NULL), APEX_OK);
+    assert_non_null(g.result);
+    assert_string_equal(g.result, results[i]); /* byte for byte */
+    assert_null(g.error);
+    apex__srec_clear(&g);
+  }
   assert_int_equal(row_state(w, blocker), APEX_TASK_SUCCEEDED);
   assert_int_equal(row_state(w, other), APEX_TASK_RUNNING);
   /* Each row's history has its end once. */
