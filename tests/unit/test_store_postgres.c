@@ -567,6 +567,17 @@ static void test_finishes_sent_together_each_get_their_own_answer(void **state) 
   }
   assert_int_equal(row_state(w, blocker), APEX_TASK_SUCCEEDED);
   assert_int_equal(row_state(w, other), APEX_TASK_RUNNING);
+  /* Written by one transaction (one xmin): the batch went through as sent,
+   * not rolled back and run again request by request (what a malformed
+   * array literal would cause). */
+  snprintf(sql, sizeof sql,
+           "SELECT count(DISTINCT xmin::text) FROM apex_tasks WHERE plugin = '%s' AND id <> %llu"
+           " AND id <> %llu",
+           plugin, (unsigned long long)blocker, (unsigned long long)other);
+  r = PQexec(w, sql);
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  assert_int_equal(atoi(PQgetvalue(r, 0, 0)), 1);
+  PQclear(r);
   /* Each row's history has its end once. */
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM apex_task_events WHERE state = 3"
