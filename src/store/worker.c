@@ -58,6 +58,9 @@
 #define BACKOFF_MAX_S 5.0
 /* Rows a rescue scan reads per page. */
 #define RESCUE_PAGE 256
+/* How long a free slot waits for others before the next claim while more
+ * rows are due (serve_main). */
+#define GATHER_S 0.005
 /* How long serve_stop waits for cancelled handlers before giving their
  * rows back anyway. */
 #define STOP_GRACE_S 3.0
@@ -482,13 +485,18 @@ static void *serve_main(void *arg) {
     if (atomic_load(&v->stop)) break;
     /* The queue had more than was claimed: claim again once a batch's
      * worth of room is free (held down to low), not for each task that
-     * ends: a claim costs the store about the same for 1 row as for 32. */
-    if (full && held(v) <= v->low) continue;
+     * ends (a claim costs the store about the same for 1 row as for 32),
+     * but a slot waits for company at most GATHER_S (long tasks end
+     * seldom: their free slots would stay idle). */
+    size_t h = held(v);
+    if (full && h <= v->low) continue;
     now = apex__store_now();
     if (!atomic_load(&v->store_ok)) {
       wait_cv(v, fmax(0.01, next_try - now), 0);
-    } else if (full || held(v) >= v->conc) {
+    } else if (h >= v->conc) {
       wait_cv(v, fmax(0.01, fmin(v->poll_s, next_rescue - now)), 1);
+    } else if (full) {
+      wait_cv(v, GATHER_S, 1);
     } else {
       apex_error_t *err = NULL;
       double t = fmax(0.001, fmin(v->poll_s, next_rescue - now));
