@@ -125,8 +125,15 @@ uint64_t apex__obs_clock_slow(void) {
     atomic_store_explicit(&cal_after, ns + CAL_MIN_NS, memory_order_relaxed);
   } else if (ns - ref_ns >= CAL_MIN_NS && tsc > ref_tsc) {
     double m = (double)(ns - ref_ns) / (double)(tsc - ref_tsc) * 4294967296.0;
-    /* A counter below 1 GHz would overflow the fast path's product. */
-    cal_mult = m >= 1.0 && m < 4294967295.0 ? (uint64_t)m : 0;
+    /* A counter below 1 GHz would overflow the fast path's product: the
+     * kernel's clock then, for good (not a lock per read, calibrating
+     * for ever). */
+    if (m >= 1.0 && m < 4294967295.0) {
+      cal_mult = (uint64_t)m;
+    } else {
+      cal_mult = 0;
+      atomic_store(&tsc_ok, 0);
+    }
   }
   uint64_t mult = cal_mult;
   pthread_mutex_unlock(&cal_mu);
