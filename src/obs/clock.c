@@ -59,6 +59,7 @@ _Thread_local apex__obs_clk_t apex__obs_clk __attribute__((tls_model("initial-ex
 
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static _Atomic int tsc_ok; /* 1: the TSC may be read */
+#if defined(__x86_64__)
 /* The time from which a scale can be computed (the reference's + 10 ms),
  * read without the lock so that a thread does not take it on every read
  * while the calibration waits; 0: no reference yet. */
@@ -67,6 +68,7 @@ static pthread_mutex_t cal_mu = PTHREAD_MUTEX_INITIALIZER;
 static int ref_set;             /* under cal_mu */
 static uint64_t ref_tsc, ref_ns; /* under cal_mu */
 static uint64_t cal_mult;        /* under cal_mu; 0: none yet */
+#endif
 
 static void probe(void) {
 #if defined(__x86_64__)
