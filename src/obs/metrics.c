@@ -25,6 +25,9 @@
  * end's clock read serves the task's end-to-end time too. Queue wait and
  * end-to-end time start from the submit time the task keeps
  * (t->out.submitted_ns: the deadline's clock read, else the coarse clock).
+ * The hooks' own reads are the observers' clock (obs/clock.h: the TSC
+ * scaled to CLOCK_MONOTONIC where the kernel keeps its clock on it).
+ * A bucket is found from the duration's bit length (metrics.h).
  *
  * Locks: none of its own; the hooks run under the task's lock where their
  * call sites hold it. Failure: a series that cannot be allocated is not
@@ -45,6 +48,30 @@ const uint64_t apex__mx_bounds_ns[APEX_METRICS_N_BOUNDS] = {
 const double apex__mx_bounds_s[APEX_METRICS_N_BOUNDS] = {
     0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05,
     0.1,     0.5,     1,      5,      10,     60,    300};
+/* Generated from the bounds above (bench/analysis.md has the script);
+ * tests/unit/test_metrics_cost.c checks it against a search of every bit
+ * length's edges and every bound's neighbours. */
+#define NONE UINT64_MAX
+const apex__mx_blen_t apex__mx_blen[65] = {
+    {NONE, 0},          {NONE, 0},          {NONE, 0},          {NONE, 0},
+    {NONE, 0},          {NONE, 0},          {NONE, 0},          {NONE, 0},
+    {NONE, 0},          {NONE, 0},          {NONE, 0},          {NONE, 0},
+    {NONE, 0},          {NONE, 0},          {10000ull, 0},      {NONE, 1},
+    {50000ull, 1},      {100000ull, 2},     {NONE, 3},          {500000ull, 3},
+    {1000000ull, 4},    {NONE, 5},          {NONE, 5},          {5000000ull, 5},
+    {10000000ull, 6},   {NONE, 7},          {50000000ull, 7},   {100000000ull, 8},
+    {NONE, 9},          {500000000ull, 9},  {1000000000ull, 10}, {NONE, 11},
+    {NONE, 11},         {5000000000ull, 11}, {10000000000ull, 12}, {NONE, 13},
+    {60000000000ull, 13}, {NONE, 14},       {NONE, 14},         {300000000000ull, 14},
+    {NONE, 15},         {NONE, 15},         {NONE, 15},         {NONE, 15},
+    {NONE, 15},         {NONE, 15},         {NONE, 15},         {NONE, 15},
+    {NONE, 15},         {NONE, 15},         {NONE, 15},         {NONE, 15},
+    {NONE, 15},         {NONE, 15},         {NONE, 15},         {NONE, 15},
+    {NONE, 15},         {NONE, 15},         {NONE, 15},         {NONE, 15},
+    {NONE, 15},         {NONE, 15},         {NONE, 15},         {NONE, 15},
+    {NONE, 15}};
+#undef NONE
+_Static_assert(APEX_METRICS_N_BOUNDS == 15, "apex__mx_blen is made for these 15 bounds");
 const char *const apex__mx_tmo_names[APEX__MX_N_TMO] = {"schedule_to_close", "schedule_to_start",
                                                         "start_to_close", "heartbeat"};
 const char *const apex__mx_reason_names[APEX__MX_N_REASONS] = {"user", "parent", "shutdown"};
@@ -199,9 +226,15 @@ static __attribute__((noinline)) apex__mx_series_t *series_make(apex__plugin_t *
                                                                const apex_action_desc_t *a) {
   apex__mx_plugin_t *b = atomic_load_explicit(&p->mx, memory_order_acquire);
   if (!b) {
+    /* Lines of its own: every task's first event reads it, and from
+     * calloc it shared a line with the submitter's next allocation (a
+     * task, which workers write): a cache miss on most starts. */
     size_t n = p->desc.n_actions;
-    apex__mx_plugin_t *nb = calloc(1, sizeof *nb + n * sizeof nb->series[0]);
-    if (!nb) return NULL;
+    size_t size = sizeof(apex__mx_plugin_t) + n * sizeof(_Atomic(apex__mx_series_t *));
+    size = (size + APEX__CACHE_LINE - 1) / APEX__CACHE_LINE * APEX__CACHE_LINE;
+    void *mem = NULL;
+    if (posix_memalign(&mem, APEX__CACHE_LINE, size) != 0) return NULL;
+    apex__mx_plugin_t *nb = memset(mem, 0, size);
     nb->n = n;
     apex__mx_plugin_t *expect = NULL;
     if (atomic_compare_exchange_strong(&p->mx, &expect, nb)) {
@@ -253,7 +286,9 @@ void apex__mx_started_(apex_task_t *t) {
   apex__mx_series_t *s = series_get(t->plugin, t->action);
   if (!s) return;
   unsigned slot = slot_get();
-  uint64_t now = apex__obs_now(t, APEX__OBS_START); /* the span's start too (obs/clock.h) */
+  /* With tracing on, the span's start too (obs/clock.h); off, no stamp. */
+  uint64_t now = apex__task_m(t)->tracer ? apex__obs_now(t, APEX__OBS_START)
+                                         : apex__obs_clock_ns();
   hot_add(slot, &s->hot[slot].started, 1);
   if (t->attempt == 1) {
     /* From the submit, or from its start time when it had one (it was
@@ -275,8 +310,12 @@ void apex__mx_attempt_end_(apex_task_t *t) {
   if (tl.t != t || tl.id != t->id || tl.plugin != t->plugin || tl.attempt != t->attempt) return;
   tl.t = NULL;
   unsigned slot = slot_get();
-  uint64_t now = apex__obs_now(t, APEX__OBS_END); /* the span's end too (obs/clock.h) */
-  observe(slot, &tl.series->hot[slot], APEX__MX_H_ATTEMPT, now - tl.start_ns);
+  /* With tracing on, the span's end too (obs/clock.h); off, no stamp. */
+  uint64_t now = apex__task_m(t)->tracer ? apex__obs_now(t, APEX__OBS_END)
+                                         : apex__obs_clock_ns();
+  /* Clamped: two TSC reads may come out a few ns apart in either order. */
+  observe(slot, &tl.series->hot[slot], APEX__MX_H_ATTEMPT,
+          now > tl.start_ns ? now - tl.start_ns : 0);
   tl.end_ns = now; /* finished_ reuses this read for the same task */
 }
 
@@ -320,7 +359,10 @@ static int error_code(const apex_error_t *e) {
   return apex_error_code(e);
 }
 
-void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
+/* apex__mx_finished_ but for a success ended by its attempt's end on
+ * this thread. */
+static __attribute__((noinline)) void finished_slow(apex_task_t *t, int state,
+                                                     apex_error_t *e) {
   /* The attempt's end just read the clock for this task on this thread:
    * that read and its series serve (a task ended elsewhere looks up its
    * own). */
@@ -331,7 +373,7 @@ void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
     now = tl.end_ns;
   } else {
     if (!(s = apex__mx_series_peek(t->plugin, t->action))) return;
-    now = apex__now_ns();
+    now = apex__obs_clock_ns();
   }
   tl.end_ns = 0;
   unsigned slot = slot_get();
@@ -346,6 +388,23 @@ void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
    * still holds the submit time. */
   uint64_t from = t->out.submitted_ns;
   observe(slot, h, APEX__MX_H_E2E, now > from ? now - from : 0);
+}
+
+void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
+  /* Most tasks: a success whose attempt just ended on this thread; that
+   * end's clock read and series serve (finished_slow says the rest). */
+  uint64_t now = tl.end_ns;
+  if (__builtin_expect(now && state == APEX_TASK_SUCCEEDED && tl.id == t->id &&
+                           tl.plugin == t->plugin, 1)) {
+    tl.end_ns = 0;
+    unsigned slot = slot_get();
+    apex__mx_hot_t *h = &tl.series->hot[slot];
+    hot_add(slot, &h->succeeded, 1);
+    uint64_t from = t->out.submitted_ns; /* still the submit time (finished_slow) */
+    observe(slot, h, APEX__MX_H_E2E, now > from ? now - from : 0);
+    return;
+  }
+  finished_slow(t, state, e);
 }
 
 void apex__mx_progress_flushed_(apex_task_t *t, apex__progress_slot_t *ps) {
@@ -377,6 +436,6 @@ void apex__mx_progress_delivered_(apex_manager_t *m, const apex__ev_t *ev) {
   apex__mx_series_t *s = apex__mx_series_peek(t->plugin, t->action);
   if (!s) return;
   unsigned slot = slot_get();
-  uint64_t now = apex__now_ns();
+  uint64_t now = apex__obs_clock_ns(); /* the report's clock (metrics.h) */
   observe(slot, &s->hot[slot], APEX__MX_H_PROGRESS, now > ev->mx_at ? now - ev->mx_at : 0);
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "exec/internal.h"
+#include "obs/clock.h"
 
 /* Histogram buckets: APEX_METRICS_N_BOUNDS bounds plus +Inf. */
 #define APEX__MX_BUCKETS (APEX_METRICS_N_BOUNDS + 1)
@@ -69,21 +70,22 @@ typedef struct apex__mx {
   int unused; /* the series live on the plugins (apex__plugin_t.mx) */
 } apex__mx_t;
 
-/* The bounds padded to 16 with "never", for a four-step binary search. */
-static const uint64_t apex__mx_bounds16[16] = {
-    10000ull,      50000ull,       100000ull,      500000ull,       1000000ull,    5000000ull,
-    10000000ull,   50000000ull,    100000000ull,   500000000ull,    1000000000ull, 5000000000ull,
-    10000000000ull, 60000000000ull, 300000000000ull, UINT64_MAX};
-_Static_assert(APEX_METRICS_N_BOUNDS == 15, "apex__mx_bounds16 pads the bounds to 16");
+/* The bucket of a duration by its bit length: consecutive bounds are at
+ * least 2 x apart, so the values of one bit length L (2^(L-1) to 2^L - 1,
+ * and 0 with 1) hold at most one bound. apex__mx_blen[L] says how many
+ * bounds lie below them (below) and that bound (UINT64_MAX: none), so a
+ * bucket is a count-leading-zeros, one load and one compare, where a
+ * search was four dependent loads and compares (bench/analysis.md). */
+typedef struct apex__mx_blen {
+  uint64_t bound;
+  uint64_t below;
+} apex__mx_blen_t;
+extern const apex__mx_blen_t apex__mx_blen[65];
 
 /* The first bucket whose bound is >= ns (APEX_METRICS_N_BOUNDS: +Inf). */
 static inline unsigned apex__mx_bucket_of(uint64_t ns) {
-  unsigned i = 0;
-  i += ns > apex__mx_bounds16[i + 7] ? 8u : 0u;
-  i += ns > apex__mx_bounds16[i + 3] ? 4u : 0u;
-  i += ns > apex__mx_bounds16[i + 1] ? 2u : 0u;
-  i += ns > apex__mx_bounds16[i] ? 1u : 0u;
-  return i;
+  const apex__mx_blen_t *b = &apex__mx_blen[64 - __builtin_clzll(ns | 1)];
+  return (unsigned)b->below + (ns > b->bound);
 }
 
 /* Returns: APEX_OK with m->mx set when m->cfg.metrics is on (NULL when
@@ -148,7 +150,7 @@ static inline void apex__mx_finished(apex_manager_t *m, apex_task_t *t, int stat
 /* A report accepted into s (under the task's lock): counted in the slot,
  * with no atomic, and folded into the series when s is flushed. */
 static inline void apex__mx_progress_report(apex_manager_t *m, apex__progress_slot_t *s) {
-  if (m->mx && s->mx_reports++ == 0) s->mx_first_ns = apex__now_ns();
+  if (m->mx && s->mx_reports++ == 0) s->mx_first_ns = apex__obs_clock_ns();
 }
 /* A snapshot of s is delivered (queued for the host; under the lock). */
 static inline void apex__mx_progress_delivering(apex_manager_t *m, apex__progress_slot_t *s) {

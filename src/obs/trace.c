@@ -73,9 +73,10 @@ struct apex__tracer {
 
 /* Now, as a span's time: Unix ns, from CLOCK_MONOTONIC and the offset
  * taken at init, as every span time is (its durations are then exact, and
- * a span's times agree with the submit time a task keeps). */
+ * a span's times agree with the submit time a task keeps). The observers'
+ * clock (obs/clock.h), as the attempts' times are. */
 static inline uint64_t now_wall(const apex__tracer_t *tr) {
-  return (uint64_t)((int64_t)apex__now_ns() + tr->wall_off);
+  return (uint64_t)((int64_t)apex__obs_clock_ns() + tr->wall_off);
 }
 
 /* ------------------------------------------------------------ W3C rules */
