@@ -19,7 +19,12 @@
  * section (the one that pops its next task), so a task costs the worker
  * one pool_mu section, not two.
  * Idle workers: one at a time watches the queue briefly (spin_for_push),
- * the others sleep on a futex word each (see futex_wait below).
+ * the others sleep on a futex word each (see futex_wait below). A push
+ * that finds the watcher hands it the task the scheduler picks
+ * (handoff_locked), so that worker runs it without taking pool_mu; a
+ * worker that ends a task and finds nothing to pop becomes idle in that
+ * same section. pool_mu is an apex__lock_t (lock.h), which spins before
+ * it sleeps.
  * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
  * max_stuck_workers) once queued work has no idle worker to take it, so one
