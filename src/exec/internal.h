@@ -485,7 +485,6 @@ struct apex_manager {
   /* The idle worker watching the queue before it sleeps (at most one), to
    * which a push hands the task it picks (pool.c); NULL: none. */
   apex__worker_t *spinner;
-  _Atomic uint32_t run_pushes; /* pushes not handed off, ever: what the spinner watches */
   unsigned n_stuck;
   /* submitted, not terminal; raised under pool_mu, lowered before the
    * task's terminal state is published (apex__pool_task_end) */

@@ -165,52 +165,46 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
   return e ? APEX_E_IO : APEX_OK;
 }
 
-/* Under pool_mu: the idle worker to wake (wake_worker, after unlocking)
- * for what is runnable now beyond what spinning workers take, or NULL.
- * Returns: via *e, 0 or the errno of a stuck worker's replacement that
- * could not start. */
-static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
-  /* A spinning worker takes a task without a wakeup; wake an idle one
-   * only for tasks beyond what the spinner takes. */
-  apex__worker_t *w =
-      apex__sched_runnable_locked(m) > (m->spinner != NULL) ? take_idle_locked(m) : NULL;
-  *e = replace_stuck_locked(m);
-  return w;
-}
-
 /* Under pool_mu: the next task to run, its slots taken (sched.c), or
  * NULL. */
 static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_locked(m); }
 
-/* Under pool_mu, after a push, as the section's last change (what the
- * task's runner reads is in place): the hand-off. The worker watching the
- * queue (m->spinner) gets the task the scheduler picks now, popped here
- * for it as it would pop it (the same pick: priorities, fairness, limits;
- * nothing when every runnable task is held), through its own word, so it
- * runs it without taking pool_mu. The pusher and the watcher then meet on
- * pool_mu not at all for that task: a submit that finds a watcher is one
- * section in all, where the watcher used to take pool_mu after the push
- * and contend with the next submit and the other worker's end (W1's slow
- * mode: bench/analysis.md). The watcher is taken off the watch here, so
- * no later push counts on it. Returns 1 if it handed a task on. */
-static int handoff_locked(apex_manager_t *m) {
+/* Under pool_mu, as the section's last change to what a task's runner
+ * reads: the hand-off. The worker watching the queue (m->spinner) gets
+ * the task the scheduler picks now, popped here for it as it would pop it
+ * (the same pick: priorities, fairness, limits; nothing when every
+ * runnable task is held), through its own word, so it runs it without
+ * taking pool_mu. The pusher and the watcher then meet on pool_mu not at
+ * all for that task: a submit that finds a watcher is one section in all,
+ * where the watcher used to take pool_mu after the push and contend with
+ * the next submit and the other worker's end (W1's slow mode:
+ * bench/analysis.md), and the watcher reads only its own word, not a line
+ * the pushers write. The watcher is taken off the watch here, so no later
+ * push counts on it. Every section that makes a task runnable ends in
+ * wake_for_runnable_locked or apex__pool_poke, which call this. */
+static void handoff_locked(apex_manager_t *m) {
   apex__worker_t *w = m->spinner;
-  if (!w) return 0;
+  if (!w) return;
   apex_task_t *t = pop_locked(m);
-  if (!t) return 0;
+  if (!t) return;
   m->spinner = NULL;
   atomic_store_explicit(&w->handoff, t, memory_order_release);
-  return 1;
 }
 
-/* After a push, pool_mu released: tells a spinning worker (which then
- * takes pool_mu, no longer held by the pusher) and wakes the idle worker
- * chosen, if any. A spinner that misses the count finds the task when it
- * takes pool_mu after spinning. After a hand-off (handed) no worker
- * watches the count. */
-static void pushed(apex_manager_t *m, apex__worker_t *wake, int handed) {
-  if (!handed) atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
-  wake_worker(wake);
+/* Under pool_mu, once tasks may have become runnable: hands one to the
+ * watcher (handoff_locked); returns the idle worker to wake (wake_worker,
+ * after unlocking) for what is runnable beyond that, or NULL.
+ * Returns: via *e, 0 or the errno of a stuck worker's replacement that
+ * could not start. */
+static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
+  handoff_locked(m);
+  /* A watcher still on the watch found every runnable task held: the
+   * next change that frees one hands it over. Wake an idle one only for
+   * tasks beyond what the watcher takes. */
+  apex__worker_t *w =
+      apex__sched_runnable_locked(m) > (m->spinner != NULL) ? take_idle_locked(m) : NULL;
+  *e = replace_stuck_locked(m);
+  return w;
 }
 
 void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
@@ -220,16 +214,16 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
     return;
   }
   apex__sched_push_locked(m, t); /* a retry re-enters: limits and rates again */
-  int handed = handoff_locked(m);
   int e;
   apex__worker_t *wake = wake_for_runnable_locked(m, &e);
   apex__unlock(&m->pool_mu);
-  pushed(m, wake, handed);
+  wake_worker(wake);
   log_no_replacement(m, e);
 }
 
 void apex__pool_poke(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
+  handoff_locked(m);
   size_t n = apex__sched_runnable_locked(m);
   apex__worker_t *ws = NULL;
   for (size_t i = m->spinner != NULL; i < n && m->idle_head; i++) {
@@ -239,7 +233,6 @@ void apex__pool_poke(apex_manager_t *m) {
   }
   int e = replace_stuck_locked(m);
   apex__unlock(&m->pool_mu);
-  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
   while (ws) {
     apex__worker_t *next = ws->idle_next;
     wake_worker(ws);
@@ -286,15 +279,14 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   }
   atomic_fetch_add(&m->n_live, 1);
   apex__worker_t *wake = NULL;
-  int e = 0, handed = 0;
+  int e = 0;
   if (deadline) apex__deadline_link_locked(m, t);
   if (!scheduled) {
     apex__sched_push_locked(m, t);
-    handed = handoff_locked(m);
     wake = wake_for_runnable_locked(m, &e);
   }
   apex__unlock(&m->pool_mu);
-  if (!scheduled) pushed(m, wake, handed);
+  wake_worker(wake);
   log_no_replacement(m, e);
   return APEX_OK;
 }
@@ -367,7 +359,7 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
     refs += apex__timer_release_locked(m, t);
     apex__unlock(&m->pool_mu);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
-    if (wake) pushed(m, wake, 0);
+    wake_worker(wake);
     log_no_replacement(m, e);
   }
   if (t->run) unlink_live_locked(m, t, t->run);
@@ -407,7 +399,7 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
     int e;
     apex__worker_t *wake = wake_for_runnable_locked(m, &e);
     apex__unlock(&m->pool_mu);
-    if (wake) pushed(m, wake, 0);
+    wake_worker(wake);
     log_no_replacement(m, e);
   }
   unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
@@ -450,8 +442,7 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
 /* How long an idle worker watches the queue before it sleeps. */
 #define SPIN_NS 20000u
 
-/* Returns once a push changed m->run_pushes from seen or handed self a
- * task, or SPIN_NS passed.
+/* Returns once a push handed self a task, or SPIN_NS passed.
  * Between its clock reads (every 64 pauses, a few microseconds) it yields
  * its CPU: a watch that sees no push for that long is most often waiting
  * for a submitter that is itself waiting for a CPU (the pool's threads
@@ -461,12 +452,10 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
  * takes a push within about a system call. Measured on W1 (1M no-op
  * tasks): CPU per task 509 -> 390 ns, tasks/s not lower, W2's p99 not
  * higher (bench/analysis.md). */
-static void spin_for_push(apex_manager_t *m, apex__worker_t *self, uint32_t seen) {
+static void spin_for_push(apex__worker_t *self) {
   uint64_t until = 0;
   for (unsigned i = 1;; i++) {
-    if (atomic_load_explicit(&self->handoff, memory_order_relaxed) ||
-        atomic_load_explicit(&m->run_pushes, memory_order_relaxed) != seen)
-      return;
+    if (atomic_load_explicit(&self->handoff, memory_order_relaxed)) return;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -486,9 +475,9 @@ enum { IDLE_SPIN = 1, IDLE_SLEEP };
  * (m->spinner: the first time, when no other watches) or goes on the idle
  * stack; the caller waits (idle_wait) once it released pool_mu. So the
  * section that ends a task and finds the queue empty is also the one that
- * makes its worker idle: one pool_mu section a task, not two. *seen: the
- * push count the watch starts from. Returns IDLE_SPIN or IDLE_SLEEP. */
-static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun, uint32_t *seen) {
+ * makes its worker idle: one pool_mu section a task, not two. Returns
+ * IDLE_SPIN or IDLE_SLEEP. */
+static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
   if (!spun && !m->spinner) {
     /* Watch the queue for a moment without the lock before sleeping: a
      * task pushed meanwhile is handed over (handoff_locked) with no futex
@@ -496,7 +485,6 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun, uint32
      * worker at a time: the CPU a watcher burns is what an idle one
      * saves. */
     m->spinner = self;
-    *seen = atomic_load_explicit(&m->run_pushes, memory_order_relaxed);
     return IDLE_SPIN;
   }
   /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
@@ -510,15 +498,14 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun, uint32
 /* pool_mu not held: waits as idle_locked decided. Returns a task handed
  * to self (pool_mu not held: run it), or NULL with pool_mu held. *spun:
  * set when a watch ended with nothing for it (its next idle is a sleep). */
-static apex_task_t *idle_wait(apex_manager_t *m, apex__worker_t *self, int how, uint32_t seen,
-                              int *spun) {
+static apex_task_t *idle_wait(apex_manager_t *m, apex__worker_t *self, int how, int *spun) {
   *spun = 0;
   if (how == IDLE_SLEEP) {
     futex_wait(&self->wake);
     apex__lock(&m->pool_mu);
     return NULL;
   }
-  spin_for_push(m, self, seen);
+  spin_for_push(self);
   apex_task_t *t = atomic_load_explicit(&self->handoff, memory_order_acquire);
   if (!t) {
     apex__lock(&m->pool_mu);
@@ -551,10 +538,9 @@ static void *worker_main(void *arg) {
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
       if (!(t = pop_locked(m))) {
         if (m->pool_stop) break;
-        uint32_t seen = 0;
-        int how = idle_locked(m, self, spun, &seen);
+        int how = idle_locked(m, self, spun);
         apex__unlock(&m->pool_mu);
-        t = idle_wait(m, self, how, seen, &spun);
+        t = idle_wait(m, self, how, &spun);
         continue;
       }
       apex__unlock(&m->pool_mu);
@@ -575,12 +561,11 @@ static void *worker_main(void *arg) {
     int moved = slots ? apex__sched_release_locked(m, t) : 0;
     apex_task_t *next = NULL;
     int how = 0;
-    uint32_t seen = 0;
     if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) {
       next = pop_locked(m);
       /* Nothing to run: idle from this section on (not a surplus thread,
        * which leaves at the loop's top, nor a stopping pool's). */
-      if (!next && !m->pool_stop) how = idle_locked(m, self, 0, &seen);
+      if (!next && !m->pool_stop) how = idle_locked(m, self, 0);
     }
     /* Slots given back may have let more tasks run than this worker
      * takes. */
@@ -600,7 +585,7 @@ static void *worker_main(void *arg) {
       return NULL;
     }
     if (next) t = next;
-    else if (how) t = idle_wait(m, self, how, seen, &spun);
+    else if (how) t = idle_wait(m, self, how, &spun);
     else {
       t = NULL;
       apex__lock(&m->pool_mu);
