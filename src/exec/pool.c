@@ -51,15 +51,55 @@ static void *worker_main(void *arg);
  * variable: a submit picks one idle worker under pool_mu and wakes exactly
  * it after unlocking, so the woken worker never wakes into a held pool_mu,
  * and no glibc condition variable group switch makes the waker wait (which
- * a pthread_cond_signal after the unlock can). */
+ * a pthread_cond_signal after the unlock can). The word: 0 asleep (a wake
+ * is a system call), 1 woken, 2 watching the word before it sleeps (a
+ * wake is a store). */
+#define WAKE_ASLEEP 0u
+#define WAKE_WOKEN 1u
+#define WAKE_WATCHING 2u
+
+/* How long a worker that ends a task while another watches the queue
+ * watches its own word before it sleeps (IDLE_WATCH_NS), and the queue's
+ * watcher the queue (SPIN_NS, below). */
+#define IDLE_WATCH_NS 5000u
+
+/* Waits until *w is WAKE_WOKEN. Entered WAKE_WATCHING (idle_locked), it
+ * first watches the word for IDLE_WATCH_NS, yielding as spin_for_push
+ * does: in W1 a worker that ends a task while the other one watches is
+ * needed again within a submit or two (the next push finds the watcher
+ * busy with the task just handed to it, and must wake an idle worker), and
+ * a futex sleep and wake each time was what was left of W1's slow mode
+ * (bench/analysis.md). */
 static void futex_wait(_Atomic uint32_t *w) {
-  while (!atomic_load_explicit(w, memory_order_acquire))
-    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, 0u, NULL, NULL, 0);
+  uint64_t until = 0;
+  for (unsigned i = 1;
+       atomic_load_explicit(w, memory_order_acquire) == WAKE_WATCHING; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0) {
+      uint64_t now = apex__now_ns();
+      if (!until) {
+        until = now + IDLE_WATCH_NS;
+      } else if (now >= until) {
+        uint32_t e = WAKE_WATCHING;
+        /* Failed: woken meanwhile (the word is WAKE_WOKEN). */
+        atomic_compare_exchange_strong_explicit(w, &e, WAKE_ASLEEP, memory_order_acquire,
+                                                memory_order_acquire);
+        break;
+      }
+      (void)sched_yield();
+    }
+  }
+  while (atomic_load_explicit(w, memory_order_acquire) != WAKE_WOKEN)
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, WAKE_ASLEEP, NULL, NULL, 0);
 }
 
+/* Wakes w's worker: a store while it watches the word, a system call once
+ * it may sleep. */
 static void futex_wake(_Atomic uint32_t *w) {
-  atomic_store_explicit(w, 1u, memory_order_release);
-  syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  if (atomic_exchange_explicit(w, WAKE_WOKEN, memory_order_acq_rel) == WAKE_ASLEEP)
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
 /* Under pool_mu: takes the most recently idle worker (its cache is the
@@ -487,8 +527,11 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
     m->spinner = self;
     return IDLE_SPIN;
   }
-  /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
-  atomic_store_explicit(&self->wake, 0u, memory_order_relaxed);
+  /* Idle: whoever takes it off the stack (a push, or stop) wakes it. A
+   * worker that just ran a task watches its word a moment first (another
+   * watches the queue: see futex_wait); one whose watch of the queue ran
+   * out sleeps at once. */
+  atomic_store_explicit(&self->wake, spun ? WAKE_ASLEEP : WAKE_WATCHING, memory_order_relaxed);
   self->idle_next = m->idle_head;
   m->idle_head = self;
   m->n_idle++;
