@@ -179,7 +179,7 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
   apex_task_t *t = n->ev.task;
   n->fn = apex__task_event_fn(t, &n->user);
   n->next = NULL;
-  pthread_mutex_lock(&m->ev_mu);
+  apex__lock(&m->ev_mu);
   int was_empty = queues_empty(m);
   if (m->ev_tail)
     m->ev_tail->next = n;
@@ -187,7 +187,7 @@ void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
     m->ev_head = n;
   m->ev_tail = n;
   int sig = signal_locked(m, was_empty);
-  pthread_mutex_unlock(&m->ev_mu);
+  apex__unlock(&m->ev_mu);
   if (sig) signal_fd(m);
   if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
@@ -200,7 +200,7 @@ void apex__events_push_done(apex_manager_t *m, apex_task_t *t) {
 void apex__events_push_done_owned(apex_manager_t *m, apex_task_t *t) {
   t->event_seq++; /* the DONE event's seq; no event follows it */
   atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
-  pthread_mutex_lock(&m->ev_mu);
+  apex__lock(&m->ev_mu);
   int was_empty = queues_empty(m);
   if (m->done_tail)
     atomic_store_explicit(&m->done_tail->done_next, t, memory_order_relaxed);
@@ -208,7 +208,7 @@ void apex__events_push_done_owned(apex_manager_t *m, apex_task_t *t) {
     m->done_head = t;
   m->done_tail = t;
   int sig = signal_locked(m, was_empty);
-  pthread_mutex_unlock(&m->ev_mu);
+  apex__unlock(&m->ev_mu);
   if (sig) signal_fd(m);
   if (was_empty && m->cfg.delivery == APEX_DELIVER_LOOP) apex__runtime_wake(m);
 }
@@ -234,7 +234,7 @@ static void deliver_done(apex_task_t *t) {
 }
 
 int apex__events_deliver(apex_manager_t *m) {
-  pthread_mutex_lock(&m->ev_mu);
+  apex__lock(&m->ev_mu);
   apex__ev_t *n = m->ev_head;
   m->ev_head = m->ev_tail = NULL;
   apex_task_t *done = m->done_head;
@@ -251,7 +251,7 @@ int apex__events_deliver(apex_manager_t *m) {
     /* EAGAIN: nothing written (yet); a late write is drained next time. */
   }
   m->ev_fd_armed = 0;
-  pthread_mutex_unlock(&m->ev_mu);
+  apex__unlock(&m->ev_mu);
   int count = 0;
   /* GROUP events (ops/group.c) wait for the DONEs of this batch: each is
    * about a member whose DONE was queued before it. */

@@ -39,6 +39,7 @@
 #include "core/log.h"
 #include "core/policy.h"
 #include "core/progress_tree.h"
+#include "exec/lock.h"
 #include "obs/trace.h"
 #include "plugin/loader.h"
 #include "sched/sched.h"
@@ -418,6 +419,9 @@ typedef struct apex__worker {
   struct apex__worker *next;
   struct apex__worker *idle_next; /* m->idle_head's stack (m->pool_mu) */
   _Atomic uint32_t wake; /* futex: 0 while it sleeps idle, 1 to wake it (pool.c) */
+  /* A task a push picked for this worker while it was m->spinner (stored
+   * under pool_mu, taken by this worker without it; pool.c, "hand-off"). */
+  _Atomic(apex_task_t *) handoff;
   /* Run states its tasks gave back, oldest first (task.c, "run states"):
    * only this worker's thread touches the list; n_runs is atomic for
    * readers that count them (tests, under pool_mu). */
@@ -473,13 +477,14 @@ struct apex_manager {
    * which every submit and pop writes, so a worker that ends a task can
    * read it (apex__sched_room_freed) without taking that line. */
   apex__sched_t *sched;
-  _Alignas(APEX__CACHE_LINE) pthread_mutex_t pool_mu;
+  _Alignas(APEX__CACHE_LINE) apex__lock_t pool_mu; /* spins, then sleeps (lock.h) */
   apex__worker_t *workers;
   apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */
   unsigned n_idle;     /* on the idle stack */
-  unsigned n_spinning; /* idle workers watching the queue before they sleep */
-  _Atomic uint32_t run_pushes; /* tasks pushed, ever: what a spinner watches */
+  /* The idle worker watching the queue before it sleeps (at most one), to
+   * which a push hands the task it picks (pool.c); NULL: none. */
+  apex__worker_t *spinner;
   unsigned n_stuck;
   /* submitted, not terminal; raised under pool_mu, lowered before the
    * task's terminal state is published (apex__pool_task_end) */
@@ -513,7 +518,7 @@ struct apex_manager {
   uint32_t theap_len, theap_cap, theap_reserved;
 
   /* events (ev_mu) */
-  _Alignas(APEX__CACHE_LINE) pthread_mutex_t ev_mu;
+  _Alignas(APEX__CACHE_LINE) apex__lock_t ev_mu; /* spins, then sleeps (lock.h) */
   apex__ev_t *ev_head, *ev_tail;
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */

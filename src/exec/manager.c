@@ -69,8 +69,6 @@ static void manager_free(apex_manager_t *m) {
   free(m->plugins);
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_destroy(&m->stripes[i].mu);
   pthread_mutex_destroy(&m->reg_mu);
-  pthread_mutex_destroy(&m->pool_mu);
-  pthread_mutex_destroy(&m->ev_mu);
   pthread_mutex_destroy(&m->flush_mu);
   pthread_mutex_destroy(&m->wait_mu);
   pthread_cond_destroy(&m->wait_cv);
@@ -172,20 +170,8 @@ apex_status_t apex_manager_new(const apex_manager_config_t *cfg, apex_manager_t 
   m->flush_interval_ns = (uint64_t)(1e9 / c.progress_rate_hz);
   for (int i = 0; i < APEX__LOCK_STRIPES; i++) pthread_mutex_init(&m->stripes[i].mu, NULL);
   pthread_mutex_init(&m->reg_mu, NULL);
-  /* Adaptive (glibc): the submitting thread and the workers meet on
-   * pool_mu, for sections of tens of ns; one that finds it held spins that
-   * long rather than sleeping on a futex and being woken by the unlock
-   * (two system calls). Measured on W1 (bench/analysis.md); the other
-   * locks, held by fewer threads at once, did worse so. */
-  pthread_mutexattr_t ma;
-  if (pthread_mutexattr_init(&ma) == 0) {
-    int ok = pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP) == 0;
-    pthread_mutex_init(&m->pool_mu, ok ? &ma : NULL);
-    pthread_mutexattr_destroy(&ma);
-  } else {
-    pthread_mutex_init(&m->pool_mu, NULL);
-  }
-  pthread_mutex_init(&m->ev_mu, NULL);
+  /* pool_mu and ev_mu are apex__lock_t (exec/lock.h), zero when free:
+   * the memset above made them. */
   pthread_mutex_init(&m->flush_mu, NULL);
   pthread_mutex_init(&m->wait_mu, NULL);
   pthread_mutex_init(&m->runs_mu, NULL);
@@ -320,9 +306,9 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
    * the worker's count of its attempt and its read) makes a worker that
    * took a task from the queue just before end it instead of running it
    * (apex__pool_attempt_open). */
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   atomic_store(&m->sweeping, 1);
   cancel_queued(m);
   cancel_started(m, 0);
@@ -1121,11 +1107,11 @@ static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   s->progress_delivered = atomic_load(&m->st_prog_delivered);
   s->progress_rejected = atomic_load(&m->st_prog_rejected);
   s->late_reports = atomic_load(&m->st_late);
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   s->queued = apex__sched_queued_locked(m);
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   s->running = atomic_load(&m->n_active) & ~APEX__ORPHANED;
 }
 

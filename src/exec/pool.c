@@ -19,7 +19,12 @@
  * section (the one that pops its next task), so a task costs the worker
  * one pool_mu section, not two.
  * Idle workers: one at a time watches the queue briefly (spin_for_push),
- * the others sleep on a futex word each (see futex_wait below).
+ * the others sleep on a futex word each (see futex_wait below). A push
+ * that finds the watcher hands it the task the scheduler picks
+ * (handoff_locked), so that worker runs it without taking pool_mu; a
+ * worker that ends a task and finds nothing to pop becomes idle in that
+ * same section. pool_mu is an apex__lock_t (lock.h), which spins before
+ * it sleeps.
  * Handlers run with no lock held. A worker whose handler outlives its task's
  * deadline is "stuck": the pool starts a replacement (up to
  * max_stuck_workers) once queued work has no idle worker to take it, so one
@@ -46,15 +51,55 @@ static void *worker_main(void *arg);
  * variable: a submit picks one idle worker under pool_mu and wakes exactly
  * it after unlocking, so the woken worker never wakes into a held pool_mu,
  * and no glibc condition variable group switch makes the waker wait (which
- * a pthread_cond_signal after the unlock can). */
+ * a pthread_cond_signal after the unlock can). The word: 0 asleep (a wake
+ * is a system call), 1 woken, 2 watching the word before it sleeps (a
+ * wake is a store). */
+#define WAKE_ASLEEP 0u
+#define WAKE_WOKEN 1u
+#define WAKE_WATCHING 2u
+
+/* How long a worker that ends a task while another watches the queue
+ * watches its own word before it sleeps (IDLE_WATCH_NS), and the queue's
+ * watcher the queue (SPIN_NS, below). */
+#define IDLE_WATCH_NS 5000u
+
+/* Waits until *w is WAKE_WOKEN. Entered WAKE_WATCHING (idle_locked), it
+ * first watches the word for IDLE_WATCH_NS, yielding as spin_for_push
+ * does: in W1 a worker that ends a task while the other one watches is
+ * needed again within a submit or two (the next push finds the watcher
+ * busy with the task just handed to it, and must wake an idle worker), and
+ * a futex sleep and wake each time was what was left of W1's slow mode
+ * (bench/analysis.md). */
 static void futex_wait(_Atomic uint32_t *w) {
-  while (!atomic_load_explicit(w, memory_order_acquire))
-    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, 0u, NULL, NULL, 0);
+  uint64_t until = 0;
+  for (unsigned i = 1;
+       atomic_load_explicit(w, memory_order_acquire) == WAKE_WATCHING; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0) {
+      uint64_t now = apex__now_ns();
+      if (!until) {
+        until = now + IDLE_WATCH_NS;
+      } else if (now >= until) {
+        uint32_t e = WAKE_WATCHING;
+        /* Failed: woken meanwhile (the word is WAKE_WOKEN). */
+        atomic_compare_exchange_strong_explicit(w, &e, WAKE_ASLEEP, memory_order_acquire,
+                                                memory_order_acquire);
+        break;
+      }
+      (void)sched_yield();
+    }
+  }
+  while (atomic_load_explicit(w, memory_order_acquire) != WAKE_WOKEN)
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_PRIVATE, WAKE_ASLEEP, NULL, NULL, 0);
 }
 
+/* Wakes w's worker: a store while it watches the word, a system call once
+ * it may sleep. */
 static void futex_wake(_Atomic uint32_t *w) {
-  atomic_store_explicit(w, 1u, memory_order_release);
-  syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  if (atomic_exchange_explicit(w, WAKE_WOKEN, memory_order_acq_rel) == WAKE_ASLEEP)
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
 /* Under pool_mu: takes the most recently idle worker (its cache is the
@@ -153,61 +198,81 @@ static void log_no_replacement(apex_manager_t *m, int e) {
 }
 
 int apex__pool_start(apex_manager_t *m, unsigned n) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   int e = 0;
   for (unsigned i = 0; i < n && !e; i++) e = spawn_locked(m);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return e ? APEX_E_IO : APEX_OK;
 }
 
-/* Under pool_mu: the idle worker to wake (wake_worker, after unlocking)
- * for what is runnable now beyond what spinning workers take, or NULL.
+/* Under pool_mu: the next task to run, its slots taken (sched.c), or
+ * NULL. */
+static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_locked(m); }
+
+/* Under pool_mu, as the section's last change to what a task's runner
+ * reads: the hand-off. The worker watching the queue (m->spinner) gets
+ * the task the scheduler picks now, popped here for it as it would pop it
+ * (the same pick: priorities, fairness, limits; nothing when every
+ * runnable task is held), through its own word, so it runs it without
+ * taking pool_mu. The pusher and the watcher then meet on pool_mu not at
+ * all for that task: a submit that finds a watcher is one section in all,
+ * where the watcher used to take pool_mu after the push and contend with
+ * the next submit and the other worker's end (W1's slow mode:
+ * bench/analysis.md), and the watcher reads only its own word, not a line
+ * the pushers write. The watcher is taken off the watch here, so no later
+ * push counts on it. Every section that makes a task runnable ends in
+ * wake_for_runnable_locked or apex__pool_poke, which call this. */
+static void handoff_locked(apex_manager_t *m) {
+  apex__worker_t *w = m->spinner;
+  if (!w) return;
+  apex_task_t *t = pop_locked(m);
+  if (!t) return;
+  m->spinner = NULL;
+  atomic_store_explicit(&w->handoff, t, memory_order_release);
+}
+
+/* Under pool_mu, once tasks may have become runnable: hands one to the
+ * watcher (handoff_locked); returns the idle worker to wake (wake_worker,
+ * after unlocking) for what is runnable beyond that, or NULL.
  * Returns: via *e, 0 or the errno of a stuck worker's replacement that
  * could not start. */
 static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
-  /* A spinning worker takes a task without a wakeup; wake an idle one
-   * only for tasks beyond what the spinners take. */
+  handoff_locked(m);
+  /* A watcher still on the watch found every runnable task held: the
+   * next change that frees one hands it over. Wake an idle one only for
+   * tasks beyond what the watcher takes. */
   apex__worker_t *w =
-      apex__sched_runnable_locked(m) > m->n_spinning ? take_idle_locked(m) : NULL;
+      apex__sched_runnable_locked(m) > (m->spinner != NULL) ? take_idle_locked(m) : NULL;
   *e = replace_stuck_locked(m);
   return w;
 }
 
-/* After a push, pool_mu released: tells a spinning worker (which then
- * takes pool_mu, no longer held by the pusher) and wakes the idle worker
- * chosen, if any. A spinner that misses the count finds the task when it
- * takes pool_mu after spinning. */
-static void pushed(apex_manager_t *m, apex__worker_t *wake) {
-  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
-  wake_worker(wake);
-}
-
 void apex__pool_push(apex_manager_t *m, apex_task_t *t) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   if (m->pool_stop) { /* only a task shutdown already ended gets here */
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return;
   }
   apex__sched_push_locked(m, t); /* a retry re-enters: limits and rates again */
   int e;
   apex__worker_t *wake = wake_for_runnable_locked(m, &e);
-  pthread_mutex_unlock(&m->pool_mu);
-  pushed(m, wake);
+  apex__unlock(&m->pool_mu);
+  wake_worker(wake);
   log_no_replacement(m, e);
 }
 
 void apex__pool_poke(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
+  handoff_locked(m);
   size_t n = apex__sched_runnable_locked(m);
   apex__worker_t *ws = NULL;
-  for (size_t i = m->n_spinning; i < n && m->idle_head; i++) {
+  for (size_t i = m->spinner != NULL; i < n && m->idle_head; i++) {
     apex__worker_t *w = take_idle_locked(m);
     w->idle_next = ws;
     ws = w;
   }
   int e = replace_stuck_locked(m);
-  pthread_mutex_unlock(&m->pool_mu);
-  atomic_fetch_add_explicit(&m->run_pushes, 1, memory_order_relaxed);
+  apex__unlock(&m->pool_mu);
   while (ws) {
     apex__worker_t *next = ws->idle_next;
     wake_worker(ws);
@@ -234,20 +299,13 @@ static int await_room_locked(apex_manager_t *m, apex_task_t *t, int64_t wait_ms,
     if (!wait_ms || apex__now_ns() >= until) return APEX_E_QUEUE_FULL;
     /* Woken when a task leaves a waiting place or ends (no polling), and
      * by destroy. */
-    apex__sched_room_waiters(m, 1);
-    if (until == UINT64_MAX) {
-      pthread_cond_wait(apex__sched_room_cv(m), &m->pool_mu);
-    } else {
-      struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
-      pthread_cond_timedwait(apex__sched_room_cv(m), &m->pool_mu, &ts);
-    }
-    apex__sched_room_waiters(m, -1);
+    apex__sched_room_wait_locked(m, until);
   }
 }
 
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   /* No request: the plugin's default class, nothing to bind. */
   int rc = req ? apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared) : APEX_OK;
   if (rc == APEX_OK) rc = await_room_locked(m, t, req ? req->wait_ms : 0, why, why_len);
@@ -256,48 +314,40 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   if (scheduled && (rc = apex__sched_push_start_locked(m, t)) != APEX_OK)
     apex__timer_release_locked(m, t); /* no reference taken yet: none to drop */
   if (rc != APEX_OK) {
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return rc;
   }
   atomic_fetch_add(&m->n_live, 1);
   apex__worker_t *wake = NULL;
   int e = 0;
+  if (deadline) apex__deadline_link_locked(m, t);
   if (!scheduled) {
     apex__sched_push_locked(m, t);
     wake = wake_for_runnable_locked(m, &e);
   }
-  if (deadline) apex__deadline_link_locked(m, t);
-  pthread_mutex_unlock(&m->pool_mu);
-  if (!scheduled) pushed(m, wake);
+  apex__unlock(&m->pool_mu);
+  wake_worker(wake);
   log_no_replacement(m, e);
   return APEX_OK;
 }
 
 void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until) {
   char why[8];
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   /* Checked and waited for under one hold of pool_mu: a room made after
    * the caller's failed try wakes this wait, or this check sees it. */
   if (!atomic_load(&m->shutting_down) && !apex__sched_room_locked(m, t, why, sizeof why) &&
-      apex__now_ns() < until) {
-    apex__sched_room_waiters(m, 1);
-    if (until == UINT64_MAX) {
-      pthread_cond_wait(apex__sched_room_cv(m), &m->pool_mu);
-    } else {
-      struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
-      pthread_cond_timedwait(apex__sched_room_cv(m), &m->pool_mu, &ts);
-    }
-    apex__sched_room_waiters(m, -1);
-  }
-  pthread_mutex_unlock(&m->pool_mu);
+      apex__now_ns() < until)
+    apex__sched_room_wait_locked(m, until);
+  apex__unlock(&m->pool_mu);
 }
 
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   size_t n = apex__sched_collect_locked(m, out, max);
   /* Submits waiting for room see shutting_down and give up. */
-  pthread_cond_broadcast(apex__sched_room_cv(m));
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__sched_room_wake_locked(m);
+  apex__unlock(&m->pool_mu);
   return n;
 }
 
@@ -337,7 +387,7 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
     if (closing) tls_slots_owed = 1;
   } else {
     unsigned refs = 0;
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     /* Ended while it waited (cancelled, timed out): it leaves the
      * scheduler now, and no worker pops it. */
     refs += apex__sched_remove_locked(m, t);
@@ -347,9 +397,9 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
       else wake = wake_for_runnable_locked(m, &e);
     }
     refs += apex__timer_release_locked(m, t);
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
-    if (wake) pushed(m, wake);
+    wake_worker(wake);
     log_no_replacement(m, e);
   }
   if (t->run) unlink_live_locked(m, t, t->run);
@@ -383,13 +433,13 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
   if (tls_running == t && tls_worker_of == m && !was_stuck) {
     tls_slots_owed = 1; /* in the worker's next pool_mu section */
   } else {
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     if (was_stuck) m->n_stuck--; /* counted under the task lock with the stuck flag */
     apex__sched_release_locked(m, t);
     int e;
     apex__worker_t *wake = wake_for_runnable_locked(m, &e);
-    pthread_mutex_unlock(&m->pool_mu);
-    if (wake) pushed(m, wake);
+    apex__unlock(&m->pool_mu);
+    wake_worker(wake);
     log_no_replacement(m, e);
   }
   unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
@@ -404,39 +454,35 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
 }
 
 void apex__pool_count_stuck(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   m->n_stuck++;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
 }
 
 void apex__pool_uncount_stuck(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   m->n_stuck--;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
 }
 
 void apex__pool_worker_stuck(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   /* The handler may have returned already (n_stuck back down): then no
    * replacement is owed; and none is started while no queued work needs
    * one (the next push starts it then). */
   int e = replace_stuck_locked(m);
   unsigned stuck = m->n_stuck;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   log_no_replacement(m, e);
   if (!e && stuck > m->cfg.max_stuck_workers)
     apex__log(&m->log, APEX_LOG_WARN, "%u workers stuck in handlers that ignore cancellation",
               stuck);
 }
 
-/* Under pool_mu: the next task to run, its slots taken (sched.c), or
- * NULL. */
-static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_locked(m); }
-
 /* How long an idle worker watches the queue before it sleeps. */
 #define SPIN_NS 20000u
 
-/* Returns once a push changed m->run_pushes from seen, or SPIN_NS passed.
+/* Returns once a push handed self a task, or SPIN_NS passed.
  * Between its clock reads (every 64 pauses, a few microseconds) it yields
  * its CPU: a watch that sees no push for that long is most often waiting
  * for a submitter that is itself waiting for a CPU (the pool's threads
@@ -446,10 +492,10 @@ static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_lock
  * takes a push within about a system call. Measured on W1 (1M no-op
  * tasks): CPU per task 509 -> 390 ns, tasks/s not lower, W2's p99 not
  * higher (bench/analysis.md). */
-static void spin_for_push(apex_manager_t *m, uint32_t seen) {
+static void spin_for_push(apex__worker_t *self) {
   uint64_t until = 0;
   for (unsigned i = 1;; i++) {
-    if (atomic_load_explicit(&m->run_pushes, memory_order_relaxed) != seen) return;
+    if (atomic_load_explicit(&self->handoff, memory_order_relaxed)) return;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -462,48 +508,85 @@ static void spin_for_push(apex_manager_t *m, uint32_t seen) {
   }
 }
 
+/* How an idle worker waits (idle_locked). */
+enum { IDLE_SPIN = 1, IDLE_SLEEP };
+
+/* Under pool_mu, with nothing to pop: the worker becomes the watcher
+ * (m->spinner: the first time, when no other watches) or goes on the idle
+ * stack; the caller waits (idle_wait) once it released pool_mu. So the
+ * section that ends a task and finds the queue empty is also the one that
+ * makes its worker idle: one pool_mu section a task, not two. Returns
+ * IDLE_SPIN or IDLE_SLEEP. */
+static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
+  if (!spun && !m->spinner) {
+    /* Watch the queue for a moment without the lock before sleeping: a
+     * task pushed meanwhile is handed over (handoff_locked) with no futex
+     * wake and wait, and no wake of an idle CPU (tens of us on a VM). One
+     * worker at a time: the CPU a watcher burns is what an idle one
+     * saves. */
+    m->spinner = self;
+    return IDLE_SPIN;
+  }
+  /* Idle: whoever takes it off the stack (a push, or stop) wakes it. A
+   * worker that just ran a task watches its word a moment first (another
+   * watches the queue: see futex_wait); one whose watch of the queue ran
+   * out sleeps at once. */
+  atomic_store_explicit(&self->wake, spun ? WAKE_ASLEEP : WAKE_WATCHING, memory_order_relaxed);
+  self->idle_next = m->idle_head;
+  m->idle_head = self;
+  m->n_idle++;
+  return IDLE_SLEEP;
+}
+
+/* pool_mu not held: waits as idle_locked decided. Returns a task handed
+ * to self (pool_mu not held: run it), or NULL with pool_mu held. *spun:
+ * set when a watch ended with nothing for it (its next idle is a sleep). */
+static apex_task_t *idle_wait(apex_manager_t *m, apex__worker_t *self, int how, int *spun) {
+  *spun = 0;
+  if (how == IDLE_SLEEP) {
+    futex_wait(&self->wake);
+    apex__lock(&m->pool_mu);
+    return NULL;
+  }
+  spin_for_push(self);
+  apex_task_t *t = atomic_load_explicit(&self->handoff, memory_order_acquire);
+  if (!t) {
+    apex__lock(&m->pool_mu);
+    if (m->spinner == self) { /* nothing handed: off the watch */
+      m->spinner = NULL;
+      *spun = 1;
+      return NULL;
+    }
+    /* Handed a task since the load above, under the pool_mu now held. */
+    apex__unlock(&m->pool_mu);
+    t = atomic_load_explicit(&self->handoff, memory_order_acquire);
+  }
+  atomic_store_explicit(&self->handoff, NULL, memory_order_relaxed);
+  return t;
+}
+
 static void *worker_main(void *arg) {
   apex__worker_t *self = arg;
   apex_manager_t *m = self->m;
   tls_worker_of = m;
   tls_self = self;
-  /* Set: popped by the section that ended the last task, pool_mu not
-   * held. NULL: pool_mu held. */
+  /* Set: popped (or handed over) with pool_mu not held. NULL: pool_mu
+   * held. */
   apex_task_t *t = NULL;
   int spun = 0; /* spun since it last ran a task or slept */
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   for (;;) {
     if (!t) {
       /* A surplus thread (its stuck handler returned) leaves. */
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
       if (!(t = pop_locked(m))) {
         if (m->pool_stop) break;
-        if (!spun && !m->n_spinning) {
-          /* Before sleeping, watch the queue for a moment without the lock:
-           * a task pushed meanwhile is taken with no futex wake and wait,
-           * and no wake of an idle CPU (tens of us on a VM). One worker at
-           * a time: the CPU a spinner burns is what an idle one saves. */
-          spun = 1;
-          m->n_spinning++;
-          uint32_t seen = atomic_load_explicit(&m->run_pushes, memory_order_relaxed);
-          pthread_mutex_unlock(&m->pool_mu);
-          spin_for_push(m, seen);
-          pthread_mutex_lock(&m->pool_mu);
-          m->n_spinning--;
-          continue;
-        }
-        spun = 0;
-        /* Idle: whoever takes it off the stack (a push, or stop) wakes it. */
-        atomic_store_explicit(&self->wake, 0u, memory_order_relaxed);
-        self->idle_next = m->idle_head;
-        m->idle_head = self;
-        m->n_idle++;
-        pthread_mutex_unlock(&m->pool_mu);
-        futex_wait(&self->wake);
-        pthread_mutex_lock(&m->pool_mu);
+        int how = idle_locked(m, self, spun);
+        apex__unlock(&m->pool_mu);
+        t = idle_wait(m, self, how, &spun);
         continue;
       }
-      pthread_mutex_unlock(&m->pool_mu);
+      apex__unlock(&m->pool_mu);
     }
 
     spun = 0;
@@ -516,17 +599,23 @@ static void *worker_main(void *arg) {
     tls_release_owed = 0;
     int slots = tls_slots_owed;
     tls_slots_owed = 0;
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     unsigned refs = owed ? apex__timer_release_locked(m, t) : 0;
     int moved = slots ? apex__sched_release_locked(m, t) : 0;
     apex_task_t *next = NULL;
-    if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) next = pop_locked(m);
+    int how = 0;
+    if (!teardown && m->n_threads <= m->cfg.workers + m->n_stuck) {
+      next = pop_locked(m);
+      /* Nothing to run: idle from this section on (not a surplus thread,
+       * which leaves at the loop's top, nor a stopping pool's). */
+      if (!next && !m->pool_stop) how = idle_locked(m, self, 0);
+    }
     /* Slots given back may have let more tasks run than this worker
      * takes. */
     apex__worker_t *more = NULL;
     int e = 0;
     if (moved) more = wake_for_runnable_locked(m, &e);
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     wake_worker(more);
     log_no_replacement(m, e);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
@@ -538,15 +627,19 @@ static void *worker_main(void *arg) {
       apex__manager_teardown(m, 1);
       return NULL;
     }
-    t = next;
-    if (!t) pthread_mutex_lock(&m->pool_mu);
+    if (next) t = next;
+    else if (how) t = idle_wait(m, self, how, &spun);
+    else {
+      t = NULL;
+      apex__lock(&m->pool_mu);
+    }
   }
   m->n_threads--;
   self->exited = 1;
   /* A surplus worker may have been woken for a queued task it leaves:
    * hand that task's wakeup on. */
   apex__worker_t *heir = apex__sched_runnable_locked(m) ? take_idle_locked(m) : NULL;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   wake_worker(heir);
   /* Its kept run states to m's list (runs_mu, a leaf: after the unlock).
    * m lives until this thread is joined, which waits for this return. */
@@ -555,12 +648,12 @@ static void *worker_main(void *arg) {
 }
 
 void apex__pool_stop(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   m->pool_stop = 1;
   while (m->idle_head) wake_worker(take_idle_locked(m)); /* each finds pool_stop */
   apex__worker_t *ws = m->workers;
   m->workers = NULL;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   pthread_t me = pthread_self();
   while (ws) {
     apex__worker_t *next = ws->next;

@@ -313,12 +313,12 @@ static void heap_remove(apex_manager_t *m, apex_task_t *t) {
 }
 
 int apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   /* The slot was reserved at submit, so this never allocates. Checked, not
    * asserted: an assert vanishes in release builds, and this write would
    * then go past the heap. */
   if (!(t->timer_flags & APEX__TIMER_RETRY_SLOT) || m->heap_len >= m->heap_cap) {
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return APEX_E_NOMEM;
   }
   m->heap[m->heap_len] = t;
@@ -326,7 +326,7 @@ int apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   heap_up(m, t->run->heap_idx);
   apex__task_ref(t); /* the heap's reference */
   earlier_locked(m, t->run->retry_at_ns);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return APEX_OK;
 }
 
@@ -375,9 +375,9 @@ static void fire_due(apex_manager_t *m, int on_host) {
    * Either way the lists say what is due. */
   ssize_t got = read(on_host ? m->host_timer_fd : m->timer_fd, &expirations, sizeof expirations);
   if (got == (ssize_t)sizeof expirations) { /* it went off: a one-shot timer is disarmed now */
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     *(on_host ? &m->host_timer_at : &m->timer_fd_at) = 0;
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
   }
   enum { BATCH = 256 };
   apex_task_t *due[BATCH], *started[BATCH];
@@ -386,7 +386,7 @@ static void fire_due(apex_manager_t *m, int on_host) {
   for (;;) {
     size_t n = 0;
     uint64_t now = apex__now_ns();
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     while (n < BATCH && m->lheap_len && list_at(m->lheap[0]) <= now) {
       apex__dlist_t *l = m->lheap[0];
       apex_task_t *t = l->head;
@@ -412,7 +412,7 @@ static void fire_due(apex_manager_t *m, int on_host) {
     size_t before = apex__sched_runnable_locked(m);
     size_t ns = apex__sched_fire_locked(m, now, started, BATCH - n > 0 ? BATCH - n : 0);
     poke |= ns > 0 || apex__sched_runnable_locked(m) > before;
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     for (size_t i = 0; i < n; i++) {
       if (retry[i] == 1)
         apex__task_on_retry(due[i], now);
@@ -460,11 +460,11 @@ static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_
  * wake-up from the deadline to its DONE event instead of two (the runtime
  * thread's, then the host's); the runtime fires what a busy host left. */
 static void arm(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   uint64_t at = next_due_locked(m);
   m->armed_at = at;
   arm_locked(m, at);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
 }
 
 static void arm_locked(apex_manager_t *m, uint64_t at) {

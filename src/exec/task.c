@@ -1130,9 +1130,9 @@ static void attempt_timers_start_locked(apex_manager_t *m, apex_task_t *t, apex_
   tmo->hb_last = tmo->hb_ns ? now : 0;
   uint64_t at = tmo->att_at;
   if (tmo->hb_ns && (!at || now + tmo->hb_ns < at)) at = now + tmo->hb_ns;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   apex__tmo_arm_locked(m, tmo, at);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
 }
 
 int apex__task_run(apex_task_t *t) {
@@ -1603,9 +1603,9 @@ void apex__task_on_timeout(apex_task_t *t, uint64_t now) {
   }
   if (!kind) {
     if (rearm) {
-      pthread_mutex_lock(&m->pool_mu);
+      apex__lock(&m->pool_mu);
       apex__tmo_arm_locked(m, tmo, rearm);
-      pthread_mutex_unlock(&m->pool_mu);
+      apex__unlock(&m->pool_mu);
     }
     pthread_mutex_unlock(mu);
     return;

@@ -140,7 +140,7 @@ static void remove_locked(apex_manager_t *m, apex__tmo_t *x) {
 
 int apex__tmo_reserve(apex_manager_t *m, apex__tmo_t *tmo) {
   int rc = APEX_OK;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   if (m->theap_reserved == m->theap_cap) {
     uint64_t cap = m->theap_cap ? (uint64_t)m->theap_cap * 2 : 64;
     apex__tmo_t **h = cap < APEX__NOT_IN_HEAP ? realloc(m->theap, cap * sizeof *h) : NULL;
@@ -155,14 +155,14 @@ int apex__tmo_reserve(apex_manager_t *m, apex__tmo_t *tmo) {
   } else {
     rc = APEX_E_NOMEM;
   }
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return rc;
 }
 
 void apex__tmo_unreserve(apex_manager_t *m, apex__tmo_t *tmo) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   apex__tmo_release_locked(m, tmo);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
 }
 
 void apex__tmo_arm_locked(apex_manager_t *m, apex__tmo_t *tmo, uint64_t at) {
@@ -191,9 +191,9 @@ void apex__tmo_submitted(apex_manager_t *m, apex_task_t *t) {
    * given back already). */
   int st = atomic_load(&t->state);
   if (t->attempt == 0 && (st == APEX_TASK_QUEUED || st == APEX_TASK_SCHEDULED) && tmo->s2s_at) {
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     apex__tmo_arm_locked(m, tmo, tmo->s2s_at);
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
   }
   pthread_mutex_unlock(mu);
 }

@@ -135,9 +135,9 @@ static apex_task_t **waiting(apex_manager_t *m, size_t *n, int *nomem) {
       *nomem = 1;
       return NULL;
     }
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     size_t k = apex__sched_collect_locked(m, v, cap);
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     if (k < cap) {
       *n = k;
       return v;
@@ -534,9 +534,9 @@ apex_status_t apex_manager_shutdown(apex_manager_t *m, int64_t drain_ms,
   if (!report) return apex_manager_destroy(m, drain_ms);
   /* As destroy's first step (under pool_mu, where submit checks it): from
    * here on the live tasks are a closed set. */
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   tvec_t a = {0};
   collect_all(m, &a);
   report_t *x = a.nomem ? NULL : report_new(&a);

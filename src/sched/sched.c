@@ -441,7 +441,7 @@ static int kick(apex__sched_t *S, apex__scope_t *s, int kind) {
 
 static void room_freed_locked(apex__sched_t *S) {
   if (atomic_load_explicit(&S->room_waiters, memory_order_relaxed))
-    pthread_cond_broadcast(&S->room_cv);
+    apex__cond_broadcast(&S->room_cv);
 }
 
 /* ----------------------------------------------------------------- API */
@@ -765,18 +765,21 @@ int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t
   return 1;
 }
 
-pthread_cond_t *apex__sched_room_cv(apex_manager_t *m) { return &S_(m)->room_cv; }
-
-void apex__sched_room_waiters(apex_manager_t *m, int delta) {
-  atomic_fetch_add_explicit(&S_(m)->room_waiters, (unsigned)delta, memory_order_relaxed);
+void apex__sched_room_wait_locked(apex_manager_t *m, uint64_t until) {
+  apex__sched_t *S = S_(m);
+  atomic_fetch_add_explicit(&S->room_waiters, 1, memory_order_relaxed);
+  apex__cond_wait(&S->room_cv, &m->pool_mu, until);
+  atomic_fetch_sub_explicit(&S->room_waiters, 1, memory_order_relaxed);
 }
+
+void apex__sched_room_wake_locked(apex_manager_t *m) { apex__cond_broadcast(&S_(m)->room_cv); }
 
 void apex__sched_room_freed(apex_manager_t *m) {
   apex__sched_t *S = S_(m);
   if (!S || !atomic_load_explicit(&S->room_waiters, memory_order_relaxed)) return;
-  pthread_mutex_lock(&m->pool_mu);
-  pthread_cond_broadcast(&S->room_cv);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
+  apex__cond_broadcast(&S->room_cv);
+  apex__unlock(&m->pool_mu);
 }
 
 /* ------------------------------------------------------ classes, scopes */
@@ -947,7 +950,7 @@ apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
   b->dflt.opts.shared = 1;
   b->dflt.embedded = b->dfq.embedded = 1;
   apex__sched_t *S = S_(m);
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   apex__pblock_t *seen = atomic_load_explicit(&p->sched, memory_order_relaxed);
   if (!seen && !rheap_room(S, S->rheap_len + n_scopes(S) + (uint32_t)n + 1)) seen = NULL;
   else if (!seen) {
@@ -968,10 +971,10 @@ apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {
     S->blocks = b;
     S->holds += holds;
     atomic_store_explicit(&p->sched, b, memory_order_release);
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return b;
   }
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   free(b->actions);
   free(b->dfq.key);
   free(b);
@@ -1011,15 +1014,7 @@ int apex__sched_init(apex_manager_t *m) {
   apex__sched_t *S = memset(mem, 0, sizeof(apex__sched_t));
   scope_init(&S->global, APEX__SC_GLOBAL);
   S->top = -1;
-  pthread_condattr_t ca;
-  int ok = 0;
-  if (pthread_condattr_init(&ca) == 0) {
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    ok = pthread_cond_init(&S->room_cv, &ca) == 0;
-    pthread_condattr_destroy(&ca);
-  }
-  if (!ok || !rheap_room(S, 16)) {
-    if (ok) pthread_cond_destroy(&S->room_cv);
+  if (!rheap_room(S, 16)) {
     free(S);
     return APEX_E_NOMEM;
   }
@@ -1063,7 +1058,6 @@ void apex__sched_fini(apex_manager_t *m) {
   }
   free(S->sheap);
   free(S->rheap);
-  pthread_cond_destroy(&S->room_cv);
   free(S);
   m->sched = NULL;
 }
@@ -1133,9 +1127,9 @@ void apex__task_on_start(apex_task_t *t) {
    * count (apex__sched_remove_locked found it in no place). */
   if (atomic_load(&t->state) == APEX_TASK_SCHEDULED) {
     atomic_store(&t->state, APEX_TASK_QUEUED);
-    pthread_mutex_lock(&m->pool_mu);
+    apex__lock(&m->pool_mu);
     apex__sched_started_locked(m, t); /* the heap's reference goes with it */
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     pushed = 1;
   }
   pthread_mutex_unlock(mu);

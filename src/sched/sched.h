@@ -133,11 +133,14 @@ int apex__sched_bind_locked(apex_manager_t *m, apex_task_t *t, const apex__sched
 /* Under pool_mu: would one more task of t's scopes be within every
  * max_queued bound? Returns 1, or 0 with the bound's scope named in why. */
 int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t n);
-/* The condition variable a submit that waits for room sleeps on (with
- * pool_mu); broadcast when a task leaves a waiting place while anyone
- * waits, and at shutdown. */
-pthread_cond_t *apex__sched_room_cv(apex_manager_t *m);
-void apex__sched_room_waiters(apex_manager_t *m, int delta);
+/* Under pool_mu: a submit's wait for room. Releases pool_mu and sleeps
+ * until a task leaves a waiting place or ends, a bound is raised,
+ * shutdown (apex__sched_room_wake_locked), `until` passes (CLOCK_MONOTONIC
+ * ns; UINT64_MAX: no limit), or spuriously; then takes pool_mu again. The
+ * caller rechecks. */
+void apex__sched_room_wait_locked(apex_manager_t *m, uint64_t until);
+/* Under pool_mu: wakes every submit waiting for room. */
+void apex__sched_room_wake_locked(apex_manager_t *m);
 /* Any thread, no lock: wakes submits waiting for room (a live task ended:
  * config.max_queued counts live tasks). */
 void apex__sched_room_freed(apex_manager_t *m);

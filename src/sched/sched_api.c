@@ -117,10 +117,10 @@ apex_status_t apex_manager_set_concurrency(apex_manager_t *m, apex_scope_t scope
                       "apex_manager_set_concurrency: limit %u: at most %u (0: no limit)", limit,
                       APEX_LIMIT_MAX);
   int nomem;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   apex__scope_t *s = scope_locked(m, &tg, 1, &nomem);
   if (nomem) {
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
   if (limit) apex__sched_holds_locked(m);
@@ -132,7 +132,7 @@ apex_status_t apex_manager_set_concurrency(apex_manager_t *m, apex_scope_t scope
     m->sched->kd_limit = limit;
     apex__sched_key_default_changed_locked(m);
   }
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   apex__pool_poke(m); /* a raised limit starts waiting work now */
   return APEX_OK;
 }
@@ -149,10 +149,10 @@ apex_status_t apex_manager_set_rate(apex_manager_t *m, apex_scope_t scope, const
     return apex__fail(err, APEX_E_INVALID, "apex_manager_set_rate: burst %u: want 1 to %u",
                       burst, APEX_LIMIT_MAX);
   int nomem;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   apex__scope_t *s = scope_locked(m, &tg, 1, &nomem);
   if (nomem) {
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
   if (per_second > 0) apex__sched_holds_locked(m);
@@ -168,7 +168,7 @@ apex_status_t apex_manager_set_rate(apex_manager_t *m, apex_scope_t scope, const
     m->sched->kd_burst = per_second > 0 ? burst : 0;
     apex__sched_key_default_changed_locked(m);
   }
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return APEX_OK;
 }
 
@@ -184,10 +184,10 @@ apex_status_t apex_manager_set_max_queued(apex_manager_t *m, apex_scope_t scope,
     return apex__fail(err, APEX_E_INVALID,
                       "apex_manager_set_max_queued: max %zu: at most 2^40 (0: no bound)", max);
   int nomem;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   apex__scope_t *s = scope_locked(m, &tg, 1, &nomem);
   if (nomem) {
-    pthread_mutex_unlock(&m->pool_mu);
+    apex__unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
   apex__sched_bounds_locked(m);
@@ -199,8 +199,8 @@ apex_status_t apex_manager_set_max_queued(apex_manager_t *m, apex_scope_t scope,
     m->sched->kd_maxq = max;
   }
   /* A raised bound lets waiting submits in. */
-  pthread_cond_broadcast(&m->sched->room_cv);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__cond_broadcast(&m->sched->room_cv);
+  apex__unlock(&m->pool_mu);
   return APEX_OK;
 }
 
@@ -222,7 +222,7 @@ apex_status_t apex_manager_set_weight(apex_manager_t *m, const char *fairness_ke
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
   apex__sched_t *S = m->sched;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   weight_t *found = NULL;
   for (weight_t *x = S->weights; x; x = x->next)
     if (strcmp(x->key, fairness_key) == 0) found = x;
@@ -237,7 +237,7 @@ apex_status_t apex_manager_set_weight(apex_manager_t *m, const char *fairness_ke
     copy = NULL;
   }
   apex__sched_weight_locked(S, fairness_key, w);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   free(fresh);
   free(copy);
   return APEX_OK;
@@ -253,7 +253,7 @@ apex_status_t apex_manager_scope_stats(apex_manager_t *m, apex_scope_t scope, co
   memset(&st, 0, sizeof st);
   st.struct_size = sizeof st;
   int nomem;
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   const apex__scope_t *s = scope_locked(m, &tg, 0, &nomem);
   if (s) {
     apex__scope_figures_t f;
@@ -264,6 +264,6 @@ apex_status_t apex_manager_scope_stats(apex_manager_t *m, apex_scope_t scope, co
     st.waiting_on_rate = f.n_rate;
     st.running = f.running;
   }
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return apex__struct_copy_out(out, &st, sizeof st, sizeof st) ? APEX_OK : APEX_E_INVALID;
 }

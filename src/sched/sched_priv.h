@@ -89,7 +89,7 @@ struct apex__sched {
   uint32_t sheap_len, sheap_cap;
   apex__scope_t **rheap; /* scopes with rate waiters, by due time */
   uint32_t rheap_len, rheap_cap;
-  pthread_cond_t room_cv;
+  apex__cond_t room_cv; /* with m->pool_mu */
 };
 
 

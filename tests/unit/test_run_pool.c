@@ -35,9 +35,9 @@ static uint32_t n_runs_m(apex_manager_t *m) {
 /* Every kept run state: the manager's and the workers'. */
 static uint32_t n_runs(apex_manager_t *m) {
   uint32_t n = n_runs_m(m);
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   for (apex__worker_t *w = m->workers; w; w = w->next) n += atomic_load(&w->n_runs);
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return n;
 }
 

@@ -25,10 +25,10 @@
  * each task's place flag, the count; src/sched/sched.c). Returns their
  * length, or -1 if anything disagrees or the queued count differs. */
 static long queue_check(apex_manager_t *m) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return n;
 }
 

@@ -29,11 +29,11 @@
 /* The runnable count as the rings show it (-1: they disagree), and
  * whether a queue is solo. */
 static long rings(apex_manager_t *m, int *solo) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
   *solo = m->sched->solo != NULL;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return n;
 }
 

@@ -20,10 +20,10 @@
 #define KIT APEX_TEST_PLUGIN_DIR "/timeouts_kit.so"
 
 static uint32_t heap_len(apex_manager_t *m, uint32_t *reserved) {
-  pthread_mutex_lock(&m->pool_mu);
+  apex__lock(&m->pool_mu);
   uint32_t n = m->theap_len;
   *reserved = m->theap_reserved;
-  pthread_mutex_unlock(&m->pool_mu);
+  apex__unlock(&m->pool_mu);
   return n;
 }
 
