@@ -422,6 +422,12 @@ typedef struct apex__worker {
   /* A task a push picked for this worker while it was m->spinner (stored
    * under pool_mu, taken by this worker without it; pool.c, "hand-off"). */
   _Atomic(apex_task_t *) handoff;
+  /* The task it took (popped, or handed over) until the section after its
+   * run (m->pool_mu when set; read under it): a task between the queue and
+   * the live list it joins at its first attempt is here, so a lookup by id
+   * (src/ops/ops.c) that reads the scheduler and these in one pool_mu
+   * section, then the live lists, cannot miss it. */
+  _Atomic(apex_task_t *) holding;
   /* Run states its tasks gave back, oldest first (task.c, "run states"):
    * only this worker's thread touches the list; n_runs is atomic for
    * readers that count them (tests, under pool_mu). */
@@ -742,6 +748,10 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
  * parked on a limit or a rate, or scheduled), each with a new reference,
  * for the caller to cancel ("shutdown"); 0 once none waits. Takes pool_mu. */
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max);
+/* Under pool_mu: a reference on each task a worker holds between the
+ * queue and its run's end (apex__worker_t.holding), at most max in out.
+ * Returns how many are held (more than max: the caller retries bigger). */
+size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size_t max);
 /* A submit whose try found no room (t bound to its class by that try)
  * waits until room may have come, a wake-up, destroy, or until (monotonic
  * ns; UINT64_MAX: no limit). No lock held; takes pool_mu. */

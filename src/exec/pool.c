@@ -228,6 +228,7 @@ static void handoff_locked(apex_manager_t *m) {
   apex_task_t *t = pop_locked(m);
   if (!t) return;
   m->spinner = NULL;
+  atomic_store_explicit(&w->holding, t, memory_order_relaxed);
   atomic_store_explicit(&w->handoff, t, memory_order_release);
 }
 
@@ -340,6 +341,22 @@ void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until) {
       apex__now_ns() < until)
     apex__sched_room_wait_locked(m, until);
   apex__unlock(&m->pool_mu);
+}
+
+size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size_t max) {
+  size_t k = 0;
+  for (apex__worker_t *w = m->workers; w; w = w->next) {
+    apex_task_t *t = atomic_load_explicit(&w->holding, memory_order_relaxed);
+    if (!t) continue;
+    /* Alive: its worker drops its reference after the pool_mu section
+     * that clears this word. */
+    if (k < max) {
+      apex__task_ref(t);
+      out[k] = t;
+    }
+    k++;
+  }
+  return k;
 }
 
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max) {
@@ -579,7 +596,9 @@ static void *worker_main(void *arg) {
     if (!t) {
       /* A surplus thread (its stuck handler returned) leaves. */
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
-      if (!(t = pop_locked(m))) {
+      t = pop_locked(m);
+      atomic_store_explicit(&self->holding, t, memory_order_relaxed);
+      if (!t) {
         if (m->pool_stop) break;
         int how = idle_locked(m, self, spun);
         apex__unlock(&m->pool_mu);
@@ -610,6 +629,8 @@ static void *worker_main(void *arg) {
        * which leaves at the loop's top, nor a stopping pool's). */
       if (!next && !m->pool_stop) how = idle_locked(m, self, 0);
     }
+    /* t ran: it is on its live list or ended; what it holds now is next. */
+    atomic_store_explicit(&self->holding, next, memory_order_relaxed);
     /* Slots given back may have let more tasks run than this worker
      * takes. */
     apex__worker_t *more = NULL;

@@ -14,12 +14,13 @@
  * task: about 10 ns each, so 10 ms with a million queued) and each stripe
  * lock for its list's walk.
  *
- * What a walk can miss: a task a worker has taken from the scheduler and
- * not yet opened its first attempt for (a few hundred ns between two locks)
- * is in neither place. A listing is a snapshot and may leave it out;
- * apex_ops_find looks again before it says a task has ended, and the
- * shutdown report collects until it has every live task (the live count is
- * exact once submits are refused). */
+ * A task a worker has taken from the scheduler and not yet opened its
+ * first attempt for is in neither place: the worker holds it (its
+ * `holding`, pool.c), and the walk reads the scheduler and the workers'
+ * held tasks in one pool_mu section before the live lists, so a task seen
+ * in none of them has ended. (A pick handed to a watching worker can wait
+ * there as long as that thread waits for a CPU: looking again a few times,
+ * as apex_ops_find did, was not enough under load.) */
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,7 +123,8 @@ static int by_id(const void *x, const void *y) {
 }
 
 /* Every task waiting in the scheduler (runnable, held by a limit or a
- * rate, or scheduled for a start time), each with a reference; NULL with
+ * rate, or scheduled for a start time) and every task a worker holds on
+ * its way to its first attempt, each with a reference; NULL with
  * *n 0 when there are none or no memory (*nomem). One pool_mu section
  * (sched/sched.h, apex__sched_collect_locked); what it holds is live, so
  * n_live bounds it, and a submit racing the read makes the next try. */
@@ -137,11 +139,16 @@ static apex_task_t **waiting(apex_manager_t *m, size_t *n, int *nomem) {
     }
     apex__lock(&m->pool_mu);
     size_t k = apex__sched_collect_locked(m, v, cap);
+    /* With the tasks workers hold between the queue and their live list
+     * (in the same section: a task moves from one to the other under it). */
+    size_t h = k < cap ? apex__pool_collect_held_locked(m, v + k, cap - k) : 0;
     apex__unlock(&m->pool_mu);
-    if (k < cap) {
-      *n = k;
+    if (k < cap && h < cap - k) {
+      *n = k + h;
       return v;
     }
+    /* Too many for v: again, bigger (each reference taken dropped). */
+    if (k < cap) k += h < cap - k ? h : cap - k;
     for (size_t i = 0; i < k; i++) apex__task_unref(v[i]);
     free(v);
     cap *= 2;
@@ -345,20 +352,13 @@ apex_status_t apex_ops_find(apex_manager_t *m, uint64_t id, apex_task_t **out) {
   if (out) *out = NULL;
   if (!m || !out || id == 0) return APEX_E_INVALID;
   if (id >= atomic_load(&m->next_id)) return APEX_E_INVALID;
-  /* A few looks: a task between the queue and its first attempt is in
-   * neither place for a moment (see the top of this file). */
-  for (int i = 0; i < 4; i++) {
-    apex_task_t *t = find_once(m, id);
-    if (t && !apex_task_state_is_terminal(apex_task_state(t))) {
-      *out = t;
-      return APEX_OK;
-    }
-    if (t) {
-      apex__task_unref(t);
-      return APEX_E_ALREADY;
-    }
-    sched_yield();
+  /* One look finds a live task wherever it is (the top of this file). */
+  apex_task_t *t = find_once(m, id);
+  if (t && !apex_task_state_is_terminal(apex_task_state(t))) {
+    *out = t;
+    return APEX_OK;
   }
+  if (t) apex__task_unref(t);
   return APEX_E_ALREADY;
 }
 
@@ -483,7 +483,7 @@ json_t *apex_shutdown_report_to_json(const apex_shutdown_report_t *r) {
 
 /* Every live task of m (submits refused already), with references, names
  * copied. Collects again until it holds as many live tasks as m counts
- * (one a worker is just starting is briefly in neither place). */
+ * (a task being submitted is counted a moment before the scheduler has it). */
 static void collect_all(apex_manager_t *m, tvec_t *a) {
   flt_t none = {0};
   for (int tries = 0;; tries++) {
