@@ -204,7 +204,6 @@ enum {
   ST_DISCARD,
   ST_CLAIM,
   ST_HEARTBEAT,
-  ST_FINISH,
   ST_RELEASE,
   ST_CANCEL,
   ST_RENEW,
@@ -257,16 +256,6 @@ static const char *const st_sql[ST_N] = {
                      " progress = coalesce($6::text, progress)"
                      " WHERE id = $1::bigint AND owner = $2::text AND " LIVE
                      " RETURNING cancel_requested",
-    [ST_FINISH] =
-        "UPDATE apex_tasks SET state = $2::smallint, updated_at = $3::float8,"
-        " run_at = $4::float8, result = $5::text, error = $6::text,"
-        " partial = coalesce($7::text, partial),"
-        " ended_at = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN $3::float8 ELSE 0 END,"
-        " owner = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN NULL ELSE owner END,"
-        " lease_until = CASE WHEN $2::smallint BETWEEN 3 AND 6 THEN 0 ELSE lease_until END,"
-        " attempts = CASE WHEN $9::integer > 0 THEN $9::integer ELSE attempts END"
-        " WHERE id = $1::bigint AND " LIVE " AND ($8::text IS NULL OR owner IS NULL"
-        " OR owner = $8::text OR lease_until <= $3::float8) RETURNING 1",
     [ST_RELEASE] = "WITH u AS (UPDATE apex_tasks SET state = CASE WHEN state = 1 THEN 0 ELSE state END,"
                    "  run_at = GREATEST(run_at, $3::float8),"
                    "  owner = NULL, lease_until = 0, updated_at = $3::float8"
@@ -350,10 +339,12 @@ static const char *const st_sql[ST_N] = {
                  "  AND ended_at <= $1::float8 RETURNING id),"
                  " e AS (DELETE FROM apex_task_events WHERE task_id IN (SELECT id FROM d))"
                  " SELECT count(*) FROM d",
-    /* ST_FINISH for a run of rows at once (their columns as arrays, ids
-     * distinct): one statement's set-up on the server instead of one per
-     * row. RETURNING names the rows it changed; the others are explained
-     * after the batch as a lone finish's are. */
+    /* Tasks' ends, a run of them at once (their columns as arrays, ids
+     * distinct; one row or many): one statement's set-up on the server for
+     * all the ends waiting in a pipeline instead of one per row. A row
+     * ends unless it left the live states or another owner holds it
+     * (owner NULL: any). RETURNING names the rows it changed; the others
+     * are explained after the batch (ST_HEAD). */
     [ST_FINISH_MANY] =
         "UPDATE apex_tasks t SET state = u.state, updated_at = u.now, run_at = u.run_at,"
         " result = u.result, error = u.error, partial = coalesce(u.partial, t.partial),"
@@ -776,17 +767,6 @@ static int bind_req(pg_req_t *q, params_t *p, char **tmp) {
       p_str(p, 4, q->s1);
       p_str(p, 5, q->s2);
       return ST_HEARTBEAT;
-    case K_FINISH:
-      p_u64(p, 0, q->id);
-      p_int(p, 1, q->state);
-      p_dbl(p, 2, q->now);
-      p_dbl(p, 3, q->t1);
-      p_str(p, 4, q->s1);
-      p_str(p, 5, q->s2);
-      p_str(p, 6, q->s3);
-      p_str(p, 7, q->owner);
-      p_int(p, 8, q->attempt);
-      return ST_FINISH;
     case K_RELEASE:
       p_u64(p, 0, q->id);
       p_str(p, 1, q->owner);
@@ -814,7 +794,6 @@ static int nparams(int st) {
     case ST_DISCARD: return 1;
     case ST_CLAIM: return 5;
     case ST_HEARTBEAT: return 6;
-    case ST_FINISH: return 9;
     case ST_RELEASE: return 3;
     case ST_CANCEL: return 4;
     case ST_RENEW: return 2;
@@ -890,7 +869,6 @@ static int recv_req(pg_store_t *s, pg_req_t *q, const PGresult *r) {
                                 (unsigned long long)q->id);
       return APEX_E_ALREADY;
     case K_CLAIM:
-    case K_FINISH:
       if (PQntuples(r) == 0) q->explain = 1;
       return APEX_OK;
     case K_HEARTBEAT:
@@ -953,8 +931,8 @@ static ExecStatusType read_one(PGconn *c, PGresult **out) {
 }
 
 /* How many requests from v[i] go out as one ST_FINISH_MANY: the run of
- * finishes there (none skipped, ids distinct: an UPDATE changes a row
- * once), up to FINISH_RUN_MAX; 1 or 0 when there is no run of two. */
+ * finishes there (ids distinct: an UPDATE changes a row once), up to
+ * FINISH_RUN_MAX; 0 when v[i] is no finish. */
 #define FINISH_RUN_MAX 128
 
 static size_t finish_run(pg_req_t **v, size_t i, size_t n) {
@@ -1027,7 +1005,7 @@ static int send_finish_many(PGconn *c, pg_req_t **v, size_t g) {
 }
 
 /* Reads ST_FINISH_MANY's answer for v[0..g): the rows it changed; each
- * other request is explained after the batch, as a lone finish is. */
+ * other request is explained after the batch (explain_refusal). */
 static void recv_finish_many(pg_req_t **v, size_t g, const PGresult *r) {
   int nt = PQntuples(r);
   for (size_t i = 0; i < g; i++) {
@@ -1062,7 +1040,7 @@ static int run_pipeline(pg_store_t *s, pg_req_t **v, size_t n, char **keys, apex
    * answers (0: none sent there). */
   for (size_t i = 0; ok && i < n; i++) {
     size_t g = finish_run(v, i, n);
-    if (g >= 2) {
+    if (g > 0) {
       int r = send_finish_many(c, &v[i], g);
       if (r < 0) {
         free(sent);
@@ -1099,12 +1077,12 @@ static int run_pipeline(pg_store_t *s, pg_req_t **v, size_t n, char **keys, apex
   }
   int failed = 0;
   apex_error_t *why = NULL;
-  for (size_t i = 0; i < n + (size_t)notify; i += i < n && sent[i] > 1 ? (size_t)sent[i] : 1) {
+  for (size_t i = 0; i < n + (size_t)notify; i += i < n && sent[i] ? (size_t)sent[i] : 1) {
     if (i < n && !sent[i]) continue;
     PGresult *r;
     ExecStatusType st = read_one(c, &r);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-      if (i < n && !failed && sent[i] > 1) recv_finish_many(&v[i], (size_t)sent[i], r);
+      if (i < n && !failed && v[i]->kind == K_FINISH) recv_finish_many(&v[i], (size_t)sent[i], r);
       else if (i < n && !failed) v[i]->rc = recv_req(s, v[i], r);
     } else if (!failed) {
       failed = 1;
