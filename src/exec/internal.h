@@ -749,7 +749,8 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
  * for the caller to cancel ("shutdown"); 0 once none waits. Takes pool_mu. */
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max);
 /* Under pool_mu: a reference on each task a worker holds between the
- * queue and its run's end (apex__worker_t.holding), at most max in out.
+ * queue and its run's end (apex__worker_t.holding) that has not ended,
+ * at most max in out.
  * Returns how many are held (more than max: the caller retries bigger). */
 size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size_t max);
 /* A submit whose try found no room (t bound to its class by that try)

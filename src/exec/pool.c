@@ -347,7 +347,9 @@ size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size
   size_t k = 0;
   for (apex__worker_t *w = m->workers; w; w = w->next) {
     apex_task_t *t = atomic_load_explicit(&w->holding, memory_order_relaxed);
-    if (!t) continue;
+    /* Ended (its run returned, the word not cleared yet): not live, and
+     * no longer on its way anywhere. */
+    if (!t || apex_task_state_is_terminal(apex_task_state(t))) continue;
     /* Alive: its worker drops its reference after the pool_mu section
      * that clears this word. */
     if (k < max) {
