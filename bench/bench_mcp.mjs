@@ -9,6 +9,8 @@
 //   work at all: its stdio rows are the SDK client's own cost (the floor no
 //   server can go under); it has no memory or HTTP rows.
 //   W16_STDIO_ONLY=1: the stdio round trip only (A/B runs).
+//   W16_HTTP_ONLY=sdk | raw: that HTTP run only (A/B runs); its figures
+//   come from the same code as in the full run.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -49,9 +51,18 @@ function check(r) {
   if (r.isError) throw new Error(`a call failed: ${JSON.stringify(r.content)}`);
 }
 const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
+// W16_CLIENT_CPU=1: also the client's own CPU per call (this process, all
+// its threads), on stderr: what the client costs on the same 2 cores.
+const clientCpu0 = () => cpuNs(process.pid);
+function clientLine(what, c0, n) {
+  if (process.env.W16_CLIENT_CPU === '1')
+    console.error(`peer=${peer} ${what}_client_cpu_ns_per_call=${Math.round((cpuNs(process.pid) - c0) / n)}`);
+}
+
+const httpOnly = process.env.W16_HTTP_ONLY || '';
 
 // 1. stdio: SIZE calls in a row; then OPEN_TASKS calls open at once (memory).
-{
+if (!httpOnly) {
   const transport = new StdioClientTransport({ command: server.cmd,
     args: peer === 'mcp_sdk' ? [...server.args, 'stdio'] : server.args, stderr: 'inherit' });
   const client = new Client({ name: 'w16', version: '1' });
@@ -60,6 +71,7 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
   for (let i = 0; i < Math.min(200, size); i++) check(await client.callTool({ name: server.noop, arguments: {} }));
   const lat = new Array(size);
   const c0 = cpuNs(pid);
+  const k0 = clientCpu0();
   const t0 = performance.now();
   for (let i = 0; i < size; i++) {
     const s = performance.now();
@@ -73,6 +85,7 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
   line('stdio_p99', pct(lat, 0.99), 'ns');
   line('stdio_calls_per_s', size / (wall / 1000), 'calls/s');
   line('server_cpu_ns_per_call', cpu / size, 'ns');
+  clientLine('stdio', k0, size);
   if (stdioOnly) {
     await client.close();
     process.exit(0);
@@ -97,7 +110,7 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
 }
 
 // 2. HTTP: SIZE calls, IN_FLIGHT at a time, over one session.
-{
+if (!httpOnly || httpOnly === 'sdk') {
   const args = peer === 'apex' ? [...server.args, '--http', '127.0.0.1:0'] : [...server.args, 'http'];
   const child = spawn(server.cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const port = await new Promise((resolve, reject) => {
@@ -120,11 +133,13 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
   };
   for (let i = 0; i < 200 && i < size; i++) check(await client.callTool({ name: server.noop, arguments: {} }));
   const c0 = cpuNs(child.pid);
+  const k0 = clientCpu0();
   const t0 = performance.now();
   await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
   const wall = performance.now() - t0;
   line('http_calls_per_s', size / (wall / 1000), 'calls/s');
   line('http_server_cpu_ns_per_call', (cpuNs(child.pid) - c0) / size, 'ns');
+  clientLine('http', k0, size);
   await client.close();
   child.removeAllListeners('exit');
   child.kill();
@@ -135,7 +150,7 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
 // for an error by text. The SDK client above costs more per call than
 // Apex's server does, so its throughput is the client's; this one's own
 // cost is smaller, so more of the servers' difference shows.
-{
+if (!httpOnly || httpOnly === 'raw') {
   const http = await import('node:http');
   const args = peer === 'apex' ? [...server.args, '--http', '127.0.0.1:0'] : [...server.args, 'http'];
   const child = spawn(server.cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -186,11 +201,13 @@ const pct = (a, p) => a[Math.min(a.length - 1, Math.floor(a.length * p))];
     }
   };
   const c0 = cpuNs(child.pid);
+  const k0 = clientCpu0();
   const t0 = performance.now();
   await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
   const wall = performance.now() - t0;
   line('raw_http_calls_per_s', size / (wall / 1000), 'calls/s');
   line('raw_http_server_cpu_ns_per_call', (cpuNs(child.pid) - c0) / size, 'ns');
+  clientLine('raw_http', k0, size);
   agent.destroy();
   child.removeAllListeners('exit');
   child.kill();

@@ -5,9 +5,9 @@
  *
  * Threads: the core runs on the command's main thread only. It owns the
  * manager (DISPATCH delivery: task events run inside its own
- * apex_manager_dispatch), the sessions and the calls. The HTTP transport's
- * connection threads never touch the core: they hand each request to the
- * main thread and wait for its verdict (mcp_http.c). */
+ * apex_manager_dispatch), the sessions and the calls. The HTTP transport
+ * runs libmicrohttpd inside the same loop, on the same thread
+ * (mcp_http.c). */
 #ifndef APEX_CLI_MCP_H
 #define APEX_CLI_MCP_H
 

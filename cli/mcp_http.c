@@ -3,11 +3,13 @@
  *
  * One endpoint, /mcp:
  *   POST   one JSON-RPC message. A request is answered with
- *          application/json when its answer is ready at once (initialize,
- *          tools/list, ping, errors), else with an SSE stream carrying its
- *          progress and log notifications and, last, its answer; the stream
- *          then ends. A notification or a client's response: 202.
- *          initialize without a session creates one (Mcp-Session-Id).
+ *          application/json when its answer is the only thing it gets
+ *          (initialize, tools/list, ping, errors, and a call that ends
+ *          within DEFER_MS with nothing sent before its answer), else with
+ *          an SSE stream carrying its progress and log notifications and,
+ *          last, its answer; the stream then ends. A notification or a
+ *          client's response: 202. initialize without a session creates
+ *          one (Mcp-Session-Id).
  *   GET    with Last-Event-ID: resumes the stream that event belongs to,
  *          replaying what came after it; without: the session's standalone
  *          stream (notifications not tied to a request; one at a time, a
@@ -21,17 +23,20 @@
  * stream of a 2025-11-25 session opens with a priming event (id, retry,
  * empty data) so a client that loses it can resume (SEP-1699).
  *
- * Threads and locks: libmicrohttpd runs a thread per connection; they
- * never touch the core (mcp_server.c, main thread only). A connection
- * thread parses the body (mcp_parse), queues a job on the inbox, wakes the
- * main thread (an eventfd) and waits for the verdict: a status, a
- * JSON body, or a stream to read. The main thread runs the job through the
- * core, whose sends append events to streams. `mu` (one, a leaf) guards
- * the inbox, the verdicts and every stream's events and counts; a job's
- * thread waits on the job's own condition variable, a stream's readers on
- * the stream's (one shared one woke every connection thread for each
- * event: a hundred in flight made that the server's main cost). Sessions and the streams list of each are
- * the main thread's alone.
+ * Threads: one. libmicrohttpd runs in its "external" epoll mode inside the
+ * command's main loop, with the core (mcp_server.c), so a request is
+ * parsed, run through the core and answered on the thread that owns the
+ * core, and nothing here is shared with another thread. (It ran a thread
+ * per connection that handed each request to the main thread and waited
+ * for the verdict: at 100 calls in flight most of the server's CPU went to
+ * those threads' wake-ups and to the lock between them; W16,
+ * bench/analysis.md.) A connection waits by being suspended
+ * (MHD_suspend_connection): a POST whose answer is not ready until its
+ * stream gets its first event, closes, or DEFER_MS passed (then it is
+ * answered as JSON when its answer is all it got, else as SSE); an SSE
+ * reader until its stream has more, closes, or owes a keepalive comment.
+ * Whatever makes a stream change (a send from the core, the request's
+ * end, the session's end, a new reader) resumes what waits on it.
  *
  * What can fail: the bind (reported, exit 1); memory (the message or event
  * is dropped, 500 where an answer is due). A stream's events are kept
@@ -41,13 +46,11 @@
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -62,6 +65,12 @@
 /* An idle SSE stream sends a comment this often: a dead peer is found by
  * the write failing (libmicrohttpd then ends the response). */
 #define SSE_KEEPALIVE_S 15
+/* How long a POST request waits for its stream's first event before its
+ * headers go out as an SSE stream: a call that ends sooner with nothing
+ * before its answer is answered as one JSON body (one write, no chunked
+ * framing, nothing for the client to parse as events). Short, so a long
+ * call's client has its headers and priming event at once, as it would. */
+#define DEFER_MS 50
 
 typedef struct sse_event {
   uint64_t seq;
@@ -70,9 +79,11 @@ typedef struct sse_event {
 } sse_event_t;
 
 typedef struct hsession hsession_t;
+typedef struct conn conn_t;
+typedef struct reader reader_t;
 
 typedef struct stream {
-  int refs;              /* under mu: the session's list, readers, jobs */
+  int refs;              /* the session's list, its reader, its waiter */
   uint64_t num;          /* within its session */
   sse_event_t *evs;
   size_t n, cap;
@@ -81,10 +92,9 @@ typedef struct stream {
   int closed;            /* no more events */
   int delivered;         /* a reader read it to its end */
   unsigned reader_gen;   /* a new reader supersedes the old */
-  int has_reader;
+  reader_t *reader;      /* the current reader, or NULL */
+  conn_t *waiter;        /* the POST that waits to answer with it, or NULL */
   int standalone;
-  pthread_cond_t cond;   /* its readers wait here for events */
-  /* main thread only: */
   struct stream *next;
 } stream_t;
 
@@ -100,67 +110,100 @@ struct hsession {
 
 enum { M_POST = 1, M_GET, M_DELETE };
 
+/* One request, run through the core and given its verdict at once. */
 typedef struct job {
-  struct job *next;
-  pthread_cond_t cond;   /* its connection thread waits here */
   int method;
-  char *session_id, *last_event_id, *proto;
+  const char *session_id, *last_event_id, *proto; /* the request's headers */
   mcp_msg_t msg;         /* POST: the parsed message */
   /* the verdict */
-  int done;
   unsigned status;
   char sid_out[33];
   char *body;            /* JSON body, or NULL */
   stream_t *stream;      /* SSE: a reference for the reader */
   uint64_t after_seq;    /* resume after this seq (0 with resume 0: all) */
   int resume;
+  int defer;             /* stream is a new request's: wait for its first event */
 } job_t;
 
-typedef struct conn {
+/* One request on a connection (libmicrohttpd's con_cls). */
+struct conn {
   char *body;
   size_t len, cap;
   int too_big;
-} conn_t;
+  /* A POST waiting for its answer (DEFER_MS): */
+  struct MHD_Connection *c;
+  stream_t *wait;        /* a reference, or NULL */
+  char sid[33];
+  int64_t wait_until_ms;
+  int suspended;
+  conn_t *prev, *next;   /* in H.waiting */
+};
 
-typedef struct reader {
+struct reader {
   stream_t *s;
   unsigned gen;
   size_t idx, off;       /* next event, bytes of it sent */
   int keepalive_pending;
-} reader_t;
+  int64_t last_ms;       /* when it last sent something */
+  struct MHD_Connection *c;
+  int suspended;
+  reader_t *prev, *next; /* in H.readers */
+};
 
 static struct {
-  pthread_mutex_t mu;
-  job_t *inbox, **inbox_tail;
-  int efd;
+  struct MHD_Daemon *d;
   int stopping;
   int loopback;
   size_t max;
   int64_t idle_ms;       /* a session this long without a request or a
                             reader is ended: its client is gone */
-  /* main thread only: */
   hsession_t *sessions;
   mcp_server_t *srv;
-} H = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  conn_t *waiting;       /* POSTs waiting for their stream's first event */
+  reader_t *readers;     /* SSE responses being sent */
+  int resumed;           /* a connection was resumed: run the daemon */
+} H;
+
+/* ------------------------------------------------------------- waiting */
+
+static void conn_resume(struct MHD_Connection *c, int *suspended) {
+  if (!*suspended) return;
+  *suspended = 0;
+  MHD_resume_connection(c);
+  H.resumed = 1;
+}
+
+static void waiting_unlink(conn_t *cn) {
+  if (cn->prev) cn->prev->next = cn->next;
+  else if (H.waiting == cn) H.waiting = cn->next;
+  if (cn->next) cn->next->prev = cn->prev;
+  cn->prev = cn->next = NULL;
+}
+
+static void readers_unlink(reader_t *r) {
+  if (r->prev) r->prev->next = r->next;
+  else if (H.readers == r) H.readers = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = NULL;
+}
+
+/* s changed (an event, its end, a new reader): what waits on it runs. */
+static void stream_wake(stream_t *s) {
+  if (s->waiter) conn_resume(s->waiter->c, &s->waiter->suspended);
+  if (s->reader) conn_resume(s->reader->c, &s->reader->suspended);
+}
 
 /* ------------------------------------------------------------- streams */
 
-static void stream_unref_locked(stream_t *s) {
+static void stream_unref(stream_t *s) {
   if (--s->refs > 0) return;
   for (size_t i = 0; i < s->n; i++) free(s->evs[i].text);
   free(s->evs);
-  pthread_cond_destroy(&s->cond);
   free(s);
 }
 
-static void stream_unref(stream_t *s) {
-  pthread_mutex_lock(&H.mu);
-  stream_unref_locked(s);
-  pthread_mutex_unlock(&H.mu);
-}
-
-/* Appends an event (text taken). Under mu. */
-static void stream_push_locked(stream_t *s, char *text, size_t len) {
+/* Appends an event (text taken). */
+static void stream_push(stream_t *s, char *text, size_t len) {
   if (s->closed) {
     free(text);
     return;
@@ -176,16 +219,12 @@ static void stream_push_locked(stream_t *s, char *text, size_t len) {
     s->cap = cap;
   }
   s->evs[s->n++] = (sse_event_t){s->next_seq++, text, len};
-  pthread_cond_broadcast(&s->cond);
+  stream_wake(s);
 }
 
 static stream_t *stream_new(hsession_t *hs, int prime) {
   stream_t *s = calloc(1, sizeof *s);
   if (!s) return NULL;
-  if (pthread_cond_init(&s->cond, NULL) != 0) {
-    free(s);
-    return NULL;
-  }
   s->refs = 1; /* the session's list */
   s->num = ++hs->next_stream;
   s->next = hs->streams;
@@ -195,9 +234,7 @@ static stream_t *stream_new(hsession_t *hs, int prime) {
     char *t = NULL;
     int n = asprintf(&t, "id: %llu-0\nretry: %d\ndata: \n\n", (unsigned long long)s->num,
                      SSE_RETRY_MS);
-    pthread_mutex_lock(&H.mu);
-    if (n > 0) stream_push_locked(s, t, (size_t)n);
-    pthread_mutex_unlock(&H.mu);
+    if (n > 0) stream_push(s, t, (size_t)n);
   } else {
     s->next_seq = 1;
   }
@@ -205,24 +242,37 @@ static stream_t *stream_new(hsession_t *hs, int prime) {
   return s;
 }
 
-static void stream_close_locked(stream_t *s) {
+static void stream_close(stream_t *s) {
   s->closed = 1;
-  pthread_cond_broadcast(&s->cond);
+  stream_wake(s);
 }
 
-/* Drops the streams of hs a reader read to their end (main thread). */
+/* The JSON body to answer s's request with, when s ended with its answer
+ * as its only event (after the priming one): malloc'd, s then counts as
+ * delivered. NULL when s needs the SSE stream (or memory ran out). */
+static char *stream_take_json(stream_t *s) {
+  size_t first = s->n && s->evs[0].seq == 0 ? 1 : 0;
+  if (!s->closed || s->n != first + 1) return NULL;
+  const char *d = strstr(s->evs[first].text, "\ndata: ");
+  if (!d) return NULL;
+  d += 7;
+  size_t l = strlen(d);
+  char *body = strndup(d, l >= 2 ? l - 2 : l); /* less "\n\n" */
+  if (body) s->delivered = 1;
+  return body;
+}
+
+/* Drops the streams of hs a reader read to their end. */
 static void prune_streams(hsession_t *hs) {
-  pthread_mutex_lock(&H.mu);
   for (stream_t **pp = &hs->streams; *pp;) {
     stream_t *s = *pp;
-    if (s->closed && s->delivered && !s->has_reader) {
+    if (s->closed && s->delivered && !s->reader && !s->waiter) {
       *pp = s->next;
-      stream_unref_locked(s);
+      stream_unref(s);
     } else {
       pp = &s->next;
     }
   }
-  pthread_mutex_unlock(&H.mu);
 }
 
 /* ------------------------------------------------------------- core ops */
@@ -230,16 +280,20 @@ static void prune_streams(hsession_t *hs) {
 static void http_send(void *tuser, void *stream, const json_t *msg) {
   hsession_t *hs = tuser;
   stream_t *s = stream ? stream : hs->standalone;
-  if (!s) return; /* no standalone stream open: a notification is lost */
+  if (!s || s->closed) return; /* no standalone stream open: a notification is lost */
   size_t n;
   char *data = mcp_dump(msg, &n);
   if (!data) return;
-  pthread_mutex_lock(&H.mu);
-  char *t = NULL;
-  int len = asprintf(&t, "id: %llu-%llu\nevent: message\ndata: %s\n\n",
-                     (unsigned long long)s->num, (unsigned long long)s->next_seq, data);
-  if (len > 0) stream_push_locked(s, t, (size_t)len);
-  pthread_mutex_unlock(&H.mu);
+  char head[64];
+  int h = snprintf(head, sizeof head, "id: %llu-%llu\nevent: message\ndata: ",
+                   (unsigned long long)s->num, (unsigned long long)s->next_seq);
+  char *t = h > 0 ? malloc((size_t)h + n + 3) : NULL;
+  if (t) {
+    memcpy(t, head, (size_t)h);
+    memcpy(t + h, data, n);
+    memcpy(t + h + n, "\n\n", 3);
+    stream_push(s, t, (size_t)h + n + 2);
+  }
   free(data);
 }
 
@@ -247,9 +301,7 @@ static void http_request_done(void *tuser, void *stream) {
   (void)tuser;
   stream_t *s = stream;
   if (!s) return;
-  pthread_mutex_lock(&H.mu);
-  if (s->pending > 0 && --s->pending == 0) stream_close_locked(s);
-  pthread_mutex_unlock(&H.mu);
+  if (s->pending > 0 && --s->pending == 0) stream_close(s);
 }
 
 static const mcp_transport_ops_t http_ops = {http_send, http_request_done};
@@ -290,18 +342,16 @@ static void session_end(hsession_t *hs) {
     }
   /* The core sends nothing more to hs after this. */
   mcp_session_close(hs->core);
-  pthread_mutex_lock(&H.mu);
   while (hs->streams) {
     stream_t *s = hs->streams;
     hs->streams = s->next;
-    stream_close_locked(s);
-    stream_unref_locked(s);
+    stream_close(s);
+    stream_unref(s);
   }
-  pthread_mutex_unlock(&H.mu);
   free(hs);
 }
 
-/* ------------------------------------------------------------- jobs (main) */
+/* ------------------------------------------------------------- jobs */
 
 static int proto_ok(const char *v) {
   return !v || strcmp(v, MCP_PROTO_LATEST) == 0 || strcmp(v, MCP_PROTO_PREVIOUS) == 0 ||
@@ -346,29 +396,17 @@ static void run_post(job_t *j) {
   int prime = strcmp(mcp_session_protocol(hs->core), MCP_PROTO_LATEST) == 0;
   stream_t *s = stream_new(hs, prime);
   if (!s) return verdict(j, MHD_HTTP_INTERNAL_SERVER_ERROR, MCP_INTERNAL_ERROR, "out of memory");
-  pthread_mutex_lock(&H.mu);
   s->pending = 1;
-  pthread_mutex_unlock(&H.mu);
   mcp_session_handle(hs->core, m, s);
   j->status = MHD_HTTP_OK;
-  pthread_mutex_lock(&H.mu);
   /* Answered at once, with nothing before the answer: plain JSON. */
-  size_t first = s->n && s->evs[0].seq == 0 ? 1 : 0;
-  if (s->closed && s->n == first + 1) {
-    const char *d = strstr(s->evs[first].text, "\ndata: ");
-    if (d) {
-      d += 7;
-      size_t l = strlen(d);
-      j->body = strndup(d, l >= 2 ? l - 2 : l); /* less "\n\n" */
-    }
-    s->delivered = 1;
+  if ((j->body = stream_take_json(s))) {
+    prune_streams(hs);
+    return;
   }
-  if (!j->body) {
-    s->refs++;
-    j->stream = s;
-  }
-  pthread_mutex_unlock(&H.mu);
-  if (j->body) prune_streams(hs);
+  s->refs++;
+  j->stream = s;
+  j->defer = 1;
 }
 
 static void run_get(job_t *j) {
@@ -387,19 +425,14 @@ static void run_get(job_t *j) {
       }
     if (!s)
       return verdict(j, MHD_HTTP_NOT_FOUND, MCP_INVALID_REQUEST, "unknown Last-Event-ID");
-    pthread_mutex_lock(&H.mu);
     s->refs++;
-    pthread_mutex_unlock(&H.mu);
     j->stream = s;
     j->resume = 1;
     j->after_seq = seq;
     j->status = MHD_HTTP_OK;
     return;
   }
-  pthread_mutex_lock(&H.mu);
-  int busy = hs->standalone && hs->standalone->has_reader;
-  pthread_mutex_unlock(&H.mu);
-  if (busy)
+  if (hs->standalone && hs->standalone->reader)
     return verdict(j, MHD_HTTP_CONFLICT, MCP_INVALID_REQUEST,
                    "Conflict: the session's GET stream is open already");
   if (!hs->standalone) {
@@ -408,9 +441,7 @@ static void run_get(job_t *j) {
       return verdict(j, MHD_HTTP_INTERNAL_SERVER_ERROR, MCP_INTERNAL_ERROR, "out of memory");
     hs->standalone->standalone = 1;
   }
-  pthread_mutex_lock(&H.mu);
   hs->standalone->refs++;
-  pthread_mutex_unlock(&H.mu);
   j->stream = hs->standalone;
   /* Only what comes from now on: an earlier reader had the rest. */
   j->resume = 1;
@@ -421,15 +452,13 @@ static void run_get(job_t *j) {
 /* Ends the sessions whose client went away without a DELETE: nothing
  * asked and nobody reading for idle_ms. Their calls are cancelled
  * ("disconnected"), as a DELETE's are. */
-static void expire_sessions(void) {
-  int64_t now = cli_now_ms();
+static void expire_sessions(int64_t now) {
   for (hsession_t *hs = H.sessions, *next; hs; hs = next) {
     next = hs->next;
     if (now - hs->last_ms < H.idle_ms) continue;
     int reading = 0;
-    pthread_mutex_lock(&H.mu);
-    for (stream_t *st = hs->streams; st && !reading; st = st->next) reading = st->has_reader;
-    pthread_mutex_unlock(&H.mu);
+    for (stream_t *st = hs->streams; st && !reading; st = st->next)
+      reading = st->reader != NULL || st->waiter != NULL;
     if (reading) hs->last_ms = now;
     else session_end(hs);
   }
@@ -448,27 +477,6 @@ static void run_job(job_t *j) {
       session_end(hs);
       j->status = MHD_HTTP_OK;
     }
-  }
-}
-
-static void run_inbox(void) {
-  uint64_t v;
-  ssize_t r = read(H.efd, &v, sizeof v);
-  (void)r;
-  pthread_mutex_lock(&H.mu);
-  job_t *list = H.inbox;
-  H.inbox = NULL;
-  H.inbox_tail = &H.inbox;
-  pthread_mutex_unlock(&H.mu);
-  while (list) {
-    job_t *j = list;
-    list = j->next;
-    run_job(j);
-    mcp_msg_free(&j->msg); /* what the core did not take */
-    pthread_mutex_lock(&H.mu);
-    j->done = 1;
-    pthread_cond_signal(&j->cond);
-    pthread_mutex_unlock(&H.mu);
   }
 }
 
@@ -525,67 +533,76 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, char *bo
   return rc;
 }
 
+/* The content of an SSE response, asked for by libmicrohttpd whenever it
+ * can send: what the stream has, else its end, else a keepalive comment
+ * that is due; with none of these the connection is suspended (0 bytes)
+ * until stream_wake or the keepalive time resumes it. */
 static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
   (void)pos;
   reader_t *r = cls;
   stream_t *s = r->s;
-  pthread_mutex_lock(&H.mu);
-  for (;;) {
-    if (r->gen != s->reader_gen || H.stopping) break;
-    if (r->idx < s->n) {
-      sse_event_t *e = &s->evs[r->idx];
-      size_t n = e->len - r->off < max ? e->len - r->off : max;
-      memcpy(buf, e->text + r->off, n);
-      r->off += n;
-      if (r->off == e->len) {
-        r->idx++;
-        r->off = 0;
-      }
-      pthread_mutex_unlock(&H.mu);
-      return (ssize_t)n;
-    }
-    if (s->closed) {
-      s->delivered = 1;
-      break;
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += SSE_KEEPALIVE_S;
-    if (pthread_cond_timedwait(&s->cond, &H.mu, &ts) == ETIMEDOUT && r->idx >= s->n && !s->closed) {
-      pthread_mutex_unlock(&H.mu);
-      static const char ka[] = ": keepalive\n\n";
-      size_t n = sizeof ka - 1 < max ? sizeof ka - 1 : max;
-      memcpy(buf, ka, n);
-      return (ssize_t)n;
+  if (r->gen != s->reader_gen || H.stopping) return MHD_CONTENT_READER_END_OF_STREAM;
+  size_t out = 0;
+  while (r->idx < s->n && out < max) {
+    sse_event_t *e = &s->evs[r->idx];
+    size_t n = e->len - r->off < max - out ? e->len - r->off : max - out;
+    memcpy(buf + out, e->text + r->off, n);
+    out += n;
+    r->off += n;
+    if (r->off == e->len) {
+      r->idx++;
+      r->off = 0;
     }
   }
-  pthread_mutex_unlock(&H.mu);
-  return MHD_CONTENT_READER_END_OF_STREAM;
+  if (out) {
+    r->last_ms = cli_now_ms();
+    return (ssize_t)out;
+  }
+  if (s->closed) {
+    s->delivered = 1;
+    return MHD_CONTENT_READER_END_OF_STREAM;
+  }
+  if (r->keepalive_pending) {
+    r->keepalive_pending = 0;
+    static const char ka[] = ": keepalive\n\n";
+    size_t n = sizeof ka - 1 < max ? sizeof ka - 1 : max;
+    memcpy(buf, ka, n);
+    r->last_ms = cli_now_ms();
+    return (ssize_t)n;
+  }
+  MHD_suspend_connection(r->c);
+  r->suspended = 1;
+  return 0;
 }
 
 static void sse_free(void *cls) {
   reader_t *r = cls;
-  pthread_mutex_lock(&H.mu);
-  if (r->gen == r->s->reader_gen) r->s->has_reader = 0;
-  stream_unref_locked(r->s);
-  pthread_mutex_unlock(&H.mu);
+  readers_unlink(r);
+  if (r->s->reader == r) r->s->reader = NULL;
+  stream_unref(r->s);
   free(r);
 }
 
+/* Answers with j->stream as SSE (the reference taken). */
 static enum MHD_Result reply_sse(struct MHD_Connection *c, job_t *j) {
   reader_t *r = calloc(1, sizeof *r);
   if (!r) {
     stream_unref(j->stream);
     return reply(c, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
   }
-  r->s = j->stream;
-  pthread_mutex_lock(&H.mu);
-  r->gen = ++r->s->reader_gen; /* an older reader of it ends */
-  r->s->has_reader = 1;
+  stream_t *s = j->stream;
+  r->s = s;
+  r->c = c;
+  r->last_ms = cli_now_ms();
+  r->gen = ++s->reader_gen;
+  reader_t *old = s->reader;
+  s->reader = r;
+  if (old) conn_resume(old->c, &old->suspended); /* it sees the new gen and ends */
+  r->next = H.readers;
+  if (H.readers) H.readers->prev = r;
+  H.readers = r;
   if (j->resume)
-    while (r->idx < r->s->n && r->s->evs[r->idx].seq <= j->after_seq) r->idx++;
-  pthread_cond_broadcast(&r->s->cond);
-  pthread_mutex_unlock(&H.mu);
+    while (r->idx < s->n && s->evs[r->idx].seq <= j->after_seq) r->idx++;
   struct MHD_Response *resp =
       MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_read, r, sse_free);
   if (!resp) {
@@ -600,9 +617,21 @@ static enum MHD_Result reply_sse(struct MHD_Connection *c, job_t *j) {
   return rc;
 }
 
-static char *header_dup(struct MHD_Connection *c, const char *name) {
-  const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
-  return v ? strdup(v) : NULL;
+/* A POST that waited (resumed): its answer as JSON if that is all its
+ * stream got, else the stream as SSE. */
+static enum MHD_Result answer_waiter(struct MHD_Connection *c, conn_t *cn) {
+  stream_t *s = cn->wait;
+  cn->wait = NULL;
+  waiting_unlink(cn);
+  if (s->waiter == cn) s->waiter = NULL;
+  char *body = stream_take_json(s);
+  if (body) {
+    stream_unref(s); /* pruned from its session at the next request */
+    return reply(c, MHD_HTTP_OK, body, cn->sid);
+  }
+  job_t j = {.stream = s, .status = MHD_HTTP_OK};
+  memcpy(j.sid_out, cn->sid, sizeof j.sid_out);
+  return reply_sse(c, &j);
 }
 
 static int accepts(struct MHD_Connection *c, const char *type) {
@@ -627,6 +656,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     *con_cls = cn;
     return MHD_YES;
   }
+  if (cn->wait) return answer_waiter(c, cn);
   if (*upload_size) {
     if (!cn->too_big) {
       if (cn->len + *upload_size > H.max) {
@@ -650,14 +680,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     *upload_size = 0;
     return MHD_YES;
   }
-  job_t *j = calloc(1, sizeof *j);
-  if (!j) return MHD_NO;
-  if (pthread_cond_init(&j->cond, NULL) != 0) {
-    free(j);
-    return MHD_NO;
-  }
+  job_t j = {0};
   if (strcmp(method, "POST") == 0) {
-    j->method = M_POST;
+    j.method = M_POST;
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     unsigned bad = 0;
     const char *why = NULL;
@@ -667,56 +692,46 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     else if (!accepts(c, "application/json") || !accepts(c, "text/event-stream"))
       bad = MHD_HTTP_NOT_ACCEPTABLE,
       why = "Not Acceptable: the client must accept application/json and text/event-stream";
-    if (bad) {
-      pthread_cond_destroy(&j->cond);
-      free(j);
-      return reply(c, bad, error_body(MCP_INVALID_REQUEST, why), NULL);
-    }
+    if (bad) return reply(c, bad, error_body(MCP_INVALID_REQUEST, why), NULL);
     json_t *err = NULL;
-    if (mcp_parse(cn->body ? cn->body : "", cn->len, &j->msg, &err) != 0) {
-      pthread_cond_destroy(&j->cond);
-      free(j);
+    if (mcp_parse(cn->body ? cn->body : "", cn->len, &j.msg, &err) != 0) {
       char *b = err ? mcp_dump(err, NULL) : NULL;
       json_decref(err);
       return b ? reply(c, MHD_HTTP_BAD_REQUEST, b, NULL) : reply(c, MHD_HTTP_ACCEPTED, NULL, NULL);
     }
   } else if (strcmp(method, "GET") == 0) {
-    j->method = M_GET;
-    if (!accepts(c, "text/event-stream")) {
-      pthread_cond_destroy(&j->cond);
-      free(j);
+    j.method = M_GET;
+    if (!accepts(c, "text/event-stream"))
       return reply(c, MHD_HTTP_NOT_ACCEPTABLE,
                    error_body(MCP_INVALID_REQUEST, "Not Acceptable: want text/event-stream"), NULL);
-    }
-    j->last_event_id = header_dup(c, "Last-Event-ID");
+    j.last_event_id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
   } else {
-    j->method = M_DELETE;
+    j.method = M_DELETE;
   }
-  j->session_id = header_dup(c, "Mcp-Session-Id");
-  j->proto = header_dup(c, "MCP-Protocol-Version");
-  pthread_mutex_lock(&H.mu);
+  j.session_id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Mcp-Session-Id");
+  j.proto = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "MCP-Protocol-Version");
   if (H.stopping) {
-    j->done = 1;
-    j->status = MHD_HTTP_SERVICE_UNAVAILABLE;
-  } else {
-    *H.inbox_tail = j;
-    H.inbox_tail = &j->next;
-    uint64_t one = 1;
-    ssize_t w = write(H.efd, &one, sizeof one);
-    (void)w;
+    mcp_msg_free(&j.msg);
+    return reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, NULL, NULL);
   }
-  while (!j->done) pthread_cond_wait(&j->cond, &H.mu);
-  pthread_mutex_unlock(&H.mu);
-  enum MHD_Result rc;
-  if (j->stream) rc = reply_sse(c, j);
-  else rc = reply(c, j->status, j->body, j->sid_out);
-  if (j->method == M_POST && j->status == MHD_HTTP_SERVICE_UNAVAILABLE) mcp_msg_free(&j->msg);
-  free(j->session_id);
-  free(j->last_event_id);
-  free(j->proto);
-  pthread_cond_destroy(&j->cond);
-  free(j);
-  return rc;
+  run_job(&j);
+  mcp_msg_free(&j.msg); /* what the core did not take */
+  if (j.stream && j.defer && !j.stream->waiter) {
+    /* Not answered yet: wait for the stream's first event (the header). */
+    cn->c = c;
+    cn->wait = j.stream;
+    j.stream->waiter = cn;
+    memcpy(cn->sid, j.sid_out, sizeof cn->sid);
+    cn->wait_until_ms = cli_now_ms() + DEFER_MS;
+    cn->next = H.waiting;
+    if (H.waiting) H.waiting->prev = cn;
+    H.waiting = cn;
+    MHD_suspend_connection(c);
+    cn->suspended = 1;
+    return MHD_YES;
+  }
+  if (j.stream) return reply_sse(c, &j);
+  return reply(c, j.status, j.body, j.sid_out);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -726,9 +741,36 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
   (void)toe;
   conn_t *cn = *con_cls;
   if (!cn) return;
+  if (cn->wait) {
+    waiting_unlink(cn);
+    if (cn->wait->waiter == cn) cn->wait->waiter = NULL;
+    stream_unref(cn->wait);
+  }
   free(cn->body);
   free(cn);
   *con_cls = NULL;
+}
+
+/* Resumes the waiting POSTs past their DEFER_MS and the readers owing a
+ * keepalive comment. Returns: ms until the next such time (-1: none). */
+static int64_t run_timers(int64_t now) {
+  int64_t next = -1;
+  for (conn_t *cn = H.waiting; cn; cn = cn->next) {
+    if (!cn->suspended) continue;
+    if (cn->wait_until_ms <= now) conn_resume(cn->c, &cn->suspended);
+    else if (next < 0 || cn->wait_until_ms - now < next) next = cn->wait_until_ms - now;
+  }
+  for (reader_t *r = H.readers; r; r = r->next) {
+    if (!r->suspended) continue;
+    int64_t due = r->last_ms + SSE_KEEPALIVE_S * 1000;
+    if (due <= now) {
+      r->keepalive_pending = 1;
+      conn_resume(r->c, &r->suspended);
+    } else if (next < 0 || due - now < next) {
+      next = due - now;
+    }
+  }
+  return next;
 }
 
 /* ------------------------------------------------------------- the loop */
@@ -764,6 +806,13 @@ static int is_loopback(const struct sockaddr_storage *ss) {
   return 0;
 }
 
+/* The smaller of two timeouts in ms, -1 meaning none. */
+static int64_t min_timeout(int64_t a, int64_t b) {
+  if (a < 0) return b;
+  if (b < 0) return a;
+  return a < b ? a : b;
+}
+
 int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
   struct sockaddr_storage ss;
   socklen_t sl;
@@ -779,29 +828,33 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
   H.max = mcp_server_max_message(srv);
   H.idle_ms = (int64_t)(idle_s * 1000);
   H.loopback = is_loopback(&ss);
-  H.inbox_tail = &H.inbox;
-  H.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (H.efd < 0) return cli_fail(0, APEX_E_IO, "eventfd: %s", strerror(errno));
   /* Blocked by cli_cmd_mcp before any thread started. */
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+  /* No thread of its own: this loop runs it (the header). TURBO: reads and
+   * writes are tried before asking epoll (a syscall saved when they
+   * succeed, which a client waiting on its answer makes likely). */
+  unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO |
                    (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
   struct MHD_Daemon *d = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-      /* An idle keep-alive connection holds a thread: closed after a
-       * minute. A stream being read is never idle that long (keepalive
-       * comments every SSE_KEEPALIVE_S). */
+      /* An idle keep-alive connection is closed after a minute. A stream
+       * being read is never idle that long (keepalive comments every
+       * SSE_KEEPALIVE_S), and a suspended connection does not time out. */
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
-  if (!d) {
-    close(H.efd);
+  const union MHD_DaemonInfo *einfo = d ? MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+  if (!d || !einfo) {
+    int e = errno;
+    if (d) MHD_stop_daemon(d);
     if (sfd >= 0) close(sfd);
-    return cli_fail(0, APEX_E_IO, "--http '%s': cannot listen there (%s)", addr, strerror(errno));
+    return cli_fail(0, APEX_E_IO, "--http '%s': cannot listen there (%s)", addr, strerror(e));
   }
+  H.d = d;
+  int mfd = einfo->epoll_fd;
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
   char shown[300];
   snprintf(shown, sizeof shown, "%.*s", (int)(strrchr(addr, ':') - addr), addr);
@@ -810,12 +863,21 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
   int dfd, lfd, code = CLI_EXIT_OK;
   mcp_server_fds(srv, &dfd, &lfd);
   for (;;) {
-    struct pollfd pf[4] = {{.fd = H.efd, .events = POLLIN},
+    /* Timers first: a POST that started waiting in the last run has its
+     * DEFER_MS counted from now on. */
+    int64_t now = cli_now_ms();
+    expire_sessions(now);
+    int64_t t = min_timeout(run_timers(now), 1000);
+    /* --store: a tasks/result may be waiting on the store. */
+    t = min_timeout(t, mcp_server_timeout_ms(srv));
+    MHD_UNSIGNED_LONG_LONG mt;
+    if (MHD_get_timeout(d, &mt) == MHD_YES) t = min_timeout(t, mt < 1000 ? (int64_t)mt : 1000);
+    if (H.resumed) t = 0;
+    struct pollfd pf[4] = {{.fd = mfd, .events = POLLIN},
                            {.fd = dfd, .events = POLLIN},
                            {.fd = lfd, .events = POLLIN},
                            {.fd = sfd, .events = POLLIN}};
-    int t = mcp_server_timeout_ms(srv); /* --store: a tasks/result may be waiting on the store */
-    int n = poll(pf, 4, t >= 0 && t < 1000 ? t : 1000);
+    int n = poll(pf, 4, (int)t);
     if (n < 0 && errno != EINTR) break;
     if (pf[3].revents & POLLIN) {
       struct signalfd_siginfo si;
@@ -823,20 +885,22 @@ int mcp_http_run(mcp_server_t *srv, const char *addr, double idle_s) {
       if (read(sfd, &si, sizeof si) != (ssize_t)sizeof si) code = CLI_EXIT_FAILED;
       break;
     }
+    /* Task events first: the answers they resume go out in this run. */
     if (pf[1].revents || pf[2].revents) mcp_server_pump_ready(srv, pf[2].revents != 0);
-    if (pf[0].revents) run_inbox();
     mcp_server_tick(srv);
-    expire_sessions();
+    H.resumed = 0;
+    MHD_run(d);
   }
-  /* Refuse new jobs, end every session (its streams end their readers),
-   * then stop the daemon, which joins its connection threads. */
-  pthread_mutex_lock(&H.mu);
+  /* Refuse new requests, end every session (its streams end their
+   * readers and waiters), resume whatever is still suspended and let the
+   * daemon finish them; then stop it. */
   H.stopping = 1;
-  pthread_mutex_unlock(&H.mu);
-  run_inbox(); /* jobs that came before the stop get their verdict */
   while (H.sessions) session_end(H.sessions);
+  for (conn_t *cn = H.waiting; cn; cn = cn->next) conn_resume(cn->c, &cn->suspended);
+  for (reader_t *r = H.readers; r; r = r->next) conn_resume(r->c, &r->suspended);
+  MHD_run(d);
   MHD_stop_daemon(d);
-  close(H.efd);
+  H.d = NULL;
   if (sfd >= 0) close(sfd);
   return code;
 }
