@@ -7,7 +7,12 @@
  * task is freed. A family holds a node (apex_child_t, the handle a plugin
  * gets) per child it ever spawned, each with a reference on its child
  * task, so the outcome stays readable and the roll-up can list it; the
- * nodes go with the family. A child task points at its node (its opts,
+ * nodes go with the family. A child that succeeded with no result is let
+ * go at its end: its node keeps its final state and names, which is all
+ * its outcome and its line in the roll-up need, and drops the reference,
+ * so a wide fan-out keeps about 90 bytes per ended child instead of its
+ * task, options and token (fresh memory for every child otherwise:
+ * bench/analysis.md, W11). A child task points at its node (its opts,
  * immutable) only while it is live: the family holds a reference on the
  * parent while a child is live or a child's end is being processed
  * (n_live, busy), so the parent, its family and the nodes outlive every
@@ -51,7 +56,12 @@
 
 struct apex_child {
   apex__family_t *fam;
-  apex_task_t *task;     /* a reference; NULL until its submit returned (mu) */
+  /* A reference (mu); NULL until its submit returned, and again once the
+   * child succeeded with no result (let_go): the node then answers for it
+   * from final and names, and the task's memory goes back to malloc while
+   * the family lives on (a fan-out of 200,000 children kept every child's
+   * task, options and token: bench/analysis.md, W11). */
+  apex_task_t *task;
   uint64_t id;           /* (mu) */
   double weight;
   char *label;           /* NULL: "plugin.action" */
@@ -59,8 +69,20 @@ struct apex_child {
   uint8_t ended;         /* (mu) */
   uint8_t on_end_set;    /* (mu) */
   uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
-  apex_child_fn on_end;  /* (mu) taken when it runs */
-  void *on_end_user;
+  uint8_t final;         /* its terminal state, once ended (mu) */
+  uint8_t let_go;        /* task dropped: the names below answer for it (mu) */
+  /* Two lives that never overlap (mu): until it ends, the end callback
+   * (taken when it runs); once it ended, its plugin's and action's names
+   * (static while the manager lives), read when task is NULL. */
+  union {
+    struct {
+      apex_child_fn fn;
+      void *user;
+    } on_end;
+    struct {
+      const char *plugin, *action;
+    } names;
+  } u;
 };
 
 struct apex__family {
@@ -210,14 +232,36 @@ static void cancel_live(apex__family_t *f) {
 static int node_state(const apex_child_t *n);
 static double node_pct(const apex_child_t *n);
 
-/* Under f->mu: n's end and its task are both known now: its state is
- * final, so it joins the settled sums. */
+/* Under f->mu: n ended: its state is final, so it joins the settled
+ * sums. */
 static void settle_locked(apex__family_t *f, apex_child_t *n) {
-  if (n->settled || !n->ended || !n->task) return;
+  if (n->settled || !n->ended) return;
   n->settled = 1;
   int st = node_state(n);
   if (st >= 0 && st <= APEX_TASK_SCHEDULED) f->settled_counts[st]++;
   f->swp_settled += n->weight * node_pct(n);
+}
+
+/* Returns: 1 if the node of ended child t needs nothing of t that it
+ * cannot keep itself: t succeeded with no result (json null, a static
+ * object: apex_ctx_child_outcome gives it without t). A failed or
+ * cancelled child's error and a result stay in t, held by the node. The
+ * caller holds t and sees its outcome (it ended it, or f->mu ordered the
+ * end before). */
+static int let_go(apex_task_t *t) {
+  return atomic_load(&t->state) == APEX_TASK_SUCCEEDED &&
+         (!t->out.result || json_is_null(t->out.result));
+}
+
+/* Under f->mu: n's task (ended, let_go) is dropped; returns it for the
+ * caller to unref after the unlock. Its names stay for the roll-up. */
+static apex_task_t *let_go_locked(apex_child_t *n) {
+  apex_task_t *t = n->task;
+  n->u.names.plugin = t->plugin->desc.name;
+  n->u.names.action = t->action->name;
+  n->let_go = 1;
+  n->task = NULL;
+  return t;
 }
 
 /* ------------------------------------------------------------ spawn */
@@ -355,8 +399,11 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   }
   n->task = ct; /* the handle's reference, now the node's */
   n->id = apex_task_id(ct);
-  settle_locked(f, n); /* it may have ended already */
+  /* It may have ended already (settled then): its end could not let the
+   * task go before it was set. */
+  apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
   pthread_mutex_unlock(&f->mu);
+  if (drop) apex__task_unref(drop);
   *out = n;
   return APEX_OK;
 }
@@ -385,14 +432,18 @@ void apex__child_ended(apex_task_t *t) {
   apex_manager_t *m = apex__task_m(f->parent);
   pthread_mutex_lock(&f->mu);
   n->ended = 1;
-  settle_locked(f, n);
   f->n_live--;
   f->busy++;
-  apex_child_fn fn = n->on_end;
-  void *user = n->on_end_user;
-  n->on_end = NULL;
+  apex_child_fn fn = n->u.on_end.fn;
+  void *user = n->u.on_end.user;
+  n->final = (uint8_t)atomic_load(&t->state);
+  settle_locked(f, n);
+  /* t is held by the thread that ended it (this one), which wrote its
+   * outcome: read without t's lock. */
+  apex_task_t *gone = n->task && let_go(t) ? let_go_locked(n) : NULL;
   pthread_cond_broadcast(&f->cv);
   pthread_mutex_unlock(&f->mu);
+  if (gone) apex__task_unref(gone); /* not the last: this thread holds t */
   /* From here t may go at any time (its node is no longer its). */
   if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(m, f->parent);
   if (fn) fn(&f->run->ctx, n, user);
@@ -510,6 +561,7 @@ static json_t *copy_tree(json_t *arr, int levels) {
 }
 
 static int node_state(const apex_child_t *n) {
+  if (n->ended) return n->final;
   return n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
 }
 
@@ -517,10 +569,7 @@ static int node_state(const apex_child_t *n) {
  * (succeeded or failed) did its part; one cancelled or timed out did what
  * it reported, so a cancelled tree does not add up to a full bar. */
 static double node_pct(const apex_child_t *n) {
-  if (n->ended) {
-    int st = n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
-    if (st == APEX_TASK_SUCCEEDED || st == APEX_TASK_FAILED) return 100.0;
-  }
+  if (n->ended && (n->final == APEX_TASK_SUCCEEDED || n->final == APEX_TASK_FAILED)) return 100.0;
   return n->last ? apex_progress_percentage(n->last) : 0.0;
 }
 
@@ -534,8 +583,8 @@ static double node_shown_pct(const apex_child_t *n, int st) {
 
 static json_t *node_json(const apex_child_t *n, int st) {
   char name[300];
-  const char *pl = n->task ? n->task->plugin->desc.name : "?";
-  const char *ac = n->task ? n->task->action->name : "?";
+  const char *pl = n->task ? n->task->plugin->desc.name : n->let_go ? n->u.names.plugin : "?";
+  const char *ac = n->task ? n->task->action->name : n->let_go ? n->u.names.action : "?";
   snprintf(name, sizeof name, "%s.%s", pl, ac);
   json_t *o = json_pack("{s:s, s:s, s:I, s:f, s:s, s:f, s:s}", "name", n->label ? n->label : name,
                         "action", name, "task", (json_int_t)n->id, "weight", n->weight, "status",
@@ -701,8 +750,8 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
   child->on_end_set = 1;
   int now = child->ended;
   if (!now) {
-    child->on_end = fn;
-    child->on_end_user = user;
+    child->u.on_end.fn = fn;
+    child->u.on_end.user = user;
   }
   pthread_mutex_unlock(&f->mu);
   if (now) fn(c, child, user);
@@ -718,25 +767,36 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
   if (!mine(f, child))
     return refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
   pthread_mutex_lock(&f->mu);
-  int ended = child->ended;
+  int ended = child->ended, let = child->let_go;
   apex_task_t *ct = child->task;
+  if (ct) apex__task_ref(ct); /* a spawn racing on another thread may let it go */
   pthread_mutex_unlock(&f->mu);
+  if (let) { /* succeeded with no result (let_go) */
+    if (state) *state = APEX_TASK_SUCCEEDED;
+    if (result) *result = json_null();
+    return APEX_OK;
+  }
   if (!ct) { /* its submit has not returned yet (a spawn on another thread) */
     if (state) *state = APEX_TASK_QUEUED;
     return APEX_E_AGAIN;
   }
   int st = (int)apex_task_state(ct);
   if (state) *state = st;
-  if (!ended) return APEX_E_AGAIN;
-  if (st == APEX_TASK_SUCCEEDED) {
+  int rc;
+  if (!ended) {
+    rc = APEX_E_AGAIN;
+  } else if (st == APEX_TASK_SUCCEEDED) {
     if (result) *result = apex_task_result(ct);
-    return APEX_OK;
+    rc = APEX_OK;
+  } else {
+    apex_error_t *e = apex_task_error(ct);
+    int code = apex_error_code(e);
+    if (error) *error = apex_error_to_json(e);
+    apex_error_unref(e);
+    rc = code == APEX_OK ? APEX_E_EXECUTION : code;
   }
-  apex_error_t *e = apex_task_error(ct);
-  int code = apex_error_code(e);
-  if (error) *error = apex_error_to_json(e);
-  apex_error_unref(e);
-  return code == APEX_OK ? APEX_E_EXECUTION : code;
+  apex__task_unref(ct);
+  return rc;
 }
 
 static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
