@@ -24,10 +24,17 @@
  * code runs while it is held. Cancels, callbacks, completes and deadline
  * firings all happen after it is released.
  *
- * Cascade: a child's token is a child of the parent attempt's token, so
+ * Cascade: a child's token descends from the parent attempt's token, so
  * every cancel of the parent (user, timeout, shutdown, its own parent)
- * reaches the whole tree at once through the tokens (manager.c ends a
- * queued child when its token fires). The parent's attempt waits for its
+ * reaches the whole tree at once through the tokens. The children share
+ * one token, the family's (family_shared: a child of the attempt token),
+ * until one needs its own (a cancellable sleep, a cancel fd, a cancel of
+ * that child alone: apex__task_token makes it below the shared one), so a
+ * spawn makes no token. The shared token is marked with the rest of the
+ * tree before any callback runs, so a child that carries it reads as
+ * cancelled at once and never starts; its one callback then ends the
+ * queued children and tells the running ones' cancel callbacks
+ * (cancel_live). The parent's attempt waits for its
  * children: a blocking handler's return waits on the worker
  * (apex__family_settle), a deferred one's complete is held and run by the
  * last child's end (apex__family_defer_complete), and a deadline that
@@ -111,6 +118,15 @@ struct apex__family {
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
+  /* The children's shared token (family_shared): a child of the attempt
+   * token shared_up, made by the first spawn under it, with one callback
+   * (shared_cb) that cancels the live children. Replaced (mu) only when a
+   * spawn comes under another attempt token (a retry with an attempt
+   * timeout: the last attempt's children all ended). The family holds a
+   * reference, and each child one, taken by its submit. */
+  _Atomic(apex_token_t *) shared;
+  _Atomic(apex_token_t *) shared_up;
+  uint64_t shared_cb; /* (mu) */
 };
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
@@ -150,11 +166,18 @@ static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth)
   f->run = r;
   f->depth = depth;
   atomic_init(&f->dirty, 0);
+  atomic_init(&f->shared, NULL);
+  atomic_init(&f->shared_up, NULL);
   return f;
 }
 
 void apex__family_free(apex__family_t *f) {
   if (!f) return;
+  apex_token_t *sh = atomic_load(&f->shared);
+  if (sh) { /* its callback must not run on a freed family */
+    apex_token_remove_callback(sh, f->shared_cb);
+    apex_token_unref(sh);
+  }
   for (size_t i = 0; i < f->n; i++) {
     apex_child_t *n = f->kids[i];
     apex_progress_unref(n->last);
@@ -227,6 +250,59 @@ static void cancel_live(apex__family_t *f) {
     apex__task_unref(v[i]);
   }
   free(v);
+}
+
+/* The shared token fired (its attempt token did: a cancel, a deadline,
+ * shutdown): every token below it is marked already, so a child that
+ * carries it reads as cancelled and never starts; this ends the queued
+ * ones and tells the running ones' cancel callbacks. */
+static void shared_fired(apex_token_t *tok, const char *reason, void *user) {
+  (void)tok;
+  (void)reason;
+  cancel_live(user);
+}
+
+/* Returns: the token children spawned under attempt token up carry
+ * (borrowed: the family holds it), made on the first spawn under up;
+ * NULL on no memory. A child needs no token of its own (most never ask):
+ * a cancel of the parent marks the shared one, and with it every child's
+ * token made since (its children), before any callback runs, as the
+ * token tree always did; the shared token's callback then ends what is
+ * queued. So a spawn costs a reference instead of a token (256 bytes, and
+ * the parent token's lock at its making and at its free: bench/analysis.md,
+ * W11). No lock held. */
+static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
+  /* shared is stored before shared_up (release): the one read goes with
+   * the up compared. */
+  if (atomic_load_explicit(&f->shared_up, memory_order_acquire) == up)
+    return atomic_load_explicit(&f->shared, memory_order_relaxed);
+  apex_token_t *sh = NULL, *old;
+  uint64_t cb = 0, old_cb;
+  if (apex__token_new_shared(up, &sh) != APEX_OK) return NULL;
+  /* The token's inline callback node: no allocation. Born cancelled (up
+   * fired since the caller looked), it runs now: nothing is live to end. */
+  if (apex_token_on_cancel(sh, shared_fired, f, &cb) != APEX_OK) {
+    apex_token_unref(sh);
+    return NULL;
+  }
+  pthread_mutex_lock(&f->mu);
+  if (atomic_load_explicit(&f->shared_up, memory_order_relaxed) == up) {
+    old = sh; /* another spawn made it first */
+    old_cb = cb;
+    sh = atomic_load_explicit(&f->shared, memory_order_relaxed);
+  } else {
+    old = atomic_load_explicit(&f->shared, memory_order_relaxed);
+    old_cb = f->shared_cb;
+    atomic_store_explicit(&f->shared, sh, memory_order_relaxed);
+    f->shared_cb = cb;
+    atomic_store_explicit(&f->shared_up, up, memory_order_release);
+  }
+  pthread_mutex_unlock(&f->mu);
+  if (old) {
+    apex_token_remove_callback(old, old_cb);
+    apex_token_unref(old);
+  }
+  return sh;
 }
 
 static int node_state(const apex_child_t *n);
@@ -326,6 +402,8 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   if (apex_token_is_cancelled(tok))
     return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn %s.%s: the task is cancelled (%s)", plugin,
                   action, apex_token_reason(tok));
+  apex_token_t *sh = family_shared(f, tok);
+  if (!sh) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
 
   apex_child_t *n = calloc(1, sizeof *n);
   if (!n || (o.label && !(n->label = strdup(o.label)))) {
@@ -370,9 +448,9 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     memcpy(&so, o.submit, sz);
     so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
   }
-  so.parent = tok;
+  so.parent = NULL; /* the family's shared token serves (sp.tok) */
   if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
-  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap};
+  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, &so, &sp, NULL, &ct, &err);
@@ -402,8 +480,16 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   /* It may have ended already (settled then): its end could not let the
    * task go before it was set. */
   apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
+  /* The shared token fired before the node had its task: its callback
+   * could not end it, so this does (it would never start anyway). */
+  apex_task_t *late = NULL;
+  if (!n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = ct);
   pthread_mutex_unlock(&f->mu);
   if (drop) apex__task_unref(drop);
+  if (late) {
+    (void)apex__task_cancel(late, APEX__CAUSE_PARENT, "parent");
+    apex__task_unref(late);
+  }
   *out = n;
   return APEX_OK;
 }
