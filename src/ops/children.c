@@ -441,19 +441,24 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   }
   pthread_mutex_unlock(&f->mu);
 
-  apex_submit_opts_t so;
-  apex_submit_opts_init(&so);
-  if (o.submit) {
-    size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
-    memcpy(&so, o.submit, sz);
-    so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
+  /* Without submit options or a timeout of its own, the defaults: no
+   * options at all (what a zeroed block would say, without its copy). */
+  apex_submit_opts_t so, *sop = NULL;
+  if (o.submit || o.timeout_s != 0) {
+    apex_submit_opts_init(&so);
+    if (o.submit) {
+      size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
+      memcpy(&so, o.submit, sz);
+      so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
+    }
+    so.parent = NULL; /* the family's shared token serves (sp.tok) */
+    if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
+    sop = &so;
   }
-  so.parent = NULL; /* the family's shared token serves (sp.tok) */
-  if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
   apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
-  int rc = apex__submit(m, plugin, action, params, &so, &sp, NULL, &ct, &err);
+  int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
   pthread_mutex_lock(&f->mu);
   if (rc != APEX_OK) {
     for (size_t i = f->n; i-- > 0;) {
@@ -519,7 +524,6 @@ void apex__child_ended(apex_task_t *t) {
   pthread_mutex_lock(&f->mu);
   n->ended = 1;
   f->n_live--;
-  f->busy++;
   apex_child_fn fn = n->u.on_end.fn;
   void *user = n->u.on_end.user;
   n->final = (uint8_t)atomic_load(&t->state);
@@ -527,11 +531,20 @@ void apex__child_ended(apex_task_t *t) {
   /* t is held by the thread that ended it (this one), which wrote its
    * outcome: read without t's lock. */
   apex_task_t *gone = n->task && let_go(t) ? let_go_locked(n) : NULL;
+  /* The parent's roll-up is queued once per flush: most ends find it
+   * queued. An end with nothing more to do (no callback, no roll-up to
+   * queue, other children still live) is this one section: the family,
+   * which may go once it is left (the parent's last reference), is not
+   * touched again. Otherwise busy holds it (and the parent). */
+  int flush = !atomic_exchange(&f->dirty, 1);
+  int more = fn || flush || !f->n_live;
+  if (more) f->busy++;
   pthread_cond_broadcast(&f->cv);
   pthread_mutex_unlock(&f->mu);
   if (gone) apex__task_unref(gone); /* not the last: this thread holds t */
   /* From here t may go at any time (its node is no longer its). */
-  if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(m, f->parent);
+  if (!more) return;
+  if (flush) apex__flush_request(m, f->parent);
   if (fn) fn(&f->run->ctx, n, user);
   pthread_mutex_lock(&f->mu);
   f->busy--;
