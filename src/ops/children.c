@@ -92,6 +92,17 @@ struct apex_child {
   } u;
 };
 
+/* Nodes are carved from chunks the family owns (freed with it, as the
+ * nodes always were): a spawn costs no allocation of its own for its
+ * node. The first chunk holds NODES_FIRST, each next one twice the last,
+ * up to NODES_MAX (a family of one child keeps one small chunk). */
+enum { NODES_FIRST = 8, NODES_MAX = 512 };
+typedef struct node_chunk {
+  struct node_chunk *next;
+  size_t used, cap;
+  apex_child_t nodes[];
+} node_chunk_t;
+
 struct apex__family {
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -102,6 +113,7 @@ struct apex__family {
   double own_weight;
   apex_child_t **kids;
   size_t n, cap;
+  node_chunk_t *chunks; /* the newest first (mu) */
   size_t n_live;
   /* The roll-up's running sums (mu): the weight of every child, and the
    * counts and weighted percentage of the settled ones (ended, task set:
@@ -183,7 +195,10 @@ void apex__family_free(apex__family_t *f) {
     apex_progress_unref(n->last);
     if (n->task) apex__task_unref(n->task);
     free(n->label);
-    free(n);
+  }
+  for (node_chunk_t *c = f->chunks, *next; c; c = next) {
+    next = c->next;
+    free(c);
   }
   free(f->kids);
   pthread_mutex_destroy(&f->mu);
@@ -342,6 +357,29 @@ static apex_task_t *let_go_locked(apex_child_t *n) {
 
 /* ------------------------------------------------------------ spawn */
 
+/* Under f->mu: a zeroed node from f's chunks, with room made for it in
+ * f->kids; NULL on no memory (nothing changed). A node whose spawn failed
+ * stays unused in its chunk until the family goes. */
+static apex_child_t *node_new_locked(apex__family_t *f) {
+  if (f->n == f->cap) {
+    size_t cap2 = f->cap ? f->cap * 2 : 8;
+    apex_child_t **k2 = realloc(f->kids, cap2 * sizeof *k2);
+    if (!k2) return NULL;
+    f->kids = k2;
+    f->cap = cap2;
+  }
+  node_chunk_t *c = f->chunks;
+  if (!c || c->used == c->cap) {
+    size_t cap = c ? (c->cap * 2 < NODES_MAX ? c->cap * 2 : NODES_MAX) : NODES_FIRST;
+    node_chunk_t *c2 = calloc(1, sizeof *c2 + cap * sizeof c2->nodes[0]);
+    if (!c2) return NULL;
+    c2->cap = cap;
+    c2->next = c;
+    f->chunks = c = c2;
+  }
+  return &c->nodes[c->used++]; /* calloc zeroed it */
+}
+
 static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json_t *params,
                      const apex_spawn_opts_t *uo, apex_child_t **out) {
   apex__run_t *r = run_of(c);
@@ -405,33 +443,25 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   apex_token_t *sh = family_shared(f, tok);
   if (!sh) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
 
-  apex_child_t *n = calloc(1, sizeof *n);
-  if (!n || (o.label && !(n->label = strdup(o.label)))) {
-    free(n);
+  char *label = NULL;
+  if (o.label && !(label = strdup(o.label)))
+    return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
+  pthread_mutex_lock(&f->mu);
+  if (f->complete_pending) {
+    pthread_mutex_unlock(&f->mu);
+    free(label);
+    apex__ctx_misuse(m, pid, "apex_ctx_spawn");
+    return APEX_E_INVALID;
+  }
+  apex_child_t *n = node_new_locked(f);
+  if (!n) {
+    pthread_mutex_unlock(&f->mu);
+    free(label);
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   }
   n->fam = f;
   n->weight = o.weight;
-  pthread_mutex_lock(&f->mu);
-  if (f->complete_pending) {
-    pthread_mutex_unlock(&f->mu);
-    free(n->label);
-    free(n);
-    apex__ctx_misuse(m, pid, "apex_ctx_spawn");
-    return APEX_E_INVALID;
-  }
-  if (f->n == f->cap) {
-    size_t cap2 = f->cap ? f->cap * 2 : 8;
-    apex_child_t **k2 = realloc(f->kids, cap2 * sizeof *k2);
-    if (!k2) {
-      pthread_mutex_unlock(&f->mu);
-      free(n->label);
-      free(n);
-      return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
-    }
-    f->kids = k2;
-    f->cap = cap2;
-  }
+  n->label = label;
   f->kids[f->n++] = n;
   f->sw += n->weight;
   f->n_live++;
@@ -475,7 +505,6 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     pthread_mutex_unlock(&f->mu);
     if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
     free(n->label);
-    free(n);
     refuse(r, rc, "apex_ctx_spawn: %s", apex_error_message(err));
     apex_error_unref(err);
     return rc;
