@@ -236,16 +236,22 @@ static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex
 static void cancel_live(apex__family_t *f) {
   pthread_mutex_lock(&f->mu);
   size_t k = 0;
-  apex_task_t **v = f->n_live ? malloc(f->n * sizeof *v) : NULL;
-  for (size_t i = 0; v && i < f->n; i++) {
+  /* At most n_live children are live with a task: the list holds those. */
+  apex_task_t **v = f->n_live ? malloc(f->n_live * sizeof *v) : NULL;
+  for (size_t i = f->open_lo; v && i < f->n && k < f->n_live; i++) {
     apex_child_t *n = f->kids[i];
     if (!n->ended && n->task) {
       apex__task_ref(n->task);
       v[k++] = n->task;
     }
   }
+  /* Without the list, the loop below reads f between cancels, and a
+   * cancel may end the last child (the family's parent reference goes):
+   * the parent, and with it f, is held here for the loop. */
+  apex_task_t *hold = !v && f->n_live && f->holds_parent ? f->parent : NULL;
+  if (hold) apex__task_ref(hold);
   pthread_mutex_unlock(&f->mu);
-  if (!v && f->n_live) { /* no memory for the list: one at a time */
+  if (hold) { /* no memory for the list: one at a time */
     for (size_t i = 0;; i++) {
       pthread_mutex_lock(&f->mu);
       apex_task_t *ct = NULL;
@@ -258,6 +264,7 @@ static void cancel_live(apex__family_t *f) {
       }
       if (i >= n) break;
     }
+    apex__task_unref(hold);
     return;
   }
   for (size_t i = 0; i < k; i++) {
