@@ -7,7 +7,9 @@
 
 /* As apex_token_new_child, marked shared: the token a parent's children
  * carry as theirs until one needs a token of its own (ops/children.c).
- * apex__task_token then makes that child one, linked below this. */
+ * apex__task_token then makes that child one, linked below this.
+ * Returns: as apex_token_new_child. Ownership: *out is the caller's (one
+ * reference). Thread-safety: as apex_token_new_child. */
 apex_status_t apex__token_new_shared(apex_token_t *parent, apex_token_t **out);
 /* Returns: 1 if tok is a shared token not cancelled yet (a task that
  * carries it gets its own on demand), else 0. A cancelled shared token
