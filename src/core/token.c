@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "apex/apex.h"
+#include "core/token_internal.h"
 
 /* Apex's own reasons ("parent", "timeout", "shutdown", ...) and most of a
  * host's fit inline; a longer one is copied to the heap at the cancel. */
@@ -79,7 +80,10 @@ struct apex_token {
    * task's on its own token, a wait's) costs no allocation; in use while
    * cb_inline_used (mu). */
   token_cb_t cb_inline;
-  int cb_inline_used;
+  uint8_t cb_inline_used;
+  /* A family's shared token (apex__token_new_shared): set before the token
+   * is shared, immutable after. */
+  uint8_t shared;
   int fd; /* eventfd, -1 until apex_token_fd asks */
   uint64_t next_id;
   uint64_t running_id; /* callback being run by the canceller; 0: none */
@@ -216,6 +220,16 @@ apex_status_t apex_token_new_child(apex_token_t *parent, apex_token_t **out) {
   unlock(parent);
   *out = child;
   return APEX_OK;
+}
+
+apex_status_t apex__token_new_shared(apex_token_t *parent, apex_token_t **out) {
+  apex_status_t rc = apex_token_new_child(parent, out);
+  if (rc == APEX_OK) (*out)->shared = 1; /* not shared with anyone yet */
+  return rc;
+}
+
+int apex__token_shared_open(const apex_token_t *tok) {
+  return tok->shared && !apex_token_is_cancelled(tok);
 }
 
 apex_token_t *apex_token_ref(apex_token_t *tok) {

@@ -39,6 +39,7 @@
 #include "core/log.h"
 #include "core/policy.h"
 #include "core/progress_tree.h"
+#include "core/token_internal.h"
 #include "exec/lock.h"
 #include "obs/trace.h"
 #include "plugin/loader.h"

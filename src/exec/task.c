@@ -55,9 +55,11 @@ static void slot_free(apex__progress_slot_t *s) {
 
 apex_token_t *apex__task_token(apex_task_t *t) {
   apex_token_t *tok = apex__task_token_peek(t);
-  if (tok) return tok;
-  if (apex_token_new(&tok) != APEX_OK) return NULL;
-  apex_token_t *seen = NULL;
+  /* A child carries its family's shared token until it needs its own, a
+   * child of that one (ops/children.c). */
+  if (tok && !apex__token_shared_open(tok)) return tok;
+  apex_token_t *shared = tok, *seen = tok;
+  if ((shared ? apex_token_new_child(shared, &tok) : apex_token_new(&tok)) != APEX_OK) return NULL;
   /* Under the lock, where a cancel without a token marks the attempt
    * (oc_fired): a token made after that must say so too. */
   pthread_mutex_t *mu = apex__task_mu(t);
@@ -70,6 +72,7 @@ apex_token_t *apex__task_token(apex_task_t *t) {
     apex_token_unref(tok); /* another thread made it first */
     return seen;
   }
+  apex_token_unref(shared); /* t's reference; tok, linked below it, holds one */
   if (fired) apex_token_cancel(tok, apex__cause_name(APEX__CAUSE_USER));
   return tok;
 }

@@ -7,7 +7,12 @@
  * task is freed. A family holds a node (apex_child_t, the handle a plugin
  * gets) per child it ever spawned, each with a reference on its child
  * task, so the outcome stays readable and the roll-up can list it; the
- * nodes go with the family. A child task points at its node (its opts,
+ * nodes go with the family. A child that succeeded with no result is let
+ * go at its end: its node keeps its final state and names, which is all
+ * its outcome and its line in the roll-up need, and drops the reference,
+ * so a wide fan-out keeps about 90 bytes per ended child instead of its
+ * task, options and token (fresh memory for every child otherwise:
+ * bench/analysis.md, W11). A child task points at its node (its opts,
  * immutable) only while it is live: the family holds a reference on the
  * parent while a child is live or a child's end is being processed
  * (n_live, busy), so the parent, its family and the nodes outlive every
@@ -19,10 +24,17 @@
  * code runs while it is held. Cancels, callbacks, completes and deadline
  * firings all happen after it is released.
  *
- * Cascade: a child's token is a child of the parent attempt's token, so
+ * Cascade: a child's token descends from the parent attempt's token, so
  * every cancel of the parent (user, timeout, shutdown, its own parent)
- * reaches the whole tree at once through the tokens (manager.c ends a
- * queued child when its token fires). The parent's attempt waits for its
+ * reaches the whole tree at once through the tokens. The children share
+ * one token, the family's (family_shared: a child of the attempt token),
+ * until one needs its own (a cancellable sleep, a cancel fd, a cancel of
+ * that child alone: apex__task_token makes it below the shared one), so a
+ * spawn makes no token. The shared token is marked with the rest of the
+ * tree before any callback runs, so a child that carries it reads as
+ * cancelled at once and never starts; its one callback then ends the
+ * queued children and tells the running ones' cancel callbacks
+ * (cancel_live). The parent's attempt waits for its
  * children: a blocking handler's return waits on the worker
  * (apex__family_settle), a deferred one's complete is held and run by the
  * last child's end (apex__family_defer_complete), and a deadline that
@@ -51,7 +63,12 @@
 
 struct apex_child {
   apex__family_t *fam;
-  apex_task_t *task;     /* a reference; NULL until its submit returned (mu) */
+  /* A reference (mu); NULL until its submit returned, and again once the
+   * child succeeded with no result (let_go): the node then answers for it
+   * from final and names, and the task's memory goes back to malloc while
+   * the family lives on (a fan-out of 200,000 children kept every child's
+   * task, options and token: bench/analysis.md, W11). */
+  apex_task_t *task;
   uint64_t id;           /* (mu) */
   double weight;
   char *label;           /* NULL: "plugin.action" */
@@ -59,9 +76,32 @@ struct apex_child {
   uint8_t ended;         /* (mu) */
   uint8_t on_end_set;    /* (mu) */
   uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
-  apex_child_fn on_end;  /* (mu) taken when it runs */
-  void *on_end_user;
+  uint8_t final;         /* its terminal state, once ended (mu) */
+  uint8_t let_go;        /* task dropped: the names below answer for it (mu) */
+  /* Two lives that never overlap (mu): until it ends, the end callback
+   * (taken when it runs); once it ended, its plugin's and action's names
+   * (static while the manager lives), read when task is NULL. */
+  union {
+    struct {
+      apex_child_fn fn;
+      void *user;
+    } on_end;
+    struct {
+      const char *plugin, *action;
+    } names;
+  } u;
 };
+
+/* Nodes are carved from chunks the family owns (freed with it, as the
+ * nodes always were): a spawn costs no allocation of its own for its
+ * node. The first chunk holds NODES_FIRST, each next one twice the last,
+ * up to NODES_MAX (a family of one child keeps one small chunk). */
+enum { NODES_FIRST = 8, NODES_MAX = 512 };
+typedef struct node_chunk {
+  struct node_chunk *next;
+  size_t used, cap;
+  apex_child_t nodes[];
+} node_chunk_t;
 
 struct apex__family {
   pthread_mutex_t mu;
@@ -73,6 +113,7 @@ struct apex__family {
   double own_weight;
   apex_child_t **kids;
   size_t n, cap;
+  node_chunk_t *chunks; /* the newest first (mu) */
   size_t n_live;
   /* The roll-up's running sums (mu): the weight of every child, and the
    * counts and weighted percentage of the settled ones (ended, task set:
@@ -89,6 +130,15 @@ struct apex__family {
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
+  /* The children's shared token (family_shared): a child of the attempt
+   * token shared_up, made by the first spawn under it, with one callback
+   * (shared_cb) that cancels the live children. Replaced (mu) only when a
+   * spawn comes under another attempt token (a retry with an attempt
+   * timeout: the last attempt's children all ended). The family holds a
+   * reference, and each child one, taken by its submit. */
+  _Atomic(apex_token_t *) shared;
+  _Atomic(apex_token_t *) shared_up;
+  uint64_t shared_cb; /* (mu) */
 };
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
@@ -128,17 +178,27 @@ static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth)
   f->run = r;
   f->depth = depth;
   atomic_init(&f->dirty, 0);
+  atomic_init(&f->shared, NULL);
+  atomic_init(&f->shared_up, NULL);
   return f;
 }
 
 void apex__family_free(apex__family_t *f) {
   if (!f) return;
+  apex_token_t *sh = atomic_load(&f->shared);
+  if (sh) { /* its callback must not run on a freed family */
+    apex_token_remove_callback(sh, f->shared_cb);
+    apex_token_unref(sh);
+  }
   for (size_t i = 0; i < f->n; i++) {
     apex_child_t *n = f->kids[i];
     apex_progress_unref(n->last);
     if (n->task) apex__task_unref(n->task);
     free(n->label);
-    free(n);
+  }
+  for (node_chunk_t *c = f->chunks, *next; c; c = next) {
+    next = c->next;
+    free(c);
   }
   free(f->kids);
   pthread_mutex_destroy(&f->mu);
@@ -176,16 +236,22 @@ static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex
 static void cancel_live(apex__family_t *f) {
   pthread_mutex_lock(&f->mu);
   size_t k = 0;
-  apex_task_t **v = f->n_live ? malloc(f->n * sizeof *v) : NULL;
-  for (size_t i = 0; v && i < f->n; i++) {
+  /* At most n_live children are live with a task: the list holds those. */
+  apex_task_t **v = f->n_live ? malloc(f->n_live * sizeof *v) : NULL;
+  for (size_t i = f->open_lo; v && i < f->n && k < f->n_live; i++) {
     apex_child_t *n = f->kids[i];
     if (!n->ended && n->task) {
       apex__task_ref(n->task);
       v[k++] = n->task;
     }
   }
+  /* Without the list, the loop below reads f between cancels, and a
+   * cancel may end the last child (the family's parent reference goes):
+   * the parent, and with it f, is held here for the loop. */
+  apex_task_t *hold = !v && f->n_live && f->holds_parent ? f->parent : NULL;
+  if (hold) apex__task_ref(hold);
   pthread_mutex_unlock(&f->mu);
-  if (!v && f->n_live) { /* no memory for the list: one at a time */
+  if (hold) { /* no memory for the list: one at a time */
     for (size_t i = 0;; i++) {
       pthread_mutex_lock(&f->mu);
       apex_task_t *ct = NULL;
@@ -198,6 +264,7 @@ static void cancel_live(apex__family_t *f) {
       }
       if (i >= n) break;
     }
+    apex__task_unref(hold);
     return;
   }
   for (size_t i = 0; i < k; i++) {
@@ -207,20 +274,118 @@ static void cancel_live(apex__family_t *f) {
   free(v);
 }
 
+/* The shared token fired (its attempt token did: a cancel, a deadline,
+ * shutdown): every token below it is marked already, so a child that
+ * carries it reads as cancelled and never starts; this ends the queued
+ * ones and tells the running ones' cancel callbacks. */
+static void shared_fired(apex_token_t *tok, const char *reason, void *user) {
+  (void)tok;
+  (void)reason;
+  cancel_live(user);
+}
+
+/* Returns: the token children spawned under attempt token up carry
+ * (borrowed: the family holds it), made on the first spawn under up;
+ * NULL on no memory. A child needs no token of its own (most never ask):
+ * a cancel of the parent marks the shared one, and with it every child's
+ * token made since (its children), before any callback runs, as the
+ * token tree always did; the shared token's callback then ends what is
+ * queued. So a spawn costs a reference instead of a token (256 bytes, and
+ * the parent token's lock at its making and at its free: bench/analysis.md,
+ * W11). No lock held. */
+static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
+  /* shared is stored before shared_up (release): the one read goes with
+   * the up compared. */
+  if (atomic_load_explicit(&f->shared_up, memory_order_acquire) == up)
+    return atomic_load_explicit(&f->shared, memory_order_relaxed);
+  apex_token_t *sh = NULL, *old;
+  uint64_t cb = 0, old_cb;
+  if (apex__token_new_shared(up, &sh) != APEX_OK) return NULL;
+  /* The token's inline callback node: no allocation. Born cancelled (up
+   * fired since the caller looked), it runs now: nothing is live to end. */
+  if (apex_token_on_cancel(sh, shared_fired, f, &cb) != APEX_OK) {
+    apex_token_unref(sh);
+    return NULL;
+  }
+  pthread_mutex_lock(&f->mu);
+  if (atomic_load_explicit(&f->shared_up, memory_order_relaxed) == up) {
+    old = sh; /* another spawn made it first */
+    old_cb = cb;
+    sh = atomic_load_explicit(&f->shared, memory_order_relaxed);
+  } else {
+    old = atomic_load_explicit(&f->shared, memory_order_relaxed);
+    old_cb = f->shared_cb;
+    atomic_store_explicit(&f->shared, sh, memory_order_relaxed);
+    f->shared_cb = cb;
+    atomic_store_explicit(&f->shared_up, up, memory_order_release);
+  }
+  pthread_mutex_unlock(&f->mu);
+  if (old) {
+    apex_token_remove_callback(old, old_cb);
+    apex_token_unref(old);
+  }
+  return sh;
+}
+
 static int node_state(const apex_child_t *n);
 static double node_pct(const apex_child_t *n);
 
-/* Under f->mu: n's end and its task are both known now: its state is
- * final, so it joins the settled sums. */
+/* Under f->mu: n ended: its state is final, so it joins the settled
+ * sums. */
 static void settle_locked(apex__family_t *f, apex_child_t *n) {
-  if (n->settled || !n->ended || !n->task) return;
+  if (n->settled || !n->ended) return;
   n->settled = 1;
   int st = node_state(n);
   if (st >= 0 && st <= APEX_TASK_SCHEDULED) f->settled_counts[st]++;
   f->swp_settled += n->weight * node_pct(n);
 }
 
+/* Returns: 1 if the node of ended child t needs nothing of t that it
+ * cannot keep itself: t succeeded with no result (json null, a static
+ * object: apex_ctx_child_outcome gives it without t). A failed or
+ * cancelled child's error and a result stay in t, held by the node. The
+ * caller holds t and sees its outcome (it ended it, or f->mu ordered the
+ * end before). */
+static int let_go(apex_task_t *t) {
+  return atomic_load(&t->state) == APEX_TASK_SUCCEEDED &&
+         (!t->out.result || json_is_null(t->out.result));
+}
+
+/* Under f->mu: n's task (ended, let_go) is dropped; returns it for the
+ * caller to unref after the unlock. Its names stay for the roll-up. */
+static apex_task_t *let_go_locked(apex_child_t *n) {
+  apex_task_t *t = n->task;
+  n->u.names.plugin = t->plugin->desc.name;
+  n->u.names.action = t->action->name;
+  n->let_go = 1;
+  n->task = NULL;
+  return t;
+}
+
 /* ------------------------------------------------------------ spawn */
+
+/* Under f->mu: a zeroed node from f's chunks, with room made for it in
+ * f->kids; NULL on no memory (nothing changed). A node whose spawn failed
+ * stays unused in its chunk until the family goes. */
+static apex_child_t *node_new_locked(apex__family_t *f) {
+  if (f->n == f->cap) {
+    size_t cap2 = f->cap ? f->cap * 2 : 8;
+    apex_child_t **k2 = realloc(f->kids, cap2 * sizeof *k2);
+    if (!k2) return NULL;
+    f->kids = k2;
+    f->cap = cap2;
+  }
+  node_chunk_t *c = f->chunks;
+  if (!c || c->used == c->cap) {
+    size_t cap = c ? (c->cap * 2 < NODES_MAX ? c->cap * 2 : NODES_MAX) : NODES_FIRST;
+    node_chunk_t *c2 = calloc(1, sizeof *c2 + cap * sizeof c2->nodes[0]);
+    if (!c2) return NULL;
+    c2->cap = cap;
+    c2->next = c;
+    f->chunks = c = c2;
+  }
+  return &c->nodes[c->used++]; /* calloc zeroed it */
+}
 
 static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json_t *params,
                      const apex_spawn_opts_t *uo, apex_child_t **out) {
@@ -282,34 +447,28 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   if (apex_token_is_cancelled(tok))
     return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn %s.%s: the task is cancelled (%s)", plugin,
                   action, apex_token_reason(tok));
+  apex_token_t *sh = family_shared(f, tok);
+  if (!sh) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
 
-  apex_child_t *n = calloc(1, sizeof *n);
-  if (!n || (o.label && !(n->label = strdup(o.label)))) {
-    free(n);
+  char *label = NULL;
+  if (o.label && !(label = strdup(o.label)))
+    return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
+  pthread_mutex_lock(&f->mu);
+  if (f->complete_pending) {
+    pthread_mutex_unlock(&f->mu);
+    free(label);
+    apex__ctx_misuse(m, pid, "apex_ctx_spawn");
+    return APEX_E_INVALID;
+  }
+  apex_child_t *n = node_new_locked(f);
+  if (!n) {
+    pthread_mutex_unlock(&f->mu);
+    free(label);
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   }
   n->fam = f;
   n->weight = o.weight;
-  pthread_mutex_lock(&f->mu);
-  if (f->complete_pending) {
-    pthread_mutex_unlock(&f->mu);
-    free(n->label);
-    free(n);
-    apex__ctx_misuse(m, pid, "apex_ctx_spawn");
-    return APEX_E_INVALID;
-  }
-  if (f->n == f->cap) {
-    size_t cap2 = f->cap ? f->cap * 2 : 8;
-    apex_child_t **k2 = realloc(f->kids, cap2 * sizeof *k2);
-    if (!k2) {
-      pthread_mutex_unlock(&f->mu);
-      free(n->label);
-      free(n);
-      return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
-    }
-    f->kids = k2;
-    f->cap = cap2;
-  }
+  n->label = label;
   f->kids[f->n++] = n;
   f->sw += n->weight;
   f->n_live++;
@@ -319,19 +478,24 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   }
   pthread_mutex_unlock(&f->mu);
 
-  apex_submit_opts_t so;
-  apex_submit_opts_init(&so);
-  if (o.submit) {
-    size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
-    memcpy(&so, o.submit, sz);
-    so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
+  /* Without submit options or a timeout of its own, the defaults: no
+   * options at all (what a zeroed block would say, without its copy). */
+  apex_submit_opts_t so, *sop = NULL;
+  if (o.submit || o.timeout_s != 0) {
+    apex_submit_opts_init(&so);
+    if (o.submit) {
+      size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
+      memcpy(&so, o.submit, sz);
+      so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
+    }
+    so.parent = NULL; /* the family's shared token serves (sp.tok) */
+    if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
+    sop = &so;
   }
-  so.parent = tok;
-  if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
-  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap};
+  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
-  int rc = apex__submit(m, plugin, action, params, &so, &sp, NULL, &ct, &err);
+  int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
   pthread_mutex_lock(&f->mu);
   if (rc != APEX_OK) {
     for (size_t i = f->n; i-- > 0;) {
@@ -348,15 +512,25 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     pthread_mutex_unlock(&f->mu);
     if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
     free(n->label);
-    free(n);
     refuse(r, rc, "apex_ctx_spawn: %s", apex_error_message(err));
     apex_error_unref(err);
     return rc;
   }
   n->task = ct; /* the handle's reference, now the node's */
   n->id = apex_task_id(ct);
-  settle_locked(f, n); /* it may have ended already */
+  /* It may have ended already (settled then): its end could not let the
+   * task go before it was set. */
+  apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
+  /* The shared token fired before the node had its task: its callback
+   * could not end it, so this does (it would never start anyway). */
+  apex_task_t *late = NULL;
+  if (!n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = ct);
   pthread_mutex_unlock(&f->mu);
+  if (drop) apex__task_unref(drop);
+  if (late) {
+    (void)apex__task_cancel(late, APEX__CAUSE_PARENT, "parent");
+    apex__task_unref(late);
+  }
   *out = n;
   return APEX_OK;
 }
@@ -385,16 +559,28 @@ void apex__child_ended(apex_task_t *t) {
   apex_manager_t *m = apex__task_m(f->parent);
   pthread_mutex_lock(&f->mu);
   n->ended = 1;
-  settle_locked(f, n);
   f->n_live--;
-  f->busy++;
-  apex_child_fn fn = n->on_end;
-  void *user = n->on_end_user;
-  n->on_end = NULL;
+  apex_child_fn fn = n->u.on_end.fn;
+  void *user = n->u.on_end.user;
+  n->final = (uint8_t)atomic_load(&t->state);
+  settle_locked(f, n);
+  /* t is held by the thread that ended it (this one), which wrote its
+   * outcome: read without t's lock. */
+  apex_task_t *gone = n->task && let_go(t) ? let_go_locked(n) : NULL;
+  /* The parent's roll-up is queued once per flush: most ends find it
+   * queued. An end with nothing more to do (no callback, no roll-up to
+   * queue, other children still live) is this one section: the family,
+   * which may go once it is left (the parent's last reference), is not
+   * touched again. Otherwise busy holds it (and the parent). */
+  int flush = !atomic_exchange(&f->dirty, 1);
+  int more = fn || flush || !f->n_live;
+  if (more) f->busy++;
   pthread_cond_broadcast(&f->cv);
   pthread_mutex_unlock(&f->mu);
+  if (gone) apex__task_unref(gone); /* not the last: this thread holds t */
   /* From here t may go at any time (its node is no longer its). */
-  if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(m, f->parent);
+  if (!more) return;
+  if (flush) apex__flush_request(m, f->parent);
   if (fn) fn(&f->run->ctx, n, user);
   pthread_mutex_lock(&f->mu);
   f->busy--;
@@ -510,6 +696,7 @@ static json_t *copy_tree(json_t *arr, int levels) {
 }
 
 static int node_state(const apex_child_t *n) {
+  if (n->ended) return n->final;
   return n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
 }
 
@@ -517,10 +704,7 @@ static int node_state(const apex_child_t *n) {
  * (succeeded or failed) did its part; one cancelled or timed out did what
  * it reported, so a cancelled tree does not add up to a full bar. */
 static double node_pct(const apex_child_t *n) {
-  if (n->ended) {
-    int st = n->task ? (int)atomic_load(&n->task->state) : APEX_TASK_QUEUED;
-    if (st == APEX_TASK_SUCCEEDED || st == APEX_TASK_FAILED) return 100.0;
-  }
+  if (n->ended && (n->final == APEX_TASK_SUCCEEDED || n->final == APEX_TASK_FAILED)) return 100.0;
   return n->last ? apex_progress_percentage(n->last) : 0.0;
 }
 
@@ -534,8 +718,8 @@ static double node_shown_pct(const apex_child_t *n, int st) {
 
 static json_t *node_json(const apex_child_t *n, int st) {
   char name[300];
-  const char *pl = n->task ? n->task->plugin->desc.name : "?";
-  const char *ac = n->task ? n->task->action->name : "?";
+  const char *pl = n->task ? n->task->plugin->desc.name : n->let_go ? n->u.names.plugin : "?";
+  const char *ac = n->task ? n->task->action->name : n->let_go ? n->u.names.action : "?";
   snprintf(name, sizeof name, "%s.%s", pl, ac);
   json_t *o = json_pack("{s:s, s:s, s:I, s:f, s:s, s:f, s:s}", "name", n->label ? n->label : name,
                         "action", name, "task", (json_int_t)n->id, "weight", n->weight, "status",
@@ -701,8 +885,8 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
   child->on_end_set = 1;
   int now = child->ended;
   if (!now) {
-    child->on_end = fn;
-    child->on_end_user = user;
+    child->u.on_end.fn = fn;
+    child->u.on_end.user = user;
   }
   pthread_mutex_unlock(&f->mu);
   if (now) fn(c, child, user);
@@ -718,25 +902,36 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
   if (!mine(f, child))
     return refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
   pthread_mutex_lock(&f->mu);
-  int ended = child->ended;
+  int ended = child->ended, let = child->let_go;
   apex_task_t *ct = child->task;
+  if (ct) apex__task_ref(ct); /* a spawn racing on another thread may let it go */
   pthread_mutex_unlock(&f->mu);
+  if (let) { /* succeeded with no result (let_go) */
+    if (state) *state = APEX_TASK_SUCCEEDED;
+    if (result) *result = json_null();
+    return APEX_OK;
+  }
   if (!ct) { /* its submit has not returned yet (a spawn on another thread) */
     if (state) *state = APEX_TASK_QUEUED;
     return APEX_E_AGAIN;
   }
   int st = (int)apex_task_state(ct);
   if (state) *state = st;
-  if (!ended) return APEX_E_AGAIN;
-  if (st == APEX_TASK_SUCCEEDED) {
+  int rc;
+  if (!ended) {
+    rc = APEX_E_AGAIN;
+  } else if (st == APEX_TASK_SUCCEEDED) {
     if (result) *result = apex_task_result(ct);
-    return APEX_OK;
+    rc = APEX_OK;
+  } else {
+    apex_error_t *e = apex_task_error(ct);
+    int code = apex_error_code(e);
+    if (error) *error = apex_error_to_json(e);
+    apex_error_unref(e);
+    rc = code == APEX_OK ? APEX_E_EXECUTION : code;
   }
-  apex_error_t *e = apex_task_error(ct);
-  int code = apex_error_code(e);
-  if (error) *error = apex_error_to_json(e);
-  apex_error_unref(e);
-  return code == APEX_OK ? APEX_E_EXECUTION : code;
+  apex__task_unref(ct);
+  return rc;
 }
 
 static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {

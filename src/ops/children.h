@@ -16,6 +16,9 @@ typedef struct apex__spawn_info {
   uint64_t parent_id;
   uint8_t depth;           /* the child's: parent's + 1 */
   uint64_t cap_ns;         /* the parent's deadline (CLOCK_MONOTONIC ns), 0: none */
+  /* The family's shared token, which the child carries as its own until
+   * it needs one (apex__task_token); submit takes a reference. */
+  apex_token_t *tok;
 } apex__spawn_info_t;
 
 /* apex__submit (ops/ops.h) takes an apex__spawn_info_t for a child. */
