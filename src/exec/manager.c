@@ -679,7 +679,13 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
   t->timeout_s = (float)timeout;
-  if (timeout > 0) t->deadline_ns = apex__now_ns() + apex__timeout_ns(t->timeout_s);
+  /* The observers' clock (obs/clock.h): CLOCK_MONOTONIC from the TSC where
+   * the kernel keeps it on the TSC, within a microsecond of the kernel's
+   * read, which was the only system clock read on W1's submit path (about
+   * 25 ns of it: bench/analysis.md, issue 9's W1 section of the fifth
+   * session). A deadline a microsecond off fires within the timerfd's own
+   * wake-up latency either way. */
+  if (timeout > 0) t->deadline_ns = apex__obs_clock_ns() + apex__timeout_ns(t->timeout_s);
   int capped = 0;
   if (sp && sp->cap_ns && (!t->deadline_ns || t->deadline_ns > sp->cap_ns)) {
     /* A child never outlives its parent's deadline: it gets what is left
@@ -905,11 +911,15 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
   }
 
-  apex_task_t *t = calloc(1, sizeof *t);
+  /* malloc and an inline clear, not calloc: glibc's calloc never takes
+   * the thread's cache (tcache) and clears through a memset call, about
+   * 110 instructions a submit more (callgrind, W1). */
+  apex_task_t *t = malloc(sizeof *t);
   if (!t) {
     json_decref(vp);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
+  memset(t, 0, sizeof *t);
   t->plugin = p; /* and through it, m */
   t->action = a;
   atomic_init(&t->params, vp);
