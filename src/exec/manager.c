@@ -235,7 +235,7 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
     if (handlers) {
       n = atomic_load(&m->n_active) & ~APEX__ORPHANED;
     } else {
-      n = atomic_load(&m->n_live);
+      n = apex__pool_n_live(m);
     }
     uint64_t now = apex__now_ns();
     if (n == 0 || now >= until) break;
@@ -923,7 +923,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   t->plugin = p; /* and through it, m */
   t->action = a;
   atomic_init(&t->params, vp);
-  atomic_init(&t->refs, 2); /* the handle and the life reference */
+  /* The handle, the life reference, and the scheduler's, which the
+   * submit's push takes over (apex__sched_push_new_locked): made here, not
+   * by an atomic add under pool_mu. A refused submit frees t without
+   * looking at the count. */
+  atomic_init(&t->refs, 3);
   atomic_init(&t->state, APEX_TASK_QUEUED);
   apex__sched_req_t req;
   char keybuf[APEX__KEY_BUF];
@@ -1032,7 +1036,6 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
     return rc;
   }
-  atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
   apex__mx_submitted(m, t);
   if (tmo) apex__tmo_submitted(m, t); /* arms its schedule-to-start timer */
   if (opts && opts->parent) {

@@ -327,12 +327,18 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     apex__unlock(&m->pool_mu);
     return rc;
   }
-  atomic_fetch_add(&m->n_live, 1);
+  /* Counted in the section, no atomic add (internal.h, n_in); and so is
+   * the submit in the stats. */
+  atomic_store_explicit(&m->n_in, atomic_load_explicit(&m->n_in, memory_order_relaxed) + 1,
+                        memory_order_release);
+  atomic_store_explicit(&m->st_submitted,
+                        atomic_load_explicit(&m->st_submitted, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
   apex__worker_t *wake = NULL;
   int e = 0;
   if (deadline) apex__deadline_link_locked(m, t);
   if (!scheduled) {
-    apex__sched_push_locked(m, t);
+    apex__sched_push_new_locked(m, t); /* with the submit's reference */
     wake = wake_for_runnable_locked(m, &e);
   }
   apex__unlock(&m->pool_mu);
@@ -432,7 +438,9 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   }
   if (t->run) unlink_live_locked(m, t, t->run);
   int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
-  int drained = atomic_fetch_sub(&m->n_live, 1) == 1;
+  /* n_in is still under shutdown (no submit passes it), so the last
+   * end then sees the two equal. */
+  int drained = atomic_fetch_add(&m->n_out, 1) + 1 == atomic_load(&m->n_in);
   apex__sched_room_freed(m); /* config.max_queued counts live tasks */
   if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
 }

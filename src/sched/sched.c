@@ -447,10 +447,14 @@ static void room_freed_locked(apex__sched_t *S) {
 /* ----------------------------------------------------------------- API */
 
 void apex__sched_push_locked(apex_manager_t *m, apex_task_t *t) {
+  apex__task_ref(t);
+  apex__sched_push_new_locked(m, t);
+}
+
+void apex__sched_push_new_locked(apex_manager_t *m, apex_task_t *t) {
   apex__sched_t *S = S_(m);
   apex__scope_t *sc[4];
   scopes_of(S, t, sc);
-  apex__task_ref(t);
   runnable(S, t, sc, 0);
 }
 
@@ -465,8 +469,7 @@ int apex__sched_push_start_locked(apex_manager_t *m, apex_task_t *t) {
   }
   apex__scope_t *sc[4];
   scopes_of(S, t, sc);
-  apex__task_ref(t);
-  S->sheap[S->sheap_len] = t;
+  S->sheap[S->sheap_len] = t; /* with the submit's reference for the scheduler */
   s_up(S, S->sheap_len++);
   set_place(t, APEX__SCHED_PLACE_START, 0);
   count(sc, APEX__SCHED_PLACE_START, 1);
@@ -737,7 +740,7 @@ int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t
   apex__sched_t *S = S_(m);
   /* config.max_queued bounds the live tasks until the global bound is set
    * (a count of its own: no scope needed). */
-  if (!S->gmax_set && m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued) {
+  if (!S->gmax_set && m->cfg.max_queued && apex__pool_n_live(m) >= m->cfg.max_queued) {
     snprintf(why, n, "the queue is full (%zu live tasks, config.max_queued)", m->cfg.max_queued);
     return 0;
   }
