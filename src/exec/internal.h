@@ -596,6 +596,15 @@ static inline int apex__on_runtime_thread(apex_manager_t *m) {
          pthread_equal(pthread_self(), m->rt_thread);
 }
 
+/* tmem.c: a task's memory (a slot of the allocating thread's slab; calloc
+ * and free in ASan builds). Returns: a zeroed task, or NULL on no memory.
+ * Ownership: freed with apex__task_mem_free, from any thread. */
+apex_task_t *apex__task_mem_new(void);
+void apex__task_mem_free(apex_task_t *t);
+/* For tests: the count of t's slab (its slots not yet freed, + 1 while a
+ * thread allocates from it); 0 where tasks are calloc'ed (ASan). */
+uint32_t apex__task_mem_slab_live(const apex_task_t *t);
+
 /* clock */
 uint64_t apex__now_ns(void);
 /* Returns: now + ms in ns of CLOCK_MONOTONIC, saturating at UINT64_MAX
