@@ -9,7 +9,7 @@
  * place took W1's CPU per task down by about a tenth (bench/analysis.md,
  * issue 9's W1 section of the fifth session).
  *
- * How. A thread allocates tasks from a slab of its own: SLOTS slots of
+ * How. A thread allocates tasks from a slab of its own: 8 to 64 slots of
  * SLOT bytes, 64-byte aligned (a task then spans exactly two cache lines,
  * where malloc's 16-byte alignment gives its 128-byte chunk three lines
  * three times in four), handed out in order with no atomic operation. The
@@ -48,7 +48,11 @@
 #ifndef TMEM_MALLOC
 
 #define SLOT 128u
-#define SLOTS 64u
+/* A thread's first slab has SLOTS_MIN slots, each next one twice as many
+ * up to SLOTS_MAX: a thread that submits one task and exits (a thread per
+ * request) ties up 1 KiB with its task, not 8. */
+#define SLOTS_MIN 8u
+#define SLOTS_MAX 64u
 
 _Static_assert(sizeof(apex_task_t) + sizeof(void *) <= SLOT,
                "a task and its slab's address fit a slot");
@@ -62,6 +66,7 @@ typedef struct slab {
 /* initial-exec: read at every task's allocation (see pool.c, TLS_IE). */
 static _Thread_local slab_t *tl_slab __attribute__((tls_model("initial-exec")));
 static _Thread_local uint32_t tl_next __attribute__((tls_model("initial-exec")));
+static _Thread_local uint32_t tl_slots __attribute__((tls_model("initial-exec"))); /* tl_slab's */
 
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 static pthread_key_t key;
@@ -76,7 +81,7 @@ static void thread_gone(void *v) {
   (void)v;
   slab_t *s = tl_slab;
   tl_slab = NULL;
-  if (s) drop(s, 1 + SLOTS - tl_next);
+  if (s) drop(s, 1 + tl_slots - tl_next);
 }
 
 static void key_make(void) { key_ok = pthread_key_create(&key, thread_gone) == 0; }
@@ -88,15 +93,17 @@ __attribute__((destructor)) static void key_drop(void) {
 }
 
 apex_task_t *apex__task_mem_new(void) {
-  if (!tl_slab || tl_next == SLOTS) {
+  if (!tl_slab || tl_next == tl_slots) {
+    uint32_t n = !tl_slots ? SLOTS_MIN : tl_slots < SLOTS_MAX ? 2 * tl_slots : SLOTS_MAX;
     void *mem = NULL;
-    if (posix_memalign(&mem, 64, sizeof(slab_t) + (size_t)SLOTS * SLOT) != 0) return NULL;
+    if (posix_memalign(&mem, 64, sizeof(slab_t) + (size_t)n * SLOT) != 0) return NULL;
     slab_t *s = mem;
-    atomic_init(&s->live, SLOTS + 1);
+    atomic_init(&s->live, n + 1);
     pthread_once(&key_once, key_make);
     slab_t *full = tl_slab;
     tl_slab = s;
     tl_next = 0;
+    tl_slots = n;
     if (full) drop(full, 1);
     /* The key's value only makes the destructor run; without it (no key,
      * or no memory for the value) the thread would keep its slab's hold
@@ -105,7 +112,7 @@ apex_task_t *apex__task_mem_new(void) {
       tl_slab = NULL;
       char *slot = (char *)(s + 1);
       *(slab_t **)(void *)(slot + SLOT - sizeof(slab_t *)) = s;
-      drop(s, SLOTS); /* the hold and the slots not handed out: 1 left */
+      drop(s, n); /* the hold and the slots not handed out: 1 left */
       return memset(slot, 0, sizeof(apex_task_t));
     }
   }

@@ -1,9 +1,10 @@
 /* Task memory (src/exec/tmem.c): a thread's tasks come from a slab of its
- * own, 64 slots, freed when the last of its tasks is freed and no thread
- * allocates from it any more. Checked here with the slab's count: slots
- * handed out in order and zeroed, a full slab's hold let go when the next
- * one starts, the slots a thread never handed out let go when it exits,
- * and frees from another thread counting down to the last task. ASan
+ * own (8 slots, then 16, 32, up to 64), freed when the last of its tasks is
+ * freed and no thread allocates from it any more. Checked here with the
+ * slabs' counts: slots handed out in order and zeroed, a full slab's hold
+ * let go when the next one starts, the slots a thread never handed out let
+ * go when it exits, and frees from another thread counting down to the
+ * last task. ASan
  * builds calloc each task (the count reads 0 there): only the zeroing and
  * the frees are checked then, and ASan sees any use after a free.
  * Threads: cmocka's, and one that allocates and exits. */
@@ -18,7 +19,7 @@
 
 #include "exec/internal.h"
 
-enum { SLOTS = 64, N = 72 };
+enum { S1 = 8, S2 = 16, N = S1 + S2 + 5 };
 
 static apex_task_t *made[N];
 
@@ -47,20 +48,23 @@ static void test_slabs_count_their_tasks_and_their_thread(void **st) {
   int slabs = apex__task_mem_slab_live(made[0]) != 0;
   if (slabs) {
     /* Slots in order, two cache lines each, 64-byte aligned. */
-    for (int i = 1; i < SLOTS; i++)
+    for (int i = 1; i < S1; i++) assert_int_equal((char *)made[i] - (char *)made[i - 1], 128);
+    for (int i = S1 + 1; i < S1 + S2; i++)
       assert_int_equal((char *)made[i] - (char *)made[i - 1], 128);
     assert_int_equal((uintptr_t)made[0] % 64, 0);
-    /* The first slab: full, its thread moved on: its 64 tasks. The
-     * second: 8 handed out, the thread gone: those 8. */
-    assert_int_equal(apex__task_mem_slab_live(made[0]), SLOTS);
-    assert_int_equal(apex__task_mem_slab_live(made[SLOTS]), N - SLOTS);
+    /* The first two slabs: full, their thread moved on: their tasks. The
+     * third (32 slots): 5 handed out, the thread gone: those 5. */
+    assert_int_equal(apex__task_mem_slab_live(made[0]), S1);
+    assert_int_equal(apex__task_mem_slab_live(made[S1]), S2);
+    assert_int_equal(apex__task_mem_slab_live(made[S1 + S2]), N - S1 - S2);
   }
-  for (int i = 0; i < SLOTS - 1; i++) apex__task_mem_free(made[i]);
-  if (slabs) assert_int_equal(apex__task_mem_slab_live(made[SLOTS - 1]), 1);
-  apex__task_mem_free(made[SLOTS - 1]);
-  for (int i = SLOTS; i < N - 1; i++) apex__task_mem_free(made[i]);
-  if (slabs) assert_int_equal(apex__task_mem_slab_live(made[N - 1]), 1);
-  apex__task_mem_free(made[N - 1]);
+  /* Freed slab by slab, each down to its last task. */
+  int ends[3] = {S1, S1 + S2, N};
+  for (int j = 0, i = 0; j < 3; j++) {
+    for (; i < ends[j] - 1; i++) apex__task_mem_free(made[i]);
+    if (slabs) assert_int_equal(apex__task_mem_slab_live(made[i]), 1);
+    apex__task_mem_free(made[i++]);
+  }
 }
 
 /* On this thread: a fresh task is all zero, though its slot held another
