@@ -438,8 +438,8 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   }
   if (t->run) unlink_live_locked(m, t, t->run);
   int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
-  /* n_in is still under shutdown (no submit passes it), so the last
-   * end then sees the two equal. */
+  /* Once shutting down, n_in no longer moves (no submit gets past
+   * await_room_locked), so the last end then sees the two equal. */
   int drained = atomic_fetch_add(&m->n_out, 1) + 1 == atomic_load(&m->n_in);
   apex__sched_room_freed(m); /* config.max_queued counts live tasks */
   if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
