@@ -76,6 +76,12 @@ static void want_scope(apex_manager_t *m, apex_scope_t scope, const char *name, 
   assert_int_equal(s.scheduled, 0);
 }
 
+static uint64_t global_running(apex_manager_t *m) {
+  apex_scope_stats_t s = APEX_SCOPE_STATS_INIT;
+  if (apex_manager_scope_stats(m, APEX_SCOPE_GLOBAL, NULL, &s) != APEX_OK) return UINT64_MAX;
+  return s.running;
+}
+
 typedef struct scene {
   apex_manager_t *m;
   apex_task_t *hold;
@@ -111,7 +117,9 @@ static void scene_run_out(scene_t *sc, apex_task_t **t, int n) {
     apex_task_release(t[i]);
   }
   apex_task_release(sc->hold);
-  AWAIT(atomic_load(&sc->m->n_active) == 0, PROMPT_MS); /* slots given back */
+  /* A worker gives its task's slots back in its pool_mu section after the
+   * task ended (pool.c), a moment after a wait returns. */
+  AWAIT(global_running(sc->m) == 0, 10000);
   close(sc->fds[0]);
   close(sc->fds[1]);
 }
