@@ -493,9 +493,12 @@ struct apex_manager {
    * which a push hands the task it picks (pool.c); NULL: none. */
   apex__worker_t *spinner;
   unsigned n_stuck;
-  /* submitted, not terminal; raised under pool_mu, lowered before the
-   * task's terminal state is published (apex__pool_task_end) */
-  atomic_size_t n_live;
+  /* Tasks submitted, ever: written under pool_mu only (a relaxed load
+   * and store, no atomic add: the submit's section), read by anyone.
+   * The live tasks (submitted, not terminal) are this less n_out
+   * (apex__pool_n_live): so neither a submit nor a task's end writes the
+   * other's line for the count. */
+  atomic_size_t n_in;
   int pool_stop;
 
   /* Open attempts (running or pending ctxs; an attempt that ends with its
@@ -507,6 +510,9 @@ struct apex_manager {
    * lists. */
   _Alignas(APEX__CACHE_LINE) atomic_uint n_active;
   atomic_int sweeping; /* destroy began: start no attempt */
+  /* Tasks that ended, ever: raised before the task's terminal state is
+   * published (apex__pool_task_end); see n_in. */
+  atomic_size_t n_out;
 
   /* timers (pool_mu too: a submit queues the task and links its deadline
    * in one critical section): deadline lists and the retry heap */
@@ -590,6 +596,15 @@ static inline int apex__on_runtime_thread(apex_manager_t *m) {
   return atomic_load_explicit(&m->rt_started, memory_order_relaxed) &&
          pthread_equal(pthread_self(), m->rt_thread);
 }
+
+/* tmem.c: a task's memory (a slot of the allocating thread's slab; calloc
+ * and free in ASan builds). Returns: a zeroed task, or NULL on no memory.
+ * Ownership: freed with apex__task_mem_free, from any thread. */
+apex_task_t *apex__task_mem_new(void);
+void apex__task_mem_free(apex_task_t *t);
+/* For tests: the count of t's slab (its slots not yet freed, + 1 while a
+ * thread allocates from it); 0 where tasks are calloc'ed (ASan). */
+uint32_t apex__task_mem_slab_live(const apex_task_t *t);
 
 /* clock */
 uint64_t apex__now_ns(void);
@@ -728,6 +743,14 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * caller checked it is no Apex thread).
  * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
  * pool_mu, race-free against destroy; why says which bound), APEX_E_NOMEM. */
+/* Returns: the live tasks (submitted, not terminal): exact under pool_mu,
+ * else a count that was true at some moment during the call or, with a
+ * submit racing it, one more. Any thread. */
+static inline size_t apex__pool_n_live(apex_manager_t *m) {
+  /* n_out first: it never passes n_in, which only grows. */
+  size_t out = atomic_load(&m->n_out);
+  return atomic_load(&m->n_in) - out;
+}
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len);
 /* t ends: it leaves every count it is in, before its terminal state is

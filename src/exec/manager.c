@@ -235,7 +235,7 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
     if (handlers) {
       n = atomic_load(&m->n_active) & ~APEX__ORPHANED;
     } else {
-      n = atomic_load(&m->n_live);
+      n = apex__pool_n_live(m);
     }
     uint64_t now = apex__now_ns();
     if (n == 0 || now >= until) break;
@@ -679,7 +679,13 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   if (timeout < 0) timeout = 0; /* APEX_TIMEOUT_NONE, or any negative: none */
   t->timeout_s = (float)timeout;
-  if (timeout > 0) t->deadline_ns = apex__now_ns() + apex__timeout_ns(t->timeout_s);
+  /* The observers' clock (obs/clock.h): CLOCK_MONOTONIC from the TSC where
+   * the kernel keeps it on the TSC, within a microsecond of the kernel's
+   * read, which was the only system clock read on W1's submit path (about
+   * 25 ns of it: bench/analysis.md, issue 9's W1 section of the fifth
+   * session). A deadline a microsecond off fires within the timerfd's own
+   * wake-up latency either way. */
+  if (timeout > 0) t->deadline_ns = apex__obs_clock_ns() + apex__timeout_ns(t->timeout_s);
   int capped = 0;
   if (sp && sp->cap_ns && (!t->deadline_ns || t->deadline_ns > sp->cap_ns)) {
     /* A child never outlives its parent's deadline: it gets what is left
@@ -905,7 +911,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
   }
 
-  apex_task_t *t = calloc(1, sizeof *t);
+  apex_task_t *t = apex__task_mem_new(); /* zeroed (tmem.c) */
   if (!t) {
     json_decref(vp);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
@@ -913,7 +919,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   t->plugin = p; /* and through it, m */
   t->action = a;
   atomic_init(&t->params, vp);
-  atomic_init(&t->refs, 2); /* the handle and the life reference */
+  /* The handle, the life reference, and the scheduler's, which the
+   * submit's push takes over (apex__sched_push_new_locked): made here, not
+   * by an atomic add under pool_mu. A refused submit frees t without
+   * looking at the count. */
+  atomic_init(&t->refs, 3);
   atomic_init(&t->state, APEX_TASK_QUEUED);
   apex__sched_req_t req;
   char keybuf[APEX__KEY_BUF];
@@ -1017,14 +1027,13 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
       apex__durable_task_free(t->opts->durable);
       free((void *)t->opts);
     }
-    free(t);
+    apex__task_mem_free(t);
     if (dup) { /* an idempotency key's task: that one is the answer */
       *out = dup;
       return APEX_OK;
     }
     return rc;
   }
-  atomic_fetch_add_explicit(&m->st_submitted, 1, memory_order_relaxed);
   apex__mx_submitted(m, t);
   if (tmo) apex__tmo_submitted(m, t); /* arms its schedule-to-start timer */
   if (opts && opts->parent) {

@@ -118,22 +118,31 @@ static void wake_worker(apex__worker_t *w) {
   if (w) futex_wake(&w->wake);
 }
 
+/* The worker's thread-locals are initial-exec: they are read several
+ * times a task (here and through apex__pool_self, twice a task from
+ * task.c's run states), and the default model of a shared library makes
+ * each function's first access a call to __tls_get_addr (W1: 66
+ * instructions a task under callgrind). A few dozen bytes of the static
+ * TLS block, which glibc keeps room for even when the library is
+ * dlopen'ed (as src/obs/metrics.c's block). */
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+
 /* The manager a worker thread serves, and whether the handler it runs asked
  * for an orphaned manager's teardown (a deferred handler that called
  * complete() before returning): the worker does it once it is back in its
  * own loop, never while its own frame still uses the manager. */
-static _Thread_local apex_manager_t *tls_worker_of;
-static _Thread_local int tls_teardown;
+static _Thread_local apex_manager_t *tls_worker_of TLS_IE;
+static _Thread_local int tls_teardown TLS_IE;
 /* The task this worker runs, and whether its end left the release of its
  * timers to the worker's next pool_mu section (apex__pool_task_end). */
-static _Thread_local apex_task_t *tls_running;
-static _Thread_local int tls_release_owed;
+static _Thread_local apex_task_t *tls_running TLS_IE;
+static _Thread_local int tls_release_owed TLS_IE;
 /* The scheduler slots of tls_running are to be given back in the worker's
  * next pool_mu section: it was popped and never opened an attempt, or its
  * attempt closed on this thread. */
-static _Thread_local int tls_slots_owed;
+static _Thread_local int tls_slots_owed TLS_IE;
 
-static _Thread_local apex__worker_t *tls_self;
+static _Thread_local apex__worker_t *tls_self TLS_IE;
 
 apex__worker_t *apex__pool_self(const apex_manager_t *m) {
   return tls_worker_of == m ? tls_self : NULL;
@@ -318,12 +327,18 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     apex__unlock(&m->pool_mu);
     return rc;
   }
-  atomic_fetch_add(&m->n_live, 1);
+  /* Counted in the section, no atomic add (internal.h, n_in); and so is
+   * the submit in the stats. */
+  atomic_store_explicit(&m->n_in, atomic_load_explicit(&m->n_in, memory_order_relaxed) + 1,
+                        memory_order_release);
+  atomic_store_explicit(&m->st_submitted,
+                        atomic_load_explicit(&m->st_submitted, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
   apex__worker_t *wake = NULL;
   int e = 0;
   if (deadline) apex__deadline_link_locked(m, t);
   if (!scheduled) {
-    apex__sched_push_locked(m, t);
+    apex__sched_push_new_locked(m, t); /* with the submit's reference */
     wake = wake_for_runnable_locked(m, &e);
   }
   apex__unlock(&m->pool_mu);
@@ -423,7 +438,9 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   }
   if (t->run) unlink_live_locked(m, t, t->run);
   int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
-  int drained = atomic_fetch_sub(&m->n_live, 1) == 1;
+  /* Once shutting down, n_in no longer moves (no submit gets past
+   * await_room_locked), so the last end then sees the two equal. */
+  int drained = atomic_fetch_add(&m->n_out, 1) + 1 == atomic_load(&m->n_in);
   apex__sched_room_freed(m); /* config.max_queued counts live tasks */
   if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
 }

@@ -249,14 +249,14 @@ static void task_free(apex_task_t *t) {
     apex__durable_task_free(t->opts->durable);
     free((void *)t->opts); /* a class's block stays */
   }
-  free(t);
+  apex__task_mem_free(t);
   apex__manager_unref(m);
 }
 
 apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
                                   const apex_action_desc_t *a, uint64_t id, int state,
                                   uint32_t attempts, json_t *result, apex_error_t *error) {
-  apex_task_t *t = calloc(1, sizeof *t);
+  apex_task_t *t = apex__task_mem_new();
   if (!t) {
     json_decref(result);
     apex_error_unref(error);

@@ -130,7 +130,7 @@ static int by_id(const void *x, const void *y) {
  * n_live bounds it, and a submit racing the read makes the next try. */
 static apex_task_t **waiting(apex_manager_t *m, size_t *n, int *nomem) {
   *n = 0;
-  size_t cap = atomic_load(&m->n_live) + 64;
+  size_t cap = apex__pool_n_live(m) + 64;
   for (;;) {
     apex_task_t **v = malloc(cap * sizeof *v);
     if (!v) {
@@ -491,7 +491,7 @@ static void collect_all(apex_manager_t *m, tvec_t *a) {
     size_t live = 0;
     for (size_t i = 0; i < a->n; i++)
       live += !apex_task_state_is_terminal(apex_task_state(a->v[i]));
-    if (a->nomem || live >= atomic_load(&m->n_live) || tries == 1000) return;
+    if (a->nomem || live >= apex__pool_n_live(m) || tries == 1000) return;
     tvec_free(a);
     sched_yield();
   }

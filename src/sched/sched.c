@@ -256,6 +256,26 @@ static inline size_t n_runnable(const apex__sched_t *S) {
   return S->solo ? S->solo->n : S->n_runnable;
 }
 
+/* The short paths. While nothing is set that can hold a task back or
+ * bound a queue (eager() 0), a task of its plugin's default class (no
+ * options for the scheduler: t->opts->sc NULL) counts in its action's
+ * scope alone, and when its queue is the solo one (one queue, one level)
+ * the general code's steps for it reduce to a list append or a take of
+ * the head, its action scope's counts and its place: what push, pick and
+ * release do here, without the four-scope walks and the ring's and the
+ * levels' branches (W1: the three took about 360 instructions a task, a
+ * fifth of them under pool_mu on the submitter's side). Each gives the
+ * same lists, counts and places as the general code (test_sched_fast
+ * checks them against apex__sched_check_locked). Returns: t's action
+ * scope when the short path applies to t, else NULL. */
+static inline apex__scope_t *plain_action(const apex__sched_t *S, const apex_task_t *t,
+                                          apex__pblock_t **bp) {
+  if (eager(S) || (t->opts && t->opts->sc)) return NULL;
+  apex__pblock_t *b = pblock_of(t);
+  *bp = b;
+  return &b->actions[t->action - t->plugin->actions];
+}
+
 /* Makes t runnable in its fairness queue (at the head: a task released
  * from a wait list has waited longest). Counts it. */
 static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int at_head) {
@@ -447,10 +467,25 @@ static void room_freed_locked(apex__sched_t *S) {
 /* ----------------------------------------------------------------- API */
 
 void apex__sched_push_locked(apex_manager_t *m, apex_task_t *t) {
+  apex__task_ref(t);
+  apex__sched_push_new_locked(m, t);
+}
+
+void apex__sched_push_new_locked(apex_manager_t *m, apex_task_t *t) {
   apex__sched_t *S = S_(m);
+  apex__pblock_t *b;
+  apex__scope_t *a = plain_action(S, t, &b);
+  if (a && &b->dfq == S->solo) { /* runnable() for this case */
+    apex__fq_t *q = S->solo;
+    if (!q->head) q->served = 0; /* a new turn, as if it joined */
+    l_append(&q->head, &q->tail, t);
+    q->n++;
+    set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
+    a->n_in++;
+    return;
+  }
   apex__scope_t *sc[4];
   scopes_of(S, t, sc);
-  apex__task_ref(t);
   runnable(S, t, sc, 0);
 }
 
@@ -465,8 +500,7 @@ int apex__sched_push_start_locked(apex_manager_t *m, apex_task_t *t) {
   }
   apex__scope_t *sc[4];
   scopes_of(S, t, sc);
-  apex__task_ref(t);
-  S->sheap[S->sheap_len] = t;
+  S->sheap[S->sheap_len] = t; /* with the submit's reference for the scheduler */
   s_up(S, S->sheap_len++);
   set_place(t, APEX__SCHED_PLACE_START, 0);
   count(sc, APEX__SCHED_PLACE_START, 1);
@@ -484,6 +518,32 @@ void apex__sched_started_locked(apex_manager_t *m, apex_task_t *t) {
 
 apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
   apex__sched_t *S = S_(m);
+  apex__fq_t *sq = S->solo;
+  if (sq) {
+    /* The solo queue is the only one of the only level: choose() would
+     * serve it, and nothing holds a task back while eager() is 0. */
+    apex_task_t *t = sq->head;
+    if (!t) return NULL;
+    apex__pblock_t *b;
+    apex__scope_t *a = plain_action(S, t, &b);
+    if (a) {
+      if (S->streak) S->streak = 0; /* as choose() with one level */
+      if (++sq->served >= sq->weight) sq->served = 0;
+      /* fq_take() of the head of the solo queue */
+      apex_task_t *next = t->run_next;
+      sq->head = next;
+      if (next) atomic_store_explicit(&next->done_next, NULL, memory_order_relaxed);
+      else sq->tail = NULL;
+      t->run_next = NULL;
+      atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
+      sq->n--;
+      a->n_out++;
+      a->running++;
+      set_place(t, APEX__SCHED_PLACE_NONE, 0);
+      room_freed_locked(S);
+      return t;
+    }
+  }
   /* Once destroy began, nothing is held back: every attempt a worker
    * opens now ends at once as cancelled (apex__pool_attempt_open). */
   int down = atomic_load_explicit(&m->shutting_down, memory_order_relaxed);
@@ -579,6 +639,12 @@ unsigned apex__sched_remove_locked(apex_manager_t *m, apex_task_t *t) {
 
 int apex__sched_release_locked(apex_manager_t *m, apex_task_t *t) {
   apex__sched_t *S = S_(m);
+  apex__pblock_t *b;
+  apex__scope_t *a = plain_action(S, t, &b);
+  if (a) { /* counted in its action alone; nothing is parked */
+    a->running--;
+    return 0;
+  }
   apex__scope_t *sc[4];
   scopes_of(S, t, sc);
   int moved = 0;
@@ -737,7 +803,7 @@ int apex__sched_room_locked(apex_manager_t *m, apex_task_t *t, char *why, size_t
   apex__sched_t *S = S_(m);
   /* config.max_queued bounds the live tasks until the global bound is set
    * (a count of its own: no scope needed). */
-  if (!S->gmax_set && m->cfg.max_queued && atomic_load(&m->n_live) >= m->cfg.max_queued) {
+  if (!S->gmax_set && m->cfg.max_queued && apex__pool_n_live(m) >= m->cfg.max_queued) {
     snprintf(why, n, "the queue is full (%zu live tasks, config.max_queued)", m->cfg.max_queued);
     return 0;
   }

@@ -148,8 +148,14 @@ void apex__sched_room_freed(apex_manager_t *m);
 /* Under pool_mu: t (state queued, holding no place) becomes runnable,
  * taking a task reference for the scheduler. */
 void apex__sched_push_locked(apex_manager_t *m, apex_task_t *t);
-/* Under pool_mu: t (state scheduled) waits for t->opts->start_ns, taking
- * a task reference. Returns: APEX_OK or APEX_E_NOMEM (the heap's room). */
+/* Under pool_mu: as apex__sched_push_locked, for a task just submitted,
+ * with the reference its submit made for the scheduler (one atomic
+ * operation a submit fewer). */
+void apex__sched_push_new_locked(apex_manager_t *m, apex_task_t *t);
+/* Under pool_mu: t (state scheduled, just submitted) waits for
+ * t->opts->start_ns, with the reference its submit made for the
+ * scheduler. Returns: APEX_OK or APEX_E_NOMEM (the heap's room; the
+ * reference stays the caller's). */
 int apex__sched_push_start_locked(apex_manager_t *m, apex_task_t *t);
 /* Under the lock of t (state scheduled, just made queued) and pool_mu: its
  * start time came; it leaves the scheduled count and becomes runnable,
