@@ -1,11 +1,16 @@
 #!/bin/sh
 # Starts `apex mcp --http` on a free loopback port (the test plugins, 64
-# workers, sessions ended after 5 s idle) and runs sdk_http.mjs against it with the pinned Node.
-# Usage: http.sh APEX PLUGIN_DIR CACHE. Exit: the script's; 77 without npm.
+# workers, sessions ended after 5 s idle) and runs a Node script against it
+# with the pinned Node: sdk_http.mjs (the SDK client, the default) or
+# http_answers.mjs (how a POST is answered, JSON or SSE and when; it leaves
+# calls waiting and a stream open). Either way the server must then end
+# cleanly on SIGTERM.
+# Usage: http.sh APEX PLUGIN_DIR CACHE [SCRIPT]. Exit: the script's; 77 without npm.
 set -u
 apex=$1
 plugins=$2
 cache=$3
+script=${4:-sdk_http.mjs}
 here=$(cd "$(dirname "$0")" && pwd)
 sh "$here/npm_setup.sh" "$cache"
 rc=$?
@@ -23,8 +28,8 @@ while [ $i -lt 100 ] && [ -z "$port" ]; do
   i=$((i + 1))
 done
 [ -n "$port" ] || { echo "http.sh: apex mcp did not start:" >&2; cat "$log" >&2; exit 1; }
-cp "$here/sdk_http.mjs" "$cache/" || exit 1
-"$cache/node_modules/.bin/node" "$cache/sdk_http.mjs" "http://127.0.0.1:$port/mcp" "${TMPDIR:-/tmp}"
+cp "$here/$script" "$cache/" || exit 1
+"$cache/node_modules/.bin/node" "$cache/$script" "http://127.0.0.1:$port/mcp" "${TMPDIR:-/tmp}"
 rc=$?
 if ! kill -0 $pid 2>/dev/null; then
   echo "http.sh: apex mcp died:" >&2
