@@ -48,6 +48,7 @@
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
 #define APEX__CACHE_LINE 64
 #define APEX__PROGRESS_BACKLOG_MAX 64
+#define APEX__DONE_LANES 8 /* a power of two (events.c) */
 
 typedef struct apex__ev apex__ev_t;
 
@@ -528,7 +529,13 @@ struct apex_manager {
   apex__ev_t *ev_head, *ev_tail;
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
-  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
+  /* DONE events: the tasks themselves, dealt round the lanes in the order
+   * they ended (push k goes to lane k % APEX__DONE_LANES), so a delivery
+   * walks APEX__DONE_LANES chains side by side and can ask for a task's
+   * lines that many deliveries before it reaches it (events.c). done_in
+   * counts pushes (wrapping), done_n the tasks queued. */
+  apex_task_t *done_head[APEX__DONE_LANES], *done_tail[APEX__DONE_LANES];
+  uint32_t done_in, done_n;
   int ev_fd_armed;
 
   /* progress flushing (flush_mu) */
@@ -569,6 +576,14 @@ struct apex_manager {
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t runs_mu;
   apex__run_t *runs_head, *runs_tail;
   uint32_t n_runs;
+  /* Deferred tasks' blocks (task.c, "deferred tasks' blocks"), runs_mu
+   * too: the slabs with a free block, the one kept though empty (or
+   * NULL), how many slabs; the ended run states of blocks, oldest first
+   * (never reused; each lets its block go past APEX__RUNS_MAX). */
+  struct apex__bslab *bslabs, *bslab_empty;
+  uint32_t n_bslabs;
+  apex__run_t *bruns_head, *bruns_tail;
+  uint32_t n_bruns;
 
   /* Durable tasks (src/store/durable.c): the store, owner and keeper of a
    * manager opened with config.store; NULL without one. Set before any
@@ -605,6 +620,11 @@ uint64_t apex__ns_after_ms(int64_t ms);
 apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
                                   const apex_action_desc_t *a, uint64_t id, int state,
                                   uint32_t attempts, json_t *result, apex_error_t *error);
+/* A zeroed task of m for a submit of a: a deferred action's in one block
+ * with its run state, from m's slabs (task.c, "deferred tasks' blocks");
+ * freed by its last reference's drop. No lock held (takes runs_mu).
+ * Returns: NULL on no memory. */
+apex_task_t *apex__task_alloc(apex_manager_t *m, const apex_action_desc_t *a);
 /* The stripe lock guarding t's state (one of APEX__LOCK_STRIPES, by id). */
 pthread_mutex_t *apex__task_mu(apex_task_t *t);
 /* Reference counting; any lock or none. The unref that drops the last

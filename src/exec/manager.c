@@ -905,7 +905,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
   }
 
-  apex_task_t *t = calloc(1, sizeof *t);
+  apex_task_t *t = apex__task_alloc(m, a);
   if (!t) {
     json_decref(vp);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
