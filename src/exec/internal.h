@@ -213,8 +213,10 @@ typedef struct apex__task_opts {
  * fields (ctx.api, id, attempt_open) are what such a call reads: the api
  * table is its manager's and never changes, id finds the stripe lock,
  * attempt_open is checked under it. Kept to 104 bytes (malloc's 112-byte
- * class): with a task's 128 a pending deferred task costs 240 bytes (W7 of
- * bench/README.md); what only progress needs is in the progress slot.
+ * class): with a task's 128 a pending deferred task costs 240 bytes, 232
+ * in the one block a deferred action's task and run state share (task.c,
+ * "deferred tasks' blocks"; W7 of bench/README.md); what only progress
+ * needs is in the progress slot.
  * Other fields except the intrusive links are guarded by the task's
  * stripe lock. */
 typedef struct apex__run {
