@@ -244,12 +244,16 @@ static void deliver_done(apex_task_t *t) {
   if (fn) fn(&ev, user);
 }
 
-/* Asks for the lines of t (NULL: none): a task is 120 bytes at malloc's
- * 16-byte alignment, over three lines three times in four. A hint only. */
+/* Asks for what t's delivery and free read (NULL: none): its lines, from
+ * the word before it (a deferred task's block header, which its free
+ * reads; for another task, malloc's chunk header) to its last. A task is
+ * 120 bytes at 8- or 16-byte alignment: three lines most of the time.
+ * Its slab's header (a deferred task's free reads it too) was asked for
+ * as well in a trial, with no gain measured (bench/analysis.md). */
 static inline void done_prefetch(const apex_task_t *t) {
   if (!t) return;
-  __builtin_prefetch(t, 1);
-  __builtin_prefetch((const char *)t + APEX__CACHE_LINE, 1);
+  __builtin_prefetch((const char *)t - APEX__BLK_TASK_OFF, 1);
+  __builtin_prefetch((const char *)t - APEX__BLK_TASK_OFF + APEX__CACHE_LINE, 1);
   __builtin_prefetch((const char *)t + sizeof *t - 1, 1);
 }
 

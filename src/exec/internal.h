@@ -385,6 +385,27 @@ static inline void apex__task_prefetch_end(const struct apex_task *t) {
   if (n) __builtin_prefetch(&n->tprev, 1);
 }
 
+/* A deferred action's task lives in a block with its run state, from a
+ * slab of its manager (task.c, "deferred tasks' blocks"): the task at
+ * APEX__BLK_TASK_OFF of an APEX__BLK_SIZE-byte block, the slab
+ * APEX__BSLAB_SIZE bytes aligned to that. */
+#define APEX__BLK_TASK_OFF 8u
+#define APEX__BLK_SIZE 232u
+#define APEX__BSLAB_SIZE ((size_t)64 << 10)
+
+/* Asks for every line of t and, if it is a deferred action's, of its run
+ * state: what a cancel reads. With a million pending tasks cancelled in
+ * random order each is a cache and TLB miss; asked for together they
+ * overlap, where the reads themselves, with locked instructions between
+ * them, would follow one another (W7 of bench/README.md). For a task of
+ * another action the lines after it are a neighbour's: the hint is
+ * wasted. Any lock or none; nothing is read. */
+static inline void apex__task_prefetch_all(const struct apex_task *t) {
+  const char *b = (const char *)t - APEX__BLK_TASK_OFF;
+  for (unsigned at = 0; at < APEX__BLK_SIZE; at += APEX__CACHE_LINE) __builtin_prefetch(b + at, 1);
+  __builtin_prefetch(b + APEX__BLK_SIZE - 1, 1);
+}
+
 #define APEX__NOT_IN_HEAP UINT32_MAX
 #define APEX__DL_IDLE_MAX 16  /* idle deadline lists kept for reuse */
 /* DISPATCH: how long the runtime thread leaves a due deadline to the host's

@@ -97,7 +97,7 @@ _Static_assert(sizeof(apex__run_t) <= 104, "a run state must stay in malloc's 11
  * for as long as its plugin keeps it, so its run state lives as long as
  * the task does. One block saves the worker that starts the task a run
  * state's allocation, and puts the run state at a fixed distance from the
- * task: a cancel asks for both at once (task_prefetch_all), where it used
+ * task: a cancel asks for both at once (apex__task_prefetch_all), where it used
  * to find the run state only once the task's line had come, two misses in
  * a row for each of a million pending tasks cancelled in random order (W7
  * of bench/README.md; bench/analysis.md has the figures).
@@ -133,12 +133,16 @@ typedef struct task_blk {
 _Static_assert(sizeof(task_blk_t) <= 232, "a deferred task's block must stay within a task's and "
                                           "a run state's 240 bytes (W7's bound is 250)");
 
-/* Small, so that the blocks a burst leaves waiting for their window (at
- * most APEX__RUNS_KEEP, each in a slab of its own at worst) hold little:
- * 64 KiB is 282 blocks, and those slabs at most 16 MiB. Mapped, not
- * malloc'd: malloc's aligned allocations leave a quarter of such a slab
- * in fragments (W7's bytes per task went from 233 to 293). */
-#define BSLAB_SIZE ((size_t)64 << 10)
+/* APEX__BSLAB_SIZE (internal.h): small, so that the blocks a burst
+ * leaves waiting for their window (at most APEX__RUNS_KEEP, each in a slab
+ * of its own at worst) hold little: 64 KiB is 282 blocks, and those slabs
+ * at most 16 MiB. Mapped, not malloc'd: malloc's aligned allocations left
+ * a quarter of such a slab in fragments (W7's bytes per task 293, not
+ * 233). */
+#define BSLAB_SIZE APEX__BSLAB_SIZE
+_Static_assert(offsetof(task_blk_t, task) == APEX__BLK_TASK_OFF &&
+                   sizeof(task_blk_t) == APEX__BLK_SIZE,
+               "apex__task_prefetch_all (internal.h) asks for the block's lines");
 #define BSLAB_HDR ((size_t)APEX__CACHE_LINE)
 #define BSLAB_BLKS ((uint32_t)((BSLAB_SIZE - BSLAB_HDR) / sizeof(task_blk_t)))
 
@@ -1993,26 +1997,9 @@ static int reason_reserved(const char *r) {
   return r && (strcmp(r, "timeout") == 0 || strcmp(r, "shutdown") == 0 || strcmp(r, "parent") == 0);
 }
 
-/* Asks for every line of t at once. A task is 120 bytes at malloc's
- * 16-byte alignment, so it spans three lines three times in four, and a
- * cancel reads all of them (its state at the end, token and run state in
- * the middle, deadline links in the second line). With a million pending
- * tasks cancelled in random order each is a cache and TLB miss, and the
- * locked instructions between those reads (the stripe lock) keep the CPU
- * from overlapping them on its own: asked for together they cost one miss,
- * not three in a row (W7 of bench/README.md). A hint only. */
-static inline void task_prefetch_all(const apex_task_t *t) {
-  /* A deferred action's task: its block, run state included (the lines
-   * after the task's; for another task they are a neighbour's, and the
-   * hint is wasted). The block's first line holds the task's start. */
-  const char *b = (const char *)t - offsetof(task_blk_t, task);
-  for (size_t at = 0; at < sizeof(task_blk_t); at += APEX__CACHE_LINE) __builtin_prefetch(b + at, 1);
-  __builtin_prefetch(b + sizeof(task_blk_t) - 1, 1);
-}
-
 apex_status_t apex_task_cancel(apex_task_t *t, const char *reason) {
   if (!t || reason_reserved(reason)) return APEX_E_INVALID;
-  task_prefetch_all(t);
+  apex__task_prefetch_all(t); /* the task, its run state: one miss, not two in a row */
   if (is_terminal(atomic_load(&t->state))) return APEX_E_ALREADY;
   return apex__task_cancel(t, APEX__CAUSE_USER, reason);
 }
