@@ -48,7 +48,7 @@
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
 #define APEX__CACHE_LINE 64
 #define APEX__PROGRESS_BACKLOG_MAX 64
-#define APEX__DONE_LANES 8 /* a power of two (events.c) */
+#define APEX__DONE_LANES 4 /* a power of two (events.c) */
 
 typedef struct apex__ev apex__ev_t;
 
