@@ -4,7 +4,9 @@
  * A queued task is one small allocation (internal.h: no token, params, run
  * state or event node until something needs them); its run state (the ctx
  * handlers see, attempt results, progress) is taken from the manager's kept
- * ones (see "run states" below) when its first attempt starts, and its DONE
+ * ones (see "run states" below) when its first attempt starts (a deferred
+ * action's task has its own, in the block they share: "deferred tasks'
+ * blocks"), and its DONE
  * event is the task itself on the DONE queue. It is
  * reference counted: the host's handle,
  * the "life" reference (held until the task is terminal AND no handler owns
@@ -118,7 +120,7 @@ _Static_assert(sizeof(apex__run_t) <= 104, "a run state must stay in malloc's 11
  * (until task_free) and, once the task started, its run state (until that
  * list lets it go); the last of them frees it. So after a burst the
  * manager keeps the one empty slab and the slabs of at most
- * APEX__RUNS_KEEP blocks still in their window (8 MiB at most), however
+ * APEX__RUNS_KEEP blocks still in their window (16 MiB at most), however
  * large the burst was. With AddressSanitizer, a free block is poisoned,
  * and so is a part whose owner let go while the other holds the block: a
  * use of a freed task is still reported. */
@@ -228,6 +230,9 @@ static bslab_t *slab_map(void) {
 /* Unmaps s (no block of it in use). */
 static void slab_unmap(bslab_t *s) {
   blk_unpoison(s, BSLAB_SIZE); /* a later mapping here starts clean */
+  /* It fails only for lack of memory to split a mapping merged with its
+   * neighbours: the slab then stays mapped, unused, until exit (its pages
+   * are not touched again). Nothing to report to anyone. */
   (void)munmap(s, BSLAB_SIZE);
 }
 
