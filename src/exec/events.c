@@ -245,13 +245,13 @@ static void deliver_done(apex_task_t *t) {
 }
 
 /* Asks for what t's delivery and free read (NULL: none): its lines, from
- * the word before it (a deferred task's block header, which its free
- * reads; for another task, the slot before its own in its slab, or
- * malloc's chunk header under ASan: wasted) to its last (where a slot
- * keeps its slab's address). A deferred task is 120 bytes at 8-byte
- * alignment: three lines most of the time; another, two (tmem.c).
- * Its slab's header (a deferred task's free reads it too) was asked for
- * as well in a trial, with no gain measured (bench/analysis.md). */
+ * the word before it (a deferred task's block header: its slab's index
+ * and owners, which its free reads; for another task, the slot before
+ * its own in its slab, or malloc's chunk header under ASan: wasted) to
+ * its last (where a slot keeps its slab's address). A deferred task is
+ * 120 bytes at 8-byte alignment: three lines most of the time; another,
+ * two (tmem.c). Asking for more (a slab header, when slabs had one; 8
+ * lanes) measured slower (bench/analysis.md): each is a page walk. */
 static inline void done_prefetch(const apex_task_t *t) {
   if (!t) return;
   __builtin_prefetch((const char *)t - APEX__BLK_TASK_OFF, 1);

@@ -389,7 +389,7 @@ static inline void apex__task_prefetch_end(const struct apex_task *t) {
 /* A deferred action's task lives in a block with its run state, from a
  * slab of its manager (task.c, "deferred tasks' blocks"): the task at
  * APEX__BLK_TASK_OFF of an APEX__BLK_SIZE-byte block, the slab
- * APEX__BSLAB_SIZE bytes aligned to that. */
+ * APEX__BSLAB_SIZE bytes. */
 #define APEX__BLK_TASK_OFF 8u
 #define APEX__BLK_SIZE 232u
 #define APEX__BSLAB_SIZE ((size_t)64 << 10)
@@ -607,10 +607,13 @@ struct apex_manager {
   apex__run_t *runs_head, *runs_tail;
   uint32_t n_runs;
   /* Deferred tasks' blocks (task.c, "deferred tasks' blocks"), runs_mu
-   * too: the slabs with a free block, the one kept though empty (or
-   * NULL), how many slabs; the ended run states of blocks, oldest first
-   * (never reused; each lets its block go past APEX__RUNS_MAX). */
-  struct apex__bslab *bslabs, *bslab_empty;
+   * too: the slabs' records, the unused ones, the slabs with a free
+   * block, the one kept though empty, how many slabs; the ended run
+   * states of blocks, oldest first (never reused; each lets its block go
+   * past APEX__RUNS_KEEP). */
+  struct apex__bslab *bslab_tab; /* the slabs' records (task.c), bslab_cap of them */
+  uint32_t bslab_cap, bslab_unused; /* unused records' list: index + 1, 0 none */
+  uint32_t bslabs, bslab_empty;     /* index + 1, 0 none */
   uint32_t n_bslabs;
   apex__run_t *bruns_head, *bruns_tail;
   uint32_t n_bruns;

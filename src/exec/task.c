@@ -107,8 +107,10 @@ _Static_assert(sizeof(apex__run_t) <= 104, "a run state must stay in malloc's 11
  * a row for each of a million pending tasks cancelled in random order (W7
  * of bench/README.md; bench/analysis.md has the figures).
  *
- * Blocks come from slabs of the manager (BSLAB_SIZE, aligned to it, so a
- * block finds its slab by its address), under runs_mu (a leaf): a block
+ * Blocks come from slabs of the manager (BSLAB_SIZE mapped; a block keeps
+ * its slab's index in the manager's table of slab records, bslab_t), under
+ * runs_mu (a leaf), placed so that the neighbours an end unlinks are near
+ * (blk_place): a block
  * freed goes back to its slab's free list, not to malloc, whose coalescing
  * of 232-byte chunks freed in random order cost more than the miss saved
  * (bench/analysis.md). A slab whose blocks are all free is unmapped at
@@ -128,9 +130,10 @@ _Static_assert(sizeof(apex__run_t) <= 104, "a run state must stay in malloc's 11
  * and so is a part whose owner let go while the other holds the block: a
  * use of a freed task is still reported. */
 typedef struct task_blk {
+  uint32_t slab; /* its slab's index in m->bslab_tab, for good */
   union {
-    atomic_uint owners;         /* in use: the task part, and the run part once it served */
-    struct task_blk *free_next; /* free: its slab's list */
+    atomic_uint owners; /* in use: the task part, and the run part once it served */
+    uint32_t free_next; /* free: the next free block's index in its slab + 1; 0: none */
   } h;
   apex_task_t task;
   apex__run_t run;
@@ -148,19 +151,22 @@ _Static_assert(sizeof(task_blk_t) <= 232, "a deferred task's block must stay wit
 _Static_assert(offsetof(task_blk_t, task) == APEX__BLK_TASK_OFF &&
                    sizeof(task_blk_t) == APEX__BLK_SIZE,
                "apex__task_prefetch_all (internal.h) asks for the block's lines");
-#define BSLAB_HDR ((size_t)APEX__CACHE_LINE)
-#define BSLAB_BLKS ((uint32_t)((BSLAB_SIZE - BSLAB_HDR) / sizeof(task_blk_t)))
+#define BSLAB_BLKS ((uint32_t)(BSLAB_SIZE / sizeof(task_blk_t)))
 
-/* A slab's header, in its first line (runs_mu). */
+/* A slab's record, in m->bslab_tab (runs_mu), not in the slab: a block's
+ * free then reads a table of 32 bytes a slab (120 KiB for a million
+ * pending tasks, a few pages the TLB keeps), where a header in each slab
+ * was a TLB miss of its own for every block freed in random order (W7's
+ * delivery; bench/analysis.md). Indexes, not pointers: the table moves
+ * when it grows. */
 typedef struct apex__bslab {
-  apex_manager_t *m;
-  struct apex__bslab *prev, *next; /* m's list of slabs with a free block */
-  task_blk_t *free;                /* blocks freed, LIFO */
-  uint32_t used;                   /* blocks in use */
-  uint32_t bump;                   /* blocks ever handed out (those after, never touched) */
-  int listed;                      /* on m's list */
+  char *base;          /* the mapping; NULL: record unused (on m->bslab_unused) */
+  uint32_t prev, next; /* m's list of slabs with a free block, or of unused records: index + 1 */
+  uint32_t free;       /* blocks freed, LIFO: the first's index + 1; 0: none */
+  uint32_t used;       /* blocks in use */
+  uint32_t bump;       /* blocks ever handed out (those after, never touched) */
+  uint32_t listed;     /* on m's list */
 } bslab_t;
-_Static_assert(sizeof(bslab_t) <= BSLAB_HDR, "a slab's header fits its first line");
 
 #if defined(__SANITIZE_ADDRESS__)
 #define APEX__ASAN 1
@@ -186,119 +192,153 @@ static task_blk_t *blk_of_run(apex__run_t *r) {
   return (task_blk_t *)(void *)((char *)r - offsetof(task_blk_t, run));
 }
 
-static bslab_t *slab_of(task_blk_t *b) {
-  return (bslab_t *)(void *)((uintptr_t)b & ~(uintptr_t)(BSLAB_SIZE - 1));
-}
-
-static task_blk_t *slab_blk(bslab_t *s, uint32_t i) {
-  return (task_blk_t *)(void *)((char *)s + BSLAB_HDR + (size_t)i * sizeof(task_blk_t));
+static task_blk_t *slab_blk(const bslab_t *s, uint32_t i) {
+  return (task_blk_t *)(void *)(s->base + (size_t)i * sizeof(task_blk_t));
 }
 
 /* 1 if t lives in a block with its run state (its action is deferred; the
  * action's copy is the manager's, valid as long as t). Any lock or none. */
 static int task_in_blk(const apex_task_t *t) { return t->action->kind == APEX_ACTION_DEFERRED; }
 
-/* Under runs_mu: s joins / leaves m's list of slabs with a free block. */
-static void slab_list(apex_manager_t *m, bslab_t *s) {
-  s->prev = NULL;
+/* Under runs_mu: slab i (index + 1) joins / leaves m's list of slabs with
+ * a free block. */
+static void slab_list(apex_manager_t *m, uint32_t i) {
+  bslab_t *s = &m->bslab_tab[i - 1];
+  s->prev = 0;
   s->next = m->bslabs;
-  if (m->bslabs) m->bslabs->prev = s;
-  m->bslabs = s;
+  if (m->bslabs) m->bslab_tab[m->bslabs - 1].prev = i;
+  m->bslabs = i;
   s->listed = 1;
 }
 
-static void slab_unlist(apex_manager_t *m, bslab_t *s) {
+static void slab_unlist(apex_manager_t *m, uint32_t i) {
+  bslab_t *s = &m->bslab_tab[i - 1];
   if (s->prev)
-    s->prev->next = s->next;
+    m->bslab_tab[s->prev - 1].next = s->next;
   else
     m->bslabs = s->next;
-  if (s->next) s->next->prev = s->prev;
-  s->prev = s->next = NULL;
+  if (s->next) m->bslab_tab[s->next - 1].prev = s->prev;
+  s->prev = s->next = 0;
   s->listed = 0;
 }
 
-/* A new slab's memory, BSLAB_SIZE aligned to BSLAB_SIZE (mapped twice
- * that and trimmed), or NULL. */
-static bslab_t *slab_map(void) {
-  char *p = mmap(NULL, 2 * BSLAB_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return NULL;
-  size_t head = (BSLAB_SIZE - ((uintptr_t)p & (BSLAB_SIZE - 1))) & (BSLAB_SIZE - 1);
-  /* Trimming cannot fail but for lack of memory to split the mapping: then
-   * the spare part stays mapped (unused, never touched) until exit. */
-  if (head) (void)munmap(p, head);
-  (void)munmap(p + head + BSLAB_SIZE, BSLAB_SIZE - head);
-  return (bslab_t *)(void *)(p + head);
+/* Gives back the record of slab i (index + 1; no block of it in use).
+ * Under runs_mu. Returns: the slab's memory, for slab_unmap once
+ * runs_mu is let go. */
+static char *slab_forget(apex_manager_t *m, uint32_t i) {
+  bslab_t *s = &m->bslab_tab[i - 1];
+  char *p = s->base;
+  memset(s, 0, sizeof *s);
+  s->next = m->bslab_unused;
+  m->bslab_unused = i;
+  m->n_bslabs--;
+  return p;
 }
 
-/* Unmaps s (no block of it in use). */
-static void slab_unmap(bslab_t *s) {
-  blk_unpoison(s, BSLAB_SIZE); /* a later mapping here starts clean */
+/* Unmaps a slab's memory. Any lock or none (none on a hot path). */
+static void slab_unmap(char *p) {
+  blk_unpoison(p, BSLAB_SIZE); /* a later mapping here starts clean */
   /* It fails only for lack of memory to split a mapping merged with its
    * neighbours: the slab then stays mapped, unused, until exit (its pages
    * are not touched again). Nothing to report to anyone. */
-  (void)munmap(s, BSLAB_SIZE);
+  (void)munmap(p, BSLAB_SIZE);
+}
+
+/* A new slab, listed, its record's index + 1; 0 on no memory. Under
+ * runs_mu. */
+static uint32_t slab_new(apex_manager_t *m) {
+  if (!m->bslab_unused) { /* the table doubles: once per doubling of the slabs */
+    uint32_t cap = m->bslab_cap ? 2 * m->bslab_cap : 16;
+    bslab_t *tab = realloc(m->bslab_tab, (size_t)cap * sizeof *tab);
+    if (!tab) return 0;
+    memset(tab + m->bslab_cap, 0, (size_t)(cap - m->bslab_cap) * sizeof *tab);
+    for (uint32_t k = cap; k > m->bslab_cap; k--) { /* the lowest first */
+      tab[k - 1].next = m->bslab_unused;
+      m->bslab_unused = k;
+    }
+    m->bslab_tab = tab;
+    m->bslab_cap = cap;
+  }
+  char *p = mmap(NULL, BSLAB_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return 0;
+  uint32_t i = m->bslab_unused;
+  bslab_t *s = &m->bslab_tab[i - 1];
+  m->bslab_unused = s->next;
+  memset(s, 0, sizeof *s);
+  s->base = p;
+  blk_poison(p, (size_t)BSLAB_BLKS * sizeof(task_blk_t));
+  m->n_bslabs++;
+  slab_list(m, i);
+  return i;
+}
+
+/* Where a slab's k-th new block goes: the first 256 as a 64 x 4 grid
+ * filled column by column, so blocks handed out 64 apart sit side by
+ * side, and blocks handed out one after the other 4 apart. Tasks started
+ * in a row take their run states in a row of stripes (id % 64) and link
+ * them in their stripe's live list next to the one 64 before; ending one,
+ * in random order, writes to its live neighbours and its deadline
+ * neighbours (the one submitted before and after): in the block's page
+ * most of the time, not 64 blocks (15 KiB, four pages) away (W7). */
+static uint32_t blk_place(uint32_t k) {
+  return k < 256 ? (k & 63) * 4 + (k >> 6) : k;
 }
 
 /* A zeroed block from m's slabs, or NULL on no memory. No lock held. */
 static task_blk_t *blk_alloc(apex_manager_t *m) {
   task_blk_t *b;
   pthread_mutex_lock(&m->runs_mu);
-  bslab_t *s = m->bslabs;
-  if (!s) { /* a new slab: once per BSLAB_BLKS blocks at most */
-    if (!(s = slab_map())) {
-      pthread_mutex_unlock(&m->runs_mu);
-      return NULL;
-    }
-    memset(s, 0, sizeof *s);
-    s->m = m;
-    blk_poison(slab_blk(s, 0), (size_t)BSLAB_BLKS * sizeof(task_blk_t));
-    m->n_bslabs++;
-    slab_list(m, s);
+  uint32_t i = m->bslabs;
+  if (!i && !(i = slab_new(m))) { /* a new slab: once per BSLAB_BLKS blocks at most */
+    pthread_mutex_unlock(&m->runs_mu);
+    return NULL;
   }
+  bslab_t *s = &m->bslab_tab[i - 1];
   if (s->free) {
-    b = s->free;
+    b = slab_blk(s, s->free - 1);
     blk_unpoison(b, sizeof *b);
     s->free = b->h.free_next;
   } else {
-    b = slab_blk(s, s->bump++);
+    b = slab_blk(s, blk_place(s->bump++));
     blk_unpoison(b, sizeof *b);
   }
   s->used++;
-  if (s == m->bslab_empty) m->bslab_empty = NULL;
-  if (!s->free && s->bump == BSLAB_BLKS) slab_unlist(m, s);
+  if (i == m->bslab_empty) m->bslab_empty = 0;
+  if (!s->free && s->bump == BSLAB_BLKS) slab_unlist(m, i);
   pthread_mutex_unlock(&m->runs_mu);
   memset(b, 0, sizeof *b);
+  b->slab = i - 1;
   return b;
 }
 
-/* Gives b back to its slab (its last owner let go), and the slab to malloc
- * once all of its blocks are free, unless it is the one m keeps. No lock
- * held. */
-static void blk_free(task_blk_t *b) {
-  bslab_t *s = slab_of(b), *drop = NULL;
-  apex_manager_t *m = s->m;
+/* Gives b, of m, back to its slab (its last owner let go), and the slab
+ * back once all of its blocks are free, unless it is the one m keeps. No
+ * lock held. */
+static void blk_free(apex_manager_t *m, task_blk_t *b) {
+  uint32_t i = b->slab + 1;
+  char *drop = NULL;
   pthread_mutex_lock(&m->runs_mu);
+  bslab_t *s = &m->bslab_tab[i - 1];
   b->h.free_next = s->free;
-  s->free = b;
+  s->free = (uint32_t)(b - slab_blk(s, 0)) + 1;
   blk_poison(b, sizeof *b);
   s->used--;
-  if (!s->listed) slab_list(m, s);
+  if (!s->listed) slab_list(m, i);
   if (s->used == 0) {
     if (!m->bslab_empty) {
-      m->bslab_empty = s;
-    } else if (m->bslab_empty != s) {
-      slab_unlist(m, s);
-      m->n_bslabs--;
-      drop = s;
+      m->bslab_empty = i;
+    } else if (m->bslab_empty != i) {
+      slab_unlist(m, i);
+      drop = slab_forget(m, i);
     }
   }
   pthread_mutex_unlock(&m->runs_mu);
   if (drop) slab_unmap(drop);
 }
 
-/* Drops one owner of b; the last frees it. No lock held. */
-static void blk_release(task_blk_t *b) {
-  if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) == 1) blk_free(b);
+/* Drops one owner of b, of m; the last frees it. No lock held. */
+static void blk_release(apex_manager_t *m, task_blk_t *b) {
+  if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) == 1) blk_free(m, b);
 }
 
 apex_task_t *apex__task_alloc(apex_manager_t *m, const apex_action_desc_t *a) {
@@ -311,8 +351,9 @@ apex_task_t *apex__task_alloc(apex_manager_t *m, const apex_action_desc_t *a) {
 
 void apex__task_discard(apex_task_t *t) {
   if (task_in_blk(t)) {
+    apex_manager_t *m = apex__task_m(t);
     blk_poison(t, sizeof *t);
-    blk_release(blk_of_task(t)); /* never started: the task was its only owner */
+    blk_release(m, blk_of_task(t)); /* never started: the task was its only owner */
   } else {
     apex__task_mem_free(t);
   }
@@ -344,7 +385,7 @@ static void bruns_give(apex_manager_t *m, apex__run_t *r) {
   pthread_mutex_unlock(&m->runs_mu);
   if (drop) {
     blk_poison(drop, sizeof *drop);
-    blk_release(blk_of_run(drop));
+    blk_release(m, blk_of_run(drop));
   }
 }
 
@@ -496,17 +537,15 @@ void apex__runs_free(apex_manager_t *m) {
    * slabs all come free (the one kept empty is freed here). */
   for (apex__run_t *r = m->bruns_head, *next; r; r = next) {
     next = r->free_next;
-    blk_release(blk_of_run(r));
+    blk_release(m, blk_of_run(r));
   }
   m->bruns_head = m->bruns_tail = NULL;
   m->n_bruns = 0;
-  while (m->bslabs) {
-    bslab_t *s = m->bslabs;
-    slab_unlist(m, s);
-    slab_unmap(s);
-  }
-  m->bslab_empty = NULL;
-  m->n_bslabs = 0;
+  for (uint32_t i = 1; i <= m->bslab_cap; i++)
+    if (m->bslab_tab[i - 1].base) slab_unmap(slab_forget(m, i));
+  free(m->bslab_tab);
+  m->bslab_tab = NULL;
+  m->bslab_cap = m->bslab_unused = m->bslabs = m->bslab_empty = 0;
 }
 
 static void task_free(apex_task_t *t) {
@@ -537,7 +576,7 @@ static void task_free(apex_task_t *t) {
   if (task_in_blk(t)) {
     task_blk_t *b = blk_of_task(t);
     blk_poison(t, sizeof *t); /* its run state may hold the block a while */
-    blk_release(b);
+    blk_release(m, b);
   } else {
     apex__task_mem_free(t);
   }
