@@ -11,7 +11,13 @@
  *
  * DONE events need no node: the terminal task itself is queued (linked by
  * done_next) and the event is built from it at delivery, when its outcome
- * can no longer change. A delivery takes both queues in one step and runs
+ * can no longer change. The queue is APEX__DONE_LANES chains, the tasks
+ * dealt round them in the order they ended: the order is the one chain's
+ * it was, and a delivery, walking the chains side by side, learns each
+ * task's address that many deliveries before it reaches it, so the cache
+ * misses of a long queue in no order in memory (a million pending tasks
+ * cancelled at random, W7 of bench/README.md) overlap instead of following
+ * each other through the links. A delivery takes both queues in one step and runs
  * the other events first: a task's PROGRESS, pushed before its DONE, is
  * then never delivered after it. Once a DONE callback returned, done_next
  * becomes APEX__DONE_DELIVERED: in LOOP mode apex_task_wait waits for that,
@@ -83,15 +89,18 @@ void apex__events_fini(apex_manager_t *m) {
   /* Destroy delivered every DONE before it let the manager go; a DONE left
    * here (a manager that failed to start has none) is marked delivered all
    * the same, so no apex_task_wait waits for it for ever. */
-  apex_task_t *t = m->done_head;
-  m->done_head = m->done_tail = NULL;
-  int left = t != NULL;
-  while (t) {
-    apex_task_t *next = atomic_load_explicit(&t->done_next, memory_order_relaxed);
-    atomic_store(&t->done_next, APEX__DONE_DELIVERED);
-    apex__task_unref(t);
-    t = next;
+  int left = m->done_n != 0;
+  for (unsigned l = 0; l < APEX__DONE_LANES; l++) {
+    apex_task_t *t = m->done_head[l];
+    m->done_head[l] = m->done_tail[l] = NULL;
+    while (t) {
+      apex_task_t *next = atomic_load_explicit(&t->done_next, memory_order_relaxed);
+      atomic_store(&t->done_next, APEX__DONE_DELIVERED);
+      apex__task_unref(t);
+      t = next;
+    }
   }
+  m->done_n = 0;
   if (left && atomic_load(&m->waiters)) wake_waiters(m);
   if (m->ev_fd >= 0) close(m->ev_fd);
   if (m->host_fd >= 0) close(m->host_fd);
@@ -173,7 +182,7 @@ static void signal_fd(apex_manager_t *m) {
   /* EAGAIN means the counter is already non-zero: readable anyway. */
 }
 
-static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_head; }
+static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_n; }
 
 void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
   apex_task_t *t = n->ev.task;
@@ -202,11 +211,13 @@ void apex__events_push_done_owned(apex_manager_t *m, apex_task_t *t) {
   atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
   apex__lock(&m->ev_mu);
   int was_empty = queues_empty(m);
-  if (m->done_tail)
-    atomic_store_explicit(&m->done_tail->done_next, t, memory_order_relaxed);
+  unsigned l = m->done_in++ & (APEX__DONE_LANES - 1);
+  if (m->done_tail[l])
+    atomic_store_explicit(&m->done_tail[l]->done_next, t, memory_order_relaxed);
   else
-    m->done_head = t;
-  m->done_tail = t;
+    m->done_head[l] = t;
+  m->done_tail[l] = t;
+  m->done_n++;
   int sig = signal_locked(m, was_empty);
   apex__unlock(&m->ev_mu);
   if (sig) signal_fd(m);
@@ -233,12 +244,36 @@ static void deliver_done(apex_task_t *t) {
   if (fn) fn(&ev, user);
 }
 
+/* Asks for what t's delivery and free read (NULL: none): its lines, from
+ * the word before it (a deferred task's block header: its slab's index
+ * and owners, which its free reads; for another task, the slot before
+ * its own in its slab, or malloc's chunk header under ASan: wasted) to
+ * its last (where a slot keeps its slab's address). A deferred task is
+ * 120 bytes at 8-byte alignment: three lines most of the time; another,
+ * two (tmem.c). Asking for more (a slab header, when slabs had one; 8
+ * lanes) measured slower (bench/analysis.md): each is a page walk. */
+static inline void done_prefetch(const apex_task_t *t) {
+  if (!t) return;
+  __builtin_prefetch((const char *)t - APEX__BLK_TASK_OFF, 1);
+  __builtin_prefetch((const char *)t - APEX__BLK_TASK_OFF + APEX__CACHE_LINE, 1);
+  __builtin_prefetch((const char *)t + sizeof *t - 1, 1);
+}
+
 int apex__events_deliver(apex_manager_t *m) {
   apex__lock(&m->ev_mu);
   apex__ev_t *n = m->ev_head;
   m->ev_head = m->ev_tail = NULL;
-  apex_task_t *done = m->done_head;
-  m->done_head = m->done_tail = NULL;
+  /* The DONE lanes, and where the oldest queued task is: push k went to
+   * lane k % APEX__DONE_LANES, so delivery j of this batch is in lane
+   * (first + j) % APEX__DONE_LANES, each lane's tasks in their order. */
+  apex_task_t *lane[APEX__DONE_LANES];
+  uint32_t n_done = m->done_n, first = m->done_in - m->done_n;
+  for (unsigned l = 0; l < APEX__DONE_LANES; l++) {
+    lane[l] = m->done_head[l];
+    m->done_head[l] = m->done_tail[l] = NULL;
+  }
+  m->done_n = 0;
+  int done = n_done != 0;
   /* Drained when a signal was owed, and when the queue is empty (a late
    * write of signal_fd's may have left the fd readable over nothing). Read
    * under ev_mu: a push after this section writes after it, so this read
@@ -272,25 +307,23 @@ int apex__events_deliver(apex_manager_t *m) {
     n = next;
   }
   int wake = done && m->cfg.delivery == APEX_DELIVER_LOOP;
-  while (done) {
-    apex_task_t *next = atomic_load_explicit(&done->done_next, memory_order_relaxed);
-    /* The queue is in the order tasks ended, which is no order in memory:
-     * ask for the next task's lines now, so their misses overlap this
-     * delivery and free instead of following them (W7: a million DONEs
-     * in random order). */
-    if (next) {
-      __builtin_prefetch(next, 1);
-      __builtin_prefetch((const char *)next + APEX__CACHE_LINE, 1);
-      __builtin_prefetch((const char *)next + sizeof *next - 1, 1); /* malloc's 16-byte
-                                                      alignment may spread it over three */
-    }
-    deliver_done(done);
+  /* The queue is in the order tasks ended, which is no order in memory:
+   * each task's lines are asked for as soon as its address is known, when
+   * the one before it in its lane is taken, APEX__DONE_LANES deliveries
+   * ahead, so their misses overlap those deliveries (W7: a million DONEs
+   * in random order). The lanes' heads are asked for first. */
+  for (unsigned l = 0; l < APEX__DONE_LANES; l++) done_prefetch(lane[l]);
+  for (uint32_t j = 0; j < n_done; j++) {
+    unsigned l = (first + j) & (APEX__DONE_LANES - 1);
+    apex_task_t *t = lane[l];
+    lane[l] = atomic_load_explicit(&t->done_next, memory_order_relaxed);
+    done_prefetch(lane[l]);
+    deliver_done(t);
     /* Its callback returned: its waiters may go (see apex_task_wait). */
-    atomic_store_explicit(&done->done_next, APEX__DONE_DELIVERED, memory_order_release);
+    atomic_store_explicit(&t->done_next, APEX__DONE_DELIVERED, memory_order_release);
     if (wake && atomic_load_explicit(&m->waiters, memory_order_relaxed)) wake_waiters(m);
-    apex__task_unref(done);
+    apex__task_unref(t);
     count++;
-    done = next;
   }
   if (wake) {
     /* The check above is a shortcut for a waiter already asleep; this one

@@ -49,6 +49,7 @@
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
 #define APEX__CACHE_LINE 64
 #define APEX__PROGRESS_BACKLOG_MAX 64
+#define APEX__DONE_LANES 4 /* a power of two (events.c) */
 
 typedef struct apex__ev apex__ev_t;
 
@@ -213,8 +214,10 @@ typedef struct apex__task_opts {
  * fields (ctx.api, id, attempt_open) are what such a call reads: the api
  * table is its manager's and never changes, id finds the stripe lock,
  * attempt_open is checked under it. Kept to 104 bytes (malloc's 112-byte
- * class): with a task's 128 a pending deferred task costs 240 bytes (W7 of
- * bench/README.md); what only progress needs is in the progress slot.
+ * class): with a task's 128 a pending deferred task costs 240 bytes, 232
+ * in the one block a deferred action's task and run state share (task.c,
+ * "deferred tasks' blocks"; W7 of bench/README.md); what only progress
+ * needs is in the progress slot.
  * Other fields except the intrusive links are guarded by the task's
  * stripe lock. */
 typedef struct apex__run {
@@ -383,6 +386,27 @@ static inline void apex__task_prefetch_end(const struct apex_task *t) {
   if (n) __builtin_prefetch(&n->tprev, 1);
 }
 
+/* A deferred action's task lives in a block with its run state, from a
+ * slab of its manager (task.c, "deferred tasks' blocks"): the task at
+ * APEX__BLK_TASK_OFF of an APEX__BLK_SIZE-byte block, the slab
+ * APEX__BSLAB_SIZE bytes. */
+#define APEX__BLK_TASK_OFF 8u
+#define APEX__BLK_SIZE 232u
+#define APEX__BSLAB_SIZE ((size_t)64 << 10)
+
+/* Asks for every line of t and, if it is a deferred action's, of its run
+ * state: what a cancel reads. With a million pending tasks cancelled in
+ * random order each is a cache and TLB miss; asked for together they
+ * overlap, where the reads themselves, with locked instructions between
+ * them, would follow one another (W7 of bench/README.md). For a task of
+ * another action the lines after it are a neighbour's: the hint is
+ * wasted. Any lock or none; nothing is read. */
+static inline void apex__task_prefetch_all(const struct apex_task *t) {
+  const char *b = (const char *)t - APEX__BLK_TASK_OFF;
+  for (unsigned at = 0; at < APEX__BLK_SIZE; at += APEX__CACHE_LINE) __builtin_prefetch(b + at, 1);
+  __builtin_prefetch(b + APEX__BLK_SIZE - 1, 1);
+}
+
 #define APEX__NOT_IN_HEAP UINT32_MAX
 #define APEX__DL_IDLE_MAX 16  /* idle deadline lists kept for reuse */
 /* DISPATCH: how long the runtime thread leaves a due deadline to the host's
@@ -535,7 +559,13 @@ struct apex_manager {
   apex__ev_t *ev_head, *ev_tail;
   int ev_fd;           /* DISPATCH: eventfd readable while events wait */
   int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
-  apex_task_t *done_head, *done_tail; /* DONE events: the tasks themselves */
+  /* DONE events: the tasks themselves, dealt round the lanes in the order
+   * they ended (push k goes to lane k % APEX__DONE_LANES), so a delivery
+   * walks APEX__DONE_LANES chains side by side and can ask for a task's
+   * lines that many deliveries before it reaches it (events.c). done_in
+   * counts pushes (wrapping), done_n the tasks queued. */
+  apex_task_t *done_head[APEX__DONE_LANES], *done_tail[APEX__DONE_LANES];
+  uint32_t done_in, done_n;
   int ev_fd_armed;
 
   /* progress flushing (flush_mu) */
@@ -576,6 +606,17 @@ struct apex_manager {
   _Alignas(APEX__CACHE_LINE) pthread_mutex_t runs_mu;
   apex__run_t *runs_head, *runs_tail;
   uint32_t n_runs;
+  /* Deferred tasks' blocks (task.c, "deferred tasks' blocks"), runs_mu
+   * too: the slabs' records, the unused ones, the slabs with a free
+   * block, the one kept though empty, how many slabs; the ended run
+   * states of blocks, oldest first (never reused; each lets its block go
+   * past APEX__RUNS_KEEP). */
+  struct apex__bslab *bslab_tab; /* the slabs' records (task.c), bslab_cap of them */
+  uint32_t bslab_cap, bslab_unused; /* unused records' list: index + 1, 0 none */
+  uint32_t bslabs, bslab_empty;     /* index + 1, 0 none */
+  uint32_t n_bslabs;
+  apex__run_t *bruns_head, *bruns_tail;
+  uint32_t n_bruns;
 
   /* Durable tasks (src/store/durable.c): the store, owner and keeper of a
    * manager opened with config.store; NULL without one. Set before any
@@ -621,6 +662,15 @@ uint64_t apex__ns_after_ms(int64_t ms);
 apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
                                   const apex_action_desc_t *a, uint64_t id, int state,
                                   uint32_t attempts, json_t *result, apex_error_t *error);
+/* A zeroed task of m for a submit of a: a deferred action's in one block
+ * with its run state, from m's slabs (task.c, "deferred tasks' blocks");
+ * freed by its last reference's drop. No lock held (takes runs_mu).
+ * Returns: NULL on no memory. */
+apex_task_t *apex__task_alloc(apex_manager_t *m, const apex_action_desc_t *a);
+/* Frees t, from apex__task_alloc, never published (a refused submit:
+ * t->action set, no reference taken, nothing of its own left but t).
+ * No lock held. */
+void apex__task_discard(apex_task_t *t);
 /* The stripe lock guarding t's state (one of APEX__LOCK_STRIPES, by id). */
 pthread_mutex_t *apex__task_mu(apex_task_t *t);
 /* Reference counting; any lock or none. The unref that drops the last

@@ -911,7 +911,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
   }
 
-  apex_task_t *t = apex__task_mem_new(); /* zeroed (tmem.c) */
+  apex_task_t *t = apex__task_alloc(m, a); /* zeroed */
   if (!t) {
     json_decref(vp);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
@@ -1027,7 +1027,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
       apex__durable_task_free(t->opts->durable);
       free((void *)t->opts);
     }
-    apex__task_mem_free(t);
+    apex__task_discard(t); /* a deferred action's block, or a slot */
     if (dup) { /* an idempotency key's task: that one is the answer */
       *out = dup;
       return APEX_OK;
