@@ -660,6 +660,9 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   apex__task_cancel(user, APEX__CAUSE_PARENT, reason);
 }
 
+_Static_assert(sizeof(apex__task_opts_t) <= sizeof(apex_task_t) &&
+                   _Alignof(apex__task_opts_t) <= _Alignof(apex_task_t),
+               "a plain opts block fits a task slot (tmem.c)");
 _Static_assert(sizeof(apex__task_opts_t) % _Alignof(apex__tmo_t) == 0 &&
                    sizeof(apex__task_opts_t) % _Alignof(apex__own_retry_t) == 0 &&
                    sizeof(apex__tmo_t) % _Alignof(apex__own_retry_t) == 0,
@@ -712,9 +715,16 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
    * retry policy if any (each a multiple of 8 bytes: aligned in turn). */
   size_t tmo_sz = tmo ? sizeof(apex__tmo_t) : 0;
   int own_retry = o && o->retry;
+  /* A plain block (a child's, an event callback's) is a task slot, as
+   * the task is (tmem.c): no malloc, and a free from another thread that
+   * takes no arena lock (each was about 250 and 100 instructions of a
+   * child's spawn and free: bench/analysis.md, W11 of the sixth session). */
+  int in_slot = !tmo && !own_retry;
   apex__task_opts_t *x =
-      calloc(1, sizeof *x + tmo_sz + (own_retry ? sizeof(apex__own_retry_t) : 0));
+      in_slot ? (apex__task_opts_t *)(void *)apex__task_mem_new()
+              : calloc(1, sizeof *x + tmo_sz + (own_retry ? sizeof(apex__own_retry_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  x->in_slot = (uint8_t)in_slot;
   x->start_ns = start_ns;
   x->sheap_idx = APEX__NOT_IN_HEAP;
   if (tmo) {
@@ -1025,7 +1035,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     apex_token_unref(apex__task_token_peek(t));
     if (t->opts && !t->opts->shared) {
       apex__durable_task_free(t->opts->durable);
-      free((void *)t->opts);
+      apex__task_opts_free(t->opts);
     }
     apex__task_mem_free(t);
     if (dup) { /* an idempotency key's task: that one is the answer */

@@ -247,7 +247,7 @@ static void task_free(apex_task_t *t) {
     apex_error_unref(t->out.error);
   if (t->opts && !t->opts->shared) {
     apex__durable_task_free(t->opts->durable);
-    free((void *)t->opts); /* a class's block stays */
+    apex__task_opts_free(t->opts); /* a class's block stays */
   }
   apex__task_mem_free(t);
   apex__manager_unref(m);
