@@ -27,6 +27,7 @@
 #include "core/policy.h"
 #include "core/utf8.h"
 #include "exec/internal.h"
+#include "obs/clock.h"
 #include "obs/metrics.h"
 #include "ops/ops.h"
 
@@ -692,8 +693,10 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   int capped = 0;
   if (sp && sp->cap_ns && (!t->deadline_ns || t->deadline_ns > sp->cap_ns)) {
     /* A child never outlives its parent's deadline: it gets what is left
-     * of it (the float key rounds; the deadline itself is the parent's). */
-    uint64_t now = apex__now_ns();
+     * of it (the float rounds; the deadline itself is the parent's, which
+     * the parent's timer ends it at: no timer of its own, see the submit
+     * below). The clock the parent's deadline was read from. */
+    uint64_t now = apex__obs_clock_ns();
     uint64_t left = sp->cap_ns > now ? sp->cap_ns - now : 1;
     t->timeout_s = (float)((double)left / 1e9);
     if (t->timeout_s <= 0) t->timeout_s = 1e-9f;
@@ -1008,7 +1011,13 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
     for (;;) {
       if (start_ns) pthread_mutex_lock(mu);
-      rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1,
+      /* A capped child's deadline is its parent's: the parent's timer
+       * ends it (apex__family_deadline, src/ops/children.c), so it joins
+       * no deadline list (a list per distinct remaining time, made and
+       * unlinked under pool_mu for every child: bench/analysis.md, W11 of
+       * the sixth session). */
+      int own_dl = t->deadline_ns != 0 && !(t->opts && t->opts->child_capped);
+      rc = apex__pool_submit(m, t, own_dl, apex__retry_policy(t)->max_attempts > 1,
                              start_ns ? &once : sched ? &req : NULL, why, sizeof why);
       if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
         apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);

@@ -144,6 +144,10 @@ struct apex__family {
   unsigned wait_all, wait_every;
   int holds_parent;     /* a parent reference, while n_live or busy */
   int deadline_pending; /* the parent's deadline passed while children lived */
+  /* The parent's deadline passed (apex__family_deadline): a capped child
+   * (no timer of its own) whose spawn returns after it is ended as its
+   * deadline would have ended it. */
+  int deadline_fired;
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
@@ -354,6 +358,9 @@ static int let_go(apex_task_t *t) {
          (!t->out.result || json_is_null(t->out.result));
 }
 
+/* A child's deadline is its parent's (capped at submit, manager.c). */
+static int capped(const apex_task_t *t) { return t->opts && t->opts->child_capped; }
+
 /* Under f->mu: n's task (ended, let_go) is dropped; returns it for the
  * caller to unref after the unlock. Its names stay for the roll-up. */
 static apex_task_t *let_go_locked(apex_child_t *n) {
@@ -525,13 +532,20 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
    * task go before it was set. */
   apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
   /* The shared token fired before the node had its task: its callback
-   * could not end it, so this does (it would never start anyway). */
+   * could not end it, so this does (it would never start anyway); and
+   * once the parent's deadline passed, a child whose deadline is that one
+   * ends as that deadline ends it (apex__family_deadline could not see
+   * it either). */
   apex_task_t *late = NULL;
   if (!n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = ct);
+  int late_dl = late && f->deadline_fired && capped(ct);
   apex__unlock(&f->mu);
   if (drop) apex__task_unref(drop);
   if (late) {
-    (void)apex__task_cancel(late, APEX__CAUSE_PARENT, "parent");
+    if (late_dl)
+      apex__task_on_deadline(late);
+    else
+      (void)apex__task_cancel(late, APEX__CAUSE_PARENT, "parent");
     apex__task_unref(late);
   }
   *out = n;
@@ -626,6 +640,48 @@ int apex__family_hold_deadline(apex__family_t *f) {
   if (held) f->deadline_pending = 1;
   apex__unlock(&f->mu);
   return held;
+}
+
+void apex__family_deadline(apex__family_t *f) {
+  apex__lock(&f->mu);
+  f->deadline_fired = 1;
+  size_t k = 0;
+  apex_task_t **v = f->n_live ? malloc(f->n_live * sizeof *v) : NULL;
+  for (size_t i = f->open_lo; v && i < f->n && k < f->n_live; i++) {
+    apex_child_t *n = f->kids[i];
+    if (!n->ended && n->task && capped(n->task)) {
+      apex__task_ref(n->task);
+      v[k++] = n->task;
+    }
+  }
+  int nomem = !v && f->n_live;
+  apex_task_t *hold = nomem && f->holds_parent ? f->parent : NULL;
+  if (hold) apex__task_ref(hold);
+  apex__unlock(&f->mu);
+  /* Each as its own timer would have (the first of them may end the last
+   * child, and with it bring the parent's deadline back: the list holds
+   * references, so the family's state is not read meanwhile). */
+  for (size_t i = 0; i < k; i++) {
+    apex__task_on_deadline(v[i]);
+    apex__task_unref(v[i]);
+  }
+  free(v);
+  if (hold) { /* no memory for the list: one at a time, the parent (and f) held */
+    for (size_t i = 0;; i++) {
+      apex__lock(&f->mu);
+      apex_task_t *ct = NULL;
+      if (i < f->n && !f->kids[i]->ended && f->kids[i]->task && capped(f->kids[i]->task))
+        apex__task_ref(ct = f->kids[i]->task);
+      size_t n = f->n;
+      apex__unlock(&f->mu);
+      if (ct) {
+        apex__task_on_deadline(ct);
+        apex__task_unref(ct);
+      }
+      if (i >= n) break;
+    }
+    apex__task_unref(hold);
+  }
 }
 
 int apex__family_take_dirty(apex__family_t *f) { return atomic_exchange(&f->dirty, 0); }
