@@ -426,29 +426,52 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: submit.struct_size %u",
                   (unsigned)o.submit->struct_size);
 
-  apex_task_t *t = apex__run_lock_open(r);
-  if (!t) {
-    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_spawn");
-    return APEX_E_INVALID;
+  /* The attempt's own handler spawning on the worker that runs it, with
+   * the family made: the task lock's checks hold without it (the attempt
+   * is open, and its run state, task and family stay while the handler
+   * runs on this thread), so the lock is not taken (a fan-out took the
+   * parent's stripe lock once per child: bench/analysis.md, W11 of the
+   * sixth session). Any other caller (a deferred attempt's callbacks, a
+   * thread of the plugin's, a ctx used where it should not be) takes it. */
+  apex__worker_t *w = apex__pool_self(m);
+  apex_task_t *t = w ? atomic_load_explicit(&w->holding, memory_order_relaxed) : NULL;
+  apex__family_t *f = NULL;
+  int locked = 0;
+  /* has_fam first: a run state with a family keeps its progress slot, so
+   * its task's run link is never cleared (task.c, release_life_locked) and
+   * reads safely here. */
+  if (t && t->id == atomic_load_explicit(&r->id, memory_order_relaxed) &&
+      atomic_load_explicit(&r->has_fam, memory_order_acquire) &&
+      atomic_load_explicit(&r->attempt_open, memory_order_acquire) && t->run == r) {
+    f = r->prog->fam;
+  } else {
+    t = apex__run_lock_open(r);
+    if (!t) {
+      apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_spawn");
+      return APEX_E_INVALID;
+    }
+    locked = 1;
   }
   if (is_terminal(atomic_load(&t->state))) {
-    pthread_mutex_unlock(apex__task_mu(t));
+    if (locked) pthread_mutex_unlock(apex__task_mu(t));
     return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn: the task ended (cancelled or timed out)");
   }
   unsigned depth = (t->opts ? t->opts->child_depth : 0) + 1u;
   if (depth > APEX_CHILD_MAX_DEPTH) {
-    pthread_mutex_unlock(apex__task_mu(t));
+    if (locked) pthread_mutex_unlock(apex__task_mu(t));
     return refuse(r, APEX_E_INVALID,
                   "apex_ctx_spawn %s.%s: depth %u is over APEX_CHILD_MAX_DEPTH (%d): "
                   "a cycle of spawns?",
                   plugin, action, depth, APEX_CHILD_MAX_DEPTH);
   }
-  if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
-  apex__family_t *f = r->prog ? r->prog->fam : NULL;
-  if (r->prog && !f && (f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1))))
-    atomic_store(&r->has_fam, 1); /* seq_cst: as visible as the lock would make it */
+  if (locked) {
+    if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
+    f = r->prog ? r->prog->fam : NULL;
+    if (r->prog && !f && (f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1))))
+      atomic_store(&r->has_fam, 1); /* seq_cst: as visible as the lock would make it */
+  }
   uint64_t cap = t->deadline_ns, pid = t->id;
-  pthread_mutex_unlock(apex__task_mu(t));
+  if (locked) pthread_mutex_unlock(apex__task_mu(t));
   if (!f) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   /* The handler owns the ctx: t stays while this runs. Never under t's
    * lock (it may make the token). */
