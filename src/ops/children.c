@@ -612,7 +612,11 @@ void apex__child_ended(apex_task_t *t) {
    * queue, other children still live) is this one section: the family,
    * which may go once it is left (the parent's last reference), is not
    * touched again. Otherwise busy holds it (and the parent). */
-  int flush = !atomic_exchange(&f->dirty, 1);
+  /* Read first (seq_cst, a plain load here): most ends find the flush
+   * queued, and skip the locked exchange. A 1 read here is before the
+   * runtime's take in their total order, so its roll-up, under this
+   * mutex after the take, sees this end. */
+  int flush = !atomic_load(&f->dirty) && !atomic_exchange(&f->dirty, 1);
   int more = fn || flush || !f->n_live;
   if (more) f->busy++;
   /* Only a waiter this end may satisfy (see wait_all). Under the mutex:
