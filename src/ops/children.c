@@ -40,7 +40,8 @@
  * last child's end (apex__family_defer_complete), and a deadline that
  * passes while children are live cancels them and comes back when the
  * last one ended (apex__family_hold_deadline), so the parent ends
- * timed_out after them.
+ * timed_out after them. A child capped at that deadline has no timer of
+ * its own: the parent's ends it (apex__family_deadline).
  *
  * Roll-up: a child's delivery (at its progress rate) stores its snapshot
  * in its node and marks the family dirty, queueing the parent for its next
