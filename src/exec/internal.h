@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <uv.h>
 
@@ -184,6 +185,10 @@ typedef struct apex__task_opts {
   /* This block is a class's own (sched.h): shared by the tasks whose only
    * options are scheduling ones, never freed with a task. */
   uint8_t shared;
+  /* This block is a task slot (tmem.c), not malloc's: a plain block (no
+   * timeouts' state, no retry policy of its own), a child task's among
+   * them; apex__task_opts_free gives it back. */
+  uint8_t in_slot;
   /* The operation group it was submitted into (ops/group.c), or NULL, and
    * its index there (never in a shared block: a member has its own). The
    * task's membership holds a group reference until its terminal
@@ -643,6 +648,16 @@ static inline int apex__on_runtime_thread(apex_manager_t *m) {
  * Ownership: freed with apex__task_mem_free, from any thread. */
 apex_task_t *apex__task_mem_new(void);
 void apex__task_mem_free(apex_task_t *t);
+
+/* Frees a task's own opts block (not a class's shared one), where it came
+ * from (in_slot). No lock. */
+static inline void apex__task_opts_free(const apex__task_opts_t *x) {
+  if (x->in_slot)
+    apex__task_mem_free((apex_task_t *)(uintptr_t)x);
+  else
+    free((void *)(uintptr_t)x);
+}
+
 /* For tests: the count of t's slab (its slots not yet freed, + 1 while a
  * thread allocates from it); 0 where tasks are calloc'ed (ASan). */
 uint32_t apex__task_mem_slab_live(const apex_task_t *t);

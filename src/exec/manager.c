@@ -27,6 +27,7 @@
 #include "core/policy.h"
 #include "core/utf8.h"
 #include "exec/internal.h"
+#include "obs/clock.h"
 #include "obs/metrics.h"
 #include "ops/ops.h"
 
@@ -660,6 +661,9 @@ static void on_token_cancel(apex_token_t *tok, const char *reason, void *user) {
   apex__task_cancel(user, APEX__CAUSE_PARENT, reason);
 }
 
+_Static_assert(sizeof(apex__task_opts_t) <= sizeof(apex_task_t) &&
+                   _Alignof(apex__task_opts_t) <= _Alignof(apex_task_t),
+               "a plain opts block fits a task slot (tmem.c)");
 _Static_assert(sizeof(apex__task_opts_t) % _Alignof(apex__tmo_t) == 0 &&
                    sizeof(apex__task_opts_t) % _Alignof(apex__own_retry_t) == 0 &&
                    sizeof(apex__tmo_t) % _Alignof(apex__own_retry_t) == 0,
@@ -689,8 +693,10 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   int capped = 0;
   if (sp && sp->cap_ns && (!t->deadline_ns || t->deadline_ns > sp->cap_ns)) {
     /* A child never outlives its parent's deadline: it gets what is left
-     * of it (the float key rounds; the deadline itself is the parent's). */
-    uint64_t now = apex__now_ns();
+     * of it (the float rounds; the deadline itself is the parent's, which
+     * the parent's timer ends it at: no timer of its own, see the submit
+     * below). The clock the parent's deadline was read from. */
+    uint64_t now = apex__obs_clock_ns();
     uint64_t left = sp->cap_ns > now ? sp->cap_ns - now : 1;
     t->timeout_s = (float)((double)left / 1e9);
     if (t->timeout_s <= 0) t->timeout_s = 1e-9f;
@@ -712,9 +718,16 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
    * retry policy if any (each a multiple of 8 bytes: aligned in turn). */
   size_t tmo_sz = tmo ? sizeof(apex__tmo_t) : 0;
   int own_retry = o && o->retry;
+  /* A plain block (a child's, an event callback's) is a task slot, as
+   * the task is (tmem.c): no malloc, and a free from another thread that
+   * takes no arena lock (each was about 250 and 100 instructions of a
+   * child's spawn and free: bench/analysis.md, W11 of the sixth session). */
+  int in_slot = !tmo && !own_retry;
   apex__task_opts_t *x =
-      calloc(1, sizeof *x + tmo_sz + (own_retry ? sizeof(apex__own_retry_t) : 0));
+      in_slot ? (apex__task_opts_t *)(void *)apex__task_mem_new()
+              : calloc(1, sizeof *x + tmo_sz + (own_retry ? sizeof(apex__own_retry_t) : 0));
   if (!x) return apex__fail(err, APEX_E_NOMEM, "out of memory");
+  x->in_slot = (uint8_t)in_slot;
   x->start_ns = start_ns;
   x->sheap_idx = APEX__NOT_IN_HEAP;
   if (tmo) {
@@ -998,7 +1011,13 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
     for (;;) {
       if (start_ns) pthread_mutex_lock(mu);
-      rc = apex__pool_submit(m, t, t->deadline_ns != 0, apex__retry_policy(t)->max_attempts > 1,
+      /* A capped child's deadline is its parent's: the parent's timer
+       * ends it (apex__family_deadline, src/ops/children.c), so it joins
+       * no deadline list (a list per distinct remaining time, made and
+       * unlinked under pool_mu for every child: bench/analysis.md, W11 of
+       * the sixth session). */
+      int own_dl = t->deadline_ns != 0 && !(t->opts && t->opts->child_capped);
+      rc = apex__pool_submit(m, t, own_dl, apex__retry_policy(t)->max_attempts > 1,
                              start_ns ? &once : sched ? &req : NULL, why, sizeof why);
       if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
         apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);
@@ -1025,7 +1044,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     apex_token_unref(apex__task_token_peek(t));
     if (t->opts && !t->opts->shared) {
       apex__durable_task_free(t->opts->durable);
-      free((void *)t->opts);
+      apex__task_opts_free(t->opts);
     }
     apex__task_discard(t); /* a deferred action's block, or a slot */
     if (dup) { /* an idempotency key's task: that one is the answer */

@@ -571,7 +571,7 @@ static void task_free(apex_task_t *t) {
     apex_error_unref(t->out.error);
   if (t->opts && !t->opts->shared) {
     apex__durable_task_free(t->opts->durable);
-    free((void *)t->opts); /* a class's block stays */
+    apex__task_opts_free(t->opts); /* a class's block stays */
   }
   if (task_in_blk(t)) {
     task_blk_t *b = blk_of_task(t);
@@ -1864,8 +1864,10 @@ void apex__task_on_deadline(apex_task_t *t) {
   apex__progress_slot_t *ps = t->run ? t->run->prog : NULL;
   if (ps && ps->fam && apex__family_hold_deadline(ps->fam)) {
     a.cancel = apex__cause_name(APEX__CAUSE_TIMEOUT);
+    apex__family_t *fam = ps->fam; /* lives with t, which the caller holds */
     pthread_mutex_unlock(mu);
     after_unlock(t, &a);
+    apex__family_deadline(fam); /* the children whose deadline is this one */
     return;
   }
   /* A child whose deadline is its parent's: the parent's timeout, which

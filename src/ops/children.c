@@ -40,7 +40,8 @@
  * last child's end (apex__family_defer_complete), and a deadline that
  * passes while children are live cancels them and comes back when the
  * last one ended (apex__family_hold_deadline), so the parent ends
- * timed_out after them.
+ * timed_out after them. A child capped at that deadline has no timer of
+ * its own: the parent's ends it (apex__family_deadline).
  *
  * Roll-up: a child's delivery (at its progress rate) stores its snapshot
  * in its node and marks the family dirty, queueing the parent for its next
@@ -78,6 +79,11 @@ struct apex_child {
   uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
   uint8_t final;         /* its terminal state, once ended (mu) */
   uint8_t let_go;        /* task dropped: the names below answer for it (mu) */
+  /* Waits (apex_ctx_wait_children, apex_ctx_wait_any_child) naming this
+   * child that are under way (mu): its end wakes the family's waiters only
+   * then (see waiters_locked). Saturates: a wait that finds it at the top
+   * counts in the family's wait_every instead. */
+  uint16_t watched;
   /* Two lives that never overlap (mu): until it ends, the end callback
    * (taken when it runs); once it ended, its plugin's and action's names
    * (static while the manager lives), read when task is NULL. */
@@ -104,8 +110,12 @@ typedef struct node_chunk {
 } node_chunk_t;
 
 struct apex__family {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
+  /* Spins before it sleeps (exec/lock.h): the spawner and the worker
+   * ending children take it for a few tens of ns each, and glibc's mutex
+   * made most of their meetings a futex sleep and wake (bench/analysis.md,
+   * W11 of the sixth session). */
+  apex__lock_t mu;
+  apex__cond_t cv;
   apex_task_t *parent; /* immutable; alive while holds_parent */
   apex__run_t *run;    /* the parent's run state: its ctx, for callbacks */
   uint8_t depth;       /* the parent's depth */
@@ -125,8 +135,20 @@ struct apex__family {
   size_t settled_counts[APEX_TASK_SCHEDULED + 1];
   size_t open_lo;
   unsigned busy;        /* child ends being processed */
+  /* Threads waiting on cv (mu): for every child (n_live 0: wait_all, with
+   * apex__family_settle, which also waits for busy 0), and waits that
+   * could not mark their children watched (wait_every: any end wakes
+   * them). A child's end broadcasts only when a waiter may be done, not at
+   * every end: a parent waiting for 10,000 children was woken 10,000
+   * times, each a futex wake on the children's worker and a context
+   * switch (bench/analysis.md, W11 of the sixth session). */
+  unsigned wait_all, wait_every;
   int holds_parent;     /* a parent reference, while n_live or busy */
   int deadline_pending; /* the parent's deadline passed while children lived */
+  /* The parent's deadline passed (apex__family_deadline): a capped child
+   * (no timer of its own) whose spawn returns after it is ended as its
+   * deadline would have ended it. */
+  int deadline_fired;
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
@@ -160,20 +182,8 @@ static int refuse(apex__run_t *r, int rc, const char *fmt, ...) {
 }
 
 static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth) {
-  apex__family_t *f = calloc(1, sizeof *f);
+  apex__family_t *f = calloc(1, sizeof *f); /* the lock and cv: zero is their initial state */
   if (!f) return NULL;
-  pthread_condattr_t ca;
-  int ok = pthread_condattr_init(&ca) == 0;
-  if (ok) {
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    ok = pthread_cond_init(&f->cv, &ca) == 0;
-    pthread_condattr_destroy(&ca);
-  }
-  if (!ok || pthread_mutex_init(&f->mu, NULL) != 0) {
-    if (ok) pthread_cond_destroy(&f->cv);
-    free(f);
-    return NULL;
-  }
   f->parent = t;
   f->run = r;
   f->depth = depth;
@@ -201,8 +211,6 @@ void apex__family_free(apex__family_t *f) {
     free(c);
   }
   free(f->kids);
-  pthread_mutex_destroy(&f->mu);
-  pthread_cond_destroy(&f->cv);
   free(f);
 }
 
@@ -234,7 +242,7 @@ static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex
 
 /* Cancels every live child of f (reason "parent"). No lock held. */
 static void cancel_live(apex__family_t *f) {
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   size_t k = 0;
   /* At most n_live children are live with a task: the list holds those. */
   apex_task_t **v = f->n_live ? malloc(f->n_live * sizeof *v) : NULL;
@@ -250,14 +258,14 @@ static void cancel_live(apex__family_t *f) {
    * the parent, and with it f, is held here for the loop. */
   apex_task_t *hold = !v && f->n_live && f->holds_parent ? f->parent : NULL;
   if (hold) apex__task_ref(hold);
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (hold) { /* no memory for the list: one at a time */
     for (size_t i = 0;; i++) {
-      pthread_mutex_lock(&f->mu);
+      apex__lock(&f->mu);
       apex_task_t *ct = NULL;
       if (i < f->n && !f->kids[i]->ended && f->kids[i]->task) apex__task_ref(ct = f->kids[i]->task);
       size_t n = f->n;
-      pthread_mutex_unlock(&f->mu);
+      apex__unlock(&f->mu);
       if (ct) {
         (void)apex__task_cancel(ct, APEX__CAUSE_PARENT, "parent");
         apex__task_unref(ct);
@@ -307,7 +315,7 @@ static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
     apex_token_unref(sh);
     return NULL;
   }
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   if (atomic_load_explicit(&f->shared_up, memory_order_relaxed) == up) {
     old = sh; /* another spawn made it first */
     old_cb = cb;
@@ -319,7 +327,7 @@ static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
     f->shared_cb = cb;
     atomic_store_explicit(&f->shared_up, up, memory_order_release);
   }
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (old) {
     apex_token_remove_callback(old, old_cb);
     apex_token_unref(old);
@@ -350,6 +358,9 @@ static int let_go(apex_task_t *t) {
   return atomic_load(&t->state) == APEX_TASK_SUCCEEDED &&
          (!t->out.result || json_is_null(t->out.result));
 }
+
+/* A child's deadline is its parent's (capped at submit, manager.c). */
+static int capped(const apex_task_t *t) { return t->opts && t->opts->child_capped; }
 
 /* Under f->mu: n's task (ended, let_go) is dropped; returns it for the
  * caller to unref after the unlock. Its names stay for the roll-up. */
@@ -416,29 +427,52 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: submit.struct_size %u",
                   (unsigned)o.submit->struct_size);
 
-  apex_task_t *t = apex__run_lock_open(r);
-  if (!t) {
-    apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_spawn");
-    return APEX_E_INVALID;
+  /* The attempt's own handler spawning on the worker that runs it, with
+   * the family made: the task lock's checks hold without it (the attempt
+   * is open, and its run state, task and family stay while the handler
+   * runs on this thread), so the lock is not taken (a fan-out took the
+   * parent's stripe lock once per child: bench/analysis.md, W11 of the
+   * sixth session). Any other caller (a deferred attempt's callbacks, a
+   * thread of the plugin's, a ctx used where it should not be) takes it. */
+  apex__worker_t *w = apex__pool_self(m);
+  apex_task_t *t = w ? atomic_load_explicit(&w->holding, memory_order_relaxed) : NULL;
+  apex__family_t *f = NULL;
+  int locked = 0;
+  /* has_fam first: a run state with a family keeps its progress slot, so
+   * its task's run link is never cleared (task.c, release_life_locked) and
+   * reads safely here. */
+  if (t && t->id == atomic_load_explicit(&r->id, memory_order_relaxed) &&
+      atomic_load_explicit(&r->has_fam, memory_order_acquire) &&
+      atomic_load_explicit(&r->attempt_open, memory_order_acquire) && t->run == r) {
+    f = r->prog->fam;
+  } else {
+    t = apex__run_lock_open(r);
+    if (!t) {
+      apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_spawn");
+      return APEX_E_INVALID;
+    }
+    locked = 1;
   }
   if (is_terminal(atomic_load(&t->state))) {
-    pthread_mutex_unlock(apex__task_mu(t));
+    if (locked) pthread_mutex_unlock(apex__task_mu(t));
     return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn: the task ended (cancelled or timed out)");
   }
   unsigned depth = (t->opts ? t->opts->child_depth : 0) + 1u;
   if (depth > APEX_CHILD_MAX_DEPTH) {
-    pthread_mutex_unlock(apex__task_mu(t));
+    if (locked) pthread_mutex_unlock(apex__task_mu(t));
     return refuse(r, APEX_E_INVALID,
                   "apex_ctx_spawn %s.%s: depth %u is over APEX_CHILD_MAX_DEPTH (%d): "
                   "a cycle of spawns?",
                   plugin, action, depth, APEX_CHILD_MAX_DEPTH);
   }
-  if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
-  apex__family_t *f = r->prog ? r->prog->fam : NULL;
-  if (r->prog && !f && (f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1))))
-    atomic_store(&r->has_fam, 1); /* seq_cst: as visible as the lock would make it */
+  if (locked) {
+    if (!r->prog) r->prog = calloc(1, sizeof *r->prog);
+    f = r->prog ? r->prog->fam : NULL;
+    if (r->prog && !f && (f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1))))
+      atomic_store(&r->has_fam, 1); /* seq_cst: as visible as the lock would make it */
+  }
   uint64_t cap = t->deadline_ns, pid = t->id;
-  pthread_mutex_unlock(apex__task_mu(t));
+  if (locked) pthread_mutex_unlock(apex__task_mu(t));
   if (!f) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   /* The handler owns the ctx: t stays while this runs. Never under t's
    * lock (it may make the token). */
@@ -453,16 +487,16 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   char *label = NULL;
   if (o.label && !(label = strdup(o.label)))
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   if (f->complete_pending) {
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     free(label);
     apex__ctx_misuse(m, pid, "apex_ctx_spawn");
     return APEX_E_INVALID;
   }
   apex_child_t *n = node_new_locked(f);
   if (!n) {
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     free(label);
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   }
@@ -476,7 +510,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     apex__task_ref(t);
     f->holds_parent = 1;
   }
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
 
   /* Without submit options or a timeout of its own, the defaults: no
    * options at all (what a zeroed block would say, without its copy). */
@@ -496,7 +530,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   if (rc != APEX_OK) {
     for (size_t i = f->n; i-- > 0;) {
       if (f->kids[i] == n) {
@@ -509,7 +543,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     f->n_live--;
     int drop = !f->n_live && !f->busy && f->holds_parent;
     if (drop) f->holds_parent = 0;
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
     free(n->label);
     refuse(r, rc, "apex_ctx_spawn: %s", apex_error_message(err));
@@ -522,13 +556,20 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
    * task go before it was set. */
   apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
   /* The shared token fired before the node had its task: its callback
-   * could not end it, so this does (it would never start anyway). */
+   * could not end it, so this does (it would never start anyway); and
+   * once the parent's deadline passed, a child whose deadline is that one
+   * ends as that deadline ends it (apex__family_deadline could not see
+   * it either). */
   apex_task_t *late = NULL;
   if (!n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = ct);
-  pthread_mutex_unlock(&f->mu);
+  int late_dl = late && f->deadline_fired && capped(ct);
+  apex__unlock(&f->mu);
   if (drop) apex__task_unref(drop);
   if (late) {
-    (void)apex__task_cancel(late, APEX__CAUSE_PARENT, "parent");
+    if (late_dl)
+      apex__task_on_deadline(late);
+    else
+      (void)apex__task_cancel(late, APEX__CAUSE_PARENT, "parent");
     apex__task_unref(late);
   }
   *out = n;
@@ -540,14 +581,14 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
 void apex__child_delivered(apex_task_t *t, apex_progress_t *snap) {
   apex_child_t *n = t->opts->child;
   apex__family_t *f = n->fam;
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   apex_progress_t *old = n->last;
   /* A settled child's share may still move (a cancelled one counts what
    * it reported): its old share out of the sum, the new one in. */
   if (n->settled) f->swp_settled -= n->weight * node_pct(n);
   n->last = apex_progress_ref(snap);
   if (n->settled) f->swp_settled += n->weight * node_pct(n);
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   apex_progress_unref(old); /* no user code: freeing under the child's lock is fine */
   /* The parent is held (this child is live): queue its next roll-up. */
   if (!atomic_exchange(&f->dirty, 1)) apex__flush_request(apex__task_m(f->parent), f->parent);
@@ -557,7 +598,7 @@ void apex__child_ended(apex_task_t *t) {
   apex_child_t *n = t->opts->child;
   apex__family_t *f = n->fam;
   apex_manager_t *m = apex__task_m(f->parent);
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   n->ended = 1;
   f->n_live--;
   apex_child_fn fn = n->u.on_end.fn;
@@ -572,17 +613,23 @@ void apex__child_ended(apex_task_t *t) {
    * queue, other children still live) is this one section: the family,
    * which may go once it is left (the parent's last reference), is not
    * touched again. Otherwise busy holds it (and the parent). */
-  int flush = !atomic_exchange(&f->dirty, 1);
+  /* Read first (seq_cst, a plain load here): most ends find the flush
+   * queued, and skip the locked exchange. A 1 read here is before the
+   * runtime's take in their total order, so its roll-up, under this
+   * mutex after the take, sees this end. */
+  int flush = !atomic_load(&f->dirty) && !atomic_exchange(&f->dirty, 1);
   int more = fn || flush || !f->n_live;
   if (more) f->busy++;
-  pthread_cond_broadcast(&f->cv);
-  pthread_mutex_unlock(&f->mu);
+  /* Only a waiter this end may satisfy (see wait_all). Under the mutex:
+   * once it is left, f may go (above). */
+  if (n->watched || f->wait_every || (f->wait_all && !f->n_live)) apex__cond_broadcast(&f->cv);
+  apex__unlock(&f->mu);
   if (gone) apex__task_unref(gone); /* not the last: this thread holds t */
   /* From here t may go at any time (its node is no longer its). */
   if (!more) return;
   if (flush) apex__flush_request(m, f->parent);
   if (fn) fn(&f->run->ctx, n, user);
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   f->busy--;
   /* The last child: what waited for the children happens now, the
    * parent's deadline first (its outcome is timed_out), then a complete
@@ -590,9 +637,9 @@ void apex__child_ended(apex_task_t *t) {
   while (!f->n_live && !f->busy && f->deadline_pending) {
     f->deadline_pending = 0;
     f->busy++;
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     apex__task_on_deadline(f->parent);
-    pthread_mutex_lock(&f->mu);
+    apex__lock(&f->mu);
     f->busy--;
   }
   int quiet = !f->n_live && !f->busy;
@@ -602,8 +649,11 @@ void apex__child_ended(apex_task_t *t) {
   apex_task_t *parent = f->parent;
   int drop = quiet && f->holds_parent;
   if (drop) f->holds_parent = 0;
-  pthread_cond_broadcast(&f->cv);
-  pthread_mutex_unlock(&f->mu);
+  /* apex__family_settle waits for busy 0 too; the other waits were woken
+   * by the end itself. Under the mutex: once quiet, the settled parent's
+   * worker may free the family as soon as it is released. */
+  if (quiet && f->wait_all) apex__cond_broadcast(&f->cv);
+  apex__unlock(&f->mu);
   /* With a complete held, the parent's open attempt keeps it alive. */
   if (drop) apex__task_unref(parent);
   if (cp) {
@@ -613,11 +663,53 @@ void apex__child_ended(apex_task_t *t) {
 }
 
 int apex__family_hold_deadline(apex__family_t *f) {
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   int held = f->n_live > 0;
   if (held) f->deadline_pending = 1;
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   return held;
+}
+
+void apex__family_deadline(apex__family_t *f) {
+  apex__lock(&f->mu);
+  f->deadline_fired = 1;
+  size_t k = 0;
+  apex_task_t **v = f->n_live ? malloc(f->n_live * sizeof *v) : NULL;
+  for (size_t i = f->open_lo; v && i < f->n && k < f->n_live; i++) {
+    apex_child_t *n = f->kids[i];
+    if (!n->ended && n->task && capped(n->task)) {
+      apex__task_ref(n->task);
+      v[k++] = n->task;
+    }
+  }
+  int nomem = !v && f->n_live;
+  apex_task_t *hold = nomem && f->holds_parent ? f->parent : NULL;
+  if (hold) apex__task_ref(hold);
+  apex__unlock(&f->mu);
+  /* Each as its own timer would have (the first of them may end the last
+   * child, and with it bring the parent's deadline back: the list holds
+   * references, so the family's state is not read meanwhile). */
+  for (size_t i = 0; i < k; i++) {
+    apex__task_on_deadline(v[i]);
+    apex__task_unref(v[i]);
+  }
+  free(v);
+  if (hold) { /* no memory for the list: one at a time, the parent (and f) held */
+    for (size_t i = 0;; i++) {
+      apex__lock(&f->mu);
+      apex_task_t *ct = NULL;
+      if (i < f->n && !f->kids[i]->ended && f->kids[i]->task && capped(f->kids[i]->task))
+        apex__task_ref(ct = f->kids[i]->task);
+      size_t n = f->n;
+      apex__unlock(&f->mu);
+      if (ct) {
+        apex__task_on_deadline(ct);
+        apex__task_unref(ct);
+      }
+      if (i >= n) break;
+    }
+    apex__task_unref(hold);
+  }
 }
 
 int apex__family_take_dirty(apex__family_t *f) { return atomic_exchange(&f->dirty, 0); }
@@ -631,14 +723,16 @@ void apex__family_settle(apex_task_t *t) {
   apex__family_t *f = t->run && t->run->prog ? t->run->prog->fam : NULL;
   pthread_mutex_unlock(mu);
   if (!f) return;
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   int live = f->n_live || f->busy;
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (!live) return;
   cancel_live(f);
-  pthread_mutex_lock(&f->mu);
-  while (f->n_live || f->busy) pthread_cond_wait(&f->cv, &f->mu);
-  pthread_mutex_unlock(&f->mu);
+  apex__lock(&f->mu);
+  f->wait_all++;
+  while (f->n_live || f->busy) apex__cond_wait(&f->cv, &f->mu, UINT64_MAX);
+  f->wait_all--;
+  apex__unlock(&f->mu);
 }
 
 int apex__family_defer_complete(apex__run_t *r, int rc) {
@@ -650,20 +744,20 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   /* A blocking handler's complete is refused (apex__run_complete logs it):
    * it must not cancel the children either. */
   if (!f || !deferred) return 0;
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   if (f->complete_pending) { /* a second complete while the first waits */
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_complete");
     return 1;
   }
   if (!f->n_live && !f->busy) {
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     return 0;
   }
   int inside = f->busy && !f->n_live; /* from the last child's end callback */
   f->complete_pending = 1;
   f->complete_rc = rc;
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (!inside) cancel_live(f);
   return 1;
 }
@@ -736,9 +830,9 @@ static json_t *node_json(const apex_child_t *n, int st) {
 
 int apex__family_rollup(apex__family_t *f, double own_pct, double *pct, json_t **subs,
                         json_t **details) {
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   if (f->n == 0) {
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     return APEX_OK;
   }
   /* The settled children are in the sums; the open ones (live, or ended
@@ -786,13 +880,17 @@ int apex__family_rollup(apex__family_t *f, double own_pct, double *pct, json_t *
       "succeeded", (json_int_t)counts[APEX_TASK_SUCCEEDED], "failed",
       (json_int_t)counts[APEX_TASK_FAILED], "cancelled", (json_int_t)counts[APEX_TASK_CANCELLED],
       "timed_out", (json_int_t)counts[APEX_TASK_TIMED_OUT]);
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (!*subs || !*details || !cs || json_object_set_new(*details, "children", cs) != 0)
     rc = APEX_E_NOMEM;
   return rc;
 }
 
 /* ------------------------------------------------- waits and outcomes */
+
+/* A wait naming at most this many children marks them (watched); one
+ * naming more is woken by every end. */
+#define WATCH_MAX 64
 
 /* Checks child is one of f's. */
 static int mine(apex__family_t *f, apex_child_t *child) { return f && child && child->fam == f; }
@@ -801,9 +899,9 @@ static void wake_family(apex_token_t *tok, const char *reason, void *user) {
   (void)tok;
   (void)reason;
   apex__family_t *f = user;
-  pthread_mutex_lock(&f->mu);
-  pthread_cond_broadcast(&f->cv);
-  pthread_mutex_unlock(&f->mu);
+  apex__lock(&f->mu);
+  apex__cond_broadcast(&f->cv);
+  apex__unlock(&f->mu);
 }
 
 static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, int all,
@@ -827,7 +925,18 @@ static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, in
   int watched = apex_token_on_cancel(tok, wake_family, f, &cb) == APEX_OK;
   uint64_t until = apex__ns_after_ms(timeout_ms);
   int rc;
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
+  /* Say what this wait waits for, so that only the ends it may be done
+   * by wake it (see wait_all): every child, or the ones named (a few,
+   * marked; a long list, or one near the mark's top, counts as waiting
+   * for every end). */
+  int every = kids && n > WATCH_MAX;
+  for (size_t i = 0; kids && i < n && !every; i++)
+    every = kids[i]->watched > UINT16_MAX - WATCH_MAX;
+  if (!kids) f->wait_all++;
+  else if (every) f->wait_every++;
+  else
+    for (size_t i = 0; i < n; i++) kids[i]->watched++;
   for (;;) {
     if (apex_token_is_cancelled(tok)) {
       rc = APEX_E_CANCELLED;
@@ -857,14 +966,13 @@ static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, in
     }
     /* Without a token watch (no memory), wake now and then to look. */
     uint64_t to = watched ? until : (until - now > 50000000u ? now + 50000000u : until);
-    if (to == UINT64_MAX) {
-      pthread_cond_wait(&f->cv, &f->mu);
-    } else {
-      struct timespec ts = {(time_t)(to / 1000000000u), (long)(to % 1000000000u)};
-      pthread_cond_timedwait(&f->cv, &f->mu, &ts);
-    }
+    apex__cond_wait(&f->cv, &f->mu, to);
   }
-  pthread_mutex_unlock(&f->mu);
+  if (!kids) f->wait_all--;
+  else if (every) f->wait_every--;
+  else
+    for (size_t i = 0; i < n; i++) kids[i]->watched--;
+  apex__unlock(&f->mu);
   if (watched && cb) apex_token_remove_callback(tok, cb);
   return rc;
 }
@@ -877,9 +985,9 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
   if (!fn || !mine(f, child))
     return refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
                   !fn ? "fn is NULL" : "not a child of this attempt");
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   if (child->on_end_set) {
-    pthread_mutex_unlock(&f->mu);
+    apex__unlock(&f->mu);
     return APEX_E_ALREADY;
   }
   child->on_end_set = 1;
@@ -888,7 +996,7 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
     child->u.on_end.fn = fn;
     child->u.on_end.user = user;
   }
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (now) fn(c, child, user);
   return APEX_OK;
 }
@@ -901,11 +1009,11 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
   if (!t) return APEX_E_INVALID;
   if (!mine(f, child))
     return refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   int ended = child->ended, let = child->let_go;
   apex_task_t *ct = child->task;
   if (ct) apex__task_ref(ct); /* a spawn racing on another thread may let it go */
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   if (let) { /* succeeded with no result (let_go) */
     if (state) *state = APEX_TASK_SUCCEEDED;
     if (result) *result = json_null();
@@ -938,9 +1046,9 @@ static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
   apex_task_t *t = NULL;
   apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, NULL);
   if (!mine(f, child)) return 0;
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   uint64_t id = child->id;
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   return id;
 }
 
@@ -959,9 +1067,9 @@ static int ctx_children_own_weight(apex_ctx_t *c, double w) {
   apex__family_t *f = family_of(c, 1, "apex_ctx_children_own_weight", &t, &nomem);
   if (!t) return APEX_E_INVALID;
   if (!f) return APEX_E_NOMEM;
-  pthread_mutex_lock(&f->mu);
+  apex__lock(&f->mu);
   f->own_weight = w;
-  pthread_mutex_unlock(&f->mu);
+  apex__unlock(&f->mu);
   return APEX_OK;
 }
 

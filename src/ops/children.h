@@ -41,6 +41,12 @@ void apex__child_ended(apex_task_t *t);
  * live (the timeout then waits for them: the caller cancels the attempt's
  * token and returns; the last child's end fires the deadline again). */
 int apex__family_hold_deadline(apex__family_t *f);
+/* After apex__family_hold_deadline held the parent's deadline (no lock):
+ * ends the live children whose deadline is the parent's (capped: they
+ * have no timer of their own) as their own deadline would have, at once
+ * even while running (apex__task_on_deadline: "cancelled (parent)"), and
+ * marks the family so a child whose spawn returns later is ended too. */
+void apex__family_deadline(apex__family_t *f);
 /* 1 (and clears it) if a child delivered since the last call: the parent's
  * flush then makes a new snapshot. Any lock. */
 int apex__family_take_dirty(apex__family_t *f);

@@ -24,6 +24,21 @@
  *          cancel fired); with nil_after 1, an attempt after the first
  *          spawns n nil children instead and succeeds with {"attempt": k,
  *          "codes": [each child's outcome code]}.
+ *   wone   blocking, params n, mode: spawns n nil children and one hang
+ *          one (token 0, the last), then waits until the hang one ended
+ *          (the host cancels it), for at most 30 s: mode 0 naming it alone
+ *          (apex_ctx_wait_children), 1 with apex_ctx_wait_any_child, 2
+ *          naming all n + 1 children, 3 for every child (NULL). Succeeds
+ *          with {"rc": the wait's, "which": the any wait's index, "state":
+ *          the hang child's state after it}. The waits are woken only by
+ *          the ends they may be done by (ops/children.c, wait_all).
+ *   deaf   blocking, param fd: ignores its cancel; returns once fd is
+ *          readable (at most 60 s).
+ *   dl     blocking, params depth, fd: spawns a nil child and, at depth 1,
+ *          a deaf one (fd), else a dl one of depth - 1, then waits for
+ *          them; returns what the wait returned. Under a parent deadline
+ *          the deaf child is ended by that deadline (its own, capped)
+ *          while its handler still runs.
  *   pend   deferred: pending until cancelled; its apex_ctx_on_cancel
  *          callback completes it APEX_E_CANCELLED (no token of its own).
  *   dfan   deferred, param n: spawns n pend children with an end callback
@@ -35,6 +50,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <poll.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <time.h>
@@ -158,6 +174,60 @@ static int hfan(apex_ctx_t *ctx) {
   return APEX_OK;
 }
 
+static int wone(apex_ctx_t *ctx) {
+  json_t *p = apex_ctx_params(ctx);
+  int n = (int)json_integer_value(json_object_get(p, "n"));
+  int mode = (int)json_integer_value(json_object_get(p, "mode"));
+  apex_child_t **kids = calloc((size_t)n + 1, sizeof *kids);
+  if (!kids) return APEX_E_NOMEM;
+  int rc = APEX_OK;
+  for (int i = 0; i < n && rc == APEX_OK; i++)
+    rc = apex_ctx_spawn(ctx, "spawn_kit", "nil", NULL, NULL, &kids[i]);
+  if (rc == APEX_OK) rc = apex_ctx_spawn(ctx, "spawn_kit", "hang", NULL, NULL, &kids[n]);
+  if (rc != APEX_OK) {
+    free(kids);
+    return rc;
+  }
+  size_t which = 99;
+  enum { WAIT_MS = 30000 };
+  if (mode == 0)
+    rc = apex_ctx_wait_children(ctx, &kids[n], 1, WAIT_MS);
+  else if (mode == 1)
+    rc = apex_ctx_wait_any_child(ctx, &kids[n], 1, WAIT_MS, &which);
+  else if (mode == 2)
+    rc = apex_ctx_wait_children(ctx, kids, (size_t)n + 1, WAIT_MS);
+  else
+    rc = apex_ctx_wait_children(ctx, NULL, 0, WAIT_MS);
+  int st = -1;
+  (void)apex_ctx_child_outcome(ctx, kids[n], &st, NULL, NULL);
+  free(kids);
+  apex_ctx_set_result(ctx, json_pack("{s:i, s:i, s:i}", "rc", rc, "which", (int)which, "state", st));
+  return APEX_OK;
+}
+
+static int deaf(apex_ctx_t *ctx) {
+  struct pollfd pfd = {(int)json_integer_value(json_object_get(apex_ctx_params(ctx), "fd")),
+                       POLLIN, 0};
+  (void)poll(&pfd, 1, 60000);
+  return APEX_OK;
+}
+
+static int dl(apex_ctx_t *ctx) {
+  json_t *p = apex_ctx_params(ctx);
+  int depth = (int)json_integer_value(json_object_get(p, "depth"));
+  json_t *cp = json_pack("{s:i, s:O}", "depth", depth - 1, "fd", json_object_get(p, "fd"));
+  json_t *dp = json_pack("{s:O}", "fd", json_object_get(p, "fd"));
+  apex_child_t *k = NULL;
+  int rc = apex_ctx_spawn(ctx, "spawn_kit", "nil", NULL, NULL, &k);
+  if (rc == APEX_OK)
+    rc = depth > 1 ? apex_ctx_spawn(ctx, "spawn_kit", "dl", cp, NULL, &k)
+                   : apex_ctx_spawn(ctx, "spawn_kit", "deaf", dp, NULL, &k);
+  json_decref(cp);
+  json_decref(dp);
+  if (rc == APEX_OK) rc = apex_ctx_wait_children(ctx, NULL, 0, -1);
+  return rc;
+}
+
 static void pend_cancel(apex_ctx_t *ctx, void *user) {
   (void)user;
   apex_ctx_complete(ctx, APEX_E_CANCELLED);
@@ -211,6 +281,17 @@ static const apex_param_spec_t k_hfan[] = {
     {"token", APEX_PARAM_INT, 0, "0", 0, 0, 0, 0, "the children's token param"},
     {"nil_after", APEX_PARAM_INT, 0, "0", 0, 0, 0, 0, "1: later attempts spawn nil children"},
 };
+static const apex_param_spec_t k_wone[] = {
+    {"n", APEX_PARAM_INT, 1, NULL, 1, 1, 0, 1000, "nil children"},
+    {"mode", APEX_PARAM_INT, 1, NULL, 1, 1, 0, 3, "0 one, 1 any, 2 all named, 3 every"},
+};
+static const apex_param_spec_t k_deaf[] = {
+    {"fd", APEX_PARAM_INT, 1, NULL, 1, 0, 0, 0, "returns once this fd is readable"},
+};
+static const apex_param_spec_t k_dl[] = {
+    {"depth", APEX_PARAM_INT, 1, NULL, 1, 1, 1, 8, "levels of dl below"},
+    {"fd", APEX_PARAM_INT, 1, NULL, 1, 0, 0, 0, "the deaf child's fd"},
+};
 static const apex_param_spec_t k_val[] = {
     {"v", APEX_PARAM_INT, 1, NULL, 0, 0, 0, 0, "the result's v"},
 };
@@ -228,6 +309,9 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "fan", .handler = fan, .params = k_fan, .n_params = 4},
     {.name = "hang", .handler = hang, .params = k_hang, .n_params = 1},
     {.name = "hfan", .handler = hfan, .params = k_hfan, .n_params = 3},
+    {.name = "wone", .handler = wone, .params = k_wone, .n_params = 2},
+    {.name = "deaf", .handler = deaf, .params = k_deaf, .n_params = 1},
+    {.name = "dl", .handler = dl, .params = k_dl, .n_params = 2},
     {.name = "pend", .handler = pend, .kind = APEX_ACTION_DEFERRED},
     {.name = "dfan", .handler = dfan, .kind = APEX_ACTION_DEFERRED, .params = k_dfan, .n_params = 1},
 };
