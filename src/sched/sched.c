@@ -570,7 +570,9 @@ apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
       }
       if (blocked) continue;
       int rated = 0;
-      for (int i = 0; i < 4 && !blocked; i++) {
+      /* No rate was ever set: no bucket to check (limits alone, as W1's
+       * apex_limits, skip the four scopes' rate lookups). */
+      for (int i = 0; i < 4 && !blocked && S->rates; i++) {
         uint32_t burst;
         double rate = sc[i] ? rate_of(S, sc[i], &burst) : 0;
         if (rate <= 0) continue;
@@ -585,7 +587,7 @@ apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
         }
       }
       if (blocked) continue;
-      for (int i = 0; i < 4; i++)
+      for (int i = 0; rated && i < 4; i++)
         if (rated & (1 << i)) sc[i]->tokens -= 1.0;
     }
     count(sc, APEX__SCHED_PLACE_RUNNABLE, -1);
