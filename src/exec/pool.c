@@ -254,24 +254,6 @@ static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
    * tasks beyond what the watcher takes. */
   apex__worker_t *w =
       apex__sched_runnable_locked(m) > (m->spinner != NULL) ? take_idle_locked(m) : NULL;
-  /* The idle worker woken for a task is handed it too (the same pick it
-   * would make), so it runs it without a pool_mu section of its own: in W1
-   * the two workers take tasks in turn, and the woken one's pop was a
-   * third section a task on the line the submit and the other worker's end
-   * take (bench/analysis.md, sixth session, helper hW). Bound to it, as a
-   * watcher's is, so only while it watches its word (its wake is a store,
-   * futex_wait): a task bound to a worker in a futex sleep would wait for
-   * that wake-up (tens of microseconds on a VM) even when another worker
-   * frees up first; that one pops for itself, as does a worker woken for
-   * a task the pick left held (NULL). A watch that runs out as this reads
-   * it only costs that wait once. */
-  if (w && atomic_load_explicit(&w->wake, memory_order_relaxed) == WAKE_WATCHING) {
-    apex_task_t *t = pop_locked(m);
-    if (t) {
-      atomic_store_explicit(&w->holding, t, memory_order_relaxed);
-      atomic_store_explicit(&w->handoff, t, memory_order_relaxed); /* published by the wake */
-    }
-  }
   *e = replace_stuck_locked(m);
   return w;
 }
@@ -606,13 +588,6 @@ static apex_task_t *idle_wait(apex_manager_t *m, apex__worker_t *self, int how, 
   *spun = 0;
   if (how == IDLE_SLEEP) {
     futex_wait(&self->wake);
-    /* Handed a task with the wake (wake_for_runnable_locked): stored
-     * under pool_mu before the wake's release, read after its acquire. */
-    apex_task_t *t = atomic_load_explicit(&self->handoff, memory_order_relaxed);
-    if (t) {
-      atomic_store_explicit(&self->handoff, NULL, memory_order_relaxed);
-      return t;
-    }
     apex__lock(&m->pool_mu);
     return NULL;
   }
