@@ -464,6 +464,12 @@ typedef struct apex__worker {
   struct apex__run *runs_head, *runs_tail;
   atomic_uint n_runs;
   int exited; /* (m->pool_mu) returned from its loop, ready to join */
+  /* The manager's attempt and outcome counters (m->st_attempts, ...) for
+   * what this worker's thread counts: written by that thread only (a
+   * relaxed load and store, no atomic add), read under m->pool_mu and
+   * added into m's at its exit (pool.c, apex__pool_count_attempt). */
+  _Atomic uint64_t st_attempts;
+  _Atomic uint64_t st_outcomes[4]; /* succeeded, failed, cancelled, timed out */
 } apex__worker_t;
 
 /* One lock stripe to a cache line: consecutive task ids, run by different
@@ -880,6 +886,15 @@ void apex__pool_stop(apex_manager_t *m);
  * (apex__manager_teardown) once it no longer touches m. */
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first);
 int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck);
+/* Counts an attempt started (m->st_attempts) / a task ended in state (a
+ * terminal apex_task_state_t: m->st_succeeded, ...): on a worker of m in
+ * that worker's own counters, with no atomic add on a line both workers
+ * write; elsewhere in m's. Any thread, any lock. */
+void apex__pool_count_attempt(apex_manager_t *m);
+void apex__pool_count_outcome(apex_manager_t *m, int state);
+/* Under pool_mu: the attempts (which < 0) or the outcomes in state
+ * (apex_task_state_t) counted so far, m's counters and its workers'. */
+uint64_t apex__pool_stat_locked(apex_manager_t *m, int state);
 
 /* manager.c */
 /* Stops threads, unloads plugins when can_unload (0 when the caller is a

@@ -1127,17 +1127,18 @@ static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   memset(s, 0, sizeof *s);
   s->struct_size = sizeof *s;
   s->submitted = atomic_load(&m->st_submitted);
-  s->succeeded = atomic_load(&m->st_succeeded);
-  s->failed = atomic_load(&m->st_failed);
-  s->cancelled = atomic_load(&m->st_cancelled);
-  s->timed_out = atomic_load(&m->st_timed_out);
-  s->attempts = atomic_load(&m->st_attempts);
   s->retries = atomic_load(&m->st_retries);
   s->progress_reported = atomic_load(&m->st_prog_reported);
   s->progress_delivered = atomic_load(&m->st_prog_delivered);
   s->progress_rejected = atomic_load(&m->st_prog_rejected);
   s->late_reports = atomic_load(&m->st_late);
   apex__lock(&m->pool_mu);
+  /* Workers count these in their own lines (pool.c). */
+  s->succeeded = apex__pool_stat_locked(m, APEX_TASK_SUCCEEDED);
+  s->failed = apex__pool_stat_locked(m, APEX_TASK_FAILED);
+  s->cancelled = apex__pool_stat_locked(m, APEX_TASK_CANCELLED);
+  s->timed_out = apex__pool_stat_locked(m, APEX_TASK_TIMED_OUT);
+  s->attempts = apex__pool_stat_locked(m, -1);
   s->queued = apex__sched_queued_locked(m);
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;

@@ -46,6 +46,7 @@
 #include "exec/internal.h"
 
 static void *worker_main(void *arg);
+static void fold_stats_locked(apex_manager_t *m, apex__worker_t *w);
 
 /* Idle workers sleep on a word of their own (a futex), not on a condition
  * variable: a submit picks one idle worker under pool_mu and wakes exactly
@@ -438,11 +439,17 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   }
   if (t->run) unlink_live_locked(m, t, t->run);
   int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
-  /* Once shutting down, n_in no longer moves (no submit gets past
-   * await_room_locked), so the last end then sees the two equal. */
-  int drained = atomic_fetch_add(&m->n_out, 1) + 1 == atomic_load(&m->n_in);
+  size_t out = atomic_fetch_add(&m->n_out, 1) + 1;
   apex__sched_room_freed(m); /* config.max_queued counts live tasks */
-  if ((drained || idle) && atomic_load(&m->shutting_down)) wake_destroyer(m);
+  /* n_in only once shutting down: it is in pool_mu's line, which every
+   * submit writes, and an end that read it per task moved that line to
+   * its worker and back. Both seq_cst: an end that sees no shutdown was
+   * counted before destroy set the flag, so destroy's own read of the
+   * counts sees it. Once shutting down, n_in no longer moves (no submit
+   * gets past await_room_locked), so the last end then sees the two
+   * equal. */
+  if (atomic_load(&m->shutting_down) && (idle || out == atomic_load(&m->n_in)))
+    wake_destroyer(m);
 }
 
 int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
@@ -675,6 +682,7 @@ static void *worker_main(void *arg) {
     }
   }
   m->n_threads--;
+  fold_stats_locked(m, self);
   self->exited = 1;
   /* A surplus worker may have been woken for a queued task it leaves:
    * hand that task's wakeup on. */
@@ -691,14 +699,86 @@ void apex__pool_stop(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
   m->pool_stop = 1;
   while (m->idle_head) wake_worker(take_idle_locked(m)); /* each finds pool_stop */
+  /* The list stays until every worker is joined: a stats read meanwhile
+   * adds the counts of a worker that has not left yet (worker_main adds
+   * them into m's as it leaves). No worker is started or reaped once
+   * pool_stop is set. */
   apex__worker_t *ws = m->workers;
-  m->workers = NULL;
   apex__unlock(&m->pool_mu);
   pthread_t me = pthread_self();
+  for (apex__worker_t *w = ws; w; w = w->next)
+    if (!pthread_equal(w->thread, me)) pthread_join(w->thread, NULL);
+  apex__lock(&m->pool_mu);
+  m->workers = NULL;
+  apex__unlock(&m->pool_mu);
   while (ws) {
     apex__worker_t *next = ws->next;
-    if (!pthread_equal(ws->thread, me)) pthread_join(ws->thread, NULL);
     free(ws);
     ws = next;
+  }
+}
+
+/* ------------------------------------------------------------ counters
+ *
+ * A worker counts the attempts it starts and the tasks that end on its
+ * thread in its own struct (its cache line), not in the manager's
+ * counters: those were two atomic adds a task on one line that both of
+ * W1's workers wrote in turn, each a transfer of that line between cores
+ * (bench/analysis.md, sixth session, helper hW). Only the worker's thread
+ * writes them, so a relaxed load and store count; a stats read adds them
+ * up under pool_mu, and a worker that leaves adds them into m's in the
+ * pool_mu section where it leaves. A count made before a task's state is
+ * published is seen by whoever saw that state (the publication's release,
+ * then pool_mu). */
+
+static inline void own_add(_Atomic uint64_t *c) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+}
+
+/* m's counter of the attempts (state < 0) or of the outcome state. */
+static atomic_uint_fast64_t *m_stat(apex_manager_t *m, int state) {
+  switch (state) {
+    case APEX_TASK_SUCCEEDED: return &m->st_succeeded;
+    case APEX_TASK_FAILED: return &m->st_failed;
+    case APEX_TASK_CANCELLED: return &m->st_cancelled;
+    case APEX_TASK_TIMED_OUT: return &m->st_timed_out;
+    default: return &m->st_attempts;
+  }
+}
+
+/* The worker's counter for state (as m_stat). */
+static _Atomic uint64_t *w_stat(apex__worker_t *w, int state) {
+  return state >= APEX_TASK_SUCCEEDED && state <= APEX_TASK_TIMED_OUT
+             ? &w->st_outcomes[state - APEX_TASK_SUCCEEDED]
+             : &w->st_attempts;
+}
+
+void apex__pool_count_attempt(apex_manager_t *m) {
+  if (tls_worker_of == m) own_add(&tls_self->st_attempts);
+  else atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
+}
+
+void apex__pool_count_outcome(apex_manager_t *m, int state) {
+  if (tls_worker_of == m) own_add(w_stat(tls_self, state));
+  else atomic_fetch_add_explicit(m_stat(m, state), 1, memory_order_relaxed);
+}
+
+uint64_t apex__pool_stat_locked(apex_manager_t *m, int state) {
+  uint64_t n = atomic_load_explicit(m_stat(m, state), memory_order_relaxed);
+  for (apex__worker_t *w = m->workers; w; w = w->next)
+    n += atomic_load_explicit(w_stat(w, state), memory_order_relaxed);
+  return n;
+}
+
+/* Under pool_mu, on w's own thread as it leaves: its counts into m's. */
+static void fold_stats_locked(apex_manager_t *m, apex__worker_t *w) {
+  static const int states[] = {-1, APEX_TASK_SUCCEEDED, APEX_TASK_FAILED, APEX_TASK_CANCELLED,
+                               APEX_TASK_TIMED_OUT};
+  for (size_t i = 0; i < sizeof states / sizeof *states; i++) {
+    _Atomic uint64_t *c = w_stat(w, states[i]);
+    atomic_fetch_add_explicit(m_stat(m, states[i]), atomic_load_explicit(c, memory_order_relaxed),
+                              memory_order_relaxed);
+    atomic_store_explicit(c, 0, memory_order_relaxed);
   }
 }

@@ -1159,11 +1159,7 @@ typedef struct after {
 } after_t;
 
 static void count_outcome(apex_manager_t *m, int state) {
-  atomic_uint_fast64_t *c = state == APEX_TASK_SUCCEEDED   ? &m->st_succeeded
-                            : state == APEX_TASK_FAILED    ? &m->st_failed
-                            : state == APEX_TASK_CANCELLED ? &m->st_cancelled
-                                                           : &m->st_timed_out;
-  atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+  apex__pool_count_outcome(m, state); /* a worker's in its own line (pool.c) */
 }
 
 /* t is terminal and no handler owns its ctx: the life reference goes, and
@@ -1528,7 +1524,7 @@ int apex__task_run(apex_task_t *t) {
    * a host saw running is one destroy waits for (its drain), never one it
    * sweeps below as taken just before destroy began. */
   atomic_store(&t->state, APEX_TASK_RUNNING);
-  atomic_fetch_add_explicit(&m->st_attempts, 1, memory_order_relaxed);
+  apex__pool_count_attempt(m);
   apex__mx_started(m, t);
   if (apex__events_wanted(m, t, APEX_EVENT_ATTEMPT)) {
     apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_ATTEMPT);

@@ -155,7 +155,10 @@ apex_status_t apex_manager_set_rate(apex_manager_t *m, apex_scope_t scope, const
     apex__unlock(&m->pool_mu);
     return apex__fail(err, APEX_E_NOMEM, "out of memory");
   }
-  if (per_second > 0) apex__sched_holds_locked(m);
+  if (per_second > 0) {
+    apex__sched_holds_locked(m);
+    m->sched->rates++;
+  }
   if (s) {
     if (s->rate <= 0) s->tb_ns = 0; /* a new bucket starts full */
     s->rate = per_second;

@@ -69,6 +69,10 @@ struct apex__sched {
   /* Submits waiting for room (read at every pick and task end, written
    * only by a waiting submit). */
   atomic_uint room_waiters;
+  /* Rates set (a scope's or the keys' default), ever: while 0 a pick
+   * skips the token buckets (in the padding before levels: the line's
+   * layout stays). */
+  uint32_t rates;
   /* Each level's ring at its cursor, rotated (LVL in sched.c) so normal
    * priority's is slot 0, in this line. */
   apex__fq_t *levels[LEVELS];
