@@ -182,6 +182,13 @@ WORKLOAD_TITLE = {
     "W15": "W15: a shared queue: no-op durable tasks through 3 apex worker processes on one store",
     "W16": "W16: MCP tool calls, apex mcp against the TypeScript SDK's McpServer",
 }
+# A sentence printed under a workload's table: what a peer there stands for
+# when its name does not say it.
+WORKLOAD_NOTES = {
+    "W16": "Peer `null` is a server that does no work (`mcp_raw_client --serve`, "
+           "`--serve-http`: canned answers at once): its rows are each client's own floor, "
+           "the best any server could do with that client in this run.",
+}
 PEER_ORDER = ["apex", "apex_deferred", "apex_full", "apex_limits", "apex_fifo", "apex_nometrics",
               "apex_mutexmx", "apex_traced", "libuv",
               "libuv_prealloc", "glib", "gtask", "floor", "asyncio", "python", "apex_fsync", "curl",
@@ -459,6 +466,8 @@ def workload_section(res, w):
         rows.append(row)
     out += table(header, rows)
     out += [""]
+    if w in WORKLOAD_NOTES:
+        out += [WORKLOAD_NOTES[w], ""]
     out += ratio_lines(res, w, figs)
     out += growth_lines(res, w, figs)
     return out
