@@ -121,8 +121,21 @@ json_t *mcp_error(const json_t *id, int code, const char *message, json_t *data)
 json_t *mcp_result(const json_t *id, json_t *result) {
   if (!result) result = json_object();
   if (!result) return NULL;
-  return json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id ? id : json_null(), "result",
-                   result);
+  /* Built member by member, not by json_pack: every answer comes through
+   * here, and json_pack parses its format string each time (W16). The
+   * members in json_pack's order: the printed answer is the same. */
+  json_t *m = json_object();
+  if (!m || json_object_set_new_nocheck(m, "jsonrpc", json_string_nocheck("2.0")) != 0 ||
+      json_object_set_new_nocheck(m, "id", id ? json_incref((json_t *)id) : json_null()) != 0) {
+    json_decref(m);
+    json_decref(result);
+    return NULL;
+  }
+  if (json_object_set_new_nocheck(m, "result", result) != 0) { /* result taken either way */
+    json_decref(m);
+    return NULL;
+  }
+  return m;
 }
 
 json_t *mcp_notification(const char *method, json_t *params) {
