@@ -5,12 +5,15 @@
 // Usage: node bench_mcp.mjs PEER SIZE BUILD
 //   PEER apex | mcp_sdk | null; SIZE the calls of the round-trip and
 //   throughput runs; BUILD the build dir (bin/apex, tests/plugins/mcp_kit.so).
-//   Peer null is `mcp_raw_client --serve`, a server that answers with no
-//   work at all: its stdio rows are the SDK client's own cost (the floor no
-//   server can go under); it has no memory or HTTP rows.
+//   Peer null is `mcp_raw_client --serve` (stdio) and `--serve-http`
+//   (HTTP, libmicrohttpd on one thread): a server that answers every
+//   request at once with canned bytes, so its rows are the clients' own
+//   cost (the floor no server can go under with that client); it has no
+//   memory row (no sleeping tool).
 //   W16_STDIO_ONLY=1: the stdio round trip only (A/B runs).
 //   W16_HTTP_ONLY=sdk | raw: that HTTP run only (A/B runs); its figures
 //   come from the same code as in the full run.
+//   W16_CLIENT_CPU=1: also each section's client CPU per call, on stderr.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -33,7 +36,10 @@ const server = peer === 'apex'
     ? { cmd: join(build, 'bench', 'mcp_raw_client'), args: ['--serve'], noop: 'noop' }
     : { cmd: process.execPath, args: [join(here, 'mcp_sdk_server.mjs')], noop: 'noop', sleep: 'sleep' };
 if (process.env.APEX_W16_BIN && peer === 'apex') server.cmd = process.env.APEX_W16_BIN;
-const stdioOnly = peer === 'null' || process.env.W16_STDIO_ONLY === '1';
+const stdioOnly = process.env.W16_STDIO_ONLY === '1';
+// The HTTP server's arguments (the SDK server takes a mode word).
+const httpArgs = peer === 'apex' ? [...apexArgs, '--http', '127.0.0.1:0']
+  : peer === 'null' ? ['--serve-http'] : [...server.args, 'http'];
 
 function line(figure, value, unit) {
   console.log(`peer=${peer} workload=W16 size=${size} figure=${figure} value=${Math.round(value)} unit=${unit}`);
@@ -90,29 +96,32 @@ if (!httpOnly) {
     await client.close();
     process.exit(0);
   }
-  // Memory: OPEN_TASKS sleeping calls in flight at once.
-  // (Apex runs 2 at a time and queues the rest, the SDK server keeps them
-  // all as timers: either way they are open calls the server holds.) Then
-  // the client cancels them all (notifications/cancelled).
-  const before = rssBytes(pid);
-  const ac = new AbortController();
-  const open = Array.from({ length: OPEN_TASKS }, () =>
-    client.callTool({ name: server.sleep, arguments: { ms: 3000 } }, undefined,
-      { signal: ac.signal, timeout: 120000 }).catch(() => null));
-  await client.ping(); // every call above was read before this answer
-  await new Promise((r) => setTimeout(r, 500));
-  const during = rssBytes(pid);
-  ac.abort('measured');
-  await Promise.all(open);
-  await client.ping();
-  line('rss_bytes_per_open_call', (during - before) / OPEN_TASKS, 'B');
-  await client.close();
+  if (peer === 'null') { // no sleeping tool: no memory row
+    await client.close();
+  } else {
+    // Memory: OPEN_TASKS sleeping calls in flight at once.
+    // (Apex runs 2 at a time and queues the rest, the SDK server keeps them
+    // all as timers: either way they are open calls the server holds.) Then
+    // the client cancels them all (notifications/cancelled).
+    const before = rssBytes(pid);
+    const ac = new AbortController();
+    const open = Array.from({ length: OPEN_TASKS }, () =>
+      client.callTool({ name: server.sleep, arguments: { ms: 3000 } }, undefined,
+        { signal: ac.signal, timeout: 120000 }).catch(() => null));
+    await client.ping(); // every call above was read before this answer
+    await new Promise((r) => setTimeout(r, 500));
+    const during = rssBytes(pid);
+    ac.abort('measured');
+    await Promise.all(open);
+    await client.ping();
+    line('rss_bytes_per_open_call', (during - before) / OPEN_TASKS, 'B');
+    await client.close();
+  }
 }
 
 // 2. HTTP: SIZE calls, IN_FLIGHT at a time, over one session.
 if (!httpOnly || httpOnly === 'sdk') {
-  const args = peer === 'apex' ? [...server.args, '--http', '127.0.0.1:0'] : [...server.args, 'http'];
-  const child = spawn(server.cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(server.cmd, httpArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
   const port = await new Promise((resolve, reject) => {
     let err = '';
     child.stderr.on('data', (d) => {
@@ -152,8 +161,7 @@ if (!httpOnly || httpOnly === 'sdk') {
 // cost is smaller, so more of the servers' difference shows.
 if (!httpOnly || httpOnly === 'raw') {
   const http = await import('node:http');
-  const args = peer === 'apex' ? [...server.args, '--http', '127.0.0.1:0'] : [...server.args, 'http'];
-  const child = spawn(server.cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(server.cmd, httpArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
   const port = await new Promise((resolve, reject) => {
     let err = '';
     child.stderr.on('data', (d) => {

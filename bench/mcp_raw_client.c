@@ -20,16 +20,32 @@
  * with an empty text result, anything else with {}); notifications get
  * nothing. A client's round trip against it is the client's own cost plus
  * two pipe hops: the floor no server can go under (bench/analysis.md, W16,
- * session of 2026-12-02, helper hQ). */
+ * session of 2026-12-02, helper hQ).
+ *
+ * mcp_raw_client --serve-http: the same over Streamable HTTP, for the HTTP
+ * rows (bench_mcp.mjs, peer null): libmicrohttpd on one internal thread
+ * (the library apex mcp --http uses, so the HTTP parsing costs the same),
+ * 127.0.0.1 on a free port, announced on stderr as apex mcp does
+ * ("listening on http://127.0.0.1:PORT"). A POST is answered, once its body
+ * is read, with the same canned result as one JSON body (Content-Length, no
+ * SSE), a notification with 202; initialize hands out the session id
+ * "null"; GET (the client's standalone SSE stream) is 405, DELETE 200. It
+ * checks no session and keeps no state: the SDK client's HTTP floor. Runs
+ * until killed. */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <microhttpd.h>
 
 static int to_srv = -1, from_srv = -1;
 static char rbuf[1 << 16];
@@ -128,36 +144,119 @@ static size_t json_token(const char *line, const char *key, char *out, size_t ca
   return n;
 }
 
+/* The canned answer to one request line (--serve, --serve-http), newline
+ * ended, in ans. Returns: its length, 0 for a notification (no answer),
+ * -1 if it does not fit. */
+static int canned_answer(const char *line, char *ans, size_t cap) {
+  char id[128], ver[64];
+  if (!json_token(line, "\"id\"", id, sizeof id)) return 0; /* a notification */
+  const char *result = "{}";
+  char init[256];
+  if (strstr(line, "\"method\":\"initialize\"")) {
+    if (!json_token(line, "\"protocolVersion\"", ver, sizeof ver)) strcpy(ver, "\"2025-06-18\"");
+    snprintf(init, sizeof init,
+             "{\"protocolVersion\":%s,\"capabilities\":{\"tools\":{}},"
+             "\"serverInfo\":{\"name\":\"null\",\"version\":\"1\"}}",
+             ver);
+    result = init;
+  } else if (strstr(line, "\"method\":\"tools/list\"")) {
+    result = "{\"tools\":[{\"name\":\"noop\",\"inputSchema\":{\"type\":\"object\"}}]}";
+  } else if (strstr(line, "\"method\":\"tools/call\"")) {
+    result = "{\"content\":[{\"type\":\"text\",\"text\":\"{}\"}],\"structuredContent\":{}}";
+  }
+  int n = snprintf(ans, cap, "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":%s}\n", id, result);
+  return n <= 0 || (size_t)n >= cap ? -1 : n;
+}
+
 /* --serve (the header): answers until stdin ends. */
 static int serve(void) {
   to_srv = STDOUT_FILENO; /* write_all's fd: our answers */
   from_srv = STDIN_FILENO;
   static char line[1 << 16];
-  char id[128], ver[64], ans[1024];
+  char ans[1024];
   for (;;) {
     if (read_line(line, sizeof line) != 0) return 0; /* the client went away */
-    if (!json_token(line, "\"id\"", id, sizeof id)) continue; /* a notification */
-    const char *result = "{}";
-    char init[256];
-    if (strstr(line, "\"method\":\"initialize\"")) {
-      if (!json_token(line, "\"protocolVersion\"", ver, sizeof ver)) strcpy(ver, "\"2025-06-18\"");
-      snprintf(init, sizeof init,
-               "{\"protocolVersion\":%s,\"capabilities\":{\"tools\":{}},"
-               "\"serverInfo\":{\"name\":\"null\",\"version\":\"1\"}}",
-               ver);
-      result = init;
-    } else if (strstr(line, "\"method\":\"tools/list\"")) {
-      result = "{\"tools\":[{\"name\":\"noop\",\"inputSchema\":{\"type\":\"object\"}}]}";
-    } else if (strstr(line, "\"method\":\"tools/call\"")) {
-      result = "{\"content\":[{\"type\":\"text\",\"text\":\"{}\"}],\"structuredContent\":{}}";
-    }
-    int n = snprintf(ans, sizeof ans, "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":%s}\n", id, result);
-    if (n <= 0 || (size_t)n >= sizeof ans || write_all(ans, (size_t)n) != 0) return 1;
+    int n = canned_answer(line, ans, sizeof ans);
+    if (n < 0 || (n > 0 && write_all(ans, (size_t)n) != 0)) return 1;
   }
+}
+
+/* --serve-http: a request's body as it arrives (libmicrohttpd's per-request
+ * pointer). */
+typedef struct {
+  size_t len;
+  char buf[8192];
+} http_body_t;
+
+static enum MHD_Result http_reply(struct MHD_Connection *c, unsigned status, const char *body,
+                                  size_t len, const char *sid) {
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+  if (!r) return MHD_NO;
+  if (len) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  if (sid) MHD_add_response_header(r, "Mcp-Session-Id", sid);
+  enum MHD_Result rc = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return rc;
+}
+
+static enum MHD_Result http_request(void *cls, struct MHD_Connection *c, const char *url,
+                                    const char *method, const char *version,
+                                    const char *upload, size_t *upload_size, void **req) {
+  (void)cls, (void)url, (void)version;
+  if (strcmp(method, "POST") != 0) {
+    if (strcmp(method, "DELETE") == 0) return http_reply(c, MHD_HTTP_OK, "", 0, NULL);
+    return http_reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, "", 0, NULL);
+  }
+  http_body_t *b = *req;
+  if (!b) { /* the headers: the body comes in the next calls */
+    b = calloc(1, sizeof *b);
+    if (!b) return MHD_NO;
+    *req = b;
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    size_t n = *upload_size < sizeof b->buf - 1 - b->len ? *upload_size : sizeof b->buf - 1 - b->len;
+    memcpy(b->buf + b->len, upload, n);
+    b->len += n;
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  b->buf[b->len] = 0;
+  char ans[1024];
+  int n = canned_answer(b->buf, ans, sizeof ans);
+  if (n < 0) return MHD_NO;
+  if (n == 0) return http_reply(c, MHD_HTTP_ACCEPTED, "", 0, NULL);
+  int init = strstr(b->buf, "\"method\":\"initialize\"") != NULL;
+  return http_reply(c, MHD_HTTP_OK, ans, (size_t)n - 1, init ? "null" : NULL);
+}
+
+static void http_done(void *cls, struct MHD_Connection *c, void **req,
+                      enum MHD_RequestTerminationCode code) {
+  (void)cls, (void)c, (void)code;
+  free(*req);
+  *req = NULL;
+}
+
+/* --serve-http (the header): serves until killed. */
+static int serve_http(void) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct MHD_Daemon *d = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO, 0, NULL, NULL, http_request,
+      NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, http_done,
+      NULL, MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_END);
+  if (!d) {
+    fprintf(stderr, "mcp_raw_client: cannot start the HTTP server\n");
+    return 1;
+  }
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+  if (!info) return 1;
+  fprintf(stderr, "listening on http://127.0.0.1:%u/mcp\n", (unsigned)info->port);
+  for (;;) pause();
 }
 
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--serve") == 0) return serve();
+  if (argc == 2 && strcmp(argv[1], "--serve-http") == 0) return serve_http();
   if (argc < 6 || strcmp(argv[4], "--") != 0) {
     fprintf(stderr, "usage: mcp_raw_client PEER SIZE TOOL -- SERVER ARGS...\n");
     return 2;

@@ -137,7 +137,7 @@ def read_tiny(path):
             elif prog == "glib" and variant == "gtask":
                 peer = "gtask"
             elif prog == "mcp":
-                peer = variant  # apex or mcp_sdk (bench_mcp.sh)
+                peer = variant  # apex, mcp_sdk or null (bench_mcp.sh)
             else:
                 peer = f"{prog}_{variant}"
             rows.append((prog, workload, size, variant, peer))

@@ -121,8 +121,21 @@ json_t *mcp_error(const json_t *id, int code, const char *message, json_t *data)
 json_t *mcp_result(const json_t *id, json_t *result) {
   if (!result) result = json_object();
   if (!result) return NULL;
-  return json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id ? id : json_null(), "result",
-                   result);
+  /* Built member by member, not by json_pack: every answer comes through
+   * here, and json_pack parses its format string each time (W16). The
+   * members in json_pack's order: the printed answer is the same. */
+  json_t *m = json_object();
+  if (!m || json_object_set_new_nocheck(m, "jsonrpc", json_string_nocheck("2.0")) != 0 ||
+      json_object_set_new_nocheck(m, "id", id ? json_incref((json_t *)id) : json_null()) != 0) {
+    json_decref(m);
+    json_decref(result);
+    return NULL;
+  }
+  if (json_object_set_new_nocheck(m, "result", result) != 0) { /* result taken either way */
+    json_decref(m);
+    return NULL;
+  }
+  return m;
 }
 
 json_t *mcp_notification(const char *method, json_t *params) {
@@ -135,8 +148,164 @@ json_t *mcp_notification(const char *method, json_t *params) {
   return m;
 }
 
+/* ------------------------------------------------------------- mcp_dump
+ * Every answer and notification is printed here, on the transport's one
+ * thread. jansson's json_dumps took ~18,000 instructions (2-3.5 us here)
+ * for a no-op call's ~110-byte answer, 30 % of the stdio loop's user-space
+ * work per call (W16, bench/analysis.md): it prints through a callback per
+ * token, and for its cycle check formats each container's address with
+ * snprintf and keeps it in a hashtable. This writer prints the same bytes
+ * as json_dumps(msg, JSON_COMPACT | JSON_ENCODE_ANY) into one growing
+ * buffer (tests/fuzz/fuzz_mcp_message.c compares the two on every input).
+ * What it does not print itself it hands to jansson, so the output cannot
+ * differ: reals (jansson's own %.17g rules) and strings or keys with a byte
+ * past ASCII (jansson checks their UTF-8 and refuses invalid text). Objects
+ * are walked with json_object_keylen_foreach, the order json_dumps prints
+ * them in. */
+
+typedef struct dumpbuf {
+  char *p;
+  size_t len, cap;
+} dumpbuf_t;
+
+/* Nesting past this is refused (NULL), as a cycle would otherwise recurse
+ * without end; jansson's parser stops at 2048. */
+#define DUMP_MAX_DEPTH 4096
+
+static int db_reserve(dumpbuf_t *b, size_t more) {
+  if (b->cap - b->len > more) return 0; /* room for more and a NUL */
+  size_t cap = b->cap * 2;
+  while (cap - b->len <= more) cap *= 2;
+  char *p = realloc(b->p, cap);
+  if (!p) return -1;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+static int db_put(dumpbuf_t *b, const char *s, size_t n) {
+  if (db_reserve(b, n) != 0) return -1;
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  return 0;
+}
+
+/* A value jansson prints (a real, a non-ASCII string) appended as it
+ * prints it. */
+static int db_jansson(dumpbuf_t *b, const json_t *v) {
+  char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+  if (!s) return -1;
+  int rc = db_put(b, s, strlen(s));
+  free(s);
+  return rc;
+}
+
+/* v: the string value, or NULL for an object key (always ASCII here). */
+static int db_string(dumpbuf_t *b, const json_t *v, const char *s, size_t n) {
+  if (v)
+    for (size_t i = 0; i < n; i++)
+      if ((unsigned char)s[i] >= 0x80) return db_jansson(b, v);
+  /* Worst case every byte as \u00XX, plus the quotes. */
+  if (db_reserve(b, n * 6 + 2) != 0) return -1;
+  static const char hex[] = "0123456789ABCDEF";
+  char *o = b->p + b->len;
+  *o++ = '"';
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      *o++ = (char)c;
+      continue;
+    }
+    *o++ = '\\';
+    switch (c) {
+      case '"': *o++ = '"'; break;
+      case '\\': *o++ = '\\'; break;
+      case '\b': *o++ = 'b'; break;
+      case '\f': *o++ = 'f'; break;
+      case '\n': *o++ = 'n'; break;
+      case '\r': *o++ = 'r'; break;
+      case '\t': *o++ = 't'; break;
+      default:
+        *o++ = 'u';
+        *o++ = '0';
+        *o++ = '0';
+        *o++ = hex[c >> 4];
+        *o++ = hex[c & 15];
+    }
+  }
+  *o++ = '"';
+  b->len = (size_t)(o - b->p);
+  return 0;
+}
+
+static int db_integer(dumpbuf_t *b, json_int_t v) {
+  char tmp[24];
+  char *e = tmp + sizeof tmp, *d = e;
+  /* In unsigned arithmetic, so the most negative value negates. */
+  unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+  do {
+    *--d = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  if (v < 0) *--d = '-';
+  return db_put(b, d, (size_t)(e - d));
+}
+
+static int db_value(dumpbuf_t *b, const json_t *v, int depth) {
+  if (!v || depth > DUMP_MAX_DEPTH) return -1;
+  switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+      if (db_put(b, "{", 1) != 0) return -1;
+      const char *key;
+      size_t kn;
+      json_t *val;
+      int first = 1;
+      /* const: the walk changes nothing (jansson's macro takes non-const). */
+      json_object_keylen_foreach((json_t *)v, key, kn, val) {
+        if (!first && db_put(b, ",", 1) != 0) return -1;
+        first = 0;
+        int ascii = 1, rc;
+        for (size_t i = 0; i < kn && ascii; i++) ascii = (unsigned char)key[i] < 0x80;
+        if (ascii) {
+          rc = db_string(b, NULL, key, kn);
+        } else {
+          /* Printed by jansson as a string: its object keys go through
+           * the same escaping and UTF-8 check. */
+          json_t *k = json_stringn_nocheck(key, kn);
+          rc = k ? db_jansson(b, k) : -1;
+          json_decref(k);
+        }
+        if (rc != 0 || db_put(b, ":", 1) != 0 || db_value(b, val, depth + 1) != 0) return -1;
+      }
+      return db_put(b, "}", 1);
+    }
+    case JSON_ARRAY: {
+      if (db_put(b, "[", 1) != 0) return -1;
+      size_t n = json_array_size(v);
+      for (size_t i = 0; i < n; i++) {
+        if (i && db_put(b, ",", 1) != 0) return -1;
+        if (db_value(b, json_array_get(v, i), depth + 1) != 0) return -1;
+      }
+      return db_put(b, "]", 1);
+    }
+    case JSON_STRING: return db_string(b, v, json_string_value(v), json_string_length(v));
+    case JSON_INTEGER: return db_integer(b, json_integer_value(v));
+    case JSON_REAL: return db_jansson(b, v);
+    case JSON_TRUE: return db_put(b, "true", 4);
+    case JSON_FALSE: return db_put(b, "false", 5);
+    case JSON_NULL: return db_put(b, "null", 4);
+  }
+  return -1;
+}
+
 char *mcp_dump(const json_t *msg, size_t *len) {
-  char *s = json_dumps(msg, JSON_COMPACT);
-  if (s && len) *len = strlen(s);
-  return s;
+  dumpbuf_t b = {malloc(256), 0, 256};
+  if (!b.p) return NULL;
+  if (db_value(&b, msg, 0) != 0) {
+    free(b.p);
+    return NULL;
+  }
+  b.p[b.len] = 0; /* db_reserve kept room for it */
+  if (len) *len = b.len;
+  return b.p;
 }

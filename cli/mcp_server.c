@@ -717,12 +717,36 @@ static json_t *tool_result_ok(const json_t *r) {
   }
   char *text = NULL;
   if (json_is_string(r)) text = strdup(json_string_value(r));
-  else if (r) text = json_dumps(r, JSON_COMPACT | JSON_ENCODE_ANY);
+  else if (r) text = mcp_dump(r, NULL); /* jansson's json_dumps's bytes, faster (mcp_proto.c) */
   else text = strdup("null");
-  json_t *res = json_pack("{s:[{s:s, s:s?}]}", "content", "type", "text", "text", text);
+  /* {"content":[{"type":"text","text":TEXT or null}]}, built member by
+   * member: json_pack parses its format on every call, and this is every
+   * successful call's answer (W16). jansson's *_new setters take their
+   * value even when they fail, and refuse a NULL container. */
+  json_t *block = json_object();
+  if (!block || json_object_set_new_nocheck(block, "type", json_string_nocheck("text")) != 0 ||
+      json_object_set_new_nocheck(block, "text", text ? json_string(text) : json_null()) != 0) {
+    free(text);
+    json_decref(block);
+    return NULL;
+  }
   free(text);
-  if (res && json_is_object(r)) json_object_set_new(res, "structuredContent", json_deep_copy(r));
-  else if (res && r) json_object_set_new(res, "structuredContent", json_pack("{s:o}", "result", json_deep_copy(r)));
+  json_t *blocks = json_array();
+  if (json_array_append_new(blocks, block) != 0) {
+    json_decref(blocks);
+    return NULL;
+  }
+  json_t *res = json_object();
+  if (json_object_set_new_nocheck(res, "content", blocks) != 0) {
+    json_decref(res);
+    return NULL;
+  }
+  if (json_is_object(r)) json_object_set_new(res, "structuredContent", json_deep_copy(r));
+  else if (r) {
+    json_t *wrap = json_object();
+    if (wrap) json_object_set_new(wrap, "result", json_deep_copy(r));
+    json_object_set_new(res, "structuredContent", wrap);
+  }
   return res;
 }
 
