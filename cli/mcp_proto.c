@@ -149,19 +149,19 @@ json_t *mcp_notification(const char *method, json_t *params) {
 }
 
 /* ------------------------------------------------------------- mcp_dump
- * Every answer and notification is printed here, on the transport's one
- * thread. jansson's json_dumps took ~18,000 instructions (2-3.5 us here)
- * for a no-op call's ~110-byte answer, 30 % of the stdio loop's user-space
- * work per call (W16, bench/analysis.md): it prints through a callback per
- * token, and for its cycle check formats each container's address with
- * snprintf and keeps it in a hashtable. This writer prints the same bytes
- * as json_dumps(msg, JSON_COMPACT | JSON_ENCODE_ANY) into one growing
- * buffer (tests/fuzz/fuzz_mcp_message.c compares the two on every input).
- * What it does not print itself it hands to jansson, so the output cannot
- * differ: reals (jansson's own %.17g rules) and strings or keys with a byte
- * past ASCII (jansson checks their UTF-8 and refuses invalid text). Objects
- * are walked with json_object_keylen_foreach, the order json_dumps prints
- * them in. */
+ * Every answer and notification is printed here, once per call, on the
+ * transport's one thread. jansson's json_dumps took ~1.7-2 us for a no-op
+ * call's ~110-byte answer (W16, bench/analysis.md: a tenth of the stdio
+ * server's CPU per call): it prints through a callback per token, formats
+ * each container's address with snprintf for its cycle check and keeps
+ * them in a hashtable. This writer prints the same bytes as
+ * json_dumps(msg, JSON_COMPACT | JSON_ENCODE_ANY) (tests/fuzz/
+ * fuzz_mcp_message.c compares the two on every input) with one growing
+ * buffer. What it does not print
+ * itself it hands to jansson, so the output cannot differ: reals (jansson's
+ * own %.17g rules) and strings with a byte past ASCII (jansson checks their
+ * UTF-8 and refuses invalid text). Objects are walked with
+ * json_object_keylen_foreach, the order json_dumps prints them in. */
 
 typedef struct dumpbuf {
   char *p;
