@@ -69,12 +69,8 @@ void mcp_msg_free(mcp_msg_t *m);
 json_t *mcp_error(const json_t *id, int code, const char *message, json_t *data);
 json_t *mcp_result(const json_t *id, json_t *result);
 json_t *mcp_notification(const char *method, json_t *params);
-/* Returns: the message (or any JSON value) as one line of compact JSON
- * without the newline, the bytes json_dumps(msg, JSON_COMPACT |
- * JSON_ENCODE_ANY) prints (malloc'd; caller frees; one byte past the end is
- * the NUL, which a transport may overwrite with its newline), or NULL on no
- * memory or text jansson would refuse (invalid UTF-8). Ownership: msg
- * borrowed. */
+/* Returns: the message as one line of compact JSON without the newline
+ * (malloc'd; caller frees), or NULL on no memory. Ownership: msg borrowed. */
 char *mcp_dump(const json_t *msg, size_t *len);
 
 /* ---- the core (mcp_server.c) -------------------------------------------- */

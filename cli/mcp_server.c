@@ -717,7 +717,7 @@ static json_t *tool_result_ok(const json_t *r) {
   }
   char *text = NULL;
   if (json_is_string(r)) text = strdup(json_string_value(r));
-  else if (r) text = mcp_dump(r, NULL); /* jansson's json_dumps's bytes, faster (mcp_proto.c) */
+  else if (r) text = json_dumps(r, JSON_COMPACT | JSON_ENCODE_ANY);
   else text = strdup("null");
   /* {"content":[{"type":"text","text":TEXT or null}]}, built member by
    * member: json_pack parses its format on every call, and this is every
