@@ -545,6 +545,20 @@ void apex__sched_started_locked(apex_manager_t *m, apex_task_t *t) {
   runnable(S, t, sc, 0); /* the heap's reference, handed over */
 }
 
+/* fq_take() of t, the head of the solo queue, as choose() with one level
+ * would serve it: the short paths of apex__sched_pick_locked. */
+static inline void solo_take(apex__sched_t *S, apex__fq_t *sq, apex_task_t *t) {
+  if (S->streak) S->streak = 0;
+  if (++sq->served >= sq->weight) sq->served = 0;
+  apex_task_t *next = t->run_next;
+  sq->head = next;
+  if (next) atomic_store_explicit(&next->done_next, NULL, memory_order_relaxed);
+  else sq->tail = NULL;
+  t->run_next = NULL;
+  atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
+  sq->n--;
+}
+
 apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
   apex__sched_t *S = S_(m);
   apex__fq_t *sq = S->solo;
@@ -556,16 +570,7 @@ apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
     apex__pblock_t *b;
     apex__scope_t *a = plain_action(S, t, &b);
     if (a) {
-      if (S->streak) S->streak = 0; /* as choose() with one level */
-      if (++sq->served >= sq->weight) sq->served = 0;
-      /* fq_take() of the head of the solo queue */
-      apex_task_t *next = t->run_next;
-      sq->head = next;
-      if (next) atomic_store_explicit(&next->done_next, NULL, memory_order_relaxed);
-      else sq->tail = NULL;
-      t->run_next = NULL;
-      atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
-      sq->n--;
+      solo_take(S, sq, t);
       a->n_out++;
       a->running++;
       set_place(t, APEX__SCHED_PLACE_NONE, 0);
@@ -578,15 +583,7 @@ apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
               ((!S->global.limit || S->global.running < S->global.limit) &&
                (!b->plugin.limit || b->plugin.running < b->plugin.limit) &&
                (!a->limit || a->running < a->limit)))) {
-      if (S->streak) S->streak = 0;
-      if (++sq->served >= sq->weight) sq->served = 0;
-      apex_task_t *next = t->run_next;
-      sq->head = next;
-      if (next) atomic_store_explicit(&next->done_next, NULL, memory_order_relaxed);
-      else sq->tail = NULL;
-      t->run_next = NULL;
-      atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
-      sq->n--;
+      solo_take(S, sq, t);
       S->global.n_out++;
       b->plugin.n_out++;
       a->n_out++;
