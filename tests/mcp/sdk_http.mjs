@@ -142,12 +142,15 @@ async function readEvents(resp, stop) {
 {
   const sid = await initSession();
   const file = `${tmp}/apex-mcp-http-idle-${process.pid}`;
+  // The session's last activity is this POST or later, so its idle timeout
+  // cannot end the call before t0 + 5 s. (t0 taken after the first progress
+  // event came lost up to a second of that under load and failed the bound.)
+  const t0 = performance.now();
   const post = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
     body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call',
       params: { name: 'mcp_kit.sleep', arguments: { ms: 60000, tick_ms: 10, reason_file: file },
         _meta: { progressToken: 1 } } }) });
   await readEvents(post, (e) => e.length >= 2); // running; then the client is gone
-  const t0 = performance.now();
   const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
   for (let i = 0; i < 1500 && reason() === ''; i++) await sleep(20);
   assert.equal(reason(), 'disconnected');
