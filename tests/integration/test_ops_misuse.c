@@ -306,6 +306,10 @@ static void test_release_races(void **state) {
   assert_int_equal(apex_group_new(m, &r.g), APEX_OK);
   apex_task_t *p = NULL;
   assert_int_equal(apex_group_submit(r.g, "ops_kit", "park", NULL, NULL, &p, NULL), APEX_OK);
+  /* Running before the release, so that it still runs after says release
+   * cancelled nothing (under TSan on a loaded machine it was once still
+   * queued when the release came). */
+  AWAIT(apex_task_state(p) == APEX_TASK_RUNNING, PROMPT_MS);
   pthread_t w, f;
   assert_int_equal(pthread_create(&w, NULL, waiter, &r), 0);
   assert_int_equal(pthread_create(&f, NULL, feeder, &r), 0);

@@ -6,7 +6,7 @@
 //
 // Usage: node sdk_http.mjs URL TMPDIR
 import assert from 'node:assert/strict';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync, rmSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
@@ -130,6 +130,7 @@ async function readEvents(resp, stop) {
   const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
   for (let i = 0; i < 300 && reason() === ''; i++) await sleep(10);
   assert.equal(reason(), 'disconnected');
+  rmSync(file, { force: true });
   // Well before the idle timeout (5 s) could have done it instead.
   assert.ok(performance.now() - t0 < 2500, 'the DELETE itself cancelled the call');
   const after = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
@@ -154,6 +155,7 @@ async function readEvents(resp, stop) {
   const reason = () => (existsSync(file) ? readFileSync(file, 'utf8') : '');
   for (let i = 0; i < 1500 && reason() === ''; i++) await sleep(20);
   assert.equal(reason(), 'disconnected');
+  rmSync(file, { force: true });
   assert.ok(performance.now() - t0 > 4000, 'not before the idle timeout');
   console.log(`idle session ended after ${(performance.now() - t0).toFixed(0)} ms`);
   const after = await fetch(url, { method: 'POST', headers: { ...H, 'Mcp-Session-Id': sid },
