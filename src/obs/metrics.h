@@ -289,8 +289,7 @@ static inline void apex__mx_progress_event(apex_manager_t *m, apex__ev_t *ev,
 }
 /* A PROGRESS event's callback was called (delivery thread). */
 static inline void apex__mx_progress_delivered(apex_manager_t *m, const apex__ev_t *ev) {
-  /* The type first: the caller just read it, and most events are not progress. */
-  if (ev->ev.type == APEX_EVENT_PROGRESS && m->mx) apex__mx_progress_delivered_(m, ev);
+  if (m->mx && ev->ev.type == APEX_EVENT_PROGRESS) apex__mx_progress_delivered_(m, ev);
 }
 
 #endif
