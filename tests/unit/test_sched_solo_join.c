@@ -30,13 +30,25 @@
 #include "integration/harness.h"
 #include "sched/sched_priv.h"
 
-/* The runnable count as the rings show it (-1: they disagree), and which
- * queue is solo (NULL: none). */
-static long rings(apex_manager_t *m, const apex__fq_t **solo) {
+/* What the rings show, read under pool_mu: the runnable count (-1: they
+ * disagree) and the solo queue (solo 0: none; then n, head, tail unset). */
+typedef struct {
+  int solo;
+  size_t n;
+  const apex_task_t *head, *tail;
+} solo_t;
+
+static long rings(apex_manager_t *m, solo_t *q) {
   apex__lock(&m->pool_mu);
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
-  *solo = m->sched->solo;
+  const apex__fq_t *s = m->sched->solo;
+  q->solo = s != NULL;
+  if (s) {
+    q->n = s->n;
+    q->head = s->head;
+    q->tail = s->tail;
+  }
   apex__unlock(&m->pool_mu);
   return n;
 }
@@ -69,7 +81,7 @@ static void release_and_run(apex_manager_t *m, apex_task_t *hold, int fds[2],
     apex_task_release(t[i]);
   }
   apex_task_release(hold);
-  const apex__fq_t *solo = NULL;
+  solo_t solo;
   assert_int_equal(rings(m, &solo), 0);
   close(fds[0]);
   close(fds[1]);
@@ -83,22 +95,22 @@ static void test_a_queue_that_joins_alone_is_solo_before_it_empties(void **st) {
   apex_task_t *hold = hold_worker(m, fds);
   enum { N = 5 };
   apex_task_t *t[N + 1];
-  const apex__fq_t *solo = NULL;
+  solo_t solo;
   /* testkit's default queue joins while the hold's (empty) was solo: it
    * is solo from its first task, and stays so as it fills without ever
    * emptying. */
   for (int i = 0; i < N; i++) {
     t[i] = noop(m, NULL);
     assert_int_equal(rings(m, &solo), i + 1);
-    assert_non_null(solo);
-    assert_int_equal(solo->n, (size_t)i + 1);
-    assert_ptr_equal(solo->head, t[0]);
-    assert_ptr_equal(solo->tail, t[i]);
+    assert_true(solo.solo);
+    assert_int_equal(solo.n, (size_t)i + 1);
+    assert_ptr_equal(solo.head, t[0]);
+    assert_ptr_equal(solo.tail, t[i]);
   }
   /* A second queue joins: solo ends, the shared count takes both. */
   t[N] = noop(m, "other");
   assert_int_equal(rings(m, &solo), N + 1);
-  assert_null(solo);
+  assert_false(solo.solo);
   release_and_run(m, hold, fds, t, N + 1);
   assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
 }
@@ -113,14 +125,14 @@ static void test_with_a_limit_the_joined_queue_is_solo_and_counts_every_scope(vo
   apex_task_t *hold = hold_worker(m, fds);
   enum { N = 4 };
   apex_task_t *t[N];
-  const apex__fq_t *solo = NULL;
+  solo_t solo;
   for (int i = 0; i < N; i++) {
     t[i] = noop(m, NULL);
     /* check_locked also compares the global scope's runnable count with
      * the rings' once a limit is set. */
     assert_int_equal(rings(m, &solo), i + 1);
-    assert_non_null(solo);
-    assert_int_equal(solo->n, (size_t)i + 1);
+    assert_true(solo.solo);
+    assert_int_equal(solo.n, (size_t)i + 1);
   }
   release_and_run(m, hold, fds, t, N);
   assert_int_equal(apex_manager_destroy(m, -1), APEX_OK);
