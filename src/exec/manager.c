@@ -1053,7 +1053,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     }
     return rc;
   }
-  apex__mx_submitted(m, t);
+  apex__mx_submitted(m, p, a); /* not t: a worker may be writing it */
   if (tmo) apex__tmo_submitted(m, t); /* arms its schedule-to-start timer */
   if (opts && opts->parent) {
     /* Ends a queued task at once when the parent is cancelled. The

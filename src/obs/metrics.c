@@ -101,29 +101,18 @@ static pthread_key_t slot_key;
 static int slot_key_ok;
 static _Atomic uint32_t slot_bits; /* taken slots */
 
-/* The calling thread's state, one block: its cell slot + 1 (0: none yet;
- * APEX__MX_SLOTS + 1: the shared cell) and the attempt it started last,
- * for that attempt's duration. initial-exec: a hook reads it on every
- * event, and the default model for a shared library costs a call to
- * __tls_get_addr per access (a few bytes of the static TLS block, which
- * glibc keeps room for even when the library is dlopen'ed). */
-typedef struct mx_tl {
-  unsigned slot;
-  uint32_t attempt;
-  const apex_task_t *t;
-  uint64_t id;
-  uint64_t start_ns;
-  uint64_t end_ns; /* the end's clock read, for finished_ on the same task */
-  apex__mx_series_t *series; /* of that task: its end needs no lookup */
-  /* With id, which is unique in its manager only, the task's plugin (one
-   * per manager) says it is the same task: a thread may serve two
-   * managers (a host's, a plugin's thread completing tasks of both).
-   * Only a worker sets t (apex__task_run), so only a worker records an
-   * end, and a worker never outlives its manager: series is never read
-   * after its manager freed it. */
-  const apex__plugin_t *plugin;
-} mx_tl_t;
-static _Thread_local mx_tl_t tl __attribute__((tls_model("initial-exec")));
+/* The calling thread's state (metrics.h). initial-exec: a hook reads it
+ * on every event, and the default model for a shared library costs a call
+ * to __tls_get_addr per access (a few bytes of the static TLS block, which
+ * glibc keeps room for even when the library is dlopen'ed). With id, which
+ * is unique in its manager only, the task's plugin (one per manager) says
+ * it is the same task: a thread may serve two managers (a host's, a
+ * plugin's thread completing tasks of both). Only a worker sets t
+ * (apex__task_run), so only a worker records an end, and a worker never
+ * outlives its manager: series and hot are never read after its manager
+ * freed them. */
+_Thread_local apex__mx_tl_t apex__mx_tl __attribute__((tls_model("initial-exec")));
+#define tl apex__mx_tl
 
 _Thread_local apex__obs_stamp_t apex__obs_stamp __attribute__((tls_model("initial-exec")));
 
@@ -163,6 +152,7 @@ static unsigned slot_get(void) {
       }
     }
   }
+  tl.hot_off = offsetof(apex__mx_series_t, hot) + (size_t)s * sizeof(apex__mx_hot_t);
   tl.slot = s + 1;
   return s;
 }
@@ -270,25 +260,26 @@ static inline apex__mx_series_t *series_get(const apex__plugin_t *p,
 
 /* ------------------------------------------------------------- hooks */
 
-void apex__mx_submitted_(apex_task_t *t) {
-  apex__mx_series_t *s = series_get(t->plugin, t->action);
+void apex__mx_submitted_of_(const apex__plugin_t *p, const apex_action_desc_t *a) {
+  apex__mx_series_t *s = series_get(p, a);
   if (!s) return;
   unsigned slot = slot_get();
   hot_add(slot, &s->hot[slot].submitted, 1);
 }
+
+void apex__mx_submitted_(apex_task_t *t) { apex__mx_submitted_of_(t->plugin, t->action); }
 
 void apex__mx_rejected_(const apex__plugin_t *p, const apex_action_desc_t *a, int code) {
   apex__mx_series_t *s = series_get(p, a);
   if (s) cold_add(&s->cold.rejected[apex__mx_code_index(code)]);
 }
 
-void apex__mx_started_(apex_task_t *t) {
+void apex__mx_started_(apex_manager_t *m, apex_task_t *t) {
   apex__mx_series_t *s = series_get(t->plugin, t->action);
   if (!s) return;
   unsigned slot = slot_get();
   /* With tracing on, the span's start too (obs/clock.h); off, no stamp. */
-  uint64_t now = apex__task_m(t)->tracer ? apex__obs_now(t, APEX__OBS_START)
-                                         : apex__obs_clock_ns();
+  uint64_t now = m->tracer ? apex__obs_now(t, APEX__OBS_START) : apex__obs_clock_ns();
   hot_add(slot, &s->hot[slot].started, 1);
   if (t->attempt == 1) {
     /* From the submit, or from its start time when it had one (it was
@@ -303,16 +294,16 @@ void apex__mx_started_(apex_task_t *t) {
   tl.start_ns = now;
   tl.end_ns = 0;
   tl.series = s;
+  tl.hot = &s->hot[slot];
   tl.plugin = t->plugin;
 }
 
-void apex__mx_attempt_end_(apex_task_t *t) {
+void apex__mx_attempt_end_(apex_manager_t *m, apex_task_t *t) {
   if (tl.t != t || tl.id != t->id || tl.plugin != t->plugin || tl.attempt != t->attempt) return;
   tl.t = NULL;
   unsigned slot = slot_get();
   /* With tracing on, the span's end too (obs/clock.h); off, no stamp. */
-  uint64_t now = apex__task_m(t)->tracer ? apex__obs_now(t, APEX__OBS_END)
-                                         : apex__obs_clock_ns();
+  uint64_t now = m->tracer ? apex__obs_now(t, APEX__OBS_END) : apex__obs_clock_ns();
   /* Clamped: two TSC reads may come out a few ns apart in either order. */
   observe(slot, &tl.series->hot[slot], APEX__MX_H_ATTEMPT,
           now > tl.start_ns ? now - tl.start_ns : 0);
@@ -359,10 +350,9 @@ static int error_code(const apex_error_t *e) {
   return apex_error_code(e);
 }
 
-/* apex__mx_finished_ but for a success ended by its attempt's end on
- * this thread. */
-static __attribute__((noinline)) void finished_slow(apex_task_t *t, int state,
-                                                     apex_error_t *e) {
+/* Every finish the inline half (metrics.h) does not take: a failure, a
+ * cancel, a timeout, a success ended elsewhere or in the shared cell. */
+void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
   /* The attempt's end just read the clock for this task on this thread:
    * that read and its series serve (a task ended elsewhere looks up its
    * own). */
@@ -388,23 +378,6 @@ static __attribute__((noinline)) void finished_slow(apex_task_t *t, int state,
    * still holds the submit time. */
   uint64_t from = t->out.submitted_ns;
   observe(slot, h, APEX__MX_H_E2E, now > from ? now - from : 0);
-}
-
-void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e) {
-  /* Most tasks: a success whose attempt just ended on this thread; that
-   * end's clock read and series serve (finished_slow says the rest). */
-  uint64_t now = tl.end_ns;
-  if (__builtin_expect(now && state == APEX_TASK_SUCCEEDED && tl.id == t->id &&
-                           tl.plugin == t->plugin, 1)) {
-    tl.end_ns = 0;
-    unsigned slot = slot_get();
-    apex__mx_hot_t *h = &tl.series->hot[slot];
-    hot_add(slot, &h->succeeded, 1);
-    uint64_t from = t->out.submitted_ns; /* still the submit time (finished_slow) */
-    observe(slot, h, APEX__MX_H_E2E, now > from ? now - from : 0);
-    return;
-  }
-  finished_slow(t, state, e);
 }
 
 void apex__mx_progress_flushed_(apex_task_t *t, apex__progress_slot_t *ps) {

@@ -2,10 +2,13 @@
  * (src/obs/metrics.c) and what the snapshot (metrics_snapshot.c) reads.
  *
  * Every hook is an inline test of m->mx (NULL when the manager's metrics
- * are off: one predictable branch) and, when on, one call into metrics.c.
- * The call sites are single lines in exec/manager.c, exec/task.c,
- * exec/ctx.c and exec/events.c; none allocates, blocks or takes a lock
- * but the first event of an action (its series is made then, lock-free). */
+ * are off: one predictable branch). When on, the four every task pays (a
+ * submit, an attempt's start and end, a success's finish) do their common
+ * case inline, in the calling thread's own cell, and call into metrics.c
+ * for the rest; the others always call. The call sites are single lines
+ * in exec/manager.c, exec/task.c, exec/ctx.c and exec/events.c; none
+ * allocates, blocks or takes a lock but the first event of an action (its
+ * series is made then, lock-free). */
 #ifndef APEX_OBS_METRICS_H
 #define APEX_OBS_METRICS_H
 
@@ -107,11 +110,32 @@ extern const char *const apex__mx_reason_names[APEX__MX_N_REASONS];
 /* The series of action a of plugin p if made, else NULL (snapshot). */
 apex__mx_series_t *apex__mx_series_peek(const apex__plugin_t *p, const apex_action_desc_t *a);
 
-/* The out-of-line halves of the hooks below. */
-void apex__mx_submitted_(apex_task_t *t);
+/* The calling thread's state (metrics.c), one initial-exec block read
+ * by the hooks' inline halves below: its cell slot and the attempt it
+ * started last (the run state has no byte to spare for the start time).
+ * Only the calling thread reads or writes its block. */
+typedef struct apex__mx_tl {
+  unsigned slot;      /* its cell slot + 1; 0: none taken yet */
+  uint32_t attempt;   /* t's attempt started here last */
+  const apex_task_t *t; /* NULL once that attempt's end was observed */
+  uint64_t id;        /* t's id: with plugin, the same task (a thread may serve two managers) */
+  const apex__plugin_t *plugin;
+  uint64_t start_ns;  /* that attempt's start */
+  uint64_t end_ns;    /* its end's clock read, for the same task's finish; 0: none */
+  apex__mx_series_t *series; /* of that task */
+  apex__mx_hot_t *hot; /* this thread's cell of it */
+  size_t hot_off;     /* offsetof(apex__mx_series_t, hot[slot]) once slot is set */
+} apex__mx_tl_t;
+extern _Thread_local apex__mx_tl_t apex__mx_tl __attribute__((tls_model("initial-exec")));
+
+/* The out-of-line halves of the hooks below: every case (a series not
+ * made yet, a thread past APEX__MX_SLOTS, tracing on, an end or a finish
+ * not on the thread that started it). */
+void apex__mx_submitted_of_(const apex__plugin_t *p, const apex_action_desc_t *a);
+void apex__mx_submitted_(apex_task_t *t); /* of t's plugin and action */
 void apex__mx_rejected_(const apex__plugin_t *p, const apex_action_desc_t *a, int code);
-void apex__mx_started_(apex_task_t *t);
-void apex__mx_attempt_end_(apex_task_t *t);
+void apex__mx_started_(apex_manager_t *m, apex_task_t *t);
+void apex__mx_attempt_end_(apex_manager_t *m, apex_task_t *t);
 void apex__mx_retried_(apex_task_t *t);
 void apex__mx_finished_(apex_task_t *t, int state, apex_error_t *e);
 void apex__mx_progress_flushed_(apex_task_t *t, apex__progress_slot_t *s);
@@ -119,10 +143,49 @@ void apex__mx_progress_rejected_(apex_task_t *t);
 void apex__mx_progress_event_(apex__ev_t *ev, const apex__progress_slot_t *s);
 void apex__mx_progress_delivered_(apex_manager_t *m, const apex__ev_t *ev);
 
-/* A submit was accepted (after the task is queued; the caller's handle
- * keeps t). */
-static inline void apex__mx_submitted(apex_manager_t *m, apex_task_t *t) {
-  if (m->mx) apex__mx_submitted_(t);
+/* The inline halves take the common case of every task with no call:
+ * the series made, the calling thread owning its cell, tracing off. The
+ * four calls (a submit, an attempt's start and end, the finish) with their
+ * register saves were about a fifth of what the metrics cost W1 on one
+ * CPU (bench/analysis.md, the seventh session's W1 section). */
+
+/* Adds v to a counter of the calling thread's own cell: its only writer
+ * (a relaxed load and store, no lock prefix). */
+static inline void apex__mx_own_add(_Atomic uint64_t *c, uint64_t v) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
+                        memory_order_relaxed);
+}
+
+/* Observes ns in histogram which of the calling thread's own cell h. */
+static inline void apex__mx_own_observe(apex__mx_hot_t *h, int which, uint64_t ns) {
+  apex__mx_own_add(&h->hist[which][apex__mx_bucket_of(ns)], 1);
+  apex__mx_own_add(&h->hist[which][APEX__MX_BUCKETS], ns);
+}
+
+/* The series of action a of p if made, else NULL: two loads. */
+static inline apex__mx_series_t *apex__mx_series_of(const apex__plugin_t *p,
+                                                   const apex_action_desc_t *a) {
+  apex__mx_plugin_t *b = atomic_load_explicit(&((apex__plugin_t *)p)->mx, memory_order_acquire);
+  return b ? atomic_load_explicit(&b->series[a - p->actions], memory_order_acquire) : NULL;
+}
+
+/* The calling thread's own cell of series s, or NULL when it has no slot
+ * yet or shares the last cell (the out-of-line half then). */
+static inline apex__mx_hot_t *apex__mx_own_cell(const apex__mx_tl_t *x, apex__mx_series_t *s) {
+  if (!s || x->slot - 1u >= APEX__MX_SLOTS) return NULL;
+  return (apex__mx_hot_t *)((char *)s + x->hot_off);
+}
+
+/* A submit of action a of p was accepted (after the task is queued: the
+ * task is not read, a worker may be writing it). */
+static inline void apex__mx_submitted(apex_manager_t *m, const apex__plugin_t *p,
+                                      const apex_action_desc_t *a) {
+  if (!m->mx) return;
+  apex__mx_hot_t *h = apex__mx_own_cell(&apex__mx_tl, apex__mx_series_of(p, a));
+  if (__builtin_expect(h != NULL, 1))
+    apex__mx_own_add(&h->submitted, 1);
+  else
+    apex__mx_submitted_of_(p, a);
 }
 /* A submit naming action a of p was refused with code. */
 static inline void apex__mx_rejected(apex_manager_t *m, const apex__plugin_t *p,
@@ -131,21 +194,75 @@ static inline void apex__mx_rejected(apex_manager_t *m, const apex__plugin_t *p,
 }
 /* An attempt opened on this thread (under t's lock, t->attempt counted). */
 static inline void apex__mx_started(apex_manager_t *m, apex_task_t *t) {
-  if (m->mx) apex__mx_started_(t);
+  if (!m->mx) return;
+  apex__mx_tl_t *x = &apex__mx_tl;
+  const apex__plugin_t *p = t->plugin;
+  apex__mx_series_t *s = apex__mx_series_of(p, t->action);
+  apex__mx_hot_t *h = apex__mx_own_cell(x, s);
+  if (__builtin_expect(!h || m->tracer, 0)) {
+    apex__mx_started_(m, t);
+    return;
+  }
+  uint64_t now = apex__obs_clock_ns();
+  apex__mx_own_add(&h->started, 1);
+  uint32_t attempt = t->attempt;
+  if (attempt == 1) {
+    /* From the submit, or from its start time when it had one (it was
+     * scheduled, not waiting, until then). */
+    uint64_t from = t->out.submitted_ns;
+    if (t->opts && t->opts->start_ns > from) from = t->opts->start_ns;
+    apex__mx_own_observe(h, APEX__MX_H_QUEUE_WAIT, now > from ? now - from : 0);
+  }
+  x->t = t;
+  x->id = t->id;
+  x->plugin = p;
+  x->attempt = attempt;
+  x->start_ns = now;
+  x->end_ns = 0;
+  x->series = s;
+  x->hot = h;
 }
 /* The open attempt of t ends (under t's lock). */
 static inline void apex__mx_attempt_end(apex_manager_t *m, apex_task_t *t) {
-  if (m->mx) apex__mx_attempt_end_(t);
+  if (!m->mx) return;
+  apex__mx_tl_t *x = &apex__mx_tl;
+  /* Started on this thread, in its own cell (started above), tracing off. */
+  if (__builtin_expect(x->t == t && x->id == t->id && x->plugin == t->plugin &&
+                           x->attempt == t->attempt && x->slot - 1u < APEX__MX_SLOTS &&
+                           !m->tracer, 1)) {
+    x->t = NULL;
+    uint64_t now = apex__obs_clock_ns();
+    /* Clamped: two TSC reads may come out a few ns apart in either order. */
+    apex__mx_own_observe(x->hot, APEX__MX_H_ATTEMPT, now > x->start_ns ? now - x->start_ns : 0);
+    x->end_ns = now; /* the finish reuses this read for the same task */
+    return;
+  }
+  apex__mx_attempt_end_(m, t);
 }
 /* t waits to retry (under t's lock). */
 static inline void apex__mx_retried(apex_manager_t *m, apex_task_t *t) {
   if (m->mx) apex__mx_retried_(t);
 }
 /* t became terminal in state with error e (NULL when it succeeded; may be
- * lazy), under t's lock. */
+ * lazy), under t's lock. Most tasks: a success whose attempt just ended on
+ * this thread, in its own cell; that end's clock read and cell serve. */
 static inline void apex__mx_finished(apex_manager_t *m, apex_task_t *t, int state,
                                      apex_error_t *e) {
-  if (m->mx) apex__mx_finished_(t, state, e);
+  if (!m->mx) return;
+  apex__mx_tl_t *x = &apex__mx_tl;
+  uint64_t now = x->end_ns;
+  if (__builtin_expect(now && state == APEX_TASK_SUCCEEDED && x->id == t->id &&
+                           x->plugin == t->plugin && x->slot - 1u < APEX__MX_SLOTS, 1)) {
+    x->end_ns = 0;
+    apex__mx_hot_t *h = x->hot;
+    apex__mx_own_add(&h->succeeded, 1);
+    /* Called before finish_locked stores the outcome in t->out: the word
+     * still holds the submit time. */
+    uint64_t from = t->out.submitted_ns;
+    apex__mx_own_observe(h, APEX__MX_H_E2E, now > from ? now - from : 0);
+    return;
+  }
+  apex__mx_finished_(t, state, e);
 }
 /* A report accepted into s (under the task's lock): counted in the slot,
  * with no atomic, and folded into the series when s is flushed. */

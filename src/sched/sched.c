@@ -235,9 +235,9 @@ static inline apex__fq_t *fq_of(const apex_task_t *t) {
   return t->opts->sc->fq;
 }
 
-/* The solo queue (S->solo): a fairness queue that emptied while it was the
- * only queue of the only level stays in its ring, and while no other queue
- * joins it counts its own tasks (q->n, in the line its links are in), so a
+/* The solo queue (S->solo): a fairness queue that joined the rings as the
+ * only queue of the only level, or emptied while it was that, stays in its
+ * ring, and while no other queue joins it counts its own tasks (q->n, in the line its links are in), so a
  * host that submits one task at a time to a pool that keeps up (the queue
  * empties and refills every task) and the worker that picks it write that
  * line and none of the scheduler's first line: no ring leave and join, no
@@ -306,7 +306,15 @@ static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int
   } else {
     if (S->solo) solo_end(S);
     if (was_empty) ring_join(S, q);
-    S->n_runnable++;
+    /* Joined as the only queue of the only level with nothing else
+     * runnable: solo from now, as when such a queue empties (fq_take).
+     * Otherwise a host that outran the workers from its first submit (the
+     * queue never empties) kept every task of the run off the short paths
+     * (bench/analysis.md, the seventh session's W1 section). */
+    if (was_empty && q->rnext == q && S->n_levels == 1 && !S->n_runnable)
+      S->solo = q;
+    else
+      S->n_runnable++;
   }
   set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
   count(sc, APEX__SCHED_PLACE_RUNNABLE, 1);

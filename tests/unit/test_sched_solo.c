@@ -1,6 +1,6 @@
 /* The scheduler's solo queue (src/sched/sched.c, solo_end): a fairness
- * queue that empties while it is the only one stays in its ring and counts
- * its own tasks, so a host that submits one task at a time does not make
+ * queue that empties while it is the only one, or joins the rings as the
+ * only one, stays in its ring and counts its own tasks, so a host that submits one task at a time does not make
  * the pick and the submit rewrite the levels and the shared count each
  * time; any other queue joining (another fairness key, another priority)
  * ends it. The rings are checked directly (apex__sched_check_locked:
@@ -65,10 +65,11 @@ static void test_the_only_queue_goes_solo_until_another_joins(void **st) {
   apex_task_t *t[N];
   int n = 0;
   /* A task of another queue (testkit's default) joins: the solo one
-   * leaves its ring first. */
+   * leaves its ring first, and the one that joins, alone, is solo
+   * (test_sched_solo_join.c). */
   t[n++] = noop(m, NULL, 0);
   assert_int_equal(rings(m, &solo), 1);
-  assert_false(solo);
+  assert_true(solo);
   /* Emptied by a cancel: solo; refilled: still solo, counting its own. */
   assert_int_equal(apex_task_cancel(t[0], NULL), APEX_OK);
   assert_int_equal(rings(m, &solo), 0);
@@ -79,13 +80,14 @@ static void test_the_only_queue_goes_solo_until_another_joins(void **st) {
   assert_int_equal(apex_task_cancel(t[1], NULL), APEX_OK);
   assert_int_equal(rings(m, &solo), 0);
   assert_true(solo);
-  /* Another fairness key at the same priority, then the solo one's
-   * own: two queues in one ring. */
+  /* Another fairness key at the same priority (alone once the empty solo
+   * one left: solo), then the first one's own: two queues in one ring. */
   t[n++] = noop(m, "other", 0);
   assert_int_equal(rings(m, &solo), 1);
-  assert_false(solo);
+  assert_true(solo);
   t[n++] = noop(m, NULL, 0);
   assert_int_equal(rings(m, &solo), 2);
+  assert_false(solo);
   /* Emptying one of two does not park it: it leaves its ring. */
   assert_int_equal(apex_task_cancel(t[2], NULL), APEX_OK);
   assert_int_equal(rings(m, &solo), 1);
