@@ -444,6 +444,11 @@ static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_
    * system call each time the earliest task ends before its deadline, and
    * one on the host's path after every timeout. */
   if (*armed && (!at || at >= *armed)) return;
+  /* Nothing armed (a one-shot timer that went off is disarmed: fire_due
+   * zeroes its time when it reads the expiry) and nothing to arm: no call.
+   * The host's dispatch of a timeout with nothing after it made one, on
+   * its way to the DONE (W4). */
+  if (!*armed && !at) return;
   /* An absolute time already past fires at once; zero disarms. */
   struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
   if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
