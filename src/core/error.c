@@ -176,7 +176,17 @@ size_t apex__fmt_fixed3(char buf[APEX__FIXED3_MAX], double v) {
 }
 
 apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg) {
-  return assemble(code, where, NULL, "", msg, "", 0);
+  return apex__error_clean_n(code, where, msg, strlen(msg));
+}
+
+apex_error_t *apex__error_clean_n(int code, const apex__where_t *where, const char *msg,
+                                  size_t mlen) {
+  char *at;
+  apex_error_t *e = error_alloc(code, where, NULL, mlen, &at);
+  if (!e) return &nomem_error;
+  memcpy(e->message, msg, mlen);
+  e->message[mlen] = '\0';
+  return e;
 }
 
 apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,

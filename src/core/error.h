@@ -57,6 +57,11 @@ size_t apex__fmt_fixed3(char buf[APEX__FIXED3_MAX], double v);
  * out. Ownership: strings copied. */
 apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg);
 
+/* apex__error_clean for a message of mlen bytes (no NUL needed within
+ * them): one pass, no length to measure. */
+apex_error_t *apex__error_clean_n(int code, const apex__where_t *where, const char *msg,
+                                  size_t mlen);
+
 /* Attaches a task's last partial result to e, its outcome error
  * (apex_error_partial_result): in place while the caller holds e's only
  * reference, else on a copy of e (e's reference then goes). On no memory,

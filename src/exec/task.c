@@ -623,16 +623,18 @@ static apex__where_t where_of(const apex_task_t *t) {
 }
 
 /* "cancelled (NAME)" for a cause: what apex__error_cancelled makes of its
- * name. Static. */
-static const char *cancelled_text(apex__cause_t cause) {
+ * name. Static; its length in *len. */
+#define TEXT(lit) (*len = sizeof lit - 1, lit)
+static const char *cancelled_text(apex__cause_t cause, size_t *len) {
   switch (cause) {
-    case APEX__CAUSE_USER: return "cancelled (user)";
-    case APEX__CAUSE_PARENT: return "cancelled (parent)";
-    case APEX__CAUSE_SHUTDOWN: return "cancelled (shutdown)";
-    case APEX__CAUSE_TIMEOUT: return "cancelled (timeout)";
+    case APEX__CAUSE_USER: return TEXT("cancelled (user)");
+    case APEX__CAUSE_PARENT: return TEXT("cancelled (parent)");
+    case APEX__CAUSE_SHUTDOWN: return TEXT("cancelled (shutdown)");
+    case APEX__CAUSE_TIMEOUT: return TEXT("cancelled (timeout)");
   }
-  return "cancelled (user)";
+  return TEXT("cancelled (user)");
 }
+#undef TEXT
 
 apex_error_t *apex__task_error(apex_task_t *t) {
   apex_error_t *e = __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
@@ -643,11 +645,14 @@ apex_error_t *apex__task_error(apex_task_t *t) {
    * plugin's copies: its manager may have unloaded it since. */
   const apex__plugin_t *p = t->plugin;
   apex__where_t w = {p->name_copy, p->action_names[t->action - p->actions], t->id, t->attempt};
-  /* Apex's own words and names checked at load: copied, not scrubbed. */
-  apex_error_t *made = kind == APEX__LAZY_CANCEL
-                           ? apex__error_clean(APEX_E_CANCELLED, &w,
-                                               cancelled_text((apex__cause_t)arg))
-                           : apex__error_clean(-(int)arg, &w, apex_strerror(-(int)arg));
+  /* Apex's own words and names checked at load: copied, not scrubbed. A
+   * cancel's words are of known length (W3q makes one per DONE). */
+  size_t len;
+  const char *text = kind == APEX__LAZY_CANCEL ? cancelled_text((apex__cause_t)arg, &len)
+                                               : apex_strerror(-(int)arg);
+  if (kind != APEX__LAZY_CANCEL) len = strlen(text);
+  apex_error_t *made = apex__error_clean_n(
+      kind == APEX__LAZY_CANCEL ? APEX_E_CANCELLED : -(int)arg, &w, text, len);
   if (__atomic_compare_exchange_n(&t->out.error, &e, made, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return made;
   apex_error_unref(made); /* another reader made it first: e is that one */
@@ -1626,8 +1631,8 @@ static apex_error_t *timeout_error(apex_task_t *t, int kind) {
       PUT_LIT(&at, end, " (schedule_to_close timeout)");
       kind = APEX__TMO_SCHEDULE_TO_CLOSE;
   }
-  *at = '\0';
-  return apex__error_timeout_kind(apex__error_clean(APEX_E_TIMEOUT, &w, msg), kind);
+  return apex__error_timeout_kind(apex__error_clean_n(APEX_E_TIMEOUT, &w, msg, (size_t)(at - msg)),
+                                  kind);
 }
 
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what) {
