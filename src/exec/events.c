@@ -149,8 +149,11 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
 
 /* The manager whose apex_manager_dispatch is firing timers on this thread:
  * the events that makes are delivered by the same call, so they need no
- * signal. */
-static _Thread_local const apex_manager_t *tls_dispatching;
+ * signal. Initial-exec, as pool.c's thread-locals: read at every push and
+ * set twice a dispatch, and the default model of a shared library makes
+ * each a call to __tls_get_addr (W3q: 22 instructions a cancel). */
+static _Thread_local const apex_manager_t *tls_dispatching
+    __attribute__((tls_model("initial-exec")));
 
 int apex__events_dispatch(apex_manager_t *m) {
   tls_dispatching = m;
