@@ -374,9 +374,18 @@ static void fire_due(apex_manager_t *m, int on_host) {
   /* Nonblocking: EAGAIN when it was re-armed since it became readable.
    * Either way the lists say what is due. */
   ssize_t got = read(on_host ? m->host_timer_fd : m->timer_fd, &expirations, sizeof expirations);
-  if (got == (ssize_t)sizeof expirations) { /* it went off: a one-shot timer is disarmed now */
+  if (on_host) {
+    /* The host's timer went off if its time passed: a one-shot timer is
+     * disarmed then. Not read from the expiry count, which in the events'
+     * ticks mode (events.c) counts their signals too, and which their
+     * drain may have taken. */
+    uint64_t now = apex__now_ns();
     apex__lock(&m->pool_mu);
-    *(on_host ? &m->host_timer_at : &m->timer_fd_at) = 0;
+    if (m->host_timer_at && now >= m->host_timer_at) m->host_timer_at = 0;
+    apex__unlock(&m->pool_mu);
+  } else if (got == (ssize_t)sizeof expirations) { /* went off: a one-shot timer is disarmed */
+    apex__lock(&m->pool_mu);
+    m->timer_fd_at = 0;
     apex__unlock(&m->pool_mu);
   }
   enum { BATCH = 256 };
@@ -456,6 +465,7 @@ static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_
     return;
   }
   *armed = at;
+  if (fd == m->host_timer_fd) apex__events_timer_set(m); /* ticks zeroed: an owed signal again */
 }
 
 /* Arms the timers for the earliest due time. Any thread: under pool_mu, so
@@ -564,9 +574,16 @@ static void *runtime_main(void *arg) {
   return NULL;
 }
 
+/* The host's timer, unless it is the events' fd (ticks mode: theirs to
+ * close, after the last delivery). */
+static void close_host_timer(apex_manager_t *m) {
+  if (m->host_timer_fd >= 0 && m->host_timer_fd != apex__events_timer_fd(m))
+    close(m->host_timer_fd);
+}
+
 int apex__runtime_start(apex_manager_t *m) {
   m->host_timer_fd = -1;
-  if (m->cfg.delivery == APEX_DELIVER_DISPATCH) {
+  if (m->cfg.delivery == APEX_DELIVER_DISPATCH && (m->host_timer_fd = apex__events_timer_fd(m)) < 0) {
     m->host_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (m->host_timer_fd < 0) return APEX_E_IO;
     if (apex__events_watch_timer(m, m->host_timer_fd) != APEX_OK) {
@@ -576,19 +593,19 @@ int apex__runtime_start(apex_manager_t *m) {
   }
   m->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (m->timer_fd < 0) {
-    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    close_host_timer(m);
     return APEX_E_IO;
   }
   m->timer_fd_at = 0;
   if (uv_loop_init(&m->loop)) {
     close(m->timer_fd);
-    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    close_host_timer(m);
     return APEX_E_IO;
   }
   if (uv_async_init(&m->loop, &m->wake, on_wake)) {
     uv_loop_close(&m->loop);
     close(m->timer_fd);
-    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    close_host_timer(m);
     return APEX_E_IO;
   }
   int polling = uv_poll_init(&m->loop, &m->timer_poll, m->timer_fd) == 0;
@@ -605,7 +622,7 @@ int apex__runtime_start(apex_manager_t *m) {
   uv_run(&m->loop, UV_RUN_DEFAULT);
   uv_loop_close(&m->loop);
   close(m->timer_fd);
-  if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+  close_host_timer(m);
   return APEX_E_IO;
 }
 
@@ -617,5 +634,5 @@ void apex__runtime_stop(apex_manager_t *m) {
   atomic_store(&m->rt_started, 0);
   uv_loop_close(&m->loop);
   close(m->timer_fd);
-  if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+  close_host_timer(m);
 }
