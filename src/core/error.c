@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/utf8.h"
 
+#include <float.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,8 +139,54 @@ apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *ca
                   1);
 }
 
+size_t apex__fmt_fixed3(char buf[APEX__FIXED3_MAX], double v) {
+#if LDBL_MANT_DIG >= 64
+  if (v >= 0 && v < 1e15) {
+    /* v has 53 significant bits and 1000 seven (1111101 x 2^3): their
+     * product fits long double's 64, so x, its integer part k and its
+     * fraction (x - k: Sterbenz, k <= x < 2k, or k = 0) are all exact, and
+     * the rounding below is printf's on the exact value. */
+    long double x = (long double)v * 1000.0L;
+    unsigned long long k = (unsigned long long)x;
+    long double frac = x - (long double)k;
+    if (frac > 0.5L || (frac == 0.5L && (k & 1u))) k++;
+    char digits[24];
+    size_t nd = 0, len = 0;
+    unsigned long long ip = k / 1000u;
+    unsigned fp = (unsigned)(k % 1000u);
+    do {
+      digits[nd++] = (char)('0' + ip % 10u);
+      ip /= 10u;
+    } while (ip);
+    while (nd) buf[len++] = digits[--nd];
+    buf[len++] = '.';
+    buf[len++] = (char)('0' + fp / 100u);
+    buf[len++] = (char)('0' + fp / 10u % 10u);
+    buf[len++] = (char)('0' + fp % 10u);
+    buf[len] = '\0';
+    return len;
+  }
+#endif
+  int n = snprintf(buf, APEX__FIXED3_MAX, "%.3f", v);
+  if (n < 0) {
+    buf[0] = '\0';
+    return 0;
+  }
+  return (size_t)n < APEX__FIXED3_MAX ? (size_t)n : APEX__FIXED3_MAX - 1;
+}
+
 apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg) {
-  return assemble(code, where, NULL, "", msg, "", 0);
+  return apex__error_clean_n(code, where, msg, strlen(msg));
+}
+
+apex_error_t *apex__error_clean_n(int code, const apex__where_t *where, const char *msg,
+                                  size_t mlen) {
+  char *at;
+  apex_error_t *e = error_alloc(code, where, NULL, mlen, &at);
+  if (!e) return &nomem_error;
+  memcpy(e->message, msg, mlen);
+  e->message[mlen] = '\0';
+  return e;
 }
 
 apex_error_t *apex__error_new(int code, const apex__where_t *where, apex_error_t *cause,

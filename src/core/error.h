@@ -38,12 +38,29 @@ apex_error_t *apex__error_timeout_kind(apex_error_t *e, int kind);
 apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *cause,
                                    const char *reason);
 
+/* Room apex__fmt_fixed3 needs: "%.3f" of any double (309 digits at most
+ * before the point) and its NUL. */
+#define APEX__FIXED3_MAX 320
+
+/* Writes v as printf's "%.3f" writes it (round to nearest, ties to even,
+ * on v's exact binary value) into buf, NUL-terminated, without printf for
+ * the usual case (0 <= v < 1e15 where long double holds v * 1000
+ * exactly): a timeout's message is made on the path from its deadline to
+ * the host's DONE, and printf's floating-point code, cold by then, was
+ * microseconds of it (bench/analysis.md, W4). Returns: the length. */
+size_t apex__fmt_fixed3(char buf[APEX__FIXED3_MAX], double v);
+
 /* Returns: an error with code and msg as its message, like
  * apex__error_new(code, where, NULL, "%s", msg), for text known to be
  * valid UTF-8 already (Apex's own sentences, names checked at load): it
  * is copied, not scrubbed. The static out-of-memory error when memory runs
  * out. Ownership: strings copied. */
 apex_error_t *apex__error_clean(int code, const apex__where_t *where, const char *msg);
+
+/* apex__error_clean for a message of mlen bytes (no NUL needed within
+ * them): one pass, no length to measure. */
+apex_error_t *apex__error_clean_n(int code, const apex__where_t *where, const char *msg,
+                                  size_t mlen);
 
 /* Attaches a task's last partial result to e, its outcome error
  * (apex_error_partial_result): in place while the caller holds e's only

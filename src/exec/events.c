@@ -1,7 +1,10 @@
 /* Events: the FIFO through which attempts, progress, retries and outcomes
  * reach the host, whichever way it chose (docs/architecture.md, "Event
- * delivery"): callbacks on the runtime thread (LOOP), or a pollable eventfd
- * plus apex_manager_dispatch() on the host's own thread (DISPATCH).
+ * delivery"): callbacks on the runtime thread (LOOP), or a pollable fd plus
+ * apex_manager_dispatch() on the host's own thread (DISPATCH). That fd is
+ * the host timer's timerfd, signalled by setting its ticks, where the
+ * kernel allows (ticks_fd), else an epoll of an eventfd and that timerfd;
+ * this file owns it, the runtime arms the timer (runtime.c).
  *
  * Producers push under ev_mu (a leaf, taken under a task lock so a task's
  * events keep the order of its state changes) and signal only when the queue
@@ -31,15 +34,46 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
+
+#ifndef TFD_IOC_SET_TICKS /* linux/timerfd.h's, which conflicts with sys/timerfd.h */
+#define TFD_IOC_SET_TICKS _IOW('T', 0, uint64_t)
+#endif
 
 #include "exec/internal.h"
 #include "obs/metrics.h"
 #include "ops/ops.h"
 
+int apex__events_no_ticks;
+
+/* Ticks mode: one timerfd is both the host's deadline timer and the
+ * events' signal (TFD_IOC_SET_TICKS makes it readable at once; a read
+ * drains both), so the host polls it directly. Polling an epoll set of an
+ * eventfd and the timerfd cost a signal's round trip (write, poll, read)
+ * about 130-200 ns more on this VM (bench/analysis.md, W3q). The ioctl
+ * exists where the kernel has CONFIG_CHECKPOINT_RESTORE: tried once here,
+ * else the epoll. Returns: the timerfd, or -1. */
+static int ticks_fd(void) {
+  if (apex__events_no_ticks) return -1;
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (fd < 0) return -1;
+  uint64_t one = 1, v;
+  if (ioctl(fd, TFD_IOC_SET_TICKS, &one) == 0 && read(fd, &v, sizeof v) == (ssize_t)sizeof v)
+    return fd;
+  close(fd);
+  return -1;
+}
+
 int apex__events_init(apex_manager_t *m) {
   m->ev_fd = m->host_fd = -1;
+  m->ev_ticks = 0;
   if (m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_OK;
+  if ((m->host_fd = ticks_fd()) >= 0) {
+    m->ev_ticks = 1;
+    return APEX_OK;
+  }
   m->ev_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (m->ev_fd < 0) return APEX_E_IO;
   /* The host's fd: readable while events wait or a deadline is due (the
@@ -53,6 +87,33 @@ int apex__events_init(apex_manager_t *m) {
 int apex__events_watch_timer(apex_manager_t *m, int timer_fd) {
   struct epoll_event e = {.events = EPOLLIN, .data.fd = timer_fd};
   return epoll_ctl(m->host_fd, EPOLL_CTL_ADD, timer_fd, &e) == 0 ? APEX_OK : APEX_E_IO;
+}
+
+int apex__events_timer_fd(const apex_manager_t *m) { return m->ev_ticks ? m->host_fd : -1; }
+
+/* Makes the host's fd readable: the eventfd's counter, or the timerfd's
+ * ticks. */
+static void raise_signal(apex_manager_t *m) {
+  uint64_t one = 1;
+  if (m->ev_ticks) {
+    int r;
+    do r = ioctl(m->host_fd, TFD_IOC_SET_TICKS, &one);
+    while (r < 0 && errno == EINTR);
+    return;
+  }
+  ssize_t w;
+  do w = write(m->ev_fd, &one, sizeof one);
+  while (w < 0 && errno == EINTR);
+  /* EAGAIN means the counter is already non-zero: readable anyway. */
+}
+
+void apex__events_timer_set(apex_manager_t *m) {
+  /* The push that owes the signal stored the flag before its ioctl, and
+   * the ioctl and timerfd_settime take the timerfd's one lock in the
+   * kernel: if its ticks came before this settime zeroed them, the flag
+   * is seen here; if after, they stand. A drain racing this makes the fd
+   * readable over nothing, which the next dispatch drains. */
+  if (m->ev_ticks && atomic_load(&m->ev_fd_armed)) raise_signal(m);
 }
 
 /* Wakes apex_task_wait callers; no lock held. */
@@ -149,8 +210,11 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
 
 /* The manager whose apex_manager_dispatch is firing timers on this thread:
  * the events that makes are delivered by the same call, so they need no
- * signal. */
-static _Thread_local const apex_manager_t *tls_dispatching;
+ * signal. Initial-exec, as pool.c's thread-locals: read at every push and
+ * set twice a dispatch, and the default model of a shared library makes
+ * each a call to __tls_get_addr (W3q: 22 instructions a cancel). */
+static _Thread_local const apex_manager_t *tls_dispatching
+    __attribute__((tls_model("initial-exec")));
 
 int apex__events_dispatch(apex_manager_t *m) {
   tls_dispatching = m;
@@ -169,18 +233,13 @@ int apex__events_dispatch(apex_manager_t *m) {
  * queue empty and drains it (apex__events_deliver). */
 static int signal_locked(apex_manager_t *m, int was_empty) {
   if (tls_dispatching == m) return 0;
-  if (!was_empty || m->ev_fd < 0 || m->ev_fd_armed) return 0;
-  m->ev_fd_armed = 1;
+  if (!was_empty || m->host_fd < 0 || atomic_load_explicit(&m->ev_fd_armed, memory_order_relaxed))
+    return 0;
+  atomic_store(&m->ev_fd_armed, 1); /* seq_cst: before the signal (apex__events_timer_set) */
   return 1;
 }
 
-static void signal_fd(apex_manager_t *m) {
-  uint64_t one = 1;
-  ssize_t w;
-  do w = write(m->ev_fd, &one, sizeof one);
-  while (w < 0 && errno == EINTR);
-  /* EAGAIN means the counter is already non-zero: readable anyway. */
-}
+static void signal_fd(apex_manager_t *m) { raise_signal(m); }
 
 static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_n; }
 
@@ -278,15 +337,25 @@ int apex__events_deliver(apex_manager_t *m) {
    * write of signal_fd's may have left the fd readable over nothing). Read
    * under ev_mu: a push after this section writes after it, so this read
    * can never swallow the signal of an event it did not take. */
-  if (m->ev_fd >= 0 && (m->ev_fd_armed || (!n && !done))) {
+  int drained = 0;
+  if (m->host_fd >= 0 &&
+      (atomic_load_explicit(&m->ev_fd_armed, memory_order_relaxed) || (!n && !done))) {
     uint64_t v;
     ssize_t r;
-    do r = read(m->ev_fd, &v, sizeof v);
+    do r = read(m->ev_ticks ? m->host_fd : m->ev_fd, &v, sizeof v);
     while (r < 0 && errno == EINTR);
     /* EAGAIN: nothing written (yet); a late write is drained next time. */
+    drained = m->ev_ticks;
   }
-  m->ev_fd_armed = 0;
+  atomic_store_explicit(&m->ev_fd_armed, 0, memory_order_relaxed);
   apex__unlock(&m->ev_mu);
+  /* Ticks mode: that read also took the timer's expiry if it went off
+   * since apex__timers_fire looked: a deadline due and not fired keeps
+   * the fd readable, so the host comes back for it. */
+  if (drained) {
+    uint64_t at = atomic_load_explicit(&m->due_at, memory_order_acquire);
+    if (at && apex__now_ns() >= at) raise_signal(m);
+  }
   int count = 0;
   /* GROUP events (ops/group.c) wait for the DONEs of this batch: each is
    * about a member whose DONE was queued before it. */

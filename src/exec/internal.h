@@ -568,8 +568,9 @@ struct apex_manager {
   /* events (ev_mu) */
   _Alignas(APEX__CACHE_LINE) apex__lock_t ev_mu; /* spins, then sleeps (lock.h) */
   apex__ev_t *ev_head, *ev_tail;
-  int ev_fd;           /* DISPATCH: eventfd readable while events wait */
-  int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd */
+  int ev_fd;           /* DISPATCH: eventfd readable while events wait (-1 with ev_ticks) */
+  int host_fd;         /* DISPATCH: epoll of ev_fd and host_timer_fd, or (ev_ticks) that
+                        * timerfd itself */
   /* DONE events: the tasks themselves, dealt round the lanes in the order
    * they ended (push k goes to lane k % APEX__DONE_LANES), so a delivery
    * walks APEX__DONE_LANES chains side by side and can ask for a task's
@@ -577,7 +578,14 @@ struct apex_manager {
    * counts pushes (wrapping), done_n the tasks queued. */
   apex_task_t *done_head[APEX__DONE_LANES], *done_tail[APEX__DONE_LANES];
   uint32_t done_in, done_n;
-  int ev_fd_armed;
+  /* A signal is owed (written, or about to be) and not yet drained. Under
+   * ev_mu; atomic for the ticks mode's re-raise after a timerfd_settime
+   * under pool_mu (events.c, apex__events_timer_set). */
+  atomic_int ev_fd_armed;
+  /* DISPATCH: the host's fd is the host timer's timerfd, and an event
+   * makes it readable with TFD_IOC_SET_TICKS (no epoll, no eventfd): set
+   * once at init (events.c). */
+  int ev_ticks;
 
   /* progress flushing (flush_mu) */
   pthread_mutex_t flush_mu;
@@ -1014,6 +1022,16 @@ void apex__partial_free(apex__progress_slot_t *s);
 int apex__events_init(apex_manager_t *m);
 /* DISPATCH: makes the host's fd readable when timer_fd is too. */
 int apex__events_watch_timer(apex_manager_t *m, int timer_fd);
+/* DISPATCH in ticks mode: the timerfd the runtime arms as the host's timer
+ * (owned by events.c, closed by apex__events_fini); -1 otherwise (the
+ * runtime makes its own and watches it). */
+int apex__events_timer_fd(const apex_manager_t *m);
+/* Under pool_mu, after a timerfd_settime of the host's timer: in ticks
+ * mode the call zeroed the ticks, so a signal owed is raised again. */
+void apex__events_timer_set(apex_manager_t *m);
+/* Tests: 1 makes managers made from now on use the epoll of an eventfd
+ * and the timerfd even where the ticks mode works. */
+extern int apex__events_no_ticks;
 void apex__events_fini(apex_manager_t *m);
 /* 1 if an event of type should be made for t. Reads only what is
  * immutable after submit: any lock or none. */

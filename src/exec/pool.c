@@ -195,10 +195,15 @@ static int spawn_locked(apex_manager_t *m) {
  * max_stuck_workers). The replacement starts only when queued work has no
  * idle worker to take it: most handlers return as soon as their token
  * fires, and starting a thread at every timeout would cost the timeout's
- * path a thread creation for nothing. Returns 0 or an errno. */
-static int replace_stuck_locked(apex_manager_t *m) {
+ * path a thread creation for nothing. `coming` counts the idle workers
+ * this section took off the stack to wake: each takes a runnable task, so
+ * they count as idle (not counted, the submit right after a timeout that
+ * woke the one idle worker started a thread as well: W4 made a thread per
+ * timeout, bench/analysis.md). Returns 0 or an errno. */
+static int replace_stuck_locked(apex_manager_t *m, size_t coming) {
   if (m->pool_stop || !m->n_stuck || m->n_stuck > m->cfg.max_stuck_workers) return 0;
-  if (m->n_threads >= m->cfg.workers + m->n_stuck || apex__sched_runnable_locked(m) <= m->n_idle)
+  if (m->n_threads >= m->cfg.workers + m->n_stuck ||
+      apex__sched_runnable_locked(m) <= m->n_idle + coming)
     return 0;
   return spawn_locked(m);
 }
@@ -254,7 +259,7 @@ static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
    * tasks beyond what the watcher takes. */
   apex__worker_t *w =
       apex__sched_runnable_locked(m) > (m->spinner != NULL) ? take_idle_locked(m) : NULL;
-  *e = replace_stuck_locked(m);
+  *e = replace_stuck_locked(m, w != NULL);
   return w;
 }
 
@@ -277,12 +282,13 @@ void apex__pool_poke(apex_manager_t *m) {
   handoff_locked(m);
   size_t n = apex__sched_runnable_locked(m);
   apex__worker_t *ws = NULL;
-  for (size_t i = m->spinner != NULL; i < n && m->idle_head; i++) {
+  size_t coming = 0;
+  for (size_t i = m->spinner != NULL; i < n && m->idle_head; i++, coming++) {
     apex__worker_t *w = take_idle_locked(m);
     w->idle_next = ws;
     ws = w;
   }
-  int e = replace_stuck_locked(m);
+  int e = replace_stuck_locked(m, coming);
   apex__unlock(&m->pool_mu);
   while (ws) {
     apex__worker_t *next = ws->idle_next;
@@ -513,7 +519,7 @@ void apex__pool_worker_stuck(apex_manager_t *m) {
   /* The handler may have returned already (n_stuck back down): then no
    * replacement is owed; and none is started while no queued work needs
    * one (the next push starts it then). */
-  int e = replace_stuck_locked(m);
+  int e = replace_stuck_locked(m, 0);
   unsigned stuck = m->n_stuck;
   apex__unlock(&m->pool_mu);
   log_no_replacement(m, e);

@@ -374,7 +374,20 @@ static void fire_due(apex_manager_t *m, int on_host) {
   /* Nonblocking: EAGAIN when it was re-armed since it became readable.
    * Either way the lists say what is due. */
   ssize_t got = read(on_host ? m->host_timer_fd : m->timer_fd, &expirations, sizeof expirations);
-  if (got == (ssize_t)sizeof expirations) { /* it went off: a one-shot timer is disarmed now */
+  if (on_host && m->ev_ticks) {
+    /* The events' ticks mode (events.c): the host's timer went off if its
+     * time passed (a one-shot timer is disarmed then), not if this read
+     * returned an expiry: the count holds the events' signals too, and
+     * their drain may have taken the expiry. Taken as gone off a moment
+     * before the kernel fires it, it may still go off with nothing armed:
+     * the host then wakes once and the drain of an empty queue reads it.
+     * (With the epoll no such drain reads the timer, so there the rule
+     * below stays.) */
+    uint64_t now = apex__now_ns();
+    apex__lock(&m->pool_mu);
+    if (m->host_timer_at && now >= m->host_timer_at) m->host_timer_at = 0;
+    apex__unlock(&m->pool_mu);
+  } else if (got == (ssize_t)sizeof expirations) { /* went off: a one-shot timer is disarmed */
     apex__lock(&m->pool_mu);
     *(on_host ? &m->host_timer_at : &m->timer_fd_at) = 0;
     apex__unlock(&m->pool_mu);
@@ -444,6 +457,11 @@ static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_
    * system call each time the earliest task ends before its deadline, and
    * one on the host's path after every timeout. */
   if (*armed && (!at || at >= *armed)) return;
+  /* Nothing armed (a one-shot timer that went off is disarmed: fire_due
+   * zeroes its time when it reads the expiry) and nothing to arm: no call.
+   * The host's dispatch of a timeout with nothing after it made one, on
+   * its way to the DONE (W4). */
+  if (!*armed && !at) return;
   /* An absolute time already past fires at once; zero disarms. */
   struct itimerspec its = {{0, 0}, {(time_t)(at / 1000000000u), (long)(at % 1000000000u)}};
   if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
@@ -451,6 +469,7 @@ static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_
     return;
   }
   *armed = at;
+  if (fd == m->host_timer_fd) apex__events_timer_set(m); /* ticks zeroed: an owed signal again */
 }
 
 /* Arms the timers for the earliest due time. Any thread: under pool_mu, so
@@ -559,9 +578,16 @@ static void *runtime_main(void *arg) {
   return NULL;
 }
 
+/* The host's timer, unless it is the events' fd (ticks mode: theirs to
+ * close, after the last delivery). */
+static void close_host_timer(apex_manager_t *m) {
+  if (m->host_timer_fd >= 0 && m->host_timer_fd != apex__events_timer_fd(m))
+    close(m->host_timer_fd);
+}
+
 int apex__runtime_start(apex_manager_t *m) {
   m->host_timer_fd = -1;
-  if (m->cfg.delivery == APEX_DELIVER_DISPATCH) {
+  if (m->cfg.delivery == APEX_DELIVER_DISPATCH && (m->host_timer_fd = apex__events_timer_fd(m)) < 0) {
     m->host_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (m->host_timer_fd < 0) return APEX_E_IO;
     if (apex__events_watch_timer(m, m->host_timer_fd) != APEX_OK) {
@@ -571,19 +597,19 @@ int apex__runtime_start(apex_manager_t *m) {
   }
   m->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (m->timer_fd < 0) {
-    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    close_host_timer(m);
     return APEX_E_IO;
   }
   m->timer_fd_at = 0;
   if (uv_loop_init(&m->loop)) {
     close(m->timer_fd);
-    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    close_host_timer(m);
     return APEX_E_IO;
   }
   if (uv_async_init(&m->loop, &m->wake, on_wake)) {
     uv_loop_close(&m->loop);
     close(m->timer_fd);
-    if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+    close_host_timer(m);
     return APEX_E_IO;
   }
   int polling = uv_poll_init(&m->loop, &m->timer_poll, m->timer_fd) == 0;
@@ -600,7 +626,7 @@ int apex__runtime_start(apex_manager_t *m) {
   uv_run(&m->loop, UV_RUN_DEFAULT);
   uv_loop_close(&m->loop);
   close(m->timer_fd);
-  if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+  close_host_timer(m);
   return APEX_E_IO;
 }
 
@@ -612,5 +638,5 @@ void apex__runtime_stop(apex_manager_t *m) {
   atomic_store(&m->rt_started, 0);
   uv_loop_close(&m->loop);
   close(m->timer_fd);
-  if (m->host_timer_fd >= 0) close(m->host_timer_fd);
+  close_host_timer(m);
 }

@@ -623,16 +623,18 @@ static apex__where_t where_of(const apex_task_t *t) {
 }
 
 /* "cancelled (NAME)" for a cause: what apex__error_cancelled makes of its
- * name. Static. */
-static const char *cancelled_text(apex__cause_t cause) {
+ * name. Static; its length in *len. */
+#define TEXT(lit) (*len = sizeof lit - 1, lit)
+static const char *cancelled_text(apex__cause_t cause, size_t *len) {
   switch (cause) {
-    case APEX__CAUSE_USER: return "cancelled (user)";
-    case APEX__CAUSE_PARENT: return "cancelled (parent)";
-    case APEX__CAUSE_SHUTDOWN: return "cancelled (shutdown)";
-    case APEX__CAUSE_TIMEOUT: return "cancelled (timeout)";
+    case APEX__CAUSE_USER: return TEXT("cancelled (user)");
+    case APEX__CAUSE_PARENT: return TEXT("cancelled (parent)");
+    case APEX__CAUSE_SHUTDOWN: return TEXT("cancelled (shutdown)");
+    case APEX__CAUSE_TIMEOUT: return TEXT("cancelled (timeout)");
   }
-  return "cancelled (user)";
+  return TEXT("cancelled (user)");
 }
+#undef TEXT
 
 apex_error_t *apex__task_error(apex_task_t *t) {
   apex_error_t *e = __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
@@ -643,11 +645,14 @@ apex_error_t *apex__task_error(apex_task_t *t) {
    * plugin's copies: its manager may have unloaded it since. */
   const apex__plugin_t *p = t->plugin;
   apex__where_t w = {p->name_copy, p->action_names[t->action - p->actions], t->id, t->attempt};
-  /* Apex's own words and names checked at load: copied, not scrubbed. */
-  apex_error_t *made = kind == APEX__LAZY_CANCEL
-                           ? apex__error_clean(APEX_E_CANCELLED, &w,
-                                               cancelled_text((apex__cause_t)arg))
-                           : apex__error_clean(-(int)arg, &w, apex_strerror(-(int)arg));
+  /* Apex's own words and names checked at load: copied, not scrubbed. A
+   * cancel's words are of known length (W3q makes one per DONE). */
+  size_t len;
+  const char *text = kind == APEX__LAZY_CANCEL ? cancelled_text((apex__cause_t)arg, &len)
+                                               : apex_strerror(-(int)arg);
+  if (kind != APEX__LAZY_CANCEL) len = strlen(text);
+  apex_error_t *made = apex__error_clean_n(
+      kind == APEX__LAZY_CANCEL ? APEX_E_CANCELLED : -(int)arg, &w, text, len);
   if (__atomic_compare_exchange_n(&t->out.error, &e, made, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
     return made;
   apex_error_unref(made); /* another reader made it first: e is that one */
@@ -1567,37 +1572,67 @@ static apex_error_t *attempt_error(apex_task_t *t, int rc, apex_error_t *own) {
   return apex__error_new(rc, &w, own, "%s", own ? apex_error_message(own) : apex_strerror(rc));
 }
 
+/* Appends s (len bytes) at *at, within end. */
+static void put_text(char **at, const char *end, const char *s, size_t len) {
+  if (len > (size_t)(end - *at)) len = (size_t)(end - *at);
+  memcpy(*at, s, len);
+  *at += len;
+}
+#define PUT_LIT(at, end, lit) put_text(at, end, lit, sizeof lit - 1)
+
+/* Appends v in decimal, as "%u" writes it. */
+static void put_uint(char **at, const char *end, unsigned v) {
+  char d[12];
+  size_t n = sizeof d;
+  do {
+    d[--n] = (char)('0' + v % 10u);
+    v /= 10u;
+  } while (v);
+  put_text(at, end, d + n, sizeof d - n);
+}
+
 /* The error of a timeout of kind (apex__tmo_kind_t) for t, its message
- * naming it as apex_error_timeout_kind does. */
+ * naming it as apex_error_timeout_kind does. Put together by hand, as
+ * printf's "%.3f s" and "%u" would write it: a timeout's error is made
+ * on the path from the deadline to the host's DONE, and vsnprintf's
+ * floating-point code, cold after the wait, was 2-16 us of that path
+ * (bench/analysis.md, W4). */
 static apex_error_t *timeout_error(apex_task_t *t, int kind) {
   apex__where_t w = where_of(t);
   apex__tmo_t *tmo = apex__task_tmo(t);
-  apex_error_t *e;
+  char msg[APEX__FIXED3_MAX + 96], secs[APEX__FIXED3_MAX];
+  char *at = msg;
+  const char *end = msg + sizeof msg - 1;
   switch (kind) {
     case APEX__TMO_SCHEDULE_TO_START:
-      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
-                          "timed out: never ran, not started within %.3f s "
-                          "(schedule_to_start timeout)",
-                          (double)tmo->s2s_ns / 1e9);
+      PUT_LIT(&at, end, "timed out: never ran, not started within ");
+      put_text(&at, end, secs, apex__fmt_fixed3(secs, (double)tmo->s2s_ns / 1e9));
+      PUT_LIT(&at, end, " s (schedule_to_start timeout)");
       break;
     case APEX__TMO_START_TO_CLOSE:
-      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
-                          "timed out: attempt %u ran longer than %.3f s (start_to_close timeout)",
-                          (unsigned)t->attempt, (double)tmo->s2c_ns / 1e9);
+      PUT_LIT(&at, end, "timed out: attempt ");
+      put_uint(&at, end, (unsigned)t->attempt);
+      PUT_LIT(&at, end, " ran longer than ");
+      put_text(&at, end, secs, apex__fmt_fixed3(secs, (double)tmo->s2c_ns / 1e9));
+      PUT_LIT(&at, end, " s (start_to_close timeout)");
       break;
     case APEX__TMO_HEARTBEAT:
-      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
-                          "timed out: attempt %u sent no heartbeat for %.3f s (heartbeat timeout)",
-                          (unsigned)t->attempt, (double)tmo->hb_ns / 1e9);
+      PUT_LIT(&at, end, "timed out: attempt ");
+      put_uint(&at, end, (unsigned)t->attempt);
+      PUT_LIT(&at, end, " sent no heartbeat for ");
+      put_text(&at, end, secs, apex__fmt_fixed3(secs, (double)tmo->hb_ns / 1e9));
+      PUT_LIT(&at, end, " s (heartbeat timeout)");
       break;
     default:
-      e = apex__error_new(APEX_E_TIMEOUT, &w, NULL,
-                          "timed out after %.3f s%s (schedule_to_close timeout)",
-                          (double)t->timeout_s,
-                          atomic_load(&t->state) == APEX_TASK_QUEUED ? " (still queued)" : "");
+      PUT_LIT(&at, end, "timed out after ");
+      put_text(&at, end, secs, apex__fmt_fixed3(secs, (double)t->timeout_s));
+      PUT_LIT(&at, end, " s");
+      if (atomic_load(&t->state) == APEX_TASK_QUEUED) PUT_LIT(&at, end, " (still queued)");
+      PUT_LIT(&at, end, " (schedule_to_close timeout)");
       kind = APEX__TMO_SCHEDULE_TO_CLOSE;
   }
-  return apex__error_timeout_kind(e, kind);
+  return apex__error_timeout_kind(apex__error_clean_n(APEX_E_TIMEOUT, &w, msg, (size_t)(at - msg)),
+                                  kind);
 }
 
 void apex__ctx_misuse(apex_manager_t *m, uint64_t id, const char *what) {
