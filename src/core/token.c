@@ -59,7 +59,6 @@ typedef struct token_cb {
 } token_cb_t;
 
 struct apex_token {
-  atomic_uint refs;
   atomic_int cancelled; /* set once (seq_cst); read with acquire; a futex word */
   atomic_uint waiters;  /* threads in apex_token_wait (seq_cst with cancelled) */
   /* Bumped under mu as each callback the canceller ran returns; a futex
@@ -101,6 +100,12 @@ struct apex_token {
    * by that cancelling thread: the list of children it took refs on. */
   apex_token_t *collect_next; /* written only by the thread that marked the parent */
   apex_token_t *wake_next;    /* written only by the thread that marked this token */
+  /* Last, a cache line away from `cancelled`: a family's shared token is
+   * read by the spawner and the worker running its children (is it
+   * cancelled?) while the host's frees of the children drop their
+   * references, one per child (bench/analysis.md, W11 of the seventh
+   * session). */
+  atomic_uint refs;
 };
 
 /* Every task with a token, and every child task, has one: it stays in
@@ -267,6 +272,19 @@ static apex_token_t *token_free(apex_token_t *tok) {
   pthread_mutex_destroy(&tok->mu);
   free(tok);
   return parent;
+}
+
+apex_token_t *apex__token_ref_n(apex_token_t *tok, unsigned n) {
+  if (tok && n) atomic_fetch_add_explicit(&tok->refs, n, memory_order_relaxed);
+  return tok;
+}
+
+void apex__token_unref_n(apex_token_t *tok, unsigned n) {
+  if (!tok || !n) return;
+  /* All but the last in one step: they are not the last (the caller holds
+   * n), so only the last drop can free. */
+  if (n > 1) atomic_fetch_sub_explicit(&tok->refs, n - 1, memory_order_acq_rel);
+  apex_token_unref(tok);
 }
 
 void apex_token_unref(apex_token_t *tok) {

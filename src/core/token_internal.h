@@ -16,5 +16,11 @@ apex_status_t apex__token_new_shared(apex_token_t *parent, apex_token_t **out);
  * serves as the task's own: one made now would be born cancelled with the
  * same reason ("parent"). Any thread, no lock. */
 int apex__token_shared_open(const apex_token_t *tok);
+/* Takes n references on tok at once (a family hands its children's out
+ * from a batch: ops/children.c). Returns: tok. Any thread. */
+apex_token_t *apex__token_ref_n(apex_token_t *tok, unsigned n);
+/* Drops n references the caller holds on tok, as n apex_token_unref.
+ * Any thread. */
+void apex__token_unref_n(apex_token_t *tok, unsigned n);
 
 #endif

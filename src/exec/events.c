@@ -113,7 +113,7 @@ void apex__events_timer_set(apex_manager_t *m) {
    * kernel: if its ticks came before this settime zeroed them, the flag
    * is seen here; if after, they stand. A drain racing this makes the fd
    * readable over nothing, which the next dispatch drains. */
-  if (m->ev_ticks && atomic_load(&m->ev_fd_armed)) raise_signal(m);
+  if (m->ev_ticks && atomic_load(&m->ev_fd_armed) == 1) raise_signal(m);
 }
 
 /* Wakes apex_task_wait callers; no lock held. */
@@ -231,6 +231,12 @@ int apex__events_dispatch(apex_manager_t *m) {
  * between the unlock and the write drains nothing, and the write then
  * leaves the fd readable over an empty queue: the next dispatch finds the
  * queue empty and drains it (apex__events_deliver). */
+/* ev_fd_armed (ev_mu): 0, a push into an empty queue signals; 1, it did
+ * (a signal owed or made, not yet drained); ARMED_DELIVERING, a delivery is
+ * under way in DISPATCH mode and looks at the queue again before it
+ * returns (apex__events_deliver), so a push needs no signal. */
+#define ARMED_DELIVERING 2
+
 static int signal_locked(apex_manager_t *m, int was_empty) {
   if (tls_dispatching == m) return 0;
   if (!was_empty || m->host_fd < 0 || atomic_load_explicit(&m->ev_fd_armed, memory_order_relaxed))
@@ -242,6 +248,11 @@ static int signal_locked(apex_manager_t *m, int was_empty) {
 static void signal_fd(apex_manager_t *m) { raise_signal(m); }
 
 static int queues_empty(const apex_manager_t *m) { return !m->ev_head && !m->done_n; }
+
+/* How many times one apex_manager_dispatch takes what was queued while it
+ * delivered (apex__events_deliver), so that a steady stream of events does
+ * not keep it from returning. */
+#define DELIVER_ROUNDS 16
 
 void apex__events_push(apex_manager_t *m, apex__ev_t *n) {
   apex_task_t *t = n->ev.task;
@@ -318,7 +329,37 @@ static inline void done_prefetch(const apex_task_t *t) {
   __builtin_prefetch((const char *)t + sizeof *t - 1, 1);
 }
 
+static int deliver_batch(apex_manager_t *m);
+
+/* DISPATCH mode: the pushes made while a delivery runs do not signal the
+ * fd (ARMED_DELIVERING); the delivery takes them when it is done with its
+ * batch, and when it stops with events still queued (DELIVER_ROUNDS) it
+ * signals for them itself, so the fd is readable while events wait for a
+ * dispatch. Each signal cost the pushing worker a write and the host a
+ * poll and a read: a host waiting for 10,000 children's DONEs made 900 to
+ * 2,700 of each, most while it was delivering (bench/analysis.md, W11 of
+ * the seventh session). */
 int apex__events_deliver(apex_manager_t *m) {
+  int count = 0;
+  for (unsigned round = 1;; round++) {
+    count += deliver_batch(m);
+    if (m->host_fd < 0) return count;
+    apex__lock(&m->ev_mu);
+    int more = !queues_empty(m), again = more && round < DELIVER_ROUNDS;
+    int armed = atomic_load_explicit(&m->ev_fd_armed, memory_order_relaxed);
+    /* Stopping: events still queued need the fd readable (unless a signal
+     * is owed already); none, and the next push signals. */
+    int sig = !again && more && armed != 1;
+    if (sig) atomic_store(&m->ev_fd_armed, 1); /* seq_cst, as signal_locked's */
+    else if (!again && armed == ARMED_DELIVERING)
+      atomic_store_explicit(&m->ev_fd_armed, 0, memory_order_relaxed);
+    apex__unlock(&m->ev_mu);
+    if (sig) signal_fd(m);
+    if (!again) return count;
+  }
+}
+
+static int deliver_batch(apex_manager_t *m) {
   apex__lock(&m->ev_mu);
   apex__ev_t *n = m->ev_head;
   m->ev_head = m->ev_tail = NULL;
@@ -339,7 +380,7 @@ int apex__events_deliver(apex_manager_t *m) {
    * can never swallow the signal of an event it did not take. */
   int drained = 0;
   if (m->host_fd >= 0 &&
-      (atomic_load_explicit(&m->ev_fd_armed, memory_order_relaxed) || (!n && !done))) {
+      (atomic_load_explicit(&m->ev_fd_armed, memory_order_relaxed) == 1 || (!n && !done))) {
     uint64_t v;
     ssize_t r;
     do r = read(m->ev_ticks ? m->host_fd : m->ev_fd, &v, sizeof v);
@@ -347,7 +388,8 @@ int apex__events_deliver(apex_manager_t *m) {
     /* EAGAIN: nothing written (yet); a late write is drained next time. */
     drained = m->ev_ticks;
   }
-  atomic_store_explicit(&m->ev_fd_armed, 0, memory_order_relaxed);
+  atomic_store_explicit(&m->ev_fd_armed, m->host_fd >= 0 ? ARMED_DELIVERING : 0,
+                        memory_order_relaxed);
   apex__unlock(&m->ev_mu);
   /* Ticks mode: that read also took the timer's expiry if it went off
    * since apex__timers_fire looked: a deadline due and not fired keeps

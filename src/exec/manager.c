@@ -976,8 +976,12 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     if (rc != APEX_OK) rc = apex__fail(err, rc, "cannot make the task's token: %s", apex_strerror(rc));
     atomic_init(&t->token, tok);
   }
-  /* A child carries its family's shared token (ops/children.c). */
-  if (rc == APEX_OK && sp && sp->tok) atomic_init(&t->token, apex_token_ref(sp->tok));
+  /* A child carries its family's shared token (ops/children.c), with a
+   * reference the family paid (tok_taken) or one of its own. */
+  if (rc == APEX_OK && sp && sp->tok) {
+    atomic_init(&t->token, sp->tok_taken ? sp->tok : apex_token_ref(sp->tok));
+    if (sp->tok_taken) *sp->tok_taken = 1;
+  }
   apex__tmo_t *tmo = apex__task_tmo(t);
   if (rc == APEX_OK && tmo && (rc = apex__tmo_reserve(m, tmo)) != APEX_OK)
     apex__fail(err, rc, "out of memory for the task's timer");

@@ -9,7 +9,7 @@
  * place took W1's CPU per task down by about a tenth (bench/analysis.md,
  * issue 9's W1 section of the fifth session).
  *
- * How. A thread allocates tasks from a slab of its own: 8 to 64 slots of
+ * How. A thread allocates tasks from a slab of its own: 8 to 256 slots of
  * SLOT bytes, 64-byte aligned (a task then spans exactly two cache lines,
  * where malloc's 16-byte alignment gives its 128-byte chunk three lines
  * three times in four), handed out in order with no atomic operation. The
@@ -18,7 +18,7 @@
  * the slab's address is in the slot's last 8 bytes, past the task), a
  * full slab's thread lets go of its one, and whoever brings the count to
  * zero frees the slab. A slot is not reused before its whole slab goes:
- * a task that lives long keeps its slab's 8 KiB (64 tasks' room) alive,
+ * a task that lives long keeps its slab's 32 KiB (256 tasks' room) alive,
  * which is the price of the free without a lock. A thread that exits lets
  * go of its slab and the slots it did not hand out (a thread-specific key's
  * destructor).
@@ -34,6 +34,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "exec/internal.h"
 
@@ -52,7 +54,11 @@
  * up to SLOTS_MAX: a thread that submits one task and exits (a thread per
  * request) ties up 1 KiB with its task, not 8. */
 #define SLOTS_MIN 8u
-#define SLOTS_MAX 64u
+/* 256, not 64: a slab is a fresh stretch of its thread's arena, which
+ * glibc grows by an mprotect call per growth (only the main arena has
+ * M_TOP_PAD), so a spawner of 10,000 children made 250 of them, one per
+ * slab (bench/analysis.md, W11 of the seventh session). */
+#define SLOTS_MAX 256u
 
 _Static_assert(sizeof(apex_task_t) + sizeof(void *) <= SLOT,
                "a task and its slab's address fit a slot");
@@ -96,7 +102,21 @@ apex_task_t *apex__task_mem_new(void) {
   if (!tl_slab || tl_next == tl_slots) {
     uint32_t n = !tl_slots ? SLOTS_MIN : tl_slots < SLOTS_MAX ? 2 * tl_slots : SLOTS_MAX;
     void *mem = NULL;
-    if (posix_memalign(&mem, 64, sizeof(slab_t) + (size_t)n * SLOT) != 0) return NULL;
+    size_t bytes = sizeof(slab_t) + (size_t)n * SLOT;
+    if (posix_memalign(&mem, 64, bytes) != 0) return NULL;
+#ifdef MADV_POPULATE_WRITE
+    /* A full-size slab's pages in one system call rather than a page fault
+     * each at first touch (eight, where the slab is fresh memory: W11's
+     * spawner, which runs ahead of its children, took 700 to 900 faults a
+     * run, 200 to 360 with this: bench/analysis.md, W11 of the seventh
+     * session). Pages already there cost a walk; a kernel without it
+     * (before 5.14) says EINVAL and the faults happen as before. */
+    if (n == SLOTS_MAX) {
+      uintptr_t pg = 4096, lo = ((uintptr_t)mem + pg - 1) & ~(pg - 1),
+                hi = ((uintptr_t)mem + bytes) & ~(pg - 1);
+      if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+    }
+#endif
     slab_t *s = mem;
     atomic_init(&s->live, n + 1);
     pthread_once(&key_once, key_make);

@@ -16,11 +16,17 @@
  * to another source if not). Anywhere else every read is clock_gettime.
  *
  * How. The scale is calibrated against CLOCK_MONOTONIC, process-wide: the
- * first anchoring read is the reference pair (TSC, ns); from 10 ms after
+ * first anchoring read is the reference pair (TSC, ns); from 200 us after
  * it, every re-anchor sets the scale to the ns over the ticks since the
  * reference (so the baseline only grows: 10 ms gives the scale to a few
  * ppm, a minute to a few parts per billion). Until then every read is the
- * kernel's. Each thread keeps an anchor of its own: a kernel read taken
+ * kernel's. While the baseline is short an anchor serves less: 1/16 of the
+ * baseline (so from 12.5 us at 200 us up to the 2 ms below at 32 ms), which
+ * keeps a young scale's error over an anchor's span under 1/8 of a
+ * reference read's uncertainty. (The first scale waited 10 ms, and a run
+ * shorter than that, W11's 10,000 children, read the kernel's clock
+ * throughout: bench/analysis.md, W11 of the seventh session.) Each thread
+ * keeps an anchor of its own: a kernel read taken
  * between two rdtsc (a pair whose rdtscs are far apart, the thread
  * preempted between them, is not used) and the scale at that time. A read
  * scales the ticks since the anchor; past about 2 ms, or when the counter
@@ -52,8 +58,9 @@
 
 _Thread_local apex__obs_clk_t apex__obs_clk __attribute__((tls_model("initial-exec")));
 
-#define CAL_MIN_NS 10000000ull   /* the baseline the first scale needs */
-#define SPAN_NS 2000000ull       /* how long an anchor serves */
+#define CAL_MIN_NS 200000ull     /* the baseline the first scale needs */
+#define SPAN_NS 2000000ull       /* how long an anchor serves, at most */
+#define SPAN_PER_BASE 16ull      /* and at most 1/16 of the scale's baseline */
 #define CHECK_NS 50000ull        /* an anchor off by more: recalibrate */
 #define PAIR_MAX_TICKS 8000ull   /* rdtscs further apart around the kernel read: not an anchor */
 
@@ -68,6 +75,7 @@ static pthread_mutex_t cal_mu = PTHREAD_MUTEX_INITIALIZER;
 static int ref_set;             /* under cal_mu */
 static uint64_t ref_tsc, ref_ns; /* under cal_mu */
 static uint64_t cal_mult;        /* under cal_mu; 0: none yet */
+static uint64_t cal_base;        /* under cal_mu: the ns cal_mult was measured over */
 #endif
 
 static void probe(void) {
@@ -128,6 +136,7 @@ uint64_t apex__obs_clock_slow(void) {
     atomic_store_explicit(&cal_after, ns + CAL_MIN_NS, memory_order_relaxed);
   } else if (ns - ref_ns >= CAL_MIN_NS && tsc > ref_tsc) {
     double m = (double)(ns - ref_ns) / (double)(tsc - ref_tsc) * 4294967296.0;
+    cal_base = ns - ref_ns;
     /* A counter below 1 GHz would overflow the fast path's product: the
      * kernel's clock then, for good (not a lock per read, calibrating
      * for ever). */
@@ -139,13 +148,17 @@ uint64_t apex__obs_clock_slow(void) {
     }
   }
   uint64_t mult = cal_mult;
+  /* A young scale (its baseline under 32 ms) is off by up to the two
+   * reference reads' uncertainty over its baseline: an anchor serves
+   * 1/16 of that baseline, so its error stays 1/8 of one read's. */
+  uint64_t span_ns = cal_base / SPAN_PER_BASE < SPAN_NS ? cal_base / SPAN_PER_BASE : SPAN_NS;
   pthread_mutex_unlock(&cal_mu);
   c->tsc0 = tsc;
   c->ns0 = ns;
   c->mult = mult;
   c->span = 0;
   if (mult) {
-    uint64_t span = (SPAN_NS << 32) / mult;
+    uint64_t span = (span_ns << 32) / mult;
     c->span = span < (1ull << 31) ? span : (1ull << 31); /* 2 * span * mult < 2^64 */
   }
   return ns;

@@ -161,7 +161,16 @@ struct apex__family {
   _Atomic(apex_token_t *) shared;
   _Atomic(apex_token_t *) shared_up;
   uint64_t shared_cb; /* (mu) */
+  /* References on shared the family holds for its next children beyond
+   * its own (mu): taken SH_REFS_BATCH at a time and handed to spawns
+   * without an atomic operation each. A reference per spawn was an atomic
+   * add on a line the host's frees of the children wrote (an atomic
+   * subtraction each), so both missed it at every child (bench/analysis.md,
+   * W11 of the seventh session). */
+  unsigned sh_refs;
 };
+
+enum { SH_REFS_BATCH = 256 };
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
 
@@ -198,7 +207,7 @@ void apex__family_free(apex__family_t *f) {
   apex_token_t *sh = atomic_load(&f->shared);
   if (sh) { /* its callback must not run on a freed family */
     apex_token_remove_callback(sh, f->shared_cb);
-    apex_token_unref(sh);
+    apex__token_unref_n(sh, 1 + f->sh_refs); /* its own, and the batch's rest */
   }
   for (size_t i = 0; i < f->n; i++) {
     apex_child_t *n = f->kids[i];
@@ -308,6 +317,7 @@ static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
     return atomic_load_explicit(&f->shared, memory_order_relaxed);
   apex_token_t *sh = NULL, *old;
   uint64_t cb = 0, old_cb;
+  unsigned old_refs = 0;
   if (apex__token_new_shared(up, &sh) != APEX_OK) return NULL;
   /* The token's inline callback node: no allocation. Born cancelled (up
    * fired since the caller looked), it runs now: nothing is live to end. */
@@ -323,6 +333,8 @@ static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
   } else {
     old = atomic_load_explicit(&f->shared, memory_order_relaxed);
     old_cb = f->shared_cb;
+    old_refs = f->sh_refs; /* the old token's batch: its children have theirs */
+    f->sh_refs = 0;
     atomic_store_explicit(&f->shared, sh, memory_order_relaxed);
     f->shared_cb = cb;
     atomic_store_explicit(&f->shared_up, up, memory_order_release);
@@ -330,7 +342,7 @@ static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
   apex__unlock(&f->mu);
   if (old) {
     apex_token_remove_callback(old, old_cb);
-    apex_token_unref(old);
+    apex__token_unref_n(old, 1 + old_refs);
   }
   return sh;
 }
@@ -510,6 +522,17 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     apex__task_ref(t);
     f->holds_parent = 1;
   }
+  /* The child's reference on the shared token, from the batch (while sh
+   * is still the family's: a spawn under a new attempt token may have
+   * replaced it since family_shared). */
+  int paid = atomic_load_explicit(&f->shared, memory_order_relaxed) == sh, taken = 0;
+  if (paid) {
+    if (!f->sh_refs) {
+      apex__token_ref_n(sh, SH_REFS_BATCH);
+      f->sh_refs = SH_REFS_BATCH;
+    }
+    f->sh_refs--;
+  }
   apex__unlock(&f->mu);
 
   /* Without submit options or a timeout of its own, the defaults: no
@@ -526,7 +549,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
     sop = &so;
   }
-  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh};
+  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh, paid ? &taken : NULL};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
@@ -543,7 +566,12 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     f->n_live--;
     int drop = !f->n_live && !f->busy && f->holds_parent;
     if (drop) f->holds_parent = 0;
+    /* The paid reference the submit did not take: back to the batch, or
+     * dropped when sh is no longer the family's. */
+    int give_back = paid && !taken && atomic_load_explicit(&f->shared, memory_order_relaxed) != sh;
+    if (paid && !taken && !give_back) f->sh_refs++;
     apex__unlock(&f->mu);
+    if (give_back) apex_token_unref(sh);
     if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
     free(n->label);
     refuse(r, rc, "apex_ctx_spawn: %s", apex_error_message(err));

@@ -17,8 +17,12 @@ typedef struct apex__spawn_info {
   uint8_t depth;           /* the child's: parent's + 1 */
   uint64_t cap_ns;         /* the parent's deadline (CLOCK_MONOTONIC ns), 0: none */
   /* The family's shared token, which the child carries as its own until
-   * it needs one (apex__task_token); submit takes a reference. */
+   * it needs one (apex__task_token); submit takes a reference, unless
+   * tok_taken is set: the family paid the child's from its batch, and
+   * submit writes 1 there once the task holds it (a submit refused before
+   * that leaves it 0: the family takes the reference back). */
   apex_token_t *tok;
+  int *tok_taken;
 } apex__spawn_info_t;
 
 /* apex__submit (ops/ops.h) takes an apex__spawn_info_t for a child. */

@@ -32,6 +32,11 @@
  *          with {"rc": the wait's, "which": the any wait's index, "state":
  *          the hang child's state after it}. The waits are woken only by
  *          the ends they may be done by (ops/children.c, wait_all).
+ *   qfan   blocking, params n, action: spawns n children of action
+ *          (default hang, token 0) whatever each spawn returns (a bounded
+ *          queue refuses some after their task was made, an unknown action
+ *          all before) and succeeds with {"codes": [each spawn's rc]}; its
+ *          return cancels the ones spawned.
  *   deaf   blocking, param fd: ignores its cancel; returns once fd is
  *          readable (at most 60 s).
  *   dl     blocking, params depth, fd: spawns a nil child and, at depth 1,
@@ -174,6 +179,21 @@ static int hfan(apex_ctx_t *ctx) {
   return APEX_OK;
 }
 
+static int qfan(apex_ctx_t *ctx) {
+  json_t *p = apex_ctx_params(ctx);
+  int n = (int)json_integer_value(json_object_get(p, "n"));
+  const char *action = json_string_value(json_object_get(p, "action"));
+  json_t *codes = json_array();
+  if (!codes) return APEX_E_NOMEM;
+  for (int i = 0; i < n; i++) {
+    apex_child_t *c = NULL;
+    int rc = apex_ctx_spawn(ctx, "spawn_kit", action ? action : "hang", NULL, NULL, &c);
+    json_array_append_new(codes, json_integer(rc));
+  }
+  apex_ctx_set_result(ctx, json_pack("{s:o}", "codes", codes));
+  return APEX_OK;
+}
+
 static int wone(apex_ctx_t *ctx) {
   json_t *p = apex_ctx_params(ctx);
   int n = (int)json_integer_value(json_object_get(p, "n"));
@@ -281,6 +301,10 @@ static const apex_param_spec_t k_hfan[] = {
     {"token", APEX_PARAM_INT, 0, "0", 0, 0, 0, 0, "the children's token param"},
     {"nil_after", APEX_PARAM_INT, 0, "0", 0, 0, 0, 0, "1: later attempts spawn nil children"},
 };
+static const apex_param_spec_t k_qfan[] = {
+    {"n", APEX_PARAM_INT, 1, NULL, 1, 1, 1, 1000, "children"},
+    {"action", APEX_PARAM_STRING, 0, "\"hang\"", 0, 0, 0, 0, "the children's action"},
+};
 static const apex_param_spec_t k_wone[] = {
     {"n", APEX_PARAM_INT, 1, NULL, 1, 1, 0, 1000, "nil children"},
     {"mode", APEX_PARAM_INT, 1, NULL, 1, 1, 0, 3, "0 one, 1 any, 2 all named, 3 every"},
@@ -310,6 +334,7 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "hang", .handler = hang, .params = k_hang, .n_params = 1},
     {.name = "hfan", .handler = hfan, .params = k_hfan, .n_params = 3},
     {.name = "wone", .handler = wone, .params = k_wone, .n_params = 2},
+    {.name = "qfan", .handler = qfan, .params = k_qfan, .n_params = 2},
     {.name = "deaf", .handler = deaf, .params = k_deaf, .n_params = 1},
     {.name = "dl", .handler = dl, .params = k_dl, .n_params = 2},
     {.name = "pend", .handler = pend, .kind = APEX_ACTION_DEFERRED},
