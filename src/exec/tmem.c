@@ -112,7 +112,8 @@ apex_task_t *apex__task_mem_new(void) {
      * session). Pages already there cost a walk; a kernel without it
      * (before 5.14) says EINVAL and the faults happen as before. */
     if (n == SLOTS_MAX) {
-      uintptr_t pg = 4096, lo = ((uintptr_t)mem + pg - 1) & ~(pg - 1),
+      long psz = sysconf(_SC_PAGESIZE); /* glibc: from the aux vector, no system call */
+      uintptr_t pg = psz > 0 ? (uintptr_t)psz : 4096, lo = ((uintptr_t)mem + pg - 1) & ~(pg - 1),
                 hi = ((uintptr_t)mem + bytes) & ~(pg - 1);
       if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
     }
