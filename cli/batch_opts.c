@@ -132,7 +132,7 @@ static int parse_scope(batch_opts_t *o, const char *flag, const char *arg, scope
 
 static int parse_limit(batch_opts_t *o, const char *arg) {
   scope_opt_t *s = &o->limits[o->n_limits++];
-  const char *v;
+  const char *v = NULL; /* set by parse_scope when it returns 0 */
   unsigned long n;
   if (parse_scope(o, "--limit", arg, s, &v) != 0) return -1;
   if (parse_count(o, "--limit", v, 1, APEX_LIMIT_MAX, &n) != 0) return -1;
@@ -142,7 +142,7 @@ static int parse_limit(batch_opts_t *o, const char *arg) {
 
 static int parse_rate(batch_opts_t *o, const char *arg) {
   scope_opt_t *s = &o->rates[o->n_rates++];
-  const char *v;
+  const char *v = NULL; /* set by parse_scope when it returns 0 */
   if (parse_scope(o, "--rate", arg, s, &v) != 0) return -1;
   const char *per = strstr(v, "/s");
   double r = per ? plain_positive(v, (size_t)(per - v)) : -1;

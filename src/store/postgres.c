@@ -1633,7 +1633,9 @@ static int submit(pg_store_t *s, pg_req_t *q, int wait, apex_error_t **err) {
   pthread_mutex_lock(&s->mu);
   if (s->stop) {
     pthread_mutex_unlock(&s->mu);
-    if (q->owned) req_free_owned(q);
+    /* Tested on wait, not q->owned: a waiter's q is the caller's (often on
+     * its stack), which the compiler can then see is never freed here. */
+    if (!wait) req_free_owned(q);
     return apex__store_fail(err, APEX_E_STORE, "store '%s': closed", s->name);
   }
   if (s->tail) s->tail->next = q;

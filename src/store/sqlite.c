@@ -1001,7 +1001,9 @@ static int submit(sq_store_t *s, sq_req_t *q, int wait, apex_error_t **err) {
   pthread_mutex_lock(&s->mu);
   if (s->stop) {
     pthread_mutex_unlock(&s->mu);
-    if (q->owned) req_free_owned(q);
+    /* Tested on wait, not q->owned: a waiter's q is the caller's (often on
+     * its stack), which the compiler can then see is never freed here. */
+    if (!wait) req_free_owned(q);
     return apex__store_fail(err, APEX_E_STORE, "store '%s': closed", s->path);
   }
   q->next = NULL;

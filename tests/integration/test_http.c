@@ -224,7 +224,7 @@ static long server_count_span(const char *key, long long *span_us) {
   assert_non_null(e);
   curl_easy_setopt(e, CURLOPT_URL, u);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, body);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)body);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   assert_int_equal(curl_easy_perform(e), CURLE_OK);
   curl_easy_cleanup(e);
