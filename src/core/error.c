@@ -8,6 +8,7 @@
 #include "core/utf8.h"
 
 #include <float.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,7 +142,9 @@ apex_error_t *apex__error_cancelled(const apex__where_t *where, apex_error_t *ca
 
 size_t apex__fmt_fixed3(char buf[APEX__FIXED3_MAX], double v) {
 #if LDBL_MANT_DIG >= 64
-  if (v >= 0 && v < 1e15) {
+  /* signbit, not v >= 0: -0.0 passes that test, and printf writes it
+   * "-0.000" (NaN fails both range tests: printf's path). */
+  if (!signbit(v) && v < 1e15) {
     /* v has 53 significant bits and 1000 seven (1111101 x 2^3): their
      * product fits long double's 64, so x, its integer part k and its
      * fraction (x - k: Sterbenz, k <= x < 2k, or k = 0) are all exact, and

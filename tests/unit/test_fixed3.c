@@ -68,11 +68,28 @@ static void test_every_magnitude(void **st) {
   assert_true(checked > 800000);
 }
 
+/* The values outside the fast path's range and the signed zero, which is
+ * inside it by `>= 0` but which printf writes with its sign ("-0.000"). */
+static void test_signed_zero_and_specials(void **st) {
+  (void)st;
+  same_as_printf(-0.0);
+  same_as_printf(0.0);
+  same_as_printf(-4.9e-324); /* rounds to zero, negative */
+  same_as_printf(4.9e-324);
+  same_as_printf(NAN);
+  same_as_printf(-NAN);
+  same_as_printf(INFINITY);
+  same_as_printf(-INFINITY);
+  same_as_printf(1.7976931348623157e308);  /* the longest: 309 digits */
+  same_as_printf(-1.7976931348623157e308); /* and its sign */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_thousandths_and_neighbours),
       cmocka_unit_test(test_ties_round_to_even),
       cmocka_unit_test(test_every_magnitude),
+      cmocka_unit_test(test_signed_zero_and_specials),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
