@@ -69,6 +69,7 @@ static int ticks_fd(void) {
 int apex__events_init(apex_manager_t *m) {
   m->ev_fd = m->host_fd = -1;
   m->ev_ticks = 0;
+  atomic_init(&m->ev_ticks_denied, 0);
   if (m->cfg.delivery != APEX_DELIVER_DISPATCH) return APEX_OK;
   if ((m->host_fd = ticks_fd()) >= 0) {
     m->ev_ticks = 1;
@@ -92,13 +93,29 @@ int apex__events_watch_timer(apex_manager_t *m, int timer_fd) {
 int apex__events_timer_fd(const apex_manager_t *m) { return m->ev_ticks ? m->host_fd : -1; }
 
 /* Makes the host's fd readable: the eventfd's counter, or the timerfd's
- * ticks. */
+ * ticks. Ticks mode with the ioctl refused after the probe allowed it (a
+ * host that installs a seccomp filter once it is set up): the timer set to
+ * expire at once instead, which makes the fd readable as well and which
+ * the drain reads; the deadline it was armed for then goes off by the
+ * runtime thread's timer, APEX__HOST_TIMER_GRACE_NS later (a dispatch's
+ * own re-arm is not overwritten: apex__events_timer_set). Logged once. */
 static void raise_signal(apex_manager_t *m) {
   uint64_t one = 1;
   if (m->ev_ticks) {
-    int r;
-    do r = ioctl(m->host_fd, TFD_IOC_SET_TICKS, &one);
-    while (r < 0 && errno == EINTR);
+    if (!atomic_load_explicit(&m->ev_ticks_denied, memory_order_relaxed)) {
+      int r;
+      do r = ioctl(m->host_fd, TFD_IOC_SET_TICKS, &one);
+      while (r < 0 && errno == EINTR);
+      if (r == 0) return;
+      int e = errno;
+      if (!atomic_exchange(&m->ev_ticks_denied, 1))
+        apex__log(&m->log, APEX_LOG_ERROR,
+                  "TFD_IOC_SET_TICKS refused (errno %d): the host's fd is signalled by "
+                  "expiring its timer; deadlines may reach the host up to 1 ms late",
+                  e);
+    }
+    struct itimerspec past = {{0, 0}, {0, 1}}; /* an absolute time long gone: expires now */
+    (void)timerfd_settime(m->host_fd, TFD_TIMER_ABSTIME, &past, NULL);
     return;
   }
   ssize_t w;
@@ -107,13 +124,24 @@ static void raise_signal(apex_manager_t *m) {
   /* EAGAIN means the counter is already non-zero: readable anyway. */
 }
 
+/* The manager whose apex_manager_dispatch is firing timers on this thread:
+ * the events that makes are delivered by the same call, so they need no
+ * signal. Initial-exec, as pool.c's thread-locals: read at every push and
+ * set twice a dispatch, and the default model of a shared library makes
+ * each a call to __tls_get_addr (W3q: 22 instructions a cancel). */
+static _Thread_local const apex_manager_t *tls_dispatching
+    __attribute__((tls_model("initial-exec")));
+
 void apex__events_timer_set(apex_manager_t *m) {
   /* The push that owes the signal stored the flag before its ioctl, and
    * the ioctl and timerfd_settime take the timerfd's one lock in the
    * kernel: if its ticks came before this settime zeroed them, the flag
    * is seen here; if after, they stand. A drain racing this makes the fd
-   * readable over nothing, which the next dispatch drains. */
-  if (m->ev_ticks && atomic_load(&m->ev_fd_armed) == 1) raise_signal(m);
+   * readable over nothing, which the next dispatch drains. Not on the
+   * thread whose dispatch is firing timers: its delivery, next, takes
+   * every event queued (and the fallback of raise_signal would undo the
+   * re-arm just made). */
+  if (m->ev_ticks && tls_dispatching != m && atomic_load(&m->ev_fd_armed) == 1) raise_signal(m);
 }
 
 /* Wakes apex_task_wait callers; no lock held. */
@@ -207,14 +235,6 @@ apex__ev_t *apex__ev_new(apex_task_t *t, apex_event_type_t type) {
   apex__task_ref(t);
   return n;
 }
-
-/* The manager whose apex_manager_dispatch is firing timers on this thread:
- * the events that makes are delivered by the same call, so they need no
- * signal. Initial-exec, as pool.c's thread-locals: read at every push and
- * set twice a dispatch, and the default model of a shared library makes
- * each a call to __tls_get_addr (W3q: 22 instructions a cancel). */
-static _Thread_local const apex_manager_t *tls_dispatching
-    __attribute__((tls_model("initial-exec")));
 
 int apex__events_dispatch(apex_manager_t *m) {
   tls_dispatching = m;

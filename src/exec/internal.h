@@ -586,6 +586,9 @@ struct apex_manager {
    * makes it readable with TFD_IOC_SET_TICKS (no epoll, no eventfd): set
    * once at init (events.c). */
   int ev_ticks;
+  /* Ticks mode: the ioctl failed at run time (once set, the signal is the
+   * timer expiring at once: events.c, raise_signal). */
+  atomic_int ev_ticks_denied;
 
   /* progress flushing (flush_mu) */
   pthread_mutex_t flush_mu;
