@@ -599,7 +599,11 @@ APEX_EXTERN apex_status_t apex_manager_execute(apex_manager_t *m, const char *pl
                                                apex_error_t **err);
 
 /* With APEX_DELIVER_DISPATCH: an fd that is readable while events wait or a
- * task's deadline (or retry time) is due.
+ * task's deadline (or retry time) is due (it may also be readable for
+ * nothing now and then: the next apex_manager_dispatch clears that). Poll it
+ * for readability only, then call apex_manager_dispatch: never read, write
+ * or close it (what kind of fd it is, a timerfd or an epoll, is the
+ * library's; a read of the timerfd would take the signal of events).
  * Returns: the fd (owned by the manager), or APEX_E_INVALID. Any thread. */
 APEX_EXTERN int apex_manager_fd(apex_manager_t *m);
 /* Fires the deadlines and retries now due, then runs the callbacks of

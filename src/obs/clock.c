@@ -67,7 +67,7 @@ _Thread_local apex__obs_clk_t apex__obs_clk __attribute__((tls_model("initial-ex
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static _Atomic int tsc_ok; /* 1: the TSC may be read */
 #if defined(__x86_64__)
-/* The time from which a scale can be computed (the reference's + 10 ms),
+/* The time from which a scale can be computed (the reference's + CAL_MIN_NS),
  * read without the lock so that a thread does not take it on every read
  * while the calibration waits; 0: no reference yet. */
 static _Atomic uint64_t cal_after;
