@@ -599,8 +599,10 @@ APEX_EXTERN apex_status_t apex_manager_execute(apex_manager_t *m, const char *pl
                                                apex_error_t **err);
 
 /* With APEX_DELIVER_DISPATCH: an fd that is readable while events wait or a
- * task's deadline (or retry time) is due (it may also be readable for
- * nothing now and then: the next apex_manager_dispatch clears that). Poll it
+ * task's deadline (or retry time) is due; events queued while an
+ * apex_manager_dispatch runs are its own to deliver, and leave the fd as it
+ * is unless that call returns without them. It may also be readable for
+ * nothing now and then: the next apex_manager_dispatch clears that. Poll it
  * for readability only, then call apex_manager_dispatch: never read, write
  * or close it (what kind of fd it is, a timerfd or an epoll, is the
  * library's; a read of the timerfd would take the signal of events).
@@ -611,8 +613,10 @@ APEX_EXTERN int apex_manager_fd(apex_manager_t *m);
  * times out reaches a host that dispatches when the fd says so with one
  * thread wake-up. Deadlines a host leaves for more than 1 ms are fired by
  * Apex's runtime thread instead, so a busy host delays only its own view
- * (the events wait for its dispatch). Events nobody dispatched are
- * delivered by apex_manager_destroy.
+ * (the events wait for its dispatch). The events queued while the callbacks
+ * run (by them, or by workers meanwhile) are delivered by the same call, in
+ * up to 16 rounds; any left then make the fd readable. Events nobody
+ * dispatched are delivered by apex_manager_destroy.
  * Returns: the number of events delivered, or APEX_E_INVALID.
  * Thread-safety: one thread at a time. */
 APEX_EXTERN int apex_manager_dispatch(apex_manager_t *m);
