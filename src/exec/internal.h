@@ -717,10 +717,13 @@ int apex__task_run(apex_task_t *t);
  * a start destroy's sweep refused. Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
 /* Ends r's open attempt with rc, for apex_ctx_complete: r's task is
- * touched only once the attempt is found open under its lock. Returns: as
- * apex__task_run; 0 for a late call (counted and logged) or a blocking
- * handler's complete (logged). */
-int apex__run_complete(apex__run_t *r, int rc);
+ * touched only once the attempt is found open under its lock. ask_family:
+ * a deferred attempt that spawned children hands its complete to its
+ * family (apex__family_defer_complete) while they are live (0: the family
+ * itself runs the held complete). Returns: as apex__task_run; 0 for a
+ * late call (counted and logged), a blocking handler's complete (logged)
+ * or a complete the family holds. */
+int apex__run_complete(apex__run_t *r, int rc, int ask_family);
 /* Locks the stripe of the task r serves and returns that task if r's
  * attempt is open (the caller unlocks apex__task_mu of it); else returns
  * NULL with nothing locked, having touched no task. Any thread. */
