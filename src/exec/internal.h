@@ -834,7 +834,16 @@ static inline size_t apex__pool_n_live(apex_manager_t *m) {
   return atomic_load(&m->n_in) - out;
 }
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
-                      const apex__sched_req_t *req, char *why, size_t why_len);
+                      const apex__sched_req_t *req, char *why, size_t why_len, int *picked);
+/* 1 if t, being submitted on this thread, may start here rather than on a
+ * worker: its action is deferred and flagged APEX_ACTION_F_START_INLINE,
+ * the task is neither durable nor scheduled for later, and this thread is
+ * no worker and not inside such a start already. Any lock or none. */
+int apex__pool_may_inline(const apex_task_t *t);
+/* Starts t's first attempt on this thread, as a worker would have: t was
+ * picked for it by apex__pool_submit (*picked), whose reference this
+ * takes. No lock held; the submit is done with t but for returning it. */
+void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t);
 /* t ends: it leaves every count it is in, before its terminal state is
  * published, so a host that sees the state (or the DONE event) finds the
  * counters settled and room for a resubmit under max_queued: the queued
