@@ -93,12 +93,15 @@ static int teardown(void **st) {
 
 static uint64_t kv(atomic_uint_fast64_t *p) { return atomic_load(p); }
 
+#define ATTEMPT_IDS 8
+
 /* What the event callback counts. */
 typedef struct counts {
   uint64_t base; /* the first task id of the batch */
   uint64_t n;
   atomic_uchar *done;         /* DONE events per task, by id - base */
   atomic_uint_fast64_t n_done, n_bad, n_attempt;
+  atomic_uint_fast64_t attempt_ids[ATTEMPT_IDS]; /* the first ATTEMPT events' tasks, in order */
   /* What each DONE must say; atomics: the test changes them between
    * batches while the runtime thread delivers. */
   _Atomic int want;           /* apex_task_state_t */
@@ -108,7 +111,8 @@ typedef struct counts {
 static void on_event(const apex_event_t *ev, void *user) {
   counts_t *c = user;
   if (ev->type == APEX_EVENT_ATTEMPT) {
-    atomic_fetch_add(&c->n_attempt, 1);
+    uint64_t k = atomic_fetch_add(&c->n_attempt, 1);
+    if (k < ATTEMPT_IDS) atomic_store(&c->attempt_ids[k], ev->task_id);
     return;
   }
   if (ev->type != APEX_EVENT_DONE) return;
@@ -302,13 +306,19 @@ static void test_inline_start_waits_its_turn(void **st) {
   assert_int_equal(apex_task_wait(hold, LONG_MS), APEX_OK);
   assert_int_equal(apex_task_wait(second, LONG_MS), APEX_OK);
   AWAIT(apex_task_state(q) == APEX_TASK_RUNNING && kv(g_kit.quick_starts) == s0 + 1, LONG_MS);
-  /* Started by the worker, in its turn. */
+  /* Started by the worker, in its turn: after `second` (FIFO at one
+   * priority), and `gone` never. */
   assert_true(atomic_load(g_kit.quick_thread) != (uintptr_t)pthread_self());
+  AWAIT(atomic_load(&c.n_attempt) == 3, LONG_MS);
+  assert_int_equal(atomic_load(&c.attempt_ids[0]), apex_task_id(hold));
+  assert_int_equal(atomic_load(&c.attempt_ids[1]), apex_task_id(second));
+  assert_int_equal(atomic_load(&c.attempt_ids[2]), apex_task_id(q));
   assert_int_equal(apex_task_state(gone), APEX_TASK_CANCELLED);
   assert_int_equal(apex_task_cancel(q, NULL), APEX_OK);
   assert_int_equal(apex_task_state(q), APEX_TASK_CANCELLED);
   AWAIT(atomic_load(&c.n_done) == 4, LONG_MS);
   assert_int_equal(kv(g_kit.quick_starts), s0 + 1);
+  assert_int_equal(atomic_load(&c.n_attempt), 3);
   apex_task_release(hold);
   apex_task_release(second);
   apex_task_release(q);
