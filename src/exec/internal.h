@@ -822,7 +822,10 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * links its deadline (deadline != 0), reserving a retry slot if it may
  * retry, all in one pool_mu section: a task is queued with its timers or
  * not at all. A bound reached with req->wait_ms != 0 waits for room (the
- * caller checked it is no Apex thread).
+ * caller checked it is no Apex thread). picked (non-NULL only when
+ * apex__pool_may_inline(t)): set to 1 when nothing else was runnable and
+ * the scheduler's pick in the same section is t, whose scheduler
+ * reference then goes to the caller for apex__pool_start_inline; 0 else.
  * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
  * pool_mu, race-free against destroy; why says which bound), APEX_E_NOMEM. */
 /* Returns: the live tasks (submitted, not terminal): exact under pool_mu,
