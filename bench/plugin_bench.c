@@ -39,7 +39,8 @@
  *                  watched by one epoll thread of ours (one fd per pending
  *                  task: the fd limit caps how many can be pending).
  *
- * Threads: every start runs on a host worker. pend's fallback watcher is one
+ * Threads: every start runs on a host worker, but pend's, which may run on
+ * the submitting thread (APEX_ACTION_F_START_INLINE). pend's fallback watcher is one
  * thread of ours, started by the first pend that needs it and joined at
  * shutdown; it is the only thread that completes those ctxs, after taking
  * their fd out of its epoll set (the fd is the host's and goes with the
@@ -529,8 +530,10 @@ static const apex_action_desc_t k_actions[] = {
      .n_params = BP_N(k_pend_arm_params)},
     {.name = "fan", .description = "Spawns n children and waits for all", .handler = bp_fan,
      .params = k_fan_params, .n_params = BP_N(k_fan_params)},
+    /* Its start registers a callback (or hands the ctx to our watcher)
+     * and returns: quick, any thread, so it may start on the submitter. */
     {.name = "pend", .description = "Pending until cancelled or timed out",
-     .handler = bp_pend, .kind = APEX_ACTION_DEFERRED},
+     .handler = bp_pend, .kind = APEX_ACTION_DEFERRED, .flags = APEX_ACTION_F_START_INLINE},
 };
 
 static const apex_plugin_desc_t k_plugin = {

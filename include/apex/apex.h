@@ -574,8 +574,10 @@ APEX_EXTERN apex_status_t apex_submit_opts_init_v2(apex_submit_opts_t *opts, siz
 APEX_EXTERN void(apex_submit_opts_init)(apex_submit_opts_t *opts);
 
 /* Starts plugin.action with params (an object, or NULL for {}), after
- * validating them against the action's spec. Never runs plugin code on the
- * caller's thread.
+ * validating them against the action's spec. Runs no plugin code on the
+ * caller's thread, but the start of a deferred action its plugin flagged
+ * APEX_ACTION_F_START_INLINE (apex/plugin.h), which may run here, before
+ * this returns, when nothing else waits for a worker.
  * Returns: APEX_OK and a new task in *out (release it with
  * apex_task_release; the task runs on whether or not it is released);
  * APEX_E_PLUGIN_NOT_FOUND, APEX_E_ACTION_NOT_FOUND, APEX_E_INVALID_PARAMS,

@@ -11,8 +11,10 @@
  * what bumps it: docs/abi.md.
  *
  * Threads: a blocking handler runs on a worker thread of the host; a deferred
- * handler's start runs on a worker thread too and must return APEX_PENDING
- * quickly, then finish later from any thread with apex_ctx_complete(). Every
+ * handler's start runs on a worker thread too (or, flagged
+ * APEX_ACTION_F_START_INLINE, on the submitting thread) and must return
+ * APEX_PENDING quickly, then finish later from any thread with
+ * apex_ctx_complete(). Every
  * apex_ctx_* call is safe from any thread while the ctx is valid (see
  * apex_ctx_complete for when it stops being valid).
  */
@@ -98,6 +100,15 @@ typedef struct apex_retry_policy {
  * apex_ctx_checkpoint_get, continues from there; a durable task of it cut
  * off by a crash is resumed, not failed. */
 #define APEX_ACTION_F_RESUMABLE 0x2u
+/* Appended (W7, docs/architecture.md "Inline starts"): for a deferred
+ * action whose handler only starts the work (registers a callback, hands
+ * the ctx to its own thread) and returns APEX_PENDING at once, without
+ * blocking or waiting on anything, and may run on any thread. Its first
+ * attempt may then start on the thread that submits the task, inside
+ * apex_manager_submit (or apex_ctx_spawn), when nothing else is waiting to
+ * run; else, and for a retry, a worker starts it as usual. Ignored for a
+ * blocking action. A handler that blocks anyway blocks its submitter. */
+#define APEX_ACTION_F_START_INLINE 0x4u
 
 /* Returns APEX_OK on success (result set by apex_ctx_set_result, or null),
  * an error code (APEX_E_TRANSIENT to ask for a retry, APEX_E_EXECUTION or any

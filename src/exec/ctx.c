@@ -311,8 +311,7 @@ static void ctx_complete(apex_ctx_t *c, int status) {
   apex__run_t *r = run_of(c);
   apex_manager_t *m = apex__run_m(r); /* fixed for the run state's life */
   if (status == APEX_PENDING) status = APEX_E_EXECUTION;
-  if (apex__family_defer_complete(r, status)) return; /* once its children ended */
-  int teardown = apex__run_complete(r, status);
+  int teardown = apex__run_complete(r, status, 1); /* a family may hold it: children.c */
   /* On a worker (complete() inside the handler) the worker tears down once
    * back in its loop; on a plugin's own thread, here. */
   if (teardown && !apex__pool_defer_teardown(m)) apex__manager_teardown(m, 0);

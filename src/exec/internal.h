@@ -720,10 +720,13 @@ int apex__task_run(apex_task_t *t);
  * a start destroy's sweep refused. Returns: as apex__task_run. */
 int apex__task_attempt_end(apex_task_t *t, int rc);
 /* Ends r's open attempt with rc, for apex_ctx_complete: r's task is
- * touched only once the attempt is found open under its lock. Returns: as
- * apex__task_run; 0 for a late call (counted and logged) or a blocking
- * handler's complete (logged). */
-int apex__run_complete(apex__run_t *r, int rc);
+ * touched only once the attempt is found open under its lock. ask_family:
+ * a deferred attempt that spawned children hands its complete to its
+ * family (apex__family_defer_complete) while they are live (0: the family
+ * itself runs the held complete). Returns: as apex__task_run; 0 for a
+ * late call (counted and logged), a blocking handler's complete (logged)
+ * or a complete the family holds. */
+int apex__run_complete(apex__run_t *r, int rc, int ask_family);
 /* Locks the stripe of the task r serves and returns that task if r's
  * attempt is open (the caller unlocks apex__task_mu of it); else returns
  * NULL with nothing locked, having touched no task. Any thread. */
@@ -822,7 +825,10 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * links its deadline (deadline != 0), reserving a retry slot if it may
  * retry, all in one pool_mu section: a task is queued with its timers or
  * not at all. A bound reached with req->wait_ms != 0 waits for room (the
- * caller checked it is no Apex thread).
+ * caller checked it is no Apex thread). picked (non-NULL only when
+ * apex__pool_may_inline(t)): set to 1 when nothing else was runnable and
+ * the scheduler's pick in the same section is t, whose scheduler
+ * reference then goes to the caller for apex__pool_start_inline; 0 else.
  * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
  * pool_mu, race-free against destroy; why says which bound), APEX_E_NOMEM. */
 /* Returns: the live tasks (submitted, not terminal): exact under pool_mu,
@@ -834,7 +840,16 @@ static inline size_t apex__pool_n_live(apex_manager_t *m) {
   return atomic_load(&m->n_in) - out;
 }
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
-                      const apex__sched_req_t *req, char *why, size_t why_len);
+                      const apex__sched_req_t *req, char *why, size_t why_len, int *picked);
+/* 1 if t, being submitted on this thread, may start here rather than on a
+ * worker: its action is deferred and flagged APEX_ACTION_F_START_INLINE,
+ * the task is neither durable nor scheduled for later, and this thread is
+ * no worker and not inside such a start already. Any lock or none. */
+int apex__pool_may_inline(const apex_task_t *t);
+/* Starts t's first attempt on this thread, as a worker would have: t was
+ * picked for it by apex__pool_submit (*picked), whose reference this
+ * takes. No lock held; the submit is done with t but for returning it. */
+void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t);
 /* t ends: it leaves every count it is in, before its terminal state is
  * published, so a host that sees the state (or the DONE event) finds the
  * counters settled and room for a resubmit under max_queued: the queued

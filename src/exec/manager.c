@@ -988,6 +988,7 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   /* A manager with a store (src/store/durable.c): the store gives the id,
    * and a durable task's row is durable before the task can run. */
   apex_task_t *dup = NULL;
+  int picked = 0; /* to start here (apex__pool_start_inline) */
   if (rc == APEX_OK && m->dur) {
     rc = apex__durable_submit(m, t, opts, vp, sp != NULL, &dup, err);
     if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
@@ -1022,7 +1023,8 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
        * the sixth session). */
       int own_dl = t->deadline_ns != 0 && !(t->opts && t->opts->child_capped);
       rc = apex__pool_submit(m, t, own_dl, apex__retry_policy(t)->max_attempts > 1,
-                             start_ns ? &once : sched ? &req : NULL, why, sizeof why);
+                             start_ns ? &once : sched ? &req : NULL, why, sizeof why,
+                             !start_ns && apex__pool_may_inline(t) ? &picked : NULL);
       if (rc == APEX_OK && start_ns && apex__events_wanted(m, t, APEX_EVENT_SCHEDULED)) {
         apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_SCHEDULED);
         if (ev) apex__events_push(m, ev);
@@ -1071,10 +1073,16 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
        * the handle the caller will not get. */
       apex__task_finish(t, APEX_TASK_FAILED,
                         apex__error_new(APEX_E_NOMEM, NULL, NULL, "out of memory"));
+      if (picked) apex__pool_start_inline(m, t); /* finds it ended: gives back the pick */
       apex__task_unref(t);
       return apex__fail(err, APEX_E_NOMEM, "out of memory watching the parent token");
     }
   }
+  /* A deferred start that its plugin says is quick (APEX_ACTION_F_START_INLINE),
+   * picked for this thread because nothing else was runnable: it runs here,
+   * last, as a worker would have run it (no worker's hand-over and wake-up;
+   * W7 of bench/analysis.md). */
+  if (picked) apex__pool_start_inline(m, t);
   *out = t;
   return APEX_OK;
 }

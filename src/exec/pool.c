@@ -144,6 +144,12 @@ static _Thread_local int tls_release_owed TLS_IE;
 static _Thread_local int tls_slots_owed TLS_IE;
 
 static _Thread_local apex__worker_t *tls_self TLS_IE;
+/* The task this thread is starting inline (apex__pool_start_inline), and
+ * whether the scheduler slots its pick took are still to be given back
+ * (its attempt never opened). A thread starts at most one at a time: a
+ * submit made from inside that start queues as any other. */
+static _Thread_local apex_task_t *tls_inline TLS_IE;
+static _Thread_local int tls_inline_slots TLS_IE;
 
 apex__worker_t *apex__pool_self(const apex_manager_t *m) {
   return tls_worker_of == m ? tls_self : NULL;
@@ -320,8 +326,15 @@ static int await_room_locked(apex_manager_t *m, apex_task_t *t, int64_t wait_ms,
   }
 }
 
+int apex__pool_may_inline(const apex_task_t *t) {
+  return t->action->kind == APEX_ACTION_DEFERRED &&
+         (t->action->flags & APEX_ACTION_F_START_INLINE) && !tls_worker_of && !tls_inline &&
+         !(t->opts && (t->opts->durable || t->opts->start_ns));
+}
+
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
-                      const apex__sched_req_t *req, char *why, size_t why_len) {
+                      const apex__sched_req_t *req, char *why, size_t why_len, int *picked) {
+  if (picked) *picked = 0;
   apex__lock(&m->pool_mu);
   /* No request: the plugin's default class, nothing to bind. */
   int rc = req ? apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared) : APEX_OK;
@@ -344,14 +357,52 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   apex__worker_t *wake = NULL;
   int e = 0;
   if (deadline) apex__deadline_link_locked(m, t);
+  apex_task_t *back = NULL;
   if (!scheduled) {
+    /* Nothing runnable before it: the pick that follows is the one a
+     * worker would make, and it takes nobody's turn (priorities, fairness
+     * and limits as for any pick; a task a limit holds stays parked). */
+    int alone = picked && !apex__sched_runnable_locked(m);
     apex__sched_push_new_locked(m, t); /* with the submit's reference */
-    wake = wake_for_runnable_locked(m, &e);
+    apex_task_t *p = alone ? apex__sched_pick_locked(m) : NULL;
+    if (p == t) {
+      *picked = 1; /* the scheduler's reference is the caller's now */
+    } else {
+      if (p) { /* not this one after all: back, for a worker */
+        apex__sched_release_locked(m, p);
+        apex__sched_push_locked(m, p);
+        back = p;
+      }
+      wake = wake_for_runnable_locked(m, &e);
+    }
   }
   apex__unlock(&m->pool_mu);
+  if (back) apex__task_unref(back); /* the pick's; the push took its own */
   wake_worker(wake);
   log_no_replacement(m, e);
   return APEX_OK;
+}
+
+void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t) {
+  tls_inline = t;
+  tls_inline_slots = 1; /* the pick's, the attempt's once it opens */
+  int teardown = apex__task_run(t);
+  tls_inline = NULL;
+  if (tls_inline_slots) { /* it never opened (ended meanwhile, or no memory) */
+    tls_inline_slots = 0;
+    int e = 0;
+    apex__lock(&m->pool_mu);
+    apex__sched_release_locked(m, t);
+    apex__worker_t *wake = wake_for_runnable_locked(m, &e);
+    apex__unlock(&m->pool_mu);
+    wake_worker(wake);
+    log_no_replacement(m, e);
+  }
+  /* As a complete() from a plugin's own thread: the last attempt of an
+   * orphaned manager tears it down (no submit races a destroy, but the
+   * rule is the same everywhere). */
+  if (teardown && !apex__pool_defer_teardown(m)) apex__manager_teardown(m, 0);
+  apex__task_unref(t); /* the scheduler's, which the pick handed over */
 }
 
 void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until) {
@@ -467,6 +518,7 @@ int apex__pool_attempt_open(apex_manager_t *m, apex_task_t *t, int first) {
   /* The slots the pop took are the attempt's now, given back when it
    * closes. */
   if (tls_running == t && tls_worker_of == m) tls_slots_owed = 0;
+  if (tls_inline == t) tls_inline_slots = 0;
   if (first) { /* under t's lock, which guards its stripe's list */
     apex__run_t **head = &m->stripes[t->id % APEX__LOCK_STRIPES].live_head;
     apex__run_t *r = t->run;

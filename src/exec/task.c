@@ -1677,7 +1677,7 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
   }
 }
 
-int apex__run_complete(apex__run_t *r, int rc) {
+int apex__run_complete(apex__run_t *r, int rc, int ask_family) {
   apex_task_t *t;
   for (;;) {
     t = apex__run_lock_open(r);
@@ -1685,6 +1685,17 @@ int apex__run_complete(apex__run_t *r, int rc) {
       apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                        "apex_ctx_complete");
       return 0;
+    }
+    /* A deferred attempt with a family (it spawned) may have to wait for
+     * its children: the family decides, under its own lock, and this one
+     * is let go first (children.c). Without one, which is read here under
+     * the same lock as the end below, the attempt ends in this section
+     * (one stripe-lock section per complete, not two). */
+    if (ask_family && r->prog && r->prog->fam && t->action->kind == APEX_ACTION_DEFERRED) {
+      pthread_mutex_unlock(apex__task_mu(t));
+      if (apex__family_defer_complete(r, rc)) return 0; /* once its children ended */
+      ask_family = 0;
+      continue;
     }
     /* A cancel callback running on another thread returns first (its
      * promise: never after complete returned). */

@@ -685,7 +685,7 @@ void apex__child_ended(apex_task_t *t) {
   /* With a complete held, the parent's open attempt keeps it alive. */
   if (drop) apex__task_unref(parent);
   if (cp) {
-    int teardown = apex__run_complete(run, rc);
+    int teardown = apex__run_complete(run, rc, 0);
     if (teardown && !apex__pool_defer_teardown(m)) apex__manager_teardown(m, 0);
   }
 }

@@ -16,6 +16,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -54,6 +55,8 @@ typedef struct kit {
   atomic_uint_fast64_t *fires, *violations, *bad_register;
   atomic_uint_fast64_t *by_timeout, *by_shutdown, *by_parent, *by_other;
   atomic_uint_fast64_t *registered;
+  atomic_uint_fast64_t *quick_starts;
+  _Atomic uintptr_t *quick_thread;
 } kit_t;
 
 static kit_t g_kit;
@@ -76,6 +79,9 @@ static int setup(void **st) {
   g_kit.by_parent = kit_sym("g_by_parent");
   g_kit.by_other = kit_sym("g_by_other");
   g_kit.registered = kit_sym("g_registered");
+  g_kit.quick_starts = kit_sym("g_quick_starts");
+  g_kit.quick_thread = dlsym(g_kit.dl, "g_quick_thread");
+  assert_non_null(g_kit.quick_thread);
   return 0;
 }
 
@@ -87,12 +93,15 @@ static int teardown(void **st) {
 
 static uint64_t kv(atomic_uint_fast64_t *p) { return atomic_load(p); }
 
+#define ATTEMPT_IDS 8
+
 /* What the event callback counts. */
 typedef struct counts {
   uint64_t base; /* the first task id of the batch */
   uint64_t n;
   atomic_uchar *done;         /* DONE events per task, by id - base */
   atomic_uint_fast64_t n_done, n_bad, n_attempt;
+  atomic_uint_fast64_t attempt_ids[ATTEMPT_IDS]; /* the first ATTEMPT events' tasks, in order */
   /* What each DONE must say; atomics: the test changes them between
    * batches while the runtime thread delivers. */
   _Atomic int want;           /* apex_task_state_t */
@@ -102,7 +111,8 @@ typedef struct counts {
 static void on_event(const apex_event_t *ev, void *user) {
   counts_t *c = user;
   if (ev->type == APEX_EVENT_ATTEMPT) {
-    atomic_fetch_add(&c->n_attempt, 1);
+    uint64_t k = atomic_fetch_add(&c->n_attempt, 1);
+    if (k < ATTEMPT_IDS) atomic_store(&c->attempt_ids[k], ev->task_id);
     return;
   }
   if (ev->type != APEX_EVENT_DONE) return;
@@ -165,9 +175,7 @@ static int count_fds(void) {
 /* The Done-when test of issue 9: SCALE_N pending deferred tasks, each with
  * a timeout, cancelled in a shuffled order; each has exactly one outcome,
  * cancelled by its own callback, and no fd was made for any. */
-static void test_many_pending_deferred_tasks_cancelled_once_each(void **st) {
-  (void)st;
-  const uint64_t n = SCALE_N;
+static void many_pending_cancelled_once_each(const char *action, uint64_t n) {
   counts_t c = {.n = n, .want = APEX_TASK_CANCELLED, .want_msg = "oc user"};
   c.done = calloc(n, sizeof *c.done);
   apex_task_t **tasks = calloc(n, sizeof *tasks);
@@ -177,7 +185,7 @@ static void test_many_pending_deferred_tasks_cancelled_once_each(void **st) {
   uint64_t fires0 = kv(g_kit.fires);
   int fds0 = count_fds();
   for (uint64_t i = 0; i < n; i++) {
-    tasks[i] = submit_to(m, "pend", NULL, 600.0);
+    tasks[i] = submit_to(m, action, NULL, 600.0);
     if (i == 0) c.base = apex_task_id(tasks[0]);
     assert_int_equal(apex_task_id(tasks[i]), c.base + i); /* one host thread: consecutive */
   }
@@ -214,6 +222,110 @@ static void test_many_pending_deferred_tasks_cancelled_once_each(void **st) {
   assert_int_equal(atomic_load(&c.n_done), n);
   free(c.done);
   free(tasks);
+}
+
+static void test_many_pending_deferred_tasks_cancelled_once_each(void **st) {
+  (void)st;
+  many_pending_cancelled_once_each("pend", SCALE_N);
+}
+
+/* The same with starts on the submitting thread (APEX_ACTION_F_START_INLINE):
+ * every one of them started there, none on a worker. */
+static void test_many_pending_inline_started_tasks_cancelled_once_each(void **st) {
+  (void)st;
+  uint64_t s0 = kv(g_kit.quick_starts);
+  many_pending_cancelled_once_each("quick", SCALE_N);
+  assert_int_equal(kv(g_kit.quick_starts) - s0, SCALE_N);
+  assert_true(atomic_load(g_kit.quick_thread) == (uintptr_t)pthread_self());
+}
+
+/* A start flagged APEX_ACTION_F_START_INLINE runs inside the submit, on the
+ * submitting thread, as a worker would have run it: the task is running
+ * and its callback registered when apex_manager_submit returns, its
+ * ATTEMPT event and counts are as for any start, and its cancel and DONE
+ * are as pend's. An unflagged deferred start still goes to a worker. */
+static void test_inline_start_runs_inside_the_submit(void **st) {
+  (void)st;
+  counts_t c = {.want = APEX_TASK_CANCELLED, .want_msg = "oc user"};
+  apex_manager_t *m = make(2, &c);
+  uint64_t s0 = kv(g_kit.quick_starts);
+  apex_task_t *t = submit_to(m, "quick", NULL, 600.0);
+  /* No wait: it started before the submit returned, on this thread. */
+  assert_int_equal(kv(g_kit.quick_starts), s0 + 1);
+  assert_true(atomic_load(g_kit.quick_thread) == (uintptr_t)pthread_self());
+  assert_int_equal(apex_task_state(t), APEX_TASK_RUNNING);
+  assert_true(kv(g_kit.registered) > g_reg_mark);
+  apex_stats_t s = stats(m);
+  assert_int_equal(s.running, 1);
+  assert_int_equal(s.queued, 0);
+  assert_int_equal(s.attempts, 1);
+  AWAIT(atomic_load(&c.n_attempt) == 1, PROMPT_MS);
+  assert_int_equal(apex_task_attempts(t), 1);
+  /* A plain pend goes to a worker: it is not started by the submit's
+   * return unless a worker was that quick, and never on this thread. */
+  apex_task_t *p = submit_to(m, "pend", NULL, 600.0);
+  AWAIT(apex_task_state(p) == APEX_TASK_RUNNING && kv(g_kit.registered) > g_reg_mark, PROMPT_MS);
+  assert_int_equal(kv(g_kit.quick_starts), s0 + 1);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(apex_task_state(t), APEX_TASK_CANCELLED);
+  assert_int_equal(apex_task_cancel(p, NULL), APEX_OK);
+  AWAIT(atomic_load(&c.n_done) == 2, LONG_MS);
+  assert_int_equal(atomic_load(&c.n_bad), 0);
+  apex_task_release(t);
+  apex_task_release(p);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
+/* An inline start takes nobody's turn: with a task already waiting for a
+ * worker, a flagged task queues behind it like any other and a worker
+ * starts it in its turn; and a task that ends before it starts (cancelled
+ * in the queue) never starts. */
+static void test_inline_start_waits_its_turn(void **st) {
+  (void)st;
+  counts_t c = {.want = APEX_TASK_SUCCEEDED};
+  apex_manager_t *m = make(1, &c);
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  char params[64];
+  snprintf(params, sizeof params, "{\"release_fd\": %d}", fds[0]);
+  apex_task_t *hold = submit_json(m, "cancel_probe", "hold", params, NULL);
+  AWAIT(apex_task_state(hold) == APEX_TASK_RUNNING, PROMPT_MS);
+  /* The only worker is busy: a blocking task waits for it. */
+  apex_task_t *second = submit_json(m, "cancel_probe", "hold", params, NULL);
+  assert_int_equal(apex_task_state(second), APEX_TASK_QUEUED);
+  uint64_t s0 = kv(g_kit.quick_starts);
+  apex_task_t *q = submit_to(m, "quick", NULL, 600.0);
+  assert_int_equal(apex_task_state(q), APEX_TASK_QUEUED); /* behind `second` */
+  apex_task_t *gone = submit_to(m, "quick", NULL, 600.0);
+  assert_int_equal(apex_task_state(gone), APEX_TASK_QUEUED);
+  assert_int_equal(apex_task_cancel(gone, NULL), APEX_OK);
+  assert_int_equal(kv(g_kit.quick_starts), s0);
+  assert_int_equal(stats(m).queued, 2);
+  /* Free the worker (both holds read one byte each): `second`, then q. */
+  assert_int_equal(write(fds[1], "xx", 2), 2);
+  assert_int_equal(apex_task_wait(hold, LONG_MS), APEX_OK);
+  assert_int_equal(apex_task_wait(second, LONG_MS), APEX_OK);
+  AWAIT(apex_task_state(q) == APEX_TASK_RUNNING && kv(g_kit.quick_starts) == s0 + 1, LONG_MS);
+  /* Started by the worker, in its turn: after `second` (FIFO at one
+   * priority), and `gone` never. */
+  assert_true(atomic_load(g_kit.quick_thread) != (uintptr_t)pthread_self());
+  AWAIT(atomic_load(&c.n_attempt) == 3, LONG_MS);
+  assert_int_equal(atomic_load(&c.attempt_ids[0]), apex_task_id(hold));
+  assert_int_equal(atomic_load(&c.attempt_ids[1]), apex_task_id(second));
+  assert_int_equal(atomic_load(&c.attempt_ids[2]), apex_task_id(q));
+  assert_int_equal(apex_task_state(gone), APEX_TASK_CANCELLED);
+  assert_int_equal(apex_task_cancel(q, NULL), APEX_OK);
+  assert_int_equal(apex_task_state(q), APEX_TASK_CANCELLED);
+  AWAIT(atomic_load(&c.n_done) == 4, LONG_MS);
+  assert_int_equal(kv(g_kit.quick_starts), s0 + 1);
+  assert_int_equal(atomic_load(&c.n_attempt), 3);
+  apex_task_release(hold);
+  apex_task_release(second);
+  apex_task_release(q);
+  apex_task_release(gone);
+  close(fds[0]);
+  close(fds[1]);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
 /* The callback runs for each kind of cancellation, with its reason, and
@@ -510,6 +622,9 @@ int main(void) {
       cmocka_unit_test(test_on_cancel_complete_racing_cancel),
       cmocka_unit_test(test_cancelled_queued_tasks_leave_the_queue),
       cmocka_unit_test(test_many_pending_deferred_tasks_cancelled_once_each),
+      cmocka_unit_test(test_many_pending_inline_started_tasks_cancelled_once_each),
+      cmocka_unit_test(test_inline_start_runs_inside_the_submit),
+      cmocka_unit_test(test_inline_start_waits_its_turn),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

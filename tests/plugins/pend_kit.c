@@ -4,6 +4,9 @@
  *   pend     deferred, no params: registers on_cancel and stays pending; the
  *            callback completes the task APEX_E_CANCELLED with the message
  *            "oc REASON" (the ctx's cancel reason as the callback saw it).
+ *   quick    as pend, flagged APEX_ACTION_F_START_INLINE: it may start on
+ *            the submitting thread; each start stores its thread
+ *            (g_quick_thread) and counts itself (g_quick_starts).
  *   twice    deferred: registers, then checks a second registration returns
  *            APEX_E_ALREADY and a NULL callback APEX_E_INVALID (counted in
  *            `bad_register` otherwise), then stays pending as pend does.
@@ -26,6 +29,7 @@
  * Threads: handlers run on workers; callbacks on the cancelling thread. The
  * counters are atomics of the library image (one test process). What can
  * fail: the ready_fd write in race (the task fails APEX_E_IO). */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -86,6 +90,17 @@ static int pend(apex_ctx_t *ctx) {
   }
   atomic_fetch_add(&g_registered, 1);
   return APEX_PENDING;
+}
+
+/* quick's starts, and the thread of the last one (pthread_self, as an
+ * integer). */
+PK_EXPORT atomic_uint_fast64_t g_quick_starts;
+PK_EXPORT _Atomic uintptr_t g_quick_thread;
+
+static int quick(apex_ctx_t *ctx) {
+  atomic_store(&g_quick_thread, (uintptr_t)pthread_self());
+  atomic_fetch_add(&g_quick_starts, 1);
+  return pend(ctx);
 }
 
 static void never(apex_ctx_t *ctx, void *user) {
@@ -227,6 +242,8 @@ static const apex_param_spec_t k_stats_params[] = {
 static const apex_action_desc_t k_actions[] = {
     {.name = "pend", .description = "Pending until cancelled (on_cancel)", .handler = pend,
      .kind = APEX_ACTION_DEFERRED},
+    {.name = "quick", .description = "As pend; may start on the submitter", .handler = quick,
+     .kind = APEX_ACTION_DEFERRED, .flags = APEX_ACTION_F_START_INLINE},
     {.name = "twice", .description = "Registers twice", .handler = twice,
      .kind = APEX_ACTION_DEFERRED},
     {.name = "late", .description = "Registers after its cancel", .handler = late,

@@ -1,5 +1,6 @@
 /* The error model: status names and sentences, the category tests of the
  * hierarchy (a timeout is an execution error), and error objects. */
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -57,6 +58,17 @@ static void test_every_code_has_a_snake_case_name_and_a_sentence(void **st) {
     assert_true(strlen(apex_strerror(c)) > 0);
   }
   assert_string_equal(apex_status_name(12345), "unknown");
+  /* The lookup is a table by -code (status.c): its gaps and both sides of
+   * its edges name nothing, and every code names itself. */
+  const int none[] = {1, -10, -19, -26, -39, -47, -63, -64, -65, -1000, INT_MIN, INT_MAX};
+  for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
+    assert_string_equal(apex_status_name(none[i]), "unknown");
+    assert_string_equal(apex_strerror(none[i]), "unknown error");
+  }
+  assert_string_equal(apex_status_name(APEX_OK), "ok");
+  assert_string_equal(apex_status_name(APEX_E_STORE), "store");
+  assert_string_equal(apex_status_name(APEX_E_PLUGIN), "plugin_error");
+  assert_string_equal(apex_status_name(APEX_E_INTERRUPTED), "interrupted");
 }
 
 static void test_error_object_carries_where_and_cause(void **st) {
