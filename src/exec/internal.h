@@ -49,6 +49,8 @@
 #define APEX__LOCK_STRIPES 64
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
 #define APEX__CACHE_LINE 64
+/* Manager references a submit's section takes at a time (ref_bank). */
+#define APEX__REF_BATCH 64u
 #define APEX__PROGRESS_BACKLOG_MAX 64
 #define APEX__DONE_LANES 4 /* a power of two (events.c) */
 
@@ -497,7 +499,10 @@ struct apex_manager {
   apex__stripe_t stripes[APEX__LOCK_STRIPES];
 
   /* written by submitters (and by task_free for refs) */
-  _Alignas(APEX__CACHE_LINE) atomic_uint refs; /* the destroyer's + one per task not yet freed */
+  /* The destroyer's + one per task not yet freed + ref_bank. */
+  _Alignas(APEX__CACHE_LINE) atomic_uint refs;
+  /* The next task id: written under pool_mu only (the section that
+   * queues the task, or one of its own: apex__pool_new_id), read by anyone. */
   atomic_uint_fast64_t next_id;
   atomic_uint_fast64_t st_submitted;
   /* The plugin the last submit named (registered, so it stays until the
@@ -534,6 +539,12 @@ struct apex_manager {
    * (apex__pool_n_live): so neither a submit nor a task's end writes the
    * other's line for the count. */
   atomic_size_t n_in;
+  /* Manager references taken ahead for the tasks still to be submitted
+   * (pool_mu): a submit's section takes its task's reference from here,
+   * and adds APEX__REF_BATCH to refs when it is empty, so the submit makes
+   * no atomic add on refs; destroy gives back what is left in the section
+   * that sets shutting_down, after which no submit takes one. */
+  unsigned ref_bank;
   int pool_stop;
 
   /* Open attempts (running or pending ctxs; an attempt that ends with its
@@ -818,7 +829,9 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * t->opts, puts it in the start heap; taking a reference either way) and
  * links its deadline (deadline != 0), reserving a retry slot if it may
  * retry, all in one pool_mu section: a task is queued with its timers or
- * not at all. A bound reached with req->wait_ms != 0 waits for room (the
+ * not at all. On success the task also holds its manager reference (from
+ * ref_bank) and has an id (the next one, if t->id was 0); on failure it
+ * holds neither a reference nor an id it did not have. A bound reached with req->wait_ms != 0 waits for room (the
  * caller checked it is no Apex thread).
  * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
  * pool_mu, race-free against destroy; why says which bound), APEX_E_NOMEM. */
@@ -832,6 +845,18 @@ static inline size_t apex__pool_n_live(apex_manager_t *m) {
 }
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len);
+/* The next task id, for a submit that needs its task's id before
+ * apex__pool_submit (a scheduled task's lock, a traced task's span).
+ * Takes pool_mu. */
+uint64_t apex__pool_new_id(apex_manager_t *m);
+/* Gives back the manager references ref_bank holds: teardown, when no
+ * submit takes one any more. Under pool_mu; the caller still holds its own
+ * reference, so the count does not reach zero here. */
+void apex__pool_refs_return_locked(apex_manager_t *m);
+/* The references on m held by tasks not yet freed, or by the host's
+ * handles on them (refs less the destroyer's and ref_bank's). Takes
+ * pool_mu. For tests. */
+unsigned apex__manager_task_refs(apex_manager_t *m);
 /* t ends: it leaves every count it is in, before its terminal state is
  * published, so a host that sees the state (or the DONE event) finds the
  * counters settled and room for a resubmit under max_queued: the queued

@@ -379,6 +379,11 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
       next = l->hnext;
       free(l);
     }
+  /* No submit takes a reference any more (destroy set shutting_down, or
+   * the manager never served one). */
+  apex__lock(&m->pool_mu);
+  apex__pool_refs_return_locked(m);
+  apex__unlock(&m->pool_mu);
   apex__manager_unref(m);
 }
 
@@ -993,9 +998,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
   }
   if (rc == APEX_OK) {
-    if (!m->dur) t->id = atomic_fetch_add(&m->next_id, 1);
+    /* The id and the manager reference are taken in the section that
+     * queues the task (apex__pool_submit), before it is visible; a
+     * scheduled task's lock and a traced task's span need the id first. */
+    if (!m->dur && (start_ns || m->tracer)) t->id = apex__pool_new_id(m);
     if (m->tracer) apex__trace_submit(t, opts);
-    atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
      * comes before anything its start makes. */
@@ -1040,7 +1047,6 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     else if (rc == APEX_E_NOMEM)
       apex__fail(err, rc, "out of memory for the task's timer or scheduling class");
     if (rc != APEX_OK && m->tracer) apex__trace_forget(t);
-    if (rc != APEX_OK) apex__manager_unref(m);
   }
   if (rc != APEX_OK) {
     apex__mx_rejected(m, p, a, rc);
