@@ -1028,9 +1028,15 @@ static void oc_taken(apex_ctx_t *c, void *user) {
 static _Thread_local apex__run_t *tls_oc_run;
 
 /* Clears r's busy mark and wakes a complete waiting for it. Under the
- * task lock (wait_mu comes after it). */
+ * task lock (wait_mu comes after it). Every write of the mark is made
+ * under that lock, so a load and a store do: no locked exchange at every
+ * attempt's end, where the mark is almost always clear (bench/analysis.md,
+ * W1 of the eighth session). */
 static void oc_clear_locked(apex_manager_t *m, apex__run_t *r) {
-  if (atomic_exchange_explicit(&r->oc_busy, 0, memory_order_relaxed) & APEX__OC_WAITED) {
+  uint8_t busy = atomic_load_explicit(&r->oc_busy, memory_order_relaxed);
+  if (!busy) return;
+  atomic_store_explicit(&r->oc_busy, 0, memory_order_relaxed);
+  if (busy & APEX__OC_WAITED) {
     pthread_mutex_lock(&m->wait_mu);
     pthread_cond_broadcast(&m->wait_cv);
     pthread_mutex_unlock(&m->wait_mu);
