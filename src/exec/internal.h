@@ -542,8 +542,8 @@ struct apex_manager {
   /* Manager references taken ahead for the tasks still to be submitted
    * (pool_mu): a submit's section takes its task's reference from here,
    * and adds APEX__REF_BATCH to refs when it is empty, so the submit makes
-   * no atomic add on refs; destroy gives back what is left in the section
-   * that sets shutting_down, after which no submit takes one. */
+   * no atomic add on refs; teardown gives back what is left (no submit
+   * takes one after shutting_down). */
   unsigned ref_bank;
   int pool_stop;
 
@@ -674,6 +674,29 @@ static inline int apex__on_runtime_thread(apex_manager_t *m) {
 apex_task_t *apex__task_mem_new(void);
 void apex__task_mem_free(apex_task_t *t);
 
+/* A run of task frees on one thread (a delivery's batch of DONE events,
+ * events.c): while it is open, each free of one of m's tasks owes its
+ * manager reference, and its slab slot (tmem.c; consecutive slots of one
+ * slab add up), to the batch instead of making an atomic subtraction of
+ * its own; apex__free_batch_end gives them back, one subtraction for the
+ * manager and one per run of slots of a slab. A batch nests (a callback
+ * that dispatches); it must not be open when m's last reference could go
+ * otherwise (the caller holds one, or m's destroy waits for the caller).
+ * Thread-safety: the calling thread's own (a thread-local names it). */
+typedef struct apex__free_batch {
+  apex_manager_t *m;
+  unsigned m_refs;  /* manager references owed */
+  void *slab;       /* the slab of the slots owed (tmem.c), or NULL */
+  uint32_t slots;   /* slots of that slab owed */
+  struct apex__free_batch *outer;
+} apex__free_batch_t;
+void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m);
+void apex__free_batch_end(apex__free_batch_t *b);
+/* tmem.c: frees t's slot into b (owed until apex__task_mem_flush, or the
+ * free of a slot of another slab), or at once where tasks are calloc'ed. */
+void apex__task_mem_free_batched(apex_task_t *t, apex__free_batch_t *b);
+void apex__task_mem_flush(apex__free_batch_t *b);
+
 /* Frees a task's own opts block (not a class's shared one), where it came
  * from (in_slot). No lock. */
 static inline void apex__task_opts_free(const apex__task_opts_t *x) {
@@ -686,6 +709,9 @@ static inline void apex__task_opts_free(const apex__task_opts_t *x) {
 /* For tests: the count of t's slab (its slots not yet freed, + 1 while a
  * thread allocates from it); 0 where tasks are calloc'ed (ASan). */
 uint32_t apex__task_mem_slab_live(const apex_task_t *t);
+/* For tests: t's slab (tasks of one slab share it); NULL where tasks are
+ * calloc'ed (ASan). */
+const void *apex__task_mem_slab_of(const apex_task_t *t);
 
 /* clock */
 uint64_t apex__now_ns(void);
@@ -937,6 +963,8 @@ uint64_t apex__pool_stat_locked(apex_manager_t *m, int state);
  * a failed apex_manager_new, or the last handler of an orphaned manager. */
 void apex__manager_teardown(apex_manager_t *m, int can_unload);
 void apex__manager_unref(apex_manager_t *m);
+/* Drops n references on m at once (n > 0). */
+void apex__manager_unref_n(apex_manager_t *m, unsigned n);
 
 /* runtime.c */
 /* Starts / stops (joins) the runtime thread; from apex_manager_new and

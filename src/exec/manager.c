@@ -83,6 +83,10 @@ void apex__manager_unref(apex_manager_t *m) {
   if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) manager_free(m);
 }
 
+void apex__manager_unref_n(apex_manager_t *m, unsigned n) {
+  if (atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n) manager_free(m);
+}
+
 static int check_config(const apex_manager_config_t *in, apex_manager_config_t *out,
                         char *why, size_t n) {
   apex_manager_config_init(out);
