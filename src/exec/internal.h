@@ -48,6 +48,9 @@
 
 #define APEX__LOCK_STRIPES 64
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
+#define APEX__N_OUT_ONE ((uint64_t)1 << 32) /* n_out's 1 in m->n_active */
+/* The open attempts in a value of m->n_active, without APEX__ORPHANED. */
+#define apex__n_active_of(w) ((uint32_t)(w) & ~APEX__ORPHANED)
 #define APEX__CACHE_LINE 64
 /* Manager references a submit's section takes at a time (ref_bank). */
 #define APEX__REF_BATCH 64u
@@ -547,18 +550,20 @@ struct apex_manager {
   unsigned ref_bank;
   int pool_stop;
 
-  /* Open attempts (running or pending ctxs; an attempt that ends with its
-   * task leaves it before the DONE event is queued), plus
-   * APEX__ORPHANED once destroy gave up waiting for them: the close that
-   * leaves exactly APEX__ORPHANED frees the manager. One word, so exactly
-   * one of destroy and the last close sees the other. Seq_cst where it
-   * pairs with sweeping (pool.c). Started tasks are on their stripes' live
-   * lists. */
-  _Alignas(APEX__CACHE_LINE) atomic_uint n_active;
+  /* Two counts in one word. The low 32 bits (apex__n_active_of): open
+   * attempts (running or pending ctxs; an attempt that ends with its task
+   * leaves it before the DONE event is queued), plus APEX__ORPHANED once
+   * destroy gave up waiting for them: the close that leaves exactly
+   * APEX__ORPHANED frees the manager. One word, so exactly one of destroy
+   * and the last close sees the other. Seq_cst where it pairs with
+   * sweeping (pool.c). Started tasks are on their stripes' live lists.
+   * The high 32 bits: tasks that ended, ever, modulo 2^32 (n_out), raised
+   * before the task's terminal state is published (apex__pool_task_end);
+   * see n_in. A task's end that closes its attempt adds APEX__N_OUT_ONE - 1:
+   * one atomic operation for both counts (the open attempts are at least
+   * 1 then, so nothing borrows from n_out). */
+  _Alignas(APEX__CACHE_LINE) _Atomic uint64_t n_active;
   atomic_int sweeping; /* destroy began: start no attempt */
-  /* Tasks that ended, ever: raised before the task's terminal state is
-   * published (apex__pool_task_end); see n_in. */
-  atomic_size_t n_out;
 
   /* timers (pool_mu too: a submit queues the task and links its deadline
    * in one critical section): deadline lists and the retry heap */
@@ -865,9 +870,10 @@ void apex__pool_push(apex_manager_t *m, apex_task_t *t);
  * else a count that was true at some moment during the call or, with a
  * submit racing it, one more. Any thread. */
 static inline size_t apex__pool_n_live(apex_manager_t *m) {
-  /* n_out first: it never passes n_in, which only grows. */
-  size_t out = atomic_load(&m->n_out);
-  return atomic_load(&m->n_in) - out;
+  /* n_out first: it never passes n_in, which only grows. Modulo 2^32:
+   * fewer than 2^32 tasks are ever live at once (512 GiB of them). */
+  uint32_t out = (uint32_t)(atomic_load(&m->n_active) >> 32);
+  return (uint32_t)((uint32_t)atomic_load(&m->n_in) - out);
 }
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len);

@@ -238,7 +238,7 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
   size_t n;
   for (;;) {
     if (handlers) {
-      n = atomic_load(&m->n_active) & ~APEX__ORPHANED;
+      n = apex__n_active_of(atomic_load(&m->n_active));
     } else {
       n = apex__pool_n_live(m);
     }
@@ -339,7 +339,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   apex__runtime_stop(m);
   if (m->cfg.delivery == APEX_DELIVER_DISPATCH) apex__events_deliver(m);
   /* 7. */
-  unsigned active = atomic_load(&m->n_active);
+  unsigned active = apex__n_active_of(atomic_load(&m->n_active));
   if (active) {
     /* Logged first: once the flag is set, the last handler may free m. */
     apex__log(&m->log, APEX_LOG_WARN,
@@ -349,7 +349,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
     /* Still running: the close that brings the count to zero sees the
      * flag and tears down (apex__pool_attempt_close). All returned
      * meanwhile: no close is left to see it, so tear down here. */
-    if (atomic_fetch_or(&m->n_active, APEX__ORPHANED) != 0) return APEX_E_BUSY;
+    if ((uint32_t)atomic_fetch_or(&m->n_active, APEX__ORPHANED) != 0) return APEX_E_BUSY;
   }
   apex__manager_teardown(m, 1);
   return APEX_OK;
@@ -1157,7 +1157,7 @@ static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;
   apex__unlock(&m->pool_mu);
-  s->running = atomic_load(&m->n_active) & ~APEX__ORPHANED;
+  s->running = apex__n_active_of(atomic_load(&m->n_active));
 }
 
 apex_status_t apex_manager_stats_v2(apex_manager_t *m, apex_stats_t *out) {

@@ -479,8 +479,12 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
     log_no_replacement(m, e);
   }
   if (t->run) unlink_live_locked(m, t, t->run);
-  int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
-  size_t out = atomic_fetch_add(&m->n_out, 1) + 1;
+  /* The open attempts less one (closing) and the ended tasks plus one, in
+   * one addition (internal.h, n_active). */
+  uint64_t was =
+      atomic_fetch_add(&m->n_active, closing ? APEX__N_OUT_ONE - 1 : APEX__N_OUT_ONE);
+  int idle = closing && apex__n_active_of(was) == 1;
+  uint32_t out = (uint32_t)(was >> 32) + 1;
   apex__sched_room_freed(m); /* config.max_queued counts live tasks */
   /* n_in only once shutting down: it is in pool_mu's line, which every
    * submit writes, and an end that read it per task moved that line to
@@ -489,7 +493,7 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
    * counts sees it. Once shutting down, n_in no longer moves (no submit
    * gets past await_room_locked), so the last end then sees the two
    * equal. */
-  if (atomic_load(&m->shutting_down) && (idle || out == atomic_load(&m->n_in)))
+  if (atomic_load(&m->shutting_down) && (idle || out == (uint32_t)atomic_load(&m->n_in)))
     wake_destroyer(m);
 }
 
@@ -526,7 +530,7 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
     wake_worker(wake);
     log_no_replacement(m, e);
   }
-  unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
+  unsigned left = (uint32_t)(atomic_fetch_sub(&m->n_active, 1) - 1);
   int last = (left & ~APEX__ORPHANED) == 0;
   /* Destroy sets the flag in the same word (no attempt opens by then):
    * exactly one close leaves the word at the flag alone, and destroy tears

@@ -13,7 +13,8 @@
  * frees the manager with its last release (ASan's leak check sees a bank
  * never given back). A free batch (apex__free_batch_begin, the
  * delivery's) owes the references and slab slots of the tasks freed in it
- * until its end, exactly.
+ * until its end, exactly. The live count stays exact when the ended
+ * count (32 bits, in n_active's high half) wraps.
  *
  * Reads refs and ref_bank through apex__manager_task_refs (under pool_mu).
  * Plugins: testkit (noop), hostile (sleep). Threads: cmocka's is the host;
@@ -221,6 +222,51 @@ static void test_free_batch_end_frees_a_destroyed_manager(void **st) {
   apex__free_batch_end(&fb);
 }
 
+/* Ended tasks are counted modulo 2^32 in n_active's high half (one
+ * addition at a task's end for both counts): the live count (n_in less
+ * that) stays exact past the wrap, for max_queued, the stats and destroy's
+ * wait. Both counters are set just below 2^32 (no task live), then tasks
+ * run across it. */
+static void test_live_count_exact_across_the_ended_count_wrap(void **st) {
+  (void)st;
+  enum { N = 40 };
+  apex_manager_config_t cfg = base_config(2);
+  cfg.max_queued = 3;
+  apex_manager_t *m = make_test_manager(&cfg);
+  const uint64_t near = 0xFFFFFFF0u;
+  apex__lock(&m->pool_mu);
+  assert_int_equal(apex__pool_n_live(m), 0);
+  atomic_store(&m->n_in, (size_t)near);
+  atomic_store(&m->n_active, near << 32);
+  apex__unlock(&m->pool_mu);
+  assert_int_equal(apex__pool_n_live(m), 0);
+  for (unsigned i = 0; i < N; i++) {
+    apex_task_t *t = submit_json(m, "testkit", "noop", NULL, NULL);
+    wait_done(t);
+    apex_task_release(t);
+    assert_int_equal(apex__pool_n_live(m), 0);
+  }
+  assert_int_equal((uint32_t)(atomic_load(&m->n_active) >> 32), (uint32_t)(near + N));
+  assert_int_equal(apex__n_active_of(atomic_load(&m->n_active)), 0);
+  /* max_queued still counts live tasks: three sleepers fill it, a
+   * fourth is refused, and room comes back when they end. */
+  apex_task_t *busy[3];
+  for (int i = 0; i < 3; i++) busy[i] = submit_json(m, "hostile", "sleep", "{\"ms\": 200}", NULL);
+  assert_int_equal(apex__pool_n_live(m), 3);
+  apex_task_t *t = NULL;
+  assert_int_equal(apex_manager_submit(m, "testkit", "noop", NULL, NULL, &t, NULL),
+                   APEX_E_QUEUE_FULL);
+  for (int i = 0; i < 3; i++) {
+    wait_done(busy[i]);
+    apex_task_release(busy[i]);
+  }
+  assert_int_equal(apex__pool_n_live(m), 0);
+  t = submit_json(m, "testkit", "noop", NULL, NULL);
+  wait_done(t);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ids_in_order_and_refs_exact_across_refills),
@@ -229,6 +275,7 @@ int main(void) {
       cmocka_unit_test(test_handles_outlive_destroy),
       cmocka_unit_test(test_free_batch_owes_until_its_end),
       cmocka_unit_test(test_free_batch_end_frees_a_destroyed_manager),
+      cmocka_unit_test(test_live_count_exact_across_the_ended_count_wrap),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
