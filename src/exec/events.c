@@ -444,6 +444,13 @@ static int deliver_batch(apex_manager_t *m) {
    * ahead, so their misses overlap those deliveries (W7: a million DONEs
    * in random order). The lanes' heads are asked for first. */
   for (unsigned l = 0; l < APEX__DONE_LANES; l++) done_prefetch(lane[l]);
+  /* The tasks this frees give their manager references and slab slots
+   * back at the batch's end, not one atomic subtraction each (the host's
+   * delivery made three a task: bench/analysis.md, W1 of the eighth
+   * session). m is alive: its destroy waits for this delivery. A single
+   * DONE (a host waiting for each task) has nothing to share: no batch. */
+  apex__free_batch_t fb;
+  if (n_done > 1) apex__free_batch_begin(&fb, m);
   for (uint32_t j = 0; j < n_done; j++) {
     unsigned l = (first + j) & (APEX__DONE_LANES - 1);
     apex_task_t *t = lane[l];
@@ -456,6 +463,7 @@ static int deliver_batch(apex_manager_t *m) {
     apex__task_unref(t);
     count++;
   }
+  if (n_done > 1) apex__free_batch_end(&fb);
   if (wake) {
     /* The check above is a shortcut for a waiter already asleep; this one
      * is the guarantee. A waiter counts itself (m->waiters, seq_cst) and

@@ -48,7 +48,12 @@
 
 #define APEX__LOCK_STRIPES 64
 #define APEX__ORPHANED 0x80000000u /* in m->n_active (see there) */
+#define APEX__N_OUT_ONE ((uint64_t)1 << 32) /* n_out's 1 in m->n_active */
+/* The open attempts in a value of m->n_active, without APEX__ORPHANED. */
+#define apex__n_active_of(w) ((uint32_t)(w) & ~APEX__ORPHANED)
 #define APEX__CACHE_LINE 64
+/* Manager references a submit's section takes at a time (ref_bank). */
+#define APEX__REF_BATCH 64u
 #define APEX__PROGRESS_BACKLOG_MAX 64
 #define APEX__DONE_LANES 4 /* a power of two (events.c) */
 
@@ -497,7 +502,10 @@ struct apex_manager {
   apex__stripe_t stripes[APEX__LOCK_STRIPES];
 
   /* written by submitters (and by task_free for refs) */
-  _Alignas(APEX__CACHE_LINE) atomic_uint refs; /* the destroyer's + one per task not yet freed */
+  /* The destroyer's + one per task not yet freed + ref_bank. */
+  _Alignas(APEX__CACHE_LINE) atomic_uint refs;
+  /* The next task id: written under pool_mu only (the section that
+   * queues the task, or one of its own: apex__pool_new_id), read by anyone. */
   atomic_uint_fast64_t next_id;
   atomic_uint_fast64_t st_submitted;
   /* The plugin the last submit named (registered, so it stays until the
@@ -534,20 +542,28 @@ struct apex_manager {
    * (apex__pool_n_live): so neither a submit nor a task's end writes the
    * other's line for the count. */
   atomic_size_t n_in;
+  /* Manager references taken ahead for the tasks still to be submitted
+   * (pool_mu): a submit's section takes its task's reference from here,
+   * and adds APEX__REF_BATCH to refs when it is empty, so the submit makes
+   * no atomic add on refs; teardown gives back what is left (no submit
+   * takes one after shutting_down). */
+  unsigned ref_bank;
   int pool_stop;
 
-  /* Open attempts (running or pending ctxs; an attempt that ends with its
-   * task leaves it before the DONE event is queued), plus
-   * APEX__ORPHANED once destroy gave up waiting for them: the close that
-   * leaves exactly APEX__ORPHANED frees the manager. One word, so exactly
-   * one of destroy and the last close sees the other. Seq_cst where it
-   * pairs with sweeping (pool.c). Started tasks are on their stripes' live
-   * lists. */
-  _Alignas(APEX__CACHE_LINE) atomic_uint n_active;
+  /* Two counts in one word. The low 32 bits (apex__n_active_of): open
+   * attempts (running or pending ctxs; an attempt that ends with its task
+   * leaves it before the DONE event is queued), plus APEX__ORPHANED once
+   * destroy gave up waiting for them: the close that leaves exactly
+   * APEX__ORPHANED frees the manager. One word, so exactly one of destroy
+   * and the last close sees the other. Seq_cst where it pairs with
+   * sweeping (pool.c). Started tasks are on their stripes' live lists.
+   * The high 32 bits: tasks that ended, ever, modulo 2^32 (n_out), raised
+   * before the task's terminal state is published (apex__pool_task_end);
+   * see n_in. A task's end that closes its attempt adds APEX__N_OUT_ONE - 1:
+   * one atomic operation for both counts (the open attempts are at least
+   * 1 then, so nothing borrows from n_out). */
+  _Alignas(APEX__CACHE_LINE) _Atomic uint64_t n_active;
   atomic_int sweeping; /* destroy began: start no attempt */
-  /* Tasks that ended, ever: raised before the task's terminal state is
-   * published (apex__pool_task_end); see n_in. */
-  atomic_size_t n_out;
 
   /* timers (pool_mu too: a submit queues the task and links its deadline
    * in one critical section): deadline lists and the retry heap */
@@ -666,6 +682,29 @@ static inline int apex__on_runtime_thread(apex_manager_t *m) {
 apex_task_t *apex__task_mem_new(void);
 void apex__task_mem_free(apex_task_t *t);
 
+/* A run of task frees on one thread (a delivery's batch of DONE events,
+ * events.c): while it is open, each free of one of m's tasks owes its
+ * manager reference, and its slab slot (tmem.c; consecutive slots of one
+ * slab add up), to the batch instead of making an atomic subtraction of
+ * its own; apex__free_batch_end gives them back, one subtraction for the
+ * manager and one per run of slots of a slab. A batch nests (a callback
+ * that dispatches); it must not be open when m's last reference could go
+ * otherwise (the caller holds one, or m's destroy waits for the caller).
+ * Thread-safety: the calling thread's own (a thread-local names it). */
+typedef struct apex__free_batch {
+  apex_manager_t *m;
+  unsigned m_refs;  /* manager references owed */
+  void *slab;       /* the slab of the slots owed (tmem.c), or NULL */
+  uint32_t slots;   /* slots of that slab owed */
+  struct apex__free_batch *outer;
+} apex__free_batch_t;
+void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m);
+void apex__free_batch_end(apex__free_batch_t *b);
+/* tmem.c: frees t's slot into b (owed until apex__task_mem_flush, or the
+ * free of a slot of another slab), or at once where tasks are calloc'ed. */
+void apex__task_mem_free_batched(apex_task_t *t, apex__free_batch_t *b);
+void apex__task_mem_flush(apex__free_batch_t *b);
+
 /* Frees a task's own opts block (not a class's shared one), where it came
  * from (in_slot). No lock. */
 static inline void apex__task_opts_free(const apex__task_opts_t *x) {
@@ -678,6 +717,9 @@ static inline void apex__task_opts_free(const apex__task_opts_t *x) {
 /* For tests: the count of t's slab (its slots not yet freed, + 1 while a
  * thread allocates from it); 0 where tasks are calloc'ed (ASan). */
 uint32_t apex__task_mem_slab_live(const apex_task_t *t);
+/* For tests: t's slab (tasks of one slab share it); NULL where tasks are
+ * calloc'ed (ASan). */
+const void *apex__task_mem_slab_of(const apex_task_t *t);
 
 /* clock */
 uint64_t apex__now_ns(void);
@@ -819,26 +861,30 @@ int apex__pool_start(apex_manager_t *m, unsigned n);
  * is stopping. Under t's task lock, so an end that comes first finds it
  * either counted queued or not yet queued. */
 void apex__pool_push(apex_manager_t *m, apex_task_t *t);
+/* Returns: the live tasks (submitted, not terminal): exact under pool_mu,
+ * else a count that was true at some moment during the call or, with a
+ * submit racing it, one more. Any thread. */
+static inline size_t apex__pool_n_live(apex_manager_t *m) {
+  /* n_out first: it never passes n_in, which only grows. Modulo 2^32:
+   * fewer than 2^32 tasks are ever live at once (512 GiB of them). */
+  uint32_t out = (uint32_t)(atomic_load(&m->n_active) >> 32);
+  return (uint32_t)((uint32_t)atomic_load(&m->n_in) - out);
+}
 /* Counts a new task live, binds it to its scheduling class (req: what the
  * submit asked for, NULL: defaults), queues it (or, with a start time in
  * t->opts, puts it in the start heap; taking a reference either way) and
  * links its deadline (deadline != 0), reserving a retry slot if it may
  * retry, all in one pool_mu section: a task is queued with its timers or
- * not at all. A bound reached with req->wait_ms != 0 waits for room (the
- * caller checked it is no Apex thread). picked (non-NULL only when
- * apex__pool_may_inline(t)): set to 1 when nothing else was runnable and
- * the scheduler's pick in the same section is t, whose scheduler
- * reference then goes to the caller for apex__pool_start_inline; 0 else.
+ * not at all. On success the task also holds its manager reference (from
+ * ref_bank) and has an id (the next one, if t->id was 0); on failure it
+ * holds neither a reference nor an id it did not have. A bound reached
+ * with req->wait_ms != 0 waits for room (the caller checked it is no Apex
+ * thread). picked (non-NULL only when apex__pool_may_inline(t)): set to 1
+ * when nothing else was runnable and the scheduler's pick in the same
+ * section is t, whose scheduler reference then goes to the caller for
+ * apex__pool_start_inline; 0 else.
  * Returns: APEX_OK, APEX_E_SHUTTING_DOWN, APEX_E_QUEUE_FULL (checked under
  * pool_mu, race-free against destroy; why says which bound), APEX_E_NOMEM. */
-/* Returns: the live tasks (submitted, not terminal): exact under pool_mu,
- * else a count that was true at some moment during the call or, with a
- * submit racing it, one more. Any thread. */
-static inline size_t apex__pool_n_live(apex_manager_t *m) {
-  /* n_out first: it never passes n_in, which only grows. */
-  size_t out = atomic_load(&m->n_out);
-  return atomic_load(&m->n_in) - out;
-}
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len, int *picked);
 /* 1 if t, being submitted on this thread, may start here rather than on a
@@ -850,6 +896,18 @@ int apex__pool_may_inline(const apex_task_t *t);
  * picked for it by apex__pool_submit (*picked), whose reference this
  * takes. No lock held; the submit is done with t but for returning it. */
 void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t);
+/* The next task id, for a submit that needs its task's id before
+ * apex__pool_submit (a scheduled task's lock, a traced task's span).
+ * Takes pool_mu. */
+uint64_t apex__pool_new_id(apex_manager_t *m);
+/* Gives back the manager references ref_bank holds: teardown, when no
+ * submit takes one any more. Under pool_mu; the caller still holds its own
+ * reference, so the count does not reach zero here. */
+void apex__pool_refs_return_locked(apex_manager_t *m);
+/* The references on m held by tasks not yet freed, or by the host's
+ * handles on them (refs less the destroyer's and ref_bank's). Takes
+ * pool_mu. For tests. */
+unsigned apex__manager_task_refs(apex_manager_t *m);
 /* t ends: it leaves every count it is in, before its terminal state is
  * published, so a host that sees the state (or the DONE event) finds the
  * counters settled and room for a resubmit under max_queued: the queued
@@ -930,6 +988,8 @@ uint64_t apex__pool_stat_locked(apex_manager_t *m, int state);
  * a failed apex_manager_new, or the last handler of an orphaned manager. */
 void apex__manager_teardown(apex_manager_t *m, int can_unload);
 void apex__manager_unref(apex_manager_t *m);
+/* Drops n references on m at once (n > 0). */
+void apex__manager_unref_n(apex_manager_t *m, unsigned n);
 
 /* runtime.c */
 /* Starts / stops (joins) the runtime thread; from apex_manager_new and

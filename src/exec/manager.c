@@ -83,6 +83,10 @@ void apex__manager_unref(apex_manager_t *m) {
   if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1) manager_free(m);
 }
 
+void apex__manager_unref_n(apex_manager_t *m, unsigned n) {
+  if (atomic_fetch_sub_explicit(&m->refs, n, memory_order_acq_rel) == n) manager_free(m);
+}
+
 static int check_config(const apex_manager_config_t *in, apex_manager_config_t *out,
                         char *why, size_t n) {
   apex_manager_config_init(out);
@@ -234,7 +238,7 @@ static size_t wait_zero(apex_manager_t *m, int handlers, uint64_t until) {
   size_t n;
   for (;;) {
     if (handlers) {
-      n = atomic_load(&m->n_active) & ~APEX__ORPHANED;
+      n = apex__n_active_of(atomic_load(&m->n_active));
     } else {
       n = apex__pool_n_live(m);
     }
@@ -335,7 +339,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
   apex__runtime_stop(m);
   if (m->cfg.delivery == APEX_DELIVER_DISPATCH) apex__events_deliver(m);
   /* 7. */
-  unsigned active = atomic_load(&m->n_active);
+  unsigned active = apex__n_active_of(atomic_load(&m->n_active));
   if (active) {
     /* Logged first: once the flag is set, the last handler may free m. */
     apex__log(&m->log, APEX_LOG_WARN,
@@ -345,7 +349,7 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
     /* Still running: the close that brings the count to zero sees the
      * flag and tears down (apex__pool_attempt_close). All returned
      * meanwhile: no close is left to see it, so tear down here. */
-    if (atomic_fetch_or(&m->n_active, APEX__ORPHANED) != 0) return APEX_E_BUSY;
+    if ((uint32_t)atomic_fetch_or(&m->n_active, APEX__ORPHANED) != 0) return APEX_E_BUSY;
   }
   apex__manager_teardown(m, 1);
   return APEX_OK;
@@ -379,6 +383,11 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
       next = l->hnext;
       free(l);
     }
+  /* No submit takes a reference any more (destroy set shutting_down, or
+   * the manager never served one). */
+  apex__lock(&m->pool_mu);
+  apex__pool_refs_return_locked(m);
+  apex__unlock(&m->pool_mu);
   apex__manager_unref(m);
 }
 
@@ -994,9 +1003,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     if (rc != APEX_OK && tmo) apex__tmo_unreserve(m, tmo);
   }
   if (rc == APEX_OK) {
-    if (!m->dur) t->id = atomic_fetch_add(&m->next_id, 1);
+    /* The id and the manager reference are taken in the section that
+     * queues the task (apex__pool_submit), before it is visible; a
+     * scheduled task's lock and a traced task's span need the id first. */
+    if (!m->dur && (start_ns || m->tracer)) t->id = apex__pool_new_id(m);
     if (m->tracer) apex__trace_submit(t, opts);
-    atomic_fetch_add(&m->refs, 1); /* before it is visible: destroy may end it at once */
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
      * comes before anything its start makes. */
@@ -1042,7 +1053,6 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     else if (rc == APEX_E_NOMEM)
       apex__fail(err, rc, "out of memory for the task's timer or scheduling class");
     if (rc != APEX_OK && m->tracer) apex__trace_forget(t);
-    if (rc != APEX_OK) apex__manager_unref(m);
   }
   if (rc != APEX_OK) {
     apex__mx_rejected(m, p, a, rc);
@@ -1155,7 +1165,7 @@ static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   s->workers = m->n_threads;
   s->stuck_workers = m->n_stuck;
   apex__unlock(&m->pool_mu);
-  s->running = atomic_load(&m->n_active) & ~APEX__ORPHANED;
+  s->running = apex__n_active_of(atomic_load(&m->n_active));
 }
 
 apex_status_t apex_manager_stats_v2(apex_manager_t *m, apex_stats_t *out) {

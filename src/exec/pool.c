@@ -332,6 +332,32 @@ int apex__pool_may_inline(const apex_task_t *t) {
          !(t->opts && (t->opts->durable || t->opts->start_ns));
 }
 
+/* Under pool_mu. */
+static uint64_t next_id_locked(apex_manager_t *m) {
+  uint64_t id = atomic_load_explicit(&m->next_id, memory_order_relaxed);
+  atomic_store_explicit(&m->next_id, id + 1, memory_order_relaxed);
+  return id;
+}
+
+uint64_t apex__pool_new_id(apex_manager_t *m) {
+  apex__lock(&m->pool_mu);
+  uint64_t id = next_id_locked(m);
+  apex__unlock(&m->pool_mu);
+  return id;
+}
+
+void apex__pool_refs_return_locked(apex_manager_t *m) {
+  if (m->ref_bank) atomic_fetch_sub_explicit(&m->refs, m->ref_bank, memory_order_relaxed);
+  m->ref_bank = 0;
+}
+
+unsigned apex__manager_task_refs(apex_manager_t *m) {
+  apex__lock(&m->pool_mu);
+  unsigned n = atomic_load(&m->refs) - m->ref_bank - 1;
+  apex__unlock(&m->pool_mu);
+  return n;
+}
+
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len, int *picked) {
   if (picked) *picked = 0;
@@ -354,6 +380,15 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
   atomic_store_explicit(&m->st_submitted,
                         atomic_load_explicit(&m->st_submitted, memory_order_relaxed) + 1,
                         memory_order_relaxed);
+  /* The id and the manager reference, in the same section: no atomic add
+   * on the submitters' line (bench/analysis.md, W1 of the eighth
+   * session). The id is given in the order tasks are queued. */
+  if (!t->id) t->id = next_id_locked(m);
+  if (!m->ref_bank) {
+    atomic_fetch_add_explicit(&m->refs, APEX__REF_BATCH, memory_order_relaxed);
+    m->ref_bank = APEX__REF_BATCH;
+  }
+  m->ref_bank--;
   apex__worker_t *wake = NULL;
   int e = 0;
   if (deadline) apex__deadline_link_locked(m, t);
@@ -495,8 +530,12 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
     log_no_replacement(m, e);
   }
   if (t->run) unlink_live_locked(m, t, t->run);
-  int idle = closing && (atomic_fetch_sub(&m->n_active, 1) & ~APEX__ORPHANED) == 1;
-  size_t out = atomic_fetch_add(&m->n_out, 1) + 1;
+  /* The open attempts less one (closing) and the ended tasks plus one, in
+   * one addition (internal.h, n_active). */
+  uint64_t was =
+      atomic_fetch_add(&m->n_active, closing ? APEX__N_OUT_ONE - 1 : APEX__N_OUT_ONE);
+  int idle = closing && apex__n_active_of(was) == 1;
+  uint32_t out = (uint32_t)(was >> 32) + 1;
   apex__sched_room_freed(m); /* config.max_queued counts live tasks */
   /* n_in only once shutting down: it is in pool_mu's line, which every
    * submit writes, and an end that read it per task moved that line to
@@ -505,7 +544,7 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
    * counts sees it. Once shutting down, n_in no longer moves (no submit
    * gets past await_room_locked), so the last end then sees the two
    * equal. */
-  if (atomic_load(&m->shutting_down) && (idle || out == atomic_load(&m->n_in)))
+  if (atomic_load(&m->shutting_down) && (idle || out == (uint32_t)atomic_load(&m->n_in)))
     wake_destroyer(m);
 }
 
@@ -543,7 +582,7 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
     wake_worker(wake);
     log_no_replacement(m, e);
   }
-  unsigned left = atomic_fetch_sub(&m->n_active, 1) - 1;
+  unsigned left = (uint32_t)(atomic_fetch_sub(&m->n_active, 1) - 1);
   int last = (left & ~APEX__ORPHANED) == 0;
   /* Destroy sets the flag in the same word (no attempt opens by then):
    * exactly one close leaves the word at the flag alone, and destroy tears

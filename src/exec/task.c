@@ -548,6 +548,10 @@ void apex__runs_free(apex_manager_t *m) {
   m->bslab_cap = m->bslab_unused = m->bslabs = m->bslab_empty = 0;
 }
 
+/* The free batch open on this thread (apex__free_batch_begin), or NULL.
+ * initial-exec: read at every task's free. */
+static _Thread_local apex__free_batch_t *tls_free_batch __attribute__((tls_model("initial-exec")));
+
 static void task_free(apex_task_t *t) {
   apex_manager_t *m = apex__task_m(t);
   apex_token_t *tok = apex__task_token_peek(t);
@@ -573,14 +577,32 @@ static void task_free(apex_task_t *t) {
     apex__durable_task_free(t->opts->durable);
     apex__task_opts_free(t->opts); /* a class's block stays */
   }
+  apex__free_batch_t *fb = tls_free_batch;
+  int batched = fb && fb->m == m;
   if (task_in_blk(t)) {
     task_blk_t *b = blk_of_task(t);
     blk_poison(t, sizeof *t); /* its run state may hold the block a while */
     blk_release(m, b);
+  } else if (batched) {
+    apex__task_mem_free_batched(t, fb);
   } else {
     apex__task_mem_free(t);
   }
-  apex__manager_unref(m);
+  if (batched)
+    fb->m_refs++;
+  else
+    apex__manager_unref(m);
+}
+
+void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m) {
+  *b = (apex__free_batch_t){.m = m, .outer = tls_free_batch};
+  tls_free_batch = b;
+}
+
+void apex__free_batch_end(apex__free_batch_t *b) {
+  tls_free_batch = b->outer;
+  apex__task_mem_flush(b);
+  if (b->m_refs) apex__manager_unref_n(b->m, b->m_refs);
 }
 
 apex_task_t *apex__task_new_ended(apex_manager_t *m, const apex__plugin_t *p,
@@ -1028,9 +1050,15 @@ static void oc_taken(apex_ctx_t *c, void *user) {
 static _Thread_local apex__run_t *tls_oc_run;
 
 /* Clears r's busy mark and wakes a complete waiting for it. Under the
- * task lock (wait_mu comes after it). */
+ * task lock (wait_mu comes after it). Every write of the mark is made
+ * under that lock, so a load and a store do: no locked exchange at every
+ * attempt's end, where the mark is almost always clear (bench/analysis.md,
+ * W1 of the eighth session). */
 static void oc_clear_locked(apex_manager_t *m, apex__run_t *r) {
-  if (atomic_exchange_explicit(&r->oc_busy, 0, memory_order_relaxed) & APEX__OC_WAITED) {
+  uint8_t busy = atomic_load_explicit(&r->oc_busy, memory_order_relaxed);
+  if (!busy) return;
+  atomic_store_explicit(&r->oc_busy, 0, memory_order_relaxed);
+  if (busy & APEX__OC_WAITED) {
     pthread_mutex_lock(&m->wait_mu);
     pthread_cond_broadcast(&m->wait_cv);
     pthread_mutex_unlock(&m->wait_mu);

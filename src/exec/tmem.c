@@ -147,6 +147,27 @@ void apex__task_mem_free(apex_task_t *t) {
   drop(*(slab_t **)(void *)((char *)t + SLOT - sizeof(slab_t *)), 1);
 }
 
+void apex__task_mem_free_batched(apex_task_t *t, apex__free_batch_t *b) {
+  slab_t *s = *(slab_t **)(void *)((char *)t + SLOT - sizeof(slab_t *));
+  if (b->slab != s) {
+    apex__task_mem_flush(b);
+    b->slab = s;
+  }
+  b->slots++;
+}
+
+/* The slots owed keep their slab alive (its count is above them) until
+ * this gives them back. */
+void apex__task_mem_flush(apex__free_batch_t *b) {
+  if (b->slots) drop(b->slab, b->slots);
+  b->slab = NULL;
+  b->slots = 0;
+}
+
+const void *apex__task_mem_slab_of(const apex_task_t *t) {
+  return *(slab_t *const *)(const void *)((const char *)t + SLOT - sizeof(slab_t *));
+}
+
 uint32_t apex__task_mem_slab_live(const apex_task_t *t) {
   const slab_t *s = *(slab_t *const *)(const void *)((const char *)t + SLOT - sizeof(slab_t *));
   return atomic_load(&s->live);
@@ -158,9 +179,21 @@ apex_task_t *apex__task_mem_new(void) { return calloc(1, sizeof(apex_task_t)); }
 
 void apex__task_mem_free(apex_task_t *t) { free(t); }
 
+void apex__task_mem_free_batched(apex_task_t *t, apex__free_batch_t *b) {
+  (void)b;
+  free(t);
+}
+
+void apex__task_mem_flush(apex__free_batch_t *b) { (void)b; }
+
 uint32_t apex__task_mem_slab_live(const apex_task_t *t) {
   (void)t;
   return 0;
+}
+
+const void *apex__task_mem_slab_of(const apex_task_t *t) {
+  (void)t;
+  return NULL;
 }
 
 #endif

@@ -98,7 +98,7 @@ static void test_burst_gives_its_slabs_back(void **st) {
     assert_int_equal(apex_task_state(t[i]), APEX_TASK_CANCELLED);
     apex_task_release(t[i]);
   }
-  AWAIT(atomic_load(&m->refs) == 1, LONG_MS); /* every task freed */
+  AWAIT(apex__manager_task_refs(m) == 0, LONG_MS); /* every task freed */
   blocks(m, &slabs, &window);
   assert_int_equal(window, APEX__RUNS_KEEP); /* the last ones, in their window */
   /* The window's blocks are spread over the burst's slabs (random order):
@@ -110,7 +110,7 @@ static void test_burst_gives_its_slabs_back(void **st) {
     assert_int_equal(apex_task_wait(p, LONG_MS), APEX_OK);
     apex_task_release(p);
   }
-  AWAIT(atomic_load(&m->refs) == 1, LONG_MS);
+  AWAIT(apex__manager_task_refs(m) == 0, LONG_MS);
   blocks(m, &slabs, &window);
   assert_int_equal(window, APEX__RUNS_KEEP);
   /* APEX__RUNS_KEEP blocks taken one after another from the kept slab's
@@ -187,7 +187,7 @@ static void test_a_freed_deferred_task_is_poisoned(void **st) {
     assert_int_equal(apex_task_wait(p, LONG_MS), APEX_OK);
     apex_task_release(p);
   }
-  AWAIT(atomic_load(&m->refs) == 1, LONG_MS);
+  AWAIT(apex__manager_task_refs(m) == 0, LONG_MS);
   /* Free in its slab (poisoned whole), or taken again by one of those
    * tasks, each freed since (its task part poisoned): t's bytes are
    * poisoned either way. */

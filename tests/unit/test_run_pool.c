@@ -80,7 +80,7 @@ static void test_run_states_are_capped_and_reused_oldest_first(void **st) {
   free(t);
   /* Every task freed (the flush list may hold one a moment longer than
    * the host): only the destroyer's reference on m is left. */
-  AWAIT(atomic_load(&m->refs) == 1, 10000);
+  AWAIT(apex__manager_task_refs(m) == 0, 10000);
   /* The 500 oldest were freed (a task freed on a worker leaves its run
    * state in that worker's list, uncapped there and counted apart). */
   assert_int_equal(n_runs_m(m), APEX__RUNS_MAX);
@@ -98,7 +98,7 @@ static void test_run_states_are_capped_and_reused_oldest_first(void **st) {
   assert_int_equal(atomic_load(&r->id), apex_task_id(probe));
   assert_int_equal(n_runs_m(m), APEX__RUNS_MAX - 1);
   apex_task_release(probe);
-  AWAIT(atomic_load(&m->refs) == 1, 10000);
+  AWAIT(apex__manager_task_refs(m) == 0, 10000);
   assert_int_equal(n_runs(m), total); /* back, to m's list or a worker's */
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
