@@ -69,12 +69,16 @@ struct apex_child {
    * from final and names, and the task's memory goes back to malloc while
    * the family lives on (a fan-out of 200,000 children kept every child's
    * task, options and token: bench/analysis.md, W11). */
-  apex_task_t *task;
-  uint64_t id;           /* (mu) */
+  /* Published by its spawn without mu (seq_cst: see ctx_spawn), then
+   * changed (let go) under mu only. */
+  _Atomic(apex_task_t *) task;
+  _Atomic uint64_t id;   /* 0 until task is published; kept once let go */
   double weight;
   char *label;           /* NULL: "plugin.action" */
   apex_progress_t *last; /* its last delivered progress (mu) */
-  uint8_t ended;         /* (mu) */
+  /* Written under mu (seq_cst: a spawn that published its task reads it
+   * without mu, see ctx_spawn). */
+  _Atomic uint8_t ended;
   uint8_t on_end_set;    /* (mu) */
   uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
   uint8_t final;         /* its terminal state, once ended (mu) */
@@ -613,8 +617,8 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
-  apex__lock(&f->mu);
   if (rc != APEX_OK) {
+    apex__lock(&f->mu);
     for (size_t i = f->n; i-- > 0;) {
       if (f->kids[i] == n) {
         memmove(&f->kids[i], &f->kids[i + 1], (f->n - i - 1) * sizeof *f->kids);
@@ -639,20 +643,40 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     apex_error_unref(err);
     return rc;
   }
-  n->task = ct; /* the handle's reference, now the node's */
-  n->id = apex_task_id(ct);
-  if (fo && !ct->opts->fam) f->fo_refs++; /* a block of its own: not counted */
-  /* It may have ended already (settled then): its end could not let the
-   * task go before it was set. */
-  apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
+  /* Published without the family's lock (a second section per spawn was
+   * a second move of its line between the spawner and the worker ending
+   * the children: bench/analysis.md, W11 of the eighth session); mu is
+   * taken only when something is due. Read before: from the publish on,
+   * the node's reference is the only one ct may have left. */
+  int own_opts = fo && !ct->opts->fam; /* a block of its own: not counted */
+  atomic_store_explicit(&n->id, apex_task_id(ct), memory_order_relaxed);
+  /* The handle's reference, now the node's. seq_cst, then a full fence
+   * before the reads below: the child's end stores ended and then reads
+   * task (seq_cst, under mu), and a cancel marks the shared token and
+   * then reads task (under mu, in cancel_live or apex__family_deadline);
+   * so either that reader sees the task, or this spawn sees ended or the
+   * token cancelled and finishes the node's part under mu. */
+  atomic_store(&n->task, ct);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (!own_opts && !atomic_load(&n->ended) && !apex_token_is_cancelled(sh)) {
+    *out = n;
+    return APEX_OK;
+  }
+  apex__lock(&f->mu);
+  if (own_opts) f->fo_refs++;
+  /* Still the node's (not let go by its end, which saw it published). */
+  apex_task_t *cur = atomic_load(&n->task);
+  /* It may have ended before the publish (settled then): its end could
+   * not let the task go. */
+  apex_task_t *drop = cur && n->ended && let_go(cur) ? let_go_locked(n) : NULL;
   /* The shared token fired before the node had its task: its callback
-   * could not end it, so this does (it would never start anyway); and
-   * once the parent's deadline passed, a child whose deadline is that one
-   * ends as that deadline ends it (apex__family_deadline could not see
-   * it either). */
+   * may have missed it, so this ends it too (it would never start
+   * anyway; a second cancel does nothing); and once the parent's
+   * deadline passed, a child whose deadline is that one ends as that
+   * deadline ends it (apex__family_deadline may have missed it too). */
   apex_task_t *late = NULL;
-  if (!n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = ct);
-  int late_dl = late && f->deadline_fired && capped(ct);
+  if (cur && !n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = cur);
+  int late_dl = late && f->deadline_fired && capped(late);
   apex__unlock(&f->mu);
   if (drop) apex__task_unref(drop);
   if (late) {
