@@ -114,31 +114,22 @@ typedef struct node_chunk {
 } node_chunk_t;
 
 struct apex__family {
+  /* Its fields are grouped by who writes them, a cache line each: the
+   * spawner and the worker ending its children take mu once per child
+   * each, and fields of one written by the other in the same lines made
+   * every spawn and every end move two or three lines between their
+   * cores instead of one (bench/analysis.md, W11 of the eighth session). */
+
+  /* Written by both, once per child (mu): the lock and the live count,
+   * with what every end reads. */
   /* Spins before it sleeps (exec/lock.h): the spawner and the worker
    * ending children take it for a few tens of ns each, and glibc's mutex
    * made most of their meetings a futex sleep and wake (bench/analysis.md,
    * W11 of the sixth session). */
-  apex__lock_t mu;
+  _Alignas(APEX__CACHE_LINE) apex__lock_t mu;
   apex__cond_t cv;
-  apex_task_t *parent; /* immutable; alive while holds_parent */
-  apex__run_t *run;    /* the parent's run state: its ctx, for callbacks */
-  uint8_t depth;       /* the parent's depth */
-  /* mu: */
-  double own_weight;
-  apex_child_t **kids;
-  size_t n, cap;
-  node_chunk_t *chunks; /* the newest first (mu) */
   size_t n_live;
-  /* The roll-up's running sums (mu): the weight of every child, and the
-   * counts and weighted percentage of the settled ones (ended, task set:
-   * their state can no longer change). kids[0 .. open_lo) are all settled,
-   * so a roll-up visits only the children from open_lo on, not the whole
-   * family at every flush (a fan-out of 200,000 children spent a tenth of
-   * its CPU there: bench/analysis.md, W11). */
-  double sw, swp_settled;
-  size_t settled_counts[APEX_TASK_SCHEDULED + 1];
-  size_t open_lo;
-  unsigned busy;        /* child ends being processed */
+  unsigned busy;        /* child ends being processed (mu) */
   /* Threads waiting on cv (mu): for every child (n_live 0: wait_all, with
    * apex__family_settle, which also waits for busy 0), and waits that
    * could not mark their children watched (wait_every: any end wakes
@@ -147,15 +138,48 @@ struct apex__family {
    * times, each a futex wake on the children's worker and a context
    * switch (bench/analysis.md, W11 of the sixth session). */
   unsigned wait_all, wait_every;
-  int holds_parent;     /* a parent reference, while n_live or busy */
   int deadline_pending; /* the parent's deadline passed while children lived */
-  /* The parent's deadline passed (apex__family_deadline): a capped child
-   * (no timer of its own) whose spawn returns after it is ended as its
-   * deadline would have ended it. */
-  int deadline_fired;
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
+
+  /* Written by spawns (mu). */
+  _Alignas(APEX__CACHE_LINE) apex_child_t **kids;
+  size_t n, cap;
+  node_chunk_t *chunks; /* the newest first (mu) */
+  /* The weight of every child (mu), for the roll-up. */
+  double sw;
+  /* References on shared the family holds for its next children beyond
+   * its own (mu): taken SH_REFS_BATCH at a time and handed to spawns
+   * without an atomic operation each. A reference per spawn was an atomic
+   * add on a line the host's frees of the children wrote (an atomic
+   * subtraction each), so both missed it at every child (bench/analysis.md,
+   * W11 of the seventh session). */
+  unsigned sh_refs;
+  /* Counts on fo the family holds for its next children (mu), taken
+   * FO_REFS_BATCH at a time as sh_refs are. */
+  unsigned fo_refs;
+
+  /* Written by ends (mu): the roll-up's running sums of the settled
+   * children (ended, task set: their state can no longer change), their
+   * counts and weighted percentage. kids[0 .. open_lo) are all settled,
+   * so a roll-up visits only the children from open_lo on, not the whole
+   * family at every flush (a fan-out of 200,000 children spent a tenth of
+   * its CPU there: bench/analysis.md, W11). */
+  _Alignas(APEX__CACHE_LINE) double swp_settled;
+  size_t settled_counts[APEX_TASK_SCHEDULED + 1];
+  size_t open_lo;
+
+  /* Written seldom. */
+  _Alignas(APEX__CACHE_LINE) apex_task_t *parent; /* immutable; alive while holds_parent */
+  apex__run_t *run;    /* the parent's run state: its ctx, for callbacks */
+  uint8_t depth;       /* the parent's depth */
+  double own_weight;   /* (mu) */
+  int holds_parent;     /* a parent reference, while n_live or busy (mu) */
+  /* The parent's deadline passed (apex__family_deadline): a capped child
+   * (no timer of its own) whose spawn returns after it is ended as its
+   * deadline would have ended it (mu). */
+  int deadline_fired;
   /* The children's shared token (family_shared): a child of the attempt
    * token shared_up, made by the first spawn under it, with one callback
    * (shared_cb) that cancels the live children. Replaced (mu) only when a
@@ -165,19 +189,10 @@ struct apex__family {
   _Atomic(apex_token_t *) shared;
   _Atomic(apex_token_t *) shared_up;
   uint64_t shared_cb; /* (mu) */
-  /* References on shared the family holds for its next children beyond
-   * its own (mu): taken SH_REFS_BATCH at a time and handed to spawns
-   * without an atomic operation each. A reference per spawn was an atomic
-   * add on a line the host's frees of the children wrote (an atomic
-   * subtraction each), so both missed it at every child (bench/analysis.md,
-   * W11 of the seventh session). */
-  unsigned sh_refs;
   /* The opts of its plain children (fam_opts_t), or NULL (no memory: each
    * child then has a block of its own, as any other task). The family
-   * holds a count on it, and fo_refs more for its next children (mu),
-   * taken FO_REFS_BATCH at a time as sh_refs are. */
+   * holds a count on it, and fo_refs more. Immutable. */
   struct fam_opts *fo;
-  unsigned fo_refs;
 };
 
 enum { SH_REFS_BATCH = 256, FO_REFS_BATCH = 256 };
@@ -242,8 +257,10 @@ static int refuse(apex__run_t *r, int rc, const char *fmt, ...) {
 }
 
 static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth) {
-  apex__family_t *f = calloc(1, sizeof *f); /* the lock and cv: zero is their initial state */
+  /* Aligned: its groups of fields are a line each (the struct's). */
+  apex__family_t *f = aligned_alloc(_Alignof(apex__family_t), sizeof *f);
   if (!f) return NULL;
+  memset(f, 0, sizeof *f); /* the lock and cv: zero is their initial state */
   f->parent = t;
   f->run = r;
   f->depth = depth;
