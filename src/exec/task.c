@@ -582,7 +582,7 @@ static void task_free(apex_task_t *t) {
     apex__task_mem_free(t);
   }
   /* Last: the family's block may go with this count (ops/children.c). */
-  apex__fam_opts_unref(fam_opts);
+  if (fam_opts) apex__fam_opts_unref(fam_opts);
   apex__manager_unref(m);
 }
 
