@@ -451,7 +451,9 @@ static apex_task_t *let_go_locked(apex_child_t *n) {
   n->u.names.plugin = t->plugin->desc.name;
   n->u.names.action = t->action->name;
   n->let_go = 1;
-  n->task = NULL;
+  /* Relaxed: every read of it is under mu (a spawn only stores it
+   * without mu, and a let go comes after that store was seen). */
+  atomic_store_explicit(&n->task, NULL, memory_order_relaxed);
   return t;
 }
 
