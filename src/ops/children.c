@@ -69,16 +69,12 @@ struct apex_child {
    * from final and names, and the task's memory goes back to malloc while
    * the family lives on (a fan-out of 200,000 children kept every child's
    * task, options and token: bench/analysis.md, W11). */
-  /* Published by its spawn without mu (seq_cst: see ctx_spawn), then
-   * changed (let go) under mu only. */
-  _Atomic(apex_task_t *) task;
-  _Atomic uint64_t id;   /* 0 until task is published; kept once let go */
+  apex_task_t *task;
+  uint64_t id;           /* (mu) */
   double weight;
   char *label;           /* NULL: "plugin.action" */
   apex_progress_t *last; /* its last delivered progress (mu) */
-  /* Written under mu (seq_cst: a spawn that published its task reads it
-   * without mu, see ctx_spawn). */
-  _Atomic uint8_t ended;
+  uint8_t ended;         /* (mu) */
   uint8_t on_end_set;    /* (mu) */
   uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
   uint8_t final;         /* its terminal state, once ended (mu) */
@@ -114,22 +110,31 @@ typedef struct node_chunk {
 } node_chunk_t;
 
 struct apex__family {
-  /* Its fields are grouped by who writes them, a cache line each: the
-   * spawner and the worker ending its children take mu once per child
-   * each, and fields of one written by the other in the same lines made
-   * every spawn and every end move two or three lines between their
-   * cores instead of one (bench/analysis.md, W11 of the eighth session). */
-
-  /* Written by both, once per child (mu): the lock and the live count,
-   * with what every end reads. */
   /* Spins before it sleeps (exec/lock.h): the spawner and the worker
    * ending children take it for a few tens of ns each, and glibc's mutex
    * made most of their meetings a futex sleep and wake (bench/analysis.md,
    * W11 of the sixth session). */
-  _Alignas(APEX__CACHE_LINE) apex__lock_t mu;
+  apex__lock_t mu;
   apex__cond_t cv;
+  apex_task_t *parent; /* immutable; alive while holds_parent */
+  apex__run_t *run;    /* the parent's run state: its ctx, for callbacks */
+  uint8_t depth;       /* the parent's depth */
+  /* mu: */
+  double own_weight;
+  apex_child_t **kids;
+  size_t n, cap;
+  node_chunk_t *chunks; /* the newest first (mu) */
   size_t n_live;
-  unsigned busy;        /* child ends being processed (mu) */
+  /* The roll-up's running sums (mu): the weight of every child, and the
+   * counts and weighted percentage of the settled ones (ended, task set:
+   * their state can no longer change). kids[0 .. open_lo) are all settled,
+   * so a roll-up visits only the children from open_lo on, not the whole
+   * family at every flush (a fan-out of 200,000 children spent a tenth of
+   * its CPU there: bench/analysis.md, W11). */
+  double sw, swp_settled;
+  size_t settled_counts[APEX_TASK_SCHEDULED + 1];
+  size_t open_lo;
+  unsigned busy;        /* child ends being processed */
   /* Threads waiting on cv (mu): for every child (n_live 0: wait_all, with
    * apex__family_settle, which also waits for busy 0), and waits that
    * could not mark their children watched (wait_every: any end wakes
@@ -138,48 +143,15 @@ struct apex__family {
    * times, each a futex wake on the children's worker and a context
    * switch (bench/analysis.md, W11 of the sixth session). */
   unsigned wait_all, wait_every;
+  int holds_parent;     /* a parent reference, while n_live or busy */
   int deadline_pending; /* the parent's deadline passed while children lived */
+  /* The parent's deadline passed (apex__family_deadline): a capped child
+   * (no timer of its own) whose spawn returns after it is ended as its
+   * deadline would have ended it. */
+  int deadline_fired;
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
-
-  /* Written by spawns (mu). */
-  _Alignas(APEX__CACHE_LINE) apex_child_t **kids;
-  size_t n, cap;
-  node_chunk_t *chunks; /* the newest first (mu) */
-  /* The weight of every child (mu), for the roll-up. */
-  double sw;
-  /* References on shared the family holds for its next children beyond
-   * its own (mu): taken SH_REFS_BATCH at a time and handed to spawns
-   * without an atomic operation each. A reference per spawn was an atomic
-   * add on a line the host's frees of the children wrote (an atomic
-   * subtraction each), so both missed it at every child (bench/analysis.md,
-   * W11 of the seventh session). */
-  unsigned sh_refs;
-  /* Counts on fo the family holds for its next children (mu), taken
-   * FO_REFS_BATCH at a time as sh_refs are. */
-  unsigned fo_refs;
-
-  /* Written by ends (mu): the roll-up's running sums of the settled
-   * children (ended, task set: their state can no longer change), their
-   * counts and weighted percentage. kids[0 .. open_lo) are all settled,
-   * so a roll-up visits only the children from open_lo on, not the whole
-   * family at every flush (a fan-out of 200,000 children spent a tenth of
-   * its CPU there: bench/analysis.md, W11). */
-  _Alignas(APEX__CACHE_LINE) double swp_settled;
-  size_t settled_counts[APEX_TASK_SCHEDULED + 1];
-  size_t open_lo;
-
-  /* Written seldom. */
-  _Alignas(APEX__CACHE_LINE) apex_task_t *parent; /* immutable; alive while holds_parent */
-  apex__run_t *run;    /* the parent's run state: its ctx, for callbacks */
-  uint8_t depth;       /* the parent's depth */
-  double own_weight;   /* (mu) */
-  int holds_parent;     /* a parent reference, while n_live or busy (mu) */
-  /* The parent's deadline passed (apex__family_deadline): a capped child
-   * (no timer of its own) whose spawn returns after it is ended as its
-   * deadline would have ended it (mu). */
-  int deadline_fired;
   /* The children's shared token (family_shared): a child of the attempt
    * token shared_up, made by the first spawn under it, with one callback
    * (shared_cb) that cancels the live children. Replaced (mu) only when a
@@ -189,10 +161,19 @@ struct apex__family {
   _Atomic(apex_token_t *) shared;
   _Atomic(apex_token_t *) shared_up;
   uint64_t shared_cb; /* (mu) */
+  /* References on shared the family holds for its next children beyond
+   * its own (mu): taken SH_REFS_BATCH at a time and handed to spawns
+   * without an atomic operation each. A reference per spawn was an atomic
+   * add on a line the host's frees of the children wrote (an atomic
+   * subtraction each), so both missed it at every child (bench/analysis.md,
+   * W11 of the seventh session). */
+  unsigned sh_refs;
   /* The opts of its plain children (fam_opts_t), or NULL (no memory: each
    * child then has a block of its own, as any other task). The family
-   * holds a count on it, and fo_refs more. Immutable. */
+   * holds a count on it, and fo_refs more for its next children (mu),
+   * taken FO_REFS_BATCH at a time as sh_refs are. */
   struct fam_opts *fo;
+  unsigned fo_refs;
 };
 
 enum { SH_REFS_BATCH = 256, FO_REFS_BATCH = 256 };
@@ -257,10 +238,8 @@ static int refuse(apex__run_t *r, int rc, const char *fmt, ...) {
 }
 
 static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth) {
-  /* Aligned: its groups of fields are a line each (the struct's). */
-  apex__family_t *f = aligned_alloc(_Alignof(apex__family_t), sizeof *f);
+  apex__family_t *f = calloc(1, sizeof *f); /* the lock and cv: zero is their initial state */
   if (!f) return NULL;
-  memset(f, 0, sizeof *f); /* the lock and cv: zero is their initial state */
   f->parent = t;
   f->run = r;
   f->depth = depth;
@@ -451,9 +430,7 @@ static apex_task_t *let_go_locked(apex_child_t *n) {
   n->u.names.plugin = t->plugin->desc.name;
   n->u.names.action = t->action->name;
   n->let_go = 1;
-  /* Relaxed: every read of it is under mu (a spawn only stores it
-   * without mu, and a let go comes after that store was seen). */
-  atomic_store_explicit(&n->task, NULL, memory_order_relaxed);
+  n->task = NULL;
   return t;
 }
 
@@ -636,8 +613,8 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
+  apex__lock(&f->mu);
   if (rc != APEX_OK) {
-    apex__lock(&f->mu);
     for (size_t i = f->n; i-- > 0;) {
       if (f->kids[i] == n) {
         memmove(&f->kids[i], &f->kids[i + 1], (f->n - i - 1) * sizeof *f->kids);
@@ -662,40 +639,20 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     apex_error_unref(err);
     return rc;
   }
-  /* Published without the family's lock (a second section per spawn was
-   * a second move of its line between the spawner and the worker ending
-   * the children: bench/analysis.md, W11 of the eighth session); mu is
-   * taken only when something is due. Read before: from the publish on,
-   * the node's reference is the only one ct may have left. */
-  int own_opts = fo && !ct->opts->fam; /* a block of its own: not counted */
-  atomic_store_explicit(&n->id, apex_task_id(ct), memory_order_relaxed);
-  /* The handle's reference, now the node's. seq_cst, then a full fence
-   * before the reads below: the child's end stores ended and then reads
-   * task (seq_cst, under mu), and a cancel marks the shared token and
-   * then reads task (under mu, in cancel_live or apex__family_deadline);
-   * so either that reader sees the task, or this spawn sees ended or the
-   * token cancelled and finishes the node's part under mu. */
-  atomic_store(&n->task, ct);
-  atomic_thread_fence(memory_order_seq_cst);
-  if (!own_opts && !atomic_load(&n->ended) && !apex_token_is_cancelled(sh)) {
-    *out = n;
-    return APEX_OK;
-  }
-  apex__lock(&f->mu);
-  if (own_opts) f->fo_refs++;
-  /* Still the node's (not let go by its end, which saw it published). */
-  apex_task_t *cur = atomic_load(&n->task);
-  /* It may have ended before the publish (settled then): its end could
-   * not let the task go. */
-  apex_task_t *drop = cur && n->ended && let_go(cur) ? let_go_locked(n) : NULL;
+  n->task = ct; /* the handle's reference, now the node's */
+  n->id = apex_task_id(ct);
+  if (fo && !ct->opts->fam) f->fo_refs++; /* a block of its own: not counted */
+  /* It may have ended already (settled then): its end could not let the
+   * task go before it was set. */
+  apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
   /* The shared token fired before the node had its task: its callback
-   * may have missed it, so this ends it too (it would never start
-   * anyway; a second cancel does nothing); and once the parent's
-   * deadline passed, a child whose deadline is that one ends as that
-   * deadline ends it (apex__family_deadline may have missed it too). */
+   * could not end it, so this does (it would never start anyway); and
+   * once the parent's deadline passed, a child whose deadline is that one
+   * ends as that deadline ends it (apex__family_deadline could not see
+   * it either). */
   apex_task_t *late = NULL;
-  if (cur && !n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = cur);
-  int late_dl = late && f->deadline_fired && capped(late);
+  if (!n->ended && apex_token_is_cancelled(sh)) apex__task_ref(late = ct);
+  int late_dl = late && f->deadline_fired && capped(ct);
   apex__unlock(&f->mu);
   if (drop) apex__task_unref(drop);
   if (late) {
