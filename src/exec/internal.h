@@ -194,6 +194,13 @@ typedef struct apex__task_opts {
    * timeouts' state, no retry policy of its own), a child task's among
    * them; apex__task_opts_free gives it back. */
   uint8_t in_slot;
+  /* This block is a family's, shared by its plain children (ops/children.c,
+   * apex__fam_opts_unref): shared is set too (never freed with a task, never
+   * written after submit); each task that points here holds a count on it,
+   * dropped last in its free, so a child task a host still holds after its
+   * parent and family went reads valid opts. The task's node is
+   * child_node, not child (NULL here). */
+  uint8_t fam;
   /* The operation group it was submitted into (ops/group.c), or NULL, and
    * its index there (never in a shared block: a member has its own). The
    * task's membership holds a group reference until its terminal
@@ -204,6 +211,10 @@ typedef struct apex__task_opts {
    * manager's store, never in a shared block; NULL: not durable. */
   struct apex__dtask *durable;
 } apex__task_opts_t;
+
+/* t's node in its parent's family (src/ops/children.c) while t is a live
+ * child, or NULL: not a child. Immutable after submit: no lock. */
+static inline struct apex_child *apex__task_child(const struct apex_task *t);
 
 /* t's timeouts block, or NULL (immutable after submit: no lock). */
 #define apex__task_tmo(t) ((t)->opts ? (t)->opts->tmo : NULL)
@@ -345,8 +356,21 @@ struct apex_task {
   _Atomic(apex_task_t *) done_next;
   /* Its deadline list (m->pool_mu). Atomic (relaxed, plain moves) only so
    * that a task's end may read them early, without pool_mu, to prefetch
-   * the neighbours its unlink will write (apex__task_prefetch_end). */
-  _Atomic(apex_task_t *) tprev, tnext;
+   * the neighbours its unlink will write (apex__task_prefetch_end).
+   * A task that never joins a deadline list (no deadline of its own: none,
+   * or a child's capped at its parent's) and whose opts are its family's
+   * (opts->fam, ops/children.c) keeps its node in the family there
+   * instead (child_node, written before the task is visible, immutable;
+   * read through apex__task_child only): a child's opts block was a slot
+   * of its own whose fields were all its family's but for the node
+   * (bench/analysis.md, W11 of the eighth session). A prefetch through
+   * it is a hint near the node, which the child's end writes anyway. */
+  union {
+    struct {
+      _Atomic(apex_task_t *) tprev, tnext;
+    };
+    struct apex_child *child_node;
+  };
   /* The outcome once terminal (task lock): result when succeeded, else
    * error. Until then, the word holds the submit time (ns, CLOCK_MONOTONIC
    * to a clock tick: ops/ops.c reports it as the operation's age), written
@@ -363,6 +387,12 @@ struct apex_task {
   _Atomic uint8_t state; /* apex_task_state_t; changed under the task lock */
   uint8_t timer_flags; /* APEX__TIMER_* and APEX__SCHED_* (m->pool_mu) */
 };
+
+static inline struct apex_child *apex__task_child(const struct apex_task *t) {
+  const apex__task_opts_t *x = t->opts;
+  if (!x) return NULL;
+  return x->fam ? t->child_node : x->child;
+}
 
 /* A lazy error: what a task's end stores in out.error instead of an error
  * that would say only what the task can tell again (a cancel's

@@ -720,6 +720,19 @@ static int resolve_opts(apex_manager_t *m, const apex_action_desc_t *a,
   if (apex__tmo_resolve(a, o, tns, why, sizeof why) != APEX_OK)
     return apex__fail(err, APEX_E_INVALID, "%s", why);
   int tmo = tns[0] || tns[1] || tns[2];
+  /* A plain child (no options of the call's, no timeouts, no key hook, no
+   * store) whose deadline needs no list of its own (none, or capped: the
+   * parent's timer ends it): its options are its family's, one block the
+   * family keeps for all of them (sp->fo; the spawn paid this task's count
+   * on it), and its node goes in the task's child_node. A slot of its own
+   * per child was 128 bytes of fresh memory on the spawner and a free on
+   * the host (bench/analysis.md, W11 of the eighth session). */
+  if (sp && sp->fo && !o && !tmo && !g && !a->concurrency_key && !m->dur &&
+      (capped || !t->deadline_ns)) {
+    t->opts = &sp->fo[capped];
+    t->child_node = sp->node;
+    return APEX_OK;
+  }
   if (!tmo && !sp && !g && (!o || (!o->retry && !o->on_event && !o->parent && !start_ns)) &&
       !(m->dur && apex__durable_wanted(m, o, 0)))
     return APEX_OK;

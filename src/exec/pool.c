@@ -710,6 +710,14 @@ static void *worker_main(void *arg) {
   apex_manager_t *m = self->m;
   tls_worker_of = m;
   tls_self = self;
+  /* The thread's malloc arena, made now rather than in its first task's
+   * run: glibc makes one at a thread's first malloc (a heap's address
+   * space reserved, its first pages made writable: about 25 us), and each
+   * worker's first task (a fan-out's parent, its first child) paid it
+   * (bench/analysis.md, W11 of the seventh session). Through a volatile
+   * pointer, or the pair could be folded away. */
+  void *volatile arena_probe = malloc(1);
+  free(arena_probe);
   /* Set: popped (or handed over) with pool_mu not held. NULL: pool_mu
    * held. */
   apex_task_t *t = NULL;

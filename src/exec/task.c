@@ -573,6 +573,7 @@ static void task_free(apex_task_t *t) {
    * nothing. */
   else if (apex_task_state_is_terminal(st) && !apex__error_is_lazy(t->out.error))
     apex_error_unref(t->out.error);
+  const apex__task_opts_t *fam_opts = t->opts && t->opts->fam ? t->opts : NULL;
   if (t->opts && !t->opts->shared) {
     apex__durable_task_free(t->opts->durable);
     apex__task_opts_free(t->opts); /* a class's block stays */
@@ -588,6 +589,8 @@ static void task_free(apex_task_t *t) {
   } else {
     apex__task_mem_free(t);
   }
+  /* Last: the family's block may go with this count (ops/children.c). */
+  if (fam_opts) apex__fam_opts_unref(fam_opts);
   if (batched)
     fb->m_refs++;
   else
@@ -691,7 +694,7 @@ static void deliver_progress_locked(apex_task_t *t, apex_progress_t *snap) {
   t->run->prog->last_progress = snap;
   atomic_fetch_add_explicit(&m->st_prog_delivered, 1, memory_order_relaxed);
   apex__mx_progress_delivering(m, t->run->prog);
-  if (t->opts && t->opts->child) apex__child_delivered(t, snap); /* its parent rolls it up */
+  if (apex__task_child(t)) apex__child_delivered(t, snap); /* its parent rolls it up */
   if (!apex__events_wanted(m, t, APEX_EVENT_PROGRESS)) return;
   apex__ev_t *ev = apex__ev_new(t, APEX_EVENT_PROGRESS);
   if (!ev) return;
@@ -1297,7 +1300,7 @@ static void after_notify(apex_task_t *t, after_t *a) {
       pthread_mutex_unlock(&m->wait_mu);
     }
     /* A child's parent hears of its end after its DONE was queued. */
-    if (t->opts && t->opts->child) apex__child_ended(t);
+    if (apex__task_child(t)) apex__child_ended(t);
   }
 }
 

@@ -168,9 +168,56 @@ struct apex__family {
    * subtraction each), so both missed it at every child (bench/analysis.md,
    * W11 of the seventh session). */
   unsigned sh_refs;
+  /* The opts of its plain children (fam_opts_t), or NULL (no memory: each
+   * child then has a block of its own, as any other task). The family
+   * holds a count on it, and fo_refs more for its next children (mu),
+   * taken FO_REFS_BATCH at a time as sh_refs are. */
+  struct fam_opts *fo;
+  unsigned fo_refs;
 };
 
-enum { SH_REFS_BATCH = 256 };
+enum { SH_REFS_BATCH = 256, FO_REFS_BATCH = 256 };
+
+/* A family's opts block: one for its children with no deadline ([0]) and
+ * one for those capped at the parent's ([1]), each as a child's own block
+ * would be but for the node (the task's child_node holds it instead:
+ * exec/internal.h). Counted: the family holds one, and each child task
+ * that points at it one, dropped last in its free (apex__fam_opts_unref),
+ * so it outlives the family while a host still holds such a child (its
+ * opts answer apex_task_parent_id, and task_free reads them). The count
+ * sits a line away from the blocks, which the children's worker reads
+ * while the host's frees write the count. */
+typedef struct fam_opts {
+  apex__task_opts_t o[2];
+  _Alignas(APEX__CACHE_LINE) atomic_uint refs;
+} fam_opts_t;
+
+static fam_opts_t *fam_opts_new(uint64_t parent_id, uint8_t child_depth) {
+  fam_opts_t *fo = aligned_alloc(_Alignof(fam_opts_t), sizeof *fo);
+  if (!fo) return NULL;
+  memset(fo, 0, sizeof *fo);
+  for (int k = 0; k < 2; k++) {
+    apex__task_opts_t *x = &fo->o[k];
+    x->parent_id = parent_id;
+    x->child_depth = child_depth;
+    x->child_capped = (uint8_t)k;
+    x->sheap_idx = APEX__NOT_IN_HEAP;
+    x->shared = 1; /* never freed with a task, never written after submit */
+    x->fam = 1;
+  }
+  atomic_init(&fo->refs, 1); /* the family's */
+  return fo;
+}
+
+static void fam_opts_unref_n(fam_opts_t *fo, unsigned n) {
+  if (atomic_fetch_sub_explicit(&fo->refs, n, memory_order_acq_rel) == n) free(fo);
+}
+
+void apex__fam_opts_unref(const apex__task_opts_t *x) {
+  if (!x) return;
+  /* x is o[child_capped] of its block. */
+  fam_opts_unref_n((fam_opts_t *)(uintptr_t)(x - x->child_capped), 1);
+}
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
 
@@ -196,6 +243,7 @@ static apex__family_t *family_new(apex_task_t *t, apex__run_t *r, uint8_t depth)
   f->parent = t;
   f->run = r;
   f->depth = depth;
+  f->fo = fam_opts_new(t->id, (uint8_t)(depth + 1u)); /* NULL: children get their own */
   atomic_init(&f->dirty, 0);
   atomic_init(&f->shared, NULL);
   atomic_init(&f->shared_up, NULL);
@@ -209,6 +257,7 @@ void apex__family_free(apex__family_t *f) {
     apex_token_remove_callback(sh, f->shared_cb);
     apex__token_unref_n(sh, 1 + f->sh_refs); /* its own, and the batch's rest */
   }
+  if (f->fo) fam_opts_unref_n(f->fo, 1 + f->fo_refs); /* children still held keep it */
   for (size_t i = 0; i < f->n; i++) {
     apex_child_t *n = f->kids[i];
     apex_progress_unref(n->last);
@@ -533,6 +582,17 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     }
     f->sh_refs--;
   }
+  /* The child's count on the family's opts block, from its batch too; given
+   * back below when the child's opts are not the family's. */
+  const apex__task_opts_t *fo = NULL;
+  if (f->fo) {
+    if (!f->fo_refs) {
+      atomic_fetch_add_explicit(&f->fo->refs, FO_REFS_BATCH, memory_order_relaxed);
+      f->fo_refs = FO_REFS_BATCH;
+    }
+    f->fo_refs--;
+    fo = f->fo->o;
+  }
   apex__unlock(&f->mu);
 
   /* Without submit options or a timeout of its own, the defaults: no
@@ -549,7 +609,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
     sop = &so;
   }
-  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh, paid ? &taken : NULL};
+  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh, paid ? &taken : NULL, fo};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
@@ -570,6 +630,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
      * dropped when sh is no longer the family's. */
     int give_back = paid && !taken && atomic_load_explicit(&f->shared, memory_order_relaxed) != sh;
     if (paid && !taken && !give_back) f->sh_refs++;
+    if (fo) f->fo_refs++; /* a refused task never counts on the block */
     apex__unlock(&f->mu);
     if (give_back) apex_token_unref(sh);
     if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
@@ -580,6 +641,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   }
   n->task = ct; /* the handle's reference, now the node's */
   n->id = apex_task_id(ct);
+  if (fo && !ct->opts->fam) f->fo_refs++; /* a block of its own: not counted */
   /* It may have ended already (settled then): its end could not let the
    * task go before it was set. */
   apex_task_t *drop = n->ended && let_go(ct) ? let_go_locked(n) : NULL;
@@ -607,7 +669,7 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
 /* ------------------------------------------------------ engine hooks */
 
 void apex__child_delivered(apex_task_t *t, apex_progress_t *snap) {
-  apex_child_t *n = t->opts->child;
+  apex_child_t *n = apex__task_child(t);
   apex__family_t *f = n->fam;
   apex__lock(&f->mu);
   apex_progress_t *old = n->last;
@@ -623,7 +685,7 @@ void apex__child_delivered(apex_task_t *t, apex_progress_t *snap) {
 }
 
 void apex__child_ended(apex_task_t *t) {
-  apex_child_t *n = t->opts->child;
+  apex_child_t *n = apex__task_child(t);
   apex__family_t *f = n->fam;
   apex_manager_t *m = apex__task_m(f->parent);
   apex__lock(&f->mu);

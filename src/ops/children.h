@@ -8,6 +8,7 @@
 #include "apex/apex.h"
 
 struct apex__run;
+struct apex__task_opts;
 typedef struct apex__family apex__family_t;
 
 /* What makes a submit a spawn (manager.c, apex__submit). */
@@ -23,6 +24,13 @@ typedef struct apex__spawn_info {
    * that leaves it 0: the family takes the reference back). */
   apex_token_t *tok;
   int *tok_taken;
+  /* The family's opts blocks for its plain children ([0]: no deadline,
+   * [1]: capped at the parent's), or NULL; a child whose options are all
+   * its family's (no submit options, timeouts, key hook or store: see
+   * resolve_opts) points at one instead of an opts slot of its own, and
+   * keeps the count on it the family paid (the caller gives it back when
+   * the child's opts are not these: opts->fam). */
+  const struct apex__task_opts *fo;
 } apex__spawn_info_t;
 
 /* apex__submit (ops/ops.h) takes an apex__spawn_info_t for a child. */
@@ -31,6 +39,10 @@ typedef struct apex__spawn_info {
 void apex__children_api_init(apex_host_api_t *api);
 
 /* task.c hooks. */
+/* The last read of x, a family's opts block (opts->fam) or NULL, by the
+ * task that pointed at it (task_free): drops its count; the block goes
+ * with the last. Any thread, no lock. */
+void apex__fam_opts_unref(const struct apex__task_opts *x);
 /* The parent task is freed: frees its family (every child ended by then:
  * the family holds a parent reference while one is live). No lock. */
 void apex__family_free(apex__family_t *f);
