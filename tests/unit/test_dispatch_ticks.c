@@ -24,40 +24,8 @@
 #include "apex/apex.h"
 #include "exec/internal.h"
 #include "integration/harness.h"
+#include "integration/dispatch_harness.h"
 
-typedef struct {
-  int done, timed_out;
-} seen_t;
-
-static void on_event(const apex_event_t *ev, void *user) {
-  seen_t *s = user;
-  if (ev->type != APEX_EVENT_DONE) return;
-  s->done++;
-  s->timed_out += ev->state == APEX_TASK_TIMED_OUT;
-}
-
-static apex_manager_t *dispatch_manager(seen_t *s) {
-  apex_manager_config_t cfg = base_config(1);
-  cfg.delivery = APEX_DELIVER_DISPATCH;
-  cfg.on_event = on_event;
-  cfg.event_user = s;
-  cfg.event_mask = APEX_EVENT_DONE;
-  return make_test_manager(&cfg);
-}
-
-static int readable(int fd, int ms) {
-  struct pollfd p = {.fd = fd, .events = POLLIN};
-  return poll(&p, 1, ms) == 1 && (p.revents & POLLIN);
-}
-
-static void pump_until(apex_manager_t *m, const seen_t *s, int done) {
-  int64_t until = now_ms() + 10000;
-  while (s->done < done && now_ms() < until) {
-    (void)readable(apex_manager_fd(m), 100);
-    assert_true(apex_manager_dispatch(m) >= 0);
-  }
-  assert_int_equal(s->done, done);
-}
 
 /* The mode the manager took: ticks wherever the probe finds the ioctl,
  * the epoll when told. */
@@ -75,7 +43,7 @@ static void check_mode(apex_manager_t *m, int want_ticks) {
 
 static void rearm_keeps_event_signal(int ticks) {
   seen_t s = {0};
-  apex_manager_t *m = dispatch_manager(&s);
+  apex_manager_t *m = dispatch_manager(&s, 1);
   check_mode(m, ticks);
   int fd = apex_manager_fd(m);
   apex_submit_opts_t late = opts_timeout(3600), early = opts_timeout(1800);
@@ -95,7 +63,7 @@ static void rearm_keeps_event_signal(int ticks) {
 
 static void timeout_through_fd(int ticks) {
   seen_t s = {0};
-  apex_manager_t *m = dispatch_manager(&s);
+  apex_manager_t *m = dispatch_manager(&s, 1);
   check_mode(m, ticks);
   apex_submit_opts_t o = opts_timeout(0.05);
   for (int i = 0; i < 5; i++) {
@@ -111,7 +79,7 @@ static void timeout_through_fd(int ticks) {
 /* Whether this kernel has the ioctl (else the default is the epoll). */
 static int kernel_ticks(void) {
   seen_t s = {0};
-  apex_manager_t *m = dispatch_manager(&s);
+  apex_manager_t *m = dispatch_manager(&s, 1);
   int t = m->ev_ticks;
   assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
   return t;

@@ -32,35 +32,12 @@
 #include "apex/apex.h"
 #include "exec/internal.h"
 #include "integration/harness.h"
+#include "integration/dispatch_harness.h"
 
 #ifndef TFD_IOC_SET_TICKS
 #define TFD_IOC_SET_TICKS _IOW('T', 0, uint64_t)
 #endif
 
-typedef struct {
-  int done, timed_out;
-} seen_t;
-
-static void on_event(const apex_event_t *ev, void *user) {
-  seen_t *s = user;
-  if (ev->type != APEX_EVENT_DONE) return;
-  s->done++;
-  s->timed_out += ev->state == APEX_TASK_TIMED_OUT;
-}
-
-static int readable(int fd, int ms) {
-  struct pollfd p = {.fd = fd, .events = POLLIN};
-  return poll(&p, 1, ms) == 1 && (p.revents & POLLIN);
-}
-
-static void pump_until(apex_manager_t *m, const seen_t *s, int done) {
-  int64_t until = now_ms() + 10000;
-  while (s->done < done && now_ms() < until) {
-    (void)readable(apex_manager_fd(m), 100);
-    assert_true(apex_manager_dispatch(m) >= 0);
-  }
-  assert_int_equal(s->done, done);
-}
 
 /* Every thread of the process: ioctl(fd, TFD_IOC_SET_TICKS, ...) fails
  * with EPERM, every other system call is allowed. Returns: 1 if in force. */
@@ -92,12 +69,7 @@ static int deny_ticks(void) {
 static void test_events_and_deadlines_without_the_ioctl(void **st) {
   (void)st;
   seen_t s = {0};
-  apex_manager_config_t cfg = base_config(2);
-  cfg.delivery = APEX_DELIVER_DISPATCH;
-  cfg.on_event = on_event;
-  cfg.event_user = &s;
-  cfg.event_mask = APEX_EVENT_DONE;
-  apex_manager_t *m = make_test_manager(&cfg);
+  apex_manager_t *m = dispatch_manager(&s, 2);
   if (!m->ev_ticks) {
     assert_int_equal(apex_manager_destroy(m, 5000), APEX_OK);
     skip(); /* the kernel has no ticks ioctl: the epoll serves */
