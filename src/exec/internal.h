@@ -559,6 +559,13 @@ struct apex_manager {
   apex__sched_t *sched;
   _Alignas(APEX__CACHE_LINE) apex__lock_t pool_mu; /* spins, then sleeps (lock.h) */
   apex__worker_t *workers;
+  /* Tasks picked for an inline start (apex__pool_start_inline) whose
+   * starting thread has not yet given them back: between the pick and the
+   * attempt's open a task is in neither the scheduler nor a live list, and
+   * the ops walk (apex__pool_collect_held_locked) finds it here, as it
+   * finds a worker's popped task in its holding word. A thread's node is
+   * its own (pool.c, tls_hold): one inline start at a time per thread. */
+  struct apex__inline_hold *inline_held;
   apex__worker_t *idle_head; /* idle workers, the latest first */
   unsigned n_threads;  /* worker threads alive */
   unsigned n_idle;     /* on the idle stack */

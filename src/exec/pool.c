@@ -151,6 +151,33 @@ static _Thread_local apex__worker_t *tls_self TLS_IE;
 static _Thread_local apex_task_t *tls_inline TLS_IE;
 static _Thread_local int tls_inline_slots TLS_IE;
 
+/* This thread's place on m->inline_held (under that manager's pool_mu),
+ * from the section that picks a task for its inline start to the one
+ * that ends the start. */
+typedef struct apex__inline_hold {
+  apex_task_t *t;
+  struct apex__inline_hold *prev, *next;
+} apex__inline_hold_t;
+static _Thread_local apex__inline_hold_t tls_hold TLS_IE;
+
+static void hold_link_locked(apex_manager_t *m, apex_task_t *t) {
+  apex__inline_hold_t *h = &tls_hold;
+  h->t = t;
+  h->prev = NULL;
+  h->next = m->inline_held;
+  if (h->next) h->next->prev = h;
+  m->inline_held = h;
+}
+
+static void hold_unlink_locked(apex_manager_t *m) {
+  apex__inline_hold_t *h = &tls_hold;
+  if (h->prev) h->prev->next = h->next;
+  else m->inline_held = h->next;
+  if (h->next) h->next->prev = h->prev;
+  h->t = NULL;
+  h->prev = h->next = NULL;
+}
+
 apex__worker_t *apex__pool_self(const apex_manager_t *m) {
   return tls_worker_of == m ? tls_self : NULL;
 }
@@ -402,6 +429,7 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
     apex_task_t *p = alone ? apex__sched_pick_locked(m) : NULL;
     if (p == t) {
       *picked = 1; /* the scheduler's reference is the caller's now */
+      hold_link_locked(m, t); /* found by the ops walk until its start ends */
     } else {
       if (p) { /* not this one after all: back, for a worker */
         apex__sched_release_locked(m, p);
@@ -423,16 +451,20 @@ void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t) {
   tls_inline_slots = 1; /* the pick's, the attempt's once it opens */
   int teardown = apex__task_run(t);
   tls_inline = NULL;
+  /* Off the held list: on a live list from its attempt's open on, or
+   * ended. */
+  int e = 0;
+  apex__worker_t *wake = NULL;
+  apex__lock(&m->pool_mu);
+  hold_unlink_locked(m);
   if (tls_inline_slots) { /* it never opened (ended meanwhile, or no memory) */
     tls_inline_slots = 0;
-    int e = 0;
-    apex__lock(&m->pool_mu);
     apex__sched_release_locked(m, t);
-    apex__worker_t *wake = wake_for_runnable_locked(m, &e);
-    apex__unlock(&m->pool_mu);
-    wake_worker(wake);
-    log_no_replacement(m, e);
+    wake = wake_for_runnable_locked(m, &e);
   }
+  apex__unlock(&m->pool_mu);
+  wake_worker(wake);
+  log_no_replacement(m, e);
   /* As a complete() from a plugin's own thread: the last attempt of an
    * orphaned manager tears it down (no submit races a destroy, but the
    * rule is the same everywhere). */
@@ -451,21 +483,26 @@ void apex__pool_await_room(apex_manager_t *m, apex_task_t *t, uint64_t until) {
   apex__unlock(&m->pool_mu);
 }
 
+/* Counts t in out[0..max) with a reference, unless it ended. */
+static size_t collect_held_one(apex_task_t *t, apex_task_t **out, size_t max, size_t k) {
+  /* Ended (its run returned, the word not cleared yet): not live, and no
+   * longer on its way anywhere. */
+  if (!t || apex_task_state_is_terminal(apex_task_state(t))) return k;
+  /* Alive: its worker (or inline starter) drops its reference after the
+   * pool_mu section that clears its word (or unlinks it). */
+  if (k < max) {
+    apex__task_ref(t);
+    out[k] = t;
+  }
+  return k + 1;
+}
+
 size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size_t max) {
   size_t k = 0;
-  for (apex__worker_t *w = m->workers; w; w = w->next) {
-    apex_task_t *t = atomic_load_explicit(&w->holding, memory_order_relaxed);
-    /* Ended (its run returned, the word not cleared yet): not live, and
-     * no longer on its way anywhere. */
-    if (!t || apex_task_state_is_terminal(apex_task_state(t))) continue;
-    /* Alive: its worker drops its reference after the pool_mu section
-     * that clears this word. */
-    if (k < max) {
-      apex__task_ref(t);
-      out[k] = t;
-    }
-    k++;
-  }
+  for (apex__worker_t *w = m->workers; w; w = w->next)
+    k = collect_held_one(atomic_load_explicit(&w->holding, memory_order_relaxed), out, max, k);
+  for (apex__inline_hold_t *h = m->inline_held; h; h = h->next)
+    k = collect_held_one(h->t, out, max, k);
   return k;
 }
 

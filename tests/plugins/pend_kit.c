@@ -7,6 +7,8 @@
  *   quick    as pend, flagged APEX_ACTION_F_START_INLINE: it may start on
  *            the submitting thread; each start stores its thread
  *            (g_quick_thread) and counts itself (g_quick_starts).
+ *   gate     as quick, but its start first sets g_gate_in, then waits
+ *            (yielding) until the test sets g_gate_open.
  *   twice    deferred: registers, then checks a second registration returns
  *            APEX_E_ALREADY and a NULL callback APEX_E_INVALID (counted in
  *            `bad_register` otherwise), then stays pending as pend does.
@@ -30,6 +32,7 @@
  * counters are atomics of the library image (one test process). What can
  * fail: the ready_fd write in race (the task fails APEX_E_IO). */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -100,6 +103,17 @@ PK_EXPORT _Atomic uintptr_t g_quick_thread;
 static int quick(apex_ctx_t *ctx) {
   atomic_store(&g_quick_thread, (uintptr_t)pthread_self());
   atomic_fetch_add(&g_quick_starts, 1);
+  return pend(ctx);
+}
+
+/* gate: as quick, but its start waits (yielding) until g_gate_open is set,
+ * having set g_gate_in: a test looks at the task while its inline start
+ * runs. (A real flagged start must not wait; this one holds the window.) */
+PK_EXPORT atomic_int g_gate_in, g_gate_open;
+
+static int gate(apex_ctx_t *ctx) {
+  atomic_store(&g_gate_in, 1);
+  while (!atomic_load(&g_gate_open)) sched_yield();
   return pend(ctx);
 }
 
@@ -243,6 +257,8 @@ static const apex_action_desc_t k_actions[] = {
     {.name = "pend", .description = "Pending until cancelled (on_cancel)", .handler = pend,
      .kind = APEX_ACTION_DEFERRED},
     {.name = "quick", .description = "As pend; may start on the submitter", .handler = quick,
+     .kind = APEX_ACTION_DEFERRED, .flags = APEX_ACTION_F_START_INLINE},
+    {.name = "gate", .description = "As quick; its start waits for the test", .handler = gate,
      .kind = APEX_ACTION_DEFERRED, .flags = APEX_ACTION_F_START_INLINE},
     {.name = "twice", .description = "Registers twice", .handler = twice,
      .kind = APEX_ACTION_DEFERRED},
