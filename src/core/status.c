@@ -3,7 +3,6 @@
 #include "apex/apex.h"
 
 typedef struct {
-  int code;
   const char *name;
   const char *text;
 } status_row_t;
@@ -13,32 +12,32 @@ typedef struct {
  * per task: W7, W3q); a gap's name is NULL. */
 #define CODE_SPAN 64
 static const status_row_t rows[CODE_SPAN] = {
-    [-APEX_OK] = {APEX_OK, "ok", "success"},
-    [-APEX_E_INVALID] = {APEX_E_INVALID, "invalid", "invalid argument"},
-    [-APEX_E_NOMEM] = {APEX_E_NOMEM, "no_memory", "out of memory"},
-    [-APEX_E_IO] = {APEX_E_IO, "io", "a system call failed"},
-    [-APEX_E_ALREADY] = {APEX_E_ALREADY, "already", "already done"},
-    [-APEX_E_AGAIN] = {APEX_E_AGAIN, "again", "timed out waiting; try again"},
-    [-APEX_E_BUSY] = {APEX_E_BUSY, "busy", "handlers still running"},
-    [-APEX_E_QUEUE_FULL] = {APEX_E_QUEUE_FULL, "queue_full", "the task queue is full"},
-    [-APEX_E_SHUTTING_DOWN] = {APEX_E_SHUTTING_DOWN, "shutting_down",
+    [-APEX_OK] = {"ok", "success"},
+    [-APEX_E_INVALID] = {"invalid", "invalid argument"},
+    [-APEX_E_NOMEM] = {"no_memory", "out of memory"},
+    [-APEX_E_IO] = {"io", "a system call failed"},
+    [-APEX_E_ALREADY] = {"already", "already done"},
+    [-APEX_E_AGAIN] = {"again", "timed out waiting; try again"},
+    [-APEX_E_BUSY] = {"busy", "handlers still running"},
+    [-APEX_E_QUEUE_FULL] = {"queue_full", "the task queue is full"},
+    [-APEX_E_SHUTTING_DOWN] = {"shutting_down",
         "the manager is shutting down"},
-    [-APEX_E_STORE] = {APEX_E_STORE, "store", "the task store failed"},
-    [-APEX_E_PLUGIN] = {APEX_E_PLUGIN, "plugin_error", "plugin error"},
-    [-APEX_E_PLUGIN_NOT_FOUND] = {APEX_E_PLUGIN_NOT_FOUND, "plugin_not_found", "no such plugin"},
-    [-APEX_E_ACTION_NOT_FOUND] = {APEX_E_ACTION_NOT_FOUND, "action_not_found", "no such action"},
-    [-APEX_E_PLUGIN_LOAD] = {APEX_E_PLUGIN_LOAD, "plugin_load", "the plugin could not be loaded"},
-    [-APEX_E_ABI_MISMATCH] = {APEX_E_ABI_MISMATCH, "abi_mismatch",
+    [-APEX_E_STORE] = {"store", "the task store failed"},
+    [-APEX_E_PLUGIN] = {"plugin_error", "plugin error"},
+    [-APEX_E_PLUGIN_NOT_FOUND] = {"plugin_not_found", "no such plugin"},
+    [-APEX_E_ACTION_NOT_FOUND] = {"action_not_found", "no such action"},
+    [-APEX_E_PLUGIN_LOAD] = {"plugin_load", "the plugin could not be loaded"},
+    [-APEX_E_ABI_MISMATCH] = {"abi_mismatch",
         "the plugin was built for another ABI"},
-    [-APEX_E_INVALID_PARAMS] = {APEX_E_INVALID_PARAMS, "invalid_params", "invalid params"},
-    [-APEX_E_EXECUTION] = {APEX_E_EXECUTION, "execution", "the action failed"},
-    [-APEX_E_TIMEOUT] = {APEX_E_TIMEOUT, "timeout", "the action timed out"},
-    [-APEX_E_CANCELLED] = {APEX_E_CANCELLED, "cancelled", "the action was cancelled"},
-    [-APEX_E_TRANSIENT] = {APEX_E_TRANSIENT, "transient", "the action failed transiently"},
-    [-APEX_E_CRASHED] = {APEX_E_CRASHED, "crashed", "the plugin crashed"},
-    [-APEX_E_INVALID_RESULT] = {APEX_E_INVALID_RESULT, "invalid_result",
+    [-APEX_E_INVALID_PARAMS] = {"invalid_params", "invalid params"},
+    [-APEX_E_EXECUTION] = {"execution", "the action failed"},
+    [-APEX_E_TIMEOUT] = {"timeout", "the action timed out"},
+    [-APEX_E_CANCELLED] = {"cancelled", "the action was cancelled"},
+    [-APEX_E_TRANSIENT] = {"transient", "the action failed transiently"},
+    [-APEX_E_CRASHED] = {"crashed", "the plugin crashed"},
+    [-APEX_E_INVALID_RESULT] = {"invalid_result",
         "the action's result is not a valid value"},
-    [-APEX_E_INTERRUPTED] = {APEX_E_INTERRUPTED, "interrupted",
+    [-APEX_E_INTERRUPTED] = {"interrupted",
         "the action was interrupted by a crash and not run again"},
 };
 
