@@ -3,7 +3,8 @@
  * tests/integration/test_sched_*.c. The three are one kit under three
  * names, so limits per plugin and per action can be told apart.
  *
- *   x   blocking: enter, work `us` microseconds, leave, succeed.
+ *   x   blocking: enter, work `us` microseconds, leave, succeed; with us
+ *       -1, wait while the probe's `hold` is set (a gate the test opens).
  *   d   deferred: enter, hand the ctx to the plugin's completer thread,
  *       which works `us` microseconds, leaves and completes it (a deferred
  *       attempt holds its slot until complete()).
@@ -90,6 +91,8 @@ static int sk_x(apex_ctx_t *ctx) {
   sk_args_t a;
   sk_read(ctx, &a);
   sk_enter(&a);
+  if (a.us < 0)
+    while (atomic_load(&a.probe->hold)) sk_nap_us(100);
   sk_nap_us(a.us);
   sk_leave(&a);
   return APEX_OK;

@@ -12,6 +12,7 @@
 typedef struct sk_probe {
   atomic_int cur[SK_SLOTS], max[SK_SLOTS];
   atomic_int started, finished;
+  atomic_int hold; /* x with us -1 waits while this is non-zero */
   atomic_llong n_starts;
   int64_t start_ns[SK_MAX_STARTS]; /* CLOCK_MONOTONIC, in start order */
   int start_tag[SK_MAX_STARTS];
