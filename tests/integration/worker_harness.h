@@ -143,6 +143,22 @@ static inline const char *wh_state(apex_store_t *s, uint64_t id) {
   return st;
 }
 
+/* The store's tasks of plugin.action in state running, from one
+ * apex_store_list (one query: one snapshot). */
+static inline int wh_count_running(apex_store_t *s, const char *plugin, const char *action) {
+  apex_store_filter_t f = APEX_STORE_FILTER_INIT;
+  f.states = APEX_OPS_STATE(APEX_TASK_RUNNING);
+  f.plugin = plugin;
+  f.action = action;
+  f.limit = 10000;
+  json_t *page = NULL;
+  assert_int_equal(apex_store_list(s, &f, &page, NULL), APEX_OK);
+  int n = (int)json_array_size(json_object_get(page, "tasks"));
+  assert_true(json_is_null(json_object_get(page, "next")));
+  json_decref(page);
+  return n;
+}
+
 static inline int wh_terminal(const char *st) {
   return strcmp(st, "succeeded") == 0 || strcmp(st, "failed") == 0 ||
          strcmp(st, "cancelled") == 0 || strcmp(st, "timed_out") == 0;
