@@ -324,20 +324,35 @@ static void w3(const char *peer, uint64_t n) {
   uint64_t cpu_sum = 0;
   int efd = bench_efd_new(0);
   json_t *p = wait_params(efd);
+  /* BENCH_PLACEMENT=1: the handler adds the CPU it woke on (+1) to cpu_fd. */
+  unsigned char *same = NULL;
+  int cpu_fd = -1;
+  if (bench_placement_on()) {
+    same = bench_xcalloc(n, 1);
+    cpu_fd = bench_efd_new(0);
+    if (json_object_set_new(p, "cpu_fd", json_integer(cpu_fd)) != 0) bench_die("out of memory");
+  }
   for (uint64_t i = 0; i < n; i++) {
     apex_task_t *t = submit(&h, "wait", p, DEADLINE_S);
     await_ready(efd, 1);
+    int host_cpu = same ? bench_cpu_now() : -1;
     uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     cancel(t);
     pump_until(&h, i + 1);
     lat[i] = bench_now_ns() - t0;
     cpu_sum += bench_cpu_ns() - cpu0;
+    if (same) same[i] = bench_efd_wait(cpu_fd) == (uint64_t)host_cpu + 1;
     apex_task_release(t);
   }
   json_decref(p);
   close(efd);
   host_close(&h);
+  if (same) {
+    close(cpu_fd);
+    bench_emit_placement(peer, "W3", n, lat, same);
+    free(same);
+  }
   bench_emit_latencies(peer, "W3", n, lat, 0);
   bench_emit_cpu(peer, "W3", n, "cpu_ns_per_task", cpu_sum, n);
   free(lat);

@@ -250,6 +250,7 @@ typedef struct {
   atomic_bool cancel;
   int cancel_fd;
   int ready_fd;
+  int woke_cpu; /* the CPU blocked_run woke on (BENCH_PLACEMENT) */
 } blocked_task_t;
 
 static void blocked_run(floor_task_t *t) {
@@ -258,6 +259,7 @@ static void blocked_run(floor_task_t *t) {
   if (!atomic_load_explicit(&b->cancel, memory_order_acquire)) bench_wait_readable(b->cancel_fd);
   if (!atomic_load_explicit(&b->cancel, memory_order_acquire))
     bench_die("blocked handler woken without its cancel flag");
+  b->woke_cpu = bench_cpu_now();
   t->status = FLOOR_CANCELLED;
 }
 
@@ -353,6 +355,7 @@ static void run_w1(floor_t *f, uint64_t size) {
 typedef struct {
   uint64_t done;
   uint64_t t1, cpu1;
+  int woke_cpu; /* W3: the last handler's (BENCH_PLACEMENT) */
 } seq_ctx_t;
 
 static void seq_end(seq_ctx_t *c, uint64_t t1) {
@@ -391,6 +394,7 @@ static void run_w2(floor_t *f, uint64_t size) {
 static void w3_done(floor_task_t *t) {
   uint64_t t1 = bench_now_ns();
   seq_ctx_t *c = t->ctx;
+  c->woke_cpu = CONTAINER_OF(t, blocked_task_t, base)->woke_cpu;
   blocked_finish(t);
   seq_end(c, t1);
 }
@@ -400,18 +404,25 @@ static void run_w3(floor_t *f, uint64_t size) {
   uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
   uint64_t cpu_sum = 0;
   int ready_fd = bench_efd_new(EFD_SEMAPHORE);
+  unsigned char *same = bench_placement_on() ? bench_xcalloc(size, 1) : NULL;
   for (uint64_t i = 0; i < size; i++) {
     blocked_task_t *b = blocked_new(&c, ready_fd, w3_done);
     floor_submit(f, &b->base);
     bench_efd_wait(ready_fd); /* the handler is in its wait */
+    int host_cpu = same ? bench_cpu_now() : -1;
     uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     blocked_cancel(b);
     while (c.done == i) floor_wait(f, -1);
     lat[i] = c.t1 - t0;
     cpu_sum += c.cpu1 - cpu0;
+    if (same) same[i] = c.woke_cpu == host_cpu;
   }
   xclose(ready_fd);
+  if (same) {
+    bench_emit_placement(PEER, "W3", size, lat, same);
+    free(same);
+  }
   bench_emit_latencies(PEER, "W3", size, lat, false);
   bench_emit_cpu(PEER, "W3", size, "cpu_ns_per_task", cpu_sum, size);
   free(lat);

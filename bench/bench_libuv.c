@@ -70,12 +70,14 @@ typedef struct {
   int cancel_fd;
   int ready_fd;
   bool saw_cancel; /* written by work_cb, read in after_work_cb */
+  int woke_cpu;    /* the CPU work_cb woke on (BENCH_PLACEMENT), as saw_cancel */
 } blocked_task_t;
 
 static void blocked_work(uv_work_t *req) {
   blocked_task_t *b = CONTAINER_OF(req, blocked_task_t, req);
   if (b->ready_fd >= 0) bench_efd_signal(b->ready_fd);
   bench_wait_readable(b->cancel_fd);
+  b->woke_cpu = bench_cpu_now();
   b->saw_cancel = true;
 }
 
@@ -253,12 +255,14 @@ static void run_w2(uv_loop_t *loop, uint64_t size) {
 typedef struct {
   uint64_t done;
   uint64_t t1, cpu1;
+  int woke_cpu; /* the last handler's (BENCH_PLACEMENT) */
 } w3_ctx_t;
 
 static void w3_after(uv_work_t *req, int status) {
   uint64_t t1 = bench_now_ns();
   uint64_t cpu1 = bench_cpu_ns();
   w3_ctx_t *c = req->data;
+  c->woke_cpu = CONTAINER_OF(req, blocked_task_t, req)->woke_cpu;
   blocked_finish(CONTAINER_OF(req, blocked_task_t, req), status);
   c->t1 = t1;
   c->cpu1 = cpu1;
@@ -270,11 +274,13 @@ static void run_w3(uv_loop_t *loop, uint64_t size) {
   uint64_t *lat = bench_xcalloc(size, sizeof(uint64_t));
   uint64_t cpu_sum = 0;
   int ready_fd = bench_efd_new(EFD_SEMAPHORE);
+  unsigned char *same = bench_placement_on() ? bench_xcalloc(size, 1) : NULL;
   warm_pool(loop);
   for (uint64_t i = 0; i < size; i++) {
     blocked_task_t *b = blocked_new(&c, ready_fd);
     uv_check(uv_queue_work(loop, &b->req, blocked_work, w3_after), "uv_queue_work");
     bench_efd_wait(ready_fd); /* the loop is idle here: the task is in its wait */
+    int host_cpu = same ? bench_cpu_now() : -1;
     uint64_t cpu0 = bench_cpu_ns();
     uint64_t t0 = bench_now_ns();
     bench_efd_signal(b->cancel_fd);
@@ -282,8 +288,13 @@ static void run_w3(uv_loop_t *loop, uint64_t size) {
     if (c.done != i + 1) bench_die("W3: sample %" PRIu64 " did not complete", i);
     lat[i] = c.t1 - t0;
     cpu_sum += c.cpu1 - cpu0;
+    if (same) same[i] = c.woke_cpu == host_cpu;
   }
   if (close(ready_fd) != 0) bench_die("close: %s", strerror(errno));
+  if (same) {
+    bench_emit_placement(peer, "W3", size, lat, same);
+    free(same);
+  }
   bench_emit_latencies(peer, "W3", size, lat, false);
   bench_emit_cpu(peer, "W3", size, "cpu_ns_per_task", cpu_sum, size);
   free(lat);

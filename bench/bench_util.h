@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -184,6 +185,45 @@ static BENCH_UNUSED void bench_emit_latencies(const char *peer, const char *work
   bench_emit(peer, workload, size, "p99", (double)bench_quantile(lat, size, 0.99), "ns");
   if (p999)
     bench_emit(peer, workload, size, "p999", (double)bench_quantile(lat, size, 0.999), "ns");
+}
+
+/* W3's placement split (BENCH_PLACEMENT=1 in the environment; off by
+ * default, and then nothing below runs). A W3 sample has two modes on a
+ * 2-core VM: the cancelled handler ran on the CPU the host cancelled from
+ * (every wake-up a switch on one CPU: a few us), or on the other one (each
+ * wake-up an inter-processor interrupt to a halted virtual CPU: tens of
+ * us). Which mode a process draws is the kernel's placement, for every
+ * peer alike, so a p50 compares draws as much as runtimes
+ * (bench/analysis.md, "W3 by placement"); the split compares each mode
+ * with the same mode. */
+static BENCH_UNUSED int bench_placement_on(void) {
+  const char *e = getenv("BENCH_PLACEMENT");
+  return e && strcmp(e, "1") == 0;
+}
+
+/* The CPU this thread runs on, -1 if unknown (glibc's sched_getcpu is
+ * _GNU_SOURCE; the system call is as good here). */
+static BENCH_UNUSED int bench_cpu_now(void) {
+  unsigned cpu = 0;
+  return syscall(SYS_getcpu, &cpu, NULL, NULL) == 0 ? (int)cpu : -1;
+}
+
+/* Emits p50_same_cpu, p50_cross_cpu (ns; 0 when no sample had that
+ * mode) and cross_cpu_share (%). same[i]: sample i's handler ended on the
+ * CPU its host cancelled from. Leaves lat as it was. */
+static BENCH_UNUSED void bench_emit_placement(const char *peer, const char *workload,
+                                              uint64_t size, const uint64_t *lat,
+                                              const unsigned char *same) {
+  uint64_t *v[2] = {bench_xcalloc(size, sizeof(uint64_t)), bench_xcalloc(size, sizeof(uint64_t))};
+  size_t n[2] = {0, 0};
+  for (uint64_t i = 0; i < size; i++) v[same[i] ? 0 : 1][n[same[i] ? 0 : 1]++] = lat[i];
+  bench_emit(peer, workload, size, "p50_same_cpu", n[0] ? (double)bench_quantile(v[0], n[0], 0.5) : 0,
+             "ns");
+  bench_emit(peer, workload, size, "p50_cross_cpu",
+             n[1] ? (double)bench_quantile(v[1], n[1], 0.5) : 0, "ns");
+  bench_emit(peer, workload, size, "cross_cpu_share", 100.0 * (double)n[1] / (double)size, "%");
+  free(v[0]);
+  free(v[1]);
 }
 
 /* The CPU figure of a workload: total CPU ns over `count` operations. */

@@ -13,6 +13,8 @@
  *   wait           blocking: signals the host through the eventfd `ready_fd`
  *                  (if >= 0) that it is about to wait, then waits cancellably
  *                  without limit; ends APEX_E_CANCELLED (cancel or timeout).
+ *                  With `cpu_fd` >= 0 it first adds the CPU it woke on, + 1,
+ *                  to that eventfd (W3's BENCH_PLACEMENT split).
  *   flood          blocking: reports `n` progress updates as fast as it can,
  *                  the last at 100 %; result {"ns", "thread_cpu_ns",
  *                  "cpu_ns"}: its own wall time, its thread's CPU and the
@@ -59,6 +61,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -252,7 +255,19 @@ static int bp_wait(apex_ctx_t *ctx) {
       return apex_ctx_fail(ctx, APEX_E_EXECUTION, "write ready_fd %d: %s", fd, strerror(e));
   }
   /* "Forever": only the token (cancel, timeout, shutdown) ends it. */
-  if (apex_ctx_sleep_ms(ctx, UINT64_MAX) == APEX_E_CANCELLED) return APEX_E_CANCELLED;
+  if (apex_ctx_sleep_ms(ctx, UINT64_MAX) == APEX_E_CANCELLED) {
+    /* W3's placement split (bench_util.h): the CPU the handler woke on, plus
+     * one, added to cpu_fd's counter before the task ends. */
+    int cfd = (int)param_int(ctx, "cpu_fd", -1);
+    if (cfd >= 0) {
+      int cpu = sched_getcpu();
+      uint64_t v = cpu >= 0 ? (uint64_t)cpu + 1 : 1u << 20;
+      ssize_t w;
+      do w = write(cfd, &v, sizeof v);
+      while (w < 0 && errno == EINTR);
+    }
+    return APEX_E_CANCELLED;
+  }
   return apex_ctx_fail(ctx, APEX_E_EXECUTION, "an endless wait ended without a cancel");
 }
 
@@ -474,6 +489,9 @@ static const apex_param_spec_t k_wait_params[] = {
     {.name = "ready_fd", .type = APEX_PARAM_INT, .default_json = "-1", .has_min = 1, .min = -1,
      .has_max = 1, .max = 2147483647.0,
      .description = "eventfd to write 1 to once waiting; -1: none"},
+    {.name = "cpu_fd", .type = APEX_PARAM_INT, .default_json = "-1", .has_min = 1, .min = -1,
+     .has_max = 1, .max = 2147483647.0,
+     .description = "eventfd to add the CPU it woke on + 1 to once cancelled; -1: none"},
 };
 static const apex_param_spec_t k_flood_params[] = {
     {.name = "n", .type = APEX_PARAM_INT, .required = 1, .has_min = 1, .min = 1,
