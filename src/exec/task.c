@@ -314,10 +314,20 @@ static task_blk_t *blk_alloc(apex_manager_t *m) {
 /* Gives b, of m, back to its slab (its last owner let go), and the slab
  * back once all of its blocks are free, unless it is the one m keeps. No
  * lock held. */
+static char *blk_free_locked(apex_manager_t *m, task_blk_t *b);
+
 static void blk_free(apex_manager_t *m, task_blk_t *b) {
+  pthread_mutex_lock(&m->runs_mu);
+  char *drop = blk_free_locked(m, b);
+  pthread_mutex_unlock(&m->runs_mu);
+  if (drop) slab_unmap(drop);
+}
+
+/* blk_free under runs_mu. Returns: a slab to unmap once the lock is
+ * released, or NULL. */
+static char *blk_free_locked(apex_manager_t *m, task_blk_t *b) {
   uint32_t i = b->slab + 1;
   char *drop = NULL;
-  pthread_mutex_lock(&m->runs_mu);
   bslab_t *s = &m->bslab_tab[i - 1];
   b->h.free_next = s->free;
   s->free = (uint32_t)(b - slab_blk(s, 0)) + 1;
@@ -332,8 +342,7 @@ static void blk_free(apex_manager_t *m, task_blk_t *b) {
       drop = slab_forget(m, i);
     }
   }
-  pthread_mutex_unlock(&m->runs_mu);
-  if (drop) slab_unmap(drop);
+  return drop;
 }
 
 /* Drops one owner of b, of m; the last frees it. No lock held. */
@@ -364,6 +373,7 @@ void apex__task_discard(apex_task_t *t) {
  * lock held. */
 static void bruns_give(apex_manager_t *m, apex__run_t *r) {
   apex__run_t *drop = NULL;
+  char *unmap = NULL;
   r->free_next = NULL;
   pthread_mutex_lock(&m->runs_mu);
   if (m->bruns_tail)
@@ -381,12 +391,16 @@ static void bruns_give(apex_manager_t *m, apex__run_t *r) {
       __builtin_prefetch(&m->bruns_head->free_next, 1);
       __builtin_prefetch(blk_of_run(m->bruns_head), 1);
     }
+    /* Its block's owner goes in this section: when it was the last (its
+     * task freed), the block's free needs runs_mu too, and took a section
+     * of its own a task (bench/analysis.md, W7 of the ninth session). */
+    blk_poison(drop, sizeof *drop);
+    task_blk_t *b = blk_of_run(drop);
+    if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) == 1)
+      unmap = blk_free_locked(m, b);
   }
   pthread_mutex_unlock(&m->runs_mu);
-  if (drop) {
-    blk_poison(drop, sizeof *drop);
-    blk_release(m, blk_of_run(drop));
-  }
+  if (unmap) slab_unmap(unmap);
 }
 
 /* ---------------------------------------------------------- run states
@@ -1080,7 +1094,12 @@ static void oc_taken(apex_ctx_t *c, void *user) {
   (void)user;
 }
 
-static _Thread_local apex__run_t *tls_oc_run;
+static _Thread_local apex__run_t *tls_oc_run __attribute__((tls_model("initial-exec")));
+/* Set to r by the end of r's attempt made from inside r's callback on this
+ * thread (tls_oc_run == r): that end cleared the mark, so oc_run has
+ * nothing left to do under the lock (a deferred task's cancel most often
+ * completes it from its callback: one task lock section fewer a cancel). */
+static _Thread_local apex__run_t *tls_oc_ended __attribute__((tls_model("initial-exec")));
 
 /* Clears r's busy mark and wakes a complete waiting for it. Under the
  * task lock (wait_mu comes after it). Every write of the mark is made
@@ -1103,19 +1122,25 @@ static void oc_clear_locked(apex_manager_t *m, apex__run_t *r) {
  * No lock held. */
 static void oc_run(apex_task_t *t, apex__run_t *r, uint32_t attempt, apex_ctx_cancel_fn fn,
                    void *user) {
-  apex__run_t *outer = tls_oc_run;
+  apex__run_t *outer = tls_oc_run, *outer_ended = tls_oc_ended;
   tls_oc_run = r;
+  tls_oc_ended = NULL;
   fn(&r->ctx, user);
+  int ended = tls_oc_ended == r; /* fn ended the attempt: the mark is clear */
   tls_oc_run = outer;
-  pthread_mutex_t *mu = apex__task_mu(t);
-  pthread_mutex_lock(mu);
-  /* The mark is still this call's unless the attempt ended (from fn: an
-   * attempt's end clears the mark itself) and let r go, or a retry opened
-   * another attempt on r meanwhile, whose callback may be running now. */
-  if (t->run == r && t->attempt == attempt &&
-      atomic_load_explicit(&r->attempt_open, memory_order_relaxed))
-    oc_clear_locked(apex__task_m(t), r);
-  pthread_mutex_unlock(mu);
+  tls_oc_ended = outer_ended;
+  if (!ended) {
+    pthread_mutex_t *mu = apex__task_mu(t);
+    pthread_mutex_lock(mu);
+    /* The mark is still this call's unless the attempt ended (on another
+     * thread: an attempt's end clears the mark itself) and let r go, or a
+     * retry opened another attempt on r meanwhile, whose callback may be
+     * running now. */
+    if (t->run == r && t->attempt == attempt &&
+        atomic_load_explicit(&r->attempt_open, memory_order_relaxed))
+      oc_clear_locked(apex__task_m(t), r);
+    pthread_mutex_unlock(mu);
+  }
   apex__task_unref(t);
 }
 
@@ -1793,6 +1818,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
   r->oc_user = NULL;
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   oc_clear_locked(m, r);
+  if (tls_oc_run == r) tls_oc_ended = r; /* from inside its callback: oc_run */
   int was_stuck = r->stuck;
   r->stuck = 0;
   /* The attempt's timeouts stop with it; its own token goes (no handler
