@@ -734,16 +734,23 @@ void apex__task_mem_free(apex_task_t *t);
  * manager reference, and its slab slot (tmem.c; consecutive slots of one
  * slab add up), to the batch instead of making an atomic subtraction of
  * its own; apex__free_batch_end gives them back, one subtraction for the
- * manager and one per run of slots of a slab. A batch nests (a callback
+ * manager and one per run of slots of a slab; a deferred task's block goes
+ * back to its slab with up to APEX__FREE_BATCH_BLKS others, under one
+ * runs_mu section, not one each. A batch nests (a callback
  * that dispatches); it must not be open when m's last reference could go
  * otherwise (the caller holds one, or m's destroy waits for the caller).
  * Thread-safety: the calling thread's own (a thread-local names it). */
+#define APEX__FREE_BATCH_BLKS 32u
 typedef struct apex__free_batch {
   apex_manager_t *m;
   unsigned m_refs;  /* manager references owed */
   void *slab;       /* the slab of the slots owed (tmem.c), or NULL */
   uint32_t slots;   /* slots of that slab owed */
   struct apex__free_batch *outer;
+  /* Deferred tasks' blocks whose last owner went (task.c), given back to
+   * their slabs under one runs_mu section per APEX__FREE_BATCH_BLKS. */
+  unsigned n_blks;
+  void *blks[APEX__FREE_BATCH_BLKS];
 } apex__free_batch_t;
 void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m);
 void apex__free_batch_end(apex__free_batch_t *b);

@@ -350,6 +350,31 @@ static void blk_release(apex_manager_t *m, task_blk_t *b) {
   if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) == 1) blk_free(m, b);
 }
 
+/* Frees the blocks fb owes, under one runs_mu section. No lock held. */
+static void blks_flush(apex__free_batch_t *fb) {
+  unsigned n = fb->n_blks, nu = 0;
+  if (!n) return;
+  char *unmap[APEX__FREE_BATCH_BLKS];
+  pthread_mutex_lock(&fb->m->runs_mu);
+  for (unsigned i = 0; i < n; i++) {
+    char *d = blk_free_locked(fb->m, fb->blks[i]);
+    if (d) unmap[nu++] = d;
+  }
+  pthread_mutex_unlock(&fb->m->runs_mu);
+  fb->n_blks = 0;
+  for (unsigned i = 0; i < nu; i++) slab_unmap(unmap[i]);
+}
+
+/* blk_release within fb, a free batch of m: a block whose last owner this
+ * was is owed to fb, freed at its end or when it holds
+ * APEX__FREE_BATCH_BLKS (a delivery's DONEs free one block each: one
+ * runs_mu section a task, bench/analysis.md, W7 of the ninth session). */
+static void blk_release_batched(task_blk_t *b, apex__free_batch_t *fb) {
+  if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) != 1) return;
+  if (fb->n_blks == APEX__FREE_BATCH_BLKS) blks_flush(fb);
+  fb->blks[fb->n_blks++] = b;
+}
+
 apex_task_t *apex__task_alloc(apex_manager_t *m, const apex_action_desc_t *a) {
   if (a->kind != APEX_ACTION_DEFERRED) return apex__task_mem_new(); /* zeroed (tmem.c) */
   task_blk_t *b = blk_alloc(m);
@@ -597,7 +622,10 @@ static void task_free(apex_task_t *t) {
   if (task_in_blk(t)) {
     task_blk_t *b = blk_of_task(t);
     blk_poison(t, sizeof *t); /* its run state may hold the block a while */
-    blk_release(m, b);
+    if (batched)
+      blk_release_batched(b, fb);
+    else
+      blk_release(m, b);
   } else if (batched) {
     apex__task_mem_free_batched(t, fb);
   } else {
@@ -612,13 +640,19 @@ static void task_free(apex_task_t *t) {
 }
 
 void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m) {
-  *b = (apex__free_batch_t){.m = m, .outer = tls_free_batch};
+  b->m = m;
+  b->m_refs = 0;
+  b->slab = NULL;
+  b->slots = 0;
+  b->outer = tls_free_batch;
+  b->n_blks = 0; /* blks[] is written before it is read */
   tls_free_batch = b;
 }
 
 void apex__free_batch_end(apex__free_batch_t *b) {
   tls_free_batch = b->outer;
   apex__task_mem_flush(b);
+  blks_flush(b);
   if (b->m_refs) apex__manager_unref_n(b->m, b->m_refs);
 }
 
