@@ -40,7 +40,11 @@ APEX_EXTERN unsigned apex_version_number(void);
 /* ---------------------------------------------------------------- errors */
 
 /* An immutable, reference-counted error: code, message and where it came
- * from. Thread-safety: every function below, any thread. */
+ * from. Thread-safety: every function below, any thread. A task's outcome
+ * error (the DONE event's, apex_task_error) may be made on its first read
+ * and, until its last unref, keep its task's memory (a task handle's
+ * worth), as a task handle does; what it says never depends on when it is
+ * read. */
 typedef struct apex_error apex_error_t;
 
 /* Returns: the code (negative apex_status_t); APEX_E_INVALID for NULL. */

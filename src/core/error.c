@@ -268,31 +268,77 @@ apex_error_t *apex__error_with_partial(apex_error_t *e, json_t *partial) {
   return c;
 }
 
-const json_t *apex_error_partial_result(const apex_error_t *e) { return e ? e->partial : NULL; }
+/* 1 if e (non-NULL) is a view (error.h): its first word, read as the
+ * reference count it is for an error. */
+static inline int is_view(const apex_error_t *e) {
+  return atomic_load_explicit((atomic_uint *)(uintptr_t)e, memory_order_relaxed) ==
+         APEX__ERROR_VIEW;
+}
+
+/* e, or for a view the task's error it stands for (made now if it is not
+ * yet). NULL for NULL. */
+static inline const apex_error_t *real(const apex_error_t *e) {
+  return e && is_view(e) ? apex__error_view_error(e) : e;
+}
+
+const json_t *apex_error_partial_result(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->partial : NULL;
+}
 
 const char *apex_error_timeout_kind(const apex_error_t *e) {
+  e = real(e);
   return e && e->code == APEX_E_TIMEOUT ? timeout_kinds[e->timeout_kind] : NULL;
 }
 
-int apex_error_code(const apex_error_t *e) { return e ? e->code : APEX_E_INVALID; }
-const char *apex_error_message(const apex_error_t *e) { return e && e->message ? e->message : ""; }
-const char *apex_error_plugin(const apex_error_t *e) { return e ? e->plugin : NULL; }
-const char *apex_error_action(const apex_error_t *e) { return e ? e->action : NULL; }
-uint64_t apex_error_task_id(const apex_error_t *e) { return e ? e->task : 0; }
-uint32_t apex_error_attempt(const apex_error_t *e) { return e ? e->attempt : 0; }
-const apex_error_t *apex_error_cause(const apex_error_t *e) { return e ? e->cause : NULL; }
+int apex_error_code(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->code : APEX_E_INVALID;
+}
+const char *apex_error_message(const apex_error_t *e) {
+  e = real(e);
+  return e && e->message ? e->message : "";
+}
+const char *apex_error_plugin(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->plugin : NULL;
+}
+const char *apex_error_action(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->action : NULL;
+}
+uint64_t apex_error_task_id(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->task : 0;
+}
+uint32_t apex_error_attempt(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->attempt : 0;
+}
+const apex_error_t *apex_error_cause(const apex_error_t *e) {
+  e = real(e);
+  return e ? e->cause : NULL;
+}
 
 apex_error_t *apex_error_ref(apex_error_t *e) {
-  if (e && e != &nomem_error) atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+  if (!e || e == &nomem_error) return e;
+  if (is_view(e))
+    apex__error_view_ref(e);
+  else
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
   return e;
 }
 
 void apex_error_unref(apex_error_t *e) {
   if (!e || e == &nomem_error) return;
-  if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) error_free(e);
+  if (is_view(e))
+    apex__error_view_unref(e);
+  else if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1)
+    error_free(e);
 }
 
 json_t *apex_error_to_json(const apex_error_t *e) {
+  e = real(e);
   if (!e) return NULL;
   json_t *o = json_object();
   if (!o) return NULL;

@@ -71,6 +71,21 @@ apex_error_t *apex__error_clean_n(int code, const apex__where_t *where, const ch
  * recursively); never NULL for a non-NULL e. */
 apex_error_t *apex__error_with_partial(apex_error_t *e, json_t *partial);
 
+/* A view: a stand-in for a task's outcome error not made yet, which a
+ * DONE event hands the host instead of making the error (exec/task.c,
+ * apex__task_done_error). It is a 32-bit word holding APEX__ERROR_VIEW at
+ * an 8-aligned address inside the task, where an error has its reference
+ * count (0 for the static no-memory error, never UINT32_MAX for a real
+ * one). Every public apex_error_* function takes a view where it takes an
+ * error: the readers read the task's error (apex__error_view_error: made
+ * on the first read, then the task's one object; its strings valid while
+ * the view is), ref and unref take and drop a reference on the task. The
+ * three functions are exec/task.c's. */
+#define APEX__ERROR_VIEW UINT32_MAX
+const apex_error_t *apex__error_view_error(const apex_error_t *v);
+void apex__error_view_ref(const apex_error_t *v);
+void apex__error_view_unref(const apex_error_t *v);
+
 /* Stores e in *err if err is non-NULL, else unrefs it. Returns: e's code.
  * Ownership: e taken. */
 int apex__error_put(apex_error_t **err, apex_error_t *e);

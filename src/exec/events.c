@@ -328,7 +328,7 @@ static void deliver_done(apex_task_t *t) {
   if (state == APEX_TASK_SUCCEEDED)
     ev.result = t->out.result;
   else
-    ev.error = apex__task_error(t); /* made now if the task's end left it lazy */
+    ev.error = apex__task_done_error(t); /* a view if the task's end left it lazy */
   void *user;
   apex_event_fn fn = apex__task_event_fn(t, &user);
   if (fn) fn(&ev, user);

@@ -343,7 +343,15 @@ struct apex_task {
   const apex__task_opts_t *opts;
   apex__run_t *run;              /* NULL until the first attempt (task lock) */
   uint64_t deadline_ns;          /* 0: none */
-  apex_task_t *run_next;         /* the scheduler's lists (m->pool_mu) */
+  /* The scheduler's lists (m->pool_mu), while queued or parked; unused
+   * once the task has ended (it leaves them under its lock, before its
+   * state turns terminal). From its DONE's delivery on, the word may hold
+   * err_view instead: APEX__ERROR_VIEW when the DONE handed out the task's
+   * lazy error as a view (apex__task_done_error, core/error.h). */
+  union {
+    apex_task_t *run_next;
+    atomic_uint err_view;
+  };
   /* While in the scheduler (runnable or parked), its list's back link
    * (m->pool_mu: a task that ends there leaves at once,
    * apex__sched_remove_locked). Then the DONE queue's
@@ -398,12 +406,14 @@ static inline struct apex_child *apex__task_child(const struct apex_task *t) {
  * that would say only what the task can tell again (a cancel's
  * "cancelled (CAUSE)" without the caller's own words, a handler's plain
  * APEX_E_CANCELLED with its status's sentence). The error is made on the
- * first read (apex__task_error: the DONE delivery, apex_task_error, the
- * outcome's log line), on the reading thread and hot in its cache, and
- * installed with a compare-and-swap so every reader gets the one object;
- * a task whose error nobody reads never makes it. So a queued task's
- * cancel allocates nothing, and a million cancelled pending tasks carry no
- * error each until their DONE is delivered. Tagged by the low bit (an
+ * first read (apex__task_error: apex_task_error, the outcome's log line,
+ * a read through the DONE's view), on the reading thread and hot in its
+ * cache, and installed with a compare-and-swap so every reader gets the
+ * one object; a task whose error nobody reads never makes it. So a queued
+ * task's cancel allocates nothing, and a million cancelled pending tasks
+ * carry no error each, nor make one at their DONE's delivery: the DONE
+ * event carries a view of it (apex__task_done_error), which makes it only
+ * when the host reads it. Tagged by the low bit (an
  * error is at least 2-aligned): kind in bits 1-7, its argument above. */
 #define APEX__LAZY_STATUS 0u /* apex_strerror(-arg), code -arg */
 #define APEX__LAZY_CANCEL 1u /* "cancelled (NAME)", NAME apex__cause_name(arg) */
@@ -724,16 +734,23 @@ void apex__task_mem_free(apex_task_t *t);
  * manager reference, and its slab slot (tmem.c; consecutive slots of one
  * slab add up), to the batch instead of making an atomic subtraction of
  * its own; apex__free_batch_end gives them back, one subtraction for the
- * manager and one per run of slots of a slab. A batch nests (a callback
+ * manager and one per run of slots of a slab; a deferred task's block goes
+ * back to its slab with up to APEX__FREE_BATCH_BLKS others, under one
+ * runs_mu section, not one each. A batch nests (a callback
  * that dispatches); it must not be open when m's last reference could go
  * otherwise (the caller holds one, or m's destroy waits for the caller).
  * Thread-safety: the calling thread's own (a thread-local names it). */
+#define APEX__FREE_BATCH_BLKS 32u
 typedef struct apex__free_batch {
   apex_manager_t *m;
   unsigned m_refs;  /* manager references owed */
   void *slab;       /* the slab of the slots owed (tmem.c), or NULL */
   uint32_t slots;   /* slots of that slab owed */
   struct apex__free_batch *outer;
+  /* Deferred tasks' blocks whose last owner went (task.c), given back to
+   * their slabs under one runs_mu section per APEX__FREE_BATCH_BLKS. */
+  unsigned n_blks;
+  void *blks[APEX__FREE_BATCH_BLKS];
 } apex__free_batch_t;
 void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m);
 void apex__free_batch_end(apex__free_batch_t *b);
@@ -869,6 +886,14 @@ static inline apex_token_t *apex__task_token_peek(apex_task_t *t) {
  * fails). Borrowed: t's own, valid while t is. Any thread, any lock (it
  * takes none; it may allocate). */
 apex_error_t *apex__task_error(apex_task_t *t);
+/* Returns: the error t's DONE event carries (t terminal, not succeeded):
+ * t's outcome error if it is made; else, made lazy, a view of it (the
+ * word t->err_view set to APEX__ERROR_VIEW, core/error.h) that the public
+ * apex_error_* functions read through apex__task_error, so the delivery
+ * makes and frees nothing for a host that does not read it. Borrowed: valid
+ * while t is (a ref of a view holds t). The DONE's delivery only: t is
+ * off the scheduler's lists for good, so err_view's word is free. */
+const apex_error_t *apex__task_done_error(apex_task_t *t);
 /* Why Apex cancels a task. Every decision is made on this, never on the
  * reason text, which a host (apex_task_cancel) or a parent token supplies
  * and which is only the text handlers and errors show. */

@@ -314,10 +314,20 @@ static task_blk_t *blk_alloc(apex_manager_t *m) {
 /* Gives b, of m, back to its slab (its last owner let go), and the slab
  * back once all of its blocks are free, unless it is the one m keeps. No
  * lock held. */
+static char *blk_free_locked(apex_manager_t *m, task_blk_t *b);
+
 static void blk_free(apex_manager_t *m, task_blk_t *b) {
+  pthread_mutex_lock(&m->runs_mu);
+  char *drop = blk_free_locked(m, b);
+  pthread_mutex_unlock(&m->runs_mu);
+  if (drop) slab_unmap(drop);
+}
+
+/* blk_free under runs_mu. Returns: a slab to unmap once the lock is
+ * released, or NULL. */
+static char *blk_free_locked(apex_manager_t *m, task_blk_t *b) {
   uint32_t i = b->slab + 1;
   char *drop = NULL;
-  pthread_mutex_lock(&m->runs_mu);
   bslab_t *s = &m->bslab_tab[i - 1];
   b->h.free_next = s->free;
   s->free = (uint32_t)(b - slab_blk(s, 0)) + 1;
@@ -332,13 +342,37 @@ static void blk_free(apex_manager_t *m, task_blk_t *b) {
       drop = slab_forget(m, i);
     }
   }
-  pthread_mutex_unlock(&m->runs_mu);
-  if (drop) slab_unmap(drop);
+  return drop;
 }
 
 /* Drops one owner of b, of m; the last frees it. No lock held. */
 static void blk_release(apex_manager_t *m, task_blk_t *b) {
   if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) == 1) blk_free(m, b);
+}
+
+/* Frees the blocks fb owes, under one runs_mu section. No lock held. */
+static void blks_flush(apex__free_batch_t *fb) {
+  unsigned n = fb->n_blks, nu = 0;
+  if (!n) return;
+  char *unmap[APEX__FREE_BATCH_BLKS];
+  pthread_mutex_lock(&fb->m->runs_mu);
+  for (unsigned i = 0; i < n; i++) {
+    char *d = blk_free_locked(fb->m, fb->blks[i]);
+    if (d) unmap[nu++] = d;
+  }
+  pthread_mutex_unlock(&fb->m->runs_mu);
+  fb->n_blks = 0;
+  for (unsigned i = 0; i < nu; i++) slab_unmap(unmap[i]);
+}
+
+/* blk_release within fb, a free batch of m: a block whose last owner this
+ * was is owed to fb, freed at its end or when it holds
+ * APEX__FREE_BATCH_BLKS (a delivery's DONEs free one block each: one
+ * runs_mu section a task, bench/analysis.md, W7 of the ninth session). */
+static void blk_release_batched(task_blk_t *b, apex__free_batch_t *fb) {
+  if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) != 1) return;
+  if (fb->n_blks == APEX__FREE_BATCH_BLKS) blks_flush(fb);
+  fb->blks[fb->n_blks++] = b;
 }
 
 apex_task_t *apex__task_alloc(apex_manager_t *m, const apex_action_desc_t *a) {
@@ -364,6 +398,7 @@ void apex__task_discard(apex_task_t *t) {
  * lock held. */
 static void bruns_give(apex_manager_t *m, apex__run_t *r) {
   apex__run_t *drop = NULL;
+  char *unmap = NULL;
   r->free_next = NULL;
   pthread_mutex_lock(&m->runs_mu);
   if (m->bruns_tail)
@@ -381,12 +416,16 @@ static void bruns_give(apex_manager_t *m, apex__run_t *r) {
       __builtin_prefetch(&m->bruns_head->free_next, 1);
       __builtin_prefetch(blk_of_run(m->bruns_head), 1);
     }
+    /* Its block's owner goes in this section: when it was the last (its
+     * task freed), the block's free needs runs_mu too, and took a section
+     * of its own a task (bench/analysis.md, W7 of the ninth session). */
+    blk_poison(drop, sizeof *drop);
+    task_blk_t *b = blk_of_run(drop);
+    if (atomic_fetch_sub_explicit(&b->h.owners, 1, memory_order_acq_rel) == 1)
+      unmap = blk_free_locked(m, b);
   }
   pthread_mutex_unlock(&m->runs_mu);
-  if (drop) {
-    blk_poison(drop, sizeof *drop);
-    blk_release(m, blk_of_run(drop));
-  }
+  if (unmap) slab_unmap(unmap);
 }
 
 /* ---------------------------------------------------------- run states
@@ -583,7 +622,10 @@ static void task_free(apex_task_t *t) {
   if (task_in_blk(t)) {
     task_blk_t *b = blk_of_task(t);
     blk_poison(t, sizeof *t); /* its run state may hold the block a while */
-    blk_release(m, b);
+    if (batched)
+      blk_release_batched(b, fb);
+    else
+      blk_release(m, b);
   } else if (batched) {
     apex__task_mem_free_batched(t, fb);
   } else {
@@ -598,13 +640,19 @@ static void task_free(apex_task_t *t) {
 }
 
 void apex__free_batch_begin(apex__free_batch_t *b, apex_manager_t *m) {
-  *b = (apex__free_batch_t){.m = m, .outer = tls_free_batch};
+  b->m = m;
+  b->m_refs = 0;
+  b->slab = NULL;
+  b->slots = 0;
+  b->outer = tls_free_batch;
+  b->n_blks = 0; /* blks[] is written before it is read */
   tls_free_batch = b;
 }
 
 void apex__free_batch_end(apex__free_batch_t *b) {
   tls_free_batch = b->outer;
   apex__task_mem_flush(b);
+  blks_flush(b);
   if (b->m_refs) apex__manager_unref_n(b->m, b->m_refs);
 }
 
@@ -682,6 +730,36 @@ apex_error_t *apex__task_error(apex_task_t *t) {
     return made;
   apex_error_unref(made); /* another reader made it first: e is that one */
   return e;
+}
+
+/* A view (core/error.h) is t->err_view's word: the task it is in. */
+static apex_task_t *task_of_view(const apex_error_t *v) {
+  return (apex_task_t *)(void *)((char *)(uintptr_t)v - offsetof(apex_task_t, err_view));
+}
+
+const apex_error_t *apex__error_view_error(const apex_error_t *v) {
+  return apex__task_error(task_of_view(v));
+}
+
+void apex__error_view_ref(const apex_error_t *v) { apex__task_ref(task_of_view(v)); }
+
+void apex__error_view_unref(const apex_error_t *v) { apex__task_unref(task_of_view(v)); }
+
+/* 1 if t's DONE handed out a view of its error. Any thread: err_view is
+ * written once, by the delivery, and the caller knows t terminal. */
+static int has_view(apex_task_t *t) {
+  return atomic_load_explicit(&t->err_view, memory_order_relaxed) == APEX__ERROR_VIEW;
+}
+
+const apex_error_t *apex__task_done_error(apex_task_t *t) {
+  apex_error_t *e = __atomic_load_n(&t->out.error, __ATOMIC_ACQUIRE);
+  if (!apex__error_is_lazy(e)) return e;
+  /* The error made at the delivery was most of the delivery's cost of a
+   * cancelled task (an allocation, the names copied, its free with the
+   * task's: ~430 instructions), for hosts that most often only count
+   * their DONEs (bench/analysis.md, W7 of the ninth session). */
+  atomic_store_explicit(&t->err_view, APEX__ERROR_VIEW, memory_order_relaxed);
+  return (const apex_error_t *)(const void *)&t->err_view;
 }
 
 /* ----------------------------------------------------------- progress */
@@ -1050,7 +1128,12 @@ static void oc_taken(apex_ctx_t *c, void *user) {
   (void)user;
 }
 
-static _Thread_local apex__run_t *tls_oc_run;
+static _Thread_local apex__run_t *tls_oc_run __attribute__((tls_model("initial-exec")));
+/* Set to r by the end of r's attempt made from inside r's callback on this
+ * thread (tls_oc_run == r): that end cleared the mark, so oc_run has
+ * nothing left to do under the lock (a deferred task's cancel most often
+ * completes it from its callback: one task lock section fewer a cancel). */
+static _Thread_local apex__run_t *tls_oc_ended __attribute__((tls_model("initial-exec")));
 
 /* Clears r's busy mark and wakes a complete waiting for it. Under the
  * task lock (wait_mu comes after it). Every write of the mark is made
@@ -1073,19 +1156,25 @@ static void oc_clear_locked(apex_manager_t *m, apex__run_t *r) {
  * No lock held. */
 static void oc_run(apex_task_t *t, apex__run_t *r, uint32_t attempt, apex_ctx_cancel_fn fn,
                    void *user) {
-  apex__run_t *outer = tls_oc_run;
+  apex__run_t *outer = tls_oc_run, *outer_ended = tls_oc_ended;
   tls_oc_run = r;
+  tls_oc_ended = NULL;
   fn(&r->ctx, user);
+  int ended = tls_oc_ended == r; /* fn ended the attempt: the mark is clear */
   tls_oc_run = outer;
-  pthread_mutex_t *mu = apex__task_mu(t);
-  pthread_mutex_lock(mu);
-  /* The mark is still this call's unless the attempt ended (from fn: an
-   * attempt's end clears the mark itself) and let r go, or a retry opened
-   * another attempt on r meanwhile, whose callback may be running now. */
-  if (t->run == r && t->attempt == attempt &&
-      atomic_load_explicit(&r->attempt_open, memory_order_relaxed))
-    oc_clear_locked(apex__task_m(t), r);
-  pthread_mutex_unlock(mu);
+  tls_oc_ended = outer_ended;
+  if (!ended) {
+    pthread_mutex_t *mu = apex__task_mu(t);
+    pthread_mutex_lock(mu);
+    /* The mark is still this call's unless the attempt ended (on another
+     * thread: an attempt's end clears the mark itself) and let r go, or a
+     * retry opened another attempt on r meanwhile, whose callback may be
+     * running now. */
+    if (t->run == r && t->attempt == attempt &&
+        atomic_load_explicit(&r->attempt_open, memory_order_relaxed))
+      oc_clear_locked(apex__task_m(t), r);
+    pthread_mutex_unlock(mu);
+  }
   apex__task_unref(t);
 }
 
@@ -1763,6 +1852,7 @@ static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held) 
   r->oc_user = NULL;
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   oc_clear_locked(m, r);
+  if (tls_oc_run == r) tls_oc_ended = r; /* from inside its callback: oc_run */
   int was_stuck = r->stuck;
   r->stuck = 0;
   /* The attempt's timeouts stop with it; its own token goes (no handler
@@ -2169,8 +2259,17 @@ apex_error_t *apex_task_error(apex_task_t *t) {
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
   int st = atomic_load(&t->state);
-  apex_error_t *e =
-      is_terminal(st) && st != APEX_TASK_SUCCEEDED ? apex_error_ref(apex__task_error(t)) : NULL;
+  apex_error_t *e = NULL;
+  /* Once the DONE handed out a view of the error, the view: every reader
+   * from then on gets the one object the DONE's did (the view holds t). */
+  if (is_terminal(st) && st != APEX_TASK_SUCCEEDED) {
+    if (has_view(t)) {
+      apex__task_ref(t);
+      e = (apex_error_t *)(void *)&t->err_view;
+    } else {
+      e = apex_error_ref(apex__task_error(t));
+    }
+  }
   pthread_mutex_unlock(mu);
   return e;
 }

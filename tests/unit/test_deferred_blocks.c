@@ -121,6 +121,78 @@ static void test_burst_gives_its_slabs_back(void **st) {
   free(t);
 }
 
+static void count_done(const apex_event_t *ev, void *user) {
+  if (ev->type == APEX_EVENT_DONE) ++*(int *)user;
+}
+
+/* As W7 runs: BURST pending tasks cancelled in a shuffled order with their
+ * handles released, then their DONEs delivered together, so each block's
+ * last owner (its task) goes in the delivery's free batch, which gives
+ * blocks back to their slabs many at a time (task.c, blk_release_batched).
+ * Every one of them must reach its slab: once APEX__RUNS_KEEP more tasks
+ * pushed the burst's last run states out of their window, the manager is
+ * back to a few slabs (a block the batch kept would pin its slab). */
+static void test_blocks_freed_by_a_delivery_reach_their_slabs(void **st) {
+  (void)st;
+  int dones = 0;
+  apex_manager_config_t cfg = base_config(2);
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = count_done;
+  cfg.event_user = &dones;
+  cfg.event_mask = APEX_EVENT_DONE;
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, PEND_KIT);
+  apex_task_t **t = calloc(BURST, sizeof *t);
+  assert_non_null(t);
+  for (int i = 0; i < BURST; i++) t[i] = pend(m);
+  AWAIT(running(m) == BURST, LONG_MS);
+  uint32_t slabs, window;
+  blocks(m, &slabs, &window);
+  uint32_t burst_slabs = slabs;
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (int i = BURST - 1; i > 0; i--) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    int j = (int)(x % (uint64_t)(i + 1));
+    apex_task_t *tmp = t[i];
+    t[i] = t[j];
+    t[j] = tmp;
+  }
+  for (int i = 0; i < BURST; i++) {
+    assert_int_equal(apex_task_cancel(t[i], NULL), APEX_OK);
+    apex_task_release(t[i]);
+  }
+  int64_t end = now_ms() + LONG_MS;
+  int most = 0; /* the largest delivery: the frees were batched */
+  while (dones < BURST && now_ms() < end) {
+    int d = apex_manager_dispatch(m);
+    assert_true(d >= 0);
+    if (d > most) most = d;
+    if (d == 0) nap_ms(1);
+  }
+  assert_int_equal(dones, BURST);
+  assert_true(most > (int)APEX__FREE_BATCH_BLKS);
+  assert_int_equal(apex__manager_task_refs(m), 0); /* every task freed */
+  for (unsigned i = 0; i < APEX__RUNS_KEEP; i++) {
+    apex_task_t *p = pend(m);
+    AWAIT(running(m) == 1, LONG_MS);
+    assert_int_equal(apex_task_cancel(p, NULL), APEX_OK);
+    apex_task_release(p);
+    end = now_ms() + LONG_MS;
+    while (dones < BURST + (int)i + 1 && now_ms() < end) {
+      assert_true(apex_manager_dispatch(m) >= 0);
+      if (dones < BURST + (int)i + 1) nap_ms(1);
+    }
+  }
+  AWAIT(apex__manager_task_refs(m) == 0, LONG_MS);
+  blocks(m, &slabs, &window);
+  assert_int_equal(window, APEX__RUNS_KEEP);
+  assert_true(slabs <= 3);
+  assert_true(slabs < burst_slabs);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+  free(t);
+}
+
 static uint64_t late_since(apex_manager_t *m, const apex_stats_t *s0) {
   apex_stats_t s = APEX_STATS_INIT;
   assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
@@ -232,6 +304,7 @@ static void test_a_refused_submit_gives_its_block_back(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_burst_gives_its_slabs_back),
+      cmocka_unit_test(test_blocks_freed_by_a_delivery_reach_their_slabs),
       cmocka_unit_test(test_late_calls_on_a_block_ctx_are_caught),
       cmocka_unit_test(test_a_freed_deferred_task_is_poisoned),
       cmocka_unit_test(test_a_refused_submit_gives_its_block_back),

@@ -142,6 +142,104 @@ static void test_the_done_event_and_the_task_share_the_one_made_at_delivery(void
   assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
 }
 
+/* Dispatches m until s has seen `want` DONEs. */
+static void dispatch_dones(apex_manager_t *m, const int *dones, int want) {
+  int64_t end = now_ms() + PROMPT_MS;
+  while (*dones < want && now_ms() < end) {
+    assert_true(apex_manager_dispatch(m) >= 0);
+    if (*dones < want) nap_ms(1);
+  }
+  assert_int_equal(*dones, want);
+}
+
+typedef struct glance {
+  const apex_error_t *error; /* the DONE event's, not read, not referenced */
+  int dones;
+} glance_t;
+
+static void on_event_glance(const apex_event_t *ev, void *user) {
+  glance_t *g = user;
+  if (ev->type != APEX_EVENT_DONE) return;
+  g->dones++;
+  g->error = ev->error;
+}
+
+/* The DONE of a task whose error is lazy carries a view of it (exec/task.c,
+ * apex__task_done_error): a host that does not read it makes nothing. The
+ * first read, after the delivery, makes it, and apex_task_error hands out
+ * the DONE's object. */
+static void test_a_done_not_read_makes_no_error(void **st) {
+  (void)st;
+  glance_t g = {0};
+  apex_manager_config_t cfg = base_config(1);
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = on_event_glance;
+  cfg.event_user = &g;
+  cfg.event_mask = APEX_EVENT_DONE;
+  held_t h;
+  hold_open(&h, &cfg);
+  apex_task_t *t = submit_json(h.m, "testkit", "noop", NULL, NULL);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  dispatch_dones(h.m, &g.dones, 1);
+  assert_non_null(g.error);
+  assert_true(apex__error_is_lazy(raw_error(t))); /* the delivery made nothing */
+  apex_error_t *e = apex_task_error(t);
+  assert_ptr_equal(e, g.error);
+  assert_cancel_error(e, t, "testkit", "noop", "cancelled (user)", 0);
+  assert_false(apex__error_is_lazy(raw_error(t))); /* the read made it, once */
+  assert_null(apex_error_timeout_kind(e));
+  assert_null(apex_error_partial_result(e));
+  apex_error_unref(e);
+  assert_int_equal(write(h.fds[1], "x", 1), 1);
+  AWAIT(apex_task_state(h.hold) == APEX_TASK_SUCCEEDED, PROMPT_MS);
+  apex_task_release(h.hold);
+  close(h.fds[0]);
+  close(h.fds[1]);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
+}
+
+/* A view referenced in the DONE callback outlives every handle of its task
+ * and its manager, and says what the error made at the end said
+ * (apex_error_to_json whole); its unref lets the task go (ASan and the
+ * leak check watch both). */
+static void test_a_view_kept_past_its_task_and_manager_reads_the_same(void **st) {
+  (void)st;
+  seen_t s = {0};
+  apex_manager_config_t cfg = base_config(2);
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = on_event;
+  cfg.event_user = &s;
+  cfg.event_mask = APEX_EVENT_DONE;
+  apex_manager_t *m = make_test_manager(&cfg);
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/lazy_kit.so");
+  apex_task_t *t = submit_json(m, "lazy_kit", "pend", NULL, NULL);
+  AWAIT(apex_task_state(t) == APEX_TASK_RUNNING, PROMPT_MS);
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK); /* its callback completes it */
+  dispatch_dones(m, &s.dones, 1);
+  uint64_t id = apex_task_id(t);
+  assert_true(apex__error_is_lazy(raw_error(t)));
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 1000), APEX_OK);
+  apex_error_t *e = s.done_error;
+  assert_int_equal(apex_error_code(e), APEX_E_CANCELLED);
+  assert_string_equal(apex_error_message(e), apex_strerror(APEX_E_CANCELLED));
+  assert_int_equal(apex_error_task_id(e), id);
+  json_t *got = apex_error_to_json(e);
+  json_t *want = json_pack("{s:s, s:s, s:s, s:s, s:I, s:i}", "code", "cancelled", "message",
+                           apex_strerror(APEX_E_CANCELLED), "plugin", "lazy_kit", "action",
+                           "pend", "task", (json_int_t)id, "attempt", 1);
+  assert_non_null(got);
+  assert_non_null(want);
+  assert_true(json_equal(got, want));
+  json_decref(got);
+  json_decref(want);
+  apex_error_t *again = apex_error_ref(e); /* a view's refs are its task's */
+  apex_error_unref(e);
+  assert_string_equal(apex_error_plugin(again), "lazy_kit");
+  apex_error_unref(again);
+}
+
 static void test_one_read_after_destroy_still_names_the_unloaded_plugin(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
@@ -249,6 +347,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_queued_cancel_makes_no_error_until_one_is_read),
       cmocka_unit_test(test_the_done_event_and_the_task_share_the_one_made_at_delivery),
+      cmocka_unit_test(test_a_done_not_read_makes_no_error),
+      cmocka_unit_test(test_a_view_kept_past_its_task_and_manager_reads_the_same),
       cmocka_unit_test(test_one_read_after_destroy_still_names_the_unloaded_plugin),
       cmocka_unit_test(test_a_task_destroy_cancels_in_the_queue_reads_shutdown),
       cmocka_unit_test(test_first_reads_racing_get_one_error),
