@@ -477,13 +477,24 @@ static inline void apex__task_prefetch_all(const struct apex_task *t) {
  * deadline with it, so a task's list key and its deadline agree. */
 static inline uint64_t apex__timeout_ns(float s) { return (uint64_t)((double)s * 1e9); }
 
-/* The tasks with one timeout, in deadline order (see runtime.c). */
+/* The tasks with one timeout, in deadline order (see runtime.c); every
+ * field under pool_mu. In three cache lines: what is read by both ends and
+ * written only when the list is made or goes idle; the end that ends tasks
+ * (the oldest first: a worker, the runtime thread) and the end that appends
+ * them (a submit). With a backlog the two ends are different threads each
+ * task, and one line for both was a miss in each one's pool_mu section
+ * (bench/analysis.md, W1 of the ninth session). The count of pinned tasks
+ * is pins - unpins (modulo 2^32), each written at its own end; it is read
+ * whole only when the list is empty. */
 typedef struct apex__dlist {
-  uint64_t key;          /* the timeout in ns */
-  apex_task_t *head, *tail;
-  uint32_t heap_idx;     /* in m->lheap while non-empty */
-  uint32_t pins;         /* tasks that may link here; freed at 0 */
+  _Alignas(APEX__CACHE_LINE) uint64_t key; /* the timeout in ns */
   struct apex__dlist *hnext; /* hash chain */
+  uint8_t idle;              /* no task is pinned to it: one of m->dl_idle */
+  _Alignas(APEX__CACHE_LINE) apex_task_t *head;
+  uint32_t heap_idx;         /* in m->lheap while non-empty */
+  uint32_t unpins;           /* pins given back */
+  _Alignas(APEX__CACHE_LINE) apex_task_t *tail;
+  uint32_t pins;             /* pins taken by tasks that may link here */
 } apex__dlist_t;
 
 /* Cache-line aligned (pool.c allocates it so): a worker writes its own

@@ -14,12 +14,25 @@
  * keeps running, and less than a futex sleep and wake cost together. */
 #define SPINS 80u
 
+/* The most pauses between two reads of the word in the spin. */
+#define GAP_MAX 16u
+
 void apex__lock_wait(apex__lock_t *l) {
   uint32_t v;
-  for (unsigned i = 0; i < SPINS; i++) {
+  /* The gap between reads doubles (1, 2, 4, ... GAP_MAX pauses), the
+   * spin's length staying SPINS pauses: each read takes the word's line
+   * from the holder's core, and pool_mu's line holds what its sections
+   * write (n_in, the reference bank), so a spinner that read it every
+   * pause made the holder fetch it back for each write and for its
+   * unlock, lengthening the section that the spinners wait for: with
+   * three threads on two cores that was W1's slow mode (bench/analysis.md,
+   * W1 of the ninth session). */
+  for (unsigned i = 0, gap = 1; i < SPINS; i += gap, gap = gap < GAP_MAX ? gap * 2 : gap) {
+    for (unsigned k = 0; k < gap; k++) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
+    }
     v = atomic_load_explicit(&l->word, memory_order_relaxed);
     if (!(v & APEX__LOCK_HELD) &&
         atomic_compare_exchange_weak_explicit(&l->word, &v, v | APEX__LOCK_HELD,

@@ -10,7 +10,8 @@
  * threads enough to meet again: the slow mode of W1 (bench/analysis.md,
  * "W1's two modes"). Here the sleepers are counted in the lock word, so an
  * unlock wakes only while one is registered, and a locker spins first
- * (about two microseconds of pauses, reading the word, not writing it)
+ * (about two microseconds of pauses, reading the word at doubling gaps,
+ * not writing it)
  * before it registers and sleeps. The spin is bounded, so a holder that
  * lost its CPU (three busy threads on two cores) costs a spinner that
  * much, then a sleep, as glibc's would.

@@ -290,8 +290,11 @@ static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
   /* A watcher still on the watch found every runnable task held: the
    * next change that frees one hands it over. Wake an idle one only for
    * tasks beyond what the watcher takes. */
-  apex__worker_t *w =
-      apex__sched_runnable_locked(m) > (m->spinner != NULL) ? take_idle_locked(m) : NULL;
+  /* The idle stack first: with none idle (a backlog) the runnable count,
+   * the solo queue's head line as well as its tail's, is not read. */
+  apex__worker_t *w = m->idle_head && apex__sched_runnable_locked(m) > (m->spinner != NULL)
+                          ? take_idle_locked(m)
+                          : NULL;
   *e = replace_stuck_locked(m, w != NULL);
   return w;
 }

@@ -140,14 +140,18 @@ static apex__dlist_t *dl_find(apex_manager_t *m, uint64_t key) {
   return NULL;
 }
 
-/* Under pool_mu: frees l once no task is pinned to it. */
+/* Under pool_mu: frees l once no task is pinned to it. A linked task is
+ * pinned, so a list with a head is in use: the submitters' count (another
+ * line, apex__dlist_t) is read only once the list is empty. */
 static void dl_unpin(apex_manager_t *m, apex__dlist_t *l) {
-  if (--l->pins) return;
+  l->unpins++;
+  if (l->head || l->pins != l->unpins) return;
   /* Keep a few idle lists: one task at a time with a given timeout (a
    * host waiting for each task) would otherwise make and free a list for
    * every task; a host using ever new timeouts frees them. */
   if (m->dl_idle < APEX__DL_IDLE_MAX) {
     m->dl_idle++;
+    l->idle = 1;
     return;
   }
   for (apex__dlist_t **pp = &m->dl_hash[dl_bucket(l->key)]; *pp; pp = &(*pp)->hnext)
@@ -174,9 +178,10 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
         m->lheap_cap = cap;
       }
     }
-    int created = 0;
-    if (!l && m->lheap_n < m->lheap_cap && (l = calloc(1, sizeof *l))) {
-      created = 1;
+    void *mem = NULL;
+    if (!l && m->lheap_n < m->lheap_cap &&
+        posix_memalign(&mem, APEX__CACHE_LINE, sizeof *l) == 0) {
+      l = memset(mem, 0, sizeof *l);
       l->key = key;
       l->heap_idx = APEX__NOT_IN_HEAP;
       size_t b = dl_bucket(key);
@@ -186,7 +191,11 @@ int apex__timer_reserve_locked(apex_manager_t *m, apex_task_t *t, int deadline, 
       m->dl_last = l;
     }
     if (l) {
-      if (l->pins++ == 0 && !created) m->dl_idle--; /* an idle list in use again */
+      if (l->idle) { /* an idle list in use again */
+        l->idle = 0;
+        m->dl_idle--;
+      }
+      l->pins++;
       t->timer_flags |= APEX__TIMER_DL_PINNED;
       pinned = l;
     } else {
@@ -260,7 +269,7 @@ void apex__deadline_link_locked(apex_manager_t *m, apex_task_t *t) {
    * section. fire_due takes one under pool_mu when it takes the task out.
    * Two atomic operations per task fewer, on a line the submitter and the
    * worker share. */
-  if (l->head == t) lheap_fix(m, l);
+  if (!after) lheap_fix(m, l); /* the new head (l->head is the ending side's line) */
   earlier_locked(m, t->deadline_ns);
 }
 

@@ -235,25 +235,29 @@ static inline apex__fq_t *fq_of(const apex_task_t *t) {
   return t->opts->sc->fq;
 }
 
+/* A fairness queue's tasks now. */
+static inline size_t fq_n(const apex__fq_t *q) { return (size_t)(q->n_in - q->n_out); }
+
 /* The solo queue (S->solo): a fairness queue that joined the rings as the
  * only queue of the only level, or emptied while it was that, stays in its
- * ring, and while no other queue joins it counts its own tasks (q->n, in the line its links are in), so a
+ * ring, and while no other queue joins it counts its own tasks (fq_n: the
+ * pushes in its tail's line, the takes in its head's), so a
  * host that submits one task at a time to a pool that keeps up (the queue
- * empties and refills every task) and the worker that picks it write that
- * line and none of the scheduler's first line: no ring leave and join, no
+ * empties and refills every task) and the worker that picks it write those
+ * lines and none of the scheduler's first line: no ring leave and join, no
  * level bits, no shared count. Another queue joining ends it (solo_end):
  * its tasks go into the shared count, and it leaves its ring if empty, so
  * the rings hold non-empty queues but for the solo one. */
 static void solo_end(apex__sched_t *S) {
   apex__fq_t *q = S->solo;
   S->solo = NULL;
-  S->n_runnable += q->n;
+  S->n_runnable += fq_n(q);
   if (!q->head) ring_leave(S, q);
 }
 
 /* Tasks runnable now: the shared count, or the solo queue's. */
 static inline size_t n_runnable(const apex__sched_t *S) {
-  return S->solo ? S->solo->n : S->n_runnable;
+  return S->solo ? fq_n(S->solo) : S->n_runnable;
 }
 
 /* The short paths. While nothing is set that can hold a task back or
@@ -300,7 +304,7 @@ static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int
   apex__fq_t *q = fq_of(t);
   int was_empty = q->head == NULL;
   if (at_head) l_prepend(&q->head, &q->tail, t); else l_append(&q->head, &q->tail, t);
-  q->n++;
+  q->n_in++;
   if (q == S->solo) {
     if (was_empty) q->served = 0; /* a new turn, as if it joined */
   } else {
@@ -322,7 +326,7 @@ static void runnable(apex__sched_t *S, apex_task_t *t, apex__scope_t *sc[4], int
 
 static void fq_take(apex__sched_t *S, apex__fq_t *q, apex_task_t *t) {
   l_unlink(&q->head, &q->tail, t);
-  q->n--;
+  q->n_out++;
   if (q == S->solo) return; /* stays in its ring, empty or not */
   S->n_runnable--;
   if (q->head) return;
@@ -503,18 +507,20 @@ void apex__sched_push_new_locked(apex_manager_t *m, apex_task_t *t) {
   apex__scope_t *a = plain_action(S, t, &b);
   if (a && &b->dfq == S->solo) { /* runnable() for this case */
     apex__fq_t *q = S->solo;
-    if (!q->head) q->served = 0; /* a new turn, as if it joined */
+    /* Empty: a new turn, as if it joined (the tail, not the head: the
+     * head is the taking worker's line). */
+    if (!q->tail) q->served = 0;
     l_append(&q->head, &q->tail, t);
-    q->n++;
+    q->n_in++;
     set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
     a->n_in++;
     return;
   }
   if (!a && (a = eager_action(S, t, &b)) && &b->dfq == S->solo) { /* the same, eager */
     apex__fq_t *q = S->solo;
-    if (!q->head) q->served = 0;
+    if (!q->tail) q->served = 0;
     l_append(&q->head, &q->tail, t);
-    q->n++;
+    q->n_in++;
     set_place(t, APEX__SCHED_PLACE_RUNNABLE, 0);
     S->global.n_in++;
     b->plugin.n_in++;
@@ -564,7 +570,7 @@ static inline void solo_take(apex__sched_t *S, apex__fq_t *sq, apex_task_t *t) {
   else sq->tail = NULL;
   t->run_next = NULL;
   atomic_store_explicit(&t->done_next, NULL, memory_order_relaxed);
-  sq->n--;
+  sq->n_out++;
 }
 
 apex_task_t *apex__sched_pick_locked(apex_manager_t *m) {
@@ -929,7 +935,7 @@ static apex__fq_t *fq_find(apex__sched_t *S, const char *key, int32_t prio, int 
   for (apex__fq_t *q = S->fq_hash[b]; q; q = q->hnext)
     if (q->prio == prio && strcmp(q->key, key) == 0) return q;
   if (!make) return NULL;
-  apex__fq_t *q = calloc(1, sizeof *q);
+  apex__fq_t *q = zalloc_aligned(sizeof *q);
   if (!q || !(q->key = strdup(key))) {
     free(q);
     return NULL;
@@ -1130,7 +1136,7 @@ long apex__sched_check_locked(apex_manager_t *m) {
         if ((t->timer_flags & APEX__SCHED_PLACE_MASK) != APEX__SCHED_PLACE_RUNNABLE) return -1;
         n++;
       }
-      if (q->tail != prev || (!q->head && q != S->solo) || q->n != count_q) return -1;
+      if (q->tail != prev || (!q->head && q != S->solo) || fq_n(q) != count_q) return -1;
       q = q->rnext;
     } while (q != q0);
   }

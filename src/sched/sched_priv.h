@@ -12,15 +12,24 @@
 #define BUCKETS 256u
 #define KEY_BUCKETS 4096u /* concurrency keys: many (one per remote host) */
 
+/* Its tasks are n_in - n_out (fq_n, sched.c: what counts runnable while
+ * it is solo). The end a push writes (tail, n_in) is in a cache line of
+ * its own: with a backlog the submitting thread appends while a worker
+ * takes the head, and one line for both moved between their cores in each
+ * one's pool_mu section (bench/analysis.md, W1 of the ninth session). A
+ * push reads only that line unless the queue is empty. Aligned: made by
+ * zalloc_aligned, or in a plugin block (aligned). */
 struct apex__fq {
-  apex_task_t *head, *tail;
-  size_t n; /* its tasks (what counts runnable while it is solo: sched.c) */
+  _Alignas(APEX__CACHE_LINE) apex_task_t *head;
+  uint64_t n_out;            /* taken, ever */
   apex__fq_t *rnext, *rprev; /* the ring of its priority, while non-empty */
   int32_t prio;
   uint32_t weight, served;
   char *key;                 /* the fairness key (owned) */
   apex__fq_t *hnext;
   uint8_t embedded;          /* a plugin block's default: freed with it */
+  _Alignas(APEX__CACHE_LINE) apex_task_t *tail;
+  uint64_t n_in;             /* appended or prepended, ever */
 };
 
 struct apex__sclass {

@@ -45,7 +45,7 @@ static long rings(apex_manager_t *m, solo_t *q) {
   const apex__fq_t *s = m->sched->solo;
   q->solo = s != NULL;
   if (s) {
-    q->n = s->n;
+    q->n = (size_t)(s->n_in - s->n_out);
     q->head = s->head;
     q->tail = s->tail;
   }
