@@ -223,6 +223,25 @@ static void test_task_times_out_while_waiting_to_retry(void **st) {
 
 /* Past max_stuck_workers stuck handlers no replacement starts: queued
  * work waits for a handler to return instead of growing the pool. */
+/* Submits gate.deaf_read with opts o (a short timeout) until one attempt
+ * started and timed out in its handler, stranding its worker; returns
+ * that task. A task whose deadline passes while it is still queued (a
+ * loaded machine: the worker did not pick it within the timeout) times
+ * out without an attempt and strands nothing: it is released and the
+ * submit tried again, up to 20 times. */
+static apex_task_t *submit_stranding(apex_manager_t *m, gate_t *g, const apex_submit_opts_t *o) {
+  for (int i = 0; i < 20; i++) {
+    apex_task_t *t = submit_json(m, "gate", "deaf_read", g->params, o);
+    assert_int_equal(apex_task_wait(t, PROMPT_MS), APEX_OK);
+    assert_int_equal(apex_task_state(t), APEX_TASK_TIMED_OUT);
+    if (apex_task_attempts(t) == 1) return t;
+    assert_int_equal(apex_task_attempts(t), 0);
+    apex_task_release(t);
+  }
+  fail_msg("no attempt of gate.deaf_read started within its timeout in 20 submits");
+  return NULL;
+}
+
 static void test_no_replacement_past_max_stuck_workers(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(1);
@@ -234,13 +253,10 @@ static void test_no_replacement_past_max_stuck_workers(void **st) {
   apex_submit_opts_t o;
   apex_submit_opts_init(&o);
   o.timeout_s = 0.05;
-  apex_task_t *a = submit_json(m, "gate", "deaf_read", g.params, &o);
-  assert_int_equal(apex_task_wait(a, PROMPT_MS), APEX_OK);
+  apex_task_t *a = submit_stranding(m, &g, &o);
   AWAIT(stats_of(m).stuck_workers == 1, PROMPT_MS);
   /* Under the cap: the next task gets a replacement and strands it too. */
-  apex_task_t *b = submit_json(m, "gate", "deaf_read", g.params, &o);
-  assert_int_equal(apex_task_wait(b, PROMPT_MS), APEX_OK);
-  assert_int_equal(apex_task_state(b), APEX_TASK_TIMED_OUT);
+  apex_task_t *b = submit_stranding(m, &g, &o);
   AWAIT(stats_of(m).stuck_workers == 2, PROMPT_MS);
   assert_int_equal(stats_of(m).workers, 2);
   /* At the cap: a submit starts no thread (decided inside the submit). */
