@@ -19,7 +19,8 @@
  * live child.
  *
  * Locks: the family's mutex is taken after a task lock (a child's delivery
- * runs under the child's lock, a parent's snapshot under the parent's) and
+ * runs under the child's lock, a parent's snapshot and a spawn's commit,
+ * when the spawn took the lock, under the parent's) and
  * never with another family's or a task lock taken under it; no plugin
  * code runs while it is held. Cancels, callbacks, completes and deadline
  * firings all happen after it is released.
