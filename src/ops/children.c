@@ -360,8 +360,9 @@ static void shared_fired(apex_token_t *tok, const char *reason, void *user) {
  * (borrowed: the family holds it), made on the first spawn under up;
  * NULL on no memory, or with *stale set when up is no longer the token of
  * t's open attempt (a call made for an attempt that ended: it must not
- * replace the token of the attempt after it). The caller holds up. A child needs no token of its own (most never ask):
- * a cancel of the parent marks the shared one, and with it every child's
+ * replace the token of the attempt after it). The caller holds up. A
+ * child needs no token of its own (most never ask): a cancel of the
+ * parent marks the shared one, and with it every child's
  * token made since (its children), before any callback runs, as the
  * token tree always did; the shared token's callback then ends what is
  * queued. So a spawn costs a reference instead of a token (256 bytes, and
