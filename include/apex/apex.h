@@ -979,7 +979,10 @@ APEX_EXTERN apex_status_t apex_ops_list(apex_manager_t *m, const apex_ops_filter
 APEX_EXTERN size_t apex_op_list_count(const apex_op_list_t *l);
 APEX_EXTERN const apex_op_info_t *apex_op_list_at(const apex_op_list_t *l, size_t i);
 APEX_EXTERN void apex_op_list_free(apex_op_list_t *l);
-/* Finds live operation id.
+/* Finds live operation id, in one look: the tasks waiting in the
+ * scheduler and those a worker (or a submitting thread's inline start)
+ * took from it but has not started yet, read at one instant, then the
+ * started ones; a task found in none of them has ended.
  * Returns: APEX_OK and a new handle in *out (apex_task_release);
  * APEX_E_ALREADY if id was a task of m that has ended (or was never
  * accepted); APEX_E_INVALID for NULL arguments, id 0 or an id m never

@@ -716,7 +716,10 @@ typedef struct apex_spawn_opts {
  * APEX_E_INVALID for NULL plugin, action or out, a weight that is not
  * finite and positive, a label that is not UTF-8 or too long, a struct_size
  * too small, a spawn nested deeper than APEX_CHILD_MAX_DEPTH, a call after
- * this attempt completed (misuse, counted), or a host that predates this
+ * this attempt completed (misuse, counted: also a call under way on
+ * another thread when the attempt ends, or made after a complete that
+ * waits for the children; it spawns nothing, for this attempt or the
+ * next), or a host that predates this
  * call (APEX_HAS_FIELD(apex_host_api_t, ctx->api, spawn) is 0); every
  * error apex_manager_submit returns (APEX_E_PLUGIN_NOT_FOUND,
  * APEX_E_ACTION_NOT_FOUND, APEX_E_INVALID_PARAMS, APEX_E_QUEUE_FULL,

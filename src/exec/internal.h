@@ -555,8 +555,12 @@ struct apex_manager {
   /* written by submitters (and by task_free for refs) */
   /* The destroyer's + one per task not yet freed + ref_bank. */
   _Alignas(APEX__CACHE_LINE) atomic_uint refs;
-  /* The next task id: written under pool_mu only (the section that
-   * queues the task, or one of its own: apex__pool_new_id), read by anyone. */
+  /* The next task id, read by anyone. Written under pool_mu (the section
+   * that queues the task, or one of its own: apex__pool_new_id), except on
+   * a manager with a store, whose ids come from the store's blocks: there
+   * it is only kept past every id given, by a CAS loop without pool_mu
+   * (store/durable.c, saw_id), and pool.c never writes it (its tasks have
+   * their id before they are queued). */
   atomic_uint_fast64_t next_id;
   atomic_uint_fast64_t st_submitted;
   /* The plugin the last submit named (registered, so it stays until the

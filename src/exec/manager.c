@@ -999,7 +999,8 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
     atomic_init(&t->token, tok);
   }
   /* A child carries its family's shared token (ops/children.c), with a
-   * reference the family paid (tok_taken) or one of its own. */
+   * reference the family paid (tok_taken; every spawn's) or one of its
+   * own. */
   if (rc == APEX_OK && sp && sp->tok) {
     atomic_init(&t->token, sp->tok_taken ? sp->tok : apex_token_ref(sp->tok));
     if (sp->tok_taken) *sp->tok_taken = 1;

@@ -412,7 +412,11 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
                         memory_order_relaxed);
   /* The id and the manager reference, in the same section: no atomic add
    * on the submitters' line (bench/analysis.md, W1 of the eighth
-   * session). The id is given in the order tasks are queued. */
+   * session). A task given its id earlier keeps it (a traced or a
+   * scheduled one takes it before the section that queues it,
+   * apex__pool_new_id: its lock and its span need it; a
+   * durable one from the store's blocks), so ids follow the queue order
+   * only among the tasks that take it here. */
   if (!t->id) t->id = next_id_locked(m);
   if (!m->ref_bank) {
     atomic_fetch_add_explicit(&m->refs, APEX__REF_BATCH, memory_order_relaxed);

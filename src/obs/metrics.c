@@ -9,7 +9,8 @@
  * APEX__MX_SLOTS + 1 hot cells, one per thread slot, for what every task
  * pays (submitted, started, succeeded, the histograms). A thread takes a
  * slot on its first event (a process-wide bitmap; the slot goes back when
- * the thread exits, through a pthread key's destructor) and is then the
+ * the thread exits, through a pthread key's destructor, after which the
+ * thread counts in the shared cell: slot_release) and is then the
  * only writer of that slot's cells: a count is a relaxed load and a
  * relaxed store, no lock prefix, no line shared with another writer.
  * Threads beyond APEX__MX_SLOTS share the last cell with atomic adds. A
@@ -116,8 +117,20 @@ _Thread_local apex__mx_tl_t apex__mx_tl __attribute__((tls_model("initial-exec")
 
 _Thread_local apex__obs_stamp_t apex__obs_stamp __attribute__((tls_model("initial-exec")));
 
+/* The key's destructor, on the exiting thread: its slot goes back, and
+ * the thread shares the last cell from now on. Other keys' destructors
+ * may run after this one on the same thread (destructor order is the
+ * keys' order in glibc, unspecified in POSIX): a host's or a plugin's
+ * that submits, completes a deferred ctx or ends a task counts then, and
+ * with its old slot kept it would write, with plain stores, a cell the
+ * slot's next owner writes too, losing counts of both (and trace.c would
+ * share that owner's span list). The shared cell takes atomic adds; no
+ * slot is taken again (a key set now might find its destructor pass
+ * already over, and keep the slot forever). */
 static void slot_release(void *v) {
   unsigned s = (unsigned)(uintptr_t)v - 1;
+  tl.slot = APEX__MX_SLOTS + 1;
+  tl.hot_off = offsetof(apex__mx_series_t, hot) + (size_t)APEX__MX_SLOTS * sizeof(apex__mx_hot_t);
   if (s < APEX__MX_SLOTS) atomic_fetch_and(&slot_bits, ~(1u << s));
 }
 

@@ -19,7 +19,8 @@
  * live child.
  *
  * Locks: the family's mutex is taken after a task lock (a child's delivery
- * runs under the child's lock, a parent's snapshot under the parent's) and
+ * runs under the child's lock, a parent's snapshot and a spawn's commit,
+ * when the spawn took the lock, under the parent's) and
  * never with another family's or a task lock taken under it; no plugin
  * code runs while it is held. Cancels, callbacks, completes and deadline
  * firings all happen after it is released.
@@ -151,6 +152,11 @@ struct apex__family {
   int deadline_fired;
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
+  /* The attempt whose complete was held last (0: none); kept once the held
+   * complete ran, so a spawn made for that attempt after its complete
+   * returned is refused even when it comes after complete_pending was
+   * cleared (ctx_spawn, the commit section). */
+  uint32_t complete_att;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
   /* The children's shared token (family_shared): a child of the attempt
    * token shared_up, made by the first spawn under it, with one callback
@@ -352,14 +358,19 @@ static void shared_fired(apex_token_t *tok, const char *reason, void *user) {
 
 /* Returns: the token children spawned under attempt token up carry
  * (borrowed: the family holds it), made on the first spawn under up;
- * NULL on no memory. A child needs no token of its own (most never ask):
- * a cancel of the parent marks the shared one, and with it every child's
+ * NULL on no memory, or with *stale set when up is no longer the token of
+ * t's open attempt (a call made for an attempt that ended: it must not
+ * replace the token of the attempt after it). The caller holds up. A
+ * child needs no token of its own (most never ask): a cancel of the
+ * parent marks the shared one, and with it every child's
  * token made since (its children), before any callback runs, as the
  * token tree always did; the shared token's callback then ends what is
  * queued. So a spawn costs a reference instead of a token (256 bytes, and
  * the parent token's lock at its making and at its free: bench/analysis.md,
  * W11). No lock held. */
-static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
+static apex_token_t *family_shared(apex__family_t *f, apex_task_t *t, apex_token_t *up,
+                                   int *stale) {
+  *stale = 0;
   /* shared is stored before shared_up (release): the one read goes with
    * the up compared. */
   if (atomic_load_explicit(&f->shared_up, memory_order_acquire) == up)
@@ -379,6 +390,15 @@ static apex_token_t *family_shared(apex__family_t *f, apex_token_t *up) {
     old = sh; /* another spawn made it first */
     old_cb = cb;
     sh = atomic_load_explicit(&f->shared, memory_order_relaxed);
+  } else if (apex__ctx_token_peek(t) != up) {
+    /* up's attempt ended: a later attempt's token may be the family's
+     * already (its spawn replaced it under this mutex, after its start
+     * stored its token, so that store is seen here; up is held, so no
+     * later token has its address). */
+    old = sh;
+    old_cb = cb;
+    sh = NULL;
+    *stale = 1;
   } else {
     old = atomic_load_explicit(&f->shared, memory_order_relaxed);
     old_cb = f->shared_cb;
@@ -459,6 +479,21 @@ static apex_child_t *node_new_locked(apex__family_t *f) {
   return &c->nodes[c->used++]; /* calloc zeroed it */
 }
 
+/* What a spawn checked on its ctx, for the rest of it (spawn_child). */
+typedef struct spawn_call {
+  apex__run_t *r;
+  apex_task_t *t;
+  apex__family_t *f;
+  int locked;             /* checked under the task lock: t held by the call */
+  uint32_t att;           /* locked: the attempt checked */
+  apex_token_t *att_tok;  /* locked: a reference on its token, if it has one */
+  uint64_t cap, pid;      /* t's deadline and id */
+  uint8_t depth;          /* the child's */
+} spawn_call_t;
+
+static inline int spawn_child(const spawn_call_t *sc, const char *plugin, const char *action,
+                              json_t *params, const apex_spawn_opts_t *o, apex_child_t **out);
+
 static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json_t *params,
                      const apex_spawn_opts_t *uo, apex_child_t **out) {
   apex__run_t *r = run_of(c);
@@ -488,13 +523,15 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     return refuse(r, APEX_E_INVALID, "apex_ctx_spawn: submit.struct_size %u",
                   (unsigned)o.submit->struct_size);
 
-  /* The attempt's own handler spawning on the worker that runs it, with
-   * the family made: the task lock's checks hold without it (the attempt
-   * is open, and its run state, task and family stay while the handler
-   * runs on this thread), so the lock is not taken (a fan-out took the
-   * parent's stripe lock once per child: bench/analysis.md, W11 of the
-   * sixth session). Any other caller (a deferred attempt's callbacks, a
-   * thread of the plugin's, a ctx used where it should not be) takes it. */
+  /* A blocking attempt's own handler spawning on the worker that runs it,
+   * with the family made: the task lock's checks hold without it (the
+   * attempt is open, and cannot end, and its run state, task, token and
+   * family stay while the handler runs on this thread), so the lock is
+   * not taken (a fan-out took the parent's stripe lock once per child:
+   * bench/analysis.md, W11 of the sixth session). Any other caller (a
+   * deferred attempt's handler or callbacks, whose attempt another thread
+   * may complete meanwhile; a thread of the plugin's; a ctx used where it
+   * should not be) takes it, and holds what it uses (below). */
   apex__worker_t *w = apex__pool_self(m);
   apex_task_t *t = w ? atomic_load_explicit(&w->holding, memory_order_relaxed) : NULL;
   apex__family_t *f = NULL;
@@ -504,7 +541,8 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
    * reads safely here. */
   if (t && t->id == atomic_load_explicit(&r->id, memory_order_relaxed) &&
       atomic_load_explicit(&r->has_fam, memory_order_acquire) &&
-      atomic_load_explicit(&r->attempt_open, memory_order_acquire) && t->run == r) {
+      atomic_load_explicit(&r->attempt_open, memory_order_acquire) && t->run == r &&
+      t->action->kind == APEX_ACTION_BLOCKING) {
     f = r->prog->fam;
   } else {
     t = apex__run_lock_open(r);
@@ -532,25 +570,81 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     if (r->prog && !f && (f = r->prog->fam = family_new(t, r, (uint8_t)(depth - 1))))
       atomic_store(&r->has_fam, 1); /* seq_cst: as visible as the lock would make it */
   }
-  uint64_t cap = t->deadline_ns, pid = t->id;
-  if (locked) pthread_mutex_unlock(apex__task_mu(t));
+  spawn_call_t sc = {r, t, f, locked, 0, NULL, t->deadline_ns, t->id, (uint8_t)depth};
+  if (!locked) return spawn_child(&sc, plugin, action, params, &o, out);
+  /* The call may outlive its attempt: a thread of the plugin's that
+   * spawns while another completes it, or after a complete the children
+   * held, can find the attempt ended, the task retried under a new attempt
+   * token (whose first spawn replaces the family's shared token and drops
+   * the old one) or even freed, family and all. So it holds the task (and
+   * with it the run state and family) and the attempt's token, and checks
+   * under the task lock, before it counts its child, that the attempt it
+   * saw here is still the open one. */
+  sc.att = t->attempt;
+  apex__task_ref(t);
+  apex__tmo_t *x = apex__task_tmo(t);
+  apex_token_t *at = x ? atomic_load_explicit(&x->tok, memory_order_relaxed) : NULL;
+  sc.att_tok = at ? apex_token_ref(at) : NULL;
+  pthread_mutex_unlock(apex__task_mu(t));
+  int rc = spawn_child(&sc, plugin, action, params, &o, out);
+  if (sc.att_tok) apex_token_unref(sc.att_tok);
+  apex__task_unref(t);
+  return rc;
+}
+
+/* The rest of a spawn, past the checks on the ctx (under the task lock, or
+ * on the worker running a blocking attempt's handler): its family's shared
+ * token, its node, the submit. Inlined in both of ctx_spawn's paths (a
+ * call with its arguments' copies was a few dozen instructions a child of
+ * W11's fan-out). */
+static inline __attribute__((always_inline)) int spawn_child(const spawn_call_t *sc,
+                                                             const char *plugin,
+                                                             const char *action, json_t *params,
+                                                             const apex_spawn_opts_t *o,
+                                                             apex_child_t **out) {
+  apex__run_t *r = sc->r;
+  apex_manager_t *m = apex__run_m(r);
+  apex_task_t *t = sc->t;
+  apex__family_t *f = sc->f;
+  unsigned depth = sc->depth;
+  uint64_t cap = sc->cap, pid = sc->pid;
   if (!f) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
-  /* The handler owns the ctx: t stays while this runs. Never under t's
-   * lock (it may make the token). */
-  apex_token_t *tok = apex__ctx_token(t);
+  /* The attempt's token: held by the call (locked), else stable while the
+   * blocking handler runs; the task's own lives as long as t. Never under
+   * t's lock (it may make the token). */
+  apex_token_t *tok = sc->att_tok ? sc->att_tok : sc->locked ? apex__task_token(t)
+                                                              : apex__ctx_token(t);
   if (!tok) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   if (apex_token_is_cancelled(tok))
     return refuse(r, APEX_E_CANCELLED, "apex_ctx_spawn %s.%s: the task is cancelled (%s)", plugin,
                   action, apex_token_reason(tok));
-  apex_token_t *sh = family_shared(f, tok);
+  int stale = 0;
+  apex_token_t *sh = family_shared(f, t, tok, &stale);
+  if (stale) {
+    apex__ctx_misuse(m, pid, "apex_ctx_spawn");
+    return APEX_E_INVALID;
+  }
   if (!sh) return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
 
   char *label = NULL;
-  if (o.label && !(label = strdup(o.label)))
+  if (o->label && !(label = strdup(o->label)))
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
-  apex__lock(&f->mu);
-  if (f->complete_pending) {
-    apex__unlock(&f->mu);
+  /* The commit: from here the child counts in the family. A call that
+   * took the task lock checks again under it that its attempt is the open
+   * one (the attempt cannot end while the lock is held), and that its
+   * complete was not called: a held complete (apex__family_defer_complete)
+   * leaves the attempt open until its children ended. sh is the family's
+   * then (only a spawn of another attempt replaces it), so sh is alive and
+   * the child's reference comes from the family's batch. */
+  pthread_mutex_t *tmu = sc->locked ? apex__task_mu(t) : NULL;
+  if (tmu) pthread_mutex_lock(tmu);
+  int same = !tmu || (atomic_load_explicit(&r->attempt_open, memory_order_relaxed) &&
+                      t->run == r && t->attempt == sc->att);
+  if (same) apex__lock(&f->mu);
+  if (!same || f->complete_pending || (tmu && f->complete_att == sc->att) ||
+      atomic_load_explicit(&f->shared, memory_order_relaxed) != sh) {
+    if (same) apex__unlock(&f->mu);
+    if (tmu) pthread_mutex_unlock(tmu);
     free(label);
     apex__ctx_misuse(m, pid, "apex_ctx_spawn");
     return APEX_E_INVALID;
@@ -558,11 +652,12 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
   apex_child_t *n = node_new_locked(f);
   if (!n) {
     apex__unlock(&f->mu);
+    if (tmu) pthread_mutex_unlock(tmu);
     free(label);
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   }
   n->fam = f;
-  n->weight = o.weight;
+  n->weight = o->weight;
   n->label = label;
   f->kids[f->n++] = n;
   f->sw += n->weight;
@@ -571,17 +666,13 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     apex__task_ref(t);
     f->holds_parent = 1;
   }
-  /* The child's reference on the shared token, from the batch (while sh
-   * is still the family's: a spawn under a new attempt token may have
-   * replaced it since family_shared). */
-  int paid = atomic_load_explicit(&f->shared, memory_order_relaxed) == sh, taken = 0;
-  if (paid) {
-    if (!f->sh_refs) {
-      apex__token_ref_n(sh, SH_REFS_BATCH);
-      f->sh_refs = SH_REFS_BATCH;
-    }
-    f->sh_refs--;
+  /* The child's reference on the shared token, from the batch. */
+  int taken = 0;
+  if (!f->sh_refs) {
+    apex__token_ref_n(sh, SH_REFS_BATCH);
+    f->sh_refs = SH_REFS_BATCH;
   }
+  f->sh_refs--;
   /* The child's count on the family's opts block, from its batch too; given
    * back below when the child's opts are not the family's. */
   const apex__task_opts_t *fo = NULL;
@@ -594,22 +685,23 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     fo = f->fo->o;
   }
   apex__unlock(&f->mu);
+  if (tmu) pthread_mutex_unlock(tmu);
 
   /* Without submit options or a timeout of its own, the defaults: no
    * options at all (what a zeroed block would say, without its copy). */
   apex_submit_opts_t so, *sop = NULL;
-  if (o.submit || o.timeout_s != 0) {
+  if (o->submit || o->timeout_s != 0) {
     apex_submit_opts_init(&so);
-    if (o.submit) {
-      size_t sz = o.submit->struct_size < sizeof so ? o.submit->struct_size : sizeof so;
-      memcpy(&so, o.submit, sz);
+    if (o->submit) {
+      size_t sz = o->submit->struct_size < sizeof so ? o->submit->struct_size : sizeof so;
+      memcpy(&so, o->submit, sz);
       so.struct_size = sizeof so; /* the rest keeps the defaults init gave it */
     }
     so.parent = NULL; /* the family's shared token serves (sp.tok) */
-    if (o.timeout_s != 0) so.timeout_s = o.timeout_s;
+    if (o->timeout_s != 0) so.timeout_s = o->timeout_s;
     sop = &so;
   }
-  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh, paid ? &taken : NULL, fo};
+  apex__spawn_info_t sp = {n, pid, (uint8_t)depth, cap, sh, &taken, fo};
   apex_task_t *ct = NULL;
   apex_error_t *err = NULL;
   int rc = apex__submit(m, plugin, action, params, sop, &sp, NULL, &ct, &err);
@@ -626,14 +718,15 @@ static int ctx_spawn(apex_ctx_t *c, const char *plugin, const char *action, json
     f->n_live--;
     int drop = !f->n_live && !f->busy && f->holds_parent;
     if (drop) f->holds_parent = 0;
-    /* The paid reference the submit did not take: back to the batch, or
-     * dropped when sh is no longer the family's. */
-    int give_back = paid && !taken && atomic_load_explicit(&f->shared, memory_order_relaxed) != sh;
-    if (paid && !taken && !give_back) f->sh_refs++;
+    /* The reference the submit did not take: back to the batch, or
+     * dropped when sh is no longer the family's (its attempt ended since,
+     * and the next one's spawn replaced it). */
+    int give_back = !taken && atomic_load_explicit(&f->shared, memory_order_relaxed) != sh;
+    if (!taken && !give_back) f->sh_refs++;
     if (fo) f->fo_refs++; /* a refused task never counts on the block */
     apex__unlock(&f->mu);
     if (give_back) apex_token_unref(sh);
-    if (drop) apex__task_unref(t); /* not the last: the handler's attempt holds one */
+    if (drop) apex__task_unref(t); /* not the last: the call (or the blocking attempt) holds one */
     free(n->label);
     refuse(r, rc, "apex_ctx_spawn: %s", apex_error_message(err));
     apex_error_unref(err);
@@ -830,6 +923,7 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   if (!t) return 0; /* misuse: apex__run_complete counts it */
   apex__family_t *f = r->prog ? r->prog->fam : NULL;
   int deferred = t->action->kind == APEX_ACTION_DEFERRED;
+  uint32_t att = t->attempt;
   pthread_mutex_unlock(apex__task_mu(t));
   /* A blocking handler's complete is refused (apex__run_complete logs it):
    * it must not cancel the children either. */
@@ -847,6 +941,7 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   int inside = f->busy && !f->n_live; /* from the last child's end callback */
   f->complete_pending = 1;
   f->complete_rc = rc;
+  f->complete_att = att;
   apex__unlock(&f->mu);
   if (!inside) cancel_live(f);
   return 1;

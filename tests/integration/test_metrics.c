@@ -3,6 +3,7 @@
  * only the gauges; the renderers write the formats' escapes byte for
  * byte. Driven through the public API with tests/plugins/metrics_kit.c. */
 #include <pthread.h>
+#include <semaphore.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -283,6 +284,90 @@ static void test_many_threads_lose_no_count(void **st) {
   apex_manager_destroy(m, -1);
 }
 
+/* A thread's metrics slot goes back from a pthread key's destructor
+ * (obs/metrics.c), and a host's key made after the library's runs its
+ * destructor later on the same thread (glibc runs them in key order).
+ * Here such a destructor submits LATE tasks while a new thread, which took
+ * the slot just given back, submits LATE too, both at once: every submit
+ * is counted (the late ones in the shared cell, with atomic adds; in the
+ * new owner's cell, with plain stores from two threads, counts were
+ * lost). */
+#define LATE 20000
+
+static struct {
+  apex_manager_t *m;
+  pthread_key_t key;
+  sem_t freed, taken;
+  pthread_barrier_t go;
+  atomic_int refused;
+} g_late;
+
+static void submit_many(int n) {
+  apex_task_t **ts = calloc((size_t)n, sizeof *ts);
+  for (int i = 0; ts && i < n; i++)
+    if (apex_manager_submit(g_late.m, KIT, "ok", NULL, NULL, &ts[i], NULL) != APEX_OK) {
+      atomic_fetch_add(&g_late.refused, 1);
+      ts[i] = NULL;
+    }
+  for (int i = 0; ts && i < n; i++) {
+    if (ts[i]) apex_task_wait(ts[i], 30000);
+    apex_task_release(ts[i]);
+  }
+  if (!ts) atomic_fetch_add(&g_late.refused, n);
+  free(ts);
+}
+
+static void late_submits(void *v) { /* the host key's destructor */
+  (void)v;
+  sem_post(&g_late.freed); /* the library's destructor ran before this one */
+  sem_wait(&g_late.taken);
+  pthread_barrier_wait(&g_late.go);
+  submit_many(LATE);
+}
+
+static void *slot_taker(void *p) {
+  (void)p;
+  sem_wait(&g_late.freed);
+  submit_many(1); /* takes the lowest free slot: the one just given back */
+  sem_post(&g_late.taken);
+  pthread_barrier_wait(&g_late.go);
+  submit_many(LATE);
+  return NULL;
+}
+
+static void *exiting(void *p) {
+  (void)p;
+  submit_many(1); /* takes a slot */
+  return pthread_setspecific(g_late.key, &g_late) == 0 ? NULL : &g_late;
+}
+
+static void test_submits_from_a_later_key_destructor_lose_no_count(void **st) {
+  (void)st;
+  g_late.m = kit_default();
+  submit_many(1); /* the library's key exists before the host's */
+  assert_int_equal(pthread_key_create(&g_late.key, late_submits), 0);
+  sem_init(&g_late.freed, 0, 0);
+  sem_init(&g_late.taken, 0, 0);
+  pthread_barrier_init(&g_late.go, NULL, 2);
+  pthread_t a, b;
+  assert_int_equal(pthread_create(&b, NULL, slot_taker, NULL), 0);
+  assert_int_equal(pthread_create(&a, NULL, exiting, NULL), 0);
+  void *set_failed = NULL;
+  pthread_join(a, &set_failed);
+  assert_null(set_failed);
+  pthread_join(b, NULL);
+  assert_int_equal(atomic_load(&g_late.refused), 0);
+  apex_metrics_snapshot_t *s = snap(g_late.m);
+  assert_true(val(s, "apex_tasks_submitted", "ok", NULL, NULL) == 3 + 2 * LATE);
+  assert_true(val(s, "apex_tasks", "ok", "outcome", "succeeded") == 3 + 2 * LATE);
+  apex_metrics_snapshot_free(s);
+  pthread_key_delete(g_late.key);
+  sem_destroy(&g_late.freed);
+  sem_destroy(&g_late.taken);
+  pthread_barrier_destroy(&g_late.go);
+  apex_manager_destroy(g_late.m, -1);
+}
+
 /* ------------------------------------------------------------ renderers */
 
 static const apex_metric_label_t k_nasty[] = {{"plugin", "p"},
@@ -403,6 +488,7 @@ int main(void) {
       cmocka_unit_test(test_progress_reported_delivered_coalesced),
       cmocka_unit_test(test_metrics_off_keeps_only_gauges),
       cmocka_unit_test(test_many_threads_lose_no_count),
+      cmocka_unit_test(test_submits_from_a_later_key_destructor_lose_no_count),
       cmocka_unit_test(test_prometheus_text_escapes_labels_and_help),
       cmocka_unit_test(test_openmetrics_text_names_families_and_ends_with_eof),
       cmocka_unit_test(test_json_carries_labels_as_valid_utf8),

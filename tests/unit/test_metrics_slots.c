@@ -3,8 +3,18 @@
  * share one more cell, whose adds must then be atomic. Here 32 threads
  * hold every slot while two more count into the shared cell at once, and
  * nothing is lost; a slot goes back when its thread exits. Driven through
- * the submit hook on a task of a plugin made up for the test. */
+ * the submit hook on a task of a plugin made up for the test.
+ *
+ * A thread's slot goes back from a pthread key's destructor, and other
+ * keys' destructors may run after it on the same thread (a host's or a
+ * plugin's, made after the metrics' key: glibc runs them in key order)
+ * and count there (a submit, a complete). The second test has such a
+ * late destructor count while a new thread, which took the slot just
+ * given back, counts too: the late counts must go to the shared cell
+ * (atomic adds), never into the cell its new owner writes with plain
+ * stores, where both lose counts. */
 #include <pthread.h>
+#include <semaphore.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,11 +92,79 @@ static void test_threads_past_the_slots_share_a_cell_and_lose_nothing(void **st)
   apex__mx_plugin_t *b = atomic_load(&g_plugin.mx);
   free(atomic_load(&b->series[0]));
   free(b);
+  atomic_store(&g_plugin.mx, NULL);
+}
+
+/* The late-destructor test: the exiting thread's key (made after the
+ * metrics' key, so its destructor runs after the slot went back), the
+ * thread that takes the freed slot, and the two counting at once. */
+static pthread_key_t g_late_key;
+static pthread_barrier_t g_late_go;
+static sem_t g_late_freed, g_late_taken;
+static uint64_t g_shared_before_late;
+
+static void *taker(void *arg) {
+  (void)arg;
+  sem_wait(&g_late_freed);
+  apex__mx_submitted_(&g_task); /* takes the lowest free slot: the one just given back */
+  sem_post(&g_late_taken);
+  pthread_barrier_wait(&g_late_go);
+  for (int i = 1; i < ADDS; i++) apex__mx_submitted_(&g_task);
+  return NULL;
+}
+
+static void late_destructor(void *v) {
+  (void)v;
+  /* The metrics' destructor ran: the slot is free, and taken again. */
+  sem_post(&g_late_freed);
+  sem_wait(&g_late_taken);
+  g_shared_before_late = shared_cell();
+  pthread_barrier_wait(&g_late_go);
+  for (int i = 0; i < ADDS; i++) apex__mx_submitted_(&g_task);
+}
+
+static void *late_counter(void *arg) {
+  (void)arg;
+  apex__mx_submitted_(&g_task); /* takes a slot (and makes the metrics' key) */
+  return pthread_setspecific(g_late_key, (void *)1) == 0 ? NULL : (void *)1;
+}
+
+static void test_counts_after_the_slot_went_back_use_the_shared_cell(void **st) {
+  (void)st;
+  g_plugin.actions = &g_action;
+  g_plugin.desc.n_actions = 1;
+  g_task.plugin = &g_plugin;
+  g_task.action = &g_action;
+  apex__mx_submitted_(&g_task); /* this thread's slot, and the metrics' key, first */
+  assert_int_equal(pthread_key_create(&g_late_key, late_destructor), 0);
+  sem_init(&g_late_freed, 0, 0);
+  sem_init(&g_late_taken, 0, 0);
+  pthread_barrier_init(&g_late_go, NULL, 2);
+  uint64_t before = submitted();
+  pthread_t a, b;
+  assert_int_equal(pthread_create(&b, NULL, taker, NULL), 0);
+  assert_int_equal(pthread_create(&a, NULL, late_counter, NULL), 0);
+  void *set_failed = NULL;
+  pthread_join(a, &set_failed);
+  assert_null(set_failed);
+  pthread_join(b, NULL);
+  /* The late thread's counts went to the shared cell, all of them. */
+  assert_int_equal(shared_cell() - g_shared_before_late, (uint64_t)ADDS);
+  assert_int_equal(submitted() - before, 1 + (uint64_t)ADDS + (uint64_t)ADDS);
+  pthread_key_delete(g_late_key);
+  sem_destroy(&g_late_freed);
+  sem_destroy(&g_late_taken);
+  pthread_barrier_destroy(&g_late_go);
+  apex__mx_plugin_t *pb = atomic_load(&g_plugin.mx);
+  free(atomic_load(&pb->series[0]));
+  free(pb);
+  atomic_store(&g_plugin.mx, NULL);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_threads_past_the_slots_share_a_cell_and_lose_nothing),
+      cmocka_unit_test(test_counts_after_the_slot_went_back_use_the_shared_cell),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
