@@ -9,12 +9,14 @@
  * cancel callback. Threads: cmocka's is the host; the concurrent-read test
  * starts readers of its own. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -325,6 +327,102 @@ static void test_first_reads_racing_get_one_error(void **st) {
   assert_int_equal(apex_manager_destroy(h.m, 1000), APEX_OK);
 }
 
+enum { VIEWS = 48 };
+
+typedef struct kept {
+  apex_error_t *e[VIEWS]; /* the DONE events' errors, referenced */
+  uint64_t id[VIEWS];     /* their tasks' ids */
+  int dones;
+} kept_t;
+
+static void on_event_keep(const apex_event_t *ev, void *user) {
+  kept_t *k = user;
+  if (ev->type != APEX_EVENT_DONE || k->dones >= VIEWS) return;
+  k->id[k->dones] = ev->task_id;
+  k->e[k->dones++] = apex_error_ref((apex_error_t *)ev->error);
+}
+
+typedef struct vrace {
+  kept_t *k;
+  pthread_barrier_t go;
+  int bad[READERS];
+} vrace_t;
+
+typedef struct vreader {
+  vrace_t *r;
+  int i;
+} vreader_t;
+
+/* Reads every view (each one's first read races the other readers'),
+ * refs and unrefs it, then drops this reader's own reference: the last
+ * one, on whichever reader gets there last, frees the task. */
+static void *read_views(void *arg) {
+  vreader_t *rd = arg;
+  vrace_t *r = rd->r;
+  pthread_barrier_wait(&r->go);
+  for (int v = 0; v < VIEWS; v++) {
+    int at = (v + rd->i * 7) % VIEWS; /* the readers meet on different views */
+    apex_error_t *e = r->k->e[at];
+    const char *msg = apex_error_message(e);
+    json_t *j = apex_error_to_json(e);
+    apex_error_t *x = apex_error_ref(e);
+    if (apex_error_code(x) != APEX_E_CANCELLED || strcmp(msg, apex_strerror(APEX_E_CANCELLED)) ||
+        apex_error_task_id(e) != r->k->id[at] || !apex_error_plugin(e) ||
+        strcmp(apex_error_plugin(e), "lazy_kit") || apex_error_cause(e) || !j ||
+        strcmp(json_string_value(json_object_get(j, "message")), msg))
+      r->bad[rd->i]++;
+    apex_error_unref(x);
+    json_decref(j);
+  }
+  for (int v = 0; v < VIEWS; v++) apex_error_unref(r->k->e[(v + rd->i * 7) % VIEWS]);
+  return NULL;
+}
+
+/* Views of deferred tasks (blocks: exec/task.c), kept past their handles
+ * and their manager, read for the first time by READERS threads at once
+ * (one error made per task, installed by compare-and-swap), referenced
+ * and unreferenced on each, and let go last on whichever thread: TSan
+ * watches the first reads and the frees, ASan the task blocks kept by the
+ * views' references. */
+static void test_views_read_and_dropped_on_many_threads_after_destroy(void **st) {
+  (void)st;
+  kept_t k = {0};
+  apex_manager_config_t cfg = base_config(2);
+  cfg.delivery = APEX_DELIVER_DISPATCH;
+  cfg.on_event = on_event_keep;
+  cfg.event_user = &k;
+  cfg.event_mask = APEX_EVENT_DONE;
+  apex_manager_t *m = make_test_manager(&cfg);
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/lazy_kit.so");
+  apex_task_t *t[VIEWS];
+  vrace_t r = {.k = &k};
+  for (int v = 0; v < VIEWS; v++) t[v] = submit_json(m, "lazy_kit", "pend", NULL, NULL);
+  for (int v = 0; v < VIEWS; v++) AWAIT(apex_task_state(t[v]) == APEX_TASK_RUNNING, PROMPT_MS);
+  for (int v = 0; v < VIEWS; v++) assert_int_equal(apex_task_cancel(t[v], NULL), APEX_OK);
+  int64_t end = now_ms() + PROMPT_MS;
+  while (k.dones < VIEWS && now_ms() < end) {
+    assert_true(apex_manager_dispatch(m) >= 0);
+    if (k.dones < VIEWS) nap_ms(1);
+  }
+  assert_int_equal(k.dones, VIEWS);
+  /* Every DONE carried a view: nothing read the errors yet. */
+  for (int v = 0; v < VIEWS; v++) assert_true(apex__error_is_lazy(raw_error(t[v])));
+  for (int v = 0; v < VIEWS; v++) apex_task_release(t[v]);
+  assert_int_equal(apex_manager_destroy(m, 1000), APEX_OK);
+  for (int v = 0; v < VIEWS; v++)
+    for (int i = 1; i < READERS; i++) (void)apex_error_ref(k.e[v]); /* one a reader */
+  assert_int_equal(pthread_barrier_init(&r.go, NULL, READERS), 0);
+  pthread_t th[READERS];
+  vreader_t rd[READERS];
+  for (int i = 0; i < READERS; i++) {
+    rd[i] = (vreader_t){&r, i};
+    assert_int_equal(pthread_create(&th[i], NULL, read_views, &rd[i]), 0);
+  }
+  for (int i = 0; i < READERS; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+  pthread_barrier_destroy(&r.go);
+  for (int i = 0; i < READERS; i++) assert_int_equal(r.bad[i], 0);
+}
+
 static void test_a_plain_cancelled_completion_is_the_status_sentence_made_when_read(void **st) {
   (void)st;
   apex_manager_config_t cfg = base_config(2);
@@ -343,6 +441,82 @@ static void test_a_plain_cancelled_completion_is_the_status_sentence_made_when_r
   assert_int_equal(apex_manager_destroy(m, 1000), APEX_OK);
 }
 
+enum { RACERS = 64, RACE_ROUNDS = 4 };
+
+typedef struct tally {
+  atomic_int dones;
+  atomic_int bad;
+} tally_t;
+
+/* LOOP delivery (the runtime thread): every other DONE's error is read
+ * through its view, racing the cancels of the tasks after it. */
+static void on_event_tally(const apex_event_t *ev, void *user) {
+  tally_t *y = user;
+  if (ev->type != APEX_EVENT_DONE) return;
+  if (ev->task_id & 1) {
+    int code = apex_error_code(ev->error);
+    if (code != APEX_E_CANCELLED && code != APEX_E_TIMEOUT) atomic_fetch_add(&y->bad, 1);
+  }
+  atomic_fetch_add(&y->dones, 1);
+}
+
+static void *cancel_each(void *arg) {
+  apex_task_t **t = arg;
+  for (int i = 0; i < RACERS; i++) {
+    if (i % 8 == 0) nap_ms(1);
+    (void)apex_task_cancel(t[i], NULL);
+  }
+  return NULL;
+}
+
+/* A deferred task whose cancel callback completes it (lazy_kit's pend),
+ * its attempts cut by a short start-to-close timeout and retried on the
+ * same run state, cancelled by two threads at once while those timeouts
+ * fire (each firing runs the callback too): the callback's own end of
+ * the attempt spares oc_run its lock (exec/task.c, tls_oc_ended), which
+ * must hold whichever end, retry or cancel comes first. Every task ends
+ * once, cancelled or timed out, with an error that says so. */
+static void test_cancel_callbacks_racing_timeouts_and_cancels(void **st) {
+  (void)st;
+  tally_t y = {0};
+  apex_manager_config_t cfg = base_config(2);
+  cfg.on_event = on_event_tally;
+  cfg.event_user = &y;
+  cfg.event_mask = APEX_EVENT_DONE;
+  apex_manager_t *m = make_test_manager(&cfg);
+  load_ok(m, APEX_TEST_PLUGIN_DIR "/lazy_kit.so");
+  apex_retry_policy_t pol = {.max_attempts = 4, .initial_interval_s = 0.001};
+  apex_submit_opts_t o;
+  apex_submit_opts_init(&o);
+  o.retry = &pol;
+  o.start_to_close_s = 0.002;
+  o.timeout_s = 5;
+  for (int round = 0; round < RACE_ROUNDS; round++) {
+    apex_task_t *t[RACERS], *rev[RACERS];
+    for (int i = 0; i < RACERS; i++) t[i] = submit_json(m, "lazy_kit", "pend", NULL, &o);
+    for (int i = 0; i < RACERS; i++) rev[i] = t[RACERS - 1 - i];
+    nap_ms(round); /* the cancels meet different attempts each round */
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, cancel_each, t), 0);
+    cancel_each(rev);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    for (int i = 0; i < RACERS; i++) {
+      wait_done(t[i]);
+      int s = apex_task_state(t[i]);
+      assert_true(s == APEX_TASK_CANCELLED || s == APEX_TASK_TIMED_OUT);
+      apex_error_t *e = apex_task_error(t[i]);
+      assert_int_equal(apex_error_code(e),
+                       s == APEX_TASK_CANCELLED ? APEX_E_CANCELLED : APEX_E_TIMEOUT);
+      apex_error_unref(e);
+      apex_task_release(t[i]);
+    }
+  }
+  AWAIT(atomic_load(&y.dones) == RACERS * RACE_ROUNDS, PROMPT_MS);
+  assert_int_equal(atomic_load(&y.bad), 0);
+  assert_int_equal(apex_manager_destroy(m, 1000), APEX_OK);
+  assert_int_equal(atomic_load(&y.dones), RACERS * RACE_ROUNDS); /* once each */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_queued_cancel_makes_no_error_until_one_is_read),
@@ -353,6 +527,8 @@ int main(void) {
       cmocka_unit_test(test_a_task_destroy_cancels_in_the_queue_reads_shutdown),
       cmocka_unit_test(test_first_reads_racing_get_one_error),
       cmocka_unit_test(test_a_plain_cancelled_completion_is_the_status_sentence_made_when_read),
+      cmocka_unit_test(test_views_read_and_dropped_on_many_threads_after_destroy),
+      cmocka_unit_test(test_cancel_callbacks_racing_timeouts_and_cancels),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
