@@ -278,13 +278,22 @@ void apex__family_free(apex__family_t *f) {
   free(f);
 }
 
-/* The family of c's open attempt, made if make; with the task in *tp.
- * Returns NULL (and the misuse counted) after complete, or with *nomem set
- * when the family could not be made. */
+/* The family of c's open attempt, made if make; with the task in *tp,
+ * held for the call (the caller drops it: apex__task_unref), and, if tokp,
+ * a reference on the attempt's token in *tokp (NULL: the attempt has no
+ * token of its own; the task's, apex__task_token, lives as long as t).
+ * The call may outlive the attempt: a thread of the plugin's calling after
+ * a complete the children held returned finds the attempt open, and it
+ * may end (and the host release the task, family and all, or a retry drop
+ * the attempt's token) as soon as the task lock is left here.
+ * Returns NULL with *tp NULL (and the misuse counted) after complete, or
+ * with *nomem set when the family could not be made. */
 static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex_task_t **tp,
-                                 int *nomem) {
+                                 int *nomem, apex_token_t **tokp) {
   apex__run_t *r = run_of(c);
   if (nomem) *nomem = 0;
+  if (tokp) *tokp = NULL;
+  *tp = NULL;
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) {
     apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
@@ -299,8 +308,14 @@ static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex
     }
     if (!f && nomem) *nomem = 1;
   }
+  apex__task_ref(t); /* and with it its run state and family (task_free) */
+  if (tokp) {
+    apex__tmo_t *x = apex__task_tmo(t);
+    apex_token_t *at = x ? atomic_load_explicit(&x->tok, memory_order_relaxed) : NULL;
+    *tokp = at ? apex_token_ref(at) : NULL;
+  }
   pthread_mutex_unlock(apex__task_mu(t));
-  if (tp) *tp = t;
+  *tp = t;
   return f;
 }
 
@@ -1089,13 +1104,29 @@ static void wake_family(apex_token_t *tok, const char *reason, void *user) {
   apex__unlock(&f->mu);
 }
 
+static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_token_t *tok,
+                      apex_child_t *const *kids, size_t n, int all, int64_t timeout_ms,
+                      size_t *which);
+
+/* The task and the attempt's token are held for the wait (family_of): a
+ * thread of the plugin's may wait after a complete the children held
+ * returned, and the attempt end, and the task go, while it sleeps. */
 static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, int all,
                           int64_t timeout_ms, size_t *which) {
-  apex__run_t *r = run_of(c);
-  apex_task_t *t = NULL;
+  apex_task_t *t;
+  apex_token_t *at;
   if (which) *which = 0;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_wait_children", &t, NULL);
+  apex__family_t *f = family_of(c, 0, "apex_ctx_wait_children", &t, NULL, &at);
   if (!t) return APEX_E_INVALID;
+  int rc = child_wait(run_of(c), t, f, at, kids, n, all, timeout_ms, which);
+  if (at) apex_token_unref(at);
+  apex__task_unref(t);
+  return rc;
+}
+
+static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_token_t *tok,
+                      apex_child_t *const *kids, size_t n, int all, int64_t timeout_ms,
+                      size_t *which) {
   if ((!kids && n) || (!all && n == 0))
     return refuse(r, APEX_E_INVALID, "apex_ctx_wait: %s", !all ? "no children to wait for"
                                                                 : "children NULL with n > 0");
@@ -1104,8 +1135,7 @@ static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, in
       return refuse(r, APEX_E_INVALID, "apex_ctx_wait: children[%zu] is %s", i,
                     kids[i] ? "not a child of this attempt" : "NULL");
   if (!f) return APEX_OK; /* all of none */
-  apex_token_t *tok = apex__ctx_token(t);
-  if (!tok) return APEX_E_NOMEM;
+  if (!tok && !(tok = apex__task_token(t))) return APEX_E_NOMEM;
   uint64_t cb = 0;
   int watched = apex_token_on_cancel(tok, wake_family, f, &cb) == APEX_OK;
   uint64_t until = apex__ns_after_ms(timeout_ms);
@@ -1164,15 +1194,18 @@ static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, in
 
 static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn, void *user) {
   apex__run_t *r = run_of(c);
-  apex_task_t *t = NULL;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, NULL);
+  apex_task_t *t;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, NULL, NULL);
   if (!t) return APEX_E_INVALID;
-  if (!fn || !mine(f, child))
+  if (!fn || !mine(f, child)) {
+    apex__task_unref(t);
     return refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
                   !fn ? "fn is NULL" : "not a child of this attempt");
+  }
   apex__lock(&f->mu);
   if (child->on_end_set) {
     apex__unlock(&f->mu);
+    apex__task_unref(t);
     return APEX_E_ALREADY;
   }
   child->on_end_set = 1;
@@ -1183,22 +1216,26 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
   }
   apex__unlock(&f->mu);
   if (now) fn(c, child, user);
+  apex__task_unref(t); /* after fn: it reads the family */
   return APEX_OK;
 }
 
 static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, json_t **result,
                              json_t **error) {
   apex__run_t *r = run_of(c);
-  apex_task_t *t = NULL;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, NULL);
+  apex_task_t *t;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, NULL, NULL);
   if (!t) return APEX_E_INVALID;
-  if (!mine(f, child))
+  if (!mine(f, child)) {
+    apex__task_unref(t);
     return refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
+  }
   apex__lock(&f->mu);
   int ended = child->ended, let = child->let_go;
   apex_task_t *ct = child->task;
   if (ct) apex__task_ref(ct); /* a spawn racing on another thread may let it go */
   apex__unlock(&f->mu);
+  apex__task_unref(t); /* the family is not read again */
   if (let) { /* succeeded with no result (let_go) */
     if (state) *state = APEX_TASK_SUCCEEDED;
     if (result) *result = json_null();
@@ -1228,12 +1265,15 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
 }
 
 static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
-  apex_task_t *t = NULL;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, NULL);
-  if (!mine(f, child)) return 0;
-  apex__lock(&f->mu);
-  uint64_t id = child->id;
-  apex__unlock(&f->mu);
+  apex_task_t *t;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, NULL, NULL);
+  uint64_t id = 0;
+  if (mine(f, child)) {
+    apex__lock(&f->mu);
+    id = child->id;
+    apex__unlock(&f->mu);
+  }
+  if (t) apex__task_unref(t);
   return id;
 }
 
@@ -1247,15 +1287,17 @@ static int ctx_children_own_weight(apex_ctx_t *c, double w) {
   apex__run_t *r = run_of(c);
   if (!isfinite(w) || w < 0)
     return refuse(r, APEX_E_INVALID, "apex_ctx_children_own_weight: %g: want finite >= 0", w);
-  apex_task_t *t = NULL;
+  apex_task_t *t;
   int nomem = 0;
-  apex__family_t *f = family_of(c, 1, "apex_ctx_children_own_weight", &t, &nomem);
+  apex__family_t *f = family_of(c, 1, "apex_ctx_children_own_weight", &t, &nomem, NULL);
   if (!t) return APEX_E_INVALID;
-  if (!f) return APEX_E_NOMEM;
-  apex__lock(&f->mu);
-  f->own_weight = w;
-  apex__unlock(&f->mu);
-  return APEX_OK;
+  if (f) {
+    apex__lock(&f->mu);
+    f->own_weight = w;
+    apex__unlock(&f->mu);
+  }
+  apex__task_unref(t);
+  return f ? APEX_OK : APEX_E_NOMEM;
 }
 
 void apex__children_api_init(apex_host_api_t *api) {

@@ -11,8 +11,8 @@
  *          has a token of its own, and its children a shared token below
  *          it), 2 attempts 1 ms apart. Each attempt spawns a gate child
  *          (n: the attempt number) and registers an end callback on it, then
- *          publishes its ctx (spawn_race_ctx) and attempt
- *          (spawn_race_attempt). The callback completes the attempt from
+ *          publishes its ctx (spawn_race_ctx), the child
+ *          (spawn_race_child) and attempt (spawn_race_attempt). The callback completes the attempt from
  *          inside the last child's end, where the complete is held until
  *          the callback returns (children.c): attempt 1 with
  *          APEX_E_TRANSIENT (ok 0: a retry follows) or APEX_OK (ok 1),
@@ -42,6 +42,7 @@ EXPORT _Atomic(apex_ctx_t *) spawn_race_ctx;
 EXPORT atomic_int spawn_race_completed;
 EXPORT atomic_int spawn_race_go;
 EXPORT atomic_int spawn_race_spawn_rc = 1; /* the last attempt's spawn; 1: none yet */
+EXPORT _Atomic(apex_child_t *) spawn_race_child; /* the last attempt's gate child */
 
 static void ms_sleep(void) {
   struct timespec ms = {0, 1000000};
@@ -82,6 +83,7 @@ static int par(apex_ctx_t *ctx) {
   json_decref(p);
   if (rc == APEX_OK) rc = apex_ctx_on_child_end(ctx, c, on_end, (void *)(intptr_t)attempt);
   atomic_store(&spawn_race_ctx, ctx);
+  atomic_store(&spawn_race_child, c);
   atomic_store(&spawn_race_spawn_rc, rc);
   atomic_store(&spawn_race_attempt, attempt);
   return rc == APEX_OK ? APEX_PENDING : rc;

@@ -1,0 +1,236 @@
+/* apex_ctx_wait_children, apex_ctx_on_child_end and apex_ctx_child_outcome
+ * on a ctx whose attempt ends, and whose task the host releases, while the
+ * call is under way (ops/children.c, family_of): a thread of the plugin's
+ * that calls after the attempt's complete returned, while the complete is
+ * held for the last child's end callback (the attempt stays open until it
+ * returns). The call passes the ctx's check under the task lock; then the
+ * attempt succeeds, the host releases the task, and the task goes with its
+ * family (and the attempt's token). The call must touch nothing freed
+ * (ASan: a use after free) and return (its answer is the family's, or an
+ * error: a call after complete returned is misuse, plugin.h).
+ *
+ * The call is held at the one point between the check and its first read
+ * of the family: the task lock's release. This program defines
+ * pthread_mutex_unlock (as test_children_stale_spawn.c defines strdup: the
+ * executable's definition wins over every shared object's), passes it on,
+ * and on the thread armed below holds the caller there once, until the
+ * test lets it go. Under TSan, whose runtime intercepts the mutex calls,
+ * the definition is left out and the calls run unheld (no window). The
+ * plugin is tests/plugins/spawn_race.c, read with dlsym. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "apex/apex.h"
+#include "apex/plugin.h"
+#include "harness.h"
+
+#define KIT APEX_TEST_PLUGIN_DIR "/spawn_race.so"
+
+/* ------------------------------------------ the held mutex release */
+
+static atomic_int g_in_window, g_release;
+static atomic_int *g_go;          /* the plugin's spawn_race_go */
+static _Thread_local int g_armed; /* hold this thread at its next unlock */
+
+#if defined(__SANITIZE_THREAD__)
+#define HOLDS 0
+#else
+#define HOLDS 1
+#if defined(__SANITIZE_ADDRESS__)
+#define NO_SANITIZE __attribute__((no_sanitize_address))
+#else
+#define NO_SANITIZE
+#endif
+
+typedef int (*unlock_fn)(pthread_mutex_t *);
+static _Atomic(unlock_fn) g_real_unlock;
+
+/* The build hides symbols by default; this must be seen by libapex. */
+__attribute__((visibility("default"))) NO_SANITIZE int pthread_mutex_unlock(pthread_mutex_t *mu) {
+  unlock_fn real = atomic_load(&g_real_unlock);
+  if (!real) {
+    real = (unlock_fn)dlsym(RTLD_NEXT, "pthread_mutex_unlock");
+    atomic_store(&g_real_unlock, real);
+  }
+  int rc = real(mu);
+  if (g_armed) { /* the call checked its ctx and left the task lock: hold it here */
+    g_armed = 0;
+    atomic_store(&g_in_window, 1);
+    atomic_store(g_go, 1); /* the end callback returns: the held complete runs */
+    for (int i = 0; i < 60000 && !atomic_load(&g_release); i++) nap_ms(1);
+  }
+  return rc;
+}
+#endif
+
+/* ------------------------------------------------------- the test */
+
+static struct {
+  void *dl;
+  atomic_int *gate, *attempt, *completed, *spawn_rc;
+  _Atomic(apex_ctx_t *) *ctx;
+  _Atomic(apex_child_t *) *child;
+} g_kit;
+
+static int setup(void **st) {
+  (void)st;
+  g_kit.dl = dlopen(KIT, RTLD_NOW);
+  if (!g_kit.dl) return -1;
+  g_kit.gate = dlsym(g_kit.dl, "spawn_race_gate");
+  g_kit.attempt = dlsym(g_kit.dl, "spawn_race_attempt");
+  g_kit.completed = dlsym(g_kit.dl, "spawn_race_completed");
+  g_kit.spawn_rc = dlsym(g_kit.dl, "spawn_race_spawn_rc");
+  g_kit.ctx = dlsym(g_kit.dl, "spawn_race_ctx");
+  g_kit.child = dlsym(g_kit.dl, "spawn_race_child");
+  g_go = dlsym(g_kit.dl, "spawn_race_go");
+  return g_kit.gate && g_kit.attempt && g_kit.completed && g_kit.spawn_rc && g_kit.ctx &&
+                 g_kit.child && g_go
+             ? 0
+             : -1;
+}
+
+static int teardown(void **st) {
+  (void)st;
+  return dlclose(g_kit.dl);
+}
+
+enum { CALL_WAIT, CALL_ON_END, CALL_OUTCOME };
+
+static struct {
+  int which;
+  apex_ctx_t *ctx;
+  apex_child_t *child;
+  atomic_int rc, done;
+} g_call;
+
+static void reset(void) {
+  atomic_store(g_kit.gate, 0);
+  atomic_store(g_kit.attempt, 0);
+  atomic_store(g_kit.completed, 0);
+  atomic_store(g_kit.spawn_rc, 1);
+  atomic_store(g_kit.ctx, NULL);
+  atomic_store(g_kit.child, NULL);
+  atomic_store(g_go, 0);
+  atomic_store(&g_in_window, 0);
+  atomic_store(&g_release, 0);
+  atomic_store(&g_call.done, 0);
+  atomic_store(&g_call.rc, 1);
+}
+
+/* Waits (10 s at most) until *v >= want. */
+static void wait_for(atomic_int *v, int want, const char *what) {
+  for (int i = 0; i < 10000 && atomic_load(v) < want; i++) nap_ms(1);
+  if (atomic_load(v) < want) fail_msg("waited 10 s for %s", what);
+}
+
+static void on_end(apex_ctx_t *ctx, apex_child_t *child, void *user) {
+  (void)ctx;
+  (void)child;
+  (void)user;
+}
+
+/* The plugin's thread: calls on the ctx once the attempt's complete
+ * returned. */
+static void *stale_caller(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 10000 && !atomic_load(g_kit.completed); i++) nap_ms(1);
+  int rc = 1, st = -1;
+  json_t *res = NULL, *err = NULL;
+  g_armed = HOLDS;
+  switch (g_call.which) {
+  case CALL_WAIT:
+    rc = apex_ctx_wait_children(g_call.ctx, NULL, 0, 1000);
+    break;
+  case CALL_ON_END:
+    rc = apex_ctx_on_child_end(g_call.ctx, g_call.child, on_end, NULL);
+    break;
+  default:
+    rc = apex_ctx_child_outcome(g_call.ctx, g_call.child, &st, &res, &err);
+    break;
+  }
+  g_armed = 0;
+  json_decref(res);
+  json_decref(err);
+  atomic_store(&g_call.rc, rc);
+  atomic_store(&g_call.done, 1);
+  return NULL;
+}
+
+/* The parent's first attempt succeeds once its child ends; the stale call
+ * is held (or ran, or was refused, before the hold) once the complete
+ * returned; the test waits for the task's end, releases it, and lets the
+ * call go once nothing of Apex's holds the task. Returns: the call's rc. */
+static int run_stale(int which) {
+  apex_manager_config_t cfg = base_config(3);
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, KIT);
+  reset();
+  apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
+  wait_for(g_kit.attempt, 1, "the first attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  g_call.which = which;
+  g_call.ctx = atomic_load(g_kit.ctx);
+  g_call.child = atomic_load(g_kit.child);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, stale_caller, NULL), 0);
+  atomic_store(g_kit.gate, 1); /* the child ends: its callback completes the attempt */
+  for (int i = 0; i < 10000 && !atomic_load(&g_in_window) && !atomic_load(&g_call.done); i++)
+    nap_ms(1);
+  if (!atomic_load(&g_in_window)) atomic_store(g_go, 1); /* not held */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  apex_task_release(t);
+  nap_ms(200); /* its DONE delivered: nothing of Apex's holds it */
+  atomic_store(&g_release, 1);
+  pthread_join(th, NULL);
+  if (HOLDS) assert_int_equal(atomic_load(&g_in_window), 1); /* it was held in the call */
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+  return atomic_load(&g_call.rc);
+}
+
+/* The wait finds every child ended (or is refused): it reads the family
+ * and the attempt's token after the task went. */
+static void test_a_wait_held_while_its_task_ends_and_goes_returns(void **st) {
+  (void)st;
+  int rc = run_stale(CALL_WAIT);
+  assert_true(rc == APEX_OK || rc == APEX_E_INVALID);
+}
+
+/* The child's end callback was set by the attempt: the call is told so
+ * (or refused). */
+static void test_an_on_child_end_held_while_its_task_ends_and_goes_returns(void **st) {
+  (void)st;
+  int rc = run_stale(CALL_ON_END);
+  assert_true(rc == APEX_E_ALREADY || rc == APEX_E_INVALID);
+}
+
+/* The child succeeded with no result (its node answers for it), or the
+ * call is refused. */
+static void test_a_child_outcome_held_while_its_task_ends_and_goes_returns(void **st) {
+  (void)st;
+  int rc = run_stale(CALL_OUTCOME);
+  assert_true(rc == APEX_OK || rc == APEX_E_INVALID);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_a_wait_held_while_its_task_ends_and_goes_returns),
+      cmocka_unit_test(test_an_on_child_end_held_while_its_task_ends_and_goes_returns),
+      cmocka_unit_test(test_a_child_outcome_held_while_its_task_ends_and_goes_returns),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
