@@ -1198,9 +1198,10 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
   apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, NULL, NULL);
   if (!t) return APEX_E_INVALID;
   if (!fn || !mine(f, child)) {
-    apex__task_unref(t);
-    return refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
-                  !fn ? "fn is NULL" : "not a child of this attempt");
+    int rc = refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
+                    !fn ? "fn is NULL" : "not a child of this attempt");
+    apex__task_unref(t); /* after refuse: r is in the task's block */
+    return rc;
   }
   apex__lock(&f->mu);
   if (child->on_end_set) {
@@ -1227,8 +1228,9 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
   apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, NULL, NULL);
   if (!t) return APEX_E_INVALID;
   if (!mine(f, child)) {
-    apex__task_unref(t);
-    return refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
+    int rc = refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
+    apex__task_unref(t); /* after refuse: r is in the task's block */
+    return rc;
   }
   apex__lock(&f->mu);
   int ended = child->ended, let = child->let_go;
