@@ -36,8 +36,8 @@
 #include "apex/apex.h"
 #include "apex/plugin.h"
 #include "harness.h"
+#include "spawn_race_kit.h"
 
-#define KIT APEX_TEST_PLUGIN_DIR "/spawn_race.so"
 
 /* ------------------------------------------ the held mutex release */
 
@@ -78,33 +78,18 @@ __attribute__((visibility("default"))) NO_SANITIZE int pthread_mutex_unlock(pthr
 
 /* ------------------------------------------------------- the test */
 
-static struct {
-  void *dl;
-  atomic_int *gate, *attempt, *completed, *spawn_rc;
-  _Atomic(apex_ctx_t *) *ctx;
-  _Atomic(apex_child_t *) *child;
-} g_kit;
+static sr_kit_t g_kit;
 
 static int setup(void **st) {
   (void)st;
-  g_kit.dl = dlopen(KIT, RTLD_NOW);
-  if (!g_kit.dl) return -1;
-  g_kit.gate = dlsym(g_kit.dl, "spawn_race_gate");
-  g_kit.attempt = dlsym(g_kit.dl, "spawn_race_attempt");
-  g_kit.completed = dlsym(g_kit.dl, "spawn_race_completed");
-  g_kit.spawn_rc = dlsym(g_kit.dl, "spawn_race_spawn_rc");
-  g_kit.ctx = dlsym(g_kit.dl, "spawn_race_ctx");
-  g_kit.child = dlsym(g_kit.dl, "spawn_race_child");
-  g_go = dlsym(g_kit.dl, "spawn_race_go");
-  return g_kit.gate && g_kit.attempt && g_kit.completed && g_kit.spawn_rc && g_kit.ctx &&
-                 g_kit.child && g_go
-             ? 0
-             : -1;
+  if (sr_kit_open(&g_kit) != 0) return -1;
+  g_go = g_kit.go;
+  return 0;
 }
 
 static int teardown(void **st) {
   (void)st;
-  return dlclose(g_kit.dl);
+  return sr_kit_close(&g_kit);
 }
 
 enum { CALL_WAIT, CALL_ON_END, CALL_OUTCOME };
@@ -177,7 +162,7 @@ static int run_stale(int which) {
   apex_manager_config_t cfg = base_config(3);
   apex_manager_t *m = NULL;
   assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, KIT);
+  load_ok(m, SPAWN_RACE_KIT);
   reset();
   apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
   wait_for(g_kit.attempt, 1, "the first attempt");

@@ -34,8 +34,8 @@
 #include "apex/apex.h"
 #include "apex/plugin.h"
 #include "harness.h"
+#include "spawn_race_kit.h"
 
-#define KIT APEX_TEST_PLUGIN_DIR "/spawn_race.so"
 
 /* ------------------------------------------------ the held strdup */
 
@@ -66,30 +66,18 @@ __attribute__((visibility("default"))) NO_SANITIZE char *strdup(const char *s) {
 
 /* ------------------------------------------------------- the test */
 
-static struct {
-  void *dl;
-  atomic_int *gate, *attempt, *completed, *spawn_rc;
-  _Atomic(apex_ctx_t *) *ctx;
-} g_kit;
+static sr_kit_t g_kit;
 
 static int setup(void **st) {
   (void)st;
-  g_kit.dl = dlopen(KIT, RTLD_NOW);
-  if (!g_kit.dl) return -1;
-  g_kit.gate = dlsym(g_kit.dl, "spawn_race_gate");
-  g_kit.attempt = dlsym(g_kit.dl, "spawn_race_attempt");
-  g_kit.completed = dlsym(g_kit.dl, "spawn_race_completed");
-  g_kit.spawn_rc = dlsym(g_kit.dl, "spawn_race_spawn_rc");
-  g_kit.ctx = dlsym(g_kit.dl, "spawn_race_ctx");
-  g_go = dlsym(g_kit.dl, "spawn_race_go");
-  return g_kit.gate && g_kit.attempt && g_kit.completed && g_kit.spawn_rc && g_kit.ctx && g_go
-             ? 0
-             : -1;
+  if (sr_kit_open(&g_kit) != 0) return -1;
+  g_go = g_kit.go;
+  return 0;
 }
 
 static int teardown(void **st) {
   (void)st;
-  return dlclose(g_kit.dl);
+  return sr_kit_close(&g_kit);
 }
 
 static void reset(void) {
@@ -147,7 +135,7 @@ static apex_manager_t *make(void) {
   apex_manager_config_t cfg = base_config(3);
   apex_manager_t *m = NULL;
   assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, KIT);
+  load_ok(m, SPAWN_RACE_KIT);
   return m;
 }
 

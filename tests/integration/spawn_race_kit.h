@@ -1,0 +1,40 @@
+/* The spawn_race plugin's state (tests/plugins/spawn_race.c), opened with
+ * dlopen and read with dlsym by the stale-call tests
+ * (test_children_stale_spawn.c, test_children_stale_calls.c). */
+#ifndef APEX_TEST_SPAWN_RACE_KIT_H
+#define APEX_TEST_SPAWN_RACE_KIT_H
+
+#include <dlfcn.h>
+#include <stdatomic.h>
+
+#include "apex/plugin.h"
+
+#define SPAWN_RACE_KIT APEX_TEST_PLUGIN_DIR "/spawn_race.so"
+
+typedef struct sr_kit {
+  void *dl;
+  atomic_int *gate, *attempt, *completed, *spawn_rc, *go;
+  _Atomic(apex_ctx_t *) *ctx;
+  _Atomic(apex_child_t *) *child;
+} sr_kit_t;
+
+/* Opens the plugin and finds every symbol. Returns: 0, or -1 (the test
+ * group's setup fails). */
+static inline int sr_kit_open(sr_kit_t *k) {
+  k->dl = dlopen(SPAWN_RACE_KIT, RTLD_NOW);
+  if (!k->dl) return -1;
+  k->gate = dlsym(k->dl, "spawn_race_gate");
+  k->attempt = dlsym(k->dl, "spawn_race_attempt");
+  k->completed = dlsym(k->dl, "spawn_race_completed");
+  k->spawn_rc = dlsym(k->dl, "spawn_race_spawn_rc");
+  k->go = dlsym(k->dl, "spawn_race_go");
+  k->ctx = dlsym(k->dl, "spawn_race_ctx");
+  k->child = dlsym(k->dl, "spawn_race_child");
+  return k->gate && k->attempt && k->completed && k->spawn_rc && k->go && k->ctx && k->child
+             ? 0
+             : -1;
+}
+
+static inline int sr_kit_close(sr_kit_t *k) { return dlclose(k->dl); }
+
+#endif
