@@ -42,8 +42,11 @@
 static void test_run_json_streams_progress_to_100_and_one_result(void **st) {
   (void)st;
   proc_t p;
-  run(&p, "run", "example_async.long_task", "--param", "steps=5", "--param", "step_ms=20", "--json",
-      NULL);
+  /* Steps 100 ms apart, ten times the JSON mode's coalescing interval
+   * (100/s), so each step is its own delivery even when a loaded machine
+   * runs the CLI's dispatch late. */
+  run(&p, "run", "example_async.long_task", "--param", "steps=5", "--param", "step_ms=100",
+      "--json", NULL);
   assert_int_equal(p.code, 0);
   json_t *lines = json_lines(&p);
   assert_true(count_event(lines, "progress") >= 5);
@@ -437,8 +440,11 @@ static void test_terminal_display_redraws_bar_and_sub_tasks_in_place(void **st) 
   char name[128];
   int master = pty_open(name, sizeof name);
 
+  /* Each sub-task runs for about 300 ms, six redraws (20/s) long: its
+   * line is drawn while it runs even when a loaded machine delays some
+   * (a finished one collapses into the "N completed" count). */
   char *argv[] = {(char *)APEX_CLI_PATH, "run", "example_async.long_task", "--param", "steps=10",
-                  "--param", "step_ms=30", "--param", "sub_tasks=3", NULL};
+                  "--param", "step_ms=100", "--param", "sub_tasks=3", NULL};
   proc_t p;
   proc_spawn(&p, argv, name, master);
   proc_wait(&p);

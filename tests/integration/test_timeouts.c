@@ -296,13 +296,15 @@ static void test_deferred_late_complete_ignored(void **st) {
   apex_manager_destroy(m, 5000);
 }
 
-/* Heartbeats every 50 ms keep an attempt with a 0.4 s heartbeat timeout
- * alive for 1.2 s. */
+/* Heartbeats every 50 ms keep an attempt with a 1 s heartbeat timeout
+ * alive for 2.5 s. (The timeout is twenty heartbeats long: a loaded
+ * machine that holds the worker off its CPU for a few hundred ms must not
+ * time it out.) */
 static void test_heartbeat_keeps_alive(void **st) {
   (void)st;
   apex_manager_t *m = new_manager(2, NULL, 0);
-  apex_submit_opts_t o = opts(0, 0, 0.4);
-  apex_task_t *t = submit_json(m, "timeouts_kit", "work", "{\"ms\": 1200, \"hb_ms\": 50}", &o);
+  apex_submit_opts_t o = opts(0, 0, 1.0);
+  apex_task_t *t = submit_json(m, "timeouts_kit", "work", "{\"ms\": 2500, \"hb_ms\": 50}", &o);
   wait_done(t);
   assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
   apex_task_release(t);
