@@ -1181,7 +1181,8 @@ static int child_wait(apex__run_t *r, apex_task_t *t, uint32_t att, apex__family
   int over = completed_locked(f, att);
   apex__unlock(&f->mu);
   if (over) {
-    apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_wait_children");
+    apex__ctx_misuse(apex__run_m(r), t->id,
+                     all ? "apex_ctx_wait_children" : "apex_ctx_wait_any_child");
     return APEX_E_INVALID;
   }
   if (!tok && !(tok = apex__task_token(t))) return APEX_E_NOMEM;
@@ -1248,7 +1249,9 @@ static int child_wait(apex__run_t *r, apex_task_t *t, uint32_t att, apex__family
     for (size_t i = 0; i < n; i++) kids[i]->watched--;
   apex__unlock(&f->mu);
   if (watched && cb) apex_token_remove_callback(tok, cb);
-  if (rc == APEX_E_INVALID) apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_wait_children");
+  if (rc == APEX_E_INVALID)
+    apex__ctx_misuse(apex__run_m(r), t->id,
+                     all ? "apex_ctx_wait_children" : "apex_ctx_wait_any_child");
   return rc;
 }
 
