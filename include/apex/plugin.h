@@ -718,8 +718,8 @@ typedef struct apex_spawn_opts {
  * too small, a spawn nested deeper than APEX_CHILD_MAX_DEPTH, a call after
  * this attempt completed (misuse, counted: also a call under way on
  * another thread when the attempt ends, or made after a complete that
- * waits for the children; it spawns nothing, for this attempt or the
- * next), or a host that predates this
+ * waits for the children, their end callbacks' included; it spawns
+ * nothing, for this attempt or the next), or a host that predates this
  * call (APEX_HAS_FIELD(apex_host_api_t, ctx->api, spawn) is 0); every
  * error apex_manager_submit returns (APEX_E_PLUGIN_NOT_FOUND,
  * APEX_E_ACTION_NOT_FOUND, APEX_E_INVALID_PARAMS, APEX_E_QUEUE_FULL,
@@ -741,11 +741,19 @@ static inline int apex_ctx_spawn(apex_ctx_t *c, const char *plugin, const char *
  * wait holds its worker: with as few workers as waiting parents, children
  * wait in the queue behind them, so wide fan-outs from many parents at
  * once belong in deferred actions (apex_ctx_on_child_end).
+ * A wait under way when this attempt's apex_ctx_complete is called (a
+ * call racing it) waits for the children as that complete does, but never
+ * for the next attempt's: it returns APEX_E_INVALID once the complete ran
+ * with a child still to wait for (a retry's: every child of this attempt
+ * ended before it).
  * Returns: APEX_OK; APEX_E_AGAIN when the time ran out; APEX_E_CANCELLED
  * when this attempt's cancellation fired (the children are cancelled with
  * it: the handler should return); APEX_E_INVALID for a NULL entry, a child
- * of another attempt, NULL children with n > 0, after complete (misuse), a
- * host that predates this call. Thread-safety: any thread. */
+ * of another attempt, NULL children with n > 0, a call after this
+ * attempt's apex_ctx_complete (misuse, counted: also one made while that
+ * complete waits for the children, their end callbacks' included, or
+ * under way when it ran, as above), a host that predates this call.
+ * Thread-safety: any thread. */
 static inline int apex_ctx_wait_children(apex_ctx_t *c, apex_child_t *const *children, size_t n,
                                          int64_t timeout_ms) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_wait)) return APEX_E_INVALID;
@@ -771,11 +779,19 @@ typedef void (*apex_child_fn)(apex_ctx_t *ctx, apex_child_t *child, void *user);
  * holding a worker. fn may call any apex_ctx_* on ctx, apex_ctx_complete
  * included (the attempt stays open until every child ended, see above:
  * the complete then takes effect once the last child's callback
- * returned). Keep it short. If child ended already, fn runs at once on the
- * calling thread before this returns.
+ * returned). Once that complete was called (by fn itself, by another
+ * child's fn, or by the plugin while children were live: their fn run
+ * after it returned), fn may still read its attempt's children with
+ * apex_ctx_child_outcome and apex_ctx_child_task_id (the outcomes are
+ * what a callback is for); the family's other calls (spawn, the waits,
+ * apex_ctx_on_child_end, apex_ctx_children_own_weight) are refused then
+ * as calls after complete. Keep it short. If child ended already, fn runs
+ * at once on the calling thread before this returns.
  * Returns: APEX_OK; APEX_E_ALREADY if one was registered for child before;
- * APEX_E_INVALID for NULL fn or child, a child of another attempt, after
- * complete, a host that predates this call. Ownership: user is the
+ * APEX_E_INVALID for NULL fn or child, a child of another attempt, a call
+ * after this attempt's apex_ctx_complete (misuse, counted: also one made
+ * while that complete waits for the children, their end callbacks'
+ * included), a host that predates this call. Ownership: user is the
  * plugin's. Thread-safety: any thread. */
 static inline int apex_ctx_on_child_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn,
                                         void *user) {
@@ -791,8 +807,11 @@ static inline int apex_ctx_on_child_end(apex_ctx_t *c, apex_child_t *child, apex
  * timed out; each NULL otherwise.
  * Returns: APEX_OK (succeeded); the child's error code (APEX_E_EXECUTION,
  * APEX_E_CANCELLED, APEX_E_TIMEOUT, ...); APEX_E_AGAIN while it is live;
- * APEX_E_INVALID for a NULL child, one of another attempt, after complete,
- * a host that predates this call. Ownership: *result and *error are new
+ * APEX_E_INVALID for a NULL child, one of another attempt, a call after
+ * this attempt's apex_ctx_complete (misuse, counted: also one made while
+ * that complete waits for the children; but not from a child's end
+ * callback, apex_ctx_on_child_end, which reads outcomes after it), a host
+ * that predates this call. Ownership: *result and *error are new
  * references the caller owns alone (copies). Thread-safety: any thread. */
 static inline int apex_ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state,
                                          json_t **result, json_t **error) {
@@ -804,7 +823,9 @@ static inline int apex_ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int
 }
 
 /* Returns: the child's task id (what the host's events carry), 0 for a
- * NULL or foreign child or an older host. */
+ * NULL or foreign child, a call after this attempt's apex_ctx_complete
+ * (misuse, counted, as apex_ctx_child_outcome's: a child's end callback
+ * still reads it), or an older host. Thread-safety: any thread. */
 static inline uint64_t apex_ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, child_task_id)) return 0;
   return c->api->child_task_id(c, child);
@@ -828,8 +849,10 @@ static inline void apex_ctx_child_release(apex_ctx_t *c, apex_child_t *child) {
  * task with children reports their progress; one with none (or with a
  * zero sum) reports its own. So children of weights 1, 3 and 6 at 100 %,
  * 50 % and 0 % give 25 %; with own_weight 10 and its own 40 %, 32.5 %.
- * Returns: APEX_OK; APEX_E_INVALID for a weight not finite or negative,
- * after complete, a host that predates this call. Thread-safety: any. */
+ * Returns: APEX_OK; APEX_E_INVALID for a weight not finite or negative, a
+ * call after this attempt's apex_ctx_complete (misuse, counted: also one
+ * made while that complete waits for the children, their end callbacks'
+ * included), a host that predates this call. Thread-safety: any. */
 static inline int apex_ctx_children_own_weight(apex_ctx_t *c, double weight) {
   if (!APEX_HAS_FIELD(apex_host_api_t, c->api, children_own_weight)) return APEX_E_INVALID;
   return c->api->children_own_weight(c, weight);
@@ -906,7 +929,9 @@ static inline int apex_ctx_fail(apex_ctx_t *c, int code, const char *fmt, ...) {
 
 /* Finishes a deferred action with status (APEX_OK or an error code), from
  * any thread. The ctx is invalid once this returns: do not touch it again,
- * from any thread. A completion after the task timed out or was cancelled
+ * from any thread (but for the end callbacks of children still live, which
+ * the attempt waits for: they get ctx after it, for what
+ * apex_ctx_on_child_end allows them). A completion after the task timed out or was cancelled
  * is accepted and ignored. Calling it from a blocking handler is an error
  * that is logged and ignored (a blocking handler finishes by returning).
  * Misuse Apex catches without a crash, ignores, counts in late_reports and

@@ -152,10 +152,12 @@ struct apex__family {
   int deadline_fired;
   int complete_pending; /* apex_ctx_complete waits for the children */
   int complete_rc;
-  /* The attempt whose complete was held last (0: none); kept once the held
-   * complete ran, so a spawn made for that attempt after its complete
-   * returned is refused even when it comes after complete_pending was
-   * cleared (ctx_spawn, the commit section). */
+  /* The attempt of a deferred action's last apex_ctx_complete (0: none),
+   * held (complete_pending) or not (apex__family_defer_complete); kept
+   * once the complete ran, so a spawn or another family call made for
+   * that attempt after its complete returned is refused even when it
+   * comes after complete_pending was cleared (ctx_spawn's commit,
+   * completed_locked). */
   uint32_t complete_att;
   atomic_int dirty;     /* a child delivered since the parent's last flush */
   /* The children's shared token (family_shared): a child of the attempt
@@ -279,21 +281,25 @@ void apex__family_free(apex__family_t *f) {
 }
 
 /* The family of c's open attempt, made if make; with the task in *tp,
- * held for the call (the caller drops it: apex__task_unref), and, if tokp,
- * a reference on the attempt's token in *tokp (NULL: the attempt has no
- * token of its own; the task's, apex__task_token, lives as long as t).
+ * held for the call (the caller drops it: apex__task_unref), the attempt's
+ * number in *attp, and, if tokp, a reference on the attempt's token in
+ * *tokp (NULL: the attempt has no token of its own; the task's,
+ * apex__task_token, lives as long as t).
  * The call may outlive the attempt: a thread of the plugin's calling after
  * a complete the children held returned finds the attempt open, and it
  * may end (and the host release the task, family and all, or a retry drop
- * the attempt's token) as soon as the task lock is left here.
- * Returns NULL with *tp NULL (and the misuse counted) after complete, or
- * with *nomem set when the family could not be made. */
+ * the attempt's token) as soon as the task lock is left here. So each
+ * caller checks under the family's mutex that the attempt's complete was
+ * not called (completed_locked) before it answers.
+ * Returns NULL with *tp NULL (and the misuse counted) after the attempt
+ * ended, or with *nomem set when the family could not be made. */
 static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex_task_t **tp,
-                                 int *nomem, apex_token_t **tokp) {
+                                 uint32_t *attp, int *nomem, apex_token_t **tokp) {
   apex__run_t *r = run_of(c);
   if (nomem) *nomem = 0;
   if (tokp) *tokp = NULL;
   *tp = NULL;
+  *attp = 0;
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) {
     apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
@@ -309,6 +315,7 @@ static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex
     if (!f && nomem) *nomem = 1;
   }
   apex__task_ref(t); /* and with it its run state and family (task_free) */
+  *attp = t->attempt;
   if (tokp) {
     apex__tmo_t *x = apex__task_tmo(t);
     apex_token_t *at = x ? atomic_load_explicit(&x->tok, memory_order_relaxed) : NULL;
@@ -317,6 +324,34 @@ static apex__family_t *family_of(apex_ctx_t *c, int make, const char *what, apex
   pthread_mutex_unlock(apex__task_mu(t));
   *tp = t;
   return f;
+}
+
+/* Under f->mu: the complete of attempt att (family_of's) was called, or
+ * that of a later one: att is over, or ends once its children did (a held
+ * complete keeps it open, so the task lock's check passes). complete_att
+ * only grows (attempts are numbered up from 1), so a call held past its
+ * attempt's end and the next attempt's start finds it >= att too. The
+ * family's calls made then are refused as misuse (plugin.h), but for the
+ * reads (child_outcome, child_task_id) of a child's end callback
+ * (tls_end_of), which the attempt's children may still run after its
+ * complete returned. */
+static int completed_locked(const apex__family_t *f, uint32_t att) {
+  return f->complete_att != 0 && f->complete_att >= att;
+}
+
+/* The family whose child's end callback this thread is running (the
+ * innermost, a callback may end another family's child), or NULL. Read
+ * only by the calls that callback makes on its ctx. Initial-exec, as the
+ * pool's (exec/pool.c). */
+static _Thread_local const apex__family_t *tls_end_of __attribute__((tls_model("initial-exec")));
+
+/* Runs child's end callback fn on ctx c (f's parent's), marked as f's. */
+static void run_end_fn(const apex__family_t *f, apex_ctx_t *c, apex_child_fn fn,
+                       apex_child_t *child, void *user) {
+  const apex__family_t *outer = tls_end_of;
+  tls_end_of = f;
+  fn(c, child, user);
+  tls_end_of = outer;
 }
 
 /* Cancels every live child of f (reason "parent"). No lock held. */
@@ -826,7 +861,7 @@ void apex__child_ended(apex_task_t *t) {
   /* From here t may go at any time (its node is no longer its). */
   if (!more) return;
   if (flush) apex__flush_request(m, f->parent);
-  if (fn) fn(&f->run->ctx, n, user);
+  if (fn) run_end_fn(f, &f->run->ctx, fn, n, user);
   apex__lock(&f->mu);
   f->busy--;
   /* The last child: what waited for the children happens now, the
@@ -950,6 +985,9 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
     return 1;
   }
   if (!f->n_live && !f->busy) {
+    /* It ends the attempt now: a family call made for it from here is
+     * refused (completed_locked), and a spawn racing it too. */
+    f->complete_att = att;
     apex__unlock(&f->mu);
     return 0;
   }
@@ -1104,29 +1142,31 @@ static void wake_family(apex_token_t *tok, const char *reason, void *user) {
   apex__unlock(&f->mu);
 }
 
-static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_token_t *tok,
-                      apex_child_t *const *kids, size_t n, int all, int64_t timeout_ms,
-                      size_t *which);
+static int child_wait(apex__run_t *r, apex_task_t *t, uint32_t att, apex__family_t *f,
+                      apex_token_t *tok, apex_child_t *const *kids, size_t n, int all,
+                      int64_t timeout_ms, size_t *which);
 
 /* The task and the attempt's token are held for the wait (family_of): a
- * thread of the plugin's may wait after a complete the children held
- * returned, and the attempt end, and the task go, while it sleeps. */
+ * thread of the plugin's may call after a complete the children held
+ * returned (refused, but the task lock's check passes), or be held past
+ * its attempt's end, and the task go, while it runs. */
 static int ctx_child_wait(apex_ctx_t *c, apex_child_t *const *kids, size_t n, int all,
                           int64_t timeout_ms, size_t *which) {
   apex_task_t *t;
   apex_token_t *at;
+  uint32_t att;
   if (which) *which = 0;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_wait_children", &t, NULL, &at);
+  apex__family_t *f = family_of(c, 0, "apex_ctx_wait_children", &t, &att, NULL, &at);
   if (!t) return APEX_E_INVALID;
-  int rc = child_wait(run_of(c), t, f, at, kids, n, all, timeout_ms, which);
+  int rc = child_wait(run_of(c), t, att, f, at, kids, n, all, timeout_ms, which);
   if (at) apex_token_unref(at);
-  apex__task_unref(t);
+  apex__task_unref(t); /* after child_wait's refusals: r is in the task's block */
   return rc;
 }
 
-static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_token_t *tok,
-                      apex_child_t *const *kids, size_t n, int all, int64_t timeout_ms,
-                      size_t *which) {
+static int child_wait(apex__run_t *r, apex_task_t *t, uint32_t att, apex__family_t *f,
+                      apex_token_t *tok, apex_child_t *const *kids, size_t n, int all,
+                      int64_t timeout_ms, size_t *which) {
   if ((!kids && n) || (!all && n == 0))
     return refuse(r, APEX_E_INVALID, "apex_ctx_wait: %s", !all ? "no children to wait for"
                                                                 : "children NULL with n > 0");
@@ -1134,7 +1174,17 @@ static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_to
     if (!mine(f, kids[i]))
       return refuse(r, APEX_E_INVALID, "apex_ctx_wait: children[%zu] is %s", i,
                     kids[i] ? "not a child of this attempt" : "NULL");
-  if (!f) return APEX_OK; /* all of none */
+  if (!f) return APEX_OK; /* all of none (no complete was held: see family_of) */
+  /* After the attempt's complete (the task lock's check passes while the
+   * complete is held): refused before the token is looked at. */
+  apex__lock(&f->mu);
+  int over = completed_locked(f, att);
+  apex__unlock(&f->mu);
+  if (over) {
+    apex__ctx_misuse(apex__run_m(r), t->id,
+                     all ? "apex_ctx_wait_children" : "apex_ctx_wait_any_child");
+    return APEX_E_INVALID;
+  }
   if (!tok && !(tok = apex__task_token(t))) return APEX_E_NOMEM;
   uint64_t cb = 0;
   int watched = apex_token_on_cancel(tok, wake_family, f, &cb) == APEX_OK;
@@ -1174,6 +1224,16 @@ static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_to
       rc = APEX_OK;
       break;
     }
+    /* The complete of this wait's attempt (or a later one) was called
+     * since its check (a complete racing it: undefined, plugin.h) and ran:
+     * the attempt's children all ended, so live ones are the next
+     * attempt's, which a wait of this one must not wait for (with this
+     * attempt's token, until its time ran out). A complete still held
+     * waits for this attempt's children: so does the wait. */
+    if (completed_locked(f, att) && (f->complete_att != att || !f->complete_pending)) {
+      rc = APEX_E_INVALID;
+      break;
+    }
     uint64_t now = apex__now_ns();
     if (now >= until) {
       rc = APEX_E_AGAIN;
@@ -1189,13 +1249,17 @@ static int child_wait(apex__run_t *r, apex_task_t *t, apex__family_t *f, apex_to
     for (size_t i = 0; i < n; i++) kids[i]->watched--;
   apex__unlock(&f->mu);
   if (watched && cb) apex_token_remove_callback(tok, cb);
+  if (rc == APEX_E_INVALID)
+    apex__ctx_misuse(apex__run_m(r), t->id,
+                     all ? "apex_ctx_wait_children" : "apex_ctx_wait_any_child");
   return rc;
 }
 
 static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn, void *user) {
   apex__run_t *r = run_of(c);
   apex_task_t *t;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, NULL, NULL);
+  uint32_t att;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, &att, NULL, NULL);
   if (!t) return APEX_E_INVALID;
   if (!fn || !mine(f, child)) {
     int rc = refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
@@ -1204,6 +1268,12 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
     return rc;
   }
   apex__lock(&f->mu);
+  if (completed_locked(f, att)) { /* even from an end callback: nothing left to register for */
+    apex__unlock(&f->mu);
+    apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_on_child_end");
+    apex__task_unref(t);
+    return APEX_E_INVALID;
+  }
   if (child->on_end_set) {
     apex__unlock(&f->mu);
     apex__task_unref(t);
@@ -1216,7 +1286,7 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
     child->u.on_end.user = user;
   }
   apex__unlock(&f->mu);
-  if (now) fn(c, child, user);
+  if (now) run_end_fn(f, c, fn, child, user);
   apex__task_unref(t); /* after fn: it reads the family */
   return APEX_OK;
 }
@@ -1225,7 +1295,8 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
                              json_t **error) {
   apex__run_t *r = run_of(c);
   apex_task_t *t;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, NULL, NULL);
+  uint32_t att;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, &att, NULL, NULL);
   if (!t) return APEX_E_INVALID;
   if (!mine(f, child)) {
     int rc = refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
@@ -1233,6 +1304,12 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
     return rc;
   }
   apex__lock(&f->mu);
+  if (completed_locked(f, att) && tls_end_of != f) {
+    apex__unlock(&f->mu);
+    apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_child_outcome");
+    apex__task_unref(t);
+    return APEX_E_INVALID;
+  }
   int ended = child->ended, let = child->let_go;
   apex_task_t *ct = child->task;
   if (ct) apex__task_ref(ct); /* a spawn racing on another thread may let it go */
@@ -1268,12 +1345,15 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
 
 static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
   apex_task_t *t;
-  apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, NULL, NULL);
+  uint32_t att;
+  apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, &att, NULL, NULL);
   uint64_t id = 0;
   if (mine(f, child)) {
     apex__lock(&f->mu);
-    id = child->id;
+    int over = completed_locked(f, att) && tls_end_of != f;
+    if (!over) id = child->id;
     apex__unlock(&f->mu);
+    if (over) apex__ctx_misuse(apex__run_m(run_of(c)), t->id, "apex_ctx_child_task_id");
   }
   if (t) apex__task_unref(t);
   return id;
@@ -1291,15 +1371,19 @@ static int ctx_children_own_weight(apex_ctx_t *c, double w) {
     return refuse(r, APEX_E_INVALID, "apex_ctx_children_own_weight: %g: want finite >= 0", w);
   apex_task_t *t;
   int nomem = 0;
-  apex__family_t *f = family_of(c, 1, "apex_ctx_children_own_weight", &t, &nomem, NULL);
+  uint32_t att;
+  apex__family_t *f = family_of(c, 1, "apex_ctx_children_own_weight", &t, &att, &nomem, NULL);
   if (!t) return APEX_E_INVALID;
+  int over = 0;
   if (f) {
     apex__lock(&f->mu);
-    f->own_weight = w;
+    over = completed_locked(f, att);
+    if (!over) f->own_weight = w;
     apex__unlock(&f->mu);
   }
+  if (over) apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_children_own_weight");
   apex__task_unref(t);
-  return f ? APEX_OK : APEX_E_NOMEM;
+  return over ? APEX_E_INVALID : f ? APEX_OK : APEX_E_NOMEM;
 }
 
 void apex__children_api_init(apex_host_api_t *api) {

@@ -13,7 +13,8 @@
 
 typedef struct sr_kit {
   void *dl;
-  atomic_int *gate, *attempt, *completed, *spawn_rc, *go;
+  atomic_int *gate, *attempt, *completed, *spawn_rc, *go, *outcome_rc, *outcome_state;
+  atomic_ullong *child_id;
   _Atomic(apex_ctx_t *) *ctx;
   _Atomic(apex_child_t *) *child;
 } sr_kit_t;
@@ -30,7 +31,11 @@ static inline int sr_kit_open(sr_kit_t *k) {
   k->go = dlsym(k->dl, "spawn_race_go");
   k->ctx = dlsym(k->dl, "spawn_race_ctx");
   k->child = dlsym(k->dl, "spawn_race_child");
-  return k->gate && k->attempt && k->completed && k->spawn_rc && k->go && k->ctx && k->child
+  k->outcome_rc = dlsym(k->dl, "spawn_race_outcome_rc");
+  k->outcome_state = dlsym(k->dl, "spawn_race_outcome_state");
+  k->child_id = dlsym(k->dl, "spawn_race_child_id");
+  return k->gate && k->attempt && k->completed && k->spawn_rc && k->go && k->ctx && k->child &&
+                 k->outcome_rc && k->outcome_state && k->child_id
              ? 0
              : -1;
 }

@@ -1,13 +1,18 @@
-/* apex_ctx_wait_children, apex_ctx_on_child_end and apex_ctx_child_outcome
- * on a ctx whose attempt ends, and whose task the host releases, while the
- * call is under way (ops/children.c, family_of): a thread of the plugin's
- * that calls after the attempt's complete returned, while the complete is
- * held for the last child's end callback (the attempt stays open until it
- * returns). The call passes the ctx's check under the task lock; then the
+/* The family's ctx calls (apex_ctx_wait_children and _wait_any_child,
+ * apex_ctx_on_child_end, apex_ctx_child_outcome, apex_ctx_child_task_id,
+ * apex_ctx_children_own_weight) after the attempt's complete returned,
+ * while the complete is held for the last child's end callback (the
+ * attempt stays open until it returns, so the ctx's check under the task
+ * lock passes): each is refused as misuse (plugin.h; ops/children.c,
+ * completed_locked), while the end callback itself still reads its
+ * child's outcome and id.
+ *
+ * And such a call under way while its attempt ends (family_of): the
  * attempt succeeds, the host releases the task, and the task goes with its
- * family (and the attempt's token). The call must touch nothing freed
- * (ASan: a use after free) and return (its answer is the family's, or an
- * error: a call after complete returned is misuse, plugin.h).
+ * family (and the attempt's token); or the attempt fails and the retry
+ * spawns a child of its own. The call must touch nothing freed (ASan: a
+ * use after free), and is refused, a wait at once (not a wait on the next
+ * attempt's children until its time runs out).
  *
  * The call is held at the one point between the check and its first read
  * of the family: the task lock's release. This program defines
@@ -96,6 +101,7 @@ enum { CALL_WAIT, CALL_ON_END, CALL_OUTCOME };
 
 static struct {
   int which;
+  int64_t wait_ms;
   apex_ctx_t *ctx;
   apex_child_t *child;
   atomic_int rc, done;
@@ -108,6 +114,9 @@ static void reset(void) {
   atomic_store(g_kit.spawn_rc, 1);
   atomic_store(g_kit.ctx, NULL);
   atomic_store(g_kit.child, NULL);
+  atomic_store(g_kit.outcome_rc, 1);
+  atomic_store(g_kit.outcome_state, -2);
+  atomic_store(g_kit.child_id, 0);
   atomic_store(g_go, 0);
   atomic_store(&g_in_window, 0);
   atomic_store(&g_release, 0);
@@ -137,7 +146,7 @@ static void *stale_caller(void *arg) {
   g_armed = HOLDS;
   switch (g_call.which) {
   case CALL_WAIT:
-    rc = apex_ctx_wait_children(g_call.ctx, NULL, 0, 1000);
+    rc = apex_ctx_wait_children(g_call.ctx, NULL, 0, g_call.wait_ms);
     break;
   case CALL_ON_END:
     rc = apex_ctx_on_child_end(g_call.ctx, g_call.child, on_end, NULL);
@@ -168,6 +177,7 @@ static int run_stale(int which) {
   wait_for(g_kit.attempt, 1, "the first attempt");
   assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
   g_call.which = which;
+  g_call.wait_ms = 1000;
   g_call.ctx = atomic_load(g_kit.ctx);
   g_call.child = atomic_load(g_kit.child);
   pthread_t th;
@@ -187,35 +197,133 @@ static int run_stale(int which) {
   return atomic_load(&g_call.rc);
 }
 
-/* The wait finds every child ended (or is refused): it reads the family
- * and the attempt's token after the task went. */
-static void test_a_wait_held_while_its_task_ends_and_goes_returns(void **st) {
+/* The wait reads the family and the attempt's token after the task went
+ * (before the refusal: every child ended, so it answered APEX_OK). */
+static void test_a_wait_held_while_its_task_ends_and_goes_is_refused(void **st) {
   (void)st;
-  int rc = run_stale(CALL_WAIT);
-  assert_true(rc == APEX_OK || rc == APEX_E_INVALID);
+  assert_int_equal(run_stale(CALL_WAIT), APEX_E_INVALID);
 }
 
-/* The child's end callback was set by the attempt: the call is told so
- * (or refused). */
-static void test_an_on_child_end_held_while_its_task_ends_and_goes_returns(void **st) {
+/* (Before the refusal: APEX_E_ALREADY, the attempt had set the child's
+ * end callback.) */
+static void test_an_on_child_end_held_while_its_task_ends_and_goes_is_refused(void **st) {
   (void)st;
-  int rc = run_stale(CALL_ON_END);
-  assert_true(rc == APEX_E_ALREADY || rc == APEX_E_INVALID);
+  assert_int_equal(run_stale(CALL_ON_END), APEX_E_INVALID);
 }
 
-/* The child succeeded with no result (its node answers for it), or the
- * call is refused. */
-static void test_a_child_outcome_held_while_its_task_ends_and_goes_returns(void **st) {
+/* (Before the refusal: APEX_OK, the child's node answers for it.) */
+static void test_a_child_outcome_held_while_its_task_ends_and_goes_is_refused(void **st) {
   (void)st;
-  int rc = run_stale(CALL_OUTCOME);
-  assert_true(rc == APEX_OK || rc == APEX_E_INVALID);
+  assert_int_equal(run_stale(CALL_OUTCOME), APEX_E_INVALID);
+}
+
+/* Every family call made after the attempt's complete returned, while the
+ * complete is held (the end callback waits for spawn_race_go), is refused
+ * and counted as misuse, one count each; the end callback read its
+ * child's outcome and id after the same complete. */
+static void test_each_family_call_after_a_held_complete_is_refused(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(3);
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, SPAWN_RACE_KIT);
+  reset();
+  apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
+  wait_for(g_kit.attempt, 1, "the first attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_ctx_t *ctx = atomic_load(g_kit.ctx);
+  apex_child_t *child = atomic_load(g_kit.child);
+  apex_child_t *const kids[1] = {child};
+  atomic_store(g_kit.gate, 1); /* the child ends: its callback completes the attempt */
+  wait_for(g_kit.completed, 1, "the held complete");
+
+  /* The end callback, after its complete returned: the outcome is read. */
+  assert_int_equal(atomic_load(g_kit.outcome_rc), APEX_OK);
+  assert_int_equal(atomic_load(g_kit.outcome_state), APEX_TASK_SUCCEEDED);
+  assert_true(atomic_load(g_kit.child_id) != 0);
+
+  uint64_t late0 = stats_of(m).late_reports;
+  int64_t t0 = now_ms();
+  assert_int_equal(apex_ctx_wait_children(ctx, NULL, 0, 5000), APEX_E_INVALID);
+  assert_int_equal(apex_ctx_wait_children(ctx, kids, 1, 5000), APEX_E_INVALID);
+  size_t which = 7;
+  assert_int_equal(apex_ctx_wait_any_child(ctx, kids, 1, 5000, &which), APEX_E_INVALID);
+  assert_true(now_ms() - t0 < 4000); /* refused, not waited */
+  assert_int_equal(apex_ctx_on_child_end(ctx, child, on_end, NULL), APEX_E_INVALID);
+  int state = -2;
+  json_t *res = NULL, *err = NULL;
+  assert_int_equal(apex_ctx_child_outcome(ctx, child, &state, &res, &err), APEX_E_INVALID);
+  assert_int_equal(state, -1);
+  assert_null(res);
+  assert_null(err);
+  assert_int_equal(apex_ctx_child_task_id(ctx, child), 0);
+  assert_int_equal(apex_ctx_children_own_weight(ctx, 2.0), APEX_E_INVALID);
+  apex_child_t *c2 = NULL;
+  assert_int_equal(apex_ctx_spawn(ctx, "spawn_race", "nil", NULL, NULL, &c2), APEX_E_INVALID);
+  assert_null(c2);
+  assert_int_equal(stats_of(m).late_reports - late0, 8);
+
+  atomic_store(g_go, 1); /* the callback returns: the held complete runs */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
+/* A wait begun in the first attempt, before its complete, and held (at
+ * the task lock's release) until the retry runs with a child of its own:
+ * let go, it is refused at once, where it waited on the retry's child
+ * with the first attempt's token until its 5 s ran out (APEX_E_AGAIN).
+ * Unheld (TSan), it runs before the complete and finds its child ended
+ * (APEX_OK), or is refused. */
+static void test_a_wait_held_across_a_retry_is_refused_at_once(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(3);
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, SPAWN_RACE_KIT);
+  reset();
+  apex_task_t *t = submit_json(m, "spawn_race", "par", NULL, NULL); /* ok false: a retry */
+  wait_for(g_kit.attempt, 1, "the first attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  g_call.which = CALL_WAIT;
+  g_call.wait_ms = 5000;
+  g_call.ctx = atomic_load(g_kit.ctx);
+  g_call.child = atomic_load(g_kit.child);
+  atomic_store(g_kit.completed, 1); /* stale_caller calls at once, before the complete */
+  atomic_store(g_go, 1);            /* the first attempt's callback does not wait */
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, stale_caller, NULL), 0);
+  if (HOLDS) wait_for(&g_in_window, 1, "the wait's hold");
+  atomic_store(g_kit.gate, 1); /* the first child ends: the attempt fails, the retry starts */
+  wait_for(g_kit.attempt, 2, "the second attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK); /* its child is live, gated */
+  int64_t t0 = now_ms();
+  atomic_store(&g_release, 1);
+  wait_for(&g_call.done, 1, "the wait's return");
+  int64_t took = now_ms() - t0;
+  pthread_join(th, NULL);
+  int rc = atomic_load(&g_call.rc);
+  if (HOLDS)
+    assert_int_equal(rc, APEX_E_INVALID);
+  else
+    assert_true(rc == APEX_OK || rc == APEX_E_INVALID);
+  assert_true(took < 2000);
+  atomic_store(g_kit.gate, 2); /* the retry's child ends: it succeeds */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  assert_int_equal(apex_task_attempts(t), 2);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_a_wait_held_while_its_task_ends_and_goes_returns),
-      cmocka_unit_test(test_an_on_child_end_held_while_its_task_ends_and_goes_returns),
-      cmocka_unit_test(test_a_child_outcome_held_while_its_task_ends_and_goes_returns),
+      cmocka_unit_test(test_a_wait_held_while_its_task_ends_and_goes_is_refused),
+      cmocka_unit_test(test_an_on_child_end_held_while_its_task_ends_and_goes_is_refused),
+      cmocka_unit_test(test_a_child_outcome_held_while_its_task_ends_and_goes_is_refused),
+      cmocka_unit_test(test_each_family_call_after_a_held_complete_is_refused),
+      cmocka_unit_test(test_a_wait_held_across_a_retry_is_refused_at_once),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

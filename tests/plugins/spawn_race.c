@@ -16,7 +16,11 @@
  *          inside the last child's end, where the complete is held until
  *          the callback returns (children.c): attempt 1 with
  *          APEX_E_TRANSIENT (ok 0: a retry follows) or APEX_OK (ok 1),
- *          attempt 2 with APEX_OK. Attempt 1's callback then sets
+ *          attempt 2 with APEX_OK. After its complete returned, the
+ *          callback reads its child's outcome and task id, which an end
+ *          callback may still do (plugin.h), into spawn_race_outcome_rc,
+ *          spawn_race_outcome_state and spawn_race_child_id. Attempt 1's
+ *          callback then sets
  *          spawn_race_completed and waits (at most 60 s) for
  *          spawn_race_go, which the test sets once its own spawn on the
  *          ctx is under way: the complete had returned, and the attempt
@@ -43,6 +47,10 @@ EXPORT atomic_int spawn_race_completed;
 EXPORT atomic_int spawn_race_go;
 EXPORT atomic_int spawn_race_spawn_rc = 1; /* the last attempt's spawn; 1: none yet */
 EXPORT _Atomic(apex_child_t *) spawn_race_child; /* the last attempt's gate child */
+/* The last end callback's reads after its complete; 1, -2, 0: none yet. */
+EXPORT atomic_int spawn_race_outcome_rc = 1;
+EXPORT atomic_int spawn_race_outcome_state = -2;
+EXPORT atomic_ullong spawn_race_child_id;
 
 static void ms_sleep(void) {
   struct timespec ms = {0, 1000000};
@@ -61,7 +69,6 @@ static int nil(apex_ctx_t *ctx) {
 }
 
 static void on_end(apex_ctx_t *ctx, apex_child_t *child, void *user) {
-  (void)child;
   int attempt = (int)(intptr_t)user;
   int ok = json_is_true(json_object_get(apex_ctx_params(ctx), "ok"));
   if (attempt == 1 && !ok) {
@@ -70,6 +77,10 @@ static void on_end(apex_ctx_t *ctx, apex_child_t *child, void *user) {
   } else {
     apex_ctx_complete(ctx, APEX_OK);
   }
+  int st = -2;
+  atomic_store(&spawn_race_outcome_rc, apex_ctx_child_outcome(ctx, child, &st, NULL, NULL));
+  atomic_store(&spawn_race_outcome_state, st);
+  atomic_store(&spawn_race_child_id, (unsigned long long)apex_ctx_child_task_id(ctx, child));
   if (attempt != 1) return;
   atomic_store(&spawn_race_completed, 1);
   for (int i = 0; i < 60000 && !atomic_load(&spawn_race_go); i++) ms_sleep();
