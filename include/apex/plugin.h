@@ -783,9 +783,10 @@ typedef void (*apex_child_fn)(apex_ctx_t *ctx, apex_child_t *child, void *user);
  * child's fn, or by the plugin while children were live: their fn run
  * after it returned), fn may still read its attempt's children with
  * apex_ctx_child_outcome and apex_ctx_child_task_id (the outcomes are
- * what a callback is for); the family's other calls (spawn, the waits,
- * apex_ctx_on_child_end, apex_ctx_children_own_weight) are refused then
- * as calls after complete. Keep it short. If child ended already, fn runs
+ * what a callback is for); every other apex_ctx_* call (the family's:
+ * spawn, the waits, apex_ctx_on_child_end, apex_ctx_children_own_weight;
+ * and set_result, fail, progress, log and the rest) is refused or ignored
+ * then, as a call after complete. Keep it short. If child ended already, fn runs
  * at once on the calling thread before this returns.
  * Returns: APEX_OK; APEX_E_ALREADY if one was registered for child before;
  * APEX_E_INVALID for NULL fn or child, a child of another attempt, a call
@@ -937,7 +938,9 @@ static inline int apex_ctx_fail(apex_ctx_t *c, int code, const char *fmt, ...) {
  * Misuse Apex catches without a crash, ignores, counts in late_reports and
  * logs: a second complete, in sequence or racing this one; progress,
  * progress_update, set_result (the result is freed), fail or log after it
- * or racing it; any other apex_ctx_* call made after it returned (params
+ * or racing it, also while it waits for live children (an end callback
+ * may still read outcomes: apex_ctx_on_child_end); any other apex_ctx_*
+ * call made after it returned (params
  * and plugin_state give NULL, task_id and attempt 0, is_cancelled 1 with
  * the reason "completed", sleep_ms and wait_fd APEX_E_CANCELLED at once,
  * cancel_fd APEX_E_INVALID). Undefined: those other calls racing it; any

@@ -41,11 +41,14 @@
 
 static apex__run_t *run_of(apex_ctx_t *c) { return (apex__run_t *)(void *)c; }
 
-/* The task of c, for a call that takes no lock, if its attempt is open;
- * else NULL, and the call (`what`) is counted and logged as misuse. */
+/* The task of c, for a call that takes no lock, if its attempt is open
+ * and its complete was not called (a complete held for live children
+ * counts as called: APEX__ATT_HELD); else NULL, and the call (`what`) is
+ * counted and logged as misuse. */
 static apex_task_t *open_task(apex_ctx_t *c, const char *what) {
   apex__run_t *r = run_of(c);
-  if (atomic_load_explicit(&r->attempt_open, memory_order_acquire)) return r->task;
+  if (atomic_load_explicit(&r->attempt_open, memory_order_acquire) == APEX__ATT_OPEN)
+    return r->task;
   apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
   return NULL;
 }
@@ -53,7 +56,7 @@ static apex_task_t *open_task(apex_ctx_t *c, const char *what) {
 /* As open_task, with the task's lock held when it returns non-NULL. */
 static apex_task_t *lock_open(apex_ctx_t *c, const char *what) {
   apex__run_t *r = run_of(c);
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed), what);
   return t;
 }

@@ -241,15 +241,21 @@ static inline struct apex_child *apex__task_child(const struct apex_task *t);
  * needs is in the progress slot.
  * Other fields except the intrusive links are guarded by the task's
  * stripe lock. */
+/* apex__run_t.attempt_open's values (0: no attempt open). */
+enum { APEX__ATT_OPEN = 1, APEX__ATT_HELD = 2 };
+
 typedef struct apex__run {
   apex_ctx_t ctx;          /* what handlers receive; ctx -> run -> task. Its
                               api is &m->api of the run state's manager for
                               its whole life: apex__run_m */
   _Atomic uint64_t id;     /* the task it serves (or served last) */
-  /* A handler owns the ctx (running or pending). Written under the task
-   * lock: 1 with release order after task and id, so a reader that sees
-   * it sees them too; read under the lock, or with acquire by a call that
-   * takes no lock. */
+  /* A handler owns the ctx (running or pending): APEX__ATT_OPEN, or
+   * APEX__ATT_HELD once its apex_ctx_complete was called and waits for
+   * live children (children.c): still open for the attempt's end, but the
+   * plugin's calls are refused as after complete (apex__run_lock_live).
+   * Written under the task lock: APEX__ATT_OPEN with release order after
+   * task and id, so a reader that sees it sees them too; read under the
+   * lock, or with acquire by a call that takes no lock. */
   _Atomic int attempt_open;
   /* From here on, cleared for each task that takes the run state. */
   uint8_t stuck;           /* its worker was replaced after a timeout */
@@ -842,6 +848,14 @@ int apex__run_complete(apex__run_t *r, int rc, int ask_family);
  * attempt is open (the caller unlocks apex__task_mu of it); else returns
  * NULL with nothing locked, having touched no task. Any thread. */
 apex_task_t *apex__run_lock_open(apex__run_t *r);
+/* As apex__run_lock_open, for a plugin's ctx call: also NULL once the
+ * attempt's complete was called and is held for its children
+ * (APEX__ATT_HELD), which plugin.h makes such a call misuse. */
+apex_task_t *apex__run_lock_live(apex__run_t *r);
+/* Marks attempt att of task id as holding its complete (APEX__ATT_HELD),
+ * if r still serves that attempt and it is open; children.c, when the
+ * family takes the complete. Any thread, no lock held. */
+void apex__run_mark_held(apex__run_t *r, uint64_t id, uint32_t att);
 /* A plugin called `what` on a ctx whose attempt had ended (apex__run_t):
  * counts it (late_reports and st_misuse) and logs it, at warn level the
  * 1st, 2nd, 4th, 8th... time so a plugin looping on a dead ctx cannot

@@ -45,7 +45,7 @@ static int slot_idle(const apex__progress_slot_t *s) {
  * APEX_OK (late: counted), unlocked. */
 static apex_task_t *lock_live(apex__run_t *r, int *rc) {
   apex_manager_t *m = apex__run_m(r);
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) {
     apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed),
                      "apex_ctx_partial_result");

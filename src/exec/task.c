@@ -991,7 +991,7 @@ static int report_locked(apex_task_t *t, const report_t *rep, int *request) {
 static int report(apex__run_t *r, const report_t *rep, size_t *n_nodes) {
   apex_manager_t *m = apex__run_m(r);
   int request = 0, rc;
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) { /* after complete: misuse */
     apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed),
                      rep->full ? "progress" : "apex_ctx_progress_node");
@@ -1050,7 +1050,7 @@ int apex__task_report_node(apex__run_t *r, size_t index, double pct, const char 
 
 int apex__run_heartbeat(apex__run_t *r, const json_t *details) {
   apex_manager_t *m = apex__run_m(r);
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) {
     apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_heartbeat");
     return APEX_E_INVALID;
@@ -1097,7 +1097,7 @@ int apex__run_heartbeat(apex__run_t *r, const json_t *details) {
 }
 
 json_t *apex__run_heartbeat_details(apex__run_t *r) {
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) {
     apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                      "apex_ctx_heartbeat_details");
@@ -1227,7 +1227,7 @@ static void oc_wait(apex_manager_t *m, apex__run_t *r) {
 }
 
 int apex__run_on_cancel(apex__run_t *r, apex_ctx_cancel_fn fn, void *user) {
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) {
     apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                      "apex_ctx_on_cancel");
@@ -1643,7 +1643,7 @@ int apex__task_run(apex_task_t *t) {
   atomic_store_explicit(&r->oc_fired, 0, memory_order_relaxed);
   attempt_timers_start_locked(m, t, r, att);
   if (m->tracer) apex__trace_attempt_start(t);
-  atomic_store_explicit(&r->attempt_open, 1, memory_order_release);
+  atomic_store_explicit(&r->attempt_open, APEX__ATT_OPEN, memory_order_release);
   int sweeping = apex__pool_attempt_open(m, t, t->attempt == 1);
   /* Running only once the attempt is counted and `sweeping` read: a task
    * a host saw running is one destroy waits for (its drain), never one it
@@ -1776,6 +1776,23 @@ apex_task_t *apex__run_lock_open(apex__run_t *r) {
     return r->task;
   pthread_mutex_unlock(mu);
   return NULL;
+}
+
+apex_task_t *apex__run_lock_live(apex__run_t *r) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (t && atomic_load_explicit(&r->attempt_open, memory_order_relaxed) == APEX__ATT_HELD) {
+    pthread_mutex_unlock(apex__task_mu(t));
+    return NULL;
+  }
+  return t;
+}
+
+void apex__run_mark_held(apex__run_t *r, uint64_t id, uint32_t att) {
+  apex_task_t *t = apex__run_lock_open(r);
+  if (!t) return; /* ended meanwhile (a timeout, a cancel, its children) */
+  if (t->id == id && t->attempt == att)
+    atomic_store_explicit(&r->attempt_open, APEX__ATT_HELD, memory_order_relaxed);
+  pthread_mutex_unlock(apex__task_mu(t));
 }
 
 static int attempt_end_locked(apex_task_t *t, apex__run_t *r, int rc, int held);

@@ -996,6 +996,9 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   f->complete_rc = rc;
   f->complete_att = att;
   apex__unlock(&f->mu);
+  /* The plugin's other ctx calls are refused from here on, as after a
+   * complete (ctx.c), though the attempt stays open for its children. */
+  apex__run_mark_held(r, t->id, att);
   if (!inside) cancel_live(f);
   return 1;
 }

@@ -716,7 +716,7 @@ int apex__run_checkpoint(apex__run_t *r, const json_t *v) {
   if (!text) return APEX_E_NOMEM;
   size_t len = strlen(text);
   json_t *copy = len <= APEX_CHECKPOINT_MAX_BYTES ? json_deep_copy(v) : NULL;
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) {
     apex__ctx_misuse(m, atomic_load_explicit(&r->id, memory_order_relaxed), "apex_ctx_checkpoint");
     free(text);
@@ -817,7 +817,7 @@ int apex__run_checkpoint(apex__run_t *r, const json_t *v) {
 }
 
 json_t *apex__run_checkpoint_get(apex__run_t *r) {
-  apex_task_t *t = apex__run_lock_open(r);
+  apex_task_t *t = apex__run_lock_live(r);
   if (!t) {
     apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                      "apex_ctx_checkpoint_get");

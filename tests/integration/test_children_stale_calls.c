@@ -270,6 +270,54 @@ static void test_each_family_call_after_a_held_complete_is_refused(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* The ctx's other calls made after the attempt's complete returned,
+ * while the complete is held for the end callback (apex_ctx_complete in
+ * plugin.h: misuse, caught and ignored): each is refused or ignored and
+ * counted once, and none changes what the held complete delivers (no
+ * result, success). Before the hold was marked on the run state the
+ * attempt still read as open: the result was replaced, the failure
+ * recorded, params and ids answered, nothing counted. */
+static void test_each_other_ctx_call_after_a_held_complete_is_ignored(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(3);
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, SPAWN_RACE_KIT);
+  reset();
+  apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
+  wait_for(g_kit.attempt, 1, "the first attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_ctx_t *ctx = atomic_load(g_kit.ctx);
+  atomic_store(g_kit.gate, 1); /* the child ends: its callback completes the attempt */
+  wait_for(g_kit.completed, 1, "the held complete");
+
+  uint64_t late0 = stats_of(m).late_reports;
+  apex_ctx_set_result(ctx, json_pack("{s:i}", "late", 1)); /* taken and freed */
+  apex_ctx_fail(ctx, APEX_E_EXECUTION, "a failure after complete");
+  assert_int_equal(apex_ctx_progress(ctx, 50, "late"), APEX_OK); /* ignored, counted */
+  json_t *hb = json_pack("{s:i}", "i", 1);
+  assert_int_equal(apex_ctx_heartbeat(ctx, hb), APEX_E_INVALID);
+  assert_int_equal(apex_ctx_partial_result(ctx, hb), APEX_E_INVALID);
+  json_decref(hb);
+  assert_null(apex_ctx_params(ctx));
+  assert_int_equal(apex_ctx_task_id(ctx), 0);
+  assert_int_equal(apex_ctx_attempt(ctx), 0);
+  assert_int_equal(apex_ctx_is_cancelled(ctx), 1);
+  assert_int_equal(apex_ctx_sleep_ms(ctx, 5000), APEX_E_CANCELLED);
+  assert_int_equal(apex_ctx_cancel_fd(ctx), APEX_E_INVALID);
+  apex_ctx_log(ctx, APEX_LOG_ERROR, "a log line after complete");
+  assert_int_equal(stats_of(m).late_reports - late0, 12); /* one each */
+
+  atomic_store(g_go, 1); /* the callback returns: the held complete runs */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  json_t *r = apex_task_result(t); /* none set: null (a succeeded task's result is never NULL) */
+  if (!json_is_null(r)) fail_msg("result %s, not null", r ? json_dumps(r, JSON_COMPACT) : "NULL");
+  json_decref(r);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 /* A wait begun in the first attempt, before its complete, and held (at
  * the task lock's release) until the retry runs with a child of its own:
  * let go, it is refused at once, where it waited on the retry's child
@@ -323,6 +371,7 @@ int main(void) {
       cmocka_unit_test(test_an_on_child_end_held_while_its_task_ends_and_goes_is_refused),
       cmocka_unit_test(test_a_child_outcome_held_while_its_task_ends_and_goes_is_refused),
       cmocka_unit_test(test_each_family_call_after_a_held_complete_is_refused),
+      cmocka_unit_test(test_each_other_ctx_call_after_a_held_complete_is_ignored),
       cmocka_unit_test(test_a_wait_held_across_a_retry_is_refused_at_once),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
