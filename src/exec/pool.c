@@ -294,10 +294,11 @@ static void handoff_locked(apex_manager_t *m) {
  * that went idle on the pusher's CPU, if there is one: woken from that
  * CPU while the watcher keeps the other one busy, it most often runs there
  * once the host waits, and from then on it is the watcher on the host's
- * CPU, which takes the next push (W3: no run past 50 % cross-CPU samples
- * since, bench/analysis.md, tenth session). A pusher that is a worker,
- * more than one runnable task, or a busy pool keep the hand-off. The
- * watcher stays on the watch: a push meanwhile is still handed to it. */
+ * CPU, which takes the next push (W3: runs past 50 % cross-CPU samples
+ * 1 in 500, from 8; bench/analysis.md, tenth session). A pusher that is
+ * a worker, more than one runnable task, or a busy pool keep the
+ * hand-off. The watcher stays on the watch: a push meanwhile is still
+ * handed to it. */
 static apex__worker_t *near_idle_locked(apex_manager_t *m) {
   apex__worker_t *s = m->spinner;
   if (!s || !m->idle_head || tls_worker_of ||
