@@ -511,6 +511,12 @@ typedef struct apex__worker {
   struct apex__worker *next;
   struct apex__worker *idle_next; /* m->idle_head's stack (m->pool_mu) */
   _Atomic uint32_t wake; /* futex: 0 while it sleeps idle, 1 to wake it (pool.c) */
+  /* (m->pool_mu) The CPU it was on when it last went idle (sched_getcpu,
+   * -1 unknown), and, while it is m->spinner, whether it has watched long
+   * enough for the push it gets to be a sequential host's (pool.c,
+   * near_idle_locked; the flag is set by its own thread without the lock). */
+  int cpu;
+  _Atomic int long_watch;
   /* A task a push picked for this worker while it was m->spinner (stored
    * under pool_mu, taken by this worker without it; pool.c, "hand-off"). */
   _Atomic(apex_task_t *) handoff;

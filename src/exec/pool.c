@@ -212,6 +212,7 @@ static int spawn_locked(apex_manager_t *m) {
   if (posix_memalign(&mem, APEX__CACHE_LINE, sizeof(apex__worker_t)) != 0) return ENOMEM;
   apex__worker_t *w = memset(mem, 0, sizeof(apex__worker_t));
   w->m = m;
+  w->cpu = -1;
   int e = pthread_create(&w->thread, NULL, worker_main, w);
   if (e) {
     free(w);
@@ -280,12 +281,52 @@ static void handoff_locked(apex_manager_t *m) {
   atomic_store_explicit(&w->handoff, t, memory_order_release);
 }
 
+/* Under pool_mu, in a push's section: the idle worker to wake for the task
+ * instead of handing it to the watcher, or NULL (hand it over). The
+ * watcher's hand-off keeps a sequential host's tasks on the worker that
+ * ran the last one; once that worker sits on another CPU than the host,
+ * every round trip after is two wake-ups of a CPU that halted in between
+ * (tens of us on a VM), where host and worker on one CPU take turns in a
+ * few (bench/analysis.md, W3 by placement). So when the push is a
+ * sequential host's (no worker busy, the watcher has watched a while: no
+ * push came for microseconds, which a stream of submits, W1's, never
+ * leaves) from another CPU than the watcher's, it goes to an idle worker
+ * that went idle on the pusher's CPU, if there is one: woken from that
+ * CPU while the watcher keeps the other one busy, it most often runs there
+ * once the host waits, and from then on it is the watcher on the host's
+ * CPU, which takes the next push (W3: runs past 50 % cross-CPU samples
+ * 1 in 500, from 8; bench/analysis.md, tenth session). A pusher that is
+ * a worker, more than one runnable task, or a busy pool keep the
+ * hand-off. The watcher stays on the watch: a push meanwhile is still
+ * handed to it. */
+static apex__worker_t *near_idle_locked(apex_manager_t *m) {
+  apex__worker_t *s = m->spinner;
+  if (!s || !m->idle_head || tls_worker_of ||
+      !atomic_load_explicit(&s->long_watch, memory_order_relaxed) ||
+      m->n_idle + 1 != m->n_threads)
+    return NULL;
+  int cpu = sched_getcpu(); /* glibc reads it from rseq: no system call */
+  if (cpu < 0 || cpu == s->cpu) return NULL;
+  apex__worker_t **p = &m->idle_head;
+  while (*p && (*p)->cpu != cpu) p = &(*p)->idle_next;
+  apex__worker_t *w = *p;
+  if (!w || apex__sched_runnable_locked(m) != 1) return NULL;
+  *p = w->idle_next;
+  m->n_idle--;
+  return w;
+}
+
 /* Under pool_mu, once tasks may have become runnable: hands one to the
  * watcher (handoff_locked); returns the idle worker to wake (wake_worker,
  * after unlocking) for what is runnable beyond that, or NULL.
  * Returns: via *e, 0 or the errno of a stuck worker's replacement that
  * could not start. */
 static apex__worker_t *wake_for_runnable_locked(apex_manager_t *m, int *e) {
+  apex__worker_t *near = near_idle_locked(m);
+  if (near) {
+    *e = replace_stuck_locked(m, 1);
+    return near;
+  }
   handoff_locked(m);
   /* A watcher still on the watch found every runnable task held: the
    * next change that frees one hands it over. Wake an idle one only for
@@ -685,8 +726,13 @@ static void spin_for_push(apex__worker_t *self) {
 #endif
     if (i % 64 == 0) {
       uint64_t now = apex__now_ns();
-      if (!until) until = now + SPIN_NS;
-      else if (now >= until) return;
+      if (!until) {
+        until = now + SPIN_NS;
+        /* 64 pauses (microseconds) with no push: near_idle_locked. */
+        atomic_store_explicit(&self->long_watch, 1, memory_order_relaxed);
+      } else if (now >= until) {
+        return;
+      }
       (void)sched_yield(); /* cannot fail on Linux; a failed one is only a missed hint */
     }
   }
@@ -702,6 +748,7 @@ enum { IDLE_SPIN = 1, IDLE_SLEEP };
  * makes its worker idle: one pool_mu section a task, not two. Returns
  * IDLE_SPIN or IDLE_SLEEP. */
 static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
+  self->cpu = sched_getcpu(); /* near_idle_locked; -1 if unknown */
   if (!spun && !m->spinner) {
     /* Watch the queue for a moment without the lock before sleeping: a
      * task pushed meanwhile is handed over (handoff_locked) with no futex
@@ -709,6 +756,7 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
      * worker at a time: the CPU a watcher burns is what an idle one
      * saves. */
     m->spinner = self;
+    atomic_store_explicit(&self->long_watch, 0, memory_order_relaxed);
     return IDLE_SPIN;
   }
   /* Idle: whoever takes it off the stack (a push, or stop) wakes it. A
