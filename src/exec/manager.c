@@ -1022,7 +1022,8 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
      * scheduled task's lock needs the id first, and so does the span of a
      * traced task that joins a context (apex__trace_submit takes it). */
     if (!m->dur && start_ns) t->id = apex__pool_new_id(m);
-    if (m->tracer) apex__trace_submit(t, opts);
+    if (m->tracer && apex__trace_joins(opts, t->opts ? t->opts->parent_id : 0))
+      apex__trace_submit(t, opts);
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
      * comes before anything its start makes. */

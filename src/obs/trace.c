@@ -263,6 +263,10 @@ int apex__trace_init(apex_manager_t *m) {
   if (!(ratio >= 0)) ratio = 0; /* NaN too */
   if (ratio > 1) ratio = 1;
   tr->ratio_bound = (uint64_t)ldexp(ratio, 56);
+  /* A ratio of 1 samples every id (each below 2^56) and 0 none: decided
+   * without reading the id, as always and never are. */
+  if (sampler == APEX_TRACE_RATIO && ratio >= 1) tr->sampler = APEX_TRACE_ALWAYS;
+  if (sampler == APEX_TRACE_RATIO && ratio <= 0) tr->sampler = APEX_TRACE_NEVER;
   struct timespec mono;
   clock_gettime(CLOCK_MONOTONIC, &mono);
   tr->wall_off = (int64_t)wall_ns() - (int64_t)((uint64_t)mono.tv_sec * 1000000000u + (uint64_t)mono.tv_nsec);
@@ -487,7 +491,7 @@ void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
   uint64_t pid = t->opts ? t->opts->parent_id : 0;
   /* A task with no context to join starts a new trace: its span is made
    * when first needed (span_root_locked). */
-  if (!pid && !(o && o->traceparent)) return;
+  if (!apex__trace_joins(o, pid)) return;
   /* Its span is in the table by id, under its stripe's lock (by id): the
    * id now, in a pool_mu section of its own, unless it has one (a
    * scheduled task's, a durable one's). A plain task takes its id in the

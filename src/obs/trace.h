@@ -42,6 +42,13 @@ void apex__trace_stop(struct apex_manager *m);
  * started. A task with no context gets its span later, under its lock
  * (trace.c), and its id where an untraced task does. */
 void apex__trace_submit(struct apex_task *t, const apex_submit_opts_t *opts);
+/* Returns: 1 when a submit with opts and parent task parent_id (0: none)
+ * joins a trace context, so apex__trace_submit has a span to make; 0 for
+ * a plain task (its span is made at its first attempt). Inline: the plain
+ * submit, W1's, makes no call. */
+static inline int apex__trace_joins(const apex_submit_opts_t *opts, uint64_t parent_id) {
+  return parent_id != 0 || (opts && opts->traceparent);
+}
 /* The submit failed after apex__trace_submit: the span goes unexported
  * (t->id 0: none was made). */
 void apex__trace_forget(struct apex_task *t);
