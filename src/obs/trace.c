@@ -462,12 +462,16 @@ static apex__span_t *span_root_locked(apex__tracer_t *tr, apex_task_t *t) {
   apex__span_t *s = span_alloc(tr, t);
   if (!s) return NULL;
   s->start_ns = (uint64_t)((int64_t)t->out.submitted_ns + tr->wall_off);
-  /* Its trace id, its span id, and its first attempt's span id, which
-   * waits in the pair's room for it (apex__trace_attempt_start): one draw. */
+  /* Its trace id, its span id, and its first attempt's ids, which wait
+   * in the pair's room for it (apex__trace_attempt_start): one draw, and
+   * the attempt's copies written from the same registers (a 16-byte copy
+   * of the two 8-byte stores just made waits for them to retire). */
   uint64_t w[4];
   rnd_words(w, 4);
   memcpy(s->trace_id, w, 16);
   memcpy(s->span_id, w + 2, 8);
+  memcpy(s[1].trace_id, w, 16);
+  memcpy(s[1].parent_id, w + 2, 8);
   memcpy(s[1].span_id, w + 3, 8);
   s->flags = (uint8_t)sampled_new(tr, s->trace_id);
   if (tab_put(tr, s) != 0) {
@@ -612,13 +616,15 @@ void apex__trace_attempt_start(apex_task_t *t) {
   ts->attempt = t->attempt;
   a->plugin = ts->plugin;
   a->action = ts->action;
-  memcpy(a->trace_id, ts->trace_id, 16);
-  memcpy(a->parent_id, ts->span_id, 8);
   a->has_parent = 1;
   a->flags = ts->flags;
   uint64_t sid;
   memcpy(&sid, a->span_id, 8);
-  if (!sid) rnd_id(a->span_id, 8); /* not drawn with its task's (span_root_locked) */
+  if (!sid) { /* not made with its task's (span_root_locked) */
+    memcpy(a->trace_id, ts->trace_id, 16);
+    memcpy(a->parent_id, ts->span_id, 8);
+    rnd_id(a->span_id, 8);
+  }
   a->start_ns = now;
   if (a->flags & 1) count_started(TAB(tr, t->id));
 }
