@@ -128,6 +128,13 @@ typedef struct apex__mx_tl {
 } apex__mx_tl_t;
 extern _Thread_local apex__mx_tl_t apex__mx_tl __attribute__((tls_model("initial-exec")));
 
+/* apex__obs_thread_slot (obs/clock.h) with no call once the thread has
+ * taken its slot: the tracer asks twice a task (its pair, its push). */
+static inline unsigned apex__obs_slot(void) {
+  unsigned s = apex__mx_tl.slot;
+  return __builtin_expect(s != 0, 1) ? s - 1 : apex__obs_thread_slot();
+}
+
 /* The out-of-line halves of the hooks below: every case (a series not
  * made yet, a thread past APEX__MX_SLOTS, tracing on, an end or a finish
  * not on the thread that started it). */

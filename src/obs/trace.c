@@ -408,7 +408,7 @@ static void span_recycle(apex__tracer_t *tr, unsigned k, apex__span_t *s) {
 /* A finished span: to the exporter if sampled, else recycled. Under the
  * task's lock; lock-free. */
 static void span_done(apex__tracer_t *tr, apex__span_t *s) {
-  unsigned k = apex__obs_thread_slot();
+  unsigned k = apex__obs_slot();
   apex__span_t *back = s;
   if ((s->flags & 1) && tr->ex) back = apex__export_push(tr->ex, k, s);
   while (back) { /* not sampled, or refused by a full queue */
@@ -421,7 +421,7 @@ static void span_done(apex__tracer_t *tr, apex__span_t *s) {
 /* A cleared pair: from the calling thread's own, else a bundle the
  * exporter gave back, else calloc. NULL on no memory. */
 static apex__span_t *pair_get(apex__tracer_t *tr) {
-  unsigned k = apex__obs_thread_slot();
+  unsigned k = apex__obs_slot();
   if (k >= APEX__MX_SLOTS) return calloc(2, sizeof(apex__span_t));
   trace_slot_t *sl = &tr->slot[k];
   if (!sl->free && tr->ex) {
