@@ -994,8 +994,8 @@ int apex__pool_may_inline(const apex_task_t *t);
  * takes. No lock held; the submit is done with t but for returning it. */
 void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t);
 /* The next task id, for a submit that needs its task's id before
- * apex__pool_submit (a scheduled task's lock, a traced task's span).
- * Takes pool_mu. */
+ * apex__pool_submit (a scheduled task's lock, the span of a traced task
+ * that joins a trace context). Takes pool_mu. */
 uint64_t apex__pool_new_id(apex_manager_t *m);
 /* Gives back the manager references ref_bank holds: teardown, when no
  * submit takes one any more. Under pool_mu; the caller still holds its own

@@ -1019,9 +1019,11 @@ apex_status_t apex__submit(apex_manager_t *m, const char *plugin, const char *ac
   if (rc == APEX_OK) {
     /* The id and the manager reference are taken in the section that
      * queues the task (apex__pool_submit), before it is visible; a
-     * scheduled task's lock and a traced task's span need the id first. */
-    if (!m->dur && (start_ns || m->tracer)) t->id = apex__pool_new_id(m);
-    if (m->tracer) apex__trace_submit(t, opts);
+     * scheduled task's lock needs the id first, and so does the span of a
+     * traced task that joins a context (apex__trace_submit takes it). */
+    if (!m->dur && start_ns) t->id = apex__pool_new_id(m);
+    if (m->tracer && apex__trace_joins(opts, t->opts ? t->opts->parent_id : 0))
+      apex__trace_submit(t, opts);
     /* Queued from here on: a worker may start it before we return. A
      * scheduled one is pushed under its own lock, so its SCHEDULED event
      * comes before anything its start makes. */

@@ -128,6 +128,13 @@ typedef struct apex__mx_tl {
 } apex__mx_tl_t;
 extern _Thread_local apex__mx_tl_t apex__mx_tl __attribute__((tls_model("initial-exec")));
 
+/* apex__obs_thread_slot (obs/clock.h) with no call once the thread has
+ * taken its slot: the tracer asks twice a task (its pair, its push). */
+static inline unsigned apex__obs_slot(void) {
+  unsigned s = apex__mx_tl.slot;
+  return __builtin_expect(s != 0, 1) ? s - 1 : apex__obs_thread_slot();
+}
+
 /* The out-of-line halves of the hooks below: every case (a series not
  * made yet, a thread past APEX__MX_SLOTS, tracing on, an end or a finish
  * not on the thread that started it). */
@@ -144,7 +151,9 @@ void apex__mx_progress_event_(apex__ev_t *ev, const apex__progress_slot_t *s);
 void apex__mx_progress_delivered_(apex_manager_t *m, const apex__ev_t *ev);
 
 /* The inline halves take the common case of every task with no call:
- * the series made, the calling thread owning its cell, tracing off. The
+ * the series made, the calling thread owning its cell (tracing on or off:
+ * with it on, the start's and end's clock reads go through the stamp the
+ * span shares, obs/clock.h). The
  * four calls (a submit, an attempt's start and end, the finish) with their
  * register saves were about a fifth of what the metrics cost W1 on one
  * CPU (bench/analysis.md, the seventh session's W1 section). */
@@ -199,11 +208,13 @@ static inline void apex__mx_started(apex_manager_t *m, apex_task_t *t) {
   const apex__plugin_t *p = t->plugin;
   apex__mx_series_t *s = apex__mx_series_of(p, t->action);
   apex__mx_hot_t *h = apex__mx_own_cell(x, s);
-  if (__builtin_expect(!h || m->tracer, 0)) {
+  if (__builtin_expect(!h, 0)) {
     apex__mx_started_(m, t);
     return;
   }
-  uint64_t now = apex__obs_clock_ns();
+  /* With tracing on, the span's start too (obs/clock.h): the read its
+   * hook made just before, found in the thread's stamp. */
+  uint64_t now = m->tracer ? apex__obs_now(t, APEX__OBS_START) : apex__obs_clock_ns();
   apex__mx_own_add(&h->started, 1);
   uint32_t attempt = t->attempt;
   if (attempt == 1) {
@@ -226,12 +237,13 @@ static inline void apex__mx_started(apex_manager_t *m, apex_task_t *t) {
 static inline void apex__mx_attempt_end(apex_manager_t *m, apex_task_t *t) {
   if (!m->mx) return;
   apex__mx_tl_t *x = &apex__mx_tl;
-  /* Started on this thread, in its own cell (started above), tracing off. */
+  /* Started on this thread, in its own cell (started above). */
   if (__builtin_expect(x->t == t && x->id == t->id && x->plugin == t->plugin &&
-                           x->attempt == t->attempt && x->slot - 1u < APEX__MX_SLOTS &&
-                           !m->tracer, 1)) {
+                           x->attempt == t->attempt && x->slot - 1u < APEX__MX_SLOTS, 1)) {
     x->t = NULL;
-    uint64_t now = apex__obs_clock_ns();
+    /* With tracing on, the span's end too (obs/clock.h): its hook, after
+     * this one, finds the read in the thread's stamp. */
+    uint64_t now = m->tracer ? apex__obs_now(t, APEX__OBS_END) : apex__obs_clock_ns();
     /* Clamped: two TSC reads may come out a few ns apart in either order. */
     apex__mx_own_observe(x->hot, APEX__MX_H_ATTEMPT, now > x->start_ns ? now - x->start_ns : 0);
     x->end_ns = now; /* the finish reuses this read for the same task */

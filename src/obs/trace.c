@@ -155,38 +155,48 @@ static TLS int rng_ready;
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-static uint64_t rnd(void) {
-  if (!rng_ready) {
-    if (getrandom(rng, sizeof rng, 0) != (ssize_t)sizeof rng) {
-      /* no entropy source: the clock and the thread's stack address */
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      rng[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
-      rng[1] = (uint64_t)(uintptr_t)&ts;
-      rng[2] = 0x9e3779b97f4a7c15u;
-      rng[3] = 0xbf58476d1ce4e5b9u;
-    }
-    rng_ready = 1;
+static void rnd_seed(void) {
+  if (getrandom(rng, sizeof rng, 0) != (ssize_t)sizeof rng) {
+    /* no entropy source: the clock and the thread's stack address */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    rng[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+    rng[1] = (uint64_t)(uintptr_t)&ts;
+    rng[2] = 0x9e3779b97f4a7c15u;
+    rng[3] = 0xbf58476d1ce4e5b9u;
   }
-  uint64_t r = rotl(rng[1] * 5, 7) * 9, t = rng[1] << 17;
-  rng[2] ^= rng[0];
-  rng[3] ^= rng[1];
-  rng[1] ^= rng[2];
-  rng[0] ^= rng[3];
-  rng[2] ^= t;
-  rng[3] = rotl(rng[3], 45);
-  return r;
+  rng_ready = 1;
+}
+
+/* n words of the thread's generator into w, none of them 0 (a word of 0
+ * is drawn again: an id must not be all zero, and a span id is one word,
+ * a trace id two). The state is read and written once for the n: a
+ * task's three ids and its first attempt's take one call
+ * (span_root_locked), not four. */
+static inline void rnd_words(uint64_t *w, unsigned n) {
+  if (__builtin_expect(!rng_ready, 0)) rnd_seed();
+  uint64_t s0 = rng[0], s1 = rng[1], s2 = rng[2], s3 = rng[3];
+  for (unsigned i = 0; i < n;) {
+    uint64_t r = rotl(s1 * 5, 7) * 9, t = s1 << 17;
+    s2 ^= s0;
+    s3 ^= s1;
+    s1 ^= s2;
+    s0 ^= s3;
+    s2 ^= t;
+    s3 = rotl(s3, 45);
+    if (__builtin_expect(r != 0, 1)) w[i++] = r;
+  }
+  rng[0] = s0;
+  rng[1] = s1;
+  rng[2] = s2;
+  rng[3] = s3;
 }
 
 /* n is 8 or 16; never all zero (an invalid id). */
 static void rnd_id(uint8_t *out, size_t n) {
-  uint64_t a, b = 0;
-  do {
-    a = rnd();
-    if (n == 16) b = rnd();
-  } while (!(a | b));
-  memcpy(out, &a, 8);
-  if (n == 16) memcpy(out + 8, &b, 8);
+  uint64_t w[2];
+  rnd_words(w, (unsigned)(n / 8));
+  memcpy(out, w, n);
 }
 
 static uint64_t wall_ns(void) {
@@ -253,6 +263,10 @@ int apex__trace_init(apex_manager_t *m) {
   if (!(ratio >= 0)) ratio = 0; /* NaN too */
   if (ratio > 1) ratio = 1;
   tr->ratio_bound = (uint64_t)ldexp(ratio, 56);
+  /* A ratio of 1 samples every id (each below 2^56) and 0 none: decided
+   * without reading the id, as always and never are. */
+  if (sampler == APEX_TRACE_RATIO && ratio >= 1) tr->sampler = APEX_TRACE_ALWAYS;
+  if (sampler == APEX_TRACE_RATIO && ratio <= 0) tr->sampler = APEX_TRACE_NEVER;
   struct timespec mono;
   clock_gettime(CLOCK_MONOTONIC, &mono);
   tr->wall_off = (int64_t)wall_ns() - (int64_t)((uint64_t)mono.tv_sec * 1000000000u + (uint64_t)mono.tv_nsec);
@@ -394,7 +408,7 @@ static void span_recycle(apex__tracer_t *tr, unsigned k, apex__span_t *s) {
 /* A finished span: to the exporter if sampled, else recycled. Under the
  * task's lock; lock-free. */
 static void span_done(apex__tracer_t *tr, apex__span_t *s) {
-  unsigned k = apex__obs_thread_slot();
+  unsigned k = apex__obs_slot();
   apex__span_t *back = s;
   if ((s->flags & 1) && tr->ex) back = apex__export_push(tr->ex, k, s);
   while (back) { /* not sampled, or refused by a full queue */
@@ -407,7 +421,7 @@ static void span_done(apex__tracer_t *tr, apex__span_t *s) {
 /* A cleared pair: from the calling thread's own, else a bundle the
  * exporter gave back, else calloc. NULL on no memory. */
 static apex__span_t *pair_get(apex__tracer_t *tr) {
-  unsigned k = apex__obs_thread_slot();
+  unsigned k = apex__obs_slot();
   if (k >= APEX__MX_SLOTS) return calloc(2, sizeof(apex__span_t));
   trace_slot_t *sl = &tr->slot[k];
   if (!sl->free && tr->ex) {
@@ -448,9 +462,18 @@ static apex__span_t *span_root_locked(apex__tracer_t *tr, apex_task_t *t) {
   apex__span_t *s = span_alloc(tr, t);
   if (!s) return NULL;
   s->start_ns = (uint64_t)((int64_t)t->out.submitted_ns + tr->wall_off);
-  rnd_id(s->trace_id, 16);
+  /* Its trace id, its span id, and its first attempt's ids, which wait
+   * in the pair's room for it (apex__trace_attempt_start): one draw, and
+   * the attempt's copies written from the same registers (a 16-byte copy
+   * of the two 8-byte stores just made waits for them to retire). */
+  uint64_t w[4];
+  rnd_words(w, 4);
+  memcpy(s->trace_id, w, 16);
+  memcpy(s->span_id, w + 2, 8);
+  memcpy(s[1].trace_id, w, 16);
+  memcpy(s[1].parent_id, w + 2, 8);
+  memcpy(s[1].span_id, w + 3, 8);
   s->flags = (uint8_t)sampled_new(tr, s->trace_id);
-  rnd_id(s->span_id, 8);
   if (tab_put(tr, s) != 0) {
     apex__span_free(s);
     return NULL;
@@ -472,7 +495,12 @@ void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
   uint64_t pid = t->opts ? t->opts->parent_id : 0;
   /* A task with no context to join starts a new trace: its span is made
    * when first needed (span_root_locked). */
-  if (!pid && !(o && o->traceparent)) return;
+  if (!apex__trace_joins(o, pid)) return;
+  /* Its span is in the table by id, under its stripe's lock (by id): the
+   * id now, in a pool_mu section of its own, unless it has one (a
+   * scheduled task's, a durable one's). A plain task takes its id in the
+   * section that queues it, as an untraced one does. */
+  if (!t->id) t->id = apex__pool_new_id(m);
   apex__span_t *s = span_alloc(tr, t);
   if (!s) return; /* not traced */
   s->start_ns = now_wall(tr);
@@ -526,6 +554,7 @@ void apex__trace_submit(apex_task_t *t, const apex_submit_opts_t *o) {
 }
 
 void apex__trace_forget(apex_task_t *t) {
+  if (!t->id) return; /* refused before its id: no span made */
   apex__tracer_t *tr = apex__task_m(t)->tracer;
   pthread_mutex_t *mu = apex__task_mu(t);
   pthread_mutex_lock(mu);
@@ -587,11 +616,15 @@ void apex__trace_attempt_start(apex_task_t *t) {
   ts->attempt = t->attempt;
   a->plugin = ts->plugin;
   a->action = ts->action;
-  memcpy(a->trace_id, ts->trace_id, 16);
-  memcpy(a->parent_id, ts->span_id, 8);
   a->has_parent = 1;
   a->flags = ts->flags;
-  rnd_id(a->span_id, 8);
+  uint64_t sid;
+  memcpy(&sid, a->span_id, 8);
+  if (!sid) { /* not made with its task's (span_root_locked) */
+    memcpy(a->trace_id, ts->trace_id, 16);
+    memcpy(a->parent_id, ts->span_id, 8);
+    rnd_id(a->span_id, 8);
+  }
   a->start_ns = now;
   if (a->flags & 1) count_started(TAB(tr, t->id));
 }

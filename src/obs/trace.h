@@ -36,11 +36,21 @@ void apex__trace_stop(struct apex_manager *m);
 
 /* Submit, before the task is visible to any other thread: makes the span
  * of a task that joins a context (a child of opts->traceparent, or of its
- * parent task's attempt), taking t's lock (and its parent's, before, never
- * both); a malformed traceparent is logged and a new trace started. A task
- * with no context gets its span later, under its lock (trace.c). */
+ * parent task's attempt), giving t its id first if it has none
+ * (apex__pool_new_id, pool_mu), then taking t's lock (and its parent's,
+ * before, never both); a malformed traceparent is logged and a new trace
+ * started. A task with no context gets its span later, under its lock
+ * (trace.c), and its id where an untraced task does. */
 void apex__trace_submit(struct apex_task *t, const apex_submit_opts_t *opts);
-/* The submit failed after apex__trace_submit: the span goes unexported. */
+/* Returns: 1 when a submit with opts and parent task parent_id (0: none)
+ * joins a trace context, so apex__trace_submit has a span to make; 0 for
+ * a plain task (its span is made at its first attempt). Inline: the plain
+ * submit, W1's, makes no call. */
+static inline int apex__trace_joins(const apex_submit_opts_t *opts, uint64_t parent_id) {
+  return parent_id != 0 || (opts && opts->traceparent);
+}
+/* The submit failed after apex__trace_submit: the span goes unexported
+ * (t->id 0: none was made). */
 void apex__trace_forget(struct apex_task *t);
 
 /* Under t's lock: an attempt started (t->attempt is its number). */
