@@ -536,13 +536,6 @@ typedef struct apex__stripe {
    * (the live list destroy sweeps; pool.c), guarded by mu: a task joins
    * and leaves it under its own lock, which it holds then anyway. */
   struct apex__run *live_head;
-  /* A task that ended here off its worker, its attempt closing with it,
-   * still on this live list (by late_run, its run state) and on its
-   * deadline list: it leaves both at the next such end in this stripe, or
-   * at destroy (pool.c, "late unlinks"), which holds a task reference for
-   * it. NULL: none. Under mu. */
-  apex_task_t *late;
-  struct apex__run *late_run;
 } apex__stripe_t;
 
 /* Fields the submitting thread writes and fields the workers write are on
@@ -639,7 +632,6 @@ struct apex_manager {
   apex__dlist_t *dl_hash[64];
   apex__dlist_t *dl_last;   /* the list found last: usually the next one */
   uint32_t dl_idle;         /* lists no task is pinned to, kept for reuse */
-  uint64_t late_mask;       /* stripes with a late task (pool.c, "late unlinks") */
   apex__dlist_t **lheap;    /* non-empty lists by head deadline */
   uint32_t lheap_len, lheap_n, lheap_cap; /* in the heap, lists, slots */
   apex_task_t **heap;       /* tasks waiting to retry, by retry time */
@@ -993,24 +985,6 @@ void apex__pool_refs_return_locked(apex_manager_t *m);
  * handles on them (refs less the destroyer's and ref_bank's). Takes
  * pool_mu. For tests. */
 unsigned apex__manager_task_refs(apex_manager_t *m);
-/* A task whose lists a later end took it off of (pool.c, "late unlinks"):
- * the taker gives its run state back (run_put) and drops the task
- * reference the stripe held, with no lock held (apex__task_late_release);
- * kept (out of apex__pool_task_end): the ending task itself stays on its
- * lists, and its run state is the stripe's now, not given back with it. */
-typedef struct apex__late {
-  apex_task_t *task;
-  struct apex__run *run;
-  int kept;
-  /* This end found no other task live: the stripes whose late tasks the
-   * ender takes off too, once it holds no lock (apex__pool_late_flush). */
-  uint64_t flush;
-} apex__late_t;
-/* Gives back what a late unlink left (apex__late_t): no lock held. */
-void apex__task_late_release(apex__late_t *late);
-/* Takes the late tasks of the stripes in mask off their lists and gives
- * them back (apex__task_late_release). No lock held. */
-void apex__pool_late_flush(apex_manager_t *m, uint64_t mask);
 /* t ends: it leaves every count it is in, before its terminal state is
  * published, so a host that sees the state (or the DONE event) finds the
  * counters settled and room for a resubmit under max_queued: the queued
@@ -1018,11 +992,7 @@ void apex__pool_late_flush(apex_manager_t *m, uint64_t mask);
  * started) and, with closing (its attempt ends with it), the open
  * attempts. Wakes destroy when a count it waits for reaches zero. Under
  * the task lock (takes pool_mu, wait_mu, one at a time). */
-void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing, apex__late_t *late);
-/* Stripe i's late task (see apex__stripe_t.late) leaves its lists now,
- * into *late (both NULL: there was none). Under stripe i's lock (takes
- * pool_mu). */
-void apex__pool_late_take_locked(apex_manager_t *m, unsigned i, apex__late_t *late);
+void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing);
 /* A task that ends while it waits in the scheduler (runnable, parked on a
  * concurrency limit or a rate, scheduled) leaves it here, through
  * apex__sched_remove_locked (sched/sched.h): the one way out, O(1), no
@@ -1123,13 +1093,6 @@ int apex__retry_arm(apex_manager_t *m, apex_task_t *t);
  * ends. Returns the references the caller drops (after unlocking; the
  * caller holds another, so they never free t). */
 unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t);
-/* As apex__timer_release_locked, but t stays on its deadline list, pinned
- * (a late unlink, pool.c): apex__deadline_release_locked takes it off
- * later. A deadline list's walk that finds it there unlinks it and finds
- * it ended (apex__task_on_deadline). Under pool_mu. */
-unsigned apex__timer_release_but_deadline_locked(apex_manager_t *m, apex_task_t *t);
-/* Under pool_mu: t leaves its deadline list (if still on it) and its pin. */
-void apex__deadline_release_locked(apex_manager_t *m, apex_task_t *t);
 /* Puts t on the flush list (once) and wakes the runtime thread if the list
  * was empty. Not under t's lock (takes flush_mu, then no other). */
 void apex__flush_request(apex_manager_t *m, apex_task_t *t);

@@ -287,9 +287,7 @@ static void cancel_started(apex_manager_t *m, int all) {
       for (apex__run_t *r = m->stripes[i].live_head; r && n < 64; r = r->live_next) {
         /* seq_cst: pairs with the attempt end that puts a task in
          * retry_wait and then reads shutting_down (task.c). */
-        int st = atomic_load(&r->task->state);
-        /* An ended task still listed (a late unlink, pool.c) needs none. */
-        if (apex_task_state_is_terminal(st) || (!all && st != APEX_TASK_RETRY_WAIT)) continue;
+        if (!all && atomic_load(&r->task->state) != APEX_TASK_RETRY_WAIT) continue;
         apex__task_ref(r->task);
         batch[n++] = r->task;
       }
@@ -332,14 +330,9 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
    * each stripe lock once: a DONE is queued under its task's lock, after
    * the live count dropped. */
   wait_zero(m, 0, UINT64_MAX);
-  /* Each stripe's late task (pool.c, "late unlinks") leaves its lists:
-   * every task is terminal, so none becomes late after this. */
-  for (unsigned i = 0; i < APEX__LOCK_STRIPES; i++) {
-    apex__late_t late;
+  for (int i = 0; i < APEX__LOCK_STRIPES; i++) {
     pthread_mutex_lock(&m->stripes[i].mu);
-    apex__pool_late_take_locked(m, i, &late);
     pthread_mutex_unlock(&m->stripes[i].mu);
-    apex__task_late_release(&late);
   }
   /* 6. Every task is terminal: nothing makes an event any more, and the
    * runtime thread has nothing left to time or flush. */

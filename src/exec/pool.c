@@ -541,70 +541,7 @@ static void wake_destroyer(apex_manager_t *m) {
   pthread_mutex_unlock(&m->wait_mu);
 }
 
-/* ------------------------------------------------------ late unlinks
- *
- * A task that ends off its worker (a cancel on the host, a deferred
- * plugin's complete from its own thread) with its attempt closing leaves
- * its live list and its deadline list late: it stays on both, with a task
- * reference, as its stripe's `late` (one a stripe), and the next such end
- * in its stripe takes it off, in the pool_mu section and under the stripe
- * lock that end takes anyway. Why: with a million started tasks ended in
- * random order, the neighbours an unlink writes are cache and TLB misses;
- * their lines are asked for when the task's own lines come in (task.c,
- * cancel_tokenless), too little ahead of the unlink right after, so the
- * locked instructions after it waited for them (W7 of bench/README.md;
- * bench/analysis.md, W7 of the tenth session). An end in the same stripe
- * comes 64 ends later on average, by when they are in. The cost: one
- * ended task and its run state a stripe stay until the next end there
- * or destroy (apex__pool_late_take_locked at destroy's step 5). A late
- * task is terminal: destroy's walk of the live lists skips it, the ops
- * walk reads its state (ended), and the deadline walk that meets it
- * first takes it off and finds it ended. Only a task whose run state its
- * end gives back at once (no progress kept with it): the stripe holds it
- * until the unlink, as a run state on a live list must stay one. */
-
-/* Under stripe i's lock and pool_mu: stripe i's late task leaves its
- * deadline list (what needs pool_mu). */
-static void late_deadline_locked(apex_manager_t *m, apex__stripe_t *s) {
-  if (!s->late) return;
-  apex__deadline_release_locked(m, s->late);
-  m->late_mask &= ~((uint64_t)1 << (s - m->stripes));
-}
-
-/* Under stripe i's lock, after late_deadline_locked: the rest. */
-static void late_live_locked(apex_manager_t *m, apex__stripe_t *s, apex__late_t *late) {
-  late->task = s->late;
-  late->run = s->late_run;
-  if (!s->late) return;
-  unlink_live_locked(m, s->late, s->late_run);
-  s->late = NULL;
-  s->late_run = NULL;
-}
-
-void apex__pool_late_take_locked(apex_manager_t *m, unsigned i, apex__late_t *late) {
-  apex__stripe_t *s = &m->stripes[i];
-  late->kept = 0;
-  late->flush = 0;
-  if (s->late) {
-    apex__lock(&m->pool_mu);
-    late_deadline_locked(m, s);
-    apex__unlock(&m->pool_mu);
-  }
-  late_live_locked(m, s, late);
-}
-
-void apex__pool_late_flush(apex_manager_t *m, uint64_t mask) {
-  for (unsigned i = 0; mask; i++, mask >>= 1) {
-    if (!(mask & 1u)) continue;
-    apex__late_t late;
-    pthread_mutex_lock(&m->stripes[i].mu);
-    apex__pool_late_take_locked(m, i, &late);
-    pthread_mutex_unlock(&m->stripes[i].mu);
-    apex__task_late_release(&late);
-  }
-}
-
-void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing, apex__late_t *late) {
+void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   /* A task that ends on the worker running it (its handler returned)
    * leaves its deadline list, and gives back its scheduler slots, in the
    * pool_mu section where the worker pops its next task: one section a
@@ -616,31 +553,12 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing, apex__l
   int on_worker = tls_running == t && tls_worker_of == m;
   apex__worker_t *wake = NULL;
   int e = 0;
-  late->task = NULL;
-  late->run = NULL;
-  late->kept = 0;
-  late->flush = 0;
   if (on_worker && apex__retry_policy(t)->max_attempts <= 1) {
     tls_release_owed = 1;
     if (closing) tls_slots_owed = 1;
   } else {
-    apex__stripe_t *s = &m->stripes[t->id % APEX__LOCK_STRIPES];
-    /* Late unlinks (above): t stays on its lists; the stripe's last late
-     * task leaves them. */
-    int keep = !on_worker && closing && t->run && !t->run->prog;
     unsigned refs = 0;
     apex__lock(&m->pool_mu);
-    /* The last live task (as far as the ends counted so far tell: n_in is
-     * in this section's line) leaves at once, and takes every late task
-     * off with it: a manager with nothing live keeps none. */
-    if (keep || m->late_mask) {
-      uint32_t n_out = (uint32_t)(atomic_load_explicit(&m->n_active, memory_order_relaxed) >> 32);
-      if ((uint32_t)atomic_load_explicit(&m->n_in, memory_order_relaxed) - n_out <= 1) {
-        keep = 0;
-        late->flush = m->late_mask & ~((uint64_t)1 << (s - m->stripes));
-      }
-    }
-    late->kept = keep;
     /* Ended while it waited (cancelled, timed out): it leaves the
      * scheduler now, and no worker pops it. */
     refs += apex__sched_remove_locked(m, t);
@@ -649,25 +567,13 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing, apex__l
       if (on_worker) tls_slots_owed = 0; /* given back here */
       else wake = wake_for_runnable_locked(m, &e);
     }
-    late_deadline_locked(m, s);
-    if (keep) {
-      refs += apex__timer_release_but_deadline_locked(m, t);
-      m->late_mask |= (uint64_t)1 << (s - m->stripes);
-    } else {
-      refs += apex__timer_release_locked(m, t);
-    }
+    refs += apex__timer_release_locked(m, t);
     apex__unlock(&m->pool_mu);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
     wake_worker(wake);
     log_no_replacement(m, e);
-    late_live_locked(m, s, late);
-    if (keep) {
-      apex__task_ref(t); /* the stripe's, until t's own late unlink */
-      s->late = t;
-      s->late_run = t->run;
-    }
   }
-  if (t->run && !late->kept) unlink_live_locked(m, t, t->run);
+  if (t->run) unlink_live_locked(m, t, t->run);
   /* The open attempts less one (closing) and the ended tasks plus one, in
    * one addition (internal.h, n_active). */
   uint64_t was =

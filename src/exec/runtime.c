@@ -339,7 +339,8 @@ int apex__retry_arm(apex_manager_t *m, apex_task_t *t) {
   return APEX_OK;
 }
 
-void apex__deadline_release_locked(apex_manager_t *m, apex_task_t *t) {
+unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
+  unsigned refs = 0;
   /* timer_flags is read under pool_mu: the runtime unlinks concurrently. */
   if (t->timer_flags & APEX__TIMER_DL_PINNED) {
     apex__dlist_t *l = dl_find(m, dl_key(t));
@@ -348,12 +349,6 @@ void apex__deadline_release_locked(apex_manager_t *m, apex_task_t *t) {
     }
     dl_unpin(m, l);
   }
-  t->timer_flags &= (uint8_t) ~(APEX__TIMER_DL_PINNED | APEX__TIMER_DL_LINKED);
-}
-
-/* Under pool_mu: what t holds but its deadline list's link and pin. */
-static unsigned release_but_deadline(apex_manager_t *m, apex_task_t *t) {
-  unsigned refs = 0;
   if (t->timer_flags & APEX__TIMER_RETRY_SLOT) {
     if (t->run && t->run->heap_idx != APEX__NOT_IN_HEAP) {
       heap_remove(m, t);
@@ -363,19 +358,7 @@ static unsigned release_but_deadline(apex_manager_t *m, apex_task_t *t) {
   }
   apex__tmo_t *tmo = apex__task_tmo(t);
   if (tmo) apex__tmo_release_locked(m, tmo); /* holds no reference */
-  return refs;
-}
-
-unsigned apex__timer_release_locked(apex_manager_t *m, apex_task_t *t) {
-  apex__deadline_release_locked(m, t);
-  unsigned refs = release_but_deadline(m, t);
   t->timer_flags &= (uint8_t)APEX__SCHED_BITS; /* the timer flags, not the scheduler's */
-  return refs;
-}
-
-unsigned apex__timer_release_but_deadline_locked(apex_manager_t *m, apex_task_t *t) {
-  unsigned refs = release_but_deadline(m, t);
-  t->timer_flags &= (uint8_t)(APEX__SCHED_BITS | APEX__TIMER_DL_PINNED | APEX__TIMER_DL_LINKED);
   return refs;
 }
 

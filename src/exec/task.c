@@ -1289,9 +1289,6 @@ typedef struct after {
    * task's end, may then go to the DONE queue instead of being dropped
    * while the queue takes a new one. */
   int held;
-  /* A task this end took off its lists late (pool.c, "late unlinks"), and
-   * whether this one stays on its own (its run state is its stripe's). */
-  apex__late_t late;
 } after_t;
 
 static void count_outcome(apex_manager_t *m, int state) {
@@ -1337,7 +1334,7 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   /* Every count first, the state after: a host that sees the state, or
    * gets the DONE event, finds queued, running and the outcomes settled,
    * and a resubmit finds the room under max_queued this task left. */
-  apex__pool_task_end(m, t, a->closing, &a->late);
+  apex__pool_task_end(m, t, a->closing);
   count_outcome(m, state);
   /* seq_cst, not release: a waiter publishes itself (m->waiters) and then
    * reads the state; we publish the state and then read m->waiters. Only a
@@ -1346,9 +1343,6 @@ static void finish_locked(apex_task_t *t, int state, json_t *result, apex_error_
   a->finished = 1;
   if (!t->run || !atomic_load_explicit(&t->run->attempt_open, memory_order_relaxed))
     release_life_locked(t, a);
-  /* Still on its stripe's live list (a late unlink): its run state is the
-   * stripe's until then (the run state it gave back above, emptied). */
-  if (a->late.kept) a->run = NULL;
   /* Last: the host wakes on it, and then finds this thread no longer in
    * the locks its next submit takes. */
   if (apex__events_wanted(m, t, APEX_EVENT_DONE)) {
@@ -1407,25 +1401,10 @@ static void after_notify(apex_task_t *t, after_t *a) {
   }
 }
 
-void apex__task_late_release(apex__late_t *late) {
-  if (!late->task) return;
-  run_put(apex__task_m(late->task), late->run); /* emptied at its end (release_life_locked) */
-  apex__task_unref(late->task);
-}
-
-/* after_release's part for late unlinks: what this end took off, and the
- * other stripes' late tasks when it was the last live one (m is alive:
- * t holds it). */
-static void after_late(apex_task_t *t, after_t *a) {
-  if (a->late.flush) apex__pool_late_flush(apex__task_m(t), a->late.flush);
-  apex__task_late_release(&a->late);
-}
-
 static void after_release(apex_task_t *t, after_t *a) {
   apex_token_unref(a->drop_tok);
   if (a->uncount_stuck) apex__pool_uncount_stuck(apex__task_m(t));
   if (a->run) run_put(apex__task_m(t), a->run); /* emptied by release_life_locked */
-  after_late(t, a);
   if (a->release_life) apex__task_unref(t);
 }
 

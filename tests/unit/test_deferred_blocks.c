@@ -333,90 +333,6 @@ static void test_a_new_slab_comes_with_its_pages(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
-/* Late unlinks (src/exec/pool.c): stripe i's late task, and whether t is
- * on its deadline list, read under the locks that guard them. */
-static apex_task_t *late_of(apex_manager_t *m, apex_task_t *t) {
-  apex__stripe_t *s = &m->stripes[apex_task_id(t) % APEX__LOCK_STRIPES];
-  pthread_mutex_lock(&s->mu);
-  apex_task_t *l = s->late;
-  pthread_mutex_unlock(&s->mu);
-  return l;
-}
-
-static int on_deadline_list(apex_manager_t *m, apex_task_t *t) {
-  apex__lock(&m->pool_mu);
-  int on = (t->timer_flags & APEX__TIMER_DL_LINKED) != 0;
-  apex__unlock(&m->pool_mu);
-  return on;
-}
-
-static apex_task_t *pend_for(apex_manager_t *m, double timeout_s) {
-  apex_submit_opts_t o;
-  apex_submit_opts_init(&o);
-  o.timeout_s = timeout_s;
-  return submit_json(m, "pend_kit", "pend", NULL, &o);
-}
-
-/* A pending task cancelled while another is live stays on its lists as
- * its stripe's late task; its deadline then comes: the deadline walk takes
- * it off and finds it ended (one outcome: cancelled, not timed out); the
- * last live task's end takes it off the live list and frees it (every
- * task freed, no stripe keeps one). */
-static void test_a_late_task_meets_its_deadline_once(void **st) {
-  (void)st;
-  apex_manager_t *m = make();
-  apex_task_t *a = pend_for(m, 0.3);
-  apex_task_t *c = pend_for(m, 600.0);
-  AWAIT(running(m) == 2, LONG_MS);
-  assert_int_equal(apex_task_cancel(a, NULL), APEX_OK);
-  assert_int_equal(apex_task_wait(a, LONG_MS), APEX_OK);
-  assert_int_equal(apex_task_state(a), APEX_TASK_CANCELLED);
-  assert_ptr_equal(late_of(m, a), a); /* still on its lists */
-  assert_true(on_deadline_list(m, a));
-  AWAIT(!on_deadline_list(m, a), LONG_MS); /* its deadline's walk took it off */
-  nap_ms(50);
-  assert_int_equal(apex_task_state(a), APEX_TASK_CANCELLED);
-  apex_stats_t s = APEX_STATS_INIT;
-  assert_int_equal(apex_manager_stats_v2(m, &s), APEX_OK);
-  assert_int_equal(s.timed_out, 0);
-  assert_int_equal(s.cancelled, 1);
-  apex_task_release(a);
-  assert_int_equal(apex__manager_task_refs(m), 2); /* c, and a: its stripe holds it */
-  assert_int_equal(apex_task_cancel(c, NULL), APEX_OK); /* the last live task */
-  assert_int_equal(apex_task_wait(c, LONG_MS), APEX_OK);
-  apex_task_release(c);
-  assert_null(late_of(m, a));
-  assert_null(late_of(m, c));
-  AWAIT(apex__manager_task_refs(m) == 0, LONG_MS); /* every task freed */
-  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
-}
-
-/* Destroy with late tasks on their lists (another task still live, so
- * no end took them off): its sweep takes them off and frees them (ASan's
- * leak check sees a task or manager kept), and a late task does not keep
- * its walk of the live lists from ending. */
-static void test_destroy_takes_late_tasks_off(void **st) {
-  (void)st;
-  apex_manager_t *m = make();
-  enum { N = 200 };
-  apex_task_t *t[N];
-  for (int i = 0; i < N; i++) t[i] = pend(m);
-  AWAIT(running(m) == N, LONG_MS);
-  int lates = 0;
-  for (int i = 0; i < N - 1; i++) { /* t[N - 1] stays live */
-    assert_int_equal(apex_task_cancel(t[i], NULL), APEX_OK);
-    assert_int_equal(apex_task_wait(t[i], LONG_MS), APEX_OK);
-  }
-  for (int i = 0; i < N - 1; i++) {
-    lates += late_of(m, t[i]) == t[i];
-    apex_task_release(t[i]);
-  }
-  assert_int_equal(lates, APEX__LOCK_STRIPES); /* the last one of each stripe */
-  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
-  assert_int_equal(apex_task_state(t[N - 1]), APEX_TASK_CANCELLED);
-  apex_task_release(t[N - 1]);
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_burst_gives_its_slabs_back),
@@ -425,8 +341,6 @@ int main(void) {
       cmocka_unit_test(test_a_freed_deferred_task_is_poisoned),
       cmocka_unit_test(test_a_refused_submit_gives_its_block_back),
       cmocka_unit_test(test_a_new_slab_comes_with_its_pages),
-      cmocka_unit_test(test_a_late_task_meets_its_deadline_once),
-      cmocka_unit_test(test_destroy_takes_late_tasks_off),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
