@@ -259,7 +259,15 @@ static uint32_t slab_new(apex_manager_t *m) {
     m->bslab_tab = tab;
     m->bslab_cap = cap;
   }
-  char *p = mmap(NULL, BSLAB_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  /* Its pages now, in this call, not a page fault each at first touch:
+   * the grid (blk_place) touches all 16 of them within a slab's first 64
+   * blocks anyway, and on this kind of VM a fault's entry and exit cost
+   * more than the kernel's zeroing of the page (W7's submit: about 50 ns
+   * a task, bench/analysis.md, W7 of the tenth session). A kernel that
+   * cannot populate (no memory at this moment) still maps the slab: its
+   * pages then fault in at first touch, as without the flag. */
+  char *p = mmap(NULL, BSLAB_SIZE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (p == MAP_FAILED) return 0;
   uint32_t i = m->bslab_unused;
   bslab_t *s = &m->bslab_tab[i - 1];

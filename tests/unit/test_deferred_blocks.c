@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -301,6 +302,37 @@ static void test_a_refused_submit_gives_its_block_back(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* A new slab comes with its pages (MAP_POPULATE, task.c: slab_new): once
+ * a fresh manager handed out its first block, every page of that block's
+ * slab is resident, where first touches would have brought in only the
+ * block's own (the first of the grid, blk_place, at the slab's start).
+ * Checked with mincore, which reports residency without touching. */
+static void test_a_new_slab_comes_with_its_pages(void **st) {
+  (void)st;
+  apex_manager_t *m = make();
+  apex_task_t *p = pend(m);
+  AWAIT(running(m) == 1, LONG_MS);
+  uint32_t slabs, window;
+  blocks(m, &slabs, &window);
+  assert_int_equal(slabs, 1);
+  /* The slab's first block, at its start (a mapping: page-aligned). */
+  char *base = (char *)p - APEX__BLK_TASK_OFF;
+  long psz = sysconf(_SC_PAGESIZE);
+  assert_true(psz > 0);
+  assert_int_equal((uintptr_t)base % (uintptr_t)psz, 0);
+  size_t pages = (APEX__BSLAB_SIZE + (size_t)psz - 1) / (size_t)psz;
+  unsigned char vec[APEX__BSLAB_SIZE / 512]; /* pages of 512 bytes or more */
+  assert_true(pages <= sizeof vec);
+  assert_int_equal(mincore(base, APEX__BSLAB_SIZE, vec), 0);
+  size_t resident = 0;
+  for (size_t i = 0; i < pages; i++) resident += vec[i] & 1u;
+  assert_int_equal(resident, pages);
+  assert_int_equal(apex_task_cancel(p, NULL), APEX_OK);
+  assert_int_equal(apex_task_wait(p, LONG_MS), APEX_OK);
+  apex_task_release(p);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_burst_gives_its_slabs_back),
@@ -308,6 +340,7 @@ int main(void) {
       cmocka_unit_test(test_late_calls_on_a_block_ctx_are_caught),
       cmocka_unit_test(test_a_freed_deferred_task_is_poisoned),
       cmocka_unit_test(test_a_refused_submit_gives_its_block_back),
+      cmocka_unit_test(test_a_new_slab_comes_with_its_pages),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
