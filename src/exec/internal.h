@@ -54,6 +54,10 @@
 #define APEX__CACHE_LINE 64
 /* Manager references a submit's section takes at a time (ref_bank). */
 #define APEX__REF_BATCH 64u
+/* m->inbox_gate (pool.c, "the inbox"). */
+#define APEX__GATE_IDLE 1u
+#define APEX__GATE_STUCK 0x10000u
+#define APEX__GATE_BOUNDS 0x80000000u
 #define APEX__PROGRESS_BACKLOG_MAX 64
 #define APEX__DONE_LANES 4 /* a power of two (events.c) */
 
@@ -638,6 +642,26 @@ struct apex_manager {
   uint32_t heap_len, heap_cap;
   uint32_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
+  /* The submit inbox (pool.c, "the inbox"): plain submits that find no
+   * worker idle are pushed here without pool_mu, and whoever next holds
+   * pool_mu for the scheduler moves them in. Its own line: the submitters
+   * push with a CAS, a drain takes the whole stack with an exchange. */
+  _Alignas(APEX__CACHE_LINE) _Atomic(apex_task_t *) inbox;
+  /* What a submitter reads to choose the inbox, in a line written only
+   * when a worker goes idle or wakes, a handler gets stuck or a bound is
+   * set: idle workers and the watcher (low 16 bits, APEX__GATE_IDLE),
+   * stuck handlers (APEX__GATE_STUCK each), APEX__GATE_BOUNDS once any
+   * max_queued bound is set. Seq_cst: pairs with the inbox (pool.c). */
+  _Alignas(APEX__CACHE_LINE) atomic_uint inbox_gate;
+  /* armed_at for the submitters (seq_cst, written with it under pool_mu):
+   * a task whose deadline comes before it is moved in by its submitter. */
+  _Atomic uint64_t inbox_armed;
+  /* pool_mu: set with shutting_down: what a drain finds after is refused. */
+  int inbox_closed;
+  /* pool_mu: tasks a drain could not link to a deadline list (no memory),
+   * in the scheduler and linked here by tprev with a reference each; a
+   * worker ends them failed (pool.c, doomed_end). */
+  apex_task_t *inbox_doomed;
   /* the timeouts heap (timeouts.c): one entry per task with a
    * schedule-to-start, start-to-close or heartbeat timeout armed */
   apex__tmo_t **theap;
@@ -977,6 +1001,18 @@ void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t);
  * apex__pool_submit (a scheduled task's lock, a traced task's span).
  * Takes pool_mu. */
 uint64_t apex__pool_new_id(apex_manager_t *m);
+/* Under pool_mu: moves the tasks submitted through the inbox (pool.c)
+ * into the scheduler, in submit order, each counted and its deadline
+ * linked as the submit's section would have; after shutting_down, marks
+ * them refused instead. Every section that reads the scheduler's
+ * contents or the submit counts calls it first. Returns how many moved. */
+size_t apex__pool_inbox_drain_locked(apex_manager_t *m);
+/* Under pool_mu, in the section that sets shutting_down: drains the inbox
+ * and closes it (a task found there later is refused to its submitter). */
+void apex__pool_inbox_close_locked(apex_manager_t *m);
+/* Under pool_mu: the first max_queued bound was set (sched.c): submits
+ * take pool_mu from now on (room is checked there). */
+void apex__pool_gate_bounds_locked(apex_manager_t *m);
 /* Gives back the manager references ref_bank holds: teardown, when no
  * submit takes one any more. Under pool_mu; the caller still holds its own
  * reference, so the count does not reach zero here. */

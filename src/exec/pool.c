@@ -43,6 +43,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "core/error.h"
 #include "exec/internal.h"
 
 static void *worker_main(void *arg);
@@ -103,6 +104,149 @@ static void futex_wake(_Atomic uint32_t *w) {
     syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
+/* ------------------------------------------------------------ the inbox
+ *
+ * In a backlog (the host outruns the workers: W1 on a loaded 2-core VM)
+ * the submit's pool_mu section and every worker's end-and-pop section
+ * alternated on pool_mu, three threads on two cores, and most of both
+ * sides' time went to that lock word's line and to waiting for the other
+ * side's section (bench/analysis.md, W1 of the ninth and tenth sessions).
+ * So a plain submit (the plugin's default class, no start time, no retry
+ * slot, no inline start, no max_queued bound anywhere, not made on a
+ * worker) that finds no worker idle, watching or stuck takes no lock: it
+ * takes its id with one atomic add and pushes the task on m->inbox, a
+ * stack, with one CAS. Whoever next holds pool_mu for the scheduler (a
+ * worker's pop, a locked submit, a cancel of that task, the ops walk,
+ * stats, the runtime's re-arm, destroy) takes the whole stack with one
+ * exchange and moves it in, oldest first (apex__pool_inbox_drain_locked),
+ * doing what the submit's section would have: the submit counts (n_in,
+ * st_submitted), the manager reference from the bank, the deadline's
+ * list, the scheduler's push. So queue order is submit order, and every
+ * reader of the scheduler, the counts or a task's place sees the inbox's
+ * tasks as if they were queued at their submit.
+ *
+ * Three races, each closed by a store then a load on both sides, all
+ * seq_cst (the push is a seq_cst CAS):
+ * - a worker that goes idle publishes it in m->inbox_gate and then reads
+ *   the inbox (and moves in what it finds); a submitter pushes and then
+ *   reads the gate, and finding a worker idle takes pool_mu itself to
+ *   move its task in and hand it over or wake one (as a locked submit);
+ * - the runtime's re-arm publishes the armed time (inbox_armed) and then
+ *   reads the inbox; a submitter whose deadline comes before the armed
+ *   time, or with nothing armed, moves its task in itself, so no deadline
+ *   waits on a drain;
+ * - destroy sets shutting_down and drains and closes the inbox in one
+ *   section; a submitter that pushed and then sees shutting_down takes
+ *   pool_mu: its task was either moved in before the close (destroy
+ *   sweeps it) or is refused (marked APEX__PLACE_REFUSED by whichever
+ *   drain found it after the close: it was never counted).
+ * A task in the inbox has APEX__PLACE_INBOX in its scheduler place bits;
+ * its link is run_next (it is in no scheduler list yet). */
+#define APEX__PLACE_INBOX 0x28u
+#define APEX__PLACE_REFUSED 0x30u
+
+static inline unsigned place_of(const apex_task_t *t) {
+  return t->timer_flags & APEX__SCHED_PLACE_MASK;
+}
+
+/* Under pool_mu (every writer holds it): the gate from the counts it
+ * mirrors, written only when it changes. A seq_cst store: a worker that
+ * went idle reads the inbox after it (see above). */
+static void gate_update_locked(apex_manager_t *m) {
+  unsigned old = atomic_load_explicit(&m->inbox_gate, memory_order_relaxed);
+  unsigned stuck = m->n_stuck < 0x7fffu ? m->n_stuck : 0x7fffu;
+  unsigned v = (m->n_idle + (m->spinner != NULL)) * APEX__GATE_IDLE + stuck * APEX__GATE_STUCK +
+               (old & APEX__GATE_BOUNDS);
+  if (v != old) atomic_store(&m->inbox_gate, v);
+}
+
+void apex__pool_gate_bounds_locked(apex_manager_t *m) {
+  atomic_store(&m->inbox_gate,
+               atomic_load_explicit(&m->inbox_gate, memory_order_relaxed) | APEX__GATE_BOUNDS);
+}
+
+/* Under pool_mu: what the submit's section does for a task, for one from
+ * the inbox (apex__pool_submit). */
+static void inbox_accept_locked(apex_manager_t *m, apex_task_t *t) {
+  t->timer_flags &= (uint8_t)~APEX__SCHED_PLACE_MASK;
+  if (m->inbox_closed) { /* pushed after destroy's sweep: its submitter refuses it */
+    t->timer_flags |= APEX__PLACE_REFUSED;
+    return;
+  }
+  atomic_store_explicit(&m->n_in, atomic_load_explicit(&m->n_in, memory_order_relaxed) + 1,
+                        memory_order_release);
+  atomic_store_explicit(&m->st_submitted,
+                        atomic_load_explicit(&m->st_submitted, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+  if (!m->ref_bank) {
+    atomic_fetch_add_explicit(&m->refs, APEX__REF_BATCH, memory_order_relaxed);
+    m->ref_bank = APEX__REF_BATCH;
+  }
+  m->ref_bank--;
+  /* As apex__submit's own_dl: a capped child's deadline is its parent's. */
+  if (t->deadline_ns && !(t->opts && t->opts->child_capped)) {
+    if (apex__timer_reserve_locked(m, t, 1, 0) == APEX_OK) {
+      apex__deadline_link_locked(m, t);
+    } else {
+      /* No memory for its deadline's list, after the submit returned: it
+       * is queued (so cancel, destroy and the ops walk find it) and a
+       * worker ends it failed (doomed_end) in its next section. */
+      apex__task_ref(t);
+      atomic_store_explicit(&t->tprev, m->inbox_doomed, memory_order_relaxed);
+      m->inbox_doomed = t;
+    }
+  }
+  apex__sched_push_new_locked(m, t); /* with the submit's reference */
+}
+
+size_t apex__pool_inbox_drain_locked(apex_manager_t *m) {
+  if (!atomic_load_explicit(&m->inbox, memory_order_relaxed)) return 0;
+  apex_task_t *s = atomic_exchange_explicit(&m->inbox, NULL, memory_order_acquire);
+  apex_task_t *fifo = NULL; /* the stack reversed: oldest first */
+  size_t n = 0;
+  while (s) {
+    apex_task_t *next = s->run_next;
+    s->run_next = fifo;
+    fifo = s;
+    s = next;
+    n++;
+  }
+  while (fifo) {
+    apex_task_t *t = fifo;
+    fifo = t->run_next;
+    t->run_next = NULL;
+    inbox_accept_locked(m, t);
+  }
+  return n;
+}
+
+void apex__pool_inbox_close_locked(apex_manager_t *m) {
+  apex__pool_inbox_drain_locked(m);
+  m->inbox_closed = 1;
+}
+
+/* Under pool_mu: the tasks a drain could not give a deadline, for the
+ * caller to end once it holds no lock (doomed_end). */
+static apex_task_t *take_doomed_locked(apex_manager_t *m) {
+  apex_task_t *d = m->inbox_doomed;
+  m->inbox_doomed = NULL;
+  return d;
+}
+
+/* No lock held: ends each doomed task failed (a cancel may have ended it
+ * first: then nothing) and drops the list's reference. */
+static void doomed_end(apex_task_t *d) {
+  while (d) {
+    apex_task_t *t = d;
+    d = atomic_load_explicit(&t->tprev, memory_order_relaxed);
+    atomic_store_explicit(&t->tprev, NULL, memory_order_relaxed);
+    apex__task_finish(t, APEX_TASK_FAILED,
+                      apex__error_new(APEX_E_NOMEM, NULL, NULL,
+                                      "out of memory for the task's deadline"));
+    apex__task_unref(t);
+  }
+}
+
 /* Under pool_mu: takes the most recently idle worker (its cache is the
  * warmest) off the idle stack, for the caller to wake (wake_worker) once
  * it unlocked; NULL when none is idle. */
@@ -111,6 +255,7 @@ static apex__worker_t *take_idle_locked(apex_manager_t *m) {
   if (w) {
     m->idle_head = w->idle_next;
     m->n_idle--;
+    gate_update_locked(m);
   }
   return w;
 }
@@ -255,7 +400,10 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 
 /* Under pool_mu: the next task to run, its slots taken (sched.c), or
  * NULL. */
-static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_locked(m); }
+static apex_task_t *pop_locked(apex_manager_t *m) {
+  apex__pool_inbox_drain_locked(m); /* submitted before: ahead of nothing it could pass */
+  return apex__sched_pick_locked(m);
+}
 
 /* Under pool_mu, as the section's last change to what a task's runner
  * reads: the hand-off. The worker watching the queue (m->spinner) gets
@@ -276,6 +424,7 @@ static void handoff_locked(apex_manager_t *m) {
   apex_task_t *t = pop_locked(m);
   if (!t) return;
   m->spinner = NULL;
+  gate_update_locked(m);
   atomic_store_explicit(&w->holding, t, memory_order_relaxed);
   atomic_store_explicit(&w->handoff, t, memory_order_release);
 }
@@ -362,11 +511,9 @@ int apex__pool_may_inline(const apex_task_t *t) {
          !(t->opts && (t->opts->durable || t->opts->start_ns));
 }
 
-/* Under pool_mu. */
+/* Under pool_mu or not: an inbox submit takes its id without it. */
 static uint64_t next_id_locked(apex_manager_t *m) {
-  uint64_t id = atomic_load_explicit(&m->next_id, memory_order_relaxed);
-  atomic_store_explicit(&m->next_id, id + 1, memory_order_relaxed);
-  return id;
+  return atomic_fetch_add_explicit(&m->next_id, 1, memory_order_relaxed);
 }
 
 uint64_t apex__pool_new_id(apex_manager_t *m) {
@@ -383,15 +530,50 @@ void apex__pool_refs_return_locked(apex_manager_t *m) {
 
 unsigned apex__manager_task_refs(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
+  apex__pool_inbox_drain_locked(m); /* their references are taken there */
   unsigned n = atomic_load(&m->refs) - m->ref_bank - 1;
   apex__unlock(&m->pool_mu);
   return n;
 }
 
+/* A plain submit through the inbox (see "the inbox" above): no lock
+ * unless a worker is idle, shutdown began or its deadline comes before
+ * what is armed, and then one section, as a locked submit's. */
+static int inbox_submit(apex_manager_t *m, apex_task_t *t) {
+  t->id = next_id_locked(m);
+  t->timer_flags = APEX__PLACE_INBOX; /* was 0: a fresh task */
+  apex_task_t *head = atomic_load_explicit(&m->inbox, memory_order_relaxed);
+  do {
+    t->run_next = head;
+  } while (!atomic_compare_exchange_weak(&m->inbox, &head, t));
+  uint64_t armed = atomic_load(&m->inbox_armed);
+  int own_dl = t->deadline_ns && !(t->opts && t->opts->child_capped);
+  if (!atomic_load(&m->inbox_gate) && !atomic_load(&m->shutting_down) &&
+      (!own_dl || (armed && t->deadline_ns >= armed)))
+    return APEX_OK;
+  apex__lock(&m->pool_mu);
+  apex__pool_inbox_drain_locked(m);
+  if (place_of(t) == APEX__PLACE_REFUSED) {
+    apex__unlock(&m->pool_mu);
+    return APEX_E_SHUTTING_DOWN; /* never counted: the caller frees it */
+  }
+  int e;
+  apex__worker_t *wake = wake_for_runnable_locked(m, &e);
+  apex__unlock(&m->pool_mu);
+  wake_worker(wake);
+  log_no_replacement(m, e);
+  return APEX_OK;
+}
+
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len, int *picked) {
   if (picked) *picked = 0;
+  if (!req && !picked && !retry && !t->id && !(t->opts && t->opts->start_ns) &&
+      !m->cfg.max_queued && !tls_worker_of && !tls_inline &&
+      !atomic_load_explicit(&m->inbox_gate, memory_order_relaxed))
+    return inbox_submit(m, t);
   apex__lock(&m->pool_mu);
+  apex__pool_inbox_drain_locked(m); /* queued after the inbox's tasks */
   /* No request: the plugin's default class, nothing to bind. */
   int rc = req ? apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared) : APEX_OK;
   if (rc == APEX_OK) rc = await_room_locked(m, t, req ? req->wait_ms : 0, why, why_len);
@@ -515,7 +697,15 @@ size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size
 
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max) {
   apex__lock(&m->pool_mu);
-  size_t n = apex__sched_collect_locked(m, out, max);
+  size_t n = apex__sched_collect_locked(m, out, max); /* the inbox drained first */
+  /* Doomed tasks are in the scheduler too (collected above or ended):
+   * their list's references go with the cancel. */
+  while (n < max && m->inbox_doomed) {
+    apex_task_t *t = m->inbox_doomed;
+    m->inbox_doomed = atomic_load_explicit(&t->tprev, memory_order_relaxed);
+    atomic_store_explicit(&t->tprev, NULL, memory_order_relaxed);
+    out[n++] = t;
+  }
   /* Submits waiting for room see shutting_down and give up. */
   apex__sched_room_wake_locked(m);
   apex__unlock(&m->pool_mu);
@@ -559,6 +749,9 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   } else {
     unsigned refs = 0;
     apex__lock(&m->pool_mu);
+    /* Still in the inbox: moved into the scheduler first, to leave it
+     * at once below (its submitter pushed it before anyone had it). */
+    if (place_of(t) == APEX__PLACE_INBOX) apex__pool_inbox_drain_locked(m);
     /* Ended while it waited (cancelled, timed out): it leaves the
      * scheduler now, and no worker pops it. */
     refs += apex__sched_remove_locked(m, t);
@@ -618,7 +811,10 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
     tls_slots_owed = 1; /* in the worker's next pool_mu section */
   } else {
     apex__lock(&m->pool_mu);
-    if (was_stuck) m->n_stuck--; /* counted under the task lock with the stuck flag */
+    if (was_stuck) { /* counted under the task lock with the stuck flag */
+      m->n_stuck--;
+      gate_update_locked(m);
+    }
     apex__sched_release_locked(m, t);
     int e;
     apex__worker_t *wake = wake_for_runnable_locked(m, &e);
@@ -637,20 +833,25 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
   return orphan_done;
 }
 
+/* A stuck handler closes the inbox's gate: submits take pool_mu, where
+ * a push starts the replacement worker queued work may need. */
 void apex__pool_count_stuck(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
   m->n_stuck++;
+  gate_update_locked(m);
   apex__unlock(&m->pool_mu);
 }
 
 void apex__pool_uncount_stuck(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
   m->n_stuck--;
+  gate_update_locked(m);
   apex__unlock(&m->pool_mu);
 }
 
 void apex__pool_worker_stuck(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
+  apex__pool_inbox_drain_locked(m); /* queued work, counted below */
   /* The handler may have returned already (n_stuck back down): then no
    * replacement is owed; and none is started while no queued work needs
    * one (the next push starts it then). */
@@ -709,6 +910,7 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
      * worker at a time: the CPU a watcher burns is what an idle one
      * saves. */
     m->spinner = self;
+    gate_update_locked(m);
     return IDLE_SPIN;
   }
   /* Idle: whoever takes it off the stack (a push, or stop) wakes it. A
@@ -719,6 +921,7 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
   self->idle_next = m->idle_head;
   m->idle_head = self;
   m->n_idle++;
+  gate_update_locked(m);
   return IDLE_SLEEP;
 }
 
@@ -738,6 +941,7 @@ static apex_task_t *idle_wait(apex_manager_t *m, apex__worker_t *self, int how, 
     apex__lock(&m->pool_mu);
     if (m->spinner == self) { /* nothing handed: off the watch */
       m->spinner = NULL;
+      gate_update_locked(m);
       *spun = 1;
       return NULL;
     }
@@ -773,14 +977,25 @@ static void *worker_main(void *arg) {
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
       t = pop_locked(m);
       atomic_store_explicit(&self->holding, t, memory_order_relaxed);
+      apex_task_t *doomed = take_doomed_locked(m);
       if (!t) {
         if (m->pool_stop) break;
         int how = idle_locked(m, self, spun);
+        /* Idle published (the gate, seq_cst), then the inbox read: a
+         * submit that missed the gate pushed before this read. */
+        apex__worker_t *more = NULL;
+        int e = 0;
+        if (atomic_load(&m->inbox) && apex__pool_inbox_drain_locked(m))
+          more = wake_for_runnable_locked(m, &e); /* self, possibly */
         apex__unlock(&m->pool_mu);
+        wake_worker(more);
+        log_no_replacement(m, e);
+        doomed_end(doomed);
         t = idle_wait(m, self, how, &spun);
         continue;
       }
       apex__unlock(&m->pool_mu);
+      doomed_end(doomed);
     }
 
     spun = 0;
@@ -806,14 +1021,18 @@ static void *worker_main(void *arg) {
     }
     /* t ran: it is on its live list or ended; what it holds now is next. */
     atomic_store_explicit(&self->holding, next, memory_order_relaxed);
+    apex_task_t *doomed = take_doomed_locked(m);
     /* Slots given back may have let more tasks run than this worker
-     * takes. */
+     * takes; and a worker that went idle reads the inbox after the gate
+     * (as at the loop's top). */
     apex__worker_t *more = NULL;
     int e = 0;
-    if (moved) more = wake_for_runnable_locked(m, &e);
+    if (moved || (how && atomic_load(&m->inbox) && apex__pool_inbox_drain_locked(m)))
+      more = wake_for_runnable_locked(m, &e);
     apex__unlock(&m->pool_mu);
     wake_worker(more);
     log_no_replacement(m, e);
+    doomed_end(doomed);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
     apex__task_unref(t);
     if (teardown) {
