@@ -55,6 +55,7 @@
 /* Manager references a submit's section takes at a time (ref_bank). */
 #define APEX__REF_BATCH 64u
 /* m->inbox_gate (pool.c, "the inbox"). */
+#define APEX__INBOX_SLOTS 1024u /* a power of two */
 #define APEX__GATE_IDLE 1u
 #define APEX__GATE_STUCK 0x10000u
 #define APEX__GATE_BOUNDS 0x80000000u
@@ -643,10 +644,14 @@ struct apex_manager {
   uint32_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
   /* The submit inbox (pool.c, "the inbox"): plain submits that find no
-   * worker idle are pushed here without pool_mu, and whoever next holds
-   * pool_mu for the scheduler moves them in. Its own line: the submitters
-   * push with a CAS, a drain takes the whole stack with an exchange. */
-  _Alignas(APEX__CACHE_LINE) _Atomic(apex_task_t *) inbox;
+   * worker idle are put in a ring of APEX__INBOX_SLOTS without pool_mu,
+   * and whoever next holds pool_mu for the scheduler moves them in.
+   * in_tail: tickets taken (one atomic add a submit), in the submitters'
+   * own line; the ring (NULL: no inbox, its memory was refused) and
+   * in_head, the next ticket to move in, under pool_mu. */
+  _Alignas(APEX__CACHE_LINE) _Atomic uint64_t in_tail;
+  _Alignas(APEX__CACHE_LINE) _Atomic(apex_task_t *) *inbox_ring;
+  uint64_t in_head;
   /* What a submitter reads to choose the inbox, in a line written only
    * when a worker goes idle or wakes, a handler gets stuck or a bound is
    * set: idle workers and the watcher (low 16 bits, APEX__GATE_IDLE),
@@ -1010,6 +1015,13 @@ size_t apex__pool_inbox_drain_locked(apex_manager_t *m);
 /* Under pool_mu, in the section that sets shutting_down: drains the inbox
  * and closes it (a task found there later is refused to its submitter). */
 void apex__pool_inbox_close_locked(apex_manager_t *m);
+/* Under pool_mu: 1 if a ticket was taken that is not moved in yet (a
+ * seq_cst read of the tickets: the second half of a store-then-read). */
+int apex__pool_inbox_pending_locked(apex_manager_t *m);
+/* Under pool_mu: moves in every task whose ticket was taken before the
+ * call, waiting (yielding) for a submitter between its ticket and its
+ * store. */
+void apex__pool_inbox_wait_locked(apex_manager_t *m);
 /* Under pool_mu: the first max_queued bound was set (sched.c): submits
  * take pool_mu from now on (room is checked there). */
 void apex__pool_gate_bounds_locked(apex_manager_t *m);

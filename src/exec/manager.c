@@ -379,6 +379,7 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   free(m->heap);
   apex__tmo_fini(m);
   free(m->lheap);
+  free(m->inbox_ring);
   for (size_t b = 0; b < sizeof m->dl_hash / sizeof m->dl_hash[0]; b++)
     for (apex__dlist_t *l = m->dl_hash[b], *next; l; l = next) {
       next = l->hnext;

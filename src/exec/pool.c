@@ -199,30 +199,63 @@ static void inbox_accept_locked(apex_manager_t *m, apex_task_t *t) {
   apex__sched_push_new_locked(m, t); /* with the submit's reference */
 }
 
+/* A batch's slots are read first and its tasks' lines asked for, then
+ * each is moved in: the tasks were written on the submitter's core, and
+ * one miss after another, each waited for (a linked list's walk), cost
+ * more than the submit's section they replace (bench/analysis.md). */
+enum { DRAIN_BATCH = 32 };
+
 size_t apex__pool_inbox_drain_locked(apex_manager_t *m) {
-  if (!atomic_load_explicit(&m->inbox, memory_order_relaxed)) return 0;
-  apex_task_t *s = atomic_exchange_explicit(&m->inbox, NULL, memory_order_acquire);
-  apex_task_t *fifo = NULL; /* the stack reversed: oldest first */
+  _Atomic(apex_task_t *) *ring = m->inbox_ring;
+  if (!ring) return 0;
+  uint64_t h = m->in_head;
   size_t n = 0;
-  while (s) {
-    apex_task_t *next = s->run_next;
-    s->run_next = fifo;
-    fifo = s;
-    s = next;
-    n++;
-  }
-  while (fifo) {
-    apex_task_t *t = fifo;
-    fifo = t->run_next;
-    t->run_next = NULL;
-    inbox_accept_locked(m, t);
+  for (;;) {
+    apex_task_t *batch[DRAIN_BATCH];
+    size_t k = 0;
+    while (k < DRAIN_BATCH) {
+      _Atomic(apex_task_t *) *slot = &ring[(h + k) & (APEX__INBOX_SLOTS - 1)];
+      apex_task_t *t = atomic_load_explicit(slot, memory_order_acquire);
+      if (!t) break; /* empty, or a ticket whose task is not stored yet */
+      __builtin_prefetch(t, 1);
+      __builtin_prefetch((char *)t + 64, 1);
+      batch[k++] = t;
+    }
+    if (!k) break;
+    for (size_t i = 0; i < k; i++) /* the submitter of ticket + SLOTS waits for it */
+      atomic_store_explicit(&ring[(h + i) & (APEX__INBOX_SLOTS - 1)], NULL,
+                            memory_order_release);
+    h += k;
+    m->in_head = h;
+    for (size_t i = 0; i < k; i++) inbox_accept_locked(m, batch[i]);
+    n += k;
+    if (k < DRAIN_BATCH) break;
   }
   return n;
 }
 
+/* Under pool_mu: moves in every task whose ticket was taken before the
+ * call; waits (yielding) for a submitter between its ticket and its
+ * store, a few instructions that need no lock. */
+static void drain_all_locked(apex_manager_t *m) {
+  if (!m->inbox_ring) return;
+  uint64_t until = atomic_load(&m->in_tail);
+  for (;;) {
+    apex__pool_inbox_drain_locked(m);
+    if ((int64_t)(m->in_head - until) >= 0) return;
+    (void)sched_yield();
+  }
+}
+
+void apex__pool_inbox_wait_locked(apex_manager_t *m) { drain_all_locked(m); }
+
 void apex__pool_inbox_close_locked(apex_manager_t *m) {
-  apex__pool_inbox_drain_locked(m);
+  drain_all_locked(m);
   m->inbox_closed = 1;
+}
+
+int apex__pool_inbox_pending_locked(apex_manager_t *m) {
+  return m->inbox_ring && atomic_load(&m->in_tail) != m->in_head;
 }
 
 /* Under pool_mu: the tasks a drain could not give a deadline, for the
@@ -391,6 +424,8 @@ static void log_no_replacement(apex_manager_t *m, int e) {
 }
 
 int apex__pool_start(apex_manager_t *m, unsigned n) {
+  /* No ring (no memory): every submit takes pool_mu, as before. */
+  if (!m->inbox_ring) m->inbox_ring = calloc(APEX__INBOX_SLOTS, sizeof *m->inbox_ring);
   apex__lock(&m->pool_mu);
   int e = 0;
   for (unsigned i = 0; i < n && !e; i++) e = spawn_locked(m);
@@ -542,17 +577,34 @@ unsigned apex__manager_task_refs(apex_manager_t *m) {
 static int inbox_submit(apex_manager_t *m, apex_task_t *t) {
   t->id = next_id_locked(m);
   t->timer_flags = APEX__PLACE_INBOX; /* was 0: a fresh task */
-  apex_task_t *head = atomic_load_explicit(&m->inbox, memory_order_relaxed);
-  do {
-    t->run_next = head;
-  } while (!atomic_compare_exchange_weak(&m->inbox, &head, t));
+  uint64_t k = atomic_fetch_add(&m->in_tail, 1);
+  _Atomic(apex_task_t *) *slot = &m->inbox_ring[k & (APEX__INBOX_SLOTS - 1)];
+  /* Full: the slot's task of SLOTS tickets before is not moved in yet
+   * (workers in long handlers). Moved in here, if pool_mu is free; never
+   * waited for under a lock, which a drain that waits for this ticket
+   * (drain_all_locked) may hold. */
+  while (atomic_load_explicit(slot, memory_order_acquire)) {
+    uint32_t free_word = 0;
+    if (atomic_compare_exchange_strong_explicit(&m->pool_mu.word, &free_word, APEX__LOCK_HELD,
+                                                memory_order_acquire, memory_order_relaxed)) {
+      apex__pool_inbox_drain_locked(m);
+      apex__unlock(&m->pool_mu);
+    } else {
+      (void)sched_yield();
+    }
+  }
+  /* A release store, no fence: the ticket's add above was the store
+   * that the readers of the gate, the armed time and shutting_down pair
+   * with; a reader that saw the ticket waits for this store
+   * (drain_all_locked). */
+  atomic_store_explicit(slot, t, memory_order_release);
   uint64_t armed = atomic_load(&m->inbox_armed);
   int own_dl = t->deadline_ns && !(t->opts && t->opts->child_capped);
   if (!atomic_load(&m->inbox_gate) && !atomic_load(&m->shutting_down) &&
       (!own_dl || (armed && t->deadline_ns >= armed)))
     return APEX_OK;
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m);
+  drain_all_locked(m); /* this task's ticket included */
   if (place_of(t) == APEX__PLACE_REFUSED) {
     apex__unlock(&m->pool_mu);
     return APEX_E_SHUTTING_DOWN; /* never counted: the caller frees it */
@@ -569,7 +621,7 @@ int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry
                       const apex__sched_req_t *req, char *why, size_t why_len, int *picked) {
   if (picked) *picked = 0;
   if (!req && !picked && !retry && !t->id && !(t->opts && t->opts->start_ns) &&
-      !m->cfg.max_queued && !tls_worker_of && !tls_inline &&
+      !m->cfg.max_queued && !tls_worker_of && !tls_inline && m->inbox_ring &&
       !atomic_load_explicit(&m->inbox_gate, memory_order_relaxed))
     return inbox_submit(m, t);
   apex__lock(&m->pool_mu);
@@ -751,7 +803,7 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
     apex__lock(&m->pool_mu);
     /* Still in the inbox: moved into the scheduler first, to leave it
      * at once below (its submitter pushed it before anyone had it). */
-    if (place_of(t) == APEX__PLACE_INBOX) apex__pool_inbox_drain_locked(m);
+    if (place_of(t) == APEX__PLACE_INBOX) drain_all_locked(m);
     /* Ended while it waited (cancelled, timed out): it leaves the
      * scheduler now, and no worker pops it. */
     refs += apex__sched_remove_locked(m, t);
@@ -985,8 +1037,10 @@ static void *worker_main(void *arg) {
          * submit that missed the gate pushed before this read. */
         apex__worker_t *more = NULL;
         int e = 0;
-        if (atomic_load(&m->inbox) && apex__pool_inbox_drain_locked(m))
+        if (apex__pool_inbox_pending_locked(m)) {
+          drain_all_locked(m);
           more = wake_for_runnable_locked(m, &e); /* self, possibly */
+        }
         apex__unlock(&m->pool_mu);
         wake_worker(more);
         log_no_replacement(m, e);
@@ -1027,8 +1081,11 @@ static void *worker_main(void *arg) {
      * (as at the loop's top). */
     apex__worker_t *more = NULL;
     int e = 0;
-    if (moved || (how && atomic_load(&m->inbox) && apex__pool_inbox_drain_locked(m)))
-      more = wake_for_runnable_locked(m, &e);
+    if (how && apex__pool_inbox_pending_locked(m)) {
+      drain_all_locked(m);
+      moved = 1;
+    }
+    if (moved) more = wake_for_runnable_locked(m, &e);
     apex__unlock(&m->pool_mu);
     wake_worker(more);
     log_no_replacement(m, e);

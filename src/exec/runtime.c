@@ -500,7 +500,8 @@ static void arm(apex_manager_t *m) {
   uint64_t at = next_due_locked(m);
   m->armed_at = at;
   atomic_store(&m->inbox_armed, at);
-  if (atomic_load(&m->inbox) && apex__pool_inbox_drain_locked(m)) {
+  if (apex__pool_inbox_pending_locked(m)) {
+    apex__pool_inbox_wait_locked(m);
     at = next_due_locked(m);
     m->armed_at = at;
     atomic_store(&m->inbox_armed, at);
