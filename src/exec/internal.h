@@ -567,7 +567,6 @@ struct apex_manager {
    * (store/durable.c, saw_id), and pool.c never writes it (its tasks have
    * their id before they are queued). */
   atomic_uint_fast64_t next_id;
-  atomic_uint_fast64_t st_submitted;
   /* The plugin the last submit named (registered, so it stays until the
    * manager goes): a submit naming it again needs no reg_mu. */
   _Atomic(apex__plugin_t *) last_plugin;
@@ -609,6 +608,10 @@ struct apex_manager {
    * (apex__pool_n_live): so neither a submit nor a task's end writes the
    * other's line for the count. */
   atomic_size_t n_in;
+  /* Submits, ever, for the stats: as n_in (pool_mu's line, which the
+   * section that counts it holds; the inbox's drain counts on a worker,
+   * and this was a write to the submitters' line per task). */
+  atomic_uint_fast64_t st_submitted;
   /* Manager references taken ahead for the tasks still to be submitted
    * (pool_mu): a submit's section takes its task's reference from here,
    * and adds APEX__REF_BATCH to refs when it is empty, so the submit makes
@@ -647,22 +650,25 @@ struct apex_manager {
    * worker idle are put in a ring of APEX__INBOX_SLOTS without pool_mu,
    * and whoever next holds pool_mu for the scheduler moves them in.
    * in_tail: tickets taken (one atomic add a submit), in the submitters'
-   * own line; the ring (NULL: no inbox, its memory was refused) and
-   * in_head, the next ticket to move in, under pool_mu. */
+   * own line. */
   _Alignas(APEX__CACHE_LINE) _Atomic uint64_t in_tail;
-  _Alignas(APEX__CACHE_LINE) _Atomic(apex_task_t *) *inbox_ring;
-  uint64_t in_head;
   /* What a submitter reads to choose the inbox, in a line written only
    * when a worker goes idle or wakes, a handler gets stuck or a bound is
    * set: idle workers and the watcher (low 16 bits, APEX__GATE_IDLE),
    * stuck handlers (APEX__GATE_STUCK each), APEX__GATE_BOUNDS once any
    * max_queued bound is set. Seq_cst: pairs with the inbox (pool.c). */
   _Alignas(APEX__CACHE_LINE) atomic_uint inbox_gate;
+  /* The ring (set before any submit; NULL: no inbox, its memory was
+   * refused), read by every submit: in this read-mostly line. */
+  _Atomic(apex_task_t *) *inbox_ring;
   /* armed_at for the submitters (seq_cst, written with it under pool_mu):
    * a task whose deadline comes before it is moved in by its submitter. */
   _Atomic uint64_t inbox_armed;
-  /* pool_mu: set with shutting_down: what a drain finds after is refused. */
-  int inbox_closed;
+  /* pool_mu: set with shutting_down: what a drain finds after is refused.
+   * In a line of its own: in_head moves with every drain, and the line
+   * above is read by every submit. */
+  _Alignas(APEX__CACHE_LINE) int inbox_closed;
+  uint64_t in_head; /* pool_mu: the next ticket to move in */
   /* pool_mu: tasks a drain could not link to a deadline list (no memory),
    * in the scheduler and linked here by tprev with a reference each; a
    * worker ends them failed (pool.c, doomed_end). */
