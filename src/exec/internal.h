@@ -56,6 +56,7 @@
 #define APEX__REF_BATCH 64u
 /* m->inbox_gate (pool.c, "the inbox"). */
 #define APEX__INBOX_SLOTS 1024u /* a power of two */
+#define APEX__INBOX_BATCH 16u  /* a power of two, at most SLOTS */
 #define APEX__GATE_IDLE 1u
 #define APEX__GATE_STUCK 0x10000u
 #define APEX__GATE_BOUNDS 0x80000000u

@@ -436,8 +436,12 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 /* Under pool_mu: the next task to run, its slots taken (sched.c), or
  * NULL. */
 static apex_task_t *pop_locked(apex_manager_t *m) {
-  apex__pool_inbox_drain_locked(m); /* submitted before: ahead of nothing it could pass */
-  return apex__sched_pick_locked(m);
+  apex_task_t *t = apex__sched_pick_locked(m);
+  /* The inbox's tasks came after the scheduler's (a locked submit drains
+   * it first), and its submitter moves them in every APEX__INBOX_BATCH:
+   * a pop needs them only when the scheduler has nothing to give. */
+  if (!t && apex__pool_inbox_drain_locked(m)) t = apex__sched_pick_locked(m);
+  return t;
 }
 
 /* Under pool_mu, as the section's last change to what a task's runner
@@ -601,8 +605,11 @@ static int inbox_submit(apex_manager_t *m, apex_task_t *t) {
   uint64_t armed = atomic_load(&m->inbox_armed);
   int own_dl = t->deadline_ns && !(t->opts && t->opts->child_capped);
   if (!atomic_load(&m->inbox_gate) && !atomic_load(&m->shutting_down) &&
-      (!own_dl || (armed && t->deadline_ns >= armed)))
+      (!own_dl || (armed && t->deadline_ns >= armed)) &&
+      (k & (APEX__INBOX_BATCH - 1)) != APEX__INBOX_BATCH - 1)
     return APEX_OK;
+  /* Every APEX__INBOX_BATCH-th submit moves the batch in itself, in one
+   * section, with the tasks still in its cache. */
   apex__lock(&m->pool_mu);
   drain_all_locked(m); /* this task's ticket included */
   if (place_of(t) == APEX__PLACE_REFUSED) {
