@@ -436,12 +436,12 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 /* Under pool_mu: the next task to run, its slots taken (sched.c), or
  * NULL. */
 static apex_task_t *pop_locked(apex_manager_t *m) {
-  apex_task_t *t = apex__sched_pick_locked(m);
-  /* The inbox's tasks came after the scheduler's (a locked submit drains
-   * it first), and its submitter moves them in every APEX__INBOX_BATCH:
-   * a pop needs them only when the scheduler has nothing to give. */
-  if (!t && apex__pool_inbox_drain_locked(m)) t = apex__sched_pick_locked(m);
-  return t;
+  /* Moved in before every pick, not only when the scheduler runs dry: a
+   * pick among fairness keys must see every task submitted before it
+   * (test_sched_limits' flood: another plugin's tasks left in the ring
+   * would start after the whole flood). */
+  apex__pool_inbox_drain_locked(m);
+  return apex__sched_pick_locked(m);
 }
 
 /* Under pool_mu, as the section's last change to what a task's runner
@@ -627,9 +627,14 @@ static int inbox_submit(apex_manager_t *m, apex_task_t *t) {
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len, int *picked) {
   if (picked) *picked = 0;
+  /* A deadline before what is armed (or nothing armed) takes the locked
+   * section, where a deadline list that cannot be made fails the submit;
+   * read again after the push for the race (inbox_submit). */
+  uint64_t armed = atomic_load_explicit(&m->inbox_armed, memory_order_relaxed);
   if (!req && !picked && !retry && !t->id && !(t->opts && t->opts->start_ns) &&
       !m->cfg.max_queued && !tls_worker_of && !tls_inline && m->inbox_ring &&
-      !atomic_load_explicit(&m->inbox_gate, memory_order_relaxed))
+      !atomic_load_explicit(&m->inbox_gate, memory_order_relaxed) &&
+      (!deadline || (armed && t->deadline_ns >= armed)))
     return inbox_submit(m, t);
   apex__lock(&m->pool_mu);
   apex__pool_inbox_drain_locked(m); /* queued after the inbox's tasks */
