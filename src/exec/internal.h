@@ -54,12 +54,6 @@
 #define APEX__CACHE_LINE 64
 /* Manager references a submit's section takes at a time (ref_bank). */
 #define APEX__REF_BATCH 64u
-/* m->inbox_gate (pool.c, "the inbox"). */
-#define APEX__INBOX_SLOTS 1024u /* a power of two */
-#define APEX__INBOX_BATCH 16u  /* a power of two, at most SLOTS */
-#define APEX__GATE_IDLE 1u
-#define APEX__GATE_STUCK 0x10000u
-#define APEX__GATE_BOUNDS 0x80000000u
 #define APEX__PROGRESS_BACKLOG_MAX 64
 #define APEX__DONE_LANES 4 /* a power of two (events.c) */
 
@@ -568,6 +562,7 @@ struct apex_manager {
    * (store/durable.c, saw_id), and pool.c never writes it (its tasks have
    * their id before they are queued). */
   atomic_uint_fast64_t next_id;
+  atomic_uint_fast64_t st_submitted;
   /* The plugin the last submit named (registered, so it stays until the
    * manager goes): a submit naming it again needs no reg_mu. */
   _Atomic(apex__plugin_t *) last_plugin;
@@ -609,10 +604,6 @@ struct apex_manager {
    * (apex__pool_n_live): so neither a submit nor a task's end writes the
    * other's line for the count. */
   atomic_size_t n_in;
-  /* Submits, ever, for the stats: as n_in (pool_mu's line, which the
-   * section that counts it holds; the inbox's drain counts on a worker,
-   * and this was a write to the submitters' line per task). */
-  atomic_uint_fast64_t st_submitted;
   /* Manager references taken ahead for the tasks still to be submitted
    * (pool_mu): a submit's section takes its task's reference from here,
    * and adds APEX__REF_BATCH to refs when it is empty, so the submit makes
@@ -647,33 +638,6 @@ struct apex_manager {
   uint32_t heap_len, heap_cap;
   uint32_t heap_reserved; /* slots promised to live tasks; <= heap_cap */
   uint64_t armed_at;   /* what the runtime's timer is armed for; 0 none */
-  /* The submit inbox (pool.c, "the inbox"): plain submits that find no
-   * worker idle are put in a ring of APEX__INBOX_SLOTS without pool_mu,
-   * and whoever next holds pool_mu for the scheduler moves them in.
-   * in_tail: tickets taken (one atomic add a submit), in the submitters'
-   * own line. */
-  _Alignas(APEX__CACHE_LINE) _Atomic uint64_t in_tail;
-  /* What a submitter reads to choose the inbox, in a line written only
-   * when a worker goes idle or wakes, a handler gets stuck or a bound is
-   * set: idle workers and the watcher (low 16 bits, APEX__GATE_IDLE),
-   * stuck handlers (APEX__GATE_STUCK each), APEX__GATE_BOUNDS once any
-   * max_queued bound is set. Seq_cst: pairs with the inbox (pool.c). */
-  _Alignas(APEX__CACHE_LINE) atomic_uint inbox_gate;
-  /* The ring (set before any submit; NULL: no inbox, its memory was
-   * refused), read by every submit: in this read-mostly line. */
-  _Atomic(apex_task_t *) *inbox_ring;
-  /* armed_at for the submitters (seq_cst, written with it under pool_mu):
-   * a task whose deadline comes before it is moved in by its submitter. */
-  _Atomic uint64_t inbox_armed;
-  /* pool_mu: set with shutting_down: what a drain finds after is refused.
-   * In a line of its own: in_head moves with every drain, and the line
-   * above is read by every submit. */
-  _Alignas(APEX__CACHE_LINE) int inbox_closed;
-  uint64_t in_head; /* pool_mu: the next ticket to move in */
-  /* pool_mu: tasks a drain could not link to a deadline list (no memory),
-   * in the scheduler and linked here by tprev with a reference each; a
-   * worker ends them failed (pool.c, doomed_end). */
-  apex_task_t *inbox_doomed;
   /* the timeouts heap (timeouts.c): one entry per task with a
    * schedule-to-start, start-to-close or heartbeat timeout armed */
   apex__tmo_t **theap;
@@ -1013,25 +977,6 @@ void apex__pool_start_inline(apex_manager_t *m, apex_task_t *t);
  * apex__pool_submit (a scheduled task's lock, a traced task's span).
  * Takes pool_mu. */
 uint64_t apex__pool_new_id(apex_manager_t *m);
-/* Under pool_mu: moves the tasks submitted through the inbox (pool.c)
- * into the scheduler, in submit order, each counted and its deadline
- * linked as the submit's section would have; after shutting_down, marks
- * them refused instead. Every section that reads the scheduler's
- * contents or the submit counts calls it first. Returns how many moved. */
-size_t apex__pool_inbox_drain_locked(apex_manager_t *m);
-/* Under pool_mu, in the section that sets shutting_down: drains the inbox
- * and closes it (a task found there later is refused to its submitter). */
-void apex__pool_inbox_close_locked(apex_manager_t *m);
-/* Under pool_mu: 1 if a ticket was taken that is not moved in yet (a
- * seq_cst read of the tickets: the second half of a store-then-read). */
-int apex__pool_inbox_pending_locked(apex_manager_t *m);
-/* Under pool_mu: moves in every task whose ticket was taken before the
- * call, waiting (yielding) for a submitter between its ticket and its
- * store. */
-void apex__pool_inbox_wait_locked(apex_manager_t *m);
-/* Under pool_mu: the first max_queued bound was set (sched.c): submits
- * take pool_mu from now on (room is checked there). */
-void apex__pool_gate_bounds_locked(apex_manager_t *m);
 /* Gives back the manager references ref_bank holds: teardown, when no
  * submit takes one any more. Under pool_mu; the caller still holds its own
  * reference, so the count does not reach zero here. */

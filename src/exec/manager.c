@@ -313,7 +313,6 @@ apex_status_t apex_manager_destroy(apex_manager_t *m, int64_t drain_ms) {
    * (apex__pool_attempt_open). */
   apex__lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
-  apex__pool_inbox_close_locked(m); /* the inbox's tasks are swept too */
   apex__unlock(&m->pool_mu);
   atomic_store(&m->sweeping, 1);
   cancel_queued(m);
@@ -379,7 +378,6 @@ void apex__manager_teardown(apex_manager_t *m, int can_unload) {
   free(m->heap);
   apex__tmo_fini(m);
   free(m->lheap);
-  free(m->inbox_ring);
   for (size_t b = 0; b < sizeof m->dl_hash / sizeof m->dl_hash[0]; b++)
     for (apex__dlist_t *l = m->dl_hash[b], *next; l; l = next) {
       next = l->hnext;
@@ -1164,15 +1162,13 @@ int apex_manager_dispatch(apex_manager_t *m) {
 static void stats_read(apex_manager_t *m, apex_stats_t *s) {
   memset(s, 0, sizeof *s);
   s->struct_size = sizeof *s;
+  s->submitted = atomic_load(&m->st_submitted);
   s->retries = atomic_load(&m->st_retries);
   s->progress_reported = atomic_load(&m->st_prog_reported);
   s->progress_delivered = atomic_load(&m->st_prog_delivered);
   s->progress_rejected = atomic_load(&m->st_prog_rejected);
   s->late_reports = atomic_load(&m->st_late);
   apex__lock(&m->pool_mu);
-  /* The inbox's tasks are counted as they are moved in (pool.c). */
-  apex__pool_inbox_drain_locked(m);
-  s->submitted = atomic_load(&m->st_submitted);
   /* Workers count these in their own lines (pool.c). */
   s->succeeded = apex__pool_stat_locked(m, APEX_TASK_SUCCEEDED);
   s->failed = apex__pool_stat_locked(m, APEX_TASK_FAILED);

@@ -43,7 +43,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "core/error.h"
 #include "exec/internal.h"
 
 static void *worker_main(void *arg);
@@ -104,182 +103,6 @@ static void futex_wake(_Atomic uint32_t *w) {
     syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-/* ------------------------------------------------------------ the inbox
- *
- * In a backlog (the host outruns the workers: W1 on a loaded 2-core VM)
- * the submit's pool_mu section and every worker's end-and-pop section
- * alternated on pool_mu, three threads on two cores, and most of both
- * sides' time went to that lock word's line and to waiting for the other
- * side's section (bench/analysis.md, W1 of the ninth and tenth sessions).
- * So a plain submit (the plugin's default class, no start time, no retry
- * slot, no inline start, no max_queued bound anywhere, not made on a
- * worker) that finds no worker idle, watching or stuck takes no lock: it
- * takes its id with one atomic add and pushes the task on m->inbox, a
- * stack, with one CAS. Whoever next holds pool_mu for the scheduler (a
- * worker's pop, a locked submit, a cancel of that task, the ops walk,
- * stats, the runtime's re-arm, destroy) takes the whole stack with one
- * exchange and moves it in, oldest first (apex__pool_inbox_drain_locked),
- * doing what the submit's section would have: the submit counts (n_in,
- * st_submitted), the manager reference from the bank, the deadline's
- * list, the scheduler's push. So queue order is submit order, and every
- * reader of the scheduler, the counts or a task's place sees the inbox's
- * tasks as if they were queued at their submit.
- *
- * Three races, each closed by a store then a load on both sides, all
- * seq_cst (the push is a seq_cst CAS):
- * - a worker that goes idle publishes it in m->inbox_gate and then reads
- *   the inbox (and moves in what it finds); a submitter pushes and then
- *   reads the gate, and finding a worker idle takes pool_mu itself to
- *   move its task in and hand it over or wake one (as a locked submit);
- * - the runtime's re-arm publishes the armed time (inbox_armed) and then
- *   reads the inbox; a submitter whose deadline comes before the armed
- *   time, or with nothing armed, moves its task in itself, so no deadline
- *   waits on a drain;
- * - destroy sets shutting_down and drains and closes the inbox in one
- *   section; a submitter that pushed and then sees shutting_down takes
- *   pool_mu: its task was either moved in before the close (destroy
- *   sweeps it) or is refused (marked APEX__PLACE_REFUSED by whichever
- *   drain found it after the close: it was never counted).
- * A task in the inbox has APEX__PLACE_INBOX in its scheduler place bits;
- * its link is run_next (it is in no scheduler list yet). */
-#define APEX__PLACE_INBOX 0x28u
-#define APEX__PLACE_REFUSED 0x30u
-
-static inline unsigned place_of(const apex_task_t *t) {
-  return t->timer_flags & APEX__SCHED_PLACE_MASK;
-}
-
-/* Under pool_mu (every writer holds it): the gate from the counts it
- * mirrors, written only when it changes. A seq_cst store: a worker that
- * went idle reads the inbox after it (see above). */
-static void gate_update_locked(apex_manager_t *m) {
-  unsigned old = atomic_load_explicit(&m->inbox_gate, memory_order_relaxed);
-  unsigned stuck = m->n_stuck < 0x7fffu ? m->n_stuck : 0x7fffu;
-  unsigned v = (m->n_idle + (m->spinner != NULL)) * APEX__GATE_IDLE + stuck * APEX__GATE_STUCK +
-               (old & APEX__GATE_BOUNDS);
-  if (v != old) atomic_store(&m->inbox_gate, v);
-}
-
-void apex__pool_gate_bounds_locked(apex_manager_t *m) {
-  atomic_store(&m->inbox_gate,
-               atomic_load_explicit(&m->inbox_gate, memory_order_relaxed) | APEX__GATE_BOUNDS);
-}
-
-/* Under pool_mu: what the submit's section does for a task, for one from
- * the inbox (apex__pool_submit). */
-static void inbox_accept_locked(apex_manager_t *m, apex_task_t *t) {
-  t->timer_flags &= (uint8_t)~APEX__SCHED_PLACE_MASK;
-  if (m->inbox_closed) { /* pushed after destroy's sweep: its submitter refuses it */
-    t->timer_flags |= APEX__PLACE_REFUSED;
-    return;
-  }
-  atomic_store_explicit(&m->n_in, atomic_load_explicit(&m->n_in, memory_order_relaxed) + 1,
-                        memory_order_release);
-  atomic_store_explicit(&m->st_submitted,
-                        atomic_load_explicit(&m->st_submitted, memory_order_relaxed) + 1,
-                        memory_order_relaxed);
-  if (!m->ref_bank) {
-    atomic_fetch_add_explicit(&m->refs, APEX__REF_BATCH, memory_order_relaxed);
-    m->ref_bank = APEX__REF_BATCH;
-  }
-  m->ref_bank--;
-  /* As apex__submit's own_dl: a capped child's deadline is its parent's. */
-  if (t->deadline_ns && !(t->opts && t->opts->child_capped)) {
-    if (apex__timer_reserve_locked(m, t, 1, 0) == APEX_OK) {
-      apex__deadline_link_locked(m, t);
-    } else {
-      /* No memory for its deadline's list, after the submit returned: it
-       * is queued (so cancel, destroy and the ops walk find it) and a
-       * worker ends it failed (doomed_end) in its next section. */
-      apex__task_ref(t);
-      atomic_store_explicit(&t->tprev, m->inbox_doomed, memory_order_relaxed);
-      m->inbox_doomed = t;
-    }
-  }
-  apex__sched_push_new_locked(m, t); /* with the submit's reference */
-}
-
-/* A batch's slots are read first and its tasks' lines asked for, then
- * each is moved in: the tasks were written on the submitter's core, and
- * one miss after another, each waited for (a linked list's walk), cost
- * more than the submit's section they replace (bench/analysis.md). */
-enum { DRAIN_BATCH = 32 };
-
-size_t apex__pool_inbox_drain_locked(apex_manager_t *m) {
-  _Atomic(apex_task_t *) *ring = m->inbox_ring;
-  if (!ring) return 0;
-  uint64_t h = m->in_head;
-  size_t n = 0;
-  for (;;) {
-    apex_task_t *batch[DRAIN_BATCH];
-    size_t k = 0;
-    while (k < DRAIN_BATCH) {
-      _Atomic(apex_task_t *) *slot = &ring[(h + k) & (APEX__INBOX_SLOTS - 1)];
-      apex_task_t *t = atomic_load_explicit(slot, memory_order_acquire);
-      if (!t) break; /* empty, or a ticket whose task is not stored yet */
-      __builtin_prefetch(t, 1);
-      __builtin_prefetch((char *)t + 64, 1);
-      batch[k++] = t;
-    }
-    if (!k) break;
-    for (size_t i = 0; i < k; i++) /* the submitter of ticket + SLOTS waits for it */
-      atomic_store_explicit(&ring[(h + i) & (APEX__INBOX_SLOTS - 1)], NULL,
-                            memory_order_release);
-    h += k;
-    m->in_head = h;
-    for (size_t i = 0; i < k; i++) inbox_accept_locked(m, batch[i]);
-    n += k;
-    if (k < DRAIN_BATCH) break;
-  }
-  return n;
-}
-
-/* Under pool_mu: moves in every task whose ticket was taken before the
- * call; waits (yielding) for a submitter between its ticket and its
- * store, a few instructions that need no lock. */
-static void drain_all_locked(apex_manager_t *m) {
-  if (!m->inbox_ring) return;
-  uint64_t until = atomic_load(&m->in_tail);
-  for (;;) {
-    apex__pool_inbox_drain_locked(m);
-    if ((int64_t)(m->in_head - until) >= 0) return;
-    (void)sched_yield();
-  }
-}
-
-void apex__pool_inbox_wait_locked(apex_manager_t *m) { drain_all_locked(m); }
-
-void apex__pool_inbox_close_locked(apex_manager_t *m) {
-  drain_all_locked(m);
-  m->inbox_closed = 1;
-}
-
-int apex__pool_inbox_pending_locked(apex_manager_t *m) {
-  return m->inbox_ring && atomic_load(&m->in_tail) != m->in_head;
-}
-
-/* Under pool_mu: the tasks a drain could not give a deadline, for the
- * caller to end once it holds no lock (doomed_end). */
-static apex_task_t *take_doomed_locked(apex_manager_t *m) {
-  apex_task_t *d = m->inbox_doomed;
-  m->inbox_doomed = NULL;
-  return d;
-}
-
-/* No lock held: ends each doomed task failed (a cancel may have ended it
- * first: then nothing) and drops the list's reference. */
-static void doomed_end(apex_task_t *d) {
-  while (d) {
-    apex_task_t *t = d;
-    d = atomic_load_explicit(&t->tprev, memory_order_relaxed);
-    atomic_store_explicit(&t->tprev, NULL, memory_order_relaxed);
-    apex__task_finish(t, APEX_TASK_FAILED,
-                      apex__error_new(APEX_E_NOMEM, NULL, NULL,
-                                      "out of memory for the task's deadline"));
-    apex__task_unref(t);
-  }
-}
-
 /* Under pool_mu: takes the most recently idle worker (its cache is the
  * warmest) off the idle stack, for the caller to wake (wake_worker) once
  * it unlocked; NULL when none is idle. */
@@ -288,7 +111,6 @@ static apex__worker_t *take_idle_locked(apex_manager_t *m) {
   if (w) {
     m->idle_head = w->idle_next;
     m->n_idle--;
-    gate_update_locked(m);
   }
   return w;
 }
@@ -424,8 +246,6 @@ static void log_no_replacement(apex_manager_t *m, int e) {
 }
 
 int apex__pool_start(apex_manager_t *m, unsigned n) {
-  /* No ring (no memory): every submit takes pool_mu, as before. */
-  if (!m->inbox_ring) m->inbox_ring = calloc(APEX__INBOX_SLOTS, sizeof *m->inbox_ring);
   apex__lock(&m->pool_mu);
   int e = 0;
   for (unsigned i = 0; i < n && !e; i++) e = spawn_locked(m);
@@ -435,14 +255,7 @@ int apex__pool_start(apex_manager_t *m, unsigned n) {
 
 /* Under pool_mu: the next task to run, its slots taken (sched.c), or
  * NULL. */
-static apex_task_t *pop_locked(apex_manager_t *m) {
-  /* Moved in before every pick, not only when the scheduler runs dry: a
-   * pick among fairness keys must see every task submitted before it
-   * (test_sched_limits' flood: another plugin's tasks left in the ring
-   * would start after the whole flood). */
-  apex__pool_inbox_drain_locked(m);
-  return apex__sched_pick_locked(m);
-}
+static apex_task_t *pop_locked(apex_manager_t *m) { return apex__sched_pick_locked(m); }
 
 /* Under pool_mu, as the section's last change to what a task's runner
  * reads: the hand-off. The worker watching the queue (m->spinner) gets
@@ -463,7 +276,6 @@ static void handoff_locked(apex_manager_t *m) {
   apex_task_t *t = pop_locked(m);
   if (!t) return;
   m->spinner = NULL;
-  gate_update_locked(m);
   atomic_store_explicit(&w->holding, t, memory_order_relaxed);
   atomic_store_explicit(&w->handoff, t, memory_order_release);
 }
@@ -550,9 +362,11 @@ int apex__pool_may_inline(const apex_task_t *t) {
          !(t->opts && (t->opts->durable || t->opts->start_ns));
 }
 
-/* Under pool_mu or not: an inbox submit takes its id without it. */
+/* Under pool_mu. */
 static uint64_t next_id_locked(apex_manager_t *m) {
-  return atomic_fetch_add_explicit(&m->next_id, 1, memory_order_relaxed);
+  uint64_t id = atomic_load_explicit(&m->next_id, memory_order_relaxed);
+  atomic_store_explicit(&m->next_id, id + 1, memory_order_relaxed);
+  return id;
 }
 
 uint64_t apex__pool_new_id(apex_manager_t *m) {
@@ -569,75 +383,15 @@ void apex__pool_refs_return_locked(apex_manager_t *m) {
 
 unsigned apex__manager_task_refs(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* their references are taken there */
   unsigned n = atomic_load(&m->refs) - m->ref_bank - 1;
   apex__unlock(&m->pool_mu);
   return n;
 }
 
-/* A plain submit through the inbox (see "the inbox" above): no lock
- * unless a worker is idle, shutdown began or its deadline comes before
- * what is armed, and then one section, as a locked submit's. */
-static int inbox_submit(apex_manager_t *m, apex_task_t *t) {
-  t->id = next_id_locked(m);
-  t->timer_flags = APEX__PLACE_INBOX; /* was 0: a fresh task */
-  uint64_t k = atomic_fetch_add(&m->in_tail, 1);
-  _Atomic(apex_task_t *) *slot = &m->inbox_ring[k & (APEX__INBOX_SLOTS - 1)];
-  /* Full: the slot's task of SLOTS tickets before is not moved in yet
-   * (workers in long handlers). Moved in here, if pool_mu is free; never
-   * waited for under a lock, which a drain that waits for this ticket
-   * (drain_all_locked) may hold. */
-  while (atomic_load_explicit(slot, memory_order_acquire)) {
-    uint32_t free_word = 0;
-    if (atomic_compare_exchange_strong_explicit(&m->pool_mu.word, &free_word, APEX__LOCK_HELD,
-                                                memory_order_acquire, memory_order_relaxed)) {
-      apex__pool_inbox_drain_locked(m);
-      apex__unlock(&m->pool_mu);
-    } else {
-      (void)sched_yield();
-    }
-  }
-  /* A release store, no fence: the ticket's add above was the store
-   * that the readers of the gate, the armed time and shutting_down pair
-   * with; a reader that saw the ticket waits for this store
-   * (drain_all_locked). */
-  atomic_store_explicit(slot, t, memory_order_release);
-  uint64_t armed = atomic_load(&m->inbox_armed);
-  int own_dl = t->deadline_ns && !(t->opts && t->opts->child_capped);
-  if (!atomic_load(&m->inbox_gate) && !atomic_load(&m->shutting_down) &&
-      (!own_dl || (armed && t->deadline_ns >= armed)) &&
-      (k & (APEX__INBOX_BATCH - 1)) != APEX__INBOX_BATCH - 1)
-    return APEX_OK;
-  /* Every APEX__INBOX_BATCH-th submit moves the batch in itself, in one
-   * section, with the tasks still in its cache. */
-  apex__lock(&m->pool_mu);
-  drain_all_locked(m); /* this task's ticket included */
-  if (place_of(t) == APEX__PLACE_REFUSED) {
-    apex__unlock(&m->pool_mu);
-    return APEX_E_SHUTTING_DOWN; /* never counted: the caller frees it */
-  }
-  int e;
-  apex__worker_t *wake = wake_for_runnable_locked(m, &e);
-  apex__unlock(&m->pool_mu);
-  wake_worker(wake);
-  log_no_replacement(m, e);
-  return APEX_OK;
-}
-
 int apex__pool_submit(apex_manager_t *m, apex_task_t *t, int deadline, int retry,
                       const apex__sched_req_t *req, char *why, size_t why_len, int *picked) {
   if (picked) *picked = 0;
-  /* A deadline before what is armed (or nothing armed) takes the locked
-   * section, where a deadline list that cannot be made fails the submit;
-   * read again after the push for the race (inbox_submit). */
-  uint64_t armed = atomic_load_explicit(&m->inbox_armed, memory_order_relaxed);
-  if (!req && !picked && !retry && !t->id && !(t->opts && t->opts->start_ns) &&
-      !m->cfg.max_queued && !tls_worker_of && !tls_inline && m->inbox_ring &&
-      !atomic_load_explicit(&m->inbox_gate, memory_order_relaxed) &&
-      (!deadline || (armed && t->deadline_ns >= armed)))
-    return inbox_submit(m, t);
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* queued after the inbox's tasks */
   /* No request: the plugin's default class, nothing to bind. */
   int rc = req ? apex__sched_bind_locked(m, t, req, t->opts && !t->opts->shared) : APEX_OK;
   if (rc == APEX_OK) rc = await_room_locked(m, t, req ? req->wait_ms : 0, why, why_len);
@@ -761,15 +515,7 @@ size_t apex__pool_collect_held_locked(apex_manager_t *m, apex_task_t **out, size
 
 size_t apex__pool_collect_waiting(apex_manager_t *m, apex_task_t **out, size_t max) {
   apex__lock(&m->pool_mu);
-  size_t n = apex__sched_collect_locked(m, out, max); /* the inbox drained first */
-  /* Doomed tasks are in the scheduler too (collected above or ended):
-   * their list's references go with the cancel. */
-  while (n < max && m->inbox_doomed) {
-    apex_task_t *t = m->inbox_doomed;
-    m->inbox_doomed = atomic_load_explicit(&t->tprev, memory_order_relaxed);
-    atomic_store_explicit(&t->tprev, NULL, memory_order_relaxed);
-    out[n++] = t;
-  }
+  size_t n = apex__sched_collect_locked(m, out, max);
   /* Submits waiting for room see shutting_down and give up. */
   apex__sched_room_wake_locked(m);
   apex__unlock(&m->pool_mu);
@@ -813,9 +559,6 @@ void apex__pool_task_end(apex_manager_t *m, apex_task_t *t, int closing) {
   } else {
     unsigned refs = 0;
     apex__lock(&m->pool_mu);
-    /* Still in the inbox: moved into the scheduler first, to leave it
-     * at once below (its submitter pushed it before anyone had it). */
-    if (place_of(t) == APEX__PLACE_INBOX) drain_all_locked(m);
     /* Ended while it waited (cancelled, timed out): it leaves the
      * scheduler now, and no worker pops it. */
     refs += apex__sched_remove_locked(m, t);
@@ -875,10 +618,7 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
     tls_slots_owed = 1; /* in the worker's next pool_mu section */
   } else {
     apex__lock(&m->pool_mu);
-    if (was_stuck) { /* counted under the task lock with the stuck flag */
-      m->n_stuck--;
-      gate_update_locked(m);
-    }
+    if (was_stuck) m->n_stuck--; /* counted under the task lock with the stuck flag */
     apex__sched_release_locked(m, t);
     int e;
     apex__worker_t *wake = wake_for_runnable_locked(m, &e);
@@ -897,25 +637,20 @@ int apex__pool_attempt_close(apex_manager_t *m, apex_task_t *t, int was_stuck) {
   return orphan_done;
 }
 
-/* A stuck handler closes the inbox's gate: submits take pool_mu, where
- * a push starts the replacement worker queued work may need. */
 void apex__pool_count_stuck(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
   m->n_stuck++;
-  gate_update_locked(m);
   apex__unlock(&m->pool_mu);
 }
 
 void apex__pool_uncount_stuck(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
   m->n_stuck--;
-  gate_update_locked(m);
   apex__unlock(&m->pool_mu);
 }
 
 void apex__pool_worker_stuck(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* queued work, counted below */
   /* The handler may have returned already (n_stuck back down): then no
    * replacement is owed; and none is started while no queued work needs
    * one (the next push starts it then). */
@@ -974,7 +709,6 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
      * worker at a time: the CPU a watcher burns is what an idle one
      * saves. */
     m->spinner = self;
-    gate_update_locked(m);
     return IDLE_SPIN;
   }
   /* Idle: whoever takes it off the stack (a push, or stop) wakes it. A
@@ -985,7 +719,6 @@ static int idle_locked(apex_manager_t *m, apex__worker_t *self, int spun) {
   self->idle_next = m->idle_head;
   m->idle_head = self;
   m->n_idle++;
-  gate_update_locked(m);
   return IDLE_SLEEP;
 }
 
@@ -1005,7 +738,6 @@ static apex_task_t *idle_wait(apex_manager_t *m, apex__worker_t *self, int how, 
     apex__lock(&m->pool_mu);
     if (m->spinner == self) { /* nothing handed: off the watch */
       m->spinner = NULL;
-      gate_update_locked(m);
       *spun = 1;
       return NULL;
     }
@@ -1041,27 +773,14 @@ static void *worker_main(void *arg) {
       if (m->n_threads > m->cfg.workers + m->n_stuck) break;
       t = pop_locked(m);
       atomic_store_explicit(&self->holding, t, memory_order_relaxed);
-      apex_task_t *doomed = take_doomed_locked(m);
       if (!t) {
         if (m->pool_stop) break;
         int how = idle_locked(m, self, spun);
-        /* Idle published (the gate, seq_cst), then the inbox read: a
-         * submit that missed the gate pushed before this read. */
-        apex__worker_t *more = NULL;
-        int e = 0;
-        if (apex__pool_inbox_pending_locked(m)) {
-          drain_all_locked(m);
-          more = wake_for_runnable_locked(m, &e); /* self, possibly */
-        }
         apex__unlock(&m->pool_mu);
-        wake_worker(more);
-        log_no_replacement(m, e);
-        doomed_end(doomed);
         t = idle_wait(m, self, how, &spun);
         continue;
       }
       apex__unlock(&m->pool_mu);
-      doomed_end(doomed);
     }
 
     spun = 0;
@@ -1087,21 +806,14 @@ static void *worker_main(void *arg) {
     }
     /* t ran: it is on its live list or ended; what it holds now is next. */
     atomic_store_explicit(&self->holding, next, memory_order_relaxed);
-    apex_task_t *doomed = take_doomed_locked(m);
     /* Slots given back may have let more tasks run than this worker
-     * takes; and a worker that went idle reads the inbox after the gate
-     * (as at the loop's top). */
+     * takes. */
     apex__worker_t *more = NULL;
     int e = 0;
-    if (how && apex__pool_inbox_pending_locked(m)) {
-      drain_all_locked(m);
-      moved = 1;
-    }
     if (moved) more = wake_for_runnable_locked(m, &e);
     apex__unlock(&m->pool_mu);
     wake_worker(more);
     log_no_replacement(m, e);
-    doomed_end(doomed);
     if (refs) atomic_fetch_sub_explicit(&t->refs, refs, memory_order_acq_rel);
     apex__task_unref(t);
     if (teardown) {

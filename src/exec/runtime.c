@@ -245,7 +245,6 @@ static void arm_locked(apex_manager_t *m, uint64_t at);
 static void earlier_locked(apex_manager_t *m, uint64_t at) {
   if (m->armed_at && at >= m->armed_at) return;
   m->armed_at = at;
-  atomic_store(&m->inbox_armed, at); /* earlier: no inbox task is left behind */
   arm_locked(m, at);
 }
 
@@ -490,22 +489,8 @@ static void set_timer_locked(apex_manager_t *m, int fd, uint64_t *armed, uint64_
  * thread's, then the host's); the runtime fires what a busy host left. */
 static void arm(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
-  /* The inbox's tasks are not linked yet. A submitter pushes, then reads
-   * inbox_armed, and moves its task in itself if its deadline comes
-   * before, or nothing is armed (pool.c). Here the time is published,
-   * then the inbox read again, both seq_cst: a task pushed after the
-   * store saw the time (armed below, or earlier), one pushed before is
-   * moved in by the second drain, which can only make the time earlier. */
-  apex__pool_inbox_drain_locked(m);
   uint64_t at = next_due_locked(m);
   m->armed_at = at;
-  atomic_store(&m->inbox_armed, at);
-  if (apex__pool_inbox_pending_locked(m)) {
-    apex__pool_inbox_wait_locked(m);
-    at = next_due_locked(m);
-    m->armed_at = at;
-    atomic_store(&m->inbox_armed, at);
-  }
   arm_locked(m, at);
   apex__unlock(&m->pool_mu);
 }

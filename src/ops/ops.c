@@ -536,7 +536,6 @@ apex_status_t apex_manager_shutdown(apex_manager_t *m, int64_t drain_ms,
    * here on the live tasks are a closed set. */
   apex__lock(&m->pool_mu);
   atomic_store(&m->shutting_down, 1);
-  apex__pool_inbox_close_locked(m);
   apex__unlock(&m->pool_mu);
   tvec_t a = {0};
   collect_all(m, &a);

@@ -847,7 +847,6 @@ size_t apex__sched_fire_locked(apex_manager_t *m, uint64_t now, apex_task_t **ou
 }
 
 size_t apex__sched_collect_locked(apex_manager_t *m, apex_task_t **out, size_t max) {
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks wait here too */
   apex__sched_t *S = S_(m);
   size_t n = 0;
 #define TAKE(t)                   \
@@ -1053,15 +1052,12 @@ int apex__sched_bind_locked(apex_manager_t *m, apex_task_t *t, const apex__sched
  * and action descriptors' defaults). Never decreases: a setting removed
  * later costs the checks, not correctness. */
 void apex__sched_holds_locked(apex_manager_t *m) {
-  apex__pool_inbox_drain_locked(m); /* counted as they were submitted */
   go_eager_locked(S_(m));
   S_(m)->holds++;
 }
 void apex__sched_bounds_locked(apex_manager_t *m) {
-  apex__pool_inbox_drain_locked(m);
   go_eager_locked(S_(m));
   S_(m)->bounds++;
-  apex__pool_gate_bounds_locked(m); /* room is checked under pool_mu */
 }
 
 apex__pblock_t *apex__sched_pblock(apex_manager_t *m, const void *plugin) {

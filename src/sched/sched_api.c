@@ -257,7 +257,6 @@ apex_status_t apex_manager_scope_stats(apex_manager_t *m, apex_scope_t scope, co
   st.struct_size = sizeof st;
   int nomem;
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* counted as queued from their submit */
   const apex__scope_t *s = scope_locked(m, &tg, 0, &nomem);
   if (s) {
     apex__scope_figures_t f;

@@ -52,7 +52,6 @@ typedef struct lists {
 static lists_t read_lists(apex_manager_t *m) {
   lists_t s = {.consistent = 1};
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   for (size_t b = 0; b < sizeof m->dl_hash / sizeof m->dl_hash[0]; b++)
     for (apex__dlist_t *l = m->dl_hash[b]; l; l = l->hnext) {
       int pinned = l->pins != l->unpins;
@@ -72,7 +71,6 @@ static apex__dlist_t *list_of(apex_manager_t *m, double timeout_s) {
   uint64_t key = apex__timeout_ns((float)timeout_s);
   apex__dlist_t *found = NULL;
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   for (size_t b = 0; b < sizeof m->dl_hash / sizeof m->dl_hash[0]; b++)
     for (apex__dlist_t *l = m->dl_hash[b]; l; l = l->hnext)
       if (l->key == key) found = l;
@@ -168,7 +166,6 @@ static void test_emptied_by_its_deadline_and_counts_that_wrap(void **st) {
   apex__dlist_t *l = list_of(m, 0.1);
   assert_non_null(l);
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   l->pins = l->unpins = UINT32_MAX - 2;
   apex__unlock(&m->pool_mu);
   enum { K = 8 };
@@ -180,7 +177,6 @@ static void test_emptied_by_its_deadline_and_counts_that_wrap(void **st) {
   assert_true(s.consistent);
   assert_int_equal(s.n_pinned, 2); /* 0.1 s's and 5 s's */
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   uint32_t pinned = l->pins - l->unpins;
   int wrapped = l->pins < l->unpins;
   apex__unlock(&m->pool_mu);
@@ -197,7 +193,6 @@ static void test_emptied_by_its_deadline_and_counts_that_wrap(void **st) {
   assert_true(s.consistent);
   assert_int_equal(s.n_pinned, 0);
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   assert_int_equal(l->pins, l->unpins);
   assert_int_equal(l->pins, (uint32_t)(UINT32_MAX - 2 + K - 1));
   apex__unlock(&m->pool_mu);

@@ -40,7 +40,6 @@ static void *submit_gate(void *arg) {
 
 static size_t held(apex_manager_t *m, apex_task_t **v, size_t max) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   size_t n = apex__pool_collect_held_locked(m, v, max);
   apex__unlock(&m->pool_mu);
   return n;

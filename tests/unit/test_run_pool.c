@@ -36,7 +36,6 @@ static uint32_t n_runs_m(apex_manager_t *m) {
 static uint32_t n_runs(apex_manager_t *m) {
   uint32_t n = n_runs_m(m);
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   for (apex__worker_t *w = m->workers; w; w = w->next) n += atomic_load(&w->n_runs);
   apex__unlock(&m->pool_mu);
   return n;

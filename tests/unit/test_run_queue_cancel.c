@@ -26,7 +26,6 @@
  * length, or -1 if anything disagrees or the queued count differs. */
 static long queue_check(apex_manager_t *m) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
   apex__unlock(&m->pool_mu);

@@ -34,7 +34,6 @@
  * whether a queue is solo. */
 static long rings(apex_manager_t *m, int *solo) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
   *solo = m->sched->solo != NULL;
@@ -45,7 +44,6 @@ static long rings(apex_manager_t *m, int *solo) {
 /* 1 when the solo queue holds exactly t[0..n-1], in that order. */
 static int solo_order(apex_manager_t *m, apex_task_t **t, int n) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   apex__fq_t *q = m->sched->solo;
   int ok = q != NULL;
   apex_task_t *x = q ? q->head : NULL;

@@ -40,7 +40,6 @@ typedef struct {
 
 static long rings(apex_manager_t *m, solo_t *q) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   long n = apex__sched_check_locked(m);
   if (n >= 0 && (size_t)n != apex__sched_queued_locked(m)) n = -1;
   const apex__fq_t *s = m->sched->solo;

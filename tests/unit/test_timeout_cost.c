@@ -21,7 +21,6 @@
 
 static uint32_t heap_len(apex_manager_t *m, uint32_t *reserved) {
   apex__lock(&m->pool_mu);
-  apex__pool_inbox_drain_locked(m); /* the inbox's tasks count as queued (pool.c) */
   uint32_t n = m->theap_len;
   *reserved = m->theap_reserved;
   apex__unlock(&m->pool_mu);
