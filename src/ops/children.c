@@ -75,11 +75,17 @@ struct apex_child {
   double weight;
   char *label;           /* NULL: "plugin.action" */
   apex_progress_t *last; /* its last delivered progress (mu) */
-  uint8_t ended;         /* (mu) */
-  uint8_t on_end_set;    /* (mu) */
-  uint8_t settled;       /* ended with its task set: in the family's sums (mu) */
+  /* One byte of flags (mu, every one of them: they share the byte). */
+  uint8_t ended : 1;
+  uint8_t on_end_set : 1;
+  uint8_t settled : 1;   /* ended with its task set: in the family's sums */
+  uint8_t let_go : 1;    /* task dropped: the names below answer for it */
   uint8_t final;         /* its terminal state, once ended (mu) */
-  uint8_t let_go;        /* task dropped: the names below answer for it (mu) */
+  /* The attempt that spawned it (the family outlives a retry, its nodes
+   * too): a handle of another attempt is refused (mine). Set before the
+   * handle is returned, never changed: read without mu. 16 bits hold
+   * every attempt (max_attempts <= 65535). */
+  uint16_t att;
   /* Waits (apex_ctx_wait_children, apex_ctx_wait_any_child) naming this
    * child that are under way (mu): its end wakes the family's waiters only
    * then (see waiters_locked). Saturates: a wait that finds it at the top
@@ -707,6 +713,9 @@ static inline __attribute__((always_inline)) int spawn_child(const spawn_call_t 
     return refuse(r, APEX_E_NOMEM, "apex_ctx_spawn: out of memory");
   }
   n->fam = f;
+  /* A spawn on the blocking handler's own worker (unlocked) is in the one
+   * attempt that cannot end under it: t->attempt stays. */
+  n->att = (uint16_t)(sc->att ? sc->att : sc->t->attempt);
   n->weight = o->weight;
   n->label = label;
   f->kids[f->n++] = n;
@@ -1134,7 +1143,10 @@ int apex__family_rollup(apex__family_t *f, double own_pct, double *pct, json_t *
 #define WATCH_MAX 64
 
 /* Checks child is one of f's. */
-static int mine(apex__family_t *f, apex_child_t *child) { return f && child && child->fam == f; }
+/* child is a handle of attempt att's, in family f. */
+static int mine(apex__family_t *f, apex_child_t *child, uint32_t att) {
+  return f && child && child->fam == f && child->att == (uint16_t)att;
+}
 
 static void wake_family(apex_token_t *tok, const char *reason, void *user) {
   (void)tok;
@@ -1174,7 +1186,7 @@ static int child_wait(apex__run_t *r, apex_task_t *t, uint32_t att, apex__family
     return refuse(r, APEX_E_INVALID, "apex_ctx_wait: %s", !all ? "no children to wait for"
                                                                 : "children NULL with n > 0");
   for (size_t i = 0; i < n; i++)
-    if (!mine(f, kids[i]))
+    if (!mine(f, kids[i], att))
       return refuse(r, APEX_E_INVALID, "apex_ctx_wait: children[%zu] is %s", i,
                     kids[i] ? "not a child of this attempt" : "NULL");
   if (!f) return APEX_OK; /* all of none (no complete was held: see family_of) */
@@ -1264,7 +1276,7 @@ static int ctx_child_on_end(apex_ctx_t *c, apex_child_t *child, apex_child_fn fn
   uint32_t att;
   apex__family_t *f = family_of(c, 0, "apex_ctx_on_child_end", &t, &att, NULL, NULL);
   if (!t) return APEX_E_INVALID;
-  if (!fn || !mine(f, child)) {
+  if (!fn || !mine(f, child, att)) {
     int rc = refuse(r, APEX_E_INVALID, "apex_ctx_on_child_end: %s",
                     !fn ? "fn is NULL" : "not a child of this attempt");
     apex__task_unref(t); /* after refuse: r is in the task's block */
@@ -1301,7 +1313,7 @@ static int ctx_child_outcome(apex_ctx_t *c, apex_child_t *child, int *state, jso
   uint32_t att;
   apex__family_t *f = family_of(c, 0, "apex_ctx_child_outcome", &t, &att, NULL, NULL);
   if (!t) return APEX_E_INVALID;
-  if (!mine(f, child)) {
+  if (!mine(f, child, att)) {
     int rc = refuse(r, APEX_E_INVALID, "apex_ctx_child_outcome: not a child of this attempt");
     apex__task_unref(t); /* after refuse: r is in the task's block */
     return rc;
@@ -1351,7 +1363,7 @@ static uint64_t ctx_child_task_id(apex_ctx_t *c, apex_child_t *child) {
   uint32_t att;
   apex__family_t *f = family_of(c, 0, "apex_ctx_child_task_id", &t, &att, NULL, NULL);
   uint64_t id = 0;
-  if (mine(f, child)) {
+  if (mine(f, child, att)) {
     apex__lock(&f->mu);
     int over = completed_locked(f, att) && tls_end_of != f;
     if (!over) id = child->id;

@@ -318,6 +318,53 @@ static void test_each_other_ctx_call_after_a_held_complete_is_ignored(void **st)
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* A handle of the first attempt's child, used on the retry's ctx: each
+ * family call refuses it ("a child of another attempt", plugin.h), while
+ * the retry's own child is answered. Before nodes carried their attempt,
+ * the shared family accepted it: its outcome and id were read, a wait on
+ * it returned at once. */
+static void test_a_child_of_an_earlier_attempt_is_refused(void **st) {
+  (void)st;
+  apex_manager_config_t cfg = base_config(3);
+  apex_manager_t *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
+  load_ok(m, SPAWN_RACE_KIT);
+  reset();
+  apex_task_t *t = submit_json(m, "spawn_race", "par", NULL, NULL); /* ok false: a retry */
+  wait_for(g_kit.attempt, 1, "the first attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_child_t *old = atomic_load(g_kit.child);
+  atomic_store(g_go, 1);       /* the first attempt's callback does not wait */
+  atomic_store(g_kit.gate, 1); /* its child ends: the attempt fails, the retry starts */
+  wait_for(g_kit.attempt, 2, "the second attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK); /* its own child, gated */
+  apex_ctx_t *ctx = atomic_load(g_kit.ctx);
+  apex_child_t *mine = atomic_load(g_kit.child);
+  assert_true(mine != old);
+
+  int state = -2;
+  json_t *res = NULL, *err = NULL;
+  assert_int_equal(apex_ctx_child_outcome(ctx, old, &state, &res, &err), APEX_E_INVALID);
+  assert_null(res);
+  assert_null(err);
+  assert_int_equal(apex_ctx_child_task_id(ctx, old), 0);
+  apex_child_t *const olds[1] = {old};
+  assert_int_equal(apex_ctx_wait_children(ctx, olds, 1, 1000), APEX_E_INVALID);
+  size_t which = 7;
+  assert_int_equal(apex_ctx_wait_any_child(ctx, olds, 1, 1000, &which), APEX_E_INVALID);
+  assert_int_equal(apex_ctx_on_child_end(ctx, old, on_end, NULL), APEX_E_INVALID);
+  assert_true(apex_ctx_child_task_id(ctx, mine) != 0); /* the retry's own child */
+  /* Accepted: not ended yet (its gate holds it). */
+  assert_int_equal(apex_ctx_child_outcome(ctx, mine, &state, NULL, NULL), APEX_E_AGAIN);
+
+  atomic_store(g_kit.gate, 2); /* the retry's child ends: it succeeds */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  assert_int_equal(apex_task_attempts(t), 2);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 /* A wait begun in the first attempt, before its complete, and held (at
  * the task lock's release) until the retry runs with a child of its own:
  * let go, it is refused at once, where it waited on the retry's child
@@ -372,6 +419,7 @@ int main(void) {
       cmocka_unit_test(test_a_child_outcome_held_while_its_task_ends_and_goes_is_refused),
       cmocka_unit_test(test_each_family_call_after_a_held_complete_is_refused),
       cmocka_unit_test(test_each_other_ctx_call_after_a_held_complete_is_ignored),
+      cmocka_unit_test(test_a_child_of_an_earlier_attempt_is_refused),
       cmocka_unit_test(test_a_wait_held_across_a_retry_is_refused_at_once),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
