@@ -136,6 +136,21 @@ static void on_end(apex_ctx_t *ctx, apex_child_t *child, void *user) {
   (void)user;
 }
 
+/* A manager of 3 workers with spawn_race loaded, running a `par` task
+ * with params (JSON; NULL: a retry follows its first attempt) whose first
+ * attempt spawned its child. */
+static apex_task_t *start_par(apex_manager_t **m, const char *params) {
+  apex_manager_config_t cfg = base_config(3);
+  *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, m), APEX_OK);
+  load_ok(*m, SPAWN_RACE_KIT);
+  reset();
+  apex_task_t *t = submit_json(*m, "spawn_race", "par", params, NULL);
+  wait_for(g_kit.attempt, 1, "the first attempt");
+  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  return t;
+}
+
 /* The plugin's thread: calls on the ctx once the attempt's complete
  * returned. */
 static void *stale_caller(void *arg) {
@@ -168,14 +183,8 @@ static void *stale_caller(void *arg) {
  * returned; the test waits for the task's end, releases it, and lets the
  * call go once nothing of Apex's holds the task. Returns: the call's rc. */
 static int run_stale(int which) {
-  apex_manager_config_t cfg = base_config(3);
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, SPAWN_RACE_KIT);
-  reset();
-  apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
-  wait_for(g_kit.attempt, 1, "the first attempt");
-  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_manager_t *m;
+  apex_task_t *t = start_par(&m, "{\"ok\": true}");
   g_call.which = which;
   g_call.wait_ms = 1000;
   g_call.ctx = atomic_load(g_kit.ctx);
@@ -223,14 +232,8 @@ static void test_a_child_outcome_held_while_its_task_ends_and_goes_is_refused(vo
  * child's outcome and id after the same complete. */
 static void test_each_family_call_after_a_held_complete_is_refused(void **st) {
   (void)st;
-  apex_manager_config_t cfg = base_config(3);
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, SPAWN_RACE_KIT);
-  reset();
-  apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
-  wait_for(g_kit.attempt, 1, "the first attempt");
-  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_manager_t *m;
+  apex_task_t *t = start_par(&m, "{\"ok\": true}");
   apex_ctx_t *ctx = atomic_load(g_kit.ctx);
   apex_child_t *child = atomic_load(g_kit.child);
   apex_child_t *const kids[1] = {child};
@@ -279,14 +282,8 @@ static void test_each_family_call_after_a_held_complete_is_refused(void **st) {
  * recorded, params and ids answered, nothing counted. */
 static void test_each_other_ctx_call_after_a_held_complete_is_ignored(void **st) {
   (void)st;
-  apex_manager_config_t cfg = base_config(3);
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, SPAWN_RACE_KIT);
-  reset();
-  apex_task_t *t = submit_json(m, "spawn_race", "par", "{\"ok\": true}", NULL);
-  wait_for(g_kit.attempt, 1, "the first attempt");
-  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_manager_t *m;
+  apex_task_t *t = start_par(&m, "{\"ok\": true}");
   apex_ctx_t *ctx = atomic_load(g_kit.ctx);
   atomic_store(g_kit.gate, 1); /* the child ends: its callback completes the attempt */
   wait_for(g_kit.completed, 1, "the held complete");
@@ -325,14 +322,8 @@ static void test_each_other_ctx_call_after_a_held_complete_is_ignored(void **st)
  * it returned at once. */
 static void test_a_child_of_an_earlier_attempt_is_refused(void **st) {
   (void)st;
-  apex_manager_config_t cfg = base_config(3);
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, SPAWN_RACE_KIT);
-  reset();
-  apex_task_t *t = submit_json(m, "spawn_race", "par", NULL, NULL); /* ok false: a retry */
-  wait_for(g_kit.attempt, 1, "the first attempt");
-  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_manager_t *m;
+  apex_task_t *t = start_par(&m, NULL); /* ok false: a retry */
   apex_child_t *old = atomic_load(g_kit.child);
   atomic_store(g_go, 1);       /* the first attempt's callback does not wait */
   atomic_store(g_kit.gate, 1); /* its child ends: the attempt fails, the retry starts */
@@ -373,14 +364,8 @@ static void test_a_child_of_an_earlier_attempt_is_refused(void **st) {
  * (APEX_OK), or is refused. */
 static void test_a_wait_held_across_a_retry_is_refused_at_once(void **st) {
   (void)st;
-  apex_manager_config_t cfg = base_config(3);
-  apex_manager_t *m = NULL;
-  assert_int_equal(apex_manager_new(&cfg, &m), APEX_OK);
-  load_ok(m, SPAWN_RACE_KIT);
-  reset();
-  apex_task_t *t = submit_json(m, "spawn_race", "par", NULL, NULL); /* ok false: a retry */
-  wait_for(g_kit.attempt, 1, "the first attempt");
-  assert_int_equal(atomic_load(g_kit.spawn_rc), APEX_OK);
+  apex_manager_t *m;
+  apex_task_t *t = start_par(&m, NULL); /* ok false: a retry */
   g_call.which = CALL_WAIT;
   g_call.wait_ms = 5000;
   g_call.ctx = atomic_load(g_kit.ctx);
