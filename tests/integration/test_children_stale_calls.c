@@ -397,6 +397,47 @@ static void test_a_wait_held_across_a_retry_is_refused_at_once(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* The oc action's state (tests/plugins/spawn_race.c), by dlsym. */
+static atomic_int *oc_sym(const char *name) {
+  atomic_int *v = dlsym(g_kit.dl, name);
+  assert_non_null(v);
+  return v;
+}
+
+/* A manager of 3 workers running spawn_race's `oc` with params; its
+ * flags cleared first. */
+static apex_task_t *start_oc(apex_manager_t **m, const char *params) {
+  apex_manager_config_t cfg = base_config(3);
+  *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, m), APEX_OK);
+  load_ok(*m, SPAWN_RACE_KIT);
+  reset();
+  static const char *const flags[] = {"spawn_race_hold_running", "spawn_race_hold_go",
+                                      "spawn_race_hold_ended", "spawn_race_oc_held",
+                                      "spawn_race_oc_ran"};
+  for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) atomic_store(oc_sym(flags[i]), 0);
+  return submit_json(*m, "spawn_race", "oc", params, NULL);
+}
+
+/* A cancel after the attempt's complete returned, held for a live child:
+ * the attempt's cancel callback does not start (plugin.h, apex_ctx_on_cancel:
+ * "fn never starts once complete returned"), and the held complete still
+ * delivers success. Before the held mark dropped the registration, the
+ * cancel ran it on the cancelling thread. */
+static void test_a_cancel_after_a_held_complete_runs_no_cancel_callback(void **st) {
+  (void)st;
+  apex_manager_t *m;
+  apex_task_t *t = start_oc(&m, NULL);
+  wait_for(oc_sym("spawn_race_oc_held"), 1, "the held complete");
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(atomic_load(oc_sym("spawn_race_oc_ran")), 0);
+  atomic_store(oc_sym("spawn_race_hold_go"), 1); /* the child ends: the held complete runs */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_wait_held_while_its_task_ends_and_goes_is_refused),
@@ -406,6 +447,7 @@ int main(void) {
       cmocka_unit_test(test_each_other_ctx_call_after_a_held_complete_is_ignored),
       cmocka_unit_test(test_a_child_of_an_earlier_attempt_is_refused),
       cmocka_unit_test(test_a_wait_held_across_a_retry_is_refused_at_once),
+      cmocka_unit_test(test_a_cancel_after_a_held_complete_runs_no_cancel_callback),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
