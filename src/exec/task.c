@@ -1834,7 +1834,11 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
 int apex__run_complete(apex__run_t *r, int rc, int ask_family) {
   apex_task_t *t;
   for (;;) {
-    t = apex__run_lock_open(r);
+    /* A plugin's complete after one its family holds (APEX__ATT_HELD) is a
+     * second complete: refused here, not asked of the family, which holds
+     * nothing any more once the last child ended, so it would end the
+     * attempt with its own code ahead of the held one. */
+    t = ask_family ? apex__run_lock_live(r) : apex__run_lock_open(r);
     if (!t) {
       apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                        "apex_ctx_complete");

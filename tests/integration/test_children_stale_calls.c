@@ -438,6 +438,30 @@ static void test_a_cancel_after_a_held_complete_runs_no_cancel_callback(void **s
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* A second complete (APEX_E_EXECUTION) made after the first (APEX_OK) was
+ * held and its child ended, while the held complete's end waits for the
+ * cancel callback the second one is made from: ignored and counted
+ * (plugin.h, apex_ctx_complete: "a second complete, in sequence or racing
+ * this one"), the task succeeds. Before a plugin's complete checked the
+ * held mark, the family no longer held anything then (its last child had
+ * ended), so the second complete ended the attempt with its own code (the
+ * task cancelled), and the held one found it ended. */
+static void test_a_second_complete_as_the_held_one_ends_is_ignored(void **st) {
+  (void)st;
+  apex_manager_t *m;
+  apex_task_t *t = start_oc(&m, "{\"wait_cb\": true}");
+  wait_for(oc_sym("spawn_race_hold_running"), 1, "the child's start");
+  uint64_t late0 = stats_of(m).late_reports;
+  /* The callback runs here, the second complete in it. */
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(atomic_load(oc_sym("spawn_race_oc_ran")), 1);
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  assert_int_equal(stats_of(m).late_reports - late0, 1); /* the second complete */
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_wait_held_while_its_task_ends_and_goes_is_refused),
@@ -448,6 +472,7 @@ int main(void) {
       cmocka_unit_test(test_a_child_of_an_earlier_attempt_is_refused),
       cmocka_unit_test(test_a_wait_held_across_a_retry_is_refused_at_once),
       cmocka_unit_test(test_a_cancel_after_a_held_complete_runs_no_cancel_callback),
+      cmocka_unit_test(test_a_second_complete_as_the_held_one_ends_is_ignored),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
