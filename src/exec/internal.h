@@ -859,8 +859,9 @@ apex_task_t *apex__run_lock_open(apex__run_t *r);
  * (APEX__ATT_HELD), which plugin.h makes such a call misuse. */
 apex_task_t *apex__run_lock_live(apex__run_t *r);
 /* Marks attempt att of task id as holding its complete (APEX__ATT_HELD),
- * if r still serves that attempt and it is open; children.c, when the
- * family takes the complete. Any thread, no lock held. */
+ * if r still serves that attempt and it is open, and drops its cancel
+ * callback unless it was taken to run; children.c, when the family takes
+ * the complete. Any thread, no lock held. */
 void apex__run_mark_held(apex__run_t *r, uint64_t id, uint32_t att);
 /* A plugin called `what` on a ctx whose attempt had ended (apex__run_t):
  * counts it (late_reports and st_misuse) and logs it, at warn level the

@@ -1123,7 +1123,8 @@ json_t *apex__run_heartbeat_details(apex__run_t *r) {
  * by whichever comes first: the cancel that fires it (fire_on_cancel,
  * after the task's token fired or the task ended cancelled or timed out),
  * a registration that finds the cancellation fired already, or the
- * attempt's end, which drops it unrun. Taken to run, it is replaced by the
+ * attempt's end (or a complete its family holds: apex__run_mark_held),
+ * which drops it unrun. Taken to run, it is replaced by the
  * sentinel oc_taken, so it runs once, and marked busy (oc_busy) while it
  * runs, unlocked, on the taking thread: an attempt's end from another
  * thread (complete racing the cancel) waits for it (oc_wait), so it never
@@ -1798,8 +1799,16 @@ apex_task_t *apex__run_lock_live(apex__run_t *r) {
 void apex__run_mark_held(apex__run_t *r, uint64_t id, uint32_t att) {
   apex_task_t *t = apex__run_lock_open(r);
   if (!t) return; /* ended meanwhile (a timeout, a cancel, its children) */
-  if (t->id == id && t->attempt == att)
+  if (t->id == id && t->attempt == att) {
     atomic_store_explicit(&r->attempt_open, APEX__ATT_HELD, memory_order_relaxed);
+    /* The complete returned: its cancel callback goes unrun, as with an
+     * end (plugin.h: fn never starts once complete returned). One taken
+     * to run already is waited for by the held complete's end. */
+    if (r->oc_fn != oc_taken) {
+      r->oc_fn = NULL;
+      r->oc_user = NULL;
+    }
+  }
   pthread_mutex_unlock(apex__task_mu(t));
 }
 
@@ -1825,7 +1834,11 @@ int apex__task_attempt_end(apex_task_t *t, int rc) {
 int apex__run_complete(apex__run_t *r, int rc, int ask_family) {
   apex_task_t *t;
   for (;;) {
-    t = apex__run_lock_open(r);
+    /* A plugin's complete after one its family holds (APEX__ATT_HELD) is a
+     * second complete: refused here, not asked of the family, which holds
+     * nothing any more once the last child ended, so it would end the
+     * attempt with its own code ahead of the held one. */
+    t = ask_family ? apex__run_lock_live(r) : apex__run_lock_open(r);
     if (!t) {
       apex__ctx_misuse(apex__run_m(r), atomic_load_explicit(&r->id, memory_order_relaxed),
                        "apex_ctx_complete");

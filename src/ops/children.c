@@ -983,6 +983,10 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   apex__family_t *f = r->prog ? r->prog->fam : NULL;
   int deferred = t->action->kind == APEX_ACTION_DEFERRED;
   uint32_t att = t->attempt;
+  /* Read under the lock: once a held complete leaves f->mu below, its
+   * children may all end, the complete run and the host free t before
+   * apex__run_mark_held is called. */
+  uint64_t id = t->id;
   pthread_mutex_unlock(apex__task_mu(t));
   /* A blocking handler's complete is refused (apex__run_complete logs it):
    * it must not cancel the children either. */
@@ -990,7 +994,7 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   apex__lock(&f->mu);
   if (f->complete_pending) { /* a second complete while the first waits */
     apex__unlock(&f->mu);
-    apex__ctx_misuse(apex__run_m(r), t->id, "apex_ctx_complete");
+    apex__ctx_misuse(apex__run_m(r), id, "apex_ctx_complete");
     return 1;
   }
   if (!f->n_live && !f->busy) {
@@ -1004,11 +1008,17 @@ int apex__family_defer_complete(apex__run_t *r, int rc) {
   f->complete_pending = 1;
   f->complete_rc = rc;
   f->complete_att = att;
+  /* Held for what follows (the family's own reference, held while a child
+   * is live or ending, makes this one safe to take): once f->mu is left,
+   * the children may all end, the complete run and the host release t,
+   * and t's family goes with it. */
+  apex__task_ref(t);
   apex__unlock(&f->mu);
   /* The plugin's other ctx calls are refused from here on, as after a
    * complete (ctx.c), though the attempt stays open for its children. */
-  apex__run_mark_held(r, t->id, att);
+  apex__run_mark_held(r, id, att);
   if (!inside) cancel_live(f);
+  apex__task_unref(t);
   return 1;
 }
 

@@ -48,7 +48,7 @@
 
 static atomic_int g_in_window, g_release;
 static atomic_int *g_go;          /* the plugin's spawn_race_go */
-static _Thread_local int g_armed; /* hold this thread at its next unlock */
+static _Thread_local int g_armed; /* hold this thread at its g_armed-th unlock from now */
 
 #if defined(__SANITIZE_THREAD__)
 #define HOLDS 0
@@ -71,8 +71,7 @@ __attribute__((visibility("default"))) NO_SANITIZE int pthread_mutex_unlock(pthr
     atomic_store(&g_real_unlock, real);
   }
   int rc = real(mu);
-  if (g_armed) { /* the call checked its ctx and left the task lock: hold it here */
-    g_armed = 0;
+  if (g_armed && --g_armed == 0) { /* the call checked its ctx and left the task lock: hold it here */
     atomic_store(&g_in_window, 1);
     atomic_store(g_go, 1); /* the end callback returns: the held complete runs */
     for (int i = 0; i < 60000 && !atomic_load(&g_release); i++) nap_ms(1);
@@ -397,6 +396,107 @@ static void test_a_wait_held_across_a_retry_is_refused_at_once(void **st) {
   assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
 }
 
+/* The oc action's state (tests/plugins/spawn_race.c), by dlsym. */
+static atomic_int *oc_sym(const char *name) {
+  atomic_int *v = dlsym(g_kit.dl, name);
+  assert_non_null(v);
+  return v;
+}
+
+/* A manager of 3 workers running spawn_race's `oc` with params; its
+ * flags cleared first. */
+static apex_task_t *start_oc(apex_manager_t **m, const char *params) {
+  apex_manager_config_t cfg = base_config(3);
+  *m = NULL;
+  assert_int_equal(apex_manager_new(&cfg, m), APEX_OK);
+  load_ok(*m, SPAWN_RACE_KIT);
+  reset();
+  static const char *const flags[] = {"spawn_race_hold_running", "spawn_race_hold_go",
+                                      "spawn_race_hold_ended", "spawn_race_oc_held",
+                                      "spawn_race_oc_ran"};
+  for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) atomic_store(oc_sym(flags[i]), 0);
+  return submit_json(*m, "spawn_race", "oc", params, NULL);
+}
+
+/* A cancel after the attempt's complete returned, held for a live child:
+ * the attempt's cancel callback does not start (plugin.h, apex_ctx_on_cancel:
+ * "fn never starts once complete returned"), and the held complete still
+ * delivers success. Before the held mark dropped the registration, the
+ * cancel ran it on the cancelling thread. */
+static void test_a_cancel_after_a_held_complete_runs_no_cancel_callback(void **st) {
+  (void)st;
+  apex_manager_t *m;
+  apex_task_t *t = start_oc(&m, NULL);
+  wait_for(oc_sym("spawn_race_oc_held"), 1, "the held complete");
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(atomic_load(oc_sym("spawn_race_oc_ran")), 0);
+  atomic_store(oc_sym("spawn_race_hold_go"), 1); /* the child ends: the held complete runs */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
+/* A second complete (APEX_E_EXECUTION) made after the first (APEX_OK) was
+ * held and its child ended, while the held complete's end waits for the
+ * cancel callback the second one is made from: ignored and counted
+ * (plugin.h, apex_ctx_complete: "a second complete, in sequence or racing
+ * this one"), the task succeeds. Before a plugin's complete checked the
+ * held mark, the family no longer held anything then (its last child had
+ * ended), so the second complete ended the attempt with its own code (the
+ * task cancelled), and the held one found it ended. */
+static void test_a_second_complete_as_the_held_one_ends_is_ignored(void **st) {
+  (void)st;
+  apex_manager_t *m;
+  apex_task_t *t = start_oc(&m, "{\"wait_cb\": true}");
+  wait_for(oc_sym("spawn_race_hold_running"), 1, "the child's start");
+  uint64_t late0 = stats_of(m).late_reports;
+  /* The callback runs here, the second complete in it. */
+  assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
+  assert_int_equal(atomic_load(oc_sym("spawn_race_oc_ran")), 1);
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  assert_int_equal(stats_of(m).late_reports - late0, 1); /* the second complete */
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
+/* The test's thread as the plugin's: completes the `oc` task's ctx, held
+ * at its third unlock (the run state's mark, apex__run_mark_held), after
+ * which the complete still cancels the live children (cancel_live). */
+static void *held_completer(void *arg) {
+  apex_ctx_t *ctx = arg;
+  g_armed = HOLDS ? 3 : 0; /* apex__run_complete's, the family's look, the mark's */
+  apex_ctx_complete(ctx, APEX_OK);
+  g_armed = 0;
+  atomic_store(&g_call.done, 1);
+  return NULL;
+}
+
+/* A complete held for a live child, held itself once it marked the run
+ * state, while its child ends, the held complete runs and the host
+ * releases the task (its family goes with it): let go, the complete must
+ * touch no freed family (ASan: a use after free in cancel_live, which read
+ * the family with no reference on its task). */
+static void test_a_held_complete_outlived_by_its_task_touches_nothing_freed(void **st) {
+  (void)st;
+  apex_manager_t *m;
+  apex_task_t *t = start_oc(&m, "{\"complete\": false}");
+  wait_for(oc_sym("spawn_race_oc_held"), 1, "the published ctx");
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, held_completer, atomic_load(g_kit.ctx)), 0);
+  if (HOLDS) wait_for(&g_in_window, 1, "the complete's hold");
+  else wait_for(&g_call.done, 1, "the complete");
+  atomic_store(oc_sym("spawn_race_hold_go"), 1); /* the child ends: the held complete runs */
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  apex_task_release(t);
+  nap_ms(200); /* its DONE delivered: nothing of Apex's holds it */
+  atomic_store(&g_release, 1);
+  pthread_join(th, NULL);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_wait_held_while_its_task_ends_and_goes_is_refused),
@@ -406,6 +506,9 @@ int main(void) {
       cmocka_unit_test(test_each_other_ctx_call_after_a_held_complete_is_ignored),
       cmocka_unit_test(test_a_child_of_an_earlier_attempt_is_refused),
       cmocka_unit_test(test_a_wait_held_across_a_retry_is_refused_at_once),
+      cmocka_unit_test(test_a_cancel_after_a_held_complete_runs_no_cancel_callback),
+      cmocka_unit_test(test_a_second_complete_as_the_held_one_ends_is_ignored),
+      cmocka_unit_test(test_a_held_complete_outlived_by_its_task_touches_nothing_freed),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
