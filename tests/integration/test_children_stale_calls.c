@@ -150,6 +150,16 @@ static apex_task_t *start_par(apex_manager_t **m, const char *params) {
   return t;
 }
 
+/* Waits for t, which must succeed (in `attempts` attempts, if not 0),
+ * releases it and destroys m. */
+static void end_succeeded(apex_manager_t *m, apex_task_t *t, uint32_t attempts) {
+  wait_done(t);
+  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
+  if (attempts) assert_int_equal(apex_task_attempts(t), attempts);
+  apex_task_release(t);
+  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+}
+
 /* The plugin's thread: calls on the ctx once the attempt's complete
  * returned. */
 static void *stale_caller(void *arg) {
@@ -266,10 +276,7 @@ static void test_each_family_call_after_a_held_complete_is_refused(void **st) {
   assert_int_equal(stats_of(m).late_reports - late0, 8);
 
   atomic_store(g_go, 1); /* the callback returns: the held complete runs */
-  wait_done(t);
-  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
-  apex_task_release(t);
-  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+  end_succeeded(m, t, 0);
 }
 
 /* The ctx's other calls made after the attempt's complete returned,
@@ -348,11 +355,7 @@ static void test_a_child_of_an_earlier_attempt_is_refused(void **st) {
   assert_int_equal(apex_ctx_child_outcome(ctx, mine, &state, NULL, NULL), APEX_E_AGAIN);
 
   atomic_store(g_kit.gate, 2); /* the retry's child ends: it succeeds */
-  wait_done(t);
-  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
-  assert_int_equal(apex_task_attempts(t), 2);
-  apex_task_release(t);
-  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+  end_succeeded(m, t, 2);
 }
 
 /* A wait begun in the first attempt, before its complete, and held (at
@@ -389,11 +392,7 @@ static void test_a_wait_held_across_a_retry_is_refused_at_once(void **st) {
     assert_true(rc == APEX_OK || rc == APEX_E_INVALID);
   assert_true(took < 2000);
   atomic_store(g_kit.gate, 2); /* the retry's child ends: it succeeds */
-  wait_done(t);
-  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
-  assert_int_equal(apex_task_attempts(t), 2);
-  apex_task_release(t);
-  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+  end_succeeded(m, t, 2);
 }
 
 /* The oc action's state (tests/plugins/spawn_race.c), by dlsym. */
@@ -431,10 +430,7 @@ static void test_a_cancel_after_a_held_complete_runs_no_cancel_callback(void **s
   assert_int_equal(apex_task_cancel(t, NULL), APEX_OK);
   assert_int_equal(atomic_load(oc_sym("spawn_race_oc_ran")), 0);
   atomic_store(oc_sym("spawn_race_hold_go"), 1); /* the child ends: the held complete runs */
-  wait_done(t);
-  assert_int_equal(apex_task_state(t), APEX_TASK_SUCCEEDED);
-  apex_task_release(t);
-  assert_int_equal(apex_manager_destroy(m, 10000), APEX_OK);
+  end_succeeded(m, t, 0);
 }
 
 /* A second complete (APEX_E_EXECUTION) made after the first (APEX_OK) was
