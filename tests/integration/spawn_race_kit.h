@@ -19,9 +19,16 @@ typedef struct sr_kit {
   _Atomic(apex_child_t *) *child;
 } sr_kit_t;
 
-/* Opens the plugin and finds every symbol. Returns: 0, or -1 (the test
- * group's setup fails). */
-static inline int sr_kit_open(sr_kit_t *k) {
+/* The test program's kit, and its spawn_race_go (the held-unlock and
+ * held-strdup hooks of the two tests read it before the group starts). */
+static sr_kit_t g_kit;
+static atomic_int *g_go;
+
+/* The test group's setup: opens the plugin and finds every symbol.
+ * Returns: 0, or -1 (the group fails). */
+static inline int sr_setup(void **st) {
+  (void)st;
+  sr_kit_t *k = &g_kit;
   k->dl = dlopen(SPAWN_RACE_KIT, RTLD_NOW);
   if (!k->dl) return -1;
   k->gate = dlsym(k->dl, "spawn_race_gate");
@@ -34,12 +41,17 @@ static inline int sr_kit_open(sr_kit_t *k) {
   k->outcome_rc = dlsym(k->dl, "spawn_race_outcome_rc");
   k->outcome_state = dlsym(k->dl, "spawn_race_outcome_state");
   k->child_id = dlsym(k->dl, "spawn_race_child_id");
+  g_go = k->go;
   return k->gate && k->attempt && k->completed && k->spawn_rc && k->go && k->ctx && k->child &&
                  k->outcome_rc && k->outcome_state && k->child_id
              ? 0
              : -1;
 }
 
-static inline int sr_kit_close(sr_kit_t *k) { return dlclose(k->dl); }
+/* The test group's teardown. */
+static inline int sr_teardown(void **st) {
+  (void)st;
+  return dlclose(g_kit.dl);
+}
 
 #endif

@@ -47,7 +47,6 @@
 /* ------------------------------------------ the held mutex release */
 
 static atomic_int g_in_window, g_release;
-static atomic_int *g_go;          /* the plugin's spawn_race_go */
 static _Thread_local int g_armed; /* hold this thread at its g_armed-th unlock from now */
 
 #if defined(__SANITIZE_THREAD__)
@@ -81,20 +80,6 @@ __attribute__((visibility("default"))) NO_SANITIZE int pthread_mutex_unlock(pthr
 #endif
 
 /* ------------------------------------------------------- the test */
-
-static sr_kit_t g_kit;
-
-static int setup(void **st) {
-  (void)st;
-  if (sr_kit_open(&g_kit) != 0) return -1;
-  g_go = g_kit.go;
-  return 0;
-}
-
-static int teardown(void **st) {
-  (void)st;
-  return sr_kit_close(&g_kit);
-}
 
 enum { CALL_WAIT, CALL_ON_END, CALL_OUTCOME };
 
@@ -506,5 +491,5 @@ int main(void) {
       cmocka_unit_test(test_a_second_complete_as_the_held_one_ends_is_ignored),
       cmocka_unit_test(test_a_held_complete_outlived_by_its_task_touches_nothing_freed),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, sr_setup, sr_teardown);
 }

@@ -49,7 +49,6 @@
 
 static const char k_stall[] = "stale spawn";
 static atomic_int g_in_window, g_release;
-static atomic_int *g_go; /* the plugin's spawn_race_go */
 
 /* The build hides symbols by default; this must be seen by libapex. */
 __attribute__((visibility("default"))) NO_SANITIZE char *strdup(const char *s) {
@@ -65,20 +64,6 @@ __attribute__((visibility("default"))) NO_SANITIZE char *strdup(const char *s) {
 }
 
 /* ------------------------------------------------------- the test */
-
-static sr_kit_t g_kit;
-
-static int setup(void **st) {
-  (void)st;
-  if (sr_kit_open(&g_kit) != 0) return -1;
-  g_go = g_kit.go;
-  return 0;
-}
-
-static int teardown(void **st) {
-  (void)st;
-  return sr_kit_close(&g_kit);
-}
 
 static void reset(void) {
   atomic_store(g_kit.gate, 0);
@@ -189,5 +174,5 @@ int main(void) {
       cmocka_unit_test(test_a_spawn_held_across_the_next_attempts_first_spawn_is_refused),
       cmocka_unit_test(test_a_spawn_held_while_its_task_ends_and_goes_is_refused),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, sr_setup, sr_teardown);
 }
